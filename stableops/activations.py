@@ -1,0 +1,1 @@
+"""stableops.activations: PLACEHOLDER, being implemented."""

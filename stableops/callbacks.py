@@ -1,0 +1,1 @@
+"""stableops.callbacks: PLACEHOLDER, being implemented."""

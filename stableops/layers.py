@@ -1,0 +1,1 @@
+"""stableops.layers: PLACEHOLDER, being implemented."""

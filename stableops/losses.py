@@ -1,0 +1,1 @@
+"""stableops.losses: PLACEHOLDER, being implemented."""

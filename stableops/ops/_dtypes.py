@@ -1,0 +1,95 @@
+"""Per-dtype limits: the single source of every epsilon and threshold in stableops.
+
+No module in stableops writes a literal such as ``1e-7``; it asks
+``dtype_limits(dtype)`` instead, so float16, bfloat16, float32 and float64 each
+get thresholds that fit their own precision and range.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+
+import ml_dtypes
+import tensorflow as tf
+
+_HALF_DTYPES = (tf.float16, tf.bfloat16)
+
+
+@dataclasses.dataclass(frozen=True)
+class DTypeLimits:
+    """Numerical limits of one floating dtype, as Python floats.
+
+    Attributes:
+        dtype: the ``tf.DType`` these limits describe.
+        eps: machine epsilon, the gap between 1 and the next larger value.
+        tiny: the smallest positive *normal* value (TF flushes subnormals on
+            CPU and GPU, so this is the smallest value arithmetic keeps).
+        max: the largest finite value.
+        log_max: ``log(max)``; ``exp(x)`` overflows for ``x > log_max``
+            (11.09 in float16, 88.72 in float32 and bfloat16).
+        largest_below_one: the largest value below 1, ``1 - eps / 2``; the
+            clip bound for probabilities fed to ``log(1 - p)``.
+        mask_value: the most negative finite value; the fill for masked logits
+            (always written with ``tf.where``, never added, so it cannot
+            overflow a sum).
+    """
+
+    dtype: tf.DType
+    eps: float
+    tiny: float
+    max: float
+    log_max: float
+    largest_below_one: float
+    mask_value: float
+
+
+@functools.lru_cache(maxsize=None)
+def _limits(dtype: tf.DType) -> DTypeLimits:
+    info = ml_dtypes.finfo(dtype.as_numpy_dtype)
+    eps = float(info.eps)
+    largest = float(info.max)
+    return DTypeLimits(
+        dtype=dtype,
+        eps=eps,
+        tiny=float(info.tiny),
+        max=largest,
+        log_max=math.log(largest),
+        largest_below_one=1.0 - eps / 2.0,
+        mask_value=-largest,
+    )
+
+
+def dtype_limits(dtype) -> DTypeLimits:
+    """Return the :class:`DTypeLimits` of a floating dtype.
+
+    Args:
+        dtype: anything ``tf.as_dtype`` accepts (``"float16"``, ``tf.bfloat16``,
+            ``np.float32``, ...).
+
+    Returns:
+        A frozen :class:`DTypeLimits`.
+
+    Raises:
+        TypeError: if ``dtype`` is not a floating dtype.
+
+    Example:
+        >>> dtype_limits("float16").log_max  # exp overflows above this
+        11.089866488461016
+    """
+    dtype = tf.as_dtype(dtype)
+    if not dtype.is_floating:
+        raise TypeError(f"dtype_limits needs a floating dtype, got {dtype.name}")
+    return _limits(dtype)
+
+
+def compute_dtype(dtype) -> tf.DType:
+    """The dtype a computation on ``dtype`` runs in: float32 for half precision."""
+    dtype = tf.as_dtype(dtype)
+    return tf.float32 if dtype in _HALF_DTYPES else dtype
+
+
+def to_compute(x: tf.Tensor) -> tf.Tensor:
+    """Cast a half-precision tensor to float32; leave float32/float64 alone."""
+    return tf.cast(x, compute_dtype(x.dtype))

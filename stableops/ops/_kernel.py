@@ -1,0 +1,45 @@
+"""Eager calls run as XLA-compiled kernels; traced calls fold into the caller.
+
+Keras's losses, called eagerly, run op by op: one kernel launch and one
+intermediate buffer per elementwise op. ``xla_kernel`` compiles the whole op
+with XLA instead, once per dtype and rank (shapes are generalized with
+``reduce_retracing``, so a changing batch size does not retrace). Inside a
+``tf.function`` or ``model.fit`` the plain Python function is used, so the op
+folds into the caller's graph and the caller decides about XLA.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import tensorflow as tf
+
+
+def _tensor_if_array(value):
+    # Lists and NumPy arrays would otherwise be traced as Python constants
+    # (one retrace per distinct value); tensors trace once per dtype and rank.
+    if isinstance(value, (list, np.ndarray, np.generic)):
+        return tf.convert_to_tensor(value)
+    return value
+
+
+def xla_kernel(fn):
+    """Decorate a pure TF function so eager calls run it XLA-compiled.
+
+    Non-tensor keyword arguments (``axis``, ``from_logits``, ...) are part of
+    the compiled function's signature: each distinct value compiles once.
+    The undecorated function stays available as ``.python_function``.
+    """
+    compiled = tf.function(fn, jit_compile=True, reduce_retracing=True, autograph=False)
+
+    @functools.wraps(fn)
+    def kernel(*args, **kwargs):
+        if tf.inside_function():
+            return fn(*args, **kwargs)
+        args = tuple(_tensor_if_array(a) for a in args)
+        kwargs = {k: _tensor_if_array(v) for k, v in kwargs.items()}
+        return compiled(*args, **kwargs)
+
+    kernel.python_function = fn
+    return kernel

@@ -1,0 +1,1 @@
+"""stableops.optimizers: PLACEHOLDER, being implemented."""

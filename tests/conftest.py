@@ -1,0 +1,62 @@
+"""Shared fixtures: hypothesis profiles and the three execution regimes."""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+import keras  # noqa: E402
+import pytest  # noqa: E402
+import tensorflow as tf  # noqa: E402
+from hypothesis import HealthCheck, settings  # noqa: E402
+
+from tests._regimes import REGIMES, Regime  # noqa: E402
+
+# `ci`: what `make test` runs; reproducible, bounded, no flaky deadlines.
+settings.register_profile(
+    "ci",
+    derandomize=True,
+    deadline=None,
+    database=None,
+    max_examples=25,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+# `thorough`: HYPOTHESIS_PROFILE=thorough make test, for long local runs.
+settings.register_profile(
+    "thorough",
+    deadline=None,
+    max_examples=1000,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+@pytest.fixture(params=REGIMES)
+def regime(request) -> Regime:
+    """Run a function eagerly, under ``tf.function``, or under XLA (see tests/_regimes.py)."""
+    return Regime(request.param)
+
+
+@pytest.fixture
+def mixed_precision_policy():
+    """Set a Keras dtype policy for one test and restore the old one after it.
+
+    Use as ``mixed_precision_policy("mixed_float16")``.
+    """
+    previous = keras.config.dtype_policy()
+
+    def set_policy(name):
+        keras.config.set_dtype_policy(name)
+
+    yield set_policy
+    keras.config.set_dtype_policy(previous)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_keras_state():
+    """Each test starts from a clean Keras session (names, policy leaks)."""
+    yield
+    keras.utils.clear_session()
+    tf.config.run_functions_eagerly(False)
