@@ -1,1 +1,0 @@
-"""stableops.losses: PLACEHOLDER, being implemented."""

@@ -1,0 +1,3 @@
+"""Cross-entropy family losses: PLACEHOLDER, being implemented."""
+
+__all__ = []

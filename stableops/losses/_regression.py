@@ -1,0 +1,3 @@
+"""Regression, overlap and hinge losses: PLACEHOLDER, being implemented."""
+
+__all__ = []
