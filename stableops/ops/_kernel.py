@@ -29,7 +29,8 @@ def xla_kernel(fn):
 
     Non-tensor keyword arguments (``axis``, ``from_logits``, ...) are part of
     the compiled function's signature: each distinct value compiles once.
-    The undecorated function stays available as ``.python_function``.
+    The undecorated function stays available as ``.python_function`` and the
+    compiled one as ``.compiled``.
     """
     compiled = tf.function(fn, jit_compile=True, reduce_retracing=True, autograph=False)
 
@@ -42,4 +43,5 @@ def xla_kernel(fn):
         return compiled(*args, **kwargs)
 
     kernel.python_function = fn
+    kernel.compiled = compiled
     return kernel

@@ -1,0 +1,154 @@
+"""dtype_limits, safe_where and the eager-XLA kernel decorator."""
+
+import math
+
+import mpmath
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from stableops.ops import dtype_limits, safe_where
+from stableops.ops._dtypes import compute_dtype, to_compute
+from stableops.ops._kernel import xla_kernel
+
+# Exact closed forms: precision p (stored mantissa bits + 1) and largest exponent.
+# eps = 2**(1 - p), tiny = 2**(min_exponent), max = (2 - 2**(1 - p)) * 2**max_exponent.
+FORMATS = {
+    "float16": (11, -14, 15),
+    "bfloat16": (8, -126, 127),
+    "float32": (24, -126, 127),
+    "float64": (53, -1022, 1023),
+}
+
+
+@pytest.mark.parametrize("name", sorted(FORMATS))
+def test_dtype_limits_match_the_ieee_closed_forms(name):
+    precision, min_exponent, max_exponent = FORMATS[name]
+    limits = dtype_limits(name)
+    assert limits.dtype == tf.as_dtype(name)
+    assert limits.eps == 2.0 ** (1 - precision)
+    assert limits.tiny == 2.0**min_exponent
+    largest = (2 - mpmath.mpf(2) ** (1 - precision)) * mpmath.mpf(2) ** max_exponent
+    assert limits.max == float(largest)
+    assert limits.log_max == pytest.approx(float(mpmath.log(largest)), rel=1e-15)
+    assert limits.largest_below_one == 1.0 - 2.0**-precision
+    assert limits.mask_value == -float(largest)
+
+
+@pytest.mark.parametrize("name", sorted(FORMATS))
+def test_largest_below_one_is_the_predecessor_of_one(name):
+    limits = dtype_limits(name)
+    one = tf.constant(1.0, name)
+    below = tf.constant(limits.largest_below_one, name)
+    assert float(below) == limits.largest_below_one  # representable exactly
+    assert float(below) < float(one)
+    # Nothing representable lies between: the midpoint rounds to one of the two.
+    midpoint = tf.cast(tf.constant((1.0 + limits.largest_below_one) / 2, tf.float64), name)
+    assert float(midpoint) in (limits.largest_below_one, 1.0)
+
+
+@pytest.mark.parametrize("name", ["float16", "float32", "float64"])
+def test_exp_overflows_exactly_above_log_max(name):
+    limits = dtype_limits(name)
+    dtype = np.dtype(name)
+    below = np.nextafter(dtype.type(limits.log_max), dtype.type(0))
+    above = np.nextafter(dtype.type(limits.log_max), dtype.type(np.inf))
+    assert np.isfinite(tf.exp(tf.constant(below)).numpy())
+    assert np.isinf(tf.exp(tf.constant(above)).numpy())
+
+
+@pytest.mark.parametrize("dtype", [tf.int32, tf.bool, "int64"])
+def test_dtype_limits_rejects_non_floating(dtype):
+    with pytest.raises(TypeError, match="floating"):
+        dtype_limits(dtype)
+
+
+@pytest.mark.parametrize(
+    "dtype, expected",
+    [("float16", tf.float32), ("bfloat16", tf.float32), ("float32", tf.float32), ("float64", tf.float64)],
+)
+def test_half_precision_computes_in_float32(dtype, expected):
+    assert compute_dtype(dtype) == expected
+    assert to_compute(tf.ones([2], dtype)).dtype == expected
+
+
+def _naive_pow_where(x):
+    # x ** 0.5 on the unselected lanes x <= 0 has a NaN derivative, and
+    # tf.where's gradient multiplies it by zero: 0 * nan = nan.
+    return tf.where(x > 0, x**0.5, tf.zeros_like(x))
+
+
+def _safe_pow_where(x):
+    return safe_where(x > 0, x, lambda v: v**0.5, 0.0, safe_true=1.0)
+
+
+def test_naive_where_leaks_nan_gradient_so_the_test_can_fail(regime):
+    x = np.array([-1.0, 0.0, 4.0], np.float32)
+    _, (grad,) = regime.value_and_grad(_naive_pow_where, x)
+    assert np.isnan(grad).any() or np.isinf(grad).any()
+
+
+def test_safe_where_gradient_is_finite_on_unselected_lanes(regime):
+    x = np.array([-1.0, 0.0, 4.0], np.float32)
+    value, (grad,) = regime.value_and_grad(_safe_pow_where, x)
+    np.testing.assert_array_equal(value, [0.0, 0.0, 2.0])
+    np.testing.assert_array_equal(grad, [0.0, 0.0, 0.25])  # d sqrt(x)/dx = 1 / (2 sqrt 4)
+
+
+def test_safe_where_propagates_nan_in_a_selected_lane(regime):
+    x = np.array([np.nan, 4.0], np.float32)
+    value = regime.run(lambda t: safe_where(t > 0, t, tf.sqrt, tf.math.log, safe_true=1.0, safe_false=1.0), x)
+    # nan > 0 is False: the false branch (log) is selected and receives the NaN.
+    assert math.isnan(value[0]) and value[1] == 2.0
+
+
+def test_safe_where_accepts_tensors_as_branches(regime):
+    x = np.array([-2.0, 3.0], np.float32)
+    value = regime.run(lambda t: safe_where(t > 0, t, lambda v: v * 10, tf.constant(-1.0)), x)
+    np.testing.assert_array_equal(value, [-1.0, 30.0])
+
+
+def test_xla_kernel_does_not_retrace_when_the_batch_size_changes():
+    @xla_kernel
+    def double(x):
+        return 2 * x
+
+    for n in range(3, 9):
+        np.testing.assert_array_equal(double(tf.ones([n, 2])).numpy(), 2 * np.ones([n, 2]))
+    # One trace for the first concrete shape, one generalized to [None, 2].
+    assert double.compiled.experimental_get_tracing_count() <= 2
+
+
+def test_xla_kernel_inlines_into_the_callers_graph():
+    calls = []
+
+    @xla_kernel
+    def square(x):
+        calls.append(1)
+        return x * x
+
+    graph_fn = tf.function(lambda x: square(x) + 1)
+    assert float(graph_fn(tf.constant(3.0))) == 10.0
+    assert calls and square.compiled.experimental_get_tracing_count() == 0
+
+
+def test_xla_kernel_converts_arrays_so_values_do_not_retrace():
+    @xla_kernel
+    def total(x):
+        return tf.reduce_sum(x)
+
+    for values in ([1.0, 2.0], [3.0, 4.0], np.array([5.0, 6.0], np.float32)):
+        assert float(total(values)) == sum(values)
+    assert total.compiled.experimental_get_tracing_count() == 1
+
+
+def test_xla_kernel_is_differentiable_eagerly():
+    @xla_kernel
+    def cube(x):
+        return x * x * x
+
+    x = tf.constant([2.0, -1.0])
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        y = cube(x)
+    np.testing.assert_array_equal(tape.gradient(y, x).numpy(), [12.0, 3.0])
