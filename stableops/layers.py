@@ -1,1 +1,584 @@
-"""stableops.layers: PLACEHOLDER, being implemented."""
+"""``stableops.layers``: drop-in Keras layers that stay finite, and a robust input scaler.
+
+``LeakyReLU``, ``ELU`` and ``Softmax`` have the constructor signatures,
+defaults, masking behaviour and (on ordinary inputs) the results of their
+``keras.layers`` namesakes; the math is ``stableops.ops``'s, so they keep its
+numerics contract (finite values and gradients for every finite input, half
+precision computed in float32, the same answer in eager, graph and XLA).
+
+``RobustScaler`` is a preprocessing layer for the most common cause of NaN
+losses, unscaled features with outliers: ``adapt()`` learns each feature's
+median and interquartile range, ``call`` maps ``(x - median) / iqr`` and clips
+the result to a bounded range.
+
+All layers are registered as ``"stableops>ClassName"``, so models that use them
+save to ``.keras`` and load back without ``custom_objects``.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import warnings
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from stableops import activations, ops
+from stableops.ops._checks import check_in_range
+from stableops.ops._dtypes import compute_dtype
+
+__all__ = ["ELU", "LeakyReLU", "RobustScaler", "Softmax"]
+
+_register = keras.saving.register_keras_serializable(package="stableops")
+
+
+# ----------------------------------------------------------------------------
+# argument checks
+# ----------------------------------------------------------------------------
+
+
+def _finite_non_negative(value, name):
+    """``value`` as a float; ``ValueError`` naming ``name`` unless finite and ``>= 0``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"`{name}` must be a finite float >= 0, got {name}={value!r}")
+    if not math.isfinite(value):
+        raise ValueError(f"`{name}` must be a finite float >= 0, got {name}={value!r}")
+    check_in_range(value, name, 0.0, None)
+    return float(value)
+
+
+def _int_axis(value, name="axis"):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ValueError(f"`{name}` must be an integer, got {name}={value!r}")
+    return int(value)
+
+
+def _softmax_axis(axis):
+    """An int, or a tuple of ints for several axes (a list from a config becomes a tuple)."""
+    if isinstance(axis, (list, tuple)):
+        if not axis:
+            raise ValueError(f"`axis` must be an integer or a non-empty list of integers, got axis={axis!r}")
+        return tuple(_int_axis(a) for a in axis)
+    return _int_axis(axis)
+
+
+# ----------------------------------------------------------------------------
+# activation layers
+# ----------------------------------------------------------------------------
+
+
+@_register
+class LeakyReLU(keras.layers.Layer):
+    """Leaky rectified linear unit layer, a drop-in for ``keras.layers.LeakyReLU``.
+
+    Formula:
+        ``f(x) = x`` for ``x >= 0``; ``f(x) = negative_slope * x`` for ``x < 0``.
+
+    Numerical stability:
+        Computed by ``stableops.ops.leaky_relu`` (half precision in float32,
+        one rounding). Finite for every finite input; NaN stays NaN.
+
+    Args:
+        negative_slope: finite float ``>= 0``, the slope for negative inputs.
+            Defaults to 0.3 (as the Keras layer; the *function*
+            ``stableops.activations.leaky_relu`` defaults to 0.2, as Keras's).
+        **kwargs: base layer arguments (``name``, ``dtype``, ...). The
+            deprecated Keras alias ``alpha`` is accepted with a warning.
+
+    Raises:
+        ValueError: naming ``negative_slope`` and its value when it is
+            negative, NaN, infinite or not a number.
+
+    Example:
+        >>> LeakyReLU(negative_slope=0.5)(np.array([-10.0, 0.0, 10.0]))  # [-5., 0., 10.]
+    """
+
+    def __init__(self, negative_slope=0.3, **kwargs):
+        if "alpha" in kwargs:
+            negative_slope = kwargs.pop("alpha")
+            warnings.warn("Argument `alpha` is deprecated. Use `negative_slope` instead.", stacklevel=2)
+        super().__init__(**kwargs)
+        self.negative_slope = _finite_non_negative(negative_slope, "negative_slope")
+        self.supports_masking = True
+
+    def call(self, inputs):
+        return ops.leaky_relu(inputs, negative_slope=self.negative_slope)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        config = super().get_config()
+        config["negative_slope"] = self.negative_slope
+        return config
+
+
+@_register
+class ELU(keras.layers.Layer):
+    """Exponential linear unit layer, a drop-in for ``keras.layers.ELU``.
+
+    Formula:
+        ``f(x) = x`` for ``x > 0``; ``f(x) = alpha * (exp(x) - 1)`` for ``x <= 0``.
+
+    Numerical stability:
+        Computed by ``stableops.ops.elu`` as ``alpha * expm1(min(x, 0))`` on the
+        negative side, so the unselected exponential never overflows and the
+        gradient is finite for every finite input (float16 included); for very
+        negative ``x`` the value is ``-alpha`` and the gradient underflows to 0.
+        NaN stays NaN.
+
+    Args:
+        alpha: finite float ``>= 0``, the scale of the negative section.
+            Defaults to 1.0.
+        **kwargs: base layer arguments (``name``, ``dtype``, ...).
+
+    Raises:
+        ValueError: naming ``alpha`` and its value when it is negative, NaN,
+            infinite or not a number (Keras accepts any value).
+
+    Example:
+        >>> ELU()(np.array([-1e4, 0.0, 2.0]))  # [-1., 0., 2.]
+    """
+
+    def __init__(self, alpha=1.0, **kwargs):
+        super().__init__(**kwargs)
+        self.alpha = _finite_non_negative(alpha, "alpha")
+        self.supports_masking = True
+
+    def call(self, inputs):
+        return ops.elu(inputs, alpha=self.alpha)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        config = super().get_config()
+        config["alpha"] = self.alpha
+        return config
+
+
+def _check_mask_broadcasts(mask, inputs):
+    """The mask rule of ``keras.layers.Softmax``: right-aligned, each dim 1 or equal."""
+    if len(mask.shape) > len(inputs.shape):
+        raise ValueError(
+            "The `mask` must be broadcastable to `inputs` and must not have more "
+            f"dimensions. Received: inputs.shape={inputs.shape}, mask.shape={mask.shape}"
+        )
+    for mask_dim, input_dim in zip(mask.shape[::-1], inputs.shape[::-1]):
+        if mask_dim is not None and input_dim is not None and mask_dim not in (1, input_dim):
+            raise ValueError(
+                "The `mask` must be broadcastable to `inputs`. Each mask dimension must be 1 "
+                f"or match the corresponding input dimension. Received: inputs.shape={inputs.shape}, "
+                f"mask.shape={mask.shape}"
+            )
+
+
+@_register
+class Softmax(keras.layers.Layer):
+    """Softmax layer with a NaN-free mask, a drop-in for ``keras.layers.Softmax``.
+
+    Formula:
+        ``exp(x - max(x)) / sum(exp(x - max(x)))`` over ``axis``, taken over the
+        unmasked entries only; masked entries are 0.
+
+    Numerical stability:
+        Computed by ``stableops.ops.softmax``. Half precision is computed in
+        float32, so a long float16 axis cannot overflow the sum. Masked
+        entries are *excluded* (the op's ``where=``) rather than filled with a
+        large negative number, so a fully masked row gives all zeros with a
+        zero (not NaN) gradient. Unmasked NaN stays NaN.
+
+    Args:
+        axis: integer, or list of integers, the axis (axes) to normalise over.
+            Defaults to -1.
+        **kwargs: base layer arguments (``name``, ``dtype``, ...).
+
+    Call arguments:
+        inputs: the logits.
+        mask: optional mask broadcastable to ``inputs`` (right-aligned, each
+            dimension 1 or equal): ``True`` (or ``> 0.5`` for numeric masks)
+            keeps an entry. Filled in from the input's Keras mask when not given.
+
+    Returns:
+        Probabilities of the inputs' shape, in the layer's compute dtype.
+
+    Example:
+        >>> Softmax()(np.array([[1.0, 2.0, 1.0]]), mask=np.array([[True, True, False]]))
+        ... # [[0.2689, 0.7311, 0.]]
+    """
+
+    def __init__(self, axis=-1, **kwargs):
+        super().__init__(**kwargs)
+        self.axis = _softmax_axis(axis)
+        self.supports_masking = True
+
+    def call(self, inputs, mask=None):
+        if mask is None:
+            return activations.softmax(inputs, axis=self.axis)
+        mask = tf.convert_to_tensor(mask)
+        _check_mask_broadcasts(mask, inputs)
+        if mask.dtype != tf.bool:
+            mask = tf.greater(mask, tf.cast(0.5, mask.dtype))
+        return ops.softmax(inputs, axis=self.axis, where=mask)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        config = super().get_config()
+        config["axis"] = list(self.axis) if isinstance(self.axis, tuple) else self.axis
+        return config
+
+
+# ----------------------------------------------------------------------------
+# RobustScaler
+# ----------------------------------------------------------------------------
+
+
+def _clip_bounds(clip):
+    """``clip`` as ``(low, high)`` floats, or ``None`` for no clipping."""
+    if clip is None:
+        return None
+    if isinstance(clip, (list, tuple)):
+        if len(clip) != 2:
+            raise ValueError(f"`clip` must be a positive number or a (low, high) pair, got clip={clip!r}")
+        low, high = clip
+    else:
+        low, high = None, clip
+    numbers_only = [v for v in (low, high) if v is not None]
+    if any(isinstance(v, bool) or not isinstance(v, numbers.Real) or math.isnan(v) for v in numbers_only):
+        raise ValueError(f"`clip` must hold numbers, got clip={clip!r}")
+    if low is None:  # a single number c means [-c, c]
+        if not high > 0:
+            raise ValueError(f"`clip` must be a positive number or a (low, high) pair, got clip={clip!r}")
+        low = -high
+    # The median maps to 0; a range that excludes 0 would clip the middle of the data.
+    if not low < 0 < high:
+        raise ValueError(f"`clip` must satisfy low < 0 < high, got clip={clip!r}")
+    return float(low), float(high)
+
+
+def _quantile_range(quantile_range):
+    if not isinstance(quantile_range, (list, tuple)) or len(quantile_range) != 2:
+        raise ValueError(
+            f"`quantile_range` must be a (low, high) pair of percentiles, got quantile_range={quantile_range!r}"
+        )
+    low, high = (float(q) for q in quantile_range)
+    if not 0.0 <= low < 50.0 < high <= 100.0:
+        raise ValueError(
+            f"`quantile_range` must satisfy 0 <= low < 50 < high <= 100, got quantile_range={quantile_range!r}"
+        )
+    return low, high
+
+
+def _first_component(element):
+    # A dataset of (features, labels) pairs: statistics are learned from the features.
+    if isinstance(element, (tuple, list)):
+        return element[0]
+    return element
+
+
+def _as_numpy(value):
+    if isinstance(value, (tf.Tensor, tf.Variable)):
+        return value.numpy()
+    return np.asarray(value)
+
+
+class _Collector:
+    """Gathers adapt data as ``(samples, features)`` blocks and checks their rank and width."""
+
+    def __init__(self, layer_rank, axis, n_features):
+        self.rank = layer_rank  # None until the first array fixes it
+        self.axis = axis
+        self.n_features = n_features
+        self.blocks = []
+
+    def add_batch(self, batch, where):
+        batch = _as_numpy(batch)
+        if batch.dtype.kind not in "fiub":  # bfloat16 arrays, object arrays, strings
+            try:
+                batch = batch.astype(np.float64)
+            except (TypeError, ValueError):
+                raise TypeError(f"RobustScaler.adapt needs numeric data, got dtype {batch.dtype} ({where})") from None
+        if self.rank is None:
+            self.rank = batch.ndim
+        if batch.ndim != self.rank:
+            raise ValueError(
+                f"RobustScaler.adapt got data of rank {batch.ndim} with shape {batch.shape} ({where}), "
+                f"but the layer expects rank-{self.rank} inputs (batch, ..., features)"
+            )
+        if self.rank < 2:
+            raise ValueError(
+                f"RobustScaler.adapt needs data of rank >= 2 (batch, ..., features), got shape "
+                f"{batch.shape} ({where}); for one feature use x[:, None]"
+            )
+        axis = self.axis % self.rank if -self.rank <= self.axis < self.rank else None
+        if axis is None:
+            raise ValueError(f"`axis={self.axis}` is out of range for adapt data of rank {self.rank}")
+        width = batch.shape[axis]
+        if self.n_features is None:
+            self.n_features = width
+        if width != self.n_features:
+            raise ValueError(
+                f"RobustScaler.adapt got {width} features on axis {self.axis} ({where}), "
+                f"expected {self.n_features}"
+            )
+        self.blocks.append(np.moveaxis(batch, axis, -1).reshape(-1, width))
+
+    def add_dataset(self, dataset, steps):
+        if steps is not None:
+            dataset = dataset.take(steps)
+        for index, element in enumerate(dataset):
+            x = _as_numpy(_first_component(element))
+            where = f"dataset element {index}"
+            if self.rank is not None and x.ndim == self.rank - 1:
+                x = x[None]  # an unbatched sample
+            elif self.rank is None and x.ndim == 1:
+                x = x[None]  # an unbatched feature vector
+            self.add_batch(x, where)
+
+    def values(self):
+        if not self.blocks or sum(b.shape[0] for b in self.blocks) == 0:
+            raise ValueError("RobustScaler.adapt got no data (an empty array or dataset)")
+        return np.concatenate(self.blocks, axis=0)
+
+
+# Features per np.nanpercentile call: bounds the float64 working copy to
+# samples x this many columns, whatever the width of the data.
+_FEATURE_CHUNK = 256
+
+
+def _robust_statistics(values, quantile_range):
+    """Per-feature median, robust scale and non-missing count of ``(samples, features)`` data.
+
+    Non-finite values (NaN, +-inf) are ignored. The scale is the interquartile
+    range (``quantile_range``); where that is 0 it is the mean absolute
+    deviation from the median; where that is also 0 (a constant feature) it is 1.
+    """
+    n_features = values.shape[1]
+    median = np.empty(n_features)
+    scale = np.empty(n_features)
+    count = np.empty(n_features, dtype=np.int64)
+    q_low, q_high = quantile_range
+    for start in range(0, n_features, _FEATURE_CHUNK):
+        cols = slice(start, start + _FEATURE_CHUNK)
+        block = values[:, cols].astype(np.float64)
+        block[~np.isfinite(block)] = np.nan
+        present = np.sum(~np.isnan(block), axis=0)
+        if np.any(present == 0):
+            empty = (np.flatnonzero(present == 0) + start).tolist()
+            raise ValueError(f"RobustScaler.adapt: feature(s) {empty} have no finite values in the adapt data")
+        low, mid, high = np.nanpercentile(block, [q_low, 50.0, q_high], axis=0)
+        spread = high - low
+        mean_abs_dev = np.nanmean(np.abs(block - mid), axis=0)
+        spread = np.where(spread > 0, spread, mean_abs_dev)
+        median[cols], scale[cols], count[cols] = mid, np.where(spread > 0, spread, 1.0), present
+    return median, scale, count
+
+
+def _fit_to_dtype(median, scale, dtype):
+    """Statistics in the variables' dtype: scale a positive normal number, median finite."""
+    limits = ops.dtype_limits(dtype)
+    if np.any(np.abs(median) > limits.max):
+        bad = np.flatnonzero(np.abs(median) > limits.max).tolist()
+        raise ValueError(
+            f"RobustScaler.adapt: the median of feature(s) {bad} overflows {limits.dtype.name}; "
+            "rescale the data first or use a float64 dtype policy"
+        )
+    # A scale below the smallest normal number would flush to 0 (division by
+    # zero); one above the largest would round to inf (every output 0).
+    scale = np.where(scale < limits.tiny, 1.0, np.minimum(scale, limits.max))
+    return median.astype(dtype.as_numpy_dtype), scale.astype(dtype.as_numpy_dtype)
+
+
+@_register
+class RobustScaler(keras.layers.Layer):
+    """Scale features by their median and interquartile range, and clip outliers.
+
+    ``adapt(data)`` learns, per feature (along ``axis``), the median and the
+    interquartile range (IQR, the spread between the 25th and 75th
+    percentiles); ``call`` maps every value to robust units and clips::
+
+        y = clip((x - median) / iqr, low, high)   # default low, high = -5, 5
+
+    Outliers cannot blow up the statistics (unlike mean and variance), and
+    whatever the input, the output stays inside ``[low, high]``: the first
+    layer of a model sees bounded values even when the raw features are huge.
+
+    Formula:
+        ``clip((x - median) / scale, low, high)`` with ``scale = IQR``.
+
+    Numerical stability:
+        - Statistics are exact: ``adapt`` collects all the data and uses
+          ``numpy.nanpercentile`` (linear interpolation, as ``numpy.median``
+          and scikit-learn's ``RobustScaler``) in float64. Memory: the whole
+          adapt data set is held at once in its own dtype, plus a float64
+          working copy of ``samples x 256`` values. Subsample very large data
+          sets before adapting.
+        - NaN and +-inf in the adapt data are ignored (treated as missing). A
+          feature with no finite value is an error.
+        - Constant features: where the IQR is 0 the scale falls back to the
+          mean absolute deviation from the median (nonzero when some values
+          differ from the median, e.g. a mostly-zero sparse feature), and to 1
+          when that is 0 too (a truly constant feature maps to 0). A scale
+          below the smallest normal number of the statistics' dtype also
+          counts as 0.
+        - ``call`` computes in float32 (float64 for float64 inputs) whatever
+          the layer's compute dtype, so raw features that would overflow
+          float16 (> 65504) are scaled before any cast; the result is returned
+          in the layer's compute dtype (float16 under ``mixed_float16``). The
+          layer does not autocast its inputs (``autocast=False``) for this
+          reason; integer inputs are accepted.
+        - NaN inputs give NaN outputs (never a silent finite value); ``+-inf``
+          inputs give the clip bounds (they are extreme outliers), or ``+-inf``
+          with ``clip=None``.
+        - Gradient with respect to the input: ``1 / scale`` inside the clip
+          range, 0 outside (the layer has no trainable weights).
+
+    Args:
+        axis: integer, the feature axis (default -1, the last). Statistics are
+            computed over all other axes.
+        clip: a positive number ``c`` for the range ``[-c, c]`` (default 5.0),
+            a ``(low, high)`` pair with ``low < 0 < high`` (infinite bounds
+            allowed), or ``None`` for no clipping.
+        quantile_range: the percentiles whose difference is the scale,
+            ``0 <= low < 50 < high <= 100``. Defaults to ``(25.0, 75.0)``, the IQR.
+        **kwargs: base layer arguments (``name``, ``dtype``, ...).
+
+    Raises:
+        ValueError: for an invalid ``clip``/``quantile_range``/``axis`` (naming
+            it and its value); in ``adapt``, for data of the wrong rank or
+            number of features, empty data, or a feature without finite values.
+        RuntimeError: when the layer is called with data before ``adapt``.
+
+    State:
+        The statistics are non-trainable weights (``median``, ``scale``,
+        ``count``, the number of finite values seen per feature), so
+        ``model.save``/``keras.saving.load_model`` and ``save_weights`` keep them.
+
+    Example:
+        >>> scaler = RobustScaler()
+        >>> scaler.adapt(np.array([[1.0], [2.0], [3.0], [4.0], [1e6]]))
+        >>> scaler(np.array([[3.0], [1e6]]))  # [[0.], [5.]]: median 3, IQR 2, clipped
+    """
+
+    def __init__(self, axis=-1, clip=5.0, quantile_range=(25.0, 75.0), **kwargs):
+        kwargs.setdefault("autocast", False)
+        super().__init__(**kwargs)
+        self.axis = _int_axis(axis)
+        self._bounds = _clip_bounds(clip)
+        self.clip = None if clip is None else (list(clip) if isinstance(clip, (list, tuple)) else float(clip))
+        self.quantile_range = _quantile_range(quantile_range)
+        self.supports_masking = True
+        self._adapted = False
+        self.median = self.scale = self.count = None
+        self._rank = None
+
+    # -- state -------------------------------------------------------------
+
+    @property
+    def _stat_dtype(self):
+        # float32 for float16/bfloat16/mixed policies, float64 for a float64 policy.
+        return compute_dtype(self.variable_dtype)
+
+    def _feature_axis(self, rank):
+        if rank < 2:
+            raise ValueError(f"RobustScaler needs inputs of rank >= 2 (batch, ..., features), got rank {rank}")
+        if not -rank <= self.axis < rank:
+            raise ValueError(f"`axis={self.axis}` is out of range for inputs of rank {rank}")
+        return self.axis % rank
+
+    def build(self, input_shape):
+        input_shape = tuple(input_shape)
+        axis = self._feature_axis(len(input_shape))
+        n_features = input_shape[axis]
+        if n_features is None:
+            raise ValueError(f"RobustScaler needs a known number of features on axis {self.axis}, "
+                             f"got input shape {input_shape}")
+        weight = dict(shape=(n_features,), dtype=self._stat_dtype, trainable=False, autocast=False)
+        self.median = self.add_weight(name="median", initializer="zeros", **weight)
+        self.scale = self.add_weight(name="scale", initializer="ones", **weight)
+        self.count = self.add_weight(name="count", shape=(n_features,), dtype="int64", initializer="zeros",
+                                     trainable=False, autocast=False)
+        self._rank = len(input_shape)
+        self.input_spec = keras.InputSpec(ndim=self._rank, axes={axis: n_features})
+
+    @property
+    def adapted(self):
+        """Whether the statistics have been learned (by ``adapt``, loaded, or set as weights)."""
+        if not self._adapted and self.built:
+            # Loaded or set_weights()-ed statistics count as learned. init_scope
+            # reads the variable eagerly even while a tf.function is tracing.
+            with tf.init_scope():
+                self._adapted = bool(np.any(keras.ops.convert_to_numpy(self.count) > 0))
+        return self._adapted
+
+    def adapt(self, data, steps=None):
+        """Learn each feature's median and interquartile range from ``data``.
+
+        Args:
+            data: a NumPy array or tensor of shape ``(samples, ..., features)``,
+                or a ``tf.data.Dataset`` of such batches, or of single samples
+                (one rank lower), or of ``(features, labels)`` pairs (the
+                labels are ignored). When the layer has not been built, a
+                dataset element of rank 1 is taken as one sample and higher
+                ranks as batches; build the layer (or adapt on a batched
+                dataset) to adapt on unbatched multi-dimensional samples.
+            steps: for a dataset, the number of elements to read (default: all).
+
+        Raises:
+            ValueError: on data of the wrong rank or number of features, on
+                empty data, or when a feature has no finite value.
+        """
+        built_rank = self._rank if self.built else None
+        n_features = int(self.median.shape[0]) if self.built else None
+        collector = _Collector(built_rank, self.axis, n_features)
+        if isinstance(data, tf.data.Dataset):
+            collector.add_dataset(data, steps)
+        else:
+            collector.add_batch(data, "the array")
+        values = collector.values()
+        median, scale, count = _robust_statistics(values, self.quantile_range)
+        if not self.built:
+            shape = [None] * collector.rank
+            shape[self._feature_axis(collector.rank)] = collector.n_features
+            self.build(tuple(shape))
+        median, scale = _fit_to_dtype(median, scale, self._stat_dtype)
+        self.median.assign(median)
+        self.scale.assign(scale)
+        self.count.assign(count)
+        self._adapted = True
+
+    # -- computation ---------------------------------------------------------
+
+    def call(self, inputs):
+        if not self.adapted:
+            raise RuntimeError(
+                f"RobustScaler '{self.name}' has not learned its statistics: call "
+                "`layer.adapt(data)` before using it (or load a saved, adapted model)"
+            )
+        x = tf.convert_to_tensor(inputs)
+        work = tf.float64 if x.dtype == tf.float64 else tf.float32
+        x = tf.cast(x, work)
+        rank = len(x.shape)
+        stat_shape = [1] * rank
+        stat_shape[self._feature_axis(rank)] = -1
+        median = tf.reshape(tf.cast(self.median, work), stat_shape)
+        scale = tf.reshape(tf.cast(self.scale, work), stat_shape)
+        # scale >= the smallest normal number (see _fit_to_dtype): no 0/0.
+        y = (x - median) / scale
+        if self._bounds is not None:
+            low, high = self._bounds
+            # where(): tf.clip_by_value's min/max may turn NaN into a bound.
+            y = tf.where(tf.math.is_nan(y), y, tf.clip_by_value(y, low, high))
+        return tf.cast(y, self.compute_dtype)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(axis=self.axis, clip=self.clip, quantile_range=list(self.quantile_range))
+        return config

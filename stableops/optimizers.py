@@ -1,1 +1,188 @@
-"""stableops.optimizers: PLACEHOLDER, being implemented."""
+"""``stableops.optimizers``: optimizer wrappers that keep a run's weights finite."""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+__all__ = ["SkipNonFinite"]
+
+
+@keras.saving.register_keras_serializable(package="stableops")
+class SkipNonFinite(keras.optimizers.Optimizer):
+    """Wrap any Keras optimizer; skip every step whose gradients are not all finite.
+
+    A single NaN or inf gradient (one bad batch, a ``0/0`` in a rarely taken
+    branch, an overflow) would otherwise be applied to the weights and make
+    them NaN for the rest of the run. ``SkipNonFinite`` checks all gradients
+    first and, inside the compiled train step, either applies them with the
+    wrapped optimizer or leaves the weights *and* the wrapped optimizer's state
+    (moments, iteration count) untouched. The decision is a ``tf.cond`` on a
+    tensor, so it works in eager mode, in ``tf.function`` and under XLA
+    (``jit_compile=True``), and adds one ``all(isfinite)`` reduction per
+    gradient per step.
+
+    The pattern is the one ``keras.optimizers.LossScaleOptimizer`` uses (and
+    under ``mixed_float16`` Keras wraps this optimizer in one, which already
+    skips steps with overflowing *scaled* gradients; this wrapper then catches
+    what remains, e.g. a NaN loss). The learning rate, ``iterations``,
+    ``scale_loss`` and EMA finalisation are those of the wrapped optimizer, so
+    learning-rate schedules and callbacks (``ReduceLROnPlateau``, NaNGuard)
+    see the inner optimizer. Skipped steps do not advance ``iterations``.
+
+    Args:
+        optimizer: the optimizer to wrap: an instance, or a name/config that
+            ``keras.optimizers.get`` accepts (``"adam"``).
+        name: optional name of the wrapper.
+
+    Attributes:
+        inner_optimizer: the wrapped optimizer.
+        skipped_steps: int64 variable, the number of steps skipped so far
+            (also saved with the optimizer's state).
+
+    Example:
+        >>> opt = SkipNonFinite(keras.optimizers.Adam(1e-3))
+        >>> model.compile(optimizer=opt, loss=...)
+        >>> model.fit(...)
+        >>> int(opt.skipped_steps.numpy())
+        0
+    """
+
+    def __init__(self, optimizer, name=None, **kwargs):
+        if kwargs:
+            raise ValueError(
+                "SkipNonFinite takes no base-optimizer arguments (set them on the wrapped "
+                f"optimizer instead), got {sorted(kwargs)}"
+            )
+        inner = keras.optimizers.get(optimizer)
+        if not isinstance(inner, keras.optimizers.Optimizer):
+            raise TypeError(f"`optimizer` must be a keras.optimizers.Optimizer, got {optimizer!r}")
+        super().__init__(learning_rate=0.0, name=name)
+        self.inner_optimizer = inner
+        self.skipped_steps = self.add_variable(
+            shape=(),
+            initializer="zeros",
+            dtype="int64",
+            aggregation="only_first_replica",
+            name="skipped_steps",
+        )
+
+    # -- state --------------------------------------------------------------
+    def build(self, var_list):
+        self.inner_optimizer.build(var_list)
+        super().build(var_list)
+
+    @property
+    def variables(self):
+        return self._variables[:] + self.inner_optimizer.variables
+
+    @property
+    def learning_rate(self):
+        return self.inner_optimizer.learning_rate
+
+    @learning_rate.setter
+    def learning_rate(self, learning_rate):
+        # The base class sets a (dummy) rate of 0 on itself while it is
+        # constructed, before the wrapped optimizer exists.
+        if getattr(self, "inner_optimizer", None) is None:
+            keras.optimizers.Optimizer.learning_rate.fset(self, learning_rate)
+            return
+        self.inner_optimizer.learning_rate = learning_rate
+
+    @property
+    def iterations(self):
+        return self.inner_optimizer.iterations
+
+    def scale_loss(self, loss):
+        return self.inner_optimizer.scale_loss(loss)
+
+    def finalize_variable_values(self, var_list):
+        self.inner_optimizer.finalize_variable_values(var_list)
+
+    # -- the step -------------------------------------------------------------
+    @staticmethod
+    def all_finite(grads) -> tf.Tensor:
+        """A scalar bool tensor: every element of every gradient is finite."""
+        checks = []
+        for grad in grads:
+            if grad is None:
+                continue
+            if isinstance(grad, tf.IndexedSlices):
+                grad = grad.values
+            checks.append(tf.reduce_all(tf.math.is_finite(grad)))
+        if not checks:
+            return tf.constant(True)
+        return tf.reduce_all(tf.stack(checks))
+
+    def apply_gradients(self, grads_and_vars):
+        grads, trainable_variables = zip(*grads_and_vars)
+        self.apply(grads, trainable_variables)
+        return self.iterations
+
+    def apply(self, grads, trainable_variables=None):
+        grads = list(grads)
+        if trainable_variables is not None:
+            trainable_variables = list(trainable_variables)
+        if not self.built:
+            if trainable_variables is None:
+                raise ValueError(
+                    "SkipNonFinite must be built on the variables first: pass "
+                    "`trainable_variables` or call `optimizer.build(variables)`."
+                )
+            with tf.name_scope(self.name):
+                self.build(trainable_variables)
+        if tf.distribute.has_strategy() and not tf.distribute.in_cross_replica_context():
+            # As in LossScaleOptimizer: the wrapped optimizer's apply calls
+            # merge_call, which cannot sit inside a cond in a replica context,
+            # so decide in a cross-replica context (the gradients are already
+            # all-reduced: every replica sees the same `finite`).
+            tf.distribute.get_replica_context().merge_call(
+                self._cross_replica_apply, args=(grads, trainable_variables)
+            )
+        else:
+            self._apply_or_skip(self.all_finite(grads), grads, trainable_variables)
+
+    def _apply_or_skip(self, finite, grads, trainable_variables):
+        def apply_step():
+            self.inner_optimizer.apply(grads, trainable_variables)
+            return tf.constant(True)
+
+        def skip_step():
+            self.skipped_steps.assign_add(1)
+            return tf.constant(False)
+
+        return tf.cond(finite, apply_step, skip_step)
+
+    def _cross_replica_apply(self, distribution, grads, trainable_variables):
+        finite = distribution.experimental_local_results(
+            distribution.extended.call_for_each_replica(self.all_finite, args=(grads,))
+        )[0]
+
+        def apply_step():
+            distribution.extended.call_for_each_replica(
+                self.inner_optimizer.apply, args=(grads, trainable_variables)
+            )
+            return tf.constant(True)
+
+        def skip_step():
+            self.skipped_steps.assign_add(1)
+            return tf.constant(False)
+
+        tf.cond(finite, apply_step, skip_step)
+
+    # -- serialization ----------------------------------------------------------
+    def get_config(self):
+        # Only the wrapped optimizer and the name: the base arguments
+        # (clipnorm, weight_decay, ...) belong to the wrapped optimizer.
+        return {
+            "name": self.name,
+            "optimizer": keras.saving.serialize_keras_object(self.inner_optimizer),
+        }
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        config = dict(config)
+        optimizer = keras.saving.deserialize_keras_object(
+            config.pop("optimizer"), custom_objects=custom_objects
+        )
+        return cls(optimizer, **config)

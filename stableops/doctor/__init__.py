@@ -1,9 +1,14 @@
-"""The NaN doctor: PLACEHOLDER, being implemented."""
+"""The NaN doctor: find why a loss goes NaN, and keep the run alive.
 
+- :func:`diagnose` examines a model on a sample of its data and returns a
+  :class:`Report` of findings (severity, location, evidence, fix).
+- ``stableops.callbacks.NaNGuard`` watches training and calls it on the batch
+  that went non-finite; ``stableops.optimizers.SkipNonFinite`` skips such steps.
+- ``stableops doctor`` (``python -m stableops doctor``) runs an embedded demo,
+  or diagnoses a saved model and data (``stableops.doctor.cli``).
+"""
 
-class Report:  # placeholder
-    pass
+from stableops.doctor._diagnose import diagnose
+from stableops.doctor._report import Finding, Report
 
-
-def diagnose(model, x, y=None, *, loss=None, batch_size=32):
-    raise NotImplementedError("diagnose is not implemented yet")
+__all__ = ["Finding", "Report", "diagnose"]

@@ -11,6 +11,8 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
+from stableops.ops._checks import as_float_tensor
+
 
 def match_rank(y_true, y_pred):
     """Squeeze or expand a trailing size-1 axis so both tensors have the same rank.
@@ -45,6 +47,15 @@ class FunctionLoss(keras.losses.Loss):
         super().__init__(name=name, reduction=reduction, dtype=dtype)
         self.fn = fn
         self._fn_kwargs = fn_kwargs
+
+    def __call__(self, y_true, y_pred, sample_weight=None):
+        # Keras casts y_pred to the loss dtype before `call`, which would turn
+        # integer predictions into floats silently; check first (contract
+        # rule 6). Only the dtype is read: y_pred (and its Keras mask) is
+        # passed on untouched.
+        if not isinstance(y_pred, dict):
+            as_float_tensor(y_pred, "y_pred")
+        return super().__call__(y_true, y_pred, sample_weight=sample_weight)
 
     def call(self, y_true, y_pred):
         return self.fn(y_true, y_pred, **self._fn_kwargs)

@@ -1,15 +1,144 @@
 """Piecewise activations: ELU and LeakyReLU.
 
-PLACEHOLDER: being implemented; every function below raises NotImplementedError."""
+Both take their hyperparameter as a Python number, validated before the
+compiled kernel runs (contract rule 6): a negative, NaN or infinite ``alpha`` /
+``negative_slope`` raises ``ValueError`` naming the argument and its value.
+Half precision is computed in float32 and returned in the input dtype.
+"""
 
 from __future__ import annotations
 
-import tensorflow as tf  # noqa: F401
+import math
+import numbers
+
+import numpy as np
+import tensorflow as tf
+
+from stableops.ops._checks import as_float_tensor, check_in_range
+from stableops.ops._dtypes import to_compute
+from stableops.ops._kernel import xla_kernel
+from stableops.ops._logexp import _expm1
+from stableops.ops._where import safe_where
+
+
+def _check_hyperparameter(value, name):
+    """A finite, non-negative Python float, or ``ValueError`` naming ``name`` and ``value``."""
+    if isinstance(value, (tf.Tensor, np.ndarray, np.generic)) and np.ndim(value) == 0:
+        try:
+            value = value.numpy() if isinstance(value, tf.Tensor) else value
+        except AttributeError:  # a symbolic tensor: its value is unknown here
+            raise TypeError(f"`{name}` must be a Python number, got a symbolic tensor") from None
+        value = value.item() if hasattr(value, "item") else value
+    if value is None or isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"`{name}` must be a non-negative finite number, got {name}={value!r}")
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"`{name}` must be a non-negative finite number, got {name}={value!r}")
+    return check_in_range(value, name, 0.0, None)
+
+
+def _elu_core(x, alpha):
+    @tf.custom_gradient
+    def core(x):
+        positive = x > 0
+        # expm1 only ever sees min(x, 0) (double where): no overflow in the
+        # unselected branch (exp(88.8) = inf in float32).
+        value = safe_where(positive, x, tf.identity, lambda t: alpha * _expm1(t))
+
+        def grad(upstream):
+            # 1 for x > 0, alpha * exp(x) otherwise (alpha at 0 as Keras, 0 at
+            # -inf); exp(min(x, 0)) <= 1 cannot overflow.
+            slope = tf.where(positive, tf.ones_like(x), alpha * tf.exp(tf.minimum(x, 0.0)))
+            return upstream * slope
+
+        return value, grad
+
+    return core(x)
+
+
+@xla_kernel
+def _elu_kernel(x, alpha):
+    x = as_float_tensor(x, "x")
+    return tf.cast(_elu_core(to_compute(x), alpha), x.dtype)
+
+
+@xla_kernel
+def _leaky_relu_kernel(x, negative_slope):
+    x = as_float_tensor(x, "x")
+    x_c = to_compute(x)
+    # Selecting (not max(x, slope * x)) is right for any slope, also > 1.
+    value = tf.where(x_c > 0, x_c, negative_slope * x_c)
+    return tf.cast(value, x.dtype)
 
 
 def elu(x, alpha=1.0):
-    raise NotImplementedError('elu is not implemented yet')
+    """Exponential linear unit: ``x`` for ``x > 0``, ``alpha * (exp(x) - 1)`` otherwise.
+
+    Formula:
+        ``where(x > 0, x, alpha * expm1(min(x, 0)))``.
+
+    Numerical stability:
+        The exponential branch only sees ``min(x, 0)`` (double where), so the
+        unselected ``exp`` never overflows and the gradient is never
+        ``0 * inf = nan``; ``expm1`` keeps relative accuracy near 0 (Keras's
+        ``exp(x) - 1`` loses it). Gradient (custom): 1 for ``x > 0``,
+        ``alpha * exp(min(x, 0))`` otherwise (``alpha`` at 0, as Keras; 0 at
+        ``-inf``).
+        ``elu(+inf) = inf``, ``elu(-inf) = -alpha``, NaN gives NaN.
+        Error budget: 2 ULP in float32/float64 (``alpha`` exactly
+        representable), 1 ULP of the float32 result for float16/bfloat16.
+
+    Args:
+        x: floating tensor.
+        alpha: the negative saturation value, a finite number ``>= 0``
+            (Keras's default 1.0).
+
+    Returns:
+        A tensor of ``x``'s dtype and shape.
+
+    Raises:
+        ValueError: if ``alpha`` is negative, NaN or infinite.
+        TypeError: if ``x`` is not floating.
+
+    Example:
+        >>> elu(tf.constant([-1e4, -1e-8, 2.0]))  # [-1., -1e-08, 2.]
+    """
+    return _elu_kernel(x, alpha=_check_hyperparameter(alpha, "alpha"))
 
 
 def leaky_relu(x, negative_slope=0.2):
-    raise NotImplementedError('leaky_relu is not implemented yet')
+    """Leaky rectified linear unit: ``x`` for ``x > 0``, ``negative_slope * x`` otherwise.
+
+    Formula:
+        ``where(x > 0, x, negative_slope * x)``.
+
+    Numerical stability:
+        Both branches are finite for finite ``x`` (with ``negative_slope <= 1``;
+        a larger slope can overflow to ``-inf`` only where the true result is
+        beyond the dtype's range). Gradient (autodiff): 1 for ``x > 0``,
+        ``negative_slope`` otherwise (also at 0, as ``tf.nn.leaky_relu``).
+        ``±inf`` give ``inf`` and ``-inf`` (0 * -inf is not formed unless
+        ``negative_slope == 0``, where ``-inf`` gives NaN as in Keras); NaN
+        gives NaN. Half precision multiplies in float32, so the slope is not
+        first rounded to float16.
+        Error budget: 0.5 ULP (one correctly rounded product) in
+        float32/float64, 1 ULP of the float32 result for float16/bfloat16.
+
+    Args:
+        x: floating tensor.
+        negative_slope: slope for ``x <= 0``, a finite number ``>= 0``
+            (Keras's ``keras.ops.leaky_relu`` default 0.2).
+
+    Returns:
+        A tensor of ``x``'s dtype and shape.
+
+    Raises:
+        ValueError: if ``negative_slope`` is negative, NaN or infinite.
+        TypeError: if ``x`` is not floating.
+
+    Example:
+        >>> leaky_relu(tf.constant([-10.0, 3.0]))  # [-2., 3.]
+    """
+    return _leaky_relu_kernel(
+        x, negative_slope=_check_hyperparameter(negative_slope, "negative_slope")
+    )

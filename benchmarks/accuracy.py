@@ -1,0 +1,497 @@
+"""Accuracy: error in ULPs against mpmath, and non-finite values and gradients.
+
+For every case, dtype and implementation (stableops, Keras, tf.nn/tf.math),
+eagerly and under XLA, on the same inputs:
+
+* an **edge grid**: the dtype's extremes (smallest normal, epsilon, the
+  largest value below one, log of the largest value, the largest value, ...)
+  crossed with the case's label values, restricted to inputs whose exact
+  value *and* gradient are finite and representable, so every non-finite
+  output is a defect, not the mathematics;
+* a **random sample** of ``random_points`` inputs from wide distributions
+  (typical values plus log-uniform magnitudes).
+
+Each value's error is measured in ULPs of its output dtype against a 60-digit
+mpmath reference computed from the rounded inputs (``tests/_reference.py``:
+``reference_array``, ``ulp_error``, ``mpf``). Losses are evaluated per sample
+(``reduction=None``); elementwise losses use one element per sample, so their
+per-sample error is the elementwise error. Gradients are of the sum of the
+outputs with respect to the predictions (logits, or the op's input).
+
+The references are written from the mathematics, not from any implementation:
+cancellation-free forms (``log1p``, ``expm1``, ``sinh`` for ``cosh - 1``, and
+``log1p(sum_{j != i} exp(x_j - x_i))`` for ``logsumexp(x) - x_i``) so 60 digits
+stay 60 digits for every input on the grid.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Callable
+
+import ml_dtypes
+import numpy as np
+
+from benchmarks.cases import available_impls
+from tests._reference import mpf, reference_array, to_numpy_dtype, ulp_error
+
+import mpmath  # noqa: E402  (tests._reference sets mpmath.mp.dps = 60)
+
+MODES = ("eager", "xla")
+METHOD = (
+    "max |value - mpmath| in ULPs of the output dtype over an edge grid (inputs whose exact value and "
+    "gradient are finite) and a random sample; non-finite values where the reference is finite; samples "
+    "with any non-finite gradient entry"
+)
+LABELS = (0.0, 1.0, 0.5, 0.1)
+ROW_WIDTH = 4
+
+
+# ----------------------------------------------------------------------------
+# mpmath references (inputs are exact mpf; see module docstring)
+# ----------------------------------------------------------------------------
+
+
+def _softplus(x):
+    return x + mpmath.log1p(mpmath.exp(-x)) if x > 0 else mpmath.log1p(mpmath.exp(x))
+
+
+def ref_binary_crossentropy(t, p):
+    # 0 * log(0) counts as 0: the t == 0 / t == 1 terms vanish exactly.
+    positive = 0 if t == 0 else t * mpmath.log(p)
+    negative = 0 if t == 1 else (1 - t) * mpmath.log1p(-p)
+    return -(positive + negative)
+
+
+def ref_binary_crossentropy_logits(t, x):
+    return t * _softplus(-x) + (1 - t) * _softplus(x)
+
+
+def ref_binary_focal(t, p, gamma=2):
+    # Keras's definition: (1 - p_t)^gamma * BCE, p_t = t p + (1 - t)(1 - p).
+    p_t = t * p + (1 - t) * (1 - p)
+    return (1 - p_t) ** gamma * ref_binary_crossentropy(t, p)
+
+
+def ref_squared_error(t, p):
+    return (p - t) ** 2
+
+
+def ref_huber(t, p, delta=1):
+    d = abs(p - t)
+    return d * d / 2 if d <= delta else delta * d - mpmath.mpf(delta) ** 2 / 2
+
+
+def ref_log_cosh(t, p):
+    # cosh(d) - 1 = 2 sinh(d/2)^2, so no cancellation for tiny d.
+    d = p - t
+    return mpmath.log1p(2 * mpmath.sinh(d / 2) ** 2)
+
+
+def ref_elu(x, alpha=1):
+    return x if x > 0 else alpha * mpmath.expm1(x)
+
+
+def ref_leaky_relu(x, slope=mpmath.mpf("0.2")):
+    return x if x >= 0 else slope * x
+
+
+def _lse_minus(row, i):
+    """logsumexp(row) - row[i] = log1p(sum_{j != i} exp(row[j] - row[i]))."""
+    return mpmath.log1p(mpmath.fsum(mpmath.exp(row[j] - row[i]) for j in range(len(row)) if j != i))
+
+
+def ref_logsumexp_row(row):
+    top = max(range(len(row)), key=lambda j: row[j])
+    return row[top] + _lse_minus(row, top)
+
+
+def ref_softmax_row(row):
+    return [mpmath.exp(-_lse_minus(row, i)) for i in range(len(row))]
+
+
+def ref_log_softmax_row(row):
+    return [-_lse_minus(row, i) for i in range(len(row))]
+
+
+def ref_categorical_row(t_row, x_row):
+    return mpmath.fsum(t * _lse_minus(x_row, i) for i, t in enumerate(t_row) if t != 0)
+
+
+def ref_sparse_row(label, x_row):
+    return _lse_minus(x_row, int(label))
+
+
+def ref_cosine_row(t_row, p_row):
+    dot = mpmath.fsum(a * b for a, b in zip(t_row, p_row))
+    norms = mpmath.sqrt(mpmath.fsum(a * a for a in t_row)) * mpmath.sqrt(mpmath.fsum(b * b for b in p_row))
+    return -dot / norms
+
+
+def _rowwise(fn, *arrays):
+    """Apply an mpmath function to matching rows (or scalars, for labels); object array out."""
+    rows = arrays[0].shape[0]
+    out = [fn(*[_as_mp(a[r]) for a in arrays]) for r in range(rows)]
+    if out and isinstance(out[0], list):
+        array = np.empty((rows, len(out[0])), dtype=object)
+        for r, row in enumerate(out):
+            array[r, :] = row
+        return array
+    array = np.empty(rows, dtype=object)
+    array[:] = out
+    return array
+
+
+def _as_mp(value):
+    if np.ndim(value) == 0:
+        return mpf(value)
+    return [mpf(v) for v in np.asarray(value, dtype=np.float64)]
+
+
+def _elementwise_loss(fn):
+    # Loss inputs have shape (k, 1): the per-sample loss is the element's loss.
+    return lambda t, p: reference_array(fn, t[:, 0], p[:, 0])
+
+
+def _elementwise_op(fn):
+    return lambda x: reference_array(fn, x)
+
+
+# ----------------------------------------------------------------------------
+# Edge grids and random samples
+# ----------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Limits:
+    tiny: float
+    eps: float
+    max: float
+
+    @property
+    def log_max(self) -> float:
+        return math.log(self.max)
+
+
+def limits_of(dtype) -> Limits:
+    info = ml_dtypes.finfo(to_numpy_dtype(dtype))
+    return Limits(float(info.tiny), float(info.eps), float(info.max))
+
+
+def magnitudes(lim: Limits, upper: float | None = None) -> list[float]:
+    """Positive edge magnitudes of a dtype (every one a normal number), up to ``upper``."""
+    upper = lim.max if upper is None else upper
+    candidates = [
+        lim.tiny, 4 * lim.tiny, 1e-30, math.sqrt(lim.tiny), 1e-10, lim.eps / 4, lim.eps / 2, lim.eps,
+        math.sqrt(lim.eps), 1e-3, 0.1, 0.5, 1.0 - lim.eps / 2, 1.0, 1.0 + lim.eps, 2.0, 10.0,
+        lim.log_max / 2, lim.log_max - 1, lim.log_max, lim.log_max + 1, 2 * lim.log_max, 1e4, 1 / lim.eps,
+        math.sqrt(lim.max) / 2, lim.max / 4, lim.max,
+    ]  # fmt: skip
+    return sorted({v for v in candidates if lim.tiny <= v <= upper})
+
+
+def _signed(values) -> list[float]:
+    return sorted({0.0, *values, *[-v for v in values]})
+
+
+def _probability_values(lim: Limits) -> list[float]:
+    candidates = [
+        lim.tiny, 4 * lim.tiny, 1e-30, 1e-20, 1e-10, 5e-8, 1e-7, 2e-7, lim.eps / 4, lim.eps / 2, lim.eps,
+        math.sqrt(lim.eps), 1e-3, 0.1, 0.3, 0.5, 0.7, 0.9, 1 - 1e-3, 1 - math.sqrt(lim.eps),
+        1 - 4 * lim.eps, 1 - lim.eps, 1 - lim.eps / 2,
+    ]  # fmt: skip
+    return sorted({v for v in candidates if lim.tiny <= v < 1})
+
+
+def _column(values) -> np.ndarray:
+    return np.asarray(values, dtype=np.float64).reshape(-1, 1)
+
+
+def grid_probabilities(lim: Limits):
+    pairs = [(t, p) for t in LABELS for p in _probability_values(lim)]
+    pairs += [(0.0, 0.0), (1.0, 1.0)]  # exact zero loss: 0 * log(0) = 0
+    t, p = zip(*pairs)
+    return _column(t), _column(p)
+
+
+def random_probabilities(rng, n, lim: Limits):
+    half, quarter = n // 2, n // 4
+    p = np.concatenate(
+        [
+            1 / (1 + np.exp(-rng.normal(0, 3, half))),
+            10.0 ** rng.uniform(math.log10(lim.tiny), 0, quarter),
+            1 - 10.0 ** rng.uniform(math.log10(lim.eps / 2), 0, n - half - quarter),
+        ]
+    )
+    p = np.clip(p, lim.tiny, 1 - lim.eps / 2)
+    t = np.where(rng.random(n) < 0.5, rng.integers(0, 2, n), rng.random(n))
+    return _column(t), _column(p)
+
+
+def grid_logits(lim: Limits):
+    pairs = [(t, x) for t in LABELS for x in _signed(magnitudes(lim))]
+    t, x = zip(*pairs)
+    return _column(t), _column(x)
+
+
+def random_logits(rng, n, lim: Limits):
+    half = n // 2
+    wide = np.sign(rng.normal(size=n - half)) * 10.0 ** rng.uniform(-8, math.log10(lim.max) - 1, n - half)
+    x = np.concatenate([rng.normal(0, 5, half), wide])
+    t = np.where(rng.random(n) < 0.5, rng.integers(0, 2, n), rng.random(n))
+    return _column(t), _column(x)
+
+
+def _regression_grid(lim: Limits, max_diff: float):
+    targets = (0.0, 1.0, -3.0, 1e3)
+    predictions = _signed(magnitudes(lim, upper=max_diff)) + [1 - lim.eps, 1 + lim.eps, 2 - lim.eps, 2 + 2 * lim.eps]
+    pairs = [(t, p) for t in targets for p in predictions if abs(p - t) <= max_diff]
+    t, p = zip(*pairs)
+    return _column(t), _column(p)
+
+
+def grid_squared(lim: Limits):
+    # (p - t)^2 and its gradient 2 (p - t) representable in the input dtype.
+    return _regression_grid(lim, math.sqrt(lim.max) / 2)
+
+
+def grid_linear(lim: Limits):
+    # Huber and log-cosh grow linearly: any |p - t| up to half the range.
+    return _regression_grid(lim, lim.max / 2)
+
+
+def random_regression(rng, n, lim: Limits, max_diff: float | None = None):
+    half = n // 2
+    t = rng.normal(0, 1, n)
+    scale = 10.0 ** rng.uniform(math.log10(lim.eps), 3, n - half) * np.sign(rng.normal(size=n - half))
+    p = np.concatenate([rng.normal(0, 3, half), t[half:] + scale])
+    if max_diff is not None:
+        p = np.clip(p, t - max_diff, t + max_diff)
+    return _column(t), _column(p)
+
+
+def grid_elementwise_op(lim: Limits):
+    return (np.asarray(_signed(magnitudes(lim)), dtype=np.float64),)
+
+
+def random_elementwise_op(rng, n, lim: Limits):
+    half = n // 2
+    wide = np.sign(rng.normal(size=n - half)) * 10.0 ** rng.uniform(
+        math.log10(lim.tiny), math.log10(lim.max), n - half
+    )
+    return (np.concatenate([rng.normal(0, 3, half), wide]),)
+
+
+_ROW_PATTERNS = ((1, 0, 0, 0), (0, 0, 0, 1), (1, 1, 1, 1), (1, -1, 0, 0.5), (-1, -1, -1, -1), (1, 0.5, 0.25, 0))
+
+
+def _rows_grid(lim: Limits):
+    # Entries within max/4 keep logsumexp, and every lse - x_i, below the dtype's max.
+    scales = _signed(magnitudes(lim, upper=lim.max / 4))
+    rows = [[s * v for v in pattern] for pattern in _ROW_PATTERNS for s in scales]
+    rows += [[s, s * (1 - lim.eps), s * (1 - 2 * lim.eps), 0.0] for s in scales]
+    rows += [[s, 1.0, 2.0, 3.0] for s in scales]
+    return np.asarray(rows, dtype=np.float64)
+
+
+def _random_rows(rng, n, lim: Limits):
+    scale = 10.0 ** rng.uniform(-3, min(4, math.log10(lim.max / 4)), (n, 1))
+    return rng.normal(0, 1, (n, ROW_WIDTH)) * scale
+
+
+_SOFT_LABELS = ((1, 0, 0, 0), (0, 0, 0, 1), (0.25, 0.25, 0.25, 0.25), (0.7, 0.1, 0.1, 0.1))
+
+
+def grid_categorical(lim: Limits):
+    rows = _rows_grid(lim)
+    t = np.repeat(np.asarray(_SOFT_LABELS, dtype=np.float64), len(rows), axis=0)
+    return t, np.tile(rows, (len(_SOFT_LABELS), 1))
+
+
+def random_categorical(rng, n, lim: Limits):
+    return np.eye(ROW_WIDTH)[rng.integers(0, ROW_WIDTH, n)], _random_rows(rng, n, lim)
+
+
+def grid_sparse(lim: Limits):
+    rows = _rows_grid(lim)
+    labels = np.repeat(np.arange(ROW_WIDTH), len(rows))
+    return labels.astype(np.int32), np.tile(rows, (ROW_WIDTH, 1))
+
+
+def random_sparse(rng, n, lim: Limits):
+    return rng.integers(0, ROW_WIDTH, n).astype(np.int32), _random_rows(rng, n, lim)
+
+
+def grid_rows(lim: Limits):
+    return (_rows_grid(lim),)
+
+
+def random_rows(rng, n, lim: Limits):
+    return (_random_rows(rng, n, lim),)
+
+
+_DIRECTIONS = ((1, 0, 0), (0, 1, 0), (1, 1, 1), (1, -1, 0.5), (-1, -1, -1), (3, 4, 0), (1, 1e-3, 0))
+
+
+def grid_cosine(lim: Limits):
+    # No zero vectors (the cosine is undefined there); every scale a normal number.
+    scales = [s for s in (lim.tiny, 1e-30, math.sqrt(lim.tiny), 1.0, 1e10, math.sqrt(lim.max), lim.max / 4)
+              if s >= lim.tiny]  # fmt: skip
+    units = [list(d) for d in _DIRECTIONS]
+    scaled = {s: [[s * v for v in d] for d in _DIRECTIONS] for s in scales}
+    pairs = [(a, u) for vs in scaled.values() for a in vs for u in units]
+    pairs += [(u, a) for vs in scaled.values() for a in vs for u in units]
+    pairs += [(a, b) for vs in scaled.values() for a in vs for b in vs]
+    t, p = zip(*pairs)
+    return np.asarray(t, dtype=np.float64), np.asarray(p, dtype=np.float64)
+
+
+def random_cosine(rng, n, lim: Limits):
+    t = rng.normal(0, 1, (n, 3)) * 10.0 ** rng.uniform(-3, 3, (n, 1))
+    p = rng.normal(0, 1, (n, 3)) * 10.0 ** rng.uniform(-3, 3, (n, 1))
+    return t, p
+
+
+@dataclasses.dataclass(frozen=True)
+class AccuracySpec:
+    grid: Callable  # grid(limits) -> input arrays (float64; labels int32)
+    random: Callable  # random(rng, n, limits) -> input arrays
+    reference: Callable  # reference(*rounded float64 arrays) -> object array of mpf
+
+
+SPECS = {
+    "binary_crossentropy": AccuracySpec(
+        grid_probabilities, random_probabilities, _elementwise_loss(ref_binary_crossentropy)
+    ),
+    "binary_crossentropy_logits": AccuracySpec(
+        grid_logits, random_logits, _elementwise_loss(ref_binary_crossentropy_logits)
+    ),
+    "categorical_crossentropy_logits": AccuracySpec(
+        grid_categorical, random_categorical, lambda t, x: _rowwise(ref_categorical_row, t, x)
+    ),
+    "sparse_categorical_crossentropy_logits": AccuracySpec(
+        grid_sparse, random_sparse, lambda t, x: _rowwise(ref_sparse_row, t, x)
+    ),
+    "binary_focal_crossentropy": AccuracySpec(
+        grid_probabilities, random_probabilities, _elementwise_loss(ref_binary_focal)
+    ),
+    "mean_squared_error": AccuracySpec(
+        grid_squared,
+        lambda rng, n, lim: random_regression(rng, n, lim, math.sqrt(lim.max) / 2),
+        _elementwise_loss(ref_squared_error),
+    ),
+    "huber": AccuracySpec(grid_linear, random_regression, _elementwise_loss(ref_huber)),
+    "log_cosh": AccuracySpec(grid_linear, random_regression, _elementwise_loss(ref_log_cosh)),
+    "cosine_similarity": AccuracySpec(grid_cosine, random_cosine, lambda t, p: _rowwise(ref_cosine_row, t, p)),
+    "logsumexp": AccuracySpec(grid_rows, random_rows, lambda x: _rowwise(ref_logsumexp_row, x)),
+    "softmax": AccuracySpec(grid_rows, random_rows, lambda x: _rowwise(ref_softmax_row, x)),
+    "log_softmax": AccuracySpec(grid_rows, random_rows, lambda x: _rowwise(ref_log_softmax_row, x)),
+    "elu": AccuracySpec(grid_elementwise_op, random_elementwise_op, _elementwise_op(ref_elu)),
+    "leaky_relu": AccuracySpec(grid_elementwise_op, random_elementwise_op, _elementwise_op(ref_leaky_relu)),
+}
+
+
+# ----------------------------------------------------------------------------
+# Rounding inputs to the dtype, and the measurement
+# ----------------------------------------------------------------------------
+
+
+def round_inputs(arrays, dtype, lim: Limits):
+    """Round float arrays to ``dtype`` (subnormals flushed to zero, as TF does); labels unchanged.
+
+    Returns the arrays in ``dtype`` and their exact float64 values (for the reference).
+    """
+    rounded = []
+    for a in arrays:
+        if np.issubdtype(a.dtype, np.integer):
+            rounded.append(a)
+            continue
+        r = np.clip(a, -lim.max, lim.max).astype(to_numpy_dtype(dtype))
+        wide = r.astype(np.float64)
+        r = np.where(np.abs(wide) < lim.tiny, 0.0, wide).astype(to_numpy_dtype(dtype))
+        rounded.append(r)
+    exact = [a if np.issubdtype(a.dtype, np.integer) else a.astype(np.float64) for a in rounded]
+    return rounded, exact
+
+
+def _sample_inputs(spec: AccuracySpec, dtype: str, random_points: int, grid_stride: int = 1):
+    lim = limits_of(dtype)
+    grid = [g[::grid_stride] for g in spec.grid(lim)]
+    rand = spec.random(np.random.default_rng(1234), random_points, lim)
+    joined = [np.concatenate([g, r]) for g, r in zip(grid, rand)]
+    rounded, exact = round_inputs(joined, dtype, lim)
+    return rounded, exact, len(grid[0])
+
+
+def _finite_reference_mask(reference, out_dtype) -> np.ndarray:
+    largest = mpf(ml_dtypes.finfo(to_numpy_dtype(out_dtype)).max)
+    flat = [bool(mpmath.isfinite(r) and abs(r) <= largest) for r in reference.flat]
+    return np.asarray(flat, dtype=bool).reshape(reference.shape)
+
+
+def _describe_inputs(exact, index) -> list:
+    row = index[0]
+    return [np.asarray(a[row]).tolist() for a in exact]
+
+
+def measure_one(case, impl, mode: str, rounded, exact, reference, n_grid: int) -> dict:
+    import tensorflow as tf
+
+    from benchmarks.speed import forward_backward, in_mode
+
+    fb = in_mode(forward_backward(impl.build(True), case.wrt), mode)
+    value, grad = fb(*[tf.convert_to_tensor(a) for a in rounded])
+    value, grad = value.numpy(), grad.numpy()
+    out_dtype = value.dtype
+    errors = ulp_error(value, reference, out_dtype)
+    finite_ref = _finite_reference_mask(reference, out_dtype)
+    on_grid = np.zeros(errors.shape[0], dtype=bool)
+    on_grid[:n_grid] = True
+    grid_errors = errors[on_grid]
+    random_errors = errors[~on_grid]
+    worst_index = np.unravel_index(int(np.argmax(errors)), errors.shape)
+    grad_rows_bad = ~np.isfinite(grad.astype(np.float64)).reshape(grad.shape[0], -1).all(axis=1)
+    return {
+        "case": case.name,
+        "impl": impl.name,
+        "api": impl.api,
+        "mode": mode,
+        "output_dtype": str(to_numpy_dtype(out_dtype)),
+        "grid_points": int(n_grid),
+        "random_points": int(errors.shape[0] - n_grid),
+        "max_ulp_grid": float(grid_errors.max()) if grid_errors.size else 0.0,
+        "max_ulp_random": float(random_errors.max()) if random_errors.size else 0.0,
+        "median_ulp": float(np.median(errors)),
+        "nonfinite_values": int(np.sum(~np.isfinite(value.astype(np.float64)) & finite_ref)),
+        "nonfinite_grad_samples": int(grad_rows_bad.sum()),
+        "worst": {
+            "inputs": _describe_inputs(exact, worst_index),
+            "got": float(value[worst_index]),
+            "want": mpmath.nstr(reference[worst_index], 17),
+            "ulp": float(errors[worst_index]),
+        },
+    }
+
+
+def run_accuracy(cases, availability, config, log=print) -> dict:
+    """Measure every available implementation; returns the ``accuracy`` section."""
+    rows = []
+    for case in cases:
+        spec = SPECS.get(case.name)
+        impls = available_impls(case, availability)
+        if spec is None or not impls:
+            continue
+        for dtype in config.accuracy_dtypes:
+            rounded, exact, n_grid = _sample_inputs(spec, dtype, config.random_points, config.grid_stride)
+            reference = spec.reference(*exact)
+            for impl in impls:
+                for mode in MODES:
+                    try:
+                        row = measure_one(case, impl, mode, rounded, exact, reference, n_grid)
+                    except Exception as error:  # noqa: BLE001 - a failing contestant is a finding
+                        row = {"case": case.name, "impl": impl.name, "mode": mode, "error": f"{type(error).__name__}: {error}"[:300]}
+                    row["dtype"] = dtype
+                    rows.append(row)
+            log(f"  accuracy {case.name:<40} {dtype:<8} {len(impls)} impls, {len(exact[0])} inputs")
+    return {"method": METHOD, "modes": list(MODES), "rows": rows}

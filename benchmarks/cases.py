@@ -1,0 +1,430 @@
+"""The benchmark cases: each loss and hot op, with its stableops, Keras and tf.nn forms.
+
+A ``Case`` knows how to make inputs of a given size for the speed run and
+which implementations to compare. Its accuracy grid and mpmath reference live
+in ``accuracy.py``, keyed by the case name.
+
+Implementations are built lazily (``Impl.build``): a stableops op or loss that
+has not landed yet (placeholder raising ``NotImplementedError``, or a class
+missing from ``stableops.losses``) makes ``probe`` answer "unavailable" and the
+case is reported without that contestant instead of crashing the run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+import numpy as np
+
+# Speed-run row length for the losses and the row ops: size = rows * width.
+ELEMENTWISE_WIDTH = 64
+CLASSES = 128
+
+IMPLS = ("stableops", "keras", "tf.nn")
+BASELINE = "keras"
+
+
+@dataclasses.dataclass(frozen=True)
+class Impl:
+    """One contestant: ``build(per_sample)`` returns ``fn(*inputs)``.
+
+    ``per_sample=False`` is the speed form (the loss reduced to a scalar the
+    way Keras does by default, ``sum_over_batch_size``); ``per_sample=True``
+    is the accuracy form (one value per sample, ``reduction=None``). Ops
+    ignore it.
+    """
+
+    name: str
+    api: str
+    build: Callable[[bool], Callable]
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    """A benchmarked loss or op.
+
+    ``make_inputs(size, dtype, rng)`` returns the NumPy inputs of the speed
+    run, ``size`` elements in the prediction tensor; ``wrt`` is the index of
+    the input differentiated (predictions or logits). ``elementwise`` marks
+    the cases held to the 3x eager target and the 2 ULP accuracy target.
+    ``keras_note`` says what the Keras built-in runs eagerly: it explains the
+    eager ratio (a single fused TF kernel leaves XLA nothing to fuse).
+    """
+
+    name: str
+    kind: str  # "loss" or "op"
+    elementwise: bool
+    make_inputs: Callable[[int, np.dtype, np.random.Generator], tuple]
+    wrt: int
+    impls: tuple[Impl, ...]
+    keras_note: str
+
+    def impl(self, name: str) -> Impl | None:
+        return next((i for i in self.impls if i.name == name), None)
+
+
+# ----------------------------------------------------------------------------
+# Implementation builders
+# ----------------------------------------------------------------------------
+
+
+def _loss_class(module_name: str, class_name: str, **kwargs):
+    def build(per_sample: bool):
+        import importlib
+
+        module = importlib.import_module(module_name)
+        cls = getattr(module, class_name)  # AttributeError: not landed yet
+        reduction = None if per_sample else "sum_over_batch_size"
+        return cls(reduction=reduction, **kwargs)
+
+    return build
+
+
+def _stableops_loss(class_name: str, **kwargs) -> Impl:
+    args = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
+    return Impl("stableops", f"stableops.losses.{class_name}({args})", _loss_class("stableops.losses", class_name, **kwargs))
+
+
+def _keras_loss(class_name: str, **kwargs) -> Impl:
+    args = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
+    return Impl("keras", f"keras.losses.{class_name}({args})", _loss_class("keras.losses", class_name, **kwargs))
+
+
+def _tf_loss(api: str, elementwise_fn: Callable) -> Impl:
+    """A tf.nn per-element loss, averaged over the last axis (per sample) or everything (scalar)."""
+
+    def build(per_sample: bool):
+        import tensorflow as tf
+
+        def per_sample_loss(y_true, y_pred):
+            value = elementwise_fn(y_true, y_pred)
+            return tf.reduce_mean(value, axis=-1) if value.shape.rank == y_pred.shape.rank else value
+
+        if per_sample:
+            return per_sample_loss
+        return lambda y_true, y_pred: tf.reduce_mean(per_sample_loss(y_true, y_pred))
+
+    return Impl("tf.nn", api, build)
+
+
+def _op(name: str, api: str, resolve: Callable[[], Callable], **kwargs) -> Impl:
+    def build(per_sample: bool):
+        fn = resolve()
+        return lambda x: fn(x, **kwargs)
+
+    args = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
+    return Impl(name, f"{api}(x, {args})" if args else f"{api}(x)", build)
+
+
+def _stableops_op(op_name: str, **kwargs) -> Impl:
+    def resolve():
+        import stableops.ops
+
+        return getattr(stableops.ops, op_name)
+
+    return _op("stableops", f"stableops.ops.{op_name}", resolve, **kwargs)
+
+
+def _keras_op(op_name: str, **kwargs) -> Impl:
+    def resolve():
+        import keras
+
+        return getattr(keras.ops, op_name)
+
+    return _op("keras", f"keras.ops.{op_name}", resolve, **kwargs)
+
+
+def _tf_op(path: str, **kwargs) -> Impl:
+    def resolve():
+        import tensorflow as tf
+
+        obj = tf
+        for part in path.split(".")[1:]:
+            obj = getattr(obj, part)
+        return obj
+
+    return _op("tf.nn", path, resolve, **kwargs)
+
+
+# ----------------------------------------------------------------------------
+# Speed inputs (realistic values; the edge cases are accuracy's business)
+# ----------------------------------------------------------------------------
+
+
+def _rows(size: int, width: int) -> tuple[int, int]:
+    return (max(1, size // width), width)
+
+
+def _binary_probabilities(size, dtype, rng):
+    shape = _rows(size, ELEMENTWISE_WIDTH)
+    y_true = (rng.random(shape) < 0.5).astype(dtype)
+    y_pred = (1.0 / (1.0 + np.exp(-rng.normal(0.0, 2.0, shape)))).astype(dtype)
+    return y_true, y_pred
+
+
+def _binary_logits(size, dtype, rng):
+    shape = _rows(size, ELEMENTWISE_WIDTH)
+    y_true = (rng.random(shape) < 0.5).astype(dtype)
+    return y_true, rng.normal(0.0, 3.0, shape).astype(dtype)
+
+
+def _regression(size, dtype, rng):
+    shape = _rows(size, ELEMENTWISE_WIDTH)
+    return rng.normal(0.0, 1.0, shape).astype(dtype), rng.normal(0.0, 1.5, shape).astype(dtype)
+
+
+def _one_hot_logits(size, dtype, rng):
+    rows, classes = _rows(size, CLASSES)
+    labels = rng.integers(0, classes, rows)
+    return np.eye(classes, dtype=dtype)[labels], rng.normal(0.0, 3.0, (rows, classes)).astype(dtype)
+
+
+def _sparse_logits(size, dtype, rng):
+    rows, classes = _rows(size, CLASSES)
+    labels = rng.integers(0, classes, rows).astype(np.int32)
+    return labels, rng.normal(0.0, 3.0, (rows, classes)).astype(dtype)
+
+
+def _row_input(size, dtype, rng):
+    return (rng.normal(0.0, 3.0, _rows(size, CLASSES)).astype(dtype),)
+
+
+def _elementwise_input(size, dtype, rng):
+    return (rng.normal(0.0, 2.0, _rows(size, ELEMENTWISE_WIDTH)).astype(dtype),)
+
+
+# ----------------------------------------------------------------------------
+# The cases
+# ----------------------------------------------------------------------------
+
+
+def _sigmoid_bce(y_true, y_pred):
+    import tensorflow as tf
+
+    return tf.nn.sigmoid_cross_entropy_with_logits(labels=y_true, logits=y_pred)
+
+
+def _softmax_ce(y_true, y_pred):
+    import tensorflow as tf
+
+    return tf.nn.softmax_cross_entropy_with_logits(labels=y_true, logits=y_pred)
+
+
+def _sparse_softmax_ce(y_true, y_pred):
+    import tensorflow as tf
+
+    return tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y_true, logits=y_pred)
+
+
+CASES: tuple[Case, ...] = (
+    Case(
+        "binary_crossentropy",
+        "loss",
+        True,
+        _binary_probabilities,
+        1,
+        (_stableops_loss("BinaryCrossentropy"), _keras_loss("BinaryCrossentropy")),
+        "clip, two logs, three multiplies and adds, mean: ~10 eager kernels",
+    ),
+    Case(
+        "binary_crossentropy_logits",
+        "loss",
+        True,
+        _binary_logits,
+        1,
+        (
+            _stableops_loss("BinaryCrossentropy", from_logits=True),
+            _keras_loss("BinaryCrossentropy", from_logits=True),
+            _tf_loss("tf.nn.sigmoid_cross_entropy_with_logits", _sigmoid_bce),
+        ),
+        "tf.nn.sigmoid_cross_entropy_with_logits (~7 ops) then mean",
+    ),
+    Case(
+        "categorical_crossentropy_logits",
+        "loss",
+        False,
+        _one_hot_logits,
+        1,
+        (
+            _stableops_loss("CategoricalCrossentropy", from_logits=True),
+            _keras_loss("CategoricalCrossentropy", from_logits=True),
+            _tf_loss("tf.nn.softmax_cross_entropy_with_logits", _softmax_ce),
+        ),
+        "one fused TF kernel (SoftmaxCrossEntropyWithLogits) that also returns the gradient",
+    ),
+    Case(
+        "sparse_categorical_crossentropy_logits",
+        "loss",
+        False,
+        _sparse_logits,
+        1,
+        (
+            _stableops_loss("SparseCategoricalCrossentropy", from_logits=True),
+            _keras_loss("SparseCategoricalCrossentropy", from_logits=True),
+            _tf_loss("tf.nn.sparse_softmax_cross_entropy_with_logits", _sparse_softmax_ce),
+        ),
+        "one fused TF kernel (SparseSoftmaxCrossEntropyWithLogits) that also returns the gradient",
+    ),
+    Case(
+        "binary_focal_crossentropy",
+        "loss",
+        True,
+        _binary_probabilities,
+        1,
+        (_stableops_loss("BinaryFocalCrossentropy"), _keras_loss("BinaryFocalCrossentropy")),
+        "clipped BCE plus p_t, (1 - p_t)^gamma and products: ~20 eager kernels",
+    ),
+    Case(
+        "mean_squared_error",
+        "loss",
+        True,
+        _regression,
+        1,
+        (_stableops_loss("MeanSquaredError"), _keras_loss("MeanSquaredError")),
+        "subtract, square, mean: 3 eager kernels",
+    ),
+    Case(
+        "huber",
+        "loss",
+        True,
+        _regression,
+        1,
+        (_stableops_loss("Huber"), _keras_loss("Huber")),
+        "subtract, abs, square, compare, where and friends: ~10 eager kernels",
+    ),
+    Case(
+        "log_cosh",
+        "loss",
+        True,
+        _regression,
+        1,
+        (_stableops_loss("LogCosh"), _keras_loss("LogCosh")),
+        "x + softplus(-2x) - log 2, mean: ~6 eager kernels",
+    ),
+    Case(
+        "cosine_similarity",
+        "loss",
+        False,
+        _regression,
+        1,
+        (_stableops_loss("CosineSimilarity"), _keras_loss("CosineSimilarity")),
+        "two l2_normalize (square, sum, max, rsqrt, multiply each), product, sum, negate",
+    ),
+    Case(
+        "logsumexp",
+        "op",
+        False,
+        _row_input,
+        0,
+        (
+            _stableops_op("logsumexp", axis=-1),
+            _keras_op("logsumexp", axis=-1),
+            _tf_op("tf.math.reduce_logsumexp", axis=-1),
+        ),
+        "tf.math.reduce_logsumexp: max, subtract, exp, sum, log, add (~8 kernels)",
+    ),
+    Case(
+        "softmax",
+        "op",
+        False,
+        _row_input,
+        0,
+        (_stableops_op("softmax", axis=-1), _keras_op("softmax", axis=-1), _tf_op("tf.nn.softmax", axis=-1)),
+        "one fused TF kernel (Softmax); its gradient is ~4 kernels",
+    ),
+    Case(
+        "log_softmax",
+        "op",
+        False,
+        _row_input,
+        0,
+        (
+            _stableops_op("log_softmax", axis=-1),
+            _keras_op("log_softmax", axis=-1),
+            _tf_op("tf.nn.log_softmax", axis=-1),
+        ),
+        "one fused TF kernel (LogSoftmax); its gradient is ~4 kernels",
+    ),
+    Case(
+        "elu",
+        "op",
+        True,
+        _elementwise_input,
+        0,
+        (_stableops_op("elu", alpha=1.0), _keras_op("elu", alpha=1.0), _tf_op("tf.nn.elu")),
+        "one fused TF kernel (Elu) and one for its gradient (EluGrad)",
+    ),
+    Case(
+        "leaky_relu",
+        "op",
+        True,
+        _elementwise_input,
+        0,
+        (
+            _stableops_op("leaky_relu", negative_slope=0.2),
+            _keras_op("leaky_relu", negative_slope=0.2),
+            _tf_op("tf.nn.leaky_relu", alpha=0.2),
+        ),
+        "one fused TF kernel (LeakyRelu) and one for its gradient (LeakyReluGrad)",
+    ),
+)
+
+CASES_BY_NAME = {case.name: case for case in CASES}
+
+
+def select_cases(only: str | None) -> tuple[Case, ...]:
+    """Cases whose name contains any comma-separated word of ``only`` (all when empty)."""
+    if not only:
+        return CASES
+    words = [w.strip() for w in only.split(",") if w.strip()]
+    chosen = tuple(c for c in CASES if any(w == c.name for w in words))
+    chosen += tuple(c for c in CASES if c not in chosen and any(w in c.name for w in words))
+    if not chosen:
+        raise ValueError(f"--only {only!r} matches no case; cases are: {', '.join(CASES_BY_NAME)}")
+    return tuple(c for c in CASES if c in chosen)
+
+
+# ----------------------------------------------------------------------------
+# Availability
+# ----------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Availability:
+    status: str  # "ok", "unavailable" or "error"
+    detail: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    def to_dict(self):
+        return {"status": self.status, "detail": self.detail}
+
+
+def probe(case: Case, impl: Impl) -> Availability:
+    """Build ``impl`` and run it once, value and gradient, on tiny float32 inputs.
+
+    ``NotImplementedError``, ``ImportError`` and ``AttributeError`` (a
+    placeholder, or a class that has not landed) mean "unavailable"; any other
+    exception is recorded as "error" with its message. Nothing is raised.
+    """
+    import tensorflow as tf
+
+    try:
+        fn = impl.build(False)
+        inputs = [tf.convert_to_tensor(a) for a in case.make_inputs(4 * CLASSES, np.float32, np.random.default_rng(0))]
+        with tf.GradientTape() as tape:
+            tape.watch(inputs[case.wrt])
+            out = fn(*inputs)
+        tape.gradient(out, inputs[case.wrt])
+    except (NotImplementedError, ImportError, AttributeError) as error:
+        return Availability("unavailable", f"{type(error).__name__}: {error}")
+    except Exception as error:  # noqa: BLE001 - reported, never raised
+        return Availability("error", f"{type(error).__name__}: {error}"[:300])
+    return Availability("ok")
+
+
+def available_impls(case: Case, availability: dict) -> tuple[Impl, ...]:
+    return tuple(i for i in case.impls if availability[case.name][i.name].ok)

@@ -1,0 +1,103 @@
+"""Memory: peak resident memory of one forward + backward, stableops against Keras.
+
+``tf.config.experimental.get_memory_info`` is not available for the CPU
+device (TF raises "Allocator stats not available"), so the peak is measured
+on the process instead, with Linux's peak-RSS reset:
+
+1. inputs are created and the contestant is warmed up (XLA modes at the
+   measured shape, so compilation is not counted; eager at a small shape);
+2. ``/proc/self/clear_refs`` gets ``5``, which resets ``VmHWM`` (peak RSS)
+   to the current RSS, and the current ``VmRSS`` is read;
+3. one forward + backward runs; ``VmHWM - VmRSS(before)`` is the peak extra
+   memory it needed: every intermediate buffer alive at the worst moment,
+   plus the value and gradient it returns.
+
+Freed large buffers go back to the OS (glibc serves them with ``mmap``), so
+one measurement does not hide the next. Where ``clear_refs`` is not writable
+the section says so and measures nothing.
+"""
+
+from __future__ import annotations
+
+import gc
+
+import numpy as np
+
+from benchmarks.cases import available_impls
+from benchmarks.speed import contestant
+
+MODES = ("eager", "xla")
+METHOD = (
+    "peak RSS of one forward + backward over the RSS just before it (Linux: /proc/self/clear_refs "
+    "resets VmHWM); inputs excluded, value and gradient included; warmed up first"
+)
+
+
+def _status_kib(field: str) -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise KeyError(field)
+
+
+def _reset_peak() -> None:
+    with open("/proc/self/clear_refs", "w") as refs:
+        refs.write("5")
+
+
+def peak_rss_supported() -> bool:
+    try:
+        _reset_peak()
+        _status_kib("VmHWM")
+    except OSError:
+        return False
+    return True
+
+
+def peak_extra_bytes(fn, inputs) -> int:
+    """Peak RSS above the current RSS while ``fn(*inputs)`` runs (outputs included)."""
+    gc.collect()
+    _reset_peak()
+    before = _status_kib("VmRSS")
+    out = fn(*inputs)
+    peak = _status_kib("VmHWM")
+    del out
+    return max(0, peak - before) * 1024
+
+
+def run_memory(cases, availability, config, log=print) -> dict:
+    import tensorflow as tf
+
+    if not peak_rss_supported():
+        return {"method": METHOD, "supported": False, "rows": []}
+    rows = []
+    size = config.memory_size
+    for case in cases:
+        impls = available_impls(case, availability)
+        if not impls:
+            continue
+        arrays = case.make_inputs(size, np.dtype("float32"), np.random.default_rng(7))
+        inputs = [tf.convert_to_tensor(a) for a in arrays]
+        input_bytes = int(sum(a.nbytes for a in arrays))
+        small = [tf.convert_to_tensor(a) for a in case.make_inputs(1024, np.dtype("float32"), np.random.default_rng(7))]
+        for impl in impls:
+            for mode in MODES:
+                fn = contestant(case, impl, mode)
+                fn(*(inputs if mode == "xla" else small))  # compile / first-call setup
+                extra = peak_extra_bytes(fn, inputs)
+                rows.append(
+                    {
+                        "case": case.name,
+                        "impl": impl.name,
+                        "mode": mode,
+                        "size": size,
+                        "dtype": "float32",
+                        "input_bytes": input_bytes,
+                        "peak_extra_bytes": extra,
+                    }
+                )
+        log(f"  memory {case.name:<40} 2^{int(np.log2(size))}")
+        del inputs, small
+        gc.collect()
+    return {"method": METHOD, "supported": True, "size": size, "rows": rows}

@@ -1,0 +1,519 @@
+"""The report: targets checked, and ``summary.md`` built from the section JSON files.
+
+Everything here reads the JSON files of an output directory, so the summary
+of a partial rerun still covers every section measured there. Targets are
+measured, not asserted: a missed target is listed with the numbers and the
+reason (``WHY`` holds the reasons found by reading the kernels; a case with
+no entry gets the generic reason of its target).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from benchmarks.cases import CASES, CASES_BY_NAME
+
+COMPILED_MAX = 1.05
+EAGER_MIN_SIZE = 2**20
+EAGER_MAX = 0.5
+EAGER_ELEMENTWISE_LOSS_MAX = 1 / 3
+ULP_MAX_FLOAT32 = 2.0
+SECTION_FILES = ("bandwidth", "speed", "accuracy", "memory", "end_to_end")
+
+# Reasons for missed targets, keyed by (target id, case); filled from reading the kernels.
+WHY: dict[tuple[str, str], str] = {}
+
+GENERIC_WHY = {
+    "eager": (
+        "the Keras built-in is already one or two fused TF kernels ({note}), so compiling the whole op "
+        "with XLA has little to fuse; the fixed cost of calling a compiled function remains"
+    ),
+    "compiled": (
+        "both sides are compiled by XLA into fused loops, so the gap is the extra arithmetic of the "
+        "stable formula (guards, branches, an extra transcendental) that Keras's kernel skips"
+    ),
+    "end_to_end": "the loss and activations are a small part of a training step; see the compiled ratios",
+    "finite": "see the worst input in accuracy.json",
+    "ulp": "see the worst input in accuracy.json",
+}
+
+
+def load_sections(out: Path) -> dict:
+    sections = {}
+    for name in (*SECTION_FILES, "run"):
+        path = out / f"{name}.json"
+        if path.exists():
+            sections[name] = json.loads(path.read_text())
+    return sections
+
+
+def _num(value) -> float:
+    if isinstance(value, str):
+        return float(value)  # "inf", "-inf", "nan"
+    return float("nan") if value is None else float(value)
+
+
+def _pow2(size: int) -> str:
+    return f"2^{int(round(math.log2(size)))}"
+
+
+def _fmt_ratio(value: float) -> str:
+    return "-" if not math.isfinite(value) else f"{value:.2f}"
+
+
+def _fmt_ulp(value) -> str:
+    value = _num(value)
+    if math.isnan(value):
+        return "-"
+    if math.isinf(value):
+        return "inf"
+    if value == 0:
+        return "0"
+    return f"{value:.2g}" if value < 1000 else f"{value:.1e}"
+
+
+def _fmt_bytes(value: float) -> str:
+    return f"{value / 2**20:.0f} MiB" if value >= 2**20 else f"{value / 2**10:.0f} KiB"
+
+
+def _fmt_seconds(value: float) -> str:
+    if value >= 1:
+        return f"{value:.2f} s"
+    if value >= 1e-3:
+        return f"{value * 1e3:.3g} ms"
+    return f"{value * 1e6:.3g} µs"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _why(target: str, case: str) -> str:
+    if (target, case) in WHY:
+        return WHY[(target, case)]
+    note = CASES_BY_NAME[case].keras_note if case in CASES_BY_NAME else ""
+    return GENERIC_WHY[target].format(note=note)
+
+
+# ----------------------------------------------------------------------------
+# Targets
+# ----------------------------------------------------------------------------
+
+
+def _ratio_rows(sections, baseline="keras"):
+    speed = sections.get("speed", {}).get("data", {})
+    return [r for r in speed.get("ratios", []) if r["baseline"] == baseline and r["impl"] == "stableops"]
+
+
+def evaluate_targets(sections: dict) -> list[dict]:
+    """Each target: status "met", "missed" or "not measured", with the misses and why."""
+    targets = []
+    ratios = [r for r in _ratio_rows(sections) if r["dtype"] == "float32"]
+    availability = _availability(sections)
+
+    def unavailable(case_names):
+        return sorted(c for c in case_names if availability.get(c, {}).get("stableops", {}).get("status") != "ok")
+
+    # Compiled: ratio <= 1.05 at every size.
+    compiled = [r for r in ratios if r["mode"] == "xla"]
+    misses = [
+        {
+            "case": r["case"],
+            "detail": f"{_pow2(r['size'])}: {r['ratio']['median']:.2f} (q25 {r['ratio']['q25']:.2f})",
+            "within_noise": r["ratio"]["q25"] <= COMPILED_MAX,
+            "why": _why("compiled", r["case"]),
+        }
+        for r in compiled
+        if r["ratio"]["median"] > COMPILED_MAX
+    ]
+    targets.append(_target("compiled", f"XLA-compiled forward+backward, stableops/Keras <= {COMPILED_MAX}", compiled, misses, unavailable))
+
+    # Eager at >= 2^20: 2x faster, 3x on elementwise losses.
+    eager = [r for r in ratios if r["mode"] == "eager" and r["size"] >= EAGER_MIN_SIZE]
+    misses = []
+    for r in eager:
+        case = CASES_BY_NAME.get(r["case"])
+        limit = EAGER_ELEMENTWISE_LOSS_MAX if case and case.kind == "loss" and case.elementwise else EAGER_MAX
+        if r["ratio"]["median"] > limit:
+            misses.append(
+                {
+                    "case": r["case"],
+                    "detail": f"{_pow2(r['size'])}: {r['ratio']['median']:.2f} > {limit:.2f} (q25 {r['ratio']['q25']:.2f})",
+                    "within_noise": r["ratio"]["q25"] <= limit,
+                    "why": _why("eager", r["case"]),
+                }
+            )
+    targets.append(
+        _target("eager", "eager at >= 2^20: stableops/Keras <= 0.50 (<= 0.33 on elementwise losses)", eager, misses, unavailable)
+    )
+
+    # End to end.
+    e2e_rows = sections.get("end_to_end", {}).get("data", {}).get("rows", [])
+    measured = [r for r in e2e_rows if "ratio" in r]
+    misses = [
+        {
+            "case": r["model"],
+            "detail": f"{r['ratio']['median']:.2f} (q25 {r['ratio']['q25']:.2f})",
+            "within_noise": r["ratio"]["q25"] <= COMPILED_MAX,
+            "why": _why("end_to_end", r["model"]),
+        }
+        for r in measured
+        if r["ratio"]["median"] > COMPILED_MAX
+    ]
+    status = "not measured" if not measured else ("missed" if misses else "met")
+    targets.append(
+        {
+            "id": "end_to_end",
+            "target": f"model.fit(jit_compile=True) step time, stableops/Keras <= {COMPILED_MAX}",
+            "status": status,
+            "misses": misses,
+            "unmeasured": [r["model"] for r in e2e_rows if "ratio" not in r],
+        }
+    )
+
+    # Accuracy: finite, and <= 2 ULP float32 on elementwise cases (stableops).
+    acc = [r for r in sections.get("accuracy", {}).get("data", {}).get("rows", []) if r.get("impl") == "stableops"]
+    ok_rows = [r for r in acc if "error" not in r]
+    misses = [
+        {
+            "case": r["case"],
+            "detail": f"{r['dtype']} {r['mode']}: {r['nonfinite_values']} non-finite values, "
+            f"{r['nonfinite_grad_samples']} samples with non-finite gradients",
+            "why": _why("finite", r["case"]) + f" (e.g. inputs {r['worst']['inputs']})",
+        }
+        for r in ok_rows
+        if r["nonfinite_values"] or r["nonfinite_grad_samples"]
+    ]
+    misses += [{"case": r["case"], "detail": f"{r['dtype']} {r['mode']}: {r['error']}", "why": "the call raised"} for r in acc if "error" in r]
+    targets.append(_target("finite", "zero non-finite values or gradients for finite inputs (stableops)", acc, misses, unavailable))
+
+    elementwise = [
+        r for r in ok_rows if r["dtype"] == "float32" and CASES_BY_NAME.get(r["case"]) and CASES_BY_NAME[r["case"]].elementwise
+    ]
+    misses = []
+    for r in elementwise:
+        worst = max(_num(r["max_ulp_grid"]), _num(r["max_ulp_random"]))
+        if worst > ULP_MAX_FLOAT32:
+            misses.append(
+                {
+                    "case": r["case"],
+                    "detail": f"{r['mode']}: {_fmt_ulp(worst)} ULP at inputs {r['worst']['inputs']} "
+                    f"(got {r['worst']['got']!r}, want {r['worst']['want']})",
+                    "why": _why("ulp", r["case"]),
+                }
+            )
+    targets.append(_target("ulp", f"<= {ULP_MAX_FLOAT32:g} ULP in float32 on every elementwise case (stableops)", elementwise, misses, unavailable))
+    return targets
+
+
+def _target(target_id, text, measured_rows, misses, unavailable):
+    cases_measured = {r["case"] for r in measured_rows}
+    not_measured = unavailable(c.name for c in CASES if c.name not in cases_measured)
+    status = "not measured" if not measured_rows else ("missed" if misses else "met")
+    return {"id": target_id, "target": text, "status": status, "misses": misses, "unmeasured": not_measured}
+
+
+def _availability(sections) -> dict:
+    merged = {}
+    for name in (*SECTION_FILES, "run"):
+        merged.update(sections.get(name, {}).get("availability", {}))
+    return merged
+
+
+# ----------------------------------------------------------------------------
+# summary.md
+# ----------------------------------------------------------------------------
+
+
+def _speed_tables(sections) -> list[str]:
+    speed = sections.get("speed", {}).get("data")
+    if not speed:
+        return []
+    out = ["## Speed: stableops / Keras, forward + backward", ""]
+    out.append(
+        "Median over interleaved rounds of the same-round ratio (below 1: stableops faster). "
+        f"Marks: `✗` misses its target (XLA > {COMPILED_MAX}; eager at >= 2^20 above 0.50, or 0.33 on "
+        "elementwise losses), `~` misses it by less than the round-to-round spread (q25 within target). "
+        "`-`: not measured (implementation unavailable)."
+    )
+    out.append("")
+    ratios = _ratio_rows(sections)
+    for dtype in sorted({r["dtype"] for r in ratios}, key=lambda d: d != "float32"):
+        sizes = sorted({r["size"] for r in ratios if r["dtype"] == dtype})
+        for mode in ("eager", "function", "xla"):
+            rows = []
+            for case in CASES:
+                cells = []
+                for size in sizes:
+                    match = [r for r in ratios if (r["case"], r["dtype"], r["mode"], r["size"]) == (case.name, dtype, mode, size)]
+                    cells.append(_mark(match[0], case, mode) if match else "-")
+                if any(c != "-" for c in cells):
+                    rows.append([case.name, *cells])
+            if rows:
+                out += [f"**{mode}, {dtype}**", "", _table(["case", *[_pow2(s) for s in sizes]], rows), ""]
+    tf_rows = _ratio_rows(sections, baseline="tf.nn")
+    if tf_rows:
+        largest = max(r["size"] for r in tf_rows if r["dtype"] == "float32")
+        rows = []
+        for case in CASES:
+            cells = []
+            for mode in ("eager", "function", "xla"):
+                match = [r for r in tf_rows if (r["case"], r["dtype"], r["mode"], r["size"]) == (case.name, "float32", mode, largest)]
+                cells.append(_fmt_ratio(match[0]["ratio"]["median"]) if match else "-")
+            if any(c != "-" for c in cells):
+                rows.append([case.name, *cells])
+        if rows:
+            out += [f"**stableops / tf.nn (or tf.math), float32, {_pow2(largest)}**", "", _table(["case", "eager", "function", "xla"], rows), ""]
+    out += _absolute_table(speed)
+    return out
+
+
+def _mark(row, case, mode) -> str:
+    value, q25 = row["ratio"]["median"], row["ratio"]["q25"]
+    if mode == "xla":
+        limit = COMPILED_MAX
+    elif mode == "eager" and row["size"] >= EAGER_MIN_SIZE and row["dtype"] == "float32":
+        limit = EAGER_ELEMENTWISE_LOSS_MAX if case.kind == "loss" and case.elementwise else EAGER_MAX
+    else:
+        return _fmt_ratio(value)
+    if value <= limit:
+        return _fmt_ratio(value)
+    return _fmt_ratio(value) + (" ~" if q25 <= limit else " ✗")
+
+
+def _absolute_table(speed) -> list[str]:
+    timings = [t for t in speed.get("timings", []) if t["dtype"] == "float32"]
+    if not timings:
+        return []
+    largest = max(t["size"] for t in timings)
+    header = ["case"] + [f"{impl} {mode}" for impl in ("stableops", "keras", "tf.nn") for mode in ("eager", "function", "xla")]
+    rows = []
+    for case in CASES:
+        cells = []
+        for impl in ("stableops", "keras", "tf.nn"):
+            for mode in ("eager", "function", "xla"):
+                match = [t for t in timings if (t["case"], t["impl"], t["mode"], t["size"]) == (case.name, impl, mode, largest)]
+                cells.append(_fmt_seconds(match[0]["seconds"]["median"]) if match else "-")
+        if any(c != "-" for c in cells):
+            rows.append([case.name, *cells])
+    if not rows:
+        return []
+    return [f"**Median time per call, float32, {_pow2(largest)} elements**", "", _table(header, rows), ""]
+
+
+def _limits_tables(sections) -> list[str]:
+    from benchmarks.bandwidth import limits_table
+
+    bandwidth = sections.get("bandwidth", {}).get("data")
+    if not bandwidth:
+        return []
+    out = ["## Limits: memory bandwidth", ""]
+    rows = [[name, f"{m['best_gbps']:.1f}", f"{m['median_gbps']:.1f}"] for name, m in bandwidth["methods"].items()]
+    out += [
+        f"Measured on {_fmt_bytes(bandwidth['array_bytes'])} float32 arrays (bytes read + written per second). "
+        f"The limit used below is the best: **{bandwidth['limit_gbps']:.1f} GB/s**.",
+        "",
+        _table(["method", "best GB/s", "median GB/s"], rows),
+        "",
+    ]
+    speed = sections.get("speed", {}).get("data")
+    if speed and speed.get("timings"):
+        largest = max(t["size"] for t in speed["timings"] if t["dtype"] == "float32")
+        limit_rows = [r for r in limits_table(speed, bandwidth, CASES, largest) if r["dtype"] == "float32"]
+        rows = []
+        for case in CASES:
+            for impl in ("stableops", "keras", "tf.nn"):
+                cells = []
+                for mode in ("eager", "xla"):
+                    match = [r for r in limit_rows if (r["case"], r["impl"], r["mode"]) == (case.name, impl, mode)]
+                    cells.append(f"{match[0]['achieved_gbps']:.1f} GB/s ({100 * match[0]['fraction_of_limit']:.0f}%)" if match else "-")
+                if any(c != "-" for c in cells):
+                    traffic = next(r["bytes"] for r in limit_rows if r["case"] == case.name)
+                    floor = next(r["seconds_at_limit"] for r in limit_rows if r["case"] == case.name)
+                    rows.append([case.name, impl, _fmt_bytes(traffic), _fmt_seconds(floor), *cells])
+        if rows:
+            out += [
+                f"Elementwise cases at {_pow2(largest)} float32: compulsory traffic (inputs read once, value and "
+                "gradient written once), the time that traffic takes at the limit, and the traffic rate each "
+                "implementation reaches (percent of the limit). Well below 100%: compute- or overhead-bound, or "
+                "the data is read more than once (forward and backward are separate passes over the inputs).",
+                "",
+                _table(["case", "impl", "traffic", "time at limit", "eager", "xla"], rows),
+                "",
+            ]
+    return out
+
+
+def _accuracy_tables(sections) -> list[str]:
+    acc = sections.get("accuracy", {}).get("data")
+    if not acc or not acc.get("rows"):
+        return []
+    rows = acc["rows"]
+    out = ["## Accuracy: max error in ULPs against mpmath, and non-finite outputs", ""]
+    out.append(
+        "Same inputs for every implementation: an edge grid (the dtype's extremes; only inputs whose exact "
+        "value and gradient are finite) and a random sample. Cells: max ULP on the grid / on the random "
+        "sample; `nf` = non-finite values / samples with a non-finite gradient (all should be 0). "
+        "A value clipped by an epsilon counts its full error (Keras clips probabilities to [1e-7, 1 - 1e-7])."
+    )
+    out.append("")
+    for dtype in sorted({r["dtype"] for r in rows}, key=lambda d: d != "float32"):
+        for mode in acc.get("modes", ("eager", "xla")):
+            body = []
+            for case in CASES:
+                cells, any_row = [], False
+                for impl in ("stableops", "keras", "tf.nn"):
+                    match = [r for r in rows if (r["case"], r["impl"], r["mode"], r["dtype"]) == (case.name, impl, mode, dtype)]
+                    if not match:
+                        cells += ["-", "-"]
+                        continue
+                    any_row = True
+                    r = match[0]
+                    if "error" in r:
+                        cells += ["error", "-"]
+                        continue
+                    cells += [
+                        f"{_fmt_ulp(r['max_ulp_grid'])} / {_fmt_ulp(r['max_ulp_random'])}",
+                        f"{r['nonfinite_values']} / {r['nonfinite_grad_samples']}",
+                    ]
+                if any_row:
+                    body.append([case.name, *cells])
+            if body:
+                header = ["case", "stableops ULP", "nf", "Keras ULP", "nf", "tf.nn ULP", "nf"]
+                out += [f"**{dtype}, {mode}**", "", _table(header, body), ""]
+    return out
+
+
+def _memory_table(sections) -> list[str]:
+    mem = sections.get("memory", {}).get("data")
+    if not mem:
+        return []
+    out = ["## Memory: peak extra resident memory of one forward + backward", ""]
+    if not mem.get("supported"):
+        return out + ["Not measured: /proc/self/clear_refs is not writable here.", ""]
+    rows = []
+    for case in CASES:
+        cells = []
+        for mode in ("eager", "xla"):
+            got = {r["impl"]: r for r in mem["rows"] if (r["case"], r["mode"]) == (case.name, mode)}
+            s, k = got.get("stableops"), got.get("keras")
+            cells += [
+                _fmt_bytes(s["peak_extra_bytes"]) if s else "-",
+                _fmt_bytes(k["peak_extra_bytes"]) if k else "-",
+                f"{s['peak_extra_bytes'] / k['peak_extra_bytes']:.2f}" if s and k and k["peak_extra_bytes"] else "-",
+            ]
+        if any(c != "-" for c in cells):
+            size = next(r for r in mem["rows"] if r["case"] == case.name)
+            rows.append([case.name, _fmt_bytes(size["input_bytes"]), *cells])
+    out += [
+        f"float32, {_pow2(mem['size'])} elements; {mem['method']}.",
+        "",
+        _table(["case", "inputs", "stableops eager", "Keras eager", "ratio", "stableops xla", "Keras xla", "ratio"], rows),
+        "",
+    ]
+    return out
+
+
+def _end_to_end_table(sections) -> list[str]:
+    e2e = sections.get("end_to_end", {}).get("data")
+    if not e2e or not e2e.get("rows"):
+        return []
+    rows = []
+    for r in e2e["rows"]:
+        s, k = r["flavours"]["stableops"], r["flavours"]["keras"]
+        rows.append(
+            [
+                r["model"],
+                _fmt_seconds(k["step_seconds"]) if k["step_seconds"] else k["note"],
+                _fmt_seconds(s["step_seconds"]) if s["step_seconds"] else s["note"],
+                f"{r['ratio']['median']:.2f} ({r['ratio']['q25']:.2f}-{r['ratio']['q75']:.2f})" if "ratio" in r else "-",
+                f"{k['final_loss']:.4f} / {s['final_loss']:.4f}" if s["final_loss"] is not None and k["final_loss"] is not None else "-",
+                s["note"],
+            ]
+        )
+    return [
+        "## End to end: model.fit(jit_compile=True)",
+        "",
+        f"{e2e['method']}.",
+        "",
+        _table(["model", "Keras step", "stableops step", "ratio (q25-q75)", "last loss Keras / stableops", "stableops flavour"], rows),
+        "",
+    ]
+
+
+def _targets_section(targets) -> list[str]:
+    rows = []
+    for t in targets:
+        status = {"met": "met", "missed": "**missed**", "not measured": "not measured"}[t["status"]]
+        detail = f"{len(t['misses'])} miss(es)" if t["misses"] else ""
+        if t.get("unmeasured"):
+            detail += ("; " if detail else "") + "not measured (stableops unavailable): " + ", ".join(t["unmeasured"])
+        rows.append([t["target"], status, detail or "-"])
+    out = ["## Targets", "", _table(["target", "status", "detail"], rows), ""]
+    for t in targets:
+        if not t["misses"]:
+            continue
+        out += [f"**Missed: {t['target']}**", ""]
+        by_case = {}
+        for m in t["misses"]:
+            by_case.setdefault(m["case"], []).append(m)
+        for case, misses in by_case.items():
+            details = "; ".join(m["detail"] + (" (within noise)" if m.get("within_noise") else "") for m in misses)
+            out.append(f"- `{case}`: {details}. Why: {misses[0]['why']}.")
+        out.append("")
+    return out
+
+
+def _header(sections) -> list[str]:
+    run = sections.get("run", {})
+    env = run.get("environment", {})
+    out = ["# stableops benchmarks: summary", ""]
+    if env:
+        runtime = run.get("runtime_seconds", {}).get("total")
+        out += [
+            f"Run {run.get('created', '?')} (preset `{run.get('config', {}).get('preset', '?')}`"
+            + (f", {runtime / 60:.1f} min" if runtime else "")
+            + f"), commit {env.get('commit')}; {env.get('cpu')}, {env.get('usable_cores')} cores, "
+            f"{(env.get('memory_gib') or 0):.0f} GiB; TensorFlow {env.get('tensorflow')}, Keras {env.get('keras')}, "
+            f"Python {env.get('python')}. Load average at start: {env.get('load_average_at_start')}.",
+            "",
+            f"float16 on this CPU: {env.get('float16', {}).get('verdict', '?')}.",
+            "",
+        ]
+    unavailable = sorted(
+        (case, impl, a["detail"])
+        for case, impls in _availability(sections).items()
+        for impl, a in impls.items()
+        if a["status"] != "ok"
+    )
+    if unavailable:
+        out += ["Not measured (implementation unavailable or failing when the run started):", ""]
+        out += [f"- `{case}` {impl}: {detail}" for case, impl, detail in unavailable]
+        out.append("")
+    return out
+
+
+def build_summary(sections: dict, targets: list[dict]) -> str:
+    parts = _header(sections) + _targets_section(targets)
+    parts += _speed_tables(sections) + _limits_tables(sections) + _accuracy_tables(sections)
+    parts += _memory_table(sections) + _end_to_end_table(sections)
+    plots = [p for p in ("speed_ratio.png", "speed_times.png", "accuracy.png", "bandwidth.png")]
+    parts += ["## Plots", "", *[f"- `{p}`" for p in plots], ""]
+    return "\n".join(parts)
+
+
+def write_report(out: Path, plots: bool = True) -> str:
+    sections = load_sections(out)
+    targets = evaluate_targets(sections)
+    (out / "targets.json").write_text(json.dumps(targets, indent=1) + "\n")
+    if plots:
+        from benchmarks.plots import write_plots
+
+        write_plots(sections, out)
+    summary = build_summary(sections, targets)
+    (out / "summary.md").write_text(summary)
+    return summary

@@ -1,0 +1,204 @@
+"""Speed: forward + backward time per case, size, dtype, mode and implementation.
+
+What is timed is one call of ``forward_backward(fn)``: the loss (reduced to a
+scalar, Keras's default ``sum_over_batch_size``) or op, and its gradient with
+respect to the predictions (logits, or the op's input; for an op, the
+gradient of the sum of its outputs). Both value and gradient are returned, so
+no compiler can drop either. Three modes:
+
+* ``eager``: called eagerly under a ``GradientTape`` (Keras runs op by op;
+  stableops runs its XLA kernel, see ``stableops/ops/_kernel.py``);
+* ``function``: ``tf.function(forward_backward)``;
+* ``xla``: ``tf.function(forward_backward, jit_compile=True)``.
+
+Method (the 2 cores are shared with other work, so absolute times are noisy):
+every contestant of one (case, size, dtype) is compiled and warmed up, then
+timed in rounds; within a round each contestant is timed once (enough
+back-to-back calls to last ``min_sample_s``, time per call), in an order
+that alternates forwards and backwards between rounds. A contestant's time is
+the median over rounds; the ratio stableops / Keras of one mode is the median
+over rounds of the two times measured in the same round (paired, so a burst
+of background load hits both sides), with its 25th and 75th percentiles.
+"""
+
+from __future__ import annotations
+
+import gc
+import time
+from typing import Callable
+
+import numpy as np
+
+from benchmarks.cases import BASELINE, Case, available_impls
+
+MODES = ("eager", "function", "xla")
+METHOD = (
+    "forward + backward per call; contestants of one (case, size, dtype) timed in interleaved rounds "
+    "(order alternating), each sample = back-to-back calls lasting >= min_sample_s; time = median over "
+    "rounds; ratio = median over rounds of the same-round ratio stableops / baseline (q25-q75 given)"
+)
+
+
+def forward_backward(fn: Callable, wrt: int) -> Callable:
+    """``fb(*inputs) -> (value, gradient of value w.r.t. inputs[wrt])``.
+
+    A non-scalar value (an op's output) is differentiated with an all-ones
+    cotangent, i.e. the gradient of the sum of its elements.
+    """
+    import tensorflow as tf
+
+    def fb(*inputs):
+        with tf.GradientTape() as tape:
+            tape.watch(inputs[wrt])
+            value = fn(*inputs)
+        return value, tape.gradient(value, inputs[wrt])
+
+    return fb
+
+
+def in_mode(fb: Callable, mode: str) -> Callable:
+    import tensorflow as tf
+
+    if mode == "eager":
+        return fb
+    return tf.function(fb, jit_compile=(mode == "xla"), autograph=False)
+
+
+_CONTESTANTS: dict = {}
+
+
+def contestant(case: Case, impl, mode: str) -> Callable:
+    """The forward + backward of ``impl`` in ``mode``, one per (case, impl, mode) for the whole run.
+
+    Reused across sizes and sections (``memory.py``), so a shape compiled for
+    the speed run is not compiled again.
+    """
+    key = (case.name, impl.name, mode)
+    if key not in _CONTESTANTS:
+        _CONTESTANTS[key] = in_mode(forward_backward(impl.build(False), case.wrt), mode)
+    return _CONTESTANTS[key]
+
+
+def _time_calls(fn: Callable, inputs, calls: int) -> float:
+    # CPU eager and tf.function execution is synchronous: when the call
+    # returns, the outputs are computed.
+    start = time.perf_counter()
+    for _ in range(calls):
+        out = fn(*inputs)
+    elapsed = time.perf_counter() - start
+    del out
+    return elapsed / calls
+
+
+def _nbytes(structure) -> int:
+    import tensorflow as tf
+
+    return int(sum(t.shape.num_elements() * t.dtype.size for t in tf.nest.flatten(structure)))
+
+
+def time_interleaved(contestants: dict, inputs, *, rounds: int, min_sample_s: float, warmup: int = 1):
+    """Samples ``{key: [seconds per call, one per round]}``, calls per sample, first-call seconds, output bytes."""
+    first_call, out_bytes = {}, {}
+    for key, fn in contestants.items():
+        start = time.perf_counter()
+        out = fn(*inputs)  # compiles / traces
+        first_call[key] = time.perf_counter() - start
+        out_bytes[key] = _nbytes(out)
+        del out
+        for _ in range(warmup):
+            fn(*inputs)
+    calls = {}
+    for key, fn in contestants.items():
+        once = _time_calls(fn, inputs, 1)
+        calls[key] = int(min(200, max(1, np.ceil(min_sample_s / max(once, 1e-7)))))
+    samples = {key: [] for key in contestants}
+    keys = list(contestants)
+    for r in range(rounds):
+        gc.collect()
+        for key in keys if r % 2 == 0 else keys[::-1]:
+            samples[key].append(_time_calls(contestants[key], inputs, calls[key]))
+    return samples, calls, first_call, out_bytes
+
+
+def _quantiles(values) -> dict:
+    q25, q50, q75 = np.percentile(np.asarray(values, dtype=np.float64), [25, 50, 75])
+    return {"median": float(q50), "q25": float(q25), "q75": float(q75)}
+
+
+def run_speed(cases, availability, config, log=print) -> dict:
+    """Time every available contestant; returns the ``speed`` section (JSON-ready)."""
+    import tensorflow as tf
+
+    timings, ratios = [], []
+    for case in cases:
+        impls = available_impls(case, availability)
+        if not impls:
+            continue
+        for dtype in config.speed_dtypes:
+            sizes = config.sizes if dtype == "float32" else config.half_sizes
+            for size in sizes:
+                rng = np.random.default_rng(size)
+                inputs = [tf.convert_to_tensor(a) for a in case.make_inputs(size, np.dtype(dtype), rng)]
+                contestants = {(i.name, m): contestant(case, i, m) for i in impls for m in config.modes}
+                start = time.perf_counter()
+                samples, calls, first, out_bytes = time_interleaved(
+                    contestants, inputs, rounds=config.rounds_for(size), min_sample_s=config.min_sample_s
+                )
+                log(
+                    f"  speed {case.name:<40} {dtype:<8} 2^{int(np.log2(size)):<2} "
+                    f"{len(contestants)} contestants x {config.rounds_for(size)} rounds "
+                    f"in {time.perf_counter() - start:5.1f}s"
+                )
+                for (impl_name, mode), seconds in samples.items():
+                    timings.append(
+                        {
+                            "case": case.name,
+                            "dtype": dtype,
+                            "size": size,
+                            "mode": mode,
+                            "impl": impl_name,
+                            "seconds": _quantiles(seconds),
+                            "samples": [float(s) for s in seconds],
+                            "calls_per_sample": calls[(impl_name, mode)],
+                            "first_call_seconds": float(first[(impl_name, mode)]),
+                            # compulsory traffic: read every input once, write value and gradient once
+                            "bytes": _nbytes(inputs) + out_bytes[(impl_name, mode)],
+                        }
+                    )
+                for mode in config.modes:
+                    if (BASELINE, mode) not in samples:
+                        continue
+                    base = np.asarray(samples[(BASELINE, mode)])
+                    for impl in impls:
+                        if impl.name == BASELINE:
+                            continue
+                        paired = np.asarray(samples[(impl.name, mode)]) / base
+                        ratios.append(
+                            {
+                                "case": case.name,
+                                "dtype": dtype,
+                                "size": size,
+                                "mode": mode,
+                                "impl": impl.name,
+                                "baseline": BASELINE,
+                                "ratio": _quantiles(paired),
+                                "rounds": int(paired.size),
+                            }
+                        )
+                    if ("stableops", mode) in samples and ("tf.nn", mode) in samples:
+                        paired = np.asarray(samples[("stableops", mode)]) / np.asarray(samples[("tf.nn", mode)])
+                        ratios.append(
+                            {
+                                "case": case.name,
+                                "dtype": dtype,
+                                "size": size,
+                                "mode": mode,
+                                "impl": "stableops",
+                                "baseline": "tf.nn",
+                                "ratio": _quantiles(paired),
+                                "rounds": int(paired.size),
+                            }
+                        )
+                del contestants, inputs
+                gc.collect()
+    return {"method": METHOD, "timings": timings, "ratios": ratios}

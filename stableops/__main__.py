@@ -1,0 +1,7 @@
+"""``python -m stableops doctor``: the same command line as the ``stableops`` script."""
+
+import sys
+
+from stableops.doctor.cli import main
+
+sys.exit(main())

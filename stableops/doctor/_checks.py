@@ -1,0 +1,740 @@
+"""The individual diagnoses: each turns statistics into :class:`Finding` objects.
+
+Every check returns a (possibly empty) list of findings; none has side
+effects. The numbers they compare against live in ``_thresholds``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+
+import numpy as np
+import tensorflow as tf
+
+from stableops.doctor import _thresholds as th
+from stableops.doctor._forward import NORMALIZING_LAYERS
+from stableops.doctor._report import Finding, format_number
+
+_MAX_LISTED = 8  # indices listed in evidence
+
+SCALER_FIX = (
+    "put stableops.layers.RobustScaler() first (adapt() it on the training data: median/IQR "
+    "scaling that clips outliers, computed in float32 even under mixed precision), or "
+    "keras.layers.Normalization() when the data has no outliers"
+)
+SCALE_INPUTS = "scale the inputs (stableops.layers.RobustScaler)"
+
+
+def _listed(indices) -> list:
+    return [int(i) for i in list(indices)[:_MAX_LISTED]]
+
+
+def _input_name(index: int, name: str | None, n_inputs: int) -> str:
+    if n_inputs == 1:
+        return "input"
+    return f"input '{name}'" if name else f"input {index}"
+
+
+# ---------------------------------------------------------------------------
+# Inputs
+
+
+def _feature_matrix(values: np.ndarray) -> np.ndarray:
+    """Rows x features (the last axis), in float64."""
+    values = np.asarray(values, dtype=np.float64)
+    if values.ndim <= 1:
+        return values.reshape(-1, 1)
+    return values.reshape(-1, values.shape[-1])
+
+
+def _robust_sd(column: np.ndarray, median: float) -> float:
+    """Robust estimate of a normal SD: MAD / 0.6745, else mean |x - median| * 1.2533."""
+    deviation = np.abs(column - median)
+    mad = float(np.median(deviation))
+    if mad > 0:
+        return mad / th.MAD_TO_SD
+    return float(deviation.mean()) * th.MEAN_AD_TO_SD
+
+
+def feature_statistics(values: np.ndarray) -> dict:
+    """Per-feature statistics of one float input (NaN/inf excluded)."""
+    matrix = _feature_matrix(values)
+    n_features = matrix.shape[1]
+    finite = np.isfinite(matrix)
+    out = {
+        "nonfinite": (~finite).sum(axis=0),
+        "magnitude": np.zeros(n_features),
+        "max_abs": np.zeros(n_features),
+        "max_z": np.zeros(n_features),
+        "outliers": np.zeros(n_features, dtype=np.int64),
+    }
+    for j in range(n_features):
+        column = matrix[finite[:, j], j]
+        if column.size == 0:
+            continue
+        absolute = np.abs(column)
+        out["max_abs"][j] = absolute.max()
+        # Typical magnitude: the 75th percentile of |x| (robust to outliers),
+        # or the largest |x| for a mostly-zero feature.
+        typical = float(np.percentile(absolute, 75))
+        out["magnitude"][j] = typical if typical > 0 else absolute.max()
+        if np.unique(column[: 4096]).size <= 2:
+            continue  # binary/indicator feature: "outliers" are its rare level
+        median = float(np.median(column))
+        sd = _robust_sd(column, median)
+        if sd > 0:
+            z = np.abs(column - median) / sd
+            out["max_z"][j] = z.max()
+            out["outliers"][j] = int((z > th.OUTLIER_Z).sum())
+    return out
+
+
+def check_inputs(inputs, *, names=None, consumers=None, layer_stats=None) -> list:
+    """Non-finite values, float16 overflow, feature scale spread and outliers.
+
+    Args:
+        inputs: list of NumPy arrays (the model's inputs, flattened).
+        names: their names (for locations).
+        consumers: per input, the layers that read it directly.
+        layer_stats: ``{layer name: LayerStats}`` from the forward trace.
+    """
+    findings = []
+    names = names or [None] * len(inputs)
+    consumers = consumers or [[] for _ in inputs]
+    layer_stats = layer_stats or {}
+    for index, values in enumerate(inputs):
+        values = np.asarray(values)
+        if not (np.issubdtype(values.dtype, np.floating) or values.dtype.name == "bfloat16"):
+            continue  # token ids, categorical codes: no scale to check
+        where = _input_name(index, names[index], len(inputs))
+        stats = feature_statistics(values)
+        bad = np.flatnonzero(stats["nonfinite"])
+        if bad.size:
+            findings.append(
+                Finding(
+                    check="input.non_finite",
+                    severity="error",
+                    location=f"{where} feature {bad[0]}",
+                    message=f"{int(stats['nonfinite'].sum())} input values are NaN or inf",
+                    evidence={
+                        "nonfinite_values": int(stats["nonfinite"].sum()),
+                        "features": _listed(bad),
+                    },
+                    fix="impute or drop non-finite values before training (they make every "
+                    "activation, loss and gradient they touch NaN)",
+                )
+            )
+        readers = consumers[index]
+        normalized = any(type(layer).__name__ in NORMALIZING_LAYERS for layer in readers)
+        max_abs = float(stats["max_abs"].max()) if stats["max_abs"].size else 0.0
+        for layer in readers:
+            reader = layer_stats.get(layer.name)
+            if (
+                reader is not None
+                and reader.compute_dtype == "float16"
+                and max_abs > th.FLOAT16_MAX
+                and reader.nonfinite
+            ):
+                feature = int(np.argmax(stats["max_abs"]))
+                findings.append(
+                    Finding(
+                        check="input.float16_overflow",
+                        severity="error",
+                        location=f"{where} feature {feature}",
+                        message=f"input values up to {format_number(max_abs)} exceed the float16 "
+                        f"maximum {format_number(th.FLOAT16_MAX)}: layer '{layer.name}' casts "
+                        "them to float16, where they become inf",
+                        evidence={"max_abs": max_abs, "float16_max": th.FLOAT16_MAX, "layer": layer.name},
+                        fix=SCALER_FIX,
+                    )
+                )
+                break
+        if normalized:
+            continue
+        findings.extend(_scale_findings(where, stats))
+        findings.extend(_outlier_findings(where, stats))
+    return findings
+
+
+def _scale_findings(where: str, stats: dict) -> list:
+    magnitude = stats["magnitude"]
+    positive = magnitude > 0
+    if not positive.any():
+        return []
+    largest = int(np.argmax(magnitude))
+    smallest = int(np.flatnonzero(positive)[np.argmin(magnitude[positive])])
+    spread = float(magnitude[largest] / magnitude[smallest])
+    unscaled = np.flatnonzero(magnitude > th.UNSCALED_MAGNITUDE)
+    if not unscaled.size and spread <= th.SCALE_SPREAD:
+        return []
+    reasons = []
+    if unscaled.size:
+        reasons.append(
+            f"{unscaled.size} feature(s) have typical magnitude above "
+            f"{format_number(th.UNSCALED_MAGNITUDE)} (largest {format_number(magnitude[largest])})"
+        )
+    if spread > th.SCALE_SPREAD:
+        reasons.append(f"feature scales differ by {format_number(spread)}x")
+    return [
+        Finding(
+            check="input.scale",
+            severity="warning",
+            location=f"{where} feature {largest}",
+            message="inputs are not scaled: " + "; ".join(reasons),
+            evidence={
+                "largest_magnitude": float(magnitude[largest]),
+                "largest_feature": largest,
+                "smallest_magnitude": float(magnitude[smallest]),
+                "smallest_feature": smallest,
+                "spread": spread,
+                "unscaled_features": _listed(unscaled),
+            },
+            fix=SCALER_FIX,
+        )
+    ]
+
+
+def _outlier_findings(where: str, stats: dict) -> list:
+    flagged = np.flatnonzero(stats["outliers"])
+    if not flagged.size:
+        return []
+    worst = int(flagged[np.argmax(stats["max_z"][flagged])])
+    return [
+        Finding(
+            check="input.outliers",
+            severity="warning",
+            location=f"{where} feature {worst}",
+            message=f"{int(stats['outliers'].sum())} values lie more than {format_number(th.OUTLIER_Z)} "
+            f"robust SDs from their feature's median (worst: {format_number(stats['max_z'][worst])} SDs)",
+            evidence={
+                "max_robust_z": float(stats["max_z"][worst]),
+                "max_abs": float(stats["max_abs"][worst]),
+                "outlier_values": int(stats["outliers"].sum()),
+                "features": _listed(flagged),
+            },
+            fix="stableops.layers.RobustScaler() scales by median/IQR and clips outliers "
+            "(default to +-5 IQRs); mean/variance Normalization is dominated by them",
+        )
+    ]
+
+
+# ---------------------------------------------------------------------------
+# Labels
+
+
+def _num_classes(y_pred) -> int | None:
+    shape = np.shape(y_pred)
+    return int(shape[-1]) if len(shape) >= 1 else None
+
+
+def check_labels(y, y_pred, loss) -> list:
+    """Labels valid for the loss: finite, in range, one-hot rows summing to 1."""
+    if y is None or loss is None or isinstance(y, (dict, list, tuple)):
+        return []
+    y = np.asarray(y)
+    findings = []
+    if np.issubdtype(y.dtype, np.floating):
+        nonfinite = ~np.isfinite(y)
+        if nonfinite.any():
+            findings.append(
+                Finding(
+                    check="labels.non_finite",
+                    severity="error",
+                    location="labels",
+                    message=f"{int(nonfinite.sum())} labels are NaN or inf",
+                    evidence={"nonfinite_labels": int(nonfinite.sum()), "samples": _listed(np.flatnonzero(nonfinite.reshape(len(y), -1).any(axis=1)))},
+                    fix="fix or drop these samples",
+                )
+            )
+            return findings
+    if loss.kind == "sparse":
+        findings.extend(_sparse_label_findings(y, y_pred, loss))
+    elif loss.kind == "categorical":
+        findings.extend(_categorical_label_findings(y, y_pred, loss))
+    elif loss.kind == "binary":
+        findings.extend(_binary_label_findings(y, loss))
+    return findings
+
+
+def _sparse_label_findings(y, y_pred, loss) -> list:
+    classes = _num_classes(y_pred)
+    if classes is None:
+        return []
+    if y.ndim == np.ndim(y_pred) and y.shape[-1] == classes and classes > 1:
+        return [
+            Finding(
+                check="labels.shape",
+                severity="error",
+                location="labels",
+                message=f"labels have shape {y.shape}, like one-hot rows, but "
+                f"{loss.display} expects class indices",
+                evidence={"label_shape": str(y.shape), "prediction_shape": str(np.shape(y_pred))},
+                fix="use CategoricalCrossentropy for one-hot labels, or pass argmax(labels)",
+            )
+        ]
+    labels = y.reshape(-1)
+    if loss.ignore_class is not None:
+        labels = labels[labels != loss.ignore_class]
+    not_integer = labels != np.round(labels) if np.issubdtype(labels.dtype, np.floating) else np.zeros(labels.shape, bool)
+    out_of_range = (labels < 0) | (labels >= classes) | not_integer
+    if not out_of_range.any():
+        return []
+    bad_values = np.unique(labels[out_of_range])
+    return [
+        Finding(
+            check="labels.range",
+            severity="error",
+            location="labels",
+            message=f"{int(out_of_range.sum())} labels are outside the valid class range [0, {classes}) "
+            f"(e.g. {format_number(bad_values[0].item())}); eagerly Keras raises, under XLA "
+            "the loss silently becomes NaN",
+            evidence={
+                "bad_labels": int(out_of_range.sum()),
+                "bad_values": [format_number(v.item()) for v in bad_values[:_MAX_LISTED]],
+                "num_classes": classes,
+                "label_min": labels.min().item(),
+                "label_max": labels.max().item(),
+            },
+            fix=f"fix the labels, give the model {int(np.max(labels)) + 1} outputs if that class is "
+            "real, or mark them with ignore_class in stableops.losses.SparseCategoricalCrossentropy",
+        )
+    ]
+
+
+def _categorical_label_findings(y, y_pred, loss) -> list:
+    classes = _num_classes(y_pred)
+    if y.ndim < np.ndim(y_pred) or (y.shape[-1] == 1 and classes and classes > 1):
+        return [
+            Finding(
+                check="labels.shape",
+                severity="error",
+                location="labels",
+                message=f"labels have shape {y.shape}, like class indices, but {loss.display} "
+                f"expects one-hot rows of {classes}",
+                evidence={"label_shape": str(y.shape), "prediction_shape": str(np.shape(y_pred))},
+                fix="use SparseCategoricalCrossentropy for integer labels, or one-hot encode them",
+            )
+        ]
+    findings = []
+    values = y.astype(np.float64)
+    outside = (values < 0) | (values > 1)
+    if outside.any():
+        findings.append(
+            Finding(
+                check="labels.range",
+                severity="error",
+                location="labels",
+                message=f"{int(outside.sum())} label values are outside [0, 1]",
+                evidence={"bad_values": int(outside.sum()), "label_min": float(values.min()), "label_max": float(values.max())},
+                fix="labels of a categorical cross-entropy are probabilities: one-hot or smoothed rows",
+            )
+        )
+    sums = values.sum(axis=-1)
+    tolerance = th.one_hot_sum_tolerance(int(y.shape[-1]))
+    off = np.abs(sums - 1.0) > tolerance
+    if off.any():
+        findings.append(
+            Finding(
+                check="labels.one_hot_sum",
+                severity="error",
+                location="labels",
+                message=f"{int(off.sum())} label rows do not sum to 1 (e.g. {format_number(float(sums[off].flat[0]))})",
+                evidence={
+                    "bad_rows": int(off.sum()),
+                    "min_sum": float(sums.min()),
+                    "max_sum": float(sums.max()),
+                    "tolerance": tolerance,
+                },
+                fix="each row must be a distribution over the classes (one-hot or smoothed); "
+                "all-zero rows usually mean a missing class",
+            )
+        )
+    return findings
+
+
+def _binary_label_findings(y, loss) -> list:
+    values = y.astype(np.float64)
+    outside = (values < 0) | (values > 1)
+    if not outside.any():
+        return []
+    return [
+        Finding(
+            check="labels.range",
+            severity="error",
+            location="labels",
+            message=f"{int(outside.sum())} labels are outside [0, 1] for {loss.display}",
+            evidence={"bad_labels": int(outside.sum()), "label_min": float(values.min()), "label_max": float(values.max())},
+            fix="binary labels are 0/1 (or probabilities); map -1/+1 labels with (y + 1) / 2",
+        )
+    ]
+
+
+# ---------------------------------------------------------------------------
+# Activations
+
+_OP_CAUSES = {
+    "Log": ("log of zero or a negative number", "use stableops.ops.safe_log / xlogy, or a stableops loss"),
+    "Log1p": ("log1p of a value <= -1", "use stableops.ops.log1mexp / softplus forms"),
+    "Xlogy": ("log of zero or a negative number", "use stableops.ops.xlogy"),
+    "RealDiv": ("division by zero", "use stableops.ops.safe_divide (fill value where the divisor is 0)"),
+    "Div": ("division by zero", "use stableops.ops.safe_divide (fill value where the divisor is 0)"),
+    "Reciprocal": ("division by zero", "use stableops.ops.safe_divide"),
+    "Sqrt": ("square root of a negative number", "use stableops.ops.safe_sqrt / safe_norm"),
+    "Rsqrt": ("reciprocal square root of 0 or a negative number", "use stableops.ops.safe_sqrt / safe_norm"),
+    "Exp": ("exp overflow (argument above log(max) of the dtype)", "use stableops.ops.logsumexp / softplus / log_sigmoid"),
+    "Pow": ("power of a negative or zero base", "clip the base or use a stable form"),
+}
+_OVERFLOW_OPS = {"MatMul", "BatchMatMulV2", "BiasAdd", "AddV2", "Add", "Mul", "Conv2D", "Conv1D", "Sum", "Square", "Cast", "Einsum"}
+
+
+def explain_non_finite(stats, op: str | None):
+    """Likely cause and fix for the first layer whose outputs went non-finite."""
+    masked = set(stats.fully_masked_rows)
+    rows = set(stats.nonfinite_rows)
+    if masked and rows and rows <= masked:
+        return (
+            "fully masked (all-padding) rows: the layer averages or normalises over zero "
+            "unmasked steps (0/0)",
+            "compute masked means with stableops.ops.safe_divide(sum, count) (0 for empty rows), "
+            "use stableops.layers.Softmax for masked softmax, or drop empty sequences",
+        )
+    if stats.compute_dtype == "float16" and (stats.input_max_abs > th.FLOAT16_MAX or stats.infinite or op == "Cast"):
+        return (
+            f"float16 overflow: values beyond {format_number(th.FLOAT16_MAX)} become inf "
+            "(and inf - inf = NaN in the next sum)",
+            SCALER_FIX + "; or keep this layer in float32 (dtype='float32')",
+        )
+    if op in _OP_CAUSES:
+        return _OP_CAUSES[op]
+    if op in _OVERFLOW_OPS or stats.infinite:
+        return (
+            f"overflow: values exceed the {stats.compute_dtype} range",
+            SCALE_INPUTS + ", lower the learning rate, or clip gradients",
+        )
+    return ("an op produced inf or NaN from finite inputs", "inspect the layer's computation")
+
+
+def check_activations(layer_stats, *, first_op=None) -> list:
+    """First non-finite layer; float16 headroom; saturated sigmoid/tanh; dead ReLU."""
+    findings = []
+    origin = next((s for s in layer_stats if s.nonfinite and not s.input_nonfinite), None)
+    if origin is not None:
+        op = (first_op or {}).get("op")
+        cause, fix = explain_non_finite(origin, op)
+        evidence = {
+            "layer": origin.name,
+            "layer_class": origin.class_name,
+            "op": op or "unknown",
+            "nonfinite_values": origin.nonfinite,
+            "values": origin.count,
+            "samples": _listed(sorted(set(origin.nonfinite_rows))),
+            "compute_dtype": origin.compute_dtype,
+        }
+        if origin.fully_masked_rows:
+            evidence["fully_masked_rows"] = _listed(sorted(set(origin.fully_masked_rows)))
+        findings.append(
+            Finding(
+                check="activation.non_finite",
+                severity="error",
+                location=origin.location,
+                message=f"first non-finite values: {origin.nonfinite} of {origin.count} outputs of "
+                f"{origin.class_name} '{origin.name}'"
+                + (f" (op {op})" if op else "")
+                + f" from finite inputs; likely cause: {cause}",
+                evidence=evidence,
+                fix=fix,
+            )
+        )
+    headroom = []
+    for stats in layer_stats:
+        if stats.nonfinite:
+            continue
+        headroom.extend(_headroom_findings(stats))
+        if stats.saturated_fraction > th.SATURATED_FRACTION:
+            findings.append(
+                Finding(
+                    check="activation.saturated",
+                    severity="warning",
+                    location=stats.location,
+                    message=f"{100 * stats.saturated_fraction:.0f}% of {stats.activation} outputs are "
+                    "saturated (within 1% of an asymptote): they pass almost no gradient",
+                    evidence={"saturated_fraction": stats.saturated_fraction, "activation": stats.activation, "max_abs": stats.max_abs},
+                    fix=SCALE_INPUTS + "; use Glorot initialisation; "
+                    "or a non-saturating activation (relu, stableops.layers.ELU)",
+                )
+            )
+        if stats.dead_fraction > th.DEAD_FRACTION:
+            findings.append(
+                Finding(
+                    check="activation.dead_relu",
+                    severity="error" if stats.dead_units == stats.units else "warning",
+                    location=stats.location,
+                    message=f"{stats.dead_units} of {stats.units} ReLU units are dead (zero on every "
+                    "sample): they get no gradient and never recover",
+                    evidence={"dead_units": stats.dead_units, "units": stats.units, "dead_fraction": stats.dead_fraction},
+                    fix="use stableops.layers.LeakyReLU or stableops.layers.ELU, He initialisation, "
+                    "centred inputs, or a lower learning rate",
+                )
+            )
+    # float16 headroom: every float16 layer close to overflow is a warning;
+    # float32 layers that would overflow under mixed precision get one note,
+    # at the first of them.
+    findings.extend(f for f in headroom if f.severity == "warning")
+    would_overflow = [f for f in headroom if f.severity == "info"]
+    if would_overflow:
+        first = would_overflow[0]
+        if len(would_overflow) > 1:
+            first = dataclasses.replace(
+                first,
+                message=first.message + f" (and {len(would_overflow) - 1} later layer(s))",
+            )
+        findings.append(first)
+    return findings
+
+
+def _headroom_findings(stats) -> list:
+    if stats.max_abs <= 0:
+        return []
+    headroom = th.FLOAT16_MAX / stats.max_abs
+    if stats.compute_dtype == "float16" and headroom < th.FLOAT16_MIN_HEADROOM:
+        return [
+            Finding(
+                check="activation.float16_headroom",
+                severity="warning",
+                location=stats.location,
+                message=f"float16 activations reach {format_number(stats.max_abs)}, only "
+                f"{format_number(headroom)}x below the float16 maximum",
+                evidence={"max_abs": stats.max_abs, "float16_max": th.FLOAT16_MAX, "headroom": headroom},
+                fix=SCALE_INPUTS + ", or keep this layer in float32 (dtype='float32')",
+            )
+        ]
+    if stats.compute_dtype != "float16" and headroom < 1.0:
+        return [
+            Finding(
+                check="activation.float16_headroom",
+                severity="info",
+                location=stats.location,
+                message=f"activations reach {format_number(stats.max_abs)}, beyond the float16 maximum: "
+                "this layer would overflow under mixed_float16",
+                evidence={"max_abs": stats.max_abs, "float16_max": th.FLOAT16_MAX, "headroom": headroom},
+                fix=SCALE_INPUTS + " before switching to mixed precision",
+            )
+        ]
+    return []
+
+
+# ---------------------------------------------------------------------------
+# Loss
+
+
+def check_loss(loss, y, y_pred, per_sample, *, error=None, first_op=None, prediction_nonfinite_rows=()) -> list:
+    """Non-finite or raising loss, probabilities clipped at 0/1, Keras loss with a drop-in."""
+    findings = []
+    if loss is None:
+        return findings
+    if error is not None:
+        findings.append(
+            Finding(
+                check="loss.raised",
+                severity="error",
+                location="loss",
+                message=f"{loss.display} raised {type(error).__name__}: {_first_line(error)}",
+                evidence={"error": type(error).__name__},
+                fix="see the labels findings; under jit_compile=True the same input gives NaN instead",
+            )
+        )
+    if per_sample is not None:
+        bad = np.flatnonzero(~np.isfinite(per_sample))
+        own = np.setdiff1d(bad, np.asarray(list(prediction_nonfinite_rows), dtype=np.int64))
+        if own.size:
+            op = (first_op or {}).get("op")
+            findings.append(
+                Finding(
+                    check="loss.non_finite",
+                    severity="error",
+                    location="loss",
+                    message=f"{loss.display} is non-finite on {own.size} samples whose predictions "
+                    "are finite" + (f" (op {op})" if op else ""),
+                    evidence={"samples": _listed(own), "nonfinite_samples": int(own.size), "op": op or "unknown"},
+                    fix=f"use {loss.drop_in or 'a stableops loss'}; check the labels findings",
+                )
+            )
+    if y is not None and not isinstance(y, (dict, list, tuple)) and loss.takes_log_of_probabilities:
+        findings.extend(_clipped_probability_findings(loss, np.asarray(y), y_pred))
+    if loss.keras_builtin and loss.drop_in:
+        findings.append(
+            Finding(
+                check="loss.drop_in",
+                severity="info",
+                location="loss",
+                message=f"{loss.display} has a stableops drop-in",
+                evidence={"keras_loss": loss.display, "drop_in": loss.drop_in},
+                fix=f"use {loss.drop_in}: same arguments and results on ordinary inputs, finite "
+                "values and gradients where Keras returns inf, NaN, a clipped constant or a zero gradient",
+            )
+        )
+    return findings
+
+
+def _first_line(error) -> str:
+    text = re.sub(r"\{\{.*?\}\}\s*", "", str(error)).strip()
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith(("{{", "Graph execution", "Detected at")):
+            return line[:200]
+    return text[:200]
+
+
+def _clipped_probability_findings(loss, y, y_pred) -> list:
+    if isinstance(y_pred, (dict, list, tuple)):
+        return []
+    output_dtype = np.asarray(y_pred).dtype.name
+    p = np.asarray(y_pred, dtype=np.float64)
+    eps = th.PROBABILITY_CLIP_ZONE
+    if loss.kind == "binary":
+        if y.shape != p.shape:
+            y = y.reshape(p.shape) if y.size == p.size else y
+        if y.shape != p.shape:
+            return []
+        clipped = (p <= eps) | (p >= 1.0 - eps)
+        stuck = clipped & (np.abs(y - p) > 0.5)
+    else:
+        if loss.kind == "sparse":
+            labels = y.reshape(p.shape[:-1]).astype(np.int64) if y.size == np.prod(p.shape[:-1]) else None
+            if labels is None or labels.min() < 0 or labels.max() >= p.shape[-1]:
+                return []
+            p_true = np.take_along_axis(p, labels[..., None], axis=-1)[..., 0]
+        else:
+            if y.shape != p.shape:
+                return []
+            p_true = (y * p).sum(axis=-1)
+        clipped = stuck = p_true <= eps
+    if not stuck.any():
+        return []
+    fix = "output logits (no final sigmoid/softmax) with from_logits=True"
+    if loss.drop_in:
+        fix += f", or use {loss.drop_in}"
+    if output_dtype == "float16":
+        fix += "; keep the output layer in float32 (dtype='float32'): a float16 sigmoid is exactly 1.0 from logit 8.3 up"
+    return [
+        Finding(
+            check="loss.clipped_probabilities",
+            severity="warning",
+            location="loss",
+            message=f"{int(stuck.sum())} samples predict probability 0 or 1 for the wrong class "
+            f"({output_dtype} output): {loss.display} takes log of a clipped value there, so their "
+            "loss is a constant and their gradient is 0",
+            evidence={
+                "stuck_samples": int(stuck.sum()),
+                "clipped_predictions": int(clipped.sum()),
+                "output_dtype": output_dtype,
+                "clip_zone": eps,
+            },
+            fix=fix,
+        )
+    ]
+
+
+# ---------------------------------------------------------------------------
+# Gradients
+
+
+def check_gradients(norms, *, learning_rate, first_op=None) -> list:
+    """Per-layer gradient norms: non-finite, exploding, vanishing.
+
+    One finding per kind, located at the worst layer and listing every layer
+    affected.
+
+    Args:
+        norms: ``{layer name: {"grad": [per-batch norms], "weight": norm, "dtype": str}}``.
+        learning_rate: the optimizer's learning rate (or Keras's default).
+    """
+    nonfinite, exploding, vanishing = [], [], []
+    for name, entry in norms.items():
+        grads = np.asarray(entry["grad"], dtype=np.float64)
+        weight = float(entry["weight"])
+        if not np.isfinite(grads).all():
+            nonfinite.append((name, int((~np.isfinite(grads)).sum())))
+            continue
+        if weight <= 0 or grads.size == 0:
+            continue
+        largest, typical = float(grads.max()), float(np.median(grads))
+        step_ratio = learning_rate * largest / weight
+        if step_ratio > th.EXPLODING_STEP_RATIO:
+            exploding.append((step_ratio, name, largest, weight))
+        elif learning_rate * typical < th.vanishing_step_ratio(entry.get("dtype", "float32")) * weight:
+            vanishing.append((learning_rate * typical / weight, name, typical, weight))
+    findings = []
+    if nonfinite:
+        op = (first_op or {}).get("op")
+        name = nonfinite[0][0]
+        findings.append(
+            Finding(
+                check="gradient.non_finite",
+                severity="error",
+                location=f"layer '{name}'",
+                message=f"the gradient of {len(nonfinite)} layer(s) is non-finite although the loss is finite"
+                + (f" (op {op})" if op else ""),
+                evidence={"layer": name, "op": op or "unknown", "layers": [n for n, _ in nonfinite][:_MAX_LISTED]},
+                fix="wrap the optimizer in stableops.optimizers.SkipNonFinite; find the op "
+                "(sqrt/norm/divide at 0) and use its stableops.ops safe form",
+            )
+        )
+    if exploding:
+        ratio, name, grad, weight = max(exploding)
+        findings.append(
+            Finding(
+                check="gradient.exploding",
+                severity="warning",
+                location=f"layer '{name}'",
+                message=f"gradients explode in {len(exploding)} layer(s): one step at learning rate "
+                f"{format_number(learning_rate)} would move the weights of '{name}' by "
+                f"{format_number(ratio)}x their own norm",
+                evidence={
+                    "grad_norm": grad,
+                    "weight_norm": weight,
+                    "learning_rate": learning_rate,
+                    "step_ratio": ratio,
+                    "layers": [n for _, n, _, _ in sorted(exploding, reverse=True)][:_MAX_LISTED],
+                },
+                fix=SCALE_INPUTS + ", lower the learning rate, clip gradients (global_clipnorm=1.0), "
+                "and wrap the optimizer in stableops.optimizers.SkipNonFinite",
+            )
+        )
+    if vanishing:
+        ratio, name, grad, weight = min(vanishing)
+        findings.append(
+            Finding(
+                check="gradient.vanishing",
+                severity="warning",
+                location=f"layer '{name}'",
+                message=f"gradients vanish in {len(vanishing)} layer(s): at learning rate "
+                f"{format_number(learning_rate)} the update of '{name}' is below the rounding unit "
+                "of its weights, so they do not change",
+                evidence={
+                    "grad_norm": grad,
+                    "weight_norm": weight,
+                    "learning_rate": learning_rate,
+                    "step_ratio": ratio,
+                    "layers": [n for _, n, _, _ in sorted(vanishing)][:_MAX_LISTED],
+                },
+                fix="look for saturated or dead units upstream; scale the inputs; use relu/ELU and "
+                "He/Glorot initialisation",
+            )
+        )
+    return findings
+
+
+def tensor_norm(value) -> float:
+    """Euclidean norm of a dense tensor or ``tf.IndexedSlices`` (float64)."""
+    if isinstance(value, tf.IndexedSlices):
+        value = value.values
+    array = np.abs(np.asarray(value, dtype=np.float64))
+    if array.size == 0:
+        return 0.0
+    largest = array.max()
+    if not np.isfinite(largest) or largest == 0:
+        return float(largest)
+    # Scaled by the largest entry so that squaring cannot overflow float64.
+    return float(largest * np.sqrt(np.sum(np.square(array / largest))))

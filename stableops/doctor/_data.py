@@ -1,0 +1,112 @@
+"""Taking a small, deterministic sample of the user's data.
+
+The doctor runs eagerly, outside XLA, layer by layer; a sample of a few
+batches is enough to see scale, outliers, saturation and gradient size, and
+keeps ``diagnose`` fast on any data set.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+
+def _to_numpy(value):
+    if value is None:
+        return None
+    if isinstance(value, np.ndarray):
+        return value
+    if hasattr(value, "numpy"):
+        return np.asarray(value.numpy())
+    return np.asarray(value)
+
+
+def flatten(structure):
+    """Leaves of a nested structure (dict/list/tuple), ``None`` dropped."""
+    return [leaf for leaf in tf.nest.flatten(structure) if leaf is not None]
+
+
+def _num_samples(x) -> int:
+    leaves = flatten(x)
+    if not leaves:
+        raise ValueError("diagnose needs at least one input array, got x=None")
+    sizes = {int(np.shape(leaf)[0]) if np.ndim(leaf) else -1 for leaf in leaves}
+    if -1 in sizes:
+        raise ValueError("every input array needs a leading batch dimension")
+    if len(sizes) != 1:
+        raise ValueError(f"input arrays have different numbers of samples: {sorted(sizes)}")
+    return sizes.pop()
+
+
+def _unpack(element):
+    """(x, y) from a dataset element: ``x``, ``(x,)``, ``(x, y)`` or ``(x, y, w)``."""
+    if isinstance(element, tuple):
+        if len(element) == 1:
+            return element[0], None
+        return element[0], element[1]
+    return element, None
+
+
+def _concat(parts):
+    return tf.nest.map_structure(lambda *leaves: np.concatenate(leaves, axis=0), *parts)
+
+
+def sample_from_dataset(dataset, max_samples):
+    """Concatenate the first batches of a ``tf.data.Dataset`` up to ``max_samples``."""
+    xs, ys, count = [], [], 0
+    for element in dataset:
+        x, y = _unpack(element)
+        xs.append(tf.nest.map_structure(_to_numpy, x))
+        ys.append(None if y is None else tf.nest.map_structure(_to_numpy, y))
+        count += _num_samples(xs[-1])
+        if count >= max_samples:
+            break
+    if not xs:
+        raise ValueError("the dataset is empty")
+    x = _concat(xs)
+    y = None if any(part is None for part in ys) else _concat(ys)
+    return x, y
+
+
+def take_sample(x, y, *, max_samples: int, seed: int = 0):
+    """Return ``(x_sample, y_sample, n_total)`` with at most ``max_samples`` rows.
+
+    Arrays (NumPy, tensors, lists; nested in dicts/lists) are subsampled
+    without replacement with a fixed seed (so repeated calls see the same
+    rows), keeping the original order. A ``tf.data.Dataset`` contributes its
+    first batches; it must then carry the labels itself.
+    """
+    if isinstance(x, tf.data.Dataset):
+        if y is not None:
+            raise ValueError("pass the labels inside the dataset, not as `y`, when `x` is a tf.data.Dataset")
+        x, y = sample_from_dataset(x, max_samples)
+        n_total = _num_samples(x)
+    else:
+        x = tf.nest.map_structure(_to_numpy, x)
+        y = None if y is None else tf.nest.map_structure(_to_numpy, y)
+        n_total = _num_samples(x)
+        if y is not None and _num_samples(y) != n_total:
+            raise ValueError(f"x has {n_total} samples but y has {_num_samples(y)}")
+    n = _num_samples(x)
+    if n > max_samples:
+        rows = np.sort(np.random.default_rng(seed).choice(n, size=max_samples, replace=False))
+        pick = lambda leaf: leaf[rows]  # noqa: E731
+        x = tf.nest.map_structure(pick, x)
+        y = None if y is None else tf.nest.map_structure(pick, y)
+    return x, y, n_total
+
+
+def batches(x, y, batch_size: int):
+    """Yield ``(start, x_batch, y_batch)`` slices of a sample."""
+    n = _num_samples(x)
+    for start in range(0, n, batch_size):
+        part = lambda leaf: leaf[start : start + batch_size]  # noqa: E731
+        yield (
+            start,
+            tf.nest.map_structure(part, x),
+            None if y is None else tf.nest.map_structure(part, y),
+        )
+
+
+def num_samples(x) -> int:
+    return _num_samples(x)

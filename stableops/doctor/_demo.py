@@ -1,0 +1,583 @@
+"""The embedded demo of ``stableops doctor``: real NaN causes, stock Keras vs stableops.
+
+Each scenario is a small synthetic data set and model that reproduces a
+well-known way to get a NaN loss. It is trained twice from the same seed and
+initial weights: once as people write it with stock Keras, once with what the
+doctor recommends (stableops layers and losses, ``SkipNonFinite``,
+``NaNGuard``). The demo prints a side-by-side table (first NaN step, final
+loss), the doctor's diagnosis of the stock model, and plots the loss curves.
+
+Sizes are chosen so that the whole demo (eight short trainings, two of them
+XLA-compiled) takes well under two minutes on two CPU cores; ``fast=True``
+shrinks them further for tests.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import keras
+import numpy as np
+
+import stableops
+from stableops.callbacks import NaNGuard
+from stableops.optimizers import SkipNonFinite
+
+SEED = 1234
+
+
+# ---------------------------------------------------------------------------
+# Layers the scenarios need
+
+
+class MaskedMean(keras.layers.Layer):
+    """Mean over the unmasked time steps, 0 for a row with none.
+
+    The masked mean Keras's ``GlobalAveragePooling1D`` computes is
+    ``sum(x * mask) / sum(mask)``: 0/0 = NaN for a fully padded row (and a NaN
+    gradient for every weight). ``stableops.ops.safe_divide`` returns the fill
+    value 0 there, with zero (finite) gradients.
+    """
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.supports_masking = True
+
+    def call(self, inputs, mask=None):
+        if mask is None:
+            return keras.ops.mean(inputs, axis=1)
+        weights = keras.ops.cast(mask, inputs.dtype)[..., None]
+        total = keras.ops.sum(inputs * weights, axis=1)
+        count = keras.ops.sum(weights, axis=1)
+        return stableops.ops.safe_divide(total, keras.ops.broadcast_to(count, keras.ops.shape(total)))
+
+    def compute_mask(self, inputs, mask=None):
+        return None
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], input_shape[-1])
+
+
+# ---------------------------------------------------------------------------
+# Scenarios
+
+
+@dataclasses.dataclass
+class Scenario:
+    """One reproducible NaN cause."""
+
+    key: str
+    title: str
+    story: str
+    make_data: callable
+    stock_model: callable
+    stableops_model: callable
+    stableops_changes: str
+    epochs: int
+    batch_size: int = 32
+    jit_compile: bool = False
+    mixed_precision: bool = False
+    guard: dict = dataclasses.field(default_factory=dict)
+
+
+def _dense_stack(inputs, width, depth, activation="relu"):
+    h = inputs
+    for _ in range(depth):
+        h = keras.layers.Dense(width, activation=activation)(h)
+    return h
+
+
+# 1. Unscaled features with outliers -----------------------------------------
+_SCALES = np.array([1.0, 3.0, 30.0, 1e3, 1e4, 2e5, 0.5, 1.0], dtype=np.float32)
+
+
+def _unscaled_data(rng, n):
+    z = rng.normal(size=(n, _SCALES.size)).astype(np.float32)
+    weights = rng.normal(size=(_SCALES.size,)).astype(np.float32)
+    y = (np.tanh(z) @ weights / np.sqrt(_SCALES.size)).astype(np.float32)[:, None]
+    x = z * _SCALES
+    outliers = rng.choice(n, size=max(n // 100, 2), replace=False)
+    x[outliers, 5] *= 50.0  # a sensor glitch: a few readings 50x off
+    return x, y
+
+
+def _unscaled_stock(x, y):
+    inputs = keras.Input((x.shape[1],))
+    outputs = keras.layers.Dense(1)(_dense_stack(inputs, 32, 2))
+    model = keras.Model(inputs, outputs, name="unscaled_stock")
+    model.compile(optimizer=keras.optimizers.SGD(0.01), loss=keras.losses.MeanSquaredError())
+    return model, None
+
+
+def _unscaled_stableops(x, y):
+    scaler = stableops.layers.RobustScaler()
+    scaler.adapt(x)
+    inputs = keras.Input((x.shape[1],))
+    outputs = keras.layers.Dense(1)(_dense_stack(scaler(inputs), 32, 2))
+    model = keras.Model(inputs, outputs, name="unscaled_stableops")
+    optimizer = SkipNonFinite(keras.optimizers.SGD(0.01))
+    model.compile(optimizer=optimizer, loss=stableops.losses.MeanSquaredError())
+    return model, optimizer
+
+
+# 2. Masked sequences with fully padded rows ----------------------------------
+_VOCAB, _STEPS = 64, 16
+
+
+def _masked_data(rng, n):
+    lengths = rng.integers(1, _STEPS + 1, size=n)
+    lengths[rng.choice(n, size=max(n // 20, 2), replace=False)] = 0  # empty documents
+    tokens = rng.integers(1, _VOCAB, size=(n, _STEPS))
+    tokens[np.arange(_STEPS)[None, :] >= lengths[:, None]] = 0  # 0 = padding
+    # Label: are most of the real tokens from the lower half of the vocabulary?
+    low = ((tokens > 0) & (tokens < _VOCAB // 2)).sum(axis=1)
+    y = (2 * low > np.maximum(lengths, 1)).astype(np.float32)
+    return tokens.astype(np.int32), y[:, None]
+
+
+def _masked_model(pooling, name, loss, optimizer):
+    inputs = keras.Input((_STEPS,), dtype="int32")
+    h = keras.layers.Embedding(_VOCAB, 16, mask_zero=True)(inputs)
+    h = pooling(h)
+    h = keras.layers.Dense(16, activation="relu")(h)
+    outputs = keras.layers.Dense(1, activation="sigmoid")(h)
+    model = keras.Model(inputs, outputs, name=name)
+    model.compile(optimizer=optimizer, loss=loss)
+    return model
+
+
+def _masked_stock(x, y):
+    model = _masked_model(
+        keras.layers.GlobalAveragePooling1D(), "masked_stock",
+        keras.losses.BinaryCrossentropy(), keras.optimizers.Adam(0.01),
+    )
+    return model, None
+
+
+def _masked_stableops(x, y):
+    optimizer = SkipNonFinite(keras.optimizers.Adam(0.01))
+    model = _masked_model(MaskedMean(), "masked_stableops", stableops.losses.BinaryCrossentropy(), optimizer)
+    return model, optimizer
+
+
+# 3. Mixed-precision sigmoid classifier on raw features -----------------------
+_RAW_SCALES = np.array([1.0, 1.0, 40.0, 2e3, 8e4, 1.0, 5.0, 3e4], dtype=np.float32)
+
+
+def _mixed_data(rng, n):
+    z = rng.normal(size=(n, _RAW_SCALES.size)).astype(np.float32)
+    x = z * _RAW_SCALES
+    x[:, 4] = np.abs(x[:, 4]) + 2e4  # e.g. an income column: 20k .. 300k, above float16's 65504
+    logits = 2.0 * z[:, 0] - 1.5 * z[:, 3] + z[:, 4]
+    y = (logits + 0.3 * rng.normal(size=n) > 0).astype(np.float32)
+    return x, y[:, None]
+
+
+def _mixed_stock(x, y):
+    inputs = keras.Input((x.shape[1],))
+    outputs = keras.layers.Dense(1, activation="sigmoid")(_dense_stack(inputs, 32, 1))
+    model = keras.Model(inputs, outputs, name="mixed_stock")
+    model.compile(optimizer=keras.optimizers.Adam(0.01), loss=keras.losses.BinaryCrossentropy())
+    return model, None
+
+
+def _mixed_stableops(x, y):
+    scaler = stableops.layers.RobustScaler()  # scales in float32, then hands float16 on
+    scaler.adapt(x)
+    inputs = keras.Input((x.shape[1],))
+    h = _dense_stack(scaler(inputs), 32, 1)
+    # The doctor's other advice for mixed precision: the output layer in float32.
+    outputs = keras.layers.Dense(1, activation="sigmoid", dtype="float32")(h)
+    model = keras.Model(inputs, outputs, name="mixed_stableops")
+    optimizer = SkipNonFinite(keras.optimizers.Adam(0.01))
+    model.compile(optimizer=optimizer, loss=stableops.losses.BinaryCrossentropy())
+    return model, optimizer
+
+
+# 4. Out-of-range labels under XLA ---------------------------------------------
+_CLASSES = 10
+
+
+def _labels_data(rng, n):
+    centers = rng.normal(size=(_CLASSES, 16)).astype(np.float32) * 2.0
+    y = rng.integers(0, _CLASSES, size=n)
+    x = centers[y] + rng.normal(size=(n, 16)).astype(np.float32)
+    # A preprocessing bug: a few "unknown" rows got label 10 with 10 classes.
+    y[rng.choice(n, size=3, replace=False)] = _CLASSES
+    return x, y.astype(np.int32)
+
+
+def _labels_model(name, loss, optimizer):
+    inputs = keras.Input((16,))
+    outputs = keras.layers.Dense(_CLASSES)(_dense_stack(inputs, 32, 1))
+    model = keras.Model(inputs, outputs, name=name)
+    model.compile(optimizer=optimizer, loss=loss, jit_compile=True)
+    return model
+
+
+def _labels_stock(x, y):
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    return _labels_model("labels_stock", loss, keras.optimizers.Adam(0.01)), None
+
+
+def _labels_stableops(x, y):
+    optimizer = SkipNonFinite(keras.optimizers.Adam(0.01))
+    loss = stableops.losses.SparseCategoricalCrossentropy(from_logits=True)
+    return _labels_model("labels_stableops", loss, optimizer), optimizer
+
+
+def scenarios(fast: bool = False):
+    """The demo's scenarios, smaller (one or two epochs on less data) when ``fast``."""
+    epochs = (lambda full, quick: quick if fast else full)  # noqa: E731
+    return [
+        Scenario(
+            key="unscaled",
+            title="Unscaled features with outliers",
+            story="regression on raw features spanning 1 .. 2e5 with a few 50x glitches, SGD",
+            make_data=_unscaled_data,
+            stock_model=_unscaled_stock,
+            stableops_model=_unscaled_stableops,
+            stableops_changes="RobustScaler first (median/IQR, clips outliers), "
+            "stableops.losses.MeanSquaredError, SkipNonFinite",
+            epochs=epochs(6, 1),
+        ),
+        Scenario(
+            key="masked",
+            title="Masked sequences, fully padded rows",
+            story="mean-pooled token embeddings; 5% of the documents are empty (all padding)",
+            make_data=_masked_data,
+            stock_model=_masked_stock,
+            stableops_model=_masked_stableops,
+            stableops_changes="masked mean with stableops.ops.safe_divide (0 for empty rows), "
+            "stableops.losses.BinaryCrossentropy, SkipNonFinite",
+            epochs=epochs(6, 1),
+        ),
+        Scenario(
+            key="mixed",
+            title="Mixed-precision sigmoid classifier",
+            story="mixed_float16 classifier on raw columns (one above float16's 65504)",
+            make_data=_mixed_data,
+            stock_model=_mixed_stock,
+            stableops_model=_mixed_stableops,
+            stableops_changes="RobustScaler first (float32 math), float32 output layer, "
+            "stableops.losses.BinaryCrossentropy, SkipNonFinite",
+            epochs=epochs(6, 1),
+            mixed_precision=True,
+        ),
+        Scenario(
+            key="labels",
+            title="Out-of-range labels under XLA",
+            story="10-class softmax, 3 rows labelled 10, jit_compile=True (XLA drops the range check)",
+            make_data=_labels_data,
+            stock_model=_labels_stock,
+            stableops_model=_labels_stableops,
+            stableops_changes="stableops.losses.SparseCategoricalCrossentropy, SkipNonFinite skips "
+            "the NaN batches, NaNGuard names the cause",
+            epochs=epochs(4, 2),
+            jit_compile=True,
+            guard={"action": "continue", "lr_factor": 1.0, "max_recoveries": None},
+        ),
+    ]
+
+
+# ---------------------------------------------------------------------------
+# Running
+
+
+class _BatchLosses(keras.callbacks.Callback):
+    """Record each batch's own loss (Keras logs the epoch's running mean)."""
+
+    def __init__(self, optimizer=None):
+        super().__init__()
+        self.optimizer = optimizer
+        self.losses, self.skipped, self.epochs = [], [], []
+        self._epoch = 0
+        self._skips = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self.model.reset_metrics()  # so that logs["loss"] is this batch's loss
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.losses.append(float(np.asarray((logs or {}).get("loss", np.nan))))
+        self.epochs.append(self._epoch)
+        skips = int(self.optimizer.skipped_steps.numpy()) if self.optimizer is not None else 0
+        self.skipped.append(skips > self._skips)
+        self._skips = skips
+
+
+@dataclasses.dataclass
+class RunResult:
+    """One training run of one scenario."""
+
+    losses: np.ndarray
+    skipped: np.ndarray
+    epochs: np.ndarray
+    seconds: float
+    guard_events: list = dataclasses.field(default_factory=list)
+    error: str | None = None
+
+    @property
+    def first_nan_step(self):
+        bad = np.flatnonzero(~np.isfinite(self.losses))
+        return int(bad[0]) + 1 if bad.size else None
+
+    @property
+    def skipped_steps(self) -> int:
+        return int(self.skipped.sum())
+
+    @property
+    def final_loss(self) -> float:
+        """Mean batch loss over the last epoch, leaving out the steps the run skipped."""
+        if self.losses.size == 0:
+            return float("nan")
+        last = (self.epochs == self.epochs.max()) & ~self.skipped
+        return float(np.mean(self.losses[last])) if last.any() else float("nan")
+
+
+class _PolicyScope:
+    def __init__(self, mixed):
+        self.mixed = mixed
+
+    def __enter__(self):
+        self.previous = keras.config.dtype_policy()
+        if self.mixed:
+            keras.config.set_dtype_policy("mixed_float16")
+
+    def __exit__(self, *exc):
+        keras.config.set_dtype_policy(self.previous)
+
+
+def _train(scenario, build, x, y, *, with_guard):
+    keras.utils.clear_session()
+    keras.utils.set_random_seed(SEED)
+    start = time.perf_counter()
+    with _PolicyScope(scenario.mixed_precision):
+        try:
+            model, optimizer = build(x, y)
+        except Exception as error:  # noqa: BLE001 - shown in the table, the demo goes on
+            return RunResult(np.zeros(0), np.zeros(0, bool), np.zeros(0, int), 0.0, error=_one_line(error))
+        recorder = _BatchLosses(optimizer)
+        callbacks = [recorder]
+        guard = None
+        if with_guard:
+            options = {"action": "continue", "lr_factor": 0.5, "verbose": 0}
+            options.update(scenario.guard)
+            guard = NaNGuard(**options)
+            callbacks.append(guard)
+        error = None
+        try:
+            model.fit(
+                x, y, batch_size=scenario.batch_size, epochs=scenario.epochs,
+                shuffle=True, verbose=0, callbacks=callbacks,
+            )
+        except Exception as exc:  # noqa: BLE001
+            error = _one_line(exc)
+    return RunResult(
+        losses=np.asarray(recorder.losses, dtype=np.float64),
+        skipped=np.asarray(recorder.skipped, dtype=bool),
+        epochs=np.asarray(recorder.epochs, dtype=np.int64),
+        seconds=time.perf_counter() - start,
+        guard_events=list(guard.events) if guard is not None else [],
+        error=error,
+    )
+
+
+def _diagnose_stock(scenario, x, y):
+    keras.utils.clear_session()
+    keras.utils.set_random_seed(SEED)
+    with _PolicyScope(scenario.mixed_precision):
+        model, _ = scenario.stock_model(x, y)
+        return stableops.diagnose(model, x, y)
+
+
+def _one_line(error) -> str:
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0][:120] if text else ''}"
+
+
+@dataclasses.dataclass
+class ScenarioResult:
+    scenario: Scenario
+    stock: RunResult
+    stableops: RunResult
+    report: object
+
+
+def run_demo(*, fast=False, out=None, progress=print, width=100):
+    """Run every scenario; return the results and write the loss-curve PNG to ``out``."""
+    results = []
+    all_scenarios = scenarios(fast)
+    n_samples = 256 if fast else 1024
+    for number, scenario in enumerate(all_scenarios, 1):
+        rng = np.random.default_rng(SEED + number)
+        x, y = scenario.make_data(rng, n_samples)
+        head = f"[{number}/{len(all_scenarios)}] {scenario.title}"
+        progress(f"{head}: training with stock Keras ...")
+        stock = _train(scenario, scenario.stock_model, x, y, with_guard=False)
+        progress(f"{head}: stock Keras {_outcome(stock)} ({stock.seconds:.1f} s); training with stableops ...")
+        stable = _train(scenario, scenario.stableops_model, x, y, with_guard=True)
+        progress(f"{head}: stableops {_outcome(stable)} ({stable.seconds:.1f} s); diagnosing the stock model ...")
+        try:
+            report = _diagnose_stock(scenario, x, y)
+        except Exception as error:  # noqa: BLE001
+            report = _one_line(error)
+        results.append(ScenarioResult(scenario, stock, stable, report))
+    keras.utils.clear_session()
+    if out is not None:
+        plot_losses(results, out)
+    return results
+
+
+def _outcome(run: RunResult) -> str:
+    if run.error:
+        return f"failed ({run.error})"
+    if run.first_nan_step is None:
+        return f"finite, final loss {run.final_loss:.4g}"
+    return f"NaN at step {run.first_nan_step}, final loss {run.final_loss:.4g}"
+
+
+# ---------------------------------------------------------------------------
+# Output
+
+
+def _cell_nan(run: RunResult) -> str:
+    if run.error:
+        return "error"
+    if run.first_nan_step is None:
+        return "none"
+    caught = " (caught)" if run.guard_events or run.skipped_steps else ""
+    return f"step {run.first_nan_step}{caught}"
+
+
+def _cell_loss(run: RunResult) -> str:
+    if run.error:
+        return "-"
+    return f"{run.final_loss:.4g}"
+
+
+def format_table(results) -> str:
+    """The side-by-side table: first NaN step and final loss, stock vs stableops."""
+    rows = [
+        (
+            r.scenario.title,
+            _cell_nan(r.stock),
+            _cell_loss(r.stock),
+            _cell_nan(r.stableops),
+            _cell_loss(r.stableops),
+            str(r.stableops.skipped_steps),
+        )
+        for r in results
+    ]
+    header = ("scenario", "first NaN", "final loss", "first NaN", "final loss", "skipped")
+    widths = [max(len(row[i]) for row in rows + [header]) for i in range(len(header))]
+    group_stock = widths[1] + widths[2] + 2
+    group_stable = widths[3] + widths[4] + widths[5] + 4
+    lines = [
+        f"{'':<{widths[0]}} | {'stock Keras':<{group_stock}} | {'stableops':<{group_stable}}",
+        " | ".join(
+            [
+                f"{header[0]:<{widths[0]}}",
+                f"{header[1]:<{widths[1]}}  {header[2]:<{widths[2]}}",
+                f"{header[3]:<{widths[3]}}  {header[4]:<{widths[4]}}  {header[5]:<{widths[5]}}",
+            ]
+        ),
+    ]
+    lines.append("-" * len(lines[1]))
+    for row in rows:
+        lines.append(
+            " | ".join(
+                [
+                    f"{row[0]:<{widths[0]}}",
+                    f"{row[1]:<{widths[1]}}  {row[2]:<{widths[2]}}",
+                    f"{row[3]:<{widths[3]}}  {row[4]:<{widths[4]}}  {row[5]:<{widths[5]}}",
+                ]
+            )
+        )
+    return "\n".join(lines)
+
+
+def format_diagnoses(results, width=100) -> str:
+    """Per scenario: the story, what stableops changed, and the doctor's main findings."""
+    import textwrap
+
+    lines = []
+    for number, r in enumerate(results, 1):
+        s = r.scenario
+        lines.append(f"{number}. {s.title}: {s.story}")
+        lines.extend(textwrap.wrap("stableops run: " + s.stableops_changes, width, initial_indent="   ", subsequent_indent="     "))
+        for run_name, run in (("stock Keras", r.stock), ("stableops", r.stableops)):
+            if run.error:
+                lines.append(f"   {run_name} run failed: {run.error}")
+        events = r.stableops.guard_events
+        if events:
+            first = events[0]
+            lines.extend(
+                textwrap.wrap(
+                    f"NaNGuard caught {len(events)} non-finite batch(es); first at step {first['step']}: "
+                    f"{first.get('layer') or '?'}"
+                    + (f", op {first['op']}" if first.get("op") else "")
+                    + (f" -- {first['cause']}" if first.get("cause") else ""),
+                    width,
+                    initial_indent="   ",
+                    subsequent_indent="     ",
+                )
+            )
+        report = r.report
+        if isinstance(report, str):
+            lines.append(f"   diagnosis failed: {report}")
+            continue
+        lines.append(f"   stableops.diagnose(stock model) -> {report.summary_line()}")
+        for finding in report.problems[:4]:
+            lines.extend(
+                textwrap.wrap(
+                    f"{finding.severity.upper():<7} {finding.check} @ {finding.location}: {finding.message}",
+                    width,
+                    initial_indent="   ",
+                    subsequent_indent="           ",
+                )
+            )
+            lines.extend(textwrap.wrap("fix: " + finding.fix, width, initial_indent="           ", subsequent_indent="             "))
+        if len(report.problems) > 4:
+            lines.append(f"   ... and {len(report.problems) - 4} more (stableops.diagnose(model, x, y) shows all)")
+        lines.append("")
+    return "\n".join(lines).rstrip()
+
+
+def plot_losses(results, out) -> None:
+    """Write one panel per scenario: per-step loss, stock vs stableops, NaN steps marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    columns = 2
+    rows = (len(results) + columns - 1) // columns
+    fig, axes = plt.subplots(rows, columns, figsize=(11, 3.6 * rows), squeeze=False)
+    for ax, r in zip(axes.flat, results):
+        for run, label, color in ((r.stock, "stock Keras", "tab:red"), (r.stableops, "stableops", "tab:blue")):
+            if run.losses.size == 0:
+                continue
+            steps = np.arange(1, run.losses.size + 1)
+            finite = np.isfinite(run.losses)
+            shown = np.where(finite, run.losses, np.nan)
+            ax.plot(steps, shown, color=color, lw=1.2, label=label)
+            if (~finite).any():
+                floor = np.nanmin(shown) if finite.any() else 1.0
+                ax.plot(steps[~finite], np.full((~finite).sum(), floor), "x", color=color, ms=4,
+                        label=f"{label}: NaN ({(~finite).sum()} steps)")
+        ax.set_yscale("log")
+        ax.set_title(r.scenario.title, fontsize=10)
+        ax.set_xlabel("training step")
+        ax.set_ylabel("batch loss")
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(results):]:
+        ax.set_visible(False)
+    fig.suptitle("stableops doctor: loss curves, stock Keras vs stableops")
+    fig.tight_layout()
+    fig.savefig(out, dpi=90)
+    plt.close(fig)

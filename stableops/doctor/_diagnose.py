@@ -1,0 +1,292 @@
+"""``stableops.diagnose``: why does (or will) this model's loss go NaN?"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from stableops.doctor import _checks, _data
+from stableops.doctor import _thresholds as th
+from stableops.doctor._forward import first_non_finite_op, trace_forward
+from stableops.doctor._loss import resolve_loss
+from stableops.doctor._report import Report
+
+
+def diagnose(model, x, y=None, *, loss=None, batch_size=32, max_batches=8, training=True) -> Report:
+    """Examine a model on a sample of its data and explain what would make its loss non-finite.
+
+    Runs eagerly, outside XLA, on at most ``batch_size * max_batches`` samples
+    (a fixed-seed subsample, so repeated calls agree), and checks:
+
+    - inputs: NaN/inf values; values that overflow a float16 first layer;
+      per-feature scale (typical magnitude above sqrt(float16 max) = 256, or
+      feature scales more than 1/sqrt(eps(float16)) = 32x apart) and outliers
+      (robust z-score above 10); the fix is ``stableops.layers.RobustScaler``
+      or ``keras.layers.Normalization``. Inputs that feed a normalisation layer
+      directly are not checked for scale.
+    - labels, for the loss in use: class indices in ``[0, num_classes)``,
+      one-hot rows summing to 1, binary labels in ``[0, 1]``, finite values.
+    - activations, layer by layer (Functional and Sequential models): the first
+      layer whose outputs go non-finite from finite inputs, the op that did it
+      (found with ``tf.debugging.enable_check_numerics``) and the likely
+      cause (fully masked rows, float16 overflow, log/divide/sqrt domain);
+      float16 overflow headroom; saturated sigmoid/tanh units; dead ReLUs.
+    - the loss: non-finite or raising values, probabilities at 0/1 fed to a
+      log (a clipped constant with zero gradient), and a Keras loss that has a
+      ``stableops.losses`` drop-in.
+    - gradients, per layer: non-finite; exploding (one SGD step at the
+      optimizer's learning rate would move the weights by more than their own
+      norm); vanishing (the step is below the weights' rounding unit).
+
+    The thresholds and their derivations are in ``stableops/doctor/_thresholds.py``.
+    Nothing is trained: weights are untouched, and non-trainable state
+    (batch-norm statistics, RNG seeds) is restored afterwards.
+
+    Args:
+        model: a built (or buildable) Keras model.
+        x: inputs: a NumPy array, tensor, list/dict of them, or a
+            ``tf.data.Dataset`` yielding ``(x, y)`` batches.
+        y: labels (``None`` when ``x`` is a dataset or there are none; label,
+            loss and gradient checks then need the dataset to carry them).
+        loss: the loss to check (a ``keras.losses.Loss``, function or name);
+            defaults to the one the model was compiled with.
+        batch_size: batch size for the forward and gradient passes.
+        max_batches: keyword-only; how many batches the sample holds.
+        training: keyword-only; call the model in training mode (as ``fit``
+            does; default) or inference mode.
+
+    Returns:
+        A :class:`Report`. ``print(report)`` shows a table, ``report.to_dict()``
+        JSON-ready data, ``report.likely_cause`` the root cause.
+
+    Example:
+        >>> report = stableops.diagnose(model, x_train, y_train)
+        >>> print(report)
+        >>> report.likely_cause.check
+        'input.scale'
+    """
+    if int(batch_size) < 1:
+        raise ValueError(f"`batch_size` must be a positive integer, got batch_size={batch_size!r}")
+    if int(max_batches) < 1:
+        raise ValueError(f"`max_batches` must be a positive integer, got max_batches={max_batches!r}")
+    batch_size = int(batch_size)
+    x, y, n_total = _data.take_sample(x, y, max_samples=batch_size * int(max_batches))
+    _ensure_built(model, x, batch_size)
+    saved_state = [np.array(v.numpy()) for v in model.non_trainable_variables]
+    try:
+        return _diagnose(model, x, y, loss=loss, batch_size=batch_size, training=training, n_total=n_total)
+    finally:
+        for variable, value in zip(model.non_trainable_variables, saved_state):
+            variable.assign(value)
+
+
+def _ensure_built(model, x, batch_size):
+    if not model.built:
+        first = next(_data.batches(x, None, batch_size))[1]
+        model(first, training=False)
+
+
+def _diagnose(model, x, y, *, loss, batch_size, training, n_total) -> Report:
+    notes = []
+    loss_info = resolve_loss(model, loss)
+    probe, layer_stats, y_pred = trace_forward(model, x, batch_size=batch_size, training=training)
+    if not probe.available:
+        notes.append(
+            "per-layer checks need a Functional or Sequential model; only the model's "
+            "outputs were examined"
+        )
+
+    origin = next((s for s in layer_stats if s.nonfinite and not s.input_nonfinite), None)
+    first_op = None
+    if origin is not None:
+        xb = _batch_containing(x, origin.nonfinite_rows[0], batch_size)
+        first_op = first_non_finite_op(lambda: model(xb, training=training))
+
+    inputs = _data.flatten(x)
+    names, consumers = _input_consumers(model, x, probe)
+    by_name = {s.name: s for s in layer_stats}
+    findings = _checks.check_inputs(inputs, names=names, consumers=consumers, layer_stats=by_name)
+    findings += _checks.check_labels(y, y_pred, loss_info)
+    findings += _checks.check_activations(layer_stats, first_op=first_op)
+
+    prediction_bad_rows = _nonfinite_rows(y_pred)
+    per_sample, loss_error, loss_op = None, None, None
+    if y is None:
+        notes.append("no labels given: label, loss and gradient checks were skipped")
+    elif loss_info is None:
+        notes.append("no single loss (pass loss= or compile the model): label and loss checks were skipped")
+    else:
+        per_sample, loss_error = _per_sample_loss(loss_info, y, y_pred, batch_size)
+        if per_sample is not None:
+            own = np.setdiff1d(np.flatnonzero(~np.isfinite(per_sample)), prediction_bad_rows)
+            if own.size:
+                row = int(own[0])
+                yb = _batch_containing(y, row, batch_size)
+                pb = _batch_containing(y_pred, row, batch_size)
+                loss_op = first_non_finite_op(
+                    lambda: loss_info.per_sample(yb, tf.nest.map_structure(tf.constant, pb))
+                )
+    findings += _checks.check_loss(
+        loss_info, y, y_pred, per_sample, error=loss_error, first_op=loss_op,
+        prediction_nonfinite_rows=prediction_bad_rows,
+    )
+
+    learning_rate = _learning_rate(model)
+    upstream_broken = bool(prediction_bad_rows.size) or loss_error is not None or (
+        per_sample is not None and not np.isfinite(per_sample).all()
+    )
+    can_differentiate = y is not None and (loss_info is not None or _compiled(model))
+    if can_differentiate and not upstream_broken and model.trainable_variables:
+        norms, bad_batch = _gradient_norms(model, x, y, loss_info, batch_size, training)
+        grad_op = None
+        if bad_batch is not None:
+            xb, yb = bad_batch
+            grad_op = first_non_finite_op(lambda: _gradients(model, xb, yb, loss_info, training))
+        findings += _checks.check_gradients(norms, learning_rate=learning_rate, first_op=grad_op)
+    elif can_differentiate and upstream_broken:
+        notes.append("gradients were not checked: the forward pass or the loss is already non-finite")
+
+    context = {
+        "model": model.name,
+        "samples": _data.num_samples(x),
+        "of": n_total,
+        "loss": loss_info.display if loss_info else "none",
+        "dtype_policy": getattr(getattr(model, "dtype_policy", None), "name", "float32"),
+        "learning_rate": learning_rate,
+    }
+    return Report(findings, context=context, notes=notes)
+
+
+def _batch_containing(structure, row, batch_size):
+    start = (row // batch_size) * batch_size
+    return tf.nest.map_structure(lambda leaf: np.asarray(leaf)[start : start + batch_size], structure)
+
+
+def _nonfinite_rows(y_pred) -> np.ndarray:
+    rows = set()
+    for leaf in _data.flatten(y_pred):
+        leaf = np.asarray(leaf)
+        if np.issubdtype(leaf.dtype, np.floating) or leaf.dtype.name == "bfloat16":
+            bad = ~np.isfinite(leaf.astype(np.float32))
+            rows.update(np.flatnonzero(bad.reshape(bad.shape[0], -1).any(axis=1)).tolist())
+    return np.asarray(sorted(rows), dtype=np.int64)
+
+
+def _input_consumers(model, x, probe):
+    """Names of the flattened inputs and, per input, the layers reading it directly."""
+    leaves = _data.flatten(x)
+    try:
+        model_inputs = list(model.inputs)
+    except (AttributeError, ValueError):
+        model_inputs = []
+    if isinstance(x, dict):
+        keys = sorted(x)
+        by_name = {t.name: t for t in model_inputs}
+        ordered = [by_name.get(k) for k in keys]
+        names = keys
+    else:
+        ordered = model_inputs if len(model_inputs) == len(leaves) else [None] * len(leaves)
+        names = [getattr(t, "name", None) for t in ordered]
+    consumers = []
+    for tensor in ordered:
+        readers = []
+        if tensor is not None and probe.available:
+            for layer, layer_inputs in zip(probe.layers, probe.layer_inputs):
+                if any(t is tensor for t in layer_inputs):
+                    readers.append(layer)
+        consumers.append(readers)
+    return names, consumers
+
+
+def _per_sample_loss(loss_info, y, y_pred, batch_size):
+    values = []
+    try:
+        for start, yb, pb in _data.batches(y, y_pred, batch_size):
+            pb = tf.nest.map_structure(tf.constant, pb)
+            values.append(np.asarray(loss_info.per_sample(yb, pb), dtype=np.float64))
+    except Exception as error:  # noqa: BLE001 - reported as a finding
+        return None, error
+    return np.concatenate(values), None
+
+
+def _compiled(model) -> bool:
+    return getattr(model, "compiled", False) or getattr(model, "loss", None) is not None
+
+
+def _learning_rate(model) -> float:
+    optimizer = getattr(model, "optimizer", None)
+    if optimizer is None:
+        return th.DEFAULT_LEARNING_RATE
+    try:
+        return float(np.asarray(keras.ops.convert_to_numpy(optimizer.learning_rate)))
+    except Exception:  # noqa: BLE001 - a callable schedule that needs a step, etc.
+        return th.DEFAULT_LEARNING_RATE
+
+
+def _loss_scale(model) -> float:
+    """The loss scale Keras's mixed-precision training applies (1 without one)."""
+    optimizer = getattr(model, "optimizer", None)
+    if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+        if optimizer.built:
+            return float(np.asarray(optimizer.dynamic_scale))
+        return float(optimizer.initial_scale)
+    return 1.0
+
+
+def _total_loss(model, loss_info, xb, yb, y_pred):
+    if loss_info is not None:
+        total = tf.reduce_mean(loss_info.per_sample(yb, y_pred))
+        if model.losses:
+            total = total + tf.add_n([tf.cast(l, total.dtype) for l in model.losses])
+        return total
+    return model.compute_loss(x=xb, y=yb, y_pred=y_pred, training=True)
+
+
+def _gradients(model, xb, yb, loss_info, training):
+    # The same loss scaling as Keras's mixed-precision train step, so that
+    # float16 gradients do not underflow here when they would not in fit().
+    scale = _loss_scale(model)
+    with tf.GradientTape() as tape:
+        y_pred = model(xb, training=training)
+        total = _total_loss(model, loss_info, xb, yb, y_pred) * scale
+    grads = tape.gradient(total, model.trainable_variables)
+    if scale != 1.0:
+        grads = [None if g is None else _unscale(g, scale) for g in grads]
+    return grads
+
+
+def _unscale(gradient, scale):
+    if isinstance(gradient, tf.IndexedSlices):
+        return tf.IndexedSlices(gradient.values / scale, gradient.indices, gradient.dense_shape)
+    return gradient / scale
+
+
+def _gradient_norms(model, x, y, loss_info, batch_size, training):
+    """Per-layer gradient norm for each batch, and the first batch with a non-finite gradient."""
+    owner = {}
+    for layer in model.layers:
+        for variable in layer.trainable_weights:
+            owner.setdefault(id(variable), layer.name)
+    variables = model.trainable_variables
+    norms = {}
+    for variable in variables:
+        name = owner.get(id(variable), variable.path.split("/")[0])
+        entry = norms.setdefault(name, {"grad": [], "weight_sq": 0.0, "dtype": str(variable.dtype)})
+        entry["weight_sq"] += _checks.tensor_norm(variable.numpy()) ** 2
+    bad_batch = None
+    for _, xb, yb in _data.batches(x, y, batch_size):
+        grads = _gradients(model, xb, yb, loss_info, training)
+        batch_sq = {name: 0.0 for name in norms}
+        for variable, grad in zip(variables, grads):
+            if grad is None:
+                continue
+            name = owner.get(id(variable), variable.path.split("/")[0])
+            batch_sq[name] += _checks.tensor_norm(grad) ** 2
+        for name, value in batch_sq.items():
+            norms[name]["grad"].append(float(np.sqrt(value)))
+        if bad_batch is None and not all(np.isfinite(v) for v in batch_sq.values()):
+            bad_batch = (xb, yb)
+    for entry in norms.values():
+        entry["weight"] = float(np.sqrt(entry.pop("weight_sq")))
+    return norms, bad_batch

@@ -1,0 +1,112 @@
+"""Every threshold the doctor uses, each derived from a dtype limit or justified here.
+
+The doctor reports a finding only when a number crosses one of these lines, so
+this module is the whole of its "judgement". Dtype-derived values come from
+``stableops.ops.dtype_limits`` (the single source of every epsilon), never from
+a literal.
+"""
+
+from __future__ import annotations
+
+import math
+
+from stableops.ops import dtype_limits
+
+_F16 = dtype_limits("float16")
+_F32 = dtype_limits("float32")
+
+#: The largest finite float16 value (65504). A float16 layer overflows to inf
+#: above it, and a raw input above it becomes inf when Keras casts it to the
+#: layer's float16 compute dtype.
+FLOAT16_MAX = _F16.max
+
+#: Headroom (max representable / max observed) below which a float16 layer is
+#: flagged: 2**4 = 16. An activation within 16x of the float16 maximum is one
+#: unnormalised sum of 16 such terms away from overflow (the next Dense layer
+#: adds ``fan_in`` products), and early training routinely grows activations by
+#: that much.
+FLOAT16_MIN_HEADROOM = 2.0**4
+
+#: A feature whose typical magnitude exceeds sqrt(float16 max) = 256 is
+#: "unscaled": squaring it (a squared-error loss, a variance, the next layer's
+#: product with a similarly scaled weight) leaves float16's range, and with
+#: Glorot/He initialisation it makes the first layer's pre-activations that
+#: large too, saturating sigmoid/tanh units and scaling gradients by its square.
+UNSCALED_MAGNITUDE = math.sqrt(_F16.max)
+
+#: Features whose typical magnitudes differ by more than 1/sqrt(eps(float16))
+#: = 32x are flagged: the smaller feature then contributes less than
+#: (1/32)**2 = eps(float16) of a first-layer unit's variance, i.e. it is below
+#: the resolution of a half-precision sum and the optimiser effectively ignores
+#: it until the inputs are normalised.
+SCALE_SPREAD = 1.0 / math.sqrt(_F16.eps)
+
+#: Robust z-score (0.6745 * (x - median) / MAD, Iglewicz & Hoaglin 1993) above
+#: which a value is an outlier worth a warning: 10. Their usual cut of 3.5
+#: flags ordinary heavy tails (real data sets have many such values and train
+#: fine); a squared-error gradient grows with the square of the deviation, so a
+#: value 10 robust SDs out pushes one step ~100x harder than a typical sample.
+OUTLIER_Z = 10.0
+
+#: 0.6745 = the standard normal's 75th percentile: MAD / 0.6745 estimates the
+#: standard deviation of normal data (Iglewicz & Hoaglin's constant).
+MAD_TO_SD = 0.6745
+
+#: sqrt(pi / 2): mean absolute deviation * 1.2533 estimates the standard
+#: deviation of normal data (the fallback when the MAD is 0).
+MEAN_AD_TO_SD = math.sqrt(math.pi / 2.0)
+
+#: A sigmoid/tanh unit is saturated when its output is within 1% of the
+#: asymptote range (sigmoid < 0.01 or > 0.99, |tanh| > 0.98): there its slope
+#: is under 4% of the peak slope, so each saturated layer divides the gradient
+#: by more than 25 (Glorot & Bengio 2010 diagnose saturation the same way).
+SATURATION_MARGIN = 0.01
+
+#: Fraction of saturated outputs in a hidden layer above which it is flagged.
+#: At a healthy initialisation almost no unit is saturated; a majority means
+#: most of the layer passes almost no gradient.
+SATURATED_FRACTION = 0.5
+
+#: Fraction of dead ReLU units (zero on every sample of the sample) above which
+#: a layer is flagged. With centred inputs and He initialisation a unit is zero
+#: on about half the samples, so it is zero on all of >= 32 samples with
+#: probability about 2**-32: any dead majority is a real loss of capacity.
+DEAD_FRACTION = 0.5
+
+#: Exploding: one plain SGD step of the configured learning rate would move a
+#: layer's weights by more than their own norm (lr * |g| > |w|). A healthy step
+#: moves them by about a thousandth of it.
+EXPLODING_STEP_RATIO = 1.0
+
+
+def vanishing_step_ratio(dtype="float32") -> float:
+    """Vanishing: the step lr * |g| is below the weights' rounding unit.
+
+    ``eps(dtype) / 2 * |w|`` is half an ULP of the weights' norm: an update
+    smaller than that is rounded away entirely when it is added to the
+    weights, so the layer does not learn at all.
+    """
+    return dtype_limits(dtype).eps / 2.0
+
+
+#: Learning rate assumed when the model has no optimizer: Keras's default for
+#: Adam, RMSprop and the other adaptive optimizers.
+DEFAULT_LEARNING_RATE = 1e-3
+
+
+def one_hot_sum_tolerance(num_classes: int, dtype="float32") -> float:
+    """How far a valid one-hot or smoothed label row may sum from 1.
+
+    Summing ``n`` non-negative values that add up to 1 in floating point has a
+    rounding error of at most ``(n - 1) * eps / 2`` (Higham, Accuracy and
+    Stability, eq. 4.4); twice that covers labels that were themselves rounded
+    once (e.g. label smoothing).
+    """
+    return max(num_classes, 2) * dtype_limits(dtype).eps
+
+
+#: Probabilities at most this far from 0 or 1 in float32, where Keras's clip
+#: bound ``backend.epsilon()`` (1e-7) sits: there Keras's cross-entropies
+#: return a clipped constant and a zero gradient. This is float32's epsilon
+#: (1.19e-7), the resolution of values just below 1.
+PROBABILITY_CLIP_ZONE = _F32.eps

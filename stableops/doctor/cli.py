@@ -1,0 +1,224 @@
+"""The ``stableops`` command line: ``stableops doctor``.
+
+``stableops doctor`` runs the embedded demo; ``stableops doctor MODEL.keras
+DATA.npz [--x KEY --y KEY]`` diagnoses a saved model on saved data.
+
+Exit status: 0 when the run finished (demo) or the diagnosis found no error,
+1 when it found error-severity problems, 2 for bad input (a missing or
+unreadable file, wrong keys, data that does not fit the model), reported as
+one line on stderr, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+EXIT_OK, EXIT_PROBLEMS, EXIT_BAD_INPUT = 0, 1, 2
+DEFAULT_PLOT = "stableops-doctor-loss-curves.png"
+
+
+class BadInput(Exception):
+    """A user error the command reports in one line with exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, status 2 (argparse prints usage too)
+        raise BadInput(message)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="stableops", description="stableops: Keras losses and layers that stay finite.")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    doctor = commands.add_parser(
+        "doctor",
+        help="explain why a loss goes NaN (no arguments: run the demo)",
+        description="Without arguments: train a few small models that go NaN with stock Keras "
+        "and stay finite with stableops, print a comparison and the diagnosis, and plot the "
+        "loss curves. With MODEL and DATA: diagnose a saved Keras model on saved data.",
+    )
+    doctor.add_argument("model", nargs="?", help="a saved Keras model (.keras)")
+    doctor.add_argument("data", nargs="?", help="a .npz file with the inputs (and labels)")
+    doctor.add_argument("--x", dest="x_key", default=None,
+                        help="key of the inputs in DATA (default 'x'; comma-separate several inputs)")
+    doctor.add_argument("--y", dest="y_key", default=None, help="key of the labels in DATA (default 'y' if present)")
+    doctor.add_argument("--batch-size", type=int, default=32, help="batch size for the diagnosis (default 32)")
+    doctor.add_argument("--json", action="store_true", help="print the report as JSON")
+    doctor.add_argument("--out", default=None, help=f"demo: where to write the loss-curve PNG (default ./{DEFAULT_PLOT})")
+    doctor.add_argument("--fast", action="store_true", help="demo: a reduced, quicker run")
+    return parser
+
+
+def main(argv=None) -> int:
+    """Run the command line; return the exit status."""
+    try:
+        args = build_parser().parse_args(sys.argv[1:] if argv is None else list(argv))
+        if args.command != "doctor":
+            raise BadInput("choose a command: stableops doctor [MODEL DATA] (see stableops doctor --help)")
+        if args.model is None and args.data is None:
+            return run_demo_command(args)
+        if args.model is None or args.data is None:
+            raise BadInput("give both MODEL and DATA, or neither for the demo")
+        return run_diagnosis_command(args)
+    except BadInput as error:
+        print(f"stableops doctor: error: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("stableops doctor: interrupted", file=sys.stderr)
+        return 130
+
+
+# ---------------------------------------------------------------------------
+# The demo
+
+
+def run_demo_command(args) -> int:
+    for name in ("x_key", "y_key", "json"):
+        if getattr(args, name):
+            raise BadInput(f"--{name.split('_')[0]} applies to MODEL DATA, not to the demo")
+    out = args.out or os.path.join(os.getcwd(), DEFAULT_PLOT)
+    directory = os.path.dirname(os.path.abspath(out))
+    if not os.path.isdir(directory):
+        raise BadInput(f"--out directory does not exist: {directory}")
+    start = time.perf_counter()
+    say = lambda text: print(text, flush=True)  # noqa: E731
+    say("stableops doctor: training small models that go NaN with stock Keras, and again with stableops"
+        + (" (fast mode)" if args.fast else ""))
+    from stableops.doctor import _demo
+
+    results = _demo.run_demo(fast=args.fast, out=out, progress=say)
+    say("")
+    say(_demo.format_table(results))
+    say("")
+    say("Diagnosis (stableops.diagnose on each stock model before training):")
+    say(_demo.format_diagnoses(results))
+    say("")
+    say(f"Loss curves: {out}")
+    say(f"Done in {time.perf_counter() - start:.0f} s.")
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------------------
+# A user's model and data
+
+
+def _first_line(error) -> str:
+    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+    return lines[0][:200] if lines else type(error).__name__
+
+
+def load_model(path):
+    import keras
+
+    import stableops  # noqa: F401 - registers the stableops layers/losses/optimizers
+
+    if not os.path.isfile(path):
+        raise BadInput(f"model file not found: {path}")
+    try:
+        return keras.saving.load_model(path)
+    except Exception as first_error:  # noqa: BLE001
+        try:
+            # The model may load without its training config (e.g. a custom loss).
+            return keras.saving.load_model(path, compile=False)
+        except Exception:  # noqa: BLE001
+            raise BadInput(f"cannot load model {path}: {_first_line(first_error)}") from None
+
+
+def load_data(path, x_key, y_key):
+    import numpy as np
+
+    if not os.path.isfile(path):
+        raise BadInput(f"data file not found: {path}")
+    try:
+        archive = np.load(path, allow_pickle=False)
+    except Exception as error:  # noqa: BLE001
+        raise BadInput(f"cannot read {path} as a .npz archive: {_first_line(error)}") from None
+    if not hasattr(archive, "files"):
+        raise BadInput(f"{path} holds a single array, not a .npz archive of named arrays")
+    try:
+        arrays = {key: archive[key] for key in archive.files}
+    except Exception as error:  # noqa: BLE001
+        raise BadInput(f"cannot read {path}: {_first_line(error)}") from None
+    available = ", ".join(sorted(arrays)) or "none"
+    if x_key is None:
+        if "x" in arrays:
+            x_keys = ["x"]
+        elif len(arrays) == 1:
+            x_keys = list(arrays)
+        else:
+            raise BadInput(f"no array 'x' in {path}; choose one with --x (arrays: {available})")
+    else:
+        x_keys = [key.strip() for key in x_key.split(",") if key.strip()]
+    for key in x_keys:
+        if key not in arrays:
+            raise BadInput(f"no array '{key}' in {path} (arrays: {available})")
+    if y_key is not None and y_key not in arrays:
+        raise BadInput(f"no array '{y_key}' in {path} (arrays: {available})")
+    if y_key is None and "y" in arrays and "y" not in x_keys:
+        y_key = "y"
+    x = [arrays[key] for key in x_keys]
+    y = arrays[y_key] if y_key is not None else None
+    return (x[0] if len(x) == 1 else x), y, x_keys, y_key
+
+
+def check_fits(model, x, y, x_keys):
+    """Raise BadInput when the arrays cannot be fed to the model."""
+    import numpy as np
+
+    leaves = x if isinstance(x, list) else [x]
+    sizes = {len(leaf) if np.ndim(leaf) else -1 for leaf in leaves}
+    if -1 in sizes:
+        raise BadInput("the inputs need a leading sample axis (got a scalar array)")
+    if len(sizes) != 1:
+        raise BadInput(f"the input arrays have different numbers of samples: {sorted(sizes)}")
+    n = sizes.pop()
+    if n == 0:
+        raise BadInput("the inputs are empty")
+    if y is not None and (np.ndim(y) == 0 or len(y) != n):
+        raise BadInput(f"x has {n} samples but y has {len(y) if np.ndim(y) else 0}")
+    try:
+        expected = list(model.inputs)
+    except (AttributeError, ValueError):
+        return  # a subclassed model: shapes are checked by calling it
+    if len(expected) != len(leaves):
+        raise BadInput(
+            f"the model takes {len(expected)} input(s) but {len(leaves)} array(s) were given "
+            f"({', '.join(x_keys)}); pass them with --x KEY1,KEY2"
+        )
+    for key, leaf, tensor in zip(x_keys, leaves, expected):
+        want = tuple(tensor.shape)
+        got = tuple(np.shape(leaf))
+        fits = len(want) == len(got) and all(w is None or w == g for w, g in zip(want[1:], got[1:]))
+        if not fits:
+            shown = "(" + ", ".join("None" if w is None else str(w) for w in want) + ")"
+            raise BadInput(f"'{key}' has shape {got} but the model expects {shown}")
+
+
+def run_diagnosis_command(args) -> int:
+    if args.out or args.fast:
+        raise BadInput("--out and --fast apply to the demo, not to MODEL DATA")
+    if args.batch_size < 1:
+        raise BadInput(f"--batch-size must be positive, got {args.batch_size}")
+    model = load_model(args.model)
+    x, y, x_keys, y_key = load_data(args.data, args.x_key, args.y_key)
+    check_fits(model, x, y, x_keys)
+
+    from stableops.doctor import diagnose
+
+    try:
+        report = diagnose(model, x, y, batch_size=args.batch_size)
+    except Exception as error:  # noqa: BLE001 - most often data that does not fit the model
+        raise BadInput(f"the data does not fit the model: {type(error).__name__}: {_first_line(error)}") from None
+    if args.json:
+        print(report.to_json(indent=2))
+    else:
+        print(report)
+    return EXIT_PROBLEMS if report.errors else EXIT_OK
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,250 @@
+"""The benchmark harness cannot silently rot: a smoke run, its JSON schema, and its arithmetic.
+
+The smoke run (``python -m benchmarks --smoke``: one tiny size, one round)
+covers every section end to end on two cases; the other tests check the parts
+that decide what the report says: the mpmath references against closed
+forms, the ULP measurement against a deliberately wrong implementation, the
+handling of an implementation that has not landed, and the target verdicts.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import mpmath
+import numpy as np
+import pytest
+
+from benchmarks import SCHEMA, SECTIONS
+from benchmarks import accuracy as acc
+from benchmarks import cases as bench_cases
+from benchmarks import report, run, speed
+
+SMOKE_CASES = ("binary_crossentropy_logits", "softmax")
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _positive_finite(value) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value) and value > 0
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    code = run.main(["--smoke", "--only", ",".join(SMOKE_CASES), "--out", str(out), "--quiet"])
+    assert code == 0
+    return out
+
+
+def test_smoke_run_writes_every_section_with_the_schema(smoke_run):
+    for section in SECTIONS:
+        document = json.loads((smoke_run / f"{section}.json").read_text())
+        assert document["schema"] == SCHEMA
+        assert document["section"] == section
+        assert document["preset"] == "smoke"
+        assert set(document["availability"]) == set(SMOKE_CASES)
+    meta = json.loads((smoke_run / "run.json").read_text())
+    assert meta["sections_run"] == list(SECTIONS)
+    assert _positive_finite(meta["runtime_seconds"]["total"])
+    for name in ("speed_ratio.png", "speed_times.png", "accuracy.png", "bandwidth.png"):
+        assert (smoke_run / name).read_bytes()[:8] == PNG_MAGIC, name
+
+
+def _section(out, name):
+    return json.loads((out / f"{name}.json").read_text())
+
+
+def test_smoke_speed_timings_and_ratios_are_positive_and_finite(smoke_run):
+    document = _section(smoke_run, "speed")
+    availability = document["availability"]
+    timings, ratios = document["data"]["timings"], document["data"]["ratios"]
+    for case in SMOKE_CASES:
+        available = [i for i, a in availability[case].items() if a["status"] == "ok"]
+        assert "keras" in available and "tf.nn" in available, availability[case]
+        for impl in available:
+            for mode in speed.MODES:
+                rows = [t for t in timings if (t["case"], t["impl"], t["mode"]) == (case, impl, mode)]
+                assert len(rows) == 1, (case, impl, mode)
+                assert _positive_finite(rows[0]["seconds"]["median"])
+                assert len(rows[0]["samples"]) == 1  # one round
+                assert rows[0]["bytes"] > 0
+        if "stableops" in available:
+            for mode in speed.MODES:
+                for baseline in ("keras", "tf.nn"):
+                    rows = [r for r in ratios if (r["case"], r["mode"], r["baseline"]) == (case, mode, baseline)]
+                    assert len(rows) == 1, (case, mode, baseline)
+                    assert all(_positive_finite(rows[0]["ratio"][q]) for q in ("q25", "median", "q75"))
+    assert ratios or not any(availability[c]["stableops"]["status"] == "ok" for c in SMOKE_CASES)
+
+
+def test_smoke_accuracy_memory_bandwidth_end_to_end_are_well_formed(smoke_run):
+    rows = _section(smoke_run, "accuracy")["data"]["rows"]
+    for case in SMOKE_CASES:
+        for impl in ("keras", "tf.nn"):
+            for mode in acc.MODES:
+                (row,) = [r for r in rows if (r["case"], r["impl"], r["mode"]) == (case, impl, mode)]
+                assert row["dtype"] == "float32" and row["grid_points"] > 0 and row["random_points"] == 8
+                for key in ("max_ulp_grid", "max_ulp_random"):
+                    assert row[key] == "inf" or row[key] >= 0
+                assert row["nonfinite_values"] >= 0 and row["nonfinite_grad_samples"] >= 0
+    # tf.nn's softmax is within a few ULPs on the random sample: the ULP pipeline measures, not invents.
+    (softmax,) = [r for r in rows if (r["case"], r["impl"], r["mode"]) == ("softmax", "tf.nn", "eager")]
+    assert softmax["max_ulp_random"] <= 4
+
+    memory = _section(smoke_run, "memory")["data"]
+    if memory["supported"]:
+        assert {r["case"] for r in memory["rows"]} == set(SMOKE_CASES)
+        assert all(isinstance(r["peak_extra_bytes"], int) and r["peak_extra_bytes"] >= 0 for r in memory["rows"])
+
+    bandwidth = _section(smoke_run, "bandwidth")["data"]
+    assert _positive_finite(bandwidth["limit_gbps"])
+
+    (mlp,) = _section(smoke_run, "end_to_end")["data"]["rows"]
+    keras_flavour = mlp["flavours"]["keras"]
+    assert _positive_finite(keras_flavour["step_seconds"]) and math.isfinite(keras_flavour["final_loss"])
+    if mlp["flavours"]["stableops"]["step_seconds"] is not None:
+        assert _positive_finite(mlp["ratio"]["median"])
+
+
+def test_smoke_summary_names_every_case_and_section(smoke_run):
+    summary = (smoke_run / "summary.md").read_text()
+    for heading in ("## Targets", "## Speed", "## Limits", "## Accuracy", "## Memory", "## End to end"):
+        assert heading in summary
+    for case in SMOKE_CASES:
+        assert f"| {case} |" in summary
+    targets = json.loads((smoke_run / "targets.json").read_text())
+    assert {t["id"] for t in targets} == {"compiled", "eager", "end_to_end", "finite", "ulp"}
+    assert all(t["status"] in ("met", "missed", "not measured") for t in targets)
+
+
+# ----------------------------------------------------------------------------
+# The parts that decide the verdicts
+# ----------------------------------------------------------------------------
+
+
+def test_references_match_closed_forms():
+    mp = mpmath.mpf
+    assert acc.ref_binary_crossentropy(mp(1), mp(0.5)) == mpmath.log(2)
+    assert acc.ref_binary_crossentropy(mp(0), mp(0)) == 0  # 0 * log(0) = 0
+    assert acc.ref_binary_crossentropy_logits(mp(1), mp(0)) == mpmath.log(2)
+    # log cosh x = x^2/2 - x^4/12 + ...: no cancellation at tiny x.
+    assert abs(acc.ref_log_cosh(mp(0), mp(1e-20)) / mp("5e-41") - 1) < mp(10) ** -35
+    assert abs(acc.ref_log_cosh(mp(0), mp(1e4)) - (mp(1e4) - mpmath.log(2))) < mp(10) ** -40
+    assert acc.ref_huber(mp(0), mp(1)) == mp(0.5) and acc.ref_huber(mp(0), mp(3)) == mp(2.5)
+    assert abs(acc.ref_elu(mp(-1e-30)) + mp(1e-30)) < mp(10) ** -55
+    assert acc.ref_softmax_row([mp(5), mp(5)]) == [mp(0.5), mp(0.5)]
+    assert abs(acc.ref_logsumexp_row([mp(1000), mp(1000)]) - 1000 - mpmath.log(2)) < mp(10) ** -50
+    # lse - x_i stays exact where 60 digits of lse would not: [100, 0] -> log1p(e^-100).
+    assert abs(acc.ref_sparse_row(0, [mp(100), mp(0)]) / mpmath.exp(-100) - 1) < mp(10) ** -40
+    assert acc.ref_cosine_row([mp(1), mp(2), mp(3)], [mp(2), mp(4), mp(6)]) == -1
+
+
+def test_every_case_has_inputs_and_a_finite_reference_on_its_grid():
+    for case in bench_cases.CASES:
+        inputs = case.make_inputs(2**10, np.dtype("float32"), np.random.default_rng(0))
+        assert inputs[case.wrt].dtype == np.float32 and inputs[case.wrt].size >= 2**10
+        spec = acc.SPECS[case.name]
+        for dtype in ("float32", "float16"):
+            rounded, exact, n_grid = acc._sample_inputs(spec, dtype, random_points=4, grid_stride=9)
+            assert n_grid > 0
+            assert all(np.isfinite(np.asarray(a, dtype=np.float64)).all() for a in rounded)
+            reference = spec.reference(*exact)
+            # The grids promise finite exact values: every reference is finite in float32.
+            assert acc._finite_reference_mask(reference, np.float32).all(), (case.name, dtype)
+
+
+def test_ulp_measurement_tells_a_wrong_implementation_from_a_right_one():
+    case = bench_cases.CASES_BY_NAME["leaky_relu"]
+    spec = acc.SPECS[case.name]
+    rounded, exact, n_grid = acc._sample_inputs(spec, "float32", random_points=16)
+    reference = spec.reference(*exact)
+    right = case.impl("tf.nn")
+    wrong = bench_cases.Impl("wrong", "x * (1 + 2**-12)", lambda per_sample: (lambda x: x * (1 + 2**-12)))
+    good = acc.measure_one(case, right, "eager", rounded, exact, reference, n_grid)
+    bad = acc.measure_one(case, wrong, "eager", rounded, exact, reference, n_grid)
+    assert good["max_ulp_grid"] <= 1 and good["max_ulp_random"] <= 1
+    assert bad["max_ulp_random"] >= 2**11 - 1  # 2^-12 relative is 2^11 ULPs of float32
+    assert bad["nonfinite_values"] > 0  # x near the largest float overflows to inf
+
+
+def _fake_case(stableops_error):
+    def broken(per_sample):
+        raise stableops_error
+
+    return bench_cases.Case(
+        name="fake_softmax",
+        kind="op",
+        elementwise=False,
+        make_inputs=bench_cases._row_input,
+        wrt=0,
+        impls=(
+            bench_cases.Impl("stableops", "missing", broken),
+            bench_cases._keras_op("softmax", axis=-1),
+        ),
+        keras_note="",
+    )
+
+
+def test_an_unlanded_implementation_is_reported_not_raised():
+    missing = _fake_case(NotImplementedError("softmax is not implemented yet"))
+    failing = _fake_case(ValueError("boom"))
+    assert bench_cases.probe(missing, missing.impls[0]).status == "unavailable"
+    assert bench_cases.probe(failing, failing.impls[0]).status == "error"
+    assert bench_cases.probe(missing, missing.impls[1]).ok
+    availability = {missing.name: {i.name: bench_cases.probe(missing, i) for i in missing.impls}}
+    config = run.make_config(run.parse_args(["--smoke"]))
+    config.modes = ("eager",)
+    result = speed.run_speed((missing,), availability, config, log=lambda *a: None)
+    assert {t["impl"] for t in result["timings"]} == {"keras"}
+    assert result["ratios"] == []
+
+
+def _synthetic_sections(xla_ratio, eager_ratio, nonfinite, ulp):
+    def ratio(case, mode, size, value):
+        return {
+            "case": case, "dtype": "float32", "size": size, "mode": mode, "impl": "stableops",
+            "baseline": "keras", "ratio": {"median": value, "q25": value, "q75": value}, "rounds": 3,
+        }  # fmt: skip
+
+    accuracy_row = {
+        "case": "huber", "impl": "stableops", "mode": "eager", "dtype": "float32", "max_ulp_grid": ulp,
+        "max_ulp_random": 0.5, "nonfinite_values": nonfinite, "nonfinite_grad_samples": 0,
+        "worst": {"inputs": [[0.0], [1.0]], "got": 1.0, "want": "1.0", "ulp": ulp},
+    }  # fmt: skip
+    ok = {"status": "ok", "detail": ""}
+    return {
+        "speed": {
+            "availability": {"huber": {"stableops": ok, "keras": ok}},
+            "data": {"timings": [], "ratios": [ratio("huber", "xla", 2**20, xla_ratio), ratio("huber", "eager", 2**20, eager_ratio)]},
+        },
+        "accuracy": {"data": {"modes": ["eager"], "rows": [accuracy_row]}},
+    }
+
+
+def test_targets_follow_the_numbers():
+    def status(sections):
+        return {t["id"]: t["status"] for t in report.evaluate_targets(sections)}
+
+    good = status(_synthetic_sections(xla_ratio=1.0, eager_ratio=0.2, nonfinite=0, ulp=1.0))
+    assert good == {"compiled": "met", "eager": "met", "end_to_end": "not measured", "finite": "met", "ulp": "met"}
+    # huber is an elementwise loss: eager must be 3x faster, so 0.4 misses; 1.06 misses the compiled 1.05.
+    bad_sections = _synthetic_sections(xla_ratio=1.06, eager_ratio=0.4, nonfinite=2, ulp=3.0)
+    bad = status(bad_sections)
+    assert bad == {"compiled": "missed", "eager": "missed", "end_to_end": "not measured", "finite": "missed", "ulp": "missed"}
+    summary = report.build_summary(bad_sections, report.evaluate_targets(bad_sections))
+    assert "**Missed: XLA-compiled" in summary and "`huber`" in summary
+
+
+def test_json_writer_keeps_infinities_as_strings(tmp_path):
+    path = tmp_path / "x.json"
+    run.write_json(path, {"a": [float("inf"), -float("inf"), float("nan"), 1.5]})
+    assert json.loads(path.read_text()) == {"a": ["inf", "-inf", "nan", 1.5]}
+
+
+def test_command_line_rejects_unknown_sections_and_cases():
+    with pytest.raises(SystemExit):
+        run.parse_args(["--sections", "speed,nonsense"])
+    with pytest.raises(ValueError, match="matches no case"):
+        bench_cases.select_cases("no_such_case")
+    assert [c.name for c in bench_cases.select_cases("softmax")] == ["softmax", "log_softmax"]

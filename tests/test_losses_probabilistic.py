@@ -1,0 +1,788 @@
+"""Cross-entropy family losses (stableops/losses/_probabilistic.py).
+
+Drop-in parity with Keras 3.15 on well-conditioned inputs (every reduction,
+with and without sample weights, logits and probabilities); the cases where
+Keras fails, each a named test comparing with what Keras does; the extras
+(``pos_weight``, ``ignore_class``, sparse ``label_smoothing``); hypothesis
+properties (finite value and gradient, accuracy against mpmath); the three
+execution regimes; bad-input errors; config round trips.
+"""
+
+import inspect
+import math
+
+import keras
+import mpmath
+import numpy as np
+import pytest
+import tensorflow as tf
+from hypothesis import given
+from hypothesis import strategies as st
+
+import stableops.losses as S
+from tests import _reference as R
+from tests._regimes import Regime
+from tests._strategies import FLOAT_DTYPES, finite_arrays
+
+REDUCTIONS = ("sum_over_batch_size", "sum", "mean", "none")
+N, C = 6, 5
+F32_TINY = float(np.finfo(np.float32).tiny)
+F32_BELOW_ONE = 1.0 - float(np.finfo(np.float32).eps) / 2
+# The Keras behaviour these tests document is that of Keras 3.15; other
+# versions may have fixed it, so it is only asserted there.
+KERAS_3_15 = keras.version().startswith("3.15.")
+
+
+def keras_shows(condition, what):
+    """Assert a documented Keras 3.15 failure (skipped on other Keras versions)."""
+    if KERAS_3_15:
+        assert condition, f"Keras 3.15 was expected to show: {what}"
+
+
+def value_and_grad(fn, y_true, y_pred, wrt_true=False):
+    """Eager value of ``fn(y_true, y_pred)`` and the gradient of its sum w.r.t. ``y_pred``."""
+    y_true = tf.convert_to_tensor(y_true)
+    y_pred = tf.convert_to_tensor(y_pred)
+    with tf.GradientTape() as tape:
+        tape.watch(y_pred)
+        value = fn(y_true, y_pred)
+        total = tf.reduce_sum(tf.cast(value, tf.float32))
+    grad = tape.gradient(total, y_pred)
+    return value.numpy(), (np.zeros(y_pred.shape) if grad is None else grad.numpy())
+
+
+def as_f64(x):
+    return np.asarray(x, dtype=np.float64)
+
+
+# ----------------------------------------------------------------------------
+# Drop-in parity with Keras (float32, well-conditioned)
+# ----------------------------------------------------------------------------
+
+
+def _binary(rng):
+    y = rng.choice([0.0, 1.0], size=(N, C))
+    return y, rng.uniform(0.05, 0.95, size=(N, C)), rng.uniform(-3.0, 3.0, size=(N, C))
+
+
+def _soft_binary(rng):
+    y = rng.uniform(0.0, 1.0, size=(N, C))
+    return y, rng.uniform(0.05, 0.95, size=(N, C)), rng.uniform(-3.0, 3.0, size=(N, C))
+
+
+def _probability_rows(rng):
+    p = rng.uniform(0.05, 1.0, size=(N, C))
+    return p / p.sum(axis=-1, keepdims=True)
+
+
+def _categorical(rng):
+    y = np.eye(C)[rng.integers(0, C, size=N)]
+    return y, _probability_rows(rng), rng.uniform(-3.0, 3.0, size=(N, C))
+
+
+def _sparse(rng):
+    labels = rng.integers(0, C, size=N)
+    return labels, _probability_rows(rng), rng.uniform(-3.0, 3.0, size=(N, C))
+
+
+def _distributions(rng):
+    return _probability_rows(rng), _probability_rows(rng), None
+
+
+def _counts(rng):
+    return rng.poisson(2.0, size=(N, C)).astype(float), rng.uniform(0.5, 4.0, size=(N, C)), None
+
+
+# (class, function, kwargs, generator); from_logits is added when the generator has logits.
+PARITY_CASES = [
+    ("BinaryCrossentropy", "binary_crossentropy", {}, _binary),
+    ("BinaryCrossentropy", "binary_crossentropy", {"label_smoothing": 0.2}, _soft_binary),
+    ("BinaryFocalCrossentropy", "binary_focal_crossentropy", {}, _binary),
+    (
+        "BinaryFocalCrossentropy",
+        "binary_focal_crossentropy",
+        {"apply_class_balancing": True, "alpha": 0.4, "gamma": 0.5, "label_smoothing": 0.1},
+        _soft_binary,
+    ),
+    ("CategoricalCrossentropy", "categorical_crossentropy", {}, _categorical),
+    ("CategoricalCrossentropy", "categorical_crossentropy", {"label_smoothing": 0.1}, _categorical),
+    ("CategoricalFocalCrossentropy", "categorical_focal_crossentropy", {}, _categorical),
+    (
+        "CategoricalFocalCrossentropy",
+        "categorical_focal_crossentropy",
+        {"alpha": [0.1, 0.2, 0.3, 0.4, 0.5], "gamma": 3.0, "label_smoothing": 0.1},
+        _categorical,
+    ),
+    ("SparseCategoricalCrossentropy", "sparse_categorical_crossentropy", {}, _sparse),
+    ("SparseCategoricalCrossentropy", "sparse_categorical_crossentropy", {"ignore_class": 2}, _sparse),
+    ("KLDivergence", "kl_divergence", {}, _distributions),
+    ("Poisson", "poisson", {}, _counts),
+]
+
+
+def _parity_params():
+    for cls, fn, kwargs, make in PARITY_CASES:
+        for from_logits in (False, True) if make(np.random.default_rng(0))[2] is not None else (None,):
+            yield pytest.param(cls, fn, kwargs, make, from_logits, id=f"{cls}-{kwargs}-logits={from_logits}")
+
+
+@pytest.mark.parametrize("cls, fn, kwargs, make, from_logits", list(_parity_params()))
+def test_parity_with_keras(cls, fn, kwargs, make, from_logits):
+    rng = np.random.default_rng(abs(hash((cls, fn, str(kwargs)))) % 2**32)
+    y_true, probabilities, logits = make(rng)
+    y_pred = (logits if from_logits else probabilities).astype(np.float32)
+    y_true = y_true.astype(np.int64 if cls.startswith("Sparse") else np.float32)
+    if "ignore_class" in kwargs:
+        y_true[1] = kwargs["ignore_class"]
+    weights = rng.uniform(0.5, 2.0, size=N).astype(np.float32)
+    extra = {} if from_logits is None else {"from_logits": from_logits}
+    for reduction in REDUCTIONS:
+        ours = getattr(S, cls)(reduction=reduction, **kwargs, **extra)
+        theirs = getattr(keras.losses, cls)(reduction=reduction, **kwargs, **extra)
+        for sample_weight in (None, weights):
+            got = ours(y_true, y_pred, sample_weight=sample_weight)
+            want = theirs(y_true, y_pred, sample_weight=sample_weight)
+            assert got.dtype == want.dtype
+            np.testing.assert_allclose(got, want, rtol=1e-6, atol=0, err_msg=f"{reduction}, weighted={sample_weight is not None}")
+    got = getattr(S, fn)(y_true, y_pred, **kwargs, **extra)
+    want = getattr(keras.losses, fn)(y_true, y_pred, **kwargs, **extra)
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=0, err_msg="function form")
+
+
+LOSS_NAMES = [
+    ("BinaryCrossentropy", "binary_crossentropy"),
+    ("BinaryFocalCrossentropy", "binary_focal_crossentropy"),
+    ("CategoricalCrossentropy", "categorical_crossentropy"),
+    ("CategoricalFocalCrossentropy", "categorical_focal_crossentropy"),
+    ("SparseCategoricalCrossentropy", "sparse_categorical_crossentropy"),
+    ("KLDivergence", "kl_divergence"),
+    ("Poisson", "poisson"),
+]
+EXTRAS = {"pos_weight", "ignore_class", "label_smoothing"}
+
+
+def _positional_part(fn):
+    """Parameters before the keyword-only extras: (name, kind, default)."""
+    return [
+        (p.name, p.kind, p.default)
+        for p in inspect.signature(fn).parameters.values()
+        if p.kind != inspect.Parameter.KEYWORD_ONLY
+    ]
+
+
+@pytest.mark.parametrize("cls, fn", LOSS_NAMES)
+def test_signatures_match_keras(cls, fn):
+    for ours, theirs in ((getattr(S, cls).__init__, getattr(keras.losses, cls).__init__), (getattr(S, fn), getattr(keras.losses, fn))):
+        assert _positional_part(ours) == _positional_part(theirs)
+        extras = [p for p in inspect.signature(ours).parameters.values() if p.kind == inspect.Parameter.KEYWORD_ONLY]
+        assert {p.name for p in extras} <= EXTRAS
+    assert getattr(S, cls)().name == getattr(keras.losses, cls)().name
+
+
+# ----------------------------------------------------------------------------
+# Where Keras 3.15 fails: binary cross-entropy
+# ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_bce_half_precision_probabilities_finite_where_keras_is_inf(dtype):
+    y_true = tf.constant([[0.0], [1.0]], dtype)
+    y_pred = tf.constant([[1.0], [0.0]], dtype)  # confidently wrong, exactly saturated
+    keras_value, _ = value_and_grad(keras.losses.binary_crossentropy, y_true, y_pred)
+    keras_shows(np.isinf(as_f64(keras_value)).any(), f"inf from {dtype} probabilities")
+    value, grad = value_and_grad(S.binary_crossentropy, y_true, y_pred)
+    assert value.dtype == np.float32
+    # Half precision computes in float32: the same values as float32 inputs,
+    # i.e. the probabilities clipped to [tiny, 1 - eps/2] of float32.
+    reference = R.reference_array(lambda z, p: R.mp_binary_crossentropy_probabilities(z, p, F32_TINY, F32_BELOW_ONE), [0.0, 1.0], [1.0, 0.0])
+    R.assert_ulp_within(value, reference, "float32", 4)
+    grad = as_f64(grad)
+    assert np.isfinite(grad).all() and grad[0, 0] > 0 and grad[1, 0] < 0
+
+
+def test_bce_confidently_wrong_prediction_keeps_its_gradient():
+    y_true, y_pred = [[1.0]], [[1e-9]]
+    keras_value, keras_grad = value_and_grad(keras.losses.binary_crossentropy, y_true, y_pred)
+    keras_shows(abs(keras_value[0] - 16.118) < 1e-3 and keras_grad[0, 0] == 0, "loss capped at 16.1, gradient 0")
+    value, grad = value_and_grad(S.binary_crossentropy, y_true, y_pred)
+    p = float(np.float32(1e-9))
+    R.assert_ulp_within(value, [-mpmath.log(R.mpf(p))], "float32", 2)
+    np.testing.assert_allclose(grad[0, 0], -1.0 / p, rtol=1e-6)
+
+
+def _saturated_model(activation, units):
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(units, activation=activation)])
+    kernel = np.array([[30.0] * units, [-30.0] * units]) * (np.arange(units) - (units - 1) / 2 if units > 1 else 1.0)
+    model.layers[0].set_weights([kernel.astype(np.float32), np.zeros(units, np.float32)])
+    return model
+
+
+def _model_loss_and_grads(model, loss, x, y):
+    with tf.GradientTape() as tape:
+        value = loss(y, model(x))
+    return float(value), [g.numpy() for g in tape.gradient(value, model.trainable_variables)]
+
+
+def test_bce_sigmoid_output_under_mixed_float16_uses_logits(mixed_precision_policy):
+    mixed_precision_policy("mixed_float16")
+    model = _saturated_model("sigmoid", 1)
+    x = np.array([[1.0, 0.0], [0.0, 1.0]], np.float32)  # logits +30 and -30
+    y = np.array([[0.0], [1.0]], np.float32)  # both confidently wrong
+    keras_value, keras_grads = _model_loss_and_grads(model, keras.losses.BinaryCrossentropy(), x, y)
+    keras_shows(abs(keras_value - 16.0) < 0.2 and all(np.all(g == 0) for g in keras_grads), "clipped loss, zero gradient")
+    value, grads = _model_loss_and_grads(model, S.BinaryCrossentropy(), x, y)
+    # mean(softplus(30), softplus(30)) from the logits
+    np.testing.assert_allclose(value, float(R.mp_softplus(R.mpf(30.0))), rtol=1e-6)
+    # d/dkernel = mean((sigmoid(z) - y) x): (1 * [1, 0] + (-1) * [0, 1]) / 2
+    np.testing.assert_allclose(grads[0].ravel(), [0.5, -0.5], rtol=1e-3)
+
+
+def test_bce_sigmoid_output_in_a_graph_uses_the_sigmoid_input():
+    # A raw tf.nn.sigmoid (no `_keras_logits`) traced in a graph: the Sigmoid op's input is used.
+    y = tf.constant([[1.0]])
+
+    @tf.function
+    def loss_and_grad(z):
+        with tf.GradientTape() as tape:
+            tape.watch(z)
+            value = S.BinaryCrossentropy()(y, tf.nn.sigmoid(z))
+        return value, tape.gradient(value, z)
+
+    value, grad = loss_and_grad(tf.constant([[-40.0]]))
+    np.testing.assert_allclose(value, 40.0, rtol=1e-6)
+    np.testing.assert_allclose(grad, [[-1.0]], rtol=1e-6)
+
+
+# ----------------------------------------------------------------------------
+# Where Keras 3.15 fails: categorical cross-entropy
+# ----------------------------------------------------------------------------
+
+
+def test_cce_softmax_output_under_mixed_float16_uses_logits(mixed_precision_policy):
+    mixed_precision_policy("mixed_float16")
+    model = _saturated_model("softmax", 3)
+    x = np.array([[1.0, 0.0]], np.float32)  # logits [-30, 0, 30]
+    y = np.array([[1.0, 0.0, 0.0]], np.float32)  # the least likely class
+    keras_value, keras_grads = _model_loss_and_grads(model, keras.losses.CategoricalCrossentropy(), x, y)
+    keras_shows(abs(keras_value - 16.0) < 0.2 and all(np.all(g == 0) for g in keras_grads), "clipped loss, zero gradient")
+    value, grads = _model_loss_and_grads(model, S.CategoricalCrossentropy(), x, y)
+    expected = R.mp_categorical_crossentropy_logits([1, 0, 0], [R.mpf(-30.0), R.mpf(0.0), R.mpf(30.0)])
+    np.testing.assert_allclose(value, float(expected), rtol=1e-6)
+    # d/dbias = softmax(z) - y = [-1, 0, 1] (to float16 gradient precision)
+    np.testing.assert_allclose(grads[1], [-1.0, 0.0, 1.0], atol=2e-3)
+
+
+def test_cce_masked_minus_inf_logits_are_finite_where_keras_is_nan():
+    y_true = [[1.0, 0.0, 0.0]]
+    y_pred = [[0.0, -math.inf, 1.0]]
+    fn = lambda t, p: keras.losses.categorical_crossentropy(t, p, from_logits=True)  # noqa: E731
+    keras_value, _ = value_and_grad(fn, y_true, y_pred)
+    keras_shows(np.isnan(keras_value).all(), "nan")
+    value, grad = value_and_grad(lambda t, p: S.categorical_crossentropy(t, p, from_logits=True), y_true, y_pred)
+    R.assert_ulp_within(value, [R.mp_softplus(R.mpf(1.0))], "float32", 4)  # log(1 + e)
+    assert np.isfinite(grad).all() and grad[0, 1] == 0.0
+
+
+def test_cce_all_zero_probability_row_is_finite_where_keras_is_nan():
+    y_true, y_pred = [[0.0, 1.0, 0.0]], [[0.0, 0.0, 0.0]]
+    keras_value, keras_grad = value_and_grad(keras.losses.categorical_crossentropy, y_true, y_pred)
+    keras_shows(np.isnan(keras_value).all() and np.isnan(keras_grad).all(), "nan value and gradient")
+    value, grad = value_and_grad(S.categorical_crossentropy, y_true, y_pred)
+    # Not divided by its zero sum: every class at the clip floor tiny.
+    R.assert_ulp_within(value, [-mpmath.log(R.mpf(F32_TINY))], "float32", 2)
+    assert np.isfinite(grad).all() and grad[0, 1] < 0
+
+
+def test_cce_logits_beyond_float16_range_computed_in_float32():
+    y_true = np.array([[0.0, 1.0, 0.0]], np.float32)
+    y_pred = tf.constant([[7e4, 7e4 - 3.0, 0.0]])  # float32 logits, beyond float16's 65504
+    keras_value = keras.losses.CategoricalCrossentropy(from_logits=True, dtype="float16")(y_true, y_pred)
+    keras_shows(np.isnan(keras_value.numpy()), "nan (logits cast to float16 overflow)")
+    value = S.CategoricalCrossentropy(from_logits=True, dtype="float16")(y_true, y_pred)
+    assert value.dtype == tf.float16
+    expected = R.mp_categorical_crossentropy_logits([0, 1, 0], [R.mpf(7e4), R.mpf(7e4 - 3.0), R.mpf(0.0)])
+    R.assert_ulp_within([value.numpy()], [expected], "float16", 0.5)
+
+
+# ----------------------------------------------------------------------------
+# Where Keras 3.15 fails: sparse categorical cross-entropy
+# ----------------------------------------------------------------------------
+
+
+def test_scce_out_of_range_label_errors_or_is_nan(regime):
+    labels = tf.constant([1, 5, 0])
+    logits = tf.zeros([3, 3])
+    loss = S.SparseCategoricalCrossentropy(from_logits=True, reduction="none")
+    if regime.name == "xla":
+        value = regime.run(loss, labels, logits)
+        assert np.isnan(value[1]) and np.isfinite(value[[0, 2]]).all()  # never a finite wrong loss
+    else:
+        with pytest.raises(tf.errors.InvalidArgumentError, match=r"label.*5.*out of range for.*3.*classes"):
+            regime.run(loss, labels, logits)
+
+
+def test_scce_out_of_range_label_error_from_function_form():
+    with pytest.raises(tf.errors.InvalidArgumentError, match="label -2 is out of range for 4 classes"):
+        S.sparse_categorical_crossentropy([0, -2], tf.zeros([2, 4]))
+    # ignore_class labels are not out of range
+    value = S.sparse_categorical_crossentropy([0, -1], tf.zeros([2, 4]), from_logits=True, ignore_class=-1)
+    np.testing.assert_allclose(value, [math.log(4.0), 0.0], rtol=1e-6)
+
+
+def test_scce_integer_labels_never_pass_through_float16():
+    num_classes = 3002
+    logits = np.zeros((1, num_classes), np.float32)
+    logits[0, 3001] = 5.0
+    labels = np.array([3001])
+    keras_value = keras.losses.SparseCategoricalCrossentropy(from_logits=True, dtype="float16")(labels, logits)
+    value = S.SparseCategoricalCrossentropy(from_logits=True, dtype="float16")(labels, logits)
+    expected = R.mpf(math.log(3001.0 + math.exp(5.0))) - 5  # log(3001 + e^5) - 5 = 3.055
+    exact = mpmath.log(3001 + mpmath.exp(5)) - 5
+    keras_shows(abs(float(keras_value) - float(exact + 5)) < 1e-2, "label 3001 read as 3000")
+    assert value.dtype == tf.float16
+    R.assert_ulp_within([value.numpy()], [exact], "float16", 0.5)
+    del expected
+
+
+def test_scce_label_smoothing_matches_keras_one_hot_without_building_one():
+    rng = np.random.default_rng(3)
+    labels = rng.integers(0, C, size=N)
+    logits = rng.uniform(-3, 3, size=(N, C)).astype(np.float32)
+    value = S.SparseCategoricalCrossentropy(from_logits=True, label_smoothing=0.2, reduction="none")(labels, logits)
+    want = keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=0.2, reduction="none")(np.eye(C)[labels], logits)
+    np.testing.assert_allclose(value, want, rtol=1e-6)
+    reference = [R.mp_sparse_smoothed_logits(lab, [R.mpf(v) for v in row], 0.2) for lab, row in zip(labels, logits)]
+    R.assert_ulp_within(value.numpy(), reference, "float32", 4)
+    graph = tf.function(lambda t, p: S.sparse_categorical_crossentropy(t, p, from_logits=True, label_smoothing=0.2))
+    ops = {op.type for op in graph.get_concrete_function(tf.constant(labels), tf.constant(logits)).graph.get_operations()}
+    assert "OneHot" not in ops
+
+
+# ----------------------------------------------------------------------------
+# Where Keras 3.15 fails: focal losses
+# ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("gamma", [0.0, 0.5, 2.0])
+def test_binary_focal_gradient_finite_at_saturated_logits(gamma):
+    y_true = [[1.0], [0.0], [1.0], [0.0]]
+    y_pred = [[100.0], [-100.0], [-100.0], [100.0]]  # confidently right, then confidently wrong
+    keras_fn = lambda t, p: keras.losses.binary_focal_crossentropy(t, p, gamma=gamma, from_logits=True)  # noqa: E731
+    _, keras_grad = value_and_grad(keras_fn, y_true, y_pred)
+    if gamma < 1:
+        keras_shows(np.isnan(keras_grad).any(), f"NaN gradient for gamma={gamma}")
+    fn = lambda t, p: S.binary_focal_crossentropy(t, p, gamma=gamma, from_logits=True)  # noqa: E731
+    value, grad = value_and_grad(fn, y_true, y_pred)
+    reference = R.reference_array(lambda z, x: R.mp_binary_focal_logits(z, x, gamma), as_f64(y_true)[:, 0], as_f64(y_pred)[:, 0])
+    R.assert_ulp_within(value, reference, "float32", 8)
+    assert np.isfinite(grad).all()
+    # confidently wrong: d/dx of ~|x| is -1 (positive target), +1 (negative)
+    np.testing.assert_allclose(grad[2:, 0], [-1.0, 1.0], rtol=1e-6)
+
+
+@pytest.mark.parametrize("gamma", [0.0, 0.5])
+def test_binary_focal_gradient_finite_at_saturated_probabilities(gamma):
+    y_true, y_pred = [[1.0], [0.0]], [[1.0], [0.0]]
+    keras_fn = lambda t, p: keras.losses.binary_focal_crossentropy(t, p, gamma=gamma)  # noqa: E731
+    _, keras_grad = value_and_grad(keras_fn, y_true, y_pred)
+    keras_shows(np.isnan(keras_grad).any(), f"NaN gradient for gamma={gamma}")
+    value, grad = value_and_grad(lambda t, p: S.binary_focal_crossentropy(t, p, gamma=gamma), y_true, y_pred)
+    assert np.isfinite(value).all() and np.isfinite(grad).all()
+    assert (value < 1e-6).all()
+
+
+def test_categorical_focal_from_logits_keeps_gradient_of_confident_mistake():
+    y_true, y_pred = [[1.0, 0.0, 0.0]], [[0.0, 30.0, 0.0]]
+    keras_fn = lambda t, p: keras.losses.categorical_focal_crossentropy(t, p, from_logits=True)  # noqa: E731
+    keras_value, keras_grad = value_and_grad(keras_fn, y_true, y_pred)
+    keras_shows(np.all(keras_grad == 0), "zero gradient (p clipped at 1e-7)")
+    fn = lambda t, p: S.categorical_focal_crossentropy(t, p, from_logits=True)  # noqa: E731
+    value, grad = value_and_grad(fn, y_true, y_pred)
+    reference = R.reference_cross_entropy_rows(R.mp_categorical_focal_logits, y_true, y_pred, 2.0, 0.25)
+    R.assert_ulp_within(value, reference, "float32", 8)
+    assert abs(value[0] - keras_value[0]) > 3.0  # 7.5, Keras 4.03
+    assert np.isfinite(grad).all() and grad[0, 0] < -0.2 and grad[0, 1] > 0.2
+
+
+@pytest.mark.parametrize("gamma", [0.0, 0.5, 2.0])
+def test_categorical_focal_finite_gradient_when_softmax_saturates(gamma):
+    # p of the true class rounds to 1 (and 1 - p to 0): log(1 - p) from the other classes.
+    y_true, y_pred = [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]], [[200.0, 0.0, -50.0], [0.0, 20.0, -math.inf]]
+    fn = lambda t, p: S.categorical_focal_crossentropy(t, p, gamma=gamma, from_logits=True)  # noqa: E731
+    value, grad = value_and_grad(fn, y_true, y_pred)
+    reference = R.reference_cross_entropy_rows(R.mp_categorical_focal_logits, y_true, y_pred, gamma, 0.25)
+    R.assert_ulp_within(value, reference, "float32", 8)
+    assert np.isfinite(grad).all()
+
+
+# ----------------------------------------------------------------------------
+# Where Keras 3.15 fails or clips: KL divergence and Poisson
+# ----------------------------------------------------------------------------
+
+
+def test_kld_zero_targets_follow_xlogy():
+    y_true, y_pred = [[0.0, 1.0], [0.0, 1.0]], [[0.5, 0.5], [0.0, 1.0]]
+    keras_value, keras_grad = value_and_grad(keras.losses.kl_divergence, y_true, y_pred)
+    keras_shows(abs(keras_value[0] - math.log(2.0)) > 1e-6, "a zero target clipped to 1e-7 contributes")
+    value, grad = value_and_grad(S.kl_divergence, y_true, y_pred)
+    R.assert_ulp_within(value, [mpmath.log(2), 0], "float32", 1)
+    assert grad[0, 0] == 0.0 and grad[1, 0] == 0.0  # zero targets: zero gradient (Keras: -2e-7 and 0)
+    np.testing.assert_allclose(grad[:, 1], [-2.0, -1.0], rtol=1e-6)
+
+
+def test_kld_zero_prediction_is_finite():
+    value, grad = value_and_grad(S.kl_divergence, [[0.5, 0.5]], [[0.0, 1.0]])
+    reference = R.reference_cross_entropy_rows(R.mp_kl_divergence_row, [[0.5, 0.5]], [[0.0, 1.0]], F32_TINY)
+    R.assert_ulp_within(value, reference, "float32", 2)
+    assert np.isfinite(grad).all()
+
+
+def test_poisson_negative_rate_is_finite_where_keras_is_nan():
+    y_true, y_pred = [[1.0]], [[-0.5]]
+    keras_value, _ = value_and_grad(keras.losses.poisson, y_true, y_pred)
+    keras_shows(np.isnan(keras_value).all(), "nan")
+    value, grad = value_and_grad(S.poisson, y_true, y_pred)
+    R.assert_ulp_within(value, [R.mp_poisson_row([R.mpf(1.0)], [R.mpf(-0.5)], F32_TINY)], "float32", 2)
+    np.testing.assert_array_equal(grad, [[1.0]])
+
+
+def test_poisson_small_rate_is_not_shifted():
+    y_true, y_pred = [[1.0, 3.0]], [[1e-7, 1e-30]]
+    keras_value, _ = value_and_grad(keras.losses.poisson, y_true, y_pred)
+    value, grad = value_and_grad(S.poisson, y_true, y_pred)
+    reference = R.reference_cross_entropy_rows(R.mp_poisson_row, y_true, y_pred, F32_TINY)
+    keras_shows(abs(float(keras_value[0]) - float(reference[0])) > 10, "log(p + 1e-7) shifts small rates")
+    R.assert_ulp_within(value, reference, "float32", 2)
+    np.testing.assert_allclose(grad, [[0.5 * (1 - 1 / np.float32(1e-7)), 0.5 * (1 - 3 / np.float32(1e-30))]], rtol=1e-6)
+
+
+# ----------------------------------------------------------------------------
+# Extras: pos_weight, ignore_class
+# ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("from_logits", [True, False])
+def test_pos_weight_weights_the_positive_term(from_logits):
+    y_true = np.array([[1.0, 0.0, 0.3]], np.float32)
+    y_pred = np.array([[-2.0, 1.5, 0.5]] if from_logits else [[0.2, 0.7, 0.6]], np.float32)
+    value = S.binary_crossentropy(y_true, y_pred, from_logits=from_logits, pos_weight=3.0)
+
+    def term(z, x):
+        if from_logits:
+            return 3 * z * R.mp_softplus(-x) + (1 - z) * R.mp_softplus(x)
+        return -(3 * z * mpmath.log(x) + (1 - z) * mpmath.log1p(-x))
+
+    reference = [mpmath.fsum(R.reference_array(term, y_true[0], y_pred[0])) / 3]
+    R.assert_ulp_within(value.numpy(), reference, "float32", 4)
+    default = S.binary_crossentropy(y_true, y_pred, from_logits=from_logits, pos_weight=1.0)
+    np.testing.assert_array_equal(default, keras.losses.binary_crossentropy(y_true, y_pred, from_logits=from_logits))
+
+
+def test_pos_weight_with_focal_loss():
+    y_true, y_pred = np.array([[1.0, 0.0]], np.float32), np.array([[0.5, -0.5]], np.float32)
+    weighted = S.binary_focal_crossentropy(y_true, y_pred, from_logits=True, pos_weight=2.0)
+    # the positive element's focal term doubles, the negative one stays
+    terms = R.reference_array(lambda z, x: R.mp_binary_focal_logits(z, x, 2.0), y_true[0], y_pred[0])
+    R.assert_ulp_within(weighted.numpy(), [(2 * terms[0] + terms[1]) / 2], "float32", 8)
+
+
+def test_ignore_class_binary():
+    y_true = np.array([[1.0, -1.0, 0.0], [-1.0, -1.0, -1.0]], np.float32)
+    y_pred = np.array([[0.8, np.nan, 0.4], [np.nan, 0.3, 0.3]], np.float32)
+    per_sample = S.binary_crossentropy(y_true, y_pred, ignore_class=-1)
+    expected = (-math.log(np.float32(0.8)) - math.log1p(-np.float32(0.4))) / 2  # mean over the valid entries
+    np.testing.assert_allclose(per_sample, [expected, 0.0], rtol=1e-6)
+    loss = S.BinaryCrossentropy(ignore_class=-1)
+    value, grad = value_and_grad(loss, y_true, y_pred)
+    np.testing.assert_allclose(value, expected, rtol=1e-6)  # the fully ignored sample leaves the mean
+    assert np.isfinite(grad).all() and (grad[0, 1] == 0) and (grad[1] == 0).all()
+
+
+def test_ignore_class_categorical():
+    rng = np.random.default_rng(5)
+    y_true = np.eye(C, dtype=np.float32)[[0, 3, 3, 1, 2, 4]]
+    y_pred = rng.uniform(-2, 2, size=(N, C)).astype(np.float32)
+    y_pred[1, 2] = np.nan  # an ignored row: its NaN is ignored too
+    keep = [0, 3, 4, 5]
+    for cls in ("CategoricalCrossentropy", "CategoricalFocalCrossentropy"):
+        value, grad = value_and_grad(getattr(S, cls)(from_logits=True, ignore_class=3), y_true, y_pred)
+        want = getattr(keras.losses, cls)(from_logits=True)(y_true[keep], y_pred[keep])
+        np.testing.assert_allclose(value, want, rtol=1e-6)
+        assert np.isfinite(grad).all() and (grad[[1, 2]] == 0).all()
+
+
+def test_ignore_class_sparse_drops_nan_rows():
+    labels = np.array([1, 255, 0])
+    logits = np.array([[0.5, 1.0], [np.nan, 0.0], [2.0, -1.0]], np.float32)
+    value, grad = value_and_grad(S.SparseCategoricalCrossentropy(from_logits=True, ignore_class=255, label_smoothing=0.1), labels, logits)
+    assert np.isfinite(value) and np.isfinite(grad).all() and (grad[1] == 0).all()
+
+
+# ----------------------------------------------------------------------------
+# Properties: finite value and gradient for every finite input
+# ----------------------------------------------------------------------------
+
+SHAPE = (4, 3)
+# Beyond these the exact loss itself leaves the float32 range (a logit
+# difference above 3.4e38 times a target): overflow to inf is then correct.
+LOGIT_BOUND = 1e30
+
+
+def _assert_finite(fn, y_true, y_pred):
+    value, grad = value_and_grad(fn, y_true, y_pred)
+    assert np.isfinite(as_f64(value)).all(), value
+    assert np.isfinite(as_f64(grad)).all(), grad
+
+
+binary_targets = st.sampled_from([0.0, 1.0, 0.25]).flatmap(lambda _: finite_arrays("float32", SHAPE, 0.0, 1.0))
+hard_targets = st.lists(st.sampled_from([0.0, 1.0]), min_size=12, max_size=12).map(lambda v: np.reshape(v, SHAPE))
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("from_logits", [True, False])
+@given(data=st.data())
+def test_binary_losses_finite(dtype, from_logits, data):
+    y_pred = data.draw(finite_arrays(dtype, SHAPE) if from_logits else finite_arrays(dtype, SHAPE, 0.0, 1.0))
+    y_true = data.draw(st.one_of(hard_targets, binary_targets)).astype(np.float32)
+    _assert_finite(lambda t, p: S.binary_crossentropy(t, p, from_logits=from_logits, label_smoothing=0.1), y_true, y_pred)
+    for gamma in (0.0, 0.5, 2.0):
+        fn = lambda t, p: S.binary_focal_crossentropy(t, p, gamma=gamma, from_logits=from_logits, pos_weight=2.0)  # noqa: E731
+        _assert_finite(fn, y_true, y_pred)
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("from_logits", [True, False])
+@given(data=st.data())
+def test_categorical_losses_finite(dtype, from_logits, data):
+    if from_logits:
+        y_pred = data.draw(finite_arrays(dtype, SHAPE, -LOGIT_BOUND, LOGIT_BOUND))
+    else:
+        y_pred = data.draw(finite_arrays(dtype, SHAPE, 0.0, 1.0))
+    labels = data.draw(st.lists(st.integers(0, SHAPE[1] - 1), min_size=SHAPE[0], max_size=SHAPE[0]))
+    y_true = np.eye(SHAPE[1], dtype=np.float32)[labels]
+    _assert_finite(lambda t, p: S.categorical_crossentropy(t, p, from_logits=from_logits), y_true, y_pred)
+    for gamma in (0.0, 0.5, 2.0):
+        fn = lambda t, p: S.categorical_focal_crossentropy(t, p, gamma=gamma, from_logits=from_logits, label_smoothing=0.1)  # noqa: E731
+        _assert_finite(fn, y_true, y_pred)
+    fn = lambda t, p: S.sparse_categorical_crossentropy(t, p, from_logits=from_logits, label_smoothing=0.1)  # noqa: E731
+    _assert_finite(fn, np.array(labels), y_pred)
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@given(data=st.data())
+def test_kld_and_poisson_finite(dtype, data):
+    y_true = data.draw(finite_arrays(dtype, SHAPE, 0.0, 1.0))
+    _assert_finite(S.kl_divergence, y_true, data.draw(finite_arrays(dtype, SHAPE)))
+    counts = data.draw(finite_arrays(dtype, SHAPE, 0.0, 1e30))
+    _assert_finite(S.poisson, counts, data.draw(finite_arrays(dtype, SHAPE, -1e30, 1e30)))
+
+
+# ----------------------------------------------------------------------------
+# Accuracy against mpmath on edge grids
+# ----------------------------------------------------------------------------
+
+LOGIT_GRID = [-1e4, -100.0, -30.0, -17.0, -5.0, -1.0, -1e-3, -1e-7, 0.0, 1e-7, 1e-3, 1.0, 5.0, 17.0, 30.0, 100.0, 1e4]
+PROBABILITY_GRID = [1e-30, 1e-7, 1e-3, 0.1, 0.25, 0.5, 0.75, 0.9, 1 - 1e-3, 1 - 1e-6]
+TARGET_GRID = [0.0, 1.0, 0.3]
+
+
+def _grid(dtype, values):
+    """``values`` rounded to ``dtype`` (finite, normal or zero), deduplicated."""
+    np_dtype = R.to_numpy_dtype(dtype)
+    tiny = float(np.finfo(np.float32).tiny) if dtype != "float16" else 6.103515625e-05
+    rounded = {float(np.asarray(v, np.float64).astype(np_dtype)) for v in values}
+    return sorted(v for v in rounded if math.isfinite(v) and (v == 0 or abs(v) >= tiny))
+
+
+def _pairs(targets, outputs):
+    t, o = np.meshgrid(targets, outputs, indexing="ij")
+    return t.reshape(-1, 1), o.reshape(-1, 1)
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+def test_binary_crossentropy_accuracy(dtype):
+    t, x = _pairs(TARGET_GRID, _grid(dtype, LOGIT_GRID))
+    value = S.binary_crossentropy(t.astype(np.float32), x.astype(R.to_numpy_dtype(dtype)), from_logits=True)
+    R.assert_ulp_within(value.numpy(), R.reference_array(R.mp_binary_crossentropy_logits, t[:, 0], x[:, 0]), "float32", 4)
+    t, p = _pairs(TARGET_GRID, [v for v in _grid(dtype, PROBABILITY_GRID) if v < 1])
+    value = S.binary_crossentropy(t.astype(np.float32), p.astype(R.to_numpy_dtype(dtype)))
+    reference = R.reference_array(lambda z, q: R.mp_binary_crossentropy_probabilities(z, q, F32_TINY, F32_BELOW_ONE), t[:, 0], p[:, 0])
+    R.assert_ulp_within(value.numpy(), reference, "float32", 4)
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("gamma", [0.0, 0.5, 2.0])
+def test_binary_focal_accuracy(dtype, gamma):
+    t, x = _pairs(TARGET_GRID, _grid(dtype, LOGIT_GRID))
+    value = S.binary_focal_crossentropy(
+        t.astype(np.float32), x.astype(R.to_numpy_dtype(dtype)), gamma=gamma, from_logits=True, apply_class_balancing=True
+    )
+    reference = R.reference_array(lambda z, v: R.mp_binary_focal_logits(z, v, gamma, 0.25), t[:, 0], x[:, 0])
+    R.assert_ulp_within(value.numpy(), reference, "float32", 8, context=f"logits gamma={gamma}")
+    t, p = _pairs(TARGET_GRID, [v for v in _grid(dtype, PROBABILITY_GRID) if v < 1])
+    value = S.binary_focal_crossentropy(t.astype(np.float32), p.astype(R.to_numpy_dtype(dtype)), gamma=gamma)
+    reference = R.reference_array(lambda z, q: R.mp_binary_focal_probabilities(z, q, gamma), t[:, 0], p[:, 0])
+    R.assert_ulp_within(value.numpy(), reference, "float32", 8, context=f"probabilities gamma={gamma}")
+
+
+CATEGORICAL_ROWS = [
+    [0.0, 0.0, 0.0],
+    [1e-3, 0.0, -1e-3],
+    [30.0, 0.0, -30.0],
+    [100.0, 0.0, -100.0],
+    [0.0, -17.0, 17.0],
+    [1e4, 1e4, -1e4],
+    [-5.0, 5.0, 2.0],
+]
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("gamma", [0.0, 0.5, 2.0])
+def test_categorical_focal_accuracy(dtype, gamma):
+    rows = np.array(CATEGORICAL_ROWS, np.float64).astype(R.to_numpy_dtype(dtype))
+    rows = np.repeat(rows, 3, axis=0)
+    targets = np.tile(np.eye(3), (len(CATEGORICAL_ROWS), 1)) * 0.9 + 0.1 / 3  # smoothed one-hot
+    value = S.categorical_focal_crossentropy(targets.astype(np.float32), rows, gamma=gamma, from_logits=True)
+    reference = R.reference_cross_entropy_rows(R.mp_categorical_focal_logits, targets.astype(np.float32), rows.astype(np.float64), gamma, 0.25)
+    R.assert_ulp_within(value.numpy(), reference, "float32", 8)
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+def test_kld_and_poisson_accuracy(dtype):
+    np_dtype = R.to_numpy_dtype(dtype)
+    t, p = _pairs(_grid(dtype, [0.0, 1e-30, 1e-5, 0.3, 0.5, 1.0]), _grid(dtype, [0.0, 1e-30, 1e-5, 0.3, 0.5000001, 0.7, 1.0]))
+    value = S.kl_divergence(t.astype(np_dtype), p.astype(np_dtype))
+    reference = R.reference_cross_entropy_rows(R.mp_kl_divergence_row, t, p, F32_TINY)
+    R.assert_ulp_within(value.numpy(), reference, "float32", 4)
+    t, p = _pairs(_grid(dtype, [0.0, 1.0, 3.0, 1e4]), _grid(dtype, [0.0, 1e-30, 1e-3, 0.5, 1.0, 2.5, 1e4, 1e30]))
+    value = S.poisson(t.astype(np_dtype), p.astype(np_dtype))
+    reference = R.reference_cross_entropy_rows(R.mp_poisson_row, t, p, F32_TINY)
+    # Budget in ULPs of max(|p|, |t log p|): the difference cancels near p = t log p.
+    scale = np.maximum(np.abs(p[:, 0]), np.abs(t[:, 0] * np.log(np.maximum(p[:, 0], F32_TINY))))
+    errors = np.abs(as_f64(value.numpy()) - np.array([float(r) for r in reference])) / (scale * np.finfo(np.float32).eps)
+    assert errors.max() <= 4, errors.max()
+
+
+# ----------------------------------------------------------------------------
+# The three regimes (eager, tf.function, XLA) with an unknown batch dimension
+# ----------------------------------------------------------------------------
+
+
+def _regime_inputs(kind):
+    if kind == "binary":
+        y_true = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]], np.float32)
+        y_pred = np.array([[30.0, -2.0], [1e4, 0.5], [np.nan, 3.0]], np.float32)
+    elif kind == "categorical":
+        y_true = np.eye(3, dtype=np.float32)[[0, 2, 1]]
+        y_pred = np.array([[100.0, 0.0, -100.0], [0.0, -math.inf, 3.0], [np.nan, 0.0, 1.0]], np.float32)
+    elif kind == "sparse":
+        y_true = np.array([0, 2, 1])
+        y_pred = np.array([[100.0, 0.0, -100.0], [0.0, -math.inf, 3.0], [np.nan, 0.0, 1.0]], np.float32)
+    else:
+        y_true = np.array([[0.0, 1.0], [0.25, 0.75], [3.0, 0.0]], np.float32)
+        y_pred = np.array([[0.5, 0.5], [0.0, 1.0], [np.nan, 2.0]], np.float32)
+    return y_true, y_pred
+
+
+REGIME_CASES = [
+    ("binary", lambda: S.BinaryCrossentropy(from_logits=True, reduction="none", pos_weight=2.0)),
+    ("binary", lambda: S.BinaryFocalCrossentropy(from_logits=True, gamma=0.5, reduction="none", apply_class_balancing=True)),
+    ("categorical", lambda: S.CategoricalCrossentropy(from_logits=True, reduction="none")),
+    ("categorical", lambda: S.CategoricalFocalCrossentropy(from_logits=True, reduction="none", gamma=0.5)),
+    ("sparse", lambda: S.SparseCategoricalCrossentropy(from_logits=True, reduction="none", label_smoothing=0.1)),
+    ("counts", lambda: S.KLDivergence(reduction="none")),
+    ("counts", lambda: S.Poisson(reduction="none")),
+]
+
+
+@pytest.mark.parametrize("kind, make", REGIME_CASES, ids=[f"{k}-{i}" for i, (k, _) in enumerate(REGIME_CASES)])
+def test_regimes_agree(regime, kind, make):
+    loss = make()
+    y_true, y_pred = _regime_inputs(kind)
+    value, (grad,) = regime.value_and_grad(loss, y_true, y_pred, wrt=(1,), unknown_batch=True)
+    want_value, (want_grad,) = Regime("eager").value_and_grad(loss, y_true, y_pred, wrt=(1,))
+    np.testing.assert_array_equal(np.isnan(value), np.isnan(want_value))
+    np.testing.assert_allclose(value, want_value, rtol=1e-6)
+    np.testing.assert_array_equal(np.isnan(grad), np.isnan(want_grad))
+    np.testing.assert_allclose(grad, want_grad, rtol=1e-6, atol=1e-30)
+    assert np.isnan(value[2]) and np.isfinite(value[:2]).all()  # NaN in, NaN out, per sample
+    assert np.isfinite(grad[:2]).all()
+
+
+# ----------------------------------------------------------------------------
+# Bad input
+# ----------------------------------------------------------------------------
+
+BAD_HYPERPARAMETERS = [
+    (lambda: S.BinaryFocalCrossentropy(gamma=-1.0), "gamma", "-1.0"),
+    (lambda: S.CategoricalFocalCrossentropy(gamma=-0.5), "gamma", "-0.5"),
+    (lambda: S.BinaryCrossentropy(label_smoothing=1.5), "label_smoothing", "1.5"),
+    (lambda: S.CategoricalCrossentropy(label_smoothing=-0.1), "label_smoothing", "-0.1"),
+    (lambda: S.SparseCategoricalCrossentropy(label_smoothing=2.0), "label_smoothing", "2.0"),
+    (lambda: S.BinaryFocalCrossentropy(alpha=1.5), "alpha", "1.5"),
+    (lambda: S.CategoricalFocalCrossentropy(alpha=[0.5, -1.0]), "alpha", "-1.0"),
+    (lambda: S.BinaryCrossentropy(pos_weight=0.0), "pos_weight", "0.0"),
+    (lambda: S.BinaryFocalCrossentropy(pos_weight=-2.0), "pos_weight", "-2.0"),
+    (lambda: S.BinaryCrossentropy(pos_weight=math.nan), "pos_weight", "nan"),
+    (lambda: S.SparseCategoricalCrossentropy(ignore_class=1.5), "ignore_class", "1.5"),
+    (lambda: S.CategoricalCrossentropy(axis=True), "axis", "True"),
+    (lambda: S.binary_crossentropy([[1.0]], [[0.5]], label_smoothing=-1.0), "label_smoothing", "-1.0"),
+    (lambda: S.binary_focal_crossentropy([[1.0]], [[0.5]], gamma=-3.0), "gamma", "-3.0"),
+    (lambda: S.categorical_focal_crossentropy([[1.0, 0.0]], [[0.5, 0.5]], alpha=[1.0, 1.0, 1.0]), "alpha", "1.0"),
+]
+
+
+@pytest.mark.parametrize("make, name, value", BAD_HYPERPARAMETERS)
+def test_invalid_hyperparameters_name_the_argument(make, name, value):
+    with pytest.raises(ValueError) as info:
+        make()
+    assert name in str(info.value) and value in str(info.value)
+
+
+@pytest.mark.parametrize("cls, fn", LOSS_NAMES[:4] + LOSS_NAMES[5:])
+def test_shape_mismatch_names_both_shapes(cls, fn):
+    y_true, y_pred = np.zeros((4, 3), np.float32), np.full((4, 2), 0.5, np.float32)
+    for call in (getattr(S, fn), getattr(S, cls)()):
+        with pytest.raises(ValueError, match=r"\(4, 3\).*\(4, 2\)"):
+            call(y_true, y_pred)
+
+
+def test_sparse_shape_mismatch_names_both_shapes():
+    with pytest.raises(ValueError, match=r"\(3,\).*\(4, 5\)"):
+        S.sparse_categorical_crossentropy(np.zeros(3, np.int32), np.zeros((4, 5), np.float32))
+
+
+@pytest.mark.parametrize("cls, fn", LOSS_NAMES)
+def test_non_floating_predictions_raise_type_error(cls, fn):
+    y_true = np.array([0, 1]) if cls.startswith("Sparse") else np.array([[0.0, 1.0], [1.0, 0.0]], np.float32)
+    y_pred = np.array([[0, 1], [1, 0]], np.int32)
+    for call in (getattr(S, fn), getattr(S, cls)()):
+        with pytest.raises(TypeError, match="y_pred"):
+            call(y_true, y_pred)
+
+
+# ----------------------------------------------------------------------------
+# Configuration
+# ----------------------------------------------------------------------------
+
+CONFIG_CASES = [
+    S.BinaryCrossentropy(from_logits=True, label_smoothing=0.1, axis=-1, reduction="sum", name="b", dtype="float16", pos_weight=2.0, ignore_class=-1),
+    S.BinaryFocalCrossentropy(True, 0.4, 1.5, True, 0.2, -1, "none", "bf", "float64", pos_weight=0.5, ignore_class=-1),
+    S.CategoricalCrossentropy(True, 0.1, 1, "mean", "c", "float32", ignore_class=0),
+    S.CategoricalFocalCrossentropy([0.1, 0.9], 0.0, True, 0.3, -1, "sum", "cf", None, ignore_class=1),
+    S.SparseCategoricalCrossentropy(True, 255, "sum", -1, "s", "bfloat16", label_smoothing=0.25),
+    S.KLDivergence("sum", "k", "float64"),
+    S.Poisson(None, "p", "float32"),
+]
+
+
+@pytest.mark.parametrize("loss", CONFIG_CASES, ids=lambda loss: type(loss).__name__)
+def test_get_config_round_trip(loss):
+    config = loss.get_config()
+    parameters = set(inspect.signature(type(loss).__init__).parameters) - {"self"}
+    assert set(config) == parameters
+    clone = type(loss).from_config(config)
+    assert clone.get_config() == config
+    assert clone.dtype == loss.dtype and clone.reduction == loss.reduction
+    registered = keras.saving.get_registered_object(f"stableops>{type(loss).__name__}")
+    assert registered is type(loss)

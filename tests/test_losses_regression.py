@@ -1,0 +1,630 @@
+"""Regression, overlap and hinge losses (stableops/losses/_regression.py).
+
+Drop-in parity with Keras 3.15 on well-conditioned inputs; the cases where
+Keras fails, each compared with what Keras does; hypothesis properties (finite
+value and gradient, accuracy against mpmath); the three execution regimes; bad
+input errors.
+"""
+
+import inspect
+import math
+
+import keras
+import ml_dtypes
+import numpy as np
+import pytest
+import tensorflow as tf
+from hypothesis import given
+from hypothesis import strategies as st
+
+import stableops.losses as S
+from tests import _reference as R
+from tests._regimes import Regime
+from tests._strategies import FLOAT_DTYPES, finite_arrays
+
+REDUCTIONS = ("sum_over_batch_size", "sum", "mean", "none")
+SHAPE = (8, 5)
+F32_EPS = float(np.finfo(np.float32).eps)
+
+
+# ----------------------------------------------------------------------------
+# Input generators (well-conditioned float32 inputs for parity)
+# ----------------------------------------------------------------------------
+
+
+def _regression(rng):
+    return rng.normal(size=SHAPE), rng.normal(size=SHAPE)
+
+
+def _nonzero_targets(rng):
+    magnitude = rng.uniform(0.5, 2.0, size=SHAPE)
+    return magnitude * rng.choice([-1.0, 1.0], size=SHAPE), rng.normal(size=SHAPE)
+
+
+def _nonnegative(rng):
+    # Keras computes log(y + 1) (not log1p), accurate only away from 0: keep
+    # both well above 0 and apart, so Keras's own rounding stays below 1e-7.
+    t = rng.uniform(0.5, 3.0, size=SHAPE)
+    return t, t + rng.choice([-1.0, 1.0], size=SHAPE) * rng.uniform(0.2, 0.4, size=SHAPE)
+
+
+def _mask(rng):
+    return (rng.uniform(size=SHAPE) < 0.5).astype(float), rng.uniform(size=SHAPE)
+
+
+def _signed(rng):
+    return rng.choice([-1.0, 1.0], size=SHAPE), rng.normal(size=SHAPE)
+
+
+def _binary(rng):
+    return rng.choice([0.0, 1.0], size=SHAPE), rng.normal(size=SHAPE)
+
+
+def _one_hot(rng):
+    return np.eye(SHAPE[1])[rng.integers(0, SHAPE[1], size=SHAPE[0])], rng.normal(size=SHAPE)
+
+
+# (class name, function name, constructor kwargs, function kwargs, generator)
+PARITY_CASES = [
+    ("MeanSquaredError", "mean_squared_error", {}, {}, _regression),
+    ("MeanAbsoluteError", "mean_absolute_error", {}, {}, _regression),
+    ("MeanAbsolutePercentageError", "mean_absolute_percentage_error", {}, {}, _nonzero_targets),
+    ("MeanSquaredLogarithmicError", "mean_squared_logarithmic_error", {}, {}, _nonnegative),
+    ("Huber", "huber", {}, {}, _regression),
+    ("Huber", "huber", {"delta": 0.5}, {"delta": 0.5}, _regression),
+    ("LogCosh", "log_cosh", {}, {}, _regression),
+    ("CosineSimilarity", "cosine_similarity", {}, {}, _regression),
+    ("Dice", "dice", {}, {}, _mask),
+    ("Dice", "dice", {"axis": (1,)}, {"axis": (1,)}, _mask),
+    ("Tversky", "tversky", {}, {}, _mask),
+    ("Tversky", "tversky", {"alpha": 0.7, "beta": 0.3, "axis": (1,)}, {"alpha": 0.7, "beta": 0.3, "axis": (1,)}, _mask),
+    ("Hinge", "hinge", {}, {}, _signed),
+    ("Hinge", "hinge", {}, {}, _binary),
+    ("SquaredHinge", "squared_hinge", {}, {}, _signed),
+    ("SquaredHinge", "squared_hinge", {}, {}, _binary),
+    ("CategoricalHinge", "categorical_hinge", {}, {}, _one_hot),
+]
+
+
+def _case_id(case):
+    cls, _, kwargs, _, generator = case
+    extra = ",".join(f"{k}={v}" for k, v in kwargs.items())
+    return f"{cls}({extra})-{generator.__name__.strip('_')}"
+
+
+def _inputs(case, seed=0):
+    rng = np.random.default_rng(seed)
+    t, p = case[4](rng)
+    return t.astype(np.float32), p.astype(np.float32)
+
+
+# ----------------------------------------------------------------------------
+# Drop-in parity with Keras (float32, every reduction, with/without weights)
+# ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("case", PARITY_CASES, ids=_case_id)
+def test_matches_keras_for_every_reduction_with_and_without_weights(case):
+    cls_name, fn_name, kwargs, fn_kwargs, _ = case
+    t, p = _inputs(case)
+    weights = np.random.default_rng(1).uniform(0.1, 2.0, size=SHAPE[0]).astype(np.float32)
+    for reduction in REDUCTIONS:
+        for sample_weight in (None, weights):
+            ours = getattr(S, cls_name)(reduction=reduction, **kwargs)(t, p, sample_weight=sample_weight)
+            theirs = getattr(keras.losses, cls_name)(reduction=reduction, **kwargs)(t, p, sample_weight=sample_weight)
+            context = f"reduction={reduction}, weighted={sample_weight is not None}"
+            assert ours.dtype == tf.float32, context
+            assert ours.shape == theirs.shape, context
+            np.testing.assert_allclose(ours.numpy(), np.asarray(theirs), rtol=1e-6, atol=0, err_msg=context)
+    t, p = _inputs(case, seed=2)
+    ours = getattr(S, fn_name)(t, p, **fn_kwargs)
+    assert ours.dtype == tf.float32
+    np.testing.assert_allclose(ours.numpy(), np.asarray(getattr(keras.losses, fn_name)(t, p, **fn_kwargs)), rtol=1e-6)
+
+
+def test_rank_alignment_matches_keras():
+    # y_true (batch,) against y_pred (batch, 1): Keras expands the labels.
+    t = np.array([0.5, 1.0, 2.0], np.float32)
+    p = np.array([[0.7], [0.4], [2.5]], np.float32)
+    np.testing.assert_allclose(S.mean_squared_error(t, p), keras.losses.mean_squared_error(t, p), rtol=1e-6)
+    np.testing.assert_allclose(S.MeanSquaredError()(t, p), keras.losses.MeanSquaredError()(t, p), rtol=1e-6)
+
+
+def test_keras_masks_are_honoured():
+    t, p = _regression(np.random.default_rng(3))
+    p = tf.constant(p, tf.float32)
+    p._keras_mask = tf.constant([True, False] * 4)
+    ours = S.MeanSquaredError()(t.astype(np.float32), p)
+    theirs = keras.losses.MeanSquaredError()(t.astype(np.float32), p)
+    np.testing.assert_allclose(ours, theirs, rtol=1e-6)
+
+
+# ----------------------------------------------------------------------------
+# Where Keras fails: named regression tests, each against Keras's value
+# ----------------------------------------------------------------------------
+
+
+def _value_and_grad(fn, t, p, **kwargs):
+    p = tf.convert_to_tensor(p)
+    with tf.GradientTape() as tape:
+        tape.watch(p)
+        value = fn(tf.convert_to_tensor(t), p, **kwargs)
+    return np.asarray(value, np.float64), np.asarray(tape.gradient(value, p), np.float64)
+
+
+def test_msle_negative_prediction_keeps_its_gradient():
+    t, p = np.float32([[1.0, 1.0, 0.0]]), np.float32([[-0.5, -2.0, -5.0]])
+    keras_value, keras_grad = _value_and_grad(keras.losses.mean_squared_logarithmic_error, t, p)
+    assert np.all(keras_grad == 0)  # Keras clips at 1e-7: a dead gradient
+    value, grad = _value_and_grad(S.mean_squared_logarithmic_error, t, p)
+    # Tangent extension f(x) = x below 0: closed forms (f(p) - log1p(t))^2.
+    log2 = math.log(2.0)
+    expected = ((-0.5 - log2) ** 2 + (-2.0 - log2) ** 2 + 25.0) / 3
+    np.testing.assert_allclose(value, [expected], rtol=1e-6)
+    np.testing.assert_allclose(grad, [[2 * (-0.5 - log2) / 3, 2 * (-2.0 - log2) / 3, -10.0 / 3]], rtol=1e-6)
+    assert keras_value[0] != pytest.approx(expected, rel=0.1)
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+def test_msle_prediction_at_or_below_minus_one_is_finite(dtype):
+    np_dtype = R.to_numpy_dtype(dtype)
+    t = np.array([[2.0, 0.0, 3.0]], np_dtype)
+    p = np.array([[-1.0, -1.5, -60000.0]], np_dtype)
+    value, grad = _value_and_grad(S.mean_squared_logarithmic_error, t, p)
+    assert np.all(np.isfinite(value)) and np.all(np.isfinite(grad))
+    assert np.all(grad < 0)  # every prediction is pushed up towards its target
+
+
+def test_msle_is_accurate_when_prediction_is_close_to_target():
+    t, p = np.float32([[1e-5], [1.0], [1000.0]]), np.float32([[2e-5], [1.0001], [1000.5]])
+    reference = R.reference_rows(R.mp_mean_squared_logarithmic_error_row, t, p)
+    R.assert_ulp_within(S.mean_squared_logarithmic_error(t, p).numpy(), reference, "float32", 8)
+    keras_errors = R.ulp_error(keras.losses.mean_squared_logarithmic_error(t, p).numpy(), reference, "float32")
+    assert keras_errors.max() > 1000  # log(y + 1) - log(x + 1) cancels
+
+
+def test_mape_zero_target_does_not_explode():
+    t, p = np.float32([[0.0, 1.0]]), np.float32([[0.5, 1.5]])
+    keras_value, keras_grad = _value_and_grad(keras.losses.mean_absolute_percentage_error, t, p)
+    np.testing.assert_allclose(keras_value, [2.5e8], rtol=1e-5)  # 0.5 / 1e-7 * 100 / 2
+    assert abs(keras_grad[0, 0]) > 1e8
+    value, grad = _value_and_grad(S.mean_absolute_percentage_error, t, p)
+    np.testing.assert_allclose(value, [50.0], rtol=1e-6)  # the defined term alone
+    np.testing.assert_allclose(grad, [[0.0, 100.0]], rtol=1e-6)
+
+
+def test_mape_all_zero_targets_give_zero_and_nan_propagates():
+    t = np.float32([[0.0, 0.0], [0.0, 2.0], [0.0, 2.0]])
+    p = np.float32([[3.0, -1.0], [np.nan, 1.0], [1.0, np.nan]])
+    value, grad = _value_and_grad(S.mean_absolute_percentage_error, t, p)
+    assert value[0] == 0 and np.all(grad[0] == 0)
+    assert np.isnan(value[1]) and np.isnan(value[2])
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+def test_cosine_similarity_zero_vector_has_finite_gradient(dtype):
+    np_dtype = R.to_numpy_dtype(dtype)
+    t, p = np.array([[1.0, 2.0]], np_dtype), np.array([[0.0, 0.0]], np_dtype)
+    keras_value, keras_grad = _value_and_grad(keras.losses.cosine_similarity, t, p)
+    if dtype == "float16":
+        assert not np.all(np.isfinite(keras_grad))  # 1e7 clamp is beyond float16
+    else:
+        assert np.abs(keras_grad).max() > 1e6  # inverse norm clamped at 1e7
+    value, grad = _value_and_grad(S.cosine_similarity, t, p)
+    assert value.tolist() == [0.0]
+    assert np.all(grad == 0)
+
+
+@pytest.mark.parametrize("scale", [1e-30, 1e30])
+def test_cosine_similarity_of_tiny_and_huge_vectors_is_exact(scale):
+    t = np.float32([[1.0, 2.0, 2.0]]) * np.float32(scale)
+    p = np.float32([[2.0, 1.0, 2.0]]) * np.float32(scale)
+    reference = R.reference_rows(R.mp_cosine_similarity_row, t, p)  # -8/9
+    R.assert_ulp_within(S.cosine_similarity(t, p).numpy(), reference, "float32", 4)
+    keras_value = keras.losses.cosine_similarity(t, p).numpy()
+    assert R.ulp_error(keras_value, reference, "float32").max() > 1000
+
+
+@pytest.mark.parametrize("loss_fn", [S.dice, S.tversky], ids=["dice", "tversky"])
+def test_perfect_empty_prediction_scores_zero(loss_fn):
+    keras_fn = getattr(keras.losses, loss_fn.__name__)
+    t = p = np.zeros((2, 3), np.float32)
+    keras_value, _ = _value_and_grad(keras_fn, t, p)
+    assert keras_value == 1.0
+    value, grad = _value_and_grad(loss_fn, t, p)
+    assert value == 0.0 and np.all(grad == 0)
+    smooth_value, smooth_grad = _value_and_grad(loss_fn, t, p, smooth=1.0)
+    assert smooth_value == 0.0
+    assert np.all(smooth_grad > 0)  # with smoothing, spurious positives are pushed down
+
+
+def test_dice_smooth_matches_its_formula():
+    t = np.float32([[1.0, 0.0, 1.0, 0.0], [0.0, 0.0, 0.0, 0.0]])
+    p = np.float32([[0.9, 0.2, 0.6, 0.0], [0.1, 0.0, 0.3, 0.0]])
+    for smooth in (0.0, 1.0):
+        value = S.dice(t, p, axis=1, smooth=smooth).numpy()
+        reference = R.reference_rows(R.mp_dice_loss, t, p, smooth)
+        R.assert_ulp_within(value, reference, "float32", 4, context=f"smooth={smooth}")
+        tversky_value = S.tversky(t, p, 0.5, 0.5, axis=1, smooth=smooth / 2).numpy()
+        R.assert_ulp_within(tversky_value, reference, "float32", 4, context=f"tversky smooth={smooth}")
+
+
+def test_dice_near_perfect_prediction_keeps_its_accuracy():
+    t = np.ones((1, 8), np.float32)
+    p = np.full((1, 8), 1.0 - 2.0**-20, np.float32)
+    reference = R.reference_rows(R.mp_dice_loss, t, p, 0.0)  # about 5e-7
+    R.assert_ulp_within(S.dice(t, p, axis=1).numpy(), reference, "float32", 4)
+    keras_value = keras.losses.dice(t, p, axis=1).numpy()
+    assert R.ulp_error(keras_value, reference, "float32").max() > 1000  # 1 - ratio cancels
+
+
+def test_tversky_weights_the_same_terms_as_keras():
+    # Only y_true (1 - y_pred) is nonzero here: alpha must weight it, as in Keras.
+    t, p = np.float32([[1.0, 1.0]]), np.float32([[0.5, 0.5]])
+    ours = S.tversky(t, p, alpha=0.9, beta=0.1).numpy()
+    theirs = keras.losses.tversky(t, p, alpha=0.9, beta=0.1).numpy()
+    np.testing.assert_allclose(ours, 0.9 / 1.9, rtol=1e-6)
+    np.testing.assert_allclose(ours, theirs, rtol=1e-6)
+
+
+def test_log_cosh_tiny_error_is_not_zero():
+    t, p = np.float32([[0.0]]), np.float32([[1e-6]])
+    assert keras.losses.log_cosh(t, p).numpy()[0] == 0.0
+    reference = R.reference_rows(R.mp_log_cosh_row, t, p)  # 5e-13
+    R.assert_ulp_within(S.log_cosh(t, p).numpy(), reference, "float32", 4)
+
+
+def test_log_cosh_huge_float16_error_is_finite():
+    t, p = np.float16([[0.0]]), np.float16([[-40000.0]])
+    keras_value, _ = _value_and_grad(keras.losses.log_cosh, t, p)
+    assert np.isinf(keras_value[0])
+    value, grad = _value_and_grad(S.log_cosh, t, p)
+    R.assert_ulp_within(value, R.reference_rows(R.mp_log_cosh_row, t, p), "float32", 4)
+    assert grad.tolist() == [[-1.0]]
+
+
+def test_huber_huge_float16_error_is_finite():
+    t, p = np.float16([[-60000.0, 0.0]]), np.float16([[60000.0, 300.0]])
+    keras_value, keras_grad = _value_and_grad(keras.losses.huber, t, p)
+    assert np.isinf(keras_value[0]) and np.isnan(keras_grad).any()
+    value, grad = _value_and_grad(S.huber, t, p)
+    R.assert_ulp_within(value, R.reference_rows(R.mp_huber_row, t, p, 1.0), "float32", 3)
+    assert grad.tolist() == [[0.5, 0.5]]
+
+
+@pytest.mark.parametrize(
+    "fn_name, reference",
+    [("mean_squared_error", R.mp_mean_squared_error_row), ("squared_hinge", R.mp_squared_hinge_row)],
+)
+def test_squared_losses_of_float16_compute_in_float32(fn_name, reference):
+    t, p = np.float16([[-1.0, 1.0]]), np.float16([[300.0, -300.0]])
+    keras_value = getattr(keras.losses, fn_name)(t, p).numpy()
+    assert np.isinf(keras_value[0])
+    value = getattr(S, fn_name)(t, p)
+    assert value.dtype == tf.float32
+    R.assert_ulp_within(value.numpy(), R.reference_rows(reference, t, p), "float32", 3)
+
+
+@pytest.mark.parametrize("dtype, expected", [("float16", tf.float32), ("bfloat16", tf.float32), ("float64", tf.float64)])
+def test_functions_return_the_computing_dtype(dtype, expected):
+    t, p = _regression(np.random.default_rng(4))
+    np_dtype = R.to_numpy_dtype(dtype)
+    for name in ("mean_squared_error", "huber", "cosine_similarity", "dice"):
+        assert getattr(S, name)(t.astype(np_dtype), p.astype(np_dtype)).dtype == expected
+
+
+def test_integer_targets_are_not_rounded_through_float16():
+    t = np.array([[3001]], np.int32)
+    p = np.float16([[3000.0]])
+    assert S.mean_absolute_error(t, p).numpy()[0] == 1.0  # float16 would round 3001 to 3000
+    assert S.mean_absolute_error([[3001]], p).numpy()[0] == 1.0
+
+
+# ----------------------------------------------------------------------------
+# Accuracy against mpmath on edge grids (every pair of grid values)
+# ----------------------------------------------------------------------------
+
+
+def _pairs(values_true, values_pred):
+    t, p = np.meshgrid(np.float32(values_true), np.float32(values_pred), indexing="ij")
+    return t.reshape(-1, 1), p.reshape(-1, 1)
+
+
+LOG_GRID = [0.0, 1e-30, 1e-7, 1e-5, 2e-5, 0.5, 1.0, 1.0001, 3.0, 1e10, 1e18, 3e38, -1e-7, -0.5, -1.0, -2.0, -1e10]
+SIGNED_GRID = [0.0, 1e-30, -1e-7, 1e-3, 0.999, 1.0, -1.0, 1.001, 7.5, -300.0, 65504.0, -1e18, 1e38]
+EDGE_GRIDS = [
+    ("mean_squared_error", {}, R.mp_mean_squared_error_row, (), SIGNED_GRID, SIGNED_GRID, 3),
+    ("mean_absolute_error", {}, R.mp_mean_absolute_error_row, (), SIGNED_GRID, SIGNED_GRID, 3),
+    ("mean_absolute_percentage_error", {}, R.mp_mean_absolute_percentage_error_row, (), SIGNED_GRID, SIGNED_GRID, 4),
+    ("mean_squared_logarithmic_error", {}, R.mp_mean_squared_logarithmic_error_row, (), LOG_GRID, LOG_GRID, 8),
+    ("huber", {}, R.mp_huber_row, (1.0,), SIGNED_GRID, SIGNED_GRID, 3),
+    ("huber", {"delta": 0.25}, R.mp_huber_row, (0.25,), SIGNED_GRID, SIGNED_GRID, 3),
+    ("log_cosh", {}, R.mp_log_cosh_row, (), SIGNED_GRID, SIGNED_GRID, 4),
+    ("hinge", {}, R.mp_hinge_row, (), [-1.0, 1.0, 0.5], SIGNED_GRID, 3),
+    ("squared_hinge", {}, R.mp_squared_hinge_row, (), [-1.0, 1.0, 0.5], SIGNED_GRID, 3),
+]
+
+
+def test_elementwise_losses_on_edge_grids():
+    for fn_name, kwargs, reference, args, grid_true, grid_pred, budget in EDGE_GRIDS:
+        t, p = _pairs(grid_true, grid_pred)
+        value = getattr(S, fn_name)(t, p, **kwargs).numpy()
+        expected = R.reference_rows(reference, t, p, *args)
+        R.assert_ulp_within(value, expected, "float32", budget, context=f"{fn_name}{kwargs}")
+
+
+def test_row_losses_on_edge_rows():
+    t = np.float32([[1.0, 2.0, 2.0], [1e-30, 0.0, 0.0], [1.0, 0.0, 0.0], [3e37, 4e37, 0.0], [1.0, 1e-8, 0.0]])
+    p = np.float32([[2.0, 1.0, 2.0], [0.0, 1e-30, 0.0], [1.0, 1e-4, 0.0], [-4e37, 3e37, 1.0], [1e-8, -1.0, 5.0]])
+    value = S.cosine_similarity(t, p).numpy()
+    reference = R.reference_rows(R.mp_cosine_similarity_row, t, p)
+    # 4 ULP, plus 1 ULP of 1 in absolute terms (cancellation near orthogonality).
+    errors = np.abs(value.astype(np.float64) - reference.astype(np.float64))
+    ulps = R.ulp_error(value, reference, "float32")
+    assert np.all((ulps <= 4) | (errors <= F32_EPS)), (value, reference)
+    one_hot = np.float32([[0, 1, 0], [1, 0, 0], [0, 0, 1]])
+    scores = np.float32([[0.2, 0.5, 0.4], [1e30, -1e30, 3.0], [1e-30, 2e-30, 1.0 + 2**-23]])
+    R.assert_ulp_within(
+        S.categorical_hinge(one_hot, scores).numpy(),
+        R.reference_rows(R.mp_categorical_hinge_row, one_hot, scores),
+        "float32",
+        3,
+    )
+
+
+# ----------------------------------------------------------------------------
+# Properties: finite value and gradient, accuracy, in float16/bfloat16/float32
+# ----------------------------------------------------------------------------
+
+PROPERTY_SHAPE = (2, 4)
+
+
+def _max(dtype):
+    return float(ml_dtypes.finfo(R.to_numpy_dtype(dtype)).max)
+
+
+def _linear_range(dtype):
+    # Errors stay representable and a mean of 4 of them cannot overflow its sum.
+    return dict(min_value=-_max(dtype) / 16, max_value=_max(dtype) / 16)
+
+
+_SQUARE_BOUND = 2.0**60  # about 1.15e18: a mean of squared errors up to 2**61 stays finite
+
+
+def _square_range(dtype):
+    return dict(min_value=-_SQUARE_BOUND, max_value=_SQUARE_BOUND)
+
+
+def _labels(values, dtype):
+    return st.lists(st.sampled_from(values), min_size=8, max_size=8).map(
+        lambda v: np.array(v, np.float64).reshape(PROPERTY_SHAPE).astype(R.to_numpy_dtype(dtype))
+    )
+
+
+def _targets_with_zeros(dtype):
+    return finite_arrays(dtype, PROPERTY_SHAPE, -(2.0**20), 2.0**20).map(
+        lambda a: np.where(np.abs(a.astype(np.float64)) < 1e-3, 0, a).astype(a.dtype)
+    )
+
+
+def _one_hot_labels(dtype):
+    return st.lists(st.integers(0, PROPERTY_SHAPE[1] - 1), min_size=2, max_size=2).map(
+        lambda i: np.eye(PROPERTY_SHAPE[1])[i].astype(R.to_numpy_dtype(dtype))
+    )
+
+
+# name -> (function kwargs, y_true strategy(dtype), y_pred strategy(dtype), reference, args, budget)
+PROPERTIES = {
+    "mean_squared_error": (
+        {}, lambda d: finite_arrays(d, PROPERTY_SHAPE, **_square_range(d)),
+        lambda d: finite_arrays(d, PROPERTY_SHAPE, **_square_range(d)), R.mp_mean_squared_error_row, (), 3,
+    ),
+    "mean_absolute_error": (
+        {}, lambda d: finite_arrays(d, PROPERTY_SHAPE, **_linear_range(d)),
+        lambda d: finite_arrays(d, PROPERTY_SHAPE, **_linear_range(d)), R.mp_mean_absolute_error_row, (), 3,
+    ),
+    "mean_absolute_percentage_error": (
+        {}, _targets_with_zeros, lambda d: finite_arrays(d, PROPERTY_SHAPE, -(2.0**100), 2.0**100),
+        R.mp_mean_absolute_percentage_error_row, (), 4,
+    ),
+    "mean_squared_logarithmic_error": (
+        {}, lambda d: finite_arrays(d, PROPERTY_SHAPE, -_SQUARE_BOUND, None),
+        lambda d: finite_arrays(d, PROPERTY_SHAPE, -_SQUARE_BOUND, None), R.mp_mean_squared_logarithmic_error_row, (), 8,
+    ),
+    "huber": (
+        {"delta": 1.5}, lambda d: finite_arrays(d, PROPERTY_SHAPE, **_linear_range(d)),
+        lambda d: finite_arrays(d, PROPERTY_SHAPE, **_linear_range(d)), R.mp_huber_row, (1.5,), 3,
+    ),
+    "log_cosh": (
+        {}, lambda d: finite_arrays(d, PROPERTY_SHAPE, **_linear_range(d)),
+        lambda d: finite_arrays(d, PROPERTY_SHAPE, **_linear_range(d)), R.mp_log_cosh_row, (), 4,
+    ),
+    "cosine_similarity": (
+        {}, lambda d: finite_arrays(d, PROPERTY_SHAPE), lambda d: finite_arrays(d, PROPERTY_SHAPE),
+        R.mp_cosine_similarity_row, (), None,
+    ),
+    "dice": (
+        {"axis": 1}, lambda d: finite_arrays(d, PROPERTY_SHAPE, 0.0, 1.0),
+        lambda d: finite_arrays(d, PROPERTY_SHAPE, 0.0, 1.0), R.mp_dice_loss, (0.0,), 4,
+    ),
+    "tversky": (
+        {"alpha": 0.7, "beta": 0.3, "axis": 1, "smooth": 1.0}, lambda d: finite_arrays(d, PROPERTY_SHAPE, 0.0, 1.0),
+        lambda d: finite_arrays(d, PROPERTY_SHAPE, 0.0, 1.0), R.mp_tversky_loss, (0.7, 0.3, 1.0), 4,
+    ),
+    "hinge": (
+        {}, lambda d: _labels([-1.0, 1.0], d), lambda d: finite_arrays(d, PROPERTY_SHAPE, **_linear_range(d)),
+        R.mp_hinge_row, (), 3,
+    ),
+    "squared_hinge": (
+        {}, lambda d: _labels([-1.0, 1.0], d), lambda d: finite_arrays(d, PROPERTY_SHAPE, **_square_range(d)),
+        R.mp_squared_hinge_row, (), 3,
+    ),
+    "categorical_hinge": (
+        {}, _one_hot_labels, lambda d: finite_arrays(d, PROPERTY_SHAPE, **_linear_range(d)),
+        R.mp_categorical_hinge_row, (), 3,
+    ),
+}
+
+
+def _check_property(name, dtype, t, p):
+    kwargs, _, _, reference, args, budget = PROPERTIES[name]
+    fn = getattr(S, name)
+    t_tensor, p_tensor = tf.constant(t), tf.constant(p)
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch([t_tensor, p_tensor])
+        value = fn(t_tensor, p_tensor, **kwargs)
+        total = tf.reduce_sum(value)
+    grad_pred, grad_true = tape.gradient(total, [p_tensor, t_tensor])
+    assert value.dtype == tf.float32
+    value = value.numpy()
+    assert np.all(np.isfinite(value)), (t, p, value)
+    assert np.all(np.isfinite(grad_pred.numpy().astype(np.float64))), (t, p, grad_pred)
+    assert np.all(np.isfinite(grad_true.numpy().astype(np.float64))), (t, p, grad_true)
+    expected = R.reference_rows(reference, t, p, *args)
+    if budget is None:  # cosine: 4 ULP plus 1 ULP of 1 absolute (cancellation)
+        errors = np.abs(value.astype(np.float64) - expected.astype(np.float64))
+        assert np.all((R.ulp_error(value, expected, "float32") <= 4) | (errors <= F32_EPS)), (t, p, value)
+    else:
+        R.assert_ulp_within(value, expected, "float32", budget, context=f"{name} {dtype} t={t!r} p={p!r}")
+
+
+@pytest.mark.parametrize("name", sorted(PROPERTIES))
+def test_finite_and_accurate_for_every_finite_input(name):
+    _, true_strategy, pred_strategy, _, _, _ = PROPERTIES[name]
+    for dtype in FLOAT_DTYPES:
+
+        @given(t=true_strategy(dtype), p=pred_strategy(dtype))
+        def check(t, p):
+            _check_property(name, dtype, t, p)
+
+        check()
+
+
+# ----------------------------------------------------------------------------
+# The three regimes: eager, tf.function, XLA (unknown batch, NaN positions)
+# ----------------------------------------------------------------------------
+
+REGIME_CASES = [
+    ("mean_squared_error", {}, _regression),
+    ("mean_absolute_error", {}, _regression),
+    ("mean_absolute_percentage_error", {}, _regression),
+    ("mean_squared_logarithmic_error", {}, _regression),
+    ("huber", {"delta": 0.5}, _regression),
+    ("log_cosh", {}, _regression),
+    ("cosine_similarity", {}, _regression),
+    ("dice", {"axis": 1, "smooth": 1.0}, _mask),
+    ("tversky", {"alpha": 0.3, "beta": 0.7, "axis": 1}, _mask),
+    ("hinge", {}, _binary),
+    ("squared_hinge", {}, _signed),
+    ("categorical_hinge", {}, _one_hot),
+]
+
+
+def test_same_answer_in_every_regime(regime):
+    for fn_name, kwargs, generator in REGIME_CASES:
+        _check_regime(regime, fn_name, kwargs, generator)
+
+
+def _check_regime(regime, fn_name, kwargs, generator):
+    t, p = generator(np.random.default_rng(5))
+    t, p = t.astype(np.float32), p.astype(np.float32)
+    t[1, 0] = 0.0  # a zero target (MAPE), an empty-ish row
+    p[2, 1] = np.nan  # NaN in one sample stays in that sample
+    p[3, :] = 0.0  # a zero vector (cosine), an empty prediction (dice)
+
+    def fn(y_true, y_pred):
+        return getattr(S, fn_name)(y_true, y_pred, **kwargs)
+
+    value, grads = regime.value_and_grad(fn, t, p, wrt=(0, 1), unknown_batch=regime.name != "eager")
+    expected, expected_grads = Regime("eager").value_and_grad(fn, t, p, wrt=(0, 1))
+    context = f"{fn_name} in {regime.name}"
+    np.testing.assert_array_equal(np.isnan(value), np.isnan(expected), err_msg=context)
+    assert np.isnan(value[2]) and not np.isnan(np.delete(value, 2)).any(), context
+    np.testing.assert_allclose(value, expected, rtol=1e-6, atol=1e-7, err_msg=context)
+    for grad, expected_grad in zip(grads, expected_grads):
+        np.testing.assert_array_equal(np.isnan(grad), np.isnan(expected_grad), err_msg=context)
+        np.testing.assert_allclose(grad, expected_grad, rtol=1e-6, atol=1e-7, err_msg=context)
+
+
+# ----------------------------------------------------------------------------
+# Bad input: clear errors
+# ----------------------------------------------------------------------------
+
+FUNCTION_OF = {case[0]: case[1] for case in PARITY_CASES}
+
+
+def test_static_shape_mismatch_names_both_shapes():
+    t, p = np.zeros((8, 5), np.float32), np.zeros((8, 4), np.float32)
+    for cls_name, fn_name in FUNCTION_OF.items():
+        with pytest.raises(ValueError, match=r"\(8, 5\).*\(8, 4\)"):
+            getattr(S, cls_name)()(t, p)
+        with pytest.raises(ValueError, match=r"\(8, 5\).*\(8, 4\)"):
+            getattr(S, fn_name)(t, p)
+
+
+def test_integer_predictions_are_a_type_error():
+    t, p = np.zeros((2, 3), np.float32), np.ones((2, 3), np.int32)
+    for cls_name, fn_name in FUNCTION_OF.items():
+        with pytest.raises(TypeError, match="y_pred.*int32"):
+            getattr(S, cls_name)()(t, p)
+        with pytest.raises(TypeError, match="y_pred.*int32"):
+            getattr(S, fn_name)(t, p)
+
+
+INVALID_HYPERPARAMETERS = [
+    (lambda: S.Huber(delta=0.0), "delta", "0.0"),
+    (lambda: S.Huber(delta=-1.0), "delta", "-1.0"),
+    (lambda: S.huber([[0.0]], [[1.0]], delta=float("nan")), "delta", "nan"),
+    (lambda: S.Tversky(alpha=-0.1), "alpha", "-0.1"),
+    (lambda: S.Tversky(beta=-2), "beta", "-2"),
+    (lambda: S.tversky([[0.0]], [[1.0]], alpha=0.5, beta=-0.5), "beta", "-0.5"),
+    (lambda: S.Dice(smooth=-1.0), "smooth", "-1.0"),
+    (lambda: S.dice([[0.0]], [[1.0]], smooth=float("nan")), "smooth", "nan"),
+    (lambda: S.Dice(axis="rows"), "axis", "rows"),
+    (lambda: S.CosineSimilarity(axis=None), "axis", "None"),
+]
+
+
+def test_invalid_hyperparameters_name_the_argument_and_value():
+    for make, argument, shown in INVALID_HYPERPARAMETERS:
+        with pytest.raises(ValueError, match=rf"`{argument}`.*{shown}"):
+            make()
+
+
+def test_smooth_is_keyword_only():
+    with pytest.raises(TypeError):
+        S.Dice("sum", "dice", None, None, 1.0)
+    with pytest.raises(TypeError):
+        S.dice([[0.0]], [[0.0]], None, 1.0)
+
+
+# ----------------------------------------------------------------------------
+# Configuration
+# ----------------------------------------------------------------------------
+
+CONFIG_CASES = [
+    ("MeanSquaredError", {"reduction": "sum", "name": "mse", "dtype": "float64"}),
+    ("Huber", {"delta": 0.25, "reduction": "none"}),
+    ("CosineSimilarity", {"axis": 0}),
+    ("Dice", {"axis": (1,), "smooth": 1.0}),
+    ("Tversky", {"alpha": 0.2, "beta": 0.8, "axis": [1], "smooth": 0.5}),
+    ("CategoricalHinge", {"name": "ch"}),
+]
+
+
+def test_config_lists_every_argument_and_round_trips():
+    for cls_name, kwargs in CONFIG_CASES:
+        _check_config(cls_name, kwargs)
+
+
+def _check_config(cls_name, kwargs):
+    cls = getattr(S, cls_name)
+    loss = cls(**kwargs)
+    config = loss.get_config()
+    assert set(config) == set(inspect.signature(cls).parameters)
+    for key, value in kwargs.items():
+        assert config[key] == value
+    rebuilt = cls.from_config(config)
+    assert rebuilt.get_config() == config
+    t, p = _mask(np.random.default_rng(6))
+    np.testing.assert_array_equal(rebuilt(t, p), loss(t, p))

@@ -1,0 +1,508 @@
+"""stableops.ops safe math: safe_divide, safe_log, safe_sqrt, safe_norm, l2_normalize,
+clip_preserve_gradient, xlogy.
+
+Values are checked against mpmath within each op's stated ULP budget, gradients
+against their closed forms (including the documented conventions at 0), in all
+three regimes with an unknown batch dimension, over explicit edge grids and
+hypothesis draws in float16, bfloat16, float32 (and float64 on the grids).
+"""
+
+import itertools
+
+import ml_dtypes
+import mpmath
+import numpy as np
+import pytest
+import tensorflow as tf
+from hypothesis import given
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from stableops import ops
+from tests import _reference as ref
+from tests._regimes import Regime
+from tests._strategies import ALL_FLOAT_DTYPES, FLOAT_DTYPES, finite_arrays
+
+NAN, INF = float("nan"), float("inf")
+HALF = ("float16", "bfloat16")
+
+# Value budgets in ULPs of the result dtype, as stated in the docstrings.
+VALUE_BUDGET = {
+    "safe_divide": {"float32": 1, "float64": 1, "half": 1},
+    "safe_log": {"float32": 3, "float64": 3, "half": 1},
+    "safe_sqrt": {"float32": 1, "float64": 1, "half": 1},
+    "safe_norm": {"float32": 2, "float64": 2, "half": 1},
+    "l2_normalize": {"float32": 2, "float64": 2, "half": 1},
+    "clip_preserve_gradient": {"float32": 0, "float64": 0, "half": 0},
+    "xlogy": {"float32": 3, "float64": 3, "half": 1},
+}
+# Gradients against their closed forms: a few roundings in float32/float64;
+# half precision computes in float32 and rounds once.
+GRAD_BUDGET = {"float32": 4, "float64": 4, "half": 1}
+
+
+def _budget(table, dtype):
+    return table["half" if dtype in HALF else dtype]
+
+
+def _limits(dtype):
+    return ops.dtype_limits(dtype)
+
+
+def _np(dtype):
+    return ref.to_numpy_dtype(dtype)
+
+
+def _cast(values, dtype):
+    return np.asarray(values, dtype=np.float64).astype(_np(dtype))
+
+
+def _finite(a):
+    return np.isfinite(np.asarray(a, dtype=np.float64))
+
+
+# Fixed upstream weights for ops whose output is a vector per row (a plain sum
+# would hide part of the Jacobian).
+def _row_weights(shape):
+    return (np.arange(int(np.prod(shape))) % 5 - 2).reshape(shape).astype(np.float64)
+
+
+def _weighted(fn, weights):
+    w = tf.constant(weights, tf.float32)
+    return lambda x: tf.cast(fn(x), tf.float32) * w
+
+
+# ----------------------------------------------------------------------------
+# mpmath gradient references (closed forms, including each op's convention)
+# ----------------------------------------------------------------------------
+
+
+def _mp_divide_grads(x, y):
+    if y == 0:
+        return mpmath.mpf(0), mpmath.mpf(0)
+    return 1 / y, -x / (y * y)
+
+
+def _mp_log_grad(x, tiny):
+    if mpmath.isnan(x) or x < 0:
+        return ref.NAN
+    return 1 / max(x, ref.mpf(tiny))
+
+
+def _mp_sqrt_grad(x):
+    if mpmath.isnan(x) or x < 0:
+        return ref.NAN
+    return mpmath.mpf(0) if x == 0 else 1 / (2 * mpmath.sqrt(x))
+
+
+def _mp_l2_normalize_grad(row, weights):
+    """(w - y <w, y>) / ||x||; 0 for the zero row."""
+    norm = ref.mp_norm(row)
+    if norm == 0:
+        return [mpmath.mpf(0)] * len(row)
+    y = ref.mp_l2_normalize(row)
+    inner = mpmath.fsum(w * v for w, v in zip(weights, y))
+    return [(w - v * inner) / norm for w, v in zip(weights, y)]
+
+
+def _rows_reference(fn, x, *extra):
+    x = np.asarray(x, dtype=np.float64)
+    return np.array([fn([ref.mpf(v) for v in row], *extra) for row in x], dtype=object)
+
+
+# ----------------------------------------------------------------------------
+# Edge grids
+# ----------------------------------------------------------------------------
+
+
+def _specials(dtype):
+    lim = _limits(dtype)
+    return lim.tiny, lim.eps, lim.max
+
+
+def _divide_grid(dtype):
+    tiny, eps, big = _specials(dtype)
+    xs = [0.0, tiny, eps, 1.0, -1.5, 1 - eps / 2, big, -big, INF, -INF, NAN]
+    ys = [0.0, tiny, 1.0, -3.0, 0.5, big, INF, NAN]
+    pairs = list(itertools.product(xs, ys))
+    return _cast([p[0] for p in pairs], dtype), _cast([p[1] for p in pairs], dtype)
+
+
+def _nonnegative_grid(dtype):
+    tiny, eps, big = _specials(dtype)
+    return _cast(
+        [0.0, tiny, 2 * tiny, eps, 0.25, 0.5, 1 - eps / 2, 1.0, 1 + eps, 2.0, np.e, 1e4 if dtype != "float16" else 1e3,
+         big, INF, -0.0, -tiny, -1.0, -INF, NAN],
+        dtype,
+    )
+
+
+def _rows_grid(dtype):
+    tiny, eps, big = _specials(dtype)
+    return _cast(
+        [
+            [0.0, 0.0, 0.0, 0.0],
+            [3.0, 4.0, 0.0, 0.0],
+            [3 * big / 8, -4 * big / 8, 0.0, 0.0],  # naive sum of squares overflows
+            [big, big, big, big],  # norm 2 * max: beyond the range, inf
+            [3 * tiny, 4 * tiny, 0.0, 0.0],  # naive sum of squares underflows
+            [tiny, 0.0, -tiny, tiny],
+            [1.0, eps, -eps, eps / 2],
+            [big, tiny, 1.0, -1.0],
+            [-1.5, 2.25, 0.5, -0.75],
+            [INF, 1.0, 0.0, -2.0],
+            [-INF, INF, 1.0, 2.0],
+            [NAN, 1.0, 0.0, 0.0],
+            [NAN, INF, 0.0, 0.0],
+        ],
+        dtype,
+    )
+
+
+def _xlogy_grid(dtype):
+    tiny, eps, big = _specials(dtype)
+    xs = [0.0, 1.0, -2.0, tiny, 0.5, big, INF, NAN]
+    ys = [0.0, tiny, eps, 0.5, 1.0, 1 + eps, 2.0, big, INF, -1.0, NAN]
+    pairs = list(itertools.product(xs, ys))
+    return _cast([p[0] for p in pairs], dtype), _cast([p[1] for p in pairs], dtype)
+
+
+def _assert_grad(actual, reference, dtype, mask, context):
+    """Compare gradients where ``mask`` holds (finite inputs); the convention is in the reference."""
+    actual = np.asarray(actual, dtype=np.float64)
+    ref.assert_ulp_within(actual[mask], reference[mask], dtype, _budget(GRAD_BUDGET, dtype), context=context)
+
+
+@pytest.mark.parametrize("dtype", ALL_FLOAT_DTYPES)
+def test_safe_divide_edges(dtype, regime):
+    x, y = _divide_grid(dtype)
+    for fill in (0.0, 2.5):
+        value, (gx, gy) = regime.value_and_grad(
+            lambda a, b, fill=fill: ops.safe_divide(a, b, fill=fill), x, y, wrt=(0, 1), unknown_batch=True
+        )
+        assert value.dtype == _np(dtype)
+        expected = ref.reference_array(lambda a, b, fill=fill: ref.mp_safe_divide(a, b, fill), x, y)
+        budget = _budget(VALUE_BUDGET["safe_divide"], dtype)
+        ref.assert_ulp_within(value, expected, dtype, budget, context=f"value {regime}")
+        finite = _finite(x) & _finite(y)
+        grads = ref.reference_array(lambda a, b: _mp_divide_grads(a, b)[0], x, y), ref.reference_array(
+            lambda a, b: _mp_divide_grads(a, b)[1], x, y
+        )
+        _assert_grad(gx, grads[0], dtype, finite, f"d/dx {regime}")
+        _assert_grad(gy, grads[1], dtype, finite, f"d/dy {regime}")
+        # The whole point: zero, finite gradients where y == 0.
+        assert np.all(gx[(y == 0) & finite] == 0) and np.all(gy[(y == 0) & finite] == 0)
+
+
+@pytest.mark.parametrize("dtype", ALL_FLOAT_DTYPES)
+def test_safe_log_edges(dtype, regime):
+    x = _nonnegative_grid(dtype)
+    value, (grad,) = regime.value_and_grad(ops.safe_log, x, unknown_batch=True)
+    assert value.dtype == _np(dtype)
+    ref.assert_ulp_within(value, ref.reference_array(ref.mp_log, x), dtype, _budget(VALUE_BUDGET["safe_log"], dtype))
+    tiny = _limits(dtype).tiny
+    _assert_grad(grad, ref.reference_array(lambda v: _mp_log_grad(v, tiny), x), dtype, _finite(x), f"{regime}")
+    at_zero = grad[x == 0]
+    assert np.all(at_zero == np.float64(_np(dtype).type(1 / tiny))), at_zero  # finite, not inf
+    assert np.all(np.isnan(grad[x < 0]))
+
+
+@pytest.mark.parametrize("dtype", ALL_FLOAT_DTYPES)
+def test_safe_sqrt_edges(dtype, regime):
+    x = _nonnegative_grid(dtype)
+    value, (grad,) = regime.value_and_grad(ops.safe_sqrt, x, unknown_batch=True)
+    assert value.dtype == _np(dtype)
+    ref.assert_ulp_within(value, ref.reference_array(ref.mp_sqrt, x), dtype, _budget(VALUE_BUDGET["safe_sqrt"], dtype))
+    _assert_grad(grad, ref.reference_array(_mp_sqrt_grad, x), dtype, _finite(x), f"{regime}")
+    assert np.all(grad[x == 0] == 0)
+
+
+@pytest.mark.parametrize("dtype", ALL_FLOAT_DTYPES)
+def test_safe_norm_edges(dtype, regime):
+    x = _rows_grid(dtype)
+    value, (grad,) = regime.value_and_grad(ops.safe_norm, x, unknown_batch=True)
+    assert value.dtype == _np(dtype) and value.shape == (x.shape[0],)
+    ref.assert_ulp_within(value, _rows_reference(ref.mp_norm, x), dtype, _budget(VALUE_BUDGET["safe_norm"], dtype))
+    # d||x||/dx = x/||x|| (0 at the zero vector, the limit direction at inf).
+    finite_rows = np.all(_finite(x), axis=1)
+    direction = _rows_reference(ref.mp_l2_normalize, x)
+    direction = np.array([list(r) for r in direction], dtype=object)
+    _assert_grad(grad, direction, dtype, np.broadcast_to(finite_rows[:, None], x.shape), f"{regime}")
+    assert np.all(grad[0] == 0)
+    assert np.all(_finite(grad[finite_rows]))
+
+
+@pytest.mark.parametrize("dtype", ALL_FLOAT_DTYPES)
+def test_l2_normalize_edges(dtype, regime):
+    x = _rows_grid(dtype)
+    weights = _row_weights(x.shape)
+    value, (grad,) = regime.value_and_grad(_weighted(ops.l2_normalize, weights), x, unknown_batch=True)
+    value = regime.run(ops.l2_normalize, x, unknown_batch=True)
+    assert value.dtype == _np(dtype) and value.shape == x.shape
+    expected = np.array([list(r) for r in _rows_reference(ref.mp_l2_normalize, x)], dtype=object)
+    ref.assert_ulp_within(value, expected, dtype, _budget(VALUE_BUDGET["l2_normalize"], dtype))
+    finite_rows = np.all(_finite(x), axis=1)
+    expected_grad = np.array(
+        [_mp_l2_normalize_grad([ref.mpf(v) for v in row], [ref.mpf(w) for w in wr]) for row, wr in zip(x, weights)],
+        dtype=object,
+    )
+    _assert_grad(grad, expected_grad, dtype, np.broadcast_to(finite_rows[:, None], x.shape), f"{regime}")
+    assert np.all(value[0] == 0) and np.all(grad[0] == 0)
+
+
+@pytest.mark.parametrize("dtype", ALL_FLOAT_DTYPES)
+def test_clip_preserve_gradient_edges(dtype, regime):
+    x = _nonnegative_grid(dtype) * _np(dtype).type(-1.5)
+    x = np.concatenate([x, _nonnegative_grid(dtype)])
+    value, (grad,) = regime.value_and_grad(lambda t: ops.clip_preserve_gradient(t, -1.0, 2.0), x, unknown_batch=True)
+    assert value.dtype == _np(dtype)
+    expected = ref.reference_array(lambda v: ref.NAN if mpmath.isnan(v) else min(max(v, mpmath.mpf(-1)), mpmath.mpf(2)), x)
+    ref.assert_ulp_within(value, expected, dtype, 0)
+    # Straight-through: the gradient is 1 everywhere, clipped or not (NaN included).
+    np.testing.assert_array_equal(grad, np.ones_like(grad))
+
+
+@pytest.mark.parametrize("dtype", ALL_FLOAT_DTYPES)
+def test_xlogy_edges(dtype, regime):
+    x, y = _xlogy_grid(dtype)
+    value, (gx, gy) = regime.value_and_grad(ops.xlogy, x, y, wrt=(0, 1), unknown_batch=True)
+    assert value.dtype == _np(dtype)
+    ref.assert_ulp_within(value, ref.reference_array(ref.mp_xlogy, x, y), dtype, _budget(VALUE_BUDGET["xlogy"], dtype))
+    tiny = _limits(dtype).tiny
+    in_domain = _finite(x) & _finite(y) & (y >= 0)
+    _assert_grad(gx, ref.reference_array(lambda a, b: ref.mp_xlogy_grad(a, b, tiny)[0], x, y), dtype, in_domain, "d/dx")
+    _assert_grad(gy, ref.reference_array(lambda a, b: ref.mp_xlogy_grad(a, b, tiny)[1], x, y), dtype, in_domain, "d/dy")
+    zero_zero = (x == 0) & (y == 0)
+    assert np.all(value[zero_zero] == 0) and np.all(_finite(gx[zero_zero])) and np.all(gy[zero_zero] == 0)
+    # NaN is never hidden: xlogy(0, nan) is NaN (tf.math.xlogy gives 0).
+    assert np.all(np.isnan(value[(x == 0) & np.isnan(y)]))
+
+
+# ----------------------------------------------------------------------------
+# Hypothesis: finite in -> finite out, accuracy, NaN propagation
+# ----------------------------------------------------------------------------
+
+EAGER = Regime("eager")  # the public ops run as XLA kernels when called eagerly
+SHAPE = (8,)
+
+
+def _with_nans(arrays_strategy, shape):
+    """Draw an array and a NaN mask; return the array with NaN where the mask holds."""
+    mask = hnp.arrays(np.bool_, shape, elements=st.integers(0, 7).map(lambda i: i == 0))  # ~1 in 8 NaN
+    return st.tuples(arrays_strategy, mask).map(lambda t: np.where(t[1], np.array(NAN, t[0].dtype), t[0]))
+
+
+def _representable(reference, dtype):
+    """Elements whose mpmath value is finite and inside the dtype's range."""
+    largest = ref.mpf(ml_dtypes.finfo(_np(dtype)).max)
+    return np.array([not mpmath.isnan(r) and abs(r) <= largest for r in reference.flat]).reshape(reference.shape)
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+def test_safe_divide_property(dtype):
+    budget = _budget(VALUE_BUDGET["safe_divide"], dtype)
+
+    @given(_with_nans(finite_arrays(dtype, SHAPE), SHAPE), finite_arrays(dtype, SHAPE), st.lists(st.booleans(), min_size=8, max_size=8))
+    def check(x, y, zero):
+        y = np.where(zero, np.zeros_like(y), y)  # plenty of exact zeros
+        value, (gx, gy) = EAGER.value_and_grad(ops.safe_divide, x, y, wrt=(0, 1))
+        ref.assert_ulp_within(value, ref.reference_array(lambda a, b: ref.mp_safe_divide(a, b, 0), x, y), dtype, budget)
+        ok = ~np.isnan(x.astype(np.float64))
+        for grad, index in ((gx, 0), (gy, 1)):
+            expected = ref.reference_array(lambda a, b, i=index: _mp_divide_grads(a, b)[i], x, y)
+            keep = ok & _representable(expected, dtype)
+            assert np.all(_finite(grad[keep])), (x, y, grad)
+
+    check()
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("name", ["safe_log", "safe_sqrt"])
+def test_log_and_sqrt_property(name, dtype):
+    fn, mp_fn = {"safe_log": (ops.safe_log, ref.mp_log), "safe_sqrt": (ops.safe_sqrt, ref.mp_sqrt)}[name]
+    budget = _budget(VALUE_BUDGET[name], dtype)
+
+    @given(_with_nans(finite_arrays(dtype, SHAPE, min_value=0.0), SHAPE))
+    def check(x):
+        value, (grad,) = EAGER.value_and_grad(fn, x)
+        ref.assert_ulp_within(value, ref.reference_array(mp_fn, x), dtype, budget)
+        ok = ~np.isnan(x.astype(np.float64))
+        assert np.all(_finite(grad[ok])), (x, grad)  # finite at 0 too (the convention)
+        assert np.all(np.isnan(grad[~ok]))
+
+    check()
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+def test_norms_property(dtype):
+    shape = (3, 4)
+    weights = _row_weights(shape)
+    norm_budget = _budget(VALUE_BUDGET["safe_norm"], dtype)
+    unit_budget = _budget(VALUE_BUDGET["l2_normalize"], dtype)
+
+    @given(_with_nans(finite_arrays(dtype, shape), shape), st.lists(st.booleans(), min_size=3, max_size=3))
+    def check(x, zero_row):
+        x = np.where(np.array(zero_row)[:, None], np.zeros_like(x), x)
+        norm, (norm_grad,) = EAGER.value_and_grad(ops.safe_norm, x)
+        unit, (unit_grad,) = EAGER.value_and_grad(_weighted(ops.l2_normalize, weights), x)
+        unit = ops.l2_normalize(x).numpy()
+        ref.assert_ulp_within(norm, _rows_reference(ref.mp_norm, x), dtype, norm_budget)
+        expected_unit = np.array([list(r) for r in _rows_reference(ref.mp_l2_normalize, x)], dtype=object)
+        ref.assert_ulp_within(unit, expected_unit, dtype, unit_budget)
+        ok = ~np.any(np.isnan(x.astype(np.float64)), axis=1)
+        # d||x||/dx is bounded by 1: finite for every finite row, however large or small.
+        assert np.all(_finite(norm_grad[ok])), (x, norm_grad)
+        expected_grad = np.array(
+            [_mp_l2_normalize_grad([ref.mpf(v) for v in r], [ref.mpf(w) for w in wr]) for r, wr in zip(x, weights)],
+            dtype=object,
+        )
+        keep = ok[:, None] & _representable(expected_grad, dtype)
+        assert np.all(_finite(unit_grad[keep])), (x, unit_grad)
+        assert np.all(np.isnan(unit[~ok])) and np.all(np.isnan(norm[~ok]))
+
+    check()
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+def test_clip_preserve_gradient_property(dtype):
+    @given(_with_nans(finite_arrays(dtype, SHAPE), SHAPE), st.floats(-10, 10), st.floats(0, 10))
+    def check(x, lo, width):
+        hi = lo + width
+        value, (grad,) = EAGER.value_and_grad(lambda t: ops.clip_preserve_gradient(t, lo, hi), x)
+        lo_d, hi_d = (float(_np(dtype).type(b)) for b in (lo, hi))  # bounds rounded to the dtype
+        expected = np.where(np.isnan(x.astype(np.float64)), NAN, np.clip(x.astype(np.float64), lo_d, hi_d))
+        np.testing.assert_array_equal(value.astype(np.float64), expected)
+        np.testing.assert_array_equal(grad, np.ones_like(grad))
+
+    check()
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+def test_xlogy_property(dtype):
+    budget = _budget(VALUE_BUDGET["xlogy"], dtype)
+    tiny = _limits(dtype).tiny
+
+    @given(
+        _with_nans(finite_arrays(dtype, SHAPE), SHAPE),
+        _with_nans(finite_arrays(dtype, SHAPE, min_value=0.0), SHAPE),
+        st.lists(st.booleans(), min_size=8, max_size=8),
+    )
+    def check(x, y, zero):
+        x = np.where(zero, np.zeros_like(x), x)
+        value, (gx, gy) = EAGER.value_and_grad(ops.xlogy, x, y, wrt=(0, 1))
+        ref.assert_ulp_within(value, ref.reference_array(ref.mp_xlogy, x, y), dtype, budget)
+        ok = ~np.isnan(x.astype(np.float64)) & ~np.isnan(y.astype(np.float64))
+        assert np.all(_finite(gx[ok])), (x, y, gx)  # log(max(y, tiny)): always finite
+        expected_gy = ref.reference_array(lambda a, b: ref.mp_xlogy_grad(a, b, tiny)[1], x, y)
+        keep = ok & _representable(expected_gy, dtype)
+        assert np.all(_finite(gy[keep])), (x, y, gy)
+
+    check()
+
+
+# ----------------------------------------------------------------------------
+# Parity with TensorFlow where it is well conditioned, and where it is not
+# ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "name, ours, theirs",
+    [
+        ("safe_divide", lambda a, b: ops.safe_divide(a, b), tf.math.divide),
+        ("safe_log", lambda a, b: ops.safe_log(b), lambda a, b: tf.math.log(b)),
+        ("safe_sqrt", lambda a, b: ops.safe_sqrt(b), lambda a, b: tf.math.sqrt(b)),
+        ("safe_norm", lambda a, b: ops.safe_norm(a), lambda a, b: tf.norm(a, axis=-1)),
+        ("l2_normalize", lambda a, b: ops.l2_normalize(a), lambda a, b: tf.math.l2_normalize(a, axis=-1)),
+        ("clip", lambda a, b: ops.clip_preserve_gradient(a, -0.5, 0.5), lambda a, b: tf.clip_by_value(a, -0.5, 0.5)),
+        ("xlogy", ops.xlogy, tf.math.xlogy),
+    ],
+)
+def test_matches_tensorflow_where_well_conditioned(name, ours, theirs):
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(4, 6)).astype(np.float32)
+    b = rng.uniform(0.1, 10.0, size=(4, 6)).astype(np.float32)
+    np.testing.assert_allclose(ours(a, b).numpy(), theirs(a, b).numpy(), rtol=4e-7, atol=0, err_msg=name)
+
+
+def _tf_grads(fn, *args):
+    args = [tf.constant(a) for a in args]
+    with tf.GradientTape() as tape:
+        tape.watch(args)
+        total = tf.reduce_sum(fn(*args))
+    return [g.numpy() for g in tape.gradient(total, args)]
+
+
+def test_where_tensorflow_fails_we_do_not():
+    """The failures the README lists, with TensorFlow's value next to ours."""
+    zero = np.float32([0.0])
+    # divide_no_nan hides NaN; safe_divide does not.
+    assert tf.math.divide_no_nan(np.float32([NAN]), zero).numpy()[0] == 0
+    assert np.isnan(ops.safe_divide(np.float32([NAN]), zero).numpy()[0])
+    # xlogy: tf's gradient at (1, 0) is (-inf, inf) and at (0, 0.5) d/dx is 0 instead of log(0.5).
+    theirs = _tf_grads(tf.math.xlogy, np.float32([1.0, 0.0]), np.float32([0.0, 0.5]))
+    ours = _tf_grads(ops.xlogy, np.float32([1.0, 0.0]), np.float32([0.0, 0.5]))
+    assert np.isinf(theirs[0][0]) and np.isinf(theirs[1][0]) and theirs[0][1] == 0
+    assert np.all(np.isfinite(ours[0])) and np.all(np.isfinite(ours[1]))
+    assert ours[0][1] == pytest.approx(np.log(0.5), rel=1e-6)
+    # tf.norm: NaN gradient at the zero vector, inf for large entries.
+    assert np.all(np.isnan(_tf_grads(lambda x: tf.norm(x, axis=-1), np.zeros((1, 3), np.float32))[0]))
+    assert np.all(_tf_grads(lambda x: ops.safe_norm(x), np.zeros((1, 3), np.float32))[0] == 0)
+    big = np.float32([[3e30, 4e30]])
+    assert np.isinf(tf.norm(big, axis=-1).numpy()[0])
+    assert ops.safe_norm(big).numpy()[0] == pytest.approx(5e30, rel=1e-7)
+    # tf.math.l2_normalize clamps the squared norm at 1e-12: tiny vectors do not get unit norm.
+    tiny_vector = np.float32([[3e-20, 4e-20]])
+    assert np.linalg.norm(tf.math.l2_normalize(tiny_vector, axis=-1).numpy()) < 1e-6
+    np.testing.assert_allclose(ops.l2_normalize(tiny_vector).numpy(), [[0.6, 0.8]], rtol=1e-6)
+    # tf.sqrt: infinite gradient at 0 (NaN under a zero upstream gradient).
+    assert np.isinf(_tf_grads(tf.sqrt, zero)[0][0]) and _tf_grads(ops.safe_sqrt, zero)[0][0] == 0
+    # tf.clip_by_value: zero gradient outside the bounds.
+    clipped = np.float32([-3.0, 3.0])
+    assert np.all(_tf_grads(lambda x: tf.clip_by_value(x, -1.0, 1.0), clipped)[0] == 0)
+    assert np.all(_tf_grads(lambda x: ops.clip_preserve_gradient(x, -1.0, 1.0), clipped)[0] == 1)
+
+
+def test_norm_axis_and_keepdims(regime):
+    x = np.float64([[[3.0, 0.0], [4.0, 0.0]], [[0.0, 1e300], [0.0, 1e300]]])  # (2, 2, 2)
+    value = regime.run(lambda t: ops.safe_norm(t, axis=1, keepdims=True), x)
+    assert value.shape == (2, 1, 2)
+    np.testing.assert_allclose(value[:, 0, :], [[5.0, 0.0], [0.0, np.sqrt(2) * 1e300]], rtol=1e-15)
+    _, (grad,) = regime.value_and_grad(lambda t: ops.safe_norm(t, axis=(1, 2)), x)
+    np.testing.assert_allclose(grad, [[[0.6, 0.0], [0.8, 0.0]], [[0.0, 2**-0.5], [0.0, 2**-0.5]]], rtol=1e-15)
+    unit = regime.run(lambda t: ops.l2_normalize(t, axis=0), x)
+    np.testing.assert_allclose(unit[:, 0, 0], [1.0, 0.0])
+    np.testing.assert_allclose(unit[:, 0, 1], [0.0, 1.0])
+
+
+# ----------------------------------------------------------------------------
+# Bad input
+# ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda: ops.safe_divide(tf.constant([1, 2]), tf.constant([1, 2])),
+        lambda: ops.safe_log(tf.constant([1, 2])),
+        lambda: ops.safe_sqrt(tf.constant([1])),
+        lambda: ops.safe_norm(tf.constant([[1, 2]])),
+        lambda: ops.l2_normalize(tf.constant([[1, 2]])),
+        lambda: ops.clip_preserve_gradient(tf.constant([1]), 0, 1),
+        lambda: ops.xlogy(tf.constant([1]), tf.constant([1.0])),
+    ],
+)
+def test_integer_input_is_a_type_error(call):
+    with pytest.raises(TypeError, match="floating"):
+        call()
+
+
+def test_mixed_dtypes_are_a_type_error():
+    with pytest.raises(TypeError, match="float32 and float64"):
+        ops.safe_divide(tf.constant([1.0]), tf.constant([1.0], tf.float64))
+    # A Python number takes the tensor's dtype.
+    assert ops.xlogy(2.0, tf.constant([1.0], tf.float16)).dtype == tf.float16
+
+
+def test_clip_bounds_out_of_order_is_a_value_error():
+    with pytest.raises(ValueError, match="lo"):
+        ops.clip_preserve_gradient(tf.constant([1.0]), 2.0, 1.0)
