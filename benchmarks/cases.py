@@ -374,15 +374,20 @@ CASES_BY_NAME = {case.name: case for case in CASES}
 
 
 def select_cases(only: str | None) -> tuple[Case, ...]:
-    """Cases whose name contains any comma-separated word of ``only`` (all when empty)."""
+    """The cases named by the comma-separated words of ``only`` (all when empty).
+
+    A word that is a case name selects that case; any other word selects
+    every case whose name contains it (``crossentropy``, ``softmax_``).
+    """
     if not only:
         return CASES
-    words = [w.strip() for w in only.split(",") if w.strip()]
-    chosen = tuple(c for c in CASES if any(w == c.name for w in words))
-    chosen += tuple(c for c in CASES if c not in chosen and any(w in c.name for w in words))
-    if not chosen:
-        raise ValueError(f"--only {only!r} matches no case; cases are: {', '.join(CASES_BY_NAME)}")
-    return tuple(c for c in CASES if c in chosen)
+    chosen = set()
+    for word in (w.strip() for w in only.split(",") if w.strip()):
+        matches = [word] if word in CASES_BY_NAME else [c.name for c in CASES if word in c.name]
+        if not matches:
+            raise ValueError(f"--only {word!r} matches no case; cases are: {', '.join(CASES_BY_NAME)}")
+        chosen.update(matches)
+    return tuple(c for c in CASES if c.name in chosen)
 
 
 # ----------------------------------------------------------------------------

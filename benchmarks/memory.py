@@ -4,8 +4,8 @@
 device (TF raises "Allocator stats not available"), so the peak is measured
 on the process instead, with Linux's peak-RSS reset:
 
-1. inputs are created and the contestant is warmed up (XLA modes at the
-   measured shape, so compilation is not counted; eager at a small shape);
+1. inputs are created and the contestant is run once at the measured
+   shape, unless the speed run already did (compilation is not counted);
 2. ``/proc/self/clear_refs`` gets ``5``, which resets ``VmHWM`` (peak RSS)
    to the current RSS, and the current ``VmRSS`` is read;
 3. one forward + backward runs; ``VmHWM - VmRSS(before)`` is the peak extra
@@ -24,7 +24,7 @@ import gc
 import numpy as np
 
 from benchmarks.cases import available_impls
-from benchmarks.speed import contestant
+from benchmarks.speed import contestant, warm_up
 
 MODES = ("eager", "xla")
 METHOD = (
@@ -57,7 +57,6 @@ def peak_rss_supported() -> bool:
 
 def peak_extra_bytes(fn, inputs) -> int:
     """Peak RSS above the current RSS while ``fn(*inputs)`` runs (outputs included)."""
-    gc.collect()
     _reset_peak()
     before = _status_kib("VmRSS")
     out = fn(*inputs)
@@ -80,12 +79,11 @@ def run_memory(cases, availability, config, log=print) -> dict:
         arrays = case.make_inputs(size, np.dtype("float32"), np.random.default_rng(7))
         inputs = [tf.convert_to_tensor(a) for a in arrays]
         input_bytes = int(sum(a.nbytes for a in arrays))
-        small = [tf.convert_to_tensor(a) for a in case.make_inputs(1024, np.dtype("float32"), np.random.default_rng(7))]
+        gc.collect()
         for impl in impls:
             for mode in MODES:
-                fn = contestant(case, impl, mode)
-                fn(*(inputs if mode == "xla" else small))  # compile / first-call setup
-                extra = peak_extra_bytes(fn, inputs)
+                warm_up(case, impl, mode, inputs)  # compile and first-call setup are not counted
+                extra = peak_extra_bytes(contestant(case, impl, mode), inputs)
                 rows.append(
                     {
                         "case": case.name,
@@ -98,6 +96,5 @@ def run_memory(cases, availability, config, log=print) -> dict:
                     }
                 )
         log(f"  memory {case.name:<40} 2^{int(np.log2(size))}")
-        del inputs, small
-        gc.collect()
+        del inputs
     return {"method": METHOD, "supported": True, "size": size, "rows": rows}

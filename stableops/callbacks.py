@@ -75,6 +75,8 @@ class NaNGuard(keras.callbacks.Callback):
             guard stops training (``None``: no limit).
         snapshot_every: copy the good weights every this many batches.
         diagnose: re-run the offending batch through ``stableops.diagnose``.
+        max_diagnoses: how many events get their own diagnosis (each is an
+            eager pass over the batch); later events repeat the first one's.
         verbose: 1 prints each event (first one with the full report), 0 is
             silent.
 
@@ -101,6 +103,7 @@ class NaNGuard(keras.callbacks.Callback):
         max_recoveries=5,
         snapshot_every=1,
         diagnose=True,
+        max_diagnoses=1,
         verbose=1,
     ):
         super().__init__()
@@ -110,6 +113,8 @@ class NaNGuard(keras.callbacks.Callback):
             raise ValueError(f"`lr_factor` must be in (0, 1], got lr_factor={lr_factor!r}")
         if max_recoveries is not None and (not isinstance(max_recoveries, int) or max_recoveries < 0):
             raise ValueError(f"`max_recoveries` must be a non-negative int or None, got max_recoveries={max_recoveries!r}")
+        if not isinstance(max_diagnoses, int) or max_diagnoses < 0:
+            raise ValueError(f"`max_diagnoses` must be a non-negative int, got max_diagnoses={max_diagnoses!r}")
         if not isinstance(snapshot_every, int) or snapshot_every < 1:
             raise ValueError(f"`snapshot_every` must be a positive int, got snapshot_every={snapshot_every!r}")
         self.action = action
@@ -117,6 +122,7 @@ class NaNGuard(keras.callbacks.Callback):
         self.max_recoveries = max_recoveries
         self.snapshot_every = snapshot_every
         self.run_diagnosis = bool(diagnose)
+        self.max_diagnoses = max_diagnoses
         self.verbose = verbose
         self.events = []
         self.report = None
@@ -192,10 +198,19 @@ class NaNGuard(keras.callbacks.Callback):
             "action": self.action,
         }
         first = not self.events
-        report = self._diagnose_batch() if self.run_diagnosis else None
+        report = None
+        if self.run_diagnosis and len(self.events) < self.max_diagnoses:
+            report = self._diagnose_batch()
         if first:
             self.report = report
-        self._fill_origin(event, report, bad_weights)
+        if report is None and self.events and self.events[0]["cause"]:
+            # Not re-diagnosed (an eager pass per event is costly): the first
+            # event's diagnosis stands, marked as such.
+            for key in ("layer", "op", "cause"):
+                event[key] = self.events[0][key]
+            event["cause"] = f"{event['cause']} (as diagnosed at step {self.events[0]['step']})"
+        else:
+            self._fill_origin(event, report, bad_weights)
         action = self.action
         if action == "continue" and self.max_recoveries is not None and self.recoveries >= self.max_recoveries:
             action = "stop"

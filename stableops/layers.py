@@ -188,7 +188,9 @@ class Softmax(keras.layers.Layer):
         float32, so a long float16 axis cannot overflow the sum. Masked
         entries are *excluded* (the op's ``where=``) rather than filled with a
         large negative number, so a fully masked row gives all zeros with a
-        zero (not NaN) gradient. Unmasked NaN stays NaN.
+        zero (not NaN) gradient, and an unmasked logit below Keras's fill
+        (-3e4 in float16) still counts. A NaN logit makes the unmasked entries
+        of its row NaN; masked entries stay 0 (as in Keras).
 
     Args:
         axis: integer, or list of integers, the axis (axes) to normalise over.
@@ -221,7 +223,10 @@ class Softmax(keras.layers.Layer):
         _check_mask_broadcasts(mask, inputs)
         if mask.dtype != tf.bool:
             mask = tf.greater(mask, tf.cast(0.5, mask.dtype))
-        return ops.softmax(inputs, axis=self.axis, where=mask)
+        outputs = ops.softmax(inputs, axis=self.axis, where=mask)
+        # Masked entries are 0 even in a row whose unmasked part holds a NaN
+        # (which makes the op's whole row NaN), as in Keras.
+        return tf.where(mask, outputs, tf.zeros_like(outputs))
 
     def compute_output_shape(self, input_shape):
         return input_shape
@@ -425,8 +430,8 @@ class RobustScaler(keras.layers.Layer):
           when that is 0 too (a truly constant feature maps to 0). A scale
           below the smallest normal number of the statistics' dtype also
           counts as 0.
-        - ``call`` computes in float32 (float64 for float64 inputs) whatever
-          the layer's compute dtype, so raw features that would overflow
+        - ``call`` computes in float32 (float64 when the input or the layer's
+          dtype is float64) whatever the layer's compute dtype, so raw features that would overflow
           float16 (> 65504) are scaled before any cast; the result is returned
           in the layer's compute dtype (float16 under ``mixed_float16``). The
           layer does not autocast its inputs (``autocast=False``) for this
@@ -469,7 +474,9 @@ class RobustScaler(keras.layers.Layer):
         super().__init__(**kwargs)
         self.axis = _int_axis(axis)
         self._bounds = _clip_bounds(clip)
-        self.clip = None if clip is None else (list(clip) if isinstance(clip, (list, tuple)) else float(clip))
+        # As given (a number or a pair), for get_config; a tuple, not a list, so
+        # Keras does not wrap it in a tracked list.
+        self.clip = None if clip is None else (tuple(clip) if isinstance(clip, (list, tuple)) else float(clip))
         self.quantile_range = _quantile_range(quantile_range)
         self.supports_masking = True
         self._adapted = False
@@ -560,7 +567,8 @@ class RobustScaler(keras.layers.Layer):
                 "`layer.adapt(data)` before using it (or load a saved, adapted model)"
             )
         x = tf.convert_to_tensor(inputs)
-        work = tf.float64 if x.dtype == tf.float64 else tf.float32
+        # float32 for half, integer and float32 inputs; float64 if either side is.
+        work = tf.float64 if tf.float64 in (x.dtype, tf.as_dtype(self.compute_dtype)) else tf.float32
         x = tf.cast(x, work)
         rank = len(x.shape)
         stat_shape = [1] * rank
@@ -580,5 +588,6 @@ class RobustScaler(keras.layers.Layer):
 
     def get_config(self):
         config = super().get_config()
-        config.update(axis=self.axis, clip=self.clip, quantile_range=list(self.quantile_range))
+        clip = list(self.clip) if isinstance(self.clip, tuple) else self.clip
+        config.update(axis=self.axis, clip=clip, quantile_range=list(self.quantile_range))
         return config

@@ -21,7 +21,9 @@ from benchmarks import accuracy as acc
 from benchmarks import cases as bench_cases
 from benchmarks import report, run, speed
 
-SMOKE_CASES = ("binary_crossentropy_logits", "softmax")
+# One case with all three contestants keeps the smoke run to a few XLA compiles; the op path
+# (no labels, non-scalar output) is exercised by the accuracy and availability tests below.
+SMOKE_CASES = ("binary_crossentropy_logits",)
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
@@ -72,7 +74,8 @@ def test_smoke_speed_timings_and_ratios_are_positive_and_finite(smoke_run):
         if "stableops" in available:
             for mode in speed.MODES:
                 for baseline in ("keras", "tf.nn"):
-                    rows = [r for r in ratios if (r["case"], r["mode"], r["baseline"]) == (case, mode, baseline)]
+                    key = (case, "stableops", mode, baseline)
+                    rows = [r for r in ratios if (r["case"], r["impl"], r["mode"], r["baseline"]) == key]
                     assert len(rows) == 1, (case, mode, baseline)
                     assert all(_positive_finite(rows[0]["ratio"][q]) for q in ("q25", "median", "q75"))
     assert ratios or not any(availability[c]["stableops"]["status"] == "ok" for c in SMOKE_CASES)
@@ -88,9 +91,9 @@ def test_smoke_accuracy_memory_bandwidth_end_to_end_are_well_formed(smoke_run):
                 for key in ("max_ulp_grid", "max_ulp_random"):
                     assert row[key] == "inf" or row[key] >= 0
                 assert row["nonfinite_values"] >= 0 and row["nonfinite_grad_samples"] >= 0
-    # tf.nn's softmax is within a few ULPs on the random sample: the ULP pipeline measures, not invents.
-    (softmax,) = [r for r in rows if (r["case"], r["impl"], r["mode"]) == ("softmax", "tf.nn", "eager")]
-    assert softmax["max_ulp_random"] <= 4
+    # tf.nn's sigmoid cross-entropy is within a few ULPs on the random sample: the pipeline measures.
+    (tf_nn,) = [r for r in rows if (r["case"], r["impl"], r["mode"]) == (SMOKE_CASES[0], "tf.nn", "eager")]
+    assert tf_nn["max_ulp_random"] <= 4
 
     memory = _section(smoke_run, "memory")["data"]
     if memory["supported"]:
@@ -129,7 +132,8 @@ def test_references_match_closed_forms():
     assert acc.ref_binary_crossentropy(mp(0), mp(0)) == 0  # 0 * log(0) = 0
     assert acc.ref_binary_crossentropy_logits(mp(1), mp(0)) == mpmath.log(2)
     # log cosh x = x^2/2 - x^4/12 + ...: no cancellation at tiny x.
-    assert abs(acc.ref_log_cosh(mp(0), mp(1e-20)) / mp("5e-41") - 1) < mp(10) ** -35
+    tiny = mp(1e-20)
+    assert abs(acc.ref_log_cosh(mp(0), tiny) / (tiny**2 / 2) - 1) < mp(10) ** -35
     assert abs(acc.ref_log_cosh(mp(0), mp(1e4)) - (mp(1e4) - mpmath.log(2))) < mp(10) ** -40
     assert acc.ref_huber(mp(0), mp(1)) == mp(0.5) and acc.ref_huber(mp(0), mp(3)) == mp(2.5)
     assert abs(acc.ref_elu(mp(-1e-30)) + mp(1e-30)) < mp(10) ** -55
@@ -151,7 +155,7 @@ def test_every_case_has_inputs_and_a_finite_reference_on_its_grid():
             assert all(np.isfinite(np.asarray(a, dtype=np.float64)).all() for a in rounded)
             reference = spec.reference(*exact)
             # The grids promise finite exact values: every reference is finite in float32.
-            assert acc._finite_reference_mask(reference, np.float32).all(), (case.name, dtype)
+            assert acc._finite_reference_mask(reference, "float32").all(), (case.name, dtype)
 
 
 def test_ulp_measurement_tells_a_wrong_implementation_from_a_right_one():
@@ -247,4 +251,5 @@ def test_command_line_rejects_unknown_sections_and_cases():
         run.parse_args(["--sections", "speed,nonsense"])
     with pytest.raises(ValueError, match="matches no case"):
         bench_cases.select_cases("no_such_case")
-    assert [c.name for c in bench_cases.select_cases("softmax")] == ["softmax", "log_softmax"]
+    assert [c.name for c in bench_cases.select_cases("softmax")] == ["softmax"]
+    assert [c.name for c in bench_cases.select_cases("_softmax")] == ["log_softmax"]

@@ -251,8 +251,8 @@ def test_dice_smooth_matches_its_formula():
 
 def test_dice_near_perfect_prediction_keeps_its_accuracy():
     t = np.ones((1, 8), np.float32)
-    p = np.full((1, 8), 1.0 - 2.0**-20, np.float32)
-    reference = R.reference_rows(R.mp_dice_loss, t, p, 0.0)  # about 5e-7
+    p = np.full((1, 8), 1.0 - 2.0**-24, np.float32)  # the largest float32 below 1
+    reference = R.reference_rows(R.mp_dice_loss, t, p, 0.0)  # about 3e-8
     R.assert_ulp_within(S.dice(t, p, axis=1).numpy(), reference, "float32", 4)
     keras_value = keras.losses.dice(t, p, axis=1).numpy()
     assert R.ulp_error(keras_value, reference, "float32").max() > 1000  # 1 - ratio cancels
@@ -470,16 +470,18 @@ def _check_property(name, dtype, t, p):
     kwargs, _, _, reference, args, budget = PROPERTIES[name]
     fn = getattr(S, name)
     t_tensor, p_tensor = tf.constant(t), tf.constant(p)
-    with tf.GradientTape(persistent=True) as tape:
-        tape.watch([t_tensor, p_tensor])
+    with tf.GradientTape() as tape:
+        tape.watch(p_tensor)
         value = fn(t_tensor, p_tensor, **kwargs)
         total = tf.reduce_sum(value)
-    grad_pred, grad_true = tape.gradient(total, [p_tensor, t_tensor])
+    # The gradient that trains a model. (The gradient with respect to y_true
+    # is returned in y_true's dtype and, for float16 targets, can exceed the
+    # float16 range where its exact value does: MAPE's -100 y_pred / y_true^2.)
+    grad_pred = tape.gradient(total, p_tensor)
     assert value.dtype == tf.float32
     value = value.numpy()
     assert np.all(np.isfinite(value)), (t, p, value)
     assert np.all(np.isfinite(grad_pred.numpy().astype(np.float64))), (t, p, grad_pred)
-    assert np.all(np.isfinite(grad_true.numpy().astype(np.float64))), (t, p, grad_true)
     expected = R.reference_rows(reference, t, p, *args)
     if budget is None:  # cosine: 4 ULP plus 1 ULP of 1 absolute (cancellation)
         errors = np.abs(value.astype(np.float64) - expected.astype(np.float64))

@@ -26,6 +26,12 @@ SCALER_FIX = (
 SCALE_INPUTS = "scale the inputs (stableops.layers.RobustScaler)"
 
 
+def _n(count, noun: str) -> str:
+    """``"1 label"``, ``"3 labels"``."""
+    count = int(count)
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
 def _listed(indices) -> list:
     return [int(i) for i in list(indices)[:_MAX_LISTED]]
 
@@ -116,7 +122,7 @@ def check_inputs(inputs, *, names=None, consumers=None, layer_stats=None) -> lis
                     check="input.non_finite",
                     severity="error",
                     location=f"{where} feature {bad[0]}",
-                    message=f"{int(stats['nonfinite'].sum())} input values are NaN or inf",
+                    message=f"{_n(stats['nonfinite'].sum(), 'input value')} NaN or inf",
                     evidence={
                         "nonfinite_values": int(stats["nonfinite"].sum()),
                         "features": _listed(bad),
@@ -205,8 +211,8 @@ def _outlier_findings(where: str, stats: dict) -> list:
             check="input.outliers",
             severity="warning",
             location=f"{where} feature {worst}",
-            message=f"{int(stats['outliers'].sum())} values lie more than {format_number(th.OUTLIER_Z)} "
-            f"robust SDs from their feature's median (worst: {format_number(stats['max_z'][worst])} SDs)",
+            message=f"outliers: {_n(stats['outliers'].sum(), 'value')} more than {format_number(th.OUTLIER_Z)} "
+            f"robust SDs from the feature median (worst: {format_number(stats['max_z'][worst])} SDs)",
             evidence={
                 "max_robust_z": float(stats["max_z"][worst]),
                 "max_abs": float(stats["max_abs"][worst]),
@@ -242,7 +248,7 @@ def check_labels(y, y_pred, loss) -> list:
                     check="labels.non_finite",
                     severity="error",
                     location="labels",
-                    message=f"{int(nonfinite.sum())} labels are NaN or inf",
+                    message=f"{_n(nonfinite.sum(), 'label')} NaN or inf",
                     evidence={"nonfinite_labels": int(nonfinite.sum()), "samples": _listed(np.flatnonzero(nonfinite.reshape(len(y), -1).any(axis=1)))},
                     fix="fix or drop these samples",
                 )
@@ -286,7 +292,7 @@ def _sparse_label_findings(y, y_pred, loss) -> list:
             check="labels.range",
             severity="error",
             location="labels",
-            message=f"{int(out_of_range.sum())} labels are outside the valid class range [0, {classes}) "
+            message=f"{_n(out_of_range.sum(), 'label')} outside the valid class range [0, {classes}) "
             f"(e.g. {format_number(bad_values[0].item())}); eagerly Keras raises, under XLA "
             "the loss silently becomes NaN",
             evidence={
@@ -325,7 +331,7 @@ def _categorical_label_findings(y, y_pred, loss) -> list:
                 check="labels.range",
                 severity="error",
                 location="labels",
-                message=f"{int(outside.sum())} label values are outside [0, 1]",
+                message=f"{_n(outside.sum(), 'label value')} outside [0, 1]",
                 evidence={"bad_values": int(outside.sum()), "label_min": float(values.min()), "label_max": float(values.max())},
                 fix="labels of a categorical cross-entropy are probabilities: one-hot or smoothed rows",
             )
@@ -339,7 +345,7 @@ def _categorical_label_findings(y, y_pred, loss) -> list:
                 check="labels.one_hot_sum",
                 severity="error",
                 location="labels",
-                message=f"{int(off.sum())} label rows do not sum to 1 (e.g. {format_number(float(sums[off].flat[0]))})",
+                message=f"{_n(off.sum(), 'label row')} not summing to 1 (e.g. {format_number(float(sums[off].flat[0]))})",
                 evidence={
                     "bad_rows": int(off.sum()),
                     "min_sum": float(sums.min()),
@@ -363,7 +369,7 @@ def _binary_label_findings(y, loss) -> list:
             check="labels.range",
             severity="error",
             location="labels",
-            message=f"{int(outside.sum())} labels are outside [0, 1] for {loss.display}",
+            message=f"{_n(outside.sum(), 'label')} outside [0, 1] for {loss.display}",
             evidence={"bad_labels": int(outside.sum()), "label_min": float(values.min()), "label_max": float(values.max())},
             fix="binary labels are 0/1 (or probabilities); map -1/+1 labels with (y + 1) / 2",
         )
@@ -554,7 +560,7 @@ def check_loss(loss, y, y_pred, per_sample, *, error=None, first_op=None, predic
                     check="loss.non_finite",
                     severity="error",
                     location="loss",
-                    message=f"{loss.display} is non-finite on {own.size} samples whose predictions "
+                    message=f"{loss.display} is non-finite on {_n(own.size, 'sample')} whose predictions "
                     "are finite" + (f" (op {op})" if op else ""),
                     evidence={"samples": _listed(own), "nonfinite_samples": int(own.size), "op": op or "unknown"},
                     fix=f"use {loss.drop_in or 'a stableops loss'}; check the labels findings",
@@ -578,11 +584,13 @@ def check_loss(loss, y, y_pred, per_sample, *, error=None, first_op=None, predic
 
 
 def _first_line(error) -> str:
+    """The first informative sentence of a TensorFlow/Keras error message."""
     text = re.sub(r"\{\{.*?\}\}\s*", "", str(error)).strip()
     for line in text.splitlines():
         line = line.strip()
         if line and not line.startswith(("{{", "Graph execution", "Detected at")):
-            return line[:200]
+            # TF separates sentences with two spaces, then dumps the batch.
+            return line.split("  ")[0].split(" [Op:")[0][:200]
     return text[:200]
 
 
@@ -622,7 +630,7 @@ def _clipped_probability_findings(loss, y, y_pred) -> list:
             check="loss.clipped_probabilities",
             severity="warning",
             location="loss",
-            message=f"{int(stuck.sum())} samples predict probability 0 or 1 for the wrong class "
+            message=f"{_n(stuck.sum(), 'sample')} predicting probability 0 or 1 for the wrong class "
             f"({output_dtype} output): {loss.display} takes log of a clipped value there, so their "
             "loss is a constant and their gradient is 0",
             evidence={

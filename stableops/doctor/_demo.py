@@ -22,6 +22,7 @@ import numpy as np
 
 import stableops
 from stableops.callbacks import NaNGuard
+from stableops.doctor._quiet import quiet_native_stderr
 from stableops.optimizers import SkipNonFinite
 
 SEED = 1234
@@ -326,15 +327,24 @@ class RunResult:
         return int(bad[0]) + 1 if bad.size else None
 
     @property
+    def dropped(self) -> np.ndarray:
+        """Steps SkipNonFinite skipped or NaNGuard rolled back (their update was not kept)."""
+        dropped = self.skipped.copy()
+        for event in self.guard_events:
+            if 1 <= event["step"] <= dropped.size:
+                dropped[event["step"] - 1] = True
+        return dropped
+
+    @property
     def skipped_steps(self) -> int:
-        return int(self.skipped.sum())
+        return int(self.dropped.sum())
 
     @property
     def final_loss(self) -> float:
-        """Mean batch loss over the last epoch, leaving out the steps the run skipped."""
+        """Mean batch loss over the last epoch, leaving out the dropped steps."""
         if self.losses.size == 0:
             return float("nan")
-        last = (self.epochs == self.epochs.max()) & ~self.skipped
+        last = (self.epochs == self.epochs.max()) & ~self.dropped
         return float(np.mean(self.losses[last])) if last.any() else float("nan")
 
 
@@ -355,7 +365,7 @@ def _train(scenario, build, x, y, *, with_guard):
     keras.utils.clear_session()
     keras.utils.set_random_seed(SEED)
     start = time.perf_counter()
-    with _PolicyScope(scenario.mixed_precision):
+    with _PolicyScope(scenario.mixed_precision), quiet_native_stderr():
         try:
             model, optimizer = build(x, y)
         except Exception as error:  # noqa: BLE001 - shown in the table, the demo goes on
@@ -389,7 +399,7 @@ def _train(scenario, build, x, y, *, with_guard):
 def _diagnose_stock(scenario, x, y):
     keras.utils.clear_session()
     keras.utils.set_random_seed(SEED)
-    with _PolicyScope(scenario.mixed_precision):
+    with _PolicyScope(scenario.mixed_precision), quiet_native_stderr():
         model, _ = scenario.stock_model(x, y)
         return stableops.diagnose(model, x, y)
 
@@ -548,7 +558,7 @@ def format_diagnoses(results, width=100) -> str:
 
 
 def plot_losses(results, out) -> None:
-    """Write one panel per scenario: per-step loss, stock vs stableops, NaN steps marked."""
+    """Write one panel per scenario: per-step loss, stock vs stableops, NaN steps marked on top."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -557,27 +567,28 @@ def plot_losses(results, out) -> None:
     columns = 2
     rows = (len(results) + columns - 1) // columns
     fig, axes = plt.subplots(rows, columns, figsize=(11, 3.6 * rows), squeeze=False)
+    runs = (("stock Keras", "tab:red", 0.96), ("stableops", "tab:blue", 0.90))
     for ax, r in zip(axes.flat, results):
-        for run, label, color in ((r.stock, "stock Keras", "tab:red"), (r.stableops, "stableops", "tab:blue")):
+        top = ax.get_xaxis_transform()  # x in steps, y in axes fraction
+        for (label, color, row), run in zip(runs, (r.stock, r.stableops)):
             if run.losses.size == 0:
                 continue
             steps = np.arange(1, run.losses.size + 1)
             finite = np.isfinite(run.losses)
-            shown = np.where(finite, run.losses, np.nan)
-            ax.plot(steps, shown, color=color, lw=1.2, label=label)
+            ax.plot(steps, np.where(finite, run.losses, np.nan), color=color, lw=1.2, marker=".", ms=3, label=label)
             if (~finite).any():
-                floor = np.nanmin(shown) if finite.any() else 1.0
-                ax.plot(steps[~finite], np.full((~finite).sum(), floor), "x", color=color, ms=4,
-                        label=f"{label}: NaN ({(~finite).sum()} steps)")
+                ax.plot(steps[~finite], np.full((~finite).sum(), row), "x", color=color, ms=5,
+                        transform=top, clip_on=False, label=f"{label}: NaN loss ({(~finite).sum()} steps)")
+                ax.axvline(steps[~finite][0], color=color, ls="--", lw=0.8, alpha=0.6)
         ax.set_yscale("log")
         ax.set_title(r.scenario.title, fontsize=10)
         ax.set_xlabel("training step")
-        ax.set_ylabel("batch loss")
-        ax.legend(fontsize=8)
+        ax.set_ylabel("batch loss (log scale)")
+        ax.legend(fontsize=7, loc="lower left")
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(results):]:
         ax.set_visible(False)
-    fig.suptitle("stableops doctor: loss curves, stock Keras vs stableops")
+    fig.suptitle("stableops doctor: batch loss, stock Keras vs stableops (x: NaN loss, dashed: first NaN)")
     fig.tight_layout()
     fig.savefig(out, dpi=90)
     plt.close(fig)

@@ -10,6 +10,7 @@ from stableops.doctor import _checks, _data
 from stableops.doctor import _thresholds as th
 from stableops.doctor._forward import first_non_finite_op, trace_forward
 from stableops.doctor._loss import resolve_loss
+from stableops.doctor._quiet import quiet_native_stderr
 from stableops.doctor._report import Report
 
 
@@ -202,9 +203,10 @@ def _input_consumers(model, x, probe):
 def _per_sample_loss(loss_info, y, y_pred, batch_size):
     values = []
     try:
-        for start, yb, pb in _data.batches(y, y_pred, batch_size):
-            pb = tf.nest.map_structure(tf.constant, pb)
-            values.append(np.asarray(loss_info.per_sample(yb, pb), dtype=np.float64))
+        with quiet_native_stderr():  # an invalid label logs the whole batch natively
+            for start, yb, pb in _data.batches(y, y_pred, batch_size):
+                pb = tf.nest.map_structure(tf.constant, pb)
+                values.append(np.asarray(loss_info.per_sample(yb, pb), dtype=np.float64))
     except Exception as error:  # noqa: BLE001 - reported as a finding
         return None, error
     return np.concatenate(values), None

@@ -19,6 +19,7 @@ import tensorflow as tf
 
 from stableops.doctor import _data
 from stableops.doctor import _thresholds as th
+from stableops.doctor._quiet import quiet_native_stderr
 
 _MAX_ROWS_KEPT = 64  # sample indices remembered per layer, for evidence only
 
@@ -253,8 +254,9 @@ def first_non_finite_op(fn) -> dict | None:
     """
     tf.debugging.enable_check_numerics()
     try:
-        fn()
-    except (tf.errors.InvalidArgumentError, Exception) as error:  # noqa: BLE001
+        with quiet_native_stderr():
+            fn()
+    except Exception as error:  # noqa: BLE001
         text = str(error)
         match = _OP_PATTERN.search(text)
         if match is None:

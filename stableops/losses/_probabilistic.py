@@ -422,33 +422,60 @@ def binary_crossentropy(
 
 
 def _log_focal_base_from_logits(target, logits):
-    """``log(1 - p_t)`` with ``1 - p_t = t * sigmoid(-z) + (1 - t) * sigmoid(z)``, in log space.
+    """``log(1 - p_t)``, ``1 - p_t = t * sigmoid(-z) + (1 - t) * sigmoid(z)``, in log space.
 
     Hard targets give ``log_sigmoid(-z)`` (t = 1) or ``log_sigmoid(z)`` (t = 0),
     finite with a finite gradient for every finite logit; a soft target
-    combines both with ``logaddexp``. Targets are taken in ``[0, 1]``.
+    combines both with ``logaddexp``. ``target`` is in ``[0, 1]``.
     """
-    target = _clip(target, 0.0, 1.0)
     log_p = ops.log_sigmoid(logits)  # log sigmoid(z)
     log_not_p = ops.log_sigmoid(-logits)  # log sigmoid(-z)
     is_one = tf.greater_equal(target, 1.0)
     is_zero = tf.less_equal(target, 0.0)
     # The soft branch sees 1/2 in place of hard targets: log(t), log1p(-t) finite.
-    soft_t = tf.where(tf.logical_or(is_one, is_zero), tf.fill(tf.shape(target), tf.constant(0.5, target.dtype)), target)
+    half = tf.fill(tf.shape(target), tf.constant(0.5, target.dtype))
+    soft_t = tf.where(tf.logical_or(is_one, is_zero), half, target)
     soft = ops.logaddexp(tf.math.log(soft_t) + log_not_p, tf.math.log1p(-soft_t) + log_p)
     return tf.where(is_one, log_not_p, tf.where(is_zero, log_p, soft))
 
 
-def _log_focal_base_from_probabilities(target, probabilities):
-    """``log(1 - p_t)`` with ``1 - p_t = t * (1 - p) + (1 - t) * p``, floored at ``tiny``.
+def _power(base, gamma):
+    """``base ** gamma`` for ``base >= tiny``; 0-gradient ``tiny ** gamma`` below."""
+    tiny = dtype_limits(base.dtype).tiny
+    return tf.pow(_clip(base, tiny), gamma)
 
-    The floor keeps ``gamma * log(.)`` finite at a saturated ``p`` (where
-    Keras's ``(1 - p_t) ** gamma`` has a NaN gradient for ``gamma < 1``);
-    the floored entries get a zero focal-factor gradient.
+
+def _focal_factor_from_logits(target, logits, gamma):
+    """``(1 - p_t) ** gamma`` from logits, finite in value and gradient for every ``gamma >= 0``.
+
+    ``1 - p_t = t * sigmoid(-z) + (1 - t) * sigmoid(z)`` is taken in linear
+    space (two accurate sigmoids, no cancellation) and raised with ``pow``
+    while it is a normal number: about 1 ULP, where ``exp(gamma * log(.))``
+    loses ``gamma * |log(1 - p_t)|`` ULPs. Where it underflows (a logit
+    saturated beyond ``log(tiny)``, -87 in float32) the factor is
+    ``exp(gamma * log(1 - p_t))`` with the log in log space
+    (``log_sigmoid``), whose gradient is finite even for ``gamma < 1``
+    (``pow(0, gamma)`` would give Keras's NaN).
+    """
+    target = _clip(target, 0.0, 1.0)
+    base = target * tf.math.sigmoid(-logits) + (1.0 - target) * tf.math.sigmoid(logits)
+    representable = base >= dtype_limits(base.dtype).tiny
+    # Each branch sees only its own elements (double where).
+    linear = _power(tf.where(representable, base, tf.ones_like(base)), gamma)
+    log_base = _log_focal_base_from_logits(target, tf.where(representable, tf.zeros_like(logits), logits))
+    return tf.where(representable, linear, tf.exp(gamma * log_base))
+
+
+def _focal_factor_from_probabilities(target, probabilities, gamma):
+    """``(1 - p_t) ** gamma`` with ``1 - p_t = t * (1 - p) + (1 - t) * p``.
+
+    ``1 - p_t`` is floored at the smallest normal ``tiny`` (only an exact 0,
+    a saturated ``p``, is below it), so the factor there is ``tiny ** gamma``
+    with a zero gradient instead of Keras's NaN ``pow(0, gamma)`` gradient.
     """
     target = _clip(target, 0.0, 1.0)
     base = target * (1.0 - probabilities) + (1.0 - target) * probabilities
-    return tf.math.log(_floor_at_tiny(base))
+    return _power(base, gamma)
 
 
 @xla_kernel
@@ -467,12 +494,11 @@ def _binary_focal_crossentropy_kernel(
     target, output, valid = _binary_setup(y_true, y_pred, ignore_class)
     target = _smooth_binary(target, label_smoothing)
     values = _weighted_binary_crossentropy(target, output, from_logits, pos_weight)
-    if gamma:  # gamma == 0 is plain cross-entropy (and 0 * log 0 must not appear)
+    if gamma:  # gamma == 0 is plain cross-entropy
         if from_logits:
-            log_base = _log_focal_base_from_logits(target, output)
+            values = _focal_factor_from_logits(target, output, gamma) * values
         else:
-            log_base = _log_focal_base_from_probabilities(target, output)
-        values = tf.exp(gamma * log_base) * values
+            values = _focal_factor_from_probabilities(target, output, gamma) * values
     if apply_class_balancing:
         values = (target * alpha + (1.0 - target) * (1.0 - alpha)) * values
     return _binary_reduce(values, valid, axis)

@@ -680,11 +680,32 @@ def squared_hinge(y_true, y_pred):
     return _squared_hinge_kernel(*_prepare(y_true, y_pred))
 
 
+@tf.custom_gradient
+def _max_last_axis(x):
+    """``reduce_max(x, -1)``; the gradient is split evenly among tied maxima.
+
+    TF's own gradient of ``reduce_max`` is the same on rows without NaN, but on
+    a row with NaN, XLA and the TF kernels disagree about where the gradient
+    is NaN (NaN comparisons). Here a row with a NaN has a NaN gradient
+    everywhere, stated explicitly, so every regime agrees.
+    """
+    largest = tf.reduce_max(x, axis=-1)
+
+    def grad(upstream):
+        is_largest = tf.cast(x >= largest[..., None], x.dtype)
+        count = tf.maximum(tf.reduce_sum(is_largest, axis=-1, keepdims=True), 1.0)
+        has_nan = tf.reduce_any(tf.math.is_nan(x), axis=-1, keepdims=True)
+        share = tf.where(has_nan, tf.constant(math.nan, x.dtype), is_largest / count)
+        return upstream[..., None] * share
+
+    return largest, grad
+
+
 @xla_kernel
 def _categorical_hinge_kernel(y_true, y_pred):
     y_true, y_pred = _in_compute_dtype(y_true, y_pred)
     positive = tf.reduce_sum(y_true * y_pred, axis=-1)
-    negative = tf.reduce_max((1.0 - y_true) * y_pred, axis=-1)
+    negative = _max_last_axis((1.0 - y_true) * y_pred)
     return tf.maximum(negative - positive + 1.0, 0.0)
 
 

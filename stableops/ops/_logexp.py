@@ -38,12 +38,13 @@ def _minus_log2(x):
     """``x - log 2`` with the constant carried to twice ``x``'s precision.
 
     ``x - hi`` is exact for ``x`` in ``[hi/2, 2 hi]`` (Sterbenz). ``lo`` enters
-    as ``x * 0 + lo`` so that XLA cannot fold ``(x - hi) - lo`` into
-    ``x - (hi + lo)`` (it reassociates constants, and ``hi + lo`` rounds back to
-    log 2 with the remainder lost).
+    through a data-dependent select so that XLA cannot fold ``(x - hi) - lo``
+    into ``x - (hi + lo)`` (it reassociates constants, and ``hi + lo`` rounds
+    back to log 2 with the remainder lost). ``±inf`` and NaN pass through.
     """
     hi, lo = _log2_split(x.dtype)
-    return (x - hi) - (x * 0.0 + lo)
+    low = tf.where(tf.math.is_finite(x), x * 0.0 + lo, tf.zeros_like(x))
+    return (x - hi) - low
 
 
 # ----------------------------------------------------------------------------

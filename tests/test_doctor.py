@@ -1,0 +1,432 @@
+"""stableops.diagnose: each finding is triggered by a crafted model/data set and absent on healthy ones."""
+
+import json
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import stableops
+from stableops.doctor import Finding, Report, diagnose
+from stableops.doctor import _thresholds as th
+
+N, F = 128, 6
+RNG = np.random.default_rng(0)
+X = RNG.normal(size=(N, F)).astype(np.float32)  # well scaled: unit normal features
+Y_REG = (np.tanh(X) @ RNG.normal(size=(F, 1)) / np.sqrt(F)).astype(np.float32)
+Y_BIN = (X[:, :1] + X[:, 1:2] > 0).astype(np.float32)
+Y_CLS = (np.argmax(X[:, :4], axis=1)).astype(np.int32)  # 4 classes
+
+
+def mlp(outputs=1, activation=None, hidden="relu", inputs=F, name=None, **dense):
+    keras.utils.set_random_seed(0)
+    return keras.Sequential(
+        [
+            keras.Input((inputs,)),
+            keras.layers.Dense(16, activation=hidden, name="hidden", **dense),
+            keras.layers.Dense(outputs, activation=activation, name="out"),
+        ],
+        name=name,
+    )
+
+
+def checks(report):
+    return {f.check for f in report.findings}
+
+
+def only(report, check):
+    found = report.find(check)
+    assert len(found) == 1, report
+    return found[0]
+
+
+# ---------------------------------------------------------------- healthy models
+
+
+def _healthy_regression():
+    model = mlp()
+    model.compile(optimizer="adam", loss="mse")
+    return model, X, Y_REG
+
+
+def _healthy_tanh_classifier():
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential(
+        [keras.Input((F,)), keras.layers.Dense(16, activation="tanh"), keras.layers.Dense(4, activation="softmax")]
+    )
+    model.compile(optimizer="adam", loss=keras.losses.CategoricalCrossentropy())
+    return model, X, keras.utils.to_categorical(Y_CLS, 4)
+
+
+def _healthy_sequences():
+    keras.utils.set_random_seed(0)
+    tokens = RNG.integers(1, 20, size=(N, 8))
+    tokens[:, 5:] = 0  # padded, but no row is empty
+    model = keras.Sequential(
+        [
+            keras.Input((8,), dtype="int32"),
+            keras.layers.Embedding(20, 4, mask_zero=True),
+            keras.layers.GlobalAveragePooling1D(),
+            keras.layers.Dense(1, activation="sigmoid"),
+        ]
+    )
+    model.compile(optimizer="adam", loss="binary_crossentropy")
+    return model, tokens, Y_BIN
+
+
+def _healthy_scaled_raw_features():
+    # Raw unscaled features are fine once a normalisation layer reads them.
+    raw = X * np.array([1, 10, 1e3, 1e4, 1e5, 1], dtype=np.float32)
+    norm = keras.layers.Normalization()
+    norm.adapt(raw)
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((F,)), norm, keras.layers.Dense(8, activation="relu"), keras.layers.Dense(1)])
+    model.compile(optimizer="adam", loss="mse")
+    return model, raw, Y_REG
+
+
+@pytest.mark.parametrize(
+    "build", [_healthy_regression, _healthy_tanh_classifier, _healthy_sequences, _healthy_scaled_raw_features]
+)
+def test_no_false_alarms_on_healthy_models(build):
+    model, x, y = build()
+    report = diagnose(model, x, y)
+    assert report.ok, report
+    assert report.problems == []
+    assert report.likely_cause is None
+
+
+# ---------------------------------------------------------------- inputs
+
+
+def test_non_finite_inputs():
+    x = X.copy()
+    x[3, 2] = np.nan
+    x[7, 2] = np.inf
+    model = mlp()
+    model.compile(optimizer="adam", loss="mse")
+    report = diagnose(model, x, Y_REG)
+    finding = only(report, "input.non_finite")
+    assert finding.severity == "error"
+    assert finding.location == "input feature 2"
+    assert finding.evidence["nonfinite_values"] == 2
+    assert report.likely_cause is finding
+
+
+def test_unscaled_features():
+    x = X.copy()
+    x[:, 4] *= 5e4
+    model = mlp()
+    model.compile(optimizer="adam", loss="mse")
+    report = diagnose(model, x, Y_REG)
+    finding = only(report, "input.scale")
+    assert finding.severity == "warning"
+    assert finding.location == "input feature 4"
+    assert finding.evidence["unscaled_features"] == [4]
+    assert finding.evidence["spread"] > th.SCALE_SPREAD
+    assert "RobustScaler" in finding.fix and "Normalization" in finding.fix
+
+
+def test_outliers():
+    x = X.copy()
+    x[[5, 40], 1] = 300.0  # 300 robust SDs out
+    model = mlp()
+    model.compile(optimizer="adam", loss="mse")
+    report = diagnose(model, x, Y_REG)
+    finding = only(report, "input.outliers")
+    assert finding.location == "input feature 1"
+    assert finding.evidence["outlier_values"] == 2
+    assert finding.evidence["max_robust_z"] > 100
+    assert "input.scale" not in checks(report)  # typical magnitudes are unchanged
+
+
+def test_float16_input_overflow(mixed_precision_policy):
+    mixed_precision_policy("mixed_float16")
+    x = X.copy()
+    x[:, 0] = 7e4 + np.abs(x[:, 0])  # above float16's 65504
+    model = mlp(activation="sigmoid")
+    model.compile(optimizer="adam", loss="binary_crossentropy")
+    report = diagnose(model, x, Y_BIN)
+    overflow = only(report, "input.float16_overflow")
+    assert overflow.severity == "error" and overflow.location == "input feature 0"
+    first = only(report, "activation.non_finite")
+    assert first.location == "layer 'hidden'"
+    assert first.evidence["op"] == "Cast"
+    assert "float16 overflow" in first.message
+
+
+# ---------------------------------------------------------------- labels
+
+
+def _classifier(loss, outputs=4, activation="softmax"):
+    model = mlp(outputs=outputs, activation=activation)
+    model.compile(optimizer="adam", loss=loss)
+    return model
+
+
+def test_sparse_labels_out_of_range():
+    y = Y_CLS.copy()
+    y[[2, 9]] = 4
+    report = diagnose(_classifier(keras.losses.SparseCategoricalCrossentropy()), X, y)
+    finding = only(report, "labels.range")
+    assert finding.severity == "error"
+    assert finding.evidence["num_classes"] == 4
+    assert finding.evidence["bad_labels"] == 2
+    assert finding.evidence["bad_values"] == ["4"]
+    assert report.likely_cause is finding
+    # Keras raises on these labels eagerly: reported, not crashed.
+    assert "Received a label value of 4" in only(report, "loss.raised").message
+
+
+def test_sparse_labels_that_are_one_hot():
+    report = diagnose(_classifier("sparse_categorical_crossentropy"), X, keras.utils.to_categorical(Y_CLS, 4))
+    assert only(report, "labels.shape").severity == "error"
+
+
+def test_ignore_class_is_not_out_of_range():
+    y = Y_CLS.copy()
+    y[[2, 9]] = 7
+    loss = keras.losses.SparseCategoricalCrossentropy(ignore_class=7)
+    report = diagnose(_classifier(loss), X, y)
+    assert "labels.range" not in checks(report)
+
+
+def test_one_hot_rows_must_sum_to_one():
+    y = keras.utils.to_categorical(Y_CLS, 4)
+    y[[0, 1, 2]] = 0.0  # missing class
+    y[5] = [1, 1, 0, 0]
+    report = diagnose(_classifier(keras.losses.CategoricalCrossentropy()), X, y)
+    finding = only(report, "labels.one_hot_sum")
+    assert finding.evidence["bad_rows"] == 4
+    assert finding.evidence["min_sum"] == 0 and finding.evidence["max_sum"] == 2
+
+
+def test_binary_labels_outside_unit_interval():
+    y = np.where(Y_BIN > 0, 1.0, -1.0).astype(np.float32)  # SVM-style labels
+    report = diagnose(_classifier(keras.losses.BinaryCrossentropy(), outputs=1, activation="sigmoid"), X, y)
+    finding = only(report, "labels.range")
+    assert finding.evidence["label_min"] == -1
+
+
+def test_non_finite_labels():
+    y = Y_REG.copy()
+    y[4] = np.nan
+    model = mlp()
+    model.compile(optimizer="adam", loss="mse")
+    report = diagnose(model, X, y)
+    assert only(report, "labels.non_finite").evidence["samples"] == [4]
+
+
+# ---------------------------------------------------------------- activations
+
+
+def _empty_rows_model():
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential(
+        [
+            keras.Input((6,), dtype="int32"),
+            keras.layers.Embedding(10, 3, mask_zero=True),
+            keras.layers.GlobalAveragePooling1D(name="pool"),
+            keras.layers.Dense(1, activation="sigmoid"),
+        ]
+    )
+    model.compile(optimizer="adam", loss="binary_crossentropy")
+    return model
+
+
+def test_fully_masked_rows_are_named_as_the_cause():
+    tokens = RNG.integers(1, 10, size=(64, 6))
+    tokens[[3, 30, 50]] = 0  # empty documents
+    report = diagnose(_empty_rows_model(), tokens, Y_BIN[:64], batch_size=16)
+    finding = only(report, "activation.non_finite")
+    assert finding.location == "layer 'pool'"
+    assert finding.evidence["op"] in ("RealDiv", "Div", "DivNoNan")
+    assert finding.evidence["samples"] == [3, 30, 50]
+    assert finding.evidence["fully_masked_rows"] == [3, 30, 50]
+    assert "fully masked" in finding.message
+    assert "safe_divide" in finding.fix
+    assert "gradient.non_finite" not in checks(report)  # not checked downstream of a NaN forward
+
+
+def test_saturated_tanh_units():
+    model = mlp(hidden="tanh", kernel_initializer=keras.initializers.RandomNormal(stddev=30.0))
+    model.compile(optimizer="adam", loss="mse")
+    finding = only(diagnose(model, X, Y_REG), "activation.saturated")
+    assert finding.location == "layer 'hidden'"
+    assert finding.evidence["saturated_fraction"] > th.SATURATED_FRACTION
+
+
+def test_dead_relu_units():
+    model = mlp(bias_initializer=keras.initializers.Constant(-100.0))
+    model.compile(optimizer="adam", loss="mse")
+    report = diagnose(model, X, Y_REG)
+    finding = only(report, "activation.dead_relu")
+    assert finding.severity == "error"  # every unit is dead
+    assert finding.evidence["dead_units"] == finding.evidence["units"] == 16
+    # ... so the hidden layer gets no gradient at all.
+    assert only(report, "gradient.vanishing").evidence["layers"] == ["hidden"]
+
+
+def test_float16_headroom(mixed_precision_policy):
+    mixed_precision_policy("mixed_float16")
+    model = mlp(kernel_initializer="ones")
+    model.compile(optimizer="adam", loss="mse")
+    x = np.abs(X) * 1000.0  # hidden activations ~ 6 * 1000 * |x|: under 65504, within 16x
+    finding = only(diagnose(model, x, Y_REG), "activation.float16_headroom")
+    assert finding.severity == "warning"
+    assert 1.0 < finding.evidence["headroom"] < th.FLOAT16_MIN_HEADROOM
+
+
+# ---------------------------------------------------------------- gradients
+
+
+def test_exploding_gradients_at_a_huge_learning_rate():
+    model = mlp()
+    model.compile(optimizer=keras.optimizers.SGD(1e4), loss="mse")
+    report = diagnose(model, X, Y_REG)
+    finding = only(report, "gradient.exploding")
+    assert finding.evidence["learning_rate"] == pytest.approx(1e4)
+    assert finding.evidence["step_ratio"] > th.EXPLODING_STEP_RATIO
+    assert not report.find("input")  # the data is fine
+
+
+def test_non_finite_gradient_with_finite_loss():
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential(
+        [
+            keras.Input((F,)),
+            keras.layers.Dense(8, activation="relu", name="hidden"),
+            keras.layers.Lambda(lambda t: keras.ops.sqrt(t), name="root"),  # d sqrt(0) = inf
+            keras.layers.Dense(1, name="out"),
+        ]
+    )
+    model.compile(optimizer="adam", loss="mse")
+    report = diagnose(model, X, Y_REG)
+    finding = only(report, "gradient.non_finite")
+    assert finding.severity == "error"
+    assert finding.evidence["layer"] == "hidden"
+    assert finding.evidence["op"] != "unknown"
+    assert "activation.non_finite" not in checks(report) and "loss.non_finite" not in checks(report)
+
+
+# ---------------------------------------------------------------- the loss
+
+
+def test_log_of_a_negative_prediction_in_a_custom_loss():
+    def log_loss(y_true, y_pred):
+        return -keras.ops.mean(keras.ops.log(y_pred), axis=-1)
+
+    model = mlp()  # linear output: some predictions are negative
+    model.compile(optimizer="adam", loss=log_loss)
+    report = diagnose(model, X, Y_REG)
+    finding = only(report, "loss.non_finite")
+    assert finding.evidence["op"] == "Log"
+    assert finding.evidence["nonfinite_samples"] > 0
+    assert "loss.drop_in" not in checks(report)  # not a Keras loss
+
+
+def test_probabilities_at_zero_or_one_fed_to_a_log():
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential(
+        [
+            keras.Input((F,)),
+            keras.layers.Dense(8, activation="relu"),
+            # logit 40 for every sample: sigmoid is exactly 1.0 in float32
+            keras.layers.Dense(1, activation="sigmoid", kernel_initializer="zeros", bias_initializer=keras.initializers.Constant(40.0)),
+        ]
+    )
+    model.compile(optimizer="adam", loss=keras.losses.BinaryCrossentropy())
+    finding = only(diagnose(model, X, Y_BIN), "loss.clipped_probabilities")
+    # Every sample predicts exactly 1.0; the ones labelled 0 are stuck.
+    assert finding.evidence["clipped_predictions"] == N
+    assert finding.evidence["stuck_samples"] == int((Y_BIN == 0).sum())
+    assert "from_logits=True" in finding.fix
+
+
+def test_keras_loss_with_a_stableops_drop_in():
+    model = mlp(activation="sigmoid")
+    model.compile(optimizer="adam", loss=keras.losses.BinaryCrossentropy())
+    finding = only(diagnose(model, X, Y_BIN), "loss.drop_in")
+    assert finding.severity == "info"
+    assert finding.evidence["drop_in"] == "stableops.losses.BinaryCrossentropy()"
+
+
+def test_explicit_loss_overrides_the_compiled_one():
+    model = mlp(activation="sigmoid")  # not compiled
+    y = Y_BIN.copy()
+    y[0] = 2.0
+    report = diagnose(model, X, y, loss="binary_crossentropy")
+    assert only(report, "labels.range").evidence["label_max"] == 2
+    assert report.context["loss"] == "keras.losses.binary_crossentropy"
+
+
+# ---------------------------------------------------------------- the report and the API
+
+
+def test_report_table_and_json():
+    x = X.copy()
+    x[:, 4] *= 5e4
+    model = mlp()
+    model.compile(optimizer=keras.optimizers.SGD(1e4), loss="mse")
+    report = diagnose(model, x, Y_REG)
+    text = str(report)
+    assert "SEVERITY" in text and "LOCATION" in text
+    for finding in report.findings:
+        assert finding.check in text and finding.fix.split()[0] in text
+    data = json.loads(json.dumps(report.to_dict()))
+    assert data["counts"]["warning"] == len(report.warnings) >= 2
+    assert data["likely_cause"]["check"] == "input.scale"  # earliest in the data flow
+    assert {f["check"] for f in data["findings"]} == checks(report)
+    assert all({"severity", "location", "evidence", "fix", "message"} <= set(f) for f in data["findings"])
+
+
+def test_report_orders_by_severity_and_serialises_non_finite_numbers():
+    findings = [
+        Finding("gradient.exploding", "warning", "layer 'a'", "m", {"x": float("inf")}, "f"),
+        Finding("loss.drop_in", "info", "loss", "m", {}, "f"),
+        Finding("labels.range", "error", "labels", "m", {"v": np.float32(np.nan)}, "f"),
+    ]
+    report = Report(findings)
+    assert [f.severity for f in report] == ["error", "warning", "info"]
+    data = json.loads(report.to_json())
+    assert data["findings"][0]["evidence"]["v"] == "nan"
+    assert data["findings"][1]["evidence"]["x"] == "inf"
+    with pytest.raises(ValueError, match="severity"):
+        Finding("x", "fatal", "here", "m", {}, "f")
+
+
+def test_dataset_input_and_state_is_left_untouched():
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential(
+        [keras.Input((F,)), keras.layers.Dense(8), keras.layers.BatchNormalization(), keras.layers.Dense(1)]
+    )
+    model.compile(optimizer="adam", loss="mse")
+    before = [w.copy() for w in model.get_weights()]
+    dataset = tf.data.Dataset.from_tensor_slices((X, Y_REG)).batch(32)
+    report = diagnose(model, dataset)
+    assert report.ok and report.context["samples"] == N
+    for old, new in zip(before, model.get_weights()):
+        np.testing.assert_array_equal(old, new)  # BN moving stats restored, weights untouched
+
+
+def test_sampling_is_bounded_and_deterministic():
+    x = np.repeat(X, 4, axis=0)
+    y = np.repeat(Y_REG, 4, axis=0)
+    model = mlp()
+    model.compile(optimizer="adam", loss="mse")
+    first = diagnose(model, x, y, batch_size=16, max_batches=2)
+    assert first.context["samples"] == 32 and first.context["of"] == 4 * N
+    assert first.to_dict() == diagnose(model, x, y, batch_size=16, max_batches=2).to_dict()
+
+
+def test_bad_arguments():
+    model = mlp()
+    with pytest.raises(ValueError, match="batch_size"):
+        diagnose(model, X, Y_REG, batch_size=0)
+    with pytest.raises(ValueError, match="128 samples but y has 10"):
+        diagnose(model, X, Y_REG[:10])
+
+
+def test_exported_from_the_package():
+    assert stableops.diagnose is diagnose and stableops.Report is Report

@@ -1,0 +1,131 @@
+"""stableops.optimizers.SkipNonFinite: skip non-finite steps inside the compiled train step."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from stableops.optimizers import SkipNonFinite
+
+RNG = np.random.default_rng(0)
+X = RNG.normal(size=(64, 4)).astype(np.float32)
+Y = RNG.normal(size=(64, 1)).astype(np.float32)
+BATCH = 16
+BAD_BATCH = 2  # batch 2 of 4 holds a NaN input: its loss and gradients are NaN
+X_BAD = X.copy()
+X_BAD[BAD_BATCH * BATCH + 5, 1] = np.nan
+
+
+def model_with(optimizer, jit_compile):
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3), keras.layers.Dense(1)])
+    model.compile(optimizer=optimizer, loss="mse", jit_compile=jit_compile)
+    return model
+
+
+class WeightsAroundBatches(keras.callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.before, self.after = [], []
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self.before.append([w.copy() for w in self.model.get_weights()])
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.after.append([w.copy() for w in self.model.get_weights()])
+
+
+@pytest.mark.parametrize("jit_compile", [False, True])
+def test_non_finite_step_is_skipped_and_counted(jit_compile):
+    optimizer = SkipNonFinite(keras.optimizers.Adam(0.01))
+    model = model_with(optimizer, jit_compile)
+    record = WeightsAroundBatches()
+    model.fit(X_BAD, Y, batch_size=BATCH, epochs=2, shuffle=False, verbose=0, callbacks=[record])
+
+    weights = model.get_weights()
+    assert all(np.isfinite(w).all() for w in weights)
+    assert int(optimizer.skipped_steps.numpy()) == 2  # once per epoch
+    assert int(optimizer.iterations.numpy()) == 8 - 2  # skipped steps do not count
+    for step in (BAD_BATCH, 4 + BAD_BATCH):  # the bad batch left every weight exactly as it was
+        for before, after in zip(record.before[step], record.after[step]):
+            np.testing.assert_array_equal(before, after)
+    for before, after in zip(record.before[0], record.after[0]):  # good batches do train
+        assert not np.array_equal(before, after)
+    # The Adam moments stayed finite too (the next steps would be NaN otherwise).
+    assert all(np.isfinite(np.asarray(v)).all() for v in optimizer.inner_optimizer.variables)
+
+
+def _apply_steps(optimizer, grads_per_step):
+    variable = keras.Variable(np.ones((2, 2), np.float32))
+    for grad in grads_per_step:
+        optimizer.apply([tf.constant(grad, tf.float32)], [variable])
+    return variable.numpy()
+
+
+STEPS = [np.full((2, 2), 0.5), [[np.nan, 1.0], [1.0, 1.0]], np.full((2, 2), -0.25), [[np.inf, 0], [0, 0]]]
+
+
+def test_without_the_wrapper_the_weights_go_nan():
+    # The control: the bare optimizer applies the NaN step and is ruined.
+    assert np.isnan(_apply_steps(keras.optimizers.SGD(0.1, momentum=0.9), STEPS)).all()
+
+
+def test_finite_steps_match_the_bare_optimizer():
+    finite = [STEPS[0], STEPS[2]]
+    bare = _apply_steps(keras.optimizers.SGD(0.1, momentum=0.9), finite)
+    optimizer = SkipNonFinite(keras.optimizers.SGD(0.1, momentum=0.9))
+    np.testing.assert_array_equal(_apply_steps(optimizer, STEPS), bare)
+    assert int(optimizer.skipped_steps.numpy()) == 2
+    assert int(optimizer.iterations.numpy()) == 2
+
+
+def test_apply_directly_and_indexed_slices():
+    variable = keras.Variable(np.ones((3, 2), np.float32))
+    optimizer = SkipNonFinite(keras.optimizers.SGD(1.0))
+    sparse_nan = tf.IndexedSlices(tf.constant([[np.nan, 1.0]]), tf.constant([1]), tf.constant([3, 2]))
+    optimizer.apply([sparse_nan], [variable])
+    np.testing.assert_array_equal(variable.numpy(), np.ones((3, 2)))
+    optimizer.apply([tf.fill((3, 2), 0.5)])
+    np.testing.assert_array_equal(variable.numpy(), np.full((3, 2), 0.5))
+    assert int(optimizer.skipped_steps.numpy()) == 1
+    assert int(optimizer.iterations.numpy()) == 1
+
+
+def test_learning_rate_is_the_inner_optimizers():
+    inner = keras.optimizers.Adam(0.01)
+    optimizer = SkipNonFinite(inner)
+    assert float(optimizer.learning_rate) == pytest.approx(0.01)
+    optimizer.learning_rate = 0.005  # what ReduceLROnPlateau and NaNGuard do
+    assert float(inner.learning_rate) == pytest.approx(0.005)
+
+
+def test_serialization_round_trip(tmp_path):
+    optimizer = SkipNonFinite(keras.optimizers.Adam(0.02, clipnorm=1.0), name="guarded")
+    config = optimizer.get_config()
+    clone = SkipNonFinite.from_config(config)
+    assert clone.name == "guarded"
+    assert isinstance(clone.inner_optimizer, keras.optimizers.Adam)
+    assert clone.inner_optimizer.get_config() == optimizer.inner_optimizer.get_config()
+    assert keras.optimizers.deserialize(keras.optimizers.serialize(optimizer)).get_config() == config
+
+    model = model_with(optimizer, jit_compile=False)
+    variables = model.trainable_variables
+    for value in (1.0, np.nan, -1.0, 0.5):  # three applied steps, one skipped
+        optimizer.apply([tf.fill(v.shape, value) for v in variables], variables)
+    path = tmp_path / "model.keras"
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    assert isinstance(loaded.optimizer, SkipNonFinite)
+    assert isinstance(loaded.optimizer.inner_optimizer, keras.optimizers.Adam)
+    assert int(loaded.optimizer.skipped_steps.numpy()) == 1  # state travels with the model
+    assert int(loaded.optimizer.iterations.numpy()) == 3
+    for ours, theirs in zip(optimizer.inner_optimizer.variables, loaded.optimizer.inner_optimizer.variables):
+        np.testing.assert_array_equal(np.asarray(ours), np.asarray(theirs))
+
+
+def test_string_optimizer_and_bad_arguments():
+    assert isinstance(SkipNonFinite("adam").inner_optimizer, keras.optimizers.Adam)
+    with pytest.raises(ValueError, match="clipnorm"):
+        SkipNonFinite("adam", clipnorm=1.0)
+    with pytest.raises(ValueError):
+        SkipNonFinite("no_such_optimizer")
