@@ -94,15 +94,19 @@ def warm_up(case: Case, impl, mode: str, inputs) -> None:
         _WARM.add(key)
 
 
-def _time_calls(fn: Callable, inputs, calls: int) -> float:
-    # CPU eager and tf.function execution is synchronous: when the call
-    # returns, the outputs are computed.
-    start = time.perf_counter()
+def _time_calls(fn: Callable, inputs, calls: int) -> tuple[float, float]:
+    """Wall and process-CPU seconds per call over ``calls`` back-to-back calls.
+
+    CPU eager and ``tf.function`` execution is synchronous: when the call
+    returns, the outputs are computed. CPU time (all threads of this process)
+    is the work done, which background load inflates much less than wall time.
+    """
+    start, start_cpu = time.perf_counter(), time.process_time()
     for _ in range(calls):
         out = fn(*inputs)
-    elapsed = time.perf_counter() - start
+    elapsed, cpu = time.perf_counter() - start, time.process_time() - start_cpu
     del out
-    return elapsed / calls
+    return elapsed / calls, cpu / calls
 
 
 def _nbytes(structure) -> int:
@@ -112,7 +116,7 @@ def _nbytes(structure) -> int:
 
 
 def time_interleaved(contestants: dict, inputs, *, rounds: int, min_sample_s: float, warmup: int = 1):
-    """Samples ``{key: [seconds per call, one per round]}``, calls per sample, first-call seconds, output bytes."""
+    """Wall and CPU samples ``{key: [seconds per call, one per round]}``, calls per sample, first-call seconds, output bytes."""
     first_call, out_bytes = {}, {}
     for key, fn in contestants.items():
         start = time.perf_counter()
@@ -124,19 +128,22 @@ def time_interleaved(contestants: dict, inputs, *, rounds: int, min_sample_s: fl
             fn(*inputs)
     calls = {}
     for key, fn in contestants.items():
-        once = _time_calls(fn, inputs, 1)
+        once, _ = _time_calls(fn, inputs, 1)
         calls[key] = int(min(200, max(1, np.ceil(min_sample_s / max(once, 1e-7)))))
     samples = {key: [] for key in contestants}
+    cpu_samples = {key: [] for key in contestants}
     keys = list(contestants)
     gc.collect()
     gc.disable()  # as timeit does: no collector pauses inside a sample
     try:
         for r in range(rounds):
             for key in keys if r % 2 == 0 else keys[::-1]:
-                samples[key].append(_time_calls(contestants[key], inputs, calls[key]))
+                wall, cpu = _time_calls(contestants[key], inputs, calls[key])
+                samples[key].append(wall)
+                cpu_samples[key].append(cpu)
     finally:
         gc.enable()
-    return samples, calls, first_call, out_bytes
+    return samples, cpu_samples, calls, first_call, out_bytes
 
 
 def _quantiles(values) -> dict:
@@ -161,7 +168,7 @@ def run_speed(cases, availability, config, log=print) -> dict:
                 contestants = {(i.name, m): contestant(case, i, m) for i in impls for m in config.modes}
                 _WARM.update((case.name, i, m, _shape_key(inputs)) for i, m in contestants)
                 start = time.perf_counter()
-                samples, calls, first, out_bytes = time_interleaved(
+                samples, cpu_samples, calls, first, out_bytes = time_interleaved(
                     contestants, inputs, rounds=config.rounds_for(size), min_sample_s=config.min_sample_s
                 )
                 log(
@@ -179,6 +186,8 @@ def run_speed(cases, availability, config, log=print) -> dict:
                             "impl": impl_name,
                             "seconds": _quantiles(seconds),
                             "samples": [float(s) for s in seconds],
+                            "cpu_seconds": _quantiles(cpu_samples[(impl_name, mode)]),
+                            "cpu_samples": [float(s) for s in cpu_samples[(impl_name, mode)]],
                             "calls_per_sample": calls[(impl_name, mode)],
                             "first_call_seconds": float(first[(impl_name, mode)]),
                             # compulsory traffic: read every input once, write value and gradient once

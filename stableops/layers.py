@@ -253,7 +253,8 @@ def _clip_bounds(clip):
     else:
         low, high = None, clip
     numbers_only = [v for v in (low, high) if v is not None]
-    if any(isinstance(v, bool) or not isinstance(v, numbers.Real) or math.isnan(v) for v in numbers_only):
+    if any(isinstance(v, bool) or not isinstance(v, numbers.Real) or math.isnan(v)
+           for v in numbers_only):
         raise ValueError(f"`clip` must hold numbers, got clip={clip!r}")
     if low is None:  # a single number c means [-c, c]
         if not high > 0:
@@ -268,12 +269,14 @@ def _clip_bounds(clip):
 def _quantile_range(quantile_range):
     if not isinstance(quantile_range, (list, tuple)) or len(quantile_range) != 2:
         raise ValueError(
-            f"`quantile_range` must be a (low, high) pair of percentiles, got quantile_range={quantile_range!r}"
+            "`quantile_range` must be a (low, high) pair of percentiles, "
+            f"got quantile_range={quantile_range!r}"
         )
     low, high = (float(q) for q in quantile_range)
     if not 0.0 <= low < 50.0 < high <= 100.0:
         raise ValueError(
-            f"`quantile_range` must satisfy 0 <= low < 50 < high <= 100, got quantile_range={quantile_range!r}"
+            "`quantile_range` must satisfy 0 <= low < 50 < high <= 100, "
+            f"got quantile_range={quantile_range!r}"
         )
     return low, high
 
@@ -306,7 +309,9 @@ class _Collector:
             try:
                 batch = batch.astype(np.float64)
             except (TypeError, ValueError):
-                raise TypeError(f"RobustScaler.adapt needs numeric data, got dtype {batch.dtype} ({where})") from None
+                raise TypeError(
+                    f"RobustScaler.adapt needs numeric data, got dtype {batch.dtype} ({where})"
+                ) from None
         if self.rank is None:
             self.rank = batch.ndim
         if batch.ndim != self.rank:
@@ -344,10 +349,10 @@ class _Collector:
                 x = x[None]  # an unbatched feature vector
             self.add_batch(x, where)
 
-    def values(self):
-        if not self.blocks or sum(b.shape[0] for b in self.blocks) == 0:
+    def checked_blocks(self):
+        if sum(b.shape[0] for b in self.blocks) == 0:
             raise ValueError("RobustScaler.adapt got no data (an empty array or dataset)")
-        return np.concatenate(self.blocks, axis=0)
+        return self.blocks
 
 
 # Features per np.nanpercentile call: bounds the float64 working copy to
@@ -355,26 +360,29 @@ class _Collector:
 _FEATURE_CHUNK = 256
 
 
-def _robust_statistics(values, quantile_range):
-    """Per-feature median, robust scale and non-missing count of ``(samples, features)`` data.
+def _robust_statistics(blocks, quantile_range):
+    """Per-feature median, robust scale and non-missing count of ``(samples, features)`` blocks.
 
     Non-finite values (NaN, +-inf) are ignored. The scale is the interquartile
     range (``quantile_range``); where that is 0 it is the mean absolute
     deviation from the median; where that is also 0 (a constant feature) it is 1.
     """
-    n_features = values.shape[1]
+    n_features = blocks[0].shape[1]
     median = np.empty(n_features)
     scale = np.empty(n_features)
     count = np.empty(n_features, dtype=np.int64)
     q_low, q_high = quantile_range
     for start in range(0, n_features, _FEATURE_CHUNK):
         cols = slice(start, start + _FEATURE_CHUNK)
-        block = values[:, cols].astype(np.float64)
+        # Only this float64 copy of up to _FEATURE_CHUNK columns is added to the data.
+        block = np.concatenate([b[:, cols] for b in blocks], axis=0).astype(np.float64)
         block[~np.isfinite(block)] = np.nan
         present = np.sum(~np.isnan(block), axis=0)
         if np.any(present == 0):
             empty = (np.flatnonzero(present == 0) + start).tolist()
-            raise ValueError(f"RobustScaler.adapt: feature(s) {empty} have no finite values in the adapt data")
+            raise ValueError(
+                f"RobustScaler.adapt: feature(s) {empty} have no finite values in the adapt data"
+            )
         low, mid, high = np.nanpercentile(block, [q_low, 50.0, q_high], axis=0)
         spread = high - low
         mean_abs_dev = np.nanmean(np.abs(block - mid), axis=0)
@@ -419,9 +427,11 @@ class RobustScaler(keras.layers.Layer):
         - Statistics are exact: ``adapt`` collects all the data and uses
           ``numpy.nanpercentile`` (linear interpolation, as ``numpy.median``
           and scikit-learn's ``RobustScaler``) in float64. Memory: the whole
-          adapt data set is held at once in its own dtype, plus a float64
-          working copy of ``samples x 256`` values. Subsample very large data
-          sets before adapting.
+          adapt data set is held at once (a NumPy array with the features
+          last is used in place; a dataset's elements are all materialised
+          in their own dtype), plus a float64 working copy of
+          ``samples x min(features, 256)`` values. Subsample data sets that
+          do not fit in memory before adapting.
         - NaN and +-inf in the adapt data are ignored (treated as missing). A
           feature with no finite value is an error.
         - Constant features: where the IQR is 0 the scale falls back to the
@@ -431,8 +441,9 @@ class RobustScaler(keras.layers.Layer):
           below the smallest normal number of the statistics' dtype also
           counts as 0.
         - ``call`` computes in float32 (float64 when the input or the layer's
-          dtype is float64) whatever the layer's compute dtype, so raw features that would overflow
-          float16 (> 65504) are scaled before any cast; the result is returned
+          dtype is float64) whatever the layer's compute dtype, so raw
+          features that would overflow float16 (> 65504) are scaled before
+          any cast to half precision; the result is returned
           in the layer's compute dtype (float16 under ``mixed_float16``). The
           layer does not autocast its inputs (``autocast=False``) for this
           reason; integer inputs are accepted.
@@ -476,7 +487,9 @@ class RobustScaler(keras.layers.Layer):
         self._bounds = _clip_bounds(clip)
         # As given (a number or a pair), for get_config; a tuple, not a list, so
         # Keras does not wrap it in a tracked list.
-        self.clip = None if clip is None else (tuple(clip) if isinstance(clip, (list, tuple)) else float(clip))
+        self.clip = tuple(clip) if isinstance(clip, (list, tuple)) else clip
+        if isinstance(self.clip, numbers.Real):
+            self.clip = float(self.clip)
         self.quantile_range = _quantile_range(quantile_range)
         self.supports_masking = True
         self._adapted = False
@@ -492,7 +505,9 @@ class RobustScaler(keras.layers.Layer):
 
     def _feature_axis(self, rank):
         if rank < 2:
-            raise ValueError(f"RobustScaler needs inputs of rank >= 2 (batch, ..., features), got rank {rank}")
+            raise ValueError(
+                f"RobustScaler needs inputs of rank >= 2 (batch, ..., features), got rank {rank}"
+            )
         if not -rank <= self.axis < rank:
             raise ValueError(f"`axis={self.axis}` is out of range for inputs of rank {rank}")
         return self.axis % rank
@@ -502,13 +517,17 @@ class RobustScaler(keras.layers.Layer):
         axis = self._feature_axis(len(input_shape))
         n_features = input_shape[axis]
         if n_features is None:
-            raise ValueError(f"RobustScaler needs a known number of features on axis {self.axis}, "
-                             f"got input shape {input_shape}")
+            raise ValueError(
+                f"RobustScaler needs a known number of features on axis {self.axis}, "
+                f"got input shape {input_shape}"
+            )
         weight = dict(shape=(n_features,), dtype=self._stat_dtype, trainable=False, autocast=False)
         self.median = self.add_weight(name="median", initializer="zeros", **weight)
         self.scale = self.add_weight(name="scale", initializer="ones", **weight)
-        self.count = self.add_weight(name="count", shape=(n_features,), dtype="int64", initializer="zeros",
-                                     trainable=False, autocast=False)
+        self.count = self.add_weight(
+            name="count", shape=(n_features,), dtype="int64", initializer="zeros",
+            trainable=False, autocast=False,
+        )
         self._rank = len(input_shape)
         self.input_spec = keras.InputSpec(ndim=self._rank, axes={axis: n_features})
 
@@ -538,6 +557,7 @@ class RobustScaler(keras.layers.Layer):
         Raises:
             ValueError: on data of the wrong rank or number of features, on
                 empty data, or when a feature has no finite value.
+            TypeError: on non-numeric data.
         """
         built_rank = self._rank if self.built else None
         n_features = int(self.median.shape[0]) if self.built else None
@@ -546,8 +566,7 @@ class RobustScaler(keras.layers.Layer):
             collector.add_dataset(data, steps)
         else:
             collector.add_batch(data, "the array")
-        values = collector.values()
-        median, scale, count = _robust_statistics(values, self.quantile_range)
+        median, scale, count = _robust_statistics(collector.checked_blocks(), self.quantile_range)
         if not self.built:
             shape = [None] * collector.rank
             shape[self._feature_axis(collector.rank)] = collector.n_features

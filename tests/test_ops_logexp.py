@@ -150,8 +150,8 @@ def test_softplus_inverse_is_relatively_accurate_next_to_its_root(dtype):
     npdt = _np_dtype(dtype)
     grid = np.array([math.log(2.0)], dtype=npdt)
     for _ in range(8):
-        grid = np.unique(np.concatenate([grid, np.nextafter(grid, npdt(0)),
-                                         np.nextafter(grid, npdt(1))]))
+        grid = np.unique(np.concatenate([grid, np.nextafter(grid, npdt.type(0)),
+                                         np.nextafter(grid, npdt.type(1))]))
     actual = _eval(ops.softplus_inverse, grid)
     ref.assert_ulp_within(actual, ref.reference_array(ref.mp_softplus_inverse, grid),
                           dtype, ELEMENTWISE_BUDGETS["softplus_inverse"][dtype])

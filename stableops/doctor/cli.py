@@ -15,6 +15,8 @@ import argparse
 import os
 import sys
 import time
+import warnings
+import zipfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -118,14 +120,19 @@ def load_model(path):
 
     if not os.path.isfile(path):
         raise BadInput(f"model file not found: {path}")
-    try:
-        return keras.saving.load_model(path)
-    except Exception as first_error:  # noqa: BLE001
+    if path.endswith(".keras") and not zipfile.is_zipfile(path):
+        raise BadInput(f"cannot load model {path}: not a .keras archive (a zip file written by model.save)")
+    with warnings.catch_warnings():
+        # e.g. "Skipping variable loading for optimizer": irrelevant to a diagnosis.
+        warnings.simplefilter("ignore")
         try:
-            # The model may load without its training config (e.g. a custom loss).
-            return keras.saving.load_model(path, compile=False)
-        except Exception:  # noqa: BLE001
-            raise BadInput(f"cannot load model {path}: {_first_line(first_error)}") from None
+            return keras.saving.load_model(path)
+        except Exception as first_error:  # noqa: BLE001
+            try:
+                # The model may load without its training config (e.g. a custom loss).
+                return keras.saving.load_model(path, compile=False)
+            except Exception:  # noqa: BLE001
+                raise BadInput(f"cannot load model {path}: {_first_line(first_error)}") from None
 
 
 def load_data(path, x_key, y_key):
@@ -133,6 +140,8 @@ def load_data(path, x_key, y_key):
 
     if not os.path.isfile(path):
         raise BadInput(f"data file not found: {path}")
+    if not zipfile.is_zipfile(path):
+        raise BadInput(f"cannot read {path}: not a .npz archive (write one with numpy.savez(path, x=..., y=...))")
     try:
         archive = np.load(path, allow_pickle=False)
     except Exception as error:  # noqa: BLE001
@@ -203,8 +212,11 @@ def run_diagnosis_command(args) -> int:
         raise BadInput("--out and --fast apply to the demo, not to MODEL DATA")
     if args.batch_size < 1:
         raise BadInput(f"--batch-size must be positive, got {args.batch_size}")
-    model = load_model(args.model)
+    for path, what in ((args.model, "model"), (args.data, "data")):
+        if not os.path.isfile(path):
+            raise BadInput(f"{what} file not found: {path}")
     x, y, x_keys, y_key = load_data(args.data, args.x_key, args.y_key)
+    model = load_model(args.model)
     check_fits(model, x, y, x_keys)
 
     from stableops.doctor import diagnose

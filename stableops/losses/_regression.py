@@ -910,7 +910,8 @@ class Dice(FunctionLoss):
     """
 
     def __init__(self, reduction=_REDUCTION, name="dice", axis=None, dtype=None, *, smooth=0.0):
-        _axis_argument(axis, allow_none=True)
+        # A list axis (as JSON gives back) is stored as a tuple: configs round trip.
+        axis = _axis_argument(axis, allow_none=True)
         _hyperparameter(smooth, "smooth", 0.0)
         super().__init__(
             dice, reduction=reduction, name=name, dtype=dtype, axis=axis, smooth=smooth
@@ -954,7 +955,7 @@ class Tversky(FunctionLoss):
     ):
         _hyperparameter(alpha, "alpha", 0.0)
         _hyperparameter(beta, "beta", 0.0)
-        _axis_argument(axis, allow_none=True)
+        axis = _axis_argument(axis, allow_none=True)  # a list is stored as a tuple
         _hyperparameter(smooth, "smooth", 0.0)
         super().__init__(
             tversky,

@@ -1,0 +1,141 @@
+"""stableops.callbacks.NaNGuard: restore, re-run, explain, then stop / raise / continue."""
+
+import keras
+import numpy as np
+import pytest
+
+from stableops.callbacks import NaNGuard, NonFiniteTrainingError
+
+BATCH, BATCHES = 16, 6
+BAD_BATCH = 3  # the one batch holding an empty (fully padded) sequence
+RNG = np.random.default_rng(0)
+TOKENS = RNG.integers(1, 10, size=(BATCH * BATCHES, 6)).astype(np.int32)
+TOKENS[BAD_BATCH * BATCH + 7] = 0  # every step is padding: the masked mean is 0/0
+LABELS = RNG.integers(0, 2, size=(BATCH * BATCHES, 1)).astype(np.float32)
+
+
+def masked_model(jit_compile=False, learning_rate=0.01):
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential(
+        [
+            keras.Input((6,), dtype="int32"),
+            keras.layers.Embedding(10, 4, mask_zero=True),
+            keras.layers.GlobalAveragePooling1D(name="pool"),
+            keras.layers.Dense(1, activation="sigmoid"),
+        ]
+    )
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss="binary_crossentropy", jit_compile=jit_compile)
+    return model
+
+
+class Recorder(keras.callbacks.Callback):
+    """Weights at the start of every batch, and how many batches finished."""
+
+    def __init__(self):
+        super().__init__()
+        self.weights, self.finished = [], 0
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self.weights.append([w.copy() for w in self.model.get_weights()])
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.finished += 1
+
+
+def fit(model, guard, epochs=1):
+    recorder = Recorder()
+    history = model.fit(
+        TOKENS, LABELS, batch_size=BATCH, epochs=epochs, shuffle=False, verbose=0, callbacks=[recorder, guard]
+    )
+    return recorder, history
+
+
+@pytest.mark.parametrize("jit_compile", [False, True])
+def test_stop_restores_the_weights_from_before_the_bad_batch_and_names_the_cause(jit_compile):
+    model = masked_model(jit_compile)
+    guard = NaNGuard(action="stop", verbose=0)
+    recorder, _ = fit(model, guard, epochs=2)
+
+    assert recorder.finished == BAD_BATCH + 1  # stopped right at the bad batch
+    for restored, before in zip(model.get_weights(), recorder.weights[BAD_BATCH]):
+        np.testing.assert_array_equal(restored, before)
+    [event] = guard.events
+    assert (event["epoch"], event["batch"], event["step"]) == (0, BAD_BATCH, BAD_BATCH + 1)
+    assert event["trigger"] == "loss"
+    assert event["restored_step"] == BAD_BATCH
+    assert event["layer"] == "pool"
+    assert event["op"] in ("RealDiv", "Div")
+    assert "fully masked" in event["cause"]
+    assert event["action"] == "stop"
+    finding = guard.report.find("activation.non_finite")[0]
+    assert finding.evidence["samples"] == [7]  # row 7 of the re-run batch
+    assert not getattr(model.train_function, "_stableops_nan_guard", False)  # unwrapped again
+
+
+def test_raise_restores_then_raises_with_the_report(capsys):
+    model = masked_model()
+    guard = NaNGuard(action="raise", verbose=1)
+    with pytest.raises(NonFiniteTrainingError, match="fully masked") as caught:
+        fit(model, guard)
+    assert caught.value.event["step"] == BAD_BATCH + 1
+    assert caught.value.report is guard.report
+    assert all(np.isfinite(w).all() for w in model.get_weights())
+    out = capsys.readouterr().out
+    assert "NaNGuard: non-finite loss at epoch 1, batch 3 (step 4)" in out
+    assert "activation.non_finite" in out  # the full report is printed
+    assert not getattr(model.train_function, "_stableops_nan_guard", False)
+
+
+def test_continue_lowers_the_learning_rate_and_stops_after_max_recoveries():
+    model = masked_model(learning_rate=0.01)
+    guard = NaNGuard(action="continue", lr_factor=0.5, max_recoveries=1, verbose=0)
+    recorder, history = fit(model, guard, epochs=3)
+
+    first, second = guard.events
+    assert first["action"] == "continue" and guard.recoveries == 1
+    assert float(model.optimizer.learning_rate) == pytest.approx(0.005)  # halved once
+    # It carried on through the rest of epoch 1 and into epoch 2 ...
+    assert second["step"] == BATCHES + BAD_BATCH + 1
+    assert recorder.finished == BATCHES + BAD_BATCH + 1
+    # ... where the second bad batch exceeded max_recoveries=1: stop.
+    assert second["action"] == "stop"
+    assert "as diagnosed at step 4" in second["cause"]
+    assert all(np.isfinite(w).all() for w in model.get_weights())
+    # The running mean restarted after the recovery, so epoch 1's loss is finite.
+    assert np.isfinite(history.history["loss"][0])
+
+
+def test_weights_that_overflow_with_a_finite_loss():
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1, name="dense")])
+    # A learning rate near float32's max: the first update overflows the weights to inf.
+    model.compile(optimizer=keras.optimizers.SGD(3e38), loss="mse")
+    initial = [w.copy() for w in model.get_weights()]
+    x = RNG.normal(size=(32, 3)).astype(np.float32)
+    y = 10.0 + RNG.normal(size=(32, 1)).astype(np.float32)
+    guard = NaNGuard(action="stop", verbose=0)
+    model.fit(x, y, batch_size=16, epochs=1, shuffle=False, verbose=0, callbacks=[guard])
+
+    [event] = guard.events
+    assert event["trigger"] == "weights" and event["step"] == 1 and np.isfinite(event["loss"])
+    assert "sequential/dense/kernel" in event["nonfinite_weights"][0]
+    assert event["layer"] == "layer 'dense'" and event["op"] == "optimizer update"
+    assert event["cause"].startswith("gradient.exploding")
+    for restored, before in zip(model.get_weights(), initial):
+        np.testing.assert_array_equal(restored, before)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"action": "explode"}, "action"),
+        ({"lr_factor": 0.0}, "lr_factor"),
+        ({"lr_factor": 2.0}, "lr_factor"),
+        ({"max_recoveries": -1}, "max_recoveries"),
+        ({"snapshot_every": 0}, "snapshot_every"),
+        ({"max_diagnoses": -1}, "max_diagnoses"),
+    ],
+)
+def test_bad_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        NaNGuard(**kwargs)

@@ -1,0 +1,147 @@
+"""The `stableops doctor` command: the demo, a user's saved model, and bad input (exit status 2)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import keras
+import matplotlib.image
+import numpy as np
+import pytest
+
+from stableops.doctor import cli
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+TITLES = (
+    "Unscaled features with outliers",
+    "Masked sequences, fully padded rows",
+    "Mixed-precision sigmoid classifier",
+    "Out-of-range labels under XLA",
+)
+
+
+def test_demo_end_to_end_in_fast_mode(tmp_path, capsys):
+    out = tmp_path / "stableops-doctor-test.png"
+    assert cli.main(["doctor", "--fast", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+
+    # Progress while it runs, then the side-by-side table and the diagnosis.
+    assert "[1/4]" in text and "[4/4]" in text
+    table = text[text.index("| stock Keras") :].split("\n\n")[0]
+    rows = {line.split("|")[0].strip(): line for line in table.splitlines()[3:]}
+    assert set(rows) == set(TITLES)
+    for title in TITLES:
+        stock, stable = (cell.split() for cell in rows[title].split("|")[1:3])
+        assert stock[0] == "step" and stock[2] == "nan"  # stock Keras goes NaN ...
+        assert np.isfinite(float(stable[-2]))  # ... stableops ends finite
+    assert rows["Out-of-range labels under XLA"].split("|")[2].split()[2] == "(caught)"
+    for check in ("input.scale", "activation.non_finite", "input.float16_overflow", "labels.range"):
+        assert check in text
+    assert "NaNGuard caught" in text
+
+    data = out.read_bytes()
+    assert data[:8] == PNG_SIGNATURE
+    image = matplotlib.image.imread(str(out))
+    assert image.ndim == 3 and image.shape[0] > 200 and image.shape[1] > 400
+    assert image.std() > 0.01  # not a blank canvas
+    assert keras.config.dtype_policy().name == "float32"  # the mixed-precision scenario cleaned up
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    """A healthy saved model, and data files for it."""
+    folder = tmp_path_factory.mktemp("doctor")
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(64, 5)).astype(np.float32)
+    y = (x[:, :1] > 0).astype(np.float32)
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential(
+        [keras.Input((5,)), keras.layers.Dense(8, activation="relu"), keras.layers.Dense(1, activation="sigmoid")]
+    )
+    model.compile(optimizer="adam", loss="binary_crossentropy")
+    model.save(folder / "model.keras")
+    np.savez(folder / "data.npz", x=x, y=y, narrow=x[:, :3], short_y=y[:10])
+    np.savez(folder / "features.npz", inputs=x, labels=y)
+    bad = x.copy()
+    bad[3, 1] = np.nan
+    np.savez(folder / "nan.npz", x=bad, y=y)
+    (folder / "garbage.keras").write_text("not a model")
+    (folder / "garbage.npz").write_text("not an archive")
+    np.save(folder / "single.npy", x)
+    (folder / "renamed.keras").write_bytes((folder / "data.npz").read_bytes())  # a zip, but not a model
+    return folder
+
+
+def run(argv, capsys):
+    status = cli.main(["doctor", *map(str, argv)])
+    captured = capsys.readouterr()
+    return status, captured.out, captured.err
+
+
+def test_user_model_healthy(saved, capsys):
+    status, out, err = run([saved / "model.keras", saved / "data.npz"], capsys)
+    assert status == 0, err
+    assert "stableops doctor report" in out and "0 errors, 0 warnings" in out
+
+
+def test_user_model_json_and_keys(saved, capsys):
+    status, out, _ = run([saved / "model.keras", saved / "features.npz", "--x", "inputs", "--y", "labels", "--json"], capsys)
+    assert status == 0
+    data = json.loads(out)
+    assert data["ok"] is True and data["context"]["samples"] == 64
+    assert data["context"]["loss"] == "keras.losses.binary_crossentropy"
+
+
+def test_user_model_with_problems_exits_1(saved, capsys):
+    status, out, _ = run([saved / "model.keras", saved / "nan.npz"], capsys)
+    assert status == 1
+    assert "input.non_finite" in out and "input feature 1" in out
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["missing.keras", "data.npz"], "model file not found"),
+        (["model.keras", "missing.npz"], "data file not found"),
+        (["garbage.keras", "data.npz"], "cannot load model"),
+        (["renamed.keras", "data.npz"], "cannot load model"),
+        (["model.keras", "garbage.npz"], "not a .npz archive"),
+        (["model.keras", "single.npy"], "not a .npz archive"),
+        (["model.keras", "data.npz", "--x", "nope"], "no array 'nope'"),
+        (["model.keras", "data.npz", "--y", "nope"], "no array 'nope'"),
+        (["model.keras", "features.npz"], "no array 'x'"),
+        (["model.keras", "data.npz", "--x", "narrow"], "has shape (64, 3) but the model expects (None, 5)"),
+        (["model.keras", "data.npz", "--y", "short_y"], "x has 64 samples but y has 10"),
+        (["model.keras", "data.npz", "--x", "x,narrow"], "takes 1 input(s) but 2 array(s)"),
+        (["model.keras"], "give both MODEL and DATA"),
+        (["model.keras", "data.npz", "--batch-size", "0"], "--batch-size must be positive"),
+        (["model.keras", "data.npz", "--fast"], "apply to the demo"),
+        (["--json"], "apply to MODEL DATA"),
+        (["--bogus"], "unrecognized arguments: --bogus"),
+    ],
+)
+def test_bad_input_gives_one_line_and_status_2(saved, capsys, monkeypatch, args, message):
+    monkeypatch.chdir(saved)
+    status, out, err = run(args, capsys)
+    assert status == 2
+    assert out == ""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("stableops doctor: error: ") and message in lines[0]
+
+
+def test_no_command(capsys):
+    assert cli.main([]) == 2
+    assert "stableops doctor" in capsys.readouterr().err
+
+
+def test_python_dash_m_in_a_subprocess(saved):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    result = subprocess.run(
+        [sys.executable, "-m", "stableops", "doctor", str(saved / "model.keras"), str(saved / "missing.npz")],
+        capture_output=True, text=True, env=env, timeout=300,
+    )
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == f"stableops doctor: error: data file not found: {saved / 'missing.npz'}"

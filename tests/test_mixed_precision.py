@@ -1,0 +1,174 @@
+"""Mixed precision: stableops models train under mixed_float16/mixed_bfloat16 as in float32.
+
+The problem is the saturated sigmoid + binary cross-entropy case from the
+losses issue: a classifier whose output logits start near +12 while half the
+labels are 0. In float32 (and with stableops under any policy) the loss
+starts at about 6 and falls. Under mixed_float16/mixed_bfloat16 the sigmoid's
+float16/bfloat16 output rounds to exactly 1.0; Keras's loss casts it to
+float32, which drops the logits the sigmoid left on it, clips 1.0 to 1 - 1e-7
+and returns a constant loss with gradient 0: training does not move.
+
+Each run starts from the same weights and takes full-batch SGD steps, so the
+per-step losses (``history["loss"]``, one batch per epoch) are comparable
+step by step.
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+
+import stableops
+
+BATCH = 16
+FEATURES = 4
+STEPS = 6
+LEARNING_RATE = 0.5
+SATURATING_BIAS = 12.0  # sigmoid(12) = 1 - 6e-6: exactly 1.0 in float16 and bfloat16
+# Relative tolerance against the float32 trajectory: the hidden layers
+# compute in half precision (float16: 11-bit, bfloat16: 8-bit significand),
+# so activations carry ~1e-3 (float16) / ~8e-3 (bfloat16) relative rounding.
+TOLERANCE = {"mixed_float16": 1e-2, "mixed_bfloat16": 3e-2}
+
+
+def _data():
+    rng = np.random.default_rng(0)
+    x = (10.0 * rng.normal(size=(BATCH, FEATURES)) + 3.0).astype("float32")  # unscaled
+    y = (np.arange(BATCH) % 2).astype("float32")[:, None]  # half the labels are 0
+    return x, y
+
+
+def _build():
+    """RobustScaler -> Dense -> ELU -> Dense -> LeakyReLU -> Dense(sigmoid), stableops layers."""
+    scaler = stableops.layers.RobustScaler()
+    scaler.adapt(_data()[0])
+    return keras.Sequential(
+        [
+            keras.Input((FEATURES,)),
+            scaler,
+            keras.layers.Dense(8, kernel_initializer=keras.initializers.GlorotUniform(seed=1)),
+            stableops.layers.ELU(),
+            keras.layers.Dense(8, kernel_initializer=keras.initializers.GlorotUniform(seed=2)),
+            stableops.layers.LeakyReLU(),
+            keras.layers.Dense(
+                1,
+                activation="sigmoid",
+                kernel_initializer=keras.initializers.GlorotUniform(seed=3),
+                bias_initializer=keras.initializers.Constant(SATURATING_BIAS),
+            ),
+        ]
+    )
+
+
+def _train(policy, loss, optimizer, steps=STEPS, **compile_kwargs):
+    """Per-step losses and final weights of full-batch training under ``policy``."""
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(policy)
+    try:
+        model = _build()
+        model.compile(optimizer=optimizer, loss=loss, **compile_kwargs)
+        x, y = _data()
+        history = model.fit(x, y, batch_size=BATCH, epochs=steps, verbose=0, shuffle=False)
+    finally:
+        keras.config.set_dtype_policy(previous)
+    return np.array(history.history["loss"]), model
+
+
+@pytest.fixture(scope="module")
+def float32_run():
+    losses, model = _train(
+        "float32", stableops.losses.BinaryCrossentropy(), keras.optimizers.SGD(LEARNING_RATE)
+    )
+    # The problem is well posed: float32 training starts confidently wrong
+    # on half the batch (mean loss ~6) and makes progress.
+    assert losses[0] > 4.0 and losses[-1] < losses[0] - 1.0, losses
+    return losses, model.get_weights()
+
+
+def _assert_matches_float32(losses, model, float32_run, policy):
+    reference, reference_weights = float32_run
+    np.testing.assert_allclose(losses, reference, rtol=TOLERANCE[policy])
+    half = "float16" if policy == "mixed_float16" else "bfloat16"
+    assert model.layers[-1].compute_dtype == half  # it really ran in half precision
+    for got, want in zip(model.get_weights(), reference_weights):
+        assert np.all(np.isfinite(got))
+        np.testing.assert_allclose(got, want, rtol=5 * TOLERANCE[policy], atol=TOLERANCE[policy])
+
+
+def test_mixed_float16_with_loss_scale_optimizer_matches_float32(float32_run):
+    optimizer = keras.optimizers.LossScaleOptimizer(keras.optimizers.SGD(LEARNING_RATE))
+    losses, model = _train("mixed_float16", stableops.losses.BinaryCrossentropy(), optimizer)
+    _assert_matches_float32(losses, model, float32_run, "mixed_float16")
+
+
+@pytest.mark.parametrize("auto_scale_loss", [False, True])
+def test_mixed_float16_with_skip_non_finite_around_loss_scale_optimizer(float32_run, auto_scale_loss):
+    optimizer = stableops.optimizers.SkipNonFinite(
+        keras.optimizers.LossScaleOptimizer(keras.optimizers.SGD(LEARNING_RATE))
+    )
+    losses, model = _train(
+        "mixed_float16", stableops.losses.BinaryCrossentropy(), optimizer,
+        auto_scale_loss=auto_scale_loss,
+    )
+    _assert_matches_float32(losses, model, float32_run, "mixed_float16")
+    assert int(np.asarray(optimizer.skipped_steps)) == 0
+
+
+def test_mixed_float16_with_skip_non_finite_inside_the_automatic_loss_scaling(float32_run):
+    # The plain form: Keras wraps any optimizer in a LossScaleOptimizer under
+    # mixed_float16, so this trains LossScaleOptimizer(SkipNonFinite(SGD)).
+    optimizer = stableops.optimizers.SkipNonFinite(keras.optimizers.SGD(LEARNING_RATE))
+    losses, model = _train("mixed_float16", stableops.losses.BinaryCrossentropy(), optimizer)
+    assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
+    _assert_matches_float32(losses, model, float32_run, "mixed_float16")
+
+
+def test_mixed_bfloat16_matches_float32(float32_run):
+    losses, model = _train(
+        "mixed_bfloat16", stableops.losses.BinaryCrossentropy(), keras.optimizers.SGD(LEARNING_RATE)
+    )
+    _assert_matches_float32(losses, model, float32_run, "mixed_bfloat16")
+
+
+@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
+def test_stock_keras_loss_does_not_train_here(float32_run, policy):
+    """The control: this is a problem where Keras's own loss fails (loss frozen, gradient 0)."""
+    losses, _ = _train(policy, keras.losses.BinaryCrossentropy(), keras.optimizers.SGD(LEARNING_RATE))
+    assert np.all(losses == losses[0]), losses  # no step changed the loss
+    assert not np.allclose(losses, float32_run[0], rtol=TOLERANCE[policy])
+
+
+INITIAL_SCALE = 2.0**20
+
+
+def test_skip_non_finite_leaves_loss_scale_overflow_recovery_to_the_scaler():
+    """An initial loss scale of 2**20 overflows float16 gradients for the first steps.
+
+    LossScaleOptimizer skips those steps and halves its scale until the
+    gradients fit. SkipNonFinite around it must not intercept them (or the
+    scale never comes down): the run must be step for step the one of the
+    LossScaleOptimizer alone, and training must resume.
+    """
+    steps = 8
+
+    def loss_scaled():
+        return keras.optimizers.LossScaleOptimizer(
+            keras.optimizers.SGD(LEARNING_RATE), initial_scale=INITIAL_SCALE
+        )
+
+    alone, alone_model = _train(
+        "mixed_float16", stableops.losses.BinaryCrossentropy(), loss_scaled(), steps=steps
+    )
+    wrapped_optimizer = stableops.optimizers.SkipNonFinite(loss_scaled())
+    wrapped, wrapped_model = _train(
+        "mixed_float16", stableops.losses.BinaryCrossentropy(), wrapped_optimizer, steps=steps,
+        auto_scale_loss=False,
+    )
+    # The scaler really had to recover: it lowered its scale ...
+    assert float(np.asarray(alone_model.optimizer.dynamic_scale)) < INITIAL_SCALE
+    # ... and training then moved.
+    assert alone[-1] < alone[0] - 0.5, alone
+    np.testing.assert_allclose(wrapped, alone, rtol=1e-6)
+    for got, want in zip(wrapped_model.get_weights(), alone_model.get_weights()):
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
