@@ -430,6 +430,25 @@ def _finite_reference_mask(reference, out_dtype) -> np.ndarray:
     return np.asarray(flat, dtype=bool).reshape(reference.shape)
 
 
+def flush_aware(errors: np.ndarray, reference: np.ndarray, out_dtype) -> np.ndarray:
+    """ULP errors with the unit floored at the smallest normal ``tiny``.
+
+    TF and XLA flush subnormal *intermediates* to zero, so a result just above
+    ``tiny`` (e.g. ``logsumexp`` of a row whose exponentials are subnormal)
+    can be off by up to ``tiny`` in absolute terms: millions of its own ULPs,
+    yet one unit of the flushed arithmetic. ``ulp_error`` already floors the
+    unit at ``tiny`` for references below ``tiny``; this extends the floor to
+    every reference, and changes nothing for ``|reference| >= tiny / eps``.
+    """
+    info = ml_dtypes.finfo(to_numpy_dtype(out_dtype))
+    tiny = float(info.tiny)
+    magnitude = np.abs(np.array([float(r) for r in reference.flat], dtype=np.float64)).reshape(reference.shape)
+    _, exponent = np.frexp(magnitude)  # magnitude = m 2^e, m in [0.5, 1): ulp = 2^(e - 1 - nmant)
+    ulp = np.where(magnitude < tiny, tiny, np.ldexp(1.0, exponent - 1 - int(info.nmant)))
+    with np.errstate(invalid="ignore"):
+        return np.where(np.isfinite(errors), errors * ulp / np.maximum(ulp, tiny), errors)
+
+
 def _describe_inputs(exact, index) -> list:
     row = index[0]
     return [np.asarray(a[row]).tolist() for a in exact]
@@ -450,6 +469,7 @@ def measure_one(case, impl, mode: str, rounded, exact, reference, n_grid: int) -
     on_grid[:n_grid] = True
     grid_errors = errors[on_grid]
     random_errors = errors[~on_grid]
+    flushed = flush_aware(errors, reference, out_dtype)
     worst_index = np.unravel_index(int(np.argmax(errors)), errors.shape)
     grad_rows_bad = ~np.isfinite(grad.astype(np.float64)).reshape(grad.shape[0], -1).all(axis=1)
     return {
@@ -462,6 +482,8 @@ def measure_one(case, impl, mode: str, rounded, exact, reference, n_grid: int) -
         "random_points": int(errors.shape[0] - n_grid),
         "max_ulp_grid": float(grid_errors.max()) if grid_errors.size else 0.0,
         "max_ulp_random": float(random_errors.max()) if random_errors.size else 0.0,
+        "max_ulp_grid_flush_aware": float(flushed[on_grid].max()) if grid_errors.size else 0.0,
+        "max_ulp_random_flush_aware": float(flushed[~on_grid].max()) if random_errors.size else 0.0,
         "median_ulp": float(np.median(errors)),
         "nonfinite_values": int(np.sum(~np.isfinite(value.astype(np.float64)) & finite_ref)),
         "nonfinite_grad_samples": int(grad_rows_bad.sum()),
@@ -485,8 +507,9 @@ def run_accuracy(cases, availability, config, log=print) -> dict:
         for dtype in config.accuracy_dtypes:
             rounded, exact, n_grid = _sample_inputs(spec, dtype, config.random_points, config.grid_stride)
             reference = spec.reference(*exact)
+            modes = MODES if dtype == "float32" else config.accuracy_half_modes
             for impl in impls:
-                for mode in MODES:
+                for mode in modes:
                     try:
                         row = measure_one(case, impl, mode, rounded, exact, reference, n_grid)
                     except Exception as error:  # noqa: BLE001 - a failing contestant is a finding

@@ -43,7 +43,10 @@ def float16_support(flags: set[str]) -> dict:
 
 
 def _git_commit() -> str:
-    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    import stableops
+
+    # The commit of the stableops being measured (the harness may run from a copy elsewhere).
+    here = os.path.dirname(os.path.dirname(os.path.abspath(stableops.__file__)))
     try:
         commit = subprocess.run(
             ["git", "-C", here, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10

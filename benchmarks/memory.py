@@ -83,7 +83,7 @@ def run_memory(cases, availability, config, log=print) -> dict:
         for impl in impls:
             for mode in MODES:
                 warm_up(case, impl, mode, inputs)  # compile and first-call setup are not counted
-                extra = peak_extra_bytes(contestant(case, impl, mode), inputs)
+                extra = peak_extra_bytes(contestant(case, impl, mode, inputs), inputs)
                 rows.append(
                     {
                         "case": case.name,

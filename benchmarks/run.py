@@ -33,9 +33,11 @@ class Config:
     half_sizes: tuple[int, ...]
     speed_dtypes: tuple[str, ...]
     accuracy_dtypes: tuple[str, ...]
+    accuracy_half_modes: tuple[str, ...]  # float32 is measured eager and under XLA; half dtypes in these
     modes: tuple[str, ...]
     rounds: dict  # {size threshold: rounds} - a size uses the entry of the largest threshold <= size
     min_sample_s: float
+    limits_min_size: int  # elementwise cases at >= this size also time a memory copy of their traffic
     random_points: int
     grid_stride: int
     memory_size: int
@@ -62,17 +64,19 @@ PRESETS = {
     "full": Config(
         preset="full",
         sizes=tuple(2**k for k in (10, 14, 18, 20, 22, 24)),
-        half_sizes=(2**14, 2**20),
+        half_sizes=(2**20,),
         speed_dtypes=("float32", "float16"),
         accuracy_dtypes=("float32", "float16", "bfloat16"),
+        accuracy_half_modes=("eager",),
         modes=("eager", "function", "xla"),
         rounds={2**10: 7, 2**20: 5, 2**24: 3},
         min_sample_s=0.02,
+        limits_min_size=2**20,
         random_points=512,
         grid_stride=1,
         memory_size=2**24,
-        bandwidth_bytes=2**28,
-        bandwidth_repeats=7,
+        bandwidth_bytes=2**27,
+        bandwidth_repeats=5,
         e2e_models=("mlp", "gru"),
         e2e_steps=40,
         e2e_batch=128,
@@ -85,9 +89,11 @@ PRESETS = {
         half_sizes=(),
         speed_dtypes=("float32",),
         accuracy_dtypes=("float32",),
+        accuracy_half_modes=("eager",),
         modes=("eager", "function", "xla"),
         rounds={2**10: 3},
         min_sample_s=0.01,
+        limits_min_size=2**20,
         random_points=128,
         grid_stride=1,
         memory_size=2**20,
@@ -105,9 +111,11 @@ PRESETS = {
         half_sizes=(),
         speed_dtypes=("float32",),
         accuracy_dtypes=("float32",),
+        accuracy_half_modes=("eager",),
         modes=("eager", "function", "xla"),
         rounds={2**8: 1},
         min_sample_s=0.0,
+        limits_min_size=2**8,
         random_points=8,
         grid_stride=16,
         memory_size=2**8,  # the speed size: reuses its compiled functions
@@ -139,6 +147,9 @@ def parse_args(argv):
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"output directory (default {DEFAULT_OUT})")
     parser.add_argument("--sizes", help="override the size ladder: comma-separated powers of two, e.g. 10,16,20")
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    parser.add_argument(
+        "--report-only", action="store_true", help="measure nothing: rebuild summary.md and plots from --out's JSON"
+    )
     parser.add_argument("--quiet", action="store_true", help="do not print progress or the summary")
     args = parser.parse_args(argv)
     sections = tuple(s.strip() for s in args.sections.split(",") if s.strip())
@@ -189,6 +200,11 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     config = make_config(args)
     log = (lambda *a, **k: None) if args.quiet else (lambda *a, **k: print(*a, **k, flush=True))
+    if args.report_only:
+        from benchmarks import report
+
+        log(report.write_report(args.out, plots=not args.no_plots))
+        return 0
 
     import tensorflow as tf
 

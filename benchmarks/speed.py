@@ -32,6 +32,7 @@ import numpy as np
 from benchmarks.cases import BASELINE, Case, available_impls
 
 MODES = ("eager", "function", "xla")
+COPY = ("memcpy", "numpy")  # the (impl, mode) key of the memory-copy yardstick
 METHOD = (
     "forward + backward per call; contestants of one (case, size, dtype) timed in interleaved rounds "
     "(order alternating), each sample = back-to-back calls lasting >= min_sample_s; time = median over "
@@ -56,30 +57,43 @@ def forward_backward(fn: Callable, wrt: int) -> Callable:
     return fb
 
 
-def in_mode(fb: Callable, mode: str) -> Callable:
+def in_mode(fb: Callable, mode: str, example_inputs=None) -> Callable:
+    """``fb`` as run in ``mode``; graph modes traced with an unknown batch dimension.
+
+    With ``example_inputs`` the ``tf.function`` gets an input signature whose
+    first dimension is ``None`` (as ``model.fit`` traces its train step), so
+    it is traced once for every size; XLA still compiles once per shape.
+    """
     import tensorflow as tf
 
     if mode == "eager":
         return fb
-    return tf.function(fb, jit_compile=(mode == "xla"), autograph=False)
+    signature = None
+    if example_inputs is not None:
+        signature = [tf.TensorSpec([None, *t.shape[1:]], t.dtype) for t in example_inputs]
+    return tf.function(fb, jit_compile=(mode == "xla"), autograph=False, input_signature=signature)
 
 
 _CONTESTANTS: dict = {}
 
 
-def contestant(case: Case, impl, mode: str) -> Callable:
-    """The forward + backward of ``impl`` in ``mode``, one per (case, impl, mode) for the whole run.
+def _dtypes_key(inputs) -> tuple:
+    return tuple((t.dtype.name, len(t.shape)) for t in inputs)
 
-    Reused across sizes and sections (``memory.py``), so a shape compiled for
-    the speed run is not compiled again.
+
+def contestant(case: Case, impl, mode: str, inputs) -> Callable:
+    """The forward + backward of ``impl`` in ``mode``, one per (case, impl, mode, dtypes) for the run.
+
+    Reused across sizes and sections (``memory.py``): traced once, and a shape
+    compiled for the speed run is not compiled again.
     """
-    key = (case.name, impl.name, mode)
+    key = (case.name, impl.name, mode, _dtypes_key(inputs))
     if key not in _CONTESTANTS:
-        _CONTESTANTS[key] = in_mode(forward_backward(impl.build(False), case.wrt), mode)
+        _CONTESTANTS[key] = in_mode(forward_backward(impl.build(False), case.wrt), mode, inputs)
     return _CONTESTANTS[key]
 
 
-_WARM: set = set()  # (case, impl, mode, dtype, shapes) already run once: compiled, first-call costs paid
+_WARM: set = set()  # (case, impl, mode, shapes) already run once: compiled, first-call costs paid
 
 
 def _shape_key(inputs) -> tuple:
@@ -90,7 +104,7 @@ def warm_up(case: Case, impl, mode: str, inputs) -> None:
     """Run the contestant once on these shapes unless the speed run already did."""
     key = (case.name, impl.name, mode, _shape_key(inputs))
     if key not in _WARM:
-        contestant(case, impl, mode)(*inputs)
+        contestant(case, impl, mode, inputs)(*inputs)
         _WARM.add(key)
 
 
@@ -112,22 +126,27 @@ def _time_calls(fn: Callable, inputs, calls: int) -> tuple[float, float]:
 def _nbytes(structure) -> int:
     import tensorflow as tf
 
-    return int(sum(t.shape.num_elements() * t.dtype.size for t in tf.nest.flatten(structure)))
+    return int(sum(t.shape.num_elements() * t.dtype.size for t in tf.nest.flatten(structure) if tf.is_tensor(t)))
 
 
-def time_interleaved(contestants: dict, inputs, *, rounds: int, min_sample_s: float, warmup: int = 1):
-    """Wall and CPU samples ``{key: [seconds per call, one per round]}``, calls per sample, first-call seconds, output bytes."""
-    first_call, out_bytes = {}, {}
+def time_interleaved(contestants: dict, inputs, *, rounds: int, min_sample_s: float):
+    """Wall and CPU samples ``{key: [seconds per call, one per round]}``, calls per sample, first-call seconds, output bytes.
+
+    Each contestant is called once to compile (timed as ``first_call``), once
+    more to warm up and size its samples, then once per round.
+    """
+    first_call, out_bytes, calls = {}, {}, {}
     for key, fn in contestants.items():
         start = time.perf_counter()
         out = fn(*inputs)  # compiles / traces
         first_call[key] = time.perf_counter() - start
         out_bytes[key] = _nbytes(out)
         del out
-        for _ in range(warmup):
-            fn(*inputs)
-    calls = {}
-    for key, fn in contestants.items():
+        if key[1] == "eager" and key[0] != "stableops" and first_call[key] > max(min_sample_s, 0.5):
+            # Keras and tf.nn compile nothing eagerly (stableops's eager kernels do): a slow first
+            # call is a slow call (Keras eager at 2^24 takes seconds); skip the sizing call.
+            calls[key] = 1
+            continue
         once, _ = _time_calls(fn, inputs, 1)
         calls[key] = int(min(200, max(1, np.ceil(min_sample_s / max(once, 1e-7)))))
     samples = {key: [] for key in contestants}
@@ -151,8 +170,36 @@ def _quantiles(values) -> dict:
     return {"median": float(q50), "q25": float(q25), "q75": float(q75)}
 
 
+def _ratio_row(case, dtype, size, mode, impl, baseline, samples, cpu_samples) -> dict:
+    wall = np.asarray(samples[(impl, mode)]) / np.asarray(samples[(baseline, mode)])
+    cpu = np.asarray(cpu_samples[(impl, mode)]) / np.asarray(cpu_samples[(baseline, mode)])
+    return {
+        "case": case,
+        "dtype": dtype,
+        "size": size,
+        "mode": mode,
+        "impl": impl,
+        "baseline": baseline,
+        "ratio": _quantiles(wall),
+        "cpu_ratio": _quantiles(cpu),
+        "rounds": int(wall.size),
+    }
+
+
+def _copy_reference(n_bytes: int) -> Callable:
+    """A numpy copy moving ``n_bytes`` (half read, half written): the memory-limit yardstick."""
+    src = np.ones(max(1, n_bytes // 8), dtype=np.float32)
+    dst = np.empty_like(src)
+    return lambda *inputs: np.copyto(dst, src)
+
+
 def run_speed(cases, availability, config, log=print) -> dict:
-    """Time every available contestant; returns the ``speed`` section (JSON-ready)."""
+    """Time every available contestant; returns the ``speed`` section (JSON-ready).
+
+    Elementwise cases at ``size >= config.limits_min_size`` (float32) also time
+    ``COPY`` in the same rounds: a numpy copy of the case's compulsory traffic,
+    the yardstick of ``bandwidth.limits_table``.
+    """
     import tensorflow as tf
 
     timings, ratios = [], []
@@ -165,8 +212,13 @@ def run_speed(cases, availability, config, log=print) -> dict:
             for size in sizes:
                 rng = np.random.default_rng(size)
                 inputs = [tf.convert_to_tensor(a) for a in case.make_inputs(size, np.dtype(dtype), rng)]
-                contestants = {(i.name, m): contestant(case, i, m) for i in impls for m in config.modes}
+                contestants = {(i.name, m): contestant(case, i, m, inputs) for i in impls for m in config.modes}
                 _WARM.update((case.name, i, m, _shape_key(inputs)) for i, m in contestants)
+                with_copy = case.elementwise and dtype == "float32" and size >= config.limits_min_size
+                if with_copy:
+                    # inputs read, gradient written, and (an op's) output written; a loss's value is a scalar
+                    traffic = _nbytes(inputs) + _nbytes(inputs[case.wrt]) * (2 if case.kind == "op" else 1)
+                    contestants[COPY] = _copy_reference(traffic)
                 start = time.perf_counter()
                 samples, cpu_samples, calls, first, out_bytes = time_interleaved(
                     contestants, inputs, rounds=config.rounds_for(size), min_sample_s=config.min_sample_s
@@ -191,42 +243,15 @@ def run_speed(cases, availability, config, log=print) -> dict:
                             "calls_per_sample": calls[(impl_name, mode)],
                             "first_call_seconds": float(first[(impl_name, mode)]),
                             # compulsory traffic: read every input once, write value and gradient once
-                            "bytes": _nbytes(inputs) + out_bytes[(impl_name, mode)],
+                            "bytes": _nbytes(inputs) + out_bytes[(impl_name, mode)]
+                            if (impl_name, mode) != COPY
+                            else 2 * (traffic // 8) * 4,
                         }
                     )
                 for mode in config.modes:
-                    if (BASELINE, mode) not in samples:
-                        continue
-                    base = np.asarray(samples[(BASELINE, mode)])
-                    for impl in impls:
-                        if impl.name == BASELINE:
-                            continue
-                        paired = np.asarray(samples[(impl.name, mode)]) / base
-                        ratios.append(
-                            {
-                                "case": case.name,
-                                "dtype": dtype,
-                                "size": size,
-                                "mode": mode,
-                                "impl": impl.name,
-                                "baseline": BASELINE,
-                                "ratio": _quantiles(paired),
-                                "rounds": int(paired.size),
-                            }
-                        )
-                    if ("stableops", mode) in samples and ("tf.nn", mode) in samples:
-                        paired = np.asarray(samples[("stableops", mode)]) / np.asarray(samples[("tf.nn", mode)])
-                        ratios.append(
-                            {
-                                "case": case.name,
-                                "dtype": dtype,
-                                "size": size,
-                                "mode": mode,
-                                "impl": "stableops",
-                                "baseline": "tf.nn",
-                                "ratio": _quantiles(paired),
-                                "rounds": int(paired.size),
-                            }
-                        )
+                    names = {i.name for i in impls}
+                    for impl, baseline in (("stableops", BASELINE), ("tf.nn", BASELINE), ("stableops", "tf.nn")):
+                        if impl in names and baseline in names:
+                            ratios.append(_ratio_row(case.name, dtype, size, mode, impl, baseline, samples, cpu_samples))
                 del contestants, inputs
     return {"method": METHOD, "timings": timings, "ratios": ratios}

@@ -143,7 +143,7 @@ class NaNGuard(keras.callbacks.Callback):
         self._variables = list(self.model.weights) + (list(optimizer.variables) if optimizer is not None else [])
         self._float_variables = [v for v in self._variables if tf.as_dtype(v.dtype).is_floating]
         self._shadows = [tf.Variable(v.value, trainable=False) for v in self._variables]
-        self._check_and_save = tf.function(self._check_and_save_fn)
+        self._check_and_save = tf.function(self._check_and_save_fn, autograph=False)
         self._install_batch_stash()
 
     def on_train_end(self, logs=None):

@@ -416,8 +416,18 @@ def test_sampling_is_bounded_and_deterministic():
     model = mlp()
     model.compile(optimizer="adam", loss="mse")
     first = diagnose(model, x, y, batch_size=16, max_batches=2)
-    assert first.context["samples"] == 32 and first.context["of"] == 4 * N
+    assert first.context["samples"] == 32 and first.context["of"] == first.context["data_rows"] == 4 * N
     assert first.to_dict() == diagnose(model, x, y, batch_size=16, max_batches=2).to_dict()
+
+
+def test_data_checks_see_more_rows_than_the_model_sample():
+    x = np.repeat(X, 40, axis=0)  # 5120 rows, the model sees 32 of them
+    x[4321, 3] = np.nan
+    model = mlp()
+    model.compile(optimizer="adam", loss="mse")
+    report = diagnose(model, x, np.repeat(Y_REG, 40, axis=0), batch_size=16, max_batches=2)
+    assert report.context["samples"] == 32
+    assert only(report, "input.non_finite").location == "input feature 3"
 
 
 def test_bad_arguments():

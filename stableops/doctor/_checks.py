@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import warnings
 
 import numpy as np
 import tensorflow as tf
@@ -54,20 +55,22 @@ def _feature_matrix(values: np.ndarray) -> np.ndarray:
     return values.reshape(-1, values.shape[-1])
 
 
-def _robust_sd(column: np.ndarray, median: float) -> float:
-    """Robust estimate of a normal SD: MAD / 0.6745, else mean |x - median| * 1.2533."""
-    deviation = np.abs(column - median)
-    mad = float(np.median(deviation))
-    if mad > 0:
-        return mad / th.MAD_TO_SD
-    return float(deviation.mean()) * th.MEAN_AD_TO_SD
-
-
 def feature_statistics(values: np.ndarray) -> dict:
-    """Per-feature statistics of one float input (NaN/inf excluded)."""
+    """Per-feature statistics of one float input, NaN/inf excluded (vectorised over features).
+
+    ``magnitude`` is the typical size of a value (the 75th percentile of
+    ``|x|``, robust to outliers; the largest ``|x|`` for a mostly-zero
+    feature); ``max_z`` and ``outliers`` use the robust z-score
+    ``|x - median| / sd`` with ``sd = MAD / 0.6745`` (mean absolute deviation
+    * 1.2533 when the MAD is 0). Binary/indicator features (at most two
+    distinct values) get no outlier statistics: their rare level is not an
+    outlier.
+    """
     matrix = _feature_matrix(values)
     n_features = matrix.shape[1]
     finite = np.isfinite(matrix)
+    clean = np.where(finite, matrix, np.nan)
+    has_values = finite.any(axis=0)
     out = {
         "nonfinite": (~finite).sum(axis=0),
         "magnitude": np.zeros(n_features),
@@ -75,28 +78,30 @@ def feature_statistics(values: np.ndarray) -> dict:
         "max_z": np.zeros(n_features),
         "outliers": np.zeros(n_features, dtype=np.int64),
     }
-    for j in range(n_features):
-        column = matrix[finite[:, j], j]
-        if column.size == 0:
-            continue
-        absolute = np.abs(column)
-        out["max_abs"][j] = absolute.max()
-        # Typical magnitude: the 75th percentile of |x| (robust to outliers),
-        # or the largest |x| for a mostly-zero feature.
-        typical = float(np.percentile(absolute, 75))
-        out["magnitude"][j] = typical if typical > 0 else absolute.max()
-        if np.unique(column[: 4096]).size <= 2:
-            continue  # binary/indicator feature: "outliers" are its rare level
-        median = float(np.median(column))
-        sd = _robust_sd(column, median)
-        if sd > 0:
-            z = np.abs(column - median) / sd
-            out["max_z"][j] = z.max()
-            out["outliers"][j] = int((z > th.OUTLIER_Z).sum())
+    if not has_values.any():
+        return out
+    with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns
+        absolute = np.abs(clean)
+        max_abs = np.nanmax(absolute, axis=0)
+        typical = np.nanpercentile(absolute, 75, axis=0)
+        median = np.nanmedian(clean, axis=0)
+        deviation = np.abs(clean - median)
+        mad = np.nanmedian(deviation, axis=0)
+        mean_ad = np.nanmean(deviation, axis=0)
+        sd = np.where(mad > 0, mad / th.MAD_TO_SD, mean_ad * th.MEAN_AD_TO_SD)
+        z = deviation / np.where(sd > 0, sd, np.inf)
+        ordered = np.sort(clean, axis=0)  # NaN sorts last
+        distinct = 1 + ((np.diff(ordered, axis=0) != 0) & np.isfinite(ordered[1:])).sum(axis=0)
+    out["max_abs"] = np.where(has_values, max_abs, 0.0)
+    out["magnitude"] = np.where(has_values, np.where(typical > 0, typical, max_abs), 0.0)
+    continuous = has_values & (distinct > 2) & (sd > 0)
+    out["max_z"] = np.where(continuous, np.nanmax(np.where(np.isfinite(z), z, 0.0), axis=0), 0.0)
+    out["outliers"] = np.where(continuous, (z > th.OUTLIER_Z).sum(axis=0), 0)
     return out
 
 
-def check_inputs(inputs, *, names=None, consumers=None, layer_stats=None) -> list:
+def check_inputs(inputs, *, names=None, consumers=None, layer_stats=None, nonfinite_counts=None) -> list:
     """Non-finite values, float16 overflow, feature scale spread and outliers.
 
     Args:
@@ -104,6 +109,8 @@ def check_inputs(inputs, *, names=None, consumers=None, layer_stats=None) -> lis
         names: their names (for locations).
         consumers: per input, the layers that read it directly.
         layer_stats: ``{layer name: LayerStats}`` from the forward trace.
+        nonfinite_counts: per input, per-feature counts of NaN/inf over all
+            rows (``inputs`` may be a subsample); counted on ``inputs`` if None.
     """
     findings = []
     names = names or [None] * len(inputs)
@@ -115,6 +122,8 @@ def check_inputs(inputs, *, names=None, consumers=None, layer_stats=None) -> lis
             continue  # token ids, categorical codes: no scale to check
         where = _input_name(index, names[index], len(inputs))
         stats = feature_statistics(values)
+        if nonfinite_counts is not None and nonfinite_counts[index] is not None:
+            stats["nonfinite"] = np.asarray(nonfinite_counts[index])
         bad = np.flatnonzero(stats["nonfinite"])
         if bad.size:
             findings.append(

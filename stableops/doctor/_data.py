@@ -110,3 +110,39 @@ def batches(x, y, batch_size: int):
 
 def num_samples(x) -> int:
     return _num_samples(x)
+
+
+def is_float(values) -> bool:
+    dtype = np.asarray(values).dtype
+    return bool(np.issubdtype(dtype, np.floating) or dtype.name == "bfloat16")
+
+
+def values_per_row(x) -> int:
+    """Values in one sample across all inputs (for sizing the data-check sample)."""
+    total = 0
+    for leaf in flatten(x):
+        shape = np.shape(leaf)
+        total += int(np.prod(shape[1:])) if len(shape) > 1 else 1
+    return max(total, 1)
+
+
+def count_nonfinite(x, chunk_rows: int = 65536):
+    """Per input leaf, per feature (last axis): how many values are NaN or inf.
+
+    Scans every row, a chunk at a time (so no full-size temporary); ``None``
+    for inputs that are not floating point.
+    """
+    counts = []
+    for leaf in flatten(x):
+        if not is_float(leaf):
+            counts.append(None)
+            continue
+        n = int(np.shape(leaf)[0])
+        total = None
+        for start in range(0, n, chunk_rows):
+            chunk = np.asarray(leaf[start : start + chunk_rows], dtype=np.float32)
+            bad = ~np.isfinite(chunk)
+            bad = bad.reshape(-1, bad.shape[-1] if bad.ndim > 1 else 1).sum(axis=0)
+            total = bad if total is None else total + bad
+        counts.append(total if total is not None else np.zeros(1, np.int64))
+    return counts

@@ -15,6 +15,7 @@ shrinks them further for tests.
 from __future__ import annotations
 
 import dataclasses
+import textwrap
 import time
 
 import keras
@@ -84,8 +85,8 @@ class Scenario:
 
 def _dense_stack(inputs, width, depth, activation="relu"):
     h = inputs
-    for _ in range(depth):
-        h = keras.layers.Dense(width, activation=activation)(h)
+    for number in range(1, depth + 1):
+        h = keras.layers.Dense(width, activation=activation, name=f"hidden_{number}")(h)
     return h
 
 
@@ -105,17 +106,17 @@ def _unscaled_data(rng, n):
 
 def _unscaled_stock(x, y):
     inputs = keras.Input((x.shape[1],))
-    outputs = keras.layers.Dense(1)(_dense_stack(inputs, 32, 2))
+    outputs = keras.layers.Dense(1, name="output")(_dense_stack(inputs, 32, 2))
     model = keras.Model(inputs, outputs, name="unscaled_stock")
     model.compile(optimizer=keras.optimizers.SGD(0.01), loss=keras.losses.MeanSquaredError())
     return model, None
 
 
 def _unscaled_stableops(x, y):
-    scaler = stableops.layers.RobustScaler()
+    scaler = stableops.layers.RobustScaler(name="robust_scaler")
     scaler.adapt(x)
     inputs = keras.Input((x.shape[1],))
-    outputs = keras.layers.Dense(1)(_dense_stack(scaler(inputs), 32, 2))
+    outputs = keras.layers.Dense(1, name="output")(_dense_stack(scaler(inputs), 32, 2))
     model = keras.Model(inputs, outputs, name="unscaled_stableops")
     optimizer = SkipNonFinite(keras.optimizers.SGD(0.01))
     model.compile(optimizer=optimizer, loss=stableops.losses.MeanSquaredError())
@@ -139,10 +140,10 @@ def _masked_data(rng, n):
 
 def _masked_model(pooling, name, loss, optimizer):
     inputs = keras.Input((_STEPS,), dtype="int32")
-    h = keras.layers.Embedding(_VOCAB, 16, mask_zero=True)(inputs)
+    h = keras.layers.Embedding(_VOCAB, 16, mask_zero=True, name="embedding")(inputs)
     h = pooling(h)
-    h = keras.layers.Dense(16, activation="relu")(h)
-    outputs = keras.layers.Dense(1, activation="sigmoid")(h)
+    h = keras.layers.Dense(16, activation="relu", name="hidden_1")(h)
+    outputs = keras.layers.Dense(1, activation="sigmoid", name="output")(h)
     model = keras.Model(inputs, outputs, name=name)
     model.compile(optimizer=optimizer, loss=loss)
     return model
@@ -150,7 +151,7 @@ def _masked_model(pooling, name, loss, optimizer):
 
 def _masked_stock(x, y):
     model = _masked_model(
-        keras.layers.GlobalAveragePooling1D(), "masked_stock",
+        keras.layers.GlobalAveragePooling1D(name="mean_pool"), "masked_stock",
         keras.losses.BinaryCrossentropy(), keras.optimizers.Adam(0.01),
     )
     return model, None
@@ -158,7 +159,9 @@ def _masked_stock(x, y):
 
 def _masked_stableops(x, y):
     optimizer = SkipNonFinite(keras.optimizers.Adam(0.01))
-    model = _masked_model(MaskedMean(), "masked_stableops", stableops.losses.BinaryCrossentropy(), optimizer)
+    model = _masked_model(
+        MaskedMean(name="mean_pool"), "masked_stableops", stableops.losses.BinaryCrossentropy(), optimizer
+    )
     return model, optimizer
 
 
@@ -177,19 +180,19 @@ def _mixed_data(rng, n):
 
 def _mixed_stock(x, y):
     inputs = keras.Input((x.shape[1],))
-    outputs = keras.layers.Dense(1, activation="sigmoid")(_dense_stack(inputs, 32, 1))
+    outputs = keras.layers.Dense(1, activation="sigmoid", name="output")(_dense_stack(inputs, 32, 1))
     model = keras.Model(inputs, outputs, name="mixed_stock")
     model.compile(optimizer=keras.optimizers.Adam(0.01), loss=keras.losses.BinaryCrossentropy())
     return model, None
 
 
 def _mixed_stableops(x, y):
-    scaler = stableops.layers.RobustScaler()  # scales in float32, then hands float16 on
+    scaler = stableops.layers.RobustScaler(name="robust_scaler")  # float32 math, float16 out
     scaler.adapt(x)
     inputs = keras.Input((x.shape[1],))
     h = _dense_stack(scaler(inputs), 32, 1)
     # The doctor's other advice for mixed precision: the output layer in float32.
-    outputs = keras.layers.Dense(1, activation="sigmoid", dtype="float32")(h)
+    outputs = keras.layers.Dense(1, activation="sigmoid", dtype="float32", name="output")(h)
     model = keras.Model(inputs, outputs, name="mixed_stableops")
     optimizer = SkipNonFinite(keras.optimizers.Adam(0.01))
     model.compile(optimizer=optimizer, loss=stableops.losses.BinaryCrossentropy())
@@ -211,7 +214,7 @@ def _labels_data(rng, n):
 
 def _labels_model(name, loss, optimizer):
     inputs = keras.Input((16,))
-    outputs = keras.layers.Dense(_CLASSES)(_dense_stack(inputs, 32, 1))
+    outputs = keras.layers.Dense(_CLASSES, name="output")(_dense_stack(inputs, 32, 1))
     model = keras.Model(inputs, outputs, name=name)
     model.compile(optimizer=optimizer, loss=loss, jit_compile=True)
     return model
@@ -362,7 +365,8 @@ class _PolicyScope:
 
 
 def _train(scenario, build, x, y, *, with_guard):
-    keras.utils.clear_session()
+    # No keras.utils.clear_session() between runs: it garbage-collects the
+    # whole heap (most of a second each); the models have distinct names.
     keras.utils.set_random_seed(SEED)
     start = time.perf_counter()
     with _PolicyScope(scenario.mixed_precision), quiet_native_stderr():
@@ -397,7 +401,6 @@ def _train(scenario, build, x, y, *, with_guard):
 
 
 def _diagnose_stock(scenario, x, y):
-    keras.utils.clear_session()
     keras.utils.set_random_seed(SEED)
     with _PolicyScope(scenario.mixed_precision), quiet_native_stderr():
         model, _ = scenario.stock_model(x, y)
@@ -421,7 +424,7 @@ def run_demo(*, fast=False, out=None, progress=print, width=100):
     """Run every scenario; return the results and write the loss-curve PNG to ``out``."""
     results = []
     all_scenarios = scenarios(fast)
-    n_samples = 256 if fast else 1024
+    n_samples = 128 if fast else 1024
     for number, scenario in enumerate(all_scenarios, 1):
         rng = np.random.default_rng(SEED + number)
         x, y = scenario.make_data(rng, n_samples)
@@ -436,7 +439,6 @@ def run_demo(*, fast=False, out=None, progress=print, width=100):
         except Exception as error:  # noqa: BLE001
             report = _one_line(error)
         results.append(ScenarioResult(scenario, stock, stable, report))
-    keras.utils.clear_session()
     if out is not None:
         plot_losses(results, out)
     return results
@@ -507,13 +509,16 @@ def format_table(results) -> str:
                 ]
             )
         )
+    note = (
+        "first NaN: first training step with a NaN/inf batch loss; final loss: mean batch loss of the "
+        "last epoch over the steps kept; skipped: steps SkipNonFinite skipped or NaNGuard rolled back."
+    )
+    lines.extend(textwrap.wrap(note, max(len(lines[1]), 60)))
     return "\n".join(lines)
 
 
 def format_diagnoses(results, width=100) -> str:
     """Per scenario: the story, what stableops changed, and the doctor's main findings."""
-    import textwrap
-
     lines = []
     for number, r in enumerate(results, 1):
         s = r.scenario
@@ -584,7 +589,7 @@ def plot_losses(results, out) -> None:
         ax.set_title(r.scenario.title, fontsize=10)
         ax.set_xlabel("training step")
         ax.set_ylabel("batch loss (log scale)")
-        ax.legend(fontsize=7, loc="lower left")
+        ax.legend(fontsize=7, loc="best")
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(results):]:
         ax.set_visible(False)

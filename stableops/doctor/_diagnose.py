@@ -17,8 +17,11 @@ from stableops.doctor._report import Report
 def diagnose(model, x, y=None, *, loss=None, batch_size=32, max_batches=8, training=True) -> Report:
     """Examine a model on a sample of its data and explain what would make its loss non-finite.
 
-    Runs eagerly, outside XLA, on at most ``batch_size * max_batches`` samples
-    (a fixed-seed subsample, so repeated calls agree), and checks:
+    The model runs eagerly, outside XLA, on at most ``batch_size *
+    max_batches`` samples; the data checks (which need no model) see up to
+    100,000 rows (2 million values), and non-finite inputs are counted on
+    every row. Samples are fixed-seed, so repeated calls agree.
+    It checks:
 
     - inputs: NaN/inf values; values that overflow a float16 first layer;
       per-feature scale (typical magnitude above sqrt(float16 max) = 256, or
@@ -72,11 +75,26 @@ def diagnose(model, x, y=None, *, loss=None, batch_size=32, max_batches=8, train
     if int(max_batches) < 1:
         raise ValueError(f"`max_batches` must be a positive integer, got max_batches={max_batches!r}")
     batch_size = int(batch_size)
-    x, y, n_total = _data.take_sample(x, y, max_samples=batch_size * int(max_batches))
+    # Data checks (non-finite values, scale, outliers, labels) need no model
+    # and are cheap: they see up to DATA_CHECK_ROWS rows, so a single NaN in
+    # a large array is not missed. Model checks run on a few batches.
+    model_rows = batch_size * int(max_batches)
+    nonfinite_counts = None
+    if not isinstance(x, tf.data.Dataset):
+        x = tf.nest.map_structure(_data._to_numpy, x)
+        nonfinite_counts = _data.count_nonfinite(x)
+    data_rows = min(th.DATA_CHECK_ROWS, th.DATA_CHECK_VALUES // _data.values_per_row(x)) if (
+        not isinstance(x, tf.data.Dataset)
+    ) else model_rows
+    data_x, data_y, n_total = _data.take_sample(x, y, max_samples=max(data_rows, model_rows))
+    x, y, _ = _data.take_sample(data_x, data_y, max_samples=model_rows)
     _ensure_built(model, x, batch_size)
     saved_state = [np.array(v.numpy()) for v in model.non_trainable_variables]
     try:
-        return _diagnose(model, x, y, loss=loss, batch_size=batch_size, training=training, n_total=n_total)
+        return _diagnose(
+            model, x, y, loss=loss, batch_size=batch_size, training=training, n_total=n_total,
+            data=(data_x, data_y), nonfinite_counts=nonfinite_counts,
+        )
     finally:
         for variable, value in zip(model.non_trainable_variables, saved_state):
             variable.assign(value)
@@ -88,7 +106,7 @@ def _ensure_built(model, x, batch_size):
         model(first, training=False)
 
 
-def _diagnose(model, x, y, *, loss, batch_size, training, n_total) -> Report:
+def _diagnose(model, x, y, *, loss, batch_size, training, n_total, data, nonfinite_counts) -> Report:
     notes = []
     loss_info = resolve_loss(model, loss)
     probe, layer_stats, y_pred = trace_forward(model, x, batch_size=batch_size, training=training)
@@ -104,11 +122,14 @@ def _diagnose(model, x, y, *, loss, batch_size, training, n_total) -> Report:
         xb = _batch_containing(x, origin.nonfinite_rows[0], batch_size)
         first_op = first_non_finite_op(lambda: model(xb, training=training))
 
-    inputs = _data.flatten(x)
-    names, consumers = _input_consumers(model, x, probe)
+    data_x, data_y = data
+    names, consumers = _input_consumers(model, data_x, probe)
     by_name = {s.name: s for s in layer_stats}
-    findings = _checks.check_inputs(inputs, names=names, consumers=consumers, layer_stats=by_name)
-    findings += _checks.check_labels(y, y_pred, loss_info)
+    findings = _checks.check_inputs(
+        _data.flatten(data_x), names=names, consumers=consumers, layer_stats=by_name,
+        nonfinite_counts=nonfinite_counts,
+    )
+    findings += _checks.check_labels(data_y, y_pred, loss_info)
     findings += _checks.check_activations(layer_stats, first_op=first_op)
 
     prediction_bad_rows = _nonfinite_rows(y_pred)
@@ -151,6 +172,7 @@ def _diagnose(model, x, y, *, loss, batch_size, training, n_total) -> Report:
     context = {
         "model": model.name,
         "samples": _data.num_samples(x),
+        "data_rows": _data.num_samples(data_x),
         "of": n_total,
         "loss": loss_info.display if loss_info else "none",
         "dtype_policy": getattr(getattr(model, "dtype_policy", None), "name", "float32"),

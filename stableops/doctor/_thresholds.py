@@ -89,6 +89,13 @@ def vanishing_step_ratio(dtype="float32") -> float:
     return dtype_limits(dtype).eps / 2.0
 
 
+#: The data checks (scale, outliers, labels) examine up to this many rows, and
+#: at most DATA_CHECK_VALUES values (rows x features) so that their float64
+#: working arrays stay around 16 MB each; sorting that many values per check
+#: takes well under a second. (Non-finite values are counted on all rows.)
+DATA_CHECK_ROWS = 100_000
+DATA_CHECK_VALUES = 2_000_000
+
 #: Learning rate assumed when the model has no optimizer: Keras's default for
 #: Adam, RMSprop and the other adaptive optimizers.
 DEFAULT_LEARNING_RATE = 1e-3

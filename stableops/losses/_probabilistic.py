@@ -246,12 +246,18 @@ def _with_mask(result):
     return loss
 
 
+def _mean(values, axis):
+    """Mean over ``axis``, dividing before summing: the sum of large finite
+    terms (a loss of 1e38 per element) must not overflow when the mean does not."""
+    count = tf.cast(tf.shape(values)[axis], values.dtype)
+    return tf.reduce_sum(values / count, axis=axis)
+
+
 def _mean_over_valid(values, valid, axis):
     """Mean over ``axis`` of the ``valid`` entries, and whether there was any (0 if none)."""
-    values = tf.where(valid, values, tf.zeros_like(values))
-    count = tf.reduce_sum(tf.cast(valid, values.dtype), axis=axis)
-    total = tf.reduce_sum(values, axis=axis)
-    return total / tf.maximum(count, 1.0), count > 0
+    count = tf.reduce_sum(tf.cast(valid, values.dtype), axis=axis, keepdims=True)
+    values = tf.where(valid, values / tf.maximum(count, 1.0), tf.zeros_like(values))
+    return tf.reduce_sum(values, axis=axis), tf.squeeze(count, axis) > 0
 
 
 def _smooth_binary(target, label_smoothing):
@@ -321,7 +327,7 @@ def _binary_setup(y_true, y_pred, ignore_class):
 
 def _binary_reduce(values, valid, axis):
     if valid is None:
-        return tf.reduce_mean(values, axis=axis)
+        return _mean(values, axis)
     return _mean_over_valid(values, valid, axis)
 
 
@@ -1059,6 +1065,7 @@ def sparse_categorical_crossentropy(
 # ----------------------------------------------------------------------------
 
 
+@tf.custom_gradient
 def _log_ratio(target, prediction):
     """``log(target / prediction)`` for positive arguments, accurate near a ratio of 1.
 
@@ -1066,13 +1073,19 @@ def _log_ratio(target, prediction):
     (Sterbenz) and ``log1p((t - p) / p)`` keeps full relative accuracy where
     ``log(t / p)`` would lose it to the rounding of the ratio; elsewhere
     ``log(t / p)`` is accurate (and the log1p form would cancel for tiny
-    ratios).
+    ratios). Gradient (custom): ``(1/t, -1/p)``; autodiff of ``t / p`` would
+    form ``t / p**2``, which overflows for ``p < 1e-19`` in float32.
     """
     ratio = target / prediction
     near_one = tf.logical_and(ratio >= 0.5, ratio <= 2.0)
     close = tf.math.log1p((target - prediction) / prediction)
     far = tf.math.log(tf.where(near_one, tf.ones_like(ratio), ratio))
-    return tf.where(near_one, close, far)
+    value = tf.where(near_one, close, far)
+
+    def grad(upstream):
+        return upstream / target, -upstream / prediction
+
+    return value, grad
 
 
 @xla_kernel
@@ -1128,7 +1141,7 @@ def _poisson_kernel(y_true, y_pred):
     # xlogy semantics (t = 0 gives `rate`, gradient 1). A rate that is zero or
     # negative is floored at the smallest normal inside the log (Keras adds
     # 1e-7 to every rate, shifting the log of small rates).
-    return tf.reduce_mean(rate - ops.xlogy(target, _floor_at_tiny(rate)), axis=-1)
+    return _mean(rate - ops.xlogy(target, _floor_at_tiny(rate)), axis=-1)
 
 
 def poisson(y_true, y_pred):

@@ -501,8 +501,9 @@ def sparse_categorical_crossentropy(target, output, from_logits=False, axis=-1):
         Out-of-range labels: eagerly and in a ``tf.function`` an
         ``InvalidArgumentError`` names the first bad label and the number of
         classes; under XLA (asserts are dropped) that example's loss and
-        gradient are NaN, never the finite loss of some other class (Keras/TF
-        on CPU raise, on GPU silently return 0 or NaN).
+        gradient are NaN, never the finite loss of some other class. (Keras
+        raises only where TensorFlow's CPU kernel checks, gives NaN on GPU and
+        under XLA, and truncates a float label such as 1.5 to class 1.)
         From logits the numerics are those of ``categorical_crossentropy``
         (masked ``-inf`` logits allowed off the label; a label on a ``-inf``
         logit gives ``+inf``). From probabilities the row is normalized as in

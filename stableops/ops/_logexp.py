@@ -102,12 +102,12 @@ def _log1p_terms(dtype: tf.DType) -> int:
 
 
 def _log1p_series(v):
-    s = v / (2.0 + v)
-    s2 = s * s
+    two_s = (2.0 * v) / (2.0 + v)  # 2s, not 2 * s: s = v/2 would underflow for v < 2 tiny
+    s2 = 0.25 * (two_s * two_s)
     acc = tf.ones_like(v)
     for k in range(_log1p_terms(v.dtype), 0, -1):
         acc = 1.0 + s2 * (acc * ((2 * k - 1) / (2 * k + 1)))
-    return 2.0 * s * acc
+    return two_s * acc
 
 
 def _log1p(v):
@@ -388,7 +388,9 @@ def log_softmax(x, axis=-1, where=None):
         as in JAX); multiply them by targets with a ``where``, never directly.
         A fully masked or all ``-inf`` row gives ``-inf`` everywhere with zero
         gradient. ``k`` entries at ``+inf`` give ``-log(k)`` there and ``-inf``
-        elsewhere; a NaN entry (not masked) makes its row NaN.
+        elsewhere; a NaN entry (not masked) makes its row NaN. Entries more
+        than the dtype's ``max`` below the row maximum give ``-inf`` (the true
+        value rounds there).
         Gradient (custom): ``g - softmax(x) * sum(g)``, where outputs at
         ``-inf`` (masked or ``-inf`` entries, empty rows) count as constants:
         they neither receive nor pass gradient, so empty rows get 0.

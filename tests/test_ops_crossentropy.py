@@ -1,0 +1,660 @@
+"""stableops.ops cross-entropies: binary, categorical, sparse categorical.
+
+Values against mpmath within the stated ULP budgets, gradients against their
+closed forms (with the documented clip and masking conventions), in all three
+regimes with an unknown batch dimension, over explicit edge grids (p exactly
+0 and 1, tiny, eps, huge and infinite logits, masked and all -inf rows, zero
+probability rows, NaN) and hypothesis draws in float16, bfloat16 and float32;
+parity with tf.nn / keras.ops where both are well conditioned; the documented
+differences from Keras; label validation; bad-input errors.
+"""
+
+import warnings
+
+import keras
+import ml_dtypes
+import mpmath
+import numpy as np
+import pytest
+import tensorflow as tf
+from hypothesis import given
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from stableops import ops
+from stableops.ops._dtypes import compute_dtype
+from tests import _reference as ref
+from tests._regimes import Regime
+from tests._strategies import ALL_FLOAT_DTYPES, FLOAT_DTYPES, finite_arrays
+
+NAN, INF = float("nan"), float("inf")
+HALF = ("float16", "bfloat16")
+EAGER = Regime("eager")  # the public ops run as XLA kernels when called eagerly
+
+# Value budgets in ULPs of the result dtype (docstrings). From probabilities,
+# the categorical losses also allow (n + 2)/2 * eps * sum(z) absolute: the
+# rounding of the normalizing row sum.
+BUDGET = {"float32": 4, "float64": 4, "half": 1}
+# Gradients: ULPs of the scale of their terms (they cancel where the
+# prediction matches the target).
+GRAD_BUDGET = {"float32": 4, "float64": 4, "half": 1}
+
+
+def _budget(table, dtype):
+    return table["half" if dtype in HALF else dtype]
+
+
+def _np(dtype):
+    return ref.to_numpy_dtype(dtype)
+
+
+def _cast(values, dtype):
+    return np.asarray(values, dtype=np.float64).astype(_np(dtype))
+
+
+def _finite(a):
+    return np.isfinite(np.asarray(a, dtype=np.float64))
+
+
+def _limits(dtype):
+    return ops.dtype_limits(dtype)
+
+
+def _value_limits(dtype):
+    """The clip's value bounds: the compute dtype's (float32 for half precision)."""
+    return ops.dtype_limits(compute_dtype(dtype))
+
+
+def _assert_scaled(actual, expected, scale, dtype, budget, context):
+    """|actual - expected| <= budget ULPs of ``scale`` (+ the smallest normal, for flushed results)."""
+    tiny = ref.mpf(_limits(dtype).tiny)
+    for a, e, s in zip(np.ravel(actual), np.ravel(expected), np.ravel(scale)):
+        tolerance = budget * ref.ulp_of(s, dtype) + tiny
+        ok = abs(ref.mpf(a) - e) <= tolerance if mpmath.isfinite(e) else ref.mpf(a) == e
+        assert ok, f"{context}: got {a!r}, want {mpmath.nstr(e, 17)} (scale {mpmath.nstr(s, 5)})"
+
+
+def _assert_normalized_loss(actual, expected, z_sums, num_classes, dtype, context):
+    """The from-probabilities budget: ULPs of the result plus the row sum's rounding."""
+    budget = _budget(BUDGET, dtype)
+    eps = mpmath.mpf(_limits(dtype).eps)
+    for a, e, zs in zip(actual, expected, z_sums):
+        if not mpmath.isfinite(e):
+            assert ref.ulp_error(np.array([a]), np.array([e], dtype=object), dtype)[0] == 0, context
+            continue
+        tolerance = budget * ref.ulp_of(e, dtype) + (num_classes + 2) / 2 * eps * ref.mpf(zs)
+        assert abs(ref.mpf(a) - e) <= tolerance, f"{context}: got {a!r}, want {mpmath.nstr(e, 17)}"
+
+
+def _rows(fn, *arrays):
+    """Apply an mpmath function to rows of 2-D arrays (object array of results)."""
+    arrays = [np.asarray(a, dtype=np.float64) for a in arrays]
+    return [fn(*[[ref.mpf(v) for v in a[i]] for a in arrays]) for i in range(arrays[0].shape[0])]
+
+
+def _labels_of(one_hot):
+    return np.argmax(np.asarray(one_hot, dtype=np.float64), axis=-1).astype(np.int32)
+
+
+# ----------------------------------------------------------------------------
+# Gradient references (closed forms with the documented conventions)
+# ----------------------------------------------------------------------------
+
+
+def _mp_binary_logits_grad(z, x):
+    """d/dx (softplus(x) - x z) = sigmoid(x) - z (scale 1)."""
+    return ref.mp_sigmoid(x) - z
+
+
+def _mp_binary_probabilities_grad(z, p, dtype):
+    """-z/p' + (1 - z)/(1 - p'), p' = p clipped to the input dtype's slope bounds; and its scale."""
+    lim = _limits(dtype)
+    q = min(max(p, ref.mpf(lim.tiny)), ref.mpf(lim.largest_below_one))
+    a, b = -z / q, (1 - z) / (1 - q)
+    return a + b, abs(a) + abs(b)
+
+
+def _mp_categorical_logits_grad(z_row, x_row):
+    """softmax(x) sum(z) - z; scale max(sum z, 1)."""
+    total = mpmath.fsum(z_row)
+    grads = [p * total - z for p, z in zip(ref.mp_softmax(x_row), z_row)]
+    return grads, [max(total, mpmath.mpf(1))] * len(z_row)
+
+
+def _mp_categorical_probabilities_grad(z_row, o_row, dtype):
+    """d/do_j of -sum z_i log(clip(o_i / S)) with the straight-through clip; and scales.
+
+    q = o / S (o itself for an all-zero row); the slope of log(q_i) is taken at
+    q_i clipped to [tiny, 1] of the input dtype.
+    """
+    tiny = ref.mpf(_limits(dtype).tiny)
+    total = mpmath.fsum(o_row)
+    divisor = total if total != 0 else mpmath.mpf(1)
+    slopes = [z / min(max(o / divisor, tiny), mpmath.mpf(1)) for z, o in zip(z_row, o_row)]
+    # dq_i/do_j = delta_ij / S - o_i / S^2 (the second term vanishes for a zero row).
+    shared = mpmath.fsum(s * o for s, o in zip(slopes, o_row)) / divisor**2 if total != 0 else mpmath.mpf(0)
+    grads = [-s / divisor + shared for s in slopes]
+    return grads, [abs(s / divisor) + abs(shared) for s in slopes]
+
+
+# ----------------------------------------------------------------------------
+# Edge grids
+# ----------------------------------------------------------------------------
+
+
+def _binary_logits_grid(dtype):
+    lim = _limits(dtype)
+    far = 60.0 if dtype == "float16" else 100.0
+    xs = [0.0, lim.tiny, -lim.tiny, lim.eps, -lim.eps, 1.0, -1.0, 10.0, -10.0, 30.0, -30.0, far, -far,
+          lim.max, -lim.max, INF, -INF, NAN]
+    zs = [0.0, 1.0, 0.5, 0.25, 1 - lim.eps, NAN]
+    pairs = [(z, x) for z in zs for x in xs]
+    return _cast([p[0] for p in pairs], dtype), _cast([p[1] for p in pairs], dtype)
+
+
+def _binary_probabilities_grid(dtype):
+    lim = _limits(dtype)
+    ps = [0.0, lim.tiny, 2 * lim.tiny, lim.eps / 2, lim.eps, 1e-3, 0.25, 0.5, 0.75, 1 - lim.eps,
+          lim.largest_below_one, 1.0, NAN]
+    zs = [0.0, 1.0, 0.5, 0.1, NAN]
+    pairs = [(z, p) for z in zs for p in ps]
+    return _cast([p[0] for p in pairs], dtype), _cast([p[1] for p in pairs], dtype)
+
+
+def _categorical_logits_rows(dtype):
+    """(targets, logits): the cases of the docstring, 4 classes."""
+    lim = _limits(dtype)
+    huge = 3e4 if dtype == "float16" else 1e5  # 1e5: far beyond float16, exact in float32
+    half_max = lim.max / 2
+    rows = [
+        ([0, 0, 1, 0], [1, 2, 3, 4]),
+        ([0.1, 0.2, 0.3, 0.4], [1, 2, 3, 4]),
+        ([1, 0, 0, 0], [0, -30, -30, -30]),  # confident and right: 2.8e-13, not 0
+        ([0, 1, 0, 0], [huge, 0, -huge, 1]),
+        ([0.5, 0.5, 0, 0], [half_max, -half_max, 0, 0]),
+        ([0, 0, 0, 1], [5, 5, 5, 5]),  # ties: log 4
+        ([0, 0, 0, 0], [1, 2, 3, 4]),  # no target mass: 0
+        ([0, 0, 1, 0], [0, -INF, 2, -INF]),  # masked where the target is 0: finite
+        ([0, 1, 0, 0], [0, -INF, 2, 0]),  # the target on a masked logit: inf
+        ([0, 0, 0, 0], [-INF] * 4),  # all masked, no target mass: 0
+        ([1, 0, 0, 0], [-INF] * 4),  # all masked, target mass: inf
+        ([1, 0, 0, 0], [NAN, 0, 0, 0]),
+        ([0, 0, 0, 0], [0, NAN, 0, 0]),  # NaN is not hidden by a zero target
+        ([NAN, 0, 1, 0], [1, 2, 3, 4]),
+    ]
+    return _cast([r[0] for r in rows], dtype), _cast([r[1] for r in rows], dtype)
+
+
+def _categorical_probabilities_rows(dtype):
+    lim = _limits(dtype)
+    rows = [
+        ([0, 0, 1, 0], [0.1, 0.2, 0.3, 0.4]),
+        ([0.1, 0.2, 0.3, 0.4], [0.1, 0.2, 0.3, 0.4]),
+        ([0, 0, 1, 0], [1, 2, 3, 4]),  # not normalized: divided by 10
+        ([0, 1, 0, 0], [0, 0, 0, 0]),  # all zero: -log(tiny), finite gradient
+        ([0, 1, 0, 0], [0, 1, 0, 0]),  # perfect: exactly 0
+        ([1, 0, 0, 0], [0, 0.5, 0.5, 0]),  # probability 0 on the target: -log(tiny)
+        ([0, 0, 0, 1], [1, 0, 0, 4 * lim.tiny]),  # tiny but exact, not capped
+        ([0, 0, 0, 0], [0.25, 0.25, 0.25, 0.25]),
+        ([1, 0, 0, 0], [NAN, 0.5, 0.5, 0]),
+    ]
+    return _cast([r[0] for r in rows], dtype), _cast([r[1] for r in rows], dtype)
+
+
+def _one_hot_rows(targets):
+    t = np.asarray(targets, dtype=np.float64)
+    return np.flatnonzero(np.all((t == 0) | (t == 1), axis=1) & (t.sum(axis=1) == 1))
+
+
+def test_binary_from_logits_edges(regime):
+    for dtype in ALL_FLOAT_DTYPES:
+        z, x = _binary_logits_grid(dtype)
+        fn = lambda t, o: ops.binary_crossentropy(t, o, from_logits=True)  # noqa: E731
+        value, (grad,) = regime.value_and_grad(fn, z, x, wrt=(1,), unknown_batch=True)
+        context = f"{dtype} {regime}"
+        assert value.dtype == _np(dtype), context
+        expected = ref.reference_array(ref.mp_binary_crossentropy_logits, z, x)
+        ref.assert_ulp_within(value, expected, dtype, _budget(BUDGET, dtype), context=context)
+        finite = _finite(z) & _finite(x)
+        expected_grad = ref.reference_array(_mp_binary_logits_grad, z[finite], x[finite])
+        _assert_scaled(grad[finite], expected_grad, np.full(finite.sum(), mpmath.mpf(1)), dtype,
+                       _budget(GRAD_BUDGET, dtype), context)
+        at_zero = finite & (x == 0)
+        np.testing.assert_array_equal(grad[at_zero], (0.5 - z[at_zero].astype(np.float64)).astype(_np(dtype)))
+
+
+def test_binary_from_probabilities_edges(regime):
+    for dtype in ALL_FLOAT_DTYPES:
+        z, p = _binary_probabilities_grid(dtype)
+        value, (grad,) = regime.value_and_grad(ops.binary_crossentropy, z, p, wrt=(1,), unknown_batch=True)
+        context = f"{dtype} {regime}"
+        assert value.dtype == _np(dtype), context
+        bounds = _value_limits(dtype)
+        expected = ref.reference_array(
+            lambda a, b: ref.mp_binary_crossentropy_probabilities(a, b, bounds.tiny, bounds.largest_below_one), z, p
+        )
+        ref.assert_ulp_within(value, expected, dtype, _budget(BUDGET, dtype), context=context)
+        finite = _finite(z) & _finite(p)
+        assert np.all(_finite(value[finite])) and np.all(_finite(grad[finite])), context
+        pairs = [_mp_binary_probabilities_grad(ref.mpf(a), ref.mpf(b), dtype) for a, b in zip(z[finite], p[finite])]
+        _assert_scaled(grad[finite], [g for g, _ in pairs], [s for _, s in pairs], dtype,
+                       _budget(GRAD_BUDGET, dtype), context)
+        # Confidently wrong: the gradient is the largest the dtype holds, not 0.
+        lim = _limits(dtype)
+        assert np.all(grad[(p == 0) & (z == 1)] == _np(dtype).type(-1 / lim.tiny)), context
+        assert np.all(grad[(p == 1) & (z == 0)] == _np(dtype).type(2 / lim.eps)), context
+
+
+def test_categorical_from_logits_edges(regime):
+    for dtype in ALL_FLOAT_DTYPES:
+        z, x = _categorical_logits_rows(dtype)
+        context = f"{dtype} {regime}"
+        fn = lambda t, o: ops.categorical_crossentropy(t, o, from_logits=True)  # noqa: E731
+        value, (grad,) = regime.value_and_grad(fn, z, x, wrt=(1,), unknown_batch=True)
+        assert value.dtype == _np(dtype) and value.shape == (z.shape[0],), context
+        expected = np.array(_rows(ref.mp_categorical_crossentropy_logits, z, x), dtype=object)
+        ref.assert_ulp_within(value, expected, dtype, _budget(BUDGET, dtype), context=context)
+        finite = np.all(_finite(z) & _finite(x), axis=1)
+        for row in np.flatnonzero(finite):
+            grads, scales = _mp_categorical_logits_grad(*[[ref.mpf(v) for v in a[row]] for a in (z, x)])
+            _assert_scaled(grad[row], grads, scales, dtype, _budget(GRAD_BUDGET, dtype), f"{context} row {row}")
+        no_nan = ~np.any(np.isnan(z.astype(np.float64)) | np.isnan(x.astype(np.float64)), axis=1)
+        assert np.all(_finite(grad[no_nan])), context  # -inf logits included
+        # The sparse loss on the one-hot rows: the same values and gradients.
+        rows = _one_hot_rows(z)
+        sparse = lambda t, o: ops.sparse_categorical_crossentropy(t, o, from_logits=True)  # noqa: E731
+        s_value, (s_grad,) = regime.value_and_grad(sparse, _labels_of(z[rows]), x[rows], wrt=(1,), unknown_batch=True)
+        ref.assert_ulp_within(s_value, expected[rows], dtype, _budget(BUDGET, dtype), context=f"sparse {context}")
+        np.testing.assert_array_equal(np.isnan(s_grad), np.isnan(grad[rows]))
+        for i, row in enumerate(rows):
+            if finite[row]:
+                grads, scales = _mp_categorical_logits_grad(*[[ref.mpf(v) for v in a[row]] for a in (z, x)])
+                _assert_scaled(s_grad[i], grads, scales, dtype, _budget(GRAD_BUDGET, dtype), f"sparse {context}")
+
+
+def test_categorical_from_probabilities_edges(regime):
+    for dtype in ALL_FLOAT_DTYPES:
+        z, p = _categorical_probabilities_rows(dtype)
+        context = f"{dtype} {regime}"
+        value, (grad,) = regime.value_and_grad(ops.categorical_crossentropy, z, p, wrt=(1,), unknown_batch=True)
+        assert value.dtype == _np(dtype), context
+        low = _value_limits(dtype).tiny
+        expected = _rows(lambda a, b: ref.mp_categorical_crossentropy_probabilities(a, b, low), z, p)
+        z_sums = np.nan_to_num(z.astype(np.float64).sum(axis=1))
+        _assert_normalized_loss(value, expected, z_sums, 4, dtype, context)
+        assert value[4] == 0, context  # a perfect prediction costs exactly 0
+        finite = np.all(_finite(z) & _finite(p), axis=1)
+        assert np.all(_finite(value[finite])) and np.all(_finite(grad[finite])), context
+        for row in np.flatnonzero(finite):
+            grads, scales = _mp_categorical_probabilities_grad(*[[ref.mpf(v) for v in a[row]] for a in (z, p)], dtype)
+            _assert_scaled(grad[row], grads, scales, dtype, _budget(GRAD_BUDGET, dtype), f"{context} row {row}")
+        rows = _one_hot_rows(z)
+        s_value, (s_grad,) = regime.value_and_grad(
+            ops.sparse_categorical_crossentropy, _labels_of(z[rows]), p[rows], wrt=(1,), unknown_batch=True
+        )
+        _assert_normalized_loss(s_value, [expected[r] for r in rows], z_sums[rows], 4, dtype, f"sparse {context}")
+        for i, row in enumerate(rows):
+            if finite[row]:
+                grads, scales = _mp_categorical_probabilities_grad(*[[ref.mpf(v) for v in a[row]] for a in (z, p)], dtype)
+                _assert_scaled(s_grad[i], grads, scales, dtype, _budget(GRAD_BUDGET, dtype), f"sparse {context}")
+
+
+# ----------------------------------------------------------------------------
+# Sparse labels: validation outside the kernel, NaN inside XLA
+# ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("from_logits", [True, False])
+def test_sparse_bad_label_raises_or_is_nan(regime, from_logits):
+    probabilities = np.float32([[0.2, 0.3, 0.5]] * 4)
+    fn = lambda t, o: ops.sparse_categorical_crossentropy(t, o, from_logits=from_logits)  # noqa: E731
+    for labels, bad in ((np.int32([0, 7, 2, 1]), "7"), (np.int64([0, 1, -1, 2]), "-1"), (np.float32([0, 1, 2, 1.5]), "1.5")):
+        if regime.name == "xla":
+            # Asserts are dropped under XLA: the bad example is NaN (value and
+            # gradient), never the finite loss of some other class.
+            value, (grad,) = regime.value_and_grad(fn, labels, probabilities, wrt=(1,), unknown_batch=True)
+            bad_rows = ~np.isin(labels, [0, 1, 2])
+            assert np.all(np.isnan(value[bad_rows])) and np.all(_finite(value[~bad_rows])), (labels, value)
+            assert np.all(np.isnan(grad[bad_rows])) and np.all(_finite(grad[~bad_rows])), (labels, grad)
+        else:
+            with pytest.raises(tf.errors.InvalidArgumentError) as error:
+                regime.run(fn, labels, probabilities, unknown_batch=True)
+            message = str(error.value)
+            assert f"label {bad} is" in message or f"[{bad}]" in message, message
+            assert "3 classes" in message or "[3]" in message, message
+
+
+def test_sparse_labels_are_never_cast_through_a_float():
+    # 2**24 + 1 is not a float32: a label cast through float32 would pick class 2**24.
+    num_classes = 2**24 + 2
+    logits = np.zeros((1, num_classes), np.float32)
+    logits[0, -1] = 5.0
+    loss = ops.sparse_categorical_crossentropy(np.int64([num_classes - 1]), logits, from_logits=True)
+    expected = mpmath.log(num_classes - 1 + mpmath.exp(5)) - 5
+    ref.assert_ulp_within(loss.numpy(), np.array([expected], dtype=object), "float32", 8)
+
+
+def test_sparse_accepts_integral_float_labels_and_trailing_axis():
+    logits = np.float32([[1.0, 2.0, 3.0], [0.0, 0.0, 9.0]])
+    from_int = ops.sparse_categorical_crossentropy(np.int32([2, 0]), logits, from_logits=True).numpy()
+    from_float = ops.sparse_categorical_crossentropy(np.float32([2.0, 0.0]), logits, from_logits=True).numpy()
+    from_column = ops.sparse_categorical_crossentropy(np.int32([[2], [0]]), logits, from_logits=True).numpy()
+    np.testing.assert_array_equal(from_int, from_float)
+    np.testing.assert_array_equal(from_int, from_column)
+
+
+# ----------------------------------------------------------------------------
+# Hypothesis: finite in -> finite out, accuracy, NaN propagation
+# ----------------------------------------------------------------------------
+
+
+def _nan_mask(shape):
+    return hnp.arrays(np.bool_, shape, elements=st.integers(0, 7).map(lambda i: i == 0))  # ~1 in 8
+
+
+def _put_nan(values, mask):
+    return np.where(mask, np.array(NAN, values.dtype), values)
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+def test_binary_from_logits_property(dtype):
+    shape = (8,)
+
+    @given(finite_arrays(dtype, shape, 0.0, 1.0), finite_arrays(dtype, shape), _nan_mask(shape))
+    def check(z, x, nan):
+        x = _put_nan(x, nan)
+        fn = lambda t, o: ops.binary_crossentropy(t, o, from_logits=True)  # noqa: E731
+        value, (grad,) = EAGER.value_and_grad(fn, z, x, wrt=(1,))
+        ref.assert_ulp_within(value, ref.reference_array(ref.mp_binary_crossentropy_logits, z, x), dtype,
+                              _budget(BUDGET, dtype))
+        assert np.all(_finite(grad[~nan])) and np.all(np.isnan(grad[nan])), (z, x, grad)
+        expected = ref.reference_array(_mp_binary_logits_grad, z[~nan], x[~nan])
+        _assert_scaled(grad[~nan], expected, np.full(expected.shape, mpmath.mpf(1)), dtype,
+                       _budget(GRAD_BUDGET, dtype), "gradient")
+
+    check()
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+def test_binary_from_probabilities_property(dtype):
+    shape = (8,)
+    bounds = _value_limits(dtype)
+
+    @given(finite_arrays(dtype, shape, 0.0, 1.0), finite_arrays(dtype, shape, 0.0, 1.0), _nan_mask(shape))
+    def check(z, p, nan):
+        p = _put_nan(p, nan)
+        value, (grad,) = EAGER.value_and_grad(ops.binary_crossentropy, z, p, wrt=(1,))
+        expected = ref.reference_array(
+            lambda a, b: ref.mp_binary_crossentropy_probabilities(a, b, bounds.tiny, bounds.largest_below_one), z, p
+        )
+        ref.assert_ulp_within(value, expected, dtype, _budget(BUDGET, dtype))
+        # Finite for every probability, 0 and 1 included: the clip's gradient is finite too.
+        assert np.all(_finite(grad[~nan])) and np.all(np.isnan(grad[nan])), (z, p, grad)
+
+    check()
+
+
+def _rows_strategy(dtype, shape, low, high):
+    return finite_arrays(dtype, shape, low, high)
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+def test_categorical_from_logits_property(dtype):
+    shape = (3, 5)
+
+    @given(
+        _rows_strategy(dtype, shape, 0.0, 1.0),
+        finite_arrays(dtype, shape),
+        hnp.arrays(np.int32, (3,), elements=st.integers(0, 4)),
+        _nan_mask(shape),
+    )
+    def check(z, x, labels, nan):
+        x = _put_nan(x, nan)
+        nan_rows = np.any(nan, axis=1)
+        fn = lambda t, o: ops.categorical_crossentropy(t, o, from_logits=True)  # noqa: E731
+        value, (grad,) = EAGER.value_and_grad(fn, z, x, wrt=(1,))
+        ref.assert_ulp_within(value, np.array(_rows(ref.mp_categorical_crossentropy_logits, z, x), dtype=object),
+                              dtype, _budget(BUDGET, dtype))
+        assert np.all(_finite(grad[~nan_rows])) and np.all(np.isnan(grad[nan_rows])), (z, x, grad)
+        sparse = lambda t, o: ops.sparse_categorical_crossentropy(t, o, from_logits=True)  # noqa: E731
+        s_value, (s_grad,) = EAGER.value_and_grad(sparse, labels, x, wrt=(1,))
+        one_hot = np.eye(5)[labels]
+        ref.assert_ulp_within(s_value, np.array(_rows(ref.mp_categorical_crossentropy_logits, one_hot, x), dtype=object),
+                              dtype, _budget(BUDGET, dtype))
+        assert np.all(_finite(s_grad[~nan_rows])), (labels, x, s_grad)
+
+    check()
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+def test_categorical_from_probabilities_property(dtype):
+    shape = (3, 5)
+    low = _value_limits(dtype).tiny
+
+    @given(
+        _rows_strategy(dtype, shape, 0.0, 1.0),
+        _rows_strategy(dtype, shape, 0.0, 1.0),
+        hnp.arrays(np.int32, (3,), elements=st.integers(0, 4)),
+        st.lists(st.booleans(), min_size=3, max_size=3),
+    )
+    def check(z, p, labels, zero_row):
+        p = np.where(np.array(zero_row)[:, None], np.zeros_like(p), p)  # all-zero rows included
+        value, (grad,) = EAGER.value_and_grad(ops.categorical_crossentropy, z, p, wrt=(1,))
+        expected = _rows(lambda a, b: ref.mp_categorical_crossentropy_probabilities(a, b, low), z, p)
+        _assert_normalized_loss(value, expected, z.astype(np.float64).sum(axis=1), 5, dtype, "dense")
+        assert np.all(_finite(value)) and np.all(_finite(grad)), (z, p, grad)
+        s_value, (s_grad,) = EAGER.value_and_grad(ops.sparse_categorical_crossentropy, labels, p, wrt=(1,))
+        one_hot = np.eye(5)[labels]
+        expected = _rows(lambda a, b: ref.mp_categorical_crossentropy_probabilities(a, b, low), one_hot, p)
+        _assert_normalized_loss(s_value, expected, np.ones(3), 5, dtype, "sparse")
+        assert np.all(_finite(s_value)) and np.all(_finite(s_grad)), (labels, p, s_grad)
+
+    check()
+
+
+# ----------------------------------------------------------------------------
+# Parity with tf.nn and keras.ops where both are well conditioned
+# ----------------------------------------------------------------------------
+
+
+def _parity_cases():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(scale=3.0, size=(6, 5)).astype(np.float32)
+    soft = rng.dirichlet(np.ones(5), size=6).astype(np.float32)
+    labels = rng.integers(0, 5, size=6).astype(np.int32)
+    z = rng.uniform(size=(6, 5)).astype(np.float32)
+    # Probabilities inside Keras's clip [1e-7, 1 - 1e-7] and normalized rows.
+    probabilities = rng.dirichlet(np.ones(5) * 2, size=6).clip(1e-3, None).astype(np.float32)
+    probabilities /= probabilities.sum(axis=1, keepdims=True)
+    sigmoid = (1 / (1 + np.exp(-logits.astype(np.float64)))).clip(1e-3, 1 - 1e-3).astype(np.float32)
+    return [
+        ("binary logits", lambda: ops.binary_crossentropy(z, logits, from_logits=True),
+         lambda: tf.nn.sigmoid_cross_entropy_with_logits(labels=z, logits=logits)),
+        ("binary probabilities", lambda: ops.binary_crossentropy(z, sigmoid),
+         lambda: keras.ops.binary_crossentropy(z, sigmoid)),
+        ("categorical logits", lambda: ops.categorical_crossentropy(soft, logits, from_logits=True),
+         lambda: tf.nn.softmax_cross_entropy_with_logits(labels=soft, logits=logits)),
+        ("categorical probabilities", lambda: ops.categorical_crossentropy(soft, probabilities),
+         lambda: keras.ops.categorical_crossentropy(soft, probabilities)),
+        ("sparse logits", lambda: ops.sparse_categorical_crossentropy(labels, logits, from_logits=True),
+         lambda: tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)),
+        ("sparse probabilities", lambda: ops.sparse_categorical_crossentropy(labels, probabilities),
+         lambda: keras.ops.sparse_categorical_crossentropy(labels, probabilities)),
+    ]
+
+
+def test_matches_tf_nn_and_keras_where_well_conditioned():
+    for name, ours, theirs in _parity_cases():
+        np.testing.assert_allclose(ours().numpy(), theirs().numpy(), rtol=2e-6, atol=2e-7, err_msg=name)
+
+
+def _value_and_grad(fn, target, output):
+    output = tf.constant(output)
+    with tf.GradientTape() as tape:
+        tape.watch(output)
+        value = fn(tf.constant(target), output)
+    return value.numpy(), tape.gradient(value, output).numpy()
+
+
+def test_documented_differences_from_keras():
+    """Every Keras-vs-stableops line of the README, with both values."""
+    K = keras.ops
+    one, zero = np.float32([1.0]), np.float32([0.0])
+    # p = 0 for a positive target: Keras caps the loss at 16.1 and its gradient is 0.
+    k_value, k_grad = _value_and_grad(K.binary_crossentropy, one, zero)
+    o_value, o_grad = _value_and_grad(ops.binary_crossentropy, one, zero)
+    assert k_value[0] == pytest.approx(16.118, abs=1e-3) and k_grad[0] == 0
+    assert o_value[0] == pytest.approx(-np.log(np.finfo(np.float32).tiny), rel=1e-6)
+    assert o_grad[0] == -1 / np.finfo(np.float32).tiny
+    # Probabilities below 1e-7 keep their exact loss.
+    assert K.binary_crossentropy(one, np.float32([1e-10])).numpy()[0] == pytest.approx(16.118, abs=1e-3)
+    assert ops.binary_crossentropy(one, np.float32([1e-10])).numpy()[0] == pytest.approx(-np.log(1e-10), rel=1e-6)
+    # float16: Keras's 1 - 1e-7 rounds to 1, so p = 1 for a negative target is inf.
+    assert np.isinf(K.binary_crossentropy(np.float16([0]), np.float16([1])).numpy()[0])
+    assert ops.binary_crossentropy(np.float16([0]), np.float16([1])).numpy()[0] == pytest.approx(24 * np.log(2), rel=1e-3)
+    # An infinite logit that agrees with its target: Keras NaN, ours 0.
+    assert np.isnan(K.binary_crossentropy(one, np.float32([INF]), from_logits=True).numpy()[0])
+    assert ops.binary_crossentropy(one, np.float32([INF]), from_logits=True).numpy()[0] == 0
+    # An all-zero probability row: Keras NaN (value and gradient), ours -log(tiny).
+    target, row = np.float32([[0, 1]]), np.float32([[0, 0]])
+    k_value, k_grad = _value_and_grad(K.categorical_crossentropy, target, row)
+    o_value, o_grad = _value_and_grad(ops.categorical_crossentropy, target, row)
+    assert np.isnan(k_value[0]) and np.all(np.isnan(k_grad))
+    assert o_value[0] == pytest.approx(87.3365, rel=1e-5) and np.all(np.isfinite(o_grad))
+    # A perfect prediction: Keras 1.19e-7 (its clip at 1 - 1e-7), ours 0.
+    assert K.categorical_crossentropy(target, target).numpy()[0] == pytest.approx(1.1920929e-07)
+    assert ops.categorical_crossentropy(target, target).numpy()[0] == 0
+    # A masked -inf logit where the target is 0: Keras NaN, ours finite.
+    masked_target, masked = np.float32([[0, 0, 1]]), np.float32([[0, -INF, 2]])
+    assert np.isnan(K.categorical_crossentropy(masked_target, masked, from_logits=True).numpy()[0])
+    assert ops.categorical_crossentropy(masked_target, masked, from_logits=True).numpy()[0] == pytest.approx(
+        np.log1p(np.exp(-2.0)), rel=1e-6
+    )
+    # A confident correct prediction: Keras 0, ours the exact 9.36e-14.
+    confident = np.float32([[0, -30]])
+    assert K.categorical_crossentropy(np.float32([[1, 0]]), confident, from_logits=True).numpy()[0] == 0
+    assert ops.categorical_crossentropy(np.float32([[1, 0]]), confident, from_logits=True).numpy()[0] == pytest.approx(
+        float(mpmath.log1p(mpmath.exp(-30))), rel=1e-6
+    )
+    # A float label 1.5: Keras truncates it to class 1, ours refuses it.
+    logits = np.float32([[1, 2, 3]])
+    assert K.sparse_categorical_crossentropy(np.float32([1.5]), logits, from_logits=True).numpy()[0] == pytest.approx(
+        K.sparse_categorical_crossentropy(np.int32([1]), logits, from_logits=True).numpy()[0]
+    )
+    with pytest.raises(tf.errors.InvalidArgumentError, match="label 1.5"):
+        ops.sparse_categorical_crossentropy(np.float32([1.5]), logits, from_logits=True)
+
+
+# ----------------------------------------------------------------------------
+# Keras's logits behind sigmoid/softmax outputs
+# ----------------------------------------------------------------------------
+
+
+def test_uses_the_logits_behind_keras_activations():
+    logits = np.float32([[-200.0, 50.0, 0.0]])
+    probabilities = keras.activations.softmax(tf.constant(logits))  # rounds to [0, 1, 0]
+    target = np.float32([[1.0, 0.0, 0.0]])
+    expected = ops.categorical_crossentropy(target, logits, from_logits=True).numpy()
+    assert expected[0] == pytest.approx(250.0, rel=1e-6)
+    np.testing.assert_array_equal(ops.categorical_crossentropy(target, probabilities).numpy(), expected)
+    np.testing.assert_array_equal(ops.sparse_categorical_crossentropy(np.int32([0]), probabilities).numpy(), expected)
+    sigmoid = keras.activations.sigmoid(tf.constant([-200.0]))
+    assert ops.binary_crossentropy(np.float32([1.0]), sigmoid).numpy()[0] == pytest.approx(200.0)
+
+    @tf.function
+    def in_a_graph(x):  # a Sigmoid/Softmax op in a graph is recognized as Keras does
+        return ops.binary_crossentropy(tf.ones_like(x), tf.nn.sigmoid(x)), ops.categorical_crossentropy(
+            tf.constant(target), tf.nn.softmax(tf.constant(logits))
+        )
+
+    binary, categorical = in_a_graph(tf.constant([-200.0]))
+    assert binary.numpy()[0] == pytest.approx(200.0)
+    assert categorical.numpy()[0] == pytest.approx(250.0, rel=1e-6)
+    with pytest.warns(UserWarning, match="from_logits=True"):
+        ops.binary_crossentropy(np.float32([1.0]), sigmoid, from_logits=True)
+
+
+def test_plain_tensors_are_not_mistaken_for_activations():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        value = ops.binary_crossentropy(np.float32([1.0]), np.float32([0.5])).numpy()
+    assert value[0] == pytest.approx(np.log(2), rel=1e-6)
+
+
+# ----------------------------------------------------------------------------
+# Half precision, wide rows, axes
+# ----------------------------------------------------------------------------
+
+
+def test_float16_over_100000_classes_does_not_overflow():
+    num_classes = 100_000  # a float16 sum of 100,000 ones is inf
+    target = np.zeros((2, num_classes), np.float16)
+    target[:, 7] = 1
+    logits = np.full((2, num_classes), 60000, np.float16)
+    probabilities = np.full((2, num_classes), 1e-4, np.float16)
+    expected = np.array([mpmath.log(num_classes)] * 2, dtype=object)
+    for name, fn, output in [
+        ("logits", lambda t, o: ops.categorical_crossentropy(t, o, from_logits=True), logits),
+        ("probabilities", ops.categorical_crossentropy, probabilities),
+        ("sparse", lambda t, o: ops.sparse_categorical_crossentropy(np.int32([7, 7]), o, from_logits=True), logits),
+    ]:
+        value, grad = _value_and_grad(fn, target, output)
+        assert value.dtype == np.float16
+        ref.assert_ulp_within(value, expected, "float16", 1, context=name)
+        assert np.all(np.isfinite(grad.astype(np.float32))), name
+
+
+def test_class_axis(regime):
+    rng = np.random.default_rng(1)
+    logits = rng.normal(size=(2, 3, 4)).astype(np.float32)  # classes on axis 1
+    labels = np.int32([[0, 2, 1, 1], [2, 2, 0, 1]])
+    one_hot = np.moveaxis(np.eye(3, dtype=np.float32)[labels], -1, 1)
+    dense = regime.run(lambda t, o: ops.categorical_crossentropy(t, o, from_logits=True, axis=1), one_hot, logits)
+    sparse = regime.run(lambda t, o: ops.sparse_categorical_crossentropy(t, o, from_logits=True, axis=1), labels, logits)
+    moved = np.moveaxis(logits, 1, -1).reshape(-1, 3)
+    expected = np.array(_rows(ref.mp_categorical_crossentropy_logits, np.eye(3)[labels.ravel()], moved), dtype=object)
+    ref.assert_ulp_within(dense.ravel(), expected, "float32", 4)
+    ref.assert_ulp_within(sparse.ravel(), expected, "float32", 4)
+
+
+# ----------------------------------------------------------------------------
+# Bad input
+# ----------------------------------------------------------------------------
+
+
+def test_shape_mismatch_names_both_shapes():
+    for fn in (ops.binary_crossentropy, ops.categorical_crossentropy):
+        with pytest.raises(ValueError, match=r"\(2, 3\).*\(2, 4\)"):
+            fn(np.zeros((2, 3), np.float32), np.zeros((2, 4), np.float32))
+    with pytest.raises(ValueError, match=r"\(3,\).*\(2, 4\)"):
+        ops.sparse_categorical_crossentropy(np.int32([0, 1, 2]), np.zeros((2, 4), np.float32))
+
+
+def test_integer_predictions_are_a_type_error():
+    ints = np.int32([[0, 1]])
+    for call in (
+        lambda: ops.binary_crossentropy(ints, ints),
+        lambda: ops.categorical_crossentropy(ints, ints, from_logits=True),
+        lambda: ops.sparse_categorical_crossentropy(np.int32([1]), ints),
+    ):
+        with pytest.raises(TypeError, match="`output` must be a floating"):
+            call()
+    with pytest.raises(TypeError, match="integer class labels"):
+        ops.sparse_categorical_crossentropy(tf.constant(["a"]), np.float32([[0.5, 0.5]]))
+
+
+def test_bad_axis_is_an_error():
+    with pytest.raises(ValueError, match="axis"):
+        ops.categorical_crossentropy(np.zeros((2, 3), np.float32), np.zeros((2, 3), np.float32), axis=2)
+    with pytest.raises(TypeError, match="axis"):
+        ops.sparse_categorical_crossentropy(np.int32([0]), np.zeros((1, 3), np.float32), axis=1.0)
+
+
+def test_half_precision_results_keep_the_input_dtype():
+    for dtype in HALF:
+        z = _cast([[0, 1]], dtype)
+        assert ops.binary_crossentropy(z, _cast([[0.5, 0.5]], dtype)).dtype == tf.as_dtype(dtype)
+        assert ops.categorical_crossentropy(z, _cast([[0.5, 0.5]], dtype)).dtype == tf.as_dtype(dtype)
+        assert ops.sparse_categorical_crossentropy(np.int32([1]), _cast([[0.5, 0.5]], dtype)).dtype == tf.as_dtype(dtype)
+        largest = float(ml_dtypes.finfo(_np(dtype)).max)
+        assert ops.binary_crossentropy(z, _cast([[largest, -largest]], dtype), from_logits=True).numpy().max() <= largest
