@@ -112,11 +112,17 @@ class NaNGuard(keras.callbacks.Callback):
         if not (isinstance(lr_factor, (int, float)) and 0 < lr_factor <= 1):
             raise ValueError(f"`lr_factor` must be in (0, 1], got lr_factor={lr_factor!r}")
         if max_recoveries is not None and (not isinstance(max_recoveries, int) or max_recoveries < 0):
-            raise ValueError(f"`max_recoveries` must be a non-negative int or None, got max_recoveries={max_recoveries!r}")
+            raise ValueError(
+                f"`max_recoveries` must be a non-negative int or None, got max_recoveries={max_recoveries!r}"
+            )
         if not isinstance(max_diagnoses, int) or max_diagnoses < 0:
-            raise ValueError(f"`max_diagnoses` must be a non-negative int, got max_diagnoses={max_diagnoses!r}")
+            raise ValueError(
+                f"`max_diagnoses` must be a non-negative int, got max_diagnoses={max_diagnoses!r}"
+            )
         if not isinstance(snapshot_every, int) or snapshot_every < 1:
-            raise ValueError(f"`snapshot_every` must be a positive int, got snapshot_every={snapshot_every!r}")
+            raise ValueError(
+                f"`snapshot_every` must be a positive int, got snapshot_every={snapshot_every!r}"
+            )
         self.action = action
         self.lr_factor = float(lr_factor)
         self.max_recoveries = max_recoveries
@@ -136,11 +142,14 @@ class NaNGuard(keras.callbacks.Callback):
         self.events, self.report, self.recoveries = [], None, 0
         self._step = 0
         self._epoch = 0
+        self._epoch_start_step = 0
         self._good_step = 0
         optimizer = getattr(self.model, "optimizer", None)
         if optimizer is not None and not optimizer.built:
             optimizer.build(self.model.trainable_variables)
-        self._variables = list(self.model.weights) + (list(optimizer.variables) if optimizer is not None else [])
+        self._variables = list(self.model.weights) + (
+            list(optimizer.variables) if optimizer is not None else []
+        )
         self._float_variables = [v for v in self._variables if tf.as_dtype(v.dtype).is_floating]
         self._shadows = [tf.Variable(v.value, trainable=False) for v in self._variables]
         self._check_and_save = tf.function(self._check_and_save_fn, autograph=False)
@@ -153,13 +162,16 @@ class NaNGuard(keras.callbacks.Callback):
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch = epoch
+        self._epoch_start_step = self._step
 
     # -------------------------------------------------------------- per batch
     def on_train_batch_end(self, batch, logs=None):
-        self._step += 1
+        # Keras passes the index of the last batch run (several per call with
+        # steps_per_execution > 1): count training steps, not calls.
+        self._step = self._epoch_start_step + int(batch) + 1
         loss = _as_float((logs or {}).get("loss"))
         loss_finite = loss is None or math.isfinite(loss)
-        save = loss_finite and self._step % self.snapshot_every == 0
+        save = loss_finite and self._step - self._good_step >= self.snapshot_every
         weights_finite = bool(self._check_and_save(tf.constant(save)))
         if loss_finite and weights_finite:
             if save:
@@ -210,9 +222,13 @@ class NaNGuard(keras.callbacks.Callback):
                 event[key] = self.events[0][key]
             event["cause"] = f"{event['cause']} (as diagnosed at step {self.events[0]['step']})"
         else:
-            self._fill_origin(event, report, bad_weights)
+            self._fill_origin(event, report, bad_weights, trigger)
         action = self.action
-        if action == "continue" and self.max_recoveries is not None and self.recoveries >= self.max_recoveries:
+        if (
+            action == "continue"
+            and self.max_recoveries is not None
+            and self.recoveries >= self.max_recoveries
+        ):
             action = "stop"
         event["action"] = action
         self.events.append(event)
@@ -245,7 +261,7 @@ class NaNGuard(keras.callbacks.Callback):
             self._diagnose_error = error
             return None
 
-    def _fill_origin(self, event, report, bad_weights):
+    def _fill_origin(self, event, report, bad_weights, trigger):
         if report is not None:
             for check in _ORIGIN_CHECKS:
                 found = report.find(check)
@@ -257,7 +273,7 @@ class NaNGuard(keras.callbacks.Callback):
             cause = report.likely_cause
             if cause is not None:
                 event["cause"] = f"{cause.check}: {cause.message}"
-        if event["layer"] is None and bad_weights:
+        if trigger == "weights" and event["layer"] is None and bad_weights:
             event["layer"] = self._owner(bad_weights[0])
             event["op"] = "optimizer update"
             if event["cause"] is None:
@@ -295,7 +311,10 @@ class NaNGuard(keras.callbacks.Callback):
         if report is not None and self.verbose and len(self.events) == 1:
             lines.append("  " + str(report).replace("\n", "\n  "))
         elif self.run_diagnosis and self._last_batch is None and len(self.events) == 1:
-            lines.append("  (the offending batch was not available to re-run: steps_per_execution > 1 or a distributed fit)")
+            lines.append(
+                "  (the offending batch was not available to re-run: steps_per_execution > 1 "
+                "or a distributed fit)"
+            )
         actions = {
             "stop": "stopping training.",
             "raise": "raising NonFiniteTrainingError.",

@@ -132,13 +132,17 @@ class SkipNonFinite(keras.optimizers.Optimizer):
             with tf.name_scope(self.name):
                 self.build(trainable_variables)
         if tf.distribute.has_strategy() and not tf.distribute.in_cross_replica_context():
-            # As in LossScaleOptimizer: the wrapped optimizer's apply calls
-            # merge_call, which cannot sit inside a cond in a replica context,
-            # so decide in a cross-replica context (the gradients are already
-            # all-reduced: every replica sees the same `finite`).
-            tf.distribute.get_replica_context().merge_call(
-                self._cross_replica_apply, args=(grads, trainable_variables)
-            )
+            # Under a distribution strategy each replica holds its *local*
+            # gradients here (Keras all-reduces them inside the wrapped
+            # optimizer's apply), so the replicas first agree: the step is
+            # finite only if it is finite on every replica. The wrapped apply
+            # calls merge_call, which cannot sit inside a cond in a replica
+            # context, so the decision is taken in a cross-replica context,
+            # as in LossScaleOptimizer.
+            context = tf.distribute.get_replica_context()
+            bad = tf.cast(tf.logical_not(self.all_finite(grads)), tf.float32)
+            finite = tf.equal(context.all_reduce(tf.distribute.ReduceOp.SUM, bad), 0.0)
+            context.merge_call(self._cross_replica_apply, args=(finite, grads, trainable_variables))
         else:
             self._apply_or_skip(self.all_finite(grads), grads, trainable_variables)
 
@@ -153,10 +157,9 @@ class SkipNonFinite(keras.optimizers.Optimizer):
 
         return tf.cond(finite, apply_step, skip_step)
 
-    def _cross_replica_apply(self, distribution, grads, trainable_variables):
-        finite = distribution.experimental_local_results(
-            distribution.extended.call_for_each_replica(self.all_finite, args=(grads,))
-        )[0]
+    def _cross_replica_apply(self, distribution, finite, grads, trainable_variables):
+        # Every replica holds the same all-reduced flag: take the first.
+        finite = distribution.experimental_local_results(finite)[0]
 
         def apply_step():
             distribution.extended.call_for_each_replica(

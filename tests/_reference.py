@@ -202,6 +202,24 @@ def mp_softplus_inverse(x):
     return x + mp_log1mexp(x)
 
 
+def mp_log1mexp_derivative(x):
+    """d/dx log(1 - exp(-|x|)) = sign(x) / expm1(|x|) (the sign of a zero is not kept by mpf)."""
+    if mpmath.isnan(x):
+        return NAN
+    if x == 0:
+        return INF  # +0; the op gives -inf at -0 (tested separately)
+    return mpmath.sign(x) / mpmath.expm1(abs(x))
+
+
+def mp_softplus_inverse_derivative(x):
+    """d/dx log(expm1(x)) = 1 / (1 - exp(-x)); +inf at 0, nan below 0 (outside the domain)."""
+    if mpmath.isnan(x) or x < 0:
+        return NAN
+    if x == 0:
+        return INF
+    return 1 / -mpmath.expm1(-x)
+
+
 def mp_log_cosh(x):
     """log(cosh(x)) = log1p(2 sinh(x/2)^2): exact in 60 digits for tiny and huge x."""
     if mpmath.isnan(x):
@@ -318,11 +336,10 @@ def mp_binary_crossentropy_logits(z, x):
 
 
 def mp_binary_crossentropy_probabilities(z, p, low, high):
-    """-(z log p' + (1 - z) log(1 - p')) with p' = clip(p, low, high)."""
+    """-(z log max(p, low) + (1 - z) log(1 - min(p, high))): each log clipped only where it is infinite."""
     if mpmath.isnan(z) or mpmath.isnan(p):
         return NAN
-    q = min(max(p, mpf(low)), mpf(high))
-    return -(z * mpmath.log(q) + (1 - z) * mpmath.log1p(-q))
+    return -(z * mpmath.log(max(p, mpf(low))) + (1 - z) * mpmath.log1p(-min(p, mpf(high))))
 
 
 def mp_categorical_crossentropy_logits(z_row, x_row):

@@ -24,7 +24,9 @@ def masked_model(jit_compile=False, learning_rate=0.01):
             keras.layers.Dense(1, activation="sigmoid"),
         ]
     )
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss="binary_crossentropy", jit_compile=jit_compile)
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate), loss="binary_crossentropy", jit_compile=jit_compile
+    )
     return model
 
 

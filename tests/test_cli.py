@@ -57,7 +57,11 @@ def saved(tmp_path_factory):
     y = (x[:, :1] > 0).astype(np.float32)
     keras.utils.set_random_seed(0)
     model = keras.Sequential(
-        [keras.Input((5,)), keras.layers.Dense(8, activation="relu"), keras.layers.Dense(1, activation="sigmoid")]
+        [
+            keras.Input((5,)),
+            keras.layers.Dense(8, activation="relu"),
+            keras.layers.Dense(1, activation="sigmoid"),
+        ]
     )
     model.compile(optimizer="adam", loss="binary_crossentropy")
     model.save(folder / "model.keras")
@@ -86,7 +90,9 @@ def test_user_model_healthy(saved, capsys):
 
 
 def test_user_model_json_and_keys(saved, capsys):
-    status, out, _ = run([saved / "model.keras", saved / "features.npz", "--x", "inputs", "--y", "labels", "--json"], capsys)
+    status, out, _ = run(
+        [saved / "model.keras", saved / "features.npz", "--x", "inputs", "--y", "labels", "--json"], capsys
+    )
     assert status == 0
     data = json.loads(out)
     assert data["ok"] is True and data["context"]["samples"] == 64
@@ -149,8 +155,14 @@ def test_python_dash_m_in_a_subprocess(saved):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     result = subprocess.run(
         [sys.executable, "-m", "stableops", "doctor", str(saved / "model.keras"), str(saved / "missing.npz")],
-        capture_output=True, text=True, env=env, timeout=300,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
     )
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
-    assert result.stderr.strip().splitlines()[-1] == f"stableops doctor: error: data file not found: {saved / 'missing.npz'}"
+    assert (
+        result.stderr.strip().splitlines()[-1]
+        == f"stableops doctor: error: data file not found: {saved / 'missing.npz'}"
+    )

@@ -53,7 +53,11 @@ def _healthy_regression():
 def _healthy_tanh_classifier():
     keras.utils.set_random_seed(0)
     model = keras.Sequential(
-        [keras.Input((F,)), keras.layers.Dense(16, activation="tanh"), keras.layers.Dense(4, activation="softmax")]
+        [
+            keras.Input((F,)),
+            keras.layers.Dense(16, activation="tanh"),
+            keras.layers.Dense(4, activation="softmax"),
+        ]
     )
     model.compile(optimizer="adam", loss=keras.losses.CategoricalCrossentropy())
     return model, X, keras.utils.to_categorical(Y_CLS, 4)
@@ -81,7 +85,9 @@ def _healthy_scaled_raw_features():
     norm = keras.layers.Normalization()
     norm.adapt(raw)
     keras.utils.set_random_seed(0)
-    model = keras.Sequential([keras.Input((F,)), norm, keras.layers.Dense(8, activation="relu"), keras.layers.Dense(1)])
+    model = keras.Sequential(
+        [keras.Input((F,)), norm, keras.layers.Dense(8, activation="relu"), keras.layers.Dense(1)]
+    )
     model.compile(optimizer="adam", loss="mse")
     return model, raw, Y_REG
 
@@ -333,7 +339,12 @@ def test_probabilities_at_zero_or_one_fed_to_a_log():
             keras.Input((F,)),
             keras.layers.Dense(8, activation="relu"),
             # logit 40 for every sample: sigmoid is exactly 1.0 in float32
-            keras.layers.Dense(1, activation="sigmoid", kernel_initializer="zeros", bias_initializer=keras.initializers.Constant(40.0)),
+            keras.layers.Dense(
+                1,
+                activation="sigmoid",
+                kernel_initializer="zeros",
+                bias_initializer=keras.initializers.Constant(40.0),
+            ),
         ]
     )
     model.compile(optimizer="adam", loss=keras.losses.BinaryCrossentropy())

@@ -135,7 +135,7 @@ def test_mixed_bfloat16_matches_float32(float32_run):
 def test_stock_keras_loss_does_not_train_here(float32_run, policy):
     """The control: this is a problem where Keras's own loss fails (loss frozen, gradient 0)."""
     losses, _ = _train(policy, keras.losses.BinaryCrossentropy(), keras.optimizers.SGD(LEARNING_RATE))
-    assert np.all(losses == losses[0]), losses  # no step changed the loss
+    np.testing.assert_allclose(losses, losses[0], rtol=1e-5)  # no step changed the loss
     assert not np.allclose(losses, float32_run[0], rtol=TOLERANCE[policy])
 
 

@@ -220,7 +220,8 @@ def _outlier_findings(where: str, stats: dict) -> list:
             check="input.outliers",
             severity="warning",
             location=f"{where} feature {worst}",
-            message=f"outliers: {_n(stats['outliers'].sum(), 'value')} more than {format_number(th.OUTLIER_Z)} "
+            message=f"outliers: {_n(stats['outliers'].sum(), 'value')} more than "
+            f"{format_number(th.OUTLIER_Z)} "
             f"robust SDs from the feature median (worst: {format_number(stats['max_z'][worst])} SDs)",
             evidence={
                 "max_robust_z": float(stats["max_z"][worst]),
@@ -258,7 +259,10 @@ def check_labels(y, y_pred, loss) -> list:
                     severity="error",
                     location="labels",
                     message=f"{_n(nonfinite.sum(), 'label')} NaN or inf",
-                    evidence={"nonfinite_labels": int(nonfinite.sum()), "samples": _listed(np.flatnonzero(nonfinite.reshape(len(y), -1).any(axis=1)))},
+                    evidence={
+                        "nonfinite_labels": int(nonfinite.sum()),
+                        "samples": _listed(np.flatnonzero(nonfinite.reshape(len(y), -1).any(axis=1))),
+                    },
                     fix="fix or drop these samples",
                 )
             )
@@ -291,7 +295,11 @@ def _sparse_label_findings(y, y_pred, loss) -> list:
     labels = y.reshape(-1)
     if loss.ignore_class is not None:
         labels = labels[labels != loss.ignore_class]
-    not_integer = labels != np.round(labels) if np.issubdtype(labels.dtype, np.floating) else np.zeros(labels.shape, bool)
+    not_integer = (
+        labels != np.round(labels)
+        if np.issubdtype(labels.dtype, np.floating)
+        else np.zeros(labels.shape, bool)
+    )
     out_of_range = (labels < 0) | (labels >= classes) | not_integer
     if not out_of_range.any():
         return []
@@ -341,7 +349,11 @@ def _categorical_label_findings(y, y_pred, loss) -> list:
                 severity="error",
                 location="labels",
                 message=f"{_n(outside.sum(), 'label value')} outside [0, 1]",
-                evidence={"bad_values": int(outside.sum()), "label_min": float(values.min()), "label_max": float(values.max())},
+                evidence={
+                    "bad_values": int(outside.sum()),
+                    "label_min": float(values.min()),
+                    "label_max": float(values.max()),
+                },
                 fix="labels of a categorical cross-entropy are probabilities: one-hot or smoothed rows",
             )
         )
@@ -354,7 +366,8 @@ def _categorical_label_findings(y, y_pred, loss) -> list:
                 check="labels.one_hot_sum",
                 severity="error",
                 location="labels",
-                message=f"{_n(off.sum(), 'label row')} not summing to 1 (e.g. {format_number(float(sums[off].flat[0]))})",
+                message=f"{_n(off.sum(), 'label row')} not summing to 1 "
+                f"(e.g. {format_number(float(sums[off].flat[0]))})",
                 evidence={
                     "bad_rows": int(off.sum()),
                     "min_sum": float(sums.min()),
@@ -379,7 +392,11 @@ def _binary_label_findings(y, loss) -> list:
             severity="error",
             location="labels",
             message=f"{_n(outside.sum(), 'label')} outside [0, 1] for {loss.display}",
-            evidence={"bad_labels": int(outside.sum()), "label_min": float(values.min()), "label_max": float(values.max())},
+            evidence={
+                "bad_labels": int(outside.sum()),
+                "label_min": float(values.min()),
+                "label_max": float(values.max()),
+            },
             fix="binary labels are 0/1 (or probabilities); map -1/+1 labels with (y + 1) / 2",
         )
     ]
@@ -397,10 +414,26 @@ _OP_CAUSES = {
     "Reciprocal": ("division by zero", "use stableops.ops.safe_divide"),
     "Sqrt": ("square root of a negative number", "use stableops.ops.safe_sqrt / safe_norm"),
     "Rsqrt": ("reciprocal square root of 0 or a negative number", "use stableops.ops.safe_sqrt / safe_norm"),
-    "Exp": ("exp overflow (argument above log(max) of the dtype)", "use stableops.ops.logsumexp / softplus / log_sigmoid"),
+    "Exp": (
+        "exp overflow (argument above log(max) of the dtype)",
+        "use stableops.ops.logsumexp / softplus / log_sigmoid",
+    ),
     "Pow": ("power of a negative or zero base", "clip the base or use a stable form"),
 }
-_OVERFLOW_OPS = {"MatMul", "BatchMatMulV2", "BiasAdd", "AddV2", "Add", "Mul", "Conv2D", "Conv1D", "Sum", "Square", "Cast", "Einsum"}
+_OVERFLOW_OPS = {
+    "MatMul",
+    "BatchMatMulV2",
+    "BiasAdd",
+    "AddV2",
+    "Add",
+    "Mul",
+    "Conv2D",
+    "Conv1D",
+    "Sum",
+    "Square",
+    "Cast",
+    "Einsum",
+}
 
 
 def explain_non_finite(stats, op: str | None):
@@ -414,7 +447,9 @@ def explain_non_finite(stats, op: str | None):
             "compute masked means with stableops.ops.safe_divide(sum, count) (0 for empty rows), "
             "use stableops.layers.Softmax for masked softmax, or drop empty sequences",
         )
-    if stats.compute_dtype == "float16" and (stats.input_max_abs > th.FLOAT16_MAX or stats.infinite or op == "Cast"):
+    if stats.compute_dtype == "float16" and (
+        stats.input_max_abs > th.FLOAT16_MAX or stats.infinite or op == "Cast"
+    ):
         return (
             f"float16 overflow: values beyond {format_number(th.FLOAT16_MAX)} become inf "
             "(and inf - inf = NaN in the next sum)",
@@ -474,7 +509,11 @@ def check_activations(layer_stats, *, first_op=None) -> list:
                     location=stats.location,
                     message=f"{100 * stats.saturated_fraction:.0f}% of {stats.activation} outputs are "
                     "saturated (within 1% of an asymptote): they pass almost no gradient",
-                    evidence={"saturated_fraction": stats.saturated_fraction, "activation": stats.activation, "max_abs": stats.max_abs},
+                    evidence={
+                        "saturated_fraction": stats.saturated_fraction,
+                        "activation": stats.activation,
+                        "max_abs": stats.max_abs,
+                    },
                     fix=SCALE_INPUTS + "; use Glorot initialisation; "
                     "or a non-saturating activation (relu, stableops.layers.ELU)",
                 )
@@ -487,7 +526,11 @@ def check_activations(layer_stats, *, first_op=None) -> list:
                     location=stats.location,
                     message=f"{stats.dead_units} of {stats.units} ReLU units are dead (zero on every "
                     "sample): they get no gradient and never recover",
-                    evidence={"dead_units": stats.dead_units, "units": stats.units, "dead_fraction": stats.dead_fraction},
+                    evidence={
+                        "dead_units": stats.dead_units,
+                        "units": stats.units,
+                        "dead_fraction": stats.dead_fraction,
+                    },
                     fix="use stableops.layers.LeakyReLU or stableops.layers.ELU, He initialisation, "
                     "centred inputs, or a lower learning rate",
                 )
@@ -543,7 +586,9 @@ def _headroom_findings(stats) -> list:
 # Loss
 
 
-def check_loss(loss, y, y_pred, per_sample, *, error=None, first_op=None, prediction_nonfinite_rows=()) -> list:
+def check_loss(
+    loss, y, y_pred, per_sample, *, error=None, first_op=None, prediction_nonfinite_rows=()
+) -> list:
     """Non-finite or raising loss, probabilities clipped at 0/1, Keras loss with a drop-in."""
     findings = []
     if loss is None:
@@ -571,7 +616,11 @@ def check_loss(loss, y, y_pred, per_sample, *, error=None, first_op=None, predic
                     location="loss",
                     message=f"{loss.display} is non-finite on {_n(own.size, 'sample')} whose predictions "
                     "are finite" + (f" (op {op})" if op else ""),
-                    evidence={"samples": _listed(own), "nonfinite_samples": int(own.size), "op": op or "unknown"},
+                    evidence={
+                        "samples": _listed(own),
+                        "nonfinite_samples": int(own.size),
+                        "op": op or "unknown",
+                    },
                     fix=f"use {loss.drop_in or 'a stableops loss'}; check the labels findings",
                 )
             )
@@ -615,6 +664,8 @@ def _clipped_probability_findings(loss, y, y_pred) -> list:
         if y.shape != p.shape:
             return []
         clipped = (p <= eps) | (p >= 1.0 - eps)
+        # Stuck: saturated on the wrong side of the label (for 0/1 labels,
+        # |y - p| is 0 or 1; for soft labels, > 0.5 means the other side).
         stuck = clipped & (np.abs(y - p) > 0.5)
     else:
         if loss.kind == "sparse":
@@ -633,7 +684,12 @@ def _clipped_probability_findings(loss, y, y_pred) -> list:
     if loss.drop_in:
         fix += f", or use {loss.drop_in}"
     if output_dtype == "float16":
-        fix += "; keep the output layer in float32 (dtype='float32'): a float16 sigmoid is exactly 1.0 from logit 8.3 up"
+        # float16 holds no value in (1 - 2**-12, 1): sigmoid(z) rounds to 1.0
+        # once exp(-z) < 2**-12, i.e. z > 12 * log(2) = 8.3.
+        fix += (
+            "; keep the output layer in float32 (dtype='float32'): a float16 sigmoid is exactly 1.0 "
+            "from logit 8.3 up"
+        )
     return [
         Finding(
             check="loss.clipped_probabilities",
@@ -693,7 +749,11 @@ def check_gradients(norms, *, learning_rate, first_op=None) -> list:
                 location=f"layer '{name}'",
                 message=f"the gradient of {len(nonfinite)} layer(s) is non-finite although the loss is finite"
                 + (f" (op {op})" if op else ""),
-                evidence={"layer": name, "op": op or "unknown", "layers": [n for n, _ in nonfinite][:_MAX_LISTED]},
+                evidence={
+                    "layer": name,
+                    "op": op or "unknown",
+                    "layers": [n for n, _ in nonfinite][:_MAX_LISTED],
+                },
                 fix="wrap the optimizer in stableops.optimizers.SkipNonFinite; find the op "
                 "(sqrt/norm/divide at 0) and use its stableops.ops safe form",
             )

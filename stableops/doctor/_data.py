@@ -11,7 +11,7 @@ import numpy as np
 import tensorflow as tf
 
 
-def _to_numpy(value):
+def to_numpy(value):
     if value is None:
         return None
     if isinstance(value, np.ndarray):
@@ -56,8 +56,8 @@ def sample_from_dataset(dataset, max_samples):
     xs, ys, count = [], [], 0
     for element in dataset:
         x, y = _unpack(element)
-        xs.append(tf.nest.map_structure(_to_numpy, x))
-        ys.append(None if y is None else tf.nest.map_structure(_to_numpy, y))
+        xs.append(tf.nest.map_structure(to_numpy, x))
+        ys.append(None if y is None else tf.nest.map_structure(to_numpy, y))
         count += _num_samples(xs[-1])
         if count >= max_samples:
             break
@@ -82,8 +82,8 @@ def take_sample(x, y, *, max_samples: int, seed: int = 0):
         x, y = sample_from_dataset(x, max_samples)
         n_total = _num_samples(x)
     else:
-        x = tf.nest.map_structure(_to_numpy, x)
-        y = None if y is None else tf.nest.map_structure(_to_numpy, y)
+        x = tf.nest.map_structure(to_numpy, x)
+        y = None if y is None else tf.nest.map_structure(to_numpy, y)
         n_total = _num_samples(x)
         if y is not None and _num_samples(y) != n_total:
             raise ValueError(f"x has {n_total} samples but y has {_num_samples(y)}")

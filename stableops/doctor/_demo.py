@@ -151,8 +151,10 @@ def _masked_model(pooling, name, loss, optimizer):
 
 def _masked_stock(x, y):
     model = _masked_model(
-        keras.layers.GlobalAveragePooling1D(name="mean_pool"), "masked_stock",
-        keras.losses.BinaryCrossentropy(), keras.optimizers.Adam(0.01),
+        keras.layers.GlobalAveragePooling1D(name="mean_pool"),
+        "masked_stock",
+        keras.losses.BinaryCrossentropy(),
+        keras.optimizers.Adam(0.01),
     )
     return model, None
 
@@ -233,7 +235,7 @@ def _labels_stableops(x, y):
 
 def scenarios(fast: bool = False):
     """The demo's scenarios, smaller (one or two epochs on less data) when ``fast``."""
-    epochs = (lambda full, quick: quick if fast else full)  # noqa: E731
+    epochs = lambda full, quick: quick if fast else full  # noqa: E731
     return [
         Scenario(
             key="unscaled",
@@ -276,8 +278,9 @@ def scenarios(fast: bool = False):
             make_data=_labels_data,
             stock_model=_labels_stock,
             stableops_model=_labels_stableops,
-            stableops_changes="stableops.losses.SparseCategoricalCrossentropy, SkipNonFinite skips "
-            "the NaN batches, NaNGuard names the cause",
+            stableops_changes="stableops.losses.SparseCategoricalCrossentropy (NaN under XLA, never a "
+            "finite wrong loss), NaNGuard(action='continue') rolls back each NaN batch and names the "
+            "cause, SkipNonFinite",
             epochs=epochs(4, 2),
             jit_compile=True,
             guard={"action": "continue", "lr_factor": 1.0, "max_recoveries": None},
@@ -385,8 +388,13 @@ def _train(scenario, build, x, y, *, with_guard):
         error = None
         try:
             model.fit(
-                x, y, batch_size=scenario.batch_size, epochs=scenario.epochs,
-                shuffle=True, verbose=0, callbacks=callbacks,
+                x,
+                y,
+                batch_size=scenario.batch_size,
+                epochs=scenario.epochs,
+                shuffle=True,
+                verbose=0,
+                callbacks=callbacks,
             )
         except Exception as exc:  # noqa: BLE001
             error = _one_line(exc)
@@ -431,9 +439,13 @@ def run_demo(*, fast=False, out=None, progress=print, width=100):
         head = f"[{number}/{len(all_scenarios)}] {scenario.title}"
         progress(f"{head}: training with stock Keras ...")
         stock = _train(scenario, scenario.stock_model, x, y, with_guard=False)
-        progress(f"{head}: stock Keras {_outcome(stock)} ({stock.seconds:.1f} s); training with stableops ...")
+        progress(
+            f"{head}: stock Keras {_outcome(stock)} ({stock.seconds:.1f} s); training with stableops ..."
+        )
         stable = _train(scenario, scenario.stableops_model, x, y, with_guard=True)
-        progress(f"{head}: stableops {_outcome(stable)} ({stable.seconds:.1f} s); diagnosing the stock model ...")
+        progress(
+            f"{head}: stableops {_outcome(stable)} ({stable.seconds:.1f} s); diagnosing the stock model ..."
+        )
         try:
             report = _diagnose_stock(scenario, x, y)
         except Exception as error:  # noqa: BLE001
@@ -523,7 +535,14 @@ def format_diagnoses(results, width=100) -> str:
     for number, r in enumerate(results, 1):
         s = r.scenario
         lines.append(f"{number}. {s.title}: {s.story}")
-        lines.extend(textwrap.wrap("stableops run: " + s.stableops_changes, width, initial_indent="   ", subsequent_indent="     "))
+        lines.extend(
+            textwrap.wrap(
+                "stableops run: " + s.stableops_changes,
+                width,
+                initial_indent="   ",
+                subsequent_indent="     ",
+            )
+        )
         for run_name, run in (("stock Keras", r.stock), ("stableops", r.stableops)):
             if run.error:
                 lines.append(f"   {run_name} run failed: {run.error}")
@@ -555,9 +574,18 @@ def format_diagnoses(results, width=100) -> str:
                     subsequent_indent="           ",
                 )
             )
-            lines.extend(textwrap.wrap("fix: " + finding.fix, width, initial_indent="           ", subsequent_indent="             "))
+            lines.extend(
+                textwrap.wrap(
+                    "fix: " + finding.fix,
+                    width,
+                    initial_indent="           ",
+                    subsequent_indent="             ",
+                )
+            )
         if len(report.problems) > 4:
-            lines.append(f"   ... and {len(report.problems) - 4} more (stableops.diagnose(model, x, y) shows all)")
+            lines.append(
+                f"   ... and {len(report.problems) - 4} more (stableops.diagnose(model, x, y) shows all)"
+            )
         lines.append("")
     return "\n".join(lines).rstrip()
 
@@ -580,10 +608,26 @@ def plot_losses(results, out) -> None:
                 continue
             steps = np.arange(1, run.losses.size + 1)
             finite = np.isfinite(run.losses)
-            ax.plot(steps, np.where(finite, run.losses, np.nan), color=color, lw=1.2, marker=".", ms=3, label=label)
+            ax.plot(
+                steps,
+                np.where(finite, run.losses, np.nan),
+                color=color,
+                lw=1.2,
+                marker=".",
+                ms=3,
+                label=label,
+            )
             if (~finite).any():
-                ax.plot(steps[~finite], np.full((~finite).sum(), row), "x", color=color, ms=5,
-                        transform=top, clip_on=False, label=f"{label}: NaN loss ({(~finite).sum()} steps)")
+                ax.plot(
+                    steps[~finite],
+                    np.full((~finite).sum(), row),
+                    "x",
+                    color=color,
+                    ms=5,
+                    transform=top,
+                    clip_on=False,
+                    label=f"{label}: NaN loss ({(~finite).sum()} steps)",
+                )
                 ax.axvline(steps[~finite][0], color=color, ls="--", lw=0.8, alpha=0.6)
         ax.set_yscale("log")
         ax.set_title(r.scenario.title, fontsize=10)
@@ -591,7 +635,7 @@ def plot_losses(results, out) -> None:
         ax.set_ylabel("batch loss (log scale)")
         ax.legend(fontsize=7, loc="best")
         ax.grid(alpha=0.3)
-    for ax in list(axes.flat)[len(results):]:
+    for ax in list(axes.flat)[len(results) :]:
         ax.set_visible(False)
     fig.suptitle("stableops doctor: batch loss, stock Keras vs stableops (x: NaN loss, dashed: first NaN)")
     fig.tight_layout()

@@ -81,19 +81,28 @@ def diagnose(model, x, y=None, *, loss=None, batch_size=32, max_batches=8, train
     model_rows = batch_size * int(max_batches)
     nonfinite_counts = None
     if not isinstance(x, tf.data.Dataset):
-        x = tf.nest.map_structure(_data._to_numpy, x)
+        x = tf.nest.map_structure(_data.to_numpy, x)
         nonfinite_counts = _data.count_nonfinite(x)
-    data_rows = min(th.DATA_CHECK_ROWS, th.DATA_CHECK_VALUES // _data.values_per_row(x)) if (
-        not isinstance(x, tf.data.Dataset)
-    ) else model_rows
+    data_rows = (
+        min(th.DATA_CHECK_ROWS, th.DATA_CHECK_VALUES // _data.values_per_row(x))
+        if (not isinstance(x, tf.data.Dataset))
+        else model_rows
+    )
     data_x, data_y, n_total = _data.take_sample(x, y, max_samples=max(data_rows, model_rows))
     x, y, _ = _data.take_sample(data_x, data_y, max_samples=model_rows)
     _ensure_built(model, x, batch_size)
     saved_state = [np.array(v.numpy()) for v in model.non_trainable_variables]
     try:
         return _diagnose(
-            model, x, y, loss=loss, batch_size=batch_size, training=training, n_total=n_total,
-            data=(data_x, data_y), nonfinite_counts=nonfinite_counts,
+            model,
+            x,
+            y,
+            loss=loss,
+            batch_size=batch_size,
+            training=training,
+            n_total=n_total,
+            data=(data_x, data_y),
+            nonfinite_counts=nonfinite_counts,
         )
     finally:
         for variable, value in zip(model.non_trainable_variables, saved_state):
@@ -126,7 +135,10 @@ def _diagnose(model, x, y, *, loss, batch_size, training, n_total, data, nonfini
     names, consumers = _input_consumers(model, data_x, probe)
     by_name = {s.name: s for s in layer_stats}
     findings = _checks.check_inputs(
-        _data.flatten(data_x), names=names, consumers=consumers, layer_stats=by_name,
+        _data.flatten(data_x),
+        names=names,
+        consumers=consumers,
+        layer_stats=by_name,
         nonfinite_counts=nonfinite_counts,
     )
     findings += _checks.check_labels(data_y, y_pred, loss_info)
@@ -150,13 +162,20 @@ def _diagnose(model, x, y, *, loss, batch_size, training, n_total, data, nonfini
                     lambda: loss_info.per_sample(yb, tf.nest.map_structure(tf.constant, pb))
                 )
     findings += _checks.check_loss(
-        loss_info, y, y_pred, per_sample, error=loss_error, first_op=loss_op,
+        loss_info,
+        y,
+        y_pred,
+        per_sample,
+        error=loss_error,
+        first_op=loss_op,
         prediction_nonfinite_rows=prediction_bad_rows,
     )
 
     learning_rate = _learning_rate(model)
-    upstream_broken = bool(prediction_bad_rows.size) or loss_error is not None or (
-        per_sample is not None and not np.isfinite(per_sample).all()
+    upstream_broken = (
+        bool(prediction_bad_rows.size)
+        or loss_error is not None
+        or (per_sample is not None and not np.isfinite(per_sample).all())
     )
     can_differentiate = y is not None and (loss_info is not None or _compiled(model))
     if can_differentiate and not upstream_broken and model.trainable_variables:

@@ -183,7 +183,7 @@ def _accumulate(stats: LayerStats, inputs, outputs, row_offset: int):
             if mask.ndim >= 1:
                 empty = ~mask.reshape(mask.shape[0], -1).any(axis=1)
                 rows = np.flatnonzero(empty) + row_offset
-                stats.fully_masked_rows.extend(rows[: _MAX_ROWS_KEPT].tolist())
+                stats.fully_masked_rows.extend(rows[:_MAX_ROWS_KEPT].tolist())
     for tensor in outputs:
         values = _float_numpy(tensor)
         if values is None:
@@ -251,6 +251,12 @@ def first_non_finite_op(fn) -> dict | None:
     Returns ``{"op": <op type>, "layer_class": <Keras class or None>}`` for the
     first op whose output held inf or NaN, or ``None`` if none did. Any other
     error is ignored (the caller has already seen the values).
+
+    Call it only with inputs ``fn`` has already run on: check-numerics also
+    instruments ``tf.function`` graphs *traced* while it is enabled (e.g. the
+    XLA kernels of stableops ops), and such a graph would keep raising on
+    legitimate NaN afterwards. With the same shapes, every function is
+    already traced and cached, so nothing new is instrumented.
     """
     tf.debugging.enable_check_numerics()
     try:

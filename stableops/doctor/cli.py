@@ -45,12 +45,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     doctor.add_argument("model", nargs="?", help="a saved Keras model (.keras)")
     doctor.add_argument("data", nargs="?", help="a .npz file with the inputs (and labels)")
-    doctor.add_argument("--x", dest="x_key", default=None,
-                        help="key of the inputs in DATA (default 'x'; comma-separate several inputs)")
-    doctor.add_argument("--y", dest="y_key", default=None, help="key of the labels in DATA (default 'y' if present)")
-    doctor.add_argument("--batch-size", type=int, default=32, help="batch size for the diagnosis (default 32)")
+    doctor.add_argument(
+        "--x",
+        dest="x_key",
+        default=None,
+        help="key of the inputs in DATA (default 'x'; comma-separate several inputs)",
+    )
+    doctor.add_argument(
+        "--y", dest="y_key", default=None, help="key of the labels in DATA (default 'y' if present)"
+    )
+    doctor.add_argument(
+        "--batch-size", type=int, default=32, help="batch size for the diagnosis (default 32)"
+    )
     doctor.add_argument("--json", action="store_true", help="print the report as JSON")
-    doctor.add_argument("--out", default=None, help=f"demo: where to write the loss-curve PNG (default ./{DEFAULT_PLOT})")
+    doctor.add_argument(
+        "--out", default=None, help=f"demo: where to write the loss-curve PNG (default ./{DEFAULT_PLOT})"
+    )
     doctor.add_argument("--fast", action="store_true", help="demo: a reduced, quicker run")
     return parser
 
@@ -88,8 +98,10 @@ def run_demo_command(args) -> int:
         raise BadInput(f"--out directory does not exist: {directory}")
     start = time.perf_counter()
     say = lambda text: print(text, flush=True)  # noqa: E731
-    say("stableops doctor: training small models that go NaN with stock Keras, and again with stableops"
-        + (" (fast mode)" if args.fast else ""))
+    say(
+        "stableops doctor: training small models that go NaN with stock Keras, and again with stableops"
+        + (" (fast mode)" if args.fast else "")
+    )
     from stableops.doctor import _demo
 
     results = _demo.run_demo(fast=args.fast, out=out, progress=say)
@@ -141,7 +153,9 @@ def load_data(path, x_key, y_key):
     if not os.path.isfile(path):
         raise BadInput(f"data file not found: {path}")
     if not zipfile.is_zipfile(path):
-        raise BadInput(f"cannot read {path}: not a .npz archive (write one with numpy.savez(path, x=..., y=...))")
+        raise BadInput(
+            f"cannot read {path}: not a .npz archive (write one with numpy.savez(path, x=..., y=...))"
+        )
     try:
         archive = np.load(path, allow_pickle=False)
     except Exception as error:  # noqa: BLE001
@@ -224,7 +238,9 @@ def run_diagnosis_command(args) -> int:
     try:
         report = diagnose(model, x, y, batch_size=args.batch_size)
     except Exception as error:  # noqa: BLE001 - most often data that does not fit the model
-        raise BadInput(f"the data does not fit the model: {type(error).__name__}: {_first_line(error)}") from None
+        raise BadInput(
+            f"the data does not fit the model: {type(error).__name__}: {_first_line(error)}"
+        ) from None
     if args.json:
         print(report.to_json(indent=2))
     else:

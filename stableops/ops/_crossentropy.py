@@ -293,22 +293,60 @@ def _categorical_from_logits(target, logits, axis):
     return tf.cast(loss, logits.dtype)
 
 
-def _normalized(probabilities, axis):
-    """``p / sum(p)`` along ``axis``; an all-zero row is left as is (``0 / 0`` read as 0)."""
-    total = tf.reduce_sum(probabilities, axis=axis, keepdims=True)
-    return probabilities / tf.where(tf.equal(total, 0), tf.ones_like(total), total)
+def _unclipped_fraction(o, low):
+    """``o / max(o, low)``: 1 above ``low``, ``o / low`` below, computed without a division.
+
+    ``low`` is a power of two, so ``o * (1 / low)`` is exact; and with no
+    division here XLA has nothing to fold into a following one.
+    """
+    return tf.where(o >= low, tf.ones_like(o), o * (1.0 / low))
+
+
+def _row_divisor(total):
+    """The row sum, or 1 for an all-zero row (which is left unnormalized: 0/0 read as 0)."""
+    return tf.where(tf.equal(total, 0), tf.ones_like(total), total)
+
+
+def _normalized_crossentropy(z, o, axis, bounds):
+    """``-sum(z * log(clip(o / sum(o))))`` along ``axis`` with a closed-form gradient.
+
+    Gradient with respect to ``o_j``: ``-z_j / o_j + sum(z) / S`` (the second
+    term absent for an all-zero row), with every ``1 / o_i`` taken at
+    ``max(o_i, tiny)`` of the input dtype (the straight-through clip, so it is
+    finite). Written out instead of left to autodiff because XLA rewrites the
+    autodiff chain ``(g / p) / S`` as ``g / (p * S)``, and ``p * S`` underflows
+    to 0 for a clipped ``p``: NaN or -inf where the gradient should be finite.
+    With respect to ``z``: ``-log(clip(o / S))``.
+    """
+
+    @tf.custom_gradient
+    def loss_fn(z, o):
+        total = tf.reduce_sum(o, axis=axis, keepdims=True)
+        divisor = _row_divisor(total)
+        log_q = tf.math.log(_clip(o / divisor, bounds.low, 1.0))
+        loss = -tf.reduce_sum(z * log_q, axis=axis)
+
+        def grad(upstream):
+            upstream = tf.expand_dims(upstream, axis)
+            slope_point = _clip(o, bounds.slope_low, math.inf)
+            fraction = _unclipped_fraction(o, bounds.slope_low)
+            normalizing = tf.reduce_sum(z * fraction, axis=axis, keepdims=True) / divisor
+            normalizing = tf.where(tf.equal(total, 0), tf.zeros_like(normalizing), normalizing)
+            return -upstream * log_q, upstream * (normalizing - z / slope_point)
+
+        return loss, grad
+
+    return loss_fn(z, o)
 
 
 @xla_kernel
 def _categorical_from_probabilities(target, probabilities, axis):
-    bounds = _ClipBounds(probabilities.dtype)
     p = to_compute(probabilities)
     z = tf.cast(target, p.dtype)
-    # Keras normalizes each row to sum 1; the clip (upper bound 1: only log(p)
-    # appears, so a perfect prediction costs exactly 0) keeps log finite, with
-    # a straight-through gradient.
-    log_p = _log_probability(_normalized(p, axis), bounds, 1.0)
-    loss = -tf.reduce_sum(z * log_p, axis=axis)
+    # Keras normalizes each row to sum 1. The clip's upper bound is 1 (only
+    # log(p) appears), so a perfect prediction costs exactly 0; its lower
+    # bound and the slope bound are those of _ClipBounds.
+    loss = _normalized_crossentropy(z, p, axis, _ClipBounds(probabilities.dtype))
     return tf.cast(loss, probabilities.dtype)
 
 
@@ -413,18 +451,37 @@ def _sparse_from_logits(labels, logits):
     return tf.cast(loss, logits.dtype)
 
 
+def _sparse_normalized_crossentropy(indices, o, bounds):
+    """``-log(clip(o[y] / sum(o)))`` per row, gradient as in ``_normalized_crossentropy`` with ``z = one_hot(y)``."""
+
+    @tf.custom_gradient
+    def loss_fn(o):
+        total = tf.reduce_sum(o, axis=-1)
+        divisor = _row_divisor(total)
+        picked = _gather_class(o, indices)
+        loss = -tf.math.log(_clip(picked / divisor, bounds.low, 1.0))
+
+        def grad(upstream):
+            slope_point = _clip(picked, bounds.slope_low, math.inf)
+            fraction = _unclipped_fraction(picked, bounds.slope_low)
+            normalizing = tf.where(tf.equal(total, 0), tf.zeros_like(total), fraction / divisor)
+            # The one-hot exists only in the (dense) gradient, never in the loss.
+            one_hot = tf.one_hot(indices, tf.shape(o)[-1], dtype=o.dtype)
+            return upstream[..., None] * (normalizing[..., None] - one_hot / slope_point[..., None])
+
+        return loss, grad
+
+    return loss_fn(o)
+
+
 @xla_kernel
 def _sparse_from_probabilities(labels, probabilities):
-    bounds = _ClipBounds(probabilities.dtype)
     o = to_compute(probabilities)
     valid = _label_validity(labels, tf.shape(o, out_type=tf.int64)[-1])
-    total = tf.reduce_sum(o, axis=-1)
-    picked = _gather_class(o, _as_indices(labels, valid))
-    # The same normalization and straight-through clip as the dense loss,
-    # applied to the one probability the label selects.
-    p = picked / tf.where(tf.equal(total, 0), tf.ones_like(total), total)
-    log_p = _log_probability(p, bounds, 1.0)
-    loss = -log_p * _nan_unless(valid, log_p)
+    # The normalization and clip of the dense loss, on the one probability
+    # the label selects.
+    loss = _sparse_normalized_crossentropy(_as_indices(labels, valid), o, _ClipBounds(probabilities.dtype))
+    loss = loss * _nan_unless(valid, loss)
     return tf.cast(loss, probabilities.dtype)
 
 
