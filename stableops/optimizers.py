@@ -22,10 +22,14 @@ class SkipNonFinite(keras.optimizers.Optimizer):
     (``jit_compile=True``), and adds one ``all(isfinite)`` reduction per
     gradient per step.
 
-    The pattern is the one ``keras.optimizers.LossScaleOptimizer`` uses (and
-    under ``mixed_float16`` Keras wraps this optimizer in one, which already
-    skips steps with overflowing *scaled* gradients; this wrapper then catches
-    what remains, e.g. a NaN loss). The learning rate, ``iterations``,
+    The pattern is the one ``keras.optimizers.LossScaleOptimizer`` uses. Under
+    ``mixed_float16`` Keras wraps this optimizer in one, which already skips
+    steps with overflowing *scaled* gradients; this wrapper then catches what
+    remains. Wrapped the other way round, ``SkipNonFinite(LossScaleOptimizer(
+    ...))``, the loss scaler gets every step (it must see the overflows to
+    lower its scale) and skips non-finite ones itself; ``skipped_steps``
+    counts them. Under a distribution strategy the step is skipped on every
+    replica when any replica's gradients are non-finite. The learning rate, ``iterations``,
     ``scale_loss`` and EMA finalisation are those of the wrapped optimizer, so
     learning-rate schedules and callbacks (``ReduceLROnPlateau``, NaNGuard)
     see the inner optimizer. Skipped steps do not advance ``iterations``.
@@ -131,6 +135,14 @@ class SkipNonFinite(keras.optimizers.Optimizer):
                 )
             with tf.name_scope(self.name):
                 self.build(trainable_variables)
+        if isinstance(self.inner_optimizer, keras.optimizers.LossScaleOptimizer):
+            # The loss scaler must see overflowing *scaled* gradients to lower
+            # its scale (skipping them here would skip every step forever); it
+            # skips non-finite steps itself, so delegate, and count its skips.
+            finite = self.all_finite(grads)
+            self.inner_optimizer.apply(grads, trainable_variables)
+            self.skipped_steps.assign_add(tf.cast(tf.logical_not(finite), "int64"))
+            return
         if tf.distribute.has_strategy() and not tf.distribute.in_cross_replica_context():
             # Under a distribution strategy each replica holds its *local*
             # gradients here (Keras all-reduces them inside the wrapped

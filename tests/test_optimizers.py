@@ -79,6 +79,20 @@ def test_finite_steps_match_the_bare_optimizer():
     assert int(optimizer.iterations.numpy()) == 2
 
 
+def test_a_loss_scale_optimizer_inside_handles_overflow_itself():
+    # SkipNonFinite(LossScaleOptimizer(...)): the scaler must see the
+    # overflowing scaled gradients, or its scale would never come down.
+    inner = keras.optimizers.LossScaleOptimizer(keras.optimizers.SGD(1.0), initial_scale=2.0**10)
+    optimizer = SkipNonFinite(inner)
+    variable = keras.Variable(np.ones((2,), np.float32))
+    optimizer.apply([tf.constant([np.inf, 1.0])], [variable])
+    assert float(np.asarray(inner.dynamic_scale)) == 2.0**9  # the scaler lowered its scale
+    np.testing.assert_array_equal(variable.numpy(), [1.0, 1.0])  # and skipped the step
+    optimizer.apply([tf.constant([2.0**9, 0.0])])  # a scaled gradient of 1
+    np.testing.assert_array_equal(variable.numpy(), [0.0, 1.0])
+    assert int(optimizer.skipped_steps.numpy()) == 1 and int(optimizer.iterations.numpy()) == 1
+
+
 def test_apply_directly_and_indexed_slices():
     variable = keras.Variable(np.ones((3, 2), np.float32))
     optimizer = SkipNonFinite(keras.optimizers.SGD(1.0))
