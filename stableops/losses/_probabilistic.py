@@ -69,6 +69,11 @@ __all__ = [
 _REDUCTION = "sum_over_batch_size"
 _SIGMOID, _SOFTMAX = "Sigmoid", "Softmax"
 
+# Entry points are plain graph code (Python control flow on static values
+# only): AutoGraph must not convert them (and, through them, all of
+# stableops.ops) inside a user's tf.function, which costs seconds per trace.
+_graph_code = tf.autograph.experimental.do_not_convert
+
 
 # ----------------------------------------------------------------------------
 # Argument checks (static, outside the compiled kernels)
@@ -358,6 +363,7 @@ def _binary_crossentropy(
     )
 
 
+@_graph_code
 def binary_crossentropy(
     y_true,
     y_pred,
@@ -510,6 +516,7 @@ def _binary_focal_crossentropy_kernel(
     return _binary_reduce(values, valid, axis)
 
 
+@_graph_code
 def binary_focal_crossentropy(
     y_true,
     y_pred,
@@ -677,6 +684,7 @@ def _categorical_crossentropy(y_true, y_pred, *, from_logits, label_smoothing, a
     )
 
 
+@_graph_code
 def categorical_crossentropy(
     y_true, y_pred, from_logits=False, label_smoothing=0.0, axis=-1, *, ignore_class=None
 ):
@@ -806,6 +814,7 @@ def _categorical_focal_crossentropy(
     )
 
 
+@_graph_code
 def categorical_focal_crossentropy(
     y_true,
     y_pred,
@@ -1004,6 +1013,7 @@ def _sparse_categorical_crossentropy(
     )
 
 
+@_graph_code
 def sparse_categorical_crossentropy(
     y_true, y_pred, from_logits=False, ignore_class=None, axis=-1, *, label_smoothing=0.0
 ):
@@ -1103,6 +1113,7 @@ def _kl_divergence_kernel(y_true, y_pred):
     return tf.reduce_sum(terms, axis=-1)
 
 
+@_graph_code
 def kl_divergence(y_true, y_pred):
     """Kullback-Leibler divergence ``sum(t * log(t / p), axis=-1)``.
 
@@ -1144,6 +1155,7 @@ def _poisson_kernel(y_true, y_pred):
     return _mean(rate - ops.xlogy(target, _floor_at_tiny(rate)), axis=-1)
 
 
+@_graph_code
 def poisson(y_true, y_pred):
     """Poisson loss ``mean(y_pred - y_true * log(y_pred), axis=-1)``.
 
@@ -1205,6 +1217,7 @@ class _ProbabilisticLoss(FunctionLoss):
     _activation = None  # the op whose logits a prediction may carry
     _core = None  # the loss function without logits resolution
 
+    @_graph_code
     def __call__(self, y_true, y_pred, sample_weight=None):
         stack = _raw_stack()
         stack.append((self, y_true, y_pred))
@@ -1221,6 +1234,7 @@ class _ProbabilisticLoss(FunctionLoss):
                 return raw_true, raw_pred
         return y_true, y_pred
 
+    @_graph_code
     def call(self, y_true, y_pred):
         y_true, y_pred = self._raw_inputs(y_true, y_pred)
         kwargs = dict(self._fn_kwargs)

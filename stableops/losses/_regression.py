@@ -20,6 +20,11 @@ zero gradient, these stay finite and accurate:
   Keras: 1) and take a keyword-only ``smooth`` term;
 * ``log_cosh`` and ``huber`` are accurate for tiny and finite for huge errors.
 
+Per-sample means over the last axis are Keras's (sum, then divide): with
+float32/bfloat16 inputs near the float32 range a sample overflows to ``inf``
+when the sum of its per-element terms exceeds the float32 max; half-precision
+inputs, computed in float32, stay far from it.
+
 Every function validates its arguments (``TypeError`` for non-floating
 predictions, ``ValueError`` naming both shapes or the bad hyperparameter), then
 runs an XLA-compiled kernel when called eagerly (``ops._kernel.xla_kernel``).
@@ -142,9 +147,10 @@ def mean_squared_error(y_true, y_pred):
     Numerical stability:
         Half precision is computed in float32 (Keras's function form squares
         in float16: an error of 300 gives ``inf``). The result overflows to
-        ``inf`` only when the exact mean exceeds the float32 range (errors
-        beyond about 1.8e19 in float32/bfloat16); the gradient ``2 (y_pred -
-        y_true) / n`` stays finite while the error itself is finite. NaN gives NaN.
+        ``inf`` only when the sum of the squared errors over the last axis
+        exceeds the float32 max (errors beyond about 1.8e19, possible only
+        for float32/bfloat16 inputs); the gradient ``2 (y_pred - y_true) / n``
+        stays finite while the error itself is finite. NaN gives NaN.
         Error budget: 3 ULP of the float32 result (last axis of up to 8).
 
     Args:
@@ -174,8 +180,8 @@ def mean_absolute_error(y_true, y_pred):
         ``mean(|y_true - y_pred|, axis=-1)``
 
     Numerical stability:
-        Half precision is computed in float32. Finite while the error
-        ``y_pred - y_true`` is representable (``|error| <= max``); the
+        Half precision is computed in float32. Finite while the sum of the
+        absolute errors over the last axis is below the float32 max; the
         gradient is ``sign(y_pred - y_true) / n`` (0 at a zero error, as in
         Keras). NaN gives NaN.
         Error budget: 3 ULP of the float32 result (last axis of up to 8).
@@ -229,8 +235,8 @@ def mean_absolute_percentage_error(y_true, y_pred):
         5e8) and 50 here (the 1 -> 1.5 term alone; gradient 0 for the
         zero-target prediction). Half precision is computed in float32, where
         every finite float16 input gives a finite result (at most about
-        2e11). In float32/bfloat16 the result overflows only when the true
-        relative error does (``|y_pred| / |y_true|`` beyond about 3e36).
+        2e11). In float32/bfloat16 the result overflows only when the sum of
+        the relative errors does (``|y_pred| / |y_true|`` beyond about 3e36).
         NaN in ``y_true`` or ``y_pred`` (at a nonzero target) gives NaN.
         Error budget: 4 ULP of the float32 result (last axis of up to 8).
 
@@ -307,9 +313,10 @@ def mean_squared_logarithmic_error(y_true, y_pred):
         y_true`` the log difference is ``log1p(|y_pred - y_true| / (1 +
         min))``, accurate to a few ULP (Keras's ``log(y_pred + 1) - log(y_true
         + 1)`` cancels: 0.3% off at 1e-5 vs 2e-5). Half precision is computed
-        in float32; the result overflows only where the exact one does
-        (negative inputs beyond about -1.8e19 in float32/bfloat16). NaN gives NaN.
-        Error budget: 8 ULP of the float32 result (last axis of up to 8).
+        in float32; the result overflows only when the sum of the squared
+        log errors exceeds the float32 max (negative inputs beyond about
+        -1.8e19, float32/bfloat16 only). NaN gives NaN.
+        Error budget: 6 ULP of the float32 result (last axis of up to 8).
 
     Args:
         y_true: targets, ``[batch, d0, ..., dN]``; any real dtype.
@@ -363,7 +370,8 @@ def huber(y_true, y_pred, delta=1.0):
         float16 errors up to the full range (``y_true = -60000, y_pred = 60000``)
         give finite values and gradients (Keras's function form: ``inf`` and a
         NaN gradient). Gradient: ``clip(e, -delta, delta) / n``. In
-        float32/bfloat16 the result is finite while ``e`` is. NaN gives NaN.
+        float32/bfloat16 the result is finite while the sum of the
+        per-element losses over the last axis is. NaN gives NaN.
         Error budget: 3 ULP of the float32 result (last axis of up to 8).
 
     Args:
@@ -402,8 +410,8 @@ def log_cosh(y_true, y_pred):
         ``5e-13``; Keras's ``x + softplus(-2x) - log 2`` gives 0) and finite
         for huge ones (float16 ``-40000`` gives ``39999.3``; Keras's float16
         function form gives ``inf``). Gradient ``tanh(e) / n``. Half
-        precision is computed in float32. Finite while the error is. NaN
-        gives NaN.
+        precision is computed in float32. Finite while the sum over the last
+        axis (about ``sum |e|``) is below the float32 max. NaN gives NaN.
         Error budget: 4 ULP of the float32 result (last axis of up to 8).
 
     Args:
@@ -460,7 +468,7 @@ def cosine_similarity(y_true, y_pred, axis=-1):
 
     Example:
         >>> cosine_similarity([[0., 1.], [1., 1.], [1., 1.]], [[1., 0.], [1., 1.], [-1., -1.]])
-        ... # [0., -1., 1.]
+        ... # [0., -0.99999994, 0.99999994]
     """
     axis = _axis_argument(axis, allow_none=False)
     return _cosine_similarity_kernel(*_prepare(y_true, y_pred), axis=axis)
@@ -589,7 +597,7 @@ def tversky(y_true, y_pred, alpha=0.5, beta=0.5, axis=None, *, smooth=0.0):
         ValueError: if ``alpha``, ``beta`` or ``smooth`` is negative or NaN.
 
     Example:
-        >>> tversky([[1.0, 0.0, 1.0]], [[0.8, 0.1, 0.7]], alpha=0.7, beta=0.3)  # 0.2087
+        >>> tversky([[1.0, 0.0, 1.0]], [[0.8, 0.1, 0.7]], alpha=0.7, beta=0.3)  # 0.2021277
     """
     alpha = _hyperparameter(alpha, "alpha", 0.0)
     beta = _hyperparameter(beta, "beta", 0.0)
@@ -631,7 +639,8 @@ def hinge(y_true, y_pred):
     Numerical stability:
         Piecewise linear; half precision is computed in float32. Gradient
         ``-y_true / n`` where the margin is violated (at the kink, as in
-        Keras), 0 elsewhere. NaN gives NaN.
+        Keras), 0 elsewhere. Finite while the sum of the violations over the
+        last axis is below the float32 max. NaN gives NaN.
         Error budget: 3 ULP of the float32 result (last axis of up to 8).
 
     Args:
@@ -663,8 +672,9 @@ def squared_hinge(y_true, y_pred):
     Numerical stability:
         Half precision is computed in float32 (Keras's float16 function form
         gives ``inf`` for a margin violation of 300). The result overflows
-        only where the exact one does (violations beyond about 1.8e19 in
-        float32/bfloat16); the gradient stays finite. NaN gives NaN.
+        only when the sum of the squared violations over the last axis
+        exceeds the float32 max (violations beyond about 1.8e19, float32/
+        bfloat16 only); the gradient stays finite. NaN gives NaN.
         Error budget: 3 ULP of the float32 result (last axis of up to 8).
 
     Args:
@@ -675,7 +685,7 @@ def squared_hinge(y_true, y_pred):
         ``[batch, d0, ..., dN-1]`` in ``y_pred``'s computing dtype.
 
     Example:
-        >>> squared_hinge([[0.0, 1.0]], [[0.6, 0.4]])  # [1.3]
+        >>> squared_hinge([[0.0, 1.0]], [[0.6, 0.4]])  # [1.46]
     """
     return _squared_hinge_kernel(*_prepare(y_true, y_pred))
 
@@ -939,7 +949,7 @@ class Tversky(FunctionLoss):
         ValueError: if ``alpha``, ``beta`` or ``smooth`` is negative or NaN.
 
     Example:
-        >>> Tversky(alpha=0.7, beta=0.3)([[1.0, 0.0, 1.0]], [[0.8, 0.1, 0.7]])  # 0.2087
+        >>> Tversky(alpha=0.7, beta=0.3)([[1.0, 0.0, 1.0]], [[0.8, 0.1, 0.7]])  # 0.2021277
     """
 
     def __init__(
@@ -996,7 +1006,7 @@ class SquaredHinge(FunctionLoss):
         {common}
 
     Example:
-        >>> SquaredHinge()([[0.0, 1.0]], [[0.6, 0.4]])  # 1.3
+        >>> SquaredHinge()([[0.0, 1.0]], [[0.6, 0.4]])  # 1.46
     """
 
     def __init__(self, reduction=_REDUCTION, name="squared_hinge", dtype=None):

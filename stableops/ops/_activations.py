@@ -47,8 +47,9 @@ def _elu_core(x, alpha):
 
         def grad(upstream):
             # 1 for x > 0, alpha * exp(x) otherwise (alpha at 0 as Keras, 0 at
-            # -inf); exp(min(x, 0)) <= 1 cannot overflow.
-            slope = tf.where(positive, tf.ones_like(x), alpha * tf.exp(tf.minimum(x, 0.0)))
+            # -inf, NaN at NaN); exp of min(x, 0) (double where) <= 1 cannot overflow.
+            exponent = tf.where(positive, tf.zeros_like(x), x)
+            slope = tf.where(positive, tf.ones_like(x), alpha * tf.exp(exponent))
             return upstream * slope
 
         return value, grad

@@ -118,12 +118,13 @@ def _log1m(p):
 class _ClipBounds:
     """Clip bounds for a probability: value bounds and slope bounds.
 
-    Value: ``[tiny, largest_below_one]`` of the *compute* dtype (float32 for
-    half precision), i.e. the smallest normal number and the largest number
-    below 1 that the computation holds. Every input probability, including a
-    float16 subnormal, keeps its exact loss; only 0 and 1 themselves are
-    moved, to the nearest point where ``log`` and ``log(1 - .)`` are finite
-    (``-log(tiny) = 87.3`` and ``-log(2**-24) = 16.6`` in float32).
+    Value: ``log(p)`` is taken at ``max(p, tiny)`` and ``log(1 - p)`` at
+    ``min(p, largest_below_one)``, both of the *compute* dtype (float32 for
+    half precision): the smallest normal number and the largest number below
+    1 that the computation holds. Every input probability, including a
+    float16 subnormal, keeps its exact loss; only a 0 under ``log(p)`` and a
+    1 under ``log(1 - p)`` are moved, to the nearest point where the log is
+    finite (``-log(tiny) = 87.3`` and ``-log(2**-24) = 16.6`` in float32).
 
     Slope: the derivative ``1/p`` (``1/(1 - p)``) is taken at ``p`` clipped
     to ``[tiny, largest_below_one]`` of the *input* dtype, because the
@@ -145,26 +146,27 @@ def _clip(p, low, high):
     return tf.where(p < low, tf.constant(low, p.dtype), tf.where(p > high, tf.constant(high, p.dtype), p))
 
 
-def _log_probability(p, bounds, high):
-    """``log(clip(p, bounds.low, high))`` with slope ``1/clip(p, bounds.slope_low, high)``.
+def _log_probability(p, bounds):
+    """``log(max(p, bounds.low))`` with slope ``1/max(p, bounds.slope_low)``.
 
-    The clip is straight-through: the derivative does not drop to 0 outside
-    the bounds (``tf.clip_by_value``'s does), so a confidently wrong
-    prediction still gets a gradient, the largest the input dtype holds.
+    The clip is straight-through: the derivative does not drop to 0 below the
+    bound (``tf.clip_by_value``'s does), so a confidently wrong prediction
+    still gets a gradient, the largest the input dtype holds. Only the side
+    where ``log`` is infinite is clipped: ``log(1) = 0`` exactly.
     """
 
     @tf.custom_gradient
     def log_fn(q):
         def grad(upstream):
-            return upstream / _clip(q, bounds.slope_low, high)
+            return upstream / _clip(q, bounds.slope_low, math.inf)
 
-        return tf.math.log(_clip(q, bounds.low, high)), grad
+        return tf.math.log(_clip(q, bounds.low, math.inf)), grad
 
     return log_fn(p)
 
 
 def _log_complement(p, bounds):
-    """``log(1 - clip(p, 0, bounds.high))`` with slope ``-1/(1 - clip(p, 0, bounds.slope_high))``."""
+    """``log(1 - min(p, bounds.high))`` with slope ``-1/(1 - min(p, bounds.slope_high))`` (straight-through)."""
 
     @tf.custom_gradient
     def log1m_fn(q):
@@ -174,6 +176,16 @@ def _log_complement(p, bounds):
         return _log1m(_clip(q, 0.0, bounds.high)), grad
 
     return log1m_fn(p)
+
+
+def _row_without_nan(x, axis):
+    """True for rows of ``x`` (along ``axis``) holding no NaN.
+
+    A NaN logit must make its row's loss NaN even when its target weight is 0,
+    and XLA's max reduction drops NaN (an all-NaN row has maximum ``-inf`` and
+    looks fully masked to a max-shifted log-softmax), so rows are checked here.
+    """
+    return tf.logical_not(tf.reduce_any(tf.math.is_nan(x), axis=axis))
 
 
 def _nan_unless(valid, like):
@@ -214,7 +226,9 @@ def _binary_from_probabilities(target, probabilities):
     z = tf.cast(target, p.dtype)
     # Both terms are >= 0 for z in [0, 1] (no cancellation); the clip keeps
     # them finite (see _ClipBounds), so 0 * log(0) never arises.
-    loss = -(z * _log_probability(p, bounds, bounds.high) + (1.0 - z) * _log_complement(p, bounds))
+    # Each log is clipped only on the side where it is infinite: p = 1 with
+    # z = 1 costs exactly 0, p = 0 with z = 0 too.
+    loss = -(z * _log_probability(p, bounds) + (1.0 - z) * _log_complement(p, bounds))
     return tf.cast(loss, probabilities.dtype)
 
 
@@ -225,9 +239,9 @@ def binary_crossentropy(target, output, from_logits=False):
         From logits ``x``: ``softplus(x) - x z``, computed as
         ``x (1 - z) + log1p(exp(-x))`` for ``x >= 0`` and
         ``-x z + log1p(exp(x))`` for ``x < 0``.
-        From probabilities ``p``: ``-(z log(p') + (1 - z) log(1 - p'))`` with
-        ``p' = clip(p, tiny, 1 - eps/2)`` of the compute dtype (float32 for
-        half precision).
+        From probabilities ``p``:
+        ``-(z log(max(p, tiny)) + (1 - z) log(1 - min(p, 1 - eps/2)))`` with
+        ``tiny`` and ``eps`` of the compute dtype (float32 for half precision).
 
     Numerical stability:
         From logits: no overflow for any finite logit (1e30 is fine), the two
@@ -290,6 +304,7 @@ def _categorical_from_logits(target, logits, axis):
     # counts 0 where its target is 0.
     log_p = log_softmax(x, axis=axis)
     loss = -tf.reduce_sum(_weighted(z, log_p), axis=axis)
+    loss = loss * _nan_unless(_row_without_nan(x, axis), loss)
     return tf.cast(loss, logits.dtype)
 
 
@@ -447,7 +462,7 @@ def _sparse_from_logits(labels, logits):
     log_p = _gather_class(log_softmax(x, axis=-1), _as_indices(labels, valid))
     # An invalid label (only reachable under XLA, where the assert is dropped)
     # gives NaN in value and gradient, never the loss of class 0.
-    loss = -log_p * _nan_unless(valid, log_p)
+    loss = -log_p * _nan_unless(tf.logical_and(valid, _row_without_nan(x, -1)), log_p)
     return tf.cast(loss, logits.dtype)
 
 

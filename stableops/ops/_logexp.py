@@ -216,8 +216,12 @@ def _shifted_exponentials(x, axis):
     p = tf.exp(z) * (1.0 + z_low)  # z_low <= ulp(z)/2: first order is exact enough
     others = tf.reduce_sum(tf.where(is_max, zero, p), axis=axis, keepdims=True)
     ties = tf.reduce_sum(tf.cast(is_max, x.dtype), axis=axis, keepdims=True)
-    empty = tf.equal(m, tf.constant(-math.inf, x.dtype))
-    return _Shifted(m, z, z_low, p, others + (ties - 1.0), empty)
+    s = others + (ties - 1.0)
+    # reduce_max may skip NaN (XLA does): a row of NaN and -inf has m = -inf
+    # but s = NaN, and must stay NaN, not count as empty.
+    empty = tf.logical_and(tf.equal(m, tf.constant(-math.inf, x.dtype)),
+                           tf.logical_not(tf.math.is_nan(s)))
+    return _Shifted(m, z, z_low, p, s, empty)
 
 
 def _softmax_from_pieces(pieces):
@@ -714,7 +718,7 @@ def _softplus_inverse_core(x):
         def grad(upstream):
             # d/dx log(expm1(x)) = 1 / (1 - exp(-x)) = 1 / (-expm1(-x)):
             # +inf at 0, 1 at +inf; NaN below 0, where the value is NaN too.
-            slope = 1.0 / -tf.math.expm1(-x)
+            slope = 1.0 / -tf.math.expm1(-tf.abs(x))  # |x|: +inf at -0. too
             return upstream * tf.where(x < 0, tf.constant(math.nan, x.dtype), slope)
 
         return _softplus_inverse_value(x), grad
@@ -782,11 +786,12 @@ def log_cosh(x):
     Numerical stability:
         ``cosh(x) - 1`` is a sum of positive series terms (degree from the
         dtype's eps), so tiny arguments keep full relative accuracy
-        (``log_cosh(1e-6) = 5e-13``; Keras's ``log(cosh(x))`` gives 0). Above
-        the switch point ``log 2`` cosh is never evaluated, so huge arguments
-        cannot overflow (``log_cosh(1e4) = 9999.307``, also for float16 input;
-        Keras gives ``inf`` for float16 ``|x| > 11.1``), and both terms are
-        non-negative, so they do not cancel. Even function;
+        (``log_cosh(1e-6) = 5e-13``; Keras's ``x + softplus(-2x) - log 2``
+        cancels to 0). Above the switch point ``log 2`` cosh is never
+        evaluated and nothing is doubled, so huge arguments cannot overflow
+        (``log_cosh(-4e4) = 39999.3`` for float16 input, where Keras's ``-2x``
+        overflows to ``inf``), and both terms are non-negative, so they do
+        not cancel. Even function;
         ``log_cosh(±inf) = inf``, NaN gives NaN. Gradient (custom): ``tanh(x)``.
         Error budget: 3 ULP in float32/float64, 1 ULP of the float32 result
         for float16/bfloat16.
