@@ -353,16 +353,26 @@ def random_cosine(rng, n, lim: Limits):
     return t, p
 
 
+def probability_domain(t, p) -> np.ndarray:
+    """Rows whose exact binary cross-entropy is finite: ``0 < p < 1``, or ``p`` at the end ``t`` sits on.
+
+    Applied after rounding: a probability like 0.999 rounds to 1 in bfloat16.
+    """
+    t, p = t[:, 0], p[:, 0]
+    return ((p > 0) & (p < 1)) | ((p == 0) & (t == 0)) | ((p == 1) & (t == 1))
+
+
 @dataclasses.dataclass(frozen=True)
 class AccuracySpec:
     grid: Callable  # grid(limits) -> input arrays (float64; labels int32)
     random: Callable  # random(rng, n, limits) -> input arrays
     reference: Callable  # reference(*rounded float64 arrays) -> object array of mpf
+    domain: Callable | None = None  # domain(*rounded float64 arrays) -> rows to keep
 
 
 SPECS = {
     "binary_crossentropy": AccuracySpec(
-        grid_probabilities, random_probabilities, _elementwise_loss(ref_binary_crossentropy)
+        grid_probabilities, random_probabilities, _elementwise_loss(ref_binary_crossentropy), probability_domain
     ),
     "binary_crossentropy_logits": AccuracySpec(
         grid_logits, random_logits, _elementwise_loss(ref_binary_crossentropy_logits)
@@ -374,7 +384,7 @@ SPECS = {
         grid_sparse, random_sparse, lambda t, x: _rowwise(ref_sparse_row, t, x)
     ),
     "binary_focal_crossentropy": AccuracySpec(
-        grid_probabilities, random_probabilities, _elementwise_loss(ref_binary_focal)
+        grid_probabilities, random_probabilities, _elementwise_loss(ref_binary_focal), probability_domain
     ),
     "mean_squared_error": AccuracySpec(
         grid_squared,
@@ -421,7 +431,12 @@ def _sample_inputs(spec: AccuracySpec, dtype: str, random_points: int, grid_stri
     rand = spec.random(np.random.default_rng(1234), random_points, lim)
     joined = [np.concatenate([g, r]) for g, r in zip(grid, rand)]
     rounded, exact = round_inputs(joined, dtype, lim)
-    return rounded, exact, len(grid[0])
+    n_grid = len(grid[0])
+    if spec.domain is not None:
+        keep = spec.domain(*exact)
+        n_grid = int(keep[:n_grid].sum())
+        rounded, exact = [a[keep] for a in rounded], [a[keep] for a in exact]
+    return rounded, exact, n_grid
 
 
 def _finite_reference_mask(reference, out_dtype) -> np.ndarray:

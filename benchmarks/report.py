@@ -22,17 +22,71 @@ EAGER_ELEMENTWISE_LOSS_MAX = 1 / 3
 ULP_MAX_FLOAT32 = 2.0
 SECTION_FILES = ("bandwidth", "speed", "accuracy", "memory", "end_to_end")
 
-# Reasons for missed targets, keyed by (target id, case); filled from reading the kernels.
-WHY: dict[tuple[str, str], str] = {}
+# Reasons for missed targets, keyed by (target id, case): found by reading the kernels and by the
+# CPU-time ratios (which background load barely moves). A case with no entry gets GENERIC_WHY.
+_ROW_REDUCTIONS = (
+    "the stable row reduction (`_shifted_exponentials`) makes three reductions per row (max, sum of the "
+    "non-maximal exponentials, count of ties) plus TwoSum for x - max{extra}, where TF's kernel makes two "
+    "(max, sum); XLA on CPU runs sibling reductions as separate passes, and the backward pass repeats them"
+)
+WHY: dict[tuple[str, str], str] = {
+    ("compiled", "binary_crossentropy"): (
+        "`_log1m` evaluates both log1p(-p) and log(1 - p) for every element (a double where switching at "
+        "p = 1/4), and the straight-through clips add selects in the gradient; Keras takes one log per side. "
+        "In float32 a single log1p(-p) is accurate on all of [0, 1) (the switch guards XLA's float64 log1p), "
+        "so the float32 path could drop one transcendental"
+    ),
+    ("compiled", "binary_focal_crossentropy"): "it builds on the stable binary cross-entropy (both logs, see above)",
+    ("compiled", "categorical_crossentropy_logits"): _ROW_REDUCTIONS.format(extra=" and a NaN-row check"),
+    ("compiled", "sparse_categorical_crossentropy_logits"): _ROW_REDUCTIONS.format(extra=" and a NaN-row check"),
+    ("compiled", "logsumexp"): _ROW_REDUCTIONS.format(extra=""),
+    ("compiled", "softmax"): _ROW_REDUCTIONS.format(extra=""),
+    ("compiled", "log_softmax"): _ROW_REDUCTIONS.format(extra=""),
+    ("compiled", "cosine_similarity"): (
+        "`l2_normalize` scales each vector by a power of two (an extra max|x| reduction per vector, so four "
+        "reductions instead of two) to avoid over- and underflow"
+    ),
+    ("compiled", "log_cosh"): (
+        "both sides of the switch at |x| = log 2 run for every element (double where): a Taylor series for "
+        "cosh - 1 and a software log1p series on one side, exp and another log1p series on the other; Keras "
+        "computes x + softplus(-2x) - log 2 once"
+    ),
+    ("compiled", "elu"): (
+        "expm1 is a software Taylor polynomial (11 terms in float32) evaluated for every element, plus exp for "
+        "the other branch; XLA's expm1 is one call (but up to 4.4 ULP off)"
+    ),
+    ("ulp", "binary_crossentropy"): (
+        "at p = 1 with t = 1 (and p = 0 with t = 0) the exact loss is 0 but the probability is clipped "
+        "to the largest float below 1 first, giving 2^-24 = 5.96e-8 (Keras gives 1.19e-7); an exact 0 needs "
+        "the t == 1 (t == 0) term skipped, as 0 * log(0) is elsewhere"
+    ),
+    ("ulp", "binary_focal_crossentropy"): (
+        "about eight float32 roundings (p_t, 1 - p_t, its square, two logs, their weighted sum) accumulate "
+        "to 3-4 ULP with soft labels; the binary cross-entropy it multiplies is within 2"
+    ),
+    ("ulp", "log_cosh"): (
+        "the loss sees y_pred - y_true rounded to float32; near 0, log cosh d ~ d^2/2 doubles that "
+        "rounding's relative error (1 ULP) on top of its own; carrying the rounding error of the difference "
+        "(TwoSum, then log_cosh(d) + tanh(d) * d_low) would remove it"
+    ),
+    ("ulp", "mean_squared_error"): (
+        "the loss sees y_pred - y_true rounded to float32, and squaring doubles its relative error; "
+        "(d + d_low)^2 from TwoSum would remove it"
+    ),
+}
 
 GENERIC_WHY = {
     "eager": (
-        "the Keras built-in is already one or two fused TF kernels ({note}), so compiling the whole op "
-        "with XLA has little to fuse; the fixed cost of calling a compiled function remains"
+        "an eager stableops call runs its forward pass as one XLA kernel, but under a GradientTape TF runs the "
+        "gradient as a second function over the forward's materialized intermediates (a 6-op elementwise "
+        "chain at 2^20: forward kernel 1.7 ms, forward + backward under the tape 13 ms, both compiled as one "
+        "XLA program 3.1 ms, CPU time), and each call pays ~0.4 ms of tf.function dispatch (tf.nn.elu: 0.03 "
+        "ms); so eager stableops keeps little of XLA's fusion, and where Keras runs one fused TF kernel it "
+        "cannot win"
     ),
     "compiled": (
-        "both sides are compiled by XLA into fused loops, so the gap is the extra arithmetic of the "
-        "stable formula (guards, branches, an extra transcendental) that Keras's kernel skips"
+        "both sides are compiled by XLA into fused loops, so the gap is the extra arithmetic of the stable "
+        "formula that Keras's kernel skips"
     ),
     "end_to_end": "the loss and activations are a small part of a training step; see the compiled ratios",
     "finite": "see the worst input in accuracy.json",
@@ -93,10 +147,12 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def _why(target: str, case: str) -> str:
+    """The reason for one case's miss; the target's common reason is printed once above its table."""
     if (target, case) in WHY:
         return WHY[(target, case)]
-    note = CASES_BY_NAME[case].keras_note if case in CASES_BY_NAME else ""
-    return GENERIC_WHY[target].format(note=note)
+    if target == "eager" and case in CASES_BY_NAME:
+        return f"Keras runs {CASES_BY_NAME[case].keras_note}"
+    return "the common reason above"
 
 
 # ----------------------------------------------------------------------------
@@ -244,7 +300,9 @@ def _speed_tables(sections) -> list[str]:
         "Median over interleaved rounds of the same-round ratio (below 1: stableops faster). "
         f"Marks: `✗` misses its target (XLA > {COMPILED_MAX}; eager at >= 2^20 above 0.50, or 0.33 on "
         "elementwise losses), `~` misses it by less than the round-to-round spread (q25 within target). "
-        "`-`: not measured (implementation unavailable)."
+        "`-`: not measured (implementation unavailable). `function` (a `tf.function` without XLA) is what "
+        "`model.fit` runs by default on a machine without a GPU or TPU: Keras's `jit_compile=\"auto\"` turns "
+        "XLA off there."
     )
     out.append("")
     ratios = _ratio_rows(sections)
@@ -506,7 +564,11 @@ def _targets_section(targets) -> list[str]:
     rows = []
     for t in targets:
         status = {"met": "met", "missed": "**missed**", "not measured": "not measured"}[t["status"]]
-        detail = f"{len(t['misses'])} miss(es)" if t["misses"] else ""
+        cases = sorted({m["case"] for m in t["misses"]})
+        noisy = sorted(c for c in cases if all(m.get("within_noise") for m in t["misses"] if m["case"] == c))
+        detail = ""
+        if cases:
+            detail = f"{len(cases)} case(s)" + (f", {len(noisy)} only within noise" if noisy else "")
         if t.get("unmeasured"):
             detail += ("; " if detail else "") + "not measured (stableops unavailable): " + ", ".join(t["unmeasured"])
         rows.append([t["target"], status, detail or "-"])
@@ -514,14 +576,19 @@ def _targets_section(targets) -> list[str]:
     for t in targets:
         if not t["misses"]:
             continue
-        out += [f"**Missed: {t['target']}**", ""]
+        out += [f"**Missed: {t['target']}** (every miss with its numbers: `targets.json`)", ""]
+        out += [f"Common reason: {GENERIC_WHY[t['id']]}.", ""]
+        body = []
         by_case = {}
         for m in t["misses"]:
             by_case.setdefault(m["case"], []).append(m)
         for case, misses in by_case.items():
-            details = "; ".join(m["detail"] + (" (within noise)" if m.get("within_noise") else "") for m in misses)
-            out.append(f"- `{case}`: {details}. Why: {misses[0]['why']}.")
-        out.append("")
+            noise = all(m.get("within_noise") for m in misses)
+            details = "; ".join(m["detail"] for m in misses[:3]) + (f"; +{len(misses) - 3} more" if len(misses) > 3 else "")
+            body.append([f"`{case}`" + (" ~" if noise else ""), details, misses[0]["why"]])
+        out += [_table(["case", "misses", "why"], body), ""]
+        if any(all(m.get("within_noise") for m in ms) for ms in by_case.values()):
+            out += ["`~`: every miss of that case is within the round-to-round spread (its q25 meets the target).", ""]
     return out
 
 

@@ -110,7 +110,7 @@ def _replica_copies_agree(model):
 _GRID = [(case.name, REDUCTIONS[i % len(REDUCTIONS)]) for i, case in enumerate(LOSS_CASES)]
 _GRID += [
     (name, reduction)
-    for name in ("BinaryCrossentropy", "Huber")
+    for name in ("SparseCategoricalCrossentropy", "Huber")
     for reduction in REDUCTIONS
     if (name, reduction) not in _GRID
 ]

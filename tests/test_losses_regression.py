@@ -310,7 +310,7 @@ def test_squared_losses_of_float16_compute_in_float32(fn_name, reference):
 def test_functions_return_the_computing_dtype(dtype, expected):
     t, p = _regression(np.random.default_rng(4))
     np_dtype = R.to_numpy_dtype(dtype)
-    for name in ("mean_squared_error", "huber", "cosine_similarity", "dice"):
+    for name in ("huber", "dice"):
         assert getattr(S, name)(t.astype(np_dtype), p.astype(np_dtype)).dtype == expected
 
 

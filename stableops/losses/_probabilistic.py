@@ -740,7 +740,13 @@ def categorical_crossentropy(
 # ----------------------------------------------------------------------------
 
 
-def _log_one_minus_softmax(log_p, axis):
+def _top_class(logits, axis):
+    """``True`` at each row's most probable class (the first one on ties)."""
+    top = tf.argmax(logits, axis=axis, output_type=tf.int32)
+    return tf.equal(_class_index(logits, axis), tf.expand_dims(top, axis))
+
+
+def _log_one_minus_softmax(log_p, is_top, axis):
     """``log(1 - p)`` for every class of log-probabilities ``log_p``, without cancellation.
 
     For every class but the row's most probable one ``p <= 1/2`` and
@@ -749,11 +755,35 @@ def _log_one_minus_softmax(log_p, axis):
     their ``logsumexp``: accurate however close ``p`` is to 1 (where
     ``log(1 - p)`` would be ``log(0)`` with a NaN gradient).
     """
-    is_top = tf.equal(_class_index(log_p, axis), tf.expand_dims(tf.argmax(log_p, axis=axis, output_type=tf.int32), axis))
     others = ops.logsumexp(log_p, axis=axis, keepdims=True, where=tf.logical_not(is_top))
     others = tf.broadcast_to(others, tf.shape(log_p))
     # The log1mexp branch sees -1 at the top class (where it could be log(0)).
     return safe_where(is_top, log_p, others, ops.log1mexp, safe_false=-1.0)
+
+
+def _categorical_focal_factor(logits, log_p, axis, gamma):
+    """``(1 - p) ** gamma`` for every class, finite in value and gradient for every ``gamma >= 0``.
+
+    ``1 - p`` is taken in linear space from the softmax probabilities: as
+    ``1 - p`` for all but the row's most probable class (``p <= 1/2``: no
+    cancellation) and as the sum of the other probabilities for that one
+    (accurate however close ``p`` is to 1), then raised with ``pow`` (about
+    1 ULP, where ``exp(gamma * log(1 - p))`` loses ``gamma * |log(1 - p)|``
+    ULPs). Where ``1 - p`` underflows (a softmax saturated by more than
+    ``-log(tiny)``, 87 in float32) the factor is ``exp(gamma * log(1 - p))``
+    with the log in log space (:func:`_log_one_minus_softmax`), whose
+    gradient is finite also for ``gamma < 1``.
+    """
+    is_top = _top_class(logits, axis)
+    probabilities = ops.softmax(logits, axis=axis)
+    others = tf.reduce_sum(tf.where(is_top, tf.zeros_like(probabilities), probabilities), axis=axis, keepdims=True)
+    base = tf.where(is_top, tf.broadcast_to(others, tf.shape(probabilities)), 1.0 - probabilities)
+    representable = base >= dtype_limits(base.dtype).tiny
+    # Each branch sees only its own elements (double where); the log-space
+    # branch is finite with a finite gradient everywhere.
+    linear = _power(tf.where(representable, base, tf.ones_like(base)), gamma)
+    log_space = tf.exp(gamma * _log_one_minus_softmax(log_p, is_top, axis))
+    return tf.where(representable, linear, log_space)
 
 
 def _categorical_alpha(alpha, log_p, axis):
@@ -772,19 +802,20 @@ def _categorical_focal_crossentropy_kernel(
     target, output, valid = _categorical_setup(y_true, y_pred, from_logits, axis, ignore_class)
     target = _smooth_categorical(target, label_smoothing, axis)
     if from_logits:
-        log_p = ops.log_softmax(output, axis=axis)
+        logits = output
     else:
-        # log of the normalized probabilities (Keras divides by the row sum):
-        # log_softmax(log p) = log(p / sum(p)); zero and negative probabilities
-        # are floored at the smallest normal, so log is finite everywhere.
-        log_p = ops.log_softmax(tf.math.log(_floor_at_tiny(output)), axis=axis)
+        # Probabilities as logits: softmax(log p) = p / sum(p), the row
+        # normalization Keras does, without overflow of the sum. Zero and
+        # negative probabilities are floored at the smallest normal (log finite).
+        logits = tf.math.log(_floor_at_tiny(output))
+    log_p = ops.log_softmax(logits, axis=axis)
     # -t * log p per class, 0 where t = 0 (also at log p = -inf, a masked logit).
     cross_entropy = safe_where(
         tf.not_equal(target, 0.0), log_p, lambda v: -target * v, 0.0, safe_true=-1.0
     )
     values = _categorical_alpha(alpha, log_p, axis) * cross_entropy
     if gamma:  # gamma == 0: no focal factor (and no 0 * log 0)
-        values = tf.exp(gamma * _log_one_minus_softmax(log_p, axis)) * values
+        values = _categorical_focal_factor(logits, log_p, axis, gamma) * values
     return _finish_rows(tf.reduce_sum(values, axis=axis), valid)
 
 

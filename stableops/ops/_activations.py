@@ -86,8 +86,9 @@ def elu(x, alpha=1.0):
         ``alpha * exp(min(x, 0))`` otherwise (``alpha`` at 0, as Keras; 0 at
         ``-inf``).
         ``elu(+inf) = inf``, ``elu(-inf) = -alpha``, NaN gives NaN.
-        Error budget: 2 ULP in float32/float64 (``alpha`` exactly
-        representable), 1 ULP of the float32 result for float16/bfloat16.
+        Error budget: 3 ULP in float32/float64 (including the rounding of an
+        ``alpha`` such as 1.67 to the computing dtype), 1 ULP of the float32
+        result for float16/bfloat16.
 
     Args:
         x: floating tensor.
@@ -123,7 +124,9 @@ def leaky_relu(x, negative_slope=0.2):
         gives NaN. Half precision multiplies in float32, so the slope is not
         first rounded to float16.
         Error budget: 0.5 ULP (one correctly rounded product) in
-        float32/float64, 1 ULP of the float32 result for float16/bfloat16.
+        float32/float64 for a slope exact in the computing dtype, 1.5 ULP for
+        one that is rounded to it (0.2, 0.3); 1 ULP of the float32 result for
+        float16/bfloat16.
 
     Args:
         x: floating tensor.

@@ -7,10 +7,11 @@ sigmoid/softmax output), without their failure modes:
 * from logits: ``softplus``-style and log-softmax forms that never overflow,
   with ``-inf`` (masked) logits allowed where the target is 0, exact even for
   logits far outside the float16 range, and accurate for confident predictions;
-* from probabilities: a clip whose bounds come from the input dtype (so
-  float16/bfloat16 never give ``inf``) and whose gradient is straight-through
-  (so a confidently wrong prediction still gets a gradient), and a finite loss
-  for an all-zero probability row;
+* from probabilities: a clip whose bounds come from ``dtype_limits`` (so
+  float16/bfloat16 never give ``inf`` and no probability the dtype can hold
+  is moved) and whose gradient is straight-through (so a confidently wrong
+  prediction still gets a gradient), and a finite loss for an all-zero
+  probability row;
 * sparse labels: integer labels are gathered, never cast through a float;
   an out-of-range label raises an error naming it (eager and graph) and gives
   NaN under XLA, never a finite wrong loss.
@@ -105,10 +106,11 @@ def _weighted(weight, value):
 def _log1m(p):
     """``log(1 - p)`` for ``p`` in ``[0, 1)``, accurate over the whole range.
 
-    ``log1p(-p)`` is the accurate form for small ``p``; for ``p >= 1/2``,
-    ``1 - p`` is exact (Sterbenz) and ``log`` of it is as accurate. (XLA's
-    float64 ``log1p`` is off by up to 128 ULP on ``[-0.45, -0.35]``, so the
-    switch also keeps ``log1p`` on the interval where it is accurate.)
+    ``log1p(-p)`` below ``p = 1/4``; ``log(1 - p)`` above, where ``1 - p`` is
+    exact for ``p >= 1/2`` (Sterbenz) and rounded once (relative error eps/2,
+    magnified at most 3.5 times by ``log`` near ``log(3/4)``) in between. The
+    switch sits below 0.35 on purpose: XLA's float64 ``log1p`` is off by up
+    to 128 ULP on ``[-0.45, -0.35]``.
     """
     small = p < 0.25
     zero, half = tf.constant(0.0, p.dtype), tf.constant(0.5, p.dtype)

@@ -325,7 +325,7 @@ def logsumexp(x, axis=-1, keepdims=False, where=None):
         a ``+inf`` entry gives ``+inf``; a NaN entry (not masked) gives NaN.
         Gradient (custom): ``softmax(x)`` with zeros for masked entries and
         empty rows; with ``k`` entries at ``+inf`` each of them gets ``1/k``.
-        Error budget: 2 ULP of ``max(|result|, |max(x)|)`` in float32/float64
+        Error budget: 4 ULP of ``max(|result|, |max(x)|)`` in float32/float64
         (the result itself when the maximum is 0 or dominates; cancellation
         between ``m < 0`` and the ``log1p`` term is the input's conditioning),
         and 1 ULP of the float32 result for float16/bfloat16.
@@ -361,7 +361,7 @@ def softmax(x, axis=-1, where=None):
         0; ``k`` entries at ``+inf`` share probability ``1/k``; a NaN entry
         (not masked) makes its row NaN.
         Gradient (custom): ``y * (g - sum(g * y))``, zero wherever ``y`` is 0.
-        Error budget: 3 ULP in float32/float64, 1 ULP of the float32 result
+        Error budget: 4 ULP in float32/float64, 1 ULP of the float32 result
         for float16/bfloat16.
 
     Args:
@@ -398,8 +398,9 @@ def log_softmax(x, axis=-1, where=None):
         Gradient (custom): ``g - softmax(x) * sum(g)``, where outputs at
         ``-inf`` (masked or ``-inf`` entries, empty rows) count as constants:
         they neither receive nor pass gradient, so empty rows get 0.
-        Error budget: 2 ULP of ``max(|result|, |x - m|)`` in float32/float64,
-        1 ULP of the float32 result for float16/bfloat16.
+        Error budget: 4 ULP in float32/float64 (``x - m`` is carried exactly),
+        1 ULP of the float32 result for float16/bfloat16; plus up to ``tiny``
+        per entry where tail terms below ``tiny`` are flushed to zero.
 
     Args:
         x: floating tensor.
@@ -455,7 +456,7 @@ def softplus(x):
         in float64, not 0). ``softplus(+inf) = inf``, ``softplus(-inf) = 0``,
         NaN gives NaN. Gradient (custom): ``sigmoid(x)``, computed from
         ``exp(-|x|)``; exactly 1/2 at 0 (autodiff of ``max`` would give 1).
-        Error budget: 2 ULP in float32/float64, 1 ULP of the float32 result
+        Error budget: 4 ULP in float32/float64, 1 ULP of the float32 result
         for float16/bfloat16.
 
     Args:
@@ -484,7 +485,7 @@ def log_sigmoid(x):
         accuracy for large ``x``. ``log_sigmoid(-inf) = -inf``,
         ``log_sigmoid(+inf) = 0``, NaN gives NaN. Gradient (custom, via
         softplus): ``sigmoid(-x)``, 1/2 at 0.
-        Error budget: 2 ULP in float32/float64, 1 ULP of the float32 result
+        Error budget: 4 ULP in float32/float64, 1 ULP of the float32 result
         for float16/bfloat16.
 
     Args:
@@ -540,7 +541,7 @@ def logaddexp(x, y):
         ``logaddexp(-inf, y) = y``; NaN in either gives NaN.
         Gradient (custom): ``(sigmoid(x - y), sigmoid(y - x))``; ``(1/2, 1/2)``
         when ``x == y`` and ``(0, 0)`` when both are ``-inf``.
-        Error budget: 2 ULP of ``max(|result|, |max(x, y)|)`` in
+        Error budget: 4 ULP of ``max(|result|, |max(x, y)|)`` in
         float32/float64 (cancellation between a negative maximum and the
         ``log1p`` term is the input's conditioning), 1 ULP of the float32
         result for float16/bfloat16.
@@ -623,7 +624,7 @@ def log1mexp(x):
         ``+0.`` and ``-inf`` at ``-0.`` (never NaN); ``log1mexp(±inf) = 0``;
         NaN gives NaN. Gradient (custom): ``sign(x) / expm1(|x|)``, finite for
         every finite nonzero ``x``.
-        Error budget: 2 ULP in float32/float64, 1 ULP of the float32 result
+        Error budget: 4 ULP in float32/float64, 1 ULP of the float32 result
         for float16/bfloat16.
 
     Args:
@@ -793,7 +794,7 @@ def log_cosh(x):
         overflows to ``inf``), and both terms are non-negative, so they do
         not cancel. Even function;
         ``log_cosh(±inf) = inf``, NaN gives NaN. Gradient (custom): ``tanh(x)``.
-        Error budget: 3 ULP in float32/float64, 1 ULP of the float32 result
+        Error budget: 4 ULP in float32/float64, 1 ULP of the float32 result
         for float16/bfloat16.
 
     Args:
