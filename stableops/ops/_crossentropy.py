@@ -388,11 +388,13 @@ def categorical_crossentropy(target, output, from_logits=False, axis=-1):
         From probabilities: rows are normalized by their sum as Keras does; an
         all-zero row is not divided (Keras: NaN), so every class has
         probability 0, clipped to ``tiny``: loss ``-sum(z) log(tiny)`` (87.3
-        per unit of target in float32), gradient ``-z/tiny`` (``tiny`` of the
-        input dtype). The clip (value bounds ``[tiny, 1]`` of the compute
-        dtype, slope bound ``tiny`` of the input dtype, as in
-        ``binary_crossentropy``) is straight-through; its upper bound 1 makes a
-        perfect prediction cost exactly 0 (Keras clips at ``1 - 1e-7``: 1.2e-7).
+        per unit of target in float32). The clip moves only probability 0
+        (value bounds ``[tiny, 1]`` of the compute dtype); its upper bound 1
+        makes a perfect prediction cost exactly 0 (Keras clips at
+        ``1 - 1e-7``: 1.2e-7). The gradient is the exact
+        ``-z_j/p_j + sum(z)/S`` with each ``1/p_j`` taken at ``max(p_j, tiny)``
+        of the input dtype (straight-through, so finite whatever the row sum;
+        ``-z/tiny`` for an all-zero row; Keras's clip gives 0 there).
         If ``output`` came from a Keras softmax (``_keras_logits`` or a
         ``Softmax`` op in a graph), the loss is computed from its logits.
         Half precision computes in float32, so float16 sums over 100,000
