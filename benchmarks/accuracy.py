@@ -18,10 +18,12 @@ mpmath reference computed from the rounded inputs (``tests/_reference.py``:
 per-sample error is the elementwise error. Gradients are of the sum of the
 outputs with respect to the predictions (logits, or the op's input).
 
-The references are written from the mathematics, not from any implementation:
-cancellation-free forms (``log1p``, ``expm1``, ``sinh`` for ``cosh - 1``, and
-``log1p(sum_{j != i} exp(x_j - x_i))`` for ``logsumexp(x) - x_i``) so 60 digits
-stay 60 digits for every input on the grid.
+The references are the shared ones of ``tests/_reference.py`` (``mp_*``),
+written from the mathematics in cancellation-free forms (``log1p``,
+``expm1``, ``sinh`` for ``cosh - 1``, the maximum split off before
+``log1p`` of the rest for ``logsumexp``), so 60 digits stay 60 digits for
+every input on the grid. They are unclipped: a loss that clips (Keras's
+1e-7) shows the clipping as error.
 """
 
 from __future__ import annotations
@@ -33,10 +35,11 @@ from typing import Callable
 import ml_dtypes
 import numpy as np
 
-from benchmarks.cases import available_impls
-from tests._reference import mpf, reference_array, to_numpy_dtype, ulp_error
+import mpmath
 
-import mpmath  # noqa: E402  (tests._reference sets mpmath.mp.dps = 60)
+from benchmarks.cases import available_impls
+from tests import _reference as ref
+from tests._reference import mpf, reference_array, to_numpy_dtype, ulp_error
 
 MODES = ("eager", "xla")
 METHOD = (
@@ -49,88 +52,15 @@ ROW_WIDTH = 4
 
 
 # ----------------------------------------------------------------------------
-# mpmath references (inputs are exact mpf; see module docstring)
+# mpmath references: the shared ones in tests/_reference.py, adapted to the
+# benchmark's input layouts (elementwise losses: (k, 1) arrays; rows: (k, C)).
 # ----------------------------------------------------------------------------
 
-
-def _softplus(x):
-    return x + mpmath.log1p(mpmath.exp(-x)) if x > 0 else mpmath.log1p(mpmath.exp(x))
-
-
-def ref_binary_crossentropy(t, p):
-    # 0 * log(0) counts as 0: the t == 0 / t == 1 terms vanish exactly.
-    positive = 0 if t == 0 else t * mpmath.log(p)
-    negative = 0 if t == 1 else (1 - t) * mpmath.log1p(-p)
-    return -(positive + negative)
-
-
-def ref_binary_crossentropy_logits(t, x):
-    return t * _softplus(-x) + (1 - t) * _softplus(x)
-
-
-def ref_binary_focal(t, p, gamma=2):
-    # Keras's definition: (1 - p_t)^gamma * BCE, p_t = t p + (1 - t)(1 - p).
-    p_t = t * p + (1 - t) * (1 - p)
-    return (1 - p_t) ** gamma * ref_binary_crossentropy(t, p)
-
-
-def ref_squared_error(t, p):
-    return (p - t) ** 2
-
-
-def ref_huber(t, p, delta=1):
-    d = abs(p - t)
-    return d * d / 2 if d <= delta else delta * d - mpmath.mpf(delta) ** 2 / 2
-
-
-def ref_log_cosh(t, p):
-    # cosh(d) - 1 = 2 sinh(d/2)^2, so no cancellation for tiny d.
-    d = p - t
-    return mpmath.log1p(2 * mpmath.sinh(d / 2) ** 2)
-
-
-def ref_elu(x, alpha=1):
-    return x if x > 0 else alpha * mpmath.expm1(x)
-
-
-def ref_leaky_relu(x, slope=mpmath.mpf("0.2")):
-    return x if x >= 0 else slope * x
-
-
-def _lse_minus(row, i):
-    """logsumexp(row) - row[i] = log1p(sum_{j != i} exp(row[j] - row[i]))."""
-    return mpmath.log1p(mpmath.fsum(mpmath.exp(row[j] - row[i]) for j in range(len(row)) if j != i))
-
-
-def ref_logsumexp_row(row):
-    top = max(range(len(row)), key=lambda j: row[j])
-    return row[top] + _lse_minus(row, top)
-
-
-def ref_softmax_row(row):
-    return [mpmath.exp(-_lse_minus(row, i)) for i in range(len(row))]
-
-
-def ref_log_softmax_row(row):
-    return [-_lse_minus(row, i) for i in range(len(row))]
-
-
-def ref_categorical_row(t_row, x_row):
-    return mpmath.fsum(t * _lse_minus(x_row, i) for i, t in enumerate(t_row) if t != 0)
-
-
-def ref_sparse_row(label, x_row):
-    return _lse_minus(x_row, int(label))
-
-
-def ref_cosine_row(t_row, p_row):
-    dot = mpmath.fsum(a * b for a, b in zip(t_row, p_row))
-    norms = mpmath.sqrt(mpmath.fsum(a * a for a in t_row)) * mpmath.sqrt(mpmath.fsum(b * b for b in p_row))
-    return -dot / norms
+SLOPE = mpmath.mpf("0.2")  # leaky_relu's negative slope in cases.py, as a decimal
 
 
 def _rowwise(fn, *arrays):
-    """Apply an mpmath function to matching rows (or scalars, for labels); object array out."""
+    """Apply an mpmath function to matching rows (lists of mpf; a label stays an int); object array out."""
     rows = arrays[0].shape[0]
     out = [fn(*[_as_mp(a[r]) for a in arrays]) for r in range(rows)]
     if out and isinstance(out[0], list):
@@ -145,17 +75,25 @@ def _rowwise(fn, *arrays):
 
 def _as_mp(value):
     if np.ndim(value) == 0:
-        return mpf(value)
+        return int(value) if np.issubdtype(np.asarray(value).dtype, np.integer) else mpf(value)
     return [mpf(v) for v in np.asarray(value, dtype=np.float64)]
 
 
-def _elementwise_loss(fn):
+def _elementwise_loss(fn, *args):
     # Loss inputs have shape (k, 1): the per-sample loss is the element's loss.
-    return lambda t, p: reference_array(fn, t[:, 0], p[:, 0])
+    return lambda t, p: reference_array(lambda a, b: fn(a, b, *args), t[:, 0], p[:, 0])
 
 
-def _elementwise_op(fn):
-    return lambda x: reference_array(fn, x)
+def _row_loss(fn, *args):
+    return lambda t, p: _rowwise(lambda a, b: fn(a, b, *args), t, p)
+
+
+def _elementwise_op(fn, *args):
+    return lambda x: reference_array(lambda a: fn(a, *args), x)
+
+
+def _sparse_row(label, x_row):
+    return ref.mp_categorical_crossentropy_logits(ref.one_hot_row(label, len(x_row)), x_row)
 
 
 # ----------------------------------------------------------------------------
@@ -372,33 +310,38 @@ class AccuracySpec:
 
 SPECS = {
     "binary_crossentropy": AccuracySpec(
-        grid_probabilities, random_probabilities, _elementwise_loss(ref_binary_crossentropy), probability_domain
+        # Focal with gamma = 0 is the unclipped binary cross-entropy, with 0 log 0 = 0.
+        grid_probabilities,
+        random_probabilities,
+        _elementwise_loss(ref.mp_binary_focal_probabilities, 0),
+        probability_domain,
     ),
     "binary_crossentropy_logits": AccuracySpec(
-        grid_logits, random_logits, _elementwise_loss(ref_binary_crossentropy_logits)
+        grid_logits, random_logits, _elementwise_loss(ref.mp_binary_crossentropy_logits)
     ),
     "categorical_crossentropy_logits": AccuracySpec(
-        grid_categorical, random_categorical, lambda t, x: _rowwise(ref_categorical_row, t, x)
+        grid_categorical, random_categorical, _row_loss(ref.mp_categorical_crossentropy_logits)
     ),
-    "sparse_categorical_crossentropy_logits": AccuracySpec(
-        grid_sparse, random_sparse, lambda t, x: _rowwise(ref_sparse_row, t, x)
-    ),
+    "sparse_categorical_crossentropy_logits": AccuracySpec(grid_sparse, random_sparse, _row_loss(_sparse_row)),
     "binary_focal_crossentropy": AccuracySpec(
-        grid_probabilities, random_probabilities, _elementwise_loss(ref_binary_focal), probability_domain
+        grid_probabilities,
+        random_probabilities,
+        _elementwise_loss(ref.mp_binary_focal_probabilities, 2),  # Keras's default gamma
+        probability_domain,
     ),
     "mean_squared_error": AccuracySpec(
         grid_squared,
         lambda rng, n, lim: random_regression(rng, n, lim, math.sqrt(lim.max) / 2),
-        _elementwise_loss(ref_squared_error),
+        _row_loss(ref.mp_mean_squared_error_row),
     ),
-    "huber": AccuracySpec(grid_linear, random_regression, _elementwise_loss(ref_huber)),
-    "log_cosh": AccuracySpec(grid_linear, random_regression, _elementwise_loss(ref_log_cosh)),
-    "cosine_similarity": AccuracySpec(grid_cosine, random_cosine, lambda t, p: _rowwise(ref_cosine_row, t, p)),
-    "logsumexp": AccuracySpec(grid_rows, random_rows, lambda x: _rowwise(ref_logsumexp_row, x)),
-    "softmax": AccuracySpec(grid_rows, random_rows, lambda x: _rowwise(ref_softmax_row, x)),
-    "log_softmax": AccuracySpec(grid_rows, random_rows, lambda x: _rowwise(ref_log_softmax_row, x)),
-    "elu": AccuracySpec(grid_elementwise_op, random_elementwise_op, _elementwise_op(ref_elu)),
-    "leaky_relu": AccuracySpec(grid_elementwise_op, random_elementwise_op, _elementwise_op(ref_leaky_relu)),
+    "huber": AccuracySpec(grid_linear, random_regression, _row_loss(ref.mp_huber_row, 1.0)),
+    "log_cosh": AccuracySpec(grid_linear, random_regression, _row_loss(ref.mp_log_cosh_row)),
+    "cosine_similarity": AccuracySpec(grid_cosine, random_cosine, _row_loss(ref.mp_cosine_similarity_row)),
+    "logsumexp": AccuracySpec(grid_rows, random_rows, lambda x: _rowwise(ref.mp_logsumexp, x)),
+    "softmax": AccuracySpec(grid_rows, random_rows, lambda x: _rowwise(ref.mp_softmax, x)),
+    "log_softmax": AccuracySpec(grid_rows, random_rows, lambda x: _rowwise(ref.mp_log_softmax, x)),
+    "elu": AccuracySpec(grid_elementwise_op, random_elementwise_op, _elementwise_op(ref.mp_elu, mpmath.mpf(1))),
+    "leaky_relu": AccuracySpec(grid_elementwise_op, random_elementwise_op, _elementwise_op(ref.mp_leaky_relu, SLOPE)),
 }
 
 
@@ -528,7 +471,8 @@ def run_accuracy(cases, availability, config, log=print) -> dict:
                     try:
                         row = measure_one(case, impl, mode, rounded, exact, reference, n_grid)
                     except Exception as error:  # noqa: BLE001 - a failing contestant is a finding
-                        row = {"case": case.name, "impl": impl.name, "mode": mode, "error": f"{type(error).__name__}: {error}"[:300]}
+                        message = f"{type(error).__name__}: {error}"[:300]
+                        row = {"case": case.name, "impl": impl.name, "mode": mode, "error": message}
                     row["dtype"] = dtype
                     rows.append(row)
             log(f"  accuracy {case.name:<40} {dtype:<8} {len(impls)} impls, {len(exact[0])} inputs")

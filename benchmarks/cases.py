@@ -83,7 +83,8 @@ def _loss_class(module_name: str, class_name: str, **kwargs):
 
 def _stableops_loss(class_name: str, **kwargs) -> Impl:
     args = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
-    return Impl("stableops", f"stableops.losses.{class_name}({args})", _loss_class("stableops.losses", class_name, **kwargs))
+    api = f"stableops.losses.{class_name}({args})"
+    return Impl("stableops", api, _loss_class("stableops.losses", class_name, **kwargs))
 
 
 def _keras_loss(class_name: str, **kwargs) -> Impl:

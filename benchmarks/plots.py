@@ -54,7 +54,9 @@ def plot_speed_ratio(speed: dict, path: Path) -> bool:
     axes[0].set_ylabel("time ratio (below 1: stableops faster)")
     handles, labels = axes[0].get_legend_handles_labels()
     extra = [(h, lab) for h, lab in zip(*axes[2].get_legend_handles_labels()) if lab.startswith("target")]
-    fig.legend(handles + [h for h, _ in extra], labels + [lab for _, lab in extra], loc="lower center", ncol=6, fontsize=8)
+    handles += [h for h, _ in extra]
+    labels += [lab for _, lab in extra]
+    fig.legend(handles, labels, loc="lower center", ncol=6, fontsize=8)
     fig.tight_layout(rect=(0, 0.12, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -73,7 +75,8 @@ def plot_speed_times(speed: dict, path: Path) -> bool:
     for ax, name in zip(axes.flat, names):
         for impl, color in IMPL_COLORS.items():
             for mode, style in MODE_STYLES.items():
-                pts = sorted((t for t in timings if (t["case"], t["impl"], t["mode"]) == (name, impl, mode)), key=lambda t: t["size"])
+                pts = [t for t in timings if (t["case"], t["impl"], t["mode"]) == (name, impl, mode)]
+                pts.sort(key=lambda t: t["size"])
                 if pts:
                     ax.plot(
                         [t["size"] for t in pts],
@@ -104,7 +107,11 @@ def _ulp_value(value) -> float:
 
 
 def plot_accuracy(accuracy: dict, path: Path) -> bool:
-    rows = [r for r in accuracy.get("rows", []) if r.get("dtype") == "float32" and r.get("mode") == "eager" and "error" not in r]
+    rows = [
+        r
+        for r in accuracy.get("rows", [])
+        if r.get("dtype") == "float32" and r.get("mode") == "eager" and "error" not in r
+    ]
     names = [c.name for c in CASES if any(r["case"] == c.name for r in rows)]
     if not names:
         return False
@@ -141,7 +148,11 @@ def plot_bandwidth(speed: dict, bandwidth: dict, path: Path) -> bool:
     if not timings:
         return False
     largest = max(t["size"] for t in timings)
-    rows = [r for r in limits_table(speed, bandwidth, CASES, largest) if r["dtype"] == "float32" and r["mode"] in ("eager", "xla")]
+    rows = [
+        r
+        for r in limits_table(speed, bandwidth, CASES, largest)
+        if r["dtype"] == "float32" and r["mode"] in ("eager", "xla")
+    ]
     names = [c.name for c in CASES if any(r["case"] == c.name for r in rows)]
     if not names:
         return False
@@ -160,7 +171,8 @@ def plot_bandwidth(speed: dict, bandwidth: dict, path: Path) -> bool:
                 ys.append(i - 0.4 + (k + 0.5) * width)
                 xs.append(100 * share)
         if xs:
-            ax.barh(ys, xs, height=width, color=IMPL_COLORS[impl], alpha=1.0 if mode == "xla" else 0.45, label=f"{impl} {mode}")
+            alpha = 1.0 if mode == "xla" else 0.45
+            ax.barh(ys, xs, height=width, color=IMPL_COLORS[impl], alpha=alpha, label=f"{impl} {mode}")
     ax.set_yticks(range(len(names)), names, fontsize=8)
     ax.axvline(100, color="black", lw=0.8)
     ax.set_xlabel(

@@ -140,6 +140,21 @@ def _fmt_seconds(value: float) -> str:
     return f"{value * 1e6:.3g} µs"
 
 
+def _fmt_spread(quantiles: dict) -> str:
+    return f"{quantiles['median']:.2f} ({quantiles['q25']:.2f}-{quantiles['q75']:.2f})"
+
+
+def _fmt_losses(keras_loss, stableops_loss) -> str:
+    if keras_loss is None or stableops_loss is None:
+        return "-"
+    return f"{keras_loss:.4f} / {stableops_loss:.4f}"
+
+
+def _find(rows, **where):
+    """The first row whose fields equal ``where``, or None."""
+    return next((r for r in rows if all(r.get(k) == v for k, v in where.items())), None)
+
+
 def _table(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
@@ -190,7 +205,8 @@ def evaluate_targets(sections: dict) -> list[dict]:
         for r in compiled
         if r["ratio"]["median"] > COMPILED_MAX
     ]
-    targets.append(_target("compiled", f"XLA-compiled forward+backward, stableops/Keras <= {COMPILED_MAX}", compiled, misses, unavailable))
+    text = f"XLA-compiled forward+backward, stableops/Keras <= {COMPILED_MAX}"
+    targets.append(_target("compiled", text, compiled, misses, unavailable))
 
     # Eager at >= 2^20: 2x faster, 3x on elementwise losses.
     eager = [r for r in ratios if r["mode"] == "eager" and r["size"] >= EAGER_MIN_SIZE]
@@ -202,14 +218,14 @@ def evaluate_targets(sections: dict) -> list[dict]:
             misses.append(
                 {
                     "case": r["case"],
-                    "detail": f"{_pow2(r['size'])}: {r['ratio']['median']:.2f} > {limit:.2f} (q25 {r['ratio']['q25']:.2f}{_cpu(r)})",
+                    "detail": f"{_pow2(r['size'])}: {r['ratio']['median']:.2f} > {limit:.2f} "
+                    f"(q25 {r['ratio']['q25']:.2f}{_cpu(r)})",
                     "within_noise": r["ratio"]["q25"] <= limit,
                     "why": _why("eager", r["case"]),
                 }
             )
-    targets.append(
-        _target("eager", "eager at >= 2^20: stableops/Keras <= 0.50 (<= 0.33 on elementwise losses)", eager, misses, unavailable)
-    )
+    text = "eager at >= 2^20: stableops/Keras <= 0.50 (<= 0.33 on elementwise losses)"
+    targets.append(_target("eager", text, eager, misses, unavailable))
 
     # End to end.
     e2e_rows = [
@@ -250,12 +266,16 @@ def evaluate_targets(sections: dict) -> list[dict]:
         for r in ok_rows
         if r["nonfinite_values"] or r["nonfinite_grad_samples"]
     ]
-    misses += [{"case": r["case"], "detail": f"{r['dtype']} {r['mode']}: {r['error']}", "why": "the call raised"} for r in acc if "error" in r]
-    targets.append(_target("finite", "zero non-finite values or gradients for finite inputs (stableops)", acc, misses, unavailable))
-
-    elementwise = [
-        r for r in ok_rows if r["dtype"] == "float32" and CASES_BY_NAME.get(r["case"]) and CASES_BY_NAME[r["case"]].elementwise
+    misses += [
+        {"case": r["case"], "detail": f"{r['dtype']} {r['mode']}: {r['error']}", "why": "the call raised"}
+        for r in acc
+        if "error" in r
     ]
+    text = "zero non-finite values or gradients for finite inputs (stableops)"
+    targets.append(_target("finite", text, acc, misses, unavailable))
+
+    elementwise_cases = {c.name for c in CASES if c.elementwise}
+    elementwise = [r for r in ok_rows if r["dtype"] == "float32" and r["case"] in elementwise_cases]
     misses = []
     for r in elementwise:
         worst = max(_num(r["max_ulp_grid"]), _num(r["max_ulp_random"]))
@@ -268,7 +288,8 @@ def evaluate_targets(sections: dict) -> list[dict]:
                     "why": _why("ulp", r["case"]),
                 }
             )
-    targets.append(_target("ulp", f"<= {ULP_MAX_FLOAT32:g} ULP in float32 on every elementwise case (stableops)", elementwise, misses, unavailable))
+    text = f"<= {ULP_MAX_FLOAT32:g} ULP in float32 on every elementwise case (stableops)"
+    targets.append(_target("ulp", text, elementwise, misses, unavailable))
     return targets
 
 
@@ -313,8 +334,8 @@ def _speed_tables(sections) -> list[str]:
             for case in CASES:
                 cells = []
                 for size in sizes:
-                    match = [r for r in ratios if (r["case"], r["dtype"], r["mode"], r["size"]) == (case.name, dtype, mode, size)]
-                    cells.append(_mark(match[0], case, mode) if match else "-")
+                    match = _find(ratios, case=case.name, dtype=dtype, mode=mode, size=size)
+                    cells.append(_mark(match, case, mode) if match else "-")
                 if any(c != "-" for c in cells):
                     rows.append([case.name, *cells])
             if rows:
@@ -327,8 +348,8 @@ def _speed_tables(sections) -> list[str]:
             cells = []
             for mode in ("eager", "function", "xla"):
                 for size in sizes:
-                    match = [r for r in big if (r["case"], r["mode"], r["size"]) == (case.name, mode, size)]
-                    cells.append(_fmt_ratio(match[0]["cpu_ratio"]["median"]) if match else "-")
+                    match = _find(big, case=case.name, mode=mode, size=size)
+                    cells.append(_fmt_ratio(match["cpu_ratio"]["median"]) if match else "-")
             if any(c != "-" for c in cells):
                 rows.append([case.name, *cells])
         header = ["case"] + [f"{mode} {_pow2(size)}" for mode in ("eager", "function", "xla") for size in sizes]
@@ -347,12 +368,13 @@ def _speed_tables(sections) -> list[str]:
         for case in CASES:
             cells = []
             for mode in ("eager", "function", "xla"):
-                match = [r for r in tf_rows if (r["case"], r["dtype"], r["mode"], r["size"]) == (case.name, "float32", mode, largest)]
-                cells.append(_fmt_ratio(match[0]["ratio"]["median"]) if match else "-")
+                match = _find(tf_rows, case=case.name, dtype="float32", mode=mode, size=largest)
+                cells.append(_fmt_ratio(match["ratio"]["median"]) if match else "-")
             if any(c != "-" for c in cells):
                 rows.append([case.name, *cells])
         if rows:
-            out += [f"**stableops / tf.nn (or tf.math), float32, {_pow2(largest)}**", "", _table(["case", "eager", "function", "xla"], rows), ""]
+            title = f"**stableops / tf.nn (or tf.math), float32, {_pow2(largest)}**"
+            out += [title, "", _table(["case", "eager", "function", "xla"], rows), ""]
     out += _absolute_table(speed)
     return out
 
@@ -375,14 +397,15 @@ def _absolute_table(speed) -> list[str]:
     if not timings:
         return []
     largest = max(t["size"] for t in timings)
-    header = ["case"] + [f"{impl} {mode}" for impl in ("stableops", "keras", "tf.nn") for mode in ("eager", "function", "xla")]
+    impls, modes = ("stableops", "keras", "tf.nn"), ("eager", "function", "xla")
+    header = ["case"] + [f"{impl} {mode}" for impl in impls for mode in modes]
     rows = []
     for case in CASES:
         cells = []
         for impl in ("stableops", "keras", "tf.nn"):
             for mode in ("eager", "function", "xla"):
-                match = [t for t in timings if (t["case"], t["impl"], t["mode"], t["size"]) == (case.name, impl, mode, largest)]
-                cells.append(_fmt_seconds(match[0]["seconds"]["median"]) if match else "-")
+                match = _find(timings, case=case.name, impl=impl, mode=mode, size=largest)
+                cells.append(_fmt_seconds(match["seconds"]["median"]) if match else "-")
         if any(c != "-" for c in cells):
             rows.append([case.name, *cells])
     if not rows:
@@ -418,13 +441,13 @@ def _limits_tables(sections) -> list[str]:
             for impl in ("stableops", "keras", "tf.nn"):
                 cells = []
                 for mode in ("eager", "function", "xla"):
-                    match = [r for r in limit_rows if (r["case"], r["impl"], r["mode"]) == (case.name, impl, mode)]
-                    if not match:
+                    r = _find(limit_rows, case=case.name, impl=impl, mode=mode)
+                    if r is None:
                         cells.append("-")
                         continue
-                    r = match[0]
                     share = r.get("fraction_of_copy", r["fraction_of_limit"])
-                    cells.append(f"{r['achieved_gbps']:.1f} GB/s ({100 * share:.0f}%)" if share is not None else f"{r['achieved_gbps']:.1f} GB/s")
+                    rate = f"{r['achieved_gbps']:.1f} GB/s"
+                    cells.append(f"{rate} ({100 * share:.0f}%)" if share is not None else rate)
                 if any(c != "-" for c in cells):
                     first = next(r for r in limit_rows if r["case"] == case.name)
                     copy = f"{first['copy_gbps']:.1f} GB/s" if "copy_gbps" in first else "-"
@@ -466,12 +489,11 @@ def _accuracy_tables(sections) -> list[str]:
             for case in CASES:
                 cells, any_row = [], False
                 for impl in ("stableops", "keras", "tf.nn"):
-                    match = [r for r in rows if (r["case"], r["impl"], r["mode"], r["dtype"]) == (case.name, impl, mode, dtype)]
-                    if not match:
+                    r = _find(rows, case=case.name, impl=impl, mode=mode, dtype=dtype)
+                    if r is None:
                         cells += ["-", "-"]
                         continue
                     any_row = True
-                    r = match[0]
                     if "error" in r:
                         cells += ["error", "-"]
                         continue
@@ -520,7 +542,9 @@ def _memory_table(sections) -> list[str]:
     out += [
         f"float32, {_pow2(mem['size'])} elements; {mem['method']}.",
         "",
-        _table(["case", "inputs", "stableops eager", "Keras eager", "ratio", "stableops xla", "Keras xla", "ratio"], rows),
+        _table(
+            ["case", "inputs", "stableops eager", "Keras eager", "ratio", "stableops xla", "Keras xla", "ratio"], rows
+        ),
         "",
     ]
     return out
@@ -540,9 +564,9 @@ def _end_to_end_table(sections) -> list[str]:
                 names.get(r.get("compile", "xla"), r.get("compile")),
                 _fmt_seconds(k["step_seconds"]) if k["step_seconds"] else k["note"],
                 _fmt_seconds(s["step_seconds"]) if s["step_seconds"] else s["note"],
-                f"{r['ratio']['median']:.2f} ({r['ratio']['q25']:.2f}-{r['ratio']['q75']:.2f})" if "ratio" in r else "-",
+                _fmt_spread(r["ratio"]) if "ratio" in r else "-",
                 f"{r['cpu_ratio']['median']:.2f}" if "cpu_ratio" in r else "-",
-                f"{k['final_loss']:.4f} / {s['final_loss']:.4f}" if s["final_loss"] is not None and k["final_loss"] is not None else "-",
+                _fmt_losses(k["final_loss"], s["final_loss"]),
                 s["note"],
             ]
         )
@@ -553,7 +577,10 @@ def _end_to_end_table(sections) -> list[str]:
         "default (`\"auto\"`) uses on a machine without a GPU or TPU, shown for reference.",
         "",
         _table(
-            ["model", "compile", "Keras step", "stableops step", "ratio (q25-q75)", "CPU ratio", "last loss Keras / stableops", "stableops flavour"],
+            [
+                "model", "compile", "Keras step", "stableops step", "ratio (q25-q75)", "CPU ratio",
+                "last loss Keras / stableops", "stableops flavour",
+            ],  # fmt: skip
             rows,
         ),
         "",
@@ -584,7 +611,8 @@ def _targets_section(targets) -> list[str]:
             by_case.setdefault(m["case"], []).append(m)
         for case, misses in by_case.items():
             noise = all(m.get("within_noise") for m in misses)
-            details = "; ".join(m["detail"] for m in misses[:3]) + (f"; +{len(misses) - 3} more" if len(misses) > 3 else "")
+            details = "; ".join(m["detail"] for m in misses[:3])
+            details += f"; +{len(misses) - 3} more" if len(misses) > 3 else ""
             body.append([f"`{case}`" + (" ~" if noise else ""), details, misses[0]["why"]])
         out += [_table(["case", "misses", "why"], body), ""]
         if any(all(m.get("within_noise") for m in ms) for ms in by_case.values()):

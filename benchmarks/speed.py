@@ -130,7 +130,10 @@ def _nbytes(structure) -> int:
 
 
 def time_interleaved(contestants: dict, inputs, *, rounds: int, min_sample_s: float):
-    """Wall and CPU samples ``{key: [seconds per call, one per round]}``, calls per sample, first-call seconds, output bytes.
+    """Time ``contestants`` in interleaved rounds.
+
+    Returns wall and CPU samples ``{key: [seconds per call, one per round]}``,
+    calls per sample, first-call seconds and output bytes per contestant.
 
     Each contestant is called once to compile (timed as ``first_call``), once
     more to warm up and size its samples, then once per round.
@@ -252,6 +255,7 @@ def run_speed(cases, availability, config, log=print) -> dict:
                     names = {i.name for i in impls}
                     for impl, baseline in (("stableops", BASELINE), ("tf.nn", BASELINE), ("stableops", "tf.nn")):
                         if impl in names and baseline in names:
-                            ratios.append(_ratio_row(case.name, dtype, size, mode, impl, baseline, samples, cpu_samples))
+                            row = _ratio_row(case.name, dtype, size, mode, impl, baseline, samples, cpu_samples)
+                            ratios.append(row)
                 del contestants, inputs
     return {"method": METHOD, "timings": timings, "ratios": ratios}

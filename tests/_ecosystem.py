@@ -17,7 +17,7 @@ import stableops
 
 @dataclasses.dataclass(frozen=True)
 class LossCase:
-    """How to train one loss: head ``Dense(units, activation)``, targets from ``targets(rng, n)``."""
+    """One loss's training case: head ``Dense(units, activation)``, ``targets(rng, n)``."""
 
     name: str
     units: int
@@ -57,7 +57,9 @@ LOSS_CASES = [
     ),
     LossCase("Poisson", 2, "softplus", lambda rng, n: rng.poisson(2.0, (n, 2)).astype("float32")),
     LossCase("MeanSquaredError", 2, None, lambda rng, n: rng.normal(size=(n, 2)).astype("float32")),
-    LossCase("MeanAbsoluteError", 2, None, lambda rng, n: rng.normal(size=(n, 2)).astype("float32")),
+    LossCase(
+        "MeanAbsoluteError", 2, None, lambda rng, n: rng.normal(size=(n, 2)).astype("float32")
+    ),
     LossCase(
         "MeanAbsolutePercentageError", 2, None,
         lambda rng, n: rng.uniform(1.0, 2.0, (n, 2)).astype("float32"),

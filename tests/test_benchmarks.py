@@ -1,7 +1,7 @@
 """The benchmark harness cannot silently rot: a smoke run, its JSON schema, and its arithmetic.
 
 The smoke run (``python -m benchmarks --smoke``: one tiny size, one round)
-covers every section end to end on two cases; the other tests check the parts
+covers every section end to end on one case; the other tests check the parts
 that decide what the report says: the mpmath references against closed
 forms, the ULP measurement against a deliberately wrong implementation, the
 handling of an implementation that has not landed, and the target verdicts.
@@ -20,6 +20,7 @@ from benchmarks import SCHEMA, SECTIONS
 from benchmarks import accuracy as acc
 from benchmarks import cases as bench_cases
 from benchmarks import report, run, speed
+from tests._reference import mpf
 
 # One case with all three contestants keeps the smoke run to a few XLA compiles; the op path
 # (no labels, non-scalar output) is exercised by the accuracy and availability tests below.
@@ -126,22 +127,32 @@ def test_smoke_summary_names_every_case_and_section(smoke_run):
 # ----------------------------------------------------------------------------
 
 
+def _reference(case, *arrays):
+    return acc.SPECS[case].reference(*[np.asarray(a) for a in arrays])
+
+
 def test_references_match_closed_forms():
-    mp = mpmath.mpf
-    assert acc.ref_binary_crossentropy(mp(1), mp(0.5)) == mpmath.log(2)
-    assert acc.ref_binary_crossentropy(mp(0), mp(0)) == 0  # 0 * log(0) = 0
-    assert acc.ref_binary_crossentropy_logits(mp(1), mp(0)) == mpmath.log(2)
-    # log cosh x = x^2/2 - x^4/12 + ...: no cancellation at tiny x.
-    tiny = mp(1e-20)
-    assert abs(acc.ref_log_cosh(mp(0), tiny) / (tiny**2 / 2) - 1) < mp(10) ** -35
-    assert abs(acc.ref_log_cosh(mp(0), mp(1e4)) - (mp(1e4) - mpmath.log(2))) < mp(10) ** -40
-    assert acc.ref_huber(mp(0), mp(1)) == mp(0.5) and acc.ref_huber(mp(0), mp(3)) == mp(2.5)
-    assert abs(acc.ref_elu(mp(-1e-30)) + mp(1e-30)) < mp(10) ** -55
-    assert acc.ref_softmax_row([mp(5), mp(5)]) == [mp(0.5), mp(0.5)]
-    assert abs(acc.ref_logsumexp_row([mp(1000), mp(1000)]) - 1000 - mpmath.log(2)) < mp(10) ** -50
-    # lse - x_i stays exact where 60 digits of lse would not: [100, 0] -> log1p(e^-100).
-    assert abs(acc.ref_sparse_row(0, [mp(100), mp(0)]) / mpmath.exp(-100) - 1) < mp(10) ** -40
-    assert acc.ref_cosine_row([mp(1), mp(2), mp(3)], [mp(2), mp(4), mp(6)]) == -1
+    """The benchmark's specs wire the shared mpmath references to its input layouts correctly."""
+    col = lambda *v: np.asarray(v, dtype=np.float64).reshape(-1, 1)  # noqa: E731
+    log2 = mpmath.log(2)
+    assert list(_reference("binary_crossentropy", col(1, 0, 1), col(0.5, 0, 1))) == [log2, 0, 0]  # 0 log 0 = 0
+    assert _reference("binary_crossentropy_logits", col(1), col(0))[0] == log2
+    focal = _reference("binary_focal_crossentropy", col(1), col(0.5))[0]
+    assert abs(focal - log2 / 4) < mpmath.mpf(10) ** -50  # (1 - p_t)^2 with gamma = 2
+    tiny = 1e-20  # log cosh x = x^2/2 - ...: no cancellation at tiny x
+    assert abs(_reference("log_cosh", col(0), col(tiny))[0] / (mpf(tiny) ** 2 / 2) - 1) < mpmath.mpf(10) ** -35
+    assert list(_reference("huber", col(0, 0), col(1, 3))) == [mpmath.mpf(0.5), mpmath.mpf(2.5)]
+    assert _reference("mean_squared_error", col(1), col(4))[0] == 9
+    assert abs(_reference("elu", [-1e-30])[0] + mpf(1e-30)) < mpmath.mpf(10) ** -55
+    assert _reference("leaky_relu", [-1.0])[0] == -mpmath.mpf("0.2")
+    assert list(_reference("softmax", [[5.0, 5.0]])[0]) == [mpmath.mpf(0.5), mpmath.mpf(0.5)]
+    assert abs(_reference("logsumexp", [[1000.0, 1000.0]])[0] - 1000 - log2) < mpmath.mpf(10) ** -50
+    # -log_softmax at the maximum of [100, 0] is log1p(e^-100): kept, not lost in 60 digits.
+    sparse = _reference("sparse_categorical_crossentropy_logits", np.array([0]), [[100.0, 0.0]])[0]
+    assert abs(sparse / mpmath.exp(-100) - 1) < mpmath.mpf(10) ** -40
+    dense = _reference("categorical_crossentropy_logits", [[1.0, 0.0]], [[100.0, 0.0]])[0]
+    assert dense == sparse
+    assert _reference("cosine_similarity", [[1.0, 2.0, 3.0]], [[2.0, 4.0, 6.0]])[0] == -1
 
 
 def test_every_case_has_inputs_and_a_finite_reference_on_its_grid():
@@ -234,7 +245,10 @@ def _synthetic_sections(xla_ratio, eager_ratio, nonfinite, ulp):
     return {
         "speed": {
             "availability": {"huber": {"stableops": ok, "keras": ok}},
-            "data": {"timings": [], "ratios": [ratio("huber", "xla", 2**20, xla_ratio), ratio("huber", "eager", 2**20, eager_ratio)]},
+            "data": {
+                "timings": [],
+                "ratios": [ratio("huber", "xla", 2**20, xla_ratio), ratio("huber", "eager", 2**20, eager_ratio)],
+            },
         },
         "accuracy": {"data": {"modes": ["eager"], "rows": [accuracy_row]}},
     }
@@ -249,7 +263,9 @@ def test_targets_follow_the_numbers():
     # huber is an elementwise loss: eager must be 3x faster, so 0.4 misses; 1.06 misses the compiled 1.05.
     bad_sections = _synthetic_sections(xla_ratio=1.06, eager_ratio=0.4, nonfinite=2, ulp=3.0)
     bad = status(bad_sections)
-    assert bad == {"compiled": "missed", "eager": "missed", "end_to_end": "not measured", "finite": "missed", "ulp": "missed"}
+    assert bad == {
+        "compiled": "missed", "eager": "missed", "end_to_end": "not measured", "finite": "missed", "ulp": "missed",
+    }  # fmt: skip
     summary = report.build_summary(bad_sections, report.evaluate_targets(bad_sections))
     assert "**Missed: XLA-compiled" in summary and "`huber`" in summary
 

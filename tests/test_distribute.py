@@ -10,8 +10,9 @@ whole file again in a fresh interpreter instead, so the checks still run.
 
 What is compared (one device vs two replicas, same global batch):
 
-* every stableops loss x every reduction, with ``sample_weight``, in a
-  custom training loop (``strategy.run``): per-step loss and trained weights;
+* every stableops loss and every reduction (see ``_GRID``), with
+  ``sample_weight``, in a custom training loop (``strategy.run``): per-step
+  loss and trained weights;
 * ``model.fit`` with a loss dict under ``MirroredStrategy``;
 * ``SkipNonFinite`` and ``NaNGuard`` when only one replica sees a NaN;
 * ``MultiWorkerMirroredStrategy`` with two worker processes on localhost (slow).
@@ -32,14 +33,14 @@ import pytest
 import tensorflow as tf
 
 import stableops
-from tests._ecosystem import LOSS_CASES, REDUCTIONS, CASES_BY_NAME, multi_head_model, targets_for
+from tests._ecosystem import CASES_BY_NAME, LOSS_CASES, REDUCTIONS, multi_head_model, targets_for
 
 N_REPLICAS = 2
 _CHILD_ENV = "STABLEOPS_DISTRIBUTE_CHILD"
 
 
 def _split_cpu(n: int) -> bool:
-    """Split the CPU into ``n`` logical devices if the runtime allows it; True if there are ``n``."""
+    """Split the CPU into ``n`` logical devices if the runtime allows; True if there are ``n``."""
     (cpu,) = tf.config.list_physical_devices("CPU")[:1]
     try:
         tf.config.set_logical_device_configuration(
@@ -128,7 +129,10 @@ def _train_custom_loop(strategy, x, targets):
         model = multi_head_model(LOSS_CASES, FEATURES)
         optimizer = keras.optimizers.SGD(0.05)
         optimizer.build(model.trainable_variables)
-    losses = {(name, reduction): CASES_BY_NAME[name].make(reduction=reduction) for name, reduction in _GRID}
+    losses = {
+        (name, reduction): CASES_BY_NAME[name].make(reduction=reduction)
+        for name, reduction in _GRID
+    }
 
     def replica_step(x, y, sample_weight):
         with tf.GradientTape() as tape:
@@ -278,7 +282,9 @@ def _one_sgd_step_reference(x, y, initial_weights, learning_rate):
     """Weights after one plain SGD step on (x, y) on one device."""
     model = _regressor()
     model.set_weights(initial_weights)
-    model.compile(optimizer=keras.optimizers.SGD(learning_rate), loss=stableops.losses.MeanSquaredError())
+    model.compile(
+        optimizer=keras.optimizers.SGD(learning_rate), loss=stableops.losses.MeanSquaredError()
+    )
     model.fit(x, y, batch_size=len(x), epochs=1, verbose=0, shuffle=False)
     return model.get_weights()
 
@@ -378,6 +384,7 @@ def _free_port():
 
 
 @pytest.mark.slow
+@needs_replicas  # not needed in-process, but the fresh-process fallback runs it then
 def test_multi_worker_mirrored_strategy_on_localhost(tmp_path):
     rng = np.random.default_rng(7)
     data = dict(
@@ -392,12 +399,15 @@ def test_multi_worker_mirrored_strategy_on_localhost(tmp_path):
     cluster = {"worker": [f"localhost:{_free_port()}" for _ in range(2)]}
     workers = []
     for index in range(2):
-        env = dict(os.environ, TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}}))
-        env.pop(_CHILD_ENV, None)
+        task = {"type": "worker", "index": index}
+        env = dict(os.environ, TF_CONFIG=json.dumps({"cluster": cluster, "task": task}))
         workers.append(
             subprocess.Popen(
-                [sys.executable, "-c", _WORKER, str(tmp_path / "data.npz"), str(tmp_path / f"w{index}.npz")],
-                env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                [sys.executable, "-c", _WORKER, tmp_path / "data.npz", tmp_path / f"w{index}.npz"],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
             )
         )
     outputs = []
@@ -420,7 +430,8 @@ def test_multi_worker_mirrored_strategy_on_localhost(tmp_path):
     for _ in range(2):
         with tf.GradientTape() as tape:
             loss = loss_fn(data["y"], model(data["x"]), sample_weight=data["sw"])
-        optimizer.apply_gradients(zip(tape.gradient(loss, model.trainable_variables), model.trainable_variables))
+        gradients = tape.gradient(loss, model.trainable_variables)
+        optimizer.apply_gradients(zip(gradients, model.trainable_variables))
         reference_losses.append(float(loss))
 
     results = [np.load(tmp_path / f"w{i}.npz") for i in range(2)]
@@ -442,7 +453,7 @@ def test_distribute_suite_in_a_fresh_process():
     assert os.environ.get(_CHILD_ENV) != "1", "a fresh process could not split the CPU either"
     env = dict(os.environ, **{_CHILD_ENV: "1"})
     result = subprocess.run(
-        [sys.executable, "-m", "pytest", __file__, "-q", "-p", "no:cacheprovider", "-p", "no:randomly"],
+        [sys.executable, "-m", "pytest", __file__, "-q", "-p", "no:cacheprovider"],
         env=env, capture_output=True, text=True, timeout=600,
         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
     )

@@ -107,10 +107,14 @@ def test_guide_has_one_example_per_use():
     assert not missing, f"docs/guide.md has no runnable example for: {missing}"
 
 
+def _slug(heading):
+    return re.sub(r"[^a-z0-9]+", "-", heading.lower()).strip("-")
+
+
 @pytest.mark.parametrize(
     "index",
     range(len(EXAMPLES)),
-    ids=[f"{i}-{re.sub(r'[^a-z0-9]+', '-', e['heading'].lower()).strip('-')}" for i, e in enumerate(EXAMPLES)],
+    ids=[f"{i}-{_slug(example['heading'])}" for i, example in enumerate(EXAMPLES)],
 )
 def test_guide_example_runs(results, index):
     example, result = EXAMPLES[index], results[index]
@@ -121,7 +125,10 @@ def test_guide_example_runs(results, index):
 
 
 def test_extract_examples_finds_blocks_and_their_headings():
-    text = "# T\n\n## One\n\n```python\nx = 1\n```\n\n```bash\nls\n```\n\n### Two\n```python\ny = 2\n```\n"
+    text = (
+        "# T\n\n## One\n\n```python\nx = 1\n```\n\n"
+        "```bash\nls\n```\n\n### Two\n```python\ny = 2\n```\n"
+    )
     examples = extract_examples(text)
     assert [(e["heading"], e["line"], e["code"]) for e in examples] == [
         ("One", 6, "x = 1\n"),

@@ -134,20 +134,25 @@ def test_stableops_losses_are_usable_as_metrics():
     x = rng.normal(size=(32, FEATURES)).astype("float32")
     y = (x[:, :1] + 0.3 * rng.normal(size=(32, 1)) > 0).astype("float32")
     sample_weight = rng.uniform(0.5, 2.0, 32).astype("float32")
-    model = keras.Sequential([keras.Input((FEATURES,)), keras.layers.Dense(1, activation="sigmoid")])
+    model = keras.Sequential(
+        [keras.Input((FEATURES,)), keras.layers.Dense(1, activation="sigmoid")]
+    )
+    wrap = keras.metrics.MeanMetricWrapper
     model.compile(
         optimizer="sgd",
         loss=stableops.losses.BinaryCrossentropy(),
         metrics=[
             stableops.losses.binary_crossentropy,  # a function form
             stableops.losses.BinaryCrossentropy(name="bce_instance"),  # a Loss instance
-            keras.metrics.MeanMetricWrapper(stableops.losses.binary_crossentropy, name="bce_wrapped"),
+            wrap(stableops.losses.binary_crossentropy, name="bce_wrapped"),
             keras.metrics.BinaryCrossentropy(name="keras_bce"),  # the reference
             stableops.losses.mean_squared_error,
         ],
-        weighted_metrics=[keras.metrics.MeanMetricWrapper(stableops.losses.binary_crossentropy, name="bce_weighted")],
+        weighted_metrics=[wrap(stableops.losses.binary_crossentropy, name="bce_weighted")],
     )
-    result = model.evaluate(x, y, sample_weight=sample_weight, batch_size=8, verbose=0, return_dict=True)
+    result = model.evaluate(
+        x, y, sample_weight=sample_weight, batch_size=8, verbose=0, return_dict=True
+    )
     reference = result["keras_bce"]
     assert reference > 0.1
     for name in ["binary_crossentropy", "bce_instance", "bce_wrapped"]:
@@ -157,7 +162,9 @@ def test_stableops_losses_are_usable_as_metrics():
     p = model.predict(x, verbose=0)[:, 0]
     per_sample = -(y[:, 0] * np.log(p) + (1 - y[:, 0]) * np.log1p(-p))
     np.testing.assert_allclose(
-        result["bce_weighted"], np.sum(sample_weight * per_sample) / np.sum(sample_weight), rtol=1e-5
+        result["bce_weighted"],
+        np.sum(sample_weight * per_sample) / np.sum(sample_weight),
+        rtol=1e-5,
     )
     np.testing.assert_allclose(result["mean_squared_error"], np.mean((p - y[:, 0]) ** 2), rtol=1e-5)
 
@@ -198,11 +205,13 @@ def test_loss_dict_for_a_multi_output_model():
 
     # Per-output losses against Keras's own losses on these ordinary values.
     predictions = model.predict(x, verbose=0)
-    label_loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)(labels, predictions["label"])
+    keras_sparse = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    label_loss = keras_sparse(labels, predictions["label"])
     value_loss = keras.losses.Huber(delta=0.5)(values, predictions["value"])
     np.testing.assert_allclose(before["label_loss"], float(label_loss), rtol=1e-5)
     np.testing.assert_allclose(before["value_loss"], float(value_loss), rtol=1e-5)
-    np.testing.assert_allclose(before["loss"], float(label_loss) + 0.5 * float(value_loss), rtol=1e-5)
+    total = float(label_loss) + 0.5 * float(value_loss)
+    np.testing.assert_allclose(before["loss"], total, rtol=1e-5)
     np.testing.assert_allclose(
         before["value_mean_absolute_error"],
         np.mean(np.abs(predictions["value"] - values)),

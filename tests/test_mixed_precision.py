@@ -111,15 +111,17 @@ def test_mixed_float16_with_loss_scale_optimizer_matches_float32(float32_run):
             marks=pytest.mark.xfail(
                 strict=True,
                 reason="stableops bug: with compile's default auto_scale_loss=True, Keras wraps "
-                "SkipNonFinite(LossScaleOptimizer(opt)) in a second LossScaleOptimizer (SkipNonFinite "
-                "is not a LossScaleOptimizer instance); the loss is scaled once (outer scaler) but "
-                "the gradients are unscaled twice, so every step is 2**15 times too small and "
-                "training stalls",
+                "SkipNonFinite(LossScaleOptimizer(opt)) in a second LossScaleOptimizer "
+                "(SkipNonFinite is not a LossScaleOptimizer instance); the loss is scaled once "
+                "(outer scaler) but the gradients are unscaled twice, so every step is 2**15 "
+                "times too small and training stalls",
             ),
         ),
     ],
 )
-def test_mixed_float16_with_skip_non_finite_around_loss_scale_optimizer(float32_run, auto_scale_loss):
+def test_mixed_float16_with_skip_non_finite_around_loss_scale_optimizer(
+    float32_run, auto_scale_loss
+):
     optimizer = stableops.optimizers.SkipNonFinite(
         keras.optimizers.LossScaleOptimizer(keras.optimizers.SGD(LEARNING_RATE))
     )
@@ -150,7 +152,8 @@ def test_mixed_bfloat16_matches_float32(float32_run):
 @pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
 def test_stock_keras_loss_does_not_train_here(float32_run, policy):
     """The control: this is a problem where Keras's own loss fails (loss frozen, gradient 0)."""
-    losses, _ = _train(policy, keras.losses.BinaryCrossentropy(), keras.optimizers.SGD(LEARNING_RATE))
+    optimizer = keras.optimizers.SGD(LEARNING_RATE)
+    losses, _ = _train(policy, keras.losses.BinaryCrossentropy(), optimizer)
     np.testing.assert_allclose(losses, losses[0], rtol=1e-5)  # no step changed the loss
     assert not np.allclose(losses, float32_run[0], rtol=TOLERANCE[policy])
 

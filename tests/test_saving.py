@@ -73,7 +73,11 @@ def _everything_model():
 
 
 def _layer_classes(model):
-    return {type(layer).__name__ for layer in model.layers if type(layer).__module__.startswith("stableops")}
+    return {
+        type(layer).__name__
+        for layer in model.layers
+        if type(layer).__module__.startswith("stableops")
+    }
 
 
 def _evaluate(model, x, y):
@@ -114,7 +118,9 @@ def test_keras_file_round_trip_without_custom_objects(tmp_path):
     for case in LOSS_CASES:
         value = float(model.loss[case.name](y[case.name], want[case.name]))
         assert np.isfinite(value), case.name
-        np.testing.assert_allclose(got_losses[f"{case.name}_loss"], value, rtol=1e-5, err_msg=case.name)
+        np.testing.assert_allclose(
+            got_losses[f"{case.name}_loss"], value, rtol=1e-5, err_msg=case.name
+        )
 
     # The optimizer wrapper came back around its inner optimizer.
     assert isinstance(loaded.optimizer, stableops.optimizers.SkipNonFinite)

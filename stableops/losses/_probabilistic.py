@@ -382,18 +382,24 @@ def binary_crossentropy(
         ``p = y_pred`` (probabilities) or ``sigmoid(y_pred)`` (logits).
 
     Numerical stability:
-        Elementwise math is ``ops.binary_crossentropy``: from logits
-        ``softplus``/``log_sigmoid`` forms, finite for every finite logit;
-        from probabilities the log-probabilities are taken without Keras's
-        ``[1e-7, 1 - 1e-7]`` clip, so a confidently wrong prediction
-        (``y_true=1, y_pred=1e-9``) costs 20.7 with gradient ``-1e9`` (Keras:
-        16.1 with gradient 0), and half precision is computed in float32
-        (Keras: ``inf`` in float16). A ``y_pred`` produced by a sigmoid
-        activation carries its logits, which are used (as Keras does).
-        ``0 * log(0)`` counts as 0. NaN in a prediction gives NaN; NaN in an
-        ignored entry (``ignore_class``) is ignored.
-        Error budget: 4 ULP of the float32 result per element (hard or soft
-        targets, logits or probabilities away from 0 and 1).
+        Elementwise math is ``ops.binary_crossentropy``, computed in float32
+        for half precision (then its clip bounds are float32's). From logits:
+        ``softplus`` forms, finite for every finite logit. From probabilities:
+        the probabilities are clipped to ``[tiny, 1 - eps/2]`` of the
+        computing dtype with a straight-through gradient, instead of Keras's
+        ``[1e-7, 1 - 1e-7]`` clip with gradient 0: a confidently wrong
+        prediction (``y_true=1, y_pred=1e-9``) costs 20.7 with gradient
+        ``-1e9`` (Keras: 16.1, gradient 0); ``y_pred = 0`` costs 87.3; float16
+        and bfloat16 ``y_pred = 1`` with ``y_true = 0`` cost 16.6 (Keras:
+        ``inf``). A gradient with respect to a float16 prediction saturates
+        at 65504 instead of overflowing. A ``y_pred`` produced by a sigmoid
+        activation carries its logits, which are used (as Keras does, but
+        also under ``mixed_float16``, see :class:`BinaryCrossentropy`).
+        ``0 * log(0)`` counts as 0. The mean over ``axis`` divides before it
+        sums (terms of 1e38 do not overflow it). NaN in a prediction gives
+        NaN; NaN in an ignored entry (``ignore_class``) is ignored.
+        Error budget: 4 ULP of the float32 result per element (the budget of
+        ``ops.binary_crossentropy``).
 
     Args:
         y_true: targets in ``[0, 1]``, ``[batch, d0, ..., dN]``; any real dtype.
@@ -539,18 +545,24 @@ def binary_focal_crossentropy(
         ``apply_class_balancing`` (else 1); ``t`` the smoothed target.
 
     Numerical stability:
-        The focal factor is ``exp(gamma * log(1 - p_t))``, with ``log(1 - p_t)``
-        in log space: from logits ``log_sigmoid(-z)`` for ``t = 1``,
-        ``log_sigmoid(z)`` for ``t = 0`` and their ``logaddexp`` for soft
-        targets, so value and gradient are finite for every ``gamma >= 0`` and
-        every finite logit (Keras: NaN gradient at saturated logits for
-        ``gamma`` 0 or 0.5, from ``pow(0, gamma)``). From probabilities
-        ``1 - p_t`` is floored at the smallest normal of the computing dtype
-        inside the log (a saturated ``p`` then has a zero focal-factor
-        gradient instead of NaN). ``gamma = 0`` is exactly binary
-        cross-entropy. Targets outside ``[0, 1]`` are clipped to it in the
-        focal factor only. A sigmoid output's logits are used.
-        Error budget: 8 ULP of the float32 result per element from logits.
+        No ``pow(0, gamma)``: Keras's focal factor has a NaN gradient at
+        saturated predictions for ``gamma`` 0 or 0.5. From logits, ``1 - p_t``
+        is taken in linear space from two sigmoids (no cancellation) and
+        raised with ``pow`` while it is a normal number; where it underflows
+        (a logit beyond about +-87) the factor is ``exp(gamma * log(1 - p_t))``
+        with ``log(1 - p_t)`` in log space (``log_sigmoid(-z)`` for ``t = 1``,
+        ``log_sigmoid(z)`` for ``t = 0``, their ``logaddexp`` for soft
+        targets). So value and gradient are finite for every ``gamma >= 0``
+        and every finite logit. From probabilities ``1 - p_t`` is floored at
+        the smallest normal of the computing dtype (an exactly saturated
+        ``p``: factor ``tiny**gamma``, zero focal-factor gradient).
+        ``gamma = 0`` is exactly binary cross-entropy. Targets outside
+        ``[0, 1]`` are clipped to it in the focal factor only. The
+        cross-entropy term is :func:`binary_crossentropy`'s. A sigmoid
+        output's logits are used.
+        Error budget: 16 ULP of the float32 result per element (about 3 with
+        hard targets; soft targets add the cross-entropy's 4 ULP to a
+        ``gamma``-amplified focal factor).
 
     Args:
         y_true: targets in ``[0, 1]``, ``[batch, d0, ..., dN]``.
@@ -865,18 +877,24 @@ def categorical_focal_crossentropy(
         smoothed target.
 
     Numerical stability:
-        Everything is computed from ``log p = log_softmax(.)``, never from a
-        clipped ``p``: the cross-entropy term is ``-t * log p`` (0 where
-        ``t = 0``, also at a masked ``-inf`` logit), and the focal factor is
-        ``exp(gamma * log(1 - p))`` with ``log(1 - p)`` from ``log1mexp`` or,
-        for the row's most probable class, as the ``logsumexp`` of the other
-        classes' log-probabilities, accurate when ``p`` rounds to 1. So a
-        confidently wrong prediction from logits keeps its gradient (Keras
-        clips ``p`` to ``[1e-7, 1 - 1e-7]``: zero gradient beyond), and the
-        gradient is finite for every ``gamma >= 0``. From probabilities, zero
-        entries are floored at the smallest normal of the computing dtype; an
-        all-zero row counts as uniform. A softmax output's logits are used.
-        Error budget: 8 ULP of the float32 result (rows of up to 8 classes).
+        Nothing is computed from a clipped ``p``. The cross-entropy term is
+        ``-t * log p`` with ``log p = log_softmax(.)`` (0 where ``t = 0``, also
+        at a masked ``-inf`` logit). The focal factor is ``pow(1 - p, gamma)``
+        with ``1 - p`` from the softmax probabilities: ``1 - p`` for all but
+        the row's most probable class (``p <= 1/2``) and the sum of the other
+        probabilities for that one, accurate however close ``p`` is to 1;
+        where ``1 - p`` underflows, ``exp(gamma * log(1 - p))`` with
+        ``log(1 - p)`` from ``log1mexp`` or the ``logsumexp`` of the other
+        classes' log-probabilities. So a confidently wrong prediction from
+        logits keeps its gradient (Keras clips ``p`` to ``[1e-7, 1 - 1e-7]``:
+        zero gradient beyond), and value and gradient are finite for every
+        ``gamma >= 0``. From probabilities, zero and negative entries are
+        floored at the smallest normal of the computing dtype before the row
+        is normalized (an all-zero row counts as uniform; Keras: NaN). A
+        softmax output's logits are used.
+        Error budget: 8 ULP of the float32 result (rows of up to 8 classes;
+        a logit difference that is not exact in float32 adds its own
+        rounding, ``|dz| * eps / 2``, to every probability).
 
     Args:
         y_true: one-hot (or soft) targets, ``[batch, ..., num_classes]``.

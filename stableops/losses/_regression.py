@@ -107,17 +107,24 @@ def _hyperparameter(value, name, low=None, *, low_open=False):
     return number
 
 
-def _axis_argument(axis, *, allow_none):
-    """``axis`` as an int, a tuple of ints or ``None``: static, one compile per value."""
-    if axis is None and allow_none:
-        return None
-    if isinstance(axis, numbers.Integral) and not isinstance(axis, bool):
+def _is_int(value):
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _axis_argument(axis, *, allow_many):
+    """``axis`` as an int (or, with ``allow_many``, ``None`` or a tuple of ints).
+
+    Static and hashable: one compile per value. A list (as a JSON config
+    gives back) becomes a tuple.
+    """
+    if _is_int(axis):
         return int(axis)
-    if isinstance(axis, (tuple, list)) and axis and all(
-        isinstance(a, numbers.Integral) and not isinstance(a, bool) for a in axis
-    ):
-        return tuple(int(a) for a in axis)
-    expected = "an int, a tuple of ints or None" if allow_none else "an int"
+    if allow_many:
+        if axis is None:
+            return None
+        if isinstance(axis, (tuple, list)) and axis and all(_is_int(a) for a in axis):
+            return tuple(int(a) for a in axis)
+    expected = "an int, a tuple of ints or None" if allow_many else "an int"
     raise ValueError(f"`axis` must be {expected}, got axis={axis!r}")
 
 
@@ -470,7 +477,7 @@ def cosine_similarity(y_true, y_pred, axis=-1):
         >>> cosine_similarity([[0., 1.], [1., 1.], [1., 1.]], [[1., 0.], [1., 1.], [-1., -1.]])
         ... # [0., -0.99999994, 0.99999994]
     """
-    axis = _axis_argument(axis, allow_none=False)
+    axis = _axis_argument(axis, allow_many=False)
     return _cosine_similarity_kernel(*_prepare(y_true, y_pred), axis=axis)
 
 
@@ -542,7 +549,7 @@ def dice(y_true, y_pred, axis=None, *, smooth=0.0):
         >>> dice([[1.0, 0.0, 1.0]], [[0.8, 0.1, 0.7]])  # 0.1666667
         >>> dice([[0.0, 0.0]], [[0.0, 0.0]])  # 0.0; Keras 1.0
     """
-    axis = _axis_argument(axis, allow_none=True)
+    axis = _axis_argument(axis, allow_many=True)
     smooth = _hyperparameter(smooth, "smooth", 0.0)
     return _dice_kernel(*_prepare(y_true, y_pred), axis=axis, smooth=smooth)
 
@@ -601,7 +608,7 @@ def tversky(y_true, y_pred, alpha=0.5, beta=0.5, axis=None, *, smooth=0.0):
     """
     alpha = _hyperparameter(alpha, "alpha", 0.0)
     beta = _hyperparameter(beta, "beta", 0.0)
-    axis = _axis_argument(axis, allow_none=True)
+    axis = _axis_argument(axis, allow_many=True)
     smooth = _hyperparameter(smooth, "smooth", 0.0)
     return _tversky_kernel(
         *_prepare(y_true, y_pred), alpha=alpha, beta=beta, axis=axis, smooth=smooth
@@ -893,7 +900,7 @@ class CosineSimilarity(FunctionLoss):
     """
 
     def __init__(self, axis=-1, reduction=_REDUCTION, name="cosine_similarity", dtype=None):
-        _axis_argument(axis, allow_none=False)
+        _axis_argument(axis, allow_many=False)
         super().__init__(
             cosine_similarity, reduction=reduction, name=name, dtype=dtype, axis=axis
         )
@@ -921,7 +928,7 @@ class Dice(FunctionLoss):
 
     def __init__(self, reduction=_REDUCTION, name="dice", axis=None, dtype=None, *, smooth=0.0):
         # A list axis (as JSON gives back) is stored as a tuple: configs round trip.
-        axis = _axis_argument(axis, allow_none=True)
+        axis = _axis_argument(axis, allow_many=True)
         _hyperparameter(smooth, "smooth", 0.0)
         super().__init__(
             dice, reduction=reduction, name=name, dtype=dtype, axis=axis, smooth=smooth
@@ -965,7 +972,7 @@ class Tversky(FunctionLoss):
     ):
         _hyperparameter(alpha, "alpha", 0.0)
         _hyperparameter(beta, "beta", 0.0)
-        axis = _axis_argument(axis, allow_none=True)  # a list is stored as a tuple
+        axis = _axis_argument(axis, allow_many=True)  # a list is stored as a tuple
         _hyperparameter(smooth, "smooth", 0.0)
         super().__init__(
             tversky,

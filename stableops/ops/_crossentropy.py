@@ -383,7 +383,10 @@ def categorical_crossentropy(target, output, from_logits=False, axis=-1):
         where its target is 0 (``0 * log 0 = 0``; Keras gives NaN); a target on
         a ``-inf`` logit gives ``+inf`` with a finite gradient; a row of only
         ``-inf`` logits counts as all probabilities 0. ``+inf`` logits follow
-        ``log_softmax``. NaN anywhere in a row gives NaN.
+        ``log_softmax``. NaN anywhere in a row gives NaN. Logits spanning more
+        than the dtype's range (``max(x) - min(x) > 3.4e38`` in float32)
+        overflow ``log_softmax`` to ``-inf`` and the loss to ``inf`` even where
+        the weighted sum would be finite.
         Gradient ``softmax(x) sum(z) - z``.
         From probabilities: rows are normalized by their sum as Keras does; an
         all-zero row is not divided (Keras: NaN), so every class has

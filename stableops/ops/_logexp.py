@@ -355,7 +355,10 @@ def softmax(x, axis=-1, where=None):
         ``exp(x - m) / (1 + s)`` with ``m = max(x)`` and ``1 + s = sum(exp(x - m))``.
 
     Numerical stability:
-        Max-shifted (every ``exp`` in ``[0, 1]``, denominator ``>= 1``).
+        Max-shifted (every ``exp`` in ``[0, 1]``, denominator ``>= 1``), with
+        ``x - m`` carried exactly (TwoSum), so entries far below the maximum
+        keep their relative accuracy (``tf.nn.softmax`` loses
+        ``|x - m| * eps / 2``: 60 ULP at ``x - m = -100`` in float32).
         Masked entries are exactly 0; a fully masked (or all ``-inf``) row is
         all zeros with zero gradient, not ``0/0 = nan``. ``-inf`` entries give
         0; ``k`` entries at ``+inf`` share probability ``1/k``; a NaN entry
@@ -466,7 +469,7 @@ def softplus(x):
         A tensor of ``x``'s dtype and shape.
 
     Example:
-        >>> softplus(tf.constant([-100.0, 0.0, 100.0]))  # [3.72e-44, 0.6931472, 100.]
+        >>> softplus(tf.constant([-100.0, 0.0, 100.0], tf.float64))  # [3.72e-44, 0.693, 100.]
     """
     x = as_float_tensor(x, "x")
     return tf.cast(_softplus_core(to_compute(x)), x.dtype)
@@ -678,7 +681,7 @@ def softplus_inverse(x):
         A tensor of ``x``'s dtype and shape with ``softplus(result) == x``.
 
     Example:
-        >>> softplus_inverse(tf.constant([1e-20, 0.6931472, 100.0]))  # [-46.05, -3.5e-8, 100.]
+        >>> softplus_inverse(tf.constant([1e-20, 0.6931472, 100.0]))  # [-46.05, 3.8e-09, 100.]
     """
     x = as_float_tensor(x, "x")
     return tf.cast(_softplus_inverse_core(to_compute(x)), x.dtype)
