@@ -113,10 +113,10 @@ def test_smoke_accuracy_memory_bandwidth_end_to_end_are_well_formed(smoke_run):
 
 def test_smoke_summary_names_every_case_and_section(smoke_run):
     summary = (smoke_run / "summary.md").read_text()
-    for heading in ("## Targets", "## Speed", "## Limits", "## Accuracy", "## Memory", "## End to end"):
+    for heading in ("## Headline", "## Targets", "## Speed", "## Limits", "## Accuracy", "## Memory", "## End to end"):
         assert heading in summary
     for case in SMOKE_CASES:
-        assert f"| {case} |" in summary
+        assert f"| {case} |" in summary and f"| `{case}` |" in summary  # speed tables and headline
     targets = json.loads((smoke_run / "targets.json").read_text())
     assert {t["id"] for t in targets} == {"compiled", "eager", "end_to_end", "finite", "ulp"}
     assert all(t["status"] in ("met", "missed", "not measured") for t in targets)

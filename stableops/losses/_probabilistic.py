@@ -1083,13 +1083,17 @@ def sparse_categorical_crossentropy(
         ``ignore_class``) raises an error naming the label and the number of
         classes eagerly and in a graph; inside XLA, where asserts are
         dropped, that sample's loss is NaN, never a finite wrong value.
-        ``ignore_class`` samples get loss 0, a zero gradient (their NaN
-        included) and a ``False`` Keras mask. A softmax output's logits are used.
+        A float label tensor must hold integral values (2.5 is out of range;
+        Keras truncates it to 2). ``ignore_class`` samples get loss 0, a zero
+        gradient (their NaN included) and a ``False`` Keras mask. With
+        ``label_smoothing > 0`` a ``-inf`` logit gives ``+inf`` (the smoothed
+        target puts mass on an impossible class). A softmax output's logits
+        are used.
         Error budget: 4 ULP of the float32 result (rows of up to 8 classes).
 
     Args:
         y_true: integer labels, ``y_pred``'s shape without the class axis (a
-            size-1 class axis is squeezed); integer, bool or float dtype.
+            size-1 class axis is squeezed); integer, bool or (integral) float dtype.
         y_pred: probabilities or logits, floating.
         from_logits: whether ``y_pred`` holds logits.
         ignore_class: an int label (e.g. ``-1`` or 255) to leave out.

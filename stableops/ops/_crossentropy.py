@@ -457,24 +457,33 @@ def _as_indices(labels, valid):
 
 
 def _gather_class(values, indices):
-    """``values[..., indices[...]]``: one entry per example, no one-hot."""
-    batch_rank = indices.shape.rank
-    return tf.gather(values, indices, axis=batch_rank, batch_dims=batch_rank)
+    """``values[n, indices[n]]`` for ``[N, C]`` values and ``[N]`` indices: no one-hot."""
+    return tf.gather(values, indices, axis=1, batch_dims=1)
+
+
+def _flat_examples(labels, output):
+    """Labels as ``[N]`` and the class-last output as ``[N, C]``.
+
+    The kernels see tensors of unknown rank (``reduce_retracing`` generalizes
+    the rank too), so they work on this flat view and reshape the loss back
+    to ``labels``' shape.
+    """
+    return tf.reshape(labels, [-1]), tf.reshape(output, [-1, tf.shape(output)[-1]])
 
 
 @xla_kernel
 def _sparse_from_logits(labels, logits):
-    x = to_compute(logits)
-    valid = _label_validity(labels, tf.shape(x, out_type=tf.int64)[-1])
-    log_p = _gather_class(log_softmax(x, axis=-1), _as_indices(labels, valid))
+    flat_labels, x = _flat_examples(labels, to_compute(logits))
+    valid = _label_validity(flat_labels, tf.shape(x, out_type=tf.int64)[-1])
+    log_p = _gather_class(log_softmax(x, axis=-1), _as_indices(flat_labels, valid))
     # An invalid label (only reachable under XLA, where the assert is dropped)
     # gives NaN in value and gradient, never the loss of class 0.
     loss = -log_p * _nan_unless(tf.logical_and(valid, _row_without_nan(x, -1)), log_p)
-    return tf.cast(loss, logits.dtype)
+    return tf.cast(tf.reshape(loss, tf.shape(labels)), logits.dtype)
 
 
 def _sparse_normalized_crossentropy(indices, o, bounds):
-    """``-log(clip(o[y] / sum(o)))`` per row, gradient as in ``_normalized_crossentropy`` with ``z = one_hot(y)``."""
+    """``-log(clip(o[n, y_n] / sum(o[n])))`` for ``[N, C]`` ``o``; gradient as in ``_normalized_crossentropy``, ``z = one_hot(y)``."""
 
     @tf.custom_gradient
     def loss_fn(o):
@@ -489,7 +498,7 @@ def _sparse_normalized_crossentropy(indices, o, bounds):
             normalizing = tf.where(tf.equal(total, 0), tf.zeros_like(total), fraction / divisor)
             # The one-hot exists only in the (dense) gradient, never in the loss.
             one_hot = tf.one_hot(indices, tf.shape(o)[-1], dtype=o.dtype)
-            return upstream[..., None] * (normalizing[..., None] - one_hot / slope_point[..., None])
+            return upstream[:, None] * (normalizing[:, None] - one_hot / slope_point[:, None])
 
         return loss, grad
 
@@ -498,13 +507,13 @@ def _sparse_normalized_crossentropy(indices, o, bounds):
 
 @xla_kernel
 def _sparse_from_probabilities(labels, probabilities):
-    o = to_compute(probabilities)
-    valid = _label_validity(labels, tf.shape(o, out_type=tf.int64)[-1])
+    flat_labels, o = _flat_examples(labels, to_compute(probabilities))
+    valid = _label_validity(flat_labels, tf.shape(o, out_type=tf.int64)[-1])
     # The normalization and clip of the dense loss, on the one probability
     # the label selects.
-    loss = _sparse_normalized_crossentropy(_as_indices(labels, valid), o, _ClipBounds(probabilities.dtype))
+    loss = _sparse_normalized_crossentropy(_as_indices(flat_labels, valid), o, _ClipBounds(probabilities.dtype))
     loss = loss * _nan_unless(valid, loss)
-    return tf.cast(loss, probabilities.dtype)
+    return tf.cast(tf.reshape(loss, tf.shape(labels)), probabilities.dtype)
 
 
 def _sparse_labels(target, output, axis):

@@ -176,7 +176,8 @@ class _Shifted(typing.NamedTuple):
     z: tf.Tensor  # x - m rounded; exactly 0 at the maxima
     z_low: tf.Tensor  # the rounding error: z + z_low == x - m exactly
     p: tf.Tensor  # exp(x - m) from (z, z_low); exactly 1 at the maxima
-    s: tf.Tensor  # sum(p) - 1, without the cancellation
+    total: tf.Tensor  # sum(p) >= 1 (the softmax denominator)
+    s: typing.Optional[tf.Tensor]  # sum(p) - 1 without the cancellation (if asked for)
     empty: tf.Tensor  # rows whose maximum is -inf (all -inf or fully masked)
 
 
@@ -193,7 +194,7 @@ def _two_difference(a, b):
     return d, tf.where(tf.math.is_finite(d), err, tf.zeros_like(err))
 
 
-def _shifted_exponentials(x, axis):
+def _shifted_exponentials(x, axis, with_tail):
     """The pieces every max-shifted reduction needs (see :class:`_Shifted`).
 
     * ``x - m`` is carried as ``z + z_low`` (TwoSum), so ``exp(x - m)`` is
@@ -202,10 +203,12 @@ def _shifted_exponentials(x, axis):
       softmax at ``x - m = -100`` in float32).
     * ``z`` is exactly 0 at the maxima, so a ``+inf`` maximum gives 0 there and
       ``-inf`` elsewhere instead of ``inf - inf = nan``.
-    * ``s = sum(p) - 1`` skips the maxima and adds ``(number of maxima - 1)``,
-      so ``log1p(s)`` stays accurate when one logit dominates
-      (``logsumexp([0, -30]) = 9.4e-14``, not 0).
-    NaN anywhere in a row makes ``s`` NaN for that row.
+    * ``with_tail``: also ``s = sum(p) - 1``, which skips the maxima and adds
+      ``(number of maxima - 1)``, so ``log1p(s)`` stays accurate when one
+      logit dominates (``logsumexp([0, -30]) = 9.4e-14``, not 0). It costs
+      one more reduction, so softmax (which only divides by ``sum(p)``)
+      does without.
+    NaN anywhere in a row makes ``total`` (and ``s``) NaN for that row.
     """
     m = tf.reduce_max(x, axis=axis, keepdims=True)
     is_max = tf.equal(x, m)
@@ -214,27 +217,31 @@ def _shifted_exponentials(x, axis):
     z = tf.where(is_max, zero, difference)
     z_low = tf.where(is_max, zero, error)
     p = tf.exp(z) * (1.0 + z_low)  # z_low <= ulp(z)/2: first order is exact enough
-    others = tf.reduce_sum(tf.where(is_max, zero, p), axis=axis, keepdims=True)
-    ties = tf.reduce_sum(tf.cast(is_max, x.dtype), axis=axis, keepdims=True)
-    s = others + (ties - 1.0)
+    if with_tail:
+        others = tf.reduce_sum(tf.where(is_max, zero, p), axis=axis, keepdims=True)
+        ties = tf.reduce_sum(tf.cast(is_max, x.dtype), axis=axis, keepdims=True)
+        s = others + (ties - 1.0)
+        total = 1.0 + s
+    else:
+        s, total = None, tf.reduce_sum(p, axis=axis, keepdims=True)
     # reduce_max may skip NaN (XLA does): a row of NaN and -inf has m = -inf
-    # but s = NaN, and must stay NaN, not count as empty.
+    # but a NaN sum, and must stay NaN, not count as empty.
     empty = tf.logical_and(tf.equal(m, tf.constant(-math.inf, x.dtype)),
-                           tf.logical_not(tf.math.is_nan(s)))
-    return _Shifted(m, z, z_low, p, s, empty)
+                           tf.logical_not(tf.math.is_nan(total)))
+    return _Shifted(m, z, z_low, p, total, s, empty)
 
 
 def _softmax_from_pieces(pieces):
-    # p <= 1 and 1 + s >= 1 for a non-empty row: no overflow, no 0/0.
+    # p <= 1 and sum(p) >= 1 for a non-empty row: no overflow, no 0/0.
     # Empty rows give zeros (their denominator is replaced by 1).
-    denominator = tf.where(pieces.empty, tf.ones_like(pieces.s), 1.0 + pieces.s)
+    denominator = tf.where(pieces.empty, tf.ones_like(pieces.total), pieces.total)
     return tf.where(pieces.empty, tf.zeros_like(pieces.p), pieces.p) / denominator
 
 
 def _logsumexp_core(x, axis, keepdims):
     @tf.custom_gradient
     def core(x):
-        pieces = _shifted_exponentials(x, axis)
+        pieces = _shifted_exponentials(x, axis, with_tail=True)
         value = pieces.m + _log1p(pieces.s)  # -inf for empty rows, +inf with a +inf entry
         if not keepdims:
             value = tf.reshape(value, tf.shape(tf.reduce_max(x, axis=axis)))
@@ -252,7 +259,7 @@ def _logsumexp_core(x, axis, keepdims):
 def _softmax_core(x, axis):
     @tf.custom_gradient
     def core(x):
-        y = _softmax_from_pieces(_shifted_exponentials(x, axis))
+        y = _softmax_from_pieces(_shifted_exponentials(x, axis, with_tail=False))
 
         def grad(upstream):
             # Jacobian-vector product of softmax: y * (g - <g, y>); zero where y is.
@@ -266,7 +273,7 @@ def _softmax_core(x, axis):
 def _log_softmax_core(x, axis):
     @tf.custom_gradient
     def core(x):
-        pieces = _shifted_exponentials(x, axis)
+        pieces = _shifted_exponentials(x, axis, with_tail=True)
         # (x - m) - log1p(s) = z + (z_low - log1p(s)): exactly -log1p(s) at the
         # maximum (no cancellation), and x - m's rounding error kept.
         shifted = pieces.z + (pieces.z_low - _log1p(pieces.s))
@@ -352,7 +359,7 @@ def softmax(x, axis=-1, where=None):
     """``exp(x) / sum(exp(x))`` along ``axis``, mask-safe.
 
     Formula:
-        ``exp(x - m) / (1 + s)`` with ``m = max(x)`` and ``1 + s = sum(exp(x - m))``.
+        ``exp(x - m) / sum(exp(x - m))`` with ``m = max(x)``.
 
     Numerical stability:
         Max-shifted (every ``exp`` in ``[0, 1]``, denominator ``>= 1``), with
