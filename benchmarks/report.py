@@ -652,8 +652,12 @@ def _header(sections) -> list[str]:
 HEADLINE_SIZE = 2**20
 
 
-def _worst_ulp(row) -> float:
-    return max(_num(row["max_ulp_grid"]), _num(row["max_ulp_random"]))
+def _worst_ulp(row, suffix: str = "") -> float:
+    return max(_num(row[f"max_ulp_grid{suffix}"]), _num(row[f"max_ulp_random{suffix}"]))
+
+
+def _cpu_short(row) -> str:
+    return f" ({row['cpu_ratio']['median']:.2f})" if "cpu_ratio" in row else ""
 
 
 def headline_table(sections) -> list[str]:
@@ -668,15 +672,21 @@ def headline_table(sections) -> list[str]:
         cells = []
         for mode in ("eager", "function", "xla"):
             match = _find(ratios, case=case.name, mode=mode)
-            cells.append(_fmt_ratio(match["ratio"]["median"]) if match else "-")
+            cells.append(f"{_fmt_ratio(match['ratio']['median'])}{_cpu_short(match)}" if match else "-")
         for impl in ("stableops", "keras"):
-            worst, nonfinite = [], 0
+            worst, flushed, nonfinite = [], [], 0
             for mode in ("eager", "xla"):
                 r = _find(accuracy, case=case.name, impl=impl, mode=mode, dtype="float32")
                 if r and "error" not in r:
                     worst.append(_worst_ulp(r))
+                    flushed.append(_worst_ulp(r, "_flush_aware") if "max_ulp_grid_flush_aware" in r else worst[-1])
                     nonfinite += r["nonfinite_values"] + r["nonfinite_grad_samples"]
-            cells.append(f"{_fmt_ulp(max(worst))}" + (f" ({nonfinite} nf)" if nonfinite else "") if worst else "-")
+            cell = "-"
+            if worst:
+                cell = _fmt_ulp(max(worst))
+                cell += f" [{_fmt_ulp(max(flushed))}]" if max(flushed) < max(worst) else ""
+                cell += f" ({nonfinite} nf)" if nonfinite else ""
+            cells.append(cell)
         if any(c != "-" for c in cells):
             rows.append([f"`{case.name}`", *cells])
     if not rows:
@@ -687,9 +697,11 @@ def headline_table(sections) -> list[str]:
     return [
         f"## Headline: float32, {_pow2(size)} elements",
         "",
-        "Time ratio stableops / Keras of forward + backward (below 1: stableops faster; `tf.function` without XLA "
-        "is `model.fit`'s default on CPU-only machines), and the worst float32 error over the edge grid and the "
-        "random sample, eager or XLA (`nf`: non-finite values or gradients where the exact ones are finite).",
+        "Time ratio stableops / Keras of forward + backward, wall time (CPU time in parentheses; below 1: "
+        "stableops faster; `tf.function` without XLA is `model.fit`'s default on CPU-only machines), and the "
+        "worst float32 error over the edge grid and the random sample, eager or XLA, in ULPs (in brackets: with "
+        "the unit floored at the smallest normal number; `nf`: non-finite values or gradients where the exact "
+        "ones are finite).",
         "",
         _table(header, rows),
         "",

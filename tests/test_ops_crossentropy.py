@@ -41,13 +41,17 @@ GRAD_BUDGET = {"float32": 4, "float64": 4, "half": 1}
 
 
 def _edge_dtypes(regime):
-    """Every dtype eagerly (XLA kernels) and in graphs; float32 and float16 under jit_compile.
+    """Every dtype eagerly (XLA kernels); all but bfloat16 in graphs; float32 and float16 under jit_compile.
 
     The xla regime compiles the same XLA code as the eager kernels; it adds the
     graph around them (unknown batch, tape inside the function), which does not
     depend on the dtype. Each compile costs about a second of CPU.
     """
-    return ("float32", "float16") if regime.name == "xla" else ALL_FLOAT_DTYPES
+    if regime.name == "xla":
+        return ("float32", "float16")
+    if regime.name == "function":  # bfloat16 runs the same float32 graph as float16
+        return ("float16", "float32", "float64")
+    return ALL_FLOAT_DTYPES
 
 
 def _budget(table, dtype):
@@ -209,11 +213,6 @@ def _categorical_probabilities_rows(dtype):
     return _cast([r[0] for r in rows], dtype), _cast([r[1] for r in rows], dtype)
 
 
-def _one_hot_rows(targets):
-    t = np.asarray(targets, dtype=np.float64)
-    return np.flatnonzero(np.all((t == 0) | (t == 1), axis=1) & (t.sum(axis=1) == 1))
-
-
 def test_binary_from_logits_edges(regime):
     for dtype in _edge_dtypes(regime):
         z, x = _binary_logits_grid(dtype)
@@ -296,15 +295,18 @@ def test_categorical_from_probabilities_edges(regime):
         for row in np.flatnonzero(finite):
             grads, scales = _mp_categorical_probabilities_grad(*[[ref.mpf(v) for v in a[row]] for a in (z, p)], dtype)
             _assert_scaled(grad[row], grads, scales, dtype, _budget(GRAD_BUDGET, dtype), f"{context} row {row}")
-        rows = _one_hot_rows(z)
+        # The sparse loss (labels: each row's largest target) equals the dense
+        # loss against the one-hot of its label, in value and gradient.
+        labels = _labels_of(np.nan_to_num(z.astype(np.float64), nan=-1.0))
+        one_hot = np.eye(4)[labels]
         s_value, (s_grad,) = regime.value_and_grad(
-            ops.sparse_categorical_crossentropy, _labels_of(z[rows]), p[rows], wrt=(1,), unknown_batch=True
+            ops.sparse_categorical_crossentropy, labels, p, wrt=(1,), unknown_batch=True
         )
-        _assert_normalized_loss(s_value, [expected[r] for r in rows], z_sums[rows], 4, dtype, f"sparse {context}")
-        for i, row in enumerate(rows):
-            if finite[row]:
-                grads, scales = _mp_categorical_probabilities_grad(*[[ref.mpf(v) for v in a[row]] for a in (z, p)], dtype)
-                _assert_scaled(s_grad[i], grads, scales, dtype, _budget(GRAD_BUDGET, dtype), f"sparse {context}")
+        s_expected = _rows(lambda a, b: ref.mp_categorical_crossentropy_probabilities(a, b, low), one_hot, p)
+        _assert_normalized_loss(s_value, s_expected, np.ones(len(labels)), 4, dtype, f"sparse {context}")
+        for row in np.flatnonzero(np.all(_finite(p), axis=1)):
+            grads, scales = _mp_categorical_probabilities_grad(*[[ref.mpf(v) for v in a[row]] for a in (one_hot, p)], dtype)
+            _assert_scaled(s_grad[row], grads, scales, dtype, _budget(GRAD_BUDGET, dtype), f"sparse {context}")
 
 
 # ----------------------------------------------------------------------------
@@ -312,8 +314,12 @@ def test_categorical_from_probabilities_edges(regime):
 # ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("from_logits", [True, False])
-def test_sparse_bad_label_raises_or_is_nan(regime, from_logits):
+def test_sparse_bad_label_raises_or_is_nan(regime):
+    for from_logits in (True, False):
+        _check_bad_labels(regime, from_logits)
+
+
+def _check_bad_labels(regime, from_logits):
     probabilities = np.float32([[0.2, 0.3, 0.5]] * 4)
     fn = lambda t, o: ops.sparse_categorical_crossentropy(t, o, from_logits=from_logits)  # noqa: E731
     for labels, bad in ((np.int64([0, 7, -1, 1]), "7"), (np.int32([0, 1, -1, 2]), "-1"), (np.float32([0, 1, 2, 1.5]), "1.5")):
@@ -366,9 +372,8 @@ def _put_nan(values, mask):
     return np.where(mask, np.array(NAN, values.dtype), values)
 
 
-@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
-def test_binary_from_logits_property(dtype):
-    shape = (8,)
+def _binary_from_logits_property(dtype):
+    shape = _binary_logits_grid("float32")[0].shape  # the edge grid's: its kernels are reused
 
     @given(finite_arrays(dtype, shape, 0.0, 1.0), finite_arrays(dtype, shape), _nan_mask(shape))
     def check(z, x, nan):
@@ -385,9 +390,14 @@ def test_binary_from_logits_property(dtype):
     check()
 
 
-@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
-def test_binary_from_probabilities_property(dtype):
-    shape = (8,)
+def test_binary_from_logits_property():
+    # One test over the dtypes (each pytest test costs a Keras session reset).
+    for dtype in FLOAT_DTYPES:
+        _binary_from_logits_property(dtype)
+
+
+def _binary_from_probabilities_property(dtype):
+    shape = _binary_probabilities_grid("float32")[0].shape  # the edge grid's: its kernels are reused
     bounds = _value_limits(dtype)
 
     @given(finite_arrays(dtype, shape, 0.0, 1.0), finite_arrays(dtype, shape, 0.0, 1.0), _nan_mask(shape))
@@ -404,12 +414,13 @@ def test_binary_from_probabilities_property(dtype):
     check()
 
 
-def _rows_strategy(dtype, shape, low, high):
-    return finite_arrays(dtype, shape, low, high)
+def test_binary_from_probabilities_property():
+    # One test over the dtypes (each pytest test costs a Keras session reset).
+    for dtype in FLOAT_DTYPES:
+        _binary_from_probabilities_property(dtype)
 
 
-@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
-def test_categorical_from_logits_property(dtype):
+def _categorical_from_logits_property(dtype):
     shape = _categorical_logits_rows("float32")[0].shape  # the edge grid's: its kernels are reused
     # log_softmax(x) reaches min(x) - max(x), beyond the range when the logits
     # span more than it (documented: then the loss overflows); half the range
@@ -417,7 +428,7 @@ def test_categorical_from_logits_property(dtype):
     half = float(ml_dtypes.finfo(_np(dtype)).max) / 2
 
     @given(
-        _rows_strategy(dtype, shape, 0.0, 1.0),
+        finite_arrays(dtype, shape, 0.0, 1.0),
         finite_arrays(dtype, shape, -half, half),
         hnp.arrays(np.int32, shape[:1], elements=st.integers(0, shape[1] - 1)),
         _nan_mask(shape),
@@ -440,30 +451,42 @@ def test_categorical_from_logits_property(dtype):
     check()
 
 
-@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
-def test_categorical_from_probabilities_property(dtype):
-    shape = (3, 5)
+def test_categorical_from_logits_property():
+    # One test over the dtypes (each pytest test costs a Keras session reset).
+    for dtype in FLOAT_DTYPES:
+        _categorical_from_logits_property(dtype)
+
+
+def _categorical_from_probabilities_property(dtype):
+    shape = _categorical_probabilities_rows("float32")[0].shape  # the edge grid's: its kernels are reused
+    rows, classes = shape
     low = _value_limits(dtype).tiny
 
     @given(
-        _rows_strategy(dtype, shape, 0.0, 1.0),
-        _rows_strategy(dtype, shape, 0.0, 1.0),
-        hnp.arrays(np.int32, (3,), elements=st.integers(0, 4)),
-        st.lists(st.booleans(), min_size=3, max_size=3),
+        finite_arrays(dtype, shape, 0.0, 1.0),
+        finite_arrays(dtype, shape, 0.0, 1.0),
+        hnp.arrays(np.int32, (rows,), elements=st.integers(0, classes - 1)),
+        hnp.arrays(np.bool_, (rows,), elements=st.integers(0, 3).map(lambda i: i == 0)),
     )
     def check(z, p, labels, zero_row):
-        p = np.where(np.array(zero_row)[:, None], np.zeros_like(p), p)  # all-zero rows included
+        p = np.where(zero_row[:, None], np.zeros_like(p), p)  # all-zero rows included
         value, (grad,) = EAGER.value_and_grad(ops.categorical_crossentropy, z, p, wrt=(1,))
         expected = _rows(lambda a, b: ref.mp_categorical_crossentropy_probabilities(a, b, low), z, p)
-        _assert_normalized_loss(value, expected, z.astype(np.float64).sum(axis=1), 5, dtype, "dense")
+        _assert_normalized_loss(value, expected, z.astype(np.float64).sum(axis=1), classes, dtype, "dense")
         assert np.all(_finite(value)) and np.all(_finite(grad)), (z, p, grad)
         s_value, (s_grad,) = EAGER.value_and_grad(ops.sparse_categorical_crossentropy, labels, p, wrt=(1,))
-        one_hot = np.eye(5)[labels]
+        one_hot = np.eye(classes)[labels]
         expected = _rows(lambda a, b: ref.mp_categorical_crossentropy_probabilities(a, b, low), one_hot, p)
-        _assert_normalized_loss(s_value, expected, np.ones(3), 5, dtype, "sparse")
+        _assert_normalized_loss(s_value, expected, np.ones(rows), classes, dtype, "sparse")
         assert np.all(_finite(s_value)) and np.all(_finite(s_grad)), (labels, p, s_grad)
 
     check()
+
+
+def test_categorical_from_probabilities_property():
+    # One test over the dtypes (each pytest test costs a Keras session reset).
+    for dtype in FLOAT_DTYPES:
+        _categorical_from_probabilities_property(dtype)
 
 
 # ----------------------------------------------------------------------------
@@ -610,7 +633,6 @@ def test_float16_over_100000_classes_does_not_overflow():
     for name, fn, output in [
         ("logits", lambda t, o: ops.categorical_crossentropy(t, o, from_logits=True), logits),
         ("probabilities", ops.categorical_crossentropy, probabilities),
-        ("sparse", lambda t, o: ops.sparse_categorical_crossentropy(np.int32([7, 7]), o, from_logits=True), logits),
     ]:
         value, grad = _value_and_grad(fn, target, output)
         assert value.dtype == np.float16

@@ -42,13 +42,17 @@ GRAD_BUDGET = {"float32": 4, "float64": 4, "half": 1}
 
 
 def _edge_dtypes(regime):
-    """Every dtype eagerly (XLA kernels) and in graphs; float32 and float16 under jit_compile.
+    """Every dtype eagerly (XLA kernels); all but bfloat16 in graphs; float32 and float16 under jit_compile.
 
     The xla regime compiles the same XLA code as the eager kernels; it adds the
     graph around them (unknown batch, tape inside the function), which does not
     depend on the dtype. Each compile costs about a second of CPU.
     """
-    return ("float32", "float16") if regime.name == "xla" else ALL_FLOAT_DTYPES
+    if regime.name == "xla":
+        return ("float32", "float16")
+    if regime.name == "function":  # bfloat16 runs the same float32 graph as float16
+        return ("float16", "float32", "float64")
+    return ALL_FLOAT_DTYPES
 
 
 def _budget(table, dtype):
@@ -273,11 +277,17 @@ def test_l2_normalize_edges(regime):
         assert np.all(value[0] == 0) and np.all(grad[0] == 0), context
 
 
+def _clip_grid(dtype):
+    x = _nonnegative_grid(dtype)
+    return np.concatenate([x, -x])
+
+
 def test_clip_preserve_gradient_edges(regime):
     for dtype in _edge_dtypes(regime):
-        x = _nonnegative_grid(dtype)
-        x = np.concatenate([x, -x])
-        fn = lambda t: ops.clip_preserve_gradient(t, -1.0, 2.0)  # noqa: E731
+        x = _clip_grid(dtype)
+        # NumPy scalars become tensors: one kernel for all bounds (Python floats
+        # would be traced as constants, one compile per value).
+        fn = lambda t: ops.clip_preserve_gradient(t, np.float64(-1.0), np.float64(2.0))  # noqa: E731
         value, (grad,) = regime.value_and_grad(fn, x, unknown_batch=True)
         clip = lambda v: ref.NAN if mpmath.isnan(v) else min(max(v, mpmath.mpf(-1)), mpmath.mpf(2))  # noqa: E731
         _assert_value("clip_preserve_gradient", value, ref.reference_array(clip, x), dtype, f"{dtype} {regime}")
@@ -306,8 +316,14 @@ def test_xlogy_edges(regime):
 # Hypothesis: finite in -> finite out, accuracy, NaN propagation
 # ----------------------------------------------------------------------------
 
-EAGER = Regime("eager")  # the public ops run as XLA kernels when called eagerly
-SHAPE = (8,)
+# The public ops run as XLA kernels when called eagerly. Each property test
+# draws arrays of its edge grid's shape, so the kernels the edge test compiled
+# (one per dtype and shape) are reused.
+EAGER = Regime("eager")
+
+
+def _zero_mask(shape):
+    return hnp.arrays(np.bool_, shape, elements=st.integers(0, 3).map(lambda i: i == 0))  # ~1 in 4
 
 
 def _with_nans(arrays_strategy, shape):
@@ -322,15 +338,16 @@ def _representable(reference, dtype):
     return np.array([not mpmath.isnan(r) and abs(r) <= largest for r in reference.flat]).reshape(reference.shape)
 
 
-@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
-def test_safe_divide_property(dtype):
+def _safe_divide_property(dtype):
     budget = _budget(VALUE_BUDGET["safe_divide"], dtype)
+    shape = _divide_grid("float32")[0].shape  # and fill=2.5: the edge test's kernel is reused
+    fn = lambda a, b: ops.safe_divide(a, b, fill=2.5)  # noqa: E731
 
-    @given(_with_nans(finite_arrays(dtype, SHAPE), SHAPE), finite_arrays(dtype, SHAPE), st.lists(st.booleans(), min_size=8, max_size=8))
+    @given(_with_nans(finite_arrays(dtype, shape), shape), finite_arrays(dtype, shape), _zero_mask(shape))
     def check(x, y, zero):
         y = np.where(zero, np.zeros_like(y), y)  # plenty of exact zeros
-        value, (gx, gy) = EAGER.value_and_grad(ops.safe_divide, x, y, wrt=(0, 1))
-        ref.assert_ulp_within(value, ref.reference_array(lambda a, b: ref.mp_safe_divide(a, b, 0), x, y), dtype, budget)
+        value, (gx, gy) = EAGER.value_and_grad(fn, x, y, wrt=(0, 1))
+        ref.assert_ulp_within(value, ref.reference_array(lambda a, b: ref.mp_safe_divide(a, b, 2.5), x, y), dtype, budget)
         ok = ~np.isnan(x.astype(np.float64))
         for grad, index in ((gx, 0), (gy, 1)):
             expected = ref.reference_array(lambda a, b, i=index: _mp_divide_grads(a, b)[i], x, y)
@@ -340,13 +357,18 @@ def test_safe_divide_property(dtype):
     check()
 
 
-@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
-@pytest.mark.parametrize("name", ["safe_log", "safe_sqrt"])
-def test_log_and_sqrt_property(name, dtype):
+def test_safe_divide_property():
+    # One test over the dtypes (each pytest test costs a Keras session reset).
+    for dtype in FLOAT_DTYPES:
+        _safe_divide_property(dtype)
+
+
+def _log_or_sqrt_property(name, dtype):
     fn, mp_fn = {"safe_log": (ops.safe_log, ref.mp_log), "safe_sqrt": (ops.safe_sqrt, ref.mp_sqrt)}[name]
     budget = _budget(VALUE_BUDGET[name], dtype)
+    shape = _nonnegative_grid("float32").shape
 
-    @given(_with_nans(finite_arrays(dtype, SHAPE, min_value=0.0), SHAPE))
+    @given(_with_nans(finite_arrays(dtype, shape, min_value=0.0), shape))
     def check(x):
         value, (grad,) = EAGER.value_and_grad(fn, x)
         ref.assert_ulp_within(value, ref.reference_array(mp_fn, x), dtype, budget)
@@ -357,16 +379,21 @@ def test_log_and_sqrt_property(name, dtype):
     check()
 
 
-@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
-def test_norms_property(dtype):
-    shape = (3, 4)
-    weights = _L2_WEIGHTS[:3]
+def test_log_and_sqrt_property():
+    for name in ("safe_log", "safe_sqrt"):
+        for dtype in FLOAT_DTYPES:
+            _log_or_sqrt_property(name, dtype)
+
+
+def _norms_property(dtype):
+    shape = _rows_grid("float32").shape
+    weights = _L2_WEIGHTS
     norm_budget = _budget(VALUE_BUDGET["safe_norm"], dtype)
     unit_budget = _budget(VALUE_BUDGET["l2_normalize"], dtype)
 
-    @given(_with_nans(finite_arrays(dtype, shape), shape), st.lists(st.booleans(), min_size=3, max_size=3))
+    @given(_with_nans(finite_arrays(dtype, shape), shape), _zero_mask(shape[:1]))
     def check(x, zero_row):
-        x = np.where(np.array(zero_row)[:, None], np.zeros_like(x), x)
+        x = np.where(zero_row[:, None], np.zeros_like(x), x)
         norm, (norm_grad,) = EAGER.value_and_grad(ops.safe_norm, x)
         weighted, (unit_grad,) = EAGER.value_and_grad(_weighted(ops.l2_normalize, weights), x)
         unit = (weighted / weights).astype(x.dtype)  # exact: power-of-two weights
@@ -387,14 +414,19 @@ def test_norms_property(dtype):
     check()
 
 
-@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
-def test_clip_preserve_gradient_property(dtype):
-    @given(_with_nans(finite_arrays(dtype, SHAPE), SHAPE), st.floats(-10, 10), st.floats(0, 10))
+def test_norms_property():
+    # One test over the dtypes (each pytest test costs a Keras session reset).
+    for dtype in FLOAT_DTYPES:
+        _norms_property(dtype)
+
+
+def _clip_preserve_gradient_property(dtype):
+    shape = _clip_grid("float32").shape
+
+    @given(_with_nans(finite_arrays(dtype, shape), shape), st.floats(-10, 10), st.floats(0, 10))
     def check(x, lo, width):
         hi = lo + width
-        # NumPy scalars become tensors: one kernel for all bounds (Python floats
-        # would be traced as constants, one compile per value).
-        bounds = np.float64(lo), np.float64(hi)
+        bounds = np.float64(lo), np.float64(hi)  # tensors in the kernel, as in the edge test
         value, (grad,) = EAGER.value_and_grad(lambda t: ops.clip_preserve_gradient(t, *bounds), x)
         lo_d, hi_d = (float(_np(dtype).type(b)) for b in (lo, hi))  # bounds rounded to the dtype
         expected = np.where(np.isnan(x.astype(np.float64)), NAN, np.clip(x.astype(np.float64), lo_d, hi_d))
@@ -404,15 +436,21 @@ def test_clip_preserve_gradient_property(dtype):
     check()
 
 
-@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
-def test_xlogy_property(dtype):
+def test_clip_preserve_gradient_property():
+    # One test over the dtypes (each pytest test costs a Keras session reset).
+    for dtype in FLOAT_DTYPES:
+        _clip_preserve_gradient_property(dtype)
+
+
+def _xlogy_property(dtype):
     budget = _budget(VALUE_BUDGET["xlogy"], dtype)
     tiny = _limits(dtype).tiny
+    shape = _xlogy_grid("float32")[0].shape
 
     @given(
-        _with_nans(finite_arrays(dtype, SHAPE), SHAPE),
-        _with_nans(finite_arrays(dtype, SHAPE, min_value=0.0), SHAPE),
-        st.lists(st.booleans(), min_size=8, max_size=8),
+        _with_nans(finite_arrays(dtype, shape), shape),
+        _with_nans(finite_arrays(dtype, shape, min_value=0.0), shape),
+        _zero_mask(shape),
     )
     def check(x, y, zero):
         x = np.where(zero, np.zeros_like(x), x)
@@ -427,28 +465,34 @@ def test_xlogy_property(dtype):
     check()
 
 
+def test_xlogy_property():
+    # One test over the dtypes (each pytest test costs a Keras session reset).
+    for dtype in FLOAT_DTYPES:
+        _xlogy_property(dtype)
+
+
 # ----------------------------------------------------------------------------
 # Parity with TensorFlow where it is well conditioned, and where it is not
 # ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    "name, ours, theirs",
-    [
-        ("safe_divide", lambda a, b: ops.safe_divide(a, b), tf.math.divide),
-        ("safe_log", lambda a, b: ops.safe_log(b), lambda a, b: tf.math.log(b)),
-        ("safe_sqrt", lambda a, b: ops.safe_sqrt(b), lambda a, b: tf.math.sqrt(b)),
-        ("safe_norm", lambda a, b: ops.safe_norm(a), lambda a, b: tf.norm(a, axis=-1)),
-        ("l2_normalize", lambda a, b: ops.l2_normalize(a), lambda a, b: tf.math.l2_normalize(a, axis=-1)),
-        ("clip", lambda a, b: ops.clip_preserve_gradient(a, -0.5, 0.5), lambda a, b: tf.clip_by_value(a, -0.5, 0.5)),
-        ("xlogy", ops.xlogy, tf.math.xlogy),
-    ],
-)
-def test_matches_tensorflow_where_well_conditioned(name, ours, theirs):
+_PARITY = [
+    ("safe_divide", lambda a, b: ops.safe_divide(a, b), tf.math.divide),
+    ("safe_log", lambda a, b: ops.safe_log(b), lambda a, b: tf.math.log(b)),
+    ("safe_sqrt", lambda a, b: ops.safe_sqrt(b), lambda a, b: tf.math.sqrt(b)),
+    ("safe_norm", lambda a, b: ops.safe_norm(a), lambda a, b: tf.norm(a, axis=-1)),
+    ("l2_normalize", lambda a, b: ops.l2_normalize(a), lambda a, b: tf.math.l2_normalize(a, axis=-1)),
+    ("clip", lambda a, b: ops.clip_preserve_gradient(a, -0.5, 0.5), lambda a, b: tf.clip_by_value(a, -0.5, 0.5)),
+    ("xlogy", ops.xlogy, tf.math.xlogy),
+]
+
+
+def test_matches_tensorflow_where_well_conditioned():
     rng = np.random.default_rng(0)
     a = rng.normal(size=(4, 6)).astype(np.float32)
     b = rng.uniform(0.1, 10.0, size=(4, 6)).astype(np.float32)
-    np.testing.assert_allclose(ours(a, b).numpy(), theirs(a, b).numpy(), rtol=4e-7, atol=0, err_msg=name)
+    for name, ours, theirs in _PARITY:
+        np.testing.assert_allclose(ours(a, b).numpy(), theirs(a, b).numpy(), rtol=4e-7, atol=0, err_msg=name)
 
 
 def _tf_grads(fn, *args):

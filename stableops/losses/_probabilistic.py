@@ -439,26 +439,18 @@ def binary_crossentropy(
 # ----------------------------------------------------------------------------
 
 
-def _log_focal_base_from_logits(target, logits):
-    """``log(1 - p_t)``, ``1 - p_t = t * sigmoid(-z) + (1 - t) * sigmoid(z)``, in log space.
-
-    Hard targets give ``log_sigmoid(-z)`` (t = 1) or ``log_sigmoid(z)`` (t = 0),
-    finite with a finite gradient for every finite logit; a soft target
-    combines both with ``logaddexp``. ``target`` is in ``[0, 1]``.
-    """
-    log_p = ops.log_sigmoid(logits)  # log sigmoid(z)
-    log_not_p = ops.log_sigmoid(-logits)  # log sigmoid(-z)
-    is_one = tf.greater_equal(target, 1.0)
-    is_zero = tf.less_equal(target, 0.0)
-    # The soft branch sees 1/2 in place of hard targets: log(t), log1p(-t) finite.
-    half = tf.fill(tf.shape(target), tf.constant(0.5, target.dtype))
-    soft_t = tf.where(tf.logical_or(is_one, is_zero), half, target)
-    soft = ops.logaddexp(tf.math.log(soft_t) + log_not_p, tf.math.log1p(-soft_t) + log_p)
-    return tf.where(is_one, log_not_p, tf.where(is_zero, log_p, soft))
-
-
 def _power(base, gamma):
-    """``base ** gamma`` for ``base >= tiny``; 0-gradient ``tiny ** gamma`` below."""
+    """``base ** gamma``, with ``base`` floored at the smallest normal ``tiny``.
+
+    ``pow(0, gamma)`` is Keras's NaN gradient (``gamma * 0 ** (gamma - 1)``
+    is ``inf`` for ``gamma < 1``, or ``0 * inf`` for ``gamma = 0``). Below
+    ``tiny`` (an underflowed ``1 - p_t``) the factor is ``tiny ** gamma`` with
+    a zero gradient; the cross-entropy it multiplies is then below ``tiny``
+    too (``-log p_t ~ 1 - p_t``), so the product is 0 either way. Above it the
+    slope ``gamma * base ** (gamma - 1)`` is at most ``1 / tiny``: finite.
+    ``pow`` of an accurate base is about 1 ULP, where
+    ``exp(gamma * log(base))`` would lose ``gamma * |log(base)|`` ULPs.
+    """
     tiny = dtype_limits(base.dtype).tiny
     return tf.pow(_clip(base, tiny), gamma)
 
@@ -466,22 +458,13 @@ def _power(base, gamma):
 def _focal_factor_from_logits(target, logits, gamma):
     """``(1 - p_t) ** gamma`` from logits, finite in value and gradient for every ``gamma >= 0``.
 
-    ``1 - p_t = t * sigmoid(-z) + (1 - t) * sigmoid(z)`` is taken in linear
-    space (two accurate sigmoids, no cancellation) and raised with ``pow``
-    while it is a normal number: about 1 ULP, where ``exp(gamma * log(.))``
-    loses ``gamma * |log(1 - p_t)|`` ULPs. Where it underflows (a logit
-    saturated beyond ``log(tiny)``, -87 in float32) the factor is
-    ``exp(gamma * log(1 - p_t))`` with the log in log space
-    (``log_sigmoid``), whose gradient is finite even for ``gamma < 1``
-    (``pow(0, gamma)`` would give Keras's NaN).
+    ``1 - p_t = t * sigmoid(-z) + (1 - t) * sigmoid(z)``: two sigmoids of the
+    exact logit (each about 1 ULP, also where one saturates) and a sum of
+    non-negative terms, so no cancellation however large ``|z|`` is.
     """
     target = _clip(target, 0.0, 1.0)
     base = target * tf.math.sigmoid(-logits) + (1.0 - target) * tf.math.sigmoid(logits)
-    representable = base >= dtype_limits(base.dtype).tiny
-    # Each branch sees only its own elements (double where).
-    linear = _power(tf.where(representable, base, tf.ones_like(base)), gamma)
-    log_base = _log_focal_base_from_logits(target, tf.where(representable, tf.zeros_like(logits), logits))
-    return tf.where(representable, linear, tf.exp(gamma * log_base))
+    return _power(base, gamma)
 
 
 def _focal_factor_from_probabilities(target, probabilities, gamma):
@@ -545,21 +528,22 @@ def binary_focal_crossentropy(
         ``apply_class_balancing`` (else 1); ``t`` the smoothed target.
 
     Numerical stability:
-        No ``pow(0, gamma)``: Keras's focal factor has a NaN gradient at
-        saturated predictions for ``gamma`` 0 or 0.5. From logits, ``1 - p_t``
-        is taken in linear space from two sigmoids (no cancellation) and
-        raised with ``pow`` while it is a normal number; where it underflows
-        (a logit beyond about +-87) the factor is ``exp(gamma * log(1 - p_t))``
-        with ``log(1 - p_t)`` in log space (``log_sigmoid(-z)`` for ``t = 1``,
-        ``log_sigmoid(z)`` for ``t = 0``, their ``logaddexp`` for soft
-        targets). So value and gradient are finite for every ``gamma >= 0``
-        and every finite logit. From probabilities ``1 - p_t`` is floored at
-        the smallest normal of the computing dtype (an exactly saturated
-        ``p``: factor ``tiny**gamma``, zero focal-factor gradient).
-        ``gamma = 0`` is exactly binary cross-entropy. Targets outside
-        ``[0, 1]`` are clipped to it in the focal factor only. The
-        cross-entropy term is :func:`binary_crossentropy`'s. A sigmoid
-        output's logits are used.
+        Keras's ``pow(1 - p_t, gamma)`` has a NaN gradient at a saturated
+        prediction for ``gamma`` 0 or 0.5 (``pow(0, gamma)``). Here ``1 - p_t``
+        is computed without cancellation (from logits: ``t * sigmoid(-z) +
+        (1 - t) * sigmoid(z)``, each sigmoid accurate also where it saturates;
+        from probabilities: ``t * (1 - p) + (1 - t) * p``) and floored at the
+        smallest normal ``tiny`` before ``pow``: the factor's slope is then at
+        most ``1/tiny``, and below ``tiny`` (an underflowed ``1 - p_t``, where
+        the cross-entropy it multiplies is below ``tiny`` too, so the loss
+        term is 0 either way) it is ``tiny**gamma`` with a zero gradient. So
+        value and gradient are finite for every ``gamma >= 0`` and every
+        finite input. ``pow`` of an accurate base costs about 1 ULP, where
+        the log-space ``exp(gamma * log(1 - p_t))`` loses
+        ``gamma * |log(1 - p_t)|`` ULPs. ``gamma = 0`` is exactly binary
+        cross-entropy. Targets outside ``[0, 1]`` are clipped to it in the
+        focal factor only. The cross-entropy term is
+        :func:`binary_crossentropy`'s. A sigmoid output's logits are used.
         Error budget: 16 ULP of the float32 result per element (about 3 with
         hard targets; soft targets add the cross-entropy's 4 ULP to a
         ``gamma``-amplified focal factor).
@@ -758,44 +742,20 @@ def _top_class(logits, axis):
     return tf.equal(_class_index(logits, axis), tf.expand_dims(top, axis))
 
 
-def _log_one_minus_softmax(log_p, is_top, axis):
-    """``log(1 - p)`` for every class of log-probabilities ``log_p``, without cancellation.
-
-    For every class but the row's most probable one ``p <= 1/2`` and
-    ``log1p(-exp(log_p))`` (``ops.log1mexp``) is accurate. For the most probable
-    class ``1 - p`` is the sum of the others' probabilities, taken directly as
-    their ``logsumexp``: accurate however close ``p`` is to 1 (where
-    ``log(1 - p)`` would be ``log(0)`` with a NaN gradient).
-    """
-    others = ops.logsumexp(log_p, axis=axis, keepdims=True, where=tf.logical_not(is_top))
-    others = tf.broadcast_to(others, tf.shape(log_p))
-    # The log1mexp branch sees -1 at the top class (where it could be log(0)).
-    return safe_where(is_top, log_p, others, ops.log1mexp, safe_false=-1.0)
-
-
-def _categorical_focal_factor(logits, log_p, axis, gamma):
+def _categorical_focal_factor(logits, axis, gamma):
     """``(1 - p) ** gamma`` for every class, finite in value and gradient for every ``gamma >= 0``.
 
     ``1 - p`` is taken in linear space from the softmax probabilities: as
-    ``1 - p`` for all but the row's most probable class (``p <= 1/2``: no
-    cancellation) and as the sum of the other probabilities for that one
-    (accurate however close ``p`` is to 1), then raised with ``pow`` (about
-    1 ULP, where ``exp(gamma * log(1 - p))`` loses ``gamma * |log(1 - p)|``
-    ULPs). Where ``1 - p`` underflows (a softmax saturated by more than
-    ``-log(tiny)``, 87 in float32) the factor is ``exp(gamma * log(1 - p))``
-    with the log in log space (:func:`_log_one_minus_softmax`), whose
-    gradient is finite also for ``gamma < 1``.
+    ``1 - p`` for all but the row's most probable class (there ``p <= 1/2``:
+    no cancellation) and as the sum of the other probabilities for that one,
+    accurate however close ``p`` is to 1 (``1 - p`` would round to 0, and
+    ``log(1 - p)`` give a NaN gradient). Then :func:`_power`.
     """
     is_top = _top_class(logits, axis)
     probabilities = ops.softmax(logits, axis=axis)
     others = tf.reduce_sum(tf.where(is_top, tf.zeros_like(probabilities), probabilities), axis=axis, keepdims=True)
     base = tf.where(is_top, tf.broadcast_to(others, tf.shape(probabilities)), 1.0 - probabilities)
-    representable = base >= dtype_limits(base.dtype).tiny
-    # Each branch sees only its own elements (double where); the log-space
-    # branch is finite with a finite gradient everywhere.
-    linear = _power(tf.where(representable, base, tf.ones_like(base)), gamma)
-    log_space = tf.exp(gamma * _log_one_minus_softmax(log_p, is_top, axis))
-    return tf.where(representable, linear, log_space)
+    return _power(base, gamma)
 
 
 def _categorical_alpha(alpha, log_p, axis):
@@ -827,7 +787,7 @@ def _categorical_focal_crossentropy_kernel(
     )
     values = _categorical_alpha(alpha, log_p, axis) * cross_entropy
     if gamma:  # gamma == 0: no focal factor (and no 0 * log 0)
-        values = _categorical_focal_factor(logits, log_p, axis, gamma) * values
+        values = _categorical_focal_factor(logits, axis, gamma) * values
     return _finish_rows(tf.reduce_sum(values, axis=axis), valid)
 
 
@@ -883,15 +843,14 @@ def categorical_focal_crossentropy(
         with ``1 - p`` from the softmax probabilities: ``1 - p`` for all but
         the row's most probable class (``p <= 1/2``) and the sum of the other
         probabilities for that one, accurate however close ``p`` is to 1;
-        where ``1 - p`` underflows, ``exp(gamma * log(1 - p))`` with
-        ``log(1 - p)`` from ``log1mexp`` or the ``logsumexp`` of the other
-        classes' log-probabilities. So a confidently wrong prediction from
-        logits keeps its gradient (Keras clips ``p`` to ``[1e-7, 1 - 1e-7]``:
-        zero gradient beyond), and value and gradient are finite for every
-        ``gamma >= 0``. From probabilities, zero and negative entries are
-        floored at the smallest normal of the computing dtype before the row
-        is normalized (an all-zero row counts as uniform; Keras: NaN). A
-        softmax output's logits are used.
+        floored at the smallest normal ``tiny`` (see
+        :func:`binary_focal_crossentropy`). So a confidently wrong prediction
+        from logits keeps its gradient (Keras clips ``p`` to
+        ``[1e-7, 1 - 1e-7]``: zero gradient beyond), and value and gradient
+        are finite for every ``gamma >= 0``. From probabilities, zero and
+        negative entries are floored at ``tiny`` before the row is normalized
+        (an all-zero row counts as uniform; Keras: NaN). A softmax output's
+        logits are used.
         Error budget: 8 ULP of the float32 result (rows of up to 8 classes;
         a logit difference that is not exact in float32 adds its own
         rounding, ``|dz| * eps / 2``, to every probability).

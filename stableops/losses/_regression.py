@@ -128,6 +128,18 @@ def _axis_argument(axis, *, allow_many):
     raise ValueError(f"`axis` must be {expected}, got axis={axis!r}")
 
 
+def _kernel(fn):
+    """``xla_kernel``, with AutoGraph off for the traced path as well.
+
+    The kernels are straight-line TensorFlow (no Python control flow on
+    tensors). Called inside a user's ``tf.function`` or ``model.fit`` (where
+    AutoGraph is on), AutoGraph would otherwise convert them and the ops'
+    custom-gradient closures they call, which is slower to trace and has
+    failed with ``NameError`` on those closures.
+    """
+    return xla_kernel(tf.autograph.experimental.do_not_convert(fn))
+
+
 def _in_compute_dtype(y_true, y_pred):
     """Both tensors in ``y_pred``'s computing dtype (float32 for half precision)."""
     dtype = compute_dtype(y_pred.dtype)
@@ -139,7 +151,7 @@ def _in_compute_dtype(y_true, y_pred):
 # ----------------------------------------------------------------------------
 
 
-@xla_kernel
+@_kernel
 def _mean_squared_error_kernel(y_true, y_pred):
     y_true, y_pred = _in_compute_dtype(y_true, y_pred)
     return tf.reduce_mean(tf.square(y_true - y_pred), axis=-1)
@@ -174,7 +186,7 @@ def mean_squared_error(y_true, y_pred):
     return _mean_squared_error_kernel(*_prepare(y_true, y_pred))
 
 
-@xla_kernel
+@_kernel
 def _mean_absolute_error_kernel(y_true, y_pred):
     y_true, y_pred = _in_compute_dtype(y_true, y_pred)
     return tf.reduce_mean(tf.abs(y_true - y_pred), axis=-1)
@@ -211,7 +223,7 @@ def mean_absolute_error(y_true, y_pred):
 # ----------------------------------------------------------------------------
 
 
-@xla_kernel
+@_kernel
 def _mean_absolute_percentage_error_kernel(y_true, y_pred):
     y_true, y_pred = _in_compute_dtype(y_true, y_pred)
     # A percentage of a zero target is undefined: safe_divide gives those
@@ -294,7 +306,7 @@ def _log_error(y_true, y_pred):
     return tf.where(both_nonnegative, log_ratio, tangent_difference)
 
 
-@xla_kernel
+@_kernel
 def _mean_squared_logarithmic_error_kernel(y_true, y_pred):
     y_true, y_pred = _in_compute_dtype(y_true, y_pred)
     return tf.reduce_mean(tf.square(_log_error(y_true, y_pred)), axis=-1)
@@ -343,7 +355,7 @@ def mean_squared_logarithmic_error(y_true, y_pred):
 # ----------------------------------------------------------------------------
 
 
-@xla_kernel
+@_kernel
 def _huber_kernel(y_true, y_pred, delta):
     y_true, y_pred = _in_compute_dtype(y_true, y_pred)
     delta = tf.cast(delta, y_pred.dtype)
@@ -400,7 +412,7 @@ def huber(y_true, y_pred, delta=1.0):
     return _huber_kernel(*_prepare(y_true, y_pred), delta=delta)
 
 
-@xla_kernel
+@_kernel
 def _log_cosh_kernel(y_true, y_pred):
     y_true, y_pred = _in_compute_dtype(y_true, y_pred)
     return tf.reduce_mean(ops.log_cosh(y_pred - y_true), axis=-1)
@@ -439,7 +451,7 @@ def log_cosh(y_true, y_pred):
 # ----------------------------------------------------------------------------
 
 
-@xla_kernel
+@_kernel
 def _cosine_similarity_kernel(y_true, y_pred, axis):
     y_true, y_pred = _in_compute_dtype(y_true, y_pred)
     unit_true = ops.l2_normalize(y_true, axis=axis)
@@ -499,7 +511,7 @@ def _overlap_terms(y_true, y_pred, axis):
     return true_positive, missed, false_alarm
 
 
-@xla_kernel
+@_kernel
 def _dice_kernel(y_true, y_pred, axis, smooth):
     y_true, y_pred = _in_compute_dtype(y_true, y_pred)
     _, missed, false_alarm = _overlap_terms(y_true, y_pred, axis)
@@ -554,7 +566,7 @@ def dice(y_true, y_pred, axis=None, *, smooth=0.0):
     return _dice_kernel(*_prepare(y_true, y_pred), axis=axis, smooth=smooth)
 
 
-@xla_kernel
+@_kernel
 def _tversky_kernel(y_true, y_pred, alpha, beta, axis, smooth):
     y_true, y_pred = _in_compute_dtype(y_true, y_pred)
     true_positive, missed, false_alarm = _overlap_terms(y_true, y_pred, axis)
@@ -630,7 +642,7 @@ def _margin_violation(y_true, y_pred):
     return tf.maximum(1.0 - _signed_labels(y_true) * y_pred, 0.0)
 
 
-@xla_kernel
+@_kernel
 def _hinge_kernel(y_true, y_pred):
     y_true, y_pred = _in_compute_dtype(y_true, y_pred)
     return tf.reduce_mean(_margin_violation(y_true, y_pred), axis=-1)
@@ -663,7 +675,7 @@ def hinge(y_true, y_pred):
     return _hinge_kernel(*_prepare(y_true, y_pred))
 
 
-@xla_kernel
+@_kernel
 def _squared_hinge_kernel(y_true, y_pred):
     y_true, y_pred = _in_compute_dtype(y_true, y_pred)
     return tf.reduce_mean(tf.square(_margin_violation(y_true, y_pred)), axis=-1)
@@ -718,7 +730,7 @@ def _max_last_axis(x):
     return largest, grad
 
 
-@xla_kernel
+@_kernel
 def _categorical_hinge_kernel(y_true, y_pred):
     y_true, y_pred = _in_compute_dtype(y_true, y_pred)
     positive = tf.reduce_sum(y_true * y_pred, axis=-1)
