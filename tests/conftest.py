@@ -56,7 +56,10 @@ def mixed_precision_policy():
 
 @pytest.fixture(autouse=True)
 def _fresh_keras_state():
-    """Each test starts from a clean Keras session (names, policy leaks)."""
+    """Each test starts from a clean Keras session (names, policy leaks).
+
+    ``free_memory=False`` skips a full ``gc.collect()`` per test (0.2-0.8 s each).
+    """
     yield
-    keras.utils.clear_session()
+    keras.utils.clear_session(free_memory=False)
     tf.config.run_functions_eagerly(False)

@@ -47,13 +47,17 @@ results = []
 for example in examples:
     # Line numbers in tracebacks are those of docs/guide.md.
     source = "\n" * (example["line"] - 1) + example["code"]
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     try:
         exec(compile(source, "docs/guide.md", "exec"), {"__name__": "__main__"})
         error = None
     except BaseException:
         error = traceback.format_exc()
-    results.append({"error": error, "seconds": round(time.perf_counter() - start, 2)})
+    results.append({
+        "error": error,
+        "seconds": round(time.perf_counter() - start, 2),
+        "cpu_seconds": round(time.process_time() - cpu, 2),
+    })
     try:  # undo what an example may have left behind (a failed one may skip its own reset)
         import keras
         keras.config.set_dtype_policy("float32")

@@ -11,6 +11,7 @@ execution regimes; bad-input errors; config round trips.
 import functools
 import inspect
 import math
+import zlib
 
 import keras
 import mpmath
@@ -44,7 +45,7 @@ def keras_shows(condition, what):
         assert condition, f"Keras 3.15 was expected to show: {what}"
 
 
-def value_and_grad(fn, y_true, y_pred, wrt_true=False):
+def value_and_grad(fn, y_true, y_pred):
     """Eager value of ``fn(y_true, y_pred)`` and the gradient of its sum w.r.t. ``y_pred``."""
     y_true = tf.convert_to_tensor(y_true)
     y_pred = tf.convert_to_tensor(y_pred)
@@ -79,14 +80,19 @@ def eager_ops():
 # ----------------------------------------------------------------------------
 
 
+# "Well-conditioned" is Keras's condition: its focal losses round p = sigmoid(z)
+# or softmax(z) and then form 1 - p, which loses |p / (1 - p)| ULPs; these
+# ranges keep p <= 0.89 so that Keras itself is within 1e-6.
+
+
 def _binary(rng):
     y = rng.choice([0.0, 1.0], size=(N, C))
-    return y, rng.uniform(0.05, 0.95, size=(N, C)), rng.uniform(-3.0, 3.0, size=(N, C))
+    return y, rng.uniform(0.05, 0.95, size=(N, C)), rng.uniform(-2.0, 2.0, size=(N, C))
 
 
 def _soft_binary(rng):
     y = rng.uniform(0.0, 1.0, size=(N, C))
-    return y, rng.uniform(0.05, 0.95, size=(N, C)), rng.uniform(-3.0, 3.0, size=(N, C))
+    return y, rng.uniform(0.05, 0.95, size=(N, C)), rng.uniform(-2.0, 2.0, size=(N, C))
 
 
 def _probability_rows(rng):
@@ -96,12 +102,12 @@ def _probability_rows(rng):
 
 def _categorical(rng):
     y = np.eye(C)[rng.integers(0, C, size=N)]
-    return y, _probability_rows(rng), rng.uniform(-3.0, 3.0, size=(N, C))
+    return y, _probability_rows(rng), rng.uniform(-1.5, 1.5, size=(N, C))
 
 
 def _sparse(rng):
     labels = rng.integers(0, C, size=N)
-    return labels, _probability_rows(rng), rng.uniform(-3.0, 3.0, size=(N, C))
+    return labels, _probability_rows(rng), rng.uniform(-1.5, 1.5, size=(N, C))
 
 
 def _distributions(rng):
@@ -151,7 +157,7 @@ def _parity_params():
 
 @pytest.mark.parametrize("cls, fn, kwargs, make, from_logits", list(_parity_params()))
 def test_parity_with_keras(cls, fn, kwargs, make, from_logits):
-    rng = np.random.default_rng(abs(hash((cls, fn, str(kwargs)))) % 2**32)
+    rng = np.random.default_rng(zlib.crc32(f"{cls}{kwargs}".encode()))  # reproducible per case
     y_true, probabilities, logits = make(rng)
     y_pred = (logits if from_logits else probabilities).astype(np.float32)
     y_true = y_true.astype(np.int64 if cls.startswith("Sparse") else np.float32)
@@ -447,7 +453,7 @@ def test_categorical_focal_from_logits_keeps_gradient_of_confident_mistake():
 @pytest.mark.parametrize("gamma", [0.0, 0.5, 2.0])
 @pytest.mark.usefixtures("eager_ops")
 def test_categorical_focal_finite_gradient_when_softmax_saturates(gamma):
-    # p of the true class rounds to 1 (and 1 - p to 0): log(1 - p) from the other classes.
+    # p of the true class rounds to 1 (1 - p to 0): 1 - p is the sum of the other classes.
     y_true, y_pred = [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]], [[200.0, 0.0, -50.0], [0.0, 20.0, -math.inf]]
     fn = lambda t, p: S.categorical_focal_crossentropy(t, p, gamma=gamma, from_logits=True)  # noqa: E731
     value, grad = value_and_grad(fn, y_true, y_pred)
@@ -568,6 +574,30 @@ def test_ignore_class_sparse_drops_nan_rows():
     assert np.isfinite(value) and np.isfinite(grad).all() and (grad[1] == 0).all()
 
 
+@pytest.mark.usefixtures("eager_ops")
+def test_subclass_call_sees_its_own_inputs():
+    class Doubled(S.BinaryCrossentropy):
+        def call(self, y_true, y_pred):
+            return super().call(y_true, 2.0 * y_pred)
+
+    y_true, logits = np.array([[1.0, 0.0]], np.float32), np.array([[0.5, 1.5]], np.float32)
+    value = Doubled(from_logits=True)(y_true, logits)
+    np.testing.assert_allclose(value, S.BinaryCrossentropy(from_logits=True)(y_true, 2.0 * logits), rtol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+@pytest.mark.usefixtures("eager_ops")
+def test_keras_mask_on_predictions_is_honoured(dtype):
+    y_true = np.array([[1.0], [0.0], [1.0]], np.float32)
+    y_pred = tf.constant([[0.3], [0.6], [0.9]], dtype)
+    y_pred._keras_mask = tf.constant([True, False, True])
+    got = S.BinaryCrossentropy()(y_true, y_pred)
+    want = keras.losses.BinaryCrossentropy()(y_true, y_pred)
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+    expected = -(math.log(float(np.asarray(0.3, dtype))) + math.log(float(np.asarray(0.9, dtype)))) / 2
+    np.testing.assert_allclose(got, expected, rtol=1e-6)  # the masked sample is left out
+
+
 # ----------------------------------------------------------------------------
 # Properties: finite value and gradient for every finite input
 # ----------------------------------------------------------------------------
@@ -576,12 +606,6 @@ SHAPE = (4, 3)
 # Beyond this the exact loss itself leaves the float32 range (a logit
 # difference above 3.4e38 times a target): overflow to inf is then correct.
 LOGIT_BOUND = float(np.float32(1e30))
-
-
-def _assert_finite(fn, y_true, y_pred):
-    value, grad = value_and_grad(fn, y_true, y_pred)
-    assert np.isfinite(as_f64(value)).all(), value
-    assert np.isfinite(as_f64(grad)).all(), grad
 
 
 # Each property runs every loss of its family in one XLA-compiled function
@@ -688,7 +712,8 @@ def _grid(dtype, values):
     """``values`` rounded to ``dtype`` (finite, normal or zero), deduplicated."""
     np_dtype = R.to_numpy_dtype(dtype)
     tiny = float(np.finfo(np.float32).tiny) if dtype != "float16" else 6.103515625e-05
-    rounded = {float(np.asarray(v, np.float64).astype(np_dtype)) for v in values}
+    with np.errstate(over="ignore"):  # values beyond the dtype's range become inf, dropped below
+        rounded = {float(np.asarray(v, np.float64).astype(np_dtype)) for v in values}
     return sorted(v for v in rounded if math.isfinite(v) and (v == 0 or abs(v) >= tiny))
 
 

@@ -1201,16 +1201,34 @@ def poisson(y_true, y_pred):
 # Loss classes
 # ----------------------------------------------------------------------------
 
-# The raw (y_true, y_pred) of the loss calls in progress, per thread (Keras's
-# MirroredStrategy traces replicas in threads) and per loss object.
-_RAW_INPUTS = threading.local()
+# The loss calls in progress, per thread (Keras's MirroredStrategy traces
+# replicas in threads): (loss, raw y_true, raw y_pred, what Keras's base gets).
+_CALLS = threading.local()
 
 
-def _raw_stack():
-    stack = getattr(_RAW_INPUTS, "stack", None)
-    if stack is None:
-        stack = _RAW_INPUTS.stack = []
-    return stack
+def _calls_in_progress():
+    calls = getattr(_CALLS, "stack", None)
+    if calls is None:
+        calls = _CALLS.stack = []
+    return calls
+
+
+def _in_loss_dtype(x, dtype):
+    """``x`` as a tensor of the loss dtype, as Keras's base would make it, keeping its Keras mask.
+
+    What cannot be made one tensor (a ragged list, a symbolic KerasTensor) is
+    returned as is, for the Keras base to handle.
+    """
+    try:
+        tensor = tf.convert_to_tensor(x)
+    except (TypeError, ValueError):
+        return x
+    if tensor.dtype != dtype:
+        tensor = tf.cast(tensor, dtype)
+        mask = getattr(x, "_keras_mask", None)
+        if mask is not None:
+            tensor._keras_mask = mask
+    return tensor
 
 
 class _ProbabilisticLoss(FunctionLoss):
@@ -1221,9 +1239,11 @@ class _ProbabilisticLoss(FunctionLoss):
     carries when the dtypes differ (``mixed_float16``: Keras then computes
     from clipped float16 probabilities, gradient 0 when saturated), rounds
     integer labels through float16 with ``dtype="float16"``, and hides
-    integer predictions. ``__call__`` records the raw inputs and hands over
-    to the Keras base unchanged (reduction, ``sample_weight`` and masks stay
-    Keras's); ``call`` computes from the raw inputs.
+    integer predictions. ``__call__`` makes that cast itself (keeping the
+    Keras mask), remembers the raw inputs, and hands over to the Keras base
+    (reduction, ``sample_weight`` and masks stay Keras's). ``call`` computes
+    from the raw inputs when it receives exactly those cast tensors, and from
+    what it receives otherwise (a subclass's ``call`` may pass its own).
     """
 
     _activation = None  # the op whose logits a prediction may carry
@@ -1231,18 +1251,23 @@ class _ProbabilisticLoss(FunctionLoss):
 
     @_graph_code
     def __call__(self, y_true, y_pred, sample_weight=None):
-        stack = _raw_stack()
-        stack.append((self, y_true, y_pred))
-        try:
+        if isinstance(y_true, dict) or isinstance(y_pred, dict):
             return super().__call__(y_true, y_pred, sample_weight=sample_weight)
+        as_float_tensor(y_pred, "y_pred")  # before any cast hides integer predictions
+        dtype = tf.as_dtype(self.dtype)
+        cast_true, cast_pred = _in_loss_dtype(y_true, dtype), _in_loss_dtype(y_pred, dtype)
+        calls = _calls_in_progress()
+        calls.append((self, y_true, y_pred, cast_true, cast_pred))
+        try:
+            return super().__call__(cast_true, cast_pred, sample_weight=sample_weight)
         finally:
-            stack.pop()
+            calls.pop()
 
     def _raw_inputs(self, y_true, y_pred):
-        stack = _raw_stack()
-        if stack and stack[-1][0] is self:
-            _, raw_true, raw_pred = stack[-1]
-            if not isinstance(raw_true, dict) and not isinstance(raw_pred, dict):
+        calls = _calls_in_progress()
+        if calls and calls[-1][0] is self:
+            _, raw_true, raw_pred, cast_true, cast_pred = calls[-1]
+            if y_true is cast_true and y_pred is cast_pred:
                 return raw_true, raw_pred
         return y_true, y_pred
 
