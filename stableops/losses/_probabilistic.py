@@ -7,15 +7,19 @@ signature and defaults. On ordinary inputs the results are Keras's; where
 Keras returns ``inf``/``nan``, a silently clipped value or a zero gradient,
 these stay finite and accurate:
 
-* the elementwise cross-entropy math is ``stableops.ops`` (log-space, no
-  ``1e-7`` clip), and half precision is computed in float32;
+* the elementwise cross-entropy math is ``stableops.ops``: log-space forms
+  from logits; from probabilities a clip at the dtype's smallest normal and
+  largest value below 1 with a straight-through gradient, instead of Keras's
+  ``1e-7`` clip with gradient 0; half precision is computed in float32;
 * a sigmoid/softmax output carries its logits (Keras's ``_keras_logits``);
   the classes read them *before* Keras's ``Loss.__call__`` casts ``y_pred``
   to the loss dtype (which drops them under ``mixed_float16`` and leaves
   Keras with a clipped, zero-gradient loss), and compute from the logits;
 * integer labels are read before that cast too, so ``dtype="float16"`` never
   rounds label 3001 to 3000;
-* focal factors are computed in log space (``exp(gamma * log(1 - p_t))``),
+* focal factors ``(1 - p_t)**gamma`` take ``1 - p_t`` without cancellation
+  (from the logits' sigmoids, or as the sum of the other classes' softmax
+  probabilities) and floor it at the dtype's smallest normal before ``pow``:
   finite with a finite gradient for every ``gamma >= 0``;
 * KL divergence and Poisson use ``xlogy`` semantics (``0 * log 0 = 0``) and
   floor a zero probability/rate at the dtype's smallest normal instead of
@@ -420,7 +424,7 @@ def binary_crossentropy(
 
     Example:
         >>> binary_crossentropy([[0.0, 1.0], [0.0, 0.0]], [[0.6, 0.4], [0.4, 0.6]])
-        ... # [0.9162907, 0.7136567]
+        ... # [0.9162908, 0.7135582]
     """
     y_pred, from_logits = _resolve_prediction(y_pred, from_logits, _SIGMOID, "binary_crossentropy")
     return _binary_crossentropy(
@@ -1140,8 +1144,11 @@ def kl_divergence(y_true, y_pred):
         dtype (``1.2e-38`` in float32; Keras: ``1e-7``), so the loss stays
         finite: a target of 1 on a zero prediction costs 87.3 (Keras: 16.1).
         ``log(t / p)`` is taken as ``log1p((t - p) / p)`` when ``t/p`` is in
-        ``[1/2, 2]``, accurate however close ``p`` is to ``t``. Half precision
-        is computed in float32. NaN gives NaN.
+        ``[1/2, 2]``, accurate however close ``p`` is to ``t``, and its
+        gradient is written out (``-t/p``; autodiff of ``t / p`` would form
+        ``t / p**2``, which overflows for ``p < 1e-19`` in float32). Outside
+        ``[0, 1]`` and ``[tiny, 1]`` the clips give a zero gradient, as in
+        Keras. Half precision is computed in float32. NaN gives NaN.
         Error budget: 4 ULP of the float32 result per term (last axis of 1).
 
     Args:
@@ -1180,7 +1187,9 @@ def poisson(y_true, y_pred):
         ``p = 1e-7`` gives ``log(2e-7)``); a zero or negative rate, outside the
         Poisson domain, is floored at the smallest normal of the computing
         dtype inside the log, so value and gradient stay finite (Keras: NaN
-        for ``p < -1e-7``); the floored log term has a zero gradient. Half
+        for ``p < -1e-7``); the floored log term has a zero gradient. The
+        gradient ``1 - t/p`` is exact: it overflows only where ``t/p`` itself
+        leaves the float range. The mean divides before it sums. Half
         precision is computed in float32. NaN gives NaN.
         Error budget: 4 ULP of ``max(|p|, |t log p|)`` in float32 (last axis of 1).
 

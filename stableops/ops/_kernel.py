@@ -33,11 +33,14 @@ def xla_kernel(fn):
     compiled one as ``.compiled``.
     """
     compiled = tf.function(fn, jit_compile=True, reduce_retracing=True, autograph=False)
+    # A caller's tf.function converts called code with AutoGraph, which breaks the
+    # closures of custom gradients; kernels are plain TF and need no conversion.
+    inline = tf.autograph.experimental.do_not_convert(fn)
 
     @functools.wraps(fn)
     def kernel(*args, **kwargs):
         if tf.inside_function():
-            return fn(*args, **kwargs)
+            return inline(*args, **kwargs)
         args = tuple(_tensor_if_array(a) for a in args)
         kwargs = {k: _tensor_if_array(v) for k, v in kwargs.items()}
         return compiled(*args, **kwargs)
