@@ -441,7 +441,7 @@ def _categorical_from_logits_property(dtype):
         value, (grad,) = EAGER.value_and_grad(fn, z, x, wrt=(1,))
         ref.assert_ulp_within(value, np.array(_rows(ref.mp_categorical_crossentropy_logits, z, x), dtype=object),
                               dtype, _budget(BUDGET, dtype))
-        assert np.all(_finite(grad[~nan_rows])), (z, x, grad)
+        assert np.all(_finite(grad[~nan_rows])) and np.all(np.isnan(grad[nan_rows])), (z, x, grad)
         sparse = lambda t, o: ops.sparse_categorical_crossentropy(t, o, from_logits=True)  # noqa: E731
         s_value, (s_grad,) = EAGER.value_and_grad(sparse, labels, x, wrt=(1,))
         one_hot = np.eye(shape[1])[labels]

@@ -180,16 +180,6 @@ def _log_complement(p, bounds):
     return log1m_fn(p)
 
 
-def _row_without_nan(x, axis):
-    """True for rows of ``x`` (along ``axis``) holding no NaN.
-
-    A NaN logit must make its row's loss NaN even when its target weight is 0,
-    and XLA's max reduction drops NaN (an all-NaN row has maximum ``-inf`` and
-    looks fully masked to a max-shifted log-softmax), so rows are checked here.
-    """
-    return tf.logical_not(tf.reduce_any(tf.math.is_nan(x), axis=axis))
-
-
 def _nan_unless(valid, like):
     """1 where ``valid``, NaN elsewhere: a factor that turns an invalid example's loss and gradient into NaN."""
     return tf.where(valid, tf.ones_like(like), tf.fill(tf.shape(like), tf.constant(math.nan, like.dtype)))
@@ -282,8 +272,8 @@ def binary_crossentropy(target, output, from_logits=False):
         ValueError: if the shapes of ``target`` and ``output`` differ.
 
     Example:
-        >>> binary_crossentropy(tf.constant([1.0, 0.0]), tf.constant([100.0, -100.0]), from_logits=True)
-        <tf.Tensor: ... numpy=array([3.7200760e-44, 3.7200760e-44], dtype=float32)>
+        >>> binary_crossentropy(tf.constant([1.0, 0.0]), tf.constant([30.0, -30.0]), from_logits=True)
+        <tf.Tensor: ... numpy=array([9.357623e-14, 9.357623e-14], dtype=float32)>
     """
     target, output, from_logits = _dense_arguments(target, output, from_logits, "Sigmoid", "binary_crossentropy")
     if from_logits:
@@ -306,7 +296,6 @@ def _categorical_from_logits(target, logits, axis):
     # counts 0 where its target is 0.
     log_p = log_softmax(x, axis=axis)
     loss = -tf.reduce_sum(_weighted(z, log_p), axis=axis)
-    loss = loss * _nan_unless(_row_without_nan(x, axis), loss)
     return tf.cast(loss, logits.dtype)
 
 
@@ -478,7 +467,7 @@ def _sparse_from_logits(labels, logits):
     log_p = _gather_class(log_softmax(x, axis=-1), _as_indices(flat_labels, valid))
     # An invalid label (only reachable under XLA, where the assert is dropped)
     # gives NaN in value and gradient, never the loss of class 0.
-    loss = -log_p * _nan_unless(tf.logical_and(valid, _row_without_nan(x, -1)), log_p)
+    loss = -log_p * _nan_unless(valid, log_p)
     return tf.cast(tf.reshape(loss, tf.shape(labels)), logits.dtype)
 
 
@@ -619,8 +608,8 @@ def sparse_categorical_crossentropy(target, output, from_logits=False, axis=-1):
         tf.errors.InvalidArgumentError: on an out-of-range label (not under XLA).
 
     Example:
-        >>> sparse_categorical_crossentropy(tf.constant([2]), tf.constant([[0.0, 1.0, 1e5]]), from_logits=True)
-        <tf.Tensor: ... numpy=array([0.], dtype=float32)>
+        >>> sparse_categorical_crossentropy(tf.constant([1]), tf.constant([[1e5, 0.0, -1e5]]), from_logits=True)
+        <tf.Tensor: ... numpy=array([100000.], dtype=float32)>  # exact; float16 logits would overflow
     """
     output, from_logits = _recover_logits(output, bool(from_logits), "Softmax", "sparse_categorical_crossentropy")
     output = as_float_tensor(output, "output")

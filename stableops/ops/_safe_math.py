@@ -215,7 +215,7 @@ def safe_sqrt(x):
         <tf.Tensor: ... numpy=array([0., 2.], dtype=float32)>
     """
     x = as_float_tensor(x, "x")
-    value = tf.sqrt(to_compute(x))
+    value = safe_where(tf.equal(to_compute(x), 0), to_compute(x), tf.zeros_like, tf.sqrt, safe_false=1.0)
     return tf.cast(value, x.dtype)
 
 
@@ -314,7 +314,7 @@ def safe_norm(x, axis=-1, keepdims=False):
 
     Example:
         >>> safe_norm(tf.constant([3e30, 4e30]))  # tf.norm gives inf
-        <tf.Tensor: ... numpy=5e+30>
+        <tf.Tensor: shape=(), dtype=float32, numpy=5e+30>
     """
     x = as_float_tensor(x, "x")
     return tf.cast(_norm_with_unit_gradient(to_compute(x), axis, keepdims), x.dtype)
