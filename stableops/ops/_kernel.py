@@ -2,8 +2,9 @@
 
 Keras's losses, called eagerly, run op by op: one kernel launch and one
 intermediate buffer per elementwise op. ``xla_kernel`` compiles the whole op
-with XLA instead, once per dtype and rank (shapes are generalized with
-``reduce_retracing``, so a changing batch size does not retrace). Inside a
+with XLA instead, traced once per dtype and keyword arguments (shapes, rank
+included, are generalized with ``reduce_retracing``, so a changing batch size
+does not retrace; XLA still compiles each new concrete shape once). Inside a
 ``tf.function`` or ``model.fit`` the plain Python function is used, so the op
 folds into the caller's graph and the caller decides about XLA.
 """
