@@ -110,13 +110,26 @@ def test_ops_depend_on_nothing_above_them(path):
 
 
 _EPSILON_LITERAL = re.compile(r"^[0-9.]+[eE]-[0-9]+$")
+# Small literals that are not thresholds, each with its reason.
+_NOT_THRESHOLDS = {
+    ("doctor/_report.py", "1e-3"),  # range of plain (non-scientific) number formatting in the table
+    ("doctor/_thresholds.py", "1e-3"),  # Keras's default learning rate, a hyperparameter
+    ("ops/_logexp.py", "2.319046813846299558e-17"),  # low part of log 2 in float64 (exact split)
+}
 
 
 @pytest.mark.parametrize("path", _sources(), ids=lambda p: str(p.relative_to(ROOT)))
 def test_no_hard_coded_epsilons(path):
     """Thresholds come from dtype_limits, never a literal such as 1e-7 (comments and docs excepted)."""
     tokens = tokenize.generate_tokens(io.StringIO(path.read_text()).readline)
-    literals = [t.string for t in tokens if t.type == tokenize.NUMBER and _EPSILON_LITERAL.match(t.string)]
+    relative = path.relative_to(PACKAGE).as_posix()
+    literals = [
+        t.string
+        for t in tokens
+        if t.type == tokenize.NUMBER
+        and _EPSILON_LITERAL.match(t.string)
+        and (relative, t.string) not in _NOT_THRESHOLDS
+    ]
     assert literals == [], f"{path}: epsilon literals {literals}"
 
 
