@@ -6,19 +6,23 @@ on the process instead, with Linux's peak-RSS reset:
 
 1. inputs are created and the contestant is run once at the measured
    shape, unless the speed run already did (compilation is not counted);
-2. ``/proc/self/clear_refs`` gets ``5``, which resets ``VmHWM`` (peak RSS)
-   to the current RSS, and the current ``VmRSS`` is read;
+2. freed heap memory is handed back to the OS (``malloc_trim``, so the call
+   cannot reuse resident pages unseen), ``/proc/self/clear_refs`` gets ``5``,
+   which resets ``VmHWM`` (peak RSS) to the current RSS, and the current
+   ``VmRSS`` is read;
 3. one forward + backward runs; ``VmHWM - VmRSS(before)`` is the peak extra
    memory it needed: every intermediate buffer alive at the worst moment,
    plus the value and gradient it returns.
 
-Freed large buffers go back to the OS (glibc serves them with ``mmap``), so
-one measurement does not hide the next. Where ``clear_refs`` is not writable
-the section says so and measures nothing.
+Freed large buffers go back to the OS (glibc serves them with ``mmap``), and
+``malloc_trim`` returns the rest, so one measurement does not hide the next.
+Where ``clear_refs`` is not writable the section says so and measures
+nothing.
 """
 
 from __future__ import annotations
 
+import ctypes
 import gc
 
 import numpy as np
@@ -55,8 +59,18 @@ def peak_rss_supported() -> bool:
     return True
 
 
+def _release_free_heap() -> None:
+    # glibc keeps freed small and medium blocks for reuse; a call that reuses them would not
+    # raise the RSS, so hand them back to the OS first (malloc_trim; a no-op elsewhere).
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def peak_extra_bytes(fn, inputs) -> int:
     """Peak RSS above the current RSS while ``fn(*inputs)`` runs (outputs included)."""
+    _release_free_heap()
     _reset_peak()
     before = _status_kib("VmRSS")
     out = fn(*inputs)

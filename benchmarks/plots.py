@@ -22,7 +22,11 @@ def _pyplot():
 
 
 def plot_speed_ratio(speed: dict, path: Path) -> bool:
-    ratios = [r for r in speed.get("ratios", []) if r["baseline"] == "keras" and r["dtype"] == "float32"]
+    ratios = [
+        r
+        for r in speed.get("ratios", [])
+        if (r["impl"], r["baseline"], r["dtype"]) == ("stableops", "keras", "float32")
+    ]
     if not ratios:
         return False
     plt = _pyplot()

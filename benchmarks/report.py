@@ -21,27 +21,38 @@ EAGER_MAX = 0.5
 EAGER_ELEMENTWISE_LOSS_MAX = 1 / 3
 ULP_MAX_FLOAT32 = 2.0
 SECTION_FILES = ("bandwidth", "speed", "accuracy", "memory", "end_to_end")
+MODES_ORDER = ("eager", "function", "xla")
 
 # Reasons for missed targets, keyed by (target id, case): found by reading the kernels and by the
 # CPU-time ratios (which background load barely moves). A case with no entry gets GENERIC_WHY.
 _ROW_REDUCTIONS = (
-    "the stable row reduction (`_shifted_exponentials`) makes three reductions per row (max, sum of the "
-    "non-maximal exponentials, count of ties) plus TwoSum for x - max{extra}, where TF's kernel makes two "
-    "(max, sum); XLA on CPU runs sibling reductions as separate passes, and the backward pass repeats them"
+    "the stable row reduction (`_shifted_exponentials`) carries x - max as a TwoSum pair and corrects "
+    "exp(z) by (1 + z_low), and makes three reductions per row (max, the sum of the non-maximal exponentials, "
+    "the count of ties) where TF's kernel makes two (max, sum); each is a pass over the row, and the backward "
+    "pass repeats the work"
+)
+_CROSS_ENTROPY = (
+    "the loss is built on the stable log_softmax (see `log_softmax`): a full log-probability row is "
+    "materialized and then reduced (twice the peak memory under XLA, see Memory), where TF's fused kernel "
+    "computes the loss and its gradient (softmax - labels) in one pass"
 )
 WHY: dict[tuple[str, str], str] = {
     ("compiled", "binary_crossentropy"): (
         "`_log1m` evaluates both log1p(-p) and log(1 - p) for every element (a double where switching at "
-        "p = 1/4), and the straight-through clips add selects in the gradient; Keras takes one log per side. "
-        "In float32 a single log1p(-p) is accurate on all of [0, 1) (the switch guards XLA's float64 log1p), "
-        "so the float32 path could drop one transcendental"
+        "p = 1/4) and the straight-through clips add selects to the gradient; Keras takes one log per side. "
+        "If XLA's float32 log1p is accurate on [-1, -1/4] (the switch exists for its float64 log1p), the "
+        "float32 path could drop one transcendental"
     ),
     ("compiled", "binary_focal_crossentropy"): "it builds on the stable binary cross-entropy (both logs, see above)",
-    ("compiled", "categorical_crossentropy_logits"): _ROW_REDUCTIONS.format(extra=" and a NaN-row check"),
-    ("compiled", "sparse_categorical_crossentropy_logits"): _ROW_REDUCTIONS.format(extra=" and a NaN-row check"),
-    ("compiled", "logsumexp"): _ROW_REDUCTIONS.format(extra=""),
-    ("compiled", "softmax"): _ROW_REDUCTIONS.format(extra=""),
-    ("compiled", "log_softmax"): _ROW_REDUCTIONS.format(extra=""),
+    ("compiled", "categorical_crossentropy_logits"): _CROSS_ENTROPY,
+    ("compiled", "sparse_categorical_crossentropy_logits"): _CROSS_ENTROPY,
+    ("compiled", "logsumexp"): _ROW_REDUCTIONS,
+    ("compiled", "softmax"): (
+        "the stable row reduction (`_shifted_exponentials`) carries x - max as a TwoSum pair and corrects "
+        "exp(z) by (1 + z_low): more arithmetic per element than TF's kernel over the same two reductions "
+        "(max, sum); the gap is small (1.0-1.25 in CPU time)"
+    ),
+    ("compiled", "log_softmax"): _ROW_REDUCTIONS,
     ("compiled", "cosine_similarity"): (
         "`l2_normalize` scales each vector by a power of two (an extra max|x| reduction per vector, so four "
         "reductions instead of two) to avoid over- and underflow"
@@ -56,17 +67,16 @@ WHY: dict[tuple[str, str], str] = {
         "the other branch; XLA's expm1 is one call (but up to 4.4 ULP off)"
     ),
     ("ulp", "binary_crossentropy"): (
-        "at p = 1 with t = 1 (and p = 0 with t = 0) the exact loss is 0 but the probability is clipped "
-        "to the largest float below 1 first, giving 2^-24 = 5.96e-8 (Keras gives 1.19e-7); an exact 0 needs "
-        "the t == 1 (t == 0) term skipped, as 0 * log(0) is elsewhere"
+        "with a soft label the loss is a weighted sum of two logs whose roundings add up: 2.1 ULP at t = 0.48, "
+        "p = 0.9999955 (barely over)"
     ),
     ("ulp", "binary_focal_crossentropy"): (
         "about eight float32 roundings (p_t, 1 - p_t, its square, two logs, their weighted sum) accumulate "
-        "to 3-4 ULP with soft labels; the binary cross-entropy it multiplies is within 2"
+        "to 3-4 ULP with soft labels"
     ),
     ("ulp", "log_cosh"): (
         "the loss sees y_pred - y_true rounded to float32; near 0, log cosh d ~ d^2/2 doubles that "
-        "rounding's relative error (1 ULP) on top of its own; carrying the rounding error of the difference "
+        "rounding's relative error on top of its own; carrying the rounding error of the difference "
         "(TwoSum, then log_cosh(d) + tanh(d) * d_low) would remove it"
     ),
     ("ulp", "mean_squared_error"): (
@@ -79,10 +89,10 @@ GENERIC_WHY = {
     "eager": (
         "an eager stableops call runs its forward pass as one XLA kernel, but under a GradientTape TF runs the "
         "gradient as a second function over the forward's materialized intermediates (a 6-op elementwise "
-        "chain at 2^20: forward kernel 1.7 ms, forward + backward under the tape 13 ms, both compiled as one "
-        "XLA program 3.1 ms, CPU time), and each call pays ~0.4 ms of tf.function dispatch (tf.nn.elu: 0.03 "
-        "ms); so eager stableops keeps little of XLA's fusion, and where Keras runs one fused TF kernel it "
-        "cannot win"
+        "chain at 2^20, CPU time: forward kernel 1.2 ms, forward + backward under the tape 13 ms, both "
+        "compiled as one XLA program 3.4 ms), and each call pays ~0.3 ms of tf.function dispatch (tf.nn.elu: "
+        "0.02 ms); so eager stableops keeps little of XLA's fusion, and where Keras runs one fused TF kernel "
+        "it cannot win"
     ),
     "compiled": (
         "both sides are compiled by XLA into fused loops, so the gap is the extra arithmetic of the stable "
@@ -329,7 +339,18 @@ def _speed_tables(sections) -> list[str]:
     ratios = _ratio_rows(sections)
     for dtype in sorted({r["dtype"] for r in ratios}, key=lambda d: d != "float32"):
         sizes = sorted({r["size"] for r in ratios if r["dtype"] == dtype})
-        for mode in ("eager", "function", "xla"):
+        if len(sizes) == 1:  # one size (float16): one table, a column per mode
+            rows = []
+            for case in CASES:
+                matches = [_find(ratios, case=case.name, dtype=dtype, mode=m, size=sizes[0]) for m in MODES_ORDER]
+                cells = [_mark(r, case, m) if r else "-" for r, m in zip(matches, MODES_ORDER)]
+                cells += [_cpu_short(r).strip(" ()") if r else "-" for r in matches]
+                if any(c != "-" for c in cells):
+                    rows.append([case.name, *cells])
+            header = ["case", *MODES_ORDER, *[f"{m} CPU time" for m in MODES_ORDER]]
+            out += [f"**{dtype}, {_pow2(sizes[0])}** (wall, then CPU-time ratio)", "", _table(header, rows), ""]
+            continue
+        for mode in MODES_ORDER:
             rows = []
             for case in CASES:
                 cells = []
@@ -636,6 +657,13 @@ def _header(sections) -> list[str]:
             f"float16 on this CPU: {env.get('float16', {}).get('verdict', '?')}.",
             "",
         ]
+    other_runs = [
+        f"`{name}` ({sections[name].get('created')}, preset `{sections[name].get('preset')}`)"
+        for name in SECTION_FILES
+        if name in sections and run and sections[name].get("created") != run.get("created")
+    ]
+    if other_runs:
+        out += ["Sections from a later (partial) run than the header's: " + ", ".join(other_runs) + ".", ""]
     unavailable = sorted(
         (case, impl, a["detail"])
         for case, impls in _availability(sections).items()

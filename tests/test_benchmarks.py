@@ -32,15 +32,16 @@ def _positive_finite(value) -> bool:
     return isinstance(value, (int, float)) and math.isfinite(value) and value > 0
 
 
-@pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("bench")
-    code = run.main(["--smoke", "--only", ",".join(SMOKE_CASES), "--out", str(out), "--quiet"])
-    assert code == 0
-    return out
+def test_smoke_run(tmp_path):
+    """One smoke run (one test, so that pytest-xdist cannot run it twice), checked section by section."""
+    assert run.main(["--smoke", "--only", ",".join(SMOKE_CASES), "--out", str(tmp_path), "--quiet"]) == 0
+    _check_every_section_has_the_schema(tmp_path)
+    _check_speed_timings_and_ratios_are_positive_and_finite(tmp_path)
+    _check_accuracy_memory_bandwidth_end_to_end_are_well_formed(tmp_path)
+    _check_summary_names_every_case_and_section(tmp_path)
 
 
-def test_smoke_run_writes_every_section_with_the_schema(smoke_run):
+def _check_every_section_has_the_schema(smoke_run):
     for section in SECTIONS:
         document = json.loads((smoke_run / f"{section}.json").read_text())
         assert document["schema"] == SCHEMA
@@ -58,7 +59,7 @@ def _section(out, name):
     return json.loads((out / f"{name}.json").read_text())
 
 
-def test_smoke_speed_timings_and_ratios_are_positive_and_finite(smoke_run):
+def _check_speed_timings_and_ratios_are_positive_and_finite(smoke_run):
     document = _section(smoke_run, "speed")
     availability = document["availability"]
     timings, ratios = document["data"]["timings"], document["data"]["ratios"]
@@ -82,7 +83,7 @@ def test_smoke_speed_timings_and_ratios_are_positive_and_finite(smoke_run):
     assert ratios or not any(availability[c]["stableops"]["status"] == "ok" for c in SMOKE_CASES)
 
 
-def test_smoke_accuracy_memory_bandwidth_end_to_end_are_well_formed(smoke_run):
+def _check_accuracy_memory_bandwidth_end_to_end_are_well_formed(smoke_run):
     rows = _section(smoke_run, "accuracy")["data"]["rows"]
     for case in SMOKE_CASES:
         for impl in ("keras", "tf.nn"):
@@ -111,7 +112,7 @@ def test_smoke_accuracy_memory_bandwidth_end_to_end_are_well_formed(smoke_run):
         assert _positive_finite(mlp["ratio"]["median"])
 
 
-def test_smoke_summary_names_every_case_and_section(smoke_run):
+def _check_summary_names_every_case_and_section(smoke_run):
     summary = (smoke_run / "summary.md").read_text()
     for heading in ("## Headline", "## Targets", "## Speed", "## Limits", "## Accuracy", "## Memory", "## End to end"):
         assert heading in summary
