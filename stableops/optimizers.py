@@ -8,7 +8,6 @@ import tensorflow as tf
 __all__ = ["SkipNonFinite"]
 
 
-@keras.saving.register_keras_serializable(package="stableops")
 class SkipNonFinite(keras.optimizers.Optimizer):
     """Wrap any Keras optimizer; skip every step whose gradients are not all finite.
 
@@ -34,6 +33,12 @@ class SkipNonFinite(keras.optimizers.Optimizer):
     learning-rate schedules and callbacks (``ReduceLROnPlateau``, NaNGuard)
     see the inner optimizer. Skipped steps do not advance ``iterations``.
 
+    ``SkipNonFinite(LossScaleOptimizer(...))`` is itself an instance of
+    ``LossScaleOptimizer``, so ``model.compile``'s default
+    ``auto_scale_loss=True`` leaves it as it is instead of adding a second
+    loss scaler around it (which would scale the loss once and unscale the
+    gradients twice).
+
     Args:
         optimizer: the optimizer to wrap: an instance, or a name/config that
             ``keras.optimizers.get`` accepts (``"adam"``).
@@ -52,6 +57,11 @@ class SkipNonFinite(keras.optimizers.Optimizer):
         0
     """
 
+    def __new__(cls, optimizer=None, *args, **kwargs):
+        if cls is SkipNonFinite and isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+            cls = SkipNonFiniteLossScaler
+        return super().__new__(cls)
+
     def __init__(self, optimizer, name=None, **kwargs):
         if kwargs:
             raise ValueError(
@@ -61,7 +71,10 @@ class SkipNonFinite(keras.optimizers.Optimizer):
         inner = keras.optimizers.get(optimizer)
         if not isinstance(inner, keras.optimizers.Optimizer):
             raise TypeError(f"`optimizer` must be a keras.optimizers.Optimizer, got {optimizer!r}")
-        super().__init__(learning_rate=0.0, name=name)
+        # The base class is named, not reached through super(): in
+        # SkipNonFiniteLossScaler the next class is LossScaleOptimizer, whose
+        # __init__ and build (its own scale variables) must not run.
+        keras.optimizers.Optimizer.__init__(self, learning_rate=0.0, name=name)
         self.inner_optimizer = inner
         self.skipped_steps = self.add_variable(
             shape=(),
@@ -74,7 +87,7 @@ class SkipNonFinite(keras.optimizers.Optimizer):
     # -- state --------------------------------------------------------------
     def build(self, var_list):
         self.inner_optimizer.build(var_list)
-        super().build(var_list)
+        keras.optimizers.Optimizer.build(self, var_list)
 
     @property
     def variables(self):
@@ -200,4 +213,30 @@ class SkipNonFinite(keras.optimizers.Optimizer):
         optimizer = keras.saving.deserialize_keras_object(
             config.pop("optimizer"), custom_objects=custom_objects
         )
-        return cls(optimizer, **config)
+        return SkipNonFinite(optimizer, **config)
+
+
+class SkipNonFiniteLossScaler(SkipNonFinite, keras.optimizers.LossScaleOptimizer):
+    """What ``SkipNonFinite(LossScaleOptimizer(...))`` returns: also a loss scaler.
+
+    Keras's ``compile(auto_scale_loss=True)`` wraps every optimizer that is not
+    an instance of ``LossScaleOptimizer`` in one under ``mixed_float16``.
+    ``SkipNonFinite.__new__`` returns this class when it wraps a loss scaler,
+    so Keras sees one and adds none. Every method is ``SkipNonFinite``'s (it
+    comes first in the MRO); the loss scaling is the wrapped optimizer's.
+    """
+
+    @property
+    def dynamic_scale(self):
+        """The wrapped loss scaler's current loss scale."""
+        return self.inner_optimizer.dynamic_scale
+
+    @property
+    def initial_scale(self):
+        return self.inner_optimizer.initial_scale
+
+
+# Both classes save as "stableops>SkipNonFinite"; that name loads SkipNonFinite,
+# whose from_config picks the class again from the wrapped optimizer.
+keras.saving.register_keras_serializable("stableops", "SkipNonFinite")(SkipNonFiniteLossScaler)
+keras.saving.register_keras_serializable("stableops")(SkipNonFinite)

@@ -102,23 +102,7 @@ def test_mixed_float16_with_loss_scale_optimizer_matches_float32(float32_run):
     _assert_matches_float32(losses, model, float32_run, "mixed_float16")
 
 
-@pytest.mark.parametrize(
-    "auto_scale_loss",
-    [
-        False,
-        pytest.param(
-            True,
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="stableops bug: with compile's default auto_scale_loss=True, Keras wraps "
-                "SkipNonFinite(LossScaleOptimizer(opt)) in a second LossScaleOptimizer "
-                "(SkipNonFinite is not a LossScaleOptimizer instance); the loss is scaled once "
-                "(outer scaler) but the gradients are unscaled twice, so every step is 2**15 "
-                "times too small and training stalls",
-            ),
-        ),
-    ],
-)
+@pytest.mark.parametrize("auto_scale_loss", [False, True])
 def test_mixed_float16_with_skip_non_finite_around_loss_scale_optimizer(
     float32_run, auto_scale_loss
 ):
@@ -129,6 +113,7 @@ def test_mixed_float16_with_skip_non_finite_around_loss_scale_optimizer(
         "mixed_float16", stableops.losses.BinaryCrossentropy(), optimizer,
         auto_scale_loss=auto_scale_loss,
     )
+    assert model.optimizer is optimizer  # no second loss scaler around it
     _assert_matches_float32(losses, model, float32_run, "mixed_float16")
     assert int(np.asarray(optimizer.skipped_steps)) == 0
 

@@ -93,6 +93,32 @@ def test_a_loss_scale_optimizer_inside_handles_overflow_itself():
     assert int(optimizer.skipped_steps.numpy()) == 1 and int(optimizer.iterations.numpy()) == 1
 
 
+def test_around_a_loss_scale_optimizer_it_is_one_and_stays_one_when_saved(tmp_path):
+    # keras compile(auto_scale_loss=True) adds a LossScaleOptimizer around any
+    # optimizer that is not one; a second scaler would unscale twice.
+    scaler = keras.optimizers.LossScaleOptimizer(keras.optimizers.SGD(0.1), initial_scale=2.0**8)
+    optimizer = SkipNonFinite(scaler)
+    assert isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
+    assert isinstance(optimizer, SkipNonFinite) and optimizer.inner_optimizer is scaler
+    assert not isinstance(SkipNonFinite(keras.optimizers.SGD(0.1)), keras.optimizers.LossScaleOptimizer)
+    assert float(optimizer.scale_loss(tf.constant(1.0))) == 2.0**8  # the wrapped scaler's scale
+
+    keras.config.set_dtype_policy("mixed_float16")
+    try:
+        model = model_with(optimizer, jit_compile=False)
+    finally:
+        keras.config.set_dtype_policy("float32")
+    assert model.optimizer is optimizer
+    model.fit(X, Y, batch_size=BATCH, epochs=1, verbose=0)
+    path = tmp_path / "model.keras"
+    model.save(path)
+    loaded = keras.saving.load_model(path).optimizer
+    assert type(loaded) is type(optimizer)
+    assert isinstance(loaded.inner_optimizer, keras.optimizers.LossScaleOptimizer)
+    assert float(np.asarray(loaded.dynamic_scale)) == float(np.asarray(scaler.dynamic_scale))
+    assert int(loaded.iterations.numpy()) == len(X) // BATCH
+
+
 def test_apply_directly_and_indexed_slices():
     variable = keras.Variable(np.ones((3, 2), np.float32))
     optimizer = SkipNonFinite(keras.optimizers.SGD(1.0))
