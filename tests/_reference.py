@@ -63,13 +63,16 @@ def ulp_error(actual, reference, dtype) -> np.ndarray:
     actual = np.asarray(actual, dtype=np.float64)
     reference = np.asarray(reference, dtype=object)
     largest = mpf(ml_dtypes.finfo(to_numpy_dtype(dtype)).max)
+    # Round to nearest: from max + ulp(max)/2 up (the tie rounds to even,
+    # away from max's odd significand) the value rounds to infinity.
+    overflow = largest + ulp_of(largest, dtype) / 2
     errors = np.empty(actual.shape, dtype=np.float64)
     for index in np.ndindex(actual.shape):
         a, r = actual[index], reference[index]
         if mpmath.isnan(r) or math.isnan(a):
             errors[index] = 0.0 if (mpmath.isnan(r) and math.isnan(a)) else math.inf
             continue
-        if abs(r) > largest * (1 + mpmath.ldexp(1, -int(ml_dtypes.finfo(to_numpy_dtype(dtype)).nmant) - 1)):
+        if abs(r) >= overflow:
             r = INF if r > 0 else -INF  # rounds to infinity in this dtype
         if mpmath.isinf(r) or math.isinf(a):
             errors[index] = 0.0 if mpf(a) == r else math.inf
