@@ -223,10 +223,7 @@ class Softmax(keras.layers.Layer):
         _check_mask_broadcasts(mask, inputs)
         if mask.dtype != tf.bool:
             mask = tf.greater(mask, tf.cast(0.5, mask.dtype))
-        outputs = ops.softmax(inputs, axis=self.axis, where=mask)
-        # Masked entries are 0 even in a row whose unmasked part holds a NaN
-        # (which makes the op's whole row NaN), as in Keras.
-        return tf.where(mask, outputs, tf.zeros_like(outputs))
+        return ops.softmax(inputs, axis=self.axis, where=mask)
 
     def compute_output_shape(self, input_shape):
         return input_shape

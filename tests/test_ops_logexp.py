@@ -510,6 +510,19 @@ def test_log_softmax_masked_entries_are_minus_inf_with_zero_gradient():
     ref.assert_ulp_within(value[0, :1], [-mpmath.log1p(mpmath.exp(-30))], "float32", 2)
 
 
+def test_masked_entries_stay_masked_when_the_row_holds_a_nan(regime):
+    # NaN in, NaN out for the entries that take part; a masked entry is exactly
+    # 0 (softmax) or -inf (log_softmax) whatever the rest of its row holds, as
+    # in JAX's softmax(where=...).
+    x = np.array([[NAN, 1.0, 2.0], [1.0, 2.0, 3.0]], np.float32)
+    where = np.array([[True, False, True], [True, False, True]])
+    for op, masked_value in ((ops.softmax, 0.0), (ops.log_softmax, -INF)):
+        value = regime.run(lambda t: op(t, where=where), x)
+        assert np.isnan(value[0, [0, 2]]).all(), (op.__name__, value)
+        assert value[0, 1] == masked_value and value[1, 1] == masked_value, (op.__name__, value)
+        assert np.isfinite(value[1, [0, 2]]).all()
+
+
 def test_softmax_and_log_softmax_plus_inf_entries_share():
     x = np.array([[INF, 0.0, INF, -INF]], np.float32)
     np.testing.assert_array_equal(ops.softmax(x).numpy(), [[0.5, 0.0, 0.5, 0.0]])
@@ -665,8 +678,13 @@ def test_reduction_properties(dtype, data):
         # (masked_log_softmax is weighted through a where: masked outputs count 0)
         assert np.isfinite(out[name][:2].astype(np.float64)).all(), (name, x, out[name])
         assert np.isfinite(out[name + "_grad"][:2].astype(np.float64)).all(), (name, x)
-        raw = out[name] if name.endswith("logsumexp") else out[name + "_raw"]
-        assert np.isnan(raw[2].astype(np.float64)).all(), (name, "NaN in, NaN out", raw[2])
+        raw = (out[name] if name.endswith("logsumexp") else out[name + "_raw"]).astype(np.float64)
+        taking_part = mask[2] if name in ("masked_softmax", "masked_log_softmax") else slice(None)
+        assert np.isnan(np.atleast_1d(raw[2])[taking_part]).all(), (name, "NaN in, NaN out", raw[2])
+        if name == "masked_softmax":
+            assert (raw[2][~mask[2]] == 0.0).all(), (name, "masked entries stay 0", raw[2])
+        if name == "masked_log_softmax":
+            assert (raw[2][~mask[2]] == -INF).all(), (name, "masked entries stay -inf", raw[2])
     failures = []
     _check_reductions(failures, x[:2], mask[:2], {k: v[:2] for k, v in out.items()}, dtype,
                       grad_rtol=GRAD_RTOL_EPS[dtype] * _eps(dtype) * 4)

@@ -310,18 +310,26 @@ def _logsumexp_kernel(x, axis, keepdims, where):
     return tf.cast(value, x.dtype)
 
 
+def _fill_masked(value, where, fill):
+    # A NaN in a row's unmasked part makes the whole row NaN inside the core;
+    # masked entries keep their fixed value all the same (as in JAX).
+    if where is None:
+        return value
+    return tf.where(where, value, tf.constant(fill, value.dtype))
+
+
 @xla_kernel
 def _softmax_kernel(x, axis, where):
     x = as_float_tensor(x, "x")
     value = _softmax_core(_mask_out(to_compute(x), where), axis)
-    return tf.cast(value, x.dtype)
+    return tf.cast(_fill_masked(value, where, 0.0), x.dtype)
 
 
 @xla_kernel
 def _log_softmax_kernel(x, axis, where):
     x = as_float_tensor(x, "x")
     value = _log_softmax_core(_mask_out(to_compute(x), where), axis)
-    return tf.cast(value, x.dtype)
+    return tf.cast(_fill_masked(value, where, -math.inf), x.dtype)
 
 
 def logsumexp(x, axis=-1, keepdims=False, where=None):
@@ -376,7 +384,7 @@ def softmax(x, axis=-1, where=None):
         ``x - m`` carried exactly (TwoSum), so entries far below the maximum
         keep their relative accuracy (``tf.nn.softmax`` loses
         ``|x - m| * eps / 2``: 60 ULP at ``x - m = -100`` in float32).
-        Masked entries are exactly 0; a fully masked (or all ``-inf``) row is
+        Masked entries are exactly 0 (even in a row with a NaN); a fully masked (or all ``-inf``) row is
         all zeros with zero gradient, not ``0/0 = nan``. ``-inf`` entries give
         0; ``k`` entries at ``+inf`` share probability ``1/k``; a NaN entry
         (not masked) makes its row NaN.
@@ -409,7 +417,7 @@ def log_softmax(x, axis=-1, where=None):
         Exactly ``-log1p(s)`` at the maximum (no cancellation), so the
         cross-entropy of a confident correct prediction stays accurate.
         Masked entries give ``-inf`` (``log`` of their softmax probability 0,
-        as in JAX); multiply them by targets with a ``where``, never directly.
+        as in JAX), even in a row with a NaN; multiply them by targets with a ``where``, never directly.
         A fully masked or all ``-inf`` row gives ``-inf`` everywhere with zero
         gradient. ``k`` entries at ``+inf`` give ``-log(k)`` there and ``-inf``
         elsewhere; a NaN entry (not masked) makes its row NaN. Entries more
