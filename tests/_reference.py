@@ -90,6 +90,12 @@ def reference_array(fn, *arrays) -> np.ndarray:
     return out
 
 
+def budget_for(table, dtype):
+    """``table[dtype]``, where float16 and bfloat16 share the key ``"half"``."""
+    name = to_numpy_dtype(dtype).name
+    return table["half" if name in ("float16", "bfloat16") else name]
+
+
 def assert_ulp_within(actual, reference, dtype, budget, *, context=""):
     """Assert every element of ``actual`` is within ``budget`` ULPs of ``reference``."""
     errors = ulp_error(actual, reference, dtype)

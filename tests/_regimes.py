@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from tests._strategies import ALL_FLOAT_DTYPES
+
 REGIMES = ("eager", "function", "xla")
 
 
@@ -65,3 +67,20 @@ class Regime:
 
         value, grads = self.wrap(value_and_grads, *args, unknown_batch=unknown_batch)(*args)
         return value.numpy(), [g.numpy() for g in grads]
+
+
+def edge_dtypes(regime: Regime) -> tuple:
+    """The dtypes an edge-grid test runs in ``regime``.
+
+    Every dtype eagerly (the public ops run as XLA kernels); all but bfloat16
+    in graphs (bfloat16 runs the same float32 graph as float16); float32 and
+    float16 under jit_compile, which compiles the same XLA code as the eager
+    kernels and adds only the graph around them (unknown batch, tape inside the
+    function), which does not depend on the dtype. Each compile costs about a
+    second of CPU.
+    """
+    if regime.name == "xla":
+        return ("float32", "float16")
+    if regime.name == "function":
+        return ("float16", "float32", "float64")
+    return ALL_FLOAT_DTYPES

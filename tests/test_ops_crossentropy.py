@@ -24,8 +24,8 @@ from hypothesis.extra import numpy as hnp
 from stableops import ops
 from stableops.ops._dtypes import compute_dtype
 from tests import _reference as ref
-from tests._regimes import Regime
-from tests._strategies import ALL_FLOAT_DTYPES, FLOAT_DTYPES, finite_arrays
+from tests._regimes import Regime, edge_dtypes
+from tests._strategies import FLOAT_DTYPES, finite_arrays
 
 NAN, INF = float("nan"), float("inf")
 HALF = ("float16", "bfloat16")
@@ -41,26 +41,7 @@ BINARY_BUDGET = {"float32": 3, "float64": 3, "half": 1}
 GRAD_BUDGET = {"float32": 4, "float64": 4, "half": 1}
 
 
-def _edge_dtypes(regime):
-    """Every dtype eagerly (XLA kernels); all but bfloat16 in graphs; float32 and float16 under jit_compile.
-
-    The xla regime compiles the same XLA code as the eager kernels; it adds the
-    graph around them (unknown batch, tape inside the function), which does not
-    depend on the dtype. Each compile costs about a second of CPU.
-    """
-    if regime.name == "xla":
-        return ("float32", "float16")
-    if regime.name == "function":  # bfloat16 runs the same float32 graph as float16
-        return ("float16", "float32", "float64")
-    return ALL_FLOAT_DTYPES
-
-
-def _budget(table, dtype):
-    return table["half" if dtype in HALF else dtype]
-
-
-def _np(dtype):
-    return ref.to_numpy_dtype(dtype)
+_np = ref.to_numpy_dtype
 
 
 def _cast(values, dtype):
@@ -91,7 +72,7 @@ def _assert_scaled(actual, expected, scale, dtype, budget, context):
 
 def _assert_normalized_loss(actual, expected, z_sums, num_classes, dtype, context):
     """The from-probabilities budget: ULPs of the result plus the row sum's rounding."""
-    budget = _budget(BUDGET, dtype)
+    budget = ref.budget_for(BUDGET, dtype)
     eps = mpmath.mpf(_limits(dtype).eps)
     for a, e, zs in zip(actual, expected, z_sums):
         if not mpmath.isfinite(e):
@@ -215,22 +196,22 @@ def _categorical_probabilities_rows(dtype):
 
 
 def test_binary_from_logits_edges(regime):
-    for dtype in _edge_dtypes(regime):
+    for dtype in edge_dtypes(regime):
         z, x = _binary_logits_grid(dtype)
         fn = lambda t, o: ops.binary_crossentropy(t, o, from_logits=True)  # noqa: E731
         value, (grad,) = regime.value_and_grad(fn, z, x, wrt=(1,), unknown_batch=True)
         context = f"{dtype} {regime}"
         assert value.dtype == _np(dtype), context
         expected = ref.reference_array(ref.mp_binary_crossentropy_logits, z, x)
-        ref.assert_ulp_within(value, expected, dtype, _budget(BINARY_BUDGET, dtype), context=context)
+        ref.assert_ulp_within(value, expected, dtype, ref.budget_for(BINARY_BUDGET, dtype), context=context)
         finite = _finite(z) & _finite(x)
         expected_grad = ref.reference_array(_mp_binary_logits_grad, z[finite], x[finite])
         _assert_scaled(grad[finite], expected_grad, np.full(finite.sum(), mpmath.mpf(1)), dtype,
-                       _budget(GRAD_BUDGET, dtype), context)
+                       ref.budget_for(GRAD_BUDGET, dtype), context)
 
 
 def test_binary_from_probabilities_edges(regime):
-    for dtype in _edge_dtypes(regime):
+    for dtype in edge_dtypes(regime):
         z, p = _binary_probabilities_grid(dtype)
         value, (grad,) = regime.value_and_grad(ops.binary_crossentropy, z, p, wrt=(1,), unknown_batch=True)
         context = f"{dtype} {regime}"
@@ -239,12 +220,12 @@ def test_binary_from_probabilities_edges(regime):
         expected = ref.reference_array(
             lambda a, b: ref.mp_binary_crossentropy_probabilities(a, b, bounds.tiny, bounds.largest_below_one), z, p
         )
-        ref.assert_ulp_within(value, expected, dtype, _budget(BINARY_BUDGET, dtype), context=context)
+        ref.assert_ulp_within(value, expected, dtype, ref.budget_for(BINARY_BUDGET, dtype), context=context)
         finite = _finite(z) & _finite(p)
         assert np.all(_finite(value[finite])) and np.all(_finite(grad[finite])), context
         pairs = [_mp_binary_probabilities_grad(ref.mpf(a), ref.mpf(b), dtype) for a, b in zip(z[finite], p[finite])]
         _assert_scaled(grad[finite], [g for g, _ in pairs], [s for _, s in pairs], dtype,
-                       _budget(GRAD_BUDGET, dtype), context)
+                       ref.budget_for(GRAD_BUDGET, dtype), context)
         # Confidently wrong: the gradient is the largest the dtype holds, not 0.
         lim = _limits(dtype)
         assert np.all(grad[(p == 0) & (z == 1)] == _np(dtype).type(-1 / lim.tiny)), context
@@ -252,18 +233,18 @@ def test_binary_from_probabilities_edges(regime):
 
 
 def test_categorical_from_logits_edges(regime):
-    for dtype in _edge_dtypes(regime):
+    for dtype in edge_dtypes(regime):
         z, x = _categorical_logits_rows(dtype)
         context = f"{dtype} {regime}"
         fn = lambda t, o: ops.categorical_crossentropy(t, o, from_logits=True)  # noqa: E731
         value, (grad,) = regime.value_and_grad(fn, z, x, wrt=(1,), unknown_batch=True)
         assert value.dtype == _np(dtype) and value.shape == (z.shape[0],), context
         expected = np.array(_rows(ref.mp_categorical_crossentropy_logits, z, x), dtype=object)
-        ref.assert_ulp_within(value, expected, dtype, _budget(BUDGET, dtype), context=context)
+        ref.assert_ulp_within(value, expected, dtype, ref.budget_for(BUDGET, dtype), context=context)
         finite = np.all(_finite(z) & _finite(x), axis=1)
         for row in np.flatnonzero(finite):
             grads, scales = _mp_categorical_logits_grad(*[[ref.mpf(v) for v in a[row]] for a in (z, x)])
-            _assert_scaled(grad[row], grads, scales, dtype, _budget(GRAD_BUDGET, dtype), f"{context} row {row}")
+            _assert_scaled(grad[row], grads, scales, dtype, ref.budget_for(GRAD_BUDGET, dtype), f"{context} row {row}")
         no_nan = ~np.any(np.isnan(z.astype(np.float64)) | np.isnan(x.astype(np.float64)), axis=1)
         assert np.all(_finite(grad[no_nan])), context  # -inf logits included
         # The sparse loss (labels: each row's largest target) equals the dense
@@ -273,15 +254,15 @@ def test_categorical_from_logits_edges(regime):
         sparse = lambda t, o: ops.sparse_categorical_crossentropy(t, o, from_logits=True)  # noqa: E731
         s_value, (s_grad,) = regime.value_and_grad(sparse, labels, x, wrt=(1,), unknown_batch=True)
         s_expected = np.array(_rows(ref.mp_categorical_crossentropy_logits, one_hot, x), dtype=object)
-        ref.assert_ulp_within(s_value, s_expected, dtype, _budget(BUDGET, dtype), context=f"sparse {context}")
+        ref.assert_ulp_within(s_value, s_expected, dtype, ref.budget_for(BUDGET, dtype), context=f"sparse {context}")
         finite_x = np.all(_finite(x), axis=1)
         for row in np.flatnonzero(finite_x):
             grads, scales = _mp_categorical_logits_grad(*[[ref.mpf(v) for v in a[row]] for a in (one_hot, x)])
-            _assert_scaled(s_grad[row], grads, scales, dtype, _budget(GRAD_BUDGET, dtype), f"sparse {context}")
+            _assert_scaled(s_grad[row], grads, scales, dtype, ref.budget_for(GRAD_BUDGET, dtype), f"sparse {context}")
 
 
 def test_categorical_from_probabilities_edges(regime):
-    for dtype in _edge_dtypes(regime):
+    for dtype in edge_dtypes(regime):
         z, p = _categorical_probabilities_rows(dtype)
         context = f"{dtype} {regime}"
         value, (grad,) = regime.value_and_grad(ops.categorical_crossentropy, z, p, wrt=(1,), unknown_batch=True)
@@ -295,7 +276,7 @@ def test_categorical_from_probabilities_edges(regime):
         assert np.all(_finite(value[finite])) and np.all(_finite(grad[finite])), context
         for row in np.flatnonzero(finite):
             grads, scales = _mp_categorical_probabilities_grad(*[[ref.mpf(v) for v in a[row]] for a in (z, p)], dtype)
-            _assert_scaled(grad[row], grads, scales, dtype, _budget(GRAD_BUDGET, dtype), f"{context} row {row}")
+            _assert_scaled(grad[row], grads, scales, dtype, ref.budget_for(GRAD_BUDGET, dtype), f"{context} row {row}")
         # The sparse loss (labels: each row's largest target) equals the dense
         # loss against the one-hot of its label, in value and gradient.
         labels = _labels_of(np.nan_to_num(z.astype(np.float64), nan=-1.0))
@@ -307,7 +288,7 @@ def test_categorical_from_probabilities_edges(regime):
         _assert_normalized_loss(s_value, s_expected, np.ones(len(labels)), 4, dtype, f"sparse {context}")
         for row in np.flatnonzero(np.all(_finite(p), axis=1)):
             grads, scales = _mp_categorical_probabilities_grad(*[[ref.mpf(v) for v in a[row]] for a in (one_hot, p)], dtype)
-            _assert_scaled(s_grad[row], grads, scales, dtype, _budget(GRAD_BUDGET, dtype), f"sparse {context}")
+            _assert_scaled(s_grad[row], grads, scales, dtype, ref.budget_for(GRAD_BUDGET, dtype), f"sparse {context}")
 
 
 # ----------------------------------------------------------------------------
@@ -382,11 +363,11 @@ def _binary_from_logits_property(dtype):
         fn = lambda t, o: ops.binary_crossentropy(t, o, from_logits=True)  # noqa: E731
         value, (grad,) = EAGER.value_and_grad(fn, z, x, wrt=(1,))
         ref.assert_ulp_within(value, ref.reference_array(ref.mp_binary_crossentropy_logits, z, x), dtype,
-                              _budget(BINARY_BUDGET, dtype))
+                              ref.budget_for(BINARY_BUDGET, dtype))
         assert np.all(_finite(grad[~nan])) and np.all(np.isnan(grad[nan])), (z, x, grad)
         expected = ref.reference_array(_mp_binary_logits_grad, z[~nan], x[~nan])
         _assert_scaled(grad[~nan], expected, np.full(expected.shape, mpmath.mpf(1)), dtype,
-                       _budget(GRAD_BUDGET, dtype), "gradient")
+                       ref.budget_for(GRAD_BUDGET, dtype), "gradient")
 
     check()
 
@@ -408,7 +389,7 @@ def _binary_from_probabilities_property(dtype):
         expected = ref.reference_array(
             lambda a, b: ref.mp_binary_crossentropy_probabilities(a, b, bounds.tiny, bounds.largest_below_one), z, p
         )
-        ref.assert_ulp_within(value, expected, dtype, _budget(BINARY_BUDGET, dtype))
+        ref.assert_ulp_within(value, expected, dtype, ref.budget_for(BINARY_BUDGET, dtype))
         # Finite for every probability, 0 and 1 included: the clip's gradient is finite too.
         assert np.all(_finite(grad[~nan])) and np.all(np.isnan(grad[nan])), (z, p, grad)
 
@@ -440,13 +421,13 @@ def _categorical_from_logits_property(dtype):
         fn = lambda t, o: ops.categorical_crossentropy(t, o, from_logits=True)  # noqa: E731
         value, (grad,) = EAGER.value_and_grad(fn, z, x, wrt=(1,))
         ref.assert_ulp_within(value, np.array(_rows(ref.mp_categorical_crossentropy_logits, z, x), dtype=object),
-                              dtype, _budget(BUDGET, dtype))
+                              dtype, ref.budget_for(BUDGET, dtype))
         assert np.all(_finite(grad[~nan_rows])) and np.all(np.isnan(grad[nan_rows])), (z, x, grad)
         sparse = lambda t, o: ops.sparse_categorical_crossentropy(t, o, from_logits=True)  # noqa: E731
         s_value, (s_grad,) = EAGER.value_and_grad(sparse, labels, x, wrt=(1,))
         one_hot = np.eye(shape[1])[labels]
         ref.assert_ulp_within(s_value, np.array(_rows(ref.mp_categorical_crossentropy_logits, one_hot, x), dtype=object),
-                              dtype, _budget(BUDGET, dtype))
+                              dtype, ref.budget_for(BUDGET, dtype))
         assert np.all(_finite(s_grad[~nan_rows])), (labels, x, s_grad)
 
     check()

@@ -20,11 +20,10 @@ from hypothesis.extra import numpy as hnp
 
 from stableops import ops
 from tests import _reference as ref
-from tests._regimes import Regime
-from tests._strategies import ALL_FLOAT_DTYPES, FLOAT_DTYPES, finite_arrays
+from tests._regimes import Regime, edge_dtypes
+from tests._strategies import FLOAT_DTYPES, finite_arrays
 
 NAN, INF = float("nan"), float("inf")
-HALF = ("float16", "bfloat16")
 
 # Value budgets in ULPs of the result dtype, as stated in the docstrings.
 VALUE_BUDGET = {
@@ -41,30 +40,8 @@ VALUE_BUDGET = {
 GRAD_BUDGET = {"float32": 4, "float64": 4, "half": 1}
 
 
-def _edge_dtypes(regime):
-    """Every dtype eagerly (XLA kernels); all but bfloat16 in graphs; float32 and float16 under jit_compile.
-
-    The xla regime compiles the same XLA code as the eager kernels; it adds the
-    graph around them (unknown batch, tape inside the function), which does not
-    depend on the dtype. Each compile costs about a second of CPU.
-    """
-    if regime.name == "xla":
-        return ("float32", "float16")
-    if regime.name == "function":  # bfloat16 runs the same float32 graph as float16
-        return ("float16", "float32", "float64")
-    return ALL_FLOAT_DTYPES
-
-
-def _budget(table, dtype):
-    return table["half" if dtype in HALF else dtype]
-
-
-def _limits(dtype):
-    return ops.dtype_limits(dtype)
-
-
-def _np(dtype):
-    return ref.to_numpy_dtype(dtype)
+_np = ref.to_numpy_dtype
+_limits = ops.dtype_limits
 
 
 def _cast(values, dtype):
@@ -184,12 +161,12 @@ def _xlogy_grid(dtype):
 def _assert_grad(actual, reference, dtype, mask, context):
     """Compare gradients where ``mask`` holds (finite inputs); the convention is in the reference."""
     actual = np.asarray(actual, dtype=np.float64)
-    ref.assert_ulp_within(actual[mask], reference[mask], dtype, _budget(GRAD_BUDGET, dtype), context=context)
+    ref.assert_ulp_within(actual[mask], reference[mask], dtype, ref.budget_for(GRAD_BUDGET, dtype), context=context)
 
 
 def _assert_value(name, value, reference, dtype, context):
     assert value.dtype == _np(dtype), context
-    ref.assert_ulp_within(value, reference, dtype, _budget(VALUE_BUDGET[name], dtype), context=context)
+    ref.assert_ulp_within(value, reference, dtype, ref.budget_for(VALUE_BUDGET[name], dtype), context=context)
 
 
 # Each edge test runs every dtype in one regime: values against mpmath, gradients
@@ -198,7 +175,7 @@ def _assert_value(name, value, reference, dtype, context):
 
 
 def test_safe_divide_edges(regime):
-    for dtype in _edge_dtypes(regime):
+    for dtype in edge_dtypes(regime):
         x, y = _divide_grid(dtype)
         fn = lambda a, b: ops.safe_divide(a, b, fill=2.5)  # noqa: E731
         value, (gx, gy) = regime.value_and_grad(fn, x, y, wrt=(0, 1), unknown_batch=True)
@@ -212,7 +189,7 @@ def test_safe_divide_edges(regime):
 
 
 def test_safe_log_edges(regime):
-    for dtype in _edge_dtypes(regime):
+    for dtype in edge_dtypes(regime):
         x = _nonnegative_grid(dtype)
         value, (grad,) = regime.value_and_grad(ops.safe_log, x, unknown_batch=True)
         context = f"{dtype} {regime}"
@@ -225,7 +202,7 @@ def test_safe_log_edges(regime):
 
 
 def test_safe_sqrt_edges(regime):
-    for dtype in _edge_dtypes(regime):
+    for dtype in edge_dtypes(regime):
         x = _nonnegative_grid(dtype)
         value, (grad,) = regime.value_and_grad(ops.safe_sqrt, x, unknown_batch=True)
         context = f"{dtype} {regime}"
@@ -235,7 +212,7 @@ def test_safe_sqrt_edges(regime):
 
 
 def test_safe_norm_edges(regime):
-    for dtype in _edge_dtypes(regime):
+    for dtype in edge_dtypes(regime):
         x = _rows_grid(dtype)
         value, (grad,) = regime.value_and_grad(ops.safe_norm, x, unknown_batch=True)
         context = f"{dtype} {regime}"
@@ -254,7 +231,7 @@ _L2_WEIGHTS = np.resize([1.0, -2.0, 4.0, -1.0, 2.0], (13, 4))
 
 
 def test_l2_normalize_edges(regime):
-    for dtype in _edge_dtypes(regime):
+    for dtype in edge_dtypes(regime):
         x = _rows_grid(dtype)
         weighted, (grad,) = regime.value_and_grad(_weighted(ops.l2_normalize, _L2_WEIGHTS), x, unknown_batch=True)
         value = (weighted / _L2_WEIGHTS).astype(_np(dtype))
@@ -270,7 +247,7 @@ def test_l2_normalize_edges(regime):
             norm = ref.mp_norm(mp_row)
             scale = mpmath.fsum(abs(ref.mpf(v)) for v in w) / norm if norm else mpmath.mpf(0)
             # (plus the smallest normal: results below it are flushed to 0)
-            tolerance = _budget(GRAD_BUDGET, dtype) * ref.ulp_of(scale, dtype) + ref.mpf(_limits(dtype).tiny)
+            tolerance = ref.budget_for(GRAD_BUDGET, dtype) * ref.ulp_of(scale, dtype) + ref.mpf(_limits(dtype).tiny)
             for actual, want in zip(g, expected):
                 assert abs(ref.mpf(actual) - want) <= tolerance or (
                     scale > ref.mpf(_limits(dtype).max) and np.isinf(actual)
@@ -284,7 +261,7 @@ def _clip_grid(dtype):
 
 
 def test_clip_preserve_gradient_edges(regime):
-    for dtype in _edge_dtypes(regime):
+    for dtype in edge_dtypes(regime):
         x = _clip_grid(dtype)
         # NumPy scalars become tensors: one kernel for all bounds (Python floats
         # would be traced as constants, one compile per value).
@@ -297,7 +274,7 @@ def test_clip_preserve_gradient_edges(regime):
 
 
 def test_xlogy_edges(regime):
-    for dtype in _edge_dtypes(regime):
+    for dtype in edge_dtypes(regime):
         x, y = _xlogy_grid(dtype)
         value, (gx, gy) = regime.value_and_grad(ops.xlogy, x, y, wrt=(0, 1), unknown_batch=True)
         context = f"{dtype} {regime}"
@@ -338,7 +315,7 @@ def _representable(reference, dtype):
 
 
 def _safe_divide_property(dtype):
-    budget = _budget(VALUE_BUDGET["safe_divide"], dtype)
+    budget = ref.budget_for(VALUE_BUDGET["safe_divide"], dtype)
     shape = SHAPE
     fn = lambda a, b: ops.safe_divide(a, b, fill=2.5)  # noqa: E731
 
@@ -364,7 +341,7 @@ def test_safe_divide_property():
 
 def _log_or_sqrt_property(name, dtype):
     fn, mp_fn = {"safe_log": (ops.safe_log, ref.mp_log), "safe_sqrt": (ops.safe_sqrt, ref.mp_sqrt)}[name]
-    budget = _budget(VALUE_BUDGET[name], dtype)
+    budget = ref.budget_for(VALUE_BUDGET[name], dtype)
     shape = SHAPE
 
     @given(_with_nans(finite_arrays(dtype, shape, min_value=0.0), shape))
@@ -387,8 +364,8 @@ def test_log_and_sqrt_property():
 def _norms_property(dtype):
     shape = (3, 4)
     weights = _L2_WEIGHTS[:3]
-    norm_budget = _budget(VALUE_BUDGET["safe_norm"], dtype)
-    unit_budget = _budget(VALUE_BUDGET["l2_normalize"], dtype)
+    norm_budget = ref.budget_for(VALUE_BUDGET["safe_norm"], dtype)
+    unit_budget = ref.budget_for(VALUE_BUDGET["l2_normalize"], dtype)
 
     @given(_with_nans(finite_arrays(dtype, shape), shape), _zero_mask(shape[:1]))
     def check(x, zero_row):
@@ -442,7 +419,7 @@ def test_clip_preserve_gradient_property():
 
 
 def _xlogy_property(dtype):
-    budget = _budget(VALUE_BUDGET["xlogy"], dtype)
+    budget = ref.budget_for(VALUE_BUDGET["xlogy"], dtype)
     tiny = _limits(dtype).tiny
     shape = SHAPE
 

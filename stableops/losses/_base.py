@@ -38,15 +38,18 @@ def match_rank(y_true, y_pred):
 class FunctionLoss(keras.losses.Loss):
     """A ``keras.losses.Loss`` computed by a per-sample function ``fn(y_true, y_pred, **kwargs)``.
 
-    Subclasses pass their constructor arguments through ``fn_kwargs``; those,
-    with ``name``, ``reduction`` and ``dtype``, make up ``get_config``, so
-    ``cls(**obj.get_config())`` rebuilds the same loss.
+    Subclasses pass their constructor arguments through ``fn_kwargs``; each
+    becomes a public attribute (``loss.from_logits``, as on Keras's losses),
+    and they, with ``name``, ``reduction`` and ``dtype``, make up
+    ``get_config``, so ``cls(**obj.get_config())`` rebuilds the same loss.
     """
 
     def __init__(self, fn, *, reduction, name, dtype, **fn_kwargs):
         super().__init__(name=name, reduction=reduction, dtype=dtype)
         self.fn = fn
         self._fn_kwargs = fn_kwargs
+        for key, value in fn_kwargs.items():
+            setattr(self, key, value)
 
     def __call__(self, y_true, y_pred, sample_weight=None):
         # Keras casts y_pred to the loss dtype before `call`, which would turn

@@ -49,6 +49,7 @@ import tensorflow as tf
 from stableops import ops
 from stableops.losses._base import FunctionLoss, match_rank
 from stableops.ops._checks import as_float_tensor, check_in_range, check_same_shape
+from stableops.ops._crossentropy import raise_on_invalid_labels
 from stableops.ops._dtypes import compute_dtype, dtype_limits
 from stableops.ops._kernel import xla_kernel
 from stableops.ops._where import safe_where
@@ -907,13 +908,6 @@ def _labels(y_true):
     raise TypeError(f"`y_true` must hold integer class labels, got dtype {labels.dtype.name}")
 
 
-def _out_of_range_message(label, num_classes):
-    return (
-        f"sparse_categorical_crossentropy: label {label} is out of range for "
-        f"{num_classes} classes (labels must be integers in [0, {num_classes}))"
-    )
-
-
 def _invalid_labels(labels, num_classes, ignore_class):
     """Labels that are not an integer in ``[0, num_classes)`` (nor ``ignore_class``)."""
     num_classes = tf.cast(num_classes, labels.dtype)
@@ -933,32 +927,8 @@ def _check_label_range(labels, num_classes, ignore_class):
     kernel then gives NaN for that sample, ``ops.sparse_categorical_crossentropy``,
     never a finite loss). Returns ``labels``, made to depend on the check in graphs.
     """
-    bad = _invalid_labels(labels, num_classes, ignore_class)
-    if tf.executing_eagerly():
-        bad = bad.numpy()
-        if bad.any():
-            label = labels.numpy()[bad].flat[0]
-            raise tf.errors.InvalidArgumentError(
-                None, None, _out_of_range_message(label, int(num_classes))
-            )
-        return labels
-    # A trailing valid entry keeps the gather in range for an empty batch.
-    flat_bad = tf.concat([tf.reshape(bad, [-1]), [False]], axis=0)
-    flat_labels = tf.concat([tf.reshape(labels, [-1]), tf.zeros([1], labels.dtype)], axis=0)
-    first = tf.gather(flat_labels, tf.argmax(tf.cast(flat_bad, tf.int32)))
-    check = tf.debugging.Assert(
-        tf.logical_not(tf.reduce_any(flat_bad)),
-        [
-            "sparse_categorical_crossentropy: label",
-            first,
-            "is out of range for",
-            num_classes,
-            "classes (labels must be integers in [0, num_classes))",
-        ],
-        summarize=1,
-    )
-    with tf.control_dependencies([check]):
-        return tf.identity(labels)
+    invalid = _invalid_labels(labels, num_classes, ignore_class)
+    return raise_on_invalid_labels(labels, invalid, num_classes)
 
 
 def _prepare_sparse(y_true, y_pred, axis):
@@ -1341,11 +1311,6 @@ class BinaryCrossentropy(_ProbabilisticLoss):
             pos_weight=pos_weight,
             ignore_class=ignore_class,
         )
-        self.from_logits = from_logits
-        self.label_smoothing = label_smoothing
-        self.axis = axis
-        self.pos_weight = pos_weight
-        self.ignore_class = ignore_class
 
 
 @keras.saving.register_keras_serializable(package="stableops")
@@ -1407,14 +1372,6 @@ class BinaryFocalCrossentropy(_ProbabilisticLoss):
             pos_weight=pos_weight,
             ignore_class=ignore_class,
         )
-        self.apply_class_balancing = apply_class_balancing
-        self.alpha = alpha
-        self.gamma = gamma
-        self.from_logits = from_logits
-        self.label_smoothing = label_smoothing
-        self.axis = axis
-        self.pos_weight = pos_weight
-        self.ignore_class = ignore_class
 
 
 @keras.saving.register_keras_serializable(package="stableops")
@@ -1461,10 +1418,6 @@ class CategoricalCrossentropy(_ProbabilisticLoss):
             axis=axis,
             ignore_class=ignore_class,
         )
-        self.from_logits = from_logits
-        self.label_smoothing = label_smoothing
-        self.axis = axis
-        self.ignore_class = ignore_class
 
 
 @keras.saving.register_keras_serializable(package="stableops")
@@ -1520,12 +1473,6 @@ class CategoricalFocalCrossentropy(_ProbabilisticLoss):
             axis=axis,
             ignore_class=ignore_class,
         )
-        self.alpha = alpha
-        self.gamma = gamma
-        self.from_logits = from_logits
-        self.label_smoothing = label_smoothing
-        self.axis = axis
-        self.ignore_class = ignore_class
 
 
 @keras.saving.register_keras_serializable(package="stableops")
@@ -1573,10 +1520,6 @@ class SparseCategoricalCrossentropy(_ProbabilisticLoss):
             axis=axis,
             label_smoothing=label_smoothing,
         )
-        self.from_logits = from_logits
-        self.ignore_class = ignore_class
-        self.axis = axis
-        self.label_smoothing = label_smoothing
 
 
 @keras.saving.register_keras_serializable(package="stableops")

@@ -945,8 +945,6 @@ class Dice(FunctionLoss):
         super().__init__(
             dice, reduction=reduction, name=name, dtype=dtype, axis=axis, smooth=smooth
         )
-        self.axis = axis
-        self.smooth = smooth
 
 
 @_register
@@ -996,10 +994,6 @@ class Tversky(FunctionLoss):
             axis=axis,
             smooth=smooth,
         )
-        self.alpha = alpha
-        self.beta = beta
-        self.axis = axis
-        self.smooth = smooth
 
 
 @_register

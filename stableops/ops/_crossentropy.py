@@ -522,32 +522,28 @@ def _sparse_labels(target, output, axis):
     return target
 
 
-def _check_labels(labels, num_classes):
-    """Raise ``InvalidArgumentError`` naming the first bad label and the number of classes.
+def raise_on_invalid_labels(labels, invalid, num_classes):
+    """Raise ``InvalidArgumentError`` naming the first invalid label and the number of classes.
 
-    Eagerly the check is immediate; in a graph it is an Assert op that runs
-    with the loss (under XLA it is dropped and the kernel's NaN takes over).
-    Returns ``labels``, made to depend on the check in graphs.
+    ``invalid`` is a boolean tensor of ``labels``'s shape. Eagerly the check
+    is immediate; in a graph it is an Assert op that runs with the loss (under
+    XLA it is dropped and the kernel's NaN takes over). Returns ``labels``,
+    made to depend on the check in graphs. The sparse losses share it.
     """
-    valid = _label_validity(labels, num_classes)
-    flat_valid = tf.reshape(valid, [-1])
+    flat_invalid = tf.reshape(invalid, [-1])
     flat_labels = tf.reshape(labels, [-1])
     if tf.executing_eagerly():
-        if not bool(tf.reduce_all(flat_valid)):
-            first_bad = flat_labels.numpy()[np.argmin(flat_valid.numpy())]
-            raise tf.errors.InvalidArgumentError(
-                None,
-                None,
-                f"sparse_categorical_crossentropy: label {first_bad} is out of range for "
-                f"{int(num_classes)} classes (labels must be integers in [0, {int(num_classes)}))",
-            )
+        if bool(tf.reduce_any(flat_invalid)):
+            first_bad = flat_labels.numpy()[np.argmax(flat_invalid.numpy())]
+            raise tf.errors.InvalidArgumentError(None, None, _out_of_range_message(first_bad, num_classes))
         return labels
-    # A trailing valid entry keeps the gather in range for empty batches.
-    padded_valid = tf.concat([flat_valid, [False]], axis=0)
+    # A trailing invalid placeholder keeps the gather in range when no label
+    # is invalid (and for empty batches); the assert does not fire then.
+    padded_invalid = tf.concat([flat_invalid, [True]], axis=0)
     padded_labels = tf.concat([flat_labels, tf.zeros([1], labels.dtype)], axis=0)
-    first_bad = tf.gather(padded_labels, tf.argmax(tf.cast(tf.logical_not(padded_valid), tf.int32)))
+    first_bad = tf.gather(padded_labels, tf.argmax(tf.cast(padded_invalid, tf.int32)))
     check = tf.debugging.Assert(
-        tf.reduce_all(flat_valid),
+        tf.logical_not(tf.reduce_any(flat_invalid)),
         [
             "sparse_categorical_crossentropy: label",
             first_bad,
@@ -559,6 +555,14 @@ def _check_labels(labels, num_classes):
     )
     with tf.control_dependencies([check]):
         return tf.identity(labels)
+
+
+def _out_of_range_message(label, num_classes):
+    num_classes = int(num_classes)
+    return (
+        f"sparse_categorical_crossentropy: label {label} is out of range for "
+        f"{num_classes} classes (labels must be integers in [0, {num_classes}))"
+    )
 
 
 def sparse_categorical_crossentropy(target, output, from_logits=False, axis=-1):
@@ -620,7 +624,9 @@ def sparse_categorical_crossentropy(target, output, from_logits=False, axis=-1):
         permutation = [i for i in range(output.shape.rank) if i != axis] + [axis]
         output = tf.transpose(output, permutation)
     num_classes = tf.shape(output, out_type=tf.int64)[-1]
-    labels = _check_labels(labels, num_classes)
+    labels = raise_on_invalid_labels(
+        labels, tf.logical_not(_label_validity(labels, num_classes)), num_classes
+    )
     if from_logits:
         return _sparse_from_logits(labels, output)
     return _sparse_from_probabilities(labels, output)
