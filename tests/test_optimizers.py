@@ -100,7 +100,8 @@ def test_around_a_loss_scale_optimizer_it_is_one_and_stays_one_when_saved(tmp_pa
     optimizer = SkipNonFinite(scaler)
     assert isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
     assert isinstance(optimizer, SkipNonFinite) and optimizer.inner_optimizer is scaler
-    assert not isinstance(SkipNonFinite(keras.optimizers.SGD(0.1)), keras.optimizers.LossScaleOptimizer)
+    plain = SkipNonFinite(keras.optimizers.SGD(0.1))
+    assert not isinstance(plain, keras.optimizers.LossScaleOptimizer)
     assert float(optimizer.scale_loss(tf.constant(1.0))) == 2.0**8  # the wrapped scaler's scale
 
     keras.config.set_dtype_policy("mixed_float16")

@@ -535,7 +535,8 @@ def raise_on_invalid_labels(labels, invalid, num_classes):
     if tf.executing_eagerly():
         if bool(tf.reduce_any(flat_invalid)):
             first_bad = flat_labels.numpy()[np.argmax(flat_invalid.numpy())]
-            raise tf.errors.InvalidArgumentError(None, None, _out_of_range_message(first_bad, num_classes))
+            message = _out_of_range_message(first_bad, num_classes)
+            raise tf.errors.InvalidArgumentError(None, None, message)
         return labels
     # A trailing invalid placeholder keeps the gather in range when no label
     # is invalid (and for empty batches); the assert does not fire then.
