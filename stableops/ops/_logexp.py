@@ -85,10 +85,12 @@ def _expm1_degree(dtype: tf.DType) -> int:
 
 
 def _expm1_taylor(x):
-    # x (1 + x/2 (1 + x/3 (1 + ... (1 + x/n)))), Horner form.
-    acc = tf.ones_like(x)
-    for k in range(_expm1_degree(x.dtype), 1, -1):
-        acc = 1.0 + x * (acc * (1.0 / k))
+    # x (1 + x (1/2! + x (1/3! + ... + x/n!))): Horner form, two operations a
+    # term (outside XLA every operation is a pass over the tensor).
+    n = _expm1_degree(x.dtype)
+    acc = 1.0 / math.factorial(n)
+    for k in range(n - 1, 0, -1):
+        acc = 1.0 / math.factorial(k) + x * acc
     return x * acc
 
 
@@ -116,9 +118,11 @@ def _log1p_terms(dtype: tf.DType) -> int:
 def _log1p_series(v):
     two_s = (2.0 * v) / (2.0 + v)  # 2s, not 2 * s: s = v/2 would underflow for v < 2 tiny
     s2 = 0.25 * (two_s * two_s)
-    acc = tf.ones_like(v)
-    for k in range(_log1p_terms(v.dtype), 0, -1):
-        acc = 1.0 + s2 * (acc * ((2 * k - 1) / (2 * k + 1)))
+    # 1 + s^2/3 + s^4/5 + ...: Horner form, two operations a term.
+    n = _log1p_terms(v.dtype)
+    acc = 1.0 / (2 * n + 1)
+    for k in range(n - 1, -1, -1):
+        acc = 1.0 / (2 * k + 1) + s2 * acc
     return two_s * acc
 
 
