@@ -15,6 +15,7 @@ path of every op is exercised by the special-value tests and the ``eager`` regim
 
 from __future__ import annotations
 
+import functools
 import math
 
 import keras
@@ -35,19 +36,22 @@ from tests._strategies import FLOAT_DTYPES, finite_arrays
 ALL_DTYPES = ("float16", "bfloat16", "float32", "float64")
 INF, NAN = math.inf, math.nan
 
-# Error budgets in ULPs of the result dtype (each op's docstring states the same).
-# float32/float64: two or three TF/XLA primitives (exp, log, each 1-2.4 ULP on
-# CPU) compose to at most 4 ULP. Half precision is computed in float32 and
-# rounded once: <= 1 ULP.
+# Error budgets in ULPs of the result dtype (each op's docstring states the same),
+# for the XLA kernels that eager calls run. Half precision is computed in
+# float32 and rounded once: <= 1 ULP. float32/float64: XLA's exp and log are
+# 0.5-1.4 ULP off on CPU and log1p is compensated (0.6 ULP), so one exp and
+# one log1p stay within 2 ULP (softplus, log_sigmoid; log_cosh is a series);
+# log1mexp and softplus_inverse amplify the exp/expm1 error up to 1.4x near
+# their switch points: 3 ULP (measured 2.0-2.7 over 60,000 random points).
 HALF = {"float16": 1.0, "bfloat16": 1.0}
 FULL = {"float32": 4.0, "float64": 4.0}
 ELEMENTWISE_BUDGETS = {
-    name: {**FULL, **HALF}
-    for name in ("softplus", "log_sigmoid", "log1mexp", "softplus_inverse")
+    "softplus": {"float32": 2.0, "float64": 2.0, **HALF},
+    "log_sigmoid": {"float32": 2.0, "float64": 2.0, **HALF},
+    "log_cosh": {"float32": 2.0, "float64": 2.0, **HALF},
+    "log1mexp": {"float32": 3.0, "float64": 3.0, **HALF},
+    "softplus_inverse": {"float32": 3.0, "float64": 3.0, **HALF},
 }
-# log_cosh: a Taylor series (one rounding of x^2, then Horner) below 1; above,
-# two non-negative terms: 2 ULP.
-ELEMENTWISE_BUDGETS["log_cosh"] = {"float32": 2.0, "float64": 2.0, **HALF}
 # logsumexp and logaddexp: ULPs of max(|result|, |max input|) (backward stable:
 # m + log1p(s) with m < 0 may cancel; that is the input's conditioning).
 SCALED_BUDGETS = {**FULL, **HALF}
@@ -253,7 +257,9 @@ def edge_grid(dtype):
     log2 = math.log(2.0)
     bases = [
         float(info.tiny), float(info.eps), float(work.eps), 1.0 - float(info.eps) / 2, 1.0,
-        log2, log2 / 2, 2 * log2,  # log1mexp / log_cosh / softplus_inverse switch points
+        log2, log2 / 2, 2 * log2,  # log1mexp's switch point, softplus_inverse's root
+        math.log(1.5), math.log(3.0),  # softplus_inverse's window around its root
+        # (1.0 below: log_cosh's switch point)
         # sigmoid rounds to 1 above log(2/eps), in the dtype and in float32
         math.log(2.0 / float(info.eps)), math.log(2.0 / float(work.eps)),
         # exp overflows above log(max): 11.09 float16, 88.72 float32/bfloat16
@@ -290,6 +296,38 @@ def test_elementwise_value_and_gradient_on_edge_grid(dtype):
                      _grad_reference(mp_derivative, x[keep], dtype),
                      rtol=GRAD_RTOL_EPS[dtype] * _eps(dtype),
                      atol=float(ml_dtypes.finfo(_np_dtype(dtype)).tiny))
+    _assert_no_failures(failures)
+
+
+# Where the compensated log1p, the log_cosh series and the switch points work
+# hardest: (low, high) of a uniform sample per op.
+_ACCURACY_RANGES = {
+    "softplus": (-6.0, 3.0),
+    "log_sigmoid": (-3.0, 6.0),
+    "log1mexp": (-2.5, -0.05),
+    "softplus_inverse": (0.05, 2.0),
+    "log_cosh": (-3.0, 3.0),
+}
+
+
+@functools.lru_cache(maxsize=None)
+def _accuracy_sample(name, dtype):
+    low, high = _ACCURACY_RANGES[name]
+    x = np.random.default_rng(11).uniform(low, high, 1500).astype(dtype)
+    return x, ref.reference_array(ELEMENTWISE[name][1], x)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_elementwise_budgets_hold_in_every_regime(regime, dtype):
+    # Outside XLA the graph optimizer rewrites patterns (log(1 + v) to log1p,
+    # (c + v) - c to v) and TF's own exp/log kernels run: the error-free
+    # corrections inside the ops must survive that, within the same budgets.
+    failures = []
+    for name in _ACCURACY_RANGES:
+        x, reference = _accuracy_sample(name, dtype)
+        value = regime.run(ELEMENTWISE[name][0], x)
+        _check_ulp(failures, f"{name} ({regime.name})", value, reference, dtype,
+                   ELEMENTWISE_BUDGETS[name][dtype])
     _assert_no_failures(failures)
 
 

@@ -1,13 +1,19 @@
 """Error-free transformations: a rounded result and its exact rounding error.
 
-Grappler folds expressions such as ``(1 + v) - 1`` when one operand is a
-constant, so these are only used with two tensor operands, where every
-regime (eager XLA kernels, ``tf.function``, ``jit_compile``) keeps them.
+TensorFlow's graph optimizer rewrites some patterns that these rely on:
+``(c + v) - c`` with a constant ``c`` and a single consumer folds to ``v``,
+``log(1 + v)`` becomes ``log1p(v)``, ``exp(x) - 1`` becomes ``expm1(x)``.
+So they take tensor operands, and every use is measured in all three
+regimes (eager XLA kernels, ``tf.function``, ``jit_compile``).
 """
 
 from __future__ import annotations
 
+import math
+
 import tensorflow as tf
+
+from stableops.ops._dtypes import dtype_limits
 
 
 def two_difference(a, b):
@@ -23,3 +29,32 @@ def two_difference(a, b):
     b_part = d - a_part
     err = (a - a_part) - (b + b_part)
     return d, tf.where(tf.math.is_finite(d), err, tf.zeros_like(err))
+
+
+def _veltkamp_split(x):
+    """``(hi, lo)`` with ``hi + lo == x`` exactly and each half fitting in half the significand.
+
+    ``hi = c x - (c x - x)`` with ``c = 2^ceil(p/2) + 1`` for a ``p``-bit
+    significand (4097 in float32, 2^27 + 1 in float64), so products of two
+    halves are exact. ``|x|`` must stay below ``max / c``.
+    """
+    precision = round(-math.log2(dtype_limits(x.dtype).eps)) + 1
+    scaled = (2.0 ** ((precision + 1) // 2) + 1.0) * x
+    hi = scaled - (scaled - x)
+    return hi, x - hi
+
+
+def two_product(a, b):
+    """``(p, err)`` with ``p = fl(a * b)`` and ``p + err == a * b`` exactly (Dekker).
+
+    17 operations without a fused multiply-add; exact barring overflow and
+    underflow of the partial products (TF flushes subnormals). Where an
+    optimizer fuses a multiply and add the split is no longer exact and
+    ``err`` is only approximate, of the size of the rounding of ``p``: a
+    correction built on it then falls back to uncorrected accuracy, no worse.
+    """
+    p = a * b
+    a_hi, a_lo = _veltkamp_split(a)
+    b_hi, b_lo = _veltkamp_split(b)
+    err = ((a_hi * b_hi - p) + a_hi * b_lo + a_lo * b_hi) + a_lo * b_lo
+    return p, err

@@ -28,7 +28,7 @@ import typing
 import tensorflow as tf
 
 from stableops.ops._checks import as_float_tensor
-from stableops.ops._compensated import two_difference
+from stableops.ops._compensated import two_difference, two_product
 from stableops.ops._dtypes import dtype_limits, to_compute
 from stableops.ops._kernel import xla_kernel
 from stableops.ops._where import safe_where
@@ -116,14 +116,27 @@ def _log1p_terms(dtype: tf.DType) -> int:
 
 
 def _log1p_series(v):
-    two_s = (2.0 * v) / (2.0 + v)  # 2s, not 2 * s: s = v/2 would underflow for v < 2 tiny
-    s2 = 0.25 * (two_s * two_s)
-    # 1 + s^2/3 + s^4/5 + ...: Horner form, two operations a term.
+    # log1p(v) = T (1 + s^2/3 + s^4/5 + ...) with T = 2s = 2v / (2 + v).
+    # T is carried as Q + T_low: Q = fl(2v / w) with w = fl(2 + v), and
+    # T_low = (rho - Q r) / w, where r = (2 + v) - w and rho = 2v - Q w are
+    # exact (TwoSum, Dekker's product), so neither the rounding of 2 + v nor
+    # that of the division reaches the result: about 0.6 ULP in every regime
+    # (1.5-2.6 ULP without the correction). 2v / w, not 2 (v / w): v / w
+    # would underflow for v below 2 tiny.
+    w = 2.0 + v
+    rounding = v - (w - 2.0)  # exact: |v| <= 2 (Fast2Sum)
+    quotient = (2.0 * v) / w
+    product, product_low = two_product(quotient, w)
+    residual = (2.0 * v - product) - product_low  # 2v - Q w, exact
+    quotient_low = (residual - quotient * rounding) / w
+    s2 = 0.25 * (quotient * quotient)
+    # s^2/3 + s^4/5 + ...: Horner form, two operations a term.
     n = _log1p_terms(v.dtype)
     acc = 1.0 / (2 * n + 1)
-    for k in range(n - 1, -1, -1):
+    for k in range(n - 1, 0, -1):
         acc = 1.0 / (2 * k + 1) + s2 * acc
-    return two_s * acc
+    tail = s2 * acc
+    return quotient + (quotient * tail + quotient_low * (1.0 + tail))
 
 
 def _log1p(v):
@@ -479,7 +492,7 @@ def softplus(x):
         in float64, not 0). ``softplus(+inf) = inf``, ``softplus(-inf) = 0``,
         NaN gives NaN. Gradient (custom): ``sigmoid(x)``, computed from
         ``exp(-|x|)``; exactly 1/2 at 0 (autodiff of ``max`` would give 1).
-        Error budget: 4 ULP in float32/float64, 1 ULP of the float32 result
+        Error budget: 2 ULP in float32/float64, 1 ULP of the float32 result
         for float16/bfloat16.
 
     Args:
@@ -508,7 +521,7 @@ def log_sigmoid(x):
         accuracy for large ``x``. ``log_sigmoid(-inf) = -inf``,
         ``log_sigmoid(+inf) = 0``, NaN gives NaN. Gradient (custom, via
         softplus): ``sigmoid(-x)``, 1/2 at 0.
-        Error budget: 4 ULP in float32/float64, 1 ULP of the float32 result
+        Error budget: 2 ULP in float32/float64, 1 ULP of the float32 result
         for float16/bfloat16.
 
     Args:
@@ -647,7 +660,7 @@ def log1mexp(x):
         ``+0.`` and ``-inf`` at ``-0.`` (never NaN); ``log1mexp(±inf) = 0``;
         NaN gives NaN. Gradient (custom): ``sign(x) / expm1(|x|)``, finite for
         every finite nonzero ``x``.
-        Error budget: 4 ULP in float32/float64, 1 ULP of the float32 result
+        Error budget: 3 ULP in float32/float64, 1 ULP of the float32 result
         for float16/bfloat16.
 
     Args:
@@ -668,9 +681,10 @@ def softplus_inverse(x):
     """The inverse of :func:`softplus`: ``log(exp(x) - 1)`` for ``x > 0``.
 
     Formula:
-        ``x + log(-expm1(-x))`` (= ``log(expm1(x))`` without overflow), with
-        ``log(x)`` below ``eps``, ``x`` above ``-log(eps)`` and
-        ``log1p(2 expm1(x - log 2))`` around the root ``x = log 2``.
+        ``log(expm1(x))`` below ``log 1.5``, ``log1p(2 expm1(x - log 2))``
+        from ``log 1.5`` to ``log 3`` (around the root ``x = log 2``),
+        ``x + log(-expm1(-x))`` above (= ``log(expm1(x))`` without overflow),
+        with ``log(x)`` below ``eps`` and ``x`` above ``-log(eps)``.
 
     Numerical stability:
         ``log(expm1(x))`` overflows for ``x > log(max)``; ``x + log(-expm1(-x))``
@@ -680,18 +694,19 @@ def softplus_inverse(x):
             ``x/2 < eps/2`` is below 1/16 ULP of ``|log x| > -log(eps) > 8``.
           * ``x > -log(eps)``: ``log(expm1(x)) = x + log1p(-exp(-x)) = x - exp(-x) + ...``;
             the dropped ``exp(-x) < eps`` is below 1/8 ULP of ``x > 8``.
-          * ``log(2)/2 <= x <= 2 log(2)``: the result crosses 0 at ``log 2``,
-            where ``x + log(-expm1(-x))`` cancels (hundreds of ULP, also in
+          * ``log 1.5 <= x <= log 3``: the result crosses 0 at ``log 2``,
+            where both other formulas cancel (hundreds of ULP, also in
             TFP); there ``expm1(x) - 1 = 2 expm1(x - log 2)`` with
             ``x - log 2`` exact (Sterbenz, and ``log 2`` split in two parts),
-            so the result keeps its relative accuracy through the root.
-            At the window's edges the main formula cancels at most 1.8x.
+            so the result keeps its relative accuracy through the root; the
+            window's edges are where ``2 expm1(x - log 2)`` leaves
+            ``[-1/2, 1]``, the range of ``log1p``'s accurate series.
         Each branch gets 1 in place of the other branches' inputs (finite
         there). ``softplus_inverse(0) = -inf`` with gradient
         ``+inf``; ``x < 0`` is outside the range of softplus and gives NaN;
         ``+inf`` gives ``+inf``; NaN gives NaN. Gradient (custom):
         ``1 / (-expm1(-x))``, finite for every finite ``x > 0``, NaN below 0.
-        Error budget: 4 ULP in float32/float64, 1 ULP of the float32 result
+        Error budget: 3 ULP in float32/float64, 1 ULP of the float32 result
         for float16/bfloat16.
 
     Args:
@@ -707,30 +722,41 @@ def softplus_inverse(x):
     return tf.cast(_softplus_inverse_core(to_compute(x)), x.dtype)
 
 
+# softplus_inverse's window around its root log 2: there it computes
+# log1p(v) with v = 2 expm1(x - log 2) in [-1/2, 1], log1p's series range.
+_SOFTPLUS_INVERSE_ROOT_WINDOW = (math.log(1.5), math.log(3.0))
+
+
 def _softplus_inverse_value(x):
     eps = dtype_limits(x.dtype).eps
     too_large = -math.log(eps)  # 15.9 float32, 36.7 float64
-    near_root = tf.logical_and(x >= 0.5 * _LOG2, x <= 2.0 * _LOG2)
-    # Each branch gets 1 (or log 2 near the root) in place of the other
-    # branches' inputs: points where its value is finite.
-    return safe_where(
-        x < eps,
-        x,
-        tf.math.log,
-        lambda t: safe_where(
-            t > too_large,
+    low, high = _SOFTPLUS_INVERSE_ROOT_WINDOW
+
+    def moderate(t):
+        # Below the window log(expm1(t)) (no cancellation: |log| > 0.7 and
+        # expm1 has no overflow); above it t + log(-expm1(-t)), which cannot
+        # overflow. Each side gets 1 in place of the other's inputs.
+        return safe_where(
+            t < low,
             t,
-            tf.identity,
+            lambda u: tf.math.log(_expm1(u)),
             lambda u: safe_where(
-                near_root,
+                u <= high,
                 u,
                 lambda v: _log1p(2.0 * _expm1(_minus_log2(v))),
                 lambda v: v + tf.math.log(-_expm1(-v)),
                 safe_true=_LOG2,
-                safe_false=1.0,
+                safe_false=2.0,
             ),
-            safe_false=1.0,
-        ),
+            safe_true=1.0,
+            safe_false=_LOG2,
+        )
+
+    return safe_where(
+        x < eps,
+        x,
+        tf.math.log,
+        lambda t: safe_where(t > too_large, t, tf.identity, moderate, safe_false=1.0),
         safe_true=1.0,
         safe_false=1.0,
     )
