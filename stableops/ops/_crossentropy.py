@@ -30,9 +30,11 @@ import numpy as np
 import tensorflow as tf
 
 from stableops.ops._checks import as_float_tensor, check_same_shape
+from stableops.ops._compensated import two_difference
 from stableops.ops._dtypes import compute_dtype, dtype_limits, to_compute
 from stableops.ops._kernel import xla_kernel
-from stableops.ops._logexp import log_softmax
+from stableops.ops._logexp import _log1p, log_softmax
+from stableops.ops._where import safe_where
 
 # ----------------------------------------------------------------------------
 # Arguments (static, outside the kernels)
@@ -106,15 +108,14 @@ def _weighted(weight, value):
 def _log1m(p):
     """``log(1 - p)`` for ``p`` in ``[0, 1)``, accurate over the whole range.
 
-    ``log1p(-p)`` below ``p = 1/4``; ``log(1 - p)`` above, where ``1 - p`` is
-    exact for ``p >= 1/2`` (Sterbenz) and rounded once (relative error eps/2,
-    magnified at most 3.5 times by ``log`` near ``log(3/4)``) in between. The
-    switch sits below 0.35 on purpose: XLA's float64 ``log1p`` is off by up
-    to 128 ULP on ``[-0.45, -0.35]``.
+    ``log1p(-p)`` (the package's compensated series, 0.6 ULP) up to
+    ``p = 1/2``; ``log(1 - p)`` above, where ``1 - p`` is exact (Sterbenz).
+    XLA's own float64 ``log1p`` is off by up to 128 ULP on ``[-0.45, -0.35]``,
+    and ``log(1 - p)`` below 1/2 would add the rounding of ``1 - p``.
     """
-    small = p < 0.25
-    zero, half = tf.constant(0.0, p.dtype), tf.constant(0.5, p.dtype)
-    return tf.where(small, tf.math.log1p(-tf.where(small, p, zero)), tf.math.log(1.0 - tf.where(small, half, p)))
+    small = p <= 0.5
+    return safe_where(small, p, lambda q: _log1p(-q), lambda q: tf.math.log(1.0 - q),
+                      safe_true=0.0, safe_false=0.75)
 
 
 class _ClipBounds:
@@ -207,7 +208,7 @@ def _binary_from_logits(target, logits):
     x_negative = tf.where(positive, tf.zeros_like(x), x)
     linear = tf.where(positive, _weighted(1.0 - z, x_positive), _weighted(z, -x_negative))
     minus_abs = tf.where(positive, -x, x)
-    loss = linear + tf.math.log1p(tf.exp(minus_abs))
+    loss = linear + _log1p(tf.exp(minus_abs))
     return tf.cast(loss, logits.dtype)
 
 
@@ -220,7 +221,12 @@ def _binary_from_probabilities(target, probabilities):
     # them finite (see _ClipBounds), so 0 * log(0) never arises.
     # Each log is clipped only on the side where it is infinite: p = 1 with
     # z = 1 costs exactly 0, p = 0 with z = 0 too.
-    loss = -(z * _log_probability(p, bounds) + (1.0 - z) * _log_complement(p, bounds))
+    # 1 - z is carried with its rounding error (TwoSum): a soft label such as
+    # z = 0.48 would otherwise lose half an ULP of its weight to 1 - z.
+    complement, complement_low = two_difference(tf.ones_like(z), z)
+    log_complement = _log_complement(p, bounds)
+    loss = -(z * _log_probability(p, bounds)
+             + (complement * log_complement + complement_low * log_complement))
     return tf.cast(loss, probabilities.dtype)
 
 

@@ -149,14 +149,27 @@ def _log1p(v):
     :func:`_log1p_series`). Outside, ``log(1 + v)``: the rounding of ``1 + v``
     costs at most ``eps/2`` absolute, under 1 ULP of ``|result| > log 2``.
     ``-1`` gives ``-inf``, ``+inf`` gives ``inf``, below -1 or NaN gives NaN.
+    Gradient (custom): ``1 / (1 + v)``, so autodiff never runs through the
+    error-free transformations (whose exact-zero derivatives it would
+    compute with rounding noise).
     """
-    return safe_where(
-        tf.logical_and(v >= -0.5, v <= 1.0),
-        v,
-        _log1p_series,
-        lambda t: tf.math.log(1.0 + t),
-        safe_false=1.0,
-    )
+
+    @tf.custom_gradient
+    def core(v):
+        value = safe_where(
+            tf.logical_and(v >= -0.5, v <= 1.0),
+            v,
+            _log1p_series,
+            lambda t: tf.math.log(1.0 + t),
+            safe_false=1.0,
+        )
+
+        def grad(upstream):
+            return upstream / (1.0 + v)
+
+        return value, grad
+
+    return core(v)
 
 
 # ----------------------------------------------------------------------------
