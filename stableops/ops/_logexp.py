@@ -562,8 +562,13 @@ def _logaddexp_core(x, y):
     def core(x, y):
         same = tf.equal(x, y)
         # x == y (±inf included) gives difference 0: no inf - inf = nan.
-        difference = tf.where(same, tf.zeros_like(x), x - y)
-        value = tf.maximum(x, y) + _log1p(tf.exp(-tf.abs(difference)))
+        rounded, rounding = two_difference(x, y)
+        difference = tf.where(same, tf.zeros_like(x), rounded)
+        # x - y is carried as difference + rounding (TwoSum), so
+        # exp(-|x - y|) = exp(-|difference|) (1 - sign(difference) rounding):
+        # the rounding of x - y would cost |x - y| eps/2 relative.
+        tail = tf.exp(-tf.abs(difference)) * (1.0 - tf.sign(difference) * rounding)
+        value = tf.maximum(x, y) + _log1p(tail)
         both_minus_inf = tf.logical_and(same, tf.equal(x, tf.constant(-math.inf, x.dtype)))
 
         def grad(upstream):
