@@ -33,7 +33,7 @@ from stableops.ops._checks import as_float_tensor, check_same_shape
 from stableops.ops._compensated import two_difference
 from stableops.ops._dtypes import compute_dtype, dtype_limits, to_compute
 from stableops.ops._kernel import xla_kernel
-from stableops.ops._logexp import _log1p, log_softmax
+from stableops.ops._logexp import accurate_log1p, log_softmax
 from stableops.ops._where import safe_where
 
 # ----------------------------------------------------------------------------
@@ -114,7 +114,7 @@ def _log1m(p):
     and ``log(1 - p)`` below 1/2 would add the rounding of ``1 - p``.
     """
     small = p <= 0.5
-    return safe_where(small, p, lambda q: _log1p(-q), lambda q: tf.math.log(1.0 - q),
+    return safe_where(small, p, lambda q: accurate_log1p(-q), lambda q: tf.math.log(1.0 - q),
                       safe_true=0.0, safe_false=0.75)
 
 
@@ -208,7 +208,7 @@ def _binary_from_logits(target, logits):
     x_negative = tf.where(positive, tf.zeros_like(x), x)
     linear = tf.where(positive, _weighted(1.0 - z, x_positive), _weighted(z, -x_negative))
     minus_abs = tf.where(positive, -x, x)
-    loss = linear + _log1p(tf.exp(minus_abs))
+    loss = linear + accurate_log1p(tf.exp(minus_abs))
     return tf.cast(loss, logits.dtype)
 
 

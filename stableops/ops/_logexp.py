@@ -141,7 +141,7 @@ def _log1p_series(v):
     return quotient + (quotient * tail + quotient_low * (1.0 + tail))
 
 
-def _log1p(v):
+def accurate_log1p(v):
     """``log(1 + v)``: 0.6 ULP on ``[-1/2, 1]``, in XLA and in TF graphs alike.
 
     For ``1 + v`` in ``[1/2, 2]``: ``2 atanh(v / (2 + v))`` from its series,
@@ -273,7 +273,7 @@ def _logsumexp_core(x, axis, keepdims):
     @tf.custom_gradient
     def core(x):
         pieces = _shifted_exponentials(x, axis, with_tail=True)
-        value = pieces.m + _log1p(pieces.s)  # -inf for empty rows, +inf with a +inf entry
+        value = pieces.m + accurate_log1p(pieces.s)  # -inf for empty rows, +inf with a +inf entry
         if not keepdims:
             value = tf.reshape(value, tf.shape(tf.reduce_max(x, axis=axis)))
 
@@ -307,7 +307,7 @@ def _log_softmax_core(x, axis):
         pieces = _shifted_exponentials(x, axis, with_tail=True)
         # (x - m) - log1p(s) = z + (z_low - log1p(s)): exactly -log1p(s) at the
         # maximum (no cancellation), and x - m's rounding error kept.
-        shifted = pieces.z + (pieces.z_low - _log1p(pieces.s))
+        shifted = pieces.z + (pieces.z_low - accurate_log1p(pieces.s))
         value = tf.where(pieces.empty, tf.constant(-math.inf, x.dtype), shifted)
 
         def grad(upstream):
@@ -483,7 +483,7 @@ def _softplus_core(x):
     def core(x):
         # max(x, 0) + log1p(exp(-|x|)): exp(-|x|) <= 1 cannot overflow, and for
         # x << 0 the result is log1p(exp(x)) = exp(x) to full relative accuracy.
-        value = tf.maximum(x, 0.0) + _log1p(tf.exp(-tf.abs(x)))
+        value = tf.maximum(x, 0.0) + accurate_log1p(tf.exp(-tf.abs(x)))
 
         def grad(upstream):
             return upstream * _sigmoid(x)  # d softplus = sigmoid, 1/2 at 0
@@ -568,7 +568,7 @@ def _logaddexp_core(x, y):
         # exp(-|x - y|) = exp(-|difference|) (1 - sign(difference) rounding):
         # the rounding of x - y would cost |x - y| eps/2 relative.
         tail = tf.exp(-tf.abs(difference)) * (1.0 - tf.sign(difference) * rounding)
-        value = tf.maximum(x, y) + _log1p(tail)
+        value = tf.maximum(x, y) + accurate_log1p(tail)
         both_minus_inf = tf.logical_and(same, tf.equal(x, tf.constant(-math.inf, x.dtype)))
 
         def grad(upstream):
@@ -640,7 +640,7 @@ def _log1mexp_core(x):
             a < _LOG2,
             a,
             lambda t: tf.math.log(-_expm1(-t)),
-            lambda t: _log1p(-tf.exp(-t)),
+            lambda t: accurate_log1p(-tf.exp(-t)),
             safe_true=1.0,
             safe_false=1.0,
         )
@@ -763,7 +763,7 @@ def _softplus_inverse_value(x):
             lambda u: safe_where(
                 u <= high,
                 u,
-                lambda v: _log1p(2.0 * _expm1(_minus_log2(v))),
+                lambda v: accurate_log1p(2.0 * _expm1(_minus_log2(v))),
                 lambda v: v + tf.math.log(-_expm1(-v)),
                 safe_true=_LOG2,
                 safe_false=2.0,
@@ -861,7 +861,7 @@ def _log_cosh_core(x):
             # log(cosh a) = (a - log 2) + log1p(exp(-2a)): cosh never
             # evaluated, so no overflow; for a >= 1 both terms are > 0
             # (no cancellation).
-            lambda t: _minus_log2(t) + _log1p(tf.exp(-2.0 * t)),
+            lambda t: _minus_log2(t) + accurate_log1p(tf.exp(-2.0 * t)),
             safe_true=0.0,
             safe_false=1.0,
         )
