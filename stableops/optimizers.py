@@ -169,11 +169,16 @@ class SkipNonFinite(keras.optimizers.Optimizer):
             finite = tf.equal(context.all_reduce(tf.distribute.ReduceOp.SUM, bad), 0.0)
             context.merge_call(self._cross_replica_apply, args=(finite, grads, trainable_variables))
         else:
-            self._apply_or_skip(self.all_finite(grads), grads, trainable_variables)
+            self._apply_or_skip(
+                self.all_finite(grads),
+                lambda: self.inner_optimizer.apply(grads, trainable_variables),
+            )
 
-    def _apply_or_skip(self, finite, grads, trainable_variables):
+    def _apply_or_skip(self, finite, apply_inner):
+        """``apply_inner()`` where ``finite``, else count a skipped step (a ``tf.cond``)."""
+
         def apply_step():
-            self.inner_optimizer.apply(grads, trainable_variables)
+            apply_inner()
             return tf.constant(True)
 
         def skip_step():
@@ -185,18 +190,12 @@ class SkipNonFinite(keras.optimizers.Optimizer):
     def _cross_replica_apply(self, distribution, finite, grads, trainable_variables):
         # Every replica holds the same all-reduced flag: take the first.
         finite = distribution.experimental_local_results(finite)[0]
-
-        def apply_step():
-            distribution.extended.call_for_each_replica(
+        self._apply_or_skip(
+            finite,
+            lambda: distribution.extended.call_for_each_replica(
                 self.inner_optimizer.apply, args=(grads, trainable_variables)
-            )
-            return tf.constant(True)
-
-        def skip_step():
-            self.skipped_steps.assign_add(1)
-            return tf.constant(False)
-
-        tf.cond(finite, apply_step, skip_step)
+            ),
+        )
 
     # -- serialization ----------------------------------------------------------
     def get_config(self):
