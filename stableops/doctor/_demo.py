@@ -529,59 +529,42 @@ def format_table(results) -> str:
     return "\n".join(lines)
 
 
+def _wrap(text, width, indent, hanging):
+    """``text`` wrapped to ``width``: first line indented ``indent`` spaces, the rest ``hanging``."""
+    return textwrap.wrap(
+        text, width, initial_indent=" " * indent, subsequent_indent=" " * hanging
+    )
+
+
 def format_diagnoses(results, width=100) -> str:
     """Per scenario: the story, what stableops changed, and the doctor's main findings."""
     lines = []
     for number, r in enumerate(results, 1):
         s = r.scenario
         lines.append(f"{number}. {s.title}: {s.story}")
-        lines.extend(
-            textwrap.wrap(
-                "stableops run: " + s.stableops_changes,
-                width,
-                initial_indent="   ",
-                subsequent_indent="     ",
-            )
-        )
+        lines.extend(_wrap("stableops run: " + s.stableops_changes, width, 3, 5))
         for run_name, run in (("stock Keras", r.stock), ("stableops", r.stableops)):
             if run.error:
                 lines.append(f"   {run_name} run failed: {run.error}")
         events = r.stableops.guard_events
         if events:
             first = events[0]
-            lines.extend(
-                textwrap.wrap(
-                    f"NaNGuard caught {len(events)} non-finite batch(es); first at step {first['step']}: "
-                    f"{first.get('layer') or '?'}"
-                    + (f", op {first['op']}" if first.get("op") else "")
-                    + (f" -- {first['cause']}" if first.get("cause") else ""),
-                    width,
-                    initial_indent="   ",
-                    subsequent_indent="     ",
-                )
+            caught = (
+                f"NaNGuard caught {len(events)} non-finite batch(es); first at step {first['step']}: "
+                f"{first.get('layer') or '?'}"
+                + (f", op {first['op']}" if first.get("op") else "")
+                + (f" -- {first['cause']}" if first.get("cause") else "")
             )
+            lines.extend(_wrap(caught, width, 3, 5))
         report = r.report
         if isinstance(report, str):
             lines.append(f"   diagnosis failed: {report}")
             continue
         lines.append(f"   stableops.diagnose(stock model) -> {report.summary_line()}")
         for finding in report.problems[:4]:
-            lines.extend(
-                textwrap.wrap(
-                    f"{finding.severity.upper():<7} {finding.check} @ {finding.location}: {finding.message}",
-                    width,
-                    initial_indent="   ",
-                    subsequent_indent="           ",
-                )
-            )
-            lines.extend(
-                textwrap.wrap(
-                    "fix: " + finding.fix,
-                    width,
-                    initial_indent="           ",
-                    subsequent_indent="             ",
-                )
-            )
+            headline = f"{finding.severity.upper():<7} {finding.check} @ {finding.location}: {finding.message}"
+            lines.extend(_wrap(headline, width, 3, 11))
+            lines.extend(_wrap("fix: " + finding.fix, width, 11, 13))
         if len(report.problems) > 4:
             lines.append(
                 f"   ... and {len(report.problems) - 4} more (stableops.diagnose(model, x, y) shows all)"
