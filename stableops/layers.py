@@ -526,7 +526,9 @@ class RobustScaler(keras.layers.Layer):
             trainable=False, autocast=False,
         )
         self._rank = len(input_shape)
-        self.input_spec = keras.InputSpec(ndim=self._rank, axes={axis: n_features})
+        # Any rank from 2 on, as keras.layers.Normalization: the statistics apply
+        # along the feature axis, whatever axes come before it.
+        self.input_spec = keras.InputSpec(min_ndim=2, axes={self.axis: n_features})
 
     @property
     def adapted(self):

@@ -116,20 +116,71 @@ def test_xla_kernel_does_not_retrace_when_the_batch_size_changes():
     for n in range(3, 9):
         np.testing.assert_array_equal(double(tf.ones([n, 2])).numpy(), 2 * np.ones([n, 2]))
     # One trace for the first concrete shape, one generalized to [None, 2].
-    assert double.compiled.experimental_get_tracing_count() <= 2
+    assert double.tracing_count() <= 2
 
 
-def test_xla_kernel_inlines_into_the_callers_graph():
-    calls = []
+def test_xla_kernel_keeps_each_rank_static_across_rank_changes():
+    @xla_kernel
+    def rank_of(x):
+        return tf.constant(len(x.shape))  # needs a known rank, as canonical axes do
+
+    for shape in ([2, 3], [2, 3, 4], [5, 3], [3], [1, 2, 3, 4], [7, 3, 4], [6, 3]):
+        assert int(rank_of(tf.ones(shape))) == len(shape)
+    # At most two traces per rank (the first shape, then generalized dimensions).
+    assert rank_of.tracing_count() <= 2 * 4
+
+
+def _function_call_ops(graph):
+    return [op for op in graph.get_operations() if op.type in ("PartitionedCall", "StatefulPartitionedCall")]
+
+
+def test_xla_kernel_is_one_compiled_call_with_a_compiled_backward_in_a_plain_tf_function():
+    @xla_kernel
+    def square_plus_sin(x):
+        return x * x + tf.sin(x)
+
+    @tf.function
+    def value_and_grad(x):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = square_plus_sin(x)
+        return y, tape.gradient(y, x)
+
+    x = tf.constant([0.5, -2.0])
+    value, grad = value_and_grad(x)
+    np.testing.assert_allclose(value.numpy(), x.numpy() ** 2 + np.sin(x.numpy()), rtol=1e-6)
+    np.testing.assert_allclose(grad.numpy(), 2 * x.numpy() + np.cos(x.numpy()), rtol=1e-6)
+    graph = value_and_grad.get_concrete_function(x).graph
+    calls = _function_call_ops(graph)
+    # One call for the forward pass, one for its gradient, both XLA-compiled; no
+    # elementwise op of the kernel is left in the caller's graph.
+    assert len(calls) == 2
+    assert all(op.get_attr("_XlaMustCompile") for op in calls)
+    assert not [op for op in graph.get_operations() if op.type in ("Sin", "Mul", "Cos")]
+
+
+def test_xla_kernel_nested_kernels_make_one_computation():
+    @xla_kernel
+    def inner(x):
+        return x + 1
 
     @xla_kernel
+    def outer(x):
+        return inner(x) * 2
+
+    graph = tf.function(outer).get_concrete_function(tf.TensorSpec([None])).graph
+    assert len(_function_call_ops(graph)) == 1
+    assert inner.tracing_count() == 0  # traced inline, inside outer's computation
+    assert float(outer(tf.constant([1.0]))[0]) == 4.0
+
+
+def test_xla_kernel_under_an_outer_jit_compile():
+    @xla_kernel
     def square(x):
-        calls.append(1)
         return x * x
 
-    graph_fn = tf.function(lambda x: square(x) + 1)
-    assert float(graph_fn(tf.constant(3.0))) == 10.0
-    assert calls and square.compiled.experimental_get_tracing_count() == 0
+    fn = tf.function(lambda x: square(x) + 1, jit_compile=True)
+    assert float(fn(tf.constant(3.0))) == 10.0
 
 
 def test_xla_kernel_converts_arrays_so_values_do_not_retrace():
@@ -139,7 +190,7 @@ def test_xla_kernel_converts_arrays_so_values_do_not_retrace():
 
     for values in ([1.0, 2.0], [3.0, 4.0], np.array([5.0, 6.0], np.float32)):
         assert float(total(values)) == sum(values)
-    assert total.compiled.experimental_get_tracing_count() == 1
+    assert total.tracing_count() == 1
 
 
 def test_xla_kernel_is_differentiable_eagerly():

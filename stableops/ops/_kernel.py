@@ -1,20 +1,38 @@
-"""Eager calls run as XLA-compiled kernels; traced calls fold into the caller.
+"""Every kernel call runs as one XLA computation, in every regime.
 
-Keras's losses, called eagerly, run op by op: one kernel launch and one
-intermediate buffer per elementwise op. ``xla_kernel`` compiles the whole op
-with XLA instead, traced once per dtype and keyword arguments (shapes, rank
-included, are generalized with ``reduce_retracing``, so a changing batch size
-does not retrace; XLA still compiles each new concrete shape once). Inside a
-``tf.function`` or ``model.fit`` the plain Python function is used, so the op
-folds into the caller's graph and the caller decides about XLA.
+Keras's losses and layers run op by op in a plain ``tf.function`` (what
+``model.fit`` runs without a GPU): one kernel launch and one intermediate
+buffer per elementwise op, and a stable formula has several times more ops
+than a naive one. ``xla_kernel`` compiles the whole op, with its backward
+pass, as one XLA computation instead:
+
+- called eagerly, it runs the compiled function;
+- called while a ``tf.function`` is being traced (``model.fit``, a user's
+  ``tf.function``, a SavedModel), it calls the same compiled function, which
+  becomes one XLA cluster in the caller's graph; its gradient function is
+  compiled too. Under an outer ``jit_compile=True`` XLA inlines it, at the cost
+  of inline code;
+- called while another kernel is being traced, it is inlined, so nested
+  kernels make one computation.
+
+Each compiled function is traced once per dtype, non-tensor keyword argument
+and *rank* of its tensor arguments: there is one ``tf.function`` per rank
+signature, and within it ``reduce_retracing`` generalizes every dimension, so
+a changing batch size does not retrace (XLA still compiles each new concrete
+shape once) while the rank stays static for the kernel's Python code
+(``len(x.shape)``, canonical axes). Arguments of unknown rank (rare, only in
+graphs) run the Python function inline.
 """
 
 from __future__ import annotations
 
 import functools
+import threading
 
 import numpy as np
 import tensorflow as tf
+
+_tracing = threading.local()
 
 
 def _tensor_if_array(value):
@@ -25,27 +43,68 @@ def _tensor_if_array(value):
     return value
 
 
+def _rank(value):
+    """The static rank of a tensor argument, ``-1`` when unknown, ``None`` for non-tensors."""
+    if isinstance(value, (tf.Tensor, tf.Variable)):
+        rank = value.shape.rank
+        return -1 if rank is None else rank
+    return None
+
+
+def _inside_kernel_trace() -> bool:
+    return getattr(_tracing, "depth", 0) > 0
+
+
 def xla_kernel(fn):
-    """Decorate a pure TF function so eager calls run it XLA-compiled.
+    """Decorate a pure TF function so that every call runs it XLA-compiled.
 
     Non-tensor keyword arguments (``axis``, ``from_logits``, ...) are part of
     the compiled function's signature: each distinct value compiles once.
-    The undecorated function stays available as ``.python_function`` and the
-    compiled one as ``.compiled``.
+    The undecorated function stays available as ``.python_function``;
+    ``.compiled(*args, **kwargs)`` calls the compiled function for the ranks of
+    the given tensors, and ``.tracing_count()`` counts its traces (all ranks).
     """
-    compiled = tf.function(fn, jit_compile=True, reduce_retracing=True, autograph=False)
+
+    @functools.wraps(fn)
+    def traced(*args, **kwargs):
+        _tracing.depth = getattr(_tracing, "depth", 0) + 1
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            _tracing.depth -= 1
+
     # A caller's tf.function converts called code with AutoGraph, which breaks the
     # closures of custom gradients; kernels are plain TF and need no conversion.
     inline = tf.autograph.experimental.do_not_convert(fn)
+    compiled_by_ranks = {}
+
+    def compiled(*args, **kwargs):
+        ranks = (
+            tuple(_rank(a) for a in args),
+            tuple(sorted((k, _rank(v)) for k, v in kwargs.items())),
+        )
+        function = compiled_by_ranks.get(ranks)
+        if function is None:
+            function = tf.function(
+                traced, jit_compile=True, reduce_retracing=True, autograph=False
+            )
+            compiled_by_ranks[ranks] = function
+        return function(*args, **kwargs)
 
     @functools.wraps(fn)
     def kernel(*args, **kwargs):
-        if tf.inside_function():
+        if _inside_kernel_trace():
             return inline(*args, **kwargs)
         args = tuple(_tensor_if_array(a) for a in args)
         kwargs = {k: _tensor_if_array(v) for k, v in kwargs.items()}
+        if any(_rank(v) == -1 for v in (*args, *kwargs.values())):
+            return inline(*args, **kwargs)
         return compiled(*args, **kwargs)
+
+    def tracing_count():
+        return sum(f.experimental_get_tracing_count() for f in compiled_by_ranks.values())
 
     kernel.python_function = fn
     kernel.compiled = compiled
+    kernel.tracing_count = tracing_count
     return kernel
