@@ -27,6 +27,7 @@ from stableops.doctor._quiet import quiet_native_stderr
 from stableops.optimizers import SkipNonFinite
 
 SEED = 1234
+FAST_SAMPLES = 512  # fast mode: enough steps (16 a epoch) for every stableops run to learn
 
 
 # ---------------------------------------------------------------------------
@@ -77,6 +78,7 @@ class Scenario:
     stableops_model: callable
     stableops_changes: str
     epochs: int
+    chance_loss: callable = None
     batch_size: int = 32
     jit_compile: bool = False
     mixed_precision: bool = False
@@ -233,8 +235,43 @@ def _labels_stableops(x, y):
     return _labels_model("labels_stableops", loss, optimizer), optimizer
 
 
+# ---------------------------------------------------------------------------
+# What "learned" means
+
+#: A run has learned when its final loss is below this fraction of the chance
+#: loss (the loss of the best constant prediction, which needs no input). A
+#: model that ignores its inputs cannot beat the chance loss on average; the
+#: final loss is a mean over at least a few batches of 32, whose spread around
+#: the chance loss is about 1/sqrt(32) = 18% of it, so 0.8 is below what a
+#: stuck run reaches by luck.
+LEARNED_FRACTION = 0.8
+
+
+def _mse_chance(y):
+    """Predicting the mean: the variance of the targets."""
+    return float(np.var(np.asarray(y, np.float64)))
+
+
+def _binary_chance(y):
+    """Predicting the positive rate p: the binary entropy of p (nats)."""
+    p = float(np.clip(np.mean(y), 1e-12, 1 - 1e-12))
+    return float(-(p * np.log(p) + (1 - p) * np.log1p(-p)))
+
+
+def _sparse_chance(classes):
+    def chance(y):
+        """Predicting the class frequencies: their entropy (labels outside the classes left out)."""
+        y = np.asarray(y).reshape(-1)
+        counts = np.bincount(y[(y >= 0) & (y < classes)], minlength=classes).astype(np.float64)
+        p = counts[counts > 0] / counts.sum()
+        return float(-(p * np.log(p)).sum())
+
+    return chance
+
+
+
 def scenarios(fast: bool = False):
-    """The demo's scenarios, smaller (one or two epochs on less data) when ``fast``."""
+    """The demo's scenarios, shorter (fewer epochs on half the data) when ``fast``."""
     epochs = lambda full, quick: quick if fast else full  # noqa: E731
     return [
         Scenario(
@@ -246,7 +283,8 @@ def scenarios(fast: bool = False):
             stableops_model=_unscaled_stableops,
             stableops_changes="RobustScaler first (median/IQR, clips outliers), "
             "stableops.losses.MeanSquaredError, SkipNonFinite",
-            epochs=epochs(6, 1),
+            epochs=epochs(6, 4),
+            chance_loss=_mse_chance,
         ),
         Scenario(
             key="masked",
@@ -257,7 +295,8 @@ def scenarios(fast: bool = False):
             stableops_model=_masked_stableops,
             stableops_changes="masked mean with stableops.ops.safe_divide (0 for empty rows), "
             "stableops.losses.BinaryCrossentropy, SkipNonFinite",
-            epochs=epochs(6, 1),
+            epochs=epochs(6, 2),
+            chance_loss=_binary_chance,
         ),
         Scenario(
             key="mixed",
@@ -268,7 +307,8 @@ def scenarios(fast: bool = False):
             stableops_model=_mixed_stableops,
             stableops_changes="RobustScaler first (float32 math), float32 output layer, "
             "stableops.losses.BinaryCrossentropy, SkipNonFinite",
-            epochs=epochs(6, 1),
+            epochs=epochs(6, 2),
+            chance_loss=_binary_chance,
             mixed_precision=True,
         ),
         Scenario(
@@ -282,6 +322,7 @@ def scenarios(fast: bool = False):
             "finite wrong loss), NaNGuard(action='continue') rolls back each NaN batch and names the "
             "cause, SkipNonFinite",
             epochs=epochs(4, 2),
+            chance_loss=_sparse_chance(_CLASSES),
             jit_compile=True,
             guard={"action": "continue", "lr_factor": 1.0, "max_recoveries": None},
         ),
@@ -326,6 +367,7 @@ class RunResult:
     seconds: float
     guard_events: list = dataclasses.field(default_factory=list)
     error: str | None = None
+    nonfinite_weights: bool = False
 
     @property
     def first_nan_step(self):
@@ -352,6 +394,15 @@ class RunResult:
             return float("nan")
         last = (self.epochs == self.epochs.max()) & ~self.dropped
         return float(np.mean(self.losses[last])) if last.any() else float("nan")
+
+    def learned(self, chance_loss) -> bool:
+        """Finite weights and a final loss below LEARNED_FRACTION of the chance loss."""
+        return (
+            not self.error
+            and not self.nonfinite_weights
+            and bool(np.isfinite(self.final_loss))
+            and self.final_loss < LEARNED_FRACTION * chance_loss
+        )
 
 
 class _PolicyScope:
@@ -398,6 +449,7 @@ def _train(scenario, build, x, y, *, with_guard):
             )
         except Exception as exc:  # noqa: BLE001
             error = _one_line(exc)
+    weights = [np.asarray(w, np.float32) for w in model.get_weights() if np.asarray(w).dtype.kind == "f"]
     return RunResult(
         losses=np.asarray(recorder.losses, dtype=np.float64),
         skipped=np.asarray(recorder.skipped, dtype=bool),
@@ -405,6 +457,7 @@ def _train(scenario, build, x, y, *, with_guard):
         seconds=time.perf_counter() - start,
         guard_events=list(guard.events) if guard is not None else [],
         error=error,
+        nonfinite_weights=not all(np.isfinite(w).all() for w in weights),
     )
 
 
@@ -426,104 +479,108 @@ class ScenarioResult:
     stock: RunResult
     stableops: RunResult
     report: object
+    chance_loss: float = float("nan")
 
 
 def run_demo(*, fast=False, out=None, progress=print, width=100):
     """Run every scenario; return the results and write the loss-curve PNG to ``out``."""
     results = []
     all_scenarios = scenarios(fast)
-    n_samples = 128 if fast else 1024
+    n_samples = FAST_SAMPLES if fast else 1024
     for number, scenario in enumerate(all_scenarios, 1):
         rng = np.random.default_rng(SEED + number)
         x, y = scenario.make_data(rng, n_samples)
+        chance = scenario.chance_loss(y)
         head = f"[{number}/{len(all_scenarios)}] {scenario.title}"
         progress(f"{head}: training with stock Keras ...")
         stock = _train(scenario, scenario.stock_model, x, y, with_guard=False)
-        progress(
-            f"{head}: stock Keras {_outcome(stock)} ({stock.seconds:.1f} s); training with stableops ..."
-        )
+        progress(f"{head}: stock Keras done ({stock.seconds:.1f} s); training with stableops ...")
         stable = _train(scenario, scenario.stableops_model, x, y, with_guard=True)
-        progress(
-            f"{head}: stableops {_outcome(stable)} ({stable.seconds:.1f} s); diagnosing the stock model ..."
-        )
+        progress(f"{head}: stableops done ({stable.seconds:.1f} s); diagnosing the stock model ...")
         try:
             report = _diagnose_stock(scenario, x, y)
         except Exception as error:  # noqa: BLE001
             report = _one_line(error)
-        results.append(ScenarioResult(scenario, stock, stable, report))
+        result = ScenarioResult(scenario, stock, stable, report, chance)
+        progress(f"{head}: stock Keras {outcome(result, stock)}; stableops {outcome(result, stable)}")
+        results.append(result)
     if out is not None:
         plot_losses(results, out)
     return results
 
 
-def _outcome(run: RunResult) -> str:
+def outcome(result: ScenarioResult, run: RunResult, short: bool = False) -> str:
+    """What a run did: failed, learned, went NaN, or silent (finite but stuck).
+
+    A finite loss is not a healthy run: a NaN swallowed by a clip (Keras's
+    cross-entropies clip probabilities, and how a clip treats NaN depends on
+    the CPU's vector instructions) leaves the loss finite and constant while
+    the weights are NaN. So a run counts as learned only when its weights
+    are finite and its loss beats the chance loss (``LEARNED_FRACTION``).
+    """
     if run.error:
-        return f"failed ({run.error})"
-    if run.first_nan_step is None:
-        return f"finite, final loss {run.final_loss:.4g}"
-    return f"NaN at step {run.first_nan_step}, final loss {run.final_loss:.4g}"
-
-
-# ---------------------------------------------------------------------------
-# Output
-
-
-def _cell_nan(run: RunResult) -> str:
-    if run.error:
-        return "error"
-    if run.first_nan_step is None:
-        return "none"
-    caught = " (caught)" if run.guard_events or run.skipped_steps else ""
-    return f"step {run.first_nan_step}{caught}"
+        return "error" if short else f"failed ({run.error})"
+    nan = ""
+    if run.first_nan_step is not None:
+        caught = " (caught)" if run.guard_events or run.skipped_steps else ""
+        nan = f"NaN at step {run.first_nan_step}{caught}"
+    loss = f"final loss {run.final_loss:.4g}"
+    if run.learned(result.chance_loss):
+        head = f"learned; {nan}" if nan else "learned"
+        return head if short else f"{head}, {loss}"
+    if nan:
+        return nan if short else f"{nan}, {loss}"
+    if short:
+        return "silent: stuck"
+    hidden = ""
+    report = result.report  # the diagnosis of the stock model
+    if run.nonfinite_weights:
+        hidden = "non-finite weights hidden, "
+    elif run is result.stock and not isinstance(report, str) and report.find("activation.non_finite"):
+        hidden = "non-finite activations hidden, "
+    return f"silent: {hidden}loss stuck at {run.final_loss:.4g}"
 
 
 def _cell_loss(run: RunResult) -> str:
-    if run.error:
-        return "-"
-    return f"{run.final_loss:.4g}"
+    return "-" if run.error else f"{run.final_loss:.4g}"
 
 
 def format_table(results) -> str:
-    """The side-by-side table: first NaN step and final loss, stock vs stableops."""
+    """The side-by-side table: what each run did and its final loss, stock vs stableops."""
     rows = [
         (
             r.scenario.title,
-            _cell_nan(r.stock),
+            f"{r.chance_loss:.4g}",
+            outcome(r, r.stock, short=True),
             _cell_loss(r.stock),
-            _cell_nan(r.stableops),
+            outcome(r, r.stableops, short=True),
             _cell_loss(r.stableops),
             str(r.stableops.skipped_steps),
         )
         for r in results
     ]
-    header = ("scenario", "first NaN", "final loss", "first NaN", "final loss", "skipped")
+    header = ("scenario", "chance", "outcome", "final loss", "outcome", "final loss", "skipped")
     widths = [max(len(row[i]) for row in rows + [header]) for i in range(len(header))]
-    group_stock = widths[1] + widths[2] + 2
-    group_stable = widths[3] + widths[4] + widths[5] + 4
+    groups = ((0, 1), (2, 3), (4, 5, 6))
+
+    def line(cells):
+        return " | ".join("  ".join(f"{cells[i]:<{widths[i]}}" for i in group) for group in groups)
+
+    group_width = lambda group: sum(widths[i] for i in group) + 2 * (len(group) - 1)  # noqa: E731
     lines = [
-        f"{'':<{widths[0]}} | {'stock Keras':<{group_stock}} | {'stableops':<{group_stable}}",
         " | ".join(
-            [
-                f"{header[0]:<{widths[0]}}",
-                f"{header[1]:<{widths[1]}}  {header[2]:<{widths[2]}}",
-                f"{header[3]:<{widths[3]}}  {header[4]:<{widths[4]}}  {header[5]:<{widths[5]}}",
-            ]
-        ),
+            f"{title:<{group_width(group)}}" for title, group in zip(("", "stock Keras", "stableops"), groups)
+        ).rstrip(),
+        line(header).rstrip(),
     ]
     lines.append("-" * len(lines[1]))
-    for row in rows:
-        lines.append(
-            " | ".join(
-                [
-                    f"{row[0]:<{widths[0]}}",
-                    f"{row[1]:<{widths[1]}}  {row[2]:<{widths[2]}}",
-                    f"{row[3]:<{widths[3]}}  {row[4]:<{widths[4]}}  {row[5]:<{widths[5]}}",
-                ]
-            )
-        )
+    lines.extend(line(row).rstrip() for row in rows)
     note = (
-        "first NaN: first training step with a NaN/inf batch loss; final loss: mean batch loss of the "
-        "last epoch over the steps kept; skipped: steps SkipNonFinite skipped or NaNGuard rolled back."
+        "chance: the loss of the best constant prediction (no learning); outcome: learned (final loss "
+        f"below {LEARNED_FRACTION:g}x chance, finite weights), NaN at step N (the first NaN/inf batch "
+        "loss; caught: rolled back or skipped), or silent: stuck (finite loss that does not fall, e.g. "
+        "a NaN hidden by Keras's clip); final loss: mean batch loss of the last epoch over the steps "
+        "kept; skipped: steps SkipNonFinite skipped or NaNGuard rolled back."
     )
     lines.extend(textwrap.wrap(note, max(len(lines[1]), 60)))
     return "\n".join(lines)
@@ -544,8 +601,7 @@ def format_diagnoses(results, width=100) -> str:
         lines.append(f"{number}. {s.title}: {s.story}")
         lines.extend(_wrap("stableops run: " + s.stableops_changes, width, 3, 5))
         for run_name, run in (("stock Keras", r.stock), ("stableops", r.stableops)):
-            if run.error:
-                lines.append(f"   {run_name} run failed: {run.error}")
+            lines.extend(_wrap(f"{run_name}: {outcome(r, run)}", width, 3, 5))
         events = r.stableops.guard_events
         if events:
             first = events[0]

@@ -59,7 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     doctor.add_argument("--json", action="store_true", help="print the report as JSON")
     doctor.add_argument(
-        "--out", default=None, help=f"demo: where to write the loss-curve PNG (default ./{DEFAULT_PLOT})"
+        "--out", default=None, help=f"demo: the loss-curve .png file, or a directory to write {DEFAULT_PLOT} in "
+        "(default: the working directory)"
     )
     doctor.add_argument("--fast", action="store_true", help="demo: a reduced, quicker run")
     return parser
@@ -88,14 +89,29 @@ def main(argv=None) -> int:
 # The demo
 
 
+def plot_path(out) -> str:
+    """Where the demo writes its PNG, checked before any training (BadInput if it cannot).
+
+    ``None``: the default name in the working directory; an existing directory:
+    the default name inside it; otherwise a ``.png`` path in an existing directory.
+    """
+    if out is None:
+        out = os.getcwd()
+    if os.path.isdir(out):
+        return os.path.join(out, DEFAULT_PLOT)
+    if os.path.splitext(out)[1].lower() != ".png":
+        raise BadInput(f"--out must name a .png file or an existing directory, got {out}")
+    directory = os.path.dirname(os.path.abspath(out))
+    if not os.path.isdir(directory):
+        raise BadInput(f"--out directory does not exist: {directory}")
+    return out
+
+
 def run_demo_command(args) -> int:
     for name in ("x_key", "y_key", "json"):
         if getattr(args, name):
             raise BadInput(f"--{name.split('_')[0]} applies to MODEL DATA, not to the demo")
-    out = args.out or os.path.join(os.getcwd(), DEFAULT_PLOT)
-    directory = os.path.dirname(os.path.abspath(out))
-    if not os.path.isdir(directory):
-        raise BadInput(f"--out directory does not exist: {directory}")
+    out = plot_path(args.out)
     start = time.perf_counter()
     say = lambda text: print(text, flush=True)  # noqa: E731
     say(
@@ -188,7 +204,7 @@ def load_data(path, x_key, y_key):
     return (x[0] if len(x) == 1 else x), y, x_keys, y_key
 
 
-def check_fits(model, x, y, x_keys):
+def check_fits(model, x, y, x_keys, y_key="y"):
     """Raise BadInput when the arrays cannot be fed to the model."""
     import numpy as np
 
@@ -203,6 +219,13 @@ def check_fits(model, x, y, x_keys):
         raise BadInput("the inputs are empty")
     if y is not None and (np.ndim(y) == 0 or len(y) != n):
         raise BadInput(f"x has {n} samples but y has {len(y) if np.ndim(y) else 0}")
+    for key, leaf in [*zip(x_keys, leaves), *([(y_key, y)] if y is not None else [])]:
+        kind = np.asarray(leaf).dtype
+        if kind.kind not in "biuf":  # bool, integers, floats: what Keras casts to a layer's dtype
+            raise BadInput(
+                f"'{key}' holds {_dtype_words(kind)}, which does not fit the model: "
+                "it needs numbers (float, int or bool)"
+            )
     try:
         expected = list(model.inputs)
     except (AttributeError, ValueError):
@@ -221,6 +244,11 @@ def check_fits(model, x, y, x_keys):
             raise BadInput(f"'{key}' has shape {got} but the model expects {shown}")
 
 
+def _dtype_words(dtype) -> str:
+    kinds = {"U": "strings", "S": "bytes", "O": "Python objects", "c": "complex numbers", "M": "dates"}
+    return f"{kinds[dtype.kind]} (dtype {dtype})" if dtype.kind in kinds else f"dtype {dtype}"
+
+
 def run_diagnosis_command(args) -> int:
     if args.out or args.fast:
         raise BadInput("--out and --fast apply to the demo, not to MODEL DATA")
@@ -231,7 +259,7 @@ def run_diagnosis_command(args) -> int:
             raise BadInput(f"{what} file not found: {path}")
     x, y, x_keys, y_key = load_data(args.data, args.x_key, args.y_key)
     model = load_model(args.model)
-    check_fits(model, x, y, x_keys)
+    check_fits(model, x, y, x_keys, y_key)
 
     from stableops.doctor import diagnose
 
