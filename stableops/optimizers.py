@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import keras
 import tensorflow as tf
 
@@ -9,14 +11,20 @@ __all__ = ["SkipNonFinite"]
 
 
 class SkipNonFinite(keras.optimizers.Optimizer):
-    """Wrap any Keras optimizer; skip every step whose gradients are not all finite.
+    """Wrap any Keras optimizer; skip every step whose loss or gradients are not all finite.
 
     A single NaN or inf gradient (one bad batch, a ``0/0`` in a rarely taken
     branch, an overflow) would otherwise be applied to the weights and make
     them NaN for the rest of the run. ``SkipNonFinite`` checks all gradients
     first and, inside the compiled train step, either applies them with the
     wrapped optimizer or leaves the weights *and* the wrapped optimizer's state
-    (moments, iteration count) untouched. The decision is a ``tf.cond`` on a
+    (moments, iteration count) untouched. A step whose *loss* is not finite is
+    skipped too, even when its gradients are finite (an ``inf`` loss from an
+    overflowing squared error can have finite gradients that are just as
+    wrong): Keras's train step passes the loss through ``scale_loss`` before
+    differentiating it, and the wrapper remembers whether it was finite. (A
+    custom loop that calls ``apply`` without ``scale_loss`` gets the gradient
+    check only.) The decision is a ``tf.cond`` on a
     tensor, so it works in eager mode, in ``tf.function`` and under XLA
     (``jit_compile=True``), and adds one ``all(isfinite)`` reduction per
     gradient per step.
@@ -111,7 +119,24 @@ class SkipNonFinite(keras.optimizers.Optimizer):
         return self.inner_optimizer.iterations
 
     def scale_loss(self, loss):
+        # Keras's train step calls this on the loss it is about to
+        # differentiate, in the same trace (and replica thread) as the
+        # following apply(): remember the loss there, for the skip decision.
+        self._pending_losses()[threading.get_ident()] = (loss, _trace_key())
         return self.inner_optimizer.scale_loss(loss)
+
+    def _pending_losses(self):
+        if getattr(self, "_losses_by_thread", None) is None:
+            # Plain attribute (not tracked by Keras): it holds tensors, no state.
+            object.__setattr__(self, "_losses_by_thread", {})
+        return self._losses_by_thread
+
+    def _loss_is_finite(self):
+        """Whether the loss ``scale_loss`` saw for this step is finite (a bool tensor), or None."""
+        pending = self._pending_losses().pop(threading.get_ident(), None)
+        if pending is None or pending[1] is not _trace_key():
+            return None  # apply() without scale_loss(), or a loss from another trace
+        return tf.reduce_all(tf.math.is_finite(pending[0]))
 
     def finalize_variable_values(self, var_list):
         self.inner_optimizer.finalize_variable_values(var_list)
@@ -148,15 +173,29 @@ class SkipNonFinite(keras.optimizers.Optimizer):
                 )
             with tf.name_scope(self.name):
                 self.build(trainable_variables)
+        loss_finite = self._loss_is_finite()
+        in_replica = tf.distribute.has_strategy() and not tf.distribute.in_cross_replica_context()
         if isinstance(self.inner_optimizer, keras.optimizers.LossScaleOptimizer):
             # The loss scaler must see overflowing *scaled* gradients to lower
             # its scale (skipping them here would skip every step forever); it
             # skips non-finite steps itself, so delegate, and count its skips.
-            finite = self.all_finite(grads)
-            self.inner_optimizer.apply(grads, trainable_variables)
-            self.skipped_steps.assign_add(tf.cast(tf.logical_not(finite), "int64"))
+            # A non-finite *unscaled* loss is no overflow of the scale (a
+            # lower scale would not help): that step is skipped here.
+            grads_finite = self.all_finite(grads)
+
+            def apply_inner():
+                self.inner_optimizer.apply(grads, trainable_variables)
+                self.skipped_steps.assign_add(tf.cast(tf.logical_not(grads_finite), "int64"))
+
+            if loss_finite is None or in_replica:
+                apply_inner()
+            else:
+                self._apply_or_skip(loss_finite, apply_inner)
             return
-        if tf.distribute.has_strategy() and not tf.distribute.in_cross_replica_context():
+        finite = self.all_finite(grads)
+        if loss_finite is not None:
+            finite = tf.logical_and(finite, loss_finite)
+        if in_replica:
             # Under a distribution strategy each replica holds its *local*
             # gradients here (Keras all-reduces them inside the wrapped
             # optimizer's apply), so the replicas first agree: the step is
@@ -165,14 +204,11 @@ class SkipNonFinite(keras.optimizers.Optimizer):
             # context, so the decision is taken in a cross-replica context,
             # as in LossScaleOptimizer.
             context = tf.distribute.get_replica_context()
-            bad = tf.cast(tf.logical_not(self.all_finite(grads)), tf.float32)
+            bad = tf.cast(tf.logical_not(finite), tf.float32)
             finite = tf.equal(context.all_reduce(tf.distribute.ReduceOp.SUM, bad), 0.0)
             context.merge_call(self._cross_replica_apply, args=(finite, grads, trainable_variables))
         else:
-            self._apply_or_skip(
-                self.all_finite(grads),
-                lambda: self.inner_optimizer.apply(grads, trainable_variables),
-            )
+            self._apply_or_skip(finite, lambda: self.inner_optimizer.apply(grads, trainable_variables))
 
     def _apply_or_skip(self, finite, apply_inner):
         """``apply_inner()`` where ``finite``, else count a skipped step (a ``tf.cond``)."""
@@ -213,6 +249,11 @@ class SkipNonFinite(keras.optimizers.Optimizer):
             config.pop("optimizer"), custom_objects=custom_objects
         )
         return SkipNonFinite(optimizer, **config)
+
+
+def _trace_key():
+    """The graph being traced (None when running eagerly): a loss is only used in its own trace."""
+    return None if tf.executing_eagerly() else tf.compat.v1.get_default_graph()
 
 
 class SkipNonFiniteLossScaler(SkipNonFinite, keras.optimizers.LossScaleOptimizer):

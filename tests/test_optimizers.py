@@ -170,3 +170,57 @@ def test_string_optimizer_and_bad_arguments():
         SkipNonFinite("adam", clipnorm=1.0)
     with pytest.raises(ValueError):
         SkipNonFinite("no_such_optimizer")
+
+
+def test_a_step_where_only_some_gradients_are_non_finite_is_skipped():
+    # Two variables, a NaN in the gradient of one only: applying the step would
+    # ruin v1 while v2 trains; the whole step must be skipped.
+    v1 = keras.Variable(np.ones((2,), np.float32))
+    v2 = keras.Variable(np.ones((2,), np.float32))
+    optimizer = SkipNonFinite(keras.optimizers.SGD(0.1))
+    optimizer.apply([tf.constant([np.nan, 1.0]), tf.constant([1.0, 1.0])], [v1, v2])
+    np.testing.assert_array_equal(v1.numpy(), [1.0, 1.0])
+    np.testing.assert_array_equal(v2.numpy(), [1.0, 1.0])
+    assert int(optimizer.skipped_steps.numpy()) == 1
+
+
+# A weight of 3e19 makes the squared error overflow float32 (9e38 > 3.4e38):
+# the loss is inf while every gradient (2 * 3e19 * x) is still finite.
+HUGE = 3e19
+
+
+def overflowing_model(optimizer, jit_compile):
+    model = keras.Sequential(
+        [keras.Input((1,)), keras.layers.Dense(1, kernel_initializer="ones", bias_initializer="zeros")]
+    )
+    model.compile(optimizer=optimizer, loss="mse", jit_compile=jit_compile)
+    model.layers[0].kernel.assign([[HUGE]])
+    return model
+
+
+@pytest.mark.parametrize("jit_compile", [False, True])
+def test_a_step_with_a_non_finite_loss_and_finite_gradients_is_skipped(jit_compile):
+    optimizer = SkipNonFinite(keras.optimizers.SGD(1.0))
+    model = overflowing_model(optimizer, jit_compile)
+    x, y = np.ones((4, 1), np.float32), np.zeros((4, 1), np.float32)
+    with tf.GradientTape() as tape:  # the premise: inf loss, finite gradients
+        loss = keras.losses.MeanSquaredError()(y, model(x))
+    assert np.isinf(float(loss))
+    assert all(np.isfinite(g.numpy()).all() for g in tape.gradient(loss, model.trainable_variables))
+
+    history = model.fit(x, y, batch_size=4, epochs=1, verbose=0)
+    assert np.isinf(history.history["loss"][0])
+    assert int(optimizer.skipped_steps.numpy()) == 1
+    assert model.layers[0].kernel.numpy()[0, 0] == np.float32(HUGE)  # untouched
+    assert int(optimizer.iterations.numpy()) == 0
+
+
+def test_the_loss_check_needs_the_loss_of_the_same_step():
+    # A custom loop that calls apply() without scale_loss(): gradients decide.
+    variable = keras.Variable(np.ones((2,), np.float32))
+    optimizer = SkipNonFinite(keras.optimizers.SGD(1.0))
+    optimizer.scale_loss(tf.constant(np.inf))
+    optimizer.apply([tf.constant([1.0, 1.0])], [variable])  # skipped: that loss was inf
+    optimizer.apply([tf.constant([1.0, 1.0])], [variable])  # applied: no loss seen for it
+    np.testing.assert_array_equal(variable.numpy(), [0.0, 0.0])
+    assert int(optimizer.skipped_steps.numpy()) == 1
