@@ -203,3 +203,30 @@ def test_xla_kernel_is_differentiable_eagerly():
         tape.watch(x)
         y = cube(x)
     np.testing.assert_array_equal(tape.gradient(y, x).numpy(), [12.0, 3.0])
+
+
+def test_xla_kernel_eager_gradient_after_a_graph_gradient():
+    """A graph's gradient of a kernel must not change later eager gradients (TF 2.21 ran
+    them with mismatched forward intermediates: NaN where a where() guarded 0/0)."""
+
+    @xla_kernel
+    def norm(x):
+        @tf.custom_gradient
+        def norm_fn(v):
+            r = tf.sqrt(tf.reduce_sum(v * v, -1, keepdims=True))
+            zero = tf.equal(r, 0)
+            unit = tf.where(zero, tf.zeros_like(v), v / tf.where(zero, tf.ones_like(r), r))
+            return tf.squeeze(r, -1), lambda upstream: upstream[..., None] * unit
+
+        return norm_fn(x)
+
+    def value_and_grad(x):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = norm(x)
+        return tape.gradient(y, x)
+
+    graph = tf.function(value_and_grad, input_signature=[tf.TensorSpec([None, 4])])
+    np.testing.assert_array_equal(graph(tf.ones([3, 4])).numpy(), np.full([3, 4], 0.5))
+    np.testing.assert_array_equal(value_and_grad(tf.zeros([3, 4])).numpy(), np.zeros([3, 4]))
+    np.testing.assert_array_equal(graph(tf.zeros([2, 4])).numpy(), np.zeros([2, 4]))

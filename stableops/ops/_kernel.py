@@ -79,16 +79,21 @@ def xla_kernel(fn):
     compiled_by_ranks = {}
 
     def compiled(*args, **kwargs):
-        ranks = (
+        key = (
+            # Eager calls and graph calls get separate functions: once a graph has
+            # taken its gradient, TF (2.21) runs later eager gradients of the same
+            # XLA function with forward intermediates that do not match it (NaN
+            # where a tf.where guarded a division).
+            tf.inside_function(),
             tuple(_rank(a) for a in args),
             tuple(sorted((k, _rank(v)) for k, v in kwargs.items())),
         )
-        function = compiled_by_ranks.get(ranks)
+        function = compiled_by_ranks.get(key)
         if function is None:
             function = tf.function(
                 traced, jit_compile=True, reduce_retracing=True, autograph=False
             )
-            compiled_by_ranks[ranks] = function
+            compiled_by_ranks[key] = function
         return function(*args, **kwargs)
 
     @functools.wraps(fn)
