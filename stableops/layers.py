@@ -26,42 +26,12 @@ import numpy as np
 import tensorflow as tf
 
 from stableops import activations, ops
-from stableops.ops._checks import check_in_range
+from stableops.ops._checks import axis_argument, canonical_axis, number
 from stableops.ops._dtypes import compute_dtype
 
 __all__ = ["ELU", "LeakyReLU", "RobustScaler", "Softmax"]
 
 _register = keras.saving.register_keras_serializable(package="stableops")
-
-
-# ----------------------------------------------------------------------------
-# argument checks
-# ----------------------------------------------------------------------------
-
-
-def _finite_non_negative(value, name):
-    """``value`` as a float; ``ValueError`` naming ``name`` unless finite and ``>= 0``."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ValueError(f"`{name}` must be a finite float >= 0, got {name}={value!r}")
-    if not math.isfinite(value):
-        raise ValueError(f"`{name}` must be a finite float >= 0, got {name}={value!r}")
-    check_in_range(value, name, 0.0, None)
-    return float(value)
-
-
-def _int_axis(value, name="axis"):
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise ValueError(f"`{name}` must be an integer, got {name}={value!r}")
-    return int(value)
-
-
-def _softmax_axis(axis):
-    """An int, or a tuple of ints for several axes (a list from a config becomes a tuple)."""
-    if isinstance(axis, (list, tuple)):
-        if not axis:
-            raise ValueError(f"`axis` must be an integer or a non-empty list of integers, got axis={axis!r}")
-        return tuple(_int_axis(a) for a in axis)
-    return _int_axis(axis)
 
 
 # ----------------------------------------------------------------------------
@@ -100,7 +70,7 @@ class LeakyReLU(keras.layers.Layer):
             negative_slope = kwargs.pop("alpha")
             warnings.warn("Argument `alpha` is deprecated. Use `negative_slope` instead.", stacklevel=2)
         super().__init__(**kwargs)
-        self.negative_slope = _finite_non_negative(negative_slope, "negative_slope")
+        self.negative_slope = number(negative_slope, "negative_slope", 0.0)
         self.supports_masking = True
 
     def call(self, inputs):
@@ -144,7 +114,7 @@ class ELU(keras.layers.Layer):
 
     def __init__(self, alpha=1.0, **kwargs):
         super().__init__(**kwargs)
-        self.alpha = _finite_non_negative(alpha, "alpha")
+        self.alpha = number(alpha, "alpha", 0.0)
         self.supports_masking = True
 
     def call(self, inputs):
@@ -193,8 +163,8 @@ class Softmax(keras.layers.Layer):
         of its row NaN; masked entries stay 0 (as in Keras).
 
     Args:
-        axis: integer, or list of integers, the axis (axes) to normalise over.
-            Defaults to -1.
+        axis: integer, or list of integers, the axis (axes) to normalise over,
+            or ``None`` for all axes (as Keras). Defaults to -1.
         **kwargs: base layer arguments (``name``, ``dtype``, ...).
 
     Call arguments:
@@ -213,10 +183,11 @@ class Softmax(keras.layers.Layer):
 
     def __init__(self, axis=-1, **kwargs):
         super().__init__(**kwargs)
-        self.axis = _softmax_axis(axis)
+        self.axis = axis_argument(axis, allow_many=True, allow_none=True)
         self.supports_masking = True
 
     def call(self, inputs, mask=None):
+        canonical_axis(self.axis, len(inputs.shape), of="inputs")  # axis=5: a clear error
         if mask is None:
             return activations.softmax(inputs, axis=self.axis)
         mask = tf.convert_to_tensor(mask)
@@ -325,6 +296,11 @@ class _Collector:
         if axis is None:
             raise ValueError(f"`axis={self.axis}` is out of range for adapt data of rank {self.rank}")
         width = batch.shape[axis]
+        if width == 0:
+            raise ValueError(
+                f"RobustScaler.adapt got no features: axis {self.axis} of the data has size 0 "
+                f"(shape {batch.shape}, {where})"
+            )
         if self.n_features is None:
             self.n_features = width
         if width != self.n_features:
@@ -336,6 +312,8 @@ class _Collector:
 
     def add_dataset(self, dataset, steps):
         if steps is not None:
+            if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 1:
+                raise ValueError(f"`steps` must be a positive integer or None, got steps={steps!r}")
             dataset = dataset.take(steps)
         for index, element in enumerate(dataset):
             x = _as_numpy(_first_component(element))
@@ -480,7 +458,7 @@ class RobustScaler(keras.layers.Layer):
     def __init__(self, axis=-1, clip=5.0, quantile_range=(25.0, 75.0), **kwargs):
         kwargs.setdefault("autocast", False)
         super().__init__(**kwargs)
-        self.axis = _int_axis(axis)
+        self.axis = axis_argument(axis)
         self._bounds = _clip_bounds(clip)
         # As given (a number or a pair), for get_config; a tuple, not a list, so
         # Keras does not wrap it in a tracked list.
@@ -551,11 +529,13 @@ class RobustScaler(keras.layers.Layer):
                 dataset element of rank 1 is taken as one sample and higher
                 ranks as batches; build the layer (or adapt on a batched
                 dataset) to adapt on unbatched multi-dimensional samples.
-            steps: for a dataset, the number of elements to read (default: all).
+            steps: for a dataset, the number of elements to read (default:
+                all); a positive int. Must be ``None`` for an array.
 
         Raises:
             ValueError: on data of the wrong rank or number of features, on
-                empty data, or when a feature has no finite value.
+                empty data or data with no features, when a feature has no
+                finite value, or on ``steps`` given with an array.
             TypeError: on non-numeric data.
         """
         built_rank = self._rank if self.built else None
@@ -563,6 +543,12 @@ class RobustScaler(keras.layers.Layer):
         collector = _Collector(built_rank, self.axis, n_features)
         if isinstance(data, tf.data.Dataset):
             collector.add_dataset(data, steps)
+        elif steps is not None:
+            # An array is read whole; a silently ignored `steps` would hide a bug.
+            raise ValueError(
+                "`steps` applies to a tf.data.Dataset only (an array is read whole), "
+                f"got steps={steps!r} with {type(data).__name__} data"
+            )
         else:
             collector.add_batch(data, "the array")
         median, scale, count = _robust_statistics(collector.checked_blocks(), self.quantile_range)

@@ -481,7 +481,10 @@ def _mp_log1p_tangent(x):
 
 
 def mp_mean_squared_logarithmic_error_row(t, p):
-    return _mp_row_mean((_mp_log1p_tangent(b) - _mp_log1p_tangent(a)) ** 2 for a, b in zip(t, p))
+    # Targets are clipped at 0 (as in Keras); predictions continue by the tangent.
+    return _mp_row_mean(
+        (_mp_log1p_tangent(b) - mpmath.log1p(max(a, 0))) ** 2 for a, b in zip(t, p)
+    )
 
 
 def mp_huber_row(t, p, delta):

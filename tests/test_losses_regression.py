@@ -581,15 +581,6 @@ def test_static_shape_mismatch_names_both_shapes():
             getattr(S, fn_name)(t, p)
 
 
-def test_integer_predictions_are_a_type_error():
-    t, p = np.zeros((2, 3), np.float32), np.ones((2, 3), np.int32)
-    for cls_name, fn_name in FUNCTION_OF.items():
-        with pytest.raises(TypeError, match="y_pred.*int32"):
-            getattr(S, cls_name)()(t, p)
-        with pytest.raises(TypeError, match="y_pred.*int32"):
-            getattr(S, fn_name)(t, p)
-
-
 INVALID_HYPERPARAMETERS = [
     (lambda: S.Huber(delta=0.0), "delta", "0.0"),
     (lambda: S.Huber(delta=-1.0), "delta", "-1.0"),

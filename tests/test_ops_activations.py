@@ -247,10 +247,20 @@ def test_three_regimes_agree(regime):
                                        err_msg=f"{name}({parameter}) {regime}")
 
 
+def test_leaky_relu_casts_integer_and_boolean_input_to_float32(regime):
+    # As Keras's leaky_relu: integers and booleans are cast to float32 (exact
+    # here: small integers), then -2 * 0.25 = -0.5 exactly.
+    for x, expected in (([1, -2, 0], [1.0, -0.5, 0.0]), ([True, False], [1.0, 0.0])):
+        value = regime.run(lambda v: ops.leaky_relu(v, negative_slope=0.25), tf.constant(x))
+        assert value.dtype == np.float32
+        np.testing.assert_array_equal(value, expected)
+
+
 def test_bad_input():
-    for op in (ops.elu, ops.leaky_relu):
-        with pytest.raises(TypeError, match="floating"):
-            op(tf.constant([1, 2, 3]))
+    with pytest.raises(TypeError, match="floating"):
+        ops.elu(tf.constant([1, 2, 3]))
+    with pytest.raises(TypeError, match="`x`.*string"):
+        ops.leaky_relu(tf.constant(["1"]))
     for bad in (-1.0, NAN, INF, None, "0.5"):
         with pytest.raises(ValueError, match=r"`alpha`.*alpha="):
             ops.elu(tf.constant([1.0]), alpha=bad)

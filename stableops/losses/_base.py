@@ -8,10 +8,20 @@ loss class only names its per-sample function and that function's arguments.
 
 from __future__ import annotations
 
+import functools
+
 import keras
 import tensorflow as tf
 
-from stableops.ops._checks import as_float_tensor
+from stableops.ops._checks import as_float_tensor, canonical_axis, check_same_shape, real_tensor
+from stableops.ops._dtypes import compute_dtype
+
+# The losses that take two ``tf.RaggedTensor`` (as Keras's do): per-element
+# terms averaged over the last axis. Listed in the error for the others.
+RAGGED_LOSSES = (
+    "Hinge", "Huber", "LogCosh", "MeanAbsoluteError", "MeanSquaredError",
+    "MeanSquaredLogarithmicError", "Poisson", "SquaredHinge",
+)
 
 
 def match_rank(y_true, y_pred):
@@ -35,6 +45,85 @@ def match_rank(y_true, y_pred):
     return y_true, y_pred
 
 
+def _real_or_unknown(x, name):
+    """``TypeError`` naming ``name`` and the dtype when ``x`` holds strings or complex numbers.
+
+    Keras's own cast would fail later with ``UnimplementedError: Cast string
+    to float``. What cannot be made one tensor (a dict, a ragged or symbolic
+    tensor) is left to the caller.
+    """
+    if isinstance(x, (dict, tf.RaggedTensor)):
+        return
+    try:
+        tensor = tf.convert_to_tensor(x)
+    except (TypeError, ValueError):
+        return
+    real_tensor(tensor, name)
+
+
+def check_loss_inputs(y_true, y_pred):
+    """Contract rule 6 before Keras's cast to the loss dtype: real numbers only."""
+    _real_or_unknown(y_true, "y_true")
+    _real_or_unknown(y_pred, "y_pred")
+
+
+def prepare(y_true, y_pred, loss_name, axis=-1):
+    """Validate and align a loss's inputs (not yet cast: the kernels cast).
+
+    ``y_pred`` becomes a floating tensor: integer and boolean predictions are
+    cast to ``keras.config.floatx()`` (as Keras does); strings and complex
+    numbers are a ``TypeError`` naming ``y_pred``. ``y_true`` may be any real
+    or boolean tensor (a ``TypeError`` naming ``y_true`` otherwise); Python
+    lists and scalars become ``y_pred``'s computing dtype directly, so integer
+    targets are never rounded through float16. Ranks are aligned as Keras
+    does; static shapes must then match (``ValueError`` naming both), and
+    ``axis`` (the reduced axis or axes) must exist (``ValueError`` naming it,
+    also for a scalar input). Ragged input is a ``TypeError`` naming the loss
+    (the losses that support it handle it before, see :func:`ragged_rows`).
+    """
+    if isinstance(y_true, tf.RaggedTensor) or isinstance(y_pred, tf.RaggedTensor):
+        raise TypeError(
+            f"`{loss_name}` does not support ragged tensors; pass dense tensors "
+            f"(`.to_tensor()`), or use one of {', '.join(RAGGED_LOSSES)}"
+        )
+    y_pred = as_float_tensor(y_pred, "y_pred", keras.config.floatx())
+    y_true = real_tensor(y_true, "y_true", dtype_hint=compute_dtype(y_pred.dtype))
+    y_true, y_pred = match_rank(y_true, y_pred)
+    check_same_shape(y_true, y_pred, "y_true", "y_pred")
+    canonical_axis(axis, y_pred.shape.rank)
+    return y_true, y_pred
+
+
+def ragged_rows(fn):
+    """Let a loss that averages per-element terms over the last axis take ragged input.
+
+    Keras's ``MeanSquaredError``, ``MeanAbsoluteError``, ``Huber`` (and
+    others) accept two ``tf.RaggedTensor`` of the same row lengths. Here the
+    per-element term is ``fn`` of the flat values, each element its own
+    one-entry last axis, and ``tf.reduce_mean`` over the ragged last axis
+    averages each row: the same numbers as ``fn`` on the dense rows.
+    """
+
+    @functools.wraps(fn)
+    def wrapper(y_true, y_pred, *args, **kwargs):
+        ragged = isinstance(y_true, tf.RaggedTensor), isinstance(y_pred, tf.RaggedTensor)
+        if not any(ragged):
+            return fn(y_true, y_pred, *args, **kwargs)
+        if not all(ragged):
+            raise TypeError(
+                f"`{fn.__name__}`: `y_true` and `y_pred` must both be ragged or both dense, "
+                f"got {type(y_true).__name__} and {type(y_pred).__name__}"
+            )
+        for true_lengths, pred_lengths in zip(y_true.nested_row_lengths(), y_pred.nested_row_lengths()):
+            tf.debugging.assert_equal(
+                true_lengths, pred_lengths, message="`y_true` and `y_pred` must have the same row lengths"
+            )
+        per_element = fn(y_true.flat_values[..., None], y_pred.flat_values[..., None], *args, **kwargs)
+        return tf.reduce_mean(y_pred.with_flat_values(per_element), axis=-1)
+
+    return wrapper
+
+
 class FunctionLoss(keras.losses.Loss):
     """A ``keras.losses.Loss`` computed by a per-sample function ``fn(y_true, y_pred, **kwargs)``.
 
@@ -46,18 +135,20 @@ class FunctionLoss(keras.losses.Loss):
 
     def __init__(self, fn, *, reduction, name, dtype, **fn_kwargs):
         super().__init__(name=name, reduction=reduction, dtype=dtype)
+        if not tf.as_dtype(self.dtype).is_floating:
+            # Keras would cast the predictions to it and fail (or round) later.
+            raise ValueError(f"`dtype` must be a floating dtype, got dtype={dtype!r}")
         self.fn = fn
         self._fn_kwargs = fn_kwargs
         for key, value in fn_kwargs.items():
             setattr(self, key, value)
 
     def __call__(self, y_true, y_pred, sample_weight=None):
-        # Keras casts y_pred to the loss dtype before `call`, which would turn
-        # integer predictions into floats silently; check first (contract
-        # rule 6). Only the dtype is read: y_pred (and its Keras mask) is
-        # passed on untouched.
-        if not isinstance(y_pred, dict):
-            as_float_tensor(y_pred, "y_pred")
+        # Keras casts both to the loss dtype before `call` (integer and boolean
+        # predictions included, as here); strings and complex numbers get a
+        # clear TypeError first (contract rule 6). Only the dtype is read: the
+        # inputs (and their Keras masks) are passed on untouched.
+        check_loss_inputs(y_true, y_pred)
         return super().__call__(y_true, y_pred, sample_weight=sample_weight)
 
     def call(self, y_true, y_pred):

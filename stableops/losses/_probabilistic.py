@@ -47,8 +47,8 @@ import numpy as np
 import tensorflow as tf
 
 from stableops import ops
-from stableops.losses._base import FunctionLoss, match_rank
-from stableops.ops._checks import as_float_tensor, check_in_range, check_same_shape
+from stableops.losses._base import FunctionLoss, check_loss_inputs, prepare, ragged_rows
+from stableops.ops._checks import as_float_tensor, axis_argument, canonical_axis, number
 from stableops.ops._crossentropy import raise_on_invalid_labels
 from stableops.ops._dtypes import compute_dtype, dtype_limits
 from stableops.ops._kernel import xla_kernel
@@ -85,36 +85,16 @@ _graph_code = tf.autograph.experimental.do_not_convert
 # ----------------------------------------------------------------------------
 
 
-def _number(value, name, low=None, high=None, *, low_open=False):
-    """``value`` as a Python float; ``ValueError`` naming it when not a finite number in range."""
-    if isinstance(value, bool):
-        raise ValueError(f"`{name}` must be a number, got {name}={value!r}")
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"`{name}` must be a number, got {name}={value!r}") from None
-    if not math.isfinite(number):
-        raise ValueError(f"`{name}` must be a finite number, got {name}={value!r}")
-    check_in_range(number, name, low, high, low_open=low_open)
-    return number
-
-
 def _label_smoothing(value):
-    return _number(value, "label_smoothing", 0.0, 1.0)
+    return number(value, "label_smoothing", 0.0, 1.0)
 
 
 def _gamma(value):
-    return _number(value, "gamma", 0.0)
+    return number(value, "gamma", 0.0)
 
 
 def _pos_weight(value):
-    return _number(value, "pos_weight", 0.0, low_open=True)
-
-
-def _axis(axis):
-    if isinstance(axis, numbers.Integral) and not isinstance(axis, bool):
-        return int(axis)
-    raise ValueError(f"`axis` must be an int, got axis={axis!r}")
+    return number(value, "pos_weight", 0.0, low_open=True)
 
 
 def _ignore_class(value, *, integer):
@@ -130,29 +110,23 @@ def _ignore_class(value, *, integer):
                     f"`ignore_class` must be None or an integer, got ignore_class={value!r}"
                 )
         return int(value)
-    return _number(value, "ignore_class")
+    return number(value, "ignore_class")
 
 
 def _class_alpha(alpha):
     """Categorical focal ``alpha``: a non-negative number or a sequence of them (one per class)."""
     if isinstance(alpha, (list, tuple, np.ndarray)):
-        values = tuple(_number(a, "alpha", 0.0) for a in np.ravel(np.asarray(alpha, dtype=object)))
+        values = tuple(number(a, "alpha", 0.0) for a in np.ravel(np.asarray(alpha, dtype=object)))
         if not values:
             raise ValueError(f"`alpha` must not be empty, got alpha={alpha!r}")
         return values
-    return _number(alpha, "alpha", 0.0)
+    return number(alpha, "alpha", 0.0)
 
 
 def _bool(value, name):
     if isinstance(value, (bool, np.bool_)):
         return bool(value)
     raise ValueError(f"`{name}` must be a bool, got {name}={value!r}")
-
-
-def _canonical_axis(axis, rank, name="axis"):
-    if not -rank <= axis < rank:
-        raise ValueError(f"`{name}` is out of range for a rank-{rank} `y_pred`, got {name}={axis}")
-    return axis % rank
 
 
 # ----------------------------------------------------------------------------
@@ -199,15 +173,6 @@ def _resolve_prediction(y_pred, from_logits, op_type, fn_name):
 # ----------------------------------------------------------------------------
 # Shared pieces
 # ----------------------------------------------------------------------------
-
-
-def _prepare_dense(y_true, y_pred):
-    """Float ``y_pred``, ``y_true`` as a tensor, ranks aligned as Keras does, shapes checked."""
-    y_pred = as_float_tensor(y_pred, "y_pred")
-    y_true = tf.convert_to_tensor(y_true, dtype_hint=compute_dtype(y_pred.dtype))
-    y_true, y_pred = match_rank(y_true, y_pred)
-    check_same_shape(y_true, y_pred, "y_true", "y_pred")
-    return y_true, y_pred
 
 
 def _to_compute(x):
@@ -319,7 +284,9 @@ def _weighted_binary_crossentropy(target, output, from_logits, pos_weight):
         0.0,
         safe_true=0.5,
     )
-    return pos_weight * target * positive + (1.0 - target) * negative
+    loss = pos_weight * target * positive + (1.0 - target) * negative
+    # An infinite target is not a label: NaN (the op's rule), never inf - inf.
+    return tf.where(tf.math.is_finite(target), loss, tf.fill(tf.shape(loss), tf.constant(math.nan, loss.dtype)))
 
 
 def _binary_setup(y_true, y_pred, ignore_class):
@@ -354,14 +321,14 @@ def _binary_crossentropy_kernel(
 def _binary_crossentropy(
     y_true, y_pred, *, from_logits, label_smoothing, axis, pos_weight, ignore_class
 ):
-    y_true, y_pred = _prepare_dense(y_true, y_pred)
+    y_true, y_pred = prepare(y_true, y_pred, "binary_crossentropy", axis_argument(axis))
     return _with_mask(
         _binary_crossentropy_kernel(
             y_true,
             y_pred,
             from_logits=bool(from_logits),
             label_smoothing=_label_smoothing(label_smoothing),
-            axis=_axis(axis),
+            axis=axis_argument(axis),
             pos_weight=_pos_weight(pos_weight),
             ignore_class=_ignore_class(ignore_class, integer=False),
         )
@@ -603,17 +570,17 @@ def _binary_focal_crossentropy(
     pos_weight,
     ignore_class,
 ):
-    y_true, y_pred = _prepare_dense(y_true, y_pred)
+    y_true, y_pred = prepare(y_true, y_pred, "binary_focal_crossentropy", axis_argument(axis))
     return _with_mask(
         _binary_focal_crossentropy_kernel(
             y_true,
             y_pred,
             apply_class_balancing=_bool(apply_class_balancing, "apply_class_balancing"),
-            alpha=_number(alpha, "alpha", 0.0, 1.0),
+            alpha=number(alpha, "alpha", 0.0, 1.0),
             gamma=_gamma(gamma),
             from_logits=bool(from_logits),
             label_smoothing=_label_smoothing(label_smoothing),
-            axis=_axis(axis),
+            axis=axis_argument(axis),
             pos_weight=_pos_weight(pos_weight),
             ignore_class=_ignore_class(ignore_class, integer=False),
         )
@@ -662,7 +629,7 @@ def _finish_rows(loss, valid):
 
 @xla_kernel
 def _categorical_crossentropy_kernel(y_true, y_pred, from_logits, label_smoothing, axis, ignore_class):
-    axis = _canonical_axis(axis, len(y_pred.shape))
+    axis = canonical_axis(axis, len(y_pred.shape))
     target, output, valid = _categorical_setup(y_true, y_pred, from_logits, axis, ignore_class)
     target = _smooth_categorical(target, label_smoothing, axis)
     loss = ops.categorical_crossentropy(target, output, from_logits=from_logits, axis=axis)
@@ -670,9 +637,8 @@ def _categorical_crossentropy_kernel(y_true, y_pred, from_logits, label_smoothin
 
 
 def _categorical_crossentropy(y_true, y_pred, *, from_logits, label_smoothing, axis, ignore_class):
-    y_true, y_pred = _prepare_dense(y_true, y_pred)
-    axis = _axis(axis)
-    _canonical_axis(axis, len(y_pred.shape))
+    axis = axis_argument(axis)
+    y_true, y_pred = prepare(y_true, y_pred, "categorical_crossentropy", axis)
     return _with_mask(
         _categorical_crossentropy_kernel(
             y_true,
@@ -763,6 +729,33 @@ def _categorical_focal_factor(logits, axis, gamma):
     return _power(base, gamma)
 
 
+@tf.custom_gradient
+def _focal_product(factor, cross_entropy):
+    """``factor * cross_entropy`` (``ce = -t log p``, ``t <= 1``), with the factor's gradient
+    left out where it is below the dtype's resolution.
+
+    The factor ``(1 - p)^gamma`` changes with ``p`` at a rate of at most
+    ``gamma * p``, so its part of the gradient, ``ce * d factor``, is at most
+    ``gamma * t * (-log p) * p``. Where ``ce > -log(tiny)`` (87.3 in float32),
+    ``-log p >= ce / t`` puts ``p`` below the smallest normal: that part is 0
+    in the dtype, and it is sent as 0. Autodiff would send ``upstream * ce``
+    down the factor's chain, where a huge or overflowed ``ce`` (logits
+    ``[-3e38, 3e38, 0]`` with target class 0: ``inf``) meets the softmax
+    slope ``p = 0`` as ``inf * 0 = NaN``; the plain cross-entropy's gradient
+    is finite there. The cross-entropy's own gradient is unchanged.
+    """
+
+    def grad(upstream):
+        # -log(tiny): beyond it the factor's slope underflows (see above).
+        resolved = cross_entropy <= -math.log(dtype_limits(cross_entropy.dtype).tiny)
+        to_factor = tf.where(resolved, upstream * cross_entropy, tf.zeros_like(cross_entropy))
+        # NaN is never hidden: a NaN cross-entropy still reaches the factor.
+        to_factor = tf.where(tf.math.is_nan(cross_entropy), cross_entropy, to_factor)
+        return to_factor, upstream * factor
+
+    return factor * cross_entropy, grad
+
+
 def _categorical_alpha(alpha, log_p, axis):
     if isinstance(alpha, tuple):
         shape = [1] * len(log_p.shape)
@@ -775,7 +768,7 @@ def _categorical_alpha(alpha, log_p, axis):
 def _categorical_focal_crossentropy_kernel(
     y_true, y_pred, alpha, gamma, from_logits, label_smoothing, axis, ignore_class
 ):
-    axis = _canonical_axis(axis, len(y_pred.shape))
+    axis = canonical_axis(axis, len(y_pred.shape))
     target, output, valid = _categorical_setup(y_true, y_pred, from_logits, axis, ignore_class)
     target = _smooth_categorical(target, label_smoothing, axis)
     if from_logits:
@@ -790,18 +783,18 @@ def _categorical_focal_crossentropy_kernel(
     cross_entropy = safe_where(
         tf.not_equal(target, 0.0), log_p, lambda v: -target * v, 0.0, safe_true=-1.0
     )
-    values = _categorical_alpha(alpha, log_p, axis) * cross_entropy
     if gamma:  # gamma == 0: no focal factor (and no 0 * log 0)
-        values = _categorical_focal_factor(logits, axis, gamma) * values
+        cross_entropy = _focal_product(_categorical_focal_factor(logits, axis, gamma), cross_entropy)
+    values = _categorical_alpha(alpha, log_p, axis) * cross_entropy
     return _finish_rows(tf.reduce_sum(values, axis=axis), valid)
 
 
 def _categorical_focal_crossentropy(
     y_true, y_pred, *, alpha, gamma, from_logits, label_smoothing, axis, ignore_class
 ):
-    y_true, y_pred = _prepare_dense(y_true, y_pred)
-    axis = _axis(axis)
-    canonical = _canonical_axis(axis, len(y_pred.shape))
+    axis = axis_argument(axis)
+    y_true, y_pred = prepare(y_true, y_pred, "categorical_focal_crossentropy", axis)
+    canonical = canonical_axis(axis, len(y_pred.shape))
     alpha = _class_alpha(alpha)
     num_classes = y_pred.shape[canonical]
     if isinstance(alpha, tuple) and num_classes is not None and len(alpha) != num_classes:
@@ -932,10 +925,12 @@ def _check_label_range(labels, num_classes, ignore_class):
 
 
 def _prepare_sparse(y_true, y_pred, axis):
-    y_pred = as_float_tensor(y_pred, "y_pred")
+    if isinstance(y_true, tf.RaggedTensor) or isinstance(y_pred, tf.RaggedTensor):
+        prepare(y_true, y_pred, "sparse_categorical_crossentropy")  # the error for ragged input
+    y_pred = as_float_tensor(y_pred, "y_pred", keras.config.floatx())
     labels = _labels(y_true)
     rank = len(y_pred.shape)
-    canonical = _canonical_axis(axis, rank)
+    canonical = canonical_axis(axis, rank)
     # A trailing (or class-axis) size-1 label axis is squeezed, as in Keras.
     if len(labels.shape) == rank and labels.shape[canonical] == 1:
         labels = tf.squeeze(labels, axis=canonical)
@@ -956,7 +951,7 @@ def _sparse_categorical_crossentropy_kernel(
     labels, y_pred, from_logits, ignore_class, axis, label_smoothing
 ):
     output = _to_compute(y_pred)
-    axis = _canonical_axis(axis, len(output.shape))
+    axis = canonical_axis(axis, len(output.shape))
     valid = None
     if ignore_class is not None:
         valid = tf.not_equal(labels, tf.cast(ignore_class, labels.dtype))
@@ -978,7 +973,7 @@ def _sparse_categorical_crossentropy_kernel(
 def _sparse_categorical_crossentropy(
     y_true, y_pred, *, from_logits, ignore_class, axis, label_smoothing
 ):
-    axis = _axis(axis)
+    axis = axis_argument(axis)
     ignore_class = _ignore_class(ignore_class, integer=True)
     label_smoothing = _label_smoothing(label_smoothing)
     labels, y_pred, num_classes = _prepare_sparse(y_true, y_pred, axis)
@@ -1091,11 +1086,13 @@ def _kl_divergence_kernel(y_true, y_pred):
     # predictions in [tiny, 1] (Keras: [1e-7, 1]).
     target = _clip(target, 0.0, 1.0)
     prediction = _clip(prediction, dtype_limits(prediction.dtype).tiny, 1.0)
-    positive = tf.greater(target, 0.0)
+    # NaN counts as positive: it reaches the result (NaN in, NaN out).
+    positive = tf.not_equal(target, 0.0)
     # xlogy semantics: a zero target contributes 0 with a zero gradient; its
-    # branch sees 1 in place of the target (finite there).
+    # branch sees 1 in place of the target (finite there). 0 * prediction,
+    # not 0, so a NaN prediction at a zero target still gives NaN.
     safe_target = tf.where(positive, target, tf.ones_like(target))
-    terms = tf.where(positive, safe_target * _log_ratio(safe_target, prediction), tf.zeros_like(target))
+    terms = tf.where(positive, safe_target * _log_ratio(safe_target, prediction), 0.0 * prediction)
     return tf.reduce_sum(terms, axis=-1)
 
 
@@ -1131,7 +1128,7 @@ def kl_divergence(y_true, y_pred):
     Example:
         >>> kl_divergence([[0.0, 1.0]], [[0.4, 0.6]])  # [0.5108256]
     """
-    return _kl_divergence_kernel(*_prepare_dense(y_true, y_pred))
+    return _kl_divergence_kernel(*prepare(y_true, y_pred, "kl_divergence"))
 
 
 @xla_kernel
@@ -1145,6 +1142,7 @@ def _poisson_kernel(y_true, y_pred):
 
 
 @_graph_code
+@ragged_rows
 def poisson(y_true, y_pred):
     """Poisson loss ``mean(y_pred - y_true * log(y_pred), axis=-1)``.
 
@@ -1173,7 +1171,7 @@ def poisson(y_true, y_pred):
     Example:
         >>> poisson([[0.0, 1.0]], [[1.0, 2.0]])  # [1.1534264]
     """
-    return _poisson_kernel(*_prepare_dense(y_true, y_pred))
+    return _poisson_kernel(*prepare(y_true, y_pred, "poisson"))
 
 
 # ----------------------------------------------------------------------------
@@ -1210,6 +1208,14 @@ def _in_loss_dtype(x, dtype):
     return tensor
 
 
+def _is_floating(x):
+    """Whether ``x`` (or what ``tf.convert_to_tensor`` makes of it) is floating; unknown counts as yes."""
+    try:
+        return tf.convert_to_tensor(x).dtype.is_floating
+    except (TypeError, ValueError):
+        return True
+
+
 class _ProbabilisticLoss(FunctionLoss):
     """A ``FunctionLoss`` that computes from the inputs as the caller passed them.
 
@@ -1217,9 +1223,10 @@ class _ProbabilisticLoss(FunctionLoss):
     dtype before ``call``. That cast drops the logits a sigmoid/softmax output
     carries when the dtypes differ (``mixed_float16``: Keras then computes
     from clipped float16 probabilities, gradient 0 when saturated), rounds
-    integer labels through float16 with ``dtype="float16"``, and hides
-    integer predictions. ``__call__`` makes that cast itself (keeping the
-    Keras mask), remembers the raw inputs, and hands over to the Keras base
+    integer labels through float16 with ``dtype="float16"``. ``__call__``
+    makes that cast itself (keeping the Keras mask), remembers the raw inputs
+    (integer and boolean predictions as cast: the loss dtype, as in Keras;
+    strings and complex numbers are a ``TypeError``), and hands over to the Keras base
     (reduction, ``sample_weight`` and masks stay Keras's). ``call`` computes
     from the raw inputs when it receives exactly those cast tensors, and from
     what it receives otherwise (a subclass's ``call`` may pass its own).
@@ -1232,9 +1239,11 @@ class _ProbabilisticLoss(FunctionLoss):
     def __call__(self, y_true, y_pred, sample_weight=None):
         if isinstance(y_true, dict) or isinstance(y_pred, dict):
             return super().__call__(y_true, y_pred, sample_weight=sample_weight)
-        as_float_tensor(y_pred, "y_pred")  # before any cast hides integer predictions
+        check_loss_inputs(y_true, y_pred)  # strings, complex numbers: TypeError
         dtype = tf.as_dtype(self.dtype)
         cast_true, cast_pred = _in_loss_dtype(y_true, dtype), _in_loss_dtype(y_pred, dtype)
+        if not _is_floating(y_pred):
+            y_pred = cast_pred  # integer and boolean predictions: the loss dtype, as Keras
         calls = _calls_in_progress()
         calls.append((self, y_true, y_pred, cast_true, cast_pred))
         try:
@@ -1296,10 +1305,10 @@ class BinaryCrossentropy(_ProbabilisticLoss):
         pos_weight=1.0,
         ignore_class=None,
     ):
-        _label_smoothing(label_smoothing)
-        _axis(axis)
-        _pos_weight(pos_weight)
-        _ignore_class(ignore_class, integer=False)
+        label_smoothing = _label_smoothing(label_smoothing)
+        axis = axis_argument(axis)
+        pos_weight = _pos_weight(pos_weight)
+        ignore_class = _ignore_class(ignore_class, integer=False)
         super().__init__(
             binary_crossentropy,
             reduction=reduction,
@@ -1352,12 +1361,12 @@ class BinaryFocalCrossentropy(_ProbabilisticLoss):
         ignore_class=None,
     ):
         _bool(apply_class_balancing, "apply_class_balancing")
-        _number(alpha, "alpha", 0.0, 1.0)
+        number(alpha, "alpha", 0.0, 1.0)
         _gamma(gamma)
-        _label_smoothing(label_smoothing)
-        _axis(axis)
-        _pos_weight(pos_weight)
-        _ignore_class(ignore_class, integer=False)
+        label_smoothing = _label_smoothing(label_smoothing)
+        axis = axis_argument(axis)
+        pos_weight = _pos_weight(pos_weight)
+        ignore_class = _ignore_class(ignore_class, integer=False)
         super().__init__(
             binary_focal_crossentropy,
             reduction=reduction,
@@ -1405,9 +1414,9 @@ class CategoricalCrossentropy(_ProbabilisticLoss):
         *,
         ignore_class=None,
     ):
-        _label_smoothing(label_smoothing)
-        _axis(axis)
-        _ignore_class(ignore_class, integer=True)
+        label_smoothing = _label_smoothing(label_smoothing)
+        axis = axis_argument(axis)
+        ignore_class = _ignore_class(ignore_class, integer=True)
         super().__init__(
             categorical_crossentropy,
             reduction=reduction,
@@ -1454,13 +1463,13 @@ class CategoricalFocalCrossentropy(_ProbabilisticLoss):
         *,
         ignore_class=None,
     ):
-        _class_alpha(alpha)
-        _gamma(gamma)
-        _label_smoothing(label_smoothing)
-        _axis(axis)
-        _ignore_class(ignore_class, integer=True)
-        if isinstance(alpha, (tuple, np.ndarray)):
-            alpha = [float(a) for a in np.ravel(alpha)]  # JSON-friendly config
+        alpha = _class_alpha(alpha)
+        gamma = _gamma(gamma)
+        label_smoothing = _label_smoothing(label_smoothing)
+        axis = axis_argument(axis)
+        ignore_class = _ignore_class(ignore_class, integer=True)
+        if isinstance(alpha, tuple):
+            alpha = list(alpha)  # JSON-friendly config
         super().__init__(
             categorical_focal_crossentropy,
             reduction=reduction,
@@ -1507,9 +1516,9 @@ class SparseCategoricalCrossentropy(_ProbabilisticLoss):
         *,
         label_smoothing=0.0,
     ):
-        _ignore_class(ignore_class, integer=True)
-        _axis(axis)
-        _label_smoothing(label_smoothing)
+        ignore_class = _ignore_class(ignore_class, integer=True)
+        axis = axis_argument(axis)
+        label_smoothing = _label_smoothing(label_smoothing)
         super().__init__(
             sparse_categorical_crossentropy,
             reduction=reduction,

@@ -33,16 +33,15 @@ runs an XLA-compiled kernel when called eagerly (``ops._kernel.xla_kernel``).
 from __future__ import annotations
 
 import math
-import numbers
 
 import keras
 import tensorflow as tf
 
 from stableops import ops
-from stableops.losses._base import FunctionLoss, match_rank
-from stableops.ops._checks import as_float_tensor, check_in_range, check_same_shape
+from stableops.losses._base import FunctionLoss, prepare, ragged_rows
+from stableops.ops._checks import axis_argument, number
 from stableops.ops._compensated import two_difference
-from stableops.ops._dtypes import compute_dtype
+from stableops.ops._dtypes import compute_dtype, dtype_limits
 from stableops.ops._kernel import xla_kernel
 
 __all__ = [
@@ -80,53 +79,14 @@ _REDUCTION = "sum_over_batch_size"
 # ----------------------------------------------------------------------------
 
 
-def _prepare(y_true, y_pred):
-    """Validate and align the two tensors (not yet cast: the kernel casts).
-
-    ``y_pred`` must be floating (``TypeError``). ``y_true`` may be any numeric
-    or boolean tensor; Python lists and scalars become ``y_pred``'s computing
-    dtype directly, so integer targets are never rounded through float16.
-    Ranks are aligned as Keras does; static shapes must then match
-    (``ValueError`` naming both).
-    """
-    y_pred = as_float_tensor(y_pred, "y_pred")
-    y_true = tf.convert_to_tensor(y_true, dtype_hint=compute_dtype(y_pred.dtype))
-    y_true, y_pred = match_rank(y_true, y_pred)
-    check_same_shape(y_true, y_pred, "y_true", "y_pred")
-    return y_true, y_pred
-
-
 def _hyperparameter(value, name, low=None, *, low_open=False):
-    """``value`` as a Python float, ``ValueError`` naming it when NaN or out of range."""
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"`{name}` must be a number, got {name}={value!r}") from None
-    if math.isnan(number):
-        raise ValueError(f"`{name}` must not be NaN, got {name}={value!r}")
-    check_in_range(number, name, low, None, low_open=low_open)
-    return number
-
-
-def _is_int(value):
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+    """``value`` as a Python float (infinity allowed: ``Huber(delta=inf)``), see ``number``."""
+    return number(value, name, low, low_open=low_open, allow_inf=True)
 
 
 def _axis_argument(axis, *, allow_many):
-    """``axis`` as an int (or, with ``allow_many``, ``None`` or a tuple of ints).
-
-    Static and hashable: one compile per value. A list (as a JSON config
-    gives back) becomes a tuple.
-    """
-    if _is_int(axis):
-        return int(axis)
-    if allow_many:
-        if axis is None:
-            return None
-        if isinstance(axis, (tuple, list)) and axis and all(_is_int(a) for a in axis):
-            return tuple(int(a) for a in axis)
-    expected = "an int, a tuple of ints or None" if allow_many else "an int"
-    raise ValueError(f"`axis` must be {expected}, got axis={axis!r}")
+    """An int axis, or (``allow_many``) ``None`` or a tuple of ints."""
+    return axis_argument(axis, allow_many=allow_many, allow_none=allow_many)
 
 
 def _kernel(fn):
@@ -147,6 +107,18 @@ def _in_compute_dtype(y_true, y_pred):
     return tf.cast(y_true, dtype), tf.cast(y_pred, dtype)
 
 
+def _mean_of_squares(x):
+    """``mean(x^2, axis=-1)``, with a gradient that is finite wherever ``2 x / n`` is.
+
+    The square is written ``x * x``: autodiff then forms ``g * x + x * g``
+    with ``g = upstream / n`` (each term at most ``|x| / n``). ``tf.square``'s
+    gradient ``upstream * (2 x)`` forms ``2 x`` first, which overflows for
+    ``|x| > max / 2`` under XLA (3 errors of 3e38: ``inf`` instead of the
+    mean's gradient 2e38 eagerly), so the regimes disagreed.
+    """
+    return tf.reduce_mean(x * x, axis=-1)
+
+
 # ----------------------------------------------------------------------------
 # Mean squared / absolute error
 # ----------------------------------------------------------------------------
@@ -155,9 +127,10 @@ def _in_compute_dtype(y_true, y_pred):
 @_kernel
 def _mean_squared_error_kernel(y_true, y_pred):
     y_true, y_pred = _in_compute_dtype(y_true, y_pred)
-    return tf.reduce_mean(tf.square(y_true - y_pred), axis=-1)
+    return _mean_of_squares(y_true - y_pred)
 
 
+@ragged_rows
 def mean_squared_error(y_true, y_pred):
     """Mean squared error over the last axis.
 
@@ -184,7 +157,7 @@ def mean_squared_error(y_true, y_pred):
     Example:
         >>> mean_squared_error([[1.0, 0.0, 1.0]], [[0.9, 0.1, 0.8]])  # [0.02]
     """
-    return _mean_squared_error_kernel(*_prepare(y_true, y_pred))
+    return _mean_squared_error_kernel(*prepare(y_true, y_pred, "mean_squared_error"))
 
 
 @_kernel
@@ -193,6 +166,7 @@ def _mean_absolute_error_kernel(y_true, y_pred):
     return tf.reduce_mean(tf.abs(y_true - y_pred), axis=-1)
 
 
+@ragged_rows
 def mean_absolute_error(y_true, y_pred):
     """Mean absolute error over the last axis.
 
@@ -216,7 +190,7 @@ def mean_absolute_error(y_true, y_pred):
     Example:
         >>> mean_absolute_error([[1.0, 0.3, 1.0]], [[1.9, 0.3, 1.8]])  # [0.5666667]
     """
-    return _mean_absolute_error_kernel(*_prepare(y_true, y_pred))
+    return _mean_absolute_error_kernel(*prepare(y_true, y_pred, "mean_absolute_error"))
 
 
 # ----------------------------------------------------------------------------
@@ -272,7 +246,7 @@ def mean_absolute_percentage_error(y_true, y_pred):
         ... # [6.111111]
         >>> mean_absolute_percentage_error([[0.0, 1.0]], [[0.5, 1.5]])  # [50.0]; Keras 2.5e8
     """
-    return _mean_absolute_percentage_error_kernel(*_prepare(y_true, y_pred))
+    return _mean_absolute_percentage_error_kernel(*prepare(y_true, y_pred, "mean_absolute_percentage_error"))
 
 
 # ----------------------------------------------------------------------------
@@ -310,9 +284,12 @@ def _log_error(y_true, y_pred):
 @_kernel
 def _mean_squared_logarithmic_error_kernel(y_true, y_pred):
     y_true, y_pred = _in_compute_dtype(y_true, y_pred)
-    return tf.reduce_mean(tf.square(_log_error(y_true, y_pred)), axis=-1)
+    # Targets follow Keras: clipped at 0 (gradient 0 below; NaN stays NaN).
+    y_true = tf.where(y_true < 0.0, tf.zeros_like(y_true), y_true)
+    return _mean_of_squares(_log_error(y_true, y_pred))
 
 
+@ragged_rows
 def mean_squared_logarithmic_error(y_true, y_pred):
     """Mean squared logarithmic error over the last axis.
 
@@ -348,7 +325,7 @@ def mean_squared_logarithmic_error(y_true, y_pred):
     Example:
         >>> mean_squared_logarithmic_error([[1.0]], [[-0.5]])  # [1.4236]; Keras 0.4805
     """
-    return _mean_squared_logarithmic_error_kernel(*_prepare(y_true, y_pred))
+    return _mean_squared_logarithmic_error_kernel(*prepare(y_true, y_pred, "mean_squared_logarithmic_error"))
 
 
 # ----------------------------------------------------------------------------
@@ -376,6 +353,7 @@ def _huber_kernel(y_true, y_pred, delta):
     return tf.reduce_mean(per_element, axis=-1)
 
 
+@ragged_rows
 def huber(y_true, y_pred, delta=1.0):
     """Huber loss over the last axis: quadratic below ``delta``, linear above.
 
@@ -410,7 +388,7 @@ def huber(y_true, y_pred, delta=1.0):
         >>> huber([[0.0, 1.0], [0.0, 0.0]], [[0.6, 0.4], [0.4, 0.6]])  # [0.18, 0.13]
     """
     delta = _hyperparameter(delta, "delta", 0.0, low_open=True)
-    return _huber_kernel(*_prepare(y_true, y_pred), delta=delta)
+    return _huber_kernel(*prepare(y_true, y_pred, "huber"), delta=delta)
 
 
 @_kernel
@@ -423,6 +401,7 @@ def _log_cosh_kernel(y_true, y_pred):
     return tf.reduce_mean(ops.log_cosh(error) + tf.tanh(error) * error_low, axis=-1)
 
 
+@ragged_rows
 def log_cosh(y_true, y_pred):
     """Mean of the log of the hyperbolic cosine of the error, over the last axis.
 
@@ -450,7 +429,7 @@ def log_cosh(y_true, y_pred):
     Example:
         >>> log_cosh([[0.0, 1.0], [0.0, 0.0]], [[1.0, 1.0], [0.0, 0.0]])  # [0.2169, 0.0]
     """
-    return _log_cosh_kernel(*_prepare(y_true, y_pred))
+    return _log_cosh_kernel(*prepare(y_true, y_pred, "log_cosh"))
 
 
 # ----------------------------------------------------------------------------
@@ -497,7 +476,7 @@ def cosine_similarity(y_true, y_pred, axis=-1):
         ... # [0., -0.99999994, 0.99999994]
     """
     axis = _axis_argument(axis, allow_many=False)
-    return _cosine_similarity_kernel(*_prepare(y_true, y_pred), axis=axis)
+    return _cosine_similarity_kernel(*prepare(y_true, y_pred, "cosine_similarity", axis), axis=axis)
 
 
 # ----------------------------------------------------------------------------
@@ -505,28 +484,55 @@ def cosine_similarity(y_true, y_pred, axis=-1):
 # ----------------------------------------------------------------------------
 
 
-def _overlap_terms(y_true, y_pred, axis):
+def _overflow_scale(y_pred, axis, weight):
+    """Per sample, 1, or ``1 / (weight * n)`` when its sums over ``axis`` could overflow.
+
+    ``n`` is the number of entries reduced and ``weight`` the number of
+    ``n``-term sums added in the loss's denominator (2 for Dice: ``sum(y_true)
+    + sum(y_pred)``; ``1 + alpha + beta`` for Tversky). With targets in
+    ``[0, 1]`` every summed term is at most ``1 + |y_pred|``, so a sample
+    whose largest ``|y_pred|`` is below ``max / (2 weight n)`` cannot
+    overflow and keeps scale 1 (its results are bit for bit unchanged);
+    beyond it (predictions of ``±3e38``) each term is divided by ``weight *
+    n`` before it is summed, so every sum stays finite. The loss is a ratio
+    of such sums, so the scale cancels (``smooth`` is scaled with them).
+
+    Returns:
+        ``(scale, scale_reduced)``: broadcastable against ``y_pred``, and the
+        same with ``axis`` reduced.
+    """
+    count = tf.reduce_sum(tf.ones_like(y_pred), axis=axis, keepdims=True)
+    largest = tf.reduce_max(tf.abs(y_pred), axis=axis, keepdims=True)
+    # max / (2 weight n): the 2 leaves room for the 1 in |1 - y_pred|.
+    limit = dtype_limits(y_pred.dtype).max / (2.0 * weight * count)
+    scale = tf.where(largest < limit, tf.ones_like(count), 1.0 / (weight * count))
+    return scale, tf.reduce_max(scale, axis=axis)
+
+
+def _overlap_terms(y_true, y_pred, axis, scale):
     """Soft true positives, missed positives and false alarms, summed over ``axis``.
 
     ``missed = sum(y_true (1 - y_pred))`` and ``false_alarm = sum(y_pred (1 -
     y_true))`` are summed directly, so a near-perfect prediction gives a small,
-    accurate loss instead of ``1 - ratio`` cancelling to 0.
+    accurate loss instead of ``1 - ratio`` cancelling to 0. Each term is
+    multiplied by ``scale`` (:func:`_overflow_scale`) before it is summed.
     """
-    true_positive = tf.reduce_sum(y_true * y_pred, axis=axis)
-    missed = tf.reduce_sum(y_true * (1.0 - y_pred), axis=axis)
-    false_alarm = tf.reduce_sum(y_pred * (1.0 - y_true), axis=axis)
+    true_positive = tf.reduce_sum(y_true * y_pred * scale, axis=axis)
+    missed = tf.reduce_sum(y_true * (1.0 - y_pred) * scale, axis=axis)
+    false_alarm = tf.reduce_sum(y_pred * (1.0 - y_true) * scale, axis=axis)
     return true_positive, missed, false_alarm
 
 
 @_kernel
 def _dice_kernel(y_true, y_pred, axis, smooth):
     y_true, y_pred = _in_compute_dtype(y_true, y_pred)
-    _, missed, false_alarm = _overlap_terms(y_true, y_pred, axis)
-    total = tf.reduce_sum(y_true, axis=axis) + tf.reduce_sum(y_pred, axis=axis)
+    scale, scale_reduced = _overflow_scale(y_pred, axis, 2.0)
+    _, missed, false_alarm = _overlap_terms(y_true, y_pred, axis, scale)
+    total = tf.reduce_sum(y_true * scale, axis=axis) + tf.reduce_sum(y_pred * scale, axis=axis)
     # 1 - (2 TP + s) / (sum(y_true) + sum(y_pred) + s), written as
     # (missed + false alarms) / (...). Two empty masks (0 / 0 with s = 0)
     # agree perfectly: safe_divide's fill gives loss 0 with a zero gradient.
-    return ops.safe_divide(missed + false_alarm, total + smooth)
+    return ops.safe_divide(missed + false_alarm, total + smooth * scale_reduced)
 
 
 def dice(y_true, y_pred, axis=None, *, smooth=0.0):
@@ -570,19 +576,20 @@ def dice(y_true, y_pred, axis=None, *, smooth=0.0):
     """
     axis = _axis_argument(axis, allow_many=True)
     smooth = _hyperparameter(smooth, "smooth", 0.0)
-    return _dice_kernel(*_prepare(y_true, y_pred), axis=axis, smooth=smooth)
+    return _dice_kernel(*prepare(y_true, y_pred, "dice", axis), axis=axis, smooth=smooth)
 
 
 @_kernel
 def _tversky_kernel(y_true, y_pred, alpha, beta, axis, smooth):
     y_true, y_pred = _in_compute_dtype(y_true, y_pred)
-    true_positive, missed, false_alarm = _overlap_terms(y_true, y_pred, axis)
+    scale, scale_reduced = _overflow_scale(y_pred, axis, 1.0 + alpha + beta)
+    true_positive, missed, false_alarm = _overlap_terms(y_true, y_pred, axis, scale)
     # Keras's weighting: alpha multiplies sum(y_true (1 - y_pred)) (its `fp`),
     # beta multiplies sum(y_pred (1 - y_true)) (its `fn`).
     penalty = alpha * missed + beta * false_alarm
     # 1 - (TP + s) / (TP + penalty + s) = penalty / (TP + penalty + s);
     # 0 / 0 (nothing to score, s = 0) is a perfect match: loss 0.
-    return ops.safe_divide(penalty, true_positive + penalty + smooth)
+    return ops.safe_divide(penalty, true_positive + penalty + smooth * scale_reduced)
 
 
 def tversky(y_true, y_pred, alpha=0.5, beta=0.5, axis=None, *, smooth=0.0):
@@ -630,7 +637,7 @@ def tversky(y_true, y_pred, alpha=0.5, beta=0.5, axis=None, *, smooth=0.0):
     axis = _axis_argument(axis, allow_many=True)
     smooth = _hyperparameter(smooth, "smooth", 0.0)
     return _tversky_kernel(
-        *_prepare(y_true, y_pred), alpha=alpha, beta=beta, axis=axis, smooth=smooth
+        *prepare(y_true, y_pred, "tversky", axis), alpha=alpha, beta=beta, axis=axis, smooth=smooth
     )
 
 
@@ -655,6 +662,7 @@ def _hinge_kernel(y_true, y_pred):
     return tf.reduce_mean(_margin_violation(y_true, y_pred), axis=-1)
 
 
+@ragged_rows
 def hinge(y_true, y_pred):
     """Hinge loss over the last axis.
 
@@ -679,15 +687,16 @@ def hinge(y_true, y_pred):
     Example:
         >>> hinge([[0.0, 1.0]], [[0.6, 0.4]])  # [1.1]
     """
-    return _hinge_kernel(*_prepare(y_true, y_pred))
+    return _hinge_kernel(*prepare(y_true, y_pred, "hinge"))
 
 
 @_kernel
 def _squared_hinge_kernel(y_true, y_pred):
     y_true, y_pred = _in_compute_dtype(y_true, y_pred)
-    return tf.reduce_mean(tf.square(_margin_violation(y_true, y_pred)), axis=-1)
+    return _mean_of_squares(_margin_violation(y_true, y_pred))
 
 
+@ragged_rows
 def squared_hinge(y_true, y_pred):
     """Squared hinge loss over the last axis.
 
@@ -713,7 +722,7 @@ def squared_hinge(y_true, y_pred):
     Example:
         >>> squared_hinge([[0.0, 1.0]], [[0.6, 0.4]])  # [1.46]
     """
-    return _squared_hinge_kernel(*_prepare(y_true, y_pred))
+    return _squared_hinge_kernel(*prepare(y_true, y_pred, "hinge"))
 
 
 @tf.custom_gradient
@@ -767,7 +776,7 @@ def categorical_hinge(y_true, y_pred):
     Example:
         >>> categorical_hinge([[0.0, 1.0, 0.0]], [[0.2, 0.5, 0.4]])  # [0.9]
     """
-    return _categorical_hinge_kernel(*_prepare(y_true, y_pred))
+    return _categorical_hinge_kernel(*prepare(y_true, y_pred, "hinge"))
 
 
 # ----------------------------------------------------------------------------
@@ -883,7 +892,7 @@ class Huber(FunctionLoss):
     """
 
     def __init__(self, delta=1.0, reduction=_REDUCTION, name="huber_loss", dtype=None):
-        _hyperparameter(delta, "delta", 0.0, low_open=True)
+        delta = _hyperparameter(delta, "delta", 0.0, low_open=True)
         super().__init__(huber, reduction=reduction, name=name, dtype=dtype, delta=delta)
 
 
@@ -919,7 +928,7 @@ class CosineSimilarity(FunctionLoss):
     """
 
     def __init__(self, axis=-1, reduction=_REDUCTION, name="cosine_similarity", dtype=None):
-        _axis_argument(axis, allow_many=False)
+        axis = _axis_argument(axis, allow_many=False)
         super().__init__(
             cosine_similarity, reduction=reduction, name=name, dtype=dtype, axis=axis
         )
@@ -948,7 +957,7 @@ class Dice(FunctionLoss):
     def __init__(self, reduction=_REDUCTION, name="dice", axis=None, dtype=None, *, smooth=0.0):
         # A list axis (as JSON gives back) is stored as a tuple: configs round trip.
         axis = _axis_argument(axis, allow_many=True)
-        _hyperparameter(smooth, "smooth", 0.0)
+        smooth = _hyperparameter(smooth, "smooth", 0.0)
         super().__init__(
             dice, reduction=reduction, name=name, dtype=dtype, axis=axis, smooth=smooth
         )
@@ -987,10 +996,10 @@ class Tversky(FunctionLoss):
         *,
         smooth=0.0,
     ):
-        _hyperparameter(alpha, "alpha", 0.0)
-        _hyperparameter(beta, "beta", 0.0)
+        alpha = _hyperparameter(alpha, "alpha", 0.0)
+        beta = _hyperparameter(beta, "beta", 0.0)
         axis = _axis_argument(axis, allow_many=True)  # a list is stored as a tuple
-        _hyperparameter(smooth, "smooth", 0.0)
+        smooth = _hyperparameter(smooth, "smooth", 0.0)
         super().__init__(
             tversky,
             reduction=reduction,

@@ -8,13 +8,9 @@ Half precision is computed in float32 and returned in the input dtype.
 
 from __future__ import annotations
 
-import math
-import numbers
-
-import numpy as np
 import tensorflow as tf
 
-from stableops.ops._checks import as_float_tensor, check_in_range
+from stableops.ops._checks import as_float_tensor, number
 from stableops.ops._dtypes import to_compute
 from stableops.ops._kernel import xla_kernel
 from stableops.ops._logexp import _expm1
@@ -23,18 +19,7 @@ from stableops.ops._where import safe_where
 
 def _check_hyperparameter(value, name):
     """A finite, non-negative Python float, or ``ValueError`` naming ``name`` and ``value``."""
-    if isinstance(value, (tf.Tensor, np.ndarray, np.generic)) and np.ndim(value) == 0:
-        try:
-            value = value.numpy() if isinstance(value, tf.Tensor) else value
-        except AttributeError:  # a symbolic tensor: its value is unknown here
-            raise TypeError(f"`{name}` must be a Python number, got a symbolic tensor") from None
-        value = value.item() if hasattr(value, "item") else value
-    if value is None or isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ValueError(f"`{name}` must be a non-negative finite number, got {name}={value!r}")
-    value = float(value)
-    if not math.isfinite(value):
-        raise ValueError(f"`{name}` must be a non-negative finite number, got {name}={value!r}")
-    return check_in_range(value, name, 0.0, None)
+    return number(value, name, 0.0)
 
 
 def _elu_core(x, alpha):
@@ -65,7 +50,6 @@ def _elu_kernel(x, alpha):
 
 @xla_kernel
 def _leaky_relu_kernel(x, negative_slope):
-    x = as_float_tensor(x, "x")
     x_c = to_compute(x)
     # Selecting (not max(x, slope * x)) is right for any slope, also > 1.
     value = tf.where(x_c > 0, x_c, negative_slope * x_c)
@@ -129,7 +113,8 @@ def leaky_relu(x, negative_slope=0.2):
         float16/bfloat16.
 
     Args:
-        x: floating tensor.
+        x: a real tensor; integer and boolean values are cast to float32
+            (as Keras's ``leaky_relu``).
         negative_slope: slope for ``x <= 0``, a finite number ``>= 0``
             (Keras's ``keras.ops.leaky_relu`` default 0.2).
 
@@ -138,11 +123,13 @@ def leaky_relu(x, negative_slope=0.2):
 
     Raises:
         ValueError: if ``negative_slope`` is negative, NaN or infinite.
-        TypeError: if ``x`` is not floating.
+        TypeError: if ``x`` holds strings or complex numbers.
 
     Example:
         >>> leaky_relu(tf.constant([-10.0, 3.0]))  # [-2., 3.]
     """
+    # Integer and boolean input is cast to float32, as Keras's leaky_relu does.
     return _leaky_relu_kernel(
-        x, negative_slope=_check_hyperparameter(negative_slope, "negative_slope")
+        as_float_tensor(x, "x", tf.float32),
+        negative_slope=_check_hyperparameter(negative_slope, "negative_slope"),
     )

@@ -209,6 +209,8 @@ def _binary_from_logits(target, logits):
     linear = tf.where(positive, _weighted(1.0 - z, x_positive), _weighted(z, -x_negative))
     minus_abs = tf.where(positive, -x, x)
     loss = linear + accurate_log1p(tf.exp(minus_abs))
+    # An infinite target is not a label: NaN, never the -inf of the formula.
+    loss = loss * _nan_unless(tf.math.is_finite(z), loss)
     return tf.cast(loss, logits.dtype)
 
 
@@ -227,6 +229,10 @@ def _binary_from_probabilities(target, probabilities):
     log_complement = _log_complement(p, bounds)
     loss = -(z * _log_probability(p, bounds)
              + (complement * log_complement + complement_low * log_complement))
+    # An infinite probability or target is invalid input: NaN in value and
+    # gradient, never the negative loss log(inf) would give.
+    valid = tf.logical_and(tf.math.is_finite(p), tf.math.is_finite(z))
+    loss = loss * _nan_unless(valid, loss)
     return tf.cast(loss, probabilities.dtype)
 
 
@@ -246,7 +252,9 @@ def binary_crossentropy(target, output, from_logits=False):
         terms are non-negative so nothing cancels, the gradient
         ``sigmoid(x) - z`` is exact (also at ``x = 0``). ``±inf`` logits give
         the limit: 0 when the target agrees (``z = 1`` for ``+inf``), ``inf``
-        otherwise. NaN in ``target`` or ``output`` gives NaN.
+        otherwise. NaN in ``target`` or ``output`` gives NaN, and so does an
+        infinite target (from probabilities also an infinite probability):
+        invalid input, never a negative loss.
         From probabilities: the clip bounds come from ``dtype_limits``, not a
         global 1e-7. Values: ``tiny`` and ``largest_below_one`` of the compute
         dtype (1.2e-38 and ``1 - 2**-24`` in float32), so float16/bfloat16
