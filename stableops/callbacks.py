@@ -8,7 +8,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-__all__ = ["NaNGuard", "NonFiniteTrainingError"]
+__all__ = ["NaNGuard", "NonFiniteTrainingError", "ScaledSchedule"]
 
 _ACTIONS = ("stop", "raise", "continue")
 # Findings that name where values first went non-finite, in data-flow order.
@@ -32,48 +32,64 @@ class NonFiniteTrainingError(RuntimeError):
 
 
 class NaNGuard(keras.callbacks.Callback):
-    """Stop a NaN at the first batch, restore the last good weights, and say why.
+    """Catch a diverging run early, roll it back to good weights, say why, and rescue it.
 
-    After every training batch the guard checks the batch's loss and every
-    weight (one fused ``all(isfinite)`` reduction). While they are finite it
-    keeps a copy of the weights and the optimizer state. On the first
-    non-finite loss or weight it:
+    After every training batch the guard looks at the batch's own loss and
+    every weight (one fused ``all(isfinite)`` reduction). It keeps a few
+    snapshots of the weights and the optimizer's slots (moments; never the
+    learning rate or counters such as ``iterations`` and
+    ``SkipNonFinite.skipped_steps``). A snapshot counts as *good* once the
+    next batch loss, computed with those weights, is healthy (within
+    ``LOSS_HEALTHY`` x the run's reference level): the last finite weights
+    are not necessarily good ones.
 
-    1. restores the last good weights and optimizer state (from before the
-       offending batch);
+    The run is diverging when a batch loss is non-finite, when it explodes
+    (above ``LOSS_EXPLOSION`` x the run's reference level and above its first
+    loss; see ``stableops/doctor/_thresholds.py``), when a weight is
+    non-finite, or when a weight heads for overflow (``|w|`` above the square
+    root of its dtype's maximum, where its products overflow). Then the guard:
+
+    1. rolls back to the good snapshot with the lowest loss after it (from
+       before the divergence: in a slow climb, the newest good snapshots are
+       already on the climb);
     2. re-runs the offending batch eagerly, outside XLA, with
        ``stableops.diagnose``: the first layer and op that went non-finite
        and the likely cause (bad labels, unscaled inputs, fully masked rows,
        float16 overflow, exploding gradients, ...);
     3. reports it (``verbose``) and records it in ``events``/``report``;
     4. acts: ``"stop"`` ends training (``model.stop_training``), ``"raise"``
-       raises :class:`NonFiniteTrainingError`, ``"continue"`` multiplies the
-       learning rate by ``lr_factor``, restarts the epoch's running metrics
-       (so the NaN batch does not poison them) and carries on, at most
-       ``max_recoveries`` times before it stops.
+       raises :class:`NonFiniteTrainingError`, ``"continue"`` skips the
+       offending batch, multiplies the learning rate by ``lr_factor`` and
+       carries on. The cut persists and compounds across recoveries (the
+       snapshots do not hold the learning rate); a ``LearningRateSchedule``
+       is scaled, not replaced (the guard wraps it in
+       :class:`ScaledSchedule` when training begins). After
+       ``max_recoveries`` recoveries the next divergence stops training and
+       the message says why.
 
-    It works with ``jit_compile=True``: the check runs between compiled steps,
-    and the re-run is eager. Keras's ``logs["loss"]`` in a batch callback is
-    the running mean of the epoch's batch losses; it becomes non-finite exactly
-    at the first non-finite batch loss, so this detects that batch (not the
-    epoch's end, unlike checking epoch logs), and the batch loss itself is
-    recomputed by the re-run.
+    It works with ``jit_compile=True`` (the check runs between compiled
+    steps, the re-run is eager), ``SkipNonFinite``, ``LossScaleOptimizer``
+    (its loss scale is the scaler's own business: not rolled back) and
+    ``tf.distribute``. The batch loss is read from the model's loss tracker
+    (``model.metrics``, the running mean Keras logs), so nothing is recomputed.
 
-    Cost: one reduction over all weights per batch, plus one on-device copy of
-    all weights and optimizer slots every ``snapshot_every`` batches (about
-    three times the model's size in memory with Adam). For large models set
-    ``snapshot_every`` higher: the restore then goes back up to that many
-    batches. To re-run the offending batch the guard keeps a reference to the
-    current batch (no copy); this needs ``steps_per_execution=1`` and a
-    non-distributed ``fit``, otherwise the report says the batch was
-    unavailable.
+    Cost: one reduction over all weights per batch, and ``snapshots + 1``
+    on-device copies of the weights and optimizer slots (with Adam and the
+    default ``snapshots=2``: about 9 times the model's size), refreshed every
+    ``snapshot_every`` batches (a copy per step by default). To re-run the
+    offending batch the guard keeps a reference to the current batch (no
+    copy); this needs ``steps_per_execution=1`` and a non-distributed ``fit``,
+    otherwise the report says the batch was unavailable. One guard per
+    ``fit``.
 
     Args:
         action: ``"stop"`` (default), ``"raise"`` or ``"continue"``.
         lr_factor: learning-rate multiplier on ``"continue"``, in ``(0, 1]``.
         max_recoveries: how many times ``"continue"`` may recover before the
             guard stops training (``None``: no limit).
-        snapshot_every: copy the good weights every this many batches.
+        snapshot_every: take a snapshot every this many batches.
+        snapshots: how many good snapshots to keep (the newest is restored;
+            the others stand by while the newer ones await confirmation).
         diagnose: re-run the offending batch through ``stableops.diagnose``.
         max_diagnoses: how many events get their own diagnosis (each is an
             eager pass over the batch); later events repeat the first one's.
@@ -81,18 +97,20 @@ class NaNGuard(keras.callbacks.Callback):
             silent.
 
     Attributes:
-        events: one dict per non-finite batch: ``epoch``, ``batch``, ``step``,
-            ``trigger`` (``"loss"`` or ``"weights"``), ``loss``,
-            ``nonfinite_weights``, ``restored_step``, ``layer``, ``op``,
-            ``cause``, ``action``.
+        events: one dict per divergence: ``epoch``, ``batch``, ``step``,
+            ``trigger`` (``"loss"``, ``"loss explosion"``, ``"weights"`` or
+            ``"weight overflow"``), ``loss`` (the batch's own loss),
+            ``reference_loss``, ``nonfinite_weights``, ``restored_step``,
+            ``layer``, ``op``, ``cause``, ``action`` and, on ``"continue"``,
+            ``learning_rate`` (the new rate, or the schedule's new scale).
         report: the :class:`stableops.Report` of the first event (or ``None``).
         recoveries: how many times ``"continue"`` recovered.
 
     Example:
-        >>> guard = NaNGuard(action="continue", lr_factor=0.5)
+        >>> guard = NaNGuard(action="continue", lr_factor=0.1)
         >>> model.fit(x, y, callbacks=[guard])
         >>> guard.events[0]["cause"]
-        'labels.range: 3 labels are outside the valid class range [0, 10) ...'
+        'input.scale: inputs are not scaled: 30 feature(s) have typical magnitude above 255.9 ...'
     """
 
     def __init__(
@@ -102,6 +120,7 @@ class NaNGuard(keras.callbacks.Callback):
         lr_factor=0.5,
         max_recoveries=5,
         snapshot_every=1,
+        snapshots=2,
         diagnose=True,
         max_diagnoses=1,
         verbose=1,
@@ -123,10 +142,13 @@ class NaNGuard(keras.callbacks.Callback):
             raise ValueError(
                 f"`snapshot_every` must be a positive int, got snapshot_every={snapshot_every!r}"
             )
+        if not isinstance(snapshots, int) or snapshots < 1:
+            raise ValueError(f"`snapshots` must be a positive int, got snapshots={snapshots!r}")
         self.action = action
         self.lr_factor = float(lr_factor)
         self.max_recoveries = max_recoveries
         self.snapshot_every = snapshot_every
+        self.snapshots = snapshots
         self.run_diagnosis = bool(diagnose)
         self.max_diagnoses = max_diagnoses
         self.verbose = verbose
@@ -139,25 +161,46 @@ class NaNGuard(keras.callbacks.Callback):
 
     # ------------------------------------------------------------------ setup
     def on_train_begin(self, logs=None):
+        from stableops.doctor import LossMonitor  # late: the doctor imports heavier modules
+
         self.events, self.report, self.recoveries = [], None, 0
         self._step = 0
         self._epoch = 0
         self._epoch_start_step = 0
-        self._good_step = 0
+        self._monitor = LossMonitor()
+        self._tracker_seen = (0.0, 0.0)
         optimizer = getattr(self.model, "optimizer", None)
         if optimizer is not None and not optimizer.built:
             optimizer.build(self.model.trainable_variables)
-        self._variables = list(self.model.weights) + (
-            list(optimizer.variables) if optimizer is not None else []
-        )
-        self._float_variables = [v for v in self._variables if tf.as_dtype(v.dtype).is_floating]
-        self._shadows = [tf.Variable(v.value, trainable=False) for v in self._variables]
-        self._check_and_save = tf.function(self._check_and_save_fn, autograph=False)
+        if optimizer is not None and self.action == "continue" and self.lr_factor != 1.0:
+            if _scale_schedule(optimizer):
+                # The compiled step read the old schedule when it was traced.
+                self.model.make_train_function(force=True)
+        self._variables = [v for v in self.model.weights if _is_float(v)] + _optimizer_state(optimizer)
+        # Weights heading for overflow: |w| above sqrt(max) of their dtype,
+        # where w * w (a product with a similar activation, an L2 penalty) overflows.
+        self._overflow_at = [
+            math.sqrt(float(np.finfo(tf.as_dtype(v.dtype).as_numpy_dtype).max)) for v in self._variables
+        ]
+        # snapshots + 1 slots: the good ones and the one awaiting confirmation.
+        self._slots = [
+            [tf.Variable(v.value, trainable=False) for v in self._variables] for _ in range(self.snapshots + 1)
+        ]
+        self._check_and_save = [
+            tf.function(lambda save, slot=slot: self._check_and_save_fn(save, slot), autograph=False)
+            for slot in self._slots
+        ]
+        # (slot, step, loss after it): the initial weights are the first good
+        # snapshot (their loss is not known yet: they rank last).
+        self._good = [(0, 0, math.inf)]
+        self._pending = None
+        self._last_snapshot_step = 0
         self._install_batch_stash()
 
     def on_train_end(self, logs=None):
         self._uninstall_batch_stash()
-        self._shadows = []
+        self._slots = []
+        self._check_and_save = []
         self._last_batch = None
 
     def on_epoch_begin(self, epoch, logs=None):
@@ -169,41 +212,99 @@ class NaNGuard(keras.callbacks.Callback):
         # Keras passes the index of the last batch run (several per call with
         # steps_per_execution > 1): count training steps, not calls.
         self._step = self._epoch_start_step + int(batch) + 1
-        loss = _as_float((logs or {}).get("loss"))
-        loss_finite = loss is None or math.isfinite(loss)
-        save = loss_finite and self._step - self._good_step >= self.snapshot_every
-        weights_finite = bool(self._check_and_save(tf.constant(save)))
-        if loss_finite and weights_finite:
+        loss = self._batch_loss(logs)
+        verdict = self._monitor.observe(loss)
+        monitor = self._monitor
+        diverging = verdict in (monitor.NON_FINITE, monitor.EXPLODED)
+        if self._pending is not None and not diverging:
+            # This batch's loss was computed with the pending snapshot's weights.
+            if verdict == monitor.HEALTHY:
+                self._confirm(*self._pending, loss)
+            self._pending = None
+        save = not diverging and self._step - self._last_snapshot_step >= self.snapshot_every
+        slot = self._free_slot() if save else 0
+        finite, overflow = (bool(t) for t in self._check_and_save[slot](tf.constant(save)))
+        if not diverging and finite and not overflow:
             if save:
-                self._good_step = self._step
+                self._pending = (slot, self._step)
+                self._last_snapshot_step = self._step
             return
-        self._handle(batch, "loss" if not loss_finite else "weights", loss)
+        if verdict == monitor.NON_FINITE:
+            trigger = "loss"
+        elif verdict == monitor.EXPLODED:
+            trigger = "loss explosion"
+        elif not finite:
+            trigger = "weights"
+        else:
+            trigger = "weight overflow"
+        self._handle(batch, trigger, loss)
 
-    def _check_and_save_fn(self, save):
-        checks = [tf.reduce_all(tf.math.is_finite(v.value)) for v in self._float_variables]
+    def _batch_loss(self, logs):
+        """This batch's own loss, from the loss tracker's running total and count."""
+        tracker = next((m for m in self.model.metrics if m.name == "loss"), None)
+        total, count = getattr(tracker, "total", None), getattr(tracker, "count", None)
+        if total is None or count is None:
+            return _as_float((logs or {}).get("loss"))  # Keras's running mean
+        total, count = float(np.asarray(total)), float(np.asarray(count))
+        seen_total, seen_count = self._tracker_seen
+        self._tracker_seen = (total, count)
+        if count > seen_count:
+            return (total - seen_total) / (count - seen_count)
+        # The tracker was reset since (a new epoch, a callback): all it holds is new.
+        return total / count if count else None
+
+    def _free_slot(self):
+        used = {good[0] for good in self._good} | ({self._pending[0]} if self._pending else set())
+        return next(i for i in range(len(self._slots)) if i not in used)
+
+    def _confirm(self, slot, step, loss):
+        """Keep the snapshot as good; when full, drop the oldest one but the best."""
+        self._good.append((slot, step, math.inf if loss is None else loss))
+        if len(self._good) > self.snapshots:
+            best = self._best()
+            self._good.remove(next(good for good in self._good if good is not best))
+
+    def _best(self):
+        """The good snapshot with the lowest loss after it (the newest among equals).
+
+        In a slow climb every recent snapshot was followed by a loss within
+        the healthy band; the one with the lowest loss is from before the climb.
+        """
+        return min(reversed(self._good), key=lambda good: good[2])
+
+    def _check_and_save_fn(self, save, shadows):
+        checks = [tf.reduce_all(tf.math.is_finite(v.value)) for v in self._variables]
         finite = tf.reduce_all(tf.stack(checks)) if checks else tf.constant(True)
+        overflow = [
+            tf.reduce_any(tf.abs(v.value) > tf.cast(limit, v.dtype))
+            for v, limit in zip(self._variables, self._overflow_at)
+        ]
+        overflow = tf.reduce_any(tf.stack(overflow)) if overflow else tf.constant(False)
 
         def copy():
-            for shadow, variable in zip(self._shadows, self._variables):
+            for shadow, variable in zip(shadows, self._variables):
                 shadow.assign(variable.value)
             return tf.constant(True)
 
         tf.cond(tf.logical_and(finite, save), copy, lambda: tf.constant(False))
-        return finite
+        return finite, overflow
 
     # ----------------------------------------------------------- the incident
     def _handle(self, batch, trigger, loss):
-        bad_weights = [v.path for v in self._float_variables if not np.isfinite(v.numpy()).all()]
-        for shadow, variable in zip(self._shadows, self._variables):
+        bad_weights = [v.path for v in self._variables if not np.isfinite(np.asarray(v.value)).all()]
+        slot, restored_step, _ = self._best()
+        for shadow, variable in zip(self._slots[slot], self._variables):
             variable.assign(shadow)
+        self._pending = None
         event = {
             "epoch": self._epoch,
             "batch": int(batch),
             "step": self._step,
             "trigger": trigger,
             "loss": loss,
+            "reference_loss": self._monitor.reference,
             "nonfinite_weights": bad_weights[:8],
-            "restored_step": self._good_step,
+            "restored_step": restored_step,
             "layer": None,
             "op": None,
             "cause": None,
@@ -224,15 +325,19 @@ class NaNGuard(keras.callbacks.Callback):
         else:
             self._fill_origin(event, report, bad_weights, trigger)
         action = self.action
-        if (
+        gave_up = (
             action == "continue"
             and self.max_recoveries is not None
             and self.recoveries >= self.max_recoveries
-        ):
+        )
+        if gave_up:
             action = "stop"
         event["action"] = action
         self.events.append(event)
-        message = self._message(event, report)
+        if action == "continue":
+            self.recoveries += 1
+            event["learning_rate"] = self._reduce_learning_rate()
+        message = self._message(event, report, gave_up)
         if action == "raise":
             self._uninstall_batch_stash()
             if self.verbose:
@@ -241,9 +346,9 @@ class NaNGuard(keras.callbacks.Callback):
         if action == "stop":
             self.model.stop_training = True
         else:
-            self.recoveries += 1
-            self._reduce_learning_rate(event)
+            # The epoch's running metrics hold the offending batch: restart them.
             self.model.reset_metrics()
+            self._tracker_seen = (0.0, 0.0)
         if self.verbose:
             print(message, flush=True)
 
@@ -286,22 +391,38 @@ class NaNGuard(keras.callbacks.Callback):
                 return f"layer '{layer.name}'"
         return path
 
-    def _reduce_learning_rate(self, event):
-        optimizer = self.model.optimizer
+    def _reduce_learning_rate(self):
+        """Multiply the learning rate (or the schedule's scale) by ``lr_factor``; return the new value."""
         if self.lr_factor == 1.0:
-            return
+            return None
+        optimizer = _innermost(self.model.optimizer)
+        rate = getattr(optimizer, "_learning_rate", None)  # Keras keeps the rate or schedule here
+        if isinstance(rate, ScaledSchedule):
+            rate.scale.assign(rate.scale * self.lr_factor)
+            return f"schedule x{float(rate.scale.numpy()):.3g}"
         try:
-            old = float(np.asarray(optimizer.learning_rate))
-            optimizer.learning_rate = old * self.lr_factor
-            event["learning_rate"] = old * self.lr_factor
+            new = float(np.asarray(optimizer.learning_rate)) * self.lr_factor
+            optimizer.learning_rate = new
+            return new
         except (TypeError, ValueError):
-            event["learning_rate"] = "unchanged (a LearningRateSchedule cannot be set)"
+            return "unchanged (a callable learning rate cannot be scaled)"
 
-    def _message(self, event, report):
+    def _message(self, event, report, gave_up=False):
         where = f"epoch {event['epoch'] + 1}, batch {event['batch']} (step {event['step']})"
+        what = {
+            "loss": "non-finite loss",
+            "loss explosion": "loss explosion",
+            "weights": "non-finite weights",
+            "weight overflow": "weights heading for overflow",
+        }[event["trigger"]]
+        if event["trigger"] == "loss explosion" and event["reference_loss"]:
+            what += (
+                f" (batch loss {event['loss']:.3g}, {event['loss'] / event['reference_loss']:.3g}x the "
+                f"run's level {event['reference_loss']:.3g})"
+            )
         lines = [
-            f"NaNGuard: non-finite {event['trigger']} at {where}; restored the weights from "
-            f"step {event['restored_step']}."
+            f"NaNGuard: {what} at {where}; rolled back to the weights of step {event['restored_step']} "
+            "(the best ones followed by a healthy loss)."
         ]
         if event["layer"]:
             op = f", op {event['op']}" if event["op"] else ""
@@ -315,15 +436,23 @@ class NaNGuard(keras.callbacks.Callback):
                 "  (the offending batch was not available to re-run: steps_per_execution > 1 "
                 "or a distributed fit)"
             )
+        rate = event.get("learning_rate")
         actions = {
             "stop": "stopping training.",
             "raise": "raising NonFiniteTrainingError.",
-            "continue": f"continuing (recovery {self.recoveries + 1}"
+            "continue": f"skipping the batch and continuing (recovery {self.recoveries}"
             + (f" of {self.max_recoveries}" if self.max_recoveries is not None else "")
-            + (f", learning rate x{self.lr_factor:g}" if self.lr_factor != 1.0 else "")
+            + (f", learning rate now {rate:.3g}" if isinstance(rate, float) else "")
+            + (f", learning rate {rate}" if isinstance(rate, str) else "")
             + ").",
         }
-        lines.append("  action: " + actions[event["action"]])
+        action = actions[event["action"]]
+        if gave_up:
+            action = (
+                f"stopping training: {self.max_recoveries} recoveries (rollback and learning-rate "
+                "cut) did not stop the divergence; fix the cause above."
+            )
+        lines.append("  action: " + action)
         return "\n".join(lines)
 
     # --------------------------------------------------- keeping the batch
@@ -336,10 +465,14 @@ class NaNGuard(keras.callbacks.Callback):
         """
         model = self.model
         original = getattr(model, "train_function", None)
+        while getattr(original, "_stableops_nan_guard", False):
+            # A guard's wrapper left behind by a fit that raised (Keras then
+            # skips on_train_end): unwrap it, or its guard would get the batches.
+            original = original._stableops_original
+            model.train_function = original
         self._last_batch = None
         if (
             original is None
-            or getattr(original, "_stableops_nan_guard", False)
             or getattr(model, "steps_per_execution", 1) != 1
             or tf.distribute.has_strategy()
         ):
@@ -361,6 +494,7 @@ class NaNGuard(keras.callbacks.Callback):
             return original(iter(tf.data.Dataset.from_tensors(data)))
 
         train_function._stableops_nan_guard = True
+        train_function._stableops_original = original
         self._original_train_function = original
         model.train_function = train_function
 
@@ -369,6 +503,79 @@ class NaNGuard(keras.callbacks.Callback):
             if getattr(self.model, "train_function", None) is not None:
                 self.model.train_function = self._original_train_function
             self._original_train_function = None
+
+
+def _is_float(variable) -> bool:
+    return tf.as_dtype(variable.dtype).is_floating
+
+
+def _innermost(optimizer):
+    """The optimizer that holds the learning rate (inside SkipNonFinite, LossScaleOptimizer)."""
+    while getattr(optimizer, "inner_optimizer", None) is not None:
+        optimizer = optimizer.inner_optimizer
+    return optimizer
+
+
+def _optimizer_state(optimizer) -> list:
+    """The optimizer's float slots (moments, accumulators) a rollback restores.
+
+    Not the learning rate (a cut must survive the rollback), not the counters
+    (``iterations``, ``skipped_steps``: integers) and not a loss scaler's
+    scale, which tracks overflow itself.
+    """
+    if optimizer is None:
+        return []
+    excluded = set()
+    current = optimizer
+    while current is not None:
+        excluded.add(id(getattr(current, "_learning_rate", None)))  # Keras's rate variable
+        if isinstance(current, keras.optimizers.LossScaleOptimizer):
+            excluded.add(id(getattr(current, "dynamic_scale", None)))
+        current = getattr(current, "inner_optimizer", None)
+    return [v for v in optimizer.variables if _is_float(v) and id(v) not in excluded]
+
+
+def _scale_schedule(optimizer) -> bool:
+    """Wrap a ``LearningRateSchedule`` in a :class:`ScaledSchedule`; True if it was replaced."""
+    optimizer = _innermost(optimizer)
+    rate = getattr(optimizer, "_learning_rate", None)
+    if isinstance(rate, keras.optimizers.schedules.LearningRateSchedule) and not isinstance(
+        rate, ScaledSchedule
+    ):
+        optimizer.learning_rate = ScaledSchedule(rate)
+        return True
+    return False
+
+
+@keras.saving.register_keras_serializable(package="stableops")
+class ScaledSchedule(keras.optimizers.schedules.LearningRateSchedule):
+    """A learning-rate schedule times a scale that ``NaNGuard`` lowers at each recovery.
+
+    ``ScaledSchedule(schedule, scale=1.0)(step) == scale * schedule(step)``.
+    The scale is a variable read inside the compiled train step, so a cut
+    takes effect at the next step without retracing, and the schedule's shape
+    (warm-up, decay) is kept.
+    """
+
+    def __init__(self, schedule, scale=1.0):
+        self.schedule = schedule
+        self.scale = tf.Variable(float(scale), trainable=False, dtype=tf.float32, name="lr_scale")
+
+    def __call__(self, step):
+        rate = self.schedule(step)
+        return rate * tf.cast(self.scale, tf.as_dtype(getattr(rate, "dtype", tf.float32)))
+
+    def get_config(self):
+        return {
+            "schedule": keras.saving.serialize_keras_object(self.schedule),
+            "scale": float(self.scale.numpy()),
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        schedule = keras.saving.deserialize_keras_object(config.pop("schedule"))
+        return cls(schedule, **config)
 
 
 def _as_float(value):

@@ -9,6 +9,7 @@
 """
 
 from stableops.doctor._diagnose import diagnose
+from stableops.doctor._divergence import LossMonitor
 from stableops.doctor._report import Finding, Report
 
-__all__ = ["Finding", "Report", "diagnose"]
+__all__ = ["Finding", "LossMonitor", "Report", "diagnose"]

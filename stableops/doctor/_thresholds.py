@@ -117,3 +117,32 @@ def one_hot_sum_tolerance(num_classes: int, dtype="float32") -> float:
 #: return a clipped constant and a zero gradient. This is float32's epsilon
 #: (1.19e-7), the resolution of values just below 1.
 PROBABILITY_CLIP_ZONE = _F32.eps
+
+
+# ---------------------------------------------------------------------------
+# Divergence: NaNGuard during training and diagnose's trial run share these.
+
+#: A batch loss more than this many times the run's reference level (the
+#: lowest median of LOSS_WINDOW consecutive batch losses so far) *and* above
+#: the run's first loss is an explosion: the run is diverging. The second
+#: condition is what keeps minibatch noise out: a healthy run's batch losses
+#: stay below its untrained, initial loss, however low its level has fallen
+#: (a late batch at 10x a level of 0.05 is no explosion). An order of
+#: magnitude in one go is the signature of an update that overshot: a
+#: diverging run grows geometrically and passes 10x within a step or two, some
+#: 37 orders of magnitude before float32 overflows (3.4e38), early enough for a
+#: rollback to healthy weights.
+LOSS_EXPLOSION = 10.0
+
+#: A snapshot of the weights counts as good when the next batch loss, computed
+#: with those weights, is within this factor of the reference level:
+#: sqrt(LOSS_EXPLOSION) = 3.2, halfway (on a log scale) between the level and
+#: an explosion, above the batch-to-batch noise of an ordinary run. Weights
+#: that have started to diverge (the last finite weights are not necessarily
+#: good) give a higher loss and are not kept.
+LOSS_HEALTHY = math.sqrt(LOSS_EXPLOSION)
+
+#: Batch losses in the running median: 8 batches smooth out single hard
+#: batches (the median ignores up to 3 outliers) yet follow a falling loss
+#: within an epoch of a few dozen batches.
+LOSS_WINDOW = 8
