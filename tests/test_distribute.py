@@ -311,10 +311,11 @@ def test_skip_non_finite_skips_the_step_on_every_replica(mirrored, bad_replica):
 @needs_replicas
 def test_nan_guard_restores_weights_when_one_replica_goes_nan(mirrored):
     x, y = _one_bad_replica_data()
-    # Good batch first, then the bad one: the guard must restore the weights
-    # after the good step.
-    x = np.concatenate([x[GLOBAL_BATCH:], x[:GLOBAL_BATCH]])
-    y = np.concatenate([y[GLOBAL_BATCH:], y[:GLOBAL_BATCH]])
+    # Two good batches (the same one twice), then the bad one: the guard must
+    # restore the weights after the first good step, the newest ones a healthy
+    # loss (the second batch's) vouched for.
+    x = np.concatenate([x[GLOBAL_BATCH:], x[GLOBAL_BATCH:], x[:GLOBAL_BATCH]])
+    y = np.concatenate([y[GLOBAL_BATCH:], y[GLOBAL_BATCH:], y[:GLOBAL_BATCH]])
     with mirrored.scope():
         model = _regressor()
         model.compile(optimizer=keras.optimizers.SGD(0.1), loss=stableops.losses.MeanSquaredError())
@@ -330,7 +331,8 @@ def test_nan_guard_restores_weights_when_one_replica_goes_nan(mirrored):
         np.testing.assert_allclose(got, want, rtol=RTOL, atol=ATOL)
     assert model.stop_training
     assert len(guard.events) == 1
-    assert guard.events[0]["batch"] == 1 and guard.events[0]["trigger"] == "loss"
+    assert guard.events[0]["batch"] == 2 and guard.events[0]["trigger"] == "loss"
+    assert guard.events[0]["restored_step"] == 1
 
 
 # ----------------------------------------------------------------------------
