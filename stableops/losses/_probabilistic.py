@@ -1360,9 +1360,9 @@ class BinaryFocalCrossentropy(_ProbabilisticLoss):
         pos_weight=1.0,
         ignore_class=None,
     ):
-        _bool(apply_class_balancing, "apply_class_balancing")
-        number(alpha, "alpha", 0.0, 1.0)
-        _gamma(gamma)
+        apply_class_balancing = _bool(apply_class_balancing, "apply_class_balancing")
+        alpha = number(alpha, "alpha", 0.0, 1.0)
+        gamma = _gamma(gamma)
         label_smoothing = _label_smoothing(label_smoothing)
         axis = axis_argument(axis)
         pos_weight = _pos_weight(pos_weight)
