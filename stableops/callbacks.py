@@ -361,7 +361,8 @@ class NaNGuard(keras.callbacks.Callback):
         x, y, _ = keras.utils.unpack_x_y_sample_weight(data)
         try:
             size = int(np.shape(tf.nest.flatten(x)[0])[0])
-            return diagnose(self.model, x, y, batch_size=max(size, 1), max_batches=1)
+            # No trial run: the guard has just watched the real one diverge.
+            return diagnose(self.model, x, y, batch_size=max(size, 1), max_batches=1, trial_steps=0)
         except Exception as error:  # noqa: BLE001 - the guard must not crash the run
             self._diagnose_error = error
             return None

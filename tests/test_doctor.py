@@ -386,8 +386,11 @@ def test_report_table_and_json():
     for finding in report.findings:
         assert finding.check in text and finding.fix.split()[0] in text
     data = json.loads(json.dumps(report.to_dict()))
-    assert data["counts"]["warning"] == len(report.warnings) >= 2
+    # SGD at 1e4 on a feature of scale 5e4: the trial run diverges, so the
+    # findings that explain it are errors, the trial's own finding last.
+    assert data["counts"]["error"] == len(report.errors) >= 3
     assert data["likely_cause"]["check"] == "input.scale"  # earliest in the data flow
+    assert report.errors[-1].check == "trial.diverged"
     assert {f["check"] for f in data["findings"]} == checks(report)
     assert all({"severity", "location", "evidence", "fix", "message"} <= set(f) for f in data["findings"])
 

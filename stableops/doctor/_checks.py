@@ -14,17 +14,20 @@ import numpy as np
 import tensorflow as tf
 
 from stableops.doctor import _thresholds as th
+from stableops.ops import dtype_limits
 from stableops.doctor._forward import NORMALIZING_LAYERS
-from stableops.doctor._report import Finding, format_number
+from stableops.doctor._registry import SCALE_INPUTS, SCALER_FIX, finding
+from stableops.doctor._report import format_number
 
 _MAX_LISTED = 8  # indices listed in evidence
 
-SCALER_FIX = (
-    "put stableops.layers.RobustScaler() first (adapt() it on the training data: median/IQR "
-    "scaling that clips outliers, computed in float32 even under mixed precision), or "
-    "keras.layers.Normalization() when the data has no outliers"
-)
-SCALE_INPUTS = "scale the inputs (stableops.layers.RobustScaler)"
+# Layers that read integers as indices (no magnitude to check), not as numbers.
+INDEX_LAYERS = {"Embedding", "StringLookup", "IntegerLookup", "CategoryEncoding", "Hashing", "Discretization"}
+
+# Losses whose value grows with the size of the regression error (the
+# targets' scale): unscaled targets make their gradients that many times larger.
+REGRESSION_LOSSES = {"mean_squared_error", "mean_absolute_error", "huber", "log_cosh"}
+
 
 
 def _n(count, noun: str) -> str:
@@ -119,7 +122,12 @@ def check_inputs(inputs, *, names=None, consumers=None, layer_stats=None, nonfin
     for index, values in enumerate(inputs):
         values = np.asarray(values)
         if not (np.issubdtype(values.dtype, np.floating) or values.dtype.name == "bfloat16"):
-            continue  # token ids, categorical codes: no scale to check
+            readers = consumers[index]
+            if not readers or any(type(layer).__name__ in INDEX_LAYERS for layer in readers):
+                continue  # token ids, categorical codes: no scale to check
+            if values.dtype.kind not in "iub":
+                continue
+            values = values.astype(np.float64)  # integer features fed to a Dense layer: numbers
         where = _input_name(index, names[index], len(inputs))
         stats = feature_statistics(values)
         if nonfinite_counts is not None and nonfinite_counts[index] is not None:
@@ -127,8 +135,8 @@ def check_inputs(inputs, *, names=None, consumers=None, layer_stats=None, nonfin
         bad = np.flatnonzero(stats["nonfinite"])
         if bad.size:
             findings.append(
-                Finding(
-                    check="input.non_finite",
+                finding(
+                    "input.non_finite",
                     severity="error",
                     location=f"{where} feature {bad[0]}",
                     message=f"{_n(stats['nonfinite'].sum(), 'input value')} NaN or inf",
@@ -152,16 +160,25 @@ def check_inputs(inputs, *, names=None, consumers=None, layer_stats=None, nonfin
                 and reader.nonfinite
             ):
                 feature = int(np.argmax(stats["max_abs"]))
+                fix = SCALER_FIX
+                if type(layer).__name__ in NORMALIZING_LAYERS:
+                    # The normaliser itself casts the raw values: suggesting
+                    # it would not help. It must compute in float32.
+                    fix = (
+                        f"run '{layer.name}' in float32 ({type(layer).__name__}(..., dtype='float32'), "
+                        "the layers after it can stay in mixed precision), or use "
+                        "stableops.layers.RobustScaler(), which computes in float32 under mixed precision"
+                    )
                 findings.append(
-                    Finding(
-                        check="input.float16_overflow",
+                    finding(
+                        "input.float16_overflow",
                         severity="error",
                         location=f"{where} feature {feature}",
                         message=f"input values up to {format_number(max_abs)} exceed the float16 "
                         f"maximum {format_number(th.FLOAT16_MAX)}: layer '{layer.name}' casts "
                         "them to float16, where they become inf",
                         evidence={"max_abs": max_abs, "float16_max": th.FLOAT16_MAX, "layer": layer.name},
-                        fix=SCALER_FIX,
+                        fix=fix,
                     )
                 )
                 break
@@ -192,8 +209,8 @@ def _scale_findings(where: str, stats: dict) -> list:
     if spread > th.SCALE_SPREAD:
         reasons.append(f"feature scales differ by {format_number(spread)}x")
     return [
-        Finding(
-            check="input.scale",
+        finding(
+            "input.scale",
             severity="warning",
             location=f"{where} feature {largest}",
             message="inputs are not scaled: " + "; ".join(reasons),
@@ -216,8 +233,8 @@ def _outlier_findings(where: str, stats: dict) -> list:
         return []
     worst = int(flagged[np.argmax(stats["max_z"][flagged])])
     return [
-        Finding(
-            check="input.outliers",
+        finding(
+            "input.outliers",
             severity="warning",
             location=f"{where} feature {worst}",
             message=f"outliers: {_n(stats['outliers'].sum(), 'value')} more than "
@@ -254,8 +271,8 @@ def check_labels(y, y_pred, loss) -> list:
         nonfinite = ~np.isfinite(y)
         if nonfinite.any():
             findings.append(
-                Finding(
-                    check="labels.non_finite",
+                finding(
+                    "labels.non_finite",
                     severity="error",
                     location="labels",
                     message=f"{_n(nonfinite.sum(), 'label')} NaN or inf",
@@ -273,7 +290,35 @@ def check_labels(y, y_pred, loss) -> list:
         findings.extend(_categorical_label_findings(y, y_pred, loss))
     elif loss.kind == "binary":
         findings.extend(_binary_label_findings(y, loss))
+    elif loss.name in REGRESSION_LOSSES and y.dtype.kind in "iuf":
+        findings.extend(_target_scale_findings(y, loss))
     return findings
+
+
+def _target_scale_findings(y, loss) -> list:
+    values = np.abs(y.astype(np.float64)).reshape(-1)
+    if not values.size:
+        return []
+    typical = float(np.percentile(values, 75))
+    if typical <= th.TARGET_SCALE:
+        return []
+    return [
+        finding(
+            "labels.scale",
+            location="labels",
+            message=f"regression targets are not scaled: typical magnitude {format_number(typical)} "
+            f"(range {format_number(float(y.min()))} .. {format_number(float(y.max()))}), while a freshly "
+            f"initialised output is of order 1: {loss.display}'s first errors and gradients are "
+            f"{format_number(typical)}x those of standardised targets",
+            evidence={
+                "typical_magnitude": typical,
+                "target_min": float(y.min()),
+                "target_max": float(y.max()),
+                "target_mean": float(np.mean(y)),
+                "target_std": float(np.std(y)),
+            },
+        )
+    ]
 
 
 def _sparse_label_findings(y, y_pred, loss) -> list:
@@ -282,8 +327,8 @@ def _sparse_label_findings(y, y_pred, loss) -> list:
         return []
     if y.ndim == np.ndim(y_pred) and y.shape[-1] == classes and classes > 1:
         return [
-            Finding(
-                check="labels.shape",
+            finding(
+                "labels.shape",
                 severity="error",
                 location="labels",
                 message=f"labels have shape {y.shape}, like one-hot rows, but "
@@ -305,8 +350,8 @@ def _sparse_label_findings(y, y_pred, loss) -> list:
         return []
     bad_values = np.unique(labels[out_of_range])
     return [
-        Finding(
-            check="labels.range",
+        finding(
+            "labels.range",
             severity="error",
             location="labels",
             message=f"{_n(out_of_range.sum(), 'label')} outside the valid class range [0, {classes}) "
@@ -329,8 +374,8 @@ def _categorical_label_findings(y, y_pred, loss) -> list:
     classes = _num_classes(y_pred)
     if y.ndim < np.ndim(y_pred) or (y.shape[-1] == 1 and classes and classes > 1):
         return [
-            Finding(
-                check="labels.shape",
+            finding(
+                "labels.shape",
                 severity="error",
                 location="labels",
                 message=f"labels have shape {y.shape}, like class indices, but {loss.display} "
@@ -344,8 +389,8 @@ def _categorical_label_findings(y, y_pred, loss) -> list:
     outside = (values < 0) | (values > 1)
     if outside.any():
         findings.append(
-            Finding(
-                check="labels.range",
+            finding(
+                "labels.range",
                 severity="error",
                 location="labels",
                 message=f"{_n(outside.sum(), 'label value')} outside [0, 1]",
@@ -362,8 +407,8 @@ def _categorical_label_findings(y, y_pred, loss) -> list:
     off = np.abs(sums - 1.0) > tolerance
     if off.any():
         findings.append(
-            Finding(
-                check="labels.one_hot_sum",
+            finding(
+                "labels.one_hot_sum",
                 severity="error",
                 location="labels",
                 message=f"{_n(off.sum(), 'label row')} not summing to 1 "
@@ -387,8 +432,8 @@ def _binary_label_findings(y, loss) -> list:
     if not outside.any():
         return []
     return [
-        Finding(
-            check="labels.range",
+        finding(
+            "labels.range",
             severity="error",
             location="labels",
             message=f"{_n(outside.sum(), 'label')} outside [0, 1] for {loss.display}",
@@ -438,6 +483,11 @@ _OVERFLOW_OPS = {
 
 def explain_non_finite(stats, op: str | None):
     """Likely cause and fix for the first layer whose outputs went non-finite."""
+    if not all(_all_finite(v) for v in getattr(stats.layer, "weights", [])):
+        return (
+            "the layer's own weights are NaN or inf (see weights.non_finite)",
+            "reload the weights from a checkpoint taken before they went non-finite",
+        )
     masked = set(stats.fully_masked_rows)
     rows = set(stats.nonfinite_rows)
     if masked and rows and rows <= masked:
@@ -484,8 +534,8 @@ def check_activations(layer_stats, *, first_op=None) -> list:
         if origin.fully_masked_rows:
             evidence["fully_masked_rows"] = _listed(sorted(set(origin.fully_masked_rows)))
         findings.append(
-            Finding(
-                check="activation.non_finite",
+            finding(
+                "activation.non_finite",
                 severity="error",
                 location=origin.location,
                 message=f"first non-finite values: {origin.nonfinite} of {origin.count} outputs of "
@@ -503,8 +553,8 @@ def check_activations(layer_stats, *, first_op=None) -> list:
         headroom.extend(_headroom_findings(stats))
         if stats.saturated_fraction > th.SATURATED_FRACTION:
             findings.append(
-                Finding(
-                    check="activation.saturated",
+                finding(
+                    "activation.saturated",
                     severity="warning",
                     location=stats.location,
                     message=f"{100 * stats.saturated_fraction:.0f}% of {stats.activation} outputs are "
@@ -520,8 +570,8 @@ def check_activations(layer_stats, *, first_op=None) -> list:
             )
         if stats.dead_fraction > th.DEAD_FRACTION:
             findings.append(
-                Finding(
-                    check="activation.dead_relu",
+                finding(
+                    "activation.dead_relu",
                     severity="error" if stats.dead_units == stats.units else "warning",
                     location=stats.location,
                     message=f"{stats.dead_units} of {stats.units} ReLU units are dead (zero on every "
@@ -557,8 +607,8 @@ def _headroom_findings(stats) -> list:
     headroom = th.FLOAT16_MAX / stats.max_abs
     if stats.compute_dtype == "float16" and headroom < th.FLOAT16_MIN_HEADROOM:
         return [
-            Finding(
-                check="activation.float16_headroom",
+            finding(
+                "activation.float16_headroom",
                 severity="warning",
                 location=stats.location,
                 message=f"float16 activations reach {format_number(stats.max_abs)}, only "
@@ -569,8 +619,8 @@ def _headroom_findings(stats) -> list:
         ]
     if stats.compute_dtype != "float16" and headroom < 1.0:
         return [
-            Finding(
-                check="activation.float16_headroom",
+            finding(
+                "activation.float16_headroom",
                 severity="info",
                 location=stats.location,
                 message=f"activations reach {format_number(stats.max_abs)}, beyond the float16 maximum: "
@@ -595,8 +645,8 @@ def check_loss(
         return findings
     if error is not None:
         findings.append(
-            Finding(
-                check="loss.raised",
+            finding(
+                "loss.raised",
                 severity="error",
                 location="loss",
                 message=f"{loss.display} raised {type(error).__name__}: {_first_line(error)}",
@@ -610,8 +660,8 @@ def check_loss(
         if own.size:
             op = (first_op or {}).get("op")
             findings.append(
-                Finding(
-                    check="loss.non_finite",
+                finding(
+                    "loss.non_finite",
                     severity="error",
                     location="loss",
                     message=f"{loss.display} is non-finite on {_n(own.size, 'sample')} whose predictions "
@@ -621,15 +671,15 @@ def check_loss(
                         "nonfinite_samples": int(own.size),
                         "op": op or "unknown",
                     },
-                    fix=f"use {loss.drop_in or 'a stableops loss'}; check the labels findings",
+                    fix=_loss_fix(loss),
                 )
             )
     if y is not None and not isinstance(y, (dict, list, tuple)) and loss.takes_log_of_probabilities:
         findings.extend(_clipped_probability_findings(loss, np.asarray(y), y_pred))
     if loss.keras_builtin and loss.drop_in:
         findings.append(
-            Finding(
-                check="loss.drop_in",
+            finding(
+                "loss.drop_in",
                 severity="info",
                 location="loss",
                 message=f"{loss.display} has a stableops drop-in",
@@ -639,6 +689,19 @@ def check_loss(
             )
         )
     return findings
+
+
+def _loss_fix(loss) -> str:
+    """Advice for a non-finite loss that does not repeat what the user already does."""
+    if loss.drop_in:
+        return f"use {loss.drop_in} (finite where {loss.display} is not); check the labels"
+    if loss.display.startswith("stableops."):
+        return (
+            "the loss is finite for finite inputs of a sane size: the predictions or targets are "
+            "too large for float32 (see the scale findings); scale the targets, lower the learning "
+            "rate, or stop the run early with stableops.callbacks.NaNGuard"
+        )
+    return "use a stableops.losses loss or compute it with stableops.ops; check the labels"
 
 
 def _first_line(error) -> str:
@@ -691,8 +754,8 @@ def _clipped_probability_findings(loss, y, y_pred) -> list:
             "from logit 8.3 up"
         )
     return [
-        Finding(
-            check="loss.clipped_probabilities",
+        finding(
+            "loss.clipped_probabilities",
             severity="warning",
             location="loss",
             message=f"{_n(stuck.sum(), 'sample')} predicting probability 0 or 1 for the wrong class "
@@ -713,7 +776,7 @@ def _clipped_probability_findings(loss, y, y_pred) -> list:
 # Gradients
 
 
-def check_gradients(norms, *, learning_rate, first_op=None) -> list:
+def check_gradients(norms, *, learning_rate, first_op=None, skips_non_finite=False) -> list:
     """Per-layer gradient norms: non-finite, exploding, vanishing.
 
     One finding per kind, located at the worst layer and listing every layer
@@ -743,8 +806,8 @@ def check_gradients(norms, *, learning_rate, first_op=None) -> list:
         op = (first_op or {}).get("op")
         name = nonfinite[0][0]
         findings.append(
-            Finding(
-                check="gradient.non_finite",
+            finding(
+                "gradient.non_finite",
                 severity="error",
                 location=f"layer '{name}'",
                 message=f"the gradient of {len(nonfinite)} layer(s) is non-finite although the loss is finite"
@@ -754,15 +817,15 @@ def check_gradients(norms, *, learning_rate, first_op=None) -> list:
                     "op": op or "unknown",
                     "layers": [n for n, _ in nonfinite][:_MAX_LISTED],
                 },
-                fix="wrap the optimizer in stableops.optimizers.SkipNonFinite; find the op "
-                "(sqrt/norm/divide at 0) and use its stableops.ops safe form",
+                fix=("" if skips_non_finite else "wrap the optimizer in stableops.optimizers.SkipNonFinite; ")
+                + "find the op (sqrt/norm/divide at 0) and use its stableops.ops safe form",
             )
         )
     if exploding:
         ratio, name, grad, weight = max(exploding)
         findings.append(
-            Finding(
-                check="gradient.exploding",
+            finding(
+                "gradient.exploding",
                 severity="warning",
                 location=f"layer '{name}'",
                 message=f"gradients explode in {len(exploding)} layer(s): one step at learning rate "
@@ -775,15 +838,16 @@ def check_gradients(norms, *, learning_rate, first_op=None) -> list:
                     "step_ratio": ratio,
                     "layers": [n for _, n, _, _ in sorted(exploding, reverse=True)][:_MAX_LISTED],
                 },
-                fix=SCALE_INPUTS + ", lower the learning rate, clip gradients (global_clipnorm=1.0), "
-                "and wrap the optimizer in stableops.optimizers.SkipNonFinite",
+                fix=SCALE_INPUTS
+                + ", lower the learning rate, clip gradients (global_clipnorm=1.0)"
+                + ("" if skips_non_finite else ", and wrap the optimizer in stableops.optimizers.SkipNonFinite"),
             )
         )
     if vanishing:
         ratio, name, grad, weight = min(vanishing)
         findings.append(
-            Finding(
-                check="gradient.vanishing",
+            finding(
+                "gradient.vanishing",
                 severity="warning",
                 location=f"layer '{name}'",
                 message=f"gradients vanish in {len(vanishing)} layer(s): at learning rate "
@@ -815,3 +879,133 @@ def tensor_norm(value) -> float:
         return float(largest)
     # Scaled by the largest entry so that squaring cannot overflow float64.
     return float(largest * np.sqrt(np.sum(np.square(array / largest))))
+
+
+# ---------------------------------------------------------------------------
+# Model state and configuration (no data needed)
+
+_NORMALIZATION_LAYERS = {"BatchNormalization", "LayerNormalization", "GroupNormalization"}
+
+
+def _all_finite(variable) -> bool:
+    value = np.asarray(variable)
+    return not (value.dtype.kind == "f" or value.dtype.name == "bfloat16") or bool(
+        np.isfinite(value.astype(np.float32, copy=False)).all()
+    )
+
+
+def _layers(model):
+    """Every layer, nested ones included (a Sequential inside a Functional model)."""
+    seen = []
+    stack = list(getattr(model, "layers", []))
+    while stack:
+        layer = stack.pop(0)
+        seen.append(layer)
+        stack.extend(getattr(layer, "layers", []))
+    return seen
+
+
+def check_weights(model) -> list:
+    """Trainable weights or non-trainable state (moving statistics) that are already NaN/inf."""
+    findings = []
+    for check, attribute, what in (
+        ("weights.non_finite", "trainable_weights", "weights"),
+        ("weights.state_non_finite", "non_trainable_weights", "non-trainable state"),
+    ):
+        bad = []
+        for layer in _layers(model):
+            if getattr(layer, "layers", None):
+                continue  # its sublayers are listed themselves
+            names = [v.path for v in getattr(layer, attribute, []) if not _all_finite(v)]
+            if names:
+                bad.append((layer, names))
+        if not bad:
+            continue
+        layer, names = bad[0]
+        kind = type(layer).__name__
+        detail = " (its moving statistics)" if kind == "BatchNormalization" and what != "weights" else ""
+        findings.append(
+            finding(
+                check,
+                location=f"layer '{layer.name}'",
+                message=f"the {what} of {len(bad)} layer(s) hold NaN or inf, first {kind} "
+                f"'{layer.name}'{detail}: every output computed from them is non-finite, whatever the data",
+                evidence={
+                    "layers": [l.name for l, _ in bad][:_MAX_LISTED],
+                    "variables": names[:_MAX_LISTED],
+                },
+            )
+        )
+    return findings
+
+
+def check_normalization_epsilon(model) -> list:
+    """Layer/Group/BatchNormalization computing in float16 with an epsilon float16 cannot hold."""
+    tiny = dtype_limits("float16").tiny
+    findings = []
+    for layer in _layers(model):
+        if type(layer).__name__ not in _NORMALIZATION_LAYERS:
+            continue
+        epsilon = getattr(layer, "epsilon", None)
+        if str(getattr(layer, "compute_dtype", "float32")) != "float16" or epsilon is None:
+            continue
+        if float(epsilon) < tiny:
+            findings.append(
+                finding(
+                    "activation.norm_epsilon",
+                    location=f"layer '{layer.name}'",
+                    message=f"{type(layer).__name__} '{layer.name}' computes in float16 with epsilon "
+                    f"{format_number(float(epsilon))}, below float16's smallest normal number "
+                    f"{format_number(tiny)}: it rounds to a subnormal or to 0, and a constant channel "
+                    "then gives 1/sqrt(variance + epsilon) = inf",
+                    evidence={"epsilon": float(epsilon), "float16_tiny": tiny, "layer": layer.name},
+                )
+            )
+    return findings
+
+
+def check_optimizer_epsilon(model) -> list:
+    """An Adam-style epsilon below the smallest normal number of the variables' dtype."""
+    optimizer = getattr(model, "optimizer", None)
+    while getattr(optimizer, "inner_optimizer", None) is not None:
+        optimizer = optimizer.inner_optimizer
+    epsilon = getattr(optimizer, "epsilon", None)
+    if epsilon is None:
+        return []
+    dtypes = sorted({str(v.dtype) for v in model.trainable_variables if tf.as_dtype(v.dtype).is_floating})
+    for dtype in dtypes:
+        tiny = dtype_limits(dtype).tiny
+        if float(epsilon) < tiny:
+            return [
+                finding(
+                    "optimizer.epsilon",
+                    location=f"optimizer {type(optimizer).__name__}",
+                    message=f"epsilon {format_number(float(epsilon))} is below the smallest normal "
+                    f"{dtype} number {format_number(tiny)}: where a gradient's second moment underflows "
+                    f"to 0, the step m / (sqrt(v) + epsilon) is more than {format_number(1 / tiny)}x "
+                    "the gradient and overflows",
+                    evidence={"epsilon": float(epsilon), "variable_dtype": dtype, "tiny": tiny},
+                    fix=f"{type(optimizer).__name__}(epsilon={format_number(tiny)}) or more, or keep the "
+                    "variables in float32 (mixed_float16 does)",
+                )
+            ]
+    return []
+
+
+def check_single_sample_batch(model, n_samples, batch_size) -> list:
+    """The last batch holds one sample and the model has BatchNormalization."""
+    if n_samples is None or batch_size <= 1 or n_samples % batch_size != 1:
+        return []
+    norms = [layer for layer in _layers(model) if type(layer).__name__ == "BatchNormalization"]
+    if not norms:
+        return []
+    return [
+        finding(
+            "input.single_sample_batch",
+            location=f"layer '{norms[0].name}'",
+            message=f"with batch size {batch_size}, the last batch of the {n_samples} samples holds one "
+            f"sample: BatchNormalization '{norms[0].name}' normalises it by a variance of 0 (its output "
+            "is the bias alone) and pulls its moving statistics toward that one sample",
+            evidence={"samples": n_samples, "batch_size": batch_size, "layers": [l.name for l in norms][:_MAX_LISTED]},
+        )
+    ]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import keras
 import numpy as np
 import tensorflow as tf
@@ -11,10 +13,24 @@ from stableops.doctor import _thresholds as th
 from stableops.doctor._forward import first_non_finite_op, trace_forward
 from stableops.doctor._loss import resolve_loss
 from stableops.doctor._quiet import quiet_native_stderr
-from stableops.doctor._report import Report
+from stableops.doctor._registry import finding
+from stableops.doctor._report import Report, format_number
+from stableops.doctor._trial import DEFAULT_TRIAL_STEPS, LOWER_RATES, TrialUnavailable, run_trial
+
+# Findings that explain a diverging trial: when the trial diverges they become
+# errors (the report then names the earliest of them as the cause).
+_EXPLAINS_DIVERGENCE = (
+    "input.scale",
+    "input.outliers",
+    "labels.scale",
+    "activation.float16_headroom",
+    "gradient.exploding",
+)
 
 
-def diagnose(model, x, y=None, *, loss=None, batch_size=32, max_batches=8, training=True) -> Report:
+def diagnose(
+    model, x, y=None, *, loss=None, batch_size=32, max_batches=8, training=True, trial_steps=None
+) -> Report:
     """Examine a model on a sample of its data and explain what would make its loss non-finite.
 
     The model runs eagerly, outside XLA, on at most ``batch_size *
@@ -43,9 +59,24 @@ def diagnose(model, x, y=None, *, loss=None, batch_size=32, max_batches=8, train
       optimizer's learning rate would move the weights by more than their own
       norm); vanishing (the step is below the weights' rounding unit).
 
-    The thresholds and their derivations are in ``stableops/doctor/_thresholds.py``.
-    Nothing is trained: weights are untouched, and non-trainable state
-    (batch-norm statistics, RNG seeds) is restored afterwards.
+    - the model itself: weights or non-trainable state (BatchNormalization
+      moving statistics) already NaN/inf; Layer/Group/BatchNormalization in
+      float16 with an epsilon float16 cannot hold; an optimizer epsilon below
+      its variables' smallest normal number; a last batch of one sample
+      feeding BatchNormalization; unscaled regression targets for the loss.
+    - a trial run (``trial_steps``): a throwaway copy of the model (same
+      weights, optimizer settings and loss; fresh optimizer state) trains for
+      a few steps on the sample. When its loss goes non-finite or explodes
+      (``LossMonitor``), the report gets a ``trial.diverged`` error, the
+      findings that explain it become errors (so the first error is the
+      cause), and a second copy at a 10x (then 100x) lower learning rate
+      tells whether the rate alone is to blame (``optimizer.learning_rate``).
+
+    The thresholds and their derivations are in ``stableops/doctor/_thresholds.py``,
+    the checks (id, stage, severity, fix) in ``stableops/doctor/_registry.py``.
+    The model is not changed: its weights are untouched, and its non-trainable
+    state (batch-norm statistics, RNG seeds) and metrics are restored
+    afterwards; the trial trains a copy.
 
     Args:
         model: a built (or buildable) Keras model.
@@ -59,6 +90,9 @@ def diagnose(model, x, y=None, *, loss=None, batch_size=32, max_batches=8, train
         max_batches: keyword-only; how many batches the sample holds.
         training: keyword-only; call the model in training mode (as ``fit``
             does; default) or inference mode.
+        trial_steps: keyword-only; steps of the trial run. ``None`` (default):
+            ``DEFAULT_TRIAL_STEPS`` (20) when ``y`` is given and the model is
+            compiled with an optimizer, else none; ``0``: no trial.
 
     Returns:
         A :class:`Report`. ``print(report)`` shows a table, ``report.to_dict()``
@@ -91,7 +125,14 @@ def diagnose(model, x, y=None, *, loss=None, batch_size=32, max_batches=8, train
     data_x, data_y, n_total = _data.take_sample(x, y, max_samples=max(data_rows, model_rows))
     x, y, _ = _data.take_sample(data_x, data_y, max_samples=model_rows)
     _ensure_built(model, x, batch_size)
-    saved_state = [np.array(v.numpy()) for v in model.non_trainable_variables]
+    if trial_steps is None:
+        trial_steps = DEFAULT_TRIAL_STEPS if y is not None and getattr(model, "optimizer", None) else 0
+    if int(trial_steps) < 0:
+        raise ValueError(f"`trial_steps` must be a non-negative integer, got trial_steps={trial_steps!r}")
+    # Restored afterwards: batch-norm statistics, RNG seeds, and the metrics
+    # (compute_loss updates the compiled loss trackers).
+    state = list(model.non_trainable_variables) + list(getattr(model, "metrics_variables", []))
+    saved_state = [np.array(v.numpy()) for v in state]
     try:
         return _diagnose(
             model,
@@ -103,9 +144,10 @@ def diagnose(model, x, y=None, *, loss=None, batch_size=32, max_batches=8, train
             n_total=n_total,
             data=(data_x, data_y),
             nonfinite_counts=nonfinite_counts,
+            trial_steps=int(trial_steps),
         )
     finally:
-        for variable, value in zip(model.non_trainable_variables, saved_state):
+        for variable, value in zip(state, saved_state):
             variable.assign(value)
 
 
@@ -115,7 +157,9 @@ def _ensure_built(model, x, batch_size):
         model(first, training=False)
 
 
-def _diagnose(model, x, y, *, loss, batch_size, training, n_total, data, nonfinite_counts) -> Report:
+def _diagnose(
+    model, x, y, *, loss, batch_size, training, n_total, data, nonfinite_counts, trial_steps
+) -> Report:
     notes = []
     loss_info = resolve_loss(model, loss)
     probe, layer_stats, y_pred = trace_forward(model, x, batch_size=batch_size, training=training)
@@ -141,6 +185,10 @@ def _diagnose(model, x, y, *, loss, batch_size, training, n_total, data, nonfini
         layer_stats=by_name,
         nonfinite_counts=nonfinite_counts,
     )
+    findings += _checks.check_weights(model)
+    findings += _checks.check_normalization_epsilon(model)
+    findings += _checks.check_optimizer_epsilon(model)
+    findings += _checks.check_single_sample_batch(model, n_total, batch_size)
     findings += _checks.check_labels(data_y, y_pred, loss_info)
     findings += _checks.check_activations(layer_stats, first_op=first_op)
 
@@ -184,9 +232,14 @@ def _diagnose(model, x, y, *, loss, batch_size, training, n_total, data, nonfini
         if bad_batch is not None:
             xb, yb = bad_batch
             grad_op = first_non_finite_op(lambda: _gradients(model, xb, yb, loss_info, training))
-        findings += _checks.check_gradients(norms, learning_rate=learning_rate, first_op=grad_op)
+        findings += _checks.check_gradients(
+            norms, learning_rate=learning_rate, first_op=grad_op, skips_non_finite=_skips_non_finite(model)
+        )
     elif can_differentiate and upstream_broken:
         notes.append("gradients were not checked: the forward pass or the loss is already non-finite")
+
+    if trial_steps and y is not None and not upstream_broken:
+        findings = _trial_findings(model, x, y, loss, findings, notes, trial_steps, batch_size)
 
     context = {
         "model": model.name,
@@ -267,6 +320,18 @@ def _learning_rate(model) -> float:
         return th.DEFAULT_LEARNING_RATE
 
 
+def _skips_non_finite(model) -> bool:
+    """Whether the model's optimizer is (or wraps) stableops's SkipNonFinite: no advice to add it."""
+    from stableops.optimizers import SkipNonFinite  # late: optimizers is a sibling tool
+
+    optimizer = getattr(model, "optimizer", None)
+    while optimizer is not None:
+        if isinstance(optimizer, SkipNonFinite):
+            return True
+        optimizer = getattr(optimizer, "inner_optimizer", None)
+    return False
+
+
 def _loss_scale(model) -> float:
     """The loss scale Keras's mixed-precision training applies (1 without one)."""
     optimizer = getattr(model, "optimizer", None)
@@ -333,3 +398,83 @@ def _gradient_norms(model, x, y, loss_info, batch_size, training):
     for entry in norms.values():
         entry["weight"] = float(np.sqrt(entry.pop("weight_sq")))
     return norms, bad_batch
+
+
+def _trial_findings(model, x, y, loss, findings, notes, steps, batch_size):
+    """Run the trial; when it diverges, say so and promote the findings that explain it."""
+    try:
+        trial = run_trial(model, x, y, steps=steps, batch_size=batch_size, loss=loss)
+    except TrialUnavailable as reason:
+        notes.append(f"no trial run: {reason}")
+        return findings
+    except Exception as error:  # noqa: BLE001 - the diagnosis stands without it
+        notes.append(f"the trial run failed: {type(error).__name__}: {_checks._first_line(error)}")
+        return findings
+    if not trial.diverged:
+        notes.append(f"trial run: {trial.steps} training steps on a copy, loss stayed finite")
+        return findings
+    rate = _learning_rate(model)
+    what = (
+        "went NaN/inf"
+        if trial.verdict == "non_finite"
+        else f"exploded to {format_number(trial.losses[-1])} "
+        f"({format_number(trial.losses[-1] / trial.reference)}x its level {format_number(trial.reference)})"
+    )
+    promoted = [f.check for f in findings if f.check in _EXPLAINS_DIVERGENCE and f.severity == "warning"]
+    findings = [
+        dataclasses.replace(f, severity="error", message=f.message + " (the trial run diverged)")
+        if f.check in promoted
+        else f
+        for f in findings
+    ]
+    lower = _lower_rate_trial(model, x, y, loss, steps, batch_size)
+    if lower is not None:
+        factor, lower_trial = lower
+        findings.append(
+            finding(
+                "optimizer.learning_rate",
+                location=f"optimizer {type(model.optimizer).__name__}",
+                message=f"at learning rate {format_number(rate)} the trial diverged at step "
+                f"{trial.diverged_at}; at {format_number(rate * factor)} it trained {lower_trial.steps} "
+                "steps with a finite loss",
+                evidence={
+                    "learning_rate": rate,
+                    "stable_learning_rate": rate * factor,
+                    "diverged_at": trial.diverged_at,
+                },
+                fix=f"lower the learning rate to {format_number(rate * factor)} or less (or scale the inputs "
+                "and targets, which lets a larger rate work); to rescue runs that diverge anyway, "
+                "stableops.callbacks.NaNGuard(action='continue') rolls back and cuts the rate",
+            )
+        )
+    explained = promoted or lower is not None
+    findings.append(
+        finding(
+            "trial.diverged",
+            location="trial run",
+            message=f"a copy of the model trained on this data with its optimizer settings "
+            f"(learning rate {format_number(rate)}) {what} at step {trial.diverged_at} of {steps}",
+            evidence={
+                "diverged_at": trial.diverged_at,
+                "losses": [format_number(v) for v in trial.losses[-4:]],
+                "learning_rate": rate,
+            },
+            fix="the errors above explain it"
+            if explained
+            else "run fit with stableops.callbacks.NaNGuard(action='stop') to catch the step and name the "
+            "layer; lower the learning rate",
+        )
+    )
+    return findings
+
+
+def _lower_rate_trial(model, x, y, loss, steps, batch_size):
+    """(factor, trial) for the first lower learning rate at which the trial stays finite, or None."""
+    for factor in LOWER_RATES:
+        try:
+            trial = run_trial(model, x, y, steps=steps, batch_size=batch_size, loss=loss, learning_rate_factor=factor)
+        except Exception:  # noqa: BLE001 - a schedule cannot be scaled here, ...
+            return None
+        if not trial.diverged:
+            return factor, trial
+    return None

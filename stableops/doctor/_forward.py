@@ -268,7 +268,12 @@ def first_non_finite_op(fn) -> dict | None:
         if match is None:
             return None
         layer = _LAYER_PATTERN.search(text)
-        return {"op": match.group("op"), "layer_class": layer.group("layer") if layer else None}
+        op = match.group("op")
+        if op.startswith("__"):
+            # A traced function's call op ("__inference_<name>_1234", e.g. an
+            # XLA-compiled stableops kernel): no name a user would recognise.
+            op = None
+        return {"op": op, "layer_class": layer.group("layer") if layer else None}
     finally:
         tf.debugging.disable_check_numerics()
     return None

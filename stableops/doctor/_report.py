@@ -12,14 +12,13 @@ import numpy as np
 SEVERITIES = ("error", "warning", "info")
 _SEVERITY_RANK = {name: rank for rank, name in enumerate(SEVERITIES)}
 
-# When several errors are found, the one earliest in the data flow is the
-# likely cause: bad data makes everything after it non-finite too.
-_STAGE_ORDER = ("input", "labels", "activation", "loss", "gradient", "weights")
 
 
 def _stage_rank(check: str) -> int:
-    stage = check.split(".", 1)[0]
-    return _STAGE_ORDER.index(stage) if stage in _STAGE_ORDER else len(_STAGE_ORDER)
+    """Place in the data flow (the checks' registry): earliest first."""
+    from stableops.doctor._registry import stage_rank  # the registry builds Findings: import late
+
+    return stage_rank(check)
 
 
 def _json_ready(value):
@@ -100,8 +99,9 @@ class Report:
     ``print(report)`` gives a table (most severe first); ``report.to_dict()``
     gives JSON-ready data. ``report.errors``/``warnings``/``problems`` filter by
     severity, ``report.find(check)`` by check id, and ``report.likely_cause``
-    is the error (or else warning) earliest in the data flow: inputs, labels,
-    activations, loss, gradients.
+    is the error (or else warning) earliest in the data flow: weights, inputs,
+    labels, activations, loss, gradients, optimizer, trial run (see
+    ``stableops/doctor/_registry.py``).
 
     Attributes:
         findings: all findings, most severe first.

@@ -41,6 +41,15 @@ UNSCALED_MAGNITUDE = math.sqrt(_F16.max)
 #: it until the inputs are normalised.
 SCALE_SPREAD = 1.0 / math.sqrt(_F16.eps)
 
+#: Regression targets whose typical magnitude (75th percentile of |y|) exceeds
+#: 1/sqrt(eps(float16)) = 32 are "unscaled". A freshly initialised output layer
+#: (Glorot/He, unit-variance inputs) predicts values of order 1, so the first
+#: errors are about the targets' size: a squared error and its gradient are
+#: then 32x (gradient) to 1000x (loss) those of standardised targets, the same
+#: spread at which SCALE_SPREAD flags features, and a learning rate that suits
+#: standardised data overshoots.
+TARGET_SCALE = SCALE_SPREAD
+
 #: Robust z-score (0.6745 * (x - median) / MAD, Iglewicz & Hoaglin 1993) above
 #: which a value is an outlier worth a warning: 10. Their usual cut of 3.5
 #: flags ordinary heavy tails (real data sets have many such values and train
