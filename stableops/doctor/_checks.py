@@ -939,12 +939,25 @@ def check_weights(model) -> list:
     return findings
 
 
+def _upcasts(layer) -> bool:
+    """Keras's own Layer/Group/BatchNormalization compute in float32 under float16 (Keras >= 3)."""
+    return type(layer).__module__.split(".", 1)[0] == "keras"
+
+
 def check_normalization_epsilon(model) -> list:
-    """Layer/Group/BatchNormalization computing in float16 with an epsilon float16 cannot hold."""
+    """Layer/Group/BatchNormalization computing in float16 with an epsilon float16 cannot hold.
+
+    Keras's own classes upcast float16 inputs to float32 before normalising,
+    so only subclasses (and other implementations) that compute in float16
+    are flagged: advice must hold for the model it is given for.
+    """
+    import keras  # late: the checks module is otherwise Keras-free
+
+    classes = tuple(getattr(keras.layers, name) for name in sorted(_NORMALIZATION_LAYERS))
     tiny = dtype_limits("float16").tiny
     findings = []
     for layer in _layers(model):
-        if type(layer).__name__ not in _NORMALIZATION_LAYERS:
+        if not isinstance(layer, classes) or _upcasts(layer):
             continue
         epsilon = getattr(layer, "epsilon", None)
         if str(getattr(layer, "compute_dtype", "float32")) != "float16" or epsilon is None:

@@ -82,7 +82,7 @@ def run_trial(model, x, y, *, steps, batch_size, loss=None, learning_rate_factor
         warnings.simplefilter("ignore")
         for step in range(steps):
             _, xb, yb = batches[step % len(batches)]
-            value = float(np.asarray(clone.train_on_batch(xb, yb)))
+            value = float(np.asarray(clone.train_on_batch(xb, yb, return_dict=True)["loss"]))
             result.steps, result.losses = step + 1, result.losses + [value]
             verdict = monitor.observe(value)
             if verdict in (monitor.NON_FINITE, monitor.EXPLODED):
