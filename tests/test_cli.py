@@ -84,6 +84,17 @@ def saved(tmp_path_factory):
     np.save(folder / "single.npy", x)
     np.savez(folder / "strings.npz", x=x.astype(str), y=y)
     (folder / "renamed.keras").write_bytes((folder / "data.npz").read_bytes())  # a zip, but not a model
+
+    def unregistered_loss(y_true, y_pred):  # a custom loss Keras cannot find when loading
+        return keras.ops.mean(keras.ops.square(y_true - y_pred), axis=-1)
+
+    custom = keras.models.clone_model(model)
+    custom.compile(optimizer=keras.optimizers.SGD(0.01), loss=unregistered_loss)
+    custom.save(folder / "custom_loss.keras")
+    diverging = keras.Sequential([keras.Input((5,)), keras.layers.Dense(8, activation="relu"), keras.layers.Dense(1)])
+    diverging.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
+    diverging.save(folder / "diverging.keras")
+    np.savez(folder / "raw.npz", x=x * np.array([1, 10, 100, 1e3, 1e4], np.float32), y=y)
     return folder
 
 
@@ -115,6 +126,34 @@ def test_user_model_with_problems_exits_1(saved, capsys):
     assert "input.non_finite" in out and "input feature 1" in out
 
 
+def test_a_run_whose_trial_diverges_exits_1(saved, capsys):
+    # Unscaled features and SGD at 0.1: fit's loss goes non-finite in a few steps.
+    status, out, _ = run([saved / "diverging.keras", saved / "raw.npz"], capsys)
+    assert status == 1
+    assert "trial.diverged" in out and "ERROR" in out
+
+
+def test_a_loss_that_cannot_be_reloaded_is_reported_and_can_be_named(saved, capsys):
+    status, out, err = run([saved / "custom_loss.keras", saved / "data.npz"], capsys)
+    assert status == 2 and out == ""
+    assert "unregistered_loss" in err and "--loss NAME" in err
+    status, out, _ = run([saved / "custom_loss.keras", saved / "data.npz", "--loss", "mse", "--json"], capsys)
+    data = json.loads(out)
+    assert data["context"]["learning_rate"] == pytest.approx(0.01)  # the saved optimizer, not a default
+    assert data["context"]["loss"] == "keras.losses.mean_squared_error"
+    assert status == (1 if data["counts"]["error"] else 0)
+
+
+def test_help_documents_the_exit_codes(capsys):
+    with pytest.raises(SystemExit) as done:
+        cli.main(["doctor", "--help"])
+    assert done.value.code == 0
+    text = capsys.readouterr().out
+    assert "exit status" in text and "--loss NAME" in text
+    for line in ("0  no errors found", "1  errors found", "2  bad input"):
+        assert line in text
+
+
 BAD_INPUTS = [
     (["missing.keras", "data.npz"], "model file not found"),
     (["model.keras", "missing.npz"], "data file not found"),
@@ -135,6 +174,9 @@ BAD_INPUTS = [
     (["--fast", "--out", "x.txt"], "--out must name a .png file or an existing directory"),
     (["--out", "missing/plot.png"], "--out directory does not exist"),
     (["model.keras", "strings.npz"], "'x' holds strings (dtype <U"),
+    (["model.keras", "data.npz", "--loss", "no_such_loss"], "--loss no_such_loss: not a Keras loss"),
+    (["model.keras", "data.npz", "--loss", "stableops.Nope"], "stableops.losses has no loss class"),
+    (["--loss", "mse"], "applies to MODEL DATA"),
     (["--bogus"], "unrecognized arguments: --bogus"),
 ]
 

@@ -4,14 +4,16 @@
 DATA.npz [--x KEY --y KEY]`` diagnoses a saved model on saved data.
 
 Exit status: 0 when the run finished (demo) or the diagnosis found no error,
-1 when it found error-severity problems, 2 for bad input (a missing or
-unreadable file, wrong keys, data that does not fit the model), reported as
-one line on stderr, never a traceback.
+1 when it found error-severity problems (a trial run that diverges is one),
+2 for bad input (a missing or unreadable file, wrong keys, data that does not
+fit the model, a loss that cannot be reloaded), reported as one line on
+stderr, never a traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -21,6 +23,12 @@ import zipfile
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 EXIT_OK, EXIT_PROBLEMS, EXIT_BAD_INPUT = 0, 1, 2
+EXIT_CODES_HELP = """exit status (MODEL DATA):
+  0  no errors found (warnings and suggestions may be printed); the demo finished
+  1  errors found: the model, data or settings make the loss non-finite, or the
+     trial run of a copy of the model diverges
+  2  bad input: a missing or unreadable file, wrong keys, data that does not fit
+     the model, a loss that cannot be reloaded (use --loss NAME); one line on stderr"""
 DEFAULT_PLOT = "stableops-doctor-loss-curves.png"
 
 
@@ -41,7 +49,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="explain why a loss goes NaN (no arguments: run the demo)",
         description="Without arguments: train a few small models that go NaN with stock Keras "
         "and stay finite with stableops, print a comparison and the diagnosis, and plot the "
-        "loss curves. With MODEL and DATA: diagnose a saved Keras model on saved data.",
+        "loss curves. With MODEL and DATA: diagnose a saved Keras model on saved data "
+        "(including a short trial run of a copy of it, with its optimizer settings).",
+        epilog=EXIT_CODES_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     doctor.add_argument("model", nargs="?", help="a saved Keras model (.keras)")
     doctor.add_argument("data", nargs="?", help="a .npz file with the inputs (and labels)")
@@ -56,6 +67,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     doctor.add_argument(
         "--batch-size", type=int, default=32, help="batch size for the diagnosis (default 32)"
+    )
+    doctor.add_argument(
+        "--loss",
+        default=None,
+        metavar="NAME",
+        help="the loss to diagnose with, when the model's own cannot be reloaded (a custom loss "
+        "not registered with Keras) or to try another: a Keras name or identifier ('mse', "
+        "'binary_crossentropy', 'MeanSquaredError') or a stableops one ('stableops.MeanSquaredError')",
     )
     doctor.add_argument("--json", action="store_true", help="print the report as JSON")
     doctor.add_argument(
@@ -108,7 +127,7 @@ def plot_path(out) -> str:
 
 
 def run_demo_command(args) -> int:
-    for name in ("x_key", "y_key", "json"):
+    for name in ("x_key", "y_key", "json", "loss"):
         if getattr(args, name):
             raise BadInput(f"--{name.split('_')[0]} applies to MODEL DATA, not to the demo")
     out = plot_path(args.out)
@@ -141,7 +160,57 @@ def _first_line(error) -> str:
     return lines[0][:200] if lines else type(error).__name__
 
 
-def load_model(path):
+def resolve_loss_name(name):
+    """A loss object for ``--loss NAME``: a Keras identifier or ``stableops.<Class>``."""
+    import keras
+
+    import stableops
+
+    short = name.split(".")[-1]
+    if name.startswith("stableops."):
+        loss = getattr(stableops.losses, short, None)
+        if not (isinstance(loss, type) and issubclass(loss, keras.losses.Loss)):
+            raise BadInput(f"--loss {name}: stableops.losses has no loss class {short!r}")
+        return loss()
+    try:
+        return keras.losses.get(name)
+    except Exception:  # noqa: BLE001
+        raise BadInput(f"--loss {name}: not a Keras loss name (e.g. mse, binary_crossentropy)") from None
+
+
+def _compile_config(path) -> dict:
+    """The ``compile_config`` that ``model.save`` wrote into the .keras archive (or {})."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return json.loads(archive.read("config.json")).get("compile_config") or {}
+    except Exception:  # noqa: BLE001 - an archive without one: compiled without it
+        return {}
+
+
+def _loss_name(config) -> str:
+    """How a serialized loss names itself: its class, or a function's name."""
+    if isinstance(config, dict):
+        if config.get("class_name") not in (None, "function"):
+            return str(config["class_name"])
+        return str(config.get("config"))
+    return str(config)
+
+
+def _loss_loads(loss) -> bool:
+    """Keras defers a saved loss it cannot find: it stays a name that keras.losses.get rejects."""
+    import keras
+
+    if not isinstance(loss, str):
+        return True
+    try:
+        keras.losses.get(loss)
+    except Exception:  # noqa: BLE001
+        return False
+    return True
+
+
+def load_model(path, loss=None):
+    """Load a .keras model; recompile it when its loss cannot be reloaded and ``loss`` is given."""
     import keras
 
     import stableops  # noqa: F401 - registers the stableops layers/losses/optimizers
@@ -154,13 +223,36 @@ def load_model(path):
         # e.g. "Skipping variable loading for optimizer": irrelevant to a diagnosis.
         warnings.simplefilter("ignore")
         try:
-            return keras.saving.load_model(path)
-        except Exception as first_error:  # noqa: BLE001
+            model = keras.saving.load_model(path)
+            if _loss_loads(model.loss) and loss is None:
+                return model
+        except Exception as error:  # noqa: BLE001
+            first_error = error
             try:
                 # The model may load without its training config (e.g. a custom loss).
-                return keras.saving.load_model(path, compile=False)
+                model = keras.saving.load_model(path, compile=False)
             except Exception:  # noqa: BLE001
                 raise BadInput(f"cannot load model {path}: {_first_line(first_error)}") from None
+    config = _compile_config(path)
+    if not config:
+        return model  # saved uncompiled
+    if loss is None:
+        try:
+            loss = keras.losses.deserialize(config.get("loss"))
+            if not _loss_loads(loss):
+                raise ValueError(loss)
+        except Exception:  # noqa: BLE001
+            raise BadInput(
+                f"cannot reload the loss of {path} ({_loss_name(config.get('loss'))}: a custom loss not "
+                "registered with keras.saving.register_keras_serializable); pass --loss NAME (a Keras "
+                "or stableops loss) to diagnose with another"
+            ) from None
+    try:
+        optimizer = keras.optimizers.deserialize(config.get("optimizer"))
+    except Exception:  # noqa: BLE001
+        raise BadInput(f"cannot reload the optimizer of {path}: {_loss_name(config.get('optimizer'))}") from None
+    model.compile(optimizer=optimizer, loss=loss)
+    return model
 
 
 def load_data(path, x_key, y_key):
@@ -258,13 +350,14 @@ def run_diagnosis_command(args) -> int:
         if not os.path.isfile(path):
             raise BadInput(f"{what} file not found: {path}")
     x, y, x_keys, y_key = load_data(args.data, args.x_key, args.y_key)
-    model = load_model(args.model)
+    loss = resolve_loss_name(args.loss) if args.loss else None
+    model = load_model(args.model, loss)
     check_fits(model, x, y, x_keys, y_key)
 
     from stableops.doctor import diagnose
 
     try:
-        report = diagnose(model, x, y, batch_size=args.batch_size)
+        report = diagnose(model, x, y, loss=loss, batch_size=args.batch_size)
     except Exception as error:  # noqa: BLE001 - most often data that does not fit the model
         raise BadInput(
             f"the data does not fit the model: {type(error).__name__}: {_first_line(error)}"
