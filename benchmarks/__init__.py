@@ -10,10 +10,12 @@ One run (``python -m benchmarks`` or ``make bench``) measures
   machine's measured memory bandwidth (``bandwidth.py``);
 * **accuracy**: maximum error in ULPs against mpmath over an edge grid and a
   random sample, and counts of non-finite values and gradients (``accuracy.py``);
-* **memory**: peak resident memory of forward + backward at the largest size
+* **memory**: peak memory of forward + backward at the largest size
   (``memory.py``);
-* **end to end**: a small MLP and a small GRU trained with
-  ``model.fit(jit_compile=True)`` (``end_to_end.py``);
+* **end to end**: an MLP, a CNN and a GRU trained with ``model.fit``, with
+  ``jit_compile`` off (Keras's default on CPU) and on, the CNN also under
+  ``mixed_float16``: step time, peak memory, first-fit compile overhead
+  (``end_to_end.py``);
 
 and writes one JSON file per section, ``summary.md`` and PNG plots
 (``report.py``, ``plots.py``). The cases themselves live in ``cases.py``; a

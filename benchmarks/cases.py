@@ -47,9 +47,10 @@ class Case:
     ``make_inputs(size, dtype, rng)`` returns the NumPy inputs of the speed
     run, ``size`` elements in the prediction tensor; ``wrt`` is the index of
     the input differentiated (predictions or logits). ``elementwise`` marks
-    the cases held to the 3x eager target and the 2 ULP accuracy target.
-    ``keras_note`` says what the Keras built-in runs eagerly: it explains the
-    eager ratio (a single fused TF kernel leaves XLA nothing to fuse).
+    the cases whose memory traffic the limits table compares with a copy.
+    ``keras_note`` says what the Keras built-in runs: it explains the eager
+    and plain ``tf.function`` ratios (a single fused TF kernel leaves XLA
+    little to gain).
     """
 
     name: str
@@ -226,7 +227,7 @@ CASES: tuple[Case, ...] = (
         _binary_probabilities,
         1,
         (_stableops_loss("BinaryCrossentropy"), _keras_loss("BinaryCrossentropy")),
-        "clip, two logs, three multiplies and adds, mean: ~10 eager kernels",
+        "clip, two logs, three multiplies and adds, mean: ~10 TF kernels",
     ),
     Case(
         "binary_crossentropy_logits",
@@ -274,7 +275,7 @@ CASES: tuple[Case, ...] = (
         _binary_probabilities,
         1,
         (_stableops_loss("BinaryFocalCrossentropy"), _keras_loss("BinaryFocalCrossentropy")),
-        "clipped BCE plus p_t, (1 - p_t)^gamma and products: ~20 eager kernels",
+        "clipped BCE plus p_t, (1 - p_t)^gamma and products: ~20 TF kernels",
     ),
     Case(
         "mean_squared_error",
@@ -283,7 +284,7 @@ CASES: tuple[Case, ...] = (
         _regression,
         1,
         (_stableops_loss("MeanSquaredError"), _keras_loss("MeanSquaredError")),
-        "subtract, square, mean: 3 eager kernels",
+        "subtract, square, mean: 3 TF kernels",
     ),
     Case(
         "huber",
@@ -292,7 +293,7 @@ CASES: tuple[Case, ...] = (
         _regression,
         1,
         (_stableops_loss("Huber"), _keras_loss("Huber")),
-        "subtract, abs, square, compare, where and friends: ~10 eager kernels",
+        "subtract, abs, square, compare, where and friends: ~10 TF kernels",
     ),
     Case(
         "log_cosh",
@@ -301,7 +302,7 @@ CASES: tuple[Case, ...] = (
         _regression,
         1,
         (_stableops_loss("LogCosh"), _keras_loss("LogCosh")),
-        "x + softplus(-2x) - log 2, mean: ~6 eager kernels",
+        "x + softplus(-2x) - log 2, mean: ~6 TF kernels",
     ),
     Case(
         "cosine_similarity",

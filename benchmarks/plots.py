@@ -6,6 +6,7 @@ import math
 from pathlib import Path
 
 from benchmarks.cases import CASES
+from benchmarks.report import SPEED_TARGETS
 
 MODES = ("eager", "function", "xla")
 IMPL_COLORS = {"stableops": "tab:blue", "keras": "tab:orange", "tf.nn": "tab:green"}
@@ -46,20 +47,18 @@ def plot_speed_ratio(speed: dict, path: Path) -> bool:
                     label=case.name,
                 )
         ax.axhline(1.0, color="black", lw=0.8)
-        if mode == "xla":
-            ax.axhline(1.05, color="red", lw=0.8, ls=":", label="target 1.05")
-        if mode == "eager":
-            ax.axhline(0.5, color="red", lw=0.8, ls=":", label="target 0.5 (>= 2^20)")
-            ax.axhline(1 / 3, color="purple", lw=0.8, ls=":", label="target 0.33, elementwise losses")
+        _, limit, min_size = SPEED_TARGETS[mode]
+        ax.axhline(limit, color="red", lw=0.8, ls=":", label=f"target {limit:.2f} (>= 2^{int(math.log2(min_size))})")
         ax.set_yscale("log")
         ax.set_title(f"{mode}: stableops / Keras (float32)")
         ax.set_xlabel("log2(elements)")
         ax.grid(True, which="both", alpha=0.3)
     axes[0].set_ylabel("time ratio (below 1: stableops faster)")
     handles, labels = axes[0].get_legend_handles_labels()
-    extra = [(h, lab) for h, lab in zip(*axes[2].get_legend_handles_labels()) if lab.startswith("target")]
-    handles += [h for h, _ in extra]
-    labels += [lab for _, lab in extra]
+    for ax in axes:
+        extra = [(h, lab) for h, lab in zip(*ax.get_legend_handles_labels()) if lab.startswith("target")]
+        handles += [h for h, lab in extra if lab not in labels]
+        labels += [lab for _, lab in extra if lab not in labels]
     fig.legend(handles, labels, loc="lower center", ncol=6, fontsize=8)
     fig.tight_layout(rect=(0, 0.12, 1, 1))
     fig.savefig(path, dpi=110)

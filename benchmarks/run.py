@@ -47,7 +47,8 @@ class Config:
     e2e_steps: int
     e2e_batch: int
     e2e_rounds: int
-    e2e_compiles: tuple[str, ...] = ("xla", "graph")  # jit_compile=True; False (Keras's CPU default); "eager"
+    e2e_compiles: tuple[str, ...] = ("graph", "xla")  # jit_compile=False (Keras's CPU default); True; "eager"
+    e2e_mixed_models: tuple[str, ...] = ("cnn",)  # run again under the mixed_float16 dtype policy
 
     def rounds_for(self, size: int) -> int:
         eligible = [t for t in self.rounds if t <= size]
@@ -60,7 +61,7 @@ class Config:
 
 
 PRESETS = {
-    # The committed run: about 15 minutes on 2 shared cores.
+    # The committed run: about 15 minutes on 2 shared cores (end to end: 8 models x compile modes).
     "full": Config(
         preset="full",
         sizes=tuple(2**k for k in (10, 14, 18, 20, 22, 24)),
@@ -77,7 +78,7 @@ PRESETS = {
         memory_size=2**24,
         bandwidth_bytes=2**27,
         bandwidth_repeats=5,
-        e2e_models=("mlp", "gru"),
+        e2e_models=("mlp", "cnn", "gru"),
         e2e_steps=40,
         e2e_batch=128,
         e2e_rounds=5,
@@ -99,7 +100,7 @@ PRESETS = {
         memory_size=2**20,
         bandwidth_bytes=2**26,
         bandwidth_repeats=3,
-        e2e_models=("mlp", "gru"),
+        e2e_models=("mlp", "cnn", "gru"),
         e2e_steps=10,
         e2e_batch=64,
         e2e_rounds=2,
@@ -121,11 +122,12 @@ PRESETS = {
         memory_size=2**8,  # the speed size: reuses its compiled functions
         bandwidth_bytes=2**20,
         bandwidth_repeats=1,
-        e2e_models=("mlp",),
+        e2e_models=("mlp", "cnn"),
         e2e_steps=2,
         e2e_batch=16,
         e2e_rounds=1,
         e2e_compiles=("eager",),
+        e2e_mixed_models=("cnn",),
     ),
 }
 

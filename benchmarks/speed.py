@@ -8,7 +8,9 @@ no compiler can drop either. Three modes:
 
 * ``eager``: called eagerly under a ``GradientTape`` (Keras runs op by op;
   stableops runs its XLA kernel, see ``stableops/ops/_kernel.py``);
-* ``function``: ``tf.function(forward_backward)``;
+* ``function``: ``tf.function(forward_backward)`` (Keras runs its graph of TF
+  kernels; each stableops kernel call is a nested XLA computation, its
+  backward pass another);
 * ``xla``: ``tf.function(forward_backward, jit_compile=True)``.
 
 Method (the 2 cores are shared with other work, so absolute times are noisy):
@@ -168,7 +170,8 @@ def time_interleaved(contestants: dict, inputs, *, rounds: int, min_sample_s: fl
     return samples, cpu_samples, calls, first_call, out_bytes
 
 
-def _quantiles(values) -> dict:
+def quantiles(values) -> dict:
+    """Median and quartiles of ``values`` (a ratio's spread across rounds)."""
     q25, q50, q75 = np.percentile(np.asarray(values, dtype=np.float64), [25, 50, 75])
     return {"median": float(q50), "q25": float(q25), "q75": float(q75)}
 
@@ -183,8 +186,8 @@ def _ratio_row(case, dtype, size, mode, impl, baseline, samples, cpu_samples) ->
         "mode": mode,
         "impl": impl,
         "baseline": baseline,
-        "ratio": _quantiles(wall),
-        "cpu_ratio": _quantiles(cpu),
+        "ratio": quantiles(wall),
+        "cpu_ratio": quantiles(cpu),
         "rounds": int(wall.size),
     }
 
@@ -239,9 +242,9 @@ def run_speed(cases, availability, config, log=print) -> dict:
                             "size": size,
                             "mode": mode,
                             "impl": impl_name,
-                            "seconds": _quantiles(seconds),
+                            "seconds": quantiles(seconds),
                             "samples": [float(s) for s in seconds],
-                            "cpu_seconds": _quantiles(cpu_samples[(impl_name, mode)]),
+                            "cpu_seconds": quantiles(cpu_samples[(impl_name, mode)]),
                             "cpu_samples": [float(s) for s in cpu_samples[(impl_name, mode)]],
                             "calls_per_sample": calls[(impl_name, mode)],
                             "first_call_seconds": float(first[(impl_name, mode)]),
