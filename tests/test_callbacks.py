@@ -94,10 +94,11 @@ def test_raise_restores_then_raises_with_the_report(capsys):
     assert not getattr(model.train_function, "_stableops_nan_guard", False)
 
 
-def test_continue_lowers_the_learning_rate_and_stops_after_max_recoveries():
+def test_continue_lowers_the_learning_rate_and_stops_after_max_recoveries(capsys):
     model = masked_model(learning_rate=0.01)
-    guard = NaNGuard(action="continue", lr_factor=0.5, max_recoveries=1, verbose=0)
+    guard = NaNGuard(action="continue", lr_factor=0.5, max_recoveries=1, verbose=1)
     recorder, history = fit(model, guard, epochs=3)
+    assert "1 recoveries (rollback and learning-rate cut) did not stop" in capsys.readouterr().out
 
     first, second = guard.events
     assert first["action"] == "continue" and guard.recoveries == 1
@@ -158,19 +159,21 @@ HUGE_RATE = 300.0  # every step overshoots until the rate is cut below ~0.7 (2 /
 CUT = 0.1
 
 
-def regression_model(optimizer):
+def regression_model(optimizer, jit_compile=False):
     keras.utils.set_random_seed(0)
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
-    model.compile(optimizer=optimizer, loss="mse")
+    model.compile(optimizer=optimizer, loss="mse", jit_compile=jit_compile)
     return model
 
 
-@pytest.mark.parametrize("wrap", [False, True], ids=["plain", "SkipNonFinite"])
-def test_continue_cuts_the_learning_rate_persistently_and_compounding(wrap):
+@pytest.mark.parametrize("wrap", ["plain", "SkipNonFinite", "mixed_float16"])
+def test_continue_cuts_the_learning_rate_persistently_and_compounding(wrap, mixed_precision_policy):
     from stableops.optimizers import SkipNonFinite
 
     optimizer = keras.optimizers.SGD(HUGE_RATE)
-    model = regression_model(SkipNonFinite(optimizer) if wrap else optimizer)
+    if wrap == "mixed_float16":  # Keras wraps the optimizer in a LossScaleOptimizer
+        mixed_precision_policy("mixed_float16")
+    model = regression_model(SkipNonFinite(optimizer) if wrap == "SkipNonFinite" else optimizer)
     guard = NaNGuard(action="continue", lr_factor=CUT, diagnose=False, verbose=0)
     model.fit(X_REG, Y_REG, batch_size=32, epochs=2, shuffle=False, verbose=0, callbacks=[guard])
 
@@ -186,10 +189,11 @@ def test_continue_cuts_the_learning_rate_persistently_and_compounding(wrap):
     assert final < 0.1 * float(np.var(Y_REG))  # and the rescued run learned
 
 
-def test_a_schedule_is_scaled_not_replaced():
+@pytest.mark.parametrize("jit_compile", [False, True])
+def test_a_schedule_is_scaled_not_replaced(jit_compile):
     schedule = keras.optimizers.schedules.ExponentialDecay(HUGE_RATE, decay_steps=1000, decay_rate=0.9)
     optimizer = keras.optimizers.SGD(schedule)
-    model = regression_model(optimizer)
+    model = regression_model(optimizer, jit_compile=jit_compile)
     guard = NaNGuard(action="continue", lr_factor=CUT, diagnose=False, verbose=0)
     model.fit(X_REG, Y_REG, batch_size=32, epochs=2, shuffle=False, verbose=0, callbacks=[guard])
 

@@ -11,7 +11,7 @@ import dataclasses
 import keras
 import numpy as np
 import pytest
-from sklearn.datasets import load_breast_cancer, load_digits, load_wine
+from sklearn.datasets import load_breast_cancer, load_diabetes, load_digits, load_wine
 
 import stableops
 from stableops.callbacks import NaNGuard
@@ -175,3 +175,23 @@ def test_stock_keras_fails_the_guard_rescues_and_diagnose_names_the_cause(make):
 
     report = stableops.diagnose(scenario.model(wrap=False), scenario.x, scenario.y)
     assert report.errors and report.errors[0].check in scenario.causes, report
+
+
+def test_raw_diabetes_rolls_back_to_weights_from_before_the_divergence():
+    # Raw features (ages, blood values up to 300) and targets (25 .. 346), MSE, SGD at 1e-3:
+    # the first update already overshoots, so the last *finite* weights (after it) are
+    # not good ones: activations of ~1e10 that make every later batch diverge again.
+    data = load_diabetes(scaled=False)
+    x, y = data.data.astype(np.float32), data.target.astype(np.float32)[:, None]
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((10,)), keras.layers.Dense(16, activation="relu"), keras.layers.Dense(1)])
+    model.compile(optimizer=SkipNonFinite(keras.optimizers.SGD(1e-3)), loss="mse")
+    guard = NaNGuard(action="continue", lr_factor=0.1, verbose=0)
+    history = model.fit(x, y, batch_size=32, epochs=2, verbose=0, callbacks=[guard])
+
+    assert guard.events and not model.stop_training  # rescued, within max_recoveries
+    assert guard.events[0]["restored_step"] < guard.events[0]["step"] - 1  # not the last finite weights
+    prediction = model.predict(x, verbose=0)
+    assert np.isfinite(prediction).all() and np.abs(prediction).max() < 10 * y.max()
+    assert np.isfinite(history.history["loss"]).all()
+    assert history.history["loss"][-1] < history.history["loss"][0]
