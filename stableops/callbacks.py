@@ -8,6 +8,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from stableops.ops import dtype_limits
+
 __all__ = ["NaNGuard", "NonFiniteTrainingError", "ScaledSchedule"]
 
 _ACTIONS = ("stop", "raise", "continue")
@@ -179,9 +181,7 @@ class NaNGuard(keras.callbacks.Callback):
         self._variables = [v for v in self.model.weights if _is_float(v)] + _optimizer_state(optimizer)
         # Weights heading for overflow: |w| above sqrt(max) of their dtype,
         # where w * w (a product with a similar activation, an L2 penalty) overflows.
-        self._overflow_at = [
-            math.sqrt(float(np.finfo(tf.as_dtype(v.dtype).as_numpy_dtype).max)) for v in self._variables
-        ]
+        self._overflow_at = [math.sqrt(dtype_limits(v.dtype).max) for v in self._variables]
         # snapshots + 1 slots: the good ones and the one awaiting confirmation.
         self._slots = [
             [tf.Variable(v.value, trainable=False) for v in self._variables] for _ in range(self.snapshots + 1)
