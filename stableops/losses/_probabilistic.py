@@ -1131,14 +1131,39 @@ def kl_divergence(y_true, y_pred):
     return _kl_divergence_kernel(*prepare(y_true, y_pred, "kl_divergence"))
 
 
+def _poisson_scale(target, rate):
+    """Per row, 1, or a power of 2 that keeps every Poisson term and their sum finite.
+
+    ``|log(rate)|`` is at most ``log_max`` (a floored rate: ``-log(tiny)``,
+    a little less), so a term ``rate - t log(rate)`` is at most ``max/4 +
+    |t| log_max``. A row whose counts stay below ``max / (4 log_max)`` and
+    whose rates stay below ``max / 4`` cannot overflow (its results are bit
+    for bit unscaled); another is scaled by ``2**-k <= 1 / (4 log_max)``
+    (exact: a power of 2) and scaled back after the sum (counts of 4e36 on a
+    floored rate overflowed ``t log(tiny)`` to ``inf``, then ``inf - inf``).
+    """
+    limits = dtype_limits(rate.dtype)
+    down = 2.0 ** -math.ceil(math.log2(4.0 * limits.log_max))
+    big = tf.logical_or(
+        tf.reduce_max(tf.abs(target), axis=-1) >= limits.max / (4.0 * limits.log_max),
+        tf.reduce_max(tf.abs(rate), axis=-1) >= limits.max / 4.0,
+    )
+    return tf.where(big, tf.constant(down, rate.dtype), tf.constant(1.0, rate.dtype))
+
+
 @xla_kernel
 def _poisson_kernel(y_true, y_pred):
     target, rate = _in_compute_dtype(y_true, y_pred)
     # The Poisson negative log-likelihood (up to log(t!)): rate - t * log(rate),
     # xlogy semantics (t = 0 gives `rate`, gradient 1). A rate that is zero or
     # negative is floored at the smallest normal inside the log (Keras adds
-    # 1e-7 to every rate, shifting the log of small rates).
-    return _mean(rate - ops.xlogy(target, _floor_at_tiny(rate)), axis=-1)
+    # 1e-7 to every rate, shifting the log of small rates). Each term is
+    # divided by the count n (and scaled by _poisson_scale) before it is
+    # formed, so neither a term nor the sum overflows where the mean does not.
+    scale = _poisson_scale(target, rate)
+    share = scale[..., None] / tf.cast(tf.shape(rate)[-1], rate.dtype)
+    terms = rate * share - ops.xlogy(target * share, _floor_at_tiny(rate))
+    return tf.reduce_sum(terms, axis=-1) / scale
 
 
 @_graph_code

@@ -203,7 +203,10 @@ def _mean_absolute_percentage_error_kernel(y_true, y_pred):
     y_true, y_pred = _in_compute_dtype(y_true, y_pred)
     # A percentage of a zero target is undefined: safe_divide gives those
     # terms 0 with a zero gradient, and they are left out of the count.
-    relative = ops.safe_divide(tf.abs(y_true - y_pred), tf.abs(y_true))
+    # |(t - p) / |t||, the absolute value taken last: at p == t its zero slope
+    # reaches the division's gradient first (0 / |t| = 0), where |t - p| / |t|
+    # formed upstream / |t| = inf for |t| near the smallest normal, then inf * 0.
+    relative = tf.abs(ops.safe_divide(y_true - y_pred, tf.abs(y_true)))
     defined = tf.cast(tf.not_equal(y_true, 0.0), y_true.dtype)
     # A sample whose targets are all zero has nothing to measure: 0 / 0 -> 0.
     mean = ops.safe_divide(

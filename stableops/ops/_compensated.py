@@ -22,13 +22,15 @@ def two_difference(a, b):
     Six floating-point operations and no branch; exact for any finite ``a``
     and ``b`` in round-to-nearest (barring overflow). ``err`` is 0 where ``d``
     is not finite (an infinity or NaN makes the error terms NaN; the infinity
-    or NaN is carried by ``d``). Its gradient is 0: ``d + err`` is ``a - b``.
+    or NaN is carried by ``d``), and where an intermediate sum overflows
+    (``|d + b|`` beyond the range, for ``|d|`` near the max: the dropped error
+    is then below half an ULP of ``d``). Its gradient is 0: ``d + err`` is ``a - b``.
     """
     d = a - b
     a_part = d + b
     b_part = d - a_part
     err = (a - a_part) - (b + b_part)
-    return d, tf.where(tf.math.is_finite(d), err, tf.zeros_like(err))
+    return d, tf.where(tf.math.is_finite(err), err, tf.zeros_like(err))
 
 
 def _veltkamp_split(x):
