@@ -309,6 +309,29 @@ def test_skip_non_finite_skips_the_step_on_every_replica(mirrored, bad_replica):
 
 
 @needs_replicas
+@pytest.mark.parametrize("bad_replica", [0, 1])
+def test_skip_non_finite_skips_an_inf_loss_with_finite_gradients_on_every_replica(mirrored, bad_replica):
+    # One target of 3e19 in one replica's shard: its squared error (9e38)
+    # overflows float32, so that replica's loss is inf while its gradients
+    # (2 * 3e19 / 4 * x) are finite.
+    x = _features(seed=2, n=2 * GLOBAL_BATCH)
+    y = np.random.default_rng(3).normal(size=(2 * GLOBAL_BATCH, 1)).astype("float32")
+    y[2 + 4 * bad_replica] = 3e19
+    with mirrored.scope():
+        model = _regressor()
+        optimizer = stableops.optimizers.SkipNonFinite(keras.optimizers.SGD(0.1))
+        model.compile(optimizer=optimizer, loss=stableops.losses.MeanSquaredError())
+    initial = model.get_weights()
+    model.fit(x, y, batch_size=GLOBAL_BATCH, epochs=1, verbose=0, shuffle=False)
+
+    _replica_copies_agree(model)
+    assert int(np.asarray(optimizer.skipped_steps)) == 1
+    expected = _one_sgd_step_reference(x[GLOBAL_BATCH:], y[GLOBAL_BATCH:], initial, 0.1)
+    for got, want in zip(model.get_weights(), expected):
+        np.testing.assert_allclose(got, want, rtol=RTOL, atol=ATOL)
+
+
+@needs_replicas
 def test_nan_guard_restores_weights_when_one_replica_goes_nan(mirrored):
     x, y = _one_bad_replica_data()
     # Two good batches (the same one twice), then the bad one: the guard must
