@@ -269,6 +269,28 @@ def test_invalid_softmax_axis():
         Softmax(axis=[])
     with pytest.raises(ValueError, match="axis"):
         Softmax(axis=1.5)
+    x = np.zeros((2, 3), np.float32)
+    for call in (lambda: Softmax(axis=5)(x), lambda: Softmax(axis=(0, 5))(x, mask=x > -1)):
+        with pytest.raises(ValueError, match=r"`axis` is out of range for a rank-2 `inputs`.*axis=5"):
+            call()
+
+
+def test_softmax_axis_none_normalises_over_every_axis(regime):
+    # As Keras's Softmax(axis=None): one distribution over all entries.
+    # log(1), log(2), log(3), log(4): probabilities k / 10 exactly.
+    logits = np.log(np.array([[1.0, 2.0], [3.0, 4.0]], np.float32))
+    value = regime.run(Softmax(axis=None), logits)
+    np.testing.assert_allclose(value, [[0.1, 0.2], [0.3, 0.4]], rtol=4 * np.finfo(np.float32).eps)
+    assert Softmax(axis=None).get_config()["axis"] is None
+    assert Softmax.from_config(Softmax(axis=None).get_config()).axis is None
+
+
+def test_leaky_relu_layer_takes_integer_input_as_keras(regime):
+    # Keras casts integer input to float32 (exact for these), slope 0.25 exact.
+    for x in (np.array([[3, -4, 0]]), tf.constant([[3, -4, 0]], tf.int32)):
+        value = regime.run(LeakyReLU(negative_slope=0.25), x)
+        assert value.dtype == np.float32
+        np.testing.assert_array_equal(value, [[3.0, -1.0, 0.0]])
 
 
 # ----------------------------------------------------------------------------
@@ -408,8 +430,27 @@ def test_robust_scaler_errors():
         RobustScaler().adapt(np.zeros((0, 3)))
     with pytest.raises(TypeError, match="numeric"):
         RobustScaler().adapt(np.array([["a", "b"]]))
+    with pytest.raises(ValueError, match="no features"):
+        RobustScaler().adapt(np.zeros((5, 0)))
+    with pytest.raises(ValueError, match="no features"):
+        RobustScaler(axis=1).adapt(np.zeros((5, 0, 3)))
     with pytest.raises(ValueError):
         built(np.ones((2, 4), np.float32))  # wrong number of features (Keras InputSpec)
+
+
+def test_robust_scaler_steps_apply_to_datasets_only():
+    data = np.arange(20.0).reshape(10, 2)
+    with pytest.raises(ValueError, match=r"`steps` applies to a tf.data.Dataset only.*steps=3"):
+        RobustScaler().adapt(data, steps=3)
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match=r"`steps` must be a positive integer"):
+            RobustScaler().adapt(tf.data.Dataset.from_tensor_slices(data).batch(2), steps=bad)
+    # Honoured for a dataset: 5 batches of one row are rows 0..4, columns
+    # (0, 2, 4, 6, 8) and (1, 3, 5, 7, 9): medians 4 and 5 exactly.
+    scaler = RobustScaler()
+    scaler.adapt(tf.data.Dataset.from_tensor_slices(data).batch(1), steps=5)
+    np.testing.assert_array_equal(scaler.median.numpy(), [4.0, 5.0])
+    assert scaler.count.numpy().tolist() == [5, 5]
 
 
 @pytest.mark.parametrize("clip", [0.0, -1.0, float("nan"), (1.0, 2.0), (-1.0, float("nan")), (2.0, -2.0), (1, 2, 3)])
