@@ -137,15 +137,12 @@ def check_inputs(inputs, *, names=None, consumers=None, layer_stats=None, nonfin
             findings.append(
                 finding(
                     "input.non_finite",
-                    severity="error",
                     location=f"{where} feature {bad[0]}",
                     message=f"{_n(stats['nonfinite'].sum(), 'input value')} NaN or inf",
                     evidence={
                         "nonfinite_values": int(stats["nonfinite"].sum()),
                         "features": _listed(bad),
                     },
-                    fix="impute or drop non-finite values before training (they make every "
-                    "activation, loss and gradient they touch NaN)",
                 )
             )
         readers = consumers[index]
@@ -172,7 +169,6 @@ def check_inputs(inputs, *, names=None, consumers=None, layer_stats=None, nonfin
                 findings.append(
                     finding(
                         "input.float16_overflow",
-                        severity="error",
                         location=f"{where} feature {feature}",
                         message=f"input values up to {format_number(max_abs)} exceed the float16 "
                         f"maximum {format_number(th.FLOAT16_MAX)}: layer '{layer.name}' casts "
@@ -211,7 +207,6 @@ def _scale_findings(where: str, stats: dict) -> list:
     return [
         finding(
             "input.scale",
-            severity="warning",
             location=f"{where} feature {largest}",
             message="inputs are not scaled: " + "; ".join(reasons),
             evidence={
@@ -222,7 +217,6 @@ def _scale_findings(where: str, stats: dict) -> list:
                 "spread": spread,
                 "unscaled_features": _listed(unscaled),
             },
-            fix=SCALER_FIX,
         )
     ]
 
@@ -235,7 +229,6 @@ def _outlier_findings(where: str, stats: dict) -> list:
     return [
         finding(
             "input.outliers",
-            severity="warning",
             location=f"{where} feature {worst}",
             message=f"outliers: {_n(stats['outliers'].sum(), 'value')} more than "
             f"{format_number(th.OUTLIER_Z)} "
@@ -246,8 +239,6 @@ def _outlier_findings(where: str, stats: dict) -> list:
                 "outlier_values": int(stats["outliers"].sum()),
                 "features": _listed(flagged),
             },
-            fix="stableops.layers.RobustScaler() scales by median/IQR and clips outliers "
-            "(default to +-5 IQRs); mean/variance Normalization is dominated by them",
         )
     ]
 
@@ -273,14 +264,12 @@ def check_labels(y, y_pred, loss) -> list:
             findings.append(
                 finding(
                     "labels.non_finite",
-                    severity="error",
                     location="labels",
                     message=f"{_n(nonfinite.sum(), 'label')} NaN or inf",
                     evidence={
                         "nonfinite_labels": int(nonfinite.sum()),
                         "samples": _listed(np.flatnonzero(nonfinite.reshape(len(y), -1).any(axis=1))),
                     },
-                    fix="fix or drop these samples",
                 )
             )
             return findings
@@ -329,7 +318,6 @@ def _sparse_label_findings(y, y_pred, loss) -> list:
         return [
             finding(
                 "labels.shape",
-                severity="error",
                 location="labels",
                 message=f"labels have shape {y.shape}, like one-hot rows, but "
                 f"{loss.display} expects class indices",
@@ -352,7 +340,6 @@ def _sparse_label_findings(y, y_pred, loss) -> list:
     return [
         finding(
             "labels.range",
-            severity="error",
             location="labels",
             message=f"{_n(out_of_range.sum(), 'label')} outside the valid class range [0, {classes}) "
             f"(e.g. {format_number(bad_values[0].item())}); eagerly Keras raises, under XLA "
@@ -376,7 +363,6 @@ def _categorical_label_findings(y, y_pred, loss) -> list:
         return [
             finding(
                 "labels.shape",
-                severity="error",
                 location="labels",
                 message=f"labels have shape {y.shape}, like class indices, but {loss.display} "
                 f"expects one-hot rows of {classes}",
@@ -391,7 +377,6 @@ def _categorical_label_findings(y, y_pred, loss) -> list:
         findings.append(
             finding(
                 "labels.range",
-                severity="error",
                 location="labels",
                 message=f"{_n(outside.sum(), 'label value')} outside [0, 1]",
                 evidence={
@@ -409,7 +394,6 @@ def _categorical_label_findings(y, y_pred, loss) -> list:
         findings.append(
             finding(
                 "labels.one_hot_sum",
-                severity="error",
                 location="labels",
                 message=f"{_n(off.sum(), 'label row')} not summing to 1 "
                 f"(e.g. {format_number(float(sums[off].flat[0]))})",
@@ -419,8 +403,6 @@ def _categorical_label_findings(y, y_pred, loss) -> list:
                     "max_sum": float(sums.max()),
                     "tolerance": tolerance,
                 },
-                fix="each row must be a distribution over the classes (one-hot or smoothed); "
-                "all-zero rows usually mean a missing class",
             )
         )
     return findings
@@ -434,7 +416,6 @@ def _binary_label_findings(y, loss) -> list:
     return [
         finding(
             "labels.range",
-            severity="error",
             location="labels",
             message=f"{_n(outside.sum(), 'label')} outside [0, 1] for {loss.display}",
             evidence={
@@ -536,7 +517,6 @@ def check_activations(layer_stats, *, first_op=None) -> list:
         findings.append(
             finding(
                 "activation.non_finite",
-                severity="error",
                 location=origin.location,
                 message=f"first non-finite values: {origin.nonfinite} of {origin.count} outputs of "
                 f"{origin.class_name} '{origin.name}'"
@@ -555,7 +535,6 @@ def check_activations(layer_stats, *, first_op=None) -> list:
             findings.append(
                 finding(
                     "activation.saturated",
-                    severity="warning",
                     location=stats.location,
                     message=f"{100 * stats.saturated_fraction:.0f}% of {stats.activation} outputs are "
                     "saturated (within 1% of an asymptote): they pass almost no gradient",
@@ -581,8 +560,6 @@ def check_activations(layer_stats, *, first_op=None) -> list:
                         "units": stats.units,
                         "dead_fraction": stats.dead_fraction,
                     },
-                    fix="use stableops.layers.LeakyReLU or stableops.layers.ELU, He initialisation, "
-                    "centred inputs, or a lower learning rate",
                 )
             )
     # float16 headroom: every float16 layer close to overflow is a warning;
@@ -609,7 +586,6 @@ def _headroom_findings(stats) -> list:
         return [
             finding(
                 "activation.float16_headroom",
-                severity="warning",
                 location=stats.location,
                 message=f"float16 activations reach {format_number(stats.max_abs)}, only "
                 f"{format_number(headroom)}x below the float16 maximum",
@@ -647,7 +623,6 @@ def check_loss(
         findings.append(
             finding(
                 "loss.raised",
-                severity="error",
                 location="loss",
                 message=f"{loss.display} raised {type(error).__name__}: {_first_line(error)}",
                 evidence={"error": type(error).__name__},
@@ -662,7 +637,6 @@ def check_loss(
             findings.append(
                 finding(
                     "loss.non_finite",
-                    severity="error",
                     location="loss",
                     message=f"{loss.display} is non-finite on {_n(own.size, 'sample')} whose predictions "
                     "are finite" + (f" (op {op})" if op else ""),
@@ -680,7 +654,6 @@ def check_loss(
         findings.append(
             finding(
                 "loss.drop_in",
-                severity="info",
                 location="loss",
                 message=f"{loss.display} has a stableops drop-in",
                 evidence={"keras_loss": loss.display, "drop_in": loss.drop_in},
@@ -756,7 +729,6 @@ def _clipped_probability_findings(loss, y, y_pred) -> list:
     return [
         finding(
             "loss.clipped_probabilities",
-            severity="warning",
             location="loss",
             message=f"{_n(stuck.sum(), 'sample')} predicting probability 0 or 1 for the wrong class "
             f"({output_dtype} output): {loss.display} takes log of a clipped value there, so their "
@@ -808,7 +780,6 @@ def check_gradients(norms, *, learning_rate, first_op=None, skips_non_finite=Fal
         findings.append(
             finding(
                 "gradient.non_finite",
-                severity="error",
                 location=f"layer '{name}'",
                 message=f"the gradient of {len(nonfinite)} layer(s) is non-finite although the loss is finite"
                 + (f" (op {op})" if op else ""),
@@ -826,7 +797,6 @@ def check_gradients(norms, *, learning_rate, first_op=None, skips_non_finite=Fal
         findings.append(
             finding(
                 "gradient.exploding",
-                severity="warning",
                 location=f"layer '{name}'",
                 message=f"gradients explode in {len(exploding)} layer(s): one step at learning rate "
                 f"{format_number(learning_rate)} would move the weights of '{name}' by "
@@ -848,7 +818,6 @@ def check_gradients(norms, *, learning_rate, first_op=None, skips_non_finite=Fal
         findings.append(
             finding(
                 "gradient.vanishing",
-                severity="warning",
                 location=f"layer '{name}'",
                 message=f"gradients vanish in {len(vanishing)} layer(s): at learning rate "
                 f"{format_number(learning_rate)} the update of '{name}' is below the rounding unit "
@@ -860,8 +829,6 @@ def check_gradients(norms, *, learning_rate, first_op=None, skips_non_finite=Fal
                     "step_ratio": ratio,
                     "layers": [n for _, n, _, _ in sorted(vanishing)][:_MAX_LISTED],
                 },
-                fix="look for saturated or dead units upstream; scale the inputs; use relu/ELU and "
-                "He/Glorot initialisation",
             )
         )
     return findings
