@@ -254,8 +254,9 @@ def _mse_chance(y):
 
 def _binary_chance(y):
     """Predicting the positive rate p: the binary entropy of p (nats)."""
-    p = float(np.clip(np.mean(y), 1e-12, 1 - 1e-12))
-    return float(-(p * np.log(p) + (1 - p) * np.log1p(-p)))
+    p = np.array([np.mean(y), 1.0 - np.mean(y)])
+    p = p[p > 0]  # 0 log 0 = 0
+    return float(-(p * np.log(p)).sum())
 
 
 def _sparse_chance(classes):
