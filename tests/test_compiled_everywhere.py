@@ -67,6 +67,28 @@ def test_a_plain_tf_function_step_calls_compiled_kernels_forward_and_backward():
     assert np.isfinite(float(loss)) and all(np.all(np.isfinite(g.numpy())) for g in grads)
 
 
+def test_under_jit_compile_kernels_are_inlined_into_the_callers_computation():
+    """No nested compiled call under an outer jit_compile=True: XLA then treated the
+    arguments of a nested call with a dynamic-shape gather (the sparse loss) as
+    compile-time constants and recompiled the step at every call (variables baked in)."""
+    model = _model()
+    loss_fn = stableops.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+    @tf.function(jit_compile=True)
+    def step(x, y):
+        with tf.GradientTape() as tape:
+            loss = loss_fn(y, model(x))
+        return loss, tape.gradient(loss, model.trainable_variables)
+
+    graph = step.get_concrete_function(
+        tf.TensorSpec([None, 6]), tf.TensorSpec([None], tf.int32)
+    ).graph
+    assert not _xla_calls(graph), _function_names(graph)
+    x, y = _data()
+    loss, _ = step(x, y)
+    assert np.isfinite(float(loss))
+
+
 def test_model_fit_default_compile_runs_compiled_kernels_without_retracing():
     from stableops.ops._activations import _elu_kernel  # the kernel behind ELU
 

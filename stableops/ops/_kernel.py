@@ -10,10 +10,10 @@ pass, as one XLA computation instead:
 - called while a ``tf.function`` is being traced (``model.fit``, a user's
   ``tf.function``, a SavedModel), it calls the same compiled function, which
   becomes one XLA cluster in the caller's graph; its gradient function is
-  compiled too. Under an outer ``jit_compile=True`` XLA inlines it, at the cost
-  of inline code;
-- called while another kernel is being traced, it is inlined, so nested
-  kernels make one computation.
+  compiled too;
+- called while another kernel or a ``jit_compile=True`` function is being
+  traced, it is inlined: nested kernels make one computation, and the caller's
+  XLA computation takes the kernel in whole.
 
 Each compiled function is traced once per dtype, non-tensor keyword argument
 and *rank* of its tensor arguments: there is one ``tf.function`` per rank
@@ -31,6 +31,12 @@ import threading
 
 import numpy as np
 import tensorflow as tf
+
+try:  # how tf.function itself tells that it is traced inside an XLA computation
+    from tensorflow.python.ops.control_flow_util import GraphOrParentsInXlaContext as _in_xla_context
+except ImportError:  # pragma: no cover - a TF without it: treat every graph as plain
+    def _in_xla_context(graph):
+        return False
 
 _tracing = threading.local()
 
@@ -51,8 +57,16 @@ def _rank(value):
     return None
 
 
-def _inside_kernel_trace() -> bool:
-    return getattr(_tracing, "depth", 0) > 0
+def _inline_here() -> bool:
+    """Whether to run the Python function in place: inside another kernel's trace, or
+    inside a ``jit_compile=True`` function, whose XLA computation takes the kernel in
+    whole. (A nested compiled call there would be inlined by XLA all the same, but XLA
+    then treats the arguments behind any dynamic-shape computation in it, such as
+    ``tf.gather(..., batch_dims=1)``, as compile-time constants and recompiles the
+    caller at every step: 10 s per epoch instead of 0.06 s for a sparse loss.)"""
+    if getattr(_tracing, "depth", 0) > 0:
+        return True
+    return tf.inside_function() and _in_xla_context(tf.compat.v1.get_default_graph())
 
 
 def xla_kernel(fn):
@@ -98,7 +112,7 @@ def xla_kernel(fn):
 
     @functools.wraps(fn)
     def kernel(*args, **kwargs):
-        if _inside_kernel_trace():
+        if _inline_here():
             return inline(*args, **kwargs)
         args = tuple(_tensor_if_array(a) for a in args)
         kwargs = {k: _tensor_if_array(v) for k, v in kwargs.items()}
