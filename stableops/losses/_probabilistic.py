@@ -29,10 +29,12 @@ Keyword-only extras (default off, i.e. Keras behaviour): ``pos_weight`` on
 the binary losses, ``ignore_class`` on every cross-entropy, ``label_smoothing``
 on the sparse one.
 
-Every function validates its arguments outside the compiled kernel
-(``TypeError`` for non-floating predictions, ``ValueError`` naming both shapes
-or the bad hyperparameter, an error naming an out-of-range label and the
-number of classes), then runs an XLA-compiled kernel when called eagerly.
+Every function validates its arguments outside the compiled kernel (integer
+and boolean predictions cast to the loss dtype as Keras does; ``TypeError``
+naming ``y_pred``/``y_true`` for strings and complex numbers; ``ValueError``
+naming both shapes, an axis out of range or the bad hyperparameter; an error
+naming an out-of-range label and the number of classes), then runs an
+XLA-compiled kernel when called eagerly.
 """
 
 from __future__ import annotations
@@ -369,13 +371,15 @@ def binary_crossentropy(
         also under ``mixed_float16``, see :class:`BinaryCrossentropy`).
         ``0 * log(0)`` counts as 0. The mean over ``axis`` divides before it
         sums (terms of 1e38 do not overflow it). NaN in a prediction gives
-        NaN; NaN in an ignored entry (``ignore_class``) is ignored.
+        NaN; NaN in an ignored entry (``ignore_class``) is ignored. An
+        infinite probability or target is invalid input and gives NaN (the
+        formula would give ``log(inf)``: a negative loss).
         Error budget: 4 ULP of the float32 result per element (the budget of
         ``ops.binary_crossentropy``).
 
     Args:
         y_true: targets in ``[0, 1]``, ``[batch, d0, ..., dN]``; any real dtype.
-        y_pred: probabilities or logits, same shape, floating.
+        y_pred: probabilities or logits, same shape; real (integers and booleans are cast).
         from_logits: whether ``y_pred`` holds logits.
         label_smoothing: float in ``[0, 1]``: squeeze targets towards 0.5.
         axis: the axis averaged over (default ``-1``).
@@ -522,7 +526,7 @@ def binary_focal_crossentropy(
 
     Args:
         y_true: targets in ``[0, 1]``, ``[batch, d0, ..., dN]``.
-        y_pred: probabilities or logits, same shape, floating.
+        y_pred: probabilities or logits, same shape; real (integers and booleans are cast).
         apply_class_balancing: weight class 1 by ``alpha``, class 0 by ``1 - alpha``.
         alpha: float in ``[0, 1]``.
         gamma: float ``>= 0``, the focusing parameter.
@@ -674,7 +678,7 @@ def categorical_crossentropy(
 
     Args:
         y_true: targets, ``[batch, ..., num_classes]`` (class axis ``axis``).
-        y_pred: probabilities or logits, same shape, floating.
+        y_pred: probabilities or logits, same shape; real (integers and booleans are cast).
         from_logits: whether ``y_pred`` holds logits.
         label_smoothing: float in ``[0, 1]``.
         axis: the class axis.
@@ -847,7 +851,11 @@ def categorical_focal_crossentropy(
         ``[1e-7, 1 - 1e-7]``: zero gradient beyond), and value and gradient
         are finite for every ``gamma >= 0``. From probabilities, zero and
         negative entries are floored at ``tiny`` before the row is normalized
-        (an all-zero row counts as uniform; Keras: NaN). A softmax output's
+        (an all-zero row counts as uniform; Keras: NaN). Where the
+        cross-entropy exceeds ``-log(tiny)`` the focal factor's share of the
+        gradient is below the dtype's resolution and is left out
+        (``_focal_product``): logits ``[-3e38, 3e38, 0]`` have a finite
+        gradient, as in :func:`categorical_crossentropy`. A softmax output's
         logits are used.
         Error budget: 8 ULP of the float32 result (rows of up to 8 classes;
         a logit difference that is not exact in float32 adds its own
@@ -855,7 +863,7 @@ def categorical_focal_crossentropy(
 
     Args:
         y_true: one-hot (or soft) targets, ``[batch, ..., num_classes]``.
-        y_pred: probabilities or logits, same shape, floating.
+        y_pred: probabilities or logits, same shape; real (integers and booleans are cast).
         alpha: a float ``>= 0`` or a sequence of them (one per class).
         gamma: float ``>= 0``.
         from_logits: whether ``y_pred`` holds logits.
@@ -1022,7 +1030,7 @@ def sparse_categorical_crossentropy(
     Args:
         y_true: integer labels, ``y_pred``'s shape without the class axis (a
             size-1 class axis is squeezed); integer, bool or (integral) float dtype.
-        y_pred: probabilities or logits, floating.
+        y_pred: probabilities or logits; real (integers and booleans are cast).
         from_logits: whether ``y_pred`` holds logits.
         ignore_class: an int label (e.g. ``-1`` or 255) to leave out.
         axis: the class axis.
@@ -1115,12 +1123,14 @@ def kl_divergence(y_true, y_pred):
         gradient is written out (``-t/p``; autodiff of ``t / p`` would form
         ``t / p**2``, which overflows for ``p < 1e-19`` in float32). Outside
         ``[0, 1]`` and ``[tiny, 1]`` the clips give a zero gradient, as in
-        Keras. Half precision is computed in float32. NaN gives NaN.
+        Keras. Half precision is computed in float32. NaN gives NaN: ``0 *
+        log 0 = 0`` is for a zero target only, never for a NaN target, nor
+        for a NaN prediction where the target is 0.
         Error budget: 4 ULP of the float32 result per term (last axis of 1).
 
     Args:
         y_true: target distribution, ``[batch, ..., num_classes]``.
-        y_pred: predicted distribution, same shape, floating.
+        y_pred: predicted distribution, same shape; real (integers and booleans are cast).
 
     Returns:
         ``[batch, ...]`` in ``y_pred``'s computing dtype.
@@ -1182,13 +1192,16 @@ def poisson(y_true, y_pred):
         dtype inside the log, so value and gradient stay finite (Keras: NaN
         for ``p < -1e-7``); the floored log term has a zero gradient. The
         gradient ``1 - t/p`` is exact: it overflows only where ``t/p`` itself
-        leaves the float range. The mean divides before it sums. Half
-        precision is computed in float32. NaN gives NaN.
+        leaves the float range. Each term is divided by the count before it
+        is formed, and a row whose counts or rates could overflow a term is
+        computed scaled by a power of 2 (``_poisson_scale``), so a mean in
+        range is finite (counts of 4e36 on a zero rate gave ``inf - inf``).
+        Half precision is computed in float32. NaN gives NaN.
         Error budget: 4 ULP of ``max(|p|, |t log p|)`` in float32 (last axis of 1).
 
     Args:
         y_true: observed counts, ``[batch, d0, ..., dN]``.
-        y_pred: predicted rates, same shape, floating.
+        y_pred: predicted rates, same shape; real (integers and booleans are cast).
 
     Returns:
         ``[batch, d0, ..., dN-1]`` in ``y_pred``'s computing dtype.

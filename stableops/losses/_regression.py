@@ -25,9 +25,14 @@ float32/bfloat16 inputs near the float32 range a sample overflows to ``inf``
 when the sum of its per-element terms exceeds the float32 max; half-precision
 inputs, computed in float32, stay far from it.
 
-Every function validates its arguments (``TypeError`` for non-floating
-predictions, ``ValueError`` naming both shapes or the bad hyperparameter), then
-runs an XLA-compiled kernel when called eagerly (``ops._kernel.xla_kernel``).
+Every function validates its arguments (``losses._base.prepare``): integer and
+boolean predictions are cast to ``keras.config.floatx()`` as Keras does; strings
+and complex numbers are a ``TypeError`` naming the argument; a ``ValueError``
+names both shapes, an axis out of range or the bad hyperparameter. Then it runs
+an XLA-compiled kernel when called eagerly (``ops._kernel.xla_kernel``). The
+losses that average per-element terms over the last axis (MSE, MAE, MSLE,
+Huber, log-cosh, the hinges, Poisson) take two ``tf.RaggedTensor`` as Keras's
+do; the others refuse ragged input with a ``TypeError`` naming the loss.
 """
 
 from __future__ import annotations
@@ -143,12 +148,14 @@ def mean_squared_error(y_true, y_pred):
         ``inf`` only when the sum of the squared errors over the last axis
         exceeds the float32 max (errors beyond about 1.8e19, possible only
         for float32/bfloat16 inputs); the gradient ``2 (y_pred - y_true) / n``
-        stays finite while the error itself is finite. NaN gives NaN.
+        stays finite while it is representable, in every regime (the square
+        is ``e * e``: ``tf.square``'s gradient formed ``2 e`` first, ``inf``
+        under XLA for ``|e| > max / 2``). NaN gives NaN.
         Error budget: 3 ULP of the float32 result (last axis of up to 8).
 
     Args:
         y_true: targets, ``[batch, d0, ..., dN]``; any real dtype.
-        y_pred: predictions, same shape, floating.
+        y_pred: predictions, same shape; real (integers and booleans are cast).
 
     Returns:
         ``[batch, d0, ..., dN-1]`` in ``y_pred``'s computing dtype (float32
@@ -182,7 +189,7 @@ def mean_absolute_error(y_true, y_pred):
 
     Args:
         y_true: targets, ``[batch, d0, ..., dN]``; any real dtype.
-        y_pred: predictions, same shape, floating.
+        y_pred: predictions, same shape; real (integers and booleans are cast).
 
     Returns:
         ``[batch, d0, ..., dN-1]`` in ``y_pred``'s computing dtype.
@@ -239,7 +246,7 @@ def mean_absolute_percentage_error(y_true, y_pred):
 
     Args:
         y_true: targets, ``[batch, d0, ..., dN]``; any real dtype.
-        y_pred: predictions, same shape, floating.
+        y_pred: predictions, same shape; real (integers and booleans are cast).
 
     Returns:
         ``[batch, d0, ..., dN-1]`` in ``y_pred``'s computing dtype.
@@ -303,7 +310,8 @@ def mean_squared_logarithmic_error(y_true, y_pred):
     Numerical stability:
         For non-negative inputs this is Keras's ``log(y + 1)`` formula
         (Keras clips both at ``1e-7``; the difference is below 1e-7 in the
-        result). Keras clips negative predictions to ``1e-7``: their value is
+        result). Targets follow Keras: clipped at 0 (gradient 0 below).
+        Keras clips negative predictions to ``1e-7``: their value is
         that of a zero prediction and their gradient is 0, so a model that
         outputs negatives never recovers. Here ``f`` continues ``log1p`` by
         its tangent line (C1 at 0), so ``y_pred = -0.5, y_true = 1`` gives
@@ -320,7 +328,7 @@ def mean_squared_logarithmic_error(y_true, y_pred):
 
     Args:
         y_true: targets, ``[batch, d0, ..., dN]``; any real dtype.
-        y_pred: predictions, same shape, floating.
+        y_pred: predictions, same shape; real (integers and booleans are cast).
 
     Returns:
         ``[batch, d0, ..., dN-1]`` in ``y_pred``'s computing dtype.
@@ -377,7 +385,7 @@ def huber(y_true, y_pred, delta=1.0):
 
     Args:
         y_true: targets, ``[batch, d0, ..., dN]``; any real dtype.
-        y_pred: predictions, same shape, floating.
+        y_pred: predictions, same shape; real (integers and booleans are cast).
         delta: positive float, where the loss changes from quadratic to
             linear (``float("inf")`` gives half the squared error).
 
@@ -424,7 +432,7 @@ def log_cosh(y_true, y_pred):
 
     Args:
         y_true: targets, ``[batch, d0, ..., dN]``; any real dtype.
-        y_pred: predictions, same shape, floating.
+        y_pred: predictions, same shape; real (integers and booleans are cast).
 
     Returns:
         ``[batch, d0, ..., dN-1]`` in ``y_pred``'s computing dtype.
@@ -467,7 +475,7 @@ def cosine_similarity(y_true, y_pred, axis=-1):
 
     Args:
         y_true: targets; any real dtype.
-        y_pred: predictions, same shape, floating.
+        y_pred: predictions, same shape; real (integers and booleans are cast).
         axis: the feature axis (an int). Defaults to -1.
 
     Returns:
@@ -555,13 +563,16 @@ def dice(y_true, y_pred, axis=None, *, smooth=0.0):
         Keras's to about ``1e-7 / (sum(y_true) + sum(y_pred))`` relative. The
         loss is formed from the summed misses and false alarms, not as ``1 -
         ratio``, so it keeps its accuracy when it is small. Meant for values
-        in [0, 1]; other values follow the formula. Half precision is
-        computed in float32. NaN gives NaN.
+        in [0, 1]; other values follow the formula: with targets in [0, 1]
+        and predictions up to the float range (``±3e38``) the sums are scaled
+        before they could overflow (``_overflow_scale``), so value and
+        gradient are never NaN (a ratio beyond the range is ``±inf``). Half
+        precision is computed in float32. NaN gives NaN.
         Error budget: 4 ULP of the float32 result for 8 summed values in [0, 1].
 
     Args:
         y_true: targets in [0, 1]; any real dtype.
-        y_pred: predictions in [0, 1], same shape, floating.
+        y_pred: predictions in [0, 1], same shape; real (integers and booleans are cast).
         axis: an int or tuple of axes to reduce; ``None`` (default, as in
             Keras) reduces every axis, giving one value for the whole batch.
         smooth: keyword-only, non-negative; added to numerator and denominator.
@@ -612,13 +623,15 @@ def tversky(y_true, y_pred, alpha=0.5, beta=0.5, axis=None, *, smooth=0.0):
         loss 0 with gradient 0 (Keras: 1). On ordinary inputs the results
         equal Keras's to about ``1e-7 / denominator`` relative. The loss is
         formed from the summed penalties, not as ``1 - ratio``, so it keeps
-        its accuracy when it is small. Meant for values in [0, 1]. Half
+        its accuracy when it is small. Meant for values in [0, 1]; with
+        targets there, predictions up to the float range keep value and
+        gradient free of NaN (sums scaled as in :func:`dice`). Half
         precision is computed in float32. NaN gives NaN.
         Error budget: 4 ULP of the float32 result for 8 summed values in [0, 1].
 
     Args:
         y_true: targets in [0, 1]; any real dtype.
-        y_pred: predictions in [0, 1], same shape, floating.
+        y_pred: predictions in [0, 1], same shape; real (integers and booleans are cast).
         alpha: non-negative weight of ``sum(y_true (1 - y_pred))``.
         beta: non-negative weight of ``sum(y_pred (1 - y_true))``.
         axis: an int or tuple of axes to reduce; ``None`` reduces every axis.
@@ -682,7 +695,7 @@ def hinge(y_true, y_pred):
 
     Args:
         y_true: labels in {-1, 1} or {0, 1}, ``[batch, d0, ..., dN]``.
-        y_pred: predictions, same shape, floating.
+        y_pred: predictions, same shape; real (integers and booleans are cast).
 
     Returns:
         ``[batch, d0, ..., dN-1]`` in ``y_pred``'s computing dtype.
@@ -717,7 +730,7 @@ def squared_hinge(y_true, y_pred):
 
     Args:
         y_true: labels in {-1, 1} or {0, 1}.
-        y_pred: predictions, same shape, floating.
+        y_pred: predictions, same shape; real (integers and booleans are cast).
 
     Returns:
         ``[batch, d0, ..., dN-1]`` in ``y_pred``'s computing dtype.
@@ -771,7 +784,7 @@ def categorical_hinge(y_true, y_pred):
 
     Args:
         y_true: one-hot (or {-1, 1}) labels, ``[batch, d0, ..., classes]``.
-        y_pred: predictions, same shape, floating.
+        y_pred: predictions, same shape; real (integers and booleans are cast).
 
     Returns:
         ``[batch, d0, ..., dN-1]`` in ``y_pred``'s computing dtype.
