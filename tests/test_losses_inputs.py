@@ -21,7 +21,6 @@ import tensorflow as tf
 
 import stableops.losses as S
 from tests import _reference as R
-from tests._regimes import Regime
 
 F32_EPS = float(np.finfo(np.float32).eps)  # the float32 results are compared to this
 

@@ -13,7 +13,13 @@ import functools
 import keras
 import tensorflow as tf
 
-from stableops.ops._checks import as_float_tensor, canonical_axis, check_same_shape, real_tensor
+from stableops.ops._checks import (
+    as_float_tensor,
+    canonical_axis,
+    check_real_dtype,
+    check_same_shape,
+    real_tensor,
+)
 from stableops.ops._dtypes import compute_dtype
 
 # The losses that take two ``tf.RaggedTensor`` (as Keras's do): per-element
@@ -45,26 +51,38 @@ def match_rank(y_true, y_pred):
     return y_true, y_pred
 
 
-def _real_or_unknown(x, name):
-    """``TypeError`` naming ``name`` and the dtype when ``x`` holds strings or complex numbers.
+def dtype_of(x):
+    """``x``'s ``tf.DType``, read without a copy where it has one (tensors, arrays).
 
-    Keras's own cast would fail later with ``UnimplementedError: Cast string
-    to float``. What cannot be made one tensor (a dict, a ragged or symbolic
-    tensor) is left to the caller.
+    ``None`` for what cannot be made one tensor (a dict, a ragged list).
+    NumPy strings and objects, which have no ``tf.DType``, are converted.
     """
     if isinstance(x, (dict, tf.RaggedTensor)):
-        return
+        return None
+    dtype = getattr(x, "dtype", None)
+    if dtype is not None:
+        try:
+            return tf.as_dtype(dtype)
+        except TypeError:
+            pass
     try:
-        tensor = tf.convert_to_tensor(x)
+        return tf.convert_to_tensor(x).dtype
     except (TypeError, ValueError):
-        return
-    real_tensor(tensor, name)
+        return None
 
 
 def check_loss_inputs(y_true, y_pred):
-    """Contract rule 6 before Keras's cast to the loss dtype: real numbers only."""
-    _real_or_unknown(y_true, "y_true")
-    _real_or_unknown(y_pred, "y_pred")
+    """Contract rule 6 before Keras's cast to the loss dtype: real numbers only.
+
+    ``TypeError`` naming ``y_true``/``y_pred`` and the dtype for strings and
+    complex numbers (Keras's own cast would fail later with
+    ``UnimplementedError: Cast string to float``). What has no single dtype
+    (a dict, a ragged tensor) is left to the caller.
+    """
+    for x, name in ((y_true, "y_true"), (y_pred, "y_pred")):
+        dtype = dtype_of(x)
+        if dtype is not None:
+            check_real_dtype(dtype, name)
 
 
 def prepare(y_true, y_pred, loss_name, axis=-1):

@@ -49,7 +49,7 @@ import numpy as np
 import tensorflow as tf
 
 from stableops import ops
-from stableops.losses._base import FunctionLoss, check_loss_inputs, prepare, ragged_rows
+from stableops.losses._base import FunctionLoss, check_loss_inputs, dtype_of, prepare, ragged_rows
 from stableops.ops._checks import as_float_tensor, axis_argument, canonical_axis, number
 from stableops.ops._crossentropy import raise_on_invalid_labels
 from stableops.ops._dtypes import compute_dtype, dtype_limits
@@ -1246,14 +1246,6 @@ def _in_loss_dtype(x, dtype):
     return tensor
 
 
-def _is_floating(x):
-    """Whether ``x`` (or what ``tf.convert_to_tensor`` makes of it) is floating; unknown counts as yes."""
-    try:
-        return tf.convert_to_tensor(x).dtype.is_floating
-    except (TypeError, ValueError):
-        return True
-
-
 class _ProbabilisticLoss(FunctionLoss):
     """A ``FunctionLoss`` that computes from the inputs as the caller passed them.
 
@@ -1280,7 +1272,8 @@ class _ProbabilisticLoss(FunctionLoss):
         check_loss_inputs(y_true, y_pred)  # strings, complex numbers: TypeError
         dtype = tf.as_dtype(self.dtype)
         cast_true, cast_pred = _in_loss_dtype(y_true, dtype), _in_loss_dtype(y_pred, dtype)
-        if not _is_floating(y_pred):
+        pred_dtype = dtype_of(y_pred)
+        if pred_dtype is not None and not pred_dtype.is_floating:
             y_pred = cast_pred  # integer and boolean predictions: the loss dtype, as Keras
         calls = _calls_in_progress()
         calls.append((self, y_true, y_pred, cast_true, cast_pred))

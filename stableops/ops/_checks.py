@@ -14,18 +14,22 @@ import numpy as np
 import tensorflow as tf
 
 
+def check_real_dtype(dtype: tf.DType, name: str) -> None:
+    """``TypeError`` naming ``name`` and ``dtype`` unless it is floating, integer or boolean."""
+    if not (dtype.is_floating or dtype.is_integer or dtype == tf.bool):
+        raise TypeError(
+            f"`{name}` must hold real numbers (a floating, integer or boolean tensor), "
+            f"got dtype {dtype.name}"
+        )
+
+
 def check_real(x: tf.Tensor, name: str) -> tf.Tensor:
     """Return ``x`` when it holds real numbers (floating, integer or boolean).
 
     Raises:
         TypeError: naming ``name`` and the dtype (strings, complex numbers, ...).
     """
-    dtype = x.dtype
-    if not (dtype.is_floating or dtype.is_integer or dtype == tf.bool):
-        raise TypeError(
-            f"`{name}` must hold real numbers (a floating, integer or boolean tensor), "
-            f"got dtype {dtype.name}"
-        )
+    check_real_dtype(x.dtype, name)
     return x
 
 
