@@ -187,7 +187,8 @@ class Softmax(keras.layers.Layer):
         self.supports_masking = True
 
     def call(self, inputs, mask=None):
-        canonical_axis(self.axis, len(inputs.shape), of="inputs")  # axis=5: a clear error
+        # axis=5: a clear error (an unknown rank is left to the op).
+        canonical_axis(self.axis, tf.TensorShape(inputs.shape).rank, of="inputs")
         if mask is None:
             return activations.softmax(inputs, axis=self.axis)
         mask = tf.convert_to_tensor(mask)
