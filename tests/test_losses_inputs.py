@@ -20,9 +20,11 @@ import pytest
 import tensorflow as tf
 
 import stableops.losses as S
+from stableops.ops import dtype_limits
 from tests import _reference as R
 
-F32_EPS = float(np.finfo(np.float32).eps)  # the float32 results are compared to this
+F32 = dtype_limits("float32")  # the losses return float32: tolerances in its eps
+F32_EPS = F32.eps
 
 # Class name -> (function name, y_true) for a (2, 3) batch of {0, 1} predictions.
 _ONE_HOT = np.array([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0]], np.float32)
@@ -123,7 +125,7 @@ _RAGGED_EXACT = {
 _RAGGED_MPMATH = {
     "log_cosh": (R.mp_log_cosh_row, ()),
     "mean_squared_logarithmic_error": (R.mp_mean_squared_logarithmic_error_row, ()),
-    "poisson": (lambda t, p: R.mp_poisson_row(t, p, R.mpf(np.finfo(np.float32).tiny)), ()),
+    "poisson": (lambda t, p: R.mp_poisson_row(t, p, R.mpf(F32.tiny)), ()),
 }
 
 
