@@ -288,18 +288,24 @@ def _one_sgd_step_reference(x, y, initial_weights, learning_rate):
     return model.get_weights()
 
 
-@needs_replicas
-@pytest.mark.parametrize("bad_replica", [0, 1])
-def test_skip_non_finite_skips_the_step_on_every_replica(mirrored, bad_replica):
-    x, y = _one_bad_replica_data(bad_replica)
+def _fit_one_epoch_skipping(mirrored, x, y):
+    """A regressor with ``SkipNonFinite(SGD(0.1))`` fitted for one epoch of two global batches;
+    returns ``(model, optimizer, initial weights)`` after checking the replicas agree."""
     with mirrored.scope():
         model = _regressor()
         optimizer = stableops.optimizers.SkipNonFinite(keras.optimizers.SGD(0.1))
         model.compile(optimizer=optimizer, loss=stableops.losses.MeanSquaredError())
     initial = model.get_weights()
     model.fit(x, y, batch_size=GLOBAL_BATCH, epochs=1, verbose=0, shuffle=False)
-
     _replica_copies_agree(model)
+    return model, optimizer, initial
+
+
+@needs_replicas
+@pytest.mark.parametrize("bad_replica", [0, 1])
+def test_skip_non_finite_skips_the_step_on_every_replica(mirrored, bad_replica):
+    x, y = _one_bad_replica_data(bad_replica)
+    model, optimizer, initial = _fit_one_epoch_skipping(mirrored, x, y)
     assert all(np.all(np.isfinite(w)) for w in model.get_weights())
     assert int(np.asarray(optimizer.skipped_steps)) == 1
     # The bad step changed nothing; the good step is one ordinary SGD step.
@@ -317,14 +323,7 @@ def test_skip_non_finite_skips_an_inf_loss_with_finite_gradients_on_every_replic
     x = _features(seed=2, n=2 * GLOBAL_BATCH)
     y = np.random.default_rng(3).normal(size=(2 * GLOBAL_BATCH, 1)).astype("float32")
     y[2 + 4 * bad_replica] = 3e19
-    with mirrored.scope():
-        model = _regressor()
-        optimizer = stableops.optimizers.SkipNonFinite(keras.optimizers.SGD(0.1))
-        model.compile(optimizer=optimizer, loss=stableops.losses.MeanSquaredError())
-    initial = model.get_weights()
-    model.fit(x, y, batch_size=GLOBAL_BATCH, epochs=1, verbose=0, shuffle=False)
-
-    _replica_copies_agree(model)
+    model, optimizer, initial = _fit_one_epoch_skipping(mirrored, x, y)
     assert int(np.asarray(optimizer.skipped_steps)) == 1
     expected = _one_sgd_step_reference(x[GLOBAL_BATCH:], y[GLOBAL_BATCH:], initial, 0.1)
     for got, want in zip(model.get_weights(), expected):
