@@ -1,4 +1,4 @@
-"""The public API and architecture rules of DESIGN.md, checked mechanically."""
+"""The public API and architecture rules of docs/design.md, checked mechanically."""
 
 import ast
 import inspect

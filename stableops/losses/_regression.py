@@ -29,7 +29,7 @@ Every function validates its arguments (``losses._base.prepare``): integer and
 boolean predictions are cast to ``keras.config.floatx()`` as Keras does; strings
 and complex numbers are a ``TypeError`` naming the argument; a ``ValueError``
 names both shapes, an axis out of range or the bad hyperparameter. Then it runs
-an XLA-compiled kernel when called eagerly (``ops._kernel.xla_kernel``). The
+an XLA-compiled kernel, in every regime (``ops._kernel.xla_kernel``). The
 losses that average per-element terms over the last axis (MSE, MAE, MSLE,
 Huber, log-cosh, the hinges, Poisson) take two ``tf.RaggedTensor`` as Keras's
 do; the others refuse ragged input with a ``TypeError`` naming the loss.

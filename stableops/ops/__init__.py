@@ -1,10 +1,10 @@
 """``stableops.ops``: pure, XLA-clean TensorFlow kernels with the numerics contract.
 
-Every public op here keeps the contract in DESIGN.md: finite values and
+Every public op here keeps the contract in docs/design.md: finite values and
 gradients for finite inputs in float16, bfloat16, float32 and float64; NaN in,
 NaN out; a stated ULP budget; half precision computed in float32; the same
-answer in eager, ``tf.function`` and XLA. Called eagerly, each op runs as an
-XLA-compiled kernel (see ``_kernel.xla_kernel``).
+answer in eager, ``tf.function`` and XLA. Every call runs as one XLA-compiled
+computation with its backward pass (see ``_kernel.xla_kernel``).
 """
 
 from stableops.ops._activations import elu, leaky_relu
