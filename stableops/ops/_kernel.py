@@ -17,7 +17,7 @@ pass, as one XLA computation instead:
 
 Each compiled function is traced once per dtype, non-tensor keyword argument
 and *rank* of its tensor arguments: there is one ``tf.function`` per rank
-signature, and within it ``reduce_retracing`` generalizes every dimension, so
+signature (and per context, eager or graph: see ``compiled``), and within it ``reduce_retracing`` generalizes every dimension, so
 a changing batch size does not retrace (XLA still compiles each new concrete
 shape once) while the rank stays static for the kernel's Python code
 (``len(x.shape)``, canonical axes). Arguments of unknown rank (rare, only in
@@ -90,7 +90,7 @@ def xla_kernel(fn):
     # A caller's tf.function converts called code with AutoGraph, which breaks the
     # closures of custom gradients; kernels are plain TF and need no conversion.
     inline = tf.autograph.experimental.do_not_convert(fn)
-    compiled_by_ranks = {}
+    compiled_functions = {}
 
     def compiled(*args, **kwargs):
         key = (
@@ -102,12 +102,12 @@ def xla_kernel(fn):
             tuple(_rank(a) for a in args),
             tuple(sorted((k, _rank(v)) for k, v in kwargs.items())),
         )
-        function = compiled_by_ranks.get(key)
+        function = compiled_functions.get(key)
         if function is None:
             function = tf.function(
                 traced, jit_compile=True, reduce_retracing=True, autograph=False
             )
-            compiled_by_ranks[key] = function
+            compiled_functions[key] = function
         return function(*args, **kwargs)
 
     @functools.wraps(fn)
@@ -121,7 +121,7 @@ def xla_kernel(fn):
         return compiled(*args, **kwargs)
 
     def tracing_count():
-        return sum(f.experimental_get_tracing_count() for f in compiled_by_ranks.values())
+        return sum(f.experimental_get_tracing_count() for f in compiled_functions.values())
 
     kernel.python_function = fn
     kernel.compiled = compiled
