@@ -57,6 +57,10 @@ def _rank(value):
     return None
 
 
+def _differentiable(value) -> bool:
+    return isinstance(value, (tf.Tensor, tf.Variable)) and value.dtype.is_floating
+
+
 def _inline_here() -> bool:
     """Whether to run the Python function in place: inside another kernel's trace, or
     inside a ``jit_compile=True`` function, whose XLA computation takes the kernel in
@@ -90,14 +94,33 @@ def xla_kernel(fn):
     # A caller's tf.function converts called code with AutoGraph, which breaks the
     # closures of custom gradients; kernels are plain TF and need no conversion.
     inline = tf.autograph.experimental.do_not_convert(fn)
+
+    def forward(args, kwargs):
+        return traced(*args, **kwargs)
+
+    def vector_jacobian_product(args, kwargs, upstreams):
+        # The forward pass again, with its gradient, as one computation: nothing
+        # but the inputs is kept alive between the forward and the backward pass.
+        watched = [v for v in (*args, *kwargs.values()) if _differentiable(v)]
+        with tf.GradientTape(watch_accessed_variables=False) as tape:
+            tape.watch(watched)
+            outputs = [o for o in tf.nest.flatten(traced(*args, **kwargs)) if o.dtype.is_floating]
+        return tape.gradient(
+            outputs, watched, output_gradients=upstreams,
+            unconnected_gradients=tf.UnconnectedGradients.ZERO,
+        )
+
+    # Graphs name the compiled calls after the kernel: `__inference__elu_kernel_forward_42`.
+    forward.__name__ = f"{fn.__name__}_forward"
+    vector_jacobian_product.__name__ = f"{fn.__name__}_backward"
     compiled_functions = {}
 
-    def compiled(*args, **kwargs):
+    def compiled_function(role, args, kwargs):
         key = (
-            # Eager calls and graph calls get separate functions: once a graph has
-            # taken its gradient, TF (2.21) runs later eager gradients of the same
-            # XLA function with forward intermediates that do not match it (NaN
-            # where a tf.where guarded a division).
+            role,
+            # Eager calls and graph calls get separate functions (TF 2.21 once ran
+            # eager gradients of a function a graph had differentiated with forward
+            # intermediates that did not match it).
             tf.inside_function(),
             tuple(_rank(a) for a in args),
             tuple(sorted((k, _rank(v)) for k, v in kwargs.items())),
@@ -105,10 +128,43 @@ def xla_kernel(fn):
         function = compiled_functions.get(key)
         if function is None:
             function = tf.function(
-                traced, jit_compile=True, reduce_retracing=True, autograph=False
+                forward if role == "forward" else vector_jacobian_product,
+                jit_compile=True, reduce_retracing=True, autograph=False,
             )
             compiled_functions[key] = function
-        return function(*args, **kwargs)
+        return function
+
+    def compiled(*args, **kwargs):
+        names = list(kwargs)
+        values = [*args, *kwargs.values()]
+        positions = [i for i, v in enumerate(values) if _differentiable(v)]
+
+        def split(flat):
+            return tuple(flat[: len(args)]), dict(zip(names, flat[len(args):]))
+
+        run_forward = compiled_function("forward", args, kwargs)
+        if not positions:
+            return run_forward(args, kwargs)
+
+        @tf.custom_gradient
+        def call(*inputs):
+            flat = list(values)
+            for position, tensor in zip(positions, inputs):
+                flat[position] = tensor
+            call_args, call_kwargs = split(flat)
+            outputs = run_forward(call_args, call_kwargs)
+
+            def grad(*upstreams):
+                floating = [o for o in tf.nest.flatten(outputs) if o.dtype.is_floating]
+                upstreams = [
+                    tf.zeros_like(o) if u is None else u for u, o in zip(upstreams, floating)
+                ]
+                run_backward = compiled_function("backward", call_args, call_kwargs)
+                return run_backward(call_args, call_kwargs, upstreams)
+
+            return outputs, grad
+
+        return call(*[values[p] for p in positions])
 
     @functools.wraps(fn)
     def kernel(*args, **kwargs):
