@@ -72,21 +72,27 @@ def _flag(value, name):
 def _variance_kind(value):
     if value not in _VARIANCE_KINDS:
         raise ValueError(
-            f"`variance` must be one of {', '.join(map(repr, _VARIANCE_KINDS))}, got variance={value!r}"
+            f"`variance` must be one of {', '.join(map(repr, _VARIANCE_KINDS))}, "
+            f"got variance={value!r}"
         )
     return value
 
 
 def _no_ragged(name, *tensors):
     if any(isinstance(t, tf.RaggedTensor) for t in tensors):
-        raise TypeError(f"`{name}` does not support ragged tensors; pass dense tensors (`.to_tensor()`)")
+        raise TypeError(
+            f"`{name}` does not support ragged tensors; pass dense tensors (`.to_tensor()`)"
+        )
 
 
 def _stacked_prediction(y_pred, name):
     """``y_pred`` as a floating tensor of rank >= 1 whose last axis (when known) is even."""
     y_pred = as_float_tensor(y_pred, "y_pred", keras.config.floatx())
     if y_pred.shape.rank == 0:
-        raise ValueError(f"`{name}`: `y_pred` must have rank >= 1 (values stacked on the last axis), got a scalar")
+        raise ValueError(
+            f"`{name}`: `y_pred` must have rank >= 1 (values stacked on the last axis), "
+            "got a scalar"
+        )
     width = y_pred.shape[-1] if y_pred.shape.rank is not None else None
     if width is not None and width % 2:
         raise ValueError(
@@ -117,7 +123,8 @@ def _nll_inputs(y_true, y_pred, name):
 
 def _prior(value, name, dtype):
     """A prior parameter: a Python number (checked, finite) or a tensor (cast to ``dtype``)."""
-    if isinstance(value, (tf.Tensor, tf.Variable)) or hasattr(value, "shape") and getattr(value, "ndim", 0):
+    is_array = hasattr(value, "shape") and getattr(value, "ndim", 0)
+    if isinstance(value, (tf.Tensor, tf.Variable)) or is_array:
         value = as_float_tensor(value, name, dtype)
         return tf.cast(value, dtype)
     return number(value, name)
@@ -240,7 +247,9 @@ def gaussian_kl(mean, log_variance, *, prior_mean=0.0, prior_log_variance=0.0):
             f"got {mean.shape} and {log_variance.shape}"
         )
     if mean.shape.rank == 0:
-        raise ValueError("`gaussian_kl` sums over the last axis: `mean` must have rank >= 1, got a scalar")
+        raise ValueError(
+            "`gaussian_kl` sums over the last axis: `mean` must have rank >= 1, got a scalar"
+        )
     log_variance = tf.cast(log_variance, mean.dtype)
     dtype = compute_dtype(mean.dtype)
     return gaussian_kl_kernel(
@@ -371,7 +380,13 @@ class GaussianNLL(_LikelihoodLoss):
     """
 
     def __init__(
-        self, full=False, reduction=_REDUCTION, name="gaussian_nll", dtype=None, *, variance="variance"
+        self,
+        full=False,
+        reduction=_REDUCTION,
+        name="gaussian_nll",
+        dtype=None,
+        *,
+        variance="variance",
     ):
         full = _flag(full, "full")
         variance = _variance_kind(variance)

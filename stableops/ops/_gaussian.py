@@ -71,7 +71,8 @@ def in_compute_dtype(x):
     def cast(v):
         def grad(upstream):
             limit = tf.constant(largest, upstream.dtype)
-            saturated = tf.where(upstream > limit, limit, tf.where(upstream < -limit, -limit, upstream))
+            low_clipped = tf.where(upstream < -limit, -limit, upstream)
+            saturated = tf.where(upstream > limit, limit, low_clipped)
             return tf.cast(saturated, dtype)
 
         return tf.cast(v, compute_dtype(dtype)), grad
@@ -202,7 +203,7 @@ def _excess_degree(dtype: tf.DType) -> int:
     eps = dtype_limits(dtype).eps
     radius = _SERIES_RADIUS
     n = 2
-    while 3.53 * radius ** (n - 1) / (math.factorial(n + 1) * (1.0 - radius / (n + 2))) >= eps / 4.0:
+    while 3.53 * radius ** (n - 1) / (math.factorial(n + 1) * (1.0 - radius / (n + 2))) >= eps / 4:
         n += 1
     return n
 
@@ -221,7 +222,7 @@ def _excess_large(d, log_max):
     # not: (exp(d/2) / 2) exp(d/2) (d/2 is exact), inf only where the result is.
     moderate = d <= log_max - 1.0
     small_d = tf.where(moderate, d, tf.zeros_like(d))
-    large_d = tf.where(moderate, tf.fill(tf.shape(d), tf.constant(log_max, d.dtype)), d)
+    large_d = tf.where(moderate, tf.ones_like(d) * log_max, d)
     half_exp = tf.exp(0.5 * large_d)
     return tf.where(
         moderate,
@@ -297,7 +298,7 @@ def _poisson_log_rate_terms(count, log_rate):
     limits = dtype_limits(log_rate.dtype)
     ordinary = log_rate <= limits.log_max - 1.0
     low = tf.where(ordinary, log_rate, tf.zeros_like(log_rate))
-    high = tf.where(ordinary, tf.fill(tf.shape(log_rate), tf.constant(limits.log_max, log_rate.dtype)), log_rate)
+    high = tf.where(ordinary, tf.ones_like(log_rate) * limits.log_max, log_rate)
     rate = tf.exp(low)
     half = tf.exp(0.5 * high)
     value = tf.where(ordinary, rate - count * low, half * (half - count * (high / half)))
