@@ -300,6 +300,58 @@ def probability_domain(t, p) -> np.ndarray:
     return ((p > 0) & (p < 1)) | ((p == 0) & (t == 0)) | ((p == 1) & (t == 1))
 
 
+# Issue 15's likelihood losses (one element per sample: y (k, 1), stacked y_pred (k, 2)).
+
+
+def mp_gaussian_nll_log_variance(t, p):
+    return (p[1] + (t[0] - p[0]) ** 2 * mpmath.exp(-p[1])) / 2
+
+
+def mp_gaussian_kl(t, p):
+    return (mpmath.expm1(p[1]) - p[1] + p[0] ** 2) / 2
+
+
+def mp_poisson_nll_log_rate(t, x):
+    return mpmath.exp(x) - t * x
+
+
+def grid_gaussian_nll(lim: Limits):
+    # (y - mu)^2 exp(-s) representable: |y - mu| <= 4, s >= -log_max / 2.
+    spreads = [0.0, lim.eps, -lim.eps, 1e-3, 1.0, -1.0, 5.0, -5.0, 20.0, lim.log_max / 2, -lim.log_max / 2]
+    rows = [(t, m, s) for t in (0.0, 1.0, -3.0) for m in (0.0, 0.5, -1.0 + lim.eps) for s in spreads]
+    t, m, s = (np.asarray(c, dtype=np.float64) for c in zip(*rows))
+    return _column(t), np.stack([m, s], -1)
+
+
+def random_gaussian_nll(rng, n, lim: Limits):
+    t = rng.normal(0, 1, n)
+    return _column(t), np.stack([t + rng.normal(0, 1, n), rng.uniform(-lim.log_max / 4, lim.log_max / 4, n)], -1)
+
+
+def grid_gaussian_kl(lim: Limits):
+    # exp(s) / 2 + mu^2 / 2 representable: s <= log_max (computed in float32 for half precision).
+    spreads = [0.0, lim.eps, -lim.eps, 1e-3, -1e-3, 0.5, -1.5, 1.9, -2.5, 10.0, 11.5, 30.0, -30.0, 80.0]
+    rows = [(m, s) for m in (0.0, 1e-3, 2.0, -30.0) for s in spreads if s <= 88.0]
+    m, s = (np.asarray(c, dtype=np.float64) for c in zip(*rows))
+    return np.zeros((len(m), 1)), np.stack([m, s], -1)
+
+
+def random_gaussian_kl(rng, n, lim: Limits):
+    return np.zeros((n, 1)), np.stack([rng.normal(0, 1, n), rng.normal(0, 3, n)], -1)
+
+
+def grid_poisson_nll(lim: Limits):
+    rates = [-20.0, -1.0, 0.0, lim.eps, 1.0, 10.0, 11.5, 50.0, 87.0]
+    pairs = [(t, x) for t in (0.0, 1.0, 5.0, 100.0) for x in rates]
+    t, x = zip(*pairs)
+    return _column(t), _column(x)
+
+
+def random_poisson_nll(rng, n, lim: Limits):
+    x = rng.normal(0.5, 2.0, n)
+    return _column(rng.poisson(np.exp(np.minimum(x, 8.0)))), _column(x)
+
+
 @dataclasses.dataclass(frozen=True)
 class AccuracySpec:
     grid: Callable  # grid(limits) -> input arrays (float64; labels int32)
@@ -337,6 +389,9 @@ SPECS = {
     "huber": AccuracySpec(grid_linear, random_regression, _row_loss(ref.mp_huber_row, 1.0)),
     "log_cosh": AccuracySpec(grid_linear, random_regression, _row_loss(ref.mp_log_cosh_row)),
     "cosine_similarity": AccuracySpec(grid_cosine, random_cosine, _row_loss(ref.mp_cosine_similarity_row)),
+    "gaussian_nll": AccuracySpec(grid_gaussian_nll, random_gaussian_nll, _row_loss(mp_gaussian_nll_log_variance)),
+    "gaussian_kl": AccuracySpec(grid_gaussian_kl, random_gaussian_kl, _row_loss(mp_gaussian_kl)),
+    "poisson_nll": AccuracySpec(grid_poisson_nll, random_poisson_nll, _elementwise_loss(mp_poisson_nll_log_rate)),
     "logsumexp": AccuracySpec(grid_rows, random_rows, lambda x: _rowwise(ref.mp_logsumexp, x)),
     "softmax": AccuracySpec(grid_rows, random_rows, lambda x: _rowwise(ref.mp_softmax, x)),
     "log_softmax": AccuracySpec(grid_rows, random_rows, lambda x: _rowwise(ref.mp_log_softmax, x)),

@@ -149,6 +149,43 @@ def _tf_op(path: str, **kwargs) -> Impl:
     return _op("tf.nn", path, resolve, **kwargs)
 
 
+def _hand_written_loss(api: str, per_sample_fn: Callable) -> Impl:
+    """A loss Keras does not ship, as users write it today (the ``keras`` baseline).
+
+    ``per_sample_fn(y_true, y_pred)`` gives one value per sample; the speed form
+    averages it over the batch (Keras's default ``sum_over_batch_size``).
+    """
+
+    def build(per_sample: bool):
+        import keras
+
+        if per_sample:
+            return per_sample_fn
+        return lambda y_true, y_pred: keras.ops.mean(per_sample_fn(y_true, y_pred))
+
+    return Impl("keras", api, build)
+
+
+def _hand_gaussian_nll(y_true, y_pred):
+    from keras import ops
+
+    mean, log_variance = ops.split(y_pred, 2, axis=-1)
+    return ops.mean(0.5 * (log_variance + ops.square(y_true - mean) * ops.exp(-log_variance)), axis=-1)
+
+
+def _hand_gaussian_kl(y_true, y_pred):
+    from keras import ops
+
+    mean, log_variance = ops.split(y_pred, 2, axis=-1)
+    return -0.5 * ops.sum(1.0 + log_variance - ops.square(mean) - ops.exp(log_variance), axis=-1)
+
+
+def _hand_poisson_nll(y_true, y_pred):
+    from keras import ops
+
+    return ops.mean(ops.exp(y_pred) - y_true * y_pred, axis=-1)
+
+
 # ----------------------------------------------------------------------------
 # Speed inputs (realistic values; the edge cases are accuracy's business)
 # ----------------------------------------------------------------------------
@@ -186,6 +223,25 @@ def _sparse_logits(size, dtype, rng):
     rows, classes = _rows(size, CLASSES)
     labels = rng.integers(0, classes, rows).astype(np.int32)
     return labels, rng.normal(0.0, 3.0, (rows, classes)).astype(dtype)
+
+
+def _mean_and_log_variance(size, dtype, rng):
+    rows, width = _rows(size, 2 * ELEMENTWISE_WIDTH)
+    y_true = rng.normal(0.0, 1.0, (rows, width // 2)).astype(dtype)
+    stats = np.concatenate([rng.normal(0.0, 1.0, (rows, width // 2)), rng.normal(0.0, 2.0, (rows, width // 2))], -1)
+    return y_true, stats.astype(dtype)
+
+
+def _latent_stats(size, dtype, rng):
+    rows, width = _rows(size, 2 * ELEMENTWISE_WIDTH)
+    stats = np.concatenate([rng.normal(0.0, 1.0, (rows, width // 2)), rng.normal(-1.0, 2.0, (rows, width // 2))], -1)
+    return np.zeros((rows, 1), dtype), stats.astype(dtype)
+
+
+def _counts_and_log_rates(size, dtype, rng):
+    shape = _rows(size, ELEMENTWISE_WIDTH)
+    log_rate = rng.normal(0.5, 1.0, shape)
+    return rng.poisson(np.exp(log_rate)).astype(dtype), log_rate.astype(dtype)
 
 
 def _row_input(size, dtype, rng):
@@ -312,6 +368,42 @@ CASES: tuple[Case, ...] = (
         1,
         (_stableops_loss("CosineSimilarity"), _keras_loss("CosineSimilarity")),
         "two l2_normalize (square, sum, max, rsqrt, multiply each), product, sum, negate",
+    ),
+    Case(
+        "gaussian_nll",
+        "loss",
+        False,
+        _mean_and_log_variance,
+        1,
+        (
+            _stableops_loss("GaussianNLL", variance="log_variance"),
+            _hand_written_loss("hand-written 0.5 * (s + (y - mu)**2 * exp(-s))", _hand_gaussian_nll),
+        ),
+        "no Keras loss: the hand-written formula (split, subtract, square, exp, multiply, add, mean)",
+    ),
+    Case(
+        "gaussian_kl",
+        "loss",
+        False,
+        _latent_stats,
+        1,
+        (
+            _stableops_loss("GaussianKL"),
+            _hand_written_loss("hand-written -0.5 * sum(1 + s - mu**2 - exp(s))", _hand_gaussian_kl),
+        ),
+        "no Keras loss: the hand-written VAE term (split, square, exp, adds, sum)",
+    ),
+    Case(
+        "poisson_nll",
+        "loss",
+        True,
+        _counts_and_log_rates,
+        1,
+        (
+            _stableops_loss("PoissonNLL"),
+            _hand_written_loss("hand-written exp(x) - y * x", _hand_poisson_nll),
+        ),
+        "no Keras loss from a log-rate: the hand-written exp(x) - y x, mean (~4 TF kernels)",
     ),
     Case(
         "logsumexp",

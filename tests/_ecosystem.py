@@ -86,6 +86,14 @@ LOSS_CASES = [
     LossCase("Hinge", 1, "tanh", _signs),
     LossCase("SquaredHinge", 1, "tanh", _signs),
     LossCase("CategoricalHinge", 3, None, _one_hot),
+    # Issue 15's likelihood losses. GaussianNLL's head stacks a mean and a
+    # log-variance; GaussianKL's stacks a mean and a log-variance and ignores y_true.
+    LossCase(
+        "GaussianNLL", 2, None, lambda rng, n: rng.normal(size=(n, 1)).astype("float32"),
+        {"variance": "log_variance"},
+    ),
+    LossCase("GaussianKL", 4, None, lambda rng, n: np.zeros((n, 1), "float32")),
+    LossCase("PoissonNLL", 2, None, lambda rng, n: rng.poisson(2.0, (n, 2)).astype("float32")),
 ]
 
 LOSS_NAMES = [case.name for case in LOSS_CASES]

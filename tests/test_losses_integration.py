@@ -56,6 +56,16 @@ def _signed(rng, units):
     return rng.choice([-1.0, 1.0], size=(N, units)).astype(np.float32)
 
 
+def _half_real(rng, units):
+    # GaussianNLL: the head stacks a mean and a (log-)variance per target.
+    return rng.normal(size=(N, units // 2)).astype(np.float32)
+
+
+def _ignored(rng, units):
+    # GaussianKL ignores y_true; Keras needs a target per output.
+    return np.zeros((N, 1), np.float32)
+
+
 # (id, loss factory, target generator, output units, output activation)
 LOSSES = [
     ("BinaryCrossentropy", lambda: S.BinaryCrossentropy(label_smoothing=0.1), _binary, 1, "sigmoid"),
@@ -77,6 +87,9 @@ LOSSES = [
     ("Hinge", lambda: S.Hinge(), _signed, 1, "tanh"),
     ("SquaredHinge", lambda: S.SquaredHinge(), _signed, 1, None),
     ("CategoricalHinge", lambda: S.CategoricalHinge(), _one_hot, 3, None),
+    ("GaussianNLL", lambda: S.GaussianNLL(full=True, variance="log_variance"), _half_real, 2, None),
+    ("GaussianKL", lambda: S.GaussianKL(prior_log_variance=0.5), _ignored, 4, None),
+    ("PoissonNLL", lambda: S.PoissonNLL(full=True), _counts, 1, None),
 ]
 IDS = [row[0] for row in LOSSES]
 # Every class in stableops.losses appears in the table.
