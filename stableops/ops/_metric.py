@@ -57,6 +57,29 @@ _EXPONENT_MASK = {
 # ----------------------------------------------------------------------------
 
 
+def _in_compute_dtype(x):
+    """``to_compute(x)`` whose gradient saturates at ``x``'s largest finite value (NaN kept).
+
+    The loss is computed in float32; its gradient cast back to float16 would
+    overflow to ``inf`` beyond 65504 (a squared distance's gradient ``2 d``
+    for embeddings of 40000) while the value is finite.
+    """
+    dtype = x.dtype
+    if to_compute(x).dtype == dtype:
+        return x
+    largest = dtype_limits(dtype).max
+
+    @tf.custom_gradient
+    def cast(v):
+        def grad(upstream):
+            upstream = tf.where(upstream > largest, largest, tf.where(upstream < -largest, -largest, upstream))
+            return tf.cast(upstream, dtype)
+
+        return to_compute(v), grad
+
+    return cast(x)
+
+
 def _batch_scale(x):
     """The largest power of two not above the batch's largest finite ``|x|`` (``tiny`` at least)."""
     tiny = dtype_limits(x.dtype).tiny
@@ -126,7 +149,7 @@ def _pairwise(u, distance):
 
 def _prepared(labels, x, distance):
     """``(labels [batch], d [batch, batch], scale, power, row_is_nan)`` in the compute dtype."""
-    x = to_compute(x)
+    x = _in_compute_dtype(x)
     if distance == "cosine":
         scale = tf.ones([], x.dtype)
         d, power = _pairwise(x, distance)
@@ -251,7 +274,7 @@ def contrastive_batch_kernel(labels, x, margin):
 @xla_kernel
 def contrastive_pairs_kernel(similar, x, margin):
     """Contrastive loss of explicit pairs ``x`` ``[batch, 2, dim]`` with 0/1 ``similar`` ``[batch]``."""
-    x = to_compute(x)
+    x = _in_compute_dtype(x)
     similar = tf.cast(similar, x.dtype)
     scale = _batch_scale(x)
     u = _scaled_down(x, scale)
@@ -267,18 +290,19 @@ def contrastive_pairs_kernel(similar, x, margin):
 
 
 @xla_kernel
-def nt_xent_kernel(x, inverse_temperature):
+def nt_xent_kernel(x, temperature):
     """NT-Xent of ``x`` ``[2n, dim]``: rows ``i`` and ``i + n`` (mod ``2n``) are positives.
 
     ``-log(exp(s_ip / t) / sum_{k != i} exp(s_ik / t))`` with ``s`` the cosine
     similarity, as in SimCLR; computed in float32 (float64 for float64).
     """
-    unit = l2_normalize(to_compute(x), axis=-1)
+    unit = l2_normalize(_in_compute_dtype(x), axis=-1)
     batch = tf.shape(unit)[0]
     half = batch // 2
-    logits = tf.matmul(unit, unit, transpose_b=True) * inverse_temperature
-    partner = tf.concat([unit[half:], unit[:half]], axis=0)
-    positive = tf.reduce_sum(unit * partner, axis=-1) * inverse_temperature
+    logits = tf.matmul(unit, unit, transpose_b=True) / temperature
+    # The positive logit read from the same matrix (one rounding, not two).
+    partner = (tf.range(batch) + half) % batch
+    positive = tf.gather(logits, partner[:, None], batch_dims=1)[:, 0]
     # Self-similarity left out by the mask, not a -inf fill.
     others = tf.logical_not(tf.eye(batch, dtype=tf.bool))
     return logsumexp(logits, axis=-1, where=others) - positive
