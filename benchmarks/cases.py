@@ -252,6 +252,96 @@ def _elementwise_input(size, dtype, rng):
     return (rng.normal(0.0, 2.0, _rows(size, ELEMENTWISE_WIDTH)).astype(dtype),)
 
 
+# Metric-learning and CTC inputs: pairwise work grows with batch^2 (semi-hard
+# mining with batch^3), so the batch is capped at 256 and the embedding width
+# at 256: above 2^16 elements the size stops growing.
+METRIC_BATCH = 256
+METRIC_DIM = 256
+
+
+def _embeddings(size, dtype, rng):
+    batch = min(METRIC_BATCH, max(8, size // 64))
+    dim = min(METRIC_DIM, max(2, size // batch))
+    labels = rng.integers(0, max(2, batch // 8), batch).astype(np.int32)  # ~8 per class
+    return labels, rng.normal(0.0, 1.0, (batch, dim)).astype(dtype)
+
+
+def _two_views(size, dtype, rng):
+    batch = 2 * min(METRIC_BATCH // 2, max(4, size // 128))
+    dim = min(METRIC_DIM, max(2, size // batch))
+    return np.zeros(batch, np.float32), rng.normal(0.0, 1.0, (batch, dim)).astype(dtype)
+
+
+def _ctc_inputs(size, dtype, rng):
+    classes, frames = 32, 50
+    batch = max(1, min(64, size // (classes * frames)))
+    labels = np.zeros((batch, 20), np.int32)
+    for b in range(batch):
+        length = rng.integers(5, 21)
+        labels[b, :length] = rng.integers(1, classes, length)
+    return labels, rng.normal(0.0, 1.0, (batch, frames, classes)).astype(dtype)
+
+
+def _hand_written(api: str, make: Callable[[], Callable]) -> Impl:
+    """The formula users write today (Keras ops / TF, no stableops): the baseline."""
+
+    def build(per_sample: bool):
+        import tensorflow as tf
+
+        fn = make()
+        return fn if per_sample else (lambda y_true, y_pred: tf.reduce_mean(fn(y_true, y_pred)))
+
+    return Impl("keras", api, build)
+
+
+def _gram_distances(x):
+    """TFA's pairwise_distance: the Gram expansion, clamped at 0, then sqrt."""
+    import tensorflow as tf
+
+    squared = tf.reduce_sum(x * x, axis=1, keepdims=True)
+    d2 = tf.maximum(squared + tf.transpose(squared) - 2.0 * tf.matmul(x, x, transpose_b=True), 0.0)
+    return tf.sqrt(d2)
+
+
+def _hand_written_triplet_hard():
+    import tensorflow as tf
+
+    def loss(y_true, y_pred):
+        d = _gram_distances(y_pred)
+        same = tf.equal(y_true[:, None], y_true[None, :])
+        positive = tf.reduce_max(tf.where(same, d, tf.zeros_like(d)), axis=1)
+        negative = tf.reduce_min(tf.where(same, tf.fill(tf.shape(d), d.dtype.max), d), axis=1)
+        return tf.nn.relu(positive - negative + 1.0)
+
+    return loss
+
+
+def _hand_written_contrastive():
+    import tensorflow as tf
+
+    def loss(y_true, y_pred):
+        d = _gram_distances(y_pred)
+        same = tf.cast(tf.equal(y_true[:, None], y_true[None, :]), d.dtype)
+        terms = same * tf.square(d) + (1.0 - same) * tf.square(tf.nn.relu(1.0 - d))
+        return tf.reduce_mean(terms, axis=1)
+
+    return loss
+
+
+def _hand_written_nt_xent():
+    import tensorflow as tf
+
+    def loss(y_true, y_pred):
+        unit = tf.math.l2_normalize(y_pred, axis=1)
+        batch = tf.shape(unit)[0]
+        logits = tf.matmul(unit, unit, transpose_b=True) / 0.1
+        logits = logits - tf.eye(batch, dtype=logits.dtype) * 1e9  # the usual "mask"
+        partner = (tf.range(batch) + batch // 2) % batch
+        return tf.nn.sparse_softmax_cross_entropy_with_logits(labels=partner, logits=logits)
+
+    return loss
+
+
 # ----------------------------------------------------------------------------
 # The cases
 # ----------------------------------------------------------------------------
@@ -368,6 +458,53 @@ CASES: tuple[Case, ...] = (
         1,
         (_stableops_loss("CosineSimilarity"), _keras_loss("CosineSimilarity")),
         "two l2_normalize (square, sum, max, rsqrt, multiply each), product, sum, negate",
+    ),
+    Case(
+        "triplet_loss",
+        "loss",
+        False,
+        _embeddings,
+        1,
+        (
+            _stableops_loss("TripletLoss", strategy="hard"),
+            _hand_written("hand-written batch-hard triplet (Gram distances, sqrt; TFA's formula)",
+                          _hand_written_triplet_hard),
+        ),
+        "the hand-written Gram-matrix triplet loss (matmul, sqrt, masked max/min): ~15 TF kernels",
+    ),
+    Case(
+        "contrastive_loss",
+        "loss",
+        False,
+        _embeddings,
+        1,
+        (
+            _stableops_loss("ContrastiveLoss"),
+            _hand_written("hand-written all-pairs contrastive (Gram distances, sqrt)", _hand_written_contrastive),
+        ),
+        "the hand-written Gram-matrix contrastive loss: ~15 TF kernels",
+    ),
+    Case(
+        "nt_xent",
+        "loss",
+        False,
+        _two_views,
+        1,
+        (
+            _stableops_loss("NTXent", temperature=0.1),
+            _hand_written("hand-written NT-Xent (l2_normalize, matmul / t, diagonal - 1e9, sparse CE)",
+                          _hand_written_nt_xent),
+        ),
+        "l2_normalize, one matmul and the fused SparseSoftmaxCrossEntropyWithLogits kernel",
+    ),
+    Case(
+        "ctc",
+        "loss",
+        False,
+        _ctc_inputs,
+        1,
+        (_stableops_loss("CTC"), _keras_loss("CTC")),
+        "tf.nn.ctc_loss with dense labels (ctc_loss_dense: a forward-backward tf.scan)",
     ),
     Case(
         "gaussian_nll",

@@ -20,7 +20,7 @@ import stableops.losses
 keras_losses_test = pytest.importorskip("keras.src.losses.losses_test")
 
 # Keras's test classes for losses stableops does not provide.
-_NOT_PROVIDED = {"CTCTest", "CircleTest", "CategoricalGeneralizedCrossEntropyTest"}
+_NOT_PROVIDED = {"CircleTest", "CategoricalGeneralizedCrossEntropyTest"}
 
 # test id -> the README row ("Where stableops deliberately differs from Keras") it hits.
 _CONFIG = "README: `get_config()` lists every constructor argument, `dtype` included"

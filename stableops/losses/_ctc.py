@@ -1,0 +1,108 @@
+"""CTC loss: a drop-in for ``keras.losses.CTC`` with PyTorch's ``zero_infinity``.
+
+Keras 3.15's CTC (TensorFlow backend) returns about 707 for a label that
+cannot be aligned with the input (longer than the input allows), with a
+gradient that pushes the model somewhere meaningless, and NaN for logits more
+than ``3.4e38`` apart. Here an impossible alignment is ``+inf`` (its
+probability is 0) with gradient exactly 0, or 0 with ``zero_infinity=True``;
+see ``stableops.ops._ctc`` for the guards. Ordinary inputs give Keras's values.
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+from stableops.losses._base import FunctionLoss
+from stableops.ops._checks import as_float_tensor, real_tensor
+from stableops.ops._ctc import ctc_kernel
+
+__all__ = ["CTC", "ctc"]
+
+
+def _bool(value, name):
+    if isinstance(value, bool) or type(value).__name__ == "bool_":
+        return bool(value)
+    raise ValueError(f"`{name}` must be a bool, got {name}={value!r}")
+
+
+@tf.autograph.experimental.do_not_convert
+def ctc(y_true, y_pred, *, zero_infinity=False):
+    """CTC (Connectionist Temporal Classification) loss, one value per sample.
+
+    Formula:
+        ``-log p(y_true | y_pred)``, the sum over every alignment of the
+        label sequence with the ``T`` frames (Graves et al. 2006): class 0 is
+        the blank and the padding of ``y_true``; ``label_length`` is the number
+        of non-zero labels and every sample uses all ``T`` frames (Keras's
+        ``keras.losses.ctc``).
+
+    Numerical stability:
+        Computed as Keras's (``tf.nn.ctc_loss`` with dense labels) on
+        ``ops.log_softmax`` of the logits in float32, floored at
+        ``-max / (4 (T + 1))`` so no sum over frames reaches ``-inf``. A label
+        needing more frames than ``T`` (its length plus one per adjacent
+        repeat) gives ``+inf`` (Keras: about 707, from its ``log 0 = -707``
+        floor) with gradient 0, or 0 with gradient 0 when ``zero_infinity``
+        (as PyTorch's ``CTCLoss(zero_infinity=True)``). Logits ``3.4e38``
+        apart give a large finite loss (Keras: NaN). Feasible losses above
+        about 700 are Keras's (capped by the same floor). NaN logits give
+        NaN, also with ``zero_infinity``. float16/bfloat16 and float64 are
+        computed in float32 (``tf.nn.ctc_loss`` has no float64 kernel; Keras
+        does the same) and returned as float32/float64.
+
+    Args:
+        y_true: integer labels ``[batch, max_label_length]``, 0-padded.
+        y_pred: logits ``[batch, T, num_classes]`` (not softmax-normalized).
+        zero_infinity: keyword-only; replace infinite losses (and their
+            gradients) by 0. Defaults to False.
+
+    Returns:
+        ``[batch]`` losses, float32 (float64 for float64 logits).
+
+    Raises:
+        ValueError: for ranks other than 2 (``y_true``) and 3 (``y_pred``) or
+            different batch sizes.
+
+    Example:
+        >>> ctc([[1, 1, 1]], tf.zeros([1, 4, 3]), zero_infinity=True)  # needs 5 frames: 0
+    """
+    zero_infinity = _bool(zero_infinity, "zero_infinity")
+    y_pred = as_float_tensor(y_pred, "y_pred", keras.config.floatx())
+    labels = real_tensor(y_true, "y_true")
+    if len(labels.shape) != 2:
+        raise ValueError(
+            "Targets `y_true` are expected to be a tensor of shape `(batch_size, max_length)` "
+            f"in integer format. Received: y_true.shape={labels.shape}"
+        )
+    if len(y_pred.shape) != 3:
+        raise ValueError(
+            "Logits `y_pred` are expected to be a tensor of shape `(batch_size, max_length, "
+            f"num_classes)`. Received: y_pred.shape={y_pred.shape}"
+        )
+    if not labels.shape[:1].is_compatible_with(y_pred.shape[:1]):
+        raise ValueError(
+            f"`y_true` and `y_pred` must have the same batch size, got {labels.shape} and {y_pred.shape}"
+        )
+    return ctc_kernel(tf.cast(labels, tf.int32), y_pred, zero_infinity=zero_infinity)
+
+
+@keras.saving.register_keras_serializable(package="stableops")
+class CTC(FunctionLoss):
+    """CTC loss; drop-in for ``keras.losses.CTC`` with a keyword-only ``zero_infinity``.
+
+    See :func:`ctc`. ``y_true``: 0-padded integer labels ``[batch, L]`` (0 is
+    the blank); ``y_pred``: logits ``[batch, T, num_classes]``.
+
+    Args:
+        reduction: Keras reduction.
+        name: the loss name.
+        dtype: the loss dtype.
+        zero_infinity: keyword-only; impossible alignments give loss 0 and
+            gradient 0 instead of ``inf`` (gradient 0). Defaults to False.
+    """
+
+    def __init__(self, reduction="sum_over_batch_size", name="ctc", dtype=None, *, zero_infinity=False):
+        super().__init__(
+            ctc, reduction=reduction, name=name, dtype=dtype, zero_infinity=_bool(zero_infinity, "zero_infinity")
+        )

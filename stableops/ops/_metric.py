@@ -1,0 +1,308 @@
+"""Metric-learning kernels: pairwise distances, triplet mining, contrastive and NT-Xent losses.
+
+Private kernels behind ``stableops.losses.TripletLoss``, ``ContrastiveLoss`` and
+``NTXent`` (no public ``stableops.ops`` names). Each takes a batch of
+embeddings ``x`` of shape ``[batch, dim]`` and returns one loss per row.
+
+The tricks, each used once:
+
+* **Exact batch scaling.** ``x = s * u`` with ``s`` a power of two close to the
+  batch's largest ``|x|`` (exact division), so differences and squares of ``u``
+  can neither overflow (embeddings of ``1e30``) nor underflow (``1e-30``). The
+  losses are formed from *differences* of scaled distances and scaled back
+  once, ``s**p * (r_ap - r_an)``: no ``inf - inf`` when two distances are each
+  near the dtype's range. The scaling's gradient convention: ``u = x / s`` has
+  gradient ``g`` (not ``g / s``) and ``s**p * v`` has gradient ``s**(p-1) g``,
+  the same product with the power of ``s`` cancelled before it is formed, so
+  no gradient overflows where the true one is finite.
+* **Distances from differences, not the Gram expansion.** ``||u_i - u_j||``
+  is accurate for near-duplicates, where ``|u_i|^2 + |u_j|^2 - 2 u_i.u_j``
+  cancels to noise (or a negative number).
+* **Zero gradient at zero distance.** ``ops.safe_norm`` has gradient 0 at the
+  zero vector, so an embedding meeting itself or a duplicate gives gradient 0,
+  where ``sqrt`` of a zero squared distance gives ``inf * 0 = nan``.
+* **Mining by index.** Hardest/semi-hard partners are chosen with
+  ``argmax``/``argmin`` over masked copies (the fill is only compared, never
+  used in arithmetic) and read with a gather, so the gradient reaches exactly
+  the chosen distance.
+* **NaN in, NaN out.** A row whose distances hold NaN gets a NaN loss
+  explicitly (how ``max``/``min`` kernels pass NaN depends on the CPU).
+* **Masked log-sum-exp.** NT-Xent leaves out each row's self-similarity with
+  ``ops.logsumexp(where=...)`` instead of a ``-inf`` fill (NaN when a row is
+  fully masked, and ``inf - inf`` in autodiff).
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+from stableops.ops._dtypes import dtype_limits, to_compute
+from stableops.ops._kernel import xla_kernel
+from stableops.ops._logexp import logsumexp
+from stableops.ops._safe_math import l2_normalize, safe_norm
+
+DISTANCES = ("euclidean", "squared", "cosine")
+STRATEGIES = ("hard", "semi_hard")
+
+# The exponent field of IEEE binary32/binary64: clearing the mantissa of a
+# positive normal number rounds it down to a power of two, exactly.
+_EXPONENT_MASK = {
+    tf.float32: (tf.int32, 0x7F800000),
+    tf.float64: (tf.int64, 0x7FF0000000000000),
+}
+
+
+# ----------------------------------------------------------------------------
+# Scaling and pairwise distances
+# ----------------------------------------------------------------------------
+
+
+def _in_compute_dtype(x):
+    """``to_compute(x)`` whose gradient saturates at ``x``'s largest finite value (NaN kept).
+
+    The loss is computed in float32; its gradient cast back to float16 would
+    overflow to ``inf`` beyond 65504 (a squared distance's gradient ``2 d``
+    for embeddings of 40000) while the value is finite.
+    """
+    dtype = x.dtype
+    if to_compute(x).dtype == dtype:
+        return x
+    largest = dtype_limits(dtype).max
+
+    @tf.custom_gradient
+    def cast(v):
+        def grad(upstream):
+            upstream = tf.where(upstream > largest, largest, tf.where(upstream < -largest, -largest, upstream))
+            return tf.cast(upstream, dtype)
+
+        return to_compute(v), grad
+
+    return cast(x)
+
+
+def _batch_scale(x):
+    """The largest power of two not above the batch's largest finite ``|x|`` (``tiny`` at least)."""
+    tiny = dtype_limits(x.dtype).tiny
+    largest = tf.reduce_max(tf.where(tf.math.is_finite(x), tf.abs(x), tf.zeros_like(x)))
+    largest = tf.maximum(largest, tiny)  # an all-zero batch keeps a positive scale
+    int_dtype, mask = _EXPONENT_MASK[x.dtype]
+    bits = tf.bitwise.bitwise_and(tf.bitcast(largest, int_dtype), tf.constant(mask, int_dtype))
+    return tf.stop_gradient(tf.bitcast(bits, x.dtype))
+
+
+def _scaled_down(x, scale):
+    """``x / scale`` (exact); gradient ``g`` (the ``1 / scale`` moves to :func:`_scaled_up`)."""
+
+    @tf.custom_gradient
+    def down(v):
+        return v / scale, lambda upstream: upstream
+
+    return down(x)
+
+
+def _scaled_up(value, scale, power):
+    """``scale**power * value`` (formed as repeated products); gradient ``scale**(power - 1) * g``."""
+
+    if power == 0:
+        return value
+
+    @tf.custom_gradient
+    def up(v):
+        result = v
+        for _ in range(power):
+            result = result * scale
+
+        def grad(upstream):
+            for _ in range(power - 1):
+                upstream = upstream * scale
+            return upstream
+
+        return result, grad
+
+    return up(value)
+
+
+def _pairwise(u, distance):
+    """``[batch, batch]`` distances between the rows of ``u`` and their power ``p`` of the scale.
+
+    ``euclidean``: ``||u_i - u_j||`` (``p = 1``); ``squared``: ``||u_i - u_j||^2``
+    (``p = 2``); ``cosine``: ``1 - cos(u_i, u_j)`` clamped at 0 (``p = 0``; a
+    zero vector is at distance 1 from everything but itself). The diagonal is
+    exactly 0.
+    """
+    batch = tf.shape(u)[0]
+    eye = tf.eye(batch, dtype=tf.bool)
+    if distance == "cosine":
+        unit = l2_normalize(u, axis=-1)
+        d = 1.0 - tf.matmul(unit, unit, transpose_b=True)
+        d = tf.where(d < 0, tf.zeros_like(d), d)  # rounding below 0; NaN kept
+        return tf.where(eye, tf.zeros_like(d), d), 0
+    difference = u[:, None, :] - u[None, :, :]
+    if distance == "squared":
+        d = tf.reduce_sum(difference * difference, axis=-1)
+        return tf.where(eye, tf.zeros_like(d), d), 2
+    # safe_norm: gradient 0 (not nan) at a zero difference, no underflow of
+    # tiny differences (each pair is rescaled again).
+    d = safe_norm(difference, axis=-1)
+    return tf.where(eye, tf.zeros_like(d), d), 1
+
+
+def _prepared(labels, x, distance):
+    """``(labels [batch], d [batch, batch], scale, power, row_is_nan)`` in the compute dtype."""
+    x = _in_compute_dtype(x)
+    if distance == "cosine":
+        scale = tf.ones([], x.dtype)
+        d, power = _pairwise(x, distance)
+    else:
+        scale = _batch_scale(x)
+        d, power = _pairwise(_scaled_down(x, scale), distance)
+    row_is_nan = tf.reduce_any(tf.math.is_nan(d), axis=1)
+    if labels.dtype.is_floating:
+        row_is_nan = tf.logical_or(row_is_nan, tf.math.is_nan(labels))
+    return labels, d, scale, power, row_is_nan
+
+
+def _nan_where(condition, loss):
+    return tf.where(condition, tf.constant(float("nan"), loss.dtype), loss)
+
+
+# ----------------------------------------------------------------------------
+# Triplet loss
+# ----------------------------------------------------------------------------
+
+
+def _pick(d, index):
+    """``d[i, index[i, ...]]`` for each row ``i``; the gradient reaches exactly those entries."""
+    return tf.gather(d, index, batch_dims=1)
+
+
+@xla_kernel
+def triplet_kernel(labels, x, margin, strategy, distance):
+    """Per-anchor triplet losses of ``x`` ``[batch, dim]`` with class ``labels`` ``[batch]``.
+
+    TensorFlow Addons' semantics (``triplet_hard_loss``/``triplet_semihard_loss``):
+
+    * ``hard``: ``max(d(a, p*) - d(a, n*) + margin, 0)`` with ``p*`` the
+      farthest positive and ``n*`` the nearest negative; an anchor without a
+      positive takes itself (distance 0), one without a negative the farthest
+      embedding in the batch. The batch mean is TFA's loss.
+    * ``semi_hard``: for each positive pair ``(a, p)``, ``n*`` is the nearest
+      negative farther than ``p``, or the farthest negative if there is none;
+      the pair's loss is ``max(d(a, p) - d(a, n*) + margin, 0)``. Anchor
+      ``a``'s value is the sum over its pairs times ``batch / pairs`` (all
+      pairs in the batch), so the batch mean is TFA's mean over pairs; a batch
+      without positive pairs gives 0 (TFA: ``0/0 = nan``).
+    """
+    labels, d, scale, power, row_is_nan = _prepared(labels, x, distance)
+    batch = tf.shape(d)[0]
+    eye = tf.eye(batch, dtype=tf.bool)
+    same = tf.equal(labels[:, None], labels[None, :])
+    positive = tf.logical_and(same, tf.logical_not(eye))
+    negative = tf.logical_and(tf.logical_not(same), tf.logical_not(eye))
+    below, above = tf.constant(-1.0, d.dtype), tf.constant(float("inf"), d.dtype)  # d >= 0
+    has_negative = tf.reduce_any(negative, axis=1)
+    # The farthest negative (TFA's fallback "negatives_inside"); the anchor
+    # itself (distance 0, TFA's masked maximum of an empty set) if none.
+    farthest_negative = tf.where(
+        has_negative,
+        tf.argmax(tf.where(negative, d, below), axis=1, output_type=tf.int32),
+        tf.range(batch),
+    )
+    if strategy == "hard":
+        # An anchor without positives pairs with itself: argmax over the
+        # masked row then hits the diagonal's 0 only if we put it there.
+        hardest_positive = tf.argmax(
+            tf.where(tf.logical_or(positive, eye), d, below), axis=1, output_type=tf.int32
+        )
+        nearest_negative = tf.where(
+            has_negative,
+            tf.argmin(tf.where(negative, d, above), axis=1, output_type=tf.int32),
+            tf.argmax(d, axis=1, output_type=tf.int32),  # TFA: the row's maximum
+        )
+        gap = _pick(d, hardest_positive) - _pick(d, nearest_negative)
+        loss = tf.nn.relu(_scaled_up(gap, scale, power) + margin)
+        return _nan_where(row_is_nan, loss)
+    # Semi-hard: candidates[a, p, n] = n is a negative of a farther than p.
+    # XLA fuses the comparison into the reductions (no [batch]^3 buffer).
+    d_ap = d[:, :, None]
+    d_an = d[:, None, :]
+    candidates = tf.logical_and(negative[:, None, :], d_an > d_ap)
+    has_candidate = tf.reduce_any(candidates, axis=2)
+    semi_hard = tf.argmin(
+        tf.where(candidates, tf.broadcast_to(d_an, tf.shape(candidates)), above),
+        axis=2,
+        output_type=tf.int32,
+    )
+    chosen = tf.where(has_candidate, semi_hard, farthest_negative[:, None])
+    gap = d - _pick(d, chosen)
+    pair_loss = tf.nn.relu(_scaled_up(gap, scale, power) + margin)
+    pair_loss = tf.where(positive, pair_loss, tf.zeros_like(pair_loss))
+    pairs = tf.reduce_sum(tf.cast(positive, d.dtype))
+    # batch / pairs: the Keras mean over anchors is then the mean over pairs.
+    weight = tf.where(pairs > 0, tf.cast(batch, d.dtype) / tf.maximum(pairs, 1.0), tf.zeros_like(pairs))
+    loss = tf.reduce_sum(pair_loss, axis=1) * weight
+    return _nan_where(row_is_nan, loss)
+
+
+# ----------------------------------------------------------------------------
+# Contrastive loss
+# ----------------------------------------------------------------------------
+
+
+def _contrastive_terms(similar, d, margin):
+    """``similar * d^2 + (1 - similar) * max(margin - d, 0)^2`` (Hadsell et al.), squares as products."""
+    push = tf.nn.relu(margin - d)
+    # d * d: autodiff forms g * d + d * g, not g * (2 d), which overflows first.
+    return tf.where(similar, d * d, push * push)
+
+
+@xla_kernel
+def contrastive_batch_kernel(labels, x, margin):
+    """Per-anchor contrastive loss over all pairs of a labelled batch (mean over the others)."""
+    labels, d, scale, _, row_is_nan = _prepared(labels, x, "euclidean")
+    batch = tf.shape(d)[0]
+    eye = tf.eye(batch, dtype=tf.bool)
+    similar = tf.equal(labels[:, None], labels[None, :])
+    terms = _contrastive_terms(similar, _scaled_up(d, scale, 1), margin)
+    terms = tf.where(eye, tf.zeros_like(terms), terms)
+    others = tf.maximum(tf.cast(batch - 1, d.dtype), 1.0)
+    # Divide before summing: a sum of large finite terms must not overflow first.
+    loss = tf.reduce_sum(terms / others, axis=1)
+    return _nan_where(row_is_nan, loss)
+
+
+@xla_kernel
+def contrastive_pairs_kernel(similar, x, margin):
+    """Contrastive loss of explicit pairs ``x`` ``[batch, 2, dim]`` with 0/1 ``similar`` ``[batch]``."""
+    x = _in_compute_dtype(x)
+    similar = tf.cast(similar, x.dtype)
+    scale = _batch_scale(x)
+    u = _scaled_down(x, scale)
+    d = _scaled_up(safe_norm(u[:, 0] - u[:, 1], axis=-1), scale, 1)
+    push = tf.nn.relu(margin - d)
+    # TFA's contrastive_loss on the pair distance: y d^2 + (1 - y) max(m - d, 0)^2.
+    return similar * (d * d) + (1.0 - similar) * (push * push)
+
+
+# ----------------------------------------------------------------------------
+# NT-Xent (InfoNCE)
+# ----------------------------------------------------------------------------
+
+
+@xla_kernel
+def nt_xent_kernel(x, temperature):
+    """NT-Xent of ``x`` ``[2n, dim]``: rows ``i`` and ``i + n`` (mod ``2n``) are positives.
+
+    ``-log(exp(s_ip / t) / sum_{k != i} exp(s_ik / t))`` with ``s`` the cosine
+    similarity, as in SimCLR; computed in float32 (float64 for float64).
+    """
+    unit = l2_normalize(_in_compute_dtype(x), axis=-1)
+    batch = tf.shape(unit)[0]
+    half = batch // 2
+    logits = tf.matmul(unit, unit, transpose_b=True) / temperature
+    # The positive logit read from the same matrix (one rounding, not two).
+    partner = (tf.range(batch) + half) % batch
+    positive = tf.gather(logits, partner[:, None], batch_dims=1)[:, 0]
+    # Self-similarity left out by the mask, not a -inf fill.
+    others = tf.logical_not(tf.eye(batch, dtype=tf.bool))
+    return logsumexp(logits, axis=-1, where=others) - positive

@@ -1,0 +1,256 @@
+"""CTC (stableops/losses/_ctc.py): Keras's ``keras.losses.CTC`` plus PyTorch's ``zero_infinity``.
+
+* the reference is the definition PyTorch's ``CTCLoss`` documents,
+  ``-log`` of the summed probability of every frame path that collapses
+  (merge repeats, drop blanks) to the label, enumerated path by path in
+  float64 here: ``inf`` for an impossible alignment;
+* Keras 3.15's CTC on ordinary inputs (same values and gradients);
+* the motivating case: a label that needs more frames than the input has
+  gives Keras ~707 with a meaningless gradient; ours ``inf`` with gradient
+  0, or 0 and 0 with ``zero_infinity=True``;
+* hypothesis: finite values and gradients in float32/float16/bfloat16; three
+  regimes; NaN in, NaN out; errors; config and saving.
+"""
+
+from __future__ import annotations
+
+import inspect
+import itertools
+import math
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from hypothesis import given
+from hypothesis import strategies as st
+
+import stableops.losses as S
+from tests._strategies import FLOAT_DTYPES, finite_arrays
+
+
+def _collapse(path):
+    merged = [k for i, k in enumerate(path) if i == 0 or k != path[i - 1]]
+    return tuple(k for k in merged if k != 0)
+
+
+def _reference(labels, logits):
+    """``-log sum_{paths -> label} prod_t softmax(logits)[t, path_t]`` per sample, float64."""
+    logits = np.asarray(logits, np.float64)
+    out = []
+    for label, frames in zip(labels, logits):
+        label = tuple(int(k) for k in label if k != 0)
+        log_p = frames - frames.max(-1, keepdims=True)
+        log_p = log_p - np.log(np.exp(log_p).sum(-1, keepdims=True))
+        terms = [
+            sum(log_p[t, k] for t, k in enumerate(path))
+            for path in itertools.product(range(frames.shape[1]), repeat=frames.shape[0])
+            if _collapse(path) == label
+        ]
+        out.append(-np.logaddexp.reduce(terms) if terms else math.inf)
+    return np.array(out)
+
+
+def _ordinary(seed=0, batch=4, frames=5, classes=4, max_label=3):
+    rng = np.random.default_rng(seed)
+    logits = rng.normal(size=(batch, frames, classes)).astype(np.float32)
+    labels = np.zeros((batch, max_label), np.int32)
+    for b in range(batch):
+        length = rng.integers(1, max_label + 1)
+        labels[b, :length] = rng.integers(1, classes, size=length)
+    return labels, logits
+
+
+def _value_and_gradient(fn, labels, logits):
+    logits = tf.convert_to_tensor(logits)
+    with tf.GradientTape() as tape:
+        tape.watch(logits)
+        value = fn(labels, logits)
+        total = tf.reduce_sum(value)
+    return value.numpy(), tape.gradient(total, logits).numpy()
+
+
+# ----------------------------------------------------------------------------
+# Parity: the definition and Keras
+# ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_matches_the_definition(seed):
+    labels, logits = _ordinary(seed)
+    np.testing.assert_allclose(S.ctc(labels, logits).numpy(), _reference(labels, logits), rtol=2e-6)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_matches_keras_on_ordinary_inputs(seed):
+    labels, logits = _ordinary(seed, batch=6, frames=12, classes=6, max_label=5)
+    ours = S.CTC()
+    theirs = keras.losses.CTC()
+    np.testing.assert_allclose(float(ours(labels, logits)), float(theirs(labels, logits)), rtol=1e-6)
+    value, gradient = _value_and_gradient(S.CTC(reduction="none"), labels, logits)
+    keras_value, keras_gradient = _value_and_gradient(keras.losses.CTC(reduction="none"), labels, logits)
+    np.testing.assert_allclose(value, keras_value, rtol=1e-6)
+    np.testing.assert_allclose(gradient, keras_gradient, rtol=1e-5, atol=1e-6)
+
+
+def test_keras_test_case_value():
+    # keras/src/losses/losses_test.py CTCTest.test_correctness
+    logits = (np.arange(24).reshape((2, 4, 3)).astype("float32") - 12) / 100
+    y_true = np.array([[1, 2, 1, 0], [1, 2, 0, 2]])
+    assert float(S.CTC()(y_true, logits)) == pytest.approx(2.448645, rel=1e-6)
+
+
+def test_constructor_matches_keras():
+    ours = inspect.signature(S.CTC).parameters
+    theirs = inspect.signature(keras.losses.CTC).parameters
+    positional = [(p.name, p.default) for p in ours.values() if p.kind != p.KEYWORD_ONLY]
+    assert positional == [(p.name, p.default) for p in theirs.values()]
+    assert ours["zero_infinity"].kind == inspect.Parameter.KEYWORD_ONLY
+    assert ours["zero_infinity"].default is False
+
+
+# ----------------------------------------------------------------------------
+# Impossible alignments: the motivating case
+# ----------------------------------------------------------------------------
+
+# T = 4 frames; [1, 1, 1] needs 5 (a blank between repeats), [1, 2, 3, 1, 2] needs 5.
+IMPOSSIBLE = np.array([[1, 2, 0, 0, 0], [1, 1, 1, 0, 0], [1, 2, 3, 1, 2], [3, 3, 0, 0, 0]], np.int32)
+
+
+def _impossible_logits(seed=0):
+    return np.random.default_rng(seed).normal(size=(4, 4, 4)).astype(np.float32)
+
+
+def test_the_reference_calls_these_impossible():
+    reference = _reference(IMPOSSIBLE, _impossible_logits())
+    assert np.isfinite(reference[[0, 3]]).all() and np.isinf(reference[[1, 2]]).all()
+
+
+def test_keras_gives_a_finite_wrong_loss_for_an_impossible_alignment():
+    value, _ = _value_and_gradient(keras.losses.CTC(reduction="none"), IMPOSSIBLE, _impossible_logits())
+    assert np.isfinite(value).all() and (value[[1, 2]] > 700).all()  # -log(1e-307) floor, not inf
+
+
+@pytest.mark.parametrize("zero_infinity", [False, True])
+def test_impossible_alignment_gives_inf_or_zero_with_zero_gradient(zero_infinity, regime):
+    logits = _impossible_logits()
+    loss = S.CTC(reduction="none", zero_infinity=zero_infinity)
+    value, (gradient,) = regime.value_and_grad(lambda x, y: loss(y, x), logits, IMPOSSIBLE)
+    expected = _reference(IMPOSSIBLE, logits)
+    np.testing.assert_allclose(value[[0, 3]], expected[[0, 3]], rtol=2e-6)
+    np.testing.assert_array_equal(value[[1, 2]], [0.0, 0.0] if zero_infinity else [np.inf, np.inf])
+    np.testing.assert_array_equal(gradient[[1, 2]], np.zeros((2, 4, 4), np.float32))
+    assert np.isfinite(gradient).all() and np.any(gradient[[0, 3]] != 0)
+
+
+def test_zero_infinity_mean_trains_on_the_feasible_samples():
+    logits = _impossible_logits()
+    value, gradient = _value_and_gradient(
+        lambda y, x: S.CTC(zero_infinity=True)(y, x), IMPOSSIBLE, logits
+    )
+    feasible = _reference(IMPOSSIBLE, logits)[[0, 3]]
+    assert value == pytest.approx(feasible.sum() / 4, rel=2e-6)  # PyTorch: 'mean' over the batch
+    assert np.isfinite(gradient).all()
+    # Without zero_infinity the mean is inf (honest), and the gradient still not NaN.
+    value, gradient = _value_and_gradient(lambda y, x: S.CTC()(y, x), IMPOSSIBLE, logits)
+    assert value == np.inf and not np.isnan(gradient).any()
+
+
+# ----------------------------------------------------------------------------
+# Properties, regimes, NaN
+# ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+def test_finite_values_and_gradients(dtype):
+    draw_dtype = "float32" if dtype == "bfloat16" else dtype
+
+    @given(
+        logits=finite_arrays(draw_dtype, (2, 4, 3)),
+        labels=st.lists(st.integers(0, 2), min_size=6, max_size=6),
+    )
+    def check(logits, labels):
+        labels = np.sort(np.array(labels, np.int32).reshape(2, 3), axis=1)[:, ::-1].copy()  # 0-padded at the end
+        x = tf.cast(tf.constant(np.asarray(logits, np.float32)), dtype)
+        for zero_infinity in (False, True):
+            value, gradient = _value_and_gradient(
+                lambda y, v: S.ctc(y, v, zero_infinity=zero_infinity), labels, x
+            )
+            feasible = np.isfinite(_reference(labels, np.zeros((2, 4, 3))))
+            assert np.isfinite(value[feasible]).all(), (value, labels)
+            assert (value[~feasible] == (0.0 if zero_infinity else np.inf)).all()
+            assert np.isfinite(np.asarray(gradient, np.float32)).all(), (logits, labels)
+
+    check()
+
+
+def test_same_answer_in_every_regime(regime):
+    labels, logits = _ordinary(3, batch=4, frames=6)
+    labels[0] = [2, 2, 2]  # impossible in 6 frames? needs 5: feasible; make one that is not:
+    labels[1] = [1, 1, 1]
+    logits = logits[:, :4]  # 4 frames: [2, 2, 2] and [1, 1, 1] impossible
+    expected = _value_and_gradient(lambda y, x: S.ctc(y, x, zero_infinity=True), labels, logits)
+    for unknown_batch in ((False, True) if regime.name != "eager" else (False,)):
+        value, (gradient,) = regime.value_and_grad(
+            lambda x, y: S.ctc(y, x, zero_infinity=True), logits, labels, unknown_batch=unknown_batch
+        )
+        np.testing.assert_allclose(value, expected[0], rtol=1e-6)
+        np.testing.assert_allclose(gradient, expected[1], rtol=1e-5, atol=1e-7)
+
+
+def test_nan_in_nan_out(regime):
+    labels, logits = _ordinary(4)
+    logits[2, 1, 0] = np.nan
+    for zero_infinity in (False, True):
+        value = regime.run(lambda x, y: S.ctc(y, x, zero_infinity=zero_infinity), logits, labels)
+        assert np.isnan(value[2]) and np.isfinite(np.delete(value, 2)).all()
+
+
+def test_logits_far_apart_stay_finite():
+    labels, logits = _ordinary(5)
+    logits = np.where(logits > 0, 3e38, -3e38).astype(np.float32)  # gaps beyond the float32 range
+    keras_value = keras.losses.CTC(reduction="none")(labels, logits).numpy()
+    value, gradient = _value_and_gradient(S.CTC(reduction="none"), labels, logits)
+    assert np.isnan(keras_value).any()
+    assert np.isfinite(value).all() and np.isfinite(gradient).all()
+
+
+# ----------------------------------------------------------------------------
+# Errors, config, saving
+# ----------------------------------------------------------------------------
+
+
+def test_errors_name_the_shapes_and_arguments():
+    with pytest.raises(ValueError, match=r"y_true.shape=\(2,\)"):
+        S.ctc(np.zeros(2), np.zeros((2, 3, 4), np.float32))
+    with pytest.raises(ValueError, match=r"y_pred.shape=\(2, 3\)"):
+        S.ctc(np.zeros((2, 3)), np.zeros((2, 3), np.float32))
+    with pytest.raises(ValueError, match=r"\(2, 3\) and \(3, 3, 4\)"):
+        S.ctc(np.zeros((2, 3)), np.zeros((3, 3, 4), np.float32))
+    with pytest.raises(ValueError, match="zero_infinity='yes'"):
+        S.CTC(zero_infinity="yes")
+
+
+def test_config_and_saved_model(tmp_path):
+    loss = S.CTC(name="my_ctc", zero_infinity=True)
+    assert loss.get_config() == {"name": "my_ctc", "reduction": "sum_over_batch_size", "dtype": "float32",
+                                 "zero_infinity": True}
+    rebuilt = keras.losses.deserialize(keras.losses.serialize(loss))
+    assert type(rebuilt) is S.CTC and rebuilt.get_config() == loss.get_config()
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((4, 3)), keras.layers.Dense(4)])
+    model.compile(optimizer="sgd", loss=loss)
+    path = tmp_path / "ctc.keras"
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    assert type(loaded.loss) is S.CTC and loaded.loss.get_config() == loss.get_config()
+    x = np.random.default_rng(0).normal(size=(4, 4, 3)).astype(np.float32)
+    np.testing.assert_allclose(
+        float(loaded.compute_loss(x=x, y=IMPOSSIBLE, y_pred=loaded(x))),
+        float(model.compute_loss(x=x, y=IMPOSSIBLE, y_pred=model(x))),
+        rtol=1e-6,
+    )
+    history = model.fit(x, IMPOSSIBLE, epochs=2, verbose=0)
+    assert all(math.isfinite(v) for v in history.history["loss"])
+    assert all(np.isfinite(w).all() for w in model.get_weights())

@@ -1,0 +1,482 @@
+"""Metric-learning losses (stableops/losses/_metric_learning.py): triplet, contrastive, NT-Xent.
+
+* parity with TensorFlow Addons' published formulas, re-implemented here in
+  NumPy float64 (``_tfa_*``: TFA's masked maximum/minimum and tiling logic,
+  written as loops), and with SimCLR's NT-Xent written as a loop;
+* the motivating failures: a hand-written ``sqrt`` distance has a NaN
+  gradient at a duplicate embedding (ours: 0); a hand-written NT-Xent at
+  temperature 0.01 in float16 overflows (ours: finite);
+* hypothesis properties: finite values and gradients in float32, float16 and
+  bfloat16; the three regimes (static and unknown batch); NaN in, NaN out;
+* hyperparameter and shape errors; ``get_config``, serialization and a saved
+  model; a short ``model.fit`` under mixed precision.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import keras
+import ml_dtypes
+import numpy as np
+import pytest
+import tensorflow as tf
+from hypothesis import given
+from hypothesis import strategies as st
+
+import stableops.losses as S
+from tests._strategies import FLOAT_DTYPES, finite_arrays
+
+DISTANCES = ("euclidean", "squared", "cosine")
+STRATEGIES = ("hard", "semi_hard")
+TFA_METRIC = {"euclidean": "L2", "squared": "squared-L2", "cosine": "angular"}
+
+
+# ----------------------------------------------------------------------------
+# References: TFA's semantics in NumPy float64
+# ----------------------------------------------------------------------------
+
+
+def _tfa_distances(x, distance):
+    """TFA's ``pairwise_distance`` / ``angular_distance`` (exact, float64)."""
+    x = np.asarray(x, np.float64)
+    if distance == "cosine":
+        norms = np.linalg.norm(x, axis=1, keepdims=True)
+        unit = np.divide(x, norms, out=np.zeros_like(x), where=norms > 0)
+        return np.maximum(1.0 - unit @ unit.T, 0.0)
+    squared = ((x[:, None, :] - x[None, :, :]) ** 2).sum(-1)
+    np.fill_diagonal(squared, 0.0)
+    return squared if distance == "squared" else np.sqrt(squared)
+
+
+def _masked_maximum(row, mask):
+    """TFA's ``_masked_maximum``: max over ``mask``; the row's minimum if the mask is empty."""
+    low = row.min()
+    return ((row - low) * mask).max() + low
+
+
+def _masked_minimum(row, mask):
+    high = row.max()
+    return ((row - high) * mask).min() + high
+
+
+def _tfa_hard(labels, x, margin, distance):
+    d = _tfa_distances(x, distance)
+    labels = np.asarray(labels).reshape(-1)
+    n = len(labels)
+    losses = []
+    for a in range(n):
+        positives = (labels == labels[a]).astype(float)
+        positives[a] = 0.0
+        negatives = (labels != labels[a]).astype(float)
+        hardest_positive = _masked_maximum(d[a], positives)
+        hardest_negative = _masked_minimum(d[a], negatives)
+        losses.append(max(hardest_positive - hardest_negative + margin, 0.0))
+    return float(np.mean(losses))
+
+
+def _tfa_semi_hard(labels, x, margin, distance):
+    d = _tfa_distances(x, distance)
+    labels = np.asarray(labels).reshape(-1)
+    n = len(labels)
+    total, pairs = 0.0, 0
+    for a, p in itertools.product(range(n), range(n)):
+        if a == p or labels[a] != labels[p]:
+            continue
+        pairs += 1
+        negatives = labels != labels[a]
+        outside = [d[a, k] for k in range(n) if negatives[k] and d[a, k] > d[a, p]]
+        chosen = min(outside) if outside else _masked_maximum(d[a], negatives.astype(float))
+        total += max(margin + d[a, p] - chosen, 0.0)
+    return total / pairs
+
+
+def _tfa_contrastive(labels, x, margin):
+    """TFA's ``contrastive_loss`` on every pair's distance, averaged over the pairs."""
+    x = np.asarray(x, np.float64)
+    labels = np.asarray(labels).reshape(-1)
+    terms = []
+    for i, j in itertools.combinations(range(len(labels)), 2):
+        d = np.linalg.norm(x[i] - x[j])
+        y = float(labels[i] == labels[j])
+        terms.append(y * d**2 + (1 - y) * max(margin - d, 0.0) ** 2)
+    return float(np.mean(terms))
+
+
+def _simclr_nt_xent(z, temperature):
+    """SimCLR's NT-Xent (Chen et al. 2020, Algorithm 1): per row, views stacked [2n, dim]."""
+    z = np.asarray(z, np.float64)
+    unit = z / np.linalg.norm(z, axis=1, keepdims=True)
+    two_n = len(z)
+    n = two_n // 2
+    out = []
+    for i in range(two_n):
+        s = unit @ unit[i] / temperature
+        p = (i + n) % two_n
+        others = [k for k in range(two_n) if k != i]
+        out.append(-(s[p] - np.log(np.sum(np.exp(s[others])))))
+    return np.array(out)
+
+
+def _batch(seed=0, n=12, dim=5, classes=3):
+    rng = np.random.default_rng(seed)
+    labels = np.tile(np.arange(classes), n // classes + 1)[:n]
+    rng.shuffle(labels)
+    return labels, rng.normal(size=(n, dim)).astype(np.float32)
+
+
+# ----------------------------------------------------------------------------
+# Parity with TFA's formulas
+# ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("distance", DISTANCES)
+@pytest.mark.parametrize("strategy", STRATEGIES)
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_triplet_matches_tfa(strategy, distance, seed):
+    labels, x = _batch(seed)
+    margin = 0.5 if distance == "cosine" else 1.0
+    reference = (_tfa_hard if strategy == "hard" else _tfa_semi_hard)(labels, x, margin, distance)
+    loss = S.TripletLoss(margin=margin, strategy=strategy, distance=distance)(labels, x)
+    np.testing.assert_allclose(float(loss), reference, rtol=2e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_triplet_matches_tfa_with_singletons_and_a_label_column(strategy):
+    # Random labels: some classes have one member (no positive), as in a
+    # plain shuffled batch; [batch, 1] labels are squeezed.
+    rng = np.random.default_rng(7)
+    labels = np.array([0, 1, 1, 2, 3, 3, 3, 4, 0, 5])
+    x = rng.normal(size=(10, 4)).astype(np.float32)
+    reference = (_tfa_hard if strategy == "hard" else _tfa_semi_hard)(labels, x, 1.0, "euclidean")
+    loss = S.TripletLoss(strategy=strategy)(labels[:, None], x)
+    np.testing.assert_allclose(float(loss), reference, rtol=2e-6)
+
+
+def test_tfa_docstring_examples():
+    y_true, y_pred = [0, 0], [[0.0, 1.0], [1.0, 0.0]]
+    assert float(S.TripletLoss(strategy="semi_hard")(y_true, y_pred)) == pytest.approx(2.4142137, rel=1e-6)
+    assert float(S.TripletLoss(strategy="hard")(y_true, y_pred)) == pytest.approx(1.0, rel=1e-6)
+
+
+def test_hard_with_all_labels_equal_follows_tfa():
+    # No negatives: TFA's hardest negative is the row's largest distance.
+    _, x = _batch(3, n=5)
+    labels = np.zeros(5, int)
+    loss = S.TripletLoss(strategy="hard")(labels, x)
+    np.testing.assert_allclose(float(loss), _tfa_hard(labels, x, 1.0, "euclidean"), rtol=1e-6)
+
+
+def test_semi_hard_without_positive_pairs_is_zero_not_nan():
+    _, x = _batch(4, n=4)
+    value = S.triplet_loss(np.arange(4), x, strategy="semi_hard")
+    np.testing.assert_array_equal(value.numpy(), np.zeros(4, np.float32))  # TFA: 0 / 0 = nan
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_contrastive_batch_form_matches_tfa(seed):
+    labels, x = _batch(seed)
+    for margin in (0.5, 2.0, 4.0):
+        loss = S.ContrastiveLoss(margin=margin)(labels, x)
+        np.testing.assert_allclose(float(loss), _tfa_contrastive(labels, x, margin), rtol=2e-6)
+
+
+def test_contrastive_pair_form_matches_tfa():
+    rng = np.random.default_rng(5)
+    pairs = rng.normal(size=(6, 2, 3)).astype(np.float32)
+    similar = np.array([1, 0, 1, 0, 0, 1])
+    d = np.linalg.norm(pairs[:, 0].astype(np.float64) - pairs[:, 1], axis=-1)
+    expected = similar * d**2 + (1 - similar) * np.maximum(1.5 - d, 0.0) ** 2
+    value = S.contrastive_loss(similar, pairs, margin=1.5)
+    np.testing.assert_allclose(value.numpy(), expected, rtol=2e-6)
+
+
+@pytest.mark.parametrize("temperature", [0.05, 0.1, 0.5, 1.0])
+def test_nt_xent_matches_simclr(temperature):
+    rng = np.random.default_rng(1)
+    z = rng.normal(size=(8, 6)).astype(np.float32)
+    np.testing.assert_allclose(
+        S.nt_xent(None, z, temperature=temperature).numpy(), _simclr_nt_xent(z, temperature), rtol=5e-6
+    )
+    # The [n, 2, dim] form: one value per pair, the mean of its two rows.
+    paired = np.stack([z[:4], z[4:]], axis=1)
+    per_row = _simclr_nt_xent(z, temperature)
+    np.testing.assert_allclose(
+        S.NTXent(temperature=temperature, reduction="none")(np.zeros(4), paired).numpy(),
+        (per_row[:4] + per_row[4:]) / 2,
+        rtol=5e-6,
+    )
+
+
+# ----------------------------------------------------------------------------
+# The motivating failures
+# ----------------------------------------------------------------------------
+
+
+def _value_and_gradient(fn, x):
+    x = tf.convert_to_tensor(x)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        value = tf.reduce_mean(fn(x))
+    return value.numpy(), tape.gradient(value, x).numpy()
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_duplicate_embeddings_gradient_is_zero_not_nan(strategy):
+    labels = np.array([0, 0, 1, 1])
+    x = np.array([[1.0, 2.0], [1.0, 2.0], [3.0, 0.5], [-1.0, 0.0]], np.float32)  # rows 0 and 1 coincide
+
+    def hand_written(e):  # the Euclidean distance users write
+        d = tf.sqrt(tf.reduce_sum(tf.square(e[:, None] - e[None]), axis=-1))
+        same = tf.equal(labels[:, None], labels[None])
+        positive = tf.reduce_max(tf.where(same, d, 0.0), axis=1)
+        negative = tf.reduce_min(tf.where(same, 1e9, d), axis=1)
+        return tf.nn.relu(positive - negative + 5.0)  # active: the zero distance gets a gradient
+
+    naive_value, naive_gradient = _value_and_gradient(hand_written, x)
+    assert np.isfinite(naive_value) and np.isnan(naive_gradient).any()
+    value, gradient = _value_and_gradient(lambda e: S.triplet_loss(labels, e, 5.0, strategy=strategy), x)
+    assert np.isfinite(value) and np.isfinite(gradient).all()
+    # Only the duplicate pair's own distance is at 0; its gradient there is 0:
+    # a batch of two identical embeddings gives loss = margin and gradient 0.
+    value, gradient = _value_and_gradient(lambda e: S.triplet_loss([0, 0], e, strategy=strategy), x[:2])
+    assert value == pytest.approx(1.0)
+    np.testing.assert_array_equal(gradient, np.zeros_like(gradient))
+
+
+def test_contrastive_identical_pair_gradient_is_zero_not_nan():
+    # A dissimilar pair whose embeddings collapsed onto each other: the loss
+    # pushes them apart (margin^2), through the distance's slope at 0.
+    pairs = np.array([[[0.3, -0.2], [0.3, -0.2]], [[1.0, 0.0], [0.0, 1.0]]], np.float32)
+    similar = np.array([0.0, 1.0], np.float32)
+
+    def hand_written(p):  # TFA's recipe: the user computes the distance, with tf.norm
+        d = tf.norm(p[:, 0] - p[:, 1], axis=-1)
+        return similar * d**2 + (1 - similar) * tf.nn.relu(1.0 - d) ** 2
+
+    _, naive_gradient = _value_and_gradient(hand_written, pairs)
+    assert np.isnan(naive_gradient[0]).all()
+    value, gradient = _value_and_gradient(lambda p: S.contrastive_loss(similar, p), pairs)
+    assert value == pytest.approx((1.0 + 2.0) / 2)  # margin^2 and d^2 = 2
+    np.testing.assert_array_equal(gradient[0], np.zeros((2, 2), np.float32))
+    assert np.isfinite(gradient).all() and np.any(gradient[1] != 0)
+    # Batch form with a duplicate row.
+    labels, x = _batch(0, n=6)
+    x[1] = x[0]
+    value, gradient = _value_and_gradient(lambda e: S.contrastive_loss(labels, e), x)
+    assert np.isfinite(value) and np.isfinite(gradient).all()
+
+
+def test_nt_xent_float16_at_temperature_0_01():
+    rng = np.random.default_rng(2)
+    z = rng.normal(size=(16, 8)).astype(np.float16)
+
+    def hand_written(e):  # cosine / temperature, self-similarity masked, in float16
+        unit = e / tf.norm(e, axis=-1, keepdims=True)
+        logits = tf.matmul(unit, unit, transpose_b=True) / tf.constant(0.01, tf.float16)
+        exp = tf.exp(logits) * tf.cast(1 - tf.eye(16), tf.float16)
+        positive = tf.concat([tf.range(8, 16), tf.range(8)], 0)
+        numerator = tf.gather(exp, positive[:, None], batch_dims=1)[:, 0]
+        return -tf.math.log(numerator / tf.reduce_sum(exp, axis=-1))
+
+    naive_value, _ = _value_and_gradient(hand_written, z)
+    assert not np.isfinite(naive_value)
+    value, gradient = _value_and_gradient(lambda e: S.nt_xent(None, e, temperature=0.01), z)
+    assert np.isfinite(value) and np.isfinite(gradient.astype(np.float32)).all()
+    np.testing.assert_allclose(value, _simclr_nt_xent(z, 0.01).mean(), rtol=1e-3)
+
+
+def test_nt_xent_single_pair_has_no_negatives_and_is_zero():
+    # Each row's only other row is its positive: loss 0 (to an ULP of the logit), not NaN.
+    np.testing.assert_allclose(S.nt_xent(None, [[1.0, 2.0], [-3.0, 0.5]]).numpy(), [0.0, 0.0], atol=4e-7)
+
+
+def test_huge_and_tiny_embeddings():
+    labels, x = _batch(0, n=8)
+    reference = _tfa_hard(labels, x, 0.0, "euclidean")
+    for scale in (2.0**100, 2.0**-100):
+        # margin 0: the loss scales with the embeddings (power of two: exactly representable)
+        value = S.TripletLoss(margin=0.0)(labels, x * np.float32(scale))
+        np.testing.assert_allclose(float(value), reference * scale, rtol=2e-6)
+        naive = tf.reduce_sum(tf.square(x * np.float32(scale)), axis=-1)  # the Gram diagonal
+        assert not np.all(np.isfinite(naive.numpy()) & (naive.numpy() > 0))
+
+
+# ----------------------------------------------------------------------------
+# Properties: finite values and gradients (hypothesis)
+# ----------------------------------------------------------------------------
+
+
+def _cast(x, dtype):
+    return tf.cast(tf.constant(np.asarray(x, np.float32)), dtype)
+
+
+CASES = [
+    ("triplet_hard", lambda y, e: S.triplet_loss(y, e, strategy="hard")),
+    ("triplet_semi_hard", lambda y, e: S.triplet_loss(y, e, strategy="semi_hard")),
+    ("triplet_squared", lambda y, e: S.triplet_loss(y, e, strategy="semi_hard", distance="squared")),
+    ("triplet_cosine", lambda y, e: S.triplet_loss(y, e, distance="cosine")),
+    ("contrastive", lambda y, e: S.contrastive_loss(y, e)),
+    ("nt_xent", lambda y, e: S.nt_xent(y, e, temperature=0.01)),
+]
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("name,fn", CASES, ids=[c[0] for c in CASES])
+def test_finite_values_and_gradients(name, fn, dtype):
+    # bfloat16 and float32 are drawn up to 1e9 (squared distances stay below
+    # the float32 maximum); float16 over its whole range (computed in float32).
+    bound = None if dtype == "float16" else 1e9
+    draw_dtype = "float32" if dtype == "bfloat16" else dtype
+
+    @given(
+        x=finite_arrays(draw_dtype, (6, 3), -bound if bound else None, bound),
+        labels=st.lists(st.integers(0, 2), min_size=6, max_size=6),
+        duplicate=st.booleans(),
+    )
+    def check(x, labels, duplicate):
+        x = np.array(x, np.float32)
+        if duplicate:
+            x[1] = x[0]
+        e = _cast(x, dtype)
+        value, gradient = _value_and_gradient(lambda v: fn(np.array(labels), v), e)
+        assert np.isfinite(value), (name, x, labels)
+        assert np.isfinite(np.asarray(gradient, np.float32)).all(), (name, x, labels)
+
+    check()
+
+
+# ----------------------------------------------------------------------------
+# Regimes, NaN, errors
+# ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name,fn", CASES, ids=[c[0] for c in CASES])
+def test_same_answer_in_every_regime(name, fn, regime):
+    labels, x = _batch(1, n=8)
+    x[3] = x[2]  # a duplicate
+    expected_value, expected_grads = _eager_value_and_grad(fn, labels, x)
+    for unknown_batch in ((False, True) if regime.name != "eager" else (False,)):
+        value, grads = regime.value_and_grad(
+            lambda e, y: fn(y, e), x, labels.astype(np.int32), unknown_batch=unknown_batch
+        )
+        np.testing.assert_allclose(value, expected_value, rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(grads[0], expected_grads, rtol=1e-5, atol=1e-7)
+
+
+def _eager_value_and_grad(fn, labels, x):
+    x = tf.constant(x)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        value = fn(labels, x)
+        total = tf.reduce_sum(value)
+    return value.numpy(), tape.gradient(total, x).numpy()
+
+
+@pytest.mark.parametrize("name,fn", CASES, ids=[c[0] for c in CASES])
+def test_nan_in_nan_out(name, fn, regime):
+    labels, x = _batch(2, n=6)
+    x[4, 1] = np.nan
+    value = regime.run(lambda e, y: fn(y, e), x, labels.astype(np.int32))
+    assert np.isnan(value).any() and not np.isfinite(value).all()
+    if name.startswith(("triplet", "contrastive")):
+        assert np.isnan(value[4])  # the NaN embedding's own anchor
+
+
+def test_nan_label_gives_nan_for_its_anchor():
+    labels, x = _batch(2, n=6)
+    labels = labels.astype(np.float32)
+    labels[2] = np.nan
+    value = S.triplet_loss(labels, x).numpy()
+    assert np.isnan(value[2]) and np.isfinite(np.delete(value, 2)).all()
+
+
+@pytest.mark.parametrize(
+    "make,message",
+    [
+        (lambda: S.TripletLoss(margin=-1.0), "margin=-1.0"),
+        (lambda: S.TripletLoss(margin=float("nan")), "margin"),
+        (lambda: S.TripletLoss(strategy="hardest"), "strategy='hardest'"),
+        (lambda: S.TripletLoss(distance="L2"), "distance='L2'"),
+        (lambda: S.ContrastiveLoss(margin="1"), "margin='1'"),
+        (lambda: S.NTXent(temperature=0.0), "temperature=0.0"),
+        (lambda: S.NTXent(temperature=-0.1), "temperature=-0.1"),
+    ],
+)
+def test_bad_hyperparameters_name_the_argument(make, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(".", r"\.")):
+        make()
+
+
+def test_bad_shapes_name_both():
+    with pytest.raises(ValueError, match=r"\(4,\) and \(3, 2\)"):
+        S.triplet_loss(np.zeros(4), np.zeros((3, 2)))
+    with pytest.raises(ValueError, match=r"\[batch, dim\].*\(3,\)"):
+        S.triplet_loss(np.zeros(3), np.zeros(3))
+    with pytest.raises(ValueError, match=r"even.*\(3, 2\)"):
+        S.nt_xent(None, np.zeros((3, 2), np.float32))
+    with pytest.raises(ValueError, match=r"\[batch, 2, dim\].*\(3, 3, 2\)"):
+        S.contrastive_loss(np.zeros(3), np.zeros((3, 3, 2), np.float32))
+    with pytest.raises(TypeError, match="y_pred"):
+        S.triplet_loss(np.zeros(2), np.array([["a", "b"], ["c", "d"]]))
+
+
+# ----------------------------------------------------------------------------
+# Keras integration: config, serialization, saving, fit
+# ----------------------------------------------------------------------------
+
+LOSSES = [
+    (lambda: S.TripletLoss(margin=0.3, strategy="semi_hard", distance="cosine"),
+     {"margin": 0.3, "strategy": "semi_hard", "distance": "cosine"}),
+    (lambda: S.ContrastiveLoss(margin=2.0), {"margin": 2.0}),
+    (lambda: S.NTXent(temperature=0.2), {"temperature": 0.2}),
+]
+
+
+@pytest.mark.parametrize("make,arguments", LOSSES, ids=["triplet", "contrastive", "nt_xent"])
+def test_config_lists_every_argument_and_round_trips(make, arguments):
+    loss = make()
+    config = loss.get_config()
+    assert config == {"name": loss.name, "reduction": "sum_over_batch_size", "dtype": "float32", **arguments}
+    serialized = keras.losses.serialize(loss)
+    assert serialized["registered_name"] == f"stableops>{type(loss).__name__}"
+    rebuilt = keras.losses.deserialize(serialized)
+    assert type(rebuilt) is type(loss) and rebuilt.get_config() == config
+    labels, x = _batch(0, n=8)
+    np.testing.assert_array_equal(rebuilt(labels, x).numpy(), loss(labels, x).numpy())
+
+
+def _embedding_model(dim=4):
+    keras.utils.set_random_seed(0)
+    return keras.Sequential([keras.Input((6,)), keras.layers.Dense(8, activation="relu"), keras.layers.Dense(dim)])
+
+
+@pytest.mark.parametrize("make,arguments", LOSSES, ids=["triplet", "contrastive", "nt_xent"])
+def test_save_load_and_fit_under_mixed_precision(make, arguments, tmp_path, mixed_precision_policy):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(32, 6)).astype(np.float32)
+    y = np.tile(np.arange(4), 8)
+    model = _embedding_model()
+    model.compile(optimizer="sgd", loss=make())
+    path = tmp_path / "m.keras"
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    assert type(loaded.loss) is type(model.loss) and loaded.loss.get_config() == model.loss.get_config()
+    np.testing.assert_allclose(
+        float(loaded.compute_loss(x=x, y=y, y_pred=loaded(x))), float(model.compute_loss(x=x, y=y, y_pred=model(x))),
+        rtol=1e-6,
+    )
+    for policy, jit in (("float32", True), ("mixed_float16", False)):
+        mixed_precision_policy(policy)
+        model = _embedding_model()
+        model.compile(optimizer=keras.optimizers.SGD(0.01), loss=make(), jit_compile=jit)
+        history = model.fit(x, y, batch_size=16, epochs=1, shuffle=False, verbose=0)
+        assert math.isfinite(history.history["loss"][-1]), policy
+        assert all(np.isfinite(w).all() for w in model.get_weights())
+
+
+def test_ml_dtypes_bfloat16_input_is_accepted():
+    labels, x = _batch(0, n=6)
+    value = S.triplet_loss(labels, x.astype(ml_dtypes.bfloat16))
+    assert value.dtype == tf.float32 and np.isfinite(value.numpy()).all()
