@@ -58,21 +58,59 @@ def test_a_plain_tf_function_step_calls_compiled_kernels_forward_and_backward():
         tf.TensorSpec([None, 6]), tf.TensorSpec([None], tf.int32)
     ).graph
     names = _function_names(graph)
-    # ELU and the loss each run forward and backward as compiled calls.
-    for kernel in ("_elu_kernel", "_sparse_categorical_crossentropy_kernel"):
-        assert f"{kernel}_forward_" in names and f"{kernel}_backward_" in names, (kernel, names)
+    # ELU runs forward and backward as compiled calls; the backward one recomputes
+    # the forward, so the forward call returns ELU's output and nothing else.
+    assert "_elu_kernel_forward_" in names and "_elu_kernel_backward_" in names, names
+    # The loss is row-local: one compiled call returns the loss and its gradient
+    # for the logits (as TF's fused kernel returns its backprop), none for the
+    # integer labels; the backward pass is a multiplication, no compiled call.
+    assert "_sparse_categorical_crossentropy_kernel_forward_" in names, names
+    assert "_sparse_categorical_crossentropy_kernel_backward_" not in names, names
+    outputs = {op.node_def.attr["f"].func.name.rsplit("_", 1)[0]: len(op.outputs) for op in _xla_calls(graph)}
+    assert outputs == {
+        "__inference__elu_kernel_forward": 1,
+        "__inference__elu_kernel_backward": 1,
+        "__inference__sparse_categorical_crossentropy_kernel_forward": 2,
+    }, outputs
     # LeakyReLU is one TF kernel each way (LeakyRelu, LeakyReluGrad): nothing to fuse.
-    op_types = {op.type for op in graph.get_operations()}
-    assert {"LeakyRelu", "LeakyReluGrad"} <= op_types
-    # The forward calls return the kernel's output and nothing else: the backward
-    # pass recomputes what it needs from the inputs, so no intermediate stays alive.
-    for op in _xla_calls(graph):
-        if "_forward_" in op.node_def.attr["f"].func.name:
-            assert len(op.outputs) == 1, (op.node_def.attr["f"].func.name, op.outputs)
+    assert {"LeakyRelu", "LeakyReluGrad"} <= {op.type for op in graph.get_operations()}
     # ELU's exponential runs inside its compiled call, not in the step's graph.
     assert not [op for op in graph.get_operations() if op.type in ("Exp", "Expm1")]
     loss, grads = step(x, y)
     assert np.isfinite(float(loss)) and all(np.all(np.isfinite(g.numpy())) for g in grads)
+
+
+def test_no_gradient_work_for_inputs_no_tape_watches():
+    """Labels and inference inputs get no gradient work: without a tape each kernel is one
+    compiled call returning its outputs only; under a tape watching the logits alone, a
+    one-hot target gets no gradient from the loss's call."""
+    loss_fn = stableops.losses.CategoricalCrossentropy(from_logits=True)
+    spec = tf.TensorSpec([None, 3])
+
+    @tf.function
+    def inference(y, logits):
+        return loss_fn(y, stableops.ops.elu(logits))
+
+    @tf.function
+    def training(y, logits):
+        with tf.GradientTape() as tape:
+            tape.watch(logits)
+            loss = loss_fn(y, logits)
+        return loss, tape.gradient(loss, logits)
+
+    calls = _xla_calls(inference.get_concrete_function(spec, spec).graph)
+    assert [len(op.outputs) for op in calls] == [1, 1], _function_names(inference.get_concrete_function(spec, spec).graph)
+    graph = training.get_concrete_function(spec, spec).graph
+    assert [len(op.outputs) for op in _xla_calls(graph)] == [2], _function_names(graph)  # loss, d/dlogits
+    y = tf.one_hot([0, 2], 3)
+    logits = tf.constant([[1.0, 2.0, 3.0], [0.0, 0.0, 50.0]])
+    _, grad = training(y, logits)
+    np.testing.assert_allclose(grad.numpy(), (tf.nn.softmax(logits) - y).numpy() / 2, atol=1e-7)
+    # A watched target still gets its gradient, -log_softmax / batch.
+    with tf.GradientTape() as tape:
+        tape.watch(y)
+        loss = tf.function(loss_fn)(y, logits)
+    np.testing.assert_allclose(tape.gradient(loss, y).numpy(), -tf.nn.log_softmax(logits).numpy() / 2, rtol=1e-6, atol=1e-7)
 
 
 def test_under_jit_compile_kernels_are_inlined_into_the_callers_computation():
@@ -139,3 +177,30 @@ def test_jit_compiled_fit_matches_the_default_compile():
         results.append(model.get_weights())
     for default, jit in zip(*results):
         np.testing.assert_allclose(default, jit, rtol=1e-5, atol=1e-6)
+
+
+def test_second_order_gradients_flow_through_the_compiled_backward_pass(regime):
+    """A gradient penalty (WGAN-GP) differentiates the backward call itself.
+
+    With ``f = elu``: ``y = sum f(x)^2``, ``g = dy/dx = 2 f f'``, ``pen = sum g^2``,
+    ``dpen/dx = 4 g (f'^2 + f f'')``; for ``x > 0`` ``f = x``, ``f' = 1``, ``f'' = 0``;
+    for ``x < 0`` ``f = e^x - 1``, ``f' = f'' = e^x`` (closed form, in float64).
+    """
+    x = np.linspace(-2.0, 2.0, 9)
+    x = x[x != 0]  # elu is not twice differentiable at 0
+
+    def penalty_gradient(x):
+        with tf.GradientTape() as outer:
+            outer.watch(x)
+            with tf.GradientTape() as inner:
+                inner.watch(x)
+                y = tf.reduce_sum(stableops.ops.elu(x) ** 2)
+            pen = tf.reduce_sum(inner.gradient(y, x) ** 2)
+        return outer.gradient(pen, x)
+
+    got = regime.run(penalty_gradient, x.astype(np.float32))
+    e = np.exp(np.minimum(x, 0.0))
+    f, f1 = np.where(x > 0, x, e - 1.0), np.where(x > 0, 1.0, e)
+    f2 = np.where(x > 0, 0.0, e)
+    want = 4 * (2 * f * f1) * (f1**2 + f * f2)
+    np.testing.assert_allclose(got, want, rtol=8 * np.finfo(np.float32).eps)

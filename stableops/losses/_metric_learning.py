@@ -230,11 +230,15 @@ def nt_xent(y_true, y_pred, temperature=0.1):
     Numerical stability:
         Similarities and logits are float32 for half precision (in float16,
         ``s / 0.01`` reaches 100 and ``exp`` of it overflows; the logits of a
-        temperature of 1e-3 would too); the row's log-sum-exp leaves the
-        self-similarity out with a mask, not a ``-inf`` fill. A zero
+        temperature of 1e-3 would too); the row's log-softmax leaves the
+        self-similarity out with a mask, not a ``-inf`` fill, and gives the
+        positive's ``-log1p(sum_k exp(l_k - l_p))`` without the cancellation
+        of ``logsumexp - l_p`` when the positive dominates. A zero
         embedding has similarity 0 to everything, with gradient 0.
         NaN in an embedding gives NaN for every row.
-        Error budget: 4 ULP of the float32 logits' log-sum-exp.
+        Error budget: 4 ULP of the loss for exact float32 logits (the
+        rounding of the cosine similarities, a few ULP of 1/t each, comes
+        on top).
 
     Args:
         y_true: ignored (Keras needs a target: pass e.g. zeros).

@@ -310,7 +310,7 @@ def _binary_reduce(values, valid, axis):
     return _mean_over_valid(values, valid, axis)
 
 
-@xla_kernel
+@xla_kernel(row_local=True)
 def _binary_crossentropy_kernel(
     y_true, y_pred, from_logits, label_smoothing, axis, pos_weight, ignore_class
 ):
@@ -455,7 +455,7 @@ def _focal_factor_from_probabilities(target, probabilities, gamma):
     return _power(base, gamma)
 
 
-@xla_kernel
+@xla_kernel(row_local=True)
 def _binary_focal_crossentropy_kernel(
     y_true,
     y_pred,
@@ -631,7 +631,7 @@ def _finish_rows(loss, valid):
     return tf.where(valid, loss, tf.zeros_like(loss)), valid
 
 
-@xla_kernel
+@xla_kernel(row_local=True)
 def _categorical_crossentropy_kernel(y_true, y_pred, from_logits, label_smoothing, axis, ignore_class):
     axis = canonical_axis(axis, len(y_pred.shape))
     target, output, valid = _categorical_setup(y_true, y_pred, from_logits, axis, ignore_class)
@@ -768,7 +768,7 @@ def _categorical_alpha(alpha, log_p, axis):
     return alpha
 
 
-@xla_kernel
+@xla_kernel(row_local=True)
 def _categorical_focal_crossentropy_kernel(
     y_true, y_pred, alpha, gamma, from_logits, label_smoothing, axis, ignore_class
 ):
@@ -954,7 +954,7 @@ def _prepare_sparse(y_true, y_pred, axis):
     return labels, y_pred, num_classes
 
 
-@xla_kernel
+@xla_kernel(row_local=True)
 def _sparse_categorical_crossentropy_kernel(
     labels, y_pred, from_logits, ignore_class, axis, label_smoothing
 ):
@@ -1087,7 +1087,7 @@ def _log_ratio(target, prediction):
     return value, grad
 
 
-@xla_kernel
+@xla_kernel(row_local=True)
 def _kl_divergence_kernel(y_true, y_pred):
     target, prediction = _in_compute_dtype(y_true, y_pred)
     # Probabilities: targets in [0, 1] (Keras clips them to [1e-7, 1]),
@@ -1161,7 +1161,7 @@ def _poisson_scale(target, rate):
     return tf.where(big, tf.constant(down, rate.dtype), tf.constant(1.0, rate.dtype))
 
 
-@xla_kernel
+@xla_kernel(row_local=True)
 def _poisson_kernel(y_true, y_pred):
     target, rate = _in_compute_dtype(y_true, y_pred)
     # The Poisson negative log-likelihood (up to log(t!)): rate - t * log(rate),

@@ -102,8 +102,12 @@ def _kernel(fn):
     AutoGraph is on), AutoGraph would otherwise convert them and the ops'
     custom-gradient closures they call, which is slower to trace and has
     failed with ``NameError`` on those closures.
+
+    Every kernel here reduces each sample over ``axis`` (the last axis without
+    the argument), so each is ``row_local``: the forward call also returns the
+    per-element gradient, and the backward pass is one multiplication.
     """
-    return xla_kernel(tf.autograph.experimental.do_not_convert(fn))
+    return xla_kernel(tf.autograph.experimental.do_not_convert(fn), row_local=True)
 
 
 def _in_compute_dtype(y_true, y_pred):

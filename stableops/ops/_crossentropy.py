@@ -191,7 +191,7 @@ def _nan_unless(valid, like):
 # ----------------------------------------------------------------------------
 
 
-@xla_kernel
+@xla_kernel(row_local=True)
 def _binary_from_logits(target, logits):
     x = to_compute(logits)
     z = tf.cast(target, x.dtype)
@@ -214,7 +214,7 @@ def _binary_from_logits(target, logits):
     return tf.cast(loss, logits.dtype)
 
 
-@xla_kernel
+@xla_kernel(row_local=True)
 def _binary_from_probabilities(target, probabilities):
     bounds = _ClipBounds(probabilities.dtype)
     p = to_compute(probabilities)
@@ -300,7 +300,7 @@ def binary_crossentropy(target, output, from_logits=False):
 # ----------------------------------------------------------------------------
 
 
-@xla_kernel
+@xla_kernel(row_local=True)
 def _categorical_from_logits(target, logits, axis):
     x = to_compute(logits)
     z = tf.cast(target, x.dtype)
@@ -359,7 +359,7 @@ def _normalized_crossentropy(z, o, axis, bounds):
     return loss_fn(z, o)
 
 
-@xla_kernel
+@xla_kernel(row_local=True)
 def _categorical_from_probabilities(target, probabilities, axis):
     p = to_compute(probabilities)
     z = tf.cast(target, p.dtype)
@@ -474,7 +474,7 @@ def _flat_examples(labels, output):
     return tf.reshape(labels, [-1]), tf.reshape(output, [-1, tf.shape(output)[-1]])
 
 
-@xla_kernel
+@xla_kernel(row_local=True)
 def _sparse_from_logits(labels, logits):
     flat_labels, x = _flat_examples(labels, to_compute(logits))
     valid = _label_validity(flat_labels, tf.shape(x, out_type=tf.int64)[-1])
@@ -508,7 +508,7 @@ def _sparse_normalized_crossentropy(indices, o, bounds):
     return loss_fn(o)
 
 
-@xla_kernel
+@xla_kernel(row_local=True)
 def _sparse_from_probabilities(labels, probabilities):
     flat_labels, o = _flat_examples(labels, to_compute(probabilities))
     valid = _label_validity(flat_labels, tf.shape(o, out_type=tf.int64)[-1])

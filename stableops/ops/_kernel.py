@@ -6,18 +6,23 @@ buffer per elementwise op, and a stable formula has several times more ops
 than a naive one. ``xla_kernel`` compiles the whole op, with its backward
 pass, as one XLA computation instead:
 
-- called eagerly, it runs the compiled function;
-- called while a ``tf.function`` is being traced (``model.fit``, a user's
-  ``tf.function``, a SavedModel), it calls the same compiled function, which
-  becomes one XLA cluster in the caller's graph; its gradient function is
-  compiled too;
+- called eagerly, or while a ``tf.function`` is being traced (``model.fit``,
+  a user's ``tf.function``, a SavedModel), it calls a compiled *forward*
+  function that returns the kernel's outputs and nothing else, under a
+  ``tf.custom_gradient`` whose backward pass calls a compiled *backward*
+  function: the forward pass again with its vector-Jacobian product, one XLA
+  computation. In a graph each is one XLA cluster, and nothing but the inputs
+  stays alive between the two passes (TF's own gradient of a compiled
+  function makes the forward call return every intermediate the backward
+  needs);
 - called while another kernel or a ``jit_compile=True`` function is being
   traced, it is inlined: nested kernels make one computation, and the caller's
   XLA computation takes the kernel in whole.
 
 Each compiled function is traced once per dtype, non-tensor keyword argument
-and *rank* of its tensor arguments: there is one ``tf.function`` per rank
-signature (and per context, eager or graph: see ``compiled``), and within it ``reduce_retracing`` generalizes every dimension, so
+and *rank* of its tensor arguments: there is one ``tf.function`` per role
+(forward, backward), rank signature and context (eager or graph), and within
+it ``reduce_retracing`` generalizes every dimension, so
 a changing batch size does not retrace (XLA still compiles each new concrete
 shape once) while the rank stays static for the kernel's Python code
 (``len(x.shape)``, canonical axes). Arguments of unknown rank (rare, only in
@@ -37,6 +42,12 @@ try:  # how tf.function itself tells that it is traced inside an XLA computation
 except ImportError:  # pragma: no cover - a TF without it: treat every graph as plain
     def _in_xla_context(graph):
         return False
+
+try:  # how TF's own ops tell whether a gradient tape records them
+    from tensorflow.python.eager.record import should_record_backprop as _taped
+except ImportError:  # pragma: no cover - a TF without it: assume every input is taped
+    def _taped(tensors):
+        return True
 
 _tracing = threading.local()
 
@@ -58,7 +69,49 @@ def _rank(value):
 
 
 def _differentiable(value) -> bool:
-    return isinstance(value, (tf.Tensor, tf.Variable)) and value.dtype.is_floating
+    """A floating tensor that a gradient tape watches (labels and inference inputs are not:
+    no gradient work is done for them)."""
+    return (
+        isinstance(value, (tf.Tensor, tf.Variable))
+        and value.dtype.is_floating
+        and _taped([value])
+    )
+
+
+def _floating(outputs):
+    """A kernel's floating outputs, in ``tf.nest.flatten`` order (the ones with a gradient)."""
+    return [o for o in tf.nest.flatten(outputs) if o.dtype.is_floating]
+
+
+def _floating_upstreams(upstreams, outputs):
+    """The upstream gradients of the floating outputs (one per flat output is given;
+    zeros where an output was not used)."""
+    return [
+        tf.zeros_like(o) if u is None else u
+        for u, o in zip(upstreams, tf.nest.flatten(outputs))
+        if o.dtype.is_floating
+    ]
+
+
+def _rows_align(tensors, axis) -> bool:
+    """Whether the tensors have one rank and the same static dimensions outside ``axis``
+    (no broadcasting across rows, where a local gradient would have summed over rows)."""
+    rank = tensors[0].shape.rank
+    if not isinstance(axis, int) or any(t.shape.rank != rank for t in tensors) or rank == 0:
+        return False
+    keep = [i for i in range(rank) if i != axis % rank]
+    return all(
+        [t.shape[i] for i in keep] == [tensors[0].shape[i] for i in keep] for t in tensors
+    )
+
+
+def _times_upstream(upstream, local_gradient, axis):
+    """``upstream``, with the reduced ``axis`` restored (size 1), times ``local_gradient``."""
+    if upstream is None:
+        return tf.zeros_like(local_gradient)
+    if upstream.shape.rank < local_gradient.shape.rank:
+        upstream = tf.expand_dims(upstream, axis % local_gradient.shape.rank)
+    return tf.cast(upstream, local_gradient.dtype) * local_gradient
 
 
 def _inline_here() -> bool:
@@ -73,8 +126,19 @@ def _inline_here() -> bool:
     return tf.inside_function() and _in_xla_context(tf.compat.v1.get_default_graph())
 
 
-def xla_kernel(fn):
+def xla_kernel(fn=None, *, row_local=False):
     """Decorate a pure TF function so that every call runs it XLA-compiled.
+
+    ``row_local=True`` declares a kernel with one output in which each element
+    of every floating input reaches exactly one output element: elementwise,
+    or a reduction over the ``axis`` keyword argument (the last axis without
+    one), as the losses' per-sample reductions. Its gradient for an upstream
+    ``u`` is then ``u``, broadcast over the reduced axis, times the gradient
+    for ``u = 1``; the forward call computes that local gradient in the same
+    XLA computation as the value (as TF's fused cross-entropy kernels return
+    their backprop), and the backward pass is one multiplication. Inputs whose
+    static shapes differ outside the reduced axis (broadcasting across rows)
+    take the recomputing backward pass instead.
 
     Non-tensor keyword arguments (``axis``, ``from_logits``, ...) are part of
     the compiled function's signature: each distinct value compiles once.
@@ -82,6 +146,9 @@ def xla_kernel(fn):
     ``.compiled(*args, **kwargs)`` calls the compiled function for the ranks of
     the given tensors, and ``.tracing_count()`` counts its traces (all ranks).
     """
+
+    if fn is None:
+        return functools.partial(xla_kernel, row_local=row_local)
 
     @functools.wraps(fn)
     def traced(*args, **kwargs):
@@ -98,21 +165,35 @@ def xla_kernel(fn):
     def forward(args, kwargs):
         return traced(*args, **kwargs)
 
-    def vector_jacobian_product(args, kwargs, upstreams):
-        # The forward pass again, with its gradient, as one computation: nothing
-        # but the inputs is kept alive between the forward and the backward pass.
-        watched = [v for v in (*args, *kwargs.values()) if _differentiable(v)]
+    def _taped_call(args, kwargs, positions):
+        """The kernel's outputs, under a tape watching the inputs at ``positions``."""
+        values = [*args, *kwargs.values()]
+        watched = [values[p] for p in positions]
         with tf.GradientTape(watch_accessed_variables=False) as tape:
             tape.watch(watched)
-            outputs = [o for o in tf.nest.flatten(traced(*args, **kwargs)) if o.dtype.is_floating]
+            outputs = traced(*args, **kwargs)
+        return tape, outputs, watched
+
+    def backward(args, kwargs, positions, upstreams):
+        # The forward pass again, with its gradient, as one computation: nothing
+        # but the inputs is kept alive between the forward and the backward pass.
+        tape, outputs, watched = _taped_call(args, kwargs, positions)
         return tape.gradient(
-            outputs, watched, output_gradients=upstreams,
+            _floating(outputs), watched, output_gradients=upstreams,
             unconnected_gradients=tf.UnconnectedGradients.ZERO,
         )
 
+    def forward_with_local_gradient(args, kwargs, positions):
+        # The value and its gradient for a unit upstream, in one computation.
+        tape, outputs, watched = _taped_call(args, kwargs, positions)
+        (loss,) = _floating(outputs)  # one floating output (a loss may add its boolean mask)
+        gradients = tape.gradient(loss, watched, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+        return outputs, gradients
+
     # Graphs name the compiled calls after the kernel: `__inference__elu_kernel_forward_42`.
-    forward.__name__ = f"{fn.__name__}_forward"
-    vector_jacobian_product.__name__ = f"{fn.__name__}_backward"
+    forward.__name__ = forward_with_local_gradient.__name__ = f"{fn.__name__}_forward"
+    backward.__name__ = f"{fn.__name__}_backward"
+    roles = {"forward": forward, "backward": backward, "forward_with_local_gradient": forward_with_local_gradient}
     compiled_functions = {}
 
     def compiled_function(role, args, kwargs):
@@ -128,39 +209,50 @@ def xla_kernel(fn):
         function = compiled_functions.get(key)
         if function is None:
             function = tf.function(
-                forward if role == "forward" else vector_jacobian_product,
-                jit_compile=True, reduce_retracing=True, autograph=False,
+                roles[role], jit_compile=True, reduce_retracing=True, autograph=False
             )
             compiled_functions[key] = function
         return function
 
     def compiled(*args, **kwargs):
-        names = list(kwargs)
-        values = [*args, *kwargs.values()]
-        positions = [i for i, v in enumerate(values) if _differentiable(v)]
-
-        def split(flat):
-            return tuple(flat[: len(args)]), dict(zip(names, flat[len(args):]))
-
-        run_forward = compiled_function("forward", args, kwargs)
+        names, values = list(kwargs), [*args, *kwargs.values()]
+        # Only the inputs a gradient tape watches get gradient work (not labels,
+        # not inference inputs); the others are passed through unwatched.
+        positions = tuple(i for i, v in enumerate(values) if _differentiable(v))
         if not positions:
-            return run_forward(args, kwargs)
+            return compiled_function("forward", args, kwargs)(args, kwargs)
 
-        @tf.custom_gradient
-        def call(*inputs):
+        def with_inputs(inputs):
             flat = list(values)
             for position, tensor in zip(positions, inputs):
                 flat[position] = tensor
-            call_args, call_kwargs = split(flat)
-            outputs = run_forward(call_args, call_kwargs)
+            return tuple(flat[: len(args)]), dict(zip(names, flat[len(args):]))
+
+        reduced_axis = kwargs.get("axis", -1)
+        if row_local and _rows_align([values[p] for p in positions], reduced_axis):
+            run = compiled_function("forward_with_local_gradient", args, kwargs)
+
+            @tf.custom_gradient
+            def call_row_local(*inputs):
+                outputs, local_gradients = run(*with_inputs(inputs), positions)
+
+                def grad(*upstreams):
+                    (upstream,) = _floating_upstreams(upstreams, outputs)
+                    return [_times_upstream(upstream, g, reduced_axis) for g in local_gradients]
+
+                return outputs, grad
+
+            return call_row_local(*[values[p] for p in positions])
+
+        @tf.custom_gradient
+        def call(*inputs):
+            call_args, call_kwargs = with_inputs(inputs)
+            outputs = compiled_function("forward", args, kwargs)(call_args, call_kwargs)
 
             def grad(*upstreams):
-                floating = [o for o in tf.nest.flatten(outputs) if o.dtype.is_floating]
-                upstreams = [
-                    tf.zeros_like(o) if u is None else u for u, o in zip(upstreams, floating)
-                ]
-                run_backward = compiled_function("backward", call_args, call_kwargs)
-                return run_backward(call_args, call_kwargs, upstreams)
+                upstreams = _floating_upstreams(upstreams, outputs)
+                run_backward = compiled_function("backward", args, kwargs)
+                return run_backward(call_args, call_kwargs, positions, upstreams)
 
             return outputs, grad
 

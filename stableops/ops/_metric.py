@@ -28,7 +28,7 @@ The tricks, each used once:
 * **NaN in, NaN out.** A row whose distances hold NaN gets a NaN loss
   explicitly (how ``max``/``min`` kernels pass NaN depends on the CPU).
 * **Masked log-sum-exp.** NT-Xent leaves out each row's self-similarity with
-  ``ops.logsumexp(where=...)`` instead of a ``-inf`` fill (NaN when a row is
+  ``ops.log_softmax(where=...)`` instead of a ``-inf`` fill (NaN when a row is
   fully masked, and ``inf - inf`` in autodiff).
 """
 
@@ -38,7 +38,7 @@ import tensorflow as tf
 
 from stableops.ops._dtypes import dtype_limits, to_compute
 from stableops.ops._kernel import xla_kernel
-from stableops.ops._logexp import logsumexp
+from stableops.ops._logexp import log_softmax
 from stableops.ops._safe_math import l2_normalize, safe_norm
 
 DISTANCES = ("euclidean", "squared", "cosine")
@@ -300,9 +300,10 @@ def nt_xent_kernel(x, temperature):
     batch = tf.shape(unit)[0]
     half = batch // 2
     logits = tf.matmul(unit, unit, transpose_b=True) / temperature
-    # The positive logit read from the same matrix (one rounding, not two).
     partner = (tf.range(batch) + half) % batch
-    positive = tf.gather(logits, partner[:, None], batch_dims=1)[:, 0]
-    # Self-similarity left out by the mask, not a -inf fill.
+    # Self-similarity left out by the mask, not a -inf fill. The positive's
+    # log-probability from log_softmax: -log1p(sum of the others' exp(l - l_p))
+    # when the positive dominates, where logsumexp - l_p would cancel.
     others = tf.logical_not(tf.eye(batch, dtype=tf.bool))
-    return logsumexp(logits, axis=-1, where=others) - positive
+    log_p = log_softmax(logits, axis=-1, where=others)
+    return -tf.gather(log_p, partner[:, None], batch_dims=1)[:, 0]
