@@ -324,7 +324,7 @@ def _log_softmax_core(x, axis):
     return core(x)
 
 
-@xla_kernel
+@xla_kernel(row_local=True)
 def _logsumexp_kernel(x, axis, keepdims, where):
     x = as_float_tensor(x, "x")
     value = _logsumexp_core(_mask_out(to_compute(x), where), axis, keepdims)
@@ -339,14 +339,27 @@ def _fill_masked(value, where, fill):
     return tf.where(where, value, tf.constant(fill, value.dtype))
 
 
-@xla_kernel
+def _softmax_gradient(y, upstream, axis, where):
+    # The Jacobian-vector product of softmax from its output: y (g - <g, y>)
+    # (masked entries and empty rows have y = 0: no gradient).
+    return y * (upstream - tf.reduce_sum(upstream * y, axis=axis, keepdims=True))
+
+
+def _log_softmax_gradient(y, upstream, axis, where):
+    # g - softmax sum(g), softmax = exp(y); outputs at -inf (masked or -inf
+    # entries, empty rows) are constants: their upstream is dropped.
+    upstream = tf.where(tf.equal(y, tf.constant(-math.inf, y.dtype)), tf.zeros_like(upstream), upstream)
+    return upstream - tf.exp(y) * tf.reduce_sum(upstream, axis=axis, keepdims=True)
+
+
+@xla_kernel(gradient_from_output=_softmax_gradient)
 def _softmax_kernel(x, axis, where):
     x = as_float_tensor(x, "x")
     value = _softmax_core(_mask_out(to_compute(x), where), axis)
     return tf.cast(_fill_masked(value, where, 0.0), x.dtype)
 
 
-@xla_kernel
+@xla_kernel(gradient_from_output=_log_softmax_gradient)
 def _log_softmax_kernel(x, axis, where):
     x = as_float_tensor(x, "x")
     value = _log_softmax_core(_mask_out(to_compute(x), where), axis)
