@@ -62,6 +62,16 @@ _FLUSHED = (
     "returns 0 (an intermediate below the smallest normal is flushed to zero): with the unit floored at the "
     "smallest normal (the bracketed number in Accuracy) the error is 2 ULP"
 )
+_TERMS_CANCEL = (
+    "the worst input's loss is a small difference of larger terms of the definition (log-variance against "
+    "the scaled squared error; exp(x) against y x): an error of an ULP of the terms is tens to hundreds of "
+    "ULPs of the result (the hand-written formula's error there is as large)"
+)
+_PAIRWISE = (
+    "pairwise distances come from explicit differences (a batch x batch x width tensor, exact for "
+    "near-duplicates and at any scale), where the hand-written loss makes one matrix product "
+    "(|x|^2 + |y|^2 - 2 x.y, which cancels for near-duplicates and overflows at large scales)"
+)
 WHY: dict[tuple[str, str], str] = {
     ("compiled", "binary_crossentropy"): (
         "log(1 - p) is the compensated log1p series below p = 1/2 and log(1 - p) above (both evaluated for "
@@ -97,12 +107,39 @@ WHY: dict[tuple[str, str], str] = {
         "a result near 0 comes from cancellation in the sum of products of the normalized vectors: the error "
         "is a fraction of an ULP of 1 (the vectors' scale) but hundreds of ULPs of the small result"
     ),
+    ("ulp", "gaussian_nll"): _TERMS_CANCEL,
+    ("ulp", "poisson_nll"): _TERMS_CANCEL,
+    ("ulp", "triplet_loss"): (
+        "margin + d(a, p) - d(a, n) for near-duplicate embeddings of size 1e3: each distance is exact to an "
+        "ULP of the embeddings' scale, hundreds of ULPs of a loss near the margin"
+    ),
+    ("ulp", "contrastive_loss"): (
+        "a mean of squared distances and squared hinges, each distance rounded once: a few ULP more than the "
+        "4-ULP target on near-duplicate batches"
+    ),
+    ("ulp", "nt_xent"): (
+        "the cosine similarities are rounded before they are divided by the temperature: an ULP of 1/t each "
+        "(the loss's documented budget is 4 ULP for exact logits)"
+    ),
+    ("ulp", "ctc"): (
+        "Keras's CTC floors log 0 at about -707 (its `log 0` constant), so losses above ~707 come out as ~707: "
+        "the drop-in keeps Keras's kernel and its cap (documented)"
+    ),
+    ("compiled", "triplet_loss"): _PAIRWISE,
+    ("compiled", "contrastive_loss"): _PAIRWISE,
+    ("function", "triplet_loss"): _PAIRWISE,
+    ("function", "contrastive_loss"): _PAIRWISE,
+    ("eager", "triplet_loss"): _PAIRWISE,
+    ("eager", "contrastive_loss"): _PAIRWISE,
+    ("memory", "triplet_loss"): _PAIRWISE,
+    ("memory", "contrastive_loss"): _PAIRWISE,
 }
 
 GENERIC_WHY = {
     "function": (
         "in a plain tf.function each stableops kernel call is one nested XLA computation (its backward pass "
-        "another) against Keras's graph of separate TF kernels; where Keras runs one fused TF kernel "
+        "one more, or a multiplication for the row-local losses) against Keras's graph of separate TF "
+        "kernels; where Keras runs one fused TF kernel "
         "(softmax, the cross-entropies from logits) or the stable formula has much more arithmetic (see the "
         "XLA reasons), one XLA fusion does not make up for it, and XLA on CPU may run a fusion on fewer "
         "threads than Eigen's kernels use"

@@ -36,11 +36,10 @@ import tensorflow as tf
 
 from stableops.losses._base import FunctionLoss, prepare
 from stableops.ops._checks import as_float_tensor, number, real_tensor
-from stableops.ops._dtypes import compute_dtype
+from stableops.ops._dtypes import compute_dtype, to_compute_saturating
 from stableops.ops._gaussian import (
     gaussian_kl_kernel,
     gaussian_nll_kernel,
-    in_compute_dtype,
     poisson_nll_kernel,
 )
 
@@ -353,7 +352,7 @@ class _LikelihoodLoss(FunctionLoss):
             and tf.as_dtype(self.dtype) in (tf.float32, tf.float64)
         ):
             mask = getattr(y_pred, "_keras_mask", None)
-            y_pred = in_compute_dtype(y_pred)
+            y_pred = to_compute_saturating(y_pred)
             if mask is not None:
                 y_pred._keras_mask = mask
         return super().__call__(y_true, y_pred, sample_weight=sample_weight)

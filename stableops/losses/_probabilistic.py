@@ -52,7 +52,7 @@ from stableops import ops
 from stableops.losses._base import FunctionLoss, check_loss_inputs, dtype_of, prepare, ragged_rows
 from stableops.ops._checks import as_float_tensor, axis_argument, canonical_axis, number
 from stableops.ops._crossentropy import raise_on_invalid_labels
-from stableops.ops._dtypes import compute_dtype, dtype_limits
+from stableops.ops._dtypes import compute_dtype, dtype_limits, to_compute_saturating
 from stableops.ops._kernel import xla_kernel
 from stableops.ops._where import safe_where
 
@@ -177,38 +177,14 @@ def _resolve_prediction(y_pred, from_logits, op_type, fn_name):
 # ----------------------------------------------------------------------------
 
 
-def _to_compute(x):
-    """A half-precision tensor in float32, with a gradient that stays finite in its dtype.
-
-    The loss is computed in float32, so its gradient is a float32 number; cast
-    back to float16 it would overflow to ``inf`` beyond 65504 (``-t/p`` at a
-    float16 probability below 1.5e-5, for example). It saturates at the
-    dtype's largest finite value instead (NaN stays NaN). float32/float64
-    tensors pass through unchanged.
-    """
-    dtype = x.dtype
-    if compute_dtype(dtype) == dtype:
-        return x
-    largest = dtype_limits(dtype).max
-
-    @tf.custom_gradient
-    def cast(v):
-        def grad(upstream):
-            return tf.cast(_clip(upstream, -largest, largest), dtype)
-
-        return tf.cast(v, compute_dtype(dtype)), grad
-
-    return cast(x)
-
-
 def _in_compute_dtype(y_true, y_pred):
     """Both tensors in ``y_pred``'s computing dtype (float32 for half precision)."""
     dtype = compute_dtype(y_pred.dtype)
     if y_true.dtype.is_floating and y_true.dtype != dtype:
-        y_true = _to_compute(y_true) if compute_dtype(y_true.dtype) == dtype else tf.cast(y_true, dtype)
+        y_true = to_compute_saturating(y_true) if compute_dtype(y_true.dtype) == dtype else tf.cast(y_true, dtype)
     else:
         y_true = tf.cast(y_true, dtype)
-    return y_true, _to_compute(y_pred)
+    return y_true, to_compute_saturating(y_pred)
 
 
 def _with_mask(result):
@@ -958,7 +934,7 @@ def _prepare_sparse(y_true, y_pred, axis):
 def _sparse_categorical_crossentropy_kernel(
     labels, y_pred, from_logits, ignore_class, axis, label_smoothing
 ):
-    output = _to_compute(y_pred)
+    output = to_compute_saturating(y_pred)
     axis = canonical_axis(axis, len(output.shape))
     valid = None
     if ignore_class is not None:

@@ -93,3 +93,30 @@ def compute_dtype(dtype) -> tf.DType:
 def to_compute(x: tf.Tensor) -> tf.Tensor:
     """Cast a half-precision tensor to float32; leave float32/float64 alone."""
     return tf.cast(x, compute_dtype(x.dtype))
+
+
+def to_compute_saturating(x):
+    """``to_compute(x)`` whose gradient saturates at ``x``'s largest finite value (NaN kept).
+
+    A half-precision input is computed in float32, so its gradient is a float32
+    number; cast back to float16 it would overflow to ``inf`` beyond 65504
+    (``-t/p`` at a float16 probability below 1.5e-5, ``e / v`` at a variance
+    floor, a squared distance's ``2 d`` for embeddings of 40000) while the
+    loss is finite. It saturates at the dtype's largest finite value instead;
+    the selects pass NaN through. float32/float64 tensors are returned as they are.
+    """
+    dtype = x.dtype
+    if compute_dtype(dtype) == dtype:
+        return x
+    largest = dtype_limits(dtype).max
+
+    @tf.custom_gradient
+    def cast(v):
+        def grad(upstream):
+            limit = tf.constant(largest, upstream.dtype)
+            low_clipped = tf.where(upstream < -limit, -limit, upstream)
+            return tf.cast(tf.where(upstream > limit, limit, low_clipped), dtype)
+
+        return tf.cast(v, compute_dtype(dtype)), grad
+
+    return cast(x)

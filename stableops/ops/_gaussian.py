@@ -31,7 +31,7 @@ import math
 
 import tensorflow as tf
 
-from stableops.ops._dtypes import compute_dtype, dtype_limits
+from stableops.ops._dtypes import compute_dtype, dtype_limits, to_compute_saturating
 from stableops.ops._kernel import xla_kernel
 from stableops.ops._logexp import _expm1
 from stableops.ops._where import safe_where
@@ -52,32 +52,6 @@ def floor_of(dtype) -> float:
     error of 2.2e12, and the value ``e**2 / v`` one of 6.4e15).
     """
     return dtype_limits(compute_dtype(dtype)).eps
-
-
-def in_compute_dtype(x):
-    """``x`` in its computing dtype; for half precision, a gradient that saturates in ``x``'s dtype.
-
-    The loss is computed in float32, so its gradient is a float32 number; cast
-    back to float16 it would overflow to ``inf`` beyond 65504 (``e / v`` at the
-    variance floor, for example). It saturates at the dtype's largest finite
-    value instead (NaN stays NaN), as the cross-entropies' gradients do.
-    """
-    dtype = x.dtype
-    if compute_dtype(dtype) == dtype:
-        return x
-    largest = dtype_limits(dtype).max
-
-    @tf.custom_gradient
-    def cast(v):
-        def grad(upstream):
-            limit = tf.constant(largest, upstream.dtype)
-            low_clipped = tf.where(upstream < -limit, -limit, upstream)
-            saturated = tf.where(upstream > limit, limit, low_clipped)
-            return tf.cast(saturated, dtype)
-
-        return tf.cast(v, compute_dtype(dtype)), grad
-
-    return cast(x)
 
 
 def _floored(x, floor):
@@ -174,7 +148,7 @@ def gaussian_nll_kernel(y_true, y_pred, full, log_variance):
     """Per-sample Gaussian NLL; ``y_pred`` holds the means, then the (log-)variances."""
     dtype = compute_dtype(y_pred.dtype)
     target = tf.cast(y_true, dtype)
-    mean, spread = tf.split(in_compute_dtype(y_pred), 2, axis=-1)
+    mean, spread = tf.split(to_compute_saturating(y_pred), 2, axis=-1)
     error = target - mean
     if log_variance:
         terms = 0.5 * spread + _half_scaled_square(error, spread)
@@ -267,8 +241,8 @@ def _half_exp_excess(d):
 def gaussian_kl_kernel(mean, log_variance, prior_mean, prior_log_variance):
     """Per-sample ``KL(N(mean, exp(log_variance)) || N(prior_mean, exp(prior_log_variance)))``."""
     dtype = compute_dtype(mean.dtype)
-    mean = in_compute_dtype(mean)
-    log_variance = in_compute_dtype(log_variance)
+    mean = to_compute_saturating(mean)
+    log_variance = to_compute_saturating(log_variance)
     shape = tf.shape(mean)
     prior_mean = tf.broadcast_to(tf.cast(prior_mean, dtype), shape)
     prior_log_variance = tf.broadcast_to(tf.cast(prior_log_variance, dtype), shape)
@@ -349,7 +323,7 @@ def poisson_nll_kernel(y_true, y_pred, log_input, full):
     """Per-sample Poisson NLL from a log-rate (``log_input``) or a rate."""
     dtype = compute_dtype(y_pred.dtype)
     count = tf.cast(y_true, dtype)
-    prediction = in_compute_dtype(y_pred)
+    prediction = to_compute_saturating(y_pred)
     if log_input:
         terms = _poisson_log_rate_terms(count, prediction)
     else:
