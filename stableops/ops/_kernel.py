@@ -116,8 +116,6 @@ def _rows_align(tensors, axis) -> bool:
 
 def _times_upstream(upstream, local_gradient, axis):
     """``upstream``, with the reduced ``axis`` restored (size 1), times ``local_gradient``."""
-    if upstream is None:
-        return tf.zeros_like(local_gradient)
     if upstream.shape.rank < local_gradient.shape.rank:
         upstream = tf.expand_dims(upstream, axis % local_gradient.shape.rank)
     return tf.cast(upstream, local_gradient.dtype) * local_gradient
