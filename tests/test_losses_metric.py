@@ -480,3 +480,68 @@ def test_ml_dtypes_bfloat16_input_is_accepted():
     labels, x = _batch(0, n=6)
     value = S.triplet_loss(labels, x.astype(ml_dtypes.bfloat16))
     assert value.dtype == tf.float32 and np.isfinite(value.numpy()).all()
+
+
+# ----------------------------------------------------------------------------
+# Gram-form selection and the contrastive fast path
+# ----------------------------------------------------------------------------
+
+
+def _float64_value_and_gradient(fn, x):
+    """A float64 reference: the exact-difference distances, autodiff in float64."""
+    return _value_and_gradient(fn, np.asarray(x, np.float64))
+
+
+@pytest.mark.parametrize("distance", ["euclidean", "squared"])
+def test_batch_hard_near_duplicates_far_from_the_origin(distance):
+    # Rows 1e4 from the origin and 1e-3 apart: the Gram form's d^2 is noise
+    # there (rounding ~ 1e8 * eps ~ 10), but the chosen distances are
+    # recomputed from differences, so value and gradient match float64.
+    rng = np.random.default_rng(5)
+    labels = np.array([0, 0, 0, 1, 1, 1])
+    x = 1e4 + rng.normal(size=(6, 4)) * 1e-3
+    x[3:] += 5e-3  # the classes well apart relative to their spread
+    x32 = x.astype(np.float32)
+
+    def loss(e):
+        return S.triplet_loss(labels, e, 0.0, strategy="hard", distance=distance)
+
+    value, gradient = _value_and_gradient(loss, x32)
+    reference = _tfa_hard(labels, x32, 0.0, distance)
+    np.testing.assert_allclose(value, reference, rtol=1e-4, atol=1e-12)
+    assert np.isfinite(gradient).all()
+
+
+def test_contrastive_fast_path_matches_float64():
+    # Well-separated random embeddings: the Gram form is used; value and
+    # gradient agree with the float64 computation.
+    labels, x = _batch(3, n=16, dim=32, classes=4)
+    value, gradient = _value_and_gradient(lambda e: S.contrastive_loss(labels, e, margin=8.0), x)
+    ref_value, ref_gradient = _float64_value_and_gradient(lambda e: S.contrastive_loss(labels, e, margin=8.0), x)
+    np.testing.assert_allclose(value, ref_value, rtol=2e-6)
+    np.testing.assert_allclose(gradient, ref_gradient, rtol=2e-5, atol=1e-6 * np.abs(ref_gradient).max())
+    np.testing.assert_allclose(value, _tfa_contrastive(labels, x, 8.0), rtol=2e-6)
+
+
+@pytest.mark.parametrize("gap", [1e-3, 0.0])
+def test_contrastive_near_duplicates_use_differences(gap):
+    # Two rows 1e3 from the origin, gap apart: the Gram form would cancel to
+    # noise (or 0, with an infinite sqrt gradient); the batch takes the
+    # distances from differences: value matches float64, gradient finite
+    # (0 for the duplicate pair's own term at gap 0).
+    labels, x = _batch(4, n=8, dim=6)
+    x = x.astype(np.float64) + 1e3
+    x[1] = x[0] + gap
+    x32 = x.astype(np.float32)
+    value, gradient = _value_and_gradient(lambda e: S.contrastive_loss(labels, e), x32)
+    assert np.isfinite(value) and np.isfinite(gradient).all()
+    np.testing.assert_allclose(value, _tfa_contrastive(labels, x32, 1.0), rtol=2e-6)
+    for regime_fn in (tf.function, tf.function(jit_compile=True)):
+        def run(e):
+            with tf.GradientTape() as tape:
+                tape.watch(e)
+                v = tf.reduce_mean(S.contrastive_loss(labels, e))
+            return v, tape.gradient(v, e)
+        v, g = regime_fn(run)(tf.constant(x32))
+        np.testing.assert_allclose(v.numpy(), value, rtol=1e-6)
+        np.testing.assert_allclose(g.numpy(), gradient, rtol=1e-5, atol=1e-7)

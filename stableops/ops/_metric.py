@@ -15,14 +15,22 @@ The tricks, each used once:
   gradient ``g`` (not ``g / s``) and ``s**p * v`` has gradient ``s**(p-1) g``,
   the same product with the power of ``s`` cancelled before it is formed, so
   no gradient overflows where the true one is finite.
-* **Distances from differences, not the Gram expansion.** ``||u_i - u_j||``
-  is accurate for near-duplicates, where ``|u_i|^2 + |u_j|^2 - 2 u_i.u_j``
-  cancels to noise (or a negative number).
+* **Select with the Gram matrix, compute from differences.** The Gram
+  expansion ``|u_i|^2 + |u_j|^2 - 2 u_i.u_j`` (one matmul) is cheap but
+  cancels to noise (or a negative number) for near-duplicates, where
+  ``||u_i - u_j||`` from differences is accurate. Batch-hard triplet mining
+  *chooses* partners with the Gram form and recomputes only the chosen
+  distances from differences (``[batch, dim]`` gathers). The all-pairs
+  contrastive loss uses the Gram form where it cannot cancel much
+  (``d^2 > 2^-5 (|u_i|^2 + |u_j|^2)`` for every pair) and the distances from
+  differences (a ``[batch, batch, dim]`` tensor) for a batch with any closer
+  pair. Semi-hard mining uses every positive pair's distance, from differences.
 * **Zero gradient at zero distance.** ``ops.safe_norm`` has gradient 0 at the
   zero vector, so an embedding meeting itself or a duplicate gives gradient 0,
   where ``sqrt`` of a zero squared distance gives ``inf * 0 = nan``.
 * **Mining by index.** Hardest/semi-hard partners are chosen with
-  ``argmax``/``argmin`` over masked copies (the fill is only compared, never
+  ``argmax``/``argmin`` (batch-hard: a max/min and the first column reaching
+  it) over masked copies (the fill is only compared, never
   used in arithmetic) and read with a gather, so the gradient reaches exactly
   the chosen distance.
 * **NaN in, NaN out.** A row whose distances hold NaN gets a NaN loss
@@ -147,6 +155,88 @@ def _pairwise(u, distance):
     return tf.where(eye, tf.zeros_like(d), d), 1
 
 
+# Contrastive's fast path: the Gram form's rounding error in d^2 is at most
+# about dim * eps * (|u_i|^2 + |u_j|^2) (a dot product's bound; typically
+# sqrt(dim) * eps); where d^2 exceeds _CANCELS times that sum its relative
+# error is at most dim * eps / _CANCELS.
+_CANCELS = 2.0**-5
+
+
+def _gram_squared(u):
+    """``max(|u_i|^2 + |u_j|^2 - 2 u_i.u_j, 0)`` ``[batch, batch]``: one matmul, NaN kept, diagonal not forced to 0."""
+    norms = tf.reduce_sum(u * u, axis=1)
+    raw = norms[:, None] + norms[None, :] - 2.0 * tf.matmul(u, u, transpose_b=True)
+    return tf.where(raw < 0, tf.zeros_like(raw), raw), norms
+
+
+def _all_distances(u):
+    """``[batch, batch]`` Euclidean distances: the Gram form unless it cancels, else from differences.
+
+    Where the Gram form cancels (a pair closer than ``sqrt(_CANCELS)`` times
+    the pair's norms, or two tiny rows whose squares lose bits to flushing),
+    the whole batch takes :func:`_pairwise` (a ``[batch, batch, dim]``
+    tensor, the accurate form for near-duplicates, gradient 0 at a
+    duplicate). Otherwise every off-diagonal ``d^2`` is positive with relative
+    error at most about ``dim * eps / _CANCELS`` (typically ``sqrt(dim) * eps
+    / _CANCELS``) and its square root has a finite gradient, formed with one
+    matmul: ``2 (rowsum(S) u - S u)``, ``S = W + W^T``, ``W = g / (2 d)``.
+    The branch is chosen once per call, for the value and the gradient alike.
+    """
+
+    @tf.custom_gradient
+    def distances(v):
+        eye = tf.eye(tf.shape(v)[0], dtype=tf.bool)
+        d2, norms = _gram_squared(v)
+        limits = dtype_limits(v.dtype)
+        floor = tf.constant(limits.tiny / limits.eps, v.dtype)
+        cancels = tf.logical_and(tf.logical_not(eye), d2 <= _CANCELS * (norms[:, None] + norms[None, :]) + floor)
+        exact = tf.reduce_any(cancels)  # NaN compares false: NaN takes the Gram form and stays NaN
+        d = tf.cond(
+            exact,
+            lambda: _pairwise(v, "euclidean")[0],
+            lambda: tf.where(eye, tf.zeros_like(d2), tf.sqrt(tf.where(eye, tf.ones_like(d2), d2))),
+        )
+
+        def grad(upstream):
+            def from_differences():
+                with tf.GradientTape() as tape:
+                    tape.watch(v)
+                    again = _pairwise(v, "euclidean")[0]
+                return tape.gradient(again, v, output_gradients=upstream)
+
+            def from_gram():
+                w = tf.where(eye, tf.zeros_like(d), upstream / (2.0 * tf.where(eye, tf.ones_like(d), d)))
+                both = w + tf.transpose(w)
+                return 2.0 * (tf.reduce_sum(both, axis=1, keepdims=True) * v - tf.matmul(both, v))
+
+            return tf.cond(exact, from_differences, from_gram)
+
+        return d, grad
+
+    return distances(u)
+
+
+def _selection_distances(u, distance):
+    """Distances that only *choose* partners (no gradient): the Gram form, diagonal 0.
+
+    Increasing in the true distance up to the Gram form's rounding; squared
+    and Euclidean distances choose the same partners.
+    """
+    if distance == "cosine":
+        return tf.stop_gradient(_pairwise(u, distance)[0])
+    d2, _ = _gram_squared(tf.stop_gradient(u))
+    eye = tf.eye(tf.shape(u)[0], dtype=tf.bool)
+    return tf.stop_gradient(tf.where(eye, tf.zeros_like(d2), d2))
+
+
+def _distances_to(u, index, distance):
+    """``d(u_i, u_index[i])`` ``[batch]`` from differences: the Python twin of one row of :func:`_pairwise`."""
+    difference = u - tf.gather(u, index)
+    if distance == "squared":
+        return tf.reduce_sum(difference * difference, axis=-1)
+    return safe_norm(difference, axis=-1)  # gradient 0 at a duplicate (or the anchor itself)
+
+
 def _prepared(labels, x, distance):
     """``(labels [batch], d [batch, batch], scale, power, row_is_nan)`` in the compute dtype."""
     x = _in_compute_dtype(x)
@@ -176,6 +266,59 @@ def _pick(d, index):
     return tf.gather(d, index, batch_dims=1)
 
 
+def _first_extreme(values, reduce):
+    """The first column index of each row's ``reduce`` (max/min) of ``values`` ``[batch, batch]``.
+
+    ``argmax``/``argmin`` as two plain reductions (XLA's CPU argmax, a
+    variadic reduction, is several times slower); a row holding NaN gets an
+    arbitrary valid index (its loss is set to NaN anyway).
+    """
+    batch = tf.shape(values)[1]
+    extreme = reduce(values, axis=1, keepdims=True)
+    columns = tf.range(batch)[None, :]
+    index = tf.reduce_min(tf.where(tf.equal(values, extreme), columns, batch), axis=1)
+    return tf.minimum(index, batch - 1)
+
+
+def _triplet_hard(labels, x, margin, distance):
+    """Batch-hard triplet loss, Euclidean or squared: choose with the Gram form, compute from differences.
+
+    The hardest positive and nearest negative of each anchor are chosen with
+    Gram-matrix squared distances (one matmul, no gradient); the two chosen
+    distances are then computed from differences, so the value and gradient
+    are those of the exact distances and the gradient reaches exactly the
+    chosen pairs (0 at a duplicate). Partners whose squared distances differ
+    by less than the Gram form's rounding (about ``dim * eps * (|u_a|^2 +
+    |u_j|^2)``, scaled) may be chosen differently from exact mining: the loss
+    then changes by at most that rounding in ``d^2`` (its square root in
+    ``d`` for Euclidean distances near 0).
+    """
+    x = _in_compute_dtype(x)
+    scale = _batch_scale(x)
+    u = _scaled_down(x, scale)
+    d = _selection_distances(u, distance)
+    batch = tf.shape(d)[0]
+    same = tf.equal(labels[:, None], labels[None, :])
+    negative = tf.logical_not(same)  # never the diagonal
+    # An anchor without positives pairs with itself (the diagonal's 0). One
+    # without negatives takes, as TFA, the row's maximum: all others are then
+    # positives, so that is the hardest positive (loss = margin).
+    hardest_positive = _first_extreme(tf.where(same, d, -1.0), tf.reduce_max)  # d >= 0
+    nearest_negative = tf.where(
+        tf.reduce_any(negative, axis=1),
+        _first_extreme(tf.where(negative, d, float("inf")), tf.reduce_min),
+        hardest_positive,
+    )
+    gap = _distances_to(u, hardest_positive, distance) - _distances_to(u, nearest_negative, distance)
+    loss = tf.nn.relu(_scaled_up(gap, scale, 2 if distance == "squared" else 1) + margin)
+    # NaN in, NaN out: a NaN embedding puts a NaN in every row of the
+    # distances (its own row and column), so every anchor gets NaN, as before.
+    row_is_nan = tf.broadcast_to(tf.reduce_any(tf.math.is_nan(u)), [batch])
+    if labels.dtype.is_floating:
+        row_is_nan = tf.logical_or(row_is_nan, tf.math.is_nan(labels))
+    return _nan_where(row_is_nan, loss)
+
+
 @xla_kernel
 def triplet_kernel(labels, x, margin, strategy, distance):
     """Per-anchor triplet losses of ``x`` ``[batch, dim]`` with class ``labels`` ``[batch]``.
@@ -193,6 +336,8 @@ def triplet_kernel(labels, x, margin, strategy, distance):
       pairs in the batch), so the batch mean is TFA's mean over pairs; a batch
       without positive pairs gives 0 (TFA: ``0/0 = nan``).
     """
+    if strategy == "hard" and distance != "cosine":
+        return _triplet_hard(labels, x, margin, distance)
     labels, d, scale, power, row_is_nan = _prepared(labels, x, distance)
     batch = tf.shape(d)[0]
     eye = tf.eye(batch, dtype=tf.bool)
@@ -259,9 +404,16 @@ def _contrastive_terms(similar, d, margin):
 @xla_kernel
 def contrastive_batch_kernel(labels, x, margin):
     """Per-anchor contrastive loss over all pairs of a labelled batch (mean over the others)."""
-    labels, d, scale, _, row_is_nan = _prepared(labels, x, "euclidean")
-    batch = tf.shape(d)[0]
+    x = _in_compute_dtype(x)
+    scale = _batch_scale(x)
+    u = _scaled_down(x, scale)
+    batch = tf.shape(u)[0]
     eye = tf.eye(batch, dtype=tf.bool)
+    d = _all_distances(u)
+    # A NaN embedding puts a NaN in every row of d (its row and column).
+    row_is_nan = tf.broadcast_to(tf.reduce_any(tf.math.is_nan(u)), [batch])
+    if labels.dtype.is_floating:
+        row_is_nan = tf.logical_or(row_is_nan, tf.math.is_nan(labels))
     similar = tf.equal(labels[:, None], labels[None, :])
     terms = _contrastive_terms(similar, _scaled_up(d, scale, 1), margin)
     terms = tf.where(eye, tf.zeros_like(terms), terms)
