@@ -7,8 +7,11 @@ The losses TensorFlow Addons provided (``TripletHardLoss``,
 * the Euclidean distance of an embedding to itself or to a duplicate has
   gradient 0 (``sqrt`` of a zero squared distance has an infinite slope, and
   its gradient is NaN);
-* distances come from differences of exactly rescaled embeddings, not the Gram
-  expansion: accurate for near-duplicates, finite for embeddings of ``1e30``;
+* the distances a loss uses come from differences of exactly rescaled
+  embeddings, not the Gram expansion: accurate for near-duplicates, finite for
+  embeddings of ``1e30``. The Gram form (one matrix product) only chooses the
+  batch-hard partners, and gives the contrastive loss its distances when no
+  pair of the batch cancels in it;
 * NT-Xent divides cosine similarities by the temperature in float32 (float16
   overflows at ``1 / 0.01`` times a similarity of 7) and leaves out the
   self-similarity with a masked log-sum-exp, not a ``-inf`` fill.
@@ -139,6 +142,10 @@ def triplet_loss(y_true, y_pred, margin=1.0, strategy="hard", distance="euclidea
         scaled back once: accurate for near-duplicates (no Gram-matrix
         cancellation) and finite for embeddings up to ``1e38`` in float32, as
         long as the loss itself is (with ``squared``, up to about ``1e19``).
+        ``hard`` chooses each anchor's partners with the Gram form (one matrix
+        product) and then computes only the two chosen distances from
+        differences: a near-tie chosen differently changes the loss by at most
+        the Gram form's rounding of the squared distance.
         Half precision is computed in float32. Degenerate anchors follow TFA:
         without a positive, the anchor is its own positive (distance 0);
         without a negative, ``hard`` takes the farthest embedding and
@@ -193,6 +200,10 @@ def contrastive_loss(y_true, y_pred, margin=1.0):
         scaling). ``d^2`` overflows to ``inf`` only where it exceeds the
         dtype's range; the gradient stays finite. Half precision is computed
         in float32. NaN in ``y_pred`` or ``y_true`` gives NaN.
+        The batch form takes its distances from the Gram form (one matrix
+        product; relative error at most ``dim * eps / 2^-5``) when every pair's
+        ``d^2`` exceeds ``2^-5 (|x_i|^2 + |x_j|^2)``, and from differences
+        (exact for near-duplicates) for the whole batch otherwise.
 
     Args:
         y_true: class labels ``[batch]`` / ``[batch, 1]`` (batch form) or 0/1

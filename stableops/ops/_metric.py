@@ -44,7 +44,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from stableops.ops._dtypes import dtype_limits, to_compute
+from stableops.ops._dtypes import dtype_limits, to_compute_saturating
 from stableops.ops._kernel import xla_kernel
 from stableops.ops._logexp import log_softmax
 from stableops.ops._safe_math import l2_normalize, safe_norm
@@ -63,29 +63,6 @@ _EXPONENT_MASK = {
 # ----------------------------------------------------------------------------
 # Scaling and pairwise distances
 # ----------------------------------------------------------------------------
-
-
-def _in_compute_dtype(x):
-    """``to_compute(x)`` whose gradient saturates at ``x``'s largest finite value (NaN kept).
-
-    The loss is computed in float32; its gradient cast back to float16 would
-    overflow to ``inf`` beyond 65504 (a squared distance's gradient ``2 d``
-    for embeddings of 40000) while the value is finite.
-    """
-    dtype = x.dtype
-    if to_compute(x).dtype == dtype:
-        return x
-    largest = dtype_limits(dtype).max
-
-    @tf.custom_gradient
-    def cast(v):
-        def grad(upstream):
-            upstream = tf.where(upstream > largest, largest, tf.where(upstream < -largest, -largest, upstream))
-            return tf.cast(upstream, dtype)
-
-        return to_compute(v), grad
-
-    return cast(x)
 
 
 def _batch_scale(x):
@@ -239,7 +216,7 @@ def _distances_to(u, index, distance):
 
 def _prepared(labels, x, distance):
     """``(labels [batch], d [batch, batch], scale, power, row_is_nan)`` in the compute dtype."""
-    x = _in_compute_dtype(x)
+    x = to_compute_saturating(x)
     if distance == "cosine":
         scale = tf.ones([], x.dtype)
         d, power = _pairwise(x, distance)
@@ -293,7 +270,7 @@ def _triplet_hard(labels, x, margin, distance):
     then changes by at most that rounding in ``d^2`` (its square root in
     ``d`` for Euclidean distances near 0).
     """
-    x = _in_compute_dtype(x)
+    x = to_compute_saturating(x)
     scale = _batch_scale(x)
     u = _scaled_down(x, scale)
     d = _selection_distances(u, distance)
@@ -404,7 +381,7 @@ def _contrastive_terms(similar, d, margin):
 @xla_kernel
 def contrastive_batch_kernel(labels, x, margin):
     """Per-anchor contrastive loss over all pairs of a labelled batch (mean over the others)."""
-    x = _in_compute_dtype(x)
+    x = to_compute_saturating(x)
     scale = _batch_scale(x)
     u = _scaled_down(x, scale)
     batch = tf.shape(u)[0]
@@ -426,7 +403,7 @@ def contrastive_batch_kernel(labels, x, margin):
 @xla_kernel
 def contrastive_pairs_kernel(similar, x, margin):
     """Contrastive loss of explicit pairs ``x`` ``[batch, 2, dim]`` with 0/1 ``similar`` ``[batch]``."""
-    x = _in_compute_dtype(x)
+    x = to_compute_saturating(x)
     similar = tf.cast(similar, x.dtype)
     scale = _batch_scale(x)
     u = _scaled_down(x, scale)
@@ -448,7 +425,7 @@ def nt_xent_kernel(x, temperature):
     ``-log(exp(s_ip / t) / sum_{k != i} exp(s_ik / t))`` with ``s`` the cosine
     similarity, as in SimCLR; computed in float32 (float64 for float64).
     """
-    unit = l2_normalize(_in_compute_dtype(x), axis=-1)
+    unit = l2_normalize(to_compute_saturating(x), axis=-1)
     batch = tf.shape(unit)[0]
     half = batch // 2
     logits = tf.matmul(unit, unit, transpose_b=True) / temperature
