@@ -125,14 +125,11 @@ WHY: dict[tuple[str, str], str] = {
         "Keras's CTC floors log 0 at about -707 (its `log 0` constant), so losses above ~707 come out as ~707: "
         "the drop-in keeps Keras's kernel and its cap (documented)"
     ),
-    ("compiled", "triplet_loss"): _PAIRWISE,
-    ("compiled", "contrastive_loss"): _PAIRWISE,
-    ("function", "triplet_loss"): _PAIRWISE,
-    ("function", "contrastive_loss"): _PAIRWISE,
-    ("eager", "triplet_loss"): _PAIRWISE,
-    ("eager", "contrastive_loss"): _PAIRWISE,
-    ("memory", "triplet_loss"): _PAIRWISE,
-    ("memory", "contrastive_loss"): _PAIRWISE,
+    **{
+        (target, case): _PAIRWISE
+        for target in ("compiled", "function", "eager", "memory")
+        for case in ("triplet_loss", "contrastive_loss")
+    },
 }
 
 GENERIC_WHY = {
