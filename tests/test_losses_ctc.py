@@ -26,6 +26,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import stableops.losses as S
+from tests._regimes import Regime
 from tests._strategies import FLOAT_DTYPES, finite_arrays
 
 
@@ -62,12 +63,9 @@ def _ordinary(seed=0, batch=4, frames=5, classes=4, max_label=3):
 
 
 def _value_and_gradient(fn, labels, logits):
-    logits = tf.convert_to_tensor(logits)
-    with tf.GradientTape() as tape:
-        tape.watch(logits)
-        value = fn(labels, logits)
-        total = tf.reduce_sum(value)
-    return value.numpy(), tape.gradient(total, logits).numpy()
+    """Eager value and gradient of its sum with respect to the logits."""
+    value, (gradient,) = Regime("eager").value_and_grad(fn, labels, logits, wrt=(1,))
+    return value, gradient
 
 
 # ----------------------------------------------------------------------------
