@@ -163,7 +163,9 @@ class NaNGuard(keras.callbacks.Callback):
 
     # ------------------------------------------------------------------ setup
     def on_train_begin(self, logs=None):
-        from stableops.doctor import LossMonitor  # late: the doctor imports heavier modules
+        from stableops.doctor import (
+            LossMonitor,  # late: the doctor imports heavier modules
+        )
 
         self.events, self.report, self.recoveries = [], None, 0
         self._step = 0
@@ -353,7 +355,9 @@ class NaNGuard(keras.callbacks.Callback):
             print(message, flush=True)
 
     def _diagnose_batch(self):
-        from stableops.doctor import diagnose  # late: the doctor imports heavier modules
+        from stableops.doctor import (
+            diagnose,  # late: the doctor imports heavier modules
+        )
 
         data = self._last_batch
         if data is None:

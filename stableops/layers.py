@@ -26,8 +26,8 @@ import numpy as np
 import tensorflow as tf
 
 from stableops import activations, ops
-from stableops.ops._checks import axis_argument, canonical_axis, number
-from stableops.ops._dtypes import compute_dtype
+from stableops._internal.checks import axis_argument, canonical_axis, number
+from stableops._internal.dtypes import compute_dtype
 
 __all__ = ["ELU", "LeakyReLU", "RobustScaler", "Softmax"]
 

@@ -16,10 +16,9 @@ import mpmath
 import numpy as np
 import pytest
 
-from benchmarks import SCHEMA, SECTIONS
+from benchmarks import SCHEMA, SECTIONS, report, run, speed
 from benchmarks import accuracy as acc
 from benchmarks import cases as bench_cases
-from benchmarks import report, run, speed
 from tests._reference import mpf
 
 # One case with all three contestants keeps the smoke run to a few XLA compiles; the op path

@@ -136,7 +136,7 @@ def test_under_jit_compile_kernels_are_inlined_into_the_callers_computation():
 
 
 def test_model_fit_default_compile_runs_compiled_kernels_without_retracing():
-    from stableops.ops._kernel import xla_kernel
+    from stableops._internal.kernel import xla_kernel
 
     # A kernel of this test's own, so its trace count is not shared with other tests.
     @xla_kernel

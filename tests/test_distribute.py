@@ -33,7 +33,13 @@ import pytest
 import tensorflow as tf
 
 import stableops
-from tests._ecosystem import CASES_BY_NAME, LOSS_CASES, REDUCTIONS, multi_head_model, targets_for
+from tests._ecosystem import (
+    CASES_BY_NAME,
+    LOSS_CASES,
+    REDUCTIONS,
+    multi_head_model,
+    targets_for,
+)
 
 N_REPLICAS = 2
 _CHILD_ENV = "STABLEOPS_DISTRIBUTE_CHILD"

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from stableops._internal.dtypes import compute_dtype, to_compute
+from stableops._internal.kernel import xla_kernel
 from stableops.ops import dtype_limits, safe_where
-from stableops.ops._dtypes import compute_dtype, to_compute
-from stableops.ops._kernel import xla_kernel
 
 # Exact closed forms: precision p (stored mantissa bits + 1) and largest exponent.
 # eps = 2**(1 - p), tiny = 2**(min_exponent), max = (2 - 2**(1 - p)) * 2**max_exponent.

@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from stableops import ops
-from stableops.ops._dtypes import compute_dtype
+from stableops._internal.dtypes import compute_dtype
 from tests import _reference as ref
 from tests._regimes import Regime, edge_dtypes
 from tests._strategies import FLOAT_DTYPES, finite_arrays

@@ -28,7 +28,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from stableops import ops
-from stableops.ops._dtypes import compute_dtype
+from stableops._internal.dtypes import compute_dtype
 from tests import _reference as ref
 from tests._regimes import Regime
 from tests._strategies import FLOAT_DTYPES, finite_arrays

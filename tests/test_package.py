@@ -114,7 +114,7 @@ _EPSILON_LITERAL = re.compile(r"^[0-9.]+[eE]-[0-9]+$")
 _NOT_THRESHOLDS = {
     ("doctor/_report.py", "1e-3"),  # range of plain (non-scientific) number formatting in the table
     ("doctor/_thresholds.py", "1e-3"),  # Keras's default learning rate, a hyperparameter
-    ("ops/_logexp.py", "2.319046813846299558e-17"),  # low part of log 2 in float64 (exact split)
+    ("_internal/elementary.py", "2.319046813846299558e-17"),  # low part of log 2 in float64 (exact split)
 }
 
 

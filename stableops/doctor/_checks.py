@@ -14,10 +14,10 @@ import numpy as np
 import tensorflow as tf
 
 from stableops.doctor import _thresholds as th
-from stableops.ops import dtype_limits
 from stableops.doctor._forward import NORMALIZING_LAYERS
 from stableops.doctor._registry import SCALE_INPUTS, SCALER_FIX, finding
 from stableops.doctor._report import format_number
+from stableops.ops import dtype_limits
 
 _MAX_LISTED = 8  # indices listed in evidence
 

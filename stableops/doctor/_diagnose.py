@@ -15,7 +15,12 @@ from stableops.doctor._loss import resolve_loss
 from stableops.doctor._quiet import quiet_native_stderr
 from stableops.doctor._registry import finding
 from stableops.doctor._report import Report, format_number
-from stableops.doctor._trial import DEFAULT_TRIAL_STEPS, LOWER_RATES, TrialUnavailable, run_trial
+from stableops.doctor._trial import (
+    DEFAULT_TRIAL_STEPS,
+    LOWER_RATES,
+    TrialUnavailable,
+    run_trial,
+)
 
 # Findings that explain a diverging trial: when the trial diverges they become
 # errors (the report then names the earliest of them as the cause).

@@ -16,7 +16,9 @@ _SEVERITY_RANK = {name: rank for rank, name in enumerate(SEVERITIES)}
 
 def _stage_rank(check: str) -> int:
     """Place in the data flow (the checks' registry): earliest first."""
-    from stableops.doctor._registry import stage_rank  # the registry builds Findings: import late
+    from stableops.doctor._registry import (
+        stage_rank,  # the registry builds Findings: import late
+    )
 
     return stage_rank(check)
 

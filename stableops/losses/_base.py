@@ -13,14 +13,14 @@ import functools
 import keras
 import tensorflow as tf
 
-from stableops.ops._checks import (
+from stableops._internal.checks import (
     as_float_tensor,
     canonical_axis,
     check_real_dtype,
     check_same_shape,
     real_tensor,
 )
-from stableops.ops._dtypes import compute_dtype
+from stableops._internal.dtypes import compute_dtype
 
 # The losses that take two ``tf.RaggedTensor`` (as Keras's do): per-element
 # terms averaged over the last axis. Listed in the error for the others.

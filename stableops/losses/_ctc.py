@@ -5,7 +5,7 @@ cannot be aligned with the input (longer than the input allows), with a
 gradient that pushes the model somewhere meaningless, and NaN for logits more
 than ``3.4e38`` apart. Here an impossible alignment is ``+inf`` (its
 probability is 0) with gradient exactly 0, or 0 with ``zero_infinity=True``;
-see ``stableops.ops._ctc`` for the guards. Ordinary inputs give Keras's values.
+see ``stableops.losses._ctc_kernel`` for the guards. Ordinary inputs give Keras's values.
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
+from stableops._internal.checks import as_float_tensor, real_tensor
 from stableops.losses._base import FunctionLoss
-from stableops.ops._checks import as_float_tensor, real_tensor
-from stableops.ops._ctc import ctc_kernel
+from stableops.losses._ctc_kernel import ctc_kernel
 
 __all__ = ["CTC", "ctc"]
 

@@ -34,10 +34,10 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
+from stableops._internal.checks import as_float_tensor, number, real_tensor
+from stableops._internal.dtypes import compute_dtype, to_compute_saturating
 from stableops.losses._base import FunctionLoss, prepare
-from stableops.ops._checks import as_float_tensor, number, real_tensor
-from stableops.ops._dtypes import compute_dtype, to_compute_saturating
-from stableops.ops._gaussian import (
+from stableops.losses._gaussian_kernels import (
     gaussian_kl_kernel,
     gaussian_nll_kernel,
     poisson_nll_kernel,

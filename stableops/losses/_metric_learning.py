@@ -42,10 +42,10 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
+from stableops._internal.checks import as_float_tensor, number, real_tensor
+from stableops._internal.dtypes import dtype_limits
 from stableops.losses._base import FunctionLoss
-from stableops.ops._checks import as_float_tensor, number, real_tensor
-from stableops.ops._dtypes import dtype_limits
-from stableops.ops._metric import (
+from stableops.losses._metric_kernels import (
     DISTANCES,
     STRATEGIES,
     contrastive_batch_kernel,

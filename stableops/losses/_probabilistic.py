@@ -49,12 +49,27 @@ import numpy as np
 import tensorflow as tf
 
 from stableops import ops
-from stableops.losses._base import FunctionLoss, check_loss_inputs, dtype_of, prepare, ragged_rows
-from stableops.ops._checks import as_float_tensor, axis_argument, canonical_axis, number
+from stableops._internal.checks import (
+    as_float_tensor,
+    axis_argument,
+    canonical_axis,
+    number,
+)
+from stableops._internal.dtypes import (
+    compute_dtype,
+    dtype_limits,
+    to_compute_saturating,
+)
+from stableops._internal.kernel import xla_kernel
+from stableops._internal.where import safe_where
+from stableops.losses._base import (
+    FunctionLoss,
+    check_loss_inputs,
+    dtype_of,
+    prepare,
+    ragged_rows,
+)
 from stableops.ops._crossentropy import raise_on_invalid_labels
-from stableops.ops._dtypes import compute_dtype, dtype_limits, to_compute_saturating
-from stableops.ops._kernel import xla_kernel
-from stableops.ops._where import safe_where
 
 __all__ = [
     "BinaryCrossentropy",

@@ -43,11 +43,11 @@ import keras
 import tensorflow as tf
 
 from stableops import ops
+from stableops._internal.checks import axis_argument, number
+from stableops._internal.compensated import two_difference
+from stableops._internal.dtypes import compute_dtype, dtype_limits
+from stableops._internal.kernel import xla_kernel
 from stableops.losses._base import FunctionLoss, prepare, ragged_rows
-from stableops.ops._checks import axis_argument, number
-from stableops.ops._compensated import two_difference
-from stableops.ops._dtypes import compute_dtype, dtype_limits
-from stableops.ops._kernel import xla_kernel
 
 __all__ = [
     "CategoricalHinge",

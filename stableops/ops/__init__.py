@@ -4,24 +4,22 @@ Every public op here keeps the contract in docs/design.md: finite values and
 gradients for finite inputs in float16, bfloat16, float32 and float64; NaN in,
 NaN out; a stated ULP budget; half precision computed in float32; the same
 answer in eager, ``tf.function`` and XLA. Every call runs as one XLA-compiled
-computation with its backward pass (see ``_kernel.xla_kernel``).
+computation with its backward pass (see ``stableops._internal.kernel.xla_kernel``).
 """
 
+from stableops._internal.dtypes import DTypeLimits, dtype_limits
+from stableops._internal.where import safe_where
 from stableops.ops._activations import elu, leaky_relu
 from stableops.ops._crossentropy import (
     binary_crossentropy,
     categorical_crossentropy,
     sparse_categorical_crossentropy,
 )
-from stableops.ops._dtypes import DTypeLimits, dtype_limits
 from stableops.ops._logexp import (
     log1mexp,
     log_cosh,
     log_sigmoid,
-    log_softmax,
     logaddexp,
-    logsumexp,
-    softmax,
     softplus,
     softplus_inverse,
 )
@@ -34,7 +32,7 @@ from stableops.ops._safe_math import (
     safe_sqrt,
     xlogy,
 )
-from stableops.ops._where import safe_where
+from stableops.ops._softmax import log_softmax, logsumexp, softmax
 
 __all__ = [
     "DTypeLimits",

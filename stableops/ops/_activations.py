@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from stableops.ops._checks import as_float_tensor, number
-from stableops.ops._dtypes import to_compute
-from stableops.ops._kernel import xla_kernel
-from stableops.ops._logexp import _expm1
-from stableops.ops._where import safe_where
+from stableops._internal.checks import as_float_tensor, number
+from stableops._internal.dtypes import to_compute
+from stableops._internal.elementary import expm1
+from stableops._internal.kernel import xla_kernel
+from stableops._internal.where import safe_where
 
 
 def _check_hyperparameter(value, name):
@@ -28,7 +28,7 @@ def _elu_core(x, alpha):
         positive = x > 0
         # expm1 only ever sees min(x, 0) (double where): no overflow in the
         # unselected branch (exp(88.8) = inf in float32).
-        value = safe_where(positive, x, tf.identity, lambda t: alpha * _expm1(t))
+        value = safe_where(positive, x, tf.identity, lambda t: alpha * expm1(t))
 
         def grad(upstream):
             # 1 for x > 0, alpha * exp(x) otherwise (alpha at 0 as Keras, 0 at

@@ -29,12 +29,13 @@ import warnings
 import numpy as np
 import tensorflow as tf
 
-from stableops.ops._checks import as_float_tensor, check_same_shape
-from stableops.ops._compensated import two_difference
-from stableops.ops._dtypes import compute_dtype, dtype_limits, to_compute
-from stableops.ops._kernel import xla_kernel
-from stableops.ops._logexp import accurate_log1p, log_softmax
-from stableops.ops._where import safe_where
+from stableops._internal.checks import as_float_tensor, check_same_shape
+from stableops._internal.compensated import two_difference
+from stableops._internal.dtypes import compute_dtype, dtype_limits, to_compute
+from stableops._internal.elementary import accurate_log1p
+from stableops._internal.kernel import xla_kernel
+from stableops._internal.where import safe_where
+from stableops.ops._softmax import log_softmax
 
 # ----------------------------------------------------------------------------
 # Arguments (static, outside the kernels)

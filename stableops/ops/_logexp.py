@@ -1,4 +1,4 @@
-"""The log/exp family: logsumexp, softmax, log-space sigmoid and softplus, log1mexp, log_cosh.
+"""The elementwise log/exp family: log-space sigmoid and softplus, logaddexp, log1mexp, log_cosh.
 
 Every op computes half precision in float32 and returns the input dtype, takes
 its switch points from ``dtype_limits`` of the dtype it computes in, guards each
@@ -6,15 +6,13 @@ branch with ``safe_where`` and, where autodiff of the stable forward formula
 would give NaN/inf or waste work, carries a custom gradient whose convention is
 stated in its docstring.
 
-Accuracy: ``expm1`` and ``log1p`` are computed here (Taylor and atanh series
-with degrees derived from eps) because XLA's are up to 4.4 ULP (float32) and
+Accuracy: ``expm1`` and ``log1p`` come from ``stableops._internal.elementary``
+(Taylor and atanh series with degrees derived from eps) because XLA's are up to 4.4 ULP (float32) and
 127 ULP (float64 log1p) off on CPU; each op's budget (at most 4 ULP in
 float32/float64, 1 ULP for half precision) is what two or three ~1-2 ULP
 exp/log primitives compose to, and is enforced by tests/test_ops_logexp.py.
 
-``logsumexp``/``softmax``/``log_softmax`` check ``axis`` and ``where`` in
-Python and then call their ``@xla_kernel``; the elementwise ops are kernels
-themselves.
+Each op is an ``@xla_kernel`` itself (the row reductions are in ``_softmax``).
 """
 
 from __future__ import annotations
@@ -22,467 +20,15 @@ from __future__ import annotations
 import fractions
 import functools
 import math
-import numbers
-import typing
 
 import tensorflow as tf
 
-from stableops.ops._checks import as_float_tensor
-from stableops.ops._compensated import two_difference, two_product
-from stableops.ops._dtypes import dtype_limits, to_compute
-from stableops.ops._kernel import xla_kernel
-from stableops.ops._where import safe_where
-
-_LOG2 = math.log(2.0)
-
-
-@functools.lru_cache(maxsize=None)
-def _log2_split(dtype: tf.DType):
-    """``log 2 = hi + lo`` with ``hi`` exact in ``dtype`` and ``lo`` its remainder."""
-    if dtype == tf.float64:
-        # hi = log 2 rounded to float64; lo = log 2 - hi (to 53 more bits), so
-        # hi + lo is log 2 to 2^-106: enough for x - log 2 when x is the
-        # float64 next to log 2 (|x - log 2| ~ 2e-17).
-        return _LOG2, 2.319046813846299558e-17
-    hi = float(dtype.as_numpy_dtype(_LOG2))  # float32 rounding of log 2
-    return hi, _LOG2 - hi  # remainder exact in float64, ample for float32
-
-
-def _minus_log2(x):
-    """``x - log 2`` with the constant carried to twice ``x``'s precision.
-
-    ``x - hi`` is exact for ``x`` in ``[hi/2, 2 hi]`` (Sterbenz). ``lo`` enters
-    through a data-dependent select so that XLA cannot fold ``(x - hi) - lo``
-    into ``x - (hi + lo)`` (it reassociates constants, and ``hi + lo`` rounds
-    back to log 2 with the remainder lost). ``±inf`` and NaN pass through.
-    """
-    hi, lo = _log2_split(x.dtype)
-    low = tf.where(tf.math.is_finite(x), x * 0.0 + lo, tf.zeros_like(x))
-    return (x - hi) - low
-
-
-# ----------------------------------------------------------------------------
-# expm1 and log1p to about 1 ULP
-# ----------------------------------------------------------------------------
-# XLA's own expm1 is up to 4.4 ULP off in float32 and its float64 log1p up to
-# 127 ULP (measured on CPU, TF 2.21, near |v| = 0.41), so the family uses these
-# two, built on exp, log and polynomials: expm1 within about 1.6 ULP, log1p
-# 0.6 ULP on [-1/2, 1]. They use no tricks that the graph optimizer defeats:
-# in tf.function graphs Grappler rewrites log(1 + v) to log1p(v) and folds
-# (1 + v) - 1 to v, so Goldberg's log(u) * v / (u - 1) and Kahan's expm1 would
-# give different (far worse) answers there than under XLA.
-
-
-@functools.lru_cache(maxsize=None)
-def _expm1_degree(dtype: tf.DType) -> int:
-    # For |x| <= 1 the Taylor remainder after x^n/n! is below
-    # 1.1 |x|^(n+1)/(n+1)! and |expm1(x)| >= (1 - 1/e)|x|, so the relative
-    # truncation error is below 1.74/(n+1)!; ask for eps/4:
-    # (n+1)! >= 7/eps gives n = 11 (float32) and n = 18 (float64).
-    eps = dtype_limits(dtype).eps
-    n = 1
-    while math.factorial(n + 1) < 7.0 / eps:
-        n += 1
-    return n
-
-
-def _expm1_taylor(x):
-    # x (1 + x (1/2! + x (1/3! + ... + x/n!))): Horner form, two operations a
-    # term (outside XLA every operation is a pass over the tensor).
-    n = _expm1_degree(x.dtype)
-    acc = 1.0 / math.factorial(n)
-    for k in range(n - 1, 0, -1):
-        acc = 1.0 / math.factorial(k) + x * acc
-    return x * acc
-
-
-def _expm1(x):
-    """``exp(x) - 1`` to about 1 ULP (|x| <= 1: Taylor polynomial; beyond: exp(x) - 1).
-
-    Above 1 the subtraction loses at most a factor e/(e - 1) = 1.6 of exp's
-    error, below -1 nothing. ``+inf`` gives ``inf``, ``-inf`` gives -1, NaN NaN.
-    """
-    return safe_where(tf.abs(x) <= 1.0, x, _expm1_taylor, lambda t: tf.exp(t) - 1.0)
-
-
-@functools.lru_cache(maxsize=None)
-def _log1p_terms(dtype: tf.DType) -> int:
-    # log1p(v) = 2 atanh(s) = 2 s (1 + s^2/3 + s^4/5 + ...), s = v / (2 + v).
-    # For v in [-1/2, 1], |s| <= 1/3; the first omitted term relative to the
-    # first is below (1/9)^n / (2n + 1); ask for eps/8: n = 7 (float32), 16 (float64).
-    eps = dtype_limits(dtype).eps
-    n = 1
-    while (1.0 / 9.0) ** n / (2 * n + 1) >= eps / 8.0:
-        n += 1
-    return n
-
-
-def _log1p_series(v):
-    # log1p(v) = T (1 + s^2/3 + s^4/5 + ...) with T = 2s = 2v / (2 + v).
-    # T is carried as Q + T_low: Q = fl(2v / w) with w = fl(2 + v), and
-    # T_low = (rho - Q r) / w, where r = (2 + v) - w and rho = 2v - Q w are
-    # exact (TwoSum, Dekker's product), so neither the rounding of 2 + v nor
-    # that of the division reaches the result: about 0.6 ULP in every regime
-    # (1.5-2.6 ULP without the correction). 2v / w, not 2 (v / w): v / w
-    # would underflow for v below 2 tiny.
-    w = 2.0 + v
-    rounding = v - (w - 2.0)  # exact: |v| <= 2 (Fast2Sum)
-    quotient = (2.0 * v) / w
-    product, product_low = two_product(quotient, w)
-    residual = (2.0 * v - product) - product_low  # 2v - Q w, exact
-    quotient_low = (residual - quotient * rounding) / w
-    s2 = 0.25 * (quotient * quotient)
-    # s^2/3 + s^4/5 + ...: Horner form, two operations a term.
-    n = _log1p_terms(v.dtype)
-    acc = 1.0 / (2 * n + 1)
-    for k in range(n - 1, 0, -1):
-        acc = 1.0 / (2 * k + 1) + s2 * acc
-    tail = s2 * acc
-    return quotient + (quotient * tail + quotient_low * (1.0 + tail))
-
-
-def accurate_log1p(v):
-    """``log(1 + v)``: 0.6 ULP on ``[-1/2, 1]``, in XLA and in TF graphs alike.
-
-    For ``1 + v`` in ``[1/2, 2]``: ``2 atanh(v / (2 + v))`` from its series,
-    with the roundings of ``2 + v`` and of the division corrected (see
-    :func:`_log1p_series`). Outside, ``log(1 + v)``: the rounding of ``1 + v``
-    costs at most ``eps/2`` absolute, under 1 ULP of ``|result| > log 2``.
-    ``-1`` gives ``-inf``, ``+inf`` gives ``inf``, below -1 or NaN gives NaN.
-    Gradient (custom): ``1 / (1 + v)``, so autodiff never runs through the
-    error-free transformations (whose exact-zero derivatives it would
-    compute with rounding noise).
-    """
-
-    @tf.custom_gradient
-    def core(v):
-        value = safe_where(
-            tf.logical_and(v >= -0.5, v <= 1.0),
-            v,
-            _log1p_series,
-            lambda t: tf.math.log(1.0 + t),
-            safe_false=1.0,
-        )
-
-        def grad(upstream):
-            return upstream / (1.0 + v)
-
-        return value, grad
-
-    return core(v)
-
-
-# ----------------------------------------------------------------------------
-# Argument checks (static, outside the compiled kernels)
-# ----------------------------------------------------------------------------
-
-
-def _normalize_axis(axis):
-    """``axis`` as ``None``, an int or a tuple of ints (static, hashable: one compile each)."""
-    if axis is None:
-        return None
-    if isinstance(axis, numbers.Integral) and not isinstance(axis, bool):
-        return int(axis)
-    if isinstance(axis, (tuple, list)) and all(
-        isinstance(a, numbers.Integral) and not isinstance(a, bool) for a in axis
-    ):
-        return tuple(int(a) for a in axis)
-    raise TypeError(f"`axis` must be an int, a tuple of ints or None, got axis={axis!r}")
-
-
-def _as_mask(where):
-    """The ``where`` mask as a boolean tensor (``None`` stays ``None``)."""
-    if where is None:
-        return None
-    where = tf.convert_to_tensor(where)
-    if where.dtype != tf.bool:
-        raise TypeError(f"`where` must be a boolean mask, got dtype {where.dtype.name}")
-    return where
-
-
-def _mask_out(x, where):
-    # Masked entries become -inf: they contribute exp(-inf) = 0 to every sum,
-    # and tf.where gives them a zero gradient.
-    if where is None:
-        return x
-    return tf.where(where, x, tf.constant(-math.inf, x.dtype))
-
-
-# ----------------------------------------------------------------------------
-# logsumexp, softmax, log_softmax
-# ----------------------------------------------------------------------------
-
-
-class _Shifted(typing.NamedTuple):
-    """Max-shifted pieces of a row (all with ``keepdims=True`` reductions)."""
-
-    m: tf.Tensor  # the row maximum
-    z: tf.Tensor  # x - m rounded; exactly 0 at the maxima
-    z_low: tf.Tensor  # the rounding error: z + z_low == x - m exactly
-    p: tf.Tensor  # exp(x - m) from (z, z_low); exactly 1 at the maxima
-    total: tf.Tensor  # sum(p) >= 1 (the softmax denominator)
-    s: typing.Optional[tf.Tensor]  # sum(p) - 1 without the cancellation (if asked for)
-    empty: tf.Tensor  # rows whose maximum is -inf (all -inf or fully masked)
-
-
-def _shifted_exponentials(x, axis, with_tail):
-    """The pieces every max-shifted reduction needs (see :class:`_Shifted`).
-
-    * ``x - m`` is carried as ``z + z_low`` (TwoSum), so ``exp(x - m)`` is
-      ``exp(z) * (1 + z_low)`` to full relative accuracy: the rounding of
-      ``x - m`` alone would cost ``|x - m| * eps / 2`` relative (60 ULP of
-      softmax at ``x - m = -100`` in float32).
-    * ``z`` is exactly 0 at the maxima, so a ``+inf`` maximum gives 0 there and
-      ``-inf`` elsewhere instead of ``inf - inf = nan``.
-    * ``with_tail``: also ``s = sum(p) - 1``, which skips the maxima and adds
-      ``(number of maxima - 1)``, so ``log1p(s)`` stays accurate when one
-      logit dominates (``logsumexp([0, -30]) = 9.4e-14``, not 0). It costs
-      one more reduction, so softmax (which only divides by ``sum(p)``)
-      does without.
-    NaN anywhere in a row makes ``total`` (and ``s``) NaN for that row.
-    """
-    m = tf.reduce_max(x, axis=axis, keepdims=True)
-    is_max = tf.equal(x, m)
-    zero = tf.zeros_like(x)
-    difference, error = two_difference(x, m)
-    z = tf.where(is_max, zero, difference)
-    z_low = tf.where(is_max, zero, error)
-    p = tf.exp(z) * (1.0 + z_low)  # z_low <= ulp(z)/2: first order is exact enough
-    if with_tail:
-        others = tf.reduce_sum(tf.where(is_max, zero, p), axis=axis, keepdims=True)
-        ties = tf.reduce_sum(tf.cast(is_max, x.dtype), axis=axis, keepdims=True)
-        s = others + (ties - 1.0)
-        total = 1.0 + s
-    else:
-        s, total = None, tf.reduce_sum(p, axis=axis, keepdims=True)
-    # reduce_max may skip NaN (XLA does): a row of NaN and -inf has m = -inf
-    # but a NaN sum, and must stay NaN, not count as empty.
-    empty = tf.logical_and(tf.equal(m, tf.constant(-math.inf, x.dtype)),
-                           tf.logical_not(tf.math.is_nan(total)))
-    return _Shifted(m, z, z_low, p, total, s, empty)
-
-
-def _softmax_from_pieces(pieces):
-    # p <= 1 and sum(p) >= 1 for a non-empty row: no overflow, no 0/0.
-    # Empty rows give zeros (their denominator is replaced by 1).
-    denominator = tf.where(pieces.empty, tf.ones_like(pieces.total), pieces.total)
-    return tf.where(pieces.empty, tf.zeros_like(pieces.p), pieces.p) / denominator
-
-
-def _logsumexp_core(x, axis, keepdims):
-    @tf.custom_gradient
-    def core(x):
-        pieces = _shifted_exponentials(x, axis, with_tail=True)
-        value = pieces.m + accurate_log1p(pieces.s)  # -inf for empty rows, +inf with a +inf entry
-        if not keepdims:
-            value = tf.reshape(value, tf.shape(tf.reduce_max(x, axis=axis)))
-
-        def grad(upstream):
-            # d logsumexp / dx = softmax(x); zero for empty rows.
-            upstream = tf.reshape(upstream, tf.shape(pieces.m))
-            return upstream * _softmax_from_pieces(pieces)
-
-        return value, grad
-
-    return core(x)
-
-
-def _softmax_core(x, axis):
-    @tf.custom_gradient
-    def core(x):
-        y = _softmax_from_pieces(_shifted_exponentials(x, axis, with_tail=False))
-
-        def grad(upstream):
-            # Jacobian-vector product of softmax: y * (g - <g, y>); zero where y is.
-            return y * (upstream - tf.reduce_sum(upstream * y, axis=axis, keepdims=True))
-
-        return y, grad
-
-    return core(x)
-
-
-def _log_softmax_core(x, axis):
-    @tf.custom_gradient
-    def core(x):
-        pieces = _shifted_exponentials(x, axis, with_tail=True)
-        # (x - m) - log1p(s) = z + (z_low - log1p(s)): exactly -log1p(s) at the
-        # maximum (no cancellation), and x - m's rounding error kept.
-        shifted = pieces.z + (pieces.z_low - accurate_log1p(pieces.s))
-        value = tf.where(pieces.empty, tf.constant(-math.inf, x.dtype), shifted)
-
-        def grad(upstream):
-            # d/dx_j sum_i g_i (x_i - logsumexp(x)) = g_j - softmax_j * sum(g).
-            # Outputs at -inf (masked or -inf entries, empty rows) are constants:
-            # their upstream is dropped, so they pass no gradient (and no NaN).
-            y = _softmax_from_pieces(pieces)
-            minus_inf = tf.equal(value, tf.constant(-math.inf, x.dtype))
-            upstream = tf.where(minus_inf, tf.zeros_like(upstream), upstream)
-            return upstream - y * tf.reduce_sum(upstream, axis=axis, keepdims=True)
-
-        return value, grad
-
-    return core(x)
-
-
-@xla_kernel(row_local=True)
-def _logsumexp_kernel(x, axis, keepdims, where):
-    x = as_float_tensor(x, "x")
-    value = _logsumexp_core(_mask_out(to_compute(x), where), axis, keepdims)
-    return tf.cast(value, x.dtype)
-
-
-def _fill_masked(value, where, fill):
-    # A NaN in a row's unmasked part makes the whole row NaN inside the core;
-    # masked entries keep their fixed value all the same (as in JAX).
-    if where is None:
-        return value
-    return tf.where(where, value, tf.constant(fill, value.dtype))
-
-
-def _softmax_gradient(y, upstream, axis, where):
-    # The Jacobian-vector product of softmax from its output: y (g - <g, y>)
-    # (masked entries and empty rows have y = 0: no gradient).
-    return y * (upstream - tf.reduce_sum(upstream * y, axis=axis, keepdims=True))
-
-
-def _log_softmax_gradient(y, upstream, axis, where):
-    # g - softmax sum(g), softmax = exp(y); outputs at -inf (masked or -inf
-    # entries, empty rows) are constants: their upstream is dropped.
-    upstream = tf.where(tf.equal(y, tf.constant(-math.inf, y.dtype)), tf.zeros_like(upstream), upstream)
-    return upstream - tf.exp(y) * tf.reduce_sum(upstream, axis=axis, keepdims=True)
-
-
-@xla_kernel(gradient_from_output=_softmax_gradient)
-def _softmax_kernel(x, axis, where):
-    x = as_float_tensor(x, "x")
-    value = _softmax_core(_mask_out(to_compute(x), where), axis)
-    return tf.cast(_fill_masked(value, where, 0.0), x.dtype)
-
-
-@xla_kernel(gradient_from_output=_log_softmax_gradient)
-def _log_softmax_kernel(x, axis, where):
-    x = as_float_tensor(x, "x")
-    value = _log_softmax_core(_mask_out(to_compute(x), where), axis)
-    return tf.cast(_fill_masked(value, where, -math.inf), x.dtype)
-
-
-def logsumexp(x, axis=-1, keepdims=False, where=None):
-    """``log(sum(exp(x)))`` along ``axis``, without overflow or underflow.
-
-    Formula:
-        ``m + log1p(sum_{x_i != m} exp(x_i - m) + (k - 1))`` with ``m = max(x)``
-        and ``k`` the number of entries equal to ``m``.
-
-    Numerical stability:
-        Shifting by the row maximum keeps every ``exp`` in ``[0, 1]`` (no
-        overflow, at least one term is exactly 1). Leaving the maxima out of the
-        sum and using ``log1p`` keeps the result accurate when one entry
-        dominates: ``logsumexp([0., -30.])`` is ``9.36e-14`` (the naive
-        ``log(1 + 9.36e-14)`` rounds to 0). float16/bfloat16 are computed in
-        float32, so 100,000 float16 classes cannot overflow the sum.
-        A row of only ``-inf`` (or fully masked) gives ``-inf`` with gradient 0;
-        a ``+inf`` entry gives ``+inf``; a NaN entry (not masked) gives NaN.
-        Gradient (custom): ``softmax(x)`` with zeros for masked entries and
-        empty rows; with ``k`` entries at ``+inf`` each of them gets ``1/k``.
-        Error budget: 4 ULP of ``max(|result|, |max(x)|)`` in float32/float64
-        (the result itself when the maximum is 0 or dominates; cancellation
-        between ``m < 0`` and the ``log1p`` term is the input's conditioning),
-        and 1 ULP of the float32 result for float16/bfloat16.
-
-    Args:
-        x: floating tensor (float16, bfloat16, float32, float64).
-        axis: int, tuple of ints or ``None`` (all axes) to reduce over.
-        keepdims: keep the reduced axes with length 1.
-        where: optional boolean mask broadcastable to ``x``; ``True`` entries
-            take part, ``False`` entries are ignored (their NaN too).
-
-    Returns:
-        A tensor of ``x``'s dtype with ``axis`` reduced.
-
-    Example:
-        >>> logsumexp(tf.constant([1000.0, 1000.0]))  # 1000.6931, not inf
-    """
-    return _logsumexp_kernel(
-        x, axis=_normalize_axis(axis), keepdims=bool(keepdims), where=_as_mask(where)
-    )
-
-
-def softmax(x, axis=-1, where=None):
-    """``exp(x) / sum(exp(x))`` along ``axis``, mask-safe.
-
-    Formula:
-        ``exp(x - m) / sum(exp(x - m))`` with ``m = max(x)``.
-
-    Numerical stability:
-        Max-shifted (every ``exp`` in ``[0, 1]``, denominator ``>= 1``), with
-        ``x - m`` carried exactly (TwoSum), so entries far below the maximum
-        keep their relative accuracy (``tf.nn.softmax`` loses
-        ``|x - m| * eps / 2``: 60 ULP at ``x - m = -100`` in float32).
-        Masked entries are exactly 0 (even in a row with a NaN); a fully
-        masked (or all ``-inf``) row is all zeros with zero gradient, not
-        ``0/0 = nan``. ``-inf`` entries give
-        0; ``k`` entries at ``+inf`` share probability ``1/k``; a NaN entry
-        (not masked) makes its row NaN.
-        Gradient (custom): ``y * (g - sum(g * y))``, zero wherever ``y`` is 0.
-        Error budget: 4 ULP in float32/float64, 1 ULP of the float32 result
-        for float16/bfloat16.
-
-    Args:
-        x: floating tensor.
-        axis: int or tuple of ints to normalize over.
-        where: optional boolean mask broadcastable to ``x`` (``True`` = include).
-
-    Returns:
-        A tensor of ``x``'s dtype and shape; each unmasked row sums to 1.
-
-    Example:
-        >>> mask = tf.constant([[True, True], [False, False]])
-        >>> softmax(tf.constant([[1.0, 2.0], [3.0, 4.0]]), where=mask)  # [[0.269, 0.731], [0., 0.]]
-    """
-    return _softmax_kernel(x, axis=_normalize_axis(axis), where=_as_mask(where))
-
-
-def log_softmax(x, axis=-1, where=None):
-    """``x - logsumexp(x)`` along ``axis``, mask-safe.
-
-    Formula:
-        ``(x - m) - log1p(s)`` with ``m = max(x)`` and ``1 + s = sum(exp(x - m))``.
-
-    Numerical stability:
-        Exactly ``-log1p(s)`` at the maximum (no cancellation), so the
-        cross-entropy of a confident correct prediction stays accurate.
-        Masked entries give ``-inf`` (``log`` of their softmax probability 0,
-        as in JAX), even in a row with a NaN; multiply them by targets with a
-        ``where``, never directly.
-        A fully masked or all ``-inf`` row gives ``-inf`` everywhere with zero
-        gradient. ``k`` entries at ``+inf`` give ``-log(k)`` there and ``-inf``
-        elsewhere; a NaN entry (not masked) makes its row NaN. Entries more
-        than the dtype's ``max`` below the row maximum give ``-inf`` (the true
-        value rounds there).
-        Gradient (custom): ``g - softmax(x) * sum(g)``, where outputs at
-        ``-inf`` (masked or ``-inf`` entries, empty rows) count as constants:
-        they neither receive nor pass gradient, so empty rows get 0.
-        Error budget: 4 ULP in float32/float64 (``x - m`` is carried exactly),
-        1 ULP of the float32 result for float16/bfloat16; plus up to ``tiny``
-        per entry where tail terms below ``tiny`` are flushed to zero.
-
-    Args:
-        x: floating tensor.
-        axis: int or tuple of ints to normalize over.
-        where: optional boolean mask broadcastable to ``x`` (``True`` = include).
-
-    Returns:
-        A tensor of ``x``'s dtype and shape.
-
-    Example:
-        >>> log_softmax(tf.constant([0.0, -30.0]))  # [-9.357623e-14, -30.]
-    """
-    return _log_softmax_kernel(x, axis=_normalize_axis(axis), where=_as_mask(where))
-
-
-# ----------------------------------------------------------------------------
-# softplus, log_sigmoid
-# ----------------------------------------------------------------------------
+from stableops._internal.checks import as_float_tensor
+from stableops._internal.compensated import two_difference
+from stableops._internal.dtypes import dtype_limits, to_compute
+from stableops._internal.elementary import LOG2, accurate_log1p, expm1, minus_log2
+from stableops._internal.kernel import xla_kernel
+from stableops._internal.where import safe_where
 
 
 def _sigmoid(x):
@@ -650,9 +196,9 @@ def _log1mexp_core(x):
         # above it exp(-a) < 1/2 and log1p(-exp(-a)) keeps the result's.
         # Each branch gets 1 in place of the other side's inputs (finite there).
         value = safe_where(
-            a < _LOG2,
+            a < LOG2,
             a,
-            lambda t: tf.math.log(-_expm1(-t)),
+            lambda t: tf.math.log(-expm1(-t)),
             lambda t: accurate_log1p(-tf.exp(-t)),
             safe_true=1.0,
             safe_false=1.0,
@@ -772,17 +318,17 @@ def _softplus_inverse_value(x):
         return safe_where(
             t < low,
             t,
-            lambda u: tf.math.log(_expm1(u)),
+            lambda u: tf.math.log(expm1(u)),
             lambda u: safe_where(
                 u <= high,
                 u,
-                lambda v: accurate_log1p(2.0 * _expm1(_minus_log2(v))),
-                lambda v: v + tf.math.log(-_expm1(-v)),
-                safe_true=_LOG2,
+                lambda v: accurate_log1p(2.0 * expm1(minus_log2(v))),
+                lambda v: v + tf.math.log(-expm1(-v)),
+                safe_true=LOG2,
                 safe_false=2.0,
             ),
             safe_true=1.0,
-            safe_false=_LOG2,
+            safe_false=LOG2,
         )
 
     return safe_where(
@@ -874,7 +420,7 @@ def _log_cosh_core(x):
             # log(cosh a) = (a - log 2) + log1p(exp(-2a)): cosh never
             # evaluated, so no overflow; for a >= 1 both terms are > 0
             # (no cancellation).
-            lambda t: _minus_log2(t) + accurate_log1p(tf.exp(-2.0 * t)),
+            lambda t: minus_log2(t) + accurate_log1p(tf.exp(-2.0 * t)),
             safe_true=0.0,
             safe_false=1.0,
         )

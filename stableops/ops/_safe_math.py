@@ -23,10 +23,10 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from stableops.ops._checks import as_float_tensor, check_in_range
-from stableops.ops._dtypes import dtype_limits, to_compute
-from stableops.ops._kernel import xla_kernel
-from stableops.ops._where import safe_where
+from stableops._internal.checks import as_float_tensor, check_in_range
+from stableops._internal.dtypes import dtype_limits, to_compute
+from stableops._internal.kernel import xla_kernel
+from stableops._internal.where import safe_where
 
 # Bit masks selecting the exponent field of IEEE binary32 / binary64 values:
 # clearing the mantissa of a positive normal number rounds it down to a power

@@ -44,10 +44,9 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from stableops.ops._dtypes import dtype_limits, to_compute_saturating
-from stableops.ops._kernel import xla_kernel
-from stableops.ops._logexp import log_softmax
-from stableops.ops._safe_math import l2_normalize, safe_norm
+from stableops._internal.dtypes import dtype_limits, to_compute_saturating
+from stableops._internal.kernel import xla_kernel
+from stableops.ops import l2_normalize, log_softmax, safe_norm
 
 DISTANCES = ("euclidean", "squared", "cosine")
 STRATEGIES = ("hard", "semi_hard")

@@ -28,9 +28,9 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from stableops.ops._dtypes import dtype_limits, to_compute
-from stableops.ops._kernel import xla_kernel
-from stableops.ops._logexp import log_softmax
+from stableops._internal.dtypes import dtype_limits, to_compute
+from stableops._internal.kernel import xla_kernel
+from stableops.ops import log_softmax
 
 
 def required_frames(labels, label_length):

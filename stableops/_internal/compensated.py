@@ -13,7 +13,7 @@ import math
 
 import tensorflow as tf
 
-from stableops.ops._dtypes import dtype_limits
+from stableops._internal.dtypes import dtype_limits
 
 
 def two_difference(a, b):

@@ -31,10 +31,14 @@ import math
 
 import tensorflow as tf
 
-from stableops.ops._dtypes import compute_dtype, dtype_limits, to_compute_saturating
-from stableops.ops._kernel import xla_kernel
-from stableops.ops._logexp import _expm1
-from stableops.ops._where import safe_where
+from stableops._internal.dtypes import (
+    compute_dtype,
+    dtype_limits,
+    to_compute_saturating,
+)
+from stableops._internal.elementary import expm1
+from stableops._internal.kernel import xla_kernel
+from stableops._internal.where import safe_where
 
 _HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
 _LOG_2PI = math.log(2.0 * math.pi)
@@ -230,7 +234,7 @@ def _half_exp_excess(d):
         slope = tf.where(
             large,
             (0.5 * half_exp) * half_exp - 0.5,
-            0.5 * _expm1(tf.where(large, tf.zeros_like(d), d)),
+            0.5 * expm1(tf.where(large, tf.zeros_like(d), d)),
         )
         return upstream * slope
 

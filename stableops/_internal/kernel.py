@@ -47,7 +47,9 @@ import numpy as np
 import tensorflow as tf
 
 try:  # how tf.function itself tells that it is traced inside an XLA computation
-    from tensorflow.python.ops.control_flow_util import GraphOrParentsInXlaContext as _in_xla_context
+    from tensorflow.python.ops.control_flow_util import (
+        GraphOrParentsInXlaContext as _in_xla_context,
+    )
 except ImportError:  # pragma: no cover - a TF without it: treat every graph as plain
     def _in_xla_context(graph):
         return False
