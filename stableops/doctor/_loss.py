@@ -8,6 +8,8 @@ import re
 import keras
 import tensorflow as tf
 
+from stableops._internal.keras_compat import match_rank
+
 _KIND_BY_NAME = {
     "binary_crossentropy": "binary",
     "binary_focal_crossentropy": "binary",
@@ -176,15 +178,5 @@ def _per_sample_values(obj, y_true, y_pred):
     y_true = tf.convert_to_tensor(y_true)
     if y_true.dtype.is_floating or y_true.dtype.is_integer and y_pred.dtype.is_floating:
         y_true = tf.cast(y_true, y_pred.dtype)
-    y_true, y_pred = _match_rank(y_true, y_pred)
+    y_true, y_pred = match_rank(y_true, y_pred)
     return obj(y_true, y_pred)
-
-
-def _match_rank(y_true, y_pred):
-    """Keras's rule: align ranks that differ by a trailing size-1 axis."""
-    true_rank, pred_rank = y_true.shape.rank, y_pred.shape.rank
-    if true_rank == pred_rank + 1 and y_true.shape[-1] == 1:
-        y_true = tf.squeeze(y_true, -1)
-    elif pred_rank == true_rank + 1 and y_pred.shape[-1] == 1:
-        y_pred = tf.squeeze(y_pred, -1)
-    return y_true, y_pred

@@ -21,6 +21,7 @@ from stableops._internal.checks import (
     real_tensor,
 )
 from stableops._internal.dtypes import compute_dtype
+from stableops._internal.keras_compat import match_rank
 
 # The losses that take two ``tf.RaggedTensor`` (as Keras's do): per-element
 # terms averaged over the last axis. Listed in the error for the others.
@@ -28,27 +29,6 @@ RAGGED_LOSSES = (
     "Hinge", "Huber", "LogCosh", "MeanAbsoluteError", "MeanSquaredError",
     "MeanSquaredLogarithmicError", "Poisson", "SquaredHinge",
 )
-
-
-def match_rank(y_true, y_pred):
-    """Squeeze or expand a trailing size-1 axis so both tensors have the same rank.
-
-    The same rule as Keras's ``squeeze_or_expand_to_same_rank``: ranks that
-    differ by one where the longer tensor ends in a size-1 axis are aligned
-    (a rank-1 partner is expanded, otherwise the size-1 axis is squeezed).
-    """
-    true_rank, pred_rank = len(y_true.shape), len(y_pred.shape)
-    if true_rank == pred_rank + 1 and y_true.shape[-1] == 1:
-        if pred_rank == 1:
-            y_pred = tf.expand_dims(y_pred, -1)
-        else:
-            y_true = tf.squeeze(y_true, -1)
-    elif pred_rank == true_rank + 1 and y_pred.shape[-1] == 1:
-        if true_rank == 1:
-            y_true = tf.expand_dims(y_true, -1)
-        else:
-            y_pred = tf.squeeze(y_pred, -1)
-    return y_true, y_pred
 
 
 def dtype_of(x):
