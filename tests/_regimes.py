@@ -47,11 +47,12 @@ class Regime:
         out = self.wrap(fn, *args, unknown_batch=unknown_batch)(*args)
         return tf.nest.map_structure(lambda t: t.numpy(), out)
 
-    def value_and_grad(self, fn, *args, wrt=(0,), unknown_batch: bool = False):
+    def value_and_grad(self, fn, *args, wrt=(0,), weights=None, unknown_batch: bool = False):
         """Value of ``fn(*args)`` and the gradient of its sum w.r.t. ``args[i]`` for i in ``wrt``.
 
-        Returns ``(value, [grad_i, ...])`` as NumPy arrays; a ``None`` gradient
-        (no dependence) becomes zeros.
+        With ``weights`` the gradient is that of ``sum(weights * value)`` (an
+        upstream gradient other than ones). Returns ``(value, [grad_i, ...])``
+        as NumPy arrays; a ``None`` gradient (no dependence) becomes zeros.
         """
         args = [tf.convert_to_tensor(a) for a in args]
 
@@ -60,7 +61,10 @@ class Regime:
                 for i in wrt:
                     tape.watch(xs[i])
                 value = fn(*xs)
-                total = tf.reduce_sum(tf.cast(value, tf.float64 if value.dtype == tf.float64 else tf.float32))
+                weighted = value if weights is None else value * tf.constant(weights, value.dtype)
+                total = tf.reduce_sum(
+                    tf.cast(weighted, tf.float64 if value.dtype == tf.float64 else tf.float32)
+                )
             grads = tape.gradient(total, [xs[i] for i in wrt])
             grads = [tf.zeros_like(xs[i]) if g is None else g for i, g in zip(wrt, grads)]
             return value, grads

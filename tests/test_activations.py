@@ -11,6 +11,7 @@ from hypothesis import given
 import stableops
 from stableops import activations
 from tests import _reference as ref
+from tests._helpers import all_finite
 from tests._strategies import FLOAT_DTYPES, finite_arrays
 
 NAMES = ("elu", "leaky_relu", "softplus", "log_sigmoid", "softmax", "log_softmax")
@@ -153,9 +154,6 @@ def compiled_value_and_grad(fn):
     return lambda x: tuple(t.numpy() for t in value_and_grad(tf.convert_to_tensor(x)))
 
 
-def _finite(a):
-    return bool(np.all(np.isfinite(np.asarray(a, dtype=np.float64))))
-
 
 ELEMENTWISE = ("elu", "leaky_relu", "softplus", "log_sigmoid")
 
@@ -171,8 +169,8 @@ def test_elementwise_finite_value_and_gradient_over_whole_range(dtype):
         values, grads = value_and_grad(np.stack([x] * len(fns)))
         for name, value, grad in zip(ELEMENTWISE, values, grads):
             assert value.dtype == x.dtype
-            assert _finite(value), (name, x, value)
-            assert _finite(grad), (name, x, grad)
+            assert all_finite(value), (name, x, value)
+            assert all_finite(grad), (name, x, grad)
 
     check()
 
@@ -192,8 +190,8 @@ def test_softmax_family_finite_value_and_gradient_over_whole_range(name, dtype):
     def check(x):
         value, grad = value_and_grad(x)
         assert value.dtype == x.dtype
-        assert _finite(value), (x, value)
-        assert _finite(grad), (x, grad)
+        assert all_finite(value), (x, value)
+        assert all_finite(grad), (x, grad)
 
     check()
 

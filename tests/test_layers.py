@@ -16,6 +16,7 @@ from stableops import activations, layers
 from stableops.layers import ELU, LeakyReLU, RobustScaler, Softmax
 from stableops.ops import dtype_limits
 from tests import _reference as ref
+from tests._helpers import all_finite
 from tests._strategies import FLOAT_DTYPES, finite_arrays
 from tests.test_activations import (
     F32_EPS,
@@ -96,9 +97,6 @@ def test_constructor_signature_and_defaults_match_keras(ours, theirs):
 # ----------------------------------------------------------------------------
 
 
-def _finite(a):
-    return bool(np.all(np.isfinite(np.asarray(a, dtype=np.float64))))
-
 
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES)
 def test_activation_layers_finite_over_whole_range(dtype):
@@ -109,7 +107,7 @@ def test_activation_layers_finite_over_whole_range(dtype):
     def check(x):
         values, grads = value_and_grad(np.stack([x, x]))
         assert values.dtype == x.dtype
-        assert _finite(values) and _finite(grads), (x, values, grads)
+        assert all_finite(values) and all_finite(grads), (x, values, grads)
 
     check()
 
@@ -132,7 +130,7 @@ def test_masked_softmax_layer_finite_over_whole_range(dtype):
     def check(x, mask):
         value, grad = (t.numpy() for t in value_and_grad(tf.constant(x), tf.constant(mask)))
         value64 = value.astype(np.float64)
-        assert _finite(value) and _finite(grad), (x, mask, value, grad)
+        assert all_finite(value) and all_finite(grad), (x, mask, value, grad)
         assert np.all(value64[~mask] == 0) and np.all(grad[~mask] == 0)
         sums = value64.sum(axis=1)
         kept = mask.any(axis=1)
@@ -158,7 +156,7 @@ def test_elu_layer_extreme_negatives(dtype):
         [mpmath.mpf(alpha) * mpmath.exp(ref.mpf(v)) * ref.mpf(w) for v, w in zip(x, weights)], dtype=object
     )
     ref.assert_ulp_within(grad, grad_reference, dtype, 2, context="ELU gradient")
-    assert grad[0] == 0 and _finite(grad)
+    assert grad[0] == 0 and all_finite(grad)
 
 
 # ----------------------------------------------------------------------------
@@ -185,7 +183,7 @@ def test_softmax_long_float16_axis_does_not_overflow():
     x = np.zeros((1, n), np.float16)
     x[0, 0] = 8.0
     value = Softmax(dtype="float16")(x).numpy()
-    assert value.dtype == np.float16 and _finite(value)
+    assert value.dtype == np.float16 and all_finite(value)
     denominator = mpmath.exp(8) + (n - 1)
     reference = np.array([[mpmath.exp(8) / denominator, 1 / denominator]], dtype=object)
     ref.assert_ulp_within(value[:, :2], reference, "float16", 1, context="long float16 softmax")

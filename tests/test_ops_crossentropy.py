@@ -24,6 +24,7 @@ from hypothesis.extra import numpy as hnp
 from stableops import ops
 from stableops._internal.dtypes import compute_dtype
 from tests import _reference as ref
+from tests._helpers import as_dtype, is_finite
 from tests._regimes import Regime, edge_dtypes
 from tests._strategies import FLOAT_DTYPES, finite_arrays
 
@@ -44,12 +45,6 @@ GRAD_BUDGET = {"float32": 4, "float64": 4, "half": 1}
 _np = ref.to_numpy_dtype
 
 
-def _cast(values, dtype):
-    return np.asarray(values, dtype=np.float64).astype(_np(dtype))
-
-
-def _finite(a):
-    return np.isfinite(np.asarray(a, dtype=np.float64))
 
 
 def _limits(dtype):
@@ -143,7 +138,7 @@ def _binary_logits_grid(dtype):
           lim.max, -lim.max, INF, -INF, NAN]
     zs = [0.0, 1.0, 0.5, 0.25, 1 - lim.eps, NAN]
     pairs = [(z, x) for z in zs for x in xs]
-    return _cast([p[0] for p in pairs], dtype), _cast([p[1] for p in pairs], dtype)
+    return as_dtype([p[0] for p in pairs], dtype), as_dtype([p[1] for p in pairs], dtype)
 
 
 def _binary_probabilities_grid(dtype):
@@ -152,7 +147,7 @@ def _binary_probabilities_grid(dtype):
           lim.largest_below_one, 1.0, NAN]
     zs = [0.0, 1.0, 0.5, 0.1, NAN]
     pairs = [(z, p) for z in zs for p in ps]
-    return _cast([p[0] for p in pairs], dtype), _cast([p[1] for p in pairs], dtype)
+    return as_dtype([p[0] for p in pairs], dtype), as_dtype([p[1] for p in pairs], dtype)
 
 
 def _categorical_logits_rows(dtype):
@@ -176,7 +171,7 @@ def _categorical_logits_rows(dtype):
         ([0, 0, 0, 0], [0, NAN, 0, 0]),  # NaN is not hidden by a zero target
         ([NAN, 0, 1, 0], [1, 2, 3, 4]),
     ]
-    return _cast([r[0] for r in rows], dtype), _cast([r[1] for r in rows], dtype)
+    return as_dtype([r[0] for r in rows], dtype), as_dtype([r[1] for r in rows], dtype)
 
 
 def _categorical_probabilities_rows(dtype):
@@ -192,7 +187,7 @@ def _categorical_probabilities_rows(dtype):
         ([0, 0, 0, 0], [0.25, 0.25, 0.25, 0.25]),
         ([1, 0, 0, 0], [NAN, 0.5, 0.5, 0]),
     ]
-    return _cast([r[0] for r in rows], dtype), _cast([r[1] for r in rows], dtype)
+    return as_dtype([r[0] for r in rows], dtype), as_dtype([r[1] for r in rows], dtype)
 
 
 def test_binary_from_logits_edges(regime):
@@ -204,7 +199,7 @@ def test_binary_from_logits_edges(regime):
         assert value.dtype == _np(dtype), context
         expected = ref.reference_array(ref.mp_binary_crossentropy_logits, z, x)
         ref.assert_ulp_within(value, expected, dtype, ref.budget_for(BINARY_BUDGET, dtype), context=context)
-        finite = _finite(z) & _finite(x)
+        finite = is_finite(z) & is_finite(x)
         expected_grad = ref.reference_array(_mp_binary_logits_grad, z[finite], x[finite])
         _assert_scaled(grad[finite], expected_grad, np.full(finite.sum(), mpmath.mpf(1)), dtype,
                        ref.budget_for(GRAD_BUDGET, dtype), context)
@@ -221,8 +216,8 @@ def test_binary_from_probabilities_edges(regime):
             lambda a, b: ref.mp_binary_crossentropy_probabilities(a, b, bounds.tiny, bounds.largest_below_one), z, p
         )
         ref.assert_ulp_within(value, expected, dtype, ref.budget_for(BINARY_BUDGET, dtype), context=context)
-        finite = _finite(z) & _finite(p)
-        assert np.all(_finite(value[finite])) and np.all(_finite(grad[finite])), context
+        finite = is_finite(z) & is_finite(p)
+        assert np.all(is_finite(value[finite])) and np.all(is_finite(grad[finite])), context
         pairs = [_mp_binary_probabilities_grad(ref.mpf(a), ref.mpf(b), dtype) for a, b in zip(z[finite], p[finite])]
         _assert_scaled(grad[finite], [g for g, _ in pairs], [s for _, s in pairs], dtype,
                        ref.budget_for(GRAD_BUDGET, dtype), context)
@@ -241,12 +236,12 @@ def test_categorical_from_logits_edges(regime):
         assert value.dtype == _np(dtype) and value.shape == (z.shape[0],), context
         expected = np.array(_rows(ref.mp_categorical_crossentropy_logits, z, x), dtype=object)
         ref.assert_ulp_within(value, expected, dtype, ref.budget_for(BUDGET, dtype), context=context)
-        finite = np.all(_finite(z) & _finite(x), axis=1)
+        finite = np.all(is_finite(z) & is_finite(x), axis=1)
         for row in np.flatnonzero(finite):
             grads, scales = _mp_categorical_logits_grad(*[[ref.mpf(v) for v in a[row]] for a in (z, x)])
             _assert_scaled(grad[row], grads, scales, dtype, ref.budget_for(GRAD_BUDGET, dtype), f"{context} row {row}")
         no_nan = ~np.any(np.isnan(z.astype(np.float64)) | np.isnan(x.astype(np.float64)), axis=1)
-        assert np.all(_finite(grad[no_nan])), context  # -inf logits included
+        assert np.all(is_finite(grad[no_nan])), context  # -inf logits included
         # The sparse loss (labels: each row's largest target) equals the dense
         # loss against the one-hot of its label, in value and gradient.
         labels = _labels_of(np.nan_to_num(z.astype(np.float64), nan=-1.0))
@@ -255,7 +250,7 @@ def test_categorical_from_logits_edges(regime):
         s_value, (s_grad,) = regime.value_and_grad(sparse, labels, x, wrt=(1,), unknown_batch=True)
         s_expected = np.array(_rows(ref.mp_categorical_crossentropy_logits, one_hot, x), dtype=object)
         ref.assert_ulp_within(s_value, s_expected, dtype, ref.budget_for(BUDGET, dtype), context=f"sparse {context}")
-        finite_x = np.all(_finite(x), axis=1)
+        finite_x = np.all(is_finite(x), axis=1)
         for row in np.flatnonzero(finite_x):
             grads, scales = _mp_categorical_logits_grad(*[[ref.mpf(v) for v in a[row]] for a in (one_hot, x)])
             _assert_scaled(s_grad[row], grads, scales, dtype, ref.budget_for(GRAD_BUDGET, dtype), f"sparse {context}")
@@ -272,8 +267,8 @@ def test_categorical_from_probabilities_edges(regime):
         z_sums = np.nan_to_num(z.astype(np.float64).sum(axis=1))
         _assert_normalized_loss(value, expected, z_sums, 4, dtype, context)
         assert value[4] == 0, context  # a perfect prediction costs exactly 0
-        finite = np.all(_finite(z) & _finite(p), axis=1)
-        assert np.all(_finite(value[finite])) and np.all(_finite(grad[finite])), context
+        finite = np.all(is_finite(z) & is_finite(p), axis=1)
+        assert np.all(is_finite(value[finite])) and np.all(is_finite(grad[finite])), context
         for row in np.flatnonzero(finite):
             grads, scales = _mp_categorical_probabilities_grad(*[[ref.mpf(v) for v in a[row]] for a in (z, p)], dtype)
             _assert_scaled(grad[row], grads, scales, dtype, ref.budget_for(GRAD_BUDGET, dtype), f"{context} row {row}")
@@ -286,7 +281,7 @@ def test_categorical_from_probabilities_edges(regime):
         )
         s_expected = _rows(lambda a, b: ref.mp_categorical_crossentropy_probabilities(a, b, low), one_hot, p)
         _assert_normalized_loss(s_value, s_expected, np.ones(len(labels)), 4, dtype, f"sparse {context}")
-        for row in np.flatnonzero(np.all(_finite(p), axis=1)):
+        for row in np.flatnonzero(np.all(is_finite(p), axis=1)):
             grads, scales = _mp_categorical_probabilities_grad(*[[ref.mpf(v) for v in a[row]] for a in (one_hot, p)], dtype)
             _assert_scaled(s_grad[row], grads, scales, dtype, ref.budget_for(GRAD_BUDGET, dtype), f"sparse {context}")
 
@@ -312,8 +307,8 @@ def _check_bad_labels(regime, from_logits):
             # gradient), never the finite loss of some other class.
             value, (grad,) = regime.value_and_grad(fn, labels, probabilities, wrt=(1,), unknown_batch=True)
             bad_rows = ~np.isin(labels, [0, 1, 2])
-            assert np.all(np.isnan(value[bad_rows])) and np.all(_finite(value[~bad_rows])), (labels, value)
-            assert np.all(np.isnan(grad[bad_rows])) and np.all(_finite(grad[~bad_rows])), (labels, grad)
+            assert np.all(np.isnan(value[bad_rows])) and np.all(is_finite(value[~bad_rows])), (labels, value)
+            assert np.all(np.isnan(grad[bad_rows])) and np.all(is_finite(grad[~bad_rows])), (labels, grad)
         else:
             with pytest.raises(tf.errors.InvalidArgumentError) as error:
                 regime.run(fn, labels, probabilities, unknown_batch=True)
@@ -364,7 +359,7 @@ def _binary_from_logits_property(dtype):
         value, (grad,) = EAGER.value_and_grad(fn, z, x, wrt=(1,))
         ref.assert_ulp_within(value, ref.reference_array(ref.mp_binary_crossentropy_logits, z, x), dtype,
                               ref.budget_for(BINARY_BUDGET, dtype))
-        assert np.all(_finite(grad[~nan])) and np.all(np.isnan(grad[nan])), (z, x, grad)
+        assert np.all(is_finite(grad[~nan])) and np.all(np.isnan(grad[nan])), (z, x, grad)
         expected = ref.reference_array(_mp_binary_logits_grad, z[~nan], x[~nan])
         _assert_scaled(grad[~nan], expected, np.full(expected.shape, mpmath.mpf(1)), dtype,
                        ref.budget_for(GRAD_BUDGET, dtype), "gradient")
@@ -391,7 +386,7 @@ def _binary_from_probabilities_property(dtype):
         )
         ref.assert_ulp_within(value, expected, dtype, ref.budget_for(BINARY_BUDGET, dtype))
         # Finite for every probability, 0 and 1 included: the clip's gradient is finite too.
-        assert np.all(_finite(grad[~nan])) and np.all(np.isnan(grad[nan])), (z, p, grad)
+        assert np.all(is_finite(grad[~nan])) and np.all(np.isnan(grad[nan])), (z, p, grad)
 
     check()
 
@@ -422,13 +417,13 @@ def _categorical_from_logits_property(dtype):
         value, (grad,) = EAGER.value_and_grad(fn, z, x, wrt=(1,))
         ref.assert_ulp_within(value, np.array(_rows(ref.mp_categorical_crossentropy_logits, z, x), dtype=object),
                               dtype, ref.budget_for(BUDGET, dtype))
-        assert np.all(_finite(grad[~nan_rows])) and np.all(np.isnan(grad[nan_rows])), (z, x, grad)
+        assert np.all(is_finite(grad[~nan_rows])) and np.all(np.isnan(grad[nan_rows])), (z, x, grad)
         sparse = lambda t, o: ops.sparse_categorical_crossentropy(t, o, from_logits=True)  # noqa: E731
         s_value, (s_grad,) = EAGER.value_and_grad(sparse, labels, x, wrt=(1,))
         one_hot = np.eye(shape[1])[labels]
         ref.assert_ulp_within(s_value, np.array(_rows(ref.mp_categorical_crossentropy_logits, one_hot, x), dtype=object),
                               dtype, ref.budget_for(BUDGET, dtype))
-        assert np.all(_finite(s_grad[~nan_rows])), (labels, x, s_grad)
+        assert np.all(is_finite(s_grad[~nan_rows])), (labels, x, s_grad)
 
     check()
 
@@ -455,12 +450,12 @@ def _categorical_from_probabilities_property(dtype):
         value, (grad,) = EAGER.value_and_grad(ops.categorical_crossentropy, z, p, wrt=(1,))
         expected = _rows(lambda a, b: ref.mp_categorical_crossentropy_probabilities(a, b, low), z, p)
         _assert_normalized_loss(value, expected, z.astype(np.float64).sum(axis=1), classes, dtype, "dense")
-        assert np.all(_finite(value)) and np.all(_finite(grad)), (z, p, grad)
+        assert np.all(is_finite(value)) and np.all(is_finite(grad)), (z, p, grad)
         s_value, (s_grad,) = EAGER.value_and_grad(ops.sparse_categorical_crossentropy, labels, p, wrt=(1,))
         one_hot = np.eye(classes)[labels]
         expected = _rows(lambda a, b: ref.mp_categorical_crossentropy_probabilities(a, b, low), one_hot, p)
         _assert_normalized_loss(s_value, expected, np.ones(rows), classes, dtype, "sparse")
-        assert np.all(_finite(s_value)) and np.all(_finite(s_grad)), (labels, p, s_grad)
+        assert np.all(is_finite(s_value)) and np.all(is_finite(s_grad)), (labels, p, s_grad)
 
     check()
 
@@ -508,11 +503,9 @@ def test_matches_tf_nn_and_keras_where_well_conditioned():
 
 
 def _value_and_grad(fn, target, output):
-    output = tf.constant(output)
-    with tf.GradientTape() as tape:
-        tape.watch(output)
-        value = fn(tf.constant(target), output)
-    return value.numpy(), tape.gradient(value, output).numpy()
+    """Eager value and gradient with respect to ``output``."""
+    value, (grad,) = Regime("eager").value_and_grad(fn, target, output, wrt=(1,))
+    return value, grad
 
 
 def test_documented_differences_from_keras():
@@ -671,9 +664,9 @@ def test_bad_axis_is_an_error():
 
 def test_half_precision_results_keep_the_input_dtype():
     for dtype in HALF:
-        z = _cast([[0, 1]], dtype)
-        assert ops.binary_crossentropy(z, _cast([[0.5, 0.5]], dtype)).dtype == tf.as_dtype(dtype)
-        assert ops.categorical_crossentropy(z, _cast([[0.5, 0.5]], dtype)).dtype == tf.as_dtype(dtype)
-        assert ops.sparse_categorical_crossentropy(np.int32([1]), _cast([[0.5, 0.5]], dtype)).dtype == tf.as_dtype(dtype)
+        z = as_dtype([[0, 1]], dtype)
+        assert ops.binary_crossentropy(z, as_dtype([[0.5, 0.5]], dtype)).dtype == tf.as_dtype(dtype)
+        assert ops.categorical_crossentropy(z, as_dtype([[0.5, 0.5]], dtype)).dtype == tf.as_dtype(dtype)
+        assert ops.sparse_categorical_crossentropy(np.int32([1]), as_dtype([[0.5, 0.5]], dtype)).dtype == tf.as_dtype(dtype)
         largest = float(ml_dtypes.finfo(_np(dtype)).max)
-        assert ops.binary_crossentropy(z, _cast([[largest, -largest]], dtype), from_logits=True).numpy().max() <= largest
+        assert ops.binary_crossentropy(z, as_dtype([[largest, -largest]], dtype), from_logits=True).numpy().max() <= largest

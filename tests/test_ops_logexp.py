@@ -33,6 +33,8 @@ from tests import _reference as ref
 from tests._regimes import Regime
 from tests._strategies import FLOAT_DTYPES, finite_arrays
 
+EAGER = Regime("eager")
+
 ALL_DTYPES = ("float16", "bfloat16", "float32", "float64")
 INF, NAN = math.inf, math.nan
 
@@ -475,14 +477,8 @@ def test_reductions_value_and_gradient_on_edge_rows(dtype):
 
 
 def _value_and_grad(fn, *args, weights=None):
-    args = [tf.constant(a) for a in args]
-    with tf.GradientTape() as tape:
-        for a in args:
-            tape.watch(a)
-        value = fn(*args)
-        total = value if weights is None else value * tf.constant(weights, value.dtype)
-    grads = tape.gradient(total, args)
-    return value.numpy(), [g.numpy() for g in grads]
+    """Eager value and gradients with respect to every argument."""
+    return EAGER.value_and_grad(fn, *args, wrt=tuple(range(len(args))), weights=weights)
 
 
 def test_logsumexp_empty_infinite_and_masked_rows():

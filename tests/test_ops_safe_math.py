@@ -20,6 +20,7 @@ from hypothesis.extra import numpy as hnp
 
 from stableops import ops
 from tests import _reference as ref
+from tests._helpers import as_dtype, is_finite
 from tests._regimes import Regime, edge_dtypes
 from tests._strategies import FLOAT_DTYPES, finite_arrays
 
@@ -44,12 +45,6 @@ _np = ref.to_numpy_dtype
 _limits = ops.dtype_limits
 
 
-def _cast(values, dtype):
-    return np.asarray(values, dtype=np.float64).astype(_np(dtype))
-
-
-def _finite(a):
-    return np.isfinite(np.asarray(a, dtype=np.float64))
 
 
 # Upstream weights for ops whose output is a vector per row (a plain sum would
@@ -116,12 +111,12 @@ def _divide_grid(dtype):
     xs = [0.0, tiny, eps, 1.0, -1.5, 1 - eps / 2, big, -big, INF, -INF, NAN]
     ys = [0.0, tiny, 1.0, -3.0, 0.5, big, INF, NAN]
     pairs = list(itertools.product(xs, ys))
-    return _cast([p[0] for p in pairs], dtype), _cast([p[1] for p in pairs], dtype)
+    return as_dtype([p[0] for p in pairs], dtype), as_dtype([p[1] for p in pairs], dtype)
 
 
 def _nonnegative_grid(dtype):
     tiny, eps, big = _specials(dtype)
-    return _cast(
+    return as_dtype(
         [0.0, tiny, 2 * tiny, eps, 0.25, 0.5, 1 - eps / 2, 1.0, 1 + eps, 2.0, np.e, 1e4 if dtype != "float16" else 1e3,
          big, INF, -0.0, -tiny, -1.0, -INF, NAN],
         dtype,
@@ -130,7 +125,7 @@ def _nonnegative_grid(dtype):
 
 def _rows_grid(dtype):
     tiny, eps, big = _specials(dtype)
-    return _cast(
+    return as_dtype(
         [
             [0.0, 0.0, 0.0, 0.0],
             [3.0, 4.0, 0.0, 0.0],
@@ -155,7 +150,7 @@ def _xlogy_grid(dtype):
     xs = [0.0, 1.0, -2.0, tiny, 0.5, big, INF, NAN]
     ys = [0.0, tiny, eps, 0.5, 1.0, 1 + eps, 2.0, big, INF, -1.0, NAN]
     pairs = list(itertools.product(xs, ys))
-    return _cast([p[0] for p in pairs], dtype), _cast([p[1] for p in pairs], dtype)
+    return as_dtype([p[0] for p in pairs], dtype), as_dtype([p[1] for p in pairs], dtype)
 
 
 def _assert_grad(actual, reference, dtype, mask, context):
@@ -181,7 +176,7 @@ def test_safe_divide_edges(regime):
         value, (gx, gy) = regime.value_and_grad(fn, x, y, wrt=(0, 1), unknown_batch=True)
         context = f"{dtype} {regime}"
         _assert_value("safe_divide", value, ref.reference_array(lambda a, b: ref.mp_safe_divide(a, b, 2.5), x, y), dtype, context)
-        finite = _finite(x) & _finite(y)
+        finite = is_finite(x) & is_finite(y)
         for grad, i in ((gx, 0), (gy, 1)):
             expected = ref.reference_array(lambda a, b, i=i: _mp_divide_grads(a, b)[i], x, y)
             _assert_grad(grad, expected, dtype, finite, f"d/d{'xy'[i]} {context}")
@@ -195,7 +190,7 @@ def test_safe_log_edges(regime):
         context = f"{dtype} {regime}"
         _assert_value("safe_log", value, ref.reference_array(ref.mp_log, x), dtype, context)
         tiny = _limits(dtype).tiny
-        _assert_grad(grad, ref.reference_array(lambda v: _mp_log_grad(v, tiny), x), dtype, _finite(x), context)
+        _assert_grad(grad, ref.reference_array(lambda v: _mp_log_grad(v, tiny), x), dtype, is_finite(x), context)
         # log(0) = -inf, but its slope is 1/tiny: finite in the input dtype, not inf.
         assert np.all(grad[x == 0] == np.float64(_np(dtype).type(1 / tiny))), context
         assert np.all(np.isnan(grad[x.astype(np.float64) < 0])), context
@@ -207,7 +202,7 @@ def test_safe_sqrt_edges(regime):
         value, (grad,) = regime.value_and_grad(ops.safe_sqrt, x, unknown_batch=True)
         context = f"{dtype} {regime}"
         _assert_value("safe_sqrt", value, ref.reference_array(ref.mp_sqrt, x), dtype, context)
-        _assert_grad(grad, ref.reference_array(_mp_sqrt_grad, x), dtype, _finite(x), context)
+        _assert_grad(grad, ref.reference_array(_mp_sqrt_grad, x), dtype, is_finite(x), context)
         assert np.all(grad[x == 0] == 0), context
 
 
@@ -219,7 +214,7 @@ def test_safe_norm_edges(regime):
         assert value.shape == (x.shape[0],)
         _assert_value("safe_norm", value, _rows_reference(ref.mp_norm, x), dtype, context)
         # d||x||/dx = x/||x||: 0 at the zero vector (row 0), bounded by 1 elsewhere.
-        finite_rows = np.broadcast_to(np.all(_finite(x), axis=1)[:, None], x.shape)
+        finite_rows = np.broadcast_to(np.all(is_finite(x), axis=1)[:, None], x.shape)
         direction = np.array([list(r) for r in _rows_reference(ref.mp_l2_normalize, x)], dtype=object)
         _assert_grad(grad, direction, dtype, finite_rows, context)
         assert np.all(grad[0] == 0), context
@@ -240,7 +235,7 @@ def test_l2_normalize_edges(regime):
         _assert_value("l2_normalize", value, expected, dtype, context)
         # (w - y <w, y>) / ||x|| cancels when y is close to a weighted axis, so
         # the error is measured against the scale of its terms, sum|w| / ||x||.
-        finite_rows = np.all(_finite(x), axis=1)
+        finite_rows = np.all(is_finite(x), axis=1)
         for row, w, g in zip(x[finite_rows], _L2_WEIGHTS[finite_rows], grad[finite_rows]):
             mp_row = [ref.mpf(v) for v in row]
             expected = _mp_l2_normalize_grad(mp_row, [ref.mpf(v) for v in w])
@@ -280,7 +275,7 @@ def test_xlogy_edges(regime):
         context = f"{dtype} {regime}"
         _assert_value("xlogy", value, ref.reference_array(ref.mp_xlogy, x, y), dtype, context)
         tiny = _limits(dtype).tiny
-        in_domain = _finite(x) & _finite(y) & (y.astype(np.float64) >= 0)
+        in_domain = is_finite(x) & is_finite(y) & (y.astype(np.float64) >= 0)
         for grad, i in ((gx, 0), (gy, 1)):
             expected = ref.reference_array(lambda a, b, i=i: ref.mp_xlogy_grad(a, b, tiny)[i], x, y)
             _assert_grad(grad, expected, dtype, in_domain, f"d/d{'xy'[i]} {context}")
@@ -328,7 +323,7 @@ def _safe_divide_property(dtype):
         for grad, index in ((gx, 0), (gy, 1)):
             expected = ref.reference_array(lambda a, b, i=index: _mp_divide_grads(a, b)[i], x, y)
             keep = ok & _representable(expected, dtype)
-            assert np.all(_finite(grad[keep])), (x, y, grad)
+            assert np.all(is_finite(grad[keep])), (x, y, grad)
 
     check()
 
@@ -349,7 +344,7 @@ def _log_or_sqrt_property(name, dtype):
         value, (grad,) = EAGER.value_and_grad(fn, x)
         ref.assert_ulp_within(value, ref.reference_array(mp_fn, x), dtype, budget)
         ok = ~np.isnan(x.astype(np.float64))
-        assert np.all(_finite(grad[ok])), (x, grad)  # finite at 0 too (the convention)
+        assert np.all(is_finite(grad[ok])), (x, grad)  # finite at 0 too (the convention)
         assert np.all(np.isnan(grad[~ok]))
 
     check()
@@ -378,13 +373,13 @@ def _norms_property(dtype):
         ref.assert_ulp_within(unit, expected_unit, dtype, unit_budget)
         ok = ~np.any(np.isnan(x.astype(np.float64)), axis=1)
         # d||x||/dx is bounded by 1: finite for every finite row, however large or small.
-        assert np.all(_finite(norm_grad[ok])), (x, norm_grad)
+        assert np.all(is_finite(norm_grad[ok])), (x, norm_grad)
         expected_grad = np.array(
             [_mp_l2_normalize_grad([ref.mpf(v) for v in r], [ref.mpf(w) for w in wr]) for r, wr in zip(x, weights)],
             dtype=object,
         )
         keep = ok[:, None] & _representable(expected_grad, dtype)
-        assert np.all(_finite(unit_grad[keep])), (x, unit_grad)
+        assert np.all(is_finite(unit_grad[keep])), (x, unit_grad)
         assert np.all(np.isnan(unit[~ok])) and np.all(np.isnan(norm[~ok]))
 
     check()
@@ -433,10 +428,10 @@ def _xlogy_property(dtype):
         value, (gx, gy) = EAGER.value_and_grad(ops.xlogy, x, y, wrt=(0, 1))
         ref.assert_ulp_within(value, ref.reference_array(ref.mp_xlogy, x, y), dtype, budget)
         ok = ~np.isnan(x.astype(np.float64)) & ~np.isnan(y.astype(np.float64))
-        assert np.all(_finite(gx[ok])), (x, y, gx)  # log(max(y, tiny)): always finite
+        assert np.all(is_finite(gx[ok])), (x, y, gx)  # log(max(y, tiny)): always finite
         expected_gy = ref.reference_array(lambda a, b: ref.mp_xlogy_grad(a, b, tiny)[1], x, y)
         keep = ok & _representable(expected_gy, dtype)
-        assert np.all(_finite(gy[keep])), (x, y, gy)
+        assert np.all(is_finite(gy[keep])), (x, y, gy)
 
     check()
 
