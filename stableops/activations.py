@@ -72,7 +72,9 @@ def elu(x, alpha=1.0):
         A tensor of ``x``'s dtype and shape.
 
     Example:
-        >>> elu(tf.constant([-1e4, 0.0, 2.0]))  # [-1., 0., 2.]
+        >>> import tensorflow as tf
+        >>> elu(tf.constant([-1e4, 0.0, 2.0])).numpy()
+        array([-1.,  0.,  2.], dtype=float32)
     """
     return ops.elu(x, alpha=alpha)
 
@@ -97,7 +99,9 @@ def leaky_relu(x, negative_slope=0.2):
         A tensor of ``x``'s dtype and shape.
 
     Example:
-        >>> leaky_relu(tf.constant([-10.0, 5.0]))  # [-2., 5.]
+        >>> import tensorflow as tf
+        >>> leaky_relu(tf.constant([-10.0, 5.0])).numpy()
+        array([-2.,  5.], dtype=float32)
     """
     return ops.leaky_relu(x, negative_slope=negative_slope)
 
@@ -119,7 +123,10 @@ def softplus(x):
         A tensor of ``x``'s dtype and shape.
 
     Example:
-        >>> softplus(tf.constant([-100.0, 0.0, 100.0]))  # [3.7e-44, 0.6931, 100.]
+        >>> import tensorflow as tf
+        >>> # exp(-100) is below float32's normal range: 0 (TF flushes subnormals)
+        >>> softplus(tf.constant([-100.0, 0.0, 100.0])).numpy()
+        array([  0.       ,   0.6931472, 100.       ], dtype=float32)
     """
     return ops.softplus(x)
 
@@ -141,7 +148,9 @@ def log_sigmoid(x):
         A tensor of ``x``'s dtype and shape (all values ``<= 0``).
 
     Example:
-        >>> log_sigmoid(tf.constant([-100.0, 0.0]))  # [-100., -0.6931]
+        >>> import tensorflow as tf
+        >>> log_sigmoid(tf.constant([-100.0, 0.0])).numpy()
+        array([-100.       ,   -0.6931472], dtype=float32)
     """
     return ops.log_sigmoid(x)
 
@@ -167,7 +176,9 @@ def softmax(x, axis=-1):
         A tensor of ``x``'s dtype and shape; entries sum to 1 along ``axis``.
 
     Example:
-        >>> softmax(tf.constant([1.0, 2.0, 1.0]))  # [0.2119, 0.5761, 0.2119]
+        >>> import tensorflow as tf
+        >>> softmax(tf.constant([1.0, 2.0, 1.0])).numpy()
+        array([0.21194157, 0.5761169 , 0.21194157], dtype=float32)
     """
     return _attach_logits(ops.softmax(x, axis=axis), x)
 
@@ -191,6 +202,8 @@ def log_softmax(x, axis=-1):
         A tensor of ``x``'s dtype and shape (all values ``<= 0``).
 
     Example:
-        >>> log_softmax(tf.constant([0.0, 200.0]))  # [-200., 0.]
+        >>> import tensorflow as tf
+        >>> log_softmax(tf.constant([0.0, 200.0])).numpy()
+        array([-200.,    0.], dtype=float32)
     """
     return ops.log_softmax(x, axis=axis)

@@ -42,7 +42,8 @@ def safe_where(condition, x, if_true, if_false, *, safe_true=0.0, safe_false=0.0
 
     Example:
         >>> x = tf.constant([-1.0, 4.0])
-        >>> safe_where(x > 0, x, tf.sqrt, 0.0, safe_true=1.0)  # gradient 0, not nan, at -1
+        >>> safe_where(x > 0, x, tf.sqrt, 0.0, safe_true=1.0).numpy()  # gradient 0, not nan, at -1
+        array([0., 2.], dtype=float32)
     """
     x = tf.convert_to_tensor(x)
     safe_true = tf.cast(safe_true, x.dtype)

@@ -14,7 +14,7 @@ _register = keras.saving.register_keras_serializable(package="stableops")
 
 
 class _ActivationLayer(keras.layers.Layer):
-    """An activation layer: masks pass through, the shape is kept, ``_hyperparameters`` are saved."""
+    """An activation layer: masks pass through, shapes are kept, ``_hyperparameters`` saved."""
 
     _hyperparameters = ()  # the constructor's scalar arguments, by attribute name
 
@@ -54,7 +54,9 @@ class LeakyReLU(_ActivationLayer):
             negative, NaN, infinite or not a number.
 
     Example:
-        >>> LeakyReLU(negative_slope=0.5)(np.array([-10.0, 0.0, 10.0]))  # [-5., 0., 10.]
+        >>> import numpy as np
+        >>> LeakyReLU(negative_slope=0.5)(np.array([-10.0, 0.0, 10.0])).numpy()
+        array([-5.,  0., 10.], dtype=float32)
     """
 
     _hyperparameters = ("negative_slope",)
@@ -62,7 +64,9 @@ class LeakyReLU(_ActivationLayer):
     def __init__(self, negative_slope=0.3, **kwargs):
         if "alpha" in kwargs:
             negative_slope = kwargs.pop("alpha")
-            warnings.warn("Argument `alpha` is deprecated. Use `negative_slope` instead.", stacklevel=2)
+            warnings.warn(
+                "Argument `alpha` is deprecated. Use `negative_slope` instead.", stacklevel=2
+            )
         super().__init__(**kwargs)
         self.negative_slope = number(negative_slope, "negative_slope", 0.0)
 
@@ -94,7 +98,9 @@ class ELU(_ActivationLayer):
             infinite or not a number (Keras accepts any value).
 
     Example:
-        >>> ELU()(np.array([-1e4, 0.0, 2.0]))  # [-1., 0., 2.]
+        >>> import numpy as np
+        >>> ELU()(np.array([-1e4, 0.0, 2.0])).numpy()
+        array([-1.,  0.,  2.], dtype=float32)
     """
 
     _hyperparameters = ("alpha",)
@@ -118,7 +124,8 @@ def _check_mask_broadcasts(mask, inputs):
         if mask_dim is not None and input_dim is not None and mask_dim not in (1, input_dim):
             raise ValueError(
                 "The `mask` must be broadcastable to `inputs`. Each mask dimension must be 1 "
-                f"or match the corresponding input dimension. Received: inputs.shape={inputs.shape}, "
+                "or match the corresponding input dimension. "
+                f"Received: inputs.shape={inputs.shape}, "
                 f"mask.shape={mask.shape}"
             )
 
@@ -155,8 +162,10 @@ class Softmax(_ActivationLayer):
         Probabilities of the inputs' shape, in the layer's compute dtype.
 
     Example:
-        >>> Softmax()(np.array([[1.0, 2.0, 1.0]]), mask=np.array([[True, True, False]]))
-        ... # [[0.2689, 0.7311, 0.]]
+        >>> import numpy as np
+        >>> softmax = Softmax()
+        >>> softmax(np.array([[1.0, 2.0, 1.0]]), mask=np.array([[True, True, False]])).numpy()
+        array([[0.26894143, 0.7310586 , 0.        ]], dtype=float32)
     """
 
     def __init__(self, axis=-1, **kwargs):

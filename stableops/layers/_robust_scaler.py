@@ -1,4 +1,4 @@
-"""``RobustScaler``: per-feature median and interquartile range, learned by ``adapt``, then a clip."""
+"""``RobustScaler``: each feature's median and interquartile range from ``adapt``, then a clip."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from stableops._internal.checks import axis_argument
 from stableops._internal.dtypes import compute_dtype, dtype_limits
 
 _register = keras.saving.register_keras_serializable(package="stableops")
+_CLIP_FORMS = "`clip` must be a positive number or a (low, high) pair"
 
 
 def _clip_bounds(clip):
@@ -21,7 +22,7 @@ def _clip_bounds(clip):
         return None
     if isinstance(clip, (list, tuple)):
         if len(clip) != 2:
-            raise ValueError(f"`clip` must be a positive number or a (low, high) pair, got clip={clip!r}")
+            raise ValueError(_CLIP_FORMS + f", got clip={clip!r}")
         low, high = clip
     else:
         low, high = None, clip
@@ -31,7 +32,7 @@ def _clip_bounds(clip):
         raise ValueError(f"`clip` must hold numbers, got clip={clip!r}")
     if low is None:  # a single number c means [-c, c]
         if not high > 0:
-            raise ValueError(f"`clip` must be a positive number or a (low, high) pair, got clip={clip!r}")
+            raise ValueError(_CLIP_FORMS + f", got clip={clip!r}")
         low = -high
     # The median maps to 0; a range that excludes 0 would clip the middle of the data.
     if not low < 0 < high:
@@ -89,7 +90,8 @@ class _Collector:
             self.rank = batch.ndim
         if batch.ndim != self.rank:
             raise ValueError(
-                f"RobustScaler.adapt got data of rank {batch.ndim} with shape {batch.shape} ({where}), "
+                f"RobustScaler.adapt got data of rank {batch.ndim} with shape {batch.shape} "
+                f"({where}), "
                 f"but the layer expects rank-{self.rank} inputs (batch, ..., features)"
             )
         if self.rank < 2:
@@ -99,7 +101,9 @@ class _Collector:
             )
         axis = self.axis % self.rank if -self.rank <= self.axis < self.rank else None
         if axis is None:
-            raise ValueError(f"`axis={self.axis}` is out of range for adapt data of rank {self.rank}")
+            raise ValueError(
+                f"`axis={self.axis}` is out of range for adapt data of rank {self.rank}"
+            )
         width = batch.shape[axis]
         if width == 0:
             raise ValueError(
@@ -257,7 +261,9 @@ class RobustScaler(keras.layers.Layer):
     Example:
         >>> scaler = RobustScaler()
         >>> scaler.adapt(np.array([[1.0], [2.0], [3.0], [4.0], [1e6]]))
-        >>> scaler(np.array([[3.0], [1e6]]))  # [[0.], [5.]]: median 3, IQR 2, clipped
+        >>> scaler(np.array([[3.0], [1e6]])).numpy()  # median 3, IQR 2; 1e6 is clipped
+        array([[0.],
+               [5.]], dtype=float32)
     """
 
     def __init__(self, axis=-1, clip=5.0, quantile_range=(25.0, 75.0), **kwargs):
@@ -377,7 +383,8 @@ class RobustScaler(keras.layers.Layer):
             )
         x = tf.convert_to_tensor(inputs)
         # float32 for half, integer and float32 inputs; float64 if either side is.
-        work = tf.float64 if tf.float64 in (x.dtype, tf.as_dtype(self.compute_dtype)) else tf.float32
+        wide = tf.float64 in (x.dtype, tf.as_dtype(self.compute_dtype))
+        work = tf.float64 if wide else tf.float32
         x = tf.cast(x, work)
         rank = len(x.shape)
         stat_shape = [1] * rank
