@@ -36,9 +36,8 @@ import math
 from typing import Callable
 
 import ml_dtypes
-import numpy as np
-
 import mpmath
+import numpy as np
 
 from benchmarks.cases import available_impls
 from tests import _reference as ref
@@ -46,8 +45,10 @@ from tests._reference import mpf, reference_array, to_numpy_dtype, ulp_error
 
 MODES = ("eager", "xla")
 METHOD = (
-    "max |value - mpmath| in ULPs of the output dtype over an edge grid (inputs whose exact value and "
-    "gradient are finite) and a random sample; non-finite values where the reference is finite; samples "
+    "max |value - mpmath| in ULPs of the output dtype over an edge grid (inputs whose exact value "
+    "and "
+    "gradient are finite) and a random sample; non-finite values where the reference is finite; "
+    "samples "
     "with any non-finite gradient entry"
 )
 LABELS = (0.0, 1.0, 0.5, 0.1)
@@ -63,7 +64,7 @@ SLOPE = mpmath.mpf("0.2")  # leaky_relu's negative slope in cases.py, as a decim
 
 
 def _rowwise(fn, *arrays):
-    """Apply an mpmath function to matching rows (lists of mpf; a label stays an int); object array out."""
+    """An mpmath function of matching rows (lists of mpf; a label stays an int): object array."""
     rows = arrays[0].shape[0]
     out = [fn(*[_as_mp(a[r]) for a in arrays]) for r in range(rows)]
     if out and isinstance(out[0], list):
@@ -124,9 +125,11 @@ def magnitudes(lim: Limits, upper: float | None = None) -> list[float]:
     """Positive edge magnitudes of a dtype (every one a normal number), up to ``upper``."""
     upper = lim.max if upper is None else upper
     candidates = [
-        lim.tiny, 4 * lim.tiny, 1e-30, math.sqrt(lim.tiny), 1e-10, lim.eps / 4, lim.eps / 2, lim.eps,
+        lim.tiny, 4 * lim.tiny, 1e-30, math.sqrt(lim.tiny), 1e-10,
+        lim.eps / 4, lim.eps / 2, lim.eps,
         math.sqrt(lim.eps), 1e-3, 0.1, 0.5, 1.0 - lim.eps / 2, 1.0, 1.0 + lim.eps, 2.0, 10.0,
-        lim.log_max / 2, lim.log_max - 1, lim.log_max, lim.log_max + 1, 2 * lim.log_max, 1e4, 1 / lim.eps,
+        lim.log_max / 2, lim.log_max - 1, lim.log_max, lim.log_max + 1, 2 * lim.log_max,
+        1e4, 1 / lim.eps,
         math.sqrt(lim.max) / 2, lim.max / 4, lim.max,
     ]  # fmt: skip
     return sorted({v for v in candidates if lim.tiny <= v <= upper})
@@ -138,7 +141,8 @@ def _signed(values) -> list[float]:
 
 def _probability_values(lim: Limits) -> list[float]:
     candidates = [
-        lim.tiny, 4 * lim.tiny, 1e-30, 1e-20, 1e-10, 5e-8, 1e-7, 2e-7, lim.eps / 4, lim.eps / 2, lim.eps,
+        lim.tiny, 4 * lim.tiny, 1e-30, 1e-20, 1e-10, 5e-8, 1e-7, 2e-7,
+        lim.eps / 4, lim.eps / 2, lim.eps,
         math.sqrt(lim.eps), 1e-3, 0.1, 0.3, 0.5, 0.7, 0.9, 1 - 1e-3, 1 - math.sqrt(lim.eps),
         1 - 4 * lim.eps, 1 - lim.eps, 1 - lim.eps / 2,
     ]  # fmt: skip
@@ -178,7 +182,9 @@ def grid_logits(lim: Limits):
 
 def random_logits(rng, n, lim: Limits):
     half = n // 2
-    wide = np.sign(rng.normal(size=n - half)) * 10.0 ** rng.uniform(-8, math.log10(lim.max) - 1, n - half)
+    wide = np.sign(rng.normal(size=n - half)) * 10.0 ** rng.uniform(
+        -8, math.log10(lim.max) - 1, n - half
+    )
     x = np.concatenate([rng.normal(0, 5, half), wide])
     t = np.where(rng.random(n) < 0.5, rng.integers(0, 2, n), rng.random(n))
     return _column(t), _column(x)
@@ -186,7 +192,12 @@ def random_logits(rng, n, lim: Limits):
 
 def _regression_grid(lim: Limits, max_diff: float):
     targets = (0.0, 1.0, -3.0, 1e3)
-    predictions = _signed(magnitudes(lim, upper=max_diff)) + [1 - lim.eps, 1 + lim.eps, 2 - lim.eps, 2 + 2 * lim.eps]
+    predictions = _signed(magnitudes(lim, upper=max_diff)) + [
+        1 - lim.eps,
+        1 + lim.eps,
+        2 - lim.eps,
+        2 + 2 * lim.eps,
+    ]
     pairs = [(t, p) for t in targets for p in predictions if abs(p - t) <= max_diff]
     t, p = zip(*pairs)
     return _column(t), _column(p)
@@ -205,7 +216,9 @@ def grid_linear(lim: Limits):
 def random_regression(rng, n, lim: Limits, max_diff: float | None = None):
     half = n // 2
     t = rng.normal(0, 1, n)
-    scale = 10.0 ** rng.uniform(math.log10(lim.eps), 3, n - half) * np.sign(rng.normal(size=n - half))
+    scale = 10.0 ** rng.uniform(math.log10(lim.eps), 3, n - half) * np.sign(
+        rng.normal(size=n - half)
+    )
     p = np.concatenate([rng.normal(0, 3, half), t[half:] + scale])
     if max_diff is not None:
         p = np.clip(p, t - max_diff, t + max_diff)
@@ -224,7 +237,14 @@ def random_elementwise_op(rng, n, lim: Limits):
     return (np.concatenate([rng.normal(0, 3, half), wide]),)
 
 
-_ROW_PATTERNS = ((1, 0, 0, 0), (0, 0, 0, 1), (1, 1, 1, 1), (1, -1, 0, 0.5), (-1, -1, -1, -1), (1, 0.5, 0.25, 0))
+_ROW_PATTERNS = (
+    (1, 0, 0, 0),
+    (0, 0, 0, 1),
+    (1, 1, 1, 1),
+    (1, -1, 0, 0.5),
+    (-1, -1, -1, -1),
+    (1, 0.5, 0.25, 0),
+)
 
 
 def _rows_grid(lim: Limits):
@@ -277,7 +297,8 @@ _DIRECTIONS = ((1, 0, 0), (0, 1, 0), (1, 1, 1), (1, -1, 0.5), (-1, -1, -1), (3, 
 
 def grid_cosine(lim: Limits):
     # No zero vectors (the cosine is undefined there); every scale a normal number.
-    scales = [s for s in (lim.tiny, 1e-30, math.sqrt(lim.tiny), 1.0, 1e10, math.sqrt(lim.max), lim.max / 4)
+    candidates = (lim.tiny, 1e-30, math.sqrt(lim.tiny), 1.0, 1e10, math.sqrt(lim.max), lim.max / 4)
+    scales = [s for s in candidates
               if s >= lim.tiny]  # fmt: skip
     units = [list(d) for d in _DIRECTIONS]
     scaled = {s: [[s * v for v in d] for d in _DIRECTIONS] for s in scales}
@@ -295,7 +316,9 @@ def random_cosine(rng, n, lim: Limits):
 
 
 def probability_domain(t, p) -> np.ndarray:
-    """Rows whose exact binary cross-entropy is finite: ``0 < p < 1``, or ``p`` at the end ``t`` sits on.
+    """Rows whose exact binary cross-entropy is finite.
+
+    ``0 < p < 1``, or ``p`` at the end ``t`` sits on.
 
     Applied after rounding: a probability like 0.999 rounds to 1 in bfloat16.
     """
@@ -320,20 +343,51 @@ def mp_poisson_nll_log_rate(t, x):
 
 def grid_gaussian_nll(lim: Limits):
     # (y - mu)^2 exp(-s) representable: |y - mu| <= 4, s >= -log_max / 2.
-    spreads = [0.0, lim.eps, -lim.eps, 1e-3, 1.0, -1.0, 5.0, -5.0, 20.0, lim.log_max / 2, -lim.log_max / 2]
-    rows = [(t, m, s) for t in (0.0, 1.0, -3.0) for m in (0.0, 0.5, -1.0 + lim.eps) for s in spreads]
+    spreads = [
+        0.0,
+        lim.eps,
+        -lim.eps,
+        1e-3,
+        1.0,
+        -1.0,
+        5.0,
+        -5.0,
+        20.0,
+        lim.log_max / 2,
+        -lim.log_max / 2,
+    ]
+    rows = [
+        (t, m, s) for t in (0.0, 1.0, -3.0) for m in (0.0, 0.5, -1.0 + lim.eps) for s in spreads
+    ]
     t, m, s = (np.asarray(c, dtype=np.float64) for c in zip(*rows))
     return _column(t), np.stack([m, s], -1)
 
 
 def random_gaussian_nll(rng, n, lim: Limits):
     t = rng.normal(0, 1, n)
-    return _column(t), np.stack([t + rng.normal(0, 1, n), rng.uniform(-lim.log_max / 4, lim.log_max / 4, n)], -1)
+    return _column(t), np.stack(
+        [t + rng.normal(0, 1, n), rng.uniform(-lim.log_max / 4, lim.log_max / 4, n)], -1
+    )
 
 
 def grid_gaussian_kl(lim: Limits):
     # exp(s) / 2 + mu^2 / 2 representable: s <= log_max (computed in float32 for half precision).
-    spreads = [0.0, lim.eps, -lim.eps, 1e-3, -1e-3, 0.5, -1.5, 1.9, -2.5, 10.0, 11.5, 30.0, -30.0, 80.0]
+    spreads = [
+        0.0,
+        lim.eps,
+        -lim.eps,
+        1e-3,
+        -1e-3,
+        0.5,
+        -1.5,
+        1.9,
+        -2.5,
+        10.0,
+        11.5,
+        30.0,
+        -30.0,
+        80.0,
+    ]
     rows = [(m, s) for m in (0.0, 1e-3, 2.0, -30.0) for s in spreads if s <= 88.0]
     m, s = (np.asarray(c, dtype=np.float64) for c in zip(*rows))
     return np.zeros((len(m), 1)), np.stack([m, s], -1)
@@ -665,7 +719,9 @@ SPECS = {
     "categorical_crossentropy_logits": AccuracySpec(
         grid_categorical, random_categorical, _row_loss(ref.mp_categorical_crossentropy_logits)
     ),
-    "sparse_categorical_crossentropy_logits": AccuracySpec(grid_sparse, random_sparse, _row_loss(_sparse_row)),
+    "sparse_categorical_crossentropy_logits": AccuracySpec(
+        grid_sparse, random_sparse, _row_loss(_sparse_row)
+    ),
     "binary_focal_crossentropy": AccuracySpec(
         grid_probabilities,
         random_probabilities,
@@ -679,10 +735,16 @@ SPECS = {
     ),
     "huber": AccuracySpec(grid_linear, random_regression, _row_loss(ref.mp_huber_row, 1.0)),
     "log_cosh": AccuracySpec(grid_linear, random_regression, _row_loss(ref.mp_log_cosh_row)),
-    "cosine_similarity": AccuracySpec(grid_cosine, random_cosine, _row_loss(ref.mp_cosine_similarity_row)),
-    "gaussian_nll": AccuracySpec(grid_gaussian_nll, random_gaussian_nll, _row_loss(mp_gaussian_nll_log_variance)),
+    "cosine_similarity": AccuracySpec(
+        grid_cosine, random_cosine, _row_loss(ref.mp_cosine_similarity_row)
+    ),
+    "gaussian_nll": AccuracySpec(
+        grid_gaussian_nll, random_gaussian_nll, _row_loss(mp_gaussian_nll_log_variance)
+    ),
     "gaussian_kl": AccuracySpec(grid_gaussian_kl, random_gaussian_kl, _row_loss(mp_gaussian_kl)),
-    "poisson_nll": AccuracySpec(grid_poisson_nll, random_poisson_nll, _elementwise_loss(mp_poisson_nll_log_rate)),
+    "poisson_nll": AccuracySpec(
+        grid_poisson_nll, random_poisson_nll, _elementwise_loss(mp_poisson_nll_log_rate)
+    ),
     "triplet_loss": AccuracySpec(
         grid_triplet, random_triplet, _batch_reference(mp_triplet_hard), batched=True
     ),
@@ -696,8 +758,12 @@ SPECS = {
     "logsumexp": AccuracySpec(grid_rows, random_rows, lambda x: _rowwise(ref.mp_logsumexp, x)),
     "softmax": AccuracySpec(grid_rows, random_rows, lambda x: _rowwise(ref.mp_softmax, x)),
     "log_softmax": AccuracySpec(grid_rows, random_rows, lambda x: _rowwise(ref.mp_log_softmax, x)),
-    "elu": AccuracySpec(grid_elementwise_op, random_elementwise_op, _elementwise_op(ref.mp_elu, mpmath.mpf(1))),
-    "leaky_relu": AccuracySpec(grid_elementwise_op, random_elementwise_op, _elementwise_op(ref.mp_leaky_relu, SLOPE)),
+    "elu": AccuracySpec(
+        grid_elementwise_op, random_elementwise_op, _elementwise_op(ref.mp_elu, mpmath.mpf(1))
+    ),
+    "leaky_relu": AccuracySpec(
+        grid_elementwise_op, random_elementwise_op, _elementwise_op(ref.mp_leaky_relu, SLOPE)
+    ),
 }
 
 
@@ -756,7 +822,9 @@ def flush_aware(errors: np.ndarray, reference: np.ndarray, out_dtype) -> np.ndar
     """
     info = ml_dtypes.finfo(to_numpy_dtype(out_dtype))
     tiny = float(info.tiny)
-    magnitude = np.abs(np.array([float(r) for r in reference.flat], dtype=np.float64)).reshape(reference.shape)
+    magnitude = np.abs(np.array([float(r) for r in reference.flat], dtype=np.float64)).reshape(
+        reference.shape
+    )
     _, exponent = np.frexp(magnitude)  # magnitude = m 2^e, m in [0.5, 1): ulp = 2^(e - 1 - nmant)
     ulp = np.where(magnitude < tiny, tiny, np.ldexp(1.0, exponent - 1 - int(info.nmant)))
     with np.errstate(invalid="ignore"):
@@ -825,7 +893,9 @@ def run_accuracy(cases, availability, config, log=print) -> dict:
         if spec is None or not impls:
             continue
         for dtype in config.accuracy_dtypes:
-            rounded, exact, n_grid = _sample_inputs(spec, dtype, config.random_points, config.grid_stride)
+            rounded, exact, n_grid = _sample_inputs(
+                spec, dtype, config.random_points, config.grid_stride
+            )
             reference = spec.reference(*exact)
             modes = MODES if dtype == "float32" else config.accuracy_half_modes
             for impl in impls:

@@ -43,7 +43,7 @@ def _best_and_median(fn, repeats: int) -> tuple[float, float]:
 
 
 def measure_bandwidth(n_bytes: int, repeats: int) -> dict:
-    """Measure copy/scale bandwidth over ``n_bytes`` float32 arrays; returns the ``bandwidth`` section."""
+    """Copy/scale bandwidth over ``n_bytes`` float32 arrays: the ``bandwidth`` section."""
     import tensorflow as tf
 
     n = max(1024, n_bytes // 4)
@@ -66,7 +66,12 @@ def measure_bandwidth(n_bytes: int, repeats: int) -> dict:
         best, median = _best_and_median(fn, repeats)
         results[name] = {"best_gbps": moved / best / 1e9, "median_gbps": moved / median / 1e9}
     limit = max(r["best_gbps"] for name, r in results.items() if name != "numpy_copy_fresh")
-    return {"method": METHOD, "array_bytes": int(src.nbytes), "methods": results, "limit_gbps": limit}
+    return {
+        "method": METHOD,
+        "array_bytes": int(src.nbytes),
+        "methods": results,
+        "limit_gbps": limit,
+    }
 
 
 def limits_table(speed: dict, bandwidth: dict | None, cases, min_size: int) -> list[dict]:
@@ -80,11 +85,17 @@ def limits_table(speed: dict, bandwidth: dict | None, cases, min_size: int) -> l
 
     elementwise = {c.name for c in cases if c.elementwise}
     timings = speed.get("timings", [])
-    copies = {(t["case"], t["dtype"], t["size"]): t for t in timings if (t["impl"], t["mode"]) == COPY}
+    copies = {
+        (t["case"], t["dtype"], t["size"]): t for t in timings if (t["impl"], t["mode"]) == COPY
+    }
     limit = bandwidth["limit_gbps"] if bandwidth else None
     rows = []
     for timing in timings:
-        if timing["case"] not in elementwise or timing["size"] < min_size or (timing["impl"], timing["mode"]) == COPY:
+        if (
+            timing["case"] not in elementwise
+            or timing["size"] < min_size
+            or (timing["impl"], timing["mode"]) == COPY
+        ):
             continue
         seconds = timing["seconds"]["median"]
         achieved = timing["bytes"] / seconds / 1e9
@@ -103,7 +114,8 @@ def limits_table(speed: dict, bandwidth: dict | None, cases, min_size: int) -> l
         }
         if copy:
             per_round = [
-                (timing["bytes"] / k) / (copy["bytes"] / c) for k, c in zip(timing["samples"], copy["samples"])
+                (timing["bytes"] / k) / (copy["bytes"] / c)
+                for k, c in zip(timing["samples"], copy["samples"])
             ]
             row["copy_gbps"] = copy["bytes"] / copy["seconds"]["median"] / 1e9
             row["fraction_of_copy"] = float(np.median(per_round))

@@ -90,7 +90,11 @@ def _stableops_loss(class_name: str, **kwargs) -> Impl:
 
 def _keras_loss(class_name: str, **kwargs) -> Impl:
     args = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
-    return Impl("keras", f"keras.losses.{class_name}({args})", _loss_class("keras.losses", class_name, **kwargs))
+    return Impl(
+        "keras",
+        f"keras.losses.{class_name}({args})",
+        _loss_class("keras.losses", class_name, **kwargs),
+    )
 
 
 def _tf_loss(api: str, elementwise_fn: Callable) -> Impl:
@@ -101,7 +105,9 @@ def _tf_loss(api: str, elementwise_fn: Callable) -> Impl:
 
         def per_sample_loss(y_true, y_pred):
             value = elementwise_fn(y_true, y_pred)
-            return tf.reduce_mean(value, axis=-1) if value.shape.rank == y_pred.shape.rank else value
+            return (
+                tf.reduce_mean(value, axis=-1) if value.shape.rank == y_pred.shape.rank else value
+            )
 
         if per_sample:
             return per_sample_loss
@@ -170,7 +176,9 @@ def _hand_gaussian_nll(y_true, y_pred):
     from keras import ops
 
     mean, log_variance = ops.split(y_pred, 2, axis=-1)
-    return ops.mean(0.5 * (log_variance + ops.square(y_true - mean) * ops.exp(-log_variance)), axis=-1)
+    return ops.mean(
+        0.5 * (log_variance + ops.square(y_true - mean) * ops.exp(-log_variance)), axis=-1
+    )
 
 
 def _hand_gaussian_kl(y_true, y_pred):
@@ -228,13 +236,17 @@ def _sparse_logits(size, dtype, rng):
 def _mean_and_log_variance(size, dtype, rng):
     rows, width = _rows(size, 2 * ELEMENTWISE_WIDTH)
     y_true = rng.normal(0.0, 1.0, (rows, width // 2)).astype(dtype)
-    stats = np.concatenate([rng.normal(0.0, 1.0, (rows, width // 2)), rng.normal(0.0, 2.0, (rows, width // 2))], -1)
+    stats = np.concatenate(
+        [rng.normal(0.0, 1.0, (rows, width // 2)), rng.normal(0.0, 2.0, (rows, width // 2))], -1
+    )
     return y_true, stats.astype(dtype)
 
 
 def _latent_stats(size, dtype, rng):
     rows, width = _rows(size, 2 * ELEMENTWISE_WIDTH)
-    stats = np.concatenate([rng.normal(0.0, 1.0, (rows, width // 2)), rng.normal(-1.0, 2.0, (rows, width // 2))], -1)
+    stats = np.concatenate(
+        [rng.normal(0.0, 1.0, (rows, width // 2)), rng.normal(-1.0, 2.0, (rows, width // 2))], -1
+    )
     return np.zeros((rows, 1), dtype), stats.astype(dtype)
 
 
@@ -447,8 +459,10 @@ CASES: tuple[Case, ...] = (
         1,
         (
             _stableops_loss("TripletLoss", strategy="hard"),
-            _hand_written_loss("hand-written batch-hard triplet (Gram distances, sqrt; TFA's formula)",
-                          _hand_written_triplet_hard),
+            _hand_written_loss(
+                "hand-written batch-hard triplet (Gram distances, sqrt; TFA's formula)",
+                _hand_written_triplet_hard,
+            ),
         ),
         "the hand-written Gram-matrix triplet loss (matmul, sqrt, masked max/min): ~15 TF kernels",
     ),
@@ -460,7 +474,10 @@ CASES: tuple[Case, ...] = (
         1,
         (
             _stableops_loss("ContrastiveLoss"),
-            _hand_written_loss("hand-written all-pairs contrastive (Gram distances, sqrt)", _hand_written_contrastive),
+            _hand_written_loss(
+                "hand-written all-pairs contrastive (Gram distances, sqrt)",
+                _hand_written_contrastive,
+            ),
         ),
         "the hand-written Gram-matrix contrastive loss: ~15 TF kernels",
     ),
@@ -472,8 +489,10 @@ CASES: tuple[Case, ...] = (
         1,
         (
             _stableops_loss("NTXent", temperature=0.1),
-            _hand_written_loss("hand-written NT-Xent (l2_normalize, matmul / t, diagonal - 1e9, sparse CE)",
-                          _hand_written_nt_xent),
+            _hand_written_loss(
+                "hand-written NT-Xent (l2_normalize, matmul / t, diagonal - 1e9, sparse CE)",
+                _hand_written_nt_xent,
+            ),
         ),
         "l2_normalize, one matmul and the fused SparseSoftmaxCrossEntropyWithLogits kernel",
     ),
@@ -494,9 +513,12 @@ CASES: tuple[Case, ...] = (
         1,
         (
             _stableops_loss("GaussianNLL", variance="log_variance"),
-            _hand_written_loss("hand-written 0.5 * (s + (y - mu)**2 * exp(-s))", _hand_gaussian_nll),
+            _hand_written_loss(
+                "hand-written 0.5 * (s + (y - mu)**2 * exp(-s))", _hand_gaussian_nll
+            ),
         ),
-        "no Keras loss: the hand-written formula (split, subtract, square, exp, multiply, add, mean)",
+        "no Keras loss: the hand-written formula (split, subtract, square, exp, multiply, add, "
+        "mean)",
     ),
     Case(
         "gaussian_kl",
@@ -506,7 +528,9 @@ CASES: tuple[Case, ...] = (
         1,
         (
             _stableops_loss("GaussianKL"),
-            _hand_written_loss("hand-written -0.5 * sum(1 + s - mu**2 - exp(s))", _hand_gaussian_kl),
+            _hand_written_loss(
+                "hand-written -0.5 * sum(1 + s - mu**2 - exp(s))", _hand_gaussian_kl
+            ),
         ),
         "no Keras loss: the hand-written VAE term (split, square, exp, adds, sum)",
     ),
@@ -541,7 +565,11 @@ CASES: tuple[Case, ...] = (
         False,
         _row_input,
         0,
-        (_stableops_op("softmax", axis=-1), _keras_op("softmax", axis=-1), _tf_op("tf.nn.softmax", axis=-1)),
+        (
+            _stableops_op("softmax", axis=-1),
+            _keras_op("softmax", axis=-1),
+            _tf_op("tf.nn.softmax", axis=-1),
+        ),
         "one fused TF kernel (Softmax); its gradient is ~4 kernels",
     ),
     Case(
@@ -596,7 +624,9 @@ def select_cases(only: str | None) -> tuple[Case, ...]:
     for word in (w.strip() for w in only.split(",") if w.strip()):
         matches = [word] if word in CASES_BY_NAME else [c.name for c in CASES if word in c.name]
         if not matches:
-            raise ValueError(f"--only {word!r} matches no case; cases are: {', '.join(CASES_BY_NAME)}")
+            raise ValueError(
+                f"--only {word!r} matches no case; cases are: {', '.join(CASES_BY_NAME)}"
+            )
         chosen.update(matches)
     return tuple(c for c in CASES if c.name in chosen)
 
@@ -630,7 +660,10 @@ def probe(case: Case, impl: Impl) -> Availability:
 
     try:
         fn = impl.build(False)
-        inputs = [tf.convert_to_tensor(a) for a in case.make_inputs(4 * CLASSES, np.float32, np.random.default_rng(0))]
+        inputs = [
+            tf.convert_to_tensor(a)
+            for a in case.make_inputs(4 * CLASSES, np.float32, np.random.default_rng(0))
+        ]
         with tf.GradientTape() as tape:
             tape.watch(inputs[case.wrt])
             out = fn(*inputs)

@@ -55,9 +55,12 @@ from benchmarks.memory import METHODS, peak_extra_bytes, peak_method
 from benchmarks.speed import quantiles
 
 METHOD = (
-    "model.fit on a tf.data dataset of ready-made batches; one first fit (traces, compiles), then `rounds` "
-    "interleaved timed fits of `steps` steps per flavour; step time = fit time / steps; ratio = median of "
-    "same-round ratios; compile overhead = first fit - median warm fit; peak memory of one more warm fit "
+    "model.fit on a tf.data dataset of ready-made batches; one first fit (traces, compiles), then "
+    "`rounds` "
+    "interleaved timed fits of `steps` steps per flavour; step time = fit time / steps; ratio = "
+    "median of "
+    "same-round ratios; compile overhead = first fit - median warm fit; peak memory of one more "
+    "warm fit "
     "(see memory_method)"
 )
 
@@ -67,7 +70,7 @@ MIXED = "mixed_float16"
 
 
 def _flavour_parts(flavour: str):
-    """(losses module, layers module, note) for a flavour; raises if stableops losses are missing."""
+    """(losses module, layers module, note) for a flavour; raises without stableops's losses."""
     import keras
 
     if flavour == "keras":
@@ -90,7 +93,11 @@ def _tabular(n: int, rng) -> tuple[np.ndarray, np.ndarray, str]:
     except ImportError:
         x = rng.normal(size=(n, 30))
         y = x @ rng.normal(size=30) > 0
-        return x.astype(np.float32), y.astype(np.float32)[:, None], "random normal (n x 30), scikit-learn missing"
+        return (
+            x.astype(np.float32),
+            y.astype(np.float32)[:, None],
+            "random normal (n x 30), scikit-learn missing",
+        )
     data = load_breast_cancer()
     x = (data.data - data.data.mean(axis=0)) / data.data.std(axis=0)
     rows = rng.integers(0, len(x), n)
@@ -103,10 +110,18 @@ def _data(model_name: str, n: int, rng) -> tuple[np.ndarray, np.ndarray, str]:
         return _tabular(n, rng)
     if model_name == "cnn":
         x = rng.random((n, 28, 28, 1)).astype(np.float32)
-        return x, rng.integers(0, 10, n).astype(np.int32), "random 28x28x1 images in [0, 1), labels 0-9"
+        return (
+            x,
+            rng.integers(0, 10, n).astype(np.int32),
+            "random 28x28x1 images in [0, 1), labels 0-9",
+        )
     if model_name == "gru":
         x = rng.integers(0, 1000, (n, 24)).astype(np.int32)
-        return x, (rng.random((n, 1)) < 0.5).astype(np.float32), "random tokens 0-999, length 24; random labels"
+        return (
+            x,
+            (rng.random((n, 1)) < 0.5).astype(np.float32),
+            "random tokens 0-999, length 24; random labels",
+        )
     raise ValueError(f"unknown model {model_name!r}; models are {MODELS}")
 
 
@@ -149,12 +164,14 @@ def _build(model_name: str, flavour: str, config, compile_mode: str, policy: str
     model.compile(
         optimizer=keras.optimizers.Adam(1e-3),
         loss=loss,
-        jit_compile=compile_mode == "xla",  # "graph": tf.function without XLA, Keras's default on CPU
+        jit_compile=compile_mode
+        == "xla",  # "graph": tf.function without XLA, Keras's default on CPU
         run_eagerly=compile_mode == "eager",  # the smoke preset: no tracing, no compiling
     )
     steps, batch = config.e2e_steps, config.e2e_batch
     x, y, source = _data(model_name, steps * batch, np.random.default_rng(0))
-    # One dataset element per step, batched once here: no per-fit conversion or slicing of the arrays.
+    # One dataset element per step, batched once here: no per-fit conversion or slicing of the
+    # arrays.
     batches = (x.reshape(steps, batch, *x.shape[1:]), y.reshape(steps, batch, *y.shape[1:]))
     return model, tf.data.Dataset.from_tensor_slices(batches), note, source
 
@@ -163,7 +180,11 @@ def _fit_seconds(model, dataset) -> tuple[float, float, float]:
     """Wall seconds, process CPU seconds and the last loss of one fit over ``dataset``."""
     start, start_cpu = time.perf_counter(), time.process_time()
     history = model.fit(dataset, epochs=1, shuffle=False, verbose=0)
-    return time.perf_counter() - start, time.process_time() - start_cpu, float(history.history["loss"][-1])
+    return (
+        time.perf_counter() - start,
+        time.process_time() - start_cpu,
+        float(history.history["loss"][-1]),
+    )
 
 
 def _measure(model_name: str, compile_mode: str, policy: str, config, log) -> dict:
@@ -204,7 +225,9 @@ def _measure(model_name: str, compile_mode: str, policy: str, config, log) -> di
         "steps": steps,
         "batch": config.e2e_batch,
         "rounds": config.e2e_rounds,
-        "memory_method": f"one warm fit: {METHODS[method]}" if method else "not measured (no method works here)",
+        "memory_method": f"one warm fit: {METHODS[method]}"
+        if method
+        else "not measured (no method works here)",
         "flavours": {
             f: {
                 "note": notes[f],
@@ -212,7 +235,9 @@ def _measure(model_name: str, compile_mode: str, policy: str, config, log) -> di
                 "step_cpu_seconds": float(np.median(cpu[f])) / steps if f in cpu else None,
                 "samples": [s / steps for s in wall.get(f, [])],
                 "first_fit_seconds": first.get(f),
-                "compile_overhead_seconds": first[f] - float(np.median(wall[f])) if f in wall else None,
+                "compile_overhead_seconds": first[f] - float(np.median(wall[f]))
+                if f in wall
+                else None,
                 "peak_extra_bytes": peak.get(f),
                 "final_loss": losses.get(f),
             }
@@ -223,7 +248,9 @@ def _measure(model_name: str, compile_mode: str, policy: str, config, log) -> di
         s, k = row["flavours"]["stableops"], row["flavours"]["keras"]
         row["ratio"] = quantiles(np.asarray(wall["stableops"]) / np.asarray(wall["keras"]))
         row["cpu_ratio"] = quantiles(np.asarray(cpu["stableops"]) / np.asarray(cpu["keras"]))
-        row["compile_overhead_extra_seconds"] = s["compile_overhead_seconds"] - k["compile_overhead_seconds"]
+        row["compile_overhead_extra_seconds"] = (
+            s["compile_overhead_seconds"] - k["compile_overhead_seconds"]
+        )
         if peak.get("keras"):
             row["memory_ratio"] = peak["stableops"] / peak["keras"]
     return row

@@ -34,7 +34,8 @@ def float16_support(flags: set[str]) -> dict:
         verdict = "native float16 arithmetic (AVX512-FP16/AMX-FP16)"
     elif convert:
         verdict = (
-            "conversion only (F16C): no float16 arithmetic units; TF and XLA compute float16 by converting "
+            "conversion only (F16C): no float16 arithmetic units; TF and XLA compute float16 by "
+            "converting "
             "to float32 and back, so float16 saves memory traffic, not arithmetic"
         )
     else:
@@ -49,10 +50,16 @@ def _git_commit() -> str:
     here = os.path.dirname(os.path.dirname(os.path.abspath(stableops.__file__)))
     try:
         commit = subprocess.run(
-            ["git", "-C", here, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10
+            ["git", "-C", here, "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "-C", here, "status", "--porcelain", "--", "stableops"], capture_output=True, text=True, timeout=10
+            ["git", "-C", here, "status", "--porcelain", "--", "stableops"],
+            capture_output=True,
+            text=True,
+            timeout=10,
         ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "unknown"
@@ -77,7 +84,9 @@ def describe() -> dict:
     return {
         "cpu": model,
         "cores": os.cpu_count(),
-        "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "usable_cores": len(os.sched_getaffinity(0))
+        if hasattr(os, "sched_getaffinity")
+        else os.cpu_count(),
         "memory_gib": _memory_gib(),
         "simd": sorted(flags & {"avx", "avx2", "fma", "avx512f", *HALF_PRECISION_FLAGS}),
         "float16": float16_support(flags),

@@ -40,7 +40,8 @@ MODES = ("eager", "function", "xla")
 METHODS = {
     "allocator": "peak bytes held by TF's CPU allocator during the call over those held before it "
     "(tf.config.experimental.get_memory_info; XLA temporaries included)",
-    "rss": "peak RSS during the call over the RSS just before it (Linux: /proc/self/clear_refs resets VmHWM)",
+    "rss": "peak RSS during the call over the RSS just before it (Linux: /proc/self/clear_refs "
+    "resets VmHWM)",
 }
 METHOD = "{}; inputs excluded, value and gradient included; warmed up first"
 
@@ -91,7 +92,7 @@ def _release_free_heap() -> None:
 
 
 def peak_extra_bytes(fn, inputs, method: str) -> int:
-    """Peak memory above the current while ``fn(*inputs)`` runs (outputs included), by ``method``."""
+    """Peak memory above the current while ``fn(*inputs)`` runs (outputs included)."""
     if method == "allocator":
         import tensorflow as tf
 
@@ -143,4 +144,10 @@ def run_memory(cases, availability, config, log=print) -> dict:
         log(f"  memory {case.name:<40} 2^{int(np.log2(size))}")
         del inputs
     method_text = METHOD.format(METHODS[method])
-    return {"method": method_text, "peak_method": method, "supported": True, "size": size, "rows": rows}
+    return {
+        "method": method_text,
+        "peak_method": method,
+        "supported": True,
+        "size": size,
+        "rows": rows,
+    }

@@ -35,7 +35,10 @@ def plot_speed_ratio(speed: dict, path: Path) -> bool:
     cmap = plt.get_cmap("tab20")
     for ax, mode in zip(axes, MODES):
         for i, case in enumerate(CASES):
-            rows = sorted((r for r in ratios if r["case"] == case.name and r["mode"] == mode), key=lambda r: r["size"])
+            rows = sorted(
+                (r for r in ratios if r["case"] == case.name and r["mode"] == mode),
+                key=lambda r: r["size"],
+            )
             if rows:
                 ax.plot(
                     [math.log2(r["size"]) for r in rows],
@@ -48,7 +51,13 @@ def plot_speed_ratio(speed: dict, path: Path) -> bool:
                 )
         ax.axhline(1.0, color="black", lw=0.8)
         _, limit, min_size = SPEED_TARGETS[mode]
-        ax.axhline(limit, color="red", lw=0.8, ls=":", label=f"target {limit:.2f} (>= 2^{int(math.log2(min_size))})")
+        ax.axhline(
+            limit,
+            color="red",
+            lw=0.8,
+            ls=":",
+            label=f"target {limit:.2f} (>= 2^{int(math.log2(min_size))})",
+        )
         ax.set_yscale("log")
         ax.set_title(f"{mode}: stableops / Keras (float32)")
         ax.set_xlabel("log2(elements)")
@@ -56,7 +65,9 @@ def plot_speed_ratio(speed: dict, path: Path) -> bool:
     axes[0].set_ylabel("time ratio (below 1: stableops faster)")
     handles, labels = axes[0].get_legend_handles_labels()
     for ax in axes:
-        extra = [(h, lab) for h, lab in zip(*ax.get_legend_handles_labels()) if lab.startswith("target")]
+        extra = [
+            (h, lab) for h, lab in zip(*ax.get_legend_handles_labels()) if lab.startswith("target")
+        ]
         handles += [h for h, lab in extra if lab not in labels]
         labels += [lab for _, lab in extra if lab not in labels]
     fig.legend(handles, labels, loc="lower center", ncol=6, fontsize=8)
@@ -78,7 +89,9 @@ def plot_speed_times(speed: dict, path: Path) -> bool:
     for ax, name in zip(axes.flat, names):
         for impl, color in IMPL_COLORS.items():
             for mode, style in MODE_STYLES.items():
-                pts = [t for t in timings if (t["case"], t["impl"], t["mode"]) == (name, impl, mode)]
+                pts = [
+                    t for t in timings if (t["case"], t["impl"], t["mode"]) == (name, impl, mode)
+                ]
                 pts.sort(key=lambda t: t["size"])
                 if pts:
                     ax.plot(
@@ -127,14 +140,18 @@ def plot_accuracy(accuracy: dict, path: Path) -> bool:
         for i, name in enumerate(names):
             match = [r for r in rows if (r["case"], r["impl"]) == (name, impl)]
             if match:
-                worst = max(_ulp_value(match[0]["max_ulp_grid"]), _ulp_value(match[0]["max_ulp_random"]))
+                worst = max(
+                    _ulp_value(match[0]["max_ulp_grid"]), _ulp_value(match[0]["max_ulp_random"])
+                )
                 xs.append(min(max(worst, 0.1), cap))
                 ys.append(i + (k - 1) * width)
         ax.barh(ys, xs, height=width, color=IMPL_COLORS[impl], label=impl)
     ax.axvline(2.0, color="red", ls=":", lw=0.8, label="2 ULP")
     ax.set_yticks(range(len(names)), names, fontsize=8)
     ax.set_xscale("log")
-    ax.set_xlabel(f"max error, ULPs of float32 (grid and random sample; < 0.1 drawn at 0.1, inf at {cap:.0e})")
+    ax.set_xlabel(
+        f"max error, ULPs of float32 (grid and random sample; < 0.1 drawn at 0.1, inf at {cap:.0e})"
+    )
     ax.invert_yaxis()
     ax.legend(fontsize=8)
     ax.grid(True, axis="x", which="both", alpha=0.3)
@@ -175,7 +192,9 @@ def plot_bandwidth(speed: dict, bandwidth: dict, path: Path) -> bool:
                 xs.append(100 * share)
         if xs:
             alpha = 1.0 if mode == "xla" else 0.45
-            ax.barh(ys, xs, height=width, color=IMPL_COLORS[impl], alpha=alpha, label=f"{impl} {mode}")
+            ax.barh(
+                ys, xs, height=width, color=IMPL_COLORS[impl], alpha=alpha, label=f"{impl} {mode}"
+            )
     ax.set_yticks(range(len(names)), names, fontsize=8)
     ax.axvline(100, color="black", lw=0.8)
     ax.set_xlabel(

@@ -30,8 +30,15 @@ SPEED_TARGETS = {
     "eager": ("eager", 1.00, EAGER_MIN_SIZE),
 }
 E2E_STEP_MAX = 1.03  # model.fit step time, every model and policy, both compile modes
-E2E_COMPILES = {"graph": "function", "xla": "xla"}  # end-to-end compile mode -> the speed mode it runs
-E2E_COMPILE_NAMES = {"graph": "jit_compile=False", "xla": "jit_compile=True", "eager": "run_eagerly=True"}
+E2E_COMPILES = {
+    "graph": "function",
+    "xla": "xla",
+}  # end-to-end compile mode -> the speed mode it runs
+E2E_COMPILE_NAMES = {
+    "graph": "jit_compile=False",
+    "xla": "jit_compile=True",
+    "eager": "run_eagerly=True",
+}
 MEMORY_MAX = {"function": 1.0, "xla": 1.25}  # peak memory ratio, per-op and end to end
 COMPILE_OVERHEAD_MAX_S = 2.0  # first-fit compile overhead, stableops minus Keras, seconds
 COMPILE_OVERHEAD_MODELS = ("cnn",)
@@ -41,30 +48,40 @@ MODES_ORDER = ("eager", "function", "xla")
 
 # ULP budgets raised to reach speed parity (contract rule 7, issue 12 item 4), printed in the
 # summary's "Trades" section: case -> "ULP before -> after, speed before -> after", e.g.
-# "elu": "float32 0.8 -> 3.1 ULP; function 2^20 1.62 -> 0.97, xla 2^20 1.10 -> 1.01". Empty: none made.
+# "elu": "float32 0.8 -> 3.1 ULP; function 2^20 1.62 -> 0.97, xla 2^20 1.10 -> 1.01". Empty: none
+# made.
 TRADES: dict[str, str] = {}
 
 # Reasons for missed targets, keyed by (target id, case): found by reading the kernels and by the
 # CPU-time ratios (which background load barely moves). A case with no entry gets GENERIC_WHY.
 _ROW_REDUCTIONS = (
-    "the stable row reduction (`_shifted_exponentials`) carries x - max as a TwoSum pair and corrects "
-    "exp(z) by (1 + z_low), and makes three reductions per row (max, the sum of the non-maximal exponentials, "
-    "the count of ties) where TF's kernel makes two (max, sum); each is a pass over the row, and the backward "
+    "the stable row reduction (`_shifted_exponentials`) carries x - max as a TwoSum pair and "
+    "corrects "
+    "exp(z) by (1 + z_low), and makes three reductions per row (max, the sum of the non-maximal "
+    "exponentials, "
+    "the count of ties) where TF's kernel makes two (max, sum); each is a pass over the row, and "
+    "the backward "
     "pass repeats the work"
 )
 _CROSS_ENTROPY = (
-    "the loss is built on the stable log_softmax (see `log_softmax`): a full log-probability row is "
-    "materialized and then reduced (twice the peak memory under XLA, see Memory), where TF's fused kernel "
+    "the loss is built on the stable log_softmax (see `log_softmax`): a full log-probability row "
+    "is "
+    "materialized and then reduced (twice the peak memory under XLA, see Memory), where TF's "
+    "fused kernel "
     "computes the loss and its gradient (softmax - labels) in one pass"
 )
 _FLUSHED = (
-    "the worst input's exact result is 2.4e-38, just above float32's smallest normal number, and the kernel "
-    "returns 0 (an intermediate below the smallest normal is flushed to zero): with the unit floored at the "
+    "the worst input's exact result is 2.4e-38, just above float32's smallest normal number, and "
+    "the kernel "
+    "returns 0 (an intermediate below the smallest normal is flushed to zero): with the unit "
+    "floored at the "
     "smallest normal (the bracketed number in Accuracy) the error is 2 ULP"
 )
 _TERMS_CANCEL = (
-    "the worst input's loss is a small difference of larger terms of the definition (log-variance against "
-    "the scaled squared error; exp(x) against y x): an error of an ULP of the terms is tens to hundreds of "
+    "the worst input's loss is a small difference of larger terms of the definition (log-variance "
+    "against "
+    "the scaled squared error; exp(x) against y x): an error of an ULP of the terms is tens to "
+    "hundreds of "
     "ULPs of the result (the hand-written formula's error there is as large)"
 )
 _PAIRWISE = (
@@ -74,29 +91,40 @@ _PAIRWISE = (
 )
 WHY: dict[tuple[str, str], str] = {
     ("compiled", "binary_crossentropy"): (
-        "log(1 - p) is the compensated log1p series below p = 1/2 and log(1 - p) above (both evaluated for "
-        "every element: double where), with 1 - p carried with its rounding error; Keras takes one log per side"
+        "log(1 - p) is the compensated log1p series below p = 1/2 and log(1 - p) above (both "
+        "evaluated for "
+        "every element: double where), with 1 - p carried with its rounding error; Keras takes "
+        "one log per side"
     ),
-    ("compiled", "binary_focal_crossentropy"): "it builds on the stable binary cross-entropy (see above)",
+    (
+        "compiled",
+        "binary_focal_crossentropy",
+    ): "it builds on the stable binary cross-entropy (see above)",
     ("compiled", "categorical_crossentropy_logits"): _CROSS_ENTROPY,
     ("compiled", "sparse_categorical_crossentropy_logits"): _CROSS_ENTROPY,
     ("compiled", "logsumexp"): _ROW_REDUCTIONS,
     ("compiled", "softmax"): (
-        "the stable row reduction (`_shifted_exponentials`) carries x - max as a TwoSum pair and corrects "
-        "exp(z) by (1 + z_low): more arithmetic per element than TF's kernel over the same two reductions "
+        "the stable row reduction (`_shifted_exponentials`) carries x - max as a TwoSum pair and "
+        "corrects "
+        "exp(z) by (1 + z_low): more arithmetic per element than TF's kernel over the same two "
+        "reductions "
         "(max, sum); the gap is small (1.0-1.25 in CPU time)"
     ),
     ("compiled", "log_softmax"): _ROW_REDUCTIONS,
     ("compiled", "cosine_similarity"): (
-        "`l2_normalize` scales each vector by a power of two (an extra max|x| reduction per vector, so four "
+        "`l2_normalize` scales each vector by a power of two (an extra max|x| reduction per "
+        "vector, so four "
         "reductions instead of two) to avoid over- and underflow"
     ),
     ("compiled", "log_cosh"): (
-        "both sides of the switch at |x| = 1 run for every element (double where): a Taylor series on one "
-        "side, exp and a compensated log1p series on the other; Keras computes x + softplus(-2x) - log 2 once"
+        "both sides of the switch at |x| = 1 run for every element (double where): a Taylor "
+        "series on one "
+        "side, exp and a compensated log1p series on the other; Keras computes x + softplus(-2x) "
+        "- log 2 once"
     ),
     ("compiled", "elu"): (
-        "expm1 is a software Taylor polynomial (11 terms in float32) evaluated for every element, plus exp for "
+        "expm1 is a software Taylor polynomial (11 terms in float32) evaluated for every element, "
+        "plus exp for "
         "the other branch; XLA's expm1 is one call (but up to 4.4 ULP off)"
     ),
     ("ulp", "categorical_crossentropy_logits"): _FLUSHED,
@@ -104,25 +132,30 @@ WHY: dict[tuple[str, str], str] = {
     ("ulp", "logsumexp"): _FLUSHED,
     ("ulp", "log_softmax"): _FLUSHED,
     ("ulp", "cosine_similarity"): (
-        "a result near 0 comes from cancellation in the sum of products of the normalized vectors: the error "
+        "a result near 0 comes from cancellation in the sum of products of the normalized "
+        "vectors: the error "
         "is a fraction of an ULP of 1 (the vectors' scale) but hundreds of ULPs of the small result"
     ),
     ("ulp", "gaussian_nll"): _TERMS_CANCEL,
     ("ulp", "poisson_nll"): _TERMS_CANCEL,
     ("ulp", "triplet_loss"): (
-        "margin + d(a, p) - d(a, n) for near-duplicate embeddings of size 1e3: each distance is exact to an "
+        "margin + d(a, p) - d(a, n) for near-duplicate embeddings of size 1e3: each distance is "
+        "exact to an "
         "ULP of the embeddings' scale, hundreds of ULPs of a loss near the margin"
     ),
     ("ulp", "contrastive_loss"): (
-        "a mean of squared distances and squared hinges, each distance rounded once: a few ULP more than the "
+        "a mean of squared distances and squared hinges, each distance rounded once: a few ULP "
+        "more than the "
         "4-ULP target on near-duplicate batches"
     ),
     ("ulp", "nt_xent"): (
-        "the cosine similarities are rounded before they are divided by the temperature: an ULP of 1/t each "
+        "the cosine similarities are rounded before they are divided by the temperature: an ULP "
+        "of 1/t each "
         "(the loss's documented budget is 4 ULP for exact logits)"
     ),
     ("ulp", "ctc"): (
-        "Keras's CTC floors log 0 at about -707 (its `log 0` constant), so losses above ~707 come out as ~707: "
+        "Keras's CTC floors log 0 at about -707 (its `log 0` constant), so losses above ~707 come "
+        "out as ~707: "
         "the drop-in keeps Keras's kernel and its cap (documented)"
     ),
     **{
@@ -134,29 +167,41 @@ WHY: dict[tuple[str, str], str] = {
 
 GENERIC_WHY = {
     "function": (
-        "in a plain tf.function each stableops kernel call is one nested XLA computation (its backward pass "
-        "one more, or a multiplication for the row-local losses) against Keras's graph of separate TF "
+        "in a plain tf.function each stableops kernel call is one nested XLA computation (its "
+        "backward pass "
+        "one more, or a multiplication for the row-local losses) against Keras's graph of "
+        "separate TF "
         "kernels; where Keras runs one fused TF kernel "
-        "(softmax, the cross-entropies from logits) or the stable formula has much more arithmetic (see the "
-        "XLA reasons), one XLA fusion does not make up for it, and XLA on CPU may run a fusion on fewer "
+        "(softmax, the cross-entropies from logits) or the stable formula has much more "
+        "arithmetic (see the "
+        "XLA reasons), one XLA fusion does not make up for it, and XLA on CPU may run a fusion on "
+        "fewer "
         "threads than Eigen's kernels use"
     ),
     "eager": (
-        "an eager stableops call runs its forward pass and its gradient as compiled XLA functions (one "
-        "tf.function dispatch each, tens of microseconds); where Keras runs one fused TF kernel, or the stable "
-        "formula has much more arithmetic (see the XLA reasons), the fused XLA loop does not make up for it"
+        "an eager stableops call runs its forward pass and its gradient as compiled XLA functions "
+        "(one "
+        "tf.function dispatch each, tens of microseconds); where Keras runs one fused TF kernel, "
+        "or the stable "
+        "formula has much more arithmetic (see the XLA reasons), the fused XLA loop does not make "
+        "up for it"
     ),
     "compiled": (
-        "both sides are compiled by XLA into fused loops (a nested stableops kernel call is inlined into the "
-        "outer computation), so the gap is the extra arithmetic of the stable formula that Keras's kernel skips"
+        "both sides are compiled by XLA into fused loops (a nested stableops kernel call is "
+        "inlined into the "
+        "outer computation), so the gap is the extra arithmetic of the stable formula that "
+        "Keras's kernel skips"
     ),
     "end_to_end": (
-        "the step time adds up the kernels the model calls: see the function (jit_compile=False) and XLA "
+        "the step time adds up the kernels the model calls: see the function (jit_compile=False) "
+        "and XLA "
         "(jit_compile=True) ratios of its activations and loss"
     ),
-    "memory": "the stable formula keeps more intermediates alive at its peak than Keras's (see Memory)",
+    "memory": "the stable formula keeps more intermediates alive at its peak than Keras's (see "
+    "Memory)",
     "compile_overhead": (
-        "every stableops kernel is one more XLA computation to compile on the first fit (forward and backward), "
+        "every stableops kernel is one more XLA computation to compile on the first fit (forward "
+        "and backward), "
         "where Keras's plain tf.function compiles nothing"
     ),
     "finite": "see the worst input in accuracy.json",
@@ -228,7 +273,7 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def _why(target: str, case: str) -> str:
-    """The reason for one case's miss; the target's common reason is printed once above its table."""
+    """The reason for one case's miss (a target's common reason is printed once, above)."""
     if (target, case) in WHY:
         return WHY[(target, case)]
     if target in ("eager", "function") and case in CASES_BY_NAME:
@@ -247,7 +292,9 @@ def _cpu(row) -> str:
 
 def _ratio_rows(sections, baseline="keras"):
     speed = sections.get("speed", {}).get("data", {})
-    return [r for r in speed.get("ratios", []) if r["baseline"] == baseline and r["impl"] == "stableops"]
+    return [
+        r for r in speed.get("ratios", []) if r["baseline"] == baseline and r["impl"] == "stableops"
+    ]
 
 
 def speed_limit(mode: str, size: int, dtype: str = "float32") -> float | None:
@@ -259,7 +306,7 @@ def speed_limit(mode: str, size: int, dtype: str = "float32") -> float | None:
 
 
 def _ratio_miss(case: str, where: str, row: dict, limit: float, why: str) -> dict | None:
-    """A miss of ``row['ratio']`` against ``limit`` (None if met); within noise if its q25 meets it."""
+    """A miss of ``row['ratio']`` against ``limit`` (None if met); noise if its q25 meets it."""
     ratio = row["ratio"]
     if ratio["median"] <= limit:
         return None
@@ -283,7 +330,11 @@ def evaluate_targets(sections: dict) -> list[dict]:
     availability = _availability(sections)
 
     def unavailable(case_names):  # of the cases this run selected (``--only``)
-        status = {c: availability[c].get("stableops", {}).get("status") for c in case_names if c in availability}
+        status = {
+            c: availability[c].get("stableops", {}).get("status")
+            for c in case_names
+            if c in availability
+        }
         return sorted(c for c, st in status.items() if st != "ok")
 
     # Speed per mode: every case at every size in the target range.
@@ -294,7 +345,10 @@ def evaluate_targets(sections: dict) -> list[dict]:
     }
     for mode, (target_id, limit, min_size) in SPEED_TARGETS.items():
         rows = [r for r in ratios if r["mode"] == mode and speed_limit(mode, r["size"]) is not None]
-        misses = [_ratio_miss(r["case"], f"{_pow2(r['size'])}: ", r, limit, _why(target_id, r["case"])) for r in rows]
+        misses = [
+            _ratio_miss(r["case"], f"{_pow2(r['size'])}: ", r, limit, _why(target_id, r["case"]))
+            for r in rows
+        ]
         sizes = f"{_pow2(min_size)}-{_pow2(TARGET_MAX_SIZE)}"
         text = f"{texts[mode]}, forward+backward, stableops/Keras <= {limit:.2f} ({sizes})"
         targets.append(_target(target_id, text, rows, [m for m in misses if m], unavailable))
@@ -307,10 +361,15 @@ def evaluate_targets(sections: dict) -> list[dict]:
     ]
     step_rows = [r for r in e2e if "ratio" in r]
     misses = [
-        _ratio_miss(_e2e_name(r), f"{_e2e_compile(r)}: ", r, E2E_STEP_MAX, _why("end_to_end", r["model"]))
+        _ratio_miss(
+            _e2e_name(r), f"{_e2e_compile(r)}: ", r, E2E_STEP_MAX, _why("end_to_end", r["model"])
+        )
         for r in step_rows
     ]
-    text = f"model.fit step time, each model, jit_compile False and True, stableops/Keras <= {E2E_STEP_MAX:.2f}"
+    text = (
+        "model.fit step time, each model, jit_compile False and True, stableops/Keras <= "
+        f"{E2E_STEP_MAX:.2f}"
+    )
     targets.append(_e2e_target("end_to_end", text, e2e, step_rows, [m for m in misses if m]))
 
     # Peak memory: per op (memory section) and per model, under XLA and in a plain tf.function.
@@ -326,29 +385,42 @@ def evaluate_targets(sections: dict) -> list[dict]:
             limit = MEMORY_MAX[E2E_COMPILES[r["compile"]]]
             if r["memory_ratio"] > limit:
                 detail = f"model.fit {_e2e_compile(r)}: {r['memory_ratio']:.2f} > {limit:.2f}"
-                misses.append({"case": _e2e_name(r), "detail": detail, "why": _why("memory", r["model"])})
+                misses.append(
+                    {"case": _e2e_name(r), "detail": detail, "why": _why("memory", r["model"])}
+                )
     limits = " / ".join(f"{MEMORY_MAX[m]:.2f} ({m})" for m in ("xla", "function"))
     text = f"peak memory of forward+backward and of a model.fit, stableops/Keras <= {limits}"
     targets.append(_target("memory", text, memory_rows, misses, unavailable))
 
     # First-fit compile overhead (CNN).
-    overhead_rows = [r for r in e2e if r["model"] in COMPILE_OVERHEAD_MODELS and "compile_overhead_extra_seconds" in r]
+    overhead_rows = [
+        r
+        for r in e2e
+        if r["model"] in COMPILE_OVERHEAD_MODELS and "compile_overhead_extra_seconds" in r
+    ]
     misses = [
         {
             "case": _e2e_name(r),
-            "detail": f"{_e2e_compile(r)}: {r['compile_overhead_extra_seconds']:.2f} s more than Keras's",
+            "detail": f"{_e2e_compile(r)}: {r['compile_overhead_extra_seconds']:.2f} s more than "
+            "Keras's",
             "why": _why("compile_overhead", r["model"]),
         }
         for r in overhead_rows
         if r["compile_overhead_extra_seconds"] > COMPILE_OVERHEAD_MAX_S
     ]
     models = ", ".join(COMPILE_OVERHEAD_MODELS)
-    text = f"compile overhead of the first fit ({models}): <= Keras's + {COMPILE_OVERHEAD_MAX_S:g} s"
+    text = (
+        f"compile overhead of the first fit ({models}): <= Keras's + {COMPILE_OVERHEAD_MAX_S:g} s"
+    )
     cnn_rows = [r for r in e2e if r["model"] in COMPILE_OVERHEAD_MODELS]
     targets.append(_e2e_target("compile_overhead", text, cnn_rows, overhead_rows, misses))
 
     # Accuracy: finite, and <= ULP_MAX in float32 on every case (stableops).
-    acc = [r for r in sections.get("accuracy", {}).get("data", {}).get("rows", []) if r.get("impl") == "stableops"]
+    acc = [
+        r
+        for r in sections.get("accuracy", {}).get("data", {}).get("rows", [])
+        if r.get("impl") == "stableops"
+    ]
     ok_rows = [r for r in acc if "error" not in r]
     misses = [
         {
@@ -361,7 +433,11 @@ def evaluate_targets(sections: dict) -> list[dict]:
         if r["nonfinite_values"] or r["nonfinite_grad_samples"]
     ]
     misses += [
-        {"case": r["case"], "detail": f"{r['dtype']} {r['mode']}: {r['error']}", "why": "the call raised"}
+        {
+            "case": r["case"],
+            "detail": f"{r['dtype']} {r['mode']}: {r['error']}",
+            "why": "the call raised",
+        }
         for r in acc
         if "error" in r
     ]
@@ -376,7 +452,8 @@ def evaluate_targets(sections: dict) -> list[dict]:
             misses.append(
                 {
                     "case": r["case"],
-                    "detail": f"{r['mode']}: {_fmt_ulp(worst)} ULP at inputs {r['worst']['inputs']} "
+                    "detail": f"{r['mode']}: {_fmt_ulp(worst)} ULP at inputs "
+                    f"{r['worst']['inputs']} "
                     f"(got {r['worst']['got']!r}, want {r['worst']['want']})",
                     "why": _why("ulp", r["case"]),
                 }
@@ -387,7 +464,7 @@ def evaluate_targets(sections: dict) -> list[dict]:
 
 
 def _memory_ratios(sections):
-    """(case, mode, stableops / Keras peak) of the memory section's targeted modes with a Keras peak above 0."""
+    """(case, mode, stableops / Keras peak) of the targeted modes with a Keras peak above 0."""
     rows = sections.get("memory", {}).get("data", {}).get("rows", [])
     out = []
     for case in CASES:
@@ -410,13 +487,27 @@ def _target(target_id, text, measured_rows, misses, unavailable):
     cases_measured = {r["case"] for r in measured_rows}
     not_measured = unavailable(c.name for c in CASES if c.name not in cases_measured)
     status = _status(measured_rows, misses)
-    return {"id": target_id, "target": text, "status": status, "misses": misses, "unmeasured": not_measured}
+    return {
+        "id": target_id,
+        "target": text,
+        "status": status,
+        "misses": misses,
+        "unmeasured": not_measured,
+    }
 
 
 def _e2e_target(target_id, text, rows, measured_rows, misses):
-    unmeasured = sorted({f"{_e2e_name(r)} {_e2e_compile(r)}" for r in rows if r not in measured_rows})
+    unmeasured = sorted(
+        {f"{_e2e_name(r)} {_e2e_compile(r)}" for r in rows if r not in measured_rows}
+    )
     status = _status(measured_rows, misses)
-    return {"id": target_id, "target": text, "status": status, "misses": misses, "unmeasured": unmeasured}
+    return {
+        "id": target_id,
+        "target": text,
+        "status": status,
+        "misses": misses,
+        "unmeasured": unmeasured,
+    }
 
 
 def _availability(sections) -> dict:
@@ -439,26 +530,37 @@ def _speed_tables(sections) -> list[str]:
     out.append(
         "Median over interleaved rounds of the same-round ratio (below 1: stableops faster). "
         f"Marks (float32, {_pow2(TARGET_MIN_SIZE)}-{_pow2(TARGET_MAX_SIZE)}; eager from "
-        f"{_pow2(EAGER_MIN_SIZE)}): `✗` misses its target ({_speed_target_text()}), `~` misses it by less than "
-        "the round-to-round spread (q25 within target: counts as met). `-`: not measured (implementation "
+        f"{_pow2(EAGER_MIN_SIZE)}): `✗` misses its target ({_speed_target_text()}), `~` misses it "
+        "by less than "
+        "the round-to-round spread (q25 within target: counts as met). `-`: not measured "
+        "(implementation "
         "unavailable). `function` (a `tf.function` without XLA) is what "
-        "`model.fit` runs by default on a machine without a GPU or TPU: Keras's `jit_compile=\"auto\"` turns "
+        "`model.fit` runs by default on a machine without a GPU or TPU: Keras's "
+        '`jit_compile="auto"` turns '
         "XLA off there."
     )
     out.append("")
     ratios = _ratio_rows(sections)
-    for dtype in sorted({r["dtype"] for r in ratios}, key=lambda d: d != "float32"):
+    for dtype in sorted({r["dtype"] for r in ratios}, key=lambda d: (d != "float32", d)):
         sizes = sorted({r["size"] for r in ratios if r["dtype"] == dtype})
         if len(sizes) == 1:  # one size (float16): one table, a column per mode
             rows = []
             for case in CASES:
-                matches = [_find(ratios, case=case.name, dtype=dtype, mode=m, size=sizes[0]) for m in MODES_ORDER]
+                matches = [
+                    _find(ratios, case=case.name, dtype=dtype, mode=m, size=sizes[0])
+                    for m in MODES_ORDER
+                ]
                 cells = [_mark(r, m) if r else "-" for r, m in zip(matches, MODES_ORDER)]
                 cells += [_cpu_short(r).strip(" ()") if r else "-" for r in matches]
                 if any(c != "-" for c in cells):
                     rows.append([case.name, *cells])
             header = ["case", *MODES_ORDER, *[f"{m} CPU time" for m in MODES_ORDER]]
-            out += [f"**{dtype}, {_pow2(sizes[0])}** (wall, then CPU-time ratio)", "", _table(header, rows), ""]
+            out += [
+                f"**{dtype}, {_pow2(sizes[0])}** (wall, then CPU-time ratio)",
+                "",
+                _table(header, rows),
+                "",
+            ]
             continue
         for mode in MODES_ORDER:
             rows = []
@@ -470,8 +572,17 @@ def _speed_tables(sections) -> list[str]:
                 if any(c != "-" for c in cells):
                     rows.append([case.name, *cells])
             if rows:
-                out += [f"**{mode}, {dtype}**", "", _table(["case", *[_pow2(s) for s in sizes]], rows), ""]
-    big = [r for r in ratios if r["dtype"] == "float32" and r["size"] >= EAGER_MIN_SIZE and "cpu_ratio" in r]
+                out += [
+                    f"**{mode}, {dtype}**",
+                    "",
+                    _table(["case", *[_pow2(s) for s in sizes]], rows),
+                    "",
+                ]
+    big = [
+        r
+        for r in ratios
+        if r["dtype"] == "float32" and r["size"] >= EAGER_MIN_SIZE and "cpu_ratio" in r
+    ]
     if big:
         sizes = sorted({r["size"] for r in big})
         rows = []
@@ -483,10 +594,14 @@ def _speed_tables(sections) -> list[str]:
                     cells.append(_fmt_ratio(match["cpu_ratio"]["median"]) if match else "-")
             if any(c != "-" for c in cells):
                 rows.append([case.name, *cells])
-        header = ["case"] + [f"{mode} {_pow2(size)}" for mode in ("eager", "function", "xla") for size in sizes]
+        header = ["case"] + [
+            f"{mode} {_pow2(size)}" for mode in ("eager", "function", "xla") for size in sizes
+        ]
         out += [
-            "**CPU-time ratio stableops / Keras, float32** (process CPU time of the same samples: the work done, "
-            "far less sensitive to other processes on the cores than wall time, but blind to how many cores a "
+            "**CPU-time ratio stableops / Keras, float32** (process CPU time of the same samples: "
+            "the work done, "
+            "far less sensitive to other processes on the cores than wall time, but blind to how "
+            "many cores a "
             "kernel keeps busy)",
             "",
             _table(header, rows),
@@ -515,7 +630,7 @@ def _speed_target_text() -> str:
 
 
 def _marked(ratio: dict, limit: float | None) -> str:
-    """The median, marked `✗` if it misses ``limit`` and `~` if only within the spread (q25 meets it)."""
+    """The median, marked `✗` if it misses ``limit``, `~` if only within the spread (q25)."""
     if limit is None or ratio["median"] <= limit:
         return _fmt_ratio(ratio["median"])
     return _fmt_ratio(ratio["median"]) + (" ~" if ratio["q25"] <= limit else " ✗")
@@ -543,7 +658,12 @@ def _absolute_table(speed) -> list[str]:
             rows.append([case.name, *cells])
     if not rows:
         return []
-    return [f"**Median time per call, float32, {_pow2(largest)} elements**", "", _table(header, rows), ""]
+    return [
+        f"**Median time per call, float32, {_pow2(largest)} elements**",
+        "",
+        _table(header, rows),
+        "",
+    ]
 
 
 def _limits_tables(sections) -> list[str]:
@@ -555,11 +675,16 @@ def _limits_tables(sections) -> list[str]:
         return []
     out = ["## Limits: memory bandwidth", ""]
     if bandwidth:
-        rows = [[name, f"{m['best_gbps']:.1f}", f"{m['median_gbps']:.1f}"] for name, m in bandwidth["methods"].items()]
+        rows = [
+            [name, f"{m['best_gbps']:.1f}", f"{m['median_gbps']:.1f}"]
+            for name, m in bandwidth["methods"].items()
+        ]
         out += [
-            f"Measured at the start of the run on {_fmt_bytes(bandwidth['array_bytes'])} float32 arrays (bytes "
+            f"Measured at the start of the run on {_fmt_bytes(bandwidth['array_bytes'])} float32 "
+            "arrays (bytes "
             f"read + written per second); the limit is the best of the in-place methods: "
-            f"**{bandwidth['limit_gbps']:.1f} GB/s**. `numpy_copy_fresh` writes into a new array, paying the "
+            f"**{bandwidth['limit_gbps']:.1f} GB/s**. `numpy_copy_fresh` writes into a new array, "
+            "paying the "
             "first-touch page faults every new TF output buffer pays.",
             "",
             _table(["method", "best GB/s", "median GB/s"], rows),
@@ -568,7 +693,9 @@ def _limits_tables(sections) -> list[str]:
     if speed and speed.get("timings"):
         float32 = [t["size"] for t in speed["timings"] if t["dtype"] == "float32"]
         largest = max(float32) if float32 else 0
-        limit_rows = [r for r in limits_table(speed, bandwidth, CASES, largest) if r["dtype"] == "float32"]
+        limit_rows = [
+            r for r in limits_table(speed, bandwidth, CASES, largest) if r["dtype"] == "float32"
+        ]
         rows = []
         for case in CASES:
             for impl in ("stableops", "keras", "tf.nn"):
@@ -587,11 +714,16 @@ def _limits_tables(sections) -> list[str]:
                     rows.append([case.name, impl, _fmt_bytes(first["bytes"]), copy, *cells])
         if rows:
             out += [
-                f"Elementwise cases at {_pow2(largest)} float32: compulsory traffic (inputs read once, value and "
-                "gradient written once), the rate of a numpy copy of that traffic timed in the same rounds, and "
-                "the traffic rate each implementation reaches, in percent of that copy (median of same-round "
-                "ratios). Well below 100%: compute- or overhead-bound, or the data crosses memory more than once "
-                "(eager: every op writes an intermediate; forward and backward are separate passes).",
+                f"Elementwise cases at {_pow2(largest)} float32: compulsory traffic (inputs read "
+                "once, value and "
+                "gradient written once), the rate of a numpy copy of that traffic timed in the "
+                "same rounds, and "
+                "the traffic rate each implementation reaches, in percent of that copy (median of "
+                "same-round "
+                "ratios). Well below 100%: compute- or overhead-bound, or the data crosses memory "
+                "more than once "
+                "(eager: every op writes an intermediate; forward and backward are separate "
+                "passes).",
                 "",
                 _table(["case", "impl", "traffic", "copy rate", "eager", "function", "xla"], rows),
                 "",
@@ -606,17 +738,23 @@ def _accuracy_tables(sections) -> list[str]:
     rows = acc["rows"]
     out = ["## Accuracy: max error in ULPs against mpmath, and non-finite outputs", ""]
     out.append(
-        "Same inputs for every implementation: an edge grid (the dtype's extremes; only inputs whose exact "
-        "value and gradient are finite) and a random sample. Cells: max ULP on the grid / on the random "
+        "Same inputs for every implementation: an edge grid (the dtype's extremes; only inputs "
+        "whose exact "
+        "value and gradient are finite) and a random sample. Cells: max ULP on the grid / on the "
+        "random "
         "sample; `nf` = non-finite values / samples with a non-finite gradient (all should be 0). "
-        "A value clipped by an epsilon counts its full error (Keras clips probabilities to [1e-7, 1 - 1e-7]). "
-        "In brackets: the max when the unit is floored at the smallest normal number, i.e. when an absolute "
-        "error up to that number counts as 1 ULP (TF and XLA flush subnormal intermediates to zero, so a "
-        "result just above the smallest normal can be millions of its own ULPs off; the targets use the "
+        "A value clipped by an epsilon counts its full error (Keras clips probabilities to [1e-7, "
+        "1 - 1e-7]). "
+        "In brackets: the max when the unit is floored at the smallest normal number, i.e. when "
+        "an absolute "
+        "error up to that number counts as 1 ULP (TF and XLA flush subnormal intermediates to "
+        "zero, so a "
+        "result just above the smallest normal can be millions of its own ULPs off; the targets "
+        "use the "
         "strict number)."
     )
     out.append("")
-    for dtype in sorted({r["dtype"] for r in rows}, key=lambda d: d != "float32"):
+    for dtype in sorted({r["dtype"] for r in rows}, key=lambda d: (d != "float32", d)):
         for mode in acc.get("modes", ("eager", "xla")):
             body = []
             for case in CASES:
@@ -643,7 +781,7 @@ def _accuracy_tables(sections) -> list[str]:
 
 
 def _ulp_cell(row, part: str) -> str:
-    """Max ULP; where flushing subnormal intermediates explains it, the flush-aware max follows in brackets."""
+    """Max ULP; where flushed subnormal intermediates explain it, the flush-aware max follows."""
     strict, flushed = row[f"max_ulp_{part}"], row.get(f"max_ulp_{part}_flush_aware")
     cell = _fmt_ulp(strict)
     if flushed is not None and _num(flushed) < _num(strict):
@@ -657,7 +795,11 @@ def _memory_table(sections) -> list[str]:
         return []
     out = ["## Memory: peak extra memory of one forward + backward", ""]
     if not mem.get("supported"):
-        return out + ["Not measured: neither TF's CPU allocator statistics nor /proc/self/clear_refs work here.", ""]
+        return out + [
+            "Not measured: neither TF's CPU allocator statistics nor /proc/self/clear_refs work "
+            "here.",
+            "",
+        ]
     modes = [m for m in MODES_ORDER if any(r["mode"] == m for r in mem["rows"])]
     rows = []
     for case in CASES:
@@ -665,18 +807,28 @@ def _memory_table(sections) -> list[str]:
         for mode in modes:
             s = _find(mem["rows"], case=case.name, mode=mode, impl="stableops")
             k = _find(mem["rows"], case=case.name, mode=mode, impl="keras")
-            ratio = f"{s['peak_extra_bytes'] / k['peak_extra_bytes']:.2f}" if s and k and k["peak_extra_bytes"] else "-"
+            ratio = (
+                f"{s['peak_extra_bytes'] / k['peak_extra_bytes']:.2f}"
+                if s and k and k["peak_extra_bytes"]
+                else "-"
+            )
             if ratio != "-" and mode in MEMORY_MAX and float(ratio) > MEMORY_MAX[mode]:
                 ratio += " ✗"
-            cells += [_fmt_bytes(s["peak_extra_bytes"]) if s else "-", _fmt_bytes(k["peak_extra_bytes"]) if k else "-"]
+            cells += [
+                _fmt_bytes(s["peak_extra_bytes"]) if s else "-",
+                _fmt_bytes(k["peak_extra_bytes"]) if k else "-",
+            ]
             cells.append(ratio)
         if any(c != "-" for c in cells):
             size = next(r for r in mem["rows"] if r["case"] == case.name)
             rows.append([case.name, _fmt_bytes(size["input_bytes"]), *cells])
-    header = ["case", "inputs"] + [f"{h} {m}" for m in modes for h in ("stableops", "Keras", "ratio")]
+    header = ["case", "inputs"] + [
+        f"{h} {m}" for m in modes for h in ("stableops", "Keras", "ratio")
+    ]
     targets = ", ".join(f"{m} <= {limit:.2f}" for m, limit in MEMORY_MAX.items())
     return out + [
-        f"float32, {_pow2(mem['size'])} elements; {mem['method']}. Targets: {targets} (`✗`: missed).",
+        f"float32, {_pow2(mem['size'])} elements; {mem['method']}. Targets: {targets} (`✗`: "
+        "missed).",
         "",
         _table(header, rows),
         "",
@@ -703,7 +855,9 @@ def _end_to_end_table(sections) -> list[str]:
             memory += f" ({r['memory_ratio']:.2f})" if "memory_ratio" in r else ""
         overhead = "-"
         if "compile_overhead_extra_seconds" in r:
-            overhead = f"{k['compile_overhead_seconds']:.2f} / {s['compile_overhead_seconds']:.2f} s"
+            overhead = (
+                f"{k['compile_overhead_seconds']:.2f} / {s['compile_overhead_seconds']:.2f} s"
+            )
         rows.append(
             [
                 _e2e_name(r),
@@ -723,11 +877,16 @@ def _end_to_end_table(sections) -> list[str]:
     return [
         "## End to end: model.fit",
         "",
-        f"{e2e['method']}. `jit_compile=False` is what Keras's default (`\"auto\"`) uses on a machine without a "
-        f"GPU or TPU. Targets: step ratio <= {E2E_STEP_MAX:.2f} in both compile modes (`✗` missed, `~` within the "
-        f"spread), peak memory ratio <= {MEMORY_MAX['xla']:.2f} (XLA) / {MEMORY_MAX['function']:.2f} "
-        f"(jit_compile=False), first-fit compile overhead of the {', '.join(COMPILE_OVERHEAD_MODELS)} at most "
-        f"{COMPILE_OVERHEAD_MAX_S:g} s above Keras's. Compile overhead = first fit - median warm fit.",
+        f'{e2e["method"]}. `jit_compile=False` is what Keras\'s default (`"auto"`) uses on a '
+        "machine without a "
+        f"GPU or TPU. Targets: step ratio <= {E2E_STEP_MAX:.2f} in both compile modes (`✗` "
+        "missed, `~` within the "
+        f"spread), peak memory ratio <= {MEMORY_MAX['xla']:.2f} (XLA) / "
+        f"{MEMORY_MAX['function']:.2f} "
+        "(jit_compile=False), first-fit compile overhead of the "
+        f"{', '.join(COMPILE_OVERHEAD_MODELS)} at most "
+        f"{COMPILE_OVERHEAD_MAX_S:g} s above Keras's. Compile overhead = first fit - median warm "
+        "fit.",
         "",
         *[f"- data: {d}" for d in data],
         *[f"- peak memory: {m}" for m in methods],
@@ -735,8 +894,14 @@ def _end_to_end_table(sections) -> list[str]:
         "",
         _table(
             [
-                "model", "compile", "Keras step", "stableops step", "ratio (q25-q75)", "CPU ratio",
-                "peak memory Keras / stableops (ratio)", "compile overhead Keras / stableops",
+                "model",
+                "compile",
+                "Keras step",
+                "stableops step",
+                "ratio (q25-q75)",
+                "CPU ratio",
+                "peak memory Keras / stableops (ratio)",
+                "compile overhead Keras / stableops",
                 "last loss Keras / stableops",
             ],  # fmt: skip
             rows,
@@ -750,14 +915,25 @@ def _targets_section(targets) -> list[str]:
     for t in targets:
         status = {"met": "met", "missed": "**missed**", "not measured": "not measured"}[t["status"]]
         cases = sorted({m["case"] for m in t["misses"]})
-        noisy = sorted(c for c in cases if all(m.get("within_noise") for m in t["misses"] if m["case"] == c))
+        noisy = sorted(
+            c for c in cases if all(m.get("within_noise") for m in t["misses"] if m["case"] == c)
+        )
         detail = ""
         if cases:
-            detail = f"{len(cases)} case(s) missed" + (f", {len(noisy)} only within noise (`~`)" if noisy else "")
+            detail = f"{len(cases)} case(s) missed" + (
+                f", {len(noisy)} only within noise (`~`)" if noisy else ""
+            )
         if t["status"] == "met" and cases:
-            detail = f"met within the round-to-round spread: {len(cases)} case(s) miss only inside it (`~`)"
+            detail = (
+                f"met within the round-to-round spread: {len(cases)} case(s) miss only "
+                "inside it (`~`)"
+            )
         if t.get("unmeasured"):
-            detail += ("; " if detail else "") + "not measured (stableops unavailable): " + ", ".join(t["unmeasured"])
+            detail += (
+                ("; " if detail else "")
+                + "not measured (stableops unavailable): "
+                + ", ".join(t["unmeasured"])
+            )
         rows.append([t["target"], status, detail or "-"])
     out = ["## Targets", "", _table(["target", "status", "detail"], rows), ""]
     for t in targets:
@@ -778,7 +954,8 @@ def _targets_section(targets) -> list[str]:
         out += [_table(["case", "misses", "why"], body), ""]
         if any(all(m.get("within_noise") for m in ms) for ms in by_case.values()):
             out += [
-                "`~`: every miss of that case is within the round-to-round spread (its q25 meets the target); "
+                "`~`: every miss of that case is within the round-to-round spread (its q25 meets "
+                "the target); "
                 "it counts as met.",
                 "",
             ]
@@ -803,8 +980,10 @@ def _header(sections) -> list[str]:
             f"Run {run.get('created', '?')} (preset `{run.get('config', {}).get('preset', '?')}`"
             + (f", {runtime / 60:.1f} min" if runtime else "")
             + f"), commit {env.get('commit')}; {env.get('cpu')}, {env.get('usable_cores')} cores, "
-            f"{(env.get('memory_gib') or 0):.0f} GiB; TensorFlow {env.get('tensorflow')}, Keras {env.get('keras')}, "
-            f"Python {env.get('python')}. Load average at start: {env.get('load_average_at_start')}.",
+            f"{(env.get('memory_gib') or 0):.0f} GiB; TensorFlow {env.get('tensorflow')}, Keras "
+            f"{env.get('keras')}, "
+            f"Python {env.get('python')}. Load average at start: "
+            f"{env.get('load_average_at_start')}.",
             "",
             f"float16 on this CPU: {env.get('float16', {}).get('verdict', '?')}.",
             "",
@@ -815,7 +994,10 @@ def _header(sections) -> list[str]:
         if name in sections and run and sections[name].get("created") != run.get("created")
     ]
     if other_runs:
-        out += ["Sections from a later (partial) run than the header's: " + ", ".join(other_runs) + ".", ""]
+        out += [
+            "Sections from a later (partial) run than the header's: " + ", ".join(other_runs) + ".",
+            "",
+        ]
     unavailable = sorted(
         (case, impl, a["detail"])
         for case, impls in _availability(sections).items()
@@ -841,7 +1023,7 @@ def _cpu_short(row) -> str:
 
 
 def headline_table(sections) -> list[str]:
-    """One row per case: ratios at 2^20 in each mode, and float32 accuracy of stableops against Keras."""
+    """One row per case: ratios at 2^20 in each mode, float32 accuracy of stableops and Keras."""
     float32 = [r for r in _ratio_rows(sections) if r["dtype"] == "float32"]
     sizes = {r["size"] for r in float32}
     size = HEADLINE_SIZE if HEADLINE_SIZE in sizes or not sizes else max(sizes)
@@ -852,14 +1034,20 @@ def headline_table(sections) -> list[str]:
         cells = []
         for mode in ("eager", "function", "xla"):
             match = _find(ratios, case=case.name, mode=mode)
-            cells.append(f"{_fmt_ratio(match['ratio']['median'])}{_cpu_short(match)}" if match else "-")
+            cells.append(
+                f"{_fmt_ratio(match['ratio']['median'])}{_cpu_short(match)}" if match else "-"
+            )
         for impl in ("stableops", "keras"):
             worst, flushed, nonfinite = [], [], 0
             for mode in ("eager", "xla"):
                 r = _find(accuracy, case=case.name, impl=impl, mode=mode, dtype="float32")
                 if r and "error" not in r:
                     worst.append(_worst_ulp(r))
-                    flushed.append(_worst_ulp(r, "_flush_aware") if "max_ulp_grid_flush_aware" in r else worst[-1])
+                    flushed.append(
+                        _worst_ulp(r, "_flush_aware")
+                        if "max_ulp_grid_flush_aware" in r
+                        else worst[-1]
+                    )
                     nonfinite += r["nonfinite_values"] + r["nonfinite_grad_samples"]
             cell = "-"
             if worst:
@@ -877,10 +1065,14 @@ def headline_table(sections) -> list[str]:
     return [
         f"## Headline: float32, {_pow2(size)} elements",
         "",
-        "Time ratio stableops / Keras of forward + backward, wall time (CPU time in parentheses; below 1: "
-        "stableops faster; `tf.function` without XLA is `model.fit`'s default on CPU-only machines), and the "
-        "worst float32 error over the edge grid and the random sample, eager or XLA, in ULPs (in brackets: with "
-        "the unit floored at the smallest normal number; `nf`: non-finite values or gradients where the exact "
+        "Time ratio stableops / Keras of forward + backward, wall time (CPU time in parentheses; "
+        "below 1: "
+        "stableops faster; `tf.function` without XLA is `model.fit`'s default on CPU-only "
+        "machines), and the "
+        "worst float32 error over the edge grid and the random sample, eager or XLA, in ULPs (in "
+        "brackets: with "
+        "the unit floored at the smallest normal number; `nf`: non-finite values or gradients "
+        "where the exact "
         "ones are finite).",
         "",
         _table(header, rows),
@@ -889,7 +1081,9 @@ def headline_table(sections) -> list[str]:
 
 
 def build_summary(sections: dict, targets: list[dict]) -> str:
-    parts = _header(sections) + headline_table(sections) + _targets_section(targets) + _trades_section()
+    parts = (
+        _header(sections) + headline_table(sections) + _targets_section(targets) + _trades_section()
+    )
     parts += _speed_tables(sections) + _limits_tables(sections) + _accuracy_tables(sections)
     parts += _memory_table(sections) + _end_to_end_table(sections)
     plots = [p for p in ("speed_ratio.png", "speed_times.png", "accuracy.png", "bandwidth.png")]

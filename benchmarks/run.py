@@ -1,4 +1,6 @@
-"""Command line: ``python -m benchmarks [--quick | --smoke] [--only CASES] [--sections ...] [--out DIR]``.
+"""Command line of the benchmarks.
+
+``python -m benchmarks [--quick | --smoke] [--only CASES] [--sections ...] [--out DIR]``.
 
 Runs the chosen sections, writes one JSON file per section plus ``run.json``
 into ``--out`` (default ``benchmarks/scratch/``; ``benchmarks/results/`` is
@@ -33,11 +35,17 @@ class Config:
     half_sizes: tuple[int, ...]
     speed_dtypes: tuple[str, ...]
     accuracy_dtypes: tuple[str, ...]
-    accuracy_half_modes: tuple[str, ...]  # float32 is measured eager and under XLA; half dtypes in these
+    accuracy_half_modes: tuple[
+        str, ...
+    ]  # float32 is measured eager and under XLA; half dtypes in these
     modes: tuple[str, ...]
-    rounds: dict  # {size threshold: rounds} - a size uses the entry of the largest threshold <= size
+    rounds: (
+        dict  # {size threshold: rounds} - a size uses the entry of the largest threshold <= size
+    )
     min_sample_s: float
-    limits_min_size: int  # elementwise cases at >= this size also time a memory copy of their traffic
+    limits_min_size: (
+        int  # elementwise cases at >= this size also time a memory copy of their traffic
+    )
     random_points: int
     grid_stride: int
     memory_size: int
@@ -47,7 +55,10 @@ class Config:
     e2e_steps: int
     e2e_batch: int
     e2e_rounds: int
-    e2e_compiles: tuple[str, ...] = ("graph", "xla")  # jit_compile=False (Keras's CPU default); True; "eager"
+    e2e_compiles: tuple[str, ...] = (
+        "graph",
+        "xla",
+    )  # jit_compile=False (Keras's CPU default); True; "eager"
     e2e_mixed_models: tuple[str, ...] = ("cnn",)  # run again under the mixed_float16 dtype policy
 
     def rounds_for(self, size: int) -> int:
@@ -105,7 +116,8 @@ PRESETS = {
         e2e_batch=64,
         e2e_rounds=2,
     ),
-    # The test suite's smoke run: tiny sizes, one round; checks the harness, measures nothing useful.
+    # The test suite's smoke run: tiny sizes, one round; checks the harness, measures nothing
+    # useful.
     "smoke": Config(
         preset="smoke",
         sizes=(2**8,),
@@ -137,20 +149,35 @@ def parse_args(argv):
 
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks",
-        description="Speed, limits, accuracy, memory and end-to-end benchmarks: stableops vs Keras and tf.nn.",
+        description="Speed, limits, accuracy, memory and end-to-end benchmarks: stableops vs "
+        "Keras and tf.nn.",
     )
     preset = parser.add_mutually_exclusive_group()
-    preset.add_argument("--quick", action="store_true", help="a few minutes: sizes 2^10, 2^16, 2^20, float32 only")
-    preset.add_argument("--smoke", action="store_true", help="seconds: tiny sizes, one round (the test suite's run)")
-    parser.add_argument("--only", help="comma-separated case names (or parts of names), e.g. softmax,huber")
-    parser.add_argument(
-        "--sections", help=f"comma-separated subset of {','.join(SECTIONS)} (default: all)", default=",".join(SECTIONS)
+    preset.add_argument(
+        "--quick", action="store_true", help="a few minutes: sizes 2^10, 2^16, 2^20, float32 only"
     )
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"output directory (default {DEFAULT_OUT})")
-    parser.add_argument("--sizes", help="override the size ladder: comma-separated powers of two, e.g. 10,16,20")
+    preset.add_argument(
+        "--smoke", action="store_true", help="seconds: tiny sizes, one round (the test suite's run)"
+    )
+    parser.add_argument(
+        "--only", help="comma-separated case names (or parts of names), e.g. softmax,huber"
+    )
+    parser.add_argument(
+        "--sections",
+        help=f"comma-separated subset of {','.join(SECTIONS)} (default: all)",
+        default=",".join(SECTIONS),
+    )
+    parser.add_argument(
+        "--out", type=Path, default=DEFAULT_OUT, help=f"output directory (default {DEFAULT_OUT})"
+    )
+    parser.add_argument(
+        "--sizes", help="override the size ladder: comma-separated powers of two, e.g. 10,16,20"
+    )
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     parser.add_argument(
-        "--report-only", action="store_true", help="measure nothing: rebuild summary.md and plots from --out's JSON"
+        "--report-only",
+        action="store_true",
+        help="measure nothing: rebuild summary.md and plots from --out's JSON",
     )
     parser.add_argument("--quiet", action="store_true", help="do not print progress or the summary")
     args = parser.parse_args(argv)
@@ -163,14 +190,16 @@ def parse_args(argv):
 
 
 def make_config(args) -> Config:
-    config = dataclasses.replace(PRESETS["smoke" if args.smoke else "quick" if args.quick else "full"])
+    config = dataclasses.replace(
+        PRESETS["smoke" if args.smoke else "quick" if args.quick else "full"]
+    )
     if args.sizes:
         config.sizes = tuple(2 ** int(k) for k in args.sizes.split(","))
     return config
 
 
 def _jsonable(value):
-    """Non-finite floats become the strings "inf", "-inf", "nan" (strict JSON has no such numbers)."""
+    """Non-finite floats become the strings "inf", "-inf", "nan" (strict JSON has none)."""
     if isinstance(value, float) and not math.isfinite(value):
         return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
     if isinstance(value, dict):
@@ -189,7 +218,11 @@ def _merge(old: dict, new: dict, case_names: set[str]) -> dict:
     merged = dict(new)
     for key, rows in old.items():
         if isinstance(rows, list) and key in new and isinstance(new[key], list):
-            kept = [r for r in rows if isinstance(r, dict) and r.get("case") not in case_names and "case" in r]
+            kept = [
+                r
+                for r in rows
+                if isinstance(r, dict) and r.get("case") not in case_names and "case" in r
+            ]
             merged[key] = kept + new[key]
     return merged
 
@@ -212,9 +245,8 @@ def main(argv=None) -> int:
 
     tf.get_logger().setLevel("ERROR")  # retracing notices: every size is a new shape, by design
 
-    from benchmarks import SCHEMA
+    from benchmarks import SCHEMA, environment, report
     from benchmarks import cases as case_module
-    from benchmarks import environment, report
 
     started = time.perf_counter()
     out = args.out
@@ -222,14 +254,18 @@ def main(argv=None) -> int:
     selected = case_module.select_cases(args.only)
     env = environment.describe()
     log(f"stableops benchmarks ({config.preset}) -> {out}")
-    log(f"  {env['cpu']}, {env['usable_cores']} cores; TF {env['tensorflow']}, Keras {env['keras']}")
+    log(
+        f"  {env['cpu']}, {env['usable_cores']} cores; TF {env['tensorflow']}, Keras {env['keras']}"
+    )
 
     availability = {c.name: {i.name: case_module.probe(c, i) for i in c.impls} for c in selected}
     for case in selected:
         missing = [f"{i}: {a.status}" for i, a in availability[case.name].items() if not a.ok]
         if missing:
             log(f"  {case.name}: {'; '.join(missing)}")
-    availability_json = {c: {i: a.to_dict() for i, a in impls.items()} for c, impls in availability.items()}
+    availability_json = {
+        c: {i: a.to_dict() for i, a in impls.items()} for c, impls in availability.items()
+    }
 
     runtimes = {}
     created = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")

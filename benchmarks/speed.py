@@ -36,9 +36,12 @@ from benchmarks.cases import BASELINE, Case, available_impls
 MODES = ("eager", "function", "xla")
 COPY = ("memcpy", "numpy")  # the (impl, mode) key of the memory-copy yardstick
 METHOD = (
-    "forward + backward per call; contestants of one (case, size, dtype) timed in interleaved rounds "
-    "(order alternating), each sample = back-to-back calls lasting >= min_sample_s; time = median over "
-    "rounds; ratio = median over rounds of the same-round ratio stableops / baseline (q25-q75 given)"
+    "forward + backward per call; contestants of one (case, size, dtype) timed in interleaved "
+    "rounds "
+    "(order alternating), each sample = back-to-back calls lasting >= min_sample_s; time = median "
+    "over "
+    "rounds; ratio = median over rounds of the same-round ratio stableops / baseline (q25-q75 "
+    "given)"
 )
 
 
@@ -84,7 +87,7 @@ def _dtypes_key(inputs) -> tuple:
 
 
 def contestant(case: Case, impl, mode: str, inputs) -> Callable:
-    """The forward + backward of ``impl`` in ``mode``, one per (case, impl, mode, dtypes) for the run.
+    """The forward + backward of ``impl`` in ``mode``; one per (case, impl, mode, dtypes) a run.
 
     Reused across sizes and sections (``memory.py``): traced once, and a shape
     compiled for the speed run is not compiled again.
@@ -128,7 +131,13 @@ def _time_calls(fn: Callable, inputs, calls: int) -> tuple[float, float]:
 def _nbytes(structure) -> int:
     import tensorflow as tf
 
-    return int(sum(t.shape.num_elements() * t.dtype.size for t in tf.nest.flatten(structure) if tf.is_tensor(t)))
+    return int(
+        sum(
+            t.shape.num_elements() * t.dtype.size
+            for t in tf.nest.flatten(structure)
+            if tf.is_tensor(t)
+        )
+    )
 
 
 def time_interleaved(contestants: dict, inputs, *, rounds: int, min_sample_s: float):
@@ -217,17 +226,29 @@ def run_speed(cases, availability, config, log=print) -> dict:
             sizes = config.sizes if dtype == "float32" else config.half_sizes
             for size in sizes:
                 rng = np.random.default_rng(size)
-                inputs = [tf.convert_to_tensor(a) for a in case.make_inputs(size, np.dtype(dtype), rng)]
-                contestants = {(i.name, m): contestant(case, i, m, inputs) for i in impls for m in config.modes}
+                inputs = [
+                    tf.convert_to_tensor(a) for a in case.make_inputs(size, np.dtype(dtype), rng)
+                ]
+                contestants = {
+                    (i.name, m): contestant(case, i, m, inputs) for i in impls for m in config.modes
+                }
                 _WARM.update((case.name, i, m, _shape_key(inputs)) for i, m in contestants)
-                with_copy = case.elementwise and dtype == "float32" and size >= config.limits_min_size
+                with_copy = (
+                    case.elementwise and dtype == "float32" and size >= config.limits_min_size
+                )
                 if with_copy:
-                    # inputs read, gradient written, and (an op's) output written; a loss's value is a scalar
-                    traffic = _nbytes(inputs) + _nbytes(inputs[case.wrt]) * (2 if case.kind == "op" else 1)
+                    # inputs read, gradient written, and (an op's) output written; a loss's value is
+                    # a scalar
+                    traffic = _nbytes(inputs) + _nbytes(inputs[case.wrt]) * (
+                        2 if case.kind == "op" else 1
+                    )
                     contestants[COPY] = _copy_reference(traffic)
                 start = time.perf_counter()
                 samples, cpu_samples, calls, first, out_bytes = time_interleaved(
-                    contestants, inputs, rounds=config.rounds_for(size), min_sample_s=config.min_sample_s
+                    contestants,
+                    inputs,
+                    rounds=config.rounds_for(size),
+                    min_sample_s=config.min_sample_s,
                 )
                 log(
                     f"  speed {case.name:<40} {dtype:<8} 2^{int(np.log2(size)):<2} "
@@ -248,7 +269,8 @@ def run_speed(cases, availability, config, log=print) -> dict:
                             "cpu_samples": [float(s) for s in cpu_samples[(impl_name, mode)]],
                             "calls_per_sample": calls[(impl_name, mode)],
                             "first_call_seconds": float(first[(impl_name, mode)]),
-                            # compulsory traffic: read every input once, write value and gradient once
+                            # compulsory traffic: read every input once, write value and gradient
+                            # once
                             "bytes": _nbytes(inputs) + out_bytes[(impl_name, mode)]
                             if (impl_name, mode) != COPY
                             else 2 * (traffic // 8) * 4,
@@ -256,9 +278,15 @@ def run_speed(cases, availability, config, log=print) -> dict:
                     )
                 for mode in config.modes:
                     names = {i.name for i in impls}
-                    for impl, baseline in (("stableops", BASELINE), ("tf.nn", BASELINE), ("stableops", "tf.nn")):
+                    for impl, baseline in (
+                        ("stableops", BASELINE),
+                        ("tf.nn", BASELINE),
+                        ("stableops", "tf.nn"),
+                    ):
                         if impl in names and baseline in names:
-                            row = _ratio_row(case.name, dtype, size, mode, impl, baseline, samples, cpu_samples)
+                            row = _ratio_row(
+                                case.name, dtype, size, mode, impl, baseline, samples, cpu_samples
+                            )
                             ratios.append(row)
                 del contestants, inputs
     return {"method": METHOD, "timings": timings, "ratios": ratios}
