@@ -48,11 +48,15 @@ LOSS_CASES = [
     LossCase("CategoricalCrossentropy", 3, "softmax", _one_hot),
     LossCase("CategoricalFocalCrossentropy", 3, "softmax", _one_hot),
     LossCase(
-        "SparseCategoricalCrossentropy", 3, "softmax",
+        "SparseCategoricalCrossentropy",
+        3,
+        "softmax",
         lambda rng, n: rng.integers(0, 3, (n, 1)).astype("int32"),
     ),
     LossCase(
-        "KLDivergence", 3, "softmax",
+        "KLDivergence",
+        3,
+        "softmax",
         lambda rng, n: rng.dirichlet(np.ones(3), n).astype("float32"),
     ),
     LossCase("Poisson", 2, "softplus", lambda rng, n: rng.poisson(2.0, (n, 2)).astype("float32")),
@@ -61,26 +65,29 @@ LOSS_CASES = [
         "MeanAbsoluteError", 2, None, lambda rng, n: rng.normal(size=(n, 2)).astype("float32")
     ),
     LossCase(
-        "MeanAbsolutePercentageError", 2, None,
+        "MeanAbsolutePercentageError",
+        2,
+        None,
         lambda rng, n: rng.uniform(1.0, 2.0, (n, 2)).astype("float32"),
     ),
     LossCase(
-        "MeanSquaredLogarithmicError", 2, "softplus",
+        "MeanSquaredLogarithmicError",
+        2,
+        "softplus",
         lambda rng, n: rng.uniform(0.0, 3.0, (n, 2)).astype("float32"),
     ),
-    LossCase(
-        "Huber", 2, None, lambda rng, n: (2.0 * rng.normal(size=(n, 2))).astype("float32")
-    ),
+    LossCase("Huber", 2, None, lambda rng, n: (2.0 * rng.normal(size=(n, 2))).astype("float32")),
     LossCase("LogCosh", 2, None, lambda rng, n: rng.normal(size=(n, 2)).astype("float32")),
-    LossCase(
-        "CosineSimilarity", 3, None, lambda rng, n: rng.normal(size=(n, 3)).astype("float32")
-    ),
+    LossCase("CosineSimilarity", 3, None, lambda rng, n: rng.normal(size=(n, 3)).astype("float32")),
     # axis=-1: one Dice/Tversky value per sample. With Keras's default
     # axis=None the loss is one number for the whole batch, which no
     # per-replica computation can reproduce (see docs/guide.md).
     LossCase("Dice", 4, "sigmoid", lambda rng, n: _binary(rng, n, 4), {"axis": -1}),
     LossCase(
-        "Tversky", 4, "sigmoid", lambda rng, n: _binary(rng, n, 4),
+        "Tversky",
+        4,
+        "sigmoid",
+        lambda rng, n: _binary(rng, n, 4),
         {"axis": -1, "alpha": 0.3, "beta": 0.7},
     ),
     LossCase("Hinge", 1, "tanh", _signs),
@@ -89,7 +96,10 @@ LOSS_CASES = [
     # Issue 15's likelihood losses. GaussianNLL's head stacks a mean and a
     # log-variance; GaussianKL's stacks a mean and a log-variance and ignores y_true.
     LossCase(
-        "GaussianNLL", 2, None, lambda rng, n: rng.normal(size=(n, 1)).astype("float32"),
+        "GaussianNLL",
+        2,
+        None,
+        lambda rng, n: rng.normal(size=(n, 1)).astype("float32"),
         {"variance": "log_variance"},
     ),
     LossCase("GaussianKL", 4, None, lambda rng, n: np.zeros((n, 1), "float32")),

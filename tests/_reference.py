@@ -345,7 +345,7 @@ def mp_binary_crossentropy_logits(z, x):
 
 
 def mp_binary_crossentropy_probabilities(z, p, low, high):
-    """-(z log max(p, low) + (1 - z) log(1 - min(p, high))): each log clipped only where it is infinite."""
+    """-(z log max(p, low) + (1 - z) log(1 - min(p, high))): each log clipped only at infinity."""
     if mpmath.isnan(z) or mpmath.isnan(p):
         return NAN
     return -(z * mpmath.log(max(p, mpf(low))) + (1 - z) * mpmath.log1p(-min(p, mpf(high))))
@@ -412,7 +412,7 @@ def mp_binary_focal_probabilities(z, p, gamma):
 
 
 def mp_categorical_focal_logits(z_row, x_row, gamma, alpha):
-    """sum alpha (1 - p_i)^gamma (-z_i log p_i), p = softmax(x); 1 - p_i as the sum of the others."""
+    """sum alpha (1 - p_i)^gamma (-z_i log p_i), p = softmax(x); 1 - p_i as the others' sum."""
     z_row, x_row = list(z_row), list(x_row)
     log_p = mp_log_softmax(x_row)
     p = [mpmath.exp(v) for v in log_p]
@@ -448,6 +448,7 @@ def mp_sparse_smoothed_logits(label, x_row, smoothing):
     s = mpf(smoothing)
     return (1 - s) * -log_p[int(label)] + s * -mpmath.fsum(log_p) / len(log_p)
 
+
 # -- regression, overlap and hinge losses (stableops/losses/_regression.py) --
 # Row functions take two equal-length lists of mpf (one sample's last axis).
 
@@ -482,9 +483,7 @@ def _mp_log1p_tangent(x):
 
 def mp_mean_squared_logarithmic_error_row(t, p):
     # Targets are clipped at 0 (as in Keras); predictions continue by the tangent.
-    return _mp_row_mean(
-        (_mp_log1p_tangent(b) - mpmath.log1p(max(a, 0))) ** 2 for a, b in zip(t, p)
-    )
+    return _mp_row_mean((_mp_log1p_tangent(b) - mpmath.log1p(max(a, 0))) ** 2 for a, b in zip(t, p))
 
 
 def mp_huber_row(t, p, delta):
@@ -553,4 +552,3 @@ def reference_rows(fn, t, p, *args):
     for i in range(t.shape[0]):
         out[i] = fn([mpf(v) for v in t[i]], [mpf(v) for v in p[i]], *args)
     return out
-

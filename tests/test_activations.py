@@ -1,4 +1,4 @@
-"""stableops.activations: Keras parity, finiteness over every dtype's range, accuracy, serialization."""
+"""stableops.activations: Keras parity, finiteness over each dtype's range, accuracy, saving."""
 
 import keras
 import ml_dtypes
@@ -82,12 +82,14 @@ def _parity_pairs():
     for name in NAMES:
         for kwargs in ({}, OTHER_KWARGS[name]):
             ours, theirs = getattr(activations, name), getattr(keras.activations, name)
-            pairs.append((
-                f"{name}{kwargs}",
-                lambda t, f=ours, k=kwargs: f(t, **k),
-                lambda t, f=theirs, k=kwargs: f(t, **k),
-                kwargs.get("axis", -1) if name in ROW_OPS else None,
-            ))
+            pairs.append(
+                (
+                    f"{name}{kwargs}",
+                    lambda t, f=ours, k=kwargs: f(t, **k),
+                    lambda t, f=theirs, k=kwargs: f(t, **k),
+                    kwargs.get("axis", -1) if name in ROW_OPS else None,
+                )
+            )
     return pairs
 
 
@@ -112,12 +114,16 @@ def nan_positions(x, axes=None, mask=None):
     nan = np.isnan(x)
     if axes is None:
         return nan
-    unmasked = np.ones_like(nan) if mask is None else np.broadcast_to(np.asarray(mask) > 0.5, x.shape)
+    unmasked = (
+        np.ones_like(nan) if mask is None else np.broadcast_to(np.asarray(mask) > 0.5, x.shape)
+    )
     return np.any(nan & unmasked, axis=axes, keepdims=True) & unmasked
 
 
 def assert_nan_exactly_at(value, expected_nan, context):
-    np.testing.assert_array_equal(np.isnan(value), expected_nan, err_msg=f"NaN positions, {context}")
+    np.testing.assert_array_equal(
+        np.isnan(value), expected_nan, err_msg=f"NaN positions, {context}"
+    )
     assert np.all(np.isfinite(value[~expected_nan])), context
 
 
@@ -154,7 +160,6 @@ def compiled_value_and_grad(fn):
     return lambda x: tuple(t.numpy() for t in value_and_grad(tf.convert_to_tensor(x)))
 
 
-
 ELEMENTWISE = ("elu", "leaky_relu", "softplus", "log_sigmoid")
 
 
@@ -162,7 +167,9 @@ ELEMENTWISE = ("elu", "leaky_relu", "softplus", "log_sigmoid")
 def test_elementwise_finite_value_and_gradient_over_whole_range(dtype):
     # One compiled function per dtype evaluates all four, each on its own copy of x.
     fns = [getattr(activations, name) for name in ELEMENTWISE]
-    value_and_grad = compiled_value_and_grad(lambda x: tf.stack([f(x[i]) for i, f in enumerate(fns)]))
+    value_and_grad = compiled_value_and_grad(
+        lambda x: tf.stack([f(x[i]) for i, f in enumerate(fns)])
+    )
 
     @given(finite_arrays(dtype, (8,)))
     def check(x):
@@ -213,13 +220,35 @@ def test_elementwise_accuracy_against_mpmath(name, dtype):
     np_dtype = ref.to_numpy_dtype(dtype)
     largest = float(ml_dtypes.finfo(np_dtype).max)
     grid = np.array(
-        [-largest, -1e4, -100.0, -20.0, -3.0, -1.0, -1e-3, -1e-6, 0.0, 1e-6, 1e-3, 1.0, 3.0, 20.0, 100.0, 1e4, largest]
+        [
+            -largest,
+            -1e4,
+            -100.0,
+            -20.0,
+            -3.0,
+            -1.0,
+            -1e-3,
+            -1e-6,
+            0.0,
+            1e-6,
+            1e-3,
+            1.0,
+            3.0,
+            20.0,
+            100.0,
+            1e4,
+            largest,
+        ]
     ).astype(np_dtype)
     tiny = float(ml_dtypes.finfo(np_dtype).tiny)
-    grid = grid[(grid == 0) | (np.abs(grid.astype(np.float64)) >= tiny)]  # no subnormals (TF flushes them)
+    grid = grid[
+        (grid == 0) | (np.abs(grid.astype(np.float64)) >= tiny)
+    ]  # no subnormals (TF flushes them)
     value = getattr(activations, name)(grid).numpy()
     reference = ref.reference_array(reference_fn, grid)
-    ref.assert_ulp_within(value, reference, dtype, budget if dtype == "float32" else 1, context=name)
+    ref.assert_ulp_within(
+        value, reference, dtype, budget if dtype == "float32" else 1, context=name
+    )
 
 
 def test_softmax_accuracy_against_mpmath():

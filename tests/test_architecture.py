@@ -113,15 +113,23 @@ def test_every_part_has_a_place_in_the_layers():
         ("stableops._internal.kernel", "import stableops.ops", "imports ops"),
         ("stableops.ops._softmax", "from stableops import layers", "imports layers"),
         # the doctor's core may not pull in the tools built on it
-        ("stableops.doctor._diagnose", "from stableops.callbacks import NaNGuard",
-         "imports callbacks"),
+        (
+            "stableops.doctor._diagnose",
+            "from stableops.callbacks import NaNGuard",
+            "imports callbacks",
+        ),
         # reach-ins: another part's private module, or a private name
-        ("stableops.losses._binary", "from stableops.ops._softmax import log_softmax",
-         "private module"),
-        ("stableops.layers._robust_scaler", "from stableops.ops import _normalize_axis",
-         "private names"),
-        ("stableops.callbacks", "from stableops.doctor._registry import finding",
-         "private module"),
+        (
+            "stableops.losses._binary",
+            "from stableops.ops._softmax import log_softmax",
+            "private module",
+        ),
+        (
+            "stableops.layers._robust_scaler",
+            "from stableops.ops import _normalize_axis",
+            "private names",
+        ),
+        ("stableops.callbacks", "from stableops.doctor._registry import finding", "private module"),
     ],
 )
 def test_the_checker_catches_each_violation(module, source, complaint):

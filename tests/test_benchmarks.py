@@ -25,7 +25,16 @@ from tests._reference import mpf
 # (no labels, non-scalar output) is exercised by the accuracy and availability tests below.
 SMOKE_CASES = ("binary_crossentropy_logits",)
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-TARGET_IDS = ("function", "compiled", "eager", "end_to_end", "memory", "compile_overhead", "finite", "ulp")
+TARGET_IDS = (
+    "function",
+    "compiled",
+    "eager",
+    "end_to_end",
+    "memory",
+    "compile_overhead",
+    "finite",
+    "ulp",
+)
 
 
 def _positive_finite(value) -> bool:
@@ -33,8 +42,11 @@ def _positive_finite(value) -> bool:
 
 
 def test_smoke_run(tmp_path):
-    """One smoke run (one test, so that pytest-xdist cannot run it twice), checked section by section."""
-    assert run.main(["--smoke", "--only", ",".join(SMOKE_CASES), "--out", str(tmp_path), "--quiet"]) == 0
+    """One smoke run (one test: pytest-xdist cannot run it twice), checked section by section."""
+    assert (
+        run.main(["--smoke", "--only", ",".join(SMOKE_CASES), "--out", str(tmp_path), "--quiet"])
+        == 0
+    )
     _check_every_section_has_the_schema(tmp_path)
     _check_speed_timings_and_ratios_are_positive_and_finite(tmp_path)
     _check_accuracy_memory_bandwidth_end_to_end_are_well_formed(tmp_path)
@@ -68,7 +80,9 @@ def _check_speed_timings_and_ratios_are_positive_and_finite(smoke_run):
         assert "keras" in available and "tf.nn" in available, availability[case]
         for impl in available:
             for mode in speed.MODES:
-                rows = [t for t in timings if (t["case"], t["impl"], t["mode"]) == (case, impl, mode)]
+                rows = [
+                    t for t in timings if (t["case"], t["impl"], t["mode"]) == (case, impl, mode)
+                ]
                 assert len(rows) == 1, (case, impl, mode)
                 assert _positive_finite(rows[0]["seconds"]["median"])
                 assert len(rows[0]["samples"]) == 1  # one round
@@ -77,9 +91,13 @@ def _check_speed_timings_and_ratios_are_positive_and_finite(smoke_run):
             for mode in speed.MODES:
                 for baseline in ("keras", "tf.nn"):
                     key = (case, "stableops", mode, baseline)
-                    rows = [r for r in ratios if (r["case"], r["impl"], r["mode"], r["baseline"]) == key]
+                    rows = [
+                        r for r in ratios if (r["case"], r["impl"], r["mode"], r["baseline"]) == key
+                    ]
                     assert len(rows) == 1, (case, mode, baseline)
-                    assert all(_positive_finite(rows[0]["ratio"][q]) for q in ("q25", "median", "q75"))
+                    assert all(
+                        _positive_finite(rows[0]["ratio"][q]) for q in ("q25", "median", "q75")
+                    )
     assert ratios or not any(availability[c]["stableops"]["status"] == "ok" for c in SMOKE_CASES)
 
 
@@ -88,19 +106,31 @@ def _check_accuracy_memory_bandwidth_end_to_end_are_well_formed(smoke_run):
     for case in SMOKE_CASES:
         for impl in ("keras", "tf.nn"):
             for mode in acc.MODES:
-                (row,) = [r for r in rows if (r["case"], r["impl"], r["mode"]) == (case, impl, mode)]
-                assert row["dtype"] == "float32" and row["grid_points"] > 0 and row["random_points"] == 8
+                (row,) = [
+                    r for r in rows if (r["case"], r["impl"], r["mode"]) == (case, impl, mode)
+                ]
+                assert (
+                    row["dtype"] == "float32"
+                    and row["grid_points"] > 0
+                    and row["random_points"] == 8
+                )
                 for key in ("max_ulp_grid", "max_ulp_random"):
                     assert row[key] == "inf" or row[key] >= 0
                 assert row["nonfinite_values"] >= 0 and row["nonfinite_grad_samples"] >= 0
-    # tf.nn's sigmoid cross-entropy is within a few ULPs on the random sample: the pipeline measures.
-    (tf_nn,) = [r for r in rows if (r["case"], r["impl"], r["mode"]) == (SMOKE_CASES[0], "tf.nn", "eager")]
+    # tf.nn's sigmoid cross-entropy is within a few ULPs on the random sample: the pipeline
+    # measures.
+    (tf_nn,) = [
+        r for r in rows if (r["case"], r["impl"], r["mode"]) == (SMOKE_CASES[0], "tf.nn", "eager")
+    ]
     assert tf_nn["max_ulp_random"] <= 4
 
     memory = _section(smoke_run, "memory")["data"]
     if memory["supported"]:
         assert {r["case"] for r in memory["rows"]} == set(SMOKE_CASES)
-        assert all(isinstance(r["peak_extra_bytes"], int) and r["peak_extra_bytes"] >= 0 for r in memory["rows"])
+        assert all(
+            isinstance(r["peak_extra_bytes"], int) and r["peak_extra_bytes"] >= 0
+            for r in memory["rows"]
+        )
 
     bandwidth = _section(smoke_run, "bandwidth")["data"]
     assert _positive_finite(bandwidth["limit_gbps"])
@@ -110,7 +140,9 @@ def _check_accuracy_memory_bandwidth_end_to_end_are_well_formed(smoke_run):
     assert variants == [("mlp", "float32"), ("cnn", "float32"), ("cnn", "mixed_float16")]
     for row in rows:
         keras_flavour = row["flavours"]["keras"]
-        assert _positive_finite(keras_flavour["step_seconds"]) and math.isfinite(keras_flavour["final_loss"])
+        assert _positive_finite(keras_flavour["step_seconds"]) and math.isfinite(
+            keras_flavour["final_loss"]
+        )
         assert _positive_finite(keras_flavour["first_fit_seconds"]) and row["data"]
         assert keras_flavour["peak_extra_bytes"] is None or keras_flavour["peak_extra_bytes"] >= 0
         if row["flavours"]["stableops"]["step_seconds"] is not None:
@@ -120,7 +152,15 @@ def _check_accuracy_memory_bandwidth_end_to_end_are_well_formed(smoke_run):
 
 def _check_summary_names_every_case_and_section(smoke_run):
     summary = (smoke_run / "summary.md").read_text()
-    for heading in ("## Headline", "## Targets", "## Speed", "## Limits", "## Accuracy", "## Memory", "## End to end"):
+    for heading in (
+        "## Headline",
+        "## Targets",
+        "## Speed",
+        "## Limits",
+        "## Accuracy",
+        "## Memory",
+        "## End to end",
+    ):
         assert heading in summary
     for case in SMOKE_CASES:
         assert f"| {case} |" in summary and f"| `{case}` |" in summary  # speed tables and headline
@@ -142,12 +182,19 @@ def test_references_match_closed_forms():
     """The benchmark's specs wire the shared mpmath references to its input layouts correctly."""
     col = lambda *v: np.asarray(v, dtype=np.float64).reshape(-1, 1)  # noqa: E731
     log2 = mpmath.log(2)
-    assert list(_reference("binary_crossentropy", col(1, 0, 1), col(0.5, 0, 1))) == [log2, 0, 0]  # 0 log 0 = 0
+    assert list(_reference("binary_crossentropy", col(1, 0, 1), col(0.5, 0, 1))) == [
+        log2,
+        0,
+        0,
+    ]  # 0 log 0 = 0
     assert _reference("binary_crossentropy_logits", col(1), col(0))[0] == log2
     focal = _reference("binary_focal_crossentropy", col(1), col(0.5))[0]
     assert abs(focal - log2 / 4) < mpmath.mpf(10) ** -50  # (1 - p_t)^2 with gamma = 2
     tiny = 1e-20  # log cosh x = x^2/2 - ...: no cancellation at tiny x
-    assert abs(_reference("log_cosh", col(0), col(tiny))[0] / (mpf(tiny) ** 2 / 2) - 1) < mpmath.mpf(10) ** -35
+    assert (
+        abs(_reference("log_cosh", col(0), col(tiny))[0] / (mpf(tiny) ** 2 / 2) - 1)
+        < mpmath.mpf(10) ** -35
+    )
     assert list(_reference("huber", col(0, 0), col(1, 3))) == [mpmath.mpf(0.5), mpmath.mpf(2.5)]
     assert _reference("mean_squared_error", col(1), col(4))[0] == 9
     assert abs(_reference("elu", [-1e-30])[0] + mpf(1e-30)) < mpmath.mpf(10) ** -55
@@ -169,7 +216,9 @@ def test_every_case_has_inputs_and_a_finite_reference_on_its_grid():
         spec = acc.SPECS[case.name]
         for dtype in ("float32", "float16", "bfloat16"):
             stride = 1 if case.elementwise else 9  # row grids are large; their mpmath is slow
-            rounded, exact, n_grid = acc._sample_inputs(spec, dtype, random_points=64, grid_stride=stride)
+            rounded, exact, n_grid = acc._sample_inputs(
+                spec, dtype, random_points=64, grid_stride=stride
+            )
             assert n_grid > 0
             assert all(np.isfinite(np.asarray(a, dtype=np.float64)).all() for a in rounded)
             reference = spec.reference(*exact)
@@ -183,7 +232,9 @@ def test_ulp_measurement_tells_a_wrong_implementation_from_a_right_one():
     rounded, exact, n_grid = acc._sample_inputs(spec, "float32", random_points=16)
     reference = spec.reference(*exact)
     right = case.impl("tf.nn")
-    wrong = bench_cases.Impl("wrong", "x * (1 + 2**-12)", lambda per_sample: (lambda x: x * (1 + 2**-12)))
+    wrong = bench_cases.Impl(
+        "wrong", "x * (1 + 2**-12)", lambda per_sample: lambda x: x * (1 + 2**-12)
+    )
     good = acc.measure_one(case, right, "eager", rounded, exact, reference, n_grid)
     bad = acc.measure_one(case, wrong, "eager", rounded, exact, reference, n_grid)
     assert good["max_ulp_grid"] <= 1 and good["max_ulp_random"] <= 1
@@ -194,7 +245,9 @@ def test_ulp_measurement_tells_a_wrong_implementation_from_a_right_one():
 def test_flush_aware_ulps_floor_the_unit_at_the_smallest_normal_only():
     tiny = float(np.finfo(np.float32).tiny)
     eps = float(np.finfo(np.float32).eps)
-    reference = np.array([mpmath.mpf(2 * tiny), mpmath.mpf(1), mpmath.mpf(tiny / eps * 4)], dtype=object)
+    reference = np.array(
+        [mpmath.mpf(2 * tiny), mpmath.mpf(1), mpmath.mpf(tiny / eps * 4)], dtype=object
+    )
     actual = np.array([0.0, 1 + eps, tiny / eps * 4 * (1 + eps)], dtype=np.float32)
     strict = acc.ulp_error(actual, reference, "float32")
     flushed = acc.flush_aware(strict, reference, "float32")
@@ -240,8 +293,10 @@ def _quantiles(median, q25=None):
     return {"median": median, "q25": median if q25 is None else q25, "q75": median}
 
 
-def _synthetic_sections(function=1.0, xla=1.0, eager=1.0, nonfinite=0, ulp=1.0, function_q25=None, e2e=None):
-    """One case (huber) at 2^20 in each mode, its accuracy and memory, and optionally one CNN fit row."""
+def _synthetic_sections(
+    function=1.0, xla=1.0, eager=1.0, nonfinite=0, ulp=1.0, function_q25=None, e2e=None
+):
+    """One case (huber) at 2^20 in each mode, its accuracy and memory, optionally a CNN fit row."""
 
     def ratio(mode, value, q25=None):
         return {
@@ -250,8 +305,9 @@ def _synthetic_sections(function=1.0, xla=1.0, eager=1.0, nonfinite=0, ulp=1.0, 
         }  # fmt: skip
 
     accuracy_row = {
-        "case": "huber", "impl": "stableops", "mode": "eager", "dtype": "float32", "max_ulp_grid": ulp,
-        "max_ulp_random": 0.5, "nonfinite_values": nonfinite, "nonfinite_grad_samples": 0,
+        "case": "huber", "impl": "stableops", "mode": "eager", "dtype": "float32",
+        "max_ulp_grid": ulp, "max_ulp_random": 0.5,
+        "nonfinite_values": nonfinite, "nonfinite_grad_samples": 0,
         "worst": {"inputs": [[0.0], [1.0]], "got": 1.0, "want": "1.0", "ulp": ulp},
     }  # fmt: skip
     memory_rows = [
@@ -265,7 +321,11 @@ def _synthetic_sections(function=1.0, xla=1.0, eager=1.0, nonfinite=0, ulp=1.0, 
             "availability": {"huber": {"stableops": ok, "keras": ok}},
             "data": {
                 "timings": [],
-                "ratios": [ratio("function", function, function_q25), ratio("xla", xla), ratio("eager", eager)],
+                "ratios": [
+                    ratio("function", function, function_q25),
+                    ratio("xla", xla),
+                    ratio("eager", eager),
+                ],
             },
         },
         "accuracy": {"data": {"modes": ["eager"], "rows": [accuracy_row]}},
@@ -297,11 +357,13 @@ def test_targets_follow_the_numbers():
     good = _statuses(_synthetic_sections(function=0.98, xla=1.05, eager=1.0, e2e=_e2e_row(1.02)))
     assert good == dict.fromkeys(TARGET_IDS, "met")
     assert _statuses(_synthetic_sections())["end_to_end"] == "not measured"
-    # Issue 12: function <= 1.00, XLA <= 1.05, eager >= 2^20 <= 1.00 (no longer "2x faster"), <= 4 ULP.
+    # Issue 12: function <= 1.00, XLA <= 1.05, eager >= 2^20 <= 1.00 (no longer "2x faster"),
+    # <= 4 ULP.
     bad_sections = _synthetic_sections(function=1.02, xla=1.06, eager=1.01, nonfinite=2, ulp=4.5)
     bad = _statuses(bad_sections)
-    assert bad == {**dict.fromkeys(("function", "compiled", "eager", "finite", "ulp"), "missed"),
-                   "end_to_end": "not measured", "memory": "met", "compile_overhead": "not measured"}  # fmt: skip
+    missed = dict.fromkeys(("function", "compiled", "eager", "finite", "ulp"), "missed")
+    unmeasured = {"end_to_end": "not measured", "compile_overhead": "not measured"}
+    assert bad == {**missed, **unmeasured, "memory": "met"}
     assert _statuses(_synthetic_sections(ulp=3.9))["ulp"] == "met"
     summary = report.build_summary(bad_sections, report.evaluate_targets(bad_sections))
     assert "**Missed: plain tf.function" in summary and "`huber`" in summary and "1.02 ✗" in summary
@@ -309,13 +371,32 @@ def test_targets_follow_the_numbers():
 
 def test_end_to_end_targets_step_memory_and_compile_overhead():
     assert _statuses(_synthetic_sections(e2e=_e2e_row(1.04)))["end_to_end"] == "missed"
-    assert _statuses(_synthetic_sections(e2e=_e2e_row(1.04, compile_mode="eager")))["end_to_end"] == "not measured"
+    assert (
+        _statuses(_synthetic_sections(e2e=_e2e_row(1.04, compile_mode="eager")))["end_to_end"]
+        == "not measured"
+    )
     # Memory: <= 1.0 in a plain tf.function (jit_compile=False), <= 1.25 under XLA.
     assert _statuses(_synthetic_sections(e2e=_e2e_row(1.0, memory_ratio=1.1)))["memory"] == "missed"
-    assert _statuses(_synthetic_sections(e2e=_e2e_row(1.0, memory_ratio=1.2, compile_mode="xla")))["memory"] == "met"
-    assert _statuses(_synthetic_sections(e2e=_e2e_row(1.0, memory_ratio=1.3, compile_mode="xla")))["memory"] == "missed"
-    assert _statuses(_synthetic_sections(e2e=_e2e_row(1.0, overhead_s=(0.5, 2.6))))["compile_overhead"] == "missed"
-    assert _statuses(_synthetic_sections(e2e=_e2e_row(1.0, overhead_s=(0.5, 2.4))))["compile_overhead"] == "met"
+    assert (
+        _statuses(_synthetic_sections(e2e=_e2e_row(1.0, memory_ratio=1.2, compile_mode="xla")))[
+            "memory"
+        ]
+        == "met"
+    )
+    assert (
+        _statuses(_synthetic_sections(e2e=_e2e_row(1.0, memory_ratio=1.3, compile_mode="xla")))[
+            "memory"
+        ]
+        == "missed"
+    )
+    assert (
+        _statuses(_synthetic_sections(e2e=_e2e_row(1.0, overhead_s=(0.5, 2.6))))["compile_overhead"]
+        == "missed"
+    )
+    assert (
+        _statuses(_synthetic_sections(e2e=_e2e_row(1.0, overhead_s=(0.5, 2.4))))["compile_overhead"]
+        == "met"
+    )
 
 
 def test_a_miss_inside_the_round_to_round_spread_counts_as_met_and_says_so():
@@ -332,7 +413,9 @@ def test_trades_are_printed_when_recorded(monkeypatch):
     sections = _synthetic_sections()
     assert "None: no error budget was raised" in report.build_summary(sections, [])
     monkeypatch.setitem(report.TRADES, "elu", "0.8 -> 3.1 ULP; function 2^20 1.6 -> 0.97")
-    assert "| `elu` | 0.8 -> 3.1 ULP; function 2^20 1.6 -> 0.97 |" in report.build_summary(sections, [])
+    assert "| `elu` | 0.8 -> 3.1 ULP; function 2^20 1.6 -> 0.97 |" in report.build_summary(
+        sections, []
+    )
 
 
 def test_json_writer_keeps_infinities_as_strings(tmp_path):

@@ -14,12 +14,16 @@ from stableops.layers import ELU, LeakyReLU
 
 
 def _model():
-    return keras.Sequential([
-        keras.Input((6,)),
-        keras.layers.Dense(8), ELU(),
-        keras.layers.Dense(8), LeakyReLU(),
-        keras.layers.Dense(3),
-    ])
+    return keras.Sequential(
+        [
+            keras.Input((6,)),
+            keras.layers.Dense(8),
+            ELU(),
+            keras.layers.Dense(8),
+            LeakyReLU(),
+            keras.layers.Dense(3),
+        ]
+    )
 
 
 def _data(n=50):
@@ -32,14 +36,16 @@ def _data(n=50):
 def _xla_calls(graph):
     """The XLA-compiled function calls in ``graph`` (forward and gradient)."""
     return [
-        op for op in graph.get_operations()
+        op
+        for op in graph.get_operations()
         if op.type in ("PartitionedCall", "StatefulPartitionedCall")
-        and "_XlaMustCompile" in op.node_def.attr and op.get_attr("_XlaMustCompile")
+        and "_XlaMustCompile" in op.node_def.attr
+        and op.get_attr("_XlaMustCompile")
     ]
 
 
 def _function_names(graph):
-    """The names of the compiled functions ``graph`` calls, e.g. ``__inference__elu_kernel_forward_691``."""
+    """The compiled functions ``graph`` calls, e.g. ``__inference__elu_kernel_forward_691``."""
     return " ".join(op.node_def.attr["f"].func.name for op in _xla_calls(graph))
 
 
@@ -66,7 +72,10 @@ def test_a_plain_tf_function_step_calls_compiled_kernels_forward_and_backward():
     # integer labels; the backward pass is a multiplication, no compiled call.
     assert "_sparse_categorical_crossentropy_kernel_forward_" in names, names
     assert "_sparse_categorical_crossentropy_kernel_backward_" not in names, names
-    outputs = {op.node_def.attr["f"].func.name.rsplit("_", 1)[0]: len(op.outputs) for op in _xla_calls(graph)}
+    outputs = {
+        op.node_def.attr["f"].func.name.rsplit("_", 1)[0]: len(op.outputs)
+        for op in _xla_calls(graph)
+    }
     assert outputs == {
         "__inference__elu_kernel_forward": 1,
         "__inference__elu_kernel_backward": 1,
@@ -99,9 +108,13 @@ def test_no_gradient_work_for_inputs_no_tape_watches():
         return loss, tape.gradient(loss, logits)
 
     calls = _xla_calls(inference.get_concrete_function(spec, spec).graph)
-    assert [len(op.outputs) for op in calls] == [1, 1], _function_names(inference.get_concrete_function(spec, spec).graph)
+    assert [len(op.outputs) for op in calls] == [1, 1], _function_names(
+        inference.get_concrete_function(spec, spec).graph
+    )
     graph = training.get_concrete_function(spec, spec).graph
-    assert [len(op.outputs) for op in _xla_calls(graph)] == [2], _function_names(graph)  # loss, d/dlogits
+    assert [len(op.outputs) for op in _xla_calls(graph)] == [2], _function_names(
+        graph
+    )  # loss, d/dlogits
     y = tf.one_hot([0, 2], 3)
     logits = tf.constant([[1.0, 2.0, 3.0], [0.0, 0.0, 50.0]])
     _, grad = training(y, logits)
@@ -110,7 +123,9 @@ def test_no_gradient_work_for_inputs_no_tape_watches():
     with tf.GradientTape() as tape:
         tape.watch(y)
         loss = tf.function(loss_fn)(y, logits)
-    np.testing.assert_allclose(tape.gradient(loss, y).numpy(), -tf.nn.log_softmax(logits).numpy() / 2, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(
+        tape.gradient(loss, y).numpy(), -tf.nn.log_softmax(logits).numpy() / 2, rtol=1e-6, atol=1e-7
+    )
 
 
 def test_under_jit_compile_kernels_are_inlined_into_the_callers_computation():
@@ -147,7 +162,9 @@ def test_model_fit_default_compile_runs_compiled_kernels_without_retracing():
         def call(self, x):
             return shifted_softsign(x)
 
-    model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(8), SoftsignLayer(), keras.layers.Dense(3)])
+    model = keras.Sequential(
+        [keras.Input((6,)), keras.layers.Dense(8), SoftsignLayer(), keras.layers.Dense(3)]
+    )
     model.compile(
         optimizer=keras.optimizers.Adam(0.01),
         loss=stableops.losses.SparseCategoricalCrossentropy(from_logits=True),

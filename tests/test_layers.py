@@ -54,7 +54,11 @@ def _calls(which):
     fns = []
     for case in PARITY_CASES:
         layer, mask = case[which](**case[3]), case[4]
-        fns.append(lambda x, layer=layer, mask=mask: layer(x) if mask is None else layer(x, mask=tf.constant(mask)))
+        fns.append(
+            lambda x, layer=layer, mask=mask: (
+                layer(x) if mask is None else layer(x, mask=tf.constant(mask))
+            )
+        )
     return fns
 
 
@@ -97,7 +101,6 @@ def test_constructor_signature_and_defaults_match_keras(ours, theirs):
 # ----------------------------------------------------------------------------
 
 
-
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES)
 def test_activation_layers_finite_over_whole_range(dtype):
     leaky, elu = LeakyReLU(dtype=dtype), ELU(dtype=dtype)
@@ -134,7 +137,9 @@ def test_masked_softmax_layer_finite_over_whole_range(dtype):
         assert np.all(value64[~mask] == 0) and np.all(grad[~mask] == 0)
         sums = value64.sum(axis=1)
         kept = mask.any(axis=1)
-        np.testing.assert_allclose(sums[kept], 1.0, atol=4 * ml_dtypes.finfo(ref.to_numpy_dtype(dtype)).eps)
+        np.testing.assert_allclose(
+            sums[kept], 1.0, atol=4 * ml_dtypes.finfo(ref.to_numpy_dtype(dtype)).eps
+        )
         assert np.all(sums[~kept] == 0)
 
     check()
@@ -144,7 +149,9 @@ def test_masked_softmax_layer_finite_over_whole_range(dtype):
 def test_elu_layer_extreme_negatives(dtype):
     np_dtype = ref.to_numpy_dtype(dtype)
     info = ml_dtypes.finfo(np_dtype)
-    x = np.array([-float(info.max), -1e4, -100.0, -20.0, -2.0, -float(info.tiny), 0.0]).astype(np_dtype)
+    x = np.array([-float(info.max), -1e4, -100.0, -20.0, -2.0, -float(info.tiny), 0.0]).astype(
+        np_dtype
+    )
     alpha = 0.75
     value_and_grad = compiled_value_and_grad(ELU(alpha=alpha, dtype=dtype))
     value, grad = value_and_grad(x)
@@ -153,7 +160,8 @@ def test_elu_layer_extreme_negatives(dtype):
     # d/dx alpha * expm1(x) = alpha * exp(x): finite, >= 0, and 0 once exp underflows.
     weights = weights_np(x.shape)
     grad_reference = np.array(
-        [mpmath.mpf(alpha) * mpmath.exp(ref.mpf(v)) * ref.mpf(w) for v, w in zip(x, weights)], dtype=object
+        [mpmath.mpf(alpha) * mpmath.exp(ref.mpf(v)) * ref.mpf(w) for v, w in zip(x, weights)],
+        dtype=object,
     )
     ref.assert_ulp_within(grad, grad_reference, dtype, 2, context="ELU gradient")
     assert grad[0] == 0 and all_finite(grad)
@@ -229,8 +237,12 @@ def test_layers_respect_the_compute_dtype(policy, mixed_precision_policy):
 
 @pytest.mark.parametrize(
     "make",
-    [lambda: LeakyReLU(0.1, name="lr"), lambda: ELU(0.25, dtype="float16"), lambda: Softmax(axis=(1, 2)),
-     lambda: RobustScaler(axis=1, clip=(-3.0, 8.0), quantile_range=(10, 90))],
+    [
+        lambda: LeakyReLU(0.1, name="lr"),
+        lambda: ELU(0.25, dtype="float16"),
+        lambda: Softmax(axis=(1, 2)),
+        lambda: RobustScaler(axis=1, clip=(-3.0, 8.0), quantile_range=(10, 90)),
+    ],
     ids=["leaky_relu", "elu", "softmax", "robust_scaler"],
 )
 def test_config_round_trip_and_registration(make):
@@ -252,7 +264,11 @@ def test_config_holds_every_hyperparameter():
     assert ELU(0.25).get_config()["alpha"] == 0.25
     assert Softmax(axis=[1, 2]).get_config()["axis"] == [1, 2]
     config = RobustScaler(axis=1, clip=(-3.0, 8.0), quantile_range=(10, 90)).get_config()
-    assert (config["axis"], config["clip"], config["quantile_range"]) == (1, [-3.0, 8.0], [10.0, 90.0])
+    assert (config["axis"], config["clip"], config["quantile_range"]) == (
+        1,
+        [-3.0, 8.0],
+        [10.0, 90.0],
+    )
 
 
 @pytest.mark.parametrize("bad", [-0.1, float("nan"), float("inf"), None, "0.3"])
@@ -270,7 +286,11 @@ def test_invalid_softmax_axis():
         Softmax(axis=1.5)
     x = np.zeros((2, 3), np.float32)
     for call in (lambda: Softmax(axis=5)(x), lambda: Softmax(axis=(0, 5))(x, mask=x > -1)):
-        with pytest.raises(ValueError, match=r"`axis` is out of range for a rank-2 `inputs`.*axis=5"):
+        with pytest.raises(
+            ValueError,
+            match=r"`axis` is out of range for a rank-2 "
+            r"`inputs`.*axis=5",
+        ):
             call()
 
 
@@ -280,7 +300,9 @@ def test_softmax_axis_none_normalises_over_every_axis(regime):
     logits = np.log(np.array([[1.0, 2.0], [3.0, 4.0]], np.float32))
     value = regime.run(Softmax(axis=None), logits)
     # 4 ULP of float32 (the layer's dtype): the logs and the sum round.
-    np.testing.assert_allclose(value, [[0.1, 0.2], [0.3, 0.4]], rtol=4 * dtype_limits("float32").eps)
+    np.testing.assert_allclose(
+        value, [[0.1, 0.2], [0.3, 0.4]], rtol=4 * dtype_limits("float32").eps
+    )
     assert Softmax(axis=None).get_config()["axis"] is None
     assert Softmax.from_config(Softmax(axis=None).get_config()).axis is None
 
@@ -299,10 +321,12 @@ def test_leaky_relu_layer_takes_integer_input_as_keras(regime):
 
 
 def _data_with_outliers(n=400, features=3, seed=1):
-    data = np.random.RandomState(seed).normal(loc=[10.0, -2.0, 0.0], scale=[2.0, 0.5, 100.0], size=(n, features))
+    data = np.random.RandomState(seed).normal(
+        loc=[10.0, -2.0, 0.0], scale=[2.0, 0.5, 100.0], size=(n, features)
+    )
     outliers = np.random.RandomState(seed + 1).choice(n, size=n // 20, replace=False)
     data[outliers[: len(outliers) // 2], 0] = 1e9
-    data[outliers[len(outliers) // 2:], 1] = -1e7
+    data[outliers[len(outliers) // 2 :], 1] = -1e7
     data[outliers, 2] *= 1e5
     return data.astype(np.float32), outliers
 
@@ -327,10 +351,12 @@ def test_robust_scaler_matches_numpy_and_bounds_outliers():
     ordinary = np.setdiff1d(np.arange(len(data)), outliers)
     expected = (data[ordinary].astype(np.float64) - median) / iqr
     inside = np.abs(expected) < 5
-    np.testing.assert_allclose(out[ordinary][inside], expected[inside], rtol=8 * F32_EPS, atol=8 * F32_EPS)
+    np.testing.assert_allclose(
+        out[ordinary][inside], expected[inside], rtol=8 * F32_EPS, atol=8 * F32_EPS
+    )
     np.testing.assert_array_equal(out[ordinary][~inside], np.sign(expected[~inside]) * 5.0)
     assert np.all(out[outliers[: len(outliers) // 2], 0] == 5.0)
-    assert np.all(out[outliers[len(outliers) // 2:], 1] == -5.0)
+    assert np.all(out[outliers[len(outliers) // 2 :], 1] == -5.0)
 
 
 def test_robust_scaler_custom_clip_quantiles_and_no_clip():
@@ -338,7 +364,9 @@ def test_robust_scaler_custom_clip_quantiles_and_no_clip():
     scaler = RobustScaler(clip=(-2.0, 3.0), quantile_range=(10.0, 90.0))
     scaler.adapt(data)
     d = data.astype(np.float64)
-    np.testing.assert_allclose(scaler.scale.numpy(), np.percentile(d, 90, 0) - np.percentile(d, 10, 0), rtol=F32_EPS)
+    np.testing.assert_allclose(
+        scaler.scale.numpy(), np.percentile(d, 90, 0) - np.percentile(d, 10, 0), rtol=F32_EPS
+    )
     out = scaler(data).numpy()
     assert out.min() == -2.0 and out.max() == 3.0
     unclipped = RobustScaler(clip=None)
@@ -400,7 +428,10 @@ def test_robust_scaler_adapts_on_tf_data_batched_unbatched_and_pairs():
 
 
 def test_robust_scaler_feature_axis_and_higher_rank():
-    data = np.random.RandomState(3).normal(size=(6, 3, 5)).astype(np.float32) * np.array([1, 10, 100])[None, :, None]
+    data = (
+        np.random.RandomState(3).normal(size=(6, 3, 5)).astype(np.float32)
+        * np.array([1, 10, 100])[None, :, None]
+    )
     scaler = RobustScaler(axis=1)
     scaler.adapt(data)
     per_feature = np.moveaxis(data, 1, -1).reshape(-1, 3).astype(np.float64)
@@ -453,7 +484,9 @@ def test_robust_scaler_steps_apply_to_datasets_only():
     assert scaler.count.numpy().tolist() == [5, 5]
 
 
-@pytest.mark.parametrize("clip", [0.0, -1.0, float("nan"), (1.0, 2.0), (-1.0, float("nan")), (2.0, -2.0), (1, 2, 3)])
+@pytest.mark.parametrize(
+    "clip", [0.0, -1.0, float("nan"), (1.0, 2.0), (-1.0, float("nan")), (2.0, -2.0), (1, 2, 3)]
+)
 def test_robust_scaler_invalid_clip(clip):
     with pytest.raises(ValueError, match="clip"):
         RobustScaler(clip=clip)
@@ -502,16 +535,18 @@ def _classification_data(n=128, seed=4):
 def _sequential(x):
     scaler = RobustScaler()
     scaler.adapt(x)
-    return keras.Sequential([
-        keras.Input((4,)),
-        scaler,
-        keras.layers.Dense(16),
-        LeakyReLU(),
-        keras.layers.Dense(16, activation=activations.elu),
-        ELU(alpha=0.5),
-        keras.layers.Dense(3),
-        Softmax(),
-    ])
+    return keras.Sequential(
+        [
+            keras.Input((4,)),
+            scaler,
+            keras.layers.Dense(16),
+            LeakyReLU(),
+            keras.layers.Dense(16, activation=activations.elu),
+            ELU(alpha=0.5),
+            keras.layers.Dense(3),
+            Softmax(),
+        ]
+    )
 
 
 def _functional(x):
@@ -550,7 +585,9 @@ def test_models_train_and_round_trip(kind, policy, mixed_precision_policy, tmp_p
     path = tmp_path / f"{kind}.keras"
     model.save(path)
     loaded = keras.saving.load_model(path)  # no custom_objects
-    np.testing.assert_array_equal(loaded.predict(inputs, verbose=0), model.predict(inputs, verbose=0))
+    np.testing.assert_array_equal(
+        loaded.predict(inputs, verbose=0), model.predict(inputs, verbose=0)
+    )
 
 
 def test_public_module_lists_its_layers():

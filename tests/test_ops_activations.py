@@ -96,10 +96,25 @@ def _evaluate(x):
 def edge_grid(dtype):
     """Edge values +-1 ULP in magnitude, both signs, with 0, -0, +-inf, nan."""
     info = _info(dtype)
-    bases = [float(info.tiny), float(info.eps), 1e-8, 1e-6, 1e-3, 0.5, 1.0 - float(info.eps) / 2,
-             1.0,  # expm1's switch from its Taylor polynomial to exp(x) - 1
-             2.0, 10.0, 17.0, math.log(float(info.max)), 88.72, 103.0, 1e4,
-             math.sqrt(float(info.max)), float(info.max)]
+    bases = [
+        float(info.tiny),
+        float(info.eps),
+        1e-8,
+        1e-6,
+        1e-3,
+        0.5,
+        1.0 - float(info.eps) / 2,
+        1.0,  # expm1's switch from its Taylor polynomial to exp(x) - 1
+        2.0,
+        10.0,
+        17.0,
+        math.log(float(info.max)),
+        88.72,
+        103.0,
+        1e4,
+        math.sqrt(float(info.max)),
+        float(info.max),
+    ]
     npdt = _np_dtype(dtype)
     uint = {2: np.uint16, 4: np.uint32, 8: np.uint64}[npdt.itemsize]
     a = np.array([b for b in bases if b <= float(info.max)]).astype(npdt)
@@ -108,8 +123,7 @@ def edge_grid(dtype):
     magnitudes = np.concatenate([a, (bits + uint(1)).view(npdt), (bits - uint(1)).view(npdt)])
     finite = magnitudes.astype(np.float64)
     magnitudes = magnitudes[np.isfinite(finite) & (finite >= float(info.tiny))]  # no subnormals
-    values = np.concatenate([np.array([0.0, -0.0, INF, -INF, NAN], npdt), magnitudes,
-                             -magnitudes])
+    values = np.concatenate([np.array([0.0, -0.0, INF, -INF, NAN], npdt), magnitudes, -magnitudes])
     return values
 
 
@@ -118,8 +132,10 @@ def _ulp_failure(context, actual, reference, dtype, budget):
     worst = int(np.argmax(errors))
     if errors[worst] <= budget:
         return None
-    return (f"{context}: {errors[worst]:.3g} ULP > {budget} in {dtype}: got "
-            f"{float(actual[worst])!r}, want {mpmath.nstr(reference[worst], 17)}")
+    return (
+        f"{context}: {errors[worst]:.3g} ULP > {budget} in {dtype}: got "
+        f"{float(actual[worst])!r}, want {mpmath.nstr(reference[worst], 17)}"
+    )
 
 
 def _grad_failure(context, actual, expected, dtype):
@@ -144,12 +160,20 @@ def test_value_and_gradient_on_edge_grid(dtype):
     for (name, parameter), value, grad in zip(CASES, values, grads):
         assert value.dtype == _np_dtype(dtype) == grad.dtype
         context = f"{name}({parameter})"
-        failures.append(_ulp_failure(context, value, ref.reference_array(
-            _mp_value(name, parameter), x), dtype, BUDGETS[name][dtype]))
+        failures.append(
+            _ulp_failure(
+                context,
+                value,
+                ref.reference_array(_mp_value(name, parameter), x),
+                dtype,
+                BUDGETS[name][dtype],
+            )
+        )
         # leaky_relu's gradient at NaN is its slope (autodiff of a select, as tf.nn)
         keep = ~np.isnan(x.astype(np.float64)) if name == "leaky_relu" else slice(None)
-        expected = np.array([float(v) for v in ref.reference_array(
-            _mp_derivative(name, parameter), x)])
+        expected = np.array(
+            [float(v) for v in ref.reference_array(_mp_derivative(name, parameter), x)]
+        )
         failures.append(_grad_failure(context, grad[keep], expected[keep], dtype))
     failures = [f for f in failures if f]
     assert not failures, "\n".join(failures)
@@ -168,16 +192,19 @@ def test_elu_extremes_are_finite_and_accurate_near_zero():
     assert np.isfinite(grad).all()
     # near 0 the expm1 branch keeps relative accuracy (exp(x) - 1 would not)
     tiny = np.array([-1e-8, -3e-5], np.float32)
-    ref.assert_ulp_within(ops.elu(tiny).numpy(),
-                          ref.reference_array(lambda v: mpmath.expm1(v), tiny), "float32", 2)
+    ref.assert_ulp_within(
+        ops.elu(tiny).numpy(), ref.reference_array(lambda v: mpmath.expm1(v), tiny), "float32", 2
+    )
 
 
 def test_leaky_relu_slopes_zero_and_above_one():
     x = np.array([-4.0, -0.0, 0.0, 3.0], np.float32)
-    np.testing.assert_array_equal(ops.leaky_relu(x, negative_slope=0.0).numpy(),
-                                  [0.0, 0.0, 0.0, 3.0])
-    np.testing.assert_array_equal(ops.leaky_relu(x, negative_slope=1.5).numpy(),
-                                  [-6.0, 0.0, 0.0, 3.0])
+    np.testing.assert_array_equal(
+        ops.leaky_relu(x, negative_slope=0.0).numpy(), [0.0, 0.0, 0.0, 3.0]
+    )
+    np.testing.assert_array_equal(
+        ops.leaky_relu(x, negative_slope=1.5).numpy(), [-6.0, 0.0, 0.0, 3.0]
+    )
     np.testing.assert_array_equal(ops.elu(x, alpha=0.0).numpy(), [0.0, 0.0, 0.0, 3.0])
 
 
@@ -195,8 +222,15 @@ def test_properties_over_the_finite_domain(dtype, data):
         assert np.isfinite(value[:8].astype(np.float64)).all(), (name, x, value)
         assert np.isfinite(grad[:8].astype(np.float64)).all(), (name, x, grad)
         assert np.isnan(value[8 + position]), (name, "NaN in, NaN out")
-        failures.append(_ulp_failure(f"{name}({parameter})", value[:8], ref.reference_array(
-            _mp_value(name, parameter), x), dtype, BUDGETS[name][dtype]))
+        failures.append(
+            _ulp_failure(
+                f"{name}({parameter})",
+                value[:8],
+                ref.reference_array(_mp_value(name, parameter), x),
+                dtype,
+                BUDGETS[name][dtype],
+            )
+        )
         # elu > -alpha, so its rounded value >= -alpha rounded to the dtype
         lower = float(_np_dtype(dtype).type(-parameter)) if name == "elu" else -INF
         assert (value[:8].astype(np.float64) >= lower).all()
@@ -208,23 +242,37 @@ def test_properties_over_the_finite_domain(dtype, data):
 def test_parity_with_keras(x):
     t = tf.constant(x)
     for alpha in (1.0, 1.67):
-        np.testing.assert_allclose(ops.elu(x, alpha=alpha).numpy(),
-                                   keras.activations.elu(t, alpha=alpha).numpy(),
-                                   rtol=2e-6, atol=1e-7)
-        np.testing.assert_allclose(ops.elu(x, alpha=alpha).numpy(),
-                                   keras.layers.ELU(alpha=alpha)(t).numpy(), rtol=2e-6, atol=1e-7)
+        np.testing.assert_allclose(
+            ops.elu(x, alpha=alpha).numpy(),
+            keras.activations.elu(t, alpha=alpha).numpy(),
+            rtol=2e-6,
+            atol=1e-7,
+        )
+        np.testing.assert_allclose(
+            ops.elu(x, alpha=alpha).numpy(),
+            keras.layers.ELU(alpha=alpha)(t).numpy(),
+            rtol=2e-6,
+            atol=1e-7,
+        )
     for slope in (0.2, 0.3):
-        np.testing.assert_allclose(ops.leaky_relu(x, negative_slope=slope).numpy(),
-                                   keras.ops.leaky_relu(t, negative_slope=slope).numpy(),
-                                   rtol=1e-6, atol=0)
-    np.testing.assert_allclose(ops.leaky_relu(x, 0.3).numpy(),
-                               keras.layers.LeakyReLU()(t).numpy(), rtol=1e-6, atol=0)
+        np.testing.assert_allclose(
+            ops.leaky_relu(x, negative_slope=slope).numpy(),
+            keras.ops.leaky_relu(t, negative_slope=slope).numpy(),
+            rtol=1e-6,
+            atol=0,
+        )
+    np.testing.assert_allclose(
+        ops.leaky_relu(x, 0.3).numpy(), keras.layers.LeakyReLU()(t).numpy(), rtol=1e-6, atol=0
+    )
 
 
-_ROWS = np.array([
-    [-INF, -1e4, -104.0, -30.0, -1.0, -1e-8, -0.0, 0.0, 1e-30, 1.0, 88.8, INF],
-    [NAN, -3.0, -2.0, -1.0, -0.5, 0.5, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0],
-], np.float32)
+_ROWS = np.array(
+    [
+        [-INF, -1e4, -104.0, -30.0, -1.0, -1e-8, -0.0, 0.0, 1e-30, 1.0, 88.8, INF],
+        [NAN, -3.0, -2.0, -1.0, -0.5, 0.5, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0],
+    ],
+    np.float32,
+)
 
 
 def _all_cases(*inputs):
@@ -236,15 +284,18 @@ def test_three_regimes_agree(regime):
     wrt = tuple(range(len(inputs)))
     expected_value, expected_grads = Regime("eager").value_and_grad(_all_cases, *inputs, wrt=wrt)
     for unknown_batch in (False, True):
-        value, grads = regime.value_and_grad(_all_cases, *inputs, wrt=wrt,
-                                             unknown_batch=unknown_batch)
+        value, grads = regime.value_and_grad(
+            _all_cases, *inputs, wrt=wrt, unknown_batch=unknown_batch
+        )
         np.testing.assert_array_equal(np.isnan(value), np.isnan(expected_value))
         np.testing.assert_allclose(value, expected_value, rtol=1e-6, atol=1e-37)
         for (name, parameter), grad, expected in zip(CASES, grads, expected_grads):
-            np.testing.assert_array_equal(np.isnan(grad), np.isnan(expected),
-                                          err_msg=f"{name}({parameter}) {regime}")
-            np.testing.assert_allclose(grad, expected, rtol=1e-6, atol=1e-37,
-                                       err_msg=f"{name}({parameter}) {regime}")
+            np.testing.assert_array_equal(
+                np.isnan(grad), np.isnan(expected), err_msg=f"{name}({parameter}) {regime}"
+            )
+            np.testing.assert_allclose(
+                grad, expected, rtol=1e-6, atol=1e-37, err_msg=f"{name}({parameter}) {regime}"
+            )
 
 
 def test_leaky_relu_casts_integer_and_boolean_input_to_float32(regime):
@@ -269,7 +320,11 @@ def test_bad_input():
     with pytest.raises(ValueError, match="negative_slope=-0.1"):
         ops.leaky_relu(tf.constant([1.0]), negative_slope=-0.1)
     # eager scalar tensors and NumPy scalars are accepted as numbers
-    np.testing.assert_allclose(ops.elu(np.array([-1.0], np.float32), tf.constant(0.5)).numpy(),
-                               [0.5 * math.expm1(-1.0)], rtol=1e-6)
-    np.testing.assert_allclose(ops.leaky_relu(np.array([-1.0], np.float32), np.float32(0.5)),
-                               [-0.5])
+    np.testing.assert_allclose(
+        ops.elu(np.array([-1.0], np.float32), tf.constant(0.5)).numpy(),
+        [0.5 * math.expm1(-1.0)],
+        rtol=1e-6,
+    )
+    np.testing.assert_allclose(
+        ops.leaky_relu(np.array([-1.0], np.float32), np.float32(0.5)), [-0.5]
+    )

@@ -65,7 +65,12 @@ def test_dtype_limits_rejects_non_floating(dtype):
 
 @pytest.mark.parametrize(
     "dtype, expected",
-    [("float16", tf.float32), ("bfloat16", tf.float32), ("float32", tf.float32), ("float64", tf.float64)],
+    [
+        ("float16", tf.float32),
+        ("bfloat16", tf.float32),
+        ("float32", tf.float32),
+        ("float64", tf.float64),
+    ],
 )
 def test_half_precision_computes_in_float32(dtype, expected):
     assert compute_dtype(dtype) == expected
@@ -97,7 +102,9 @@ def test_safe_where_gradient_is_finite_on_unselected_lanes(regime):
 
 def test_safe_where_propagates_nan_in_a_selected_lane(regime):
     x = np.array([np.nan, 4.0], np.float32)
-    value = regime.run(lambda t: safe_where(t > 0, t, tf.sqrt, tf.math.log, safe_true=1.0, safe_false=1.0), x)
+    value = regime.run(
+        lambda t: safe_where(t > 0, t, tf.sqrt, tf.math.log, safe_true=1.0, safe_false=1.0), x
+    )
     # nan > 0 is False: the false branch (log) is selected and receives the NaN.
     assert math.isnan(value[0]) and value[1] == 2.0
 
@@ -131,7 +138,11 @@ def test_xla_kernel_keeps_each_rank_static_across_rank_changes():
 
 
 def _function_call_ops(graph):
-    return [op for op in graph.get_operations() if op.type in ("PartitionedCall", "StatefulPartitionedCall")]
+    return [
+        op
+        for op in graph.get_operations()
+        if op.type in ("PartitionedCall", "StatefulPartitionedCall")
+    ]
 
 
 def test_xla_kernel_is_one_compiled_call_with_a_compiled_backward_in_a_plain_tf_function():

@@ -45,8 +45,6 @@ GRAD_BUDGET = {"float32": 4, "float64": 4, "half": 1}
 _np = ref.to_numpy_dtype
 
 
-
-
 def _limits(dtype):
     return ops.dtype_limits(dtype)
 
@@ -57,7 +55,7 @@ def _value_limits(dtype):
 
 
 def _assert_scaled(actual, expected, scale, dtype, budget, context):
-    """|actual - expected| <= budget ULPs of ``scale`` (+ the smallest normal, for flushed results)."""
+    """|actual - expected| <= budget ULPs of ``scale`` (+ the smallest normal: flushed results)."""
     tiny = ref.mpf(_limits(dtype).tiny)
     for a, e, s in zip(np.ravel(actual), np.ravel(expected), np.ravel(scale)):
         tolerance = budget * ref.ulp_of(s, dtype) + tiny
@@ -121,7 +119,11 @@ def _mp_categorical_probabilities_grad(z_row, o_row, dtype):
     tiny = ref.mpf(_limits(dtype).tiny)
     total = mpmath.fsum(o_row)
     points = [max(o, tiny) for o in o_row]
-    normalizing = mpmath.fsum(z * o / q for z, o, q in zip(z_row, o_row, points)) / total if total else mpmath.mpf(0)
+    normalizing = (
+        mpmath.fsum(z * o / q for z, o, q in zip(z_row, o_row, points)) / total
+        if total
+        else mpmath.mpf(0)
+    )
     grads = [normalizing - z / q for z, q in zip(z_row, points)]
     return grads, [abs(normalizing) + abs(z / q) for z, q in zip(z_row, points)]
 
@@ -134,8 +136,26 @@ def _mp_categorical_probabilities_grad(z_row, o_row, dtype):
 def _binary_logits_grid(dtype):
     lim = _limits(dtype)
     far = 60.0 if dtype == "float16" else 100.0
-    xs = [0.0, lim.tiny, -lim.tiny, lim.eps, -lim.eps, 1.0, -1.0, 10.0, -10.0, 30.0, -30.0, far, -far,
-          lim.max, -lim.max, INF, -INF, NAN]
+    xs = [
+        0.0,
+        lim.tiny,
+        -lim.tiny,
+        lim.eps,
+        -lim.eps,
+        1.0,
+        -1.0,
+        10.0,
+        -10.0,
+        30.0,
+        -30.0,
+        far,
+        -far,
+        lim.max,
+        -lim.max,
+        INF,
+        -INF,
+        NAN,
+    ]
     zs = [0.0, 1.0, 0.5, 0.25, 1 - lim.eps, NAN]
     pairs = [(z, x) for z in zs for x in xs]
     return as_dtype([p[0] for p in pairs], dtype), as_dtype([p[1] for p in pairs], dtype)
@@ -143,8 +163,21 @@ def _binary_logits_grid(dtype):
 
 def _binary_probabilities_grid(dtype):
     lim = _limits(dtype)
-    ps = [0.0, lim.tiny, 2 * lim.tiny, lim.eps / 2, lim.eps, 1e-3, 0.25, 0.5, 0.75, 1 - lim.eps,
-          lim.largest_below_one, 1.0, NAN]
+    ps = [
+        0.0,
+        lim.tiny,
+        2 * lim.tiny,
+        lim.eps / 2,
+        lim.eps,
+        1e-3,
+        0.25,
+        0.5,
+        0.75,
+        1 - lim.eps,
+        lim.largest_below_one,
+        1.0,
+        NAN,
+    ]
     zs = [0.0, 1.0, 0.5, 0.1, NAN]
     pairs = [(z, p) for z in zs for p in ps]
     return as_dtype([p[0] for p in pairs], dtype), as_dtype([p[1] for p in pairs], dtype)
@@ -198,29 +231,54 @@ def test_binary_from_logits_edges(regime):
         context = f"{dtype} {regime}"
         assert value.dtype == _np(dtype), context
         expected = ref.reference_array(ref.mp_binary_crossentropy_logits, z, x)
-        ref.assert_ulp_within(value, expected, dtype, ref.budget_for(BINARY_BUDGET, dtype), context=context)
+        ref.assert_ulp_within(
+            value, expected, dtype, ref.budget_for(BINARY_BUDGET, dtype), context=context
+        )
         finite = is_finite(z) & is_finite(x)
         expected_grad = ref.reference_array(_mp_binary_logits_grad, z[finite], x[finite])
-        _assert_scaled(grad[finite], expected_grad, np.full(finite.sum(), mpmath.mpf(1)), dtype,
-                       ref.budget_for(GRAD_BUDGET, dtype), context)
+        _assert_scaled(
+            grad[finite],
+            expected_grad,
+            np.full(finite.sum(), mpmath.mpf(1)),
+            dtype,
+            ref.budget_for(GRAD_BUDGET, dtype),
+            context,
+        )
 
 
 def test_binary_from_probabilities_edges(regime):
     for dtype in edge_dtypes(regime):
         z, p = _binary_probabilities_grid(dtype)
-        value, (grad,) = regime.value_and_grad(ops.binary_crossentropy, z, p, wrt=(1,), unknown_batch=True)
+        value, (grad,) = regime.value_and_grad(
+            ops.binary_crossentropy, z, p, wrt=(1,), unknown_batch=True
+        )
         context = f"{dtype} {regime}"
         assert value.dtype == _np(dtype), context
         bounds = _value_limits(dtype)
         expected = ref.reference_array(
-            lambda a, b: ref.mp_binary_crossentropy_probabilities(a, b, bounds.tiny, bounds.largest_below_one), z, p
+            lambda a, b: ref.mp_binary_crossentropy_probabilities(
+                a, b, bounds.tiny, bounds.largest_below_one
+            ),
+            z,
+            p,
         )
-        ref.assert_ulp_within(value, expected, dtype, ref.budget_for(BINARY_BUDGET, dtype), context=context)
+        ref.assert_ulp_within(
+            value, expected, dtype, ref.budget_for(BINARY_BUDGET, dtype), context=context
+        )
         finite = is_finite(z) & is_finite(p)
         assert np.all(is_finite(value[finite])) and np.all(is_finite(grad[finite])), context
-        pairs = [_mp_binary_probabilities_grad(ref.mpf(a), ref.mpf(b), dtype) for a, b in zip(z[finite], p[finite])]
-        _assert_scaled(grad[finite], [g for g, _ in pairs], [s for _, s in pairs], dtype,
-                       ref.budget_for(GRAD_BUDGET, dtype), context)
+        pairs = [
+            _mp_binary_probabilities_grad(ref.mpf(a), ref.mpf(b), dtype)
+            for a, b in zip(z[finite], p[finite])
+        ]
+        _assert_scaled(
+            grad[finite],
+            [g for g, _ in pairs],
+            [s for _, s in pairs],
+            dtype,
+            ref.budget_for(GRAD_BUDGET, dtype),
+            context,
+        )
         # Confidently wrong: the gradient is the largest the dtype holds, not 0.
         lim = _limits(dtype)
         assert np.all(grad[(p == 0) & (z == 1)] == _np(dtype).type(-1 / lim.tiny)), context
@@ -235,11 +293,22 @@ def test_categorical_from_logits_edges(regime):
         value, (grad,) = regime.value_and_grad(fn, z, x, wrt=(1,), unknown_batch=True)
         assert value.dtype == _np(dtype) and value.shape == (z.shape[0],), context
         expected = np.array(_rows(ref.mp_categorical_crossentropy_logits, z, x), dtype=object)
-        ref.assert_ulp_within(value, expected, dtype, ref.budget_for(BUDGET, dtype), context=context)
+        ref.assert_ulp_within(
+            value, expected, dtype, ref.budget_for(BUDGET, dtype), context=context
+        )
         finite = np.all(is_finite(z) & is_finite(x), axis=1)
         for row in np.flatnonzero(finite):
-            grads, scales = _mp_categorical_logits_grad(*[[ref.mpf(v) for v in a[row]] for a in (z, x)])
-            _assert_scaled(grad[row], grads, scales, dtype, ref.budget_for(GRAD_BUDGET, dtype), f"{context} row {row}")
+            grads, scales = _mp_categorical_logits_grad(
+                *[[ref.mpf(v) for v in a[row]] for a in (z, x)]
+            )
+            _assert_scaled(
+                grad[row],
+                grads,
+                scales,
+                dtype,
+                ref.budget_for(GRAD_BUDGET, dtype),
+                f"{context} row {row}",
+            )
         no_nan = ~np.any(np.isnan(z.astype(np.float64)) | np.isnan(x.astype(np.float64)), axis=1)
         assert np.all(is_finite(grad[no_nan])), context  # -inf logits included
         # The sparse loss (labels: each row's largest target) equals the dense
@@ -248,30 +317,56 @@ def test_categorical_from_logits_edges(regime):
         one_hot = np.eye(4)[labels]
         sparse = lambda t, o: ops.sparse_categorical_crossentropy(t, o, from_logits=True)  # noqa: E731
         s_value, (s_grad,) = regime.value_and_grad(sparse, labels, x, wrt=(1,), unknown_batch=True)
-        s_expected = np.array(_rows(ref.mp_categorical_crossentropy_logits, one_hot, x), dtype=object)
-        ref.assert_ulp_within(s_value, s_expected, dtype, ref.budget_for(BUDGET, dtype), context=f"sparse {context}")
+        s_expected = np.array(
+            _rows(ref.mp_categorical_crossentropy_logits, one_hot, x), dtype=object
+        )
+        ref.assert_ulp_within(
+            s_value, s_expected, dtype, ref.budget_for(BUDGET, dtype), context=f"sparse {context}"
+        )
         finite_x = np.all(is_finite(x), axis=1)
         for row in np.flatnonzero(finite_x):
-            grads, scales = _mp_categorical_logits_grad(*[[ref.mpf(v) for v in a[row]] for a in (one_hot, x)])
-            _assert_scaled(s_grad[row], grads, scales, dtype, ref.budget_for(GRAD_BUDGET, dtype), f"sparse {context}")
+            grads, scales = _mp_categorical_logits_grad(
+                *[[ref.mpf(v) for v in a[row]] for a in (one_hot, x)]
+            )
+            _assert_scaled(
+                s_grad[row],
+                grads,
+                scales,
+                dtype,
+                ref.budget_for(GRAD_BUDGET, dtype),
+                f"sparse {context}",
+            )
 
 
 def test_categorical_from_probabilities_edges(regime):
     for dtype in edge_dtypes(regime):
         z, p = _categorical_probabilities_rows(dtype)
         context = f"{dtype} {regime}"
-        value, (grad,) = regime.value_and_grad(ops.categorical_crossentropy, z, p, wrt=(1,), unknown_batch=True)
+        value, (grad,) = regime.value_and_grad(
+            ops.categorical_crossentropy, z, p, wrt=(1,), unknown_batch=True
+        )
         assert value.dtype == _np(dtype), context
         low = _value_limits(dtype).tiny
-        expected = _rows(lambda a, b: ref.mp_categorical_crossentropy_probabilities(a, b, low), z, p)
+        expected = _rows(
+            lambda a, b: ref.mp_categorical_crossentropy_probabilities(a, b, low), z, p
+        )
         z_sums = np.nan_to_num(z.astype(np.float64).sum(axis=1))
         _assert_normalized_loss(value, expected, z_sums, 4, dtype, context)
         assert value[4] == 0, context  # a perfect prediction costs exactly 0
         finite = np.all(is_finite(z) & is_finite(p), axis=1)
         assert np.all(is_finite(value[finite])) and np.all(is_finite(grad[finite])), context
         for row in np.flatnonzero(finite):
-            grads, scales = _mp_categorical_probabilities_grad(*[[ref.mpf(v) for v in a[row]] for a in (z, p)], dtype)
-            _assert_scaled(grad[row], grads, scales, dtype, ref.budget_for(GRAD_BUDGET, dtype), f"{context} row {row}")
+            grads, scales = _mp_categorical_probabilities_grad(
+                *[[ref.mpf(v) for v in a[row]] for a in (z, p)], dtype
+            )
+            _assert_scaled(
+                grad[row],
+                grads,
+                scales,
+                dtype,
+                ref.budget_for(GRAD_BUDGET, dtype),
+                f"{context} row {row}",
+            )
         # The sparse loss (labels: each row's largest target) equals the dense
         # loss against the one-hot of its label, in value and gradient.
         labels = _labels_of(np.nan_to_num(z.astype(np.float64), nan=-1.0))
@@ -279,11 +374,24 @@ def test_categorical_from_probabilities_edges(regime):
         s_value, (s_grad,) = regime.value_and_grad(
             ops.sparse_categorical_crossentropy, labels, p, wrt=(1,), unknown_batch=True
         )
-        s_expected = _rows(lambda a, b: ref.mp_categorical_crossentropy_probabilities(a, b, low), one_hot, p)
-        _assert_normalized_loss(s_value, s_expected, np.ones(len(labels)), 4, dtype, f"sparse {context}")
+        s_expected = _rows(
+            lambda a, b: ref.mp_categorical_crossentropy_probabilities(a, b, low), one_hot, p
+        )
+        _assert_normalized_loss(
+            s_value, s_expected, np.ones(len(labels)), 4, dtype, f"sparse {context}"
+        )
         for row in np.flatnonzero(np.all(is_finite(p), axis=1)):
-            grads, scales = _mp_categorical_probabilities_grad(*[[ref.mpf(v) for v in a[row]] for a in (one_hot, p)], dtype)
-            _assert_scaled(s_grad[row], grads, scales, dtype, ref.budget_for(GRAD_BUDGET, dtype), f"sparse {context}")
+            grads, scales = _mp_categorical_probabilities_grad(
+                *[[ref.mpf(v) for v in a[row]] for a in (one_hot, p)], dtype
+            )
+            _assert_scaled(
+                s_grad[row],
+                grads,
+                scales,
+                dtype,
+                ref.budget_for(GRAD_BUDGET, dtype),
+                f"sparse {context}",
+            )
 
 
 # ----------------------------------------------------------------------------
@@ -299,16 +407,28 @@ def test_sparse_bad_label_raises_or_is_nan(regime):
 def _check_bad_labels(regime, from_logits):
     probabilities = np.float32([[0.2, 0.3, 0.5]] * 4)
     fn = lambda t, o: ops.sparse_categorical_crossentropy(t, o, from_logits=from_logits)  # noqa: E731
-    for labels, bad in ((np.int64([0, 7, -1, 1]), "7"), (np.int32([0, 1, -1, 2]), "-1"), (np.float32([0, 1, 2, 1.5]), "1.5")):
+    for labels, bad in (
+        (np.int64([0, 7, -1, 1]), "7"),
+        (np.int32([0, 1, -1, 2]), "-1"),
+        (np.float32([0, 1, 2, 1.5]), "1.5"),
+    ):
         if regime.name == "xla" and labels.dtype == np.int32:
             continue  # one integer case is enough to compile
         if regime.name == "xla":
             # Asserts are dropped under XLA: the bad example is NaN (value and
             # gradient), never the finite loss of some other class.
-            value, (grad,) = regime.value_and_grad(fn, labels, probabilities, wrt=(1,), unknown_batch=True)
+            value, (grad,) = regime.value_and_grad(
+                fn, labels, probabilities, wrt=(1,), unknown_batch=True
+            )
             bad_rows = ~np.isin(labels, [0, 1, 2])
-            assert np.all(np.isnan(value[bad_rows])) and np.all(is_finite(value[~bad_rows])), (labels, value)
-            assert np.all(np.isnan(grad[bad_rows])) and np.all(is_finite(grad[~bad_rows])), (labels, grad)
+            assert np.all(np.isnan(value[bad_rows])) and np.all(is_finite(value[~bad_rows])), (
+                labels,
+                value,
+            )
+            assert np.all(np.isnan(grad[bad_rows])) and np.all(is_finite(grad[~bad_rows])), (
+                labels,
+                grad,
+            )
         else:
             with pytest.raises(tf.errors.InvalidArgumentError) as error:
                 regime.run(fn, labels, probabilities, unknown_batch=True)
@@ -323,15 +443,23 @@ def test_sparse_labels_are_never_cast_through_a_float():
     logits = np.full((1, label + 1), -np.inf, np.float32)  # masked: the row sum stays exact
     logits[0, label - 1], logits[0, label] = 0.0, 5.0
     loss = ops.sparse_categorical_crossentropy(np.int64([label]), logits, from_logits=True)
-    expected = np.array([mpmath.log1p(mpmath.exp(-5))], dtype=object)  # class 2**24 would give 5.0067
+    expected = np.array(
+        [mpmath.log1p(mpmath.exp(-5))], dtype=object
+    )  # class 2**24 would give 5.0067
     ref.assert_ulp_within(loss.numpy(), expected, "float32", 4)
 
 
 def test_sparse_accepts_integral_float_labels_and_trailing_axis():
     logits = np.float32([[1.0, 2.0, 3.0], [0.0, 0.0, 9.0]])
-    from_int = ops.sparse_categorical_crossentropy(np.int32([2, 0]), logits, from_logits=True).numpy()
-    from_float = ops.sparse_categorical_crossentropy(np.float32([2.0, 0.0]), logits, from_logits=True).numpy()
-    from_column = ops.sparse_categorical_crossentropy(np.int32([[2], [0]]), logits, from_logits=True).numpy()
+    from_int = ops.sparse_categorical_crossentropy(
+        np.int32([2, 0]), logits, from_logits=True
+    ).numpy()
+    from_float = ops.sparse_categorical_crossentropy(
+        np.float32([2.0, 0.0]), logits, from_logits=True
+    ).numpy()
+    from_column = ops.sparse_categorical_crossentropy(
+        np.int32([[2], [0]]), logits, from_logits=True
+    ).numpy()
     np.testing.assert_array_equal(from_int, from_float)
     np.testing.assert_array_equal(from_int, from_column)
 
@@ -357,12 +485,22 @@ def _binary_from_logits_property(dtype):
         x = _put_nan(x, nan)
         fn = lambda t, o: ops.binary_crossentropy(t, o, from_logits=True)  # noqa: E731
         value, (grad,) = EAGER.value_and_grad(fn, z, x, wrt=(1,))
-        ref.assert_ulp_within(value, ref.reference_array(ref.mp_binary_crossentropy_logits, z, x), dtype,
-                              ref.budget_for(BINARY_BUDGET, dtype))
+        ref.assert_ulp_within(
+            value,
+            ref.reference_array(ref.mp_binary_crossentropy_logits, z, x),
+            dtype,
+            ref.budget_for(BINARY_BUDGET, dtype),
+        )
         assert np.all(is_finite(grad[~nan])) and np.all(np.isnan(grad[nan])), (z, x, grad)
         expected = ref.reference_array(_mp_binary_logits_grad, z[~nan], x[~nan])
-        _assert_scaled(grad[~nan], expected, np.full(expected.shape, mpmath.mpf(1)), dtype,
-                       ref.budget_for(GRAD_BUDGET, dtype), "gradient")
+        _assert_scaled(
+            grad[~nan],
+            expected,
+            np.full(expected.shape, mpmath.mpf(1)),
+            dtype,
+            ref.budget_for(GRAD_BUDGET, dtype),
+            "gradient",
+        )
 
     check()
 
@@ -377,12 +515,20 @@ def _binary_from_probabilities_property(dtype):
     shape = (8,)
     bounds = _value_limits(dtype)
 
-    @given(finite_arrays(dtype, shape, 0.0, 1.0), finite_arrays(dtype, shape, 0.0, 1.0), _nan_mask(shape))
+    @given(
+        finite_arrays(dtype, shape, 0.0, 1.0),
+        finite_arrays(dtype, shape, 0.0, 1.0),
+        _nan_mask(shape),
+    )
     def check(z, p, nan):
         p = _put_nan(p, nan)
         value, (grad,) = EAGER.value_and_grad(ops.binary_crossentropy, z, p, wrt=(1,))
         expected = ref.reference_array(
-            lambda a, b: ref.mp_binary_crossentropy_probabilities(a, b, bounds.tiny, bounds.largest_below_one), z, p
+            lambda a, b: ref.mp_binary_crossentropy_probabilities(
+                a, b, bounds.tiny, bounds.largest_below_one
+            ),
+            z,
+            p,
         )
         ref.assert_ulp_within(value, expected, dtype, ref.budget_for(BINARY_BUDGET, dtype))
         # Finite for every probability, 0 and 1 included: the clip's gradient is finite too.
@@ -415,14 +561,22 @@ def _categorical_from_logits_property(dtype):
         nan_rows = np.any(nan, axis=1)
         fn = lambda t, o: ops.categorical_crossentropy(t, o, from_logits=True)  # noqa: E731
         value, (grad,) = EAGER.value_and_grad(fn, z, x, wrt=(1,))
-        ref.assert_ulp_within(value, np.array(_rows(ref.mp_categorical_crossentropy_logits, z, x), dtype=object),
-                              dtype, ref.budget_for(BUDGET, dtype))
+        ref.assert_ulp_within(
+            value,
+            np.array(_rows(ref.mp_categorical_crossentropy_logits, z, x), dtype=object),
+            dtype,
+            ref.budget_for(BUDGET, dtype),
+        )
         assert np.all(is_finite(grad[~nan_rows])) and np.all(np.isnan(grad[nan_rows])), (z, x, grad)
         sparse = lambda t, o: ops.sparse_categorical_crossentropy(t, o, from_logits=True)  # noqa: E731
         s_value, (s_grad,) = EAGER.value_and_grad(sparse, labels, x, wrt=(1,))
         one_hot = np.eye(shape[1])[labels]
-        ref.assert_ulp_within(s_value, np.array(_rows(ref.mp_categorical_crossentropy_logits, one_hot, x), dtype=object),
-                              dtype, ref.budget_for(BUDGET, dtype))
+        ref.assert_ulp_within(
+            s_value,
+            np.array(_rows(ref.mp_categorical_crossentropy_logits, one_hot, x), dtype=object),
+            dtype,
+            ref.budget_for(BUDGET, dtype),
+        )
         assert np.all(is_finite(s_grad[~nan_rows])), (labels, x, s_grad)
 
     check()
@@ -435,7 +589,9 @@ def test_categorical_from_logits_property():
 
 
 def _categorical_from_probabilities_property(dtype):
-    shape = _categorical_probabilities_rows("float32")[0].shape  # the edge grid's: its kernels are reused
+    shape = _categorical_probabilities_rows("float32")[
+        0
+    ].shape  # the edge grid's: its kernels are reused
     rows, classes = shape
     low = _value_limits(dtype).tiny
 
@@ -448,12 +604,20 @@ def _categorical_from_probabilities_property(dtype):
     def check(z, p, labels, zero_row):
         p = np.where(zero_row[:, None], np.zeros_like(p), p)  # all-zero rows included
         value, (grad,) = EAGER.value_and_grad(ops.categorical_crossentropy, z, p, wrt=(1,))
-        expected = _rows(lambda a, b: ref.mp_categorical_crossentropy_probabilities(a, b, low), z, p)
-        _assert_normalized_loss(value, expected, z.astype(np.float64).sum(axis=1), classes, dtype, "dense")
+        expected = _rows(
+            lambda a, b: ref.mp_categorical_crossentropy_probabilities(a, b, low), z, p
+        )
+        _assert_normalized_loss(
+            value, expected, z.astype(np.float64).sum(axis=1), classes, dtype, "dense"
+        )
         assert np.all(is_finite(value)) and np.all(is_finite(grad)), (z, p, grad)
-        s_value, (s_grad,) = EAGER.value_and_grad(ops.sparse_categorical_crossentropy, labels, p, wrt=(1,))
+        s_value, (s_grad,) = EAGER.value_and_grad(
+            ops.sparse_categorical_crossentropy, labels, p, wrt=(1,)
+        )
         one_hot = np.eye(classes)[labels]
-        expected = _rows(lambda a, b: ref.mp_categorical_crossentropy_probabilities(a, b, low), one_hot, p)
+        expected = _rows(
+            lambda a, b: ref.mp_categorical_crossentropy_probabilities(a, b, low), one_hot, p
+        )
         _assert_normalized_loss(s_value, expected, np.ones(rows), classes, dtype, "sparse")
         assert np.all(is_finite(s_value)) and np.all(is_finite(s_grad)), (labels, p, s_grad)
 
@@ -482,24 +646,44 @@ def _parity_cases():
     probabilities /= probabilities.sum(axis=1, keepdims=True)
     sigmoid = (1 / (1 + np.exp(-logits.astype(np.float64)))).clip(1e-3, 1 - 1e-3).astype(np.float32)
     return [
-        ("binary logits", lambda: ops.binary_crossentropy(z, logits, from_logits=True),
-         lambda: tf.nn.sigmoid_cross_entropy_with_logits(labels=z, logits=logits)),
-        ("binary probabilities", lambda: ops.binary_crossentropy(z, sigmoid),
-         lambda: keras.ops.binary_crossentropy(z, sigmoid)),
-        ("categorical logits", lambda: ops.categorical_crossentropy(soft, logits, from_logits=True),
-         lambda: tf.nn.softmax_cross_entropy_with_logits(labels=soft, logits=logits)),
-        ("categorical probabilities", lambda: ops.categorical_crossentropy(soft, probabilities),
-         lambda: keras.ops.categorical_crossentropy(soft, probabilities)),
-        ("sparse logits", lambda: ops.sparse_categorical_crossentropy(labels, logits, from_logits=True),
-         lambda: tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)),
-        ("sparse probabilities", lambda: ops.sparse_categorical_crossentropy(labels, probabilities),
-         lambda: keras.ops.sparse_categorical_crossentropy(labels, probabilities)),
+        (
+            "binary logits",
+            lambda: ops.binary_crossentropy(z, logits, from_logits=True),
+            lambda: tf.nn.sigmoid_cross_entropy_with_logits(labels=z, logits=logits),
+        ),
+        (
+            "binary probabilities",
+            lambda: ops.binary_crossentropy(z, sigmoid),
+            lambda: keras.ops.binary_crossentropy(z, sigmoid),
+        ),
+        (
+            "categorical logits",
+            lambda: ops.categorical_crossentropy(soft, logits, from_logits=True),
+            lambda: tf.nn.softmax_cross_entropy_with_logits(labels=soft, logits=logits),
+        ),
+        (
+            "categorical probabilities",
+            lambda: ops.categorical_crossentropy(soft, probabilities),
+            lambda: keras.ops.categorical_crossentropy(soft, probabilities),
+        ),
+        (
+            "sparse logits",
+            lambda: ops.sparse_categorical_crossentropy(labels, logits, from_logits=True),
+            lambda: tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits),
+        ),
+        (
+            "sparse probabilities",
+            lambda: ops.sparse_categorical_crossentropy(labels, probabilities),
+            lambda: keras.ops.sparse_categorical_crossentropy(labels, probabilities),
+        ),
     ]
 
 
 def test_matches_tf_nn_and_keras_where_well_conditioned():
     for name, ours, theirs in _parity_cases():
-        np.testing.assert_allclose(ours().numpy(), theirs().numpy(), rtol=2e-6, atol=2e-7, err_msg=name)
+        np.testing.assert_allclose(
+            ours().numpy(), theirs().numpy(), rtol=2e-6, atol=2e-7, err_msg=name
+        )
 
 
 def _value_and_grad(fn, target, output):
@@ -519,11 +703,17 @@ def test_documented_differences_from_keras():
     assert o_value[0] == pytest.approx(-np.log(np.finfo(np.float32).tiny), rel=1e-6)
     assert o_grad[0] == -1 / np.finfo(np.float32).tiny
     # Probabilities below 1e-7 keep their exact loss.
-    assert K.binary_crossentropy(one, np.float32([1e-10])).numpy()[0] == pytest.approx(16.118, abs=1e-3)
-    assert ops.binary_crossentropy(one, np.float32([1e-10])).numpy()[0] == pytest.approx(-np.log(1e-10), rel=1e-6)
+    assert K.binary_crossentropy(one, np.float32([1e-10])).numpy()[0] == pytest.approx(
+        16.118, abs=1e-3
+    )
+    assert ops.binary_crossentropy(one, np.float32([1e-10])).numpy()[0] == pytest.approx(
+        -np.log(1e-10), rel=1e-6
+    )
     # float16: Keras's 1 - 1e-7 rounds to 1, so p = 1 for a negative target is inf.
     assert np.isinf(K.binary_crossentropy(np.float16([0]), np.float16([1])).numpy()[0])
-    assert ops.binary_crossentropy(np.float16([0]), np.float16([1])).numpy()[0] == pytest.approx(24 * np.log(2), rel=1e-3)
+    assert ops.binary_crossentropy(np.float16([0]), np.float16([1])).numpy()[0] == pytest.approx(
+        24 * np.log(2), rel=1e-3
+    )
     # An infinite logit that agrees with its target: Keras NaN, ours 0.
     assert np.isnan(K.binary_crossentropy(one, np.float32([INF]), from_logits=True).numpy()[0])
     assert ops.binary_crossentropy(one, np.float32([INF]), from_logits=True).numpy()[0] == 0
@@ -539,18 +729,23 @@ def test_documented_differences_from_keras():
     # A masked -inf logit where the target is 0: Keras NaN, ours finite.
     masked_target, masked = np.float32([[0, 0, 1]]), np.float32([[0, -INF, 2]])
     assert np.isnan(K.categorical_crossentropy(masked_target, masked, from_logits=True).numpy()[0])
-    assert ops.categorical_crossentropy(masked_target, masked, from_logits=True).numpy()[0] == pytest.approx(
-        np.log1p(np.exp(-2.0)), rel=1e-6
-    )
+    assert ops.categorical_crossentropy(masked_target, masked, from_logits=True).numpy()[
+        0
+    ] == pytest.approx(np.log1p(np.exp(-2.0)), rel=1e-6)
     # A confident correct prediction: Keras 0, ours the exact 9.36e-14.
     confident = np.float32([[0, -30]])
-    assert K.categorical_crossentropy(np.float32([[1, 0]]), confident, from_logits=True).numpy()[0] == 0
-    assert ops.categorical_crossentropy(np.float32([[1, 0]]), confident, from_logits=True).numpy()[0] == pytest.approx(
-        float(mpmath.log1p(mpmath.exp(-30))), rel=1e-6
+    assert (
+        K.categorical_crossentropy(np.float32([[1, 0]]), confident, from_logits=True).numpy()[0]
+        == 0
     )
+    assert ops.categorical_crossentropy(np.float32([[1, 0]]), confident, from_logits=True).numpy()[
+        0
+    ] == pytest.approx(float(mpmath.log1p(mpmath.exp(-30))), rel=1e-6)
     # A float label 1.5: Keras truncates it to class 1, ours refuses it.
     logits = np.float32([[1, 2, 3]])
-    assert K.sparse_categorical_crossentropy(np.float32([1.5]), logits, from_logits=True).numpy()[0] == pytest.approx(
+    assert K.sparse_categorical_crossentropy(np.float32([1.5]), logits, from_logits=True).numpy()[
+        0
+    ] == pytest.approx(
         K.sparse_categorical_crossentropy(np.int32([1]), logits, from_logits=True).numpy()[0]
     )
     with pytest.raises(tf.errors.InvalidArgumentError, match="label 1.5"):
@@ -568,16 +763,20 @@ def test_uses_the_logits_behind_keras_activations():
     target = np.float32([[1.0, 0.0, 0.0]])
     expected = ops.categorical_crossentropy(target, logits, from_logits=True).numpy()
     assert expected[0] == pytest.approx(250.0, rel=1e-6)
-    np.testing.assert_array_equal(ops.categorical_crossentropy(target, probabilities).numpy(), expected)
-    np.testing.assert_array_equal(ops.sparse_categorical_crossentropy(np.int32([0]), probabilities).numpy(), expected)
+    np.testing.assert_array_equal(
+        ops.categorical_crossentropy(target, probabilities).numpy(), expected
+    )
+    np.testing.assert_array_equal(
+        ops.sparse_categorical_crossentropy(np.int32([0]), probabilities).numpy(), expected
+    )
     sigmoid = keras.activations.sigmoid(tf.constant([-200.0]))
     assert ops.binary_crossentropy(np.float32([1.0]), sigmoid).numpy()[0] == pytest.approx(200.0)
 
     @tf.function
     def in_a_graph(x):  # a Sigmoid/Softmax op in a graph is recognized as Keras does
-        return ops.binary_crossentropy(tf.ones_like(x), tf.nn.sigmoid(x)), ops.categorical_crossentropy(
-            tf.constant(target), tf.nn.softmax(tf.constant(logits))
-        )
+        return ops.binary_crossentropy(
+            tf.ones_like(x), tf.nn.sigmoid(x)
+        ), ops.categorical_crossentropy(tf.constant(target), tf.nn.softmax(tf.constant(logits)))
 
     binary, categorical = in_a_graph(tf.constant([-200.0]))
     assert binary.numpy()[0] == pytest.approx(200.0)
@@ -621,10 +820,19 @@ def test_class_axis():
     logits = rng.normal(size=(2, 3, 4)).astype(np.float32)  # classes on axis 1
     labels = np.int32([[0, 2, 1, 1], [2, 2, 0, 1]])
     one_hot = np.moveaxis(np.eye(3, dtype=np.float32)[labels], -1, 1)
-    dense = regime.run(lambda t, o: ops.categorical_crossentropy(t, o, from_logits=True, axis=1), one_hot, logits)
-    sparse = regime.run(lambda t, o: ops.sparse_categorical_crossentropy(t, o, from_logits=True, axis=1), labels, logits)
+    dense = regime.run(
+        lambda t, o: ops.categorical_crossentropy(t, o, from_logits=True, axis=1), one_hot, logits
+    )
+    sparse = regime.run(
+        lambda t, o: ops.sparse_categorical_crossentropy(t, o, from_logits=True, axis=1),
+        labels,
+        logits,
+    )
     moved = np.moveaxis(logits, 1, -1).reshape(-1, 3)
-    expected = np.array(_rows(ref.mp_categorical_crossentropy_logits, np.eye(3)[labels.ravel()], moved), dtype=object)
+    expected = np.array(
+        _rows(ref.mp_categorical_crossentropy_logits, np.eye(3)[labels.ravel()], moved),
+        dtype=object,
+    )
     ref.assert_ulp_within(dense.ravel(), expected, "float32", 4)
     ref.assert_ulp_within(sparse.ravel(), expected, "float32", 4)
 
@@ -657,7 +865,9 @@ def test_integer_predictions_are_a_type_error():
 
 def test_bad_axis_is_an_error():
     with pytest.raises(ValueError, match="axis"):
-        ops.categorical_crossentropy(np.zeros((2, 3), np.float32), np.zeros((2, 3), np.float32), axis=2)
+        ops.categorical_crossentropy(
+            np.zeros((2, 3), np.float32), np.zeros((2, 3), np.float32), axis=2
+        )
     with pytest.raises(TypeError, match="axis"):
         ops.sparse_categorical_crossentropy(np.int32([0]), np.zeros((1, 3), np.float32), axis=1.0)
 
@@ -666,7 +876,16 @@ def test_half_precision_results_keep_the_input_dtype():
     for dtype in HALF:
         z = as_dtype([[0, 1]], dtype)
         assert ops.binary_crossentropy(z, as_dtype([[0.5, 0.5]], dtype)).dtype == tf.as_dtype(dtype)
-        assert ops.categorical_crossentropy(z, as_dtype([[0.5, 0.5]], dtype)).dtype == tf.as_dtype(dtype)
-        assert ops.sparse_categorical_crossentropy(np.int32([1]), as_dtype([[0.5, 0.5]], dtype)).dtype == tf.as_dtype(dtype)
+        assert ops.categorical_crossentropy(z, as_dtype([[0.5, 0.5]], dtype)).dtype == tf.as_dtype(
+            dtype
+        )
+        assert ops.sparse_categorical_crossentropy(
+            np.int32([1]), as_dtype([[0.5, 0.5]], dtype)
+        ).dtype == tf.as_dtype(dtype)
         largest = float(ml_dtypes.finfo(_np(dtype)).max)
-        assert ops.binary_crossentropy(z, as_dtype([[largest, -largest]], dtype), from_logits=True).numpy().max() <= largest
+        assert (
+            ops.binary_crossentropy(z, as_dtype([[largest, -largest]], dtype), from_logits=True)
+            .numpy()
+            .max()
+            <= largest
+        )

@@ -65,8 +65,11 @@ ELEMENTWISE = {  # name: (op, mpmath value, mpmath derivative)
     "softplus": (ops.softplus, ref.mp_softplus, ref.mp_sigmoid),
     "log_sigmoid": (ops.log_sigmoid, ref.mp_log_sigmoid, lambda x: ref.mp_sigmoid(-x)),
     "log1mexp": (ops.log1mexp, ref.mp_log1mexp, ref.mp_log1mexp_derivative),
-    "softplus_inverse": (ops.softplus_inverse, ref.mp_softplus_inverse,
-                         ref.mp_softplus_inverse_derivative),
+    "softplus_inverse": (
+        ops.softplus_inverse,
+        ref.mp_softplus_inverse,
+        ref.mp_softplus_inverse_derivative,
+    ),
     "log_cosh": (ops.log_cosh, ref.mp_log_cosh, mpmath.tanh),
 }
 NAMES = tuple(ELEMENTWISE)
@@ -114,14 +117,17 @@ def _elementwise(x):
     """Values and gradients of every elementwise op at ``x`` (any shape), as dicts."""
     values, grads = _elementwise_kernel(tf.constant(_padded(x, _ELEMENTWISE_SIZE)))
     unpad = lambda t: t[: x.size].reshape(x.shape)  # noqa: E731
-    return ({n: unpad(v) for n, v in zip(NAMES, values.numpy())},
-            {n: unpad(g) for n, g in zip(NAMES, grads.numpy())})
+    return (
+        {n: unpad(v) for n, v in zip(NAMES, values.numpy())},
+        {n: unpad(g) for n, g in zip(NAMES, grads.numpy())},
+    )
 
 
 def _logaddexp(x, y):
     """logaddexp(x, y), d/dx, d/dy, logaddexp(y, x), logaddexp(x, x) (same-shape x, y)."""
-    out = _logaddexp_kernel(tf.constant(_padded(x, _LOGADDEXP_SIZE)),
-                            tf.constant(_padded(y, _LOGADDEXP_SIZE)))
+    out = _logaddexp_kernel(
+        tf.constant(_padded(x, _LOGADDEXP_SIZE)), tf.constant(_padded(y, _LOGADDEXP_SIZE))
+    )
     return [t.numpy()[: x.size].reshape(x.shape) for t in out]
 
 
@@ -148,7 +154,8 @@ def _reduction_kernel(x, where, weights):
         "masked_softmax": lambda t: ops.softmax(t, where=where) * weights,
         # masked outputs are -inf: weight them through a where, as callers must
         "masked_log_softmax": lambda t: tf.where(
-            where, ops.log_softmax(t, where=where) * weights, tf.zeros_like(t)),
+            where, ops.log_softmax(t, where=where) * weights, tf.zeros_like(t)
+        ),
     }
     out = {}
     for name, fn in ops_.items():
@@ -229,8 +236,9 @@ def _check_close(failures, context, actual, expected, rtol, atol):
     bad |= finite & (np.abs(actual - expected) > rtol * np.abs(expected) + atol)
     if bad.any():
         index = np.flatnonzero(bad)[0]
-        failures.append(f"{context}: at {index} got {actual.flat[index]!r}, "
-                        f"want {expected.flat[index]!r}")
+        failures.append(
+            f"{context}: at {index} got {actual.flat[index]!r}, want {expected.flat[index]!r}"
+        )
 
 
 def _assert_no_failures(failures):
@@ -258,18 +266,38 @@ def edge_grid(dtype):
     work = ml_dtypes.finfo(_np_dtype(compute_dtype(tf.as_dtype(_np_dtype(dtype).name))))
     log2 = math.log(2.0)
     bases = [
-        float(info.tiny), float(info.eps), float(work.eps), 1.0 - float(info.eps) / 2, 1.0,
-        log2, log2 / 2, 2 * log2,  # log1mexp's switch point, softplus_inverse's root
-        math.log(1.5), math.log(3.0),  # softplus_inverse's window around its root
+        float(info.tiny),
+        float(info.eps),
+        float(work.eps),
+        1.0 - float(info.eps) / 2,
+        1.0,
+        log2,
+        log2 / 2,
+        2 * log2,  # log1mexp's switch point, softplus_inverse's root
+        math.log(1.5),
+        math.log(3.0),  # softplus_inverse's window around its root
         # (1.0 below: log_cosh's switch point)
         # sigmoid rounds to 1 above log(2/eps), in the dtype and in float32
-        math.log(2.0 / float(info.eps)), math.log(2.0 / float(work.eps)),
+        math.log(2.0 / float(info.eps)),
+        math.log(2.0 / float(work.eps)),
         # exp overflows above log(max): 11.09 float16, 88.72 float32/bfloat16
-        math.log(float(info.max)), math.log(float(work.max)),
+        math.log(float(info.max)),
+        math.log(float(work.max)),
         # 1 - exp(-x) rounds to 1 above -log(eps): softplus_inverse's large switch
-        -math.log(float(info.eps)), -math.log(float(work.eps)),
-        1e-6, 1e-3, 0.1, 0.5, 2.0, 3.0, 10.0, 30.0, 100.0, 1e4,
-        math.sqrt(float(info.max)), float(info.max),
+        -math.log(float(info.eps)),
+        -math.log(float(work.eps)),
+        1e-6,
+        1e-3,
+        0.1,
+        0.5,
+        2.0,
+        3.0,
+        10.0,
+        30.0,
+        100.0,
+        1e4,
+        math.sqrt(float(info.max)),
+        float(info.max),
     ]
     bases = [b for b in bases if b <= float(info.max)]
     magnitudes = _magnitude_neighbours(bases, dtype).astype(np.float64)
@@ -280,8 +308,12 @@ def edge_grid(dtype):
 
 def _grad_reference(derivative, x, dtype):
     expected = ref.reference_array(derivative, x)
-    return np.array([float(v) for v in expected.flat]).reshape(x.shape).astype(
-        _np_dtype(dtype)).astype(np.float64)
+    return (
+        np.array([float(v) for v in expected.flat])
+        .reshape(x.shape)
+        .astype(_np_dtype(dtype))
+        .astype(np.float64)
+    )
 
 
 @pytest.mark.parametrize("dtype", ALL_DTYPES)
@@ -291,13 +323,23 @@ def test_elementwise_value_and_gradient_on_edge_grid(dtype):
     failures = []
     for name, (_, mp_value, mp_derivative) in ELEMENTWISE.items():
         assert values[name].dtype == _np_dtype(dtype) == grads[name].dtype
-        _check_ulp(failures, name, values[name], ref.reference_array(mp_value, x), dtype,
-                   ELEMENTWISE_BUDGETS[name][dtype])
+        _check_ulp(
+            failures,
+            name,
+            values[name],
+            ref.reference_array(mp_value, x),
+            dtype,
+            ELEMENTWISE_BUDGETS[name][dtype],
+        )
         keep = x.astype(np.float64) != 0 if name == "log1mexp" else slice(None)  # +-0: below
-        _check_close(failures, name + " gradient", grads[name][keep],
-                     _grad_reference(mp_derivative, x[keep], dtype),
-                     rtol=GRAD_RTOL_EPS[dtype] * _eps(dtype),
-                     atol=float(ml_dtypes.finfo(_np_dtype(dtype)).tiny))
+        _check_close(
+            failures,
+            name + " gradient",
+            grads[name][keep],
+            _grad_reference(mp_derivative, x[keep], dtype),
+            rtol=GRAD_RTOL_EPS[dtype] * _eps(dtype),
+            atol=float(ml_dtypes.finfo(_np_dtype(dtype)).tiny),
+        )
     _assert_no_failures(failures)
 
 
@@ -328,8 +370,14 @@ def test_elementwise_budgets_hold_in_every_regime(regime, dtype):
     for name in _ACCURACY_RANGES:
         x, reference = _accuracy_sample(name, dtype)
         value = regime.run(ELEMENTWISE[name][0], x)
-        _check_ulp(failures, f"{name} ({regime.name})", value, reference, dtype,
-                   ELEMENTWISE_BUDGETS[name][dtype])
+        _check_ulp(
+            failures,
+            f"{name} ({regime.name})",
+            value,
+            reference,
+            dtype,
+            ELEMENTWISE_BUDGETS[name][dtype],
+        )
     _assert_no_failures(failures)
 
 
@@ -340,12 +388,20 @@ def test_softplus_inverse_is_relatively_accurate_next_to_its_root(dtype):
     npdt = _np_dtype(dtype)
     grid = np.array([math.log(2.0)], dtype=npdt)
     for _ in range(8):
-        grid = np.unique(np.concatenate([grid, np.nextafter(grid, npdt.type(0)),
-                                         np.nextafter(grid, npdt.type(1))]))
+        grid = np.unique(
+            np.concatenate(
+                [grid, np.nextafter(grid, npdt.type(0)), np.nextafter(grid, npdt.type(1))]
+            )
+        )
     failures = []
-    _check_ulp(failures, "softplus_inverse", _elementwise(grid)[0]["softplus_inverse"],
-               ref.reference_array(ref.mp_softplus_inverse, grid), dtype,
-               ELEMENTWISE_BUDGETS["softplus_inverse"][dtype])
+    _check_ulp(
+        failures,
+        "softplus_inverse",
+        _elementwise(grid)[0]["softplus_inverse"],
+        ref.reference_array(ref.mp_softplus_inverse, grid),
+        dtype,
+        ELEMENTWISE_BUDGETS["softplus_inverse"][dtype],
+    )
     _assert_no_failures(failures)
 
 
@@ -357,22 +413,41 @@ def test_logaddexp_value_and_gradient_on_edge_grid(dtype):
     x, y = np.ascontiguousarray(x), np.ascontiguousarray(y)
     value, gx, gy, swapped, _ = _logaddexp(x, y)
     failures = []
-    _check_ulp(failures, "logaddexp", value, ref.reference_array(ref.mp_logaddexp, x, y), dtype,
-               SCALED_BUDGETS[dtype], scale=ref.reference_array(max, x, y))
+    _check_ulp(
+        failures,
+        "logaddexp",
+        value,
+        ref.reference_array(ref.mp_logaddexp, x, y),
+        dtype,
+        SCALED_BUDGETS[dtype],
+        scale=ref.reference_array(max, x, y),
+    )
     _check_close(failures, "symmetry", swapped, value, rtol=0, atol=0)
     # d/dx = sigmoid(x - y), 1/2 at x == y, (0, 0) when both are -inf
     both_minus_inf = (x == -INF) & (y == -INF)
     expected = ref.reference_array(
-        lambda a, b: mpmath.mpf(0.5) if a == b else ref.mp_sigmoid(a - b), x, y)
+        lambda a, b: mpmath.mpf(0.5) if a == b else ref.mp_sigmoid(a - b), x, y
+    )
     expected = np.where(both_minus_inf, 0.0, expected.astype(np.float64))
     # sigmoid(x - y) inherits the rounding of x - y: relative |x - y| * eps / 2
     spread = np.abs(np.nan_to_num(x.astype(np.float64) - y, nan=0.0, posinf=0.0, neginf=0.0))
-    _check_close(failures, "d/dx", gx, expected,
-                 rtol=(GRAD_RTOL_EPS[dtype] + spread) * _eps(dtype),
-                 atol=float(ml_dtypes.finfo(_np_dtype(dtype)).tiny))
+    _check_close(
+        failures,
+        "d/dx",
+        gx,
+        expected,
+        rtol=(GRAD_RTOL_EPS[dtype] + spread) * _eps(dtype),
+        atol=float(ml_dtypes.finfo(_np_dtype(dtype)).tiny),
+    )
     finite = np.isfinite(gx.astype(np.float64)) & np.isfinite(gy.astype(np.float64))
-    _check_close(failures, "d/dx + d/dy", (gx.astype(np.float64) + gy)[finite & ~both_minus_inf],
-                 1.0, rtol=0, atol=2 * _eps(dtype))
+    _check_close(
+        failures,
+        "d/dx + d/dy",
+        (gx.astype(np.float64) + gy)[finite & ~both_minus_inf],
+        1.0,
+        rtol=0,
+        atol=2 * _eps(dtype),
+    )
     _assert_no_failures(failures)
 
 
@@ -388,16 +463,16 @@ def _edge_rows(dtype):
     info = ml_dtypes.finfo(_np_dtype(dtype))
     big, lm = float(info.max), math.log(float(info.max))
     rows = [
-        [0.0, -30.0, -30.0, -40.0, -50.0, -60.0],       # one dominant logit: tiny tail
+        [0.0, -30.0, -30.0, -40.0, -50.0, -60.0],  # one dominant logit: tiny tail
         [0.0, -1.0, -2.0, -3.0, -4.0, -5.0],
-        [5.0, 5.0, 5.0, 5.0, 5.0, 5.0],                 # all tied: x + log 6
-        [-0.5, -0.5, -0.7, -0.75, -2.0, -0.69],         # logsumexp near 0 (cancellation)
+        [5.0, 5.0, 5.0, 5.0, 5.0, 5.0],  # all tied: x + log 6
+        [-0.5, -0.5, -0.7, -0.75, -2.0, -0.69],  # logsumexp near 0 (cancellation)
         [1e4, -1e4, 0.0, 3.0, 1e4, 2.0],
-        [lm, lm, lm, lm - 1, 0.0, -lm],                 # log(max): exp would overflow
-        [big / 2, big / 2, 0.0, -big / 2, 1.0, -1.0],   # spread of max
-        [-INF, -INF, -INF, -INF, -INF, -INF],           # empty row
+        [lm, lm, lm, lm - 1, 0.0, -lm],  # log(max): exp would overflow
+        [big / 2, big / 2, 0.0, -big / 2, 1.0, -1.0],  # spread of max
+        [-INF, -INF, -INF, -INF, -INF, -INF],  # empty row
         [-INF, 2.0, -INF, 1.0, -INF, 0.0],
-        [INF, 1.0, 2.0, -INF, 3.0, INF],                # two +inf share
+        [INF, 1.0, 2.0, -INF, 3.0, INF],  # two +inf share
         [NAN, 1.0, 2.0, 3.0, 4.0, 5.0],
         [1e-6, -1e-6, 2e-6, 0.0, -0.0, 3e-7],
     ]
@@ -431,21 +506,41 @@ def _check_reductions(failures, x, mask, out, dtype, grad_rtol):
     for prefix, m in (("", None), ("masked_", mask)):
         kept = np.ones(x.shape, bool) if m is None else m
         row_max = np.where(kept, x.astype(np.float64), -INF).max(axis=-1)
-        _check_ulp(failures, prefix + "logsumexp", out[prefix + "logsumexp"],
-                   _row_refs(ref.mp_logsumexp, x, m), dtype, SCALED_BUDGETS[dtype],
-                   scale=np.array([ref.mpf(v) for v in row_max], dtype=object))
+        _check_ulp(
+            failures,
+            prefix + "logsumexp",
+            out[prefix + "logsumexp"],
+            _row_refs(ref.mp_logsumexp, x, m),
+            dtype,
+            SCALED_BUDGETS[dtype],
+            scale=np.array([ref.mpf(v) for v in row_max], dtype=object),
+        )
         probabilities = _row_refs(ref.mp_softmax, x, m)
         log_probabilities = _row_refs(ref.mp_log_softmax, x, m)
-        _check_ulp(failures, prefix + "softmax", out[prefix + "softmax_raw"], probabilities,
-                   dtype, SOFTMAX_BUDGETS[dtype])
-        _check_ulp(failures, prefix + "log_softmax", out[prefix + "log_softmax_raw"],
-                   log_probabilities, dtype, SOFTMAX_BUDGETS[dtype], flushed=x.shape[-1])
+        _check_ulp(
+            failures,
+            prefix + "softmax",
+            out[prefix + "softmax_raw"],
+            probabilities,
+            dtype,
+            SOFTMAX_BUDGETS[dtype],
+        )
+        _check_ulp(
+            failures,
+            prefix + "log_softmax",
+            out[prefix + "log_softmax_raw"],
+            log_probabilities,
+            dtype,
+            SOFTMAX_BUDGETS[dtype],
+            flushed=x.shape[-1],
+        )
         # Gradients. logsumexp: softmax. softmax (of sum(w * y)): y (w - <w, y>).
         # log_softmax: g - y sum(g), with g = w where the output is finite and 0
         # where it is -inf (masked, -inf entries, empty rows pass no gradient).
         p = np.array([[float(v) for v in row] for row in probabilities])
-        finite_output = np.array([[bool(mpmath.isfinite(v)) for v in row]
-                                  for row in log_probabilities])
+        finite_output = np.array(
+            [[bool(mpmath.isfinite(v)) for v in row] for row in log_probabilities]
+        )
         g = np.where(finite_output, _WEIGHTS, 0.0)
         nan_rows = np.isnan(p).any(axis=-1, keepdims=True)
         expected = {
@@ -456,8 +551,9 @@ def _check_reductions(failures, x, mask, out, dtype, grad_rtol):
         for name, want in expected.items():
             # absolute slack: cancellation in w - <w, y> is relative to the weights
             atol = grad_rtol * np.abs(_WEIGHTS).max() * 4 if name != "logsumexp_grad" else tiny
-            _check_close(failures, prefix + name, out[prefix + name], want, rtol=grad_rtol,
-                         atol=atol)
+            _check_close(
+                failures, prefix + name, out[prefix + name], want, rtol=grad_rtol, atol=atol
+            )
 
 
 @pytest.mark.parametrize("dtype", ALL_DTYPES)
@@ -466,8 +562,9 @@ def test_reductions_value_and_gradient_on_edge_rows(dtype):
     mask = _edge_mask(x)
     out = _reductions(x, mask, _WEIGHTS)
     failures = []
-    _check_reductions(failures, x, mask, out, dtype,
-                      grad_rtol=GRAD_RTOL_EPS[dtype] * _eps(dtype) * 4)
+    _check_reductions(
+        failures, x, mask, out, dtype, grad_rtol=GRAD_RTOL_EPS[dtype] * _eps(dtype) * 4
+    )
     _assert_no_failures(failures)
 
 
@@ -482,8 +579,9 @@ def _value_and_grad(fn, *args, weights=None):
 
 
 def test_logsumexp_empty_infinite_and_masked_rows():
-    x = np.array([[-INF, -INF, -INF], [INF, 0.0, INF], [NAN, 0.0, 1.0], [0.0, -30.0, -INF]],
-                 np.float32)
+    x = np.array(
+        [[-INF, -INF, -INF], [INF, 0.0, INF], [NAN, 0.0, 1.0], [0.0, -30.0, -INF]], np.float32
+    )
     value, (grad,) = _value_and_grad(ops.logsumexp, x)
     assert value[0] == -INF and value[1] == INF and np.isnan(value[2])
     np.testing.assert_array_equal(grad[0], [0.0, 0.0, 0.0])  # empty row: gradient 0
@@ -491,8 +589,9 @@ def test_logsumexp_empty_infinite_and_masked_rows():
     assert np.isnan(grad[2]).all() and grad[3][2] == 0.0
     # The tail survives: log(1 + e^-30) = 9.357622968840175e-14 (naive: 0).
     ref.assert_ulp_within(value[3:], [mpmath.log1p(mpmath.exp(-30))], "float32", 2)
-    where = np.array([[True, True, True], [False, False, False], [False, True, True],
-                      [True, True, True]])
+    where = np.array(
+        [[True, True, True], [False, False, False], [False, True, True], [True, True, True]]
+    )
     value, (grad,) = _value_and_grad(lambda t: ops.logsumexp(t, where=where), x)
     assert value[1] == -INF and np.isfinite(value[2])  # fully masked; masked NaN ignored
     np.testing.assert_array_equal(grad[1:3, :1], [[0.0], [0.0]])
@@ -518,8 +617,7 @@ def test_logsumexp_axis_keepdims_and_tuple_axis():
     assert ops.logsumexp(x, axis=0).shape == (3, 4)
     assert ops.logsumexp(x, axis=None).shape == ()
     assert ops.softmax(x, axis=1).shape == (2, 3, 4)
-    np.testing.assert_allclose(ops.softmax(x, axis=(1, 2)).numpy().sum(axis=(1, 2)), 1.0,
-                               rtol=1e-6)
+    np.testing.assert_allclose(ops.softmax(x, axis=(1, 2)).numpy().sum(axis=(1, 2)), 1.0, rtol=1e-6)
 
 
 def test_softmax_fully_masked_row_is_zero_with_zero_gradient():
@@ -577,8 +675,9 @@ def test_logaddexp_infinities_broadcasting_and_scalars():
     np.testing.assert_array_equal(gx[[0, 1, 2, 3, 5]], [0.0, 0.5, 0.0, 0.5, 0.0])
     np.testing.assert_array_equal(gy[[0, 1, 2, 3, 5]], [0.0, 0.5, 1.0, 0.5, 1.0])
     assert ops.logaddexp(np.zeros((2, 3), np.float16), 0.0).dtype == tf.float16
-    _, (_, g_row) = _value_and_grad(ops.logaddexp, np.zeros((2, 3), np.float32),
-                                    np.zeros((3,), np.float32))
+    _, (_, g_row) = _value_and_grad(
+        ops.logaddexp, np.zeros((2, 3), np.float32), np.zeros((3,), np.float32)
+    )
     np.testing.assert_array_equal(g_row, [1.0, 1.0, 1.0])  # two rows of 1/2
 
 
@@ -626,8 +725,9 @@ def test_log_cosh_tiny_and_huge_arguments_beat_keras():
     tiny = np.array([1e-6, 1e-20], np.float32)
     ours = ops.log_cosh(tiny).numpy()
     keras_value = _keras_log_cosh(tiny)  # x + softplus(-2x) - log 2 cancels
-    assert ref.ulp_error(keras_value, ref.reference_array(ref.mp_log_cosh, tiny),
-                         "float32")[0] > 1e6  # Keras: 0 at 1e-6
+    assert (
+        ref.ulp_error(keras_value, ref.reference_array(ref.mp_log_cosh, tiny), "float32")[0] > 1e6
+    )  # Keras: 0 at 1e-6
     ref.assert_ulp_within(ours, ref.reference_array(ref.mp_log_cosh, tiny), "float32", 2)
     huge = np.array([-4e4, -6e4, 12.0], np.float16)
     assert not np.isfinite(_keras_log_cosh(huge)[:2]).any()  # -2x overflows float16
@@ -659,17 +759,23 @@ def test_elementwise_properties(dtype, data):
         value, grad = values[name][domain], grads[name][domain]
         assert np.isfinite(value.astype(np.float64)).all(), (name, x, value)
         assert np.isfinite(grad.astype(np.float64)).all(), (name, x, grad)
-        _check_ulp(failures, name, value, ref.reference_array(mp_value, np.stack([x, positive])
-                                                              [domain]),
-                   dtype, ELEMENTWISE_BUDGETS[name][dtype])
+        _check_ulp(
+            failures,
+            name,
+            value,
+            ref.reference_array(mp_value, np.stack([x, positive])[domain]),
+            dtype,
+            ELEMENTWISE_BUDGETS[name][dtype],
+        )
         assert np.isnan(values[name][2][position]), (name, "NaN in, NaN out")
     _assert_no_failures(failures)
     # softplus(x) - softplus(-x) == x within the budget of both terms
     plus, minus = values["softplus"][0].astype(np.float64), values["softplus"][3].astype(np.float64)
     unit = np.vectorize(lambda v: float(ref.ulp_of(ref.mpf(v), dtype)))
     budget = ELEMENTWISE_BUDGETS["softplus"][dtype]
-    assert (np.abs(plus - minus - x.astype(np.float64))
-            <= budget * (unit(plus) + unit(minus))).all(), (x, plus, minus)
+    assert (
+        np.abs(plus - minus - x.astype(np.float64)) <= budget * (unit(plus) + unit(minus))
+    ).all(), (x, plus, minus)
     # log_sigmoid(x) == -softplus(-x); log_cosh, log1mexp even; log_cosh >= 0
     np.testing.assert_array_equal(values["log_sigmoid"][0], -values["softplus"][3])
     np.testing.assert_array_equal(values["log_cosh"][0], values["log_cosh"][3])
@@ -685,15 +791,29 @@ def test_logaddexp_properties(dtype, data):
     value, gx, gy, swapped, same = _logaddexp(x, y)
     assert np.isfinite(value.astype(np.float64)).all()
     assert np.isfinite(gx.astype(np.float64)).all() and np.isfinite(gy.astype(np.float64)).all()
-    np.testing.assert_allclose(gx.astype(np.float64) + gy.astype(np.float64), 1.0,
-                               atol=2 * _eps(dtype))
+    np.testing.assert_allclose(
+        gx.astype(np.float64) + gy.astype(np.float64), 1.0, atol=2 * _eps(dtype)
+    )
     np.testing.assert_array_equal(value, swapped)
     failures = []
-    _check_ulp(failures, "logaddexp(x, x) == x + log 2", same,
-               ref.reference_array(lambda a: a + mpmath.log(2), x), dtype, SCALED_BUDGETS[dtype],
-               scale=ref.reference_array(lambda a: a, x))
-    _check_ulp(failures, "logaddexp", value, ref.reference_array(ref.mp_logaddexp, x, y), dtype,
-               SCALED_BUDGETS[dtype], scale=ref.reference_array(max, x, y))
+    _check_ulp(
+        failures,
+        "logaddexp(x, x) == x + log 2",
+        same,
+        ref.reference_array(lambda a: a + mpmath.log(2), x),
+        dtype,
+        SCALED_BUDGETS[dtype],
+        scale=ref.reference_array(lambda a: a, x),
+    )
+    _check_ulp(
+        failures,
+        "logaddexp",
+        value,
+        ref.reference_array(ref.mp_logaddexp, x, y),
+        dtype,
+        SCALED_BUDGETS[dtype],
+        scale=ref.reference_array(max, x, y),
+    )
     _assert_no_failures(failures)
 
 
@@ -710,8 +830,14 @@ def test_reduction_properties(dtype, data):
     mask[:, 0] |= ~mask.any(axis=-1)  # at least one entry per row (empty rows: edge tests)
     mask[2, position] = True  # the NaN takes part
     out = _reductions(x, mask, _WEIGHTS)
-    for name in ("logsumexp", "softmax", "log_softmax", "masked_logsumexp", "masked_softmax",
-                 "masked_log_softmax"):
+    for name in (
+        "logsumexp",
+        "softmax",
+        "log_softmax",
+        "masked_logsumexp",
+        "masked_softmax",
+        "masked_log_softmax",
+    ):
         # (masked_log_softmax is weighted through a where: masked outputs count 0)
         assert np.isfinite(out[name][:2].astype(np.float64)).all(), (name, x, out[name])
         assert np.isfinite(out[name + "_grad"][:2].astype(np.float64)).all(), (name, x)
@@ -723,16 +849,24 @@ def test_reduction_properties(dtype, data):
         if name == "masked_log_softmax":
             assert (raw[2][~mask[2]] == -INF).all(), (name, "masked entries stay -inf", raw[2])
     failures = []
-    _check_reductions(failures, x[:2], mask[:2], {k: v[:2] for k, v in out.items()}, dtype,
-                      grad_rtol=GRAD_RTOL_EPS[dtype] * _eps(dtype) * 4)
+    _check_reductions(
+        failures,
+        x[:2],
+        mask[:2],
+        {k: v[:2] for k, v in out.items()},
+        dtype,
+        grad_rtol=GRAD_RTOL_EPS[dtype] * _eps(dtype) * 4,
+    )
     _assert_no_failures(failures)
     probabilities = out["softmax_raw"][:2].astype(np.float64)
     np.testing.assert_allclose(probabilities.sum(axis=-1), 1.0, atol=8 * _eps(dtype))
     assert (out["log_softmax_raw"][:2].astype(np.float64) <= 0).all()
 
 
-@given(x=finite_arrays("float32", (2, 4), min_value=-20.0, max_value=20.0),
-       y=finite_arrays("float32", (2, 4), min_value=-20.0, max_value=20.0))
+@given(
+    x=finite_arrays("float32", (2, 4), min_value=-20.0, max_value=20.0),
+    y=finite_arrays("float32", (2, 4), min_value=-20.0, max_value=20.0),
+)
 def test_parity_with_tensorflow_and_keras_where_well_conditioned(x, y):
     t, u = tf.constant(x), tf.constant(y)
     pairs = {
@@ -746,20 +880,22 @@ def test_parity_with_tensorflow_and_keras_where_well_conditioned(x, y):
         "logaddexp": (ops.logaddexp(x, y), keras.ops.logaddexp(t, u)),
     }
     for name, (ours, theirs) in pairs.items():
-        np.testing.assert_allclose(ours.numpy(), theirs.numpy(), rtol=1e-5, atol=1e-6,
-                                   err_msg=name)
+        np.testing.assert_allclose(ours.numpy(), theirs.numpy(), rtol=1e-5, atol=1e-6, err_msg=name)
 
 
 # ----------------------------------------------------------------------------
 # Three regimes: eager (XLA kernels), tf.function, tf.function(jit_compile=True)
 # ----------------------------------------------------------------------------
 
-_ROWS = np.array([
-    [-INF, -1e4, -30.0, -1.0, -0.0, 0.0, 1e-6, 0.6931472, 30.0, 1e4],
-    [NAN, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0],
-    [-INF] * 10,
-    [INF, 1.0, -2.0, 0.5, 0.25, -7.0, 3e3, -3e3, 1e-30, 88.8],
-], np.float32)
+_ROWS = np.array(
+    [
+        [-INF, -1e4, -30.0, -1.0, -0.0, 0.0, 1e-6, 0.6931472, 30.0, 1e4],
+        [NAN, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0],
+        [-INF] * 10,
+        [INF, 1.0, -2.0, 0.5, 0.25, -7.0, 3e3, -3e3, 1e-30, 88.8],
+    ],
+    np.float32,
+)
 _ROW_WEIGHTS = (np.arange(1, 11) / 4 - 1.1).astype(np.float32)  # no zero weight
 
 _REGIME_CASES = (  # (name, function of its inputs, number of inputs)
@@ -778,7 +914,7 @@ def _all_cases(*inputs):
     """Every case's output, flattened per row and concatenated: one function for all."""
     outputs, start = [], 0
     for _, fn, count in _REGIME_CASES:
-        out = fn(*inputs[start:start + count])
+        out = fn(*inputs[start : start + count])
         start += count
         outputs.append(tf.reshape(out, [tf.shape(out)[0], -1]))
     return tf.concat(outputs, axis=1)
@@ -800,14 +936,15 @@ def test_three_regimes_agree(regime):
     # mpmath); here XLA gets the unknown batch dimension, tf.function both.
     shape_cases = {"eager": (False,), "function": (False, True), "xla": (True,)}[regime.name]
     for unknown_batch in shape_cases:
-        value, grads = regime.value_and_grad(_all_cases, *inputs, wrt=wrt,
-                                             unknown_batch=unknown_batch)
+        value, grads = regime.value_and_grad(
+            _all_cases, *inputs, wrt=wrt, unknown_batch=unknown_batch
+        )
         context = f"{regime.name} unknown_batch={unknown_batch}"
         _check_close(failures, context + " value", value, expected_value, rtol=1e-6, atol=1e-37)
         for (name, _, _), grad, want in zip(
-                [c for c in _REGIME_CASES for _ in range(c[2])], grads, expected_grads):
-            _check_close(failures, f"{context} {name} gradient", grad, want, rtol=2e-6,
-                         atol=1e-37)
+            [c for c in _REGIME_CASES for _ in range(c[2])], grads, expected_grads
+        ):
+            _check_close(failures, f"{context} {name} gradient", grad, want, rtol=2e-6, atol=1e-37)
     _assert_no_failures(failures)
 
 

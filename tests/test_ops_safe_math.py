@@ -45,8 +45,6 @@ _np = ref.to_numpy_dtype
 _limits = ops.dtype_limits
 
 
-
-
 # Upstream weights for ops whose output is a vector per row (a plain sum would
 # hide part of the Jacobian).
 def _weighted(fn, weights):
@@ -117,8 +115,27 @@ def _divide_grid(dtype):
 def _nonnegative_grid(dtype):
     tiny, eps, big = _specials(dtype)
     return as_dtype(
-        [0.0, tiny, 2 * tiny, eps, 0.25, 0.5, 1 - eps / 2, 1.0, 1 + eps, 2.0, np.e, 1e4 if dtype != "float16" else 1e3,
-         big, INF, -0.0, -tiny, -1.0, -INF, NAN],
+        [
+            0.0,
+            tiny,
+            2 * tiny,
+            eps,
+            0.25,
+            0.5,
+            1 - eps / 2,
+            1.0,
+            1 + eps,
+            2.0,
+            np.e,
+            1e4 if dtype != "float16" else 1e3,
+            big,
+            INF,
+            -0.0,
+            -tiny,
+            -1.0,
+            -INF,
+            NAN,
+        ],
         dtype,
     )
 
@@ -154,14 +171,18 @@ def _xlogy_grid(dtype):
 
 
 def _assert_grad(actual, reference, dtype, mask, context):
-    """Compare gradients where ``mask`` holds (finite inputs); the convention is in the reference."""
+    """Compare gradients where ``mask`` holds (finite inputs); the reference has the convention."""
     actual = np.asarray(actual, dtype=np.float64)
-    ref.assert_ulp_within(actual[mask], reference[mask], dtype, ref.budget_for(GRAD_BUDGET, dtype), context=context)
+    ref.assert_ulp_within(
+        actual[mask], reference[mask], dtype, ref.budget_for(GRAD_BUDGET, dtype), context=context
+    )
 
 
 def _assert_value(name, value, reference, dtype, context):
     assert value.dtype == _np(dtype), context
-    ref.assert_ulp_within(value, reference, dtype, ref.budget_for(VALUE_BUDGET[name], dtype), context=context)
+    ref.assert_ulp_within(
+        value, reference, dtype, ref.budget_for(VALUE_BUDGET[name], dtype), context=context
+    )
 
 
 # Each edge test runs every dtype in one regime: values against mpmath, gradients
@@ -175,12 +196,20 @@ def test_safe_divide_edges(regime):
         fn = lambda a, b: ops.safe_divide(a, b, fill=2.5)  # noqa: E731
         value, (gx, gy) = regime.value_and_grad(fn, x, y, wrt=(0, 1), unknown_batch=True)
         context = f"{dtype} {regime}"
-        _assert_value("safe_divide", value, ref.reference_array(lambda a, b: ref.mp_safe_divide(a, b, 2.5), x, y), dtype, context)
+        _assert_value(
+            "safe_divide",
+            value,
+            ref.reference_array(lambda a, b: ref.mp_safe_divide(a, b, 2.5), x, y),
+            dtype,
+            context,
+        )
         finite = is_finite(x) & is_finite(y)
         for grad, i in ((gx, 0), (gy, 1)):
             expected = ref.reference_array(lambda a, b, i=i: _mp_divide_grads(a, b)[i], x, y)
             _assert_grad(grad, expected, dtype, finite, f"d/d{'xy'[i]} {context}")
-            assert np.all(grad[(y == 0) & finite] == 0), context  # zero, finite gradients where y == 0
+            assert np.all(grad[(y == 0) & finite] == 0), (
+                context
+            )  # zero, finite gradients where y == 0
 
 
 def test_safe_log_edges(regime):
@@ -190,7 +219,13 @@ def test_safe_log_edges(regime):
         context = f"{dtype} {regime}"
         _assert_value("safe_log", value, ref.reference_array(ref.mp_log, x), dtype, context)
         tiny = _limits(dtype).tiny
-        _assert_grad(grad, ref.reference_array(lambda v: _mp_log_grad(v, tiny), x), dtype, is_finite(x), context)
+        _assert_grad(
+            grad,
+            ref.reference_array(lambda v: _mp_log_grad(v, tiny), x),
+            dtype,
+            is_finite(x),
+            context,
+        )
         # log(0) = -inf, but its slope is 1/tiny: finite in the input dtype, not inf.
         assert np.all(grad[x == 0] == np.float64(_np(dtype).type(1 / tiny))), context
         assert np.all(np.isnan(grad[x.astype(np.float64) < 0])), context
@@ -215,7 +250,9 @@ def test_safe_norm_edges(regime):
         _assert_value("safe_norm", value, _rows_reference(ref.mp_norm, x), dtype, context)
         # d||x||/dx = x/||x||: 0 at the zero vector (row 0), bounded by 1 elsewhere.
         finite_rows = np.broadcast_to(np.all(is_finite(x), axis=1)[:, None], x.shape)
-        direction = np.array([list(r) for r in _rows_reference(ref.mp_l2_normalize, x)], dtype=object)
+        direction = np.array(
+            [list(r) for r in _rows_reference(ref.mp_l2_normalize, x)], dtype=object
+        )
         _assert_grad(grad, direction, dtype, finite_rows, context)
         assert np.all(grad[0] == 0), context
 
@@ -228,10 +265,14 @@ _L2_WEIGHTS = np.resize([1.0, -2.0, 4.0, -1.0, 2.0], (13, 4))
 def test_l2_normalize_edges(regime):
     for dtype in edge_dtypes(regime):
         x = _rows_grid(dtype)
-        weighted, (grad,) = regime.value_and_grad(_weighted(ops.l2_normalize, _L2_WEIGHTS), x, unknown_batch=True)
+        weighted, (grad,) = regime.value_and_grad(
+            _weighted(ops.l2_normalize, _L2_WEIGHTS), x, unknown_batch=True
+        )
         value = (weighted / _L2_WEIGHTS).astype(_np(dtype))
         context = f"{dtype} {regime}"
-        expected = np.array([list(r) for r in _rows_reference(ref.mp_l2_normalize, x)], dtype=object)
+        expected = np.array(
+            [list(r) for r in _rows_reference(ref.mp_l2_normalize, x)], dtype=object
+        )
         _assert_value("l2_normalize", value, expected, dtype, context)
         # (w - y <w, y>) / ||x|| cancels when y is close to a weighted axis, so
         # the error is measured against the scale of its terms, sum|w| / ||x||.
@@ -242,7 +283,9 @@ def test_l2_normalize_edges(regime):
             norm = ref.mp_norm(mp_row)
             scale = mpmath.fsum(abs(ref.mpf(v)) for v in w) / norm if norm else mpmath.mpf(0)
             # (plus the smallest normal: results below it are flushed to 0)
-            tolerance = ref.budget_for(GRAD_BUDGET, dtype) * ref.ulp_of(scale, dtype) + ref.mpf(_limits(dtype).tiny)
+            tolerance = ref.budget_for(GRAD_BUDGET, dtype) * ref.ulp_of(scale, dtype) + ref.mpf(
+                _limits(dtype).tiny
+            )
             for actual, want in zip(g, expected):
                 assert abs(ref.mpf(actual) - want) <= tolerance or (
                     scale > ref.mpf(_limits(dtype).max) and np.isinf(actual)
@@ -263,7 +306,13 @@ def test_clip_preserve_gradient_edges(regime):
         fn = lambda t: ops.clip_preserve_gradient(t, np.float64(-1.0), np.float64(2.0))  # noqa: E731
         value, (grad,) = regime.value_and_grad(fn, x, unknown_batch=True)
         clip = lambda v: ref.NAN if mpmath.isnan(v) else min(max(v, mpmath.mpf(-1)), mpmath.mpf(2))  # noqa: E731
-        _assert_value("clip_preserve_gradient", value, ref.reference_array(clip, x), dtype, f"{dtype} {regime}")
+        _assert_value(
+            "clip_preserve_gradient",
+            value,
+            ref.reference_array(clip, x),
+            dtype,
+            f"{dtype} {regime}",
+        )
         # Straight-through: the gradient is 1 everywhere, clipped or not (NaN included).
         np.testing.assert_array_equal(grad, np.ones_like(grad))
 
@@ -299,14 +348,20 @@ def _zero_mask(shape):
 
 def _with_nans(arrays_strategy, shape):
     """Draw an array and a NaN mask; return the array with NaN where the mask holds."""
-    mask = hnp.arrays(np.bool_, shape, elements=st.integers(0, 7).map(lambda i: i == 0))  # ~1 in 8 NaN
-    return st.tuples(arrays_strategy, mask).map(lambda t: np.where(t[1], np.array(NAN, t[0].dtype), t[0]))
+    mask = hnp.arrays(
+        np.bool_, shape, elements=st.integers(0, 7).map(lambda i: i == 0)
+    )  # ~1 in 8 NaN
+    return st.tuples(arrays_strategy, mask).map(
+        lambda t: np.where(t[1], np.array(NAN, t[0].dtype), t[0])
+    )
 
 
 def _representable(reference, dtype):
     """Elements whose mpmath value is finite and inside the dtype's range."""
     largest = ref.mpf(ml_dtypes.finfo(_np(dtype)).max)
-    return np.array([not mpmath.isnan(r) and abs(r) <= largest for r in reference.flat]).reshape(reference.shape)
+    return np.array([not mpmath.isnan(r) and abs(r) <= largest for r in reference.flat]).reshape(
+        reference.shape
+    )
 
 
 def _safe_divide_property(dtype):
@@ -314,11 +369,20 @@ def _safe_divide_property(dtype):
     shape = SHAPE
     fn = lambda a, b: ops.safe_divide(a, b, fill=2.5)  # noqa: E731
 
-    @given(_with_nans(finite_arrays(dtype, shape), shape), finite_arrays(dtype, shape), _zero_mask(shape))
+    @given(
+        _with_nans(finite_arrays(dtype, shape), shape),
+        finite_arrays(dtype, shape),
+        _zero_mask(shape),
+    )
     def check(x, y, zero):
         y = np.where(zero, np.zeros_like(y), y)  # plenty of exact zeros
         value, (gx, gy) = EAGER.value_and_grad(fn, x, y, wrt=(0, 1))
-        ref.assert_ulp_within(value, ref.reference_array(lambda a, b: ref.mp_safe_divide(a, b, 2.5), x, y), dtype, budget)
+        ref.assert_ulp_within(
+            value,
+            ref.reference_array(lambda a, b: ref.mp_safe_divide(a, b, 2.5), x, y),
+            dtype,
+            budget,
+        )
         ok = ~np.isnan(x.astype(np.float64))
         for grad, index in ((gx, 0), (gy, 1)):
             expected = ref.reference_array(lambda a, b, i=index: _mp_divide_grads(a, b)[i], x, y)
@@ -335,7 +399,9 @@ def test_safe_divide_property():
 
 
 def _log_or_sqrt_property(name, dtype):
-    fn, mp_fn = {"safe_log": (ops.safe_log, ref.mp_log), "safe_sqrt": (ops.safe_sqrt, ref.mp_sqrt)}[name]
+    fn, mp_fn = {"safe_log": (ops.safe_log, ref.mp_log), "safe_sqrt": (ops.safe_sqrt, ref.mp_sqrt)}[
+        name
+    ]
     budget = ref.budget_for(VALUE_BUDGET[name], dtype)
     shape = SHAPE
 
@@ -369,13 +435,18 @@ def _norms_property(dtype):
         weighted, (unit_grad,) = EAGER.value_and_grad(_weighted(ops.l2_normalize, weights), x)
         unit = (weighted / weights).astype(x.dtype)  # exact: power-of-two weights
         ref.assert_ulp_within(norm, _rows_reference(ref.mp_norm, x), dtype, norm_budget)
-        expected_unit = np.array([list(r) for r in _rows_reference(ref.mp_l2_normalize, x)], dtype=object)
+        expected_unit = np.array(
+            [list(r) for r in _rows_reference(ref.mp_l2_normalize, x)], dtype=object
+        )
         ref.assert_ulp_within(unit, expected_unit, dtype, unit_budget)
         ok = ~np.any(np.isnan(x.astype(np.float64)), axis=1)
         # d||x||/dx is bounded by 1: finite for every finite row, however large or small.
         assert np.all(is_finite(norm_grad[ok])), (x, norm_grad)
         expected_grad = np.array(
-            [_mp_l2_normalize_grad([ref.mpf(v) for v in r], [ref.mpf(w) for w in wr]) for r, wr in zip(x, weights)],
+            [
+                _mp_l2_normalize_grad([ref.mpf(v) for v in r], [ref.mpf(w) for w in wr])
+                for r, wr in zip(x, weights)
+            ],
             dtype=object,
         )
         keep = ok[:, None] & _representable(expected_grad, dtype)
@@ -400,7 +471,9 @@ def _clip_preserve_gradient_property(dtype):
         bounds = np.float64(lo), np.float64(hi)  # tensors in the kernel, as in the edge test
         value, (grad,) = EAGER.value_and_grad(lambda t: ops.clip_preserve_gradient(t, *bounds), x)
         lo_d, hi_d = (float(_np(dtype).type(b)) for b in (lo, hi))  # bounds rounded to the dtype
-        expected = np.where(np.isnan(x.astype(np.float64)), NAN, np.clip(x.astype(np.float64), lo_d, hi_d))
+        expected = np.where(
+            np.isnan(x.astype(np.float64)), NAN, np.clip(x.astype(np.float64), lo_d, hi_d)
+        )
         np.testing.assert_array_equal(value.astype(np.float64), expected)
         np.testing.assert_array_equal(grad, np.ones_like(grad))
 
@@ -452,8 +525,16 @@ _PARITY = [
     ("safe_log", lambda a, b: ops.safe_log(b), lambda a, b: tf.math.log(b)),
     ("safe_sqrt", lambda a, b: ops.safe_sqrt(b), lambda a, b: tf.math.sqrt(b)),
     ("safe_norm", lambda a, b: ops.safe_norm(a), lambda a, b: tf.norm(a, axis=-1)),
-    ("l2_normalize", lambda a, b: ops.l2_normalize(a), lambda a, b: tf.math.l2_normalize(a, axis=-1)),
-    ("clip", lambda a, b: ops.clip_preserve_gradient(a, -0.5, 0.5), lambda a, b: tf.clip_by_value(a, -0.5, 0.5)),
+    (
+        "l2_normalize",
+        lambda a, b: ops.l2_normalize(a),
+        lambda a, b: tf.math.l2_normalize(a, axis=-1),
+    ),
+    (
+        "clip",
+        lambda a, b: ops.clip_preserve_gradient(a, -0.5, 0.5),
+        lambda a, b: tf.clip_by_value(a, -0.5, 0.5),
+    ),
     ("xlogy", ops.xlogy, tf.math.xlogy),
 ]
 
@@ -463,7 +544,9 @@ def test_matches_tensorflow_where_well_conditioned():
     a = rng.normal(size=(4, 6)).astype(np.float32)
     b = rng.uniform(0.1, 10.0, size=(4, 6)).astype(np.float32)
     for name, ours, theirs in _PARITY:
-        np.testing.assert_allclose(ours(a, b).numpy(), theirs(a, b).numpy(), rtol=4e-7, atol=0, err_msg=name)
+        np.testing.assert_allclose(
+            ours(a, b).numpy(), theirs(a, b).numpy(), rtol=4e-7, atol=0, err_msg=name
+        )
 
 
 def _tf_grads(fn, *args):
@@ -487,7 +570,9 @@ def test_where_tensorflow_fails_we_do_not():
     assert np.all(np.isfinite(ours[0])) and np.all(np.isfinite(ours[1]))
     assert ours[0][1] == pytest.approx(np.log(0.5), rel=1e-6)
     # tf.norm: NaN gradient at the zero vector, inf for large entries.
-    assert np.all(np.isnan(_tf_grads(lambda x: tf.norm(x, axis=-1), np.zeros((1, 3), np.float32))[0]))
+    assert np.all(
+        np.isnan(_tf_grads(lambda x: tf.norm(x, axis=-1), np.zeros((1, 3), np.float32))[0])
+    )
     assert np.all(_tf_grads(lambda x: ops.safe_norm(x), np.zeros((1, 3), np.float32))[0] == 0)
     big = np.float32([[3e30, 4e30]])
     assert np.isinf(tf.norm(big, axis=-1).numpy()[0])
@@ -511,7 +596,9 @@ def test_norm_axis_and_keepdims():
     assert value.shape == (2, 1, 2)
     np.testing.assert_allclose(value[:, 0, :], [[5.0, 0.0], [0.0, np.sqrt(2) * 1e300]], rtol=1e-15)
     _, (grad,) = regime.value_and_grad(lambda t: ops.safe_norm(t, axis=(1, 2)), x)
-    np.testing.assert_allclose(grad, [[[0.6, 0.0], [0.8, 0.0]], [[0.0, 2**-0.5], [0.0, 2**-0.5]]], rtol=1e-15)
+    np.testing.assert_allclose(
+        grad, [[[0.6, 0.0], [0.8, 0.0]], [[0.0, 2**-0.5], [0.0, 2**-0.5]]], rtol=1e-15
+    )
     unit = regime.run(lambda t: ops.l2_normalize(t, axis=0), x)
     np.testing.assert_allclose(unit[:, 0, 0], [1.0, 0.0])
     np.testing.assert_allclose(unit[:, 0, 1], [0.0, 1.0])
