@@ -14,8 +14,11 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e ".[test]"
 	touch $(STAMP)
 
+# The linter first (ruff, line length 100: pyproject.toml), then the tests and the
+# docstring examples of the package (doctests).
 test: $(STAMP)
-	$(PY) -m pytest -n $(PYTEST_WORKERS) -q --durations=15
+	$(PY) -m ruff check stableops tests benchmarks
+	$(PY) -m pytest -n $(PYTEST_WORKERS) -q --durations=15 --doctest-modules stableops tests
 
 # The numerics tests again as on another CPU: how TF's max/min/clip kernels place
 # a NaN depends on the vector instructions (AVX2 vs AVX-512) and on oneDNN, so
