@@ -2,6 +2,6 @@
 
 import sys
 
-from stableops.doctor.cli import main
+from stableops.cli import main
 
 sys.exit(main())

@@ -13,15 +13,6 @@ from stableops.ops import dtype_limits
 __all__ = ["NaNGuard", "NonFiniteTrainingError", "ScaledSchedule"]
 
 _ACTIONS = ("stop", "raise", "continue")
-# Findings that name where values first went non-finite, in data-flow order.
-_ORIGIN_CHECKS = (
-    "input.non_finite",
-    "input.float16_overflow",
-    "activation.non_finite",
-    "loss.non_finite",
-    "loss.raised",
-    "gradient.non_finite",
-)
 
 
 class NonFiniteTrainingError(RuntimeError):
@@ -373,13 +364,10 @@ class NaNGuard(keras.callbacks.Callback):
 
     def _fill_origin(self, event, report, bad_weights, trigger):
         if report is not None:
-            for check in _ORIGIN_CHECKS:
-                found = report.find(check)
-                if found:
-                    evidence = found[0].evidence
-                    event["layer"] = evidence.get("layer") or found[0].location
-                    event["op"] = evidence.get("op")
-                    break
+            origin = report.first_non_finite
+            if origin is not None:
+                event["layer"] = origin.evidence.get("layer") or origin.location
+                event["op"] = origin.evidence.get("op")
             cause = report.likely_cause
             if cause is not None:
                 event["cause"] = f"{cause.check}: {cause.message}"

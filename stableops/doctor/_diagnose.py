@@ -8,28 +8,18 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from stableops.doctor import _checks, _data
+from stableops.doctor import _data, _data_checks, _model_checks, _training_checks
+from stableops.doctor import _registry as checks
 from stableops.doctor import _thresholds as th
 from stableops.doctor._forward import first_non_finite_op, trace_forward
 from stableops.doctor._loss import resolve_loss
 from stableops.doctor._quiet import quiet_native_stderr
-from stableops.doctor._registry import finding
-from stableops.doctor._report import Report, format_number
+from stableops.doctor._report import Report, finding, format_number
 from stableops.doctor._trial import (
     DEFAULT_TRIAL_STEPS,
     LOWER_RATES,
     TrialUnavailable,
     run_trial,
-)
-
-# Findings that explain a diverging trial: when the trial diverges they become
-# errors (the report then names the earliest of them as the cause).
-_EXPLAINS_DIVERGENCE = (
-    "input.scale",
-    "input.outliers",
-    "labels.scale",
-    "activation.float16_headroom",
-    "gradient.exploding",
 )
 
 
@@ -183,19 +173,19 @@ def _diagnose(
     data_x, data_y = data
     names, consumers = _input_consumers(model, data_x, probe)
     by_name = {s.name: s for s in layer_stats}
-    findings = _checks.check_inputs(
+    findings = _data_checks.check_inputs(
         _data.flatten(data_x),
         names=names,
         consumers=consumers,
         layer_stats=by_name,
         nonfinite_counts=nonfinite_counts,
     )
-    findings += _checks.check_weights(model)
-    findings += _checks.check_normalization_epsilon(model)
-    findings += _checks.check_optimizer_epsilon(model)
-    findings += _checks.check_single_sample_batch(model, n_total, batch_size)
-    findings += _checks.check_labels(data_y, y_pred, loss_info)
-    findings += _checks.check_activations(layer_stats, first_op=first_op)
+    findings += _model_checks.check_weights(model)
+    findings += _model_checks.check_normalization_epsilon(model)
+    findings += _training_checks.check_optimizer_epsilon(model)
+    findings += _model_checks.check_single_sample_batch(model, n_total, batch_size)
+    findings += _data_checks.check_labels(data_y, y_pred, loss_info)
+    findings += _model_checks.check_activations(layer_stats, first_op=first_op)
 
     prediction_bad_rows = _nonfinite_rows(y_pred)
     per_sample, loss_error, loss_op = None, None, None
@@ -214,7 +204,7 @@ def _diagnose(
                 loss_op = first_non_finite_op(
                     lambda: loss_info.per_sample(yb, tf.nest.map_structure(tf.constant, pb))
                 )
-    findings += _checks.check_loss(
+    findings += _training_checks.check_loss(
         loss_info,
         y,
         y_pred,
@@ -237,7 +227,7 @@ def _diagnose(
         if bad_batch is not None:
             xb, yb = bad_batch
             grad_op = first_non_finite_op(lambda: _gradients(model, xb, yb, loss_info, training))
-        findings += _checks.check_gradients(
+        findings += _training_checks.check_gradients(
             norms, learning_rate=learning_rate, first_op=grad_op, skips_non_finite=_skips_non_finite(model)
         )
     elif can_differentiate and upstream_broken:
@@ -326,12 +316,15 @@ def _learning_rate(model) -> float:
 
 
 def _skips_non_finite(model) -> bool:
-    """Whether the model's optimizer is (or wraps) stableops's SkipNonFinite: no advice to add it."""
-    from stableops.optimizers import SkipNonFinite  # late: optimizers is a sibling tool
+    """Whether the model's optimizer skips non-finite steps itself: no advice to add SkipNonFinite.
 
+    Recognised by ``skipped_steps``, the counter ``stableops.optimizers.SkipNonFinite``
+    documents, on the optimizer or one it wraps (``inner_optimizer``): the doctor
+    sits below the optimizers and does not import them.
+    """
     optimizer = getattr(model, "optimizer", None)
     while optimizer is not None:
-        if isinstance(optimizer, SkipNonFinite):
+        if getattr(optimizer, "skipped_steps", None) is not None:
             return True
         optimizer = getattr(optimizer, "inner_optimizer", None)
     return False
@@ -386,7 +379,7 @@ def _gradient_norms(model, x, y, loss_info, batch_size, training):
     for variable in variables:
         name = owner.get(id(variable), variable.path.split("/")[0])
         entry = norms.setdefault(name, {"grad": [], "weight_sq": 0.0, "dtype": str(variable.dtype)})
-        entry["weight_sq"] += _checks.tensor_norm(variable.numpy()) ** 2
+        entry["weight_sq"] += _training_checks.tensor_norm(variable.numpy()) ** 2
     bad_batch = None
     for _, xb, yb in _data.batches(x, y, batch_size):
         grads = _gradients(model, xb, yb, loss_info, training)
@@ -395,7 +388,7 @@ def _gradient_norms(model, x, y, loss_info, batch_size, training):
             if grad is None:
                 continue
             name = owner.get(id(variable), variable.path.split("/")[0])
-            batch_sq[name] += _checks.tensor_norm(grad) ** 2
+            batch_sq[name] += _training_checks.tensor_norm(grad) ** 2
         for name, value in batch_sq.items():
             norms[name]["grad"].append(float(np.sqrt(value)))
         if bad_batch is None and not all(np.isfinite(v) for v in batch_sq.values()):
@@ -413,7 +406,7 @@ def _trial_findings(model, x, y, loss, findings, notes, steps, batch_size):
         notes.append(f"no trial run: {reason}")
         return findings
     except Exception as error:  # noqa: BLE001 - the diagnosis stands without it
-        notes.append(f"the trial run failed: {type(error).__name__}: {_checks._first_line(error)}")
+        notes.append(f"the trial run failed: {type(error).__name__}: {_training_checks.first_line(error)}")
         return findings
     if not trial.diverged:
         notes.append(f"trial run: {trial.steps} training steps on a copy, loss stayed finite")
@@ -425,7 +418,7 @@ def _trial_findings(model, x, y, loss, findings, notes, steps, batch_size):
         else f"exploded to {format_number(trial.losses[-1])} "
         f"({format_number(trial.losses[-1] / trial.reference)}x its level {format_number(trial.reference)})"
     )
-    promoted = [f.check for f in findings if f.check in _EXPLAINS_DIVERGENCE and f.severity == "warning"]
+    promoted = [f.check for f in findings if f.check in checks.EXPLAINS_DIVERGENCE and f.severity == "warning"]
     findings = [
         dataclasses.replace(f, severity="error", message=f.message + " (the trial run diverged)")
         if f.check in promoted
@@ -437,7 +430,7 @@ def _trial_findings(model, x, y, loss, findings, notes, steps, batch_size):
         factor, lower_trial = lower
         findings.append(
             finding(
-                "optimizer.learning_rate",
+                checks.OPTIMIZER_LEARNING_RATE,
                 location=f"optimizer {type(model.optimizer).__name__}",
                 message=f"at learning rate {format_number(rate)} the trial diverged at step "
                 f"{trial.diverged_at}; at {format_number(rate * factor)} it trained {lower_trial.steps} "
@@ -455,7 +448,7 @@ def _trial_findings(model, x, y, loss, findings, notes, steps, batch_size):
     explained = promoted or lower is not None
     findings.append(
         finding(
-            "trial.diverged",
+            checks.TRIAL_DIVERGED,
             location="trial run",
             message=f"a copy of the model trained on this data with its optimizer settings "
             f"(learning rate {format_number(rate)}) {what} at step {trial.diverged_at} of {steps}",

@@ -23,7 +23,7 @@ import numpy as np
 
 import stableops
 from stableops.callbacks import NaNGuard
-from stableops.doctor._quiet import quiet_native_stderr
+from stableops.doctor import checks, quiet_native_stderr
 from stableops.optimizers import SkipNonFinite
 
 SEED = 1234
@@ -537,7 +537,7 @@ def outcome(result: ScenarioResult, run: RunResult, short: bool = False) -> str:
     report = result.report  # the diagnosis of the stock model
     if run.nonfinite_weights:
         hidden = "non-finite weights hidden, "
-    elif run is result.stock and not isinstance(report, str) and report.find("activation.non_finite"):
+    elif run is result.stock and not isinstance(report, str) and report.find(checks.ACTIVATION_NON_FINITE.id):
         hidden = "non-finite activations hidden, "
     return f"silent: {hidden}loss stuck at {run.final_loss:.4g}"
 

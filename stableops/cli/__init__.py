@@ -137,7 +137,7 @@ def run_demo_command(args) -> int:
         "stableops doctor: training small models that go NaN with stock Keras, and again with stableops"
         + (" (fast mode)" if args.fast else "")
     )
-    from stableops.doctor import _demo
+    from stableops.cli import _demo
 
     results = _demo.run_demo(fast=args.fast, out=out, progress=say)
     say("")
