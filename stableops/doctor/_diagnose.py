@@ -185,7 +185,7 @@ def _diagnose(
     findings += _training_checks.check_optimizer_epsilon(model)
     findings += _model_checks.check_single_sample_batch(model, n_total, batch_size)
     findings += _data_checks.check_labels(data_y, y_pred, loss_info)
-    findings += _model_checks.check_activations(layer_stats, first_op=first_op)
+    findings += _model_checks.check_activations(layer_stats, op=first_op)
 
     prediction_bad_rows = _nonfinite_rows(y_pred)
     per_sample, loss_error, loss_op = None, None, None
@@ -210,7 +210,7 @@ def _diagnose(
         y_pred,
         per_sample,
         error=loss_error,
-        first_op=loss_op,
+        op=loss_op,
         prediction_nonfinite_rows=prediction_bad_rows,
     )
 
@@ -228,7 +228,7 @@ def _diagnose(
             xb, yb = bad_batch
             grad_op = first_non_finite_op(lambda: _gradients(model, xb, yb, loss_info, training))
         findings += _training_checks.check_gradients(
-            norms, learning_rate=learning_rate, first_op=grad_op, skips_non_finite=_skips_non_finite(model)
+            norms, learning_rate=learning_rate, op=grad_op, skips_non_finite=_skips_non_finite(model)
         )
     elif can_differentiate and upstream_broken:
         notes.append("gradients were not checked: the forward pass or the loss is already non-finite")

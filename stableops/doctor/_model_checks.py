@@ -84,12 +84,11 @@ def explain_non_finite(stats, op: str | None):
     return ("an op produced inf or NaN from finite inputs", "inspect the layer's computation")
 
 
-def check_activations(layer_stats, *, first_op=None) -> list:
+def check_activations(layer_stats, *, op=None) -> list:
     """First non-finite layer; float16 headroom; saturated sigmoid/tanh; dead ReLU."""
     findings = []
     origin = next((s for s in layer_stats if s.nonfinite and not s.input_nonfinite), None)
     if origin is not None:
-        op = (first_op or {}).get("op")
         cause, fix = explain_non_finite(origin, op)
         evidence = {
             "layer": origin.name,

@@ -24,7 +24,7 @@ _SKIP_NON_FINITE = "stableops.optimizers.SkipNonFinite"
 
 
 def check_loss(
-    loss, y, y_pred, per_sample, *, error=None, first_op=None, prediction_nonfinite_rows=()
+    loss, y, y_pred, per_sample, *, error=None, op=None, prediction_nonfinite_rows=()
 ) -> list:
     """Non-finite or raising loss, probabilities clipped at 0/1, Keras loss with a drop-in."""
     findings = []
@@ -44,7 +44,6 @@ def check_loss(
         bad = np.flatnonzero(~np.isfinite(per_sample))
         own = np.setdiff1d(bad, np.asarray(list(prediction_nonfinite_rows), dtype=np.int64))
         if own.size:
-            op = (first_op or {}).get("op")
             findings.append(
                 finding(
                     checks.LOSS_NON_FINITE,
@@ -159,7 +158,7 @@ def _clipped_probability_findings(loss, y, y_pred) -> list:
 # Gradients
 
 
-def check_gradients(norms, *, learning_rate, first_op=None, skips_non_finite=False) -> list:
+def check_gradients(norms, *, learning_rate, op=None, skips_non_finite=False) -> list:
     """Per-layer gradient norms: non-finite, exploding, vanishing.
 
     One finding per kind, located at the worst layer and listing every layer
@@ -186,7 +185,6 @@ def check_gradients(norms, *, learning_rate, first_op=None, skips_non_finite=Fal
             vanishing.append((learning_rate * typical / weight, name, typical, weight))
     findings = []
     if nonfinite:
-        op = (first_op or {}).get("op")
         name = nonfinite[0][0]
         findings.append(
             finding(
