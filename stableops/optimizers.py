@@ -95,7 +95,7 @@ class SkipNonFinite(keras.optimizers.Optimizer):
 
     @staticmethod
     def _base_arguments(inner, name) -> dict:
-        """The base class's constructor arguments: no rate of its own (the wrapped one's is used)."""
+        """The base class's constructor arguments: no rate of its own (the wrapped one's counts)."""
         return {"learning_rate": 0.0, "name": name}
 
     # -- state --------------------------------------------------------------
@@ -209,7 +209,9 @@ class SkipNonFinite(keras.optimizers.Optimizer):
             finite = tf.equal(context.all_reduce(tf.distribute.ReduceOp.SUM, bad), 0.0)
             context.merge_call(self._cross_replica_apply, args=(finite, grads, trainable_variables))
         else:
-            self._apply_or_skip(finite, lambda: self.inner_optimizer.apply(grads, trainable_variables))
+            self._apply_or_skip(
+                finite, lambda: self.inner_optimizer.apply(grads, trainable_variables)
+            )
 
     def _apply_or_skip(self, finite, apply_inner):
         """``apply_inner()`` where ``finite``, else count a skipped step (a ``tf.cond``)."""

@@ -17,7 +17,9 @@ from stableops.doctor._forward import NORMALIZING_LAYERS
 from stableops.doctor._report import MAX_LISTED, finding, format_number, listed, plural
 
 # Layers that read integers as indices (no magnitude to check), not as numbers.
-INDEX_LAYERS = {"Embedding", "StringLookup", "IntegerLookup", "CategoryEncoding", "Hashing", "Discretization"}
+INDEX_LAYERS = {
+    "Embedding", "StringLookup", "IntegerLookup", "CategoryEncoding", "Hashing", "Discretization"
+}
 
 # Losses whose value grows with the size of the regression error (the
 # targets' scale): unscaled targets make their gradients that many times larger.
@@ -88,7 +90,9 @@ def feature_statistics(values: np.ndarray) -> dict:
     return out
 
 
-def check_inputs(inputs, *, names=None, consumers=None, layer_stats=None, nonfinite_counts=None) -> list:
+def check_inputs(
+    inputs, *, names=None, consumers=None, layer_stats=None, nonfinite_counts=None
+) -> list:
     """Non-finite values, float16 overflow, feature scale spread and outliers.
 
     Args:
@@ -146,9 +150,10 @@ def check_inputs(inputs, *, names=None, consumers=None, layer_stats=None, nonfin
                     # The normaliser itself casts the raw values: suggesting
                     # it would not help. It must compute in float32.
                     fix = (
-                        f"run '{layer.name}' in float32 ({type(layer).__name__}(..., dtype='float32'), "
-                        "the layers after it can stay in mixed precision), or use "
-                        "stableops.layers.RobustScaler(), which computes in float32 under mixed precision"
+                        f"run '{layer.name}' in float32 ({type(layer).__name__}(..., "
+                        "dtype='float32'), the layers after it can stay in mixed precision), or "
+                        "use stableops.layers.RobustScaler(), which computes in float32 under "
+                        "mixed precision"
                     )
                 findings.append(
                     finding(
@@ -157,7 +162,11 @@ def check_inputs(inputs, *, names=None, consumers=None, layer_stats=None, nonfin
                         message=f"input values up to {format_number(max_abs)} exceed the float16 "
                         f"maximum {format_number(th.FLOAT16_MAX)}: layer '{layer.name}' casts "
                         "them to float16, where they become inf",
-                        evidence={"max_abs": max_abs, "float16_max": th.FLOAT16_MAX, "layer": layer.name},
+                        evidence={
+                            "max_abs": max_abs,
+                            "float16_max": th.FLOAT16_MAX,
+                            "layer": layer.name,
+                        },
                         fix=fix,
                     )
                 )
@@ -216,7 +225,8 @@ def _outlier_findings(where: str, stats: dict) -> list:
             location=f"{where} feature {worst}",
             message=f"outliers: {plural(stats['outliers'].sum(), 'value')} more than "
             f"{format_number(th.OUTLIER_Z)} "
-            f"robust SDs from the feature median (worst: {format_number(stats['max_z'][worst])} SDs)",
+            "robust SDs from the feature median "
+            f"(worst: {format_number(stats['max_z'][worst])} SDs)",
             evidence={
                 "max_robust_z": float(stats["max_z"][worst]),
                 "max_abs": float(stats["max_abs"][worst]),
@@ -245,6 +255,7 @@ def check_labels(y, y_pred, loss) -> list:
     if np.issubdtype(y.dtype, np.floating):
         nonfinite = ~np.isfinite(y)
         if nonfinite.any():
+            bad_rows = nonfinite.reshape(len(y), -1).any(axis=1)
             findings.append(
                 finding(
                     checks.LABELS_NON_FINITE,
@@ -252,7 +263,7 @@ def check_labels(y, y_pred, loss) -> list:
                     message=f"{plural(nonfinite.sum(), 'label')} NaN or inf",
                     evidence={
                         "nonfinite_labels": int(nonfinite.sum()),
-                        "samples": listed(np.flatnonzero(nonfinite.reshape(len(y), -1).any(axis=1))),
+                        "samples": listed(np.flatnonzero(bad_rows)),
                     },
                 )
             )
@@ -279,10 +290,11 @@ def _target_scale_findings(y, loss) -> list:
         finding(
             checks.LABELS_SCALE,
             location="labels",
-            message=f"regression targets are not scaled: typical magnitude {format_number(typical)} "
-            f"(range {format_number(float(y.min()))} .. {format_number(float(y.max()))}), while a freshly "
-            f"initialised output is of order 1: {loss.display}'s first errors and gradients are "
-            f"{format_number(typical)}x those of standardised targets",
+            message="regression targets are not scaled: typical magnitude "
+            f"{format_number(typical)} (range {format_number(float(y.min()))} .. "
+            f"{format_number(float(y.max()))}), while a freshly initialised output is of order 1: "
+            f"{loss.display}'s first errors and gradients are {format_number(typical)}x those of "
+            "standardised targets",
             evidence={
                 "typical_magnitude": typical,
                 "target_min": float(y.min()),
@@ -325,9 +337,9 @@ def _sparse_label_findings(y, y_pred, loss) -> list:
         finding(
             checks.LABELS_RANGE,
             location="labels",
-            message=f"{plural(out_of_range.sum(), 'label')} outside the valid class range [0, {classes}) "
-            f"(e.g. {format_number(bad_values[0].item())}); eagerly Keras raises, under XLA "
-            "the loss silently becomes NaN",
+            message=f"{plural(out_of_range.sum(), 'label')} outside the valid class range [0, "
+            f"{classes}) (e.g. {format_number(bad_values[0].item())}); eagerly Keras raises, "
+            "under XLA the loss silently becomes NaN",
             evidence={
                 "bad_labels": int(out_of_range.sum()),
                 "bad_values": [format_number(v.item()) for v in bad_values[:MAX_LISTED]],
@@ -335,8 +347,9 @@ def _sparse_label_findings(y, y_pred, loss) -> list:
                 "label_min": labels.min().item(),
                 "label_max": labels.max().item(),
             },
-            fix=f"fix the labels, give the model {int(np.max(labels)) + 1} outputs if that class is "
-            "real, or mark them with ignore_class in stableops.losses.SparseCategoricalCrossentropy",
+            fix=f"fix the labels, give the model {int(np.max(labels)) + 1} outputs if that class "
+            "is real, or mark them with ignore_class in "
+            "stableops.losses.SparseCategoricalCrossentropy",
         )
     ]
 

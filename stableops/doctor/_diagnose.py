@@ -102,7 +102,9 @@ def diagnose(
     if int(batch_size) < 1:
         raise ValueError(f"`batch_size` must be a positive integer, got batch_size={batch_size!r}")
     if int(max_batches) < 1:
-        raise ValueError(f"`max_batches` must be a positive integer, got max_batches={max_batches!r}")
+        raise ValueError(
+            f"`max_batches` must be a positive integer, got max_batches={max_batches!r}"
+        )
     batch_size = int(batch_size)
     # Data checks (non-finite values, scale, outliers, labels) need no model
     # and are cheap: they see up to DATA_CHECK_ROWS rows, so a single NaN in
@@ -121,9 +123,12 @@ def diagnose(
     x, y, _ = _data.take_sample(data_x, data_y, max_samples=model_rows)
     _ensure_built(model, x, batch_size)
     if trial_steps is None:
-        trial_steps = DEFAULT_TRIAL_STEPS if y is not None and getattr(model, "optimizer", None) else 0
+        compiled = y is not None and getattr(model, "optimizer", None)
+        trial_steps = DEFAULT_TRIAL_STEPS if compiled else 0
     if int(trial_steps) < 0:
-        raise ValueError(f"`trial_steps` must be a non-negative integer, got trial_steps={trial_steps!r}")
+        raise ValueError(
+            f"`trial_steps` must be a non-negative integer, got trial_steps={trial_steps!r}"
+        )
     # Restored afterwards: batch-norm statistics, RNG seeds, and the metrics
     # (compute_loss updates the compiled loss trackers).
     state = list(model.non_trainable_variables) + list(getattr(model, "metrics_variables", []))
@@ -192,7 +197,9 @@ def _diagnose(
     if y is None:
         notes.append("no labels given: label, loss and gradient checks were skipped")
     elif loss_info is None:
-        notes.append("no single loss (pass loss= or compile the model): label and loss checks were skipped")
+        notes.append(
+            "no single loss (pass loss= or compile the model): label and loss checks were skipped"
+        )
     else:
         per_sample, loss_error = _per_sample_loss(loss_info, y, y_pred, batch_size)
         if per_sample is not None:
@@ -228,10 +235,15 @@ def _diagnose(
             xb, yb = bad_batch
             grad_op = first_non_finite_op(lambda: _gradients(model, xb, yb, loss_info, training))
         findings += _training_checks.check_gradients(
-            norms, learning_rate=learning_rate, op=grad_op, skips_non_finite=_skips_non_finite(model)
+            norms,
+            learning_rate=learning_rate,
+            op=grad_op,
+            skips_non_finite=_skips_non_finite(model),
         )
     elif can_differentiate and upstream_broken:
-        notes.append("gradients were not checked: the forward pass or the loss is already non-finite")
+        notes.append(
+            "gradients were not checked: the forward pass or the loss is already non-finite"
+        )
 
     if trial_steps and y is not None and not upstream_broken:
         findings = _trial_findings(model, x, y, loss, findings, notes, trial_steps, batch_size)
@@ -250,7 +262,8 @@ def _diagnose(
 
 def _batch_containing(structure, row, batch_size):
     start = (row // batch_size) * batch_size
-    return tf.nest.map_structure(lambda leaf: np.asarray(leaf)[start : start + batch_size], structure)
+    rows = slice(start, start + batch_size)
+    return tf.nest.map_structure(lambda leaf: np.asarray(leaf)[rows], structure)
 
 
 def _nonfinite_rows(y_pred) -> np.ndarray:
@@ -344,7 +357,7 @@ def _total_loss(model, loss_info, xb, yb, y_pred):
     if loss_info is not None:
         total = tf.reduce_mean(loss_info.per_sample(yb, y_pred))
         if model.losses:
-            total = total + tf.add_n([tf.cast(l, total.dtype) for l in model.losses])
+            total = total + tf.add_n([tf.cast(term, total.dtype) for term in model.losses])
         return total
     return model.compute_loss(x=xb, y=yb, y_pred=y_pred, training=True)
 
@@ -406,7 +419,8 @@ def _trial_findings(model, x, y, loss, findings, notes, steps, batch_size):
         notes.append(f"no trial run: {reason}")
         return findings
     except Exception as error:  # noqa: BLE001 - the diagnosis stands without it
-        notes.append(f"the trial run failed: {type(error).__name__}: {_training_checks.first_line(error)}")
+        reason = f"{type(error).__name__}: {_training_checks.first_line(error)}"
+        notes.append(f"the trial run failed: {reason}")
         return findings
     if not trial.diverged:
         notes.append(f"trial run: {trial.steps} training steps on a copy, loss stayed finite")
@@ -416,9 +430,14 @@ def _trial_findings(model, x, y, loss, findings, notes, steps, batch_size):
         "went NaN/inf"
         if trial.verdict == "non_finite"
         else f"exploded to {format_number(trial.losses[-1])} "
-        f"({format_number(trial.losses[-1] / trial.reference)}x its level {format_number(trial.reference)})"
+        f"({format_number(trial.losses[-1] / trial.reference)}x its level "
+        f"{format_number(trial.reference)})"
     )
-    promoted = [f.check for f in findings if f.check in checks.EXPLAINS_DIVERGENCE and f.severity == "warning"]
+    promoted = [
+        f.check
+        for f in findings
+        if f.check in checks.EXPLAINS_DIVERGENCE and f.severity == "warning"
+    ]
     findings = [
         dataclasses.replace(f, severity="error", message=f.message + " (the trial run diverged)")
         if f.check in promoted
@@ -433,16 +452,17 @@ def _trial_findings(model, x, y, loss, findings, notes, steps, batch_size):
                 checks.OPTIMIZER_LEARNING_RATE,
                 location=f"optimizer {type(model.optimizer).__name__}",
                 message=f"at learning rate {format_number(rate)} the trial diverged at step "
-                f"{trial.diverged_at}; at {format_number(rate * factor)} it trained {lower_trial.steps} "
-                "steps with a finite loss",
+                f"{trial.diverged_at}; at {format_number(rate * factor)} it trained "
+                f"{lower_trial.steps} steps with a finite loss",
                 evidence={
                     "learning_rate": rate,
                     "stable_learning_rate": rate * factor,
                     "diverged_at": trial.diverged_at,
                 },
-                fix=f"lower the learning rate to {format_number(rate * factor)} or less (or scale the inputs "
-                "and targets, which lets a larger rate work); to rescue runs that diverge anyway, "
-                "stableops.callbacks.NaNGuard(action='continue') rolls back and cuts the rate",
+                fix=f"lower the learning rate to {format_number(rate * factor)} or less (or scale "
+                "the inputs and targets, which lets a larger rate work); to rescue runs that "
+                "diverge anyway, stableops.callbacks.NaNGuard(action='continue') rolls back and "
+                "cuts the rate",
             )
         )
     explained = promoted or lower is not None
@@ -459,18 +479,21 @@ def _trial_findings(model, x, y, loss, findings, notes, steps, batch_size):
             },
             fix="the errors above explain it"
             if explained
-            else "run fit with stableops.callbacks.NaNGuard(action='stop') to catch the step and name the "
-            "layer; lower the learning rate",
+            else "run fit with stableops.callbacks.NaNGuard(action='stop') to catch the step and "
+            "name the layer; lower the learning rate",
         )
     )
     return findings
 
 
 def _lower_rate_trial(model, x, y, loss, steps, batch_size):
-    """(factor, trial) for the first lower learning rate at which the trial stays finite, or None."""
+    "(factor, trial) for the first lower learning rate at which the trial stays finite, or None."
     for factor in LOWER_RATES:
         try:
-            trial = run_trial(model, x, y, steps=steps, batch_size=batch_size, loss=loss, learning_rate_factor=factor)
+            trial = run_trial(
+                model, x, y, steps=steps, batch_size=batch_size, loss=loss,
+                learning_rate_factor=factor,
+            )
         except Exception:  # noqa: BLE001 - a schedule cannot be scaled here, ...
             return None
         if not trial.diverged:

@@ -29,7 +29,7 @@ NORMALIZING_LAYERS = {"Normalization", "RobustScaler", "BatchNormalization"}
 
 
 def activation_name(layer) -> str | None:
-    """``"relu"``, ``"sigmoid"``, ``"tanh"``, ... for the nonlinearity that produces the layer output."""
+    """The nonlinearity of the layer's output: ``"relu"``, ``"sigmoid"``, ``"tanh"``, ..."""
     class_name = type(layer).__name__
     if class_name == "ReLU":
         config = layer.get_config()
@@ -243,7 +243,7 @@ def trace_forward(model, x, *, batch_size: int, training: bool = True):
 
 
 def first_non_finite_op(fn) -> str | None:
-    """Run ``fn()`` eagerly with ``tf.debugging.enable_check_numerics``; the op that went non-finite.
+    """Run ``fn()`` eagerly with ``tf.debugging.enable_check_numerics``; which op went non-finite.
 
     Returns the type (``"Log"``, ``"RealDiv"``, ...) of the first op whose
     output held inf or NaN, or ``None`` if none did, if that op is a traced

@@ -19,15 +19,22 @@ from stableops.ops import dtype_limits
 # ---------------------------------------------------------------------------
 # Activations
 
+_SAFE_DIVIDE = "use stableops.ops.safe_divide (fill value where the divisor is 0)"
 _OP_CAUSES = {
-    "Log": ("log of zero or a negative number", "use stableops.ops.safe_log / xlogy, or a stableops loss"),
+    "Log": (
+        "log of zero or a negative number",
+        "use stableops.ops.safe_log / xlogy, or a stableops loss",
+    ),
     "Log1p": ("log1p of a value <= -1", "use stableops.ops.log1mexp / softplus forms"),
     "Xlogy": ("log of zero or a negative number", "use stableops.ops.xlogy"),
-    "RealDiv": ("division by zero", "use stableops.ops.safe_divide (fill value where the divisor is 0)"),
-    "Div": ("division by zero", "use stableops.ops.safe_divide (fill value where the divisor is 0)"),
+    "RealDiv": ("division by zero", _SAFE_DIVIDE),
+    "Div": ("division by zero", _SAFE_DIVIDE),
     "Reciprocal": ("division by zero", "use stableops.ops.safe_divide"),
     "Sqrt": ("square root of a negative number", "use stableops.ops.safe_sqrt / safe_norm"),
-    "Rsqrt": ("reciprocal square root of 0 or a negative number", "use stableops.ops.safe_sqrt / safe_norm"),
+    "Rsqrt": (
+        "reciprocal square root of 0 or a negative number",
+        "use stableops.ops.safe_sqrt / safe_norm",
+    ),
     "Exp": (
         "exp overflow (argument above log(max) of the dtype)",
         "use stableops.ops.logsumexp / softplus / log_sigmoid",
@@ -123,8 +130,8 @@ def check_activations(layer_stats, *, op=None) -> list:
                 finding(
                     checks.ACTIVATION_SATURATED,
                     location=stats.location,
-                    message=f"{100 * stats.saturated_fraction:.0f}% of {stats.activation} outputs are "
-                    "saturated (within 1% of an asymptote): they pass almost no gradient",
+                    message=f"{100 * stats.saturated_fraction:.0f}% of {stats.activation} outputs "
+                    "are saturated (within 1% of an asymptote): they pass almost no gradient",
                     evidence={
                         "saturated_fraction": stats.saturated_fraction,
                         "activation": stats.activation,
@@ -138,8 +145,8 @@ def check_activations(layer_stats, *, op=None) -> list:
                     checks.ACTIVATION_DEAD_RELU,
                     severity="error" if stats.dead_units == stats.units else "warning",
                     location=stats.location,
-                    message=f"{stats.dead_units} of {stats.units} ReLU units are dead (zero on every "
-                    "sample): they get no gradient and never recover",
+                    message=f"{stats.dead_units} of {stats.units} ReLU units are dead (zero on "
+                    "every sample): they get no gradient and never recover",
                     evidence={
                         "dead_units": stats.dead_units,
                         "units": stats.units,
@@ -167,6 +174,7 @@ def _headroom_findings(stats) -> list:
     if stats.max_abs <= 0:
         return []
     headroom = th.FLOAT16_MAX / stats.max_abs
+    evidence = {"max_abs": stats.max_abs, "float16_max": th.FLOAT16_MAX, "headroom": headroom}
     if stats.compute_dtype == "float16" and headroom < th.FLOAT16_MIN_HEADROOM:
         return [
             finding(
@@ -174,7 +182,7 @@ def _headroom_findings(stats) -> list:
                 location=stats.location,
                 message=f"float16 activations reach {format_number(stats.max_abs)}, only "
                 f"{format_number(headroom)}x below the float16 maximum",
-                evidence={"max_abs": stats.max_abs, "float16_max": th.FLOAT16_MAX, "headroom": headroom},
+                evidence=evidence,
                 fix=checks.SCALE_INPUTS + ", or keep this layer in float32 (dtype='float32')",
             )
         ]
@@ -184,9 +192,9 @@ def _headroom_findings(stats) -> list:
                 checks.ACTIVATION_FLOAT16_HEADROOM,
                 severity="info",
                 location=stats.location,
-                message=f"activations reach {format_number(stats.max_abs)}, beyond the float16 maximum: "
-                "this layer would overflow under mixed_float16",
-                evidence={"max_abs": stats.max_abs, "float16_max": th.FLOAT16_MAX, "headroom": headroom},
+                message=f"activations reach {format_number(stats.max_abs)}, beyond the float16 "
+                "maximum: this layer would overflow under mixed_float16",
+                evidence=evidence,
                 fix=checks.SCALE_INPUTS + " before switching to mixed precision",
             )
         ]
@@ -236,15 +244,17 @@ def check_weights(model) -> list:
             continue
         layer, names = bad[0]
         kind = type(layer).__name__
-        detail = " (its moving statistics)" if kind == "BatchNormalization" and what != "weights" else ""
+        state = kind == "BatchNormalization" and what != "weights"
+        detail = " (its moving statistics)" if state else ""
         findings.append(
             finding(
                 check,
                 location=f"layer '{layer.name}'",
                 message=f"the {what} of {len(bad)} layer(s) hold NaN or inf, first {kind} "
-                f"'{layer.name}'{detail}: every output computed from them is non-finite, whatever the data",
+                f"'{layer.name}'{detail}: every output computed from them is non-finite, "
+                "whatever the data",
                 evidence={
-                    "layers": [l.name for l, _ in bad][:MAX_LISTED],
+                    "layers": [owner.name for owner, _ in bad][:MAX_LISTED],
                     "variables": names[:MAX_LISTED],
                 },
             )
@@ -280,10 +290,10 @@ def check_normalization_epsilon(model) -> list:
                 finding(
                     checks.ACTIVATION_NORM_EPSILON,
                     location=f"layer '{layer.name}'",
-                    message=f"{type(layer).__name__} '{layer.name}' computes in float16 with epsilon "
-                    f"{format_number(float(epsilon))}, below float16's smallest normal number "
-                    f"{format_number(tiny)}: it rounds to a subnormal or to 0, and a constant channel "
-                    "then gives 1/sqrt(variance + epsilon) = inf",
+                    message=f"{type(layer).__name__} '{layer.name}' computes in float16 with "
+                    f"epsilon {format_number(float(epsilon))}, below float16's smallest normal "
+                    f"number {format_number(tiny)}: it rounds to a subnormal or to 0, and a "
+                    "constant channel then gives 1/sqrt(variance + epsilon) = inf",
                     evidence={"epsilon": float(epsilon), "float16_tiny": tiny, "layer": layer.name},
                 )
             )
@@ -302,9 +312,14 @@ def check_single_sample_batch(model, n_samples, batch_size) -> list:
         finding(
             checks.INPUT_SINGLE_SAMPLE_BATCH,
             location=f"layer '{norms[0].name}'",
-            message=f"with batch size {batch_size}, the last batch of the {n_samples} samples holds one "
-            f"sample: BatchNormalization '{norms[0].name}' normalises it by a variance of 0 (its output "
-            "is the bias alone) and pulls its moving statistics toward that one sample",
-            evidence={"samples": n_samples, "batch_size": batch_size, "layers": [l.name for l in norms][:MAX_LISTED]},
+            message=f"with batch size {batch_size}, the last batch of the {n_samples} samples "
+            f"holds one sample: BatchNormalization '{norms[0].name}' normalises it by a variance "
+            "of 0 (its output is the bias alone) and pulls its moving statistics toward that one "
+            "sample",
+            evidence={
+                "samples": n_samples,
+                "batch_size": batch_size,
+                "layers": [norm.name for norm in norms][:MAX_LISTED],
+            },
         )
     ]

@@ -229,7 +229,10 @@ class Report:
         else:
             loc_width = min(max(len(f.location) for f in self.findings), 28)
             check_width = max(len(f.check) for f in self.findings)
-            header = f"{'#':>2}  {'SEVERITY':<8} {'CHECK':<{check_width}}  {'LOCATION':<{loc_width}}  FINDING"
+            header = (
+                f"{'#':>2}  {'SEVERITY':<8} {'CHECK':<{check_width}}  "
+                f"{'LOCATION':<{loc_width}}  FINDING"
+            )
             lines.append(header)
             lines.append("-" * min(width, max(len(header), 60)))
             indent = " " * 4
@@ -253,7 +256,10 @@ class Report:
                 if f.fix:
                     lines.extend(
                         textwrap.wrap(
-                            "fix: " + f.fix, width, initial_indent=indent, subsequent_indent=indent + "  "
+                            "fix: " + f.fix,
+                            width,
+                            initial_indent=indent,
+                            subsequent_indent=indent + "  ",
                         )
                     )
         for note in self.notes:

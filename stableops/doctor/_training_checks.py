@@ -37,7 +37,8 @@ def check_loss(
                 location="loss",
                 message=f"{loss.display} raised {type(error).__name__}: {first_line(error)}",
                 evidence={"error": type(error).__name__},
-                fix="see the labels findings; under jit_compile=True the same input gives NaN instead",
+                fix="see the labels findings; under jit_compile=True the same input gives NaN "
+                "instead",
             )
         )
     if per_sample is not None:
@@ -48,8 +49,8 @@ def check_loss(
                 finding(
                     checks.LOSS_NON_FINITE,
                     location="loss",
-                    message=f"{loss.display} is non-finite on {plural(own.size, 'sample')} whose predictions "
-                    "are finite" + (f" (op {op})" if op else ""),
+                    message=f"{loss.display} is non-finite on {plural(own.size, 'sample')} "
+                    "whose predictions are finite" + (f" (op {op})" if op else ""),
                     evidence={
                         "samples": listed(own),
                         "nonfinite_samples": int(own.size),
@@ -68,7 +69,8 @@ def check_loss(
                 message=f"{loss.display} has a stableops drop-in",
                 evidence={"keras_loss": loss.display, "drop_in": loss.drop_in},
                 fix=f"use {loss.drop_in}: same arguments and results on ordinary inputs, finite "
-                "values and gradients where Keras returns inf, NaN, a clipped constant or a zero gradient",
+                "values and gradients where Keras returns inf, NaN, a clipped constant or a zero "
+                "gradient",
             )
         )
     return findings
@@ -115,8 +117,10 @@ def _clipped_probability_findings(loss, y, y_pred) -> list:
         stuck = clipped & (np.abs(y - p) > 0.5)
     else:
         if loss.kind == "sparse":
-            labels = y.reshape(p.shape[:-1]).astype(np.int64) if y.size == np.prod(p.shape[:-1]) else None
-            if labels is None or labels.min() < 0 or labels.max() >= p.shape[-1]:
+            if y.size != np.prod(p.shape[:-1]):
+                return []
+            labels = y.reshape(p.shape[:-1]).astype(np.int64)
+            if labels.min() < 0 or labels.max() >= p.shape[-1]:
                 return []
             p_true = np.take_along_axis(p, labels[..., None], axis=-1)[..., 0]
         else:
@@ -133,16 +137,16 @@ def _clipped_probability_findings(loss, y, y_pred) -> list:
         # float16 holds no value in (1 - 2**-12, 1): sigmoid(z) rounds to 1.0
         # once exp(-z) < 2**-12, i.e. z > 12 * log(2) = 8.3.
         fix += (
-            "; keep the output layer in float32 (dtype='float32'): a float16 sigmoid is exactly 1.0 "
-            "from logit 8.3 up"
+            "; keep the output layer in float32 (dtype='float32'): a float16 sigmoid is exactly "
+            "1.0 from logit 8.3 up"
         )
     return [
         finding(
             checks.LOSS_CLIPPED_PROBABILITIES,
             location="loss",
-            message=f"{plural(stuck.sum(), 'sample')} predicting probability 0 or 1 for the wrong class "
-            f"({output_dtype} output): {loss.display} takes log of a clipped value there, so their "
-            "loss is a constant and their gradient is 0",
+            message=f"{plural(stuck.sum(), 'sample')} predicting probability 0 or 1 for the wrong "
+            f"class ({output_dtype} output): {loss.display} takes log of a clipped value there, "
+            "so their loss is a constant and their gradient is 0",
             evidence={
                 "stuck_samples": int(stuck.sum()),
                 "clipped_predictions": int(clipped.sum()),
@@ -178,10 +182,11 @@ def check_gradients(norms, *, learning_rate, op=None, skips_non_finite=False) ->
         if weight <= 0 or grads.size == 0:
             continue
         largest, typical = float(grads.max()), float(np.median(grads))
+        rounding = th.vanishing_step_ratio(entry.get("dtype", "float32"))
         step_ratio = learning_rate * largest / weight
         if step_ratio > th.EXPLODING_STEP_RATIO:
             exploding.append((step_ratio, name, largest, weight))
-        elif learning_rate * typical < th.vanishing_step_ratio(entry.get("dtype", "float32")) * weight:
+        elif learning_rate * typical < rounding * weight:
             vanishing.append((learning_rate * typical / weight, name, typical, weight))
     findings = []
     if nonfinite:
@@ -190,7 +195,8 @@ def check_gradients(norms, *, learning_rate, op=None, skips_non_finite=False) ->
             finding(
                 checks.GRADIENT_NON_FINITE,
                 location=f"layer '{name}'",
-                message=f"the gradient of {len(nonfinite)} layer(s) is non-finite although the loss is finite"
+                message=f"the gradient of {len(nonfinite)} layer(s) is non-finite although the "
+                "loss is finite"
                 + (f" (op {op})" if op else ""),
                 evidence={
                     "layer": name,
@@ -208,8 +214,8 @@ def check_gradients(norms, *, learning_rate, op=None, skips_non_finite=False) ->
             finding(
                 checks.GRADIENT_EXPLODING,
                 location=f"layer '{name}'",
-                message=f"gradients explode in {len(exploding)} layer(s): one step at learning rate "
-                f"{format_number(learning_rate)} would move the weights of '{name}' by "
+                message=f"gradients explode in {len(exploding)} layer(s): one step at learning "
+                f"rate {format_number(learning_rate)} would move the weights of '{name}' by "
                 f"{format_number(ratio)}x their own norm",
                 evidence=_step_evidence(ranked, learning_rate),
                 fix=checks.GRADIENT_EXPLODING.fix
@@ -267,7 +273,8 @@ def check_optimizer_epsilon(model) -> list:
     epsilon = getattr(optimizer, "epsilon", None)
     if epsilon is None:
         return []
-    dtypes = sorted({str(v.dtype) for v in model.trainable_variables if tf.as_dtype(v.dtype).is_floating})
+    variables = model.trainable_variables
+    dtypes = sorted({str(v.dtype) for v in variables if tf.as_dtype(v.dtype).is_floating})
     for dtype in dtypes:
         tiny = dtype_limits(dtype).tiny
         if float(epsilon) < tiny:
@@ -275,13 +282,13 @@ def check_optimizer_epsilon(model) -> list:
                 finding(
                     checks.OPTIMIZER_EPSILON,
                     location=f"optimizer {type(optimizer).__name__}",
-                    message=f"epsilon {format_number(float(epsilon))} is below the smallest normal "
-                    f"{dtype} number {format_number(tiny)}: where a gradient's second moment underflows "
-                    f"to 0, the step m / (sqrt(v) + epsilon) is more than {format_number(1 / tiny)}x "
-                    "the gradient and overflows",
+                    message=f"epsilon {format_number(float(epsilon))} is below the smallest "
+                    f"normal {dtype} number {format_number(tiny)}: where a gradient's second "
+                    "moment underflows to 0, the step m / (sqrt(v) + epsilon) is more than "
+                    f"{format_number(1 / tiny)}x the gradient and overflows",
                     evidence={"epsilon": float(epsilon), "variable_dtype": dtype, "tiny": tiny},
-                    fix=f"{type(optimizer).__name__}(epsilon={format_number(tiny)}) or more, or keep the "
-                    "variables in float32 (mixed_float16 does)",
+                    fix=f"{type(optimizer).__name__}(epsilon={format_number(tiny)}) or more, or "
+                    "keep the variables in float32 (mixed_float16 does)",
                 )
             ]
     return []
