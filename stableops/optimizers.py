@@ -57,12 +57,15 @@ class SkipNonFinite(keras.optimizers.Optimizer):
         skipped_steps: int64 variable, the number of steps skipped so far
             (also saved with the optimizer's state).
 
-    Example:
-        >>> opt = SkipNonFinite(keras.optimizers.Adam(1e-3))
-        >>> model.compile(optimizer=opt, loss=...)
-        >>> model.fit(...)
-        >>> int(opt.skipped_steps.numpy())
-        0
+    Example (in training: ``model.compile(optimizer=SkipNonFinite(...), loss=...)``):
+        >>> optimizer = SkipNonFinite(keras.optimizers.SGD(0.5))
+        >>> weights = keras.Variable([1.0, 2.0])
+        >>> optimizer.apply([tf.constant([float("nan"), 1.0])], [weights])  # skipped
+        >>> optimizer.apply([tf.constant([1.0, 1.0])])
+        >>> weights.numpy()
+        array([0.5, 1.5], dtype=float32)
+        >>> int(optimizer.skipped_steps.numpy()), int(optimizer.iterations.numpy())
+        (1, 1)
     """
 
     def __new__(cls, optimizer=None, *args, **kwargs):

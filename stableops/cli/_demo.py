@@ -53,7 +53,8 @@ class MaskedMean(keras.layers.Layer):
         weights = keras.ops.cast(mask, inputs.dtype)[..., None]
         total = keras.ops.sum(inputs * weights, axis=1)
         count = keras.ops.sum(weights, axis=1)
-        return stableops.ops.safe_divide(total, keras.ops.broadcast_to(count, keras.ops.shape(total)))
+        count = keras.ops.broadcast_to(count, keras.ops.shape(total))
+        return stableops.ops.safe_divide(total, count)
 
     def compute_mask(self, inputs, mask=None):
         return None
@@ -398,7 +399,9 @@ def _train(scenario, build, x, y, *, with_guard):
         try:
             model, optimizer = build(x, y)
         except Exception as error:  # noqa: BLE001 - shown in the table, the demo goes on
-            return RunResult(np.zeros(0), np.zeros(0, bool), np.zeros(0, int), 0.0, error=_one_line(error))
+            return RunResult(
+                np.zeros(0), np.zeros(0, bool), np.zeros(0, int), 0.0, error=_one_line(error)
+            )
         recorder = _BatchLosses(optimizer)
         callbacks = [recorder]
         guard = None
@@ -420,7 +423,9 @@ def _train(scenario, build, x, y, *, with_guard):
             )
         except Exception as exc:  # noqa: BLE001
             error = _one_line(exc)
-    weights = [np.asarray(w, np.float32) for w in model.get_weights() if np.asarray(w).dtype.kind == "f"]
+    weights = [
+        np.asarray(w, np.float32) for w in model.get_weights() if np.asarray(w).dtype.kind == "f"
+    ]
     return RunResult(
         losses=np.asarray(recorder.losses, dtype=np.float64),
         skipped=np.asarray(recorder.skipped, dtype=bool),
@@ -473,7 +478,9 @@ def run_demo(*, fast=False, out=None, progress=print, width=100):
         except Exception as error:  # noqa: BLE001
             report = _one_line(error)
         result = ScenarioResult(scenario, stock, stable, report, chance)
-        progress(f"{head}: stock Keras {outcome(result, stock)}; stableops {outcome(result, stable)}")
+        progress(
+            f"{head}: stock Keras {outcome(result, stock)}; stableops {outcome(result, stable)}"
+        )
         results.append(result)
     if out is not None:
         plot_losses(results, out)
@@ -507,7 +514,11 @@ def outcome(result: ScenarioResult, run: RunResult, short: bool = False) -> str:
     report = result.report  # the diagnosis of the stock model
     if run.nonfinite_weights:
         hidden = "non-finite weights hidden, "
-    elif run is result.stock and not isinstance(report, str) and report.find(checks.ACTIVATION_NON_FINITE.id):
+    elif (
+        run is result.stock
+        and not isinstance(report, str)
+        and report.find(checks.ACTIVATION_NON_FINITE.id)
+    ):
         hidden = "non-finite activations hidden, "
     return f"silent: {hidden}loss stuck at {run.final_loss:.4g}"
 
@@ -540,25 +551,28 @@ def format_table(results) -> str:
     group_width = lambda group: sum(widths[i] for i in group) + 2 * (len(group) - 1)  # noqa: E731
     lines = [
         " | ".join(
-            f"{title:<{group_width(group)}}" for title, group in zip(("", "stock Keras", "stableops"), groups)
+            f"{title:<{group_width(group)}}"
+            for title, group in zip(("", "stock Keras", "stableops"), groups)
         ).rstrip(),
         line(header).rstrip(),
     ]
     lines.append("-" * len(lines[1]))
     lines.extend(line(row).rstrip() for row in rows)
     note = (
-        "chance: the loss of the best constant prediction (no learning); outcome: learned (final loss "
-        f"below {LEARNED_FRACTION:g}x chance, finite weights), NaN at step N (the first NaN/inf batch "
-        "loss; caught: rolled back or skipped), or silent: stuck (finite loss that does not fall, e.g. "
-        "a NaN hidden by Keras's clip); final loss: mean batch loss of the last epoch over the steps "
-        "kept; skipped: steps SkipNonFinite skipped or NaNGuard rolled back."
+        "chance: the loss of the best constant prediction (no learning); outcome: learned (final "
+        f"loss below {LEARNED_FRACTION:g}x chance, finite weights), NaN at step N (the first "
+        "NaN/inf batch loss; caught: rolled back or skipped), or silent: stuck (finite loss that "
+        "does not fall, e.g. a NaN hidden by Keras's clip); final loss: mean batch loss of the "
+        "last epoch over the steps kept; skipped: steps SkipNonFinite skipped or NaNGuard rolled "
+        "back."
     )
     lines.extend(textwrap.wrap(note, max(len(lines[1]), 60)))
     return "\n".join(lines)
 
 
 def _wrap(text, width, indent, hanging):
-    """``text`` wrapped to ``width``: first line indented ``indent`` spaces, the rest ``hanging``."""
+    """``text`` wrapped to ``width``, the first line indented ``indent`` spaces, the rest
+    ``hanging``."""
     return textwrap.wrap(
         text, width, initial_indent=" " * indent, subsequent_indent=" " * hanging
     )
@@ -577,8 +591,8 @@ def format_diagnoses(results, width=100) -> str:
         if events:
             first = events[0]
             caught = (
-                f"NaNGuard caught {len(events)} non-finite batch(es); first at step {first['step']}: "
-                f"{first.get('layer') or '?'}"
+                f"NaNGuard caught {len(events)} non-finite batch(es); first at step "
+                f"{first['step']}: {first.get('layer') or '?'}"
                 + (f", op {first['op']}" if first.get("op") else "")
                 + (f" -- {first['cause']}" if first.get("cause") else "")
             )
@@ -589,12 +603,16 @@ def format_diagnoses(results, width=100) -> str:
             continue
         lines.append(f"   stableops.diagnose(stock model) -> {report.summary_line()}")
         for finding in report.problems[:4]:
-            headline = f"{finding.severity.upper():<7} {finding.check} @ {finding.location}: {finding.message}"
+            headline = (
+                f"{finding.severity.upper():<7} {finding.check} @ {finding.location}: "
+                f"{finding.message}"
+            )
             lines.extend(_wrap(headline, width, 3, 11))
             lines.extend(_wrap("fix: " + finding.fix, width, 11, 13))
         if len(report.problems) > 4:
             lines.append(
-                f"   ... and {len(report.problems) - 4} more (stableops.diagnose(model, x, y) shows all)"
+                f"   ... and {len(report.problems) - 4} more (stableops.diagnose(model, x, y) "
+                "shows all)"
             )
         lines.append("")
     return "\n".join(lines).rstrip()
@@ -647,7 +665,9 @@ def plot_losses(results, out) -> None:
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(results) :]:
         ax.set_visible(False)
-    fig.suptitle("stableops doctor: batch loss, stock Keras vs stableops (x: NaN loss, dashed: first NaN)")
+    fig.suptitle(
+        "stableops doctor: batch loss, stock Keras vs stableops (x: NaN loss, dashed: first NaN)"
+    )
     fig.tight_layout()
     fig.savefig(out, dpi=90)
     plt.close(fig)

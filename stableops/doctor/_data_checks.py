@@ -306,21 +306,29 @@ def _target_scale_findings(y, loss) -> list:
     ]
 
 
+def _shaped_for_another_loss(y, y_pred, loss, looks_like, expected, *, fix) -> list:
+    """A ``labels.shape`` finding: the labels look like ``looks_like``, the loss expects others."""
+    return [
+        finding(
+            checks.LABELS_SHAPE,
+            location="labels",
+            message=f"labels have shape {y.shape}, like {looks_like}, but {loss.display} "
+            f"expects {expected}",
+            evidence={"label_shape": str(y.shape), "prediction_shape": str(np.shape(y_pred))},
+            fix=fix,
+        )
+    ]
+
+
 def _sparse_label_findings(y, y_pred, loss) -> list:
     classes = _num_classes(y_pred)
     if classes is None:
         return []
     if y.ndim == np.ndim(y_pred) and y.shape[-1] == classes and classes > 1:
-        return [
-            finding(
-                checks.LABELS_SHAPE,
-                location="labels",
-                message=f"labels have shape {y.shape}, like one-hot rows, but "
-                f"{loss.display} expects class indices",
-                evidence={"label_shape": str(y.shape), "prediction_shape": str(np.shape(y_pred))},
-                fix="use CategoricalCrossentropy for one-hot labels, or pass argmax(labels)",
-            )
-        ]
+        return _shaped_for_another_loss(
+            y, y_pred, loss, "one-hot rows", "class indices",
+            fix="use CategoricalCrossentropy for one-hot labels, or pass argmax(labels)",
+        )
     labels = y.reshape(-1)
     if loss.ignore_class is not None:
         labels = labels[labels != loss.ignore_class]
@@ -357,16 +365,10 @@ def _sparse_label_findings(y, y_pred, loss) -> list:
 def _categorical_label_findings(y, y_pred, loss) -> list:
     classes = _num_classes(y_pred)
     if y.ndim < np.ndim(y_pred) or (y.shape[-1] == 1 and classes and classes > 1):
-        return [
-            finding(
-                checks.LABELS_SHAPE,
-                location="labels",
-                message=f"labels have shape {y.shape}, like class indices, but {loss.display} "
-                f"expects one-hot rows of {classes}",
-                evidence={"label_shape": str(y.shape), "prediction_shape": str(np.shape(y_pred))},
-                fix="use SparseCategoricalCrossentropy for integer labels, or one-hot encode them",
-            )
-        ]
+        return _shaped_for_another_loss(
+            y, y_pred, loss, "class indices", f"one-hot rows of {classes}",
+            fix="use SparseCategoricalCrossentropy for integer labels, or one-hot encode them",
+        )
     values = y.astype(np.float64)
     findings = _outside_unit_interval(
         values,

@@ -93,9 +93,17 @@ def diagnose(
         A :class:`Report`. ``print(report)`` shows a table, ``report.to_dict()``
         JSON-ready data, ``report.likely_cause`` the root cause.
 
-    Example:
-        >>> report = stableops.diagnose(model, x_train, y_train)
-        >>> print(report)
+    Example (``print(report)`` shows every finding as a table):
+        >>> import numpy as np
+        >>> import stableops
+        >>> keras.utils.set_random_seed(0)
+        >>> x = np.random.default_rng(0).normal(size=(256, 4)) * [1.0, 10.0, 1e3, 1e5]
+        >>> y = x[:, :1] / 100.0
+        >>> model = keras.Sequential(
+        ...     [keras.Input((4,)), keras.layers.Dense(8, activation="relu"), keras.layers.Dense(1)]
+        ... )
+        >>> model.compile(optimizer="sgd", loss="mse")
+        >>> report = stableops.diagnose(model, x, y, trial_steps=0)
         >>> report.likely_cause.check
         'input.scale'
     """
