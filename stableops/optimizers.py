@@ -267,9 +267,10 @@ class SkipNonFiniteLossScaler(SkipNonFinite, keras.optimizers.LossScaleOptimizer
 
     Keras's ``compile(auto_scale_loss=True)`` wraps every optimizer that is not
     an instance of ``LossScaleOptimizer`` in one under ``mixed_float16``; this
-    class is one, so Keras adds none. Every method is ``SkipNonFinite``'s (it
-    comes first in the method order); the loss scaling, its scale and its
-    settings are the wrapped scaler's, so this wrapper holds no scale of its own.
+    class is one, so Keras adds none. Its constructor is LossScaleOptimizer's,
+    given the wrapped scaler's settings; every other method but ``build`` is
+    ``SkipNonFinite``'s (it comes first in the method order). The loss scaling
+    and its scale are the wrapped scaler's: this wrapper holds no scale of its own.
     """
 
     @staticmethod

@@ -61,7 +61,7 @@ def explain_non_finite(stats, op: str | None):
     """Likely cause and fix for the first layer whose outputs went non-finite."""
     if not all(_all_finite(v) for v in getattr(stats.layer, "weights", [])):
         return (
-            "the layer's own weights are NaN or inf (see weights.non_finite)",
+            f"the layer's own weights are NaN or inf (see {checks.WEIGHTS_NON_FINITE.id})",
             "reload the weights from a checkpoint taken before they went non-finite",
         )
     masked = set(stats.fully_masked_rows)
