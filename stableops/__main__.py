@@ -2,6 +2,7 @@
 
 import sys
 
-from stableops.doctor.cli import main
+from stableops.cli import main
 
-sys.exit(main())
+if __name__ == "__main__":
+    sys.exit(main())

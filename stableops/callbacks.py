@@ -13,15 +13,6 @@ from stableops.ops import dtype_limits
 __all__ = ["NaNGuard", "NonFiniteTrainingError", "ScaledSchedule"]
 
 _ACTIONS = ("stop", "raise", "continue")
-# Findings that name where values first went non-finite, in data-flow order.
-_ORIGIN_CHECKS = (
-    "input.non_finite",
-    "input.float16_overflow",
-    "activation.non_finite",
-    "loss.non_finite",
-    "loss.raised",
-    "gradient.non_finite",
-)
 
 
 class NonFiniteTrainingError(RuntimeError):
@@ -108,11 +99,17 @@ class NaNGuard(keras.callbacks.Callback):
         report: the :class:`stableops.Report` of the first event (or ``None``).
         recoveries: how many times ``"continue"`` recovered.
 
-    Example:
-        >>> guard = NaNGuard(action="continue", lr_factor=0.1)
-        >>> model.fit(x, y, callbacks=[guard])
+    Example (a NaN in the second batch's inputs):
+        >>> x, y = np.ones((8, 2), "float32"), np.ones((8, 1), "float32")
+        >>> x[5, 0] = np.nan
+        >>> model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+        >>> model.compile(optimizer="sgd", loss="mse")
+        >>> guard = NaNGuard(action="stop", verbose=0)
+        >>> _ = model.fit(x, y, batch_size=4, epochs=1, callbacks=[guard], verbose=0)
+        >>> guard.events[0]["step"], guard.events[0]["trigger"]
+        (2, 'loss')
         >>> guard.events[0]["cause"]
-        'input.scale: inputs are not scaled: 30 feature(s) have typical magnitude above 255.9 ...'
+        'input.non_finite: 1 input value NaN or inf'
     """
 
     def __init__(
@@ -132,9 +129,11 @@ class NaNGuard(keras.callbacks.Callback):
             raise ValueError(f"`action` must be one of {_ACTIONS}, got action={action!r}")
         if not (isinstance(lr_factor, (int, float)) and 0 < lr_factor <= 1):
             raise ValueError(f"`lr_factor` must be in (0, 1], got lr_factor={lr_factor!r}")
-        if max_recoveries is not None and (not isinstance(max_recoveries, int) or max_recoveries < 0):
+        bad_count = not isinstance(max_recoveries, int) or max_recoveries < 0
+        if max_recoveries is not None and bad_count:
             raise ValueError(
-                f"`max_recoveries` must be a non-negative int or None, got max_recoveries={max_recoveries!r}"
+                "`max_recoveries` must be a non-negative int or None, got "
+                f"max_recoveries={max_recoveries!r}"
             )
         if not isinstance(max_diagnoses, int) or max_diagnoses < 0:
             raise ValueError(
@@ -180,16 +179,20 @@ class NaNGuard(keras.callbacks.Callback):
             if _scale_schedule(optimizer):
                 # The compiled step read the old schedule when it was traced.
                 self.model.make_train_function(force=True)
-        self._variables = [v for v in self.model.weights if _is_float(v)] + _optimizer_state(optimizer)
+        weights = [v for v in self.model.weights if _is_float(v)]
+        self._variables = weights + _optimizer_state(optimizer)
         # Weights heading for overflow: |w| above sqrt(max) of their dtype,
         # where w * w (a product with a similar activation, an L2 penalty) overflows.
         self._overflow_at = [math.sqrt(dtype_limits(v.dtype).max) for v in self._variables]
         # snapshots + 1 slots: the good ones and the one awaiting confirmation.
         self._slots = [
-            [tf.Variable(v.value, trainable=False) for v in self._variables] for _ in range(self.snapshots + 1)
+            [tf.Variable(v.value, trainable=False) for v in self._variables]
+            for _ in range(self.snapshots + 1)
         ]
         self._check_and_save = [
-            tf.function(lambda save, slot=slot: self._check_and_save_fn(save, slot), autograph=False)
+            tf.function(
+                lambda save, slot=slot: self._check_and_save_fn(save, slot), autograph=False
+            )
             for slot in self._slots
         ]
         # (slot, step, loss after it): the initial weights are the first good
@@ -293,7 +296,9 @@ class NaNGuard(keras.callbacks.Callback):
 
     # ----------------------------------------------------------- the incident
     def _handle(self, batch, trigger, loss):
-        bad_weights = [v.path for v in self._variables if not np.isfinite(np.asarray(v.value)).all()]
+        bad_weights = [
+            v.path for v in self._variables if not np.isfinite(np.asarray(v.value)).all()
+        ]
         slot, restored_step, _ = self._best()
         for shadow, variable in zip(self._slots[slot], self._variables):
             variable.assign(shadow)
@@ -373,13 +378,10 @@ class NaNGuard(keras.callbacks.Callback):
 
     def _fill_origin(self, event, report, bad_weights, trigger):
         if report is not None:
-            for check in _ORIGIN_CHECKS:
-                found = report.find(check)
-                if found:
-                    evidence = found[0].evidence
-                    event["layer"] = evidence.get("layer") or found[0].location
-                    event["op"] = evidence.get("op")
-                    break
+            origin = report.first_non_finite
+            if origin is not None:
+                event["layer"] = origin.evidence.get("layer") or origin.location
+                event["op"] = origin.evidence.get("op")
             cause = report.likely_cause
             if cause is not None:
                 event["cause"] = f"{cause.check}: {cause.message}"
@@ -397,7 +399,7 @@ class NaNGuard(keras.callbacks.Callback):
         return path
 
     def _reduce_learning_rate(self):
-        """Multiply the learning rate (or the schedule's scale) by ``lr_factor``; return the new value."""
+        """Multiply the learning rate (or the schedule's scale) by ``lr_factor``; the new value."""
         if self.lr_factor == 1.0:
             return None
         optimizer = _innermost(self.model.optimizer)
@@ -422,12 +424,13 @@ class NaNGuard(keras.callbacks.Callback):
         }[event["trigger"]]
         if event["trigger"] == "loss explosion" and event["reference_loss"]:
             what += (
-                f" (batch loss {event['loss']:.3g}, {event['loss'] / event['reference_loss']:.3g}x the "
-                f"run's level {event['reference_loss']:.3g})"
+                f" (batch loss {event['loss']:.3g}, "
+                f"{event['loss'] / event['reference_loss']:.3g}x the run's level "
+                f"{event['reference_loss']:.3g})"
             )
         lines = [
-            f"NaNGuard: {what} at {where}; rolled back to the weights of step {event['restored_step']} "
-            "(the best ones followed by a healthy loss)."
+            f"NaNGuard: {what} at {where}; rolled back to the weights of step "
+            f"{event['restored_step']} (the best ones followed by a healthy loss)."
         ]
         if event["layer"]:
             op = f", op {event['op']}" if event["op"] else ""

@@ -57,15 +57,22 @@ class SkipNonFinite(keras.optimizers.Optimizer):
         skipped_steps: int64 variable, the number of steps skipped so far
             (also saved with the optimizer's state).
 
-    Example:
-        >>> opt = SkipNonFinite(keras.optimizers.Adam(1e-3))
-        >>> model.compile(optimizer=opt, loss=...)
-        >>> model.fit(...)
-        >>> int(opt.skipped_steps.numpy())
-        0
+    Example (in training: ``model.compile(optimizer=SkipNonFinite(...), loss=...)``):
+        >>> optimizer = SkipNonFinite(keras.optimizers.SGD(0.5))
+        >>> weights = keras.Variable([1.0, 2.0])
+        >>> optimizer.apply([tf.constant([float("nan"), 1.0])], [weights])  # skipped
+        >>> optimizer.apply([tf.constant([1.0, 1.0])])
+        >>> weights.numpy()
+        array([0.5, 1.5], dtype=float32)
+        >>> int(optimizer.skipped_steps.numpy()), int(optimizer.iterations.numpy())
+        (1, 1)
     """
 
     def __new__(cls, optimizer=None, *args, **kwargs):
+        # The class follows what is wrapped, as keras.Model(inputs, outputs)
+        # gives a keras Functional: around a loss scaler the wrapper must
+        # itself be a LossScaleOptimizer (see SkipNonFiniteLossScaler), or
+        # compile(auto_scale_loss=True) adds a second scaler around it.
         if cls is SkipNonFinite and isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
             cls = SkipNonFiniteLossScaler
         return super().__new__(cls)
@@ -79,10 +86,7 @@ class SkipNonFinite(keras.optimizers.Optimizer):
         inner = keras.optimizers.get(optimizer)
         if not isinstance(inner, keras.optimizers.Optimizer):
             raise TypeError(f"`optimizer` must be a keras.optimizers.Optimizer, got {optimizer!r}")
-        # The base class is named, not reached through super(): in
-        # SkipNonFiniteLossScaler the next class is LossScaleOptimizer, whose
-        # __init__ and build (its own scale variables) must not run.
-        keras.optimizers.Optimizer.__init__(self, learning_rate=0.0, name=name)
+        super().__init__(**self._base_arguments(inner, name))
         self.inner_optimizer = inner
         self.skipped_steps = self.add_variable(
             shape=(),
@@ -92,10 +96,15 @@ class SkipNonFinite(keras.optimizers.Optimizer):
             name="skipped_steps",
         )
 
+    @staticmethod
+    def _base_arguments(inner, name) -> dict:
+        """The base class's constructor arguments: no rate of its own (the wrapped one's counts)."""
+        return {"learning_rate": 0.0, "name": name}
+
     # -- state --------------------------------------------------------------
     def build(self, var_list):
         self.inner_optimizer.build(var_list)
-        keras.optimizers.Optimizer.build(self, var_list)
+        super().build(var_list)
 
     @property
     def variables(self):
@@ -107,11 +116,6 @@ class SkipNonFinite(keras.optimizers.Optimizer):
 
     @learning_rate.setter
     def learning_rate(self, learning_rate):
-        # The base class sets a (dummy) rate of 0 on itself while it is
-        # constructed, before the wrapped optimizer exists.
-        if getattr(self, "inner_optimizer", None) is None:
-            keras.optimizers.Optimizer.learning_rate.fset(self, learning_rate)
-            return
         self.inner_optimizer.learning_rate = learning_rate
 
     @property
@@ -208,7 +212,9 @@ class SkipNonFinite(keras.optimizers.Optimizer):
             finite = tf.equal(context.all_reduce(tf.distribute.ReduceOp.SUM, bad), 0.0)
             context.merge_call(self._cross_replica_apply, args=(finite, grads, trainable_variables))
         else:
-            self._apply_or_skip(finite, lambda: self.inner_optimizer.apply(grads, trainable_variables))
+            self._apply_or_skip(
+                finite, lambda: self.inner_optimizer.apply(grads, trainable_variables)
+            )
 
     def _apply_or_skip(self, finite, apply_inner):
         """``apply_inner()`` where ``finite``, else count a skipped step (a ``tf.cond``)."""
@@ -257,23 +263,38 @@ def _trace_key():
 
 
 class SkipNonFiniteLossScaler(SkipNonFinite, keras.optimizers.LossScaleOptimizer):
-    """What ``SkipNonFinite(LossScaleOptimizer(...))`` returns: also a loss scaler.
+    """What ``SkipNonFinite(LossScaleOptimizer(...))`` is: also a loss scaler.
 
     Keras's ``compile(auto_scale_loss=True)`` wraps every optimizer that is not
-    an instance of ``LossScaleOptimizer`` in one under ``mixed_float16``.
-    ``SkipNonFinite.__new__`` returns this class when it wraps a loss scaler,
-    so Keras sees one and adds none. Every method is ``SkipNonFinite``'s (it
-    comes first in the MRO); the loss scaling is the wrapped optimizer's.
+    an instance of ``LossScaleOptimizer`` in one under ``mixed_float16``; this
+    class is one, so Keras adds none. Its constructor is LossScaleOptimizer's,
+    given the wrapped scaler's settings; every other method but ``build`` is
+    ``SkipNonFinite``'s (it comes first in the method order). The loss scaling
+    and its scale are the wrapped scaler's: this wrapper holds no scale of its own.
     """
+
+    @staticmethod
+    def _base_arguments(inner, name) -> dict:
+        # LossScaleOptimizer's constructor, with the wrapped scaler's settings.
+        return {
+            "inner_optimizer": inner,
+            "initial_scale": inner.initial_scale,
+            "dynamic_growth_steps": inner.dynamic_growth_steps,
+            "name": name,
+        }
+
+    def build(self, var_list):
+        # LossScaleOptimizer.build would give the wrapper a scale and a step
+        # counter of its own beside the wrapped scaler's (and build the scaler
+        # a second time): the wrapper builds the scaler and keeps the plain
+        # optimizer's bookkeeping only.
+        self.inner_optimizer.build(var_list)
+        keras.optimizers.Optimizer.build(self, var_list)
 
     @property
     def dynamic_scale(self):
         """The wrapped loss scaler's current loss scale."""
         return self.inner_optimizer.dynamic_scale
-
-    @property
-    def initial_scale(self):
-        return self.inner_optimizer.initial_scale
 
 
 # Both classes save as "stableops>SkipNonFinite"; that name loads SkipNonFinite,

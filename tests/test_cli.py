@@ -10,7 +10,7 @@ import matplotlib.image
 import numpy as np
 import pytest
 
-from stableops.doctor import cli
+from stableops import cli
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 TITLES = (

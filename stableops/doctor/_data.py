@@ -78,7 +78,9 @@ def take_sample(x, y, *, max_samples: int, seed: int = 0):
     """
     if isinstance(x, tf.data.Dataset):
         if y is not None:
-            raise ValueError("pass the labels inside the dataset, not as `y`, when `x` is a tf.data.Dataset")
+            raise ValueError(
+                "pass the labels inside the dataset, not as `y`, when `x` is a tf.data.Dataset"
+            )
         x, y = sample_from_dataset(x, max_samples)
         n_total = _num_samples(x)
     else:

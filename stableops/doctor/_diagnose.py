@@ -8,28 +8,18 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from stableops.doctor import _checks, _data
+from stableops.doctor import _data, _data_checks, _model_checks, _training_checks
+from stableops.doctor import _registry as checks
 from stableops.doctor import _thresholds as th
 from stableops.doctor._forward import first_non_finite_op, trace_forward
 from stableops.doctor._loss import resolve_loss
 from stableops.doctor._quiet import quiet_native_stderr
-from stableops.doctor._registry import finding
-from stableops.doctor._report import Report, format_number
+from stableops.doctor._report import Report, finding, format_number
 from stableops.doctor._trial import (
     DEFAULT_TRIAL_STEPS,
     LOWER_RATES,
     TrialUnavailable,
     run_trial,
-)
-
-# Findings that explain a diverging trial: when the trial diverges they become
-# errors (the report then names the earliest of them as the cause).
-_EXPLAINS_DIVERGENCE = (
-    "input.scale",
-    "input.outliers",
-    "labels.scale",
-    "activation.float16_headroom",
-    "gradient.exploding",
 )
 
 
@@ -103,16 +93,26 @@ def diagnose(
         A :class:`Report`. ``print(report)`` shows a table, ``report.to_dict()``
         JSON-ready data, ``report.likely_cause`` the root cause.
 
-    Example:
-        >>> report = stableops.diagnose(model, x_train, y_train)
-        >>> print(report)
+    Example (``print(report)`` shows every finding as a table):
+        >>> import numpy as np
+        >>> import stableops
+        >>> keras.utils.set_random_seed(0)
+        >>> x = np.random.default_rng(0).normal(size=(256, 4)) * [1.0, 10.0, 1e3, 1e5]
+        >>> y = x[:, :1] / 100.0
+        >>> model = keras.Sequential(
+        ...     [keras.Input((4,)), keras.layers.Dense(8, activation="relu"), keras.layers.Dense(1)]
+        ... )
+        >>> model.compile(optimizer="sgd", loss="mse")
+        >>> report = stableops.diagnose(model, x, y, trial_steps=0)
         >>> report.likely_cause.check
         'input.scale'
     """
     if int(batch_size) < 1:
         raise ValueError(f"`batch_size` must be a positive integer, got batch_size={batch_size!r}")
     if int(max_batches) < 1:
-        raise ValueError(f"`max_batches` must be a positive integer, got max_batches={max_batches!r}")
+        raise ValueError(
+            f"`max_batches` must be a positive integer, got max_batches={max_batches!r}"
+        )
     batch_size = int(batch_size)
     # Data checks (non-finite values, scale, outliers, labels) need no model
     # and are cheap: they see up to DATA_CHECK_ROWS rows, so a single NaN in
@@ -131,9 +131,12 @@ def diagnose(
     x, y, _ = _data.take_sample(data_x, data_y, max_samples=model_rows)
     _ensure_built(model, x, batch_size)
     if trial_steps is None:
-        trial_steps = DEFAULT_TRIAL_STEPS if y is not None and getattr(model, "optimizer", None) else 0
+        compiled = y is not None and getattr(model, "optimizer", None)
+        trial_steps = DEFAULT_TRIAL_STEPS if compiled else 0
     if int(trial_steps) < 0:
-        raise ValueError(f"`trial_steps` must be a non-negative integer, got trial_steps={trial_steps!r}")
+        raise ValueError(
+            f"`trial_steps` must be a non-negative integer, got trial_steps={trial_steps!r}"
+        )
     # Restored afterwards: batch-norm statistics, RNG seeds, and the metrics
     # (compute_loss updates the compiled loss trackers).
     state = list(model.non_trainable_variables) + list(getattr(model, "metrics_variables", []))
@@ -183,26 +186,28 @@ def _diagnose(
     data_x, data_y = data
     names, consumers = _input_consumers(model, data_x, probe)
     by_name = {s.name: s for s in layer_stats}
-    findings = _checks.check_inputs(
+    findings = _data_checks.check_inputs(
         _data.flatten(data_x),
         names=names,
         consumers=consumers,
         layer_stats=by_name,
         nonfinite_counts=nonfinite_counts,
     )
-    findings += _checks.check_weights(model)
-    findings += _checks.check_normalization_epsilon(model)
-    findings += _checks.check_optimizer_epsilon(model)
-    findings += _checks.check_single_sample_batch(model, n_total, batch_size)
-    findings += _checks.check_labels(data_y, y_pred, loss_info)
-    findings += _checks.check_activations(layer_stats, first_op=first_op)
+    findings += _model_checks.check_weights(model)
+    findings += _model_checks.check_normalization_epsilon(model)
+    findings += _training_checks.check_optimizer_epsilon(model)
+    findings += _model_checks.check_single_sample_batch(model, n_total, batch_size)
+    findings += _data_checks.check_labels(data_y, y_pred, loss_info)
+    findings += _model_checks.check_activations(layer_stats, op=first_op)
 
     prediction_bad_rows = _nonfinite_rows(y_pred)
     per_sample, loss_error, loss_op = None, None, None
     if y is None:
         notes.append("no labels given: label, loss and gradient checks were skipped")
     elif loss_info is None:
-        notes.append("no single loss (pass loss= or compile the model): label and loss checks were skipped")
+        notes.append(
+            "no single loss (pass loss= or compile the model): label and loss checks were skipped"
+        )
     else:
         per_sample, loss_error = _per_sample_loss(loss_info, y, y_pred, batch_size)
         if per_sample is not None:
@@ -214,13 +219,13 @@ def _diagnose(
                 loss_op = first_non_finite_op(
                     lambda: loss_info.per_sample(yb, tf.nest.map_structure(tf.constant, pb))
                 )
-    findings += _checks.check_loss(
+    findings += _training_checks.check_loss(
         loss_info,
         y,
         y_pred,
         per_sample,
         error=loss_error,
-        first_op=loss_op,
+        op=loss_op,
         prediction_nonfinite_rows=prediction_bad_rows,
     )
 
@@ -237,11 +242,16 @@ def _diagnose(
         if bad_batch is not None:
             xb, yb = bad_batch
             grad_op = first_non_finite_op(lambda: _gradients(model, xb, yb, loss_info, training))
-        findings += _checks.check_gradients(
-            norms, learning_rate=learning_rate, first_op=grad_op, skips_non_finite=_skips_non_finite(model)
+        findings += _training_checks.check_gradients(
+            norms,
+            learning_rate=learning_rate,
+            op=grad_op,
+            skips_non_finite=_skips_non_finite(model),
         )
     elif can_differentiate and upstream_broken:
-        notes.append("gradients were not checked: the forward pass or the loss is already non-finite")
+        notes.append(
+            "gradients were not checked: the forward pass or the loss is already non-finite"
+        )
 
     if trial_steps and y is not None and not upstream_broken:
         findings = _trial_findings(model, x, y, loss, findings, notes, trial_steps, batch_size)
@@ -260,7 +270,8 @@ def _diagnose(
 
 def _batch_containing(structure, row, batch_size):
     start = (row // batch_size) * batch_size
-    return tf.nest.map_structure(lambda leaf: np.asarray(leaf)[start : start + batch_size], structure)
+    rows = slice(start, start + batch_size)
+    return tf.nest.map_structure(lambda leaf: np.asarray(leaf)[rows], structure)
 
 
 def _nonfinite_rows(y_pred) -> np.ndarray:
@@ -326,12 +337,15 @@ def _learning_rate(model) -> float:
 
 
 def _skips_non_finite(model) -> bool:
-    """Whether the model's optimizer is (or wraps) stableops's SkipNonFinite: no advice to add it."""
-    from stableops.optimizers import SkipNonFinite  # late: optimizers is a sibling tool
+    """Whether the model's optimizer skips non-finite steps itself: no advice to add SkipNonFinite.
 
+    Recognised by ``skipped_steps``, the counter ``stableops.optimizers.SkipNonFinite``
+    documents, on the optimizer or one it wraps (``inner_optimizer``): the doctor
+    sits below the optimizers and does not import them.
+    """
     optimizer = getattr(model, "optimizer", None)
     while optimizer is not None:
-        if isinstance(optimizer, SkipNonFinite):
+        if getattr(optimizer, "skipped_steps", None) is not None:
             return True
         optimizer = getattr(optimizer, "inner_optimizer", None)
     return False
@@ -351,7 +365,7 @@ def _total_loss(model, loss_info, xb, yb, y_pred):
     if loss_info is not None:
         total = tf.reduce_mean(loss_info.per_sample(yb, y_pred))
         if model.losses:
-            total = total + tf.add_n([tf.cast(l, total.dtype) for l in model.losses])
+            total = total + tf.add_n([tf.cast(term, total.dtype) for term in model.losses])
         return total
     return model.compute_loss(x=xb, y=yb, y_pred=y_pred, training=True)
 
@@ -386,7 +400,7 @@ def _gradient_norms(model, x, y, loss_info, batch_size, training):
     for variable in variables:
         name = owner.get(id(variable), variable.path.split("/")[0])
         entry = norms.setdefault(name, {"grad": [], "weight_sq": 0.0, "dtype": str(variable.dtype)})
-        entry["weight_sq"] += _checks.tensor_norm(variable.numpy()) ** 2
+        entry["weight_sq"] += _training_checks.tensor_norm(variable.numpy()) ** 2
     bad_batch = None
     for _, xb, yb in _data.batches(x, y, batch_size):
         grads = _gradients(model, xb, yb, loss_info, training)
@@ -395,7 +409,7 @@ def _gradient_norms(model, x, y, loss_info, batch_size, training):
             if grad is None:
                 continue
             name = owner.get(id(variable), variable.path.split("/")[0])
-            batch_sq[name] += _checks.tensor_norm(grad) ** 2
+            batch_sq[name] += _training_checks.tensor_norm(grad) ** 2
         for name, value in batch_sq.items():
             norms[name]["grad"].append(float(np.sqrt(value)))
         if bad_batch is None and not all(np.isfinite(v) for v in batch_sq.values()):
@@ -413,7 +427,8 @@ def _trial_findings(model, x, y, loss, findings, notes, steps, batch_size):
         notes.append(f"no trial run: {reason}")
         return findings
     except Exception as error:  # noqa: BLE001 - the diagnosis stands without it
-        notes.append(f"the trial run failed: {type(error).__name__}: {_checks._first_line(error)}")
+        reason = f"{type(error).__name__}: {_training_checks.first_line(error)}"
+        notes.append(f"the trial run failed: {reason}")
         return findings
     if not trial.diverged:
         notes.append(f"trial run: {trial.steps} training steps on a copy, loss stayed finite")
@@ -423,9 +438,14 @@ def _trial_findings(model, x, y, loss, findings, notes, steps, batch_size):
         "went NaN/inf"
         if trial.verdict == "non_finite"
         else f"exploded to {format_number(trial.losses[-1])} "
-        f"({format_number(trial.losses[-1] / trial.reference)}x its level {format_number(trial.reference)})"
+        f"({format_number(trial.losses[-1] / trial.reference)}x its level "
+        f"{format_number(trial.reference)})"
     )
-    promoted = [f.check for f in findings if f.check in _EXPLAINS_DIVERGENCE and f.severity == "warning"]
+    promoted = [
+        f.check
+        for f in findings
+        if f.check in checks.EXPLAINS_DIVERGENCE and f.severity == "warning"
+    ]
     findings = [
         dataclasses.replace(f, severity="error", message=f.message + " (the trial run diverged)")
         if f.check in promoted
@@ -437,25 +457,26 @@ def _trial_findings(model, x, y, loss, findings, notes, steps, batch_size):
         factor, lower_trial = lower
         findings.append(
             finding(
-                "optimizer.learning_rate",
+                checks.OPTIMIZER_LEARNING_RATE,
                 location=f"optimizer {type(model.optimizer).__name__}",
                 message=f"at learning rate {format_number(rate)} the trial diverged at step "
-                f"{trial.diverged_at}; at {format_number(rate * factor)} it trained {lower_trial.steps} "
-                "steps with a finite loss",
+                f"{trial.diverged_at}; at {format_number(rate * factor)} it trained "
+                f"{lower_trial.steps} steps with a finite loss",
                 evidence={
                     "learning_rate": rate,
                     "stable_learning_rate": rate * factor,
                     "diverged_at": trial.diverged_at,
                 },
-                fix=f"lower the learning rate to {format_number(rate * factor)} or less (or scale the inputs "
-                "and targets, which lets a larger rate work); to rescue runs that diverge anyway, "
-                "stableops.callbacks.NaNGuard(action='continue') rolls back and cuts the rate",
+                fix=f"lower the learning rate to {format_number(rate * factor)} or less (or scale "
+                "the inputs and targets, which lets a larger rate work); to rescue runs that "
+                "diverge anyway, stableops.callbacks.NaNGuard(action='continue') rolls back and "
+                "cuts the rate",
             )
         )
     explained = promoted or lower is not None
     findings.append(
         finding(
-            "trial.diverged",
+            checks.TRIAL_DIVERGED,
             location="trial run",
             message=f"a copy of the model trained on this data with its optimizer settings "
             f"(learning rate {format_number(rate)}) {what} at step {trial.diverged_at} of {steps}",
@@ -466,18 +487,21 @@ def _trial_findings(model, x, y, loss, findings, notes, steps, batch_size):
             },
             fix="the errors above explain it"
             if explained
-            else "run fit with stableops.callbacks.NaNGuard(action='stop') to catch the step and name the "
-            "layer; lower the learning rate",
+            else "run fit with stableops.callbacks.NaNGuard(action='stop') to catch the step and "
+            "name the layer; lower the learning rate",
         )
     )
     return findings
 
 
 def _lower_rate_trial(model, x, y, loss, steps, batch_size):
-    """(factor, trial) for the first lower learning rate at which the trial stays finite, or None."""
+    "(factor, trial) for the first lower learning rate at which the trial stays finite, or None."
     for factor in LOWER_RATES:
         try:
-            trial = run_trial(model, x, y, steps=steps, batch_size=batch_size, loss=loss, learning_rate_factor=factor)
+            trial = run_trial(
+                model, x, y, steps=steps, batch_size=batch_size, loss=loss,
+                learning_rate_factor=factor,
+            )
         except Exception:  # noqa: BLE001 - a schedule cannot be scaled here, ...
             return None
         if not trial.diverged:

@@ -29,7 +29,7 @@ NORMALIZING_LAYERS = {"Normalization", "RobustScaler", "BatchNormalization"}
 
 
 def activation_name(layer) -> str | None:
-    """``"relu"``, ``"sigmoid"``, ``"tanh"``, ... for the nonlinearity that produces the layer output."""
+    """The nonlinearity of the layer's output: ``"relu"``, ``"sigmoid"``, ``"tanh"``, ..."""
     class_name = type(layer).__name__
     if class_name == "ReLU":
         config = layer.get_config()
@@ -241,16 +241,15 @@ def trace_forward(model, x, *, batch_size: int, training: bool = True):
 # --------------------------------------------------------------------------
 # Finding the first op that produced a non-finite value.
 
-_OP_PATTERN = re.compile(r'eagerly-executing op "(?P<op>[\w.]+)"')
-_LAYER_PATTERN = re.compile(r"calling (?P<layer>\w+)\.call\(\)")
 
+def first_non_finite_op(fn) -> str | None:
+    """Run ``fn()`` eagerly with ``tf.debugging.enable_check_numerics``; which op went non-finite.
 
-def first_non_finite_op(fn) -> dict | None:
-    """Run ``fn()`` eagerly with ``tf.debugging.enable_check_numerics``.
-
-    Returns ``{"op": <op type>, "layer_class": <Keras class or None>}`` for the
-    first op whose output held inf or NaN, or ``None`` if none did. Any other
-    error is ignored (the caller has already seen the values).
+    Returns the type (``"Log"``, ``"RealDiv"``, ...) of the first op whose
+    output held inf or NaN, or ``None`` if none did, if that op is a traced
+    function's call (an XLA-compiled stableops kernel: no name a user would
+    recognise), or if ``fn`` failed otherwise (the caller has already seen
+    the values).
 
     Call it only with inputs ``fn`` has already run on: check-numerics also
     instruments ``tf.function`` graphs *traced* while it is enabled (e.g. the
@@ -263,17 +262,34 @@ def first_non_finite_op(fn) -> dict | None:
         with quiet_native_stderr():
             fn()
     except Exception as error:  # noqa: BLE001
-        text = str(error)
-        match = _OP_PATTERN.search(text)
-        if match is None:
-            return None
-        layer = _LAYER_PATTERN.search(text)
-        op = match.group("op")
-        if op.startswith("__"):
-            # A traced function's call op ("__inference_<name>_1234", e.g. an
-            # XLA-compiled stableops kernel): no name a user would recognise.
-            op = None
-        return {"op": op, "layer_class": layer.group("layer") if layer else None}
+        op = op_named_by_check_numerics(error)
+        return None if op is None or op.startswith("__") else op
     finally:
         tf.debugging.disable_check_numerics()
     return None
+
+
+_CHECK_NUMERICS_OP = re.compile(r'eagerly-executing op "(?P<op>[\w.]+)"')
+
+
+def op_named_by_check_numerics(error) -> str | None:
+    """The op type in the error ``enable_check_numerics`` raises for an eager op, or None.
+
+    TensorFlow offers no structured form of it: its check-numerics callback
+    names the op only in the message of the ``InvalidArgumentError`` it raises
+    (the error's ``op`` and ``node_def`` are None eagerly), as
+    ``... in output 0 of eagerly-executing op "Log" (# of outputs: 1) ...``.
+    The public alternative, ``tf.debugging.experimental.enable_dump_debug_info``,
+    writes every op's outputs to files. So the message is read here, and
+    nowhere else; should its form change, the doctor reports no op
+    ("unknown"), never a wrong one.
+
+    >>> op_named_by_check_numerics(ValueError(
+    ...     '!!! Detected Infinity or NaN in output 0 of eagerly-executing op "Log" '
+    ...     "(# of outputs: 1) !!!"))
+    'Log'
+    >>> op_named_by_check_numerics(ValueError("some other error")) is None
+    True
+    """
+    match = _CHECK_NUMERICS_OP.search(str(error))
+    return match.group("op") if match else None

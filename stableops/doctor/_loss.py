@@ -23,7 +23,11 @@ _LOG_OF_PROBABILITIES = set(_KIND_BY_NAME)
 
 
 def snake_case(name: str) -> str:
-    """``"KLDivergence"`` -> ``"kl_divergence"``, ``"BinaryCrossentropy"`` -> ``"binary_crossentropy"``."""
+    """A class name in snake case, as Keras names its loss functions.
+
+    >>> snake_case("KLDivergence"), snake_case("BinaryCrossentropy")
+    ('kl_divergence', 'binary_crossentropy')
+    """
     name = re.sub(r"([A-Z]+)([A-Z][a-z])", r"\1_\2", name)
     return re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", name).lower()
 

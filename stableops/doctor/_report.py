@@ -9,18 +9,29 @@ import textwrap
 
 import numpy as np
 
+from stableops.doctor._registry import ORIGIN_CHECKS, Check, stage_rank
+
 SEVERITIES = ("error", "warning", "info")
 _SEVERITY_RANK = {name: rank for rank, name in enumerate(SEVERITIES)}
 
 
+#: How many indices (samples, features, layers) a finding's evidence lists.
+MAX_LISTED = 8
 
-def _stage_rank(check: str) -> int:
-    """Place in the data flow (the checks' registry): earliest first."""
-    from stableops.doctor._registry import (
-        stage_rank,  # the registry builds Findings: import late
-    )
 
-    return stage_rank(check)
+def plural(count, noun: str) -> str:
+    """``"1 label"``, ``"3 labels"``.
+
+    >>> plural(1, "label"), plural(3, "label")
+    ('1 label', '3 labels')
+    """
+    count = int(count)
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
+def listed(indices) -> list:
+    """The first ``MAX_LISTED`` indices, as Python ints (for a finding's evidence)."""
+    return [int(i) for i in list(indices)[:MAX_LISTED]]
 
 
 def _json_ready(value):
@@ -95,6 +106,18 @@ class Finding:
         return ", ".join(f"{k}={format_number(v)}" for k, v in self.evidence.items())
 
 
+def finding(check: Check, *, location, message, evidence=None, fix=None, severity=None) -> Finding:
+    """A :class:`Finding` of a registered check, with its default severity and fix."""
+    return Finding(
+        check=check.id,
+        severity=severity or check.severity,
+        location=location,
+        message=message,
+        evidence=dict(evidence or {}),
+        fix=fix or check.fix,
+    )
+
+
 class Report:
     """What ``stableops.diagnose`` found: an ordered list of :class:`Finding`.
 
@@ -114,7 +137,7 @@ class Report:
     def __init__(self, findings=(), *, context=None, notes=()):
         self.findings = sorted(
             findings,
-            key=lambda f: (_SEVERITY_RANK[f.severity], _stage_rank(f.check)),
+            key=lambda f: (_SEVERITY_RANK[f.severity], stage_rank(f.check)),
         )
         self.context = dict(context or {})
         self.notes = list(notes)
@@ -148,7 +171,21 @@ class Report:
         for severity in ("error", "warning"):
             candidates = [f for f in self.findings if f.severity == severity]
             if candidates:
-                return min(candidates, key=lambda f: _stage_rank(f.check))
+                return min(candidates, key=lambda f: stage_rank(f.check))
+        return None
+
+    @property
+    def first_non_finite(self):
+        """The finding that says where values first went non-finite, or ``None``.
+
+        The earliest in the data flow of the checks that name an origin (non-finite
+        or float16-overflowing inputs, a layer's outputs, the loss, the gradients);
+        its evidence names the ``layer`` and ``op`` where the check could find them.
+        """
+        for check in ORIGIN_CHECKS:
+            found = self.find(check.id)
+            if found:
+                return found[0]
         return None
 
     def __len__(self):
@@ -192,7 +229,10 @@ class Report:
         else:
             loc_width = min(max(len(f.location) for f in self.findings), 28)
             check_width = max(len(f.check) for f in self.findings)
-            header = f"{'#':>2}  {'SEVERITY':<8} {'CHECK':<{check_width}}  {'LOCATION':<{loc_width}}  FINDING"
+            header = (
+                f"{'#':>2}  {'SEVERITY':<8} {'CHECK':<{check_width}}  "
+                f"{'LOCATION':<{loc_width}}  FINDING"
+            )
             lines.append(header)
             lines.append("-" * min(width, max(len(header), 60)))
             indent = " " * 4
@@ -216,7 +256,10 @@ class Report:
                 if f.fix:
                     lines.extend(
                         textwrap.wrap(
-                            "fix: " + f.fix, width, initial_indent=indent, subsequent_indent=indent + "  "
+                            "fix: " + f.fix,
+                            width,
+                            initial_indent=indent,
+                            subsequent_indent=indent + "  ",
                         )
                     )
         for note in self.notes:

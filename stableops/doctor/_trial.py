@@ -72,8 +72,10 @@ def copy_model(model, learning_rate_factor=1.0, loss=None):
     return clone, rate
 
 
-def run_trial(model, x, y, *, steps, batch_size, loss=None, learning_rate_factor=1.0) -> TrialResult:
-    """Train a copy for ``steps`` steps over ``(x, y)`` (cycling through it); stop when it diverges."""
+def run_trial(
+    model, x, y, *, steps, batch_size, loss=None, learning_rate_factor=1.0
+) -> TrialResult:
+    """Train a copy for ``steps`` steps over ``(x, y)``, cycling through it; stop if it diverges."""
     clone, rate = copy_model(model, learning_rate_factor, loss)
     monitor = LossMonitor()
     result = TrialResult(steps=0, losses=[], learning_rate=rate)

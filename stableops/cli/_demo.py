@@ -23,7 +23,7 @@ import numpy as np
 
 import stableops
 from stableops.callbacks import NaNGuard
-from stableops.doctor._quiet import quiet_native_stderr
+from stableops.doctor import checks, quiet_native_stderr
 from stableops.optimizers import SkipNonFinite
 
 SEED = 1234
@@ -53,7 +53,8 @@ class MaskedMean(keras.layers.Layer):
         weights = keras.ops.cast(mask, inputs.dtype)[..., None]
         total = keras.ops.sum(inputs * weights, axis=1)
         count = keras.ops.sum(weights, axis=1)
-        return stableops.ops.safe_divide(total, keras.ops.broadcast_to(count, keras.ops.shape(total)))
+        count = keras.ops.broadcast_to(count, keras.ops.shape(total))
+        return stableops.ops.safe_divide(total, count)
 
     def compute_mask(self, inputs, mask=None):
         return None
@@ -66,23 +67,54 @@ class MaskedMean(keras.layers.Layer):
 # Scenarios
 
 
-@dataclasses.dataclass
 class Scenario:
-    """One reproducible NaN cause."""
+    """One reproducible NaN cause; each subclass below is one.
 
-    key: str
+    A subclass gives its texts (``title``, ``story``, ``stableops_changes``),
+    its epochs (full, fast), ``make_data(rng, n)``, ``chance_loss(y)``, the
+    ``network(x, stable)`` (uncompiled; ``stable``: with what the doctor
+    recommends), the optimizer and the loss classes (stock Keras's and
+    stableops's). The stableops run wraps the optimizer in ``SkipNonFinite``.
+    """
+
+    name: str  # the models are "<name>_stock" and "<name>_stableops"
     title: str
     story: str
-    make_data: callable
-    stock_model: callable
-    stableops_model: callable
     stableops_changes: str
-    epochs: int
-    chance_loss: callable = None
-    batch_size: int = 32
-    jit_compile: bool = False
-    mixed_precision: bool = False
-    guard: dict = dataclasses.field(default_factory=dict)
+    full_epochs: int
+    fast_epochs: int
+    losses: tuple  # (the stock Keras loss class, the stableops one)
+    loss_arguments: dict = {}
+    batch_size = 32
+    jit_compile = "auto"  # Keras's default
+    mixed_precision = False
+    guard: dict = {}  # NaNGuard options of the stableops run, over the defaults
+
+    def __init__(self, fast: bool = False):
+        self.epochs = self.fast_epochs if fast else self.full_epochs
+
+    def optimizer(self):
+        return keras.optimizers.Adam(0.01)
+
+    def stock_model(self, x, y):
+        """The model as people write it with stock Keras: ``(compiled model, None)``."""
+        return self._compiled(x, stable=False)
+
+    def stableops_model(self, x, y):
+        """The model with stableops: ``(compiled model, its SkipNonFinite optimizer)``."""
+        return self._compiled(x, stable=True)
+
+    def _compiled(self, x, *, stable):
+        model = self.network(x, stable)
+        optimizer = SkipNonFinite(self.optimizer()) if stable else self.optimizer()
+        loss = self.losses[stable](**self.loss_arguments)
+        # Under mixed_float16 Keras wraps the optimizer in a LossScaleOptimizer:
+        # the SkipNonFinite one is returned, not model.optimizer.
+        model.compile(optimizer=optimizer, loss=loss, jit_compile=self.jit_compile)
+        return model, (optimizer if stable else None)
+
+    def _model_name(self, stable):
+        return f"{self.name}_{'stableops' if stable else 'stock'}"
 
 
 def _dense_stack(inputs, width, depth, activation="relu"):
@@ -92,147 +124,169 @@ def _dense_stack(inputs, width, depth, activation="relu"):
     return h
 
 
-# 1. Unscaled features with outliers -----------------------------------------
-_SCALES = np.array([1.0, 3.0, 30.0, 1e3, 1e4, 2e5, 0.5, 1.0], dtype=np.float32)
-
-
-def _unscaled_data(rng, n):
-    z = rng.normal(size=(n, _SCALES.size)).astype(np.float32)
-    weights = rng.normal(size=(_SCALES.size,)).astype(np.float32)
-    y = (np.tanh(z) @ weights / np.sqrt(_SCALES.size)).astype(np.float32)[:, None]
-    x = z * _SCALES
-    outliers = rng.choice(n, size=max(n // 100, 2), replace=False)
-    x[outliers, 5] *= 50.0  # a sensor glitch: a few readings 50x off
-    return x, y
-
-
-def _unscaled_stock(x, y):
-    inputs = keras.Input((x.shape[1],))
-    outputs = keras.layers.Dense(1, name="output")(_dense_stack(inputs, 32, 2))
-    model = keras.Model(inputs, outputs, name="unscaled_stock")
-    model.compile(optimizer=keras.optimizers.SGD(0.01), loss=keras.losses.MeanSquaredError())
-    return model, None
-
-
-def _unscaled_stableops(x, y):
+def _scaled(x, inputs):
+    """``inputs`` through a RobustScaler adapted to ``x`` (float32 math, the compute dtype out)."""
     scaler = stableops.layers.RobustScaler(name="robust_scaler")
     scaler.adapt(x)
-    inputs = keras.Input((x.shape[1],))
-    outputs = keras.layers.Dense(1, name="output")(_dense_stack(scaler(inputs), 32, 2))
-    model = keras.Model(inputs, outputs, name="unscaled_stableops")
-    optimizer = SkipNonFinite(keras.optimizers.SGD(0.01))
-    model.compile(optimizer=optimizer, loss=stableops.losses.MeanSquaredError())
-    return model, optimizer
+    return scaler(inputs)
 
 
-# 2. Masked sequences with fully padded rows ----------------------------------
-_VOCAB, _STEPS = 64, 16
-
-
-def _masked_data(rng, n):
-    lengths = rng.integers(1, _STEPS + 1, size=n)
-    lengths[rng.choice(n, size=max(n // 20, 2), replace=False)] = 0  # empty documents
-    tokens = rng.integers(1, _VOCAB, size=(n, _STEPS))
-    tokens[np.arange(_STEPS)[None, :] >= lengths[:, None]] = 0  # 0 = padding
-    # Label: are most of the real tokens from the lower half of the vocabulary?
-    low = ((tokens > 0) & (tokens < _VOCAB // 2)).sum(axis=1)
-    y = (2 * low > np.maximum(lengths, 1)).astype(np.float32)
-    return tokens.astype(np.int32), y[:, None]
-
-
-def _masked_model(pooling, name, loss, optimizer):
-    inputs = keras.Input((_STEPS,), dtype="int32")
-    h = keras.layers.Embedding(_VOCAB, 16, mask_zero=True, name="embedding")(inputs)
-    h = pooling(h)
-    h = keras.layers.Dense(16, activation="relu", name="hidden_1")(h)
-    outputs = keras.layers.Dense(1, activation="sigmoid", name="output")(h)
-    model = keras.Model(inputs, outputs, name=name)
-    model.compile(optimizer=optimizer, loss=loss)
-    return model
-
-
-def _masked_stock(x, y):
-    model = _masked_model(
-        keras.layers.GlobalAveragePooling1D(name="mean_pool"),
-        "masked_stock",
-        keras.losses.BinaryCrossentropy(),
-        keras.optimizers.Adam(0.01),
+class _Unscaled(Scenario):
+    name = "unscaled"
+    title = "Unscaled features with outliers"
+    story = "regression on raw features spanning 1 .. 2e5 with a few 50x glitches, SGD"
+    stableops_changes = (
+        "RobustScaler first (median/IQR, clips outliers), "
+        "stableops.losses.MeanSquaredError, SkipNonFinite"
     )
-    return model, None
+    full_epochs, fast_epochs = 6, 4
+    losses = (keras.losses.MeanSquaredError, stableops.losses.MeanSquaredError)
+    scales = np.array([1.0, 3.0, 30.0, 1e3, 1e4, 2e5, 0.5, 1.0], dtype=np.float32)
+
+    def make_data(self, rng, n):
+        z = rng.normal(size=(n, self.scales.size)).astype(np.float32)
+        weights = rng.normal(size=(self.scales.size,)).astype(np.float32)
+        y = (np.tanh(z) @ weights / np.sqrt(self.scales.size)).astype(np.float32)[:, None]
+        x = z * self.scales
+        outliers = rng.choice(n, size=max(n // 100, 2), replace=False)
+        x[outliers, 5] *= 50.0  # a sensor glitch: a few readings 50x off
+        return x, y
+
+    def chance_loss(self, y):
+        """Predicting the mean: the variance of the targets."""
+        return float(np.var(np.asarray(y, np.float64)))
+
+    def optimizer(self):
+        return keras.optimizers.SGD(0.01)
+
+    def network(self, x, stable):
+        inputs = keras.Input((x.shape[1],))
+        features = _scaled(x, inputs) if stable else inputs
+        outputs = keras.layers.Dense(1, name="output")(_dense_stack(features, 32, 2))
+        return keras.Model(inputs, outputs, name=self._model_name(stable))
 
 
-def _masked_stableops(x, y):
-    optimizer = SkipNonFinite(keras.optimizers.Adam(0.01))
-    model = _masked_model(
-        MaskedMean(name="mean_pool"), "masked_stableops", stableops.losses.BinaryCrossentropy(), optimizer
+def _binary_chance(y):
+    """Predicting the positive rate p: the binary entropy of p (nats)."""
+    p = np.array([np.mean(y), 1.0 - np.mean(y)])
+    p = p[p > 0]  # 0 log 0 = 0
+    return float(-(p * np.log(p)).sum())
+
+
+class _Masked(Scenario):
+    name = "masked"
+    title = "Masked sequences, fully padded rows"
+    story = "mean-pooled token embeddings; 5% of the documents are empty (all padding)"
+    stableops_changes = (
+        "masked mean with stableops.ops.safe_divide (0 for empty rows), "
+        "stableops.losses.BinaryCrossentropy, SkipNonFinite"
     )
-    return model, optimizer
+    full_epochs, fast_epochs = 6, 2
+    losses = (keras.losses.BinaryCrossentropy, stableops.losses.BinaryCrossentropy)
+    vocabulary, steps = 64, 16
+
+    def make_data(self, rng, n):
+        lengths = rng.integers(1, self.steps + 1, size=n)
+        lengths[rng.choice(n, size=max(n // 20, 2), replace=False)] = 0  # empty documents
+        tokens = rng.integers(1, self.vocabulary, size=(n, self.steps))
+        tokens[np.arange(self.steps)[None, :] >= lengths[:, None]] = 0  # 0 = padding
+        # Label: are most of the real tokens from the lower half of the vocabulary?
+        low = ((tokens > 0) & (tokens < self.vocabulary // 2)).sum(axis=1)
+        y = (2 * low > np.maximum(lengths, 1)).astype(np.float32)
+        return tokens.astype(np.int32), y[:, None]
+
+    chance_loss = staticmethod(_binary_chance)
+
+    def network(self, x, stable):
+        if stable:
+            pooling = MaskedMean(name="mean_pool")
+        else:
+            pooling = keras.layers.GlobalAveragePooling1D(name="mean_pool")
+        inputs = keras.Input((self.steps,), dtype="int32")
+        h = keras.layers.Embedding(self.vocabulary, 16, mask_zero=True, name="embedding")(inputs)
+        h = pooling(h)
+        h = keras.layers.Dense(16, activation="relu", name="hidden_1")(h)
+        outputs = keras.layers.Dense(1, activation="sigmoid", name="output")(h)
+        return keras.Model(inputs, outputs, name=self._model_name(stable))
 
 
-# 3. Mixed-precision sigmoid classifier on raw features -----------------------
-_RAW_SCALES = np.array([1.0, 1.0, 40.0, 2e3, 8e4, 1.0, 5.0, 3e4], dtype=np.float32)
+class _Mixed(Scenario):
+    name = "mixed"
+    title = "Mixed-precision sigmoid classifier"
+    story = "mixed_float16 classifier on raw columns (one above float16's 65504)"
+    stableops_changes = (
+        "RobustScaler first (float32 math), float32 output layer, "
+        "stableops.losses.BinaryCrossentropy, SkipNonFinite"
+    )
+    full_epochs, fast_epochs = 6, 2
+    losses = (keras.losses.BinaryCrossentropy, stableops.losses.BinaryCrossentropy)
+    mixed_precision = True
+    scales = np.array([1.0, 1.0, 40.0, 2e3, 8e4, 1.0, 5.0, 3e4], dtype=np.float32)
+
+    def make_data(self, rng, n):
+        z = rng.normal(size=(n, self.scales.size)).astype(np.float32)
+        x = z * self.scales
+        x[:, 4] = np.abs(x[:, 4]) + 2e4  # e.g. an income column: 20k .. 300k, above 65504
+        logits = 2.0 * z[:, 0] - 1.5 * z[:, 3] + z[:, 4]
+        y = (logits + 0.3 * rng.normal(size=n) > 0).astype(np.float32)
+        return x, y[:, None]
+
+    chance_loss = staticmethod(_binary_chance)
+
+    def network(self, x, stable):
+        inputs = keras.Input((x.shape[1],))
+        if not stable:
+            output = keras.layers.Dense(1, activation="sigmoid", name="output")
+            return keras.Model(inputs, output(_dense_stack(inputs, 32, 1)), name="mixed_stock")
+        h = _dense_stack(_scaled(x, inputs), 32, 1)
+        # The doctor's other advice for mixed precision: the output layer in float32.
+        output = keras.layers.Dense(1, activation="sigmoid", dtype="float32", name="output")
+        return keras.Model(inputs, output(h), name="mixed_stableops")
 
 
-def _mixed_data(rng, n):
-    z = rng.normal(size=(n, _RAW_SCALES.size)).astype(np.float32)
-    x = z * _RAW_SCALES
-    x[:, 4] = np.abs(x[:, 4]) + 2e4  # e.g. an income column: 20k .. 300k, above float16's 65504
-    logits = 2.0 * z[:, 0] - 1.5 * z[:, 3] + z[:, 4]
-    y = (logits + 0.3 * rng.normal(size=n) > 0).astype(np.float32)
-    return x, y[:, None]
+class _Labels(Scenario):
+    name = "labels"
+    title = "Out-of-range labels under XLA"
+    story = "10-class softmax, 3 rows labelled 10, jit_compile=True (XLA drops the range check)"
+    stableops_changes = (
+        "stableops.losses.SparseCategoricalCrossentropy (NaN under XLA, never a finite wrong "
+        "loss), NaNGuard(action='continue') rolls back each NaN batch and names the cause, "
+        "SkipNonFinite"
+    )
+    full_epochs, fast_epochs = 4, 2
+    losses = (
+        keras.losses.SparseCategoricalCrossentropy,
+        stableops.losses.SparseCategoricalCrossentropy,
+    )
+    loss_arguments = {"from_logits": True}
+    jit_compile = True
+    guard = {"action": "continue", "lr_factor": 1.0, "max_recoveries": None}
+    classes = 10
+
+    def make_data(self, rng, n):
+        centers = rng.normal(size=(self.classes, 16)).astype(np.float32) * 2.0
+        y = rng.integers(0, self.classes, size=n)
+        x = centers[y] + rng.normal(size=(n, 16)).astype(np.float32)
+        # A preprocessing bug: a few "unknown" rows got label 10 with 10 classes.
+        y[rng.choice(n, size=3, replace=False)] = self.classes
+        return x, y.astype(np.int32)
+
+    def chance_loss(self, y):
+        """Predicting the class frequencies: their entropy (labels outside the classes left out)."""
+        y = np.asarray(y).reshape(-1)
+        counts = np.bincount(y[(y >= 0) & (y < self.classes)], minlength=self.classes)
+        p = counts[counts > 0].astype(np.float64) / counts.sum()
+        return float(-(p * np.log(p)).sum())
+
+    def network(self, x, stable):
+        inputs = keras.Input((16,))
+        outputs = keras.layers.Dense(self.classes, name="output")(_dense_stack(inputs, 32, 1))
+        return keras.Model(inputs, outputs, name=self._model_name(stable))
 
 
-def _mixed_stock(x, y):
-    inputs = keras.Input((x.shape[1],))
-    outputs = keras.layers.Dense(1, activation="sigmoid", name="output")(_dense_stack(inputs, 32, 1))
-    model = keras.Model(inputs, outputs, name="mixed_stock")
-    model.compile(optimizer=keras.optimizers.Adam(0.01), loss=keras.losses.BinaryCrossentropy())
-    return model, None
-
-
-def _mixed_stableops(x, y):
-    scaler = stableops.layers.RobustScaler(name="robust_scaler")  # float32 math, float16 out
-    scaler.adapt(x)
-    inputs = keras.Input((x.shape[1],))
-    h = _dense_stack(scaler(inputs), 32, 1)
-    # The doctor's other advice for mixed precision: the output layer in float32.
-    outputs = keras.layers.Dense(1, activation="sigmoid", dtype="float32", name="output")(h)
-    model = keras.Model(inputs, outputs, name="mixed_stableops")
-    optimizer = SkipNonFinite(keras.optimizers.Adam(0.01))
-    model.compile(optimizer=optimizer, loss=stableops.losses.BinaryCrossentropy())
-    return model, optimizer
-
-
-# 4. Out-of-range labels under XLA ---------------------------------------------
-_CLASSES = 10
-
-
-def _labels_data(rng, n):
-    centers = rng.normal(size=(_CLASSES, 16)).astype(np.float32) * 2.0
-    y = rng.integers(0, _CLASSES, size=n)
-    x = centers[y] + rng.normal(size=(n, 16)).astype(np.float32)
-    # A preprocessing bug: a few "unknown" rows got label 10 with 10 classes.
-    y[rng.choice(n, size=3, replace=False)] = _CLASSES
-    return x, y.astype(np.int32)
-
-
-def _labels_model(name, loss, optimizer):
-    inputs = keras.Input((16,))
-    outputs = keras.layers.Dense(_CLASSES, name="output")(_dense_stack(inputs, 32, 1))
-    model = keras.Model(inputs, outputs, name=name)
-    model.compile(optimizer=optimizer, loss=loss, jit_compile=True)
-    return model
-
-
-def _labels_stock(x, y):
-    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-    return _labels_model("labels_stock", loss, keras.optimizers.Adam(0.01)), None
-
-
-def _labels_stableops(x, y):
-    optimizer = SkipNonFinite(keras.optimizers.Adam(0.01))
-    loss = stableops.losses.SparseCategoricalCrossentropy(from_logits=True)
-    return _labels_model("labels_stableops", loss, optimizer), optimizer
+def scenarios(fast: bool = False):
+    """The demo's scenarios, shorter (fewer epochs on half the data) when ``fast``."""
+    return [kind(fast) for kind in (_Unscaled, _Masked, _Mixed, _Labels)]
 
 
 # ---------------------------------------------------------------------------
@@ -245,89 +299,6 @@ def _labels_stableops(x, y):
 #: the chance loss is about 1/sqrt(32) = 18% of it, so 0.8 is below what a
 #: stuck run reaches by luck.
 LEARNED_FRACTION = 0.8
-
-
-def _mse_chance(y):
-    """Predicting the mean: the variance of the targets."""
-    return float(np.var(np.asarray(y, np.float64)))
-
-
-def _binary_chance(y):
-    """Predicting the positive rate p: the binary entropy of p (nats)."""
-    p = np.array([np.mean(y), 1.0 - np.mean(y)])
-    p = p[p > 0]  # 0 log 0 = 0
-    return float(-(p * np.log(p)).sum())
-
-
-def _sparse_chance(classes):
-    def chance(y):
-        """Predicting the class frequencies: their entropy (labels outside the classes left out)."""
-        y = np.asarray(y).reshape(-1)
-        counts = np.bincount(y[(y >= 0) & (y < classes)], minlength=classes).astype(np.float64)
-        p = counts[counts > 0] / counts.sum()
-        return float(-(p * np.log(p)).sum())
-
-    return chance
-
-
-
-def scenarios(fast: bool = False):
-    """The demo's scenarios, shorter (fewer epochs on half the data) when ``fast``."""
-    epochs = lambda full, quick: quick if fast else full  # noqa: E731
-    return [
-        Scenario(
-            key="unscaled",
-            title="Unscaled features with outliers",
-            story="regression on raw features spanning 1 .. 2e5 with a few 50x glitches, SGD",
-            make_data=_unscaled_data,
-            stock_model=_unscaled_stock,
-            stableops_model=_unscaled_stableops,
-            stableops_changes="RobustScaler first (median/IQR, clips outliers), "
-            "stableops.losses.MeanSquaredError, SkipNonFinite",
-            epochs=epochs(6, 4),
-            chance_loss=_mse_chance,
-        ),
-        Scenario(
-            key="masked",
-            title="Masked sequences, fully padded rows",
-            story="mean-pooled token embeddings; 5% of the documents are empty (all padding)",
-            make_data=_masked_data,
-            stock_model=_masked_stock,
-            stableops_model=_masked_stableops,
-            stableops_changes="masked mean with stableops.ops.safe_divide (0 for empty rows), "
-            "stableops.losses.BinaryCrossentropy, SkipNonFinite",
-            epochs=epochs(6, 2),
-            chance_loss=_binary_chance,
-        ),
-        Scenario(
-            key="mixed",
-            title="Mixed-precision sigmoid classifier",
-            story="mixed_float16 classifier on raw columns (one above float16's 65504)",
-            make_data=_mixed_data,
-            stock_model=_mixed_stock,
-            stableops_model=_mixed_stableops,
-            stableops_changes="RobustScaler first (float32 math), float32 output layer, "
-            "stableops.losses.BinaryCrossentropy, SkipNonFinite",
-            epochs=epochs(6, 2),
-            chance_loss=_binary_chance,
-            mixed_precision=True,
-        ),
-        Scenario(
-            key="labels",
-            title="Out-of-range labels under XLA",
-            story="10-class softmax, 3 rows labelled 10, jit_compile=True (XLA drops the range check)",
-            make_data=_labels_data,
-            stock_model=_labels_stock,
-            stableops_model=_labels_stableops,
-            stableops_changes="stableops.losses.SparseCategoricalCrossentropy (NaN under XLA, never a "
-            "finite wrong loss), NaNGuard(action='continue') rolls back each NaN batch and names the "
-            "cause, SkipNonFinite",
-            epochs=epochs(4, 2),
-            chance_loss=_sparse_chance(_CLASSES),
-            jit_compile=True,
-            guard={"action": "continue", "lr_factor": 1.0, "max_recoveries": None},
-        ),
-    ]
 
 
 # ---------------------------------------------------------------------------
@@ -428,7 +399,9 @@ def _train(scenario, build, x, y, *, with_guard):
         try:
             model, optimizer = build(x, y)
         except Exception as error:  # noqa: BLE001 - shown in the table, the demo goes on
-            return RunResult(np.zeros(0), np.zeros(0, bool), np.zeros(0, int), 0.0, error=_one_line(error))
+            return RunResult(
+                np.zeros(0), np.zeros(0, bool), np.zeros(0, int), 0.0, error=_one_line(error)
+            )
         recorder = _BatchLosses(optimizer)
         callbacks = [recorder]
         guard = None
@@ -450,7 +423,9 @@ def _train(scenario, build, x, y, *, with_guard):
             )
         except Exception as exc:  # noqa: BLE001
             error = _one_line(exc)
-    weights = [np.asarray(w, np.float32) for w in model.get_weights() if np.asarray(w).dtype.kind == "f"]
+    weights = [
+        np.asarray(w, np.float32) for w in model.get_weights() if np.asarray(w).dtype.kind == "f"
+    ]
     return RunResult(
         losses=np.asarray(recorder.losses, dtype=np.float64),
         skipped=np.asarray(recorder.skipped, dtype=bool),
@@ -503,7 +478,9 @@ def run_demo(*, fast=False, out=None, progress=print, width=100):
         except Exception as error:  # noqa: BLE001
             report = _one_line(error)
         result = ScenarioResult(scenario, stock, stable, report, chance)
-        progress(f"{head}: stock Keras {outcome(result, stock)}; stableops {outcome(result, stable)}")
+        progress(
+            f"{head}: stock Keras {outcome(result, stock)}; stableops {outcome(result, stable)}"
+        )
         results.append(result)
     if out is not None:
         plot_losses(results, out)
@@ -537,7 +514,11 @@ def outcome(result: ScenarioResult, run: RunResult, short: bool = False) -> str:
     report = result.report  # the diagnosis of the stock model
     if run.nonfinite_weights:
         hidden = "non-finite weights hidden, "
-    elif run is result.stock and not isinstance(report, str) and report.find("activation.non_finite"):
+    elif (
+        run is result.stock
+        and not isinstance(report, str)
+        and report.find(checks.ACTIVATION_NON_FINITE.id)
+    ):
         hidden = "non-finite activations hidden, "
     return f"silent: {hidden}loss stuck at {run.final_loss:.4g}"
 
@@ -570,25 +551,28 @@ def format_table(results) -> str:
     group_width = lambda group: sum(widths[i] for i in group) + 2 * (len(group) - 1)  # noqa: E731
     lines = [
         " | ".join(
-            f"{title:<{group_width(group)}}" for title, group in zip(("", "stock Keras", "stableops"), groups)
+            f"{title:<{group_width(group)}}"
+            for title, group in zip(("", "stock Keras", "stableops"), groups)
         ).rstrip(),
         line(header).rstrip(),
     ]
     lines.append("-" * len(lines[1]))
     lines.extend(line(row).rstrip() for row in rows)
     note = (
-        "chance: the loss of the best constant prediction (no learning); outcome: learned (final loss "
-        f"below {LEARNED_FRACTION:g}x chance, finite weights), NaN at step N (the first NaN/inf batch "
-        "loss; caught: rolled back or skipped), or silent: stuck (finite loss that does not fall, e.g. "
-        "a NaN hidden by Keras's clip); final loss: mean batch loss of the last epoch over the steps "
-        "kept; skipped: steps SkipNonFinite skipped or NaNGuard rolled back."
+        "chance: the loss of the best constant prediction (no learning); outcome: learned (final "
+        f"loss below {LEARNED_FRACTION:g}x chance, finite weights), NaN at step N (the first "
+        "NaN/inf batch loss; caught: rolled back or skipped), or silent: stuck (finite loss that "
+        "does not fall, e.g. a NaN hidden by Keras's clip); final loss: mean batch loss of the "
+        "last epoch over the steps kept; skipped: steps SkipNonFinite skipped or NaNGuard rolled "
+        "back."
     )
     lines.extend(textwrap.wrap(note, max(len(lines[1]), 60)))
     return "\n".join(lines)
 
 
 def _wrap(text, width, indent, hanging):
-    """``text`` wrapped to ``width``: first line indented ``indent`` spaces, the rest ``hanging``."""
+    """``text`` wrapped to ``width``, the first line indented ``indent`` spaces, the rest
+    ``hanging``."""
     return textwrap.wrap(
         text, width, initial_indent=" " * indent, subsequent_indent=" " * hanging
     )
@@ -607,8 +591,8 @@ def format_diagnoses(results, width=100) -> str:
         if events:
             first = events[0]
             caught = (
-                f"NaNGuard caught {len(events)} non-finite batch(es); first at step {first['step']}: "
-                f"{first.get('layer') or '?'}"
+                f"NaNGuard caught {len(events)} non-finite batch(es); first at step "
+                f"{first['step']}: {first.get('layer') or '?'}"
                 + (f", op {first['op']}" if first.get("op") else "")
                 + (f" -- {first['cause']}" if first.get("cause") else "")
             )
@@ -619,12 +603,16 @@ def format_diagnoses(results, width=100) -> str:
             continue
         lines.append(f"   stableops.diagnose(stock model) -> {report.summary_line()}")
         for finding in report.problems[:4]:
-            headline = f"{finding.severity.upper():<7} {finding.check} @ {finding.location}: {finding.message}"
+            headline = (
+                f"{finding.severity.upper():<7} {finding.check} @ {finding.location}: "
+                f"{finding.message}"
+            )
             lines.extend(_wrap(headline, width, 3, 11))
             lines.extend(_wrap("fix: " + finding.fix, width, 11, 13))
         if len(report.problems) > 4:
             lines.append(
-                f"   ... and {len(report.problems) - 4} more (stableops.diagnose(model, x, y) shows all)"
+                f"   ... and {len(report.problems) - 4} more (stableops.diagnose(model, x, y) "
+                "shows all)"
             )
         lines.append("")
     return "\n".join(lines).rstrip()
@@ -677,7 +665,9 @@ def plot_losses(results, out) -> None:
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(results) :]:
         ax.set_visible(False)
-    fig.suptitle("stableops doctor: batch loss, stock Keras vs stableops (x: NaN loss, dashed: first NaN)")
+    fig.suptitle(
+        "stableops doctor: batch loss, stock Keras vs stableops (x: NaN loss, dashed: first NaN)"
+    )
     fig.tight_layout()
     fig.savefig(out, dpi=90)
     plt.close(fig)

@@ -42,7 +42,9 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="stableops", description="stableops: Keras losses and layers that stay finite.")
+    parser = _Parser(
+        prog="stableops", description="stableops: Keras losses and layers that stay finite."
+    )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     doctor = commands.add_parser(
         "doctor",
@@ -74,11 +76,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME",
         help="the loss to diagnose with, when the model's own cannot be reloaded (a custom loss "
         "not registered with Keras) or to try another: a Keras name or identifier ('mse', "
-        "'binary_crossentropy', 'MeanSquaredError') or a stableops one ('stableops.MeanSquaredError')",
+        "'binary_crossentropy', 'MeanSquaredError') or a stableops one "
+        "('stableops.MeanSquaredError')",
     )
     doctor.add_argument("--json", action="store_true", help="print the report as JSON")
     doctor.add_argument(
-        "--out", default=None, help=f"demo: the loss-curve .png file, or a directory to write {DEFAULT_PLOT} in "
+        "--out",
+        default=None,
+        help=f"demo: the loss-curve .png file, or a directory to write {DEFAULT_PLOT} in "
         "(default: the working directory)"
     )
     doctor.add_argument("--fast", action="store_true", help="demo: a reduced, quicker run")
@@ -90,7 +95,9 @@ def main(argv=None) -> int:
     try:
         args = build_parser().parse_args(sys.argv[1:] if argv is None else list(argv))
         if args.command != "doctor":
-            raise BadInput("choose a command: stableops doctor [MODEL DATA] (see stableops doctor --help)")
+            raise BadInput(
+                "choose a command: stableops doctor [MODEL DATA] (see stableops doctor --help)"
+            )
         if args.model is None and args.data is None:
             return run_demo_command(args)
         if args.model is None or args.data is None:
@@ -134,10 +141,10 @@ def run_demo_command(args) -> int:
     start = time.perf_counter()
     say = lambda text: print(text, flush=True)  # noqa: E731
     say(
-        "stableops doctor: training small models that go NaN with stock Keras, and again with stableops"
-        + (" (fast mode)" if args.fast else "")
+        "stableops doctor: training small models that go NaN with stock Keras, "
+        "and again with stableops" + (" (fast mode)" if args.fast else "")
     )
-    from stableops.doctor import _demo
+    from stableops.cli import _demo
 
     results = _demo.run_demo(fast=args.fast, out=out, progress=say)
     say("")
@@ -175,7 +182,9 @@ def resolve_loss_name(name):
     try:
         return keras.losses.get(name)
     except Exception:  # noqa: BLE001
-        raise BadInput(f"--loss {name}: not a Keras loss name (e.g. mse, binary_crossentropy)") from None
+        raise BadInput(
+            f"--loss {name}: not a Keras loss name (e.g. mse, binary_crossentropy)"
+        ) from None
 
 
 def _compile_config(path) -> dict:
@@ -218,7 +227,9 @@ def load_model(path, loss=None):
     if not os.path.isfile(path):
         raise BadInput(f"model file not found: {path}")
     if path.endswith(".keras") and not zipfile.is_zipfile(path):
-        raise BadInput(f"cannot load model {path}: not a .keras archive (a zip file written by model.save)")
+        raise BadInput(
+            f"cannot load model {path}: not a .keras archive (a zip file written by model.save)"
+        )
     with warnings.catch_warnings():
         # e.g. "Skipping variable loading for optimizer": irrelevant to a diagnosis.
         warnings.simplefilter("ignore")
@@ -243,14 +254,15 @@ def load_model(path, loss=None):
                 raise ValueError(loss)
         except Exception:  # noqa: BLE001
             raise BadInput(
-                f"cannot reload the loss of {path} ({_loss_name(config.get('loss'))}: a custom loss not "
-                "registered with keras.saving.register_keras_serializable); pass --loss NAME (a Keras "
-                "or stableops loss) to diagnose with another"
+                f"cannot reload the loss of {path} ({_loss_name(config.get('loss'))}: a custom "
+                "loss not registered with keras.saving.register_keras_serializable); pass --loss "
+                "NAME (a Keras or stableops loss) to diagnose with another"
             ) from None
     try:
         optimizer = keras.optimizers.deserialize(config.get("optimizer"))
     except Exception:  # noqa: BLE001
-        raise BadInput(f"cannot reload the optimizer of {path}: {_loss_name(config.get('optimizer'))}") from None
+        name = _loss_name(config.get("optimizer"))
+        raise BadInput(f"cannot reload the optimizer of {path}: {name}") from None
     model.compile(optimizer=optimizer, loss=loss)
     return model
 
@@ -262,7 +274,8 @@ def load_data(path, x_key, y_key):
         raise BadInput(f"data file not found: {path}")
     if not zipfile.is_zipfile(path):
         raise BadInput(
-            f"cannot read {path}: not a .npz archive (write one with numpy.savez(path, x=..., y=...))"
+            f"cannot read {path}: not a .npz archive "
+            "(write one with numpy.savez(path, x=..., y=...))"
         )
     try:
         archive = np.load(path, allow_pickle=False)
@@ -337,7 +350,9 @@ def check_fits(model, x, y, x_keys, y_key="y"):
 
 
 def _dtype_words(dtype) -> str:
-    kinds = {"U": "strings", "S": "bytes", "O": "Python objects", "c": "complex numbers", "M": "dates"}
+    kinds = {
+        "U": "strings", "S": "bytes", "O": "Python objects", "c": "complex numbers", "M": "dates"
+    }
     return f"{kinds[dtype.kind]} (dtype {dtype})" if dtype.kind in kinds else f"dtype {dtype}"
 
 

@@ -1,0 +1,427 @@
+"""The data checks: the inputs and the labels, before any model runs.
+
+Each check turns statistics into :class:`Finding` objects, returns a
+(possibly empty) list of them and has no side effects. The numbers they
+compare against live in ``_thresholds``, the check ids in ``_registry``.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+
+from stableops.doctor import _registry as checks
+from stableops.doctor import _thresholds as th
+from stableops.doctor._forward import NORMALIZING_LAYERS
+from stableops.doctor._report import MAX_LISTED, finding, format_number, listed, plural
+
+# Layers that read integers as indices (no magnitude to check), not as numbers.
+INDEX_LAYERS = {
+    "Embedding", "StringLookup", "IntegerLookup", "CategoryEncoding", "Hashing", "Discretization"
+}
+
+# Losses whose value grows with the size of the regression error (the
+# targets' scale): unscaled targets make their gradients that many times larger.
+REGRESSION_LOSSES = {"mean_squared_error", "mean_absolute_error", "huber", "log_cosh"}
+
+
+def _input_name(index: int, name: str | None, n_inputs: int) -> str:
+    if n_inputs == 1:
+        return "input"
+    return f"input '{name}'" if name else f"input {index}"
+
+
+# ---------------------------------------------------------------------------
+# Inputs
+
+
+def _feature_matrix(values: np.ndarray) -> np.ndarray:
+    """Rows x features (the last axis), in float64."""
+    values = np.asarray(values, dtype=np.float64)
+    if values.ndim <= 1:
+        return values.reshape(-1, 1)
+    return values.reshape(-1, values.shape[-1])
+
+
+def feature_statistics(values: np.ndarray) -> dict:
+    """Per-feature statistics of one float input, NaN/inf excluded (vectorised over features).
+
+    ``magnitude`` is the typical size of a value (the 75th percentile of
+    ``|x|``, robust to outliers; the largest ``|x|`` for a mostly-zero
+    feature); ``max_z`` and ``outliers`` use the robust z-score
+    ``|x - median| / sd`` with ``sd = MAD / 0.6745`` (mean absolute deviation
+    * 1.2533 when the MAD is 0). Binary/indicator features (at most two
+    distinct values) get no outlier statistics: their rare level is not an
+    outlier.
+    """
+    matrix = _feature_matrix(values)
+    n_features = matrix.shape[1]
+    finite = np.isfinite(matrix)
+    clean = np.where(finite, matrix, np.nan)
+    has_values = finite.any(axis=0)
+    out = {
+        "nonfinite": (~finite).sum(axis=0),
+        "magnitude": np.zeros(n_features),
+        "max_abs": np.zeros(n_features),
+        "max_z": np.zeros(n_features),
+        "outliers": np.zeros(n_features, dtype=np.int64),
+    }
+    if not has_values.any():
+        return out
+    with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns
+        absolute = np.abs(clean)
+        max_abs = np.nanmax(absolute, axis=0)
+        typical = np.nanpercentile(absolute, 75, axis=0)
+        median = np.nanmedian(clean, axis=0)
+        deviation = np.abs(clean - median)
+        mad = np.nanmedian(deviation, axis=0)
+        mean_ad = np.nanmean(deviation, axis=0)
+        sd = np.where(mad > 0, mad / th.MAD_TO_SD, mean_ad * th.MEAN_AD_TO_SD)
+        z = deviation / np.where(sd > 0, sd, np.inf)
+        ordered = np.sort(clean, axis=0)  # NaN sorts last
+        distinct = 1 + ((np.diff(ordered, axis=0) != 0) & np.isfinite(ordered[1:])).sum(axis=0)
+    out["max_abs"] = np.where(has_values, max_abs, 0.0)
+    out["magnitude"] = np.where(has_values, np.where(typical > 0, typical, max_abs), 0.0)
+    continuous = has_values & (distinct > 2) & (sd > 0)
+    out["max_z"] = np.where(continuous, np.nanmax(np.where(np.isfinite(z), z, 0.0), axis=0), 0.0)
+    out["outliers"] = np.where(continuous, (z > th.OUTLIER_Z).sum(axis=0), 0)
+    return out
+
+
+def check_inputs(
+    inputs, *, names=None, consumers=None, layer_stats=None, nonfinite_counts=None
+) -> list:
+    """Non-finite values, float16 overflow, feature scale spread and outliers.
+
+    Args:
+        inputs: list of NumPy arrays (the model's inputs, flattened).
+        names: their names (for locations).
+        consumers: per input, the layers that read it directly.
+        layer_stats: ``{layer name: LayerStats}`` from the forward trace.
+        nonfinite_counts: per input, per-feature counts of NaN/inf over all
+            rows (``inputs`` may be a subsample); counted on ``inputs`` if None.
+    """
+    findings = []
+    names = names or [None] * len(inputs)
+    consumers = consumers or [[] for _ in inputs]
+    layer_stats = layer_stats or {}
+    for index, values in enumerate(inputs):
+        values = np.asarray(values)
+        if not (np.issubdtype(values.dtype, np.floating) or values.dtype.name == "bfloat16"):
+            readers = consumers[index]
+            if not readers or any(type(layer).__name__ in INDEX_LAYERS for layer in readers):
+                continue  # token ids, categorical codes: no scale to check
+            if values.dtype.kind not in "iub":
+                continue
+            values = values.astype(np.float64)  # integer features fed to a Dense layer: numbers
+        where = _input_name(index, names[index], len(inputs))
+        stats = feature_statistics(values)
+        if nonfinite_counts is not None and nonfinite_counts[index] is not None:
+            stats["nonfinite"] = np.asarray(nonfinite_counts[index])
+        bad = np.flatnonzero(stats["nonfinite"])
+        if bad.size:
+            findings.append(
+                finding(
+                    checks.INPUT_NON_FINITE,
+                    location=f"{where} feature {bad[0]}",
+                    message=f"{plural(stats['nonfinite'].sum(), 'input value')} NaN or inf",
+                    evidence={
+                        "nonfinite_values": int(stats["nonfinite"].sum()),
+                        "features": listed(bad),
+                    },
+                )
+            )
+        readers = consumers[index]
+        normalized = any(type(layer).__name__ in NORMALIZING_LAYERS for layer in readers)
+        max_abs = float(stats["max_abs"].max()) if stats["max_abs"].size else 0.0
+        for layer in readers:
+            reader = layer_stats.get(layer.name)
+            if (
+                reader is not None
+                and reader.compute_dtype == "float16"
+                and max_abs > th.FLOAT16_MAX
+                and reader.nonfinite
+            ):
+                feature = int(np.argmax(stats["max_abs"]))
+                fix = checks.SCALER_FIX
+                if type(layer).__name__ in NORMALIZING_LAYERS:
+                    # The normaliser itself casts the raw values: suggesting
+                    # it would not help. It must compute in float32.
+                    fix = (
+                        f"run '{layer.name}' in float32 ({type(layer).__name__}(..., "
+                        "dtype='float32'), the layers after it can stay in mixed precision), or "
+                        "use stableops.layers.RobustScaler(), which computes in float32 under "
+                        "mixed precision"
+                    )
+                findings.append(
+                    finding(
+                        checks.INPUT_FLOAT16_OVERFLOW,
+                        location=f"{where} feature {feature}",
+                        message=f"input values up to {format_number(max_abs)} exceed the float16 "
+                        f"maximum {format_number(th.FLOAT16_MAX)}: layer '{layer.name}' casts "
+                        "them to float16, where they become inf",
+                        evidence={
+                            "max_abs": max_abs,
+                            "float16_max": th.FLOAT16_MAX,
+                            "layer": layer.name,
+                        },
+                        fix=fix,
+                    )
+                )
+                break
+        if normalized:
+            continue
+        findings.extend(_scale_findings(where, stats))
+        findings.extend(_outlier_findings(where, stats))
+    return findings
+
+
+def _scale_findings(where: str, stats: dict) -> list:
+    magnitude = stats["magnitude"]
+    positive = magnitude > 0
+    if not positive.any():
+        return []
+    largest = int(np.argmax(magnitude))
+    smallest = int(np.flatnonzero(positive)[np.argmin(magnitude[positive])])
+    spread = float(magnitude[largest] / magnitude[smallest])
+    unscaled = np.flatnonzero(magnitude > th.UNSCALED_MAGNITUDE)
+    if not unscaled.size and spread <= th.SCALE_SPREAD:
+        return []
+    reasons = []
+    if unscaled.size:
+        reasons.append(
+            f"{unscaled.size} feature(s) have typical magnitude above "
+            f"{format_number(th.UNSCALED_MAGNITUDE)} (largest {format_number(magnitude[largest])})"
+        )
+    if spread > th.SCALE_SPREAD:
+        reasons.append(f"feature scales differ by {format_number(spread)}x")
+    return [
+        finding(
+            checks.INPUT_SCALE,
+            location=f"{where} feature {largest}",
+            message="inputs are not scaled: " + "; ".join(reasons),
+            evidence={
+                "largest_magnitude": float(magnitude[largest]),
+                "largest_feature": largest,
+                "smallest_magnitude": float(magnitude[smallest]),
+                "smallest_feature": smallest,
+                "spread": spread,
+                "unscaled_features": listed(unscaled),
+            },
+        )
+    ]
+
+
+def _outlier_findings(where: str, stats: dict) -> list:
+    flagged = np.flatnonzero(stats["outliers"])
+    if not flagged.size:
+        return []
+    worst = int(flagged[np.argmax(stats["max_z"][flagged])])
+    return [
+        finding(
+            checks.INPUT_OUTLIERS,
+            location=f"{where} feature {worst}",
+            message=f"outliers: {plural(stats['outliers'].sum(), 'value')} more than "
+            f"{format_number(th.OUTLIER_Z)} "
+            "robust SDs from the feature median "
+            f"(worst: {format_number(stats['max_z'][worst])} SDs)",
+            evidence={
+                "max_robust_z": float(stats["max_z"][worst]),
+                "max_abs": float(stats["max_abs"][worst]),
+                "outlier_values": int(stats["outliers"].sum()),
+                "features": listed(flagged),
+            },
+        )
+    ]
+
+
+# ---------------------------------------------------------------------------
+# Labels
+
+
+def _num_classes(y_pred) -> int | None:
+    shape = np.shape(y_pred)
+    return int(shape[-1]) if len(shape) >= 1 else None
+
+
+def check_labels(y, y_pred, loss) -> list:
+    """Labels valid for the loss: finite, in range, one-hot rows summing to 1."""
+    if y is None or loss is None or isinstance(y, (dict, list, tuple)):
+        return []
+    y = np.asarray(y)
+    findings = []
+    if np.issubdtype(y.dtype, np.floating):
+        nonfinite = ~np.isfinite(y)
+        if nonfinite.any():
+            bad_rows = nonfinite.reshape(len(y), -1).any(axis=1)
+            findings.append(
+                finding(
+                    checks.LABELS_NON_FINITE,
+                    location="labels",
+                    message=f"{plural(nonfinite.sum(), 'label')} NaN or inf",
+                    evidence={
+                        "nonfinite_labels": int(nonfinite.sum()),
+                        "samples": listed(np.flatnonzero(bad_rows)),
+                    },
+                )
+            )
+            return findings
+    if loss.kind == "sparse":
+        findings.extend(_sparse_label_findings(y, y_pred, loss))
+    elif loss.kind == "categorical":
+        findings.extend(_categorical_label_findings(y, y_pred, loss))
+    elif loss.kind == "binary":
+        findings.extend(_binary_label_findings(y, loss))
+    elif loss.name in REGRESSION_LOSSES and y.dtype.kind in "iuf":
+        findings.extend(_target_scale_findings(y, loss))
+    return findings
+
+
+def _target_scale_findings(y, loss) -> list:
+    values = np.abs(y.astype(np.float64)).reshape(-1)
+    if not values.size:
+        return []
+    typical = float(np.percentile(values, 75))
+    if typical <= th.TARGET_SCALE:
+        return []
+    return [
+        finding(
+            checks.LABELS_SCALE,
+            location="labels",
+            message="regression targets are not scaled: typical magnitude "
+            f"{format_number(typical)} (range {format_number(float(y.min()))} .. "
+            f"{format_number(float(y.max()))}), while a freshly initialised output is of order 1: "
+            f"{loss.display}'s first errors and gradients are {format_number(typical)}x those of "
+            "standardised targets",
+            evidence={
+                "typical_magnitude": typical,
+                "target_min": float(y.min()),
+                "target_max": float(y.max()),
+                "target_mean": float(np.mean(y)),
+                "target_std": float(np.std(y)),
+            },
+        )
+    ]
+
+
+def _shaped_for_another_loss(y, y_pred, loss, looks_like, expected, *, fix) -> list:
+    """A ``labels.shape`` finding: the labels look like ``looks_like``, the loss expects others."""
+    return [
+        finding(
+            checks.LABELS_SHAPE,
+            location="labels",
+            message=f"labels have shape {y.shape}, like {looks_like}, but {loss.display} "
+            f"expects {expected}",
+            evidence={"label_shape": str(y.shape), "prediction_shape": str(np.shape(y_pred))},
+            fix=fix,
+        )
+    ]
+
+
+def _sparse_label_findings(y, y_pred, loss) -> list:
+    classes = _num_classes(y_pred)
+    if classes is None:
+        return []
+    if y.ndim == np.ndim(y_pred) and y.shape[-1] == classes and classes > 1:
+        return _shaped_for_another_loss(
+            y, y_pred, loss, "one-hot rows", "class indices",
+            fix="use CategoricalCrossentropy for one-hot labels, or pass argmax(labels)",
+        )
+    labels = y.reshape(-1)
+    if loss.ignore_class is not None:
+        labels = labels[labels != loss.ignore_class]
+    not_integer = (
+        labels != np.round(labels)
+        if np.issubdtype(labels.dtype, np.floating)
+        else np.zeros(labels.shape, bool)
+    )
+    out_of_range = (labels < 0) | (labels >= classes) | not_integer
+    if not out_of_range.any():
+        return []
+    bad_values = np.unique(labels[out_of_range])
+    return [
+        finding(
+            checks.LABELS_RANGE,
+            location="labels",
+            message=f"{plural(out_of_range.sum(), 'label')} outside the valid class range [0, "
+            f"{classes}) (e.g. {format_number(bad_values[0].item())}); eagerly Keras raises, "
+            "under XLA the loss silently becomes NaN",
+            evidence={
+                "bad_labels": int(out_of_range.sum()),
+                "bad_values": [format_number(v.item()) for v in bad_values[:MAX_LISTED]],
+                "num_classes": classes,
+                "label_min": labels.min().item(),
+                "label_max": labels.max().item(),
+            },
+            fix=f"fix the labels, give the model {int(np.max(labels)) + 1} outputs if that class "
+            "is real, or mark them with ignore_class in "
+            "stableops.losses.SparseCategoricalCrossentropy",
+        )
+    ]
+
+
+def _categorical_label_findings(y, y_pred, loss) -> list:
+    classes = _num_classes(y_pred)
+    if y.ndim < np.ndim(y_pred) or (y.shape[-1] == 1 and classes and classes > 1):
+        return _shaped_for_another_loss(
+            y, y_pred, loss, "class indices", f"one-hot rows of {classes}",
+            fix="use SparseCategoricalCrossentropy for integer labels, or one-hot encode them",
+        )
+    values = y.astype(np.float64)
+    findings = _outside_unit_interval(
+        values,
+        noun="label value",
+        count_key="bad_values",
+        fix="labels of a categorical cross-entropy are probabilities: one-hot or smoothed rows",
+    )
+    sums = values.sum(axis=-1)
+    tolerance = th.one_hot_sum_tolerance(int(y.shape[-1]))
+    off = np.abs(sums - 1.0) > tolerance
+    if off.any():
+        findings.append(
+            finding(
+                checks.LABELS_ONE_HOT_SUM,
+                location="labels",
+                message=f"{plural(off.sum(), 'label row')} not summing to 1 "
+                f"(e.g. {format_number(float(sums[off].flat[0]))})",
+                evidence={
+                    "bad_rows": int(off.sum()),
+                    "min_sum": float(sums.min()),
+                    "max_sum": float(sums.max()),
+                    "tolerance": tolerance,
+                },
+            )
+        )
+    return findings
+
+
+def _binary_label_findings(y, loss) -> list:
+    return _outside_unit_interval(
+        y.astype(np.float64),
+        noun="label",
+        count_key="bad_labels",
+        suffix=f" for {loss.display}",
+        fix="binary labels are 0/1 (or probabilities); map -1/+1 labels with (y + 1) / 2",
+    )
+
+
+def _outside_unit_interval(values, *, noun, count_key, fix, suffix="") -> list:
+    """A ``labels.range`` finding for label values outside [0, 1] (none when all are inside)."""
+    outside = (values < 0) | (values > 1)
+    if not outside.any():
+        return []
+    return [
+        finding(
+            checks.LABELS_RANGE,
+            location="labels",
+            message=f"{plural(outside.sum(), noun)} outside [0, 1]{suffix}",
+            evidence={
+                count_key: int(outside.sum()),
+                "label_min": float(values.min()),
+                "label_max": float(values.max()),
+            },
+            fix=fix,
+        )
+    ]
