@@ -112,23 +112,6 @@ def test_the_math_uses_no_keras(path):
             assert not re.match(r"keras\b", module or ""), f"{path.name} imports {module}"
 
 
-@pytest.mark.parametrize("path", sorted((PACKAGE / "doctor").glob("*.py")), ids=lambda p: p.name)
-def test_the_doctor_core_depends_on_no_training_tool_above_it(path):
-    """doctor -> ops, losses, _internal: not callbacks, optimizers, or the CLI and demo on top."""
-    tree = ast.parse(path.read_text())
-    for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom):
-            modules = [node.module or ""] + [f"{node.module}.{a.name}" for a in node.names]
-        elif isinstance(node, ast.Import):
-            modules = [alias.name for alias in node.names]
-        else:
-            continue
-        for module in modules:
-            assert not re.match(r"stableops\.(callbacks|optimizers|cli)\b", module), (
-                f"{path.name} imports {module}"
-            )
-
-
 _EPSILON_LITERAL = re.compile(r"^[0-9.]+[eE]-[0-9]+$")
 # Small literals that are not thresholds, each with its reason.
 _NOT_THRESHOLDS = {
