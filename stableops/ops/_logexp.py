@@ -38,19 +38,16 @@ def _sigmoid(x):
     return tf.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
 
 
+@tf.custom_gradient
 def _softplus_core(x):
-    @tf.custom_gradient
-    def core(x):
-        # max(x, 0) + log1p(exp(-|x|)): exp(-|x|) <= 1 cannot overflow, and for
-        # x << 0 the result is log1p(exp(x)) = exp(x) to full relative accuracy.
-        value = tf.maximum(x, 0.0) + accurate_log1p(tf.exp(-tf.abs(x)))
+    # max(x, 0) + log1p(exp(-|x|)): exp(-|x|) <= 1 cannot overflow, and for
+    # x << 0 the result is log1p(exp(x)) = exp(x) to full relative accuracy.
+    value = tf.maximum(x, 0.0) + accurate_log1p(tf.exp(-tf.abs(x)))
 
-        def grad(upstream):
-            return upstream * _sigmoid(x)  # d softplus = sigmoid, 1/2 at 0
+    def grad(upstream):
+        return upstream * _sigmoid(x)  # d softplus = sigmoid, 1/2 at 0
 
-        return value, grad
-
-    return core(x)
+    return value, grad
 
 
 @xla_kernel
@@ -119,30 +116,27 @@ def log_sigmoid(x):
 # ----------------------------------------------------------------------------
 
 
+@tf.custom_gradient
 def _logaddexp_core(x, y):
-    @tf.custom_gradient
-    def core(x, y):
-        same = tf.equal(x, y)
-        # x == y (±inf included) gives difference 0: no inf - inf = nan.
-        rounded, rounding = two_difference(x, y)
-        difference = tf.where(same, tf.zeros_like(x), rounded)
-        # x - y is carried as difference + rounding (TwoSum), so
-        # exp(-|x - y|) = exp(-|difference|) (1 - sign(difference) rounding):
-        # the rounding of x - y would cost |x - y| eps/2 relative.
-        tail = tf.exp(-tf.abs(difference)) * (1.0 - tf.sign(difference) * rounding)
-        value = tf.maximum(x, y) + accurate_log1p(tail)
-        both_minus_inf = tf.logical_and(same, tf.equal(x, tf.constant(-math.inf, x.dtype)))
+    same = tf.equal(x, y)
+    # x == y (±inf included) gives difference 0: no inf - inf = nan.
+    rounded, rounding = two_difference(x, y)
+    difference = tf.where(same, tf.zeros_like(x), rounded)
+    # x - y is carried as difference + rounding (TwoSum), so
+    # exp(-|x - y|) = exp(-|difference|) (1 - sign(difference) rounding):
+    # the rounding of x - y would cost |x - y| eps/2 relative.
+    tail = tf.exp(-tf.abs(difference)) * (1.0 - tf.sign(difference) * rounding)
+    value = tf.maximum(x, y) + accurate_log1p(tail)
+    both_minus_inf = tf.logical_and(same, tf.equal(x, tf.constant(-math.inf, x.dtype)))
 
-        def grad(upstream):
-            # d/dx = sigmoid(x - y), d/dy = sigmoid(y - x); 1/2 each when x == y,
-            # 0 when both are -inf (as logsumexp of an all -inf row).
-            weight_x = tf.where(both_minus_inf, tf.zeros_like(x), _sigmoid(difference))
-            weight_y = tf.where(both_minus_inf, tf.zeros_like(x), _sigmoid(-difference))
-            return upstream * weight_x, upstream * weight_y
+    def grad(upstream):
+        # d/dx = sigmoid(x - y), d/dy = sigmoid(y - x); 1/2 each when x == y,
+        # 0 when both are -inf (as logsumexp of an all -inf row).
+        weight_x = tf.where(both_minus_inf, tf.zeros_like(x), _sigmoid(difference))
+        weight_y = tf.where(both_minus_inf, tf.zeros_like(x), _sigmoid(-difference))
+        return upstream * weight_x, upstream * weight_y
 
-        return value, grad
-
-    return core(x, y)
+    return value, grad
 
 
 @xla_kernel
@@ -191,40 +185,37 @@ def logaddexp(x, y):
     return tf.cast(_logaddexp_core(x_c, y_c), x.dtype)
 
 
+@tf.custom_gradient
 def _log1mexp_core(x):
-    @tf.custom_gradient
-    def core(x):
-        a = tf.abs(x)
-        # Switch at log 2 (Maechler 2012, as TFP's math/generic.py): below it
-        # 1 - exp(-a) is small and -expm1(-a) keeps its relative accuracy;
-        # above it exp(-a) < 1/2 and log1p(-exp(-a)) keeps the result's.
-        # Each branch gets 1 in place of the other side's inputs (finite there).
-        value = safe_where(
-            a < LOG2,
-            a,
-            lambda t: tf.math.log(-expm1(-t)),
-            lambda t: accurate_log1p(-tf.exp(-t)),
+    a = tf.abs(x)
+    # Switch at log 2 (Maechler 2012, as TFP's math/generic.py): below it
+    # 1 - exp(-a) is small and -expm1(-a) keeps its relative accuracy;
+    # above it exp(-a) < 1/2 and log1p(-exp(-a)) keeps the result's.
+    # Each branch gets 1 in place of the other side's inputs (finite there).
+    value = safe_where(
+        a < LOG2,
+        a,
+        lambda t: tf.math.log(-expm1(-t)),
+        lambda t: accurate_log1p(-tf.exp(-t)),
+        safe_true=1.0,
+        safe_false=1.0,
+    )
+
+    def grad(upstream):
+        # d/dx log(1 - exp(-|x|)) = sign(x) / expm1(|x|). At x = ±0 the
+        # value is -inf and the gradient is 1/x = ±inf (the one-sided
+        # limit on the side of the zero's sign), never NaN.
+        slope = safe_where(
+            tf.equal(a, 0.0),
+            x,
+            lambda t: 1.0 / t,
+            lambda t: tf.sign(t) / tf.math.expm1(tf.abs(t)),
             safe_true=1.0,
             safe_false=1.0,
         )
+        return upstream * slope
 
-        def grad(upstream):
-            # d/dx log(1 - exp(-|x|)) = sign(x) / expm1(|x|). At x = ±0 the
-            # value is -inf and the gradient is 1/x = ±inf (the one-sided
-            # limit on the side of the zero's sign), never NaN.
-            slope = safe_where(
-                tf.equal(a, 0.0),
-                x,
-                lambda t: 1.0 / t,
-                lambda t: tf.sign(t) / tf.math.expm1(tf.abs(t)),
-                safe_true=1.0,
-                safe_false=1.0,
-            )
-            return upstream * slope
-
-        return value, grad
-
-    return core(x)
+    return value, grad
 
 
 @xla_kernel
@@ -347,18 +338,15 @@ def _softplus_inverse_value(x):
     )
 
 
+@tf.custom_gradient
 def _softplus_inverse_core(x):
-    @tf.custom_gradient
-    def core(x):
-        def grad(upstream):
-            # d/dx log(expm1(x)) = 1 / (1 - exp(-x)) = 1 / (-expm1(-x)):
-            # +inf at 0, 1 at +inf; NaN below 0, where the value is NaN too.
-            slope = 1.0 / -tf.math.expm1(-tf.abs(x))  # |x|: +inf at -0. too
-            return upstream * tf.where(x < 0, tf.constant(math.nan, x.dtype), slope)
+    def grad(upstream):
+        # d/dx log(expm1(x)) = 1 / (1 - exp(-x)) = 1 / (-expm1(-x)):
+        # +inf at 0, 1 at +inf; NaN below 0, where the value is NaN too.
+        slope = 1.0 / -tf.math.expm1(-tf.abs(x))  # |x|: +inf at -0. too
+        return upstream * tf.where(x < 0, tf.constant(math.nan, x.dtype), slope)
 
-        return _softplus_inverse_value(x), grad
-
-    return core(x)
+    return _softplus_inverse_value(x), grad
 
 
 # Where log_cosh switches from its Taylor series to (a - log 2) + log1p(exp(-2a)).
@@ -413,30 +401,27 @@ def _log_cosh_series(a):
     return t * acc
 
 
+@tf.custom_gradient
 def _log_cosh_core(x):
-    @tf.custom_gradient
-    def core(x):
-        a = tf.abs(x)
-        value = safe_where(
-            a < _LOG_COSH_SWITCH,
-            a,
-            # The Taylor series of log cosh: full relative accuracy down to
-            # 0 (log_cosh(1e-6) = 5e-13, where log(cosh(1e-6)) = 0).
-            _log_cosh_series,
-            # log(cosh a) = (a - log 2) + log1p(exp(-2a)): cosh never
-            # evaluated, so no overflow; for a >= 1 both terms are > 0
-            # (no cancellation).
-            lambda t: minus_log2(t) + accurate_log1p(tf.exp(-2.0 * t)),
-            safe_true=0.0,
-            safe_false=1.0,
-        )
+    a = tf.abs(x)
+    value = safe_where(
+        a < _LOG_COSH_SWITCH,
+        a,
+        # The Taylor series of log cosh: full relative accuracy down to
+        # 0 (log_cosh(1e-6) = 5e-13, where log(cosh(1e-6)) = 0).
+        _log_cosh_series,
+        # log(cosh a) = (a - log 2) + log1p(exp(-2a)): cosh never
+        # evaluated, so no overflow; for a >= 1 both terms are > 0
+        # (no cancellation).
+        lambda t: minus_log2(t) + accurate_log1p(tf.exp(-2.0 * t)),
+        safe_true=0.0,
+        safe_false=1.0,
+    )
 
-        def grad(upstream):
-            return upstream * tf.tanh(x)  # d log cosh = tanh, saturates at ±1
+    def grad(upstream):
+        return upstream * tf.tanh(x)  # d log cosh = tanh, saturates at ±1
 
-        return value, grad
-
-    return core(x)
+    return value, grad
 
 
 @xla_kernel
