@@ -590,6 +590,8 @@ INVALID_HYPERPARAMETERS = [
     (lambda: S.tversky([[0.0]], [[1.0]], alpha=0.5, beta=-0.5), "beta", "-0.5"),
     (lambda: S.Dice(smooth=-1.0), "smooth", "-1.0"),
     (lambda: S.dice([[0.0]], [[1.0]], smooth=float("nan")), "smooth", "nan"),
+    (lambda: S.Huber(delta=float("nan")), "delta", "nan"),
+    (lambda: S.Dice(smooth=float("inf")), "smooth", "inf"),
 ]
 
 # An axis of the wrong type is a TypeError, as in the ops (one axis validator).
