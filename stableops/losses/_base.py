@@ -1,4 +1,4 @@
-"""The machinery every stableops loss is built on: inputs, kernels and the ``Loss`` classes.
+"""The ``keras.losses.Loss`` classes every stableops loss is built on.
 
 Keras's own ``LossFunctionWrapper`` is private (``keras.src``), so this is the
 same small pattern on the public ``keras.losses.Loss``: a loss class names its
