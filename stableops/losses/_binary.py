@@ -163,7 +163,10 @@ def _binary_crossentropy_kernel(
 def _binary_loss(y_true, y_pred, fn_name, from_logits, label_smoothing, axis, pos_weight,
                  ignore_class, apply_class_balancing=False, alpha=0.0, gamma=0.0):
     """Both binary losses: the focal one, or plain cross-entropy with ``gamma = 0``."""
-    y_pred, from_logits = recover_logits(y_pred, from_logits, "Sigmoid", fn_name, argument="y_pred")
+    # stacklevel 4: the warning names the caller of the public function.
+    y_pred, from_logits = recover_logits(
+        y_pred, from_logits, "Sigmoid", fn_name, argument="y_pred", stacklevel=4
+    )
     y_true, y_pred = prepare(y_true, y_pred, fn_name, axis_argument(axis))
     return with_mask(
         _binary_crossentropy_kernel(
