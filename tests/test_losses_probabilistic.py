@@ -853,18 +853,24 @@ BAD_HYPERPARAMETERS = [
     (lambda: S.BinaryFocalCrossentropy(pos_weight=-2.0), "pos_weight", "-2.0"),
     (lambda: S.BinaryCrossentropy(pos_weight=math.nan), "pos_weight", "nan"),
     (lambda: S.SparseCategoricalCrossentropy(ignore_class=1.5), "ignore_class", "1.5"),
-    (lambda: S.CategoricalCrossentropy(axis=True), "axis", "True"),
     (lambda: S.binary_crossentropy([[1.0]], [[0.5]], label_smoothing=-1.0), "label_smoothing", "-1.0"),
     (lambda: S.binary_focal_crossentropy([[1.0]], [[0.5]], gamma=-3.0), "gamma", "-3.0"),
     (lambda: S.categorical_focal_crossentropy([[1.0, 0.0]], [[0.5, 0.5]], alpha=[1.0, 1.0, 1.0]), "alpha", "1.0"),
 ]
 
 
+# An axis of the wrong type is a TypeError, as in the ops (one axis validator).
+BAD_AXIS_TYPES = [
+    (lambda: S.CategoricalCrossentropy(axis=True), "axis", "True"),
+]
+
+
 def test_invalid_hyperparameters_name_the_argument():
-    for make, name, value in BAD_HYPERPARAMETERS:
-        with pytest.raises(ValueError) as info:
-            make()
-        assert name in str(info.value) and value in str(info.value), str(info.value)
+    for cases, error in ((BAD_HYPERPARAMETERS, ValueError), (BAD_AXIS_TYPES, TypeError)):
+        for make, name, value in cases:
+            with pytest.raises(error) as info:
+                make()
+            assert name in str(info.value) and value in str(info.value), str(info.value)
 
 
 def test_shape_mismatch_names_both_shapes():

@@ -590,6 +590,12 @@ INVALID_HYPERPARAMETERS = [
     (lambda: S.tversky([[0.0]], [[1.0]], alpha=0.5, beta=-0.5), "beta", "-0.5"),
     (lambda: S.Dice(smooth=-1.0), "smooth", "-1.0"),
     (lambda: S.dice([[0.0]], [[1.0]], smooth=float("nan")), "smooth", "nan"),
+    (lambda: S.Huber(delta=float("nan")), "delta", "nan"),
+    (lambda: S.Dice(smooth=float("inf")), "smooth", "inf"),
+]
+
+# An axis of the wrong type is a TypeError, as in the ops (one axis validator).
+INVALID_AXIS_TYPES = [
     (lambda: S.Dice(axis="rows"), "axis", "rows"),
     (lambda: S.CosineSimilarity(axis=None), "axis", "None"),
 ]
@@ -598,6 +604,9 @@ INVALID_HYPERPARAMETERS = [
 def test_invalid_hyperparameters_name_the_argument_and_value():
     for make, argument, shown in INVALID_HYPERPARAMETERS:
         with pytest.raises(ValueError, match=rf"`{argument}`.*{shown}"):
+            make()
+    for make, argument, shown in INVALID_AXIS_TYPES:
+        with pytest.raises(TypeError, match=rf"`{argument}`.*{shown}"):
             make()
 
 

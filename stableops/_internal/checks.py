@@ -1,8 +1,13 @@
 """Input validation shared by ops, losses and layers (contract rule 6).
 
 One validator per concern: tensors (:func:`as_float_tensor`), hyperparameters
-(:func:`number`), axes (:func:`axis_argument`, :func:`canonical_axis`) and
-shapes (:func:`check_same_shape`). Each error names the argument and its value.
+(:func:`number`, :func:`flag`, :func:`choice`), axes (:func:`axis_argument`,
+:func:`canonical_axis`) and shapes (:func:`check_same_shape`). Each error names
+the argument and its value; a value of the wrong type is a ``TypeError`` (an
+axis that is not an int, a tensor of strings), a value of the right type that
+is out of its range a ``ValueError`` (an axis that does not exist, a negative
+``gamma``). Hyperparameters are the exception, as the design's contract states:
+a string or ``None`` given for a number is a ``ValueError`` naming it.
 """
 
 from __future__ import annotations
@@ -117,6 +122,16 @@ def number(value, name: str, low=None, high=None, *, low_open=False, allow_inf=F
         ValueError: naming ``name`` and ``value`` when it is not a real number
             (a string, ``None``, a bool), NaN, infinite (unless ``allow_inf``)
             or outside ``[low, high]`` (``low_open`` excludes ``low``).
+
+    Example:
+        >>> number(0.5, "alpha", 0.0, 1.0)
+        0.5
+        >>> number(float("inf"), "delta", 0.0, low_open=True, allow_inf=True)
+        inf
+        >>> number(float("inf"), "gamma", 0.0)
+        Traceback (most recent call last):
+        ...
+        ValueError: `gamma` must be a finite number, got gamma=inf
     """
     value = _python_scalar(value, name)
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
@@ -132,29 +147,77 @@ def number(value, name: str, low=None, high=None, *, low_open=False, allow_inf=F
     return result
 
 
+def flag(value, name: str) -> bool:
+    """``value`` as a Python bool: ``True``/``False`` (or NumPy's), nothing else.
+
+    Raises:
+        ValueError: naming ``name`` and ``value`` otherwise (``1``, ``"yes"``).
+
+    Example:
+        >>> flag(np.True_, "full")
+        True
+    """
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    raise ValueError(f"`{name}` must be True or False, got {name}={value!r}")
+
+
+def choice(value, name: str, choices):
+    """``value`` when it is one of ``choices``.
+
+    Raises:
+        ValueError: naming ``name``, ``value`` and the choices otherwise.
+
+    Example:
+        >>> choice("hard", "strategy", ("hard", "semi_hard"))
+        'hard'
+    """
+    if value not in choices:
+        raise ValueError(
+            f"`{name}` must be one of {', '.join(map(repr, choices))}, got {name}={value!r}"
+        )
+    return value
+
+
 def _is_int(value) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def axis_argument(axis, *, allow_many=False, allow_none=False):
-    """``axis`` as an int (or, as allowed, ``None`` or a tuple of ints).
+    """``axis`` as an int (or, as allowed, ``None`` or a tuple of ints): the one axis validator.
 
     Static and hashable (one compile per value); a list, as a JSON config
-    gives back, becomes a tuple.
+    gives back, becomes a tuple. Whether the axis exists in an input is
+    :func:`canonical_axis`'s check, once the input's rank is known.
 
     Raises:
-        ValueError: naming ``axis`` and its value otherwise.
+        TypeError: naming ``axis`` and its value when it is of another type
+            (a float, a string, ``None`` where it is not allowed, a tuple
+            where one int is expected).
+        ValueError: naming ``axis`` for an empty tuple.
+
+    Example:
+        >>> axis_argument([0, -1], allow_many=True)
+        (0, -1)
+        >>> axis_argument(1.5)
+        Traceback (most recent call last):
+        ...
+        TypeError: `axis` must be an int, got axis=1.5
     """
     if _is_int(axis):
         return int(axis)
     if allow_none and axis is None:
         return None
-    if allow_many and isinstance(axis, (tuple, list)) and axis and all(_is_int(a) for a in axis):
+    if allow_many and isinstance(axis, (tuple, list)) and all(_is_int(a) for a in axis):
+        if not axis:
+            raise ValueError(f"`axis` must not be empty, got axis={axis!r}")
         return tuple(int(a) for a in axis)
     expected = " or ".join(
-        ["an int"] + (["a non-empty tuple of ints"] if allow_many else []) + (["None"] if allow_none else [])
+        ["an int"]
+        + (["a tuple of ints"] if allow_many else [])
+        + (["None"] if allow_none else [])
     )
-    raise ValueError(f"`axis` must be {expected}, got axis={axis!r}")
+    raise TypeError(f"`axis` must be {expected}, got axis={axis!r}")
 
 
 def canonical_axis(axis, rank: int, of: str = "y_pred", name: str = "axis"):
@@ -162,7 +225,14 @@ def canonical_axis(axis, rank: int, of: str = "y_pred", name: str = "axis"):
 
     Raises:
         ValueError: naming ``name``, its value and the rank when an axis is
-            out of range (``axis=5`` for a rank-2 ``y_pred``).
+            out of range (``axis=5`` for a rank-2 ``y_pred``), or when the
+            input is a scalar.
+
+    Example:
+        >>> canonical_axis(-1, 3)
+        2
+        >>> canonical_axis((0, -1), 2, of="inputs")
+        (0, 1)
     """
     if axis is None or rank is None:
         return axis
@@ -178,3 +248,56 @@ def canonical_axis(axis, rank: int, of: str = "y_pred", name: str = "axis"):
             f"(valid: {-rank} to {rank - 1}), got {name}={axis}"
         )
     return axis % rank
+
+
+def raise_on_invalid_labels(labels, invalid, num_classes):
+    """Raise ``InvalidArgumentError`` naming the first invalid label and the number of classes.
+
+    ``invalid`` is a boolean tensor of ``labels``'s shape. Eagerly the check
+    is immediate; in a graph it is an Assert op that runs with the loss (under
+    XLA it is dropped and the kernel's NaN takes over). Returns ``labels``,
+    made to depend on the check in graphs. ``ops.sparse_categorical_crossentropy``
+    and the sparse loss share it.
+
+    Example:
+        >>> import tensorflow as tf
+        >>> labels = tf.constant([0, 3])
+        >>> raise_on_invalid_labels(labels, labels >= 3, 3)
+        Traceback (most recent call last):
+        ...
+        tensorflow...InvalidArgumentError: ...: label 3 is out of range for 3 classes ...
+    """
+    flat_invalid = tf.reshape(invalid, [-1])
+    flat_labels = tf.reshape(labels, [-1])
+    if tf.executing_eagerly():
+        if bool(tf.reduce_any(flat_invalid)):
+            first_bad = flat_labels.numpy()[np.argmax(flat_invalid.numpy())]
+            message = _out_of_range_message(first_bad, num_classes)
+            raise tf.errors.InvalidArgumentError(None, None, message)
+        return labels
+    # A trailing invalid placeholder keeps the gather in range when no label
+    # is invalid (and for empty batches); the assert does not fire then.
+    padded_invalid = tf.concat([flat_invalid, [True]], axis=0)
+    padded_labels = tf.concat([flat_labels, tf.zeros([1], labels.dtype)], axis=0)
+    first_bad = tf.gather(padded_labels, tf.argmax(tf.cast(padded_invalid, tf.int32)))
+    check = tf.debugging.Assert(
+        tf.logical_not(tf.reduce_any(flat_invalid)),
+        [
+            "sparse_categorical_crossentropy: label",
+            first_bad,
+            "is out of range for",
+            num_classes,
+            "classes (labels must be integers in [0, num_classes))",
+        ],
+        summarize=1,
+    )
+    with tf.control_dependencies([check]):
+        return tf.identity(labels)
+
+
+def _out_of_range_message(label, num_classes):
+    num_classes = int(num_classes)
+    return (
+        f"sparse_categorical_crossentropy: label {label} is out of range for "
+        f"{num_classes} classes (labels must be integers in [0, {num_classes}))"
+    )

@@ -1,35 +1,33 @@
-"""The Keras ``Loss`` subclass every stableops loss class is built on.
+"""The ``keras.losses.Loss`` classes every stableops loss is built on.
 
 Keras's own ``LossFunctionWrapper`` is private (``keras.src``), so this is the
-same small pattern on the public ``keras.losses.Loss``: the base class keeps
-reduction, ``sample_weight``, masks and dtype handling exactly as in Keras; a
-loss class only names its per-sample function and that function's arguments.
+same small pattern on the public ``keras.losses.Loss``: a loss class names its
+per-sample function and that function's arguments (:class:`FunctionLoss`),
+and Keras's base keeps reduction, ``sample_weight``, masks and dtype handling
+exactly as in Keras. The cross-entropies compute from the inputs as the caller
+passed them, before Keras's cast to the loss dtype (:class:`RawInputLoss`).
+
+A loss class states its per-sample function, its arguments (the constructor,
+with Keras's signature) and its docstring; :func:`loss_class` registers it for
+Keras saving. A loss without arguments subclasses :func:`plain_loss`.
+
+The loss modules, by family: ``_binary`` and ``_categorical`` (cross-entropies
+and their focal variants), ``_distribution`` (KL divergence, Poisson),
+``_regression``, ``_overlap`` (Dice, Tversky), ``_similarity``, ``_hinge``,
+``_gaussian``, ``_metric_learning`` and ``_ctc``; ``_inputs`` takes a loss's
+inputs to its compiled kernel, and ``_shared`` holds the numerics and arguments
+more than one family uses.
 """
 
 from __future__ import annotations
 
-import functools
-
 import keras
 import tensorflow as tf
 
-from stableops._internal.checks import (
-    as_float_tensor,
-    canonical_axis,
-    check_real_dtype,
-    check_same_shape,
-    real_tensor,
-)
-from stableops._internal.dtypes import compute_dtype
-from stableops._internal.keras_compat import match_rank
+from stableops._internal.checks import check_real_dtype
+from stableops.losses._inputs import graph_code
 
-# The losses that take two ``tf.RaggedTensor`` (as Keras's do): per-element
-# terms averaged over the last axis. Listed in the error for the others.
-RAGGED_LOSSES = (
-    "Hinge", "Huber", "LogCosh", "MeanAbsoluteError", "MeanSquaredError",
-    "MeanSquaredLogarithmicError", "Poisson", "SquaredHinge",
-)
-
+REDUCTION = "sum_over_batch_size"
 
 def dtype_of(x):
     """``x``'s ``tf.DType``, read without a copy where it has one (tensors, arrays).
@@ -65,61 +63,25 @@ def check_loss_inputs(y_true, y_pred):
             check_real_dtype(dtype, name)
 
 
-def prepare(y_true, y_pred, loss_name, axis=-1):
-    """Validate and align a loss's inputs (not yet cast: the kernels cast).
+# ----------------------------------------------------------------------------
+# Loss classes
+# ----------------------------------------------------------------------------
 
-    ``y_pred`` becomes a floating tensor: integer and boolean predictions are
-    cast to ``keras.config.floatx()`` (as Keras does); strings and complex
-    numbers are a ``TypeError`` naming ``y_pred``. ``y_true`` may be any real
-    or boolean tensor (a ``TypeError`` naming ``y_true`` otherwise); Python
-    lists and scalars become ``y_pred``'s computing dtype directly, so integer
-    targets are never rounded through float16. Ranks are aligned as Keras
-    does; static shapes must then match (``ValueError`` naming both), and
-    ``axis`` (the reduced axis or axes) must exist (``ValueError`` naming it,
-    also for a scalar input). Ragged input is a ``TypeError`` naming the loss
-    (the losses that support it handle it before, see :func:`ragged_rows`).
+_COMMON_DOC = """reduction: how per-sample losses are combined, as in Keras:
+            ``"sum_over_batch_size"`` (default), ``"sum"``, ``"mean"``,
+            ``"mean_with_sample_weight"``, ``"none"`` or ``None``.
+        name: the loss name.
+        dtype: the dtype of the result; defaults to ``keras.config.floatx()``."""
+
+
+def loss_class(cls):
+    """Register a loss class for Keras saving (``"stableops>Name"``) and complete its docstring.
+
+    ``{common}`` in the docstring's ``Args:`` becomes the entries of
+    ``reduction``, ``name`` and ``dtype``, the same for every loss.
     """
-    if isinstance(y_true, tf.RaggedTensor) or isinstance(y_pred, tf.RaggedTensor):
-        raise TypeError(
-            f"`{loss_name}` does not support ragged tensors; pass dense tensors "
-            f"(`.to_tensor()`), or use one of {', '.join(RAGGED_LOSSES)}"
-        )
-    y_pred = as_float_tensor(y_pred, "y_pred", keras.config.floatx())
-    y_true = real_tensor(y_true, "y_true", dtype_hint=compute_dtype(y_pred.dtype))
-    y_true, y_pred = match_rank(y_true, y_pred)
-    check_same_shape(y_true, y_pred, "y_true", "y_pred")
-    canonical_axis(axis, y_pred.shape.rank)
-    return y_true, y_pred
-
-
-def ragged_rows(fn):
-    """Let a loss that averages per-element terms over the last axis take ragged input.
-
-    Keras's ``MeanSquaredError``, ``MeanAbsoluteError``, ``Huber`` (and
-    others) accept two ``tf.RaggedTensor`` of the same row lengths. Here the
-    per-element term is ``fn`` of the flat values, each element its own
-    one-entry last axis, and ``tf.reduce_mean`` over the ragged last axis
-    averages each row: the same numbers as ``fn`` on the dense rows.
-    """
-
-    @functools.wraps(fn)
-    def wrapper(y_true, y_pred, *args, **kwargs):
-        ragged = isinstance(y_true, tf.RaggedTensor), isinstance(y_pred, tf.RaggedTensor)
-        if not any(ragged):
-            return fn(y_true, y_pred, *args, **kwargs)
-        if not all(ragged):
-            raise TypeError(
-                f"`{fn.__name__}`: `y_true` and `y_pred` must both be ragged or both dense, "
-                f"got {type(y_true).__name__} and {type(y_pred).__name__}"
-            )
-        for true_lengths, pred_lengths in zip(y_true.nested_row_lengths(), y_pred.nested_row_lengths()):
-            tf.debugging.assert_equal(
-                true_lengths, pred_lengths, message="`y_true` and `y_pred` must have the same row lengths"
-            )
-        per_element = fn(y_true.flat_values[..., None], y_pred.flat_values[..., None], *args, **kwargs)
-        return tf.reduce_mean(y_pred.with_flat_values(per_element), axis=-1)
-
-    return wrapper
+    cls.__doc__ = cls.__doc__.replace("{common}", _COMMON_DOC)
+    return keras.saving.register_keras_serializable(package="stableops")(cls)
 
 
 class FunctionLoss(keras.losses.Loss):
@@ -131,7 +93,7 @@ class FunctionLoss(keras.losses.Loss):
     ``get_config``, so ``cls(**obj.get_config())`` rebuilds the same loss.
     """
 
-    def __init__(self, fn, *, reduction, name, dtype, **fn_kwargs):
+    def __init__(self, fn, reduction, name, dtype, **fn_kwargs):
         super().__init__(name=name, reduction=reduction, dtype=dtype)
         if not tf.as_dtype(self.dtype).is_floating:
             # Keras would cast the predictions to it and fail (or round) later.
@@ -161,3 +123,86 @@ class FunctionLoss(keras.losses.Loss):
     def __repr__(self):
         args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
         return f"{type(self).__name__}({args})"
+
+
+def _in_loss_dtype(x, dtype):
+    """``x`` as a tensor of the loss dtype, as Keras's base would make it, keeping its Keras mask.
+
+    What cannot be made one tensor (a symbolic KerasTensor) is returned as is.
+    """
+    try:
+        tensor = tf.cast(tf.convert_to_tensor(x), dtype)
+    except (TypeError, ValueError):
+        return x
+    mask = getattr(x, "_keras_mask", None)
+    if mask is not None:
+        tensor._keras_mask = mask
+    return tensor
+
+
+def _merged_mask(in_mask, out_mask):
+    """Keras's rule for the masks of ``y_pred`` and of the per-sample loss: both apply."""
+    if in_mask is None or out_mask is None:
+        return out_mask if in_mask is None else in_mask
+    return in_mask & out_mask
+
+
+class _Reduction(keras.losses.Loss):
+    """Keras's ``Loss.__call__`` (mask, ``sample_weight``, reduction) on per-sample values.
+
+    Its ``call`` returns the values it is given as ``y_pred``: Keras's base
+    casts them to the loss dtype, reads their Keras mask, applies it and the
+    sample weights, and reduces (scaled for ``tf.distribute`` as in Keras).
+    """
+
+    def call(self, y_true, y_pred):
+        del y_true  # the values are complete: nothing is compared any more
+        return y_pred
+
+
+class RawInputLoss(FunctionLoss):
+    """A ``FunctionLoss`` computed from ``y_true`` and ``y_pred`` as the caller passed them.
+
+    Keras's ``Loss.__call__`` casts both inputs to the loss dtype before
+    ``call``. That cast drops the logits a sigmoid/softmax output carries when
+    the dtypes differ (``mixed_float16``: Keras then computes from clipped
+    float16 probabilities, gradient 0 when saturated), and rounds integer
+    labels through float16 with ``dtype="float16"``. So ``__call__`` computes
+    the per-sample loss itself, by ``call`` on the inputs as passed (integer
+    and boolean predictions cast to the loss dtype, as Keras does; strings and
+    complex numbers are a ``TypeError``), then hands the values, carrying the
+    Keras mask of ``y_pred`` and the loss's own (``ignore_class``), to Keras's
+    base for masks, ``sample_weight`` and reduction (:class:`_Reduction`).
+    Dicts of inputs go to Keras's base as they are.
+    """
+
+    @graph_code
+    def __call__(self, y_true, y_pred, sample_weight=None):
+        if isinstance(y_true, dict) or isinstance(y_pred, dict):
+            return super().__call__(y_true, y_pred, sample_weight=sample_weight)
+        check_loss_inputs(y_true, y_pred)  # strings, complex numbers: TypeError
+        pred_dtype = dtype_of(y_pred)
+        if pred_dtype is not None and not pred_dtype.is_floating:
+            y_pred = _in_loss_dtype(y_pred, self.dtype)  # as Keras casts them
+        values = self.call(y_true, y_pred)
+        mask = _merged_mask(getattr(y_pred, "_keras_mask", None),
+                            getattr(values, "_keras_mask", None))
+        if mask is not None:
+            values._keras_mask = mask
+        reduction = _Reduction(name=self.name, reduction=self.reduction, dtype=self.dtype)
+        return reduction(values, values, sample_weight=sample_weight)
+
+
+def plain_loss(fn, default_name, *, base=FunctionLoss):
+    """A ``base`` subclass computing ``fn`` with Keras's constructor ``(reduction, name, dtype)``.
+
+    For the losses without arguments of their own: the loss class subclasses
+    it and states its docstring,
+    ``class MeanSquaredError(plain_loss(mean_squared_error, "mean_squared_error"))``.
+    """
+
+    class PlainLoss(base):
+        def __init__(self, reduction=REDUCTION, name=default_name, dtype=None):
+            super().__init__(fn, reduction, name, dtype)
+
+    return PlainLoss

@@ -13,20 +13,15 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from stableops._internal.checks import as_float_tensor, real_tensor
-from stableops.losses._base import FunctionLoss
+from stableops._internal.checks import as_float_tensor, flag, real_tensor
+from stableops.losses._base import REDUCTION, FunctionLoss, loss_class
 from stableops.losses._ctc_kernel import ctc_kernel
+from stableops.losses._inputs import graph_code
 
 __all__ = ["CTC", "ctc"]
 
 
-def _bool(value, name):
-    if isinstance(value, bool) or type(value).__name__ == "bool_":
-        return bool(value)
-    raise ValueError(f"`{name}` must be a bool, got {name}={value!r}")
-
-
-@tf.autograph.experimental.do_not_convert
+@graph_code
 def ctc(y_true, y_pred, *, zero_infinity=False):
     """CTC (Connectionist Temporal Classification) loss, one value per sample.
 
@@ -65,9 +60,11 @@ def ctc(y_true, y_pred, *, zero_infinity=False):
             different batch sizes.
 
     Example:
-        >>> ctc([[1, 1, 1]], tf.zeros([1, 4, 3]), zero_infinity=True)  # needs 5 frames: 0
+        >>> import tensorflow as tf
+        >>> ctc([[1, 1, 1]], tf.zeros([1, 4, 3]), zero_infinity=True).numpy()  # needs 5 frames
+        array([0.], dtype=float32)
     """
-    zero_infinity = _bool(zero_infinity, "zero_infinity")
+    zero_infinity = flag(zero_infinity, "zero_infinity")
     y_pred = as_float_tensor(y_pred, "y_pred", keras.config.floatx())
     labels = real_tensor(y_true, "y_true")
     if len(labels.shape) != 2:
@@ -82,12 +79,13 @@ def ctc(y_true, y_pred, *, zero_infinity=False):
         )
     if not labels.shape[:1].is_compatible_with(y_pred.shape[:1]):
         raise ValueError(
-            f"`y_true` and `y_pred` must have the same batch size, got {labels.shape} and {y_pred.shape}"
+            "`y_true` and `y_pred` must have the same batch size, "
+            f"got {labels.shape} and {y_pred.shape}"
         )
     return ctc_kernel(tf.cast(labels, tf.int32), y_pred, zero_infinity=zero_infinity)
 
 
-@keras.saving.register_keras_serializable(package="stableops")
+@loss_class
 class CTC(FunctionLoss):
     """CTC loss; drop-in for ``keras.losses.CTC`` with a keyword-only ``zero_infinity``.
 
@@ -95,14 +93,12 @@ class CTC(FunctionLoss):
     the blank); ``y_pred``: logits ``[batch, T, num_classes]``.
 
     Args:
-        reduction: Keras reduction.
-        name: the loss name.
-        dtype: the loss dtype.
+        {common}
         zero_infinity: keyword-only; impossible alignments give loss 0 and
             gradient 0 instead of ``inf`` (gradient 0). Defaults to False.
     """
 
-    def __init__(self, reduction="sum_over_batch_size", name="ctc", dtype=None, *, zero_infinity=False):
+    def __init__(self, reduction=REDUCTION, name="ctc", dtype=None, *, zero_infinity=False):
         super().__init__(
-            ctc, reduction=reduction, name=name, dtype=dtype, zero_infinity=_bool(zero_infinity, "zero_infinity")
+            ctc, reduction, name, dtype, zero_infinity=flag(zero_infinity, "zero_infinity")
         )

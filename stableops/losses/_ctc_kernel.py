@@ -43,7 +43,7 @@ def required_frames(labels, label_length):
 
 @xla_kernel
 def ctc_kernel(labels, logits, zero_infinity):
-    """Per-sample CTC loss of ``logits`` ``[batch, T, classes]`` for int32 ``labels`` ``[batch, L]``.
+    """Per-sample CTC loss of ``logits`` ``[batch, T, classes]``, int32 ``labels`` ``[batch, L]``.
 
     Class 0 is the blank and the padding (Keras's ``mask_index``); every
     sample uses all ``T`` frames. float16/bfloat16 and float64 compute in
@@ -59,7 +59,8 @@ def ctc_kernel(labels, logits, zero_infinity):
     log_probs = log_softmax(logits, axis=-1)
     # Floor: T frames of it (and the forward plus backward sums) stay finite.
     floor = -dtype_limits(tf.float32).max / (4.0 * (tf.cast(frames, tf.float32) + 1.0))
-    log_probs = tf.where(log_probs < floor, tf.fill(tf.shape(log_probs), floor), log_probs)  # NaN kept
+    # NaN kept
+    log_probs = tf.where(log_probs < floor, tf.fill(tf.shape(log_probs), floor), log_probs)
     # Double where: an impossible row is computed on the empty label (always
     # feasible), so neither its value nor its gradient is inf or NaN.
     safe_length = tf.where(feasible, label_length, tf.zeros_like(label_length))

@@ -34,14 +34,15 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from stableops._internal.checks import as_float_tensor, number, real_tensor
+from stableops._internal.checks import as_float_tensor, choice, flag, number, real_tensor
 from stableops._internal.dtypes import compute_dtype, to_compute_saturating
-from stableops.losses._base import FunctionLoss, prepare
+from stableops.losses._base import REDUCTION, FunctionLoss, loss_class
 from stableops.losses._gaussian_kernels import (
     gaussian_kl_kernel,
     gaussian_nll_kernel,
     poisson_nll_kernel,
 )
+from stableops.losses._inputs import graph_code, prepare
 
 __all__ = [
     "GaussianKL",
@@ -52,9 +53,7 @@ __all__ = [
     "poisson_nll",
 ]
 
-_REDUCTION = "sum_over_batch_size"
 _VARIANCE_KINDS = ("variance", "log_variance")
-_graph_code = tf.autograph.experimental.do_not_convert
 
 
 # ----------------------------------------------------------------------------
@@ -62,19 +61,8 @@ _graph_code = tf.autograph.experimental.do_not_convert
 # ----------------------------------------------------------------------------
 
 
-def _flag(value, name):
-    if not isinstance(value, bool):
-        raise ValueError(f"`{name}` must be True or False, got {name}={value!r}")
-    return value
-
-
 def _variance_kind(value):
-    if value not in _VARIANCE_KINDS:
-        raise ValueError(
-            f"`variance` must be one of {', '.join(map(repr, _VARIANCE_KINDS))}, "
-            f"got variance={value!r}"
-        )
-    return value
+    return choice(value, "variance", _VARIANCE_KINDS)
 
 
 def _no_ragged(name, *tensors):
@@ -134,7 +122,7 @@ def _prior(value, name, dtype):
 # ----------------------------------------------------------------------------
 
 
-@_graph_code
+@graph_code
 def gaussian_nll(y_true, y_pred, full=False, *, variance="variance"):
     """Gaussian negative log-likelihood with a predicted variance (PyTorch's ``GaussianNLLLoss``).
 
@@ -183,17 +171,18 @@ def gaussian_nll(y_true, y_pred, full=False, *, variance="variance"):
             or for an unknown ``variance``.
 
     Example:
-        >>> gaussian_nll([[1.0]], [[0.0, 0.0]])  # zero variance: finite
-        ... # [4194296.] (0.5 * (log(eps) + 1 / eps)); hand-written: nan
-        >>> gaussian_nll([[1.0]], [[0.0, 0.0]], variance="log_variance")  # [0.5]
+        >>> gaussian_nll([[1.0]], [[0.0, 0.0]]).numpy()  # zero variance: 0.5 (log(eps) + 1 / eps)
+        array([4.1943e+06], dtype=float32)
+        >>> gaussian_nll([[1.0]], [[0.0, 0.0]], variance="log_variance").numpy()
+        array([0.5], dtype=float32)
     """
-    full = _flag(full, "full")
+    full = flag(full, "full")
     log_variance = _variance_kind(variance) == "log_variance"
     y_true, y_pred = _nll_inputs(y_true, y_pred, "gaussian_nll")
     return gaussian_nll_kernel(y_true, y_pred, full=full, log_variance=log_variance)
 
 
-@_graph_code
+@graph_code
 def gaussian_kl(mean, log_variance, *, prior_mean=0.0, prior_log_variance=0.0):
     """KL divergence of diagonal Gaussians from a prior: the VAE's KL term.
 
@@ -233,9 +222,12 @@ def gaussian_kl(mean, log_variance, *, prior_mean=0.0, prior_log_variance=0.0):
             number prior is NaN or infinite.
 
     Example:
-        >>> gaussian_kl([[0.0, 1.0]], [[0.0, 0.0]])  # [0.5]
-        >>> gaussian_kl(tf.constant([[0.0]], tf.float16), tf.constant([[12.0]], tf.float16))
-        ... # [81370.9]; hand-written float16: inf
+        >>> gaussian_kl([[0.0, 1.0]], [[0.0, 0.0]]).numpy()
+        array([0.5], dtype=float32)
+        >>> import tensorflow as tf
+        >>> mean, log_variance = tf.constant([[0.0]], tf.float16), tf.constant([[12.0]], tf.float16)
+        >>> gaussian_kl(mean, log_variance).numpy()  # hand-written float16: inf
+        array([81370.9], dtype=float32)
     """
     _no_ragged("gaussian_kl", mean, log_variance)
     mean = as_float_tensor(mean, "mean", keras.config.floatx())
@@ -269,7 +261,7 @@ def _gaussian_kl_stacked(y_true, y_pred, prior_mean=0.0, prior_log_variance=0.0)
     )
 
 
-@_graph_code
+@graph_code
 def poisson_nll(y_true, y_pred, log_input=True, full=False):
     """Poisson negative log-likelihood (PyTorch's ``PoissonNLLLoss``).
 
@@ -309,11 +301,13 @@ def poisson_nll(y_true, y_pred, log_input=True, full=False):
         ``[...]`` (one value per sample) in ``y_pred``'s computing dtype.
 
     Example:
-        >>> poisson_nll([[2.0]], [[0.0]])  # [1.0]
-        >>> poisson_nll([[2e36]], [[89.0]])  # [2.71e38]: finite; hand-written: inf
+        >>> poisson_nll([[2.0]], [[0.0]]).numpy()
+        array([1.], dtype=float32)
+        >>> poisson_nll([[2e36]], [[89.0]]).numpy()  # finite; hand-written: inf
+        array([2.70961e+38], dtype=float32)
     """
-    log_input = _flag(log_input, "log_input")
-    full = _flag(full, "full")
+    log_input = flag(log_input, "log_input")
+    full = flag(full, "full")
     _no_ragged("poisson_nll", y_true, y_pred)
     y_true, y_pred = prepare(y_true, y_pred, "poisson_nll")
     return poisson_nll_kernel(y_true, y_pred, log_input=log_input, full=full)
@@ -322,18 +316,6 @@ def poisson_nll(y_true, y_pred, log_input=True, full=False):
 # ----------------------------------------------------------------------------
 # Loss classes
 # ----------------------------------------------------------------------------
-
-_COMMON_DOC = """reduction: how per-sample losses are combined, as in Keras:
-            ``"sum_over_batch_size"`` (default), ``"sum"``, ``"mean"``,
-            ``"mean_with_sample_weight"``, ``"none"`` or ``None``.
-        name: the loss name.
-        dtype: the dtype of the result; defaults to ``keras.config.floatx()``."""
-
-
-def _register(cls):
-    cls.__doc__ = cls.__doc__.replace("{common}", _COMMON_DOC)
-    return keras.saving.register_keras_serializable(package="stableops")(cls)
-
 
 class _LikelihoodLoss(FunctionLoss):
     """A ``FunctionLoss`` whose half-precision predictions keep a finite gradient.
@@ -358,7 +340,7 @@ class _LikelihoodLoss(FunctionLoss):
         return super().__call__(y_true, y_pred, sample_weight=sample_weight)
 
 
-@_register
+@loss_class
 class GaussianNLL(_LikelihoodLoss):
     """Gaussian negative log-likelihood (heteroscedastic regression); PyTorch's ``GaussianNLLLoss``.
 
@@ -375,26 +357,18 @@ class GaussianNLL(_LikelihoodLoss):
         variance: keyword-only, ``"variance"`` or ``"log_variance"``.
 
     Example:
-        >>> GaussianNLL(variance="log_variance")([[1.0]], [[0.0, 0.0]])  # 0.5
+        >>> float(GaussianNLL(variance="log_variance")([[1.0]], [[0.0, 0.0]]))
+        0.5
     """
 
-    def __init__(
-        self,
-        full=False,
-        reduction=_REDUCTION,
-        name="gaussian_nll",
-        dtype=None,
-        *,
-        variance="variance",
-    ):
-        full = _flag(full, "full")
+    def __init__(self, full=False, reduction=REDUCTION, name="gaussian_nll", dtype=None, *,
+                 variance="variance"):
+        full = flag(full, "full")
         variance = _variance_kind(variance)
-        super().__init__(
-            gaussian_nll, reduction=reduction, name=name, dtype=dtype, full=full, variance=variance
-        )
+        super().__init__(gaussian_nll, reduction, name, dtype, full=full, variance=variance)
 
 
-@_register
+@loss_class
 class GaussianKL(_LikelihoodLoss):
     """KL divergence of the encoder's diagonal Gaussian from a prior: the VAE's KL term.
 
@@ -412,26 +386,17 @@ class GaussianKL(_LikelihoodLoss):
         {common}
 
     Example:
-        >>> GaussianKL()([[0.0, 0.0]], [[1.0, 0.0]])  # 0.5
+        >>> float(GaussianKL()([[0.0, 0.0]], [[1.0, 0.0]]))
+        0.5
     """
 
-    def __init__(
-        self,
-        prior_mean=0.0,
-        prior_log_variance=0.0,
-        reduction=_REDUCTION,
-        name="gaussian_kl",
-        dtype=None,
-    ):
+    def __init__(self, prior_mean=0.0, prior_log_variance=0.0, reduction=REDUCTION,
+                 name="gaussian_kl", dtype=None):
         prior_mean = number(prior_mean, "prior_mean")
         prior_log_variance = number(prior_log_variance, "prior_log_variance")
         super().__init__(
-            _gaussian_kl_stacked,
-            reduction=reduction,
-            name=name,
-            dtype=dtype,
-            prior_mean=prior_mean,
-            prior_log_variance=prior_log_variance,
+            _gaussian_kl_stacked, reduction, name, dtype,
+            prior_mean=prior_mean, prior_log_variance=prior_log_variance,
         )
 
     def __call__(self, y_true, y_pred, sample_weight=None):
@@ -440,7 +405,7 @@ class GaussianKL(_LikelihoodLoss):
         return super().__call__(y_true, y_pred, sample_weight=sample_weight)
 
 
-@_register
+@loss_class
 class PoissonNLL(_LikelihoodLoss):
     """Poisson negative log-likelihood; PyTorch's ``PoissonNLLLoss``.
 
@@ -455,14 +420,12 @@ class PoissonNLL(_LikelihoodLoss):
         {common}
 
     Example:
-        >>> PoissonNLL()([[2.0]], [[0.0]])  # 1.0
+        >>> float(PoissonNLL()([[2.0]], [[0.0]]))
+        1.0
     """
 
-    def __init__(
-        self, log_input=True, full=False, reduction=_REDUCTION, name="poisson_nll", dtype=None
-    ):
-        log_input = _flag(log_input, "log_input")
-        full = _flag(full, "full")
-        super().__init__(
-            poisson_nll, reduction=reduction, name=name, dtype=dtype, log_input=log_input, full=full
-        )
+    def __init__(self, log_input=True, full=False, reduction=REDUCTION, name="poisson_nll",
+                 dtype=None):
+        log_input = flag(log_input, "log_input")
+        full = flag(full, "full")
+        super().__init__(poisson_nll, reduction, name, dtype, log_input=log_input, full=full)

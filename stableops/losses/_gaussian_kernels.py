@@ -187,12 +187,10 @@ def _excess_degree(dtype: tf.DType) -> int:
 
 
 def _excess_series(d):
-    # d^2 (c_2 + d (c_3 + ... + d c_n)), c_k = 1 / (2 k!): Horner form.
-    n = _excess_degree(d.dtype)
-    acc = 0.5 / math.factorial(n)
-    for k in range(n - 1, 1, -1):
-        acc = 0.5 / math.factorial(k) + d * acc
-    return (d * d) * acc
+    # d^2 (c_2 + d (c_3 + ... + d c_n)), c_k = 1 / (2 k!): Horner form, from c_n down.
+    coefficients = [0.5 / math.factorial(k) for k in range(_excess_degree(d.dtype), 1, -1)]
+    horner = functools.reduce(lambda acc, c: c + d * acc, coefficients[1:], coefficients[0])
+    return (d * d) * horner
 
 
 def _excess_large(d, log_max):

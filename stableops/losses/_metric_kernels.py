@@ -85,7 +85,7 @@ def _scaled_down(x, scale):
 
 
 def _scaled_up(value, scale, power):
-    """``scale**power * value`` (formed as repeated products); gradient ``scale**(power - 1) * g``."""
+    """``scale**power * value`` (as repeated products); gradient ``scale**(power - 1) * g``."""
 
     if power == 0:
         return value
@@ -139,14 +139,17 @@ _CANCELS = 2.0**-5
 
 
 def _gram_squared(u):
-    """``max(|u_i|^2 + |u_j|^2 - 2 u_i.u_j, 0)`` ``[batch, batch]``: one matmul, NaN kept, diagonal not forced to 0."""
+    """``max(|u_i|^2 + |u_j|^2 - 2 u_i.u_j, 0)`` ``[batch, batch]``: one matmul.
+
+    NaN is kept; the diagonal is not forced to 0.
+    """
     norms = tf.reduce_sum(u * u, axis=1)
     raw = norms[:, None] + norms[None, :] - 2.0 * tf.matmul(u, u, transpose_b=True)
     return tf.where(raw < 0, tf.zeros_like(raw), raw), norms
 
 
 def _all_distances(u):
-    """``[batch, batch]`` Euclidean distances: the Gram form unless it cancels, else from differences.
+    """``[batch, batch]`` Euclidean distances: the Gram form unless it cancels, else differences.
 
     Where the Gram form cancels (a pair closer than ``sqrt(_CANCELS)`` times
     the pair's norms, or two tiny rows whose squares lose bits to flushing),
@@ -165,7 +168,9 @@ def _all_distances(u):
         d2, norms = _gram_squared(v)
         limits = dtype_limits(v.dtype)
         floor = tf.constant(limits.tiny / limits.eps, v.dtype)
-        cancels = tf.logical_and(tf.logical_not(eye), d2 <= _CANCELS * (norms[:, None] + norms[None, :]) + floor)
+        cancels = tf.logical_and(
+            tf.logical_not(eye), d2 <= _CANCELS * (norms[:, None] + norms[None, :]) + floor
+        )
         exact = tf.reduce_any(cancels)  # NaN compares false: NaN takes the Gram form and stays NaN
         d = tf.cond(
             exact,
@@ -181,7 +186,8 @@ def _all_distances(u):
                 return tape.gradient(again, v, output_gradients=upstream)
 
             def from_gram():
-                w = tf.where(eye, tf.zeros_like(d), upstream / (2.0 * tf.where(eye, tf.ones_like(d), d)))
+                off_diagonal = tf.where(eye, tf.ones_like(d), d)
+                w = tf.where(eye, tf.zeros_like(d), upstream / (2.0 * off_diagonal))
                 both = w + tf.transpose(w)
                 return 2.0 * (tf.reduce_sum(both, axis=1, keepdims=True) * v - tf.matmul(both, v))
 
@@ -206,7 +212,7 @@ def _selection_distances(u, distance):
 
 
 def _distances_to(u, index, distance):
-    """``d(u_i, u_index[i])`` ``[batch]`` from differences: the Python twin of one row of :func:`_pairwise`."""
+    """``d(u_i, u_index[i])`` ``[batch]`` from differences, as one row of :func:`_pairwise`."""
     difference = u - tf.gather(u, index)
     if distance == "squared":
         return tf.reduce_sum(difference * difference, axis=-1)
@@ -257,7 +263,7 @@ def _first_extreme(values, reduce):
 
 
 def _triplet_hard(labels, x, margin, distance):
-    """Batch-hard triplet loss, Euclidean or squared: choose with the Gram form, compute from differences.
+    """Batch-hard triplet loss, Euclidean or squared: chosen with the Gram form, from differences.
 
     The hardest positive and nearest negative of each anchor are chosen with
     Gram-matrix squared distances (one matmul, no gradient); the two chosen
@@ -285,7 +291,8 @@ def _triplet_hard(labels, x, margin, distance):
         _first_extreme(tf.where(negative, d, float("inf")), tf.reduce_min),
         hardest_positive,
     )
-    gap = _distances_to(u, hardest_positive, distance) - _distances_to(u, nearest_negative, distance)
+    positive = _distances_to(u, hardest_positive, distance)
+    gap = positive - _distances_to(u, nearest_negative, distance)
     loss = tf.nn.relu(_scaled_up(gap, scale, 2 if distance == "squared" else 1) + margin)
     # NaN in, NaN out: a NaN embedding puts a NaN in every row of the
     # distances (its own row and column), so every anchor gets NaN, as before.
@@ -360,7 +367,8 @@ def triplet_kernel(labels, x, margin, strategy, distance):
     pair_loss = tf.where(positive, pair_loss, tf.zeros_like(pair_loss))
     pairs = tf.reduce_sum(tf.cast(positive, d.dtype))
     # batch / pairs: the Keras mean over anchors is then the mean over pairs.
-    weight = tf.where(pairs > 0, tf.cast(batch, d.dtype) / tf.maximum(pairs, 1.0), tf.zeros_like(pairs))
+    share = tf.cast(batch, d.dtype) / tf.maximum(pairs, 1.0)
+    weight = tf.where(pairs > 0, share, tf.zeros_like(pairs))
     loss = tf.reduce_sum(pair_loss, axis=1) * weight
     return _nan_where(row_is_nan, loss)
 
@@ -371,7 +379,7 @@ def triplet_kernel(labels, x, margin, strategy, distance):
 
 
 def _contrastive_terms(similar, d, margin):
-    """``similar * d^2 + (1 - similar) * max(margin - d, 0)^2`` (Hadsell et al.), squares as products."""
+    """``similar d^2 + (1 - similar) max(margin - d, 0)^2`` (Hadsell et al.), as products."""
     push = tf.nn.relu(margin - d)
     # d * d: autodiff forms g * d + d * g, not g * (2 d), which overflows first.
     return tf.where(similar, d * d, push * push)
@@ -401,7 +409,7 @@ def contrastive_batch_kernel(labels, x, margin):
 
 @xla_kernel
 def contrastive_pairs_kernel(similar, x, margin):
-    """Contrastive loss of explicit pairs ``x`` ``[batch, 2, dim]`` with 0/1 ``similar`` ``[batch]``."""
+    """Contrastive loss of explicit pairs ``x`` ``[batch, 2, dim]``, 0/1 ``similar`` ``[batch]``."""
     x = to_compute_saturating(x)
     similar = tf.cast(similar, x.dtype)
     scale = _batch_scale(x)

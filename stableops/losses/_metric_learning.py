@@ -42,9 +42,10 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from stableops._internal.checks import as_float_tensor, number, real_tensor
+from stableops._internal.checks import as_float_tensor, choice, number, real_tensor
 from stableops._internal.dtypes import dtype_limits
-from stableops.losses._base import FunctionLoss
+from stableops.losses._base import REDUCTION, FunctionLoss, loss_class
+from stableops.losses._inputs import graph_code
 from stableops.losses._metric_kernels import (
     DISTANCES,
     STRATEGIES,
@@ -63,8 +64,6 @@ __all__ = [
     "triplet_loss",
 ]
 
-_REDUCTION = "sum_over_batch_size"
-_graph_code = tf.autograph.experimental.do_not_convert
 
 
 # ----------------------------------------------------------------------------
@@ -81,22 +80,23 @@ def _temperature(value):
     return number(value, "temperature", dtype_limits("float32").tiny)
 
 
-def _choice(value, name, choices):
-    if value not in choices:
-        raise ValueError(f"`{name}` must be one of {', '.join(map(repr, choices))}, got {name}={value!r}")
-    return value
-
-
-def _embeddings(y_pred, ranks=(2,)):
+def _embeddings(y_pred, ranks=(2,), batch="batch"):
+    """Embeddings ``[batch, dim]``, or with 3 in ``ranks`` also pairs ``[batch, 2, dim]``."""
     y_pred = as_float_tensor(y_pred, "y_pred", keras.config.floatx())
     if len(y_pred.shape) not in ranks:
         expected = " or ".join({2: "[batch, dim]", 3: "[batch, 2, dim]"}[r] for r in ranks)
-        raise ValueError(f"`y_pred` must be embeddings of shape {expected}, got shape {y_pred.shape}")
+        raise ValueError(
+            f"`y_pred` must be embeddings of shape {expected}, got shape {y_pred.shape}"
+        )
+    if len(y_pred.shape) == 3 and y_pred.shape[1] not in (None, 2):
+        raise ValueError(
+            f"`y_pred` pairs must have shape [{batch}, 2, dim], got shape {y_pred.shape}"
+        )
     return y_pred
 
 
 def _labels(y_true, y_pred):
-    """Class labels ``[batch]`` (a trailing size-1 axis squeezed), checked against ``y_pred``'s batch."""
+    """Class labels ``[batch]`` (a trailing size-1 axis squeezed), checked against ``y_pred``."""
     labels = real_tensor(y_true, "y_true")
     if labels.dtype == tf.bool:
         labels = tf.cast(labels, tf.int32)
@@ -115,7 +115,7 @@ def _labels(y_true, y_pred):
 # ----------------------------------------------------------------------------
 
 
-@_graph_code
+@graph_code
 def triplet_loss(y_true, y_pred, margin=1.0, strategy="hard", distance="euclidean"):
     """Triplet loss with in-batch mining (batch-hard or semi-hard), one value per anchor.
 
@@ -167,18 +167,18 @@ def triplet_loss(y_true, y_pred, margin=1.0, strategy="hard", distance="euclidea
         One loss per anchor, ``[batch]``, in ``y_pred``'s computing dtype.
 
     Example:
-        >>> triplet_loss([0, 0], [[0.0, 1.0], [1.0, 0.0]])  # TFA: 1.0 (mean)
-        ... # [1., 1.]
+        >>> triplet_loss([0, 0], [[0.0, 1.0], [1.0, 0.0]]).numpy()  # TFA: 1.0 (the mean)
+        array([1., 1.], dtype=float32)
     """
     margin = _margin(margin)
-    strategy = _choice(strategy, "strategy", STRATEGIES)
-    distance = _choice(distance, "distance", DISTANCES)
+    strategy = choice(strategy, "strategy", STRATEGIES)
+    distance = choice(distance, "distance", DISTANCES)
     y_pred = _embeddings(y_pred)
     labels = _labels(y_true, y_pred)
     return triplet_kernel(labels, y_pred, margin=margin, strategy=strategy, distance=distance)
 
 
-@_graph_code
+@graph_code
 def contrastive_loss(y_true, y_pred, margin=1.0):
     """Contrastive loss (Hadsell, Chopra and LeCun 2006) with Euclidean distances.
 
@@ -215,20 +215,18 @@ def contrastive_loss(y_true, y_pred, margin=1.0):
         One loss per row ``[batch]``, in ``y_pred``'s computing dtype.
 
     Example:
-        >>> contrastive_loss([1, 0], [[[0., 0.], [0., 0.]], [[0., 0.], [0.6, 0.8]]])
-        ... # [0., 0.]
+        >>> contrastive_loss([1, 0], [[[0., 0.], [0., 0.]], [[0., 0.], [0.6, 0.8]]]).numpy()
+        array([0., 0.], dtype=float32)
     """
     margin = _margin(margin)
     y_pred = _embeddings(y_pred, ranks=(2, 3))
     if len(y_pred.shape) == 3:
-        if y_pred.shape[1] not in (None, 2):
-            raise ValueError(f"`y_pred` pairs must have shape [batch, 2, dim], got shape {y_pred.shape}")
         similar = _labels(y_true, y_pred)
         return contrastive_pairs_kernel(similar, y_pred, margin=margin)
     return contrastive_batch_kernel(_labels(y_true, y_pred), y_pred, margin=margin)
 
 
-@_graph_code
+@graph_code
 def nt_xent(y_true, y_pred, temperature=0.1):
     """NT-Xent / InfoNCE over two views (SimCLR's normalized temperature-scaled cross-entropy).
 
@@ -264,14 +262,14 @@ def nt_xent(y_true, y_pred, temperature=0.1):
         ValueError: a ``[2n, dim]`` input with an odd (static) batch size.
 
     Example:
-        >>> nt_xent(None, [[1.0, 0.0], [0.0, 1.0], [1.0, 0.1], [0.1, 1.0]], temperature=0.5)
+        >>> views = [[1.0, 0.0], [0.0, 1.0], [1.0, 0.1], [0.1, 1.0]]
+        >>> nt_xent(None, views, temperature=0.5).numpy()
+        array([0.265028, 0.265028, 0.314728  , 0.314728  ], dtype=float32)
     """
     del y_true
     temperature = _temperature(temperature)
-    y_pred = _embeddings(y_pred, ranks=(2, 3))
+    y_pred = _embeddings(y_pred, ranks=(2, 3), batch="n")
     if len(y_pred.shape) == 3:
-        if y_pred.shape[1] not in (None, 2):
-            raise ValueError(f"`y_pred` pairs must have shape [n, 2, dim], got shape {y_pred.shape}")
         stacked = tf.concat([y_pred[:, 0], y_pred[:, 1]], axis=0)
         per_row = nt_xent_kernel(stacked, temperature=temperature)
         n = tf.shape(y_pred)[0]
@@ -279,11 +277,13 @@ def nt_xent(y_true, y_pred, temperature=0.1):
     batch = y_pred.shape[0]
     if batch is not None and batch % 2:
         raise ValueError(
-            f"`y_pred` must stack two views ([2n, dim]): its batch size must be even, got shape {y_pred.shape}"
+            "`y_pred` must stack two views ([2n, dim]): its batch size must be even, "
+            f"got shape {y_pred.shape}"
         )
     if batch is None:
         tf.debugging.assert_equal(
-            tf.shape(y_pred)[0] % 2, 0, message="`y_pred` must stack two views ([2n, dim]): odd batch size"
+            tf.shape(y_pred)[0] % 2, 0,
+            message="`y_pred` must stack two views ([2n, dim]): odd batch size",
         )
     return nt_xent_kernel(y_pred, temperature=temperature)
 
@@ -293,9 +293,9 @@ def nt_xent(y_true, y_pred, temperature=0.1):
 # ----------------------------------------------------------------------------
 
 
-@keras.saving.register_keras_serializable(package="stableops")
+@loss_class
 class TripletLoss(FunctionLoss):
-    """Triplet loss with batch-hard or semi-hard mining; TFA's ``TripletHardLoss``/``TripletSemiHardLoss``.
+    """Triplet loss, batch-hard or semi-hard; TFA's ``TripletHardLoss``/``TripletSemiHardLoss``.
 
     ``y_true``: integer labels ``[batch]``; ``y_pred``: embeddings
     ``[batch, dim]``. See :func:`triplet_loss`. Gradient 0, not NaN, where an
@@ -306,54 +306,39 @@ class TripletLoss(FunctionLoss):
         strategy: ``"hard"`` (TFA's ``TripletHardLoss``) or ``"semi_hard"``
             (``TripletSemiHardLoss``).
         distance: ``"euclidean"``, ``"squared"`` or ``"cosine"``.
-        reduction: Keras reduction (per anchor).
-        name: the loss name.
-        dtype: the loss dtype.
+        {common}
 
     Raises:
         ValueError: naming the argument for a negative or NaN ``margin`` or an
             unknown ``strategy``/``distance``.
     """
 
-    def __init__(
-        self,
-        margin=1.0,
-        strategy="hard",
-        distance="euclidean",
-        reduction=_REDUCTION,
-        name="triplet_loss",
-        dtype=None,
-    ):
+    def __init__(self, margin=1.0, strategy="hard", distance="euclidean", reduction=REDUCTION,
+                 name="triplet_loss", dtype=None):
         super().__init__(
-            triplet_loss,
-            reduction=reduction,
-            name=name,
-            dtype=dtype,
-            margin=_margin(margin),
-            strategy=_choice(strategy, "strategy", STRATEGIES),
-            distance=_choice(distance, "distance", DISTANCES),
+            triplet_loss, reduction, name, dtype, margin=_margin(margin),
+            strategy=choice(strategy, "strategy", STRATEGIES),
+            distance=choice(distance, "distance", DISTANCES),
         )
 
 
-@keras.saving.register_keras_serializable(package="stableops")
+@loss_class
 class ContrastiveLoss(FunctionLoss):
-    """Contrastive loss over a labelled batch or explicit pairs; TFA's ``ContrastiveLoss`` on embeddings.
+    """Contrastive loss over a labelled batch or explicit pairs; TFA's ``ContrastiveLoss``.
 
     See :func:`contrastive_loss` for both input conventions. Gradient 0, not
     NaN, for identical embeddings.
 
     Args:
         margin: non-negative float. Defaults to 1.0.
-        reduction: Keras reduction (per row).
-        name: the loss name.
-        dtype: the loss dtype.
+        {common}
     """
 
-    def __init__(self, margin=1.0, reduction=_REDUCTION, name="contrastive_loss", dtype=None):
-        super().__init__(contrastive_loss, reduction=reduction, name=name, dtype=dtype, margin=_margin(margin))
+    def __init__(self, margin=1.0, reduction=REDUCTION, name="contrastive_loss", dtype=None):
+        super().__init__(contrastive_loss, reduction, name, dtype, margin=_margin(margin))
 
 
-@keras.saving.register_keras_serializable(package="stableops")
+@loss_class
 class NTXent(FunctionLoss):
     """NT-Xent (InfoNCE, SimCLR) over two views; ``y_true`` is ignored.
 
@@ -361,15 +346,11 @@ class NTXent(FunctionLoss):
 
     Args:
         temperature: positive float. Defaults to 0.1.
-        reduction: Keras reduction (per row or pair).
-        name: the loss name.
-        dtype: the loss dtype.
+        {common}
     """
 
-    def __init__(self, temperature=0.1, reduction=_REDUCTION, name="nt_xent", dtype=None):
-        super().__init__(
-            nt_xent, reduction=reduction, name=name, dtype=dtype, temperature=_temperature(temperature)
-        )
+    def __init__(self, temperature=0.1, reduction=REDUCTION, name="nt_xent", dtype=None):
+        super().__init__(nt_xent, reduction, name, dtype, temperature=_temperature(temperature))
 
     def __call__(self, y_true, y_pred, sample_weight=None):
         if y_true is None:  # self-supervised: no target at all

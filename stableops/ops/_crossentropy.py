@@ -23,16 +23,21 @@ Data-dependent checks run in the public functions, outside the XLA kernels.
 from __future__ import annotations
 
 import math
-import numbers
-import warnings
 
-import numpy as np
 import tensorflow as tf
 
-from stableops._internal.checks import as_float_tensor, check_same_shape
+from stableops._internal.checks import (
+    as_float_tensor,
+    axis_argument,
+    canonical_axis,
+    check_same_shape,
+    raise_on_invalid_labels,
+)
+from stableops._internal.clip import clip
 from stableops._internal.compensated import two_difference
 from stableops._internal.dtypes import compute_dtype, dtype_limits, to_compute
 from stableops._internal.elementary import accurate_log1p
+from stableops._internal.keras_compat import recover_logits
 from stableops._internal.kernel import xla_kernel
 from stableops._internal.where import safe_where
 from stableops.ops._softmax import log_softmax
@@ -42,48 +47,16 @@ from stableops.ops._softmax import log_softmax
 # ----------------------------------------------------------------------------
 
 
-def _recover_logits(output, from_logits, op_type, fn_name):
-    """The logits behind a Keras sigmoid/softmax output, as Keras's TF backend finds them.
-
-    ``keras.activations.sigmoid``/``softmax`` (and Keras's TF backend ops)
-    attach their input as ``output._keras_logits``; in a graph, a tensor made
-    by a ``Sigmoid``/``Softmax`` op has its input as ``output.op.inputs[0]``.
-    Computing the loss from those logits instead of the rounded probabilities
-    is what Keras does, and is exact where the probabilities have saturated.
-    """
-    logits = getattr(output, "_keras_logits", None)
-    if logits is None and isinstance(output, tf.Tensor) and not isinstance(output, tf.Variable):
-        try:
-            op = output.op  # graph tensors only; EagerTensor raises AttributeError
-        except AttributeError:
-            op = None
-        if op is not None and op.type == op_type and len(op.inputs) == 1:
-            logits = op.inputs[0]
-    if logits is None:
-        return output, from_logits
-    if from_logits:
-        warnings.warn(
-            f"`{fn_name}` received `from_logits=True`, but the `output` argument was "
-            f"produced by a {op_type} activation and thus does not represent logits. "
-            "Was this intended?",
-            stacklevel=3,
-        )
-    return logits, True
-
-
-def _class_axis(axis, rank, fn_name):
-    """``axis`` as a non-negative int (``rank`` must be known)."""
-    if not isinstance(axis, numbers.Integral) or isinstance(axis, bool):
-        raise TypeError(f"`axis` of {fn_name} must be an int, got axis={axis!r}")
+def _class_axis(axis, rank):
+    """``axis`` as a non-negative int for an ``output`` of rank ``rank`` (which must be known)."""
+    axis = axis_argument(axis)
     if rank is None:
-        raise ValueError(f"{fn_name} needs `output` of known rank")
-    if not -rank <= axis < rank:
-        raise ValueError(f"`axis` must be in [-{rank}, {rank}) for `output` of rank {rank}, got axis={axis}")
-    return int(axis) % rank
+        raise ValueError(f"a class axis (axis={axis}) needs `output` of known rank")
+    return canonical_axis(axis, rank, of="output")
 
 
 def _dense_arguments(target, output, from_logits, op_type, fn_name):
-    output, from_logits = _recover_logits(output, bool(from_logits), op_type, fn_name)
+    output, from_logits = recover_logits(output, from_logits, op_type, fn_name)
     output = as_float_tensor(output, "output")
     target = tf.convert_to_tensor(target)
     check_same_shape(target, output, "target", "output")
@@ -144,12 +117,6 @@ class _ClipBounds:
         self.slope_low, self.slope_high = slope.tiny, slope.largest_below_one
 
 
-def _clip(p, low, high):
-    # Comparisons are False for NaN, so NaN passes through (tf.clip_by_value
-    # would turn NaN into a bound under XLA).
-    return tf.where(p < low, tf.constant(low, p.dtype), tf.where(p > high, tf.constant(high, p.dtype), p))
-
-
 def _log_probability(p, bounds):
     """``log(max(p, bounds.low))`` with slope ``1/max(p, bounds.slope_low)``.
 
@@ -162,29 +129,33 @@ def _log_probability(p, bounds):
     @tf.custom_gradient
     def log_fn(q):
         def grad(upstream):
-            return upstream / _clip(q, bounds.slope_low, math.inf)
+            return upstream / clip(q, bounds.slope_low)
 
-        return tf.math.log(_clip(q, bounds.low, math.inf)), grad
+        return tf.math.log(clip(q, bounds.low)), grad
 
     return log_fn(p)
 
 
 def _log_complement(p, bounds):
-    """``log(1 - min(p, bounds.high))`` with slope ``-1/(1 - min(p, bounds.slope_high))`` (straight-through)."""
+    """``log(1 - min(p, bounds.high))`` with slope ``-1/(1 - min(p, bounds.slope_high))``.
+
+    The clip is straight-through, as in :func:`_log_probability`.
+    """
 
     @tf.custom_gradient
     def log1m_fn(q):
         def grad(upstream):
-            return -upstream / (1.0 - _clip(q, 0.0, bounds.slope_high))
+            return -upstream / (1.0 - clip(q, 0.0, bounds.slope_high))
 
-        return _log1m(_clip(q, 0.0, bounds.high)), grad
+        return _log1m(clip(q, 0.0, bounds.high)), grad
 
     return log1m_fn(p)
 
 
 def _nan_unless(valid, like):
-    """1 where ``valid``, NaN elsewhere: a factor that turns an invalid example's loss and gradient into NaN."""
-    return tf.where(valid, tf.ones_like(like), tf.fill(tf.shape(like), tf.constant(math.nan, like.dtype)))
+    """1 where ``valid``, NaN elsewhere: makes an invalid example's loss and gradient NaN."""
+    nan = tf.fill(tf.shape(like), tf.constant(math.nan, like.dtype))
+    return tf.where(valid, tf.ones_like(like), nan)
 
 
 # ----------------------------------------------------------------------------
@@ -287,10 +258,14 @@ def binary_crossentropy(target, output, from_logits=False):
         ValueError: if the shapes of ``target`` and ``output`` differ.
 
     Example:
-        >>> binary_crossentropy(tf.constant([1.0, 0.0]), tf.constant([30.0, -30.0]), from_logits=True)
-        <tf.Tensor: ... numpy=array([9.357623e-14, 9.357623e-14], dtype=float32)>
+        >>> import tensorflow as tf
+        >>> target, logits = tf.constant([1.0, 0.0]), tf.constant([30.0, -30.0])
+        >>> binary_crossentropy(target, logits, from_logits=True).numpy()
+        array([9.35762e-14, 9.35762e-14], dtype=float32)
     """
-    target, output, from_logits = _dense_arguments(target, output, from_logits, "Sigmoid", "binary_crossentropy")
+    target, output, from_logits = _dense_arguments(
+        target, output, from_logits, "Sigmoid", "binary_crossentropy"
+    )
     if from_logits:
         return _binary_from_logits(target, output)
     return _binary_from_probabilities(target, output)
@@ -344,12 +319,12 @@ def _normalized_crossentropy(z, o, axis, bounds):
     def loss_fn(z, o):
         total = tf.reduce_sum(o, axis=axis, keepdims=True)
         divisor = _row_divisor(total)
-        log_q = tf.math.log(_clip(o / divisor, bounds.low, 1.0))
+        log_q = tf.math.log(clip(o / divisor, bounds.low, 1.0))
         loss = -tf.reduce_sum(z * log_q, axis=axis)
 
         def grad(upstream):
             upstream = tf.expand_dims(upstream, axis)
-            slope_point = _clip(o, bounds.slope_low, math.inf)
+            slope_point = clip(o, bounds.slope_low)
             fraction = _unclipped_fraction(o, bounds.slope_low)
             normalizing = tf.reduce_sum(z * fraction, axis=axis, keepdims=True) / divisor
             normalizing = tf.where(tf.equal(total, 0), tf.zeros_like(normalizing), normalizing)
@@ -425,14 +400,19 @@ def categorical_crossentropy(target, output, from_logits=False, axis=-1):
         ValueError: if the shapes of ``target`` and ``output`` differ.
 
     Example:
+        >>> import math
+        >>> import tensorflow as tf
         >>> logits = tf.constant([[0.0, -math.inf, 2.0]])  # class 1 masked
+        >>> target = tf.constant([[0.0, 0.0, 1.0]])
+        >>> categorical_crossentropy(target, logits, from_logits=True).numpy()
+        array([0.126928], dtype=float32)
         >>> categorical_crossentropy(tf.constant([[0.0, 0.0, 1.0]]), logits, from_logits=True)
         <tf.Tensor: ... numpy=array([0.126928], dtype=float32)>
     """
     target, output, from_logits = _dense_arguments(
         target, output, from_logits, "Softmax", "categorical_crossentropy"
     )
-    axis = _class_axis(axis, output.shape.rank, "categorical_crossentropy")
+    axis = _class_axis(axis, output.shape.rank)
     if from_logits:
         return _categorical_from_logits(target, output, axis=axis)
     return _categorical_from_probabilities(target, output, axis=axis)
@@ -487,17 +467,20 @@ def _sparse_from_logits(labels, logits):
 
 
 def _sparse_normalized_crossentropy(indices, o, bounds):
-    """``-log(clip(o[n, y_n] / sum(o[n])))`` for ``[N, C]`` ``o``; gradient as in ``_normalized_crossentropy``, ``z = one_hot(y)``."""
+    """``-log(clip(o[n, y_n] / sum(o[n])))`` for ``[N, C]`` ``o``.
+
+    The gradient is ``_normalized_crossentropy``'s with ``z = one_hot(y)``.
+    """
 
     @tf.custom_gradient
     def loss_fn(o):
         total = tf.reduce_sum(o, axis=-1)
         divisor = _row_divisor(total)
         picked = _gather_class(o, indices)
-        loss = -tf.math.log(_clip(picked / divisor, bounds.low, 1.0))
+        loss = -tf.math.log(clip(picked / divisor, bounds.low, 1.0))
 
         def grad(upstream):
-            slope_point = _clip(picked, bounds.slope_low, math.inf)
+            slope_point = clip(picked, bounds.slope_low)
             fraction = _unclipped_fraction(picked, bounds.slope_low)
             normalizing = tf.where(tf.equal(total, 0), tf.zeros_like(total), fraction / divisor)
             # The one-hot exists only in the (dense) gradient, never in the loss.
@@ -515,7 +498,8 @@ def _sparse_from_probabilities(labels, probabilities):
     valid = _label_validity(flat_labels, tf.shape(o, out_type=tf.int64)[-1])
     # The normalization and clip of the dense loss, on the one probability
     # the label selects.
-    loss = _sparse_normalized_crossentropy(_as_indices(flat_labels, valid), o, _ClipBounds(probabilities.dtype))
+    indices = _as_indices(flat_labels, valid)
+    loss = _sparse_normalized_crossentropy(indices, o, _ClipBounds(probabilities.dtype))
     loss = loss * _nan_unless(valid, loss)
     return tf.cast(tf.reshape(loss, tf.shape(labels)), probabilities.dtype)
 
@@ -535,50 +519,6 @@ def _sparse_labels(target, output, axis):
             f"got target shape {target.shape} and output shape {output.shape} (axis={axis})"
         )
     return target
-
-
-def raise_on_invalid_labels(labels, invalid, num_classes):
-    """Raise ``InvalidArgumentError`` naming the first invalid label and the number of classes.
-
-    ``invalid`` is a boolean tensor of ``labels``'s shape. Eagerly the check
-    is immediate; in a graph it is an Assert op that runs with the loss (under
-    XLA it is dropped and the kernel's NaN takes over). Returns ``labels``,
-    made to depend on the check in graphs. The sparse losses share it.
-    """
-    flat_invalid = tf.reshape(invalid, [-1])
-    flat_labels = tf.reshape(labels, [-1])
-    if tf.executing_eagerly():
-        if bool(tf.reduce_any(flat_invalid)):
-            first_bad = flat_labels.numpy()[np.argmax(flat_invalid.numpy())]
-            message = _out_of_range_message(first_bad, num_classes)
-            raise tf.errors.InvalidArgumentError(None, None, message)
-        return labels
-    # A trailing invalid placeholder keeps the gather in range when no label
-    # is invalid (and for empty batches); the assert does not fire then.
-    padded_invalid = tf.concat([flat_invalid, [True]], axis=0)
-    padded_labels = tf.concat([flat_labels, tf.zeros([1], labels.dtype)], axis=0)
-    first_bad = tf.gather(padded_labels, tf.argmax(tf.cast(padded_invalid, tf.int32)))
-    check = tf.debugging.Assert(
-        tf.logical_not(tf.reduce_any(flat_invalid)),
-        [
-            "sparse_categorical_crossentropy: label",
-            first_bad,
-            "is out of range for",
-            num_classes,
-            "classes (labels must be integers in [0, num_classes))",
-        ],
-        summarize=1,
-    )
-    with tf.control_dependencies([check]):
-        return tf.identity(labels)
-
-
-def _out_of_range_message(label, num_classes):
-    num_classes = int(num_classes)
-    return (
-        f"sparse_categorical_crossentropy: label {label} is out of range for "
-        f"{num_classes} classes (labels must be integers in [0, {num_classes}))"
-    )
 
 
 def sparse_categorical_crossentropy(target, output, from_logits=False, axis=-1):
@@ -628,12 +568,16 @@ def sparse_categorical_crossentropy(target, output, from_logits=False, axis=-1):
         tf.errors.InvalidArgumentError: on an out-of-range label (not under XLA).
 
     Example:
-        >>> sparse_categorical_crossentropy(tf.constant([1]), tf.constant([[1e5, 0.0, -1e5]]), from_logits=True)
-        <tf.Tensor: ... numpy=array([100000.], dtype=float32)>  # exact; float16 logits would overflow
+        >>> import tensorflow as tf
+        >>> logits = tf.constant([[1e5, 0.0, -1e5]])  # float16 logits would overflow
+        >>> sparse_categorical_crossentropy(tf.constant([1]), logits, from_logits=True).numpy()
+        array([100000.], dtype=float32)
     """
-    output, from_logits = _recover_logits(output, bool(from_logits), "Softmax", "sparse_categorical_crossentropy")
+    output, from_logits = recover_logits(
+        output, from_logits, "Softmax", "sparse_categorical_crossentropy"
+    )
     output = as_float_tensor(output, "output")
-    axis = _class_axis(axis, output.shape.rank, "sparse_categorical_crossentropy")
+    axis = _class_axis(axis, output.shape.rank)
     labels = _sparse_labels(target, output, axis)
     last = output.shape.rank - 1
     if axis != last:

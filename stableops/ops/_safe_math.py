@@ -24,6 +24,7 @@ from __future__ import annotations
 import tensorflow as tf
 
 from stableops._internal.checks import as_float_tensor, check_in_range
+from stableops._internal.clip import clip
 from stableops._internal.dtypes import dtype_limits, to_compute
 from stableops._internal.kernel import xla_kernel
 from stableops._internal.where import safe_where
@@ -115,8 +116,9 @@ def safe_divide(x, y, fill=0.0):
         A tensor of the input dtype and the broadcast shape.
 
     Example:
-        >>> safe_divide(tf.constant([1.0, 1.0, float("nan")]), tf.constant([2.0, 0.0, 0.0]))
-        <tf.Tensor: ... numpy=array([0.5, 0. , nan], dtype=float32)>
+        >>> import tensorflow as tf
+        >>> safe_divide(tf.constant([1.0, 1.0, float("nan")]), tf.constant([2.0, 0.0, 0.0])).numpy()
+        array([0.5, 0. , nan], dtype=float32)
     """
     x, y = _float_pair(x, y, "x", "y")
     dtype = x.dtype
@@ -142,7 +144,8 @@ def _log_with_finite_slope(x, tiny):
             # nearest normal number: finite in the input dtype. Negative and
             # NaN inputs (NaN value) keep a NaN slope.
             nonnegative = v >= 0
-            denominator = tf.where(nonnegative, tf.maximum(v, tiny), tf.constant(float("nan"), v.dtype))
+            nan = tf.constant(float("nan"), v.dtype)
+            denominator = tf.where(nonnegative, tf.maximum(v, tiny), nan)
             return upstream / tf.cast(denominator, upstream.dtype)
 
         return tf.math.log(v), grad
@@ -176,11 +179,13 @@ def safe_log(x):
         ``log(x)`` with the dtype of ``x``.
 
     Example:
+        >>> import tensorflow as tf
         >>> x = tf.constant([0.0, 1.0])
         >>> with tf.GradientTape() as tape:
         ...     tape.watch(x)
         ...     y = safe_log(x)
-        >>> y, tape.gradient(y, x)  # [-inf, 0], gradient [8.5e37, 1]
+        >>> y.numpy(), tape.gradient(y, x).numpy()
+        (array([-inf,   0.], dtype=float32), array([8.50706e+37, 1.], dtype=float32))
     """
     x = as_float_tensor(x, "x")
     tiny = dtype_limits(x.dtype).tiny
@@ -211,11 +216,16 @@ def safe_sqrt(x):
         ``sqrt(x)`` with the dtype of ``x``.
 
     Example:
-        >>> safe_sqrt(tf.constant([0.0, 4.0]))  # gradient [0, 0.25]
-        <tf.Tensor: ... numpy=array([0., 2.], dtype=float32)>
+        >>> import tensorflow as tf
+        >>> x = tf.Variable([0.0, 4.0])  # a variable: the tape watches it
+        >>> with tf.GradientTape() as tape:
+        ...     y = safe_sqrt(x)
+        >>> y.numpy(), tape.gradient(y, x).numpy()
+        (array([0., 2.], dtype=float32), array([0.  , 0.25], dtype=float32))
     """
     x = as_float_tensor(x, "x")
-    value = safe_where(tf.equal(to_compute(x), 0), to_compute(x), tf.zeros_like, tf.sqrt, safe_false=1.0)
+    x_c = to_compute(x)
+    value = safe_where(tf.equal(x_c, 0), x_c, tf.zeros_like, tf.sqrt, safe_false=1.0)
     return tf.cast(value, x.dtype)
 
 
@@ -313,8 +323,9 @@ def safe_norm(x, axis=-1, keepdims=False):
         The norm, with the dtype of ``x``.
 
     Example:
-        >>> safe_norm(tf.constant([3e30, 4e30]))  # tf.norm gives inf
-        <tf.Tensor: shape=(), dtype=float32, numpy=5e+30>
+        >>> import tensorflow as tf
+        >>> float(safe_norm(tf.constant([3e30, 4e30])))  # tf.norm: inf
+        5e+30
     """
     x = as_float_tensor(x, "x")
     return tf.cast(_norm_with_unit_gradient(to_compute(x), axis, keepdims), x.dtype)
@@ -369,8 +380,10 @@ def l2_normalize(x, axis=-1):
         A tensor like ``x`` with unit norm along ``axis`` (or zeros).
 
     Example:
-        >>> l2_normalize(tf.constant([[3.0, 4.0], [0.0, 0.0]]))
-        <tf.Tensor: ... numpy=array([[0.6, 0.8], [0. , 0. ]], dtype=float32)>
+        >>> import tensorflow as tf
+        >>> l2_normalize(tf.constant([[3.0, 4.0], [0.0, 0.0]])).numpy()
+        array([[0.6, 0.8],
+               [0. , 0. ]], dtype=float32)
     """
     x = as_float_tensor(x, "x")
     return tf.cast(_normalize_with_projected_gradient(to_compute(x), axis), x.dtype)
@@ -384,10 +397,8 @@ def l2_normalize(x, axis=-1):
 def _straight_through_clip(x, lo, hi):
     @tf.custom_gradient
     def clip_fn(v):
-        # Comparisons with NaN are False, so a NaN `v` falls through unchanged
-        # (tf.maximum/tf.minimum drop NaN under XLA).
-        clipped = tf.where(v < lo, lo, tf.where(v > hi, hi, v))
-        return clipped, lambda upstream: upstream
+        # The NaN-passing clip (selects): a NaN `v` falls through unchanged.
+        return clip(v, lo, hi), lambda upstream: upstream
 
     return clip_fn(x)
 
@@ -422,8 +433,13 @@ def clip_preserve_gradient(x, lo, hi):
         ValueError: if ``lo`` and ``hi`` are numbers with ``lo > hi``.
 
     Example:
-        >>> clip_preserve_gradient(tf.constant([-2.0, 0.5, 3.0]), 0.0, 1.0)  # gradient [1, 1, 1]
-        <tf.Tensor: ... numpy=array([0. , 0.5, 1. ], dtype=float32)>
+        >>> import tensorflow as tf
+        >>> x = tf.constant([-2.0, 0.5, 3.0])
+        >>> with tf.GradientTape() as tape:
+        ...     tape.watch(x)
+        ...     y = clip_preserve_gradient(x, 0.0, 1.0)
+        >>> y.numpy(), tape.gradient(y, x).numpy()
+        (array([0. , 0.5, 1. ], dtype=float32), array([1., 1., 1.], dtype=float32))
     """
     x = as_float_tensor(x, "x")
     if isinstance(lo, (int, float)) and isinstance(hi, (int, float)):
@@ -484,8 +500,9 @@ def xlogy(x, y):
         A tensor of the input dtype and the broadcast shape.
 
     Example:
-        >>> xlogy(tf.constant([0.0, 2.0]), tf.constant([0.0, 0.5]))
-        <tf.Tensor: ... numpy=array([ 0.       , -1.3862944], dtype=float32)>
+        >>> import tensorflow as tf
+        >>> xlogy(tf.constant([0.0, 2.0]), tf.constant([0.0, 0.5])).numpy()
+        array([ 0.       , -1.38629], dtype=float32)
     """
     x, y = _float_pair(x, y, "x", "y")
     dtype = x.dtype

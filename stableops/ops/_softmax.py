@@ -10,12 +10,11 @@ Budgets are enforced by tests/test_ops_logexp.py.
 from __future__ import annotations
 
 import math
-import numbers
 import typing
 
 import tensorflow as tf
 
-from stableops._internal.checks import as_float_tensor
+from stableops._internal.checks import as_float_tensor, axis_argument
 from stableops._internal.compensated import two_difference
 from stableops._internal.dtypes import to_compute
 from stableops._internal.elementary import accurate_log1p
@@ -28,15 +27,7 @@ from stableops._internal.kernel import xla_kernel
 
 def _normalize_axis(axis):
     """``axis`` as ``None``, an int or a tuple of ints (static, hashable: one compile each)."""
-    if axis is None:
-        return None
-    if isinstance(axis, numbers.Integral) and not isinstance(axis, bool):
-        return int(axis)
-    if isinstance(axis, (tuple, list)) and all(
-        isinstance(a, numbers.Integral) and not isinstance(a, bool) for a in axis
-    ):
-        return tuple(int(a) for a in axis)
-    raise TypeError(f"`axis` must be an int, a tuple of ints or None, got axis={axis!r}")
+    return axis_argument(axis, allow_many=True, allow_none=True)
 
 
 def _as_mask(where):

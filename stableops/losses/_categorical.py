@@ -1,0 +1,577 @@
+"""Categorical, categorical focal and sparse categorical cross-entropy: finite drop-ins for Keras.
+
+Each as a function form (one value per sample) and a ``keras.losses.Loss``
+class with Keras's name, constructor signature and defaults. On ordinary
+inputs the results are Keras's; where Keras returns ``inf``/``nan``, a silently
+clipped value or a zero gradient, these stay finite and accurate:
+
+* the row math is ``ops.categorical_crossentropy`` /
+  ``ops.sparse_categorical_crossentropy`` (max-shifted log-softmax, ``0 * log 0
+  = 0``, no ``1e-7`` clip); half precision is computed in float32;
+* a softmax output carries its logits (Keras's ``_keras_logits``); the classes
+  read them before Keras's cast of ``y_pred`` to the loss dtype (which drops
+  them under ``mixed_float16``), see :class:`~stableops.losses._base.RawInputLoss`;
+* integer labels are read before that cast too, so ``dtype="float16"`` never
+  rounds label 3001 to 3000; an out-of-range label is an error naming it;
+* the categorical focal factor ``(1 - p)**gamma`` takes ``1 - p`` as the sum
+  of the other classes' probabilities for the most probable class (no
+  cancellation) and floors it at the dtype's smallest normal before ``pow``.
+
+Keyword-only extras (default off, i.e. Keras behaviour): ``ignore_class`` on
+every cross-entropy, ``label_smoothing`` on the sparse one.
+"""
+
+from __future__ import annotations
+
+import math
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from stableops import ops
+from stableops._internal.checks import (
+    as_float_tensor,
+    axis_argument,
+    canonical_axis,
+    number,
+    raise_on_invalid_labels,
+)
+from stableops._internal.dtypes import dtype_limits, to_compute_saturating
+from stableops._internal.keras_compat import recover_logits
+from stableops._internal.where import safe_where
+from stableops.losses._base import REDUCTION, RawInputLoss, loss_class
+from stableops.losses._inputs import graph_code, in_compute_dtype, loss_kernel, prepare, with_mask
+from stableops.losses._shared import (
+    check_gamma,
+    check_ignore_class,
+    check_label_smoothing,
+    finish_rows,
+    floor_at_tiny,
+    power,
+)
+
+__all__ = [
+    "CategoricalCrossentropy",
+    "CategoricalFocalCrossentropy",
+    "SparseCategoricalCrossentropy",
+    "categorical_crossentropy",
+    "categorical_focal_crossentropy",
+    "sparse_categorical_crossentropy",
+]
+
+
+def _check_class_alpha(alpha):
+    """Categorical focal ``alpha``: a non-negative number or a sequence of them (one per class)."""
+    if isinstance(alpha, (list, tuple, np.ndarray)):
+        values = tuple(number(a, "alpha", 0.0) for a in np.ravel(np.asarray(alpha, dtype=object)))
+        if not values:
+            raise ValueError(f"`alpha` must not be empty, got alpha={alpha!r}")
+        return values
+    return number(alpha, "alpha", 0.0)
+
+
+# ----------------------------------------------------------------------------
+# Categorical cross-entropy
+# ----------------------------------------------------------------------------
+
+
+def _class_index(shape_like, axis):
+    """``0, 1, ..., K-1`` along ``axis``, broadcastable against ``shape_like``."""
+    rank = len(shape_like.shape)
+    shape = [1] * rank
+    shape[axis] = -1
+    return tf.reshape(tf.range(tf.shape(shape_like)[axis]), shape)
+
+
+def _categorical_setup(y_true, y_pred, from_logits, axis, ignore_class):
+    """Targets/predictions in the computing dtype; ignored rows made harmless."""
+    target, output = in_compute_dtype(y_true, y_pred, saturate=True)
+    if ignore_class is None:
+        return target, output, None
+    # A row is ignored when its target class (argmax of the target) is ignore_class.
+    valid = tf.not_equal(tf.argmax(target, axis=axis, output_type=tf.int32), ignore_class)
+    row_valid = tf.expand_dims(valid, axis)
+    # Stand-ins for ignored rows (their NaN too): zero target, uniform prediction.
+    target = tf.where(row_valid, target, tf.zeros_like(target))
+    uniform = tf.constant(0.0 if from_logits else 1.0, output.dtype)
+    output = tf.where(row_valid, output, tf.fill(tf.shape(output), uniform))
+    return target, output, valid
+
+
+def _smooth_categorical(target, label_smoothing, axis):
+    if not label_smoothing:
+        return target
+    num_classes = tf.cast(tf.shape(target)[axis], target.dtype)
+    return target * (1.0 - label_smoothing) + label_smoothing / num_classes
+
+
+@loss_kernel
+def _categorical_crossentropy_kernel(
+    y_true, y_pred, from_logits, label_smoothing, axis, ignore_class
+):
+    axis = canonical_axis(axis, len(y_pred.shape))
+    target, output, valid = _categorical_setup(y_true, y_pred, from_logits, axis, ignore_class)
+    target = _smooth_categorical(target, label_smoothing, axis)
+    loss = ops.categorical_crossentropy(target, output, from_logits=from_logits, axis=axis)
+    return finish_rows(loss, valid)
+
+
+@graph_code
+def categorical_crossentropy(
+    y_true, y_pred, from_logits=False, label_smoothing=0.0, axis=-1, *, ignore_class=None
+):
+    """Categorical cross-entropy between one-hot (or soft) targets and a distribution.
+
+    Formula:
+        ``-sum(t * log_softmax(y_pred), axis)`` from logits,
+        ``-sum(t * log(y_pred / sum(y_pred)), axis)`` from probabilities, with
+        ``t = y_true * (1 - label_smoothing) + label_smoothing / num_classes``.
+
+    Numerical stability:
+        Elementwise math is ``ops.categorical_crossentropy``: max-shifted
+        log-softmax (logits beyond the float16 range are fine once computed
+        in float32), ``0 * log 0 = 0`` so a masked ``-inf`` logit with a zero
+        target costs nothing (Keras: NaN), and an all-zero probability row
+        stays finite (Keras: NaN). A target with mass on a ``-inf`` logit is
+        ``+inf`` (the exact value; its gradient is not NaN). A softmax
+        output's logits are used (as Keras does).
+        Error budget: 4 ULP of the float32 result (rows of up to 8 classes).
+
+    Args:
+        y_true: targets, ``[batch, ..., num_classes]`` (class axis ``axis``).
+        y_pred: probabilities or logits, same shape; real (integers and booleans are cast).
+        from_logits: whether ``y_pred`` holds logits.
+        label_smoothing: float in ``[0, 1]``.
+        axis: the class axis.
+        ignore_class: keyword-only int: rows whose target class (the argmax
+            of ``y_true`` along ``axis``) is ``ignore_class`` get loss 0 and a
+            ``False`` Keras mask (left out of the batch mean by the classes).
+
+    Returns:
+        The loss with ``axis`` reduced, in ``y_pred``'s computing dtype.
+
+    Example:
+        >>> y_true, y_pred = [[0, 1, 0], [0, 0, 1]], [[0.05, 0.95, 0.0], [0.1, 0.8, 0.1]]
+        >>> categorical_crossentropy(y_true, y_pred).numpy()
+        array([0.0512933, 2.30259 ], dtype=float32)
+    """
+    y_pred, from_logits = recover_logits(
+        y_pred, from_logits, "Softmax", "categorical_crossentropy", argument="y_pred"
+    )
+    axis = axis_argument(axis)
+    y_true, y_pred = prepare(y_true, y_pred, "categorical_crossentropy", axis)
+    return with_mask(
+        _categorical_crossentropy_kernel(
+            y_true,
+            y_pred,
+            from_logits=from_logits,
+            label_smoothing=check_label_smoothing(label_smoothing),
+            axis=axis,
+            ignore_class=check_ignore_class(ignore_class, integer=True),
+        )
+    )
+
+
+# ----------------------------------------------------------------------------
+# Categorical focal cross-entropy
+# ----------------------------------------------------------------------------
+
+
+def _top_class(logits, axis):
+    """``True`` at each row's most probable class (the first one on ties)."""
+    top = tf.argmax(logits, axis=axis, output_type=tf.int32)
+    return tf.equal(_class_index(logits, axis), tf.expand_dims(top, axis))
+
+
+def _categorical_focal_factor(logits, axis, gamma):
+    """``(1 - p) ** gamma`` for every class, finite in value and gradient for every ``gamma >= 0``.
+
+    ``1 - p`` is taken in linear space from the softmax probabilities: as
+    ``1 - p`` for all but the row's most probable class (there ``p <= 1/2``:
+    no cancellation) and as the sum of the other probabilities for that one,
+    accurate however close ``p`` is to 1 (``1 - p`` would round to 0, and
+    ``log(1 - p)`` give a NaN gradient). Then :func:`_power`.
+    """
+    is_top = _top_class(logits, axis)
+    probabilities = ops.softmax(logits, axis=axis)
+    others = tf.reduce_sum(
+        tf.where(is_top, tf.zeros_like(probabilities), probabilities), axis=axis, keepdims=True
+    )
+    base = tf.where(is_top, tf.broadcast_to(others, tf.shape(probabilities)), 1.0 - probabilities)
+    return power(base, gamma)
+
+
+@tf.custom_gradient
+def _focal_product(factor, cross_entropy):
+    """``factor * cross_entropy`` (``ce = -t log p``, ``t <= 1``), with the factor's gradient
+    left out where it is below the dtype's resolution.
+
+    The factor ``(1 - p)^gamma`` changes with ``p`` at a rate of at most
+    ``gamma * p``, so its part of the gradient, ``ce * d factor``, is at most
+    ``gamma * t * (-log p) * p``. Where ``ce > -log(tiny)`` (87.3 in float32),
+    ``-log p >= ce / t`` puts ``p`` below the smallest normal: that part is 0
+    in the dtype, and it is sent as 0. Autodiff would send ``upstream * ce``
+    down the factor's chain, where a huge or overflowed ``ce`` (logits
+    ``[-3e38, 3e38, 0]`` with target class 0: ``inf``) meets the softmax
+    slope ``p = 0`` as ``inf * 0 = NaN``; the plain cross-entropy's gradient
+    is finite there. The cross-entropy's own gradient is unchanged.
+    """
+
+    def grad(upstream):
+        # -log(tiny): beyond it the factor's slope underflows (see above).
+        resolved = cross_entropy <= -math.log(dtype_limits(cross_entropy.dtype).tiny)
+        to_factor = tf.where(resolved, upstream * cross_entropy, tf.zeros_like(cross_entropy))
+        # NaN is never hidden: a NaN cross-entropy still reaches the factor.
+        to_factor = tf.where(tf.math.is_nan(cross_entropy), cross_entropy, to_factor)
+        return to_factor, upstream * factor
+
+    return factor * cross_entropy, grad
+
+
+def _categorical_alpha(alpha, log_p, axis):
+    if isinstance(alpha, tuple):
+        shape = [1] * len(log_p.shape)
+        shape[axis] = len(alpha)
+        return tf.reshape(tf.constant(alpha, log_p.dtype), shape)
+    return alpha
+
+
+@loss_kernel
+def _categorical_focal_crossentropy_kernel(
+    y_true, y_pred, alpha, gamma, from_logits, label_smoothing, axis, ignore_class
+):
+    axis = canonical_axis(axis, len(y_pred.shape))
+    target, output, valid = _categorical_setup(y_true, y_pred, from_logits, axis, ignore_class)
+    target = _smooth_categorical(target, label_smoothing, axis)
+    if from_logits:
+        logits = output
+    else:
+        # Probabilities as logits: softmax(log p) = p / sum(p), the row
+        # normalization Keras does, without overflow of the sum. Zero and
+        # negative probabilities are floored at the smallest normal (log finite).
+        logits = tf.math.log(floor_at_tiny(output))
+    log_p = ops.log_softmax(logits, axis=axis)
+    # -t * log p per class, 0 where t = 0 (also at log p = -inf, a masked logit).
+    cross_entropy = safe_where(
+        tf.not_equal(target, 0.0), log_p, lambda v: -target * v, 0.0, safe_true=-1.0
+    )
+    if gamma:  # gamma == 0: no focal factor (and no 0 * log 0)
+        factor = _categorical_focal_factor(logits, axis, gamma)
+        cross_entropy = _focal_product(factor, cross_entropy)
+    values = _categorical_alpha(alpha, log_p, axis) * cross_entropy
+    return finish_rows(tf.reduce_sum(values, axis=axis), valid)
+
+
+@graph_code
+def categorical_focal_crossentropy(
+    y_true,
+    y_pred,
+    alpha=0.25,
+    gamma=2.0,
+    from_logits=False,
+    label_smoothing=0.0,
+    axis=-1,
+    *,
+    ignore_class=None,
+):
+    """Categorical focal cross-entropy (Lin et al., 2018).
+
+    Formula:
+        ``sum(alpha * (1 - p)^gamma * (-t * log p), axis)`` with ``p`` the
+        softmax of the logits or the row-normalized probabilities and ``t`` the
+        smoothed target.
+
+    Numerical stability:
+        Nothing is computed from a clipped ``p``. The cross-entropy term is
+        ``-t * log p`` with ``log p = log_softmax(.)`` (0 where ``t = 0``, also
+        at a masked ``-inf`` logit). The focal factor is ``pow(1 - p, gamma)``
+        with ``1 - p`` from the softmax probabilities: ``1 - p`` for all but
+        the row's most probable class (``p <= 1/2``) and the sum of the other
+        probabilities for that one, accurate however close ``p`` is to 1;
+        floored at the smallest normal ``tiny`` (see
+        :func:`binary_focal_crossentropy`). So a confidently wrong prediction
+        from logits keeps its gradient (Keras clips ``p`` to
+        ``[1e-7, 1 - 1e-7]``: zero gradient beyond), and value and gradient
+        are finite for every ``gamma >= 0``. From probabilities, zero and
+        negative entries are floored at ``tiny`` before the row is normalized
+        (an all-zero row counts as uniform; Keras: NaN). Where the
+        cross-entropy exceeds ``-log(tiny)`` the focal factor's share of the
+        gradient is below the dtype's resolution and is left out
+        (``_focal_product``): logits ``[-3e38, 3e38, 0]`` have a finite
+        gradient, as in :func:`categorical_crossentropy`. A softmax output's
+        logits are used.
+        Error budget: 8 ULP of the float32 result (rows of up to 8 classes;
+        a logit difference that is not exact in float32 adds its own
+        rounding, ``|dz| * eps / 2``, to every probability).
+
+    Args:
+        y_true: one-hot (or soft) targets, ``[batch, ..., num_classes]``.
+        y_pred: probabilities or logits, same shape; real (integers and booleans are cast).
+        alpha: a float ``>= 0`` or a sequence of them (one per class).
+        gamma: float ``>= 0``.
+        from_logits: whether ``y_pred`` holds logits.
+        label_smoothing: float in ``[0, 1]``.
+        axis: the class axis.
+        ignore_class: keyword-only int (see :func:`categorical_crossentropy`).
+
+    Returns:
+        The loss with ``axis`` reduced, in ``y_pred``'s computing dtype.
+
+    Example:
+        >>> y_true, y_pred = [[0, 1, 0], [0, 0, 1]], [[0.05, 0.95, 0.0], [0.1, 0.8, 0.1]]
+        >>> categorical_focal_crossentropy(y_true, y_pred).numpy()
+        array([3.20583e-05, 0.466273], dtype=float32)
+    """
+    y_pred, from_logits = recover_logits(
+        y_pred, from_logits, "Softmax", "categorical_focal_crossentropy", argument="y_pred"
+    )
+    axis = axis_argument(axis)
+    y_true, y_pred = prepare(y_true, y_pred, "categorical_focal_crossentropy", axis)
+    alpha = _check_class_alpha(alpha)
+    num_classes = y_pred.shape[canonical_axis(axis, len(y_pred.shape))]
+    if isinstance(alpha, tuple) and num_classes is not None and len(alpha) != num_classes:
+        raise ValueError(
+            f"`alpha` must have one weight per class ({num_classes}), got alpha={alpha!r}"
+        )
+    return with_mask(
+        _categorical_focal_crossentropy_kernel(
+            y_true,
+            y_pred,
+            alpha=alpha,
+            gamma=check_gamma(gamma),
+            from_logits=from_logits,
+            label_smoothing=check_label_smoothing(label_smoothing),
+            axis=axis,
+            ignore_class=check_ignore_class(ignore_class, integer=True),
+        )
+    )
+
+
+# ----------------------------------------------------------------------------
+# Sparse categorical cross-entropy
+# ----------------------------------------------------------------------------
+
+
+def _labels(y_true):
+    """Class labels as a tensor: int32/int64 as given, other integers and bools as int64,
+    floats as given (they must hold integral values); never through a narrower float."""
+    labels = tf.convert_to_tensor(y_true)
+    if labels.dtype in (tf.int32, tf.int64) or labels.dtype.is_floating:
+        return labels
+    if labels.dtype.is_integer or labels.dtype == tf.bool:
+        return tf.cast(labels, tf.int64)
+    raise TypeError(f"`y_true` must hold integer class labels, got dtype {labels.dtype.name}")
+
+
+def _invalid_labels(labels, num_classes, ignore_class):
+    """Labels that are not an integer in ``[0, num_classes)`` (nor ``ignore_class``)."""
+    num_classes = tf.cast(num_classes, labels.dtype)
+    bad = tf.logical_or(tf.less(labels, 0), tf.greater_equal(labels, num_classes))
+    if labels.dtype.is_floating:
+        # NaN compares False everywhere: count it as bad explicitly.
+        bad = tf.logical_or(bad, tf.logical_not(tf.equal(labels, tf.math.floor(labels))))
+    if ignore_class is not None:
+        bad = tf.logical_and(bad, tf.not_equal(labels, tf.cast(ignore_class, labels.dtype)))
+    return bad
+
+
+def _prepare_sparse(y_true, y_pred, axis):
+    if isinstance(y_true, tf.RaggedTensor) or isinstance(y_pred, tf.RaggedTensor):
+        prepare(y_true, y_pred, "sparse_categorical_crossentropy")  # the error for ragged input
+    y_pred = as_float_tensor(y_pred, "y_pred", keras.config.floatx())
+    labels = _labels(y_true)
+    rank = len(y_pred.shape)
+    canonical = canonical_axis(axis, rank)
+    # A trailing (or class-axis) size-1 label axis is squeezed, as in Keras.
+    if len(labels.shape) == rank and labels.shape[canonical] == 1:
+        labels = tf.squeeze(labels, axis=canonical)
+    expected = y_pred.shape[:canonical].concatenate(y_pred.shape[canonical + 1 :])
+    if not labels.shape.is_compatible_with(expected):
+        raise ValueError(
+            "`y_true` must have the shape of `y_pred` without its class axis, "
+            f"got {labels.shape} and {y_pred.shape}"
+        )
+    num_classes = y_pred.shape[canonical]
+    if num_classes is None:
+        num_classes = tf.shape(y_pred)[canonical]
+    return labels, y_pred, num_classes
+
+
+@loss_kernel
+def _sparse_categorical_crossentropy_kernel(
+    labels, y_pred, from_logits, ignore_class, axis, label_smoothing
+):
+    output = to_compute_saturating(y_pred)
+    axis = canonical_axis(axis, len(output.shape))
+    valid = None
+    if ignore_class is not None:
+        valid = tf.not_equal(labels, tf.cast(ignore_class, labels.dtype))
+        labels = tf.where(valid, labels, tf.zeros_like(labels))
+        safe = tf.constant(0.0 if from_logits else 1.0, output.dtype)
+        output = tf.where(tf.expand_dims(valid, axis), output, tf.fill(tf.shape(output), safe))
+    loss = ops.sparse_categorical_crossentropy(labels, output, from_logits=from_logits, axis=axis)
+    if label_smoothing:
+        # Smoothing mixes in the cross-entropy against the uniform target,
+        # -mean(log p) over the classes, computed by the categorical op on a
+        # broadcast constant (no one-hot of the labels is built).
+        num_classes = tf.cast(tf.shape(output)[axis], output.dtype)
+        uniform = tf.fill(tf.shape(output), 1.0 / num_classes)
+        smooth = ops.categorical_crossentropy(uniform, output, from_logits=from_logits, axis=axis)
+        loss = (1.0 - label_smoothing) * loss + label_smoothing * smooth
+    return finish_rows(loss, valid)
+
+
+@graph_code
+def sparse_categorical_crossentropy(
+    y_true, y_pred, from_logits=False, ignore_class=None, axis=-1, *, label_smoothing=0.0
+):
+    """Categorical cross-entropy with integer class labels.
+
+    Formula:
+        ``(1 - ls) * (-log p[y]) + ls * mean(-log p, axis)`` with ``p`` the
+        softmax of the logits (or the row-normalized probabilities) and
+        ``ls = label_smoothing``: Keras's ``CategoricalCrossentropy`` with
+        ``label_smoothing`` on the one-hot labels, without building the one-hot.
+
+    Numerical stability:
+        Elementwise math is ``ops.sparse_categorical_crossentropy`` (log-softmax
+        in float32 for half precision; no ``1e-7`` clip). Labels are used as
+        integers exactly as given (the class form reads them before Keras's
+        cast to the loss dtype, which turns label 3001 into 3000 with
+        ``dtype="float16"``). An out-of-range label (other than
+        ``ignore_class``) raises an error naming the label and the number of
+        classes eagerly and in a graph; inside XLA, where asserts are
+        dropped, that sample's loss is NaN, never a finite wrong value.
+        A float label tensor must hold integral values (2.5 is out of range;
+        Keras truncates it to 2). ``ignore_class`` samples get loss 0, a zero
+        gradient (their NaN included) and a ``False`` Keras mask. With
+        ``label_smoothing > 0`` a ``-inf`` logit gives ``+inf`` (the smoothed
+        target puts mass on an impossible class). A softmax output's logits
+        are used.
+        Error budget: 4 ULP of the float32 result (rows of up to 8 classes).
+
+    Args:
+        y_true: integer labels, ``y_pred``'s shape without the class axis (a
+            size-1 class axis is squeezed); integer, bool or (integral) float dtype.
+        y_pred: probabilities or logits; real (integers and booleans are cast).
+        from_logits: whether ``y_pred`` holds logits.
+        ignore_class: an int label (e.g. ``-1`` or 255) to leave out.
+        axis: the class axis.
+        label_smoothing: keyword-only float in ``[0, 1]``.
+
+    Returns:
+        The loss with ``axis`` reduced, in ``y_pred``'s computing dtype.
+
+    Raises:
+        tf.errors.InvalidArgumentError: an out-of-range label (eager/graph).
+
+    Example:
+        >>> sparse_categorical_crossentropy([1, 2], [[0.05, 0.95, 0.0], [0.1, 0.8, 0.1]]).numpy()
+        array([0.0512933, 2.30259 ], dtype=float32)
+    """
+    y_pred, from_logits = recover_logits(
+        y_pred, from_logits, "Softmax", "sparse_categorical_crossentropy", argument="y_pred"
+    )
+    axis = axis_argument(axis)
+    ignore_class = check_ignore_class(ignore_class, integer=True)
+    label_smoothing = check_label_smoothing(label_smoothing)
+    labels, y_pred, num_classes = _prepare_sparse(y_true, y_pred, axis)
+    # Outside the kernel: inside XLA the assert would be dropped (the kernel
+    # then gives NaN for that sample, never a finite loss).
+    labels = raise_on_invalid_labels(
+        labels, _invalid_labels(labels, num_classes, ignore_class), num_classes
+    )
+    return with_mask(
+        _sparse_categorical_crossentropy_kernel(
+            labels,
+            y_pred,
+            from_logits=from_logits,
+            ignore_class=ignore_class,
+            axis=axis,
+            label_smoothing=label_smoothing,
+        )
+    )
+
+
+# ----------------------------------------------------------------------------
+# Loss classes
+# ----------------------------------------------------------------------------
+
+
+@loss_class
+class CategoricalCrossentropy(RawInputLoss):
+    """Categorical cross-entropy; Keras's ``CategoricalCrossentropy``, finite where it is not.
+
+    See :func:`categorical_crossentropy`. A softmax output's logits are used
+    even under ``mixed_float16``.
+
+    Args:
+        from_logits: whether ``y_pred`` holds logits.
+        label_smoothing: float in ``[0, 1]``.
+        axis: the class axis.
+        {common}
+        ignore_class: keyword-only int: rows whose target class is this are ignored.
+    """
+
+    def __init__(self, from_logits=False, label_smoothing=0.0, axis=-1, reduction=REDUCTION,
+                 name="categorical_crossentropy", dtype=None, *, ignore_class=None):
+        super().__init__(
+            categorical_crossentropy, reduction, name, dtype, from_logits=from_logits,
+            label_smoothing=check_label_smoothing(label_smoothing), axis=axis_argument(axis),
+            ignore_class=check_ignore_class(ignore_class, integer=True),
+        )
+
+
+@loss_class
+class CategoricalFocalCrossentropy(RawInputLoss):
+    """Categorical focal cross-entropy; Keras's ``CategoricalFocalCrossentropy``, finite.
+
+    See :func:`categorical_focal_crossentropy`.
+
+    Args:
+        alpha: a float ``>= 0`` or one per class.
+        gamma: float ``>= 0``.
+        from_logits: whether ``y_pred`` holds logits.
+        label_smoothing: float in ``[0, 1]``.
+        axis: the class axis.
+        {common}
+        ignore_class: keyword-only int: rows whose target class is this are ignored.
+    """
+
+    def __init__(self, alpha=0.25, gamma=2.0, from_logits=False, label_smoothing=0.0, axis=-1,
+                 reduction=REDUCTION, name="categorical_focal_crossentropy", dtype=None, *,
+                 ignore_class=None):
+        alpha = _check_class_alpha(alpha)
+        super().__init__(
+            categorical_focal_crossentropy, reduction, name, dtype,
+            # A list (JSON-friendly config) for one weight per class.
+            alpha=list(alpha) if isinstance(alpha, tuple) else alpha, gamma=check_gamma(gamma),
+            from_logits=from_logits, label_smoothing=check_label_smoothing(label_smoothing),
+            axis=axis_argument(axis), ignore_class=check_ignore_class(ignore_class, integer=True),
+        )
+
+
+@loss_class
+class SparseCategoricalCrossentropy(RawInputLoss):
+    """Sparse categorical cross-entropy; Keras's ``SparseCategoricalCrossentropy``, finite.
+
+    See :func:`sparse_categorical_crossentropy`. Integer labels are read as
+    passed (Keras casts them to the loss dtype first: label 3001 becomes 3000
+    with ``dtype="float16"``).
+
+    Args:
+        from_logits: whether ``y_pred`` holds logits.
+        ignore_class: an int label to leave out, or ``None``.
+        axis: the class axis.
+        {common}
+        label_smoothing: keyword-only float in ``[0, 1]``.
+    """
+
+    def __init__(self, from_logits=False, ignore_class=None, reduction=REDUCTION, axis=-1,
+                 name="sparse_categorical_crossentropy", dtype=None, *, label_smoothing=0.0):
+        super().__init__(
+            sparse_categorical_crossentropy, reduction, name, dtype, from_logits=from_logits,
+            ignore_class=check_ignore_class(ignore_class, integer=True), axis=axis_argument(axis),
+            label_smoothing=check_label_smoothing(label_smoothing),
+        )

@@ -1,0 +1,193 @@
+"""KL divergence and Poisson: drop-ins for Keras 3.15 with ``xlogy`` semantics.
+
+Each as a function form (one value per sample) and a ``keras.losses.Loss``
+class with Keras's name, constructor signature and defaults. Both use
+``xlogy`` semantics (``0 * log 0 = 0``) and floor a zero probability or rate
+at the dtype's smallest normal instead of adding ``1e-7``; half precision is
+computed in float32.
+"""
+
+from __future__ import annotations
+
+import math
+
+import tensorflow as tf
+
+from stableops import ops
+from stableops._internal.clip import clip
+from stableops._internal.dtypes import dtype_limits
+from stableops.losses._base import RawInputLoss, loss_class, plain_loss
+from stableops.losses._inputs import loss_function
+from stableops.losses._shared import floor_at_tiny
+
+__all__ = ["KLDivergence", "Poisson", "kl_divergence", "poisson"]
+
+
+# ----------------------------------------------------------------------------
+# KL divergence and Poisson
+# ----------------------------------------------------------------------------
+
+
+@tf.custom_gradient
+def _log_ratio(target, prediction):
+    """``log(target / prediction)`` for positive arguments, accurate near a ratio of 1.
+
+    Near 1 (``1/2 <= ratio <= 2``) ``target - prediction`` is exact
+    (Sterbenz) and ``log1p((t - p) / p)`` keeps full relative accuracy where
+    ``log(t / p)`` would lose it to the rounding of the ratio; elsewhere
+    ``log(t / p)`` is accurate (and the log1p form would cancel for tiny
+    ratios). Gradient (custom): ``(1/t, -1/p)``; autodiff of ``t / p`` would
+    form ``t / p**2``, which overflows for ``p < 1e-19`` in float32.
+    """
+    ratio = target / prediction
+    near_one = tf.logical_and(ratio >= 0.5, ratio <= 2.0)
+    close = tf.math.log1p((target - prediction) / prediction)
+    far = tf.math.log(tf.where(near_one, tf.ones_like(ratio), ratio))
+    value = tf.where(near_one, close, far)
+
+    def grad(upstream):
+        return upstream / target, -upstream / prediction
+
+    return value, grad
+
+
+@loss_function(saturate=True)
+def kl_divergence(y_true, y_pred):
+    """Kullback-Leibler divergence ``sum(t * log(t / p), axis=-1)``.
+
+    Formula:
+        ``sum(t * log(t / p), axis=-1)``, ``t = clip(y_true, 0, 1)``,
+        ``p = clip(y_pred, tiny, 1)``.
+
+    Numerical stability:
+        ``xlogy`` semantics: a zero target contributes exactly 0 with a zero
+        gradient (Keras clips it to ``1e-7`` and adds ``1e-7 * log(1e-7 / p)``).
+        A zero prediction is floored at the smallest normal of the computing
+        dtype (``1.2e-38`` in float32; Keras: ``1e-7``), so the loss stays
+        finite: a target of 1 on a zero prediction costs 87.3 (Keras: 16.1).
+        ``log(t / p)`` is taken as ``log1p((t - p) / p)`` when ``t/p`` is in
+        ``[1/2, 2]``, accurate however close ``p`` is to ``t``, and its
+        gradient is written out (``-t/p``; autodiff of ``t / p`` would form
+        ``t / p**2``, which overflows for ``p < 1e-19`` in float32). Outside
+        ``[0, 1]`` and ``[tiny, 1]`` the clips give a zero gradient, as in
+        Keras. Half precision is computed in float32. NaN gives NaN: ``0 *
+        log 0 = 0`` is for a zero target only, never for a NaN target, nor
+        for a NaN prediction where the target is 0.
+        Error budget: 4 ULP of the float32 result per term (last axis of 1).
+
+    Args:
+        y_true: target distribution, ``[batch, ..., num_classes]``.
+        y_pred: predicted distribution, same shape; real (integers and booleans are cast).
+
+    Returns:
+        ``[batch, ...]`` in ``y_pred``'s computing dtype.
+
+    Example:
+        >>> kl_divergence([[0.0, 1.0]], [[0.4, 0.6]]).numpy()
+        array([0.510826], dtype=float32)
+    """
+    # Probabilities: targets in [0, 1] (Keras clips them to [1e-7, 1]),
+    # predictions in [tiny, 1] (Keras: [1e-7, 1]).
+    target = clip(y_true, 0.0, 1.0)
+    prediction = clip(y_pred, dtype_limits(y_pred.dtype).tiny, 1.0)
+    # NaN counts as positive: it reaches the result (NaN in, NaN out).
+    positive = tf.not_equal(target, 0.0)
+    # xlogy semantics: a zero target contributes 0 with a zero gradient; its
+    # branch sees 1 in place of the target (finite there). 0 * prediction,
+    # not 0, so a NaN prediction at a zero target still gives NaN.
+    safe_target = tf.where(positive, target, tf.ones_like(target))
+    terms = tf.where(positive, safe_target * _log_ratio(safe_target, prediction), 0.0 * prediction)
+    return tf.reduce_sum(terms, axis=-1)
+
+
+def _poisson_scale(target, rate):
+    """Per row, 1, or a power of 2 that keeps every Poisson term and their sum finite.
+
+    ``|log(rate)|`` is at most ``log_max`` (a floored rate: ``-log(tiny)``,
+    a little less), so a term ``rate - t log(rate)`` is at most ``max/4 +
+    |t| log_max``. A row whose counts stay below ``max / (4 log_max)`` and
+    whose rates stay below ``max / 4`` cannot overflow (its results are bit
+    for bit unscaled); another is scaled by ``2**-k <= 1 / (4 log_max)``
+    (exact: a power of 2) and scaled back after the sum (counts of 4e36 on a
+    floored rate overflowed ``t log(tiny)`` to ``inf``, then ``inf - inf``).
+    """
+    limits = dtype_limits(rate.dtype)
+    down = 2.0 ** -math.ceil(math.log2(4.0 * limits.log_max))
+    big = tf.logical_or(
+        tf.reduce_max(tf.abs(target), axis=-1) >= limits.max / (4.0 * limits.log_max),
+        tf.reduce_max(tf.abs(rate), axis=-1) >= limits.max / 4.0,
+    )
+    return tf.where(big, tf.constant(down, rate.dtype), tf.constant(1.0, rate.dtype))
+
+
+@loss_function(ragged=True, saturate=True)
+def poisson(y_true, y_pred):
+    """Poisson loss ``mean(y_pred - y_true * log(y_pred), axis=-1)``.
+
+    Formula:
+        ``mean(p - xlogy(t, max(p, tiny)), axis=-1)``.
+
+    Numerical stability:
+        ``xlogy`` semantics: a zero count contributes exactly ``p``. The log
+        is of the rate itself (Keras's ``log(p + 1e-7)`` shifts small rates:
+        ``p = 1e-7`` gives ``log(2e-7)``); a zero or negative rate, outside the
+        Poisson domain, is floored at the smallest normal of the computing
+        dtype inside the log, so value and gradient stay finite (Keras: NaN
+        for ``p < -1e-7``); the floored log term has a zero gradient. The
+        gradient ``1 - t/p`` is exact: it overflows only where ``t/p`` itself
+        leaves the float range. Each term is divided by the count before it
+        is formed, and a row whose counts or rates could overflow a term is
+        computed scaled by a power of 2 (``_poisson_scale``), so a mean in
+        range is finite (counts of 4e36 on a zero rate gave ``inf - inf``).
+        Half precision is computed in float32. NaN gives NaN.
+        Error budget: 4 ULP of ``max(|p|, |t log p|)`` in float32 (last axis of 1).
+
+    Args:
+        y_true: observed counts, ``[batch, d0, ..., dN]``.
+        y_pred: predicted rates, same shape; real (integers and booleans are cast).
+
+    Returns:
+        ``[batch, d0, ..., dN-1]`` in ``y_pred``'s computing dtype.
+
+    Example:
+        >>> poisson([[0.0, 1.0]], [[1.0, 2.0]]).numpy()
+        array([1.15343], dtype=float32)
+    """
+    target, rate = y_true, y_pred  # counts and rates, in the computing dtype
+    # The Poisson negative log-likelihood (up to log(t!)): rate - t * log(rate),
+    # xlogy semantics (t = 0 gives `rate`, gradient 1). A rate that is zero or
+    # negative is floored at the smallest normal inside the log (Keras adds
+    # 1e-7 to every rate, shifting the log of small rates). Each term is
+    # divided by the count n (and scaled by _poisson_scale) before it is
+    # formed, so neither a term nor the sum overflows where the mean does not.
+    scale = _poisson_scale(target, rate)
+    share = scale[..., None] / tf.cast(tf.shape(rate)[-1], rate.dtype)
+    terms = rate * share - ops.xlogy(target * share, floor_at_tiny(rate))
+    return tf.reduce_sum(terms, axis=-1) / scale
+
+
+# ----------------------------------------------------------------------------
+# Loss classes
+# ----------------------------------------------------------------------------
+
+
+@loss_class
+class KLDivergence(plain_loss(kl_divergence, "kl_divergence", base=RawInputLoss)):
+    """Kullback-Leibler divergence; Keras's ``KLDivergence`` with ``xlogy`` semantics.
+
+    See :func:`kl_divergence`.
+
+    Args:
+        {common}
+    """
+
+
+@loss_class
+class Poisson(plain_loss(poisson, "poisson", base=RawInputLoss)):
+    """Poisson loss; Keras's ``Poisson`` without the ``1e-7`` shift or NaN.
+
+    See :func:`poisson`.
+
+    Args:
+        {common}
+    """

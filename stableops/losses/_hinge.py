@@ -1,0 +1,198 @@
+"""Hinge losses: drop-in replacements for Keras 3.15 computed in float32.
+
+Hinge, squared hinge and categorical hinge, each as a function form and a
+``keras.losses.Loss`` class with Keras's name, constructor signature and
+defaults. Half precision is computed in float32 (Keras's float16 function
+forms overflow a squared violation of 300); labels that are all 0 or 1 are
+mapped to -1/1 as in Keras; a row with a NaN has a NaN gradient in every
+regime. Hinge and squared hinge take two ``tf.RaggedTensor`` as Keras's do.
+"""
+
+from __future__ import annotations
+
+import math
+
+import tensorflow as tf
+
+from stableops.losses._base import loss_class, plain_loss
+from stableops.losses._inputs import loss_function
+from stableops.losses._shared import mean_of_squares
+
+__all__ = [
+    "CategoricalHinge",
+    "Hinge",
+    "SquaredHinge",
+    "categorical_hinge",
+    "hinge",
+    "squared_hinge",
+]
+
+
+# ----------------------------------------------------------------------------
+# Hinge losses
+# ----------------------------------------------------------------------------
+
+
+def _signed_labels(y_true):
+    """Keras's rule: if every label is 0 or 1 (in the whole tensor), map to -1/1."""
+    is_binary = tf.reduce_all(tf.logical_or(tf.equal(y_true, 0.0), tf.equal(y_true, 1.0)))
+    return tf.where(is_binary, 2.0 * y_true - 1.0, y_true)
+
+
+def _margin_violation(y_true, y_pred):
+    return tf.maximum(1.0 - _signed_labels(y_true) * y_pred, 0.0)
+
+
+@loss_function(ragged=True)
+def hinge(y_true, y_pred):
+    """Hinge loss over the last axis.
+
+    Formula:
+        ``mean(max(1 - y_true * y_pred, 0), axis=-1)``; labels that are all
+        0 or 1 are first mapped to -1 or 1 (as in Keras).
+
+    Numerical stability:
+        Piecewise linear; half precision is computed in float32. Gradient
+        ``-y_true / n`` where the margin is violated (at the kink, as in
+        Keras), 0 elsewhere. Finite while the sum of the violations over the
+        last axis is below the float32 max. NaN gives NaN.
+        Error budget: 3 ULP of the float32 result (last axis of up to 8).
+
+    Args:
+        y_true: labels in {-1, 1} or {0, 1}, ``[batch, d0, ..., dN]``.
+        y_pred: predictions, same shape; real (integers and booleans are cast).
+
+    Returns:
+        ``[batch, d0, ..., dN-1]`` in ``y_pred``'s computing dtype.
+
+    Example:
+        >>> hinge([[0.0, 1.0]], [[0.6, 0.4]]).numpy()
+        array([1.1], dtype=float32)
+    """
+    return tf.reduce_mean(_margin_violation(y_true, y_pred), axis=-1)
+
+
+@loss_function(ragged=True)
+def squared_hinge(y_true, y_pred):
+    """Squared hinge loss over the last axis.
+
+    Formula:
+        ``mean(max(1 - y_true * y_pred, 0)^2, axis=-1)``; labels that are all
+        0 or 1 are first mapped to -1 or 1 (as in Keras).
+
+    Numerical stability:
+        Half precision is computed in float32 (Keras's float16 function form
+        gives ``inf`` for a margin violation of 300). The result overflows
+        only when the sum of the squared violations over the last axis
+        exceeds the float32 max (violations beyond about 1.8e19, float32/
+        bfloat16 only); the gradient stays finite. NaN gives NaN.
+        Error budget: 3 ULP of the float32 result (last axis of up to 8).
+
+    Args:
+        y_true: labels in {-1, 1} or {0, 1}.
+        y_pred: predictions, same shape; real (integers and booleans are cast).
+
+    Returns:
+        ``[batch, d0, ..., dN-1]`` in ``y_pred``'s computing dtype.
+
+    Example:
+        >>> squared_hinge([[0.0, 1.0]], [[0.6, 0.4]]).numpy()
+        array([1.46], dtype=float32)
+    """
+    return mean_of_squares(_margin_violation(y_true, y_pred))
+
+
+@tf.custom_gradient
+def _max_last_axis(x):
+    """``reduce_max(x, -1)``; the gradient is split evenly among tied maxima.
+
+    TF's own gradient of ``reduce_max`` is the same on rows without NaN, but on
+    a row with NaN, XLA and the TF kernels disagree about where the gradient
+    is NaN (NaN comparisons). Here a row with a NaN has a NaN gradient
+    everywhere, stated explicitly, so every regime agrees.
+    """
+    largest = tf.reduce_max(x, axis=-1)
+
+    def grad(upstream):
+        is_largest = tf.cast(x >= largest[..., None], x.dtype)
+        count = tf.maximum(tf.reduce_sum(is_largest, axis=-1, keepdims=True), 1.0)
+        has_nan = tf.reduce_any(tf.math.is_nan(x), axis=-1, keepdims=True)
+        share = tf.where(has_nan, tf.constant(math.nan, x.dtype), is_largest / count)
+        return upstream[..., None] * share
+
+    return largest, grad
+
+
+@loss_function()
+def categorical_hinge(y_true, y_pred):
+    """Categorical hinge loss over the last (class) axis.
+
+    Formula:
+        ``max(max((1 - y_true) y_pred) - sum(y_true y_pred) + 1, 0)``
+
+    Numerical stability:
+        Piecewise linear; half precision is computed in float32. The
+        gradient goes to the true class and the largest other score, as in
+        Keras. Finite while ``|y_pred|`` stays below half the range. NaN gives NaN.
+        Error budget: 3 ULP of the float32 result.
+
+    Args:
+        y_true: one-hot (or {-1, 1}) labels, ``[batch, d0, ..., classes]``.
+        y_pred: predictions, same shape; real (integers and booleans are cast).
+
+    Returns:
+        ``[batch, d0, ..., dN-1]`` in ``y_pred``'s computing dtype.
+
+    Example:
+        >>> categorical_hinge([[0.0, 1.0, 0.0]], [[0.2, 0.5, 0.4]]).numpy()
+        array([0.9], dtype=float32)
+    """
+    positive = tf.reduce_sum(y_true * y_pred, axis=-1)
+    negative = _max_last_axis((1.0 - y_true) * y_pred)
+    return tf.maximum(negative - positive + 1.0, 0.0)
+
+
+# ----------------------------------------------------------------------------
+# Loss classes
+# ----------------------------------------------------------------------------
+
+
+@loss_class
+class Hinge(plain_loss(hinge, "hinge")):
+    """Hinge loss; drop-in for ``keras.losses.Hinge`` (see :func:`hinge`).
+
+    Args:
+        {common}
+
+    Example:
+        >>> float(Hinge()([[0.0, 1.0]], [[0.6, 0.4]]))
+        1.1
+    """
+
+
+@loss_class
+class SquaredHinge(plain_loss(squared_hinge, "squared_hinge")):
+    """Squared hinge loss; drop-in for ``keras.losses.SquaredHinge`` (see :func:`squared_hinge`).
+
+    Args:
+        {common}
+
+    Example:
+        >>> float(SquaredHinge()([[0.0, 1.0]], [[0.6, 0.4]]))
+        1.46
+    """
+
+
+@loss_class
+class CategoricalHinge(plain_loss(categorical_hinge, "categorical_hinge")):
+    """Categorical hinge loss; drop-in for ``keras.losses.CategoricalHinge``.
+
+    See :func:`categorical_hinge`.
+
+    Args:
+        {common}
+
+    Example:
+        >>> float(CategoricalHinge()([[0.0, 1.0, 0.0]], [[0.2, 0.5, 0.4]]))
+        0.9
+    """
