@@ -282,7 +282,7 @@ def test_invalid_hyperparameters_name_argument_and_value(bad):
 def test_invalid_softmax_axis():
     with pytest.raises(ValueError, match="axis"):
         Softmax(axis=[])
-    with pytest.raises(ValueError, match="axis"):
+    with pytest.raises(TypeError, match="axis"):  # a wrong type: TypeError, as every axis
         Softmax(axis=1.5)
     x = np.zeros((2, 3), np.float32)
     for call in (lambda: Softmax(axis=5)(x), lambda: Softmax(axis=(0, 5))(x, mask=x > -1)):

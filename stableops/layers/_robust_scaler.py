@@ -9,7 +9,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from stableops._internal.checks import axis_argument
+from stableops._internal.checks import axis_argument, canonical_axis
+from stableops._internal.clip import clip
 from stableops._internal.dtypes import compute_dtype, dtype_limits
 
 _register = keras.saving.register_keras_serializable(package="stableops")
@@ -99,11 +100,7 @@ class _Collector:
                 f"RobustScaler.adapt needs data of rank >= 2 (batch, ..., features), got shape "
                 f"{batch.shape} ({where}); for one feature use x[:, None]"
             )
-        axis = self.axis % self.rank if -self.rank <= self.axis < self.rank else None
-        if axis is None:
-            raise ValueError(
-                f"`axis={self.axis}` is out of range for adapt data of rank {self.rank}"
-            )
+        axis = canonical_axis(self.axis, self.rank, of="adapt data")
         width = batch.shape[axis]
         if width == 0:
             raise ValueError(
@@ -294,9 +291,7 @@ class RobustScaler(keras.layers.Layer):
             raise ValueError(
                 f"RobustScaler needs inputs of rank >= 2 (batch, ..., features), got rank {rank}"
             )
-        if not -rank <= self.axis < rank:
-            raise ValueError(f"`axis={self.axis}` is out of range for inputs of rank {rank}")
-        return self.axis % rank
+        return canonical_axis(self.axis, rank, of="inputs")
 
     def build(self, input_shape):
         input_shape = tuple(input_shape)
@@ -395,8 +390,7 @@ class RobustScaler(keras.layers.Layer):
         y = (x - median) / scale
         if self._bounds is not None:
             low, high = self._bounds
-            # where(): tf.clip_by_value's min/max may turn NaN into a bound.
-            y = tf.where(tf.math.is_nan(y), y, tf.clip_by_value(y, low, high))
+            y = clip(y, low, high)  # NaN stays NaN (tf.clip_by_value may not keep it)
         return tf.cast(y, self.compute_dtype)
 
     def compute_output_shape(self, input_shape):
