@@ -76,11 +76,16 @@ def _batch_scale(x):
 
 
 def _scaled_down(x, scale):
-    """``x / scale`` (exact); gradient ``g`` (the ``1 / scale`` moves to :func:`_scaled_up`)."""
+    """``x / scale`` (exact); gradient ``g`` (the ``1 / scale`` moves to :func:`_scaled_up`).
+
+    Formed as ``x * (1 / scale)``: the reciprocal of a power of two between
+    ``tiny`` and ``max`` is exact, and a product is cheaper than a quotient.
+    """
+    reciprocal = 1.0 / scale
 
     @tf.custom_gradient
     def down(v):
-        return v / scale, lambda upstream: upstream
+        return v * reciprocal, lambda upstream: upstream
 
     return down(x)
 
