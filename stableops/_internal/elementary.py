@@ -9,8 +9,10 @@ roundings that matter corrected by error-free transformations
 
 from __future__ import annotations
 
+import decimal
 import functools
 import math
+import typing
 
 import tensorflow as tf
 
@@ -19,6 +21,8 @@ from stableops._internal.dtypes import dtype_limits
 from stableops._internal.where import safe_where
 
 LOG2 = math.log(2.0)
+# log 2 to 40 digits, for constants k log 2 split exactly (decimal arithmetic).
+_LOG2_DIGITS = decimal.Decimal("0.6931471805599453094172321214581765680755")
 
 
 @functools.lru_cache(maxsize=None)
@@ -155,3 +159,62 @@ def accurate_log1p(v):
         return value, grad
 
     return core(v)
+
+
+# ----------------------------------------------------------------------------
+# exp(x) past the overflow threshold, as a power of two times a finite factor
+# ----------------------------------------------------------------------------
+
+
+class ScaledExp(typing.NamedTuple):
+    """``exp(x) = scale * factor`` (``scale = 1/down`` a power of two, exact)."""
+
+    factor: tf.Tensor  # exp(x - k log 2) where x is large, exp(x) elsewhere: finite
+    scale: tf.Tensor  # 2^k where x is large, 1 elsewhere
+    down: tf.Tensor  # 1 / scale, exact (a normal number)
+    x: tf.Tensor  # x, clamped at 2 k log 2 (where every caller's result is inf)
+
+
+@functools.lru_cache(maxsize=None)
+def _exp_scaling(dtype: tf.DType):
+    """``(k, hi, lo)``: ``2^-k`` the smallest normal power of two, ``k log 2 = hi + lo``.
+
+    ``hi`` is ``k log 2`` rounded to ``dtype`` and ``lo`` the remainder (from
+    40 digits of log 2): ``(x - hi) - lo`` is ``x - k log 2`` to a fraction of
+    an ULP, because ``x - hi`` is exact (Sterbenz) for ``hi/2 <= x <= 2 hi``,
+    the range the large branch of :func:`scaled_exp` covers (``k = 126`` for
+    float32, 1022 for float64: ``hi`` = 87.3 and 708.4, just below ``log_max``).
+    """
+    limits = dtype_limits(dtype)
+    k = round(-math.log2(limits.tiny))
+    exact = k * _LOG2_DIGITS
+    hi = float(dtype.as_numpy_dtype(float(exact)))
+    lo = float(exact - decimal.Decimal(hi))
+    return k, hi, lo
+
+
+def scaled_exp(x) -> ScaledExp:
+    """``exp(x)`` as ``scale * factor``, with ``factor`` finite up to ``x = 2 k log 2``.
+
+    Below ``log_max - 1`` (where ``exp`` cannot overflow) ``factor = exp(x)``
+    and ``scale = 1``: the plain ``exp``, one rounding. Above, ``factor =
+    exp(x - k log 2)`` and ``scale = 2^k`` (Cody and Waite's reduction; the
+    reduction is exact to a fraction of an ULP, see :func:`_exp_scaling`), so a
+    caller forms ``exp(x) - c`` as ``scale * (factor - c * down)``: finite
+    wherever the result is, with one ``exp`` and no division. ``x`` is clamped
+    at ``2 k log 2`` (174.7 in float32), beyond which ``exp(x)`` exceeds the
+    largest float by more than any finite ``c x`` can take back; the clamped
+    ``x`` is returned for the caller's other terms. NaN stays NaN.
+    """
+    k, hi, lo = _exp_scaling(x.dtype)
+    limits = dtype_limits(x.dtype)
+    x = tf.where(x > 2.0 * hi, tf.constant(2.0 * hi, x.dtype), x)  # NaN > c is False
+    large = x > limits.log_max - 1.0
+    one = tf.ones_like(x)
+    # lo through a data-dependent value, as in minus_log2: XLA would fold
+    # (x - hi) - lo into x - (hi + lo), which rounds back to k log 2.
+    low = x * 0.0 + lo
+    factor = tf.exp(tf.where(large, (x - hi) - low, x))
+    return ScaledExp(
+        factor, tf.where(large, one * 2.0**k, one), tf.where(large, one * 2.0**-k, one), x
+    )

@@ -45,8 +45,9 @@ from __future__ import annotations
 import tensorflow as tf
 
 from stableops._internal.dtypes import dtype_limits, to_compute_saturating
+from stableops._internal.elementary import accurate_log1p
 from stableops._internal.kernel import xla_kernel
-from stableops.ops import l2_normalize, log_softmax, safe_norm
+from stableops.ops import l2_normalize, safe_norm
 
 DISTANCES = ("euclidean", "squared", "cosine")
 STRATEGIES = ("hard", "semi_hard")
@@ -75,11 +76,16 @@ def _batch_scale(x):
 
 
 def _scaled_down(x, scale):
-    """``x / scale`` (exact); gradient ``g`` (the ``1 / scale`` moves to :func:`_scaled_up`)."""
+    """``x / scale`` (exact); gradient ``g`` (the ``1 / scale`` moves to :func:`_scaled_up`).
+
+    Formed as ``x * (1 / scale)``: the reciprocal of a power of two between
+    ``tiny`` and ``max`` is exact, and a product is cheaper than a quotient.
+    """
+    reciprocal = 1.0 / scale
 
     @tf.custom_gradient
     def down(v):
-        return v / scale, lambda upstream: upstream
+        return v * reciprocal, lambda upstream: upstream
 
     return down(x)
 
@@ -429,17 +435,31 @@ def contrastive_pairs_kernel(similar, x, margin):
 def nt_xent_kernel(x, temperature):
     """NT-Xent of ``x`` ``[2n, dim]``: rows ``i`` and ``i + n`` (mod ``2n``) are positives.
 
-    ``-log(exp(s_ip / t) / sum_{k != i} exp(s_ik / t))`` with ``s`` the cosine
-    similarity, as in SimCLR; computed in float32 (float64 for float64).
+    ``-log(exp(l_ip) / sum_{k != i} exp(l_ik))`` with ``l = s / t`` and ``s``
+    the cosine similarity, as in SimCLR; computed in float32 (float64 for
+    float64). With ``m`` the row's maximum over ``k != i`` (self-similarity
+    left out by a mask, not a ``-inf`` fill) and ``S`` the sum of
+    ``exp(l_ik - m)`` over the negatives: ``log1p(S)`` when the positive is the
+    maximum (accurate when it dominates, where ``logsumexp - l_ip`` would
+    cancel), ``(m - l_ip) + log(exp(l_ip - m) + S)`` otherwise (two positive
+    terms). One maximum and one sum per row, as a fused softmax cross-entropy.
     """
     unit = l2_normalize(to_compute_saturating(x), axis=-1)
     batch = tf.shape(unit)[0]
-    half = batch // 2
     logits = tf.matmul(unit, unit, transpose_b=True) / temperature
-    partner = (tf.range(batch) + half) % batch
-    # Self-similarity left out by the mask, not a -inf fill. The positive's
-    # log-probability from log_softmax: -log1p(sum of the others' exp(l - l_p))
-    # when the positive dominates, where logsumexp - l_p would cancel.
-    others = tf.logical_not(tf.eye(batch, dtype=tf.bool))
-    log_p = log_softmax(logits, axis=-1, where=others)
-    return -tf.gather(log_p, partner[:, None], batch_dims=1)[:, 0]
+    rows = tf.range(batch)
+    partner = (rows + batch // 2) % batch
+    columns = rows[None, :]
+    negative = tf.logical_and(columns != rows[:, None], columns != partner[:, None])
+    positive_logit = tf.gather(logits, partner[:, None], batch_dims=1)[:, 0]
+    # m over k != i (the diagonal's place taken by the positive). The loss
+    # does not depend on the shift m: no gradient through it.
+    shift = tf.stop_gradient(
+        tf.reduce_max(tf.where(negative, logits, positive_logit[:, None]), axis=-1)
+    )
+    exponent = tf.where(negative, logits - shift[:, None], tf.zeros_like(logits))
+    total = tf.reduce_sum(tf.where(negative, tf.exp(exponent), tf.zeros_like(logits)), axis=-1)
+    gap = shift - positive_logit  # >= 0; NaN (the other branch) for a NaN positive
+    return tf.where(
+        tf.equal(gap, 0.0), accurate_log1p(total), gap + tf.math.log(tf.exp(-gap) + total)
+    )
