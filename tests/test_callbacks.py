@@ -25,7 +25,9 @@ def masked_model(jit_compile=False, learning_rate=0.01):
         ]
     )
     model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate), loss="binary_crossentropy", jit_compile=jit_compile
+        optimizer=keras.optimizers.Adam(learning_rate),
+        loss="binary_crossentropy",
+        jit_compile=jit_compile,
     )
     return model
 
@@ -47,7 +49,13 @@ class Recorder(keras.callbacks.Callback):
 def fit(model, guard, epochs=1):
     recorder = Recorder()
     history = model.fit(
-        TOKENS, LABELS, batch_size=BATCH, epochs=epochs, shuffle=False, verbose=0, callbacks=[recorder, guard]
+        TOKENS,
+        LABELS,
+        batch_size=BATCH,
+        epochs=epochs,
+        shuffle=False,
+        verbose=0,
+        callbacks=[recorder, guard],
     )
     return recorder, history
 
@@ -155,7 +163,9 @@ def test_bad_arguments(kwargs, match):
 
 X_REG = RNG.normal(size=(256, 4)).astype(np.float32)
 Y_REG = (X_REG @ np.array([[1.0], [-2.0], [0.5], [1.5]], np.float32)).astype(np.float32)
-HUGE_RATE = 300.0  # every step overshoots until the rate is cut below ~0.7 (2 / largest Hessian eigenvalue)
+HUGE_RATE = (
+    300.0  # every step overshoots until the rate is cut below ~0.7 (2 / largest Hessian eigenvalue)
+)
 CUT = 0.1
 
 
@@ -191,7 +201,9 @@ def test_continue_cuts_the_learning_rate_persistently_and_compounding(wrap, mixe
 
 @pytest.mark.parametrize("jit_compile", [False, True])
 def test_a_schedule_is_scaled_not_replaced(jit_compile):
-    schedule = keras.optimizers.schedules.ExponentialDecay(HUGE_RATE, decay_steps=1000, decay_rate=0.9)
+    schedule = keras.optimizers.schedules.ExponentialDecay(
+        HUGE_RATE, decay_steps=1000, decay_rate=0.9
+    )
     optimizer = keras.optimizers.SGD(schedule)
     model = regression_model(optimizer, jit_compile=jit_compile)
     guard = NaNGuard(action="continue", lr_factor=CUT, diagnose=False, verbose=0)
@@ -204,11 +216,15 @@ def test_a_schedule_is_scaled_not_replaced(jit_compile):
     # The rate follows the same decay, scaled by the cuts.
     scale = CUT ** len(guard.events)
     step = int(optimizer.iterations.numpy())
-    assert float(np.asarray(optimizer.learning_rate)) == pytest.approx(scale * float(schedule(step)), rel=1e-5)
+    assert float(np.asarray(optimizer.learning_rate)) == pytest.approx(
+        scale * float(schedule(step)), rel=1e-5
+    )
     config = keras.optimizers.serialize(optimizer)["config"]["learning_rate"]
     assert config["config"]["schedule"]["class_name"] == "ExponentialDecay"
     clone = keras.optimizers.deserialize(keras.optimizers.serialize(optimizer))
-    assert float(np.asarray(clone.learning_rate)) == pytest.approx(scale * float(schedule(0)), rel=1e-5)
+    assert float(np.asarray(clone.learning_rate)) == pytest.approx(
+        scale * float(schedule(0)), rel=1e-5
+    )
 
 
 def test_the_rollback_keeps_skip_non_finite_counting():
@@ -233,7 +249,11 @@ def test_a_guard_after_an_aborted_fit_still_sees_the_batches():
     model = masked_model()
     with pytest.raises(RuntimeError, match="another callback"):  # Keras skips on_train_end
         model.fit(
-            TOKENS, LABELS, batch_size=BATCH, verbose=0, shuffle=False,
+            TOKENS,
+            LABELS,
+            batch_size=BATCH,
+            verbose=0,
+            shuffle=False,
             callbacks=[NaNGuard(action="stop", verbose=0), FailAt()],
         )
     guard = NaNGuard(action="stop", verbose=0)

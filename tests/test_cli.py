@@ -31,7 +31,11 @@ def test_demo_end_to_end_in_fast_mode(tmp_path, capsys):
     # Progress while it runs, then the side-by-side table and the diagnosis.
     assert "[1/4]" in text and "[4/4]" in text
     table = text[text.index("| stock Keras") :].split("\n\n")[0]
-    rows = {line.split("|")[0].rsplit(None, 1)[0]: line for line in table.splitlines()[3:] if "|" in line}
+    rows = {
+        line.split("|")[0].rsplit(None, 1)[0]: line
+        for line in table.splitlines()[3:]
+        if "|" in line
+    }
     assert set(rows) == set(TITLES)
     for title in TITLES:
         first, stock, stable = rows[title].split("|")
@@ -39,7 +43,9 @@ def test_demo_end_to_end_in_fast_mode(tmp_path, capsys):
         stock_outcome, stock_loss = stock.split()[:-1], float(stock.split()[-1])
         stable_outcome, stable_loss = stable.split()[:-2], float(stable.split()[-2])
         # stableops learns: its loss ends clearly below chance ...
-        assert stable_outcome[0].rstrip(";") == "learned" and stable_loss < 0.85 * chance, rows[title]
+        assert stable_outcome[0].rstrip(";") == "learned" and stable_loss < 0.85 * chance, rows[
+            title
+        ]
         # ... stock Keras does not: it goes NaN, or (when the CPU's clip swallows
         # the NaN) its loss stays at chance; either way the outcome says so.
         assert " ".join(stock_outcome).startswith(("NaN at step", "silent: stuck")), rows[title]
@@ -83,7 +89,9 @@ def saved(tmp_path_factory):
     (folder / "garbage.npz").write_text("not an archive")
     np.save(folder / "single.npy", x)
     np.savez(folder / "strings.npz", x=x.astype(str), y=y)
-    (folder / "renamed.keras").write_bytes((folder / "data.npz").read_bytes())  # a zip, but not a model
+    (folder / "renamed.keras").write_bytes(
+        (folder / "data.npz").read_bytes()
+    )  # a zip, but not a model
 
     def unregistered_loss(y_true, y_pred):  # a custom loss Keras cannot find when loading
         return keras.ops.mean(keras.ops.square(y_true - y_pred), axis=-1)
@@ -91,7 +99,9 @@ def saved(tmp_path_factory):
     custom = keras.models.clone_model(model)
     custom.compile(optimizer=keras.optimizers.SGD(0.01), loss=unregistered_loss)
     custom.save(folder / "custom_loss.keras")
-    diverging = keras.Sequential([keras.Input((5,)), keras.layers.Dense(8, activation="relu"), keras.layers.Dense(1)])
+    diverging = keras.Sequential(
+        [keras.Input((5,)), keras.layers.Dense(8, activation="relu"), keras.layers.Dense(1)]
+    )
     diverging.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
     diverging.save(folder / "diverging.keras")
     np.savez(folder / "raw.npz", x=x * np.array([1, 10, 100, 1e3, 1e4], np.float32), y=y)
@@ -112,7 +122,8 @@ def test_user_model_healthy(saved, capsys):
 
 def test_user_model_json_and_keys(saved, capsys):
     status, out, _ = run(
-        [saved / "model.keras", saved / "features.npz", "--x", "inputs", "--y", "labels", "--json"], capsys
+        [saved / "model.keras", saved / "features.npz", "--x", "inputs", "--y", "labels", "--json"],
+        capsys,
     )
     assert status == 0
     data = json.loads(out)
@@ -137,9 +148,13 @@ def test_a_loss_that_cannot_be_reloaded_is_reported_and_can_be_named(saved, caps
     status, out, err = run([saved / "custom_loss.keras", saved / "data.npz"], capsys)
     assert status == 2 and out == ""
     assert "unregistered_loss" in err and "--loss NAME" in err
-    status, out, _ = run([saved / "custom_loss.keras", saved / "data.npz", "--loss", "mse", "--json"], capsys)
+    status, out, _ = run(
+        [saved / "custom_loss.keras", saved / "data.npz", "--loss", "mse", "--json"], capsys
+    )
     data = json.loads(out)
-    assert data["context"]["learning_rate"] == pytest.approx(0.01)  # the saved optimizer, not a default
+    assert data["context"]["learning_rate"] == pytest.approx(
+        0.01
+    )  # the saved optimizer, not a default
     assert data["context"]["loss"] == "keras.losses.mean_squared_error"
     assert status == (1 if data["counts"]["error"] else 0)
 
@@ -164,7 +179,10 @@ BAD_INPUTS = [
     (["model.keras", "data.npz", "--x", "nope"], "no array 'nope'"),
     (["model.keras", "data.npz", "--y", "nope"], "no array 'nope'"),
     (["model.keras", "features.npz"], "no array 'x'"),
-    (["model.keras", "data.npz", "--x", "narrow"], "has shape (64, 3) but the model expects (None, 5)"),
+    (
+        ["model.keras", "data.npz", "--x", "narrow"],
+        "has shape (64, 3) but the model expects (None, 5)",
+    ),
     (["model.keras", "data.npz", "--y", "short_y"], "x has 64 samples but y has 10"),
     (["model.keras", "data.npz", "--x", "x,narrow"], "takes 1 input(s) but 2 array(s)"),
     (["model.keras"], "give both MODEL and DATA"),
@@ -174,7 +192,10 @@ BAD_INPUTS = [
     (["--fast", "--out", "x.txt"], "--out must name a .png file or an existing directory"),
     (["--out", "missing/plot.png"], "--out directory does not exist"),
     (["model.keras", "strings.npz"], "'x' holds strings (dtype <U"),
-    (["model.keras", "data.npz", "--loss", "no_such_loss"], "--loss no_such_loss: not a Keras loss"),
+    (
+        ["model.keras", "data.npz", "--loss", "no_such_loss"],
+        "--loss no_such_loss: not a Keras loss",
+    ),
     (["model.keras", "data.npz", "--loss", "stableops.Nope"], "stableops.losses has no loss class"),
     (["--loss", "mse"], "applies to MODEL DATA"),
     (["--bogus"], "unrecognized arguments: --bogus"),
@@ -209,7 +230,14 @@ def test_no_command(capsys):
 def test_python_dash_m_in_a_subprocess(saved):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     result = subprocess.run(
-        [sys.executable, "-m", "stableops", "doctor", str(saved / "model.keras"), str(saved / "missing.npz")],
+        [
+            sys.executable,
+            "-m",
+            "stableops",
+            "doctor",
+            str(saved / "model.keras"),
+            str(saved / "missing.npz"),
+        ],
         capture_output=True,
         text=True,
         env=env,

@@ -115,8 +115,13 @@ def _replica_copies_agree(model):
 # four losses without Keras's 1/replicas scaling.
 _GRID = [(case.name, REDUCTIONS[i % len(REDUCTIONS)]) for i, case in enumerate(LOSS_CASES)]
 _PROBABILISTIC = {
-    "BinaryCrossentropy", "BinaryFocalCrossentropy", "CategoricalCrossentropy",
-    "CategoricalFocalCrossentropy", "SparseCategoricalCrossentropy", "KLDivergence", "Poisson",
+    "BinaryCrossentropy",
+    "BinaryFocalCrossentropy",
+    "CategoricalCrossentropy",
+    "CategoricalFocalCrossentropy",
+    "SparseCategoricalCrossentropy",
+    "KLDivergence",
+    "Poisson",
 }
 
 
@@ -329,7 +334,9 @@ def test_skip_non_finite_skips_the_step_on_every_replica(mirrored, bad_replica):
 
 @needs_replicas
 @pytest.mark.parametrize("bad_replica", [0, 1])
-def test_skip_non_finite_skips_an_inf_loss_with_finite_gradients_on_every_replica(mirrored, bad_replica):
+def test_skip_non_finite_skips_an_inf_loss_with_finite_gradients_on_every_replica(
+    mirrored, bad_replica
+):
     # One target of 3e19 in one replica's shard: its squared error (9e38)
     # overflows float32, so that replica's loss is inf while its gradients
     # (2 * 3e19 / 4 * x) are finite.
@@ -356,9 +363,7 @@ def test_nan_guard_restores_weights_when_one_replica_goes_nan(mirrored):
         model.compile(optimizer=keras.optimizers.SGD(0.1), loss=stableops.losses.MeanSquaredError())
     initial = model.get_weights()
     guard = stableops.callbacks.NaNGuard(action="stop", verbose=0)
-    model.fit(
-        x, y, batch_size=GLOBAL_BATCH, epochs=1, verbose=0, shuffle=False, callbacks=[guard]
-    )
+    model.fit(x, y, batch_size=GLOBAL_BATCH, epochs=1, verbose=0, shuffle=False, callbacks=[guard])
 
     _replica_copies_agree(model)
     expected = _one_sgd_step_reference(x[:GLOBAL_BATCH], y[:GLOBAL_BATCH], initial, 0.1)
@@ -490,7 +495,10 @@ def test_distribute_suite_in_a_fresh_process():
     env = dict(os.environ, **{_CHILD_ENV: "1"})
     result = subprocess.run(
         [sys.executable, "-m", "pytest", __file__, "-q", "-p", "no:cacheprovider"],
-        env=env, capture_output=True, text=True, timeout=600,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
     )
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]

@@ -1,4 +1,4 @@
-"""stableops.diagnose: each finding is triggered by a crafted model/data set and absent on healthy ones."""
+"""stableops.diagnose: each finding triggered by a crafted model and data, absent when healthy."""
 
 import json
 
@@ -93,7 +93,13 @@ def _healthy_scaled_raw_features():
 
 
 @pytest.mark.parametrize(
-    "build", [_healthy_regression, _healthy_tanh_classifier, _healthy_sequences, _healthy_scaled_raw_features]
+    "build",
+    [
+        _healthy_regression,
+        _healthy_tanh_classifier,
+        _healthy_sequences,
+        _healthy_scaled_raw_features,
+    ],
 )
 def test_no_false_alarms_on_healthy_models(build):
     model, x, y = build()
@@ -186,7 +192,9 @@ def test_sparse_labels_out_of_range():
 
 
 def test_sparse_labels_that_are_one_hot():
-    report = diagnose(_classifier("sparse_categorical_crossentropy"), X, keras.utils.to_categorical(Y_CLS, 4))
+    report = diagnose(
+        _classifier("sparse_categorical_crossentropy"), X, keras.utils.to_categorical(Y_CLS, 4)
+    )
     assert only(report, "labels.shape").severity == "error"
 
 
@@ -210,7 +218,9 @@ def test_one_hot_rows_must_sum_to_one():
 
 def test_binary_labels_outside_unit_interval():
     y = np.where(Y_BIN > 0, 1.0, -1.0).astype(np.float32)  # SVM-style labels
-    report = diagnose(_classifier(keras.losses.BinaryCrossentropy(), outputs=1, activation="sigmoid"), X, y)
+    report = diagnose(
+        _classifier(keras.losses.BinaryCrossentropy(), outputs=1, activation="sigmoid"), X, y
+    )
     finding = only(report, "labels.range")
     assert finding.evidence["label_min"] == -1
 
@@ -392,7 +402,9 @@ def test_report_table_and_json():
     assert data["likely_cause"]["check"] == "input.scale"  # earliest in the data flow
     assert report.errors[-1].check == "trial.diverged"
     assert {f["check"] for f in data["findings"]} == checks(report)
-    assert all({"severity", "location", "evidence", "fix", "message"} <= set(f) for f in data["findings"])
+    assert all(
+        {"severity", "location", "evidence", "fix", "message"} <= set(f) for f in data["findings"]
+    )
 
 
 def test_report_orders_by_severity_and_serialises_non_finite_numbers():
@@ -413,7 +425,12 @@ def test_report_orders_by_severity_and_serialises_non_finite_numbers():
 def test_dataset_input_and_state_is_left_untouched():
     keras.utils.set_random_seed(0)
     model = keras.Sequential(
-        [keras.Input((F,)), keras.layers.Dense(8), keras.layers.BatchNormalization(), keras.layers.Dense(1)]
+        [
+            keras.Input((F,)),
+            keras.layers.Dense(8),
+            keras.layers.BatchNormalization(),
+            keras.layers.Dense(1),
+        ]
     )
     model.compile(optimizer="adam", loss="mse")
     before = [w.copy() for w in model.get_weights()]
@@ -430,7 +447,10 @@ def test_sampling_is_bounded_and_deterministic():
     model = mlp()
     model.compile(optimizer="adam", loss="mse")
     first = diagnose(model, x, y, batch_size=16, max_batches=2)
-    assert first.context["samples"] == 32 and first.context["of"] == first.context["data_rows"] == 4 * N
+    assert (
+        first.context["samples"] == 32
+        and first.context["of"] == first.context["data_rows"] == 4 * N
+    )
     assert first.to_dict() == diagnose(model, x, y, batch_size=16, max_batches=2).to_dict()
 
 

@@ -1,4 +1,4 @@
-"""diagnose: the trial run, the model-state checks, and advice that fits the model it is given for."""
+"""diagnose: the trial run, the model-state checks, and advice that fits the model it is for."""
 
 import keras
 import numpy as np
@@ -20,7 +20,11 @@ UNSCALED = FLOAT16_MAX**0.5  # 256: the README's "magnitudes above sqrt(65504)"
 def mlp(inputs=F, **compile_args):
     keras.utils.set_random_seed(0)
     model = keras.Sequential(
-        [keras.Input((inputs,)), keras.layers.Dense(8, activation="relu", name="hidden"), keras.layers.Dense(1, name="out")]
+        [
+            keras.Input((inputs,)),
+            keras.layers.Dense(8, activation="relu", name="hidden"),
+            keras.layers.Dense(1, name="out"),
+        ]
     )
     model.compile(**{"optimizer": "adam", "loss": "mse", **compile_args})
     return model
@@ -47,7 +51,9 @@ def test_weights_already_nan_are_named_as_the_cause():
 
 def test_batch_norm_moving_statistics_gone_non_finite():
     keras.utils.set_random_seed(0)
-    model = keras.Sequential([keras.Input((F,)), keras.layers.BatchNormalization(name="bn"), keras.layers.Dense(1)])
+    model = keras.Sequential(
+        [keras.Input((F,)), keras.layers.BatchNormalization(name="bn"), keras.layers.Dense(1)]
+    )
     model.compile(optimizer="adam", loss="mse")
     model.get_layer("bn").moving_variance.assign(np.full((F,), np.inf, np.float32))
     report = diagnose(model, X, Y, training=False)
@@ -58,12 +64,16 @@ def test_batch_norm_moving_statistics_gone_non_finite():
 
 def test_a_last_batch_of_one_sample_feeding_batch_norm():
     keras.utils.set_random_seed(0)
-    model = keras.Sequential([keras.Input((F,)), keras.layers.BatchNormalization(name="bn"), keras.layers.Dense(1)])
+    model = keras.Sequential(
+        [keras.Input((F,)), keras.layers.BatchNormalization(name="bn"), keras.layers.Dense(1)]
+    )
     model.compile(optimizer="adam", loss="mse")
     [finding] = diagnose(model, X[:33], Y[:33], batch_size=32).find("input.single_sample_batch")
     assert finding.location == "layer 'bn'" and finding.evidence["samples"] == 33
     assert not diagnose(model, X[:34], Y[:34], batch_size=32).find("input.single_sample_batch")
-    assert not diagnose(mlp(), X[:33], Y[:33], batch_size=32).find("input.single_sample_batch")  # no BN
+    assert not diagnose(mlp(), X[:33], Y[:33], batch_size=32).find(
+        "input.single_sample_batch"
+    )  # no BN
 
 
 class Float16LayerNorm(keras.layers.LayerNormalization):
@@ -79,7 +89,10 @@ class Float16LayerNorm(keras.layers.LayerNormalization):
 def test_a_float16_normalisation_whose_epsilon_float16_cannot_hold(mixed_precision_policy):
     mixed_precision_policy("mixed_float16")
     constant_row = np.ones((4, F), np.float32)  # variance 0: only epsilon keeps rsqrt finite
-    for layer, flagged in ((Float16LayerNorm(epsilon=1e-8), True), (keras.layers.LayerNormalization(epsilon=1e-8), False)):
+    for layer, flagged in (
+        (Float16LayerNorm(epsilon=1e-8), True),
+        (keras.layers.LayerNormalization(epsilon=1e-8), False),
+    ):
         model = keras.Sequential([keras.Input((F,)), layer, keras.layers.Dense(1, dtype="float32")])
         model.compile(optimizer="adam", loss="mse")
         # The premise, checked on the layer itself: only the float16 one breaks.
@@ -94,9 +107,9 @@ def test_an_optimizer_epsilon_below_the_variables_smallest_normal(mixed_precisio
     mixed_precision_policy("float32")
     [finding] = diagnose(model, X, Y, trial_steps=0).find("optimizer.epsilon")
     assert finding.evidence["variable_dtype"] == "float16"
-    assert not diagnose(mlp(optimizer=keras.optimizers.Adam(epsilon=1e-7)), X, Y, trial_steps=0).find(
-        "optimizer.epsilon"
-    )  # float32 variables hold 1e-7 easily
+    assert not diagnose(
+        mlp(optimizer=keras.optimizers.Adam(epsilon=1e-7)), X, Y, trial_steps=0
+    ).find("optimizer.epsilon")  # float32 variables hold 1e-7 easily
 
 
 # ---------------------------------------------------------------- inputs
@@ -120,7 +133,9 @@ def test_integer_features_fed_to_a_dense_layer_are_checked():
     assert scale.evidence["largest_magnitude"] > 1e5
 
 
-def test_normalization_that_casts_raw_values_to_float16_gets_advice_that_can_work(mixed_precision_policy):
+def test_normalization_that_casts_raw_values_to_float16_gets_advice_that_can_work(
+    mixed_precision_policy,
+):
     mixed_precision_policy("mixed_float16")
     raw = X.copy()
     raw[:, 2] = 1e5 + 1e4 * np.abs(raw[:, 2])  # above float16's 65504
@@ -140,7 +155,11 @@ def test_normalization_that_casts_raw_values_to_float16_gets_advice_that_can_wor
 def test_raw_diabetes_with_a_stableops_loss_names_targets_and_learning_rate():
     data = load_diabetes(scaled=False)  # raw features, targets 25 .. 346
     x, y = data.data.astype(np.float32), data.target.astype(np.float32)[:, None]
-    model = mlp(inputs=x.shape[1], optimizer=keras.optimizers.SGD(1e-3), loss=stableops.losses.MeanSquaredError())
+    model = mlp(
+        inputs=x.shape[1],
+        optimizer=keras.optimizers.SGD(1e-3),
+        loss=stableops.losses.MeanSquaredError(),
+    )
     report = diagnose(model, x, y)
 
     [trial] = report.find("trial.diverged")
@@ -170,8 +189,18 @@ def test_diagnose_changes_no_state_of_the_model():
     keras.utils.set_random_seed(0)
     inputs = keras.Input((F,))
     hidden = keras.layers.Dense(8, activation="relu")(inputs)
-    model = keras.Model(inputs, {"a": keras.layers.Dense(1, name="a")(hidden), "b": keras.layers.Dense(1, name="b")(hidden)})
-    model.compile(optimizer=keras.optimizers.SGD(1e-3, momentum=0.9), loss={"a": "mse", "b": "mae"}, metrics={"a": ["mae"]})
+    model = keras.Model(
+        inputs,
+        {
+            "a": keras.layers.Dense(1, name="a")(hidden),
+            "b": keras.layers.Dense(1, name="b")(hidden),
+        },
+    )
+    model.compile(
+        optimizer=keras.optimizers.SGD(1e-3, momentum=0.9),
+        loss={"a": "mse", "b": "mae"},
+        metrics={"a": ["mae"]},
+    )
     targets = {"a": Y, "b": Y}
     model.fit(X, targets, batch_size=32, epochs=1, verbose=0)
     model.optimizer.learning_rate = 100.0  # the trial run diverges

@@ -24,8 +24,14 @@ _NOT_PROVIDED = {"CircleTest", "CategoricalGeneralizedCrossEntropyTest"}
 
 # test id -> the README row ("Where stableops deliberately differs from Keras") it hits.
 _CONFIG = "README: `get_config()` lists every constructor argument, `dtype` included"
-_CLIP = "README: `BinaryCrossentropy`, p = 1 with t = 0: clipped at the largest float below 1, not 1 - 1e-7"
-_AXIS = "README: `SparseCategoricalCrossentropy` takes any class axis (Keras's TF backend: axis=-1 only)"
+_CLIP = (
+    "README: `BinaryCrossentropy`, p = 1 with t = 0: clipped at the largest float below 1, "
+    "not 1 - 1e-7"
+)
+_AXIS = (
+    "README: `SparseCategoricalCrossentropy` takes any class axis (Keras's TF backend: "
+    "axis=-1 only)"
+)
 _DELIBERATE = {
     "CosineSimilarityTest::test_config": _CONFIG,
     "HuberLossTest::test_config": _CONFIG,

@@ -84,9 +84,13 @@ def test_matches_keras_on_ordinary_inputs(seed):
     labels, logits = _ordinary(seed, batch=6, frames=12, classes=6, max_label=5)
     ours = S.CTC()
     theirs = keras.losses.CTC()
-    np.testing.assert_allclose(float(ours(labels, logits)), float(theirs(labels, logits)), rtol=1e-6)
+    np.testing.assert_allclose(
+        float(ours(labels, logits)), float(theirs(labels, logits)), rtol=1e-6
+    )
     value, gradient = _value_and_gradient(S.CTC(reduction="none"), labels, logits)
-    keras_value, keras_gradient = _value_and_gradient(keras.losses.CTC(reduction="none"), labels, logits)
+    keras_value, keras_gradient = _value_and_gradient(
+        keras.losses.CTC(reduction="none"), labels, logits
+    )
     np.testing.assert_allclose(value, keras_value, rtol=1e-6)
     np.testing.assert_allclose(gradient, keras_gradient, rtol=1e-5, atol=1e-6)
 
@@ -112,7 +116,9 @@ def test_constructor_matches_keras():
 # ----------------------------------------------------------------------------
 
 # T = 4 frames; [1, 1, 1] needs 5 (a blank between repeats), [1, 2, 3, 1, 2] needs 5.
-IMPOSSIBLE = np.array([[1, 2, 0, 0, 0], [1, 1, 1, 0, 0], [1, 2, 3, 1, 2], [3, 3, 0, 0, 0]], np.int32)
+IMPOSSIBLE = np.array(
+    [[1, 2, 0, 0, 0], [1, 1, 1, 0, 0], [1, 2, 3, 1, 2], [3, 3, 0, 0, 0]], np.int32
+)
 
 
 def _impossible_logits(seed=0):
@@ -125,7 +131,9 @@ def test_the_reference_calls_these_impossible():
 
 
 def test_keras_gives_a_finite_wrong_loss_for_an_impossible_alignment():
-    value, _ = _value_and_gradient(keras.losses.CTC(reduction="none"), IMPOSSIBLE, _impossible_logits())
+    value, _ = _value_and_gradient(
+        keras.losses.CTC(reduction="none"), IMPOSSIBLE, _impossible_logits()
+    )
     assert np.isfinite(value).all() and (value[[1, 2]] > 700).all()  # -log(1e-307) floor, not inf
 
 
@@ -168,7 +176,9 @@ def test_finite_values_and_gradients(dtype):
         labels=st.lists(st.integers(0, 2), min_size=6, max_size=6),
     )
     def check(logits, labels):
-        labels = np.sort(np.array(labels, np.int32).reshape(2, 3), axis=1)[:, ::-1].copy()  # 0-padded at the end
+        labels = np.sort(np.array(labels, np.int32).reshape(2, 3), axis=1)[
+            :, ::-1
+        ].copy()  # 0-padded at the end
         x = tf.cast(tf.constant(np.asarray(logits, np.float32)), dtype)
         for zero_infinity in (False, True):
             value, gradient = _value_and_gradient(
@@ -188,9 +198,12 @@ def test_same_answer_in_every_regime(regime):
     labels[1] = [1, 1, 1]
     logits = logits[:, :4]  # 4 frames: [2, 2, 2] and [1, 1, 1] impossible
     expected = _value_and_gradient(lambda y, x: S.ctc(y, x, zero_infinity=True), labels, logits)
-    for unknown_batch in ((False, True) if regime.name != "eager" else (False,)):
+    for unknown_batch in (False, True) if regime.name != "eager" else (False,):
         value, (gradient,) = regime.value_and_grad(
-            lambda x, y: S.ctc(y, x, zero_infinity=True), logits, labels, unknown_batch=unknown_batch
+            lambda x, y: S.ctc(y, x, zero_infinity=True),
+            logits,
+            labels,
+            unknown_batch=unknown_batch,
         )
         np.testing.assert_allclose(value, expected[0], rtol=1e-6)
         np.testing.assert_allclose(gradient, expected[1], rtol=1e-5, atol=1e-7)
@@ -231,8 +244,12 @@ def test_errors_name_the_shapes_and_arguments():
 
 def test_config_and_saved_model(tmp_path):
     loss = S.CTC(name="my_ctc", zero_infinity=True)
-    assert loss.get_config() == {"name": "my_ctc", "reduction": "sum_over_batch_size", "dtype": "float32",
-                                 "zero_infinity": True}
+    assert loss.get_config() == {
+        "name": "my_ctc",
+        "reduction": "sum_over_batch_size",
+        "dtype": "float32",
+        "zero_infinity": True,
+    }
     rebuilt = keras.losses.deserialize(keras.losses.serialize(loss))
     assert type(rebuilt) is S.CTC and rebuilt.get_config() == loss.get_config()
 

@@ -73,8 +73,11 @@ def _scaled_errors(actual, reference, scale, dtype="float32"):
     largest = R.mpf(dtype_limits(dtype).max)
     overflow = largest + R.ulp_of(largest, dtype) / 2
     out = []
-    for a, r, s in zip(np.asarray(actual, np.float64).ravel(), np.asarray(reference, object).ravel(),
-                       np.asarray(scale, object).ravel()):
+    for a, r, s in zip(
+        np.asarray(actual, np.float64).ravel(),
+        np.asarray(reference, object).ravel(),
+        np.asarray(scale, object).ravel(),
+    ):
         if abs(r) >= overflow:
             r = mpmath.inf if r > 0 else -mpmath.inf
         if mpmath.isinf(r) or not math.isfinite(a):
@@ -137,7 +140,9 @@ def test_poisson_nll_matches_pytorch_definition(full):
     counts = rng.poisson(3.0, (8, 4)).astype(np.float64)
     log_rate = rng.normal(1.0, 1.0, (8, 4))
     ours = S.PoissonNLL(full=full, dtype="float64")(counts, log_rate)
-    np.testing.assert_allclose(float(ours), torch_poisson_nll(True, counts, log_rate, full), rtol=1e-13)
+    np.testing.assert_allclose(
+        float(ours), torch_poisson_nll(True, counts, log_rate, full), rtol=1e-13
+    )
     rate = np.exp(log_rate)  # >= 0.02: PyTorch's 1e-8 shift moves the log by < 1e-6 relative
     ours = S.PoissonNLL(log_input=False, full=full, dtype="float64")(counts, rate)
     np.testing.assert_allclose(float(ours), torch_poisson_nll(False, counts, rate, full), rtol=1e-6)
@@ -149,13 +154,23 @@ def test_gaussian_kl_matches_the_closed_form():
     expected = normal_kl(mu, np.exp(log_var), 0.0, 1.0)
     np.testing.assert_allclose(S.gaussian_kl(mu, log_var).numpy(), expected, rtol=1e-12)
     stacked = np.concatenate([mu, log_var], -1)
-    np.testing.assert_allclose(float(S.GaussianKL(dtype="float64")(None, stacked)), expected.mean(), rtol=1e-12)
+    np.testing.assert_allclose(
+        float(S.GaussianKL(dtype="float64")(None, stacked)), expected.mean(), rtol=1e-12
+    )
     # Against another normal: numbers, and tensors broadcast from a row.
-    prior = S.GaussianKL(prior_mean=0.5, prior_log_variance=-1.0, dtype="float64")(np.zeros((8, 1)), stacked)
-    np.testing.assert_allclose(float(prior), normal_kl(mu, np.exp(log_var), 0.5, math.exp(-1.0)).mean(), rtol=1e-12)
+    prior = S.GaussianKL(prior_mean=0.5, prior_log_variance=-1.0, dtype="float64")(
+        np.zeros((8, 1)), stacked
+    )
+    np.testing.assert_allclose(
+        float(prior), normal_kl(mu, np.exp(log_var), 0.5, math.exp(-1.0)).mean(), rtol=1e-12
+    )
     m0, lv0 = rng.normal(size=(1, 5)), rng.normal(size=(1, 5))
-    value = S.gaussian_kl(mu, log_var, prior_mean=tf.constant(m0), prior_log_variance=tf.constant(lv0))
-    np.testing.assert_allclose(value.numpy(), normal_kl(mu, np.exp(log_var), m0, np.exp(lv0)), rtol=1e-12)
+    value = S.gaussian_kl(
+        mu, log_var, prior_mean=tf.constant(m0), prior_log_variance=tf.constant(lv0)
+    )
+    np.testing.assert_allclose(
+        value.numpy(), normal_kl(mu, np.exp(log_var), m0, np.exp(lv0)), rtol=1e-12
+    )
 
 
 def test_the_forms_agree_with_each_other():
@@ -166,11 +181,16 @@ def test_the_forms_agree_with_each_other():
     np.testing.assert_allclose(variance, log_variance, rtol=4 * F32.eps, atol=4 * F32.eps)
     counts = rng.poisson(2.0, (4, 3)).astype(np.float32)
     np.testing.assert_allclose(
-        S.poisson_nll(counts, s), S.poisson_nll(counts, np.exp(s), log_input=False), rtol=4 * F32.eps, atol=4 * F32.eps
+        S.poisson_nll(counts, s),
+        S.poisson_nll(counts, np.exp(s), log_input=False),
+        rtol=4 * F32.eps,
+        atol=4 * F32.eps,
     )
     stacked = np.concatenate([mu, s], -1)
     np.testing.assert_allclose(
-        float(S.GaussianKL()(np.zeros_like(stacked), stacked)), S.gaussian_kl(mu, s).numpy().mean(), rtol=1e-6
+        float(S.GaussianKL()(np.zeros_like(stacked), stacked)),
+        S.gaussian_kl(mu, s).numpy().mean(),
+        rtol=1e-6,
     )
 
 
@@ -179,8 +199,26 @@ def test_the_forms_agree_with_each_other():
 # ----------------------------------------------------------------------------
 
 _KL_MU = [0.0, 1e-20, 0.5, -3.0, 1e3, 1e18]
-_KL_S = [0.0, 1e-8, -1e-8, 1e-4, -1e-4, 0.3, -1.5, 1.9999, 2.0001, -2.0001, 10.0, 50.0, 87.0,
-         88.5, 89.3, -100.0, -1e6, -1e30]
+_KL_S = [
+    0.0,
+    1e-8,
+    -1e-8,
+    1e-4,
+    -1e-4,
+    0.3,
+    -1.5,
+    1.9999,
+    2.0001,
+    -2.0001,
+    10.0,
+    50.0,
+    87.0,
+    88.5,
+    89.3,
+    -100.0,
+    -1e6,
+    -1e30,
+]
 _LOG_VARIANCE = [0.0, 1e-6, -3.0, 5.0, -60.0, -150.0, -200.0, 100.0, 180.0, 400.0, 1e30, -1e30]
 _ERRORS = [0.0, 1e-30, 1e-3, 1.0, -7.5, 1e10]
 _LOG_RATE = [-1e30, -50.0, -1.0, 0.0, 1e-7, 1.0, 10.0, 87.0, 88.0, 88.5, 89.0, 92.0, 200.0]
@@ -215,33 +253,49 @@ def _accuracy_cases():
 
     return {
         "nll_log_variance": (
-            lambda a, b: S.gaussian_nll(a, stacked(b), variance="log_variance"), e, s,
+            lambda a, b: S.gaussian_nll(a, stacked(b), variance="log_variance"),
+            e,
+            s,
             lambda a, b: mp_nll_log_variance(a, 0, b),
             lambda a, b: max(abs(b), a * a * mpmath.exp(-b)) / 2,
             lambda a, b: (1 - a * a * mpmath.exp(-b)) / 2,
             lambda a, b: max(1, a * a * mpmath.exp(-b)) / 2,
         ),
         "nll_variance": (
-            lambda a, b: S.gaussian_nll(a, stacked(b)), v_err, v,
+            lambda a, b: S.gaussian_nll(a, stacked(b)),
+            v_err,
+            v,
             lambda a, b: mp_nll_variance(a, 0, b, FLOOR32),
             lambda a, b: max(abs(mpmath.log(_floored(b))), a * a / _floored(b)) / 2,
             lambda a, b: (1 / _floored(b) - a * a / _floored(b) ** 2) / 2,
             lambda a, b: max(1 / _floored(b), a * a / _floored(b) ** 2) / 2,
         ),
         "kl": (
-            lambda a, b: S.gaussian_kl(a, b), kl_mu, kl_s, mp_kl, mp_kl,
-            lambda a, b: mpmath.expm1(b) / 2, lambda a, b: mpmath.expm1(b) / 2,
+            lambda a, b: S.gaussian_kl(a, b),
+            kl_mu,
+            kl_s,
+            mp_kl,
+            mp_kl,
+            lambda a, b: mpmath.expm1(b) / 2,
+            lambda a, b: mpmath.expm1(b) / 2,
         ),
         "poisson_log_rate": (
-            lambda a, b: S.poisson_nll(a, b), counts, log_rate, mp_poisson_log,
+            lambda a, b: S.poisson_nll(a, b),
+            counts,
+            log_rate,
+            mp_poisson_log,
             lambda a, b: max(mpmath.exp(b), abs(a * b)),
-            lambda a, b: mpmath.exp(b) - a, lambda a, b: max(mpmath.exp(b), a),
+            lambda a, b: mpmath.exp(b) - a,
+            lambda a, b: max(mpmath.exp(b), a),
         ),
         "poisson_rate": (
-            lambda a, b: S.poisson_nll(a, b, log_input=False), rate_counts, rates,
+            lambda a, b: S.poisson_nll(a, b, log_input=False),
+            rate_counts,
+            rates,
             lambda a, b: mp_poisson_rate(a, b, FLOOR32),
             lambda a, b: max(abs(b), abs(a * mpmath.log(_floored(b)))),
-            lambda a, b: 1 - a / _floored(b), lambda a, b: max(1, a / _floored(b)),
+            lambda a, b: 1 - a / _floored(b),
+            lambda a, b: max(1, a / _floored(b)),
         ),
     }
 
@@ -254,14 +308,18 @@ def test_values_and_gradients_are_accurate_in_every_regime(name, regime):
     fn, a, b, mp_value, value_scale, mp_slope, slope_scale = ACCURACY[name]
     value, (grad,) = regime.value_and_grad(fn, a, b, wrt=(1,), unknown_batch=regime.name != "eager")
     columns = a[:, 0], b[:, 0]
-    errors = _scaled_errors(value, R.reference_array(mp_value, *columns), R.reference_array(value_scale, *columns))
+    errors = _scaled_errors(
+        value, R.reference_array(mp_value, *columns), R.reference_array(value_scale, *columns)
+    )
     worst = int(np.argmax(errors))
     assert errors[worst] <= BUDGET, (name, a[worst, 0], b[worst, 0], value[worst], errors[worst])
     # Slopes: never NaN; the exact one (inf where it is beyond the range) within
     # 8 ULP of the size of the terms that cancel in it.
     grad = grad.ravel().astype(np.float64)
     assert not np.isnan(grad).any(), (name, a[np.isnan(grad), 0], b[np.isnan(grad), 0])
-    errors = _scaled_errors(grad, R.reference_array(mp_slope, *columns), R.reference_array(slope_scale, *columns))
+    errors = _scaled_errors(
+        grad, R.reference_array(mp_slope, *columns), R.reference_array(slope_scale, *columns)
+    )
     worst = int(np.argmax(errors))
     assert errors[worst] <= 2 * BUDGET, (name, a[worst, 0], b[worst, 0], grad[worst], errors[worst])
 
@@ -270,7 +328,9 @@ def test_gradients_at_the_floors_are_the_slopes_at_the_floor():
     """Straight-through floors: a zero or negative variance/rate gets the slope at the floor."""
     e = np.float32([[1.0], [1.0], [1e-5]])
     v = np.float32([[0.0], [-3.0], [-3.0]])
-    value, (grad,) = _value_and_grad(lambda a, b: S.gaussian_nll(a, tf.concat([tf.zeros_like(b), b], -1)), e, v)
+    value, (grad,) = _value_and_grad(
+        lambda a, b: S.gaussian_nll(a, tf.concat([tf.zeros_like(b), b], -1)), e, v
+    )
     floor = np.float64(FLOOR32)
     expected = 0.5 * (1.0 - e.astype(np.float64) ** 2 / floor) / floor
     np.testing.assert_allclose(grad, expected, rtol=1e-6)
@@ -305,24 +365,26 @@ PROPERTIES = {
         lambda t, p, full: S.gaussian_nll(t, p, full),
         lambda dtype: finite_arrays(dtype, SHAPE, -1e3, 1e3),
         # any variance: negative, zero and huge ones included
-        lambda dtype: st.tuples(finite_arrays(dtype, SHAPE, -1e3, 1e3), finite_arrays(dtype, SHAPE)).map(
-            lambda pair: _stack(*pair)
-        ),
+        lambda dtype: st.tuples(
+            finite_arrays(dtype, SHAPE, -1e3, 1e3), finite_arrays(dtype, SHAPE)
+        ).map(lambda pair: _stack(*pair)),
     ),
     "gaussian_nll_log_variance": (
         lambda t, p, full: S.gaussian_nll(t, p, full, variance="log_variance"),
         lambda dtype: finite_arrays(dtype, SHAPE, -1e3, 1e3),
         # e^2 exp(-s) <= 4e6 exp(70) = 1e37
-        lambda dtype: st.tuples(finite_arrays(dtype, SHAPE, -1e3, 1e3), finite_arrays(dtype, SHAPE, -70.0)).map(
-            lambda pair: _stack(*pair)
-        ),
+        lambda dtype: st.tuples(
+            finite_arrays(dtype, SHAPE, -1e3, 1e3), finite_arrays(dtype, SHAPE, -70.0)
+        ).map(lambda pair: _stack(*pair)),
     ),
     "gaussian_kl": (
         lambda t, p, full: S.GaussianKL(reduction=None)(t, p),
         lambda dtype: finite_arrays(dtype, SHAPE),  # ignored
         # exp(s)/2 <= exp(88)/2; two terms of -s/2 <= max/4 each
-        lambda dtype: st.tuples(finite_arrays(dtype, SHAPE, -(2.0**60), 2.0**60),
-                                finite_arrays(dtype, SHAPE, -F32.max / 4, 88.0)).map(lambda pair: _stack(*pair)),
+        lambda dtype: st.tuples(
+            finite_arrays(dtype, SHAPE, -(2.0**60), 2.0**60),
+            finite_arrays(dtype, SHAPE, -F32.max / 4, 88.0),
+        ).map(lambda pair: _stack(*pair)),
     ),
     "poisson_nll": (
         lambda t, p, full: S.poisson_nll(t, p, full=full),
@@ -428,7 +490,9 @@ def test_vae_kl_in_float16_at_log_variance_12():
         tape.watch(log_var32)
         ours32 = S.gaussian_kl(tf.cast(mu, tf.float32), log_var32)
     np.testing.assert_allclose(ours32, ours, rtol=1e-6)
-    np.testing.assert_allclose(tape.gradient(ours32, log_var32), [[0.5 * math.expm1(12.0), 0.0]], rtol=1e-6)
+    np.testing.assert_allclose(
+        tape.gradient(ours32, log_var32), [[0.5 * math.expm1(12.0), 0.0]], rtol=1e-6
+    )
 
 
 @pytest.mark.parametrize("variance", [0.0, -0.1])
@@ -448,7 +512,11 @@ def test_gaussian_nll_log_variance_far_below_the_exponent_range():
     hand_written = 0.5 * (s + (y - 0.0) ** 2 * tf.exp(-s))
     assert np.isnan(hand_written.numpy()[0, 0])  # 0 * inf
     value, (grad,) = _value_and_grad(
-        lambda a, b: S.gaussian_nll(a, tf.concat([tf.zeros_like(b), b], -1), variance="log_variance"), y, s
+        lambda a, b: S.gaussian_nll(
+            a, tf.concat([tf.zeros_like(b), b], -1), variance="log_variance"
+        ),
+        y,
+        s,
     )
     np.testing.assert_array_equal(value, [-500.0, np.inf])  # the true +inf, documented
     assert not np.isnan(grad).any()
@@ -462,14 +530,18 @@ def test_poisson_log_rate_beyond_the_exponent_range():
     value, (grad,) = _value_and_grad(lambda a, b: S.poisson_nll(a, b), counts, log_rate)
     expected = float(mp_poisson_log(R.mpf(2e36), R.mpf(89.0)))
     np.testing.assert_allclose(value, [expected], rtol=1e-6)
-    assert grad[0, 0] == np.inf  # exp(89) - 2e36 = 4.5e38: the true slope is beyond float32, not NaN
+    assert (
+        grad[0, 0] == np.inf
+    )  # exp(89) - 2e36 = 4.5e38: the true slope is beyond float32, not NaN
 
 
 def test_poisson_negative_rate_is_finite():
     counts, rates = np.float32([[1.0]]), np.float32([[-0.5]])
     hand_written = rates - counts * tf.math.log(rates + 1e-8)
     assert np.isnan(hand_written.numpy()).all()
-    value, (grad,) = _value_and_grad(lambda a, b: S.poisson_nll(a, b, log_input=False), counts, rates)
+    value, (grad,) = _value_and_grad(
+        lambda a, b: S.poisson_nll(a, b, log_input=False), counts, rates
+    )
     np.testing.assert_allclose(value, [-0.5 - math.log(FLOOR32)], rtol=1e-6)
     assert grad[0, 0] < 0  # pushed up into the Poisson domain
 
@@ -527,7 +599,9 @@ def test_bad_hyperparameters_are_value_errors_naming_the_argument(make, match):
 
 def test_integer_predictions_are_cast_and_strings_refused():
     counts = np.float32([[1.0, 2.0]])
-    np.testing.assert_array_equal(S.PoissonNLL()(counts, np.int32([[0, 1]])), S.PoissonNLL()(counts, np.float32([[0, 1]])))
+    np.testing.assert_array_equal(
+        S.PoissonNLL()(counts, np.int32([[0, 1]])), S.PoissonNLL()(counts, np.float32([[0, 1]]))
+    )
     with pytest.raises(TypeError, match="y_pred"):
         S.GaussianNLL()(counts, np.complex64([[0, 1, 1, 1]]))
     with pytest.raises(TypeError, match="ragged"):
@@ -567,7 +641,11 @@ def test_keras_file_round_trip(name, tmp_path):
     model.compile(optimizer="sgd", loss=getattr(S, name)(**kwargs))
     rng = np.random.default_rng(0)
     x = rng.normal(size=(16, 3)).astype(np.float32)
-    y = rng.poisson(2.0, (16, 1)).astype(np.float32) if name != "GaussianKL" else np.zeros((16, 1), np.float32)
+    y = (
+        rng.poisson(2.0, (16, 1)).astype(np.float32)
+        if name != "GaussianKL"
+        else np.zeros((16, 1), np.float32)
+    )
     model.fit(x, y, epochs=1, verbose=0)
     before = model.evaluate(x, y, verbose=0)
     assert math.isfinite(before)
@@ -586,14 +664,28 @@ def test_edge_grid_dtypes_are_finite(regime):
         largest = float(dtype_limits(dtype).max)
         y = np.array([[0.0], [1.0], [-2.0], [1.0]], np_dtype)
         cases = (
-            # (fn, y_pred): mean and variance / log-variance / mean and log-variance / log-rate / rate
-            (lambda a, b: S.gaussian_nll(a, b), [[0.0, 0.0], [1.0, -1.0], [0.0, largest], [-3.0, -largest]]),
-            (lambda a, b: S.gaussian_nll(a, b, variance="log_variance"),
-             [[0.0, -largest], [1.0, -1.0], [0.0, largest], [-3.0, -20.0]]),
-            (lambda a, b: S.gaussian_kl(b[:, :1], b[:, 1:]),
-             [[0.0, -largest / 4], [1.0, -1.0], [-100.0, 10.0], [-3.0, 80.0]]),
-            (lambda a, b: S.poisson_nll(tf.abs(a), b, full=True), [[-largest / 4], [0.0], [10.0], [85.0]]),
-            (lambda a, b: S.poisson_nll(tf.abs(a), b, log_input=False), [[-largest], [0.0], [1e-3], [largest / 2]]),
+            # (fn, y_pred): mean and variance / log-variance / mean and log-variance / log-rate /
+            # rate
+            (
+                lambda a, b: S.gaussian_nll(a, b),
+                [[0.0, 0.0], [1.0, -1.0], [0.0, largest], [-3.0, -largest]],
+            ),
+            (
+                lambda a, b: S.gaussian_nll(a, b, variance="log_variance"),
+                [[0.0, -largest], [1.0, -1.0], [0.0, largest], [-3.0, -20.0]],
+            ),
+            (
+                lambda a, b: S.gaussian_kl(b[:, :1], b[:, 1:]),
+                [[0.0, -largest / 4], [1.0, -1.0], [-100.0, 10.0], [-3.0, 80.0]],
+            ),
+            (
+                lambda a, b: S.poisson_nll(tf.abs(a), b, full=True),
+                [[-largest / 4], [0.0], [10.0], [85.0]],
+            ),
+            (
+                lambda a, b: S.poisson_nll(tf.abs(a), b, log_input=False),
+                [[-largest], [0.0], [1e-3], [largest / 2]],
+            ),
         )
         for fn, p in cases:
             value, (grad,) = regime.value_and_grad(fn, y, np.array(p, np_dtype), wrt=(1,))

@@ -79,7 +79,11 @@ def test_integer_and_boolean_predictions_are_cast_like_keras(name, regime):
     loss, fn = getattr(S, name)(), getattr(S, fn_name)
     expected_loss = regime.run(loss, y_true, _INT_PREDICTIONS.astype(np.float32))
     expected_fn = regime.run(fn, y_true, _INT_PREDICTIONS.astype(np.float32))
-    for predictions in (_INT_PREDICTIONS, _INT_PREDICTIONS.astype(np.int32), _INT_PREDICTIONS.astype(bool)):
+    for predictions in (
+        _INT_PREDICTIONS,
+        _INT_PREDICTIONS.astype(np.int32),
+        _INT_PREDICTIONS.astype(bool),
+    ):
         value = regime.run(loss, y_true, predictions)
         assert value.dtype == np.float32
         np.testing.assert_array_equal(value, expected_loss, err_msg=f"{name} {predictions.dtype}")
@@ -146,8 +150,10 @@ def test_ragged_rows_are_averaged_row_by_row_as_in_keras(fn_name):
         expected, _ = _RAGGED_EXACT[fn_name]
     else:
         reference, args = _RAGGED_MPMATH[fn_name]
-        expected = [float(reference([R.mpf(v) for v in a], [R.mpf(v) for v in b], *args))
-                    for a, b in zip(_RAGGED_TRUE, _RAGGED_PRED)]
+        expected = [
+            float(reference([R.mpf(v) for v in a], [R.mpf(v) for v in b], *args))
+            for a, b in zip(_RAGGED_TRUE, _RAGGED_PRED)
+        ]
     value = getattr(S, fn_name)(t, p).numpy()
     R.assert_ulp_within(value, np.array(expected), "float32", 6, context=fn_name)
     class_name = {"huber": "Huber", "log_cosh": "LogCosh", "poisson": "Poisson"}.get(
@@ -164,8 +170,16 @@ def test_ragged_hinges_take_ragged_rows():
     np.testing.assert_allclose(S.squared_hinge(t, p).numpy(), [1.25, 4.0], rtol=F32_EPS)
 
 
-@pytest.mark.parametrize("name", ["Dice", "BinaryCrossentropy", "KLDivergence",
-                                  "CategoricalCrossentropy", "MeanAbsolutePercentageError"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "Dice",
+        "BinaryCrossentropy",
+        "KLDivergence",
+        "CategoricalCrossentropy",
+        "MeanAbsolutePercentageError",
+    ],
+)
 def test_ragged_input_elsewhere_is_a_clear_error(name):
     fn_name, _ = _LOSSES[name]
     t, p = tf.ragged.constant([[1.0, 0.0], [1.0]]), tf.ragged.constant([[0.5, 0.5], [1.0]])
@@ -197,7 +211,9 @@ _STRING_HYPERPARAMETERS = [
 ]
 
 
-@pytest.mark.parametrize("make, argument", _STRING_HYPERPARAMETERS, ids=lambda x: x if isinstance(x, str) else "")
+@pytest.mark.parametrize(
+    "make, argument", _STRING_HYPERPARAMETERS, ids=lambda x: x if isinstance(x, str) else ""
+)
 def test_string_hyperparameters_are_refused_and_numbers_stored_as_floats(make, argument):
     with pytest.raises(ValueError, match=rf"`{argument}` must be a number, got {argument}='0.1'"):
         make("0.1")
@@ -206,9 +222,17 @@ def test_string_hyperparameters_are_refused_and_numbers_stored_as_floats(make, a
 
 
 def test_pos_weight_messages_show_the_right_range():
-    with pytest.raises(ValueError, match=r"`pos_weight` must be a finite number, got pos_weight=inf"):
+    with pytest.raises(
+        ValueError,
+        match=r"`pos_weight` must be a finite number, got "
+        r"pos_weight=inf",
+    ):
         S.BinaryCrossentropy(pos_weight=math.inf)
-    with pytest.raises(ValueError, match=r"`pos_weight` must be in \(0\.0, inf\), got pos_weight=-1"):
+    with pytest.raises(
+        ValueError,
+        match=r"`pos_weight` must be in \(0\.0, inf\), got "
+        r"pos_weight=-1",
+    ):
         S.BinaryCrossentropy(pos_weight=-1.0)
     # Huber's delta may be infinite (half the squared error): its range is closed at inf.
     with pytest.raises(ValueError, match=r"`delta` must be in \(0\.0, inf\], got delta=-1"):
@@ -220,7 +244,9 @@ def test_pos_weight_messages_show_the_right_range():
 # ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["BinaryCrossentropy", "Poisson", "MeanSquaredError", "KLDivergence"])
+@pytest.mark.parametrize(
+    "name", ["BinaryCrossentropy", "Poisson", "MeanSquaredError", "KLDivergence"]
+)
 def test_scalar_input_names_y_pred_and_the_axis(name):
     fn_name, _ = _LOSSES[name]
     for call in (getattr(S, name)(), getattr(S, fn_name)):
@@ -228,11 +254,17 @@ def test_scalar_input_names_y_pred_and_the_axis(name):
             call(1.0, 0.5)
 
 
-@pytest.mark.parametrize("make", [
-    lambda: S.Dice(axis=5), lambda: S.CosineSimilarity(axis=5), lambda: S.BinaryCrossentropy(axis=5),
-    lambda: S.BinaryFocalCrossentropy(axis=5), lambda: S.Tversky(axis=(0, 5)),
-    lambda: S.CategoricalCrossentropy(axis=5),
-])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: S.Dice(axis=5),
+        lambda: S.CosineSimilarity(axis=5),
+        lambda: S.BinaryCrossentropy(axis=5),
+        lambda: S.BinaryFocalCrossentropy(axis=5),
+        lambda: S.Tversky(axis=(0, 5)),
+        lambda: S.CategoricalCrossentropy(axis=5),
+    ],
+)
 def test_axis_out_of_range_names_the_axis(make):
     with pytest.raises(ValueError, match=r"`axis` is out of range for a rank-2 `y_pred`.*axis=5"):
         make()(_ONE_HOT, _ONE_HOT)
@@ -310,7 +342,9 @@ _CATEGORICAL_IGNORING = [
 
 @pytest.mark.parametrize("reduction", ["sum_over_batch_size", "sum"])
 @pytest.mark.parametrize("name, kwargs", _CATEGORICAL_IGNORING)
-def test_categorical_ignore_class_equals_the_loss_without_those_entries(name, kwargs, reduction, regime):
+def test_categorical_ignore_class_equals_the_loss_without_those_entries(
+    name, kwargs, reduction, regime
+):
     labels, logits = _categorical_data()
     if not kwargs.get("from_logits"):
         logits = tf.nn.softmax(np.nan_to_num(logits)).numpy()

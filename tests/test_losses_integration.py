@@ -68,11 +68,41 @@ def _ignored(rng, units):
 
 # (id, loss factory, target generator, output units, output activation)
 LOSSES = [
-    ("BinaryCrossentropy", lambda: S.BinaryCrossentropy(label_smoothing=0.1), _binary, 1, "sigmoid"),
-    ("BinaryFocalCrossentropy", lambda: S.BinaryFocalCrossentropy(apply_class_balancing=True, gamma=1.5), _binary, 1, "sigmoid"),
-    ("CategoricalCrossentropy", lambda: S.CategoricalCrossentropy(label_smoothing=0.1), _one_hot, 3, "softmax"),
-    ("CategoricalFocalCrossentropy", lambda: S.CategoricalFocalCrossentropy(gamma=1.0), _one_hot, 3, "softmax"),
-    ("SparseCategoricalCrossentropy", lambda: S.SparseCategoricalCrossentropy(from_logits=True), _sparse, 3, None),
+    (
+        "BinaryCrossentropy",
+        lambda: S.BinaryCrossentropy(label_smoothing=0.1),
+        _binary,
+        1,
+        "sigmoid",
+    ),
+    (
+        "BinaryFocalCrossentropy",
+        lambda: S.BinaryFocalCrossentropy(apply_class_balancing=True, gamma=1.5),
+        _binary,
+        1,
+        "sigmoid",
+    ),
+    (
+        "CategoricalCrossentropy",
+        lambda: S.CategoricalCrossentropy(label_smoothing=0.1),
+        _one_hot,
+        3,
+        "softmax",
+    ),
+    (
+        "CategoricalFocalCrossentropy",
+        lambda: S.CategoricalFocalCrossentropy(gamma=1.0),
+        _one_hot,
+        3,
+        "softmax",
+    ),
+    (
+        "SparseCategoricalCrossentropy",
+        lambda: S.SparseCategoricalCrossentropy(from_logits=True),
+        _sparse,
+        3,
+        None,
+    ),
     ("KLDivergence", lambda: S.KLDivergence(), _distribution, 3, "softmax"),
     ("Poisson", lambda: S.Poisson(), _counts, 1, "softplus"),
     ("MeanSquaredError", lambda: S.MeanSquaredError(), _real, 1, None),
@@ -115,7 +145,9 @@ def _data(row, seed=0):
 def _model(row):
     _, _, _, units, activation = row
     keras.utils.set_random_seed(0)
-    return keras.Sequential([keras.Input((FEATURES,)), keras.layers.Dense(units, activation=activation)])
+    return keras.Sequential(
+        [keras.Input((FEATURES,)), keras.layers.Dense(units, activation=activation)]
+    )
 
 
 def _compiled(row, jit_compile):
@@ -127,7 +159,12 @@ def _compiled(row, jit_compile):
 # float32 with XLA on and off; each mixed policy once: mixed_float16 with XLA
 # (the GPU setting where half-precision outputs meet the loss inside one
 # compiled step), mixed_bfloat16 without.
-FIT_SETTINGS = [("float32", True), ("float32", False), ("mixed_float16", True), ("mixed_bfloat16", False)]
+FIT_SETTINGS = [
+    ("float32", True),
+    ("float32", False),
+    ("mixed_float16", True),
+    ("mixed_bfloat16", False),
+]
 
 
 @pytest.mark.parametrize("row", LOSSES, ids=IDS)

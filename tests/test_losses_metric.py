@@ -157,7 +157,9 @@ def test_triplet_matches_tfa_with_singletons_and_a_label_column(strategy):
 
 def test_tfa_docstring_examples():
     y_true, y_pred = [0, 0], [[0.0, 1.0], [1.0, 0.0]]
-    assert float(S.TripletLoss(strategy="semi_hard")(y_true, y_pred)) == pytest.approx(2.4142137, rel=1e-6)
+    assert float(S.TripletLoss(strategy="semi_hard")(y_true, y_pred)) == pytest.approx(
+        2.4142137, rel=1e-6
+    )
     assert float(S.TripletLoss(strategy="hard")(y_true, y_pred)) == pytest.approx(1.0, rel=1e-6)
 
 
@@ -198,7 +200,9 @@ def test_nt_xent_matches_simclr(temperature):
     rng = np.random.default_rng(1)
     z = rng.normal(size=(8, 6)).astype(np.float32)
     np.testing.assert_allclose(
-        S.nt_xent(None, z, temperature=temperature).numpy(), _simclr_nt_xent(z, temperature), rtol=5e-6
+        S.nt_xent(None, z, temperature=temperature).numpy(),
+        _simclr_nt_xent(z, temperature),
+        rtol=5e-6,
     )
     # The [n, 2, dim] form: one value per pair, the mean of its two rows.
     paired = np.stack([z[:4], z[4:]], axis=1)
@@ -226,7 +230,9 @@ def _value_and_gradient(fn, x):
 @pytest.mark.parametrize("strategy", STRATEGIES)
 def test_duplicate_embeddings_gradient_is_zero_not_nan(strategy):
     labels = np.array([0, 0, 1, 1])
-    x = np.array([[1.0, 2.0], [1.0, 2.0], [3.0, 0.5], [-1.0, 0.0]], np.float32)  # rows 0 and 1 coincide
+    x = np.array(
+        [[1.0, 2.0], [1.0, 2.0], [3.0, 0.5], [-1.0, 0.0]], np.float32
+    )  # rows 0 and 1 coincide
 
     def hand_written(e):  # the Euclidean distance users write
         d = tf.sqrt(tf.reduce_sum(tf.square(e[:, None] - e[None]), axis=-1))
@@ -237,11 +243,15 @@ def test_duplicate_embeddings_gradient_is_zero_not_nan(strategy):
 
     naive_value, naive_gradient = _value_and_gradient(hand_written, x)
     assert np.isfinite(naive_value) and np.isnan(naive_gradient).any()
-    value, gradient = _value_and_gradient(lambda e: S.triplet_loss(labels, e, 5.0, strategy=strategy), x)
+    value, gradient = _value_and_gradient(
+        lambda e: S.triplet_loss(labels, e, 5.0, strategy=strategy), x
+    )
     assert np.isfinite(value) and np.isfinite(gradient).all()
     # Only the duplicate pair's own distance is at 0; its gradient there is 0:
     # a batch of two identical embeddings gives loss = margin and gradient 0.
-    value, gradient = _value_and_gradient(lambda e: S.triplet_loss([0, 0], e, strategy=strategy), x[:2])
+    value, gradient = _value_and_gradient(
+        lambda e: S.triplet_loss([0, 0], e, strategy=strategy), x[:2]
+    )
     assert value == pytest.approx(1.0)
     np.testing.assert_array_equal(gradient, np.zeros_like(gradient))
 
@@ -290,7 +300,9 @@ def test_nt_xent_float16_at_temperature_0_01():
 
 def test_nt_xent_single_pair_has_no_negatives_and_is_zero():
     # Each row's only other row is its positive: loss 0 (to an ULP of the logit), not NaN.
-    np.testing.assert_allclose(S.nt_xent(None, [[1.0, 2.0], [-3.0, 0.5]]).numpy(), [0.0, 0.0], atol=4e-7)
+    np.testing.assert_allclose(
+        S.nt_xent(None, [[1.0, 2.0], [-3.0, 0.5]]).numpy(), [0.0, 0.0], atol=4e-7
+    )
 
 
 def test_huge_and_tiny_embeddings():
@@ -316,7 +328,10 @@ def _cast(x, dtype):
 CASES = [
     ("triplet_hard", lambda y, e: S.triplet_loss(y, e, strategy="hard")),
     ("triplet_semi_hard", lambda y, e: S.triplet_loss(y, e, strategy="semi_hard")),
-    ("triplet_squared", lambda y, e: S.triplet_loss(y, e, strategy="semi_hard", distance="squared")),
+    (
+        "triplet_squared",
+        lambda y, e: S.triplet_loss(y, e, strategy="semi_hard", distance="squared"),
+    ),
     ("triplet_cosine", lambda y, e: S.triplet_loss(y, e, distance="cosine")),
     ("contrastive", lambda y, e: S.contrastive_loss(y, e)),
     ("nt_xent", lambda y, e: S.nt_xent(y, e, temperature=0.01)),
@@ -358,14 +373,12 @@ def test_same_answer_in_every_regime(name, fn, regime):
     labels, x = _batch(1, n=8)
     x[3] = x[2]  # a duplicate
     expected_value, (expected_grads,) = Regime("eager").value_and_grad(fn, labels, x, wrt=(1,))
-    for unknown_batch in ((False, True) if regime.name != "eager" else (False,)):
+    for unknown_batch in (False, True) if regime.name != "eager" else (False,):
         value, grads = regime.value_and_grad(
             lambda e, y: fn(y, e), x, labels.astype(np.int32), unknown_batch=unknown_batch
         )
         np.testing.assert_allclose(value, expected_value, rtol=1e-6, atol=1e-7)
         np.testing.assert_allclose(grads[0], expected_grads, rtol=1e-5, atol=1e-7)
-
-
 
 
 @pytest.mark.parametrize("name,fn", CASES, ids=[c[0] for c in CASES])
@@ -421,8 +434,10 @@ def test_bad_shapes_name_both():
 # ----------------------------------------------------------------------------
 
 LOSSES = [
-    (lambda: S.TripletLoss(margin=0.3, strategy="semi_hard", distance="cosine"),
-     {"margin": 0.3, "strategy": "semi_hard", "distance": "cosine"}),
+    (
+        lambda: S.TripletLoss(margin=0.3, strategy="semi_hard", distance="cosine"),
+        {"margin": 0.3, "strategy": "semi_hard", "distance": "cosine"},
+    ),
     (lambda: S.ContrastiveLoss(margin=2.0), {"margin": 2.0}),
     (lambda: S.NTXent(temperature=0.2), {"temperature": 0.2}),
 ]
@@ -432,7 +447,12 @@ LOSSES = [
 def test_config_lists_every_argument_and_round_trips(make, arguments):
     loss = make()
     config = loss.get_config()
-    assert config == {"name": loss.name, "reduction": "sum_over_batch_size", "dtype": "float32", **arguments}
+    assert config == {
+        "name": loss.name,
+        "reduction": "sum_over_batch_size",
+        "dtype": "float32",
+        **arguments,
+    }
     serialized = keras.losses.serialize(loss)
     assert serialized["registered_name"] == f"stableops>{type(loss).__name__}"
     rebuilt = keras.losses.deserialize(serialized)
@@ -443,7 +463,9 @@ def test_config_lists_every_argument_and_round_trips(make, arguments):
 
 def _embedding_model(dim=4):
     keras.utils.set_random_seed(0)
-    return keras.Sequential([keras.Input((6,)), keras.layers.Dense(8, activation="relu"), keras.layers.Dense(dim)])
+    return keras.Sequential(
+        [keras.Input((6,)), keras.layers.Dense(8, activation="relu"), keras.layers.Dense(dim)]
+    )
 
 
 @pytest.mark.parametrize("make,arguments", LOSSES, ids=["triplet", "contrastive", "nt_xent"])
@@ -456,9 +478,13 @@ def test_save_load_and_fit_under_mixed_precision(make, arguments, tmp_path, mixe
     path = tmp_path / "m.keras"
     model.save(path)
     loaded = keras.models.load_model(path)
-    assert type(loaded.loss) is type(model.loss) and loaded.loss.get_config() == model.loss.get_config()
+    assert (
+        type(loaded.loss) is type(model.loss)
+        and loaded.loss.get_config() == model.loss.get_config()
+    )
     np.testing.assert_allclose(
-        float(loaded.compute_loss(x=x, y=y, y_pred=loaded(x))), float(model.compute_loss(x=x, y=y, y_pred=model(x))),
+        float(loaded.compute_loss(x=x, y=y, y_pred=loaded(x))),
+        float(model.compute_loss(x=x, y=y, y_pred=model(x))),
         rtol=1e-6,
     )
     for policy, jit in (("float32", True), ("mixed_float16", False)):
@@ -511,9 +537,13 @@ def test_contrastive_fast_path_matches_float64():
     # gradient agree with the float64 computation.
     labels, x = _batch(3, n=16, dim=32, classes=4)
     value, gradient = _value_and_gradient(lambda e: S.contrastive_loss(labels, e, margin=8.0), x)
-    ref_value, ref_gradient = _float64_value_and_gradient(lambda e: S.contrastive_loss(labels, e, margin=8.0), x)
+    ref_value, ref_gradient = _float64_value_and_gradient(
+        lambda e: S.contrastive_loss(labels, e, margin=8.0), x
+    )
     np.testing.assert_allclose(value, ref_value, rtol=2e-6)
-    np.testing.assert_allclose(gradient, ref_gradient, rtol=2e-5, atol=1e-6 * np.abs(ref_gradient).max())
+    np.testing.assert_allclose(
+        gradient, ref_gradient, rtol=2e-5, atol=1e-6 * np.abs(ref_gradient).max()
+    )
     np.testing.assert_allclose(value, _tfa_contrastive(labels, x, 8.0), rtol=2e-6)
 
 
@@ -531,11 +561,13 @@ def test_contrastive_near_duplicates_use_differences(gap):
     assert np.isfinite(value) and np.isfinite(gradient).all()
     np.testing.assert_allclose(value, _tfa_contrastive(labels, x32, 1.0), rtol=2e-6)
     for regime_fn in (tf.function, tf.function(jit_compile=True)):
+
         def run(e):
             with tf.GradientTape() as tape:
                 tape.watch(e)
                 v = tf.reduce_mean(S.contrastive_loss(labels, e))
             return v, tape.gradient(v, e)
+
         v, g = regime_fn(run)(tf.constant(x32))
         np.testing.assert_allclose(v.numpy(), value, rtol=1e-6)
         np.testing.assert_allclose(g.numpy(), gradient, rtol=1e-5, atol=1e-7)

@@ -123,7 +123,13 @@ BOTH, PROBABILITIES, LOGITS, NEITHER = (False, True), (False,), (True,), (None,)
 # ways, its variants one way each (None: the loss has no from_logits).
 PARITY_CASES = [
     ("BinaryCrossentropy", "binary_crossentropy", {}, _binary, BOTH),
-    ("BinaryCrossentropy", "binary_crossentropy", {"label_smoothing": 0.2}, _soft_binary, PROBABILITIES),
+    (
+        "BinaryCrossentropy",
+        "binary_crossentropy",
+        {"label_smoothing": 0.2},
+        _soft_binary,
+        PROBABILITIES,
+    ),
     ("BinaryFocalCrossentropy", "binary_focal_crossentropy", {}, _binary, BOTH),
     (
         "BinaryFocalCrossentropy",
@@ -133,7 +139,13 @@ PARITY_CASES = [
         LOGITS,
     ),
     ("CategoricalCrossentropy", "categorical_crossentropy", {}, _categorical, BOTH),
-    ("CategoricalCrossentropy", "categorical_crossentropy", {"label_smoothing": 0.1}, _categorical, PROBABILITIES),
+    (
+        "CategoricalCrossentropy",
+        "categorical_crossentropy",
+        {"label_smoothing": 0.1},
+        _categorical,
+        PROBABILITIES,
+    ),
     ("CategoricalFocalCrossentropy", "categorical_focal_crossentropy", {}, _categorical, BOTH),
     (
         "CategoricalFocalCrossentropy",
@@ -143,7 +155,13 @@ PARITY_CASES = [
         LOGITS,
     ),
     ("SparseCategoricalCrossentropy", "sparse_categorical_crossentropy", {}, _sparse, BOTH),
-    ("SparseCategoricalCrossentropy", "sparse_categorical_crossentropy", {"ignore_class": 2}, _sparse, PROBABILITIES),
+    (
+        "SparseCategoricalCrossentropy",
+        "sparse_categorical_crossentropy",
+        {"ignore_class": 2},
+        _sparse,
+        PROBABILITIES,
+    ),
     ("KLDivergence", "kl_divergence", {}, _distributions, NEITHER),
     ("Poisson", "poisson", {}, _counts, NEITHER),
 ]
@@ -152,7 +170,9 @@ PARITY_CASES = [
 def _parity_params():
     for cls, fn, kwargs, make, ways in PARITY_CASES:
         for from_logits in ways:
-            yield pytest.param(cls, fn, kwargs, make, from_logits, id=f"{cls}-{kwargs}-logits={from_logits}")
+            yield pytest.param(
+                cls, fn, kwargs, make, from_logits, id=f"{cls}-{kwargs}-logits={from_logits}"
+            )
 
 
 @pytest.mark.parametrize("cls, fn, kwargs, make, from_logits", list(_parity_params()))
@@ -172,7 +192,13 @@ def test_parity_with_keras(cls, fn, kwargs, make, from_logits):
             got = ours(y_true, y_pred, sample_weight=sample_weight)
             want = theirs(y_true, y_pred, sample_weight=sample_weight)
             assert got.dtype == want.dtype
-            np.testing.assert_allclose(got, want, rtol=1e-6, atol=0, err_msg=f"{reduction}, weighted={sample_weight is not None}")
+            np.testing.assert_allclose(
+                got,
+                want,
+                rtol=1e-6,
+                atol=0,
+                err_msg=f"{reduction}, weighted={sample_weight is not None}",
+            )
     got = getattr(S, fn)(y_true, y_pred, **kwargs, **extra)
     want = getattr(keras.losses, fn)(y_true, y_pred, **kwargs, **extra)
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=0, err_msg="function form")
@@ -201,10 +227,17 @@ def _positional_part(fn):
 
 def test_signatures_match_keras():
     for cls, fn in LOSS_NAMES:
-        pairs = ((getattr(S, cls).__init__, getattr(keras.losses, cls).__init__), (getattr(S, fn), getattr(keras.losses, fn)))
+        pairs = (
+            (getattr(S, cls).__init__, getattr(keras.losses, cls).__init__),
+            (getattr(S, fn), getattr(keras.losses, fn)),
+        )
         for ours, theirs in pairs:
             assert _positional_part(ours) == _positional_part(theirs), ours
-            extras = [p for p in inspect.signature(ours).parameters.values() if p.kind == inspect.Parameter.KEYWORD_ONLY]
+            extras = [
+                p
+                for p in inspect.signature(ours).parameters.values()
+                if p.kind == inspect.Parameter.KEYWORD_ONLY
+            ]
             assert {p.name for p in extras} <= EXTRAS, ours
         assert getattr(S, cls)().name == getattr(keras.losses, cls)().name
 
@@ -225,7 +258,11 @@ def test_bce_half_precision_probabilities_finite_where_keras_is_inf(dtype):
     assert value.dtype == np.float32
     # Half precision computes in float32: the same values as float32 inputs,
     # i.e. the probabilities clipped to [tiny, 1 - eps/2] of float32.
-    reference = R.reference_array(lambda z, p: R.mp_binary_crossentropy_probabilities(z, p, F32_TINY, F32_BELOW_ONE), [0.0, 1.0], [1.0, 0.0])
+    reference = R.reference_array(
+        lambda z, p: R.mp_binary_crossentropy_probabilities(z, p, F32_TINY, F32_BELOW_ONE),
+        [0.0, 1.0],
+        [1.0, 0.0],
+    )
     R.assert_ulp_within(value, reference, "float32", ULP)
     grad = as_f64(grad)
     assert np.isfinite(grad).all() and grad[0, 0] > 0 and grad[1, 0] < 0
@@ -235,7 +272,10 @@ def test_bce_half_precision_probabilities_finite_where_keras_is_inf(dtype):
 def test_bce_confidently_wrong_prediction_keeps_its_gradient():
     y_true, y_pred = [[1.0]], [[1e-9]]
     keras_value, keras_grad = value_and_grad(keras.losses.binary_crossentropy, y_true, y_pred)
-    keras_shows(abs(keras_value[0] - 16.118) < 1e-3 and keras_grad[0, 0] == 0, "loss capped at 16.1, gradient 0")
+    keras_shows(
+        abs(keras_value[0] - 16.118) < 1e-3 and keras_grad[0, 0] == 0,
+        "loss capped at 16.1, gradient 0",
+    )
     value, grad = value_and_grad(S.binary_crossentropy, y_true, y_pred)
     p = float(np.float32(1e-9))
     R.assert_ulp_within(value, [-mpmath.log(R.mpf(p))], "float32", ULP)
@@ -244,7 +284,9 @@ def test_bce_confidently_wrong_prediction_keeps_its_gradient():
 
 def _saturated_model(activation, units):
     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(units, activation=activation)])
-    kernel = np.array([[30.0] * units, [-30.0] * units]) * (np.arange(units) - (units - 1) / 2 if units > 1 else 1.0)
+    kernel = np.array([[30.0] * units, [-30.0] * units]) * (
+        np.arange(units) - (units - 1) / 2 if units > 1 else 1.0
+    )
     model.layers[0].set_weights([kernel.astype(np.float32), np.zeros(units, np.float32)])
     return model
 
@@ -262,7 +304,10 @@ def test_bce_sigmoid_output_under_mixed_float16_uses_logits(mixed_precision_poli
     x = np.array([[1.0, 0.0], [0.0, 1.0]], np.float32)  # logits +30 and -30
     y = np.array([[0.0], [1.0]], np.float32)  # both confidently wrong
     keras_value, keras_grads = _model_loss_and_grads(model, keras.losses.BinaryCrossentropy(), x, y)
-    keras_shows(abs(keras_value - 16.0) < 0.2 and all(np.all(g == 0) for g in keras_grads), "clipped loss, zero gradient")
+    keras_shows(
+        abs(keras_value - 16.0) < 0.2 and all(np.all(g == 0) for g in keras_grads),
+        "clipped loss, zero gradient",
+    )
     value, grads = _model_loss_and_grads(model, S.BinaryCrossentropy(), x, y)
     # mean(softplus(30), softplus(30)) from the logits
     np.testing.assert_allclose(value, float(R.mp_softplus(R.mpf(30.0))), rtol=1e-6)
@@ -297,10 +342,17 @@ def test_cce_softmax_output_under_mixed_float16_uses_logits(mixed_precision_poli
     model = _saturated_model("softmax", 3)
     x = np.array([[1.0, 0.0]], np.float32)  # logits [-30, 0, 30]
     y = np.array([[1.0, 0.0, 0.0]], np.float32)  # the least likely class
-    keras_value, keras_grads = _model_loss_and_grads(model, keras.losses.CategoricalCrossentropy(), x, y)
-    keras_shows(abs(keras_value - 16.0) < 0.2 and all(np.all(g == 0) for g in keras_grads), "clipped loss, zero gradient")
+    keras_value, keras_grads = _model_loss_and_grads(
+        model, keras.losses.CategoricalCrossentropy(), x, y
+    )
+    keras_shows(
+        abs(keras_value - 16.0) < 0.2 and all(np.all(g == 0) for g in keras_grads),
+        "clipped loss, zero gradient",
+    )
     value, grads = _model_loss_and_grads(model, S.CategoricalCrossentropy(), x, y)
-    expected = R.mp_categorical_crossentropy_logits([1, 0, 0], [R.mpf(-30.0), R.mpf(0.0), R.mpf(30.0)])
+    expected = R.mp_categorical_crossentropy_logits(
+        [1, 0, 0], [R.mpf(-30.0), R.mpf(0.0), R.mpf(30.0)]
+    )
     np.testing.assert_allclose(value, float(expected), rtol=1e-6)
     # d/dbias = softmax(z) - y = [-1, 0, 1] (to float16 gradient precision)
     np.testing.assert_allclose(grads[1], [-1.0, 0.0, 1.0], atol=2e-3)
@@ -313,7 +365,9 @@ def test_cce_masked_minus_inf_logits_are_finite_where_keras_is_nan():
     fn = lambda t, p: keras.losses.categorical_crossentropy(t, p, from_logits=True)  # noqa: E731
     keras_value, _ = value_and_grad(fn, y_true, y_pred)
     keras_shows(np.isnan(keras_value).all(), "nan")
-    value, grad = value_and_grad(lambda t, p: S.categorical_crossentropy(t, p, from_logits=True), y_true, y_pred)
+    value, grad = value_and_grad(
+        lambda t, p: S.categorical_crossentropy(t, p, from_logits=True), y_true, y_pred
+    )
     R.assert_ulp_within(value, [R.mp_softplus(R.mpf(1.0))], "float32", ULP)  # log(1 + e)
     assert np.isfinite(grad).all() and grad[0, 1] == 0.0
 
@@ -322,7 +376,9 @@ def test_cce_masked_minus_inf_logits_are_finite_where_keras_is_nan():
 def test_cce_all_zero_probability_row_is_finite_where_keras_is_nan():
     y_true, y_pred = [[0.0, 1.0, 0.0]], [[0.0, 0.0, 0.0]]
     keras_value, keras_grad = value_and_grad(keras.losses.categorical_crossentropy, y_true, y_pred)
-    keras_shows(np.isnan(keras_value).all() and np.isnan(keras_grad).all(), "nan value and gradient")
+    keras_shows(
+        np.isnan(keras_value).all() and np.isnan(keras_grad).all(), "nan value and gradient"
+    )
     value, grad = value_and_grad(S.categorical_crossentropy, y_true, y_pred)
     # Not divided by its zero sum: every class at the clip floor tiny.
     R.assert_ulp_within(value, [-mpmath.log(R.mpf(F32_TINY))], "float32", ULP)
@@ -333,11 +389,15 @@ def test_cce_all_zero_probability_row_is_finite_where_keras_is_nan():
 def test_cce_logits_beyond_float16_range_computed_in_float32():
     y_true = np.array([[0.0, 1.0, 0.0]], np.float32)
     y_pred = tf.constant([[7e4, 7e4 - 3.0, 0.0]])  # float32 logits, beyond float16's 65504
-    keras_value = keras.losses.CategoricalCrossentropy(from_logits=True, dtype="float16")(y_true, y_pred)
+    keras_value = keras.losses.CategoricalCrossentropy(from_logits=True, dtype="float16")(
+        y_true, y_pred
+    )
     keras_shows(np.isnan(keras_value.numpy()), "nan (logits cast to float16 overflow)")
     value = S.CategoricalCrossentropy(from_logits=True, dtype="float16")(y_true, y_pred)
     assert value.dtype == tf.float16
-    expected = R.mp_categorical_crossentropy_logits([0, 1, 0], [R.mpf(7e4), R.mpf(7e4 - 3.0), R.mpf(0.0)])
+    expected = R.mp_categorical_crossentropy_logits(
+        [0, 1, 0], [R.mpf(7e4), R.mpf(7e4 - 3.0), R.mpf(0.0)]
+    )
     R.assert_ulp_within([value.numpy()], [expected], "float16", 0.5)
 
 
@@ -354,16 +414,24 @@ def test_scce_out_of_range_label_errors_or_is_nan(regime):
         value = regime.run(loss, labels, logits)
         assert np.isnan(value[1]) and np.isfinite(value[[0, 2]]).all()  # never a finite wrong loss
     else:
-        with pytest.raises(tf.errors.InvalidArgumentError, match=r"label.*5.*out of range for.*3.*classes"):
+        with pytest.raises(
+            tf.errors.InvalidArgumentError,
+            match=r"label.*5.*out of range "
+            r"for.*3.*classes",
+        ):
             regime.run(loss, labels, logits)
 
 
 @pytest.mark.usefixtures("eager_ops")
 def test_scce_out_of_range_label_error_from_function_form():
-    with pytest.raises(tf.errors.InvalidArgumentError, match="label -2 is out of range for 4 classes"):
+    with pytest.raises(
+        tf.errors.InvalidArgumentError, match="label -2 is out of range for 4 classes"
+    ):
         S.sparse_categorical_crossentropy([0, -2], tf.zeros([2, 4]))
     # ignore_class labels are not out of range
-    value = S.sparse_categorical_crossentropy([0, -1], tf.zeros([2, 4]), from_logits=True, ignore_class=-1)
+    value = S.sparse_categorical_crossentropy(
+        [0, -1], tf.zeros([2, 4]), from_logits=True, ignore_class=-1
+    )
     np.testing.assert_allclose(value, [math.log(4.0), 0.0], rtol=1e-6)
 
 
@@ -373,10 +441,14 @@ def test_scce_integer_labels_never_pass_through_float16():
     logits = np.zeros((1, num_classes), np.float32)
     logits[0, 3001] = 5.0
     labels = np.array([3001])
-    keras_value = keras.losses.SparseCategoricalCrossentropy(from_logits=True, dtype="float16")(labels, logits)
+    keras_value = keras.losses.SparseCategoricalCrossentropy(from_logits=True, dtype="float16")(
+        labels, logits
+    )
     value = S.SparseCategoricalCrossentropy(from_logits=True, dtype="float16")(labels, logits)
     exact = mpmath.log(3001 + mpmath.exp(5)) - 5  # 3.055
-    keras_shows(abs(float(keras_value) - float(exact + 5)) < 1e-2, "label 3001 read as 3000 (loss 8.055)")
+    keras_shows(
+        abs(float(keras_value) - float(exact + 5)) < 1e-2, "label 3001 read as 3000 (loss 8.055)"
+    )
     assert value.dtype == tf.float16
     R.assert_ulp_within([value.numpy()], [exact], "float16", 0.5)
 
@@ -386,16 +458,27 @@ def test_scce_label_smoothing_matches_keras_one_hot():
     rng = np.random.default_rng(3)
     labels = rng.integers(0, C, size=N)
     logits = rng.uniform(-3, 3, size=(N, C)).astype(np.float32)
-    value = S.SparseCategoricalCrossentropy(from_logits=True, label_smoothing=0.2, reduction="none")(labels, logits)
-    want = keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=0.2, reduction="none")(np.eye(C)[labels], logits)
+    value = S.SparseCategoricalCrossentropy(
+        from_logits=True, label_smoothing=0.2, reduction="none"
+    )(labels, logits)
+    want = keras.losses.CategoricalCrossentropy(
+        from_logits=True, label_smoothing=0.2, reduction="none"
+    )(np.eye(C)[labels], logits)
     np.testing.assert_allclose(value, want, rtol=1e-6)
-    reference = [R.mp_sparse_smoothed_logits(lab, [R.mpf(v) for v in row], 0.2) for lab, row in zip(labels, logits)]
+    reference = [
+        R.mp_sparse_smoothed_logits(lab, [R.mpf(v) for v in row], 0.2)
+        for lab, row in zip(labels, logits)
+    ]
     R.assert_ulp_within(value.numpy(), reference, "float32", ULP)
 
 
 def test_scce_label_smoothing_builds_no_one_hot():
-    graph = tf.function(lambda t, p: S.sparse_categorical_crossentropy(t, p, from_logits=True, label_smoothing=0.2))
-    concrete = graph.get_concrete_function(tf.TensorSpec([None], tf.int32), tf.TensorSpec([None, 1000], tf.float32))
+    graph = tf.function(
+        lambda t, p: S.sparse_categorical_crossentropy(t, p, from_logits=True, label_smoothing=0.2)
+    )
+    concrete = graph.get_concrete_function(
+        tf.TensorSpec([None], tf.int32), tf.TensorSpec([None, 1000], tf.float32)
+    )
     op_types = {op.type for op in concrete.graph.get_operations()}
     assert "OneHot" not in op_types and "SparseSoftmaxCrossEntropyWithLogits" not in op_types
     assert "GatherV2" in op_types  # the label's log-probability is gathered
@@ -411,13 +494,20 @@ def test_scce_label_smoothing_builds_no_one_hot():
 def test_binary_focal_gradient_finite_at_saturated_logits(gamma):
     y_true = [[1.0], [0.0], [1.0], [0.0]]
     y_pred = [[100.0], [-100.0], [-100.0], [100.0]]  # confidently right, then confidently wrong
-    keras_fn = lambda t, p: keras.losses.binary_focal_crossentropy(t, p, gamma=gamma, from_logits=True)  # noqa: E731
+
+    def keras_fn(t, p):
+        return keras.losses.binary_focal_crossentropy(t, p, gamma=gamma, from_logits=True)
+
     _, keras_grad = value_and_grad(keras_fn, y_true, y_pred)
     if gamma < 1:
         keras_shows(np.isnan(keras_grad).any(), f"NaN gradient for gamma={gamma}")
     fn = lambda t, p: S.binary_focal_crossentropy(t, p, gamma=gamma, from_logits=True)  # noqa: E731
     value, grad = value_and_grad(fn, y_true, y_pred)
-    reference = R.reference_array(lambda z, x: R.mp_binary_focal_logits(z, x, gamma), as_f64(y_true)[:, 0], as_f64(y_pred)[:, 0])
+    reference = R.reference_array(
+        lambda z, x: R.mp_binary_focal_logits(z, x, gamma),
+        as_f64(y_true)[:, 0],
+        as_f64(y_pred)[:, 0],
+    )
     R.assert_ulp_within(value, reference, "float32", BINARY_FOCAL_ULP)
     assert np.isfinite(grad).all()
     # confidently wrong: d/dx of ~|x| is -1 (positive target), +1 (negative)
@@ -431,7 +521,9 @@ def test_binary_focal_gradient_finite_at_saturated_probabilities(gamma):
     keras_fn = lambda t, p: keras.losses.binary_focal_crossentropy(t, p, gamma=gamma)  # noqa: E731
     _, keras_grad = value_and_grad(keras_fn, y_true, y_pred)
     keras_shows(np.isnan(keras_grad).any(), f"NaN gradient for gamma={gamma}")
-    value, grad = value_and_grad(lambda t, p: S.binary_focal_crossentropy(t, p, gamma=gamma), y_true, y_pred)
+    value, grad = value_and_grad(
+        lambda t, p: S.binary_focal_crossentropy(t, p, gamma=gamma), y_true, y_pred
+    )
     assert np.isfinite(value).all() and np.isfinite(grad).all()
     assert (value < 1e-6).all()
 
@@ -444,7 +536,9 @@ def test_categorical_focal_from_logits_keeps_gradient_of_confident_mistake():
     keras_shows(np.all(keras_grad == 0), "zero gradient (p clipped at 1e-7)")
     fn = lambda t, p: S.categorical_focal_crossentropy(t, p, from_logits=True)  # noqa: E731
     value, grad = value_and_grad(fn, y_true, y_pred)
-    reference = R.reference_cross_entropy_rows(R.mp_categorical_focal_logits, y_true, y_pred, 2.0, 0.25)
+    reference = R.reference_cross_entropy_rows(
+        R.mp_categorical_focal_logits, y_true, y_pred, 2.0, 0.25
+    )
     R.assert_ulp_within(value, reference, "float32", CATEGORICAL_FOCAL_ULP)
     assert abs(value[0] - keras_value[0]) > 3.0  # 7.5, Keras 4.03
     assert np.isfinite(grad).all() and grad[0, 0] < -0.2 and grad[0, 1] > 0.2
@@ -454,10 +548,15 @@ def test_categorical_focal_from_logits_keeps_gradient_of_confident_mistake():
 @pytest.mark.usefixtures("eager_ops")
 def test_categorical_focal_finite_gradient_when_softmax_saturates(gamma):
     # p of the true class rounds to 1 (1 - p to 0): 1 - p is the sum of the other classes.
-    y_true, y_pred = [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]], [[200.0, 0.0, -50.0], [0.0, 20.0, -math.inf]]
+    y_true, y_pred = (
+        [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]],
+        [[200.0, 0.0, -50.0], [0.0, 20.0, -math.inf]],
+    )
     fn = lambda t, p: S.categorical_focal_crossentropy(t, p, gamma=gamma, from_logits=True)  # noqa: E731
     value, grad = value_and_grad(fn, y_true, y_pred)
-    reference = R.reference_cross_entropy_rows(R.mp_categorical_focal_logits, y_true, y_pred, gamma, 0.25)
+    reference = R.reference_cross_entropy_rows(
+        R.mp_categorical_focal_logits, y_true, y_pred, gamma, 0.25
+    )
     R.assert_ulp_within(value, reference, "float32", CATEGORICAL_FOCAL_ULP)
     assert np.isfinite(grad).all()
 
@@ -471,17 +570,23 @@ def test_categorical_focal_finite_gradient_when_softmax_saturates(gamma):
 def test_kld_zero_targets_follow_xlogy():
     y_true, y_pred = [[0.0, 1.0], [0.0, 1.0]], [[0.5, 0.5], [0.0, 1.0]]
     keras_value, keras_grad = value_and_grad(keras.losses.kl_divergence, y_true, y_pred)
-    keras_shows(abs(keras_value[0] - math.log(2.0)) > 1e-6, "a zero target clipped to 1e-7 contributes")
+    keras_shows(
+        abs(keras_value[0] - math.log(2.0)) > 1e-6, "a zero target clipped to 1e-7 contributes"
+    )
     value, grad = value_and_grad(S.kl_divergence, y_true, y_pred)
     R.assert_ulp_within(value, [mpmath.log(2), 0], "float32", ULP)
-    assert grad[0, 0] == 0.0 and grad[1, 0] == 0.0  # zero targets: zero gradient (Keras: -2e-7 and 0)
+    assert (
+        grad[0, 0] == 0.0 and grad[1, 0] == 0.0
+    )  # zero targets: zero gradient (Keras: -2e-7 and 0)
     np.testing.assert_allclose(grad[:, 1], [-2.0, -1.0], rtol=1e-6)
 
 
 @pytest.mark.usefixtures("eager_ops")
 def test_kld_zero_prediction_is_finite():
     value, grad = value_and_grad(S.kl_divergence, [[0.5, 0.5]], [[0.0, 1.0]])
-    reference = R.reference_cross_entropy_rows(R.mp_kl_divergence_row, [[0.5, 0.5]], [[0.0, 1.0]], F32_TINY)
+    reference = R.reference_cross_entropy_rows(
+        R.mp_kl_divergence_row, [[0.5, 0.5]], [[0.0, 1.0]], F32_TINY
+    )
     R.assert_ulp_within(value, reference, "float32", ULP)
     assert np.isfinite(grad).all()
 
@@ -492,7 +597,9 @@ def test_poisson_negative_rate_is_finite_where_keras_is_nan():
     keras_value, _ = value_and_grad(keras.losses.poisson, y_true, y_pred)
     keras_shows(np.isnan(keras_value).all(), "nan")
     value, grad = value_and_grad(S.poisson, y_true, y_pred)
-    R.assert_ulp_within(value, [R.mp_poisson_row([R.mpf(1.0)], [R.mpf(-0.5)], F32_TINY)], "float32", ULP)
+    R.assert_ulp_within(
+        value, [R.mp_poisson_row([R.mpf(1.0)], [R.mpf(-0.5)], F32_TINY)], "float32", ULP
+    )
     np.testing.assert_array_equal(grad, [[1.0]])
 
 
@@ -502,9 +609,13 @@ def test_poisson_small_rate_is_not_shifted():
     keras_value, _ = value_and_grad(keras.losses.poisson, y_true, y_pred)
     value, grad = value_and_grad(S.poisson, y_true, y_pred)
     reference = R.reference_cross_entropy_rows(R.mp_poisson_row, y_true, y_pred, F32_TINY)
-    keras_shows(abs(float(keras_value[0]) - float(reference[0])) > 10, "log(p + 1e-7) shifts small rates")
+    keras_shows(
+        abs(float(keras_value[0]) - float(reference[0])) > 10, "log(p + 1e-7) shifts small rates"
+    )
     R.assert_ulp_within(value, reference, "float32", ULP)
-    np.testing.assert_allclose(grad, [[0.5 * (1 - 1 / np.float32(1e-7)), 0.5 * (1 - 3 / np.float32(1e-30))]], rtol=1e-6)
+    np.testing.assert_allclose(
+        grad, [[0.5 * (1 - 1 / np.float32(1e-7)), 0.5 * (1 - 3 / np.float32(1e-30))]], rtol=1e-6
+    )
 
 
 # ----------------------------------------------------------------------------
@@ -527,7 +638,11 @@ def test_pos_weight_weights_the_positive_term(from_logits):
     reference = [mpmath.fsum(R.reference_array(term, y_true[0], y_pred[0])) / 3]
     R.assert_ulp_within(value.numpy(), reference, "float32", ULP)
     default = S.binary_crossentropy(y_true, y_pred, from_logits=from_logits, pos_weight=1.0)
-    np.testing.assert_allclose(default, keras.losses.binary_crossentropy(y_true, y_pred, from_logits=from_logits), rtol=1e-6)
+    np.testing.assert_allclose(
+        default,
+        keras.losses.binary_crossentropy(y_true, y_pred, from_logits=from_logits),
+        rtol=1e-6,
+    )
 
 
 @pytest.mark.usefixtures("eager_ops")
@@ -535,8 +650,12 @@ def test_pos_weight_with_focal_loss():
     y_true, y_pred = np.array([[1.0, 0.0]], np.float32), np.array([[0.5, -0.5]], np.float32)
     weighted = S.binary_focal_crossentropy(y_true, y_pred, from_logits=True, pos_weight=2.0)
     # the positive element's focal term doubles, the negative one stays
-    terms = R.reference_array(lambda z, x: R.mp_binary_focal_logits(z, x, 2.0), y_true[0], y_pred[0])
-    R.assert_ulp_within(weighted.numpy(), [(2 * terms[0] + terms[1]) / 2], "float32", BINARY_FOCAL_ULP)
+    terms = R.reference_array(
+        lambda z, x: R.mp_binary_focal_logits(z, x, 2.0), y_true[0], y_pred[0]
+    )
+    R.assert_ulp_within(
+        weighted.numpy(), [(2 * terms[0] + terms[1]) / 2], "float32", BINARY_FOCAL_ULP
+    )
 
 
 @pytest.mark.usefixtures("eager_ops")
@@ -544,11 +663,15 @@ def test_ignore_class_binary():
     y_true = np.array([[1.0, -1.0, 0.0], [-1.0, -1.0, -1.0]], np.float32)
     y_pred = np.array([[0.8, np.nan, 0.4], [np.nan, 0.3, 0.3]], np.float32)
     per_sample = S.binary_crossentropy(y_true, y_pred, ignore_class=-1)
-    expected = (-math.log(np.float32(0.8)) - math.log1p(-np.float32(0.4))) / 2  # mean over the valid entries
+    expected = (
+        -math.log(np.float32(0.8)) - math.log1p(-np.float32(0.4))
+    ) / 2  # mean over the valid entries
     np.testing.assert_allclose(per_sample, [expected, 0.0], rtol=1e-6)
     loss = S.BinaryCrossentropy(ignore_class=-1)
     value, grad = value_and_grad(loss, y_true, y_pred)
-    np.testing.assert_allclose(value, expected, rtol=1e-6)  # the fully ignored sample leaves the mean
+    np.testing.assert_allclose(
+        value, expected, rtol=1e-6
+    )  # the fully ignored sample leaves the mean
     assert np.isfinite(grad).all() and (grad[0, 1] == 0) and (grad[1] == 0).all()
 
 
@@ -560,7 +683,9 @@ def test_ignore_class_categorical():
     y_pred[1, 2] = np.nan  # an ignored row: its NaN is ignored too
     keep = [0, 3, 4, 5]
     for cls in ("CategoricalCrossentropy", "CategoricalFocalCrossentropy"):
-        value, grad = value_and_grad(getattr(S, cls)(from_logits=True, ignore_class=3), y_true, y_pred)
+        value, grad = value_and_grad(
+            getattr(S, cls)(from_logits=True, ignore_class=3), y_true, y_pred
+        )
         want = getattr(keras.losses, cls)(from_logits=True)(y_true[keep], y_pred[keep])
         np.testing.assert_allclose(value, want, rtol=1e-6)
         assert np.isfinite(grad).all() and (grad[[1, 2]] == 0).all()
@@ -570,7 +695,11 @@ def test_ignore_class_categorical():
 def test_ignore_class_sparse_drops_nan_rows():
     labels = np.array([1, 255, 0])
     logits = np.array([[0.5, 1.0], [np.nan, 0.0], [2.0, -1.0]], np.float32)
-    value, grad = value_and_grad(S.SparseCategoricalCrossentropy(from_logits=True, ignore_class=255, label_smoothing=0.1), labels, logits)
+    value, grad = value_and_grad(
+        S.SparseCategoricalCrossentropy(from_logits=True, ignore_class=255, label_smoothing=0.1),
+        labels,
+        logits,
+    )
     assert np.isfinite(value) and np.isfinite(grad).all() and (grad[1] == 0).all()
 
 
@@ -582,7 +711,9 @@ def test_subclass_call_sees_its_own_inputs():
 
     y_true, logits = np.array([[1.0, 0.0]], np.float32), np.array([[0.5, 1.5]], np.float32)
     value = Doubled(from_logits=True)(y_true, logits)
-    np.testing.assert_allclose(value, S.BinaryCrossentropy(from_logits=True)(y_true, 2.0 * logits), rtol=1e-6)
+    np.testing.assert_allclose(
+        value, S.BinaryCrossentropy(from_logits=True)(y_true, 2.0 * logits), rtol=1e-6
+    )
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
@@ -594,7 +725,9 @@ def test_keras_mask_on_predictions_is_honoured(dtype):
     got = S.BinaryCrossentropy()(y_true, y_pred)
     want = keras.losses.BinaryCrossentropy()(y_true, y_pred)
     np.testing.assert_allclose(got, want, rtol=1e-6)
-    expected = -(math.log(float(np.asarray(0.3, dtype))) + math.log(float(np.asarray(0.9, dtype)))) / 2
+    expected = (
+        -(math.log(float(np.asarray(0.3, dtype))) + math.log(float(np.asarray(0.9, dtype)))) / 2
+    )
     np.testing.assert_allclose(got, expected, rtol=1e-6)  # the masked sample is left out
 
 
@@ -615,11 +748,15 @@ PROPERTY_LOSSES = {
     "binary": lambda from_logits: [
         lambda t, p: S.binary_crossentropy(t, p, from_logits=from_logits, label_smoothing=0.1),
         # gamma < 1: where Keras's pow(0, gamma) has a NaN gradient
-        lambda t, p: S.binary_focal_crossentropy(t, p, gamma=0.5, from_logits=from_logits, pos_weight=2.0),
+        lambda t, p: S.binary_focal_crossentropy(
+            t, p, gamma=0.5, from_logits=from_logits, pos_weight=2.0
+        ),
     ],
     "categorical": lambda from_logits: [
         lambda t, p: S.categorical_crossentropy(t, p, from_logits=from_logits),
-        lambda t, p: S.categorical_focal_crossentropy(t, p, gamma=0.5, from_logits=from_logits, label_smoothing=0.1),
+        lambda t, p: S.categorical_focal_crossentropy(
+            t, p, gamma=0.5, from_logits=from_logits, label_smoothing=0.1
+        ),
         lambda t, p: S.sparse_categorical_crossentropy(
             tf.argmax(t, axis=-1), p, from_logits=from_logits, label_smoothing=0.1
         ),
@@ -653,7 +790,9 @@ def _assert_property_finite(kind, from_logits, y_true, y_pred):
         assert np.isfinite(as_f64(grad.numpy())).all(), (i, grad.numpy())
 
 
-hard_targets = st.lists(st.sampled_from([0.0, 1.0]), min_size=12, max_size=12).map(lambda v: np.reshape(v, SHAPE))
+hard_targets = st.lists(st.sampled_from([0.0, 1.0]), min_size=12, max_size=12).map(
+    lambda v: np.reshape(v, SHAPE)
+)
 binary_targets = st.one_of(hard_targets, finite_arrays("float32", SHAPE, 0.0, 1.0))
 
 
@@ -661,7 +800,9 @@ binary_targets = st.one_of(hard_targets, finite_arrays("float32", SHAPE, 0.0, 1.
 @pytest.mark.parametrize("from_logits", [True, False])
 @given(data=st.data())
 def test_binary_losses_finite(dtype, from_logits, data):
-    y_pred = data.draw(finite_arrays(dtype, SHAPE) if from_logits else finite_arrays(dtype, SHAPE, 0.0, 1.0))
+    y_pred = data.draw(
+        finite_arrays(dtype, SHAPE) if from_logits else finite_arrays(dtype, SHAPE, 0.0, 1.0)
+    )
     # With pos_weight 2 a logit of -2**127 has the elementwise loss 2**128,
     # beyond float32 (the mean is finite, the loss per element is not).
     y_pred = np.clip(y_pred.astype(np.float32), -LOGIT_BOUND, LOGIT_BOUND).astype(y_pred.dtype)
@@ -678,19 +819,28 @@ def test_categorical_losses_finite(dtype, from_logits, data):
     else:  # zero entries, all-zero rows and rows of tiny sum included
         y_pred = data.draw(finite_arrays(dtype, SHAPE, 0.0, 1.0))
     labels = data.draw(st.lists(st.integers(0, SHAPE[1] - 1), min_size=SHAPE[0], max_size=SHAPE[0]))
-    _assert_property_finite("categorical", from_logits, np.eye(SHAPE[1], dtype=np.float32)[labels], y_pred)
+    _assert_property_finite(
+        "categorical", from_logits, np.eye(SHAPE[1], dtype=np.float32)[labels], y_pred
+    )
 
 
 def test_binary_crossentropy_mean_does_not_overflow():
     # 3 elements of loss 2**127: their sum overflows, their mean does not.
-    value = S.binary_crossentropy(np.zeros((1, 3), np.float32), np.full((1, 3), 2.0**127, np.float32), from_logits=True)
+    value = S.binary_crossentropy(
+        np.zeros((1, 3), np.float32), np.full((1, 3), 2.0**127, np.float32), from_logits=True
+    )
     np.testing.assert_allclose(value, [2.0**127], rtol=1e-6)
 
 
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES)
 @given(data=st.data())
 def test_kld_and_poisson_finite(dtype, data):
-    _assert_property_finite("kl_divergence", None, data.draw(finite_arrays(dtype, SHAPE, 0.0, 1.0)), data.draw(finite_arrays(dtype, SHAPE)))
+    _assert_property_finite(
+        "kl_divergence",
+        None,
+        data.draw(finite_arrays(dtype, SHAPE, 0.0, 1.0)),
+        data.draw(finite_arrays(dtype, SHAPE)),
+    )
     # The gradient 1 - t/p is exact; it leaves the float32 range (as it should)
     # once t/p > 3.4e38, so counts stay below 1e4 and rates are 0 or >= 1e-30 in size.
     counts = data.draw(finite_arrays(dtype, SHAPE, 0.0, 1e4))
@@ -703,7 +853,25 @@ def test_kld_and_poisson_finite(dtype, data):
 # Accuracy against mpmath on edge grids
 # ----------------------------------------------------------------------------
 
-LOGIT_GRID = [-1e4, -100.0, -30.0, -17.0, -5.0, -1.0, -1e-3, -1e-7, 0.0, 1e-7, 1e-3, 1.0, 5.0, 17.0, 30.0, 100.0, 1e4]
+LOGIT_GRID = [
+    -1e4,
+    -100.0,
+    -30.0,
+    -17.0,
+    -5.0,
+    -1.0,
+    -1e-3,
+    -1e-7,
+    0.0,
+    1e-7,
+    1e-3,
+    1.0,
+    5.0,
+    17.0,
+    30.0,
+    100.0,
+    1e4,
+]
 PROBABILITY_GRID = [1e-30, 1e-7, 1e-3, 0.1, 0.25, 0.5, 0.75, 0.9, 1 - 1e-3, 1 - 1e-6]
 TARGET_GRID = [0.0, 1.0, 0.3]
 
@@ -725,11 +893,22 @@ def _pairs(targets, outputs):
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES)
 def test_binary_crossentropy_accuracy(dtype):
     t, x = _pairs(TARGET_GRID, _grid(dtype, LOGIT_GRID))
-    value = S.binary_crossentropy(t.astype(np.float32), x.astype(R.to_numpy_dtype(dtype)), from_logits=True)
-    R.assert_ulp_within(value.numpy(), R.reference_array(R.mp_binary_crossentropy_logits, t[:, 0], x[:, 0]), "float32", ULP)
+    value = S.binary_crossentropy(
+        t.astype(np.float32), x.astype(R.to_numpy_dtype(dtype)), from_logits=True
+    )
+    R.assert_ulp_within(
+        value.numpy(),
+        R.reference_array(R.mp_binary_crossentropy_logits, t[:, 0], x[:, 0]),
+        "float32",
+        ULP,
+    )
     t, p = _pairs(TARGET_GRID, [v for v in _grid(dtype, PROBABILITY_GRID) if 0 < v < 1])
     value = S.binary_crossentropy(t.astype(np.float32), p.astype(R.to_numpy_dtype(dtype)))
-    reference = R.reference_array(lambda z, q: R.mp_binary_crossentropy_probabilities(z, q, F32_TINY, F32_BELOW_ONE), t[:, 0], p[:, 0])
+    reference = R.reference_array(
+        lambda z, q: R.mp_binary_crossentropy_probabilities(z, q, F32_TINY, F32_BELOW_ONE),
+        t[:, 0],
+        p[:, 0],
+    )
     R.assert_ulp_within(value.numpy(), reference, "float32", ULP)
 
 
@@ -741,14 +920,32 @@ FOCAL_ACCURACY = [("float32", 2.0), ("float16", 0.5), ("bfloat16", 2.0)]
 def test_binary_focal_accuracy(dtype, gamma):
     t, x = _pairs(TARGET_GRID, _grid(dtype, LOGIT_GRID))
     value = S.binary_focal_crossentropy(
-        t.astype(np.float32), x.astype(R.to_numpy_dtype(dtype)), gamma=gamma, from_logits=True, apply_class_balancing=True
+        t.astype(np.float32),
+        x.astype(R.to_numpy_dtype(dtype)),
+        gamma=gamma,
+        from_logits=True,
+        apply_class_balancing=True,
     )
-    reference = R.reference_array(lambda z, v: R.mp_binary_focal_logits(z, v, gamma, 0.25), t[:, 0], x[:, 0])
-    R.assert_ulp_within(value.numpy(), reference, "float32", BINARY_FOCAL_ULP, context=f"logits gamma={gamma}")
+    reference = R.reference_array(
+        lambda z, v: R.mp_binary_focal_logits(z, v, gamma, 0.25), t[:, 0], x[:, 0]
+    )
+    R.assert_ulp_within(
+        value.numpy(), reference, "float32", BINARY_FOCAL_ULP, context=f"logits gamma={gamma}"
+    )
     t, p = _pairs(TARGET_GRID, [v for v in _grid(dtype, PROBABILITY_GRID) if 0 < v < 1])
-    value = S.binary_focal_crossentropy(t.astype(np.float32), p.astype(R.to_numpy_dtype(dtype)), gamma=gamma)
-    reference = R.reference_array(lambda z, q: R.mp_binary_focal_probabilities(z, q, gamma), t[:, 0], p[:, 0])
-    R.assert_ulp_within(value.numpy(), reference, "float32", BINARY_FOCAL_ULP, context=f"probabilities gamma={gamma}")
+    value = S.binary_focal_crossentropy(
+        t.astype(np.float32), p.astype(R.to_numpy_dtype(dtype)), gamma=gamma
+    )
+    reference = R.reference_array(
+        lambda z, q: R.mp_binary_focal_probabilities(z, q, gamma), t[:, 0], p[:, 0]
+    )
+    R.assert_ulp_within(
+        value.numpy(),
+        reference,
+        "float32",
+        BINARY_FOCAL_ULP,
+        context=f"probabilities gamma={gamma}",
+    )
 
 
 CATEGORICAL_ROWS = [
@@ -767,25 +964,41 @@ def test_categorical_focal_accuracy(dtype, gamma):
     rows = np.array(CATEGORICAL_ROWS, np.float64).astype(R.to_numpy_dtype(dtype))
     rows = np.repeat(rows, 3, axis=0)
     targets = np.tile(np.eye(3), (len(CATEGORICAL_ROWS), 1)) * 0.9 + 0.1 / 3  # smoothed one-hot
-    value = S.categorical_focal_crossentropy(targets.astype(np.float32), rows, gamma=gamma, from_logits=True)
-    reference = R.reference_cross_entropy_rows(R.mp_categorical_focal_logits, targets.astype(np.float32), rows.astype(np.float64), gamma, 0.25)
+    value = S.categorical_focal_crossentropy(
+        targets.astype(np.float32), rows, gamma=gamma, from_logits=True
+    )
+    reference = R.reference_cross_entropy_rows(
+        R.mp_categorical_focal_logits,
+        targets.astype(np.float32),
+        rows.astype(np.float64),
+        gamma,
+        0.25,
+    )
     R.assert_ulp_within(value.numpy(), reference, "float32", CATEGORICAL_FOCAL_ULP)
 
 
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES)
 def test_kld_and_poisson_accuracy(dtype):
     np_dtype = R.to_numpy_dtype(dtype)
-    t, p = _pairs(_grid(dtype, [0.0, 1e-30, 1e-5, 0.3, 0.5, 1.0]), _grid(dtype, [0.0, 1e-30, 1e-5, 0.3, 0.5000001, 0.7, 1.0]))
+    t, p = _pairs(
+        _grid(dtype, [0.0, 1e-30, 1e-5, 0.3, 0.5, 1.0]),
+        _grid(dtype, [0.0, 1e-30, 1e-5, 0.3, 0.5000001, 0.7, 1.0]),
+    )
     value = S.kl_divergence(t.astype(np_dtype), p.astype(np_dtype))
     reference = R.reference_cross_entropy_rows(R.mp_kl_divergence_row, t, p, F32_TINY)
     R.assert_ulp_within(value.numpy(), reference, "float32", ULP)
-    t, p = _pairs(_grid(dtype, [0.0, 1.0, 3.0, 1e4]), _grid(dtype, [0.0, 1e-30, 1e-3, 0.5, 1.0, 2.5, 1e4, 1e30]))
+    t, p = _pairs(
+        _grid(dtype, [0.0, 1.0, 3.0, 1e4]),
+        _grid(dtype, [0.0, 1e-30, 1e-3, 0.5, 1.0, 2.5, 1e4, 1e30]),
+    )
     value = S.poisson(t.astype(np_dtype), p.astype(np_dtype))
     reference = R.reference_cross_entropy_rows(R.mp_poisson_row, t, p, F32_TINY)
     # Budget in ULPs of max(|p|, |t log p|): the difference cancels near p = t log p.
     scale = np.maximum(np.abs(p[:, 0]), np.abs(t[:, 0] * np.log(np.maximum(p[:, 0], F32_TINY))))
     scale = np.maximum(scale, F32_TINY)
-    errors = np.abs(as_f64(value.numpy()) - np.array([float(r) for r in reference])) / (scale * np.finfo(np.float32).eps)
+    errors = np.abs(as_f64(value.numpy()) - np.array([float(r) for r in reference])) / (
+        scale * np.finfo(np.float32).eps
+    )
     assert errors.max() <= ULP, errors.max()
 
 
@@ -797,25 +1010,53 @@ def test_kld_and_poisson_accuracy(dtype):
 # The edge cases of the named tests, checked under XLA too (NaN last).
 REGIME_INPUTS = {
     # probabilities at 0 and 1 (clipped), a confidently wrong one
-    "binary_probabilities": ([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]], [[0.0, 1.0], [1e-9, 0.5], [np.nan, 0.3]]),
+    "binary_probabilities": (
+        [[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]],
+        [[0.0, 1.0], [1e-9, 0.5], [np.nan, 0.3]],
+    ),
     # saturated logits, both right and wrong
-    "binary_logits": ([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]], [[100.0, -100.0], [100.0, -100.0], [np.nan, 3.0]]),
+    "binary_logits": (
+        [[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]],
+        [[100.0, -100.0], [100.0, -100.0], [np.nan, 3.0]],
+    ),
     # an all-zero probability row
-    "categorical_probabilities": (np.eye(3)[[0, 2, 1]], [[0.2, 0.3, 0.5], [0.0, 0.0, 0.0], [np.nan, 0.5, 0.5]]),
+    "categorical_probabilities": (
+        np.eye(3)[[0, 2, 1]],
+        [[0.2, 0.3, 0.5], [0.0, 0.0, 0.0], [np.nan, 0.5, 0.5]],
+    ),
     # a saturated softmax, a masked -inf logit, a confident mistake
-    "categorical_logits": (np.eye(3)[[0, 2, 1]], [[200.0, 0.0, -50.0], [30.0, -np.inf, 0.0], [np.nan, 0.0, 1.0]]),
+    "categorical_logits": (
+        np.eye(3)[[0, 2, 1]],
+        [[200.0, 0.0, -50.0], [30.0, -np.inf, 0.0], [np.nan, 0.0, 1.0]],
+    ),
     "sparse_logits": ([0, 2, 1], [[100.0, 0.0, -100.0], [0.0, -1e30, 3.0], [np.nan, 0.0, 1.0]]),
     # zero targets, a zero prediction, a negative rate
-    "distributions": ([[0.0, 1.0], [0.5, 0.5], [0.5, 0.5]], [[0.5, 0.5], [0.0, 1.0], [np.nan, 0.5]]),
+    "distributions": (
+        [[0.0, 1.0], [0.5, 0.5], [0.5, 0.5]],
+        [[0.5, 0.5], [0.0, 1.0], [np.nan, 0.5]],
+    ),
     "counts": ([[0.0, 1.0], [3.0, 1.0], [1.0, 1.0]], [[0.5, -0.5], [1e-30, 1e-7], [np.nan, 2.0]]),
 }
 
 REGIME_CASES = [
     ("binary_probabilities", lambda: S.BinaryCrossentropy(reduction="none", pos_weight=2.0)),
-    ("binary_logits", lambda: S.BinaryFocalCrossentropy(from_logits=True, gamma=0.5, reduction="none", apply_class_balancing=True)),
+    (
+        "binary_logits",
+        lambda: S.BinaryFocalCrossentropy(
+            from_logits=True, gamma=0.5, reduction="none", apply_class_balancing=True
+        ),
+    ),
     ("categorical_probabilities", lambda: S.CategoricalCrossentropy(reduction="none")),
-    ("categorical_logits", lambda: S.CategoricalFocalCrossentropy(from_logits=True, reduction="none", gamma=0.5)),
-    ("sparse_logits", lambda: S.SparseCategoricalCrossentropy(from_logits=True, reduction="none", label_smoothing=0.1)),
+    (
+        "categorical_logits",
+        lambda: S.CategoricalFocalCrossentropy(from_logits=True, reduction="none", gamma=0.5),
+    ),
+    (
+        "sparse_logits",
+        lambda: S.SparseCategoricalCrossentropy(
+            from_logits=True, reduction="none", label_smoothing=0.1
+        ),
+    ),
     ("distributions", lambda: S.KLDivergence(reduction="none")),
     ("counts", lambda: S.Poisson(reduction="none")),
 ]
@@ -853,9 +1094,17 @@ BAD_HYPERPARAMETERS = [
     (lambda: S.BinaryFocalCrossentropy(pos_weight=-2.0), "pos_weight", "-2.0"),
     (lambda: S.BinaryCrossentropy(pos_weight=math.nan), "pos_weight", "nan"),
     (lambda: S.SparseCategoricalCrossentropy(ignore_class=1.5), "ignore_class", "1.5"),
-    (lambda: S.binary_crossentropy([[1.0]], [[0.5]], label_smoothing=-1.0), "label_smoothing", "-1.0"),
+    (
+        lambda: S.binary_crossentropy([[1.0]], [[0.5]], label_smoothing=-1.0),
+        "label_smoothing",
+        "-1.0",
+    ),
     (lambda: S.binary_focal_crossentropy([[1.0]], [[0.5]], gamma=-3.0), "gamma", "-3.0"),
-    (lambda: S.categorical_focal_crossentropy([[1.0, 0.0]], [[0.5, 0.5]], alpha=[1.0, 1.0, 1.0]), "alpha", "1.0"),
+    (
+        lambda: S.categorical_focal_crossentropy([[1.0, 0.0]], [[0.5, 0.5]], alpha=[1.0, 1.0, 1.0]),
+        "alpha",
+        "1.0",
+    ),
 ]
 
 
@@ -891,10 +1140,23 @@ def test_shape_mismatch_names_both_shapes():
 # ----------------------------------------------------------------------------
 
 CONFIG_CASES = [
-    S.BinaryCrossentropy(from_logits=True, label_smoothing=0.1, axis=-1, reduction="sum", name="b", dtype="float16", pos_weight=2.0, ignore_class=-1),
-    S.BinaryFocalCrossentropy(True, 0.4, 1.5, True, 0.2, -1, "none", "bf", "float64", pos_weight=0.5, ignore_class=-1),
+    S.BinaryCrossentropy(
+        from_logits=True,
+        label_smoothing=0.1,
+        axis=-1,
+        reduction="sum",
+        name="b",
+        dtype="float16",
+        pos_weight=2.0,
+        ignore_class=-1,
+    ),
+    S.BinaryFocalCrossentropy(
+        True, 0.4, 1.5, True, 0.2, -1, "none", "bf", "float64", pos_weight=0.5, ignore_class=-1
+    ),
     S.CategoricalCrossentropy(True, 0.1, 1, "mean", "c", "float32", ignore_class=0),
-    S.CategoricalFocalCrossentropy([0.1, 0.9], 0.0, True, 0.3, -1, "sum", "cf", None, ignore_class=1),
+    S.CategoricalFocalCrossentropy(
+        [0.1, 0.9], 0.0, True, 0.3, -1, "sum", "cf", None, ignore_class=1
+    ),
     S.SparseCategoricalCrossentropy(True, 255, "sum", -1, "s", "bfloat16", label_smoothing=0.25),
     S.KLDivergence("sum", "k", "float64"),
     S.Poisson(None, "p", "float32"),

@@ -46,18 +46,34 @@ def test_kl_divergence_nan_in_nan_out(regime):
     assert np.isnan(grad[:3]).any(axis=1).all()
 
 
-@pytest.mark.parametrize("call, t, p", [
-    (S.binary_crossentropy, [[1.0, 0.0]], [[INF, 0.3]]),
-    (S.binary_crossentropy, [[0.0, 0.0]], [[-INF, 0.3]]),
-    (S.binary_crossentropy, [[INF, 0.0]], [[0.5, 0.3]]),
-    (lambda t, p: S.binary_crossentropy(t, p, pos_weight=2.0), [[1.0, 0.0]], [[INF, 0.3]]),
-    (lambda t, p: S.binary_crossentropy(t, p, from_logits=True), [[-INF, 0.0]], [[1.0, 0.3]]),
-    (lambda t, p: S.binary_crossentropy(t, p, from_logits=True, pos_weight=2.0), [[INF, 0.0]], [[1.0, 0.3]]),
-    (lambda t, p: S.binary_focal_crossentropy(t, p, from_logits=True), [[INF, 0.0]], [[1.0, 0.3]]),
-    (lambda t, p: S.binary_focal_crossentropy(t, p, from_logits=True), [[-INF, 0.0]], [[1.0, 0.3]]),
-    (S.BinaryFocalCrossentropy(from_logits=True), [[INF, 0.0]], [[1.0, 0.3]]),
-    (S.BinaryCrossentropy(), [[1.0, 0.0]], [[INF, 0.3]]),
-], ids=lambda x: "" if callable(x) else str(x))
+@pytest.mark.parametrize(
+    "call, t, p",
+    [
+        (S.binary_crossentropy, [[1.0, 0.0]], [[INF, 0.3]]),
+        (S.binary_crossentropy, [[0.0, 0.0]], [[-INF, 0.3]]),
+        (S.binary_crossentropy, [[INF, 0.0]], [[0.5, 0.3]]),
+        (lambda t, p: S.binary_crossentropy(t, p, pos_weight=2.0), [[1.0, 0.0]], [[INF, 0.3]]),
+        (lambda t, p: S.binary_crossentropy(t, p, from_logits=True), [[-INF, 0.0]], [[1.0, 0.3]]),
+        (
+            lambda t, p: S.binary_crossentropy(t, p, from_logits=True, pos_weight=2.0),
+            [[INF, 0.0]],
+            [[1.0, 0.3]],
+        ),
+        (
+            lambda t, p: S.binary_focal_crossentropy(t, p, from_logits=True),
+            [[INF, 0.0]],
+            [[1.0, 0.3]],
+        ),
+        (
+            lambda t, p: S.binary_focal_crossentropy(t, p, from_logits=True),
+            [[-INF, 0.0]],
+            [[1.0, 0.3]],
+        ),
+        (S.BinaryFocalCrossentropy(from_logits=True), [[INF, 0.0]], [[1.0, 0.3]]),
+        (S.BinaryCrossentropy(), [[1.0, 0.0]], [[INF, 0.3]]),
+    ],
+    ids=lambda x: "" if callable(x) else str(x),
+)
 def test_infinite_probability_or_target_is_nan_not_a_negative_loss(call, t, p, regime):
     # Keras: 0.178 for the first (inf clipped to 1 - 1e-7); here -inf before:
     # a negative loss. Invalid input gives NaN.
@@ -67,8 +83,11 @@ def test_infinite_probability_or_target_is_nan_not_a_negative_loss(call, t, p, r
 
 def test_infinite_logits_stay_valid(regime):
     # From logits, +-inf is a limit, not invalid: 0 where the target agrees.
-    value = regime.run(lambda t, p: S.binary_crossentropy(t, p, from_logits=True),
-                       np.array([[1.0, 0.0]], np.float32), np.array([[INF, -INF]], np.float32))
+    value = regime.run(
+        lambda t, p: S.binary_crossentropy(t, p, from_logits=True),
+        np.array([[1.0, 0.0]], np.float32),
+        np.array([[INF, -INF]], np.float32),
+    )
     np.testing.assert_array_equal(value, [0.0])
 
 
@@ -77,7 +96,9 @@ def test_infinite_logits_stay_valid(regime):
 # ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["mean_squared_error", "squared_hinge", "mean_squared_logarithmic_error"])
+@pytest.mark.parametrize(
+    "name", ["mean_squared_error", "squared_hinge", "mean_squared_logarithmic_error"]
+)
 def test_mean_of_squares_gradient_agrees_at_the_range_edge(name, regime):
     # Three errors of 3e38: the mean square (9e76) is beyond float32 (inf,
     # documented), its gradient 2 e / 3 = 2e38 is not, in every regime
@@ -103,12 +124,16 @@ def test_categorical_focal_gradient_is_finite_for_huge_logit_gaps(label, regime)
     z = np.array([[-3e38, 3e38, 0.0]], np.float32)
     loss = S.CategoricalFocalCrossentropy(from_logits=True)
     value, (grad,) = regime.value_and_grad(loss, t, z, wrt=(1,))
-    _, (plain_grad,) = regime.value_and_grad(S.CategoricalCrossentropy(from_logits=True), t, z, wrt=(1,))
+    _, (plain_grad,) = regime.value_and_grad(
+        S.CategoricalCrossentropy(from_logits=True), t, z, wrt=(1,)
+    )
     assert not np.isnan(value) and np.isfinite(grad).all() and np.isfinite(plain_grad).all()
     if label == 1:  # p = 1 - 2 exp(-3e38) = 1: loss 0, gradient 0
         assert value == 0.0 and (grad == 0.0).all()
     if label == 2:  # p = exp(-3e38): alpha * 1**gamma * 3e38, gradient alpha * (p - t) / batch
-        R.assert_ulp_within(np.array([value]), np.array([0.25 * float(np.float32(3e38))]), "float32", 1)
+        R.assert_ulp_within(
+            np.array([value]), np.array([0.25 * float(np.float32(3e38))]), "float32", 1
+        )
         np.testing.assert_array_equal(grad, [[0.0, 0.25, -0.25]])
 
 
@@ -123,7 +148,9 @@ def test_overlap_losses_are_not_nan_at_the_range_edge(name, regime):
             rows_true.append(t)
             rows_pred.append(p)
     t, p = np.array(rows_true, np.float32), np.array(rows_pred, np.float32)
-    value, (grad,) = regime.value_and_grad(lambda a, b: getattr(S, name)(a, b, axis=1), t, p, wrt=(1,))
+    value, (grad,) = regime.value_and_grad(
+        lambda a, b: getattr(S, name)(a, b, axis=1), t, p, wrt=(1,)
+    )
     assert not np.isnan(value).any(), t[np.isnan(value)]
     assert not np.isnan(grad).any()
     # Closed forms. Two empty targets, two huge predictions: every term is a
@@ -133,8 +160,12 @@ def test_overlap_losses_are_not_nan_at_the_range_edge(name, regime):
     empty = np.flatnonzero((t == 0).all(1) & (p == huge).all(1))
     full = np.flatnonzero((t == 1).all(1) & (p == huge).all(1))
     np.testing.assert_array_equal(value[empty], [1.0])
-    R.assert_ulp_within(value[full], np.array([float((1 - mpmath.mpf(float(huge))) / (1 + mpmath.mpf(float(huge))))]),
-                        "float32", 2)
+    R.assert_ulp_within(
+        value[full],
+        np.array([float((1 - mpmath.mpf(float(huge))) / (1 + mpmath.mpf(float(huge))))]),
+        "float32",
+        2,
+    )
 
 
 # ----------------------------------------------------------------------------
@@ -154,12 +185,14 @@ def _unit(dtype):
 
 def _signs(dtype):
     return hnp.arrays(np.float32, SHAPE, elements=st.sampled_from([-1.0, 1.0])).map(
-        lambda a: a.astype(to_numpy_dtype(dtype)))
+        lambda a: a.astype(to_numpy_dtype(dtype))
+    )
 
 
 def _one_hot(dtype):
     return hnp.arrays(np.int64, SHAPE[:1], elements=st.integers(0, SHAPE[1] - 1)).map(
-        lambda labels: np.eye(SHAPE[1])[labels].astype(to_numpy_dtype(dtype)))
+        lambda labels: np.eye(SHAPE[1])[labels].astype(to_numpy_dtype(dtype))
+    )
 
 
 def _labels(dtype):
@@ -182,12 +215,30 @@ PROPERTIES = {
     "categorical_hinge": (S.categorical_hinge, {}, _one_hot, _full),
     "binary_crossentropy": (S.binary_crossentropy, {}, _unit, _unit),
     "binary_crossentropy_logits": (S.binary_crossentropy, {"from_logits": True}, _unit, _full),
-    "binary_focal_crossentropy_logits": (S.binary_focal_crossentropy, {"from_logits": True}, _unit, _full),
-    "categorical_crossentropy_logits": (S.categorical_crossentropy, {"from_logits": True}, _one_hot, _full),
+    "binary_focal_crossentropy_logits": (
+        S.binary_focal_crossentropy,
+        {"from_logits": True},
+        _unit,
+        _full,
+    ),
+    "categorical_crossentropy_logits": (
+        S.categorical_crossentropy,
+        {"from_logits": True},
+        _one_hot,
+        _full,
+    ),
     "categorical_focal_crossentropy_logits": (
-        S.categorical_focal_crossentropy, {"from_logits": True}, _one_hot, _full),
+        S.categorical_focal_crossentropy,
+        {"from_logits": True},
+        _one_hot,
+        _full,
+    ),
     "sparse_categorical_crossentropy_logits": (
-        S.sparse_categorical_crossentropy, {"from_logits": True}, _labels, _full),
+        S.sparse_categorical_crossentropy,
+        {"from_logits": True},
+        _labels,
+        _full,
+    ),
     "kl_divergence": (S.kl_divergence, {}, _unit, _full),
     "poisson": (S.poisson, {}, _full, _full),
 }
@@ -248,7 +299,9 @@ def _assert_agree(actual, expected, what, term_scale=0.0):
     magnitude involved: the largest entry, or ``term_scale`` for a result that cancels."""
     actual, expected = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
     np.testing.assert_array_equal(np.isnan(actual), np.isnan(expected), err_msg=what)
-    np.testing.assert_array_equal(actual[np.isinf(actual)], expected[np.isinf(actual)], err_msg=what)
+    np.testing.assert_array_equal(
+        actual[np.isinf(actual)], expected[np.isinf(actual)], err_msg=what
+    )
     finite = np.isfinite(expected)
     np.testing.assert_array_equal(np.isfinite(actual), finite, err_msg=what)
     if finite.any():
@@ -257,8 +310,9 @@ def _assert_agree(actual, expected, what, term_scale=0.0):
         # smallest normal, flush-to-zero happens at different steps: 2 tiny.
         scale = max(np.max(np.abs(expected[finite])), term_scale)
         atol = max(16 * F32.eps * scale, 2 * F32.tiny)
-        np.testing.assert_allclose(actual[finite], expected[finite], rtol=16 * F32.eps,
-                                   atol=atol, err_msg=what)
+        np.testing.assert_allclose(
+            actual[finite], expected[finite], rtol=16 * F32.eps, atol=atol, err_msg=what
+        )
 
 
 @pytest.mark.parametrize("name", sorted(PROPERTIES))

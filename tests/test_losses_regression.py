@@ -78,7 +78,13 @@ PARITY_CASES = [
     ("Dice", "dice", {}, {}, _mask),
     ("Dice", "dice", {"axis": (1,)}, {"axis": (1,)}, _mask),
     ("Tversky", "tversky", {}, {}, _mask),
-    ("Tversky", "tversky", {"alpha": 0.7, "beta": 0.3, "axis": (1,)}, {"alpha": 0.7, "beta": 0.3, "axis": (1,)}, _mask),
+    (
+        "Tversky",
+        "tversky",
+        {"alpha": 0.7, "beta": 0.3, "axis": (1,)},
+        {"alpha": 0.7, "beta": 0.3, "axis": (1,)},
+        _mask,
+    ),
     ("Hinge", "hinge", {}, {}, _signed),
     ("Hinge", "hinge", {}, {}, _binary),
     ("SquaredHinge", "squared_hinge", {}, {}, _signed),
@@ -111,24 +117,36 @@ def test_matches_keras_for_every_reduction_with_and_without_weights(case):
     weights = np.random.default_rng(1).uniform(0.1, 2.0, size=SHAPE[0]).astype(np.float32)
     for reduction in REDUCTIONS:
         for sample_weight in (None, weights):
-            ours = getattr(S, cls_name)(reduction=reduction, **kwargs)(t, p, sample_weight=sample_weight)
-            theirs = getattr(keras.losses, cls_name)(reduction=reduction, **kwargs)(t, p, sample_weight=sample_weight)
+            ours = getattr(S, cls_name)(reduction=reduction, **kwargs)(
+                t, p, sample_weight=sample_weight
+            )
+            theirs = getattr(keras.losses, cls_name)(reduction=reduction, **kwargs)(
+                t, p, sample_weight=sample_weight
+            )
             context = f"reduction={reduction}, weighted={sample_weight is not None}"
             assert ours.dtype == tf.float32, context
             assert ours.shape == theirs.shape, context
-            np.testing.assert_allclose(ours.numpy(), np.asarray(theirs), rtol=1e-6, atol=0, err_msg=context)
+            np.testing.assert_allclose(
+                ours.numpy(), np.asarray(theirs), rtol=1e-6, atol=0, err_msg=context
+            )
     t, p = _inputs(case, seed=2)
     ours = getattr(S, fn_name)(t, p, **fn_kwargs)
     assert ours.dtype == tf.float32
-    np.testing.assert_allclose(ours.numpy(), np.asarray(getattr(keras.losses, fn_name)(t, p, **fn_kwargs)), rtol=1e-6)
+    np.testing.assert_allclose(
+        ours.numpy(), np.asarray(getattr(keras.losses, fn_name)(t, p, **fn_kwargs)), rtol=1e-6
+    )
 
 
 def test_rank_alignment_matches_keras():
     # y_true (batch,) against y_pred (batch, 1): Keras expands the labels.
     t = np.array([0.5, 1.0, 2.0], np.float32)
     p = np.array([[0.7], [0.4], [2.5]], np.float32)
-    np.testing.assert_allclose(S.mean_squared_error(t, p), keras.losses.mean_squared_error(t, p), rtol=1e-6)
-    np.testing.assert_allclose(S.MeanSquaredError()(t, p), keras.losses.MeanSquaredError()(t, p), rtol=1e-6)
+    np.testing.assert_allclose(
+        S.mean_squared_error(t, p), keras.losses.mean_squared_error(t, p), rtol=1e-6
+    )
+    np.testing.assert_allclose(
+        S.MeanSquaredError()(t, p), keras.losses.MeanSquaredError()(t, p), rtol=1e-6
+    )
 
 
 def test_keras_masks_are_honoured():
@@ -162,7 +180,9 @@ def test_msle_negative_prediction_keeps_its_gradient():
     log2 = math.log(2.0)
     expected = ((-0.5 - log2) ** 2 + (-2.0 - log2) ** 2 + 25.0) / 3
     np.testing.assert_allclose(value, [expected], rtol=1e-6)
-    np.testing.assert_allclose(grad, [[2 * (-0.5 - log2) / 3, 2 * (-2.0 - log2) / 3, -10.0 / 3]], rtol=1e-6)
+    np.testing.assert_allclose(
+        grad, [[2 * (-0.5 - log2) / 3, 2 * (-2.0 - log2) / 3, -10.0 / 3]], rtol=1e-6
+    )
     assert keras_value[0] != pytest.approx(expected, rel=0.1)
 
 
@@ -180,7 +200,9 @@ def test_msle_is_accurate_when_prediction_is_close_to_target():
     t, p = np.float32([[1e-5], [1.0], [1000.0]]), np.float32([[2e-5], [1.0001], [1000.5]])
     reference = R.reference_rows(R.mp_mean_squared_logarithmic_error_row, t, p)
     R.assert_ulp_within(S.mean_squared_logarithmic_error(t, p).numpy(), reference, "float32", 6)
-    keras_errors = R.ulp_error(keras.losses.mean_squared_logarithmic_error(t, p).numpy(), reference, "float32")
+    keras_errors = R.ulp_error(
+        keras.losses.mean_squared_logarithmic_error(t, p).numpy(), reference, "float32"
+    )
     assert keras_errors.max() > 1000  # log(y + 1) - log(x + 1) cancels
 
 
@@ -247,7 +269,9 @@ def test_dice_smooth_matches_its_formula():
         reference = R.reference_rows(R.mp_dice_loss, t, p, smooth)
         R.assert_ulp_within(value, reference, "float32", 4, context=f"smooth={smooth}")
         tversky_value = S.tversky(t, p, 0.5, 0.5, axis=1, smooth=smooth / 2).numpy()
-        R.assert_ulp_within(tversky_value, reference, "float32", 4, context=f"tversky smooth={smooth}")
+        R.assert_ulp_within(
+            tversky_value, reference, "float32", 4, context=f"tversky smooth={smooth}"
+        )
 
 
 def test_dice_near_perfect_prediction_keeps_its_accuracy():
@@ -295,7 +319,10 @@ def test_huber_huge_float16_error_is_finite():
 
 @pytest.mark.parametrize(
     "fn_name, reference",
-    [("mean_squared_error", R.mp_mean_squared_error_row), ("squared_hinge", R.mp_squared_hinge_row)],
+    [
+        ("mean_squared_error", R.mp_mean_squared_error_row),
+        ("squared_hinge", R.mp_squared_hinge_row),
+    ],
 )
 def test_squared_losses_of_float16_compute_in_float32(fn_name, reference):
     t, p = np.float16([[-1.0, 1.0]]), np.float16([[300.0, -300.0]])
@@ -306,7 +333,9 @@ def test_squared_losses_of_float16_compute_in_float32(fn_name, reference):
     R.assert_ulp_within(value.numpy(), R.reference_rows(reference, t, p), "float32", 3)
 
 
-@pytest.mark.parametrize("dtype, expected", [("float16", tf.float32), ("bfloat16", tf.float32), ("float64", tf.float64)])
+@pytest.mark.parametrize(
+    "dtype, expected", [("float16", tf.float32), ("bfloat16", tf.float32), ("float64", tf.float64)]
+)
 def test_functions_return_the_computing_dtype(dtype, expected):
     t, p = _regression(np.random.default_rng(4))
     np_dtype = R.to_numpy_dtype(dtype)
@@ -331,13 +360,47 @@ def _pairs(values_true, values_pred):
     return t.reshape(-1, 1), p.reshape(-1, 1)
 
 
-LOG_GRID = [0.0, 1e-30, 1e-7, 1e-5, 2e-5, 0.5, 1.0, 1.0001, 3.0, 1e10, 1e18, 3e38, -1e-7, -0.5, -1.0, -2.0, -1e10]
+LOG_GRID = [
+    0.0,
+    1e-30,
+    1e-7,
+    1e-5,
+    2e-5,
+    0.5,
+    1.0,
+    1.0001,
+    3.0,
+    1e10,
+    1e18,
+    3e38,
+    -1e-7,
+    -0.5,
+    -1.0,
+    -2.0,
+    -1e10,
+]
 SIGNED_GRID = [0.0, 1e-30, -1e-7, 1e-3, 0.999, 1.0, -1.0, 1.001, 7.5, -300.0, 65504.0, -1e18, 1e38]
 EDGE_GRIDS = [
     ("mean_squared_error", {}, R.mp_mean_squared_error_row, (), SIGNED_GRID, SIGNED_GRID, 3),
     ("mean_absolute_error", {}, R.mp_mean_absolute_error_row, (), SIGNED_GRID, SIGNED_GRID, 3),
-    ("mean_absolute_percentage_error", {}, R.mp_mean_absolute_percentage_error_row, (), SIGNED_GRID, SIGNED_GRID, 4),
-    ("mean_squared_logarithmic_error", {}, R.mp_mean_squared_logarithmic_error_row, (), LOG_GRID, LOG_GRID, 6),
+    (
+        "mean_absolute_percentage_error",
+        {},
+        R.mp_mean_absolute_percentage_error_row,
+        (),
+        SIGNED_GRID,
+        SIGNED_GRID,
+        4,
+    ),
+    (
+        "mean_squared_logarithmic_error",
+        {},
+        R.mp_mean_squared_logarithmic_error_row,
+        (),
+        LOG_GRID,
+        LOG_GRID,
+        6,
+    ),
     ("huber", {}, R.mp_huber_row, (1.0,), SIGNED_GRID, SIGNED_GRID, 3),
     ("huber", {"delta": 0.25}, R.mp_huber_row, (0.25,), SIGNED_GRID, SIGNED_GRID, 3),
     ("log_cosh", {}, R.mp_log_cosh_row, (), SIGNED_GRID, SIGNED_GRID, 4),
@@ -355,8 +418,18 @@ def test_elementwise_losses_on_edge_grids():
 
 
 def test_row_losses_on_edge_rows():
-    t = np.float32([[1.0, 2.0, 2.0], [1e-30, 0.0, 0.0], [1.0, 0.0, 0.0], [3e37, 4e37, 0.0], [1.0, 1e-8, 0.0]])
-    p = np.float32([[2.0, 1.0, 2.0], [0.0, 1e-30, 0.0], [1.0, 1e-4, 0.0], [-4e37, 3e37, 1.0], [1e-8, -1.0, 5.0]])
+    t = np.float32(
+        [[1.0, 2.0, 2.0], [1e-30, 0.0, 0.0], [1.0, 0.0, 0.0], [3e37, 4e37, 0.0], [1.0, 1e-8, 0.0]]
+    )
+    p = np.float32(
+        [
+            [2.0, 1.0, 2.0],
+            [0.0, 1e-30, 0.0],
+            [1.0, 1e-4, 0.0],
+            [-4e37, 3e37, 1.0],
+            [1e-8, -1.0, 5.0],
+        ]
+    )
     value = S.cosine_similarity(t, p).numpy()
     reference = R.reference_rows(R.mp_cosine_similarity_row, t, p)
     # 4 ULP, plus 1 ULP of 1 in absolute terms (cancellation near orthogonality).
@@ -417,52 +490,100 @@ def _one_hot_labels(dtype):
 # name -> (function kwargs, y_true strategy(dtype), y_pred strategy(dtype), reference, args, budget)
 PROPERTIES = {
     "mean_squared_error": (
-        {}, lambda d: finite_arrays(d, PROPERTY_SHAPE, **_square_range(d)),
-        lambda d: finite_arrays(d, PROPERTY_SHAPE, **_square_range(d)), R.mp_mean_squared_error_row, (), 3,
+        {},
+        lambda d: finite_arrays(d, PROPERTY_SHAPE, **_square_range(d)),
+        lambda d: finite_arrays(d, PROPERTY_SHAPE, **_square_range(d)),
+        R.mp_mean_squared_error_row,
+        (),
+        3,
     ),
     "mean_absolute_error": (
-        {}, lambda d: finite_arrays(d, PROPERTY_SHAPE, **_linear_range(d)),
-        lambda d: finite_arrays(d, PROPERTY_SHAPE, **_linear_range(d)), R.mp_mean_absolute_error_row, (), 3,
+        {},
+        lambda d: finite_arrays(d, PROPERTY_SHAPE, **_linear_range(d)),
+        lambda d: finite_arrays(d, PROPERTY_SHAPE, **_linear_range(d)),
+        R.mp_mean_absolute_error_row,
+        (),
+        3,
     ),
     "mean_absolute_percentage_error": (
-        {}, _targets_with_zeros, lambda d: finite_arrays(d, PROPERTY_SHAPE, -(2.0**100), 2.0**100),
-        R.mp_mean_absolute_percentage_error_row, (), 4,
+        {},
+        _targets_with_zeros,
+        lambda d: finite_arrays(d, PROPERTY_SHAPE, -(2.0**100), 2.0**100),
+        R.mp_mean_absolute_percentage_error_row,
+        (),
+        4,
     ),
     "mean_squared_logarithmic_error": (
-        {}, lambda d: finite_arrays(d, PROPERTY_SHAPE, -_SQUARE_BOUND, None),
-        lambda d: finite_arrays(d, PROPERTY_SHAPE, -_SQUARE_BOUND, None), R.mp_mean_squared_logarithmic_error_row, (), 6,
+        {},
+        lambda d: finite_arrays(d, PROPERTY_SHAPE, -_SQUARE_BOUND, None),
+        lambda d: finite_arrays(d, PROPERTY_SHAPE, -_SQUARE_BOUND, None),
+        R.mp_mean_squared_logarithmic_error_row,
+        (),
+        6,
     ),
     "huber": (
-        {"delta": 1.5}, lambda d: finite_arrays(d, PROPERTY_SHAPE, **_linear_range(d)),
-        lambda d: finite_arrays(d, PROPERTY_SHAPE, **_linear_range(d)), R.mp_huber_row, (1.5,), 3,
+        {"delta": 1.5},
+        lambda d: finite_arrays(d, PROPERTY_SHAPE, **_linear_range(d)),
+        lambda d: finite_arrays(d, PROPERTY_SHAPE, **_linear_range(d)),
+        R.mp_huber_row,
+        (1.5,),
+        3,
     ),
     "log_cosh": (
-        {}, lambda d: finite_arrays(d, PROPERTY_SHAPE, **_linear_range(d)),
-        lambda d: finite_arrays(d, PROPERTY_SHAPE, **_linear_range(d)), R.mp_log_cosh_row, (), 4,
+        {},
+        lambda d: finite_arrays(d, PROPERTY_SHAPE, **_linear_range(d)),
+        lambda d: finite_arrays(d, PROPERTY_SHAPE, **_linear_range(d)),
+        R.mp_log_cosh_row,
+        (),
+        4,
     ),
     "cosine_similarity": (
-        {}, lambda d: finite_arrays(d, PROPERTY_SHAPE), lambda d: finite_arrays(d, PROPERTY_SHAPE),
-        R.mp_cosine_similarity_row, (), None,
+        {},
+        lambda d: finite_arrays(d, PROPERTY_SHAPE),
+        lambda d: finite_arrays(d, PROPERTY_SHAPE),
+        R.mp_cosine_similarity_row,
+        (),
+        None,
     ),
     "dice": (
-        {"axis": 1}, lambda d: finite_arrays(d, PROPERTY_SHAPE, 0.0, 1.0),
-        lambda d: finite_arrays(d, PROPERTY_SHAPE, 0.0, 1.0), R.mp_dice_loss, (0.0,), 4,
+        {"axis": 1},
+        lambda d: finite_arrays(d, PROPERTY_SHAPE, 0.0, 1.0),
+        lambda d: finite_arrays(d, PROPERTY_SHAPE, 0.0, 1.0),
+        R.mp_dice_loss,
+        (0.0,),
+        4,
     ),
     "tversky": (
-        {"alpha": 0.7, "beta": 0.3, "axis": 1, "smooth": 1.0}, lambda d: finite_arrays(d, PROPERTY_SHAPE, 0.0, 1.0),
-        lambda d: finite_arrays(d, PROPERTY_SHAPE, 0.0, 1.0), R.mp_tversky_loss, (0.7, 0.3, 1.0), 4,
+        {"alpha": 0.7, "beta": 0.3, "axis": 1, "smooth": 1.0},
+        lambda d: finite_arrays(d, PROPERTY_SHAPE, 0.0, 1.0),
+        lambda d: finite_arrays(d, PROPERTY_SHAPE, 0.0, 1.0),
+        R.mp_tversky_loss,
+        (0.7, 0.3, 1.0),
+        4,
     ),
     "hinge": (
-        {}, lambda d: _labels([-1.0, 1.0], d), lambda d: finite_arrays(d, PROPERTY_SHAPE, **_linear_range(d)),
-        R.mp_hinge_row, (), 3,
+        {},
+        lambda d: _labels([-1.0, 1.0], d),
+        lambda d: finite_arrays(d, PROPERTY_SHAPE, **_linear_range(d)),
+        R.mp_hinge_row,
+        (),
+        3,
     ),
     "squared_hinge": (
-        {}, lambda d: _labels([-1.0, 1.0], d), lambda d: finite_arrays(d, PROPERTY_SHAPE, **_square_range(d)),
-        R.mp_squared_hinge_row, (), 3,
+        {},
+        lambda d: _labels([-1.0, 1.0], d),
+        lambda d: finite_arrays(d, PROPERTY_SHAPE, **_square_range(d)),
+        R.mp_squared_hinge_row,
+        (),
+        3,
     ),
     "categorical_hinge": (
-        {}, _one_hot_labels, lambda d: finite_arrays(d, PROPERTY_SHAPE, **_linear_range(d)),
-        R.mp_categorical_hinge_row, (), 3,
+        {},
+        _one_hot_labels,
+        lambda d: finite_arrays(d, PROPERTY_SHAPE, **_linear_range(d)),
+        R.mp_categorical_hinge_row,
+        (),
+        3,
     ),
 }
 
@@ -486,9 +607,15 @@ def _check_property(name, dtype, t, p):
     expected = R.reference_rows(reference, t, p, *args)
     if budget is None:  # cosine: 4 ULP plus 1 ULP of 1 absolute (cancellation)
         errors = np.abs(value.astype(np.float64) - expected.astype(np.float64))
-        assert np.all((R.ulp_error(value, expected, "float32") <= 4) | (errors <= F32_EPS)), (t, p, value)
+        assert np.all((R.ulp_error(value, expected, "float32") <= 4) | (errors <= F32_EPS)), (
+            t,
+            p,
+            value,
+        )
     else:
-        R.assert_ulp_within(value, expected, "float32", budget, context=f"{name} {dtype} t={t!r} p={p!r}")
+        R.assert_ulp_within(
+            value, expected, "float32", budget, context=f"{name} {dtype} t={t!r} p={p!r}"
+        )
 
 
 @pytest.mark.parametrize("name", sorted(PROPERTIES))
@@ -554,11 +681,15 @@ def _check_regime(regime, index):
         value, grads = expected, expected_grads
     else:
         t, p = _regime_inputs(REGIME_CASES[index][2])
-        value, grads = regime.value_and_grad(_regime_loss(index), t, p, wrt=(0, 1), unknown_batch=True)
+        value, grads = regime.value_and_grad(
+            _regime_loss(index), t, p, wrt=(0, 1), unknown_batch=True
+        )
     context = f"{REGIME_CASES[index][0]} in {regime.name}"
     others = np.arange(len(value)) != 2
     assert np.isnan(value[2]) and np.all(np.isfinite(value[others])), context
-    np.testing.assert_allclose(value, expected, rtol=1e-6, atol=1e-7, err_msg=context)  # NaN where NaN
+    np.testing.assert_allclose(
+        value, expected, rtol=1e-6, atol=1e-7, err_msg=context
+    )  # NaN where NaN
     for grad, expected_grad in zip(grads, expected_grads):
         assert np.all(np.isfinite(grad[others])), context
         np.testing.assert_array_equal(np.isnan(grad), np.isnan(expected_grad), err_msg=context)

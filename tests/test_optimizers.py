@@ -62,7 +62,12 @@ def _apply_steps(optimizer, grads_per_step):
     return variable.numpy()
 
 
-STEPS = [np.full((2, 2), 0.5), [[np.nan, 1.0], [1.0, 1.0]], np.full((2, 2), -0.25), [[np.inf, 0], [0, 0]]]
+STEPS = [
+    np.full((2, 2), 0.5),
+    [[np.nan, 1.0], [1.0, 1.0]],
+    np.full((2, 2), -0.25),
+    [[np.inf, 0], [0, 0]],
+]
 
 
 def test_without_the_wrapper_the_weights_go_nan():
@@ -123,7 +128,9 @@ def test_around_a_loss_scale_optimizer_it_is_one_and_stays_one_when_saved(tmp_pa
 def test_apply_directly_and_indexed_slices():
     variable = keras.Variable(np.ones((3, 2), np.float32))
     optimizer = SkipNonFinite(keras.optimizers.SGD(1.0))
-    sparse_nan = tf.IndexedSlices(tf.constant([[np.nan, 1.0]]), tf.constant([1]), tf.constant([3, 2]))
+    sparse_nan = tf.IndexedSlices(
+        tf.constant([[np.nan, 1.0]]), tf.constant([1]), tf.constant([3, 2])
+    )
     optimizer.apply([sparse_nan], [variable])
     np.testing.assert_array_equal(variable.numpy(), np.ones((3, 2)))
     optimizer.apply([tf.fill((3, 2), 0.5)])
@@ -147,7 +154,9 @@ def test_serialization_round_trip(tmp_path):
     assert clone.name == "guarded"
     assert isinstance(clone.inner_optimizer, keras.optimizers.Adam)
     assert clone.inner_optimizer.get_config() == optimizer.inner_optimizer.get_config()
-    assert keras.optimizers.deserialize(keras.optimizers.serialize(optimizer)).get_config() == config
+    assert (
+        keras.optimizers.deserialize(keras.optimizers.serialize(optimizer)).get_config() == config
+    )
 
     model = model_with(optimizer, jit_compile=False)
     variables = model.trainable_variables
@@ -160,7 +169,9 @@ def test_serialization_round_trip(tmp_path):
     assert isinstance(loaded.optimizer.inner_optimizer, keras.optimizers.Adam)
     assert int(loaded.optimizer.skipped_steps.numpy()) == 1  # state travels with the model
     assert int(loaded.optimizer.iterations.numpy()) == 3
-    for ours, theirs in zip(optimizer.inner_optimizer.variables, loaded.optimizer.inner_optimizer.variables):
+    for ours, theirs in zip(
+        optimizer.inner_optimizer.variables, loaded.optimizer.inner_optimizer.variables
+    ):
         np.testing.assert_array_equal(np.asarray(ours), np.asarray(theirs))
 
 
@@ -191,7 +202,10 @@ HUGE = 3e19
 
 def overflowing_model(optimizer, jit_compile):
     model = keras.Sequential(
-        [keras.Input((1,)), keras.layers.Dense(1, kernel_initializer="ones", bias_initializer="zeros")]
+        [
+            keras.Input((1,)),
+            keras.layers.Dense(1, kernel_initializer="ones", bias_initializer="zeros"),
+        ]
     )
     model.compile(optimizer=optimizer, loss="mse", jit_compile=jit_compile)
     model.layers[0].kernel.assign([[HUGE]])

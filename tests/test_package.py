@@ -117,13 +117,16 @@ _EPSILON_LITERAL = re.compile(r"^[0-9.]+[eE]-[0-9]+$")
 _NOT_THRESHOLDS = {
     ("doctor/_report.py", "1e-3"),  # range of plain (non-scientific) number formatting in the table
     ("doctor/_thresholds.py", "1e-3"),  # Keras's default learning rate, a hyperparameter
-    ("_internal/elementary.py", "2.319046813846299558e-17"),  # low part of log 2 in float64 (exact split)
+    (
+        "_internal/elementary.py",
+        "2.319046813846299558e-17",
+    ),  # low part of log 2 in float64 (exact split)
 }
 
 
 @pytest.mark.parametrize("path", _sources(), ids=lambda p: str(p.relative_to(ROOT)))
 def test_no_hard_coded_epsilons(path):
-    """Thresholds come from dtype_limits, never a literal such as 1e-7 (comments and docs excepted)."""
+    """Thresholds come from dtype_limits, never a literal such as 1e-7 (comments, docs aside)."""
     tokens = tokenize.generate_tokens(io.StringIO(path.read_text()).readline)
     relative = path.relative_to(PACKAGE).as_posix()
     literals = [

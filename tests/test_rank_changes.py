@@ -61,10 +61,13 @@ OPS = {
     "binary_crossentropy": (ops.binary_crossentropy, (BINARY, PROBABILITIES)),
     "categorical_crossentropy": (ops.categorical_crossentropy, (ONE_HOT, PROBABILITIES)),
     "sparse_categorical_crossentropy": (
-        ops.sparse_categorical_crossentropy, (np.int32(1), PROBABILITIES)
+        ops.sparse_categorical_crossentropy,
+        (np.int32(1), PROBABILITIES),
     ),
 }
-ACTIVATIONS = {f"activations.{name}": (getattr(activations, name), (ROW,)) for name in activations.__all__}
+ACTIVATIONS = {
+    f"activations.{name}": (getattr(activations, name), (ROW,)) for name in activations.__all__
+}
 LAYERS = {
     "LeakyReLU": (lambda: layers.LeakyReLU(), (ROW,)),
     "ELU": (lambda: layers.ELU(), (ROW,)),
@@ -122,7 +125,10 @@ def _assert_results_follow_the_row(fn, rows, ranks=RANKS):
         result = _numpy(fn(*_row_batches(rows, rank)))
         assert np.all(np.isfinite(result)), (rank, result)
         np.testing.assert_allclose(
-            result, np.broadcast_to(expected, result.shape), rtol=1e-6, atol=1e-7,
+            result,
+            np.broadcast_to(expected, result.shape),
+            rtol=1e-6,
+            atol=1e-7,
             err_msg=f"rank {rank}",
         )
 

@@ -35,15 +35,19 @@ class Scenario:
 
     def model(self, wrap):
         keras.utils.set_random_seed(0)
-        model = keras.Sequential([keras.Input(self.x.shape[1:], dtype=self.x.dtype), *self.layers()])
+        model = keras.Sequential(
+            [keras.Input(self.x.shape[1:], dtype=self.x.dtype), *self.layers()]
+        )
         optimizer = self.optimizer()
         model.compile(
-            optimizer=SkipNonFinite(optimizer) if wrap else optimizer, loss=self.loss, jit_compile=self.jit_compile
+            optimizer=SkipNonFinite(optimizer) if wrap else optimizer,
+            loss=self.loss,
+            jit_compile=self.jit_compile,
         )
         return model
 
     def chance_loss(self):
-        """The training loss of the best constant prediction (its own derivation, not the code's)."""
+        """The training loss of the best constant prediction (derived here, not from the code)."""
         if self.task == "regression":
             return float(np.var(self.y))
         counts = np.bincount(self.y.reshape(-1).astype(int))
@@ -53,7 +57,9 @@ class Scenario:
     def better_than_constant(self, model) -> bool:
         prediction = np.asarray(model.predict(self.x_test, verbose=0), np.float64)
         if self.task == "regression":
-            return np.mean((prediction - self.y_test) ** 2) < np.mean((self.y.mean() - self.y_test) ** 2)
+            return np.mean((prediction - self.y_test) ** 2) < np.mean(
+                (self.y.mean() - self.y_test) ** 2
+            )
         if self.task == "binary":
             accuracy = np.mean((prediction > 0.5) == self.y_test)
         else:
@@ -69,7 +75,10 @@ def _split(x, y, seed=0):
 
 
 def _mlp(units, outputs, activation=None):
-    return lambda: [keras.layers.Dense(units, activation="relu"), keras.layers.Dense(outputs, activation=activation)]
+    return lambda: [
+        keras.layers.Dense(units, activation="relu"),
+        keras.layers.Dense(outputs, activation=activation),
+    ]
 
 
 def breast_cancer():
@@ -77,8 +86,13 @@ def breast_cancer():
     data = load_breast_cancer()
     x, y = data.data.astype(np.float32), data.target.astype(np.float32)[:, None]
     return Scenario(
-        *_split(x, y), _mlp(16, 1, "sigmoid"), lambda: keras.optimizers.SGD(0.1),
-        "binary_crossentropy", "binary", causes=("input.scale",), epochs=5,
+        *_split(x, y),
+        _mlp(16, 1, "sigmoid"),
+        lambda: keras.optimizers.SGD(0.1),
+        "binary_crossentropy",
+        "binary",
+        causes=("input.scale",),
+        epochs=5,
     )
 
 
@@ -87,8 +101,11 @@ def digits():
     data = load_digits()
     x, y = data.data.astype(np.float32), data.target.astype(np.int32)
     return Scenario(
-        *_split(x, y), _mlp(32, 10), lambda: keras.optimizers.SGD(1.0),
-        keras.losses.SparseCategoricalCrossentropy(from_logits=True), "classes",
+        *_split(x, y),
+        _mlp(32, 10),
+        lambda: keras.optimizers.SGD(1.0),
+        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        "classes",
         # Edge pixels are almost always 0: their rare ink is far out (robust z > 10).
         causes=("input.outliers", "input.scale"),
     )
@@ -99,8 +116,12 @@ def wine():
     data = load_wine()
     x, y = data.data.astype(np.float32), data.target.astype(np.int32)
     return Scenario(
-        *_split(x, y), _mlp(32, 3), lambda: keras.optimizers.SGD(0.01),
-        keras.losses.SparseCategoricalCrossentropy(from_logits=True), "classes", causes=("input.scale",),
+        *_split(x, y),
+        _mlp(32, 3),
+        lambda: keras.optimizers.SGD(0.01),
+        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        "classes",
+        causes=("input.scale",),
         epochs=10,
     )
 
@@ -109,10 +130,17 @@ def huge_learning_rate():
     # Well-scaled data, a learning rate 400x too large for it.
     rng = np.random.default_rng(1)
     x = rng.normal(size=(512, 4)).astype(np.float32)
-    y = (x @ np.array([[1.0], [-2.0], [0.5], [1.5]]) + 0.1 * rng.normal(size=(512, 1))).astype(np.float32)
+    y = (x @ np.array([[1.0], [-2.0], [0.5], [1.5]]) + 0.1 * rng.normal(size=(512, 1))).astype(
+        np.float32
+    )
     return Scenario(
-        *_split(x, y), lambda: [keras.layers.Dense(1)], lambda: keras.optimizers.SGD(300.0), "mse",
-        "regression", causes=("gradient.exploding", "optimizer.learning_rate"), guard={"lr_factor": 0.1},
+        *_split(x, y),
+        lambda: [keras.layers.Dense(1)],
+        lambda: keras.optimizers.SGD(300.0),
+        "mse",
+        "regression",
+        causes=("gradient.exploding", "optimizer.learning_rate"),
+        guard={"lr_factor": 0.1},
     )
 
 
@@ -131,8 +159,17 @@ def empty_sequences():
         keras.layers.Dense(1, activation="sigmoid"),
     ]
     return Scenario(
-        x, y, x_test, y_test, layers, lambda: keras.optimizers.Adam(0.02), "binary_crossentropy", "binary",
-        causes=("activation.non_finite",), epochs=6, guard={"lr_factor": 1.0, "max_recoveries": None},
+        x,
+        y,
+        x_test,
+        y_test,
+        layers,
+        lambda: keras.optimizers.Adam(0.02),
+        "binary_crossentropy",
+        "binary",
+        causes=("activation.non_finite",),
+        epochs=6,
+        guard={"lr_factor": 1.0, "max_recoveries": None},
     )
 
 
@@ -145,13 +182,28 @@ def labels_out_of_range_under_xla():
     x, y, x_test, y_test = x[:256], y[:256].copy(), x[256:], y[256:]
     y[[11, 150]] = 4
     return Scenario(
-        x, y, x_test, y_test, _mlp(16, 4), lambda: keras.optimizers.Adam(0.01),
-        keras.losses.SparseCategoricalCrossentropy(from_logits=True), "classes", causes=("labels.range",),
-        guard={"lr_factor": 1.0, "max_recoveries": None}, jit_compile=True,
+        x,
+        y,
+        x_test,
+        y_test,
+        _mlp(16, 4),
+        lambda: keras.optimizers.Adam(0.01),
+        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        "classes",
+        causes=("labels.range",),
+        guard={"lr_factor": 1.0, "max_recoveries": None},
+        jit_compile=True,
     )
 
 
-SCENARIOS = [breast_cancer, digits, wine, huge_learning_rate, empty_sequences, labels_out_of_range_under_xla]
+SCENARIOS = [
+    breast_cancer,
+    digits,
+    wine,
+    huge_learning_rate,
+    empty_sequences,
+    labels_out_of_range_under_xla,
+]
 
 
 @pytest.mark.parametrize("make", SCENARIOS, ids=lambda make: make.__name__)
@@ -184,13 +236,17 @@ def test_raw_diabetes_rolls_back_to_weights_from_before_the_divergence():
     data = load_diabetes(scaled=False)
     x, y = data.data.astype(np.float32), data.target.astype(np.float32)[:, None]
     keras.utils.set_random_seed(0)
-    model = keras.Sequential([keras.Input((10,)), keras.layers.Dense(16, activation="relu"), keras.layers.Dense(1)])
+    model = keras.Sequential(
+        [keras.Input((10,)), keras.layers.Dense(16, activation="relu"), keras.layers.Dense(1)]
+    )
     model.compile(optimizer=SkipNonFinite(keras.optimizers.SGD(1e-3)), loss="mse")
     guard = NaNGuard(action="continue", lr_factor=0.1, verbose=0)
     history = model.fit(x, y, batch_size=32, epochs=2, verbose=0, callbacks=[guard])
 
     assert guard.events and not model.stop_training  # rescued, within max_recoveries
-    assert guard.events[0]["restored_step"] < guard.events[0]["step"] - 1  # not the last finite weights
+    assert (
+        guard.events[0]["restored_step"] < guard.events[0]["step"] - 1
+    )  # not the last finite weights
     prediction = model.predict(x, verbose=0)
     assert np.isfinite(prediction).all() and np.abs(prediction).max() < 10 * y.max()
     assert np.isfinite(history.history["loss"]).all()

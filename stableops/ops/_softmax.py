@@ -188,7 +188,8 @@ def _softmax_gradient(y, upstream, axis, where):
 def _log_softmax_gradient(y, upstream, axis, where):
     # g - softmax sum(g), softmax = exp(y); outputs at -inf (masked or -inf
     # entries, empty rows) are constants: their upstream is dropped.
-    upstream = tf.where(tf.equal(y, tf.constant(-math.inf, y.dtype)), tf.zeros_like(upstream), upstream)
+    minus_inf = tf.equal(y, tf.constant(-math.inf, y.dtype))
+    upstream = tf.where(minus_inf, tf.zeros_like(upstream), upstream)
     return upstream - tf.exp(y) * tf.reduce_sum(upstream, axis=axis, keepdims=True)
 
 
