@@ -105,7 +105,7 @@ class NaNGuard(keras.callbacks.Callback):
         >>> model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
         >>> model.compile(optimizer="sgd", loss="mse")
         >>> guard = NaNGuard(action="stop", verbose=0)
-        >>> _ = model.fit(x, y, batch_size=4, epochs=1, callbacks=[guard], verbose=0)
+        >>> _ = model.fit(x, y, batch_size=4, shuffle=False, callbacks=[guard], verbose=0)
         >>> guard.events[0]["step"], guard.events[0]["trigger"]
         (2, 'loss')
         >>> guard.events[0]["cause"]

@@ -57,6 +57,11 @@ _OVERFLOW_OPS = {
 }
 
 
+def _fields(stats, *names) -> dict:
+    """Evidence: the named attributes of a layer's statistics."""
+    return {name: getattr(stats, name) for name in names}
+
+
 def explain_non_finite(stats, op: str | None):
     """Likely cause and fix for the first layer whose outputs went non-finite."""
     if not all(_all_finite(v) for v in getattr(stats.layer, "weights", [])):
@@ -132,11 +137,7 @@ def check_activations(layer_stats, *, op=None) -> list:
                     location=stats.location,
                     message=f"{100 * stats.saturated_fraction:.0f}% of {stats.activation} outputs "
                     "are saturated (within 1% of an asymptote): they pass almost no gradient",
-                    evidence={
-                        "saturated_fraction": stats.saturated_fraction,
-                        "activation": stats.activation,
-                        "max_abs": stats.max_abs,
-                    },
+                    evidence=_fields(stats, "saturated_fraction", "activation", "max_abs"),
                 )
             )
         if stats.dead_fraction > th.DEAD_FRACTION:
@@ -147,11 +148,7 @@ def check_activations(layer_stats, *, op=None) -> list:
                     location=stats.location,
                     message=f"{stats.dead_units} of {stats.units} ReLU units are dead (zero on "
                     "every sample): they get no gradient and never recover",
-                    evidence={
-                        "dead_units": stats.dead_units,
-                        "units": stats.units,
-                        "dead_fraction": stats.dead_fraction,
-                    },
+                    evidence=_fields(stats, "dead_units", "units", "dead_fraction"),
                 )
             )
     # float16 headroom: every float16 layer close to overflow is a warning;

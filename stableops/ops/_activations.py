@@ -94,7 +94,8 @@ def elu(x, alpha=1.0):
         TypeError: if ``x`` is not floating.
 
     Example:
-        >>> elu(tf.constant([-1e4, -1e-8, 2.0]))  # [-1., -1e-08, 2.]
+        >>> elu(tf.constant([-1e4, -1e-8, 2.0])).numpy()
+        array([-1.e+00, -1.e-08,  2.e+00], dtype=float32)
     """
     return _elu_kernel(x, alpha=_check_hyperparameter(alpha, "alpha"))
 
@@ -133,7 +134,8 @@ def leaky_relu(x, negative_slope=0.2):
         TypeError: if ``x`` holds strings or complex numbers.
 
     Example:
-        >>> leaky_relu(tf.constant([-10.0, 3.0]))  # [-2., 3.]
+        >>> leaky_relu(tf.constant([-10.0, 3.0])).numpy()
+        array([-2.,  3.], dtype=float32)
     """
     # Integer and boolean input is cast to float32, as Keras's leaky_relu does.
     return _leaky_relu_kernel(
