@@ -532,6 +532,21 @@ def test_batch_hard_near_duplicates_far_from_the_origin(distance):
     assert np.isfinite(gradient).all()
 
 
+@pytest.mark.parametrize("distance", ["euclidean", "squared"])
+def test_batch_hard_chooses_partners_exactly_where_the_gram_form_cancels(distance):
+    # Rows 2^23 from the origin, 1 apart (float32's spacing there): the Gram
+    # form's d^2 is rounding noise, and partners chosen by it gave a loss of 0
+    # where the exact one is 1.82 (the benchmark's accuracy grid). The batch
+    # then chooses with differences: TFA's loss on exact float64 distances.
+    labels = np.array([0, 0, 0, 1, 1, 2, 2, 3])
+    base = np.array([2.0**23, 2.0**23, -(2.0**23), 2.0**22])
+    x = base + np.array([[i, 0.0, i % 3, 0.0] for i in range(8)])
+    x32 = x.astype(np.float32)
+    assert np.array_equal(x32, x)  # exact in float32
+    value = S.triplet_loss(labels, x32, 1.0, strategy="hard", distance=distance).numpy().mean()
+    np.testing.assert_allclose(value, _tfa_hard(labels, x, 1.0, distance), rtol=1e-6)
+
+
 def test_contrastive_fast_path_matches_float64():
     # Well-separated random embeddings: the Gram form is used; value and
     # gradient agree with the float64 computation.

@@ -147,12 +147,8 @@ def _clipped_probability_findings(loss, y, y_pred) -> list:
             message=f"{plural(stuck.sum(), 'sample')} predicting probability 0 or 1 for the wrong "
             f"class ({output_dtype} output): {loss.display} takes log of a clipped value there, "
             "so their loss is a constant and their gradient is 0",
-            evidence={
-                "stuck_samples": int(stuck.sum()),
-                "clipped_predictions": int(clipped.sum()),
-                "output_dtype": output_dtype,
-                "clip_zone": eps,
-            },
+            evidence={"stuck_samples": int(stuck.sum()), "clipped_predictions": int(clipped.sum()),
+                      "output_dtype": output_dtype, "clip_zone": eps},
             fix=fix,
         )
     ]
@@ -188,54 +184,44 @@ def check_gradients(norms, *, learning_rate, op=None, skips_non_finite=False) ->
             exploding.append((step_ratio, name, largest, weight))
         elif learning_rate * typical < rounding * weight:
             vanishing.append((learning_rate * typical / weight, name, typical, weight))
+    wrap = "" if skips_non_finite else f"wrap the optimizer in {_SKIP_NON_FINITE}"
     findings = []
     if nonfinite:
         name = nonfinite[0][0]
-        findings.append(
-            finding(
-                checks.GRADIENT_NON_FINITE,
-                location=f"layer '{name}'",
-                message=f"the gradient of {len(nonfinite)} layer(s) is non-finite although the "
-                "loss is finite"
-                + (f" (op {op})" if op else ""),
-                evidence={
-                    "layer": name,
-                    "op": op or "unknown",
-                    "layers": [n for n, _ in nonfinite][:MAX_LISTED],
-                },
-                fix=("" if skips_non_finite else f"wrap the optimizer in {_SKIP_NON_FINITE}; ")
-                + "find the op (sqrt/norm/divide at 0) and use its stableops.ops safe form",
-            )
-        )
+        message = f"the gradient of {len(nonfinite)} layer(s) is non-finite although the loss is "
+        message += "finite" + (f" (op {op})" if op else "")
+        layers = [n for n, _ in nonfinite][:MAX_LISTED]
+        evidence = {"layer": name, "op": op or "unknown", "layers": layers}
+        fix = "find the op (sqrt/norm/divide at 0) and use its stableops.ops safe form"
+        fix = (wrap and wrap + "; ") + fix
+        findings.append(_at_layer(checks.GRADIENT_NON_FINITE, name, message, evidence, fix))
     if exploding:
         ranked = sorted(exploding, reverse=True)  # the largest step first
         ratio, name = ranked[0][:2]
-        findings.append(
-            finding(
-                checks.GRADIENT_EXPLODING,
-                location=f"layer '{name}'",
-                message=f"gradients explode in {len(exploding)} layer(s): one step at learning "
-                f"rate {format_number(learning_rate)} would move the weights of '{name}' by "
-                f"{format_number(ratio)}x their own norm",
-                evidence=_step_evidence(ranked, learning_rate),
-                fix=checks.GRADIENT_EXPLODING.fix
-                + ("" if skips_non_finite else ", and wrap the optimizer in " + _SKIP_NON_FINITE),
-            )
+        message = (
+            f"gradients explode in {len(exploding)} layer(s): one step at learning rate "
+            f"{format_number(learning_rate)} would move the weights of '{name}' by "
+            f"{format_number(ratio)}x their own norm"
         )
+        fix = checks.GRADIENT_EXPLODING.fix + (wrap and ", and " + wrap)
+        evidence = _step_evidence(ranked, learning_rate)
+        findings.append(_at_layer(checks.GRADIENT_EXPLODING, name, message, evidence, fix))
     if vanishing:
         ranked = sorted(vanishing)  # the smallest step first
         name = ranked[0][1]
-        findings.append(
-            finding(
-                checks.GRADIENT_VANISHING,
-                location=f"layer '{name}'",
-                message=f"gradients vanish in {len(vanishing)} layer(s): at learning rate "
-                f"{format_number(learning_rate)} the update of '{name}' is below the rounding unit "
-                "of its weights, so they do not change",
-                evidence=_step_evidence(ranked, learning_rate),
-            )
+        message = (
+            f"gradients vanish in {len(vanishing)} layer(s): at learning rate "
+            f"{format_number(learning_rate)} the update of '{name}' is below the rounding unit "
+            "of its weights, so they do not change"
         )
+        evidence = _step_evidence(ranked, learning_rate)
+        findings.append(_at_layer(checks.GRADIENT_VANISHING, name, message, evidence))
     return findings
+
+
+def _at_layer(check, name, message, evidence, fix=None):
+    """A finding located at the layer ``name`` (the check's own fix unless ``fix`` is given)."""
+    return finding(check, location=f"layer '{name}'", message=message, evidence=evidence, fix=fix)
 
 
 def _step_evidence(ranked, learning_rate) -> dict:

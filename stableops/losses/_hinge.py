@@ -88,12 +88,7 @@ def squared_hinge(y_true, y_pred):
         bfloat16 only); the gradient stays finite. NaN gives NaN.
         Error budget: 3 ULP of the float32 result (last axis of up to 8).
 
-    Args:
-        y_true: labels in {-1, 1} or {0, 1}.
-        y_pred: predictions, same shape; real (integers and booleans are cast).
-
-    Returns:
-        ``[batch, d0, ..., dN-1]`` in ``y_pred``'s computing dtype.
+    Arguments and result: as :func:`hinge`.
 
     Example:
         >>> squared_hinge([[0.0, 1.0]], [[0.6, 0.4]]).numpy()

@@ -154,6 +154,19 @@ def _gram_squared(u):
     return tf.where(raw < 0, tf.zeros_like(raw), raw), norms
 
 
+def _some_pair_cancels(d2, norms, eye):
+    """Whether the Gram form cancels for some pair (see :func:`_all_distances`); a scalar bool.
+
+    A pair closer than ``sqrt(_CANCELS)`` times its norms, or two tiny rows
+    whose squares lose bits to flushing. NaN compares false: a NaN batch keeps
+    the Gram form (and stays NaN).
+    """
+    limits = dtype_limits(d2.dtype)
+    floor = tf.constant(limits.tiny / limits.eps, d2.dtype)
+    bound = _CANCELS * (norms[:, None] + norms[None, :]) + floor
+    return tf.reduce_any(tf.logical_and(tf.logical_not(eye), d2 <= bound))
+
+
 def _all_distances(u):
     """``[batch, batch]`` Euclidean distances: the Gram form unless it cancels, else differences.
 
@@ -172,12 +185,7 @@ def _all_distances(u):
     def distances(v):
         eye = tf.eye(tf.shape(v)[0], dtype=tf.bool)
         d2, norms = _gram_squared(v)
-        limits = dtype_limits(v.dtype)
-        floor = tf.constant(limits.tiny / limits.eps, v.dtype)
-        cancels = tf.logical_and(
-            tf.logical_not(eye), d2 <= _CANCELS * (norms[:, None] + norms[None, :]) + floor
-        )
-        exact = tf.reduce_any(cancels)  # NaN compares false: NaN takes the Gram form and stays NaN
+        exact = _some_pair_cancels(d2, norms, eye)
         d = tf.cond(
             exact,
             lambda: _pairwise(v, "euclidean")[0],
@@ -205,16 +213,23 @@ def _all_distances(u):
 
 
 def _selection_distances(u, distance):
-    """Distances that only *choose* partners (no gradient): the Gram form, diagonal 0.
+    """Distances that only *choose* partners (no gradient), diagonal 0.
 
-    Increasing in the true distance up to the Gram form's rounding; squared
-    and Euclidean distances choose the same partners.
+    The Gram form (one matmul) unless some pair cancels in it, then squared
+    distances from differences, as :func:`_all_distances` decides: near-duplicates
+    at a large scale (``2^23 + 1`` and ``2^23``) would otherwise be chosen by
+    rounding noise. Squared and Euclidean distances choose the same partners.
     """
+    u = tf.stop_gradient(u)
     if distance == "cosine":
-        return tf.stop_gradient(_pairwise(u, distance)[0])
-    d2, _ = _gram_squared(tf.stop_gradient(u))
+        return _pairwise(u, distance)[0]
     eye = tf.eye(tf.shape(u)[0], dtype=tf.bool)
-    return tf.stop_gradient(tf.where(eye, tf.zeros_like(d2), d2))
+    d2, norms = _gram_squared(u)
+    return tf.cond(
+        _some_pair_cancels(d2, norms, eye),
+        lambda: _pairwise(u, "squared")[0],
+        lambda: tf.where(eye, tf.zeros_like(d2), d2),
+    )
 
 
 def _distances_to(u, index, distance):
