@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 import stableops.losses as S
 from stableops.ops import dtype_limits
 from tests import _reference as R
-from tests._regimes import edge_dtypes
+from tests._regimes import Regime, edge_dtypes
 from tests._strategies import FLOAT_DTYPES, finite_arrays
 
 F32 = dtype_limits("float32")
@@ -341,12 +341,8 @@ def test_gradients_at_the_floors_are_the_slopes_at_the_floor():
 
 
 def _value_and_grad(fn, a, b):
-    b = tf.convert_to_tensor(b)
-    with tf.GradientTape() as tape:
-        tape.watch(b)
-        value = fn(tf.convert_to_tensor(a), b)
-        total = tf.reduce_sum(value)
-    return value.numpy(), [tape.gradient(total, b).numpy()]
+    """Eager value and gradient with respect to ``b``."""
+    return Regime("eager").value_and_grad(fn, a, b, wrt=(1,))
 
 
 # ----------------------------------------------------------------------------

@@ -220,11 +220,9 @@ def test_nt_xent_matches_simclr(temperature):
 
 
 def _value_and_gradient(fn, x):
-    x = tf.convert_to_tensor(x)
-    with tf.GradientTape() as tape:
-        tape.watch(x)
-        value = tf.reduce_mean(fn(x))
-    return value.numpy(), tape.gradient(value, x).numpy()
+    """Eager value of the mean loss and its gradient with respect to ``x``."""
+    value, (gradient,) = Regime("eager").value_and_grad(lambda e: tf.reduce_mean(fn(e)), x)
+    return value, gradient
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES)

@@ -164,11 +164,9 @@ def test_keras_masks_are_honoured():
 
 
 def _value_and_grad(fn, t, p, **kwargs):
-    p = tf.convert_to_tensor(p)
-    with tf.GradientTape() as tape:
-        tape.watch(p)
-        value = fn(tf.convert_to_tensor(t), p, **kwargs)
-    return np.asarray(value, np.float64), np.asarray(tape.gradient(value, p), np.float64)
+    """Eager value and gradient with respect to ``p``, in float64."""
+    value, (grad,) = Regime("eager").value_and_grad(lambda a, b: fn(a, b, **kwargs), t, p, wrt=(1,))
+    return value.astype(np.float64), grad.astype(np.float64)
 
 
 def test_msle_negative_prediction_keeps_its_gradient():
