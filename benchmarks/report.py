@@ -85,9 +85,10 @@ _TERMS_CANCEL = (
     "ULPs of the result (the hand-written formula's error there is as large)"
 )
 _PAIRWISE = (
-    "pairwise distances come from explicit differences (a batch x batch x width tensor, exact for "
-    "near-duplicates and at any scale), where the hand-written loss makes one matrix product "
-    "(|x|^2 + |y|^2 - 2 x.y, which cancels for near-duplicates and overflows at large scales)"
+    "the Gram form (one matmul) gives the distances, as in the hand-written loss, but each call "
+    "also checks every pair for cancellation in it (one more pass over the batch x batch "
+    "distances) and takes explicit differences (a batch x batch x width tensor) when one "
+    "cancels; batch-hard triplet recomputes its chosen distances from differences"
 )
 WHY: dict[tuple[str, str], str] = {
     ("compiled", "binary_crossentropy"): (
@@ -126,6 +127,14 @@ WHY: dict[tuple[str, str], str] = {
         "expm1 is a software Taylor polynomial (11 terms in float32) evaluated for every element, "
         "plus exp for "
         "the other branch; XLA's expm1 is one call (but up to 4.4 ULP off)"
+    ),
+    ("compiled", "gaussian_nll"): (
+        "the overflow guard of e^2 exp(-s): exp(-s/2) as one factor or two (a clip and two "
+        "selects per element), where the hand-written formula multiplies by exp(-s)"
+    ),
+    ("compiled", "gaussian_kl"): (
+        "(exp(d) - 1 - d)/2 is a Taylor series (14 terms in float32) for |d| <= 2, evaluated for "
+        "every element beside exp (double where): the hand-written term cancels there"
     ),
     ("ulp", "categorical_crossentropy_logits"): _FLUSHED,
     ("ulp", "sparse_categorical_crossentropy_logits"): _FLUSHED,
