@@ -7,7 +7,7 @@ gradient of the sum of its outputs). Both value and gradient are returned, so
 no compiler can drop either. Three modes:
 
 * ``eager``: called eagerly under a ``GradientTape`` (Keras runs op by op;
-  stableops runs its XLA kernel, see ``stableops/ops/_kernel.py``);
+  stableops runs its XLA kernel, see ``stableops/_internal/kernel.py``);
 * ``function``: ``tf.function(forward_backward)`` (Keras runs its graph of TF
   kernels; each stableops kernel call is a nested XLA computation, its
   backward pass another);

@@ -108,7 +108,7 @@ def assert_ulp_within(actual, reference, dtype, budget, *, context=""):
 
 
 # ----------------------------------------------------------------------------
-# log/exp family (stableops/ops/_logexp.py)
+# log/exp family (stableops/ops/_logexp.py, _softmax.py)
 # ----------------------------------------------------------------------------
 
 
@@ -386,7 +386,7 @@ def reference_cross_entropy_rows(fn, targets, outputs, *args):
     return out
 
 
-# -- cross-entropy family losses (stableops/losses/_probabilistic.py) --
+# -- cross-entropy family losses (stableops/losses/_binary.py, _categorical.py, _distribution.py) --
 
 
 def mp_binary_focal_logits(z, x, gamma, alpha=None):
@@ -449,7 +449,7 @@ def mp_sparse_smoothed_logits(label, x_row, smoothing):
     return (1 - s) * -log_p[int(label)] + s * -mpmath.fsum(log_p) / len(log_p)
 
 
-# -- regression, overlap and hinge losses (stableops/losses/_regression.py) --
+# -- regression, overlap and hinge losses (losses/_regression.py, _overlap.py, _hinge.py) --
 # Row functions take two equal-length lists of mpf (one sample's last axis).
 
 
