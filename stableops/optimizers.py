@@ -72,7 +72,10 @@ class SkipNonFinite(keras.optimizers.Optimizer):
         # The class follows what is wrapped, as keras.Model(inputs, outputs)
         # gives a keras Functional: around a loss scaler the wrapper must
         # itself be a LossScaleOptimizer (see SkipNonFiniteLossScaler), or
-        # compile(auto_scale_loss=True) adds a second scaler around it.
+        # compile(auto_scale_loss=True) adds a second scaler around it, while
+        # around any other optimizer it must not be one (Keras would then add
+        # no scaler under mixed_float16). One class cannot be both, and
+        # compile decides by isinstance, so the constructor picks the class.
         if cls is SkipNonFinite and isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
             cls = SkipNonFiniteLossScaler
         return super().__new__(cls)
@@ -103,8 +106,14 @@ class SkipNonFinite(keras.optimizers.Optimizer):
 
     # -- state --------------------------------------------------------------
     def build(self, var_list):
+        # The wrapped optimizer applies every update and holds all per-variable
+        # state; the wrapper's own variables (``skipped_steps``) exist from the
+        # constructor. So building the wrapper builds the wrapped optimizer and
+        # nothing else: no base-class bookkeeping (it would index variables the
+        # wrapper never updates) and, in SkipNonFiniteLossScaler, no
+        # LossScaleOptimizer.build (the scale is the wrapped scaler's).
         self.inner_optimizer.build(var_list)
-        super().build(var_list)
+        self.built = True
 
     @property
     def variables(self):
@@ -267,10 +276,12 @@ class SkipNonFiniteLossScaler(SkipNonFinite, keras.optimizers.LossScaleOptimizer
 
     Keras's ``compile(auto_scale_loss=True)`` wraps every optimizer that is not
     an instance of ``LossScaleOptimizer`` in one under ``mixed_float16``; this
-    class is one, so Keras adds none. Its constructor is LossScaleOptimizer's,
-    given the wrapped scaler's settings; every other method but ``build`` is
-    ``SkipNonFinite``'s (it comes first in the method order). The loss scaling
-    and its scale are the wrapped scaler's: this wrapper holds no scale of its own.
+    class is one, so Keras adds none. Its base constructor is
+    LossScaleOptimizer's, given the wrapped scaler's settings; ``SkipNonFinite``
+    comes first in the method order, so it builds, applies, scales the loss and
+    saves as ``SkipNonFinite`` does, with ``dynamic_scale`` added. The loss
+    scaling and its scale are the wrapped scaler's: this wrapper holds no scale
+    of its own.
     """
 
     @staticmethod
@@ -282,14 +293,6 @@ class SkipNonFiniteLossScaler(SkipNonFinite, keras.optimizers.LossScaleOptimizer
             "dynamic_growth_steps": inner.dynamic_growth_steps,
             "name": name,
         }
-
-    def build(self, var_list):
-        # LossScaleOptimizer.build would give the wrapper a scale and a step
-        # counter of its own beside the wrapped scaler's (and build the scaler
-        # a second time): the wrapper builds the scaler and keeps the plain
-        # optimizer's bookkeeping only.
-        self.inner_optimizer.build(var_list)
-        keras.optimizers.Optimizer.build(self, var_list)
 
     @property
     def dynamic_scale(self):
