@@ -14,6 +14,8 @@ import math
 import ml_dtypes
 import tensorflow as tf
 
+from stableops._internal.clip import clip
+
 _HALF_DTYPES = (tf.float16, tf.bfloat16)
 
 
@@ -113,9 +115,7 @@ def to_compute_saturating(x):
     @tf.custom_gradient
     def cast(v):
         def grad(upstream):
-            limit = tf.constant(largest, upstream.dtype)
-            low_clipped = tf.where(upstream < -limit, -limit, upstream)
-            return tf.cast(tf.where(upstream > limit, limit, low_clipped), dtype)
+            return tf.cast(clip(upstream, -largest, largest), dtype)
 
         return tf.cast(v, compute_dtype(dtype)), grad
 

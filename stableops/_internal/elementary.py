@@ -16,6 +16,7 @@ import typing
 
 import tensorflow as tf
 
+from stableops._internal.clip import clip
 from stableops._internal.compensated import two_product
 from stableops._internal.dtypes import dtype_limits
 from stableops._internal.where import safe_where
@@ -208,7 +209,7 @@ def scaled_exp(x) -> ScaledExp:
     """
     k, hi, lo = _exp_scaling(x.dtype)
     limits = dtype_limits(x.dtype)
-    x = tf.where(x > 2.0 * hi, tf.constant(2.0 * hi, x.dtype), x)  # NaN > c is False
+    x = clip(x, high=2.0 * hi)  # NaN stays NaN
     large = x > limits.log_max - 1.0
     one = tf.ones_like(x)
     # lo through a data-dependent value, as in minus_log2: XLA would fold

@@ -32,6 +32,7 @@ import math
 
 import tensorflow as tf
 
+from stableops._internal.clip import clip
 from stableops._internal.dtypes import (
     compute_dtype,
     dtype_limits,
@@ -95,7 +96,7 @@ def _exp_half_factors(s):
     limits = dtype_limits(s.dtype)
     log_tiny = math.log(limits.tiny)
     near = tf.abs(s) <= 2.0 * (min(limits.log_max, -log_tiny) - 1.0)
-    clipped = tf.clip_by_value(s, -4.0 * (limits.log_max - 1.0), 4.0 * (-log_tiny - 1.0))
+    clipped = clip(s, -4.0 * (limits.log_max - 1.0), 4.0 * (-log_tiny - 1.0))
     # One exp: exp(-s/2) where one factor suffices, exp(-s/4) elsewhere.
     factor = tf.exp(tf.where(near, -0.5 * s, -0.25 * clipped))
     return factor, tf.where(near, tf.ones_like(s), factor)
