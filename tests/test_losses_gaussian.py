@@ -340,6 +340,36 @@ def test_gradients_at_the_floors_are_the_slopes_at_the_floor():
     np.testing.assert_allclose(grad[:, 0], [1.0 - 3.0 / floor, 1.0], rtol=1e-6)
 
 
+def test_the_mean_over_the_last_axis_is_finite_where_its_sum_is_not(regime):
+    """Three terms near -1.6e38 (or +1.6e38): their sum is beyond float32, their mean is not."""
+    columns = 3
+    counts = np.full((1, columns), 2e36, np.float32)
+    log_rate = np.full((1, columns), 85.0, np.float32)
+    errors, variances = np.full((1, columns), 1.8e19, np.float32), np.ones((1, columns), np.float32)
+    cases = [
+        (lambda a, b: S.poisson_nll(a, b), counts, log_rate, mp_poisson_log),
+        (
+            lambda a, b: S.gaussian_nll(a, tf.concat([tf.zeros_like(b), b], -1)),
+            errors,
+            variances,
+            lambda a, b: mp_nll_variance(a, 0, b, FLOOR32),
+        ),
+        (
+            lambda a, b: S.gaussian_nll(
+                a, tf.concat([tf.zeros_like(b), b - 1.0], -1), variance="log_variance"
+            ),
+            errors,
+            variances,
+            lambda a, b: mp_nll_log_variance(a, 0, b - 1),
+        ),
+    ]
+    for fn, a, b, mp_term in cases:
+        value = regime.run(fn, a, b, unknown_batch=regime.name != "eager")
+        term = mp_term(R.mpf(float(a[0, 0])), R.mpf(float(b[0, 0])))
+        assert abs(term) * columns > R.mpf(dtype_limits("float32").max)  # the sum overflows
+        assert _scaled_errors(value, [term], [term])[0] <= BUDGET, (value, term)
+
+
 def _value_and_grad(fn, a, b):
     """Eager value and gradient with respect to ``b``."""
     return Regime("eager").value_and_grad(fn, a, b, wrt=(1,))

@@ -168,12 +168,26 @@ def accurate_log1p(v):
 
 
 class ScaledExp(typing.NamedTuple):
-    """``exp(x) = scale * factor`` (``scale = 1/down`` a power of two, exact)."""
+    """``exp(x) = 2^k * factor`` where ``large``, ``factor`` elsewhere (``2^k`` exact)."""
 
-    factor: tf.Tensor  # exp(x - k log 2) where x is large, exp(x) elsewhere: finite
-    scale: tf.Tensor  # 2^k where x is large, 1 elsewhere
-    down: tf.Tensor  # 1 / scale, exact (a normal number)
+    factor: tf.Tensor  # exp(x - k log 2) where large, exp(x) elsewhere: finite
+    large: tf.Tensor  # where x > log_max - 1
     x: tf.Tensor  # x, clamped at 2 k log 2 (where every caller's result is inf)
+    scale: float  # 2^k
+    down: float  # 2^-k, a normal number
+
+    def weighted(self, terms, weight=1.0):
+        """``weight * 2^k * terms(2^-k)`` where ``large``, ``weight * terms(1)`` elsewhere.
+
+        ``terms(down)`` writes an expression in ``exp(x)`` with ``factor`` for
+        ``exp(x)`` and every other term multiplied by ``down``: ``exp(x) - c``
+        is ``lambda down: factor - c * down``. Both forms are computed (two
+        multiplications more) and one is selected, with the scales as
+        constants: cheaper under XLA than selecting the scales per element.
+        """
+        return tf.where(
+            self.large, (weight * self.scale) * terms(self.down), weight * terms(1.0)
+        )
 
 
 @functools.lru_cache(maxsize=None)
@@ -195,15 +209,15 @@ def _exp_scaling(dtype: tf.DType):
 
 
 def scaled_exp(x) -> ScaledExp:
-    """``exp(x)`` as ``scale * factor``, with ``factor`` finite up to ``x = 2 k log 2``.
+    """``exp(x)`` as ``2^k * factor`` above ``log_max - 1``; ``factor`` finite up to ``2 k log 2``.
 
-    Below ``log_max - 1`` (where ``exp`` cannot overflow) ``factor = exp(x)``
-    and ``scale = 1``: the plain ``exp``, one rounding. Above, ``factor =
-    exp(x - k log 2)`` and ``scale = 2^k`` (Cody and Waite's reduction; the
-    reduction is exact to a fraction of an ULP, see :func:`_exp_scaling`), so a
-    caller forms ``exp(x) - c`` as ``scale * (factor - c * down)``: finite
-    wherever the result is, with one ``exp`` and no division. ``x`` is clamped
-    at ``2 k log 2`` (174.7 in float32), beyond which ``exp(x)`` exceeds the
+    Below ``log_max - 1`` (where ``exp`` cannot overflow) ``factor = exp(x)``:
+    the plain ``exp``, one rounding. Above, ``factor = exp(x - k log 2)``
+    (Cody and Waite's reduction; the reduction is exact to a fraction of an
+    ULP, see :func:`_exp_scaling`), so a caller forms ``exp(x) - c`` as
+    ``2^k (factor - c 2^-k)`` (:meth:`ScaledExp.weighted`): finite wherever the
+    result is, with one ``exp`` and no division. ``x`` is clamped at
+    ``2 k log 2`` (174.7 in float32), beyond which ``exp(x)`` exceeds the
     largest float by more than any finite ``c x`` can take back; the clamped
     ``x`` is returned for the caller's other terms. NaN stays NaN.
     """
@@ -211,11 +225,8 @@ def scaled_exp(x) -> ScaledExp:
     limits = dtype_limits(x.dtype)
     x = clip(x, high=2.0 * hi)  # NaN stays NaN
     large = x > limits.log_max - 1.0
-    one = tf.ones_like(x)
     # lo through a data-dependent value, as in minus_log2: XLA would fold
     # (x - hi) - lo into x - (hi + lo), which rounds back to k log 2.
     low = x * 0.0 + lo
     factor = tf.exp(tf.where(large, (x - hi) - low, x))
-    return ScaledExp(
-        factor, tf.where(large, one * 2.0**k, one), tf.where(large, one * 2.0**-k, one), x
-    )
+    return ScaledExp(factor, large, x, 2.0**k, 2.0**-k)

@@ -12,7 +12,7 @@ The tricks, each where it is used:
   ``r**2`` with ``r = e * exp(-s/2)``, and ``exp(-s/2)`` is applied as one
   factor, or as two factors ``exp(-s/4)`` where one would overflow or
   underflow (one ``exp`` either way): ``r`` is finite wherever ``r**2`` is,
-  and never ``0 * inf`` (:func:`_half_scaled_square`).
+  and never ``0 * inf`` (:func:`_scaled_square`).
 * ``exp(d) - 1 - d`` (the KL's variance term) is a Taylor series for
   ``|d| <= 2`` (no cancellation) and ``exp(d) - (1 + d)`` beyond, with
   ``exp(d)`` as a power of two times a finite factor above ``log_max - 1``
@@ -23,6 +23,9 @@ The tricks, each where it is used:
   the result is (:func:`_poisson_log_rate_terms`).
 * A variance or a rate is floored at the machine epsilon of the computing
   dtype with a straight-through gradient (:func:`floor_of`).
+* A mean over the last axis is a sum of terms weighted by ``1/n`` inside the
+  multiplications they already make (:func:`_reciprocal_count`): no overflow
+  of the sum where the mean is finite, and no pass of its own.
 """
 
 from __future__ import annotations
@@ -65,15 +68,19 @@ def _floored(x, floor):
     return tf.where(x < floor, tf.constant(floor, x.dtype), x)
 
 
-def _mean_last_axis(terms):
-    """The mean over the last axis, each term scaled by ``1/count`` first.
+def _reciprocal_count(x):
+    """``1 / n`` for the ``n`` entries of ``x``'s last axis (a Python float where ``n`` is static).
 
-    ``reduce_mean`` sums first: two terms of -1.7e38 overflowed to ``-inf``
-    where their mean is finite. A multiplication by the reciprocal, not a
-    division per term (a tenth of the kernel's time); it adds at most one
-    rounding, none when the count is a power of two.
+    The losses that average over the last axis fold this weight into the
+    multiplications their terms already make and then sum: ``reduce_mean``
+    sums first (two terms of -1.7e38 overflowed to ``-inf`` where their mean
+    is finite), and a separate multiplication by ``1/n`` before the sum cost a
+    sixth of the kernel's time under XLA.
     """
-    return tf.reduce_sum(terms * (1.0 / tf.cast(tf.shape(terms)[-1], terms.dtype)), axis=-1)
+    count = x.shape[-1]
+    if count is not None:
+        return 1.0 / count
+    return 1.0 / tf.cast(tf.shape(x)[-1], x.dtype)
 
 
 # ----------------------------------------------------------------------------
@@ -86,38 +93,45 @@ def _exp_half_factors(s):
 
     For ``|s| <= 2 (min(log_max, -log tiny) - 1)`` (172.7 in float32),
     ``(exp(-s/2), 1)``: one normal, finite factor. Beyond, ``(b, b)`` with
-    ``b = exp(-s/4)``, ``s`` clipped to ``[-4 (log_max - 1), 4 (-log tiny - 1)]``
-    so that ``b`` is a finite normal number: ``x * b * b`` then overflows or
-    underflows only where ``x exp(-s/2)`` does, and is never ``0 * inf``. The
-    clip changes nothing that survives: below it ``r = e exp(-s/2)`` with a
-    nonzero normal ``e`` is beyond the float range either way (``inf``), above it
-    ``r**2 < max**2 exp(-4 (-log tiny - 1))``, far below one ULP of ``s/2``.
+    ``b = exp(-s/4)``, its exponent capped at ``log_max - 1`` so that ``b`` is
+    finite: ``x * b * b`` then overflows only where ``x exp(-s/2)`` does, and is
+    never ``0 * inf``. The cap changes nothing that survives: below it
+    (``s < -4 (log_max - 1)``) ``r = e exp(-s/2)`` with a nonzero normal ``e`` is
+    beyond the float range either way (``inf``). Above ``s = 4 (-log tiny)``
+    ``b`` underflows to 0, where ``r < max exp(-2 (-log tiny))`` is below the
+    smallest normal number and ``r**2`` is far below one ULP of ``s/2``.
+    The cap is one select (NaN stays NaN); a two-sided clip of ``s`` cost 10%
+    of the loss's time under XLA.
     """
     limits = dtype_limits(s.dtype)
-    log_tiny = math.log(limits.tiny)
-    near = tf.abs(s) <= 2.0 * (min(limits.log_max, -log_tiny) - 1.0)
-    clipped = clip(s, -4.0 * (limits.log_max - 1.0), 4.0 * (-log_tiny - 1.0))
+    near = tf.abs(s) <= 2.0 * (min(limits.log_max, -math.log(limits.tiny)) - 1.0)
     # One exp: exp(-s/2) where one factor suffices, exp(-s/4) elsewhere.
-    factor = tf.exp(tf.where(near, -0.5 * s, -0.25 * clipped))
+    exponent = clip(tf.where(near, -0.5 * s, -0.25 * s), high=limits.log_max - 1.0)
+    factor = tf.exp(exponent)
     return factor, tf.where(near, tf.ones_like(s), factor)
 
 
-@tf.custom_gradient
-def _half_scaled_square(e, s):
-    """``0.5 * e**2 * exp(-s)``, finite wherever the result is.
+def _scaled_square(e, s, weight):
+    """``weight * e**2 * exp(-s)``, finite wherever the result is (``weight > 0``, a constant).
 
-    Gradient (custom): ``(e exp(-s), -0.5 e**2 exp(-s))``, formed as ``r``
-    times the same factors: finite where the true slopes are (``inf`` where they
-    are beyond the float range, never NaN for finite ``e`` and ``s``).
+    Gradient (custom): ``(2 weight e exp(-s), -weight e**2 exp(-s))``, formed as
+    ``r = e exp(-s/2)`` times the same factors: finite where the true slopes are
+    (``inf`` where they are beyond the float range, never NaN for finite ``e``
+    and ``s``).
     """
-    first, second = _exp_half_factors(s)
-    r = (e * first) * second  # e exp(-s/2)
-    half_square = 0.5 * (r * r)
 
-    def grad(upstream):
-        return upstream * ((r * first) * second), -upstream * half_square
+    @tf.custom_gradient
+    def scaled_square(e, s):
+        first, second = _exp_half_factors(s)
+        r = (e * first) * second  # e exp(-s/2)
+        value = weight * (r * r)
 
-    return half_square, grad
+        def grad(upstream):
+            return upstream * (2.0 * weight) * ((r * first) * second), -upstream * value
+
+        return value, grad
+
+    return scaled_square(e, s)
 
 
 # ----------------------------------------------------------------------------
@@ -125,12 +139,12 @@ def _half_scaled_square(e, s):
 # ----------------------------------------------------------------------------
 
 
-def _nll_variance_terms(error, variance, floor):
-    """``0.5 (log v + e**2 / v)`` with ``v = max(variance, floor)`` (``floor`` a Python float).
+def _nll_variance_terms(error, variance, floor, weight):
+    """``weight (log v + e**2 / v)`` with ``v = max(variance, floor)`` (``floor`` a Python float).
 
     Gradient (custom, straight through the floor, as PyTorch's clamp under
-    ``no_grad``): ``(e / v, 0.5 (1 - e**2 / v) / v)`` at the floored ``v``; a
-    variance below the floor is pushed up whenever ``e**2 > floor``.
+    ``no_grad``): ``weight (2 e / v, (1 - e**2 / v) / v)`` at the floored ``v``;
+    a variance below the floor is pushed up whenever ``e**2 > floor``.
     """
 
     @tf.custom_gradient
@@ -138,10 +152,10 @@ def _nll_variance_terms(error, variance, floor):
         v = _floored(variance, floor)
         ratio = error / v
         square = error * ratio  # e**2 / v; e**2 alone overflows first
-        value = 0.5 * (tf.math.log(v) + square)
+        value = weight * (tf.math.log(v) + square)
 
         def grad(upstream):
-            return upstream * ratio, upstream * (0.5 * (1.0 - square) / v)
+            return upstream * (2.0 * weight) * ratio, upstream * (weight * (1.0 - square) / v)
 
         return value, grad
 
@@ -150,18 +164,22 @@ def _nll_variance_terms(error, variance, floor):
 
 @xla_kernel
 def gaussian_nll_kernel(y_true, y_pred, full, log_variance):
-    """Per-sample Gaussian NLL; ``y_pred`` holds the means, then the (log-)variances."""
+    """Per-sample Gaussian NLL; ``y_pred`` holds the means, then the (log-)variances.
+
+    The mean over the last axis of ``0.5 (s + e**2 exp(-s))`` (or of
+    ``0.5 (log v + e**2 / v)``), its ``1/n`` folded into the terms' weight.
+    """
     dtype = compute_dtype(y_pred.dtype)
     target = tf.cast(y_true, dtype)
     mean, spread = tf.split(to_compute_saturating(y_pred), 2, axis=-1)
     error = target - mean
+    weight = 0.5 * _reciprocal_count(spread)
     if log_variance:
-        terms = 0.5 * spread + _half_scaled_square(error, spread)
+        terms = weight * spread + _scaled_square(error, spread, weight)
     else:
-        terms = _nll_variance_terms(error, spread, floor_of(y_pred.dtype))
-    if full:
-        terms = terms + _HALF_LOG_2PI
-    return _mean_last_axis(terms)
+        terms = _nll_variance_terms(error, spread, floor_of(y_pred.dtype), weight)
+    loss = tf.reduce_sum(terms, axis=-1)
+    return loss + _HALF_LOG_2PI if full else loss
 
 
 # ----------------------------------------------------------------------------
@@ -208,7 +226,7 @@ def _half_exp_excess(d):
     exp = scaled_exp(d)
     near = tf.abs(d) <= _SERIES_RADIUS
     series = _excess_series(tf.where(near, d, tf.zeros_like(d)))
-    direct = exp.scale * (0.5 * exp.factor - exp.down * (0.5 * (1.0 + exp.x)))
+    direct = exp.weighted(lambda down: exp.factor - down * (1.0 + exp.x), 0.5)
     value = tf.where(near, series, direct)
     slope = tf.where(d < -1.0, 0.5 * (exp.factor - 1.0), value + 0.5 * d)
 
@@ -228,8 +246,8 @@ def gaussian_kl_kernel(mean, log_variance, prior_mean, prior_log_variance):
     prior_mean = tf.broadcast_to(tf.cast(prior_mean, dtype), shape)
     prior_log_variance = tf.broadcast_to(tf.cast(prior_log_variance, dtype), shape)
     # 0.5 (exp(d) - 1 - d) + 0.5 (mu - m)^2 exp(-s): both terms >= 0, no cancellation.
-    terms = _half_exp_excess(log_variance - prior_log_variance) + _half_scaled_square(
-        mean - prior_mean, prior_log_variance
+    terms = _half_exp_excess(log_variance - prior_log_variance) + _scaled_square(
+        mean - prior_mean, prior_log_variance, 0.5
     )
     return tf.reduce_sum(terms, axis=-1)
 
@@ -239,30 +257,34 @@ def gaussian_kl_kernel(mean, log_variance, prior_mean, prior_log_variance):
 # ----------------------------------------------------------------------------
 
 
-@tf.custom_gradient
-def _poisson_log_rate_terms(count, log_rate):
-    """``exp(x) - y x``; finite wherever the result is.
+def _poisson_log_rate_terms(count, log_rate, weight):
+    """``weight (exp(x) - y x)`` (``weight > 0``, a constant); finite wherever the result is.
 
     ``exp(x)`` is ``scale * factor`` (:func:`scaled_exp`: the plain ``exp``
     up to ``log_max - 1``, a power of two times ``exp(x - k log 2)`` above), and
-    the terms are ``scale * (factor - (y / scale) x)``: one ``exp``, no
+    the terms are ``weight scale (factor - (y / scale) x)``: one ``exp``, no
     division, ``inf`` only where the result is beyond the float range.
-    Gradient (custom): ``(-x, exp(x) - y)``, the latter formed the same way.
+    Gradient (custom): ``weight (-x, exp(x) - y)``, the latter formed the same way.
     """
-    exp = scaled_exp(log_rate)
-    value = exp.scale * (exp.factor - (count * exp.down) * exp.x)
-    slope = exp.scale * (exp.factor - count * exp.down)
 
-    def grad(upstream):
-        return -upstream * log_rate, upstream * slope
+    @tf.custom_gradient
+    def terms(count, log_rate):
+        exp = scaled_exp(log_rate)
+        value = exp.weighted(lambda down: exp.factor - (count * down) * exp.x, weight)
+        slope = exp.weighted(lambda down: exp.factor - count * down, weight)
 
-    return value, grad
+        def grad(upstream):
+            return -upstream * (weight * log_rate), upstream * slope
+
+        return value, grad
+
+    return terms(count, log_rate)
 
 
-def _poisson_rate_terms(count, rate, floor):
-    """``rate - y log(max(rate, floor))``, with ``0 log(.) = 0`` for a zero count.
+def _poisson_rate_terms(count, rate, floor, weight):
+    """``weight (rate - y log(max(rate, floor)))``, with ``0 log(.) = 0`` for a zero count.
 
-    Gradient (custom, straight through the floor): ``(-log v, 1 - y / v)``,
+    Gradient (custom, straight through the floor): ``weight (-log v, 1 - y / v)``,
     ``v = max(rate, floor)``; a rate below the floor with a positive count is
     pushed up.
     """
@@ -272,11 +294,11 @@ def _poisson_rate_terms(count, rate, floor):
         v = _floored(rate, floor)
         log_v = tf.math.log(v)
         zero = tf.equal(count, 0.0)
-        value = rate - tf.where(zero, tf.zeros_like(log_v), count * log_v)
+        value = weight * (rate - tf.where(zero, tf.zeros_like(log_v), count * log_v))
 
         def grad(upstream):
             slope = 1.0 - tf.where(zero, tf.zeros_like(v), count / v)
-            return -upstream * log_v, upstream * slope
+            return -upstream * (weight * log_v), upstream * (weight * slope)
 
         return value, grad
 
@@ -295,14 +317,18 @@ def _stirling(count):
 
 @xla_kernel
 def poisson_nll_kernel(y_true, y_pred, log_input, full):
-    """Per-sample Poisson NLL from a log-rate (``log_input``) or a rate."""
+    """Per-sample Poisson NLL from a log-rate (``log_input``) or a rate.
+
+    The mean over the last axis, its ``1/n`` folded into the terms' weight.
+    """
     dtype = compute_dtype(y_pred.dtype)
     count = tf.cast(y_true, dtype)
     prediction = to_compute_saturating(y_pred)
+    weight = _reciprocal_count(prediction)
     if log_input:
-        terms = _poisson_log_rate_terms(count, prediction)
+        terms = _poisson_log_rate_terms(count, prediction, weight)
     else:
-        terms = _poisson_rate_terms(count, prediction, floor_of(y_pred.dtype))
+        terms = _poisson_rate_terms(count, prediction, floor_of(y_pred.dtype), weight)
     if full:
-        terms = terms + _stirling(count)
-    return _mean_last_axis(terms)
+        terms = terms + weight * _stirling(count)
+    return tf.reduce_sum(terms, axis=-1)
