@@ -9,6 +9,7 @@ handling of an implementation that has not landed, and the target verdicts.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -287,6 +288,20 @@ def test_an_unlanded_implementation_is_reported_not_raised():
     result = speed.run_speed((missing,), availability, config, log=lambda *a: None)
     assert {t["impl"] for t in result["timings"]} == {"keras"}
     assert result["ratios"] == []
+
+
+def test_a_size_with_the_same_inputs_as_a_smaller_one_is_not_measured_again():
+    case = dataclasses.replace(
+        _fake_case(NotImplementedError("only Keras")),
+        make_inputs=lambda size, dtype, rng: bench_cases._row_input(min(size, 2**8), dtype, rng),
+    )
+    availability = {case.name: {i.name: bench_cases.probe(case, i) for i in case.impls}}
+    config = run.make_config(run.parse_args(["--smoke"]))
+    config.modes, config.sizes = ("eager",), (2**6, 2**8, 2**10, 2**12)
+    lines = []
+    result = speed.run_speed((case,), availability, config, log=lines.append)
+    assert sorted({t["size"] for t in result["timings"]}) == [2**6, 2**8]
+    assert sum("the inputs of 2^8: not measured again" in line for line in lines) == 2
 
 
 def _quantiles(median, q25=None):
