@@ -87,7 +87,7 @@ _TERMS_CANCEL = (
 _PAIRWISE = (
     "the Gram form (one matmul) gives the distances, as in the hand-written loss, but each call "
     "also checks every pair for cancellation in it (one more pass over the batch x batch "
-    "distances) and takes explicit differences (a batch x batch x width tensor) when one "
+    "distances) and takes explicit differences (row by row) when one "
     "cancels; batch-hard triplet recomputes its chosen distances from differences"
 )
 WHY: dict[tuple[str, str], str] = {

@@ -105,6 +105,25 @@ def _tfa_contrastive(labels, x, margin):
     return float(np.mean(terms))
 
 
+def _tfa_contrastive_gradient(labels, x, margin):
+    """The gradient of :func:`_tfa_contrastive` with respect to ``x``, from differences in float64.
+
+    ``d t(d_ij) / d x_i = t'(d_ij) (x_i - x_j) / d_ij``, ``t'(d) = 2 d`` for a similar pair and
+    ``-2 max(margin - d, 0)`` otherwise (every ``d_ij > 0``).
+    """
+    x = np.asarray(x, np.float64)
+    labels = np.asarray(labels).reshape(-1)
+    pairs = list(itertools.combinations(range(len(labels)), 2))
+    gradient = np.zeros_like(x)
+    for i, j in pairs:
+        difference = x[i] - x[j]
+        d = np.linalg.norm(difference)
+        slope = 2 * d if labels[i] == labels[j] else -2 * max(margin - d, 0.0)
+        gradient[i] += slope * difference / d
+        gradient[j] -= slope * difference / d
+    return gradient / len(pairs)
+
+
 def _simclr_nt_xent(z, temperature):
     """SimCLR's NT-Xent (Chen et al. 2020, Algorithm 1): per row, views stacked [2n, dim]."""
     z = np.asarray(z, np.float64)
@@ -141,6 +160,32 @@ def test_triplet_matches_tfa(strategy, distance, seed):
     reference = (_tfa_hard if strategy == "hard" else _tfa_semi_hard)(labels, x, margin, distance)
     loss = S.TripletLoss(margin=margin, strategy=strategy, distance=distance)(labels, x)
     np.testing.assert_allclose(float(loss), reference, rtol=2e-6, atol=1e-6)
+
+
+def _central_difference(fn, x, step=1e-6):
+    """``d fn / d x`` of a float64 function by central differences (error ~ step^2)."""
+    x = np.asarray(x, np.float64)
+    gradient = np.zeros_like(x)
+    for index in np.ndindex(x.shape):
+        up, down = x.copy(), x.copy()
+        up[index] += step
+        down[index] -= step
+        gradient[index] = (fn(up) - fn(down)) / (2 * step)
+    return gradient
+
+
+@pytest.mark.parametrize("distance", ["euclidean", "squared"])
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_triplet_gradient_matches_tfa(strategy, distance):
+    # The gradient of TFA's formula (float64 differences, central differences: the mining is
+    # piecewise constant and no choice is within the step of a tie on this batch).
+    labels, x = _batch(1)
+    tfa = _tfa_hard if strategy == "hard" else _tfa_semi_hard
+    reference = _central_difference(lambda e: tfa(labels, e, 1.0, distance), x)
+    _, gradient = _value_and_gradient(
+        lambda e: S.triplet_loss(labels, e, 1.0, strategy=strategy, distance=distance), x
+    )
+    np.testing.assert_allclose(gradient, reference, rtol=1e-4, atol=1e-5 * np.abs(reference).max())
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
@@ -573,6 +618,12 @@ def test_contrastive_near_duplicates_use_differences(gap):
     value, gradient = _value_and_gradient(lambda e: S.contrastive_loss(labels, e), x32)
     assert np.isfinite(value) and np.isfinite(gradient).all()
     np.testing.assert_allclose(value, _tfa_contrastive(labels, x32, 1.0), rtol=2e-6)
+    if gap:
+        reference = _tfa_contrastive_gradient(labels, x32, 1.0)
+        # Differences of float32 rows this close are exact (Sterbenz): what is left is the
+        # rounding of norms and sums, a few float32 eps (1.2e-7) over 8 rows.
+        scale = np.abs(reference).max()
+        np.testing.assert_allclose(gradient, reference, rtol=1e-5, atol=1e-5 * scale)
     for regime_fn in (tf.function, tf.function(jit_compile=True)):
 
         def run(e):

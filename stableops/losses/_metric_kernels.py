@@ -21,10 +21,11 @@ The tricks, each used once:
   ``||u_i - u_j||`` from differences is accurate. Batch-hard triplet mining
   *chooses* partners with the Gram form and recomputes only the chosen
   distances from differences (``[batch, dim]`` gathers). The all-pairs
-  contrastive loss uses the Gram form where it cannot cancel much
-  (``d^2 > 2^-5 (|u_i|^2 + |u_j|^2)`` for every pair) and the distances from
-  differences (a ``[batch, batch, dim]`` tensor) for a batch with any closer
-  pair. Semi-hard mining uses every positive pair's distance, from differences.
+  contrastive loss and semi-hard mining use the Gram form where it cannot
+  cancel much (``d^2 > 2^-5 (|u_i|^2 + |u_j|^2)`` for every pair) and, for a
+  batch with any closer pair, the distances from differences one row at a
+  time (a ``[batch, dim]`` tensor alive, never ``[batch, batch, dim]``), with
+  the gradient formed the same way.
 * **Zero gradient at zero distance.** ``ops.safe_norm`` has gradient 0 at the
   zero vector, so an embedding meeting itself or a duplicate gives gradient 0,
   where ``sqrt`` of a zero squared distance gives ``inf * 0 = nan``.
@@ -112,35 +113,21 @@ def _scaled_up(value, scale, power):
     return up(value)
 
 
-def _pairwise(u, distance):
-    """``[batch, batch]`` distances between the rows of ``u`` and their power ``p`` of the scale.
+def _cosine_distances(u):
+    """``[batch, batch]`` ``1 - cos(u_i, u_j)``, clamped at 0, diagonal exactly 0.
 
-    ``euclidean``: ``||u_i - u_j||`` (``p = 1``); ``squared``: ``||u_i - u_j||^2``
-    (``p = 2``); ``cosine``: ``1 - cos(u_i, u_j)`` clamped at 0 (``p = 0``; a
-    zero vector is at distance 1 from everything but itself). The diagonal is
-    exactly 0.
+    A zero vector is at distance 1 from everything but itself.
     """
-    batch = tf.shape(u)[0]
-    eye = tf.eye(batch, dtype=tf.bool)
-    if distance == "cosine":
-        unit = l2_normalize(u, axis=-1)
-        d = 1.0 - tf.matmul(unit, unit, transpose_b=True)
-        d = tf.where(d < 0, tf.zeros_like(d), d)  # rounding below 0; NaN kept
-        return tf.where(eye, tf.zeros_like(d), d), 0
-    difference = u[:, None, :] - u[None, :, :]
-    if distance == "squared":
-        d = tf.reduce_sum(difference * difference, axis=-1)
-        return tf.where(eye, tf.zeros_like(d), d), 2
-    # safe_norm: gradient 0 (not nan) at a zero difference, no underflow of
-    # tiny differences (each pair is rescaled again).
-    d = safe_norm(difference, axis=-1)
-    return tf.where(eye, tf.zeros_like(d), d), 1
+    unit = l2_normalize(u, axis=-1)
+    d = 1.0 - tf.matmul(unit, unit, transpose_b=True)
+    d = tf.where(d < 0, tf.zeros_like(d), d)  # rounding below 0; NaN kept
+    return tf.where(tf.eye(tf.shape(u)[0], dtype=tf.bool), tf.zeros_like(d), d)
 
 
-# Contrastive's fast path: the Gram form's rounding error in d^2 is at most
-# about dim * eps * (|u_i|^2 + |u_j|^2) (a dot product's bound; typically
-# sqrt(dim) * eps); where d^2 exceeds _CANCELS times that sum its relative
-# error is at most dim * eps / _CANCELS.
+# The Gram form's rounding error in d^2 is at most about dim * eps *
+# (|u_i|^2 + |u_j|^2) (a dot product's bound; typically sqrt(dim) * eps); where
+# d^2 exceeds _CANCELS times that sum its relative error is at most
+# dim * eps / _CANCELS.
 _CANCELS = 2.0**-5
 
 
@@ -155,7 +142,7 @@ def _gram_squared(u):
 
 
 def _some_pair_cancels(d2, norms, eye):
-    """Whether the Gram form cancels for some pair (see :func:`_all_distances`); a scalar bool.
+    """Whether the Gram form cancels for some pair (see :func:`_distances`); a scalar bool.
 
     A pair closer than ``sqrt(_CANCELS)`` times its norms, or two tiny rows
     whose squares lose bits to flushing. NaN compares false: a NaN batch keeps
@@ -167,45 +154,65 @@ def _some_pair_cancels(d2, norms, eye):
     return tf.reduce_any(tf.logical_and(tf.logical_not(eye), d2 <= bound))
 
 
-def _all_distances(u):
-    """``[batch, batch]`` Euclidean distances: the Gram form unless it cancels, else differences.
+def _by_rows(fn, *rows):
+    """``fn`` of each row ``i`` of ``rows`` (and ``u - u_i``), stacked: a ``[batch, dim]``
+    difference alive at a time, never a ``[batch, batch, dim]`` tensor (2 GB at batch 1024,
+    width 512)."""
+    return tf.map_fn(lambda row: fn(*row), rows, fn_output_signature=rows[0].dtype)
 
-    Where the Gram form cancels (a pair closer than ``sqrt(_CANCELS)`` times
-    the pair's norms, or two tiny rows whose squares lose bits to flushing),
-    the whole batch takes :func:`_pairwise` (a ``[batch, batch, dim]``
-    tensor, the accurate form for near-duplicates, gradient 0 at a
-    duplicate). Otherwise every off-diagonal ``d^2`` is positive with relative
-    error at most about ``dim * eps / _CANCELS`` (typically ``sqrt(dim) * eps
-    / _CANCELS``) and its square root has a finite gradient, formed with one
-    matmul: ``2 (rowsum(S) u - S u)``, ``S = W + W^T``, ``W = g / (2 d)``.
-    The branch is chosen once per call, for the value and the gradient alike.
+
+def _distances(u, squared):
+    """``[batch, batch]`` Euclidean (or squared) distances, diagonal 0, with their gradient.
+
+    The Gram form (one matmul) unless it cancels for some pair (a pair closer
+    than ``sqrt(_CANCELS)`` times the pair's norms, or two tiny rows whose
+    squares lose bits to flushing); then every distance from its difference
+    ``u_i - u_j``, one row at a time (:func:`_by_rows`): the accurate form for
+    near-duplicates, with ``safe_norm``'s zero gradient at a duplicate. In the
+    Gram form every off-diagonal ``d^2`` is positive with relative error at
+    most about ``dim * eps / _CANCELS`` (typically ``sqrt(dim) * eps /
+    _CANCELS``). The branch is chosen once per call, for the value and the
+    gradient alike.
+
+    Gradient (custom): ``sum_j c_ij (u_i - u_j)`` with ``c = (g + g^T) / d``
+    (0 where ``d = 0``; ``2 (g + g^T)`` for squared distances): in the Gram form
+    one matmul, ``rowsum(c) u - c u``; from differences, row by row.
     """
+
+    def from_differences(v):
+        def row(anchor):
+            difference = v - anchor
+            if squared:
+                return tf.reduce_sum(difference * difference, axis=-1)
+            return safe_norm(difference, axis=-1)
+
+        return _by_rows(row, v)
 
     @tf.custom_gradient
     def distances(v):
         eye = tf.eye(tf.shape(v)[0], dtype=tf.bool)
         d2, norms = _gram_squared(v)
         exact = _some_pair_cancels(d2, norms, eye)
-        d = tf.cond(
-            exact,
-            lambda: _pairwise(v, "euclidean")[0],
-            lambda: tf.where(eye, tf.zeros_like(d2), tf.sqrt(tf.where(eye, tf.ones_like(d2), d2))),
-        )
+        from_gram = d2 if squared else tf.sqrt(d2)
+        d = tf.cond(exact, lambda: from_differences(v), lambda: from_gram)
+        d = tf.where(eye, tf.zeros_like(d), d)  # the Gram form's diagonal is rounding noise
 
         def grad(upstream):
-            def from_differences():
-                with tf.GradientTape() as tape:
-                    tape.watch(v)
-                    again = _pairwise(v, "euclidean")[0]
-                return tape.gradient(again, v, output_gradients=upstream)
-
-            def from_gram():
-                off_diagonal = tf.where(eye, tf.ones_like(d), d)
-                w = tf.where(eye, tf.zeros_like(d), upstream / (2.0 * off_diagonal))
-                both = w + tf.transpose(w)
-                return 2.0 * (tf.reduce_sum(both, axis=1, keepdims=True) * v - tf.matmul(both, v))
-
-            return tf.cond(exact, from_differences, from_gram)
+            both = upstream + tf.transpose(upstream)
+            if squared:
+                c = tf.where(eye, tf.zeros_like(d), 2.0 * both)
+            else:
+                zero = tf.equal(d, 0.0)  # the diagonal, and duplicates in the exact branch
+                c = tf.where(zero, tf.zeros_like(d), both / tf.where(zero, tf.ones_like(d), d))
+            return tf.cond(
+                exact,
+                lambda: _by_rows(
+                    lambda anchor, weights: tf.linalg.matvec(anchor - v, weights, transpose_a=True),
+                    v,
+                    c,
+                ),
+                lambda: tf.reduce_sum(c, axis=1, keepdims=True) * v - tf.matmul(c, v),
+            )
 
         return d, grad
 
@@ -215,25 +222,19 @@ def _all_distances(u):
 def _selection_distances(u, distance):
     """Distances that only *choose* partners (no gradient), diagonal 0.
 
-    The Gram form (one matmul) unless some pair cancels in it, then squared
-    distances from differences, as :func:`_all_distances` decides: near-duplicates
-    at a large scale (``2^23 + 1`` and ``2^23``) would otherwise be chosen by
-    rounding noise. Squared and Euclidean distances choose the same partners.
+    Squared distances as :func:`_distances` forms them (the Gram form unless
+    some pair cancels in it: near-duplicates at a large scale, ``2^23 + 1`` and
+    ``2^23``, would otherwise be chosen by rounding noise), or cosine
+    distances. Squared and Euclidean distances choose the same partners.
     """
     u = tf.stop_gradient(u)
     if distance == "cosine":
-        return _pairwise(u, distance)[0]
-    eye = tf.eye(tf.shape(u)[0], dtype=tf.bool)
-    d2, norms = _gram_squared(u)
-    return tf.cond(
-        _some_pair_cancels(d2, norms, eye),
-        lambda: _pairwise(u, "squared")[0],
-        lambda: tf.where(eye, tf.zeros_like(d2), d2),
-    )
+        return _cosine_distances(u)
+    return _distances(u, squared=True)
 
 
 def _distances_to(u, index, distance):
-    """``d(u_i, u_index[i])`` ``[batch]`` from differences, as one row of :func:`_pairwise`."""
+    """``d(u_i, u_index[i])`` ``[batch]`` from differences, as :func:`_distances` forms them."""
     difference = u - tf.gather(u, index)
     if distance == "squared":
         return tf.reduce_sum(difference * difference, axis=-1)
@@ -244,11 +245,11 @@ def _prepared(labels, x, distance):
     """``(labels [batch], d [batch, batch], scale, power, row_is_nan)`` in the compute dtype."""
     x = to_compute_saturating(x)
     if distance == "cosine":
-        scale = tf.ones([], x.dtype)
-        d, power = _pairwise(x, distance)
+        scale, power = tf.ones([], x.dtype), 0
+        d = _cosine_distances(x)
     else:
-        scale = _batch_scale(x)
-        d, power = _pairwise(_scaled_down(x, scale), distance)
+        scale, power = _batch_scale(x), 2 if distance == "squared" else 1
+        d = _distances(_scaled_down(x, scale), squared=distance == "squared")
     row_is_nan = tf.reduce_any(tf.math.is_nan(d), axis=1)
     if labels.dtype.is_floating:
         row_is_nan = tf.logical_or(row_is_nan, tf.math.is_nan(labels))
@@ -414,7 +415,7 @@ def contrastive_batch_kernel(labels, x, margin):
     u = _scaled_down(x, scale)
     batch = tf.shape(u)[0]
     eye = tf.eye(batch, dtype=tf.bool)
-    d = _all_distances(u)
+    d = _distances(u, squared=False)
     # A NaN embedding puts a NaN in every row of d (its row and column).
     row_is_nan = tf.broadcast_to(tf.reduce_any(tf.math.is_nan(u)), [batch])
     if labels.dtype.is_floating:
