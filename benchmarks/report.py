@@ -113,9 +113,9 @@ WHY: dict[tuple[str, str], str] = {
     ),
     ("compiled", "log_softmax"): _ROW_REDUCTIONS,
     ("compiled", "cosine_similarity"): (
-        "`l2_normalize` scales each vector by a power of two (an extra max|x| reduction per "
-        "vector, so four "
-        "reductions instead of two) to avoid over- and underflow"
+        "five reductions per row (the sums of a^2, b^2 and a b, and of |a| and |b| to tell a "
+        "zero row from one whose squares underflow) where Keras makes three, plus "
+        "the check that picks the plain or the scaled form"
     ),
     ("compiled", "log_cosh"): (
         "both sides of the switch at |x| = 1 run for every element (double where): a Taylor "
@@ -134,7 +134,11 @@ WHY: dict[tuple[str, str], str] = {
     ),
     ("compiled", "gaussian_kl"): (
         "(exp(d) - 1 - d)/2 is a Taylor series (14 terms in float32) for |d| <= 2, evaluated for "
-        "every element beside exp (double where): the hand-written term cancels there"
+        "every element beside exp (double where): the hand-written term cancels there (1.7e7 ULP). "
+        "XLA evaluates the series twice, in the forward fusion and again in the gradient's "
+        "(slope = value + d/2); measured single-core at 2^19: 1.42 against 1.07 without the "
+        "slope; a separate expm1 series for the slope 1.33, XLA's expm1 1.64, an "
+        "optimization barrier 1.44, a 9-term series 1.29: none reaches 1.05 within 4 ULP"
     ),
     ("ulp", "categorical_crossentropy_logits"): _FLUSHED,
     ("ulp", "sparse_categorical_crossentropy_logits"): _FLUSHED,

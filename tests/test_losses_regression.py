@@ -12,6 +12,7 @@ import math
 
 import keras
 import ml_dtypes
+import mpmath
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -241,9 +242,16 @@ def test_cosine_similarity_of_tiny_and_huge_vectors_is_exact(scale):
     t = np.float32([[1.0, 2.0, 2.0]]) * np.float32(scale)
     p = np.float32([[2.0, 1.0, 2.0]]) * np.float32(scale)
     reference = R.reference_rows(R.mp_cosine_similarity_row, t, p)  # -8/9
-    R.assert_ulp_within(S.cosine_similarity(t, p).numpy(), reference, "float32", 4)
+    value, grad = _value_and_grad(S.cosine_similarity, t, p)
+    R.assert_ulp_within(value, reference, "float32", 4)
     keras_value = keras.losses.cosine_similarity(t, p).numpy()
     assert R.ulp_error(keras_value, reference, "float32").max() > 1000
+    # d(-cos)/dp = -(t/|t| - cos p/|p|) / |p|, in mpmath from the float32 inputs.
+    tm, pm = [mpmath.matrix([R.mpf(float(v)) for v in row[0]]) for row in (t, p)]
+    norm_t, norm_p = mpmath.norm(tm), mpmath.norm(pm)
+    cos = sum(a * b for a, b in zip(tm, pm)) / (norm_t * norm_p)
+    expected = [-(a / norm_t - cos * b / norm_p) / norm_p for a, b in zip(tm, pm)]
+    np.testing.assert_allclose(grad[0], np.array(expected, dtype=np.float64), rtol=1e-6)
 
 
 @pytest.mark.parametrize("loss_fn", [S.dice, S.tversky], ids=["dice", "tversky"])

@@ -11,6 +11,7 @@ import tensorflow as tf
 
 from stableops import ops
 from stableops._internal.checks import axis_argument
+from stableops._internal.dtypes import dtype_limits
 from stableops.losses._base import REDUCTION, FunctionLoss, loss_class
 from stableops.losses._inputs import in_compute_dtype, loss_kernel, prepare
 
@@ -22,12 +23,91 @@ __all__ = ["CosineSimilarity", "cosine_similarity"]
 # ----------------------------------------------------------------------------
 
 
+def _normalized_cosine(a, b, axis):
+    """``sum(a/||a|| * b/||b||)`` with ``ops.l2_normalize``: exact scaling, any norm."""
+    return tf.reduce_sum(ops.l2_normalize(a, axis=axis) * ops.l2_normalize(b, axis=axis), axis=axis)
+
+
+def _plain_sums_are_safe(x, squares, axis):
+    """Whether every row of ``x`` is zero or has ``sum(x^2)`` in ``[tiny / eps^2, max / 4]``.
+
+    Then ``sum(a b) / (sqrt(sum(a^2)) sqrt(sum(b^2)))`` is as accurate as the
+    normalized form: no square overflows, the squares lost to underflow
+    (each below ``tiny``) are below ``eps^2`` of the sum, and the product of
+    the two roots stays below the largest float. A zero sum of squares is
+    only safe for a row that is exactly zero (``sum |x| = 0``): entries below
+    ``1e-19`` square to 0 in float32. ``inf`` and NaN rows fail. A scalar bool.
+    """
+    limits = dtype_limits(x.dtype)
+    in_range = tf.logical_and(
+        squares >= limits.tiny / limits.eps**2, squares <= limits.max / 4.0
+    )
+    zero = tf.equal(tf.reduce_sum(tf.abs(x), axis=axis, keepdims=True), 0.0)
+    return tf.reduce_all(tf.logical_or(in_range, zero))
+
+
+def _cosine(a, b, axis):
+    """``cos(a, b)`` along ``axis``: three sums of products, or the normalized form.
+
+    Where every row's sums of squares are safe (:func:`_plain_sums_are_safe`:
+    all but vectors above ``9e18`` or below ``9e-13`` in norm, in float32),
+    ``c = sum(a b) / (|a| |b|)`` from ``sum(a^2)``, ``sum(b^2)``, ``sum(a b)``: one
+    pass, and the gradient ``(a/|a| - c b/|b|) / |b|`` (likewise for ``a``)
+    from those sums; a zero vector gives 0 with gradient 0. Otherwise the
+    whole batch takes ``ops.l2_normalize`` (exact power-of-two scaling, limit
+    directions for infinite rows, NaN rows). The branch is chosen once per
+    call, for the value and the gradient alike.
+    """
+
+    @tf.custom_gradient
+    def cosine(a, b):
+        sum_a = tf.reduce_sum(a * a, axis=axis, keepdims=True)
+        sum_b = tf.reduce_sum(b * b, axis=axis, keepdims=True)
+        plain = tf.logical_and(
+            _plain_sums_are_safe(a, sum_a, axis), _plain_sums_are_safe(b, sum_b, axis)
+        )
+        # 1/|a| (0 for the zero vector); the root of a safe sum is a normal number.
+        inverse_a = tf.where(sum_a > 0, 1.0 / tf.sqrt(sum_a), tf.zeros_like(sum_a))
+        inverse_b = tf.where(sum_b > 0, 1.0 / tf.sqrt(sum_b), tf.zeros_like(sum_b))
+        dot = tf.reduce_sum(a * b, axis=axis, keepdims=True)
+        root_product = tf.sqrt(sum_a) * tf.sqrt(sum_b)
+        nonzero = root_product > 0
+        safe_product = tf.where(nonzero, root_product, tf.ones_like(root_product))
+        fast = tf.where(nonzero, dot / safe_product, tf.zeros_like(dot))
+
+        def normalized():
+            return tf.expand_dims(_normalized_cosine(a, b, axis), axis)
+
+        value = tf.squeeze(tf.cond(plain, lambda: fast, normalized), axis)
+
+        def grad(upstream):
+            upstream = tf.expand_dims(upstream, axis)
+
+            def from_sums():
+                return (
+                    upstream * ((b * inverse_b - fast * (a * inverse_a)) * inverse_a),
+                    upstream * ((a * inverse_a - fast * (b * inverse_b)) * inverse_b),
+                )
+
+            def from_normalized():
+                with tf.GradientTape() as tape:
+                    tape.watch([a, b])
+                    again = _normalized_cosine(a, b, axis)
+                return tuple(
+                    tape.gradient(again, [a, b], output_gradients=tf.squeeze(upstream, axis))
+                )
+
+            return tf.cond(plain, from_sums, from_normalized)
+
+        return value, grad
+
+    return cosine(a, b)
+
+
 @loss_kernel
 def _cosine_similarity_kernel(y_true, y_pred, axis):
     y_true, y_pred = in_compute_dtype(y_true, y_pred, saturate=False)
-    unit_true = ops.l2_normalize(y_true, axis=axis)
-    unit_pred = ops.l2_normalize(y_pred, axis=axis)
-    return -tf.reduce_sum(unit_true * unit_pred, axis=axis)
+    return -_cosine(y_true, y_pred, axis)
 
 
 def cosine_similarity(y_true, y_pred, axis=-1):
