@@ -590,6 +590,44 @@ def test_batch_hard_chooses_partners_exactly_where_the_gram_form_cancels(distanc
     np.testing.assert_allclose(value, _tfa_hard(labels, x, 1.0, distance), rtol=1e-6)
 
 
+_PAIRWISE_LOSSES = {
+    "contrastive": lambda y, e: S.contrastive_loss(y, e),
+    "triplet_hard": lambda y, e: S.triplet_loss(y, e, strategy="hard"),
+    "triplet_hard_squared": lambda y, e: S.triplet_loss(y, e, strategy="hard", distance="squared"),
+    "triplet_semi_hard": lambda y, e: S.triplet_loss(y, e, strategy="semi_hard"),
+    "triplet_semi_hard_squared": lambda y, e: S.triplet_loss(
+        y, e, strategy="semi_hard", distance="squared"
+    ),
+}
+
+
+def _compiled_value_and_gradient_hlo(fn, labels, x):
+    """The HLO XLA compiles for the mean loss and its gradient."""
+
+    @tf.function(jit_compile=True)
+    def run(e):
+        with tf.GradientTape() as tape:
+            tape.watch(e)
+            value = tf.reduce_mean(fn(labels, e))
+        return value, tape.gradient(value, e)
+
+    return run.experimental_get_compiler_ir(tf.constant(x))(stage="hlo")
+
+
+@pytest.mark.parametrize("name", sorted(_PAIRWISE_LOSSES))
+def test_no_batch_by_batch_by_width_tensor_is_allocated(name):
+    # XLA allocates the buffers of both branches of a conditional: the exact (differences)
+    # path must hold [batch, dim] at a time, or a batch of 1024 x 512 needs 2 GB.
+    labels, x = _batch(0, n=12, dim=5)
+    hlo = _compiled_value_and_gradient_hlo(_PAIRWISE_LOSSES[name], labels, x)
+    assert "f32[12,12,5]" not in hlo
+    # The check can fail: all pairwise differences at once are such a tensor.
+    naive = _compiled_value_and_gradient_hlo(
+        lambda y, e: tf.norm(e[:, None, :] - e[None, :, :] + 1.0, axis=-1), labels, x
+    )
+    assert "f32[12,12,5]" in naive
+
+
 def test_contrastive_fast_path_matches_float64():
     # Well-separated random embeddings: the Gram form is used; value and
     # gradient agree with the float64 computation.
