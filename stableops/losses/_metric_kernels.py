@@ -155,9 +155,12 @@ def _some_pair_cancels(d2, norms, eye):
 
 
 def _by_rows(fn, *rows):
-    """``fn`` of each row ``i`` of ``rows`` (and ``u - u_i``), stacked: a ``[batch, dim]``
-    difference alive at a time, never a ``[batch, batch, dim]`` tensor (2 GB at batch 1024,
-    width 512)."""
+    """``fn(rows[0][i], rows[1][i], ...)`` for each ``i``, stacked (``tf.map_fn``).
+
+    One row at a time: the callers' ``[batch, dim]`` difference ``u - u_i`` is
+    the largest tensor alive, never a ``[batch, batch, dim]`` one (2 GB at
+    batch 1024, width 512).
+    """
     return tf.map_fn(lambda row: fn(*row), rows, fn_output_signature=rows[0].dtype)
 
 
