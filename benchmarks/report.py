@@ -216,8 +216,13 @@ GENERIC_WHY = {
         "and XLA "
         "(jit_compile=True) ratios of its activations and loss"
     ),
-    "memory": "the stable formula keeps more intermediates alive at its peak than Keras's (see "
-    "Memory)",
+    "memory": (
+        "the stable formula keeps more intermediates alive at its peak than Keras's (see Memory); "
+        "XLA on CPU (TF 2.21) hands each row reduction of a computed expression to YNNPACK, "
+        "which reads it from a buffer of the input's size (seen in the optimized HLO: "
+        "cosine_similarity materializes a*a, b*b, a*b, |a|, |b|; Keras's a*a, b*b), so every "
+        "extra reduction of the stable formula is one more full-size buffer"
+    ),
     "compile_overhead": (
         "every stableops kernel is one more XLA computation to compile on the first fit (forward "
         "and backward), "
