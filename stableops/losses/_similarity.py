@@ -66,13 +66,14 @@ def _cosine(a, b, axis):
         plain = tf.logical_and(
             _plain_sums_are_safe(a, sum_a, axis), _plain_sums_are_safe(b, sum_b, axis)
         )
+        norm_a, norm_b = tf.sqrt(sum_a), tf.sqrt(sum_b)
         # 1/|a| (0 for the zero vector); the root of a safe sum is a normal number.
-        inverse_a = tf.where(sum_a > 0, 1.0 / tf.sqrt(sum_a), tf.zeros_like(sum_a))
-        inverse_b = tf.where(sum_b > 0, 1.0 / tf.sqrt(sum_b), tf.zeros_like(sum_b))
+        inverse_a = tf.where(sum_a > 0, 1.0 / norm_a, tf.zeros_like(sum_a))
+        inverse_b = tf.where(sum_b > 0, 1.0 / norm_b, tf.zeros_like(sum_b))
         dot = tf.reduce_sum(a * b, axis=axis, keepdims=True)
-        root_product = tf.sqrt(sum_a) * tf.sqrt(sum_b)
-        nonzero = root_product > 0
-        safe_product = tf.where(nonzero, root_product, tf.ones_like(root_product))
+        norm_product = norm_a * norm_b
+        nonzero = norm_product > 0
+        safe_product = tf.where(nonzero, norm_product, tf.ones_like(norm_product))
         fast = tf.where(nonzero, dot / safe_product, tf.zeros_like(dot))
 
         def normalized():
