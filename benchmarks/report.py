@@ -129,7 +129,7 @@ WHY: dict[tuple[str, str], str] = {
         "the other branch; XLA's expm1 is one call (but up to 4.4 ULP off)"
     ),
     ("compiled", "gaussian_nll"): (
-        "the overflow guard of e^2 exp(-s): exp(-s/2) as one factor or two (an abs, a compare "
+        "the overflow guard of e^2 exp(-s): exp(-s/2) as one factor or two (an abs, two compares "
         "and three selects per element), where the hand-written formula multiplies by exp(-s); "
         "with one core (no thread-scheduling noise) 1.03-1.05 at 2^14 and 2^19"
     ),
