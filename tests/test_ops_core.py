@@ -164,9 +164,16 @@ def test_xla_kernel_is_one_compiled_call_with_a_compiled_backward_in_a_plain_tf_
     graph = value_and_grad.get_concrete_function(x).graph
     calls = _function_call_ops(graph)
     # One call for the forward pass, one for its gradient, both XLA-compiled; no
-    # elementwise op of the kernel is left in the caller's graph.
+    # elementwise op of the kernel is left in the caller's graph. The backward call
+    # recomputes the forward pass, so the forward call returns the kernel's output
+    # and nothing else (no intermediates kept alive between the passes).
     assert len(calls) == 2
     assert all(op.get_attr("_XlaMustCompile") for op in calls)
+    outputs = {op.node_def.attr["f"].func.name.rsplit("_", 1)[0]: len(op.outputs) for op in calls}
+    assert outputs == {
+        "__inference_square_plus_sin_forward": 1,
+        "__inference_square_plus_sin_backward": 1,
+    }, outputs
     assert not [op for op in graph.get_operations() if op.type in ("Sin", "Mul", "Cos")]
 
 

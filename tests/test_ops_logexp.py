@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import math
+import re
 
 import keras
 import ml_dtypes
@@ -968,3 +969,22 @@ def test_reduction_bad_axis_and_mask():
         ops.logsumexp(tf.constant([1.0]), axis=1.5)
     with pytest.raises(TypeError, match="where"):
         ops.softmax(tf.constant([1.0, 2.0]), where=tf.constant([1.0, 0.0]))
+
+
+@pytest.mark.parametrize("name", ["softmax", "log_softmax", "logsumexp"])
+def test_row_reductions_divide_once_per_row(name):
+    """Normalizing by the row sum is one division per row and a multiplication per
+    entry (as TF's Softmax kernel), in the value and in the gradient: a division per
+    entry cost 0.1x of Keras's time at 2^20. Read from the compiled HLO."""
+    fn = getattr(ops, name)
+
+    def value_and_grad(x):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = fn(x)
+        return y, tape.gradient(y, x)
+
+    compiled = tf.function(value_and_grad, jit_compile=True)
+    hlo = compiled.experimental_get_compiler_ir(tf.zeros((8, 16)))(stage="hlo")
+    divisions = re.findall(r"(f32\[[0-9,]*\])\S* divide\(", hlo)
+    assert divisions and set(divisions) == {"f32[8,1]"}, divisions

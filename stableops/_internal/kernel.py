@@ -19,7 +19,7 @@ pass, as one XLA computation instead:
     computation; nothing but the inputs stays alive between the passes
     (TF's own gradient of a compiled call makes the forward call return
     every intermediate the backward pass needs: 2-6x Keras's peak memory);
-  * *row-local* (``row_local=True``, the losses): the forward call also
+  * *row-local* (``row_local=True``, the losses and ``elu``): the forward call also
     returns the gradient for a unit upstream, and the backward pass is one
     multiplication, as TF's fused cross-entropy kernels do;
   * *from the output* (``gradient_from_output``, softmax and log-softmax):

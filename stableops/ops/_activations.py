@@ -42,7 +42,7 @@ def _elu_core(x, alpha):
     return core(x)
 
 
-@xla_kernel
+@xla_kernel(row_local=True)  # elementwise: the forward call also returns the slope
 def _elu_kernel(x, alpha):
     x = as_float_tensor(x, "x")
     return tf.cast(_elu_core(to_compute(x), alpha), x.dtype)
