@@ -211,6 +211,34 @@ def test_xla_kernel_converts_arrays_so_values_do_not_retrace():
     assert total.tracing_count() == 1
 
 
+@pytest.mark.parametrize("row_local", [False, True], ids=["recompute", "row_local"])
+@pytest.mark.parametrize("in_function", [False, True], ids=["eager", "function"])
+def test_xla_kernel_reads_a_variable_and_passes_its_gradient(row_local, in_function):
+    """A ``tf.Variable`` argument is read as TF ops read it: the tape watches the
+    read, so the variable gets its gradient in every backward path (eagerly, the
+    variable once broke the tape check of a row-local kernel)."""
+
+    @xla_kernel(row_local=row_local)
+    def cube(x):
+        return x * x * x
+
+    v = tf.Variable([2.0, -1.0])
+
+    def gradient():
+        with tf.GradientTape() as tape:
+            y = tf.reduce_sum(cube(v))
+        return tape.gradient(y, v)
+
+    got = tf.function(gradient)() if in_function else gradient()
+    np.testing.assert_allclose(got.numpy(), [12.0, 3.0])
+    if in_function:
+        # The kernel's own backward path, not TF's gradient of the forward call:
+        # row-local, one call returning value and slope; else forward + backward.
+        calls = _function_call_ops(tf.function(gradient).get_concrete_function().graph)
+        expected = [2] if row_local else [1, 1]
+        assert sorted(len(op.outputs) for op in calls) == expected
+
+
 def test_xla_kernel_is_differentiable_eagerly():
     @xla_kernel
     def cube(x):
