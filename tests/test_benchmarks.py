@@ -426,6 +426,7 @@ def test_a_miss_inside_the_round_to_round_spread_counts_as_met_and_says_so():
 
 def test_trades_are_printed_when_recorded(monkeypatch):
     sections = _synthetic_sections()
+    monkeypatch.setattr(report, "TRADES", {})
     assert "None: no error budget was raised" in report.build_summary(sections, [])
     monkeypatch.setitem(report.TRADES, "elu", "0.8 -> 3.1 ULP; function 2^20 1.6 -> 0.97")
     assert "| `elu` | 0.8 -> 3.1 ULP; function 2^20 1.6 -> 0.97 |" in report.build_summary(
