@@ -1009,7 +1009,7 @@ def _targets_section(targets) -> list[str]:
 
 
 def _trades_section() -> list[str]:
-    out = ["## Trades: ULP budgets raised for speed", ""]
+    out = ["## Trades: accuracy given for speed (budgets raised, or measured errors)", ""]
     if not TRADES:
         return out + ["None: no error budget was raised to reach speed parity.", ""]
     rows = [[f"`{case}`", trade] for case, trade in TRADES.items()]
