@@ -239,6 +239,19 @@ def test_xla_kernel_reads_a_variable_and_passes_its_gradient(row_local, in_funct
         assert sorted(len(op.outputs) for op in calls) == expected
 
 
+def test_xla_kernel_eager_calls_tell_python_arguments_apart():
+    """Eager calls reuse one compiled function per argument signature; Python arguments
+    that flatten alike (``3`` and ``(3,)``) are still different calls."""
+
+    @xla_kernel
+    def scaled(x, factor):
+        return x * (len(factor) if isinstance(factor, tuple) else factor)
+
+    x = tf.constant([1.0, 2.0])
+    for factor, want in (((3,), 1.0), (3, 3.0), ((3,), 1.0), (2, 2.0)):
+        np.testing.assert_allclose(scaled(x, factor).numpy(), want * x.numpy())
+
+
 def test_xla_kernel_is_differentiable_eagerly():
     @xla_kernel
     def cube(x):
