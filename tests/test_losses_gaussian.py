@@ -488,6 +488,36 @@ def test_nan_in_nan_out(name, regime):
     assert not np.isnan(value[0]), (name, value)
 
 
+def test_gaussian_kl_gradients_reach_a_learned_prior(regime):
+    """A prior that is trained too (``prior_mean`` broadcast over the batch,
+    ``prior_log_variance`` per example): every input gets the closed-form gradient,
+    whether the kernel's backward pass is the row-local one (inputs of one shape)
+    or the recomputing one (a broadcast input). Closed form, float64:
+    with ``w`` the upstream per example and ``q = exp(-s_p)``,
+    ``d/dmu = w (mu - m) q``, ``d/ds = w (exp(s) q - 1) / 2``,
+    ``d/dm = -sum_rows w (mu - m) q``, ``d/ds_p = w (1 - (exp(s) + (mu - m)^2) q) / 2``."""
+    rng = np.random.default_rng(7)
+    mu, s, ps = (rng.normal(size=(4, 3)).astype(np.float32) for _ in range(3))
+    pm = rng.normal(size=(3,)).astype(np.float32)
+    w = np.arange(1.0, 5.0)[:, None]
+    for args, wrt in (((mu, s, pm, ps), (0, 1, 2, 3)), ((mu, s, ps, ps), (0, 1, 3))):
+        _, grads = regime.value_and_grad(
+            lambda a, b, c, d: S.gaussian_kl(a, b, prior_mean=c, prior_log_variance=d),
+            *args, wrt=wrt, weights=w[:, 0].astype(np.float32),
+        )
+        m, d = (np.float64(a) for a in (args[2], args[3]))
+        mu64, s64 = np.float64(mu), np.float64(s)
+        q = np.exp(-d)
+        want = {
+            0: w * (mu64 - m) * q,
+            1: w * (np.exp(s64) * q - 1) / 2,
+            2: -np.sum(w * (mu64 - m) * q, axis=0) if m.shape == (3,) else w * -(mu64 - m) * q,
+            3: w * (1 - (np.exp(s64) + (mu64 - m) ** 2) * q) / 2,
+        }
+        for i, grad in zip(wrt, grads):
+            np.testing.assert_allclose(grad, want[i], rtol=1e-5, atol=1e-6, err_msg=str(i))
+
+
 def test_nan_prior_tensor_gives_nan():
     value = S.gaussian_kl([[0.0, 1.0]], [[0.0, 0.0]], prior_log_variance=tf.constant([[0.0, NAN]]))
     assert np.isnan(value.numpy()).all()

@@ -162,7 +162,7 @@ def _nll_variance_terms(error, variance, floor, weight):
     return terms(error, variance)
 
 
-@xla_kernel
+@xla_kernel(row_local=True)
 def gaussian_nll_kernel(y_true, y_pred, full, log_variance):
     """Per-sample Gaussian NLL; ``y_pred`` holds the means, then the (log-)variances.
 
@@ -236,7 +236,7 @@ def _half_exp_excess(d):
     return value, grad
 
 
-@xla_kernel
+@xla_kernel(row_local=True)
 def gaussian_kl_kernel(mean, log_variance, prior_mean, prior_log_variance):
     """Per-sample ``KL(N(mean, exp(log_variance)) || N(prior_mean, exp(prior_log_variance)))``."""
     dtype = compute_dtype(mean.dtype)
@@ -315,7 +315,7 @@ def _stirling(count):
     return safe_where(count > 1.0, count, term, 0.0, safe_true=2.0)
 
 
-@xla_kernel
+@xla_kernel(row_local=True)
 def poisson_nll_kernel(y_true, y_pred, log_input, full):
     """Per-sample Poisson NLL from a log-rate (``log_input``) or a rate.
 
