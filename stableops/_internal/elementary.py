@@ -95,6 +95,17 @@ def expm1(x):
     return safe_where(tf.abs(x) <= 1.0, x, _expm1_taylor, lambda t: tf.exp(t) - 1.0)
 
 
+def expm1_given_exp(x, exp_x):
+    """:func:`expm1` of ``x`` when ``exp_x = exp(x)`` is computed anyway (one exponential for both).
+
+    The same two branches, chosen by select: not for differentiating through
+    (an overflowing ``exp_x`` in the unselected branch would give ``0 * inf``),
+    only for kernels that carry their own gradient.
+    """
+    small = tf.abs(x) <= 1.0
+    return tf.where(small, _expm1_taylor(tf.where(small, x, tf.zeros_like(x))), exp_x - 1.0)
+
+
 @functools.lru_cache(maxsize=None)
 def _log1p_terms(dtype: tf.DType) -> int:
     # log1p(v) = 2 atanh(s) = 2 s (1 + s^2/3 + s^4/5 + ...), s = v / (2 + v).
