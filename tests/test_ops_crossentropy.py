@@ -336,6 +336,19 @@ def test_categorical_from_logits_edges(regime):
                 ref.budget_for(GRAD_BUDGET, dtype),
                 f"sparse {context}",
             )
+        # Rows with -inf logits too (a label on one: loss inf, no gradient for
+        # the row): the sparse gradient is the dense one against the one-hot,
+        # to the rounding of entries <= 1 (an eps of the dtype).
+        _, (one_hot_grad,) = regime.value_and_grad(
+            fn, as_dtype(one_hot, dtype), x, wrt=(1,), unknown_batch=True
+        )
+        np.testing.assert_allclose(
+            s_grad[no_nan].astype(np.float64),
+            one_hot_grad[no_nan].astype(np.float64),
+            rtol=0,
+            atol=_limits(dtype).eps,
+            err_msg=context,
+        )
 
 
 def test_categorical_from_probabilities_edges(regime):

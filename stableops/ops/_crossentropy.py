@@ -40,7 +40,7 @@ from stableops._internal.elementary import accurate_log1p
 from stableops._internal.keras_compat import recover_logits
 from stableops._internal.kernel import xla_kernel
 from stableops._internal.where import safe_where
-from stableops.ops._softmax import log_softmax
+from stableops.ops._softmax import _shifted_exponentials, _softmax_from_pieces, log_softmax
 
 # ----------------------------------------------------------------------------
 # Arguments (static, outside the kernels)
@@ -455,14 +455,46 @@ def _flat_examples(labels, output):
     return tf.reshape(labels, [-1]), tf.reshape(output, [-1, tf.shape(output)[-1]])
 
 
+def _sparse_logits_core(x, indices):
+    @tf.custom_gradient
+    def core(x):
+        # -log_softmax(x)[y] = log1p(s) - (x_y - m), with x_y - m carried as
+        # z + z_low as in log_softmax, from the label's logit alone: no row of
+        # log-probabilities is formed (and gathered from), and the gradient
+        # softmax - onehot(y) comes from the same pieces.
+        pieces = _shifted_exponentials(x, axis=-1, with_tail=True)
+        m = pieces.m[:, 0]
+        x_label = _gather_class(x, indices)
+        at_max = tf.equal(x_label, m)  # z = 0 there, also for an infinite maximum
+        z, z_low = two_difference(x_label, m)
+        z = tf.where(at_max, tf.zeros_like(z), z)
+        z_low = tf.where(at_max, tf.zeros_like(z_low), z_low)
+        loss = (accurate_log1p(pieces.s[:, 0]) - z_low) - z
+        # An empty row (every logit -inf) has no probability to put on y.
+        infinite = tf.fill(tf.shape(loss), tf.constant(math.inf, loss.dtype))
+        loss = tf.where(pieces.empty[:, 0], infinite, loss)
+
+        def grad(upstream):
+            # A label on a -inf logit (or an empty row) has loss +inf, a constant:
+            # no gradient for the row, as from log_softmax's -inf outputs.
+            one_hot = tf.one_hot(indices, tf.shape(x)[-1], dtype=x.dtype)
+            direction = _softmax_from_pieces(pieces) - one_hot
+            dead = tf.equal(loss, math.inf)[:, None]
+            return upstream[:, None] * tf.where(dead, tf.zeros_like(direction), direction)
+
+        return loss, grad
+
+    return core(x)
+
+
 @xla_kernel(row_local=True)
 def _sparse_from_logits(labels, logits):
     flat_labels, x = _flat_examples(labels, to_compute(logits))
     valid = _label_validity(flat_labels, tf.shape(x, out_type=tf.int64)[-1])
-    log_p = _gather_class(log_softmax(x, axis=-1), _as_indices(flat_labels, valid))
+    loss = _sparse_logits_core(x, _as_indices(flat_labels, valid))
     # An invalid label (only reachable under XLA, where the assert is dropped)
     # gives NaN in value and gradient, never the loss of class 0.
-    loss = -log_p * _nan_unless(valid, log_p)
+    loss = loss * _nan_unless(valid, loss)
     return tf.cast(tf.reshape(loss, tf.shape(labels)), logits.dtype)
 
 
