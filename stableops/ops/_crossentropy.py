@@ -40,7 +40,7 @@ from stableops._internal.elementary import accurate_log1p
 from stableops._internal.keras_compat import recover_logits
 from stableops._internal.kernel import xla_kernel
 from stableops._internal.where import safe_where
-from stableops.ops._softmax import _shifted_exponentials, _softmax_from_pieces, log_softmax
+from stableops.ops._softmax import _shifted_exponentials, _softmax_from_pieces
 
 # ----------------------------------------------------------------------------
 # Arguments (static, outside the kernels)
@@ -279,16 +279,49 @@ def binary_crossentropy(target, output, from_logits=False):
 # ----------------------------------------------------------------------------
 
 
+def _categorical_logits_core(z, x, axis):
+    @tf.custom_gradient
+    def core(z, x):
+        # -sum_i z_i log_softmax(x)_i = sum(z) log1p(s) - sum_i z_i (x_i - m),
+        # with x_i - m carried as z + z_low (0 at the maxima) as in log_softmax:
+        # both terms are >= 0 for z >= 0 (no cancellation), neither huge logits
+        # nor a confident correct prediction lose accuracy, and no row of
+        # log-probabilities is formed. A masked (-inf) logit counts 0 where its
+        # target is 0. (Single core at 2^20 under XLA: 1.98 -> 1.60-1.68x
+        # Keras's time against reducing z log_softmax(x).)
+        pieces = _shifted_exponentials(x, axis, with_tail=True)
+        log_sum = accurate_log1p(pieces.s)
+        shifted = pieces.z + pieces.z_low
+        mass = tf.reduce_sum(z, axis=axis, keepdims=True)
+        loss = mass * log_sum - tf.reduce_sum(_weighted(z, shifted), axis=axis, keepdims=True)
+        # A row of only -inf logits has every probability 0: loss inf under any
+        # target mass, 0 without one.
+        inf = tf.constant(math.inf, x.dtype)
+        empty_loss = tf.where(tf.equal(mass, 0), tf.zeros_like(mass), mass * inf)
+        loss = tf.where(pieces.empty, empty_loss, loss)
+
+        def grad(upstream):
+            upstream = tf.expand_dims(upstream, axis)
+            # softmax sum(z) - z; a row whose loss is inf (a target on a -inf
+            # logit) is a constant: no gradient, as in the sparse loss.
+            dead = tf.equal(loss, inf)
+            direction = _softmax_from_pieces(pieces) * mass - z
+            x_grad = upstream * tf.where(dead, tf.zeros_like(direction), direction)
+            # d/dz_i = -log p_i, with 0 * log 0 = 0 (no gradient to a 0 target there).
+            minus_log_p = tf.where(pieces.empty, tf.fill(tf.shape(x), inf), log_sum - shifted)
+            drop = tf.logical_and(tf.equal(z, 0), tf.math.is_inf(minus_log_p))
+            z_grad = upstream * tf.where(drop, tf.zeros_like(minus_log_p), minus_log_p)
+            return z_grad, x_grad
+
+        return tf.squeeze(loss, axis), grad
+
+    return core(z, x)
+
+
 @xla_kernel(row_local=True)
 def _categorical_from_logits(target, logits, axis):
     x = to_compute(logits)
-    z = tf.cast(target, x.dtype)
-    # log_softmax is max-shifted and exactly -log1p(s) at the maximum, so
-    # neither huge logits nor a confident correct prediction lose accuracy.
-    # Each term -z_i log p_i is >= 0 (no cancellation); a masked (-inf) logit
-    # counts 0 where its target is 0.
-    log_p = log_softmax(x, axis=axis)
-    loss = -tf.reduce_sum(_weighted(z, log_p), axis=axis)
+    loss = _categorical_logits_core(tf.cast(target, x.dtype), x, axis)
     return tf.cast(loss, logits.dtype)
 
 
@@ -363,7 +396,8 @@ def categorical_crossentropy(target, output, from_logits=False, axis=-1):
         predictions (``-log1p(s)`` at the maximum, e.g. ``[0, -30]`` against
         class 0 gives 9.36e-14, not 0). A masked ``-inf`` logit is allowed
         where its target is 0 (``0 * log 0 = 0``; Keras gives NaN); a target on
-        a ``-inf`` logit gives ``+inf`` with a finite gradient; a row of only
+        a ``-inf`` logit gives ``+inf`` and no gradient to that row's logits
+        (a constant, not NaN); a row of only
         ``-inf`` logits counts as all probabilities 0. ``+inf`` logits follow
         ``log_softmax``. NaN anywhere in a row gives NaN. Logits spanning more
         than the dtype's range (``max(x) - min(x) > 3.4e38`` in float32)
@@ -578,7 +612,7 @@ def sparse_categorical_crossentropy(target, output, from_logits=False, axis=-1):
         under XLA, and truncates a float label such as 1.5 to class 1.)
         From logits the numerics are those of ``categorical_crossentropy``
         (masked ``-inf`` logits allowed off the label; a label on a ``-inf``
-        logit gives ``+inf``). From probabilities the row is normalized as in
+        logit gives ``+inf`` and no gradient to that row). From probabilities the row is normalized as in
         Keras; an all-zero row gives ``-log(tiny)``; the clip is that of
         ``categorical_crossentropy`` (straight-through, exact loss for every
         representable probability).
