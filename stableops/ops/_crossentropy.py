@@ -612,8 +612,9 @@ def sparse_categorical_crossentropy(target, output, from_logits=False, axis=-1):
         under XLA, and truncates a float label such as 1.5 to class 1.)
         From logits the numerics are those of ``categorical_crossentropy``
         (masked ``-inf`` logits allowed off the label; a label on a ``-inf``
-        logit gives ``+inf`` and no gradient to that row). From probabilities the row is normalized as in
-        Keras; an all-zero row gives ``-log(tiny)``; the clip is that of
+        logit gives ``+inf`` and no gradient to that row). From probabilities
+        the row is normalized as in Keras; an all-zero row gives
+        ``-log(tiny)``; the clip is that of
         ``categorical_crossentropy`` (straight-through, exact loss for every
         representable probability).
         If ``output`` came from a Keras softmax, its logits are used.
