@@ -104,7 +104,8 @@ WHY: dict[tuple[str, str], str] = {
         "log(1 - p) is the compensated log1p series below p = 1/2 and log(1 - p) above (both "
         "evaluated for "
         "every element: double where), with 1 - p carried with its rounding error; Keras takes "
-        "one log per side. Measured single-core at 2^20: 1.57-1.70; without the NaN check for "
+        "one log per side. Measured single-core at 2^20: 1.44-1.65 (1.57-1.78 while a second "
+        "double where chose between the same two branches); before that: without the NaN check for "
         "infinite inputs 1.40, without the TwoSum of 1 - z 1.45, with XLA's float32 log1p (2.5 "
         "ULP) 1.42-1.59, without all three 1.27: none reaches 1.05 within the contract (the NaN "
         "check moved onto the inputs, which took the loss from logits 1.36 -> 1.10-1.18, gains "
@@ -121,8 +122,9 @@ WHY: dict[tuple[str, str], str] = {
         "the plain loss needs only the slope elementwise: XLA then writes six full-size "
         "intermediates of the stable formula (its logs, compares and divisions) to memory for "
         "the value's and the gradient's fusions (optimized HLO, 2^20). Single core at 2^20: "
-        "the factor alone 0.97x Keras's, the cross-entropy alone 1.17-1.23x, the product "
-        "2.23-2.27x; a custom gradient for the product from the value and the slope 2.23"
+        "the factor alone 0.97x Keras's, the product 1.88x (2.23-2.27x with a second double "
+        "where in log(1 - p)); a custom gradient for the product from the value and the slope "
+        "gained nothing"
     ),
     ("compiled", "categorical_crossentropy_logits"): _CROSS_ENTROPY,
     ("compiled", "sparse_categorical_crossentropy_logits"): (

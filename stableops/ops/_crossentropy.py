@@ -39,7 +39,6 @@ from stableops._internal.dtypes import compute_dtype, dtype_limits, to_compute
 from stableops._internal.elementary import accurate_log1p
 from stableops._internal.keras_compat import recover_logits
 from stableops._internal.kernel import xla_kernel
-from stableops._internal.where import safe_where
 from stableops.ops._softmax import _shifted_exponentials, _softmax_from_pieces
 
 # ----------------------------------------------------------------------------
@@ -82,14 +81,15 @@ def _weighted(weight, value):
 def _log1m(p):
     """``log(1 - p)`` for ``p`` in ``[0, 1)``, accurate over the whole range.
 
-    ``log1p(-p)`` (the package's compensated series, 0.6 ULP) up to
-    ``p = 1/2``; ``log(1 - p)`` above, where ``1 - p`` is exact (Sterbenz).
+    ``accurate_log1p(-p)``: the package's compensated series (0.6 ULP) up to
+    ``p = 1/2``, ``log(1 - p)`` above, where ``1 - p`` is exact (Sterbenz).
     XLA's own float64 ``log1p`` is off by up to 128 ULP on ``[-0.45, -0.35]``,
-    and ``log(1 - p)`` below 1/2 would add the rounding of ``1 - p``.
+    and ``log(1 - p)`` below 1/2 would add the rounding of ``1 - p``. (A second
+    double where around it, choosing the same two branches, cost a log per
+    element: single core at 2^20 under XLA, binary cross-entropy 1.70-1.78 ->
+    1.44-1.65 and focal 2.35 -> 1.88 times Keras's time without it.)
     """
-    small = p <= 0.5
-    return safe_where(small, p, lambda q: accurate_log1p(-q), lambda q: tf.math.log(1.0 - q),
-                      safe_true=0.0, safe_false=0.75)
+    return accurate_log1p(-p)
 
 
 class _ClipBounds:
