@@ -513,7 +513,7 @@ def _sparse_logits_core(x, indices):
 
         def grad(upstream):
             # A label on a -inf logit (or an empty row) has loss +inf, a constant:
-            # no gradient for the row, as from log_softmax's -inf outputs.
+            # no gradient for the row, as in the dense loss.
             one_hot = tf.one_hot(indices, tf.shape(x)[-1], dtype=x.dtype)
             direction = _softmax_from_pieces(pieces) - one_hot
             dead = tf.equal(loss, math.inf)[:, None]
