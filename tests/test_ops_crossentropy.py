@@ -9,6 +9,7 @@ parity with tf.nn / keras.ops where both are well conditioned; the documented
 differences from Keras; label validation; bad-input errors.
 """
 
+import math
 import warnings
 
 import keras
@@ -244,6 +245,21 @@ def test_binary_from_logits_edges(regime):
             ref.budget_for(GRAD_BUDGET, dtype),
             context,
         )
+
+
+def test_binary_from_logits_gradients_at_infinite_logits(regime):
+    """Both gradients, written out by the kernel: ``sigmoid(x) - z`` for the logit (its
+    limit ``1 - z`` or ``-z`` at ``±inf``) and ``-x`` for the target, except 0 where an
+    infinite logit agrees with its target (loss 0 there: the ``0 * inf = 0`` convention)."""
+    z = np.float32([1.0, 0.0, 0.5, 0.0, 1.0, 0.5, 0.25, 1.0, 0.0])
+    x = np.float32([INF, -INF, INF, INF, -INF, -INF, 3.0, -2.0, 0.0])
+    _, (z_grad, x_grad) = regime.value_and_grad(
+        lambda t, o: ops.binary_crossentropy(t, o, from_logits=True), z, x, wrt=(0, 1)
+    )
+    sigmoid = np.array([1 / (1 + math.exp(-v)) if np.isfinite(v) else float(v > 0) for v in x])
+    np.testing.assert_allclose(x_grad, sigmoid - z, rtol=2e-7, atol=0)
+    agrees = np.isinf(x) & (z == (x > 0))
+    np.testing.assert_array_equal(z_grad, np.where(agrees, 0.0, -x))
 
 
 def test_binary_from_probabilities_edges(regime):

@@ -142,6 +142,26 @@ def _log1p_series(v):
     return quotient + (quotient * tail + quotient_low * (1.0 + tail))
 
 
+def log1p_in_range(v):
+    """:func:`accurate_log1p` for ``v`` the caller knows is in ``[-1/2, 1]`` (or NaN).
+
+    The series alone (0.6 ULP), without the range check and the ``log(1 + v)``
+    branch that ``accurate_log1p`` evaluates beside it for every element (a
+    double where): for ``log1p(exp(-|x|))`` that is one ``log``, a comparison
+    and a select per element fewer, and no full-size mask for XLA to write.
+    Gradient (custom): ``1 / (1 + v)``.
+    """
+
+    @tf.custom_gradient
+    def core(v):
+        def grad(upstream):
+            return upstream / (1.0 + v)
+
+        return _log1p_series(v), grad
+
+    return core(v)
+
+
 def accurate_log1p(v):
     """``log(1 + v)``: 0.6 ULP on ``[-1/2, 1]``, in XLA and in TF graphs alike.
 

@@ -31,6 +31,7 @@ from stableops import ops
 from stableops._internal.checks import axis_argument, flag, number
 from stableops._internal.clip import clip
 from stableops._internal.keras_compat import recover_logits
+from stableops._internal.reductions import sum_over
 from stableops._internal.where import safe_where
 from stableops.losses._base import REDUCTION, RawInputLoss, loss_class
 from stableops.losses._inputs import graph_code, in_compute_dtype, loss_kernel, prepare, with_mask
@@ -57,12 +58,12 @@ def _mean(values, axis):
     """Mean over ``axis``, dividing before summing: the sum of large finite
     terms (a loss of 1e38 per element) must not overflow when the mean does not."""
     count = tf.cast(tf.shape(values)[axis], values.dtype)
-    return tf.reduce_sum(values / count, axis=axis)
+    return sum_over(values / count, axis=axis)
 
 
 def _mean_over_valid(values, valid, axis):
     """Mean over ``axis`` of the ``valid`` entries, and whether there was any (0 if none)."""
-    count = tf.reduce_sum(tf.cast(valid, values.dtype), axis=axis, keepdims=True)
+    count = sum_over(tf.cast(valid, values.dtype), axis=axis, keepdims=True)
     values = tf.where(valid, values / tf.maximum(count, 1.0), tf.zeros_like(values))
     return tf.reduce_sum(values, axis=axis), tf.squeeze(count, axis) > 0
 

@@ -39,6 +39,7 @@ from stableops._internal.checks import (
 )
 from stableops._internal.dtypes import dtype_limits, to_compute_saturating
 from stableops._internal.keras_compat import recover_logits
+from stableops._internal.reductions import sum_over
 from stableops._internal.where import safe_where
 from stableops.losses._base import REDUCTION, RawInputLoss, loss_class
 from stableops.losses._inputs import graph_code, in_compute_dtype, loss_kernel, prepare, with_mask
@@ -260,7 +261,7 @@ def _categorical_focal_crossentropy_kernel(
         factor = _categorical_focal_factor(logits, axis, gamma)
         cross_entropy = _focal_product(factor, cross_entropy)
     values = _categorical_alpha(alpha, log_p, axis) * cross_entropy
-    return finish_rows(tf.reduce_sum(values, axis=axis), valid)
+    return finish_rows(sum_over(values, axis=axis), valid)
 
 
 @graph_code

@@ -14,6 +14,7 @@ import math
 
 import tensorflow as tf
 
+from stableops._internal.reductions import sum_over
 from stableops.losses._base import loss_class, plain_loss
 from stableops.losses._inputs import loss_function
 from stableops.losses._shared import mean_of_squares
@@ -110,7 +111,7 @@ def _max_last_axis(x):
 
     def grad(upstream):
         is_largest = tf.cast(x >= largest[..., None], x.dtype)
-        count = tf.maximum(tf.reduce_sum(is_largest, axis=-1, keepdims=True), 1.0)
+        count = tf.maximum(sum_over(is_largest, axis=-1, keepdims=True), 1.0)
         has_nan = tf.reduce_any(tf.math.is_nan(x), axis=-1, keepdims=True)
         share = tf.where(has_nan, tf.constant(math.nan, x.dtype), is_largest / count)
         return upstream[..., None] * share
@@ -142,7 +143,7 @@ def categorical_hinge(y_true, y_pred):
         >>> categorical_hinge([[0.0, 1.0, 0.0]], [[0.2, 0.5, 0.4]]).numpy()
         array([0.9], dtype=float32)
     """
-    positive = tf.reduce_sum(y_true * y_pred, axis=-1)
+    positive = sum_over(y_true * y_pred, axis=-1)
     negative = _max_last_axis((1.0 - y_true) * y_pred)
     return tf.maximum(negative - positive + 1.0, 0.0)
 

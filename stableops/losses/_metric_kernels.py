@@ -48,6 +48,7 @@ import tensorflow as tf
 from stableops._internal.dtypes import dtype_limits, to_compute_saturating
 from stableops._internal.elementary import accurate_log1p
 from stableops._internal.kernel import xla_kernel
+from stableops._internal.reductions import sum_over
 from stableops.ops import l2_normalize, safe_norm
 
 DISTANCES = ("euclidean", "squared", "cosine")
@@ -136,7 +137,7 @@ def _gram_squared(u):
 
     NaN is kept; the diagonal is not forced to 0.
     """
-    norms = tf.reduce_sum(u * u, axis=1)
+    norms = sum_over(u * u, axis=1)
     raw = norms[:, None] + norms[None, :] - 2.0 * tf.matmul(u, u, transpose_b=True)
     return tf.where(raw < 0, tf.zeros_like(raw), raw), norms
 
@@ -186,7 +187,7 @@ def _distances(u, squared):
         def row(anchor):
             difference = v - anchor
             if squared:
-                return tf.reduce_sum(difference * difference, axis=-1)
+                return sum_over(difference * difference, axis=-1)
             return safe_norm(difference, axis=-1)
 
         return _by_rows(row, v)
@@ -240,7 +241,7 @@ def _distances_to(u, index, distance):
     """``d(u_i, u_index[i])`` ``[batch]`` from differences, as :func:`_distances` forms them."""
     difference = u - tf.gather(u, index)
     if distance == "squared":
-        return tf.reduce_sum(difference * difference, axis=-1)
+        return sum_over(difference * difference, axis=-1)
     return safe_norm(difference, axis=-1)  # gradient 0 at a duplicate (or the anchor itself)
 
 
@@ -390,7 +391,7 @@ def triplet_kernel(labels, x, margin, strategy, distance):
     gap = d - _pick(d, chosen)
     pair_loss = tf.nn.relu(_scaled_up(gap, scale, power) + margin)
     pair_loss = tf.where(positive, pair_loss, tf.zeros_like(pair_loss))
-    pairs = tf.reduce_sum(tf.cast(positive, d.dtype))
+    pairs = sum_over(tf.cast(positive, d.dtype))
     # batch / pairs: the Keras mean over anchors is then the mean over pairs.
     share = tf.cast(batch, d.dtype) / tf.maximum(pairs, 1.0)
     weight = tf.where(pairs > 0, share, tf.zeros_like(pairs))
@@ -428,7 +429,7 @@ def contrastive_batch_kernel(labels, x, margin):
     terms = tf.where(eye, tf.zeros_like(terms), terms)
     others = tf.maximum(tf.cast(batch - 1, d.dtype), 1.0)
     # Divide before summing: a sum of large finite terms must not overflow first.
-    loss = tf.reduce_sum(terms / others, axis=1)
+    loss = sum_over(terms / others, axis=1)
     return _nan_where(row_is_nan, loss)
 
 

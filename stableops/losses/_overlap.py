@@ -14,6 +14,7 @@ import tensorflow as tf
 from stableops import ops
 from stableops._internal.checks import axis_argument, number
 from stableops._internal.dtypes import dtype_limits
+from stableops._internal.reductions import sum_over
 from stableops.losses._base import REDUCTION, FunctionLoss, loss_class
 from stableops.losses._inputs import in_compute_dtype, loss_kernel, prepare
 
@@ -58,9 +59,9 @@ def _overlap_terms(y_true, y_pred, axis, scale):
     accurate loss instead of ``1 - ratio`` cancelling to 0. Each term is
     multiplied by ``scale`` (:func:`_overflow_scale`) before it is summed.
     """
-    true_positive = tf.reduce_sum(y_true * y_pred * scale, axis=axis)
-    missed = tf.reduce_sum(y_true * (1.0 - y_pred) * scale, axis=axis)
-    false_alarm = tf.reduce_sum(y_pred * (1.0 - y_true) * scale, axis=axis)
+    true_positive = sum_over(y_true * y_pred * scale, axis=axis)
+    missed = sum_over(y_true * (1.0 - y_pred) * scale, axis=axis)
+    false_alarm = sum_over(y_pred * (1.0 - y_true) * scale, axis=axis)
     return true_positive, missed, false_alarm
 
 
@@ -69,7 +70,7 @@ def _dice_kernel(y_true, y_pred, axis, smooth):
     y_true, y_pred = in_compute_dtype(y_true, y_pred, saturate=False)
     scale, scale_reduced = _overflow_scale(y_pred, axis, 2.0)
     _, missed, false_alarm = _overlap_terms(y_true, y_pred, axis, scale)
-    total = tf.reduce_sum(y_true * scale, axis=axis) + tf.reduce_sum(y_pred * scale, axis=axis)
+    total = sum_over(y_true * scale, axis=axis) + sum_over(y_pred * scale, axis=axis)
     # 1 - (2 TP + s) / (sum(y_true) + sum(y_pred) + s), written as
     # (missed + false alarms) / (...). Two empty masks (0 / 0 with s = 0)
     # agree perfectly: safe_divide's fill gives loss 0 with a zero gradient.

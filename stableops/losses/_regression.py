@@ -34,6 +34,7 @@ import tensorflow as tf
 from stableops import ops
 from stableops._internal.checks import number
 from stableops._internal.compensated import two_difference
+from stableops._internal.reductions import sum_over
 from stableops.losses._base import REDUCTION, FunctionLoss, loss_class, plain_loss
 from stableops.losses._inputs import (
     in_compute_dtype,
@@ -161,7 +162,7 @@ def mean_absolute_percentage_error(y_true, y_pred):
     defined = tf.cast(tf.not_equal(y_true, 0.0), y_true.dtype)
     # A sample whose targets are all zero has nothing to measure: 0 / 0 -> 0.
     mean = ops.safe_divide(
-        tf.reduce_sum(relative, axis=-1), tf.reduce_sum(defined, axis=-1)
+        tf.reduce_sum(relative, axis=-1), sum_over(defined, axis=-1)
     )
     return 100.0 * mean
 

@@ -14,6 +14,7 @@ import tensorflow as tf
 from stableops._internal.checks import number
 from stableops._internal.clip import clip
 from stableops._internal.dtypes import dtype_limits
+from stableops._internal.reductions import mean_over
 
 # ----------------------------------------------------------------------------
 # Arguments of the cross-entropies (static, outside the compiled kernels)
@@ -100,4 +101,4 @@ def mean_of_squares(x):
     ``|x| > max / 2`` under XLA (3 errors of 3e38: ``inf`` instead of the
     mean's gradient 2e38 eagerly), so the regimes disagreed.
     """
-    return tf.reduce_mean(x * x, axis=-1)
+    return mean_over(x * x, axis=-1)

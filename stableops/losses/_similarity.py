@@ -12,6 +12,7 @@ import tensorflow as tf
 from stableops import ops
 from stableops._internal.checks import axis_argument
 from stableops._internal.dtypes import dtype_limits
+from stableops._internal.reductions import sum_over
 from stableops.losses._base import REDUCTION, FunctionLoss, loss_class
 from stableops.losses._inputs import in_compute_dtype, loss_kernel, prepare
 
@@ -25,7 +26,7 @@ __all__ = ["CosineSimilarity", "cosine_similarity"]
 
 def _normalized_cosine(a, b, axis):
     """``sum(a/||a|| * b/||b||)`` with ``ops.l2_normalize``: exact scaling, any norm."""
-    return tf.reduce_sum(ops.l2_normalize(a, axis=axis) * ops.l2_normalize(b, axis=axis), axis=axis)
+    return sum_over(ops.l2_normalize(a, axis=axis) * ops.l2_normalize(b, axis=axis), axis=axis)
 
 
 def _plain_sums_are_safe(x, squares, axis):
@@ -61,8 +62,8 @@ def _cosine(a, b, axis):
 
     @tf.custom_gradient
     def cosine(a, b):
-        sum_a = tf.reduce_sum(a * a, axis=axis, keepdims=True)
-        sum_b = tf.reduce_sum(b * b, axis=axis, keepdims=True)
+        sum_a = sum_over(a * a, axis=axis, keepdims=True)
+        sum_b = sum_over(b * b, axis=axis, keepdims=True)
         plain = tf.logical_and(
             _plain_sums_are_safe(a, sum_a, axis), _plain_sums_are_safe(b, sum_b, axis)
         )
@@ -70,7 +71,7 @@ def _cosine(a, b, axis):
         # 1/|a| (0 for the zero vector); the root of a safe sum is a normal number.
         inverse_a = tf.where(sum_a > 0, 1.0 / norm_a, tf.zeros_like(sum_a))
         inverse_b = tf.where(sum_b > 0, 1.0 / norm_b, tf.zeros_like(sum_b))
-        dot = tf.reduce_sum(a * b, axis=axis, keepdims=True)
+        dot = sum_over(a * b, axis=axis, keepdims=True)
         norm_product = norm_a * norm_b
         nonzero = norm_product > 0
         safe_product = tf.where(nonzero, norm_product, tf.ones_like(norm_product))

@@ -27,7 +27,13 @@ import tensorflow as tf
 from stableops._internal.checks import as_float_tensor
 from stableops._internal.compensated import two_difference
 from stableops._internal.dtypes import dtype_limits, to_compute
-from stableops._internal.elementary import LOG2, accurate_log1p, expm1, minus_log2
+from stableops._internal.elementary import (
+    LOG2,
+    accurate_log1p,
+    expm1,
+    log1p_in_range,
+    minus_log2,
+)
 from stableops._internal.kernel import xla_kernel
 from stableops._internal.where import safe_where
 
@@ -42,7 +48,7 @@ def _sigmoid(x):
 def _softplus_core(x):
     # max(x, 0) + log1p(exp(-|x|)): exp(-|x|) <= 1 cannot overflow, and for
     # x << 0 the result is log1p(exp(x)) = exp(x) to full relative accuracy.
-    value = tf.maximum(x, 0.0) + accurate_log1p(tf.exp(-tf.abs(x)))
+    value = tf.maximum(x, 0.0) + log1p_in_range(tf.exp(-tf.abs(x)))
 
     def grad(upstream):
         return upstream * _sigmoid(x)  # d softplus = sigmoid, 1/2 at 0
@@ -126,7 +132,7 @@ def _logaddexp_core(x, y):
     # exp(-|x - y|) = exp(-|difference|) (1 - sign(difference) rounding):
     # the rounding of x - y would cost |x - y| eps/2 relative.
     tail = tf.exp(-tf.abs(difference)) * (1.0 - tf.sign(difference) * rounding)
-    value = tf.maximum(x, y) + accurate_log1p(tail)
+    value = tf.maximum(x, y) + log1p_in_range(tail)  # tail in [0, 1 + eps]
     both_minus_inf = tf.logical_and(same, tf.equal(x, tf.constant(-math.inf, x.dtype)))
 
     def grad(upstream):
@@ -413,7 +419,7 @@ def _log_cosh_core(x):
         # log(cosh a) = (a - log 2) + log1p(exp(-2a)): cosh never
         # evaluated, so no overflow; for a >= 1 both terms are > 0
         # (no cancellation).
-        lambda t: minus_log2(t) + accurate_log1p(tf.exp(-2.0 * t)),
+        lambda t: minus_log2(t) + log1p_in_range(tf.exp(-2.0 * t)),
         safe_true=0.0,
         safe_false=1.0,
     )

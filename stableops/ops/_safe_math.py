@@ -27,6 +27,7 @@ from stableops._internal.checks import as_float_tensor, check_in_range
 from stableops._internal.clip import clip
 from stableops._internal.dtypes import dtype_limits, to_compute
 from stableops._internal.kernel import xla_kernel
+from stableops._internal.reductions import sum_over
 from stableops._internal.where import safe_where
 
 # Bit masks selecting the exponent field of IEEE binary32 / binary64 values:
@@ -264,7 +265,7 @@ def _scaled_rows(x, axis):
     inf_direction = tf.where(infinite, tf.sign(x), x * 0)  # x * 0 keeps NaN
     u = tf.where(row_has_inf, inf_direction, x / scale)
     scale = tf.where(row_has_inf, tf.constant(float("inf"), x.dtype), scale)
-    r = tf.sqrt(tf.reduce_sum(u * u, axis=axis, keepdims=True))
+    r = tf.sqrt(sum_over(u * u, axis=axis, keepdims=True))
     return scale, u, r
 
 
@@ -341,7 +342,7 @@ def _normalize_with_projected_gradient(x, axis):
             # d(x/||x||)/dx applied to g: (g - y <g, y>) / ||x||, formed as
             # ((g - y <g, y>) / r) / s so no intermediate overflows; 0 for the
             # zero vector (convention) and for infinite rows (||x|| = inf).
-            projected = upstream - unit * tf.reduce_sum(upstream * unit, axis=axis, keepdims=True)
+            projected = upstream - unit * sum_over(upstream * unit, axis=axis, keepdims=True)
             zero_row = tf.equal(r, 0)
             safe_r = tf.where(zero_row, tf.ones_like(r), r)
             return tf.where(zero_row, tf.zeros_like(projected), projected / safe_r / scale)

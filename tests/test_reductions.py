@@ -1,0 +1,65 @@
+"""``_internal/reductions``: the sums every kernel makes.
+
+``sum_over`` and ``mean_over`` must be exactly ``tf.reduce_sum`` and
+``tf.reduce_mean`` (the added ``-0.0`` changes no value, ``-0.0`` included),
+and under XLA they must reduce a product the way XLA reduces a sum of terms
+(on TF 2.21's CPU backend: YNNPACK instead of a tree of ``reduce-window``
+loops, 1.5x slower; other versions treat both alike, and so does the test).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from stableops._internal.reductions import mean_over, sum_over
+
+NAN, INF = math.nan, math.inf
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32", "float64"])
+def test_same_values_as_tf_reductions(dtype, regime):
+    rows = np.array(
+        [[-0.0, -0.0, -0.0], [1.0, -1.0, 0.5], [INF, 1.0, 2.0], [INF, -INF, 0.0], [NAN, 1.0, 0.0]]
+    )
+    x = tf.constant(rows, dtype=dtype)
+
+    def both(x):
+        return (
+            sum_over(x, axis=-1), tf.reduce_sum(x, axis=-1),
+            mean_over(x, axis=0, keepdims=True), tf.reduce_mean(x, axis=0, keepdims=True),
+        )
+
+    results = [t.numpy().astype(np.float64) for t in regime.wrap(both, x)(x)]
+    for ours, theirs in (results[:2], results[2:]):
+        np.testing.assert_array_equal(ours, theirs)
+        np.testing.assert_array_equal(np.signbit(ours), np.signbit(theirs))  # zeros keep their sign
+
+
+def test_integer_sums_are_plain_sums():
+    x = tf.constant([[1, 2, 3], [4, 5, 6]])
+    assert sum_over(x, axis=1).dtype == tf.int32
+    np.testing.assert_array_equal(sum_over(x, axis=1).numpy(), [6, 15])
+
+
+def _reductions(fn, x):
+    """The kinds of reductions in ``fn``'s optimized XLA program (their counts)."""
+    hlo = tf.function(fn, jit_compile=True).experimental_get_compiler_ir(x)(stage="optimized_hlo")
+    entry = hlo[hlo.index("ENTRY"):]
+    return {
+        "reduce-window": len(re.findall(r"reduce-window[.\d]* = ", entry)),
+        "ynn": entry.count("__ynn_fusion"),
+    }
+
+
+def test_a_summed_product_is_reduced_like_a_summed_sum():
+    x = tf.constant(np.random.default_rng(0).normal(size=(512, 128)).astype(np.float32))
+    like_a_sum = _reductions(lambda x: tf.reduce_sum(tf.exp(x) + 0.5, axis=-1), x)
+    product = _reductions(lambda x: sum_over(tf.exp(x) * 0.5, axis=-1), x)
+    cast = _reductions(lambda x: sum_over(tf.cast(x > 0, x.dtype), axis=-1), x)
+    assert product == like_a_sum
+    assert cast == like_a_sum
