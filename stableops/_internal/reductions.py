@@ -16,10 +16,14 @@ the expression. (A ``+ 0.0`` would be folded away by TF's graph optimizer, and
 it would turn ``-0.0`` into ``+0.0``.) Other XLA versions and backends reduce
 both forms alike.
 
-Only for such expressions: a tensor already in memory (an input, an upstream
-gradient) or an expression ending in an addition or a select goes to
-``tf.reduce_sum`` as it is; the addition would cost it a full-size copy
-(categorical cross-entropy's target mass: 1.46 -> 1.59x Keras's time).
+Only for such expressions, and where time is what they cost: a tensor
+already in memory (an input, an upstream gradient) or an expression ending
+in an addition or a select goes to ``tf.reduce_sum`` as it is (the addition
+would cost it a full-size copy), and YNNPACK reads its operand from a
+full-size buffer where the tree loop computes it on the fly, so a sum whose
+slow form costs little time stays plain (softmax's gradient and row sum:
+the same speed either way, peak memory under XLA 1.03x Keras's plain, 1.51x
+through ``sum_over``).
 """
 
 from __future__ import annotations

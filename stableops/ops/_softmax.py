@@ -95,7 +95,7 @@ def _shifted_exponentials(x, axis, with_tail):
         s = others + (ties - 1.0)
         total = 1.0 + s
     else:
-        s, total = None, sum_over(p, axis=axis, keepdims=True)
+        s, total = None, tf.reduce_sum(p, axis=axis, keepdims=True)
     # reduce_max may skip NaN (XLA does): a row of NaN and -inf has m = -inf
     # but a NaN sum, and must stay NaN, not count as empty.
     empty = tf.logical_and(tf.equal(m, tf.constant(-math.inf, x.dtype)),
@@ -139,7 +139,7 @@ def _softmax_core(x, axis):
 
         def grad(upstream):
             # Jacobian-vector product of softmax: y * (g - <g, y>); zero where y is.
-            return y * (upstream - sum_over(upstream * y, axis=axis, keepdims=True))
+            return y * (upstream - tf.reduce_sum(upstream * y, axis=axis, keepdims=True))
 
         return y, grad
 
@@ -187,7 +187,7 @@ def _fill_masked(value, where, fill):
 def _softmax_gradient(y, upstream, axis, where):
     # The Jacobian-vector product of softmax from its output: y (g - <g, y>)
     # (masked entries and empty rows have y = 0: no gradient).
-    return y * (upstream - sum_over(upstream * y, axis=axis, keepdims=True))
+    return y * (upstream - tf.reduce_sum(upstream * y, axis=axis, keepdims=True))
 
 
 def _log_softmax_gradient(y, upstream, axis, where):
