@@ -104,12 +104,22 @@ WHY: dict[tuple[str, str], str] = {
         "log(1 - p) is the compensated log1p series below p = 1/2 and log(1 - p) above (both "
         "evaluated for "
         "every element: double where), with 1 - p carried with its rounding error; Keras takes "
-        "one log per side. Measured single-core at 2^20: 1.44-1.65 (1.57-1.78 while a second "
-        "double where chose between the same two branches); before that: without the NaN check for "
-        "infinite inputs 1.40, without the TwoSum of 1 - z 1.45, with XLA's float32 log1p (2.5 "
-        "ULP) 1.42-1.59, without all three 1.27: none reaches 1.05 within the contract (the NaN "
-        "check moved onto the inputs, which took the loss from logits 1.36 -> 1.10-1.18, gains "
-        "nothing here)"
+        "one log per side. Single core at 2^20 (same harness, one process per code version): "
+        "1.50 -> 1.07-1.16 once the per-sample mean stayed on XLA's YNNPACK reduction "
+        "(`_internal/reductions.sum_over`; before, XLA merged it with the batch mean into one "
+        "reduce-window tree over the whole tensor); two-core full runs 1.07 and 1.26. Measured "
+        "before that change: without the NaN check for infinite inputs 1.40, without the TwoSum "
+        "of 1 - z 1.45, with XLA's float32 log1p (2.5 ULP) 1.42-1.59, without all three 1.27 "
+        "(against 1.44-1.65 then): the rest of the gap is the stable formula's arithmetic"
+    ),
+    ("compiled", "binary_crossentropy_logits"): (
+        "softplus(x) - x z split at x = 0 into two non-negative terms (double where, and the "
+        "0 x inf guard for infinite logits) with the compensated log1p series of exp(-|x|), where "
+        "TF's formula is max(x, 0) - x z + log1p(exp(-|x|)) (24 ULP). Single core at 2^20 "
+        "through the loss class: 1.22 -> 0.98-1.03 with the per-sample mean on XLA's fast "
+        "reduction and the gradient (sigmoid - z, -x) written out from the forward's exp; "
+        "two-core full runs 0.97 and 1.09 at 2^20, the misses at other sizes inside that spread "
+        "(q25 1.00-1.08)"
     ),
     ("function", "softmax"): (
         "Keras runs one fused TF kernel (Softmax) and ~4 for its gradient; the plain formula "
@@ -124,7 +134,8 @@ WHY: dict[tuple[str, str], str] = {
         "where) to memory for the value's and the gradient's fusions (optimized HLO, 2^20). "
         "Single core at 2^20: "
         "the factor alone 0.97x Keras's, the product 1.88x (2.23-2.27x with a second double "
-        "where in log(1 - p)); a custom gradient for the product from the value and the slope "
+        "where in log(1 - p)), 1.74 -> 1.57 in this harness with the per-sample mean on XLA's "
+        "fast reduction; a custom gradient for the product from the value and the slope "
         "gained nothing"
     ),
     ("compiled", "categorical_crossentropy_logits"): _CROSS_ENTROPY,
@@ -193,6 +204,11 @@ WHY: dict[tuple[str, str], str] = {
         "two cores than on one (the CPU-time ratio on two cores, 1.25, counts threads "
         "waiting around the compiled calls)"
     ),
+    ("end_to_end", "gru"): (
+        "on one core (taskset) the GRU's step is 1.01x Keras's with jit_compile=False and 1.00x "
+        "with jit_compile=True (median of same-round ratios, this harness): the two-core miss "
+        "is thread scheduling (its q25 with jit_compile=False is 1.02)"
+    ),
     ("end_to_end", "cnn"): (
         "on one core (taskset) the CNN's jit_compile=False step is 15.7 ms against Keras's "
         "15.6 ms (1.00): the two-core miss is thread scheduling around the compiled calls"
@@ -250,7 +266,9 @@ GENERIC_WHY = {
         "backward pass "
         "one more, or a multiplication for the row-local losses) against Keras's graph of "
         "separate TF "
-        "kernels; where Keras runs one fused TF kernel "
+        "kernels: at 2^14 and below that launch is what a call costs (a row-local kernel that only "
+        "sums a product: 253 against TF's own ops' 205 us per forward and backward at 2^10, one "
+        "core); where Keras runs one fused TF kernel "
         "(softmax, the cross-entropies from logits) or the stable formula has much more "
         "arithmetic (see the "
         "XLA reasons), one XLA fusion does not make up for it, and XLA on CPU may run a fusion on "
