@@ -1,4 +1,4 @@
-"""``_internal/reductions``: the sums every kernel makes.
+"""``_internal/reductions``: the kernels' sums of products, quotients and casts.
 
 ``sum_over`` and ``mean_over`` must be exactly ``tf.reduce_sum`` and
 ``tf.reduce_mean`` (the added ``-0.0`` changes no value, ``-0.0`` included),

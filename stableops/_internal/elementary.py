@@ -145,13 +145,12 @@ def _log1p_series(v):
 def log1p_in_range(v):
     """:func:`accurate_log1p` for ``v`` the caller knows is in ``[-1/2, 1]`` (or NaN).
 
-    (A rounding beyond 1, as ``logaddexp``'s corrected tail can have, changes
-    nothing: the series' term count leaves a factor 8 of margin.)
-
     The series alone (0.6 ULP), without the range check and the ``log(1 + v)``
     branch that ``accurate_log1p`` evaluates beside it for every element (a
     double where): for ``log1p(exp(-|x|))`` that is one ``log``, a comparison
     and a select per element fewer, and no full-size mask for XLA to write.
+    A rounding beyond 1, as ``logaddexp``'s corrected tail can have, changes
+    nothing: the series' term count leaves a factor 8 of margin.
     Gradient (custom): ``1 / (1 + v)``.
     """
 
