@@ -19,6 +19,7 @@ import tensorflow as tf
 from stableops._internal.clip import clip
 from stableops._internal.compensated import two_product
 from stableops._internal.dtypes import dtype_limits
+from stableops._internal.polynomials import chebyshev_coefficients, horner, taylor_sum
 from stableops._internal.where import safe_where
 
 LOG2 = math.log(2.0)
@@ -95,15 +96,36 @@ def expm1(x):
     return safe_where(tf.abs(x) <= 1.0, x, _expm1_taylor, lambda t: tf.exp(t) - 1.0)
 
 
-def expm1_given_exp(x, exp_x):
-    """:func:`expm1` of ``x`` when ``exp_x = exp(x)`` is computed anyway (one exponential for both).
+def _expm1_over_x(x):
+    # expm1(x) / x = sum_k x^k / (k+1)!, in float64: 25 terms are exact to
+    # 1e-16 for |x| <= 1 (the first omitted is 1 / 26!).
+    return taylor_sum(x, lambda k: 1.0 / math.factorial(k + 1), 25)
 
-    The same two branches, chosen by select: not for differentiating through
-    (an overflowing ``exp_x`` in the unselected branch would give ``0 * inf``),
-    only for kernels that carry their own gradient.
+
+@functools.lru_cache(maxsize=None)
+def _nonpositive_expm1_coefficients(dtype: tf.DType) -> tuple:
+    # expm1(x) = x (c_0 + c_1 x + ...) on [-1, 0]: the fitted polynomial within
+    # eps/4 in float32 (degree 6, against the Taylor polynomial's 10), the
+    # Taylor coefficients 1 / (k+1)! in float64 (see _expm1_degree).
+    if dtype != tf.float64:
+        return chebyshev_coefficients(_expm1_over_x, -1.0, 0.0, dtype_limits(dtype).eps / 4)
+    return tuple(1.0 / math.factorial(k + 1) for k in range(_expm1_degree(dtype)))
+
+
+def expm1_given_exp(x, exp_x):
+    """:func:`expm1` of ``x <= 0`` given ``exp_x = exp(x)`` (one exponential for value and slope).
+
+    A polynomial on ``[-1, 0]`` (fitted in float32: 7 terms, where the Taylor
+    polynomial of :func:`expm1` takes 11 for ``[-1, 1]``), ``exp_x - 1``
+    below -1 (no cancellation), chosen by select: not for differentiating
+    through (an overflowing ``exp_x`` in the unselected branch would give
+    ``0 * inf``), only for kernels that carry their own gradient. Positive
+    ``x`` get ``exp_x - 1`` (for callers that select them away, as ELU).
     """
-    small = tf.abs(x) <= 1.0
-    return tf.where(small, _expm1_taylor(tf.where(small, x, tf.zeros_like(x))), exp_x - 1.0)
+    small = tf.logical_and(x >= -1.0, x <= 0.0)
+    inside = tf.where(small, x, tf.zeros_like(x))
+    polynomial = inside * horner(inside, _nonpositive_expm1_coefficients(x.dtype))
+    return tf.where(small, polynomial, exp_x - 1.0)
 
 
 @functools.lru_cache(maxsize=None)

@@ -195,7 +195,7 @@ def gaussian_kl(mean, log_variance, *, prior_mean=0.0, prior_log_variance=0.0):
     Numerical stability:
         Computed as ``g(s - p) + 0.5 (mu - m)^2 exp(-p)``, both terms
         nonnegative (no cancellation between them). ``g(d) = (exp(d) - 1 - d)/2``
-        is a Taylor series for ``|d| <= 2`` (accurate near 0, where
+        is a polynomial ``d^2 P(d)`` on ``[-1, 2]`` (accurate near 0, where
         ``exp(d) - 1 - d`` cancels), ``(exp(d) - (1 + d)) / 2`` up to
         ``log_max - 1`` and ``(exp(d/2)/2) exp(d/2)`` beyond, so it is finite
         while the result is: ``inf`` only for ``s - p`` above ``2 log_max`` (177

@@ -13,8 +13,9 @@ The tricks, each where it is used:
   factor, or as two factors ``exp(-s/4)`` where one would overflow or
   underflow (one ``exp`` either way): ``r`` is finite wherever ``r**2`` is,
   and never ``0 * inf`` (:func:`_scaled_square`).
-* ``exp(d) - 1 - d`` (the KL's variance term) is a Taylor series for
-  ``|d| <= 2`` (no cancellation) and ``exp(d) - (1 + d)`` beyond, with
+* ``exp(d) - 1 - d`` (the KL's variance term) is a polynomial on
+  ``[-1, 2]`` (no cancellation; fitted, degree 8 in float32) and
+  ``exp(d) - (1 + d)`` beyond, with
   ``exp(d)`` as a power of two times a finite factor above ``log_max - 1``
   (``stableops._internal.elementary.scaled_exp``), finite while the result is
   (:func:`_half_exp_excess`); its slope comes from the value.
@@ -43,6 +44,7 @@ from stableops._internal.dtypes import (
 )
 from stableops._internal.elementary import scaled_exp
 from stableops._internal.kernel import xla_kernel
+from stableops._internal.polynomials import chebyshev_coefficients, horner, taylor_sum
 from stableops._internal.where import safe_where
 
 _HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
@@ -186,49 +188,64 @@ def gaussian_nll_kernel(y_true, y_pred, full, log_variance):
 # KL divergence between diagonal Gaussians
 # ----------------------------------------------------------------------------
 
-_SERIES_RADIUS = 2.0
+# The polynomial's interval. Below -1 the direct exp(d) - (1 + d) does not
+# cancel: exp(d) < exp(d) - 1 - d, and 1 + d is exact down to -2 (Sterbenz);
+# above 2 the cancellation costs at most a factor 2 (2 ULP at d = 2).
+_SERIES_LOW, _SERIES_HIGH = -1.0, 2.0
+_TAYLOR_RADIUS = 2.0  # max |d| on the interval
+
+
+def _half_excess_over_square(d):
+    # (exp(d) - 1 - d) / (2 d^2) = sum_k d^k / (2 (k+2)!), in float64: 30
+    # terms are exact to 1e-16 for |d| <= 2 (the first omitted is 2^30 / 64!).
+    return taylor_sum(d, lambda k: 0.5 / math.factorial(k + 2), 30)
 
 
 @functools.lru_cache(maxsize=None)
-def _excess_degree(dtype: tf.DType) -> int:
+def _excess_coefficients(dtype: tf.DType) -> tuple:
+    """``c_0, c_1, ...`` with ``(exp(d) - 1 - d)/2 = d^2 (c_0 + c_1 d + ...)`` on ``[-1, 2]``.
+
+    float32 (also for half precision): the fitted polynomial within eps/4
+    (degree 8; :mod:`stableops._internal.polynomials`). float64: the Taylor
+    coefficients ``1 / (2 (k+2)!)`` up to the degree the tail bound asks for.
+    """
+    eps = dtype_limits(dtype).eps
+    if dtype != tf.float64:
+        return chebyshev_coefficients(
+            _half_excess_over_square, _SERIES_LOW, _SERIES_HIGH, eps / 4
+        )
     # g(d) = (exp(d) - 1 - d) / 2 = sum_{k>=2} d^k / (2 k!). For |d| <= R = 2,
     # g(d) / d^2 is increasing and at least g(-2) / 4 = 0.1419, and the tail
     # after the term k = n is at most R^(n+1) / (2 (n+1)!) / (1 - R/(n+2)); so
     # the relative truncation error is below
-    # 3.53 R^(n-1) / ((n+1)! (1 - R/(n+2))). Ask for eps/4:
-    # n = 14 (float32), n = 23 (float64).
-    eps = dtype_limits(dtype).eps
-    radius = _SERIES_RADIUS
+    # 3.53 R^(n-1) / ((n+1)! (1 - R/(n+2))). Ask for eps/4: n = 23.
+    radius = _TAYLOR_RADIUS
     n = 2
     while 3.53 * radius ** (n - 1) / (math.factorial(n + 1) * (1.0 - radius / (n + 2))) >= eps / 4:
         n += 1
-    return n
-
-
-def _excess_series(d):
-    # d^2 (c_2 + d (c_3 + ... + d c_n)), c_k = 1 / (2 k!): Horner form, from c_n down.
-    coefficients = [0.5 / math.factorial(k) for k in range(_excess_degree(d.dtype), 1, -1)]
-    horner = functools.reduce(lambda acc, c: c + d * acc, coefficients[1:], coefficients[0])
-    return (d * d) * horner
+    return tuple(0.5 / math.factorial(k) for k in range(2, n + 1))
 
 
 @tf.custom_gradient
 def _half_exp_excess(d):
     """``(exp(d) - 1 - d) / 2`` to a few ULP for every ``d``; ``inf`` only where the result is.
 
-    A Taylor series for ``|d| <= 2`` (no cancellation), ``exp(d)/2 - (1 + d)/2``
-    beyond, with ``exp(d)`` as ``scale * factor`` (:func:`scaled_exp`), so the
-    value is finite up to ``d = log_max + log 2``, where it overflows.
+    A polynomial ``d^2 P(d)`` on ``[-1, 2]`` (no cancellation; fitted in
+    float32, Taylor in float64), ``exp(d)/2 - (1 + d)/2`` beyond, with
+    ``exp(d)`` as ``scale * factor`` (:func:`scaled_exp`), so the value is
+    finite up to ``d = log_max + log 2``, where it overflows.
     Gradient (custom): ``expm1(d)/2``, from what the value holds: the value
-    plus ``d/2`` for ``d >= -1`` (no cancellation above 0; at most a factor 2.2
-    below), ``(exp(d) - 1)/2`` under -1 (no cancellation there).
+    plus ``d/2`` on the polynomial's interval and above (no cancellation above
+    0; at most a factor 2.2 below), ``(exp(d) - 1)/2`` under -1 (no
+    cancellation there).
     """
     exp = scaled_exp(d)
-    near = tf.abs(d) <= _SERIES_RADIUS
-    series = _excess_series(tf.where(near, d, tf.zeros_like(d)))
+    near = tf.logical_and(d >= _SERIES_LOW, d <= _SERIES_HIGH)
+    inside = tf.where(near, d, tf.zeros_like(d))
+    series = (inside * inside) * horner(inside, _excess_coefficients(d.dtype))
     direct = exp.weighted(lambda down: exp.factor - down * (1.0 + exp.x), 0.5)
     value = tf.where(near, series, direct)
-    slope = tf.where(d < -1.0, 0.5 * (exp.factor - 1.0), value + 0.5 * d)
+    slope = tf.where(d < _SERIES_LOW, 0.5 * (exp.factor - 1.0), value + 0.5 * d)
 
     def grad(upstream):
         return upstream * slope
