@@ -197,7 +197,7 @@ _TAYLOR_RADIUS = 2.0  # max |d| on the interval
 
 def _half_excess_over_square(d):
     # (exp(d) - 1 - d) / (2 d^2) = sum_k d^k / (2 (k+2)!), in float64: 30
-    # terms are exact to 1e-16 for |d| <= 2 (the first omitted is 2^30 / 64!).
+    # terms are exact to 1e-16 for |d| <= 2 (the first omitted is 2^30 / (2 * 32!)).
     return taylor_sum(d, lambda k: 0.5 / math.factorial(k + 2), 30)
 
 
