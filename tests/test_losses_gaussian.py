@@ -452,7 +452,7 @@ def test_finite_values_and_gradients_for_finite_inputs(name):
 # NaN in, NaN out (every regime)
 # ----------------------------------------------------------------------------
 
-NAN = float("nan")
+NAN, INF = float("nan"), float("inf")
 NAN_CASES = {
     # name -> (fn, y_true, y_pred): row 0 has no NaN, rows 1.. have one NaN each
     "gaussian_nll": (
@@ -524,6 +524,16 @@ def test_gaussian_kl_gradients_reach_a_learned_prior(regime):
 def test_nan_prior_tensor_gives_nan():
     value = S.gaussian_kl([[0.0, 1.0]], [[0.0, 0.0]], prior_log_variance=tf.constant([[0.0, NAN]]))
     assert np.isnan(value.numpy()).all()
+
+
+def test_kl_at_infinite_log_variance_is_inf_with_its_limit_slope(regime):
+    # KL -> inf as s -> +-inf; the slope expm1(s)/2 -> inf and -1/2. Never
+    # inf - inf = NaN (exp(s)/2 against (1 + s)/2 at s = +inf).
+    mu = np.zeros((2, 1), np.float32)
+    log_var = np.array([[INF], [-INF]], np.float32)
+    value, (grad,) = regime.value_and_grad(lambda a, b: S.gaussian_kl(a, b), mu, log_var, wrt=(1,))
+    np.testing.assert_array_equal(value, [INF, INF])
+    np.testing.assert_array_equal(grad, [[INF], [-0.5]])
 
 
 # ----------------------------------------------------------------------------

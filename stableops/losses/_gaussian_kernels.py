@@ -15,10 +15,9 @@ The tricks, each where it is used:
   and never ``0 * inf`` (:func:`_scaled_square`).
 * ``exp(d) - 1 - d`` (the KL's variance term) is a polynomial on
   ``[-1, 2]`` (no cancellation; fitted, degree 8 in float32) and
-  ``exp(d) - (1 + d)`` beyond, with
-  ``exp(d)`` as a power of two times a finite factor above ``log_max - 1``
-  (``stableops._internal.elementary.scaled_exp``), finite while the result is
-  (:func:`_half_exp_excess`); its slope comes from the value.
+  ``exp(d) - (1 + d)`` beyond, with ``exp(d) / 2`` as ``exp(d - K) * M``:
+  ``d - K`` exact where ``exp`` dominates, and finite while the result is
+  (:func:`_half_exp_excess`, :func:`_half_exp`); its slope comes from the value.
 * ``exp(x) - y x`` (Poisson from a log-rate) is ``scale * (factor - (y / scale) x)``
   with the same split of ``exp(x)``: one ``exp``, no division, finite while
   the result is (:func:`_poisson_log_rate_terms`).
@@ -31,6 +30,7 @@ The tricks, each where it is used:
 
 from __future__ import annotations
 
+import decimal
 import functools
 import math
 
@@ -42,7 +42,7 @@ from stableops._internal.dtypes import (
     dtype_limits,
     to_compute_saturating,
 )
-from stableops._internal.elementary import scaled_exp
+from stableops._internal.elementary import log2_split, scaled_exp
 from stableops._internal.kernel import xla_kernel
 from stableops._internal.polynomials import chebyshev_coefficients, horner, taylor_sum
 from stableops._internal.where import safe_where
@@ -226,26 +226,64 @@ def _excess_coefficients(dtype: tf.DType) -> tuple:
     return tuple(0.5 / math.factorial(k) for k in range(2, n + 1))
 
 
+@functools.lru_cache(maxsize=None)
+def _half_exp_shift(dtype: tf.DType) -> tuple:
+    """``(K, M)`` with ``exp(d) / 2 = exp(d - K) * M`` (:func:`_half_exp`).
+
+    ``K`` is ``1 + log 2`` rounded to a multiple of the ULP of the largest
+    ``d`` whose ``exp(d) / 2`` is finite (``log_max + log 2``: 2^-17 in
+    float32, 2^-43 in float64), so ``d - K`` is exact for every ``d`` from 2
+    to there; ``M = exp(K - log 2)``, about ``e``, from 34 digits.
+    """
+    limits = dtype_limits(dtype)
+    digits = 1 - round(math.log2(limits.eps))  # 24 (float32), 53 (float64)
+    grid = 2.0 ** (math.ceil(math.log2(limits.log_max + math.log(2.0))) - digits)
+    shift = round((1.0 + math.log(2.0)) / grid) * grid
+    log2_high, log2_low = log2_split(tf.float64)
+    with decimal.localcontext() as context:
+        context.prec = 34
+        exponent = decimal.Decimal(shift) - decimal.Decimal(log2_high) - decimal.Decimal(log2_low)
+        return shift, float(exponent.exp())
+
+
+def _half_exp(d):
+    """``exp(d) / 2`` as ``exp(d - K) * M`` (:func:`_half_exp_shift`): one ``exp``, no select.
+
+    Finite up to ``d = log_max + log 2``, where ``exp(d) / 2`` overflows, and
+    within about 2 ULP from ``d = 2`` up (the argument is exact there; XLA's
+    float32 ``exp`` is within 1 ULP below 88, where the argument stays, and up
+    to 5 ULP above, TF 2.21 CPU). Below 2 the argument rounds: a relative
+    error up to ``|d - K| eps / 2``, which the callers' other terms dwarf
+    there (``(1 + d) / 2`` in the value, ``1/2`` in the slope). ``±inf`` and
+    NaN pass through.
+    """
+    shift, factor = _half_exp_shift(d.dtype)
+    return tf.exp(d - shift) * factor
+
+
 @tf.custom_gradient
 def _half_exp_excess(d):
     """``(exp(d) - 1 - d) / 2`` to a few ULP for every ``d``; ``inf`` only where the result is.
 
     A polynomial ``d^2 P(d)`` on ``[-1, 2]`` (no cancellation; fitted in
-    float32, Taylor in float64), ``exp(d)/2 - (1 + d)/2`` beyond, with
-    ``exp(d)`` as ``scale * factor`` (:func:`scaled_exp`), so the value is
-    finite up to ``d = log_max + log 2``, where it overflows.
+    float32, Taylor in float64), ``exp(d)/2 - (1 + d)/2`` beyond
+    (:func:`_half_exp`), finite up to ``d = log_max + log 2``, where it
+    overflows; ``+inf`` at ``d = ±inf`` (``(1 + d)/2`` is capped, so ``+inf``
+    never meets ``inf - inf``).
     Gradient (custom): ``expm1(d)/2``, from what the value holds: the value
     plus ``d/2`` on the polynomial's interval and above (no cancellation above
-    0; at most a factor 2.2 below), ``(exp(d) - 1)/2`` under -1 (no
+    0; at most a factor 2.2 below), ``exp(d)/2 - 1/2`` under -1 (no
     cancellation there).
     """
-    exp = scaled_exp(d)
     near = tf.logical_and(d >= _SERIES_LOW, d <= _SERIES_HIGH)
     inside = tf.where(near, d, tf.zeros_like(d))
     series = (inside * inside) * horner(inside, _excess_coefficients(d.dtype))
-    direct = exp.weighted(lambda down: exp.factor - down * (1.0 + exp.x), 0.5)
+    half_exp = _half_exp(d)
+    # Any cap above log_max + log 2 serves (NaN is NaN through half_exp, whatever
+    # the CPU's minimum does with it).
+    direct = half_exp - 0.5 * (1.0 + tf.minimum(d, 2.0 * dtype_limits(d.dtype).log_max))
     value = tf.where(near, series, direct)
-    slope = tf.where(d < _SERIES_LOW, 0.5 * (exp.factor - 1.0), value + 0.5 * d)
+    slope = tf.where(d < _SERIES_LOW, half_exp - 0.5, value + 0.5 * d)
 
     def grad(upstream):
         return upstream * slope
