@@ -67,10 +67,13 @@ _ROW_REDUCTIONS = (
     "exponentials, "
     "the count of ties) where TF's kernel makes two (max, sum); each is a pass over the row, and "
     "the backward "
-    "pass repeats the work. logsumexp, single core at 2^20: 2.0-2.1; without the count of ties "
-    "1.52-1.59, without it, the TwoSum and the log1p series 1.28; the count in the same "
-    "reduction as the sum (a stacked, a complex or a variadic reduce) 2.2-3.9, the first "
-    "maximum from top_k 93: none reaches 1.05 within 4 ULP"
+    "pass repeats the work. logsumexp, single core at 2^20: 2.0-2.1, 1.56-1.61 since the "
+    "exponentials below the maximum are one buffer for the sum and the gradient (XLA wrote "
+    "p and p without the maxima; peak memory under XLA 4.89 -> 2.93x); without the count of "
+    "ties 1.52-1.59 (before that change), without it, the TwoSum and the log1p series 1.28; the "
+    "count in the same reduction as the sum (a stacked, a complex or a variadic reduce) "
+    "2.2-3.9, the first maximum from argmax 2.7-2.8 (one core, this session) or top_k 93: "
+    "none reaches 1.05 within 4 ULP"
 )
 _CROSS_ENTROPY = (
     "the loss is sum(z) log1p(s) - sum(z (x - max)) from the stable row reduction's pieces (see "
@@ -143,7 +146,9 @@ WHY: dict[tuple[str, str], str] = {
         "the label's log-probability comes from its logit and the row's stable pieces (no row of "
         "log-probabilities), but those pieces are the stable row reduction's (see `logsumexp`): "
         "the TwoSum of x - max and three reductions per row where TF's kernel makes two. "
-        "Single core at 2^20: 1.12 (1.78 when gathered from a log-probability row)"
+        "Single core at 2^20: 1.12 (1.78 when gathered from a log-probability row); 0.90-1.02 "
+        "(against 1.19-1.24 in the same harness) since the row reduction writes one buffer of "
+        "exponentials, not two (peak memory under XLA 2.48 -> 1.01x Keras's)"
     ),
     ("compiled", "logsumexp"): _ROW_REDUCTIONS,
     ("compiled", "softmax"): (
