@@ -165,10 +165,10 @@ WHY: dict[tuple[str, str], str] = {
         "the check that picks the plain or the scaled form"
     ),
     ("compiled", "log_cosh"): (
-        "both sides of the switch at |x| = 1 run for every element (double where): a Taylor "
-        "series on one "
-        "side, exp and a compensated log1p series on the other; Keras computes x + softplus(-2x) "
-        "- log 2 once"
+        "both sides of the switch at |x| = 1 run for every element (double where): a polynomial "
+        "on one side (fitted to the Taylor series: 8 terms for 17 in float32; single core at "
+        "2^20 0.95-1.04 -> 0.80-0.89), exp and a compensated log1p series on the other; Keras "
+        "computes x + softplus(-2x) - log 2 once"
     ),
     ("function", "elu"): (
         "Keras runs one fused TF kernel (Elu) and one for its gradient (EluGrad), with exp - 1 "

@@ -1,9 +1,10 @@
 """``_internal/polynomials``: the fitted polynomials the float32 kernels evaluate.
 
-Each fit is checked against mpmath (60 digits) off its own checking grid: the
-polynomial with its float32 coefficients, evaluated exactly, within the
-tolerance it was fitted to; and it must take fewer terms than the Taylor
-polynomial that meets the same tolerance (the reason the fits exist).
+Each fit (the KL excess, ELU's expm1, log cosh) is checked against mpmath (60
+digits) off its own checking grid: the polynomial with its float32
+coefficients, evaluated exactly, within the tolerance it was fitted to; and it
+must take fewer terms than the Taylor polynomial that meets the same tolerance
+(the reason the fits exist).
 """
 
 from __future__ import annotations
@@ -18,9 +19,9 @@ import tensorflow as tf
 from stableops._internal.elementary import _nonpositive_expm1_coefficients
 from stableops._internal.polynomials import chebyshev_coefficients, horner
 from stableops.losses._gaussian_kernels import _excess_coefficients
+from stableops.ops._logexp import _log_cosh_polynomial
 
 EPS32 = float(np.finfo(np.float32).eps)
-TOLERANCE = EPS32 / 4  # what both kernels ask for
 
 
 def _mp_half_excess_over_square(d):
@@ -31,19 +32,38 @@ def _mp_expm1_over_x(x):
     return mpmath.expm1(x) / x if x != 0 else mpmath.mpf(1)
 
 
+def _mp_log_cosh_over_square(t):  # in t = a^2
+    return mpmath.log(mpmath.cosh(mpmath.sqrt(t))) / t if t != 0 else mpmath.mpf(1) / 2
+
+
+def _log_cosh_taylor(k):
+    # log cosh a = sum_{n>=1} 2^(2n) (2^(2n) - 1) B_(2n) / (2n (2n)!) a^(2n); t^k has n = k + 1.
+    n = k + 1
+    return 4**n * (4**n - 1) * mpmath.bernoulli(2 * n) / (2 * n * mpmath.factorial(2 * n))
+
+
 FITS = {
-    # name: (coefficients, exact function, interval, Taylor coefficient k)
+    # name: (coefficients, exact function, interval, Taylor coefficient k, tolerance asked for)
     "kl_excess": (
         _excess_coefficients(tf.float32),
         _mp_half_excess_over_square,
         (-1.0, 2.0),
         lambda k: mpmath.mpf(1) / (2 * mpmath.factorial(k + 2)),
+        EPS32 / 4,
     ),
     "elu_expm1": (
         _nonpositive_expm1_coefficients(tf.float32),
         _mp_expm1_over_x,
         (-1.0, 0.0),
         lambda k: 1 / mpmath.factorial(k + 1),
+        EPS32 / 4,
+    ),
+    "log_cosh": (
+        _log_cosh_polynomial(tf.float32),
+        _mp_log_cosh_over_square,
+        (0.0, 1.0),
+        _log_cosh_taylor,
+        EPS32 / 8,
     ),
 }
 
@@ -58,7 +78,7 @@ def _points(low, high):
 
 @pytest.mark.parametrize("name", sorted(FITS))
 def test_fitted_polynomial_within_its_tolerance_against_mpmath(name):
-    coefficients, exact, (low, high), _ = FITS[name]
+    coefficients, exact, (low, high), _, tolerance = FITS[name]
     assert all(float(np.float32(c)) == c for c in coefficients)  # float32 values
     with mpmath.workdps(60):
         exact_coefficients = [mpmath.mpf(c) for c in coefficients]
@@ -67,17 +87,17 @@ def test_fitted_polynomial_within_its_tolerance_against_mpmath(name):
             for x in _points(low, high)
         )
     # 5% over the tolerance: between the fit's grid points the error can rise a little.
-    assert worst <= 1.05 * TOLERANCE, (name, float(worst))
+    assert worst <= 1.05 * tolerance, (name, float(worst))
 
 
 @pytest.mark.parametrize("name", sorted(FITS))
 def test_fit_takes_fewer_terms_than_the_taylor_polynomial(name):
-    coefficients, exact, (low, high), taylor = FITS[name]
+    coefficients, exact, (low, high), taylor, tolerance = FITS[name]
     ends = [mpmath.mpf(low), mpmath.mpf(high)]  # the truncation error is largest at an end
     terms = 1
     with mpmath.workdps(40):
         while any(
-            abs(sum(taylor(k) * x**k for k in range(terms)) / exact(x) - 1) > TOLERANCE
+            abs(sum(taylor(k) * x**k for k in range(terms)) / exact(x) - 1) > tolerance
             for x in ends
             if x != 0
         ):

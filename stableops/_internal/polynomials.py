@@ -7,7 +7,8 @@ over the whole interval and reaches a given relative error with a lower degree
 operation per element in both the forward and the backward fusion). For
 float32 at eps/4: ``(exp(d) - 1 - d) / (2 d^2)`` on ``[-1, 2]`` needs degree 8
 where its Taylor polynomial needs 12, ``expm1(x) / x`` on ``[-1, 0]`` degree 6
-where its Taylor polynomial needs 10.
+where its Taylor polynomial needs 10, and at eps/8 ``log cosh(a) / a^2`` in
+``a^2`` on ``[0, 1]`` degree 7 where the Taylor series needs 16.
 
 The coefficients are computed once per function, interval and tolerance, in
 float64 with numpy, from a float64 evaluation of the function that is exact to
