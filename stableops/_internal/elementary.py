@@ -77,14 +77,16 @@ def _expm1_degree(dtype: tf.DType) -> int:
     return n
 
 
+@functools.lru_cache(maxsize=None)
+def _expm1_taylor_coefficients(dtype: tf.DType) -> tuple:
+    # 1/1!, 1/2!, ..., 1/n!: expm1(x) = x (1 + x (1/2! + ... + x/n!)).
+    return tuple(1.0 / math.factorial(k) for k in range(1, _expm1_degree(dtype) + 1))
+
+
 def _expm1_taylor(x):
-    # x (1 + x (1/2! + x (1/3! + ... + x/n!))): Horner form, two operations a
-    # term (outside XLA every operation is a pass over the tensor).
-    n = _expm1_degree(x.dtype)
-    acc = 1.0 / math.factorial(n)
-    for k in range(n - 1, 0, -1):
-        acc = 1.0 / math.factorial(k) + x * acc
-    return x * acc
+    # Horner form, two operations a term (outside XLA every operation is a
+    # pass over the tensor).
+    return x * horner(x, _expm1_taylor_coefficients(x.dtype))
 
 
 def expm1(x):
@@ -106,10 +108,10 @@ def _expm1_over_x(x):
 def _nonpositive_expm1_coefficients(dtype: tf.DType) -> tuple:
     # expm1(x) = x (c_0 + c_1 x + ...) on [-1, 0]: the fitted polynomial within
     # eps/4 in float32 (degree 6, against the Taylor polynomial's 10), the
-    # Taylor coefficients 1 / (k+1)! in float64 (see _expm1_degree).
+    # Taylor coefficients in float64.
     if dtype != tf.float64:
         return chebyshev_coefficients(_expm1_over_x, -1.0, 0.0, dtype_limits(dtype).eps / 4)
-    return tuple(1.0 / math.factorial(k + 1) for k in range(_expm1_degree(dtype)))
+    return _expm1_taylor_coefficients(dtype)
 
 
 def expm1_given_exp(x, exp_x):
@@ -156,11 +158,7 @@ def _log1p_series(v):
     quotient_low = (residual - quotient * rounding) / w
     s2 = 0.25 * (quotient * quotient)
     # s^2/3 + s^4/5 + ...: Horner form, two operations a term.
-    n = _log1p_terms(v.dtype)
-    acc = 1.0 / (2 * n + 1)
-    for k in range(n - 1, 0, -1):
-        acc = 1.0 / (2 * k + 1) + s2 * acc
-    tail = s2 * acc
+    tail = s2 * horner(s2, [1.0 / (2 * k + 1) for k in range(1, _log1p_terms(v.dtype) + 1)])
     return quotient + (quotient * tail + quotient_low * (1.0 + tail))
 
 

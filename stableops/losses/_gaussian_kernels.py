@@ -192,7 +192,7 @@ def gaussian_nll_kernel(y_true, y_pred, full, log_variance):
 # cancel: exp(d) < exp(d) - 1 - d, and 1 + d is exact down to -2 (Sterbenz);
 # above 2 the cancellation costs at most a factor 2 (2 ULP at d = 2).
 _SERIES_LOW, _SERIES_HIGH = -1.0, 2.0
-_TAYLOR_RADIUS = 2.0  # max |d| on the interval
+_TAYLOR_RADIUS = max(-_SERIES_LOW, _SERIES_HIGH)  # max |d| on the interval
 
 
 def _half_excess_over_square(d):
