@@ -218,6 +218,8 @@ _KL_S = [
     87.0,
     88.5,
     89.3,
+    89.41,  # exp(s)/2 overflows float32 at log_max + log 2 = 89.4159: finite below,
+    89.42,  # inf above (the reference's own overflow)
     -100.0,
     -1e6,
     -1e30,

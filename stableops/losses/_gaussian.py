@@ -196,10 +196,10 @@ def gaussian_kl(mean, log_variance, *, prior_mean=0.0, prior_log_variance=0.0):
         Computed as ``g(s - p) + 0.5 (mu - m)^2 exp(-p)``, both terms
         nonnegative (no cancellation between them). ``g(d) = (exp(d) - 1 - d)/2``
         is a polynomial ``d^2 P(d)`` on ``[-1, 2]`` (accurate near 0, where
-        ``exp(d) - 1 - d`` cancels), ``(exp(d) - (1 + d)) / 2`` up to
-        ``log_max - 1`` and ``(exp(d/2)/2) exp(d/2)`` beyond, so it is finite
-        while the result is: ``inf`` only for ``s - p`` above ``2 log_max`` (177
-        in float32). Half precision computes in float32: a float16 log-variance
+        ``exp(d) - 1 - d`` cancels) and ``exp(d)/2 - (1 + d)/2`` elsewhere, with
+        ``exp(d)/2`` as ``exp(d - K) M`` (``K`` about ``1 + log 2``, ``M``
+        about ``e``), so it is finite while the result is: ``inf`` only for
+        ``s - p`` above ``log_max + log 2`` (89.4 in float32). Half precision computes in float32: a float16 log-variance
         of 12 gives 81370.9 (hand-written float16: ``exp(12) = inf``). The mean
         term uses the same overflow-free ``(mu - m) exp(-p/2)`` as
         :func:`gaussian_nll`. Gradients (custom): ``expm1(s - p) / 2`` and
