@@ -282,7 +282,8 @@ def _accuracy_cases():
             mp_kl,
             mp_kl,
             lambda a, b: mpmath.expm1(b) / 2,
-            lambda a, b: mpmath.expm1(b) / 2,
+            # exp(b)/2 and 1/2 cancel in the slope (near b = 0 within an ULP of 1/2).
+            lambda a, b: max(1, mpmath.exp(b)) / 2,
         ),
         "poisson_log_rate": (
             lambda a, b: S.poisson_nll(a, b),
@@ -536,6 +537,29 @@ def test_kl_at_infinite_log_variance_is_inf_with_its_limit_slope(regime):
     value, (grad,) = regime.value_and_grad(lambda a, b: S.gaussian_kl(a, b), mu, log_var, wrt=(1,))
     np.testing.assert_array_equal(value, [INF, INF])
     np.testing.assert_array_equal(grad, [[INF], [-0.5]])
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_kl_slope_near_zero_log_variance(dtype, regime):
+    """The log-variance slope expm1(s)/2 is exp(s)/2 - 1/2 from the value's exponential
+    (within a few ULP of 1/2, the terms that cancel) and d/2 + d^2/4 close to 0: 0 at the
+    optimum s = 0, of s's sign and within 8 ULP of 1/2 around it, both sides of the
+    switch (2^-8 in float32, 2^-17 in float64)."""
+    radius = 2.0 ** {"float32": -8, "float64": -17}[dtype]
+    near = [0.0, 1e-30, 1e-12, 1e-7, radius * 0.99, radius * 1.01, 1e-3, 0.01, 0.05, 0.1, 0.3, 1.5]
+    s = np.array([[v] for v in near + [-v for v in near[1:]]], dtype)
+    mu = np.zeros_like(s)
+    _, (grad,) = regime.value_and_grad(lambda a, b: S.gaussian_kl(a, b), mu, s, wrt=(1,))
+    grad = grad[:, 0].astype(np.float64)
+    assert grad[0] == 0.0
+    np.testing.assert_array_equal(np.sign(grad), np.sign(s[:, 0]))
+    errors = _scaled_errors(
+        grad,
+        R.reference_array(lambda b: mpmath.expm1(b) / 2, s[:, 0]),
+        R.reference_array(lambda b: max(1, mpmath.exp(b)) / 2, s[:, 0]),
+        dtype,
+    )
+    assert errors.max() <= 2 * BUDGET, (s[np.argmax(errors), 0], errors.max())
 
 
 # ----------------------------------------------------------------------------

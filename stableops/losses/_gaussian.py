@@ -199,11 +199,16 @@ def gaussian_kl(mean, log_variance, *, prior_mean=0.0, prior_log_variance=0.0):
         ``exp(d) - 1 - d`` cancels) and ``exp(d)/2 - (1 + d)/2`` elsewhere, with
         ``exp(d)/2`` as ``exp(d - K) M`` (``K`` about ``1 + log 2``, ``M``
         about ``e``), so it is finite while the result is: ``inf`` only for
-        ``s - p`` above ``log_max + log 2`` (89.4 in float32). Half precision computes in float32: a float16 log-variance
-        of 12 gives 81370.9 (hand-written float16: ``exp(12) = inf``). The mean
-        term uses the same overflow-free ``(mu - m) exp(-p/2)`` as
-        :func:`gaussian_nll`. Gradients (custom): ``expm1(s - p) / 2`` and
-        ``(mu - m) exp(-p)``. NaN in any input gives NaN.
+        ``s - p`` above ``log_max + log 2`` (89.4 in float32). Half precision
+        computes in float32: a float16 log-variance of 12 gives 81370.9
+        (hand-written float16: ``exp(12) = inf``). The mean term uses the same
+        overflow-free ``(mu - m) exp(-p/2)`` as :func:`gaussian_nll`.
+        Gradients (custom): ``(mu - m) exp(-p)`` and ``expm1(s - p) / 2``, the
+        latter as ``exp(s - p)/2 - 1/2`` from the value's exponential (within
+        a few ULP of the larger of its two terms, as the hand-written loss's
+        gradient: a speed trade, see ``benchmarks/results/summary.md``) and
+        ``d/2 + d^2/4`` for ``d = s - p`` near 0 (exactly 0 at ``s = p``).
+        NaN in any input gives NaN.
         Error budget: 4 ULP of the float32 result (last axis of 1).
 
     Args:

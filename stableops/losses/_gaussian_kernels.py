@@ -195,6 +195,13 @@ _SERIES_LOW, _SERIES_HIGH = -1.0, 2.0
 _TAYLOR_RADIUS = max(-_SERIES_LOW, _SERIES_HIGH)  # max |d| on the interval
 
 
+def _slope_series_radius(dtype: tf.DType) -> float:
+    """The power of two ``r`` below which ``expm1(d)/2 = d/2 + d^2/4`` within half an
+    ULP of 1/2: the truncation is under ``|d|^3/12 <= eps/4``, so ``r^3 <= 3 eps``
+    (2^-8 in float32, 2^-17 in float64)."""
+    return 2.0 ** math.floor(math.log2(3.0 * dtype_limits(dtype).eps) / 3.0)
+
+
 def _half_excess_over_square(d):
     # (exp(d) - 1 - d) / (2 d^2) = sum_k d^k / (2 (k+2)!), in float64: 30
     # terms are exact to 1e-16 for |d| <= 2 (the first omitted is 2^30 / (2 * 32!)).
@@ -270,10 +277,14 @@ def _half_exp_excess(d):
     (:func:`_half_exp`), finite up to ``d = log_max + log 2``, where it
     overflows; ``+inf`` at ``d = ±inf`` (``(1 + d)/2`` is capped, so ``+inf``
     never meets ``inf - inf``).
-    Gradient (custom): ``expm1(d)/2``, from what the value holds: the value
-    plus ``d/2`` on the polynomial's interval and above (no cancellation above
-    0; at most a factor 2.2 below), ``exp(d)/2 - 1/2`` under -1 (no
-    cancellation there).
+    Gradient (custom): ``expm1(d)/2`` as ``exp(d)/2 - 1/2`` from the value's
+    exponential, within a few ULP of the larger of the two terms (of 1/2
+    near ``d = 0``, as the hand-written loss's gradient), and ``d/2 + d^2/4``
+    below :func:`_slope_series_radius` (2^-8 in float32), so the slope is 0
+    at ``d = 0`` and of ``d``'s sign near it. A slope relatively accurate
+    everywhere (the value plus ``d/2``) made XLA evaluate the polynomial
+    again in the gradient's fusion: 1.09-1.13x the hand-written loss's time
+    against 1.02-1.06x (one core, 2^20, under XLA, one process).
     """
     near = tf.logical_and(d >= _SERIES_LOW, d <= _SERIES_HIGH)
     inside = tf.where(near, d, tf.zeros_like(d))
@@ -283,7 +294,8 @@ def _half_exp_excess(d):
     # the CPU's minimum does with it).
     direct = half_exp - 0.5 * (1.0 + tf.minimum(d, 2.0 * dtype_limits(d.dtype).log_max))
     value = tf.where(near, series, direct)
-    slope = tf.where(d < _SERIES_LOW, half_exp - 0.5, value + 0.5 * d)
+    near_zero = tf.abs(d) < _slope_series_radius(d.dtype)
+    slope = tf.where(near_zero, d * (0.5 + 0.25 * d), half_exp - 0.5)
 
     def grad(upstream):
         return upstream * slope
