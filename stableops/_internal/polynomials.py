@@ -4,7 +4,7 @@ A Taylor polynomial is exact at its centre and worst at the ends of its
 interval; the Chebyshev interpolant of the same function spreads its error
 over the whole interval and reaches a given relative error with a lower degree
 (the kernels evaluate every term for every element, so each term saved is an
-operation per element in both the forward and the backward fusion). For
+operation per element in every fusion that evaluates the polynomial). For
 float32 at eps/4: ``(exp(d) - 1 - d) / (2 d^2)`` on ``[-1, 2]`` needs degree 8
 where its Taylor polynomial needs 12, ``expm1(x) / x`` on ``[-1, 0]`` degree 6
 where its Taylor polynomial needs 10, and at eps/8 ``log cosh(a) / a^2`` in

@@ -17,9 +17,12 @@ The tricks, each where it is used:
   ``[-1, 2]`` (no cancellation; fitted, degree 8 in float32) and
   ``exp(d) - (1 + d)`` beyond, with ``exp(d) / 2`` as ``exp(d - K) * M``:
   ``d - K`` exact where ``exp`` dominates, and finite while the result is
-  (:func:`_half_exp_excess`, :func:`_half_exp`); its slope comes from the value.
+  (:func:`_half_exp_excess`, :func:`_half_exp`); its slope ``exp(d)/2 - 1/2``
+  comes from the same ``exp`` (``d/2 + d^2/4`` near 0), so the polynomial is
+  evaluated in the forward pass only.
 * ``exp(x) - y x`` (Poisson from a log-rate) is ``scale * (factor - (y / scale) x)``
-  with the same split of ``exp(x)``: one ``exp``, no division, finite while
+  with ``exp(x)`` a power of two times a finite factor above ``log_max - 1``
+  (``stableops._internal.elementary.scaled_exp``): one ``exp``, no division, finite while
   the result is (:func:`_poisson_log_rate_terms`).
 * A variance or a rate is floored at the machine epsilon of the computing
   dtype with a straight-through gradient (:func:`floor_of`).
