@@ -202,8 +202,11 @@ WHY: dict[tuple[str, str], str] = {
     ),
     ("compiled", "poisson_nll"): (
         "exp(x) past the overflow threshold as 2^k times a finite factor (a compare and two "
-        "selects per element); with one core (no thread-scheduling noise) 0.96 at 2^14 and 0.9 "
-        "at 2^20; at 2^24 the same kernel measured 1.08-1.16 in separate runs"
+        "selects per element: 3-4% of the time at 2^22, two cores, against the same kernel "
+        "without them); the per-sample sum kept apart from the batch mean "
+        "(`_internal/reductions.per_sample_sum`; XLA merged them into one slower reduction of "
+        "the whole tensor): 1.11-1.15 -> 1.04-1.08 at 2^22, 1.10 -> 1.04 at 2^24 (two cores, "
+        "one process, alternating)"
     ),
     ("compiled", "gaussian_kl"): (
         "(exp(d) - 1 - d)/2 is a polynomial on [-1, 2] (9 terms in float32, fitted; the Taylor "
@@ -215,7 +218,9 @@ WHY: dict[tuple[str, str], str] = {
         "(see Trades; the slope from the value made XLA evaluate the polynomial in the "
         "gradient's fusion too); also tried: a separate expm1 series for "
         "the slope, XLA's expm1, an optimization barrier, exp itself from the series (range "
-        "reduction, 2^k from the bits): all slower"
+        "reduction, 2^k from the bits): all slower. The per-sample sum kept apart from the "
+        "batch mean (`_internal/reductions.per_sample_sum`): 1.09-1.12 -> 1.02-1.08 at 2^20, "
+        "1.07-1.08 -> 1.04-1.07 at 2^22 (two cores, one process, alternating)"
     ),
     ("end_to_end", "mlp"): (
         "two cores' thread scheduling, not the kernels: on one core (taskset) the MLP's "

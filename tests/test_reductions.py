@@ -5,6 +5,8 @@
 and under XLA they must reduce a product the way XLA reduces a sum of terms
 (on TF 2.21's CPU backend: YNNPACK instead of a tree of ``reduce-window``
 loops, 1.5x slower; other versions treat both alike, and so does the test).
+``per_sample_sum`` must be ``tf.reduce_sum`` over the last axis too, and under
+XLA stay a reduction of its own when a batch sum follows it.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from stableops._internal.reductions import mean_over, sum_over
+from stableops._internal.reductions import mean_over, per_sample_sum, sum_over
 
 NAN, INF = math.nan, math.inf
 
@@ -32,10 +34,11 @@ def test_same_values_as_tf_reductions(dtype, regime):
         return (
             sum_over(x, axis=-1), tf.reduce_sum(x, axis=-1),
             mean_over(x, axis=0, keepdims=True), tf.reduce_mean(x, axis=0, keepdims=True),
+            per_sample_sum(x), tf.reduce_sum(x, axis=-1),
         )
 
     results = [t.numpy().astype(np.float64) for t in regime.wrap(both, x)(x)]
-    for ours, theirs in (results[:2], results[2:]):
+    for ours, theirs in (results[:2], results[2:4], results[4:]):
         np.testing.assert_array_equal(ours, theirs)
         np.testing.assert_array_equal(np.signbit(ours), np.signbit(theirs))  # zeros keep their sign
 
@@ -63,3 +66,12 @@ def test_a_summed_product_is_reduced_like_a_summed_sum():
     cast = _reductions(lambda x: sum_over(tf.cast(x > 0, x.dtype), axis=-1), x)
     assert product == like_a_sum
     assert cast == like_a_sum
+
+
+def test_a_per_sample_sum_is_not_merged_with_the_batch_sum():
+    # Reference: a per-sample sum that something else (a scaling) keeps apart
+    # from the batch sum, as the hand-written losses' mean over the last axis.
+    x = tf.constant(np.random.default_rng(0).normal(size=(512, 128)).astype(np.float32))
+    apart = _reductions(lambda x: tf.reduce_sum(tf.reduce_sum(tf.exp(x) + 0.5, axis=-1) * 0.5), x)
+    ours = _reductions(lambda x: tf.reduce_sum(per_sample_sum(tf.exp(x) + 0.5)), x)
+    assert ours == apart

@@ -48,6 +48,7 @@ from stableops._internal.dtypes import (
 from stableops._internal.elementary import log2_split, scaled_exp
 from stableops._internal.kernel import xla_kernel
 from stableops._internal.polynomials import chebyshev_coefficients, horner, taylor_sum
+from stableops._internal.reductions import per_sample_sum
 from stableops._internal.where import safe_where
 
 _HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
@@ -183,7 +184,7 @@ def gaussian_nll_kernel(y_true, y_pred, full, log_variance):
         terms = weight * spread + _scaled_square(error, spread, weight)
     else:
         terms = _nll_variance_terms(error, spread, floor_of(y_pred.dtype), weight)
-    loss = tf.reduce_sum(terms, axis=-1)
+    loss = per_sample_sum(terms)
     return loss + _HALF_LOG_2PI if full else loss
 
 
@@ -320,7 +321,7 @@ def gaussian_kl_kernel(mean, log_variance, prior_mean, prior_log_variance):
     terms = _half_exp_excess(log_variance - prior_log_variance) + _scaled_square(
         mean - prior_mean, prior_log_variance, 0.5
     )
-    return tf.reduce_sum(terms, axis=-1)
+    return per_sample_sum(terms)
 
 
 # ----------------------------------------------------------------------------
@@ -402,4 +403,4 @@ def poisson_nll_kernel(y_true, y_pred, log_input, full):
         terms = _poisson_rate_terms(count, prediction, floor_of(y_pred.dtype), weight)
     if full:
         terms = terms + weight * _stirling(count)
-    return tf.reduce_sum(terms, axis=-1)
+    return per_sample_sum(terms)
