@@ -201,7 +201,7 @@ WHY: dict[tuple[str, str], str] = {
         "with one core (no thread-scheduling noise) 1.03-1.05 at 2^14 and 2^19"
     ),
     ("compiled", "poisson_nll"): (
-        "exp(x) past the overflow threshold as 2^k times a finite factor (a compare and two "
+        "exp(x) past the overflow threshold as a constant times a finite factor (a compare and two "
         "selects per element: 3-4% of the time at 2^22, two cores, against the same kernel "
         "without them); the per-sample sum kept apart from the batch mean "
         "(`_internal/reductions.per_sample_sum`; XLA merged them into one slower reduction of "

@@ -23,6 +23,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import stableops.losses as S
+from stableops._internal.elementary import scaled_exp
 from stableops.ops import dtype_limits
 from tests import _reference as R
 from tests._regimes import Regime, edge_dtypes
@@ -628,6 +629,27 @@ def test_poisson_log_rate_beyond_the_exponent_range():
     assert (
         grad[0, 0] == np.inf
     )  # exp(89) - 2e36 = 4.5e38: the true slope is beyond float32, not NaN
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_exp_past_the_overflow_threshold_keeps_the_accuracy_of_exp(dtype, regime):
+    """The Poisson kernel's ``exp(x) = scale * factor`` above ``log_max - 1``, up to its clamp.
+
+    Within 2 ULP of mpmath's ``exp(x)`` (``exp``'s own 1 ULP and the rounding of
+    the constant ``scale``), where a rounded reduced argument (``(x - hi) - lo``)
+    was 52 ULP off in float32 and hundreds in float64 near the clamp.
+    """
+    limits = dtype_limits(dtype)
+    at_clamp = scaled_exp(tf.constant([np.inf], dtype))
+    x = np.linspace(limits.log_max - 0.9, float(at_clamp.x[0]), 61).astype(dtype)
+    factor = regime.wrap(lambda v: scaled_exp(v).factor, tf.constant(x))(tf.constant(x))
+    assert bool(tf.reduce_all(scaled_exp(tf.constant(x)).large))
+    digits = np.finfo(dtype).nmant
+    for xi, fi in zip(x, factor.numpy()):
+        want = mpmath.exp(R.mpf(float(xi)))
+        ulp = mpmath.mpf(2) ** (mpmath.floor(mpmath.log(want, 2)) - digits)
+        error = abs(R.mpf(float(fi)) * R.mpf(at_clamp.scale) - want) / ulp
+        assert error <= 2, f"exp({xi}): {float(error):.1f} ULP"
 
 
 def test_poisson_negative_rate_is_finite():

@@ -14,6 +14,7 @@ import functools
 import math
 import typing
 
+import numpy as np
 import tensorflow as tf
 
 from stableops._internal.clip import clip
@@ -221,16 +222,16 @@ def accurate_log1p(v):
 
 
 class ScaledExp(typing.NamedTuple):
-    """``exp(x) = 2^k * factor`` where ``large``, ``factor`` elsewhere (``2^k`` exact)."""
+    """``exp(x) = scale * factor`` where ``large``, ``factor`` elsewhere."""
 
-    factor: tf.Tensor  # exp(x - k log 2) where large, exp(x) elsewhere: finite
+    factor: tf.Tensor  # exp(x - shift) where large, exp(x) elsewhere: finite
     large: tf.Tensor  # where x > log_max - 1
-    x: tf.Tensor  # x, clamped at 2 k log 2 (where every caller's result is inf)
-    scale: float  # 2^k
-    down: float  # 2^-k, a normal number
+    x: tf.Tensor  # x, clamped at 2 shift (where every caller's result is inf)
+    scale: float  # exp(shift), at most 2^k: finite
+    down: float  # 1 / scale, at least 2^-k: a normal number
 
     def weighted(self, terms, weight=1.0):
-        """``weight * 2^k * terms(2^-k)`` where ``large``, ``weight * terms(1)`` elsewhere.
+        """``weight * scale * terms(1 / scale)`` where ``large``, ``weight * terms(1)`` elsewhere.
 
         ``terms(down)`` writes an expression in ``exp(x)`` with ``factor`` for
         ``exp(x)`` and every other term multiplied by ``down``: ``exp(x) - c``
@@ -245,41 +246,49 @@ class ScaledExp(typing.NamedTuple):
 
 @functools.lru_cache(maxsize=None)
 def _exp_scaling(dtype: tf.DType):
-    """``(k, hi, lo)``: ``2^-k`` the smallest normal power of two, ``k log 2 = hi + lo``.
+    """``(shift, scale)``: ``k log 2`` rounded down to ``dtype``, and ``exp(shift)``.
 
-    ``hi`` is ``k log 2`` rounded to ``dtype`` and ``lo`` the remainder (from
-    40 digits of log 2): ``(x - hi) - lo`` is ``x - k log 2`` to a fraction of
-    an ULP, because ``x - hi`` is exact (Sterbenz) for ``hi/2 <= x <= 2 hi``,
-    the range the large branch of :func:`scaled_exp` covers (``k = 126`` for
-    float32, 1022 for float64: ``hi`` = 87.3 and 708.4, just below ``log_max``).
+    ``2^-k`` is the smallest normal power of two (``k = 126`` in float32,
+    1022 in float64: ``shift`` = 87.3 and 708.4, just below ``log_max``).
+    ``x - shift`` is exact (Sterbenz) for ``shift/2 <= x <= 2 shift``, the
+    range the large branch of :func:`scaled_exp` covers, so the factor
+    ``exp(x - shift)`` has only ``exp``'s own rounding; ``scale`` (from 40
+    digits of log 2) is ``2^k exp(shift - k log 2) <= 2^k``, so ``1/scale``
+    is a normal number (a subnormal would be flushed to 0).
     """
     limits = dtype_limits(dtype)
     k = round(-math.log2(limits.tiny))
     exact = k * _LOG2_DIGITS
-    hi = float(dtype.as_numpy_dtype(float(exact)))
-    lo = float(exact - decimal.Decimal(hi))
-    return k, hi, lo
+    shift = dtype.as_numpy_dtype(float(exact))
+    if decimal.Decimal(float(shift)) > exact:
+        shift = np.nextafter(shift, dtype.as_numpy_dtype(0))
+    shift = float(shift)
+    with decimal.localcontext() as context:
+        context.prec = 40
+        reduced = (decimal.Decimal(shift) - exact).exp()  # exp(shift - k log 2) <= 1
+    return shift, float(reduced) * 2.0**k
 
 
 def scaled_exp(x) -> ScaledExp:
-    """``exp(x)`` as ``2^k * factor`` above ``log_max - 1``; ``factor`` finite up to ``2 k log 2``.
+    """``exp(x)`` as ``scale * factor`` above ``log_max - 1``; ``factor`` finite up to ``2 shift``.
 
     Below ``log_max - 1`` (where ``exp`` cannot overflow) ``factor = exp(x)``:
-    the plain ``exp``, one rounding. Above, ``factor = exp(x - k log 2)``
-    (Cody and Waite's reduction; the reduction is exact to a fraction of an
-    ULP, see :func:`_exp_scaling`), so a caller forms ``exp(x) - c`` as
-    ``2^k (factor - c 2^-k)`` (:meth:`ScaledExp.weighted`): finite wherever the
-    result is, with one ``exp`` and no division. ``x`` is clamped at
-    ``2 k log 2`` (174.7 in float32), beyond which ``exp(x)`` exceeds the
-    largest float by more than any finite ``c x`` can take back; the clamped
-    ``x`` is returned for the caller's other terms. NaN stays NaN.
+    the plain ``exp``, one rounding. Above, ``factor = exp(x - shift)`` with
+    ``x - shift`` exact and ``scale = exp(shift)`` a constant near ``2^k``
+    (:func:`_exp_scaling`): within about 1 ULP of ``exp(x) / scale`` (float32,
+    measured against mpmath up to ``x = 174``; a Cody-Waite reduction
+    ``(x - hi) - lo`` rounded the reduced argument: 52 ULP there, and one
+    more multiplication and addition per element). A caller forms
+    ``exp(x) - c`` as ``scale (factor - c / scale)``
+    (:meth:`ScaledExp.weighted`): finite wherever the result is, with one
+    ``exp`` and no division. ``x`` is clamped at ``2 shift`` (174.7 in
+    float32), beyond which ``exp(x)`` exceeds the largest float by more than
+    any finite ``c x`` can take back; the clamped ``x`` is returned for the
+    caller's other terms. NaN stays NaN.
     """
-    k, hi, lo = _exp_scaling(x.dtype)
+    shift, scale = _exp_scaling(x.dtype)
     limits = dtype_limits(x.dtype)
-    x = clip(x, high=2.0 * hi)  # NaN stays NaN
+    x = clip(x, high=2.0 * shift)  # NaN stays NaN
     large = x > limits.log_max - 1.0
-    # lo through a data-dependent value, as in minus_log2: XLA would fold
-    # (x - hi) - lo into x - (hi + lo), which rounds back to k log 2.
-    low = x * 0.0 + lo
-    factor = tf.exp(tf.where(large, (x - hi) - low, x))
-    return ScaledExp(factor, large, x, 2.0**k, 2.0**-k)
+    factor = tf.exp(tf.where(large, x - shift, x))
+    return ScaledExp(factor, large, x, scale, 1.0 / scale)

@@ -21,7 +21,8 @@ The tricks, each where it is used:
   comes from the same ``exp`` (``d/2 + d^2/4`` near 0), so the polynomial is
   evaluated in the forward pass only.
 * ``exp(x) - y x`` (Poisson from a log-rate) is ``scale * (factor - (y / scale) x)``
-  with ``exp(x)`` a power of two times a finite factor above ``log_max - 1``
+  with ``exp(x)`` the constant ``exp(shift)`` (``shift`` just below ``k log 2``) times
+  ``exp(x - shift)`` above ``log_max - 1``, ``x - shift`` exact
   (``stableops._internal.elementary.scaled_exp``): one ``exp``, no division, finite while
   the result is (:func:`_poisson_log_rate_terms`).
 * A variance or a rate is floored at the machine epsilon of the computing
@@ -333,7 +334,7 @@ def _poisson_log_rate_terms(count, log_rate, weight):
     """``weight (exp(x) - y x)`` (``weight > 0``, a constant); finite wherever the result is.
 
     ``exp(x)`` is ``scale * factor`` (:func:`scaled_exp`: the plain ``exp``
-    up to ``log_max - 1``, a power of two times ``exp(x - k log 2)`` above), and
+    up to ``log_max - 1``, the constant ``exp(shift)`` times ``exp(x - shift)`` above), and
     the terms are ``weight scale (factor - (y / scale) x)``: one ``exp``, no
     division, ``inf`` only where the result is beyond the float range.
     Gradient (custom): ``weight (-x, exp(x) - y)``, the latter formed the same way.
