@@ -195,6 +195,10 @@ WHY: dict[tuple[str, str], str] = {
         "beside the exp that serves the other branch and the slope; XLA's expm1 is one call "
         "(but up to 4.4 ULP off)"
     ),
+    ("compiled", "nt_xent"): (
+        "the common reason above, within the two cores' spread: alternating with the "
+        "hand-written loss in one process (two cores, 200 rounds) 0.99 at 2^18 and 1.00 at 2^20"
+    ),
     ("compiled", "gaussian_nll"): (
         "the overflow guard of e^2 exp(-s): exp(-s/2) as one factor or two (an abs, two compares "
         "and three selects per element), where the hand-written formula multiplies by exp(-s); "
@@ -203,7 +207,10 @@ WHY: dict[tuple[str, str], str] = {
     ("compiled", "poisson_nll"): (
         "exp(x) past the overflow threshold as a constant times a finite factor (a compare and two "
         "selects per element: 3-4% of the time at 2^22, two cores, against the same kernel "
-        "without them); the per-sample sum kept apart from the batch mean "
+        "without them; the gradient's fusion reads x again to select its form, one more "
+        "full-size read than the hand-written gradient's, also with the selection encoded in "
+        "the sign of the stored exp, which XLA moves back into the consumers); the per-sample "
+        "sum kept apart from the batch mean "
         "(`_internal/reductions.per_sample_sum`; XLA merged them into one slower reduction of "
         "the whole tensor): 1.11-1.15 -> 1.04-1.08 at 2^22, 1.10 -> 1.04 at 2^24 (two cores, "
         "one process, alternating)"
