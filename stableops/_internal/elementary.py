@@ -28,6 +28,17 @@ LOG2 = math.log(2.0)
 _LOG2_DIGITS = decimal.Decimal("0.6931471805599453094172321214581765680755")
 
 
+def exp_minus_log2s(shift: float, k: int) -> float:
+    """``exp(shift - k log 2)`` rounded to a Python float, from 40 digits of log 2.
+
+    For the constants that pair an exact shift with its exponential
+    (``exp(x) = exp(x - shift) * 2^k * exp(shift - k log 2)``).
+    """
+    with decimal.localcontext() as context:
+        context.prec = 40
+        return float((decimal.Decimal(shift) - k * _LOG2_DIGITS).exp())
+
+
 @functools.lru_cache(maxsize=None)
 def log2_split(dtype: tf.DType):
     """``log 2 = hi + lo`` with ``hi`` exact in ``dtype`` and ``lo`` its remainder."""
@@ -263,10 +274,7 @@ def _exp_scaling(dtype: tf.DType):
     if decimal.Decimal(float(shift)) > exact:
         shift = np.nextafter(shift, dtype.as_numpy_dtype(0))
     shift = float(shift)
-    with decimal.localcontext() as context:
-        context.prec = 40
-        reduced = (decimal.Decimal(shift) - exact).exp()  # exp(shift - k log 2) <= 1
-    return shift, float(reduced) * 2.0**k
+    return shift, exp_minus_log2s(shift, k) * 2.0**k  # exp(shift - k log 2) <= 1
 
 
 def scaled_exp(x) -> ScaledExp:

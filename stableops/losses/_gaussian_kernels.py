@@ -34,7 +34,6 @@ The tricks, each where it is used:
 
 from __future__ import annotations
 
-import decimal
 import functools
 import math
 
@@ -46,7 +45,7 @@ from stableops._internal.dtypes import (
     dtype_limits,
     to_compute_saturating,
 )
-from stableops._internal.elementary import log2_split, scaled_exp
+from stableops._internal.elementary import exp_minus_log2s, scaled_exp
 from stableops._internal.kernel import xla_kernel
 from stableops._internal.polynomials import chebyshev_coefficients, horner, taylor_sum
 from stableops._internal.reductions import per_sample_sum
@@ -245,17 +244,13 @@ def _half_exp_shift(dtype: tf.DType) -> tuple:
     ``K`` is ``1 + log 2`` rounded to a multiple of the ULP of the largest
     ``d`` whose ``exp(d) / 2`` is finite (``log_max + log 2``: 2^-17 in
     float32, 2^-43 in float64), so ``d - K`` is exact for every ``d`` from 2
-    to there; ``M = exp(K - log 2)``, about ``e``, from 34 digits.
+    to there; ``M = exp(K - log 2)``, about ``e``.
     """
     limits = dtype_limits(dtype)
     digits = 1 - round(math.log2(limits.eps))  # 24 (float32), 53 (float64)
     grid = 2.0 ** (math.ceil(math.log2(limits.log_max + math.log(2.0))) - digits)
     shift = round((1.0 + math.log(2.0)) / grid) * grid
-    log2_high, log2_low = log2_split(tf.float64)
-    with decimal.localcontext() as context:
-        context.prec = 34
-        exponent = decimal.Decimal(shift) - decimal.Decimal(log2_high) - decimal.Decimal(log2_low)
-        return shift, float(exponent.exp())
+    return shift, exp_minus_log2s(shift, 1)
 
 
 def _half_exp(d):
