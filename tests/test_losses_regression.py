@@ -298,6 +298,69 @@ def test_tversky_weights_the_same_terms_as_keras():
     np.testing.assert_allclose(ours, theirs, rtol=1e-6)
 
 
+def _mp_overlap_losses(loss_row, t, p, axis):
+    """``loss_row`` of each sample: the entries of ``t``, ``p`` (object arrays) over ``axis``."""
+    reduced = (
+        list(range(t.ndim))
+        if axis is None
+        else sorted(int(a) % t.ndim for a in np.atleast_1d(axis))
+    )
+    kept = [i for i in range(t.ndim) if i not in reduced]
+
+    def rows(x):
+        return np.transpose(x, kept + reduced).reshape(int(np.prod([x.shape[i] for i in kept])), -1)
+
+    return [loss_row(list(a), list(b)) for a, b in zip(rows(t), rows(p))]
+
+
+@pytest.mark.parametrize("axis", [None, 1, (1, 2)], ids=["all", "1", "(1,2)"])
+@pytest.mark.parametrize("alpha, beta", [(None, None), (0.7, 0.2)], ids=["dice", "tversky"])
+def test_overlap_gradients_match_mpmath_for_every_axis(regime, alpha, beta, axis):
+    # Soft targets and predictions in (0, 1); each sample's loss weighted differently, so
+    # the upstream gradient must reach the entries of its own sample (axis None, int, tuple).
+    rng = np.random.default_rng(7)
+    t = rng.uniform(0.0, 1.0, (2, 3, 2)).astype(np.float32)
+    p = rng.uniform(0.0, 1.0, (2, 3, 2)).astype(np.float32)
+    smooth = 0.5
+    if alpha is None:
+        loss = functools.partial(S.dice, axis=axis, smooth=smooth)
+        row = functools.partial(R.mp_dice_loss, smooth=smooth)
+    else:
+        loss = functools.partial(S.tversky, alpha=alpha, beta=beta, axis=axis, smooth=smooth)
+        row = functools.partial(R.mp_tversky_loss, alpha=alpha, beta=beta, smooth=smooth)
+    shape = np.shape(loss(t, p))
+    weights = np.arange(1.0, 1.0 + np.prod(shape), dtype=np.float32).reshape(shape)
+    value, grads = regime.value_and_grad(loss, t, p, wrt=(0, 1), weights=weights)
+    with mpmath.workdps(40):
+        exact = [
+            np.array([R.mpf(float(v)) for v in x.ravel()], object).reshape(x.shape) for x in (t, p)
+        ]
+
+        def objective(inputs):
+            losses = _mp_overlap_losses(row, *inputs, axis)
+            return mpmath.fsum(w * v for w, v in zip(weights.ravel(), losses))
+
+        R.assert_ulp_within(
+            value,
+            np.array(_mp_overlap_losses(row, *exact, axis), object).reshape(value.shape),
+            "float32",
+            4,
+        )
+        for which, grad in enumerate(grads):
+            expected = np.empty(grad.shape)
+            for index in np.ndindex(grad.shape):
+
+                def moved(x, which=which, index=index):
+                    inputs = [e.copy() for e in exact]
+                    inputs[which][index] = x
+                    return objective(inputs)
+
+                expected[index] = float(mpmath.diff(moved, exact[which][index]))
+            np.testing.assert_allclose(
+                grad, expected, rtol=1e-5, atol=1e-6, err_msg=f"input {which}"
+            )
+
+
 def test_log_cosh_tiny_error_is_not_zero():
     t, p = np.float32([[0.0]]), np.float32([[1e-6]])
     assert keras.losses.log_cosh(t, p).numpy()[0] == 0.0

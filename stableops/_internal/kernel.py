@@ -135,13 +135,27 @@ def _floating_upstreams(upstreams, outputs):
     ]
 
 
+def _reduced_axes(axis, rank):
+    """The non-negative axes that ``axis`` (an int, a tuple of ints, or ``None``: every
+    axis) reduces in a tensor of ``rank``; ``None`` for any other ``axis``."""
+    if axis is None:
+        return tuple(range(rank))
+    axes = axis if isinstance(axis, tuple) else (axis,)
+    if not all(isinstance(a, int) for a in axes):
+        return None
+    return tuple(sorted({a % rank for a in axes}))
+
+
 def _rows_align(tensors, axis) -> bool:
     """Whether the tensors have one rank and the same static dimensions outside ``axis``
     (no broadcasting across rows, where a local gradient would have summed over rows)."""
     rank = tensors[0].shape.rank
-    if not isinstance(axis, int) or any(t.shape.rank != rank for t in tensors) or rank == 0:
+    if any(t.shape.rank != rank for t in tensors) or not rank:
         return False
-    keep = [i for i in range(rank) if i != axis % rank]
+    reduced = _reduced_axes(axis, rank)
+    if reduced is None:
+        return False
+    keep = [i for i in range(rank) if i not in reduced]
     return all(
         [t.shape[i] for i in keep] == [tensors[0].shape[i] for i in keep] for t in tensors
     )
@@ -150,7 +164,8 @@ def _rows_align(tensors, axis) -> bool:
 def _times_upstream(upstream, local_gradient, axis):
     """``upstream``, with the reduced ``axis`` restored (size 1), times ``local_gradient``."""
     if upstream.shape.rank < local_gradient.shape.rank:
-        upstream = tf.expand_dims(upstream, axis % local_gradient.shape.rank)
+        for reduced in _reduced_axes(axis, local_gradient.shape.rank):
+            upstream = tf.expand_dims(upstream, reduced)
     return tf.cast(upstream, local_gradient.dtype) * local_gradient
 
 
@@ -178,7 +193,8 @@ def xla_kernel(fn=None, *, row_local=False, gradient_from_output=None):
     ``row_local=True`` declares a kernel with one output in which each element
     of every floating input reaches exactly one output element: elementwise,
     or a reduction over the ``axis`` keyword argument (the last axis without
-    one), as the losses' per-sample reductions. Its gradient for an upstream
+    one; a tuple of axes, or ``None`` for every axis), as the losses'
+    per-sample reductions. Its gradient for an upstream
     ``u`` is then ``u``, broadcast over the reduced axis, times the gradient
     for ``u = 1``; the forward call computes that local gradient in the same
     XLA computation as the value (as TF's fused cross-entropy kernels return

