@@ -18,8 +18,9 @@ mpmath reference computed from the rounded inputs (``tests/_reference.py``:
 per-sample error is the elementwise error. Batch losses (triplet, contrastive,
 NT-Xent), where a sample's loss depends on its whole batch, take one small
 batch per input row (``AccuracySpec.batched``): the loss is called once per
-batch and each of its samples' values is measured. Gradients are of the sum
-of the outputs with respect to the predictions (logits, or the op's input).
+batch and each of its samples' values is measured (Dice and Tversky, with
+their default ``axis=None``, give one value per batch). Gradients are of the
+sum of the outputs with respect to the predictions (logits, or the op's input).
 
 The references are the shared ones of ``tests/_reference.py`` (``mp_*``),
 written from the mathematics in cancellation-free forms (``log1p``,
@@ -284,6 +285,14 @@ def random_sparse(rng, n, lim: Limits):
     return rng.integers(0, ROW_WIDTH, n).astype(np.int32), _random_rows(rng, n, lim)
 
 
+def grid_one_hot(lim: Limits):
+    # The sparse grid's rows against the one-hot of their labels. Categorical hinge takes one-hot
+    # targets: with soft ones, sum(t * y_pred) of scores near 2^23 weighted by 1/4 rounds in
+    # float32 and max(...) - sum(...) + 1 cancels, for Keras and stableops alike.
+    labels, rows = grid_sparse(lim)
+    return np.eye(ROW_WIDTH)[labels], rows
+
+
 def grid_rows(lim: Limits):
     return (_rows_grid(lim),)
 
@@ -324,6 +333,164 @@ def probability_domain(t, p) -> np.ndarray:
     """
     t, p = t[:, 0], p[:, 0]
     return ((p > 0) & (p < 1)) | ((p == 0) & (t == 0)) | ((p == 1) & (t == 1))
+
+
+# The other Keras drop-ins of stableops.losses: the categorical losses from probabilities and the
+# KL divergence (rows of ROW_WIDTH), the Poisson, percentage, logarithmic and hinge losses (one
+# element per sample). Where stableops floors a probability or a rate it is at float32's smallest
+# normal (half precision is computed in float32); the references floor there too (as the tests
+# do). On the domains below (no target mass on a zero probability or rate) that floor only
+# touches a normalized probability below float32's smallest normal, never an exact infinity.
+F32_TINY = float(np.finfo(np.float32).tiny)
+FOCAL_ALPHA, FOCAL_GAMMA = mpmath.mpf("0.25"), mpmath.mpf(2)  # Keras's defaults
+
+
+def mp_categorical_focal_probabilities(t_row, p_row, alpha=FOCAL_ALPHA, gamma=FOCAL_GAMMA):
+    """Keras's documented ``sum(alpha (1 - q)^gamma (-t log q))``, ``q`` the normalized row.
+
+    As ``stableops.losses.categorical_focal_crossentropy`` defines it from probabilities: zero
+    entries floored at float32's smallest normal, the row normalized by its sum (Keras's clip of
+    ``q`` to ``[1e-7, 1 - 1e-7]`` left out), ``1 - q_i`` as the sum of the other ``q`` (no
+    cancellation), floored there too.
+    """
+    floored = [max(p, mpf(F32_TINY)) for p in p_row]
+    total = mpmath.fsum(floored)
+    q = [v / total for v in floored]
+    terms = []
+    for i, t in enumerate(t_row):
+        if t != 0:
+            rest = max(mpmath.fsum(v for j, v in enumerate(q) if j != i), mpf(F32_TINY))
+            terms.append(alpha * mpmath.power(rest, gamma) * -t * mpmath.log(q[i]))
+    return mpmath.fsum(terms)
+
+
+def _distribution_rows(lim: Limits) -> np.ndarray:
+    """Rows of probabilities: the exact targets (loss 0; Keras's clip at 1 - 1e-7 gives 1.2e-7),
+    and for every edge probability ``v`` (tiny ones: Keras clips at 1e-7) a row with zeros, one
+    with the rest spread, and, below 1/4, one near the uniform row (KL about 2 v^2)."""
+    rows = [list(t) for t in _SOFT_LABELS]
+    for v in _probability_values(lim):
+        rows += [[v, 0.0, 0.0, 1 - v], [1 - v, v / 3, v / 3, v / 3]]
+        if v < 0.25:
+            rows.append([0.25 + v, 0.25 - v, 0.25, 0.25])
+    return np.asarray(rows, dtype=np.float64)
+
+
+def grid_distributions(lim: Limits):
+    rows = _distribution_rows(lim)
+    t = np.repeat(np.asarray(_SOFT_LABELS, dtype=np.float64), len(rows), axis=0)
+    return t, np.tile(rows, (len(_SOFT_LABELS), 1))
+
+
+def random_distributions(rng, n, lim: Limits):
+    """One-hot and soft targets; softmax and log-uniform (unnormalized) predictions, shuffled."""
+
+    def softmax(x):
+        e = np.exp(x - x.max(axis=1, keepdims=True))
+        return e / e.sum(axis=1, keepdims=True)
+
+    half = n // 2
+    t = np.concatenate(
+        [
+            np.eye(ROW_WIDTH)[rng.integers(0, ROW_WIDTH, half)],
+            softmax(rng.normal(0, 2, (n - half, ROW_WIDTH))),
+        ]
+    )
+    p = np.concatenate(
+        [
+            softmax(rng.normal(0, 3, (half, ROW_WIDTH))),
+            10.0 ** rng.uniform(math.log10(lim.tiny), 0, (n - half, ROW_WIDTH)),
+        ]
+    )
+    return t, p[rng.permutation(n)]
+
+
+def distribution_domain(t, p) -> np.ndarray:
+    """Rows whose exact loss is finite: no target mass on a zero probability (after rounding)."""
+    return ~np.any((t != 0) & (p == 0), axis=1)
+
+
+def grid_poisson(lim: Limits):
+    # Rates up to the largest value, zero with a zero count only; the slope 1 - t/p representable.
+    rates = [0.0, *magnitudes(lim)]
+    pairs = [
+        (t, p)
+        for t in (0.0, 1.0, 5.0, 100.0)
+        for p in rates
+        if t == 0 or (p > 0 and t / p <= lim.max / 4)
+    ]
+    t, p = zip(*pairs)
+    return _column(t), _column(p)
+
+
+def random_poisson(rng, n, lim: Limits):
+    """Counts of typical rates; half the rates those, half log-uniform from 1000 tiny to 1e4."""
+    half = n // 2
+    typical = np.exp(np.minimum(rng.normal(0.5, 2.0, n), 5.0))
+    wide = 10.0 ** rng.uniform(math.log10(lim.tiny) + 3, 4, n - half)
+    return _column(rng.poisson(typical)), _column(np.concatenate([typical[:half], wide]))
+
+
+def rate_domain(t, p) -> np.ndarray:
+    """Rows whose exact Poisson loss is finite: a positive rate, or a zero rate with count 0."""
+    t, p = t[:, 0], p[:, 0]
+    return (p > 0) | ((p == 0) & (t == 0))
+
+
+def grid_percentage(lim: Limits):
+    """Regression pairs with ``100 |p - t| / |t|`` and the slope ``100 / |t|`` within max/4.
+
+    Zero targets with every prediction: left out of the mean (0) by stableops; Keras divides by
+    1e-7 (1e9 |p|, ``inf`` beyond 3.4e29 in float32).
+    """
+    predictions = _signed(magnitudes(lim)) + [
+        1 - lim.eps,
+        1 + lim.eps,
+        2 - lim.eps,
+        2 + 2 * lim.eps,
+    ]
+    pairs = [
+        (t, p)
+        for t in (0.0, 1e-10, 1.0, -3.0, 1e3)
+        for p in predictions
+        if t == 0 or 100 * max(abs(p - t), 1.0) <= abs(t) * lim.max / 4
+    ]
+    t, p = zip(*pairs)
+    return _column(t), _column(p)
+
+
+def random_percentage(rng, n, lim: Limits):
+    # Targets within 0.01 of zero are zero (left out of the mean); the rest keep 100 / |t| moderate.
+    t, p = random_regression(rng, n, lim)
+    return np.where(np.abs(t) < 0.01, 0.0, t), p
+
+
+def grid_logarithmic(lim: Limits):
+    """Non-negative pairs (log1p itself, not stableops's tangent below 0): predictions of every
+    edge magnitude (below Keras's 1e-7 clip too) and within 2 eps of each target (where Keras's
+    difference of logs cancels)."""
+    targets = (0.0, 1e-3, 1.0, 1e3)
+    near = [t * (1 + k * lim.eps) for t in targets for k in (-2, -1, 1, 2)]
+    predictions = sorted({0.0, *magnitudes(lim), *near})
+    t, p = zip(*[(t, p) for t in targets for p in predictions])
+    return _column(t), _column(p)
+
+
+def random_nonnegative_regression(rng, n, lim: Limits):
+    return tuple(np.abs(a) for a in random_regression(rng, n, lim))
+
+
+def grid_hinge(lim: Limits, upper: float):
+    """Labels -1 and 1 against signed predictions up to ``upper`` (the margin at 1 - eps/2, 1 and
+    1 + eps included)."""
+    pairs = [(t, p) for t in (-1.0, 1.0) for p in _signed(magnitudes(lim, upper))]
+    t, p = zip(*pairs)
+    return _column(t), _column(p)
+
+
+def random_hinge(rng, n, lim: Limits, upper: float):
+    _, x = random_logits(rng, n, lim)
+    return _column(np.where(rng.random(n) < 0.5, -1.0, 1.0)), np.clip(x, -upper, upper)
 
 
 # Issue 15's likelihood losses (one element per sample: y (k, 1), stacked y_pred (k, 2)).
@@ -694,6 +861,48 @@ def random_ctc(rng, n, lim: Limits):
     return labels, rng.normal(0, 1, (n, CTC_FRAMES, CTC_CLASSES)) * scale
 
 
+# Dice and Tversky with axis=None (their default) reduce the whole batch to one value: a batch loss
+# (AccuracySpec.batched), one batch of BATCH x DIM mask entries per row, one value per batch.
+_MASKS = {
+    "empty": np.zeros((BATCH, DIM)),
+    "full": np.ones((BATCH, DIM)),
+    "single": np.eye(BATCH * DIM)[5].reshape(BATCH, DIM),
+    "fixed": (np.random.default_rng(18).random((BATCH, DIM)) < 0.5).astype(np.float64),
+}
+
+
+def grid_overlap(lim: Limits):
+    """Every mask against: itself (loss 0; two empty masks are Keras's loss 1), every entry off by
+    ``v`` (near-perfect: Keras's ``1 - ratio`` cancels and its 1e-7 moves a small loss), every
+    entry wrong by ``1 - v``, and the constant ``v``; ``v`` each edge probability."""
+    batches = []
+    for m in _MASKS.values():
+        batches.append((m, m))
+        for v in _probability_values(lim):
+            batches += [(m, np.abs(m - v)), (m, np.abs(1 - m - v)), (m, np.full_like(m, v))]
+    t, p = zip(*batches)
+    return np.stack(t), np.stack(p)
+
+
+def random_overlap(rng, n, lim: Limits):
+    t = (rng.random((n, BATCH, DIM)) < rng.random((n, 1, 1))).astype(np.float64)
+    # Per batch an error scale from eps (near-perfect) to 1 (random), per entry a fraction of it.
+    error = 10.0 ** rng.uniform(math.log10(lim.eps), 0, (n, 1, 1)) * rng.random((n, BATCH, DIM))
+    return t, np.abs(t - error)
+
+
+def _overlap_reference(fn, *args):
+    """``fn(t, p, *args)`` of every batch's flattened masks: one value per batch (row)."""
+
+    def reference(t, p):
+        out = np.empty(p.shape[0], dtype=object)
+        for r in range(p.shape[0]):
+            out[r] = fn(*[[mpf(v) for v in a[r].ravel()] for a in (t, p)], *args)
+        return out
+
+    return reference
+
+
 @dataclasses.dataclass(frozen=True)
 class AccuracySpec:
     grid: Callable  # grid(limits) -> input arrays (float64; labels int32)
@@ -701,7 +910,8 @@ class AccuracySpec:
     reference: Callable  # reference(*rounded float64 arrays) -> object array of mpf
     domain: Callable | None = None  # domain(*rounded float64 arrays) -> rows to keep
     # A batch loss: each row of the inputs is one batch, the loss is called once per row, and its
-    # per-sample values (and gradient) are that row's; the reference gives (rows, batch) values.
+    # per-sample values (and gradient) are that row's; the reference gives (rows, batch) values,
+    # or (rows,) for a loss with one value per batch (Dice and Tversky with axis=None).
     batched: bool = False
 
 
@@ -737,6 +947,61 @@ SPECS = {
     "log_cosh": AccuracySpec(grid_linear, random_regression, _row_loss(ref.mp_log_cosh_row)),
     "cosine_similarity": AccuracySpec(
         grid_cosine, random_cosine, _row_loss(ref.mp_cosine_similarity_row)
+    ),
+    "categorical_crossentropy": AccuracySpec(
+        grid_distributions,
+        random_distributions,
+        _row_loss(ref.mp_categorical_crossentropy_probabilities, F32_TINY),
+        distribution_domain,
+    ),
+    "categorical_focal_crossentropy": AccuracySpec(
+        grid_distributions,
+        random_distributions,
+        _row_loss(mp_categorical_focal_probabilities),
+        distribution_domain,
+    ),
+    "kl_divergence": AccuracySpec(
+        grid_distributions,
+        random_distributions,
+        _row_loss(ref.mp_kl_divergence_row, F32_TINY),
+        distribution_domain,
+    ),
+    "poisson": AccuracySpec(
+        grid_poisson, random_poisson, _row_loss(ref.mp_poisson_row, F32_TINY), rate_domain
+    ),
+    "mean_absolute_error": AccuracySpec(
+        grid_linear, random_regression, _row_loss(ref.mp_mean_absolute_error_row)
+    ),
+    "mean_absolute_percentage_error": AccuracySpec(
+        grid_percentage, random_percentage, _row_loss(ref.mp_mean_absolute_percentage_error_row)
+    ),
+    "mean_squared_logarithmic_error": AccuracySpec(
+        grid_logarithmic,
+        random_nonnegative_regression,
+        _row_loss(ref.mp_mean_squared_logarithmic_error_row),
+    ),
+    "hinge": AccuracySpec(
+        lambda lim: grid_hinge(lim, lim.max / 2),
+        lambda rng, n, lim: random_hinge(rng, n, lim, lim.max / 2),
+        _row_loss(ref.mp_hinge_row),
+    ),
+    "squared_hinge": AccuracySpec(
+        # (1 - t p)^2 and its slope representable.
+        lambda lim: grid_hinge(lim, math.sqrt(lim.max) / 2),
+        lambda rng, n, lim: random_hinge(rng, n, lim, math.sqrt(lim.max) / 2),
+        _row_loss(ref.mp_squared_hinge_row),
+    ),
+    "categorical_hinge": AccuracySpec(
+        grid_one_hot, random_categorical, _row_loss(ref.mp_categorical_hinge_row)
+    ),
+    "dice": AccuracySpec(
+        grid_overlap, random_overlap, _overlap_reference(ref.mp_dice_loss, 0.0), batched=True
+    ),
+    "tversky": AccuracySpec(
+        grid_overlap,
+        random_overlap,
+        _overlap_reference(ref.mp_tversky_loss, 0.5, 0.5, 0.0),  # Keras's defaults
+        batched=True,
     ),
     "gaussian_nll": AccuracySpec(
         grid_gaussian_nll, random_gaussian_nll, _row_loss(mp_gaussian_nll_log_variance)

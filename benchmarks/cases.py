@@ -256,6 +256,38 @@ def _counts_and_log_rates(size, dtype, rng):
     return rng.poisson(np.exp(log_rate)).astype(dtype), log_rate.astype(dtype)
 
 
+def _softmax_rows(rng, rows, classes):
+    logits = rng.normal(0.0, 3.0, (rows, classes))
+    e = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def _one_hot_probabilities(size, dtype, rng):
+    rows, classes = _rows(size, CLASSES)
+    labels = rng.integers(0, classes, rows)
+    return np.eye(classes, dtype=dtype)[labels], _softmax_rows(rng, rows, classes).astype(dtype)
+
+
+def _two_distributions(size, dtype, rng):
+    rows, classes = _rows(size, CLASSES)
+    return tuple(_softmax_rows(rng, rows, classes).astype(dtype) for _ in range(2))
+
+
+def _counts_and_rates(size, dtype, rng):
+    counts, log_rates = _counts_and_log_rates(size, np.float64, rng)
+    return counts.astype(dtype), np.exp(log_rates).astype(dtype)
+
+
+def _nonnegative_regression(size, dtype, rng):
+    return tuple(np.abs(a) for a in _regression(size, dtype, rng))
+
+
+def _signed_labels(size, dtype, rng):
+    shape = _rows(size, ELEMENTWISE_WIDTH)
+    y_true = np.where(rng.random(shape) < 0.5, -1.0, 1.0).astype(dtype)
+    return y_true, rng.normal(0.0, 1.5, shape).astype(dtype)
+
+
 def _row_input(size, dtype, rng):
     return (rng.normal(0.0, 3.0, _rows(size, CLASSES)).astype(dtype),)
 
@@ -450,6 +482,128 @@ CASES: tuple[Case, ...] = (
         1,
         (_stableops_loss("CosineSimilarity"), _keras_loss("CosineSimilarity")),
         "two l2_normalize (square, sum, max, rsqrt, multiply each), product, sum, negate",
+    ),
+    Case(
+        "categorical_crossentropy",
+        "loss",
+        False,
+        _one_hot_probabilities,
+        1,
+        (_stableops_loss("CategoricalCrossentropy"), _keras_loss("CategoricalCrossentropy")),
+        "row sum, divide, clip (2), log, multiply, sum, negate: ~8 TF kernels",
+    ),
+    Case(
+        "categorical_focal_crossentropy",
+        "loss",
+        False,
+        _one_hot_probabilities,
+        1,
+        (
+            _stableops_loss("CategoricalFocalCrossentropy"),
+            _keras_loss("CategoricalFocalCrossentropy"),
+        ),
+        "row sum, divide, clip (2), log, -t log p, (1 - p)^gamma, alpha, products, sum: "
+        "~12 TF kernels",
+    ),
+    Case(
+        "kl_divergence",
+        "loss",
+        False,
+        _two_distributions,
+        1,
+        (_stableops_loss("KLDivergence"), _keras_loss("KLDivergence")),
+        "two clips (4), divide, log, multiply, sum: ~8 TF kernels",
+    ),
+    Case(
+        "poisson",
+        "loss",
+        True,
+        _counts_and_rates,
+        1,
+        (_stableops_loss("Poisson"), _keras_loss("Poisson")),
+        "add 1e-7, log, multiply, subtract, mean: 5 TF kernels",
+    ),
+    Case(
+        "mean_absolute_error",
+        "loss",
+        True,
+        _regression,
+        1,
+        (_stableops_loss("MeanAbsoluteError"), _keras_loss("MeanAbsoluteError")),
+        "subtract, abs, mean: 3 TF kernels",
+    ),
+    Case(
+        "mean_absolute_percentage_error",
+        "loss",
+        True,
+        _regression,
+        1,
+        (
+            _stableops_loss("MeanAbsolutePercentageError"),
+            _keras_loss("MeanAbsolutePercentageError"),
+        ),
+        "abs, maximum with 1e-7, subtract, divide, abs, mean, times 100: 7 TF kernels",
+    ),
+    Case(
+        "mean_squared_logarithmic_error",
+        "loss",
+        True,
+        _nonnegative_regression,
+        1,
+        (
+            _stableops_loss("MeanSquaredLogarithmicError"),
+            _keras_loss("MeanSquaredLogarithmicError"),
+        ),
+        "maximum, add 1, log on each input (6), subtract, square, mean: 9 TF kernels",
+    ),
+    Case(
+        "hinge",
+        "loss",
+        True,
+        _signed_labels,
+        1,
+        (_stableops_loss("Hinge"), _keras_loss("Hinge")),
+        "the {0, 1} label check (two equal, or, all, cond), multiply, subtract, maximum, mean: "
+        "~9 TF kernels",
+    ),
+    Case(
+        "squared_hinge",
+        "loss",
+        True,
+        _signed_labels,
+        1,
+        (_stableops_loss("SquaredHinge"), _keras_loss("SquaredHinge")),
+        "the {0, 1} label check (two equal, or, all, cond), multiply, subtract, maximum, square, "
+        "mean: ~10 TF kernels",
+    ),
+    Case(
+        "categorical_hinge",
+        "loss",
+        False,
+        _one_hot_logits,
+        1,
+        (_stableops_loss("CategoricalHinge"), _keras_loss("CategoricalHinge")),
+        "multiply, sum, 1 - t, multiply, max, subtract, add, maximum: ~8 TF kernels",
+    ),
+    Case(
+        "dice",
+        "loss",
+        False,
+        _binary_probabilities,
+        1,
+        (_stableops_loss("Dice"), _keras_loss("Dice")),
+        "multiply, three sums over the whole batch, times 2, two adds (one of 1e-7), divide, "
+        "1 - ratio: 9 TF kernels",
+    ),
+    Case(
+        "tversky",
+        "loss",
+        False,
+        _binary_probabilities,
+        1,
+        (_stableops_loss("Tversky"), _keras_loss("Tversky")),
+        "three products (two of them with 1 - x), three sums over the whole batch, two weights, "
+        "three adds (one of 1e-7), divide, 1 - ratio: 15 TF kernels",
     ),
     Case(
         "triplet_loss",

@@ -210,6 +210,35 @@ def test_references_match_closed_forms():
     assert _reference("cosine_similarity", [[1.0, 2.0, 3.0]], [[2.0, 4.0, 6.0]])[0] == -1
 
 
+def test_references_of_the_other_keras_drop_ins_match_closed_forms():
+    col = lambda *v: np.asarray(v, dtype=np.float64).reshape(-1, 1)  # noqa: E731
+    close = lambda a, b: abs(a - b) < mpmath.mpf(10) ** -50  # noqa: E731
+    log2, log4 = mpmath.log(2), mpmath.log(4)
+    # From probabilities: rows are normalized first ([3, 1] is [3/4, 1/4]).
+    rows = np.asarray([[1.0, 0.0], [0.0, 1.0]]), np.asarray([[0.5, 0.5], [3.0, 1.0]])
+    cross_entropy = _reference("categorical_crossentropy", *rows)
+    assert close(cross_entropy[0], log2) and close(cross_entropy[1], log4)
+    # The new focal reference: alpha (1 - q)^2 (-log q), alpha = 0.25.
+    focal = _reference("categorical_focal_crossentropy", *rows)
+    assert close(focal[0], log2 / 16) and close(focal[1], mpmath.mpf("0.140625") * log4)
+    assert close(acc.mp_categorical_focal_probabilities([1, 0, 0], [1, 0, 0]), 0)  # floored zeros
+    kl = _reference("kl_divergence", [[0.0, 1.0], [0.5, 0.5]], [[0.5, 0.5], [0.25, 0.75]])
+    assert close(kl[0], log2) and close(kl[1], (log2 + mpmath.log(mpmath.mpf(2) / 3)) / 2)
+    assert list(_reference("poisson", col(2, 0), col(1, 0))) == [1, 0]  # 0 log 0 = 0
+    assert _reference("mean_absolute_error", col(1), col(-2))[0] == 3
+    assert list(_reference("mean_absolute_percentage_error", col(0, 4), col(5, 5))) == [0, 25]
+    assert close(_reference("mean_squared_logarithmic_error", col(1), col(3))[0], log2**2)
+    assert list(_reference("hinge", col(-1, 1), col(0.5, 3))) == [mpmath.mpf(1.5), 0]
+    assert list(_reference("squared_hinge", col(-1, 1), col(0.5, 3))) == [mpmath.mpf(2.25), 0]
+    assert _reference("categorical_hinge", [[0.0, 1.0, 0.0]], [[1.0, 0.5, 2.0]])[0] == 2.5
+    # Batch losses with axis=None: one value per batch; two empty masks agree perfectly (0).
+    masks = np.asarray([[[1.0, 0.0], [1.0, 0.0]], [[0.0, 0.0], [0.0, 0.0]]])
+    predictions = np.asarray([[[1.0, 0.0], [0.0, 0.0]], [[0.0, 0.0], [0.0, 0.0]]])
+    for case in ("dice", "tversky"):  # Tversky's default alpha = beta = 1/2 is the Dice loss
+        values = _reference(case, masks, predictions)
+        assert values.shape == (2,) and close(values[0], mpmath.mpf(1) / 3) and values[1] == 0
+
+
 def test_every_case_has_inputs_and_a_finite_reference_on_its_grid():
     for case in bench_cases.CASES:
         inputs = case.make_inputs(2**10, np.dtype("float32"), np.random.default_rng(0))
