@@ -347,17 +347,53 @@ def test_overlap_gradients_match_mpmath_for_every_axis(regime, alpha, beta, axis
             4,
         )
         for which, grad in enumerate(grads):
-            expected = np.empty(grad.shape)
-            for index in np.ndindex(grad.shape):
-
-                def moved(x, which=which, index=index):
-                    inputs = [e.copy() for e in exact]
-                    inputs[which][index] = x
-                    return objective(inputs)
-
-                expected[index] = float(mpmath.diff(moved, exact[which][index]))
+            expected = _mp_partial_derivatives(objective, exact, which)
             np.testing.assert_allclose(
                 grad, expected, rtol=1e-5, atol=1e-6, err_msg=f"input {which}"
+            )
+
+
+def _mp_partial_derivatives(objective, exact, which, where=None):
+    """d objective / d exact[which][i] at every entry i (or where ``where``; 0 elsewhere):
+    mpmath's numerical derivative at the working precision, exact to float64 for an
+    ``objective`` of mpf arrays that is smooth there."""
+    expected = np.zeros(exact[which].shape)
+    for index in np.ndindex(expected.shape):
+        if where is not None and not where[index]:
+            continue
+
+        def moved(x, index=index):
+            inputs = [e.copy() for e in exact]
+            inputs[which][index] = x
+            return objective(inputs)
+
+        expected[index] = float(mpmath.diff(moved, exact[which][index]))
+    return expected
+
+
+def test_mape_gradients_match_mpmath(regime):
+    # Positive and negative targets (the target's slope is sign(q) p / (t |t|)), a prediction
+    # on its target (slope 0), zero targets (left out of the mean: both slopes 0 there).
+    t = np.float32([[0.0, 1.0, -2.0, 3.0, 0.5], [-0.25, 1.0, 0.0, 2.0, 4.0]])
+    p = np.float32([[0.5, 1.5, -1.0, 3.0, 0.75], [0.25, 3.0, 1.0, 2.5, -1.0]])
+    weights = np.float32([1.0, 2.0])
+    value, grads = regime.value_and_grad(
+        S.mean_absolute_percentage_error, t, p, wrt=(0, 1), weights=weights
+    )
+    reference = R.reference_rows(R.mp_mean_absolute_percentage_error_row, t, p)
+    R.assert_ulp_within(value, reference, "float32", 4)
+    with mpmath.workdps(40):
+        exact = [np.array([[R.mpf(float(v)) for v in row] for row in x], object) for x in (t, p)]
+
+        def objective(inputs):
+            rows = [R.mp_mean_absolute_percentage_error_row(a, b) for a, b in zip(*inputs)]
+            return mpmath.fsum(w * v for w, v in zip(weights, rows))
+
+        for which, grad in enumerate(grads):
+            # A zero target's own slope is 0 by definition (its term is left out).
+            expected = _mp_partial_derivatives(objective, exact, which, where=t != 0)
+            np.testing.assert_allclose(
+                grad, expected, rtol=1e-6, atol=1e-12, err_msg=f"input {which}"
             )
 
 
