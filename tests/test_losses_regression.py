@@ -298,6 +298,17 @@ def test_tversky_weights_the_same_terms_as_keras():
     np.testing.assert_allclose(ours, theirs, rtol=1e-6)
 
 
+def test_tversky_of_misses_near_the_smallest_normal_keeps_them():
+    # One hit, and false alarms of the smallest normal each: a loss of about 1.6e-37, normal.
+    # Weighting each false alarm before the sum (0.5 * tiny, subnormal) would flush it to 0.
+    t = np.zeros((1, 32), np.float32)
+    t[0, 1] = 1.0
+    p = np.full((1, 32), np.finfo(np.float32).tiny, np.float32)
+    p[0, 1] = 1.0
+    reference = R.reference_rows(R.mp_tversky_loss, t, p, 0.5, 0.5, 0.0)
+    R.assert_ulp_within(S.tversky(t, p, axis=1).numpy(), reference, "float32", 4)
+
+
 def _mp_overlap_losses(loss_row, t, p, axis):
     """``loss_row`` of each sample: the entries of ``t``, ``p`` (object arrays) over ``axis``."""
     reduced = (

@@ -50,12 +50,12 @@ def _overflow_scale(y_pred, axis, weight):
 def _overlap_loss(y_true, y_pred, axis, smooth, alpha, beta):
     """``penalty / (denominator + smooth)`` summed over ``axis``: the Tversky loss, or Dice's.
 
-    ``penalty = sum(alpha y_true (1 - y_pred) + beta y_pred (1 - y_true))``
+    ``penalty = alpha sum(y_true (1 - y_pred)) + beta sum(y_pred (1 - y_true))``
     (weighted misses and false alarms: every term is non-negative for values
     in [0, 1], so a small loss keeps its accuracy, where ``1 - ratio`` would
     cancel); the denominator is ``sum(y_true y_pred) + penalty`` (Tversky),
     or ``sum(y_true) + sum(y_pred)`` for Dice (``alpha = beta = None``, the
-    penalty then unweighted): two sums of inputs already in memory, which XLA
+    penalty then one unweighted sum): two sums of inputs already in memory, which XLA
     on CPU reduces faster than a sum of computed terms. ``0 / 0`` (nothing to
     score, ``smooth = 0``) is a perfect match: loss 0, gradient 0.
 
@@ -71,15 +71,19 @@ def _overlap_loss(y_true, y_pred, axis, smooth, alpha, beta):
     was taken. No gradient flows through the ``tf.cond``.
     """
     dice = alpha is None
-    weights = (1.0, 1.0) if dice else (alpha, beta)
+    weights = (1.0, 1.0) if dice else (alpha, beta)  # of the misses and the false alarms
 
     def sums(t, p, scale):
         def summed(x):
             return tf.reduce_sum(x if scale is None else x * scale, axis=axis, keepdims=True)
 
-        penalty = summed(weights[0] * (t * (1.0 - p)) + weights[1] * (p * (1.0 - t)))
+        missed, false_alarm = t * (1.0 - p), p * (1.0 - t)
         if dice:
+            penalty = summed(missed + false_alarm)
             return penalty, summed(t) + summed(p)
+        # Weighted after the sums: a weight below 1 on terms near the smallest normal would
+        # flush them to 0 (a loss of 1.8e-37 came out 0).
+        penalty = alpha * summed(missed) + beta * summed(false_alarm)
         return penalty, summed(t * p) + penalty
 
     @tf.custom_gradient
