@@ -229,6 +229,72 @@ WHY: dict[tuple[str, str], str] = {
         "batch mean (`_internal/reductions.per_sample_sum`): 1.09-1.12 -> 1.02-1.08 at 2^20, "
         "1.07-1.08 -> 1.04-1.07 at 2^22 (two cores, one process, alternating)"
     ),
+    ("compiled", "kl_divergence"): (
+        "log(t/p) is log1p((t - p)/p) where t/p is in [1/2, 2] and log(t/p) elsewhere, both "
+        "evaluated for every element (double where) with two divisions, where Keras takes one "
+        "division and one log. One core at 2^20, one process, against Keras: 1.84-2.06; "
+        "log(t/p) alone (Keras's accuracy) 0.89-1.00; one reciprocal for both quotients 1.53 "
+        "(one more rounding per term); one log1p of a quotient above 1 on either side (the ratio "
+        "inverted below 1/2) 1.69-1.91: XLA's float32 log1p on CPU costs more than its log"
+    ),
+    ("ulp", "kl_divergence"): (
+        "two nearly equal distributions: KL is second order in t - p while each term t log(t/p) "
+        "is first order, so the row sum cancels: every term within its budget, the sum 4e6 ULP "
+        "of a 3.6e-15 result (Keras 2.5e7). Summing p phi(t/p), phi(r) = r log r - r + 1 >= 0, "
+        "plus sum(p - t) would not cancel (not yet done)"
+    ),
+    **{
+        (target, "categorical_focal_crossentropy"): (
+            "from probabilities the kernel takes log p as logits, then the stable log_softmax "
+            "(see `logsumexp`: the TwoSum of x - max, three reductions per row) and the focal "
+            "factor from the softmax probabilities with the sum of the others for the top "
+            "class: four transcendental functions per element and five reductions per row "
+            "where Keras normalizes, clips, takes a log and a power (not yet measured part by "
+            "part)"
+        )
+        for target in ("compiled", "function", "memory")
+    },
+    ("ulp", "categorical_focal_crossentropy"): (
+        "the probabilities enter as logits log p, whose rounding, |log p| eps/2, reaches every "
+        "probability (the documented budget: 8 ULP plus that term): a row of probabilities "
+        "between 1e-31 and 1e-14 (|log p| 30-70) gives 77 ULP"
+    ),
+    ("ulp", "categorical_crossentropy"): (
+        "-log(p / sum(p)) for a top probability within 1e-7 of its row's sum: p / sum rounds to "
+        "1 - eps and the loss comes out eps (1.2e-7) where the exact value is 4.8e-8, an error "
+        "of an ULP of 1 that the documented 4-ULP budget does not allow (Keras: 8.5e37 ULP); "
+        "-log1p(others / p) with the others summed apart would keep it (not yet done)"
+    ),
+    **{
+        (target, "mean_absolute_percentage_error"): (
+            "the mean is over the nonzero targets, so their count per row is a second "
+            "reduction over y_true: one core at 2^20 under XLA 1.97x Keras's time against 1.31x "
+            "without the count (relative errors with a written-out gradient, 2.7 -> 2.3x); the "
+            "count from a select, from count_nonzero, in one stacked or complex reduction with "
+            "the sum, or only when some target is zero (a tf.cond): 1.5-2.4x"
+        )
+        for target in ("compiled", "function", "memory")
+    },
+    ("compiled", "poisson"): (
+        "the overflow test (one reduction over both inputs) is one more pass before the terms, "
+        "and xlogy floors the rate; one core at 2^20, alternating with Keras in one process: "
+        "1.05 (1.36 with the test's two reductions); the two-core misses at other sizes are not "
+        "analysed yet"
+    ),
+    ("ulp", "poisson"): (
+        "the worst input's loss is a small difference of larger terms (p against t log p: "
+        "1.37 - 1.56 = -0.19): an error of an ULP of the terms is about ten ULPs of the result "
+        "(the documented budget: 4 ULP of max(|p|, |t log p|))"
+    ),
+    ("ulp", "mean_squared_logarithmic_error"): (
+        "5.4 ULP, inside the loss's documented 6-ULP budget: the log1p's error doubled by the "
+        "square, plus the mean"
+    ),
+    ("compiled", "tversky"): (
+        "the misses, false alarms and true positives are three sums of computed terms (each "
+        "weight applied after its sum: before it, terms near the smallest normal were flushed "
+        "to 0); the misses at other sizes are inside the two cores' spread (q25 1.01-1.02)"
+    ),
     ("end_to_end", "mlp"): (
         "two cores' thread scheduling, not the kernels: on one core (taskset) the MLP's "
         "jit_compile=False step is 713 us against Keras's 712 us (1.00; each of stableops's "
@@ -1118,7 +1184,13 @@ def _header(sections) -> list[str]:
             f"{(env.get('memory_gib') or 0):.0f} GiB; TensorFlow {env.get('tensorflow')}, Keras "
             f"{env.get('keras')}, "
             f"Python {env.get('python')}. Load average at start: "
-            f"{env.get('load_average_at_start')}.",
+            f"{env.get('load_average_at_start')}."
+            + (
+                f" This run measured only `{run['only']}` (`--only`); the other cases' rows are "
+                "from the earlier runs this directory held."
+                if run.get("only")
+                else ""
+            ),
             "",
             f"float16 on this CPU: {env.get('float16', {}).get('verdict', '?')}.",
             "",
