@@ -240,8 +240,9 @@ WHY: dict[tuple[str, str], str] = {
     ("ulp", "kl_divergence"): (
         "two nearly equal distributions: KL is second order in t - p while each term t log(t/p) "
         "is first order, so the row sum cancels: every term within its budget, the sum 4e6 ULP "
-        "of a 3.6e-15 result (Keras 2.5e7). Summing p phi(t/p), phi(r) = r log r - r + 1 >= 0, "
-        "plus sum(p - t) would not cancel (not yet done)"
+        "of a 3.6e-15 result (Keras 2.5e7). The sum of p phi(t/p), phi(r) = r log r - r + 1 "
+        "(non-negative terms, a series near r = 1), plus sum(t - p) with compensation, would "
+        "keep it (not yet done)"
     ),
     **{
         (target, "categorical_focal_crossentropy"): (
