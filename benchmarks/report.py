@@ -260,13 +260,6 @@ WHY: dict[tuple[str, str], str] = {
         "probability (the documented budget: 8 ULP plus that term): a row of probabilities "
         "between 1e-31 and 1e-14 (|log p| 30-70) gives 77 ULP"
     ),
-    ("ulp", "categorical_crossentropy"): (
-        "-log(p / sum(p)) for a top probability within 1e-7 of its row's sum: p / sum rounds to "
-        "1 - eps and the loss comes out eps (1.2e-7) where the exact value is 4.8e-8: inside "
-        "the documented absolute term for probabilities ((n + 2)/2 eps, the normalizing sum's "
-        "rounding), not the 4-ULP target (Keras: 8.5e37 ULP); -log1p(others / p) with the "
-        "others summed apart would keep the top class's term exact (not yet done)"
-    ),
     **{
         (target, "mean_absolute_percentage_error"): (
             "the mean is over the nonzero targets, so their count per row is a second "

@@ -367,6 +367,27 @@ def test_categorical_from_logits_edges(regime):
         )
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_a_top_probability_a_sliver_below_its_row_sum_keeps_its_loss(regime, dtype):
+    # The label's probability holds all but a sliver of its row's sum (the loss is 4.8e-8,
+    # 3e-9, 4e-8): p / sum rounds within an ULP of 1, and -log(p / sum) came out 0 or an ULP
+    # of 1. Dense and sparse, against mpmath.
+    p = np.array(
+        [[1.48e-26, 1.25e-38, 2.86e-13, 1.36e-20], [1.0, 1e-9, 2e-9, 0.0], [0.25, 1e-8, 0.0, 0.0]],
+        dtype,
+    )
+    labels = np.int32([2, 0, 0])
+    z = np.eye(4, dtype=dtype)[labels]
+    low = np.finfo(dtype).tiny
+    expected = ref.reference_rows(
+        lambda a, b: ref.mp_categorical_crossentropy_probabilities(a, b, low), z, p
+    )
+    dense = regime.run(ops.categorical_crossentropy, z, p)
+    sparse = regime.run(ops.sparse_categorical_crossentropy, labels, p)
+    ref.assert_ulp_within(dense, expected, dtype, 4, context="dense")
+    ref.assert_ulp_within(sparse, expected, dtype, 4, context="sparse")
+
+
 def test_categorical_from_probabilities_edges(regime):
     for dtype in edge_dtypes(regime):
         z, p = _categorical_probabilities_rows(dtype)

@@ -131,8 +131,9 @@ def categorical_crossentropy(
         output's logits are used (as Keras does).
         Error budget: 4 ULP of the float32 result (rows of up to 8 classes); from
         probabilities plus ``(n + 2)/2 * eps * sum(t)`` absolute for ``n`` classes
-        (the rounding of the normalizing sum: a top probability within ``eps`` of
-        its row's sum gives a loss of an ULP of 1 where the exact one is smaller).
+        on the classes below half their row's sum (the rounding of the
+        normalizing sum; the class above it is ``log1p(rest / p)``: 4 ULP
+        however close ``p`` is to the sum).
 
     Args:
         y_true: targets, ``[batch, ..., num_classes]`` (class axis ``axis``).

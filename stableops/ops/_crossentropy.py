@@ -363,6 +363,21 @@ def _row_divisor(total):
     return tf.where(tf.equal(total, 0), tf.ones_like(total), total)
 
 
+def _top_and_rest(o, total, axis):
+    """Where an entry exceeds half its row's sum ``total``, and per row the sum of the others.
+
+    A row of non-negative entries has at most one such entry, and for it
+    ``-log(o / S)`` is ``log1p(rest / o)``: ``o / S`` rounds within an ULP of
+    1 once ``o`` holds all but a sliver of the sum (its log then 0 or ``eps``
+    where the exact one may be ``1e-10``), while ``rest``, summed apart from
+    ``o``, keeps the sliver. A negative ``rest`` (negative entries, or two
+    entries above half the sum) is not such a row: ``top`` is false there.
+    """
+    above_half = o > 0.5 * total
+    rest = tf.reduce_sum(tf.where(above_half, tf.zeros_like(o), o), axis=axis, keepdims=True)
+    return tf.logical_and(above_half, rest >= 0), rest
+
+
 def _normalized_crossentropy(z, o, axis, bounds):
     """``-sum(z * log(clip(o / sum(o))))`` along ``axis`` with a closed-form gradient.
 
@@ -379,7 +394,10 @@ def _normalized_crossentropy(z, o, axis, bounds):
     def loss_fn(z, o):
         total = tf.reduce_sum(o, axis=axis, keepdims=True)
         divisor = _row_divisor(total)
-        log_q = tf.math.log(clip(o / divisor, bounds.low, 1.0))
+        top, rest = _top_and_rest(o, total, axis)
+        # Per row (one log1p): the top entry is the row's maximum.
+        top_log_q = -tf.math.log1p(rest / tf.reduce_max(o, axis=axis, keepdims=True))
+        log_q = tf.where(top, top_log_q, tf.math.log(clip(o / divisor, bounds.low, 1.0)))
         loss = -sum_over(z * log_q, axis=axis)
 
         def grad(upstream):
@@ -444,8 +462,10 @@ def categorical_crossentropy(target, output, from_logits=False, axis=-1):
         classes cannot overflow.
         Error budget: from logits 4 ULP in float32/float64 for up to 16
         classes; from probabilities 4 ULP plus ``(n + 2)/2 * eps * sum(z)``
-        absolute for ``n`` classes (the rounding of the normalizing sum);
-        1 ULP (of the float32 result) in float16/bfloat16.
+        absolute for ``n`` classes (the rounding of the normalizing sum), where
+        the entry above half its row's sum is 4 ULP alone (``log1p(rest / p)``,
+        however close ``p`` is to the sum); 1 ULP (of the float32 result) in
+        float16/bfloat16.
 
     Args:
         target: target distributions ``z`` (any real dtype), same shape as ``output``.
@@ -570,7 +590,12 @@ def _sparse_normalized_crossentropy(indices, o, bounds):
         total = tf.reduce_sum(o, axis=-1)
         divisor = _row_divisor(total)
         picked = _gather_class(o, indices)
-        loss = -tf.math.log(clip(picked / divisor, bounds.low, 1.0))
+        _, rest = _top_and_rest(o, total[:, None], -1)
+        rest = rest[:, 0]
+        # Above half the sum, the picked entry is the one the rest leaves out.
+        top = tf.logical_and(picked > 0.5 * total, rest >= 0)
+        top_loss = tf.math.log1p(rest / tf.where(top, picked, tf.ones_like(picked)))
+        loss = tf.where(top, top_loss, -tf.math.log(clip(picked / divisor, bounds.low, 1.0)))
 
         def grad(upstream):
             slope_point = clip(picked, bounds.slope_low)
@@ -643,8 +668,9 @@ def sparse_categorical_crossentropy(target, output, from_logits=False, axis=-1):
         representable probability).
         If ``output`` came from a Keras softmax, its logits are used.
         Error budget: from logits 4 ULP in float32/float64 for up to 16
-        classes; from probabilities 4 ULP plus ``(n + 2)/2 * eps`` absolute;
-        1 ULP (of the float32 result) in float16/bfloat16.
+        classes; from probabilities 4 ULP plus ``(n + 2)/2 * eps`` absolute
+        (4 ULP alone where the label's probability is above half its row's
+        sum); 1 ULP (of the float32 result) in float16/bfloat16.
 
     Args:
         target: integer class labels (any integer dtype, or an integral
