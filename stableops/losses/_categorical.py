@@ -39,7 +39,7 @@ from stableops._internal.checks import (
 )
 from stableops._internal.dtypes import dtype_limits, to_compute_saturating
 from stableops._internal.keras_compat import recover_logits
-from stableops._internal.reductions import sum_over
+from stableops._internal.reductions import sum_over, top_and_rest
 from stableops._internal.where import safe_where
 from stableops.losses._base import REDUCTION, RawInputLoss, loss_class
 from stableops.losses._inputs import graph_code, in_compute_dtype, loss_kernel, prepare, with_mask
@@ -187,10 +187,7 @@ def _categorical_focal_factor(logits, axis, gamma):
     XLA, one core at 2^20; ties below 1/2 need no sum.)
     """
     probabilities = ops.softmax(logits, axis=axis)
-    is_top = probabilities > 0.5
-    others = tf.reduce_sum(
-        tf.where(is_top, tf.zeros_like(probabilities), probabilities), axis=axis, keepdims=True
-    )
+    is_top, others = top_and_rest(probabilities, 1.0, axis)
     base = tf.where(is_top, tf.broadcast_to(others, tf.shape(probabilities)), 1.0 - probabilities)
     return power(base, gamma)
 

@@ -39,7 +39,7 @@ from stableops._internal.dtypes import compute_dtype, dtype_limits, to_compute
 from stableops._internal.elementary import accurate_log1p, log1p_in_range
 from stableops._internal.keras_compat import recover_logits
 from stableops._internal.kernel import xla_kernel
-from stableops._internal.reductions import sum_over
+from stableops._internal.reductions import sum_over, top_and_rest
 from stableops.ops._softmax import _shifted_exponentials, _softmax_from_pieces
 
 # ----------------------------------------------------------------------------
@@ -363,21 +363,6 @@ def _row_divisor(total):
     return tf.where(tf.equal(total, 0), tf.ones_like(total), total)
 
 
-def _top_and_rest(o, total, axis):
-    """Where an entry exceeds half its row's sum ``total``, and per row the sum of the others.
-
-    A row of non-negative entries has at most one such entry, and for it
-    ``-log(o / S)`` is ``log1p(rest / o)``: ``o / S`` rounds within an ULP of
-    1 once ``o`` holds all but a sliver of the sum (its log then 0 or ``eps``
-    where the exact one may be ``1e-10``), while ``rest``, summed apart from
-    ``o``, keeps the sliver. A negative ``rest`` (negative entries, or two
-    entries above half the sum) is not such a row: ``top`` is false there.
-    """
-    above_half = o > 0.5 * total
-    rest = tf.reduce_sum(tf.where(above_half, tf.zeros_like(o), o), axis=axis, keepdims=True)
-    return tf.logical_and(above_half, rest >= 0), rest
-
-
 def _normalized_crossentropy(z, o, axis, bounds):
     """``-sum(z * log(clip(o / sum(o))))`` along ``axis`` with a closed-form gradient.
 
@@ -394,7 +379,7 @@ def _normalized_crossentropy(z, o, axis, bounds):
     def loss_fn(z, o):
         total = tf.reduce_sum(o, axis=axis, keepdims=True)
         divisor = _row_divisor(total)
-        top, rest = _top_and_rest(o, total, axis)
+        top, rest = top_and_rest(o, total, axis)
         # Per row (one log1p): the top entry is the row's maximum.
         top_log_q = -tf.math.log1p(rest / tf.reduce_max(o, axis=axis, keepdims=True))
         log_q = tf.where(top, top_log_q, tf.math.log(clip(o / divisor, bounds.low, 1.0)))
@@ -590,7 +575,7 @@ def _sparse_normalized_crossentropy(indices, o, bounds):
         total = tf.reduce_sum(o, axis=-1)
         divisor = _row_divisor(total)
         picked = _gather_class(o, indices)
-        _, rest = _top_and_rest(o, total[:, None], -1)
+        _, rest = top_and_rest(o, total[:, None], -1)
         rest = rest[:, 0]
         # Above half the sum, the picked entry is the one the rest leaves out.
         top = tf.logical_and(picked > 0.5 * total, rest >= 0)
