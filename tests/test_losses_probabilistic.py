@@ -977,6 +977,27 @@ def test_categorical_focal_accuracy(dtype, gamma):
     R.assert_ulp_within(value.numpy(), reference, "float32", CATEGORICAL_FOCAL_ULP)
 
 
+@pytest.mark.parametrize("np_dtype", [np.float32, np.float64])
+def test_kl_divergence_terms_near_and_far_from_a_ratio_of_one(np_dtype, regime):
+    # One term per row (last axis 1), so the budget is per term: log(t/p) near
+    # t = p is where log of a rounded ratio loses the relative accuracy, and
+    # 1/2 and 2 are where the near-one form hands over to the plain ratio.
+    rng = np.random.default_rng(7)
+    t = rng.uniform(0.01, 1.0, 240).astype(np_dtype)
+    ratios = np.concatenate(
+        [
+            np.exp(rng.uniform(-11.0, 11.0, 60)),
+            1.0 + rng.uniform(-1e-4, 1e-4, 60),
+            1.0 + rng.uniform(-0.5, 1.0, 60),
+            np.repeat([0.5, 2.0], 30) * (1.0 + rng.uniform(-1e-3, 1e-3, 60)),
+        ]
+    )
+    p = np.clip(t / ratios, 1e-30, 1.0).astype(np_dtype)
+    value = regime.run(S.kl_divergence, t[:, None], p[:, None])
+    reference = R.reference_cross_entropy_rows(R.mp_kl_divergence_row, t[:, None], p[:, None], 0)
+    R.assert_ulp_within(np.asarray(value), reference, np.dtype(np_dtype).name, ULP)
+
+
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES)
 def test_kld_and_poisson_accuracy(dtype):
     np_dtype = R.to_numpy_dtype(dtype)

@@ -170,21 +170,25 @@ def _relative_errors(y_true, y_pred):
     from the signed quotient ``q = (t - p) / |t|``): ``-sign(q) / |t|`` for
     the prediction (0 at ``p == t``) and ``sign(q) p / (t |t|)`` for the
     target; autodiff through ``ops.safe_divide`` took 1.3-1.5x this kernel's
-    time (2^20 elements, two cores).
+    time (2^20 elements, two cores). Each quotient has one user (the NaN test
+    reads the prediction, not the quotient): XLA keeps a divide with two users
+    out of the fused loops, a pass of its own (1.75 -> 1.2x Keras's time under
+    XLA, one core, 2^20).
     """
     zero = tf.equal(y_true, 0.0)
     magnitude = tf.where(zero, tf.ones_like(y_true), tf.abs(y_true))
-    quotient = (y_true - y_pred) / magnitude  # the difference itself at a zero target
-    undefined = tf.logical_and(zero, tf.logical_not(tf.math.is_nan(quotient)))
-    quotient = tf.where(undefined, tf.zeros_like(quotient), quotient)
+    difference = y_true - y_pred
+    # A NaN prediction at a zero target is NaN (|difference| / 1 there).
+    undefined = tf.logical_and(zero, tf.equal(y_pred, y_pred))
+    value = tf.where(undefined, tf.zeros_like(difference), tf.abs(difference) / magnitude)
 
     def grad(upstream):
-        # 0 * quotient: 0 at a zero target, NaN for a NaN prediction there.
-        slope = tf.where(zero, 0.0 * quotient, tf.sign(quotient) / magnitude)
+        # 0 * difference: 0 at a zero target, NaN for a NaN prediction there.
+        slope = tf.where(zero, 0.0 * difference, tf.sign(difference) / magnitude)
         target_slope = slope * (y_pred / magnitude) * tf.sign(y_true)  # 0 at a zero target
         return upstream * target_slope, -upstream * slope
 
-    return tf.abs(quotient), grad
+    return value, grad
 
 
 # ----------------------------------------------------------------------------
