@@ -154,17 +154,21 @@ def _log1p_terms(dtype: tf.DType) -> int:
     return n
 
 
-def _log1p_series(v):
+def _log1p_series(v, elementwise=False):
     # log1p(v) = T (1 + s^2/3 + s^4/5 + ...) with T = 2s = 2v / (2 + v).
     # T is carried as Q + T_low: Q = fl(2v / w) with w = fl(2 + v), and
     # T_low = (rho - Q r) / w, where r = (2 + v) - w and rho = 2v - Q w are
     # exact (TwoSum, Dekker's product), so neither the rounding of 2 + v nor
     # that of the division reaches the result: about 0.6 ULP in every regime
     # (1.5-2.6 ULP without the correction). 2v / w, not 2 (v / w): v / w
-    # would underflow for v below 2 tiny.
+    # would underflow for v below 2 tiny. For an elementwise v, Q is 2v times
+    # the reciprocal of w (two roundings, which T_low corrects all the same):
+    # XLA writes a quotient with several users out as a pass of its own, and
+    # fuses a reciprocal with one user. A per-row v keeps the division, which
+    # XLA then computes once per row instead of in every element of the row.
     w = 2.0 + v
     rounding = v - (w - 2.0)  # exact: |v| <= 2 (Fast2Sum)
-    quotient = (2.0 * v) / w
+    quotient = (2.0 * v) * tf.math.reciprocal(w) if elementwise else (2.0 * v) / w
     product, product_low = two_product(quotient, w)
     residual = (2.0 * v - product) - product_low  # 2v - Q w, exact
     quotient_low = (residual - quotient * rounding) / w
@@ -174,7 +178,7 @@ def _log1p_series(v):
     return quotient + (quotient * tail + quotient_low * (1.0 + tail))
 
 
-def log1p_in_range(v):
+def log1p_in_range(v, elementwise=False):
     """:func:`accurate_log1p` for ``v`` the caller knows is in ``[-1/2, 1]`` (or NaN).
 
     The series alone (0.6 ULP), without the range check and the ``log(1 + v)``
@@ -183,6 +187,7 @@ def log1p_in_range(v):
     and a select per element fewer, and no full-size mask for XLA to write.
     A rounding beyond 1, as ``logaddexp``'s corrected tail can have, changes
     nothing: the series' term count leaves a factor 8 of margin.
+    ``elementwise``: see :func:`accurate_log1p`.
     Gradient (custom): ``1 / (1 + v)``.
     """
 
@@ -191,12 +196,12 @@ def log1p_in_range(v):
         def grad(upstream):
             return upstream / (1.0 + v)
 
-        return _log1p_series(v), grad
+        return _log1p_series(v, elementwise), grad
 
     return core(v)
 
 
-def accurate_log1p(v):
+def accurate_log1p(v, elementwise=False):
     """``log(1 + v)``: 0.6 ULP on ``[-1/2, 1]``, in XLA and in TF graphs alike.
 
     For ``1 + v`` in ``[1/2, 2]``: ``2 atanh(v / (2 + v))`` from its series,
@@ -207,6 +212,15 @@ def accurate_log1p(v):
     Gradient (custom): ``1 / (1 + v)``, so autodiff never runs through the
     error-free transformations (whose exact-zero derivatives it would
     compute with rounding noise).
+    ``elementwise=True`` takes the series' quotient as a reciprocal times the
+    numerator, which XLA fuses into the caller's loop where a divide with
+    several users is written out as a pass of its own. A measured choice per
+    caller (under XLA, one core, 2^20, against Keras, one process): binary
+    cross-entropy from logits 1.08-1.13 -> 1.01-1.02x; from probabilities
+    1.67 -> 1.50x but binary focal, through the same ``log(1 - p)``,
+    1.74 -> 1.90x, and ``log_cosh`` 0.94 -> 1.10x: those keep the division,
+    as the per-row arguments of the softmax family do (fused, their series
+    joined every element's loop in ``log_softmax``'s HLO).
     """
 
     @tf.custom_gradient
@@ -214,7 +228,7 @@ def accurate_log1p(v):
         value = safe_where(
             tf.logical_and(v >= -0.5, v <= 1.0),
             v,
-            _log1p_series,
+            functools.partial(_log1p_series, elementwise=elementwise),
             lambda t: tf.math.log(1.0 + t),
             safe_false=1.0,
         )

@@ -188,7 +188,7 @@ def _sigmoid_cross_entropy(z, x):
         x_negative = tf.where(positive, tf.zeros_like(x), x)
         linear = tf.where(positive, _weighted(1.0 - z, x_positive), _weighted(z, -x_negative))
         exp = tf.exp(tf.where(positive, -x, x))  # in [0, 1]
-        loss = linear + log1p_in_range(exp)
+        loss = linear + log1p_in_range(exp, elementwise=True)
 
         def grad(upstream):
             sigmoid = tf.where(positive, tf.ones_like(exp), exp) / (1.0 + exp)
