@@ -562,6 +562,19 @@ def test_row_losses_on_edge_rows():
     )
 
 
+def test_categorical_hinge_gradient_splits_ties_and_is_nan_on_a_nan_row(regime):
+    # The wrong classes' maximum: ties share its gradient evenly (-1 for the
+    # true class, as d/dp of -sum(t p)); a row holding a NaN is NaN everywhere
+    # in value and gradient, whichever entry each CPU's max kernel returns.
+    one_hot = np.float32([[0, 1, 0, 0], [0, 1, 0, 0], [1, 0, 0, 0]])
+    scores = np.float32([[0.7, 0.2, 0.7, 0.1], [np.nan, 0.2, 0.5, 0.1], [0.3, 0.9, 0.1, 0.2]])
+    value, (grad,) = regime.value_and_grad(S.categorical_hinge, one_hot, scores, wrt=(1,))
+    np.testing.assert_allclose(value[[0, 2]], [1.5, 1.6], rtol=1e-6)
+    np.testing.assert_array_equal(grad[0], np.float32([0.5, -1.0, 0.5, 0.0]))
+    np.testing.assert_array_equal(grad[2], np.float32([-1.0, 1.0, 0.0, 0.0]))
+    assert np.isnan(value[1]) and np.isnan(grad[1]).all()
+
+
 # ----------------------------------------------------------------------------
 # Properties: finite value and gradient, accuracy, in float16/bfloat16/float32
 # ----------------------------------------------------------------------------

@@ -105,16 +105,19 @@ def _max_last_axis(x):
     TF's own gradient of ``reduce_max`` is the same on rows without NaN, but on
     a row with NaN, XLA and the TF kernels disagree about where the gradient
     is NaN (NaN comparisons). Here a row with a NaN has a NaN gradient
-    everywhere, stated explicitly, so every regime agrees.
+    everywhere, stated explicitly, so every regime agrees: a NaN entry counts
+    as NaN in the count of tied maxima, which makes the whole row's share NaN
+    (one reduction for both; a separate NaN test was one more pass over the
+    row). A row without NaN has at least one entry equal to its maximum, so
+    the count is at least 1.
     """
     largest = tf.reduce_max(x, axis=-1)
 
     def grad(upstream):
         is_largest = tf.cast(x >= largest[..., None], x.dtype)
-        count = tf.maximum(sum_over(is_largest, axis=-1, keepdims=True), 1.0)
-        has_nan = tf.reduce_any(tf.math.is_nan(x), axis=-1, keepdims=True)
-        share = tf.where(has_nan, tf.constant(math.nan, x.dtype), is_largest / count)
-        return upstream[..., None] * share
+        nan = tf.constant(math.nan, x.dtype)
+        count = sum_over(tf.where(tf.math.is_nan(x), nan, is_largest), axis=-1, keepdims=True)
+        return upstream[..., None] * (is_largest / count)
 
     return largest, grad
 
