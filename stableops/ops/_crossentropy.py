@@ -80,17 +80,24 @@ def _weighted(weight, value):
 
 
 def _log1m(p):
-    """``log(1 - p)`` for ``p`` in ``[0, 1)``, accurate over the whole range.
+    """``log(1 - p)`` for ``p`` in ``[0, 1)``: one ``log``, its argument's rounding corrected.
 
-    ``accurate_log1p(-p)``: the package's compensated series (0.6 ULP) up to
-    ``p = 1/2``, ``log(1 - p)`` above, where ``1 - p`` is exact (Sterbenz).
-    XLA's own float64 ``log1p`` is off by up to 128 ULP on ``[-0.45, -0.35]``,
-    and ``log(1 - p)`` below 1/2 would add the rounding of ``1 - p``. (A second
-    double where around it, choosing the same two branches, cost a log per
-    element: single core at 2^20 under XLA, binary cross-entropy 1.70-1.78 ->
-    1.44-1.65 and focal 2.35 -> 1.88 times Keras's time without it.)
+    ``1 - p = w + d`` exactly, with ``w = fl(1 - p)`` and ``d = (1 - w) - p``
+    (Fast2Sum: ``|p| <= 1``), so ``log(1 - p) = log(w) + log1p(d / w)``, and
+    ``log1p(d / w)`` is ``d (2 - w)`` to well under an ULP: ``|d| <= eps/4``,
+    and ``2 - w`` is ``1/w`` within ``(1 - w)^2 / w``. Where ``log(1 - p)``
+    would lose ``p``'s low digits to the rounding of ``1 - p`` (small ``p``),
+    ``d`` keeps them; from ``p = 1/2`` up ``1 - p`` is exact and ``d = 0``.
+    Measured against mpmath on ``[1e-30, 1)``: float32 1.6 ULP under XLA and
+    2.9 eagerly (TF's eager float32 ``log`` is the larger part), float64 1.0.
+    The compensated series it replaces (``accurate_log1p(-p)``, 0.6 ULP) took
+    a series, a division and a second ``log`` per element: under XLA, one
+    core, 2^20, binary cross-entropy 1.69 -> 1.23x Keras's time and binary
+    focal 1.78 -> 1.16x (one process, alternating).
     """
-    return accurate_log1p(-p)
+    w = 1.0 - p
+    rounding = (1.0 - w) - p
+    return tf.math.log(w) + rounding * (2.0 - w)
 
 
 class _ClipBounds:
