@@ -544,6 +544,23 @@ def test_categorical_focal_from_logits_keeps_gradient_of_confident_mistake():
     assert np.isfinite(grad).all() and grad[0, 0] < -0.2 and grad[0, 1] > 0.2
 
 
+@pytest.mark.parametrize("gamma", [0.5, 2.0])
+def test_categorical_focal_from_probabilities_with_a_sliver_outside_the_top_class(gamma, regime):
+    # The top class holds all but ~1e-7 of its row: q rounds to 1 in float32, so
+    # 1 - q (the focal factor's base) and log q must come from the others' sum.
+    y_true = np.float32([[1, 0, 0], [0, 1, 0], [0.5, 0.5, 0], [0, 0, 1]])
+    y_pred = np.float32(
+        [[0.9999999, 3e-8, 7e-8], [0.9999999, 3e-8, 7e-8], [2e-8, 5e-8, 0.9999999], [0.2, 0.3, 0.5]]
+    )
+    value = regime.run(
+        lambda t, p: S.categorical_focal_crossentropy(t, p, gamma=gamma), y_true, y_pred
+    )
+    reference = R.reference_cross_entropy_rows(
+        R.mp_categorical_focal_probabilities, y_true, y_pred, gamma, 0.25, F32_TINY
+    )
+    R.assert_ulp_within(value, reference, "float32", CATEGORICAL_FOCAL_ULP)
+
+
 @pytest.mark.parametrize("gamma", [0.0, 0.5, 2.0])
 @pytest.mark.usefixtures("eager_ops")
 def test_categorical_focal_finite_gradient_when_softmax_saturates(gamma):
