@@ -561,6 +561,26 @@ def test_categorical_focal_from_probabilities_with_a_sliver_outside_the_top_clas
     R.assert_ulp_within(value, reference, "float32", CATEGORICAL_FOCAL_ULP)
 
 
+def test_categorical_focal_from_tiny_probabilities_has_the_scaled_rows_gradient(regime):
+    # q = p / sum(p) ignores the row's scale: the loss of p * 2^80 is the loss of p, and its
+    # gradient the gradient at p over 2^80 (exact powers of two). Rows summing to ~1e-25,
+    # where autodiff of p * (1 / S) formed 1 / S^2 = inf (NaN gradients).
+    y_true = np.float32([[0, 0, 0, 1], [0.4, 0.05, 0.47, 0.08]])
+    tiny_rows = np.float32(
+        [[2.8e-27, 3.7e-25, 6.2e-33, 8.5e-30], [2.1e-28, 6.2e-20, 2e-25, 1.8e-28]]
+    )
+    scale = np.float32(2.0**80)
+    value, (grad,) = regime.value_and_grad(
+        S.categorical_focal_crossentropy, y_true, tiny_rows, wrt=(1,)
+    )
+    scaled_value, (scaled_grad,) = regime.value_and_grad(
+        S.categorical_focal_crossentropy, y_true, tiny_rows * scale, wrt=(1,)
+    )
+    assert np.isfinite(grad).all()
+    np.testing.assert_allclose(value, scaled_value, rtol=1e-6)
+    np.testing.assert_allclose(grad, scaled_grad * scale, rtol=1e-5)
+
+
 @pytest.mark.parametrize("gamma", [0.0, 0.5, 2.0])
 @pytest.mark.usefixtures("eager_ops")
 def test_categorical_focal_finite_gradient_when_softmax_saturates(gamma):
