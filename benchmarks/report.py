@@ -122,25 +122,20 @@ _PAIRWISE = (
 )
 WHY: dict[tuple[str, str], str] = {
     ("compiled", "binary_crossentropy"): (
-        "log(1 - p) is the compensated log1p series below p = 1/2 and log(1 - p) above (both "
-        "evaluated for "
-        "every element: double where), with 1 - p carried with its rounding error; Keras takes "
-        "one log per side. Single core at 2^20 (same harness, one process per code version): "
-        "1.50 -> 1.07-1.16 once the per-sample mean stayed on XLA's YNNPACK reduction "
-        "(`_internal/reductions.sum_over`; before, XLA merged it with the batch mean into one "
-        "reduce-window tree over the whole tensor); two-core full runs 1.07 and 1.26. Measured "
-        "before that change: without the NaN check for infinite inputs 1.40, without the TwoSum "
-        "of 1 - z 1.45, with XLA's float32 log1p (2.5 ULP) 1.42-1.59, without all three 1.27 "
-        "(against 1.44-1.65 then): the rest of the gap is the stable formula's arithmetic"
+        "log(1 - p) is one log of w = 1 - p plus its exact rounding error d (2 - w) since "
+        "this run's commit (the compensated log1p series, a division and a second log before: "
+        "one core at 2^20, one process, alternating, 1.69 -> 1.23), with 1 - z carried with "
+        "its rounding error and the NaN check for infinite inputs; Keras takes one log per "
+        "side. Two-core runs 1.07-1.30 at 2^20"
     ),
     ("compiled", "binary_crossentropy_logits"): (
         "softplus(x) - x z split at x = 0 into two non-negative terms (double where, and the "
-        "0 x inf guard for infinite logits) with the compensated log1p series of exp(-|x|), where "
-        "TF's formula is max(x, 0) - x z + log1p(exp(-|x|)) (24 ULP). Single core at 2^20 "
-        "through the loss class: 1.22 -> 0.98-1.03 with the per-sample mean on XLA's fast "
-        "reduction and the gradient (sigmoid - z, -x) written out from the forward's exp; "
-        "two-core full runs 0.97 and 1.09 at 2^20, the misses at other sizes inside that spread "
-        "(q25 1.00-1.08)"
+        "0 x inf guard for infinite logits) with the compensated log1p series of exp(-|x|), "
+        "its quotient a reciprocal times the numerator so that XLA fuses it (a quotient with "
+        "five users was a pass of its own: one core at 2^20, one process, 1.08-1.13 -> "
+        "1.01-1.02), where TF's formula is max(x, 0) - x z + log1p(exp(-|x|)) (24 ULP). The "
+        "two-core misses are inside the spread of runs of unchanged code (0.86 at 2^20 in "
+        "this run)"
     ),
     ("function", "softmax"): (
         "Keras runs one fused TF kernel (Softmax) and ~4 for its gradient; the plain formula "
@@ -150,14 +145,9 @@ WHY: dict[tuple[str, str], str] = {
     ("compiled", "binary_focal_crossentropy"): (
         "it builds on the stable binary cross-entropy (see above), and the product with the "
         "focal factor needs the cross-entropy's value and its slope at every element, where "
-        "the plain loss needs only the slope elementwise: XLA then writes four full-size "
-        "intermediates of the stable formula (its logs and divisions; six with the second double "
-        "where) to memory for the value's and the gradient's fusions (optimized HLO, 2^20). "
-        "Single core at 2^20: "
-        "the factor alone 0.97x Keras's, the product 1.88x (2.23-2.27x with a second double "
-        "where in log(1 - p)), 1.74 -> 1.57 in this harness with the per-sample mean on XLA's "
-        "fast reduction; a custom gradient for the product from the value and the slope "
-        "gained nothing"
+        "the plain loss needs only the slope elementwise. With log(1 - p) as one log plus its "
+        "rounding error (this run's commit), one core at 2^20, one process, alternating: 1.78 "
+        "-> 1.16; this run 0.90 at 2^20, 1.08-1.15 at three other sizes"
     ),
     ("compiled", "categorical_crossentropy_logits"): _CROSS_ENTROPY,
     ("compiled", "sparse_categorical_crossentropy_logits"): (
@@ -238,51 +228,54 @@ WHY: dict[tuple[str, str], str] = {
         "1.07-1.08 -> 1.04-1.07 at 2^22 (two cores, one process, alternating)"
     ),
     ("compiled", "kl_divergence"): (
-        "log(t/p) is log1p((t - p)/p) where t/p is in [1/2, 2] and log(t/p) elsewhere, both "
-        "evaluated for every element (double where) with two divisions, where Keras takes one "
-        "division and one log. One core at 2^20, one process, against Keras: 1.84-2.06; "
-        "log(t/p) alone (Keras's accuracy) 0.89-1.00; one reciprocal for both quotients 1.53 "
-        "(one more rounding per term); one log1p of a quotient above 1 on either side (the ratio "
-        "inverted below 1/2) 1.69-1.91: XLA's float32 log1p on CPU costs more than its log"
+        "one division and one log per element since this run's commit: log(t/p) is log(w) + "
+        "c, w = 1 + (t - p)/p near a ratio of 1 (c the rounding error of w over w) and t/p "
+        "elsewhere (c = 0), the quotient a reciprocal times the numerator so that XLA fuses "
+        "it; Keras takes one division and one log. One core at 2^20, one process, against "
+        "Keras: 1.8 -> 1.08 (log(t/p) alone, Keras's accuracy, 0.94-1.04); two-core runs "
+        "0.95-1.21 (q25) at 2^18-2^20"
     ),
     ("ulp", "kl_divergence"): (
-        "two nearly equal distributions: KL is second order in t - p while each term t log(t/p) "
-        "is first order, so the row sum cancels: every term within its budget, the sum 4e6 ULP "
-        "of a 3.6e-15 result (Keras 2.5e7). The sum of p phi(t/p), phi(r) = r log r - r + 1 "
-        "(non-negative terms, a series near r = 1), plus sum(t - p) with compensation, would "
-        "keep it (not yet done)"
+        "two nearly equal distributions: KL is second order in t - p while each term t "
+        "log(t/p) is first order, so the row sum cancels: every term within its budget (2.8 "
+        "ULP, test against mpmath), the sum 6.7e2 ULP of a 4.8e-7 result here (4e6 of a "
+        "3.6e-15 result in an earlier run; Keras 2.5e7). The sum of p phi(t/p), phi(r) = r "
+        "log r - r + 1 (non-negative terms, a series near r = 1), plus sum(t - p) with "
+        "compensation, would keep it (not yet done)"
     ),
     **{
         (target, "categorical_focal_crossentropy"): (
-            "from probabilities the kernel takes log p as logits, then the stable log_softmax "
-            "(see `logsumexp`: the TwoSum of x - max, three reductions per row) and the focal "
-            "factor from the softmax probabilities with the sum of the others for the top "
-            "class: four transcendental functions per element and five reductions per row "
-            "where Keras normalizes, clips, takes a log and a power (not yet measured part by "
-            "part)"
+            "from probabilities log q and 1 - q of the normalized row come from p directly "
+            "since this run's commit, with a written-out gradient (before: log p as logits "
+            "through the stable log_softmax and softmax, four transcendental functions per "
+            "element and five reductions per row). One core at 2^20, one process, against "
+            "Keras: 1.81 -> 0.75 under XLA, 0.89 -> 0.37 in a plain tf.function; the misses "
+            "left are at small sizes"
         )
         for target in ("compiled", "function", "memory")
     },
     ("ulp", "categorical_focal_crossentropy"): (
-        "the probabilities enter as logits log p, whose rounding, |log p| eps/2, reaches every "
-        "probability (the documented budget: 8 ULP plus that term): a row of probabilities "
-        "between 1e-31 and 1e-14 (|log p| 30-70) gives 77 ULP"
+        "5.6 ULP, inside the loss's documented 8-ULP budget: the factor (1 - q)^2 doubles the "
+        "roundings of 1 - q (the others' sum over the row's sum, for the top class), and "
+        "-log q adds log1p's. The probabilities no longer enter as logits log p, whose rounding "
+        "gave 77 ULP on rows between 1e-31 and 1e-14"
     ),
     **{
         (target, "mean_absolute_percentage_error"): (
             "the mean is over the nonzero targets, so their count per row is a second "
-            "reduction over y_true: one core at 2^20 under XLA 1.97x Keras's time against 1.31x "
-            "without the count (relative errors with a written-out gradient, 2.7 -> 2.3x); the "
-            "count from a select, from count_nonzero, in one stacked or complex reduction with "
-            "the sum, or only when some target is zero (a tf.cond): 1.5-2.4x"
+            "reduction over y_true (a pass Keras does not make). Since this run's commit the "
+            "quotient has one user (XLA wrote it out as a pass of its own): one core at 2^20, "
+            "one process, 1.75 -> 1.2; the count in one stacked (1.95) or complex (1.36) "
+            "reduction with the sum, or from a plain reduce_sum (1.38): slower"
         )
         for target in ("compiled", "function", "memory")
     },
     ("compiled", "poisson"): (
-        "the overflow test (one reduction over both inputs) is one more pass before the terms, "
-        "and xlogy floors the rate; one core at 2^20, alternating with Keras in one process: "
-        "1.05 (1.36 with the test's two reductions); the two-core misses at other sizes are not "
-        "analysed yet"
+        "the terms are formed unscaled and the overflow scale taken only where a row's sum is "
+        "not finite (a tf.cond on the inputs themselves) since this run's commit: the scale's "
+        "test was a pass over both inputs before the terms. One core at 2^20, one process, "
+        "against Keras: 1.26 -> 1.00; this run's misses are inside the two cores' spread (q25 "
+        "1.00)"
     ),
     ("ulp", "poisson"): (
         "the worst input's loss is a small difference of larger terms (p against t log p: "
@@ -311,8 +304,9 @@ WHY: dict[tuple[str, str], str] = {
     },
     ("compiled", "categorical_hinge"): (
         "the kernel is Keras's formula (the sum of t p, the max of (1 - t) p, the hinge) as "
-        "one XLA computation, with the per-sample sum on XLA's fast reduction: not analysed "
-        "further yet"
+        "one XLA computation; its gradient counts tied maxima and detects NaN in one "
+        "reduction since this run's commit (two before: one core at 2^20, one process, 1.02 "
+        "-> 0.87). This run's misses are inside the two cores' spread"
     ),
     ("end_to_end", "mlp"): (
         "two cores' thread scheduling, not the kernels: on one core (taskset) the MLP's "
