@@ -425,19 +425,6 @@ def mp_categorical_focal_logits(z_row, x_row, gamma, alpha):
     return total
 
 
-def mp_categorical_focal_probabilities(z_row, p_row, gamma, alpha, low):
-    """sum alpha (1 - q_i)^gamma (-z_i log q_i), q = max(p, low) / sum; 1 - q_i: the others' sum."""
-    floored = [max(p, mpf(low)) for p in p_row]
-    total = mpmath.fsum(floored)
-    q = [v / total for v in floored]
-    terms = []
-    for i, z in enumerate(z_row):
-        if z != 0:
-            rest = mpmath.fsum(v for j, v in enumerate(q) if j != i)
-            terms.append(mpf(alpha) * mpmath.power(rest, mpf(gamma)) * (-z * mpmath.log(q[i])))
-    return mpmath.fsum(terms)
-
-
 def mp_kl_divergence_row(t_row, p_row, low):
     """sum t log(t / p) with t clipped to [0, 1], p to [low, 1]; 0 where t = 0."""
     total = mpmath.mpf(0)
