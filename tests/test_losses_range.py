@@ -46,6 +46,17 @@ def test_kl_divergence_nan_in_nan_out(regime):
     assert np.isnan(grad[:3]).any(axis=1).all()
 
 
+def test_poisson_nan_rate_gives_nan_value_and_gradient_at_it(regime):
+    # A zero count makes the log term vanish (xlogy), but a NaN rate is still NaN
+    # in the value and in its own gradient entry; the row's other entries keep theirs.
+    t = np.array([[0.0, 1.0], [2.0, 1.0], [1.0, 3.0]], np.float32)
+    p = np.array([[NAN, 1.0], [NAN, 2.0], [0.5, 2.0]], np.float32)
+    value, (grad,) = regime.value_and_grad(S.poisson, t, p, wrt=(1,))
+    np.testing.assert_array_equal(np.isnan(value), [True, True, False])
+    np.testing.assert_array_equal(np.isnan(grad[:, 0]), [True, True, False])
+    np.testing.assert_allclose(grad[:, 1], [0.0, 0.25, -0.25], rtol=1e-6)  # (1 - t/p) / 2
+
+
 @pytest.mark.parametrize(
     "call, t, p",
     [

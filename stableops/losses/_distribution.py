@@ -208,8 +208,9 @@ def _poisson_rows(target, rate):
         upstream = upstream[..., None] * share
         floored = floor_at_tiny(rate)
         counted = tf.logical_and(tf.not_equal(target, 0.0), rate >= floored)
-        ratio = tf.where(counted, target / floored, tf.zeros_like(rate))
-        return -upstream * tf.math.log(floored), upstream * (1.0 - ratio)
+        slope = 1.0 - tf.where(counted, target / floored, tf.zeros_like(rate))
+        slope = tf.where(tf.math.is_nan(rate), rate, slope)  # NaN in, NaN out
+        return -upstream * tf.math.log(floored), upstream * slope
 
     return value, grad
 
