@@ -187,7 +187,14 @@ def log1p_in_range(v, elementwise=False):
     and a select per element fewer, and no full-size mask for XLA to write.
     A rounding beyond 1, as ``logaddexp``'s corrected tail can have, changes
     nothing: the series' term count leaves a factor 8 of margin.
-    ``elementwise``: see :func:`accurate_log1p`.
+    ``elementwise=True`` takes the series' quotient as a reciprocal times the
+    numerator, which XLA fuses into the caller's loop, where a divide with
+    several users is written out as a pass of its own: binary cross-entropy
+    from logits 1.08-1.13 -> 1.01-1.02x Keras's time (under XLA, one core,
+    2^20, one process). A measured choice per caller: ``log_cosh`` went
+    0.94 -> 1.10x with it, and per-row arguments (the softmax family) keep
+    the division, which XLA then computes once per row (fused, the row's
+    series joined every element's loop in ``log_softmax``'s HLO).
     Gradient (custom): ``1 / (1 + v)``.
     """
 
@@ -201,7 +208,7 @@ def log1p_in_range(v, elementwise=False):
     return core(v)
 
 
-def accurate_log1p(v, elementwise=False):
+def accurate_log1p(v):
     """``log(1 + v)``: 0.6 ULP on ``[-1/2, 1]``, in XLA and in TF graphs alike.
 
     For ``1 + v`` in ``[1/2, 2]``: ``2 atanh(v / (2 + v))`` from its series,
@@ -212,15 +219,6 @@ def accurate_log1p(v, elementwise=False):
     Gradient (custom): ``1 / (1 + v)``, so autodiff never runs through the
     error-free transformations (whose exact-zero derivatives it would
     compute with rounding noise).
-    ``elementwise=True`` takes the series' quotient as a reciprocal times the
-    numerator, which XLA fuses into the caller's loop where a divide with
-    several users is written out as a pass of its own. A measured choice per
-    caller (under XLA, one core, 2^20, against Keras, one process): binary
-    cross-entropy from logits 1.08-1.13 -> 1.01-1.02x; from probabilities
-    1.67 -> 1.50x but binary focal, through the same ``log(1 - p)``,
-    1.74 -> 1.90x, and ``log_cosh`` 0.94 -> 1.10x: those keep the division,
-    as the per-row arguments of the softmax family do (fused, their series
-    joined every element's loop in ``log_softmax``'s HLO).
     """
 
     @tf.custom_gradient
@@ -228,7 +226,7 @@ def accurate_log1p(v, elementwise=False):
         value = safe_where(
             tf.logical_and(v >= -0.5, v <= 1.0),
             v,
-            functools.partial(_log1p_series, elementwise=elementwise),
+            _log1p_series,
             lambda t: tf.math.log(1.0 + t),
             safe_false=1.0,
         )
