@@ -12,6 +12,9 @@ import tensorflow as tf
 from tests._strategies import ALL_FLOAT_DTYPES
 
 REGIMES = ("eager", "function", "xla")
+# The graph regimes, for tests whose reference is the eager result (run eagerly
+# inside the test: an eager parameter would compare eager with itself).
+GRAPH_REGIMES = REGIMES[1:]
 
 
 def _unknown_batch_signature(args):

@@ -10,7 +10,7 @@ import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from hypothesis import HealthCheck, settings  # noqa: E402
 
-from tests._regimes import REGIMES, Regime  # noqa: E402
+from tests._regimes import GRAPH_REGIMES, REGIMES, Regime  # noqa: E402
 
 # `ci`: what `make test` runs; reproducible, bounded, no flaky deadlines.
 settings.register_profile(
@@ -36,6 +36,12 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 @pytest.fixture(params=REGIMES)
 def regime(request) -> Regime:
     """Run a function eagerly, under ``tf.function``, or under XLA (see tests/_regimes.py)."""
+    return Regime(request.param)
+
+
+@pytest.fixture(params=GRAPH_REGIMES)
+def graph_regime(request) -> Regime:
+    """``function`` or ``xla``, for a test that checks them against the eager result."""
     return Regime(request.param)
 
 
