@@ -173,6 +173,13 @@ def parse_args(argv):
     parser.add_argument(
         "--sizes", help="override the size ladder: comma-separated powers of two, e.g. 10,16,20"
     )
+    parser.add_argument(
+        "--rounds-scale",
+        type=int,
+        default=1,
+        help="time K times the preset's rounds at every size: a partial run (--only) of cases "
+        "whose ratio spreads more than its target's margin on shared cores",
+    )
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     parser.add_argument(
         "--report-only",
@@ -186,6 +193,8 @@ def parse_args(argv):
     if unknown:
         parser.error(f"unknown section(s) {unknown}; sections are {', '.join(SECTIONS)}")
     args.sections = sections
+    if args.rounds_scale < 1:
+        parser.error(f"--rounds-scale must be at least 1, got {args.rounds_scale}")
     return args
 
 
@@ -195,6 +204,7 @@ def make_config(args) -> Config:
     )
     if args.sizes:
         config.sizes = tuple(2 ** int(k) for k in args.sizes.split(","))
+    config.rounds = {size: n * args.rounds_scale for size, n in config.rounds.items()}
     return config
 
 
@@ -303,6 +313,7 @@ def main(argv=None) -> int:
             "environment": env,
             "config": config.to_dict(),
             "only": args.only,
+            "rounds_scale": args.rounds_scale,
             "sections_run": list(args.sections),
             "runtime_seconds": {"total": total, **runtimes},
             "availability": availability_json,

@@ -476,3 +476,12 @@ def test_command_line_rejects_unknown_sections_and_cases():
         bench_cases.select_cases("no_such_case")
     assert [c.name for c in bench_cases.select_cases("softmax")] == ["softmax"]
     assert [c.name for c in bench_cases.select_cases("_softmax")] == ["log_softmax"]
+
+
+def test_rounds_scale_multiplies_the_rounds_of_every_size():
+    plain = run.make_config(run.parse_args([]))
+    scaled = run.make_config(run.parse_args(["--rounds-scale", "3"]))
+    assert set(scaled.rounds) == set(plain.rounds)
+    assert all(scaled.rounds_for(s) == 3 * plain.rounds_for(s) for s in plain.sizes)
+    with pytest.raises(SystemExit):
+        run.parse_args(["--rounds-scale", "0"])
