@@ -113,13 +113,14 @@ def _shifted_exponentials(x, axis, with_tail):
 
 def _softmax_from_pieces(pieces):
     # p <= 1 and sum(p) >= 1 for a non-empty row: no overflow, no 0/0.
-    # Empty rows give zeros (their denominator is replaced by 1). One division
+    # Empty rows give zeros: their p is 1 (every entry is a maximum) and their
+    # denominator +inf (a select per row, not per entry). One division
     # per row and a multiplication per entry, as TF's Softmax kernel: half an
     # ULP more than dividing each entry, and a division per entry measured
     # 0.1x of Keras's time more in a plain tf.function at 2^20 (8192 x 128,
     # one core).
-    denominator = tf.where(pieces.empty, tf.ones_like(pieces.total), pieces.total)
-    return tf.where(pieces.empty, tf.zeros_like(pieces.p), pieces.p) * (1.0 / denominator)
+    denominator = tf.where(pieces.empty, tf.constant(math.inf, pieces.total.dtype), pieces.total)
+    return pieces.p * (1.0 / denominator)
 
 
 def _logsumexp_core(x, axis, keepdims):
@@ -158,19 +159,19 @@ def _log_softmax_core(x, axis):
     @tf.custom_gradient
     def core(x):
         pieces = _shifted_exponentials(x, axis, with_tail=True)
-        # (x - m) - log1p(s) = z + (z_low - log1p(s)): exactly -log1p(s) at the
-        # maximum (no cancellation), and x - m's rounding error kept.
-        shifted = pieces.z + (pieces.z_low - accurate_log1p(pieces.s))
-        value = tf.where(pieces.empty, tf.constant(-math.inf, x.dtype), shifted)
+        # (x - m) - log1p(s): exactly -log1p(s) at the maximum, and elsewhere two
+        # terms of one sign (z <= 0, log1p(s) >= 0), so z's rounding (z_low, which
+        # the sum needs) costs at most half an ULP of the result. An empty row's
+        # log1p(s) is +inf (one select per row, not per entry): -inf everywhere.
+        log_total = accurate_log1p(pieces.s)
+        log_total = tf.where(pieces.empty, tf.constant(math.inf, x.dtype), log_total)
+        value = pieces.z - log_total
 
         def grad(upstream):
-            # d/dx_j sum_i g_i (x_i - logsumexp(x)) = g_j - softmax_j * sum(g).
-            # Outputs at -inf (masked or -inf entries, empty rows) are constants:
-            # their upstream is dropped, so they pass no gradient (and no NaN).
-            y = _softmax_from_pieces(pieces)
-            minus_inf = tf.equal(value, tf.constant(-math.inf, x.dtype))
-            upstream = tf.where(minus_inf, tf.zeros_like(upstream), upstream)
-            return upstream - y * tf.reduce_sum(upstream, axis=axis, keepdims=True)
+            # The same formula as the compiled call's from the output (one answer
+            # in every regime); a softmax from the pieces kept p, a full-size
+            # buffer, alive for the backward pass.
+            return _log_softmax_gradient(value, upstream, axis, where=None)
 
         return value, grad
 
@@ -319,8 +320,9 @@ def log_softmax(x, axis=-1, where=None):
         Gradient (custom): ``g - softmax(x) * sum(g)``, where outputs at
         ``-inf`` (masked or ``-inf`` entries, empty rows) count as constants:
         they neither receive nor pass gradient, so empty rows get 0.
-        Error budget: 4 ULP in float32/float64 (``x - m`` is carried exactly),
-        1 ULP of the float32 result for float16/bfloat16; plus up to ``tiny``
+        Error budget: 4 ULP in float32/float64 (``x - m`` is carried exactly
+        in the sum; ``x - m`` and ``-log1p(s)`` have one sign), 1 ULP of the
+        float32 result for float16/bfloat16; plus up to ``tiny``
         per entry where tail terms below ``tiny`` are flushed to zero.
 
     Args:
