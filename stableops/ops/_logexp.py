@@ -439,8 +439,9 @@ def _log_cosh_core(x):
         _log_cosh_series,
         # log(cosh a) = (a - log 2) + log1p(exp(-2a)): cosh never
         # evaluated, so no overflow; for a >= 1 both terms are > 0
-        # (no cancellation).
-        lambda t: minus_log2(t) + log1p_in_range(tf.exp(-2.0 * t)),
+        # (no cancellation). log1p's quotient as a reciprocal: exp and the
+        # divide fused into one loop (log1p_in_range).
+        lambda t: minus_log2(t) + log1p_in_range(tf.exp(-2.0 * t), elementwise=True),
         safe_true=0.0,
         safe_false=1.0,
     )
