@@ -38,13 +38,26 @@ def _plain_sums_are_safe(x, squares, axis):
     the two roots stays below the largest float. A zero sum of squares is
     only safe for a row that is exactly zero (``sum |x| = 0``): entries below
     ``1e-19`` square to 0 in float32. ``inf`` and NaN rows fail. A scalar bool.
+    That last check is a pass over ``x``, made only when a sum of squares is 0
+    (a ``tf.cond``). Made for every call, it was two more reductions, each of
+    an expression XLA writes out in full: 1.41 -> 1.02x Keras's time at 2^20
+    and 3.68 -> 2.12x at 2^22 under XLA, 1.04 -> 0.70x and 1.29 -> 0.67x in a
+    plain ``tf.function`` (one core).
     """
     limits = dtype_limits(x.dtype)
     in_range = tf.logical_and(
         squares >= limits.tiny / limits.eps**2, squares <= limits.max / 4.0
     )
-    zero = tf.equal(tf.reduce_sum(tf.abs(x), axis=axis, keepdims=True), 0.0)
-    return tf.reduce_all(tf.logical_or(in_range, zero))
+    zero_sum = tf.equal(squares, 0.0)
+
+    def zero_sums_are_zero_rows():
+        zero_row = tf.equal(tf.reduce_sum(tf.abs(x), axis=axis, keepdims=True), 0.0)
+        return tf.reduce_all(tf.logical_or(tf.logical_not(zero_sum), zero_row))
+
+    return tf.logical_and(
+        tf.reduce_all(tf.logical_or(in_range, zero_sum)),
+        tf.cond(tf.reduce_any(zero_sum), zero_sums_are_zero_rows, lambda: tf.constant(True)),
+    )
 
 
 def _cosine(a, b, axis):
