@@ -166,17 +166,34 @@ WHY: dict[tuple[str, str], str] = {
         "reductions "
         "(max, sum)"
     ),
-    ("compiled", "log_softmax"): _ROW_REDUCTIONS,
+    ("compiled", "log_softmax"): (
+        _ROW_REDUCTIONS + ". Since this run's commit the value is (x - m) - log1p(s) (z_low only "
+        "in the sum), an empty row's -inf comes from a per-row log1p(s) = inf, and the backward "
+        "pass under XLA is g - exp(y) sum(g) (the other regimes' formula) instead of a softmax "
+        "from the forward pass's exponentials: two cores at 2^20, alternating, 2.50 -> 1.67 "
+        "(one core 1.85-1.93 -> 1.74; peak memory under XLA 2.50 -> 1.52x). Measured on one "
+        "core in one process at 2^20: the plain formula with this backward pass 1.04, plus the "
+        "tail and the count of ties 1.37, plus the TwoSum 1.48, plus the mask of -inf outputs "
+        "in the backward pass 1.60"
+    ),
     ("compiled", "cosine_similarity"): (
-        "five reductions per row (the sums of a^2, b^2 and a b, and of |a| and |b| to tell a "
-        "zero row from one whose squares underflow) where Keras makes three, plus "
-        "the check that picks the plain or the scaled form"
+        "three reductions per row (the sums of a^2, b^2 and a b) where Keras makes three of "
+        "plainer expressions that XLA fuses into its reduction loops, plus the check that picks "
+        "the plain or the scaled form; the sums of |a| and |b| that tell a zero row from one "
+        "whose squares underflow run only when a sum of squares is 0 since this run's commit "
+        "(one core, alternating: 1.41 -> 1.02 at 2^20, 3.68 -> 2.12 at 2^22). The three sums "
+        "through a plain reduce_sum (XLA's fused tree loop, no buffer): 1.19 and 2.26 against "
+        "0.95 and 1.99 (one core, 2^20 and 2^22)"
     ),
     ("compiled", "log_cosh"): (
         "both sides of the switch at |x| = 1 run for every element (double where): a polynomial "
         "on one side (fitted to the Taylor series: 8 terms for 17 in float32; single core at "
         "2^20 0.95-1.04 -> 0.80-0.89), exp and a compensated log1p series on the other; Keras "
-        "computes x + softplus(-2x) - log 2 once"
+        "computes x + softplus(-2x) - log 2 once. Since this run's commit nothing full-size is "
+        "written out beside the value and the gradient (tanh in the gradient only, log1p's "
+        "quotient as a reciprocal): one core, alternating, 2.67 -> 0.96 at 2^22, 0.96-1.02 "
+        "from 2^14 to 2^24; the misses left are at 2^14 (the two-task split, see the common "
+        "reason) and within the spread"
     ),
     ("function", "elu"): (
         "Keras runs one fused TF kernel (Elu) and one for its gradient (EluGrad), with exp - 1 "
