@@ -436,7 +436,12 @@ GENERIC_WHY = {
         "costs about 50 us. Pinned to one core (taskset, no split), 20-40 alternating rounds "
         "at 2^14: gaussian_kl 1.14-1.16 -> 1.01, log_cosh 1.10 -> 0.97, "
         "mean_squared_logarithmic_error 1.12 -> 1.02, categorical_focal_crossentropy 1.14 -> "
-        "1.04, binary_crossentropy_logits 1.10 -> 0.98"
+        "1.04, binary_crossentropy_logits 1.10 -> 0.98. From 2^22 up, the default CPU "
+        "allocator (malloc) returns freed temporaries of 16 MiB to the system after a call, and "
+        "a kernel with more of them than Keras's faults in fresh pages on every call: with "
+        "TF_CPU_ALLOCATOR_USE_BFC=true (TensorFlow's pooling allocator; one core, 2^22) "
+        "categorical_crossentropy_logits 3.10 -> 1.44, cosine_similarity 1.92 -> 0.69, "
+        "logsumexp 2.27 -> 1.67, log_softmax and binary_crossentropy unchanged (1.86, 1.21)"
     ),
     "end_to_end": (
         "the step time adds up the kernels the model calls: see the function (jit_compile=False) "
