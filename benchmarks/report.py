@@ -196,13 +196,17 @@ WHY: dict[tuple[str, str], str] = {
         "reason) and within the spread"
     ),
     ("function", "elu"): (
-        "Keras runs one fused TF kernel (Elu) and one for its gradient (EluGrad), with exp - 1 "
-        "where the stable value is an 11-term expm1 series (single core at 2^20: 1.17, with "
-        "one exp for value and slope; 1.28 with a second for the slope); stableops's forward "
-        "call also returns the slope (row-local), one more full-size write: on two cores 1.17-1.22 "
-        "against 1.13-1.14 when the backward recomputes (2^20-2^22), better below 2^16 (one "
-        "call fewer), and in the CNN's model.fit step 1.10 against 1.13 with peak memory 19 "
-        "against 23.5 MiB"
+        "Keras runs one fused TF kernel (Elu) and one for its gradient (EluGrad), which takes "
+        "the slope from the output (y + 1: no exp, but it cancels where x << 0, 0 for x < -17 "
+        "in float32); stableops's slope is exp(x), so its two passes hold an exp each, "
+        "whether the forward call returns the slope (row-local, as now) or the backward "
+        "recomputes it: one core, 2^20, one process, alternating with Keras, 1.36 and 1.35 "
+        "(2^22: 1.39 and 1.25-1.36; eagerly recomputing is 2.4 -> 3.6 at 2^14, one more "
+        "compiled call). Each nested compiled call also costs more than the same XLA code "
+        "compiled whole: exp(x) 2 at 2^20, two cores, 0.84-0.89 ms called from a plain "
+        "tf.function against 0.62-0.71 ms as a jit_compile function, and with an unknown "
+        "batch dimension (as model.fit traces) elu's forward and backward take 13% (one core) "
+        "to 34% (two cores) longer than with a static one"
     ),
     ("compiled", "elu"): (
         "expm1 is a software polynomial (7 terms in float32, fitted on [-1, 0]; 11 as a Taylor "

@@ -7,6 +7,10 @@
 
 __version__ = "0.1.0"
 
+from stableops._internal.autograph import exclude_from_autograph  # noqa: E402
+
+exclude_from_autograph(__name__)  # plain graph code: a user's tf.function traces it as it is
+
 from stableops import activations, callbacks, layers, losses, ops, optimizers  # noqa: E402
 from stableops.doctor import Report, diagnose  # noqa: E402
 

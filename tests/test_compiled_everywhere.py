@@ -218,3 +218,32 @@ def test_second_order_gradients_flow_through_the_compiled_backward_pass(regime):
     f2 = np.where(x > 0, 0.0, e)
     want = 4 * (2 * f * f1) * (f1**2 + f * f2)
     np.testing.assert_allclose(got, want, rtol=8 * np.finfo(np.float32).eps)
+
+
+def test_a_users_tf_function_traces_stableops_without_autograph(monkeypatch):
+    # AutoGraph converts what a user's tf.function calls; stableops is plain graph
+    # code, and converting it cost seconds on the first trace (1.7 s for one elu).
+    from tensorflow.python.autograph.impl import api
+
+    converted = []
+    convert = api._convert_actual
+
+    def recording(entity, program_ctx):
+        converted.append(f"{entity.__module__}.{entity.__qualname__}")
+        return convert(entity, program_ctx)
+
+    monkeypatch.setattr(api, "_convert_actual", recording)
+    loss = stableops.losses.BinaryCrossentropy(from_logits=True)
+
+    @tf.function  # AutoGraph on, as a user writes it
+    def step(x, y):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            value = loss(y, stableops.ops.elu(x)) + tf.reduce_sum(stableops.ops.log_softmax(x))
+            value += tf.reduce_sum(ELU()(stableops.ops.safe_log(tf.abs(x))))
+        return value, tape.gradient(value, x)
+
+    x = tf.constant([[0.5, -2.0], [1.0, 3.0]])
+    step(x, tf.constant([[1.0, 0.0], [0.0, 1.0]]))
+    assert any(name.endswith("step") for name in converted), converted  # the spy works
+    assert not [name for name in converted if name.startswith("stableops")], converted

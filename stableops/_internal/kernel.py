@@ -388,6 +388,7 @@ def xla_kernel(fn=None, *, row_local=False, gradient_from_output=None):
 
         return call(*[values[p] for p in positions])
 
+    @tf.autograph.experimental.do_not_convert
     @functools.wraps(fn)
     def kernel(*args, **kwargs):
         if _inline_here():
