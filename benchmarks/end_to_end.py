@@ -34,7 +34,9 @@ batches:
    the target compares stableops's with Keras's. Compiled functions are
    cached per process, so it is the cost of the first model of its kind in
    the process;
-4. **peak memory**: one more warm fit under ``memory.peak_extra_bytes``
+4. **peak memory**: the median of three more warm fits per flavour (alternating;
+   one fit's peak moved by 0.9-1.36x Keras's between runs of unchanged code)
+   under ``memory.peak_extra_bytes``
    (TF's CPU allocator statistics where TF keeps them, the peak-RSS reset
    otherwise; ``tracemalloc`` sees no TF tensor): the memory the fit adds
    at its worst moment over what is held before it, i.e. activations,
@@ -59,14 +61,15 @@ METHOD = (
     "`rounds` "
     "interleaved timed fits of `steps` steps per flavour; step time = fit time / steps; ratio = "
     "median of "
-    "same-round ratios; compile overhead = first fit - median warm fit; peak memory of one more "
-    "warm fit "
+    "same-round ratios; compile overhead = first fit - median warm fit; peak memory: median of "
+    "three more warm fits "
     "(see memory_method)"
 )
 
 MODELS = ("mlp", "cnn", "gru")
 FLAVOURS = ("stableops", "keras")
 MIXED = "mixed_float16"
+MEMORY_REPEATS = 3  # warm fits measured for peak memory, per flavour
 
 
 def _flavour_parts(flavour: str):
@@ -187,6 +190,15 @@ def _fit_seconds(model, dataset) -> tuple[float, float, float]:
     )
 
 
+def _median_peaks(built: dict, method: str, repeats: int = MEMORY_REPEATS) -> dict:
+    """Per flavour, the median peak of ``repeats`` warm fits, the flavours alternating."""
+    samples = {f: [] for f in built}
+    for r in range(repeats):
+        for flavour in list(built) if r % 2 == 0 else list(built)[::-1]:
+            samples[flavour].append(peak_extra_bytes(_fit_seconds, built[flavour], method))
+    return {f: int(np.median(v)) for f, v in samples.items()}
+
+
 def _measure(model_name: str, compile_mode: str, policy: str, config, log) -> dict:
     built, notes, first, source = {}, {}, {}, None
     for flavour in FLAVOURS:
@@ -215,7 +227,7 @@ def _measure(model_name: str, compile_mode: str, policy: str, config, log) -> di
             wall[flavour].append(seconds)
             cpu[flavour].append(cpu_seconds)
     method = peak_method()
-    peak = {f: peak_extra_bytes(_fit_seconds, built[f], method) for f in built} if method else {}
+    peak = _median_peaks(built, method) if method else {}
     steps = config.e2e_steps
     row = {
         "model": model_name,
@@ -225,7 +237,7 @@ def _measure(model_name: str, compile_mode: str, policy: str, config, log) -> di
         "steps": steps,
         "batch": config.e2e_batch,
         "rounds": config.e2e_rounds,
-        "memory_method": f"one warm fit: {METHODS[method]}"
+        "memory_method": f"median of {MEMORY_REPEATS} warm fits: {METHODS[method]}"
         if method
         else "not measured (no method works here)",
         "flavours": {

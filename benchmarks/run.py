@@ -177,8 +177,8 @@ def parse_args(argv):
         "--rounds-scale",
         type=int,
         default=1,
-        help="time K times the preset's rounds at every size: a partial run (--only) of cases "
-        "whose ratio spreads more than its target's margin on shared cores",
+        help="time K times the preset's rounds at every size (and of model.fit): a partial run "
+        "(--only) of cases whose ratio spreads more than its target's margin on shared cores",
     )
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     parser.add_argument(
@@ -205,6 +205,7 @@ def make_config(args) -> Config:
     if args.sizes:
         config.sizes = tuple(2 ** int(k) for k in args.sizes.split(","))
     config.rounds = {size: n * args.rounds_scale for size, n in config.rounds.items()}
+    config.e2e_rounds *= args.rounds_scale
     return config
 
 
