@@ -435,6 +435,16 @@ WHY: dict[tuple[str, str], str] = {
         "slope in a compiled backward call measured the same 201 MiB: XLA writes the gradient "
         "into a buffer of its own"
     ),
+    ("compiled", "huber"): (
+        "the two cores' spread and, at 2^22, the default allocator: pinned to one core, "
+        "alternating with Keras in one process, 1.01 at 2^18 and 0.94 at 2^22 (1.02 with "
+        "TF_CPU_ALLOCATOR_USE_BFC=true, which takes 2^22 from 7 to 5 ms a call on both sides)"
+    ),
+    ("compiled", "hinge"): (
+        "the two cores' spread and, at 2^24, the default allocator: pinned to one core, "
+        "alternating with Keras in one process, 0.84 at 2^20 and 0.97 at 2^24 (0.88 with "
+        "TF_CPU_ALLOCATOR_USE_BFC=true, which takes 2^24 from 103 to 29 ms a call)"
+    ),
     ("ulp", "categorical_crossentropy_logits"): _FLUSHED,
     ("ulp", "sparse_categorical_crossentropy_logits"): _FLUSHED,
     ("ulp", "logsumexp"): _FLUSHED,
