@@ -190,10 +190,10 @@ def _fit_seconds(model, dataset) -> tuple[float, float, float]:
     )
 
 
-def _median_peaks(built: dict, method: str, repeats: int = MEMORY_REPEATS) -> dict:
-    """Per flavour, the median peak of ``repeats`` warm fits, the flavours alternating."""
+def _median_peaks(built: dict, method: str) -> dict:
+    """Per flavour, the median peak of ``MEMORY_REPEATS`` warm fits, the flavours alternating."""
     samples = {f: [] for f in built}
-    for r in range(repeats):
+    for r in range(MEMORY_REPEATS):
         for flavour in list(built) if r % 2 == 0 else list(built)[::-1]:
             samples[flavour].append(peak_extra_bytes(_fit_seconds, built[flavour], method))
     return {f: int(np.median(v)) for f, v in samples.items()}

@@ -12,18 +12,17 @@ conversion and 0.2 s without (measured, 2 cores).
 from __future__ import annotations
 
 
-def exclude_from_autograph(package: str) -> bool:
-    """Add ``package`` to AutoGraph's do-not-convert rules; whether that was possible.
+def exclude_from_autograph(package: str) -> None:
+    """Add ``package`` to AutoGraph's do-not-convert rules.
 
-    The rules are TensorFlow's (not public API, the same since TF 2.x): where
-    they are missing, ``tf.autograph.experimental.do_not_convert`` on the
-    kernels and the losses' entry points still keeps most of it unconverted.
+    The rules are TensorFlow's own, not public API: where they are missing,
+    ``tf.autograph.experimental.do_not_convert`` on the kernels and on the
+    losses' entry points still keeps most of stableops unconverted.
     """
     try:
         from tensorflow.python.autograph.core import config
     except ImportError:  # pragma: no cover - a TF without the module
-        return False
+        return
     rules = tuple(getattr(config, "CONVERSION_RULES", ()))
     if not any(isinstance(r, config.DoNotConvert) and r.matches(package) for r in rules):
         config.CONVERSION_RULES = (config.DoNotConvert(package), *rules)
-    return True
