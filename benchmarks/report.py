@@ -376,15 +376,14 @@ WHY: dict[tuple[str, str], str] = {
         "cores): 1.00 in float32, 1.06 (q25 0.99) under mixed_float16"
     ),
     ("memory", "cnn"): (
-        "the layers, not the loss: the median of five warm fits (two cores, one process, "
-        "flavours alternating) measured 65-76 MiB for Keras's model, 61-77 MiB with "
-        "stableops's loss and Keras's layers, 96-106 MiB with stableops's layers and Keras's "
-        "loss. ELU keeps its slope, a full-size buffer (5.3 MiB at [128, 26, 26, 16]), "
-        "between the passes (see elu under Memory) and its compiled calls write their outputs "
-        "into buffers of their own; recomputing the slope in the backward call measured no "
-        "less (100.5 against 79.8 MiB for the model with everything stableops's). One fit's "
-        "peak is noisy: the plain tf.function ratio measured 1.36, 0.91, 1.31 and 1.33 in "
-        "runs of unchanged code"
+        "ELU's slope, not the loss: ELU keeps exp(x) (5.3 MiB at [128, 26, 26, 16]) between the "
+        "passes (see elu under Memory), where Keras's EluGrad takes the slope from the output, "
+        "which the next convolution keeps anyway. With TF's allocator statistics (oneDNN on, "
+        "median of five warm fits alternating): Keras's model 14.4 MiB, with stableops's ELU "
+        "19.7 MiB, with stableops's LeakyReLU 12.8 MiB: one slope buffer more. The peak RSS "
+        "this machine's run measures (oneDNN off) adds the allocator's churn: 96-121 against "
+        "65-76 MiB, and 1.36, 0.91, 1.31, 1.33x in runs of unchanged code. The slope from the "
+        "output (y + 1) cancels where x << 0 (0 below about -17 in float32)"
     ),
     **{
         ("memory", model): (
