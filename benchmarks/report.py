@@ -497,7 +497,9 @@ GENERIC_WHY = {
         "arithmetic (see the "
         "XLA reasons), one XLA fusion does not make up for it, and XLA on CPU may run a fusion on "
         "fewer "
-        "threads than Eigen's kernels use"
+        "threads than Eigen's kernels use. A nested compiled call also costs more than the same "
+        "XLA code compiled whole: exp(x) 2 at 2^20, two cores, 0.84-0.89 ms called from a plain "
+        "tf.function against 0.62-0.71 ms as a jit_compile function"
     ),
     "eager": (
         "an eager stableops call runs its forward pass and its gradient as compiled XLA functions "
