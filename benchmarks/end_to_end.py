@@ -56,20 +56,20 @@ import numpy as np
 from benchmarks.memory import METHODS, peak_extra_bytes, peak_method
 from benchmarks.speed import quantiles
 
+MEMORY_REPEATS = 3  # warm fits measured for peak memory, per flavour
 METHOD = (
     "model.fit on a tf.data dataset of ready-made batches; one first fit (traces, compiles), then "
     "`rounds` "
     "interleaved timed fits of `steps` steps per flavour; step time = fit time / steps; ratio = "
     "median of "
     "same-round ratios; compile overhead = first fit - median warm fit; peak memory: median of "
-    "three more warm fits "
+    f"{MEMORY_REPEATS} more warm fits "
     "(see memory_method)"
 )
 
 MODELS = ("mlp", "cnn", "gru")
 FLAVOURS = ("stableops", "keras")
 MIXED = "mixed_float16"
-MEMORY_REPEATS = 3  # warm fits measured for peak memory, per flavour
 
 
 def _flavour_parts(flavour: str):
