@@ -1037,6 +1037,81 @@ def test_kl_divergence_terms_near_and_far_from_a_ratio_of_one(np_dtype, regime):
     R.assert_ulp_within(np.asarray(value), reference, np.dtype(np_dtype).name, ULP)
 
 
+def _nearly_equal_distribution_rows():
+    """Rows where KL's terms cancel: ``p`` a perturbation of ``t`` (relative sizes 1e-1
+    to 1e-6, so ratios near 1), and rows with one ratio swept across the series' ends
+    (1/2 and 2) while the others take up the difference of the masses."""
+    rng = np.random.default_rng(11)
+    rows = []
+    for scale in (1e-1, 1e-3, 1e-6):
+        for classes in (2, 5, 16):
+            for _ in range(4):
+                t = rng.dirichlet(np.ones(classes)).astype(np.float32)
+                p = t * (1.0 + scale * rng.standard_normal(classes))
+                rows.append((t, (p / p.sum()).astype(np.float32)))
+    ends = [0.5, 2.0, 0.4999, 0.5001, 1.9999, 2.0001]
+    for ratio in np.concatenate([np.linspace(0.3, 4.0, 24), ends]):
+        t = rng.dirichlet(np.ones(3)).astype(np.float32)
+        p = t.copy()
+        p[0] = t[0] / ratio
+        p[1:] = t[1:] / t[1:].sum() * max(1.0 - p[0], 0.01)
+        rows.append((t, p.astype(np.float32)))
+    # The benchmark's worst row before the split: 6.7e2 ULP of a 4.8e-7 result (Keras: 2.5e7).
+    rows.append(([0.25] * 4, [0.25034525990486145, 0.24965474009513855, 0.25, 0.25]))
+    return zip(*rows)
+
+
+def _pad_rows(rows):
+    width = max(len(row) for row in rows)
+    return np.array([np.pad(np.float32(row), (0, width - len(row))) for row in rows])
+
+
+def _mp_kl_budget_scale(t_row, p_row):
+    """The documented budget's unit: ``sum p phi(t/p) + |sum (t - p)|`` over the nonzero
+    targets, ``p phi(t/p) = t log(t/p) - (t - p) >= 0``. It is the divergence itself where
+    the masses of the two rows agree or the target's is larger; where the prediction's
+    mass is larger, the exact ``sum(t - p)`` cancels part of the non-negative sum."""
+    pairs = [(t, p) for t, p in zip(t_row, p_row) if t != 0]
+    excess = mpmath.fsum(t * mpmath.log(t / p) - (t - p) for t, p in pairs)
+    return excess + abs(mpmath.fsum(t - p for t, p in pairs))
+
+
+def _assert_kl_within_budget(value, targets, predictions):
+    reference = R.reference_cross_entropy_rows(R.mp_kl_divergence_row, targets, predictions, 0)
+    scales = R.reference_cross_entropy_rows(_mp_kl_budget_scale, targets, predictions)
+    for got, want, scale in zip(np.asarray(value, np.float64), reference, scales):
+        error = abs(mpmath.mpf(float(got)) - want) / R.ulp_of(scale, "float32")
+        assert error <= ULP, f"{float(error):.3g} ULP: got {got!r}, want {want}, unit {scale}"
+
+
+def test_kl_divergence_row_sums_of_nearly_equal_distributions(regime):
+    # The divergence is second order in t - p, each term first order: a plain row sum
+    # cancels (the run before this test: 6.7e2 ULP). The budget is for the row's result.
+    targets, predictions = map(_pad_rows, _nearly_equal_distribution_rows())
+    value = regime.run(S.kl_divergence, targets, predictions, unknown_batch=True)
+    _assert_kl_within_budget(value, targets, predictions)
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@given(
+    t=st.lists(st.floats(0.01, 1.0), min_size=2, max_size=12),
+    noise=st.lists(st.floats(-1.0, 1.0), min_size=12, max_size=12),
+    scale=st.sampled_from([1e-1, 1e-2, 1e-4, 1e-6]),
+)
+def test_kl_divergence_row_sums_property(dtype, t, noise, scale):
+    # Drawn in float32, cast to the dtype (half precision computes in float32 and
+    # returns float32): the reference takes the cast values, so the budget is in
+    # float32 ULPs whatever the input precision rounded away. The casts leave the two
+    # rows' masses apart by up to an ULP of the dtype, which the budget's unit counts.
+    np_dtype = R.to_numpy_dtype(dtype)
+    target = np.array(t, np.float64) / np.sum(t)
+    prediction = target * (1.0 + scale * np.array(noise[: len(t)]))
+    target = target.astype(np.float32).astype(np_dtype)[None]
+    prediction = (prediction / prediction.sum()).astype(np.float32).astype(np_dtype)[None]
+    value = S.kl_divergence(target, prediction).numpy()
+    _assert_kl_within_budget(value, target.astype(np.float64), prediction.astype(np.float64))
+
+
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES)
 def test_kld_and_poisson_accuracy(dtype):
     np_dtype = R.to_numpy_dtype(dtype)

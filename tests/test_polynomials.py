@@ -18,6 +18,7 @@ import tensorflow as tf
 
 from stableops._internal.elementary import _nonpositive_expm1_coefficients
 from stableops._internal.polynomials import chebyshev_coefficients, horner
+from stableops.losses._distribution import _atanh_tail_coefficients
 from stableops.losses._gaussian_kernels import _excess_coefficients
 from stableops.ops._logexp import _log_cosh_polynomial
 
@@ -36,6 +37,13 @@ def _mp_log_cosh_over_square(t):  # in t = a^2
     return mpmath.log(mpmath.cosh(mpmath.sqrt(t))) / t if t != 0 else mpmath.mpf(1) / 2
 
 
+def _mp_atanh_tail(q):  # (atanh(s)/s - 1)/s^2 in q = s^2
+    if q == 0:
+        return mpmath.mpf(1) / 3
+    s = mpmath.sqrt(q)
+    return (mpmath.atanh(s) / s - 1) / q
+
+
 def _log_cosh_taylor(k):
     # log cosh a = sum_{n>=1} 2^(2n) (2^(2n) - 1) B_(2n) / (2n (2n)!) a^(2n); t^k has n = k + 1.
     n = k + 1
@@ -49,6 +57,13 @@ FITS = {
         _mp_half_excess_over_square,
         (-1.0, 2.0),
         lambda k: mpmath.mpf(1) / (2 * mpmath.factorial(k + 2)),
+        EPS32 / 4,
+    ),
+    "kl_divergence_atanh_tail": (
+        _atanh_tail_coefficients(tf.float32),
+        _mp_atanh_tail,
+        (0.0, 1.0 / 9.0),
+        lambda k: mpmath.mpf(1) / (2 * k + 3),
         EPS32 / 4,
     ),
     "elu_expm1": (

@@ -6,7 +6,9 @@ and under XLA they must reduce a product the way XLA reduces a sum of terms
 (on TF 2.21's CPU backend: YNNPACK instead of a tree of ``reduce-window``
 loops, 1.5x slower; other versions treat both alike, and so does the test).
 ``per_sample_sum`` must be ``tf.reduce_sum`` over the last axis too, and under
-XLA stay a reduction of its own when a batch sum follows it.
+XLA stay a reduction of its own when a batch sum follows it. ``folded_row_sum``
+must be that sum too (in another order), over rows of any width, and under XLA
+write out a quarter of the summed expression rather than all of it.
 """
 
 from __future__ import annotations
@@ -18,7 +20,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from stableops._internal.reductions import mean_over, per_sample_sum, sum_over
+from stableops._internal.reductions import (
+    ROW_FOLDS,
+    folded_row_sum,
+    mean_over,
+    per_sample_sum,
+    sum_over,
+)
 
 NAN, INF = math.nan, math.inf
 
@@ -75,3 +83,36 @@ def test_a_per_sample_sum_is_not_merged_with_the_batch_sum():
     apart = _reductions(lambda x: tf.reduce_sum(tf.reduce_sum(tf.exp(x) + 0.5, axis=-1) * 0.5), x)
     ours = _reductions(lambda x: tf.reduce_sum(per_sample_sum(tf.exp(x) + 0.5)), x)
     assert ours == apart
+
+
+@pytest.mark.parametrize("width", [1, 3, 4, 5, 8, 11, 128])
+def test_folded_row_sum_is_the_row_sum(width, regime):
+    # Integers (exact in any order) mark each entry: a dropped or repeated part of the
+    # row, or a lost remainder column, changes the sum. Traced with the batch and the
+    # width unknown (the kernels' signatures generalize every dimension).
+    rows = np.arange(3 * width, dtype=np.float64).reshape(3, width) ** 2
+    fn = folded_row_sum
+    if regime.name != "eager":
+        signature = [tf.TensorSpec([None, None], tf.float64)]
+        fn = tf.function(fn, jit_compile=regime.name == "xla", input_signature=signature)
+    ours = fn(tf.constant(rows))
+    np.testing.assert_array_equal(ours.numpy(), rows.sum(axis=-1))
+    nan_row = np.where(np.arange(width) == width - 1, NAN, rows[0])[None]  # NaN in the last entry
+    assert np.isnan(folded_row_sum(tf.constant(nan_row)).numpy()).all()
+
+
+def _largest_buffer(fn, x):
+    """Elements of the largest array ``fn``'s optimized XLA program writes out (inputs aside)."""
+    hlo = tf.function(fn, jit_compile=True).experimental_get_compiler_ir(x)(stage="optimized_hlo")
+    entry = hlo[hlo.index("ENTRY"):]
+    shapes = re.findall(r"= f(?:32|64)\[([\d,]*)\][^=]* fusion\(", entry)
+    return max(math.prod(int(d) for d in shape.split(",") if d) for shape in shapes)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_folded_row_sum_writes_out_at_most_a_part_of_the_row(dtype):
+    x = tf.constant(np.random.default_rng(0).normal(size=(512, 128)).astype(dtype))
+    plain = _largest_buffer(lambda x: tf.reduce_sum(tf.exp(x) * x, axis=-1), x)
+    folded = _largest_buffer(lambda x: folded_row_sum(tf.exp(x) * x), x)
+    assert plain == 512 * 128  # the whole expression, as the module says
+    assert folded <= 512 * 128 // ROW_FOLDS  # float64: none (one loop forms and sums the parts)
