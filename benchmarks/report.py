@@ -91,7 +91,12 @@ _ROW_REDUCTIONS = (
     "ties 1.52-1.59 (before that change), without it, the TwoSum and the log1p series 1.28; the "
     "count in the same reduction as the sum (a stacked, a complex or a variadic reduce) "
     "2.2-3.9, the first maximum from argmax 2.7-2.8 (one core, this session) or top_k 93: "
-    "none reaches 1.05 within 4 ULP"
+    "none reaches 1.05 within 4 ULP. Since this run's commit both row sums are float64 sums "
+    "that XLA forms and sums in one loop (`_internal/reductions.float64_sum`), where the "
+    "terms and the ties' indicator were each written out for YNNPACK: one core, alternating "
+    "with Keras, logsumexp 1.76 -> 1.23 and log_softmax 2.06 -> 1.71 at 2^22, categorical "
+    "cross-entropy from logits 1.36 -> 1.11 at 2^20, 2^14 unchanged; two-core runs of "
+    "logsumexp at 2^20 spread 1.2-1.6 before and after"
 )
 _CROSS_ENTROPY = (
     "the loss is sum(z) log1p(s) - sum(z (x - max)) from the stable row reduction's pieces (see "
@@ -401,23 +406,28 @@ WHY: dict[tuple[str, str], str] = {
     },
     **{
         ("memory", case): (
-            "one full-size buffer more than Keras's (2^24, peak over the inputs: sparse "
-            "cross-entropy 130 against 65 MiB in a plain tf.function, logsumexp 130 against 66 "
-            "under XLA): the count of ties. XLA hands each row sum of a computed expression to "
-            "YNNPACK, which reads it from a buffer, and the indicator x == max is written out as "
-            "a full-size float32 buffer for it (optimized HLO of the sparse cross-entropy: that "
-            "buffer and the exponentials, which become the gradient). Counting the ties in the "
-            "max's own reduction, a (max, count) variadic reduce over x "
-            "(XlaVariadicReduceV2), writes no buffer, but was slower in the kernels (one core, "
-            "under XLA: logsumexp 2.70 -> 2.97 ms at 2^20 and 12.4 -> 13.2 ms at 2^22, sparse "
-            "cross-entropy 2.59 -> 3.00 and 10.6 -> 12.5 ms; an integer count is written out as "
-            "int32 all the same): speed first"
+            "since this run's commit the row reduction writes no buffer for its sums (the "
+            "ties' indicator x == max and the terms were written out for YNNPACK; now float64 "
+            "sums formed in one XLA loop, `float64_sum`): 2^24, peak over the inputs, "
+            "logsumexp 130 -> 68 MiB (Keras 66 under XLA, 129 in a plain tf.function), "
+            "sparse cross-entropy from logits 131 -> 68 (Keras 66), categorical from logits "
+            "195-320 -> 134 (Keras 65-128: its fused kernel's backprop times the upstream "
+            "gradient, in place or not, moves between runs). What is left is the row-local "
+            "backward pass: the forward call returns the gradient for a unit upstream, and "
+            "its product with the upstream gradient is a buffer of its own. log_softmax's "
+            "peak under XLA did not change (196 -> 197 against 129 MiB): its extra buffer is "
+            "not the sums' (not analysed further)"
         )
         for case in (
             "logsumexp", "log_softmax", "categorical_crossentropy_logits",
             "sparse_categorical_crossentropy_logits",
         )
     },
+    ("memory", "nt_xent"): (
+        "at this size (inputs of 257 KiB) the allocator's peak moves in steps of 1 MiB: 2 "
+        "against 1 MiB in the full run, 1 against 1 MiB (1.26x in bytes) in a memory-only "
+        "run, the same before and after this run's commit"
+    ),
     ("memory", "softmax"): (
         "the backward pass is a compiled call, and XLA writes its result into a buffer of its "
         "own, where Keras's gradient ops (TF element-wise kernels) write into the upstream "

@@ -8,7 +8,8 @@ loops, 1.5x slower; other versions treat both alike, and so does the test).
 ``per_sample_sum`` must be ``tf.reduce_sum`` over the last axis too, and under
 XLA stay a reduction of its own when a batch sum follows it. ``folded_row_sum``
 must be that sum too (in another order), over rows of any width, and under XLA
-write out a quarter of the summed expression rather than all of it.
+write out a quarter of the summed expression rather than all of it; ``float64_sum``
+the sum in float64, rounded once.
 """
 
 from __future__ import annotations
@@ -20,8 +21,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from stableops import ops
 from stableops._internal.reductions import (
     ROW_FOLDS,
+    float64_sum,
     folded_row_sum,
     mean_over,
     per_sample_sum,
@@ -116,3 +119,46 @@ def test_folded_row_sum_writes_out_at_most_a_part_of_the_row(dtype):
     folded = _largest_buffer(lambda x: folded_row_sum(tf.exp(x) * x), x)
     assert plain == 512 * 128  # the whole expression, as the module says
     assert folded <= 512 * 128 // ROW_FOLDS  # float64: none (one loop forms and sums the parts)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32", "float64"])
+def test_float64_sum_rounds_once(dtype, regime):
+    # Each row's exact sum is a small power of two that a sum in the row's own dtype
+    # loses: 1 + tiny - 1 cancels to 0 once 1 + tiny has rounded. float64 rows have
+    # nothing wider to sum in. A NaN or an infinity stays one; a non-last axis takes the
+    # plain sum.
+    small = {"float16": 2.0**-14, "bfloat16": 2.0**-30, "float32": 2.0**-30, "float64": 2.0**-60}
+    tiny = small[dtype]
+    rows = np.array([[1.0, tiny, -1.0, 0.0], [tiny, 1.0, 0.0, -1.0], [1.0, NAN, 0.0, 0.0],
+                     [INF, 1.0, 2.0, 3.0]])
+    x = tf.constant(rows, dtype=dtype)
+
+    def sums(x):
+        return float64_sum(x, -1), float64_sum(x, 1, keepdims=True), float64_sum(x, 0)
+
+    last, kept, first = (t.numpy().astype(np.float64) for t in regime.wrap(sums, x)(x))
+    # float64: 1 + tiny rounds to 1 before the -1, in either row's order.
+    want = np.array([0.0, 0.0, NAN, INF] if dtype == "float64" else [tiny, tiny, NAN, INF])
+    np.testing.assert_array_equal(last, want)
+    np.testing.assert_array_equal(kept, want[:, None])
+    np.testing.assert_array_equal(first, tf.reduce_sum(x, axis=0).numpy().astype(np.float64))
+
+
+def test_the_row_reduction_writes_no_buffer_for_its_sums():
+    # logsumexp's value and gradient under XLA: the exponentials (which become the
+    # gradient) and the gradient are full-size; its two row sums (the terms below the
+    # maximum, the count of maxima) go through float64_sum and add none. With float32
+    # sums XLA wrote both summed expressions out for YNNPACK (the terms below the
+    # maximum are the exponentials): three.
+    x = tf.constant(np.random.default_rng(0).normal(size=(512, 128)).astype(np.float32))
+
+    def value_and_gradient(x):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = ops.logsumexp(x)
+        return y, tape.gradient(y, x)
+
+    fn = tf.function(value_and_gradient, jit_compile=True)
+    hlo = fn.experimental_get_compiler_ir(x)(stage="optimized_hlo")
+    entry = hlo[hlo.index("ENTRY"):]
+    assert len(re.findall(r"= f32\[512,128\][^=]* fusion\(", entry)) == 2

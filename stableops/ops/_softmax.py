@@ -19,7 +19,7 @@ from stableops._internal.compensated import two_difference
 from stableops._internal.dtypes import to_compute
 from stableops._internal.elementary import accurate_log1p
 from stableops._internal.kernel import xla_kernel
-from stableops._internal.reductions import sum_over
+from stableops._internal.reductions import float64_sum
 
 # ----------------------------------------------------------------------------
 # Argument checks (static, outside the compiled kernels)
@@ -92,13 +92,15 @@ def _shifted_exponentials(x, axis, with_tail):
     if with_tail:
         # The terms below the maximum are summed as they are, and p is formed
         # back from them (the maxima's terms are exactly 1): the same values,
-        # but one full-size buffer, which XLA writes for the sum and the
-        # gradient reads (p and p without the maxima were two: 1.9-2.0 ->
-        # 1.5-1.6x Keras's logsumexp under XLA, one core, 2^20).
+        # one full-size buffer where p and p without the maxima were two (1.9-2.0
+        # -> 1.5-1.6x Keras's logsumexp under XLA, one core, 2^20). Both sums in
+        # float64 (``float64_sum``): over the last axis XLA forms and sums them in
+        # one loop, where the terms and the count's indicator were each written
+        # out for YNNPACK (time and peak memory; see there).
         maxima = tf.cast(is_max, x.dtype)
         below = tf.where(is_max, zero, p)
-        s = tf.reduce_sum(below, axis=axis, keepdims=True) + (
-            sum_over(maxima, axis=axis, keepdims=True) - 1.0
+        s = float64_sum(below, axis, keepdims=True) + (
+            float64_sum(maxima, axis, keepdims=True) - 1.0
         )
         total = 1.0 + s
         p = below + maxima
