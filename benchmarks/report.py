@@ -188,7 +188,19 @@ WHY: dict[tuple[str, str], str] = {
         "whose squares underflow run only when a sum of squares is 0 since this run's commit "
         "(one core, alternating: 1.41 -> 1.02 at 2^20, 3.68 -> 2.12 at 2^22). The three sums "
         "through a plain reduce_sum (XLA's fused tree loop, no buffer): 1.19 and 2.26 against "
-        "0.95 and 1.99 (one core, 2^20 and 2^22)"
+        "0.95 and 1.99 (one core, 2^20 and 2^22). Since this run's commit the three sums are "
+        "float64 sums that XLA forms and sums in one loop each, with no buffer "
+        "(`float64_sum`): one core, alternating with Keras, 0.63 -> 0.37 under XLA and 0.89 "
+        "-> 0.60 in a plain tf.function at 2^20, 0.69 -> 0.38 and 0.69 -> 0.41 at 2^22"
+    ),
+    ("memory", "cosine_similarity"): (
+        "the peak TF's allocator reports depends on what ran before: measured alone (the "
+        "memory section by itself) 320 MiB under XLA and 321 in a plain tf.function at 2^24, "
+        "the same before and after this run's commit (Keras 132 and 256-259); after the speed "
+        "runs the run before measured 198 and 199 MiB (Keras 132 and 146). The plain path's "
+        "optimized HLO writes nothing full-size for the sums since this run's commit; the "
+        "peak is XLA's temporary allocation for the tf.cond that picks the plain or the "
+        "scaled form (its scaled branch, l2_normalize, holds two normalized copies)"
     ),
     ("compiled", "log_cosh"): (
         "both sides of the switch at |x| = 1 run for every element (double where): a polynomial "

@@ -12,7 +12,7 @@ import tensorflow as tf
 from stableops import ops
 from stableops._internal.checks import axis_argument
 from stableops._internal.dtypes import dtype_limits
-from stableops._internal.reductions import sum_over
+from stableops._internal.reductions import float64_sum, sum_over
 from stableops.losses._base import REDUCTION, FunctionLoss, loss_class
 from stableops.losses._inputs import in_compute_dtype, loss_kernel, prepare
 
@@ -66,7 +66,9 @@ def _cosine(a, b, axis):
     Where every row's sums of squares are safe (:func:`_plain_sums_are_safe`:
     all but vectors above ``9e18`` or below ``9e-13`` in norm, in float32),
     ``c = sum(a b) / (|a| |b|)`` from ``sum(a^2)``, ``sum(b^2)``, ``sum(a b)``: one
-    pass, and the gradient ``(a/|a| - c b/|b|) / |b|`` (likewise for ``a``)
+    pass (each sum in float64 through ``float64_sum``: XLA forms and sums the products in
+    one loop, where it wrote each out for YNNPACK: 0.63 -> 0.37x Keras's time under XLA at
+    2^20, one core), and the gradient ``(a/|a| - c b/|b|) / |b|`` (likewise for ``a``)
     from those sums; a zero vector gives 0 with gradient 0. Otherwise the
     whole batch takes ``ops.l2_normalize`` (exact power-of-two scaling, limit
     directions for infinite rows, NaN rows). The branch is chosen once per
@@ -75,8 +77,8 @@ def _cosine(a, b, axis):
 
     @tf.custom_gradient
     def cosine(a, b):
-        sum_a = sum_over(a * a, axis=axis, keepdims=True)
-        sum_b = sum_over(b * b, axis=axis, keepdims=True)
+        sum_a = float64_sum(a * a, axis, keepdims=True)
+        sum_b = float64_sum(b * b, axis, keepdims=True)
         plain = tf.logical_and(
             _plain_sums_are_safe(a, sum_a, axis), _plain_sums_are_safe(b, sum_b, axis)
         )
@@ -84,7 +86,7 @@ def _cosine(a, b, axis):
         # 1/|a| (0 for the zero vector); the root of a safe sum is a normal number.
         inverse_a = tf.where(sum_a > 0, 1.0 / norm_a, tf.zeros_like(sum_a))
         inverse_b = tf.where(sum_b > 0, 1.0 / norm_b, tf.zeros_like(sum_b))
-        dot = sum_over(a * b, axis=axis, keepdims=True)
+        dot = float64_sum(a * b, axis, keepdims=True)
         norm_product = norm_a * norm_b
         nonzero = norm_product > 0
         safe_product = tf.where(nonzero, norm_product, tf.ones_like(norm_product))
