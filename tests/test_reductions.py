@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from stableops import ops
+from stableops import losses, ops
 from stableops._internal.reductions import (
     ROW_FOLDS,
     float64_sum,
@@ -158,7 +158,28 @@ def test_the_row_reduction_writes_no_buffer_for_its_sums():
             y = ops.logsumexp(x)
         return y, tape.gradient(y, x)
 
-    fn = tf.function(value_and_gradient, jit_compile=True)
-    hlo = fn.experimental_get_compiler_ir(x)(stage="optimized_hlo")
+    assert _full_size_fusions(value_and_gradient, x) == 2
+
+
+def _full_size_fusions(fn, *args):
+    """How many [512, 128] float32 arrays the entry of ``fn``'s optimized XLA program writes."""
+    hlo = tf.function(fn, jit_compile=True).experimental_get_compiler_ir(*args)(
+        stage="optimized_hlo"
+    )
     entry = hlo[hlo.index("ENTRY"):]
-    assert len(re.findall(r"= f32\[512,128\][^=]* fusion\(", entry)) == 2
+    return len(re.findall(r"= f32\[512,128\][^=]* fusion\(", entry))
+
+
+def test_cosine_similarity_writes_no_buffer_for_its_sums():
+    # Its three sums of products (a^2, b^2, a b) go through float64_sum; with float32 sums
+    # XLA wrote each product out for YNNPACK. The gradient is inside the tf.cond's branch.
+    rng = np.random.default_rng(0)
+    a, b = (tf.constant(rng.normal(size=(512, 128)).astype(np.float32)) for _ in range(2))
+
+    def value_and_gradient(a, b):
+        with tf.GradientTape() as tape:
+            tape.watch(b)
+            y = losses.cosine_similarity(a, b)
+        return y, tape.gradient(y, b)
+
+    assert _full_size_fusions(value_and_gradient, a, b) == 0
