@@ -454,14 +454,15 @@ WHY: dict[tuple[str, str], str] = {
         "into a buffer of its own"
     ),
     ("compiled", "huber"): (
-        "the two cores' spread and, at 2^22, the default allocator: pinned to one core, "
-        "alternating with Keras in one process, 1.01 at 2^18 and 0.94 at 2^22 (1.02 with "
-        "TF_CPU_ALLOCATOR_USE_BFC=true, which takes 2^22 from 7 to 5 ms a call on both sides)"
+        "since this run's commit the row mean is a float64 sum that XLA forms in one loop "
+        "(`float64_mean`, no buffer): one core, alternating with Keras, 0.98 -> 0.78 at 2^22 "
+        "(a run before: 0.94 there, and 1.02 with TF_CPU_ALLOCATOR_USE_BFC=true). The miss "
+        "left is at 2^14, the common reason (the two-task split): pinned to one core, 0.98"
     ),
     ("compiled", "hinge"): (
-        "the two cores' spread and, at 2^24, the default allocator: pinned to one core, "
-        "alternating with Keras in one process, 0.84 at 2^20 and 0.97 at 2^24 (0.88 with "
-        "TF_CPU_ALLOCATOR_USE_BFC=true, which takes 2^24 from 103 to 29 ms a call)"
+        "since this run's commit the row mean is a float64 sum that XLA forms in one loop "
+        "(`float64_mean`, no buffer): one core, alternating with Keras, 1.01 -> 0.75 at 2^22. "
+        "The miss left is at 2^14, inside the spread; pinned to one core, 0.95 there"
     ),
     ("ulp", "categorical_crossentropy_logits"): _FLUSHED,
     ("ulp", "sparse_categorical_crossentropy_logits"): _FLUSHED,

@@ -587,6 +587,27 @@ def test_categorical_hinge_gradient_splits_ties_and_is_nan_on_a_nan_row(regime):
     assert np.isnan(value[1]) and np.isnan(grad[1]).all()
 
 
+@pytest.mark.parametrize(
+    "name, y_true, y_pred, term",
+    [
+        ("mean_squared_error", 0.0, 1.5e19, 1.5e19**2),  # squares of 2.25e38
+        ("mean_absolute_error", 0.0, 2e38, 2e38),
+        ("huber", 0.0, 2e38, 2e38 - 0.5),  # the linear branch, delta = 1: |e| - 1/2
+        ("hinge", -1.0, 2e38, 2e38 + 1.0),  # max(1 - t p, 0)
+        ("squared_hinge", -1.0, 1.5e19, (1.5e19 + 1.0) ** 2),
+    ],
+)
+def test_a_mean_is_finite_where_only_its_sum_overflows(regime, name, y_true, y_pred, term):
+    # Four equal terms, each finite in float32, whose float32 sum overflows (> 3.4e38): the
+    # mean is the term itself. Summed in float32 these were inf (Keras's too); the row sum
+    # is taken in float64 (rule 1: finite where the result is).
+    y_true = np.full((2, 4), y_true, np.float32)
+    y_pred = np.full((2, 4), y_pred, np.float32)
+    value, (grad,) = regime.value_and_grad(getattr(S, name), y_true, y_pred, wrt=(1,))
+    np.testing.assert_allclose(value, float(np.float32(term)), rtol=4 * 2.0**-23)
+    assert np.isfinite(grad).all()
+
+
 # ----------------------------------------------------------------------------
 # Properties: finite value and gradient, accuracy, in float16/bfloat16/float32
 # ----------------------------------------------------------------------------

@@ -123,6 +123,14 @@ def float64_sum(x, axis, keepdims=False):
     return tf.cast(total, x.dtype)
 
 
+def float64_mean(x):
+    """``tf.reduce_mean(x, axis=-1)`` taken in float64 (``folded_row_sum``), rounded once to
+    ``x``'s dtype: one XLA loop with no buffer, and a sum that does not overflow where the
+    mean does not. For cheap summed expressions only (see :func:`float64_sum`)."""
+    count = tf.cast(tf.shape(x)[-1], tf.float64)
+    return tf.cast(folded_row_sum(tf.cast(x, tf.float64)) / count, x.dtype)
+
+
 def top_and_rest(x, total, axis):
     """Where an entry exceeds half its row's sum ``total``, and per row the sum of the others.
 

@@ -14,7 +14,7 @@ import math
 
 import tensorflow as tf
 
-from stableops._internal.reductions import sum_over
+from stableops._internal.reductions import float64_mean, sum_over
 from stableops.losses._base import loss_class, plain_loss
 from stableops.losses._inputs import loss_function
 from stableops.losses._shared import mean_of_squares
@@ -55,8 +55,8 @@ def hinge(y_true, y_pred):
     Numerical stability:
         Piecewise linear; half precision is computed in float32. Gradient
         ``-y_true / n`` where the margin is violated (at the kink, as in
-        Keras), 0 elsewhere. Finite while the sum of the violations over the
-        last axis is below the float32 max. NaN gives NaN.
+        Keras), 0 elsewhere. Finite while the mean of the violations is below
+        the float32 max (summed in float64). NaN gives NaN.
         Error budget: 3 ULP of the float32 result (last axis of up to 8).
 
     Args:
@@ -70,7 +70,7 @@ def hinge(y_true, y_pred):
         >>> hinge([[0.0, 1.0]], [[0.6, 0.4]]).numpy()
         array([1.1], dtype=float32)
     """
-    return tf.reduce_mean(_margin_violation(y_true, y_pred), axis=-1)
+    return float64_mean(_margin_violation(y_true, y_pred))
 
 
 @loss_function(ragged=True)
@@ -83,10 +83,10 @@ def squared_hinge(y_true, y_pred):
 
     Numerical stability:
         Half precision is computed in float32 (Keras's float16 function form
-        gives ``inf`` for a margin violation of 300). The result overflows
-        only when the sum of the squared violations over the last axis
-        exceeds the float32 max (violations beyond about 1.8e19, float32/
-        bfloat16 only); the gradient stays finite. NaN gives NaN.
+        gives ``inf`` for a margin violation of 300). The squares are summed
+        in float64: the result overflows only where their mean exceeds the
+        float32 max (a violation beyond about 1.8e19, float32/bfloat16 only);
+        the gradient stays finite. NaN gives NaN.
         Error budget: 3 ULP of the float32 result (last axis of up to 8).
 
     Arguments and result: as :func:`hinge`.
