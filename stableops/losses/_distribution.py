@@ -96,9 +96,9 @@ def _kl_row_sums(target, prediction):
     so only the non-negative ``p phi`` parts set the error (3.4 ULP measured). Elsewhere
     a term is ``t log(t/p)``, whose error is at most 3.6 times that of its ``p phi`` part
     (at a ratio of 2; the product in float64). The float64 terms are summed through
-    ``folded_row_sum``, which writes out a quarter of the row where a plain sum wrote all
-    of it: under XLA, one core, the same time as the plain float32 row sum before this
-    (0.96-1.04x at 2^14-2^24; 1.27-1.33x with the plain sum) and half Keras's peak memory.
+    ``folded_row_sum``, with which XLA forms and sums them in one loop (a plain sum wrote
+    them all out): under XLA, one core, the same time as the plain float32 row sum before
+    this (0.96-1.04x at 2^14-2^24; 1.27-1.33x with the plain sum), half Keras's memory.
     Gradient (custom): ``log(t/p) + 1`` for the target, ``-t/p`` for the prediction (autodiff
     of ``t / p`` would form ``t / p**2``, which overflows for ``p < 1e-19`` in float32); 0
     where the target is 0.
@@ -126,7 +126,7 @@ def _kl_row_sums(target, prediction):
     def grad(upstream):
         upstream = upstream[..., None]
         # -t/p from a reciprocal of its own: the value's quotient keeps one user (see
-        # docs/design.md, "Tricks": 1.28 -> 1.22x the plain row sum's time).
+        # docs/design.md, "Tricks"; with a plain float64 sum 1.28 -> 1.22x the time).
         slope = -upstream * safe_target * tf.math.reciprocal(prediction)
         return (
             tf.where(positive, upstream * (log_ratio + 1.0), tf.zeros_like(target)),
