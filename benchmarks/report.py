@@ -91,7 +91,7 @@ _ROW_REDUCTIONS = (
     "ties 1.52-1.59 (before that change), without it, the TwoSum and the log1p series 1.28; the "
     "count in the same reduction as the sum (a stacked, a complex or a variadic reduce) "
     "2.2-3.9, the first maximum from argmax 2.7-2.8 (one core, this session) or top_k 93: "
-    "none reaches 1.05 within 4 ULP. Since this run's commit both row sums are float64 sums "
+    "none reaches 1.05 within 4 ULP. Since 5db9d5c both row sums are float64 sums "
     "that XLA forms and sums in one loop (`_internal/reductions.float64_sum`), where the "
     "terms and the ties' indicator were each written out for YNNPACK: one core, alternating "
     "with Keras, logsumexp 1.76 -> 1.23 and log_softmax 2.06 -> 1.71 at 2^22, categorical "
@@ -145,7 +145,12 @@ WHY: dict[tuple[str, str], str] = {
     ("function", "softmax"): (
         "Keras runs one fused TF kernel (Softmax) and ~4 for its gradient; the plain formula "
         "(max, exp, sum, one division per row) compiled by XLA is itself 1.23-1.28x that "
-        "(single core, 2^20), and the stable one adds the TwoSum of x - max (1.37-1.51)"
+        "(single core, 2^20), and the stable one adds the TwoSum of x - max (1.37-1.51). Since "
+        "this run's commit the backward pass's sum(g y) is a float64 sum formed in one loop "
+        "(`float64_sum`; g y was written out for YNNPACK): this benchmark's softmax rows alone, "
+        "two runs each, alternating the code: 1.78 and 1.81 -> 1.49 and 1.50 in a plain "
+        "tf.function at 2^20, 1.22 and 1.23 -> 1.09 and 0.98 under XLA (the run before "
+        "measured 1.28 in a plain tf.function with the old code: the two cores' spread)"
     ),
     ("compiled", "binary_focal_crossentropy"): (
         "it builds on the stable binary cross-entropy (see above), and the product with the "
@@ -172,14 +177,17 @@ WHY: dict[tuple[str, str], str] = {
         "(max, sum)"
     ),
     ("compiled", "log_softmax"): (
-        _ROW_REDUCTIONS + ". Since this run's commit the value is (x - m) - log1p(s) (z_low only "
-        "in the sum), an empty row's -inf comes from a per-row log1p(s) = inf, and the backward "
-        "pass under XLA is g - exp(y) sum(g) (the other regimes' formula) instead of a softmax "
-        "from the forward pass's exponentials: two cores at 2^20, alternating, 2.50 -> 1.67 "
-        "(one core 1.85-1.93 -> 1.74; peak memory under XLA 2.50 -> 1.52x). Measured on one "
-        "core in one process at 2^20: the plain formula with this backward pass 1.04, plus the "
-        "tail and the count of ties 1.37, plus the TwoSum 1.48, plus the mask of -inf outputs "
-        "in the backward pass 1.60"
+        _ROW_REDUCTIONS + ". The value is (x - m) - log1p(s) (z_low only in the sum), an empty "
+        "row's -inf comes from a per-row log1p(s) = inf, and the backward pass under XLA is "
+        "g - exp(y) sum(g) (the other regimes' formula) instead of a softmax from the forward "
+        "pass's exponentials (two cores at 2^20, alternating, 2.50 -> 1.67). Since this run's "
+        "commit the value is its own expression of x, where it shared z = x - m with the sums "
+        "and XLA wrote z out as a full-size buffer (optimized HLO), and sum(g) is a float64 sum "
+        "in the select's loop (`float64_sum`, the masked upstream was written out for "
+        "YNNPACK): one core, 2^20, alternating with Keras, 1.76 -> 1.37 under XLA, 0.97 -> "
+        "0.91 in a plain tf.function, 1.16 -> 1.03 eagerly; peak memory under XLA 197 -> 131 "
+        "MiB (Keras 129). What is left is the arithmetic: the tail and the count of ties, the "
+        "TwoSum, the mask of -inf outputs in the backward pass"
     ),
     ("compiled", "cosine_similarity"): (
         "three reductions per row (the sums of a^2, b^2 and a b) where Keras makes three of "
@@ -418,7 +426,7 @@ WHY: dict[tuple[str, str], str] = {
     },
     **{
         ("memory", case): (
-            "since this run's commit the row reduction writes no buffer for its sums (the "
+            "since 5db9d5c the row reduction writes no buffer for its sums (the "
             "ties' indicator x == max and the terms were written out for YNNPACK; now float64 "
             "sums formed in one XLA loop, `float64_sum`): 2^24, peak over the inputs, "
             "logsumexp 130 -> 68 MiB (Keras 66 under XLA, 129 in a plain tf.function), "
@@ -427,8 +435,11 @@ WHY: dict[tuple[str, str], str] = {
             "gradient, in place or not, moves between runs). What is left is the row-local "
             "backward pass: the forward call returns the gradient for a unit upstream, and "
             "its product with the upstream gradient is a buffer of its own. log_softmax's "
-            "peak under XLA did not change (196 -> 197 against 129 MiB): its extra buffer is "
-            "not the sums' (not analysed further)"
+            "extra buffer under XLA was z = x - max, shared by the sums and the value: 197 -> "
+            "131 MiB (Keras 129) since fa13d40, the value its own expression of x. Its plain "
+            "tf.function peak, 193.0 against 192.5 MiB, is its backward pass's float64 row "
+            "sums (1 MiB at 2^24, the float32 ones 0.5 MiB): kept for that pass's time (one "
+            "fused loop where the masked upstream gradient was written out for YNNPACK)"
         )
         for case in (
             "logsumexp", "log_softmax", "categorical_crossentropy_logits",
