@@ -9,7 +9,7 @@ loops, 1.5x slower; other versions treat both alike, and so does the test).
 XLA stay a reduction of its own when a batch sum follows it. ``folded_row_sum``
 must be that sum too (in another order), over rows of any width, and under XLA
 write out a quarter of the summed expression rather than all of it; ``float64_sum``
-the sum in float64, rounded once.
+the sum in float64, rounded once, over the last axis, trailing axes or all of them.
 """
 
 from __future__ import annotations
@@ -142,6 +142,57 @@ def test_float64_sum_rounds_once(dtype, regime):
     np.testing.assert_array_equal(last, want)
     np.testing.assert_array_equal(kept, want[:, None])
     np.testing.assert_array_equal(first, tf.reduce_sum(x, axis=0).numpy().astype(np.float64))
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float32"])
+def test_float64_sum_over_trailing_axes_rounds_once(dtype, regime):
+    # The same cancellation spread over the last two axes, and over all of them: summed as
+    # rows of the last axis, then the rows' sums, all in float64. A middle axis takes the
+    # plain sum.
+    tiny = 2.0**-14 if dtype == "float16" else 2.0**-30
+    samples = np.array([[[1.0, tiny], [-1.0, 0.0]], [[tiny, 1.0], [0.0, -1.0]],
+                        [[1.0, NAN], [0.0, 0.0]], [[INF, 1.0], [2.0, 3.0]]])
+    x = tf.constant(samples, dtype=dtype)
+
+    def sums(x):
+        return (float64_sum(x, (1, 2)), float64_sum(x, (-1, 1), keepdims=True),
+                float64_sum(x[:2], None), float64_sum(x[:2], None, keepdims=True),
+                float64_sum(x, (0, 2)))
+
+    trailing, kept, whole, whole_kept, middle = (
+        t.numpy().astype(np.float64) for t in regime.wrap(sums, x)(x)
+    )
+    np.testing.assert_array_equal(trailing, [tiny, tiny, NAN, INF])
+    np.testing.assert_array_equal(kept, np.array([tiny, tiny, NAN, INF])[:, None, None])
+    assert whole.shape == () and whole == 2 * tiny
+    assert whole_kept.shape == (1, 1, 1) and whole_kept.item() == 2 * tiny
+    np.testing.assert_array_equal(middle, tf.reduce_sum(x, axis=(0, 2)).numpy().astype(np.float64))
+
+
+def test_a_whole_tensor_float64_sum_writes_no_buffer():
+    # Rows of the last axis summed in one loop each, then their sums: the largest array
+    # written is the rows' sums. Summed whole (one fold of the flattened tensor) XLA wrote
+    # out a quarter of it; a float32 sum, all of it.
+    x = tf.constant(np.random.default_rng(0).normal(size=(512, 128)).astype(np.float32))
+    assert _largest_buffer(lambda x: tf.reduce_sum(tf.exp(x) * x), x) == 512 * 128
+    assert _largest_buffer(lambda x: float64_sum(tf.exp(x) * x, None), x) <= 512
+
+
+def test_tversky_writes_no_buffer_for_its_sums():
+    # Its three sums over the whole batch (misses, false alarms, true positives) go through
+    # float64_sum; with float32 sums XLA wrote each term out for YNNPACK. What is left
+    # full-size is the gradient.
+    rng = np.random.default_rng(0)
+    t = tf.constant((rng.uniform(size=(512, 128)) > 0.5).astype(np.float32))
+    p = tf.constant(rng.uniform(size=(512, 128)).astype(np.float32))
+
+    def value_and_gradient(t, p):
+        with tf.GradientTape() as tape:
+            tape.watch(p)
+            y = losses.Tversky()(t, p)
+        return y, tape.gradient(y, p)
+
+    assert _full_size_fusions(value_and_gradient, t, p) == 1
 
 
 def test_the_row_reduction_writes_no_buffer_for_its_sums():

@@ -28,7 +28,8 @@ through ``sum_over``).
 A float64 sum over the last axis is different again: with the row's parts added
 first (``folded_row_sum``) XLA forms and sums the expression in one loop, with no
 buffer at all, so a float32 row sum of a computed expression that must not be
-written out (or needs the precision) is taken in float64 (``float64_sum``).
+written out (or needs the precision) is taken in float64 (``float64_sum``; over
+trailing axes, or all, the rows of the last axis that way, then their sums).
 
 A loss's per-sample sum has the opposite concern: under XLA a sum that feeds
 another sum (Keras's batch mean) is merged with it into one reduction over
@@ -99,27 +100,53 @@ def folded_row_sum(x, folds=ROW_FOLDS):
     return tf.reduce_sum(folded, axis=-1) + tf.reduce_sum(x[..., folds * part:], axis=-1)
 
 
+def _trailing_axes(axis, rank):
+    """How many trailing axes ``axis`` reduces in a tensor of ``rank`` (``None``: all of them);
+    ``None`` unless they are exactly the last ``k >= 1`` axes."""
+    if axis is None:
+        return rank or None
+    axes = axis if isinstance(axis, (tuple, list)) else (axis,)
+    if not axes or not all(isinstance(a, int) for a in axes):
+        return None
+    reduced = sorted({a % rank for a in axes}) if rank else []
+    k = len(reduced)
+    return k if k and reduced == list(range(rank - k, rank)) else None
+
+
 def float64_sum(x, axis, keepdims=False):
     """``tf.reduce_sum(x, axis, keepdims)`` summed in float64, rounded once to ``x``'s dtype.
 
-    Over the last axis through ``folded_row_sum``: XLA forms the float64 terms and sums
-    them in one loop, where a float32 sum of a computed expression went to YNNPACK through
-    a full-size buffer. Other axes (or several) take ``tf.reduce_sum`` in ``x``'s dtype (a
-    float64 buffer there would be twice the float32 one). Measured in the stable row reduction's
-    two sums (``ops/_softmax._shifted_exponentials``), one core, alternating with Keras:
-    under XLA ``logsumexp`` 1.76 -> 1.23x at 2^22, ``log_softmax`` 2.06 -> 1.71x, sparse
-    cross-entropy from logits 0.96 -> 0.69x; categorical from logits 1.36 -> 1.11x at 2^20;
-    2^14 unchanged; cosine similarity's three sums of products 0.63 -> 0.37x at 2^20. Only
-    for cheap summed expressions: where the terms are transcendental and the gradient needs
-    them too, XLA computes them twice, in the sum's loop and in the gradient's (MAPE 1.52 ->
-    3.92x, binary cross-entropy 1.11 -> 1.27x at 2^20: left on YNNPACK).
+    Over trailing axes (the last, the last ``k``, or all: ``None``) through
+    ``folded_row_sum`` of ``x`` reshaped to rows (free: the reduced entries are contiguous):
+    XLA forms the float64 terms and sums them in one loop, where a float32 sum of a computed
+    expression went to YNNPACK through a full-size buffer. Other axes take ``tf.reduce_sum``
+    in ``x``'s dtype (a float64 buffer there would be twice the float32 one). Measured in the
+    stable row reduction's two sums (``ops/_softmax._shifted_exponentials``), one core,
+    alternating with Keras: under XLA ``logsumexp`` 1.76 -> 1.23x at 2^22, ``log_softmax``
+    2.06 -> 1.71x, sparse cross-entropy from logits 0.96 -> 0.69x; categorical from logits
+    1.36 -> 1.11x at 2^20; 2^14 unchanged; cosine similarity's three sums of products 0.63 ->
+    0.37x at 2^20; Tversky's three sums over the whole batch 0.95 -> 0.21x under XLA and
+    1.43 -> 0.41x in a plain tf.function at 2^20 (the rows' sums added apart, ``+ (-0.0)``:
+    merged with them, XLA wrote the fold out, 0.39x). Only for cheap summed expressions: where
+    the terms are transcendental and the gradient needs them too, XLA computes them twice,
+    in the sum's loop and in the gradient's (MAPE 1.52 -> 3.92x, binary cross-entropy 1.11
+    -> 1.27x at 2^20: left on YNNPACK).
     """
     rank = len(x.shape)
-    if not isinstance(axis, int) or axis % rank != rank - 1:  # also a tuple of axes, or None
+    k = _trailing_axes(axis, rank)
+    if k is None:
         return tf.reduce_sum(x, axis=axis, keepdims=keepdims)
-    total = folded_row_sum(tf.cast(x, tf.float64))
+    kept = x.shape[: rank - k]
+    if k == 1:
+        total = folded_row_sum(tf.cast(x, tf.float64))
+    else:  # rows of the last axis, then their sums: a whole-tensor fold was written out
+        shape = tf.shape(x)
+        rows = tf.reshape(x, tf.concat([shape[: rank - k], [-1], shape[-1:]], 0))
+        total = tf.reduce_sum(_summable(folded_row_sum(tf.cast(rows, tf.float64))), axis=-1)
     if keepdims:
-        total = total[..., None]
+        total = tf.reshape(total, tf.concat([tf.shape(total), tf.ones([k], tf.int32)], 0))
+        kept = kept.concatenate([1] * k)
+    total.set_shape(kept)
     return tf.cast(total, x.dtype)
 
 

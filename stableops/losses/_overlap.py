@@ -14,6 +14,7 @@ import tensorflow as tf
 from stableops import ops
 from stableops._internal.checks import axis_argument, number
 from stableops._internal.dtypes import dtype_limits
+from stableops._internal.reductions import float64_sum
 from stableops.losses._base import REDUCTION, FunctionLoss, loss_class
 from stableops.losses._inputs import in_compute_dtype, loss_kernel, prepare
 
@@ -55,9 +56,13 @@ def _overlap_loss(y_true, y_pred, axis, smooth, alpha, beta):
     in [0, 1], so a small loss keeps its accuracy, where ``1 - ratio`` would
     cancel); the denominator is ``sum(y_true y_pred) + penalty`` (Tversky),
     or ``sum(y_true) + sum(y_pred)`` for Dice (``alpha = beta = None``, the
-    penalty then one unweighted sum): two sums of inputs already in memory, which XLA
-    on CPU reduces faster than a sum of computed terms. ``0 / 0`` (nothing to
-    score, ``smooth = 0``) is a perfect match: loss 0, gradient 0.
+    penalty then one unweighted sum). Each sum of computed terms is taken in
+    float64 and rounded once (``float64_sum``): over ``axis = None`` or trailing
+    axes XLA forms the terms and sums them in one loop, where float32 sums wrote
+    them out as full-size buffers for YNNPACK (one core at 2^20, alternating with
+    Keras: Tversky 0.95 -> 0.21x under XLA, 1.43 -> 0.41x in a plain
+    tf.function). ``0 / 0`` (nothing to score, ``smooth = 0``) is a perfect
+    match: loss 0, gradient 0.
 
     Overflow: the sums are taken as they are, and only where one of them is
     not finite (predictions near ``±3e38``, or NaN) they are taken again with
@@ -74,13 +79,18 @@ def _overlap_loss(y_true, y_pred, axis, smooth, alpha, beta):
     weights = (1.0, 1.0) if dice else (alpha, beta)  # of the misses and the false alarms
 
     def sums(t, p, scale):
-        def summed(x):
-            return tf.reduce_sum(x if scale is None else x * scale, axis=axis, keepdims=True)
+        def summed(x, in_float64=True):
+            x = x if scale is None else x * scale
+            if in_float64:
+                return float64_sum(x, axis, keepdims=True)
+            return tf.reduce_sum(x, axis=axis, keepdims=True)
 
         missed, false_alarm = t * (1.0 - p), p * (1.0 - t)
         if dice:
+            # The inputs' sums stay float32: YNNPACK reads an input in place (in float64,
+            # Dice 0.52 -> 0.76x Keras's time under XLA, one core, 2^20).
             penalty = summed(missed + false_alarm)
-            return penalty, summed(t) + summed(p)
+            return penalty, summed(t, in_float64=False) + summed(p, in_float64=False)
         # Weighted after the sums: a weight below 1 on terms near the smallest normal would
         # flush them to 0 (a loss of 1.8e-37 came out 0).
         penalty = alpha * summed(missed) + beta * summed(false_alarm)
