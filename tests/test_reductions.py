@@ -234,3 +234,20 @@ def test_cosine_similarity_writes_no_buffer_for_its_sums():
         return y, tape.gradient(y, b)
 
     assert _full_size_fusions(value_and_gradient, a, b) == 0
+
+
+def test_categorical_hinge_writes_no_buffer_for_its_sums():
+    # The sum of y_true y_pred (value) and the count of tied maxima (gradient) go through
+    # float64_sum; with float32 sums XLA wrote both summed expressions out for YNNPACK
+    # (four full-size arrays). Left: the scores the maximum is taken of, and the gradient.
+    rng = np.random.default_rng(0)
+    t = tf.constant(np.eye(128, dtype=np.float32)[rng.integers(0, 128, 512)])
+    p = tf.constant(rng.normal(size=(512, 128)).astype(np.float32))
+
+    def value_and_gradient(t, p):
+        with tf.GradientTape() as tape:
+            tape.watch(p)
+            y = losses.CategoricalHinge()(t, p)
+        return y, tape.gradient(y, p)
+
+    assert _full_size_fusions(value_and_gradient, t, p) == 2

@@ -14,7 +14,7 @@ import math
 
 import tensorflow as tf
 
-from stableops._internal.reductions import float64_mean, sum_over
+from stableops._internal.reductions import float64_mean, float64_sum
 from stableops.losses._base import loss_class, plain_loss
 from stableops.losses._inputs import loss_function
 from stableops.losses._shared import mean_of_squares
@@ -116,7 +116,7 @@ def _max_last_axis(x):
     def grad(upstream):
         is_largest = tf.cast(x >= largest[..., None], x.dtype)
         nan = tf.constant(math.nan, x.dtype)
-        count = sum_over(tf.where(tf.math.is_nan(x), nan, is_largest), axis=-1, keepdims=True)
+        count = float64_sum(tf.where(tf.math.is_nan(x), nan, is_largest), -1, keepdims=True)
         return upstream[..., None] * (is_largest / count)
 
     return largest, grad
@@ -146,7 +146,9 @@ def categorical_hinge(y_true, y_pred):
         >>> categorical_hinge([[0.0, 1.0, 0.0]], [[0.2, 0.5, 0.4]]).numpy()
         array([0.9], dtype=float32)
     """
-    positive = sum_over(y_true * y_pred, axis=-1)
+    # float64_sum: XLA forms and sums y_true y_pred in one loop (a float32 sum wrote it out
+    # for YNNPACK): one core, alternating with Keras, 1.12 -> 0.74x under XLA at 2^22.
+    positive = float64_sum(y_true * y_pred, -1)
     negative = _max_last_axis((1.0 - y_true) * y_pred)
     return tf.maximum(negative - positive + 1.0, 0.0)
 
