@@ -178,10 +178,13 @@ def test_a_whole_tensor_float64_sum_writes_no_buffer():
     assert _largest_buffer(lambda x: float64_sum(tf.exp(x) * x, None), x) <= 512
 
 
-def test_tversky_writes_no_buffer_for_its_sums():
-    # Its three sums over the whole batch (misses, false alarms, true positives) go through
-    # float64_sum; with float32 sums XLA wrote each term out for YNNPACK. What is left
-    # full-size is the gradient.
+@pytest.mark.parametrize("loss", [losses.Tversky(), losses.Dice()], ids=["tversky", "dice"])
+def test_overlap_losses_write_no_buffer_for_their_sums(loss):
+    # Their sums of computed terms over the whole batch (Tversky: misses, false alarms,
+    # true positives; Dice: misses plus false alarms) go through float64_sum, in the
+    # overflow branch too, whose buffers XLA allocates even where the tf.cond takes the
+    # other; with float32 sums XLA wrote each term out for YNNPACK, and |y_pred| for the
+    # overflow test's maximum. What is left full-size is the gradient.
     rng = np.random.default_rng(0)
     t = tf.constant((rng.uniform(size=(512, 128)) > 0.5).astype(np.float32))
     p = tf.constant(rng.uniform(size=(512, 128)).astype(np.float32))
@@ -189,10 +192,10 @@ def test_tversky_writes_no_buffer_for_its_sums():
     def value_and_gradient(t, p):
         with tf.GradientTape() as tape:
             tape.watch(p)
-            y = losses.Tversky()(t, p)
+            y = loss(t, p)
         return y, tape.gradient(y, p)
 
-    assert _full_size_fusions(value_and_gradient, t, p) == 1
+    assert _full_size_fusions(value_and_gradient, t, p, everywhere=True) == 1
 
 
 def test_the_row_reduction_writes_no_buffer_for_its_sums():
@@ -212,13 +215,14 @@ def test_the_row_reduction_writes_no_buffer_for_its_sums():
     assert _full_size_fusions(value_and_gradient, x) == 2
 
 
-def _full_size_fusions(fn, *args):
-    """How many [512, 128] float32 arrays the entry of ``fn``'s optimized XLA program writes."""
+def _full_size_fusions(fn, *args, everywhere=False):
+    """How many [512, 128] float32 arrays the entry of ``fn``'s optimized XLA program writes
+    (``everywhere``: also its called computations, such as a conditional's branches)."""
     hlo = tf.function(fn, jit_compile=True).experimental_get_compiler_ir(*args)(
         stage="optimized_hlo"
     )
-    entry = hlo[hlo.index("ENTRY"):]
-    return len(re.findall(r"= f32\[512,128\][^=]* fusion\(", entry))
+    program = hlo if everywhere else hlo[hlo.index("ENTRY"):]
+    return len(re.findall(r"= f32\[512,128\][^=]* fusion\(", program))
 
 
 def test_cosine_similarity_writes_no_buffer_for_its_sums():

@@ -42,7 +42,12 @@ def _overflow_scale(y_pred, axis, weight):
         The scale, broadcastable against ``y_pred`` (``axis`` kept, size 1).
     """
     count = tf.reduce_sum(tf.ones_like(y_pred), axis=axis, keepdims=True)
-    largest = tf.reduce_max(tf.abs(y_pred), axis=axis, keepdims=True)
+    # max(max, -min), not max(|y_pred|): reductions of the input itself, where XLA wrote
+    # |y_pred| out (a buffer it allocates even where the tf.cond takes the other branch).
+    largest = tf.maximum(
+        tf.reduce_max(y_pred, axis=axis, keepdims=True),
+        -tf.reduce_min(y_pred, axis=axis, keepdims=True),
+    )
     # max / (2 weight n): the 2 leaves room for the 1 in |1 - y_pred|.
     limit = dtype_limits(y_pred.dtype).max / (2.0 * weight * count)
     return tf.where(largest < limit, tf.ones_like(count), 1.0 / (weight * count))
@@ -80,15 +85,16 @@ def _overlap_loss(y_true, y_pred, axis, smooth, alpha, beta):
 
     def sums(t, p, scale):
         def summed(x, in_float64=True):
-            x = x if scale is None else x * scale
-            if in_float64:
-                return float64_sum(x, axis, keepdims=True)
-            return tf.reduce_sum(x, axis=axis, keepdims=True)
+            if scale is None and not in_float64:
+                return tf.reduce_sum(x, axis=axis, keepdims=True)
+            return float64_sum(x if scale is None else x * scale, axis, keepdims=True)
 
         missed, false_alarm = t * (1.0 - p), p * (1.0 - t)
         if dice:
             # The inputs' sums stay float32: YNNPACK reads an input in place (in float64,
-            # Dice 0.52 -> 0.76x Keras's time under XLA, one core, 2^20).
+            # Dice 0.52 -> 0.76x Keras's time under XLA, one core, 2^20). Scaled, they are
+            # computed terms (in float32 a buffer each, which XLA allocates even where the
+            # tf.cond takes the other branch).
             penalty = summed(missed + false_alarm)
             return penalty, summed(t, in_float64=False) + summed(p, in_float64=False)
         # Weighted after the sums: a weight below 1 on terms near the smallest normal would
