@@ -255,3 +255,19 @@ def test_categorical_hinge_writes_no_buffer_for_its_sums():
         return y, tape.gradient(y, p)
 
     assert _full_size_fusions(value_and_gradient, t, p) == 2
+
+
+def test_l2_normalize_writes_no_buffer_for_its_sums():
+    # Its sums (u * u for the norm, g * y for the gradient's projection) go through
+    # float64_sum; with float32 sums XLA wrote both products out for YNNPACK (seven
+    # full-size arrays). Left: |x| for the scale's maximum, x / scale, the unit rows, the
+    # value and the gradient.
+    x = tf.constant(np.random.default_rng(0).normal(size=(512, 128)).astype(np.float32))
+
+    def value_and_gradient(x):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = ops.l2_normalize(x)
+        return y, tape.gradient(y, x)
+
+    assert _full_size_fusions(value_and_gradient, x) == 5

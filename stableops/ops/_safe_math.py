@@ -27,7 +27,7 @@ from stableops._internal.checks import as_float_tensor, check_in_range
 from stableops._internal.clip import clip
 from stableops._internal.dtypes import dtype_limits, to_compute
 from stableops._internal.kernel import xla_kernel
-from stableops._internal.reductions import sum_over
+from stableops._internal.reductions import float64_sum
 from stableops._internal.where import safe_where
 
 # Bit masks selecting the exponent field of IEEE binary32 / binary64 values:
@@ -265,7 +265,10 @@ def _scaled_rows(x, axis):
     inf_direction = tf.where(infinite, tf.sign(x), x * 0)  # x * 0 keeps NaN
     u = tf.where(row_has_inf, inf_direction, x / scale)
     scale = tf.where(row_has_inf, tf.constant(float("inf"), x.dtype), scale)
-    r = tf.sqrt(sum_over(u * u, axis=axis, keepdims=True))
+    # float64_sum: XLA forms and sums u * u in one loop, where a float32 sum wrote it out
+    # (l2_normalize's value and gradient under XLA, one core at 2^20, alternating with
+    # tf.math.l2_normalize: 1.99 -> 1.44x its time, with the gradient's sum below).
+    r = tf.sqrt(float64_sum(u * u, axis, keepdims=True))
     return scale, u, r
 
 
@@ -312,7 +315,7 @@ def safe_norm(x, axis=-1, keepdims=False):
         infinite entries (0 elsewhere); a NaN anywhere in the row gives NaN.
         Half precision computes in float32.
         Error budget: 2 ULP in float32/float64 for reductions over up to 64
-        entries (the rounding of a sum grows with its length), 1 ULP in
+        entries (the rounding of a float64 sum grows with its length), 1 ULP in
         float16/bfloat16.
 
     Args:
@@ -342,7 +345,7 @@ def _normalize_with_projected_gradient(x, axis):
             # d(x/||x||)/dx applied to g: (g - y <g, y>) / ||x||, formed as
             # ((g - y <g, y>) / r) / s so no intermediate overflows; 0 for the
             # zero vector (convention) and for infinite rows (||x|| = inf).
-            projected = upstream - unit * sum_over(upstream * unit, axis=axis, keepdims=True)
+            projected = upstream - unit * float64_sum(upstream * unit, axis, keepdims=True)
             zero_row = tf.equal(r, 0)
             safe_r = tf.where(zero_row, tf.ones_like(r), r)
             return tf.where(zero_row, tf.zeros_like(projected), projected / safe_r / scale)
