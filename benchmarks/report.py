@@ -395,7 +395,12 @@ WHY: dict[tuple[str, str], str] = {
         "on one core (taskset) the CNN's jit_compile=False step is 15.7 ms against Keras's "
         "15.6 ms (1.00): the two-core miss is thread scheduling around the compiled calls. "
         "jit_compile=True, fits alternating with Keras's in one process (9 rounds, two "
-        "cores): 1.00 in float32, 1.06 (q25 0.99) under mixed_float16"
+        "cores): 1.00 in float32, 1.06 (q25 0.99) under mixed_float16. This run's 1.19 "
+        "(jit_compile=False) is not attributable to a change: the stableops package of the "
+        "run before (0292d97), run in alternating processes with this run's in the same "
+        "half hour (6 rounds each, two cores), measured 0.99 and 1.43 against this run's "
+        "1.54 and 1.31, with Keras's own step moving between 8 and 13 ms; a one-core run "
+        "times whole scheduler ticks (15.6 ms steps) and cannot separate them"
     ),
     ("memory", "cnn"): (
         "ELU's slope, not the loss: ELU keeps exp(x) (5.3 MiB at [128, 26, 26, 16]) between the "
@@ -1379,7 +1384,9 @@ def _header(sections) -> list[str]:
     ]
     if other_runs:
         out += [
-            "Sections from a later (partial) run than the header's: " + ", ".join(other_runs) + ".",
+            "Sections measured by other (partial) runs than the header's: "
+            + ", ".join(other_runs)
+            + ".",
             "",
         ]
     unavailable = sorted(
