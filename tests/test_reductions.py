@@ -178,43 +178,6 @@ def test_a_whole_tensor_float64_sum_writes_no_buffer():
     assert _largest_buffer(lambda x: float64_sum(tf.exp(x) * x, None), x) <= 512
 
 
-@pytest.mark.parametrize("loss", [losses.Tversky(), losses.Dice()], ids=["tversky", "dice"])
-def test_overlap_losses_write_no_buffer_for_their_sums(loss):
-    # Their sums of computed terms over the whole batch (Tversky: misses, false alarms,
-    # true positives; Dice: misses plus false alarms) go through float64_sum, in the
-    # overflow branch too, whose buffers XLA allocates even where the tf.cond takes the
-    # other; with float32 sums XLA wrote each term out for YNNPACK, and |y_pred| for the
-    # overflow test's maximum. What is left full-size is the gradient.
-    rng = np.random.default_rng(0)
-    t = tf.constant((rng.uniform(size=(512, 128)) > 0.5).astype(np.float32))
-    p = tf.constant(rng.uniform(size=(512, 128)).astype(np.float32))
-
-    def value_and_gradient(t, p):
-        with tf.GradientTape() as tape:
-            tape.watch(p)
-            y = loss(t, p)
-        return y, tape.gradient(y, p)
-
-    assert _full_size_fusions(value_and_gradient, t, p, everywhere=True) == 1
-
-
-def test_the_row_reduction_writes_no_buffer_for_its_sums():
-    # logsumexp's value and gradient under XLA: the exponentials (which become the
-    # gradient) and the gradient are full-size; its two row sums (the terms below the
-    # maximum, the count of maxima) go through float64_sum and add none. With float32
-    # sums XLA wrote both summed expressions out for YNNPACK (the terms below the
-    # maximum are the exponentials): three.
-    x = tf.constant(np.random.default_rng(0).normal(size=(512, 128)).astype(np.float32))
-
-    def value_and_gradient(x):
-        with tf.GradientTape() as tape:
-            tape.watch(x)
-            y = ops.logsumexp(x)
-        return y, tape.gradient(y, x)
-
-    assert _full_size_fusions(value_and_gradient, x) == 2
-
-
 def _full_size_fusions(fn, *args, everywhere=False):
     """How many [512, 128] float32 arrays the entry of ``fn``'s optimized XLA program writes
     (``everywhere``: also its called computations, such as a conditional's branches)."""
@@ -225,36 +188,60 @@ def _full_size_fusions(fn, *args, everywhere=False):
     return len(re.findall(r"= f32\[512,128\][^=]* fusion\(", program))
 
 
+def _value_and_gradient(fn):
+    """``fn(*args)`` and its gradient with respect to the last argument."""
+
+    def value_and_gradient(*args):
+        with tf.GradientTape() as tape:
+            tape.watch(args[-1])
+            y = fn(*args)
+        return y, tape.gradient(y, args[-1])
+
+    return value_and_gradient
+
+
+def _normal(seed=0):
+    return tf.constant(np.random.default_rng(seed).normal(size=(512, 128)).astype(np.float32))
+
+
+def test_the_row_reduction_writes_no_buffer_for_its_sums():
+    # logsumexp's value and gradient under XLA: the exponentials (which become the
+    # gradient) and the gradient are full-size; its two row sums (the terms below the
+    # maximum, the count of maxima) go through float64_sum and add none. With float32
+    # sums XLA wrote both summed expressions out for YNNPACK (the terms below the
+    # maximum are the exponentials): three.
+    assert _full_size_fusions(_value_and_gradient(ops.logsumexp), _normal()) == 2
+
+
 def test_cosine_similarity_writes_no_buffer_for_its_sums():
     # Its three sums of products (a^2, b^2, a b) go through float64_sum; with float32 sums
     # XLA wrote each product out for YNNPACK. The gradient is inside the tf.cond's branch.
-    rng = np.random.default_rng(0)
-    a, b = (tf.constant(rng.normal(size=(512, 128)).astype(np.float32)) for _ in range(2))
-
-    def value_and_gradient(a, b):
-        with tf.GradientTape() as tape:
-            tape.watch(b)
-            y = losses.cosine_similarity(a, b)
-        return y, tape.gradient(y, b)
-
-    assert _full_size_fusions(value_and_gradient, a, b) == 0
+    value_and_gradient = _value_and_gradient(losses.cosine_similarity)
+    assert _full_size_fusions(value_and_gradient, _normal(0), _normal(1)) == 0
 
 
 def test_categorical_hinge_writes_no_buffer_for_its_sums():
     # The sum of y_true y_pred (value) and the count of tied maxima (gradient) go through
     # float64_sum; with float32 sums XLA wrote both summed expressions out for YNNPACK
     # (four full-size arrays). Left: the scores the maximum is taken of, and the gradient.
+    labels = np.random.default_rng(0).integers(0, 128, 512)
+    one_hot = tf.constant(np.eye(128, dtype=np.float32)[labels])
+    value_and_gradient = _value_and_gradient(losses.CategoricalHinge())
+    assert _full_size_fusions(value_and_gradient, one_hot, _normal()) == 2
+
+
+@pytest.mark.parametrize("loss", [losses.Tversky(), losses.Dice()], ids=["tversky", "dice"])
+def test_overlap_losses_write_no_buffer_for_their_sums(loss):
+    # Their sums of computed terms over the whole batch (Tversky: misses, false alarms,
+    # true positives; Dice: misses plus false alarms) go through float64_sum, in the
+    # overflow branch too, whose buffers XLA allocates even where the tf.cond takes the
+    # other; with float32 sums XLA wrote each term out for YNNPACK, and |y_pred| for the
+    # overflow test's maximum. What is left full-size is the gradient.
     rng = np.random.default_rng(0)
-    t = tf.constant(np.eye(128, dtype=np.float32)[rng.integers(0, 128, 512)])
-    p = tf.constant(rng.normal(size=(512, 128)).astype(np.float32))
-
-    def value_and_gradient(t, p):
-        with tf.GradientTape() as tape:
-            tape.watch(p)
-            y = losses.CategoricalHinge()(t, p)
-        return y, tape.gradient(y, p)
-
-    assert _full_size_fusions(value_and_gradient, t, p) == 2
+    mask = tf.constant((rng.uniform(size=(512, 128)) > 0.5).astype(np.float32))
+    scores = tf.constant(rng.uniform(size=(512, 128)).astype(np.float32))
+    value_and_gradient = _value_and_gradient(loss)
+    assert _full_size_fusions(value_and_gradient, mask, scores, everywhere=True) == 1
 
 
 def test_l2_normalize_writes_no_buffer_for_its_sums():
@@ -262,12 +249,4 @@ def test_l2_normalize_writes_no_buffer_for_its_sums():
     # float64_sum; with float32 sums XLA wrote both products out for YNNPACK (seven
     # full-size arrays). Left: |x| for the scale's maximum, x / scale, the unit rows, the
     # value and the gradient.
-    x = tf.constant(np.random.default_rng(0).normal(size=(512, 128)).astype(np.float32))
-
-    def value_and_gradient(x):
-        with tf.GradientTape() as tape:
-            tape.watch(x)
-            y = ops.l2_normalize(x)
-        return y, tape.gradient(y, x)
-
-    assert _full_size_fusions(value_and_gradient, x) == 5
+    assert _full_size_fusions(_value_and_gradient(ops.l2_normalize), _normal()) == 5
