@@ -169,6 +169,19 @@ def test_float64_sum_over_trailing_axes_rounds_once(dtype, regime):
     np.testing.assert_array_equal(middle, tf.reduce_sum(x, axis=(0, 2)).numpy().astype(np.float64))
 
 
+@pytest.mark.parametrize("shape", [(2, 3, 0), (2, 0, 4), (0, 3, 4)])
+def test_float64_sum_over_trailing_axes_of_an_empty_tensor(shape, regime):
+    # Zero-size tensors: the rows (of width 0, or none of them) sum to 0.
+    x = tf.zeros(shape)
+
+    def sums(x):
+        return float64_sum(x, (1, 2)), float64_sum(x, None, keepdims=True)
+
+    trailing, whole = regime.wrap(sums, x)(x)
+    np.testing.assert_array_equal(trailing.numpy(), np.zeros(shape[0]))
+    np.testing.assert_array_equal(whole.numpy(), np.zeros((1, 1, 1)))
+
+
 def test_a_whole_tensor_float64_sum_writes_no_buffer():
     # Rows of the last axis summed in one loop each, then their sums: the largest array
     # written is the rows' sums. Summed whole (one fold of the flattened tensor) XLA wrote

@@ -167,7 +167,8 @@ def _log_softmax_core(x, axis):
         # The value is written as its own expression of x (not pieces.z): XLA
         # then forms it in the loop that writes it, where z shared with the sums
         # was a full-size buffer of its own (one core, 2^20, alternating with
-        # Keras under XLA: 1.55 -> 1.35x). 0 - log_total keeps +0 at the maximum.
+        # Keras under XLA: 1.76 -> 1.37x with the backward sum below in float64).
+        # 0 - log_total keeps +0 at the maximum.
         log_total = accurate_log1p(pieces.s)
         log_total = tf.where(pieces.empty, tf.constant(math.inf, x.dtype), log_total)
         value = tf.where(tf.equal(x, pieces.m), 0.0 - log_total, (x - pieces.m) - log_total)
