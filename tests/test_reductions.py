@@ -226,6 +226,13 @@ def test_the_row_reduction_writes_no_buffer_for_its_sums():
     assert _full_size_fusions(_value_and_gradient(ops.logsumexp), _normal()) == 2
 
 
+def test_log_softmax_writes_only_its_value_and_gradient():
+    # Its value is its own expression of x, and its gradient's sum(g) a float64 sum: with
+    # the value formed from z = x - max (which the row sums also read) and a float32 sum,
+    # XLA wrote z and the masked upstream gradient out too (four full-size arrays).
+    assert _full_size_fusions(_value_and_gradient(ops.log_softmax), _normal()) == 2
+
+
 def test_cosine_similarity_writes_no_buffer_for_its_sums():
     # Its three sums of products (a^2, b^2, a b) go through float64_sum; with float32 sums
     # XLA wrote each product out for YNNPACK. The gradient is inside the tf.cond's branch.
