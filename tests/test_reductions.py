@@ -60,10 +60,17 @@ def test_integer_sums_are_plain_sums():
     np.testing.assert_array_equal(sum_over(x, axis=1).numpy(), [6, 15])
 
 
+def _optimized_hlo(fn, *args, entry_only=True):
+    """``fn``'s optimized XLA program for ``args``: its entry computation, or all of it."""
+    hlo = tf.function(fn, jit_compile=True).experimental_get_compiler_ir(*args)(
+        stage="optimized_hlo"
+    )
+    return hlo[hlo.index("ENTRY"):] if entry_only else hlo
+
+
 def _reductions(fn, x):
     """The kinds of reductions in ``fn``'s optimized XLA program (their counts)."""
-    hlo = tf.function(fn, jit_compile=True).experimental_get_compiler_ir(x)(stage="optimized_hlo")
-    entry = hlo[hlo.index("ENTRY"):]
+    entry = _optimized_hlo(fn, x)
     return {
         "reduce-window": len(re.findall(r"reduce-window[.\d]* = ", entry)),
         "ynn": entry.count("__ynn_fusion"),
@@ -106,8 +113,7 @@ def test_folded_row_sum_is_the_row_sum(width, regime):
 
 def _largest_buffer(fn, x):
     """Elements of the largest array ``fn``'s optimized XLA program writes out (inputs aside)."""
-    hlo = tf.function(fn, jit_compile=True).experimental_get_compiler_ir(x)(stage="optimized_hlo")
-    entry = hlo[hlo.index("ENTRY"):]
+    entry = _optimized_hlo(fn, x)
     shapes = re.findall(r"= f(?:32|64)\[([\d,]*)\][^=]* fusion\(", entry)
     return max(math.prod(int(d) for d in shape.split(",") if d) for shape in shapes)
 
@@ -194,10 +200,7 @@ def test_a_whole_tensor_float64_sum_writes_no_buffer():
 def _full_size_fusions(fn, *args, everywhere=False):
     """How many [512, 128] float32 arrays the entry of ``fn``'s optimized XLA program writes
     (``everywhere``: also its called computations, such as a conditional's branches)."""
-    hlo = tf.function(fn, jit_compile=True).experimental_get_compiler_ir(*args)(
-        stage="optimized_hlo"
-    )
-    program = hlo if everywhere else hlo[hlo.index("ENTRY"):]
+    program = _optimized_hlo(fn, *args, entry_only=not everywhere)
     return len(re.findall(r"= f32\[512,128\][^=]* fusion\(", program))
 
 
