@@ -27,6 +27,7 @@ from tests._strategies import FLOAT_DTYPES, finite_arrays
 REDUCTIONS = ("sum_over_batch_size", "sum", "mean", "none")
 SHAPE = (8, 5)
 F32_EPS = float(np.finfo(np.float32).eps)
+NAN, INF = float("nan"), float("inf")
 
 
 # ----------------------------------------------------------------------------
@@ -252,6 +253,59 @@ def test_cosine_similarity_of_tiny_and_huge_vectors_is_exact(scale):
     cos = sum(a * b for a, b in zip(tm, pm)) / (norm_t * norm_p)
     expected = [-(a / norm_t - cos * b / norm_p) / norm_p for a, b in zip(tm, pm)]
     np.testing.assert_allclose(grad[0], np.array(expected, dtype=np.float64), rtol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_cosine_similarity_of_infinite_rows_takes_the_limit_direction(dtype, regime):
+    # A row holding +-inf points along sign(x) at its infinite entries, as
+    # ops.l2_normalize makes it, and its gradient is 0: float32 rows reach it through
+    # the 2^300 stand-in, float64 rows through l2_normalize. The other row's gradient is
+    # -(u_inf - c u) / |x| (mpmath, from the limit direction u_inf).
+    t = np.array([[INF, -INF, 3.0], [1.0, 2.0, 2.0], [INF, 0.0, 0.0]], dtype)
+    p = np.array([[1.0, 2.0, 2.0], [-INF, 5.0, 1.0], [INF, 7.0, 0.0]], dtype)
+    directions = {0: ([1, -1, 0], None), 1: (None, [-1, 0, 0]), 2: ([1, 0, 0], [1, 0, 0])}
+    value, (grad_t, grad_p) = regime.value_and_grad(S.cosine_similarity, t, p, wrt=(0, 1))
+    for row, (dir_t, dir_p) in directions.items():
+        unit_t, unit_p = (
+            mpmath.matrix(d if d is not None else [R.mpf(float(v)) for v in x[row]])
+            for d, x in ((dir_t, t), (dir_p, p))
+        )
+        norms = mpmath.norm(unit_t) * mpmath.norm(unit_p)
+        cos = sum(a * b for a, b in zip(unit_t, unit_p)) / norms
+        R.assert_ulp_within(value[row:row + 1], np.array([-cos], np.float64), dtype, 4)
+        sides = ((grad_t, dir_t, unit_t, unit_p), (grad_p, dir_p, unit_p, unit_t))
+        for grad, direction, u, v in sides:
+            if direction is not None:  # the infinite row: gradient 0
+                np.testing.assert_array_equal(grad[row], 0.0)
+                continue
+            norm = mpmath.norm(u)
+            expected = [-(b / mpmath.norm(v) - cos * a / norm) / norm for a, b in zip(u, v)]
+            np.testing.assert_allclose(
+                grad[row], np.array(expected, np.float64), rtol=1e-6, atol=1e-7
+            )
+
+
+def test_cosine_similarity_nan_does_not_rest_on_the_clamp(monkeypatch, regime):
+    # Float32 rows widen through a clamp, which returns a bound for a NaN on some CPUs
+    # (_internal/clip.py): with such a clamp, the NaN still reaches the value and both
+    # gradients of its row (the select in the products). The other row stays finite.
+    from stableops.losses import _similarity
+
+    widened = _similarity._widened
+
+    def widened_with_nan_as_one(x):
+        wide = widened(x)
+        return tf.where(tf.math.is_nan(x), tf.ones_like(wide), wide)
+
+    monkeypatch.setattr(_similarity, "_widened", widened_with_nan_as_one)
+    t, p = np.float32([[1.0, NAN, 2.0], [1.0, 2.0, 2.0]]), np.float32([[3.0, 1.0, 1.0]] * 2)
+    for a, b in ((t, p), (p, t)):
+        value, grads = regime.value_and_grad(
+            lambda a, b: _similarity._cosine_of_float32(a, b, -1), a, b, wrt=(0, 1)
+        )
+        assert np.isnan(value[0]) and np.all(np.isfinite(value[1]))
+        for grad in grads:
+            assert np.all(np.isnan(grad[0])) and np.all(np.isfinite(grad[1]))
 
 
 @pytest.mark.parametrize("loss_fn", [S.dice, S.tversky], ids=["dice", "tversky"])

@@ -2,7 +2,7 @@
 
 ``cosine_similarity`` of a zero vector is 0 with gradient 0 (Keras: 1e7,
 ``nan`` in float16), and vectors with norms near the float limits normalize
-exactly (``ops.l2_normalize``).
+exactly (float32 rows in float64 arithmetic, float64 rows through ``ops.l2_normalize``).
 """
 
 from __future__ import annotations
@@ -61,7 +61,8 @@ def _plain_sums_are_safe(x, squares, axis):
 
 
 def _cosine(a, b, axis):
-    """``cos(a, b)`` along ``axis``: three sums of products, or the normalized form.
+    """``cos(a, b)`` along ``axis`` for float64 rows: three sums of products, or the
+    normalized form (float32 rows: :func:`_cosine_of_float32`).
 
     Where every row's sums of squares are safe (:func:`_plain_sums_are_safe`:
     all but vectors above ``9e18`` or below ``9e-13`` in norm, in float32),
@@ -121,9 +122,69 @@ def _cosine(a, b, axis):
     return cosine(a, b)
 
 
+# A product of two float32 entries is exact in float64 and lies in [2^-298, 2^256] (or is 0),
+# so float64 sums of them neither overflow nor underflow. An infinite entry's stand-in,
+# 2^300, exceeds every finite float32 by 2^172: finite entries beside it fall out of its
+# row's direction (below 2^-172 of it), and a row of k stand-ins sums to k 2^600, finite
+# for any k below 2^423.
+_INFINITY_STAND_IN = 2.0**300
+
+
+def _widened(x):
+    """``x`` in float64 with ``±inf`` as ``±2^300``: a row's direction is then its limit
+    direction, ``sign(x)/sqrt(k)`` at its ``k`` infinite entries (to float32 precision).
+    A clamp, which XLA forms again in each loop that reads it (a select was written out as
+    a full-size float64 buffer); a NaN may come out as a bound (see ``_internal.clip``)."""
+    bound = tf.constant(_INFINITY_STAND_IN, tf.float64)
+    return tf.clip_by_value(tf.cast(x, tf.float64), -bound, bound)
+
+
+def _cosine_of_float32(a, b, axis):
+    """``cos(a, b)`` along ``axis`` for float32 ``a``, ``b``, in float64 arithmetic.
+
+    ``c = sum(a b) / (|a| |b|)`` from the float64 sums of exact products (``float64_sum``:
+    formed and summed in one XLA loop), with the gradient ``(a/|a| - c b/|b|) / |b|``
+    (likewise for ``a``) formed elementwise in float64: no float32 row overflows or
+    underflows there, so no test of the sums and no scaled second form (a ``tf.cond``
+    whose branch XLA allocates even where it is not taken: 102 MiB at 2^24). Infinite
+    entries take ``_widened``'s stand-in, which gives ``ops.l2_normalize``'s limit direction
+    and a gradient below float32's range (0) for that row; a zero vector gives 0 with
+    gradient 0; NaN gives NaN.
+    """
+
+    @tf.custom_gradient
+    def cosine(a, b):
+        wide_a, wide_b = _widened(a), _widened(b)
+        sum_a = float64_sum(wide_a * wide_a, axis, keepdims=True)
+        sum_b = float64_sum(wide_b * wide_b, axis, keepdims=True)
+        # NaN where either entry is NaN, whatever the clamp made of it: the value and,
+        # through it, both gradients are NaN in that row.
+        nan = tf.logical_or(tf.math.is_nan(a), tf.math.is_nan(b))
+        products = tf.where(nan, tf.constant(float("nan"), tf.float64), wide_a * wide_b)
+        dot = float64_sum(products, axis, keepdims=True)
+        # 1/|a|, 0 for the zero vector (NaN stays NaN).
+        inverse_a = tf.where(tf.equal(sum_a, 0), tf.zeros_like(sum_a), 1.0 / tf.sqrt(sum_a))
+        inverse_b = tf.where(tf.equal(sum_b, 0), tf.zeros_like(sum_b), 1.0 / tf.sqrt(sum_b))
+        cos = dot * inverse_a * inverse_b
+
+        def grad(upstream):
+            upstream = tf.cast(tf.expand_dims(upstream, axis), tf.float64)
+            unit_a, unit_b = wide_a * inverse_a, wide_b * inverse_b
+            return (
+                tf.cast(upstream * ((unit_b - cos * unit_a) * inverse_a), a.dtype),
+                tf.cast(upstream * ((unit_a - cos * unit_b) * inverse_b), b.dtype),
+            )
+
+        return tf.cast(tf.squeeze(cos, axis), a.dtype), grad
+
+    return cosine(a, b)
+
+
 @loss_kernel
 def _cosine_similarity_kernel(y_true, y_pred, axis):
     y_true, y_pred = in_compute_dtype(y_true, y_pred, saturate=False)
+    if y_pred.dtype == tf.float32:
+        return -_cosine_of_float32(y_true, y_pred, axis)
     return -_cosine(y_true, y_pred, axis)
 
 
@@ -134,13 +195,16 @@ def cosine_similarity(y_true, y_pred, axis=-1):
         ``-sum(y_true / ||y_true|| * y_pred / ||y_pred||, axis)``
 
     Numerical stability:
-        Uses ``ops.l2_normalize``: a zero vector normalizes to zero with
-        gradient 0, so the loss of a zero vector is 0 with gradient 0 (Keras
-        clamps the inverse norm at ``1e7``: gradient ``1e7 * y_true_unit``,
-        and ``nan``/``-inf`` in float16). Vectors with norms near the
-        float32 limits (``1e-30`` or ``1e30``) normalize exactly, where
-        Keras's ``rsqrt(sum(x^2))`` under- or overflows. Half precision is
-        computed in float32. NaN gives NaN.
+        A zero vector counts as normalized to zero, so its loss is 0 with
+        gradient 0 (Keras clamps the inverse norm at ``1e7``: gradient
+        ``1e7 * y_true_unit``, and ``nan``/``-inf`` in float16). Float32 rows
+        (half precision is computed in float32) are summed and normalized in
+        float64, where no float32 row's squares overflow or underflow; float64
+        rows take ``ops.l2_normalize``'s exact power-of-two scaling where their
+        squares would. So vectors with norms near the limits (``1e-30`` or
+        ``1e30`` in float32) normalize exactly, where Keras's ``rsqrt(sum(x^2))``
+        under- or overflows. A row holding ``±inf`` takes its limit direction,
+        as in ``ops.l2_normalize``. NaN gives NaN.
         Error budget: 4 ULP of the float32 result, plus 1 ULP of 1 in
         absolute terms (cancellation near orthogonality).
 
