@@ -155,13 +155,15 @@ def _cosine_of_float32(a, b, axis):
     @tf.custom_gradient
     def cosine(a, b):
         wide_a, wide_b = _widened(a), _widened(b)
-        sum_a = float64_sum(wide_a * wide_a, axis, keepdims=True)
-        sum_b = float64_sum(wide_b * wide_b, axis, keepdims=True)
         # NaN where either entry is NaN, whatever the clamp made of it: the value and,
-        # through it, both gradients are NaN in that row.
+        # through it, both gradients are NaN in that row. In the sum of a^2 alone: in the
+        # sum of a b (or in both sums of squares), XLA split the heavier loop into two
+        # tasks on two cores (2^14 under XLA: 0.93 -> 1.08-1.14x Keras's time).
         nan = tf.logical_or(tf.math.is_nan(a), tf.math.is_nan(b))
-        products = tf.where(nan, tf.constant(float("nan"), tf.float64), wide_a * wide_b)
-        dot = float64_sum(products, axis, keepdims=True)
+        squares_a = tf.where(nan, tf.constant(float("nan"), tf.float64), wide_a * wide_a)
+        sum_a = float64_sum(squares_a, axis, keepdims=True)
+        sum_b = float64_sum(wide_b * wide_b, axis, keepdims=True)
+        dot = float64_sum(wide_a * wide_b, axis, keepdims=True)
         # 1/|a|, 0 for the zero vector (NaN stays NaN).
         inverse_a = tf.where(tf.equal(sum_a, 0), tf.zeros_like(sum_a), 1.0 / tf.sqrt(sum_a))
         inverse_b = tf.where(tf.equal(sum_b, 0), tf.zeros_like(sum_b), 1.0 / tf.sqrt(sum_b))
@@ -205,8 +207,9 @@ def cosine_similarity(y_true, y_pred, axis=-1):
         ``1e30`` in float32) normalize exactly, where Keras's ``rsqrt(sum(x^2))``
         under- or overflows. A row holding ``±inf`` takes its limit direction,
         as in ``ops.l2_normalize``. NaN gives NaN.
-        Error budget: 4 ULP of the float32 result, plus 1 ULP of 1 in
-        absolute terms (cancellation near orthogonality).
+        Error budget: 4 ULP of the float32 result, plus, near orthogonality,
+        an absolute error of ``n 2^-53`` for float32 rows of ``n`` entries
+        (their float64 sums of exact products) and 1 ULP of 1 for float64 rows.
 
     Args:
         y_true: targets; any real dtype.
