@@ -190,25 +190,17 @@ WHY: dict[tuple[str, str], str] = {
         "TwoSum, the mask of -inf outputs in the backward pass"
     ),
     ("compiled", "cosine_similarity"): (
-        "three reductions per row (the sums of a^2, b^2 and a b) where Keras makes three of "
-        "plainer expressions that XLA fuses into its reduction loops, plus the check that picks "
-        "the plain or the scaled form; the sums of |a| and |b| that tell a zero row from one "
-        "whose squares underflow run only when a sum of squares is 0 since this run's commit "
-        "(one core, alternating: 1.41 -> 1.02 at 2^20, 3.68 -> 2.12 at 2^22). The three sums "
-        "through a plain reduce_sum (XLA's fused tree loop, no buffer): 1.19 and 2.26 against "
-        "0.95 and 1.99 (one core, 2^20 and 2^22). Since this run's commit the three sums are "
-        "float64 sums that XLA forms and sums in one loop each, with no buffer "
-        "(`float64_sum`): one core, alternating with Keras, 0.63 -> 0.37 under XLA and 0.89 "
-        "-> 0.60 in a plain tf.function at 2^20, 0.69 -> 0.38 and 0.69 -> 0.41 at 2^22"
+        "three float64 sums per row (a^2, b^2, a b, each formed and summed in one loop: "
+        "`float64_sum`) and a float64 gradient where Keras sums plainer float32 expressions. "
+        "Float32 rows are summed and normalized in float64 since 84b87bb (exact products, no "
+        "check of the sums, no tf.cond: XLA allocated its scaled branch's normalized rows on "
+        "every call, 166.5 -> 75 MiB peak at 2^24); one core, alternating with Keras, 0.36 -> "
+        "0.42 at 2^20. The NaN test sits in the sum of a^2 alone: in the sum of a b, XLA split "
+        "that heavier loop into two tasks on two cores (2^14: 0.93 -> 1.08-1.14)"
     ),
-    ("memory", "cosine_similarity"): (
-        "the peak TF's allocator reports depends on what ran before: measured alone (the "
-        "memory section by itself) 320 MiB under XLA and 321 in a plain tf.function at 2^24, "
-        "the same before and after this run's commit (Keras 132 and 256-259); after the speed "
-        "runs the run before measured 198 and 199 MiB (Keras 132 and 146). The plain path's "
-        "optimized HLO writes nothing full-size for the sums since this run's commit; the "
-        "peak is XLA's temporary allocation for the tf.cond that picks the plain or the "
-        "scaled form (its scaled branch, l2_normalize, holds two normalized copies)"
+    ("function", "cosine_similarity"): (
+        "at 2^14 (0.34 ms a call) the compiled call's dispatch: two cores, 40 alternating "
+        "rounds, 1.00 and 1.01 against Keras (the code before 84b87bb: 1.02 and 1.03)"
     ),
     ("compiled", "log_cosh"): (
         "both sides of the switch at |x| = 1 run for every element (double where): a polynomial "
@@ -486,11 +478,6 @@ WHY: dict[tuple[str, str], str] = {
     ("ulp", "sparse_categorical_crossentropy_logits"): _FLUSHED,
     ("ulp", "logsumexp"): _FLUSHED,
     ("ulp", "log_softmax"): _FLUSHED,
-    ("ulp", "cosine_similarity"): (
-        "a result near 0 comes from cancellation in the sum of products of the normalized "
-        "vectors: the error "
-        "is a fraction of an ULP of 1 (the vectors' scale) but hundreds of ULPs of the small result"
-    ),
     ("ulp", "gaussian_nll"): _TERMS_CANCEL,
     ("ulp", "poisson_nll"): _TERMS_CANCEL,
     ("ulp", "triplet_loss"): (
@@ -573,8 +560,10 @@ GENERIC_WHY = {
         "the stable formula keeps more intermediates alive at its peak than Keras's (see Memory); "
         "XLA on CPU (TF 2.21) hands each row reduction of a computed expression to YNNPACK, "
         "which reads it from a buffer of the input's size (seen in the optimized HLO: "
-        "cosine_similarity materializes a*a, b*b, a*b, |a|, |b|; Keras's a*a, b*b), so every "
-        "extra reduction of the stable formula is one more full-size buffer"
+        "Keras's cosine_similarity materializes a*a and b*b), so every extra float32 reduction "
+        "of the stable formula is one more full-size buffer (a float64 sum through "
+        "`float64_sum` writes none), and XLA allocates a tf.cond's branch buffers on every call, "
+        "taken or not"
     ),
     "compile_overhead": (
         "every stableops kernel is one more XLA computation to compile on the first fit (forward "
