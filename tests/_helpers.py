@@ -6,7 +6,10 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
+import tensorflow as tf
 
 from tests._reference import to_numpy_dtype
 
@@ -24,3 +27,20 @@ def all_finite(a) -> bool:
 def as_dtype(values, dtype) -> np.ndarray:
     """``values`` rounded once to ``dtype`` (a name, ``tf.DType`` or NumPy dtype)."""
     return np.asarray(values, dtype=np.float64).astype(to_numpy_dtype(dtype))
+
+
+def optimized_hlo(fn, *args, entry_only=True):
+    """``fn``'s optimized XLA program for ``args``: its entry computation, or all of it."""
+    hlo = tf.function(fn, jit_compile=True).experimental_get_compiler_ir(*args)(
+        stage="optimized_hlo"
+    )
+    return hlo[hlo.index("ENTRY"):] if entry_only else hlo
+
+
+def full_size_arrays(fn, *args, everywhere=False):
+    """How many float32 or float64 arrays of the last argument's shape the entry of
+    ``fn``'s optimized XLA program writes (``everywhere``: also its called computations,
+    such as a conditional's branches)."""
+    program = optimized_hlo(fn, *args, entry_only=not everywhere)
+    shape = ",".join(str(d) for d in args[-1].shape)
+    return len(re.findall(rf"= f(?:32|64)\[{shape}\][^=]* fusion\(", program))

@@ -30,6 +30,7 @@ from stableops._internal.reductions import (
     per_sample_sum,
     sum_over,
 )
+from tests._helpers import full_size_arrays, optimized_hlo
 
 NAN, INF = math.nan, math.inf
 
@@ -60,17 +61,9 @@ def test_integer_sums_are_plain_sums():
     np.testing.assert_array_equal(sum_over(x, axis=1).numpy(), [6, 15])
 
 
-def _optimized_hlo(fn, *args, entry_only=True):
-    """``fn``'s optimized XLA program for ``args``: its entry computation, or all of it."""
-    hlo = tf.function(fn, jit_compile=True).experimental_get_compiler_ir(*args)(
-        stage="optimized_hlo"
-    )
-    return hlo[hlo.index("ENTRY"):] if entry_only else hlo
-
-
 def _reductions(fn, x):
     """The kinds of reductions in ``fn``'s optimized XLA program (their counts)."""
-    entry = _optimized_hlo(fn, x)
+    entry = optimized_hlo(fn, x)
     return {
         "reduce-window": len(re.findall(r"reduce-window[.\d]* = ", entry)),
         "ynn": entry.count("__ynn_fusion"),
@@ -113,7 +106,7 @@ def test_folded_row_sum_is_the_row_sum(width, regime):
 
 def _largest_buffer(fn, x):
     """Elements of the largest array ``fn``'s optimized XLA program writes out (inputs aside)."""
-    entry = _optimized_hlo(fn, x)
+    entry = optimized_hlo(fn, x)
     shapes = re.findall(r"= f(?:32|64)\[([\d,]*)\][^=]* fusion\(", entry)
     return max(math.prod(int(d) for d in shape.split(",") if d) for shape in shapes)
 
@@ -197,14 +190,6 @@ def test_a_whole_tensor_float64_sum_writes_no_buffer():
     assert _largest_buffer(lambda x: float64_sum(tf.exp(x) * x, None), x) <= 512
 
 
-def _full_size_fusions(fn, *args, everywhere=False):
-    """How many [512, 128] float32 or float64 arrays the entry of ``fn``'s optimized XLA
-    program writes (``everywhere``: also its called computations, such as a conditional's
-    branches)."""
-    program = _optimized_hlo(fn, *args, entry_only=not everywhere)
-    return len(re.findall(r"= f(?:32|64)\[512,128\][^=]* fusion\(", program))
-
-
 def _value_and_gradient(fn):
     """``fn(*args)`` and its gradient with respect to the last argument."""
 
@@ -227,14 +212,14 @@ def test_the_row_reduction_writes_no_buffer_for_its_sums():
     # maximum, the count of maxima) go through float64_sum and add none. With float32
     # sums XLA wrote both summed expressions out for YNNPACK (the terms below the
     # maximum are the exponentials): three.
-    assert _full_size_fusions(_value_and_gradient(ops.logsumexp), _normal()) == 2
+    assert full_size_arrays(_value_and_gradient(ops.logsumexp), _normal()) == 2
 
 
 def test_log_softmax_writes_only_its_value_and_gradient():
     # Its value is its own expression of x, and its gradient's sum(g) a float64 sum: with
     # the value formed from z = x - max (which the row sums also read) and a float32 sum,
     # XLA wrote z and the masked upstream gradient out too (four full-size arrays).
-    assert _full_size_fusions(_value_and_gradient(ops.log_softmax), _normal()) == 2
+    assert full_size_arrays(_value_and_gradient(ops.log_softmax), _normal()) == 2
 
 
 def test_cosine_similarity_writes_only_its_gradient():
@@ -244,7 +229,7 @@ def test_cosine_similarity_writes_only_its_gradient():
     # one per input), and no tf.cond picks a scaled form: the normalized rows of that
     # branch were allocated on every call (102 MiB at 2^24, beside a 64 MiB gradient).
     value_and_gradient = _value_and_gradient(losses.cosine_similarity)
-    assert _full_size_fusions(value_and_gradient, _normal(0), _normal(1), everywhere=True) == 1
+    assert full_size_arrays(value_and_gradient, _normal(0), _normal(1), everywhere=True) == 1
 
 
 def test_categorical_hinge_writes_no_buffer_for_its_sums():
@@ -254,7 +239,7 @@ def test_categorical_hinge_writes_no_buffer_for_its_sums():
     labels = np.random.default_rng(0).integers(0, 128, 512)
     one_hot = tf.constant(np.eye(128, dtype=np.float32)[labels])
     value_and_gradient = _value_and_gradient(losses.CategoricalHinge())
-    assert _full_size_fusions(value_and_gradient, one_hot, _normal()) == 2
+    assert full_size_arrays(value_and_gradient, one_hot, _normal()) == 2
 
 
 @pytest.mark.parametrize("loss", [losses.Tversky(), losses.Dice()], ids=["tversky", "dice"])
@@ -268,7 +253,7 @@ def test_overlap_losses_write_no_buffer_for_their_sums(loss):
     mask = tf.constant((rng.uniform(size=(512, 128)) > 0.5).astype(np.float32))
     scores = tf.constant(rng.uniform(size=(512, 128)).astype(np.float32))
     value_and_gradient = _value_and_gradient(loss)
-    assert _full_size_fusions(value_and_gradient, mask, scores, everywhere=True) == 1
+    assert full_size_arrays(value_and_gradient, mask, scores, everywhere=True) == 1
 
 
 def test_l2_normalize_writes_no_buffer_for_its_sums():
@@ -276,4 +261,4 @@ def test_l2_normalize_writes_no_buffer_for_its_sums():
     # float64_sum; with float32 sums XLA wrote both products out for YNNPACK (seven
     # full-size arrays). Left: |x| for the scale's maximum, x / scale, the unit rows, the
     # value and the gradient.
-    assert _full_size_fusions(_value_and_gradient(ops.l2_normalize), _normal()) == 5
+    assert full_size_arrays(_value_and_gradient(ops.l2_normalize), _normal()) == 5

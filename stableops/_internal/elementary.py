@@ -126,20 +126,21 @@ def _nonpositive_expm1_coefficients(dtype: tf.DType) -> tuple:
     return _expm1_taylor_coefficients(dtype)
 
 
-def expm1_given_exp(x, exp_x):
-    """:func:`expm1` of ``x <= 0`` given ``exp_x = exp(x)`` (one exponential for value and slope).
+def expm1_given_exp(x, scaled_exp, scale=1.0):
+    """``scale * expm1(x)`` of ``x <= 0`` given ``scaled_exp = scale * exp(x)`` (one exponential
+    for value and slope).
 
     A polynomial on ``[-1, 0]`` (fitted in float32: 7 terms, where the Taylor
-    polynomial of :func:`expm1` takes 11 for ``[-1, 1]``), ``exp_x - 1``
-    below -1 (no cancellation), chosen by select: not for differentiating
-    through (an overflowing ``exp_x`` in the unselected branch would give
+    polynomial of :func:`expm1` takes 11 for ``[-1, 1]``), ``scaled_exp - scale``
+    below -1 (no cancellation: ``exp(x) < 1/e``), chosen by select: not for differentiating
+    through (an overflowing ``scaled_exp`` in the unselected branch would give
     ``0 * inf``), only for kernels that carry their own gradient. Positive
-    ``x`` get ``exp_x - 1`` (for callers that select them away, as ELU).
+    ``x`` get ``scaled_exp - scale`` (for callers that select them away, as ELU).
     """
     small = tf.logical_and(x >= -1.0, x <= 0.0)
     inside = tf.where(small, x, tf.zeros_like(x))
     polynomial = inside * horner(inside, _nonpositive_expm1_coefficients(x.dtype))
-    return tf.where(small, polynomial, exp_x - 1.0)
+    return tf.where(small, scale * polynomial, scaled_exp - scale)
 
 
 @functools.lru_cache(maxsize=None)

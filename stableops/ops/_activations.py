@@ -30,19 +30,23 @@ def _elu_core(x, alpha):
         # (Measured single core at 2^20: 1.28 -> 1.17x Keras's time in a plain
         # tf.function, 0.89 -> 0.82 under XLA, against a second exp for the slope.)
         exp_negative = tf.exp(tf.where(positive, tf.zeros_like(x), x))
-        value = tf.where(positive, x, alpha * expm1_given_exp(x, exp_negative))
+        # 1 for x > 0, alpha * exp(x) otherwise (alpha at 0 as Keras, 0 at -inf, NaN at NaN).
+        # The value below -1 is formed from the slope (alpha exp(x) - alpha), so the
+        # exponential has one user and XLA computes it in the slope's loop: read by both
+        # outputs, it was written out as a pass of its own (value and slope of 2^20
+        # floats, one core: 1.5 -> 1.13 ms).
+        slope = tf.where(positive, tf.ones_like(x), alpha * exp_negative)
+        value = tf.where(positive, x, expm1_given_exp(x, slope, alpha))
 
         def grad(upstream):
-            # 1 for x > 0, alpha * exp(x) otherwise (alpha at 0 as Keras, 0 at
-            # -inf, NaN at NaN).
-            return upstream * tf.where(positive, tf.ones_like(x), alpha * exp_negative)
+            return upstream * slope
 
         return value, grad
 
     return core(x)
 
 
-@xla_kernel(row_local=True)  # elementwise: the forward call also returns the slope
+@xla_kernel(row_local=True, elementwise=True)  # the forward call also returns the slope
 def _elu_kernel(x, alpha):
     x = as_float_tensor(x, "x")
     return tf.cast(_elu_core(to_compute(x), alpha), x.dtype)

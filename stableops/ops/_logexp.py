@@ -57,7 +57,7 @@ def _softplus_core(x):
     return value, grad
 
 
-@xla_kernel
+@xla_kernel(elementwise=True)
 def softplus(x):
     """``log(1 + exp(x))`` without overflow, accurate in both tails.
 
@@ -88,7 +88,7 @@ def softplus(x):
     return tf.cast(_softplus_core(to_compute(x)), x.dtype)
 
 
-@xla_kernel
+@xla_kernel(elementwise=True)
 def log_sigmoid(x):
     """``log(sigmoid(x))``, the log-probability of a logit, without ``log(0)``.
 
@@ -225,7 +225,7 @@ def _log1mexp_core(x):
     return value, grad
 
 
-@xla_kernel
+@xla_kernel(elementwise=True)
 def log1mexp(x):
     """``log(1 - exp(-|x|))``, TFP's convention: an even function of ``x``.
 
@@ -258,7 +258,7 @@ def log1mexp(x):
     return tf.cast(_log1mexp_core(to_compute(x)), x.dtype)
 
 
-@xla_kernel
+@xla_kernel(elementwise=True)
 def softplus_inverse(x):
     """The inverse of :func:`softplus`: ``log(exp(x) - 1)`` for ``x > 0``.
 
@@ -452,7 +452,7 @@ def _log_cosh_core(x):
     return value, grad
 
 
-@xla_kernel
+@xla_kernel(elementwise=True)
 def log_cosh(x):
     """``log(cosh(x))``, accurate for tiny and huge arguments.
 

@@ -154,7 +154,7 @@ def _log_with_finite_slope(x, tiny):
     return log_fn(x)
 
 
-@xla_kernel
+@xla_kernel(elementwise=True)
 def safe_log(x):
     """Natural logarithm with a finite gradient at 0.
 
@@ -193,7 +193,7 @@ def safe_log(x):
     return tf.cast(_log_with_finite_slope(to_compute(x), tiny), x.dtype)
 
 
-@xla_kernel
+@xla_kernel(elementwise=True)
 def safe_sqrt(x):
     """Square root with gradient 0 at 0.
 
