@@ -219,7 +219,12 @@ WHY: dict[tuple[str, str], str] = {
         "whether the forward call returns the slope (row-local, as now) or the backward "
         "recomputes it: one core, 2^20, one process, alternating with Keras, 1.36 and 1.35 "
         "(2^22: 1.39 and 1.25-1.36; eagerly recomputing is 2.4 -> 3.6 at 2^14, one more "
-        "compiled call). Each nested compiled call also costs more than the same XLA code "
+        "compiled call). Since a5d1e41 the value below -1 comes from the slope (the exp has "
+        "one user: XLA wrote it out as a third full-size array) and in a graph the compiled "
+        "call takes the input as one axis: 2^20, one core, 1.29 -> 1.03; 2^22, 1.51 -> 1.13 "
+        "(two cores 1.76 -> 1.38, where the CPU-time ratio is near 1: the compiled call's "
+        "loops split across the two threads, Keras's kernels on Eigen's pool). Each nested "
+        "compiled call also costs more than the same XLA code "
         "compiled whole: exp(x) 2 at 2^20, two cores, 0.84-0.89 ms called from a plain "
         "tf.function against 0.62-0.71 ms as a jit_compile function, and with an unknown "
         "batch dimension (as model.fit traces) elu's forward and backward take 13% (one core) "
@@ -229,7 +234,8 @@ WHY: dict[tuple[str, str], str] = {
         "expm1 is a software polynomial (7 terms in float32, fitted on [-1, 0]; 11 as a Taylor "
         "polynomial, 0.85-0.88 -> 0.79-0.83 single core at 2^20) evaluated for every element "
         "beside the exp that serves the other branch and the slope; XLA's expm1 is one call "
-        "(but up to 4.4 ULP off)"
+        "(but up to 4.4 ULP off). The misses left are at 2^14 (the two-task split of the "
+        "common reason); from 2^20 it is 0.63-0.75 since a5d1e41 (one exp user)"
     ),
     ("compiled", "nt_xent"): (
         "the common reason above, within the two cores' spread: alternating with the "
@@ -384,15 +390,15 @@ WHY: dict[tuple[str, str], str] = {
         "is thread scheduling (its q25 with jit_compile=False is 1.02)"
     ),
     ("end_to_end", "cnn"): (
-        "on one core (taskset) the CNN's jit_compile=False step is 15.7 ms against Keras's "
-        "15.6 ms (1.00): the two-core miss is thread scheduling around the compiled calls. "
-        "jit_compile=True, fits alternating with Keras's in one process (9 rounds, two "
-        "cores): 1.00 in float32, 1.06 (q25 0.99) under mixed_float16. This run's 1.19 "
-        "(jit_compile=False) is not attributable to a change: the stableops package of the "
-        "run before (0292d97), run in alternating processes with this run's in the same "
-        "half hour (6 rounds each, two cores), measured 0.99 and 1.43 against this run's "
-        "1.54 and 1.31, with Keras's own step moving between 8 and 13 ms; a one-core run "
-        "times whole scheduler ticks (15.6 ms steps) and cannot separate them"
+        "ELU was most of the gap: at the CNN's activations ([128, 26, 26, 16], 16 channels "
+        "innermost) XLA on CPU ran its loops 2.5-3x slower than over one long axis, and it "
+        "wrote the exponential out as a third array; since a5d1e41 (one axis in a graph, the "
+        "exponential with one user) ELU's forward and backward there went 2.05 -> 1.22x "
+        "Keras's (one core). The CNN's train_on_batch step with the default compile, "
+        "alternating with Keras in one process (15 rounds of 20 steps): 1.13 -> 1.05 on one "
+        "core, 1.20 -> 1.12 on two. model.fit on one core times whole scheduler ticks (15.6 "
+        "ms steps) and cannot separate them; two-core runs of unchanged code have spread "
+        "from 0.99 to 1.54"
     ),
     ("memory", "cnn"): (
         "ELU's slope, not the loss: ELU keeps exp(x) (5.3 MiB at [128, 26, 26, 16]) between the "

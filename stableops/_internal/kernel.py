@@ -27,6 +27,9 @@ pass, as one XLA computation instead:
     multiplication, as TF's fused cross-entropy kernels do;
   * *from the output* (``gradient_from_output``, softmax and log-softmax):
     a compiled call on the output and the upstream gradient;
+- an *elementwise* kernel of one input (``elementwise=True``) gets that input as
+  one axis in a graph, reshaped before and after the compiled call (see
+  :func:`xla_kernel`);
 - called while another kernel or a ``jit_compile=True`` function is being
   traced, it is inlined: nested kernels make one computation, and the caller's
   XLA computation takes the kernel in whole.
