@@ -6,6 +6,7 @@ their dozens of small ops; the export test in test_saving checks SavedModels.
 """
 
 import keras
+import mpmath
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -280,3 +281,11 @@ def test_an_elementwise_kernel_in_a_graph_takes_one_axis(kernel):
     calls = [op for op in _xla_calls(graph) if f"{kernel}_" in op.node_def.attr["f"].func.name]
     assert calls and all(t.shape.as_list() == [288] for op in calls for t in op.inputs)
     assert [t.shape.as_list() for t in graph.outputs] == [[2, 3, 3, 16]] * 2
+
+
+def test_an_elementwise_kernel_called_by_keyword_in_a_graph():
+    # The one-axis reshape takes the positional input; a keyword call runs as it is.
+    x = tf.constant([[-1.0, 0.5]])
+    value = tf.function(lambda t: stableops.ops.softplus(x=t))(x)
+    expected = [[float(mpmath.log1p(mpmath.exp(v))) for v in (-1.0, 0.5)]]
+    np.testing.assert_allclose(value.numpy(), expected, rtol=1e-6)

@@ -413,7 +413,7 @@ def xla_kernel(fn=None, *, row_local=False, gradient_from_output=None, elementwi
         kwargs = {k: _tensor_if_array(v) for k, v in kwargs.items()}
         if any(_rank(v) == -1 for v in (*args, *kwargs.values())):
             return inline(*args, **kwargs)
-        if elementwise and tf.inside_function():
+        if elementwise and tf.inside_function() and len(args) == 1:
             (x,) = args
             return tf.reshape(compiled(tf.reshape(x, [-1]), **kwargs), tf.shape(x))
         return compiled(*args, **kwargs)
