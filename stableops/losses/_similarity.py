@@ -223,7 +223,7 @@ def cosine_similarity(y_true, y_pred, axis=-1):
     Example:
         >>> y_true = [[0.0, 1.0], [1.0, 1.0], [1.0, 1.0]]
         >>> cosine_similarity(y_true, [[1.0, 0.0], [1.0, 1.0], [-1.0, -1.0]]).numpy()
-        array([-0.        , -1.,  1.], dtype=float32)
+        array([-0., -1.,  1.], dtype=float32)
     """
     axis = axis_argument(axis)
     return _cosine_similarity_kernel(*prepare(y_true, y_pred, "cosine_similarity", axis), axis=axis)
