@@ -100,7 +100,7 @@ def folded_row_sum(x, folds=ROW_FOLDS):
     return tf.reduce_sum(folded, axis=-1) + tf.reduce_sum(x[..., folds * part:], axis=-1)
 
 
-def _trailing_axes(axis, rank):
+def trailing_axes(axis, rank):
     """How many trailing axes ``axis`` reduces in a tensor of ``rank`` (``None``: all of them);
     ``None`` unless they are exactly the last ``k >= 1`` axes."""
     if axis is None:
@@ -133,7 +133,7 @@ def float64_sum(x, axis, keepdims=False):
     -> 1.27x at 2^20: left on YNNPACK).
     """
     rank = len(x.shape)
-    k = _trailing_axes(axis, rank)
+    k = trailing_axes(axis, rank)
     if k is None:
         return tf.reduce_sum(x, axis=axis, keepdims=keepdims)
     kept = x.shape[: rank - k]

@@ -14,7 +14,7 @@ import tensorflow as tf
 from stableops import ops
 from stableops._internal.checks import axis_argument, number
 from stableops._internal.dtypes import dtype_limits
-from stableops._internal.reductions import float64_sum
+from stableops._internal.reductions import float64_sum, trailing_axes
 from stableops.losses._base import REDUCTION, FunctionLoss, loss_class
 from stableops.losses._inputs import in_compute_dtype, loss_kernel, prepare
 
@@ -136,6 +136,29 @@ def _overlap_loss(y_true, y_pred, axis, smooth, alpha, beta):
     return loss(y_true, y_pred)
 
 
+def _reduced_trailing_axes_merged(y_true, y_pred, axis):
+    """The inputs with the reduced trailing axes of a rank >= 3 pair merged into one, and the
+    ``axis`` that reduces it (``None`` stays ``None``: every axis but the first is merged).
+
+    XLA on CPU (TF 2.21) runs the kernel's loops over a segmentation mask's
+    ``[16, 256, 256, 1]`` at a fraction of their speed over ``[16, 65536]``: ``Dice``'s value
+    and gradient 5.18 against 1.07 ms (one core, a plain ``tf.function``; Keras 1.72 ms).
+    The reshape, outside the compiled call, copies nothing, and its gradient is a reshape.
+    """
+    rank = y_pred.shape.rank
+    if rank is None or rank < 3 or y_true.shape.rank != rank:
+        return y_true, y_pred, axis
+    kept = 1 if axis is None else rank - (trailing_axes(axis, rank) or rank)
+    if not 1 <= kept <= rank - 2:  # nothing to merge: one reduced axis, or not trailing
+        return y_true, y_pred, axis
+    merged = tf.concat([tf.shape(y_pred)[:kept], [-1]], 0)
+    return (
+        tf.reshape(y_true, merged),
+        tf.reshape(y_pred, merged),
+        None if axis is None else -1,
+    )
+
+
 @loss_kernel
 def _dice_kernel(y_true, y_pred, axis, smooth):
     y_true, y_pred = in_compute_dtype(y_true, y_pred, saturate=False)
@@ -190,7 +213,9 @@ def dice(y_true, y_pred, axis=None, *, smooth=0.0):
     """
     axis = axis_argument(axis, allow_many=True, allow_none=True)
     smooth = number(smooth, "smooth", 0.0)
-    return _dice_kernel(*prepare(y_true, y_pred, "dice", axis), axis=axis, smooth=smooth)
+    y_true, y_pred = prepare(y_true, y_pred, "dice", axis)
+    y_true, y_pred, axis = _reduced_trailing_axes_merged(y_true, y_pred, axis)
+    return _dice_kernel(y_true, y_pred, axis=axis, smooth=smooth)
 
 
 @loss_kernel
@@ -249,9 +274,9 @@ def tversky(y_true, y_pred, alpha=0.5, beta=0.5, axis=None, *, smooth=0.0):
     beta = number(beta, "beta", 0.0)
     axis = axis_argument(axis, allow_many=True, allow_none=True)
     smooth = number(smooth, "smooth", 0.0)
-    return _tversky_kernel(
-        *prepare(y_true, y_pred, "tversky", axis), alpha=alpha, beta=beta, axis=axis, smooth=smooth
-    )
+    y_true, y_pred = prepare(y_true, y_pred, "tversky", axis)
+    y_true, y_pred, axis = _reduced_trailing_axes_merged(y_true, y_pred, axis)
+    return _tversky_kernel(y_true, y_pred, alpha=alpha, beta=beta, axis=axis, smooth=smooth)
 
 
 # ----------------------------------------------------------------------------
