@@ -146,8 +146,8 @@ def _reduced_trailing_axes_merged(y_true, y_pred, axis):
     The reshape, outside the compiled call, copies nothing, and its gradient is a reshape.
     """
     rank = y_pred.shape.rank
-    if rank is None or rank < 3 or y_true.shape.rank != rank:
-        return y_true, y_pred, axis
+    if rank is None or rank < 3 or y_true.shape.as_list() != y_pred.shape.as_list():
+        return y_true, y_pred, axis  # (inputs that broadcast keep their shapes)
     kept = 1 if axis is None else rank - (trailing_axes(axis, rank) or rank)
     if not 1 <= kept <= rank - 2:  # nothing to merge: one reduced axis, or not trailing
         return y_true, y_pred, axis
