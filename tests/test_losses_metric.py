@@ -434,11 +434,23 @@ def test_nan_in_nan_out(name, fn, regime):
         assert np.isnan(value[4])  # the NaN embedding's own anchor
 
 
-def test_nan_label_gives_nan_for_its_anchor():
+@pytest.mark.parametrize(
+    "strategy,distance",
+    [
+        ("hard", "euclidean"),
+        ("semi_hard", "euclidean"),
+        ("hard", "cosine"),
+        ("semi_hard", "squared"),
+    ],
+)
+def test_nan_label_gives_nan_for_its_anchor(strategy, distance):
+    """Each path of the triplet kernel (hard Euclidean has its own) carries a NaN label:
+    a NaN never equals a label, so its anchor would otherwise look like one without
+    positives and get a finite loss."""
     labels, x = _batch(2, n=6)
     labels = labels.astype(np.float32)
     labels[2] = np.nan
-    value = S.triplet_loss(labels, x).numpy()
+    value = S.triplet_loss(labels, x, strategy=strategy, distance=distance).numpy()
     assert np.isnan(value[2]) and np.isfinite(np.delete(value, 2)).all()
 
 

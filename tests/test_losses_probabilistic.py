@@ -407,8 +407,12 @@ def test_cce_logits_beyond_float16_range_computed_in_float32():
 # ----------------------------------------------------------------------------
 
 
-def test_scce_out_of_range_label_errors_or_is_nan(regime):
-    labels = tf.constant([1, 5, 0])
+@pytest.mark.parametrize(
+    "labels,bad", [([1, 5, 0], "5"), ([1.0, 1.5, 0.0], "1.5"), ([1.0, math.nan, 0.0], "nan")]
+)
+def test_scce_out_of_range_label_errors_or_is_nan(regime, labels, bad):
+    """An integer beyond the classes, a float label that is not an integer, a NaN label."""
+    labels = tf.constant(labels)
     logits = tf.zeros([3, 3])
     loss = S.SparseCategoricalCrossentropy(from_logits=True, reduction="none")
     if regime.name == "xla":
@@ -417,7 +421,7 @@ def test_scce_out_of_range_label_errors_or_is_nan(regime):
     else:
         with pytest.raises(
             tf.errors.InvalidArgumentError,
-            match=r"label.*5.*out of range "
+            match=rf"label.*{bad}.*out of range "
             r"for.*3.*classes",
         ):
             regime.run(loss, labels, logits)
@@ -618,6 +622,36 @@ def test_kld_zero_targets_follow_xlogy():
         grad[0, 0] == 0.0 and grad[1, 0] == 0.0
     )  # zero targets: zero gradient (Keras: -2e-7 and 0)
     np.testing.assert_allclose(grad[:, 1], [-2.0, -1.0], rtol=1e-6)
+
+
+def test_kld_gradients_for_target_and_prediction(regime):
+    """Both slopes against mpmath, with an upstream of other than ones (a distilled target
+    is trained too): ``log(t/p) + 1`` for the target (0 where it is 0), ``-t/p`` for the
+    prediction, on ratios near 1 (the series' range), far from it, and on a prediction of
+    1e-30. Each slope is two or three roundings (the ratio, the log, the + 1; the
+    reciprocal, the product, the upstream's product): within the loss's 4 ULP, away from
+    ``t/p = 1/e``, where the + 1 cancels (no such ratio here)."""
+    t = np.array(
+        [[0.2, 0.3, 0.5, 0.0], [1e-6, 0.999999, 0.0, 0.0], [0.5, 0.5, 0.0, 0.0]], np.float32
+    )
+    p = np.array(
+        [[0.25, 0.25, 0.4999, 1e-4], [0.5, 0.3, 0.1, 0.1], [1e-30, 0.5, 0.25, 0.25]], np.float32
+    )
+    weights = np.array([1.0, 2.0, 3.0], np.float32)
+    value, (grad_t, grad_p) = regime.value_and_grad(
+        S.kl_divergence, t, p, wrt=(0, 1), weights=weights
+    )
+    R.assert_ulp_within(
+        value,
+        R.reference_cross_entropy_rows(R.mp_kl_divergence_row, t, p, F32_TINY),
+        "float32",
+        ULP,
+    )
+    w = weights[:, None]
+    want_t = R.reference_array(lambda a, b, c: c * (mpmath.log(a / b) + 1) if a else 0, t, p, w)
+    want_p = R.reference_array(lambda a, b, c: -c * a / b, t, p, w)
+    R.assert_ulp_within(grad_t, want_t, "float32", ULP, context="d/dt")
+    R.assert_ulp_within(grad_p, want_p, "float32", ULP, context="d/dp")
 
 
 @pytest.mark.usefixtures("eager_ops")

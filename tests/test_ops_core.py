@@ -239,6 +239,30 @@ def test_xla_kernel_reads_a_variable_and_passes_its_gradient(row_local, in_funct
         assert sorted(len(op.outputs) for op in calls) == expected
 
 
+@pytest.mark.parametrize("in_function", [False, True], ids=["eager", "function"])
+@pytest.mark.parametrize("b_shape", [[1, 3], [3]], ids=["broadcast_rows", "lower_rank"])
+def test_a_row_local_kernel_with_inputs_broadcast_across_rows(in_function, b_shape):
+    """A row-local gradient is per row: an input broadcast across the rows (or of lower
+    rank) gets the sum over them, so such calls take the recomputing backward pass."""
+
+    @xla_kernel(row_local=True)
+    def weighted_sum(a, b):
+        return tf.reduce_sum(a * b, axis=-1)
+
+    a = tf.constant([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])
+    b = tf.constant(np.reshape([0.5, -1.0, 2.0], b_shape).astype(np.float32))
+
+    def gradients():
+        with tf.GradientTape() as tape:
+            tape.watch([a, b])
+            y = tf.reduce_sum(weighted_sum(a, b) * tf.constant([1.0, 10.0]))
+        return tape.gradient(y, [a, b])
+
+    grad_a, grad_b = tf.function(gradients)() if in_function else gradients()
+    np.testing.assert_array_equal(grad_a.numpy(), [[0.5, -1.0, 2.0], [5.0, -10.0, 20.0]])
+    np.testing.assert_array_equal(grad_b.numpy(), np.reshape([41.0, 52.0, 63.0], b_shape))
+
+
 def test_xla_kernel_eager_calls_tell_python_arguments_apart():
     """Eager calls reuse one compiled function per argument signature; Python arguments
     that flatten alike (``3`` and ``(3,)``) are still different calls."""
