@@ -510,7 +510,9 @@ def test_gaussian_kl_gradients_reach_a_learned_prior(regime):
     for args, wrt in (((mu, s, pm, ps), (0, 1, 2, 3)), ((mu, s, ps, ps), (0, 1, 3))):
         _, grads = regime.value_and_grad(
             lambda a, b, c, d: S.gaussian_kl(a, b, prior_mean=c, prior_log_variance=d),
-            *args, wrt=wrt, weights=w[:, 0].astype(np.float32),
+            *args,
+            wrt=wrt,
+            weights=w[:, 0].astype(np.float32),
         )
         m, d = (np.float64(a) for a in (args[2], args[3]))
         mu64, s64 = np.float64(mu), np.float64(s)
@@ -538,6 +540,19 @@ def test_kl_at_infinite_log_variance_is_inf_with_its_limit_slope(regime):
     value, (grad,) = regime.value_and_grad(lambda a, b: S.gaussian_kl(a, b), mu, log_var, wrt=(1,))
     np.testing.assert_array_equal(value, [INF, INF])
     np.testing.assert_array_equal(grad, [[INF], [-0.5]])
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_kl_value_on_both_sides_of_the_series_range(dtype, regime):
+    """At a zero mean the KL is (exp(s) - 1 - s)/2, a polynomial on [-1, 2] and exp(s)/2 -
+    (1 + s)/2 beyond: within the budget on both sides of both switches and far from them
+    (a polynomial used past its range is not)."""
+    edges = [-1.0, 2.0]
+    near = [e * f for e in edges for f in (0.999, 1.0, 1.001)]
+    s = np.array([[v] for v in near + [-4.0, -1.5, 0.5, 2.5, 3.0, 4.0, 6.0, 10.0]], dtype)
+    value = regime.run(lambda a, b: S.gaussian_kl(a, b), np.zeros_like(s), s)
+    reference = R.reference_array(lambda b: (mpmath.exp(b) - 1 - b) / 2, s[:, 0])
+    R.assert_ulp_within(value, reference, dtype, BUDGET)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
