@@ -60,6 +60,17 @@ def _plain_sums_are_safe(x, squares, axis):
     )
 
 
+def _cosine_gradients(upstream, a, b, inverse_a, inverse_b, cos):
+    """The gradients of ``cos = sum(a b) / (|a| |b|)`` from its row sums: ``(b/|b| - cos
+    a/|a|) / |a|`` for ``a``, likewise for ``b`` (``inverse_a = 1/|a|``, 0 for a zero vector,
+    which makes both of a zero row's gradients 0), times ``upstream``."""
+    unit_a, unit_b = a * inverse_a, b * inverse_b
+    return (
+        upstream * ((unit_b - cos * unit_a) * inverse_a),
+        upstream * ((unit_a - cos * unit_b) * inverse_b),
+    )
+
+
 def _cosine(a, b, axis):
     """``cos(a, b)`` along ``axis`` for float64 rows: three sums of products, or the
     normalized form (float32 rows: :func:`_cosine_of_float32`).
@@ -102,10 +113,7 @@ def _cosine(a, b, axis):
             upstream = tf.expand_dims(upstream, axis)
 
             def from_sums():
-                return (
-                    upstream * ((b * inverse_b - fast * (a * inverse_a)) * inverse_a),
-                    upstream * ((a * inverse_a - fast * (b * inverse_b)) * inverse_b),
-                )
+                return _cosine_gradients(upstream, a, b, inverse_a, inverse_b, fast)
 
             def from_normalized():
                 with tf.GradientTape() as tape:
@@ -171,11 +179,8 @@ def _cosine_of_float32(a, b, axis):
 
         def grad(upstream):
             upstream = tf.cast(tf.expand_dims(upstream, axis), tf.float64)
-            unit_a, unit_b = wide_a * inverse_a, wide_b * inverse_b
-            return (
-                tf.cast(upstream * ((unit_b - cos * unit_a) * inverse_a), a.dtype),
-                tf.cast(upstream * ((unit_a - cos * unit_b) * inverse_b), b.dtype),
-            )
+            grad_a, grad_b = _cosine_gradients(upstream, wide_a, wide_b, inverse_a, inverse_b, cos)
+            return tf.cast(grad_a, a.dtype), tf.cast(grad_b, b.dtype)
 
         return tf.cast(tf.squeeze(cos, axis), a.dtype), grad
 
