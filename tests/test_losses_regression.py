@@ -654,6 +654,23 @@ def test_row_losses_on_edge_rows():
     )
 
 
+def test_categorical_hinge_is_accurate_at_the_margin(regime):
+    # The true score exceeds the largest other one by nearly 1: the loss is a small
+    # difference of terms near 1 (formed in float32, 8.9e-8 came out 1.2e-7: 4e6 ULP).
+    rng = np.random.default_rng(7)
+    other = rng.uniform(0.0, 2.0, 64).astype(np.float32)  # above the true class's (1 - t) p = 0
+    gap = (1.0 - 2.0 ** -rng.uniform(3, 22, 64)).astype(np.float32)
+    true = (other.astype(np.float64) + gap).astype(np.float32)  # inputs only
+    one_hot = np.float32([[0, 1, 0]] * 64)
+    scores = np.stack([other, true, other - np.float32(0.5)], axis=1)
+    scores = np.vstack([scores, np.float32([[0.45657334, 1.4565732, 0.0]])])
+    one_hot = np.vstack([one_hot, np.float32([[0, 1, 0]])])
+    reference = R.reference_rows(R.mp_categorical_hinge_row, one_hot, scores)
+    assert np.all(reference > 0) and np.median(reference) < 1e-3  # near the margin, above it
+    value = regime.run(S.categorical_hinge, one_hot, scores)
+    R.assert_ulp_within(value, reference, "float32", 3)
+
+
 def test_categorical_hinge_gradient_splits_ties_and_is_nan_on_a_nan_row(regime):
     # The wrong classes' maximum: ties share its gradient evenly (-1 for the
     # true class, as d/dp of -sum(t p)); a row holding a NaN is NaN everywhere
