@@ -119,8 +119,9 @@ def trailing_axes(axis, rank):
     return k if k and reduced == list(range(rank - k, rank)) else None
 
 
-def float64_sum(x, axis, keepdims=False):
-    """``tf.reduce_sum(x, axis, keepdims)`` summed in float64, rounded once to ``x``'s dtype.
+def float64_sum(x, axis, keepdims=False, rounded=True):
+    """``tf.reduce_sum(x, axis, keepdims)`` summed in float64, rounded once to ``x``'s dtype
+    (left in float64 with ``rounded=False``, for a caller that goes on in float64).
 
     Over trailing axes (the last, the last ``k``, or all: ``None``) through
     ``folded_row_sum`` of ``x`` reshaped to rows (free: the reduced entries are contiguous):
@@ -141,7 +142,8 @@ def float64_sum(x, axis, keepdims=False):
     rank = len(x.shape)
     k = trailing_axes(axis, rank)
     if k is None:
-        return tf.reduce_sum(x, axis=axis, keepdims=keepdims)
+        total = tf.reduce_sum(x, axis=axis, keepdims=keepdims)
+        return total if rounded else tf.cast(total, tf.float64)
     kept = x.shape[: rank - k]
     if k == 1:
         total = folded_row_sum(tf.cast(x, tf.float64))
@@ -153,7 +155,7 @@ def float64_sum(x, axis, keepdims=False):
         total = tf.reshape(total, tf.concat([tf.shape(total), tf.ones([k], tf.int32)], 0))
         kept = kept.concatenate([1] * k)
     total.set_shape(kept)
-    return tf.cast(total, x.dtype)
+    return tf.cast(total, x.dtype) if rounded else total
 
 
 def float64_mean(x):

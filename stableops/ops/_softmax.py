@@ -98,14 +98,13 @@ def _shifted_exponentials(x, axis, with_tail):
         # float64 (``float64_sum``): over the last axis XLA forms and sums them in
         # one loop, where the terms and the count's indicator were each written
         # out for YNNPACK (time and peak memory; see there).
-        maxima = tf.cast(is_max, tf.float64)
+        maxima = tf.cast(is_max, x.dtype)
         below = tf.where(is_max, zero, p)
-        s_wide = float64_sum(tf.cast(below, tf.float64), axis, keepdims=True) + (
-            float64_sum(maxima, axis, keepdims=True) - 1.0
+        s_wide = float64_sum(below, axis, keepdims=True, rounded=False) + (
+            float64_sum(maxima, axis, keepdims=True, rounded=False) - 1.0
         )
         s = tf.cast(s_wide, x.dtype)
         total = 1.0 + s
-        maxima = tf.cast(maxima, x.dtype)
         p = below + maxima
     else:
         s, s_wide, total = None, None, tf.reduce_sum(p, axis=axis, keepdims=True)
