@@ -326,7 +326,7 @@ def xla_kernel(fn=None, *, row_local=False, gradient_from_output=None, elementwi
 
     def compiled(*args, **kwargs):
         eager = not tf.inside_function()
-        if eager and not row_local:
+        if eager and not (row_local or gradient_from_output is not None):
             # Eagerly, TF's own gradient of the compiled call (its forward pass
             # saving what the backward needs), differentiable to any order.
             return call_eagerly(compiled_function("forward", args, kwargs), args, kwargs)
@@ -338,11 +338,17 @@ def xla_kernel(fn=None, *, row_local=False, gradient_from_output=None, elementwi
         local = row_local and bool(positions) and _rows_align(
             [values[p] for p in positions], reduced_axis
         )
-        row_local_eagerly = _record_operation is not None and local
-        if eager and not (row_local_eagerly and _single_tape([values[p] for p in positions])):
-            # A row-local kernel takes its own path below under a single tape (one
-            # core, 2^20: categorical cross-entropy from logits 1.15 -> 0.78x Keras,
-            # elu 2.06 -> 1.83x, logsumexp 1.4 -> 1.3x); TF's gradient otherwise.
+        from_output = (
+            gradient_from_output is not None
+            and positions == (0,)
+            and values[0].dtype in (tf.float32, tf.float64)
+        )
+        recorded = _record_operation is not None and (local or from_output)
+        if eager and not (recorded and _single_tape([values[p] for p in positions])):
+            # A row-local kernel, or one with its gradient from the output, takes its own
+            # path below under a single tape (one core, 2^20: categorical cross-entropy from
+            # logits 1.15 -> 0.78x Keras, elu 2.06 -> 1.83x, logsumexp 1.4 -> 1.3x); TF's
+            # gradient of the compiled call otherwise.
             return call_eagerly(compiled_function("forward", args, kwargs), args, kwargs)
         if not positions:
             return compiled_function("forward", args, kwargs)(args, kwargs)
@@ -389,22 +395,31 @@ def xla_kernel(fn=None, *, row_local=False, gradient_from_output=None, elementwi
 
             return call_row_local(*[values[p] for p in positions])
 
-        if (
-            gradient_from_output is not None
-            and positions == (0,)
-            and values[0].dtype in (tf.float32, tf.float64)
-        ):
+        if from_output:
+
+            def from_output_gradient(output, call_kwargs):
+                def grad(upstream):
+                    run_backward = compiled_function("backward_from_output", args, kwargs)
+                    if eager:
+                        return call_eagerly(run_backward, output, upstream, call_kwargs)
+                    return run_backward(output, upstream, call_kwargs)
+
+                return grad
+
+            if eager:  # recorded on the tape directly, as the row-local path above
+                (x,) = [values[p] for p in positions]
+                call_args, call_kwargs = with_inputs((tf.stop_gradient(x),))
+                forward = compiled_function("forward", args, kwargs)
+                output = call_eagerly(forward, call_args, call_kwargs)
+                grad = from_output_gradient(output, call_kwargs)
+                _record_operation(fn.__name__, [output], [x], lambda upstream: [grad(upstream)])
+                return output
 
             @tf.custom_gradient
             def call_from_output(x):
                 call_args, call_kwargs = with_inputs((x,))
                 output = compiled_function("forward", args, kwargs)(call_args, call_kwargs)
-
-                def grad(upstream):
-                    run_backward = compiled_function("backward_from_output", args, kwargs)
-                    return run_backward(output, upstream, call_kwargs)
-
-                return output, grad
+                return output, from_output_gradient(output, call_kwargs)
 
             return call_from_output(values[0])
 
