@@ -988,3 +988,32 @@ def test_row_reductions_divide_once_per_row(name):
     hlo = compiled.experimental_get_compiler_ir(tf.zeros((8, 16)))(stage="hlo")
     divisions = re.findall(r"(f32\[[0-9,]*\])\S* divide\(", hlo)
     assert divisions and set(divisions) == {"f32[8,1]"}, divisions
+
+
+@pytest.mark.parametrize("name", ["softmax", "log_softmax"])
+def test_large_eager_gradient_is_the_graphs(name):
+    # From 2^18 entries an eager call records its compiled backward pass from the output
+    # (below, TF's gradient of the compiled call): the same gradient as in a graph, and as the
+    # closed form in float64 (softmax: y (g - sum(g y)); log_softmax: g - softmax sum(g)).
+    rng = np.random.default_rng(3)
+    x = tf.constant(rng.normal(0.0, 3.0, (2048, 128)).astype(np.float32))  # 2^18 entries
+    upstream = tf.constant(rng.normal(0.0, 1.0, (2048, 128)).astype(np.float32))
+    fn = getattr(ops, name)
+
+    def value_and_gradient(v):
+        with tf.GradientTape() as tape:
+            tape.watch(v)
+            y = fn(v)
+        return y, tape.gradient(y, v, upstream)
+
+    y, eager = value_and_gradient(x)
+    _, graph = tf.function(value_and_gradient)(x)
+    np.testing.assert_allclose(eager.numpy(), graph.numpy(), rtol=0, atol=1e-6)
+    g, x64 = upstream.numpy().astype(np.float64), x.numpy().astype(np.float64)
+    p = np.exp(x64 - x64.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    if name == "softmax":
+        expected = p * (g - (g * p).sum(-1, keepdims=True))
+    else:
+        expected = g - p * g.sum(-1, keepdims=True)
+    np.testing.assert_allclose(eager.numpy(), expected, rtol=1e-4, atol=1e-6)

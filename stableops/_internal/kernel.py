@@ -343,12 +343,17 @@ def xla_kernel(fn=None, *, row_local=False, gradient_from_output=None, elementwi
             and positions == (0,)
             and values[0].dtype in (tf.float32, tf.float64)
         )
-        recorded = _record_operation is not None and (local or from_output)
+        # Eagerly a kernel with its gradient from the output records its compiled backward
+        # call from 2^18 entries up; below, the two compiled calls' dispatch costs more than
+        # TF's gradient of one (softmax, one core, against Keras: 2^14 1.43 -> 1.70x, 2^18
+        # 1.37 -> 1.41x, 2^20 1.55-1.66 -> 1.20-1.45x).
+        large = eager and from_output and (values[0].shape.num_elements() or 0) >= 2**18
+        recorded = _record_operation is not None and (local or large)
         if eager and not (recorded and _single_tape([values[p] for p in positions])):
-            # A row-local kernel, or one with its gradient from the output, takes its own
-            # path below under a single tape (one core, 2^20: categorical cross-entropy from
-            # logits 1.15 -> 0.78x Keras, elu 2.06 -> 1.83x, logsumexp 1.4 -> 1.3x); TF's
-            # gradient of the compiled call otherwise.
+            # A row-local kernel, or a large one with its gradient from the output, takes its
+            # own path below under a single tape (one core, 2^20: categorical cross-entropy
+            # from logits 1.15 -> 0.78x Keras, elu 2.06 -> 1.83x, logsumexp 1.4 -> 1.3x);
+            # TF's gradient of the compiled call otherwise.
             return call_eagerly(compiled_function("forward", args, kwargs), args, kwargs)
         if not positions:
             return compiled_function("forward", args, kwargs)(args, kwargs)
