@@ -412,7 +412,7 @@ def xla_kernel(fn=None, *, row_local=False, gradient_from_output=None, elementwi
                 return grad
 
             if eager:  # recorded on the tape directly, as the row-local path above
-                (x,) = [values[p] for p in positions]
+                x = values[0]  # the one input (positions == (0,))
                 call_args, call_kwargs = with_inputs((tf.stop_gradient(x),))
                 forward = compiled_function("forward", args, kwargs)
                 output = call_eagerly(forward, call_args, call_kwargs)
