@@ -4,8 +4,9 @@ A search of every stated budget (about 1e6-5e7 random rows per function, float32
 the compiled kernels, screened in float64 and confirmed with mpmath at 100 bits) found
 these rows above the budgets their docstrings stated then; the budgets now cover them.
 Inputs only: every expected value comes from mpmath (tests/_reference.py), in three
-regimes. Each case also checks that its row is still near the worst (above the old
-budget, or close to the new one), so a test that stopped exercising the bad case fails.
+regimes. Only the budget is asserted: the errors at these rows depend on how XLA's
+``exp`` and ``log1p`` round on the CPU at hand (``logaddexp``'s row is 4.5 ULP with
+AVX-512, 2.5 with ``--xla_cpu_max_isa=SSE4_2``).
 """
 
 import mpmath
@@ -36,7 +37,7 @@ def test_softmax_row_with_one_dominant_logit(regime):
                      -5.5125713, -9.618327]])
     reference = np.array([R.mp_softmax([R.mpf(v) for v in x[0]])], dtype=object)
     errors = R.ulp_error(regime.run(O.softmax, x), reference, F32)
-    assert errors.max() <= 16 and errors.max() > 4, errors
+    assert errors.max() <= 16, errors
 
 
 def test_logsumexp_and_logaddexp_near_their_cancellation(regime):
@@ -53,7 +54,7 @@ def test_logsumexp_and_logaddexp_near_their_cancellation(regime):
     reference = [R.mp_logaddexp(R.mpf(a[0]), R.mpf(b[0]))]
     value = regime.run(O.logaddexp, a, b)
     errors = _errors_in_unit(value, reference, [_unit_of_larger(reference[0], b[0])])
-    assert errors.max() <= 5 and errors.max() > 4, errors
+    assert errors.max() <= 5, errors
 
 
 def test_kl_divergence_and_mape_rows(regime):
@@ -65,14 +66,14 @@ def test_kl_divergence_and_mape_rows(regime):
                      0.138954, 0.16975345]])
     reference = R.reference_rows(R.mp_kl_divergence_row, t, p, 0.0)
     errors = R.ulp_error(regime.run(S.kl_divergence, t, p), reference, F32)
-    assert errors.max() <= 5 and errors.max() > 3.5, errors
+    assert errors.max() <= 5, errors
     t = np.float32([[803.3303, -0.096435644, -1.7065915e-06, 209.34138, 0.7774636, -0.044020567,
                      -1.0881104, 0.000105207284]])
     p = np.float32([[-489.64883, -0.051636245, -4.074338, -1.6067924, 993.58795, -0.06810372,
                      -216.93721, -0.0009327516]])
     reference = R.reference_rows(R.mp_mean_absolute_percentage_error_row, t, p)
     errors = R.ulp_error(regime.run(S.mean_absolute_percentage_error, t, p), reference, F32)
-    assert errors.max() <= 5 and errors.max() > 3.5, errors
+    assert errors.max() <= 5, errors
 
 
 def test_dice_row_in_a_large_batch(regime):
@@ -91,16 +92,16 @@ def test_dice_row_in_a_large_batch(regime):
 
 
 @pytest.mark.parametrize(
-    "from_logits, row, old_budget",
+    "from_logits, row",
     [
         # Logits on a grid of 2^-10 (their differences are exact): 15.2 ULP (8 stated).
         (True, [-2.1054688, 7.8095703, -4.533203, 2.4501953, -8.8125, -14.512695, -8.806641,
-                -1.2841797], 8),
+                -1.2841797]),
         (False, [0.0095309485, 0.9904235, 6.4298716e-15, 1.4790232e-15, 3.8671744e-05,
-                 6.8354275e-06, 6.546959e-08, 3.2958344e-15], 8),  # 11.6 ULP
+                 6.8354275e-06, 6.546959e-08, 3.2958344e-15]),  # 11.6 ULP
     ],
 )
-def test_categorical_focal_rows(regime, from_logits, row, old_budget):
+def test_categorical_focal_rows(regime, from_logits, row):
     t = np.float32([[0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]])
     y = np.float32([row])
     logits = [R.mpf(v) if from_logits else mpmath.log(R.mpf(v)) for v in row]
@@ -109,7 +110,7 @@ def test_categorical_focal_rows(regime, from_logits, row, old_budget):
         lambda a, b: S.categorical_focal_crossentropy(a, b, from_logits=from_logits), t, y
     )
     errors = R.ulp_error(value, np.array(reference, dtype=object), F32)
-    assert errors.max() <= 16 and errors.max() > old_budget, errors
+    assert errors.max() <= 16, errors
 
 
 def test_cross_entropy_from_logits_with_flushed_terms(regime):
