@@ -661,10 +661,9 @@ def test_categorical_hinge_is_accurate_at_the_margin(regime):
     other = rng.uniform(0.0, 2.0, 64).astype(np.float32)  # above the true class's (1 - t) p = 0
     gap = (1.0 - 2.0 ** -rng.uniform(3, 22, 64)).astype(np.float32)
     true = (other.astype(np.float64) + gap).astype(np.float32)  # inputs only
-    one_hot = np.float32([[0, 1, 0]] * 64)
     scores = np.stack([other, true, other - np.float32(0.5)], axis=1)
     scores = np.vstack([scores, np.float32([[0.45657334, 1.4565732, 0.0]])])
-    one_hot = np.vstack([one_hot, np.float32([[0, 1, 0]])])
+    one_hot = np.float32([[0, 1, 0]] * len(scores))
     reference = R.reference_rows(R.mp_categorical_hinge_row, one_hot, scores)
     assert np.all(reference > 0) and np.median(reference) < 1e-3  # near the margin, above it
     value = regime.run(S.categorical_hinge, one_hot, scores)
