@@ -87,16 +87,19 @@ def folded_row_sum(x, folds=ROW_FOLDS):
     added first, a float64 sum becomes one loop that forms the parts and sums them, with no
     buffer; the last ``width % folds`` entries (all of a row narrower than ``folds``) are
     summed apart. The same sum in another order; a row known to be narrower than
-    ``2 folds`` is summed as it is. Measured with ``kl_divergence``'s float64
+    ``8 folds`` is summed as it is (parts of 2-4 entries made XLA's loops slower than the
+    plain sum: ``kl_divergence`` at ``[2^17, 8]``, one core, its forward 19 against 2.5 ms;
+    width 16 1.24x the plain sum's time, 32 the same). Measured with ``kl_divergence``'s float64
     terms under XLA, one core: 1.27-1.33 -> 0.96-1.04x the time of its float32 sum before
     them (2^20-2^24; 8 parts: the same), peak memory 320 -> 64.5 MiB at 2^24 (2 parts:
     130). A float32 sum goes to YNNPACK from a buffer of one part, slower than the plain
     sum (the same terms in float32: 1.25x at 2^20): float64 only.
     """
-    if x.shape[-1] is not None and x.shape[-1] < 2 * folds:
+    if x.shape[-1] is not None and x.shape[-1] < 8 * folds:
         # Parts one entry wide: XLA drops their size-1 sums and computed the remaining
         # elementwise fold again in every loop that reads the row sum (sparse cross-entropy
-        # from logits over 4 classes, [262144, 4] under XLA: 13.5 -> 7.3 ms, one core).
+        # from logits over 4 classes, [262144, 4] under XLA: 13.5 -> 7.3 ms, one core);
+        # parts of 2-4 entries: slower loops (see above).
         return tf.reduce_sum(x, axis=-1)
     width = tf.shape(x)[-1]
     part = width // folds
