@@ -306,6 +306,10 @@ def test_the_overlap_losses_merge_their_reduced_trailing_axes(loss, axis, merged
     # A segmentation mask [batch, h, w, 1]: XLA on CPU ran the kernel's loops over it at a
     # fifth of their speed over [batch, h w]. The compiled call gets the reduced trailing
     # axes as one; the value keeps its shape.
+    # Traced for another batch size first: the compiled call's trace is then generalized,
+    # and the value's static shape comes from the inputs (test order made it [None]).
+    other = tf.fill([3, 4, 4, 2], 0.5)
+    tf.function(lambda a, b: loss(a, b, axis=axis)).get_concrete_function(other, other)
     x = tf.fill([2, 4, 4, 2], 0.5)
     graph = tf.function(lambda a, b: loss(a, b, axis=axis)).get_concrete_function(x, x).graph
     calls = _xla_calls(graph)
