@@ -178,7 +178,7 @@ def softmax(x, axis=-1):
     Example:
         >>> import tensorflow as tf
         >>> softmax(tf.constant([1.0, 2.0, 1.0])).numpy()
-        array([0.21194157, 0.5761169 , 0.21194157], dtype=float32)
+        array([0.21194156, 0.57611686, 0.21194156], dtype=float32)
     """
     return _attach_logits(ops.softmax(x, axis=axis), x)
 

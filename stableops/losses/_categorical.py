@@ -39,8 +39,9 @@ from stableops._internal.checks import (
 )
 from stableops._internal.clip import clip
 from stableops._internal.dtypes import dtype_limits, to_compute_saturating
+from stableops._internal.elementary import accurate_log1p
 from stableops._internal.keras_compat import recover_logits
-from stableops._internal.reductions import sum_over, top_and_rest
+from stableops._internal.reductions import float64_sum
 from stableops._internal.where import safe_where
 from stableops.losses._base import REDUCTION, RawInputLoss, loss_class
 from stableops.losses._inputs import graph_code, in_compute_dtype, loss_kernel, prepare, with_mask
@@ -52,6 +53,7 @@ from stableops.losses._shared import (
     floor_at_tiny,
     power,
 )
+from stableops.ops._softmax import _empty_rows, _max_shift
 
 __all__ = [
     "CategoricalCrossentropy",
@@ -178,21 +180,52 @@ def categorical_crossentropy(
 # ----------------------------------------------------------------------------
 
 
-def _categorical_focal_factor(logits, axis, gamma):
-    """``(1 - p) ** gamma`` for every class, finite in value and gradient for every ``gamma >= 0``.
+def _log_and_complement_from_logits(x, axis):
+    """``log q`` and ``1 - q`` for ``q = softmax(x)`` along ``axis``, in float64.
 
-    ``1 - p`` is taken in linear space from the softmax probabilities: as
-    ``1 - p`` where ``p <= 1/2`` (no cancellation) and as the sum of the other
-    probabilities for the one class a row can have above 1/2, accurate
-    however close ``p`` is to 1 (``1 - p`` would round to 0, and ``log(1 -
-    p)`` give a NaN gradient). Then :func:`power`. (The row's argmax picked
-    that class before: one more reduction, 2.04 -> 1.72x Keras's time under
-    XLA, one core at 2^20; ties below 1/2 need no sum.)
+    With ``x - m = z + z_low`` (``ops._softmax._max_shift``), ``e = exp(z) (1 + z_low)``
+    formed in float64 and ``s`` the sum of the terms below the maximum plus the number
+    of other maxima (in float64): ``log q = (z + z_low) - log1p(s)``; ``1 - q`` is
+    ``s / (1 + s)`` at the maxima (the others' sum: accurate however close ``q`` is to
+    1) and ``1 - e / (1 + s)`` elsewhere (``q < 1/2``: no cancellation). Both carry
+    float32 ``exp``'s error (about an ULP) and no rounding of their own. The focal
+    factor ``(1 - q)^gamma`` multiplies the relative error of ``1 - q`` by ``gamma``: a
+    float32 softmax and its ``1 - q`` gave 15.2 ULP of the loss, this 3.7; float64
+    ``exp`` (0.5 ULP) cost 1.12 -> 1.35x Keras's time under XLA (one core, 2^20).
+    A row with a maximum of ``-inf`` (all ``-inf``, or masked) has ``log q = -inf``
+    and ``q = 0``.
+
+    Gradient: ``g_log - q (g_complement + sum(g_log - g_complement q))``
+    (``d log q_i / dx_j = [i = j] - q_j``, ``d(1 - q_i)/dx_j = -q_i ([i = j] - q_j)``);
+    a ``-inf`` ``log q`` is a constant, whose upstream is dropped (as in
+    :func:`stableops.ops.log_softmax`).
     """
-    probabilities = ops.softmax(logits, axis=axis)
-    is_top, others = top_and_rest(probabilities, 1.0, axis)
-    base = tf.where(is_top, tf.broadcast_to(others, tf.shape(probabilities)), 1.0 - probabilities)
-    return power(base, gamma)
+
+    @tf.custom_gradient
+    def pieces(x):
+        m, is_max, z, z_low = _max_shift(x, axis)
+        exponential = tf.cast(tf.exp(z), tf.float64)
+        z, z_low = tf.cast(z, tf.float64), tf.cast(z_low, tf.float64)
+        below = tf.where(is_max, tf.zeros_like(z), exponential * (1.0 + z_low))
+        s = float64_sum(below, axis, keepdims=True, rounded=False) + (
+            float64_sum(tf.cast(is_max, x.dtype), axis, keepdims=True, rounded=False) - 1.0
+        )
+        empty = _empty_rows(m, s)
+        inverse = tf.where(empty, tf.zeros_like(s), 1.0 / (1.0 + s))
+        log_total = tf.where(empty, tf.constant(math.inf, tf.float64), accurate_log1p(s))
+        q = tf.where(is_max, tf.ones_like(below), below) * inverse
+        log_q = tf.where(is_max, 0.0 - log_total, (z + z_low) - log_total)
+        complement = tf.where(is_max, s * inverse, 1.0 - q)
+        complement = tf.where(empty, tf.ones_like(complement), complement)
+
+        def grad(to_log, to_complement):
+            to_log = tf.where(tf.equal(log_q, -math.inf), tf.zeros_like(to_log), to_log)
+            row = tf.reduce_sum(to_log - to_complement * q, axis=axis, keepdims=True)
+            return tf.cast(to_log - q * (to_complement + row), x.dtype)
+
+        return (log_q, complement), grad
+
+    return pieces(x)
 
 
 @tf.custom_gradient
@@ -258,10 +291,15 @@ def _log_and_complement_of_floored(p, axis):
     (NaN gradients on ordinary targets).
     """
 
+    tiny = dtype_limits(p.dtype).tiny
+
     @tf.custom_gradient
-    def pieces(p):
-        total = tf.reduce_sum(p, axis=axis, keepdims=True)
-        is_top, rest = top_and_rest(p, total, axis)
+    def pieces(narrow):
+        p = tf.cast(narrow, tf.float64)
+        total = float64_sum(p, axis, keepdims=True)
+        above_half = p > 0.5 * total
+        rest = float64_sum(tf.where(above_half, tf.zeros_like(p), p), axis, keepdims=True)
+        is_top = tf.logical_and(above_half, rest >= 0)
         largest = total - rest
         # Per row; a row without a top entry has largest = 0: divide by 1 there.
         largest = tf.where(largest > 0.0, largest, tf.ones_like(largest))
@@ -270,12 +308,23 @@ def _log_and_complement_of_floored(p, axis):
         # two users would be a full-size pass of its own under XLA.
         inverse = tf.math.reciprocal(total)
         q = p * inverse
-        log_q = tf.where(is_top, top_log, tf.math.log(clip(q, dtype_limits(p.dtype).tiny)))
+        # log q from the input precision's log of q rounded there, plus that rounding
+        # to first order: a float64 log per element took 2.2x Keras's time under XLA.
+        clipped = clip(q, tiny)
+        rounded = tf.cast(clipped, narrow.dtype)
+        log_q = tf.cast(tf.math.log(rounded), tf.float64) + (
+            clipped - tf.cast(rounded, tf.float64)
+        ) * tf.cast(tf.math.reciprocal(rounded), tf.float64)
+        log_q = tf.where(is_top, top_log, log_q)
         complement = tf.where(is_top, rest * inverse, 1.0 - q)
 
         def grad(to_log, to_complement):
-            row = tf.reduce_sum(to_complement * q - to_log, axis=axis, keepdims=True)
-            return to_log / p + (row - to_complement) * inverse
+            # In the input's precision (a float64 division per element cost).
+            to_log, to_complement, q_narrow, inverse_narrow = (
+                tf.cast(v, narrow.dtype) for v in (to_log, to_complement, q, inverse)
+            )
+            row = tf.reduce_sum(to_complement * q_narrow - to_log, axis=axis, keepdims=True)
+            return to_log / narrow + (row - to_complement) * inverse_narrow
 
         return (log_q, complement), grad
 
@@ -289,24 +338,23 @@ def _categorical_focal_crossentropy_kernel(
     axis = canonical_axis(axis, len(y_pred.shape))
     target, output, valid = _categorical_setup(y_true, y_pred, from_logits, axis, ignore_class)
     target = _smooth_categorical(target, label_smoothing, axis)
+    # log p and 1 - p in float64, and the loss from them, rounded once (see the
+    # functions' docstrings: in float32 the focal factor amplified their roundings).
     if from_logits:
-        log_p = ops.log_softmax(output, axis=axis)
+        log_p, complement = _log_and_complement_from_logits(output, axis)
     else:
         # Keras normalizes the row; zero and negative probabilities are floored
         # at the smallest normal first (an all-zero row counts as uniform).
         log_p, complement = _normalized_log_and_complement(output, axis)
+    target = tf.cast(target, tf.float64)
     # -t * log p per class, 0 where t = 0 (also at log p = -inf, a masked logit).
     cross_entropy = safe_where(
         tf.not_equal(target, 0.0), log_p, lambda v: -target * v, 0.0, safe_true=-1.0
     )
     if gamma:  # gamma == 0: no focal factor (and no 0 * log 0)
-        if from_logits:
-            factor = _categorical_focal_factor(output, axis, gamma)
-        else:
-            factor = power(complement, gamma)
-        cross_entropy = _focal_product(factor, cross_entropy)
+        cross_entropy = _focal_product(power(complement, gamma), cross_entropy)
     values = _categorical_alpha(alpha, log_p, axis) * cross_entropy
-    return finish_rows(sum_over(values, axis=axis), valid)
+    return finish_rows(tf.cast(float64_sum(values, axis), output.dtype), valid)
 
 
 @graph_code

@@ -14,7 +14,7 @@ import tensorflow as tf
 from stableops._internal.checks import number
 from stableops._internal.clip import clip
 from stableops._internal.dtypes import dtype_limits
-from stableops._internal.reductions import float64_mean, mean_over
+from stableops._internal.reductions import float64_mean
 
 # ----------------------------------------------------------------------------
 # Arguments of the cross-entropies (static, outside the compiled kernels)
@@ -92,13 +92,11 @@ def finish_rows(loss, valid):
     return tf.where(valid, loss, tf.zeros_like(loss)), valid
 
 
-def mean_of_squares(x, in_float64=True):
+def mean_of_squares(x):
     """``mean(x^2, axis=-1)``, with a gradient that is finite wherever ``2 x / n`` is.
 
     Summed in float64 (``float64_mean``: one XLA loop, no buffer; MSE 0.98 -> 0.63x
-    Keras's time under XLA at 2^22, one core), unless ``in_float64`` is false: squares
-    of transcendental terms that the gradient also needs (MSLE's log errors) would be
-    computed twice, in the sum's loop and the gradient's (1.19 -> 1.26x).
+    Keras's time under XLA at 2^22, one core).
 
     The square is written ``x * x``: autodiff then forms ``g * x + x * g``
     with ``g = upstream / n`` (each term at most ``|x| / n``). ``tf.square``'s
@@ -106,4 +104,4 @@ def mean_of_squares(x, in_float64=True):
     ``|x| > max / 2`` under XLA (3 errors of 3e38: ``inf`` instead of the
     mean's gradient 2e38 eagerly), so the regimes disagreed.
     """
-    return float64_mean(x * x) if in_float64 else mean_over(x * x, axis=-1)
+    return float64_mean(x * x)

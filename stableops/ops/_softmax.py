@@ -62,57 +62,61 @@ class _Shifted(typing.NamedTuple):
     z_low: tf.Tensor  # the rounding error: z + z_low == x - m exactly
     p: tf.Tensor  # exp(x - m) from (z, z_low); exactly 1 at the maxima
     total: tf.Tensor  # sum(p) >= 1 (the softmax denominator)
-    s: typing.Optional[tf.Tensor]  # sum(p) - 1 without the cancellation (if asked for)
-    s_wide: typing.Optional[tf.Tensor]  # s in float64, before its rounding (if asked for)
+    s: tf.Tensor  # sum(p) - 1 without the cancellation
+    s_wide: tf.Tensor  # s in float64, before its rounding
     empty: tf.Tensor  # rows whose maximum is -inf (all -inf or fully masked)
 
 
-def _shifted_exponentials(x, axis, with_tail):
-    """The pieces every max-shifted reduction needs (see :class:`_Shifted`).
+def _max_shift(x, axis):
+    """The row maximum ``m``, where it is reached, and ``x - m`` as ``z + z_low``.
 
-    * ``x - m`` is carried as ``z + z_low`` (TwoSum), so ``exp(x - m)`` is
-      ``exp(z) * (1 + z_low)`` to full relative accuracy: the rounding of
-      ``x - m`` alone would cost ``|x - m| * eps / 2`` relative (60 ULP of
-      softmax at ``x - m = -100`` in float32).
-    * ``z`` is exactly 0 at the maxima, so a ``+inf`` maximum gives 0 there and
-      ``-inf`` elsewhere instead of ``inf - inf = nan``.
-    * ``with_tail``: also ``s = sum(p) - 1``, which skips the maxima and adds
-      ``(number of maxima - 1)``, so ``log1p(s)`` stays accurate when one
-      logit dominates (``logsumexp([0, -30]) = 9.4e-14``, not 0). It costs
-      one more reduction, so softmax (which only divides by ``sum(p)``)
-      does without.
-    NaN anywhere in a row makes ``total`` (and ``s``) NaN for that row.
+    ``x - m`` is carried as ``z + z_low`` (TwoSum), so ``exp(x - m)`` is
+    ``exp(z) * (1 + z_low)`` to full relative accuracy: the rounding of
+    ``x - m`` alone would cost ``|x - m| * eps / 2`` relative (60 ULP of
+    softmax at ``x - m = -100`` in float32). ``z`` is exactly 0 at the maxima,
+    so a ``+inf`` maximum gives 0 there and ``-inf`` elsewhere instead of
+    ``inf - inf = nan``.
     """
     m = tf.reduce_max(x, axis=axis, keepdims=True)
     is_max = tf.equal(x, m)
     zero = tf.zeros_like(x)
     difference, error = two_difference(x, m)
-    z = tf.where(is_max, zero, difference)
-    z_low = tf.where(is_max, zero, error)
-    p = tf.exp(z) * (1.0 + z_low)  # z_low <= ulp(z)/2: first order is exact enough
-    if with_tail:
-        # The terms below the maximum are summed as they are, and p is formed
-        # back from them (the maxima's terms are exactly 1): the same values,
-        # one full-size buffer where p and p without the maxima were two (1.9-2.0
-        # -> 1.5-1.6x Keras's logsumexp under XLA, one core, 2^20). Both sums in
-        # float64 (``float64_sum``): over the last axis XLA forms and sums them in
-        # one loop, where the terms and the count's indicator were each written
-        # out for YNNPACK (time and peak memory; see there).
-        maxima = tf.cast(is_max, x.dtype)
-        below = tf.where(is_max, zero, p)
-        s_wide = float64_sum(below, axis, keepdims=True, rounded=False) + (
-            float64_sum(maxima, axis, keepdims=True, rounded=False) - 1.0
-        )
-        s = tf.cast(s_wide, x.dtype)
-        total = 1.0 + s
-        p = below + maxima
-    else:
-        s, s_wide, total = None, None, tf.reduce_sum(p, axis=axis, keepdims=True)
+    return m, is_max, tf.where(is_max, zero, difference), tf.where(is_max, zero, error)
+
+
+def _empty_rows(m, total):
     # reduce_max may skip NaN (XLA does): a row of NaN and -inf has m = -inf
     # but a NaN sum, and must stay NaN, not count as empty.
-    empty = tf.logical_and(tf.equal(m, tf.constant(-math.inf, x.dtype)),
-                           tf.logical_not(tf.math.is_nan(total)))
-    return _Shifted(m, z, z_low, p, total, s, s_wide, empty)
+    return tf.logical_and(tf.equal(m, tf.constant(-math.inf, m.dtype)),
+                          tf.logical_not(tf.math.is_nan(total)))
+
+
+def _shifted_exponentials(x, axis):
+    """The pieces the log-domain reductions need (see :class:`_Shifted`).
+
+    ``p = exp(z) * (1 + z_low)`` from :func:`_max_shift` (``z_low <= ulp(z)/2``:
+    first order is exact enough), and ``s = sum(p) - 1``, which skips the maxima
+    and adds ``(number of maxima - 1)``, so ``log1p(s)`` stays accurate when one
+    logit dominates (``logsumexp([0, -30]) = 9.4e-14``, not 0).
+    NaN anywhere in a row makes ``total`` (and ``s``) NaN for that row.
+    """
+    m, is_max, z, z_low = _max_shift(x, axis)
+    p = tf.exp(z) * (1.0 + z_low)
+    # The terms below the maximum are summed as they are, and p is formed
+    # back from them (the maxima's terms are exactly 1): the same values,
+    # one full-size buffer where p and p without the maxima were two (1.9-2.0
+    # -> 1.5-1.6x Keras's logsumexp under XLA, one core, 2^20). Both sums in
+    # float64 (``float64_sum``): over the last axis XLA forms and sums them in
+    # one loop, where the terms and the count's indicator were each written
+    # out for YNNPACK (time and peak memory; see there).
+    maxima = tf.cast(is_max, x.dtype)
+    below = tf.where(is_max, tf.zeros_like(x), p)
+    s_wide = float64_sum(below, axis, keepdims=True, rounded=False) + (
+        float64_sum(maxima, axis, keepdims=True, rounded=False) - 1.0
+    )
+    s = tf.cast(s_wide, x.dtype)
+    total = 1.0 + s
+    return _Shifted(m, z, z_low, below + maxima, total, s, s_wide, _empty_rows(m, total))
 
 
 def _softmax_from_pieces(pieces):
@@ -127,10 +131,54 @@ def _softmax_from_pieces(pieces):
     return pieces.p * (1.0 / denominator)
 
 
+def _split_sum_of_fractions(p, axis):
+    """``sum(p)`` over ``axis`` for float64 ``p`` in ``[0, 1]`` as ``(high, low)``, without
+    a rounding per entry.
+
+    ``hi``, ``p`` rounded to a multiple of 2^-26 (``round``: XLA folds the shorter
+    ``(p + 1.5 * 2^26) - 1.5 * 2^26`` back to ``p``), sums exactly in any order for
+    rows of up to 2^26 entries; the rest, ``p - hi`` (exact, at most 2^-27), adds its
+    roundings at 2^-27 of the total's scale. A plain sum adds a rounding per entry (in
+    float32 that was 11.8 ULP of softmax on rows of 64).
+    """
+    hi = tf.round(p * 2.0**26) * 2.0**-26
+    return (tf.reduce_sum(hi, axis=axis, keepdims=True),
+            tf.reduce_sum(p - hi, axis=axis, keepdims=True))
+
+
+def _softmax_value(x, axis):
+    """``p / sum(p)`` with ``p = exp(x - m) = exp(z) (1 + z_low)``, rounded once after ``exp``.
+
+    float32: ``p`` is formed, summed (``float64_sum``: one loop) and normalized in
+    float64, so the result carries ``exp``'s error and its own rounding (2.1 ULP
+    against mpmath; a float32 row sum had 11.8 on rows of 64). float64: with the sum
+    as ``total + total_low`` (:func:`_split_sum_of_fractions`, then Fast2Sum),
+    ``exp(z) / total`` is corrected by ``1 + z_low - total_low / total`` to first
+    order (the rest is below 2^-100): one division and one addition after ``exp``,
+    where forming ``p``, the total, its reciprocal and the product rounded four times
+    (7.4 ULP on rows of 64).
+    Empty rows (maximum ``-inf``) get the denominator ``+inf`` (a select per row):
+    zeros.
+    """
+    m, _, z, z_low = _max_shift(x, axis)
+    exponential = tf.exp(z)
+    if x.dtype == tf.float64:
+        high, low = _split_sum_of_fractions(exponential * (1.0 + z_low), axis)
+        total = high + low
+        total_low = (high - total) + low  # total + total_low == high + low (Fast2Sum)
+        total = tf.where(_empty_rows(m, total), tf.constant(math.inf, x.dtype), total)
+        quotient = exponential / total
+        return quotient + quotient * (z_low - total_low / total)
+    p = tf.cast(exponential, tf.float64) * (1.0 + tf.cast(z_low, tf.float64))
+    total = float64_sum(p, axis, keepdims=True, rounded=False)
+    total = tf.where(_empty_rows(m, total), tf.constant(math.inf, tf.float64), total)
+    return tf.cast(p * (1.0 / total), x.dtype)
+
+
 def _logsumexp_core(x, axis, keepdims):
     @tf.custom_gradient
     def core(x):
-        pieces = _shifted_exponentials(x, axis, with_tail=True)
+        pieces = _shifted_exponentials(x, axis)
         # m + log1p(s) in float64 (per row), rounded once: in float32 the roundings of s,
         # of its log1p and of the sum reached 4.9 ULP of max(|value|, |m|) where m < 0
         # cancels part of the log1p. -inf for empty rows, +inf with a +inf entry.
@@ -152,7 +200,7 @@ def _logsumexp_core(x, axis, keepdims):
 def _softmax_core(x, axis):
     @tf.custom_gradient
     def core(x):
-        y = _softmax_from_pieces(_shifted_exponentials(x, axis, with_tail=False))
+        y = _softmax_value(x, axis)
 
         def grad(upstream):
             return _softmax_gradient(y, upstream, axis, where=None)
@@ -165,7 +213,7 @@ def _softmax_core(x, axis):
 def _log_softmax_core(x, axis):
     @tf.custom_gradient
     def core(x):
-        pieces = _shifted_exponentials(x, axis, with_tail=True)
+        pieces = _shifted_exponentials(x, axis)
         # (x - m) - log1p(s): exactly -log1p(s) at the maximum, and elsewhere two
         # terms of one sign (z <= 0, log1p(s) >= 0), so z's rounding (z_low, which
         # the sum needs) costs at most half an ULP of the result. An empty row's
