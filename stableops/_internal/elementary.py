@@ -173,10 +173,18 @@ def _log1p_series(v, elementwise=False):
     product, product_low = two_product(quotient, w)
     residual = (2.0 * v - product) - product_low  # 2v - Q w, exact
     quotient_low = (residual - quotient * rounding) / w
-    s2 = 0.25 * (quotient * quotient)
-    # s^2/3 + s^4/5 + ...: Horner form, two operations a term.
-    tail = s2 * horner(s2, [1.0 / (2 * k + 1) for k in range(1, _log1p_terms(v.dtype) + 1)])
+    tail = atanh_series_tail(0.25 * (quotient * quotient), v.dtype)
     return quotient + (quotient * tail + quotient_low * (1.0 + tail))
+
+
+def atanh_series_tail(s2, dtype):
+    """``s^2/3 + s^4/5 + ...`` for ``s^2 <= 1/9``, to ``dtype``'s ``eps / 8`` relative to 1.
+
+    ``log1p(v) = 2s (1 + tail)`` with ``s = v / (2 + v)`` (``v`` in ``[-1/2, 1]``). Horner
+    form, two operations a term; ``s2`` may be wider than ``dtype`` (a float64 series to
+    float32's precision).
+    """
+    return s2 * horner(s2, [1.0 / (2 * k + 1) for k in range(1, _log1p_terms(dtype) + 1)])
 
 
 def log1p_in_range(v, elementwise=False):

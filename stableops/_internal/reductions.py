@@ -40,7 +40,11 @@ time of its row sums followed by the sum of those (``per_sample_sum``).
 
 from __future__ import annotations
 
+import math
+
 import tensorflow as tf
+
+from stableops._internal.compensated import two_difference
 
 
 def _summable(x):
@@ -181,3 +185,29 @@ def top_and_rest(x, total, axis):
     above_half = x > 0.5 * total
     rest = tf.reduce_sum(tf.where(above_half, tf.zeros_like(x), x), axis=axis, keepdims=True)
     return tf.logical_and(above_half, rest >= 0), rest
+
+
+def max_shift(x, axis):
+    """The row maximum ``m``, where it is reached, and ``x - m`` as ``z + z_low``.
+
+    ``x - m`` is carried as ``z + z_low`` (TwoSum), so ``exp(x - m)`` is
+    ``exp(z) * (1 + z_low)`` to full relative accuracy: the rounding of
+    ``x - m`` alone would cost ``|x - m| * eps / 2`` relative (60 ULP of
+    softmax at ``x - m = -100`` in float32). ``z`` is exactly 0 at the maxima,
+    so a ``+inf`` maximum gives 0 there and ``-inf`` elsewhere instead of
+    ``inf - inf = nan``.
+    """
+    m = tf.reduce_max(x, axis=axis, keepdims=True)
+    is_max = tf.equal(x, m)
+    zero = tf.zeros_like(x)
+    difference, error = two_difference(x, m)
+    return m, is_max, tf.where(is_max, zero, difference), tf.where(is_max, zero, error)
+
+
+def empty_rows(m, total):
+    """Rows whose maximum ``m`` is ``-inf`` (all ``-inf``, or masked) and whose ``total``
+    is not NaN."""
+    # reduce_max may skip NaN (XLA does): a row of NaN and -inf has m = -inf
+    # but a NaN sum, and must stay NaN, not count as empty.
+    return tf.logical_and(tf.equal(m, tf.constant(-math.inf, m.dtype)),
+                          tf.logical_not(tf.math.is_nan(total)))

@@ -51,3 +51,14 @@ def safe_where(condition, x, if_true, if_false, *, safe_true=0.0, safe_false=0.0
     true_value = _apply(if_true, tf.where(condition, x, safe_true))
     false_value = _apply(if_false, tf.where(condition, safe_false, x))
     return tf.where(condition, true_value, false_value)
+
+
+def weight_times(weight, value):
+    """``weight * value`` with ``0 * ±inf = 0`` (the ``0 * log 0 = 0`` convention).
+
+    Double where: the infinite factor is replaced by 0 before the product, so
+    neither the value nor the gradient with respect to ``weight`` is NaN. A NaN
+    ``value`` or ``weight`` still gives NaN.
+    """
+    drop = tf.logical_and(tf.equal(weight, 0), tf.math.is_inf(value))
+    return weight * tf.where(drop, tf.zeros_like(value), value)

@@ -14,7 +14,8 @@ clipped value or a zero gradient, these stay finite and accurate:
   them under ``mixed_float16``), see :class:`~stableops.losses._base.RawInputLoss`;
 * focal factors ``(1 - p_t)**gamma`` take ``1 - p_t`` without cancellation
   (from the logits' sigmoids) and floor it at the dtype's smallest normal
-  before ``pow``: finite with a finite gradient for every ``gamma >= 0``.
+  before ``pow``: finite with a finite gradient for every ``gamma >= 0``; the
+  focal loss is formed in float64 and rounded once (3 ULP).
 
 Keyword-only extras (default off, i.e. Keras behaviour): ``pos_weight`` and
 ``ignore_class``. Arguments are validated outside the XLA-compiled kernel
@@ -30,16 +31,17 @@ import tensorflow as tf
 from stableops import ops
 from stableops._internal.checks import axis_argument, flag, number
 from stableops._internal.clip import clip
+from stableops._internal.dtypes import dtype_limits
+from stableops._internal.elementary import atanh_series_tail
 from stableops._internal.keras_compat import recover_logits
-from stableops._internal.reductions import sum_over
-from stableops._internal.where import safe_where
+from stableops._internal.reductions import float64_sum, sum_over
+from stableops._internal.where import safe_where, weight_times
 from stableops.losses._base import REDUCTION, RawInputLoss, loss_class
 from stableops.losses._inputs import graph_code, in_compute_dtype, loss_kernel, prepare, with_mask
 from stableops.losses._shared import (
     check_gamma,
     check_ignore_class,
     check_label_smoothing,
-    power,
 )
 
 __all__ = [
@@ -119,28 +121,157 @@ def _binary_reduce(values, valid, axis):
     return _mean_over_valid(values, valid, axis)
 
 
-def _focal_factor_from_logits(target, logits, gamma):
-    """``(1 - p_t) ** gamma`` from logits, finite in value and gradient for every ``gamma >= 0``.
+def _focal_terms_from_logits(target, logits, gamma, pos_weight):
+    """Elementwise focal loss ``(1 - p_t)^gamma * bce`` from logits, in float64.
 
-    ``1 - p_t = t * sigmoid(-z) + (1 - t) * sigmoid(z)``: two sigmoids of the
-    exact logit (each about 1 ULP, also where one saturates) and a sum of
-    non-negative terms, so no cancellation however large ``|z|`` is.
+    With ``e = exp(-|x|)`` (one exponential in the input's precision, about an
+    ULP) everything else is formed in float64, where it rounds no further:
+    ``1 - p_t = t sigmoid(-x) + (1 - t) sigmoid(x) = (a + (1 - a) e) / (1 + e)``
+    (``a = 1 - t`` for ``x >= 0``, ``t`` below: a sum of non-negative terms) and
+    ``bce = w1 relu(-x) + w0 relu(x) + (w1 + w0) log1p(e)`` with the weights
+    ``w1 = pos_weight t`` and ``w0 = 1 - t``. Only ``exp``'s error remains,
+    amplified at most ``gamma + 1`` times (hard targets, a confident prediction:
+    ``(1 - p_t)^gamma bce ~ e^(gamma + 1)``). In float32 the roundings of the two
+    sigmoids, their sum, ``log1p`` and the products added up to 8.5 ULP of the
+    loss with soft targets. ``target`` is float64 (smoothed there), ``1 - p_t`` is
+    clipped to ``[0, 1]`` in the focal factor only.
+
+    Gradient (custom, in the input's precision, from the same ``e``):
+    ``F' B_x bce + F bce_x`` and ``F' B_t bce + F bce_t``, ``F = max(B, tiny)^gamma``
+    and ``F' = gamma max(B, tiny)^(gamma - 1)`` (0 below ``tiny``).
     """
-    target = clip(target, 0.0, 1.0)
-    base = target * tf.math.sigmoid(-logits) + (1.0 - target) * tf.math.sigmoid(logits)
-    return power(base, gamma)
+    narrow = logits.dtype
+    tiny = dtype_limits(narrow).tiny
+
+    @tf.custom_gradient
+    def core(t, x):
+        positive = x >= 0
+        wide_x = tf.cast(x, tf.float64)
+        e = tf.exp(-tf.abs(wide_x))  # in [0, 1]
+        clipped = clip(t, 0.0, 1.0)
+        complement = 1.0 - t
+        weight = pos_weight * t if pos_weight != 1.0 else t
+        x_positive = tf.where(positive, wide_x, tf.zeros_like(wide_x))
+        x_negative = tf.where(positive, tf.zeros_like(wide_x), wide_x)
+        linear = tf.where(
+            positive, weight_times(complement, x_positive), weight_times(weight, -x_negative)
+        )
+        # One division for 1 / (1 + e) and log1p(e) = 2 atanh(s), s = e / (2 + e)
+        # (the series to the narrow precision's eps / 8).
+        shared = 1.0 / ((1.0 + e) * (2.0 + e))
+        inverse = (2.0 + e) * shared
+        quotient = (2.0 * e) * ((1.0 + e) * shared)  # 2 s
+        s2 = 0.25 * (quotient * quotient)
+        log_term = quotient + quotient * atanh_series_tail(s2, narrow)
+        if pos_weight != 1.0:
+            log_term = (weight + complement) * log_term
+        crossentropy = linear + log_term
+        near = tf.where(positive, 1.0 - clipped, clipped)  # the weight of the larger sigmoid
+        base = (near + (1.0 - near) * e) * inverse
+        floored = _floor_at(base, tiny)
+        factor = tf.pow(floored, gamma)
+        value = factor * crossentropy
+
+        def grad(upstream):
+            up = tf.cast(upstream, narrow)
+            t_n, bce, f, b = (tf.cast(v, narrow) for v in (t, crossentropy, factor, floored))
+            clipped_n = tf.cast(clipped, narrow)
+            large = tf.cast(inverse, narrow)  # sigmoid(|x|)
+            small = tf.cast(e * inverse, narrow)  # sigmoid(-|x|)
+            sig_pos = tf.where(positive, large, small)  # sigmoid(x)
+            sig_neg = tf.where(positive, small, large)  # sigmoid(-x)
+            slope = tf.where(base >= tiny, gamma * tf.pow(b, gamma - 1.0), tf.zeros_like(b))
+            # d(1 - p_t)/dx and /dt (1 inside [0, 1]: the clip's slope)
+            base_x = (1.0 - 2.0 * clipped_n) * (sig_pos * sig_neg)
+            inside = tf.logical_and(t_n >= 0.0, t_n <= 1.0)
+            base_t = tf.where(inside, sig_neg - sig_pos, tf.zeros_like(x))
+            w1 = pos_weight * t_n if pos_weight != 1.0 else t_n
+            bce_x = (1.0 - t_n) * sig_pos - w1 * sig_neg
+            if pos_weight != 1.0:
+                log_n = tf.cast(log_term / (weight + complement), narrow)
+                bce_t = pos_weight * (tf.nn.relu(-x) + log_n) - (tf.nn.relu(x) + log_n)
+            else:
+                agrees = tf.logical_and(
+                    tf.math.is_inf(x), tf.equal(t_n, tf.cast(positive, narrow))
+                )
+                bce_t = tf.where(agrees, tf.zeros_like(x), -x)
+            focal = (up * bce) * slope
+            to_x = focal * base_x + (up * f) * bce_x
+            to_t = focal * base_t + (up * f) * bce_t
+            return tf.cast(to_t, tf.float64), to_x
+
+        return value, grad
+
+    return core(target, logits)
 
 
-def _focal_factor_from_probabilities(target, probabilities, gamma):
-    """``(1 - p_t) ** gamma`` with ``1 - p_t = t * (1 - p) + (1 - t) * p``.
+def _focal_terms_from_probabilities(target, probabilities, gamma, pos_weight):
+    """Elementwise focal loss ``(1 - p_t)^gamma * bce`` from probabilities, in float64.
 
-    ``1 - p_t`` is floored at the smallest normal ``tiny`` (only an exact 0,
-    a saturated ``p``, is below it), so the factor there is ``tiny ** gamma``
-    with a zero gradient instead of Keras's NaN ``pow(0, gamma)`` gradient.
+    ``1 - p_t = t (1 - p) + (1 - t) p`` is formed in float64 (no rounding to
+    speak of), and so is ``bce = -(w1 log p + w0 log(1 - p))`` (``w1 = pos_weight
+    t``, ``w0 = 1 - t``) from the input precision's ``log p`` and ``log`` of
+    ``1 - p`` rounded there, plus that rounding to first order (a float64 ``log``
+    per element cost more time). The clip of ``ops.binary_crossentropy``:
+    ``log`` at ``max(p, tiny)``, ``log(1 - p)`` at ``min(p, 1 - eps/2)``, with
+    straight-through slopes. In float32 the roundings of ``1 - p_t`` (amplified
+    ``gamma`` times) and of the cross-entropy added up to 6.5 ULP of the loss.
     """
-    target = clip(target, 0.0, 1.0)
-    base = target * (1.0 - probabilities) + (1.0 - target) * probabilities
-    return power(base, gamma)
+    narrow = probabilities.dtype
+    limits = dtype_limits(narrow)
+
+    @tf.custom_gradient
+    def core(t, p):
+        wide_p = tf.cast(p, tf.float64)
+        log_p = tf.cast(tf.math.log(clip(p, limits.tiny)), tf.float64)
+        # log(1 - p) = log(w) + log1p(d / w), w = fl(1 - p) in the narrow precision
+        # and d = (1 - w) - p exact in float64 (both narrow numbers, within an ULP
+        # of w of each other): log1p(d / w) to second order (|d / w| <= eps / 2).
+        below_one = clip(p, 0.0, limits.largest_below_one)
+        rest = 1.0 - below_one
+        wide_rest = tf.cast(rest, tf.float64)
+        ratio = ((1.0 - wide_rest) - tf.cast(below_one, tf.float64)) * tf.cast(
+            tf.math.reciprocal(rest), tf.float64
+        )
+        log_rest = tf.cast(tf.math.log(rest), tf.float64) + ratio * (1.0 - 0.5 * ratio)
+        complement = 1.0 - t
+        weight = pos_weight * t if pos_weight != 1.0 else t
+        crossentropy = -(weight * log_p + complement * log_rest)
+        valid = tf.logical_and(tf.math.is_finite(wide_p), tf.math.is_finite(t))
+        crossentropy = tf.where(valid, crossentropy, tf.constant(math.nan, tf.float64))
+        clipped = clip(t, 0.0, 1.0)
+        base = clipped * (1.0 - wide_p) + (1.0 - clipped) * wide_p
+        floored = _floor_at(base, limits.tiny)
+        factor = tf.pow(floored, gamma)
+        value = factor * crossentropy
+
+        def grad(upstream):
+            up = tf.cast(upstream, narrow)
+            t_n, bce, f, b = (tf.cast(v, narrow) for v in (t, crossentropy, factor, floored))
+            clipped_n = tf.cast(clipped, narrow)
+            slope = tf.where(base >= limits.tiny, gamma * tf.pow(b, gamma - 1.0), tf.zeros_like(b))
+            base_p = 1.0 - 2.0 * clipped_n
+            inside = tf.logical_and(t_n >= 0.0, t_n <= 1.0)
+            base_t = tf.where(inside, 1.0 - 2.0 * p, tf.zeros_like(p))
+            w1 = pos_weight * t_n if pos_weight != 1.0 else t_n
+            # The clip's straight-through slopes (ops.binary_crossentropy's)
+            bce_p = (1.0 - t_n) / (1.0 - clip(p, 0.0, limits.largest_below_one)) - w1 / clip(
+                p, limits.tiny
+            )
+            bce_t = tf.cast(log_rest, narrow) - pos_weight * tf.cast(log_p, narrow)
+            focal = (up * bce) * slope
+            to_p = focal * base_p + (up * f) * bce_p
+            to_t = focal * base_t + (up * f) * bce_t
+            return tf.cast(to_t, tf.float64), to_p
+
+        return value, grad
+
+    return core(target, probabilities)
+
+
+def _floor_at(x, tiny):
+    """``x`` floored at ``tiny`` (the input precision's smallest normal), NaN kept."""
+    return clip(x, tiny)
 
 
 @loss_kernel
@@ -149,16 +280,26 @@ def _binary_crossentropy_kernel(
     pos_weight, ignore_class,
 ):
     target, output, valid = _binary_setup(y_true, y_pred, ignore_class)
+    if not gamma:  # gamma == 0 is plain cross-entropy
+        target = _smooth_binary(target, label_smoothing)
+        values = _weighted_binary_crossentropy(target, output, from_logits, pos_weight)
+        if apply_class_balancing:
+            values = (target * alpha + (1.0 - target) * (1.0 - alpha)) * values
+        return _binary_reduce(values, valid, axis)
+    # The focal loss in float64 from the input precision's exp or log (see the
+    # functions' docstrings), rounded once.
+    target = tf.cast(target, tf.float64)
+    target = target * tf.where(tf.math.is_finite(target), tf.ones_like(target),
+                               tf.fill(tf.shape(target), tf.constant(math.nan, tf.float64)))
     target = _smooth_binary(target, label_smoothing)
-    values = _weighted_binary_crossentropy(target, output, from_logits, pos_weight)
-    if gamma:  # gamma == 0 is plain cross-entropy
-        if from_logits:
-            values = _focal_factor_from_logits(target, output, gamma) * values
-        else:
-            values = _focal_factor_from_probabilities(target, output, gamma) * values
+    focal = _focal_terms_from_logits if from_logits else _focal_terms_from_probabilities
+    values = focal(target, output, gamma, pos_weight)
     if apply_class_balancing:
         values = (target * alpha + (1.0 - target) * (1.0 - alpha)) * values
-    return _binary_reduce(values, valid, axis)
+    if valid is None:
+        count = tf.cast(tf.shape(values)[axis], tf.float64)
+        return tf.cast(float64_sum(values, axis, rounded=False) / count, output.dtype)
+    return _binary_reduce(tf.cast(values, output.dtype), valid, axis)
 
 
 def _binary_loss(y_true, y_pred, fn_name, from_logits, label_smoothing, axis, pos_weight,
@@ -265,15 +406,22 @@ def binary_focal_crossentropy(y_true, y_pred, apply_class_balancing=False, alpha
         the cross-entropy it multiplies is below ``tiny`` too, so the loss
         term is 0 either way) it is ``tiny**gamma`` with a zero gradient. So
         value and gradient are finite for every ``gamma >= 0`` and every
-        finite input. ``pow`` of an accurate base costs about 1 ULP, where
-        the log-space ``exp(gamma * log(1 - p_t))`` loses
-        ``gamma * |log(1 - p_t)|`` ULPs. ``gamma = 0`` is exactly binary
-        cross-entropy. Targets outside ``[0, 1]`` are clipped to it in the
-        focal factor only. The cross-entropy term is
-        :func:`binary_crossentropy`'s. A sigmoid output's logits are used.
-        Error budget: 16 ULP of the float32 result per element (about 3 with
-        hard targets; soft targets add the cross-entropy's 4 ULP to a
-        ``gamma``-amplified focal factor).
+        finite input. The focal factor multiplies the relative error of
+        ``1 - p_t`` by ``gamma``, so for float32 input the smoothed target,
+        ``1 - p_t``, the cross-entropy, their product and the mean over
+        ``axis`` are formed in float64 and rounded once: from logits from
+        one float64 ``exp(-|z|)`` (``log1p`` of it by a float64 series), from
+        probabilities from float32 ``log p`` and ``log`` of ``1 - p`` rounded
+        to float32, plus that rounding. The gradient is float32's.
+        ``gamma = 0`` is exactly binary cross-entropy. Targets outside
+        ``[0, 1]`` are clipped to it in the focal factor only. The
+        cross-entropy's clip and conventions are :func:`binary_crossentropy`'s.
+        A sigmoid output's logits are used.
+        Error budget: 3 ULP of the float32 result per element (hard and soft
+        targets, with class balancing and label smoothing; measured on 5e6
+        random rows with gamma 2: 0.5 from logits, 2.3 from probabilities;
+        the float32 forms were 8.5 and 6.5). Under XLA, 2^20 elements, value
+        and gradient, one core: 1.1-1.3x the time of the float32 forms.
 
     Args:
         y_true: targets in ``[0, 1]``, ``[batch, d0, ..., dN]``.
@@ -294,7 +442,7 @@ def binary_focal_crossentropy(y_true, y_pred, apply_class_balancing=False, alpha
     Example:
         >>> y_true, y_pred = [[0.0, 1.0], [0.0, 0.0]], [[0.6, 0.4], [0.4, 0.6]]
         >>> binary_focal_crossentropy(y_true, y_pred, gamma=2.0).numpy()
-        array([0.329865, 0.205798], dtype=float32)
+        array([0.32986468, 0.2057984 ], dtype=float32)
     """
     return _binary_loss(y_true, y_pred, "binary_focal_crossentropy", from_logits, label_smoothing,
                         axis, pos_weight, ignore_class, apply_class_balancing, alpha, gamma)

@@ -41,7 +41,7 @@ from stableops._internal.clip import clip
 from stableops._internal.dtypes import dtype_limits, to_compute_saturating
 from stableops._internal.elementary import accurate_log1p
 from stableops._internal.keras_compat import recover_logits
-from stableops._internal.reductions import float64_sum
+from stableops._internal.reductions import empty_rows, float64_sum, max_shift
 from stableops._internal.where import safe_where
 from stableops.losses._base import REDUCTION, RawInputLoss, loss_class
 from stableops.losses._inputs import graph_code, in_compute_dtype, loss_kernel, prepare, with_mask
@@ -53,7 +53,6 @@ from stableops.losses._shared import (
     floor_at_tiny,
     power,
 )
-from stableops.ops._softmax import _empty_rows, _max_shift
 
 __all__ = [
     "CategoricalCrossentropy",
@@ -183,7 +182,7 @@ def categorical_crossentropy(
 def _log_and_complement_from_logits(x, axis):
     """``log q`` and ``1 - q`` for ``q = softmax(x)`` along ``axis``, in float64.
 
-    With ``x - m = z + z_low`` (``ops._softmax._max_shift``), ``e = exp(z) (1 + z_low)``
+    With ``x - m = z + z_low`` (``_internal.reductions.max_shift``), ``e = exp(z) (1 + z_low)``
     formed in float64 and ``s`` the sum of the terms below the maximum plus the number
     of other maxima (in float64): ``log q = (z + z_low) - log1p(s)``; ``1 - q`` is
     ``s / (1 + s)`` at the maxima (the others' sum: accurate however close ``q`` is to
@@ -203,14 +202,14 @@ def _log_and_complement_from_logits(x, axis):
 
     @tf.custom_gradient
     def pieces(x):
-        m, is_max, z, z_low = _max_shift(x, axis)
+        m, is_max, z, z_low = max_shift(x, axis)
         exponential = tf.cast(tf.exp(z), tf.float64)
         z, z_low = tf.cast(z, tf.float64), tf.cast(z_low, tf.float64)
         below = tf.where(is_max, tf.zeros_like(z), exponential * (1.0 + z_low))
         s = float64_sum(below, axis, keepdims=True, rounded=False) + (
             float64_sum(tf.cast(is_max, x.dtype), axis, keepdims=True, rounded=False) - 1.0
         )
-        empty = _empty_rows(m, s)
+        empty = empty_rows(m, s)
         inverse = tf.where(empty, tf.zeros_like(s), 1.0 / (1.0 + s))
         log_total = tf.where(empty, tf.constant(math.inf, tf.float64), accurate_log1p(s))
         q = tf.where(is_max, tf.ones_like(below), below) * inverse

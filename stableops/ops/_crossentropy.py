@@ -40,6 +40,7 @@ from stableops._internal.elementary import accurate_log1p, log1p_in_range
 from stableops._internal.keras_compat import recover_logits
 from stableops._internal.kernel import xla_kernel
 from stableops._internal.reductions import sum_over, top_and_rest
+from stableops._internal.where import weight_times
 from stableops.ops._softmax import _shifted_exponentials, _softmax_from_pieces
 
 # ----------------------------------------------------------------------------
@@ -66,17 +67,6 @@ def _dense_arguments(target, output, from_logits, op_type, fn_name):
 # ----------------------------------------------------------------------------
 # Shared numerics (compute dtype, inside the kernels)
 # ----------------------------------------------------------------------------
-
-
-def _weighted(weight, value):
-    """``weight * value`` with ``0 * ±inf = 0`` (the ``0 * log 0 = 0`` convention).
-
-    Double where: the infinite factor is replaced by 0 before the product, so
-    neither the value nor the gradient with respect to ``weight`` is NaN. A NaN
-    ``value`` or ``weight`` still gives NaN.
-    """
-    drop = tf.logical_and(tf.equal(weight, 0), tf.math.is_inf(value))
-    return weight * tf.where(drop, tf.zeros_like(value), value)
 
 
 def _log1m(p):
@@ -193,7 +183,7 @@ def _sigmoid_cross_entropy(z, x):
         positive = x >= 0
         x_positive = tf.where(positive, x, tf.zeros_like(x))
         x_negative = tf.where(positive, tf.zeros_like(x), x)
-        linear = tf.where(positive, _weighted(1.0 - z, x_positive), _weighted(z, -x_negative))
+        linear = tf.where(positive, weight_times(1.0 - z, x_positive), weight_times(z, -x_negative))
         exp = tf.exp(tf.where(positive, -x, x))  # in [0, 1]
         loss = linear + log1p_in_range(exp, elementwise=True)
 
@@ -324,7 +314,7 @@ def _categorical_logits_core(z, x, axis):
         log_sum = accurate_log1p(pieces.s)
         shifted = pieces.z + pieces.z_low
         mass = tf.reduce_sum(z, axis=axis, keepdims=True)
-        loss = mass * log_sum - sum_over(_weighted(z, shifted), axis=axis, keepdims=True)
+        loss = mass * log_sum - sum_over(weight_times(z, shifted), axis=axis, keepdims=True)
         # A row of only -inf logits has every probability 0: loss inf under any
         # target mass, 0 without one.
         inf = tf.constant(math.inf, x.dtype)

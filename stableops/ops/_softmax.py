@@ -15,11 +15,10 @@ import typing
 import tensorflow as tf
 
 from stableops._internal.checks import as_float_tensor, axis_argument
-from stableops._internal.compensated import two_difference
 from stableops._internal.dtypes import to_compute
 from stableops._internal.elementary import accurate_log1p
 from stableops._internal.kernel import xla_kernel
-from stableops._internal.reductions import float64_sum
+from stableops._internal.reductions import empty_rows, float64_sum, max_shift
 
 # ----------------------------------------------------------------------------
 # Argument checks (static, outside the compiled kernels)
@@ -67,30 +66,6 @@ class _Shifted(typing.NamedTuple):
     empty: tf.Tensor  # rows whose maximum is -inf (all -inf or fully masked)
 
 
-def _max_shift(x, axis):
-    """The row maximum ``m``, where it is reached, and ``x - m`` as ``z + z_low``.
-
-    ``x - m`` is carried as ``z + z_low`` (TwoSum), so ``exp(x - m)`` is
-    ``exp(z) * (1 + z_low)`` to full relative accuracy: the rounding of
-    ``x - m`` alone would cost ``|x - m| * eps / 2`` relative (60 ULP of
-    softmax at ``x - m = -100`` in float32). ``z`` is exactly 0 at the maxima,
-    so a ``+inf`` maximum gives 0 there and ``-inf`` elsewhere instead of
-    ``inf - inf = nan``.
-    """
-    m = tf.reduce_max(x, axis=axis, keepdims=True)
-    is_max = tf.equal(x, m)
-    zero = tf.zeros_like(x)
-    difference, error = two_difference(x, m)
-    return m, is_max, tf.where(is_max, zero, difference), tf.where(is_max, zero, error)
-
-
-def _empty_rows(m, total):
-    # reduce_max may skip NaN (XLA does): a row of NaN and -inf has m = -inf
-    # but a NaN sum, and must stay NaN, not count as empty.
-    return tf.logical_and(tf.equal(m, tf.constant(-math.inf, m.dtype)),
-                          tf.logical_not(tf.math.is_nan(total)))
-
-
 def _shifted_exponentials(x, axis):
     """The pieces the log-domain reductions need (see :class:`_Shifted`).
 
@@ -100,7 +75,7 @@ def _shifted_exponentials(x, axis):
     logit dominates (``logsumexp([0, -30]) = 9.4e-14``, not 0).
     NaN anywhere in a row makes ``total`` (and ``s``) NaN for that row.
     """
-    m, is_max, z, z_low = _max_shift(x, axis)
+    m, is_max, z, z_low = max_shift(x, axis)
     p = tf.exp(z) * (1.0 + z_low)
     # The terms below the maximum are summed as they are, and p is formed
     # back from them (the maxima's terms are exactly 1): the same values,
@@ -116,7 +91,7 @@ def _shifted_exponentials(x, axis):
     )
     s = tf.cast(s_wide, x.dtype)
     total = 1.0 + s
-    return _Shifted(m, z, z_low, below + maxima, total, s, s_wide, _empty_rows(m, total))
+    return _Shifted(m, z, z_low, below + maxima, total, s, s_wide, empty_rows(m, total))
 
 
 def _softmax_from_pieces(pieces):
@@ -160,18 +135,18 @@ def _softmax_value(x, axis):
     Empty rows (maximum ``-inf``) get the denominator ``+inf`` (a select per row):
     zeros.
     """
-    m, _, z, z_low = _max_shift(x, axis)
+    m, _, z, z_low = max_shift(x, axis)
     exponential = tf.exp(z)
     if x.dtype == tf.float64:
         high, low = _split_sum_of_fractions(exponential * (1.0 + z_low), axis)
         total = high + low
         total_low = (high - total) + low  # total + total_low == high + low (Fast2Sum)
-        total = tf.where(_empty_rows(m, total), tf.constant(math.inf, x.dtype), total)
+        total = tf.where(empty_rows(m, total), tf.constant(math.inf, x.dtype), total)
         quotient = exponential / total
         return quotient + quotient * (z_low - total_low / total)
     p = tf.cast(exponential, tf.float64) * (1.0 + tf.cast(z_low, tf.float64))
     total = float64_sum(p, axis, keepdims=True, rounded=False)
-    total = tf.where(_empty_rows(m, total), tf.constant(math.inf, tf.float64), total)
+    total = tf.where(empty_rows(m, total), tf.constant(math.inf, tf.float64), total)
     return tf.cast(p * (1.0 / total), x.dtype)
 
 
