@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import stableops.losses
 from stableops import losses, ops
 from stableops._internal.reductions import (
     ROW_FOLDS,
@@ -89,7 +90,7 @@ def test_a_per_sample_sum_is_not_merged_with_the_batch_sum():
     assert ours == apart
 
 
-@pytest.mark.parametrize("width", [1, 3, 4, 5, 8, 11, 128])
+@pytest.mark.parametrize("width", [1, 3, 4, 5, 8, 11, 31, 32, 37, 128])
 def test_folded_row_sum_is_the_row_sum(width, regime):
     # Integers (exact in any order) mark each entry: a dropped or repeated part of the
     # row, or a lost remainder column, changes the sum. Traced with the batch and the
@@ -103,6 +104,44 @@ def test_folded_row_sum_is_the_row_sum(width, regime):
     np.testing.assert_array_equal(ours.numpy(), rows.sum(axis=-1))
     nan_row = np.where(np.arange(width) == width - 1, NAN, rows[0])[None]  # NaN in the last entry
     assert np.isnan(folded_row_sum(tf.constant(nan_row)).numpy()).all()
+
+
+@pytest.mark.parametrize("width", [5, 37])
+def test_folded_row_sum_gradient_is_the_upstream_along_the_row(width, regime):
+    # d sum_j x_ij / d x_ik = 1: the gradient is each row's upstream, broadcast.
+    x = tf.constant(np.random.default_rng(1).normal(size=(3, width)))
+    upstream = tf.constant([1.0, -2.0, 0.5], tf.float64)
+
+    def gradient(x):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            total = tf.reduce_sum(upstream * folded_row_sum(x))
+        return tape.gradient(total, x)
+
+    ours = regime.run(gradient, x.numpy())
+    np.testing.assert_array_equal(ours, np.broadcast_to(upstream.numpy()[:, None], (3, width)))
+
+
+def test_folded_row_sum_gradient_writes_no_buffer_of_its_own():
+    # Autodiff of the parts' slices padded each part's gradient back to a full-size float64
+    # buffer, four of them written out in categorical focal cross-entropy's program (its
+    # float64 row sums; 5.9 against 3.2 ms under XLA at 2^20). Traced with an unknown batch
+    # dimension, as model.fit and the kernels' signatures trace.
+    rng = np.random.default_rng(0)
+    t = tf.constant(np.eye(128, dtype=np.float32)[rng.integers(0, 128, 512)])
+    x = tf.constant(rng.uniform(size=(512, 128)).astype(np.float32))
+
+    def value_and_gradient(t, x):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            total = tf.reduce_sum(stableops.losses.categorical_focal_crossentropy(t, x))
+        return total, tape.gradient(total, x)
+
+    signature = [tf.TensorSpec([None, 128], tf.float32)] * 2
+    compiled = tf.function(value_and_gradient, jit_compile=True, input_signature=signature)
+    program = compiled.experimental_get_compiler_ir(t, x)(stage="optimized_hlo")
+    entry = program[program.index("ENTRY"):]
+    assert not re.findall(r"= f64\[512,128\][^=]* fusion\(", entry)
 
 
 def _largest_buffer(fn, x):

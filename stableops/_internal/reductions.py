@@ -105,12 +105,29 @@ def folded_row_sum(x, folds=ROW_FOLDS):
         # from logits over 4 classes, [262144, 4] under XLA: 13.5 -> 7.3 ms, one core);
         # parts of 2-4 entries: slower loops (see above).
         return tf.reduce_sum(x, axis=-1)
-    width = tf.shape(x)[-1]
-    part = width // folds
-    folded = x[..., :part]
-    for k in range(1, folds):
-        folded = folded + x[..., k * part:(k + 1) * part]
-    return tf.reduce_sum(folded, axis=-1) + tf.reduce_sum(x[..., folds * part:], axis=-1)
+    return _folded_sum(x, folds)
+
+
+def _folded_sum(x, folds):
+    """The folded sum, with the plain sum's gradient (the upstream broadcast along the row):
+    autodiff of the parts' slices padded each part's gradient back to a full-size buffer
+    (categorical focal cross-entropy under XLA at 2^20: 5.9 against 3.2 ms)."""
+
+    @tf.custom_gradient
+    def summed(x):
+        width = tf.shape(x)[-1]
+        part = width // folds
+        folded = x[..., :part]
+        for k in range(1, folds):
+            folded = folded + x[..., k * part:(k + 1) * part]
+        total = tf.reduce_sum(folded, axis=-1) + tf.reduce_sum(x[..., folds * part:], axis=-1)
+
+        def grad(upstream):
+            return tf.broadcast_to(upstream[..., None], tf.shape(x))
+
+        return total, grad
+
+    return summed(x)
 
 
 def trailing_axes(axis, rank):
