@@ -190,7 +190,9 @@ WHY: dict[tuple[str, str], str] = {
         "(`float64_sum`; g y was written out for YNNPACK): this benchmark's softmax rows alone, "
         "two runs each, alternating the code: 1.78 and 1.81 -> 1.49 and 1.50 in a plain "
         "tf.function at 2^20, 1.22 and 1.23 -> 1.09 and 0.98 under XLA (the run before "
-        "measured 1.28 in a plain tf.function with the old code: the two cores' spread)"
+        "measured 1.28 in a plain tf.function with the old code: the two cores' spread). Since "
+        "this run's commit the exponentials are summed and normalized in float64 for the 4-ULP "
+        "ceiling (11.8 ULP in float32; see Trades): one core at 2^20, 1.16 -> 1.27"
     ),
     ("compiled", "binary_focal_crossentropy"): (
         "it builds on the stable binary cross-entropy (see above), and the product with the "
@@ -213,8 +215,8 @@ WHY: dict[tuple[str, str], str] = {
         "the stable row reduction (`_shifted_exponentials`) carries x - max as a TwoSum pair and "
         "corrects "
         "exp(z) by (1 + z_low): more arithmetic per element than TF's kernel over the same two "
-        "reductions "
-        "(max, sum)"
+        "reductions (max, sum); since this run's commit the sum and the normalization are in "
+        "float64 for the 4-ULP ceiling (see Trades): one core at 2^20, 0.98 -> 1.10"
     ),
     ("compiled", "log_softmax"): (
         _ROW_REDUCTIONS + ". The value is (x - m) - log1p(s) (z_low only in the sum), an empty "
@@ -335,22 +337,14 @@ WHY: dict[tuple[str, str], str] = {
     ),
     **{
         (target, "categorical_focal_crossentropy"): (
-            "from probabilities log q and 1 - q of the normalized row come from p directly "
-            "since this run's commit, with a written-out gradient (before: log p as logits "
-            "through the stable log_softmax and softmax, four transcendental functions per "
-            "element and five reductions per row). One core at 2^20, one process, against "
-            "Keras: 1.81 -> 0.75 under XLA, 0.89 -> 0.37 in a plain tf.function; the misses "
-            "left are at small sizes"
+            "log q and 1 - q of the normalized row come from p directly, with a written-out "
+            "gradient, and since this run's commit they and the loss are formed in float64 for "
+            "the 4-ULP ceiling (15.2 and 11.6 ULP in float32; see Trades): one core at 2^20, "
+            "against Keras, from probabilities 0.97 -> 1.08 under XLA and 0.42 -> 0.48 in a "
+            "plain tf.function"
         )
         for target in ("compiled", "function", "memory")
     },
-    ("ulp", "categorical_focal_crossentropy"): (
-        "inside the loss's documented 16-ULP budget (8 before: a random search found 11.6 from "
-        "probabilities, 15.2 from logits): the factor (1 - q)^2 doubles the "
-        "roundings of 1 - q (the others' sum over the row's sum, for the top class), and "
-        "-log q adds log1p's. The probabilities no longer enter as logits log p, whose rounding "
-        "gave 77 ULP on rows between 1e-31 and 1e-14"
-    ),
     **{
         (target, "mean_absolute_percentage_error"): (
             "the mean is over the nonzero targets, so their count per row is a second "
@@ -374,11 +368,6 @@ WHY: dict[tuple[str, str], str] = {
         "the worst input's loss is a small difference of larger terms (p against t log p: "
         "1.37 - 1.56 = -0.19): an error of an ULP of the terms is about ten ULPs of the result "
         "(the documented budget: 4 ULP of max(|p|, |t log p|))"
-    ),
-    ("ulp", "mean_squared_logarithmic_error"): (
-        "inside the loss's documented 12-ULP budget (see Trades): the square doubles the "
-        "relative error of the log difference, XLA's float32 log1p (2.4 ULP on [0.1, 1)) and the "
-        "roundings of its argument; the accurate alternatives measured 1.4-3x slower"
     ),
     **{
         (target, "tversky"): (
@@ -498,6 +487,14 @@ WHY: dict[tuple[str, str], str] = {
         "against 1 MiB in the full run, 1 against 1 MiB (1.26x in bytes) in a memory-only "
         "run, the same before and after this run's commit"
     ),
+    ("memory", "binary_focal_crossentropy"): (
+        "the focal terms are formed in float64 for the 3-ULP budget (see Trades): under XLA their "
+        "float64 intermediates (8 bytes an element) are alive beside the gradient"
+    ),
+    ("memory", "mean_squared_logarithmic_error"): (
+        "the log errors are formed and squared in float64 for the 4-ULP budget (see Trades): "
+        "their float64 buffer (8 bytes an element) is alive for the gradient"
+    ),
     ("memory", "softmax"): (
         "the backward pass is a compiled call, and XLA writes its result into a buffer of its "
         "own, where Keras's gradient ops (TF element-wise kernels) write into the upstream "
@@ -540,9 +537,8 @@ WHY: dict[tuple[str, str], str] = {
     ),
     ("ulp", "nt_xent"): (
         "the cosine similarities are rounded before they are divided by the temperature: an ULP "
-        "of 1/t each "
-        "(the loss's documented budget is 6 ULP for exact logits: 5.2 measured at temperature "
-        "2^-5)"
+        "of 1/t each, on inputs whose similarities are not exact (the loss's documented budget "
+        "is 1 ULP for exact logits, 0.5 measured: its log-sum-exp is formed in float64)"
     ),
     ("ulp", "ctc"): (
         "Keras's CTC floors log 0 at about -707 (its `log 0` constant), so losses above ~707 come "
