@@ -168,19 +168,17 @@ def _focal_terms_from_logits(target, logits, gamma, pos_weight):
         crossentropy = linear + log_term
         near = tf.where(positive, 1.0 - clipped, clipped)  # the weight of the larger sigmoid
         base = (near + (1.0 - near) * e) * inverse
-        floored = _floor_at(base, tiny)
+        floored = clip(base, tiny)  # the factor is tiny^gamma below, with a zero slope
         factor = tf.pow(floored, gamma)
         value = factor * crossentropy
 
         def grad(upstream):
-            up = tf.cast(upstream, narrow)
-            t_n, bce, f, b = (tf.cast(v, narrow) for v in (t, crossentropy, factor, floored))
+            t_n = tf.cast(t, narrow)
             clipped_n = tf.cast(clipped, narrow)
             large = tf.cast(inverse, narrow)  # sigmoid(|x|)
             small = tf.cast(e * inverse, narrow)  # sigmoid(-|x|)
             sig_pos = tf.where(positive, large, small)  # sigmoid(x)
             sig_neg = tf.where(positive, small, large)  # sigmoid(-x)
-            slope = tf.where(base >= tiny, gamma * tf.pow(b, gamma - 1.0), tf.zeros_like(b))
             # d(1 - p_t)/dx and /dt (1 inside [0, 1]: the clip's slope)
             base_x = (1.0 - 2.0 * clipped_n) * (sig_pos * sig_neg)
             inside = tf.logical_and(t_n >= 0.0, t_n <= 1.0)
@@ -195,10 +193,8 @@ def _focal_terms_from_logits(target, logits, gamma, pos_weight):
                     tf.math.is_inf(x), tf.equal(t_n, tf.cast(positive, narrow))
                 )
                 bce_t = tf.where(agrees, tf.zeros_like(x), -x)
-            focal = (up * bce) * slope
-            to_x = focal * base_x + (up * f) * bce_x
-            to_t = focal * base_t + (up * f) * bce_t
-            return tf.cast(to_t, tf.float64), to_x
+            return _chain(upstream, crossentropy, floored, gamma, tiny, (base_t, base_x),
+                          (bce_t, bce_x))
 
         return value, grad
 
@@ -241,15 +237,13 @@ def _focal_terms_from_probabilities(target, probabilities, gamma, pos_weight):
         crossentropy = tf.where(valid, crossentropy, tf.constant(math.nan, tf.float64))
         clipped = clip(t, 0.0, 1.0)
         base = clipped * (1.0 - wide_p) + (1.0 - clipped) * wide_p
-        floored = _floor_at(base, limits.tiny)
+        floored = clip(base, limits.tiny)  # as from logits
         factor = tf.pow(floored, gamma)
         value = factor * crossentropy
 
         def grad(upstream):
-            up = tf.cast(upstream, narrow)
-            t_n, bce, f, b = (tf.cast(v, narrow) for v in (t, crossentropy, factor, floored))
+            t_n = tf.cast(t, narrow)
             clipped_n = tf.cast(clipped, narrow)
-            slope = tf.where(base >= limits.tiny, gamma * tf.pow(b, gamma - 1.0), tf.zeros_like(b))
             base_p = 1.0 - 2.0 * clipped_n
             inside = tf.logical_and(t_n >= 0.0, t_n <= 1.0)
             base_t = tf.where(inside, 1.0 - 2.0 * p, tf.zeros_like(p))
@@ -259,19 +253,25 @@ def _focal_terms_from_probabilities(target, probabilities, gamma, pos_weight):
                 p, limits.tiny
             )
             bce_t = tf.cast(log_rest, narrow) - pos_weight * tf.cast(log_p, narrow)
-            focal = (up * bce) * slope
-            to_p = focal * base_p + (up * f) * bce_p
-            to_t = focal * base_t + (up * f) * bce_t
-            return tf.cast(to_t, tf.float64), to_p
+            return _chain(upstream, crossentropy, floored, gamma, limits.tiny, (base_t, base_p),
+                          (bce_t, bce_p))
 
         return value, grad
 
     return core(target, probabilities)
 
 
-def _floor_at(x, tiny):
-    """``x`` floored at ``tiny`` (the input precision's smallest normal), NaN kept."""
-    return clip(x, tiny)
+def _chain(upstream, crossentropy, floored, gamma, tiny, base_slopes, crossentropy_slopes):
+    """The gradients ``(d/dt, d/dy)`` of ``max(B, tiny)^gamma * bce`` in ``y``'s precision, from
+    the slopes of the base ``B`` and of ``bce`` with respect to ``(t, y)``; the factor's
+    slope ``gamma max(B, tiny)^(gamma - 1)`` is 0 below ``tiny``."""
+    narrow = base_slopes[1].dtype
+    up, bce, base = (tf.cast(v, narrow) for v in (upstream, crossentropy, floored))
+    factor = tf.pow(base, gamma)
+    slope = tf.where(floored > tiny, gamma * tf.pow(base, gamma - 1.0), tf.zeros_like(base))
+    focal = (up * bce) * slope
+    to_t, to_y = (focal * b + (up * factor) * c for b, c in zip(base_slopes, crossentropy_slopes))
+    return tf.cast(to_t, tf.float64), to_y
 
 
 @loss_kernel
