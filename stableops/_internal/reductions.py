@@ -200,7 +200,11 @@ def top_and_rest(x, total, axis):
     the sum) is not such a row: ``top`` is false there. ``rest`` keeps ``axis`` (size 1).
     """
     above_half = x > 0.5 * total
-    rest = tf.reduce_sum(tf.where(above_half, tf.zeros_like(x), x), axis=axis, keepdims=True)
+    others = tf.where(above_half, tf.zeros_like(x), x)
+    if x.dtype == tf.float64:  # one loop, no buffer (see float64_sum)
+        rest = float64_sum(others, axis, keepdims=True)
+    else:
+        rest = tf.reduce_sum(others, axis=axis, keepdims=True)
     return tf.logical_and(above_half, rest >= 0), rest
 
 

@@ -41,7 +41,7 @@ from stableops._internal.clip import clip
 from stableops._internal.dtypes import dtype_limits, to_compute_saturating
 from stableops._internal.elementary import accurate_log1p
 from stableops._internal.keras_compat import recover_logits
-from stableops._internal.reductions import empty_rows, float64_sum, max_shift
+from stableops._internal.reductions import empty_rows, float64_sum, max_shift, top_and_rest
 from stableops._internal.where import safe_where
 from stableops.losses._base import REDUCTION, RawInputLoss, loss_class
 from stableops.losses._inputs import graph_code, in_compute_dtype, loss_kernel, prepare, with_mask
@@ -296,9 +296,7 @@ def _log_and_complement_of_floored(p, axis):
     def pieces(narrow):
         p = tf.cast(narrow, tf.float64)
         total = float64_sum(p, axis, keepdims=True)
-        above_half = p > 0.5 * total
-        rest = float64_sum(tf.where(above_half, tf.zeros_like(p), p), axis, keepdims=True)
-        is_top = tf.logical_and(above_half, rest >= 0)
+        is_top, rest = top_and_rest(p, total, axis)
         largest = total - rest
         # Per row; a row without a top entry has largest = 0: divide by 1 there.
         largest = tf.where(largest > 0.0, largest, tf.ones_like(largest))
