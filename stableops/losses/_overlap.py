@@ -87,15 +87,15 @@ def _overlap_loss(y_true, y_pred, axis, smooth, alpha, beta):
         def summed(x):
             return float64_sum(x if scale is None else x * scale, axis, keepdims=True)
 
-        missed, false_alarm = t * (1.0 - p), p * (1.0 - t)
         if dice:
             if scale is not None:
-                return summed(missed + false_alarm), summed(t) + summed(p)
+                return summed(t * (1.0 - p) + p * (1.0 - t)), summed(t) + summed(p)
             # Unscaled, the terms are formed in float64 (exact products, two roundings
             # at 2^-53) and summed there, the denominator in the same loop: see above.
-            t, p = tf.cast(t, tf.float64), tf.cast(p, tf.float64)
-            penalty, denominator = summed(t * (1.0 - p) + p * (1.0 - t)), summed(t + p)
-            return tf.cast(penalty, missed.dtype), tf.cast(denominator, missed.dtype)
+            wide_t, wide_p = tf.cast(t, tf.float64), tf.cast(p, tf.float64)
+            penalty = summed(wide_t * (1.0 - wide_p) + wide_p * (1.0 - wide_t))
+            return tf.cast(penalty, t.dtype), tf.cast(summed(wide_t + wide_p), t.dtype)
+        missed, false_alarm = t * (1.0 - p), p * (1.0 - t)
         # Weighted after the sums: a weight below 1 on terms near the smallest normal would
         # flush them to 0 (a loss of 1.8e-37 came out 0).
         penalty = alpha * summed(missed) + beta * summed(false_alarm)
