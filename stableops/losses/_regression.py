@@ -22,9 +22,10 @@ squared, absolute and Huber errors are summed in float64 (``float64_mean``: one
 XLA loop, no buffer, faster than the float32 sum), so their mean overflows only
 where it exceeds the float32 max itself, not where the sum of its terms does
 (Keras: ``inf`` for four errors of 1.5e19 in MSE). The percentage error's
-quotients are summed in float64 too, for accuracy (and faster under XLA). MSLE
-and ``log_cosh`` sum in float32: their terms are transcendental and feed the
-gradient too, which float64 sums made XLA compute twice.
+quotients are summed in float64 too, for accuracy (and faster under XLA), and so
+are MSLE's squared log errors, formed in float64 for its budget with a written-out
+gradient. ``log_cosh`` sums in float32: its terms are transcendental and feed the
+gradient too, which a float64 sum made XLA compute twice.
 
 Every function validates its arguments (``losses._inputs.prepare``), then runs
 an XLA-compiled kernel (``losses._inputs.loss_kernel``). All but the percentage
