@@ -58,6 +58,11 @@ ELEMENTWISE_BUDGETS = {
 # logsumexp and logaddexp: ULPs of max(|result|, |max input|) (backward stable:
 # m + log1p(s) with m < 0 may cancel; that is the input's conditioning).
 SCALED_BUDGETS = {**FULL, **HALF}
+# logaddexp: float32 is formed in float64 and rounded once, but the float32 exp's ULP is
+# amplified where a negative maximum cancels: 3 ULP (2.3 measured). float64 sums the exp
+# split to 0.3 ULP and log1p's unrounded parts with the maximum and rounds once: 2 ULP
+# (1.04 measured in 4e6 random pairs; 4.7 with XLA's exp, whose 1.7 ULP cancellation doubles).
+LOGADDEXP_BUDGETS = {"float32": 3.0, "float64": 2.0, **HALF}
 # softmax: each entry rounds once after exp (float64 sums and normalization): 3 ULP.
 SOFTMAX_BUDGETS = {"float32": 3.0, "float64": 3.0, **HALF}
 # Gradients: relative tolerance in eps of the dtype (XLA's tanh/expm1 are ~4 ULP).
@@ -421,7 +426,7 @@ def test_logaddexp_value_and_gradient_on_edge_grid(dtype):
         value,
         ref.reference_array(ref.mp_logaddexp, x, y),
         dtype,
-        SCALED_BUDGETS[dtype],
+        LOGADDEXP_BUDGETS[dtype],
         scale=ref.reference_array(max, x, y),
     )
     _check_close(failures, "symmetry", swapped, value, rtol=0, atol=0)
@@ -804,7 +809,7 @@ def test_logaddexp_properties(dtype, data):
         same,
         ref.reference_array(lambda a: a + mpmath.log(2), x),
         dtype,
-        SCALED_BUDGETS[dtype],
+        LOGADDEXP_BUDGETS[dtype],
         scale=ref.reference_array(lambda a: a, x),
     )
     _check_ulp(
@@ -813,7 +818,7 @@ def test_logaddexp_properties(dtype, data):
         value,
         ref.reference_array(ref.mp_logaddexp, x, y),
         dtype,
-        SCALED_BUDGETS[dtype],
+        LOGADDEXP_BUDGETS[dtype],
         scale=ref.reference_array(max, x, y),
     )
     _assert_no_failures(failures)

@@ -18,7 +18,7 @@ import numpy as np
 import tensorflow as tf
 
 from stableops._internal.clip import clip
-from stableops._internal.compensated import two_product
+from stableops._internal.compensated import two_difference, two_product
 from stableops._internal.dtypes import dtype_limits
 from stableops._internal.polynomials import chebyshev_coefficients, horner, taylor_sum
 from stableops._internal.where import safe_where
@@ -62,6 +62,59 @@ def minus_log2(x):
     hi, lo = log2_split(x.dtype)
     low = tf.where(tf.math.is_finite(x), x * 0.0 + lo, tf.zeros_like(x))
     return (x - hi) - low
+
+
+@functools.lru_cache(maxsize=None)
+def _log2_cody_waite() -> tuple:
+    """``log 2 = hi + lo`` with ``hi`` on 42 bits, so that ``k hi`` is exact for ``|k| < 2^11``."""
+    hi = math.ldexp(math.floor(math.ldexp(LOG2, 42)), -42)
+    return hi, float(_LOG2_DIGITS - decimal.Decimal(hi))
+
+
+@functools.lru_cache(maxsize=None)
+def _reduced_expm1_coefficients() -> tuple:
+    # expm1(x) = x (1 + x/2! + ...) for |x| <= log(2)/2 (plus the rounding of k):
+    # the remainder after x^n/n! is below 1.1 |x|^(n+1)/(n+1)! and |expm1(x)| >= 0.8 |x|,
+    # so the relative truncation error is below 1.4 (0.35)^n / (n+1)!; ask for float64's
+    # eps/8: n = 13.
+    eps = dtype_limits(tf.float64).eps
+    n = 1
+    while 1.4 * 0.35**n / math.factorial(n + 1) >= eps / 8.0:
+        n += 1
+    return tuple(1.0 / math.factorial(k) for k in range(1, n + 1))
+
+
+# Beyond this a float64 exp(-a) is below the smallest normal number (2^-1022).
+_FLOAT64_EXP_END = 1100.0
+
+
+def split_exp_of_negative(a):
+    """``exp(-a)`` of float64 ``a >= 0`` as ``hi + lo``, within about 0.3 ULP of ``hi``.
+
+    XLA's float64 ``exp`` is 1.7 ULP off (CPU, TF 2.21). Here ``a = k log 2 + r``
+    with ``|r| <= log(2)/2``: ``k hi`` is exact (``hi`` has 42 bits) and so is
+    ``a - k hi`` (Sterbenz); ``r = r_hi + r_low`` exactly (TwoSum with ``k lo``).
+    ``exp(-r) = (1 + q) (1 - r_low)`` with ``q = expm1(-r_hi)`` a Taylor polynomial
+    (13 terms), ``1 + q = w + w_low`` exactly (Fast2Sum), and ``2^-k`` is built from
+    its bits: ``hi = 2^-k w``, ``lo = 2^-k (w_low - w r_low)``. Only the polynomial's
+    roundings remain. ``a`` beyond 1100 (``+inf`` included) gives 0; NaN gives NaN.
+    Compiled code only: Grappler folds ``(1 - (1 + q)) + q`` to 0 in a plain graph.
+    """
+    a = tf.where(a > _FLOAT64_EXP_END, tf.constant(_FLOAT64_EXP_END, a.dtype), a)
+    log2_hi, log2_lo = _log2_cody_waite()
+    k = tf.round(a * (1.0 / LOG2))
+    r_hi, r_low = two_difference(a - k * log2_hi, k * log2_lo)
+    # q = x + x^2 (1/2! + x/3! + ...) ends in an addition: LLVM may fuse a multiply into
+    # it (q only gains), but not into 1 + q, so w_low below is the exact rounding of w.
+    x = -r_hi
+    q = x + (x * x) * horner(x, _reduced_expm1_coefficients()[1:])
+    w = 1.0 + q
+    w_low = (1.0 - w) + q
+    # 2^-k from its exponent bits; 0 from k = 1023 on (a subnormal: TF flushes them).
+    # A NaN k casts to an arbitrary integer: any scale times the NaN w is NaN.
+    exponent = tf.maximum(1023 - tf.cast(k, tf.int64), 0)
+    scale = tf.bitcast(exponent * (1 << 52), tf.float64)
+    return scale * w, scale * (w_low - w * r_low)
 
 
 # ----------------------------------------------------------------------------
@@ -155,7 +208,12 @@ def _log1p_terms(dtype: tf.DType) -> int:
     return n
 
 
-def _log1p_series(v, elementwise=False):
+def log1p_as_sum(v, elementwise=False):
+    """``log1p(v) = head + rest`` for ``v`` in ``[-1/2, 1]``, unrounded (``|rest| < |head|/20``).
+
+    For a caller that adds ``log1p(v)`` to a number of its size and rounds once
+    (``logaddexp`` in float64); :func:`log1p_in_range` is the rounded sum. No gradient.
+    """
     # log1p(v) = T (1 + s^2/3 + s^4/5 + ...) with T = 2s = 2v / (2 + v).
     # T is carried as Q + T_low: Q = fl(2v / w) with w = fl(2 + v), and
     # T_low = (rho - Q r) / w, where r = (2 + v) - w and rho = 2v - Q w are
@@ -174,7 +232,12 @@ def _log1p_series(v, elementwise=False):
     residual = (2.0 * v - product) - product_low  # 2v - Q w, exact
     quotient_low = (residual - quotient * rounding) / w
     tail = atanh_series_tail(0.25 * (quotient * quotient), v.dtype)
-    return quotient + (quotient * tail + quotient_low * (1.0 + tail))
+    return quotient, quotient * tail + quotient_low * (1.0 + tail)
+
+
+def _log1p_series(v, elementwise=False):
+    head, rest = log1p_as_sum(v, elementwise)
+    return head + rest
 
 
 def atanh_series_tail(s2, dtype):
