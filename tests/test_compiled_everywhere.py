@@ -5,6 +5,8 @@ user's plain ``tf.function`` must call the kernels' compiled functions, not inli
 their dozens of small ops; the export test in test_saving checks SavedModels.
 """
 
+import functools
+
 import keras
 import mpmath
 import numpy as np
@@ -315,3 +317,34 @@ def test_the_overlap_losses_merge_their_reduced_trailing_axes(loss, axis, merged
     calls = _xla_calls(graph)
     assert calls and all(t.shape.as_list() == merged for op in calls for t in op.inputs)
     assert graph.outputs[0].shape.as_list() == value_shape
+
+
+@pytest.mark.parametrize("taped", [False, True], ids=["value", "value-and-gradient"])
+@pytest.mark.parametrize(
+    "loss",
+    [
+        stableops.losses.poisson,
+        functools.partial(stableops.losses.dice, axis=-1),
+        stableops.losses.mean_squared_error,
+    ],
+    ids=["poisson", "dice", "mse"],
+)
+def test_a_graph_call_keeps_its_static_shape_after_other_batch_sizes(loss, taped):
+    # Traced for two batch sizes, a compiled function is generalized to an unknown batch.
+    # TF infers a call's output shapes through its body, but not through a tf.cond in it
+    # (Poisson's and Dice's overflow checks): a [5, 8] batch's loss was [None].
+    def step(a, b):
+        if not taped:
+            return (loss(a, b),)
+        with tf.GradientTape() as tape:
+            tape.watch(b)
+            value = loss(a, b)
+        return value, tape.gradient(value, b)
+
+    for batch in (3, 2):
+        x = tf.fill([batch, 8], 0.5)
+        tf.function(step).get_concrete_function(x, x)
+    x = tf.fill([5, 8], 0.5)
+    graph = tf.function(step).get_concrete_function(x, x).graph
+    expected = [[5], [5, 8]] if taped else [[5]]
+    assert [o.shape.as_list() for o in graph.outputs] == expected

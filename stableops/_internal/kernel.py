@@ -30,6 +30,9 @@ pass, as one XLA computation instead:
 - an *elementwise* kernel of one input (``elementwise=True``) gets that input as
   one axis in a graph, reshaped before and after the compiled call (see
   :func:`xla_kernel`);
+- in a graph, a call's outputs keep the static shapes that its inputs' shapes
+  give them, also after the compiled function was generalized for other batch
+  sizes (``with_static_shapes`` inside :func:`xla_kernel`);
 - called while another kernel or a ``jit_compile=True`` function is being
   traced, it is inlined: nested kernels make one computation, and the caller's
   XLA computation takes the kernel in whole.
@@ -442,6 +445,46 @@ def xla_kernel(fn=None, *, row_local=False, gradient_from_output=None, elementwi
 
         return call(*[values[p] for p in positions])
 
+    static_shapes = {}
+
+    def with_static_shapes(outputs, args, kwargs):
+        """A graph call's ``outputs`` with the static shapes the inputs' shapes give them.
+
+        TF infers a call's output shapes by running the shape functions of the compiled
+        function's body on the inputs' shapes, but a ``tf.cond`` in it keeps the shapes of
+        the trace: a trace generalized for other batch sizes gave a loss with a ``tf.cond``
+        (Poisson, Dice) an unknown batch dimension for inputs of known shape. The shapes
+        then come from a trace of the Python function for these exact shapes, once per
+        input signature; nothing is traced where the outputs' shapes are fully known, or
+        where an input's is not (an unknown batch stays unknown).
+        """
+        flat = tf.nest.flatten(outputs)
+        inputs = [v for v in tf.nest.flatten((args, kwargs)) if isinstance(v, tf.Tensor)]
+        if all(o.shape.is_fully_defined() for o in flat) or not all(
+            t.shape.is_fully_defined() for t in inputs
+        ):
+            return outputs
+        try:
+            key = _call_signature((args, kwargs))
+            shapes = static_shapes.get(key)
+        except TypeError:  # an unhashable Python argument: leave the shapes as they are
+            return outputs
+        if shapes is None:
+            if len(static_shapes) >= 1024:  # many input shapes: start over, stay bounded
+                static_shapes.clear()
+            specs = tf.nest.map_structure(
+                lambda v: tf.TensorSpec(v.shape, v.dtype) if isinstance(v, tf.Tensor) else v,
+                (args, kwargs),
+            )
+            trace = tf.function(traced, autograph=False).get_concrete_function(
+                *specs[0], **specs[1]
+            )
+            shapes = [o.shape for o in tf.nest.flatten(trace.structured_outputs)]
+            static_shapes[key] = shapes
+        for output, shape in zip(flat, shapes):
+            output.set_shape(shape)
+        return outputs
+
     @tf.autograph.experimental.do_not_convert
     @functools.wraps(fn)
     def kernel(*args, **kwargs):
@@ -451,10 +494,12 @@ def xla_kernel(fn=None, *, row_local=False, gradient_from_output=None, elementwi
         kwargs = {k: _tensor_if_array(v) for k, v in kwargs.items()}
         if any(_rank(v) == -1 for v in (*args, *kwargs.values())):
             return inline(*args, **kwargs)
-        if elementwise and tf.inside_function() and len(args) == 1:
+        if not tf.inside_function():
+            return compiled(*args, **kwargs)
+        if elementwise and len(args) == 1:
             (x,) = args
             return tf.reshape(compiled(tf.reshape(x, [-1]), **kwargs), tf.shape(x))
-        return compiled(*args, **kwargs)
+        return with_static_shapes(compiled(*args, **kwargs), args, kwargs)
 
     def tracing_count():
         return sum(f.experimental_get_tracing_count() for f in compiled_functions.values())

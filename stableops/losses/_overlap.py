@@ -12,7 +12,7 @@ from __future__ import annotations
 import tensorflow as tf
 
 from stableops import ops
-from stableops._internal.checks import axis_argument, canonical_axis, number
+from stableops._internal.checks import axis_argument, number
 from stableops._internal.dtypes import dtype_limits
 from stableops._internal.reductions import float64_sum, trailing_axes
 from stableops.losses._base import REDUCTION, FunctionLoss, loss_class
@@ -135,18 +135,6 @@ def _overlap_loss(y_true, y_pred, axis, smooth, alpha, beta):
     return loss(y_true, y_pred)
 
 
-def _with_reduced_shape(value, y_true, y_pred, axis):
-    """``value`` with the static shape of the inputs' broadcast reduced over ``axis``: a
-    compiled call traced before for other batch sizes returns an unknown batch dimension."""
-    shape = tf.broadcast_static_shape(y_true.shape, y_pred.shape)
-    if shape.rank is None:
-        return value
-    axes = canonical_axis(axis, shape.rank)
-    reduced = range(shape.rank) if axes is None else axes if isinstance(axes, tuple) else (axes,)
-    value.set_shape([d for i, d in enumerate(shape) if i not in reduced])
-    return value
-
-
 def _reduced_trailing_axes_merged(y_true, y_pred, axis):
     """The inputs with the reduced trailing axes of a rank >= 3 pair merged into one, and the
     ``axis`` that reduces it (``None`` stays ``None``: every axis but the first is merged).
@@ -230,7 +218,7 @@ def dice(y_true, y_pred, axis=None, *, smooth=0.0):
     y_true, y_pred = prepare(y_true, y_pred, "dice", axis)
     y_true, y_pred, axis = _reduced_trailing_axes_merged(y_true, y_pred, axis)
     value = _dice_kernel(y_true, y_pred, axis=axis, smooth=smooth)
-    return _with_reduced_shape(value, y_true, y_pred, axis)
+    return value
 
 
 @loss_kernel
@@ -292,7 +280,7 @@ def tversky(y_true, y_pred, alpha=0.5, beta=0.5, axis=None, *, smooth=0.0):
     y_true, y_pred = prepare(y_true, y_pred, "tversky", axis)
     y_true, y_pred, axis = _reduced_trailing_axes_merged(y_true, y_pred, axis)
     value = _tversky_kernel(y_true, y_pred, alpha=alpha, beta=beta, axis=axis, smooth=smooth)
-    return _with_reduced_shape(value, y_true, y_pred, axis)
+    return value
 
 
 # ----------------------------------------------------------------------------
