@@ -341,6 +341,20 @@ def test_nt_xent_float16_at_temperature_0_01():
     np.testing.assert_allclose(value, _simclr_nt_xent(z, 0.01).mean(), rtol=1e-3)
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_nt_xent_gradient_finite_for_an_embedding_at_the_smallest_normal(dtype):
+    # Found by the thorough hypothesis profile: the normalization's 1/||x|| (8.5e37) times
+    # 1/t = 100 exceeds the largest float32, and the gradient was inf; it saturates now.
+    tiny = float(np.finfo(dtype).tiny)
+    x = np.zeros((6, 3), dtype)
+    x[0, 0], x[1, 1] = tiny, 1.0
+    value, gradient = _value_and_gradient(
+        lambda e: S.nt_xent(np.zeros(6), e, temperature=0.01), x
+    )
+    assert np.isfinite(value) and np.isfinite(gradient.astype(np.float32)).all(), gradient
+    assert np.abs(gradient[0].astype(np.float32)).max() == np.finfo(dtype).max
+
+
 def test_nt_xent_single_pair_has_no_negatives_and_is_zero():
     # Each row's only other row is its positive: loss 0 (to an ULP of the logit), not NaN.
     np.testing.assert_allclose(

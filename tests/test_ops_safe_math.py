@@ -286,11 +286,26 @@ def test_l2_normalize_edges(regime):
             tolerance = ref.budget_for(GRAD_BUDGET, dtype) * ref.ulp_of(scale, dtype) + ref.mpf(
                 _limits(dtype).tiny
             )
+            # Beyond the range, the largest finite value with the exact one's sign.
+            largest = ref.mpf(_limits(dtype).max)
             for actual, want in zip(g, expected):
                 assert abs(ref.mpf(actual) - want) <= tolerance or (
-                    scale > ref.mpf(_limits(dtype).max) and np.isinf(actual)
+                    abs(want) > largest and ref.mpf(actual) == mpmath.sign(want) * largest
                 ), (context, row, g)
         assert np.all(value[0] == 0) and np.all(grad[0] == 0), context
+
+
+def test_l2_normalize_gradient_saturates_beyond_the_range(regime):
+    # ||x|| at the smallest normal under an upstream of 8 (NT-Xent's 1/t does that): the
+    # exact gradient 8 / tiny exceeds the largest float32 and was inf; now the largest.
+    tiny = float(np.finfo(np.float32).tiny)
+    x = np.float32([[tiny, 0.0, 0.0], [3.0, 4.0, 0.0]])
+    weights = np.float32([[0.0, 8.0, -8.0], [0.0, 8.0, -8.0]])
+    _, (grad,) = regime.value_and_grad(_weighted(ops.l2_normalize, weights), x)
+    largest = np.finfo(np.float32).max
+    np.testing.assert_array_equal(grad[0], [0.0, largest, -largest])
+    # An ordinary row is unchanged: (w - y <w, y>) / ||x|| = ([0, 8, -8] - 6.4 y) / 5.
+    np.testing.assert_allclose(grad[1], [-0.768, 0.576, -1.6], rtol=1e-6)
 
 
 def _clip_grid(dtype):
@@ -449,8 +464,13 @@ def _norms_property(dtype):
             ],
             dtype=object,
         )
-        keep = ok[:, None] & _representable(expected_grad, dtype)
-        assert np.all(is_finite(unit_grad[keep])), (x, unit_grad)
+        # Finite for every finite row: beyond the dtype's range (a norm near the smallest
+        # normal) it saturates at the largest finite value, with the exact one's sign.
+        assert np.all(is_finite(unit_grad[ok])), (x, unit_grad)
+        beyond = ok[:, None] & ~_representable(expected_grad, dtype)
+        largest = float(ml_dtypes.finfo(_np(dtype)).max)
+        signs = np.array([float(mpmath.sign(g)) for g in expected_grad[beyond]])
+        np.testing.assert_array_equal(unit_grad[beyond].astype(np.float64), signs * largest)
         assert np.all(np.isnan(unit[~ok])) and np.all(np.isnan(norm[~ok]))
 
     check()
@@ -470,7 +490,12 @@ def _clip_preserve_gradient_property(dtype):
         hi = lo + width
         bounds = np.float64(lo), np.float64(hi)  # tensors in the kernel, as in the edge test
         value, (grad,) = EAGER.value_and_grad(lambda t: ops.clip_preserve_gradient(t, *bounds), x)
-        lo_d, hi_d = (float(_np(dtype).type(b)) for b in (lo, hi))  # bounds rounded to the dtype
+        # Bounds rounded to the dtype; one below the smallest normal of the computing dtype
+        # (float32 for half precision, whose subnormals are normal there) flushed to 0, as
+        # TF flushes subnormals.
+        lo_d, hi_d = (float(_np(dtype).type(b)) for b in (lo, hi))
+        flushed_below = _limits("float64" if dtype == "float64" else "float32").tiny
+        lo_d, hi_d = (0.0 if abs(b) < flushed_below else b for b in (lo_d, hi_d))
         expected = np.where(
             np.isnan(x.astype(np.float64)), NAN, np.clip(x.astype(np.float64), lo_d, hi_d)
         )

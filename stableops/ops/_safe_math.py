@@ -25,7 +25,7 @@ import tensorflow as tf
 
 from stableops._internal.checks import as_float_tensor, check_in_range
 from stableops._internal.clip import clip
-from stableops._internal.dtypes import dtype_limits, to_compute
+from stableops._internal.dtypes import dtype_limits, to_compute, to_compute_saturating
 from stableops._internal.kernel import xla_kernel
 from stableops._internal.reductions import float64_sum
 from stableops._internal.where import safe_where
@@ -348,7 +348,11 @@ def _normalize_with_projected_gradient(x, axis):
             projected = upstream - unit * float64_sum(upstream * unit, axis, keepdims=True)
             zero_row = tf.equal(r, 0)
             safe_r = tf.where(zero_row, tf.ones_like(r), r)
-            return tf.where(zero_row, tf.zeros_like(projected), projected / safe_r / scale)
+            gradient = tf.where(zero_row, tf.zeros_like(projected), projected / safe_r / scale)
+            # Beyond the range (||x|| near the smallest normal under an upstream above 4:
+            # NT-Xent's 1/t) the exact gradient saturates at the largest finite value.
+            largest = dtype_limits(gradient.dtype).max
+            return clip(gradient, -largest, largest)  # NaN stays NaN
 
         return unit, grad
 
@@ -369,7 +373,9 @@ def l2_normalize(x, axis=-1):
         clamps the squared norm at 1e-12 and so returns ``x * 1e6`` for any
         ``||x|| < 1e-6``). The zero vector gives zeros with gradient 0 (a
         convention: the limit does not exist). The gradient
-        ``(g - y <g, y>) / ||x||`` is formed without overflow. A row holding
+        ``(g - y <g, y>) / ||x||`` is formed without overflow, and saturates
+        at the dtype's largest finite value where it exceeds it (a norm near
+        the smallest normal under an upstream gradient above 4). A row holding
         ``±inf`` gives its limit direction, ``sign(x)/sqrt(k)`` at its ``k``
         infinite entries and 0 elsewhere, with gradient 0; a NaN anywhere in
         the row gives a NaN row. Half precision computes in float32.
@@ -390,7 +396,7 @@ def l2_normalize(x, axis=-1):
                [0. , 0. ]], dtype=float32)
     """
     x = as_float_tensor(x, "x")
-    return tf.cast(_normalize_with_projected_gradient(to_compute(x), axis), x.dtype)
+    return tf.cast(_normalize_with_projected_gradient(to_compute_saturating(x), axis), x.dtype)
 
 
 # ----------------------------------------------------------------------------
