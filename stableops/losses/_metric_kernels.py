@@ -472,8 +472,8 @@ def nt_xent_kernel(x, temperature):
     columns = rows[None, :]
     negative = tf.logical_and(columns != rows[:, None], columns != partner[:, None])
     positive_logit = tf.gather(logits, partner[:, None], batch_dims=1)[:, 0]
-    # m over k != i (the diagonal's place taken by the positive). The loss
-    # does not depend on the shift m: no gradient through it.
+    # m over k != i (the diagonal's place taken by the positive). The second form does
+    # not depend on the shift m: no gradient through it.
     shift = tf.stop_gradient(
         tf.reduce_max(tf.where(negative, logits, positive_logit[:, None]), axis=-1)
     )
@@ -483,9 +483,13 @@ def nt_xent_kernel(x, temperature):
     logits, shift, positive_logit = (
         tf.cast(v, tf.float64) for v in (logits, shift, positive_logit)
     )
+    gap = shift - positive_logit  # >= 0; NaN (the other branch) for a NaN positive
+    # The first form, log1p(sum exp(l_k - l_p)), depends on its shift: there it is the
+    # positive logit itself, with its gradient (the pull towards the positive view,
+    # -S / (1 + S), was lost where the positive was the row's maximum).
+    shift = tf.where(tf.equal(gap, 0.0), positive_logit, shift)
     exponent = tf.where(negative, logits - shift[:, None], tf.zeros_like(logits))
     total = tf.reduce_sum(tf.where(negative, tf.exp(exponent), tf.zeros_like(logits)), axis=-1)
-    gap = shift - positive_logit  # >= 0; NaN (the other branch) for a NaN positive
     return tf.cast(tf.where(
         tf.equal(gap, 0.0), accurate_log1p(total), gap + tf.math.log(tf.exp(-gap) + total)
     ), dtype)
