@@ -41,7 +41,11 @@ def ctc(y_true, y_pred, *, zero_infinity=False):
         floor) with gradient 0, or 0 with gradient 0 when ``zero_infinity``
         (as PyTorch's ``CTCLoss(zero_infinity=True)``). Logits ``3.4e38``
         apart give a large finite loss (Keras: NaN). Feasible losses above
-        about 700 are Keras's (capped by the same floor). NaN logits give
+        about 700 are Keras's (capped by the same floor), and so are their
+        gradients: past the floor the alignments' posterior mass goes to
+        states it makes reachable, and the gradient is wrong (a blank's
+        -1.0 for 0; found against mpmath with logits of 600 and more, labels
+        predicted against). NaN logits give
         NaN, also with ``zero_infinity``. float16/bfloat16 and float64 are
         computed in float32 (``tf.nn.ctc_loss`` has no float64 kernel; Keras
         does the same) and returned as float32/float64.
