@@ -391,18 +391,22 @@ def test_tversky_of_misses_near_the_smallest_normal_keeps_them():
     R.assert_ulp_within(S.tversky(t, p, axis=1).numpy(), reference, "float32", 4)
 
 
+@pytest.mark.parametrize(
+    "hit, elsewhere", [(1e-5, 0.05), (1e-20, 1e-20)], ids=["overlap-4e-7", "overlap-1e-20"]
+)
 @pytest.mark.parametrize("loss", ["dice", "tversky"])
-def test_overlap_gradient_outside_the_target_near_a_loss_of_one(loss, regime):
+def test_overlap_gradient_outside_the_target_near_a_loss_of_one(loss, hit, elsewhere, regime):
     # A small structure the prediction barely touches (early segmentation training):
-    # overlap 2I/D of 4e-7. The gradient of every entry outside the target is I beta / D^2
-    # (Dice: 2I / D^2); formed as (1 - L) / D from the float32 loss it cancelled: 9% off
-    # here, exactly 0 below an overlap of 6e-8. Reference: the closed form of the
-    # definition's derivative, in mpmath (L = 1 - I / D, D = I + alpha M + beta F).
+    # overlap 2I/D of 4e-7 (or 1e-20). The gradient of every entry outside the target is
+    # I beta / D^2 (Dice: 2I / D^2); formed as (1 - L) / D from the float32 loss it
+    # cancelled: 9% off at 4e-7, exactly 0 below 6e-8 (and from the float64 difference of
+    # Dice's sums, 0 below 1e-16). Reference: the closed form of the definition's
+    # derivative, in mpmath (L = 1 - I / D, D = I + alpha M + beta F).
     n, hits = 2**14, 16
     t = np.zeros((1, n), np.float32)
     t[0, :hits] = 1.0
-    p = np.full((1, n), 0.05, np.float32)
-    p[0, :hits] = 1e-5
+    p = np.full((1, n), elsewhere, np.float32)
+    p[0, :hits] = hit
     alpha, beta = (1.0, 1.0) if loss == "dice" else (0.3, 0.7)
     fn = S.dice if loss == "dice" else functools.partial(S.tversky, alpha=alpha, beta=beta)
     _, (grad,) = regime.value_and_grad(lambda a, b: fn(a, b, axis=1), t, p, wrt=(1,))

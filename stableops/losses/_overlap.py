@@ -79,10 +79,10 @@ def _overlap_loss(y_true, y_pred, axis, smooth, alpha, beta):
     denominator ``D``): ``(d penalty - L d denominator) / D`` for each input,
     with ``d`` the derivative of the summed term, formed as
     ``((1 - L) d penalty - L (d denominator - d penalty)) / D`` with ``1 - L``
-    from the overlap (``(sum(y_true y_pred) + smooth) / D``, Dice's twice
-    that sum as the difference of its float64 sums), so that it does not
-    cancel near ``L = 1``; times the scale where one was taken. No gradient
-    flows through the ``tf.cond``.
+    from the overlap's own sum (``(sum(y_true y_pred) + smooth) / D``,
+    twice that sum for Dice), so that it does not cancel near ``L = 1``;
+    times the scale where one was taken. No gradient flows through the
+    ``tf.cond``.
     """
     dice = alpha is None
     weights = (1.0, 1.0) if dice else (alpha, beta)  # of the misses and the false alarms
@@ -101,9 +101,9 @@ def _overlap_loss(y_true, y_pred, axis, smooth, alpha, beta):
             # at 2^-53) and summed there, the other sums in the same loop: see above.
             wide_t, wide_p = tf.cast(t, tf.float64), tf.cast(p, tf.float64)
             penalty = summed(wide_t * (1.0 - wide_p) + wide_p * (1.0 - wide_t))
-            denominator = summed(wide_t + wide_p)
-            # Their difference in float64 (2^-53 of the denominator): no third sum.
-            wide = (penalty, denominator, denominator - penalty)
+            # The overlap summed as it is: the float64 difference of the two sums lost
+            # overlaps below 2^-53 of the denominator (predictions of 1e-20: dead).
+            wide = (penalty, summed(wide_t + wide_p), summed(2.0 * (wide_t * wide_p)))
             return tuple(tf.cast(v, t.dtype) for v in wide)
         missed, false_alarm = t * (1.0 - p), p * (1.0 - t)
         # Weighted after the sums: a weight below 1 on terms near the smallest normal would
