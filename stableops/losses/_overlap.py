@@ -236,8 +236,7 @@ def dice(y_true, y_pred, axis=None, *, smooth=0.0):
     smooth = number(smooth, "smooth", 0.0)
     y_true, y_pred = prepare(y_true, y_pred, "dice", axis)
     y_true, y_pred, axis = _reduced_trailing_axes_merged(y_true, y_pred, axis)
-    value = _dice_kernel(y_true, y_pred, axis=axis, smooth=smooth)
-    return value
+    return _dice_kernel(y_true, y_pred, axis=axis, smooth=smooth)
 
 
 @loss_kernel
@@ -298,8 +297,7 @@ def tversky(y_true, y_pred, alpha=0.5, beta=0.5, axis=None, *, smooth=0.0):
     smooth = number(smooth, "smooth", 0.0)
     y_true, y_pred = prepare(y_true, y_pred, "tversky", axis)
     y_true, y_pred, axis = _reduced_trailing_axes_merged(y_true, y_pred, axis)
-    value = _tversky_kernel(y_true, y_pred, alpha=alpha, beta=beta, axis=axis, smooth=smooth)
-    return value
+    return _tversky_kernel(y_true, y_pred, alpha=alpha, beta=beta, axis=axis, smooth=smooth)
 
 
 # ----------------------------------------------------------------------------
