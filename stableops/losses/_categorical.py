@@ -132,12 +132,12 @@ def categorical_crossentropy(
         ``+inf`` (the exact value; its gradient is not NaN). A softmax
         output's logits are used (as Keras does).
         Error budget: 4 ULP of the float32 result (rows of up to 8 classes); from
-        logits plus up to ``tiny`` per class where terms below the smallest
-        normal ``tiny`` are flushed to zero (as TF's CPU kernels do); from
         probabilities plus ``(n + 2)/2 * eps * sum(t)`` absolute for ``n`` classes
         on the classes below half their row's sum (the rounding of the
         normalizing sum; the class above it is ``log1p(rest / p)``: 4 ULP
-        however close ``p`` is to the sum).
+        however close ``p`` is to the sum); both plus up to ``tiny`` per class
+        where a term ``t_i log p_i`` falls below the smallest normal ``tiny``
+        and is flushed to zero (as TF's CPU kernels do; targets near ``tiny``).
 
     Args:
         y_true: targets, ``[batch, ..., num_classes]`` (class axis ``axis``).

@@ -443,12 +443,13 @@ def categorical_crossentropy(target, output, from_logits=False, axis=-1):
         Half precision computes in float32, so float16 sums over 100,000
         classes cannot overflow.
         Error budget: from logits 4 ULP in float32/float64 for up to 16
-        classes, plus up to ``tiny`` per class where terms below the smallest
-        normal ``tiny`` are flushed to zero (as TF's CPU kernels do); from
-        probabilities 4 ULP plus ``(n + 2)/2 * eps * sum(z)`` absolute for
-        ``n`` classes (the rounding of the normalizing sum), where the entry
-        above half its row's sum is 4 ULP alone (``log1p(rest / p)``, however
-        close ``p`` is to the sum); 1 ULP (of the float32 result) in
+        classes; from probabilities 4 ULP plus ``(n + 2)/2 * eps * sum(z)``
+        absolute for ``n`` classes (the rounding of the normalizing sum),
+        where the entry above half its row's sum is 4 ULP alone
+        (``log1p(rest / p)``, however close ``p`` is to the sum); both plus up
+        to ``tiny`` per class where a term ``z_i log p_i`` falls below the
+        smallest normal ``tiny`` and is flushed to zero (as TF's CPU kernels
+        do; targets near ``tiny``); 1 ULP (of the float32 result) in
         float16/bfloat16.
 
     Args:
