@@ -4,7 +4,9 @@ TensorFlow's graph optimizer rewrites some patterns that these rely on:
 ``(c + v) - c`` with a constant ``c`` and a single consumer folds to ``v``,
 ``log(1 + v)`` becomes ``log1p(v)``, ``exp(x) - 1`` becomes ``expm1(x)``.
 So they take tensor operands, and every use is measured in all three
-regimes (eager XLA kernels, ``tf.function``, ``jit_compile``).
+regimes (eager XLA kernels, ``tf.function``, ``jit_compile``). XLA in some
+releases (TF 2.16) folds a cast to a narrower type and back into nothing, so
+a rounding is split off by arithmetic (``float32_split``), never by casts.
 """
 
 from __future__ import annotations
@@ -44,6 +46,20 @@ def _veltkamp_split(x):
     scaled = (2.0 ** ((precision + 1) // 2) + 1.0) * x
     hi = scaled - (scaled - x)
     return hi, x - hi
+
+
+def float32_split(x):
+    """``(high, low)`` of a float64 ``x``: ``high`` is ``x`` rounded to float32's 24-bit
+    significand (``tf.cast(high, tf.float32)`` is exact) and ``low = x - high`` exactly.
+
+    Veltkamp's split with ``c = 2^29 + 1`` (53 - 29 = 24 bits), for normal float32
+    magnitudes below ``max / c``. Not ``x - float64(float32(x))``: XLA in TF 2.16 folds that
+    pair of converts to ``x`` (its simplifier allows excess precision), so the rounding came
+    out 0 (``logaddexp`` in float32: 1.5 -> 5.5 ULP there).
+    """
+    scaled = (2.0**29 + 1.0) * x
+    high = scaled - (scaled - x)
+    return high, x - high
 
 
 def two_product(a, b):
