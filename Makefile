@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # Two pytest workers: one per core of the CI machine.
 PYTEST_WORKERS ?= 2
 
-.PHONY: test test-other-cpu demo bench clean
+.PHONY: test test-other-cpu test-oldest demo bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -35,6 +35,19 @@ test-other-cpu: $(STAMP)
 		$(PY) -m pytest -n $(PYTEST_WORKERS) -q --durations=5 $(OTHER_CPU_TESTS) \
 		-k "test_ops_ or test_activations.py or nan"
 
+# The test suite on the oldest releases pyproject.toml admits (TensorFlow 2.16, Keras 3.10),
+# in a venv of its own: XLA and Keras differ between releases (XLA in TF 2.16 folds a cast
+# to float32 and back away; Keras before 3.12 applies no LossScaleOptimizer step without its
+# variables). Not part of `.ci/run` (two full runs would not fit its 20 minutes); run it
+# when a change touches numerics tricks or Keras APIs. TF 2.16 has wheels for Python 3.9-3.12.
+OLDEST := tensorflow==2.16.2 keras==3.10.0
+OLDEST_VENV := .venv-oldest
+test-oldest:
+	test -x $(OLDEST_VENV)/bin/python || $(PYTHON) -m venv $(OLDEST_VENV)
+	$(OLDEST_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(OLDEST_VENV)/bin/python -m pip install --quiet -e ".[test]" $(OLDEST)
+	$(OLDEST_VENV)/bin/python -m pytest -n $(PYTEST_WORKERS) -q --durations=5 --doctest-modules stableops tests
+
 demo: $(STAMP)
 	$(VENV)/bin/stableops doctor
 
@@ -42,4 +55,4 @@ bench: $(STAMP)
 	$(PY) -m benchmarks
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis
+	rm -rf $(VENV) $(OLDEST_VENV) build *.egg-info .pytest_cache .hypothesis

@@ -918,7 +918,7 @@ def test_kld_and_poisson_finite(dtype, data):
     # once t/p > 3.4e38, so counts stay below 1e4 and rates are 0 or >= 1e-30 in size.
     counts = data.draw(finite_arrays(dtype, SHAPE, 0.0, 1e4))
     rates = data.draw(finite_arrays(dtype, SHAPE, -LOGIT_BOUND, LOGIT_BOUND))
-    rates = np.where(np.abs(rates.astype(np.float32)) < 1e-30, 0, rates).astype(rates.dtype)
+    rates = np.where(np.abs(rates.astype(np.float32)) < 1e-30, np.zeros_like(rates), rates)
     _assert_property_finite("poisson", None, counts, rates)
 
 

@@ -774,7 +774,7 @@ def _labels(values, dtype):
 
 def _targets_with_zeros(dtype):
     return finite_arrays(dtype, PROPERTY_SHAPE, -(2.0**20), 2.0**20).map(
-        lambda a: np.where(np.abs(a.astype(np.float64)) < 1e-3, 0, a).astype(a.dtype)
+        lambda a: np.where(np.abs(a.astype(np.float64)) < 1e-3, np.zeros_like(a), a).astype(a.dtype)
     )
 
 

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 
 from stableops import ops
 from tests import _reference as ref
-from tests._helpers import full_size_arrays
+from tests._helpers import full_size_arrays, measured_xla_only
 from tests._regimes import Regime
 from tests._strategies import FLOAT_DTYPES, finite_arrays
 
@@ -198,6 +198,7 @@ def test_elu_extremes_are_finite_and_accurate_near_zero():
     )
 
 
+@measured_xla_only
 def test_elu_writes_only_its_value_and_slope():
     # One exponential of min(x, 0): the slope alpha e^x is an output and the value below
     # -1 is formed from it (alpha e^x - alpha), so XLA computes the exponential in the

@@ -32,7 +32,7 @@ from stableops._internal.reductions import (
     per_sample_sum,
     sum_over,
 )
-from tests._helpers import full_size_arrays, optimized_hlo
+from tests._helpers import full_size_arrays, measured_xla_only, optimized_hlo
 
 NAN, INF = math.nan, math.inf
 
@@ -72,6 +72,7 @@ def _reductions(fn, x):
     }
 
 
+@measured_xla_only
 def test_a_summed_product_is_reduced_like_a_summed_sum():
     x = tf.constant(np.random.default_rng(0).normal(size=(512, 128)).astype(np.float32))
     like_a_sum = _reductions(lambda x: tf.reduce_sum(tf.exp(x) + 0.5, axis=-1), x)
@@ -81,6 +82,7 @@ def test_a_summed_product_is_reduced_like_a_summed_sum():
     assert cast == like_a_sum
 
 
+@measured_xla_only
 def test_a_per_sample_sum_is_not_merged_with_the_batch_sum():
     # Reference: a per-sample sum that something else (a scaling) keeps apart
     # from the batch sum, as the hand-written losses' mean over the last axis.
@@ -122,6 +124,7 @@ def test_folded_row_sum_gradient_is_the_upstream_along_the_row(width, regime):
     np.testing.assert_array_equal(ours, np.broadcast_to(upstream.numpy()[:, None], (3, width)))
 
 
+@measured_xla_only
 def test_folded_row_sum_gradient_writes_no_buffer_of_its_own():
     # Autodiff of the parts' slices padded each part's gradient back to a full-size float64
     # buffer, four of them written out in categorical focal cross-entropy's program (its
@@ -151,6 +154,7 @@ def _largest_buffer(fn, x):
     return max(math.prod(int(d) for d in shape.split(",") if d) for shape in shapes)
 
 
+@measured_xla_only
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_folded_row_sum_writes_out_at_most_a_part_of_the_row(dtype):
     x = tf.constant(np.random.default_rng(0).normal(size=(512, 128)).astype(dtype))
@@ -224,6 +228,7 @@ def test_float64_sum_over_trailing_axes_of_an_empty_tensor(shape, regime):
     np.testing.assert_array_equal(whole.numpy(), np.zeros((1, 1, 1)))
 
 
+@measured_xla_only
 def test_a_whole_tensor_float64_sum_writes_no_buffer():
     # Rows of the last axis summed in one loop each, then their sums: the largest array
     # written is the rows' sums. Summed whole (one fold of the flattened tensor) XLA wrote
@@ -249,6 +254,7 @@ def _normal(seed=0):
     return tf.constant(np.random.default_rng(seed).normal(size=(512, 128)).astype(np.float32))
 
 
+@measured_xla_only
 def test_the_row_reduction_writes_no_buffer_for_its_sums():
     # logsumexp's value and gradient under XLA: the exponentials (which become the
     # gradient) and the gradient are full-size; its two row sums (the terms below the
@@ -258,6 +264,7 @@ def test_the_row_reduction_writes_no_buffer_for_its_sums():
     assert full_size_arrays(_value_and_gradient(ops.logsumexp), _normal()) == 2
 
 
+@measured_xla_only
 def test_narrow_rows_are_read_by_the_row_sum_and_the_gradient_alone():
     # Sparse cross-entropy from logits over 4 classes: the exponentials (the one array of
     # that shape written besides the gradient) feed the row sum and the gradient. Folded
@@ -273,6 +280,7 @@ def test_narrow_rows_are_read_by_the_row_sum_and_the_gradient_alone():
     assert len(readers) == 2
 
 
+@measured_xla_only
 def test_log_softmax_writes_only_its_value_and_gradient():
     # Its value is its own expression of x, and its gradient's sum(g) a float64 sum: with
     # the value formed from z = x - max (which the row sums also read) and a float32 sum,
@@ -280,6 +288,7 @@ def test_log_softmax_writes_only_its_value_and_gradient():
     assert full_size_arrays(_value_and_gradient(ops.log_softmax), _normal()) == 2
 
 
+@measured_xla_only
 def test_cosine_similarity_writes_only_its_gradient():
     # Its three sums of products (a^2, b^2, a b) go through float64_sum; with float32 sums
     # XLA wrote each product out for YNNPACK. Its float64 entries are clamps, which XLA
@@ -290,6 +299,7 @@ def test_cosine_similarity_writes_only_its_gradient():
     assert full_size_arrays(value_and_gradient, _normal(0), _normal(1), everywhere=True) == 1
 
 
+@measured_xla_only
 def test_categorical_hinge_writes_no_buffer_for_its_sums():
     # The sum of y_true y_pred (value) and the count of tied maxima (gradient) go through
     # float64_sum; with float32 sums XLA wrote both summed expressions out for YNNPACK
@@ -300,6 +310,7 @@ def test_categorical_hinge_writes_no_buffer_for_its_sums():
     assert full_size_arrays(value_and_gradient, one_hot, _normal()) == 2
 
 
+@measured_xla_only
 @pytest.mark.parametrize("loss", [losses.Tversky(), losses.Dice()], ids=["tversky", "dice"])
 def test_overlap_losses_write_no_buffer_for_their_sums(loss):
     # Their sums of computed terms over the whole batch (Tversky: misses, false alarms,
@@ -314,6 +325,7 @@ def test_overlap_losses_write_no_buffer_for_their_sums(loss):
     assert full_size_arrays(value_and_gradient, mask, scores, everywhere=True) == 1
 
 
+@measured_xla_only
 def test_l2_normalize_writes_no_buffer_for_its_sums():
     # Its sums (u * u for the norm, g * y for the gradient's projection) go through
     # float64_sum; with float32 sums XLA wrote both products out for YNNPACK (seven
