@@ -4,7 +4,8 @@
 ``tf.reduce_mean`` (the added ``-0.0`` changes no value, ``-0.0`` included),
 and under XLA they must reduce a product the way XLA reduces a sum of terms
 (on TF 2.21's CPU backend: YNNPACK instead of a tree of ``reduce-window``
-loops, 1.5x slower; other versions treat both alike, and so does the test).
+loops, 1.5x slower). The tests that read XLA's optimized program run on that
+release only (``measured_xla_only``): other releases compile these forms differently.
 ``per_sample_sum`` must be ``tf.reduce_sum`` over the last axis too, and under
 XLA stay a reduction of its own when a batch sum follows it. ``folded_row_sum``
 must be that sum too (in another order), over rows of any width, and under XLA
