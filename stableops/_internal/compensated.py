@@ -35,15 +35,17 @@ def two_difference(a, b):
     return d, tf.where(tf.math.is_finite(err), err, tf.zeros_like(err))
 
 
-def _veltkamp_split(x):
-    """``(hi, lo)`` with ``hi + lo == x`` exactly and each half fitting in half the significand.
+def _veltkamp_split(x, bits=None):
+    """``(hi, lo)`` with ``hi + lo == x`` exactly and ``hi`` within ``bits`` significant bits
+    (by default half the significand, so products of two halves are exact).
 
-    ``hi = c x - (c x - x)`` with ``c = 2^ceil(p/2) + 1`` for a ``p``-bit
-    significand (4097 in float32, 2^27 + 1 in float64), so products of two
-    halves are exact. ``|x|`` must stay below ``max / c``.
+    ``hi = c x - (c x - x)`` with ``c = 2^s + 1``, ``s = p - bits`` for a ``p``-bit
+    significand (``s = ceil(p/2)`` by default: 4097 in float32, 2^27 + 1 in float64); ``hi``
+    is ``x`` rounded to ``bits`` bits. ``|x|`` must stay below ``max / c``.
     """
     precision = round(-math.log2(dtype_limits(x.dtype).eps)) + 1
-    scaled = (2.0 ** ((precision + 1) // 2) + 1.0) * x
+    shift = (precision + 1) // 2 if bits is None else precision - bits
+    scaled = (2.0**shift + 1.0) * x
     hi = scaled - (scaled - x)
     return hi, x - hi
 
@@ -52,14 +54,12 @@ def float32_split(x):
     """``(high, low)`` of a float64 ``x``: ``high`` is ``x`` rounded to float32's 24-bit
     significand (``tf.cast(high, tf.float32)`` is exact) and ``low = x - high`` exactly.
 
-    Veltkamp's split with ``c = 2^29 + 1`` (53 - 29 = 24 bits), for normal float32
-    magnitudes below ``max / c``. Not ``x - float64(float32(x))``: XLA in TF 2.16 folds that
-    pair of converts to ``x`` (its simplifier allows excess precision), so the rounding came
-    out 0 (``logaddexp`` in float32: 1.5 -> 5.5 ULP there).
+    Veltkamp's split at 24 bits (``c = 2^29 + 1``), for normal float32 magnitudes below
+    ``max / c``. Not ``x - float64(float32(x))``: XLA in TF 2.16 folds that pair of converts
+    to ``x`` (its simplifier allows excess precision), so the rounding came out 0
+    (``logaddexp`` in float32: 1.5 -> 5.5 ULP there).
     """
-    scaled = (2.0**29 + 1.0) * x
-    high = scaled - (scaled - x)
-    return high, x - high
+    return _veltkamp_split(x, bits=24)
 
 
 def two_product(a, b):
