@@ -85,7 +85,6 @@ def _overlap_loss(y_true, y_pred, axis, smooth, alpha, beta):
     ``tf.cond``.
     """
     dice = alpha is None
-    weights = (1.0, 1.0) if dice else (alpha, beta)  # of the misses and the false alarms
 
     def sums(t, p, scale):
         # (penalty, denominator, overlap): overlap = denominator - penalty (2 sum(t p) for
@@ -142,8 +141,9 @@ def _overlap_loss(y_true, y_pred, axis, smooth, alpha, beta):
             upstream = tf.reshape(upstream, tf.shape(value)) * slope
             if dice:  # d penalty = 1 - 2p (t) or 1 - 2t (p), d denominator = 1
                 return upstream * (complement - 2.0 * p), upstream * (complement - 2.0 * t)
-            penalty_t = weights[0] * (1.0 - p) - weights[1] * p
-            penalty_p = weights[1] * (1.0 - t) - weights[0] * t
+            # alpha weights the misses t (1 - p), beta the false alarms p (1 - t).
+            penalty_t = alpha * (1.0 - p) - beta * p
+            penalty_p = beta * (1.0 - t) - alpha * t
             return (
                 upstream * (complement * penalty_t - value * p),
                 upstream * (complement * penalty_p - value * t),
