@@ -227,6 +227,16 @@ def test_msle_worst_one_entry_rows_are_within_the_budget(regime):
     assert errors.max() <= MSLE_BUDGET, errors
 
 
+def test_msle_past_two_to_the_126_is_accurate(regime):
+    # 1 / (1 + min(a, t)) is below float32's smallest normal there, and TF flushes it to 0:
+    # a quotient formed with it was 0 (a loss of 0 for the first row, 1.5e-5 from mpmath).
+    t = np.float32([[8.57352e37], [3.0e38], [1.0e38], [3.4e38]])
+    p = np.float32([[8.63998e37], [1.0e38], [3.4e38], [0.0]])
+    reference = R.reference_rows(R.mp_mean_squared_logarithmic_error_row, t, p)
+    errors = R.ulp_error(regime.run(S.mean_squared_logarithmic_error, t, p), reference, "float32")
+    assert errors.max() <= MSLE_BUDGET, errors
+
+
 def test_mape_zero_target_does_not_explode():
     t, p = np.float32([[0.0, 1.0]]), np.float32([[0.5, 1.5]])
     keras_value, keras_grad = _value_and_grad(keras.losses.mean_absolute_percentage_error, t, p)
