@@ -10,6 +10,10 @@ One run (``python -m benchmarks`` or ``make bench``) measures
   machine's measured memory bandwidth (``bandwidth.py``);
 * **accuracy**: maximum error in ULPs against mpmath over an edge grid and a
   random sample, and counts of non-finite values and gradients (``accuracy.py``);
+* **gradients**: maximum error of stableops's and Keras's gradients in ULPs
+  against mpmath's derivatives, and counts of non-finite and dead gradients
+  (``gradients.py``; the same sample holds stableops to its budgets in
+  ``tests/test_gradient_accuracy.py``);
 * **memory**: peak memory of forward + backward at the largest size
   (``memory.py``);
 * **end to end**: an MLP, a CNN and a GRU trained with ``model.fit``, with
@@ -24,4 +28,4 @@ case whose stableops implementation has not landed yet is reported as
 """
 
 SCHEMA = "stableops-benchmarks/1"
-SECTIONS = ("bandwidth", "speed", "accuracy", "memory", "end_to_end")
+SECTIONS = ("bandwidth", "speed", "accuracy", "gradients", "memory", "end_to_end")

@@ -43,7 +43,7 @@ MEMORY_MAX = {"function": 1.0, "xla": 1.25}  # peak memory ratio, per-op and end
 COMPILE_OVERHEAD_MAX_S = 2.0  # first-fit compile overhead, stableops minus Keras, seconds
 COMPILE_OVERHEAD_MODELS = ("cnn",)
 ULP_MAX = 4.0  # float32, every case, eager and XLA (the contract's ceiling on any op's budget)
-SECTION_FILES = ("bandwidth", "speed", "accuracy", "memory", "end_to_end")
+SECTION_FILES = ("bandwidth", "speed", "accuracy", "gradients", "memory", "end_to_end")
 MODES_ORDER = ("eager", "function", "xla")
 
 # Trades between a ULP budget and speed (contract rule 7, issue 12 item 4: a budget may rise to
@@ -639,6 +639,7 @@ GENERIC_WHY = {
         "where Keras's plain tf.function compiles nothing"
     ),
     "finite": "see the worst input in accuracy.json",
+    "gradients": "see tests/test_gradient_accuracy.py's message for the element",
     "ulp": "see the worst input in accuracy.json",
 }
 
@@ -894,7 +895,47 @@ def evaluate_targets(sections: dict) -> list[dict]:
             )
     text = f"<= {ULP_MAX:g} ULP in float32 on every case, eager and XLA (stableops)"
     targets.append(_target("ulp", text, float32, misses, unavailable))
+
+    # Gradients: within each case's budget against mpmath, none non-finite or dead (stableops).
+    grads = [
+        r
+        for r in sections.get("gradients", {}).get("data", {}).get("rows", [])
+        if r.get("impl") == "stableops"
+    ]
+    misses = [
+        {"case": r["case"], "detail": f"{r['mode']}: {r['error']}", "why": "the call raised"}
+        for r in grads
+        if "error" in r
+    ]
+    misses += [
+        {
+            "case": r["case"],
+            "detail": f"{r['mode']}, with respect to the {_wrt(r)}: {_gradient_cell(r)} "
+            f"(budget {r['budget']:g}; {r['over_budget']} elements over it)",
+            "why": _why("gradients", r["case"]),
+        }
+        for r in grads
+        if "error" not in r and (r["over_budget"] or r["nonfinite"] or r["dead"])
+    ]
+    text = (
+        "gradients within each case's budget against mpmath, none non-finite or dead, eager and "
+        "XLA (stableops)"
+    )
+    targets.append(_target("gradients", text, grads, misses, unavailable))
     return targets
+
+
+def _wrt(row) -> str:
+    return "target" if row["wrt"] == "target" else "prediction"
+
+
+def _gradient_cell(row) -> str:
+    """Worst ULP, and the counts of non-finite and dead gradients where there are any."""
+    if "error" in row:
+        return "error"
+    cell = _fmt_ulp(row["worst_ulp"])
+    counts = [f"{row[k]} {label}" for k, label in (("nonfinite", "nf"), ("dead", "dead")) if row[k]]
+    return cell + (f" ({', '.join(counts)})" if counts else "")
 
 
 def _memory_ratios(sections):
@@ -1212,6 +1253,39 @@ def _accuracy_tables(sections) -> list[str]:
             if body:
                 header = ["case", "stableops ULP", "nf", "Keras ULP", "nf", "tf.nn ULP", "nf"]
                 out += [f"**{dtype}, {mode}**", "", _table(header, body), ""]
+    return out
+
+
+def _gradient_table(sections) -> list[str]:
+    data = sections.get("gradients", {}).get("data")
+    if not data or not data.get("rows"):
+        return []
+    rows = data["rows"]
+    out = ["## Gradients: max error in ULPs against mpmath's derivatives", ""]
+    out.append(
+        f"float32, {data['method']}. The sample of each case (its edge grid's rows, thinned, and "
+        "seeded random rows) and its budget are those of tests/test_gradient_accuracy.py; a "
+        "budget is stableops's, measured once over the full grid (benchmarks/gradients.py names "
+        "each measurement). Cells: worst ULP over the checked elements, then the counts of "
+        "non-finite (`nf`) and dead gradients where there are any."
+    )
+    out.append("")
+    modes = data.get("modes", ("eager", "xla"))
+    body = []
+    for case in dict.fromkeys(r["case"] for r in rows):
+        for wrt in dict.fromkeys(r["wrt"] for r in rows if r["case"] == case):
+            cells = []
+            budget = None
+            for impl in ("stableops", "keras"):
+                for mode in modes:
+                    r = _find(rows, case=case, wrt=wrt, impl=impl, mode=mode)
+                    cells.append("-" if r is None else _gradient_cell(r))
+                    budget = budget if r is None else r["budget"]
+            label = "target" if wrt == "target" else "prediction"
+            body.append([case, label, f"{budget:g}", *cells])
+    header = ["case", "with respect to", "budget",
+              *[f"{impl} {mode}" for impl in ("stableops", "Keras") for mode in modes]]
+    out += [_table(header, body), ""]
     return out
 
 
@@ -1536,6 +1610,7 @@ def build_summary(sections: dict, targets: list[dict]) -> str:
         _header(sections) + headline_table(sections) + _targets_section(targets) + _trades_section()
     )
     parts += _speed_tables(sections) + _limits_tables(sections) + _accuracy_tables(sections)
+    parts += _gradient_table(sections)
     parts += _memory_table(sections) + _end_to_end_table(sections)
     plots = [p for p in ("speed_ratio.png", "speed_times.png", "accuracy.png", "bandwidth.png")]
     parts += ["## Plots", "", *[f"- `{p}`" for p in plots], ""]

@@ -60,6 +60,10 @@ class Config:
         "xla",
     )  # jit_compile=False (Keras's CPU default); True; "eager"
     e2e_mixed_models: tuple[str, ...] = ("cnn",)  # run again under the mixed_float16 dtype policy
+    # The gradients section thins each case's sample (tests/test_gradient_accuracy.py's): every
+    # k-th of its grid rows, at most this many of its random rows.
+    gradient_stride_scale: int = 1
+    gradient_random: int = 32
 
     def rounds_for(self, size: int) -> int:
         eligible = [t for t in self.rounds if t <= size]
@@ -115,6 +119,8 @@ PRESETS = {
         e2e_steps=10,
         e2e_batch=64,
         e2e_rounds=2,
+        gradient_stride_scale=4,
+        gradient_random=8,
     ),
     # The test suite's smoke run: tiny sizes, one round; checks the harness, measures nothing
     # useful.
@@ -140,6 +146,8 @@ PRESETS = {
         e2e_rounds=1,
         e2e_compiles=("eager",),
         e2e_mixed_models=("cnn",),
+        gradient_stride_scale=16,
+        gradient_random=2,
     ),
 }
 
@@ -149,8 +157,8 @@ def parse_args(argv):
 
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks",
-        description="Speed, limits, accuracy, memory and end-to-end benchmarks: stableops vs "
-        "Keras and tf.nn.",
+        description="Speed, limits, accuracy, gradient, memory and end-to-end benchmarks: "
+        "stableops vs Keras and tf.nn.",
     )
     preset = parser.add_mutually_exclusive_group()
     preset.add_argument(
@@ -340,6 +348,10 @@ def _run_section(section, selected, availability, config, log):
         from benchmarks.accuracy import run_accuracy
 
         return run_accuracy(selected, availability, config, log)
+    if section == "gradients":
+        from benchmarks.gradients import run_gradients
+
+        return run_gradients(selected, availability, config, log)
     if section == "memory":
         from benchmarks.memory import run_memory
 

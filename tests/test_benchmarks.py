@@ -35,6 +35,7 @@ TARGET_IDS = (
     "compile_overhead",
     "finite",
     "ulp",
+    "gradients",
 )
 
 
@@ -133,6 +134,17 @@ def _check_accuracy_memory_bandwidth_end_to_end_are_well_formed(smoke_run):
             for r in memory["rows"]
         )
 
+    rows = _section(smoke_run, "gradients")["data"]["rows"]
+    for case in SMOKE_CASES:
+        for impl in ("stableops", "keras"):
+            for mode in acc.MODES:
+                (row,) = [
+                    r for r in rows if (r["case"], r["impl"], r["mode"]) == (case, impl, mode)
+                ]
+                assert row["checked"] > 0 and _positive_finite(row["budget"])
+                assert row["worst_ulp"] == "inf" or row["worst_ulp"] >= 0
+                assert min(row["nonfinite"], row["dead"], row["over_budget"]) >= 0
+
     bandwidth = _section(smoke_run, "bandwidth")["data"]
     assert _positive_finite(bandwidth["limit_gbps"])
 
@@ -159,6 +171,7 @@ def _check_summary_names_every_case_and_section(smoke_run):
         "## Speed",
         "## Limits",
         "## Accuracy",
+        "## Gradients",
         "## Memory",
         "## End to end",
     ):
@@ -338,9 +351,11 @@ def _quantiles(median, q25=None):
 
 
 def _synthetic_sections(
-    function=1.0, xla=1.0, eager=1.0, nonfinite=0, ulp=1.0, function_q25=None, e2e=None
+    function=1.0, xla=1.0, eager=1.0, nonfinite=0, ulp=1.0, function_q25=None, e2e=None,
+    gradient_over=0, gradient_dead=0,
 ):
-    """One case (huber) at 2^20 in each mode, its accuracy and memory, optionally a CNN fit row."""
+    """One case (huber) at 2^20 in each mode, its accuracy, gradients and memory, optionally a
+    CNN fit row."""
 
     def ratio(mode, value, q25=None):
         return {
@@ -353,6 +368,11 @@ def _synthetic_sections(
         "max_ulp_grid": ulp, "max_ulp_random": 0.5,
         "nonfinite_values": nonfinite, "nonfinite_grad_samples": 0,
         "worst": {"inputs": [[0.0], [1.0]], "got": 1.0, "want": "1.0", "ulp": ulp},
+    }  # fmt: skip
+    gradient_row = {
+        "case": "huber", "wrt": "pred", "impl": "stableops", "mode": "xla", "budget": 1,
+        "worst_ulp": 2.0 if gradient_over else 0.5, "checked": 10, "nonfinite": 0,
+        "dead": gradient_dead, "over_budget": gradient_over,
     }  # fmt: skip
     memory_rows = [
         {"case": "huber", "impl": impl, "mode": mode, "peak_extra_bytes": 100, "input_bytes": 8}
@@ -373,6 +393,7 @@ def _synthetic_sections(
             },
         },
         "accuracy": {"data": {"modes": ["eager"], "rows": [accuracy_row]}},
+        "gradients": {"data": {"method": "m", "modes": ["xla"], "rows": [gradient_row]}},
         "memory": {"data": {"supported": True, "size": 2**20, "method": "m", "rows": memory_rows}},
     }
     if e2e is not None:
@@ -403,14 +424,21 @@ def test_targets_follow_the_numbers():
     assert _statuses(_synthetic_sections())["end_to_end"] == "not measured"
     # Issue 12: function <= 1.00, XLA <= 1.05, eager >= 2^20 <= 1.00 (no longer "2x faster"),
     # <= 4 ULP.
-    bad_sections = _synthetic_sections(function=1.02, xla=1.06, eager=1.01, nonfinite=2, ulp=4.5)
+    bad_sections = _synthetic_sections(
+        function=1.02, xla=1.06, eager=1.01, nonfinite=2, ulp=4.5, gradient_over=3
+    )
     bad = _statuses(bad_sections)
-    missed = dict.fromkeys(("function", "compiled", "eager", "finite", "ulp"), "missed")
+    missed = dict.fromkeys(
+        ("function", "compiled", "eager", "finite", "ulp", "gradients"), "missed"
+    )
     unmeasured = {"end_to_end": "not measured", "compile_overhead": "not measured"}
     assert bad == {**missed, **unmeasured, "memory": "met"}
     assert _statuses(_synthetic_sections(ulp=3.9))["ulp"] == "met"
+    # A dead gradient misses the gradient target within the budget too.
+    assert _statuses(_synthetic_sections(gradient_dead=1))["gradients"] == "missed"
     summary = report.build_summary(bad_sections, report.evaluate_targets(bad_sections))
     assert "**Missed: plain tf.function" in summary and "`huber`" in summary and "1.02 ✗" in summary
+    assert "**Missed: gradients within" in summary and "| huber | prediction | 1 |" in summary
 
 
 def test_end_to_end_targets_step_memory_and_compile_overhead():
