@@ -215,6 +215,37 @@ def test_elu_writes_only_its_value_and_slope():
     assert full_size_arrays(value_and_gradient, x) == 2
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_large_eager_elu_gradient_comes_from_the_input_and_is_the_graphs(dtype):
+    # From 2^18 entries an eager call returns the value alone and records a compiled
+    # backward call on the input (below, and in a graph, the forward call also returns the
+    # slope): the same gradient, alpha exp(x) below 0 to an ULP (float64 closed form of the
+    # rounded input), 1 above, 0 at -inf, NaN at NaN.
+    rng = np.random.default_rng(5)
+    x = rng.normal(0.0, 4.0, (2048, 128)).astype(dtype)  # 2^18 entries
+    x.flat[:6] = [-np.inf, np.inf, np.nan, 0.0, -1e-30, -100.0]
+    upstream = rng.normal(0.0, 1.0, x.shape).astype(dtype)
+    x_t, upstream_t = tf.constant(x), tf.constant(upstream)
+
+    def gradient(v):
+        with tf.GradientTape() as tape:
+            tape.watch(v)
+            y = ops.elu(v, alpha=1.5)
+        return tape.gradient(y, v, upstream_t)
+
+    eager, graph = gradient(x_t).numpy(), tf.function(gradient)(x_t).numpy()
+    np.testing.assert_array_equal(eager, graph)
+    with np.errstate(over="ignore", invalid="ignore"):
+        expected = upstream.astype(np.float64) * np.where(
+            x > 0, 1.0, 1.5 * np.exp(np.minimum(x.astype(np.float64), 0.0))
+        )
+    # An ULP of exp and one of each product; below the smallest normal TF flushes to 0
+    # (1.5 exp(-100) in float32).
+    limits = np.finfo(dtype)
+    np.testing.assert_allclose(eager, expected, rtol=4 * limits.eps, atol=limits.tiny)
+    assert np.isnan(eager.flat[2]) and eager.flat[0] == 0.0
+
+
 def test_leaky_relu_slopes_zero_and_above_one():
     x = np.array([-4.0, -0.0, 0.0, 3.0], np.float32)
     np.testing.assert_array_equal(

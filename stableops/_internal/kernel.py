@@ -27,6 +27,9 @@ pass, as one XLA computation instead:
     multiplication, as TF's fused cross-entropy kernels do;
   * *from the output* (``gradient_from_output``, softmax and log-softmax):
     a compiled call on the output and the upstream gradient;
+  * eagerly, from 2^18 entries, *from the input* (``gradient_from_input``,
+    ``elu``): a compiled call on the input and the upstream gradient, the forward
+    call returning the value alone;
 - an *elementwise* kernel of one input (``elementwise=True``) gets that input as
   one axis in a graph, reshaped before and after the compiled call (see
   :func:`xla_kernel`);
@@ -192,7 +195,10 @@ def _inline_here() -> bool:
     return tf.inside_function() and _in_xla_context(tf.compat.v1.get_default_graph())
 
 
-def xla_kernel(fn=None, *, row_local=False, gradient_from_output=None, elementwise=False):
+def xla_kernel(
+    fn=None, *, row_local=False, gradient_from_output=None, gradient_from_input=None,
+    elementwise=False,
+):
     """Decorate a pure TF function so that every call runs it XLA-compiled.
 
     ``gradient_from_output(output, upstream, **kwargs)``, where given, is the
@@ -200,6 +206,17 @@ def xla_kernel(fn=None, *, row_local=False, gradient_from_output=None, elementwi
     (softmax: ``y (g - <g, y>)``): for a float32/float64 first argument that is
     the only taped input, the backward pass is one compiled call of it on the
     output (alive anyway) instead of recomputing the forward pass.
+
+    ``gradient_from_input(x, upstream, **kwargs)``, where given, is the gradient with
+    respect to the first argument computed from that argument (elu: ``upstream`` times
+    ``exp(min(x, 0))``): eagerly, for a float32/float64 first argument of 2^18 entries or
+    more that is the only taped input, the forward call returns the value alone and the
+    backward pass is one compiled call of it on the input, which the caller holds anyway.
+    A row-local kernel otherwise writes its local gradient beside the value (a full-size
+    stream more, alive until the backward pass): ``elu`` eagerly, forward and backward,
+    one core, against Keras: 2^20 1.37 -> 1.23x, 2^22 1.30 -> 0.88x (2^16 and 2^18 the
+    same; below, the second compiled call's dispatch costs more). In a graph both took
+    the same time and memory (the input or the slope kept alive): the row-local path.
 
     ``row_local=True`` declares a kernel with one output in which each element
     of every floating input reaches exactly one output element: elementwise,
@@ -235,6 +252,7 @@ def xla_kernel(fn=None, *, row_local=False, gradient_from_output=None, elementwi
             xla_kernel,
             row_local=row_local,
             gradient_from_output=gradient_from_output,
+            gradient_from_input=gradient_from_input,
             elementwise=elementwise,
         )
 
@@ -281,14 +299,20 @@ def xla_kernel(fn=None, *, row_local=False, gradient_from_output=None, elementwi
     def backward_from_output(output, upstream, kwargs):
         return gradient_from_output(output, upstream, **kwargs)
 
+    def backward_from_input(x, upstream, kwargs):
+        return gradient_from_input(x, upstream, **kwargs)
+
     # Graphs name the compiled calls after the kernel: `__inference__elu_kernel_forward_42`.
     forward.__name__ = forward_with_local_gradient.__name__ = f"{fn.__name__}_forward"
-    backward.__name__ = backward_from_output.__name__ = f"{fn.__name__}_backward"
+    backward.__name__ = backward_from_output.__name__ = backward_from_input.__name__ = (
+        f"{fn.__name__}_backward"
+    )
     roles = {
         "forward": forward,
         "backward": backward,
         "forward_with_local_gradient": forward_with_local_gradient,
         "backward_from_output": backward_from_output,
+        "backward_from_input": backward_from_input,
     }
     compiled_functions = {}
 
@@ -341,22 +365,23 @@ def xla_kernel(fn=None, *, row_local=False, gradient_from_output=None, elementwi
         local = row_local and bool(positions) and _rows_align(
             [values[p] for p in positions], reduced_axis
         )
-        from_output = (
-            gradient_from_output is not None
-            and positions == (0,)
-            and values[0].dtype in (tf.float32, tf.float64)
+        one_float_input = positions == (0,) and values[0].dtype in (tf.float32, tf.float64)
+        from_output = gradient_from_output is not None and one_float_input
+        # Eagerly a kernel with its gradient from the output or the input records its
+        # compiled backward call from 2^18 entries up; below, the two compiled calls'
+        # dispatch costs more than TF's gradient of one (softmax, one core, against Keras:
+        # 2^14 1.43 -> 1.70x, 2^18 1.37 -> 1.41x, 2^20 1.55-1.66 -> 1.20-1.45x) or than the
+        # row-local path (elu).
+        large = eager and one_float_input and (values[0].shape.num_elements() or 0) >= 2**18
+        from_input = large and gradient_from_input is not None
+        recorded = _record_operation is not None and (
+            local or (large and (from_output or from_input))
         )
-        # Eagerly a kernel with its gradient from the output records its compiled backward
-        # call from 2^18 entries up; below, the two compiled calls' dispatch costs more than
-        # TF's gradient of one (softmax, one core, against Keras: 2^14 1.43 -> 1.70x, 2^18
-        # 1.37 -> 1.41x, 2^20 1.55-1.66 -> 1.20-1.45x).
-        large = eager and from_output and (values[0].shape.num_elements() or 0) >= 2**18
-        recorded = _record_operation is not None and (local or large)
         if eager and not (recorded and _single_tape([values[p] for p in positions])):
-            # A row-local kernel, or a large one with its gradient from the output, takes its
-            # own path below under a single tape (one core, 2^20: categorical cross-entropy
-            # from logits 1.15 -> 0.78x Keras, elu 2.06 -> 1.83x, logsumexp 1.4 -> 1.3x);
-            # TF's gradient of the compiled call otherwise.
+            # A row-local kernel, or a large one with its gradient from the output or the
+            # input, takes its own path below under a single tape (one core, 2^20:
+            # categorical cross-entropy from logits 1.15 -> 0.78x Keras, elu 2.06 -> 1.83x,
+            # logsumexp 1.4 -> 1.3x); TF's gradient of the compiled call otherwise.
             return call_eagerly(compiled_function("forward", args, kwargs), args, kwargs)
         if not positions:
             return compiled_function("forward", args, kwargs)(args, kwargs)
@@ -366,6 +391,20 @@ def xla_kernel(fn=None, *, row_local=False, gradient_from_output=None, elementwi
             for position, tensor in zip(positions, inputs):
                 flat[position] = tensor
             return tuple(flat[: len(args)]), dict(zip(names, flat[len(args):]))
+
+        if from_input:  # eagerly, recorded on the tape directly (as the row-local path below)
+            x = values[0]  # the one input (positions == (0,))
+            call_args, call_kwargs = with_inputs((tf.stop_gradient(x),))
+            forward = compiled_function("forward", args, kwargs)
+            output = call_eagerly(forward, call_args, call_kwargs)
+            run_backward = compiled_function("backward_from_input", args, kwargs)
+            _record_operation(
+                fn.__name__,
+                [output],
+                [x],
+                lambda upstream: [call_eagerly(run_backward, x, upstream, call_kwargs)],
+            )
+            return output
 
         if local:
             run = compiled_function("forward_with_local_gradient", args, kwargs)
