@@ -217,7 +217,15 @@ WHY: dict[tuple[str, str], str] = {
         "rounding error (this run's commit), one core at 2^20, one process, alternating: 1.78 "
         "-> 1.16; this run 0.90 at 2^20, 1.08-1.15 at three other sizes"
     ),
-    ("compiled", "categorical_crossentropy_logits"): _CROSS_ENTROPY,
+    ("compiled", "categorical_crossentropy_logits"): (
+        _CROSS_ENTROPY + ". Since this run's commit the gradient forms the exponentials again "
+        "(`_softmax_formed_again`) and the target-weighted sum is a float64 sum, so nothing "
+        "full-size is written beside the gradient: peak memory at 2^24 134 -> 72 MiB in a plain "
+        "tf.function and 133 -> 68 under XLA, for a second exp per element. One core, "
+        "alternating with Keras: 2^20 under XLA 1.27 -> 1.28-1.34, in a plain tf.function "
+        "0.98 -> 1.00; 2^22 1.15 -> 1.08-1.17 and 0.64 -> 0.56-0.59 (eagerly 0.44 -> 0.37: "
+        "fewer fresh allocations); two cores at 2^20, one process, 1.12 -> 1.23 and 0.87 -> 0.96"
+    ),
     ("compiled", "sparse_categorical_crossentropy_logits"): (
         "the label's log-probability comes from its logit and the row's stable pieces (no row of "
         "log-probabilities), but those pieces are the stable row reduction's (see `logsumexp`): "
@@ -507,11 +515,17 @@ WHY: dict[tuple[str, str], str] = {
             "sums (1 MiB at 2^24, the float32 ones 0.5 MiB): kept for that pass's time (one "
             "fused loop where the masked upstream gradient was written out for YNNPACK)"
         )
-        for case in (
-            "logsumexp", "log_softmax", "categorical_crossentropy_logits",
-            "sparse_categorical_crossentropy_logits",
-        )
+        for case in ("logsumexp", "log_softmax", "sparse_categorical_crossentropy_logits")
     },
+    ("memory", "categorical_crossentropy_logits"): (
+        "since this run's commit nothing full-size is written beside the gradient (its "
+        "exponentials formed again, the target-weighted sum in float64): 2^24, peak over the "
+        "inputs, 134 -> 72 MiB in a plain tf.function (Keras 65-128: its fused kernel's backprop "
+        "times the upstream gradient, in place or not, moves between runs) and 133 -> 68 under "
+        "XLA (Keras 129). What is left is the row-local backward pass: the forward call returns "
+        "the gradient for a unit upstream, and its product with the upstream gradient is a "
+        "buffer of its own"
+    ),
     ("memory", "nt_xent"): (
         "at this size (inputs of 257 KiB) the allocator's peak moves in steps of 1 MiB: 2 "
         "against 1 MiB in the full run, 1 against 1 MiB (1.26x in bytes) in a memory-only "

@@ -39,9 +39,13 @@ from stableops._internal.dtypes import compute_dtype, dtype_limits, to_compute
 from stableops._internal.elementary import accurate_log1p, log1p_in_range
 from stableops._internal.keras_compat import recover_logits
 from stableops._internal.kernel import xla_kernel
-from stableops._internal.reductions import sum_over, top_and_rest
+from stableops._internal.reductions import float64_sum, sum_over, top_and_rest
 from stableops._internal.where import weight_times
-from stableops.ops._softmax import _shifted_exponentials, _softmax_from_pieces
+from stableops.ops._softmax import (
+    _shifted_exponentials,
+    _softmax_formed_again,
+    _softmax_from_pieces,
+)
 
 # ----------------------------------------------------------------------------
 # Arguments (static, outside the kernels)
@@ -314,7 +318,9 @@ def _categorical_logits_core(z, x, axis):
         log_sum = accurate_log1p(pieces.s)
         shifted = pieces.z + pieces.z_low
         mass = tf.reduce_sum(z, axis=axis, keepdims=True)
-        loss = mass * log_sum - sum_over(weight_times(z, shifted), axis=axis, keepdims=True)
+        # The target-weighted sum in float64 (float64_sum: one loop, no buffer; a float32 sum
+        # of the product was written out for YNNPACK).
+        loss = mass * log_sum - float64_sum(weight_times(z, shifted), axis, keepdims=True)
         # A row of only -inf logits has every probability 0: loss inf under any
         # target mass, 0 without one.
         inf = tf.constant(math.inf, x.dtype)
@@ -326,7 +332,9 @@ def _categorical_logits_core(z, x, axis):
             # softmax sum(z) - z; a row whose loss is inf (a target on a -inf
             # logit) is a constant: no gradient, as in the sparse loss.
             dead = tf.equal(loss, inf)
-            direction = _softmax_from_pieces(pieces) * mass - z
+            # The exponentials formed again in this loop: not a buffer beside the
+            # gradient (see _softmax_formed_again).
+            direction = _softmax_formed_again(pieces) * mass - z
             x_grad = upstream * tf.where(dead, tf.zeros_like(direction), direction)
             # d/dz_i = -log p_i, with 0 * log 0 = 0 (no gradient to a 0 target there).
             minus_log_p = tf.where(pieces.empty, tf.fill(tf.shape(x), inf), log_sum - shifted)
