@@ -214,7 +214,7 @@ def xla_kernel(
     backward pass is one compiled call of it on the input, which the caller holds anyway.
     A row-local kernel otherwise writes its local gradient beside the value (a full-size
     stream more, alive until the backward pass): ``elu`` eagerly, forward and backward,
-    one core, against Keras: 2^20 1.37 -> 1.23x, 2^22 1.30 -> 0.88x (2^16 and 2^18 the
+    one core, against Keras: 2^20 1.37 -> 1.18-1.23x, 2^22 1.30 -> 0.86-0.88x (2^16 and 2^18 the
     same; below, the second compiled call's dispatch costs more). In a graph both took
     the same time and memory (the input or the slope kept alive): the row-local path.
 
