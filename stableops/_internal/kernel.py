@@ -392,19 +392,26 @@ def xla_kernel(
                 flat[position] = tensor
             return tuple(flat[: len(args)]), dict(zip(names, flat[len(args):]))
 
-        if from_input:  # eagerly, recorded on the tape directly (as the row-local path below)
-            x = values[0]  # the one input (positions == (0,))
+        def recorded_value_alone(backward_role):
+            # Eagerly, from the output or the input (positions == (0,)): the compiled forward
+            # call on the untaped input, and on the tape (directly, as the row-local path
+            # below) one compiled backward call on the output or the input.
+            x = values[0]
             call_args, call_kwargs = with_inputs((tf.stop_gradient(x),))
             forward = compiled_function("forward", args, kwargs)
             output = call_eagerly(forward, call_args, call_kwargs)
-            run_backward = compiled_function("backward_from_input", args, kwargs)
+            saved = output if backward_role == "backward_from_output" else x
+            run_backward = compiled_function(backward_role, args, kwargs)
             _record_operation(
                 fn.__name__,
                 [output],
                 [x],
-                lambda upstream: [call_eagerly(run_backward, x, upstream, call_kwargs)],
+                lambda upstream: [call_eagerly(run_backward, saved, upstream, call_kwargs)],
             )
             return output
+
+        if from_input:
+            return recorded_value_alone("backward_from_input")
 
         if local:
             run = compiled_function("forward_with_local_gradient", args, kwargs)
@@ -443,30 +450,19 @@ def xla_kernel(
             return call_row_local(*[values[p] for p in positions])
 
         if from_output:
-
-            def from_output_gradient(output, call_kwargs):
-                def grad(upstream):
-                    run_backward = compiled_function("backward_from_output", args, kwargs)
-                    if eager:
-                        return call_eagerly(run_backward, output, upstream, call_kwargs)
-                    return run_backward(output, upstream, call_kwargs)
-
-                return grad
-
-            if eager:  # recorded on the tape directly, as the row-local path above
-                x = values[0]  # the one input (positions == (0,))
-                call_args, call_kwargs = with_inputs((tf.stop_gradient(x),))
-                forward = compiled_function("forward", args, kwargs)
-                output = call_eagerly(forward, call_args, call_kwargs)
-                grad = from_output_gradient(output, call_kwargs)
-                _record_operation(fn.__name__, [output], [x], lambda upstream: [grad(upstream)])
-                return output
+            if eager:
+                return recorded_value_alone("backward_from_output")
 
             @tf.custom_gradient
             def call_from_output(x):
                 call_args, call_kwargs = with_inputs((x,))
                 output = compiled_function("forward", args, kwargs)(call_args, call_kwargs)
-                return output, from_output_gradient(output, call_kwargs)
+
+                def grad(upstream):
+                    run_backward = compiled_function("backward_from_output", args, kwargs)
+                    return run_backward(output, upstream, call_kwargs)
+
+                return output, grad
 
             return call_from_output(values[0])
 
