@@ -59,7 +59,12 @@ TRADES: dict[str, str] = {
         "process, alternating with Keras: under XLA 0.98 -> 1.10, plain tf.function 1.16 -> "
         "1.27 (2^14: 0.99 -> 1.14 and 1.17 -> 1.29; 2^22: 1.02 -> 1.13 and 1.20 -> 1.16). "
         "Tried: a float64 sum of the float32 products with a float32 normalization, 4.3 ULP at "
-        "rows of 1024, 1.10 and 1.20"
+        "rows of 1024, 1.10 and 1.20. Since this run's commit each corrected exponential is "
+        "rounded to float32 once more before the float64 sum (`written_once`: formed in one "
+        "loop that the others read), 2.1 -> 2.4 ULP against a longdouble reference (1.5 -> "
+        "1.6 in this benchmark's sample; the budget stays 3): one core at 2^20, under XLA "
+        "1.63 -> 1.10, plain tf.function 1.74 -> 1.47. With the correction as a division by "
+        "1 - z_low instead (no division by 1): 3.0 ULP, the same speed"
     ),
     "categorical_focal_crossentropy": (
         "budget 16 -> 4 ULP from logits, -> 2 from probabilities, speed given for it (rule 7's "
@@ -144,7 +149,12 @@ _ROW_REDUCTIONS = (
     "terms and the ties' indicator were each written out for YNNPACK: one core, alternating "
     "with Keras, logsumexp 1.76 -> 1.23 and log_softmax 2.06 -> 1.71 at 2^22, categorical "
     "cross-entropy from logits 1.36 -> 1.11 at 2^20, 2^14 unchanged; two-core runs of "
-    "logsumexp at 2^20 spread 1.2-1.6 before and after"
+    "logsumexp at 2^20 spread 1.2-1.6 before and after. Since this run's commit the TwoSum's "
+    "guard is a NaN test (`is_finite` cost up to a tenth: log_softmax 1.45 -> 1.35 at 2^20, "
+    "one core), and where the gradient reads the terms below the maximum again (logsumexp, "
+    "sparse cross-entropy) they are written once (`written_once`), not formed again with "
+    "their TwoSum in the gradient's loop: logsumexp 1.97-2.00 -> 1.66-1.70 at 2^22 and "
+    "1.81-1.86 -> 1.72-1.74 at 2^24 (one core, alternating the code)"
 )
 _CROSS_ENTROPY = (
     "the loss is sum(z) log1p(s) - sum(z (x - max)) from the stable row reduction's pieces (see "
@@ -199,16 +209,21 @@ WHY: dict[tuple[str, str], str] = {
         "this run)"
     ),
     ("function", "softmax"): (
-        "Keras runs one fused TF kernel (Softmax) and ~4 for its gradient; the plain formula "
-        "(max, exp, sum, one division per row) compiled by XLA is itself 1.23-1.28x that "
-        "(single core, 2^20), and the stable one adds the TwoSum of x - max (1.37-1.51). Since "
-        "this run's commit the backward pass's sum(g y) is a float64 sum formed in one loop "
-        "(`float64_sum`; g y was written out for YNNPACK): this benchmark's softmax rows alone, "
-        "two runs each, alternating the code: 1.78 and 1.81 -> 1.49 and 1.50 in a plain "
-        "tf.function at 2^20, 1.22 and 1.23 -> 1.09 and 0.98 under XLA (the run before "
-        "measured 1.28 in a plain tf.function with the old code: the two cores' spread). Since "
-        "this run's commit the exponentials are summed and normalized in float64 for the 4-ULP "
-        "ceiling (11.8 ULP in float32; see Trades): one core at 2^20, 1.16 -> 1.27"
+        "Keras runs one fused TF kernel (Softmax) and ~4 for its gradient, and XLA's own code "
+        "for the plain formula (max, exp, sum, one division per row) is slower than that "
+        "kernel: forward alone, one core, 2^20, 1.42 against 0.98 ms. The stable one adds the "
+        "TwoSum of x - max and a float64 sum and normalization (the 3-ULP budget: see "
+        "Trades). Since this run's commit the corrected exponentials end in a division "
+        "(`written_once`), so XLA forms them in one loop that the sum, the value and the "
+        "gradient read, where it formed them again in each; and the TwoSum's guard is a NaN "
+        "test (`is_finite` cost more). One core at 2^20, alternating with Keras: 1.74 -> "
+        "1.47 in a plain tf.function (2^18 1.58 -> 1.35, 2^22 1.70 -> 1.52)"
+    ),
+    ("eager", "softmax"): (
+        "Keras runs one fused TF kernel (Softmax) and ~4 for its gradient; an eager stableops "
+        "call runs the forward and the backward pass as compiled calls of XLA's slower softmax "
+        "code (see the plain tf.function's reason). Since this run's commit (`written_once`): "
+        "one core, alternating with Keras, 1.12 -> 0.98 at 2^20, 1.23 -> 1.09 at 2^22"
     ),
     ("compiled", "binary_focal_crossentropy"): (
         "it builds on the stable binary cross-entropy (see above), and the product with the "
@@ -232,15 +247,21 @@ WHY: dict[tuple[str, str], str] = {
         "the TwoSum of x - max and three reductions per row where TF's kernel makes two. "
         "Single core at 2^20: 1.12 (1.78 when gathered from a log-probability row); 0.90-1.02 "
         "(against 1.19-1.24 in the same harness) since the row reduction writes one buffer of "
-        "exponentials, not two (peak memory under XLA 2.48 -> 1.01x Keras's)"
+        "exponentials, not two (peak memory under XLA 2.48 -> 1.01x Keras's). Since this "
+        "run's commit the terms below the maximum are written once for the sums and the "
+        "gradient (`written_once`; see `logsumexp`): one core at 2^20, alternating the code, "
+        "0.98-1.03 -> 0.85-0.86"
     ),
     ("compiled", "logsumexp"): _ROW_REDUCTIONS,
     ("compiled", "softmax"): (
-        "the stable row reduction (`_shifted_exponentials`) carries x - max as a TwoSum pair and "
-        "corrects "
-        "exp(z) by (1 + z_low): more arithmetic per element than TF's kernel over the same two "
-        "reductions (max, sum); since this run's commit the sum and the normalization are in "
-        "float64 for the 4-ULP ceiling (see Trades): one core at 2^20, 0.98 -> 1.10"
+        "the stable row reduction carries x - max as a TwoSum pair and corrects exp(z) by "
+        "(1 + z_low), and sums and normalizes in float64 (the 3-ULP budget: see Trades). Since "
+        "this run's commit the corrected exponentials end in a division (`written_once`): XLA "
+        "forms them in one loop and the sum, the value and the gradient read them, where each "
+        "of those loops formed them again from x (optimized HLO: five readers of x beside the "
+        "maximum's). One core, alternating with Keras: 1.58 -> 1.13 at 2^18, 1.63 -> 1.10 at "
+        "2^20, 1.61 -> 1.11 at 2^22. The misses left are at 2^14 (the common reason) and in "
+        "the two cores' spread"
     ),
     ("compiled", "log_softmax"): (
         _ROW_REDUCTIONS + ". The value is (x - m) - log1p(s) (z_low only in the sum), an empty "

@@ -1,4 +1,8 @@
-"""``_internal/compensated``: ``float32_split``, a float64 as its float32 rounding plus the rest.
+"""``_internal/compensated``: ``two_difference`` (a difference and its exact rounding error) and
+``float32_split``, a float64 as its float32 rounding plus the rest.
+
+``two_difference``'s error term must make the difference exact for finite operands, and be 0
+(never NaN) wherever the difference is not finite or an intermediate overflows.
 
 ``high`` must be a float32 number (its cast to float32 exact), ``high + low`` must be the input
 exactly, and ``low`` at most half an ULP of float32 at ``high``: in every regime, and on XLA
@@ -11,7 +15,32 @@ from __future__ import annotations
 import mpmath
 import numpy as np
 
-from stableops._internal.compensated import float32_split
+from stableops._internal.compensated import float32_split, two_difference
+
+
+def test_two_difference_is_exact_and_its_error_is_never_nan(regime):
+    rng = np.random.default_rng(4)
+    # float32 pairs of both signs over most of the normal range, close pairs (the difference
+    # exact: error 0), and pairs whose difference or its intermediates are not finite.
+    a = rng.choice([-1.0, 1.0], 3000) * np.exp2(rng.uniform(-60.0, 60.0, 3000))
+    b = rng.choice([-1.0, 1.0], 3000) * np.exp2(rng.uniform(-60.0, 60.0, 3000))
+    b[:500] = a[:500] * (1.0 + rng.uniform(-0.4, 0.4, 500))
+    biggest = float(np.finfo(np.float32).max)
+    edges = np.array([[np.inf, 1.0], [1.0, np.inf], [-np.inf, -np.inf], [np.inf, np.inf],
+                      [np.nan, 1.0], [1.0, np.nan], [biggest, -biggest], [-biggest, biggest],
+                      [biggest, -biggest / 2**24]])
+    a = np.concatenate([a, edges[:, 0]]).astype(np.float32)
+    b = np.concatenate([b, edges[:, 1]]).astype(np.float32)
+    d, err = (np.asarray(part, np.float64) for part in regime.run(two_difference, a, b))
+    finite = np.isfinite(d)
+    assert finite[:3000].all()
+    for x, y, high, low in zip(a[:3000], b[:3000], d[:3000], err[:3000]):
+        assert mpmath.mpf(high) + mpmath.mpf(low) == mpmath.mpf(float(x)) - mpmath.mpf(float(y))
+    assert (err[:500] == 0.0).all()  # Sterbenz: a difference within a factor 2 is exact
+    # The edges: the infinity or NaN is the difference's, the error 0 (a NaN error would
+    # reach every product it corrects, exp(z) (1 + z_low) with exp(-inf) = 0 among them).
+    assert np.isnan(d[3000:]).sum() == 4 and np.isinf(d[3000:]).sum() == 5
+    np.testing.assert_array_equal(err[3000:], 0.0)
 
 
 def _inputs():

@@ -266,6 +266,19 @@ def test_the_row_reduction_writes_no_buffer_for_its_sums():
 
 
 @measured_xla_only
+def test_softmax_forms_its_exponentials_in_one_loop():
+    # The corrected exponentials exp(z)(1 + z_low) end in written_once's division, so XLA
+    # forms them (the exp and the TwoSum of x - max) in one loop, and the row sum, the value
+    # and the gradient read them. Ending in a multiplication, they were formed again from x
+    # in each of those loops: x had five readers besides the maximum's (one core, 2^20,
+    # forward and backward: 1.63 -> 1.10x Keras's time).
+    entry = optimized_hlo(_value_and_gradient(ops.softmax), _normal())
+    (x,) = re.findall(r"%(\S+) = f32\[512,128\]\S* parameter\(0\)", entry)
+    readers = re.findall(rf"fusion\([^)]*%{re.escape(x)}[,)]", entry)
+    assert len(readers) == 2, readers  # the maximum's and the exponentials'
+
+
+@measured_xla_only
 def test_narrow_rows_are_read_by_the_row_sum_and_the_gradient_alone():
     # Sparse cross-entropy from logits over 4 classes: the exponentials (the one array of
     # that shape written besides the gradient) feed the row sum and the gradient. Folded
@@ -276,7 +289,9 @@ def test_narrow_rows_are_read_by_the_row_sum_and_the_gradient_alone():
     logits = tf.constant(rng.normal(size=(512, 4)).astype(np.float32))
     crossentropy = functools.partial(losses.sparse_categorical_crossentropy, from_logits=True)
     entry = optimized_hlo(_value_and_gradient(crossentropy), labels, logits)
-    (exponentials,) = re.findall(r"%(\S*exponential\S*) = f32\[512,4\][^=]* fusion\(", entry)
+    (exponentials,) = re.findall(
+        r"%(\S+) = f32\[512,4\][^=]* fusion\([^\n]*op_name=\"written_once\"", entry
+    )
     readers = re.findall(rf"fusion\([^)]*%{re.escape(exponentials)}[,)]", entry)
     assert len(readers) == 2
 

