@@ -392,7 +392,9 @@ WHY: dict[tuple[str, str], str] = {
         "and sums in float32. One core, one process, alternating, against the float32 row sum "
         "before: 0.96-1.04x at 2^14-2^24 (1.27-1.33x with a plain float64 reduce_sum, which "
         "writes the terms out; 1.69x with s as a quotient, which XLA writes out as a pass of "
-        "its own). The miss left is at 2^14, inside the spread"
+        "its own). Since this run's commit the ratio t/p is t times the reciprocal of p: as a "
+        "quotient read by the log and by its rounding's correction, XLA wrote it out as a "
+        "full-size array (one core at 2^20, alternating with Keras, 1.36-1.42 -> 1.23)"
     ),
     **{
         (target, "categorical_focal_crossentropy"): (
@@ -400,7 +402,9 @@ WHY: dict[tuple[str, str], str] = {
             "gradient, and since this run's commit they and the loss are formed in float64 for "
             "the 4-ULP ceiling (15.2 and 11.6 ULP in float32; see Trades): one core at 2^20, "
             "against Keras, from probabilities 0.97 -> 1.08 under XLA and 0.42 -> 0.48 in a "
-            "plain tf.function"
+            "plain tf.function. Since this run's commit the gradient's row sum is a float64 "
+            "sum (one loop; the float32 sum's terms were written out for YNNPACK): one core "
+            "under XLA, 2^14 1.22 -> 1.09"
         )
         for target in ("compiled", "function", "memory")
     },

@@ -325,7 +325,9 @@ def _log_and_complement_of_floored(p, axis):
             to_log, to_complement, q_narrow, inverse_narrow = (
                 tf.cast(v, narrow.dtype) for v in (to_log, to_complement, q, inverse)
             )
-            row = tf.reduce_sum(to_complement * q_narrow - to_log, axis=axis, keepdims=True)
+            # float64_sum: formed and summed in one loop (a float32 sum of the computed
+            # terms was written out for YNNPACK under XLA).
+            row = float64_sum(to_complement * q_narrow - to_log, axis, keepdims=True)
             return to_log / narrow + (row - to_complement) * inverse_narrow
 
         return (log_q, complement), grad

@@ -109,14 +109,19 @@ def _kl_row_sums(target, prediction):
     # xlogy semantics: a zero target contributes 0 with a zero gradient; its terms see 1
     # in place of the target (finite there).
     safe_target = tf.where(positive, target, tf.ones_like(target))
-    ratio = safe_target / prediction  # at most 1/tiny: finite
+    # At most 1/tiny: finite. t times the reciprocal of p (two roundings, which the
+    # correction below takes in as it takes one): the reciprocal has one user, so XLA
+    # forms the ratio in the sum's loop, where the quotient t/p, read by the log and the
+    # correction, was written out as a full-size array (one core, 2^20, against Keras
+    # under XLA: 1.36-1.42 -> 1.23x).
+    ratio = safe_target * tf.math.reciprocal(prediction)
     log_ratio = tf.math.log(ratio)
     near = tf.logical_and(
         safe_target >= _NEAR_LOW * prediction, safe_target <= _NEAR_HIGH * prediction
     )
     wide = tf.float64  # where the terms are summed (see above)
     wide_target, wide_prediction = tf.cast(safe_target, wide), tf.cast(prediction, wide)
-    # Elsewhere t log(t/p) with the rounding of the ratio r = fl(t/p) corrected:
+    # Elsewhere t log(t/p) with the rounding of the ratio r ~ t/p corrected:
     # log(t/p) = log(r) + log(t / (r p)) and t (t - r p) / (r p) = t - r p to first
     # order, exact in float64 (r p has 48 bits). The rounding of r cost up to 2^-24 of
     # log(t/p) >= log 2 in each term, one more ULP than XLA's log (1 ULP).
@@ -132,9 +137,9 @@ def _kl_row_sums(target, prediction):
 
     def grad(upstream):
         upstream = upstream[..., None]
-        # -t/p from a reciprocal of its own: the value's quotient keeps one user (see
-        # docs/design.md, "Tricks"; with a plain float64 sum 1.28 -> 1.22x the time).
-        slope = -upstream * safe_target * tf.math.reciprocal(prediction)
+        # -t/p as a quotient of its own, which XLA does not merge with the value's
+        # reciprocal (shared, that would be written out; see docs/design.md, "Tricks").
+        slope = -upstream * safe_target / prediction
         return (
             tf.where(positive, upstream * (log_ratio + 1.0), tf.zeros_like(target)),
             tf.where(positive, slope, 0.0 * upstream * prediction),  # NaN at a NaN prediction
