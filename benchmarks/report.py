@@ -152,9 +152,10 @@ _ROW_REDUCTIONS = (
     "logsumexp at 2^20 spread 1.2-1.6 before and after. Since this run's commit the TwoSum's "
     "guard is a NaN test (`is_finite` cost up to a tenth: log_softmax 1.45 -> 1.35 at 2^20, "
     "one core), and where the gradient reads the terms below the maximum again (logsumexp, "
-    "sparse cross-entropy) they are written once (`written_once`), not formed again with "
-    "their TwoSum in the gradient's loop: logsumexp 1.97-2.00 -> 1.66-1.70 at 2^22 and "
-    "1.81-1.86 -> 1.72-1.74 at 2^24 (one core, alternating the code)"
+    "sparse cross-entropy) they are written once (`written_once`), with -1 at the maxima, "
+    "and the sums and the gradient read that array alone, where the gradient formed them "
+    "again with their TwoSum and the count and the gradient compared x with the maximum: "
+    "logsumexp 1.52-1.56 -> 1.33-1.38 at 2^20 (one core, alternating the code)"
 )
 _CROSS_ENTROPY = (
     "the loss is sum(z) log1p(s) - sum(z (x - max)) from the stable row reduction's pieces (see "
@@ -250,7 +251,7 @@ WHY: dict[tuple[str, str], str] = {
         "exponentials, not two (peak memory under XLA 2.48 -> 1.01x Keras's). Since this "
         "run's commit the terms below the maximum are written once for the sums and the "
         "gradient (`written_once`; see `logsumexp`): one core at 2^20, alternating the code, "
-        "0.98-1.03 -> 0.85-0.86"
+        "0.98-1.03 -> 0.80-0.82"
     ),
     ("compiled", "logsumexp"): _ROW_REDUCTIONS,
     ("compiled", "softmax"): (

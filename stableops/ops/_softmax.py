@@ -76,10 +76,13 @@ def _shifted_exponentials(x, axis, read_again=False):
     logit dominates (``logsumexp([0, -30]) = 9.4e-14``, not 0).
     NaN anywhere in a row makes ``total`` (and ``s``) NaN for that row.
     ``read_again``: the caller's gradient reads ``p`` too (``logsumexp``, sparse
-    cross-entropy from logits), so the terms are written once (``written_once``) and
-    not formed again, with their TwoSum, in the gradient's loop (under XLA, one core,
-    2^20: sparse 1.00 -> 0.86x Keras's time, ``logsumexp`` 1.52 -> 1.47x; where only
-    the sums read them it was slower: ``log_softmax`` 1.32 -> 1.41x).
+    cross-entropy from logits), so the terms are written once (``written_once``), the
+    maxima as -1: the two sums and the gradient read that array alone (``p`` is its
+    absolute value), and only it and the maximum read ``x``. Formed again, with their
+    TwoSum, in the gradient's loop, and the maxima found again from ``x`` in the count's
+    and the gradient's, they took longer (under XLA, one core, 2^20, against Keras:
+    sparse 0.98-1.03 -> 0.80-0.82x, ``logsumexp`` 1.52-1.56 -> 1.33-1.38x). Where only the
+    sums read the terms, writing them was slower (``log_softmax`` 1.32 -> 1.41x).
     """
     m, is_max, z, z_low = max_shift(x, axis)
     p = tf.exp(z) * (1.0 + z_low)
@@ -90,10 +93,13 @@ def _shifted_exponentials(x, axis, read_again=False):
     # float64 (``float64_sum``): over the last axis XLA forms and sums them in
     # one loop, where the terms and the count's indicator were each written
     # out for YNNPACK (time and peak memory; see there).
-    maxima = tf.cast(is_max, x.dtype)
-    below = tf.where(is_max, tf.zeros_like(x), p)
     if read_again:
-        below = written_once(below, m)
+        terms = written_once(tf.where(is_max, -tf.ones_like(x), p), m)
+        maxima = tf.cast(terms < 0.0, x.dtype)  # NaN is no maximum: its row sums are NaN
+        below = tf.where(terms < 0.0, tf.zeros_like(x), terms)
+    else:
+        maxima = tf.cast(is_max, x.dtype)
+        below = tf.where(is_max, tf.zeros_like(x), p)
     s_wide = float64_sum(below, axis, keepdims=True, rounded=False) + (
         float64_sum(maxima, axis, keepdims=True, rounded=False) - 1.0
     )
