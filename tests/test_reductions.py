@@ -274,7 +274,7 @@ def test_exponentials_are_formed_in_one_loop(name):
     # in each of those loops: softmax's x had five readers besides the maximum's (one core,
     # 2^20, forward and backward: 1.63 -> 1.10x Keras's time). logsumexp's array holds -1 at
     # the maxima, so its count of maxima and its gradient need not compare x with the
-    # maximum again (1.52-1.56 -> 1.33-1.38x).
+    # maximum again (1.45-1.56 -> 1.33-1.41x).
     entry = optimized_hlo(_value_and_gradient(getattr(ops, name)), _normal())
     (x,) = re.findall(r"%(\S+) = f32\[512,128\]\S* parameter\(0\)", entry)
     readers = re.findall(rf"fusion\([^)]*%{re.escape(x)}[,)]", entry)

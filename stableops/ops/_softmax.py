@@ -81,8 +81,10 @@ def _shifted_exponentials(x, axis, read_again=False):
     absolute value), and only it and the maximum read ``x``. Formed again, with their
     TwoSum, in the gradient's loop, and the maxima found again from ``x`` in the count's
     and the gradient's, they took longer (under XLA, one core, 2^20, against Keras:
-    sparse 0.98-1.03 -> 0.80-0.82x, ``logsumexp`` 1.52-1.56 -> 1.33-1.38x). Where only the
-    sums read the terms, writing them was slower (``log_softmax`` 1.32 -> 1.41x).
+    sparse 0.98-1.03 -> 0.80-0.82x, ``logsumexp`` 1.45-1.55 -> 1.37-1.41x; at 2^22 and 2^24,
+    where the memory traffic dominates, ``logsumexp`` measured 1.63-1.64 -> 1.59-1.77x and
+    1.64 -> 1.70-1.73x). Where only the sums read the terms, writing them was slower
+    (``log_softmax`` 1.32 -> 1.41x).
     """
     m, is_max, z, z_low = max_shift(x, axis)
     p = tf.exp(z) * (1.0 + z_low)
