@@ -61,7 +61,7 @@ TRADES: dict[str, str] = {
         "Tried: a float64 sum of the float32 products with a float32 normalization, 4.3 ULP at "
         "rows of 1024, 1.10 and 1.20. Since this run's commit each corrected exponential is "
         "rounded to float32 once more before the float64 sum (`written_once`: formed in one "
-        "loop that the others read), 2.1 -> 2.4 ULP against a longdouble reference (1.5 -> "
+        "loop that the others read), 2.1 -> 2.4 ULP against mpmath at worst (1.5 -> "
         "1.6 in this benchmark's sample; the budget stays 3): one core at 2^20, under XLA "
         "1.63 -> 1.10, plain tf.function 1.74 -> 1.47. With the correction as a division by "
         "1 - z_low instead (no division by 1): 3.0 ULP, the same speed"

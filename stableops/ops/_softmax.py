@@ -81,7 +81,7 @@ def _shifted_exponentials(x, axis, read_again=False):
     absolute value), and only it and the maximum read ``x``. Formed again, with their
     TwoSum, in the gradient's loop, and the maxima found again from ``x`` in the count's
     and the gradient's, they took longer (under XLA, one core, 2^20, against Keras:
-    sparse 0.98-1.03 -> 0.80-0.82x, ``logsumexp`` 1.45-1.55 -> 1.37-1.41x; at 2^22 and 2^24,
+    sparse 0.98-1.03 -> 0.80-0.82x, ``logsumexp`` 1.45-1.56 -> 1.33-1.41x; at 2^22 and 2^24,
     where the memory traffic dominates, ``logsumexp`` measured 1.63-1.64 -> 1.59-1.77x and
     1.64 -> 1.70-1.73x). Where only the sums read the terms, writing them was slower
     (``log_softmax`` 1.32 -> 1.41x).
@@ -160,14 +160,15 @@ def _split_sum_of_fractions(p, axis):
 
 
 def _softmax_value(x, axis):
-    """``p / sum(p)`` with ``p = exp(x - m) = exp(z) (1 + z_low)``, rounded once after ``exp``.
+    """``p / sum(p)`` with ``p = exp(x - m) = exp(z) (1 + z_low)``.
 
     float32: ``p`` is rounded to float32 once (``written_once``: formed in one loop
     that the sum, the output and the gradient read), then summed (``float64_sum``: one
     loop) and normalized in float64, so the result carries ``exp``'s error and two
-    roundings (2.4 ULP against a longdouble reference on 28,000 rows of 64; 2.1 with ``p``
-    in float64, formed again in each loop: 1.63 -> 1.10x Keras's time under XLA, one
-    core, 2^20; a float32 row sum had 11.8 on rows of 64). float64: with the sum
+    roundings (2.4 ULP against mpmath at worst in 28,000 rows of 64, random and built to
+    round ``x - m``; 2.1 with ``p`` in float64, formed again in each loop: 1.63 -> 1.10x
+    Keras's time under XLA, one core, 2^20; a float32 row sum had 11.8 on rows of 64).
+    float64: with the sum
     as ``total + total_low`` (:func:`_split_sum_of_fractions`, then Fast2Sum),
     ``exp(z) / total`` is corrected by ``1 + z_low - total_low / total`` to first
     order (the rest is below 2^-100): one division and one addition after ``exp``,
