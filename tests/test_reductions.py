@@ -32,6 +32,7 @@ from stableops._internal.reductions import (
     mean_over,
     per_sample_sum,
     sum_over,
+    written_once,
 )
 from tests._helpers import full_size_arrays, measured_xla_only, optimized_hlo
 
@@ -263,6 +264,19 @@ def test_the_row_reduction_writes_no_buffer_for_its_sums():
     # sums XLA wrote both summed expressions out for YNNPACK (the terms below the
     # maximum are the exponentials): three.
     assert full_size_arrays(_value_and_gradient(ops.logsumexp), _normal()) == 2
+
+
+def test_written_once_is_the_value_itself(regime):
+    # A division by a per-row 1: every value comes back bit for bit (zeros, infinities and
+    # NaN included; TF flushes subnormals) where the row's value is a number; a row whose
+    # value is NaN is NaN or infinite (its values over 0), never a number.
+    values = np.array([[0.0, -0.0, 1.5e-38, 3.0, -INF, NAN], [2.5, INF, 0.5, -1.0, 7.0, 1.0],
+                       [1.0, 0.0, 2.0, 3.0, 4.0, 5.0]], np.float32)
+    row_values = np.array([[1.0], [-INF], [NAN]], np.float32)
+    out = regime.run(written_once, values, row_values)
+    np.testing.assert_array_equal(out[:2].view(np.uint32)[:, :5], values[:2].view(np.uint32)[:, :5])
+    assert np.isnan(out[0, 5]) and out[1, 5] == 1.0
+    assert not np.isfinite(out[2]).any()
 
 
 @measured_xla_only
