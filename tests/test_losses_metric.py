@@ -291,6 +291,38 @@ def test_nt_xent_gradient_where_the_positive_is_the_most_similar_row(regime):
     assert errors.max() <= 4, (errors.max(), gradient, want)
 
 
+def test_nt_xent_backward_pass_in_a_plain_tf_function_does_not_run_the_loss_again():
+    # The loss is row-local in its logits: its forward call returns the loss and its
+    # gradient for the logits, and the backward pass is a product with the upstream and
+    # the logits' own backward call (one matmul's gradient), not the whole loss again.
+    @tf.function
+    def value_and_grad(x):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            loss = tf.reduce_mean(S.nt_xent(None, x, temperature=0.1))
+        return loss, tape.gradient(loss, x)
+
+    graph = value_and_grad.get_concrete_function(tf.TensorSpec([None, 4])).graph
+    calls = {
+        op.node_def.attr["f"].func.name.rsplit("_", 1)[0]: len(op.outputs)
+        for op in graph.get_operations()
+        if op.type in ("PartitionedCall", "StatefulPartitionedCall")
+        and op.get_attr("_XlaMustCompile")
+    }
+    assert calls == {
+        "__inference__nt_xent_logits_forward": 1,
+        "__inference__nt_xent_logits_backward": 1,
+        "__inference__nt_xent_rows_forward": 2,  # the loss and its local gradient
+    }, calls
+    x = np.random.default_rng(3).normal(size=(6, 4)).astype(np.float32)
+    loss, gradient = value_and_grad(x)
+    want_loss, (want_gradient,) = Regime("xla").value_and_grad(  # the kernels inlined
+        lambda e: tf.reduce_mean(S.nt_xent(None, e, temperature=0.1)), x
+    )
+    np.testing.assert_allclose(float(loss), float(want_loss), rtol=1e-6)
+    np.testing.assert_allclose(gradient.numpy(), want_gradient, rtol=1e-5, atol=1e-7)
+
+
 # ----------------------------------------------------------------------------
 # The motivating failures
 # ----------------------------------------------------------------------------
