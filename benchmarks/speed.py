@@ -2,9 +2,9 @@
 
 What is timed is one call of ``forward_backward(fn)``: the loss (reduced to a
 scalar, Keras's default ``sum_over_batch_size``) or op, and its gradient with
-respect to the predictions (logits, or the op's input; for an op, the
-gradient of the sum of its outputs). Both value and gradient are returned, so
-no compiler can drop either. Three modes:
+respect to the predictions (logits, or the op's input; for an op, for a fixed
+random cotangent, as a training step's upstream gradient: see ``timed_inputs``).
+Both value and gradient are returned, so no compiler can drop either. Three modes:
 
 * ``eager``: called eagerly under a ``GradientTape`` (Keras runs op by op;
   stableops runs its XLA kernel, see ``stableops/_internal/kernel.py``);
@@ -45,21 +45,47 @@ METHOD = (
 )
 
 
-def forward_backward(fn: Callable, wrt: int) -> Callable:
+def forward_backward(fn: Callable, wrt: int, cotangent: bool = False) -> Callable:
     """``fb(*inputs) -> (value, gradient of value w.r.t. inputs[wrt])``.
 
-    A non-scalar value (an op's output) is differentiated with an all-ones
-    cotangent, i.e. the gradient of the sum of its elements.
+    Without ``cotangent`` a non-scalar value is differentiated with an all-ones
+    cotangent (the gradient of the sum of its elements); with it, the last input is
+    the value's cotangent (see :func:`timed_inputs`).
     """
     import tensorflow as tf
 
     def fb(*inputs):
+        upstream = None
+        if cotangent:
+            *inputs, upstream = inputs
         with tf.GradientTape() as tape:
             tape.watch(inputs[wrt])
             value = fn(*inputs)
-        return value, tape.gradient(value, inputs[wrt])
+        return value, tape.gradient(value, inputs[wrt], output_gradients=upstream)
 
     return fb
+
+
+def timed_inputs(case: Case, size: int, dtype, rng) -> list:
+    """The tensors a timed call takes: the case's inputs and, for an op, its cotangent.
+
+    An op's gradient is taken for a fixed random cotangent (normal, the output's shape and
+    dtype), passed in as the last input, as a training step's upstream gradient is. With an
+    all-ones cotangent TF's graph optimizer folds Keras's multiplications by it (constant
+    folding, which knows that ``ones_like(y)`` has ``y``'s shape), which no training step
+    allows: softmax in a plain tf.function, one core, 2^20, Keras's forward and backward
+    take 1.70 ms with ones and 2.14 ms with a random cotangent (2.16 with ones and constant
+    folding off); stableops's 2.49 and 2.31 ms (its compiled call cannot be folded, and
+    the ones are a full-size array to write).
+    """
+    import tensorflow as tf
+
+    inputs = [tf.convert_to_tensor(a) for a in case.make_inputs(size, np.dtype(dtype), rng)]
+    if case.kind == "op":
+        value = case.impl(BASELINE).build(False)(*inputs)
+        upstream = rng.normal(0.0, 1.0, tuple(value.shape)).astype(value.dtype.as_numpy_dtype)
+        inputs.append(tf.convert_to_tensor(upstream))
+    return inputs
 
 
 def in_mode(fb: Callable, mode: str, example_inputs=None) -> Callable:
@@ -94,7 +120,8 @@ def contestant(case: Case, impl, mode: str, inputs) -> Callable:
     """
     key = (case.name, impl.name, mode, _dtypes_key(inputs))
     if key not in _CONTESTANTS:
-        _CONTESTANTS[key] = in_mode(forward_backward(impl.build(False), case.wrt), mode, inputs)
+        fb = forward_backward(impl.build(False), case.wrt, cotangent=case.kind == "op")
+        _CONTESTANTS[key] = in_mode(fb, mode, inputs)
     return _CONTESTANTS[key]
 
 
@@ -128,7 +155,8 @@ def _time_calls(fn: Callable, inputs, calls: int) -> tuple[float, float]:
     return elapsed / calls, cpu / calls
 
 
-def _nbytes(structure) -> int:
+def tensor_bytes(structure) -> int:
+    """The bytes of the tensors in ``structure``."""
     import tensorflow as tf
 
     return int(
@@ -154,7 +182,7 @@ def time_interleaved(contestants: dict, inputs, *, rounds: int, min_sample_s: fl
         start = time.perf_counter()
         out = fn(*inputs)  # compiles / traces
         first_call[key] = time.perf_counter() - start
-        out_bytes[key] = _nbytes(out)
+        out_bytes[key] = tensor_bytes(out)
         del out
         if key[1] == "eager" and key[0] != "stableops" and first_call[key] > max(min_sample_s, 0.5):
             # Keras and tf.nn compile nothing eagerly (stableops's eager kernels do): a slow first
@@ -218,7 +246,6 @@ def run_speed(cases, availability, config, log=print) -> dict:
     growing at a capped batch) is not measured again: it would be the same
     workload, and its ratio one more draw of the same noise.
     """
-    import tensorflow as tf
 
     timings, ratios = [], []
     for case in cases:
@@ -229,10 +256,7 @@ def run_speed(cases, availability, config, log=print) -> dict:
             sizes = config.sizes if dtype == "float32" else config.half_sizes
             measured_shapes = {}
             for size in sizes:
-                rng = np.random.default_rng(size)
-                inputs = [
-                    tf.convert_to_tensor(a) for a in case.make_inputs(size, np.dtype(dtype), rng)
-                ]
+                inputs = timed_inputs(case, size, dtype, np.random.default_rng(size))
                 same_as = measured_shapes.setdefault(_shape_key(inputs), size)
                 if same_as != size:
                     log(
@@ -248,9 +272,9 @@ def run_speed(cases, availability, config, log=print) -> dict:
                     case.elementwise and dtype == "float32" and size >= config.limits_min_size
                 )
                 if with_copy:
-                    # inputs read, gradient written, and (an op's) output written; a loss's value is
-                    # a scalar
-                    traffic = _nbytes(inputs) + _nbytes(inputs[case.wrt]) * (
+                    # inputs read (an op's cotangent too), gradient written, and (an op's) output
+                    # written; a loss's value is a scalar
+                    traffic = tensor_bytes(inputs) + tensor_bytes(inputs[case.wrt]) * (
                         2 if case.kind == "op" else 1
                     )
                     contestants[COPY] = _copy_reference(traffic)
@@ -282,7 +306,7 @@ def run_speed(cases, availability, config, log=print) -> dict:
                             "first_call_seconds": float(first[(impl_name, mode)]),
                             # compulsory traffic: read every input once, write value and gradient
                             # once
-                            "bytes": _nbytes(inputs) + out_bytes[(impl_name, mode)]
+                            "bytes": tensor_bytes(inputs) + out_bytes[(impl_name, mode)]
                             if (impl_name, mode) != COPY
                             else 2 * (traffic // 8) * 4,
                         }

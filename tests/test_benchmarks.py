@@ -346,6 +346,32 @@ def test_a_size_with_the_same_inputs_as_a_smaller_one_is_not_measured_again():
     assert sum("the inputs of 2^8: not measured again" in line for line in lines) == 2
 
 
+def test_an_op_is_timed_with_a_random_cotangent_and_a_loss_without_one():
+    # With all ones, TF's graph optimizer folds Keras's multiplications by the cotangent
+    # (see speed.timed_inputs): an op's upstream gradient is a random input instead.
+    rng = np.random.default_rng(0)
+    for name, upstream_shape in (("leaky_relu", None), ("logsumexp", "rows")):
+        case = bench_cases.CASES_BY_NAME[name]
+        *inputs, upstream = speed.timed_inputs(case, 2**10, "float32", rng)
+        x = inputs[case.wrt].numpy()
+        want_shape = x.shape if upstream_shape is None else x.shape[:-1]
+        assert upstream.shape == want_shape and upstream.dtype == x.dtype
+        assert np.unique(upstream.numpy()).size == upstream.numpy().size  # no constant
+        fb = speed.forward_backward(case.impl("keras").build(False), case.wrt, cotangent=True)
+        _, gradient = fb(*inputs, upstream)
+        u = upstream.numpy().astype(np.float64)
+        if name == "leaky_relu":
+            want = u * np.where(x > 0, 1.0, 0.2)
+        else:  # d logsumexp = softmax, times the row's upstream
+            e = np.exp(x - x.max(axis=-1, keepdims=True))
+            want = u[:, None] * e / e.sum(axis=-1, keepdims=True)
+        np.testing.assert_allclose(gradient.numpy(), want, rtol=1e-5, atol=1e-7)
+    loss = bench_cases.CASES_BY_NAME["huber"]
+    assert len(speed.timed_inputs(loss, 2**10, "float32", rng)) == len(
+        loss.make_inputs(2**10, np.dtype("float32"), rng)
+    )
+
+
 def _quantiles(median, q25=None):
     return {"median": median, "q25": median if q25 is None else q25, "q75": median}
 
