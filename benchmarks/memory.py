@@ -34,7 +34,7 @@ import gc
 import numpy as np
 
 from benchmarks.cases import available_impls
-from benchmarks.speed import contestant, tensor_bytes, timed_inputs, warm_up
+from benchmarks.speed import contestant, warm_up
 
 MODES = ("eager", "function", "xla")
 METHODS = {
@@ -111,6 +111,7 @@ def peak_extra_bytes(fn, inputs, method: str) -> int:
 
 
 def run_memory(cases, availability, config, log=print) -> dict:
+    import tensorflow as tf
 
     method = peak_method()
     if method is None:
@@ -121,8 +122,10 @@ def run_memory(cases, availability, config, log=print) -> dict:
         impls = available_impls(case, availability)
         if not impls:
             continue
-        inputs = timed_inputs(case, size, "float32", np.random.default_rng(7))
-        input_bytes = tensor_bytes(inputs)
+        # An op's gradient is the gradient of its sum (see speed.timed_inputs).
+        arrays = case.make_inputs(size, np.dtype("float32"), np.random.default_rng(7))
+        inputs = [tf.convert_to_tensor(a) for a in arrays]
+        input_bytes = int(sum(a.nbytes for a in arrays))
         gc.collect()
         for impl in impls:
             for mode in MODES:

@@ -76,7 +76,9 @@ def timed_inputs(case: Case, size: int, dtype, rng) -> list:
     allows: softmax in a plain tf.function, one core, 2^20, Keras's forward and backward
     take 1.70 ms with ones and 2.14 ms with a random cotangent (2.16 with ones and constant
     folding off); stableops's 2.49 and 2.31 ms (its compiled call cannot be folded, and
-    the ones are a full-size array to write).
+    the ones are a full-size array to write). The memory section keeps the ones made inside
+    the call: a fresh upstream buffer that nothing else reads, which a gradient kernel may
+    write its result into, as a training step's.
     """
     import tensorflow as tf
 
@@ -112,15 +114,16 @@ def _dtypes_key(inputs) -> tuple:
     return tuple((t.dtype.name, len(t.shape)) for t in inputs)
 
 
-def contestant(case: Case, impl, mode: str, inputs) -> Callable:
+def contestant(case: Case, impl, mode: str, inputs, cotangent: bool = False) -> Callable:
     """The forward + backward of ``impl`` in ``mode``; one per (case, impl, mode, dtypes) a run.
 
-    Reused across sizes and sections (``memory.py``): traced once, and a shape
-    compiled for the speed run is not compiled again.
+    Reused across sizes and sections: traced once, and a shape compiled is not
+    compiled again. ``cotangent``: the last input is the value's cotangent
+    (:func:`timed_inputs`).
     """
-    key = (case.name, impl.name, mode, _dtypes_key(inputs))
+    key = (case.name, impl.name, mode, _dtypes_key(inputs), cotangent)
     if key not in _CONTESTANTS:
-        fb = forward_backward(impl.build(False), case.wrt, cotangent=case.kind == "op")
+        fb = forward_backward(impl.build(False), case.wrt, cotangent=cotangent)
         _CONTESTANTS[key] = in_mode(fb, mode, inputs)
     return _CONTESTANTS[key]
 
@@ -265,7 +268,9 @@ def run_speed(cases, availability, config, log=print) -> dict:
                     )
                     continue
                 contestants = {
-                    (i.name, m): contestant(case, i, m, inputs) for i in impls for m in config.modes
+                    (i.name, m): contestant(case, i, m, inputs, cotangent=case.kind == "op")
+                    for i in impls
+                    for m in config.modes
                 }
                 _WARM.update((case.name, i, m, _shape_key(inputs)) for i, m in contestants)
                 with_copy = (
