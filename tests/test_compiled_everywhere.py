@@ -68,20 +68,18 @@ def test_a_plain_tf_function_step_calls_compiled_kernels_forward_and_backward():
         tf.TensorSpec([None, 6]), tf.TensorSpec([None], tf.int32)
     ).graph
     names = _function_names(graph)
-    # The loss is row-local: one compiled call returns the value and its gradient for a
-    # unit upstream (for the logits, as TF's fused kernel returns its backprop), none for
-    # the integer labels, and its backward pass is a multiplication, no compiled call.
-    # ELU's gradient comes from its input: the forward call returns the value alone and
-    # the backward pass is one compiled call on the input and the upstream gradient.
-    loss = "_sparse_categorical_crossentropy_kernel"
-    assert f"{loss}_forward_" in names and f"{loss}_backward_" not in names, names
+    # ELU (elementwise) and the loss are row-local: one compiled call each returns
+    # the value and its gradient for a unit upstream (ELU's slope; the loss's
+    # gradient for the logits, as TF's fused kernel returns its backprop), none for
+    # the integer labels; each backward pass is a multiplication, no compiled call.
+    for kernel in ("_elu_kernel", "_sparse_categorical_crossentropy_kernel"):
+        assert f"{kernel}_forward_" in names and f"{kernel}_backward_" not in names, names
     outputs = {
         op.node_def.attr["f"].func.name.rsplit("_", 1)[0]: len(op.outputs)
         for op in _xla_calls(graph)
     }
     assert outputs == {
-        "__inference__elu_kernel_forward": 1,
-        "__inference__elu_kernel_backward": 1,
+        "__inference__elu_kernel_forward": 2,
         "__inference__sparse_categorical_crossentropy_kernel_forward": 2,
     }, outputs
     # LeakyReLU is one TF kernel each way (LeakyRelu, LeakyReluGrad): nothing to fuse.

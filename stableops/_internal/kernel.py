@@ -27,8 +27,8 @@ pass, as one XLA computation instead:
     multiplication, as TF's fused cross-entropy kernels do;
   * *from the output* (``gradient_from_output``, softmax and log-softmax):
     a compiled call on the output and the upstream gradient;
-  * *from the input* (``gradient_from_input``, ``elu``; eagerly from 2^18
-    entries): a compiled call on the input and the upstream gradient, the forward
+  * eagerly, from 2^18 entries, *from the input* (``gradient_from_input``,
+    ``elu``): a compiled call on the input and the upstream gradient, the forward
     call returning the value alone;
 - an *elementwise* kernel of one input (``elementwise=True``) gets that input as
   one axis in a graph, reshaped before and after the compiled call (see
@@ -209,15 +209,14 @@ def xla_kernel(
 
     ``gradient_from_input(x, upstream, **kwargs)``, where given, is the gradient with
     respect to the first argument computed from that argument (elu: ``upstream`` times
-    ``exp(min(x, 0))``): for a float32/float64 first argument that is the only taped
-    input (eagerly, of 2^18 entries or more), the forward call returns the value alone
-    and the backward pass is one compiled call of it on the input, which the caller
-    holds anyway. A row-local kernel otherwise writes its local gradient beside the
-    value (a full-size stream more, alive until the backward pass): ``elu`` eagerly,
-    forward and backward, one core, against Keras: 2^20 1.37 -> 1.18-1.23x, 2^22 1.30 ->
-    0.86-0.88x (2^16 and 2^18 the same; below, the second compiled call's dispatch costs
-    more); in a plain ``tf.function``, two cores, with a random upstream gradient: 2^20
-    1.18-1.21 -> 1.05-1.07x, 2^22 1.15-1.25 -> 0.87-0.93x, 2^14 the same time.
+    ``exp(min(x, 0))``): eagerly, for a float32/float64 first argument of 2^18 entries or
+    more that is the only taped input, the forward call returns the value alone and the
+    backward pass is one compiled call of it on the input, which the caller holds anyway.
+    A row-local kernel otherwise writes its local gradient beside the value (a full-size
+    stream more, alive until the backward pass): ``elu`` eagerly, forward and backward,
+    one core, against Keras: 2^20 1.37 -> 1.18-1.23x, 2^22 1.30 -> 0.86-0.88x (2^16 and 2^18 the
+    same; below, the second compiled call's dispatch costs more). In a graph both took
+    the same time and memory (the input or the slope kept alive): the row-local path.
 
     ``row_local=True`` declares a kernel with one output in which each element
     of every floating input reaches exactly one output element: elementwise,
@@ -374,11 +373,7 @@ def xla_kernel(
         # 2^14 1.43 -> 1.70x, 2^18 1.37 -> 1.41x, 2^20 1.55-1.66 -> 1.20-1.45x) or than the
         # row-local path (elu).
         large = eager and one_float_input and (values[0].shape.num_elements() or 0) >= 2**18
-        # In a graph a kernel with its gradient from the input takes that path at any size:
-        # the input is the caller's (alive anyway), the forward call writes the value alone
-        # (elu, two cores, forward and backward against Keras: 2^20 1.18-1.21 -> 1.05-1.07x,
-        # 2^22 1.15-1.25 -> 0.87-0.93x; 2^14 the same time; the row-local path otherwise).
-        from_input = gradient_from_input is not None and one_float_input and (large or not eager)
+        from_input = large and gradient_from_input is not None
         recorded = _record_operation is not None and (
             local or (large and (from_output or from_input))
         )
@@ -397,41 +392,26 @@ def xla_kernel(
                 flat[position] = tensor
             return tuple(flat[: len(args)]), dict(zip(names, flat[len(args):]))
 
-        def value_alone(backward_role):
-            # From the output or the input (positions == (0,)): the compiled forward call
-            # returns the value alone, and the backward pass is one compiled call on the
-            # output or the input. Eagerly the forward call gets the untaped input and the
-            # backward call is recorded on the tape directly (as the row-local path below).
+        def recorded_value_alone(backward_role):
+            # Eagerly, from the output or the input (positions == (0,)): the compiled forward
+            # call on the untaped input, and on the tape (directly, as the row-local path
+            # below) one compiled backward call on the output or the input.
             x = values[0]
+            call_args, call_kwargs = with_inputs((tf.stop_gradient(x),))
             forward = compiled_function("forward", args, kwargs)
+            output = call_eagerly(forward, call_args, call_kwargs)
+            saved = output if backward_role == "backward_from_output" else x
             run_backward = compiled_function(backward_role, args, kwargs)
-            from_output = backward_role == "backward_from_output"
-            if eager:
-                call_args, call_kwargs = with_inputs((tf.stop_gradient(x),))
-                output = call_eagerly(forward, call_args, call_kwargs)
-                saved = output if from_output else x
-                _record_operation(
-                    fn.__name__,
-                    [output],
-                    [x],
-                    lambda upstream: [call_eagerly(run_backward, saved, upstream, call_kwargs)],
-                )
-                return output
+            _record_operation(
+                fn.__name__,
+                [output],
+                [x],
+                lambda upstream: [call_eagerly(run_backward, saved, upstream, call_kwargs)],
+            )
+            return output
 
-            @tf.custom_gradient
-            def call(x):
-                call_args, call_kwargs = with_inputs((x,))
-                output = forward(call_args, call_kwargs)
-
-                def grad(upstream):
-                    return run_backward(output if from_output else x, upstream, call_kwargs)
-
-                return output, grad
-
-            return call(x)
-
-        if from_output or from_input:
-            return value_alone("backward_from_output" if from_output else "backward_from_input")
+        if from_input:
+            return recorded_value_alone("backward_from_input")
 
         if local:
             run = compiled_function("forward_with_local_gradient", args, kwargs)
@@ -468,6 +448,23 @@ def xla_kernel(
                 return outputs, times_upstream(outputs, local_gradients)
 
             return call_row_local(*[values[p] for p in positions])
+
+        if from_output:
+            if eager:
+                return recorded_value_alone("backward_from_output")
+
+            @tf.custom_gradient
+            def call_from_output(x):
+                call_args, call_kwargs = with_inputs((x,))
+                output = compiled_function("forward", args, kwargs)(call_args, call_kwargs)
+
+                def grad(upstream):
+                    run_backward = compiled_function("backward_from_output", args, kwargs)
+                    return run_backward(output, upstream, call_kwargs)
+
+                return output, grad
+
+            return call_from_output(values[0])
 
         @tf.custom_gradient
         def call(*inputs):
