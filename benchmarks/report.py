@@ -336,7 +336,12 @@ WHY: dict[tuple[str, str], str] = {
         "against 0.80-0.81). With the benchmark's random cotangent (since this run's commit), "
         "one core, 2^20, unknown batch: 1.62 against 1.49 ms (1.09); with the all-ones one "
         "1.81 against 1.48 (a full-size array of ones written, then read by the product with "
-        "the slope; with a static batch dimension 1.54-1.58)"
+        "the slope; with a static batch dimension 1.54-1.58). Tried: the backward pass a "
+        "compiled call on the input in a graph too (the forward call writing the value alone): "
+        "two cores, 2^20 1.18-1.21 -> 1.05-1.07, 2^22 1.15-1.25 -> 0.87-0.93, but the CNN's "
+        "model.fit peak memory rose from 16-19 to 18-24 MiB (Keras 13-15): that call writes a "
+        "buffer of its own while the upstream gradient is alive, where the row-local product "
+        "is written into the upstream's buffer. Not kept"
     ),
     ("function", "nt_xent"): (
         "Keras runs l2_normalize, one matmul and the fused SparseSoftmaxCrossEntropyWithLogits "
