@@ -520,7 +520,12 @@ WHY: dict[tuple[str, str], str] = {
         "alternating with Keras in one process (15 rounds of 20 steps): 1.13 -> 1.05 on one "
         "core, 1.20 -> 1.12 on two. model.fit on one core times whole scheduler ticks (15.6 "
         "ms steps) and cannot separate them; two-core runs of unchanged code have spread "
-        "from 0.99 to 1.54"
+        "from 0.99 to 1.54. The mixed_float16 CNN under XLA (1.26 in this run, 0.93 in the run "
+        "at a5d1e41): in back-to-back processes of this harness (9 rounds) stableops's step "
+        "took 29.0 ms with a5d1e41's code and 27.9-28.5 ms with this run's, Keras's 31.6 and "
+        "21.6-23.2 ms (ratios 1.00 against 1.23-1.29): Keras's own step moves, not "
+        "stableops's. With the default compile that model's steps took 512-544 ms on both "
+        "sides in this run (31-64 ms at a5d1e41)"
     ),
     ("memory", "cnn"): (
         "ELU's slope, not the loss: ELU keeps exp(x) (5.3 MiB at [128, 26, 26, 16]) between the "
