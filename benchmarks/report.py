@@ -527,6 +527,15 @@ WHY: dict[tuple[str, str], str] = {
         "stableops's. With the default compile that model's steps took 512-544 ms on both "
         "sides in this run (31-64 ms at a5d1e41)"
     ),
+    ("compile_overhead", "cnn"): (
+        "not compilation: in this run the mixed_float16 CNN's steps with the default compile "
+        "took 512 or 1024 ms on both sides (a stall of whole half-seconds, where the run at "
+        "a5d1e41 took 31-64 ms), and stableops's first fit took 41.8 s against Keras's 22.3 s "
+        "(each 40 such steps); rerun alone, 20.8 against 21.1 s. The float32 CNN's overhead "
+        "was 0.54 s "
+        "more than Keras's with the default compile and 1.64 s with jit_compile=True; under "
+        "mixed_float16 with jit_compile=True, -0.31 s"
+    ),
     ("memory", "cnn"): (
         "ELU's slope, not the loss: ELU keeps exp(x) (5.3 MiB at [128, 26, 26, 16]) between the "
         "passes (see elu under Memory), where Keras's EluGrad takes the slope from the output, "
