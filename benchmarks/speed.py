@@ -249,7 +249,6 @@ def run_speed(cases, availability, config, log=print) -> dict:
     growing at a capped batch) is not measured again: it would be the same
     workload, and its ratio one more draw of the same noise.
     """
-
     timings, ratios = [], []
     for case in cases:
         impls = available_impls(case, availability)
