@@ -59,7 +59,7 @@ TRADES: dict[str, str] = {
         "process, alternating with Keras: under XLA 0.98 -> 1.10, plain tf.function 1.16 -> "
         "1.27 (2^14: 0.99 -> 1.14 and 1.17 -> 1.29; 2^22: 1.02 -> 1.13 and 1.20 -> 1.16). "
         "Tried: a float64 sum of the float32 products with a float32 normalization, 4.3 ULP at "
-        "rows of 1024, 1.10 and 1.20. Since this run's commit each corrected exponential is "
+        "rows of 1024, 1.10 and 1.20. Since 5a36db2 each corrected exponential is "
         "rounded to float32 once more before the float64 sum (`written_once`: formed in one "
         "loop that the others read), 2.1 -> 2.4 ULP against mpmath at worst (1.5 -> "
         "1.6 in this benchmark's sample; the budget stays 3): one core at 2^20, under XLA "
@@ -110,8 +110,8 @@ TRADES: dict[str, str] = {
         "off, doubled by the square). Single core at 2^20, alternating with Keras: under XLA "
         "1.27 -> 1.71, plain tf.function 0.45 -> 0.61. Tried: the corrections without the "
         "quotient's (6.8 ULP) 1.19; XLA's log1p with the written-out gradient (8.4 ULP) 1.09; "
-        "the quotient in float64 2.2; the compensated log1p series 4.24. Since this run's "
-        "commit log1p(q) is (w log(w) + r) / w, the float64 division last, and q is |a - t| "
+        "the quotient in float64 2.2; the compensated log1p series 4.24. Since 65eaaa9 "
+        "log1p(q) is (w log(w) + r) / w, the float64 division last, and q is |a - t| "
         "times the reciprocal of 1 + min: XLA writes the log error out once and fuses every "
         "step before it into that loop, where it repeated the cheap last steps in the sum's "
         "and the gradient's loops and wrote out the quotient, log(w), two reciprocals and the "
@@ -149,7 +149,7 @@ _ROW_REDUCTIONS = (
     "terms and the ties' indicator were each written out for YNNPACK: one core, alternating "
     "with Keras, logsumexp 1.76 -> 1.23 and log_softmax 2.06 -> 1.71 at 2^22, categorical "
     "cross-entropy from logits 1.36 -> 1.11 at 2^20, 2^14 unchanged; two-core runs of "
-    "logsumexp at 2^20 spread 1.2-1.6 before and after. Since this run's commit the TwoSum's "
+    "logsumexp at 2^20 spread 1.2-1.6 before and after. Since 5a36db2 and afcd45a the TwoSum's "
     "guard is a NaN test (`is_finite` cost up to a tenth: log_softmax 1.45 -> 1.35 at 2^20, "
     "one core), and where the gradient reads the terms below the maximum again (logsumexp, "
     "sparse cross-entropy) they are written once (`written_once`), with -1 at the maxima, "
@@ -189,14 +189,14 @@ WHY: dict[tuple[str, str], str] = {
     ("function", "dice"): (
         "Keras runs multiply, three sums over the whole batch, times 2, two adds (one of 1e-7), "
         "divide, 1 - ratio: 9 TF kernels. At 2^14 a step is about 0.3 ms, what the compiled "
-        "call's dispatch costs (the common reason above); since this run's commit the loop "
+        "call's dispatch costs (the common reason above); since 9b48cf5 the loop "
         "also sums the overlap in float64 (1 - L for the gradient outside the target, which "
         "cancelled near a loss of 1): two cores at 2^20, alternating with Keras, 0.82-0.84 -> "
         "0.88-0.92 in a plain tf.function, 0.66-0.72 -> 0.77-0.82 under XLA"
     ),
     ("compiled", "binary_crossentropy"): (
         "log(1 - p) is one log of w = 1 - p plus its exact rounding error d (2 - w) since "
-        "this run's commit (the compensated log1p series, a division and a second log before: "
+        "268a566 (the compensated log1p series, a division and a second log before: "
         "one core at 2^20, one process, alternating, 1.69 -> 1.23), with 1 - z carried with "
         "its rounding error and the NaN check for infinite inputs; Keras takes one log per "
         "side. Two-core runs 1.07-1.30 at 2^20"
@@ -208,7 +208,7 @@ WHY: dict[tuple[str, str], str] = {
         "five users was a pass of its own: one core at 2^20, one process, 1.08-1.13 -> "
         "1.01-1.02), where TF's formula is max(x, 0) - x z + log1p(exp(-|x|)) (24 ULP). The "
         "two-core misses are inside the spread of runs of unchanged code (0.86 at 2^20 in "
-        "this run)"
+        "the committed run)"
     ),
     ("function", "softmax"): (
         "Keras runs one fused TF kernel (Softmax, oneDNN's: one pass over the row) and ~4 for "
@@ -223,7 +223,7 @@ WHY: dict[tuple[str, str], str] = {
         "stay in L2 (a while loop over 128-2048 rows) made XLA's plain softmax slower, 1.19 -> "
         "1.43-1.72 ms (its output buffer is filled first: 0.43 ms). The backward call from the "
         "output is faster than Keras's gradient ops: forward and backward, one core, 2^20, "
-        "1.05 (static batch) and 1.08 (unknown batch). Since this run's commit the benchmark "
+        "1.05 (static batch) and 1.08 (unknown batch). Since ba8fb6b the benchmark "
         "gives an op a random cotangent: with all ones TF's constant folding removed Keras's "
         "products with them (1.70 against 2.14 ms; stableops 2.49 and 2.31): 1.46 -> 1.20 at "
         "2^20. Earlier (`written_once`, the corrected exponentials formed in one loop; the "
@@ -232,18 +232,18 @@ WHY: dict[tuple[str, str], str] = {
     ("eager", "softmax"): (
         "Keras runs one fused TF kernel (Softmax) and ~4 for its gradient; an eager stableops "
         "call runs the forward and the backward pass as compiled calls of XLA's slower softmax "
-        "code (see the plain tf.function's reason). Since this run's commit (`written_once`): "
+        "code (see the plain tf.function's reason). Since 5a36db2 (`written_once`): "
         "one core, alternating with Keras, 1.12 -> 0.98 at 2^20, 1.23 -> 1.09 at 2^22"
     ),
     ("compiled", "binary_focal_crossentropy"): (
         "it builds on the stable binary cross-entropy (see above), and the product with the "
         "focal factor needs the cross-entropy's value and its slope at every element, where "
         "the plain loss needs only the slope elementwise. With log(1 - p) as one log plus its "
-        "rounding error (this run's commit), one core at 2^20, one process, alternating: 1.78 "
-        "-> 1.16; this run 0.90 at 2^20, 1.08-1.15 at three other sizes"
+        "rounding error (since 268a566), one core at 2^20, one process, alternating: 1.78 "
+        "-> 1.16; in the committed run 0.90 at 2^20, 1.08-1.15 at three other sizes"
     ),
     ("compiled", "categorical_crossentropy_logits"): (
-        _CROSS_ENTROPY + ". Since this run's commit the gradient forms the exponentials again "
+        _CROSS_ENTROPY + ". Since 734d472 the gradient forms the exponentials again "
         "(`_softmax_formed_again`) and the target-weighted sum is a float64 sum, so nothing "
         "full-size is written beside the gradient: peak memory at 2^24 134 -> 72 MiB in a plain "
         "tf.function and 133 -> 68 under XLA, for a second exp per element. One core, "
@@ -257,8 +257,8 @@ WHY: dict[tuple[str, str], str] = {
         "the TwoSum of x - max and three reductions per row where TF's kernel makes two. "
         "Single core at 2^20: 1.12 (1.78 when gathered from a log-probability row); 0.90-1.02 "
         "(against 1.19-1.24 in the same harness) since the row reduction writes one buffer of "
-        "exponentials, not two (peak memory under XLA 2.48 -> 1.01x Keras's). Since this "
-        "run's commit the terms below the maximum are written once for the sums and the "
+        "exponentials, not two (peak memory under XLA 2.48 -> 1.01x Keras's). Since 5a36db2 and "
+        "afcd45a the terms below the maximum are written once for the sums and the "
         "gradient (`written_once`; see `logsumexp`): one core at 2^20, alternating the code, "
         "0.98-1.03 -> 0.80-0.82"
     ),
@@ -266,7 +266,7 @@ WHY: dict[tuple[str, str], str] = {
     ("compiled", "softmax"): (
         "the stable row reduction carries x - max as a TwoSum pair and corrects exp(z) by "
         "(1 + z_low), and sums and normalizes in float64 (the 3-ULP budget: see Trades). Since "
-        "this run's commit the corrected exponentials end in a division (`written_once`): XLA "
+        "5a36db2 the corrected exponentials end in a division (`written_once`): XLA "
         "forms them in one loop and the sum, the value and the gradient read them, where each "
         "of those loops formed them again from x (optimized HLO: five readers of x beside the "
         "maximum's). One core, alternating with Keras: 1.58 -> 1.13 at 2^18, 1.63 -> 1.10 at "
@@ -277,8 +277,8 @@ WHY: dict[tuple[str, str], str] = {
         _ROW_REDUCTIONS + ". The value is (x - m) - log1p(s) (z_low only in the sum), an empty "
         "row's -inf comes from a per-row log1p(s) = inf, and the backward pass under XLA is "
         "g - exp(y) sum(g) (the other regimes' formula) instead of a softmax from the forward "
-        "pass's exponentials (two cores at 2^20, alternating, 2.50 -> 1.67). Since this run's "
-        "commit the value is its own expression of x, where it shared z = x - m with the sums "
+        "pass's exponentials (two cores at 2^20, alternating, 2.50 -> 1.67). Since fa13d40 "
+        "the value is its own expression of x, where it shared z = x - m with the sums "
         "and XLA wrote z out as a full-size buffer (optimized HLO), and sum(g) is a float64 sum "
         "in the select's loop (`float64_sum`, the masked upstream was written out for "
         "YNNPACK): one core, 2^20, alternating with Keras, 1.76 -> 1.37 under XLA, 0.97 -> "
@@ -303,7 +303,7 @@ WHY: dict[tuple[str, str], str] = {
         "both sides of the switch at |x| = 1 run for every element (double where): a polynomial "
         "on one side (fitted to the Taylor series: 8 terms for 17 in float32; single core at "
         "2^20 0.95-1.04 -> 0.80-0.89), exp and a compensated log1p series on the other; Keras "
-        "computes x + softplus(-2x) - log 2 once. Since this run's commit nothing full-size is "
+        "computes x + softplus(-2x) - log 2 once. Since 22f7b7e nothing full-size is "
         "written out beside the value and the gradient (tanh in the gradient only, log1p's "
         "quotient as a reciprocal): one core, alternating, 2.67 -> 0.96 at 2^22, 0.96-1.02 "
         "from 2^14 to 2^24; the misses left are at 2^14 (the two-task split, see the common "
@@ -311,8 +311,8 @@ WHY: dict[tuple[str, str], str] = {
     ),
     ("eager", "elu"): (
         "Keras runs one fused TF kernel (Elu) and one for its gradient (EluGrad), which takes "
-        "the slope from the output (y + 1: no exp, but it cancels where x << 0). Since this "
-        "run's commit, from 2^18 entries, the forward call returns the value alone and the "
+        "the slope from the output (y + 1: no exp, but it cancels where x << 0). Since "
+        "9d7a300, from 2^18 entries, the forward call returns the value alone and the "
         "backward pass is a compiled call on the input (the slope was written beside the value "
         "and kept alive: peak memory 1.33 -> 1.00x Keras's eagerly at 2^24); one core, one "
         "process, alternating with Keras: 2^20 1.37 -> 1.18-1.23, 2^22 1.30 -> 0.86-0.88. What "
@@ -333,7 +333,7 @@ WHY: dict[tuple[str, str], str] = {
         "compiled call also costs more than the same XLA code "
         "compiled whole on two cores: exp(x) at 2^20, 0.84-0.89 ms called from a plain "
         "tf.function against 0.62-0.71 ms as a jit_compile function (one core: 0.82-0.84 "
-        "against 0.80-0.81). With the benchmark's random cotangent (since this run's commit), "
+        "against 0.80-0.81). With the benchmark's random cotangent (since ba8fb6b), "
         "one core, 2^20, unknown batch: 1.62 against 1.49 ms (1.09); with the all-ones one "
         "1.81 against 1.48 (a full-size array of ones written, then read by the product with "
         "the slope; with a static batch dimension 1.54-1.58). Tried: the backward pass a "
@@ -346,7 +346,7 @@ WHY: dict[tuple[str, str], str] = {
     ("function", "nt_xent"): (
         "Keras runs l2_normalize, one matmul and the fused SparseSoftmaxCrossEntropyWithLogits "
         "kernel; stableops's row log-sum-exp is formed in float64 (its 1-ULP budget: 4.5 ULP "
-        "in float32). Since this run's commit the loss is row-local in its logits (two kernels: "
+        "in float32). Since 20257ca the loss is row-local in its logits (two kernels: "
         "the logits, one matmul, then the loss of each row), so its forward call also returns "
         "the gradient for the logits and the backward pass recomputes only the logits' "
         "gradient, where one kernel's backward call ran the whole loss again. One core, "
@@ -412,7 +412,7 @@ WHY: dict[tuple[str, str], str] = {
         "element, where Keras's loops take two float32 logs; 2^14: the common reason above"
     ),
     ("compiled", "kl_divergence"): (
-        "the row sum is accurate since this run's commit (6.7e2 -> 2 ULP here, 3.4 in the "
+        "the row sum is accurate since fe6666e (6.7e2 -> 2 ULP here, 3.4 in the "
         "tests, for two nearly equal distributions): each term is p phi(t/p) + (t - p), p phi "
         "from a series in s = (t - p)/(t + p) (a reciprocal, 5 fitted terms) where t/p is in "
         "[1/2, 2], beside log(t/p) for the other terms, and the row is summed in float64 "
@@ -420,17 +420,17 @@ WHY: dict[tuple[str, str], str] = {
         "and sums in float32. One core, one process, alternating, against the float32 row sum "
         "before: 0.96-1.04x at 2^14-2^24 (1.27-1.33x with a plain float64 reduce_sum, which "
         "writes the terms out; 1.69x with s as a quotient, which XLA writes out as a pass of "
-        "its own). Since this run's commit the ratio t/p is t times the reciprocal of p: as a "
+        "its own). Since 2d8a83f the ratio t/p is t times the reciprocal of p: as a "
         "quotient read by the log and by its rounding's correction, XLA wrote it out as a "
         "full-size array (one core at 2^20, alternating with Keras, 1.36-1.42 -> 1.23)"
     ),
     **{
         (target, "categorical_focal_crossentropy"): (
             "log q and 1 - q of the normalized row come from p directly, with a written-out "
-            "gradient, and since this run's commit they and the loss are formed in float64 for "
+            "gradient, and since 795af16 they and the loss are formed in float64 for "
             "the 4-ULP ceiling (15.2 and 11.6 ULP in float32; see Trades): one core at 2^20, "
             "against Keras, from probabilities 0.97 -> 1.08 under XLA and 0.42 -> 0.48 in a "
-            "plain tf.function. Since this run's commit the gradient's row sum is a float64 "
+            "plain tf.function. Since 2d8a83f the gradient's row sum is a float64 "
             "sum (one loop; the float32 sum's terms were written out for YNNPACK): one core "
             "under XLA, 2^14 1.22 -> 1.09"
         )
@@ -439,7 +439,7 @@ WHY: dict[tuple[str, str], str] = {
     **{
         (target, "mean_absolute_percentage_error"): (
             "the mean is over the nonzero targets, so their count per row is a second "
-            "reduction over y_true (a pass Keras does not make). Since this run's commit the "
+            "reduction over y_true (a pass Keras does not make). Since a2686ba the "
             "quotient has one user (XLA wrote it out as a pass of its own): one core at 2^20, "
             "one process, 1.75 -> 1.2; the count in one stacked (1.95) or complex (1.36) "
             "reduction with the sum, or from a plain reduce_sum (1.38): slower; so is counting "
@@ -450,10 +450,10 @@ WHY: dict[tuple[str, str], str] = {
     },
     ("compiled", "poisson"): (
         "the terms are formed unscaled and the overflow scale taken only where a row's sum is "
-        "not finite (a tf.cond on the inputs themselves) since this run's commit: the scale's "
+        "not finite (a tf.cond on the inputs themselves) since 069c2ea: the scale's "
         "test was a pass over both inputs before the terms. One core at 2^20, one process, "
-        "against Keras: 1.26 -> 1.00; this run's misses are inside the two cores' spread (q25 "
-        "1.00)"
+        "against Keras: 1.26 -> 1.00; the committed run's misses are inside the two cores' "
+        "spread (q25 1.00)"
     ),
     ("ulp", "poisson"): (
         "the worst input's loss is a small difference of larger terms (p against t log p: "
@@ -464,7 +464,7 @@ WHY: dict[tuple[str, str], str] = {
         (target, "tversky"): (
             "the misses, false alarms and true positives are three sums of computed terms, as "
             "Keras's (each weight applied after its sum: before it, terms near the smallest "
-            "normal were flushed to 0). Since this run's commit they are float64 sums over the "
+            "normal were flushed to 0). Since 907478c they are float64 sums over the "
             "whole batch that XLA forms in one loop per row, the rows' sums added apart "
             "(`float64_sum`), where float32 sums wrote each term out as a full-size buffer for "
             "YNNPACK: one core at 2^20, alternating with Keras, 0.95 -> 0.21 under XLA and "
@@ -493,8 +493,8 @@ WHY: dict[tuple[str, str], str] = {
     ("compiled", "categorical_hinge"): (
         "the kernel is Keras's formula (the sum of t p, the max of (1 - t) p, the hinge) as "
         "one XLA computation; its gradient counts tied maxima and detects NaN in one "
-        "reduction (two before: one core at 2^20, one process, 1.02 -> 0.87). Since this "
-        "run's commit the sum of t p and that count are float64 sums that XLA forms in one "
+        "reduction (two before: one core at 2^20, one process, 1.02 -> 0.87). Since "
+        "283acd9 the sum of t p and that count are float64 sums that XLA forms in one "
         "loop (`float64_sum`; in float32 both were written out for YNNPACK): one core, "
         "alternating with Keras, 1.12 -> 0.74 at 2^22 and 0.92 -> 0.75 at 2^20"
     ),
@@ -520,19 +520,19 @@ WHY: dict[tuple[str, str], str] = {
         "alternating with Keras in one process (15 rounds of 20 steps): 1.13 -> 1.05 on one "
         "core, 1.20 -> 1.12 on two. model.fit on one core times whole scheduler ticks (15.6 "
         "ms steps) and cannot separate them; two-core runs of unchanged code have spread "
-        "from 0.99 to 1.54. The mixed_float16 CNN under XLA (1.26 in this run, 0.93 in the run "
-        "at a5d1e41): in back-to-back processes of this harness (9 rounds) stableops's step "
-        "took 29.0 ms with a5d1e41's code and 27.9-28.5 ms with this run's, Keras's 31.6 and "
-        "21.6-23.2 ms (ratios 1.00 against 1.23-1.29): Keras's own step moves, not "
-        "stableops's. With the default compile that model's steps took 512-544 ms on both "
-        "sides in this run (31-64 ms at a5d1e41)"
+        "from 0.99 to 1.54. The mixed_float16 CNN under XLA (1.26 in the run at 7cd8a6d, "
+        "0.93 in the run at a5d1e41): in back-to-back processes of this harness (9 rounds) "
+        "stableops's step took 29.0 ms with a5d1e41's code and 27.9-28.5 ms with 7cd8a6d's, "
+        "Keras's 31.6 and 21.6-23.2 ms (ratios 1.00 against 1.23-1.29): Keras's own step moves, "
+        "not stableops's. With the default compile that model's steps took 512-544 ms on both "
+        "sides in the run at 7cd8a6d (31-64 ms at a5d1e41)"
     ),
     ("compile_overhead", "cnn"): (
-        "not compilation: in this run the mixed_float16 CNN's steps with the default compile "
-        "took 512 or 1024 ms on both sides (a stall of whole half-seconds, where the run at "
-        "a5d1e41 took 31-64 ms), and stableops's first fit took 41.8 s against Keras's 22.3 s "
-        "(each 40 such steps); rerun alone, 20.8 against 21.1 s. The float32 CNN's overhead "
-        "was 0.54 s "
+        "not compilation: in the run at 7cd8a6d the mixed_float16 CNN's steps with the "
+        "default compile took 512 or 1024 ms on both sides (a stall of whole half-seconds, "
+        "where the run at a5d1e41 took 31-64 ms), and stableops's first fit took 41.8 s "
+        "against Keras's 22.3 s (each 40 such steps); rerun alone, 20.8 against 21.1 s. "
+        "The float32 CNN's overhead was 0.54 s "
         "more than Keras's with the default compile and 1.64 s with jit_compile=True; under "
         "mixed_float16 with jit_compile=True, -0.31 s"
     ),
@@ -585,7 +585,7 @@ WHY: dict[tuple[str, str], str] = {
         for case in ("logsumexp", "log_softmax", "sparse_categorical_crossentropy_logits")
     },
     ("memory", "categorical_crossentropy_logits"): (
-        "since this run's commit nothing full-size is written beside the gradient (its "
+        "since 734d472 nothing full-size is written beside the gradient (its "
         "exponentials formed again, the target-weighted sum in float64): 2^24, peak over the "
         "inputs, 134 -> 72 MiB in a plain tf.function (Keras 65-128: its fused kernel's backprop "
         "times the upstream gradient, in place or not, moves between runs) and 133 -> 68 under "
@@ -596,7 +596,7 @@ WHY: dict[tuple[str, str], str] = {
     ("memory", "nt_xent"): (
         "at this size (inputs of 257 KiB) the allocator's peak moves in steps of 1 MiB: 2 "
         "against 1 MiB in the full run, 1 against 1 MiB (1.26x in bytes) in a memory-only "
-        "run, the same before and after this run's commit"
+        "run, the same before and after 5db9d5c"
     ),
     ("memory", "binary_focal_crossentropy"): (
         "the focal terms are formed in float64 for the 3-ULP budget (see Trades): under XLA their "
@@ -604,8 +604,8 @@ WHY: dict[tuple[str, str], str] = {
     ),
     ("memory", "mean_squared_logarithmic_error"): (
         "the log errors are formed in float64 for the 4-ULP budget (see Trades): XLA writes "
-        "them out once (8 bytes an element) for the sum and the gradient. Before this run's "
-        "commit it wrote four float32 intermediates and the float64 squares: 2^24, 2.00 -> "
+        "them out once (8 bytes an element) for the sum and the gradient. Before 65eaaa9 "
+        "it wrote four float32 intermediates and the float64 squares: 2^24, 2.00 -> "
         "1.67 under XLA, 1.42 -> 0.92 in a plain tf.function"
     ),
     ("memory", "softmax"): (
@@ -622,13 +622,13 @@ WHY: dict[tuple[str, str], str] = {
         "into a buffer of its own"
     ),
     ("compiled", "huber"): (
-        "since this run's commit the row mean is a float64 sum that XLA forms in one loop "
+        "since b0fcf73 the row mean is a float64 sum that XLA forms in one loop "
         "(`float64_mean`, no buffer): one core, alternating with Keras, 0.98 -> 0.78 at 2^22 "
         "(a run before: 0.94 there, and 1.02 with TF_CPU_ALLOCATOR_USE_BFC=true). The miss "
         "left is at 2^14, the common reason (the two-task split): pinned to one core, 0.98"
     ),
     ("compiled", "hinge"): (
-        "since this run's commit the row mean is a float64 sum that XLA forms in one loop "
+        "since b0fcf73 the row mean is a float64 sum that XLA forms in one loop "
         "(`float64_mean`, no buffer): one core, alternating with Keras, 1.01 -> 0.75 at 2^22. "
         "The miss left is at 2^14, inside the spread; pinned to one core, 0.95 there"
     ),
