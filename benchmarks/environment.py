@@ -1,4 +1,5 @@
-"""The machine and software a run measured: CPU, cores, memory, versions, float16 support."""
+"""The machine and software a run measured: CPU, cores, memory, versions, float16 support,
+whether TF runs oneDNN's kernels."""
 
 from __future__ import annotations
 
@@ -41,6 +42,22 @@ def float16_support(flags: set[str]) -> dict:
     else:
         verdict = "no hardware float16 support: conversions are done in software"
     return {"native_arithmetic": native, "hardware_conversion": convert, "verdict": verdict}
+
+
+def onednn_enabled() -> bool | None:
+    """Whether TF runs oneDNN's CPU kernels in this process (None: unknown).
+
+    On Linux TF turns them on by default only on CPUs with AVX-512 VNNI/BF16,
+    AVX-VNNI or AMX (``TF_ENABLE_ONEDNN_OPTS`` overrides that). They change
+    Keras's side of a ratio (``softmax`` is one oneDNN pass over each row with
+    them, Eigen's kernel without) and which memory method works
+    (``memory.peak_method``).
+    """
+    try:
+        from tensorflow.python.util import _pywrap_util_port
+    except ImportError:
+        return None
+    return bool(_pywrap_util_port.IsMklEnabled())
 
 
 def _git_commit() -> str:
@@ -90,6 +107,7 @@ def describe() -> dict:
         "memory_gib": _memory_gib(),
         "simd": sorted(flags & {"avx", "avx2", "fma", "avx512f", *HALF_PRECISION_FLAGS}),
         "float16": float16_support(flags),
+        "onednn": onednn_enabled(),
         "platform": platform.platform(),
         "python": platform.python_version(),
         "tensorflow": tf.__version__,

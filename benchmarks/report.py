@@ -1569,6 +1569,28 @@ def _trades_section() -> list[str]:
     return out + [_table(["case", "ULP before -> after, speed before -> after"], rows), ""]
 
 
+def _onednn(env, sections) -> bool | None:
+    """Whether the run had TF's oneDNN kernels on: recorded since the field was added, else
+    told by the memory section's method (the allocator's statistics work only with oneDNN)."""
+    if env.get("onednn") is not None:
+        return env["onednn"]
+    method = sections.get("memory", {}).get("data", {}).get("peak_method")
+    return {"allocator": True, "rss": False}.get(method)
+
+
+def _onednn_sentence(onednn) -> str:
+    """The header's note on TF's oneDNN kernels (``environment.onednn_enabled``); none when a
+    run did not record it."""
+    if onednn is None:
+        return ""
+    if onednn:
+        return " TF's oneDNN kernels: on (Keras's softmax is one oneDNN pass over each row)."
+    return (
+        " TF's oneDNN kernels: off (TF's default on CPUs without AVX-512 VNNI/BF16, AVX-VNNI "
+        "or AMX): Keras runs Eigen's kernels, and the memory section measures peak RSS."
+    )
+
+
 def _header(sections) -> list[str]:
     run = sections.get("run", {})
     env = run.get("environment", {})
@@ -1595,7 +1617,8 @@ def _header(sections) -> list[str]:
                 else ""
             ),
             "",
-            f"float16 on this CPU: {env.get('float16', {}).get('verdict', '?')}.",
+            f"float16 on this CPU: {env.get('float16', {}).get('verdict', '?')}."
+            + _onednn_sentence(_onednn(env, sections)),
             "",
         ]
     other_runs = [

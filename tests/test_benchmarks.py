@@ -539,3 +539,26 @@ def test_rounds_scale_multiplies_the_rounds_of_every_size():
     assert all(scaled.rounds_for(s) == 3 * plain.rounds_for(s) for s in plain.sizes)
     with pytest.raises(SystemExit):
         run.parse_args(["--rounds-scale", "0"])
+
+
+@pytest.mark.parametrize("setting, expected", [("0", "False"), ("1", "True")])
+def test_the_environment_records_whether_tf_runs_onednn_kernels(setting, expected):
+    """TF's oneDNN kernels change Keras's side of a ratio and the memory method, and TF's
+    default depends on the CPU: the record must follow TF_ENABLE_ONEDNN_OPTS either way."""
+    import os
+    import subprocess
+    import sys
+
+    probe = "from benchmarks.environment import onednn_enabled; print(onednn_enabled())"
+    result = subprocess.run(
+        [sys.executable, "-c", probe],
+        env={**os.environ, "TF_ENABLE_ONEDNN_OPTS": setting, "TF_CPP_MIN_LOG_LEVEL": "3"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    assert result.stdout.split()[-1] == expected
+    assert ("oneDNN kernels: on" in report._onednn_sentence(expected == "True")) == (
+        expected == "True"
+    )
