@@ -562,3 +562,15 @@ def test_the_environment_records_whether_tf_runs_onednn_kernels(setting, expecte
     assert ("oneDNN kernels: on" in report._onednn_sentence(expected == "True")) == (
         expected == "True"
     )
+
+
+def test_a_run_without_the_onednn_field_is_told_by_its_memory_method():
+    """Runs before the field: the allocator's statistics work only with oneDNN on."""
+
+    def memory(method):
+        return {"memory": {"data": {"peak_method": method}}}
+
+    assert report._onednn({}, memory("allocator")) is True
+    assert report._onednn({}, memory("rss")) is False
+    assert report._onednn({}, {}) is None
+    assert report._onednn({"onednn": True}, memory("rss")) is True  # the record wins
