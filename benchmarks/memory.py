@@ -6,8 +6,9 @@ Keras's). Inputs are created and the contestant is run once at the measured
 shape first, unless the speed run already did (compilation is not counted).
 ``peak_extra_bytes`` then measures one call with the first method that works:
 
-* ``allocator``: TensorFlow's CPU allocator statistics. With oneDNN on (TF's
-  default on x86), ``tf.config.experimental.reset_memory_stats("CPU:0")``
+* ``allocator``: TensorFlow's CPU allocator statistics. With oneDNN on (on Linux
+  TF's default on CPUs with AVX-512 VNNI/BF16, AVX-VNNI or AMX; see
+  ``environment.onednn_enabled``), ``tf.config.experimental.reset_memory_stats("CPU:0")``
   and ``get_memory_info("CPU:0")`` work: the peak bytes held by TF tensors
   during the call over those held before it, XLA's temporary buffers
   included (checked: a jit-compiled matmul-exp-sum shows its 4 MiB

@@ -12,6 +12,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
+import subprocess
+import sys
 
 import mpmath
 import numpy as np
@@ -545,10 +548,6 @@ def test_rounds_scale_multiplies_the_rounds_of_every_size():
 def test_the_environment_records_whether_tf_runs_onednn_kernels(setting, expected):
     """TF's oneDNN kernels change Keras's side of a ratio and the memory method, and TF's
     default depends on the CPU: the record must follow TF_ENABLE_ONEDNN_OPTS either way."""
-    import os
-    import subprocess
-    import sys
-
     probe = "from benchmarks.environment import onednn_enabled; print(onednn_enabled())"
     result = subprocess.run(
         [sys.executable, "-c", probe],
@@ -559,9 +558,6 @@ def test_the_environment_records_whether_tf_runs_onednn_kernels(setting, expecte
         check=True,
     )
     assert result.stdout.split()[-1] == expected
-    assert ("oneDNN kernels: on" in report._onednn_sentence(expected == "True")) == (
-        expected == "True"
-    )
 
 
 def test_a_run_without_the_onednn_field_is_told_by_its_memory_method():
@@ -574,3 +570,6 @@ def test_a_run_without_the_onednn_field_is_told_by_its_memory_method():
     assert report._onednn({}, memory("rss")) is False
     assert report._onednn({}, {}) is None
     assert report._onednn({"onednn": True}, memory("rss")) is True  # the record wins
+    assert "oneDNN kernels: on" in report._onednn_sentence(True)
+    assert "oneDNN kernels: off" in report._onednn_sentence(False)
+    assert report._onednn_sentence(None) == ""
