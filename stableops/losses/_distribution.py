@@ -125,9 +125,9 @@ def _kl_row_sums(target, prediction):
     # log(t/p) >= log 2 in each term, one more ULP than XLA's log (1 ULP).
     # Both forms are one float64 expression, weight * part + (t - scale * p), whose float32
     # operands the selects choose: (1, p phi, 1) near, (t, log r, r) elsewhere; the
-    # products by 1 are exact. A float64 select between the two forms kept XLA's summing loop at 4
-    # lanes on AVX2 (8 this way; see docs/design.md, "Benchmarks"): under XLA, one core,
-    # 2^20, 4.30 -> 2.92 ms, Keras 2.23 (AMD EPYC).
+    # products by 1 are exact. A float64 select between the two forms kept XLA's summing
+    # loop at 4 lanes on AVX2, 8 this way (docs/design.md, "Tricks"): under XLA, one
+    # core, 2^20, 4.30 -> 2.92 ms, Keras 2.23 (AMD EPYC).
     weight = tf.where(near, tf.ones_like(safe_target), safe_target)
     part = tf.where(near, _excess_near_one(safe_target, prediction), log_ratio)
     scale = tf.where(near, tf.ones_like(ratio), ratio)
