@@ -252,8 +252,8 @@ WHY: dict[tuple[str, str], str] = {
         "fewer fresh allocations); two cores at 2^20, one process, 1.12 -> 1.23 and 0.87 -> 0.96. "
         "Since 83312fc the target-weighted sum is one float64 subtraction and product of "
         "float32-selected operands, not the float32 TwoSum and product in the summing loop "
-        "(AMD EPYC, two cores, same session: 2^20 under XLA 1.30 -> 1.00, in a plain "
-        "tf.function 1.06 -> 0.83)"
+        "(AMD EPYC, two cores, same session: 2^20 in a plain tf.function 1.06 -> 0.83; "
+        "under XLA 1.30 -> 1.00, within the spread: 1.29 in a later run)"
     ),
     ("compiled", "sparse_categorical_crossentropy_logits"): (
         "the label's log-probability comes from its logit and the row's stable pieces (no row of "
