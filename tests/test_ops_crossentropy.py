@@ -220,6 +220,8 @@ def _categorical_logits_rows(dtype):
         ([0, 1, 0, 0], [0, -INF, 2, 0]),  # the target on a masked logit: inf
         ([0, 0, 0, 0], [-INF] * 4),  # all masked, no target mass: 0
         ([1, 0, 0, 0], [-INF] * 4),  # all masked, target mass: inf
+        ([1, 0, 0, 0], [INF, 0, -1, 2]),  # the target on a +inf logit: 0, never inf - inf
+        ([0.5, 0.5, 0, 0], [INF, INF, 0, 0]),  # two +inf logits share the mass: log 2
         ([1, 0, 0, 0], [NAN, 0, 0, 0]),
         ([0, 0, 0, 0], [0, NAN, 0, 0]),  # NaN is not hidden by a zero target
         ([NAN, 0, 1, 0], [1, 2, 3, 4]),
