@@ -335,7 +335,6 @@ def _categorical_logits_core(z, x, axis):
         # z log_softmax(x).)
         pieces = _shifted_exponentials(x, axis)
         log_sum = accurate_log1p(pieces.s)
-        shifted = pieces.z + pieces.z_low
         mass = tf.reduce_sum(z, axis=axis, keepdims=True)
         loss = mass * log_sum - _weighted_gap_sum(z, x, pieces.m, axis)
         # A row of only -inf logits has every probability 0: loss inf under any
@@ -354,6 +353,7 @@ def _categorical_logits_core(z, x, axis):
             direction = _softmax_formed_again(pieces) * mass - z
             x_grad = upstream * tf.where(dead, tf.zeros_like(direction), direction)
             # d/dz_i = -log p_i, with 0 * log 0 = 0 (no gradient to a 0 target there).
+            shifted = pieces.z + pieces.z_low
             minus_log_p = tf.where(pieces.empty, tf.fill(tf.shape(x), inf), log_sum - shifted)
             drop = tf.logical_and(tf.equal(z, 0), tf.math.is_inf(minus_log_p))
             z_grad = upstream * tf.where(drop, tf.zeros_like(minus_log_p), minus_log_p)
