@@ -667,7 +667,9 @@ def mp_ctc(labels, logits):
     extended = [0]
     for c in label:
         extended += [c, 0]
-    probs = [[mpmath.exp(v) for v in ref.mp_log_softmax([mpf(v) for v in f])] for f in logits]
+    # mpmath.mpf keeps an mpf entry (the gradient audit perturbs them) and is exact on floats.
+    probs = [[mpmath.exp(v) for v in ref.mp_log_softmax([mpmath.mpf(v) for v in f])]
+             for f in logits]
     states = len(extended)
     alpha = [mpmath.mpf(0)] * states
     alpha[0] = probs[0][0]

@@ -35,20 +35,41 @@ def _collapse(path):
     return tuple(k for k in merged if k != 0)
 
 
+def _paths(label, frames):
+    """The frame paths that collapse to ``label`` (its non-zero entries), each with its
+    log-probability, and the frames' log-probabilities (``frames``: logits ``[T, C]``)."""
+    label = tuple(int(k) for k in label if k != 0)
+    shifted = frames - frames.max(-1, keepdims=True)
+    log_p = shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
+    paths = [
+        path
+        for path in itertools.product(range(frames.shape[1]), repeat=frames.shape[0])
+        if _collapse(path) == label
+    ]
+    return paths, np.array([sum(log_p[t, k] for t, k in enumerate(path)) for path in paths]), log_p
+
+
 def _reference(labels, logits):
     """``-log sum_{paths -> label} prod_t softmax(logits)[t, path_t]`` per sample, float64."""
-    logits = np.asarray(logits, np.float64)
     out = []
-    for label, frames in zip(labels, logits):
-        label = tuple(int(k) for k in label if k != 0)
-        log_p = frames - frames.max(-1, keepdims=True)
-        log_p = log_p - np.log(np.exp(log_p).sum(-1, keepdims=True))
-        terms = [
-            sum(log_p[t, k] for t, k in enumerate(path))
-            for path in itertools.product(range(frames.shape[1]), repeat=frames.shape[0])
-            if _collapse(path) == label
-        ]
-        out.append(-np.logaddexp.reduce(terms) if terms else math.inf)
+    for label, frames in zip(labels, np.asarray(logits, np.float64)):
+        _, terms, _ = _paths(label, frames)
+        out.append(-np.logaddexp.reduce(terms) if len(terms) else math.inf)
+    return np.array(out)
+
+
+def _reference_gradient(labels, logits):
+    """The gradient of ``_reference`` with respect to the logits, from its paths:
+    ``softmax(logits) - sum_paths w_path onehot(path)``, ``w`` the paths' posterior
+    weights (``exp(log p_path - log p_label)``), float64."""
+    out = []
+    for label, frames in zip(labels, np.asarray(logits, np.float64)):
+        paths, terms, log_p = _paths(label, frames)
+        weights = np.exp(terms - np.logaddexp.reduce(terms))
+        occupancy = np.zeros_like(frames)
+        for weight, path in zip(weights, paths):
+            occupancy[np.arange(len(path)), path] += weight
+        out.append(np.exp(log_p) - occupancy)
     return np.array(out)
 
 
@@ -93,6 +114,53 @@ def test_matches_keras_on_ordinary_inputs(seed):
     )
     np.testing.assert_allclose(value, keras_value, rtol=1e-6)
     np.testing.assert_allclose(gradient, keras_gradient, rtol=1e-5, atol=1e-6)
+
+
+# Labels the blank is predicted against by 100 to 1e30 a frame: losses from 200 to 4e30.
+FAR_LABELS = np.array([[1, 2, 0], [1, 1, 0], [2, 0, 0], [1, 2, 1]], np.int32)
+
+
+def _far_logits(scale, seed=0):
+    logits = np.random.default_rng(seed).normal(size=(4, 5, 3)) * scale
+    logits[:, :, 0] = np.abs(logits[:, :, 0]) + scale
+    return logits.astype(np.float32)
+
+
+def test_keras_stops_at_its_log_0_floor():
+    value, gradient = _value_and_gradient(
+        keras.losses.CTC(reduction="none"), FAR_LABELS, _far_logits(1000.0)
+    )
+    reference = _reference(FAR_LABELS, _far_logits(1000.0))
+    far = [0, 1, 3]  # losses of 2000 and more: Keras's ~707 floor, or short of the loss
+    assert (reference[far] > 1500).all() and (value[far] < 0.7 * reference[far]).all()
+    assert np.abs(gradient - _reference_gradient(FAR_LABELS, _far_logits(1000.0))).max() > 0.9
+
+
+@pytest.mark.parametrize("scale", [100.0, 600.0, 1e4, 1e30])
+def test_losses_past_keras_floor_match_the_definition(scale, regime):
+    logits = _far_logits(scale)
+    value, (gradient,) = regime.value_and_grad(
+        lambda x, y: S.ctc(y, x), logits, FAR_LABELS
+    )
+    # Each log-probability is within an ULP or two of float32 (ops.log_softmax) and
+    # the recursion is float64's: the loss within 4 float32 ULP (the contract's ceiling).
+    np.testing.assert_allclose(
+        value, _reference(FAR_LABELS, logits), rtol=4 * np.finfo(np.float32).eps
+    )
+    # Its entries are differences of probabilities in [0, 1]: 4 ULP of 1.
+    np.testing.assert_allclose(
+        gradient, _reference_gradient(FAR_LABELS, logits), rtol=0,
+        atol=4 * np.finfo(np.float32).eps,
+    )
+
+
+def test_float64_is_computed_in_float64():
+    labels, logits = _ordinary(6)
+    logits = logits.astype(np.float64) + 1e-9 * np.arange(logits.size).reshape(logits.shape)
+    value = S.ctc(labels, logits).numpy()
+    assert value.dtype == np.float64
+    # The path sums of _reference round to about 1e-15 of the loss; float32 would be 1e-7.
+    np.testing.assert_allclose(value, _reference(labels, logits), rtol=1e-13)
 
 
 def test_keras_test_case_value():
