@@ -280,9 +280,13 @@ def test_same_answer_in_every_regime(graph_regime):
 def test_nan_in_nan_out(regime):
     labels, logits = _ordinary(4)
     logits[2, 1, 0] = np.nan
+    labels[0], labels[1], labels[3] = [2, 2, 2], [1, 2, 0], [1, 1, 1]  # need 5, 2, 5 frames; 4 below
+    logits = logits[:, :4].copy()
+    logits[0, 0, 1] = np.nan  # an impossible label's NaN is NaN too, not inf or 0
     for zero_infinity in (False, True):
         value = regime.run(lambda x, y: S.ctc(y, x, zero_infinity=zero_infinity), logits, labels)
-        assert np.isnan(value[2]) and np.isfinite(np.delete(value, 2)).all()
+        assert np.isnan(value[[0, 2]]).all() and np.isfinite(value[[1]]).all()
+        assert value[3] == (0.0 if zero_infinity else np.inf)
 
 
 def test_logits_far_apart_stay_finite():
