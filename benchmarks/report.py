@@ -662,11 +662,12 @@ WHY: dict[tuple[str, str], str] = {
         "is 1 ULP for exact logits, 0.5 measured: its log-sum-exp is formed in float64)"
     ),
     ("ulp", "ctc"): (
-        "the worst input's loss is near 0 (-log(1 - e)): the float64 log-probabilities' rounding "
-        "(1e-16 absolute) is millions of a float32 result's own ULPs there, where Keras's float32 "
-        "left 1e-9 (and the zero of a dead loss). Since the forward-backward pass of its own "
-        "(float64, log 0 = -inf), losses above Keras's log-0 floor (~707) are the definition's: "
-        "Keras's stop at ~707 (1.7e7 ULP at logits of 9.2e18, 1.6e7 in the random sample)"
+        "the worst input's loss, 2.5e-13, is -log(p + q) for one frame's two likely classes, "
+        "p + q = 1 - 2.5e-13: it cancels inside the float64 log-probabilities (1.6e-17 absolute: "
+        "180 ULP of the float32 result; Keras's float32 gives 0). Since the forward-backward "
+        "pass of its own (float64, log 0 = -inf, each log-sum-exp as max + log1p), the grid is "
+        "within 0.5 ULP and losses above Keras's log-0 floor (~707) are the definition's, where "
+        "Keras's stop at ~707 (1.7e7 ULP at logits of 9.2e18)"
     ),
     **{
         (target, case): _PAIRWISE

@@ -19,6 +19,7 @@ import itertools
 import math
 
 import keras
+import mpmath
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -26,6 +27,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import stableops.losses as S
+from benchmarks.accuracy import mp_ctc
 from tests._regimes import Regime
 from tests._strategies import FLOAT_DTYPES, finite_arrays
 
@@ -154,6 +156,21 @@ def test_losses_past_keras_floor_match_the_definition(scale, regime):
     )
 
 
+@pytest.mark.parametrize("gap", [87.72283935546875, 40.0, 20.0])
+def test_losses_near_zero_keep_their_alternatives(gap, regime):
+    # One alignment of [1, 2, 3] predicted by `gap` in each of its 5 frames: a loss of about
+    # 1e-37, 1e-17, 1e-8, most of it from the alignments that are exp(-gap) as likely
+    # (log(1 + s) in the recursion rounded them away below 1e-16; mpmath's forward pass).
+    logits = np.zeros((1, 5, 4), np.float32)
+    logits[0, np.arange(5), [1, 0, 2, 0, 3]] = gap
+    labels = np.array([[1, 2, 3]], np.int32)
+    with mpmath.workprec(200):
+        want = float(mp_ctc(labels[0], logits[0].astype(np.float64)))
+    value = regime.run(lambda x, y: S.ctc(y, x), logits, labels)
+    # The contract's 4 float32 ULP.
+    np.testing.assert_allclose(value, [want], rtol=4 * np.finfo(np.float32).eps)
+
+
 def test_float64_is_computed_in_float64():
     labels, logits = _ordinary(6)
     logits = logits.astype(np.float64) + 1e-9 * np.arange(logits.size).reshape(logits.shape)
@@ -280,8 +297,8 @@ def test_same_answer_in_every_regime(graph_regime):
 def test_nan_in_nan_out(regime):
     labels, logits = _ordinary(4)
     logits[2, 1, 0] = np.nan
-    labels[0], labels[1], labels[3] = [2, 2, 2], [1, 2, 0], [1, 1, 1]  # need 5, 2, 5 frames; 4 below
-    logits = logits[:, :4].copy()
+    labels[0], labels[1], labels[3] = [2, 2, 2], [1, 2, 0], [1, 1, 1]  # 5, 2, 5 frames needed
+    logits = logits[:, :4].copy()  # 4 frames
     logits[0, 0, 1] = np.nan  # an impossible label's NaN is NaN too, not inf or 0
     for zero_infinity in (False, True):
         value = regime.run(lambda x, y: S.ctc(y, x, zero_infinity=zero_infinity), logits, labels)

@@ -12,12 +12,14 @@ guards:
 * **Real log 0, in float64.** The states of the extended label ``blank, l1,
   blank, ..., lL, blank`` start at ``log 1 = 0`` (the first two) and ``-inf``
   (the rest), and each frame's log-sum-exp of (at most) three predecessors is
-  shifted by their maximum, or by 0 when all three are ``-inf`` (so ``-inf``
-  stays ``-inf``, never ``-inf - (-inf)``). The log-probabilities and the
-  recursion are float64's (three predecessors a state, where Keras's
-  transition matrix has ``states^2``): a loss is within an ULP of float32 of
-  the definition, and a float32 loss near 0 (``-log(1 - e)``) within 1e-16 of
-  it, where float32 log-probabilities left 1e-9. The gradient is the
+  their maximum plus ``log1p`` of the others' share, shifted by 0 when all
+  three are ``-inf`` (so ``-inf`` stays ``-inf``, never ``-inf - (-inf)``).
+  The log-probabilities and the recursion are float64's (three predecessors a
+  state, where Keras's transition matrix has ``states^2``): a loss is within
+  an ULP of float32 of the definition, down to losses of 1e-37 made of
+  alternatives ``exp(-87)`` as likely; a loss near 0 that cancels inside the
+  log-probabilities themselves (``-log(p + q)``, ``p + q = 1 - e``) within
+  1e-16 of it, where float32 log-probabilities left 1e-9. The gradient is the
   alignments' posterior mass ``exp(alpha + beta - emission - log p)`` per
   state, from a backward recursion of the same form (``tf.custom_gradient``):
   nothing differentiates through the log-sum-exps. Against mpmath, 0.5 ULP of
@@ -75,10 +77,17 @@ def _shifted(states, by, fill=-float("inf")):
 
 
 def _log_add3(a, b, c):
-    """``log(e^a + e^b + e^c)``, shifted by the maximum (by 0 where all are ``-inf``)."""
+    """``log(e^a + e^b + e^c)`` as ``m + log1p(s)``: ``m`` the maximum, ``s`` the other two's
+    ``exp(x - m)`` (the maximum's is exactly 1; a tie's counts 1 in ``s``). ``log(1 + s)``
+    would lose an ``s`` below float64's 1e-16: a loss of 1e-37 takes alternatives of
+    ``exp(-87)`` relative weight. Shifted by 0 where all are ``-inf``, which stays ``-inf``;
+    NaN stays NaN whatever the CPU's maximum does with it."""
     top = tf.maximum(tf.maximum(a, b), c)
     shift = tf.where(tf.math.is_finite(top), top, tf.zeros_like(top))
-    return shift + tf.math.log(tf.exp(a - shift) + tf.exp(b - shift) + tf.exp(c - shift))
+    exp_a, exp_b, exp_c = tf.exp(a - shift), tf.exp(b - shift), tf.exp(c - shift)
+    others = tf.where(tf.equal(a, top), exp_b + exp_c,
+                      tf.where(tf.equal(b, top), exp_a + exp_c, exp_a + exp_b))
+    return tf.where(tf.equal(top, -float("inf")), top, shift + tf.math.log1p(others))
 
 
 def _alignment_log_likelihood(emissions, skips, finals):
@@ -104,7 +113,10 @@ def _alignment_log_likelihood(emissions, skips, finals):
 
     start = tf.concat([zero[:, :1], never[:, 1:]], axis=1)
     alpha = tf.scan(forward_step, emissions, initializer=start)
-    log_likelihood = tf.reduce_logsumexp(tf.where(finals, alpha[-1], never), axis=1)
+    last_states = tf.where(finals, alpha[-1], never)
+    # The last label's state and the blank after it (none and the first blank for an empty label).
+    log_likelihood = _log_add3(tf.reduce_max(last_states[:, 1::2], axis=1),
+                               tf.reduce_max(last_states[:, ::2], axis=1), never[:, 0])
 
     def grad(upstream):
         def backward_step(following, frame):
