@@ -253,6 +253,29 @@ def test_zero_infinity_mean_trains_on_the_feasible_samples():
 
 
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+def test_matches_the_definition_on_random_inputs(dtype):
+    draw_dtype = "float32" if dtype == "bfloat16" else dtype
+
+    @given(
+        logits=finite_arrays(draw_dtype, (2, 4, 3), -1e4, 1e4),  # gaps past Keras's floor
+        labels=st.lists(st.integers(0, 2), min_size=6, max_size=6),
+    )
+    def check(logits, labels):
+        labels = np.sort(np.array(labels, np.int32).reshape(2, 3), axis=1)[:, ::-1].copy()
+        x = tf.cast(tf.constant(np.asarray(logits, np.float32)), dtype)
+        exact_inputs = np.asarray(tf.cast(x, tf.float64))
+        value = S.ctc(labels, x).numpy()
+        # 4 float32 ULP (the contract's ceiling), plus 1e-15 for a loss near 0 that cancels
+        # inside the log-probabilities: float64 rounds them to 1e-16, here and in the reference.
+        np.testing.assert_allclose(
+            value, _reference(labels, exact_inputs), rtol=4 * np.finfo(np.float32).eps,
+            atol=1e-15,
+        )
+
+    check()
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
 def test_finite_values_and_gradients(dtype):
     draw_dtype = "float32" if dtype == "bfloat16" else dtype
 
@@ -318,6 +341,19 @@ def test_logits_far_apart_stay_finite():
 # ----------------------------------------------------------------------------
 # Errors, config, saving
 # ----------------------------------------------------------------------------
+
+
+def test_gradient_stays_finite_where_float64_cannot_resolve_it(regime):
+    # Hypothesis found it: at logits of 1.6e32, alpha + beta - emission - log p cancels four
+    # such numbers and float64 leaves 1e16 of rounding, whose exp was inf. The empty label's
+    # path is all blanks: the gradient of frame 0 is softmax [0, 1, 0] less the blank's 1.
+    logits = np.zeros((2, 4, 3), np.float32)
+    logits[0, 0, 1], logits[0, 1, 0] = 1.6225928e32, -3.6169535e16
+    value, (gradient,) = regime.value_and_grad(
+        lambda x, y: S.ctc(y, x), logits, np.zeros((2, 3), np.int32)
+    )
+    assert np.isfinite(value).all() and np.isfinite(gradient).all()
+    np.testing.assert_array_equal(gradient[0, 0], [-1.0, 1.0, 0.0])
 
 
 def test_errors_name_the_shapes_and_arguments():

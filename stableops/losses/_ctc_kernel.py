@@ -21,12 +21,14 @@ guards:
   log-probabilities themselves (``-log(p + q)``, ``p + q = 1 - e``) within
   1e-16 of it, where float32 log-probabilities left 1e-9. The gradient is the
   alignments' posterior mass ``exp(alpha + beta - emission - log p)`` per
-  state, from a backward recursion of the same form (``tf.custom_gradient``):
-  nothing differentiates through the log-sum-exps. Against mpmath, 0.5 ULP of
-  its larger term (``softmax`` or the posterior mass) over the benchmark's
-  grid while logits are within 2^30 of each other; beyond, float64 rounds a
-  log-probability by more than a float32 ULP of the posterior, and
-  alignments tied to within their fractions are split by that rounding.
+  state (normalized over the states at each frame, so within ``[0, 1]``
+  whatever the rounding), from a backward recursion of the same form
+  (``tf.custom_gradient``): nothing differentiates through the log-sum-exps.
+  Against mpmath, 0.5 ULP of its larger term (``softmax`` or the posterior
+  mass) over the benchmark's grid while logits are within 2^30 of each other;
+  beyond, float64 rounds a log-probability by more than a float32 ULP of the
+  posterior, and alignments tied to within their fractions are split by that
+  rounding (finite, each frame's masses summing to 1).
 * **Impossible alignments are found from the labels.** A label sequence of
   length ``L`` with ``R`` adjacent repeats needs ``L + R`` frames (a blank
   between repeats). Where ``T < L + R`` the probability of the label is 0 and
@@ -102,7 +104,10 @@ def _alignment_log_likelihood(emissions, skips, finals):
     ``alpha_t(s) = logadd(alpha_{t-1}(s), alpha_{t-1}(s - 1), alpha_{t-1}(s - 2)
     if skips[s]) + emissions_t(s)``, from ``alpha_{-1} = (0, -inf, ...)``;
     ``beta`` the same backwards from the final states; the gradient of
-    ``log p`` is ``exp(alpha + beta - emissions - log p)``, the posterior mass of the state.
+    ``log p`` is ``exp(alpha + beta - emissions - log p)``, the posterior mass of the state,
+    taken as ``alpha + beta - emissions`` normalized over the states at each frame (each
+    frame's masses sum to 1): the same in exact arithmetic, and in ``[0, 1]`` also where
+    float64 cannot resolve it (logits of 1e32).
     """
     never = tf.fill(tf.shape(skips), tf.constant(-float("inf"), emissions.dtype))
     zero = tf.zeros_like(never)
@@ -128,7 +133,11 @@ def _alignment_log_likelihood(emissions, skips, finals):
         frames = tf.shape(emissions)[0]
         is_last = tf.equal(tf.range(frames), frames - 1)
         beta = tf.scan(backward_step, (emissions, is_last), initializer=never, reverse=True)
-        mass = tf.exp(alpha + beta - emissions - log_likelihood[None, :, None])
+        # Normalized over the states at each frame, where each sums to p exactly: the same
+        # mass, and never above 1 where logits of 1e32 leave alpha + beta - emissions - log p
+        # (a cancellation of four such numbers) with rounding errors of 1e16.
+        posterior = alpha + beta - emissions
+        mass = tf.exp(posterior - tf.reduce_logsumexp(posterior, axis=-1, keepdims=True))
         return upstream[None, :, None] * mass, None, None
 
     return log_likelihood, grad
