@@ -52,7 +52,7 @@ def ctc(y_true, y_pred, *, zero_infinity=False):
         rounding of log-probabilities near 0, which a loss near 0,
         ``-log(1 - e)``, inherits; Keras's float32 left 1e-9 there); the
         gradient 2 ULP of its larger term (0.5 measured over the benchmark's
-        grid, logits up to 2^30 apart). Under XLA 0.3-0.5x Keras's time
+        grid, logits up to 2^30 apart). Under XLA 0.3-0.6x Keras's time
         (three predecessors a state where its transition matrix has
         ``states^2``).
 
