@@ -8,8 +8,10 @@
 * the motivating case: a label that needs more frames than the input has
   gives Keras ~707 with a meaningless gradient; ours ``inf`` with gradient
   0, or 0 and 0 with ``zero_infinity=True``;
-* hypothesis: finite values and gradients in float32/float16/bfloat16; three
-  regimes; NaN in, NaN out; errors; config and saving.
+* losses past Keras's log-0 floor (~707) and near 0, and their gradients, against the
+  definition (path by path, or mpmath's forward pass), where Keras stops at ~707;
+* hypothesis: values against the definition, finite values and gradients in
+  float32/float16/bfloat16; three regimes; NaN in, NaN out; errors; config and saving.
 """
 
 from __future__ import annotations
