@@ -27,9 +27,9 @@ from tests._strategies import FLOAT_DTYPES, finite_arrays
 REDUCTIONS = ("sum_over_batch_size", "sum", "mean", "none")
 SHAPE = (8, 5)
 F32_EPS = float(np.finfo(np.float32).eps)
-# MSLE's documented budget, in float32 ULPs: the square doubles the log difference's relative
-# error, now XLA's float32 log alone (3.5 measured; 10.1 with XLA's log1p of the rounded
-# quotient).
+# MSLE's documented budget, in ULPs of the result (float32 and float64): the square doubles
+# the log difference's relative error, now the log's alone (float32: 3.5 measured, 10.1 with
+# XLA's log1p of the rounded quotient; float64: 3.1, 5.6 without the quotient's correction).
 MSLE_BUDGET = 4
 NAN, INF = float("nan"), float("inf")
 
@@ -236,6 +236,34 @@ def test_msle_past_two_to_the_126_is_accurate(regime):
     errors = R.ulp_error(regime.run(S.mean_squared_logarithmic_error, t, p), reference, "float32")
     assert errors.max() <= MSLE_BUDGET, errors
 
+
+
+def _msle_float64_rows():
+    """Edge rows past float32's range, the worst rows of a random search without the
+    quotient's correction (5.2-5.6 ULP; inputs only), and random rows of quotients
+    |a - t| / (1 + min) from 6e-6 to 7.4, in float64."""
+    t = [0.0, 0.0, 1e300, 8e307, 2.0**1022, 3.0, 1.0421180627485327, 0.001036489630354635,
+         0.09926851630089492, 0.0033174554702487236]  # fmt: skip
+    p = [4.4942328371557893e307, 1.7976931348623157e308, 1.0000001e300, 9e307,
+         1.5 * 2.0**1022, 3.0000000001, 1.0417871044024427, 0.0016569593592605145,
+         0.10002498885069012, 0.025590916474831627]  # fmt: skip
+    rng = np.random.default_rng(32)
+    target = np.exp(rng.uniform(-8, 8, 400)) * (rng.uniform(size=400) > 0.05)
+    gap = np.exp(rng.uniform(-12, 2, 400)) * (1 + target)
+    prediction = np.where(rng.uniform(size=400) < 0.5, target + gap, np.maximum(target - gap, 0))
+    return np.concatenate([t, target])[:, None], np.concatenate([p, prediction])[:, None]
+
+
+def test_msle_float64_is_computed_in_float64_within_the_budget(regime):
+    # float64 inputs crashed (a float32 constant in the 2^126 scale's select), and the float32
+    # path's w log(w) overflowed past max / 710: inf for a prediction of 4.5e307.
+    t, p = _msle_float64_rows()
+    value, (grad,) = regime.value_and_grad(S.mean_squared_logarithmic_error, t, p, wrt=(1,))
+    assert value.dtype == np.float64
+    assert np.all(np.isfinite(grad))
+    reference = R.reference_rows(R.mp_mean_squared_logarithmic_error_row, t, p)
+    errors = R.ulp_error(value, reference, "float64")
+    assert errors.max() <= MSLE_BUDGET, (errors.max(), t[errors.argmax()], p[errors.argmax()])
 
 def test_mape_zero_target_does_not_explode():
     t, p = np.float32([[0.0, 1.0]]), np.float32([[0.5, 1.5]])
