@@ -295,6 +295,25 @@ def test_l2_normalize_edges(regime):
         assert np.all(value[0] == 0) and np.all(grad[0] == 0), context
 
 
+def test_a_gradient_beyond_the_range_is_inf_so_skip_non_finite_skips_the_step():
+    # The convention (docs/design.md, rule 1): an exact gradient beyond float32's range is
+    # inf, which SkipNonFinite and LossScaleOptimizer act on; a saturated 3.4e38 would be
+    # applied (Adam: its second moment overflows, the weight is NaN after the next step).
+    import keras
+
+    from stableops.optimizers import SkipNonFinite
+
+    divisor = keras.Variable([1e-20, 2.0])
+    optimizer = SkipNonFinite(keras.optimizers.Adam(0.1))
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(ops.safe_divide(tf.constant([1.0, 1.0]), divisor))
+    (grad,) = tape.gradient(loss, [divisor])
+    assert np.isfinite(loss.numpy()) and grad.numpy()[0] == -np.inf  # exact: -1e40
+    assert grad.numpy()[1] == -0.25
+    optimizer.apply_gradients([(grad, divisor)])
+    assert int(optimizer.skipped_steps.numpy()) == 1
+    np.testing.assert_array_equal(divisor.numpy(), np.float32([1e-20, 2.0]))
+
 def test_l2_normalize_gradient_saturates_beyond_the_range(regime):
     # ||x|| at the smallest normal under an upstream of 8 (NT-Xent's 1/t does that): the
     # exact gradient 8 / tiny exceeds the largest float32 and was inf; now the largest.
