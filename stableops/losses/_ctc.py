@@ -48,11 +48,11 @@ def ctc(y_true, y_pred, *, zero_infinity=False):
         Logits ``3.4e38`` apart give a large finite loss (Keras: NaN). NaN
         logits give NaN, also with ``zero_infinity``. A 0 inside the first
         ``label_length`` labels is a label of class 0, as Keras's.
-        Error budget: an ULP of the float32 loss plus 1e-16 (float64's
-        rounding of log-probabilities near 0, which a loss near 0,
-        ``-log(1 - e)``, inherits; Keras's float32 left 1e-9 there); the
-        gradient 2 ULP of its larger term (0.5 measured over the benchmark's
-        grid, logits up to 2^30 apart). Under XLA 0.3-0.6x Keras's time
+        Error budget: an ULP of the loss (float32, or float64 for float64
+        logits) plus 1e-16 (float64's rounding of log-probabilities near 0,
+        which a loss near 0, ``-log(1 - e)``, inherits; Keras's float32 left
+        1e-9 there); the gradient 2 ULP of its larger term (0.5 measured over
+        the benchmark's grid, logits up to 2^30 apart). Under XLA 0.3-0.6x Keras's time
         (three predecessors a state where its transition matrix has
         ``states^2``).
 
