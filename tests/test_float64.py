@@ -12,7 +12,8 @@ regimes:
 
 MSLE crashed on float64 input (a float32 constant in a select), which no test saw: the
 other tests draw float32 and half precision. Accuracy in float64 against mpmath is tested
-per op where it has a float64 path of its own (MSLE, CTC, ``logaddexp``, the row reductions).
+in each op's own module where float64 has a path of its own (MSLE, CTC, ``logaddexp``, ...).
+The cases are ``tests/_public_cases.py``'s.
 """
 
 from __future__ import annotations
@@ -22,8 +23,8 @@ import pytest
 import tensorflow as tf
 
 import stableops.losses as S
-import stableops.ops as O
 from stableops.ops import dtype_limits
+from tests._public_cases import CASES, inputs, uncovered
 
 # Agreement with float32: 64 float32 ULPs of the larger magnitude. The float32 budgets are
 # at most 4 ULP of the result; 64 leaves room for a value that is a difference of larger
@@ -31,132 +32,8 @@ from stableops.ops import dtype_limits
 _TOLERANCE = 64 * dtype_limits("float32").eps
 
 
-def _uniform(low, high, *shape):
-    return lambda rng: rng.uniform(low, high, shape)
-
-
-def _labels(classes, *shape):
-    return lambda rng: rng.integers(0, classes, shape).astype(np.int32)
-
-
-def _probabilities(*shape):
-    return lambda rng: rng.dirichlet(np.ones(shape[-1]), shape[:-1])
-
-
-def _logits(rng):
-    return rng.normal(0.0, 2.0, (4, 8))
-
-
-def _mean_and_variance(rng):
-    # Variances above the floor (the dtype's eps, so float32's and float64's losses differ
-    # below it, by design).
-    return np.stack([rng.uniform(-1.0, 1.0, 4), rng.uniform(0.1, 2.0, 4)], axis=-1)
-
-
-def _label_sequences(rng):
-    return np.int32([[1, 2, 0], [3, 3, 1]])
-
-
-def _from_logits(fn):
-    return lambda t, p: fn(t, p, from_logits=True)
-
-
-_PAIR = (_uniform(0.05, 0.95, 4, 8), _uniform(0.05, 0.95, 4, 8))
-_SIGNED_PAIR = (_uniform(-2.0, 2.0, 4, 8), _uniform(-2.0, 2.0, 4, 8))
-_DISTRIBUTIONS = (_probabilities(4, 8), _probabilities(4, 8))
-
-# name -> (function, input makers, position of the argument differentiated)
-CASES = {
-    # ops
-    "binary_crossentropy": (O.binary_crossentropy, _PAIR, 1),
-    "categorical_crossentropy": (O.categorical_crossentropy, _DISTRIBUTIONS, 1),
-    "clip_preserve_gradient": (
-        lambda x: O.clip_preserve_gradient(x, -1.0, 1.0), (_uniform(-2.0, 2.0, 16),), 0,
-    ),
-    "elu": (O.elu, (_uniform(-3.0, 3.0, 16),), 0),
-    "l2_normalize": (O.l2_normalize, (_logits,), 0),
-    "leaky_relu": (O.leaky_relu, (_uniform(-3.0, 3.0, 16),), 0),
-    "log1mexp": (O.log1mexp, (_uniform(-3.0, -0.01, 16),), 0),
-    "log_cosh": (O.log_cosh, (_uniform(-3.0, 3.0, 16),), 0),
-    "log_sigmoid": (O.log_sigmoid, (_uniform(-5.0, 5.0, 16),), 0),
-    "log_softmax": (O.log_softmax, (_logits,), 0),
-    "logaddexp": (O.logaddexp, (_uniform(-3.0, 3.0, 16), _uniform(-3.0, 3.0, 16)), 0),
-    "logsumexp": (O.logsumexp, (_logits,), 0),
-    "safe_divide": (O.safe_divide, (_uniform(-2.0, 2.0, 16), _uniform(0.5, 2.0, 16)), 1),
-    "safe_log": (O.safe_log, (_uniform(0.05, 3.0, 16),), 0),
-    "safe_norm": (O.safe_norm, (_logits,), 0),
-    "safe_sqrt": (O.safe_sqrt, (_uniform(0.05, 3.0, 16),), 0),
-    "softmax": (O.softmax, (_logits,), 0),
-    "softplus": (O.softplus, (_uniform(-5.0, 5.0, 16),), 0),
-    "softplus_inverse": (O.softplus_inverse, (_uniform(0.05, 3.0, 16),), 0),
-    "sparse_categorical_crossentropy": (
-        _from_logits(O.sparse_categorical_crossentropy), (_labels(8, 4), _logits), 1,
-    ),
-    "xlogy": (O.xlogy, (_uniform(0.05, 2.0, 16), _uniform(0.05, 2.0, 16)), 1),
-    # losses
-    "losses.binary_crossentropy": (S.binary_crossentropy, _PAIR, 1),
-    "losses.binary_crossentropy/logits": (
-        _from_logits(S.binary_crossentropy), (_PAIR[0], _logits), 1,
-    ),
-    "losses.binary_focal_crossentropy": (S.binary_focal_crossentropy, _PAIR, 1),
-    "losses.binary_focal_crossentropy/logits": (
-        _from_logits(S.binary_focal_crossentropy), (_PAIR[0], _logits), 1,
-    ),
-    "losses.categorical_crossentropy": (S.categorical_crossentropy, _DISTRIBUTIONS, 1),
-    "losses.categorical_crossentropy/logits": (
-        _from_logits(S.categorical_crossentropy), (_DISTRIBUTIONS[0], _logits), 1,
-    ),
-    "losses.categorical_focal_crossentropy": (S.categorical_focal_crossentropy, _DISTRIBUTIONS, 1),
-    "losses.categorical_focal_crossentropy/logits": (
-        _from_logits(S.categorical_focal_crossentropy), (_DISTRIBUTIONS[0], _logits), 1,
-    ),
-    "losses.categorical_hinge": (S.categorical_hinge, _SIGNED_PAIR, 1),
-    "losses.contrastive_loss": (S.contrastive_loss, (_labels(4, 16), _uniform(-1, 1, 16, 4)), 1),
-    "losses.cosine_similarity": (S.cosine_similarity, _SIGNED_PAIR, 1),
-    "losses.ctc": (S.ctc, (_label_sequences, _uniform(-2, 2, 2, 6, 5)), 1),
-    "losses.dice": (S.dice, _PAIR, 1),
-    "losses.gaussian_kl": (S.gaussian_kl, (_uniform(-1, 1, 4, 8), _uniform(-1, 1, 4, 8)), 1),
-    "losses.gaussian_nll": (S.gaussian_nll, (_uniform(-1, 1, 4, 1), _mean_and_variance), 1),
-    "losses.hinge": (S.hinge, _SIGNED_PAIR, 1),
-    "losses.huber": (S.huber, _SIGNED_PAIR, 1),
-    "losses.kl_divergence": (S.kl_divergence, _DISTRIBUTIONS, 1),
-    "losses.log_cosh": (S.log_cosh, _SIGNED_PAIR, 1),
-    "losses.mean_absolute_error": (S.mean_absolute_error, _SIGNED_PAIR, 1),
-    "losses.mean_absolute_percentage_error": (S.mean_absolute_percentage_error, _PAIR, 1),
-    "losses.mean_squared_error": (S.mean_squared_error, _SIGNED_PAIR, 1),
-    "losses.mean_squared_logarithmic_error": (S.mean_squared_logarithmic_error, _PAIR, 1),
-    "losses.nt_xent": (S.nt_xent, (_labels(1, 16), _uniform(-1, 1, 16, 4)), 1),
-    "losses.poisson": (S.poisson, _PAIR, 1),
-    "losses.poisson_nll": (S.poisson_nll, (_uniform(0, 4, 4, 8), _uniform(-1, 1, 4, 8)), 1),
-    "losses.sparse_categorical_crossentropy": (
-        S.sparse_categorical_crossentropy, (_labels(8, 4), _probabilities(4, 8)), 1,
-    ),
-    "losses.sparse_categorical_crossentropy/logits": (
-        _from_logits(S.sparse_categorical_crossentropy), (_labels(8, 4), _logits), 1,
-    ),
-    "losses.squared_hinge": (S.squared_hinge, _SIGNED_PAIR, 1),
-    "losses.triplet_loss": (S.triplet_loss, (_labels(4, 16), _uniform(-1, 1, 16, 4)), 1),
-    "losses.tversky": (S.tversky, _PAIR, 1),
-}
-
-# Public names that are not functions of float tensors.
-_NOT_FLOAT_FUNCTIONS = {"DTypeLimits", "dtype_limits", "safe_where"}
-
-
 def test_every_public_function_is_covered():
-    ops = {n for n in O.__all__ if n not in _NOT_FLOAT_FUNCTIONS}
-    losses = {f"losses.{n}" for n in S.__all__ if n[0].islower()}
-    covered = {name.split("/")[0] for name in CASES}
-    assert covered == ops | losses, sorted((ops | losses) ^ covered)
-
-
-def _inputs(name, dtype):
-    """The case's inputs: floats drawn in float64 and rounded to ``dtype`` (so a float64 input
-    is not a float32 number, as the precision check needs), integer labels as they are."""
-    _, makers, _ = CASES[name]
-    rng = np.random.default_rng(sorted(CASES).index(name))
-    arrays = [make(rng) for make in makers]
-    return [a.astype(dtype) if a.dtype.kind == "f" else a for a in arrays]
+    assert not uncovered(), uncovered()
 
 
 def _assert_close(got, want, what):
@@ -169,17 +46,17 @@ def test_float64_is_computed_in_float64(name, regime):
     fn, _, wrt = CASES[name]
     # A random upstream gradient: the gradient of the plain sum can be exactly 0 (softmax's),
     # where float64 keeps rounding noise that float32 does not.
-    shape = fn(*_inputs(name, np.float32)).shape
+    shape = fn(*inputs(name, np.float32)).shape
     weights = np.random.default_rng(0).uniform(0.5, 1.5, shape).astype(np.float32)
     value, (grad,) = regime.value_and_grad(
-        fn, *_inputs(name, np.float64), wrt=(wrt,), weights=weights
+        fn, *inputs(name, np.float64), wrt=(wrt,), weights=weights
     )
     assert value.dtype == np.float64 and grad.dtype == np.float64
     assert np.all(np.isfinite(value)) and np.all(np.isfinite(grad))
     narrowed = value.astype(np.float32).astype(np.float64)
     assert np.any(narrowed != value), "every entry is a float32 number: computed in float32?"
     value32, (grad32,) = regime.value_and_grad(
-        fn, *_inputs(name, np.float32), wrt=(wrt,), weights=weights
+        fn, *inputs(name, np.float32), wrt=(wrt,), weights=weights
     )
     _assert_close(value, value32.astype(np.float64), f"{name}: value")
     _assert_close(grad, grad32.astype(np.float64), f"{name}: gradient")
