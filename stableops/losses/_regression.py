@@ -234,9 +234,9 @@ def _log_error(y_true, clamped):
     """
     wide = tf.float64
     low = tf.minimum(clamped, y_true)
-    # 1 / (1 + low) is below the smallest normal past 1 / tiny (2^126 in float32, 2^1022 in
-    # float64) and flushed: taken of (1 + low) / 4 there (exact) and scaled back after the
-    # product, which is then at most 16.
+    # 1 / (1 + low) is below the smallest normal past 1 / tiny (2^126 in float32) and
+    # flushed: taken of (1 + low) / 4 there (exact) and scaled back after the product,
+    # which is then at most 16.
     past_range = low > 0.5 / dtype_limits(low.dtype).tiny
     scale = tf.where(past_range, tf.constant(0.25, low.dtype), tf.constant(1.0, low.dtype))
     scaled_inverse = tf.math.reciprocal((1.0 + low) * scale)
@@ -352,7 +352,10 @@ def mean_squared_logarithmic_error(y_true, y_pred):
         2^20; 1.27 with XLA's ``log1p``; see the benchmark's Trades).
         float64 inputs are computed in float64, the quotient's roundings
         corrected by error-free transformations (``_log_error_float64``):
-        4 ULP of the float64 result, 3.1 measured.
+        4 ULP of the float64 result, 3.1 measured. An infinite input gives
+        ``inf`` in float64 and NaN in float32 and half precision (their
+        corrections meet ``inf - inf``; a select for the limit cost 9-16% in
+        a plain ``tf.function``).
 
     {inputs}
 
