@@ -84,7 +84,7 @@ def _reciprocal_count(x):
     sixth of the kernel's time under XLA.
     """
     count = x.shape[-1]
-    if count is not None:
+    if count:  # static and not 0 (an empty axis: 1 / 0 = inf in TF, as when not static)
         return 1.0 / count
     return 1.0 / tf.cast(tf.shape(x)[-1], x.dtype)
 

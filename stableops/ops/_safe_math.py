@@ -255,8 +255,11 @@ def _scaled_rows(x, axis):
     """
     tiny = dtype_limits(x.dtype).tiny
     finite = tf.math.is_finite(x)
-    # Largest finite magnitude per row (NaN and inf excluded so the max is finite).
-    largest = tf.reduce_max(tf.where(finite, tf.abs(x), tf.zeros_like(x)), axis=axis, keepdims=True)
+    # Largest finite magnitude per row (NaN and inf excluded so the max is finite; at least 0,
+    # which an empty row's maximum, -inf, is not).
+    largest = tf.maximum(
+        tf.reduce_max(tf.where(finite, tf.abs(x), tf.zeros_like(x)), axis=axis, keepdims=True), 0.0
+    )
     # `tiny` floor: an all-zero row keeps a positive scale (u = 0, r = 0), and
     # a float64 subnormal maximum is scaled as if it were `tiny`.
     scale = tf.maximum(_power_of_two_at_most(largest), tiny)
