@@ -7,6 +7,8 @@ position of the argument differentiated. ``uncovered()`` names what the table mi
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 import stableops.losses as S
@@ -141,3 +143,10 @@ def inputs(name, dtype, rows=None):
     arrays = [make(rng) for make in makers]
     arrays = [a.astype(dtype) if a.dtype.kind == "f" else a for a in arrays]
     return arrays if rows is None else [a[:rows] for a in arrays]
+
+
+@functools.lru_cache(maxsize=None)
+def value_shape(name) -> tuple:
+    """The shape of the case's value on its float32 inputs (computed once per case)."""
+    fn, _, _ = CASES[name]
+    return tuple(fn(*inputs(name, np.float32)).shape)

@@ -24,7 +24,7 @@ import tensorflow as tf
 
 import stableops.losses as S
 from stableops.ops import dtype_limits
-from tests._public_cases import CASES, inputs, uncovered
+from tests._public_cases import CASES, inputs, uncovered, value_shape
 from tests._regimes import Regime
 
 # Agreement with float32: 64 float32 ULPs of the larger magnitude. The float32 budgets are
@@ -48,8 +48,7 @@ def test_float64_is_computed_in_float64(name, regime):
     fn, _, wrt = CASES[name]
     # A random upstream gradient: the gradient of the plain sum can be exactly 0 (softmax's),
     # where float64 keeps rounding noise that float32 does not.
-    shape = fn(*inputs(name, np.float32)).shape
-    weights = np.random.default_rng(0).uniform(0.5, 1.5, shape).astype(np.float32)
+    weights = np.random.default_rng(0).uniform(0.5, 1.5, value_shape(name)).astype(np.float32)
     value, (grad,) = regime.value_and_grad(
         fn, *inputs(name, np.float64), wrt=(wrt,), weights=weights
     )
