@@ -170,6 +170,41 @@ def test_categorical_focal_rows(regime, from_logits, label, row, budget):
     assert errors.max() <= budget, errors
 
 
+@pytest.mark.parametrize(
+    "from_logits, label, row",
+    [
+        # 7 ULP: 1 - q as rest times the reciprocal of the rounded total, the top entry as
+        # total - rest; squared by gamma = 2.
+        (False, 0, [0.9999999999999999, 3.700743415417188e-17, 3.700743415417188e-17,
+                    3.700743415417188e-17]),
+        (False, 0, [0.9521263742642672, 0.04038675923536746, 0.0011225450287761422,
+                    0.006364321471589339]),  # 6.1 ULP
+        # 5.7 ULP with XLA's float64 exp (1.7 ULP) and a float64 row sum; 4.3 with the exp
+        # split and the exact sum, s / (1 + s) rounded (no correction).
+        (True, 7, [6.152665899296645, -6.857572718384874, -1.900808876363582, 3.48806052066311,
+                   -3.8798452414528466, 6.02718774119336, -3.8206977126664334,
+                   7.042060845479335]),
+        (True, 7, [-5.348238346778781, -2.044191460314227, -1.258462935262104,
+                   -12.685687205373183, -0.45851982752182563, -6.94252332253024,
+                   8.933920558080718, 14.047741081198433]),
+    ],
+)
+def test_categorical_focal_rows_in_float64(regime, from_logits, label, row):
+    # float64 has no wider type to hide roundings in: the stated 4 ULP hold with the top
+    # entry exact, 1 - q corrected for its roundings (logits: exp split into two parts, the
+    # row sum exact).
+    t = np.eye(len(row))[[label]]
+    y = np.float64([row])
+    logits = [R.mpf(v) if from_logits else mpmath.log(R.mpf(v)) for v in row]
+    reference = [R.mp_categorical_focal_logits([R.mpf(v) for v in t[0]], logits, 2.0, 0.25)]
+    value = regime.run(
+        lambda a, b: S.categorical_focal_crossentropy(a, b, from_logits=from_logits), t, y
+    )
+    assert value.dtype == np.float64
+    errors = R.ulp_error(value, np.array(reference, dtype=object), "float64")
+    assert errors.max() <= 4, errors
+
+
 def test_nt_xent_on_embeddings_with_exact_similarities(regime):
     # Rows of +-c (c a power of 2) have similarities in {0, +-1/2, +-1}: the logits s / t
     # are exact at t = 2^-3, so the reference is the loss of the kernel's own logits. The

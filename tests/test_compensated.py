@@ -1,5 +1,6 @@
 """``_internal/compensated``: ``two_difference`` (a difference and its exact rounding error) and
-``float32_split``, a float64 as its float32 rounding plus the rest.
+``float32_split``, a float64 as its float32 rounding plus the rest, and ``fraction_of_one_plus``,
+``w / (1 + w)`` of a float64 pair.
 
 ``two_difference``'s error term must make the difference exact for finite operands, and be 0
 (never NaN) wherever the difference is not finite or an intermediate overflows.
@@ -15,7 +16,7 @@ from __future__ import annotations
 import mpmath
 import numpy as np
 
-from stableops._internal.compensated import float32_split, two_difference
+from stableops._internal.compensated import float32_split, fraction_of_one_plus, two_difference
 
 
 def test_two_difference_is_exact_and_its_error_is_never_nan(regime):
@@ -62,3 +63,21 @@ def test_float32_split_is_the_float32_rounding_and_an_exact_rest(regime):
     half_ulp = np.exp2(np.floor(np.log2(np.where(high == 0.0, 1.0, np.abs(high)))) - 24)
     assert np.all(np.abs(low) <= half_ulp)
     assert np.all(low[2000:] == 0.0)  # already float32
+
+
+def test_fraction_of_one_plus_keeps_the_pair_to_half_an_ulp(regime):
+    # w = v + v_error over [1e-12, 1e3] with v_error up to half an ULP of v: rounded as
+    # v / (1 + v), the result carries v_error, the rounding of 1 + v and of the quotient
+    # (over 1 ULP at worst); corrected, the half ULP of its own rounding and second-order
+    # terms (0.5 + 2^-50 or so).
+    rng = np.random.default_rng(6)
+    v = np.exp(rng.uniform(np.log(1e-12), np.log(1e3), 3000))
+    v_error = rng.uniform(-0.5, 0.5, 3000) * np.spacing(v)
+    value = np.asarray(regime.run(fraction_of_one_plus, v, v_error), np.float64)
+    exact = [mpmath.mpf(a) + mpmath.mpf(b) for a, b in zip(v, v_error)]
+    errors = [abs(mpmath.mpf(c) - w / (1 + w)) / np.spacing(c) for c, w in zip(value, exact)]
+    assert max(errors) <= 0.51, max(errors)
+    rounded = v / (1.0 + v)
+    naive = [abs(mpmath.mpf(c) - w / (1 + w)) / np.spacing(c) for c, w in zip(rounded, exact)]
+    assert max(naive) > 1.0  # the test can tell the two apart
+

@@ -80,3 +80,21 @@ def two_product(a, b):
     b_hi, b_lo = _veltkamp_split(b)
     err = ((a_hi * b_hi - p) + a_hi * b_lo + a_lo * b_hi) + a_lo * b_lo
     return p, err
+
+
+def fraction_of_one_plus(v, v_error):
+    """``w / (1 + w)`` of ``w = v + v_error >= 0`` (an exact pair, ``v_error`` within half an
+    ULP of ``v``), to about half an ULP.
+
+    With ``1 + v = d + d_error`` (TwoSum) and ``c = v / d`` rounded, ``w / (1 + w) = c + ((v -
+    c d) + v_error (1 - c) - c d_error) / d`` to first order (the rest is of order
+    ``eps^2``), ``v - c d`` exact by Dekker's product. ``v / (1 + v)`` rounded twice and
+    dropped ``v_error``: about 1.5 ULP, which a power such as the focal factor's
+    ``(1 - q)^2`` multiplies.
+    """
+    d, d_error = two_difference(1.0, -v)
+    c = v / d
+    product, product_error = two_product(c, d)
+    remainder = (v - product) - product_error
+    return c + (remainder + v_error * (1.0 - c) - c * d_error) / d
+

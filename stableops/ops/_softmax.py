@@ -18,7 +18,13 @@ from stableops._internal.checks import as_float_tensor, axis_argument
 from stableops._internal.dtypes import to_compute
 from stableops._internal.elementary import accurate_log1p
 from stableops._internal.kernel import xla_kernel
-from stableops._internal.reductions import empty_rows, float64_sum, max_shift, written_once
+from stableops._internal.reductions import (
+    empty_rows,
+    float64_sum,
+    max_shift,
+    split_sum_of_fractions,
+    written_once,
+)
 
 # ----------------------------------------------------------------------------
 # Argument checks (static, outside the compiled kernels)
@@ -151,21 +157,6 @@ def _softmax_formed_again(pieces):
     return p * _reciprocal_total(pieces)
 
 
-def _split_sum_of_fractions(p, axis):
-    """``sum(p)`` over ``axis`` for float64 ``p`` in ``[0, 1]`` as ``(high, low)``, without
-    a rounding per entry.
-
-    ``hi``, ``p`` rounded to a multiple of 2^-26 (``round``: XLA folds the shorter
-    ``(p + 1.5 * 2^26) - 1.5 * 2^26`` back to ``p``), sums exactly in any order for
-    rows of up to 2^26 entries; the rest, ``p - hi`` (exact, at most 2^-27), adds its
-    roundings at 2^-27 of the total's scale. A plain sum adds a rounding per entry (in
-    float32 that was 11.8 ULP of softmax on rows of 64).
-    """
-    hi = tf.round(p * 2.0**26) * 2.0**-26
-    return (tf.reduce_sum(hi, axis=axis, keepdims=True),
-            tf.reduce_sum(p - hi, axis=axis, keepdims=True))
-
-
 def _softmax_value(x, axis):
     """``p / sum(p)`` with ``p = exp(x - m) = exp(z) (1 + z_low)``.
 
@@ -175,7 +166,7 @@ def _softmax_value(x, axis):
     roundings (2.4 ULP against mpmath at worst in 28,000 rows of 64, random and built to
     round ``x - m``; 2.1 with ``p`` in float64, formed again in each loop: 1.63 -> 1.10x
     Keras's time under XLA, one core, 2^20; a float32 row sum had 11.8 on rows of 64).
-    float64: with the sum as ``total + total_low`` (:func:`_split_sum_of_fractions`,
+    float64: with the sum as ``total + total_low`` (:func:`split_sum_of_fractions`,
     then Fast2Sum), ``exp(z) / total`` is corrected by ``1 + z_low - total_low / total``
     to first order (the rest is below 2^-100): one division and one addition after
     ``exp``, where forming ``p``, the total, its reciprocal and the product rounded four
@@ -186,7 +177,7 @@ def _softmax_value(x, axis):
     m, _, z, z_low = max_shift(x, axis)
     exponential = tf.exp(z)
     if x.dtype == tf.float64:
-        high, low = _split_sum_of_fractions(exponential * (1.0 + z_low), axis)
+        high, low = split_sum_of_fractions(exponential * (1.0 + z_low), axis)
         total = high + low
         total_low = (high - total) + low  # total + total_low == high + low (Fast2Sum)
         total = tf.where(empty_rows(m, total), tf.constant(math.inf, x.dtype), total)
