@@ -12,8 +12,9 @@ eagerly and under XLA, on the same inputs:
   (typical values plus log-uniform magnitudes).
 
 Each value's error is measured in ULPs of its output dtype against a 60-digit
-mpmath reference computed from the rounded inputs (``tests/_reference.py``:
-``reference_array``, ``ulp_error``, ``mpf``). Losses are evaluated per sample
+(float64: 650-digit, ``reference_digits``) mpmath reference computed from the
+rounded inputs (``tests/_reference.py``: ``reference_array``, ``ulp_error``,
+``mpf``). Losses are evaluated per sample
 (``reduction=None``); elementwise losses use one element per sample, so their
 per-sample error is the elementwise error. Batch losses (triplet, contrastive,
 NT-Xent), where a sample's loss depends on its whole batch, take one small
@@ -32,6 +33,7 @@ every input on the grid. They are unclipped: a loss that clips (Keras's
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 from typing import Callable
@@ -337,29 +339,43 @@ def probability_domain(t, p) -> np.ndarray:
 
 # The other Keras drop-ins of stableops.losses: the categorical losses from probabilities and the
 # KL divergence (rows of ROW_WIDTH), the Poisson, percentage, logarithmic and hinge losses (one
-# element per sample). Where stableops floors a probability or a rate it is at float32's smallest
-# normal (half precision is computed in float32); the references floor there too (as the tests
-# do). On the domains below (no target mass on a zero probability or rate) that floor only
-# touches a normalized probability below float32's smallest normal, never an exact infinity.
+# element per sample). Where stableops floors a probability or a rate it is at the smallest
+# normal of the dtype it computes in: float32's for float32 and half precision (computed in
+# float32), float64's for float64; the references floor there too (as the tests do). On the
+# domains below (no target mass on a zero probability or rate) that floor only touches a
+# normalized probability below the smallest normal, never an exact infinity.
 F32_TINY = float(np.finfo(np.float32).tiny)
+
+
+def floor_of(dtype) -> float:
+    """The smallest normal of the dtype that stableops computes ``dtype`` in (see above)."""
+    return float(np.finfo(np.float64).tiny) if str(dtype) == "float64" else F32_TINY
+
+
+class Floored:
+    """A reference that floors at the computing dtype's smallest normal: ``make(floor)`` gives
+    the reference for that floor (``AccuracySpec.reference_for`` passes ``floor_of(dtype)``)."""
+
+    def __init__(self, make: Callable[[float], Callable]):
+        self.make = make
 FOCAL_ALPHA, FOCAL_GAMMA = mpmath.mpf("0.25"), mpmath.mpf(2)  # Keras's defaults
 
 
-def mp_categorical_focal_probabilities(t_row, p_row, alpha=FOCAL_ALPHA, gamma=FOCAL_GAMMA):
+def mp_categorical_focal_probabilities(t_row, p_row, low, alpha=FOCAL_ALPHA, gamma=FOCAL_GAMMA):
     """Keras's documented ``sum(alpha (1 - q)^gamma (-t log q))``, ``q`` the normalized row.
 
     As ``stableops.losses.categorical_focal_crossentropy`` defines it from probabilities: zero
-    entries floored at float32's smallest normal, the row normalized by its sum (Keras's clip of
-    ``q`` to ``[1e-7, 1 - 1e-7]`` left out), ``1 - q_i`` as the sum of the other ``q`` (no
+    entries floored at the smallest normal ``low``, the row normalized by its sum (Keras's clip
+    of ``q`` to ``[1e-7, 1 - 1e-7]`` left out), ``1 - q_i`` as the sum of the other ``q`` (no
     cancellation), floored there too.
     """
-    floored = [max(p, mpf(F32_TINY)) for p in p_row]
+    floored = [max(p, mpf(low)) for p in p_row]
     total = mpmath.fsum(floored)
     q = [v / total for v in floored]
     terms = []
     for i, t in enumerate(t_row):
         if t != 0:
-            rest = max(mpmath.fsum(v for j, v in enumerate(q) if j != i), mpf(F32_TINY))
+            rest = max(mpmath.fsum(v for j, v in enumerate(q) if j != i), mpf(low))
             terms.append(alpha * mpmath.power(rest, gamma) * -t * mpmath.log(q[i]))
     return mpmath.fsum(terms)
 
@@ -453,7 +469,8 @@ def grid_percentage(lim: Limits):
         (t, p)
         for t in (0.0, 1e-10, 1.0, -3.0, 1e3)
         for p in predictions
-        if t == 0 or 100 * max(abs(p - t), 1.0) <= abs(t) * lim.max / 4
+        # as a quotient: |t| max overflows Python's float (float64) for float64's max
+        if t == 0 or 100 * max(abs(p - t), 1.0) / abs(t) <= lim.max / 4
     ]
     t, p = zip(*pairs)
     return _column(t), _column(p)
@@ -909,12 +926,19 @@ def _overlap_reference(fn, *args):
 class AccuracySpec:
     grid: Callable  # grid(limits) -> input arrays (float64; labels int32)
     random: Callable  # random(rng, n, limits) -> input arrays
-    reference: Callable  # reference(*rounded float64 arrays) -> object array of mpf
+    # reference(*rounded float64 arrays) -> object array of mpf; or Floored (see reference_for)
+    reference: Callable | Floored
     domain: Callable | None = None  # domain(*rounded float64 arrays) -> rows to keep
     # A batch loss: each row of the inputs is one batch, the loss is called once per row, and its
     # per-sample values (and gradient) are that row's; the reference gives (rows, batch) values,
     # or (rows,) for a loss with one value per batch (Dice and Tversky with axis=None).
     batched: bool = False
+
+    def reference_for(self, dtype) -> Callable:
+        """The reference for inputs of ``dtype``: a ``Floored`` one at ``floor_of(dtype)``."""
+        if isinstance(self.reference, Floored):
+            return self.reference.make(floor_of(dtype))
+        return self.reference
 
 
 SPECS = {
@@ -953,23 +977,26 @@ SPECS = {
     "categorical_crossentropy": AccuracySpec(
         grid_distributions,
         random_distributions,
-        _row_loss(ref.mp_categorical_crossentropy_probabilities, F32_TINY),
+        Floored(lambda low: _row_loss(ref.mp_categorical_crossentropy_probabilities, low)),
         distribution_domain,
     ),
     "categorical_focal_crossentropy": AccuracySpec(
         grid_distributions,
         random_distributions,
-        _row_loss(mp_categorical_focal_probabilities),
+        Floored(lambda low: _row_loss(mp_categorical_focal_probabilities, low)),
         distribution_domain,
     ),
     "kl_divergence": AccuracySpec(
         grid_distributions,
         random_distributions,
-        _row_loss(ref.mp_kl_divergence_row, F32_TINY),
+        Floored(lambda low: _row_loss(ref.mp_kl_divergence_row, low)),
         distribution_domain,
     ),
     "poisson": AccuracySpec(
-        grid_poisson, random_poisson, _row_loss(ref.mp_poisson_row, F32_TINY), rate_domain
+        grid_poisson,
+        random_poisson,
+        Floored(lambda low: _row_loss(ref.mp_poisson_row, low)),
+        rate_domain,
     ),
     "mean_absolute_error": AccuracySpec(
         grid_linear, random_regression, _row_loss(ref.mp_mean_absolute_error_row)
@@ -1151,6 +1178,39 @@ def measure_one(case, impl, mode: str, rounded, exact, reference, n_grid: int) -
     }
 
 
+HALF_DTYPES = ("float16", "bfloat16")
+
+
+def reference_digits(dtype) -> int:
+    """mpmath's working digits for the references of ``dtype``'s inputs.
+
+    60 (``tests/_reference.py``) keep the cancellation-free references exact to far below an
+    ULP on float32's and half precision's grids. float64's grids put numbers from its smallest
+    normal to 1 in one sum (a probability of 1e-300 beside 1, a Dice overlap of 1 and 31
+    entries of 9e-308: 1 - 2I / (T + P) is 1.4e-306): 60 digits round such a sum to its largest
+    term and the reference to 0. 650 digits hold any sum of float64 numbers of up to 2^50 terms
+    exactly (2^1024 to 2^-1074 is 2098 bits, 632 digits, and 17 to spare).
+    """
+    return 650 if str(dtype) == "float64" else mpmath.mp.dps
+
+
+@contextlib.contextmanager
+def computing_in(dtype):
+    """Keras's floatx set to float64 for float64 inputs, so that a loss class (Keras's or
+    stableops's, whose dtype defaults to floatx) computes in float64 and does not round its
+    inputs to float32 first; other dtypes keep the default (float32: half precision computed
+    in float32, as Keras's loss classes do)."""
+    import keras
+
+    previous = keras.config.floatx()
+    if str(dtype) == "float64":
+        keras.config.set_floatx("float64")
+    try:
+        yield
+    finally:
+        keras.config.set_floatx(previous)
+
+
 def run_accuracy(cases, availability, config, log=print) -> dict:
     """Measure every available implementation; returns the ``accuracy`` section."""
     rows = []
@@ -1163,12 +1223,14 @@ def run_accuracy(cases, availability, config, log=print) -> dict:
             rounded, exact, n_grid = _sample_inputs(
                 spec, dtype, config.random_points, config.grid_stride
             )
-            reference = spec.reference(*exact)
-            modes = MODES if dtype == "float32" else config.accuracy_half_modes
+            with mpmath.workdps(reference_digits(dtype)):
+                reference = spec.reference_for(dtype)(*exact)
+            modes = config.accuracy_half_modes if dtype in HALF_DTYPES else MODES
             for impl in impls:
                 for mode in modes:
                     try:
-                        row = measure_one(case, impl, mode, rounded, exact, reference, n_grid)
+                        with computing_in(dtype):
+                            row = measure_one(case, impl, mode, rounded, exact, reference, n_grid)
                     except Exception as error:  # noqa: BLE001 - a failing contestant is a finding
                         message = f"{type(error).__name__}: {error}"[:300]
                         row = {"case": case.name, "impl": impl.name, "mode": mode, "error": message}

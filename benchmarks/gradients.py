@@ -88,7 +88,9 @@ FN = {
     "categorical_crossentropy": lambda t, p: R.mp_categorical_crossentropy_probabilities(
         t, p, acc.F32_TINY
     ),
-    "categorical_focal_crossentropy": acc.mp_categorical_focal_probabilities,
+    "categorical_focal_crossentropy": lambda t, p: acc.mp_categorical_focal_probabilities(
+        t, p, acc.F32_TINY
+    ),
     "kl_divergence": lambda t, p: R.mp_kl_divergence_row(t, p, acc.F32_TINY),
     "poisson": lambda t, p: R.mp_poisson_row(t, p, acc.F32_TINY),
     "mean_absolute_error": R.mp_mean_absolute_error_row,

@@ -16,6 +16,7 @@ import os
 import subprocess
 import sys
 
+import keras
 import mpmath
 import numpy as np
 import pytest
@@ -38,6 +39,7 @@ TARGET_IDS = (
     "compile_overhead",
     "finite",
     "ulp",
+    "ulp64",
     "gradients",
 )
 
@@ -192,7 +194,7 @@ def _check_summary_names_every_case_and_section(smoke_run):
 
 
 def _reference(case, *arrays):
-    return acc.SPECS[case].reference(*[np.asarray(a) for a in arrays])
+    return acc.SPECS[case].reference_for("float32")(*[np.asarray(a) for a in arrays])
 
 
 def test_references_match_closed_forms():
@@ -237,7 +239,8 @@ def test_references_of_the_other_keras_drop_ins_match_closed_forms():
     # The new focal reference: alpha (1 - q)^2 (-log q), alpha = 0.25.
     focal = _reference("categorical_focal_crossentropy", *rows)
     assert close(focal[0], log2 / 16) and close(focal[1], mpmath.mpf("0.140625") * log4)
-    assert close(acc.mp_categorical_focal_probabilities([1, 0, 0], [1, 0, 0]), 0)  # floored zeros
+    floored_zeros = acc.mp_categorical_focal_probabilities([1, 0, 0], [1, 0, 0], acc.F32_TINY)
+    assert close(floored_zeros, 0)
     kl = _reference("kl_divergence", [[0.0, 1.0], [0.5, 0.5]], [[0.5, 0.5], [0.25, 0.75]])
     assert close(kl[0], log2) and close(kl[1], (log2 + mpmath.log(mpmath.mpf(2) / 3)) / 2)
     assert list(_reference("poisson", col(2, 0), col(1, 0))) == [1, 0]  # 0 log 0 = 0
@@ -260,16 +263,49 @@ def test_every_case_has_inputs_and_a_finite_reference_on_its_grid():
         inputs = case.make_inputs(2**10, np.dtype("float32"), np.random.default_rng(0))
         assert inputs[case.wrt].dtype == np.float32 and inputs[case.wrt].size >= 2**10
         spec = acc.SPECS[case.name]
-        for dtype in ("float32", "float16", "bfloat16"):
+        for dtype in ("float32", "float64", "float16", "bfloat16"):
             stride = 1 if case.elementwise else 9  # row grids are large; their mpmath is slow
             rounded, exact, n_grid = acc._sample_inputs(
                 spec, dtype, random_points=64, grid_stride=stride
             )
             assert n_grid > 0
             assert all(np.isfinite(np.asarray(a, dtype=np.float64)).all() for a in rounded)
-            reference = spec.reference(*exact)
-            # The grids promise finite exact values: every reference is finite in float32.
-            assert acc._finite_reference_mask(reference, "float32").all(), (case.name, dtype)
+            reference = spec.reference_for(dtype)(*exact)
+            # The grids promise finite exact values: every reference is finite in the dtype it
+            # is measured in (half precision's results are float32).
+            out_dtype = "float64" if dtype == "float64" else "float32"
+            assert acc._finite_reference_mask(reference, out_dtype).all(), (case.name, dtype)
+
+
+def test_references_floor_at_the_smallest_normal_of_the_dtype_computed_in():
+    """float64 is computed in float64, so its references floor a rate or probability at
+    float64's smallest normal; float32 and half precision (computed in float32) at float32's."""
+    rates = np.asarray([[1.0]]), np.asarray([[1e-300]])
+    exact = 1e-300 - mpmath.log(mpmath.mpf(1e-300))  # mean(p - t log p), not floored
+    floored = 1e-300 - mpmath.log(mpmath.mpf(acc.F32_TINY))
+    close = lambda a, b: abs(a - b) < mpmath.mpf(10) ** -50  # noqa: E731
+    assert close(acc.SPECS["poisson"].reference_for("float64")(*rates)[0], exact)
+    for dtype in ("float32", "float16"):
+        assert close(acc.SPECS["poisson"].reference_for(dtype)(*rates)[0], floored)
+
+
+def test_float64_inputs_are_measured_computed_in_float64():
+    """A loss class takes floatx as its dtype: under ``computing_in("float64")`` Keras's and
+    stableops's compute in float64 (not in float32 after rounding their inputs)."""
+    case = bench_cases.CASES_BY_NAME["log_cosh"]
+    spec = acc.SPECS[case.name]
+    rounded, exact, n_grid = acc._sample_inputs(spec, "float64", random_points=16)
+    reference = spec.reference_for("float64")(*exact)
+    rows = {}
+    for name in ("stableops", "keras"):
+        with acc.computing_in("float64"):
+            rows[name] = acc.measure_one(
+                case, case.impl(name), "eager", rounded, exact, reference, n_grid
+            )
+        assert rows[name]["output_dtype"] == "float64"
+    # log_cosh's budget; computed in float32 it would be about 2^29 float64 ULPs off.
+    assert rows["stableops"]["max_ulp_random"] <= 4
+    assert keras.config.floatx() == "float32"  # restored
 
 
 def test_ulp_measurement_tells_a_wrong_implementation_from_a_right_one():
@@ -381,7 +417,7 @@ def _quantiles(median, q25=None):
 
 def _synthetic_sections(
     function=1.0, xla=1.0, eager=1.0, nonfinite=0, ulp=1.0, function_q25=None, e2e=None,
-    gradient_over=0, gradient_dead=0,
+    gradient_over=0, gradient_dead=0, ulp64=1.0,
 ):
     """One case (huber) at 2^20 in each mode, its accuracy, gradients and memory, optionally a
     CNN fit row."""
@@ -392,12 +428,15 @@ def _synthetic_sections(
             "baseline": "keras", "ratio": _quantiles(value, q25), "rounds": 3,
         }  # fmt: skip
 
-    accuracy_row = {
-        "case": "huber", "impl": "stableops", "mode": "eager", "dtype": "float32",
-        "max_ulp_grid": ulp, "max_ulp_random": 0.5,
-        "nonfinite_values": nonfinite, "nonfinite_grad_samples": 0,
-        "worst": {"inputs": [[0.0], [1.0]], "got": 1.0, "want": "1.0", "ulp": ulp},
-    }  # fmt: skip
+    accuracy_rows = [
+        {
+            "case": "huber", "impl": "stableops", "mode": "eager", "dtype": dtype,
+            "max_ulp_grid": worst, "max_ulp_random": 0.5,
+            "nonfinite_values": nonfinite, "nonfinite_grad_samples": 0,
+            "worst": {"inputs": [[0.0], [1.0]], "got": 1.0, "want": "1.0", "ulp": worst},
+        }
+        for dtype, worst in (("float32", ulp), ("float64", ulp64))
+    ]  # fmt: skip
     gradient_row = {
         "case": "huber", "wrt": "pred", "impl": "stableops", "mode": "xla", "budget": 1,
         "worst_ulp": 2.0 if gradient_over else 0.5, "checked": 10, "nonfinite": 0,
@@ -421,7 +460,7 @@ def _synthetic_sections(
                 ],
             },
         },
-        "accuracy": {"data": {"modes": ["eager"], "rows": [accuracy_row]}},
+        "accuracy": {"data": {"modes": ["eager"], "rows": accuracy_rows}},
         "gradients": {"data": {"method": "m", "modes": ["xla"], "rows": [gradient_row]}},
         "memory": {"data": {"supported": True, "size": 2**20, "method": "m", "rows": memory_rows}},
     }
@@ -454,15 +493,18 @@ def test_targets_follow_the_numbers():
     # Issue 12: function <= 1.00, XLA <= 1.05, eager >= 2^20 <= 1.00 (no longer "2x faster"),
     # <= 4 ULP.
     bad_sections = _synthetic_sections(
-        function=1.02, xla=1.06, eager=1.01, nonfinite=2, ulp=4.5, gradient_over=3
+        function=1.02, xla=1.06, eager=1.01, nonfinite=2, ulp=4.5, gradient_over=3, ulp64=4.5
     )
     bad = _statuses(bad_sections)
     missed = dict.fromkeys(
-        ("function", "compiled", "eager", "finite", "ulp", "gradients"), "missed"
+        ("function", "compiled", "eager", "finite", "ulp", "ulp64", "gradients"), "missed"
     )
     unmeasured = {"end_to_end": "not measured", "compile_overhead": "not measured"}
     assert bad == {**missed, **unmeasured, "memory": "met"}
     assert _statuses(_synthetic_sections(ulp=3.9))["ulp"] == "met"
+    # float64 is held to the same 4 ULP, apart from float32.
+    only_float64 = _statuses(_synthetic_sections(ulp64=4.5))
+    assert only_float64["ulp64"] == "missed" and only_float64["ulp"] == "met"
     # A dead gradient misses the gradient target within the budget too.
     assert _statuses(_synthetic_sections(gradient_dead=1))["gradients"] == "missed"
     summary = report.build_summary(bad_sections, report.evaluate_targets(bad_sections))

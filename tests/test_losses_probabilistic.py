@@ -562,7 +562,7 @@ def test_categorical_focal_from_probabilities_with_a_sliver_outside_the_top_clas
     )
     # The benchmark's reference: Keras's documented formula on the floored, normalized row.
     reference = R.reference_cross_entropy_rows(
-        mp_categorical_focal_probabilities, y_true, y_pred, 0.25, gamma
+        mp_categorical_focal_probabilities, y_true, y_pred, F32_TINY, 0.25, gamma
     )
     R.assert_ulp_within(value, reference, "float32", CATEGORICAL_FOCAL_ULP)
 
