@@ -205,6 +205,35 @@ def test_categorical_focal_rows_in_float64(regime, from_logits, label, row):
     assert errors.max() <= 4, errors
 
 
+@pytest.mark.parametrize("name", ["dice", "tversky"])
+def test_overlap_losses_in_float64_within_4_ulp_for_up_to_32_values(regime, name):
+    # The float64 budget: each sum rounds in float64 (nothing wider), so it is stated for up
+    # to 32 summed values. Rows of 8 (axis=-1) and batches of 32 (axis=None), targets 0 or
+    # 1 or soft, predictions of every spread; references at 650 digits (as the accuracy
+    # benchmark's for float64).
+    rng = np.random.default_rng(11)
+    t = (rng.random((400, 8)) < 0.5) * rng.choice([1.0, 0.7], (400, 1))
+    p = rng.random((400, 8)) ** rng.uniform(0.2, 5.0, (400, 1))
+    loss = getattr(S, name)
+    rows = regime.run(lambda a, b: loss(a, b, axis=-1), t, p)
+    batches = [regime.run(loss, t[k:k + 4], p[k:k + 4]) for k in range(0, 80, 4)]
+
+    def reference(tr, pr):
+        tr, pr = [R.mpf(v) for v in tr.ravel()], [R.mpf(v) for v in pr.ravel()]
+        if name == "dice":
+            return R.mp_dice_loss(tr, pr, 0)
+        return R.mp_tversky_loss(tr, pr, R.mpf(0.5), R.mpf(0.5), 0)
+
+    with mpmath.workdps(650):
+        row_refs = np.array([reference(t[i], p[i]) for i in range(400)], dtype=object)
+        batch_refs = np.array(
+            [reference(t[k:k + 4], p[k:k + 4]) for k in range(0, 80, 4)], dtype=object
+        )
+        errors = np.concatenate([R.ulp_error(rows, row_refs, "float64"),
+                                 R.ulp_error(np.array(batches), batch_refs, "float64")])
+    assert errors.max() <= 4, errors.max()
+
+
 def test_nt_xent_on_embeddings_with_exact_similarities(regime):
     # Rows of +-c (c a power of 2) have similarities in {0, +-1/2, +-1}: the logits s / t
     # are exact at t = 2^-3, so the reference is the loss of the kernel's own logits. The
