@@ -358,6 +358,8 @@ class Floored:
 
     def __init__(self, make: Callable[[float], Callable]):
         self.make = make
+
+
 FOCAL_ALPHA, FOCAL_GAMMA = mpmath.mpf("0.25"), mpmath.mpf(2)  # Keras's defaults
 
 

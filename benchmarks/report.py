@@ -699,12 +699,6 @@ WHY: dict[tuple[str, str], str] = {
         "for a similarity of 4.9e-4. float32 rows sum exact products in float64; float64 rows "
         "have nothing wider"
     ),
-    ("ulp64", "kl_divergence"): (
-        "within the documented float64 budget, about eps sum(|t - p|) where the terms cancel: the "
-        "worst grid row is two distributions that differ in the 16th digit (t = 1/4 each, p = "
-        "1/4 +- 5.6e-17), a divergence of 1.2e-32 given as 1.8e-32: 6e-33 absolute, a quarter "
-        "of eps sum(|t - p|). float32 rows sum their exact differences in float64"
-    ),
     ("ulp64", "poisson"): (
         "the worst input's loss is a small difference of larger terms (p against t log p: 4.66 - "
         "4.62 = 0.043): 28 ULP of the result is 0.2 ULP of the terms (the documented budget: 4 "

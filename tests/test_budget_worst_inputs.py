@@ -205,6 +205,18 @@ def test_categorical_focal_rows_in_float64(regime, from_logits, label, row):
     assert errors.max() <= 4, errors
 
 
+def test_kl_divergence_of_float64_distributions_that_differ_in_the_last_digit(regime):
+    # t - p is +-2^-54 in two entries and cancels exactly: summed with the parts p phi(t/p)
+    # (about 1e-32 each), it rounded them away (1.8e-32 for 1.2e-32, 2.2e15 ULP).
+    t = np.full((1, 4), 0.25)
+    p = np.array([[0.25 + 2.0**-54, 0.25 - 2.0**-54, 0.25, 0.25]])
+    value = regime.run(S.kl_divergence, t, p)
+    reference = [R.mp_kl_divergence_row([R.mpf(v) for v in t[0]], [R.mpf(v) for v in p[0]],
+                                        float(np.finfo(np.float64).tiny))]
+    errors = R.ulp_error(value, np.array(reference, dtype=object), "float64")
+    assert errors.max() <= 4, (value, reference)
+
+
 @pytest.mark.parametrize("name", ["dice", "tversky"])
 def test_overlap_losses_in_float64_within_4_ulp_for_up_to_32_values(regime, name):
     # The float64 budget: each sum rounds in float64 (nothing wider), so it is stated for up
