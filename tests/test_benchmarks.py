@@ -289,6 +289,17 @@ def test_references_floor_at_the_smallest_normal_of_the_dtype_computed_in():
         assert close(acc.SPECS["poisson"].reference_for(dtype)(*rates)[0], floored)
 
 
+def test_float64_references_carry_the_digits_of_a_sum_across_float64s_range():
+    # -log(1 - p) at p = 1.27e-63 is p to first order: at 60 digits 1 - p rounds to 1 and the
+    # reference to 0, which made a correct float64 loss look 5.7e244 ULP off.
+    col = lambda v: np.asarray([[v]])  # noqa: E731
+    p = 1.266282955184187e-63
+    with mpmath.workdps(acc.reference_digits("float64")):
+        reference = _reference("binary_crossentropy", col(0.0), col(p))[0]
+        assert abs(reference / mpmath.mpf(p) - 1) < 1e-60
+    assert acc.reference_digits("float32") == 60
+
+
 def test_float64_inputs_are_measured_computed_in_float64():
     """A loss class takes floatx as its dtype: under ``computing_in("float64")`` Keras's and
     stableops's compute in float64 (not in float32 after rounding their inputs)."""
