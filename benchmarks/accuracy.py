@@ -347,9 +347,15 @@ def probability_domain(t, p) -> np.ndarray:
 F32_TINY = float(np.finfo(np.float32).tiny)
 
 
+def computing_dtype(dtype) -> str:
+    """The dtype stableops computes ``dtype`` in: float64 for float64, float32 otherwise (half
+    precision is computed in float32)."""
+    return "float64" if str(dtype) == "float64" else "float32"
+
+
 def floor_of(dtype) -> float:
     """The smallest normal of the dtype that stableops computes ``dtype`` in (see above)."""
-    return float(np.finfo(np.float64).tiny) if str(dtype) == "float64" else F32_TINY
+    return float(np.finfo(computing_dtype(dtype)).tiny)
 
 
 class Floored:

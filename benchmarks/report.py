@@ -166,18 +166,19 @@ _CROSS_ENTROPY = (
     "loss and its gradient (softmax - labels) in one pass. Single core at 2^20: 1.60-1.68 "
     "(1.98 when the loss reduced a row of log_softmax)"
 )
-_FLUSHED = (
-    "the worst input's exact result is 2.4e-38, just above float32's smallest normal number, and "
-    "the kernel "
-    "returns 0 (an intermediate below the smallest normal is flushed to zero): with the unit "
-    "floored at the "
-    "smallest normal (the bracketed number in Accuracy) the error is 2 ULP"
-)
-_FLUSHED_FLOAT64 = (
-    "the worst input's exact result is 4.5e-308, just above float64's smallest normal number, "
-    "and the kernel returns 0 (an intermediate below the smallest normal is flushed to zero): "
-    "with the unit floored at the smallest normal the error is 2 ULP"
-)
+
+
+def _flushed(result: str, dtype: str) -> str:
+    """The reason of a row op whose exact result just above ``dtype``'s smallest normal came
+    out 0."""
+    return (
+        f"the worst input's exact result is {result}, just above {dtype}'s smallest normal "
+        "number, and the kernel returns 0 (an intermediate below the smallest normal is flushed "
+        "to zero): with the unit floored at the smallest normal (the bracketed number in "
+        "Accuracy) the error is 2 ULP"
+    )
+
+
 _TERMS_CANCEL = (
     "the worst input's loss is a small difference of larger terms of the definition (log-variance "
     "against "
@@ -646,10 +647,16 @@ WHY: dict[tuple[str, str], str] = {
         "(`float64_mean`, no buffer): one core, alternating with Keras, 1.01 -> 0.75 at 2^22. "
         "The miss left is at 2^14, inside the spread; pinned to one core, 0.95 there"
     ),
-    ("ulp", "categorical_crossentropy_logits"): _FLUSHED,
-    ("ulp", "sparse_categorical_crossentropy_logits"): _FLUSHED,
-    ("ulp", "logsumexp"): _FLUSHED,
-    ("ulp", "log_softmax"): _FLUSHED,
+    **{
+        (target, case): _flushed(result, dtype)
+        for target, result, dtype in (
+            ("ulp", "2.4e-38", "float32"), ("ulp64", "4.5e-308", "float64"),
+        )
+        for case in (
+            "categorical_crossentropy_logits", "sparse_categorical_crossentropy_logits",
+            "logsumexp", "log_softmax",
+        )
+    },  # fmt: skip
     ("ulp", "gaussian_nll"): _TERMS_CANCEL,
     ("ulp", "poisson_nll"): _TERMS_CANCEL,
     ("ulp", "triplet_loss"): (
@@ -681,10 +688,6 @@ WHY: dict[tuple[str, str], str] = {
         for case in ("triplet_loss", "contrastive_loss")
     },
     # float64: every case is computed in float64, with nothing wider to hide a rounding in.
-    **{("ulp64", case): _FLUSHED_FLOAT64 for case in (
-        "categorical_crossentropy_logits", "sparse_categorical_crossentropy_logits",
-        "logsumexp", "log_softmax",
-    )},  # fmt: skip
     ("ulp64", "ctc"): (
         "the grid's losses of a few of float64's smallest normals (8.3e-308 the worst shown, "
         "2.3e-307) come from three exponentials per frame each below the smallest normal: "

@@ -272,8 +272,8 @@ def test_every_case_has_inputs_and_a_finite_reference_on_its_grid():
             assert all(np.isfinite(np.asarray(a, dtype=np.float64)).all() for a in rounded)
             reference = spec.reference_for(dtype)(*exact)
             # The grids promise finite exact values: every reference is finite in the dtype it
-            # is measured in (half precision's results are float32).
-            out_dtype = "float64" if dtype == "float64" else "float32"
+            # is computed in (half precision's results are float32).
+            out_dtype = acc.computing_dtype(dtype)
             assert acc._finite_reference_mask(reference, out_dtype).all(), (case.name, dtype)
 
 
