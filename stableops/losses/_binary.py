@@ -213,6 +213,12 @@ def _focal_terms_from_probabilities(target, probabilities, gamma, pos_weight):
     ``log`` at ``max(p, tiny)``, ``log(1 - p)`` at ``min(p, 1 - eps/2)``, with
     straight-through slopes. In float32 the roundings of ``1 - p_t`` (amplified
     ``gamma`` times) and of the cross-entropy added up to 6.5 ULP of the loss.
+
+    Gradient (custom): as from logits, with the cross-entropy's value formed
+    again in the input's precision from the same logs (the float64 one made
+    XLA form the float64 cross-entropy a second time in the gradient's loop;
+    10% of the forward and backward time at 2^20, the worst of 20000 random
+    rows' gradients unchanged at 3.7 ULP).
     """
     narrow = probabilities.dtype
     limits = dtype_limits(narrow)
@@ -220,17 +226,18 @@ def _focal_terms_from_probabilities(target, probabilities, gamma, pos_weight):
     @tf.custom_gradient
     def core(t, p):
         wide_p = tf.cast(p, tf.float64)
-        log_p = tf.cast(tf.math.log(clip(p, limits.tiny)), tf.float64)
+        narrow_log_p = tf.math.log(clip(p, limits.tiny))
         # log(1 - p) = log(w) + log1p(d / w), w = fl(1 - p) in the narrow precision
-        # and d = (1 - w) - p exact in float64 (both narrow numbers, within an ULP
-        # of w of each other): log1p(d / w) to second order (|d / w| <= eps / 2).
+        # and d = (1 - w) - p, exact there (Sterbenz: 1 - w is 0 or within a factor
+        # of 2 of p): log1p(d / w) to second order (|d / w| <= eps / 2).
         below_one = clip(p, 0.0, limits.largest_below_one)
         rest = 1.0 - below_one
-        wide_rest = tf.cast(rest, tf.float64)
-        ratio = ((1.0 - wide_rest) - tf.cast(below_one, tf.float64)) * tf.cast(
-            tf.math.reciprocal(rest), tf.float64
-        )
-        log_rest = tf.cast(tf.math.log(rest), tf.float64) + ratio * (1.0 - 0.5 * ratio)
+        rounding = (1.0 - rest) - below_one
+        inverse_rest = tf.math.reciprocal(rest)
+        narrow_log_w = tf.math.log(rest)
+        ratio = tf.cast(rounding, tf.float64) * tf.cast(inverse_rest, tf.float64)
+        log_p = tf.cast(narrow_log_p, tf.float64)
+        log_rest = tf.cast(narrow_log_w, tf.float64) + ratio * (1.0 - 0.5 * ratio)
         complement = 1.0 - t
         weight = pos_weight * t if pos_weight != 1.0 else t
         crossentropy = -(weight * log_p + complement * log_rest)
@@ -245,16 +252,17 @@ def _focal_terms_from_probabilities(target, probabilities, gamma, pos_weight):
         def grad(upstream):
             t_n = tf.cast(t, narrow)
             clipped_n = tf.cast(clipped, narrow)
+            w1 = pos_weight * t_n if pos_weight != 1.0 else t_n
+            narrow_log_rest = narrow_log_w + rounding * inverse_rest
+            narrow_bce = -(w1 * narrow_log_p + (1.0 - t_n) * narrow_log_rest)
+            narrow_bce = tf.where(valid, narrow_bce, tf.constant(math.nan, narrow))
             base_p = 1.0 - 2.0 * clipped_n
             inside = tf.logical_and(t_n >= 0.0, t_n <= 1.0)
             base_t = tf.where(inside, 1.0 - 2.0 * p, tf.zeros_like(p))
-            w1 = pos_weight * t_n if pos_weight != 1.0 else t_n
             # The clip's straight-through slopes (ops.binary_crossentropy's)
-            bce_p = (1.0 - t_n) / (1.0 - clip(p, 0.0, limits.largest_below_one)) - w1 / clip(
-                p, limits.tiny
-            )
-            bce_t = tf.cast(log_rest, narrow) - pos_weight * tf.cast(log_p, narrow)
-            return _chain(upstream, crossentropy, floored, gamma, limits.tiny, (base_t, base_p),
+            bce_p = (1.0 - t_n) / rest - w1 / clip(p, limits.tiny)
+            bce_t = narrow_log_rest - pos_weight * narrow_log_p
+            return _chain(upstream, narrow_bce, floored, gamma, limits.tiny, (base_t, base_p),
                           (bce_t, bce_p))
 
         return value, grad
