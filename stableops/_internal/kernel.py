@@ -7,10 +7,15 @@ than a naive one. ``xla_kernel`` compiles the whole op, with its backward
 pass, as one XLA computation instead:
 
 - called eagerly, it runs its compiled function (through a cached concrete
-  function per argument signature), and TF differentiates the compiled call
-  (to any order); a *row-local* kernel (below) under a single gradient tape
-  takes its row-local path instead, with the compiled call hidden from the
-  tape (measured faster at 2^20);
+  function per argument signature), and under a single gradient tape TF
+  differentiates the compiled call; a *row-local* kernel (below) takes its
+  row-local path instead, with the compiled call hidden from the tape
+  (measured faster at 2^20). Under a persistent tape or nested tapes every
+  kernel takes the *recompute* path below, its backward pass run op by op
+  where an outer tape records it (a second-order gradient): TF's gradient of
+  a compiled call there is its higher-order form, which sent a zero upstream
+  through every intermediate (NaN gradients at a zero row's norm, in
+  distillation's targets) or failed to compile (the ``tf.cond`` of Dice);
 - called while a ``tf.function`` is being traced (``model.fit``, a user's
   ``tf.function``, a SavedModel), it calls a compiled *forward* function under
   a ``tf.custom_gradient``; each compiled call is one XLA cluster in the
@@ -357,14 +362,19 @@ def xla_kernel(
 
     def compiled(*args, **kwargs):
         eager = not tf.inside_function()
-        if eager and not (row_local or gradient_from_output is not None):
-            # Eagerly, TF's own gradient of the compiled call (its forward pass
-            # saving what the backward needs), differentiable to any order.
-            return call_eagerly(compiled_function("forward", args, kwargs), args, kwargs)
         names, values = list(kwargs), [*args, *kwargs.values()]
         # Only the inputs a gradient tape watches get gradient work (not labels,
         # not inference inputs); the others are passed through unwatched.
         positions = tuple(i for i, v in enumerate(values) if _differentiable(v))
+        # Eagerly under a persistent tape or nested tapes the compiled backward call
+        # (below), as in a graph: TF's gradient of the compiled call is then its
+        # higher-order form, which differentiates every intermediate of the forward pass
+        # with a zero upstream (sqrt's slope at 0 times 0: NaN for a zero row's norm).
+        single_tape = not eager or not positions or _single_tape([values[p] for p in positions])
+        if eager and single_tape and not (row_local or gradient_from_output is not None):
+            # Eagerly under one tape, TF's own gradient of the compiled call (its
+            # forward pass saving what the backward needs).
+            return call_eagerly(compiled_function("forward", args, kwargs), args, kwargs)
         reduced_axis = kwargs.get("axis", -1)
         local = row_local and bool(positions) and _rows_align(
             [values[p] for p in positions], reduced_axis
@@ -381,7 +391,7 @@ def xla_kernel(
         recorded = _record_operation is not None and (
             local or (large and (from_output or from_input))
         )
-        if eager and not (recorded and _single_tape([values[p] for p in positions])):
+        if eager and single_tape and not recorded:
             # A row-local kernel, or a large one with its gradient from the output or the
             # input, takes its own path below under a single tape (one core, 2^20:
             # categorical cross-entropy from logits 1.15 -> 0.78x Keras, elu 2.06 -> 1.83x,
@@ -414,10 +424,10 @@ def xla_kernel(
             )
             return output
 
-        if from_input:
+        if from_input and single_tape:
             return recorded_value_alone("backward_from_input")
 
-        if local:
+        if local and single_tape:
             run = compiled_function("forward_with_local_gradient", args, kwargs)
 
             def times_upstream(outputs, local_gradients):
@@ -453,7 +463,7 @@ def xla_kernel(
 
             return call_row_local(*[values[p] for p in positions])
 
-        if from_output:
+        if from_output and single_tape:
             if eager:
                 return recorded_value_alone("backward_from_output")
 
@@ -472,13 +482,22 @@ def xla_kernel(
 
         @tf.custom_gradient
         def call(*inputs):
-            call_args, call_kwargs = with_inputs(inputs)
-            outputs = compiled_function("forward", args, kwargs)(call_args, call_kwargs)
+            # Eagerly (under several tapes) the forward call gets inputs no tape watches:
+            # recorded, it would be TF's higher-order gradient of the call all the same,
+            # and a later first-order gradient of that compiled function was NaN too.
+            untaped = [tf.stop_gradient(t) for t in inputs] if eager else inputs
+            outputs = compiled_function("forward", args, kwargs)(*with_inputs(untaped))
 
             def grad(*upstreams):
                 upstreams = _floating_upstreams(upstreams, outputs)
-                run_backward = compiled_function("backward", args, kwargs)
-                return run_backward(call_args, call_kwargs, positions, upstreams)
+                backward_args = (*with_inputs(inputs), positions, upstreams)
+                if eager and _taped([*inputs, *upstreams]):
+                    # An outer tape records this backward pass (a second-order gradient):
+                    # op by op, which TF differentiates whatever the kernel holds (its
+                    # gradient of a compiled call whose loops or conditionals keep
+                    # intermediates fails: CTC, the metric-learning losses).
+                    return backward(*backward_args)
+                return compiled_function("backward", args, kwargs)(*backward_args)
 
             return outputs, grad
 

@@ -1,0 +1,139 @@
+"""A persistent tape and nested tapes get the gradients a plain tape gets (contract rules 1, 5).
+
+Eagerly, under more than one tape or a persistent one, TF differentiates a compiled call in
+its higher-order form, which passes a zero upstream through every intermediate of the forward
+pass: a norm's ``sqrt`` at 0 times 0 made a zero row's gradient NaN (``safe_norm``,
+``l2_normalize``), and a softmax target's gradient in distillation NaN everywhere. Once a
+kernel had run so, the same kernel's plain-tape gradients were NaN too. The kernels take
+their compiled backward pass there instead (``_internal/kernel``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import stableops.losses as S
+import stableops.ops as O
+from tests._public_cases import CASES, inputs
+
+# The tapes' paths differ (TF's gradient of the compiled call, a row-local product, the
+# compiled backward pass): the same formulas, rounded in other orders. 8 float32 ULPs of the
+# largest entry of the gradient.
+_TOLERANCE = 8 * np.finfo(np.float32).eps
+
+
+def _float_inputs(name):
+    return [
+        tf.constant(a) if a.dtype.kind != "f" else tf.constant(a, tf.float32)
+        for a in inputs(name, np.float32)
+    ]
+
+
+def _watched(values):
+    return [v for v in values if v.dtype.is_floating]
+
+
+def _plain(fn, values):
+    with tf.GradientTape() as tape:
+        tape.watch(_watched(values))
+        total = tf.reduce_sum(fn(*values))
+    return tape.gradient(total, _watched(values))
+
+
+def _persistent(fn, values):
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(_watched(values))
+        total = tf.reduce_sum(fn(*values))
+    gradients = tape.gradient(total, _watched(values))
+    del tape
+    return gradients
+
+
+def _nested(fn, values):
+    """The inner tape's gradient, both tapes watching the inputs (as in a gradient penalty)."""
+    with tf.GradientTape() as outer:
+        outer.watch(_watched(values))
+        with tf.GradientTape() as inner:
+            inner.watch(_watched(values))
+            total = tf.reduce_sum(fn(*values))
+        return inner.gradient(total, _watched(values))
+
+
+@pytest.mark.parametrize("tapes", [_persistent, _nested], ids=["persistent", "nested"])
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_every_public_function_has_the_plain_tapes_gradient_under_other_tapes(name, tapes):
+    fn, _, _ = CASES[name]
+    values = _float_inputs(name)
+    # Under the other tapes first: it left the kernel's later plain-tape gradients NaN.
+    got = [g.numpy() for g in tapes(fn, values)]
+    want = [g.numpy() for g in _plain(fn, values)]
+    for g, w in zip(got, want):
+        assert np.all(np.isfinite(g)), (name, g)
+        scale = np.max(np.abs(w))
+        np.testing.assert_allclose(g, w, rtol=_TOLERANCE, atol=_TOLERANCE * scale)
+
+
+@pytest.mark.parametrize("tapes", [_plain, _persistent, _nested])
+def test_a_zero_rows_norm_has_gradient_zero_under_any_tape(tapes):
+    x = tf.constant([[0.0, 0.0], [3.0, 4.0]])
+    (norm,) = tapes(O.safe_norm, [x])
+    (unit,) = tapes(lambda v: O.l2_normalize(v) * [[1.0, 2.0]], [x])
+    np.testing.assert_array_equal(norm.numpy()[0], [0.0, 0.0])
+    np.testing.assert_allclose(norm.numpy()[1], [0.6, 0.8], rtol=_TOLERANCE)
+    np.testing.assert_array_equal(unit.numpy()[0], [0.0, 0.0])
+
+
+@pytest.mark.parametrize("tapes", [_plain, _persistent, _nested])
+def test_distillation_targets_get_their_gradient_under_any_tape(tapes):
+    """d/d(teacher logits) of the cross-entropy from logits against the teacher's softmax:
+    ``-J_softmax(t)^T log_softmax(s)``, closed form in float64."""
+    teacher = np.array([[1.0, 2.0, 0.5]])
+    student = np.array([[0.3, -1.0, 2.0]])
+
+    def loss(t, s):
+        return S.categorical_crossentropy(tf.nn.softmax(t), s, from_logits=True)
+
+    got, _ = tapes(loss, [tf.constant(teacher, tf.float32), tf.constant(student, tf.float32)])
+    q = np.exp(teacher) / np.exp(teacher).sum()
+    log_p = student - np.log(np.exp(student).sum())
+    want = -(q * log_p - q * (q * log_p).sum())
+    np.testing.assert_allclose(got.numpy(), want, rtol=0, atol=_TOLERANCE)
+
+
+@pytest.mark.parametrize("tapes", [_plain, _persistent, _nested])
+def test_a_quotients_gradient_at_a_denominator_below_the_range_is_minus_infinity(tapes):
+    # safe_divide's documented gradient: d(x / y)/dy = -x / y^2 = -1e40, beyond float32.
+    _, to_y = tapes(O.safe_divide, [tf.constant(1.0), tf.constant(1e-20)])
+    assert to_y.numpy() == -np.inf
+
+
+@pytest.mark.parametrize(
+    "loss, y_true, y_pred",
+    [
+        # An earlier call without a tape, then a persistent one: TF's gradient of the
+        # compiled call met the tf.cond of the overlap kernels (OptionalNone: XLA failed).
+        (S.Dice(), [[0.0, 1.0, 1.0, 0.0]], [[0.3, 0.2, 0.8, 0.5]]),
+        (S.Tversky(), [[0.0, 1.0, 1.0, 0.0]], [[0.3, 0.2, 0.8, 0.5]]),
+        # In-domain inputs whose plain-tape gradients are finite and were NaN.
+        (S.KLDivergence(), [[0.5, 0.5]], [[1e-37, 0.5]]),
+        (S.SparseCategoricalCrossentropy(label_smoothing=0.1), [1],
+         [[1e-30, 1.18e-38, 1e-30, 1e-30]]),
+    ],
+    ids=["dice", "tversky", "kl_divergence", "sparse_smoothed"],
+)
+@pytest.mark.parametrize("tapes", [_persistent, _nested], ids=["persistent", "nested"])
+def test_loss_classes_after_an_untaped_call_get_the_plain_tapes_gradient(
+    loss, y_true, y_pred, tapes
+):
+    values = [tf.constant(y_true), tf.constant(y_pred, tf.float32)]
+    loss(*values)  # compiles the kernel with no tape watching
+
+    def prediction_only(y):
+        return loss(values[0], y)
+
+    (got,) = tapes(prediction_only, values[1:])
+    (want,) = _plain(prediction_only, values[1:])
+    assert np.all(np.isfinite(want.numpy()))
+    np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=_TOLERANCE)
