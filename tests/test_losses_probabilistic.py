@@ -519,6 +519,22 @@ def test_binary_focal_gradient_finite_at_saturated_logits(gamma):
     np.testing.assert_allclose(grad[2:, 0], [-1.0, 1.0], rtol=1e-6)
 
 
+@pytest.mark.parametrize("gamma", [0.5, 2.0])
+def test_binary_focal_gradient_stays_finite_where_the_loss_overflows(gamma, regime):
+    # A positive target at a logit of -2e38 with pos_weight 2: the loss, 4e38, overflows
+    # float32 (inf, the correctly rounded value) and the focal factor's slope there is
+    # below exp(-2e38) = 0; inf * 0 made the gradient NaN. The exact gradient is the
+    # cross-entropy's, -pos_weight (and +1 for a negative target at 2e38).
+    fn = lambda t, p: S.binary_focal_crossentropy(  # noqa: E731
+        t, p, gamma=gamma, from_logits=True, pos_weight=2.0
+    )
+    value, (grad,) = regime.value_and_grad(
+        fn, np.float32([[1.0], [0.0]]), np.float32([[-2e38], [2e38]]), wrt=(1,)
+    )
+    assert value[0] == np.inf and value[1] == np.float32(2e38)
+    np.testing.assert_array_equal(grad[:, 0], [-2.0, 1.0])
+
+
 @pytest.mark.parametrize("gamma", [0.0, 0.5])
 @pytest.mark.usefixtures("eager_ops")
 def test_binary_focal_gradient_finite_at_saturated_probabilities(gamma):

@@ -273,13 +273,20 @@ def _focal_terms_from_probabilities(target, probabilities, gamma, pos_weight):
 def _chain(upstream, crossentropy, floored, gamma, tiny, base_slopes, crossentropy_slopes):
     """The gradients ``(d/dt, d/dy)`` of ``max(B, tiny)^gamma * bce`` in ``y``'s precision, from
     the slopes of the base ``B`` and of ``bce`` with respect to ``(t, y)``; the factor's
-    slope ``gamma max(B, tiny)^(gamma - 1)`` is 0 below ``tiny``."""
+    slope ``gamma max(B, tiny)^(gamma - 1)`` is 0 below ``tiny``.
+
+    A base slope of exactly 0 contributes 0, also where ``bce`` overflowed the precision
+    (logits of -2e38 with ``pos_weight = 2``: ``bce = 4e38``, ``dB/dx <= exp(-|x|) = 0``),
+    which ``inf * 0`` made NaN."""
     narrow = base_slopes[1].dtype
     up, bce, base = (tf.cast(v, narrow) for v in (upstream, crossentropy, floored))
     factor = tf.pow(base, gamma)
     slope = tf.where(floored > tiny, gamma * tf.pow(base, gamma - 1.0), tf.zeros_like(base))
     focal = (up * bce) * slope
-    to_t, to_y = (focal * b + (up * factor) * c for b, c in zip(base_slopes, crossentropy_slopes))
+    to_t, to_y = (
+        tf.where(tf.equal(b, 0.0), tf.zeros_like(b), focal * b) + (up * factor) * c
+        for b, c in zip(base_slopes, crossentropy_slopes)
+    )
     return tf.cast(to_t, tf.float64), to_y
 
 
