@@ -4,7 +4,8 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from sklearn.datasets import load_diabetes
+from sklearn.datasets import load_breast_cancer, load_diabetes, load_digits, load_wine
+from sklearn.preprocessing import MinMaxScaler, RobustScaler, StandardScaler
 
 import stableops
 from stableops.doctor import diagnose
@@ -124,6 +125,40 @@ def test_large_magnitude_alone_makes_features_unscaled():
     noise = RNG.normal(size=(N, F)).astype(np.float32)
     assert diagnose(mlp(), 1.2 * UNSCALED + noise, Y, trial_steps=0).find("input.scale")
     assert not diagnose(mlp(), 0.8 * UNSCALED + noise, Y, trial_steps=0).find("input.scale")
+
+
+def _scaled(scaler, x):
+    return scaler.fit_transform(x).astype(np.float32)
+
+
+@pytest.mark.parametrize(
+    "features",
+    [
+        # Standardized digits: every standard deviation is 1, but the edge pixels' typical
+        # |x| (75th percentile) is 0.03-0.3, 58x below the others'.
+        lambda: _scaled(StandardScaler(), load_digits().data),
+        # Pixels in [0, 1] on 32 rows: a pixel with one faint stroke has a typical |x| 64x
+        # below the others' (its range is 1/16, 16x below).
+        lambda: (load_digits().data[:32] / 16.0).astype(np.float32),
+        lambda: _scaled(MinMaxScaler(), load_wine().data),
+        lambda: _scaled(RobustScaler(), load_breast_cancer().data),
+    ],
+    ids=["standardized", "unit_pixels", "min_max", "robust"],
+)
+def test_data_scaled_by_a_usual_scaler_is_not_called_unscaled(features):
+    x = features()
+    y = np.zeros((len(x), 1), np.float32)
+    assert not diagnose(mlp(inputs=x.shape[1]), x, y, trial_steps=0).find("input.scale")
+
+
+def test_feature_scales_that_differ_by_every_measure_are_unscaled():
+    # Breast cancer's raw features: areas up to 4254 beside smoothness near 0.1.
+    x = load_breast_cancer().data.astype(np.float32)
+    y = np.zeros((len(x), 1), np.float32)
+    [scale] = diagnose(mlp(inputs=x.shape[1]), x, y, trial_steps=0).find("input.scale")
+    assert scale.evidence["spread"] > 1e3
+    assert scale.evidence["spread_measure"] in ("standard deviation", "range",
+                                                "interquartile range")
 
 
 def test_integer_features_fed_to_a_dense_layer_are_checked():

@@ -36,6 +36,11 @@ def _input_name(index: int, name: str | None, n_inputs: int) -> str:
 # Inputs
 
 
+#: The measures of a feature's scale that a scaler divides by (StandardScaler, MinMaxScaler,
+#: RobustScaler): data scaled by any of them has no spread between its features' scales.
+SCALE_MEASURES = ("standard deviation", "range", "interquartile range")
+
+
 def _feature_matrix(values: np.ndarray) -> np.ndarray:
     """Rows x features (the last axis), in float64."""
     values = np.asarray(values, dtype=np.float64)
@@ -49,7 +54,9 @@ def feature_statistics(values: np.ndarray) -> dict:
 
     ``magnitude`` is the typical size of a value (the 75th percentile of
     ``|x|``, robust to outliers; the largest ``|x|`` for a mostly-zero
-    feature); ``max_z`` and ``outliers`` use the robust z-score
+    feature); ``scales`` holds the measures of spread a scaler divides by
+    (:data:`SCALE_MEASURES`: StandardScaler's, MinMaxScaler's, RobustScaler's);
+    ``max_z`` and ``outliers`` use the robust z-score
     ``|x - median| / sd`` with ``sd = MAD / 0.6745`` (mean absolute deviation
     * 1.2533 when the MAD is 0). Binary/indicator features (at most two
     distinct values) get no outlier statistics: their rare level is not an
@@ -68,12 +75,20 @@ def feature_statistics(values: np.ndarray) -> dict:
         "outliers": np.zeros(n_features, dtype=np.int64),
     }
     if not has_values.any():
+        out["scales"] = {name: np.zeros(n_features) for name in SCALE_MEASURES}
         return out
     with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns
         absolute = np.abs(clean)
         max_abs = np.nanmax(absolute, axis=0)
         typical = np.nanpercentile(absolute, 75, axis=0)
+        quartiles = np.nanpercentile(clean, [25, 75], axis=0)
+        spreads = (
+            np.nanstd(clean, axis=0),
+            np.nanmax(clean, axis=0) - np.nanmin(clean, axis=0),
+            quartiles[1] - quartiles[0],
+        )
+        scales = dict(zip(SCALE_MEASURES, spreads))
         median = np.nanmedian(clean, axis=0)
         deviation = np.abs(clean - median)
         mad = np.nanmedian(deviation, axis=0)
@@ -83,6 +98,7 @@ def feature_statistics(values: np.ndarray) -> dict:
         ordered = np.sort(clean, axis=0)  # NaN sorts last
         distinct = 1 + ((np.diff(ordered, axis=0) != 0) & np.isfinite(ordered[1:])).sum(axis=0)
     out["max_abs"] = np.where(has_values, max_abs, 0.0)
+    out["scales"] = {name: np.where(has_values, v, 0.0) for name, v in scales.items()}
     out["magnitude"] = np.where(has_values, np.where(typical > 0, typical, max_abs), 0.0)
     continuous = has_values & (distinct > 2) & (sd > 0)
     out["max_z"] = np.where(continuous, np.nanmax(np.where(np.isfinite(z), z, 0.0), axis=0), 0.0)
@@ -178,14 +194,31 @@ def check_inputs(
     return findings
 
 
+def _spread(scale: np.ndarray):
+    """``(largest / smallest, largest, smallest)`` over the features of positive scale, or None."""
+    positive = np.flatnonzero(scale > 0)
+    if not positive.size:
+        return None
+    largest = int(positive[np.argmax(scale[positive])])
+    smallest = int(positive[np.argmin(scale[positive])])
+    return float(scale[largest] / scale[smallest]), largest, smallest
+
+
 def _scale_findings(where: str, stats: dict) -> list:
+    """Unscaled: a typical magnitude beyond ``UNSCALED_MAGNITUDE``, or feature scales that differ
+    by more than ``SCALE_SPREAD`` by *every* measure of scale (data standardized, min-max or
+    robustly scaled pass: a sparse standardized feature's typical magnitude is small, its
+    standard deviation is 1)."""
     magnitude = stats["magnitude"]
-    positive = magnitude > 0
-    if not positive.any():
+    if not (magnitude > 0).any():
         return []
     largest = int(np.argmax(magnitude))
-    smallest = int(np.flatnonzero(positive)[np.argmin(magnitude[positive])])
-    spread = float(magnitude[largest] / magnitude[smallest])
+    spreads = {
+        name: spread for name, scale in stats["scales"].items()
+        if (spread := _spread(scale)) is not None
+    }
+    measure = min(spreads, key=lambda name: spreads[name][0]) if spreads else None
+    spread, widest, narrowest = spreads[measure] if spreads else (1.0, largest, largest)
     unscaled = np.flatnonzero(magnitude > th.UNSCALED_MAGNITUDE)
     if not unscaled.size and spread <= th.SCALE_SPREAD:
         return []
@@ -196,7 +229,10 @@ def _scale_findings(where: str, stats: dict) -> list:
             f"{format_number(th.UNSCALED_MAGNITUDE)} (largest {format_number(magnitude[largest])})"
         )
     if spread > th.SCALE_SPREAD:
-        reasons.append(f"feature scales differ by {format_number(spread)}x")
+        reasons.append(
+            f"feature scales differ by {format_number(spread)}x (by their {measure}s; by the "
+            "other measures of scale more)"
+        )
     return [
         finding(
             checks.INPUT_SCALE,
@@ -205,9 +241,10 @@ def _scale_findings(where: str, stats: dict) -> list:
             evidence={
                 "largest_magnitude": float(magnitude[largest]),
                 "largest_feature": largest,
-                "smallest_magnitude": float(magnitude[smallest]),
-                "smallest_feature": smallest,
                 "spread": spread,
+                "spread_measure": measure,
+                "widest_feature": widest,
+                "narrowest_feature": narrowest,
                 "unscaled_features": listed(unscaled),
             },
         )

@@ -36,7 +36,8 @@ def diagnose(
 
     - inputs: NaN/inf values; values that overflow a float16 first layer;
       per-feature scale (typical magnitude above sqrt(float16 max) = 256, or
-      feature scales more than 1/sqrt(eps(float16)) = 32x apart) and outliers
+      feature scales more than 1/sqrt(eps(float16)) = 32x apart by their standard
+      deviations, ranges and interquartile ranges alike) and outliers
       (robust z-score above 10); the fix is ``stableops.layers.RobustScaler``
       or ``keras.layers.Normalization``. Inputs that feed a normalisation layer
       directly are not checked for scale.

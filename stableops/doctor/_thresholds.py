@@ -34,11 +34,14 @@ FLOAT16_MIN_HEADROOM = 2.0**4
 #: large too, saturating sigmoid/tanh units and scaling gradients by its square.
 UNSCALED_MAGNITUDE = math.sqrt(_F16.max)
 
-#: Features whose typical magnitudes differ by more than 1/sqrt(eps(float16))
-#: = 32x are flagged: the smaller feature then contributes less than
-#: (1/32)**2 = eps(float16) of a first-layer unit's variance, i.e. it is below
-#: the resolution of a half-precision sum and the optimiser effectively ignores
-#: it until the inputs are normalised.
+#: Features whose scales differ by more than 1/sqrt(eps(float16)) = 32x are
+#: flagged: the smaller feature then contributes less than (1/32)**2 =
+#: eps(float16) of a first-layer unit's variance, i.e. it is below the
+#: resolution of a half-precision sum and the optimiser effectively ignores it
+#: until the inputs are normalised. The scales must differ by every measure a
+#: scaler divides by (standard deviation, range, interquartile range): a sparse
+#: feature of standardized data has a small typical |x| but a standard
+#: deviation of 1, and pixels in [0, 1] a range of at most 1.
 SCALE_SPREAD = 1.0 / math.sqrt(_F16.eps)
 
 #: Regression targets whose typical magnitude (75th percentile of |y|) exceeds
