@@ -40,7 +40,8 @@ class NaNGuard(keras.callbacks.Callback):
     (above ``LOSS_EXPLOSION`` x the run's reference level and above its first
     loss; see ``stableops/doctor/_thresholds.py``), when a weight is
     non-finite, or when a weight heads for overflow (``|w|`` above the square
-    root of its dtype's maximum, where its products overflow). Then the guard:
+    root of its dtype's maximum, where its products overflow; the optimizer's
+    state only when non-finite). Then the guard:
 
     1. rolls back to the good snapshot with the lowest loss after it (from
        before the divergence: in a slow climb, the newest good snapshots are
@@ -183,7 +184,10 @@ class NaNGuard(keras.callbacks.Callback):
         self._variables = weights + _optimizer_state(optimizer)
         # Weights heading for overflow: |w| above sqrt(max) of their dtype,
         # where w * w (a product with a similar activation, an L2 penalty) overflows.
-        self._overflow_at = [math.sqrt(dtype_limits(v.dtype).max) for v in self._variables]
+        # Not the optimizer's state: Adam's second moment is a square already (a
+        # gradient of 16 puts it at float16's 256 in healthy training), and a slot
+        # that overflows is caught as non-finite.
+        self._overflow_at = [math.sqrt(dtype_limits(v.dtype).max) for v in weights]
         # snapshots + 1 slots: the good ones and the one awaiting confirmation.
         self._slots = [
             [tf.Variable(v.value, trainable=False) for v in self._variables]
@@ -280,7 +284,7 @@ class NaNGuard(keras.callbacks.Callback):
     def _check_and_save_fn(self, save, shadows):
         checks = [tf.reduce_all(tf.math.is_finite(v.value)) for v in self._variables]
         finite = tf.reduce_all(tf.stack(checks)) if checks else tf.constant(True)
-        overflow = [
+        overflow = [  # the weights, the first variables (see _overflow_at)
             tf.reduce_any(tf.abs(v.value) > tf.cast(limit, v.dtype))
             for v, limit in zip(self._variables, self._overflow_at)
         ]

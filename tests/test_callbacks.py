@@ -142,6 +142,50 @@ def test_weights_that_overflow_with_a_finite_loss():
         np.testing.assert_array_equal(restored, before)
 
 
+def _float16_regression(learning_rate):
+    """A float16 Dense regression on targets near 40 (Adam, epsilon float16 can hold)."""
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential(
+        [keras.Input((8,)), keras.layers.Dense(16, activation="relu"), keras.layers.Dense(1)]
+    )
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate, epsilon=1e-4), loss="mse")
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(512, 8)).astype(np.float16)
+    y = (x.astype(np.float32) @ rng.normal(size=(8, 1)) * 10 + 40).astype(np.float16)
+    return model, x, y
+
+
+def test_a_float16_optimizers_second_moment_beyond_sqrt_max_is_not_overflow(
+    mixed_precision_policy,
+):
+    # Adam's velocity is a square: gradients above 16 put it past sqrt(65504) = 256 in
+    # healthy training (388 here). The guard stopped this run at step 38 as "weight
+    # overflow" when it checked the optimizer's state like the weights.
+    mixed_precision_policy("float16")
+    model, x, y = _float16_regression(1e-2)
+    guard = NaNGuard(action="stop", verbose=0, diagnose=False)
+    history = model.fit(x, y, batch_size=32, epochs=3, verbose=0, callbacks=[guard])
+    velocity = max(
+        float(np.abs(v.numpy()).max()) for v in model.optimizer.variables if "velocity" in v.path
+    )
+    assert velocity > np.sqrt(np.finfo(np.float16).max)
+    assert guard.events == [] and len(history.history["loss"]) == 3
+
+
+def test_a_float16_weight_beyond_sqrt_max_is_heading_for_overflow(mixed_precision_policy):
+    mixed_precision_policy("float16")
+    model, x, y = _float16_regression(1e-2)
+    # One finite weight beyond 256 on a unit that stays off (a bias of -300 and no inputs):
+    # training is unchanged, the weight is what the guard sees.
+    hidden = model.layers[0]
+    unit_zero = np.arange(16) == 0
+    hidden.kernel.assign(np.where(unit_zero, 0.0, hidden.kernel.numpy()))
+    hidden.bias.assign(np.where(unit_zero, -300.0, hidden.bias.numpy()))
+    guard = NaNGuard(action="stop", verbose=0, diagnose=False)
+    model.fit(x, y, batch_size=32, epochs=1, verbose=0, callbacks=[guard])
+    assert [e["trigger"] for e in guard.events] == ["weight overflow"]
+
+
 @pytest.mark.parametrize(
     "kwargs, match",
     [
