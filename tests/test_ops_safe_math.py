@@ -680,3 +680,24 @@ def test_mixed_dtypes_are_a_type_error():
 def test_clip_bounds_out_of_order_is_a_value_error():
     with pytest.raises(ValueError, match="lo"):
         ops.clip_preserve_gradient(tf.constant([1.0]), 2.0, 1.0)
+
+
+@pytest.mark.parametrize(
+    "op", [ops.safe_norm, ops.l2_normalize, ops.softmax, ops.log_softmax, ops.logsumexp],
+    ids=lambda op: op.__name__,
+)
+def test_reductions_name_an_axis_the_input_does_not_have(op, regime):
+    # Rule 6: TF's own reduction fails with "Invalid reduction dimension 5 ... {{node Max}}".
+    x = np.ones((2, 3), np.float32)
+    with pytest.raises(ValueError, match=r"`axis` is out of range for a rank-2 `x`.*axis=5"):
+        regime.run(lambda v: op(v, axis=5), x)
+
+
+def test_norms_take_a_list_of_axes_as_a_tuple(regime):
+    # A list reached the kernel as a tensor: TypeError in tf.squeeze.
+    x = np.arange(6.0, dtype=np.float32).reshape(2, 3)
+    norm = regime.run(lambda v: ops.safe_norm(v, axis=[0, 1]), x)
+    unit = regime.run(lambda v: ops.l2_normalize(v, axis=[0, 1]), x)
+    exact = np.sqrt(55.0)  # 0 + 1 + 4 + 9 + 16 + 25
+    np.testing.assert_allclose(norm, exact, rtol=2 * np.finfo(np.float32).eps)
+    np.testing.assert_allclose(unit, x / exact, rtol=3 * np.finfo(np.float32).eps)

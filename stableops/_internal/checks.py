@@ -71,6 +71,15 @@ def as_float_tensor(x, name: str, integer_dtype=None) -> tf.Tensor:
     return tf.cast(x, integer_dtype)
 
 
+def float_tensor_with_axis(x, axis, name: str = "x") -> tf.Tensor:
+    """:func:`as_float_tensor`, after which a reduction's ``axis`` must exist in ``x`` (a
+    ``ValueError`` naming ``axis`` and the rank, where TF's reduction names a graph node;
+    nothing is checked for an unknown rank)."""
+    x = as_float_tensor(x, name)
+    canonical_axis(axis, x.shape.rank, of=name)
+    return x
+
+
 def check_same_shape(a: tf.Tensor, b: tf.Tensor, a_name: str, b_name: str) -> None:
     """Raise ``ValueError`` naming both shapes when they cannot match statically."""
     if not a.shape.is_compatible_with(b.shape):

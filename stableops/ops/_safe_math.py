@@ -23,7 +23,12 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from stableops._internal.checks import as_float_tensor, check_in_range
+from stableops._internal.checks import (
+    as_float_tensor,
+    axis_argument,
+    check_in_range,
+    float_tensor_with_axis,
+)
 from stableops._internal.clip import clip
 from stableops._internal.dtypes import dtype_limits, to_compute, to_compute_saturating
 from stableops._internal.kernel import xla_kernel
@@ -300,6 +305,11 @@ def _norm_with_unit_gradient(x, axis, keepdims):
 
 
 @xla_kernel
+def _safe_norm_kernel(x, axis, keepdims):
+    x = float_tensor_with_axis(x, axis)
+    return tf.cast(_norm_with_unit_gradient(to_compute(x), axis, keepdims), x.dtype)
+
+
 def safe_norm(x, axis=-1, keepdims=False):
     """Euclidean norm that neither overflows nor underflows, with gradient 0 at 0.
 
@@ -334,8 +344,7 @@ def safe_norm(x, axis=-1, keepdims=False):
         >>> float(safe_norm(tf.constant([3e30, 4e30])))  # tf.norm: inf
         5e+30
     """
-    x = as_float_tensor(x, "x")
-    return tf.cast(_norm_with_unit_gradient(to_compute(x), axis, keepdims), x.dtype)
+    return _safe_norm_kernel(x, axis=axis_argument(axis, allow_many=True), keepdims=bool(keepdims))
 
 
 def _normalize_with_projected_gradient(x, axis):
@@ -363,6 +372,11 @@ def _normalize_with_projected_gradient(x, axis):
 
 
 @xla_kernel
+def _l2_normalize_kernel(x, axis):
+    x = float_tensor_with_axis(x, axis)
+    return tf.cast(_normalize_with_projected_gradient(to_compute_saturating(x), axis), x.dtype)
+
+
 def l2_normalize(x, axis=-1):
     """``x / ||x||`` along ``axis``; the zero vector maps to zeros with zero gradient.
 
@@ -398,8 +412,7 @@ def l2_normalize(x, axis=-1):
         array([[0.6, 0.8],
                [0. , 0. ]], dtype=float32)
     """
-    x = as_float_tensor(x, "x")
-    return tf.cast(_normalize_with_projected_gradient(to_compute_saturating(x), axis), x.dtype)
+    return _l2_normalize_kernel(x, axis=axis_argument(axis, allow_many=True))
 
 
 # ----------------------------------------------------------------------------

@@ -14,7 +14,7 @@ import typing
 
 import tensorflow as tf
 
-from stableops._internal.checks import as_float_tensor, axis_argument
+from stableops._internal.checks import axis_argument, float_tensor_with_axis
 from stableops._internal.dtypes import to_compute
 from stableops._internal.elementary import accurate_log1p
 from stableops._internal.kernel import xla_kernel
@@ -257,7 +257,7 @@ def _log_softmax_core(x, axis):
 
 @xla_kernel(row_local=True)
 def _logsumexp_kernel(x, axis, keepdims, where):
-    x = as_float_tensor(x, "x")
+    x = float_tensor_with_axis(x, axis)
     value = _logsumexp_core(_mask_out(to_compute(x), where), axis, keepdims)
     return tf.cast(value, x.dtype)
 
@@ -288,14 +288,14 @@ def _log_softmax_gradient(y, upstream, axis, where):
 
 @xla_kernel(gradient_from_output=_softmax_gradient)
 def _softmax_kernel(x, axis, where):
-    x = as_float_tensor(x, "x")
+    x = float_tensor_with_axis(x, axis)
     value = _softmax_core(_mask_out(to_compute(x), where), axis)
     return tf.cast(_fill_masked(value, where, 0.0), x.dtype)
 
 
 @xla_kernel(gradient_from_output=_log_softmax_gradient)
 def _log_softmax_kernel(x, axis, where):
-    x = as_float_tensor(x, "x")
+    x = float_tensor_with_axis(x, axis)
     value = _log_softmax_core(_mask_out(to_compute(x), where), axis)
     return tf.cast(_fill_masked(value, where, -math.inf), x.dtype)
 
