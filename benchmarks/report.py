@@ -248,7 +248,7 @@ WHY: dict[tuple[str, str], str] = {
         "the plain loss needs only the slope elementwise. With log(1 - p) as one log plus its "
         "rounding error (since 268a566), one core at 2^20, one process, alternating: 1.78 "
         "-> 1.16; in the committed run 0.90 at 2^20, 1.08-1.15 at three other sizes. Since "
-        "the change after 032323b the gradient forms the cross-entropy again in the input's "
+        "4d4f050 the gradient forms the cross-entropy again in the input's "
         "precision from the same logs, where its float64 value made XLA form the float64 "
         "cross-entropy a second time in the gradient's loop: one core at 2^20, alternating, "
         "0.90-0.91x the time before under XLA and in a plain tf.function (2^14 0.98). What is "

@@ -701,3 +701,18 @@ def test_norms_take_a_list_of_axes_as_a_tuple(regime):
     exact = np.sqrt(55.0)  # 0 + 1 + 4 + 9 + 16 + 25
     np.testing.assert_allclose(norm, exact, rtol=2 * np.finfo(np.float32).eps)
     np.testing.assert_allclose(unit, x / exact, rtol=3 * np.finfo(np.float32).eps)
+
+
+@pytest.mark.parametrize("jit_compile", [False, True], ids=["function", "xla"])
+@pytest.mark.parametrize(
+    "op", [ops.safe_norm, ops.l2_normalize, ops.softmax, ops.log_softmax, ops.logsumexp],
+    ids=lambda op: op.__name__,
+)
+def test_reductions_of_an_unknown_rank_say_the_rank_must_be_known(op, jit_compile):
+    # The float64 row sums are built for a static rank; TF said "Cannot take the length of
+    # shape with unknown rank" from deep inside them.
+    traced = tf.function(
+        op, input_signature=[tf.TensorSpec(None, tf.float32)], jit_compile=jit_compile
+    )
+    with pytest.raises(ValueError, match=r"`x` must have a known rank to reduce `axis=-1`"):
+        traced(tf.ones((2, 3)))

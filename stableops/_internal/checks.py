@@ -72,10 +72,20 @@ def as_float_tensor(x, name: str, integer_dtype=None) -> tf.Tensor:
 
 
 def float_tensor_with_axis(x, axis, name: str = "x") -> tf.Tensor:
-    """:func:`as_float_tensor`, after which a reduction's ``axis`` must exist in ``x`` (a
-    ``ValueError`` naming ``axis`` and the rank, where TF's reduction names a graph node;
-    nothing is checked for an unknown rank)."""
+    """:func:`as_float_tensor`, after which a reduction's ``axis`` must exist in ``x``.
+
+    Raises:
+        ValueError: naming ``axis`` and the rank, where TF's reduction names a graph
+            node; or, for ``x`` of unknown rank (a ``tf.function`` traced with
+            ``tf.TensorSpec(None)``), saying that the rank must be known.
+    """
     x = as_float_tensor(x, name)
+    if x.shape.rank is None:
+        raise ValueError(
+            f"`{name}` must have a known rank to reduce `axis={axis}`, got a tensor of unknown "
+            "rank (give the tf.function an input_signature with one, e.g. "
+            "tf.TensorSpec([None, None]))"
+        )
     canonical_axis(axis, x.shape.rank, of=name)
     return x
 
