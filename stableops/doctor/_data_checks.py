@@ -83,12 +83,12 @@ def feature_statistics(values: np.ndarray) -> dict:
         max_abs = np.nanmax(absolute, axis=0)
         typical = np.nanpercentile(absolute, 75, axis=0)
         quartiles = np.nanpercentile(clean, [25, 75], axis=0)
-        spreads = (
+        measured = (
             np.nanstd(clean, axis=0),
             np.nanmax(clean, axis=0) - np.nanmin(clean, axis=0),
             quartiles[1] - quartiles[0],
         )
-        scales = dict(zip(SCALE_MEASURES, spreads))
+        scales = dict(zip(SCALE_MEASURES, measured))
         median = np.nanmedian(clean, axis=0)
         deviation = np.abs(clean - median)
         mad = np.nanmedian(deviation, axis=0)
@@ -214,8 +214,8 @@ def _scale_findings(where: str, stats: dict) -> list:
         return []
     largest = int(np.argmax(magnitude))
     spreads = {
-        name: spread for name, scale in stats["scales"].items()
-        if (spread := _spread(scale)) is not None
+        name: found for name, scale in stats["scales"].items()
+        if (found := _spread(scale)) is not None
     }
     measure = min(spreads, key=lambda name: spreads[name][0]) if spreads else None
     spread, widest, narrowest = spreads[measure] if spreads else (1.0, largest, largest)
