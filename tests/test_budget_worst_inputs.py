@@ -320,3 +320,20 @@ def test_binary_focal_rows(regime, from_logits, t, y):
     )
     errors = R.ulp_error(value, np.array([reference], dtype=object), F32)
     assert errors.max() <= 3, errors
+
+
+def test_binary_focal_with_gamma_0_and_class_balancing(regime):
+    # gamma = 0 is the plain cross-entropy, weighted by alpha t + (1 - alpha)(1 - t): the
+    # weight formed in float32 rounded twice more (3.5 ULP here against the stated 3).
+    target, logit = np.float32([[0.18986663]]), np.float32([[2.9003513e-06]])
+    reference = R.mp_binary_focal_logits(
+        R.mpf(float(target[0, 0])), R.mpf(float(logit[0, 0])), 0, alpha=0.25
+    )
+    value = regime.run(
+        lambda a, b: S.binary_focal_crossentropy(
+            a, b, apply_class_balancing=True, alpha=0.25, gamma=0.0, from_logits=True
+        ),
+        target, logit,
+    )
+    errors = R.ulp_error(value, np.array([reference], dtype=object), F32)
+    assert errors.max() <= 3, errors

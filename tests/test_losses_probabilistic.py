@@ -459,6 +459,40 @@ def test_scce_integer_labels_never_pass_through_float16():
 
 
 @pytest.mark.usefixtures("eager_ops")
+def _mp_smoothed_binary(y, v, smoothing, from_logits, pos_weight):
+    """-(pos_weight t log p + (1 - t) log(1 - p)) at t = y (1 - s) + s / 2, exact."""
+    t = mpmath.mpf(y) * (1 - mpmath.mpf(smoothing)) + mpmath.mpf(smoothing) / 2
+    v = mpmath.mpf(v)
+    log_p, log_q = (
+        (-mpmath.log1p(mpmath.exp(-v)), -mpmath.log1p(mpmath.exp(v))) if from_logits
+        else (mpmath.log(v), mpmath.log1p(-v))
+    )
+    return -(mpmath.mpf(pos_weight) * t * log_p + (1 - t) * log_q)
+
+
+@pytest.mark.parametrize("pos_weight", [1.0, 2.0])
+@pytest.mark.parametrize("from_logits", [True, False], ids=["logits", "probabilities"])
+def test_binary_label_smoothing_keeps_the_4_ulp_budget(from_logits, pos_weight, regime):
+    # The smoothed target rounded to float32 first: 1 - t carried its rounding relative to
+    # 1 - t, 14.7 ULP at y = 0.9941, logit 9 (12.6 from the probability 0.9994084).
+    y = np.float32([[0.9941, 0.944875, 1.0, 0.003, 0.5, 0.37]])
+    v = np.float32([[9.0, 9.0, 4.383676, -8.0, 0.3, -2.5]])
+    if not from_logits:
+        v = np.float32([[0.9994084, 0.9998766, 0.98767, 3.4e-4, 0.57, 0.076]])
+    for smoothing in (0.1, 0.125):
+        got = regime.run(
+            lambda a, b: S.binary_crossentropy(
+                a, b, from_logits=from_logits, label_smoothing=smoothing, pos_weight=pos_weight,
+                axis=0,
+            ),
+            y, v,
+        )
+        want = [_mp_smoothed_binary(a, b, smoothing, from_logits, pos_weight)
+                for a, b in zip(y[0].tolist(), v[0].tolist())]
+        R.assert_ulp_within(got, np.array(want, dtype=object), "float32", 4,
+                            context=f"label_smoothing={smoothing}")
+
+
 def test_scce_label_smoothing_matches_keras_one_hot():
     rng = np.random.default_rng(3)
     labels = rng.integers(0, C, size=N)
