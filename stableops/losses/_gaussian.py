@@ -142,12 +142,15 @@ def gaussian_nll(y_true, y_pred, full=False, *, variance="variance"):
         ``no_grad``: below it the gradient is the one at the floor,
         ``0.5 (1 - e^2 / floor) / floor``, which pushes the variance up whenever
         the error exceeds the floor's square root. ``e^2 / v`` is formed as
-        ``e * (e / v)``: it overflows only where the result does (in float32 for
-        errors above 6.4e15 at the floor; the gradient above 2.2e12).
+        ``e * (e / v)``, halved after: it overflows where twice the result does
+        (in float32 for errors above 6.4e15 at the floor, where the result
+        itself passes the max near 9e15; the gradient above 2.2e12).
         ``variance="log_variance"``: no floor. ``e^2 exp(-s)`` is formed as
         ``r^2``, ``r = e exp(-s/2)``, the exponential applied as two factors
         ``exp(-s/4)`` where one would overflow, so the value is finite wherever
-        it is representable: a log-variance of -1000 with a zero error gives
+        twice it is representable (``r^2`` is halved after: an error of 3e11 at a
+        log-variance of -36, a loss of 1.9e38, gives ``inf``): a log-variance of
+        -1000 with a zero error gives
         -500 (hand-written: ``0 * inf = nan``); with a nonzero error it is
         ``+inf``, the true value beyond the float range (gradient ``inf``/``-inf``,
         never NaN). Custom gradients in both forms. Half precision computes in

@@ -20,7 +20,8 @@ exploding or a zero gradient, these stay finite and accurate:
 Per-sample means over the last axis are Keras's (sum, then divide); the
 squared, absolute and Huber errors are summed in float64 (``float64_mean``: one
 XLA loop, no buffer, faster than the float32 sum), so their mean overflows only
-where it exceeds the float32 max itself, not where the sum of its terms does
+where it or an error itself (formed in the input's precision) exceeds the float32
+max, not where the sum of its terms does
 (Keras: ``inf`` for four errors of 1.5e19 in MSE). The percentage error's
 quotients are summed in float64 too, for accuracy (and faster under XLA), and so
 are MSLE's squared log errors, formed in float64 for its budget with a written-out
@@ -109,8 +110,10 @@ def mean_absolute_error(y_true, y_pred):
         ``mean(|y_true - y_pred|, axis=-1)``
 
     Numerical stability:
-        Half precision is computed in float32. Finite while the mean of the
-        absolute errors is below the float32 max (summed in float64); the
+        Half precision is computed in float32. Finite while each absolute
+        error and their mean are below the float32 max (summed in float64; an
+        error is formed in the input's precision: ``3e38 - (-3e38)`` is
+        ``inf`` in float32); the
         gradient is ``sign(y_pred - y_true) / n`` (0 at a zero error, as in
         Keras). NaN gives NaN.
         Error budget: 3 ULP of the float32 result (last axis of up to 8).
@@ -147,9 +150,10 @@ def mean_absolute_percentage_error(y_true, y_pred):
         5e8) and 50 here (the 1 -> 1.5 term alone; gradient 0 for the
         zero-target prediction). Half precision is computed in float32, where
         every finite float16 input gives a finite result (at most about
-        2e11). In float32/bfloat16 the result overflows only where a relative
-        error or the percentage exceeds the float32 max (``|y_pred| /
-        |y_true|`` beyond about 3e36; the sum is taken in float64).
+        2e11). In float32/bfloat16 the result overflows only where an error
+        ``|y_true - y_pred|`` (``2e38 - (-2e38)``), a relative error or the
+        percentage exceeds the float32 max (``|y_pred| / |y_true|`` beyond
+        about 3e36; the sum is taken in float64).
         NaN in ``y_true`` or ``y_pred`` (at a nonzero target) gives NaN.
         Error budget: 3 ULP of the float32 result (last axis of up to 8): the
         terms, rounded twice each in float32, are summed and averaged in
@@ -408,8 +412,9 @@ def huber(y_true, y_pred, delta=1.0):
         float16 errors up to the full range (``y_true = -60000, y_pred = 60000``)
         give finite values and gradients (Keras's function form: ``inf`` and a
         NaN gradient). Gradient: ``clip(e, -delta, delta) / n``. In
-        float32/bfloat16 the result is finite while the mean of the
-        per-element losses is (summed in float64). NaN gives NaN.
+        float32/bfloat16 the result is finite while each error and the mean
+        of the per-element losses are (summed in float64; an error is formed
+        in the input's precision). NaN gives NaN.
         Error budget: 3 ULP of the float32 result (last axis of up to 8).
 
     Args:
