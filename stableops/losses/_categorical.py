@@ -448,7 +448,9 @@ def categorical_focal_crossentropy(
         in float64 for float32 input (a float32 softmax and its ``1 - q``:
         15.2 ULP from logits, 11.6 from probabilities), and float64 input
         corrects their roundings (7 ULP uncorrected). Measured against
-        mpmath: 3.7 and 1.8 ULP in float32, 3.6 in float64 both ways.
+        mpmath: 3.7 and 1.8 ULP in float32, 3.6 in float64 both ways. A
+        larger ``gamma`` amplifies float32 ``exp``'s error in ``1 - q`` from
+        logits ``gamma`` times (6.2 ULP measured at ``gamma = 8``).
 
     Args:
         y_true: one-hot (or soft) targets, ``[batch, ..., num_classes]``.

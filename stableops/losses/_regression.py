@@ -415,7 +415,9 @@ def huber(y_true, y_pred, delta=1.0):
         float32/bfloat16 the result is finite while each error and the mean
         of the per-element losses are (summed in float64; an error is formed
         in the input's precision). NaN gives NaN.
-        Error budget: 3 ULP of the float32 result (last axis of up to 8).
+        Error budget: 3 ULP of the float32 result (last axis of up to 8),
+        plus the smallest normal per element: a quadratic term below it
+        (``0.5 e^2 / delta`` for a tiny ``delta``) is flushed to 0.
 
     Args:
         y_true: targets, ``[batch, d0, ..., dN]``; any real dtype.
