@@ -312,7 +312,6 @@ def _binary_crossentropy_kernel(
     pos_weight, ignore_class,
 ):
     target, output, valid = _binary_setup(y_true, y_pred, ignore_class)
-    raw_target = target
     if gamma:
         # The focal loss in float64 from one float64 exp (logits) or the input
         # precision's logs (probabilities), rounded once (see the functions' docstrings).
@@ -330,8 +329,8 @@ def _binary_crossentropy_kernel(
     if apply_class_balancing:
         # The weight alpha t + (1 - alpha)(1 - t) in float64 and one rounding of the product
         # (with gamma = 0 the float32 weight's two roundings more made 3.5 ULP of the loss).
-        wide = target if gamma else _smooth_binary(tf.cast(raw_target, tf.float64),
-                                                   label_smoothing)
+        # (Without gamma ``target`` is still the unsmoothed one, in the input's precision.)
+        wide = target if gamma else _smooth_binary(tf.cast(target, tf.float64), label_smoothing)
         weight = wide * alpha + (1.0 - wide) * (1.0 - alpha)
         values = tf.cast(tf.cast(values, tf.float64) * weight, values.dtype)
     if gamma and valid is None:
