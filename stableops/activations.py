@@ -29,6 +29,7 @@ from __future__ import annotations
 import keras
 
 from stableops import ops
+from stableops._internal.symbolic import functional_node
 
 __all__ = ["elu", "leaky_relu", "log_sigmoid", "log_softmax", "softmax", "softplus"]
 
@@ -52,6 +53,7 @@ def _attach_logits(output, logits):
 
 
 @_register
+@functional_node("activations")
 def elu(x, alpha=1.0):
     """Exponential linear unit, finite in value and gradient for every finite input.
 
@@ -80,6 +82,7 @@ def elu(x, alpha=1.0):
 
 
 @_register
+@functional_node("activations")
 def leaky_relu(x, negative_slope=0.2):
     """Leaky rectified linear unit.
 
@@ -107,6 +110,7 @@ def leaky_relu(x, negative_slope=0.2):
 
 
 @_register
+@functional_node("activations")
 def softplus(x):
     """Softplus, ``log(1 + exp(x))``, without overflow for large ``x``.
 
@@ -132,6 +136,7 @@ def softplus(x):
 
 
 @_register
+@functional_node("activations")
 def log_sigmoid(x):
     """Logarithm of the sigmoid, ``-softplus(-x)``, accurate for large ``|x|``.
 
@@ -156,6 +161,7 @@ def log_sigmoid(x):
 
 
 @_register
+@functional_node("activations")
 def softmax(x, axis=-1):
     """Softmax along ``axis``, float16-safe for long axes.
 
@@ -184,6 +190,7 @@ def softmax(x, axis=-1):
 
 
 @_register
+@functional_node("activations")
 def log_softmax(x, axis=-1):
     """Log of the softmax along ``axis``, ``x - logsumexp(x)``.
 

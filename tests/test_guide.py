@@ -92,6 +92,7 @@ def test_guide_has_one_example_per_use():
     required = {
         "Sequential model": "keras.Sequential(",
         "functional model": "keras.Model(inputs",
+        "stableops function on a keras.Input": "stableops.activations.elu(keras.layers",
         "subclassed model": "(keras.Model):",
         "loss as a metric": "keras.metrics.MeanMetricWrapper(stableops.losses",
         "loss dict": "loss={",

@@ -35,6 +35,7 @@ from stableops._internal.dtypes import dtype_limits
 from stableops._internal.elementary import atanh_series_tail
 from stableops._internal.keras_compat import recover_logits
 from stableops._internal.reductions import float64_sum, sum_over
+from stableops._internal.symbolic import functional_node
 from stableops._internal.where import safe_where, weight_times
 from stableops.losses._base import REDUCTION, RawInputLoss, loss_class
 from stableops.losses._inputs import graph_code, in_compute_dtype, loss_kernel, prepare, with_mask
@@ -363,6 +364,7 @@ def _binary_loss(y_true, y_pred, fn_name, from_logits, label_smoothing, axis, po
     )
 
 
+@functional_node("losses")
 @graph_code
 def binary_crossentropy(y_true, y_pred, from_logits=False, label_smoothing=0.0, axis=-1, *,
                         pos_weight=1.0, ignore_class=None):
@@ -423,6 +425,7 @@ def binary_crossentropy(y_true, y_pred, from_logits=False, label_smoothing=0.0, 
                         pos_weight, ignore_class)
 
 
+@functional_node("losses")
 @graph_code
 def binary_focal_crossentropy(y_true, y_pred, apply_class_balancing=False, alpha=0.25, gamma=2.0,
                               from_logits=False, label_smoothing=0.0, axis=-1, *, pos_weight=1.0,

@@ -53,6 +53,7 @@ from stableops._internal.reductions import (
     split_sum_of_fractions,
     top_and_rest,
 )
+from stableops._internal.symbolic import functional_node
 from stableops._internal.where import safe_where
 from stableops.losses._base import REDUCTION, RawInputLoss, loss_class
 from stableops.losses._inputs import graph_code, in_compute_dtype, loss_kernel, prepare, with_mask
@@ -123,6 +124,7 @@ def _categorical_crossentropy_kernel(
     return finish_rows(loss, valid)
 
 
+@functional_node("losses")
 @graph_code
 def categorical_crossentropy(
     y_true, y_pred, from_logits=False, label_smoothing=0.0, axis=-1, *, ignore_class=None
@@ -398,6 +400,7 @@ def _categorical_focal_crossentropy_kernel(
     return finish_rows(tf.cast(float64_sum(values, axis), output.dtype), valid)
 
 
+@functional_node("losses")
 @graph_code
 def categorical_focal_crossentropy(
     y_true,
@@ -569,6 +572,7 @@ def _sparse_categorical_crossentropy_kernel(
     return finish_rows(loss, valid)
 
 
+@functional_node("losses")
 @graph_code
 def sparse_categorical_crossentropy(
     y_true, y_pred, from_logits=False, ignore_class=None, axis=-1, *, label_smoothing=0.0
