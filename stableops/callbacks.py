@@ -39,9 +39,10 @@ class NaNGuard(keras.callbacks.Callback):
     The run is diverging when a batch loss is non-finite, when it explodes
     (above ``LOSS_EXPLOSION`` x the run's reference level and above its first
     loss; see ``stableops/doctor/_thresholds.py``), when a weight is
-    non-finite, or when a weight heads for overflow (``|w|`` above the square
-    root of its dtype's maximum, where its products overflow; the optimizer's
-    state only when non-finite). Then the guard:
+    non-finite, or when a trainable weight heads for overflow (``|w|`` above
+    the square root of its dtype's maximum, where its products overflow; a
+    layer's statistics, such as a moving variance, and the optimizer's state
+    only when non-finite). Then the guard:
 
     1. rolls back to the good snapshot with the lowest loss after it (from
        before the divergence: in a slow climb, the newest good snapshots are
@@ -180,14 +181,17 @@ class NaNGuard(keras.callbacks.Callback):
             if _scale_schedule(optimizer):
                 # The compiled step read the old schedule when it was traced.
                 self.model.make_train_function(force=True)
-        weights = [v for v in self.model.weights if _is_float(v)]
-        self._variables = weights + _optimizer_state(optimizer)
-        # Weights heading for overflow: |w| above sqrt(max) of their dtype,
+        trainable = [v for v in self.model.trainable_weights if _is_float(v)]
+        statistics = [v for v in self.model.non_trainable_weights if _is_float(v)]
+        self._variables = trainable + statistics + _optimizer_state(optimizer)
+        # Trainable weights heading for overflow: |w| above sqrt(max) of their dtype,
         # where w * w (a product with a similar activation, an L2 penalty) overflows.
-        # Not the optimizer's state: Adam's second moment is a square already (a
-        # gradient of 16 puts it at float16's 256 in healthy training), and a slot
-        # that overflows is caught as non-finite.
-        self._overflow_at = [math.sqrt(dtype_limits(v.dtype).max) for v in weights]
+        # Not the layers' statistics nor the optimizer's state: a variance is a square
+        # already (a Normalization layer adapted to millisecond timestamps holds 8e19, past
+        # float32's 1.8e19; a float16 BatchNormalization's moving variance passes 256), as
+        # is Adam's second moment (a gradient of 16 puts it at float16's 256 in healthy
+        # training); they are caught when non-finite.
+        self._overflow_at = [math.sqrt(dtype_limits(v.dtype).max) for v in trainable]
         # snapshots + 1 slots: the good ones and the one awaiting confirmation.
         self._slots = [
             [tf.Variable(v.value, trainable=False) for v in self._variables]
@@ -219,8 +223,12 @@ class NaNGuard(keras.callbacks.Callback):
     # -------------------------------------------------------------- per batch
     def on_train_batch_end(self, batch, logs=None):
         # Keras passes the index of the last batch run (several per call with
-        # steps_per_execution > 1): count training steps, not calls.
-        self._step = self._epoch_start_step + int(batch) + 1
+        # steps_per_execution > 1): count training steps, not calls. An epoch's last,
+        # partial execution gets the index a full one would have (9 for a ninth batch
+        # 8, with steps_per_execution=2): no further than the epoch's steps.
+        steps = (self.params or {}).get("steps")
+        batch = int(batch) if not steps else min(int(batch), steps - 1)
+        self._step = self._epoch_start_step + batch + 1
         loss = self._batch_loss(logs)
         verdict = self._monitor.observe(loss)
         monitor = self._monitor
@@ -284,7 +292,7 @@ class NaNGuard(keras.callbacks.Callback):
     def _check_and_save_fn(self, save, shadows):
         checks = [tf.reduce_all(tf.math.is_finite(v.value)) for v in self._variables]
         finite = tf.reduce_all(tf.stack(checks)) if checks else tf.constant(True)
-        overflow = [  # the weights, the first variables (see _overflow_at)
+        overflow = [  # the trainable weights, the first variables (see _overflow_at)
             tf.reduce_any(tf.abs(v.value) > tf.cast(limit, v.dtype))
             for v, limit in zip(self._variables, self._overflow_at)
         ]

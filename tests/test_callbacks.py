@@ -186,6 +186,38 @@ def test_a_float16_weight_beyond_sqrt_max_is_heading_for_overflow(mixed_precisio
     assert [e["trigger"] for e in guard.events] == ["weight overflow"]
 
 
+def test_a_layers_statistics_beyond_sqrt_max_are_not_overflow():
+    # Millisecond timestamps: a Normalization layer adapted to them holds a variance of 8e19,
+    # past sqrt(float32 max) = 1.8e19, in healthy training. The guard stopped this run at
+    # step 1 as "weight overflow" when it checked the layer's statistics like its weights.
+    rng = np.random.default_rng(0)
+    stamps = 1.7e12 + rng.uniform(0.0, 3.15e10, size=256)
+    x = np.stack([stamps, rng.normal(size=256)], axis=1).astype(np.float32)
+    y = ((stamps - stamps.mean()) / stamps.std() + x[:, 1]).astype(np.float32)[:, None]
+    normalization = keras.layers.Normalization()
+    normalization.adapt(x)
+    assert float(np.max(normalization.variance)) > np.sqrt(np.finfo(np.float32).max)
+    model = keras.Sequential([keras.Input((2,)), normalization, keras.layers.Dense(1)])
+    model.compile(optimizer="adam", loss="mse")
+    guard = NaNGuard(action="stop", verbose=0, diagnose=False)
+    history = model.fit(x, y, batch_size=32, epochs=2, verbose=0, callbacks=[guard])
+    assert guard.events == [] and len(history.history["loss"]) == 2
+
+
+def test_steps_are_training_steps_with_steps_per_execution():
+    # 9 batches an epoch, run 2 at a time: Keras reports the last, partial execution (batch 8
+    # alone) as batch 9, and the steps drifted by one an epoch (6, 16 for 6, 15).
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(72, 4)).astype(np.float32)
+    y = (x @ np.float32([[1.0], [-2.0], [0.5], [1.5]])).astype(np.float32)
+    x[44, 0] = np.nan  # batch 5 of every epoch
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
+    model.compile(optimizer=keras.optimizers.SGD(0.05), loss="mse", steps_per_execution=2)
+    guard = NaNGuard(action="continue", verbose=0, diagnose=False)
+    model.fit(x, y, batch_size=8, shuffle=False, epochs=2, verbose=0, callbacks=[guard])
+    assert [(e["epoch"], e["step"]) for e in guard.events] == [(0, 6), (1, 15)]
+
+
 @pytest.mark.parametrize(
     "kwargs, match",
     [

@@ -294,6 +294,16 @@ def test_invalid_softmax_axis():
             call()
 
 
+def test_robust_scaler_axis_cannot_be_the_batch_axis():
+    # Axis 0 learned one statistic per sample of the adapt data: the next batch of another
+    # size then failed Keras's input spec.
+    with pytest.raises(ValueError, match="batch axis 0, got axis=0"):
+        RobustScaler(axis=0)
+    scaler = RobustScaler(axis=-2)  # the batch axis of rank-2 data
+    with pytest.raises(ValueError, match="batch axis 0, got axis=-2"):
+        scaler.adapt(np.ones((4, 3), np.float32))
+
+
 def test_softmax_axis_none_normalises_over_every_axis(regime):
     # As Keras's Softmax(axis=None): one distribution over all entries.
     # log(1), log(2), log(3), log(4): probabilities k / 10 exactly.

@@ -187,6 +187,15 @@ def _fit_to_dtype(median, scale, dtype):
     return median.astype(dtype.as_numpy_dtype), scale.astype(dtype.as_numpy_dtype)
 
 
+def _check_not_batch_axis(axis, given):
+    """``ValueError`` where the feature axis is 0, the batch axis: one statistic per sample."""
+    if axis == 0:
+        raise ValueError(
+            f"RobustScaler's `axis` is the feature axis and cannot be the batch axis 0, "
+            f"got axis={given!r}"
+        )
+
+
 @_register
 class RobustScaler(keras.layers.Layer):
     """Scale features by their median and interquartile range, and clip outliers.
@@ -267,6 +276,7 @@ class RobustScaler(keras.layers.Layer):
         kwargs.setdefault("autocast", False)
         super().__init__(**kwargs)
         self.axis = axis_argument(axis)
+        _check_not_batch_axis(self.axis, self.axis)
         self._bounds = _clip_bounds(clip)
         # As given (a number or a pair), for get_config; a tuple, not a list, so
         # Keras does not wrap it in a tracked list.
@@ -291,7 +301,9 @@ class RobustScaler(keras.layers.Layer):
             raise ValueError(
                 f"RobustScaler needs inputs of rank >= 2 (batch, ..., features), got rank {rank}"
             )
-        return canonical_axis(self.axis, rank, of="inputs")
+        axis = canonical_axis(self.axis, rank, of="inputs")
+        _check_not_batch_axis(axis, self.axis)
+        return axis
 
     def build(self, input_shape):
         input_shape = tuple(input_shape)
