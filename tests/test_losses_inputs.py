@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import mpmath
 import numpy as np
@@ -20,6 +21,7 @@ import pytest
 import tensorflow as tf
 
 import stableops.losses as S
+import stableops.ops as O
 from stableops.ops import dtype_limits
 from tests import _reference as R
 
@@ -219,6 +221,52 @@ def test_string_hyperparameters_are_refused_and_numbers_stored_as_floats(make, a
         make("0.1")
     config = make(np.float32(0.5)).get_config()
     assert type(config[argument]) is float and config[argument] == 0.5
+
+
+_FROM_LOGITS = {  # class -> function form
+    "BinaryCrossentropy": S.binary_crossentropy,
+    "BinaryFocalCrossentropy": S.binary_focal_crossentropy,
+    "CategoricalCrossentropy": S.categorical_crossentropy,
+    "CategoricalFocalCrossentropy": S.categorical_focal_crossentropy,
+    "SparseCategoricalCrossentropy": S.sparse_categorical_crossentropy,
+}
+
+
+@pytest.mark.parametrize("name", sorted(_FROM_LOGITS))
+@pytest.mark.parametrize("value", ["False", 2, None], ids=["string", "int", "none"])
+def test_from_logits_is_true_or_false(name, value):
+    # `from_logits="False"` was stored as the string and meant True: probabilities taken as
+    # logits, a wrong loss and no error (Keras does the same; contract rule 6 refuses it).
+    loss_cls = getattr(S, name)
+    message = rf"`from_logits` must be True or False, got from_logits={value!r}"
+    with pytest.raises(ValueError, match=message):
+        loss_cls(from_logits=value)
+    fn = _FROM_LOGITS[name]
+    labels = np.int32([1]) if name.startswith("Sparse") else np.float32([[1.0, 0.0]])
+    with pytest.raises(ValueError, match=message):
+        fn(labels, np.float32([[0.9, 0.1]]), from_logits=value)
+    assert loss_cls(from_logits=np.True_).get_config()["from_logits"] is True
+
+
+def test_the_ops_check_from_logits_too():
+    with pytest.raises(ValueError, match="`from_logits` must be True or False"):
+        O.binary_crossentropy(np.float32([1.0]), np.float32([0.9]), from_logits="False")
+
+
+@pytest.mark.parametrize(
+    "make", [S.CategoricalCrossentropy, S.CategoricalFocalCrossentropy],
+    ids=["categorical", "categorical_focal"],
+)
+def test_one_class_warns_as_keras_does(make):
+    # A 1-unit output: its softmax is 1, the loss 0 and the gradient 0 (a model that never
+    # learns). Keras warns; stableops said nothing. Two classes: no warning.
+    loss = make()
+    with pytest.warns(SyntaxWarning, match=r"num_classes > 1. Received: y_pred.shape=\(4, 1\)"):
+        value = loss(np.ones((4, 1), np.float32), np.full((4, 1), 0.7, np.float32))
+    assert float(value) == 0.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        loss(np.float32([[0.0, 1.0]]), np.float32([[0.3, 0.7]]))
 
 
 def test_pos_weight_messages_show_the_right_range():

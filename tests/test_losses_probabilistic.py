@@ -1392,3 +1392,35 @@ def test_get_config_round_trip():
         assert clone.dtype == loss.dtype and clone.reduction == loss.reduction
         registered = keras.saving.get_registered_object(f"stableops>{type(loss).__name__}")
         assert registered is type(loss)
+
+
+@pytest.mark.parametrize(
+    "focal, activation",
+    [(S.BinaryFocalCrossentropy, keras.activations.sigmoid),
+     (S.CategoricalFocalCrossentropy, keras.activations.softmax)],
+    ids=["binary", "categorical"],
+)
+def test_focal_from_logits_on_a_keras_activation_output_takes_its_logits(focal, activation):
+    # As the cross-entropies (and Keras's): the output carries its logits, which are used, with
+    # a warning. Keras's focal losses apply the sigmoid/softmax a second time (README table).
+    z = tf.constant([[1.0, 2.0, 0.5]])
+    y = np.float32([[0.0, 1.0, 0.0]])
+    with pytest.warns(UserWarning, match="received `from_logits=True`"):
+        value = focal(from_logits=True)(y, activation(z))
+    np.testing.assert_array_equal(value, focal(from_logits=True)(y, z))
+
+
+@pytest.mark.parametrize(
+    "loss, alpha_times_focal_weight",
+    [(S.CategoricalCrossentropy, 1.0), (S.CategoricalFocalCrossentropy, 0.25 * (2 / 3) ** 2)],
+    ids=["categorical", "categorical_focal"],
+)
+def test_label_smoothing_spreads_over_the_class_axis(loss, alpha_times_focal_weight):
+    # Classes on axis 0 (3 of them, 5 samples): the smoothed targets sum to 1 only when the
+    # smoothing divides by the class axis's size. With uniform predictions the loss is then
+    # log 3 times the focal weight, whatever the smoothing. Keras divides by the last axis's
+    # size (5): 0.88 log 3 (README table).
+    y_true = np.eye(3, dtype=np.float32)[[0, 1, 2, 0, 1]].T
+    y_pred = np.full((3, 5), 1 / 3, np.float32)
+    value = loss(axis=0, label_smoothing=0.3)(y_true, y_pred)
+    np.testing.assert_allclose(value, alpha_times_focal_weight * np.log(3.0), rtol=1e-6)

@@ -185,3 +185,32 @@ def test_compiled_loss_config_round_trips_in_keras_file(tmp_path, name):
     assert type(restored) is loss_cls
     assert restored.get_config() == loss.get_config()
     assert restored.reduction == "sum" and restored.name == "custom"
+
+
+LOSS_FUNCTIONS = [n for n in stableops.losses.__all__ if n[0].islower()]
+
+
+@pytest.mark.parametrize("name", LOSS_FUNCTIONS)
+def test_a_loss_function_serializes_as_itself(name):
+    # Unregistered, a loss function serialized as its bare name, which Keras resolved to its
+    # own namesake (the clipped binary_crossentropy), or failed to find (gaussian_nll).
+    fn = getattr(stableops.losses, name)
+    config = keras.saving.serialize_keras_object(fn)
+    assert config["config"] == f"stableops>{name}"
+    assert keras.saving.deserialize_keras_object(config) is fn
+
+
+def test_a_model_compiled_with_loss_functions_loads_them_back(tmp_path):
+    x, y = _features(), np.ones((BATCH, 1), np.float32)
+    model = keras.Sequential([keras.Input((FEATURES,)), keras.layers.Dense(1)])
+    model.compile(optimizer="sgd", loss=stableops.losses.binary_crossentropy,
+                  metrics=[stableops.losses.mean_squared_error])
+    model.fit(x, y, verbose=0)
+    model.save(tmp_path / "m.keras")
+    loaded = keras.saving.load_model(tmp_path / "m.keras")
+    assert loaded.loss is stableops.losses.binary_crossentropy
+    y_true, y_pred = np.float32([[1.0]]), np.float32([[1e-9]])
+    # -log(1e-9) = 20.7, where Keras's clipped function gives -log(1e-7) = 16.1.
+    np.testing.assert_allclose(loaded.loss(y_true, y_pred), [-np.log(1e-9)], rtol=1e-6)
+    assert loaded.evaluate(x, y, verbose=0, return_dict=True).keys() == {
+        "loss", "mean_squared_error"}

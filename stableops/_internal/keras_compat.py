@@ -12,6 +12,8 @@ import warnings
 
 import tensorflow as tf
 
+from stableops._internal.checks import flag
+
 
 def match_rank(y_true, y_pred):
     """Squeeze or expand a trailing size-1 axis so both tensors have the same rank.
@@ -83,7 +85,7 @@ def recover_logits(output, from_logits, op_type, fn_name, *, argument="output", 
         >>> logits.numpy(), from_logits
         (array([ 0., 30.], dtype=float32), True)
     """
-    from_logits = bool(from_logits)
+    from_logits = flag(from_logits, "from_logits")  # "False" is not False (contract rule 6)
     logits = _carried_logits(output, op_type)
     if logits is None:
         return output, from_logits

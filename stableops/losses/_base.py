@@ -25,6 +25,7 @@ import keras
 import tensorflow as tf
 
 from stableops._internal.checks import check_real_dtype
+from stableops._internal.symbolic import functional_node
 from stableops.losses._inputs import graph_code
 
 REDUCTION = "sum_over_batch_size"
@@ -82,6 +83,18 @@ def loss_class(cls):
     """
     cls.__doc__ = cls.__doc__.replace("{common}", _COMMON_DOC)
     return keras.saving.register_keras_serializable(package="stableops")(cls)
+
+
+def public_function(function):
+    """A public loss function: registered for Keras saving (``"stableops>name"``) and a node
+    of the functional graph on symbolic ``keras.Input``s (``functional_node``).
+
+    Unregistered, a model compiled with ``loss=stableops.losses.binary_crossentropy`` saved
+    the bare name, and loading it gave Keras's namesake (or failed, where Keras has none).
+    """
+    return keras.saving.register_keras_serializable(package="stableops")(
+        functional_node("losses")(function)
+    )
 
 
 class FunctionLoss(keras.losses.Loss):

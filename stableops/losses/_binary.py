@@ -35,9 +35,8 @@ from stableops._internal.dtypes import dtype_limits
 from stableops._internal.elementary import atanh_series_tail
 from stableops._internal.keras_compat import recover_logits
 from stableops._internal.reductions import float64_sum, sum_over
-from stableops._internal.symbolic import functional_node
 from stableops._internal.where import safe_where, weight_times
-from stableops.losses._base import REDUCTION, RawInputLoss, loss_class
+from stableops.losses._base import REDUCTION, RawInputLoss, loss_class, public_function
 from stableops.losses._inputs import graph_code, in_compute_dtype, loss_kernel, prepare, with_mask
 from stableops.losses._shared import (
     check_gamma,
@@ -364,7 +363,7 @@ def _binary_loss(y_true, y_pred, fn_name, from_logits, label_smoothing, axis, po
     )
 
 
-@functional_node("losses")
+@public_function
 @graph_code
 def binary_crossentropy(y_true, y_pred, from_logits=False, label_smoothing=0.0, axis=-1, *,
                         pos_weight=1.0, ignore_class=None):
@@ -425,7 +424,7 @@ def binary_crossentropy(y_true, y_pred, from_logits=False, label_smoothing=0.0, 
                         pos_weight, ignore_class)
 
 
-@functional_node("losses")
+@public_function
 @graph_code
 def binary_focal_crossentropy(y_true, y_pred, apply_class_balancing=False, alpha=0.25, gamma=2.0,
                               from_logits=False, label_smoothing=0.0, axis=-1, *, pos_weight=1.0,
@@ -516,7 +515,8 @@ class BinaryCrossentropy(RawInputLoss):
     def __init__(self, from_logits=False, label_smoothing=0.0, axis=-1, reduction=REDUCTION,
                  name="binary_crossentropy", dtype=None, *, pos_weight=1.0, ignore_class=None):
         super().__init__(
-            binary_crossentropy, reduction, name, dtype, from_logits=from_logits,
+            binary_crossentropy, reduction, name, dtype,
+            from_logits=flag(from_logits, "from_logits"),
             label_smoothing=check_label_smoothing(label_smoothing), axis=axis_argument(axis),
             pos_weight=_check_pos_weight(pos_weight),
             ignore_class=check_ignore_class(ignore_class, integer=False),
@@ -549,7 +549,8 @@ class BinaryFocalCrossentropy(RawInputLoss):
             binary_focal_crossentropy, reduction, name, dtype,
             apply_class_balancing=flag(apply_class_balancing, "apply_class_balancing"),
             alpha=number(alpha, "alpha", 0.0, 1.0), gamma=check_gamma(gamma),
-            from_logits=from_logits, label_smoothing=check_label_smoothing(label_smoothing),
+            from_logits=flag(from_logits, "from_logits"),
+            label_smoothing=check_label_smoothing(label_smoothing),
             axis=axis_argument(axis), pos_weight=_check_pos_weight(pos_weight),
             ignore_class=check_ignore_class(ignore_class, integer=False),
         )

@@ -24,6 +24,7 @@ every cross-entropy, ``label_smoothing`` on the sparse one.
 from __future__ import annotations
 
 import math
+import warnings
 
 import keras
 import numpy as np
@@ -34,6 +35,7 @@ from stableops._internal.checks import (
     as_float_tensor,
     axis_argument,
     canonical_axis,
+    flag,
     number,
     raise_on_invalid_labels,
 )
@@ -53,9 +55,8 @@ from stableops._internal.reductions import (
     split_sum_of_fractions,
     top_and_rest,
 )
-from stableops._internal.symbolic import functional_node
 from stableops._internal.where import safe_where
-from stableops.losses._base import REDUCTION, RawInputLoss, loss_class
+from stableops.losses._base import REDUCTION, RawInputLoss, loss_class, public_function
 from stableops.losses._inputs import graph_code, in_compute_dtype, loss_kernel, prepare, with_mask
 from stableops.losses._shared import (
     check_gamma,
@@ -106,6 +107,19 @@ def _categorical_setup(y_true, y_pred, from_logits, axis, ignore_class):
     return target, output, valid
 
 
+def _warn_if_one_class(y_pred, axis, fn_name):
+    """Keras's warning for a class axis of size 1 (a 1-unit output): the softmax of one class is
+    1, so the loss is 0 and its gradient 0, and the model never learns."""
+    if y_pred.shape[canonical_axis(axis, len(y_pred.shape))] == 1:
+        warnings.warn(
+            f"In loss {fn_name}, expected y_pred.shape to be (batch_size, num_classes) with "
+            f"num_classes > 1. Received: y_pred.shape={y_pred.shape}. Consider using "
+            "'binary_crossentropy' if you only have 2 classes.",
+            SyntaxWarning,
+            stacklevel=2,
+        )
+
+
 def _smooth_categorical(target, label_smoothing, axis):
     if not label_smoothing:
         return target
@@ -124,7 +138,7 @@ def _categorical_crossentropy_kernel(
     return finish_rows(loss, valid)
 
 
-@functional_node("losses")
+@public_function
 @graph_code
 def categorical_crossentropy(
     y_true, y_pred, from_logits=False, label_smoothing=0.0, axis=-1, *, ignore_class=None
@@ -175,6 +189,7 @@ def categorical_crossentropy(
     )
     axis = axis_argument(axis)
     y_true, y_pred = prepare(y_true, y_pred, "categorical_crossentropy", axis)
+    _warn_if_one_class(y_pred, axis, "categorical_crossentropy")
     return with_mask(
         _categorical_crossentropy_kernel(
             y_true,
@@ -400,7 +415,7 @@ def _categorical_focal_crossentropy_kernel(
     return finish_rows(tf.cast(float64_sum(values, axis), output.dtype), valid)
 
 
-@functional_node("losses")
+@public_function
 @graph_code
 def categorical_focal_crossentropy(
     y_true,
@@ -478,6 +493,7 @@ def categorical_focal_crossentropy(
     )
     axis = axis_argument(axis)
     y_true, y_pred = prepare(y_true, y_pred, "categorical_focal_crossentropy", axis)
+    _warn_if_one_class(y_pred, axis, "categorical_focal_crossentropy")
     alpha = _check_class_alpha(alpha)
     num_classes = y_pred.shape[canonical_axis(axis, len(y_pred.shape))]
     if isinstance(alpha, tuple) and num_classes is not None and len(alpha) != num_classes:
@@ -572,7 +588,7 @@ def _sparse_categorical_crossentropy_kernel(
     return finish_rows(loss, valid)
 
 
-@functional_node("losses")
+@public_function
 @graph_code
 def sparse_categorical_crossentropy(
     y_true, y_pred, from_logits=False, ignore_class=None, axis=-1, *, label_smoothing=0.0
@@ -670,7 +686,8 @@ class CategoricalCrossentropy(RawInputLoss):
     def __init__(self, from_logits=False, label_smoothing=0.0, axis=-1, reduction=REDUCTION,
                  name="categorical_crossentropy", dtype=None, *, ignore_class=None):
         super().__init__(
-            categorical_crossentropy, reduction, name, dtype, from_logits=from_logits,
+            categorical_crossentropy, reduction, name, dtype,
+            from_logits=flag(from_logits, "from_logits"),
             label_smoothing=check_label_smoothing(label_smoothing), axis=axis_argument(axis),
             ignore_class=check_ignore_class(ignore_class, integer=True),
         )
@@ -700,7 +717,8 @@ class CategoricalFocalCrossentropy(RawInputLoss):
             categorical_focal_crossentropy, reduction, name, dtype,
             # A list (JSON-friendly config) for one weight per class.
             alpha=list(alpha) if isinstance(alpha, tuple) else alpha, gamma=check_gamma(gamma),
-            from_logits=from_logits, label_smoothing=check_label_smoothing(label_smoothing),
+            from_logits=flag(from_logits, "from_logits"),
+            label_smoothing=check_label_smoothing(label_smoothing),
             axis=axis_argument(axis), ignore_class=check_ignore_class(ignore_class, integer=True),
         )
 
@@ -724,7 +742,8 @@ class SparseCategoricalCrossentropy(RawInputLoss):
     def __init__(self, from_logits=False, ignore_class=None, reduction=REDUCTION, axis=-1,
                  name="sparse_categorical_crossentropy", dtype=None, *, label_smoothing=0.0):
         super().__init__(
-            sparse_categorical_crossentropy, reduction, name, dtype, from_logits=from_logits,
+            sparse_categorical_crossentropy, reduction, name, dtype,
+            from_logits=flag(from_logits, "from_logits"),
             ignore_class=check_ignore_class(ignore_class, integer=True), axis=axis_argument(axis),
             label_smoothing=check_label_smoothing(label_smoothing),
         )

@@ -16,15 +16,14 @@ import keras
 import tensorflow as tf
 
 from stableops._internal.checks import as_float_tensor, flag, real_tensor
-from stableops._internal.symbolic import functional_node
-from stableops.losses._base import REDUCTION, FunctionLoss, loss_class
+from stableops.losses._base import REDUCTION, FunctionLoss, loss_class, public_function
 from stableops.losses._ctc_kernel import ctc_kernel
 from stableops.losses._inputs import graph_code
 
 __all__ = ["CTC", "ctc"]
 
 
-@functional_node("losses")
+@public_function
 @graph_code
 def ctc(y_true, y_pred, *, zero_infinity=False):
     """CTC (Connectionist Temporal Classification) loss, one value per sample.

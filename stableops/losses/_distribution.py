@@ -19,8 +19,7 @@ from stableops._internal.clip import clip
 from stableops._internal.dtypes import dtype_limits
 from stableops._internal.polynomials import chebyshev_coefficients, horner, taylor_sum
 from stableops._internal.reductions import folded_row_sum
-from stableops._internal.symbolic import functional_node
-from stableops.losses._base import RawInputLoss, loss_class, plain_loss
+from stableops.losses._base import RawInputLoss, loss_class, plain_loss, public_function
 from stableops.losses._inputs import loss_function
 from stableops.losses._shared import floor_at_tiny
 
@@ -161,7 +160,7 @@ def _kl_row_sums(target, prediction):
     return value, grad
 
 
-@functional_node("losses")
+@public_function
 @loss_function(saturate=True)
 def kl_divergence(y_true, y_pred):
     """Kullback-Leibler divergence ``sum(t * log(t / p), axis=-1)``.
@@ -244,7 +243,7 @@ def _poisson_scale(target, rate):
     return tf.where(big, tf.constant(down, rate.dtype), tf.constant(1.0, rate.dtype))
 
 
-@functional_node("losses")
+@public_function
 @loss_function(ragged=True, saturate=True)
 def poisson(y_true, y_pred):
     """Poisson loss ``mean(y_pred - y_true * log(y_pred), axis=-1)``.

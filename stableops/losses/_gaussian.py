@@ -36,8 +36,7 @@ import tensorflow as tf
 
 from stableops._internal.checks import as_float_tensor, choice, flag, number, real_tensor
 from stableops._internal.dtypes import compute_dtype, to_compute_saturating
-from stableops._internal.symbolic import functional_node
-from stableops.losses._base import REDUCTION, FunctionLoss, loss_class
+from stableops.losses._base import REDUCTION, FunctionLoss, loss_class, public_function
 from stableops.losses._gaussian_kernels import (
     gaussian_kl_kernel,
     gaussian_nll_kernel,
@@ -123,7 +122,7 @@ def _prior(value, name, dtype):
 # ----------------------------------------------------------------------------
 
 
-@functional_node("losses")
+@public_function
 @graph_code
 def gaussian_nll(y_true, y_pred, full=False, *, variance="variance"):
     """Gaussian negative log-likelihood with a predicted variance (PyTorch's ``GaussianNLLLoss``).
@@ -187,7 +186,7 @@ def gaussian_nll(y_true, y_pred, full=False, *, variance="variance"):
     return gaussian_nll_kernel(y_true, y_pred, full=full, log_variance=log_variance)
 
 
-@functional_node("losses")
+@public_function
 @graph_code
 def gaussian_kl(mean, log_variance, *, prior_mean=0.0, prior_log_variance=0.0):
     """KL divergence of diagonal Gaussians from a prior: the VAE's KL term.
@@ -272,7 +271,7 @@ def _gaussian_kl_stacked(y_true, y_pred, prior_mean=0.0, prior_log_variance=0.0)
     )
 
 
-@functional_node("losses")
+@public_function
 @graph_code
 def poisson_nll(y_true, y_pred, log_input=True, full=False):
     """Poisson negative log-likelihood (PyTorch's ``PoissonNLLLoss``).

@@ -15,8 +15,7 @@ import math
 import tensorflow as tf
 
 from stableops._internal.reductions import float64_mean, float64_sum
-from stableops._internal.symbolic import functional_node
-from stableops.losses._base import loss_class, plain_loss
+from stableops.losses._base import loss_class, plain_loss, public_function
 from stableops.losses._inputs import loss_function
 from stableops.losses._shared import mean_of_squares
 
@@ -45,7 +44,7 @@ def _margin_violation(y_true, y_pred):
     return tf.maximum(1.0 - _signed_labels(y_true) * y_pred, 0.0)
 
 
-@functional_node("losses")
+@public_function
 @loss_function(ragged=True)
 def hinge(y_true, y_pred):
     """Hinge loss over the last axis.
@@ -75,7 +74,7 @@ def hinge(y_true, y_pred):
     return float64_mean(_margin_violation(y_true, y_pred))
 
 
-@functional_node("losses")
+@public_function
 @loss_function(ragged=True)
 def squared_hinge(y_true, y_pred):
     """Squared hinge loss over the last axis.
@@ -125,7 +124,7 @@ def _max_last_axis(x):
     return largest, grad
 
 
-@functional_node("losses")
+@public_function
 @loss_function()
 def categorical_hinge(y_true, y_pred):
     """Categorical hinge loss over the last (class) axis.

@@ -44,8 +44,7 @@ import tensorflow as tf
 
 from stableops._internal.checks import as_float_tensor, choice, number, real_tensor
 from stableops._internal.dtypes import dtype_limits
-from stableops._internal.symbolic import functional_node
-from stableops.losses._base import REDUCTION, FunctionLoss, loss_class
+from stableops.losses._base import REDUCTION, FunctionLoss, loss_class, public_function
 from stableops.losses._inputs import graph_code
 from stableops.losses._metric_kernels import (
     DISTANCES,
@@ -116,7 +115,7 @@ def _labels(y_true, y_pred):
 # ----------------------------------------------------------------------------
 
 
-@functional_node("losses")
+@public_function
 @graph_code
 def triplet_loss(y_true, y_pred, margin=1.0, strategy="hard", distance="euclidean"):
     """Triplet loss with in-batch mining (batch-hard or semi-hard), one value per anchor.
@@ -180,7 +179,7 @@ def triplet_loss(y_true, y_pred, margin=1.0, strategy="hard", distance="euclidea
     return triplet_kernel(labels, y_pred, margin=margin, strategy=strategy, distance=distance)
 
 
-@functional_node("losses")
+@public_function
 @graph_code
 def contrastive_loss(y_true, y_pred, margin=1.0):
     """Contrastive loss (Hadsell, Chopra and LeCun 2006) with Euclidean distances.
@@ -229,7 +228,7 @@ def contrastive_loss(y_true, y_pred, margin=1.0):
     return contrastive_batch_kernel(_labels(y_true, y_pred), y_pred, margin=margin)
 
 
-@functional_node("losses")
+@public_function
 @graph_code
 def nt_xent(y_true, y_pred, temperature=0.1):
     """NT-Xent / InfoNCE over two views (SimCLR's normalized temperature-scaled cross-entropy).

@@ -15,8 +15,7 @@ from stableops import ops
 from stableops._internal.checks import axis_argument, number
 from stableops._internal.dtypes import dtype_limits
 from stableops._internal.reductions import float64_sum, trailing_axes
-from stableops._internal.symbolic import functional_node
-from stableops.losses._base import REDUCTION, FunctionLoss, loss_class
+from stableops.losses._base import REDUCTION, FunctionLoss, loss_class, public_function
 from stableops.losses._inputs import in_compute_dtype, loss_kernel, prepare
 
 __all__ = ["Dice", "Tversky", "dice", "tversky"]
@@ -189,7 +188,7 @@ def _dice_kernel(y_true, y_pred, axis, smooth):
     return _overlap_loss(y_true, y_pred, axis, smooth, None, None)
 
 
-@functional_node("losses")
+@public_function
 def dice(y_true, y_pred, axis=None, *, smooth=0.0):
     """Dice loss: one minus the (soft) Dice coefficient over ``axis``.
 
@@ -257,7 +256,7 @@ def _tversky_kernel(y_true, y_pred, alpha, beta, axis, smooth):
     return _overlap_loss(y_true, y_pred, axis, smooth, alpha, beta)
 
 
-@functional_node("losses")
+@public_function
 def tversky(y_true, y_pred, alpha=0.5, beta=0.5, axis=None, *, smooth=0.0):
     """Tversky loss: one minus the (soft) Tversky index over ``axis``.
 

@@ -43,8 +43,7 @@ from stableops._internal.clip import clip
 from stableops._internal.compensated import two_difference, two_product
 from stableops._internal.dtypes import dtype_limits
 from stableops._internal.reductions import float64_mean, float64_sum, sum_over
-from stableops._internal.symbolic import functional_node
-from stableops.losses._base import REDUCTION, FunctionLoss, loss_class, plain_loss
+from stableops.losses._base import REDUCTION, FunctionLoss, loss_class, plain_loss, public_function
 from stableops.losses._inputs import (
     in_compute_dtype,
     loss_function,
@@ -75,7 +74,7 @@ __all__ = [
 # ----------------------------------------------------------------------------
 
 
-@functional_node("losses")
+@public_function
 @loss_function(ragged=True)
 def mean_squared_error(y_true, y_pred):
     """Mean squared error over the last axis.
@@ -104,7 +103,7 @@ def mean_squared_error(y_true, y_pred):
     return mean_of_squares(y_true - y_pred)
 
 
-@functional_node("losses")
+@public_function
 @loss_function(ragged=True)
 def mean_absolute_error(y_true, y_pred):
     """Mean absolute error over the last axis.
@@ -135,7 +134,7 @@ def mean_absolute_error(y_true, y_pred):
 # ----------------------------------------------------------------------------
 
 
-@functional_node("losses")
+@public_function
 @loss_function()
 def mean_absolute_percentage_error(y_true, y_pred):
     """Mean absolute percentage error over the nonzero targets of the last axis.
@@ -323,7 +322,7 @@ def _squared_log_error_rows(y_true, y_pred):
     return tf.cast(mean, y_pred.dtype), grad
 
 
-@functional_node("losses")
+@public_function
 @loss_function(ragged=True)
 def mean_squared_logarithmic_error(y_true, y_pred):
     """Mean squared logarithmic error over the last axis.
@@ -402,7 +401,7 @@ def _huber_kernel(y_true, y_pred, delta):
     return float64_mean(per_element)
 
 
-@functional_node("losses")
+@public_function
 @ragged_rows
 def huber(y_true, y_pred, delta=1.0):
     """Huber loss over the last axis: quadratic below ``delta``, linear above.
@@ -445,7 +444,7 @@ def huber(y_true, y_pred, delta=1.0):
     return _huber_kernel(*prepare(y_true, y_pred, "huber"), delta=delta)
 
 
-@functional_node("losses")
+@public_function
 @loss_function(ragged=True)
 def log_cosh(y_true, y_pred):
     """Mean of the log of the hyperbolic cosine of the error, over the last axis.

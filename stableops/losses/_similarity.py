@@ -13,8 +13,7 @@ from stableops import ops
 from stableops._internal.checks import axis_argument
 from stableops._internal.dtypes import dtype_limits
 from stableops._internal.reductions import float64_sum, sum_over
-from stableops._internal.symbolic import functional_node
-from stableops.losses._base import REDUCTION, FunctionLoss, loss_class
+from stableops.losses._base import REDUCTION, FunctionLoss, loss_class, public_function
 from stableops.losses._inputs import in_compute_dtype, loss_kernel, prepare
 
 __all__ = ["CosineSimilarity", "cosine_similarity"]
@@ -196,7 +195,7 @@ def _cosine_similarity_kernel(y_true, y_pred, axis):
     return -_cosine(y_true, y_pred, axis)
 
 
-@functional_node("losses")
+@public_function
 def cosine_similarity(y_true, y_pred, axis=-1):
     """Negative cosine similarity along ``axis`` (-1: same direction, 1: opposite).
 
