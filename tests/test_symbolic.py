@@ -59,6 +59,7 @@ def test_an_activation_on_a_keras_input_is_a_node_of_its_own(name, regime):
     model = _model_of(activation, [x])
     (node,) = [op for op in model.operations if isinstance(op, StableopsCall)]
     assert node.function == f"activations.{name}"
+    assert node.name.startswith(f"stableops_{name}")  # apart from Keras's own names
     expected, (expected_grad,) = regime.value_and_grad(activation, x)
     value, (grad,) = regime.value_and_grad(lambda x: model([x]), x)
     np.testing.assert_array_equal(value, expected)

@@ -39,7 +39,7 @@ class StableopsCall(keras.Operation):
     Args:
         function: its public name, ``"activations.elu"`` or ``"losses.dice"``.
         settings: its arguments that are not tensors (``axis``, ``from_logits``, ...).
-        name: the node's name (default: the function's name, made unique).
+        name: the node's name (default: ``stableops_`` and the function's name, made unique).
 
     The tensor arguments are the node's inputs, passed by keyword. ``get_config``
     holds ``function`` and ``settings``, so a model saved with the node loads back
@@ -49,9 +49,10 @@ class StableopsCall(keras.Operation):
     def __init__(self, function, settings=None, name=None):
         if function not in _PUBLIC_FUNCTIONS:
             raise ValueError(f"`function` must name a public stableops function, got {function!r}")
-        if name is None:
-            short_name = function.rpartition(".")[2]
-            name = f"{short_name}_{keras.backend.get_uid(short_name)}"
+        if name is None:  # "stableops_elu", then "stableops_elu_1", ...: apart from Keras's names
+            prefix = f"stableops_{function.rpartition('.')[2]}"
+            uid = keras.backend.get_uid(prefix)
+            name = prefix if uid == 1 else f"{prefix}_{uid - 1}"
         super().__init__(name=name)
         self.function = function
         self.settings = dict(settings or {})
