@@ -245,3 +245,239 @@ def test_diagnose_changes_no_state_of_the_model():
     assert report.find("trial.diverged")
     for variable, value in zip(state, before):
         np.testing.assert_array_equal(variable.numpy(), value, err_msg=variable.path)
+
+
+def test_the_trial_copy_computes_what_the_model_computes():
+    # Raw breast-cancer features, normalised by an adapted Normalization layer: it
+    # divides by a mean and variance built from its variables when it is adapted or
+    # loaded, which copying the variables alone does not rebuild.
+    from stableops.doctor._trial import copy_model
+
+    x, y = load_breast_cancer(return_X_y=True)
+    x, y = x.astype(np.float32), y.astype(np.float32)[:, None]
+    norm = keras.layers.Normalization()
+    norm.adapt(x)
+    model = mlp(inputs=x.shape[1], optimizer=keras.optimizers.SGD(0.1))
+    model = keras.Sequential([keras.Input((x.shape[1],)), norm, *model.layers])
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss="binary_crossentropy")
+    copy, _ = copy_model(model)
+    np.testing.assert_allclose(copy.predict(x[:64], verbose=0), model.predict(x[:64], verbose=0))
+    report = diagnose(model, x, y)
+    assert not report.find("trial.diverged"), report
+    assert any("trial run: 20 training steps" in note for note in report.notes)
+
+
+class _Shift(keras.layers.Layer):
+    """State outside the config and the variables: a copy does not get it."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.shift = 0.0
+
+    def call(self, inputs):
+        return inputs + self.shift
+
+
+def test_no_trial_of_a_copy_that_computes_something_else():
+    shift = _Shift()
+    shift.shift = 1e3
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((F,)), shift, keras.layers.Dense(1)])
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
+    report = diagnose(model, X, Y)
+    assert not report.find("trial.diverged")
+    assert any("does not compute what the model computes" in note for note in report.notes)
+
+
+def test_the_trial_copy_keeps_the_loss_weights():
+    # A target in raw units (~1e5) whose loss the model down-weights by 1e-10.
+    x, target = load_diabetes(return_X_y=True)
+    x = StandardScaler().fit_transform(x).astype(np.float32)
+    targets = {
+        "label": (target > np.median(target)).astype(np.float32)[:, None],
+        "amount": (target * 1000).astype(np.float32)[:, None],
+    }
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((x.shape[1],))
+    hidden = keras.layers.Dense(8, activation="relu")(inputs)
+    model = keras.Model(
+        inputs,
+        {
+            "label": keras.layers.Dense(1, activation="sigmoid", name="label")(hidden),
+            "amount": keras.layers.Dense(1, name="amount")(hidden),
+        },
+    )
+    model.compile(
+        optimizer=keras.optimizers.SGD(0.01),
+        loss={"label": "binary_crossentropy", "amount": "mse"},
+        loss_weights={"label": 1.0, "amount": 1e-10},
+    )
+    report = diagnose(model, x, targets)
+    assert not report.find("trial.diverged"), report
+    assert any("trial run: 20 training steps" in note for note in report.notes)
+
+
+def test_one_loss_for_several_outputs_is_applied_to_each():
+    x, y = load_diabetes(return_X_y=True)
+    x, y = x.astype(np.float32), ((y - y.mean()) / y.std()).astype(np.float32)[:, None]
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((x.shape[1],))
+    hidden = keras.layers.Dense(8, activation="relu")(inputs)
+    heads = [keras.layers.Dense(1, name=name)(hidden) for name in ("a", "b")]
+    for outputs, targets in (
+        (dict(zip("ab", heads)), {"a": y, "b": -y}),
+        (heads, [y, -y]),
+    ):
+        model = keras.Model(inputs, outputs)
+        model.compile(optimizer="adam", loss="mse")  # Keras applies it to every output
+        report = diagnose(model, x, targets)
+        assert report.ok and not report.find("loss.raised"), report
+        assert not any("not checked" in note for note in report.notes), report.notes
+        assert any("trial run: 20 training steps" in note for note in report.notes)
+    # Labels that do not match the outputs: said in a note, not a loss error.
+    report = diagnose(model, x, y, trial_steps=0)
+    assert report.ok and any("do not match the model's outputs" in note for note in report.notes)
+
+
+def test_vanishing_gradients_need_a_step_that_scales_with_the_gradient():
+    def tiny_mse(y_true, y_pred):  # gradients ~1e-6: SGD's step lr * g is rounded away
+        return 1e-6 * keras.ops.mean(keras.ops.square(y_true - y_pred), axis=-1)
+
+    sgd = mlp(optimizer=keras.optimizers.SGD(1e-3), loss=tiny_mse)
+    assert diagnose(sgd, X, Y, trial_steps=0).find("gradient.vanishing")
+    adam = mlp(optimizer=keras.optimizers.Adam(1e-3), loss=tiny_mse)
+    assert not diagnose(adam, X, Y, trial_steps=0).find("gradient.vanishing")
+    # The premise: Adam's step is ~lr per weight, whatever the gradient's size.
+    before = adam.get_layer("hidden").kernel.numpy().copy()
+    adam.train_on_batch(X[:32], Y[:32])
+    assert np.abs(adam.get_layer("hidden").kernel.numpy() - before).max() > 1e-4
+
+
+def _batch_norm_model():
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential(
+        [keras.Input((F,)), keras.layers.BatchNormalization(name="bn"), keras.layers.Dense(1)]
+    )
+    model.compile(optimizer="adam", loss="mse")
+    return model
+
+
+@pytest.mark.parametrize(
+    "rows, batch, pipeline, flagged",
+    [
+        (49, 16, "batch", True),
+        (33, 11, "batch", False),
+        (1001, 20, "batch", True),  # read at its last index: tf.data has random access to it
+        (1001, 20, "map", False),  # no random access: not read through for this
+        (49, 16, "repeat", False),  # no last batch
+    ],
+    ids=["last_of_1", "even", "longer_than_the_sample", "mapped", "repeated"],
+)
+def test_a_datasets_own_batches_decide_the_single_sample_batch(rows, batch, pipeline, flagged):
+    dataset = tf.data.Dataset.from_tensor_slices((np.resize(X, (rows, F)), np.resize(Y, (rows, 1))))
+    if pipeline == "map":
+        dataset = dataset.map(lambda x, y: (2.0 * x, y))
+    dataset = dataset.batch(batch)
+    dataset = dataset.repeat() if pipeline == "repeat" else dataset
+    found = diagnose(_batch_norm_model(), dataset, trial_steps=0).find(
+        "input.single_sample_batch"
+    )
+    assert bool(found) == flagged
+    if flagged:
+        assert found[0].evidence["batch_size"] == batch and found[0].evidence["last_batch"] == 1
+
+
+@pytest.mark.parametrize(
+    "features",
+    [
+        lambda: (load_digits().data / 16.0).astype(np.float32),  # mostly-zero pixels: MAD 0
+        lambda: (load_digits().data / 16.0).astype(np.float32).reshape(-1, 8, 8, 1),
+        lambda: _scaled(StandardScaler(), load_digits().data),  # sparse pixels up to 42 SDs
+        lambda: _scaled(StandardScaler(), load_breast_cancer().data),  # skewed, up to 12 SDs
+        lambda: _scaled(MinMaxScaler(), load_wine().data),
+        lambda: _scaled(RobustScaler(), load_breast_cancer().data),
+    ],
+    ids=["unit_pixels", "unit_images", "standardized_digits", "standardized_cancer", "min_max",
+         "robust"],
+)
+def test_ordinary_scaled_data_has_no_outliers(features):
+    x = features()
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential(
+        [keras.Input(x.shape[1:]), keras.layers.Flatten(), keras.layers.Dense(1)]
+    )
+    model.compile(optimizer="adam", loss="mse")
+    assert not diagnose(model, x, np.zeros((len(x), 1), np.float32), trial_steps=0).find(
+        "input.outliers"
+    )
+
+
+def test_values_far_out_of_standardized_data_are_outliers():
+    x = _scaled(StandardScaler(), load_wine().data)
+    x[[3, 50], 2] = 1e4
+    [outliers] = diagnose(
+        mlp(inputs=x.shape[1]), x, np.zeros((len(x), 1), np.float32), trial_steps=0
+    ).find("input.outliers")
+    assert outliers.location == "input feature 2" and outliers.evidence["outlier_values"] == 2
+
+
+def test_a_learning_rate_too_large_for_healthy_data_is_the_likely_cause():
+    x, y = load_digits(return_X_y=True)
+    x = (x / 16.0).astype(np.float32)
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential(
+        [keras.Input((64,)), keras.layers.Dense(32, activation="relu"), keras.layers.Dense(10)]
+    )
+    model.compile(
+        optimizer=keras.optimizers.SGD(50.0),
+        loss=stableops.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    report = diagnose(model, x, y)
+    assert report.find("trial.diverged") and report.find("optimizer.learning_rate")
+    assert report.likely_cause.check == "optimizer.learning_rate", report
+
+
+def test_a_handful_of_rows_gives_no_statistical_verdict():
+    x = _scaled(StandardScaler(), load_wine().data)
+    model = mlp(inputs=x.shape[1])
+    for rows in (2, 3, 5):
+        report = diagnose(model, x[:rows], np.zeros((rows, 1), np.float32), trial_steps=0)
+        assert not report.find("input"), (rows, report)
+    # A magnitude needs no statistics: three rows of values ~1e5 are unscaled.
+    assert diagnose(model, x[:3] * 1e5, np.zeros((3, 1), np.float32), trial_steps=0).find(
+        "input.scale"
+    )
+    with pytest.raises(ValueError, match="empty"):
+        diagnose(model, x[:0], np.zeros((0, 1), np.float32))
+
+
+def test_the_minimum_row_counts_follow_from_their_derivations():
+    from scipy import stats
+
+    from stableops.doctor import _thresholds as th
+
+    samuelson = lambda n: (n - 1) / np.sqrt(n)  # noqa: E731 - the largest possible z in n values
+    assert samuelson(th.MIN_OUTLIER_VALUES) > th.OUTLIER_Z >= samuelson(th.MIN_OUTLIER_VALUES - 1)
+    pairs = 1000 * 999 / 2
+    chance = lambda n: stats.f.sf(th.SCALE_SPREAD**2, n - 1, n - 1) * pairs  # noqa: E731
+    assert chance(th.MIN_SPREAD_ROWS) < 1e-3 <= chance(th.MIN_SPREAD_ROWS - 1)
+
+
+def test_rescaling_first_counts_as_scaling_the_inputs():
+    pixels = (load_digits().data * 16).astype(np.float32)  # 0 .. 256, like 8-bit pixels
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential(
+        [keras.Input((64,)), keras.layers.Rescaling(1 / 255.0), keras.layers.Dense(1)]
+    )
+    model.compile(optimizer="adam", loss="mse")
+    zeros = np.zeros((len(pixels), 1), np.float32)
+    assert not diagnose(model, pixels, zeros, trial_steps=0).find("input")
+    # A common factor does not bring features of different scales together.
+    raw = load_breast_cancer().data.astype(np.float32)
+    model = keras.Sequential(
+        [keras.Input((30,)), keras.layers.Rescaling(1 / 1000.0), keras.layers.Dense(1)]
+    )
+    model.compile(optimizer="adam", loss="mse")
+    assert diagnose(model, raw, np.zeros((len(raw), 1), np.float32), trial_steps=0).find(
+        "input.scale"
+    )

@@ -10,6 +10,8 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
+from stableops.doctor._quiet import quiet_native_stderr
+
 
 def to_numpy(value):
     if value is None:
@@ -52,20 +54,63 @@ def _concat(parts):
 
 
 def sample_from_dataset(dataset, max_samples):
-    """Concatenate the first batches of a ``tf.data.Dataset`` up to ``max_samples``."""
-    xs, ys, count = [], [], 0
+    """Concatenate the first batches of a ``tf.data.Dataset`` up to ``max_samples``.
+
+    Returns ``(x, y, sizes, ended)``: the rows of each batch read, and whether
+    they are all of the dataset's batches.
+    """
+    xs, ys, sizes, ended = [], [], [], True
     for element in dataset:
         x, y = _unpack(element)
         xs.append(tf.nest.map_structure(to_numpy, x))
         ys.append(None if y is None else tf.nest.map_structure(to_numpy, y))
-        count += _num_samples(xs[-1])
-        if count >= max_samples:
+        sizes.append(_num_samples(xs[-1]))
+        if sum(sizes) >= max_samples:
+            ended = False
             break
     if not xs:
         raise ValueError("the dataset is empty")
     x = _concat(xs)
     y = None if any(part is None for part in ys) else _concat(ys)
-    return x, y
+    return x, y, sizes, ended
+
+
+def _last_batch_rows(dataset, sizes, ended):
+    """Rows in the dataset's last batch: read, or fetched by its index; ``None`` if unknown.
+
+    A dataset longer than the sample is read at its last index only where tf.data
+    has random access to it (sliced tensors, batched, ...: no element before it is
+    produced). It is not read to its end for this: for a pipeline that maps its
+    elements that is a whole epoch. An infinite (repeated) dataset has no last batch.
+    """
+    if ended:
+        return sizes[-1]
+    count = int(dataset.cardinality())
+    if count < 1:  # tf.data.INFINITE_CARDINALITY (-1) or UNKNOWN_CARDINALITY (-2)
+        return None
+    try:
+        with quiet_native_stderr():
+            last = tf.data.experimental.at(dataset, count - 1)
+    except (tf.errors.OpError, AttributeError, TypeError):  # no random access to this one
+        return None
+    return _num_samples(tf.nest.map_structure(to_numpy, _unpack(last)[0]))
+
+
+def sample_dataset(dataset, y, *, max_samples: int):
+    """``take_sample`` for a ``tf.data.Dataset``, and its batches as fit() sees them.
+
+    Returns ``(x, y, n_sampled, (batch_size, last_batch_rows, n_total))``: the
+    first batch's rows, the last batch's (``None`` when unknown) and the
+    dataset's rows (``None`` unless the sample holds them all).
+    """
+    if y is not None:
+        raise ValueError(
+            "pass the labels inside the dataset, not as `y`, when `x` is a tf.data.Dataset"
+        )
+    x, y, sizes, ended = sample_from_dataset(dataset, max_samples)
+    n = _num_samples(x)
+    batching = (sizes[0], _last_batch_rows(dataset, sizes, ended), n if ended else None)
+    return x, y, n, batching
 
 
 def take_sample(x, y, *, max_samples: int, seed: int = 0):
@@ -77,18 +122,15 @@ def take_sample(x, y, *, max_samples: int, seed: int = 0):
     first batches; it must then carry the labels itself.
     """
     if isinstance(x, tf.data.Dataset):
-        if y is not None:
-            raise ValueError(
-                "pass the labels inside the dataset, not as `y`, when `x` is a tf.data.Dataset"
-            )
-        x, y = sample_from_dataset(x, max_samples)
-        n_total = _num_samples(x)
+        x, y, n_total, _ = sample_dataset(x, y, max_samples=max_samples)
     else:
         x = tf.nest.map_structure(to_numpy, x)
         y = None if y is None else tf.nest.map_structure(to_numpy, y)
         n_total = _num_samples(x)
         if y is not None and _num_samples(y) != n_total:
             raise ValueError(f"x has {n_total} samples but y has {_num_samples(y)}")
+        if n_total == 0:
+            raise ValueError("x is empty (0 samples): diagnose needs at least one")
     n = _num_samples(x)
     if n > max_samples:
         rows = np.sort(np.random.default_rng(seed).choice(n, size=max_samples, replace=False))

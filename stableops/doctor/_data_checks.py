@@ -21,6 +21,11 @@ INDEX_LAYERS = {
     "Embedding", "StringLookup", "IntegerLookup", "CategoryEncoding", "Hashing", "Discretization"
 }
 
+# Layers that map the inputs by x * scale + offset, the same for every sample: the
+# scale checks look at what they output (scale findings change with the map,
+# outlier findings, relative to the data's spread, do not).
+RESCALING_LAYERS = {"Rescaling"}
+
 # Losses whose value grows with the size of the regression error (the
 # targets' scale): unscaled targets make their gradients that many times larger.
 REGRESSION_LOSSES = {"mean_squared_error", "mean_absolute_error", "huber", "log_cosh"}
@@ -58,9 +63,13 @@ def feature_statistics(values: np.ndarray) -> dict:
     (:data:`SCALE_MEASURES`: StandardScaler's, MinMaxScaler's, RobustScaler's);
     ``max_z`` and ``outliers`` use the robust z-score
     ``|x - median| / sd`` with ``sd = MAD / 0.6745`` (mean absolute deviation
-    * 1.2533 when the MAD is 0). Binary/indicator features (at most two
-    distinct values) get no outlier statistics: their rare level is not an
-    outlier.
+    * 1.2533 when the MAD is 0); an outlier is also more than ``OUTLIER_Z``
+    times a typical sample's size (``sample_size``: the median over samples of
+    the norm of their deviations from the feature medians) from its median.
+    Binary/indicator features (at most two distinct values) and features of
+    fewer than ``MIN_OUTLIER_VALUES`` values get no outlier statistics: their
+    rare level is not an outlier, and a handful of values shows no outlier.
+    ``rows``: the finite values per feature.
     """
     matrix = _feature_matrix(values)
     n_features = matrix.shape[1]
@@ -73,6 +82,8 @@ def feature_statistics(values: np.ndarray) -> dict:
         "max_abs": np.zeros(n_features),
         "max_z": np.zeros(n_features),
         "outliers": np.zeros(n_features, dtype=np.int64),
+        "rows": finite.sum(axis=0),
+        "sample_size": 0.0,
     }
     if not has_values.any():
         out["scales"] = {name: np.zeros(n_features) for name in SCALE_MEASURES}
@@ -95,14 +106,20 @@ def feature_statistics(values: np.ndarray) -> dict:
         mean_ad = np.nanmean(deviation, axis=0)
         sd = np.where(mad > 0, mad / th.MAD_TO_SD, mean_ad * th.MEAN_AD_TO_SD)
         z = deviation / np.where(sd > 0, sd, np.inf)
+        samples = int(np.shape(values)[0]) if np.ndim(values) > 1 else matrix.shape[0]
+        per_sample = np.where(np.isfinite(deviation), deviation, 0.0).reshape(samples, -1)
+        sample_size = float(np.median(np.sqrt(np.sum(np.square(per_sample), axis=1))))
+        far = deviation > th.OUTLIER_Z * sample_size
         ordered = np.sort(clean, axis=0)  # NaN sorts last
         distinct = 1 + ((np.diff(ordered, axis=0) != 0) & np.isfinite(ordered[1:])).sum(axis=0)
     out["max_abs"] = np.where(has_values, max_abs, 0.0)
     out["scales"] = {name: np.where(has_values, v, 0.0) for name, v in scales.items()}
     out["magnitude"] = np.where(has_values, np.where(typical > 0, typical, max_abs), 0.0)
-    continuous = has_values & (distinct > 2) & (sd > 0)
-    out["max_z"] = np.where(continuous, np.nanmax(np.where(np.isfinite(z), z, 0.0), axis=0), 0.0)
-    out["outliers"] = np.where(continuous, (z > th.OUTLIER_Z).sum(axis=0), 0)
+    out["sample_size"] = sample_size
+    continuous = has_values & (distinct > 2) & (sd > 0) & (out["rows"] >= th.MIN_OUTLIER_VALUES)
+    outlying = (z > th.OUTLIER_Z) & far
+    out["max_z"] = np.where(continuous, np.nanmax(np.where(outlying, z, 0.0), axis=0), 0.0)
+    out["outliers"] = np.where(continuous, outlying.sum(axis=0), 0)
     return out
 
 
@@ -162,7 +179,7 @@ def check_inputs(
             ):
                 feature = int(np.argmax(stats["max_abs"]))
                 fix = checks.SCALER_FIX
-                if type(layer).__name__ in NORMALIZING_LAYERS:
+                if type(layer).__name__ in NORMALIZING_LAYERS | RESCALING_LAYERS:
                     # The normaliser itself casts the raw values: suggesting
                     # it would not help. It must compute in float32.
                     fix = (
@@ -189,9 +206,24 @@ def check_inputs(
                 break
         if normalized:
             continue
-        findings.extend(_scale_findings(where, stats))
+        rescaled = _rescaled(values, readers)
+        scale_stats = stats if rescaled is None else feature_statistics(rescaled)
+        findings.extend(_scale_findings(where, scale_stats))
         findings.extend(_outlier_findings(where, stats))
     return findings
+
+
+def _rescaled(values, readers):
+    """What a ``Rescaling`` layer reading ``values`` makes of them (``None`` when none does)."""
+    if not readers or any(type(layer).__name__ not in RESCALING_LAYERS for layer in readers):
+        return None
+    layer = readers[0]
+    scale = np.asarray(getattr(layer, "scale", 1.0), dtype=np.float64)
+    offset = np.asarray(getattr(layer, "offset", 0.0), dtype=np.float64)
+    try:
+        return np.asarray(values, dtype=np.float64) * scale + offset
+    except ValueError:  # per-channel factors that do not broadcast: leave the values as they are
+        return None
 
 
 def _spread(scale: np.ndarray):
@@ -213,9 +245,10 @@ def _scale_findings(where: str, stats: dict) -> list:
     if not (magnitude > 0).any():
         return []
     largest = int(np.argmax(magnitude))
+    enough_rows = stats["rows"] >= th.MIN_SPREAD_ROWS  # fewer: chance spreads (see _thresholds)
     spreads = {
         name: found for name, scale in stats["scales"].items()
-        if (found := _spread(scale)) is not None
+        if (found := _spread(np.where(enough_rows, scale, 0.0))) is not None
     }
     measure = min(spreads, key=lambda name: spreads[name][0]) if spreads else None
     spread, widest, narrowest = spreads[measure] if spreads else (1.0, largest, largest)

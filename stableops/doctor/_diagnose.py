@@ -12,7 +12,7 @@ from stableops.doctor import _data, _data_checks, _model_checks, _training_check
 from stableops.doctor import _registry as checks
 from stableops.doctor import _thresholds as th
 from stableops.doctor._forward import first_non_finite_op, trace_forward
-from stableops.doctor._loss import resolve_loss
+from stableops.doctor._loss import output_pairs, resolve_loss
 from stableops.doctor._quiet import quiet_native_stderr
 from stableops.doctor._report import Report, finding, format_number
 from stableops.doctor._trial import (
@@ -37,10 +37,12 @@ def diagnose(
     - inputs: NaN/inf values; values that overflow a float16 first layer;
       per-feature scale (typical magnitude above sqrt(float16 max) = 256, or
       feature scales more than 1/sqrt(eps(float16)) = 32x apart by their standard
-      deviations, ranges and interquartile ranges alike) and outliers
-      (robust z-score above 10); the fix is ``stableops.layers.RobustScaler``
-      or ``keras.layers.Normalization``. Inputs that feed a normalisation layer
-      directly are not checked for scale.
+      deviations, ranges and interquartile ranges alike; from 8 rows) and outliers
+      (robust z-score above 10 and a deviation above 10x a typical sample's
+      size; from 102 values of a feature); the fix is
+      ``stableops.layers.RobustScaler`` or ``keras.layers.Normalization``.
+      Inputs that feed a normalisation layer directly are not checked for scale
+      or outliers; for those a ``Rescaling`` layer reads, its output is checked.
     - labels, for the loss in use: class indices in ``[0, num_classes)``,
       one-hot rows summing to 1, binary labels in ``[0, 1]``, finite values.
     - activations, layer by layer (Functional and Sequential models): the first
@@ -50,23 +52,29 @@ def diagnose(
       float16 overflow headroom; saturated sigmoid/tanh units; dead ReLUs.
     - the loss: non-finite or raising values, probabilities at 0/1 fed to a
       log (a clipped constant with zero gradient), and a Keras loss that has a
-      ``stableops.losses`` drop-in.
+      ``stableops.losses`` drop-in. One loss for a model with several outputs
+      applies to each output, as in Keras.
     - gradients, per layer: non-finite; exploding (one SGD step at the
       optimizer's learning rate would move the weights by more than their own
-      norm); vanishing (the step is below the weights' rounding unit).
+      norm); vanishing (SGD's step is below the weights' rounding unit; for an
+      adaptive optimizer such as Adam, whose step does not scale with the
+      gradient, a gradient of 0).
 
     - the model itself: weights or non-trainable state (BatchNormalization
       moving statistics) already NaN/inf; Layer/Group/BatchNormalization in
       float16 with an epsilon float16 cannot hold; an optimizer epsilon below
       its variables' smallest normal number; a last batch of one sample
-      feeding BatchNormalization; unscaled regression targets for the loss.
+      feeding BatchNormalization (a dataset's own batches); unscaled regression
+      targets for the loss.
     - a trial run (``trial_steps``): a throwaway copy of the model (same
-      weights, optimizer settings and loss; fresh optimizer state) trains for
+      weights and layer state, optimizer settings, loss and loss weights; fresh
+      optimizer state; it must predict what the model predicts) trains for
       a few steps on the sample. When its loss goes non-finite or explodes
       (``LossMonitor``), the report gets a ``trial.diverged`` error, the
       findings that explain it become errors (so the first error is the
       cause), and a second copy at a 10x (then 100x) lower learning rate
-      tells whether the rate alone is to blame (``optimizer.learning_rate``).
+      tells whether the rate alone is to blame (``optimizer.learning_rate``;
+      then the step's size, ``gradient.exploding``, stays a warning).
 
     The thresholds and their derivations are in ``stableops/doctor/_thresholds.py``,
     the checks (id, stage, severity, fix) in ``stableops/doctor/_registry.py``.
@@ -128,7 +136,14 @@ def diagnose(
         if (not isinstance(x, tf.data.Dataset))
         else model_rows
     )
-    data_x, data_y, n_total = _data.take_sample(x, y, max_samples=max(data_rows, model_rows))
+    if isinstance(x, tf.data.Dataset):
+        # fit() trains on the dataset's own batches, whatever batch_size says.
+        data_x, data_y, n_total, batching = _data.sample_dataset(
+            x, y, max_samples=max(data_rows, model_rows)
+        )
+    else:
+        data_x, data_y, n_total = _data.take_sample(x, y, max_samples=max(data_rows, model_rows))
+        batching = (batch_size, n_total % batch_size or batch_size, n_total)
     x, y, _ = _data.take_sample(data_x, data_y, max_samples=model_rows)
     _ensure_built(model, x, batch_size)
     if trial_steps is None:
@@ -154,6 +169,7 @@ def diagnose(
             data=(data_x, data_y),
             nonfinite_counts=nonfinite_counts,
             trial_steps=int(trial_steps),
+            batching=batching,
         )
     finally:
         for variable, value in zip(state, saved_state):
@@ -167,7 +183,8 @@ def _ensure_built(model, x, batch_size):
 
 
 def _diagnose(
-    model, x, y, *, loss, batch_size, training, n_total, data, nonfinite_counts, trial_steps
+    model, x, y, *, loss, batch_size, training, n_total, data, nonfinite_counts, trial_steps,
+    batching,
 ) -> Report:
     notes = []
     loss_info = resolve_loss(model, loss)
@@ -177,6 +194,14 @@ def _diagnose(
             "per-layer checks need a Functional or Sequential model; only the model's "
             "outputs were examined"
         )
+
+    labels_fit = True  # the labels match the outputs' structure
+    if y is not None and loss_info is not None:
+        try:
+            output_pairs(y, y_pred)
+        except ValueError as error:
+            notes.append(f"label, loss, gradient and trial checks were skipped: {error}")
+            loss_info, labels_fit = None, False
 
     origin = next((s for s in layer_stats if s.nonfinite and not s.input_nonfinite), None)
     first_op = None
@@ -197,7 +222,7 @@ def _diagnose(
     findings += _model_checks.check_weights(model)
     findings += _model_checks.check_normalization_epsilon(model)
     findings += _training_checks.check_optimizer_epsilon(model)
-    findings += _model_checks.check_single_sample_batch(model, n_total, batch_size)
+    findings += _model_checks.check_single_sample_batch(model, *batching)
     findings += _data_checks.check_labels(data_y, y_pred, loss_info)
     findings += _model_checks.check_activations(layer_stats, op=first_op)
 
@@ -205,11 +230,11 @@ def _diagnose(
     per_sample, loss_error, loss_op = None, None, None
     if y is None:
         notes.append("no labels given: label, loss and gradient checks were skipped")
-    elif loss_info is None:
+    elif loss_info is None and labels_fit:
         notes.append(
             "no single loss (pass loss= or compile the model): label and loss checks were skipped"
         )
-    else:
+    elif loss_info is not None:
         per_sample, loss_error = _per_sample_loss(loss_info, y, y_pred, batch_size)
         if per_sample is not None:
             own = np.setdiff1d(np.flatnonzero(~np.isfinite(per_sample)), prediction_bad_rows)
@@ -236,7 +261,9 @@ def _diagnose(
         or loss_error is not None
         or (per_sample is not None and not np.isfinite(per_sample).all())
     )
-    can_differentiate = y is not None and (loss_info is not None or _compiled(model))
+    can_differentiate = (
+        y is not None and labels_fit and (loss_info is not None or _compiled(model))
+    )
     if can_differentiate and not upstream_broken and model.trainable_variables:
         norms, bad_batch = _gradient_norms(model, x, y, loss_info, batch_size, training)
         grad_op = None
@@ -248,13 +275,14 @@ def _diagnose(
             learning_rate=learning_rate,
             op=grad_op,
             skips_non_finite=_skips_non_finite(model),
+            step_scales_with_gradient=_step_scales_with_gradient(model),
         )
     elif can_differentiate and upstream_broken:
         notes.append(
             "gradients were not checked: the forward pass or the loss is already non-finite"
         )
 
-    if trial_steps and y is not None and not upstream_broken:
+    if trial_steps and y is not None and labels_fit and not upstream_broken:
         findings = _trial_findings(model, x, y, loss, findings, notes, trial_steps, batch_size)
 
     context = {
@@ -335,6 +363,20 @@ def _learning_rate(model) -> float:
         return float(np.asarray(keras.ops.convert_to_numpy(optimizer.learning_rate)))
     except Exception:  # noqa: BLE001 - a callable schedule that needs a step, etc.
         return th.DEFAULT_LEARNING_RATE
+
+
+def _step_scales_with_gradient(model) -> bool:
+    """Whether the optimizer's step is ``lr * g`` (SGD, with or without momentum).
+
+    Adaptive optimizers (Adam, RMSprop, Adagrad, Lion, ...) divide by a running
+    size of the gradient (or take its sign): their step is about ``lr`` per weight
+    whatever ``|g|``, so ``lr * |g|`` says nothing about it. Unknown or missing
+    optimizers count as adaptive: no claim rests on a step they may not take.
+    """
+    optimizer = getattr(model, "optimizer", None)
+    while getattr(optimizer, "inner_optimizer", None) is not None:
+        optimizer = optimizer.inner_optimizer
+    return isinstance(optimizer, keras.optimizers.SGD)
 
 
 def _skips_non_finite(model) -> bool:
@@ -442,18 +484,20 @@ def _trial_findings(model, x, y, loss, findings, notes, steps, batch_size):
         f"({format_number(trial.losses[-1] / trial.reference)}x its level "
         f"{format_number(trial.reference)})"
     )
-    promoted = [
-        f.check
-        for f in findings
-        if f.check in checks.EXPLAINS_DIVERGENCE and f.severity == "warning"
-    ]
+    lower = _lower_rate_trial(model, x, y, loss, steps, batch_size)
+    # An exploding gradient is measured as the step lr * |g|: when a copy at a lower
+    # rate trains, the rate is the cause (optimizer.learning_rate) and the step's size
+    # only its symptom, so it stays a warning and the rate comes first.
+    explains = checks.EXPLAINS_DIVERGENCE - (
+        {checks.GRADIENT_EXPLODING.id} if lower is not None else set()
+    )
+    promoted = [f.check for f in findings if f.check in explains and f.severity == "warning"]
     findings = [
         dataclasses.replace(f, severity="error", message=f.message + " (the trial run diverged)")
         if f.check in promoted
         else f
         for f in findings
     ]
-    lower = _lower_rate_trial(model, x, y, loss, steps, batch_size)
     if lower is not None:
         factor, lower_trial = lower
         findings.append(

@@ -61,7 +61,14 @@ class LossInfo:
         return self.name in _LOG_OF_PROBABILITIES and not self.from_logits
 
     def per_sample(self, y_true, y_pred) -> tf.Tensor:
-        """Unreduced loss, one float32 value per sample (other axes averaged)."""
+        """Unreduced loss, one float32 value per sample (other axes averaged).
+
+        For a model with several outputs, the loss of each output (Keras applies a
+        single loss to every output) summed: the per-sample terms of Keras's total.
+        """
+        pairs = output_pairs(y_true, y_pred)
+        if pairs is not None:
+            return tf.add_n([self.per_sample(t, p) for t, p in pairs])
         values = _per_sample_values(self.obj, y_true, y_pred)
         values = tf.cast(tf.convert_to_tensor(values), tf.float32)
         if values.shape.rank and values.shape.rank > 1:
@@ -69,6 +76,31 @@ class LossInfo:
         if values.shape.rank == 0:
             values = tf.fill(tf.shape(tf.nest.flatten(y_pred)[0])[:1], values)
         return values
+
+
+def output_pairs(y_true, y_pred):
+    """``[(labels, predictions)]`` per output of a model with several, ``None`` for one output.
+
+    Dict outputs pair with labels by key, list/tuple outputs by position.
+    Raises ``ValueError`` when the labels do not match the outputs' structure.
+    """
+    if not isinstance(y_pred, (dict, list, tuple)):
+        return None
+    if isinstance(y_pred, dict) and isinstance(y_true, dict) and set(y_true) >= set(y_pred):
+        return [(y_true[key], y_pred[key]) for key in sorted(y_pred)]
+    if (
+        isinstance(y_pred, (list, tuple))
+        and isinstance(y_true, (list, tuple))
+        and len(y_true) == len(y_pred)
+    ):
+        return list(zip(y_true, y_pred))
+    if len(y_pred) == 1 and not isinstance(y_true, (dict, list, tuple)):
+        return [(y_true, tf.nest.flatten(y_pred)[0])]
+    names = sorted(y_pred) if isinstance(y_pred, dict) else f"{len(y_pred)} outputs"
+    raise ValueError(
+        f"the labels ({type(y_true).__name__}) do not match the model's outputs ({names}): pass "
+        "one label array per output, in a dict with the outputs' names or a list in their order"
+    )
 
 
 def _stableops_losses():

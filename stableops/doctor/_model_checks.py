@@ -298,24 +298,31 @@ def check_normalization_epsilon(model) -> list:
 
 
 
-def check_single_sample_batch(model, n_samples, batch_size) -> list:
-    """The last batch holds one sample and the model has BatchNormalization."""
-    if n_samples is None or batch_size <= 1 or n_samples % batch_size != 1:
+def check_single_sample_batch(model, batch_size, last_batch, n_samples=None) -> list:
+    """The last batch holds one sample and the model has BatchNormalization.
+
+    Args:
+        batch_size: rows per batch (a dataset's: its first batch's).
+        last_batch: rows in the last batch (``None`` when unknown: no finding).
+        n_samples: rows in all, for the message (``None`` when unknown).
+    """
+    if last_batch != 1 or batch_size is None or batch_size <= 1:
         return []
     norms = [layer for layer in _layers(model) if type(layer).__name__ == "BatchNormalization"]
     if not norms:
         return []
+    of = f" of the {n_samples} samples" if n_samples is not None else ""
     return [
         finding(
             checks.INPUT_SINGLE_SAMPLE_BATCH,
             location=f"layer '{norms[0].name}'",
-            message=f"with batch size {batch_size}, the last batch of the {n_samples} samples "
-            f"holds one sample: BatchNormalization '{norms[0].name}' normalises it by a variance "
-            "of 0 (its output is the bias alone) and pulls its moving statistics toward that one "
-            "sample",
+            message=f"with batch size {batch_size}, the last batch{of} holds one sample: "
+            f"BatchNormalization '{norms[0].name}' normalises it by a variance of 0 (its output "
+            "is the bias alone) and pulls its moving statistics toward that one sample",
             evidence={
-                "samples": n_samples,
+                **({"samples": n_samples} if n_samples is not None else {}),
                 "batch_size": batch_size,
+                "last_batch": last_batch,
                 "layers": [norm.name for norm in norms][:MAX_LISTED],
             },
         )

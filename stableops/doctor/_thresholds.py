@@ -58,7 +58,31 @@ TARGET_SCALE = SCALE_SPREAD
 #: flags ordinary heavy tails (real data sets have many such values and train
 #: fine); a squared-error gradient grows with the square of the deviation, so a
 #: value 10 robust SDs out pushes one step ~100x harder than a typical sample.
+#:
+#: And a value is an outlier only if it is also large for the input as a whole: its
+#: deviation from its feature's median exceeds OUTLIER_Z times a typical sample's
+#: size (the median over samples of the norm of the sample's deviations from the
+#: feature medians). The first layer sees a sample through w . x with weights of
+#: one scale (Glorot/He), so such a value moves its pre-activations, and a
+#: squared-error gradient, OUTLIER_Z (100) times as hard as a typical sample. A
+#: feature's robust SD alone is no measure of harm: a mostly-zero pixel's MAD is 0,
+#: and its ordinary strokes in [0, 1] would be "hundreds of SDs" out.
 OUTLIER_Z = 10.0
+
+#: Fewest values of a feature for an outlier verdict: 102, the smallest n with
+#: (n - 1) / sqrt(n) > OUTLIER_Z. No value of n numbers lies more than
+#: (n - 1) / sqrt(n) of their standard deviations from their mean (Samuelson
+#: 1968), so fewer values cannot show a value OUTLIER_Z SDs out: a robust z-score
+#: that large then measures how small the MAD of a handful of values happened to be.
+MIN_OUTLIER_VALUES = next(n for n in range(2, 10**6) if (n - 1) / math.sqrt(n) > OUTLIER_Z)
+
+#: Fewest rows for comparing feature scales: 8. Two features of the same scale
+#: show sample standard deviations more than SCALE_SPREAD apart with probability
+#: P(F(n - 1, n - 1) > SCALE_SPREAD**2) (the ratio of their sample variances is
+#: F-distributed): 2e-2 at 2 rows, 5e-5 at 4, 9e-9 at 7, 5e-10 at 8, the fewest
+#: rows at which the pairs of 1000 features (5e5 pairs) give a false alarm less
+#: than once in 1000 inputs. (A magnitude above UNSCALED_MAGNITUDE needs no count.)
+MIN_SPREAD_ROWS = 8
 
 #: 0.6745 = the standard normal's 75th percentile: MAD / 0.6745 estimates the
 #: standard deviation of normal data (Iglewicz & Hoaglin's constant).

@@ -158,7 +158,9 @@ def _clipped_probability_findings(loss, y, y_pred) -> list:
 # Gradients
 
 
-def check_gradients(norms, *, learning_rate, op=None, skips_non_finite=False) -> list:
+def check_gradients(
+    norms, *, learning_rate, op=None, skips_non_finite=False, step_scales_with_gradient=True
+) -> list:
     """Per-layer gradient norms: non-finite, exploding, vanishing.
 
     One finding per kind, located at the worst layer and listing every layer
@@ -167,6 +169,9 @@ def check_gradients(norms, *, learning_rate, op=None, skips_non_finite=False) ->
     Args:
         norms: ``{layer name: {"grad": [per-batch norms], "weight": norm, "dtype": str}}``.
         learning_rate: the optimizer's learning rate (or Keras's default).
+        step_scales_with_gradient: the optimizer's step is ``lr * g`` (SGD). An
+            adaptive optimizer's (Adam, RMSprop, ...) is about ``lr`` per weight
+            whatever ``|g|``: its gradients vanish only where they are 0.
     """
     nonfinite, exploding, vanishing = [], [], []
     for name, entry in norms.items():
@@ -182,7 +187,11 @@ def check_gradients(norms, *, learning_rate, op=None, skips_non_finite=False) ->
         step_ratio = learning_rate * largest / weight
         if step_ratio > th.EXPLODING_STEP_RATIO:
             exploding.append((step_ratio, name, largest, weight))
-        elif learning_rate * typical < rounding * weight:
+        elif (
+            learning_rate * typical < rounding * weight
+            if step_scales_with_gradient
+            else largest == 0.0
+        ):
             vanishing.append((learning_rate * typical / weight, name, typical, weight))
     wrap = "" if skips_non_finite else f"wrap the optimizer in {_SKIP_NON_FINITE}"
     findings = []
@@ -213,6 +222,9 @@ def check_gradients(norms, *, learning_rate, op=None, skips_non_finite=False) ->
             f"gradients vanish in {len(vanishing)} layer(s): at learning rate "
             f"{format_number(learning_rate)} the update of '{name}' is below the rounding unit "
             "of its weights, so they do not change"
+            if step_scales_with_gradient
+            else f"gradients vanish in {len(vanishing)} layer(s): the gradient of '{name}' is 0 "
+            "on every batch, so no optimizer changes its weights"
         )
         evidence = _step_evidence(ranked, learning_rate)
         findings.append(_at_layer(checks.GRADIENT_VANISHING, name, message, evidence))

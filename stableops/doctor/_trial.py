@@ -15,10 +15,12 @@ import warnings
 
 import keras
 import numpy as np
+import tensorflow as tf
 
 from stableops.doctor import _data
 from stableops.doctor._divergence import LossMonitor
 from stableops.doctor._quiet import quiet_native_stderr
+from stableops.ops import dtype_limits
 
 #: Steps of the trial when ``diagnose(..., trial_steps=None)`` is given labels.
 #: Divergence from unscaled data or a too-large learning rate shows within a
@@ -49,8 +51,13 @@ class TrialUnavailable(Exception):
     """The model cannot be copied or compiled for a trial; the reason is the message."""
 
 
-def copy_model(model, learning_rate_factor=1.0, loss=None):
-    """A compiled copy of ``model`` with its weights, a fresh optimizer of the same config."""
+def copy_model(model, learning_rate_factor=1.0, loss=None, check_inputs=None):
+    """A compiled copy of ``model``: its weights and state, a fresh optimizer of the same config.
+
+    The copy keeps what changes the loss: the loss (or ``loss``) and, with the
+    model's own loss, its ``loss_weights``. ``check_inputs`` (a batch): the
+    copy must predict what the model predicts on it, else ``TrialUnavailable``.
+    """
     optimizer = getattr(model, "optimizer", None)
     if optimizer is None:
         raise TrialUnavailable("the model has no optimizer (compile it to get a trial run)")
@@ -59,27 +66,99 @@ def copy_model(model, learning_rate_factor=1.0, loss=None):
     except Exception as error:  # noqa: BLE001 - subclassed models without get_config, ...
         raise TrialUnavailable(f"the model cannot be copied ({type(error).__name__})") from None
     clone.set_weights(model.get_weights())
+    _load_layer_state(model, clone)
+    if check_inputs is not None:
+        _check_same_predictions(model, clone, check_inputs)
     fresh = keras.optimizers.deserialize(keras.optimizers.serialize(optimizer))
     rate = None
     if learning_rate_factor != 1.0:
         rate = float(np.asarray(fresh.learning_rate)) * learning_rate_factor
         fresh.learning_rate = rate  # TypeError for a schedule: the caller skips it
-    loss = loss if loss is not None else getattr(model, "loss", None)
+    loss_weights = None
+    if loss is None:
+        loss, loss_weights = getattr(model, "loss", None), _compiled_loss_weights(model)
     if loss is None:
         raise TrialUnavailable("the model has no loss (compile it, or pass loss=)")
     # Eager steps: no tracing or XLA compilation for a few steps.
-    clone.compile(optimizer=fresh, loss=loss, run_eagerly=True)
+    clone.compile(optimizer=fresh, loss=loss, loss_weights=loss_weights, run_eagerly=True)
     return clone, rate
+
+
+def _layers(model):
+    """Every layer, nested ones after their parent, in a fixed order."""
+    found, stack = [], list(getattr(model, "layers", []))
+    while stack:
+        layer = stack.pop(0)
+        found.append(layer)
+        stack.extend(getattr(layer, "layers", []))
+    return found
+
+
+def _load_layer_state(model, clone):
+    """Each layer's state as loading a saved model restores it, not only its variables.
+
+    ``set_weights`` assigns variables; a layer may derive more from them when it
+    is loaded: ``Normalization`` builds the mean and variance it divides by in
+    ``finalize_state``, which its ``load_own_variables`` calls. So each layer of
+    the copy loads its original's ``save_own_variables`` store, as
+    ``keras.saving.load_model`` does.
+    """
+    originals, copies = _layers(model), _layers(clone)
+    if len(originals) != len(copies):
+        return  # left to the prediction check
+    for original, copy in zip(originals, copies):
+        if type(original) is not type(copy) or getattr(original, "layers", None):
+            continue
+        store = {}
+        try:
+            original.save_own_variables(store)
+            copy.load_own_variables(store)
+        except Exception:  # noqa: BLE001 - unbuilt or custom state: the prediction check decides
+            continue
+
+
+def _check_same_predictions(model, clone, x):
+    """``TrialUnavailable`` unless the copy computes what the model computes on ``x``.
+
+    Inference mode (no dropout or noise), the same weights: the outputs agree to
+    the last bits. A difference beyond sqrt(eps) of the outputs' scale is no
+    rounding but state the copy lacks (an adapted layer's vocabulary, ...),
+    and a trial of such a copy would report a divergence of its own.
+    """
+    with quiet_native_stderr():
+        expected = tf.nest.flatten(model(x, training=False))
+        got = tf.nest.flatten(clone(x, training=False))
+    for want, have in zip(expected, got):
+        dtype = tf.as_dtype(want.dtype)
+        want = np.asarray(want, dtype=np.float64)
+        have = np.asarray(have, dtype=np.float64)
+        scale = np.max(np.abs(want[np.isfinite(want)]), initial=1.0)
+        tolerance = np.sqrt(dtype_limits(dtype.name).eps) * scale if dtype.is_floating else 0.0
+        if want.shape != have.shape or not np.allclose(
+            want, have, rtol=0.0, atol=tolerance, equal_nan=True
+        ):
+            raise TrialUnavailable(
+                "a copy of the model does not compute what the model computes (a layer's state "
+                "that copying its weights does not carry)"
+            )
+
+
+def _compiled_loss_weights(model):
+    """The ``loss_weights`` the model was compiled with (``None`` without)."""
+    try:
+        return (model.get_compile_config() or {}).get("loss_weights")
+    except Exception:  # noqa: BLE001 - a model that cannot describe its compile settings
+        return None
 
 
 def run_trial(
     model, x, y, *, steps, batch_size, loss=None, learning_rate_factor=1.0
 ) -> TrialResult:
     """Train a copy for ``steps`` steps over ``(x, y)``, cycling through it; stop if it diverges."""
-    clone, rate = copy_model(model, learning_rate_factor, loss)
+    batches = list(_data.batches(x, y, batch_size))
+    clone, rate = copy_model(model, learning_rate_factor, loss, check_inputs=batches[0][1])
     monitor = LossMonitor()
     result = TrialResult(steps=0, losses=[], learning_rate=rate)
-    batches = list(_data.batches(x, y, batch_size))
     with warnings.catch_warnings(), quiet_native_stderr():
         warnings.simplefilter("ignore")
         for step in range(steps):
