@@ -981,3 +981,15 @@ def test_half_precision_results_keep_the_input_dtype():
             .max()
             <= largest
         )
+
+
+@pytest.mark.parametrize(
+    "op", [ops.binary_crossentropy, ops.categorical_crossentropy], ids=["binary", "categorical"]
+)
+@pytest.mark.parametrize(
+    "target", [np.complex64([[1 + 5j, 0]]), np.array([["1", "0"]])], ids=["complex", "string"]
+)
+def test_a_target_of_complex_numbers_or_strings_is_a_type_error(op, target):
+    # Complex targets lost their imaginary part silently; strings failed inside XLA.
+    with pytest.raises(TypeError, match="`target` must hold real numbers"):
+        op(target, np.float32([[0.5, 0.5]]))

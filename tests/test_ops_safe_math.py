@@ -716,3 +716,26 @@ def test_reductions_of_an_unknown_rank_say_the_rank_must_be_known(op, jit_compil
     )
     with pytest.raises(ValueError, match=r"`x` must have a known rank to reduce `axis=-1`"):
         traced(tf.ones((2, 3)))
+
+
+def test_clip_preserve_gradient_with_a_broadcast_bound_has_xs_gradient_shape(regime):
+    # A bound of shape [2, 1] broadcasts x [3] to [2, 3]: the identity gradient, summed over
+    # the added axis (2 per entry), has x's shape. It had the value's shape (a [2, 3] gradient
+    # in graphs, an error eagerly).
+    x = np.float32([-2.0, 0.5, 3.0])
+    lo = np.float32([[0.0], [-5.0]])
+    value, (grad,) = regime.value_and_grad(lambda v: ops.clip_preserve_gradient(v, lo, 1.0), x)
+    np.testing.assert_array_equal(value, [[0.0, 0.5, 1.0], [-2.0, 0.5, 1.0]])
+    np.testing.assert_array_equal(grad, [2.0, 2.0, 2.0])
+
+
+def test_numpy_scalars_are_numbers():
+    # A NumPy scalar takes its partner's dtype as a Python number does (it was made a float64
+    # tensor first: a dtype TypeError), and number bounds are checked (lo > hi passed silently).
+    x = tf.constant([1.0, 2.0])
+    np.testing.assert_array_equal(ops.safe_divide(x, np.float64(2.0)), [0.5, 1.0])
+    np.testing.assert_allclose(ops.logaddexp(x, np.float64(np.log(2.0))),
+                               np.log(np.exp([1.0, 2.0]) + 2.0), rtol=1e-6)
+    assert ops.xlogy(np.float64(0.5), x).dtype == tf.float32
+    with pytest.raises(ValueError, match="`lo` must be in"):
+        ops.clip_preserve_gradient(x, np.float64(1.0), np.float64(0.0))

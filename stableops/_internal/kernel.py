@@ -104,9 +104,19 @@ def _tensor_if_array(value):
     # (one retrace per distinct value); tensors trace once per dtype and rank.
     # A variable is read here, as a TF op reads it: the tape sees the read (and
     # watches a trainable variable), and the kernel gets a tensor.
-    if isinstance(value, (list, np.ndarray, np.generic, tf.Variable)):
+    # A NumPy scalar is the Python number it holds, as the kernels' number arguments are
+    # (a number takes its tensor partner's dtype: `safe_divide(x, np.float64(2))`).
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, (list, np.ndarray, tf.Variable)):
         return tf.convert_to_tensor(value)
     return value
+
+
+def _watched_by_nested_tapes(args, kwargs) -> bool:
+    """Whether a persistent tape or nested tapes watch a floating tensor argument."""
+    watched = [v for v in (*args, *kwargs.values()) if _differentiable(v)]
+    return bool(watched) and not _single_tape(watched)
 
 
 def _rank(value):
@@ -554,6 +564,14 @@ def xla_kernel(
             return inline(*args, **kwargs)
         if not tf.inside_function():
             return compiled(*args, **kwargs)
+        if _watched_by_nested_tapes(args, kwargs):
+            # A graph under a persistent tape or nested tapes (a gradient penalty): the
+            # kernel traced in place, as under jit_compile, so that the second-order gradient
+            # is TF's of the kernel's own ops. TF's gradient of a compiled call (or of the
+            # row-local product with the local gradients it returns) there is its
+            # higher-order form, which sends a zero upstream through every intermediate:
+            # NaN for categorical cross-entropy's gradient penalty.
+            return inline(*args, **kwargs)
         if elementwise and len(args) == 1:
             (x,) = args
             return tf.reshape(compiled(tf.reshape(x, [-1]), **kwargs), tf.shape(x))

@@ -32,6 +32,7 @@ from stableops._internal.checks import (
     canonical_axis,
     check_same_shape,
     raise_on_invalid_labels,
+    real_tensor,
 )
 from stableops._internal.clip import clip
 from stableops._internal.compensated import two_difference
@@ -63,7 +64,7 @@ def _class_axis(axis, rank):
 def _dense_arguments(target, output, from_logits, op_type, fn_name):
     output, from_logits = recover_logits(output, from_logits, op_type, fn_name)
     output = as_float_tensor(output, "output")
-    target = tf.convert_to_tensor(target)
+    target = real_tensor(target, "target")  # strings and complex numbers: a TypeError
     check_same_shape(target, output, "target", "output")
     return target, output, from_logits
 

@@ -423,8 +423,14 @@ def l2_normalize(x, axis=-1):
 def _straight_through_clip(x, lo, hi):
     @tf.custom_gradient
     def clip_fn(v):
+        def grad(upstream):
+            # The identity, summed over the axes a broadcast bound added to `v`'s shape.
+            shape = tf.shape(v)
+            axes, _ = tf.raw_ops.BroadcastGradientArgs(s0=shape, s1=tf.shape(upstream))
+            return tf.reshape(tf.reduce_sum(upstream, axis=axes), shape)
+
         # The NaN-passing clip (selects): a NaN `v` falls through unchanged.
-        return clip(v, lo, hi), lambda upstream: upstream
+        return clip(v, lo, hi), grad
 
     return clip_fn(x)
 
