@@ -19,7 +19,7 @@ import inspect
 
 import keras
 
-# "ops.elu" -> the public function (filled by `functional_node` as modules are imported).
+# "activations.elu" -> the public function (filled by `functional_node` at import).
 _PUBLIC_FUNCTIONS = {}
 
 _SETTING_TYPES = (bool, int, float, str, type(None))
@@ -88,4 +88,3 @@ def functional_node(namespace):
         return function_or_node
 
     return decorate
-
