@@ -341,7 +341,9 @@ def _categorical_logits_core(z, x, axis):
         # A row of only -inf logits has every probability 0: loss inf under any
         # target mass, 0 without one.
         inf = tf.constant(math.inf, x.dtype)
-        empty_loss = tf.where(tf.equal(mass, 0), tf.zeros_like(mass), mass * inf)
+        # sign(mass) * inf, not mass * inf: where a transformation drops the custom gradient
+        # (tf.vectorized_map's), the unselected mass * inf sent 0 * inf = NaN to every target.
+        empty_loss = tf.where(tf.equal(mass, 0), tf.zeros_like(mass), tf.sign(mass) * inf)
         loss = tf.where(pieces.empty, empty_loss, loss)
 
         def grad(upstream):
