@@ -212,8 +212,9 @@ def _all_finite(variable) -> bool:
     )
 
 
-def _layers(model):
-    """Every layer, nested ones included (a Sequential inside a Functional model)."""
+def all_layers(model):
+    """Every layer, nested ones after their parent (a Sequential inside a Functional model),
+    in a fixed order."""
     seen = []
     stack = list(getattr(model, "layers", []))
     while stack:
@@ -231,7 +232,7 @@ def check_weights(model) -> list:
         (checks.WEIGHTS_STATE_NON_FINITE, "non_trainable_weights", "non-trainable state"),
     ):
         bad = []
-        for layer in _layers(model):
+        for layer in all_layers(model):
             if getattr(layer, "layers", None):
                 continue  # its sublayers are listed themselves
             names = [v.path for v in getattr(layer, attribute, []) if not _all_finite(v)]
@@ -276,7 +277,7 @@ def check_normalization_epsilon(model) -> list:
     classes = tuple(getattr(keras.layers, name) for name in sorted(_NORMALIZATION_LAYERS))
     tiny = dtype_limits("float16").tiny
     findings = []
-    for layer in _layers(model):
+    for layer in all_layers(model):
         if not isinstance(layer, classes) or _upcasts(layer):
             continue
         epsilon = getattr(layer, "epsilon", None)
@@ -308,7 +309,7 @@ def check_single_sample_batch(model, batch_size, last_batch, n_samples=None) -> 
     """
     if last_batch != 1 or batch_size is None or batch_size <= 1:
         return []
-    norms = [layer for layer in _layers(model) if type(layer).__name__ == "BatchNormalization"]
+    norms = [layer for layer in all_layers(model) if type(layer).__name__ == "BatchNormalization"]
     if not norms:
         return []
     of = f" of the {n_samples} samples" if n_samples is not None else ""

@@ -19,6 +19,7 @@ import tensorflow as tf
 
 from stableops.doctor import _data
 from stableops.doctor._divergence import LossMonitor
+from stableops.doctor._model_checks import all_layers
 from stableops.doctor._quiet import quiet_native_stderr
 from stableops.ops import dtype_limits
 
@@ -84,16 +85,6 @@ def copy_model(model, learning_rate_factor=1.0, loss=None, check_inputs=None):
     return clone, rate
 
 
-def _layers(model):
-    """Every layer, nested ones after their parent, in a fixed order."""
-    found, stack = [], list(getattr(model, "layers", []))
-    while stack:
-        layer = stack.pop(0)
-        found.append(layer)
-        stack.extend(getattr(layer, "layers", []))
-    return found
-
-
 def _load_layer_state(model, clone):
     """Each layer's state as loading a saved model restores it, not only its variables.
 
@@ -103,7 +94,7 @@ def _load_layer_state(model, clone):
     the copy loads its original's ``save_own_variables`` store, as
     ``keras.saving.load_model`` does.
     """
-    originals, copies = _layers(model), _layers(clone)
+    originals, copies = all_layers(model), all_layers(clone)
     if len(originals) != len(copies):
         return  # left to the prediction check
     for original, copy in zip(originals, copies):
