@@ -36,17 +36,20 @@ __all__ = ["elu", "leaky_relu", "log_sigmoid", "log_softmax", "softmax", "softpl
 _register = keras.saving.register_keras_serializable(package="stableops")
 
 
-def _attach_logits(output, logits):
+def _attach_logits(output, logits, axis):
     """Remember the logits of a softmax output, as ``keras.activations.softmax`` does.
 
     Keras's cross-entropies look for ``output._keras_logits`` and, when found,
     compute the loss from the logits instead of from the (possibly
     saturated) probabilities. Setting it keeps that behaviour when our softmax
-    replaces Keras's. Eager tensors do not take attributes; then nothing is
-    attached, exactly as in Keras.
+    replaces Keras's. ``_stableops_softmax_axis`` tells stableops's
+    cross-entropies that the logits are a softmax's, over ``axis`` (a binary
+    loss, or a class axis other than ``axis``, then uses the probabilities).
+    A tensor that takes no attributes is returned as it is, as in Keras.
     """
     try:
         output._keras_logits = logits
+        output._stableops_softmax_axis = axis
     except AttributeError:
         pass
     return output
@@ -172,7 +175,7 @@ def softmax(x, axis=-1):
         See ``stableops.ops.softmax``: half precision is computed in float32,
         so the sum over a long float16 axis cannot overflow. As
         ``keras.activations.softmax`` does, the logits are attached to the
-        output (graph mode) so Keras cross-entropies can use them directly.
+        output so the cross-entropies over ``axis`` can use them directly.
 
     Args:
         x: floating input tensor.
@@ -186,7 +189,7 @@ def softmax(x, axis=-1):
         >>> softmax(tf.constant([1.0, 2.0, 1.0])).numpy()
         array([0.21194156, 0.57611686, 0.21194156], dtype=float32)
     """
-    return _attach_logits(ops.softmax(x, axis=axis), x)
+    return _attach_logits(ops.softmax(x, axis=axis), x, axis)
 
 
 @_register

@@ -1424,3 +1424,169 @@ def test_label_smoothing_spreads_over_the_class_axis(loss, alpha_times_focal_wei
     y_pred = np.full((3, 5), 1 / 3, np.float32)
     value = loss(axis=0, label_smoothing=0.3)(y_true, y_pred)
     np.testing.assert_allclose(value, alpha_times_focal_weight * np.log(3.0), rtol=1e-6)
+
+
+# ----------------------------------------------------------------------------
+# The logits behind an activation: the matching activation's only
+# ----------------------------------------------------------------------------
+
+_LOGITS = np.float32([[2.0, -1.0, 0.5], [0.25, 3.0, -2.0]])
+_TARGETS = np.float32([[1.0, 0.0, 1.0], [0.0, 1.0, 0.0]])
+
+
+def _mp_rows(fn, targets, outputs):
+    """``fn(target_row, output_row)`` of mpf lists, per row (an object array)."""
+    return np.array(
+        [fn([R.mpf(v) for v in t], [R.mpf(v) for v in o]) for t, o in zip(targets, outputs)],
+        dtype=object,
+    )
+
+
+def _mp_binary_mean(gamma):
+    """Row mean of the binary (focal) cross-entropy of probabilities (gamma 0: plain)."""
+    def row(t_row, p_row):
+        return mpmath.fsum(
+            R.mp_binary_focal_probabilities(t, p, gamma) for t, p in zip(t_row, p_row)
+        ) / len(p_row)
+
+    return row
+
+
+def _mp_categorical(t_row, p_row):
+    return R.mp_categorical_crossentropy_probabilities(t_row, p_row, F32_TINY)
+
+
+def _mp_categorical_focal(t_row, p_row):
+    return mp_categorical_focal_probabilities(t_row, p_row, F32_TINY)
+
+
+def _mp_activation(name, row):
+    """The exact sigmoid or softmax (over the row) of a row of logits."""
+    return R.mp_softmax(row) if name == "softmax" else [R.mp_sigmoid(x) for x in row]
+
+
+# (loss, activation, its module, the exact loss of the activation's probabilities, the ULP
+# budget: the probabilities are rounded to float32 before the loss, an ULP of each moves
+# the loss by ~2 ULP, and the focal factors amplify that gamma-fold; the losses' own
+# budgets are in the module's header).
+# Keras's sigmoid and softmax both attach `_keras_logits`; a binary loss on a softmax
+# output took the softmax's logits as sigmoid logits (and a categorical one a sigmoid's as
+# softmax logits): 0.305 for 0.674 in the first row, as Keras's own losses still do.
+MISMATCHED_ACTIVATIONS = [
+    ("binary_crossentropy", "softmax", keras.activations, _mp_binary_mean(0), ULP + 2),
+    ("binary_crossentropy", "softmax", "stableops", _mp_binary_mean(0), ULP + 2),
+    ("binary_focal_crossentropy", "softmax", keras.activations, _mp_binary_mean(2),
+     BINARY_FOCAL_ULP),
+    ("categorical_crossentropy", "sigmoid", keras.activations, _mp_categorical, ULP + 2),
+    ("categorical_focal_crossentropy", "sigmoid", keras.activations, _mp_categorical_focal,
+     CATEGORICAL_FOCAL_ULP),
+]
+
+
+@pytest.mark.parametrize(
+    "loss_name, activation, module, reference, budget", MISMATCHED_ACTIVATIONS,
+    ids=[f"{c[0]}-{c[1]}-{'stableops' if c[2] == 'stableops' else 'keras'}"
+         for c in MISMATCHED_ACTIVATIONS],
+)
+def test_another_activations_logits_are_not_used(loss_name, activation, module, reference,
+                                                   budget, regime):
+    import stableops.activations
+
+    activate = getattr(stableops.activations if module == "stableops" else module, activation)
+    loss = getattr(S, loss_name)
+    value = regime.run(lambda t, x: loss(t, activate(x)), _TARGETS, _LOGITS)
+    probabilities = [_mp_activation(activation, [R.mpf(v) for v in row]) for row in _LOGITS]
+    expected = np.array(
+        [reference([R.mpf(v) for v in t], p) for t, p in zip(_TARGETS, probabilities)],
+        dtype=object,
+    )
+    R.assert_ulp_within(value, expected, tf.float32, budget, context=loss_name)
+
+
+@pytest.mark.parametrize("softmax_axis, loss_axis", [(0, -1), (-1, 0)])
+@pytest.mark.parametrize("module", ["keras", "stableops"])
+def test_a_softmax_over_another_axis_is_not_taken_for_the_loss_axis(softmax_axis, loss_axis,
+                                                                     module, regime):
+    import stableops.activations
+
+    activations = stableops.activations if module == "stableops" else keras.activations
+    value = regime.run(
+        lambda t, x: S.categorical_crossentropy(
+            t, activations.softmax(x, axis=softmax_axis), axis=loss_axis
+        ),
+        _TARGETS, _LOGITS,
+    )
+    # The exact softmax over `softmax_axis`, then the loss's normalization over `loss_axis`.
+    columns = softmax_axis == 0
+    logits = _LOGITS.T if columns else _LOGITS
+    probabilities = np.array(
+        [_mp_activation("softmax", [R.mpf(v) for v in row]) for row in logits], dtype=object
+    )
+    if columns:
+        probabilities = probabilities.T
+    targets = _TARGETS.T if loss_axis == 0 else _TARGETS
+    probabilities = probabilities.T if loss_axis == 0 else probabilities
+    expected = np.array(
+        [_mp_categorical([R.mpf(v) for v in t], list(p)) for t, p in zip(targets, probabilities)],
+        dtype=object,
+    )
+    R.assert_ulp_within(value, expected, tf.float32, ULP + 2)
+
+
+def test_a_stableops_softmax_over_the_loss_axis_gives_its_logits(regime):
+    import stableops.activations
+
+    # Saturated: the probabilities round to [0, 1, 0], the logits give the exact 250.
+    logits = np.float32([[-200.0], [50.0], [0.0]])
+    target = np.float32([[1.0], [0.0], [0.0]])
+    value = regime.run(
+        lambda t, x: S.categorical_crossentropy(
+            t, stableops.activations.softmax(x, axis=0), axis=0
+        ),
+        target, logits,
+    )
+    np.testing.assert_allclose(value, [250.0], rtol=1e-6)
+
+
+# (target, probability above 1 or below 0): the loss is that of the nearest of 1 and 0.
+OUT_OF_RANGE = [(1.0, 1.0000001), (1.0, 1.5), (1.0, 1e30), (0.0, 2.0), (0.3, 1.5),
+                (0.0, -0.5), (1.0, -0.5), (0.7, -1e30)]
+
+
+@pytest.mark.parametrize("gamma", [0.0, 2.0])
+def test_a_probability_outside_0_1_costs_the_nearest_ends_loss(gamma, regime):
+    targets = np.float32([[t] for t, _ in OUT_OF_RANGE])
+    probabilities = np.float32([[p] for _, p in OUT_OF_RANGE])
+    value, (grad,) = regime.value_and_grad(
+        lambda t, p: S.binary_focal_crossentropy(t, p, gamma=gamma),
+        targets, probabilities, wrt=(1,),
+    )
+    # The exact loss at p clipped to [0, 1], with the logs clipped at infinity as documented
+    # (log 0 at tiny, log(1 - 1) at 1 - eps/2).
+    expected = np.array([
+        R.mp_binary_crossentropy_probabilities(R.mpf(t), R.mpf(min(max(p, 0.0), 1.0)),
+                                               F32_TINY, F32_BELOW_ONE)
+        * (R.mpf(t) * (1 - R.mpf(min(max(p, 0.0), 1.0)))
+           + (1 - R.mpf(t)) * R.mpf(min(max(p, 0.0), 1.0))) ** int(gamma)
+        for t, p in OUT_OF_RANGE
+    ], dtype=object)
+    assert (value >= 0).all(), value  # was log(p) > 0: -0.41 at p = 1.5, -69 at 1e30
+    R.assert_ulp_within(value, expected, tf.float32, BINARY_FOCAL_ULP)
+    # The gradient never pushes a probability further out of [0, 1]: 0 where the term
+    # beyond the end is at its optimum (a positive target above 1, a negative one below 0).
+    direction = np.sign(grad[:, 0])
+    for (t, p), d in zip(OUT_OF_RANGE, direction):
+        assert d == (0 if (p > 1 and t == 1) or (p < 0 and t == 0) else (1 if p > 1 else -1)), (
+            t, p, d)
+
+
+@pytest.mark.parametrize("loss_name", ["categorical_crossentropy",
+                                       "categorical_focal_crossentropy"])
+@pytest.mark.parametrize("bad", [-np.inf, np.inf])
+def test_an_infinite_probability_gives_a_nan_row(loss_name, bad, regime):
+    # Invalid input, as in binary cross-entropy: NaN for that row, never a finite loss
+    # (the focal loss floored -inf at the smallest normal: 21.8).
+    targets = np.float32([[0.0, 1.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0]])
+    probabilities = np.float32([[0.3, bad, 0.3, 0.4], [0.3, 0.2, 0.1, 0.4]])
+    value = regime.run(getattr(S, loss_name), targets, probabilities)
+    assert np.isnan(value[0]) and np.isfinite(value[1]), value

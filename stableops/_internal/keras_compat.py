@@ -42,38 +42,96 @@ def match_rank(y_true, y_pred):
     return y_true, y_pred
 
 
-def _carried_logits(output, op_type):
-    """The logits ``output`` was computed from by a ``op_type`` activation, or ``None``."""
-    logits = getattr(output, "_keras_logits", None)
-    if logits is not None:
-        return logits
+# The activations whose logits a cross-entropy recovers, by the TF op that computes them
+# (TF's Softmax op normalizes over the last axis).
+_ACTIVATIONS = {"Sigmoid": tf.nn.sigmoid, "Softmax": tf.nn.softmax}
+
+
+def _axis_index(axis, rank):
+    """``axis`` (an int or a tuple of one) as a non-negative index, or ``None`` if it is not one."""
+    if isinstance(axis, (tuple, list)) and len(axis) == 1:
+        axis = axis[0]
+    if rank is None or isinstance(axis, bool) or not isinstance(axis, int):
+        return None
+    return axis % rank if -rank <= axis < rank else None
+
+
+def _producing_op(output):
+    """The graph op that computed ``output`` (through ``Identity`` ops), or ``None`` eagerly."""
     if not isinstance(output, tf.Tensor) or isinstance(output, tf.Variable):
         return None
     try:
         op = output.op  # graph tensors only; an EagerTensor raises AttributeError
     except AttributeError:
         return None
-    if op is not None and op.type == op_type and len(op.inputs) == 1:
-        return op.inputs[0]
+    while op is not None and op.type == "Identity" and len(op.inputs) == 1:
+        op = op.inputs[0].op
+    return op
+
+
+def _recomputes(output, logits, op_type):
+    """Whether ``op_type``'s activation of ``logits`` is ``output`` bit for bit (eager values)."""
+    try:
+        again = _ACTIVATIONS[op_type](logits)
+    except (TypeError, ValueError, tf.errors.OpError):
+        return False
+    return (again.dtype == output.dtype and again.shape == output.shape
+            and bool(tf.reduce_all(tf.equal(again, output))))
+
+
+def _carried_logits(output, op_type, axis):
+    """The logits an ``op_type`` activation over ``axis`` computed ``output`` from, or ``None``.
+
+    Keras's sigmoid and softmax both leave ``_keras_logits`` on their output,
+    so the attribute alone does not say which made it, and Keras's own
+    cross-entropies take a softmax's logits for a sigmoid's (a 2-class softmax
+    head under ``BinaryCrossentropy``: 0.305 where the loss of its probabilities
+    is 0.674). So the logits count only when the output is the activation's:
+    ``stableops.activations.softmax`` marks its axis on the output; in a graph
+    the producing op is ``op_type`` (a softmax over another axis than the last
+    ends in a ``Transpose``); eagerly, the activation of the logits is the output.
+    A softmax must also be over the loss's class ``axis``.
+    """
+    rank = output.shape.rank if isinstance(output, tf.Tensor) else None
+    class_axis = _axis_index(axis, rank)
+    logits = getattr(output, "_keras_logits", None)
+    marked_axis = getattr(output, "_stableops_softmax_axis", None)
+    if logits is not None and marked_axis is not None:  # stableops.activations.softmax
+        over_class_axis = class_axis is not None and _axis_index(marked_axis, rank) == class_axis
+        return logits if op_type == "Softmax" and over_class_axis else None
+    if op_type == "Softmax" and (class_axis is None or class_axis != rank - 1):
+        return None  # Keras's and TF's softmax here normalize over the last axis
+    op = _producing_op(output)
+    if op is not None:
+        if op.type != op_type:
+            return None
+        return logits if logits is not None else (op.inputs[0] if len(op.inputs) == 1 else None)
+    if logits is not None and _recomputes(output, logits, op_type):
+        return logits
     return None
 
 
-def recover_logits(output, from_logits, op_type, fn_name, *, argument="output", stacklevel=3):
+def recover_logits(output, from_logits, op_type, fn_name, *, axis=-1, argument="output",
+                   stacklevel=3):
     """``(output, from_logits)``, or the logits behind a Keras sigmoid/softmax output and ``True``.
 
-    The same rules as Keras's TF backend (``_get_logits``):
+    Keras's TF backend's rules (``_get_logits``), for the matching activation only:
     ``keras.activations.sigmoid``/``softmax`` leave their input on their output
     as ``_keras_logits``; in a graph, a tensor made by a ``Sigmoid``/``Softmax``
     op (``op_type``) has it as ``output.op.inputs[0]``. Computing the loss from
     those logits instead of the rounded probabilities is what Keras does, and is
-    exact where the probabilities have saturated. ``from_logits=True`` with such
-    an output warns (Keras's warning) and uses the logits.
+    exact where the probabilities have saturated. Unlike Keras, the logits of
+    another activation (a softmax output under a binary loss), or of a softmax
+    over another axis than the loss's, are not used (see :func:`_carried_logits`).
+    ``from_logits=True`` with such an output warns (Keras's warning) and uses
+    the logits.
 
     Args:
         output: the prediction (tensor, array or list).
         from_logits: the caller's ``from_logits``.
         op_type: ``"Sigmoid"`` or ``"Softmax"``.
         fn_name: the function named in the warning.
+        axis: the loss's class axis (a softmax's logits count only over it).
         argument: the prediction's argument name in the warning
             (``"output"`` for the ops, ``"y_pred"`` for the losses).
         stacklevel: passed to ``warnings.warn``: the caller's caller by default.
@@ -86,7 +144,7 @@ def recover_logits(output, from_logits, op_type, fn_name, *, argument="output", 
         (array([ 0., 30.], dtype=float32), True)
     """
     from_logits = flag(from_logits, "from_logits")  # "False" is not False (contract rule 6)
-    logits = _carried_logits(output, op_type)
+    logits = _carried_logits(output, op_type, axis)
     if logits is None:
         return output, from_logits
     if from_logits:

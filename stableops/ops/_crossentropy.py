@@ -61,8 +61,8 @@ def _class_axis(axis, rank):
     return canonical_axis(axis, rank, of="output")
 
 
-def _dense_arguments(target, output, from_logits, op_type, fn_name):
-    output, from_logits = recover_logits(output, from_logits, op_type, fn_name)
+def _dense_arguments(target, output, from_logits, op_type, fn_name, axis=-1):
+    output, from_logits = recover_logits(output, from_logits, op_type, fn_name, axis=axis)
     output = as_float_tensor(output, "output")
     target = real_tensor(target, "target")  # strings and complex numbers: a TypeError
     check_same_shape(target, output, "target", "output")
@@ -121,34 +121,41 @@ class _ClipBounds:
 
 
 def _log_probability(p, bounds):
-    """``log(max(p, bounds.low))`` with slope ``1/max(p, bounds.slope_low)``.
+    """``log(p)`` at ``p`` clipped to ``[bounds.low, 1]``; slope ``1/max(p, bounds.slope_low)``.
 
-    The clip is straight-through: the derivative does not drop to 0 below the
-    bound (``tf.clip_by_value``'s does), so a confidently wrong prediction
-    still gets a gradient, the largest the input dtype holds. Only the side
-    where ``log`` is infinite is clipped: ``log(1) = 0`` exactly.
+    The clip at ``bounds.low`` is straight-through: the derivative does not
+    drop to 0 below the bound (``tf.clip_by_value``'s does), so a confidently
+    wrong prediction still gets a gradient, the largest the input dtype holds.
+    Above 1, which no probability reaches, the value is ``log(1) = 0`` (never
+    the negative loss ``log(p) > 0`` would give) and the slope 0: the term is
+    at its optimum there, and a slope ``1/p`` would push ``p`` further out.
     """
 
     @tf.custom_gradient
     def log_fn(q):
         def grad(upstream):
-            return upstream / clip(q, bounds.slope_low)
+            slope = tf.where(q > 1.0, tf.zeros_like(q), 1.0 / clip(q, bounds.slope_low))
+            return upstream * slope
 
-        return tf.math.log(clip(q, bounds.low)), grad
+        return tf.math.log(clip(q, bounds.low, 1.0)), grad
 
     return log_fn(p)
 
 
 def _log_complement(p, bounds):
-    """``log(1 - min(p, bounds.high))`` with slope ``-1/(1 - min(p, bounds.slope_high))``.
+    """``log(1 - p)`` at ``p`` clipped to ``[0, bounds.high]``, with slope
+    ``-1/(1 - min(p, bounds.slope_high))``.
 
-    The clip is straight-through, as in :func:`_log_probability`.
+    The clip at ``bounds.high`` is straight-through, as in :func:`_log_probability`;
+    below 0 the value is ``log(1) = 0`` and the slope 0.
     """
 
     @tf.custom_gradient
     def log1m_fn(q):
         def grad(upstream):
-            return -upstream / (1.0 - clip(q, 0.0, bounds.slope_high))
+            inside = -1.0 / (1.0 - clip(q, 0.0, bounds.slope_high))
+            slope = tf.where(q < 0.0, tf.zeros_like(q), inside)
+            return upstream * slope
 
         return _log1m(clip(q, 0.0, bounds.high)), grad
 
@@ -245,8 +252,8 @@ def binary_crossentropy(target, output, from_logits=False):
         ``x (1 - z) + log1p(exp(-x))`` for ``x >= 0`` and
         ``-x z + log1p(exp(x))`` for ``x < 0``.
         From probabilities ``p``:
-        ``-(z log(max(p, tiny)) + (1 - z) log(1 - min(p, 1 - eps/2)))`` with
-        ``tiny`` and ``eps`` of the compute dtype (float32 for half precision).
+        ``-(z log(clip(p, tiny, 1)) + (1 - z) log(1 - clip(p, 0, 1 - eps/2)))``
+        with ``tiny`` and ``eps`` of the compute dtype (float32 for half precision).
 
     Numerical stability:
         From logits: no overflow for any finite logit (1e30 is fine), the two
@@ -267,9 +274,14 @@ def binary_crossentropy(target, output, from_logits=False):
         input dtype's ``tiny``/``largest_below_one`` so the gradient is finite
         in that dtype: ``p = 0`` with ``z = 1`` has gradient ``-1/tiny``
         (-8.5e37 in float32, -16384 in float16) where Keras's is 0.
-        Like Keras's TF backend, if ``output`` came from a Keras sigmoid
+        A probability outside ``[0, 1]`` costs what the nearest of 0 and 1
+        costs, never a negative loss (``log(p) > 0`` for ``p > 1``); its
+        gradient is that of the side that points back into ``[0, 1]``
+        (``p = 1.5`` with ``z = 1``: loss 0, gradient 0).
+        Like Keras's TF backend, if ``output`` came from a sigmoid
         (``output._keras_logits``, or a ``Sigmoid`` op in a graph), the loss is
-        computed from its logits.
+        computed from its logits; the logits of another activation (a
+        softmax's) are not used.
         Error budget: 3 ULP in float32/float64 (from logits and from
         probabilities); 1 ULP (of the float32 result, rounded once) in
         float16/bfloat16.
@@ -504,7 +516,7 @@ def categorical_crossentropy(target, output, from_logits=False, axis=-1):
         <tf.Tensor: ... numpy=array([0.126928], dtype=float32)>
     """
     target, output, from_logits = _dense_arguments(
-        target, output, from_logits, "Softmax", "categorical_crossentropy"
+        target, output, from_logits, "Softmax", "categorical_crossentropy", axis
     )
     axis = _class_axis(axis, output.shape.rank)
     if from_logits:
@@ -709,7 +721,7 @@ def sparse_categorical_crossentropy(target, output, from_logits=False, axis=-1):
         array([100000.], dtype=float32)
     """
     output, from_logits = recover_logits(
-        output, from_logits, "Softmax", "sparse_categorical_crossentropy"
+        output, from_logits, "Softmax", "sparse_categorical_crossentropy", axis=axis
     )
     output = as_float_tensor(output, "output")
     axis = _class_axis(axis, output.shape.rank)
