@@ -36,10 +36,16 @@ class SkipNonFinite(keras.optimizers.Optimizer):
     ...))``, the loss scaler gets every step (it must see the overflows to
     lower its scale) and skips non-finite ones itself; ``skipped_steps``
     counts them. Under a distribution strategy the step is skipped on every
-    replica when any replica's gradients are non-finite. The learning rate, ``iterations``,
-    ``scale_loss`` and EMA finalisation are those of the wrapped optimizer, so
-    learning-rate schedules and callbacks (``ReduceLROnPlateau``, NaNGuard)
-    see the inner optimizer. Skipped steps do not advance ``iterations``.
+    replica when any replica's gradients (or loss) are non-finite; around a loss
+    scaler, every replica's scaler is then given NaN gradients, so that each
+    skips the step and lowers its scale (Keras's scaler alone decides from its
+    replica's local gradients, and applied a step another replica found NaN).
+    The learning rate, ``iterations``, ``scale_loss``, EMA finalisation and
+    moving averages (``keras.callbacks.SwapEMAWeights``, also under
+    ``mixed_float16``) and ``exclude_from_weight_decay`` are those of the
+    wrapped optimizer, so learning-rate schedules and callbacks
+    (``ReduceLROnPlateau``, NaNGuard) see the inner optimizer. Skipped steps
+    do not advance ``iterations``.
 
     ``SkipNonFinite(LossScaleOptimizer(...))`` is itself an instance of
     ``LossScaleOptimizer``, so ``model.compile``'s default
@@ -154,6 +160,26 @@ class SkipNonFinite(keras.optimizers.Optimizer):
     def finalize_variable_values(self, var_list):
         self.inner_optimizer.finalize_variable_values(var_list)
 
+    def exclude_from_weight_decay(self, var_list=None, var_names=None):
+        # The wrapped optimizer applies the weight decay (on the wrapper it was ignored).
+        self.inner_optimizer.exclude_from_weight_decay(var_list=var_list, var_names=var_names)
+
+    # Keras's SwapEMAWeights looks one level below a LossScaleOptimizer, and under
+    # mixed_float16 that is this wrapper: the moving averages it swaps, and the
+    # variables they average, are the wrapped optimizer's (the wrapper keeps none).
+    @property
+    def _model_variables_moving_average(self):
+        return self.inner_optimizer._model_variables_moving_average
+
+    @property
+    def _trainable_variables(self):
+        inner = self.__dict__.get("inner_optimizer")
+        return [] if inner is None else inner._trainable_variables
+
+    @_trainable_variables.setter
+    def _trainable_variables(self, variables):
+        pass  # the base constructor's empty list: the wrapped optimizer holds the variables
+
     # -- the step -------------------------------------------------------------
     @staticmethod
     def all_finite(grads) -> tf.Tensor:
@@ -195,6 +221,17 @@ class SkipNonFinite(keras.optimizers.Optimizer):
             # A non-finite *unscaled* loss is no overflow of the scale (a
             # lower scale would not help): that step is skipped here.
             grads_finite = self.all_finite(grads)
+            if in_replica:
+                # The scaler decides from this replica's local gradients (Keras
+                # all-reduces them later, inside its apply): the replicas agree
+                # first, and where any is non-finite (its loss included) every
+                # replica's gradients become NaN, so that every scaler skips the
+                # step and lowers its scale. (A cond around the apply cannot sit
+                # in a replica context: the apply calls merge_call.)
+                finite = grads_finite if loss_finite is None else tf.logical_and(
+                    grads_finite, loss_finite)
+                grads_finite = _agreed_on_every_replica(finite)
+                grads = [_nan_unless(grads_finite, grad) for grad in grads]
 
             def apply_inner():
                 self.inner_optimizer.apply(grads, trainable_variables)
@@ -216,10 +253,10 @@ class SkipNonFinite(keras.optimizers.Optimizer):
             # calls merge_call, which cannot sit inside a cond in a replica
             # context, so the decision is taken in a cross-replica context,
             # as in LossScaleOptimizer.
-            context = tf.distribute.get_replica_context()
-            bad = tf.cast(tf.logical_not(finite), tf.float32)
-            finite = tf.equal(context.all_reduce(tf.distribute.ReduceOp.SUM, bad), 0.0)
-            context.merge_call(self._cross_replica_apply, args=(finite, grads, trainable_variables))
+            finite = _agreed_on_every_replica(finite)
+            tf.distribute.get_replica_context().merge_call(
+                self._cross_replica_apply, args=(finite, grads, trainable_variables)
+            )
         else:
             self._apply_or_skip(
                 finite, lambda: self.inner_optimizer.apply(grads, trainable_variables)
@@ -264,6 +301,22 @@ class SkipNonFinite(keras.optimizers.Optimizer):
             config.pop("optimizer"), custom_objects=custom_objects
         )
         return SkipNonFinite(optimizer, **config)
+
+
+def _agreed_on_every_replica(finite):
+    """In a replica context: ``finite`` on every replica (one all-reduce of the bad flags)."""
+    bad = tf.cast(tf.logical_not(finite), tf.float32)
+    context = tf.distribute.get_replica_context()
+    return tf.equal(context.all_reduce(tf.distribute.ReduceOp.SUM, bad), 0.0)
+
+
+def _nan_unless(finite, grad):
+    """``grad`` where ``finite``, else NaN of its shape (the values of ``IndexedSlices``)."""
+    if grad is None:
+        return None
+    if isinstance(grad, tf.IndexedSlices):
+        return tf.IndexedSlices(_nan_unless(finite, grad.values), grad.indices, grad.dense_shape)
+    return tf.where(finite, grad, tf.fill(tf.shape(grad), tf.constant(float("nan"), grad.dtype)))
 
 
 def _trace_key():

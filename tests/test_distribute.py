@@ -306,12 +306,16 @@ def _one_sgd_step_reference(x, y, initial_weights, learning_rate):
     return model.get_weights()
 
 
-def _fit_one_epoch_skipping(mirrored, x, y):
-    """A regressor with ``SkipNonFinite(SGD(0.1))`` fitted for one epoch of two global batches;
-    returns ``(model, optimizer, initial weights)`` after checking the replicas agree."""
+def _fit_one_epoch_skipping(mirrored, x, y, loss_scaler=False):
+    """A regressor with ``SkipNonFinite(SGD(0.1))`` (around a ``LossScaleOptimizer`` with
+    ``loss_scaler``) fitted for one epoch of two global batches; returns ``(model, optimizer,
+    initial weights)`` after checking the replicas agree."""
     with mirrored.scope():
         model = _regressor()
-        optimizer = stableops.optimizers.SkipNonFinite(keras.optimizers.SGD(0.1))
+        inner = keras.optimizers.SGD(0.1)
+        if loss_scaler:  # scaling by a power of 2 is exact: the good step is SGD's
+            inner = keras.optimizers.LossScaleOptimizer(inner)
+        optimizer = stableops.optimizers.SkipNonFinite(inner)
         model.compile(optimizer=optimizer, loss=stableops.losses.MeanSquaredError())
     initial = model.get_weights()
     model.fit(x, y, batch_size=GLOBAL_BATCH, epochs=1, verbose=0, shuffle=False)
@@ -320,10 +324,13 @@ def _fit_one_epoch_skipping(mirrored, x, y):
 
 
 @needs_replicas
+@pytest.mark.parametrize("loss_scaler", [False, True], ids=["plain", "loss_scaler"])
 @pytest.mark.parametrize("bad_replica", [0, 1])
-def test_skip_non_finite_skips_the_step_on_every_replica(mirrored, bad_replica):
+def test_skip_non_finite_skips_the_step_on_every_replica(mirrored, bad_replica, loss_scaler):
+    # Around a LossScaleOptimizer the scaler decided from its replica's local gradients:
+    # with the NaN on replica 1 the step was applied and the weights went NaN.
     x, y = _one_bad_replica_data(bad_replica)
-    model, optimizer, initial = _fit_one_epoch_skipping(mirrored, x, y)
+    model, optimizer, initial = _fit_one_epoch_skipping(mirrored, x, y, loss_scaler)
     assert all(np.all(np.isfinite(w)) for w in model.get_weights())
     assert int(np.asarray(optimizer.skipped_steps)) == 1
     # The bad step changed nothing; the good step is one ordinary SGD step.
@@ -333,9 +340,10 @@ def test_skip_non_finite_skips_the_step_on_every_replica(mirrored, bad_replica):
 
 
 @needs_replicas
+@pytest.mark.parametrize("loss_scaler", [False, True], ids=["plain", "loss_scaler"])
 @pytest.mark.parametrize("bad_replica", [0, 1])
 def test_skip_non_finite_skips_an_inf_loss_with_finite_gradients_on_every_replica(
-    mirrored, bad_replica
+    mirrored, bad_replica, loss_scaler
 ):
     # One target of 3e19 in one replica's shard: its squared error (9e38)
     # overflows float32, so that replica's loss is inf while its gradients
@@ -343,7 +351,7 @@ def test_skip_non_finite_skips_an_inf_loss_with_finite_gradients_on_every_replic
     x = _features(seed=2, n=2 * GLOBAL_BATCH)
     y = np.random.default_rng(3).normal(size=(2 * GLOBAL_BATCH, 1)).astype("float32")
     y[2 + 4 * bad_replica] = 3e19
-    model, optimizer, initial = _fit_one_epoch_skipping(mirrored, x, y)
+    model, optimizer, initial = _fit_one_epoch_skipping(mirrored, x, y, loss_scaler)
     assert int(np.asarray(optimizer.skipped_steps)) == 1
     expected = _one_sgd_step_reference(x[GLOBAL_BATCH:], y[GLOBAL_BATCH:], initial, 0.1)
     for got, want in zip(model.get_weights(), expected):

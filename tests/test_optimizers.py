@@ -240,3 +240,44 @@ def test_the_loss_check_needs_the_loss_of_the_same_step():
     optimizer.apply([tf.constant([1.0, 1.0])], [variable])  # applied: no loss seen for it
     np.testing.assert_array_equal(variable.numpy(), [0.0, 0.0])
     assert int(optimizer.skipped_steps.numpy()) == 1
+
+
+def _fit_weights(optimizer, callbacks=()):
+    model = model_with(optimizer, jit_compile=False)
+    model.fit(X, Y, batch_size=BATCH, epochs=2, verbose=0, shuffle=False,
+              callbacks=list(callbacks))
+    return model.get_weights()
+
+
+def test_exclude_from_weight_decay_reaches_the_wrapped_optimizer():
+    # The wrapped optimizer applies the decay: an exclusion set on the wrapper was ignored
+    # (the biases decayed as without it).
+    def adamw(wrap, exclude):
+        optimizer = keras.optimizers.AdamW(0.1, weight_decay=0.5)
+        optimizer = SkipNonFinite(optimizer) if wrap else optimizer
+        if exclude:
+            optimizer.exclude_from_weight_decay(var_names=["bias"])
+        return optimizer
+
+    excluded = _fit_weights(adamw(wrap=False, exclude=True))
+    decayed = _fit_weights(adamw(wrap=False, exclude=False))
+    assert not np.allclose(excluded[1], decayed[1])  # the exclusion matters here
+    for got, want in zip(_fit_weights(adamw(wrap=True, exclude=True)), excluded):
+        np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("policy", ["float32", "mixed_float16"])
+def test_swap_ema_weights_swaps_the_wrapped_optimizers_averages(policy, mixed_precision_policy):
+    # Under mixed_float16 Keras puts a LossScaleOptimizer around the wrapper, and
+    # SwapEMAWeights looks one level down, at the wrapper: it raised "must be used when
+    # use_ema=True". At the end of training it writes the averages into the model.
+    mixed_precision_policy(policy)
+
+    def weights(wrap):
+        optimizer = keras.optimizers.Adam(0.05, use_ema=True, ema_momentum=0.5)
+        optimizer = SkipNonFinite(optimizer) if wrap else optimizer
+        return _fit_weights(optimizer, [keras.callbacks.SwapEMAWeights(swap_on_epoch=True)])
+
+    plain = weights(wrap=False)
+    for got, want in zip(weights(wrap=True), plain):
+        np.testing.assert_array_equal(got, want)
