@@ -38,15 +38,20 @@ class NaNGuard(keras.callbacks.Callback):
 
     The run is diverging when a batch loss is non-finite, when it explodes
     (above ``LOSS_EXPLOSION`` x the run's reference level and above its first
-    loss; see ``stableops/doctor/_thresholds.py``), when a weight is
+    loss, in a jump above ``LOSS_EXPLOSION`` x every recent batch loss or at
+    the end of a climb of ``LOSS_WINDOW`` batches above that level; a hard
+    batch in a resumed or fine-tuned run is no explosion: see
+    ``stableops/doctor/_thresholds.py``), when a weight is
     non-finite, or when a trainable weight heads for overflow (``|w|`` above
     the square root of its dtype's maximum, where its products overflow; a
     layer's statistics, such as a moving variance, and the optimizer's state
     only when non-finite). Then the guard:
 
-    1. rolls back to the good snapshot with the lowest loss after it (from
-       before the divergence: in a slow climb, the newest good snapshots are
-       already on the climb);
+    1. rolls back to the good snapshot with the lowest loss after it among
+       the ``snapshots`` newest good ones (in a slow climb, the newest good
+       snapshot is already on the climb; older ones are dropped as newer ones
+       are confirmed, so while the losses stay healthy a rollback goes back
+       at most about ``(snapshots + 1) * snapshot_every`` steps);
     2. re-runs the offending batch eagerly, outside XLA, with
        ``stableops.diagnose``: the first layer and op that went non-finite
        and the likely cause (bad labels, unscaled inputs, fully masked rows,
@@ -55,10 +60,14 @@ class NaNGuard(keras.callbacks.Callback):
     4. acts: ``"stop"`` ends training (``model.stop_training``), ``"raise"``
        raises :class:`NonFiniteTrainingError`, ``"continue"`` skips the
        offending batch, multiplies the learning rate by ``lr_factor`` and
-       carries on. The cut persists and compounds across recoveries (the
-       snapshots do not hold the learning rate); a ``LearningRateSchedule``
-       is scaled, not replaced (the guard wraps it in
-       :class:`ScaledSchedule` when training begins). After
+       carries on. The running metrics (the epoch's loss and metrics, which
+       Keras logs) go back to their state before the offending batch, and the
+       batch's ``logs`` get those values, so the callbacks after the guard
+       (``TerminateOnNaN``, ``EarlyStopping``) do not see the skipped batch.
+       The cut persists and compounds across recoveries (the snapshots do not
+       hold the learning rate; a callable learning rate is left unchanged); a
+       ``LearningRateSchedule`` is scaled, not replaced (the guard wraps it
+       in :class:`ScaledSchedule` when training begins). After
        ``max_recoveries`` recoveries the next divergence stops training and
        the message says why.
 
@@ -75,7 +84,11 @@ class NaNGuard(keras.callbacks.Callback):
     offending batch the guard keeps a reference to the current batch (no
     copy); this needs ``steps_per_execution=1`` and a non-distributed ``fit``,
     otherwise the report says the batch was unavailable. One guard per
-    ``fit``.
+    ``fit``. A model that is not built when training begins (a subclassed
+    model not called before ``fit``) is built by its first step: the guard
+    starts watching after it, with the weights after that step as the first
+    good snapshot (a divergence in that very step has nothing to roll back to;
+    ``restored_step`` is then ``None``).
 
     Args:
         action: ``"stop"`` (default), ``"raise"`` or ``"continue"``.
@@ -83,8 +96,8 @@ class NaNGuard(keras.callbacks.Callback):
         max_recoveries: how many times ``"continue"`` may recover before the
             guard stops training (``None``: no limit).
         snapshot_every: take a snapshot every this many batches.
-        snapshots: how many good snapshots to keep (the newest is restored;
-            the others stand by while the newer ones await confirmation).
+        snapshots: how many good snapshots to keep: the newest ones; the
+            rollback restores the one among them with the lowest loss after it.
         diagnose: re-run the offending batch through ``stableops.diagnose``.
         max_diagnoses: how many events get their own diagnosis (each is an
             eager pass over the batch); later events repeat the first one's.
@@ -95,7 +108,8 @@ class NaNGuard(keras.callbacks.Callback):
         events: one dict per divergence: ``epoch``, ``batch``, ``step``,
             ``trigger`` (``"loss"``, ``"loss explosion"``, ``"weights"`` or
             ``"weight overflow"``), ``loss`` (the batch's own loss),
-            ``reference_loss``, ``nonfinite_weights``, ``restored_step``,
+            ``reference_loss``, ``nonfinite_weights``, ``restored_step`` (the
+            step whose weights were restored; ``None`` if none were),
             ``layer``, ``op``, ``cause``, ``action`` and, on ``"continue"``,
             ``learning_rate`` (the new rate, or the schedule's new scale).
         report: the :class:`stableops.Report` of the first event (or ``None``).
@@ -174,13 +188,32 @@ class NaNGuard(keras.callbacks.Callback):
         self._epoch_start_step = 0
         self._monitor = LossMonitor()
         self._tracker_seen = (0.0, 0.0)
+        self._watching = False
+        # The metrics' variables and their copy after the last healthy batch (made when
+        # the first batch ends: Keras builds the compiled metrics in the first step).
+        self._metrics, self._metrics_copy, self._metrics_kept = None, None, False
         optimizer = getattr(self.model, "optimizer", None)
-        if optimizer is not None and not optimizer.built:
+        if self.model.built and optimizer is not None and not optimizer.built:
             optimizer.build(self.model.trainable_variables)
         if optimizer is not None and self.action == "continue" and self.lr_factor != 1.0:
             if _scale_schedule(optimizer):
                 # The compiled step read the old schedule when it was traced.
                 self.model.make_train_function(force=True)
+        if self.model.built:
+            self._watch(initial_step=0)
+        # Otherwise (a subclassed model not called before fit) Keras builds the model
+        # and the optimizer in the first step: the guard starts watching after it.
+        self._install_batch_stash()
+
+    def _watch(self, initial_step=None):
+        """Collect the variables to check and snapshot; allocate the snapshots.
+
+        With ``initial_step``, the current weights are the first good snapshot
+        (the initial weights; their loss is not known yet: they rank last).
+        Without (the model was built by the step that just ran), the first
+        snapshot that passes the checks is taken as good at once.
+        """
+        optimizer = getattr(self.model, "optimizer", None)
         trainable = [v for v in self.model.trainable_weights if _is_float(v)]
         statistics = [v for v in self.model.non_trainable_weights if _is_float(v)]
         self._variables = trainable + statistics + _optimizer_state(optimizer)
@@ -199,26 +232,34 @@ class NaNGuard(keras.callbacks.Callback):
         ]
         self._check_and_save = [
             tf.function(
-                lambda save, slot=slot: self._check_and_save_fn(save, slot), autograph=False
+                lambda save, keep, slot=slot: self._check_and_save_fn(save, keep, slot),
+                autograph=False,
             )
             for slot in self._slots
         ]
-        # (slot, step, loss after it): the initial weights are the first good
-        # snapshot (their loss is not known yet: they rank last).
-        self._good = [(0, 0, math.inf)]
+        # (slot, step, loss after it), oldest first.
+        self._good = [] if initial_step is None else [(0, initial_step, math.inf)]
         self._pending = None
-        self._last_snapshot_step = 0
-        self._install_batch_stash()
+        self._last_snapshot_step = (
+            self._step - self.snapshot_every if initial_step is None else initial_step
+        )
+        self._watching = True
 
     def on_train_end(self, logs=None):
         self._uninstall_batch_stash()
         self._slots = []
         self._check_and_save = []
+        self._metrics, self._metrics_copy, self._metrics_kept = None, None, False
+        self._watching = False
         self._last_batch = None
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch = epoch
         self._epoch_start_step = self._step
+        if self._metrics_copy is not None:  # Keras has just reset the metrics: keep that
+            for copy, variable in zip(self._metrics_copy, self._metrics):
+                copy.assign(variable.value)
+            self._metrics_kept = True
 
     # -------------------------------------------------------------- per batch
     def on_train_batch_end(self, batch, logs=None):
@@ -233,6 +274,11 @@ class NaNGuard(keras.callbacks.Callback):
         verdict = self._monitor.observe(loss)
         monitor = self._monitor
         diverging = verdict in (monitor.NON_FINITE, monitor.EXPLODED)
+        if not self._watching:  # the model was built by this step
+            self._watch()
+        if self._metrics is None:
+            self._metrics = [v for metric in self.model.metrics for v in metric.variables]
+            self._metrics_copy = [tf.Variable(v.value, trainable=False) for v in self._metrics]
         if self._pending is not None and not diverging:
             # This batch's loss was computed with the pending snapshot's weights.
             if verdict == monitor.HEALTHY:
@@ -240,11 +286,16 @@ class NaNGuard(keras.callbacks.Callback):
             self._pending = None
         save = not diverging and self._step - self._last_snapshot_step >= self.snapshot_every
         slot = self._free_slot() if save else 0
-        finite, overflow = (bool(t) for t in self._check_and_save[slot](tf.constant(save)))
+        check = self._check_and_save[slot](tf.constant(save), tf.constant(not diverging))
+        finite, overflow = (bool(t) for t in check)
         if not diverging and finite and not overflow:
             if save:
-                self._pending = (slot, self._step)
+                if self._good:
+                    self._pending = (slot, self._step)
+                else:  # the first weights of a model built by its first step
+                    self._good.append((slot, self._step, math.inf))
                 self._last_snapshot_step = self._step
+            self._metrics_kept = True  # the check copied the metrics' state
             return
         if verdict == monitor.NON_FINITE:
             trigger = "loss"
@@ -254,15 +305,22 @@ class NaNGuard(keras.callbacks.Callback):
             trigger = "weights"
         else:
             trigger = "weight overflow"
-        self._handle(batch, trigger, loss)
+        self._handle(batch, trigger, loss, logs)
 
-    def _batch_loss(self, logs):
-        """This batch's own loss, from the loss tracker's running total and count."""
+    def _tracker_state(self):
+        """The loss tracker's running ``(total, count)``, or None without one."""
         tracker = next((m for m in self.model.metrics if m.name == "loss"), None)
         total, count = getattr(tracker, "total", None), getattr(tracker, "count", None)
         if total is None or count is None:
+            return None
+        return float(np.asarray(total)), float(np.asarray(count))
+
+    def _batch_loss(self, logs):
+        """This batch's own loss, from the loss tracker's running total and count."""
+        state = self._tracker_state()
+        if state is None:
             return _as_float((logs or {}).get("loss"))  # Keras's running mean
-        total, count = float(np.asarray(total)), float(np.asarray(count))
+        total, count = state
         seen_total, seen_count = self._tracker_seen
         self._tracker_seen = (total, count)
         if count > seen_count:
@@ -275,21 +333,45 @@ class NaNGuard(keras.callbacks.Callback):
         return next(i for i in range(len(self._slots)) if i not in used)
 
     def _confirm(self, slot, step, loss):
-        """Keep the snapshot as good; when full, drop the oldest one but the best."""
+        """Keep the snapshot as good; when more than ``snapshots``, drop the oldest."""
         self._good.append((slot, step, math.inf if loss is None else loss))
         if len(self._good) > self.snapshots:
-            best = self._best()
-            self._good.remove(next(good for good in self._good if good is not best))
+            self._good.pop(0)
 
     def _best(self):
-        """The good snapshot with the lowest loss after it (the newest among equals).
+        """Of the kept good snapshots, the one with the lowest loss after it (newest among equals).
 
         In a slow climb every recent snapshot was followed by a loss within
-        the healthy band; the one with the lowest loss is from before the climb.
+        the healthy band; the one with the lowest loss is the earliest on the
+        climb. Only the ``snapshots`` newest are kept, so the rollback goes
+        back at most ``snapshots`` snapshots (``snapshot_every`` steps apart).
         """
         return min(reversed(self._good), key=lambda good: good[2])
 
-    def _check_and_save_fn(self, save, shadows):
+    def _restore_metrics(self, logs):
+        """Put the metrics back as they were before the offending batch.
+
+        That is their state after the last healthy batch of the epoch (with
+        ``steps_per_execution > 1``: the last healthy execution), or as reset
+        at the start of the epoch. ``logs`` (the batch's, which the callbacks
+        after this one see) get the restored running values.
+        """
+        if self._metrics_kept:
+            for variable, copy in zip(self._metrics, self._metrics_copy):
+                variable.assign(copy)
+        else:  # no healthy batch yet: they were as reset
+            self.model.reset_metrics()
+        self._tracker_seen = self._tracker_state() or (0.0, 0.0)
+        if logs is not None:
+            results = self.model.get_metrics_result()
+            logs.update({key: _as_float(results[key]) for key in logs if key in results})
+
+    def _check_and_save_fn(self, save, keep, shadows):
+        """Check the variables; copy them to ``shadows`` if ``save`` and all finite.
+
+        Also copy the metrics' state if ``keep`` (the batch loss did not
+        diverge) and the variables are finite and not heading for overflow.
+        """
         checks = [tf.reduce_all(tf.math.is_finite(v.value)) for v in self._variables]
         finite = tf.reduce_all(tf.stack(checks)) if checks else tf.constant(True)
         overflow = [  # the trainable weights, the first variables (see _overflow_at)
@@ -303,17 +385,26 @@ class NaNGuard(keras.callbacks.Callback):
                 shadow.assign(variable.value)
             return tf.constant(True)
 
+        def copy_metrics():
+            for metric_copy, variable in zip(self._metrics_copy, self._metrics):
+                metric_copy.assign(variable.value)
+            return tf.constant(True)
+
         tf.cond(tf.logical_and(finite, save), copy, lambda: tf.constant(False))
+        healthy = tf.logical_and(tf.logical_and(finite, keep), tf.logical_not(overflow))
+        tf.cond(healthy, copy_metrics, lambda: tf.constant(False))
         return finite, overflow
 
     # ----------------------------------------------------------- the incident
-    def _handle(self, batch, trigger, loss):
+    def _handle(self, batch, trigger, loss, logs=None):
         bad_weights = [
             v.path for v in self._variables if not np.isfinite(np.asarray(v.value)).all()
         ]
-        slot, restored_step, _ = self._best()
-        for shadow, variable in zip(self._slots[slot], self._variables):
-            variable.assign(shadow)
+        restored_step = None  # no good snapshot yet: the model was built by this step
+        if self._good:
+            slot, restored_step, _ = self._best()
+            for shadow, variable in zip(self._slots[slot], self._variables):
+                variable.assign(shadow)
         self._pending = None
         event = {
             "epoch": self._epoch,
@@ -365,9 +456,8 @@ class NaNGuard(keras.callbacks.Callback):
         if action == "stop":
             self.model.stop_training = True
         else:
-            # The epoch's running metrics hold the offending batch: restart them.
-            self.model.reset_metrics()
-            self._tracker_seen = (0.0, 0.0)
+            # The epoch's running metrics hold the offending batch: take it out.
+            self._restore_metrics(logs)
         if self.verbose:
             print(message, flush=True)
 
@@ -419,12 +509,11 @@ class NaNGuard(keras.callbacks.Callback):
         if isinstance(rate, ScaledSchedule):
             rate.scale.assign(rate.scale * self.lr_factor)
             return f"schedule x{float(rate.scale.numpy()):.3g}"
-        try:
-            new = float(np.asarray(optimizer.learning_rate)) * self.lr_factor
-            optimizer.learning_rate = new
-            return new
-        except (TypeError, ValueError):
+        if callable(rate):  # a function, or a schedule the guard did not wrap
             return "unchanged (a callable learning rate cannot be scaled)"
+        new = float(np.asarray(optimizer.learning_rate)) * self.lr_factor
+        optimizer.learning_rate = new
+        return new
 
     def _message(self, event, report, gave_up=False):
         where = f"epoch {event['epoch'] + 1}, batch {event['batch']} (step {event['step']})"
@@ -440,10 +529,14 @@ class NaNGuard(keras.callbacks.Callback):
                 f"{event['loss'] / event['reference_loss']:.3g}x the run's level "
                 f"{event['reference_loss']:.3g})"
             )
-        lines = [
-            f"NaNGuard: {what} at {where}; rolled back to the weights of step "
-            f"{event['restored_step']} (the best ones followed by a healthy loss)."
-        ]
+        if event["restored_step"] is None:
+            restored = "no weights to roll back to yet (the model was built by this step)."
+        else:
+            restored = (
+                f"rolled back to the weights of step {event['restored_step']} "
+                "(the best recent ones followed by a healthy loss)."
+            )
+        lines = [f"NaNGuard: {what} at {where}; {restored}"]
         if event["layer"]:
             op = f", op {event['op']}" if event["op"] else ""
             lines.append(f"  first non-finite: {event['layer']}{op}")

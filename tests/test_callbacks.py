@@ -337,3 +337,202 @@ def test_a_guard_after_an_aborted_fit_still_sees_the_batches():
     [event] = guard.events
     assert event["cause"] and "fully masked" in event["cause"]  # the batch was re-run
     assert not getattr(model.train_function, "_stableops_nan_guard", False)
+
+
+# ---------------------------------------------------------------------------
+# Resumed runs, unbuilt models, the epoch's metrics, the rollback's age, callable rates.
+
+
+def _breast_cancer():
+    from sklearn.datasets import load_breast_cancer
+
+    x, y = load_breast_cancer(return_X_y=True)
+    x = ((x - x.mean(0)) / x.std(0)).astype(np.float32)
+    return x, y.astype(np.float32)[:, None]
+
+
+def test_a_resumed_runs_minibatch_noise_is_no_explosion_but_a_real_one_still_is():
+    # A second fit of a trained model: its first batch loss is already low, so it is no
+    # ceiling for the noise. Hard batches of 8 (0.4 against a level of 0.02) counted as
+    # explosions: the guard cut the learning rate 32x and stopped the healthy run.
+    x, y = _breast_cancer()
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential(
+        [keras.Input((30,)), keras.layers.Dense(16, activation="relu"), keras.layers.Dense(1)]
+    )
+    model.compile(
+        optimizer=keras.optimizers.Adam(1e-2),
+        loss=keras.losses.BinaryCrossentropy(from_logits=True),
+    )
+    model.fit(x, y, batch_size=8, epochs=3, verbose=0)
+    guard = NaNGuard(action="continue", verbose=0, diagnose=False)
+    history = model.fit(x, y, batch_size=8, epochs=2, verbose=0, callbacks=[guard])
+    assert guard.events == [] and len(history.history["loss"]) == 2
+    assert float(np.asarray(model.optimizer.learning_rate)) == pytest.approx(1e-2)
+
+    # Fine-tuning the trained model at a rate that overshoots: the loss jumps from 0.2 to 8
+    # within 5 batches, then keeps growing; that is caught, and rolled back.
+    model.compile(
+        optimizer=keras.optimizers.SGD(10.0),
+        loss=keras.losses.BinaryCrossentropy(from_logits=True),
+    )
+    guard = NaNGuard(action="stop", verbose=0, diagnose=False)
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0, callbacks=[guard])
+    [event] = guard.events
+    assert event["trigger"] == "loss explosion" and event["step"] < 10
+    assert all(np.isfinite(w).all() for w in model.get_weights())
+
+
+def test_the_loss_monitor_tells_noise_from_jumps_and_climbs():
+    from stableops.doctor import LossMonitor
+
+    def verdicts(losses):
+        monitor = LossMonitor()
+        return [monitor.observe(loss) for loss in losses]
+
+    level = [0.02, 0.025, 0.03, 0.02, 0.09, 0.01, 0.03]
+    # Hard batches 25x the level, even two in a row: noise, in a run that started low.
+    assert "exploded" not in verdicts(level + [0.5, 0.001, 0.2, 0.4, 0.02, 0.03])
+    # A jump: 10x every recent batch.
+    assert verdicts(level + [1.0])[-1] == "exploded"
+    # A climb of 2x a batch (0.04, 0.08, ...): no jump of 10x. The reference level is 0.02;
+    # 0.32 (k=4) is the first loss above 10x that, and the 8th in a row above it (k=11) is
+    # the explosion (the ones before are only "high").
+    climb = verdicts(level + [0.02 * 2**k for k in range(1, 12)])
+    assert climb[-1] == "exploded" and "exploded" not in climb[:-1]
+    assert climb[len(level) + 3 : -1] == ["high"] * 7
+
+
+class MLP(keras.Model):
+    """A subclassed model: not built until its first call (here: the first training step)."""
+
+    def __init__(self):
+        super().__init__()
+        self.hidden = keras.layers.Dense(8, activation="relu")
+        self.out = keras.layers.Dense(1)
+
+    def call(self, x):
+        return self.out(self.hidden(x))
+
+
+def test_a_model_built_by_its_first_step_is_watched_from_then_on():
+    # The guard built the optimizer on the unbuilt model's empty variable list: fit crashed
+    # ("This optimizer can only be called for the variables it was originally built with").
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(96, 4)).astype(np.float32)
+    y = x.sum(axis=1, keepdims=True)
+    x[70, 0] = np.nan  # batch 4 (step 5)
+    keras.utils.set_random_seed(0)
+    model = MLP()
+    model.compile(optimizer="adam", loss="mse")
+    recorder = Recorder()
+    guard = NaNGuard(action="stop", verbose=0, diagnose=False)
+    model.fit(x, y, batch_size=16, shuffle=False, verbose=0, callbacks=[recorder, guard])
+    [event] = guard.events
+    assert event["step"] == 5 and event["trigger"] in ("loss", "weights")
+    # The weights after step 1 were the first good snapshot; later ones were confirmed.
+    assert 1 <= event["restored_step"] < 5
+    for restored, before in zip(model.get_weights(), recorder.weights[event["restored_step"]]):
+        np.testing.assert_array_equal(restored, before)
+
+
+def _digits(rows):
+    from sklearn.datasets import load_digits
+
+    x, y = load_digits(return_X_y=True)
+    return (x[:rows] / 16).astype(np.float32), y[:rows]
+
+
+def _digits_model(learning_rate=1e-2):
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential(
+        [keras.Input((64,)), keras.layers.Dense(32, activation="relu"), keras.layers.Dense(10)]
+    )
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
+    return model
+
+
+class LastLogs(keras.callbacks.Callback):
+    """The logs of each epoch's batch ``batch``, as this callback saw them."""
+
+    def __init__(self, batch):
+        super().__init__()
+        self.batch, self.logs = batch, []
+
+    def on_train_batch_end(self, batch, logs=None):
+        if batch == self.batch:
+            self.logs.append(dict(logs))
+
+
+def test_continue_keeps_the_epochs_metrics_of_the_good_batches():
+    # A bad sample in the last batch of every epoch: the guard reset the metrics and no batch
+    # refilled them, so each epoch logged loss 0.0 and accuracy 0.0 (and EarlyStopping took
+    # 0.0 as the best loss).
+    x, y = _digits(640)
+    x[-1, 10] = np.nan  # batch 9 of 10
+    model = _digits_model()
+    good = LastLogs(batch=8)  # before the guard: the running values after the 9 good batches
+    guard = NaNGuard(action="continue", lr_factor=1.0, verbose=0, diagnose=False)
+    history = model.fit(
+        x, y, batch_size=64, epochs=2, shuffle=False, verbose=0, callbacks=[good, guard]
+    )
+    assert [(e["epoch"], e["batch"]) for e in guard.events] == [(0, 9), (1, 9)]
+    for epoch, logs in enumerate(good.logs):
+        assert history.history["loss"][epoch] == pytest.approx(logs["loss"], rel=1e-6)
+        assert history.history["accuracy"][epoch] == pytest.approx(logs["accuracy"], rel=1e-6)
+    assert history.history["loss"][1] < history.history["loss"][0]
+
+
+def test_after_a_recovery_the_callbacks_after_the_guard_see_the_restored_logs():
+    # They saw the skipped batch's NaN: TerminateOnNaN stopped the recovered run.
+    x, y = _digits(640)
+    x[300, 10] = np.nan  # batch 4 of 10
+    model = _digits_model()
+    good, after = LastLogs(batch=3), LastLogs(batch=4)
+    guard = NaNGuard(action="continue", verbose=0, diagnose=False)
+    callbacks = [good, guard, after, keras.callbacks.TerminateOnNaN()]
+    history = model.fit(
+        x, y, batch_size=64, epochs=2, shuffle=False, verbose=0, callbacks=callbacks
+    )
+    assert len(history.history["loss"]) == 2 and len(guard.events) == 2
+    for before, seen in zip(good.logs, after.logs):  # batch 4 taken out: as after batch 3
+        assert seen["loss"] == pytest.approx(before["loss"], rel=1e-6)
+        assert seen["accuracy"] == pytest.approx(before["accuracy"], rel=1e-6)
+
+
+def test_the_rollback_goes_back_to_one_of_the_newest_good_snapshots():
+    # With a recurring bad sample, the rollback went to the snapshot with the lowest loss
+    # after it ever seen, never dropped: comparing batches of different data, it went back
+    # further and further (5, 5, 5, 11, ... steps by the fourth epoch, 32 of 44 later).
+    x, y = _digits(1400)
+    x[123, 10] = np.nan
+    model = _digits_model(learning_rate=1e-3)
+    for snapshots in (1, 2):
+        guard = NaNGuard(
+            action="continue",
+            lr_factor=1.0,
+            max_recoveries=None,
+            snapshots=snapshots,
+            verbose=0,
+            diagnose=False,
+        )
+        model.fit(x, y, batch_size=32, epochs=4, verbose=0, callbacks=[guard])
+        assert len(guard.events) == 4  # once an epoch
+        # The bad batch's step, its predecessor (pending) and the kept good snapshots.
+        assert all(e["step"] - e["restored_step"] <= snapshots + 1 for e in guard.events)
+
+
+def test_a_callable_learning_rate_is_left_unchanged():
+    x = RNG.normal(size=(64, 4)).astype(np.float32)
+    y = x.sum(axis=1, keepdims=True)
+    x[20, 0] = np.nan  # batch 1
+    model = regression_model(keras.optimizers.SGD(learning_rate=lambda: 0.01))
+    guard = NaNGuard(action="continue", verbose=0, diagnose=False)
+    history = model.fit(x, y, batch_size=16, shuffle=False, verbose=0, callbacks=[guard])
+    [event] = guard.events
+    assert event["learning_rate"] == "unchanged (a callable learning rate cannot be scaled)"
+    assert len(history.history["loss"]) == 1 and not model.stop_training

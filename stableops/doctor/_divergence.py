@@ -18,9 +18,15 @@ class LossMonitor:
     ``observe(loss)`` returns:
 
     - ``"non_finite"``: NaN or inf;
-    - ``"exploded"``: above ``LOSS_EXPLOSION`` x the reference level and above
+    - ``"exploded"``: above ``LOSS_EXPLOSION`` x the reference level, above
       the run's first loss (a loss still below where training started is not a
-      divergence, however small the reference has become);
+      divergence, however small the reference has become), and either a jump
+      (above ``LOSS_EXPLOSION`` x every loss of the last ``LOSS_WINDOW``
+      batches) or a climb (the last ``LOSS_WINDOW`` losses, this one included,
+      all above ``LOSS_EXPLOSION`` x the reference). A hard batch in a run
+      that started low (resumed training, fine-tuning: its first loss is no
+      ceiling for the noise) is neither: it stands out from the median, not
+      from the recent batches, and the batches around it are ordinary;
     - ``"high"``: above ``LOSS_HEALTHY`` x the reference: not a divergence yet,
       but not evidence that the weights are good either;
     - ``"healthy"``.
@@ -47,7 +53,7 @@ class LossMonitor:
             return NON_FINITE
         verdict = HEALTHY
         if self.reference is not None and self.reference > 0:
-            if loss > th.LOSS_EXPLOSION * self.reference and loss > self.first:
+            if self._exploded(loss):
                 return EXPLODED  # not part of the history
             if loss > th.LOSS_HEALTHY * self.reference:
                 verdict = HIGH
@@ -57,6 +63,14 @@ class LossMonitor:
         median = float(np.median(self._recent))
         self.reference = median if self.reference is None else min(self.reference, median)
         return verdict
+
+    def _exploded(self, loss) -> bool:
+        limit = th.LOSS_EXPLOSION
+        if loss <= limit * self.reference or loss <= self.first:
+            return False
+        jump = loss > limit * max(self._recent)
+        climb = min([*self._recent, loss][-th.LOSS_WINDOW :]) > limit * self.reference
+        return jump or climb
 
     def ratio(self, loss) -> float | None:
         """``loss`` over the reference level (None without a positive reference)."""

@@ -159,15 +159,21 @@ PROBABILITY_CLIP_ZONE = _F32.eps
 # Divergence: NaNGuard during training and diagnose's trial run share these.
 
 #: A batch loss more than this many times the run's reference level (the
-#: lowest median of LOSS_WINDOW consecutive batch losses so far) *and* above
-#: the run's first loss is an explosion: the run is diverging. The second
-#: condition is what keeps minibatch noise out: a healthy run's batch losses
-#: stay below its untrained, initial loss, however low its level has fallen
-#: (a late batch at 10x a level of 0.05 is no explosion). An order of
-#: magnitude in one go is the signature of an update that overshot: a
-#: diverging run grows geometrically and passes 10x within a step or two, some
-#: 37 orders of magnitude before float32 overflows (3.4e38), early enough for a
-#: rollback to healthy weights.
+#: lowest median of LOSS_WINDOW consecutive batch losses so far), above the
+#: run's first loss, and either this many times every loss of the last
+#: LOSS_WINDOW batches (a jump) or preceded by LOSS_WINDOW - 1 losses above
+#: this many times the reference too (a climb) is an explosion: the run is
+#: diverging. The other conditions keep minibatch noise out. A fresh run's
+#: batch losses stay below its untrained, initial loss, however low its level
+#: has fallen (a late batch at 10x a level of 0.05 is no explosion); a run that
+#: starts trained (resumed, fine-tuned) has no such ceiling, and with small
+#: batches a hard one reaches 25x the median (a misclassified sample among 8),
+#: but not 10x every recent batch, and the batches after it are ordinary. An
+#: order of magnitude in one go is the signature of an update that overshot: a
+#: diverging run grows geometrically and jumps 10x within a step or two; a
+#: slower climb is caught LOSS_WINDOW batches after it passes 10x, still many
+#: orders of magnitude before float32 overflows (3.4e38). Either way the
+#: rollback goes to weights a healthy loss vouched for.
 LOSS_EXPLOSION = 10.0
 
 #: A snapshot of the weights counts as good when the next batch loss, computed
