@@ -14,6 +14,7 @@ import math
 
 import tensorflow as tf
 
+from stableops._internal.clip import clip
 from stableops._internal.reductions import float64_mean, float64_sum
 from stableops.losses._base import loss_class, plain_loss, public_function
 from stableops.losses._inputs import loss_function
@@ -41,7 +42,8 @@ def _signed_labels(y_true):
 
 
 def _margin_violation(y_true, y_pred):
-    return tf.maximum(1.0 - _signed_labels(y_true) * y_pred, 0.0)
+    # clip, not tf.maximum: how its kernel treats a NaN depends on the CPU (contract rule 2).
+    return clip(1.0 - _signed_labels(y_true) * y_pred, 0.0)
 
 
 @public_function
@@ -159,7 +161,7 @@ def categorical_hinge(y_true, y_pred):
     # float32, negative - positive + 1 cancelled near the margin (8.9e-8 came out 1.2e-7).
     positive = float64_sum(tf.cast(y_true, tf.float64) * tf.cast(y_pred, tf.float64), -1)
     negative = tf.cast(_max_last_axis((1.0 - y_true) * y_pred), tf.float64)
-    return tf.cast(tf.maximum(negative - positive + 1.0, 0.0), y_pred.dtype)
+    return tf.cast(clip(negative - positive + 1.0, 0.0), y_pred.dtype)
 
 
 # ----------------------------------------------------------------------------
