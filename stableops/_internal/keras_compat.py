@@ -106,9 +106,9 @@ def _carried_logits(output, op_type, axis):
         if op.type != op_type:
             return None
         return logits if logits is not None else (op.inputs[0] if len(op.inputs) == 1 else None)
-    if logits is not None and _recomputes(output, logits, op_type):
+    if logits is not None and tf.executing_eagerly() and _recomputes(output, logits, op_type):
         return logits
-    return None
+    return None  # (an eager output captured by a graph: its values are not known there)
 
 
 def recover_logits(output, from_logits, op_type, fn_name, *, axis=-1, argument="output",
