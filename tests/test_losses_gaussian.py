@@ -507,7 +507,16 @@ def test_gaussian_kl_gradients_reach_a_learned_prior(regime):
     mu, s, ps = (rng.normal(size=(4, 3)).astype(np.float32) for _ in range(3))
     pm = rng.normal(size=(3,)).astype(np.float32)
     w = np.arange(1.0, 5.0)[:, None]
-    for args, wrt in (((mu, s, pm, ps), (0, 1, 2, 3)), ((mu, s, ps, ps), (0, 1, 3))):
+    cases = (
+        ((mu, s, pm, ps), (0, 1, 2, 3)),
+        ((mu, s, ps, ps), (0, 1, 3)),
+        # Only the broadcast priors watched (a frozen encoder): the rows are the means',
+        # which the taped inputs alone do not show (the gradient had the means' shape, or
+        # the broadcast failed).
+        ((mu, s, pm, ps[0]), (2, 3)),
+        ((mu, s, pm[None], ps[:1]), (2, 3)),
+    )
+    for args, wrt in cases:
         _, grads = regime.value_and_grad(
             lambda a, b, c, d: S.gaussian_kl(a, b, prior_mean=c, prior_log_variance=d),
             *args,
@@ -520,11 +529,14 @@ def test_gaussian_kl_gradients_reach_a_learned_prior(regime):
         want = {
             0: w * (mu64 - m) * q,
             1: w * (np.exp(s64) * q - 1) / 2,
-            2: -np.sum(w * (mu64 - m) * q, axis=0) if m.shape == (3,) else w * -(mu64 - m) * q,
+            2: w * -(mu64 - m) * q,
             3: w * (1 - (np.exp(s64) + (mu64 - m) ** 2) * q) / 2,
         }
         for i, grad in zip(wrt, grads):
-            np.testing.assert_allclose(grad, want[i], rtol=1e-5, atol=1e-6, err_msg=str(i))
+            # A broadcast input's gradient is the sum over the rows it was broadcast to.
+            expected = want[i] if args[i].shape == mu.shape else np.sum(
+                want[i], axis=0, keepdims=args[i].ndim == 2)
+            np.testing.assert_allclose(grad, expected, rtol=1e-5, atol=1e-6, err_msg=str(i))
 
 
 def test_nan_prior_tensor_gives_nan():

@@ -58,6 +58,7 @@ graphs) run the Python function inline.
 from __future__ import annotations
 
 import functools
+import math
 import threading
 
 import numpy as np
@@ -188,6 +189,23 @@ def _rows_align(tensors, axis) -> bool:
     return all(
         [t.shape[i] for i in keep] == [tensors[0].shape[i] for i in keep] for t in tensors
     )
+
+
+def _widest_floating(values) -> list:
+    """The floating tensor argument with the most rows (a list of it, or empty).
+
+    A taped input the rows of a wider, untaped one broadcast over (a learned prior
+    beside a batch of means) has no row-local gradient: the rows are the wider one's.
+    Unknown dimensions count as the widest.
+    """
+    floating = [v for v in values if isinstance(v, tf.Tensor) and v.dtype.is_floating]
+    if not floating or any(v.shape.rank is None for v in floating):
+        return []
+
+    def size(tensor):
+        return (tensor.shape.rank, [math.inf if d is None else d for d in tensor.shape])
+
+    return [max(floating, key=size)]
 
 
 def _times_upstream(upstream, local_gradient, axis):
@@ -387,7 +405,7 @@ def xla_kernel(
             return call_eagerly(compiled_function("forward", args, kwargs), args, kwargs)
         reduced_axis = kwargs.get("axis", -1)
         local = row_local and bool(positions) and _rows_align(
-            [values[p] for p in positions], reduced_axis
+            [values[p] for p in positions] + _widest_floating(values), reduced_axis
         )
         one_float_input = positions == (0,) and values[0].dtype in (tf.float32, tf.float64)
         from_output = gradient_from_output is not None and one_float_input
