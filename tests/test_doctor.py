@@ -307,6 +307,22 @@ def test_exploding_gradients_at_a_huge_learning_rate():
     assert not report.find("input")  # the data is fine
 
 
+def test_exploding_gradients_are_judged_only_for_a_step_that_scales_with_them():
+    prices = (Y_REG * 2e5 + 1e6).astype(np.float32)  # unscaled targets: |g| ~ 1e6
+    sgd = mlp()
+    sgd.compile(optimizer=keras.optimizers.SGD(1e-3), loss="mse")
+    assert diagnose(sgd, X, prices, trial_steps=0).find("gradient.exploding")
+    adam = mlp()
+    adam.compile(optimizer=keras.optimizers.Adam(1e-3), loss="mse")
+    report = diagnose(adam, X, prices, trial_steps=0)
+    assert report.find("labels.scale") and not report.find("gradient.exploding"), report
+    # The premise: Adam's step is ~lr per weight, far below the weights' norm.
+    before = adam.get_layer("out").kernel.numpy().copy()
+    adam.train_on_batch(X[:32], prices[:32])
+    step = np.linalg.norm(adam.get_layer("out").kernel.numpy() - before)
+    assert step < 0.1 * np.linalg.norm(before)
+
+
 def test_non_finite_gradient_with_finite_loss():
     keras.utils.set_random_seed(0)
     model = keras.Sequential(
@@ -470,6 +486,22 @@ def test_bad_arguments():
         diagnose(model, X, Y_REG, batch_size=0)
     with pytest.raises(ValueError, match="128 samples but y has 10"):
         diagnose(model, X, Y_REG[:10])
+
+
+@pytest.mark.parametrize(
+    "dataset",
+    [
+        tf.data.Dataset.from_tensor_slices((X, Y_BIN[:, 0])),  # labels of shape ()
+        tf.data.Dataset.from_tensor_slices((X, Y_BIN)),  # 6 features, 1 label: rows disagree
+    ],
+)
+def test_a_dataset_of_single_samples_must_be_batched(dataset):
+    model = mlp(activation="sigmoid")
+    model.compile(optimizer="adam", loss="binary_crossentropy")
+    with pytest.raises(ValueError, match=r"yields single samples.*\.batch\(32\)"):
+        diagnose(model, dataset)
+    with pytest.raises(ValueError, match="shape"):  # fit does not batch it either
+        model.fit(dataset, epochs=1, verbose=0, shuffle=False)
 
 
 def test_exported_from_the_package():

@@ -4,7 +4,13 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from sklearn.datasets import load_breast_cancer, load_diabetes, load_digits, load_wine
+from sklearn.datasets import (
+    load_breast_cancer,
+    load_diabetes,
+    load_digits,
+    load_iris,
+    load_wine,
+)
 from sklearn.preprocessing import MinMaxScaler, RobustScaler, StandardScaler
 
 import stableops
@@ -210,6 +216,35 @@ def test_raw_diabetes_with_a_stableops_loss_names_targets_and_learning_rate():
     assert "use a stableops loss" not in text and "stableops.losses.MeanSquaredError()" not in text
 
 
+@pytest.mark.parametrize(
+    "loss, bounded",
+    [
+        (keras.losses.MeanSquaredError(), False),
+        (keras.losses.MeanAbsoluteError(), True),
+        (keras.losses.Huber(), True),
+        (keras.losses.LogCosh(), True),
+    ],
+)
+def test_unscaled_targets_are_said_to_scale_the_gradient_only_where_they_do(loss, bounded):
+    x, y = load_diabetes(return_X_y=True)  # scaled features, raw targets 25 .. 346
+    x, y = x.astype(np.float32), y.astype(np.float32)[:, None]
+    [scale] = diagnose(mlp(inputs=x.shape[1], loss=loss), x, y, trial_steps=0).find("labels.scale")
+    assert ("errors and gradients are" in scale.message) is not bounded, scale.message
+    assert ("gradient is bounded" in scale.message) is bounded
+    assert ("lower the learning rate" in scale.fix) is not bounded
+    # The premise: the gradient at an output of 0 grows with the targets only for MSE.
+    standardised = (y - y.mean()) / y.std()
+
+    def gradient_norm(targets):
+        outputs = tf.Variable(tf.zeros_like(targets))
+        with tf.GradientTape() as tape:
+            value = loss(targets, outputs)
+        return float(tf.norm(tape.gradient(value, outputs)))
+
+    ratio = gradient_norm(y) / gradient_norm(standardised)
+    assert ratio > 10 if not bounded else ratio < 2, ratio
+
+
 def test_no_trial_without_labels_or_when_asked_and_no_false_alarm_on_a_healthy_run():
     model = mlp()
     assert any("trial run: 20 training steps" in note for note in diagnose(model, X, Y).notes)
@@ -217,6 +252,36 @@ def test_no_trial_without_labels_or_when_asked_and_no_false_alarm_on_a_healthy_r
     assert diagnose(model, X, Y).ok
     with pytest.raises(ValueError, match="trial_steps"):
         diagnose(model, X, Y, trial_steps=-1)
+
+
+def _a_row_left_out_of_the_model_sample(n, model_rows):
+    from stableops.doctor._data import take_sample
+
+    _, sampled, _ = take_sample(np.zeros((n, 1)), np.arange(n), max_samples=model_rows)
+    return int(np.setdiff1d(np.arange(n), sampled)[0])
+
+
+def test_rows_with_a_non_finite_label_are_in_the_model_sample():
+    x, y = load_diabetes(return_X_y=True)  # 442 rows; the model sample holds 256
+    x, y = x.astype(np.float32), ((y - y.mean()) / y.std()).astype(np.float32)[:, None]
+    y[_a_row_left_out_of_the_model_sample(len(y), 256)] = np.nan
+    report = diagnose(mlp(inputs=x.shape[1]), x, y)
+    assert report.find("labels.non_finite") and report.find("loss.non_finite"), report
+    assert not any("stayed finite" in note for note in report.notes), report.notes
+
+
+def test_a_finite_trial_does_not_speak_for_rows_it_did_not_see():
+    x, y = load_iris(return_X_y=True)
+    x = StandardScaler().fit_transform(x).astype(np.float32)
+    y = y.copy()
+    y[_a_row_left_out_of_the_model_sample(len(y), 16)] = 3  # out of range: 3 classes
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, activation="softmax")])
+    model.compile("adam", "sparse_categorical_crossentropy")
+    report = diagnose(model, x, y, batch_size=8, max_batches=2)
+    assert report.errors[0].check == "labels.range", report
+    [note] = [note for note in report.notes if "stayed finite" in note]
+    assert "the errors above stand" in note
 
 
 def test_diagnose_changes_no_state_of_the_model():
@@ -265,6 +330,31 @@ def test_the_trial_copy_computes_what_the_model_computes():
     report = diagnose(model, x, y)
     assert not report.find("trial.diverged"), report
     assert any("trial run: 20 training steps" in note for note in report.notes)
+
+
+class _UnregisteredMSE(keras.losses.Loss):
+    """A Loss subclass that Keras cannot look up by name (not registered)."""
+
+    def call(self, y_true, y_pred):
+        return keras.ops.mean(keras.ops.square(y_true - y_pred), axis=-1)
+
+
+def _unregistered_mse(y_true, y_pred):
+    return keras.ops.mean(keras.ops.square(y_true - y_pred), axis=-1)
+
+
+def _unregistered_mae(y_true, y_pred):
+    return keras.ops.mean(keras.ops.abs(y_true - y_pred), axis=-1)
+
+
+@pytest.mark.parametrize("loss", [_UnregisteredMSE(), _unregistered_mse])
+def test_a_model_with_a_custom_loss_and_metric_gets_a_trial_run(loss):
+    # Keras's clone_model would compile the copy from the compile config: TypeError.
+    model = mlp(optimizer=keras.optimizers.SGD(5.0), loss=loss, metrics=[_unregistered_mae])
+    report = diagnose(model, X, Y)
+    assert not any("no trial run" in note for note in report.notes), report.notes
+    assert report.find("trial.diverged") and report.find("optimizer.learning_rate"), report
+    assert model.compiled and model.get_compile_config()["loss"] is not None
 
 
 class _Shift(keras.layers.Layer):
@@ -337,6 +427,48 @@ def test_one_loss_for_several_outputs_is_applied_to_each():
     # Labels that do not match the outputs: said in a note, not a loss error.
     report = diagnose(model, x, y, trial_steps=0)
     assert report.ok and any("do not match the model's outputs" in note for note in report.notes)
+
+
+def _two_heads(inputs, classes):
+    """A model with a softmax head 'cls' and a regression head 'reg'."""
+    keras.utils.set_random_seed(0)
+    x = keras.Input((inputs,))
+    hidden = keras.layers.Dense(8, activation="relu")(x)
+    cls = keras.layers.Dense(classes, activation="softmax", name="cls")(hidden)
+    return x, hidden, cls, keras.layers.Dense(1, name="reg")(hidden)
+
+
+def test_labels_out_of_range_for_one_output_of_a_loss_dict_are_found_per_output():
+    x, y = load_wine(return_X_y=True)  # classes 0, 1, 2
+    x = StandardScaler().fit_transform(x).astype(np.float32)
+    inputs, _, cls, reg = _two_heads(x.shape[1], classes=2)  # one class too few
+    model = keras.Model(inputs, {"cls": cls, "reg": reg})
+    model.compile("adam", loss={"cls": "sparse_categorical_crossentropy", "reg": "mse"})
+    targets = {"cls": y, "reg": x[:, :1]}
+    report = diagnose(model, x, targets)  # eagerly, the loss raises on label 2
+    assert report.errors[0].check == "labels.range", report
+    assert report.errors[0].location == "labels 'cls'"
+    assert report.find("loss.raised") and not report.find("trial.diverged")
+    # A NaN label of one output: the loss is not finite, so no gradient "from a finite loss".
+    targets = {"cls": np.minimum(y, 1), "reg": x[:, :1].copy()}
+    targets["reg"][5] = np.nan
+    report = diagnose(model, x, targets)
+    assert [f.check for f in report.errors] == ["labels.non_finite"], report
+    assert report.errors[0].location == "labels 'reg'"
+
+
+def test_a_per_output_loss_that_raises_is_a_finding_not_a_crash():
+    def non_negative_mse(y_true, y_pred):
+        tf.debugging.assert_non_negative(y_true, message="targets must be non-negative")
+        return keras.ops.mean(keras.ops.square(y_true - y_pred), axis=-1)
+
+    inputs, _, cls, reg = _two_heads(F, classes=2)
+    model = keras.Model(inputs, [cls, reg])
+    model.compile("adam", loss=["sparse_categorical_crossentropy", non_negative_mse])
+    report = diagnose(model, X, [(Y[:, 0] > 0).astype(np.int32), Y])
+    [raised] = report.find("loss.raised")
+    assert raised.severity == "error" and "non-negative" in raised.message, report
+    assert not report.find("labels.range")
 
 
 def test_vanishing_gradients_need_a_step_that_scales_with_the_gradient():

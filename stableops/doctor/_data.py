@@ -53,6 +53,22 @@ def _concat(parts):
     return tf.nest.map_structure(lambda *leaves: np.concatenate(leaves, axis=0), *parts)
 
 
+def _check_batched(x, y):
+    """``ValueError`` unless a dataset element is a batch: every leaf has rows, as many in each.
+
+    ``model.fit`` does not batch a dataset: one that yields single samples
+    (``from_tensor_slices`` without ``.batch``) fails there with a shape error.
+    """
+    leaves = flatten(x) + flatten(y)
+    rows = {int(np.shape(leaf)[0]) if np.ndim(leaf) else None for leaf in leaves}
+    if None in rows or len(rows) > 1:
+        shapes = ", ".join(str(np.shape(leaf)) for leaf in leaves)
+        raise ValueError(
+            "the dataset yields single samples, not batches (an element's arrays have shapes "
+            f"{shapes}): batch it, e.g. dataset.batch(32); model.fit takes each element as a batch"
+        )
+
+
 def sample_from_dataset(dataset, max_samples):
     """Concatenate the first batches of a ``tf.data.Dataset`` up to ``max_samples``.
 
@@ -64,6 +80,7 @@ def sample_from_dataset(dataset, max_samples):
         x, y = _unpack(element)
         xs.append(tf.nest.map_structure(to_numpy, x))
         ys.append(None if y is None else tf.nest.map_structure(to_numpy, y))
+        _check_batched(xs[-1], ys[-1])
         sizes.append(_num_samples(xs[-1]))
         if sum(sizes) >= max_samples:
             ended = False
@@ -113,13 +130,14 @@ def sample_dataset(dataset, y, *, max_samples: int):
     return x, y, n, batching
 
 
-def take_sample(x, y, *, max_samples: int, seed: int = 0):
+def take_sample(x, y, *, max_samples: int, seed: int = 0, keep=()):
     """Return ``(x_sample, y_sample, n_total)`` with at most ``max_samples`` rows.
 
     Arrays (NumPy, tensors, lists; nested in dicts/lists) are subsampled
     without replacement with a fixed seed (so repeated calls see the same
-    rows), keeping the original order. A ``tf.data.Dataset`` contributes its
-    first batches; it must then carry the labels itself.
+    rows), keeping the original order; the rows ``keep`` (up to half the
+    sample) are always in it. A ``tf.data.Dataset`` contributes its first
+    batches; it must then carry the labels itself.
     """
     if isinstance(x, tf.data.Dataset):
         x, y, n_total, _ = sample_dataset(x, y, max_samples=max_samples)
@@ -133,11 +151,32 @@ def take_sample(x, y, *, max_samples: int, seed: int = 0):
             raise ValueError("x is empty (0 samples): diagnose needs at least one")
     n = _num_samples(x)
     if n > max_samples:
-        rows = np.sort(np.random.default_rng(seed).choice(n, size=max_samples, replace=False))
+        rows = _sample_rows(n, max_samples, seed, keep)
         pick = lambda leaf: leaf[rows]  # noqa: E731
         x = tf.nest.map_structure(pick, x)
         y = None if y is None else tf.nest.map_structure(pick, y)
     return x, y, n_total
+
+
+def _sample_rows(n, size, seed, keep) -> np.ndarray:
+    """``size`` of ``n`` row indices, sorted: the first of ``keep`` (up to half), then random."""
+    keep = np.unique(np.asarray(keep, dtype=np.int64))[: size // 2]
+    rng = np.random.default_rng(seed)
+    if not keep.size:
+        return np.sort(rng.choice(n, size=size, replace=False))
+    rest = rng.choice(np.setdiff1d(np.arange(n), keep), size=size - keep.size, replace=False)
+    return np.sort(np.concatenate([keep, rest]))
+
+
+def nonfinite_rows(structure) -> np.ndarray:
+    """Sorted indices of the rows where any floating-point leaf of ``structure`` is NaN or inf."""
+    rows = set()
+    for leaf in flatten(structure):
+        leaf = np.asarray(leaf)
+        if is_float(leaf) and leaf.ndim:
+            bad = ~np.isfinite(leaf.astype(np.float32))
+            rows.update(np.flatnonzero(bad.reshape(bad.shape[0], -1).any(axis=1)).tolist())
+    return np.asarray(sorted(rows), dtype=np.int64)
 
 
 def batches(x, y, batch_size: int):

@@ -7,6 +7,7 @@ compare against live in ``_thresholds``, the check ids in ``_registry``.
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 
 import numpy as np
@@ -27,8 +28,14 @@ INDEX_LAYERS = {
 RESCALING_LAYERS = {"Rescaling"}
 
 # Losses whose value grows with the size of the regression error (the
-# targets' scale): unscaled targets make their gradients that many times larger.
+# targets' scale). MSE's gradient grows with it too: unscaled targets make its
+# gradients that many times larger.
 REGRESSION_LOSSES = {"mean_squared_error", "mean_absolute_error", "huber", "log_cosh"}
+
+# Regression losses whose gradient is bounded whatever the error (|g| <= 1 per
+# value for MAE and log-cosh, <= delta for Huber): unscaled targets do not make
+# their gradients larger, but the outputs move towards them a bounded step at a time.
+BOUNDED_GRADIENT_LOSSES = {"mean_absolute_error", "huber", "log_cosh"}
 
 
 def _input_name(index: int, name: str | None, n_inputs: int) -> str:
@@ -349,6 +356,19 @@ def check_labels(y, y_pred, loss) -> list:
     return findings
 
 
+def check_output_labels(outputs) -> list:
+    """``check_labels`` for each output of a model with a loss per output.
+
+    ``outputs``: ``[(output name, LossInfo, labels, predictions)]``
+    (``_loss.per_output_losses``); each finding is located at its output's labels.
+    """
+    findings = []
+    for name, loss, y, y_pred in outputs:
+        for found in check_labels(y, y_pred, loss):
+            findings.append(dataclasses.replace(found, location=f"labels '{name}'"))
+    return findings
+
+
 def _target_scale_findings(y, loss) -> list:
     values = np.abs(y.astype(np.float64)).reshape(-1)
     if not values.size:
@@ -363,8 +383,8 @@ def _target_scale_findings(y, loss) -> list:
             message="regression targets are not scaled: typical magnitude "
             f"{format_number(typical)} (range {format_number(float(y.min()))} .. "
             f"{format_number(float(y.max()))}), while a freshly initialised output is of order 1: "
-            f"{loss.display}'s first errors and gradients are {format_number(typical)}x those of "
-            "standardised targets",
+            + _target_scale_effect(loss, typical),
+            fix=_BOUNDED_GRADIENT_FIX if loss.name in BOUNDED_GRADIENT_LOSSES else None,
             evidence={
                 "typical_magnitude": typical,
                 "target_min": float(y.min()),
@@ -374,6 +394,24 @@ def _target_scale_findings(y, loss) -> list:
             },
         )
     ]
+
+
+# labels.scale's fix without "lower the learning rate": a bounded gradient's steps would shrink.
+_BOUNDED_GRADIENT_FIX = (
+    "standardise the targets (subtract the mean, divide by the standard deviation) and undo it "
+    "on the predictions"
+)
+
+
+def _target_scale_effect(loss, typical) -> str:
+    """What targets ``typical`` times the outputs' size do to ``loss``'s errors and gradients."""
+    times = f"{format_number(typical)}x those of standardised targets"
+    if loss.name in BOUNDED_GRADIENT_LOSSES:
+        return (
+            f"{loss.display}'s first errors are {times}, but its gradient is bounded whatever "
+            "the error, so the outputs grow to the targets' size only over very many steps"
+        )
+    return f"{loss.display}'s first errors and gradients are {times}"
 
 
 def _shaped_for_another_loss(y, y_pred, loss, looks_like, expected, *, fix) -> list:

@@ -12,7 +12,7 @@ from stableops.doctor import _data, _data_checks, _model_checks, _training_check
 from stableops.doctor import _registry as checks
 from stableops.doctor import _thresholds as th
 from stableops.doctor._forward import first_non_finite_op, trace_forward
-from stableops.doctor._loss import output_pairs, resolve_loss
+from stableops.doctor._loss import output_pairs, per_output_losses, resolve_loss
 from stableops.doctor._quiet import quiet_native_stderr
 from stableops.doctor._report import Report, finding, format_number
 from stableops.doctor._trial import (
@@ -31,7 +31,8 @@ def diagnose(
     The model runs eagerly, outside XLA, on at most ``batch_size *
     max_batches`` samples; the data checks (which need no model) see up to
     100,000 rows (2 million values), and non-finite inputs are counted on
-    every row. Samples are fixed-seed, so repeated calls agree.
+    every row. Samples are fixed-seed, so repeated calls agree; the model's
+    sample holds the rows whose inputs or labels the data checks find NaN/inf.
     It checks:
 
     - inputs: NaN/inf values; values that overflow a float16 first layer;
@@ -43,8 +44,9 @@ def diagnose(
       ``stableops.layers.RobustScaler`` or ``keras.layers.Normalization``.
       Inputs that feed a normalisation layer directly are not checked for scale
       or outliers; for those a ``Rescaling`` layer reads, its output is checked.
-    - labels, for the loss in use: class indices in ``[0, num_classes)``,
-      one-hot rows summing to 1, binary labels in ``[0, 1]``, finite values.
+    - labels, for the loss in use (per output for a loss dict or list):
+      class indices in ``[0, num_classes)``, one-hot rows summing to 1, binary
+      labels in ``[0, 1]``, finite values.
     - activations, layer by layer (Functional and Sequential models): the first
       layer whose outputs go non-finite from finite inputs, the op that did it
       (found with ``tf.debugging.enable_check_numerics``) and the likely
@@ -56,9 +58,10 @@ def diagnose(
       applies to each output, as in Keras.
     - gradients, per layer: non-finite; exploding (one SGD step at the
       optimizer's learning rate would move the weights by more than their own
-      norm); vanishing (SGD's step is below the weights' rounding unit; for an
-      adaptive optimizer such as Adam, whose step does not scale with the
-      gradient, a gradient of 0).
+      norm; not judged for an adaptive optimizer such as Adam, whose step does
+      not scale with the gradient: the trial run shows whether its rate is too
+      large); vanishing (SGD's step is below the weights' rounding unit; for an
+      adaptive optimizer, a gradient of 0).
 
     - the model itself: weights or non-trainable state (BatchNormalization
       moving statistics) already NaN/inf; Layer/Group/BatchNormalization in
@@ -144,7 +147,10 @@ def diagnose(
     else:
         data_x, data_y, n_total = _data.take_sample(x, y, max_samples=max(data_rows, model_rows))
         batching = (batch_size, n_total % batch_size or batch_size, n_total)
-    x, y, _ = _data.take_sample(data_x, data_y, max_samples=model_rows)
+    # The rows with NaN/inf inputs or labels the data checks report go into the
+    # model sample too, so that the loss and the trial run see what they do.
+    flagged = _data.nonfinite_rows((data_x, data_y))
+    x, y, _ = _data.take_sample(data_x, data_y, max_samples=model_rows, keep=flagged)
     _ensure_built(model, x, batch_size)
     if trial_steps is None:
         compiled = y is not None and getattr(model, "optimizer", None)
@@ -224,15 +230,21 @@ def _diagnose(
     findings += _training_checks.check_optimizer_epsilon(model)
     findings += _model_checks.check_single_sample_batch(model, *batching)
     findings += _data_checks.check_labels(data_y, y_pred, loss_info)
+    output_losses = per_output_losses(model, loss, data_y, y_pred) if loss_info is None else []
+    output_label_findings = _data_checks.check_output_labels(output_losses)
+    findings += output_label_findings
     findings += _model_checks.check_activations(layer_stats, op=first_op)
 
-    prediction_bad_rows = _nonfinite_rows(y_pred)
+    prediction_bad_rows = _data.nonfinite_rows(y_pred)
     per_sample, loss_error, loss_op = None, None, None
     if y is None:
         notes.append("no labels given: label, loss and gradient checks were skipped")
     elif loss_info is None and labels_fit:
         notes.append(
-            "no single loss (pass loss= or compile the model): label and loss checks were skipped"
+            "a loss per output: the labels were checked per output, the loss checks were skipped"
+            if output_losses
+            else "no single loss (pass loss= or compile the model): label and loss checks were "
+            "skipped"
         )
     elif loss_info is not None:
         per_sample, loss_error = _per_sample_loss(loss_info, y, y_pred, batch_size)
@@ -260,23 +272,21 @@ def _diagnose(
         bool(prediction_bad_rows.size)
         or loss_error is not None
         or (per_sample is not None and not np.isfinite(per_sample).all())
+        # A loss per output is not computed per sample: a NaN label makes it NaN.
+        or any(f.check == "labels.non_finite" for f in output_label_findings)
     )
     can_differentiate = (
         y is not None and labels_fit and (loss_info is not None or _compiled(model))
     )
     if can_differentiate and not upstream_broken and model.trainable_variables:
-        norms, bad_batch = _gradient_norms(model, x, y, loss_info, batch_size, training)
-        grad_op = None
-        if bad_batch is not None:
-            xb, yb = bad_batch
-            grad_op = first_non_finite_op(lambda: _gradients(model, xb, yb, loss_info, training))
-        findings += _training_checks.check_gradients(
-            norms,
-            learning_rate=learning_rate,
-            op=grad_op,
-            skips_non_finite=_skips_non_finite(model),
-            step_scales_with_gradient=_step_scales_with_gradient(model),
+        gradient_findings, gradient_error = _gradient_findings(
+            model, x, y, loss_info, batch_size, training, learning_rate
         )
+        findings += gradient_findings
+        if gradient_error is not None:
+            upstream_broken = True  # a trial would raise the same error
+            what = loss_info.display if loss_info else "the model's compiled loss"
+            findings.append(_training_checks.loss_raised(what, gradient_error))
     elif can_differentiate and upstream_broken:
         notes.append(
             "gradients were not checked: the forward pass or the loss is already non-finite"
@@ -301,16 +311,6 @@ def _batch_containing(structure, row, batch_size):
     start = (row // batch_size) * batch_size
     rows = slice(start, start + batch_size)
     return tf.nest.map_structure(lambda leaf: np.asarray(leaf)[rows], structure)
-
-
-def _nonfinite_rows(y_pred) -> np.ndarray:
-    rows = set()
-    for leaf in _data.flatten(y_pred):
-        leaf = np.asarray(leaf)
-        if np.issubdtype(leaf.dtype, np.floating) or leaf.dtype.name == "bfloat16":
-            bad = ~np.isfinite(leaf.astype(np.float32))
-            rows.update(np.flatnonzero(bad.reshape(bad.shape[0], -1).any(axis=1)).tolist())
-    return np.asarray(sorted(rows), dtype=np.int64)
 
 
 def _input_consumers(model, x, probe):
@@ -432,6 +432,31 @@ def _unscale(gradient, scale):
     return gradient / scale
 
 
+def _gradient_findings(model, x, y, loss_info, batch_size, training, learning_rate):
+    """The gradient checks' findings, and the error computing the loss raised (else ``None``).
+
+    Labels the label checks cannot see (one output's of a loss dict, ...) can
+    make the loss raise here: that is reported as a finding, not raised.
+    """
+    try:
+        with quiet_native_stderr():  # an invalid label logs the whole batch natively
+            norms, bad_batch = _gradient_norms(model, x, y, loss_info, batch_size, training)
+    except Exception as error:  # noqa: BLE001 - reported as a loss.raised finding
+        return [], error
+    grad_op = None
+    if bad_batch is not None:
+        xb, yb = bad_batch
+        grad_op = first_non_finite_op(lambda: _gradients(model, xb, yb, loss_info, training))
+    findings = _training_checks.check_gradients(
+        norms,
+        learning_rate=learning_rate,
+        op=grad_op,
+        skips_non_finite=_skips_non_finite(model),
+        step_scales_with_gradient=_step_scales_with_gradient(model),
+    )
+    return findings, None
+
+
 def _gradient_norms(model, x, y, loss_info, batch_size, training):
     """Per-layer gradient norm for each batch, and the first batch with a non-finite gradient."""
     owner = {}
@@ -474,7 +499,7 @@ def _trial_findings(model, x, y, loss, findings, notes, steps, batch_size):
         notes.append(f"the trial run failed: {reason}")
         return findings
     if not trial.diverged:
-        notes.append(f"trial run: {trial.steps} training steps on a copy, loss stayed finite")
+        notes.append(_finite_trial_note(trial, findings))
         return findings
     rate = _learning_rate(model)
     what = (
@@ -537,6 +562,14 @@ def _trial_findings(model, x, y, loss, findings, notes, steps, batch_size):
         )
     )
     return findings
+
+
+def _finite_trial_note(trial, findings) -> str:
+    """The note for a trial whose loss stayed finite, qualified when errors were found."""
+    note = f"trial run: {trial.steps} training steps on a copy, loss stayed finite"
+    if any(f.severity == "error" for f in findings):
+        note += " on the rows it trained on; the errors above stand (a sample may miss their rows)"
+    return note
 
 
 def _lower_rate_trial(model, x, y, loss, steps, batch_size):

@@ -177,6 +177,38 @@ def resolve_loss(model, loss) -> LossInfo | None:
     raise TypeError(f"cannot use {loss!r} as a loss")
 
 
+def per_output_losses(model, loss, y_true, y_pred) -> list:
+    """``[(output name, LossInfo, labels, predictions)]`` for a dict or list of per-output losses.
+
+    A loss dict pairs with dict outputs and labels by key, a list with list
+    outputs and labels by position (as Keras pairs them). Empty for a single
+    loss, or when the losses, labels and outputs do not pair up.
+    """
+    if loss is None:
+        loss = getattr(model, "loss", None)
+    if isinstance(loss, dict) and isinstance(y_true, dict) and isinstance(y_pred, dict):
+        names = [name for name in sorted(loss) if name in y_true and name in y_pred]
+        triples = [(name, loss[name], y_true[name], y_pred[name]) for name in names]
+    elif (
+        isinstance(loss, (list, tuple))
+        and isinstance(y_true, (list, tuple))
+        and isinstance(y_pred, (list, tuple))
+        and len(loss) == len(y_true) == len(y_pred)
+    ):
+        triples = [(str(i), *parts) for i, parts in enumerate(zip(loss, y_true, y_pred))]
+    else:
+        return []
+    pairs = []
+    for name, output_loss, labels, predictions in triples:
+        try:
+            info = resolve_loss(None, output_loss)
+        except TypeError:  # not a loss the doctor knows how to read
+            info = None
+        if info is not None and labels is not None:
+            pairs.append((name, info, labels, predictions))
+    return pairs
+
+
 def _safe_config(loss) -> dict:
     try:
         return dict(loss.get_config())

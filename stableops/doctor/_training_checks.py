@@ -31,16 +31,7 @@ def check_loss(
     if loss is None:
         return findings
     if error is not None:
-        findings.append(
-            finding(
-                checks.LOSS_RAISED,
-                location="loss",
-                message=f"{loss.display} raised {type(error).__name__}: {first_line(error)}",
-                evidence={"error": type(error).__name__},
-                fix="see the labels findings; under jit_compile=True the same input gives NaN "
-                "instead",
-            )
-        )
+        findings.append(loss_raised(loss.display, error))
     if per_sample is not None:
         bad = np.flatnonzero(~np.isfinite(per_sample))
         own = np.setdiff1d(bad, np.asarray(list(prediction_nonfinite_rows), dtype=np.int64))
@@ -74,6 +65,17 @@ def check_loss(
             )
         )
     return findings
+
+
+def loss_raised(what: str, error) -> object:
+    """A ``loss.raised`` finding: computing ``what`` (the loss, by name) raised ``error``."""
+    return finding(
+        checks.LOSS_RAISED,
+        location="loss",
+        message=f"{what} raised {type(error).__name__}: {first_line(error)}",
+        evidence={"error": type(error).__name__},
+        fix="see the labels findings; under jit_compile=True the same input gives NaN instead",
+    )
 
 
 def _loss_fix(loss) -> str:
@@ -171,7 +173,9 @@ def check_gradients(
         learning_rate: the optimizer's learning rate (or Keras's default).
         step_scales_with_gradient: the optimizer's step is ``lr * g`` (SGD). An
             adaptive optimizer's (Adam, RMSprop, ...) is about ``lr`` per weight
-            whatever ``|g|``: its gradients vanish only where they are 0.
+            whatever ``|g|``: its gradients vanish only where they are 0, and
+            ``lr * |g|`` says nothing of its step's size, so no gradient is
+            called exploding for it (the trial run shows a rate too large).
     """
     nonfinite, exploding, vanishing = [], [], []
     for name, entry in norms.items():
@@ -185,7 +189,7 @@ def check_gradients(
         largest, typical = float(grads.max()), float(np.median(grads))
         rounding = th.vanishing_step_ratio(entry.get("dtype", "float32"))
         step_ratio = learning_rate * largest / weight
-        if step_ratio > th.EXPLODING_STEP_RATIO:
+        if step_scales_with_gradient and step_ratio > th.EXPLODING_STEP_RATIO:
             exploding.append((step_ratio, name, largest, weight))
         elif (
             learning_rate * typical < rounding * weight

@@ -63,7 +63,7 @@ def copy_model(model, learning_rate_factor=1.0, loss=None, check_inputs=None):
     if optimizer is None:
         raise TrialUnavailable("the model has no optimizer (compile it to get a trial run)")
     try:
-        clone = keras.models.clone_model(model)
+        clone = _clone_architecture(model)
     except Exception as error:  # noqa: BLE001 - subclassed models without get_config, ...
         raise TrialUnavailable(f"the model cannot be copied ({type(error).__name__})") from None
     clone.set_weights(model.get_weights())
@@ -83,6 +83,25 @@ def copy_model(model, learning_rate_factor=1.0, loss=None, check_inputs=None):
     # Eager steps: no tracing or XLA compilation for a few steps.
     clone.compile(optimizer=fresh, loss=loss, loss_weights=loss_weights, run_eagerly=True)
     return clone, rate
+
+
+def _clone_architecture(model):
+    """``keras.models.clone_model(model)`` without compiling the copy.
+
+    ``clone_model`` compiles the copy of a compiled model from its compile
+    config, which fails to look up a custom loss, metric or optimizer that is
+    not registered (``TypeError``). The copy is compiled by ``copy_model`` with
+    the loss object itself, so the model counts as uncompiled while it is
+    copied; its ``compiled`` flag is restored afterwards.
+    """
+    compiled = getattr(model, "compiled", False)
+    if compiled:
+        model.compiled = False
+    try:
+        return keras.models.clone_model(model)
+    finally:
+        if compiled:
+            model.compiled = True
 
 
 def _load_layer_state(model, clone):
