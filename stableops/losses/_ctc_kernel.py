@@ -43,7 +43,9 @@ guards:
   floor the values are the definition's.
 * **NaN in, NaN out.** A NaN logit makes its row's loss NaN, also with
   ``zero_infinity`` (only infinite losses are zeroed, as in PyTorch), whatever
-  the CPU's maximum does with NaN.
+  the CPU's maximum does with NaN; so does a label outside ``[0, classes)``,
+  which the gather would otherwise clamp to the nearest class (inside XLA,
+  where the caller's check is dropped).
 """
 
 from __future__ import annotations
@@ -52,7 +54,14 @@ import tensorflow as tf
 
 from stableops._internal.dtypes import compute_dtype, dtype_limits
 from stableops._internal.kernel import xla_kernel
+from stableops.losses._categorical import _invalid_labels
 from stableops.ops import log_softmax
+
+
+def invalid_labels(labels, num_classes):
+    """Entries of ``labels`` outside ``[0, num_classes)``: every non-zero entry is a label
+    (it counts in ``label_length``); the padding, 0, is the blank and always valid."""
+    return _invalid_labels(labels, num_classes, ignore_class=None)
 
 
 def required_frames(labels, label_length):
@@ -152,8 +161,13 @@ def ctc_kernel(labels, logits, zero_infinity):
 
     Class 0 is the blank and the padding (Keras's ``mask_index``); every
     sample uses all ``T`` frames. The log-probabilities and the recursion are
-    float64's; the result is float32 (float64 for float64).
+    float64's; the result is float32 (float64 for float64). A row holding a label
+    outside ``[0, classes)`` gets NaN (the caller's check raises outside XLA); an
+    empty ``[batch, 0]`` label tensor is the empty label of every row.
     """
+    # [batch, 0] labels: one column of padding gives the recursion its states.
+    labels = tf.pad(labels, [[0, 0], [0, tf.maximum(1 - tf.shape(labels)[1], 0)]])
+    bad = tf.reduce_any(invalid_labels(labels, tf.shape(logits)[2]), axis=1)
     dtype = logits.dtype
     narrow = compute_dtype(dtype)
     frames = tf.shape(logits)[1]
@@ -181,6 +195,6 @@ def ctc_kernel(labels, logits, zero_infinity):
     loss = tf.cast(-log_likelihood, narrow)
     fill = tf.constant(0.0 if zero_infinity else float("inf"), narrow)
     loss = tf.where(feasible, loss, tf.fill(tf.shape(loss), fill))
-    nan = tf.reduce_any(tf.math.is_nan(logits), axis=[1, 2])
+    nan = tf.logical_or(tf.reduce_any(tf.math.is_nan(logits), axis=[1, 2]), bad)
     return tf.where(nan, tf.fill(tf.shape(loss), tf.constant(float("nan"), narrow)), loss)
 
