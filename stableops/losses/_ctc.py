@@ -15,9 +15,14 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from stableops._internal.checks import as_float_tensor, flag, real_tensor
+from stableops._internal.checks import (
+    as_float_tensor,
+    flag,
+    raise_on_invalid_labels,
+    real_tensor,
+)
 from stableops.losses._base import REDUCTION, FunctionLoss, loss_class, public_function
-from stableops.losses._ctc_kernel import ctc_kernel
+from stableops.losses._ctc_kernel import ctc_kernel, invalid_labels
 from stableops.losses._inputs import graph_code
 
 __all__ = ["CTC", "ctc"]
@@ -48,7 +53,13 @@ def ctc(y_true, y_pred, *, zero_infinity=False):
         ``zero_infinity`` (as PyTorch's ``CTCLoss(zero_infinity=True)``).
         Logits ``3.4e38`` apart give a large finite loss (Keras: NaN). NaN
         logits give NaN, also with ``zero_infinity``. A 0 inside the first
-        ``label_length`` labels is a label of class 0, as Keras's.
+        ``label_length`` labels is a label of class 0, as Keras's. A label
+        outside ``[0, num_classes)`` (every non-zero entry is a label; the
+        0 padding never is) raises an error naming the label and the number
+        of classes eagerly and in a graph; inside XLA, where asserts are
+        dropped, that sample's loss is NaN, never a finite wrong value (the
+        class read would be the nearest one). ``y_true`` of shape
+        ``[batch, 0]`` gives every sample the empty label's loss (all blanks).
         Error budget: an ULP of the loss (float32, or float64 for float64
         logits) plus 1e-16 (float64's rounding of log-probabilities near 0,
         which a loss near 0, ``-log(1 - e)``, inherits; Keras's float32 left
@@ -58,7 +69,8 @@ def ctc(y_true, y_pred, *, zero_infinity=False):
         ``states^2``).
 
     Args:
-        y_true: integer labels ``[batch, max_label_length]``, 0-padded.
+        y_true: integer labels ``[batch, max_label_length]`` in ``[0, num_classes)``,
+            0-padded (``max_label_length`` may be 0).
         y_pred: logits ``[batch, T, num_classes]`` (not softmax-normalized).
         zero_infinity: keyword-only; replace infinite losses (and their
             gradients) by 0. Defaults to False.
@@ -69,6 +81,8 @@ def ctc(y_true, y_pred, *, zero_infinity=False):
     Raises:
         ValueError: for ranks other than 2 (``y_true``) and 3 (``y_pred``) or
             different batch sizes.
+        tf.errors.InvalidArgumentError: a label outside ``[0, num_classes)``
+            (eager/graph).
 
     Example:
         >>> import tensorflow as tf
@@ -93,7 +107,14 @@ def ctc(y_true, y_pred, *, zero_infinity=False):
             "`y_true` and `y_pred` must have the same batch size, "
             f"got {labels.shape} and {y_pred.shape}"
         )
-    return ctc_kernel(tf.cast(labels, tf.int32), y_pred, zero_infinity=zero_infinity)
+    labels = tf.cast(labels, tf.int32)
+    num_classes = y_pred.shape[2]
+    if num_classes is None:
+        num_classes = tf.shape(y_pred)[2]
+    # Outside the kernel: inside XLA the assert would be dropped (the kernel
+    # then gives NaN for that sample, never a finite loss).
+    labels = raise_on_invalid_labels(labels, invalid_labels(labels, num_classes), num_classes)
+    return ctc_kernel(labels, y_pred, zero_infinity=zero_infinity)
 
 
 @loss_class
