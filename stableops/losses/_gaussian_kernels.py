@@ -40,6 +40,7 @@ import math
 import tensorflow as tf
 
 from stableops._internal.clip import clip
+from stableops._internal.compensated import two_difference
 from stableops._internal.dtypes import (
     compute_dtype,
     dtype_limits,
@@ -311,13 +312,30 @@ def gaussian_kl_kernel(mean, log_variance, prior_mean, prior_log_variance):
     mean = to_compute_saturating(mean)
     log_variance = to_compute_saturating(log_variance)
     shape = tf.shape(mean)
+    standard_variance = isinstance(prior_log_variance, (int, float)) and prior_log_variance == 0
     prior_mean = tf.broadcast_to(tf.cast(prior_mean, dtype), shape)
     prior_log_variance = tf.broadcast_to(tf.cast(prior_log_variance, dtype), shape)
     # 0.5 (exp(d) - 1 - d) + 0.5 (mu - m)^2 exp(-s): both terms >= 0, no cancellation.
-    terms = _half_exp_excess(log_variance - prior_log_variance) + _scaled_square(
-        mean - prior_mean, prior_log_variance, 0.5
+    terms = _excess_of_difference(log_variance, prior_log_variance, standard_variance) + (
+        _scaled_square(mean - prior_mean, prior_log_variance, 0.5)
     )
     return per_sample_sum(terms)
+
+
+def _excess_of_difference(log_variance, prior_log_variance, prior_is_zero):
+    """:func:`_half_exp_excess` of ``log_variance - prior_log_variance``, the difference exact.
+
+    Rounded, the difference ``d`` carries an error of half its ULP, which ``exp``
+    turns into ``|d|`` times as many ULP of the result (64 ULP at ``d = 66``): so
+    its rounding ``lo`` (TwoSum) is added back to first order, ``expm1(d) lo / 2``
+    (value only; the slope keeps the rounded ``d``). A prior log-variance of the
+    number 0 leaves ``d`` exact and skips this.
+    """
+    if prior_is_zero:
+        return _half_exp_excess(log_variance)
+    d, lo = two_difference(log_variance, prior_log_variance)
+    correction = tf.where(tf.equal(lo, 0.0), tf.zeros_like(lo), 0.5 * tf.math.expm1(d) * lo)
+    return _half_exp_excess(d) + tf.stop_gradient(correction)
 
 
 # ----------------------------------------------------------------------------
