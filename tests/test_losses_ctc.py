@@ -357,6 +357,51 @@ def test_gradient_stays_finite_where_float64_cannot_resolve_it(regime):
     np.testing.assert_array_equal(gradient[0, 0], [-1.0, 1.0, 0.0])
 
 
+@pytest.mark.parametrize(
+    "labels,bad",
+    [
+        ([[5, 1, 0], [1, 0, 0]], "5"),  # 4 classes: the gather read class 3
+        ([[-1, 1, 0], [1, 0, 0]], "-1"),
+        ([[1, 0, 4], [1, 0, 0]], "4"),  # non-zero: a label (label_length 2), not padding
+    ],
+)
+def test_out_of_range_label_errors_or_is_nan(regime, labels, bad):
+    """Contract rule 6: an error naming the label eagerly and in graphs, NaN under XLA;
+    never the finite loss of a clamped class. The 0 padding and the blank label 0 of
+    the valid row are not flagged."""
+    logits = np.random.default_rng(0).normal(size=(2, 3, 4)).astype(np.float32)
+    labels = np.array(labels, np.int32)
+    fn = S.CTC(reduction="none")
+    expected = _reference(labels[1:], logits[1:])
+    for unknown_batch in (False, True):
+        if regime.name == "xla":
+            value = regime.run(lambda y, x: fn(y, x), labels, logits, unknown_batch=unknown_batch)
+            assert np.isnan(value[0])
+            np.testing.assert_allclose(value[1:], expected, rtol=2e-6)
+        else:
+            with pytest.raises(
+                tf.errors.InvalidArgumentError, match=rf"label\D*{bad}\D*out of range for\D*4\D"
+            ):
+                regime.run(lambda y, x: fn(y, x), labels, logits, unknown_batch=unknown_batch)
+
+
+def test_labels_of_width_zero_are_the_empty_label(regime):
+    """``y_true`` ``[batch, 0]``: every sample's label is empty (all blanks), as for
+    ``[batch, 1]`` zeros; the recursion had no states for it (tf.range(-1) failed)."""
+    logits = np.random.default_rng(0).normal(size=(2, 3, 4)).astype(np.float32)
+    for unknown_batch in (False, True):
+        value, (gradient,) = regime.value_and_grad(
+            lambda x, y: S.ctc(y, x), logits, np.zeros((2, 0), np.int32),
+            unknown_batch=unknown_batch,
+        )
+        expected, expected_gradient = _value_and_gradient(
+            S.ctc, np.zeros((2, 1), np.int32), logits
+        )
+        np.testing.assert_allclose(value, _reference(np.zeros((2, 0)), logits), rtol=2e-6)
+        np.testing.assert_allclose(value, expected, rtol=1e-6)
+        np.testing.assert_allclose(gradient, expected_gradient, rtol=1e-6, atol=1e-7)
+
+
 def test_errors_name_the_shapes_and_arguments():
     with pytest.raises(ValueError, match=r"y_true.shape=\(2,\)"):
         S.ctc(np.zeros(2), np.zeros((2, 3, 4), np.float32))

@@ -550,6 +550,38 @@ def test_bad_hyperparameters_name_the_argument(make, message):
         make()
 
 
+@pytest.mark.parametrize("distance", DISTANCES)
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_triplet_empty_batch_gives_an_empty_loss(strategy, distance, regime):
+    """As the other metric losses; semi-hard and hard cosine took argmax/argmin over an
+    empty axis ("Reduction axis 1 is empty")."""
+    labels, x = np.zeros([0], np.int32), np.zeros([0, 3], np.float32)
+    for unknown_batch in (False, True):
+        value, (gradient,) = regime.value_and_grad(
+            lambda e, y: S.triplet_loss(y, e, strategy=strategy, distance=distance),
+            x, labels, unknown_batch=unknown_batch,
+        )
+        assert value.shape == (0,) and gradient.shape == (0, 3)
+
+
+def test_nt_xent_odd_batch_of_unknown_size_errors_or_is_nan(regime):
+    """Contract rule 6: an odd batch is not two views. A static one is a ValueError;
+    one known only when the graph runs an error, and NaN under XLA, where the assert
+    is dropped (a finite meaningless loss before)."""
+    x = np.random.default_rng(0).normal(size=(5, 3)).astype(np.float32)
+    fn = S.NTXent(reduction="none")
+    if regime.name == "xla":
+        value = regime.run(lambda e: fn(None, e), x, unknown_batch=True)
+        assert value.shape == (5,) and np.isnan(value).all()
+    else:
+        error = ValueError if regime.name == "eager" else tf.errors.InvalidArgumentError
+        with pytest.raises(error, match="two views"):
+            regime.run(lambda e: fn(None, e), x, unknown_batch=True)
+    # An even batch of unknown size is unaffected.
+    even = regime.run(lambda e: fn(None, e), x[:4], unknown_batch=True)
+    np.testing.assert_allclose(even, fn(None, x[:4]).numpy(), rtol=1e-6)
+
+
 def test_bad_shapes_name_both():
     with pytest.raises(ValueError, match=r"\(4,\) and \(3, 2\)"):
         S.triplet_loss(np.zeros(4), np.zeros((3, 2)))

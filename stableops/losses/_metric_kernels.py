@@ -29,9 +29,9 @@ The tricks, each used once:
 * **Zero gradient at zero distance.** ``ops.safe_norm`` has gradient 0 at the
   zero vector, so an embedding meeting itself or a duplicate gives gradient 0,
   where ``sqrt`` of a zero squared distance gives ``inf * 0 = nan``.
-* **Mining by index.** Hardest/semi-hard partners are chosen with
-  ``argmax``/``argmin`` (batch-hard: a max/min and the first column reaching
-  it) over masked copies (the fill is only compared, never
+* **Mining by index.** Hardest/semi-hard partners are chosen as the first
+  column reaching a max/min (as ``argmax``/``argmin``, also for an empty batch)
+  over masked copies (the fill is only compared, never
   used in arithmetic) and read with a gather, so the gradient reaches exactly
   the chosen distance.
 * **NaN in, NaN out.** A row whose distances hold NaN gets a NaN loss
@@ -279,16 +279,17 @@ def _pick(d, index):
 
 
 def _first_extreme(values, reduce):
-    """The first column index of each row's ``reduce`` (max/min) of ``values`` ``[batch, batch]``.
+    """The first index along the last axis of ``values``'s ``reduce`` (max/min) there.
 
     ``argmax``/``argmin`` as two plain reductions (XLA's CPU argmax, a
-    variadic reduction, is several times slower); a row holding NaN gets an
+    variadic reduction, is several times slower, and fails on an empty
+    batch, where these give an empty result); a row holding NaN gets an
     arbitrary valid index (its loss is set to NaN anyway).
     """
-    batch = tf.shape(values)[1]
-    extreme = reduce(values, axis=1, keepdims=True)
-    columns = tf.range(batch)[None, :]
-    index = tf.reduce_min(tf.where(tf.equal(values, extreme), columns, batch), axis=1)
+    batch = tf.shape(values)[-1]
+    extreme = reduce(values, axis=-1, keepdims=True)
+    columns = tf.range(batch)
+    index = tf.reduce_min(tf.where(tf.equal(values, extreme), columns, batch), axis=-1)
     return tf.minimum(index, batch - 1)
 
 
@@ -362,20 +363,18 @@ def triplet_kernel(labels, x, margin, strategy, distance):
     # The farthest negative (TFA's fallback "negatives_inside"); the anchor
     # itself (distance 0, TFA's masked maximum of an empty set) if none.
     farthest_negative = tf.where(
-        has_negative,
-        tf.argmax(tf.where(negative, d, below), axis=1, output_type=tf.int32),
-        tf.range(batch),
+        has_negative, _first_extreme(tf.where(negative, d, below), tf.reduce_max), tf.range(batch)
     )
     if strategy == "hard":
         # An anchor without positives pairs with itself: argmax over the
         # masked row then hits the diagonal's 0 only if we put it there.
-        hardest_positive = tf.argmax(
-            tf.where(tf.logical_or(positive, eye), d, below), axis=1, output_type=tf.int32
+        hardest_positive = _first_extreme(
+            tf.where(tf.logical_or(positive, eye), d, below), tf.reduce_max
         )
         nearest_negative = tf.where(
             has_negative,
-            tf.argmin(tf.where(negative, d, above), axis=1, output_type=tf.int32),
-            tf.argmax(d, axis=1, output_type=tf.int32),  # TFA: the row's maximum
+            _first_extreme(tf.where(negative, d, above), tf.reduce_min),
+            _first_extreme(d, tf.reduce_max),  # TFA: the row's maximum
         )
         gap = _pick(d, hardest_positive) - _pick(d, nearest_negative)
         loss = tf.nn.relu(_scaled_up(gap, scale, power) + margin)
@@ -386,10 +385,8 @@ def triplet_kernel(labels, x, margin, strategy, distance):
     d_an = d[:, None, :]
     candidates = tf.logical_and(negative[:, None, :], d_an > d_ap)
     has_candidate = tf.reduce_any(candidates, axis=2)
-    semi_hard = tf.argmin(
-        tf.where(candidates, tf.broadcast_to(d_an, tf.shape(candidates)), above),
-        axis=2,
-        output_type=tf.int32,
+    semi_hard = _first_extreme(
+        tf.where(candidates, tf.broadcast_to(d_an, tf.shape(candidates)), above), tf.reduce_min
     )
     chosen = tf.where(has_candidate, semi_hard, farthest_negative[:, None])
     gap = d - _pick(d, chosen)
@@ -512,6 +509,8 @@ def _nt_xent_rows(logits):
     shift = tf.where(tf.equal(gap, 0.0), positive_logit, shift)
     exponent = tf.where(negative, logits - shift[:, None], tf.zeros_like(logits))
     total = tf.reduce_sum(tf.where(negative, tf.exp(exponent), tf.zeros_like(logits)), axis=-1)
-    return tf.cast(tf.where(
+    loss = tf.where(
         tf.equal(gap, 0.0), accurate_log1p(total), gap + tf.math.log(tf.exp(-gap) + total)
-    ), dtype)
+    )
+    # An odd batch is not two views: NaN, where XLA drops the caller's assert.
+    return tf.cast(_nan_where(tf.equal(batch % 2, 1), loss), dtype)

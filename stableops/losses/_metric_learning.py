@@ -151,7 +151,8 @@ def triplet_loss(y_true, y_pred, margin=1.0, strategy="hard", distance="euclidea
         without a positive, the anchor is its own positive (distance 0);
         without a negative, ``hard`` takes the farthest embedding and
         ``semi_hard`` contributes nothing to pairs it does not have. A batch
-        without any positive pair gives 0 for ``semi_hard`` (TFA: NaN). A NaN
+        without any positive pair gives 0 for ``semi_hard`` (TFA: NaN), an
+        empty batch an empty ``[0]`` loss for every strategy. A NaN
         embedding gives NaN for every anchor whose distances it enters, a NaN
         label NaN for its anchor.
         Error budget: a few ULP of the distances (difference form).
@@ -265,6 +266,9 @@ def nt_xent(y_true, y_pred, temperature=0.1):
 
     Raises:
         ValueError: a ``[2n, dim]`` input with an odd (static) batch size.
+        tf.errors.InvalidArgumentError: an odd batch size known only when the
+            graph runs; inside XLA, where asserts are dropped, every row's
+            loss is NaN instead, never a finite meaningless value.
 
     Example:
         >>> views = [[1.0, 0.0], [0.0, 1.0], [1.0, 0.1], [0.1, 1.0]]
@@ -285,7 +289,7 @@ def nt_xent(y_true, y_pred, temperature=0.1):
             "`y_pred` must stack two views ([2n, dim]): its batch size must be even, "
             f"got shape {y_pred.shape}"
         )
-    if batch is None:
+    if batch is None:  # the kernel's NaN where XLA drops the assert
         tf.debugging.assert_equal(
             tf.shape(y_pred)[0] % 2, 0,
             message="`y_pred` must stack two views ([2n, dim]): odd batch size",
