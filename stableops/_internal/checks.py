@@ -269,14 +269,14 @@ def canonical_axis(axis, rank: int, of: str = "y_pred", name: str = "axis"):
     return axis % rank
 
 
-def raise_on_invalid_labels(labels, invalid, num_classes):
+def raise_on_invalid_labels(labels, invalid, num_classes, loss="sparse_categorical_crossentropy"):
     """Raise ``InvalidArgumentError`` naming the first invalid label and the number of classes.
 
     ``invalid`` is a boolean tensor of ``labels``'s shape. Eagerly the check
     is immediate; in a graph it is an Assert op that runs with the loss (under
     XLA it is dropped and the kernel's NaN takes over). Returns ``labels``,
-    made to depend on the check in graphs. ``ops.sparse_categorical_crossentropy``
-    and the sparse loss share it.
+    made to depend on the check in graphs. ``ops.sparse_categorical_crossentropy``,
+    the sparse loss and CTC share it; ``loss`` is the name the message starts with.
 
     Example:
         >>> import tensorflow as tf
@@ -291,7 +291,7 @@ def raise_on_invalid_labels(labels, invalid, num_classes):
     if tf.executing_eagerly():
         if bool(tf.reduce_any(flat_invalid)):
             first_bad = flat_labels.numpy()[np.argmax(flat_invalid.numpy())]
-            message = _out_of_range_message(first_bad, num_classes)
+            message = _out_of_range_message(first_bad, num_classes, loss)
             raise tf.errors.InvalidArgumentError(None, None, message)
         return labels
     # A trailing invalid placeholder keeps the gather in range when no label
@@ -302,7 +302,7 @@ def raise_on_invalid_labels(labels, invalid, num_classes):
     check = tf.debugging.Assert(
         tf.logical_not(tf.reduce_any(flat_invalid)),
         [
-            "sparse_categorical_crossentropy: label",
+            f"{loss}: label",
             first_bad,
             "is out of range for",
             num_classes,
@@ -314,9 +314,9 @@ def raise_on_invalid_labels(labels, invalid, num_classes):
         return tf.identity(labels)
 
 
-def _out_of_range_message(label, num_classes):
+def _out_of_range_message(label, num_classes, loss):
     num_classes = int(num_classes)
     return (
-        f"sparse_categorical_crossentropy: label {label} is out of range for "
+        f"{loss}: label {label} is out of range for "
         f"{num_classes} classes (labels must be integers in [0, {num_classes}))"
     )

@@ -113,7 +113,9 @@ def ctc(y_true, y_pred, *, zero_infinity=False):
         num_classes = tf.shape(y_pred)[2]
     # Outside the kernel: inside XLA the assert would be dropped (the kernel
     # then gives NaN for that sample, never a finite loss).
-    labels = raise_on_invalid_labels(labels, invalid_labels(labels, num_classes), num_classes)
+    labels = raise_on_invalid_labels(
+        labels, invalid_labels(labels, num_classes), num_classes, loss="ctc"
+    )
     return ctc_kernel(labels, y_pred, zero_infinity=zero_infinity)
 
 
