@@ -380,7 +380,8 @@ def test_out_of_range_label_errors_or_is_nan(regime, labels, bad):
             np.testing.assert_allclose(value[1:], expected, rtol=2e-6)
         else:
             with pytest.raises(
-                tf.errors.InvalidArgumentError, match=rf"ctc: label\D*{bad}\D*out of range for\D*4\D"
+                tf.errors.InvalidArgumentError,
+                match=rf"ctc: label\D*{bad}\D*out of range for\D*4\D",
             ):
                 regime.run(lambda y, x: fn(y, x), labels, logits, unknown_batch=unknown_batch)
 
