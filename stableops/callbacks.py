@@ -186,6 +186,7 @@ class NaNGuard(keras.callbacks.Callback):
         self._step = 0
         self._epoch = 0
         self._epoch_start_step = 0
+        self._reports_first_batch = False
         self._monitor = LossMonitor()
         self._tracker_seen = (0.0, 0.0)
         self._watching = False
@@ -268,7 +269,8 @@ class NaNGuard(keras.callbacks.Callback):
         # partial execution gets the index a full one would have (9 for a ninth batch
         # 8, with steps_per_execution=2): no further than the epoch's steps.
         steps = (self.params or {}).get("steps")
-        batch = int(batch) if not steps else min(int(batch), steps - 1)
+        batch = self._last_batch_index(int(batch))
+        batch = batch if not steps else min(batch, steps - 1)
         self._step = self._epoch_start_step + batch + 1
         loss = self._batch_loss(logs)
         verdict = self._monitor.observe(loss)
@@ -306,6 +308,18 @@ class NaNGuard(keras.callbacks.Callback):
         else:
             trigger = "weight overflow"
         self._handle(batch, trigger, loss, logs)
+
+    def _last_batch_index(self, reported):
+        """The index of the last batch of the execution Keras reports as ``reported``.
+
+        Keras 3.15 reports an execution of ``steps_per_execution`` batches by its
+        last batch's index, older releases (3.10) by its first: the first report of
+        an epoch, 0 where it would be ``steps_per_execution - 1``, tells which.
+        """
+        per_execution = int(getattr(self.model, "steps_per_execution", 1) or 1)
+        if self._step == self._epoch_start_step:  # the epoch's first report
+            self._reports_first_batch = per_execution > 1 and reported == 0
+        return reported + per_execution - 1 if self._reports_first_batch else reported
 
     def _tracker_state(self):
         """The loss tracker's running ``(total, count)``, or None without one."""

@@ -322,8 +322,13 @@ def test_the_trial_copy_computes_what_the_model_computes():
     x, y = x.astype(np.float32), y.astype(np.float32)[:, None]
     norm = keras.layers.Normalization()
     norm.adapt(x)
-    model = mlp(inputs=x.shape[1], optimizer=keras.optimizers.SGD(0.1))
-    model = keras.Sequential([keras.Input((x.shape[1],)), norm, *model.layers])
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([  # fresh layers: Keras 3.10 cannot trace another model's
+        keras.Input((x.shape[1],)),
+        norm,
+        keras.layers.Dense(8, activation="relu", name="hidden"),
+        keras.layers.Dense(1, name="out"),
+    ])
     model.compile(optimizer=keras.optimizers.SGD(0.1), loss="binary_crossentropy")
     copy, _ = copy_model(model)
     np.testing.assert_allclose(copy.predict(x[:64], verbose=0), model.predict(x[:64], verbose=0))
