@@ -220,7 +220,6 @@ class SkipNonFinite(keras.optimizers.Optimizer):
             # skips non-finite steps itself, so delegate, and count its skips.
             # A non-finite *unscaled* loss is no overflow of the scale (a
             # lower scale would not help): that step is skipped here.
-            grads_finite = self.all_finite(grads)
             if in_replica:
                 # The scaler decides from this replica's local gradients (Keras
                 # all-reduces them later, inside its apply): the replicas agree
@@ -228,10 +227,10 @@ class SkipNonFinite(keras.optimizers.Optimizer):
                 # replica's gradients become NaN, so that every scaler skips the
                 # step and lowers its scale. (A cond around the apply cannot sit
                 # in a replica context: the apply calls merge_call.)
-                finite = grads_finite if loss_finite is None else tf.logical_and(
-                    grads_finite, loss_finite)
-                grads_finite = _agreed_on_every_replica(finite)
+                grads_finite = _agreed_on_every_replica(self._step_is_finite(grads, loss_finite))
                 grads = [_nan_unless(grads_finite, grad) for grad in grads]
+            else:
+                grads_finite = self.all_finite(grads)
 
             def apply_inner():
                 self.inner_optimizer.apply(grads, trainable_variables)
@@ -242,9 +241,7 @@ class SkipNonFinite(keras.optimizers.Optimizer):
             else:
                 self._apply_or_skip(loss_finite, apply_inner)
             return
-        finite = self.all_finite(grads)
-        if loss_finite is not None:
-            finite = tf.logical_and(finite, loss_finite)
+        finite = self._step_is_finite(grads, loss_finite)
         if in_replica:
             # Under a distribution strategy each replica holds its *local*
             # gradients here (Keras all-reduces them inside the wrapped
@@ -261,6 +258,11 @@ class SkipNonFinite(keras.optimizers.Optimizer):
             self._apply_or_skip(
                 finite, lambda: self.inner_optimizer.apply(grads, trainable_variables)
             )
+
+    def _step_is_finite(self, grads, loss_finite):
+        """Every gradient finite, and the loss too where it is known (a bool tensor)."""
+        finite = self.all_finite(grads)
+        return finite if loss_finite is None else tf.logical_and(finite, loss_finite)
 
     def _apply_or_skip(self, finite, apply_inner):
         """``apply_inner()`` where ``finite``, else count a skipped step (a ``tf.cond``)."""
