@@ -1434,14 +1434,6 @@ _LOGITS = np.float32([[2.0, -1.0, 0.5], [0.25, 3.0, -2.0]])
 _TARGETS = np.float32([[1.0, 0.0, 1.0], [0.0, 1.0, 0.0]])
 
 
-def _mp_rows(fn, targets, outputs):
-    """``fn(target_row, output_row)`` of mpf lists, per row (an object array)."""
-    return np.array(
-        [fn([R.mpf(v) for v in t], [R.mpf(v) for v in o]) for t, o in zip(targets, outputs)],
-        dtype=object,
-    )
-
-
 def _mp_binary_mean(gamma):
     """Row mean of the binary (focal) cross-entropy of probabilities (gamma 0: plain)."""
     def row(t_row, p_row):
@@ -1563,12 +1555,11 @@ def test_a_probability_outside_0_1_costs_the_nearest_ends_loss(gamma, regime):
     )
     # The exact loss at p clipped to [0, 1], with the logs clipped at infinity as documented
     # (log 0 at tiny, log(1 - 1) at 1 - eps/2).
+    nearest_ends = [(R.mpf(t), R.mpf(min(max(p, 0.0), 1.0))) for t, p in OUT_OF_RANGE]
     expected = np.array([
-        R.mp_binary_crossentropy_probabilities(R.mpf(t), R.mpf(min(max(p, 0.0), 1.0)),
-                                               F32_TINY, F32_BELOW_ONE)
-        * (R.mpf(t) * (1 - R.mpf(min(max(p, 0.0), 1.0)))
-           + (1 - R.mpf(t)) * R.mpf(min(max(p, 0.0), 1.0))) ** int(gamma)
-        for t, p in OUT_OF_RANGE
+        R.mp_binary_crossentropy_probabilities(t, p, F32_TINY, F32_BELOW_ONE)
+        * (t * (1 - p) + (1 - t) * p) ** int(gamma)
+        for t, p in nearest_ends
     ], dtype=object)
     assert (value >= 0).all(), value  # was log(p) > 0: -0.41 at p = 1.5, -69 at 1e30
     R.assert_ulp_within(value, expected, tf.float32, BINARY_FOCAL_ULP)
