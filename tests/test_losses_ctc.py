@@ -403,6 +403,24 @@ def test_labels_of_width_zero_are_the_empty_label(regime):
         np.testing.assert_allclose(gradient, expected_gradient, rtol=1e-6, atol=1e-7)
 
 
+@pytest.mark.parametrize("zero_infinity", [False, True])
+def test_zero_frames(zero_infinity, regime):
+    """``T = 0``: by the definition the empty label has probability 1 (loss 0) and any other
+    probability 0 (loss +inf, 0 with ``zero_infinity``). XLA could not compile the recursion's
+    scan over no frames, and the last frame's states were read as ``alpha[-1]``."""
+    labels = np.array([[0, 0], [1, 0], [1, 2]], np.int32)
+    logits = np.zeros((3, 0, 4), np.float32)
+    loss = S.CTC(reduction="none", zero_infinity=zero_infinity)
+    impossible = 0.0 if zero_infinity else np.inf
+    for unknown_batch in (False, True):
+        value, (gradient,) = regime.value_and_grad(
+            lambda x, y: loss(y, x), logits, labels, unknown_batch=unknown_batch
+        )
+        np.testing.assert_array_equal(value, [0.0, impossible, impossible])
+        assert not np.signbit(value[0])
+        assert gradient.shape == (3, 0, 4)
+
+
 def test_errors_name_the_shapes_and_arguments():
     with pytest.raises(ValueError, match=r"y_true.shape=\(2,\)"):
         S.ctc(np.zeros(2), np.zeros((2, 3, 4), np.float32))

@@ -190,9 +190,15 @@ def ctc_kernel(labels, logits, zero_infinity):
                            tf.not_equal(extended, _shifted(extended, 2, -1)))
     finals = tf.logical_and(state[None, :] >= 2 * label_length[:, None] - 1,
                             state[None, :] <= 2 * label_length[:, None])
-    emissions = tf.gather(log_probs, extended, axis=2, batch_dims=1)
-    log_likelihood = _alignment_log_likelihood(tf.transpose(emissions, [1, 0, 2]), skips, finals)
-    loss = tf.cast(-log_likelihood, narrow)
+    emissions = tf.transpose(tf.gather(log_probs, extended, axis=2, batch_dims=1), [1, 0, 2])
+    # A first frame that keeps the start (log 1 in the first blank, log 0 elsewhere): the
+    # recursion always has a frame, where XLA cannot compile a scan over none (T = 0: the
+    # empty label's loss is 0, any other's +inf). Its gradient is sliced off by the concat's.
+    keep_start = tf.cast(tf.where(tf.equal(state, 0), 0.0, -float("inf")), emissions.dtype)
+    keep_start = tf.broadcast_to(keep_start, tf.concat([[1], tf.shape(emissions)[1:]], 0))
+    emissions = tf.concat([keep_start, emissions], axis=0)
+    log_likelihood = _alignment_log_likelihood(emissions, skips, finals)
+    loss = tf.cast(0.0 - log_likelihood, narrow)  # +0, not -0, for a sure label
     fill = tf.constant(0.0 if zero_infinity else float("inf"), narrow)
     loss = tf.where(feasible, loss, tf.fill(tf.shape(loss), fill))
     nan = tf.logical_or(tf.reduce_any(tf.math.is_nan(logits), axis=[1, 2]), bad)
