@@ -567,15 +567,15 @@ def test_kl_value_on_both_sides_of_the_series_range(dtype, regime):
     R.assert_ulp_within(value, reference, dtype, BUDGET)
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("prior", [-3.0, -10.0, "tensor"])
-def test_kl_against_a_prior_log_variance_is_within_budget(prior, regime):
+def test_kl_against_a_prior_log_variance_is_within_budget(prior, dtype, regime):
     """s - s_p is rounded before exp amplifies its error |s - s_p|-fold (64 ULP at s = 63.54,
     s_p = -3): the rounding is added back. Large, small and cancelling differences, against
-    mpmath on the exact inputs. (float32: in float64 the same correction holds, 34 and 64 ->
-    0 ULP at s = 63.54 and 60.0, but exp(d)/2 - (1 + d)/2 itself is 5 ULP off at d = 10.3.)"""
-    dtype = "float32"
-    s = np.array([[63.538036], [60.000797], [40.123456], [2.7182817], [-2.9999998], [0.3]],
-                 dtype)
+    mpmath on the exact inputs. In float64 a number prior was corrected twice under XLA,
+    which had folded s - s_p - K into s - (s_p + K) (31 ULP at s = 29.52)."""
+    s = np.array([[63.538036], [60.000797], [40.123456], [29.519400273113224], [2.7182817],
+                  [-2.9999998], [0.3]], dtype)
     prior_values = np.full_like(s, -3.0) if prior == "tensor" else None
     if prior == "tensor":
         prior_values[1::2] = np.array(-10.000001, dtype)  # a prior per example

@@ -333,6 +333,10 @@ def _excess_of_difference(log_variance, prior_log_variance, prior_is_zero):
     """
     if prior_is_zero:
         return _half_exp_excess(log_variance)
+    # A constant prior made opaque to XLA (a select on the input, NaN for NaN as before):
+    # XLA folds (s - s_p) - K (:func:`_half_exp`) into s - (s_p + K), a rounding other
+    # than the one lo corrects (31 ULP in float64 at s = 29.52, s_p = -3: corrected twice).
+    prior_log_variance = tf.where(tf.math.is_nan(log_variance), log_variance, prior_log_variance)
     d, lo = two_difference(log_variance, prior_log_variance)
     correction = tf.where(tf.equal(lo, 0.0), tf.zeros_like(lo), 0.5 * tf.math.expm1(d) * lo)
     return _half_exp_excess(d) + tf.stop_gradient(correction)
