@@ -144,8 +144,9 @@ def _logaddexp_core(x, y):
     # |x - y| = |difference| + sign(difference) rounding exactly (TwoSum), and
     # exp(-|x - y|) = tail + tail_low to about 0.3 ULP (XLA's float64 exp: 1.7),
     # with the first-order term of the rounding: it would cost |x - y| eps/2.
-    tail, tail_low = split_exp_of_negative(tf.abs(difference))
-    tail_low = tail_low - tail * (tf.sign(difference) * rounding)
+    tail, exp_low = split_exp_of_negative(tf.abs(difference))
+    rounding = tf.sign(difference) * rounding
+    tail_low = exp_low - tail * rounding
     # max + log1p(tail + tail_low) rounded once: the maximum and the series' head
     # summed exactly (TwoSum), every low part added to its rounding error.
     head, rest = log1p_as_sum(tail)  # tail in [0, 1]
@@ -156,9 +157,15 @@ def _logaddexp_core(x, y):
     def grad(upstream):
         # d/dx = sigmoid(x - y), d/dy = sigmoid(y - x); 1/2 each when x == y,
         # 0 when both are -inf (as logsumexp of an all -inf row).
-        weight_x = tf.where(both_minus_inf, tf.zeros_like(x), _sigmoid(difference))
-        weight_y = tf.where(both_minus_inf, tf.zeros_like(x), _sigmoid(-difference))
-        return upstream * weight_x, upstream * weight_y
+        # From the tail corrected for the rounding of x - y: sigmoid(difference) is
+        # |x - y| eps / 2 off relatively in the small weight (331 ULP at 700.3, 0.7). As a
+        # factor: below 1e-292 tail * rounding is subnormal, flushed to 0.
+        weight_x, weight_y = _logaddexp_weights(difference, tail * (1.0 - rounding) + exp_low)
+        zero = tf.zeros_like(x)
+        return (
+            upstream * tf.where(both_minus_inf, zero, weight_x),
+            upstream * tf.where(both_minus_inf, zero, weight_y),
+        )
 
     return value, grad
 
@@ -229,9 +236,10 @@ def _logaddexp_float32(x, y):
     both_minus_inf = tf.logical_and(same, tf.equal(x, tf.constant(-math.inf, x.dtype)))
 
     def grad(upstream):
-        # sigmoid(x - y) and sigmoid(y - x) from the float32 tail; 1/2 each when
-        # x == y, 0 when both are -inf (as logsumexp of an all -inf row).
-        weight_x, weight_y = _logaddexp_weights(tf.cast(exact, x.dtype), tail32)
+        # sigmoid(x - y) and sigmoid(y - x) from the corrected tail (the float32 one
+        # carries the rounding of x - y: 29 ULP of the small weight at 80.3, 0.7); 1/2
+        # each when x == y, 0 when both are -inf (as logsumexp of an all -inf row).
+        weight_x, weight_y = _logaddexp_weights(tf.cast(exact, x.dtype), tf.cast(tail, x.dtype))
         zero = tf.zeros_like(x)
         return (
             upstream * tf.where(both_minus_inf, zero, weight_x),
@@ -254,7 +262,9 @@ def logaddexp(x, y):
         and infinities give the same infinity instead of ``inf - inf = nan``.
         ``logaddexp(-inf, y) = y``; NaN in either gives NaN.
         Gradient (custom): ``(sigmoid(x - y), sigmoid(y - x))``; ``(1/2, 1/2)``
-        when ``x == y`` and ``(0, 0)`` when both are ``-inf``.
+        when ``x == y`` and ``(0, 0)`` when both are ``-inf``. Each weight, the
+        small one too, within a few ULP of itself: from ``exp(-|x - y|)``
+        corrected for the rounding of ``x - y``.
         Error budget, in ULPs of ``max(|result|, |max(x, y)|)`` (cancellation
         between a negative maximum and the ``log1p`` term is the input's
         conditioning): 3 in float32, formed in float64 and rounded once (see
