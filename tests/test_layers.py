@@ -12,7 +12,7 @@ import tensorflow as tf
 from hypothesis import given
 from hypothesis import strategies as st
 
-from stableops import activations, layers
+from stableops import activations, layers, ops
 from stableops.layers import ELU, LeakyReLU, RobustScaler, Softmax
 from stableops.ops import dtype_limits
 from tests import _reference as ref
@@ -271,12 +271,37 @@ def test_config_holds_every_hyperparameter():
     )
 
 
-@pytest.mark.parametrize("bad", [-0.1, float("nan"), float("inf"), None, "0.3"])
+@pytest.mark.parametrize("bad", [-0.1, float("nan"), float("inf"), None, "0.3", 1e39])
 def test_invalid_hyperparameters_name_argument_and_value(bad):
     with pytest.raises(ValueError, match="negative_slope.*" + re.escape(repr(bad))):
         LeakyReLU(negative_slope=bad)
     with pytest.raises(ValueError, match="alpha.*" + re.escape(repr(bad))):
         ELU(alpha=bad)
+
+
+def test_largest_float32_hyperparameter_stays_finite():
+    # 1e39 rounds to inf in float32 (ELU(1e39) at 0 was inf * 0 = NaN; now a ValueError,
+    # above); float32's maximum itself is a valid scale: finite at 0 and below.
+    big = float(np.finfo(np.float32).max)
+    x = tf.constant([-1.0, -1e-30, 0.0, 2.0])
+    for layer in (ELU(alpha=big), LeakyReLU(negative_slope=big)):
+        assert np.isfinite(layer(x).numpy()).all()
+
+
+def test_activation_layers_take_inputs_of_unknown_rank():
+    # Built at construction, as Keras's: the build's shape check refused an unknown rank.
+    x = np.linspace(-3.0, 3.0, 12, dtype=np.float32).reshape(3, 4)
+    for layer in (ELU(), LeakyReLU()):
+        call = tf.function(layer, input_signature=[tf.TensorSpec(None, tf.float32)])
+        np.testing.assert_array_equal(call(x).numpy(), layer(x).numpy())
+
+
+def test_softmax_axis_named_twice_is_an_error():
+    x = np.zeros((2, 3, 4), np.float32)
+    for call in (lambda: Softmax(axis=(2, 2))(x), lambda: ops.softmax(x, axis=(1, -2)),
+                 lambda: ops.logsumexp(x, axis=(0, -3))):
+        with pytest.raises(ValueError, match=r"`axis` names an axis of .* twice"):
+            call()
 
 
 def test_invalid_softmax_axis():
@@ -382,6 +407,18 @@ def test_robust_scaler_custom_clip_quantiles_and_no_clip():
     unclipped = RobustScaler(clip=None)
     unclipped.adapt(data)
     assert unclipped(data).numpy().max() > 1e6
+
+
+def test_robust_scaler_near_the_float32_maximum():
+    """x - median overflowed float32 for x = -3e38 against a median of 2.2e38: -5 (the clip)
+    for -4.33, and -inf without a clip. Against mpmath on the stored statistics."""
+    data = np.linspace(1e38, 3.4e38, 101, dtype=np.float32)[:, None]
+    x = np.array([[-3e38], [3.4e38], [1e38]], np.float32)
+    for scaler in (RobustScaler(), RobustScaler(clip=None)):
+        scaler.adapt(data)
+        median, scale = float(scaler.median.numpy()[0]), float(scaler.scale.numpy()[0])
+        want = [float((mpmath.mpf(float(v)) - median) / scale) for v in x[:, 0]]
+        np.testing.assert_allclose(scaler(x).numpy()[:, 0], want, rtol=F32_EPS)
 
 
 def test_robust_scaler_nan_inf_and_constant_features():
@@ -495,14 +532,17 @@ def test_robust_scaler_steps_apply_to_datasets_only():
 
 
 @pytest.mark.parametrize(
-    "clip", [0.0, -1.0, float("nan"), (1.0, 2.0), (-1.0, float("nan")), (2.0, -2.0), (1, 2, 3)]
+    "clip", [0.0, -1.0, float("nan"), (1.0, 2.0), (-1.0, float("nan")), (2.0, -2.0), (1, 2, 3),
+             (None, 5.0), (-1.0, None), (None, None)]
 )
 def test_robust_scaler_invalid_clip(clip):
     with pytest.raises(ValueError, match="clip"):
         RobustScaler(clip=clip)
 
 
-@pytest.mark.parametrize("quantiles", [(75, 25), (-1, 75), (25, 101), (50, 75), 25])
+@pytest.mark.parametrize(
+    "quantiles", [(75, 25), (-1, 75), (25, 101), (50, 75), 25, ("25", "75"), (None, 75)]
+)
 def test_robust_scaler_invalid_quantile_range(quantiles):
     with pytest.raises(ValueError, match="quantile_range"):
         RobustScaler(quantile_range=quantiles)

@@ -166,6 +166,16 @@ def number(value, name: str, low=None, high=None, *, low_open=False, allow_inf=F
     return result
 
 
+def activation_scale(value, name: str) -> float:
+    """An activation's ``alpha`` or slope: a number in ``[0, float32's maximum]``.
+
+    float32 is the computing dtype of every input but float64; a larger value
+    rounds to ``inf`` there, and ``inf * 0`` is NaN (ELU at 0). Raises
+    ``ValueError`` as :func:`number` does.
+    """
+    return number(value, name, 0.0, float(np.finfo(np.float32).max))
+
+
 def flag(value, name: str) -> bool:
     """``value`` as a Python bool: ``True``/``False`` (or NumPy's), nothing else.
 
@@ -244,8 +254,8 @@ def canonical_axis(axis, rank: int, of: str = "y_pred", name: str = "axis"):
 
     Raises:
         ValueError: naming ``name``, its value and the rank when an axis is
-            out of range (``axis=5`` for a rank-2 ``y_pred``), or when the
-            input is a scalar.
+            out of range (``axis=5`` for a rank-2 ``y_pred``), when a tuple names
+            an axis twice (``(1, -2)`` of a rank-3 input), or when the input is a scalar.
 
     Example:
         >>> canonical_axis(-1, 3)
@@ -256,7 +266,10 @@ def canonical_axis(axis, rank: int, of: str = "y_pred", name: str = "axis"):
     if axis is None or rank is None:
         return axis
     if isinstance(axis, tuple):
-        return tuple(canonical_axis(a, rank, of, name) for a in axis)
+        axes = tuple(canonical_axis(a, rank, of, name) for a in axis)
+        if len(set(axes)) != len(axes):
+            raise ValueError(f"`{name}` names an axis of `{of}` twice, got {name}={axis}")
+        return axes
     if rank == 0:
         raise ValueError(
             f"`{of}` must have rank >= 1 to reduce `{name}={axis}`, got a scalar (rank 0)"

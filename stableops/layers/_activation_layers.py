@@ -8,7 +8,7 @@ import keras
 import tensorflow as tf
 
 from stableops import activations, ops
-from stableops._internal.checks import axis_argument, canonical_axis, number
+from stableops._internal.checks import activation_scale, axis_argument, canonical_axis
 
 _register = keras.saving.register_keras_serializable(package="stableops")
 
@@ -21,6 +21,9 @@ class _ActivationLayer(keras.layers.Layer):
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
         self.supports_masking = True
+        # No weights: built at construction, as Keras's activation layers, so that an input
+        # of unknown rank is called, not refused by the build's shape check.
+        self.built = True
 
     def compute_output_shape(self, input_shape):
         return input_shape
@@ -43,7 +46,7 @@ class LeakyReLU(_ActivationLayer):
         one rounding). Finite for every finite input; NaN stays NaN.
 
     Args:
-        negative_slope: finite float ``>= 0``, the slope for negative inputs.
+        negative_slope: float in ``[0, 3.4e38]``, the slope for negative inputs.
             Defaults to 0.3 (as the Keras layer; the *function*
             ``stableops.activations.leaky_relu`` defaults to 0.2, as Keras's).
         **kwargs: base layer arguments (``name``, ``dtype``, ...). The
@@ -51,7 +54,7 @@ class LeakyReLU(_ActivationLayer):
 
     Raises:
         ValueError: naming ``negative_slope`` and its value when it is
-            negative, NaN, infinite or not a number.
+            negative, NaN, above float32's maximum or not a number.
 
     Example:
         >>> import numpy as np
@@ -68,7 +71,7 @@ class LeakyReLU(_ActivationLayer):
                 "Argument `alpha` is deprecated. Use `negative_slope` instead.", stacklevel=2
             )
         super().__init__(**kwargs)
-        self.negative_slope = number(negative_slope, "negative_slope", 0.0)
+        self.negative_slope = activation_scale(negative_slope, "negative_slope")
 
     def call(self, inputs):
         return ops.leaky_relu(inputs, negative_slope=self.negative_slope)
@@ -89,13 +92,13 @@ class ELU(_ActivationLayer):
         NaN stays NaN.
 
     Args:
-        alpha: finite float ``>= 0``, the scale of the negative section.
+        alpha: float in ``[0, 3.4e38]``, the scale of the negative section.
             Defaults to 1.0.
         **kwargs: base layer arguments (``name``, ``dtype``, ...).
 
     Raises:
         ValueError: naming ``alpha`` and its value when it is negative, NaN,
-            infinite or not a number (Keras accepts any value).
+            above float32's maximum or not a number (Keras accepts any value).
 
     Example:
         >>> import numpy as np
@@ -107,7 +110,7 @@ class ELU(_ActivationLayer):
 
     def __init__(self, alpha=1.0, **kwargs):
         super().__init__(**kwargs)
-        self.alpha = number(alpha, "alpha", 0.0)
+        self.alpha = activation_scale(alpha, "alpha")
 
     def call(self, inputs):
         return ops.elu(inputs, alpha=self.alpha)

@@ -9,7 +9,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from stableops._internal.checks import axis_argument, canonical_axis
+from stableops._internal.checks import axis_argument, canonical_axis, number
 from stableops._internal.clip import clip
 from stableops._internal.dtypes import compute_dtype, dtype_limits
 
@@ -27,9 +27,10 @@ def _clip_bounds(clip):
         low, high = clip
     else:
         low, high = None, clip
-    numbers_only = [v for v in (low, high) if v is not None]
+    # Both ends of a pair are numbers (None is no end: (None, 5) is not [-5, 5]).
+    ends = (high,) if not isinstance(clip, (list, tuple)) else (low, high)
     if any(isinstance(v, bool) or not isinstance(v, numbers.Real) or math.isnan(v)
-           for v in numbers_only):
+           for v in ends):
         raise ValueError(f"`clip` must hold numbers, got clip={clip!r}")
     if low is None:  # a single number c means [-c, c]
         if not high > 0:
@@ -47,7 +48,7 @@ def _quantile_range(quantile_range):
             "`quantile_range` must be a (low, high) pair of percentiles, "
             f"got quantile_range={quantile_range!r}"
         )
-    low, high = (float(q) for q in quantile_range)
+    low, high = (number(q, "quantile_range") for q in quantile_range)
     if not 0.0 <= low < 50.0 < high <= 100.0:
         raise ValueError(
             "`quantile_range` must satisfy 0 <= low < 50 < high <= 100, "
@@ -230,10 +231,11 @@ class RobustScaler(keras.layers.Layer):
           when that is 0 too (a truly constant feature maps to 0). A scale
           below the smallest normal number of the statistics' dtype also
           counts as 0.
-        - ``call`` computes in float32 (float64 when the input or the layer's
-          dtype is float64) whatever the layer's compute dtype, so raw
-          features that would overflow float16 (> 65504) are scaled before
-          any cast to half precision; the result is returned
+        - ``call`` computes in float64 whatever the layer's compute dtype, so
+          raw features that would overflow float16 (> 65504) are scaled before
+          any cast to half precision, ``x - median`` cannot overflow, and the
+          result is rounded once (an interquartile range beyond the
+          statistics' dtype is stored as its maximum); the result is returned
           in the layer's compute dtype (float16 under ``mixed_float16``). The
           layer does not autocast its inputs (``autocast=False``) for this
           reason; integer inputs are accepted.
@@ -388,11 +390,11 @@ class RobustScaler(keras.layers.Layer):
                 f"RobustScaler '{self.name}' has not learned its statistics: call "
                 "`layer.adapt(data)` before using it (or load a saved, adapted model)"
             )
-        x = tf.convert_to_tensor(inputs)
-        # float32 for half, integer and float32 inputs; float64 if either side is.
-        wide = tf.float64 in (x.dtype, tf.as_dtype(self.compute_dtype))
-        work = tf.float64 if wide else tf.float32
-        x = tf.cast(x, work)
+        # float64 whatever the dtypes: x - median of float32 numbers near the maximum
+        # overflows float32 (-3e38 against a median of 2.2e38 gave -5, the clip, for -4.33),
+        # and the result is rounded once.
+        work = tf.float64
+        x = tf.cast(tf.convert_to_tensor(inputs), work)
         rank = len(x.shape)
         stat_shape = [1] * rank
         stat_shape[self._feature_axis(rank)] = -1

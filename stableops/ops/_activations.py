@@ -10,15 +10,10 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from stableops._internal.checks import as_float_tensor, number
+from stableops._internal.checks import activation_scale, as_float_tensor
 from stableops._internal.dtypes import to_compute
 from stableops._internal.elementary import expm1_given_exp
 from stableops._internal.kernel import xla_kernel
-
-
-def _check_hyperparameter(value, name):
-    """A finite, non-negative Python float, or ``ValueError`` naming ``name`` and ``value``."""
-    return number(value, name, 0.0)
 
 
 def _elu_slope(x, alpha):
@@ -98,21 +93,21 @@ def elu(x, alpha=1.0):
 
     Args:
         x: floating tensor.
-        alpha: the negative saturation value, a finite number ``>= 0``
+        alpha: the negative saturation value, a number in ``[0, 3.4e38]`` (float32's range)
             (Keras's default 1.0).
 
     Returns:
         A tensor of ``x``'s dtype and shape.
 
     Raises:
-        ValueError: if ``alpha`` is negative, NaN or infinite.
+        ValueError: if ``alpha`` is negative, NaN or above float32's maximum.
         TypeError: if ``x`` is not floating.
 
     Example:
         >>> elu(tf.constant([-1e4, -1e-8, 2.0])).numpy()
         array([-1.e+00, -1.e-08,  2.e+00], dtype=float32)
     """
-    return _elu_kernel(x, alpha=_check_hyperparameter(alpha, "alpha"))
+    return _elu_kernel(x, alpha=activation_scale(alpha, "alpha"))
 
 
 def leaky_relu(x, negative_slope=0.2):
@@ -138,14 +133,14 @@ def leaky_relu(x, negative_slope=0.2):
     Args:
         x: a real tensor; integer and boolean values are cast to float32
             (as Keras's ``leaky_relu``).
-        negative_slope: slope for ``x <= 0``, a finite number ``>= 0``
+        negative_slope: slope for ``x <= 0``, a number in ``[0, 3.4e38]`` (float32's range)
             (Keras's ``keras.ops.leaky_relu`` default 0.2).
 
     Returns:
         A tensor of ``x``'s dtype and shape.
 
     Raises:
-        ValueError: if ``negative_slope`` is negative, NaN or infinite.
+        ValueError: if ``negative_slope`` is negative, NaN or above float32's maximum.
         TypeError: if ``x`` holds strings or complex numbers.
 
     Example:
@@ -155,5 +150,5 @@ def leaky_relu(x, negative_slope=0.2):
     # Integer and boolean input is cast to float32, as Keras's leaky_relu does.
     return _leaky_relu_kernel(
         as_float_tensor(x, "x", tf.float32),
-        negative_slope=_check_hyperparameter(negative_slope, "negative_slope"),
+        negative_slope=activation_scale(negative_slope, "negative_slope"),
     )
