@@ -665,6 +665,21 @@ def test_masked_entries_stay_masked_when_the_row_holds_a_nan(regime):
         assert np.isfinite(value[1, [0, 2]]).all()
 
 
+@pytest.mark.parametrize("op", [ops.logsumexp, ops.softmax, ops.log_softmax])
+def test_a_mask_that_widens_x_is_an_error(op, regime):
+    """A ``[2, 2]`` mask of a ``[2]`` row broadcast the value, and eagerly and in a
+    tf.function the gradient came back summed over the copies, or of the mask's shape
+    (logsumexp: [12.69, 0.73] for the exact [10.27, 0.73]). A mask that broadcasts to ``x``
+    (smaller) is unchanged."""
+    x = np.array([1.0, 2.0], np.float32)
+    with pytest.raises(ValueError, match=r"`where` must broadcast to the shape of `x`"):
+        regime.run(lambda t: op(t, where=tf.constant([[True, False], [True, True]])), x)
+    rows = np.array([[1.0, 2.0, 3.0], [1.0, 5.0, 2.0]], np.float32)
+    row_mask = np.array([True, False, True])
+    value = regime.run(lambda t: op(t, where=row_mask), rows)
+    np.testing.assert_array_equal(value, op(rows, where=np.stack([row_mask, row_mask])).numpy())
+
+
 def test_softmax_and_log_softmax_plus_inf_entries_share():
     x = np.array([[INF, 0.0, INF, -INF]], np.float32)
     np.testing.assert_array_equal(ops.softmax(x).numpy(), [[0.5, 0.0, 0.5, 0.0]])

@@ -46,12 +46,29 @@ def _as_mask(where):
     return where
 
 
+def _mask_to(x, where):
+    """``where`` broadcast to ``x``'s shape; ``ValueError`` naming both shapes where it would
+    widen ``x`` (a ``[2, 2]`` mask of a ``[2]`` row broadcast the value, and the gradient
+    summed the copies: a wrong number, or one of the mask's shape). Dimensions unknown
+    until run time are checked by the broadcast."""
+    x_dims, mask_dims = x.shape, where.shape
+    if x_dims.rank is not None and mask_dims.rank is not None:
+        pairs = zip(reversed(mask_dims.as_list()), reversed(x_dims.as_list()))
+        if mask_dims.rank > x_dims.rank or any(
+            m not in (None, 1) and d is not None and m != d for m, d in pairs
+        ):
+            raise ValueError(
+                f"`where` must broadcast to the shape of `x`, got shapes {mask_dims} and {x_dims}"
+            )
+    return tf.broadcast_to(where, tf.shape(x))
+
+
 def _mask_out(x, where):
     # Masked entries become -inf: they contribute exp(-inf) = 0 to every sum,
     # and tf.where gives them a zero gradient.
     if where is None:
         return x
-    return tf.where(where, x, tf.constant(-math.inf, x.dtype))
+    return tf.where(_mask_to(x, where), x, tf.constant(-math.inf, x.dtype))
 
 
 # ----------------------------------------------------------------------------
@@ -328,7 +345,8 @@ def logsumexp(x, axis=-1, keepdims=False, where=None):
         x: floating tensor (float16, bfloat16, float32, float64).
         axis: int, tuple of ints or ``None`` (all axes) to reduce over.
         keepdims: keep the reduced axes with length 1.
-        where: optional boolean mask broadcastable to ``x``; ``True`` entries
+        where: optional boolean mask broadcastable to ``x``'s shape (a mask
+            that would widen ``x`` is a ``ValueError``); ``True`` entries
             take part, ``False`` entries are ignored (their NaN too).
 
     Returns:
@@ -370,7 +388,8 @@ def softmax(x, axis=-1, where=None):
     Args:
         x: floating tensor.
         axis: int or tuple of ints to normalize over.
-        where: optional boolean mask broadcastable to ``x`` (``True`` = include).
+        where: optional boolean mask broadcastable to ``x``'s shape (``True`` =
+            include; a mask that would widen ``x`` is a ``ValueError``).
 
     Returns:
         A tensor of ``x``'s dtype and shape; each unmasked row sums to 1.
@@ -416,7 +435,8 @@ def log_softmax(x, axis=-1, where=None):
     Args:
         x: floating tensor.
         axis: int or tuple of ints to normalize over.
-        where: optional boolean mask broadcastable to ``x`` (``True`` = include).
+        where: optional boolean mask broadcastable to ``x``'s shape (``True`` =
+            include; a mask that would widen ``x`` is a ``ValueError``).
 
     Returns:
         A tensor of ``x``'s dtype and shape.
