@@ -7,9 +7,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from stableops import ops as O
 from stableops._internal.dtypes import compute_dtype, to_compute
 from stableops._internal.kernel import xla_kernel
 from stableops.ops import dtype_limits, safe_where
+from tests import _reference as ref
 
 # Exact closed forms: precision p (stored mantissa bits + 1) and largest exponent.
 # eps = 2**(1 - p), tiny = 2**(min_exponent), max = (2 - 2**(1 - p)) * 2**max_exponent.
@@ -209,6 +211,19 @@ def test_xla_kernel_converts_arrays_so_values_do_not_retrace():
     for values in ([1.0, 2.0], [3.0, 4.0], np.array([5.0, 6.0], np.float32)):
         assert float(total(values)) == sum(values)
     assert total.tracing_count() == 1
+
+
+def test_a_numpy_scalar_keeps_its_dtype_alone_and_takes_its_partners(regime):
+    """Alone, a NumPy float64 scalar is float64's (``safe_log(1e-300) = -690.8``; it was
+    made a Python number, float32's ``-inf``, except under XLA) and a float16 one float16's;
+    beside a tensor it takes the tensor's dtype, as a Python number does."""
+    tiny = regime.run(lambda: O.safe_log(np.float64(1e-300)))
+    assert tiny.dtype == np.float64
+    ref.assert_ulp_within([tiny], [mpmath.log(mpmath.mpf(1e-300))], "float64", 1)
+    assert regime.run(lambda: O.softplus(np.float16(3.0))).dtype == np.float16
+    half = regime.run(lambda x: O.safe_divide(x, np.float64(2.0)), np.array([1.0, 3.0], np.float32))
+    assert half.dtype == np.float32
+    np.testing.assert_array_equal(half, [0.5, 1.5])
 
 
 @pytest.mark.parametrize("row_local", [False, True], ids=["recompute", "row_local"])

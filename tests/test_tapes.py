@@ -86,6 +86,19 @@ def test_a_zero_rows_norm_has_gradient_zero_under_any_tape(tapes):
 
 
 @pytest.mark.parametrize("tapes", [_plain, _persistent, _nested])
+def test_one_tensor_passed_twice_gets_its_gradient_once(tapes):
+    """The entropy ``-sum(xlogy(p, p))`` has gradient ``-(log p + 1)`` and ``logaddexp(p, p) =
+    p + log 2`` gradient 1 (closed forms). Under a persistent tape or nested tapes the eager
+    backward pass watched the one tensor at both positions, and each got the whole gradient:
+    twice it, summed."""
+    p = np.array([0.2, 0.8])
+    (entropy,) = tapes(lambda v: -O.xlogy(v, v), [tf.constant(p, tf.float32)])
+    np.testing.assert_allclose(entropy.numpy(), -(np.log(p) + 1.0), rtol=_TOLERANCE)
+    (doubled,) = tapes(lambda v: O.logaddexp(v, v), [tf.constant(p, tf.float32)])
+    np.testing.assert_array_equal(doubled.numpy(), [1.0, 1.0])
+
+
+@pytest.mark.parametrize("tapes", [_plain, _persistent, _nested])
 def test_distillation_targets_get_their_gradient_under_any_tape(tapes):
     """d/d(teacher logits) of the cross-entropy from logits against the teacher's softmax:
     ``-J_softmax(t)^T log_softmax(s)``, closed form in float64."""

@@ -100,18 +100,34 @@ def _single_tape(tensors) -> bool:
 _tracing = threading.local()
 
 
-def _tensor_if_array(value):
+_ARRAYS = (list, np.ndarray, tf.Variable)
+
+
+def _tensor_if_array(value, partnered):
     # Lists and NumPy arrays would otherwise be traced as Python constants
     # (one retrace per distinct value); tensors trace once per dtype and rank.
     # A variable is read here, as a TF op reads it: the tape sees the read (and
     # watches a trainable variable), and the kernel gets a tensor.
-    # A NumPy scalar is the Python number it holds, as the kernels' number arguments are
-    # (a number takes its tensor partner's dtype: `safe_divide(x, np.float64(2))`).
+    # A NumPy scalar is the Python number it holds, as the kernels' number arguments are,
+    # where a tensor argument gives it a dtype (`safe_divide(x, np.float64(2))` takes x's);
+    # a floating one with no such partner keeps its own (`safe_log(np.float64(1e-300))`
+    # is float64's, -690.8, where the number gave float32's -inf).
     if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, (list, np.ndarray, tf.Variable)):
+        if partnered or not isinstance(value, np.floating):
+            return value.item()
+        return tf.convert_to_tensor(value)
+    if isinstance(value, _ARRAYS):
         return tf.convert_to_tensor(value)
     return value
+
+
+def _tensors_if_arrays(args, kwargs):
+    """:func:`_tensor_if_array` of every argument."""
+    partnered = any(isinstance(v, (tf.Tensor, *_ARRAYS)) for v in (*args, *kwargs.values()))
+    return (
+        tuple(_tensor_if_array(a, partnered) for a in args),
+        {k: _tensor_if_array(v, partnered) for k, v in kwargs.items()},
+    )
 
 
 def _watched_by_nested_tapes(args, kwargs) -> bool:
@@ -309,12 +325,18 @@ def xla_kernel(
         return traced(*args, **kwargs)
 
     def _taped_call(args, kwargs, positions):
-        """The kernel's outputs, under a tape watching the inputs at ``positions``."""
-        values = [*args, *kwargs.values()]
-        watched = [values[p] for p in positions]
+        """The kernel's outputs, under a tape watching the inputs at ``positions``.
+
+        Each position is watched as a copy of its own: one tensor passed twice
+        (``xlogy(p, p)``) would otherwise get the whole gradient at each position, twice
+        its gradient once the caller sums them (eagerly under nested tapes)."""
+        names, values = list(kwargs), [*args, *kwargs.values()]
+        watched = [tf.identity(values[p]) for p in positions]
+        for position, copy in zip(positions, watched):
+            values[position] = copy
         with tf.GradientTape(watch_accessed_variables=False) as tape:
             tape.watch(watched)
-            outputs = traced(*args, **kwargs)
+            outputs = traced(*values[: len(args)], **dict(zip(names, values[len(args):])))
         return tape, outputs, watched
 
     def backward(args, kwargs, positions, upstreams):
@@ -574,10 +596,9 @@ def xla_kernel(
     @tf.autograph.experimental.do_not_convert
     @functools.wraps(fn)
     def kernel(*args, **kwargs):
+        args, kwargs = _tensors_if_arrays(args, kwargs)
         if _inline_here():
             return inline(*args, **kwargs)
-        args = tuple(_tensor_if_array(a) for a in args)
-        kwargs = {k: _tensor_if_array(v) for k, v in kwargs.items()}
         if any(_rank(v) == -1 for v in (*args, *kwargs.values())):
             return inline(*args, **kwargs)
         if not tf.inside_function():
