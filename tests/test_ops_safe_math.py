@@ -739,3 +739,143 @@ def test_numpy_scalars_are_numbers():
     assert ops.xlogy(np.float64(0.5), x).dtype == tf.float32
     with pytest.raises(ValueError, match="`lo` must be in"):
         ops.clip_preserve_gradient(x, np.float64(1.0), np.float64(0.0))
+
+
+# ----------------------------------------------------------------------------
+# Second order, subnormals, argument checks
+# ----------------------------------------------------------------------------
+
+
+def _penalty_gradient(fn):
+    """d/dx of sum(g * g), g the gradient of sum(fn(x)): a gradient penalty (nested tapes)."""
+
+    def penalty_gradient(x):
+        with tf.GradientTape() as outer:
+            outer.watch(x)
+            with tf.GradientTape() as inner:
+                inner.watch(x)
+                total = tf.reduce_sum(fn(x))
+            g = inner.gradient(total, x)
+            penalty = tf.reduce_sum(g * g)
+        return outer.gradient(penalty, x)
+
+    return penalty_gradient
+
+
+def _mp_penalty_gradient(row_gradient, row):
+    """mpmath: d/dx_i of sum(g * g) for the closed-form row gradient g, and the scale of its
+    terms, 2 sum_j |dg_j/dx_i| |g_j| (what the roundings are relative to)."""
+    row = [ref.mpf(v) for v in row]
+
+    def component(j):
+        return lambda *r: row_gradient(list(r))[j]
+
+    g = row_gradient(row)
+    value, scale = [], []
+    for i in range(len(row)):
+        order = tuple(int(k == i) for k in range(len(row)))
+        slopes = [mpmath.diff(component(j), row, order) for j in range(len(row))]
+        value.append(2 * mpmath.fsum(s * v for s, v in zip(slopes, g)))
+        scale.append(2 * mpmath.fsum(abs(s * v) for s, v in zip(slopes, g)))
+    return value, scale
+
+
+@pytest.mark.parametrize(
+    "op, row_gradient",
+    [
+        (ops.safe_norm, ref.mp_l2_normalize),  # d||x||/dx = x/||x||: sum(g * g) = 1
+        (ops.l2_normalize, lambda r: _mp_l2_normalize_grad(r, [mpmath.mpf(1)] * len(r))),
+    ],
+    ids=["safe_norm", "l2_normalize"],
+)
+def test_norms_second_order_is_zero_at_a_zero_row(op, row_gradient, regime):
+    # sqrt(sum(u * u)) was not double-where'd: under XLA a zero row's zero upstream met
+    # sqrt's infinite slope at 0 (NaN); eagerly and in tf.function it was 0.
+    for dtype in ("float32", "float64"):
+        x = np.array([[0.0, 0.0], [3.0, 4.0]], dtype=dtype)
+        grad = regime.wrap(_penalty_gradient(op))(tf.constant(x)).numpy()
+        context = f"{dtype} {regime}"
+        np.testing.assert_array_equal(grad[0], [0.0, 0.0], err_msg=context)  # the convention
+        expected, scale = _mp_penalty_gradient(row_gradient, x[1])
+        # A few roundings (GRAD_BUDGET) of the terms' scale, in the dtype's eps.
+        eps = _limits(dtype).eps
+        for actual, want, size in zip(grad[1], expected, scale):
+            assert abs(ref.mpf(actual) - want) <= GRAD_BUDGET[dtype] * eps * size, (
+                context, grad[1], expected
+            )
+
+
+def test_subnormals_count_as_zero_in_safe_sqrt_and_safe_divide(regime):
+    # A bfloat16 subnormal gave 1.0 from safe_sqrt(x) and safe_divide(1, x) under a tape
+    # (eagerly) and under XLA: the zero test and the computation saw it differently.
+    for dtype in ("bfloat16", "float16", "float32", "float64"):
+        # TF flushes subnormals of the computing dtype (float32 for half precision) to 0;
+        # below its smallest normal a value counts as 0. float16's own subnormals are
+        # normal in float32 and are kept.
+        flushed_below = _limits("float64" if dtype == "float64" else "float32").tiny
+        tiny = _limits(dtype).tiny
+        x = as_dtype([4.0, flushed_below / 4, -flushed_below / 4, tiny / 2, tiny], dtype)
+        seen = np.where(np.abs(x.astype(np.float64)) < flushed_below, 0.0, x.astype(np.float64))
+        context = f"{dtype} {regime}"
+        ones = np.ones_like(x)
+        value, (grad,) = regime.value_and_grad(ops.safe_sqrt, x)
+        _assert_value("safe_sqrt", value, ref.reference_array(ref.mp_sqrt, seen), dtype, context)
+        _assert_grad(grad, ref.reference_array(_mp_sqrt_grad, seen), dtype, seen >= 0, context)
+        quotient, (to_y,) = regime.value_and_grad(ops.safe_divide, ones, x, wrt=(1,))
+        _assert_value(
+            "safe_divide",
+            quotient,
+            ref.reference_array(lambda a, b: ref.mp_safe_divide(a, b, 0.0), ones, seen),
+            dtype,
+            context,
+        )
+        _assert_grad(
+            to_y,
+            ref.reference_array(lambda a, b: _mp_divide_grads(a, b)[1], ones, seen),
+            dtype,
+            np.ones(x.shape, bool),
+            context,
+        )
+        # Untaped, the same answers.
+        np.testing.assert_array_equal(regime.run(ops.safe_sqrt, x), value, err_msg=context)
+        np.testing.assert_array_equal(regime.run(ops.safe_divide, ones, x), quotient)
+
+
+@pytest.mark.parametrize("bad", ["a", None, "0"])
+def test_fill_and_bounds_that_are_not_numbers_are_value_errors(bad):
+    # Rule 6: an XLA compile error ("unsupported operations") or "None values not supported".
+    x = tf.constant([1.0, 2.0])
+    with pytest.raises(ValueError, match=rf"`fill` must be a number, got fill={bad!r}"):
+        ops.safe_divide(x, tf.constant([0.0, 1.0]), fill=bad)
+    with pytest.raises(ValueError, match=rf"`lo` must be a number, got lo={bad!r}"):
+        ops.clip_preserve_gradient(x, bad, 1.0)
+    with pytest.raises(ValueError, match=rf"`hi` must be a number, got hi={bad!r}"):
+        ops.clip_preserve_gradient(x, 0.0, bad)
+
+
+def test_tensor_fill_and_bounds_still_work(regime):
+    x = np.float32([1.0, 2.0, -3.0])
+    y = np.float32([0.0, 4.0, 0.0])
+    fill = np.float32([5.0, 6.0, 7.0])
+    value, (to_fill,) = regime.value_and_grad(
+        lambda a, b, c: ops.safe_divide(a, b, fill=c), x, y, fill, wrt=(2,)
+    )
+    np.testing.assert_array_equal(value, [5.0, 0.5, 7.0])
+    np.testing.assert_array_equal(to_fill, [1.0, 0.0, 1.0])
+    lo, hi = np.float32([0.0, 0.0, -1.0]), np.float32(1.5)
+    clipped = regime.run(lambda a, b, c: ops.clip_preserve_gradient(a, b, c), x, lo, hi)
+    np.testing.assert_array_equal(clipped, [1.0, 1.5, -1.0])
+    # NaN and infinite number bounds stay valid: NaN leaves x unclipped.
+    np.testing.assert_array_equal(ops.clip_preserve_gradient(x, NAN, INF), x)
+    assert np.isnan(ops.safe_divide(x, y, fill=NAN).numpy()[0])
+
+
+def test_xlogy_second_order_at_a_tiny_y(regime):
+    # XLA rewrote the backward pass's (x / y) / y as x / (y * y): y * y underflows to 0 at
+    # y = 1e-30 (float32), 1e-300 (float64), and the penalty gradient was inf.
+    for dtype, small in (("float32", 1e-30), ("float64", 1e-300)):
+        x = np.array([small, 4.0], dtype=dtype)
+        grad = regime.wrap(_penalty_gradient(lambda v: ops.xlogy(v, v)))(tf.constant(x)).numpy()
+        # xlogy(x, x)' = log x + 1 (x above tiny), so d/dx (log x + 1)^2 = 2 (log x + 1) / x.
+        expected = ref.reference_array(lambda v: 2 * (mpmath.log(v) + 1) / v, x)
+        _assert_grad(grad, expected, dtype, np.ones(x.shape, bool), f"{dtype} {regime}")

@@ -21,6 +21,9 @@ float32 and bfloat16), so the gradient never overflows there.
 
 from __future__ import annotations
 
+import math
+
+import numpy as np
 import tensorflow as tf
 
 from stableops._internal.checks import (
@@ -28,6 +31,8 @@ from stableops._internal.checks import (
     axis_argument,
     check_in_range,
     float_tensor_with_axis,
+    number,
+    real_tensor,
 )
 from stableops._internal.clip import clip
 from stableops._internal.dtypes import dtype_limits, to_compute, to_compute_saturating
@@ -94,7 +99,48 @@ def _quotient(x, y):
     return quotient_fn(x, y)
 
 
+def _flushed_to_zero(x):
+    """``x == 0`` as TF's arithmetic sees it: ``|x|`` below the smallest normal of ``x``'s dtype.
+
+    TF flushes subnormals to 0 on CPU, but not in every XLA fusion (a bfloat16 subnormal,
+    cast to float32, was 0 in one select and not in the next: ``safe_sqrt`` gave 1). Below
+    ``tiny`` a subnormal and its flushed 0 both count as 0, so every select agrees.
+    ``x`` is in the computing dtype (float32 for half precision: float16's subnormals are
+    normal there and are kept).
+    """
+    return tf.abs(x) < dtype_limits(x.dtype).tiny
+
+
 @xla_kernel
+def _safe_divide_kernel(x, y, fill):
+    x, y = _float_pair(x, y, "x", "y")
+    dtype = x.dtype
+    x, y = _broadcast_pair(to_compute(x), to_compute(y))
+    y_is_zero = _flushed_to_zero(y)
+    divide_by_zero = tf.logical_and(y_is_zero, tf.logical_not(tf.math.is_nan(x)))
+    # Double where: the unselected quotient is 0 / 1 (or nan / 1), finite in
+    # gradient; a NaN dividend still reaches the result.
+    safe_x = tf.where(divide_by_zero, tf.zeros_like(x), x)
+    safe_y = tf.where(y_is_zero, tf.ones_like(y), y)
+    quotient = _quotient(safe_x, safe_y)
+    fill = tf.cast(fill, quotient.dtype)
+    return tf.cast(tf.where(divide_by_zero, fill, quotient), dtype)
+
+
+def _number_or_tensor(value, name):
+    """``value`` as a real tensor (arrays, lists, variables) or a checked Python float.
+
+    Rule 6: a string or ``None`` is a ``ValueError`` naming ``name`` and the value (it was
+    an XLA compile error or TF's "None values not supported"); a tensor of strings a
+    ``TypeError``. ``±inf`` and NaN are valid numbers here (a NaN fill, an open bound).
+    """
+    if isinstance(value, (tf.Tensor, tf.Variable, np.ndarray, list, tuple)):
+        return real_tensor(value, name)
+    if isinstance(value, (float, np.floating)) and math.isnan(value):
+        return float(value)
+    return number(value, name, allow_inf=True)
+
+
 def safe_divide(x, y, fill=0.0):
     """``x / y``, with ``fill`` where ``y == 0``.
 
@@ -107,9 +153,12 @@ def safe_divide(x, y, fill=0.0):
         ``inf``/``nan`` and NaN gradients). NaN is never hidden: a NaN in ``x``
         or ``y`` gives NaN, including ``nan / 0`` (``tf.math.divide_no_nan``
         returns 0 there). ``inf / 0`` gives ``fill`` (``y == 0`` is the only
-        test). Away from ``y == 0`` this is IEEE division: a quotient beyond the
-        dtype's range is ``±inf``, and so is a gradient ``-x / y**2`` beyond
-        it. Half precision divides in float32 and rounds once.
+        test). A subnormal ``y`` (below the smallest normal of the computing
+        dtype: float32's for half precision, so float16's subnormals divide)
+        counts as 0, as TF's flush-to-zero arithmetic treats it, in every
+        regime. Away from ``y == 0`` this is IEEE division: a quotient beyond
+        the dtype's range is ``±inf``, and so is a gradient ``-x / y**2``
+        beyond it. Half precision divides in float32 and rounds once.
         Error budget: 1 ULP of the result dtype.
 
     Args:
@@ -121,23 +170,15 @@ def safe_divide(x, y, fill=0.0):
     Returns:
         A tensor of the input dtype and the broadcast shape.
 
+    Raises:
+        ValueError: if ``fill`` is not a number or tensor (a string, ``None``).
+
     Example:
         >>> import tensorflow as tf
         >>> safe_divide(tf.constant([1.0, 1.0, float("nan")]), tf.constant([2.0, 0.0, 0.0])).numpy()
         array([0.5, 0. , nan], dtype=float32)
     """
-    x, y = _float_pair(x, y, "x", "y")
-    dtype = x.dtype
-    x, y = _broadcast_pair(to_compute(x), to_compute(y))
-    y_is_zero = tf.equal(y, 0)
-    divide_by_zero = tf.logical_and(y_is_zero, tf.logical_not(tf.math.is_nan(x)))
-    # Double where: the unselected quotient is 0 / 1 (or nan / 1), finite in
-    # gradient; a NaN dividend still reaches the result.
-    safe_x = tf.where(divide_by_zero, tf.zeros_like(x), x)
-    safe_y = tf.where(y_is_zero, tf.ones_like(y), y)
-    quotient = _quotient(safe_x, safe_y)
-    fill = tf.cast(fill, quotient.dtype)
-    return tf.cast(tf.where(divide_by_zero, fill, quotient), dtype)
+    return _safe_divide_kernel(x, y, _number_or_tensor(fill, "fill"))
 
 
 def _log_with_finite_slope(x, tiny):
@@ -211,8 +252,11 @@ def safe_sqrt(x):
         turns into NaN under any zero upstream gradient, e.g. ``sqrt`` of a
         zero squared distance). For ``x > 0`` the gradient is the exact one,
         ``1/(2 sqrt(x))``, finite for every normal ``x`` (at most 4.6e18 in
-        float32). Negative ``x`` and NaN give NaN (value and gradient);
-        ``sqrt(inf) = inf``. Half precision computes in float32.
+        float32). A subnormal ``x`` (below the smallest normal of the computing
+        dtype: float32's for half precision) counts as 0, as TF's flush-to-zero
+        arithmetic treats it: value 0, gradient 0, in every regime. Negative
+        ``x`` and NaN give NaN (value and gradient); ``sqrt(inf) = inf``. Half
+        precision computes in float32.
         Error budget: 1 ULP (``sqrt`` is correctly rounded).
 
     Args:
@@ -231,7 +275,7 @@ def safe_sqrt(x):
     """
     x = as_float_tensor(x, "x")
     x_c = to_compute(x)
-    value = safe_where(tf.equal(x_c, 0), x_c, tf.zeros_like, tf.sqrt, safe_false=1.0)
+    value = safe_where(_flushed_to_zero(x_c), x_c, tf.zeros_like, tf.sqrt, safe_false=1.0)
     return tf.cast(value, x.dtype)
 
 
@@ -276,7 +320,10 @@ def _scaled_rows(x, axis):
     # float64_sum: XLA forms and sums u * u in one loop, where a float32 sum wrote it out
     # (l2_normalize's value and gradient under XLA, one core at 2^20, alternating with
     # tf.math.l2_normalize: 1.99 -> 1.44x its time, with the gradient's sum below).
-    r = tf.sqrt(float64_sum(u * u, axis, keepdims=True))
+    squares = float64_sum(u * u, axis, keepdims=True)
+    # Double where (one select per row): sqrt's slope is infinite at 0, and a second-order
+    # gradient sends a zero row's zero upstream through it (NaN under XLA).
+    r = safe_where(tf.equal(squares, 0), squares, tf.zeros_like, tf.sqrt, safe_false=1.0)
     return scale, u, r
 
 
@@ -436,6 +483,11 @@ def _straight_through_clip(x, lo, hi):
 
 
 @xla_kernel
+def _clip_kernel(x, lo, hi):
+    x = as_float_tensor(x, "x")
+    return _straight_through_clip(x, tf.cast(lo, x.dtype), tf.cast(hi, x.dtype))
+
+
 def clip_preserve_gradient(x, lo, hi):
     """Clip ``x`` to ``[lo, hi]`` in value; pass the gradient through unchanged.
 
@@ -462,7 +514,8 @@ def clip_preserve_gradient(x, lo, hi):
         The clipped tensor, with the dtype of ``x``.
 
     Raises:
-        ValueError: if ``lo`` and ``hi`` are numbers with ``lo > hi``.
+        ValueError: if ``lo`` and ``hi`` are numbers with ``lo > hi``, or if
+            either is not a number or tensor (a string, ``None``).
 
     Example:
         >>> import tensorflow as tf
@@ -473,12 +526,11 @@ def clip_preserve_gradient(x, lo, hi):
         >>> y.numpy(), tape.gradient(y, x).numpy()
         (array([0. , 0.5, 1. ], dtype=float32), array([1., 1., 1.], dtype=float32))
     """
-    x = as_float_tensor(x, "x")
-    if isinstance(lo, (int, float)) and isinstance(hi, (int, float)):
+    lo = _number_or_tensor(lo, "lo")
+    hi = _number_or_tensor(hi, "hi")
+    if isinstance(lo, float) and isinstance(hi, float):
         check_in_range(lo, "lo", high=hi)
-    lo = tf.cast(lo, x.dtype)
-    hi = tf.cast(hi, x.dtype)
-    return _straight_through_clip(x, lo, hi)
+    return _clip_kernel(x, lo, hi)
 
 
 def _xlogy_with_finite_slopes(x, y, tiny):
@@ -492,7 +544,9 @@ def _xlogy_with_finite_slopes(x, y, tiny):
             # finite-slope convention); negative or NaN y keeps y (NaN slope).
             y_eff = tf.where(b >= 0, tf.maximum(b, tiny), b)
             d_x = tf.math.log(y_eff)
-            d_y = tf.where(x_is_zero, tf.zeros_like(a), a / y_eff)
+            # _quotient: the same x / y, whose own gradient (second order) divides by y
+            # twice; XLA made autodiff's -x / y / y into -x / (y * y), inf at y = 1e-30.
+            d_y = tf.where(x_is_zero, tf.zeros_like(a), _quotient(a, y_eff))
             return upstream * d_x, upstream * d_y
 
         return value, grad
