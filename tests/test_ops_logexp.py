@@ -697,6 +697,10 @@ def test_logaddexp_infinities_broadcasting_and_scalars():
     np.testing.assert_array_equal(gx[[0, 1, 2, 3, 5]], [0.0, 0.5, 0.0, 0.5, 0.0])
     np.testing.assert_array_equal(gy[[0, 1, 2, 3, 5]], [0.0, 0.5, 1.0, 0.5, 1.0])
     assert ops.logaddexp(np.zeros((2, 3), np.float16), 0.0).dtype == tf.float16
+    # A Python number on the left takes the right's dtype too (an int32 error before).
+    swapped = ops.logaddexp(1, tf.constant([1.0], tf.float64))
+    assert swapped.dtype == tf.float64
+    ref.assert_ulp_within(swapped.numpy(), [1 + mpmath.log(2)], "float64", 2)
     _, (_, g_row) = _value_and_grad(
         ops.logaddexp, np.zeros((2, 3), np.float32), np.zeros((3,), np.float32)
     )

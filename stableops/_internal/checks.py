@@ -71,6 +71,25 @@ def as_float_tensor(x, name: str, integer_dtype=None) -> tf.Tensor:
     return tf.cast(x, integer_dtype)
 
 
+def float_pair(x, y, x_name, y_name):
+    """Two floating tensors of one dtype; a Python number takes the other's dtype."""
+    x_is_number = isinstance(x, (int, float)) and not isinstance(x, bool)
+    y_is_number = isinstance(y, (int, float)) and not isinstance(y, bool)
+    if x_is_number and not y_is_number:
+        y = as_float_tensor(y, y_name)
+        return tf.convert_to_tensor(x, dtype=y.dtype), y
+    x = as_float_tensor(x, x_name)
+    if y_is_number:
+        return x, tf.convert_to_tensor(y, dtype=x.dtype)
+    y = as_float_tensor(y, y_name)
+    if x.dtype != y.dtype:
+        raise TypeError(
+            f"`{x_name}` and `{y_name}` must have the same dtype, "
+            f"got {x.dtype.name} and {y.dtype.name}"
+        )
+    return x, y
+
+
 def float_tensor_with_axis(x, axis, name: str = "x") -> tf.Tensor:
     """:func:`as_float_tensor`, after which a reduction's ``axis`` must exist in ``x``.
 

@@ -25,7 +25,7 @@ import math
 import numpy as np
 import tensorflow as tf
 
-from stableops._internal.checks import as_float_tensor
+from stableops._internal.checks import as_float_tensor, float_pair
 from stableops._internal.compensated import float32_split, two_difference
 from stableops._internal.dtypes import dtype_limits, to_compute
 from stableops._internal.elementary import (
@@ -278,8 +278,8 @@ def logaddexp(x, y):
 
     Args:
         x: floating tensor.
-        y: tensor of the same dtype, broadcastable with ``x`` (Python numbers
-            take ``x``'s dtype).
+        y: tensor of the same dtype, broadcastable with ``x`` (a Python number,
+            on either side, takes the other's dtype).
 
     Returns:
         A tensor of the common dtype and the broadcast shape.
@@ -291,12 +291,7 @@ def logaddexp(x, y):
         >>> float(logaddexp(tf.constant(1000.0), tf.constant(1000.0)))
         1000.6931...
     """
-    x = as_float_tensor(x, "x")
-    y = as_float_tensor(tf.convert_to_tensor(y, dtype_hint=x.dtype), "y")
-    if x.dtype != y.dtype:
-        raise TypeError(
-            f"`x` and `y` must have the same dtype, got {x.dtype.name} and {y.dtype.name}"
-        )
+    x, y = float_pair(x, y, "x", "y")
     shape = tf.broadcast_dynamic_shape(tf.shape(x), tf.shape(y))
     x_c = tf.broadcast_to(to_compute(x), shape)
     y_c = tf.broadcast_to(to_compute(y), shape)

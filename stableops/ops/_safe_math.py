@@ -30,6 +30,7 @@ from stableops._internal.checks import (
     as_float_tensor,
     axis_argument,
     check_in_range,
+    float_pair,
     float_tensor_with_axis,
     number,
     real_tensor,
@@ -47,25 +48,6 @@ _EXPONENT_MASK = {
     tf.float32: (tf.int32, 0x7F800000),
     tf.float64: (tf.int64, 0x7FF0000000000000),
 }
-
-
-def _float_pair(x, y, x_name, y_name):
-    """Two floating tensors of one dtype; a Python number takes the other's dtype."""
-    x_is_number = isinstance(x, (int, float)) and not isinstance(x, bool)
-    y_is_number = isinstance(y, (int, float)) and not isinstance(y, bool)
-    if x_is_number and not y_is_number:
-        y = as_float_tensor(y, y_name)
-        return tf.convert_to_tensor(x, dtype=y.dtype), y
-    x = as_float_tensor(x, x_name)
-    if y_is_number:
-        return x, tf.convert_to_tensor(y, dtype=x.dtype)
-    y = as_float_tensor(y, y_name)
-    if x.dtype != y.dtype:
-        raise TypeError(
-            f"`{x_name}` and `{y_name}` must have the same dtype, "
-            f"got {x.dtype.name} and {y.dtype.name}"
-        )
-    return x, y
 
 
 def _broadcast_pair(x, y):
@@ -113,7 +95,7 @@ def _flushed_to_zero(x):
 
 @xla_kernel
 def _safe_divide_kernel(x, y, fill):
-    x, y = _float_pair(x, y, "x", "y")
+    x, y = float_pair(x, y, "x", "y")
     dtype = x.dtype
     x, y = _broadcast_pair(to_compute(x), to_compute(y))
     y_is_zero = _flushed_to_zero(y)
@@ -590,7 +572,7 @@ def xlogy(x, y):
         >>> xlogy(tf.constant([0.0, 2.0]), tf.constant([0.0, 0.5])).numpy()
         array([ 0.       , -1.38629], dtype=float32)
     """
-    x, y = _float_pair(x, y, "x", "y")
+    x, y = float_pair(x, y, "x", "y")
     dtype = x.dtype
     tiny = dtype_limits(dtype).tiny
     x, y = _broadcast_pair(to_compute(x), to_compute(y))
