@@ -15,6 +15,7 @@ import tensorflow as tf
 
 import stableops
 from stableops.layers import ELU, LeakyReLU
+from tests._public_cases import CASES, inputs
 
 
 def _model():
@@ -348,3 +349,27 @@ def test_a_graph_call_keeps_its_static_shape_after_other_batch_sizes(loss, taped
     graph = tf.function(step).get_concrete_function(x, x).graph
     expected = [[5], [5, 8]] if taped else [[5]]
     assert [o.shape.as_list() for o in graph.outputs] == expected
+
+
+_PUBLIC_CASES = sorted(name for name, (fn, _, _) in CASES.items() if fn.__name__ != "<lambda>")
+
+
+@pytest.mark.parametrize("name", _PUBLIC_CASES)
+def test_a_public_function_given_to_a_tf_function_runs_as_itself(name):
+    """A tf.function follows a Python argument's ``__wrapped__`` links and calls their end:
+    through ``functools.wraps`` that was a loss's bare formula (float16 computed in
+    float16, no rank alignment, no compiled kernel)."""
+    fn, _, _ = CASES[name]
+    args = [tf.constant(a) for a in inputs(name, np.float16)]
+    step = tf.function(lambda function, *values: function(*values))
+    got, want = step(fn, *args), fn(*args)
+    assert got.dtype == want.dtype
+    np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=2e-6)
+
+
+def test_a_loss_given_to_a_tf_function_aligns_ranks_as_called():
+    # [3, 1] against [3]: Keras's rank alignment, where the bare formula broadcast to [3, 3].
+    step = tf.function(lambda function, t, p: function(t, p))
+    y_true, y_pred = tf.constant([[1.0], [2.0], [3.0]]), tf.constant([1.5, 2.0, 3.0])
+    loss = stableops.losses.mean_squared_error
+    np.testing.assert_array_equal(step(loss, y_true, y_pred).numpy(), [0.25, 0.0, 0.0])

@@ -64,6 +64,8 @@ import threading
 import numpy as np
 import tensorflow as tf
 
+from stableops._internal.wrapping import wraps_public
+
 try:  # how tf.function itself tells that it is traced inside an XLA computation
     from tensorflow.python.ops.control_flow_util import (
         GraphOrParentsInXlaContext as _in_xla_context,
@@ -594,7 +596,7 @@ def xla_kernel(
         return outputs
 
     @tf.autograph.experimental.do_not_convert
-    @functools.wraps(fn)
+    @wraps_public(fn)
     def kernel(*args, **kwargs):
         args, kwargs = _tensors_if_arrays(args, kwargs)
         if _inline_here():

@@ -14,10 +14,11 @@ stays pure TensorFlow (no Keras): its functions never import this module.
 
 from __future__ import annotations
 
-import functools
 import inspect
 
 import keras
+
+from stableops._internal.wrapping import wraps_public
 
 # "activations.elu" -> the public function (filled by `functional_node` at import).
 _PUBLIC_FUNCTIONS = {}
@@ -75,7 +76,7 @@ def functional_node(namespace):
         public_name = f"{namespace}.{function.__name__}"
         signature = inspect.signature(function)
 
-        @functools.wraps(function)
+        @wraps_public(function)
         def function_or_node(*args, **kwargs):
             if not any(isinstance(value, keras.KerasTensor) for value in (*args, *kwargs.values())):
                 return function(*args, **kwargs)

@@ -22,6 +22,7 @@ from stableops._internal.checks import (
 from stableops._internal.dtypes import compute_dtype, to_compute_saturating
 from stableops._internal.keras_compat import match_rank
 from stableops._internal.kernel import xla_kernel
+from stableops._internal.wrapping import wraps_public
 
 # The losses that take two ``tf.RaggedTensor`` (as Keras's do): per-element
 # terms averaged over the last axis. Listed in the error for the others.
@@ -84,7 +85,7 @@ def loss_function(*, ragged=False, saturate=False):
         kernel.__name__ = kernel.__qualname__ = f"_{name}_kernel"
         kernel = loss_kernel(kernel)
 
-        @functools.wraps(formula)
+        @wraps_public(formula)
         def function(y_true, y_pred):
             return kernel(*prepare(y_true, y_pred, name))
 
