@@ -18,12 +18,15 @@ The cases are ``tests/_public_cases.py``'s.
 
 from __future__ import annotations
 
+import mpmath
 import numpy as np
 import pytest
 import tensorflow as tf
 
 import stableops.losses as S
+from stableops import ops as O
 from stableops.ops import dtype_limits
+from tests import _reference as ref
 from tests._public_cases import CASES, inputs, uncovered, value_shape
 from tests._regimes import Regime
 
@@ -69,3 +72,19 @@ def test_a_float64_loss_class_returns_float64_for_float64_input():
     loss = S.MeanSquaredLogarithmicError(dtype="float64")
     value = loss(tf.constant([[1.0, 2.0]], tf.float64), tf.constant([[1.5, 2.5]], tf.float64))
     assert value.dtype == tf.float64
+
+
+def test_number_hyperparameters_are_taken_in_float64(regime):
+    """A Python number given with float64 inputs is that float64 number: ``tf.cast(0.1,
+    tf.float64)`` goes through float32 (0.10000000149), which made Huber's ``delta``, a
+    prior's mean, ``safe_divide``'s ``fill`` and ``clip_preserve_gradient``'s bounds
+    float32's. Closed forms in exact arithmetic (mpmath) on the float64 numbers."""
+    tenth = mpmath.mpf(0.1)  # the float64 nearest 0.1, exactly
+    zero, one = np.zeros((1, 1)), np.ones((1, 1))
+    huber = regime.run(lambda t, p: S.huber(t, p, delta=0.1), zero, one)
+    ref.assert_ulp_within(huber, [tenth * (1 - tenth / 2)], "float64", 1)
+    kl = regime.run(lambda m, s: S.gaussian_kl(m, s, prior_mean=0.1), zero, zero)
+    ref.assert_ulp_within(kl, [tenth**2 / 2], "float64", 1)
+    fill = regime.run(lambda x, y: O.safe_divide(x, y, fill=0.1), one[0], zero[0])
+    clipped = regime.run(lambda x: O.clip_preserve_gradient(x, 0.1, 0.9), zero[0])
+    np.testing.assert_array_equal(np.concatenate([fill, clipped]), [0.1, 0.1])

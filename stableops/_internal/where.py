@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from stableops._internal.dtypes import in_dtype
+
 
 def _apply(branch, x):
     return branch(x) if callable(branch) else branch
@@ -46,8 +48,8 @@ def safe_where(condition, x, if_true, if_false, *, safe_true=0.0, safe_false=0.0
         array([0., 2.], dtype=float32)
     """
     x = tf.convert_to_tensor(x)
-    safe_true = tf.cast(safe_true, x.dtype)
-    safe_false = tf.cast(safe_false, x.dtype)
+    safe_true = in_dtype(safe_true, x.dtype)
+    safe_false = in_dtype(safe_false, x.dtype)
     true_value = _apply(if_true, tf.where(condition, x, safe_true))
     false_value = _apply(if_false, tf.where(condition, safe_false, x))
     return tf.where(condition, true_value, false_value)

@@ -44,6 +44,7 @@ from stableops._internal.compensated import two_difference
 from stableops._internal.dtypes import (
     compute_dtype,
     dtype_limits,
+    in_dtype,
     to_compute_saturating,
 )
 from stableops._internal.elementary import exp_minus_log2s, scaled_exp
@@ -313,8 +314,8 @@ def gaussian_kl_kernel(mean, log_variance, prior_mean, prior_log_variance):
     log_variance = to_compute_saturating(log_variance)
     shape = tf.shape(mean)
     standard_variance = isinstance(prior_log_variance, (int, float)) and prior_log_variance == 0
-    prior_mean = tf.broadcast_to(tf.cast(prior_mean, dtype), shape)
-    prior_log_variance = tf.broadcast_to(tf.cast(prior_log_variance, dtype), shape)
+    prior_mean = tf.broadcast_to(in_dtype(prior_mean, dtype), shape)
+    prior_log_variance = tf.broadcast_to(in_dtype(prior_log_variance, dtype), shape)
     # 0.5 (exp(d) - 1 - d) + 0.5 (mu - m)^2 exp(-s): both terms >= 0, no cancellation.
     terms = _excess_of_difference(log_variance, prior_log_variance, standard_variance) + (
         _scaled_square(mean - prior_mean, prior_log_variance, 0.5)

@@ -41,7 +41,7 @@ from stableops import ops
 from stableops._internal.checks import number
 from stableops._internal.clip import clip
 from stableops._internal.compensated import two_difference, two_product
-from stableops._internal.dtypes import dtype_limits
+from stableops._internal.dtypes import dtype_limits, in_dtype
 from stableops._internal.reductions import float64_mean, float64_sum, sum_over
 from stableops.losses._base import REDUCTION, FunctionLoss, loss_class, plain_loss, public_function
 from stableops.losses._inputs import (
@@ -384,7 +384,7 @@ def mean_squared_logarithmic_error(y_true, y_pred):
 @loss_kernel
 def _huber_kernel(y_true, y_pred, delta):
     y_true, y_pred = in_compute_dtype(y_true, y_pred, saturate=False)
-    delta = tf.cast(delta, y_pred.dtype)
+    delta = in_dtype(delta, y_pred.dtype)
     error = y_pred - y_true
 
     def quadratic(e):

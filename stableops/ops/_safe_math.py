@@ -36,7 +36,12 @@ from stableops._internal.checks import (
     real_tensor,
 )
 from stableops._internal.clip import clip
-from stableops._internal.dtypes import dtype_limits, to_compute, to_compute_saturating
+from stableops._internal.dtypes import (
+    dtype_limits,
+    in_dtype,
+    to_compute,
+    to_compute_saturating,
+)
 from stableops._internal.kernel import xla_kernel
 from stableops._internal.reductions import float64_sum
 from stableops._internal.where import safe_where
@@ -105,7 +110,7 @@ def _safe_divide_kernel(x, y, fill):
     safe_x = tf.where(divide_by_zero, tf.zeros_like(x), x)
     safe_y = tf.where(y_is_zero, tf.ones_like(y), y)
     quotient = _quotient(safe_x, safe_y)
-    fill = tf.cast(fill, quotient.dtype)
+    fill = in_dtype(fill, quotient.dtype)
     return tf.cast(tf.where(divide_by_zero, fill, quotient), dtype)
 
 
@@ -467,7 +472,7 @@ def _straight_through_clip(x, lo, hi):
 @xla_kernel
 def _clip_kernel(x, lo, hi):
     x = as_float_tensor(x, "x")
-    return _straight_through_clip(x, tf.cast(lo, x.dtype), tf.cast(hi, x.dtype))
+    return _straight_through_clip(x, in_dtype(lo, x.dtype), in_dtype(hi, x.dtype))
 
 
 def clip_preserve_gradient(x, lo, hi):
