@@ -297,11 +297,14 @@ def test_cosine_similarity_zero_vector_has_finite_gradient(dtype):
     assert np.all(grad == 0)
 
 
-@pytest.mark.parametrize("dtype", ["float32", "float64"])
-@pytest.mark.parametrize("scale", [1e-30, 1e30])
+@pytest.mark.parametrize(
+    "scale, dtype",
+    [(1e-30, "float32"), (1e30, "float32"), (1e-30, "float64"), (1e30, "float64"),
+     (1e-200, "float64"), (1e200, "float64")],
+)
 def test_cosine_similarity_of_tiny_and_huge_vectors_is_exact(scale, dtype):
-    # float32 rows are summed in float64; float64 rows, whose squares stay in range here,
-    # take the plain sums and their gradient (the other path of the kernel).
+    # float32 rows are summed in float64; float64 rows take the plain sums and their gradient
+    # where their squares stay in range (1e+-30), the normalized form beyond (1e+-200).
     t = np.array([[1.0, 2.0, 2.0]], dtype) * scale
     p = np.array([[2.0, 1.0, 2.0]], dtype) * scale
     reference = R.reference_rows(R.mp_cosine_similarity_row, t, p)  # -8/9

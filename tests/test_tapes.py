@@ -10,6 +10,8 @@ their compiled backward pass there instead (``_internal/kernel``).
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -186,6 +188,26 @@ def test_a_gradient_penalty_in_a_graph_has_the_eager_second_order_gradient(name,
         assert np.all(np.isfinite(g)), (name, g)
         scale = np.max(np.abs(w))
         np.testing.assert_allclose(g, w, rtol=_TOLERANCE, atol=_TOLERANCE * scale)
+
+
+@pytest.mark.parametrize("jit_compile", [False, True], ids=["function", "xla"])
+@pytest.mark.parametrize("scale", [1.0, 1e200], ids=["plain", "normalized"])
+def test_float64_cosine_similaritys_gradient_penalty_in_a_graph(scale, jit_compile):
+    # The normalized form's gradient was a gradient tape inside a tf.cond: in a plain
+    # tf.function its second order raised an AssertionError (cond_v2), both inputs watched.
+    # One row of norm 1e200 sends the whole batch to the normalized form (its own penalty
+    # gradient, of order |x|^-3, is 0).
+    rng = np.random.default_rng(0)
+    rows = [rng.normal(size=(3, 4)) for _ in range(2)]
+    rows[0][0] *= scale
+    values = [tf.constant(r, tf.float64) for r in rows]
+    want = [g.numpy() for g in _penalty_gradient(S.cosine_similarity, values)]
+    penalty = functools.partial(_penalty_gradient, S.cosine_similarity)
+    graph = tf.function(lambda *v: penalty(v), jit_compile=jit_compile)
+    for g, w in zip(graph(*values), want):
+        g = g.numpy()
+        assert np.all(np.isfinite(g)) and np.any(g != 0)
+        np.testing.assert_allclose(g, w, rtol=1e-12, atol=1e-12 * np.max(np.abs(w)))
 
 
 def test_vectorized_map_keeps_categorical_crossentropys_target_gradient_finite():

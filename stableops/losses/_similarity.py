@@ -29,6 +29,13 @@ def _normalized_cosine(a, b, axis):
     return sum_over(ops.l2_normalize(a, axis=axis) * ops.l2_normalize(b, axis=axis), axis=axis)
 
 
+def _inverse_norm(x, axis):
+    """``1/|x|`` along ``axis`` (kept), 0 for a zero vector; ``ops.safe_norm`` scales exactly."""
+    norm = ops.safe_norm(x, axis=axis, keepdims=True)
+    nonzero = norm > 0
+    return tf.where(nonzero, 1.0 / tf.where(nonzero, norm, tf.ones_like(norm)), tf.zeros_like(norm))
+
+
 def _plain_sums_are_safe(x, squares, axis):
     """Whether every row of ``x`` is zero or has ``sum(x^2)`` in ``[tiny / eps^2, max / 4]``.
 
@@ -60,11 +67,11 @@ def _plain_sums_are_safe(x, squares, axis):
     )
 
 
-def _cosine_gradients(upstream, a, b, inverse_a, inverse_b, cos):
-    """The gradients of ``cos = sum(a b) / (|a| |b|)`` from its row sums: ``(b/|b| - cos
-    a/|a|) / |a|`` for ``a``, likewise for ``b`` (``inverse_a = 1/|a|``, 0 for a zero vector,
-    which makes both of a zero row's gradients 0), times ``upstream``."""
-    unit_a, unit_b = a * inverse_a, b * inverse_b
+def _cosine_gradients(upstream, unit_a, unit_b, inverse_a, inverse_b, cos):
+    """The gradients of ``cos = sum(a b) / (|a| |b|)``: ``(b/|b| - cos a/|a|) / |a|`` for
+    ``a``, likewise for ``b``, from the unit vectors (``unit_a = a/|a|``) and ``inverse_a =
+    1/|a|`` (0 for a zero vector, which makes both of a zero row's gradients 0), times
+    ``upstream``."""
     return (
         upstream * ((unit_b - cos * unit_a) * inverse_a),
         upstream * ((unit_a - cos * unit_b) * inverse_b),
@@ -94,11 +101,16 @@ def _cosine(a, b, axis):
         plain = tf.logical_and(
             _plain_sums_are_safe(a, sum_a, axis), _plain_sums_are_safe(b, sum_b, axis)
         )
+        # Double where (per row): on the normalized form a graph's tf.cond gradient still
+        # sends zeros back through the plain sums, and an overflowed sum made inf * 0 = NaN
+        # (a gradient penalty's second order).
+        sum_a, sum_b = (tf.where(plain, v, tf.ones_like(v)) for v in (sum_a, sum_b))
         norm_a, norm_b = tf.sqrt(sum_a), tf.sqrt(sum_b)
         # 1/|a| (0 for the zero vector); the root of a safe sum is a normal number.
         inverse_a = tf.where(sum_a > 0, 1.0 / norm_a, tf.zeros_like(sum_a))
         inverse_b = tf.where(sum_b > 0, 1.0 / norm_b, tf.zeros_like(sum_b))
         dot = float64_sum(a * b, axis, keepdims=True)
+        dot = tf.where(plain, dot, tf.zeros_like(dot))
         norm_product = norm_a * norm_b
         nonzero = norm_product > 0
         safe_product = tf.where(nonzero, norm_product, tf.ones_like(norm_product))
@@ -113,14 +125,17 @@ def _cosine(a, b, axis):
             upstream = tf.expand_dims(upstream, axis)
 
             def from_sums():
-                return _cosine_gradients(upstream, a, b, inverse_a, inverse_b, fast)
+                return _cosine_gradients(
+                    upstream, a * inverse_a, b * inverse_b, inverse_a, inverse_b, fast
+                )
 
             def from_normalized():
-                with tf.GradientTape() as tape:
-                    tape.watch([a, b])
-                    again = _normalized_cosine(a, b, axis)
-                return tuple(
-                    tape.gradient(again, [a, b], output_gradients=tf.squeeze(upstream, axis))
+                # The same closed form from the exactly scaled unit vectors and norms (a
+                # gradient tape here, in a tf.cond, failed a second-order gradient in a graph).
+                unit_a, unit_b = ops.l2_normalize(a, axis=axis), ops.l2_normalize(b, axis=axis)
+                cos = sum_over(unit_a * unit_b, axis=axis, keepdims=True)
+                return _cosine_gradients(
+                    upstream, unit_a, unit_b, _inverse_norm(a, axis), _inverse_norm(b, axis), cos
                 )
 
             return tf.cond(plain, from_sums, from_normalized)
@@ -179,7 +194,9 @@ def _cosine_of_float32(a, b, axis):
 
         def grad(upstream):
             upstream = tf.cast(tf.expand_dims(upstream, axis), tf.float64)
-            grad_a, grad_b = _cosine_gradients(upstream, wide_a, wide_b, inverse_a, inverse_b, cos)
+            grad_a, grad_b = _cosine_gradients(
+                upstream, wide_a * inverse_a, wide_b * inverse_b, inverse_a, inverse_b, cos
+            )
             return tf.cast(grad_a, a.dtype), tf.cast(grad_b, b.dtype)
 
         return tf.cast(tf.squeeze(cos, axis), a.dtype), grad
