@@ -796,3 +796,49 @@ def test_contrastive_near_duplicates_use_differences(gap):
         v, g = regime_fn(run)(tf.constant(x32))
         np.testing.assert_allclose(v.numpy(), value, rtol=1e-6)
         np.testing.assert_allclose(g.numpy(), gradient, rtol=1e-5, atol=1e-7)
+
+
+# name: (loss of (labels, x, margin), the loss's and the margin's powers of the embeddings' scale)
+_HOMOGENEOUS = {
+    "triplet euclidean hard": (lambda y, x, m: S.triplet_loss(y, x, margin=m), 1, 1),
+    "triplet squared semi_hard": (
+        lambda y, x, m: S.triplet_loss(y, x, margin=m, strategy="semi_hard", distance="squared"),
+        2, 2,
+    ),
+    "contrastive batch": (lambda y, x, m: S.contrastive_loss(y, x, margin=m), 2, 1),
+    "contrastive pairs": (
+        lambda y, x, m: S.contrastive_loss(y[:4] % 2, tf.reshape(x, [4, 2, 4]), margin=m), 2, 1
+    ),
+}
+
+
+@pytest.mark.parametrize("exponent", [-20, 7, 40])
+@pytest.mark.parametrize("name", sorted(_HOMOGENEOUS))
+def test_a_gradient_penalty_scales_with_the_embeddings(name, exponent):
+    """With the margin scaled alike, ``L(c x) = c^p L(x)`` for a power of two ``c`` (exact), so
+    a gradient penalty ``P = |dL/dx|^2`` has ``dP/dx (c x) = c^(2p - 3) dP/dx (x)``. The
+    scaling's gradients moved ``1 / scale`` from the input's side to the output's, which a
+    second tape does not see: the second order was off by the batch's power of two (exact only
+    for embeddings whose largest entry lies in [1, 2), as ``x`` here)."""
+    loss, power, margin_power = _HOMOGENEOUS[name]
+    labels = tf.constant([0, 0, 1, 1, 0, 1, 2, 2])
+    rng = np.random.default_rng(3)
+    x = rng.uniform(-1.0, 1.0, (8, 4)).astype(np.float32)
+    x[0, 0] = 1.5  # the largest entry: the batch's scale is 1
+
+    def penalty_gradient(embeddings, margin):
+        embeddings = tf.constant(embeddings)
+        with tf.GradientTape() as outer:
+            outer.watch(embeddings)
+            with tf.GradientTape() as inner:
+                inner.watch(embeddings)
+                total = tf.reduce_sum(loss(labels, embeddings, margin))
+            gradient = inner.gradient(total, embeddings)
+            penalty = tf.reduce_sum(gradient * gradient)
+        return outer.gradient(penalty, embeddings).numpy()
+
+    c = 2.0**exponent
+    want = penalty_gradient(x, 0.5) * np.float32(c ** (2 * power - 3))
+    got = penalty_gradient(x * np.float32(c), np.float32(0.5 * c**margin_power))
+    assert np.any(want != 0)
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=0)

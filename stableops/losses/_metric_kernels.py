@@ -11,10 +11,14 @@ The tricks, each used once:
   can neither overflow (embeddings of ``1e30``) nor underflow (``1e-30``). The
   losses are formed from *differences* of scaled distances and scaled back
   once, ``s**p * (r_ap - r_an)``: no ``inf - inf`` when two distances are each
-  near the dtype's range. The scaling's gradient convention: ``u = x / s`` has
-  gradient ``g`` (not ``g / s``) and ``s**p * v`` has gradient ``s**(p-1) g``,
-  the same product with the power of ``s`` cancelled before it is formed, so
-  no gradient overflows where the true one is finite.
+  near the dtype's range. The scaling's gradients are each op's own (``g / s``
+  and ``s**p g``) while the loss's power of ``s`` is far from overflow
+  (:func:`_batch_scaling`), so a second tape (a gradient penalty) differentiates the
+  right function; beyond (embeddings above 2^62 in float32 where the loss is in squared
+  distances, the contrastive losses too, 2^125 otherwise),
+  ``u = x / s`` has gradient ``g`` and ``s**p * v`` gradient ``s**(p-1) g``, the same
+  product with the power of ``s`` cancelled before it is formed, so no gradient
+  overflows where the true one is finite (the second order is then off by ``s``).
 * **Select with the Gram matrix, compute from differences.** The Gram
   expansion ``|u_i|^2 + |u_j|^2 - 2 u_i.u_j`` (one matmul) is cheap but
   cancels to noise (or a negative number) for near-duplicates, where
@@ -43,6 +47,9 @@ The tricks, each used once:
 
 from __future__ import annotations
 
+import math
+import typing
+
 import tensorflow as tf
 
 from stableops._internal.dtypes import dtype_limits, to_compute_saturating
@@ -67,36 +74,53 @@ _EXPONENT_MASK = {
 # ----------------------------------------------------------------------------
 
 
-def _batch_scale(x):
-    """The largest power of two not above the batch's largest finite ``|x|`` (``tiny`` at least)."""
+class _Scaling(typing.NamedTuple):
+    """``x = scale * u`` (:func:`_batch_scaling`); ``power``: the distances' power of ``scale``."""
+
+    scale: tf.Tensor  # a power of two
+    power: int
+    plain: tf.Tensor  # a scalar bool: the scaling's gradients are each op's own
+
+
+def _batch_scaling(x, power, loss_power=None):
+    """``scale``: the largest power of two not above the batch's largest finite ``|x|``
+    (``tiny`` at least). ``plain`` where ``scale**loss_power`` (the loss's power of the
+    scale, ``power`` by default) is at most a quarter of the largest float and ``1 / scale``
+    normal: then :func:`_scaled_down` and :func:`_scaled_up` take their own gradients."""
     tiny = dtype_limits(x.dtype).tiny
     largest = tf.reduce_max(tf.where(tf.math.is_finite(x), tf.abs(x), tf.zeros_like(x)))
     largest = tf.maximum(largest, tiny)  # an all-zero batch keeps a positive scale
     int_dtype, mask = _EXPONENT_MASK[x.dtype]
     bits = tf.bitwise.bitwise_and(tf.bitcast(largest, int_dtype), tf.constant(mask, int_dtype))
-    return tf.stop_gradient(tf.bitcast(bits, x.dtype))
+    scale = tf.stop_gradient(tf.bitcast(bits, x.dtype))
+    exponent = (math.frexp(dtype_limits(x.dtype).max)[1] - 3) // (loss_power or power)
+    return _Scaling(scale, power, scale <= 2.0**exponent)
 
 
-def _scaled_down(x, scale):
-    """``x / scale`` (exact); gradient ``g`` (the ``1 / scale`` moves to :func:`_scaled_up`).
+def _scaled_down(x, scaling):
+    """``x / scale`` (exact); gradient ``g / scale``, or ``g`` where the ``1 / scale`` moves
+    to :func:`_scaled_up` (where ``scaling.plain`` is false).
 
     Formed as ``x * (1 / scale)``: the reciprocal of a power of two between
     ``tiny`` and ``max`` is exact, and a product is cheaper than a quotient.
     """
-    reciprocal = 1.0 / scale
+    reciprocal = 1.0 / scaling.scale
+    factor = tf.where(scaling.plain, reciprocal, tf.ones_like(reciprocal))
 
     @tf.custom_gradient
     def down(v):
-        return v * reciprocal, lambda upstream: upstream
+        return v * reciprocal, lambda upstream: upstream * factor
 
     return down(x)
 
 
-def _scaled_up(value, scale, power):
-    """``scale**power * value`` (as repeated products); gradient ``scale**(power - 1) * g``."""
-
+def _scaled_up(value, scaling):
+    """``scale**power * value`` (as repeated products); gradient ``scale**power * g``, or
+    ``scale**(power - 1) * g`` where :func:`_scaled_down` moved its ``1 / scale`` here."""
+    scale, power = scaling.scale, scaling.power
     if power == 0:
         return value
+    last = tf.where(scaling.plain, scale, tf.ones_like(scale))
 
     @tf.custom_gradient
     def up(v):
@@ -107,7 +131,7 @@ def _scaled_up(value, scale, power):
         def grad(upstream):
             for _ in range(power - 1):
                 upstream = upstream * scale
-            return upstream
+            return upstream * last
 
         return result, grad
 
@@ -250,18 +274,18 @@ def _distances_to(u, index, distance):
 
 
 def _prepared(labels, x, distance):
-    """``(labels [batch], d [batch, batch], scale, power, row_is_nan)`` in the compute dtype."""
+    """``(labels [batch], d [batch, batch], scaling, row_is_nan)`` in the compute dtype."""
     x = to_compute_saturating(x)
     if distance == "cosine":
-        scale, power = tf.ones([], x.dtype), 0
+        scaling = _Scaling(tf.ones([], x.dtype), 0, tf.constant(True))
         d = _cosine_distances(x)
     else:
-        scale, power = _batch_scale(x), 2 if distance == "squared" else 1
-        d = _distances(_scaled_down(x, scale), squared=distance == "squared")
+        scaling = _batch_scaling(x, 2 if distance == "squared" else 1)
+        d = _distances(_scaled_down(x, scaling), squared=distance == "squared")
     row_is_nan = tf.reduce_any(tf.math.is_nan(d), axis=1)
     if labels.dtype.is_floating:
         row_is_nan = tf.logical_or(row_is_nan, tf.math.is_nan(labels))
-    return labels, d, scale, power, row_is_nan
+    return labels, d, scaling, row_is_nan
 
 
 def _nan_where(condition, loss):
@@ -307,8 +331,8 @@ def _triplet_hard(labels, x, margin, distance):
     ``d`` for Euclidean distances near 0).
     """
     x = to_compute_saturating(x)
-    scale = _batch_scale(x)
-    u = _scaled_down(x, scale)
+    scaling = _batch_scaling(x, 2 if distance == "squared" else 1)
+    u = _scaled_down(x, scaling)
     d = _selection_distances(u, distance)
     batch = tf.shape(d)[0]
     same = tf.equal(labels[:, None], labels[None, :])
@@ -324,7 +348,7 @@ def _triplet_hard(labels, x, margin, distance):
     )
     positive = _distances_to(u, hardest_positive, distance)
     gap = positive - _distances_to(u, nearest_negative, distance)
-    loss = tf.nn.relu(_scaled_up(gap, scale, 2 if distance == "squared" else 1) + margin)
+    loss = tf.nn.relu(_scaled_up(gap, scaling) + margin)
     # NaN in, NaN out: a NaN embedding puts a NaN in every row of the
     # distances (its own row and column), so every anchor gets NaN, as before.
     row_is_nan = tf.broadcast_to(tf.reduce_any(tf.math.is_nan(u)), [batch])
@@ -352,7 +376,7 @@ def triplet_kernel(labels, x, margin, strategy, distance):
     """
     if strategy == "hard" and distance != "cosine":
         return _triplet_hard(labels, x, margin, distance)
-    labels, d, scale, power, row_is_nan = _prepared(labels, x, distance)
+    labels, d, scaling, row_is_nan = _prepared(labels, x, distance)
     batch = tf.shape(d)[0]
     eye = tf.eye(batch, dtype=tf.bool)
     same = tf.equal(labels[:, None], labels[None, :])
@@ -377,7 +401,7 @@ def triplet_kernel(labels, x, margin, strategy, distance):
             _first_extreme(d, tf.reduce_max),  # TFA: the row's maximum
         )
         gap = _pick(d, hardest_positive) - _pick(d, nearest_negative)
-        loss = tf.nn.relu(_scaled_up(gap, scale, power) + margin)
+        loss = tf.nn.relu(_scaled_up(gap, scaling) + margin)
         return _nan_where(row_is_nan, loss)
     # Semi-hard: candidates[a, p, n] = n is a negative of a farther than p.
     # XLA fuses the comparison into the reductions (no [batch]^3 buffer).
@@ -390,7 +414,7 @@ def triplet_kernel(labels, x, margin, strategy, distance):
     )
     chosen = tf.where(has_candidate, semi_hard, farthest_negative[:, None])
     gap = d - _pick(d, chosen)
-    pair_loss = tf.nn.relu(_scaled_up(gap, scale, power) + margin)
+    pair_loss = tf.nn.relu(_scaled_up(gap, scaling) + margin)
     pair_loss = tf.where(positive, pair_loss, tf.zeros_like(pair_loss))
     pairs = sum_over(tf.cast(positive, d.dtype))
     # batch / pairs: the Keras mean over anchors is then the mean over pairs.
@@ -416,8 +440,9 @@ def _contrastive_terms(similar, d, margin):
 def contrastive_batch_kernel(labels, x, margin):
     """Per-anchor contrastive loss over all pairs of a labelled batch (mean over the others)."""
     x = to_compute_saturating(x)
-    scale = _batch_scale(x)
-    u = _scaled_down(x, scale)
+    # The loss is in squares of the distances: the scale's second power.
+    scaling = _batch_scaling(x, 1, loss_power=2)
+    u = _scaled_down(x, scaling)
     batch = tf.shape(u)[0]
     eye = tf.eye(batch, dtype=tf.bool)
     d = _distances(u, squared=False)
@@ -426,7 +451,7 @@ def contrastive_batch_kernel(labels, x, margin):
     if labels.dtype.is_floating:
         row_is_nan = tf.logical_or(row_is_nan, tf.math.is_nan(labels))
     similar = tf.equal(labels[:, None], labels[None, :])
-    terms = _contrastive_terms(similar, _scaled_up(d, scale, 1), margin)
+    terms = _contrastive_terms(similar, _scaled_up(d, scaling), margin)
     terms = tf.where(eye, tf.zeros_like(terms), terms)
     others = tf.maximum(tf.cast(batch - 1, d.dtype), 1.0)
     # Divide before summing: a sum of large finite terms must not overflow first.
@@ -439,9 +464,9 @@ def contrastive_pairs_kernel(similar, x, margin):
     """Contrastive loss of explicit pairs ``x`` ``[batch, 2, dim]``, 0/1 ``similar`` ``[batch]``."""
     x = to_compute_saturating(x)
     similar = tf.cast(similar, x.dtype)
-    scale = _batch_scale(x)
-    u = _scaled_down(x, scale)
-    d = _scaled_up(safe_norm(u[:, 0] - u[:, 1], axis=-1), scale, 1)
+    scaling = _batch_scaling(x, 1, loss_power=2)  # the loss is in squared distances
+    u = _scaled_down(x, scaling)
+    d = _scaled_up(safe_norm(u[:, 0] - u[:, 1], axis=-1), scaling)
     push = tf.nn.relu(margin - d)
     # TFA's contrastive_loss on the pair distance: y d^2 + (1 - y) max(m - d, 0)^2.
     return similar * (d * d) + (1.0 - similar) * (push * push)
