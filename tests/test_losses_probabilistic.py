@@ -617,6 +617,21 @@ def test_categorical_focal_from_probabilities_with_a_sliver_outside_the_top_clas
     R.assert_ulp_within(value, reference, "float32", CATEGORICAL_FOCAL_ULP)
 
 
+def test_categorical_focal_float64_rows_summing_past_2_to_the_1022(regime):
+    # A float64 row summing past 2^1022 (finite) has a subnormal reciprocal, which TF
+    # flushes: q = 0, floored, and the loss 177.1 for 0.0433. Such rows are shrunk first.
+    y_true = np.float64([[1, 0, 0], [0, 0, 1]])
+    y_pred = np.float64([[3e307, 3e307, 0], [1e308, 5e307, 2.5e307]])
+    value, (grad,) = regime.value_and_grad(
+        S.categorical_focal_crossentropy, y_true, y_pred, wrt=(1,)
+    )
+    reference = R.reference_cross_entropy_rows(
+        mp_categorical_focal_probabilities, y_true, y_pred, np.finfo(np.float64).tiny, 0.25, 2.0
+    )
+    R.assert_ulp_within(value, reference, "float64", CATEGORICAL_FOCAL_ULP)
+    assert np.isfinite(grad).all()
+
+
 def test_categorical_focal_from_tiny_probabilities_has_the_scaled_rows_gradient(regime):
     # q = p / sum(p) ignores the row's scale: the loss of p * 2^80 is the loss of p, and its
     # gradient the gradient at p over 2^80 (exact powers of two). Rows summing to ~1e-25,

@@ -409,6 +409,31 @@ def test_a_top_probability_a_sliver_below_its_row_sum_keeps_its_loss(regime, dty
     ref.assert_ulp_within(sparse, expected, dtype, 4, context="sparse")
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_rows_summing_past_the_float_range_keep_their_fractions(regime, dtype):
+    # A row of probabilities whose sum overflows (two entries of 2e38 in float32) was
+    # normalized by inf: each fraction 0, clipped, and the loss -log(tiny) = 87.3 for ln 2.
+    # Such rows are shrunk by a power of two first. Dense and sparse, value and gradient,
+    # against mpmath (the gradient -z/p + sum(z)/S in closed form).
+    big = np.finfo(dtype).max / 1.7
+    p = np.array([[big, big, 0.0], [big, big, big / 2], [0.25, 0.5, 0.25]], dtype)
+    labels = np.int32([0, 2, 1])
+    z = np.eye(3, dtype=dtype)[labels]
+    low = np.finfo(dtype).tiny
+    expected = ref.reference_rows(
+        lambda a, b: ref.mp_categorical_crossentropy_probabilities(a, b, low), z, p
+    )
+    dense, (gradient,) = regime.value_and_grad(ops.categorical_crossentropy, z, p, wrt=(1,))
+    sparse = regime.run(ops.sparse_categorical_crossentropy, labels, p)
+    ref.assert_ulp_within(dense, expected, dtype, 4, context="dense")
+    ref.assert_ulp_within(sparse, expected, dtype, 4, context="sparse")
+    for row in range(3):
+        total = sum(mpmath.mpf(float(v)) for v in p[row])
+        for j in (0, 1):  # the nonzero entries
+            want = -z[row, j] / mpmath.mpf(float(p[row, j])) + 1 / total
+            ref.assert_ulp_within([gradient[row, j]], [want], dtype, 4, context="gradient")
+
+
 def test_targets_near_the_smallest_normal_within_the_flush_allowance(regime):
     # Found by the `thorough` profile: targets of 1.2e-38 (float32's smallest normal) make
     # each z_i log p_i with |log p_i| < 1 a subnormal, which TF flushes to zero: 1.4-1.5 tiny

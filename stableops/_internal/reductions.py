@@ -205,6 +205,23 @@ def float64_mean(x):
     return tf.cast(folded_row_sum(tf.cast(x, tf.float64)) / count, x.dtype)
 
 
+# Rows whose largest entry is above max / 2^40 are scaled by 2^-40 (shrunk_rows): a sum of
+# up to 2^31 entries then stays below max / 2^9, and its reciprocal is a normal number.
+_SHRINK = 2.0**-40
+
+
+def shrunk_rows(x, axis):
+    """``(x f, f, max(x) f)`` per row (kept axis), ``f = 2^-40`` where the row's largest entry
+    is above ``max / 2^40`` and 1 elsewhere: the row's sum cannot overflow, nor its reciprocal
+    flush, and ratios to the sum are unchanged (``f`` is a power of two), except for entries
+    below ``tiny / f``, which are then below ``2^-80`` of ``max(x)`` (a row of probabilities
+    summing past the float range: 87.3, ``-log(tiny)``, for ``ln 2``)."""
+    largest = tf.reduce_max(x, axis=axis, keepdims=True)
+    large = largest > x.dtype.max * _SHRINK
+    factor = tf.where(large, tf.constant(_SHRINK, x.dtype), tf.constant(1.0, x.dtype))
+    return x * factor, factor, largest * factor
+
+
 def top_and_rest(x, total, axis):
     """Where an entry exceeds half its row's sum ``total``, and per row the sum of the others.
 

@@ -52,6 +52,7 @@ from stableops._internal.reductions import (
     empty_rows,
     float64_sum,
     max_shift,
+    shrunk_rows,
     split_sum_of_fractions,
     top_and_rest,
 )
@@ -343,7 +344,11 @@ def _log_and_complement_of_floored(p, axis):
 
     @tf.custom_gradient
     def pieces(narrow):
-        p = tf.cast(narrow, tf.float64)
+        p, shrink = tf.cast(narrow, tf.float64), 1.0
+        if narrow.dtype == tf.float64:
+            # A row summing past 2^1022 (its reciprocal subnormal, flushed: 177 for 0.043)
+            # is shrunk first; float32 entries cannot sum that far in float64.
+            p, shrink, _ = shrunk_rows(p, axis)
         total = float64_sum(p, axis, keepdims=True)
         is_top, rest = top_and_rest(p, total, axis)
         # q as p times the row's reciprocal (one more rounding): a quotient with
@@ -381,7 +386,7 @@ def _log_and_complement_of_floored(p, axis):
         def grad(to_log, to_complement):
             # In the input's precision (a float64 division per element cost).
             to_log, to_complement, q_narrow, inverse_narrow = (
-                tf.cast(v, narrow.dtype) for v in (to_log, to_complement, q, inverse)
+                tf.cast(v, narrow.dtype) for v in (to_log, to_complement, q, inverse * shrink)
             )
             # float64_sum: formed and summed in one loop (a float32 sum of the computed
             # terms was written out for YNNPACK under XLA).

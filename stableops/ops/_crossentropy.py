@@ -40,7 +40,7 @@ from stableops._internal.dtypes import compute_dtype, dtype_limits, to_compute
 from stableops._internal.elementary import accurate_log1p, log1p_in_range
 from stableops._internal.keras_compat import recover_logits
 from stableops._internal.kernel import xla_kernel
-from stableops._internal.reductions import float64_sum, sum_over, top_and_rest
+from stableops._internal.reductions import float64_sum, shrunk_rows, sum_over, top_and_rest
 from stableops._internal.where import weight_times
 from stableops.ops._softmax import (
     _shifted_exponentials,
@@ -414,19 +414,22 @@ def _normalized_crossentropy(z, o, axis, bounds):
 
     @tf.custom_gradient
     def loss_fn(z, o):
-        total = tf.reduce_sum(o, axis=axis, keepdims=True)
+        # Rows summing past the float range are shrunk first (the fractions o / S are kept).
+        shrunk, shrink, largest = shrunk_rows(o, axis)
+        total = tf.reduce_sum(shrunk, axis=axis, keepdims=True)
         divisor = _row_divisor(total)
-        top, rest = top_and_rest(o, total, axis)
+        top, rest = top_and_rest(shrunk, total, axis)
         # Per row (one log1p): the top entry is the row's maximum.
-        top_log_q = -tf.math.log1p(rest / tf.reduce_max(o, axis=axis, keepdims=True))
-        log_q = tf.where(top, top_log_q, tf.math.log(clip(o / divisor, bounds.low, 1.0)))
+        top_log_q = -tf.math.log1p(rest / largest)
+        log_q = tf.where(top, top_log_q, tf.math.log(clip(shrunk / divisor, bounds.low, 1.0)))
         loss = -sum_over(z * log_q, axis=axis)
 
         def grad(upstream):
             upstream = tf.expand_dims(upstream, axis)
             slope_point = clip(o, bounds.slope_low)
             fraction = _unclipped_fraction(o, bounds.slope_low)
-            normalizing = sum_over(z * fraction, axis=axis, keepdims=True) / divisor
+            # 1 / S = shrink / divisor.
+            normalizing = sum_over(z * fraction, axis=axis, keepdims=True) * shrink / divisor
             normalizing = tf.where(tf.equal(total, 0), tf.zeros_like(normalizing), normalizing)
             return -upstream * log_q, upstream * (normalizing - z / slope_point)
 
@@ -468,7 +471,9 @@ def categorical_crossentropy(target, output, from_logits=False, axis=-1):
         overflow ``log_softmax`` to ``-inf`` and the loss to ``inf`` even where
         the weighted sum would be finite.
         Gradient ``softmax(x) sum(z) - z``.
-        From probabilities: rows are normalized by their sum as Keras does; an
+        From probabilities: rows are normalized by their sum as Keras does (a
+        row whose largest entry is above ``max / 2^40`` is scaled by ``2^-40``
+        first, so its sum does not overflow: the fractions are the same); an
         all-zero row is not divided (Keras: NaN), so every class has
         probability 0, clipped to ``tiny``: loss ``-sum(z) log(tiny)`` (87.3
         per unit of target in float32). The clip moves only probability 0
@@ -612,10 +617,13 @@ def _sparse_normalized_crossentropy(indices, o, bounds):
 
     @tf.custom_gradient
     def loss_fn(o):
-        total = tf.reduce_sum(o, axis=-1)
+        # Rows summing past the float range are shrunk first (the fractions o / S are kept).
+        shrunk, shrink, _ = shrunk_rows(o, -1)
+        shrink = shrink[:, 0]
+        total = tf.reduce_sum(shrunk, axis=-1)
         divisor = _row_divisor(total)
-        picked = _gather_class(o, indices)
-        _, rest = top_and_rest(o, total[:, None], -1)
+        picked = _gather_class(shrunk, indices)
+        _, rest = top_and_rest(shrunk, total[:, None], -1)
         rest = rest[:, 0]
         # Above half the sum, the picked entry is the one the rest leaves out.
         top = tf.logical_and(picked > 0.5 * total, rest >= 0)
@@ -623,9 +631,13 @@ def _sparse_normalized_crossentropy(indices, o, bounds):
         loss = tf.where(top, top_loss, -tf.math.log(clip(picked / divisor, bounds.low, 1.0)))
 
         def grad(upstream):
-            slope_point = clip(picked, bounds.slope_low)
-            fraction = _unclipped_fraction(picked, bounds.slope_low)
-            normalizing = tf.where(tf.equal(total, 0), tf.zeros_like(total), fraction / divisor)
+            unshrunk = _gather_class(o, indices)
+            slope_point = clip(unshrunk, bounds.slope_low)
+            fraction = _unclipped_fraction(unshrunk, bounds.slope_low)
+            # 1 / S = shrink / divisor.
+            normalizing = tf.where(
+                tf.equal(total, 0), tf.zeros_like(total), fraction * shrink / divisor
+            )
             # The one-hot exists only in the (dense) gradient, never in the loss.
             one_hot = tf.one_hot(indices, tf.shape(o)[-1], dtype=o.dtype)
             return upstream[:, None] * (normalizing[:, None] - one_hot / slope_point[:, None])
