@@ -26,7 +26,7 @@ STAGES = ("weights", "input", "labels", "activation", "loss", "gradient", "optim
 
 SCALER_FIX = (
     "put stableops.layers.RobustScaler() first (adapt() it on the training data: median/IQR "
-    "scaling that clips outliers, computed in float32 even under mixed precision), or "
+    "scaling that clips outliers, computed in float64 even under mixed precision), or "
     "keras.layers.Normalization() when the data has no outliers"
 )
 SCALE_INPUTS = "scale the inputs (stableops.layers.RobustScaler)"
