@@ -760,8 +760,9 @@ def test_poisson_gradient_near_the_optimum(regime):
     """``1 - t/v`` cancelled the quotient's rounding where the rate nears the count, where
     training converges: 412 ULP at t = 9, v = 9.0071. Against mpmath's ``1 - t/v`` on the
     float32 inputs, counts and rates on both sides, a negative count too."""
-    t = np.array([[9.0], [9.0], [1e6], [3.0], [-2.0]], np.float32)
-    v = np.array([[9.007089614868164], [8.99], [1000001.0], [30.0], [0.5]], np.float32)
+    # (The largest rate: 1 / v is subnormal there, and a product with it was flushed to 0.)
+    t = np.array([[9.0], [9.0], [1e6], [3.0], [-2.0], [1.0]], np.float32)
+    v = np.array([[9.007089614868164], [8.99], [1000001.0], [30.0], [0.5], [3.4e38]], np.float32)
     _, (grad,) = regime.value_and_grad(lambda a, b: S.poisson(a, b), t, v, wrt=(1,))
     want = [1 - R.mpf(a) / R.mpf(b) for a, b in zip(t[:, 0], v[:, 0])]
     R.assert_ulp_within(grad[:, 0], want, "float32", 2)

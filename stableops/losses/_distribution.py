@@ -318,9 +318,12 @@ def _poisson_rows(target, rate):
         counted = tf.logical_and(tf.not_equal(target, 0.0), rate >= floored)
         # (v - t) / v for a count t >= 0: v - t is exact where they are close (Sterbenz), where
         # training converges (1 - t/v cancels the quotient's rounding there: 412 ULP at t = 9,
-        # v = 9.0071); 1 - t/v for t < 0 (no cancellation, and v - t could overflow).
+        # v = 9.0071); 1 - t/v for t < 0 (no cancellation, and v - t could overflow), and
+        # where 1 / v is flushed to 0 (v above 2^126 in float32: the slope is then 1 but for
+        # counts as large). One reciprocal: a quotient per form measured 1.07 -> 1.3x Keras.
         inverse = 1.0 / floored
-        slope = tf.where(target >= 0.0, (floored - target) * inverse, 1.0 - target * inverse)
+        difference_form = tf.logical_and(target >= 0.0, inverse > 0.0)
+        slope = tf.where(difference_form, (floored - target) * inverse, 1.0 - target * inverse)
         slope = tf.where(counted, slope, tf.ones_like(rate))
         slope = tf.where(tf.math.is_nan(rate), rate, slope)  # NaN in, NaN out
         return -upstream * tf.math.log(floored), upstream * slope
