@@ -87,8 +87,9 @@ class NaNGuard(keras.callbacks.Callback):
     ``steps_per_execution > 1`` the guard sees one loss per execution, the
     first of which sets the reference level: an explosion inside the first
     execution is taken as the level (a run's first steps are then best with
-    ``steps_per_execution=1``). One guard per ``fit``. A model that is not built when training begins (a subclassed
-    model not called before ``fit``) is built by its first step: the guard
+    ``steps_per_execution=1``). One guard per ``fit``. A model that is not
+    built when training begins (a subclassed model not called before ``fit``)
+    is built by its first step: the guard
     starts watching after it, with the weights after that step as the first
     good snapshot (a divergence in that very step has nothing to roll back to;
     ``restored_step`` is then ``None``).
