@@ -183,7 +183,7 @@ BAD_INPUTS = [
         ["model.keras", "data.npz", "--x", "narrow"],
         "has shape (64, 3) but the model expects (None, 5)",
     ),
-    (["model.keras", "data.npz", "--y", "short_y"], "x has 64 samples but y has 10"),
+    (["model.keras", "data.npz", "--y", "short_y"], "x has 64 samples but 'short_y' has 10"),
     (["model.keras", "data.npz", "--x", "x,narrow"], "takes 1 input(s) but 2 array(s)"),
     (["model.keras"], "give both MODEL and DATA"),
     (["model.keras", "data.npz", "--batch-size", "0"], "--batch-size must be positive"),
@@ -249,3 +249,40 @@ def test_python_dash_m_in_a_subprocess(saved):
         result.stderr.strip().splitlines()[-1]
         == f"stableops doctor: error: data file not found: {saved / 'missing.npz'}"
     )
+
+
+def test_inputs_and_labels_by_key(tmp_path, capsys):
+    """A 1-D ``x`` for an ``Input((1,))`` model (Keras's fit takes it; the command refused it),
+    inputs named by ``--x`` in any order (they were fed by position), and ``--y`` with one key
+    per output (a multi-output model could not be given its labels)."""
+    rng = np.random.default_rng(0)
+    keras.utils.set_random_seed(0)
+    one = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)])
+    one.compile(optimizer="adam", loss="mse")
+    one.save(tmp_path / "one.keras")
+    x1 = rng.normal(size=64).astype(np.float32)
+    np.savez(tmp_path / "one.npz", x=x1, y=2 * x1)
+    status, _, err = run([tmp_path / "one.keras", tmp_path / "one.npz"], capsys)
+    assert status == 0, err
+
+    a, c = keras.Input((2,), name="a"), keras.Input((3,), name="c")
+    both = keras.layers.Concatenate()([a, c])
+    first, second = keras.layers.Dense(1, name="p")(both), keras.layers.Dense(1, name="q")(both)
+    model = keras.Model([a, c], [first, second])
+    model.compile(optimizer="adam", loss=["mse", "mse"])
+    model.save(tmp_path / "two.keras")
+    xa, xc = rng.normal(size=(64, 2)), rng.normal(size=(64, 3))
+    np.savez(tmp_path / "two.npz", a=xa, c=xc, ya=xa[:, :1], yc=xc[:, :1])
+    status, out, err = run(
+        [tmp_path / "two.keras", tmp_path / "two.npz", "--x", "c,a", "--y", "ya,yc", "--json"],
+        capsys,
+    )
+    assert status == 0, err
+    assert json.loads(out)["counts"]["error"] == 0
+
+
+def test_the_demo_without_matplotlib_says_so_before_training(monkeypatch, capsys):
+    # The plot extra is optional: without it the demo crashed after training (exit 1).
+    monkeypatch.setattr(cli, "_can_plot", lambda: False)
+    assert cli.main(["doctor", "--out", "plot.png"]) == 2
+    assert "needs matplotlib" in capsys.readouterr().err

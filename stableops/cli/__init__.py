@@ -13,6 +13,7 @@ stderr, never a traceback.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import sys
@@ -65,7 +66,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="key of the inputs in DATA (default 'x'; comma-separate several inputs)",
     )
     doctor.add_argument(
-        "--y", dest="y_key", default=None, help="key of the labels in DATA (default 'y' if present)"
+        "--y",
+        dest="y_key",
+        default=None,
+        help="key of the labels in DATA (default 'y' if present; comma-separate the labels of "
+        "several outputs)",
     )
     doctor.add_argument(
         "--batch-size", type=int, default=32, help="batch size for the diagnosis (default 32)"
@@ -133,11 +138,20 @@ def plot_path(out) -> str:
     return out
 
 
+def _can_plot() -> bool:
+    """Whether matplotlib (the ``plot`` extra) is installed: the demo plots only then."""
+    return importlib.util.find_spec("matplotlib") is not None
+
+
 def run_demo_command(args) -> int:
     for name in ("x_key", "y_key", "json", "loss"):
         if getattr(args, name):
             raise BadInput(f"--{name.split('_')[0]} applies to MODEL DATA, not to the demo")
     out = plot_path(args.out)
+    if not _can_plot():  # checked before training (it crashed after, with exit status 1)
+        if args.out is not None:
+            raise BadInput("--out needs matplotlib: pip install 'stableops[plot]'")
+        out = None
     start = time.perf_counter()
     say = lambda text: print(text, flush=True)  # noqa: E731
     say(
@@ -153,7 +167,8 @@ def run_demo_command(args) -> int:
     say("Diagnosis (stableops.diagnose on each stock model before training):")
     say(_demo.format_diagnoses(results))
     say("")
-    say(f"Loss curves: {out}")
+    unplotted = "not plotted (pip install 'stableops[plot]')"
+    say(f"Loss curves: {out or unplotted}")
     say(f"Done in {time.perf_counter() - start:.0f} s.")
     return EXIT_OK
 
@@ -297,23 +312,23 @@ def load_data(path, x_key, y_key):
             raise BadInput(f"no array 'x' in {path}; choose one with --x (arrays: {available})")
     else:
         x_keys = [key.strip() for key in x_key.split(",") if key.strip()]
-    for key in x_keys:
+    y_keys = [key.strip() for key in (y_key or "").split(",") if key.strip()]
+    if not y_keys and "y" in arrays and "y" not in x_keys:
+        y_keys = ["y"]
+    for key in [*x_keys, *y_keys]:
         if key not in arrays:
             raise BadInput(f"no array '{key}' in {path} (arrays: {available})")
-    if y_key is not None and y_key not in arrays:
-        raise BadInput(f"no array '{y_key}' in {path} (arrays: {available})")
-    if y_key is None and "y" in arrays and "y" not in x_keys:
-        y_key = "y"
     x = [arrays[key] for key in x_keys]
-    y = arrays[y_key] if y_key is not None else None
-    return (x[0] if len(x) == 1 else x), y, x_keys, y_key
+    y = [arrays[key] for key in y_keys]  # one array per output
+    return (x[0] if len(x) == 1 else x), (y[0] if len(y) == 1 else y or None), x_keys, y_keys
 
 
-def check_fits(model, x, y, x_keys, y_key="y"):
+def check_fits(model, x, y, x_keys, y_keys=("y",)):
     """Raise BadInput when the arrays cannot be fed to the model."""
     import numpy as np
 
     leaves = x if isinstance(x, list) else [x]
+    labels = [] if y is None else y if isinstance(y, list) else [y]
     sizes = {len(leaf) if np.ndim(leaf) else -1 for leaf in leaves}
     if -1 in sizes:
         raise BadInput("the inputs need a leading sample axis (got a scalar array)")
@@ -322,9 +337,11 @@ def check_fits(model, x, y, x_keys, y_key="y"):
     n = sizes.pop()
     if n == 0:
         raise BadInput("the inputs are empty")
-    if y is not None and (np.ndim(y) == 0 or len(y) != n):
-        raise BadInput(f"x has {n} samples but y has {len(y) if np.ndim(y) else 0}")
-    for key, leaf in [*zip(x_keys, leaves), *([(y_key, y)] if y is not None else [])]:
+    for key, label in zip(y_keys, labels):
+        if np.ndim(label) == 0 or len(label) != n:
+            count = len(label) if np.ndim(label) else 0
+            raise BadInput(f"x has {n} samples but '{key}' has {count}")
+    for key, leaf in [*zip(x_keys, leaves), *zip(y_keys, labels)]:
         kind = np.asarray(leaf).dtype
         if kind.kind not in "biuf":  # bool, integers, floats: what Keras casts to a layer's dtype
             raise BadInput(
@@ -343,10 +360,25 @@ def check_fits(model, x, y, x_keys, y_key="y"):
     for key, leaf, tensor in zip(x_keys, leaves, expected):
         want = tuple(tensor.shape)
         got = tuple(np.shape(leaf))
+        if len(got) == len(want) - 1 and want[-1] == 1:
+            got = (*got, 1)  # Keras's fit takes (n,) for an input of shape (None, 1)
         fits = len(want) == len(got) and all(w is None or w == g for w, g in zip(want[1:], got[1:]))
         if not fits:
             shown = "(" + ", ".join("None" if w is None else str(w) for w in want) + ")"
             raise BadInput(f"'{key}' has shape {got} but the model expects {shown}")
+
+
+def _in_input_order(model, x, x_keys):
+    """Several input arrays whose keys are the model's input names, in the model's order
+    (they were taken by position: ``--x c,a`` fed ``c`` to input ``a``)."""
+    try:
+        names = [tensor.name for tensor in model.inputs]
+    except (AttributeError, ValueError):
+        return x, x_keys  # a subclassed model: no named inputs
+    if not isinstance(x, list) or sorted(names) != sorted(x_keys) or names == x_keys:
+        return x, x_keys
+    by_key = dict(zip(x_keys, x))
+    return [by_key[name] for name in names], names
 
 
 def _dtype_words(dtype) -> str:
@@ -364,10 +396,11 @@ def run_diagnosis_command(args) -> int:
     for path, what in ((args.model, "model"), (args.data, "data")):
         if not os.path.isfile(path):
             raise BadInput(f"{what} file not found: {path}")
-    x, y, x_keys, y_key = load_data(args.data, args.x_key, args.y_key)
+    x, y, x_keys, y_keys = load_data(args.data, args.x_key, args.y_key)
     loss = resolve_loss_name(args.loss) if args.loss else None
     model = load_model(args.model, loss)
-    check_fits(model, x, y, x_keys, y_key)
+    x, x_keys = _in_input_order(model, x, x_keys)
+    check_fits(model, x, y, x_keys, y_keys)
 
     from stableops.doctor import diagnose
 

@@ -125,7 +125,7 @@ def _dense_stack(inputs, width, depth, activation="relu"):
 
 
 def _scaled(x, inputs):
-    """``inputs`` through a RobustScaler adapted to ``x`` (float32 math, the compute dtype out)."""
+    """``inputs`` through a RobustScaler adapted to ``x`` (float64 math, the compute dtype out)."""
     scaler = stableops.layers.RobustScaler(name="robust_scaler")
     scaler.adapt(x)
     return scaler(inputs)
