@@ -232,16 +232,32 @@ def write_json(path: Path, data: dict) -> None:
     path.write_text(json.dumps(_jsonable(data), indent=1, allow_nan=False) + "\n")
 
 
-def _merge(old: dict, new: dict, case_names: set[str]) -> dict:
-    """Keep ``old`` rows of cases this run did not measure; everything else from ``new``."""
+# The fields that identify a row of each section (a row lacking one, e.g. a speed timing's
+# baseline, has None there): a partial run replaces the old rows with the identities it measured.
+# The memory section measures one size per run (its data's "size"), so size is not part of it.
+ROW_IDENTITY = {
+    "speed": ("case", "dtype", "size", "mode", "impl", "baseline"),
+    "accuracy": ("case", "dtype", "mode", "impl"),
+    "gradients": ("case", "wrt", "mode", "impl"),
+    "memory": ("case", "dtype", "mode", "impl"),
+    "end_to_end": ("model", "compile", "policy"),
+}
+
+
+def _merge(old: dict, new: dict, section: str) -> dict:
+    """``new``, plus the ``old`` rows whose identity (``ROW_IDENTITY``) it did not measure."""
+    fields = ROW_IDENTITY.get(section)
     merged = dict(new)
+    if fields is None:  # no rows (bandwidth): the new measurement replaces the old
+        return merged
+
+    def identity(row):
+        return tuple(row.get(f) for f in fields)
+
     for key, rows in old.items():
-        if isinstance(rows, list) and key in new and isinstance(new[key], list):
-            kept = [
-                r
-                for r in rows
-                if isinstance(r, dict) and r.get("case") not in case_names and "case" in r
-            ]
+        if isinstance(rows, list) and isinstance(new.get(key), list):
+            measured = {identity(r) for r in new[key] if isinstance(r, dict)}
+            kept = [r for r in rows if isinstance(r, dict) and identity(r) not in measured]
             merged[key] = kept + new[key]
     return merged
 
@@ -307,8 +323,7 @@ def main(argv=None) -> int:
         if path.exists() and args.only:
             old = json.loads(path.read_text())
             if old.get("schema") == SCHEMA:
-                names = {c.name for c in selected}
-                document["data"] = _merge(old["data"], data, names)
+                document["data"] = _merge(old["data"], data, section)
                 document["availability"] = {**old.get("availability", {}), **availability_json}
         write_json(path, document)
         log(f"  {section}: {runtimes[section]:.1f}s")

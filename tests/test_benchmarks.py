@@ -21,7 +21,7 @@ import mpmath
 import numpy as np
 import pytest
 
-from benchmarks import SCHEMA, SECTIONS, report, run, speed
+from benchmarks import SCHEMA, SECTIONS, end_to_end, environment, report, run, speed
 from benchmarks import accuracy as acc
 from benchmarks import cases as bench_cases
 from tests._reference import mpf
@@ -426,6 +426,13 @@ def _quantiles(median, q25=None):
     return {"median": median, "q25": median if q25 is None else q25, "q75": median}
 
 
+def _speed_ratio(case, mode, size, value, q25=None):
+    return {
+        "case": case, "dtype": "float32", "size": size, "mode": mode, "impl": "stableops",
+        "baseline": "keras", "ratio": _quantiles(value, q25), "rounds": 3,
+    }  # fmt: skip
+
+
 def _synthetic_sections(
     function=1.0, xla=1.0, eager=1.0, nonfinite=0, ulp=1.0, function_q25=None, e2e=None,
     gradient_over=0, gradient_dead=0, ulp64=1.0,
@@ -434,10 +441,7 @@ def _synthetic_sections(
     CNN fit row."""
 
     def ratio(mode, value, q25=None):
-        return {
-            "case": "huber", "dtype": "float32", "size": 2**20, "mode": mode, "impl": "stableops",
-            "baseline": "keras", "ratio": _quantiles(value, q25), "rounds": 3,
-        }  # fmt: skip
+        return _speed_ratio("huber", mode, 2**20, value, q25)
 
     accuracy_rows = [
         {
@@ -553,6 +557,74 @@ def test_end_to_end_targets_step_memory_and_compile_overhead():
     )
 
 
+def _target(targets, target_id):
+    return next(t for t in targets if t["id"] == target_id)
+
+
+def _memory_row(sections, impl, mode):
+    rows = sections["memory"]["data"]["rows"]
+    return next(r for r in rows if (r["impl"], r["mode"]) == (impl, mode))
+
+
+def test_a_miss_that_rounds_to_its_limit_is_marked_and_printed_apart_from_it():
+    """1.003 against 1.00 is a miss: the tables mark it and no text reads "1.00 > 1.00"."""
+    sections = _synthetic_sections(function=1.003)
+    _memory_row(sections, "stableops", "function")["peak_extra_bytes"] = 1003
+    _memory_row(sections, "keras", "function")["peak_extra_bytes"] = 1000
+    targets = report.evaluate_targets(sections)
+    memory = _target(targets, "memory")
+    assert memory["status"] == "missed"
+    assert [m["detail"] for m in memory["misses"]] == ["function: 1.003 > 1.00"]
+    assert _target(targets, "function")["misses"][0]["detail"].startswith("2^20: 1.003 > 1.00 ")
+    summary = report.build_summary(sections, targets)
+    memory_table = summary[summary.index("## Memory") :]
+    assert "| 1.003 ✗ |" in memory_table  # the table counts the miss the target counts
+    speed_tables = summary[summary.index("## Speed") : summary.index("## Memory")]
+    assert "| 1.003 ✗ |" in speed_tables
+    assert "1.00 > 1.00" not in summary and "| 1.00 ✗ |" not in summary
+
+
+def test_a_case_without_a_row_in_a_targets_range_is_held_at_its_last_size_or_named():
+    sections = _synthetic_sections()
+    ok = {"status": "ok", "detail": ""}
+    availability = sections["speed"]["availability"]
+    availability.update({c: {"stableops": ok, "keras": ok} for c in ("triplet_loss", "softmax")})
+    availability["elu"] = {"stableops": {"status": "unavailable", "detail": ""}, "keras": ok}
+    ratios = sections["speed"]["data"]["ratios"]
+    # triplet_loss's inputs stop growing at 2^16: its 2^18 row is the eager target's workload.
+    ratios.append(_speed_ratio("triplet_loss", "eager", 2**18, 1.2))
+    # softmax's inputs grow: its 2^14 row is not 2^20's, so it has no row in the eager range.
+    ratios.append(_speed_ratio("softmax", "eager", 2**14, 1.2))
+    targets = report.evaluate_targets(sections)
+    eager = _target(targets, "eager")
+    assert [m["detail"][:17] for m in eager["misses"]] == ["2^18: 1.20 > 1.00"]
+    assert eager["misses"][0]["case"] == "triplet_loss" and eager["status"] == "missed"
+    assert eager["unmeasured"] == [
+        "softmax (no float32 eager row at 2^20-2^24)",
+        "elu (stableops unavailable)",
+    ]
+    summary = report.build_summary(sections, targets)
+    assert "not measured: softmax (no float32 eager row at 2^20-2^24), elu (" in summary
+    assert "misses its target (function <= 1.00, xla <= 1.05, eager <= 1.00)" in summary
+    eager_table = summary[summary.index("**eager, float32**") :]
+    assert "| triplet_loss | - | 1.20 ✗ | - |" in eager_table
+    assert "| softmax | 1.20 | - | - |" in eager_table  # below 2^20 and not its workload
+
+
+def test_a_keras_peak_of_zero_is_named_as_not_measured_in_the_memory_target():
+    e2e = _e2e_row(1.0)
+    del e2e["memory_ratio"]  # _measure gives no ratio where Keras's peak is 0
+    e2e["flavours"]["keras"]["peak_extra_bytes"] = 0
+    sections = _synthetic_sections(e2e=e2e)
+    _memory_row(sections, "keras", "function")["peak_extra_bytes"] = 0
+    memory = _target(report.evaluate_targets(sections), "memory")
+    assert memory["unmeasured"] == [
+        "huber (function: Keras peak of 0 bytes)",
+        "cnn jit_compile=False (Keras peak of 0 bytes)",
+    ]
+    assert memory["status"] == "met"  # huber's xla ratio is measured and met
+
+
 def test_a_miss_inside_the_round_to_round_spread_counts_as_met_and_says_so():
     noisy = _synthetic_sections(function=1.02, function_q25=0.99)
     targets = report.evaluate_targets(noisy)
@@ -571,6 +643,88 @@ def test_trades_are_printed_when_recorded(monkeypatch):
     assert "| `elu` | 0.8 -> 3.1 ULP; function 2^20 1.6 -> 0.97 |" in report.build_summary(
         sections, []
     )
+
+
+def _rows_file(out, section, data):
+    run.write_json(out / f"{section}.json", {"schema": SCHEMA, "section": section, "data": data})
+
+
+def _timing(case, size, value):
+    return {"case": case, "dtype": "float32", "size": size, "mode": "xla", "impl": "keras",
+            "seconds": value}  # fmt: skip
+
+
+def _fit_row(model, value):
+    return {"model": model, "compile": "graph", "policy": "float32", "ratio": value}
+
+
+def test_a_partial_run_replaces_only_the_rows_it_measured(tmp_path, monkeypatch):
+    """``--only softmax --sizes 14`` keeps softmax's other sizes and the models it did not fit."""
+    old_speed = {
+        "timings": [_timing("softmax", 2**10, "old"), _timing("softmax", 2**14, "old"),
+                    _timing("huber", 2**14, "old")],
+        "ratios": [{**_speed_ratio("softmax", "xla", 2**14, 1.0), "baseline": b}
+                   for b in ("keras", "tf.nn")],
+    }  # fmt: skip
+    _rows_file(tmp_path, "speed", old_speed)
+    _rows_file(tmp_path, "end_to_end", {"rows": [_fit_row("mlp", "old"), _fit_row("cnn", "old")]})
+    new = {
+        "speed": {
+            "timings": [_timing("softmax", 2**14, "new")],
+            "ratios": [_speed_ratio("softmax", "xla", 2**14, 2.0)],
+        },
+        "end_to_end": {"rows": [_fit_row("cnn", "new")]},
+    }
+    monkeypatch.setattr(run, "_run_section", lambda section, *args: new[section])
+    monkeypatch.setattr(bench_cases, "probe", lambda case, impl: bench_cases.Availability("ok"))
+    monkeypatch.setattr(environment, "describe", lambda: dict.fromkeys(
+        ("cpu", "usable_cores", "tensorflow", "keras", "commit")))  # fmt: skip
+    monkeypatch.setattr(report, "write_report", lambda out, plots=True: "")
+    argv = ["--only", "softmax", "--sizes", "14", "--sections", "speed,end_to_end"]
+    assert run.main([*argv, "--out", str(tmp_path), "--quiet"]) == 0
+    speed_data = _section(tmp_path, "speed")["data"]
+    timings = {(t["case"], t["size"]): t["seconds"] for t in speed_data["timings"]}
+    assert timings == {
+        ("softmax", 2**10): "old", ("softmax", 2**14): "new", ("huber", 2**14): "old",
+    }  # fmt: skip
+    ratios = {r["baseline"]: r["ratio"]["median"] for r in speed_data["ratios"]}
+    assert ratios == {"keras": 2.0, "tf.nn": 1.0} and len(speed_data["ratios"]) == 2
+    fits = {r["model"]: r["ratio"] for r in _section(tmp_path, "end_to_end")["data"]["rows"]}
+    assert fits == {"mlp": "old", "cnn": "new"}
+
+
+def test_the_first_fits_follow_an_untimed_warm_up_fit_of_a_keras_model_of_their_kind(
+    monkeypatch,
+):
+    """Process-level first-use costs go to a throw-away Keras fit, not to the first flavour."""
+    built, fits = [], []
+
+    def build(model_name, flavour, config, compile_mode, policy="float32"):
+        model = f"{flavour} model {len(built)}"
+        built.append((model, model_name, flavour, compile_mode, policy))
+        return model, "dataset", f"{flavour} note", "data"
+
+    # The warm-up takes 9 s, the first fits 3 s (stableops) and 2 s (Keras), warm fits 1 s.
+    first_fit_seconds = {"keras model 0": 9.0, "stableops model 1": 3.0, "keras model 2": 2.0}
+
+    def fit_seconds(model, dataset):
+        seconds = 1.0 if model in fits else first_fit_seconds[model]
+        fits.append(model)
+        return seconds, seconds, 0.5
+
+    monkeypatch.setattr(end_to_end, "_build", build)
+    monkeypatch.setattr(end_to_end, "_fit_seconds", fit_seconds)
+    monkeypatch.setattr(end_to_end, "peak_method", lambda: None)
+    config = run.make_config(run.parse_args(["--smoke"]))
+    row = end_to_end._measure("cnn", "xla", "mixed_float16", config, lambda *a, **k: None)
+    assert built[0] == ("keras model 0", "cnn", "keras", "xla", "mixed_float16")
+    assert fits[:3] == ["keras model 0", "stableops model 1", "keras model 2"]
+    assert "keras model 0" not in fits[3:]  # thrown away: never timed
+    flavours = row["flavours"]
+    assert [flavours[f]["first_fit_seconds"] for f in ("stableops", "keras")] == [3.0, 2.0]
+    # first-fit overhead is still the first fit minus a warm fit, per flavour
+    assert [flavours[f]["compile_overhead_seconds"] for f in ("stableops", "keras")] == [2.0, 1.0]
+    assert row["compile_overhead_extra_seconds"] == 1.0
 
 
 def test_json_writer_keeps_infinities_as_strings(tmp_path):
