@@ -6,10 +6,15 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from sklearn.datasets import load_breast_cancer, load_diabetes, load_digits, load_wine
+from sklearn.preprocessing import StandardScaler
 
 import stableops
 from stableops.doctor import Finding, Report, diagnose
+from stableops.doctor import _registry as registry
 from stableops.doctor import _thresholds as th
+from stableops.doctor._data import take_sample
+from stableops.doctor._report import in_user_rows
 
 N, F = 128, 6
 RNG = np.random.default_rng(0)
@@ -506,3 +511,189 @@ def test_a_dataset_of_single_samples_must_be_batched(dataset):
 
 def test_exported_from_the_package():
     assert stableops.diagnose is diagnose and stableops.Report is Report
+
+
+# ---------------------------------------------------------------- evidence in the user's rows
+
+def _breast_cancer():
+    x, y = load_breast_cancer(return_X_y=True)  # 569 rows: the model sample holds 256
+    return StandardScaler().fit_transform(x).astype(np.float32), y.astype(np.float32)[:, None]
+
+
+def test_take_sample_returns_the_rows_it_took():
+    x, y = _breast_cancer()
+    xs, ys, total, rows = take_sample(x, y, max_samples=256, keep=[400], return_rows=True)
+    assert total == 569 and len(rows) == 256 and 400 in rows
+    np.testing.assert_array_equal(xs, x[rows])
+    np.testing.assert_array_equal(ys, y[rows])
+    # All rows fit: the sample is the data, row for row.
+    *_, rows = take_sample(x, y, max_samples=1000, return_rows=True)
+    np.testing.assert_array_equal(rows, np.arange(569))
+    # A dataset's sample is its first rows, in order.
+    dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(64)
+    *_, rows = take_sample(dataset, None, max_samples=256, return_rows=True)
+    np.testing.assert_array_equal(rows, np.arange(256))
+
+
+def test_in_user_rows_maps_each_stage_through_the_sample_it_saw():
+    def with_evidence(check, evidence):
+        return Finding(check.id, check.severity, "here", "", evidence, check.fix)
+
+    report = Report(
+        [
+            # The data checks saw the data sample: rows 0, 10, 20, ... of the user's data.
+            with_evidence(registry.LABELS_NON_FINITE, {"samples": [3]}),
+            with_evidence(registry.INPUT_SINGLE_SAMPLE_BATCH, {"samples": 569}),  # a count
+            # The model saw rows 5, 7 and 9 of the data sample.
+            with_evidence(
+                registry.ACTIVATION_NON_FINITE, {"samples": [0, 2], "fully_masked_rows": [2]}
+            ),
+            with_evidence(registry.LOSS_NON_FINITE, {"samples": [1]}),
+        ],
+        context={"model": "m"},
+        notes=["a note"],
+    )
+    mapped = in_user_rows(report, np.arange(0, 1000, 10), np.array([5, 7, 9]))
+    evidence = {f.check: f.evidence for f in mapped}
+    assert evidence["labels.non_finite"] == {"samples": [30]}
+    assert evidence["input.single_sample_batch"] == {"samples": 569}
+    assert evidence["activation.non_finite"] == {"samples": [50, 90], "fully_masked_rows": [90]}
+    assert evidence["loss.non_finite"] == {"samples": [70]}
+    assert mapped.context == report.context and mapped.notes == report.notes
+    # A sample that is the rows in order changes nothing.
+    assert in_user_rows(report).to_dict() == report.to_dict()
+
+
+class _SqrtLayer(keras.layers.Layer):
+    def call(self, x):
+        return tf.sqrt(x)
+
+
+def _sqrt_target_mse(y_true, y_pred):
+    return keras.ops.mean(keras.ops.square(keras.ops.sqrt(y_true) - y_pred), axis=-1)
+
+
+def test_evidence_names_the_users_rows_not_places_in_the_sample():
+    x, y = _breast_cancer()
+    x = np.abs(x)
+    *_, sampled = take_sample(x, y, max_samples=256, return_rows=True)  # diagnose's sample
+    negative_input, negative_label = int(sampled[200]), int(sampled[220])
+    x[negative_input, 2] = -1.0  # sqrt(-1) in the layer
+    y[negative_label] = -1.0  # sqrt(-1) in the loss
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((x.shape[1],))
+    outputs = keras.layers.Dense(1)(_SqrtLayer(name="sqrt")(inputs))
+    model = keras.Model(inputs, outputs)
+    model.compile(optimizer="adam", loss=_sqrt_target_mse)
+    report = diagnose(model, x, y, batch_size=32, max_batches=8)
+    assert only(report, "activation.non_finite").evidence["samples"] == [negative_input]
+    assert only(report, "loss.non_finite").evidence["samples"] == [negative_label]
+
+
+def test_a_nan_label_is_not_blamed_on_the_loss_too():
+    x, y = _breast_cancer()
+    y[300] = np.nan
+    model = mlp(activation="sigmoid", inputs=x.shape[1])
+    model.compile(optimizer="adam", loss="binary_crossentropy")
+    report = diagnose(model, x, y)
+    # NaN in, NaN out: no loss can help, so no loss.non_finite advising another loss.
+    assert [f.check for f in report.errors] == ["labels.non_finite"], report
+    assert report.errors[0].evidence["samples"] == [300]
+    assert any("gradients were not checked" in note for note in report.notes), report.notes
+
+
+# ---------------------------------------------------------------- inputs read as indices
+
+
+class _TokenAndPositionEmbedding(keras.layers.Layer):
+    """keras.io's text-classification transformer's embedding: token plus position."""
+
+    def __init__(self, maxlen, vocab_size, embed_dim, **kwargs):
+        super().__init__(**kwargs)
+        self.token_emb = keras.layers.Embedding(vocab_size, embed_dim)
+        self.pos_emb = keras.layers.Embedding(maxlen, embed_dim)
+
+    def call(self, x):
+        positions = keras.ops.arange(0, keras.ops.shape(x)[-1])
+        return self.token_emb(x) + self.pos_emb(positions)
+
+
+def test_token_ids_read_by_a_custom_embedding_layer_are_not_judged_as_scales():
+    digits = load_digits()
+    # One token per (pixel, intensity): ids up to 64 * 17, far above any "unscaled" magnitude.
+    tokens = (np.arange(64) * 17 + digits.data.astype(np.int32)).astype(np.int32)
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((64,), dtype="int32")
+    hidden = _TokenAndPositionEmbedding(64, 64 * 17, 8)(inputs)
+    hidden = keras.layers.GlobalAveragePooling1D()(hidden)
+    model = keras.Model(inputs, keras.layers.Dense(1, activation="sigmoid")(hidden))
+    model.compile(optimizer="adam", loss="binary_crossentropy")
+    report = diagnose(model, tokens, (digits.target % 2).astype(np.float32), trial_steps=0)
+    assert not report.find("input"), report
+
+
+# ---------------------------------------------------------------- labels: more losses
+
+
+def _wine():
+    x, y = load_wine(return_X_y=True)  # classes 0, 1, 2
+    return StandardScaler().fit_transform(x).astype(np.float32), y
+
+
+def test_one_loss_for_several_outputs_checks_the_labels_of_each():
+    x, y = _wine()
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((x.shape[1],))
+    hidden = keras.layers.Dense(8, activation="relu")(inputs)
+    heads = {name: keras.layers.Dense(3, name=name)(hidden) for name in ("c1", "c2")}
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    for outputs, labels, where in (
+        ([heads["c1"], heads["c2"]], [y, y + 1], "labels '1'"),
+        (heads, {"c1": y + 1, "c2": y}, "labels 'c1'"),
+    ):
+        model = keras.Model(inputs, outputs)
+        model.compile(optimizer="adam", loss=loss)  # Keras applies it to each output
+        report = diagnose(model, x, labels, trial_steps=0)
+        found = only(report, "labels.range")
+        assert found.location == where and found.evidence["bad_values"] == ["3"], report
+        assert report.likely_cause is found  # and loss.raised's "see the labels findings" holds
+
+
+def _diabetes_targets():
+    x, y = load_diabetes(return_X_y=True)  # targets 25 .. 346
+    return StandardScaler().fit_transform(x).astype(np.float32), y.astype(np.float32)[:, None]
+
+
+@pytest.mark.parametrize(
+    "loss",
+    [
+        "msle",
+        stableops.losses.MeanSquaredLogarithmicError(),
+        stableops.losses.Poisson(),
+        stableops.losses.PoissonNLL(),
+        keras.losses.KLDivergence(),
+    ],
+)
+def test_negative_targets_for_a_loss_that_needs_them_non_negative(loss):
+    x, y = _diabetes_targets()
+    standardized = (y - y.mean()) / y.std() - 2.0  # most below 0
+    model = mlp(inputs=x.shape[1])
+    model.compile(optimizer="adam", loss=loss)
+    found = only(diagnose(model, x, standardized, trial_steps=0), "labels.range")
+    assert found.severity == "error"
+    assert found.evidence["negative_targets"] == int((standardized < 0).sum())
+    assert found.evidence["target_min"] == pytest.approx(float(standardized.min()))
+    assert "needs non-negative targets" in found.message and "MeanSquaredError" in found.fix
+    # The raw targets (counts of a sort, all positive) are fine.
+    assert not diagnose(model, x, y, trial_steps=0).find("labels.range")
+
+
+def test_sparse_labels_that_are_not_whole_numbers_get_advice_of_their_own():
+    x, y = load_digits(return_X_y=True)
+    model = mlp(outputs=10, activation="softmax", inputs=x.shape[1])
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    found = only(diagnose(model, x / 16.0, y + 0.5, trial_steps=0), "labels.range")
+    assert "not whole numbers" in found.message
+    assert found.evidence["non_integer_labels"] == len(y)
+    # The model has its 10 outputs: no advice to give it more.
+    assert "outputs" not in found.fix and "class indices 0..9" in found.fix

@@ -266,7 +266,8 @@ def test_rows_with_a_non_finite_label_are_in_the_model_sample():
     x, y = x.astype(np.float32), ((y - y.mean()) / y.std()).astype(np.float32)[:, None]
     y[_a_row_left_out_of_the_model_sample(len(y), 256)] = np.nan
     report = diagnose(mlp(inputs=x.shape[1]), x, y)
-    assert report.find("labels.non_finite") and report.find("loss.non_finite"), report
+    assert report.find("labels.non_finite"), report
+    assert any("gradients were not checked" in note for note in report.notes), report.notes
     assert not any("stayed finite" in note for note in report.notes), report.notes
 
 
@@ -618,3 +619,144 @@ def test_rescaling_first_counts_as_scaling_the_inputs():
     assert diagnose(model, raw, np.zeros((len(raw), 1), np.float32), trial_steps=0).find(
         "input.scale"
     )
+
+
+# ------------------------------------------- loss scaling, random state, rates, sample size
+
+
+def _diabetes_mixed_float16():
+    x, y = load_diabetes(return_X_y=True)
+    x = StandardScaler().fit_transform(x).astype(np.float32)
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential(
+        [
+            keras.Input((10,)),
+            keras.layers.Dense(32, activation="relu"),
+            keras.layers.Dense(1, dtype="float32"),
+        ]
+    )
+    model.compile(optimizer="adam", loss="mse")
+    return model, x, (y / 10.0).astype(np.float32)
+
+
+def test_gradients_overflowing_only_at_the_initial_loss_scale_are_not_non_finite(
+    mixed_precision_policy,
+):
+    mixed_precision_policy("mixed_float16")
+    model, x, y = _diabetes_mixed_float16()
+    report = diagnose(model, x, y, trial_steps=0)
+    assert not report.find("gradient.non_finite"), report
+    # The premise: at the scaler's initial scale (2**15) these gradients overflow
+    # float16, and fit trains anyway: the dynamic scaler halves its scale.
+    with tf.GradientTape() as tape:
+        scaled = model.compute_loss(x=x[:32], y=y[:32], y_pred=model(x[:32])) * 2.0**15
+    grads = tape.gradient(scaled, model.trainable_variables)
+    assert not all(np.isfinite(g.numpy()).all() for g in grads)
+    losses = model.fit(x, y, epochs=3, batch_size=32, verbose=0).history["loss"]
+    assert np.isfinite(losses).all() and losses[-1] < losses[0]
+
+
+def test_a_gradient_non_finite_at_every_loss_scale_is_still_reported(mixed_precision_policy):
+    mixed_precision_policy("mixed_float16")
+    x = _scaled(StandardScaler(), load_wine().data)
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential(
+        [
+            keras.Input((x.shape[1],)),
+            keras.layers.Dense(8, activation="relu", name="hidden"),
+            keras.layers.Lambda(lambda t: keras.ops.sqrt(t), name="root"),  # d sqrt(0) = inf
+            keras.layers.Dense(1, dtype="float32", name="out"),
+        ]
+    )
+    model.compile(optimizer="adam", loss="mse")
+    report = diagnose(model, x, np.zeros((len(x), 1), np.float32), trial_steps=0)
+    [finding] = report.find("gradient.non_finite")
+    assert finding.evidence["layer"] == "hidden" and finding.evidence["op"] != "unknown"
+
+
+def test_diagnose_leaves_the_global_random_state_as_it_found_it():
+    x = _scaled(StandardScaler(), load_breast_cancer().data)
+    y = load_breast_cancer().target.astype(np.float32)[:, None]
+
+    def weights_of_a_layer_built_after(call_diagnose):
+        keras.utils.set_random_seed(0)
+        model = keras.Sequential(
+            [
+                keras.Input((30,)),
+                keras.layers.Dense(16, activation="relu"),
+                keras.layers.Dropout(0.3),
+                keras.layers.Dense(1, activation="sigmoid"),
+            ]
+        )
+        model.compile(optimizer="adam", loss="binary_crossentropy")
+        if call_diagnose:
+            diagnose(model, x, y, trial_steps=2)  # the trial copies the model
+        later = keras.layers.Dense(4)
+        later.build((None, 30))
+        return later.kernel.numpy(), np.random.random()
+
+    (kernel, numpy_draw), (expected, numpy_expected) = (
+        weights_of_a_layer_built_after(True),
+        weights_of_a_layer_built_after(False),
+    )
+    np.testing.assert_array_equal(kernel, expected)
+    assert numpy_draw == numpy_expected
+
+
+@pytest.mark.parametrize(
+    "optimizer, stable",
+    [(lambda: keras.optimizers.SGD(1000.0), 1.0), (lambda: keras.optimizers.Adam(50.0), 0.05)],
+    ids=["sgd", "adam"],
+)
+def test_a_learning_rate_far_above_the_default_is_named(optimizer, stable):
+    data = load_breast_cancer()
+    x = _scaled(StandardScaler(), data.data)
+    y = data.target.astype(np.float32)[:, None]
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential(
+        [
+            keras.Input((30,)),
+            keras.layers.Dense(16, activation="relu"),
+            keras.layers.Dense(1, activation="sigmoid"),
+        ]
+    )
+    model.compile(optimizer=optimizer(), loss="binary_crossentropy")
+    report = diagnose(model, x, y)
+    assert not report.find("input"), report
+    assert report.likely_cause.check == "optimizer.learning_rate", report
+    # The first rate a decade at a time below the set one at which a copy trains.
+    assert report.likely_cause.evidence["stable_learning_rate"] == pytest.approx(stable)
+    # The inputs are scaled: the exploding step (SGD's) is not blamed on them.
+    for exploding in report.find("gradient.exploding"):
+        assert exploding.severity == "warning" and "scale the inputs" not in exploding.fix
+
+
+def test_lower_rate_trials_reach_the_optimizers_default_rate():
+    from stableops.doctor._trial import lower_rate_factors
+
+    assert lower_rate_factors(keras.optimizers.SGD(1000.0), 1000.0)[-1] == pytest.approx(1e-5)
+    assert lower_rate_factors(keras.optimizers.Adam(50.0), 50.0)[-1] == pytest.approx(1e-5)
+    # Near the default, 10x and 100x lower as before; never more than 6 decades.
+    assert lower_rate_factors(keras.optimizers.SGD(0.1), 0.1) == pytest.approx((0.1, 0.01))
+    assert len(lower_rate_factors(keras.optimizers.Adam(1e9), 1e9)) == 6
+
+
+def test_relu_units_are_not_called_dead_from_a_single_sample():
+    data = load_breast_cancer()
+    x = _scaled(StandardScaler(), data.data)
+    y = data.target.astype(np.float32)[:, None]
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential(
+        [
+            keras.Input((30,)),
+            keras.layers.Dense(16, activation="relu"),
+            keras.layers.Dense(1, activation="sigmoid"),
+        ]
+    )
+    model.compile(optimizer="adam", loss="binary_crossentropy")
+    for rows in (1, 7):
+        assert not diagnose(model, x[:rows], y[:rows], trial_steps=0).find("activation.dead_relu")
+    # Really dead units are still found on enough samples.
+    model.layers[0].bias.assign(np.full(16, -50.0, np.float32))
+    [dead] = diagnose(model, x[:8], y[:8], trial_steps=0).find("activation.dead_relu")
+    assert dead.evidence["dead_units"] == 16

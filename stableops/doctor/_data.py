@@ -130,7 +130,7 @@ def sample_dataset(dataset, y, *, max_samples: int):
     return x, y, n, batching
 
 
-def take_sample(x, y, *, max_samples: int, seed: int = 0, keep=()):
+def take_sample(x, y, *, max_samples: int, seed: int = 0, keep=(), return_rows: bool = False):
     """Return ``(x_sample, y_sample, n_total)`` with at most ``max_samples`` rows.
 
     Arrays (NumPy, tensors, lists; nested in dicts/lists) are subsampled
@@ -138,6 +138,16 @@ def take_sample(x, y, *, max_samples: int, seed: int = 0, keep=()):
     rows), keeping the original order; the rows ``keep`` (up to half the
     sample) are always in it. A ``tf.data.Dataset`` contributes its first
     batches; it must then carry the labels itself.
+
+    With ``return_rows=True``, also the row of ``x`` each sample row came from
+    (a dataset's rows counted in the order it yields them), as a fourth value:
+    findings name samples by these, the user's rows, not by their place in
+    the sample.
+
+    >>> _, _, n, rows = take_sample(np.arange(10.0), None, max_samples=4, keep=[7],
+    ...                             return_rows=True)
+    >>> n, 7 in rows, len(rows)
+    (10, True, 4)
     """
     if isinstance(x, tf.data.Dataset):
         x, y, n_total, _ = sample_dataset(x, y, max_samples=max_samples)
@@ -150,11 +160,14 @@ def take_sample(x, y, *, max_samples: int, seed: int = 0, keep=()):
         if n_total == 0:
             raise ValueError("x is empty (0 samples): diagnose needs at least one")
     n = _num_samples(x)
+    rows = np.arange(n, dtype=np.int64)
     if n > max_samples:
         rows = _sample_rows(n, max_samples, seed, keep)
         pick = lambda leaf: leaf[rows]  # noqa: E731
         x = tf.nest.map_structure(pick, x)
         y = None if y is None else tf.nest.map_structure(pick, y)
+    if return_rows:
+        return x, y, n_total, rows
     return x, y, n_total
 
 

@@ -15,6 +15,7 @@ import numpy as np
 from stableops.doctor import _registry as checks
 from stableops.doctor import _thresholds as th
 from stableops.doctor._forward import NORMALIZING_LAYERS
+from stableops.doctor._loss import named_output_pairs
 from stableops.doctor._report import MAX_LISTED, finding, format_number, listed, plural
 
 # Layers that read integers as indices (no magnitude to check), not as numbers.
@@ -31,6 +32,21 @@ RESCALING_LAYERS = {"Rescaling"}
 # targets' scale). MSE's gradient grows with it too: unscaled targets make its
 # gradients that many times larger.
 REGRESSION_LOSSES = {"mean_squared_error", "mean_absolute_error", "huber", "log_cosh"}
+
+# Losses whose targets must be >= 0 (counts, rates, probabilities), and what they
+# make of negative ones (Keras and stableops alike).
+_COUNTS = (
+    "a negative count has no best rate: the loss keeps falling as the predicted rate goes to 0, "
+    "so training drives the rates to 0 and the loss far below 0"
+)
+NON_NEGATIVE_TARGETS = {
+    "mean_squared_logarithmic_error": "it clips negative targets to 0, so the model silently "
+    "learns to predict 0 for all of them",
+    "kl_divergence": "its targets are probabilities; it clips them to [0, 1], so negative ones "
+    "silently count as 0",
+    "poisson": _COUNTS,
+    "poisson_nll": _COUNTS,
+}
 
 # Regression losses whose gradient is bounded whatever the error (|g| <= 1 per
 # value for MAE and log-cosh, <= delta for Huber): unscaled targets do not make
@@ -151,7 +167,7 @@ def check_inputs(
         values = np.asarray(values)
         if not (np.issubdtype(values.dtype, np.floating) or values.dtype.name == "bfloat16"):
             readers = consumers[index]
-            if not readers or any(type(layer).__name__ in INDEX_LAYERS for layer in readers):
+            if not readers or any(_reads_indices(layer) for layer in readers):
                 continue  # token ids, categorical codes: no scale to check
             if values.dtype.kind not in "iub":
                 continue
@@ -218,6 +234,19 @@ def check_inputs(
         findings.extend(_scale_findings(where, scale_stats))
         findings.extend(_outlier_findings(where, stats))
     return findings
+
+
+def _reads_indices(layer) -> bool:
+    """Whether ``layer`` is, or holds, a layer that reads integers as indices.
+
+    A custom layer that wraps an Embedding (keras.io's TokenAndPositionEmbedding)
+    reads token ids as the Embedding does. Keras has no public list of a layer's
+    nested layers; ``_flatten_layers`` (the layer and every layer inside it) is
+    the one Keras itself walks.
+    """
+    flatten = getattr(layer, "_flatten_layers", None)
+    layers = flatten() if callable(flatten) else [layer]
+    return any(type(inner).__name__ in INDEX_LAYERS for inner in layers)
 
 
 def _rescaled(values, readers):
@@ -324,9 +353,21 @@ def _num_classes(y_pred) -> int | None:
 
 
 def check_labels(y, y_pred, loss) -> list:
-    """Labels valid for the loss: finite, in range, one-hot rows summing to 1."""
-    if y is None or loss is None or isinstance(y, (dict, list, tuple)):
+    """Labels valid for the loss: finite, in range, one-hot rows summing to 1.
+
+    Labels for several outputs (a dict or list) are checked per output: Keras
+    applies a single loss to each of them.
+    """
+    if y is None or loss is None:
         return []
+    if isinstance(y, (dict, list, tuple)):
+        try:
+            pairs = named_output_pairs(y, y_pred)
+        except ValueError:  # labels that do not match the outputs: diagnose notes it
+            return []
+        if pairs is None:
+            return []
+        return check_output_labels([(name, loss, labels, out) for name, labels, out in pairs])
     y = np.asarray(y)
     findings = []
     if np.issubdtype(y.dtype, np.floating):
@@ -353,6 +394,8 @@ def check_labels(y, y_pred, loss) -> list:
         findings.extend(_binary_label_findings(y, loss))
     elif loss.name in REGRESSION_LOSSES and y.dtype.kind in "iuf":
         findings.extend(_target_scale_findings(y, loss))
+    elif loss.name in NON_NEGATIVE_TARGETS and y.dtype.kind in "iuf":
+        findings.extend(_negative_target_findings(y, loss))
     return findings
 
 
@@ -367,6 +410,30 @@ def check_output_labels(outputs) -> list:
         for found in check_labels(y, y_pred, loss):
             findings.append(dataclasses.replace(found, location=f"labels '{name}'"))
     return findings
+
+
+def _negative_target_findings(y, loss) -> list:
+    """A ``labels.range`` finding for negative targets of a loss that needs them >= 0."""
+    negative = y < 0
+    if not negative.any():
+        return []
+    return [
+        finding(
+            checks.LABELS_RANGE,
+            location="labels",
+            message=f"{plural(negative.sum(), 'target')} below 0 (min "
+            f"{format_number(y.min().item())}), but {loss.display} needs non-negative targets: "
+            + NON_NEGATIVE_TARGETS[loss.name],
+            evidence={
+                "negative_targets": int(negative.sum()),
+                "target_min": y.min().item(),
+                "target_max": y.max().item(),
+            },
+            fix="pass the targets on their own scale (undo a standardisation that made them "
+            "negative), or, for targets that can be negative, use a loss made for them "
+            "(MeanSquaredError, Huber)",
+        )
+    ]
 
 
 def _target_scale_findings(y, loss) -> list:
@@ -445,11 +512,13 @@ def _sparse_label_findings(y, y_pred, loss) -> list:
         if np.issubdtype(labels.dtype, np.floating)
         else np.zeros(labels.shape, bool)
     )
-    out_of_range = (labels < 0) | (labels >= classes) | not_integer
+    findings = _non_integer_label_findings(labels, not_integer, classes, loss)
+    # Whole numbers outside the range: a missing class, or a model with too few outputs.
+    out_of_range = ((labels < 0) | (labels >= classes)) & ~not_integer
     if not out_of_range.any():
-        return []
+        return findings
     bad_values = np.unique(labels[out_of_range])
-    return [
+    return findings + [
         finding(
             checks.LABELS_RANGE,
             location="labels",
@@ -466,6 +535,36 @@ def _sparse_label_findings(y, y_pred, loss) -> list:
             fix=f"fix the labels, give the model {int(np.max(labels)) + 1} outputs if that class "
             "is real, or mark them with ignore_class in "
             "stableops.losses.SparseCategoricalCrossentropy",
+        )
+    ]
+
+
+def _non_integer_label_findings(labels, not_integer, classes, loss) -> list:
+    """A ``labels.range`` finding for sparse labels that are not whole numbers.
+
+    No number of outputs fixes these (0.5 is no class), so the advice differs
+    from that for whole numbers out of range.
+    """
+    if not not_integer.any():
+        return []
+    bad_values = np.unique(labels[not_integer])
+    return [
+        finding(
+            checks.LABELS_RANGE,
+            location="labels",
+            message=f"{plural(not_integer.sum(), 'label')} not whole numbers "
+            f"(e.g. {format_number(bad_values[0].item())}), but {loss.display} takes class "
+            "indices: Keras truncates them to whole numbers without a warning (stableops "
+            "raises)",
+            evidence={
+                "non_integer_labels": int(not_integer.sum()),
+                "bad_values": [format_number(v.item()) for v in bad_values[:MAX_LISTED]],
+                "num_classes": classes,
+                "label_min": labels.min().item(),
+                "label_max": labels.max().item(),
+            },
+            fix=f"map the labels to class indices 0..{classes - 1}; labels that are measured "
+            "values or probabilities need a regression loss or CategoricalCrossentropy",
         )
     ]
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import random
 
 import keras
 import numpy as np
@@ -14,11 +15,11 @@ from stableops.doctor import _thresholds as th
 from stableops.doctor._forward import first_non_finite_op, trace_forward
 from stableops.doctor._loss import output_pairs, per_output_losses, resolve_loss
 from stableops.doctor._quiet import quiet_native_stderr
-from stableops.doctor._report import Report, finding, format_number
+from stableops.doctor._report import Report, finding, format_number, in_user_rows
 from stableops.doctor._trial import (
     DEFAULT_TRIAL_STEPS,
-    LOWER_RATES,
     TrialUnavailable,
+    lower_rate_factors,
     run_trial,
 )
 
@@ -51,12 +52,16 @@ def diagnose(
       layer whose outputs go non-finite from finite inputs, the op that did it
       (found with ``tf.debugging.enable_check_numerics``) and the likely
       cause (fully masked rows, float16 overflow, log/divide/sqrt domain);
-      float16 overflow headroom; saturated sigmoid/tanh units; dead ReLUs.
+      float16 overflow headroom; saturated sigmoid/tanh units; dead ReLUs
+      (from 8 samples).
     - the loss: non-finite or raising values, probabilities at 0/1 fed to a
       log (a clipped constant with zero gradient), and a Keras loss that has a
       ``stableops.losses`` drop-in. One loss for a model with several outputs
       applies to each output, as in Keras.
-    - gradients, per layer: non-finite; exploding (one SGD step at the
+    - gradients, per layer: non-finite (under a dynamic loss scaler, at the
+      scale it settles on: halved from its current scale while the scaled
+      gradients overflow, down to 1, as Keras's ``LossScaleOptimizer`` does);
+      exploding (one SGD step at the
       optimizer's learning rate would move the weights by more than their own
       norm; not judged for an adaptive optimizer such as Adam, whose step does
       not scale with the gradient: the trial run shows whether its rate is too
@@ -75,15 +80,18 @@ def diagnose(
       a few steps on the sample. When its loss goes non-finite or explodes
       (``LossMonitor``), the report gets a ``trial.diverged`` error, the
       findings that explain it become errors (so the first error is the
-      cause), and a second copy at a 10x (then 100x) lower learning rate
-      tells whether the rate alone is to blame (``optimizer.learning_rate``;
-      then the step's size, ``gradient.exploding``, stays a warning).
+      cause), and copies at 10x, 100x, ... lower learning rates (down to the
+      optimizer's Keras default rate, at most 6 decades) tell whether the
+      rate alone is to blame (``optimizer.learning_rate``; then the step's
+      size, ``gradient.exploding``, stays a warning).
 
     The thresholds and their derivations are in ``stableops/doctor/_thresholds.py``,
     the checks (id, stage, severity, fix) in ``stableops/doctor/_registry.py``.
     The model is not changed: its weights are untouched, and its non-trainable
     state (batch-norm statistics, RNG seeds) and metrics are restored
-    afterwards; the trial trains a copy.
+    afterwards; the trial trains a copy. Python's and NumPy's global random
+    states are restored too (copying a model draws seeds from them), so the
+    layers built after ``diagnose`` get the weights they would get without it.
 
     Args:
         model: a built (or buildable) Keras model.
@@ -144,13 +152,18 @@ def diagnose(
         data_x, data_y, n_total, batching = _data.sample_dataset(
             x, y, max_samples=max(data_rows, model_rows)
         )
+        data_sample_rows = None  # the dataset's first rows, in order
     else:
-        data_x, data_y, n_total = _data.take_sample(x, y, max_samples=max(data_rows, model_rows))
+        data_x, data_y, n_total, data_sample_rows = _data.take_sample(
+            x, y, max_samples=max(data_rows, model_rows), return_rows=True
+        )
         batching = (batch_size, n_total % batch_size or batch_size, n_total)
     # The rows with NaN/inf inputs or labels the data checks report go into the
     # model sample too, so that the loss and the trial run see what they do.
     flagged = _data.nonfinite_rows((data_x, data_y))
-    x, y, _ = _data.take_sample(data_x, data_y, max_samples=model_rows, keep=flagged)
+    x, y, _, model_sample_rows = _data.take_sample(
+        data_x, data_y, max_samples=model_rows, keep=flagged, return_rows=True
+    )
     _ensure_built(model, x, batch_size)
     if trial_steps is None:
         compiled = y is not None and getattr(model, "optimizer", None)
@@ -163,8 +176,13 @@ def diagnose(
     # (compute_loss updates the compiled loss trackers).
     state = list(model.non_trainable_variables) + list(getattr(model, "metrics_variables", []))
     saved_state = [np.array(v.numpy()) for v in state]
+    # And the global random states: the trial's copies draw a default seed from
+    # Python's `random` for each unseeded initializer and SeedGenerator, which
+    # would change the weights of every layer the user builds after diagnose
+    # (keras.utils.set_random_seed seeds Python's and NumPy's generators too).
+    python_random_state, numpy_random_state = random.getstate(), np.random.get_state()
     try:
-        return _diagnose(
+        report = _diagnose(
             model,
             x,
             y,
@@ -177,9 +195,12 @@ def diagnose(
             trial_steps=int(trial_steps),
             batching=batching,
         )
+        return in_user_rows(report, data_sample_rows, model_sample_rows)
     finally:
         for variable, value in zip(state, saved_state):
             variable.assign(value)
+        random.setstate(python_random_state)
+        np.random.set_state(numpy_random_state)
 
 
 def _ensure_built(model, x, batch_size):
@@ -233,9 +254,11 @@ def _diagnose(
     output_losses = per_output_losses(model, loss, data_y, y_pred) if loss_info is None else []
     output_label_findings = _data_checks.check_output_labels(output_losses)
     findings += output_label_findings
-    findings += _model_checks.check_activations(layer_stats, op=first_op)
+    findings += _model_checks.check_activations(
+        layer_stats, op=first_op, samples=_data.num_samples(x)
+    )
 
-    prediction_bad_rows = _data.nonfinite_rows(y_pred)
+    prediction_bad_rows = _data.nonfinite_rows((y_pred, y))  # NaN in, NaN out: not the loss's
     per_sample, loss_error, loss_op = None, None, None
     if y is None:
         notes.append("no labels given: label, loss and gradient checks were skipped")
@@ -279,8 +302,9 @@ def _diagnose(
         y is not None and labels_fit and (loss_info is not None or _compiled(model))
     )
     if can_differentiate and not upstream_broken and model.trainable_variables:
+        inputs_scaled = not any(f.check in _UNSCALED_INPUT_CHECKS for f in findings)
         gradient_findings, gradient_error = _gradient_findings(
-            model, x, y, loss_info, batch_size, training, learning_rate
+            model, x, y, loss_info, batch_size, training, learning_rate, inputs_scaled
         )
         findings += gradient_findings
         if gradient_error is not None:
@@ -305,6 +329,14 @@ def _diagnose(
         "learning_rate": learning_rate,
     }
     return Report(findings, context=context, notes=notes)
+
+
+#: Input findings that say the inputs need scaling: without them, no advice to scale them.
+_UNSCALED_INPUT_CHECKS = {
+    checks.INPUT_SCALE.id,
+    checks.INPUT_OUTLIERS.id,
+    checks.INPUT_FLOAT16_OVERFLOW.id,
+}
 
 
 def _batch_containing(structure, row, batch_size):
@@ -395,13 +427,40 @@ def _skips_non_finite(model) -> bool:
 
 
 def _loss_scale(model) -> float:
-    """The loss scale Keras's mixed-precision training applies (1 without one)."""
+    """The loss scale Keras's mixed-precision training starts from (1 without one)."""
     optimizer = getattr(model, "optimizer", None)
     if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
         if optimizer.built:
             return float(np.asarray(optimizer.dynamic_scale))
         return float(optimizer.initial_scale)
     return 1.0
+
+
+def _gradients_at_a_working_scale(model, xb, yb, loss_info, training, scale):
+    """``(gradients, scale)``: the gradients at the loss scale dynamic loss scaling settles on.
+
+    Keras's ``LossScaleOptimizer`` (always dynamic in Keras 3) starts high
+    (2**15): when the scaled gradients overflow float16 it skips the step and
+    halves the scale, so an overflow at the initial scale is how it finds its
+    scale, not a failure. The same here: the scale is halved until the
+    gradients are finite, but not below 1 (no scaling): gradients that are
+    still non-finite at scale 1 are non-finite in training too. Without a
+    scaler ``scale`` is 1 and the gradients are computed once.
+    """
+    grads = _gradients(model, xb, yb, loss_info, training, scale)
+    while scale > 1.0 and not _all_finite(grads):
+        scale = max(scale / 2.0, 1.0)
+        grads = _gradients(model, xb, yb, loss_info, training, scale)
+    return grads, scale
+
+
+def _all_finite(grads) -> bool:
+    for grad in grads:
+        if isinstance(grad, tf.IndexedSlices):
+            grad = grad.values
+        if grad is not None and not bool(tf.reduce_all(tf.math.is_finite(grad))):
+            return False
+    return True
 
 
 def _total_loss(model, loss_info, xb, yb, y_pred):
@@ -413,10 +472,9 @@ def _total_loss(model, loss_info, xb, yb, y_pred):
     return model.compute_loss(x=xb, y=yb, y_pred=y_pred, training=True)
 
 
-def _gradients(model, xb, yb, loss_info, training):
+def _gradients(model, xb, yb, loss_info, training, scale):
     # The same loss scaling as Keras's mixed-precision train step, so that
     # float16 gradients do not underflow here when they would not in fit().
-    scale = _loss_scale(model)
     with tf.GradientTape() as tape:
         y_pred = model(xb, training=training)
         total = _total_loss(model, loss_info, xb, yb, y_pred) * scale
@@ -432,7 +490,7 @@ def _unscale(gradient, scale):
     return gradient / scale
 
 
-def _gradient_findings(model, x, y, loss_info, batch_size, training, learning_rate):
+def _gradient_findings(model, x, y, loss_info, batch_size, training, learning_rate, inputs_scaled):
     """The gradient checks' findings, and the error computing the loss raised (else ``None``).
 
     Labels the label checks cannot see (one output's of a loss dict, ...) can
@@ -445,14 +503,17 @@ def _gradient_findings(model, x, y, loss_info, batch_size, training, learning_ra
         return [], error
     grad_op = None
     if bad_batch is not None:
-        xb, yb = bad_batch
-        grad_op = first_non_finite_op(lambda: _gradients(model, xb, yb, loss_info, training))
+        xb, yb, scale = bad_batch
+        grad_op = first_non_finite_op(
+            lambda: _gradients(model, xb, yb, loss_info, training, scale)
+        )
     findings = _training_checks.check_gradients(
         norms,
         learning_rate=learning_rate,
         op=grad_op,
         skips_non_finite=_skips_non_finite(model),
         step_scales_with_gradient=_step_scales_with_gradient(model),
+        inputs_scaled=inputs_scaled,
     )
     return findings, None
 
@@ -470,8 +531,10 @@ def _gradient_norms(model, x, y, loss_info, batch_size, training):
         entry = norms.setdefault(name, {"grad": [], "weight_sq": 0.0, "dtype": str(variable.dtype)})
         entry["weight_sq"] += _training_checks.tensor_norm(variable.numpy()) ** 2
     bad_batch = None
+    # The loss scale carries over from batch to batch, as in training.
+    scale = _loss_scale(model)
     for _, xb, yb in _data.batches(x, y, batch_size):
-        grads = _gradients(model, xb, yb, loss_info, training)
+        grads, scale = _gradients_at_a_working_scale(model, xb, yb, loss_info, training, scale)
         batch_sq = {name: 0.0 for name in norms}
         for variable, grad in zip(variables, grads):
             if grad is None:
@@ -481,7 +544,7 @@ def _gradient_norms(model, x, y, loss_info, batch_size, training):
         for name, value in batch_sq.items():
             norms[name]["grad"].append(float(np.sqrt(value)))
         if bad_batch is None and not all(np.isfinite(v) for v in batch_sq.values()):
-            bad_batch = (xb, yb)
+            bad_batch = (xb, yb, scale)
     for entry in norms.values():
         entry["weight"] = float(np.sqrt(entry.pop("weight_sq")))
     return norms, bad_batch
@@ -574,7 +637,7 @@ def _finite_trial_note(trial, findings) -> str:
 
 def _lower_rate_trial(model, x, y, loss, steps, batch_size):
     "(factor, trial) for the first lower learning rate at which the trial stays finite, or None."
-    for factor in LOWER_RATES:
+    for factor in lower_rate_factors(model.optimizer, _learning_rate(model)):
         try:
             trial = run_trial(
                 model, x, y, steps=steps, batch_size=batch_size, loss=loss,

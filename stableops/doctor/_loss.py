@@ -84,18 +84,31 @@ def output_pairs(y_true, y_pred):
     Dict outputs pair with labels by key, list/tuple outputs by position.
     Raises ``ValueError`` when the labels do not match the outputs' structure.
     """
+    pairs = named_output_pairs(y_true, y_pred)
+    return None if pairs is None else [(labels, predictions) for _, labels, predictions in pairs]
+
+
+def named_output_pairs(y_true, y_pred):
+    """``output_pairs`` with each output's name: its key, or its position as a string.
+
+    >>> named_output_pairs({"a": 1, "b": 2}, {"b": 20, "a": 10})
+    [('a', 1, 10), ('b', 2, 20)]
+    >>> named_output_pairs([1, 2], [10, 20])
+    [('0', 1, 10), ('1', 2, 20)]
+    """
     if not isinstance(y_pred, (dict, list, tuple)):
         return None
     if isinstance(y_pred, dict) and isinstance(y_true, dict) and set(y_true) >= set(y_pred):
-        return [(y_true[key], y_pred[key]) for key in sorted(y_pred)]
+        return [(key, y_true[key], y_pred[key]) for key in sorted(y_pred)]
     if (
         isinstance(y_pred, (list, tuple))
         and isinstance(y_true, (list, tuple))
         and len(y_true) == len(y_pred)
     ):
-        return list(zip(y_true, y_pred))
+        return [(str(i), labels, out) for i, (labels, out) in enumerate(zip(y_true, y_pred))]
     if len(y_pred) == 1 and not isinstance(y_true, (dict, list, tuple)):
-        return [(y_true, tf.nest.flatten(y_pred)[0])]
+        name = next(iter(y_pred)) if isinstance(y_pred, dict) else "0"
+        return [(name, y_true, tf.nest.flatten(y_pred)[0])]
     names = sorted(y_pred) if isinstance(y_pred, dict) else f"{len(y_pred)} outputs"
     raise ValueError(
         f"the labels ({type(y_true).__name__}) do not match the model's outputs ({names}): pass "

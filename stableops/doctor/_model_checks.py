@@ -96,8 +96,20 @@ def explain_non_finite(stats, op: str | None):
     return ("an op produced inf or NaN from finite inputs", "inspect the layer's computation")
 
 
-def check_activations(layer_stats, *, op=None) -> list:
-    """First non-finite layer; float16 headroom; saturated sigmoid/tanh; dead ReLU."""
+#: Fewest samples for calling ReLU units dead: 8, the count the scale checks
+#: need too (``MIN_SPREAD_ROWS``). A healthy unit is zero on about half the
+#: samples (see ``DEAD_FRACTION``): on one sample about half the units of a layer
+#: look dead, while on 8 a unit is zero on all of them with probability
+#: 2**-8 = 0.4%, and a majority of even a 2-unit layer with 2**-16 = 1.5e-5.
+MIN_DEAD_RELU_SAMPLES = th.MIN_SPREAD_ROWS
+
+
+def check_activations(layer_stats, *, op=None, samples=None) -> list:
+    """First non-finite layer; float16 headroom; saturated sigmoid/tanh; dead ReLU.
+
+    ``samples``: how many samples the statistics cover; dead ReLUs are judged
+    from ``MIN_DEAD_RELU_SAMPLES`` up (``None``: unknown, judged anyway).
+    """
     findings = []
     origin = next((s for s in layer_stats if s.nonfinite and not s.input_nonfinite), None)
     if origin is not None:
@@ -140,7 +152,8 @@ def check_activations(layer_stats, *, op=None) -> list:
                     evidence=_fields(stats, "saturated_fraction", "activation", "max_abs"),
                 )
             )
-        if stats.dead_fraction > th.DEAD_FRACTION:
+        enough_samples = samples is None or samples >= MIN_DEAD_RELU_SAMPLES
+        if enough_samples and stats.dead_fraction > th.DEAD_FRACTION:
             findings.append(
                 finding(
                     checks.ACTIVATION_DEAD_RELU,

@@ -271,3 +271,44 @@ class Report:
 
     def __repr__(self):
         return f"Report({self.summary_line()})"
+
+
+#: The stages whose checks read the data checks' sample (``input``, ``labels``); the others
+#: see the model's smaller sample, drawn from it.
+DATA_STAGES = frozenset({"input", "labels"})
+
+#: Evidence entries that list samples, by their place in the sample the check saw.
+SAMPLE_LISTS = ("samples", "fully_masked_rows")
+
+
+def in_user_rows(report, data_rows=None, model_rows=None):
+    """``report`` with the samples its evidence lists named by the user's rows.
+
+    The checks see samples of the user's data and list the samples they flag
+    by their place in them; a user needs the row of their own data.
+    ``data_rows``: the user's row of each row of the data checks' sample;
+    ``model_rows``: the data sample's row of each row of the model's sample
+    (both as ``_data.take_sample(..., return_rows=True)`` gives them; ``None``:
+    the sample is the rows in order).
+
+    >>> from stableops.doctor._registry import LOSS_NON_FINITE
+    >>> model_stage = finding(LOSS_NON_FINITE, location="loss", message="",
+    ...                       evidence={"samples": [0, 2]})
+    >>> in_user_rows(Report([model_stage]), np.arange(0, 100, 10), [1, 5, 7]).findings[0].evidence
+    {'samples': [10, 70]}
+    """
+    data_rows = None if data_rows is None else np.asarray(data_rows, dtype=np.int64)
+    model_rows = None if model_rows is None else np.asarray(model_rows, dtype=np.int64)
+    if data_rows is not None:
+        # The model sample's rows, through the data sample, in the user's data.
+        model_rows = data_rows if model_rows is None else data_rows[model_rows]
+    findings = []
+    for f in report.findings:
+        rows = data_rows if f.check.split(".", 1)[0] in DATA_STAGES else model_rows
+        evidence = dict(f.evidence)
+        for key in SAMPLE_LISTS:
+            # A list of positions; ``input.single_sample_batch``'s "samples" is a count.
+            if rows is not None and isinstance(evidence.get(key), list):
+                evidence[key] = [int(rows[i]) for i in evidence[key]]
+        findings.append(dataclasses.replace(f, evidence=evidence))
+    return Report(findings, context=report.context, notes=report.notes)

@@ -18,6 +18,9 @@ from stableops.doctor._report import MAX_LISTED, finding, format_number, listed,
 from stableops.ops import dtype_limits
 
 _SKIP_NON_FINITE = "stableops.optimizers.SkipNonFinite"
+# gradient.exploding's fix for inputs that are already scaled: the registry's
+# without its first piece of advice, to scale them.
+_EXPLODING_FIX_SCALED_INPUTS = "lower the learning rate, clip gradients (global_clipnorm=1.0)"
 
 # ---------------------------------------------------------------------------
 # Loss
@@ -161,7 +164,13 @@ def _clipped_probability_findings(loss, y, y_pred) -> list:
 
 
 def check_gradients(
-    norms, *, learning_rate, op=None, skips_non_finite=False, step_scales_with_gradient=True
+    norms,
+    *,
+    learning_rate,
+    op=None,
+    skips_non_finite=False,
+    step_scales_with_gradient=True,
+    inputs_scaled=False,
 ) -> list:
     """Per-layer gradient norms: non-finite, exploding, vanishing.
 
@@ -176,6 +185,8 @@ def check_gradients(
             whatever ``|g|``: its gradients vanish only where they are 0, and
             ``lr * |g|`` says nothing of its step's size, so no gradient is
             called exploding for it (the trial run shows a rate too large).
+        inputs_scaled: the inputs passed the scale checks: the exploding
+            gradients' fix then does not start with scaling them.
     """
     nonfinite, exploding, vanishing = [], [], []
     for name, entry in norms.items():
@@ -216,7 +227,9 @@ def check_gradients(
             f"{format_number(learning_rate)} would move the weights of '{name}' by "
             f"{format_number(ratio)}x their own norm"
         )
-        fix = checks.GRADIENT_EXPLODING.fix + (wrap and ", and " + wrap)
+        # Scaled inputs leave the step's size to the learning rate (or the targets).
+        fix = _EXPLODING_FIX_SCALED_INPUTS if inputs_scaled else checks.GRADIENT_EXPLODING.fix
+        fix += wrap and ", and " + wrap
         evidence = _step_evidence(ranked, learning_rate)
         findings.append(_at_layer(checks.GRADIENT_EXPLODING, name, message, evidence, fix))
     if vanishing:

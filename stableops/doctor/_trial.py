@@ -4,13 +4,15 @@ A model that goes NaN in its first epoch usually does so within a handful of
 steps: unscaled inputs or targets, or a learning rate too large for them, make
 the first updates overshoot. Training a copy (same architecture, weights,
 optimizer settings and loss; the user's model, optimizer and metrics are not
-touched) on the user's data shows it directly, and a second copy at a lower
-learning rate tells whether the rate alone is to blame.
+touched) on the user's data shows it directly, and copies at lower learning
+rates (a decade at a time) tell whether the rate alone is to blame.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import inspect
+import math
 import warnings
 
 import keras
@@ -18,6 +20,7 @@ import numpy as np
 import tensorflow as tf
 
 from stableops.doctor import _data
+from stableops.doctor import _thresholds as th
 from stableops.doctor._divergence import LossMonitor
 from stableops.doctor._model_checks import all_layers
 from stableops.doctor._quiet import quiet_native_stderr
@@ -30,8 +33,15 @@ from stableops.ops import dtype_limits
 #: for a small model (the steps run eagerly: no tracing or compilation).
 DEFAULT_TRIAL_STEPS = 20
 
-#: How much lower a learning rate the second trial tries: one decade, then two.
-LOWER_RATES = (0.1, 0.01)
+#: The lower-rate trials go down a decade at a time (10x, 100x, ... lower), at
+#: least MIN_LOWER_RATE_DECADES of them, and on to the optimizer's Keras default
+#: rate when the rate is further above it (SGD(1000) is 5 decades above SGD's
+#: 0.01; a rate that only a 10x or 100x cut could fix would go unnamed), but
+#: never more than MAX_LOWER_RATE_DECADES: a diverging trial stops within a step
+#: or two, so each costs little, and a million-fold cut is far past any rate a
+#: user would choose.
+MIN_LOWER_RATE_DECADES = 2
+MAX_LOWER_RATE_DECADES = 6
 
 
 @dataclasses.dataclass
@@ -159,6 +169,37 @@ def _compiled_loss_weights(model):
         return (model.get_compile_config() or {}).get("loss_weights")
     except Exception:  # noqa: BLE001 - a model that cannot describe its compile settings
         return None
+
+
+def lower_rate_factors(optimizer, rate) -> tuple:
+    """Factors for the lower-rate trials: 0.1, 0.01, ... down to the optimizer's default rate.
+
+    >>> lower_rate_factors(keras.optimizers.SGD(1000.0), 1000.0)  # SGD's default: 0.01
+    (0.1, 0.01, 0.001, 0.0001, 1e-05)
+    >>> lower_rate_factors(keras.optimizers.Adam(0.01), 0.01)  # at least two decades
+    (0.1, 0.01)
+    """
+    default = keras_default_learning_rate(optimizer)
+    decades = MIN_LOWER_RATE_DECADES
+    if rate > 0 and default > 0:
+        # 1e-9: 1000 -> 0.01 is 5 decades, not 6 (log10 rounds to 5.000000000000001).
+        decades = max(decades, math.ceil(math.log10(rate / default) - 1e-9))
+    return tuple(10.0**-k for k in range(1, min(decades, MAX_LOWER_RATE_DECADES) + 1))
+
+
+def keras_default_learning_rate(optimizer) -> float:
+    """The ``learning_rate`` default of the optimizer's class (the wrapped one's for a wrapper).
+
+    Keras's own: 0.01 for SGD, 0.001 for Adam, RMSprop and the other adaptive
+    ones; ``DEFAULT_LEARNING_RATE`` (0.001) for a class without a numeric default.
+    """
+    while getattr(optimizer, "inner_optimizer", None) is not None:
+        optimizer = optimizer.inner_optimizer
+    try:
+        default = inspect.signature(type(optimizer)).parameters["learning_rate"].default
+    except (KeyError, TypeError, ValueError):  # no such argument, no signature
+        return th.DEFAULT_LEARNING_RATE
+    return float(default) if isinstance(default, (int, float)) else th.DEFAULT_LEARNING_RATE
 
 
 def run_trial(
