@@ -812,7 +812,7 @@ _HOMOGENEOUS = {
 }
 
 
-@pytest.mark.parametrize("exponent", [-20, 7, 40])
+@pytest.mark.parametrize("exponent", [-20, 7, 19])
 @pytest.mark.parametrize("name", sorted(_HOMOGENEOUS))
 def test_a_gradient_penalty_scales_with_the_embeddings(name, exponent):
     """With the margin scaled alike, ``L(c x) = c^p L(x)`` for a power of two ``c`` (exact), so

@@ -12,10 +12,8 @@ The tricks, each used once:
   losses are formed from *differences* of scaled distances and scaled back
   once, ``s**p * (r_ap - r_an)``: no ``inf - inf`` when two distances are each
   near the dtype's range. The scaling's gradients are each op's own (``g / s``
-  and ``s**p g``) while the loss's power of ``s`` is far from overflow
-  (:func:`_batch_scaling`), so a second tape (a gradient penalty) differentiates the
-  right function; beyond (embeddings above 2^62 in float32 where the loss is in squared
-  distances, the contrastive losses too, 2^125 otherwise),
+  and ``s**p g``) for ``s`` from 2^-20 to 2^20 (:func:`_batch_scaling`), so a second
+  tape (a gradient penalty) differentiates the right function; beyond,
   ``u = x / s`` has gradient ``g`` and ``s**p * v`` gradient ``s**(p-1) g``, the same
   product with the power of ``s`` cancelled before it is formed, so no gradient
   overflows where the true one is finite (the second order is then off by ``s``).
@@ -47,7 +45,6 @@ The tricks, each used once:
 
 from __future__ import annotations
 
-import math
 import typing
 
 import tensorflow as tf
@@ -82,19 +79,25 @@ class _Scaling(typing.NamedTuple):
     plain: tf.Tensor  # a scalar bool: the scaling's gradients are each op's own
 
 
-def _batch_scaling(x, power, loss_power=None):
+# The scales whose gradients are each scaling op's own (_batch_scaling): from 2^-20 to 2^20.
+# Beyond, the loss's extra power of the scale in an intermediate gradient (s**p before the
+# 1 / s) could overflow, or underflow: entries of the smallest normal number had contrastive
+# gradients of 0 (s^2 r g flushed, where the true 2 s r g is normal).
+_PLAIN_SCALES = (2.0**-20, 2.0**20)
+
+
+def _batch_scaling(x, power):
     """``scale``: the largest power of two not above the batch's largest finite ``|x|``
-    (``tiny`` at least). ``plain`` where ``scale**loss_power`` (the loss's power of the
-    scale, ``power`` by default) is at most a quarter of the largest float and ``1 / scale``
-    normal: then :func:`_scaled_down` and :func:`_scaled_up` take their own gradients."""
+    (``tiny`` at least). ``plain`` where ``scale`` is within ``_PLAIN_SCALES``: then
+    :func:`_scaled_down` and :func:`_scaled_up` take their own gradients."""
     tiny = dtype_limits(x.dtype).tiny
     largest = tf.reduce_max(tf.where(tf.math.is_finite(x), tf.abs(x), tf.zeros_like(x)))
     largest = tf.maximum(largest, tiny)  # an all-zero batch keeps a positive scale
     int_dtype, mask = _EXPONENT_MASK[x.dtype]
     bits = tf.bitwise.bitwise_and(tf.bitcast(largest, int_dtype), tf.constant(mask, int_dtype))
     scale = tf.stop_gradient(tf.bitcast(bits, x.dtype))
-    exponent = (math.frexp(dtype_limits(x.dtype).max)[1] - 3) // (loss_power or power)
-    return _Scaling(scale, power, scale <= 2.0**exponent)
+    low, high = _PLAIN_SCALES
+    return _Scaling(scale, power, tf.logical_and(scale >= low, scale <= high))
 
 
 def _scaled_down(x, scaling):
@@ -440,8 +443,7 @@ def _contrastive_terms(similar, d, margin):
 def contrastive_batch_kernel(labels, x, margin):
     """Per-anchor contrastive loss over all pairs of a labelled batch (mean over the others)."""
     x = to_compute_saturating(x)
-    # The loss is in squares of the distances: the scale's second power.
-    scaling = _batch_scaling(x, 1, loss_power=2)
+    scaling = _batch_scaling(x, 1)
     u = _scaled_down(x, scaling)
     batch = tf.shape(u)[0]
     eye = tf.eye(batch, dtype=tf.bool)
@@ -464,7 +466,7 @@ def contrastive_pairs_kernel(similar, x, margin):
     """Contrastive loss of explicit pairs ``x`` ``[batch, 2, dim]``, 0/1 ``similar`` ``[batch]``."""
     x = to_compute_saturating(x)
     similar = tf.cast(similar, x.dtype)
-    scaling = _batch_scaling(x, 1, loss_power=2)  # the loss is in squared distances
+    scaling = _batch_scaling(x, 1)
     u = _scaled_down(x, scaling)
     d = _scaled_up(safe_norm(u[:, 0] - u[:, 1], axis=-1), scaling)
     push = tf.nn.relu(margin - d)
