@@ -182,8 +182,9 @@ def lower_rate_factors(optimizer, rate) -> tuple:
     default = keras_default_learning_rate(optimizer)
     decades = MIN_LOWER_RATE_DECADES
     if rate > 0 and default > 0:
-        # 1e-9: 1000 -> 0.01 is 5 decades, not 6 (log10 rounds to 5.000000000000001).
-        decades = max(decades, math.ceil(math.log10(rate / default) - 1e-9))
+        # Rounded to 6 places first: 1000 -> 0.01 is 5 decades, not 6 (log10 gives
+        # 5.000000000000001 there).
+        decades = max(decades, math.ceil(round(math.log10(rate / default), 6)))
     return tuple(10.0**-k for k in range(1, min(decades, MAX_LOWER_RATE_DECADES) + 1))
 
 
