@@ -93,9 +93,12 @@ def _flushed_to_zero(x):
     cast to float32, was 0 in one select and not in the next: ``safe_sqrt`` gave 1). Below
     ``tiny`` a subnormal and its flushed 0 both count as 0, so every select agrees.
     ``x`` is in the computing dtype (float32 for half precision: float16's subnormals are
-    normal there and are kept).
+    normal there and are kept). Compared after a product by ``2^32``, which makes every
+    subnormal normal: TF 2.16's XLA found ``|x| < tiny`` false for a bfloat16 subnormal
+    cast to float32 (its compare flushed neither side), and ``safe_sqrt`` still gave 1.
     """
-    return tf.abs(x) < dtype_limits(x.dtype).tiny
+    scale = 2.0**32
+    return tf.abs(x) * scale < dtype_limits(x.dtype).tiny * scale
 
 
 @xla_kernel
