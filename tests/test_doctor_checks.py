@@ -703,12 +703,8 @@ def test_diagnose_leaves_the_global_random_state_as_it_found_it():
     assert numpy_draw == numpy_expected
 
 
-@pytest.mark.parametrize(
-    "optimizer, rate",
-    [(lambda: keras.optimizers.SGD(1000.0), 1000.0), (lambda: keras.optimizers.Adam(50.0), 50.0)],
-    ids=["sgd", "adam"],
-)
-def test_a_learning_rate_far_above_the_default_is_named(optimizer, rate):
+def _breast_cancer_classifier(optimizer):
+    """Standardized breast-cancer data and a small ReLU classifier compiled with ``optimizer``."""
     data = load_breast_cancer()
     x = _scaled(StandardScaler(), data.data)
     y = data.target.astype(np.float32)[:, None]
@@ -720,7 +716,17 @@ def test_a_learning_rate_far_above_the_default_is_named(optimizer, rate):
             keras.layers.Dense(1, activation="sigmoid"),
         ]
     )
-    model.compile(optimizer=optimizer(), loss="binary_crossentropy")
+    model.compile(optimizer=optimizer, loss="binary_crossentropy")
+    return model, x, y
+
+
+@pytest.mark.parametrize(
+    "optimizer, rate",
+    [(lambda: keras.optimizers.SGD(1000.0), 1000.0), (lambda: keras.optimizers.Adam(50.0), 50.0)],
+    ids=["sgd", "adam"],
+)
+def test_a_learning_rate_far_above_the_default_is_named(optimizer, rate):
+    model, x, y = _breast_cancer_classifier(optimizer())
     report = diagnose(model, x, y)
     assert not report.find("input"), report
     assert report.likely_cause.check == "optimizer.learning_rate", report
@@ -746,18 +752,7 @@ def test_lower_rate_trials_reach_the_optimizers_default_rate():
 
 
 def test_relu_units_are_not_called_dead_from_a_single_sample():
-    data = load_breast_cancer()
-    x = _scaled(StandardScaler(), data.data)
-    y = data.target.astype(np.float32)[:, None]
-    keras.utils.set_random_seed(0)
-    model = keras.Sequential(
-        [
-            keras.Input((30,)),
-            keras.layers.Dense(16, activation="relu"),
-            keras.layers.Dense(1, activation="sigmoid"),
-        ]
-    )
-    model.compile(optimizer="adam", loss="binary_crossentropy")
+    model, x, y = _breast_cancer_classifier("adam")
     for rows in (1, 7):
         assert not diagnose(model, x[:rows], y[:rows], trial_steps=0).find("activation.dead_relu")
     # Really dead units are still found on enough samples.
