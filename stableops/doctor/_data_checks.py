@@ -517,26 +517,33 @@ def _sparse_label_findings(y, y_pred, loss) -> list:
     out_of_range = ((labels < 0) | (labels >= classes)) & ~not_integer
     if not out_of_range.any():
         return findings
-    bad_values = np.unique(labels[out_of_range])
+    first, evidence = _bad_labels(labels, out_of_range, classes, "bad_labels")
     return findings + [
         finding(
             checks.LABELS_RANGE,
             location="labels",
             message=f"{plural(out_of_range.sum(), 'label')} outside the valid class range [0, "
-            f"{classes}) (e.g. {format_number(bad_values[0].item())}); eagerly Keras raises, "
+            f"{classes}) (e.g. {format_number(first)}); eagerly Keras raises, "
             "under XLA the loss silently becomes NaN",
-            evidence={
-                "bad_labels": int(out_of_range.sum()),
-                "bad_values": [format_number(v.item()) for v in bad_values[:MAX_LISTED]],
-                "num_classes": classes,
-                "label_min": labels.min().item(),
-                "label_max": labels.max().item(),
-            },
+            evidence=evidence,
             fix=f"fix the labels, give the model {int(np.max(labels)) + 1} outputs if that class "
             "is real, or mark them with ignore_class in "
             "stableops.losses.SparseCategoricalCrossentropy",
         )
     ]
+
+
+def _bad_labels(labels, bad, classes, count_key):
+    """The first of the sparse ``labels[bad]`` and the evidence of their ``labels.range``
+    finding (their count under ``count_key``, the first values, the classes, the range)."""
+    bad_values = np.unique(labels[bad])
+    return bad_values[0].item(), {
+        count_key: int(bad.sum()),
+        "bad_values": [format_number(v.item()) for v in bad_values[:MAX_LISTED]],
+        "num_classes": classes,
+        "label_min": labels.min().item(),
+        "label_max": labels.max().item(),
+    }
 
 
 def _non_integer_label_findings(labels, not_integer, classes, loss) -> list:
@@ -547,22 +554,16 @@ def _non_integer_label_findings(labels, not_integer, classes, loss) -> list:
     """
     if not not_integer.any():
         return []
-    bad_values = np.unique(labels[not_integer])
+    first, evidence = _bad_labels(labels, not_integer, classes, "non_integer_labels")
     return [
         finding(
             checks.LABELS_RANGE,
             location="labels",
             message=f"{plural(not_integer.sum(), 'label')} not whole numbers "
-            f"(e.g. {format_number(bad_values[0].item())}), but {loss.display} takes class "
+            f"(e.g. {format_number(first)}), but {loss.display} takes class "
             "indices: Keras truncates them to whole numbers without a warning (stableops "
             "raises)",
-            evidence={
-                "non_integer_labels": int(not_integer.sum()),
-                "bad_values": [format_number(v.item()) for v in bad_values[:MAX_LISTED]],
-                "num_classes": classes,
-                "label_min": labels.min().item(),
-                "label_max": labels.max().item(),
-            },
+            evidence=evidence,
             fix=f"map the labels to class indices 0..{classes - 1}; labels that are measured "
             "values or probabilities need a regression loss or CategoricalCrossentropy",
         )
