@@ -759,3 +759,20 @@ def test_relu_units_are_not_called_dead_from_a_single_sample():
     model.layers[0].bias.assign(np.full(16, -50.0, np.float32))
     [dead] = diagnose(model, x[:8], y[:8], trial_steps=0).find("activation.dead_relu")
     assert dead.evidence["dead_units"] == 16
+
+
+@pytest.mark.parametrize(
+    "wrap", [lambda y: [y], lambda y: (y,), lambda y: {"out": y}], ids=["list", "tuple", "dict"]
+)
+def test_labels_of_a_single_output_model_in_a_one_element_structure(wrap):
+    """``fit`` takes ``[y]`` for a model with one output. The doctor compared the list with the
+    output, and Keras's loss raised on the shapes: a false ``loss.raised`` error. Wrapped
+    labels now give the findings that the bare labels give."""
+    model, x, y = _breast_cancer_classifier("adam")
+    healthy = diagnose(model, x, wrap(y), trial_steps=0)
+    assert not healthy.errors, healthy
+    bad = y.copy()
+    bad[:5] = 3.0  # outside binary cross-entropy's [0, 1]
+    expected = {f.check for f in diagnose(model, x, bad, trial_steps=0).findings}
+    assert "labels.range" in expected
+    assert {f.check for f in diagnose(model, x, wrap(bad), trial_steps=0).findings} == expected

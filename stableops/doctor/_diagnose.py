@@ -13,7 +13,12 @@ from stableops.doctor import _data, _data_checks, _model_checks, _training_check
 from stableops.doctor import _registry as checks
 from stableops.doctor import _thresholds as th
 from stableops.doctor._forward import first_non_finite_op, trace_forward
-from stableops.doctor._loss import output_pairs, per_output_losses, resolve_loss
+from stableops.doctor._loss import (
+    output_pairs,
+    per_output_losses,
+    resolve_loss,
+    single_output_labels,
+)
 from stableops.doctor._quiet import quiet_native_stderr
 from stableops.doctor._report import Report, finding, format_number, in_user_rows
 from stableops.doctor._trial import (
@@ -222,6 +227,8 @@ def _diagnose(
             "outputs were examined"
         )
 
+    y = single_output_labels(y, y_pred)
+    data = (data[0], single_output_labels(data[1], y_pred))
     labels_fit = True  # the labels match the outputs' structure
     if y is not None and loss_info is not None:
         try:

@@ -78,6 +78,24 @@ class LossInfo:
         return values
 
 
+def single_output_labels(y_true, y_pred):
+    """The labels of a single-output model given as a one-element list, tuple or dict, unwrapped.
+
+    ``fit`` takes ``[y]`` for a model with one output; the checks compare the labels
+    with the output's shape, so they take ``y`` itself.
+
+    >>> single_output_labels([1], 10), single_output_labels({"out": 1}, 10)
+    (1, 1)
+    >>> single_output_labels([1], [10])
+    [1]
+    """
+    if isinstance(y_pred, (dict, list, tuple)) or not isinstance(y_true, (dict, list, tuple)):
+        return y_true
+    if len(y_true) != 1:
+        return y_true
+    return next(iter(y_true.values())) if isinstance(y_true, dict) else y_true[0]
+
+
 def output_pairs(y_true, y_pred):
     """``[(labels, predictions)]`` per output of a model with several, ``None`` for one output.
 
