@@ -722,14 +722,26 @@ def _breast_cancer_classifier(optimizer):
 
 @pytest.mark.parametrize(
     "optimizer, rate",
-    [(lambda: keras.optimizers.SGD(1000.0), 1000.0), (lambda: keras.optimizers.Adam(50.0), 50.0)],
-    ids=["sgd", "adam"],
+    [
+        (lambda: keras.optimizers.SGD(1000.0), 1000.0),
+        (lambda: keras.optimizers.Adam(50.0), 50.0),
+        # A schedule's rates are scaled as a whole (its trials raised TypeError, unnamed).
+        (
+            lambda: keras.optimizers.SGD(
+                keras.optimizers.schedules.ExponentialDecay(1000.0, 100, 0.9)
+            ),
+            1000.0,
+        ),
+    ],
+    ids=["sgd", "adam", "sgd_schedule"],
 )
 def test_a_learning_rate_far_above_the_default_is_named(optimizer, rate):
     model, x, y = _breast_cancer_classifier(optimizer())
     report = diagnose(model, x, y)
     assert not report.find("input"), report
     assert report.likely_cause.check == "optimizer.learning_rate", report
+    scheduled = isinstance(model.optimizer.get_config()["learning_rate"], dict)
+    assert ("schedule's rates" in report.likely_cause.fix) == scheduled, report
     # The first rate a decade at a time below the set one at which a copy trains (which one
     # depends on the release: Adam's copy trained at 0.05 on Keras 3.15, at 0.5 on 3.10);
     # below 10x and 100x lower, the only rates tried before.

@@ -24,6 +24,7 @@ from stableops.doctor._report import Report, finding, format_number, in_user_row
 from stableops.doctor._trial import (
     DEFAULT_TRIAL_STEPS,
     TrialUnavailable,
+    learning_rate_schedule,
     lower_rate_factors,
     run_trial,
 )
@@ -595,22 +596,29 @@ def _trial_findings(model, x, y, loss, findings, notes, steps, batch_size):
     ]
     if lower is not None:
         factor, lower_trial = lower
+        lower_rate = format_number(rate * factor)
+        if learning_rate_schedule(model.optimizer) is None:
+            at, lower_at = f"at learning rate {format_number(rate)}", f"at {lower_rate}"
+            lower_it = f"lower the learning rate to {lower_rate} or less"
+        else:  # the trials scale the whole schedule: name it and its factor
+            cut = format_number(1 / factor)
+            at = f"at its schedule's learning rate {format_number(rate)}"
+            lower_at = f"with every rate of the schedule {cut}x lower ({lower_rate} now)"
+            lower_it = f"lower the schedule's rates {cut}x or more"
         findings.append(
             finding(
                 checks.OPTIMIZER_LEARNING_RATE,
                 location=f"optimizer {type(model.optimizer).__name__}",
-                message=f"at learning rate {format_number(rate)} the trial diverged at step "
-                f"{trial.diverged_at}; at {format_number(rate * factor)} it trained "
-                f"{lower_trial.steps} steps with a finite loss",
+                message=f"{at} the trial diverged at step {trial.diverged_at}; {lower_at} it "
+                f"trained {lower_trial.steps} steps with a finite loss",
                 evidence={
                     "learning_rate": rate,
                     "stable_learning_rate": rate * factor,
                     "diverged_at": trial.diverged_at,
                 },
-                fix=f"lower the learning rate to {format_number(rate * factor)} or less (or scale "
-                "the inputs and targets, which lets a larger rate work); to rescue runs that "
-                "diverge anyway, stableops.callbacks.NaNGuard(action='continue') rolls back and "
-                "cuts the rate",
+                fix=f"{lower_it} (or scale the inputs and targets, which lets a larger rate "
+                "work); to rescue runs that diverge anyway, "
+                "stableops.callbacks.NaNGuard(action='continue') rolls back and cuts the rate",
             )
         )
     explained = promoted or lower is not None

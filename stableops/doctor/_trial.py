@@ -19,6 +19,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from stableops.callbacks import ScaledSchedule
 from stableops.doctor import _data
 from stableops.doctor import _thresholds as th
 from stableops.doctor._divergence import LossMonitor
@@ -84,7 +85,10 @@ def copy_model(model, learning_rate_factor=1.0, loss=None, check_inputs=None):
     rate = None
     if learning_rate_factor != 1.0:
         rate = float(np.asarray(fresh.learning_rate)) * learning_rate_factor
-        fresh.learning_rate = rate  # TypeError for a schedule: the caller skips it
+        schedule = learning_rate_schedule(fresh)
+        fresh.learning_rate = (
+            rate if schedule is None else ScaledSchedule(schedule, learning_rate_factor)
+        )
     loss_weights = None
     if loss is None:
         loss, loss_weights = getattr(model, "loss", None), _compiled_loss_weights(model)
@@ -93,6 +97,21 @@ def copy_model(model, learning_rate_factor=1.0, loss=None, check_inputs=None):
     # Eager steps: no tracing or XLA compilation for a few steps.
     clone.compile(optimizer=fresh, loss=loss, loss_weights=loss_weights, run_eagerly=True)
     return clone, rate
+
+
+def learning_rate_schedule(optimizer):
+    """The optimizer's ``LearningRateSchedule`` (a wrapper's: the wrapped one's), or ``None``.
+
+    >>> decay = keras.optimizers.schedules.ExponentialDecay(0.1, 100, 0.9)
+    >>> type(learning_rate_schedule(keras.optimizers.SGD(decay))).__name__
+    'ExponentialDecay'
+    >>> learning_rate_schedule(keras.optimizers.SGD(0.1)) is None
+    True
+    """
+    while hasattr(optimizer, "inner_optimizer"):
+        optimizer = optimizer.inner_optimizer
+    config = optimizer.get_config().get("learning_rate")
+    return keras.optimizers.schedules.deserialize(config) if isinstance(config, dict) else None
 
 
 def _clone_architecture(model):
