@@ -788,3 +788,30 @@ def test_labels_of_a_single_output_model_in_a_one_element_structure(wrap):
     expected = {f.check for f in diagnose(model, x, bad, trial_steps=0).findings}
     assert "labels.range" in expected
     assert {f.check for f in diagnose(model, x, wrap(bad), trial_steps=0).findings} == expected
+
+
+def test_ids_outside_an_embeddings_table():
+    """Token ids past an Embedding's ``input_dim`` (or negative): TF's CPU gather raised from
+    inside ``diagnose`` (a GPU's reads zeros). They are now an ``input.index_range`` error
+    naming the input, the layer and the user's rows, and the model is not run on them."""
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(0, 50, size=(64, 6)).astype(np.int32)
+    numbers = rng.normal(size=(64, 3)).astype(np.float32)
+    y = rng.integers(0, 2, size=(64, 1)).astype(np.float32)
+    token_input = keras.Input((6,), dtype="int32", name="tokens")
+    number_input = keras.Input((3,), name="numbers")
+    pooled = keras.layers.GlobalAveragePooling1D()(
+        keras.layers.Embedding(50, 4, name="vocab")(token_input)
+    )
+    merged = keras.layers.Concatenate()([pooled, keras.layers.Dense(4)(number_input)])
+    outputs = keras.layers.Dense(1, activation="sigmoid")(merged)
+    model = keras.Model({"tokens": token_input, "numbers": number_input}, outputs)
+    model.compile(optimizer="adam", loss="binary_crossentropy")
+    x = {"tokens": tokens, "numbers": numbers}
+    assert not diagnose(model, x, y, trial_steps=0).find("input.index_range")
+
+    tokens[17, 2], tokens[3, 0], tokens[3, 5] = 50, -1, 70
+    [found] = diagnose(model, x, y).find("input.index_range")
+    assert found.severity == "error" and found.location == "input 'tokens' -> layer 'vocab'"
+    assert found.evidence["samples"] == [3, 17] and found.evidence["ids_outside"] == 3
+    assert (found.evidence["id_min"], found.evidence["id_max"]) == (-1, 70)

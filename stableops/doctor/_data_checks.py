@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import warnings
 
+import keras
 import numpy as np
 
 from stableops.doctor import _registry as checks
@@ -233,6 +234,47 @@ def check_inputs(
         scale_stats = stats if rescaled is None else feature_statistics(rescaled)
         findings.extend(_scale_findings(where, scale_stats))
         findings.extend(_outlier_findings(where, stats))
+    return findings
+
+
+def check_indices(inputs, *, names=None, consumers=None) -> list:
+    """Ids outside the table ``[0, input_dim)`` of an ``Embedding`` that reads them directly.
+
+    TF's gather on a CPU raises on such an id (the model cannot run on these
+    inputs); on a GPU it reads zeros without a word.
+    """
+    findings = []
+    names = names or [None] * len(inputs)
+    consumers = consumers or [[] for _ in inputs]
+    for index, values in enumerate(inputs):
+        ids = np.asarray(values)
+        for layer in consumers[index]:
+            if not isinstance(layer, keras.layers.Embedding):
+                continue
+            size = int(layer.input_dim)
+            with np.errstate(invalid="ignore"):  # NaN is no id: input.non_finite names it
+                outside = (ids < 0) | (ids >= size)
+            if not outside.any():
+                continue
+            where = _input_name(index, names[index], len(inputs))
+            bad = ids[outside]
+            findings.append(
+                finding(
+                    checks.INPUT_INDEX_RANGE,
+                    location=f"{where} -> layer '{layer.name}'",
+                    message=f"{plural(outside.sum(), 'id')} outside the Embedding's table "
+                    f"[0, {size}) (from {format_number(bad.min().item())} to "
+                    f"{format_number(bad.max().item())}): TF's gather raises on them on a CPU "
+                    "and reads zeros on a GPU",
+                    evidence={
+                        "input_dim": size,
+                        "ids_outside": int(outside.sum()),
+                        "id_min": ids.min().item(),
+                        "id_max": ids.max().item(),
+                        "samples": listed(np.flatnonzero(outside.reshape(len(ids), -1).any(1))),
+                    },
+                )
+            )
     return findings
 
 

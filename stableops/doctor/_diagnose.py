@@ -12,7 +12,7 @@ import tensorflow as tf
 from stableops.doctor import _data, _data_checks, _model_checks, _training_checks
 from stableops.doctor import _registry as checks
 from stableops.doctor import _thresholds as th
-from stableops.doctor._forward import first_non_finite_op, trace_forward
+from stableops.doctor._forward import Probe, first_non_finite_op, trace_forward
 from stableops.doctor._loss import (
     output_pairs,
     per_output_losses,
@@ -221,15 +221,31 @@ def _diagnose(
 ) -> Report:
     notes = []
     loss_info = resolve_loss(model, loss)
-    probe, layer_stats, y_pred = trace_forward(model, x, batch_size=batch_size, training=training)
+    data_x, data_y = data
+    probe = Probe(model)
+    names, consumers = _input_consumers(model, data_x, probe)
+    inputs = _data.flatten(data_x)
+    unreadable = _data_checks.check_indices(inputs, names=names, consumers=consumers)
+    if unreadable:  # the forward pass would raise (CPU) or read zeros (GPU)
+        notes.append(
+            "the model, label, loss, gradient and trial checks were skipped: the model cannot "
+            "read these inputs"
+        )
+        findings = unreadable + _data_checks.check_inputs(
+            inputs, names=names, consumers=consumers, nonfinite_counts=nonfinite_counts
+        )
+        context = _context(model, x, data_x, n_total, loss_info)
+        return Report(findings, context=context, notes=notes)
+    probe, layer_stats, y_pred = trace_forward(
+        model, x, batch_size=batch_size, training=training, probe=probe
+    )
     if not probe.available:
         notes.append(
             "per-layer checks need a Functional or Sequential model; only the model's "
             "outputs were examined"
         )
 
-    y = single_output_labels(y, y_pred)
-    data = (data[0], single_output_labels(data[1], y_pred))
+    y, data_y = single_output_labels(y, y_pred), single_output_labels(data_y, y_pred)
     labels_fit = True  # the labels match the outputs' structure
     if y is not None and loss_info is not None:
         try:
@@ -244,11 +260,9 @@ def _diagnose(
         xb = _batch_containing(x, origin.nonfinite_rows[0], batch_size)
         first_op = first_non_finite_op(lambda: model(xb, training=training))
 
-    data_x, data_y = data
-    names, consumers = _input_consumers(model, data_x, probe)
     by_name = {s.name: s for s in layer_stats}
     findings = _data_checks.check_inputs(
-        _data.flatten(data_x),
+        inputs,
         names=names,
         consumers=consumers,
         layer_stats=by_name,
@@ -327,16 +341,20 @@ def _diagnose(
     if trial_steps and y is not None and labels_fit and not upstream_broken:
         findings = _trial_findings(model, x, y, loss, findings, notes, trial_steps, batch_size)
 
-    context = {
+    return Report(findings, context=_context(model, x, data_x, n_total, loss_info), notes=notes)
+
+
+def _context(model, x, data_x, n_total, loss_info) -> dict:
+    """The report's header: the model, the samples each stage saw, the loss and the rate."""
+    return {
         "model": model.name,
         "samples": _data.num_samples(x),
         "data_rows": _data.num_samples(data_x),
         "of": n_total,
         "loss": loss_info.display if loss_info else "none",
         "dtype_policy": getattr(getattr(model, "dtype_policy", None), "name", "float32"),
-        "learning_rate": learning_rate,
+        "learning_rate": _learning_rate(model),
     }
-    return Report(findings, context=context, notes=notes)
 
 
 #: Input findings that say the inputs need scaling: without them, no advice to scale them.

@@ -210,13 +210,14 @@ def _accumulate(stats: LayerStats, inputs, outputs, row_offset: int):
             stats.alive = positive if stats.alive is None else (stats.alive | positive)
 
 
-def trace_forward(model, x, *, batch_size: int, training: bool = True):
+def trace_forward(model, x, *, batch_size: int, training: bool = True, probe=None):
     """Run ``model`` over the sample ``x`` in batches; return ``(probe, stats, y_pred)``.
 
     ``y_pred`` is the concatenated model output (NumPy, same structure as the
     model's output); ``stats`` holds one :class:`LayerStats` per probed layer.
+    ``probe``: the model's :class:`Probe`, when the caller has built it.
     """
-    probe = Probe(model)
+    probe = probe or Probe(model)
     stats = [
         LayerStats(
             layer=layer,

@@ -71,6 +71,11 @@ INPUT_NON_FINITE = Check(
     "gradient they touch NaN)",
     names_origin=True,
 )
+INPUT_INDEX_RANGE = Check(
+    "input.index_range", "error", "ids outside an Embedding's table",
+    "map the ids into [0, input_dim) (IntegerLookup or StringLookup give unknown ids an "
+    "out-of-vocabulary index) or give the Embedding a larger input_dim",
+)
 INPUT_FLOAT16_OVERFLOW = Check(
     "input.float16_overflow", "error", "input values overflow a float16 layer", SCALER_FIX,
     names_origin=True,

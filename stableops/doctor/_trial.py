@@ -19,7 +19,6 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from stableops.callbacks import ScaledSchedule
 from stableops.doctor import _data
 from stableops.doctor import _thresholds as th
 from stableops.doctor._divergence import LossMonitor
@@ -87,7 +86,7 @@ def copy_model(model, learning_rate_factor=1.0, loss=None, check_inputs=None):
         rate = float(np.asarray(fresh.learning_rate)) * learning_rate_factor
         schedule = learning_rate_schedule(fresh)
         fresh.learning_rate = (
-            rate if schedule is None else ScaledSchedule(schedule, learning_rate_factor)
+            rate if schedule is None else _ScaledSchedule(schedule, learning_rate_factor)
         )
     loss_weights = None
     if loss is None:
@@ -112,6 +111,18 @@ def learning_rate_schedule(optimizer):
         optimizer = optimizer.inner_optimizer
     config = optimizer.get_config().get("learning_rate")
     return keras.optimizers.schedules.deserialize(config) if isinstance(config, dict) else None
+
+
+class _ScaledSchedule(keras.optimizers.schedules.LearningRateSchedule):
+    """A schedule's rates times a constant ``factor`` (a lower-rate trial of a scheduled
+    optimizer; NaNGuard's ``ScaledSchedule`` holds a variable scale, in a part the doctor
+    does not import)."""
+
+    def __init__(self, schedule, factor):
+        self.schedule, self.factor = schedule, factor
+
+    def __call__(self, step):
+        return self.schedule(step) * self.factor
 
 
 def _clone_architecture(model):
