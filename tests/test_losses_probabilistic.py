@@ -332,6 +332,33 @@ def test_bce_sigmoid_output_in_a_graph_uses_the_sigmoid_input():
     np.testing.assert_allclose(grad, [[-1.0]], rtol=1e-6)
 
 
+@pytest.mark.parametrize(
+    "loss, activation, target",
+    [
+        (S.binary_crossentropy, tf.sigmoid, [[0.0], [1.0]]),
+        (S.categorical_crossentropy, tf.nn.softmax, [[0.0, 0.0, 1.0], [1.0, 0.0, 0.0]]),
+        (S.sparse_categorical_crossentropy, tf.nn.softmax, [2, 0]),
+    ],
+    ids=["binary", "categorical", "sparse"],
+)
+def test_logits_are_recovered_once(regime, loss, activation, target):
+    """``activation(activation(h))`` is scored against the logits ``activation(h)``, as by
+    Keras. Under XLA the loss's kernel, inlined, handed the recovered logits to the op, which
+    recovered them again and scored the prediction against ``h`` (3.05 for 1.28)."""
+    h = np.array([[3.0, 0.5, -2.0], [-1.0, 2.0, 0.25]], np.float32)
+    if loss is S.binary_crossentropy:
+        h = h[:, :1]
+    z = tf.constant(target)
+    value = regime.run(lambda hh: loss(z, activation(activation(hh))), tf.constant(h))
+    logits = activation(tf.constant(h)).numpy()
+    rows = np.eye(3)[target] if loss is S.sparse_categorical_crossentropy else np.array(target)
+    if loss is S.binary_crossentropy:
+        want = [R.mp_binary_crossentropy_logits(r[0], x[0]) for r, x in zip(rows, logits)]
+    else:
+        want = [R.mp_categorical_crossentropy_logits(r, x) for r, x in zip(rows, logits)]
+    R.assert_ulp_within(np.ravel(value), want, "float32", 4)
+
+
 # ----------------------------------------------------------------------------
 # Where Keras 3.15 fails: categorical cross-entropy
 # ----------------------------------------------------------------------------

@@ -564,6 +564,32 @@ def test_sparse_labels_are_never_cast_through_a_float():
     ref.assert_ulp_within(loss.numpy(), expected, "float32", 4)
 
 
+@pytest.mark.parametrize(
+    "labels, num_classes",
+    [
+        (np.uint8([3, 255]), 256),  # 256 in uint8 is 0: every label was out of range
+        (np.int8([3, 100]), 200),  # 200 in int8 is -56
+        (np.array([256.0, 3.0], ml_dtypes.bfloat16), 257),  # 257 in bfloat16 is 256
+    ],
+    ids=["uint8", "int8", "bfloat16"],
+)
+def test_sparse_labels_of_a_narrow_dtype_against_many_classes(regime, labels, num_classes):
+    """The labels' range was checked in their own dtype, where the class count wraps or
+    rounds: an error eagerly, NaN under XLA, for labels that are valid. Zero logits: every
+    row's loss is log(num_classes)."""
+    for from_logits, output in ((True, 0.0), (False, 1.0 / num_classes)):
+        outputs = np.full((2, num_classes), output, np.float32)
+        loss = regime.run(
+            lambda o, labels=tf.constant(labels), from_logits=from_logits: (
+                ops.sparse_categorical_crossentropy(labels, o, from_logits=from_logits)
+            ),
+            tf.constant(outputs),
+        )
+        # 1/num_classes is rounded to float32: its own log is the reference.
+        want = mpmath.log(num_classes) if from_logits else -mpmath.log(ref.mpf(outputs[0, 0]))
+        ref.assert_ulp_within(loss, [want, want], "float32", 4)
+
+
 def test_sparse_accepts_integral_float_labels_and_trailing_axis():
     logits = np.float32([[1.0, 2.0, 3.0], [0.0, 0.0, 9.0]])
     from_int = ops.sparse_categorical_crossentropy(

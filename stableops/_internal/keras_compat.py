@@ -92,6 +92,8 @@ def _carried_logits(output, op_type, axis):
     ends in a ``Transpose``); eagerly, the activation of the logits is the output.
     A softmax must also be over the loss's class ``axis``.
     """
+    if getattr(output, "_stableops_recovered_logits", False):
+        return None  # logits recover_logits returned: not a second time
     rank = output.shape.rank if isinstance(output, tf.Tensor) else None
     class_axis = _axis_index(axis, rank)
     logits = getattr(output, "_keras_logits", None)
@@ -154,4 +156,9 @@ def recover_logits(output, from_logits, op_type, fn_name, *, axis=-1, argument="
             "Its logits are used. Was this intended?",
             stacklevel=stacklevel,
         )
-    return logits, True
+    # Marked as recovered (on a copy: the logits may be a user's tensor), for a loss that
+    # hands them on to an op inside its kernel, inlined under XLA: recovered again,
+    # sigmoid(sigmoid(h)) was scored against h.
+    recovered = tf.identity(logits)
+    recovered._stableops_recovered_logits = True
+    return recovered, True

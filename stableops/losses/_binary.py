@@ -164,7 +164,9 @@ def _focal_terms_from_logits(target, logits, gamma, pos_weight):
     def core(t, x):
         positive = x >= 0
         wide_x = tf.cast(x, tf.float64)
-        e = tf.exp(-tf.abs(wide_x))  # in [0, 1]
+        # exp(-|x|) in [0, 1]; -|x| as a select, whose slope at 0 is -1 (abs's is 0: the
+        # second derivative at x = 0 was 0, for 0.399)
+        e = tf.exp(tf.where(positive, -wide_x, wide_x))
         clipped = clip(t, 0.0, 1.0)
         complement = 1.0 - t
         weight = pos_weight * t if pos_weight != 1.0 else t

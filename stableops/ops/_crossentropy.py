@@ -535,13 +535,19 @@ def categorical_crossentropy(target, output, from_logits=False, axis=-1):
 
 
 def _label_validity(labels, num_classes):
-    """Boolean tensor: label is an integer in ``[0, num_classes)``."""
+    """Boolean tensor: label is an integer in ``[0, num_classes)``.
+
+    Compared in int64 or float64, where every label and class count is exact: in the
+    labels' own dtype 256 classes wrapped to 0 in uint8 (every label invalid) and 257
+    rounded to 256 in bfloat16.
+    """
     if labels.dtype.is_floating:
+        labels = tf.cast(labels, tf.float64)
         integral = tf.equal(labels, tf.math.floor(labels))
-        in_range = tf.logical_and(labels >= 0, labels < tf.cast(num_classes, labels.dtype))
+        in_range = tf.logical_and(labels >= 0, labels < tf.cast(num_classes, tf.float64))
         return tf.logical_and(integral, in_range)
-    num_classes = tf.cast(num_classes, labels.dtype)
-    return tf.logical_and(labels >= 0, labels < num_classes)
+    labels = tf.cast(labels, tf.int64)
+    return tf.logical_and(labels >= 0, labels < tf.cast(num_classes, tf.int64))
 
 
 def _as_indices(labels, valid):
