@@ -1635,3 +1635,46 @@ def test_an_infinite_probability_gives_a_nan_row(loss_name, bad, regime):
     probabilities = np.float32([[0.3, bad, 0.3, 0.4], [0.3, 0.2, 0.1, 0.4]])
     value = regime.run(getattr(S, loss_name), targets, probabilities)
     assert np.isnan(value[0]) and np.isfinite(value[1]), value
+
+
+@pytest.mark.parametrize(
+    "loss, target, prediction",
+    [
+        (functools.partial(S.binary_crossentropy, pos_weight=5.0), [[1.0]], [[0.0]]),
+        (functools.partial(S.binary_focal_crossentropy, pos_weight=5.0), [[1.0]], [[0.0]]),
+        (
+            functools.partial(S.categorical_focal_crossentropy, alpha=100.0),
+            [[1.0, 0.0]],
+            [[0.0, 1.0]],
+        ),
+    ],
+    ids=["binary", "binary_focal", "categorical_focal"],
+)
+@pytest.mark.parametrize("dtype", ["float16", "float32", "float64"])
+def test_a_class_weight_times_the_largest_slope_saturates(regime, loss, target, prediction, dtype):
+    """A confidently wrong prediction's slope is the largest the dtype holds (1/tiny at
+    p = 0); a class weight from 4 up (pos_weight, alpha: ordinary for imbalanced data)
+    multiplied it past float32's range, to -inf. The exact gradient, -w/p, is beyond the
+    range: it saturates at the dtype's largest number."""
+    _, (grad,) = regime.value_and_grad(
+        lambda t, p: loss(t, p), np.array(target, dtype), np.array(prediction, dtype), wrt=(1,)
+    )
+    assert np.all(np.isfinite(grad)), grad
+    assert grad[0, 0] == -np.finfo(dtype).max
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float32", "float64"])
+def test_categorical_focal_from_a_zero_probability_of_the_target_learns(regime, dtype):
+    """The target class at probability 0, the most wrong prediction, had no gradient: the
+    floor at tiny had slope 0. Straight through, as in ``categorical_crossentropy``: the
+    slope -alpha / tiny (alpha = 0.25), saturated at float16's largest number (its loss is
+    computed in float32)."""
+    _, (grad,) = regime.value_and_grad(
+        S.categorical_focal_crossentropy,
+        np.array([[1.0, 0.0]], dtype),
+        np.array([[0.0, 1.0]], dtype),
+        wrt=(1,),
+    )
+    limits = np.finfo(dtype)
+    want = -limits.max if dtype == "float16" else -0.25 / limits.smallest_normal
+    assert grad[0, 0] == want, grad

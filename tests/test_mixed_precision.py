@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 import stableops
+from tests import _reference as R
 
 BATCH = 16
 FEATURES = 4
@@ -176,3 +177,32 @@ def test_skip_non_finite_leaves_loss_scale_overflow_recovery_to_the_scaler():
     np.testing.assert_allclose(wrapped, alone, rtol=1e-6)
     for got, want in zip(wrapped_model.get_weights(), alone_model.get_weights()):
         np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("sparse", [False, True], ids=["binary", "sparse"])
+def test_a_float16_predictions_gradient_saturates_after_the_mean(regime, sparse):
+    """The gradient of a mean over 8 rows for a float16 probability of 1e-5 is -1/(8 p) =
+    -12484, in float16's range; -1/p alone is not. Eagerly and in a graph the kernel's
+    gradient for a unit upstream saturated at 65504 first and the mean scaled it to -8188
+    (XLA: -12484). It is float32 until the product with the upstream, saturated after it:
+    the same in every regime, and -65504 where -1/(8 p) itself is beyond the range."""
+    rows = 8
+    for p, saturated in ((1e-5, False), (1e-6, True)):
+        if sparse:
+            labels = np.zeros(rows, np.int32)
+            predictions = np.tile(np.array([[p, 0.5, 0.5]], np.float16), (rows, 1))
+            loss = stableops.losses.SparseCategoricalCrossentropy()
+        else:
+            labels = np.ones((rows, 1), np.float16)
+            predictions = np.full((rows, 1), p, np.float16)
+            loss = stableops.losses.BinaryCrossentropy()
+        _, (grad,) = regime.value_and_grad(lambda t, q: loss(t, q), labels, predictions, wrt=(1,))
+        first = grad[:, 0]
+        if saturated:
+            assert np.all(first == -np.finfo(np.float16).max), first
+        else:
+            # d/dp of mean(-log(p / sum)) is -1/(8 p) + 1/(8 sum) for the sparse rows
+            p16 = R.mpf(predictions[0, 0])
+            want = -1 / (rows * p16) + (1 / (rows * R.mpf(predictions[0].astype(np.float64).sum()))
+                                        if sparse else 0)
+            R.assert_ulp_within(first, [want] * rows, "float16", 2)

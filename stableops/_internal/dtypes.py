@@ -108,6 +108,38 @@ def to_compute(x: tf.Tensor) -> tf.Tensor:
     return tf.cast(x, compute_dtype(x.dtype))
 
 
+_WIDE, _WIDE_USED = "_stableops_wide", "_stableops_wide_used"
+
+
+def widened(wide, dtype):
+    """``wide`` (float32) cast to the half-precision ``dtype``, for which
+    :func:`to_compute_saturating` returns ``wide`` itself.
+
+    A row-local kernel's local gradient (for a unit upstream) is multiplied by the
+    upstream outside the kernel. Through ``to_compute_saturating`` it would saturate
+    at the half dtype's largest number first, and then be scaled: 65504 / 8 for a mean
+    over 8 rows, where the product, saturated, is 65504. With the float32 original the
+    kernel's local gradient is float32, saturated after the product
+    (:func:`saturating_cast`).
+    """
+    narrow = tf.cast(wide, dtype)
+    setattr(narrow, _WIDE, wide)
+    return narrow
+
+
+def used_wide(narrow) -> bool:
+    """Whether :func:`to_compute_saturating` returned ``narrow``'s float32 original."""
+    return getattr(narrow, _WIDE_USED, False)
+
+
+def saturating_cast(x, dtype):
+    """``x`` cast to ``dtype``, saturated at its largest finite number (NaN kept)."""
+    if x.dtype == dtype:
+        return x
+    largest = dtype_limits(dtype).max
+    return tf.cast(clip(x, -largest, largest), dtype)
+
+
 def to_compute_saturating(x):
     """``to_compute(x)`` whose gradient saturates at ``x``'s largest finite value (NaN kept).
 
@@ -121,6 +153,10 @@ def to_compute_saturating(x):
     dtype = x.dtype
     if compute_dtype(dtype) == dtype:
         return x
+    wide = getattr(x, _WIDE, None)
+    if wide is not None:  # see widened(): the float32 original, its gradient unsaturated
+        setattr(x, _WIDE_USED, True)
+        return wide
     largest = dtype_limits(dtype).max
 
     @tf.custom_gradient

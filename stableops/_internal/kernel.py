@@ -64,6 +64,7 @@ import threading
 import numpy as np
 import tensorflow as tf
 
+from stableops._internal.dtypes import compute_dtype, saturating_cast, used_wide, widened
 from stableops._internal.wrapping import wraps_public
 
 try:  # how tf.function itself tells that it is traced inside an XLA computation
@@ -226,12 +227,13 @@ def _widest_floating(values) -> list:
     return [max(floating, key=size)]
 
 
-def _times_upstream(upstream, local_gradient, axis):
-    """``upstream``, with the reduced ``axis`` restored (size 1), times ``local_gradient``."""
+def _times_upstream(upstream, local_gradient, axis, dtype):
+    """``upstream``, with the reduced ``axis`` restored (size 1), times ``local_gradient``,
+    in the input's ``dtype`` (a half input's float32 local gradient saturates there)."""
     if upstream.shape.rank < local_gradient.shape.rank:
         for reduced in _reduced_axes(axis, local_gradient.shape.rank):
             upstream = tf.expand_dims(upstream, reduced)
-    return tf.cast(upstream, local_gradient.dtype) * local_gradient
+    return saturating_cast(tf.cast(upstream, local_gradient.dtype) * local_gradient, dtype)
 
 
 def _inline_here() -> bool:
@@ -326,36 +328,51 @@ def xla_kernel(
     def forward(args, kwargs):
         return traced(*args, **kwargs)
 
-    def _taped_call(args, kwargs, positions):
+    def _taped_call(args, kwargs, positions, widen=False):
         """The kernel's outputs, under a tape watching the inputs at ``positions``.
 
         Each position is watched as a copy of its own: one tensor passed twice
         (``xlogy(p, p)``) would otherwise get the whole gradient at each position, twice
-        its gradient once the caller sums them (eagerly under nested tapes)."""
+        its gradient once the caller sums them (eagerly under nested tapes). With
+        ``widen``, a half-precision input is also watched as its float32 original
+        (``widened``; ``None`` for the others)."""
         names, values = list(kwargs), [*args, *kwargs.values()]
         watched = [tf.identity(values[p]) for p in positions]
+        wide = [
+            tf.cast(copy, tf.float32) if widen and compute_dtype(copy.dtype) != copy.dtype else None
+            for copy in watched
+        ]
+        watched = [c if w is None else widened(w, c.dtype) for c, w in zip(watched, wide)]
         for position, copy in zip(positions, watched):
             values[position] = copy
         with tf.GradientTape(watch_accessed_variables=False) as tape:
-            tape.watch(watched)
+            tape.watch(watched + [w for w in wide if w is not None])
             outputs = traced(*values[: len(args)], **dict(zip(names, values[len(args):])))
-        return tape, outputs, watched
+        return tape, outputs, watched, wide
 
     def backward(args, kwargs, positions, upstreams):
         # The forward pass again, with its gradient, as one computation: nothing
         # but the inputs is kept alive between the forward and the backward pass.
-        tape, outputs, watched = _taped_call(args, kwargs, positions)
+        tape, outputs, watched, _ = _taped_call(args, kwargs, positions)
         return tape.gradient(
             _floating(outputs), watched, output_gradients=upstreams,
             unconnected_gradients=tf.UnconnectedGradients.ZERO,
         )
 
     def forward_with_local_gradient(args, kwargs, positions):
-        # The value and its gradient for a unit upstream, in one computation.
-        tape, outputs, watched = _taped_call(args, kwargs, positions)
+        # The value and its gradient for a unit upstream, in one computation; a half input
+        # the kernel computed from its float32 original (to_compute_saturating) gets its
+        # gradient in float32, saturated after the product with the upstream.
+        tape, outputs, watched, wide = _taped_call(args, kwargs, positions, widen=True)
         (loss,) = _floating(outputs)  # one floating output (a loss may add its boolean mask)
-        gradients = tape.gradient(loss, watched, unconnected_gradients=tf.UnconnectedGradients.ZERO)
-        return outputs, gradients
+        widened_used = [w is not None and used_wide(c) for c, w in zip(watched, wide)]
+        sources = watched + [w for w, used in zip(wide, widened_used) if used]
+        gradients = tape.gradient(loss, sources, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+        wide_gradients = iter(gradients[len(watched):])
+        return outputs, [
+            next(wide_gradients) + tf.cast(g, tf.float32) if used else g
+            for g, used in zip(gradients[: len(watched)], widened_used)
+        ]
 
     def backward_from_output(output, upstream, kwargs):
         return gradient_from_output(output, upstream, **kwargs)
@@ -485,7 +502,10 @@ def xla_kernel(
             def times_upstream(outputs, local_gradients):
                 def grad(*upstreams):
                     (upstream,) = _floating_upstreams(upstreams, outputs)
-                    return [_times_upstream(upstream, g, reduced_axis) for g in local_gradients]
+                    return [
+                        _times_upstream(upstream, g, reduced_axis, values[p].dtype)
+                        for g, p in zip(local_gradients, positions)
+                    ]
 
                 return grad
 

@@ -248,13 +248,113 @@ def max_shift(x, axis):
     ``x - m`` alone would cost ``|x - m| * eps / 2`` relative (60 ULP of
     softmax at ``x - m = -100`` in float32). ``z`` is exactly 0 at the maxima,
     so a ``+inf`` maximum gives 0 there and ``-inf`` elsewhere instead of
-    ``inf - inf = nan``.
+    ``inf - inf = nan``. That 0 is a constant, and ``z`` gets ``x - m``'s slope
+    (:func:`with_shift_slope`): differentiated again, the tied maxima of a row kept
+    their dependence on ``x``.
     """
     m = tf.reduce_max(x, axis=axis, keepdims=True)
     is_max = tf.equal(x, m)
     zero = tf.zeros_like(x)
     difference, error = two_difference(x, m)
-    return m, is_max, tf.where(is_max, zero, difference), tf.where(is_max, zero, error)
+    z = with_shift_slope(tf.where(is_max, zero, difference), x, m, axis)
+    return m, is_max, z, tf.where(is_max, zero, error)
+
+
+def with_shift_slope(value, x, m, axis, exponential=False):
+    """``value``, a function of ``x - m`` (``m`` the row maximum over ``axis``, kept) that its
+    values alone express, with that dependence as its derivative: ``x - m``'s (``value`` is
+    ``x - m``, slope 1) or, ``exponential``, ``exp(x - m)``'s (slope ``value`` itself, taken
+    through this function again: right at every order).
+
+    For the max-shifted pieces, whose values at the maxima are constants (``x - m`` is 0
+    there, ``exp(x - m)`` a count of 1s), as ``inf - inf`` must not be formed: the slope is
+    that of the formula, also at ``m = +-inf`` (linear in the upstream, no ``inf - inf``).
+    Only a gradient that differentiates the pieces reads it (a second-order gradient:
+    the kernels' gradients are their own); a single maximum was right without it (``m``
+    moves with it), tied maxima saw their dependence on ``x`` only through
+    ``reduce_max``'s ``1/k`` split. The value goes through an identity: no operation in
+    the XLA computation (the same HLO as without it).
+    """
+
+    @tf.custom_gradient
+    def shifted(x, m):
+        def grad(upstream):
+            if exponential:
+                upstream = upstream * with_shift_slope(value, x, m, axis, exponential=True)
+            return upstream, -tf.reduce_sum(upstream, axis=axis, keepdims=True)
+
+        return value, grad
+
+    return shifted(x, m)
+
+
+def softmax_gradient(y, upstream, axis, where):
+    """The Jacobian-vector product of softmax from its output ``y``: ``y (g - <g, y>)``."""
+    # Masked entries and empty rows have y = 0: no gradient. float64_sum: one
+    # loop that forms and sums g y, where a float32 sum wrote it out for YNNPACK.
+    return y * (upstream - float64_sum(upstream * y, axis, keepdims=True))
+
+
+def log_softmax_gradient(y, upstream, axis, where):
+    """The Jacobian-vector product of log-softmax from its output ``y``: ``g - exp(y) sum(g)``."""
+    # Outputs at -inf (masked or -inf entries, empty rows) are constants: their upstream
+    # is dropped.
+    minus_inf = tf.equal(y, tf.constant(-math.inf, y.dtype))
+    upstream = tf.where(minus_inf, tf.zeros_like(upstream), upstream)
+    # float64_sum: one loop with the select, no buffer of the masked upstream.
+    return upstream - tf.exp(y) * float64_sum(upstream, axis, keepdims=True)
+
+
+def with_softmax_slope(x, y, axis):
+    """``y``, the softmax of ``x`` along ``axis`` however a gradient function formed it, as a
+    function of ``x`` whose derivative is softmax's: ``y (g - sum(g y))``, cast to ``x``'s dtype.
+
+    A softmax formed from the max-shifted pieces takes the maxima's terms as constants
+    (``exp(0)``, a 1), which is what their values need (no ``inf - inf``) but not their
+    derivative: differentiated again (nested tapes, a gradient penalty), a row whose
+    maximum is tied saw the maxima's dependence on ``x`` only through ``reduce_max``'s
+    ``1/k`` split of ``m``'s slope, and the Hessian of ``logsumexp`` at ``[1, 1, 0]`` was
+    ``[[.033, .033, -.066], ...]`` where ``diag(p) - p p^T`` is ``[[.244, -.178, -.066],
+    ...]`` (a row ``[0, 0, 0, -80]`` got zeros). A single maximum was right (``m`` then
+    moves with it). ``max_shift`` and ``_shifted_exponentials`` give their pieces that
+    slope (:func:`with_shift_slope`), but not every softmax is formed from
+    those (``_softmax_formed_again``, the focal loss's ``q``). The derivative declared here
+    is exact whatever ``y`` was formed from, and takes ``y`` through this function again,
+    so every further order is right too.
+
+    First-order code pays nothing: the value is ``y`` through an identity (no operation
+    at all in the XLA computation, the same HLO), and the slope is formed only where an
+    outer tape differentiates the gradient. Rows of ``+inf`` or ``-inf`` keep their
+    values (``y`` is finite there: zeros, or ``1/k`` at ``k`` entries of ``+inf``), and a
+    NaN row has a NaN slope.
+    """
+
+    @tf.custom_gradient
+    def softmax_of(x):
+        def grad(upstream):
+            again = with_softmax_slope(x, y, axis)
+            return tf.cast(softmax_gradient(again, upstream, axis, where=None), x.dtype)
+
+        return y, grad
+
+    return softmax_of(x)
+
+
+def with_log_softmax_slope(x, y, axis):
+    """``y``, the log-softmax of ``x`` along ``axis``, as a function of ``x`` whose derivative is
+    log-softmax's (``g - exp(y) sum(g)``, outputs at ``-inf`` constants): see
+    :func:`with_softmax_slope`, for a gradient function that reads the output it formed from
+    the max-shifted pieces (``0 - log1p(s)`` at the maxima, a constant shift)."""
+
+    @tf.custom_gradient
+    def log_softmax_of(x):
+        def grad(upstream):
+            again = with_log_softmax_slope(x, y, axis)
+            return tf.cast(log_softmax_gradient(again, upstream, axis, where=None), x.dtype)
+
+        return y, grad
+
+    return log_softmax_of(x)
 
 
 def written_once(value, row_value):

@@ -284,6 +284,8 @@ def _focal_terms_from_probabilities(target, probabilities, gamma, pos_weight):
             zero = tf.zeros_like(p)
             bce_p = (tf.where(p < 0.0, zero, (1.0 - t_n) / rest)
                      - tf.where(p > 1.0, zero, w1 / clip(p, limits.tiny)))
+            # Saturated: pos_weight / tiny overflows from pos_weight = 4 (float32).
+            bce_p = clip(bce_p, -limits.max, limits.max)
             bce_t = narrow_log_rest - pos_weight * narrow_log_p
             return _chain(upstream, narrow_bce, floored, gamma, limits.tiny, (base_t, base_p),
                           (bce_t, bce_p))

@@ -55,6 +55,7 @@ from stableops._internal.reductions import (
     shrunk_rows,
     split_sum_of_fractions,
     top_and_rest,
+    with_softmax_slope,
 )
 from stableops._internal.where import safe_where
 from stableops.losses._base import REDUCTION, RawInputLoss, loss_class, public_function
@@ -265,8 +266,12 @@ def _log_and_complement_from_logits(x, axis):
 
         def grad(to_log, to_complement):
             to_log = tf.where(tf.equal(log_q, -math.inf), tf.zeros_like(to_log), to_log)
-            row = tf.reduce_sum(to_log - to_complement * q, axis=axis, keepdims=True)
-            return tf.cast(to_log - q * (to_complement + row), x.dtype)
+            # q with softmax's slope declared: q's pieces hold the maxima's x - m and
+            # their count as constants, and a second-order gradient (nested tapes) was
+            # wrong where the maximum is tied (see _internal.reductions.with_softmax_slope).
+            q_of_x = with_softmax_slope(x, q, axis)
+            row = tf.reduce_sum(to_log - to_complement * q_of_x, axis=axis, keepdims=True)
+            return tf.cast(to_log - q_of_x * (to_complement + row), x.dtype)
 
         return (log_q, complement), grad
 
@@ -328,16 +333,29 @@ def _normalized_log_and_complement(probabilities, axis):
     """
     nan = tf.fill(tf.shape(probabilities), tf.constant(math.nan, probabilities.dtype))
     finite = tf.where(tf.math.is_finite(probabilities), probabilities, nan)
-    return _log_and_complement_of_floored(floor_at_tiny(finite), axis)
+    below_tiny = finite < dtype_limits(finite.dtype).tiny
+    return _log_and_complement_of_floored(
+        _floored_straight_through(finite), axis, below_tiny=below_tiny
+    )
 
 
-def _log_and_complement_of_floored(p, axis):
+@tf.custom_gradient
+def _floored_straight_through(p):
+    """``p`` floored at ``tiny``, with slope 1 below it too: a target class at probability 0
+    gets the largest gradient its dtype holds, as in ``categorical_crossentropy`` (the floor's
+    slope 0 left it none: the most wrong prediction did not learn)."""
+    return floor_at_tiny(p), lambda upstream: upstream
+
+
+def _log_and_complement_of_floored(p, axis, below_tiny=None):
     """:func:`_normalized_log_and_complement` of ``p >= tiny``, with its gradient written out.
 
     Gradient: ``g_log / p - sum(g_log) / S + (sum(g_complement q) - g_complement) / S``
     (``log q = log p - log S``, ``1 - q = 1 - p / S``, for the top entry too). Autodiff of
     ``p * (1 / S)`` formed ``1 / S**2``, which overflows for a row summing to 3.7e-25
-    (NaN gradients on ordinary targets).
+    (NaN gradients on ordinary targets). At the entries ``below_tiny`` (floored) only
+    their own log's slope ``g_log / tiny`` is kept, as ``categorical_crossentropy`` keeps
+    it at its clip; the row sum's part is 0 there, as the floor's.
     """
 
     tiny = dtype_limits(p.dtype).tiny
@@ -391,7 +409,13 @@ def _log_and_complement_of_floored(p, axis):
             # float64_sum: formed and summed in one loop (a float32 sum of the computed
             # terms was written out for YNNPACK under XLA).
             row = float64_sum(to_complement * q_narrow - to_log, axis, keepdims=True)
-            return to_log / narrow + (row - to_complement) * inverse_narrow
+            through_sum = (row - to_complement) * inverse_narrow
+            if below_tiny is not None:
+                through_sum = tf.where(below_tiny, tf.zeros_like(through_sum), through_sum)
+            gradient = to_log / narrow + through_sum
+            # Saturated: alpha / tiny overflows from alpha = 4 (float32).
+            largest = dtype_limits(narrow.dtype).max
+            return clip(gradient, -largest, largest)
 
         return (log_q, complement), grad
 

@@ -118,6 +118,7 @@ class _ClipBounds:
         slope = dtype_limits(input_dtype)
         self.low, self.high = value.tiny, value.largest_below_one
         self.slope_low, self.slope_high = slope.tiny, slope.largest_below_one
+        self.largest = slope.max  # the largest gradient the input dtype holds
 
 
 def _log_probability(p, bounds):
@@ -125,7 +126,9 @@ def _log_probability(p, bounds):
 
     The clip at ``bounds.low`` is straight-through: the derivative does not
     drop to 0 below the bound (``tf.clip_by_value``'s does), so a confidently
-    wrong prediction still gets a gradient, the largest the input dtype holds.
+    wrong prediction still gets a gradient, the largest the input dtype holds:
+    the product with the upstream gradient saturates there (a class weight of 4
+    times ``1/tiny`` overflowed float32 to ``-inf``).
     Above 1, which no probability reaches, the value is ``log(1) = 0`` (never
     the negative loss ``log(p) > 0`` would give) and the slope 0: the term is
     at its optimum there, and a slope ``1/p`` would push ``p`` further out.
@@ -135,7 +138,7 @@ def _log_probability(p, bounds):
     def log_fn(q):
         def grad(upstream):
             slope = tf.where(q > 1.0, tf.zeros_like(q), 1.0 / clip(q, bounds.slope_low))
-            return upstream * slope
+            return clip(upstream * slope, -bounds.largest, bounds.largest)
 
         return tf.math.log(clip(q, bounds.low, 1.0)), grad
 

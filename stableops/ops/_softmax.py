@@ -21,8 +21,13 @@ from stableops._internal.kernel import xla_kernel
 from stableops._internal.reductions import (
     empty_rows,
     float64_sum,
+    log_softmax_gradient,
     max_shift,
+    softmax_gradient,
     split_sum_of_fractions,
+    with_log_softmax_slope,
+    with_shift_slope,
+    with_softmax_slope,
     written_once,
 )
 
@@ -88,6 +93,7 @@ class _Shifted(typing.NamedTuple):
     s: tf.Tensor  # sum(p) - 1 without the cancellation
     s_wide: tf.Tensor  # s in float64, before its rounding
     empty: tf.Tensor  # rows whose maximum is -inf (all -inf or fully masked)
+    axis: typing.Any  # the reduced axis (an int, a tuple of ints or None)
 
 
 def _shifted_exponentials(x, axis, read_again=False):
@@ -132,12 +138,19 @@ def _shifted_exponentials(x, axis, read_again=False):
     else:
         maxima = tf.cast(is_max, x.dtype)
         below = tf.where(is_max, tf.zeros_like(x), p)
+    # The maxima's terms are counted as constants (1s); their slope is exp(x - m)'s
+    # (with_shift_slope), so that s and p keep their dependence on tied maxima in a
+    # second-order gradient (log1p(s) - z is -log softmax: categorical cross-entropy's
+    # gradient with respect to its targets). An identity: the same XLA computation.
+    maxima = with_shift_slope(maxima, x, m, axis, exponential=True)
     s_wide = float64_sum(below, axis, keepdims=True, rounded=False) + (
         float64_sum(maxima, axis, keepdims=True, rounded=False) - 1.0
     )
     s = tf.cast(s_wide, x.dtype)
     total = 1.0 + s
-    return _Shifted(x, m, z, z_low, below + maxima, total, s, s_wide, empty_rows(m, total))
+    return _Shifted(
+        x, m, z, z_low, below + maxima, total, s, s_wide, empty_rows(m, total), axis
+    )
 
 
 def _reciprocal_total(pieces):
@@ -153,7 +166,9 @@ def _reciprocal_total(pieces):
 
 
 def _softmax_from_pieces(pieces):
-    return pieces.p * _reciprocal_total(pieces)
+    """``softmax(x)`` from the pieces, for a gradient function (its slope: see
+    ``_internal.reductions.with_softmax_slope``)."""
+    return with_softmax_slope(pieces.x, pieces.p * _reciprocal_total(pieces), pieces.axis)
 
 
 def _softmax_formed_again(pieces):
@@ -168,10 +183,12 @@ def _softmax_formed_again(pieces):
     tf.function, 133 -> 69 under XLA; Keras 65-128 and 129). Where the exponentials are
     most of the work it costs more than the buffer: sparse cross-entropy from logits
     under XLA, one core, 2^20, 1.03 -> 1.44x Keras's time; ``logsumexp`` 1.58 -> 1.88x.
+    For a gradient function: its slope is softmax's (see
+    ``_internal.reductions.with_softmax_slope``).
     """
     x, m = pieces.x, pieces.m
     p = tf.exp(tf.where(tf.equal(x, m), tf.zeros_like(x), -(m - x))) * (1.0 + pieces.z_low)
-    return p * _reciprocal_total(pieces)
+    return with_softmax_slope(x, p * _reciprocal_total(pieces), pieces.axis)
 
 
 def _softmax_value(x, axis):
@@ -234,10 +251,14 @@ def _logsumexp_core(x, axis, keepdims):
 def _softmax_core(x, axis):
     @tf.custom_gradient
     def core(x):
-        y = _softmax_value(x, axis)
+        # y's slope declared (with_softmax_slope), for the gradient below to read: a
+        # second-order gradient is right at tied maxima too; first order runs the same
+        # computation. (Declared in the gradient function, it made TF's gradient of the
+        # compiled call, eagerly under one tape, return a second copy of x.)
+        y = with_softmax_slope(x, _softmax_value(x, axis), axis)
 
         def grad(upstream):
-            return _softmax_gradient(y, upstream, axis, where=None)
+            return softmax_gradient(y, upstream, axis, where=None)
 
         return y, grad
 
@@ -260,12 +281,15 @@ def _log_softmax_core(x, axis):
         log_total = accurate_log1p(pieces.s)
         log_total = tf.where(pieces.empty, tf.constant(math.inf, x.dtype), log_total)
         value = tf.where(tf.equal(x, pieces.m), 0.0 - log_total, (x - pieces.m) - log_total)
+        # Its slope declared (with_log_softmax_slope), for the gradient below to read:
+        # right at tied maxima in a second-order gradient (see _softmax_core).
+        value = with_log_softmax_slope(x, value, axis)
 
         def grad(upstream):
             # The same formula as the compiled call's from the output (one answer
             # in every regime); a softmax from the pieces kept p, a full-size
             # buffer, alive for the backward pass.
-            return _log_softmax_gradient(value, upstream, axis, where=None)
+            return log_softmax_gradient(value, upstream, axis, where=None)
 
         return value, grad
 
@@ -287,30 +311,14 @@ def _fill_masked(value, where, fill):
     return tf.where(where, value, tf.constant(fill, value.dtype))
 
 
-def _softmax_gradient(y, upstream, axis, where):
-    # The Jacobian-vector product of softmax from its output: y (g - <g, y>)
-    # (masked entries and empty rows have y = 0: no gradient). float64_sum: one
-    # loop that forms and sums g y, where a float32 sum wrote it out for YNNPACK.
-    return y * (upstream - float64_sum(upstream * y, axis, keepdims=True))
-
-
-def _log_softmax_gradient(y, upstream, axis, where):
-    # g - softmax sum(g), softmax = exp(y); outputs at -inf (masked or -inf
-    # entries, empty rows) are constants: their upstream is dropped.
-    minus_inf = tf.equal(y, tf.constant(-math.inf, y.dtype))
-    upstream = tf.where(minus_inf, tf.zeros_like(upstream), upstream)
-    # float64_sum: one loop with the select, no buffer of the masked upstream.
-    return upstream - tf.exp(y) * float64_sum(upstream, axis, keepdims=True)
-
-
-@xla_kernel(gradient_from_output=_softmax_gradient)
+@xla_kernel(gradient_from_output=softmax_gradient)
 def _softmax_kernel(x, axis, where):
     x = float_tensor_with_axis(x, axis)
     value = _softmax_core(_mask_out(to_compute(x), where), axis)
     return tf.cast(_fill_masked(value, where, 0.0), x.dtype)
 
 
-@xla_kernel(gradient_from_output=_log_softmax_gradient)
+@xla_kernel(gradient_from_output=log_softmax_gradient)
 def _log_softmax_kernel(x, axis, where):
     x = float_tensor_with_axis(x, axis)
     value = _log_softmax_core(_mask_out(to_compute(x), where), axis)
