@@ -329,15 +329,7 @@ def with_softmax_slope(x, y, axis):
     NaN row has a NaN slope.
     """
 
-    @tf.custom_gradient
-    def softmax_of(x):
-        def grad(upstream):
-            again = with_softmax_slope(x, y, axis)
-            return tf.cast(softmax_gradient(again, upstream, axis, where=None), x.dtype)
-
-        return y, grad
-
-    return softmax_of(x)
+    return _with_output_slope(x, y, axis, softmax_gradient)
 
 
 def with_log_softmax_slope(x, y, axis):
@@ -346,15 +338,22 @@ def with_log_softmax_slope(x, y, axis):
     :func:`with_softmax_slope`, for a gradient function that reads the output it formed from
     the max-shifted pieces (``0 - log1p(s)`` at the maxima, a constant shift)."""
 
+    return _with_output_slope(x, y, axis, log_softmax_gradient)
+
+
+def _with_output_slope(x, y, axis, gradient_from_output):
+    """``y`` as a function of ``x`` whose derivative is ``gradient_from_output(y, g, axis)``,
+    reading ``y`` through this function again (right at every order)."""
+
     @tf.custom_gradient
-    def log_softmax_of(x):
+    def of(x):
         def grad(upstream):
-            again = with_log_softmax_slope(x, y, axis)
-            return tf.cast(log_softmax_gradient(again, upstream, axis, where=None), x.dtype)
+            again = _with_output_slope(x, y, axis, gradient_from_output)
+            return tf.cast(gradient_from_output(again, upstream, axis, where=None), x.dtype)
 
         return y, grad
 
-    return log_softmax_of(x)
+    return of(x)
 
 
 def written_once(value, row_value):
