@@ -328,7 +328,6 @@ def with_softmax_slope(x, y, axis):
     values (``y`` is finite there: zeros, or ``1/k`` at ``k`` entries of ``+inf``), and a
     NaN row has a NaN slope.
     """
-
     return _with_output_slope(x, y, axis, softmax_gradient)
 
 
@@ -337,7 +336,6 @@ def with_log_softmax_slope(x, y, axis):
     log-softmax's (``g - exp(y) sum(g)``, outputs at ``-inf`` constants): see
     :func:`with_softmax_slope`, for a gradient function that reads the output it formed from
     the max-shifted pieces (``0 - log1p(s)`` at the maxima, a constant shift)."""
-
     return _with_output_slope(x, y, axis, log_softmax_gradient)
 
 

@@ -334,9 +334,7 @@ def _normalized_log_and_complement(probabilities, axis):
     nan = tf.fill(tf.shape(probabilities), tf.constant(math.nan, probabilities.dtype))
     finite = tf.where(tf.math.is_finite(probabilities), probabilities, nan)
     below_tiny = finite < dtype_limits(finite.dtype).tiny
-    return _log_and_complement_of_floored(
-        _floored_straight_through(finite), axis, below_tiny=below_tiny
-    )
+    return _log_and_complement_of_floored(_floored_straight_through(finite), axis, below_tiny)
 
 
 @tf.custom_gradient
@@ -347,7 +345,7 @@ def _floored_straight_through(p):
     return floor_at_tiny(p), lambda upstream: upstream
 
 
-def _log_and_complement_of_floored(p, axis, below_tiny=None):
+def _log_and_complement_of_floored(p, axis, below_tiny):
     """:func:`_normalized_log_and_complement` of ``p >= tiny``, with its gradient written out.
 
     Gradient: ``g_log / p - sum(g_log) / S + (sum(g_complement q) - g_complement) / S``
@@ -410,8 +408,7 @@ def _log_and_complement_of_floored(p, axis, below_tiny=None):
             # terms was written out for YNNPACK under XLA).
             row = float64_sum(to_complement * q_narrow - to_log, axis, keepdims=True)
             through_sum = (row - to_complement) * inverse_narrow
-            if below_tiny is not None:
-                through_sum = tf.where(below_tiny, tf.zeros_like(through_sum), through_sum)
+            through_sum = tf.where(below_tiny, tf.zeros_like(through_sum), through_sum)
             gradient = to_log / narrow + through_sum
             # Saturated: alpha / tiny overflows from alpha = 4 (float32).
             largest = dtype_limits(narrow.dtype).max
