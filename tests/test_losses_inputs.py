@@ -173,6 +173,26 @@ def test_ragged_hinges_take_ragged_rows():
 
 
 @pytest.mark.parametrize(
+    "fn_name, target, prediction, expected",
+    [
+        # Each term 2.25e38 (below float32's 3.4e38): their mean is too.
+        ("mean_squared_error", 0.0, 1.5e19, 2.25e38),
+        ("mean_absolute_error", 0.0, 2e38, 2e38),
+        ("huber", 0.0, 2e38, 2e38 - 0.5),
+        ("hinge", -1.0, 2e38, 2e38 + 1.0),
+    ],
+)
+def test_ragged_rows_near_the_range_keep_a_finite_mean(fn_name, target, prediction, expected):
+    """The ragged rows' mean was a float32 ``reduce_mean``, which overflowed where the dense
+    rows' float64 sum keeps the mean finite (MSE of 1.5e19: ``inf`` for 2.25e38)."""
+    lengths = [4, 3]
+    t = tf.RaggedTensor.from_row_lengths(np.full(7, target, np.float32), lengths)
+    p = tf.RaggedTensor.from_row_lengths(np.full(7, prediction, np.float32), lengths)
+    value = getattr(S, fn_name)(t, p).numpy()
+    np.testing.assert_allclose(value, np.float32([expected, expected]), rtol=F32_EPS)
+
+
+@pytest.mark.parametrize(
     "name",
     [
         "Dice",

@@ -22,6 +22,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import stableops.losses as S
+import stableops.ops
 from benchmarks.accuracy import mp_categorical_focal_probabilities
 from tests import _reference as R
 from tests._regimes import Regime
@@ -1661,6 +1662,87 @@ def test_a_class_weight_times_the_largest_slope_saturates(regime, loss, target, 
     )
     assert np.all(np.isfinite(grad)), grad
     assert grad[0, 0] == -np.finfo(dtype).max
+
+
+def _one_wrong_row(dtype, classes):
+    """A row whose target (class 0) has probability exactly 0: its slope is -1/tiny."""
+    prediction = np.array([[0.0, 1.0]], dtype)
+    if classes == "sparse":
+        return np.array([0], np.int32), prediction
+    if classes == "binary":
+        return np.array([[1.0]], dtype), np.array([[0.0]], dtype)
+    return np.array([[1.0, 0.0]], dtype), prediction
+
+
+_FROM_PROBABILITIES = [
+    (S.binary_crossentropy, "binary"),
+    (S.binary_focal_crossentropy, "binary"),
+    (S.categorical_crossentropy, "categorical"),
+    (S.categorical_focal_crossentropy, "categorical"),
+    (S.sparse_categorical_crossentropy, "sparse"),
+    (stableops.ops.binary_crossentropy, "binary"),
+    (stableops.ops.categorical_crossentropy, "categorical"),
+    (stableops.ops.sparse_categorical_crossentropy, "sparse"),
+]
+
+
+@pytest.mark.parametrize(
+    "loss, classes", _FROM_PROBABILITIES,
+    ids=[f"{f.__module__.split('.')[1]}.{f.__name__}" for f, _ in _FROM_PROBABILITIES],
+)
+@pytest.mark.parametrize("dtype", ["float16", "float32", "float64"])
+def test_a_sample_weight_times_the_largest_slope_saturates(regime, loss, classes, dtype):
+    """A sample weight (an upstream gradient) of 1000 times the slope -1/tiny at a target
+    probability of 0 is beyond the range: it saturates at the dtype's largest number in
+    every regime. Outside XLA the weight multiplies the kernel's local gradient outside
+    the kernel, and that product overflowed to -inf (categorical and sparse under XLA
+    too). (The focal slope is -alpha/tiny, alpha = 0.25: 1000 passes the range as well.)"""
+    target, prediction = _one_wrong_row(dtype, classes)
+    _, (grad,) = regime.value_and_grad(loss, target, prediction, wrt=(1,), weights=[1000.0])
+    assert np.all(np.isfinite(grad)), grad
+    assert grad[0, 0] == -np.finfo(dtype).max, grad
+
+
+@pytest.mark.parametrize(
+    "loss, classes", _FROM_PROBABILITIES,
+    ids=[f"{f.__module__.split('.')[1]}.{f.__name__}" for f, _ in _FROM_PROBABILITIES],
+)
+def test_a_nan_sample_weight_at_the_largest_slope_gives_nan(regime, loss, classes):
+    """The saturating product keeps NaN: a NaN upstream is never clipped to a bound."""
+    target, prediction = _one_wrong_row("float32", classes)
+    _, (grad,) = regime.value_and_grad(loss, target, prediction, wrt=(1,), weights=[np.nan])
+    assert np.all(np.isnan(grad)), grad
+
+
+@pytest.mark.parametrize(
+    "make_loss, squash",
+    [
+        (S.BinaryCrossentropy, tf.math.sigmoid),
+        (S.BinaryFocalCrossentropy, tf.math.sigmoid),
+        (S.CategoricalCrossentropy, tf.nn.softmax),
+        (S.CategoricalFocalCrossentropy, tf.nn.softmax),
+    ],
+    ids=["binary", "binary_focal", "categorical", "categorical_focal"],
+)
+def test_a_class_weight_on_a_saturated_raw_output_keeps_the_logits_gradient_finite(
+    regime, make_loss, squash
+):
+    """A model whose output is a raw TF sigmoid/softmax (not a Keras activation, so no
+    logits to recover: a scale follows it) saturated to exactly 0 for the target, with a
+    class weight of 8 (ordinary for imbalanced data): the probability's gradient
+    overflowed to -inf, and the squashing function's slope 0 times -inf made the logits'
+    gradient NaN (eagerly and in a plain tf.function). Saturated, it is 0 there (nothing
+    learns through a slope of exactly 0), as Keras's is."""
+    logits = np.float32([[-200.0, 0.3]])  # sigmoid(-200) and softmax's first entry: 0
+    target = np.float32([[1.0, 0.0]])
+    loss = make_loss()
+
+    def weighted_loss(x):
+        return loss(target, squash(x) * 1.0, sample_weight=tf.constant([8.0]))
+
+    _, (grad,) = regime.value_and_grad(weighted_loss, logits)
+    assert np.all(np.isfinite(grad)), grad
+    assert grad[0, 0] == 0.0, grad
 
 
 @pytest.mark.parametrize("dtype", ["float16", "float32", "float64"])

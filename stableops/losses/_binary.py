@@ -37,7 +37,14 @@ from stableops._internal.keras_compat import recover_logits
 from stableops._internal.reductions import float64_sum, sum_over
 from stableops._internal.where import safe_where, weight_times
 from stableops.losses._base import REDUCTION, RawInputLoss, loss_class, public_function
-from stableops.losses._inputs import graph_code, in_compute_dtype, loss_kernel, prepare, with_mask
+from stableops.losses._inputs import (
+    from_probabilities,
+    graph_code,
+    in_compute_dtype,
+    loss_kernel,
+    prepare,
+    with_mask,
+)
 from stableops.losses._shared import (
     check_gamma,
     check_ignore_class,
@@ -284,11 +291,13 @@ def _focal_terms_from_probabilities(target, probabilities, gamma, pos_weight):
             zero = tf.zeros_like(p)
             bce_p = (tf.where(p < 0.0, zero, (1.0 - t_n) / rest)
                      - tf.where(p > 1.0, zero, w1 / clip(p, limits.tiny)))
-            # Saturated: pos_weight / tiny overflows from pos_weight = 4 (float32).
+            # Saturated: pos_weight / tiny overflows from pos_weight = 4 (float32), and so
+            # does a weight's product with it (xla_kernel's saturating).
             bce_p = clip(bce_p, -limits.max, limits.max)
             bce_t = narrow_log_rest - pos_weight * narrow_log_p
-            return _chain(upstream, narrow_bce, floored, gamma, limits.tiny, (base_t, base_p),
-                          (bce_t, bce_p))
+            to_t, to_p = _chain(upstream, narrow_bce, floored, gamma, limits.tiny,
+                                (base_t, base_p), (bce_t, bce_p))
+            return to_t, clip(to_p, -limits.max, limits.max)
 
         return value, grad
 
@@ -315,7 +324,7 @@ def _chain(upstream, crossentropy, floored, gamma, tiny, base_slopes, crossentro
     return tf.cast(to_t, tf.float64), to_y
 
 
-@loss_kernel
+@loss_kernel(saturating=from_probabilities)
 def _binary_crossentropy_kernel(
     y_true, y_pred, apply_class_balancing, alpha, gamma, from_logits, label_smoothing, axis,
     pos_weight, ignore_class,

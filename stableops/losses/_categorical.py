@@ -59,7 +59,14 @@ from stableops._internal.reductions import (
 )
 from stableops._internal.where import safe_where
 from stableops.losses._base import REDUCTION, RawInputLoss, loss_class, public_function
-from stableops.losses._inputs import graph_code, in_compute_dtype, loss_kernel, prepare, with_mask
+from stableops.losses._inputs import (
+    from_probabilities,
+    graph_code,
+    in_compute_dtype,
+    loss_kernel,
+    prepare,
+    with_mask,
+)
 from stableops.losses._shared import (
     check_gamma,
     check_ignore_class,
@@ -129,7 +136,7 @@ def _smooth_categorical(target, label_smoothing, axis):
     return target * (1.0 - label_smoothing) + label_smoothing / num_classes
 
 
-@loss_kernel
+@loss_kernel(saturating=from_probabilities)
 def _categorical_crossentropy_kernel(
     y_true, y_pred, from_logits, label_smoothing, axis, ignore_class
 ):
@@ -419,7 +426,7 @@ def _log_and_complement_of_floored(p, axis, below_tiny):
     return pieces(p)
 
 
-@loss_kernel
+@loss_kernel(saturating=from_probabilities)
 def _categorical_focal_crossentropy_kernel(
     y_true, y_pred, alpha, gamma, from_logits, label_smoothing, axis, ignore_class
 ):
@@ -595,7 +602,7 @@ def _prepare_sparse(y_true, y_pred, axis):
     return labels, y_pred, num_classes
 
 
-@loss_kernel
+@loss_kernel(saturating=from_probabilities)
 def _sparse_categorical_crossentropy_kernel(
     labels, y_pred, from_logits, ignore_class, axis, label_smoothing
 ):

@@ -37,8 +37,9 @@ RAGGED_LOSSES = (
 graph_code = tf.autograph.experimental.do_not_convert
 
 
-def loss_kernel(fn):
-    """``xla_kernel(row_local=True)``, with AutoGraph off for the traced path as well.
+def loss_kernel(fn=None, *, saturating=False):
+    """``xla_kernel(row_local=True, saturating=saturating)``, with AutoGraph off for the
+    traced path as well.
 
     The kernels are straight-line TensorFlow (no Python control flow on
     tensors). Called inside a user's ``tf.function`` or ``model.fit`` (where
@@ -50,7 +51,15 @@ def loss_kernel(fn):
     the argument), so each is ``row_local``: the forward call also returns the
     per-element gradient, and the backward pass is one multiplication.
     """
-    return xla_kernel(graph_code(fn), row_local=True)
+    if fn is None:
+        return functools.partial(loss_kernel, saturating=saturating)
+    return xla_kernel(graph_code(fn), row_local=True, saturating=saturating)
+
+
+def from_probabilities(from_logits, **_):
+    """Whether a cross-entropy call is from probabilities: its slope at a probability
+    floored at ``tiny`` is ``1/tiny`` (``xla_kernel``'s ``saturating``)."""
+    return not from_logits
 
 
 _INPUTS_DOC = """Args:
@@ -128,8 +137,8 @@ def ragged_rows(fn):
     Keras's ``MeanSquaredError``, ``MeanAbsoluteError``, ``Huber`` (and
     others) accept two ``tf.RaggedTensor`` of the same row lengths. Here the
     per-element term is ``fn`` of the flat values, each element its own
-    one-entry last axis, and ``tf.reduce_mean`` over the ragged last axis
-    averages each row: the same numbers as ``fn`` on the dense rows.
+    one-entry last axis, and a float64 ``tf.reduce_mean`` over the ragged last axis
+    averages each row: the numbers of ``fn`` on the dense rows, to the rounding of the mean.
     """
 
     @functools.wraps(fn)
@@ -152,7 +161,10 @@ def ragged_rows(fn):
         per_element = fn(
             y_true.flat_values[..., None], y_pred.flat_values[..., None], *args, **kwargs
         )
-        return tf.reduce_mean(y_pred.with_flat_values(per_element), axis=-1)
+        # Averaged in float64, as the dense rows are summed (float64_mean): a float32 mean of
+        # terms near the range overflowed where the mean is finite (MSE of 1.5e19: inf).
+        wide = y_pred.with_flat_values(tf.cast(per_element, tf.float64))
+        return tf.cast(tf.reduce_mean(wide, axis=-1), per_element.dtype)
 
     return wrapper
 

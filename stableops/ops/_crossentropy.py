@@ -225,7 +225,7 @@ def _binary_from_logits(target, logits):
     return tf.cast(_sigmoid_cross_entropy(z, x), logits.dtype)
 
 
-@xla_kernel(row_local=True)
+@xla_kernel(row_local=True, saturating=True)
 def _binary_from_probabilities(target, probabilities):
     bounds = _ClipBounds(probabilities.dtype)
     p = to_compute(probabilities)
@@ -276,7 +276,8 @@ def binary_crossentropy(target, output, from_logits=False):
         float32. The clip is straight-through, with the slope taken at the
         input dtype's ``tiny``/``largest_below_one`` so the gradient is finite
         in that dtype: ``p = 0`` with ``z = 1`` has gradient ``-1/tiny``
-        (-8.5e37 in float32, -16384 in float16) where Keras's is 0.
+        (-8.5e37 in float32, -16384 in float16) where Keras's is 0; times a
+        weight (an upstream gradient) it saturates at the dtype's largest number.
         A probability outside ``[0, 1]`` costs what the nearest of 0 and 1
         costs, never a negative loss (``log(p) > 0`` for ``p > 1``); its
         gradient is that of the side that points back into ``[0, 1]``
@@ -434,14 +435,16 @@ def _normalized_crossentropy(z, o, axis, bounds):
             # 1 / S = shrink / divisor.
             normalizing = sum_over(z * fraction, axis=axis, keepdims=True) * shrink / divisor
             normalizing = tf.where(tf.equal(total, 0), tf.zeros_like(normalizing), normalizing)
-            return -upstream * log_q, upstream * (normalizing - z / slope_point)
+            to_o = upstream * (normalizing - z / slope_point)
+            # Saturated: a weight of 4 times the slope 1/tiny overflows (xla_kernel's saturating).
+            return -upstream * log_q, clip(to_o, -bounds.largest, bounds.largest)
 
         return loss, grad
 
     return loss_fn(z, o)
 
 
-@xla_kernel(row_local=True)
+@xla_kernel(row_local=True, saturating=True)
 def _categorical_from_probabilities(target, probabilities, axis):
     p = to_compute(probabilities)
     z = tf.cast(target, p.dtype)
@@ -485,7 +488,8 @@ def categorical_crossentropy(target, output, from_logits=False, axis=-1):
         ``1 - 1e-7``: 1.2e-7). The gradient is the exact
         ``-z_j/p_j + sum(z)/S`` with each ``1/p_j`` taken at ``max(p_j, tiny)``
         of the input dtype (straight-through, so finite whatever the row sum;
-        ``-z/tiny`` for an all-zero row; Keras's clip gives 0 there).
+        ``-z/tiny`` for an all-zero row; Keras's clip gives 0 there), saturated
+        at the dtype's largest number where a weight multiplies it past the range.
         If ``output`` came from a Keras softmax (``_keras_logits`` or a
         ``Softmax`` op in a graph), the loss is computed from its logits.
         Half precision computes in float32, so float16 sums over 100,000
@@ -649,14 +653,16 @@ def _sparse_normalized_crossentropy(indices, o, bounds):
             )
             # The one-hot exists only in the (dense) gradient, never in the loss.
             one_hot = tf.one_hot(indices, tf.shape(o)[-1], dtype=o.dtype)
-            return upstream[:, None] * (normalizing[:, None] - one_hot / slope_point[:, None])
+            to_o = upstream[:, None] * (normalizing[:, None] - one_hot / slope_point[:, None])
+            # Saturated: a weight of 4 times the slope 1/tiny overflows (xla_kernel's saturating).
+            return clip(to_o, -bounds.largest, bounds.largest)
 
         return loss, grad
 
     return loss_fn(o)
 
 
-@xla_kernel(row_local=True)
+@xla_kernel(row_local=True, saturating=True)
 def _sparse_from_probabilities(labels, probabilities):
     flat_labels, o = _flat_examples(labels, to_compute(probabilities))
     valid = _label_validity(flat_labels, tf.shape(o, out_type=tf.int64)[-1])
