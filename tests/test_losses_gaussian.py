@@ -860,3 +860,21 @@ def test_edge_grid_dtypes_are_finite(regime):
             value, (grad,) = regime.value_and_grad(fn, y, np.array(p, np_dtype), wrt=(1,))
             assert np.isfinite(value).all(), (dtype, p, value)
             assert np.isfinite(grad.astype(np.float64)).all(), (dtype, p, grad)
+
+
+@pytest.mark.parametrize(
+    "dtype, log_variance, prior_log_variance",
+    [("float32", 88.75, -1.2345e-5), ("float32", 89.0, -0.1234567), ("float64", 710.0, -1.2345e-9)],
+)
+def test_gaussian_kl_just_past_log_max_with_a_prior_is_finite(regime, dtype, log_variance,
+                                                              prior_log_variance):
+    """``d = s - s_p`` between ``log_max`` and ``log_max + log 2``: the value ``exp(d) / 2``
+    is finite, but the first-order correction of d's rounding took ``expm1(d) = inf``
+    (``-inf`` for 1.748e38)."""
+    prior = np.array(prior_log_variance, dtype)  # the number the loss receives, as rounded
+    mean, s = np.array([[0.0]], dtype), np.array([[log_variance]], dtype)
+    value = regime.run(lambda m, v: S.gaussian_kl(m, v, prior_log_variance=float(prior)), mean, s)
+    expected = R.reference_array(
+        lambda m, v: mp_kl(m, v, p=mpmath.mpf(float(prior))), mean[0], s[0]
+    )
+    R.assert_ulp_within(value, expected, dtype, 4)

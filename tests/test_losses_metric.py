@@ -842,3 +842,30 @@ def test_a_gradient_penalty_scales_with_the_embeddings(name, exponent):
     got = penalty_gradient(x * np.float32(c), np.float32(0.5 * c**margin_power))
     assert np.any(want != 0)
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("dtype, big", [("float32", 1e38), ("float64", 5e307)])
+def test_triplet_loss_past_the_top_power_of_two_keeps_its_distances(regime, dtype, big):
+    """Embeddings of 2^127 or more (float32; 2^1023 in float64) made the batch's scale
+    2^127, whose reciprocal flushes to 0: every distance was 0 and the loss its margin,
+    [1, 1, 1] with gradient 0. Anchors 0 and 1 (label 0) are 2 big apart and their
+    negative is big from each: 2 big - big + margin = big (the margin of 1 is below an ULP
+    of big); anchor 2 has no positive. The gradients are the unit directions."""
+    x = np.array([[2 * big, 0.0], [0.0, 0.0], [big, 0.0]], dtype)
+    labels = np.int32([0, 0, 1])
+    value, (grad,) = regime.value_and_grad(lambda x: S.triplet_loss(labels, x), x)
+    np.testing.assert_allclose(value, [big, big, 0.0], rtol=np.finfo(dtype).eps)
+    np.testing.assert_array_equal(grad, [[1.0, 0.0], [-1.0, 0.0], [0.0, 0.0]])
+
+
+def test_contrastive_loss_of_pairs_far_past_the_margin_is_zero(regime):
+    """A dissimilar pair costs max(margin - d, 0)^2 = 0 however far apart; its d^2 past the
+    range (d = 1e20) times the 0 of its similarity was NaN in the pair form, and past
+    2^127 (2e38) the scale's flushed reciprocal made d = 0 and the loss 1 in both forms."""
+    pairs = np.float32(
+        [[[1e20, 0.0], [0.0, 0.0]], [[2e38, 0.0], [0.0, 0.0]], [[3.0, 0.0], [0.0, 0.0]]]
+    )
+    value = regime.run(lambda x: S.contrastive_loss(np.int32([0, 0, 1]), x), pairs)
+    np.testing.assert_array_equal(value, [0.0, 0.0, 9.0])  # the similar pair: d^2 = 9
+    batch = regime.run(lambda x: S.contrastive_loss(np.int32([0, 1]), x), pairs[1])
+    np.testing.assert_array_equal(batch, [0.0, 0.0])

@@ -765,6 +765,21 @@ def test_categorical_hinge_is_accurate_at_the_margin(regime):
     R.assert_ulp_within(value, reference, "float32", 3)
 
 
+def test_categorical_hinge_from_float64_is_accurate_at_the_margin(regime):
+    """Float64 inputs have nothing wider to form the hinge in: ``negative - positive + 1``
+    rounded twice, 7.48868e-12 for 7.48873e-12 (3e10 ULP). Both roundings are carried
+    (TwoSum)."""
+    rng = np.random.default_rng(8)
+    true = rng.uniform(1.1, 3.0, 64)
+    other = true - 1.0 + rng.uniform(1e-14, 1e-10, 64)  # just above the margin
+    scores = np.stack([other, true], axis=1)
+    one_hot = np.float64([[0, 1]] * len(scores))
+    reference = R.reference_rows(R.mp_categorical_hinge_row, one_hot, scores)
+    assert np.all(reference > 0) and np.max(reference) < 1e-9
+    value = regime.run(S.categorical_hinge, one_hot, scores)
+    R.assert_ulp_within(value, reference, "float64", 3)
+
+
 def test_categorical_hinge_gradient_splits_ties_and_is_nan_on_a_nan_row(regime):
     # The wrong classes' maximum: ties share its gradient evenly (-1 for the
     # true class, as d/dp of -sum(t p)); a row holding a NaN is NaN everywhere
@@ -1131,3 +1146,17 @@ def _check_config(cls_name, kwargs):
     assert rebuilt.get_config() == config
     t, p = _mask(np.random.default_rng(6))
     np.testing.assert_array_equal(rebuilt(t, p), loss(t, p))
+
+
+@pytest.mark.parametrize("dtype, big", [("float32", 3e38), ("float64", 1.7e308)])
+def test_dice_target_gradient_at_predictions_past_half_the_range(regime, dtype, big):
+    """The target's gradient ``((1 - 2 p_j) - L) / D`` took ``2 p``, which overflows from
+    ``p = max/2`` (NaN once the rescaled slope's ``1/D`` rounds to 0 under it): it is formed
+    halved now. Reference: the closed form in mpmath (``L = 1 - 2I/D``, smooth 0)."""
+    t, p = np.array([[1.0, 1.0]], dtype), np.array([[big, big]], dtype)
+    _, (grad,) = regime.value_and_grad(lambda t, p: S.dice(t, p), t, p, wrt=(0,))
+    tm, pm = [mpmath.mpf(1.0)] * 2, [mpmath.mpf(float(big))] * 2
+    denominator = sum(tm) + sum(pm)
+    loss = 1 - 2 * sum(a * b for a, b in zip(tm, pm)) / denominator
+    expected = [float(((1 - 2 * b) - loss) / denominator) for b in pm]
+    np.testing.assert_allclose(grad[0], expected, rtol=4 * np.finfo(dtype).eps)

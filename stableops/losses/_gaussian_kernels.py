@@ -339,7 +339,10 @@ def _excess_of_difference(log_variance, prior_log_variance, prior_is_zero):
     # than the one lo corrects (31 ULP in float64 at s = 29.52, s_p = -3: corrected twice).
     prior_log_variance = tf.where(tf.math.is_nan(log_variance), log_variance, prior_log_variance)
     d, lo = two_difference(log_variance, prior_log_variance)
-    correction = tf.where(tf.equal(lo, 0.0), tf.zeros_like(lo), 0.5 * tf.math.expm1(d) * lo)
+    # expm1(d) / 2, finite up to log_max + log 2 as the value is (expm1(d) is inf past log_max).
+    past_range = d > dtype_limits(d.dtype).log_max
+    half_expm1 = tf.where(past_range, tf.exp(d - math.log(2.0)), 0.5 * tf.math.expm1(d))
+    correction = tf.where(tf.equal(lo, 0.0), tf.zeros_like(lo), half_expm1 * lo)
     return _half_exp_excess(d) + tf.stop_gradient(correction)
 
 

@@ -15,6 +15,7 @@ import math
 import tensorflow as tf
 
 from stableops._internal.clip import clip
+from stableops._internal.compensated import two_difference
 from stableops._internal.reductions import float64_mean, float64_sum
 from stableops.losses._base import loss_class, plain_loss, public_function
 from stableops.losses._inputs import loss_function
@@ -140,8 +141,11 @@ def categorical_hinge(y_true, y_pred):
         Keras. Finite while ``|y_pred|`` stays below half the range. NaN gives NaN.
         The hinge is formed in float64 from exact products and rounded once, so
         a loss just above the margin keeps its digits (Keras's float32
-        ``neg - pos + 1`` cancels: 1.2e-7 for 8.9e-8, 4e6 ULP).
-        Error budget: 3 ULP of the float32 result ({0, 1} or {-1, 1} labels).
+        ``neg - pos + 1`` cancels: 1.2e-7 for 8.9e-8, 4e6 ULP); float64 inputs
+        carry the roundings of ``neg - pos`` and of ``+ 1`` (TwoSum), where Keras's
+        gives 1.0014e-13 for 1.0009e-13 (4e12 ULP).
+        Error budget: 3 ULP of the float32 result ({0, 1} or {-1, 1} labels), and of
+        the float64 result for one-hot labels.
 
     Args:
         y_true: one-hot (or {-1, 1}) labels, ``[batch, d0, ..., classes]``.
@@ -161,7 +165,12 @@ def categorical_hinge(y_true, y_pred):
     # float32, negative - positive + 1 cancelled near the margin (8.9e-8 came out 1.2e-7).
     positive = float64_sum(tf.cast(y_true, tf.float64) * tf.cast(y_pred, tf.float64), -1)
     negative = tf.cast(_max_last_axis((1.0 - y_true) * y_pred), tf.float64)
-    return tf.cast(clip(negative - positive + 1.0, 0.0), y_pred.dtype)
+    # Float64 inputs have nothing wider: negative - positive + 1 carries both roundings
+    # (TwoSum; -d as a product, which a graph's optimizer does not turn into a sum).
+    difference, difference_error = two_difference(negative, positive)
+    total, total_error = two_difference(tf.ones_like(difference), difference * -1.0)
+    hinge = total + (total_error + difference_error)
+    return tf.cast(clip(hinge, 0.0), y_pred.dtype)
 
 
 # ----------------------------------------------------------------------------

@@ -88,14 +88,16 @@ _PLAIN_SCALES = (2.0**-20, 2.0**20)
 
 def _batch_scaling(x, power):
     """``scale``: the largest power of two not above the batch's largest finite ``|x|``
-    (``tiny`` at least). ``plain`` where ``scale`` is within ``_PLAIN_SCALES``: then
+    (``tiny`` at least, ``1/tiny`` at most: from ``2^127`` in float32 its reciprocal flushed
+    to 0, and every distance was 0). ``plain`` where ``scale`` is within ``_PLAIN_SCALES``: then
     :func:`_scaled_down` and :func:`_scaled_up` take their own gradients."""
     tiny = dtype_limits(x.dtype).tiny
     largest = tf.reduce_max(tf.where(tf.math.is_finite(x), tf.abs(x), tf.zeros_like(x)))
     largest = tf.maximum(largest, tiny)  # an all-zero batch keeps a positive scale
     int_dtype, mask = _EXPONENT_MASK[x.dtype]
     bits = tf.bitwise.bitwise_and(tf.bitcast(largest, int_dtype), tf.constant(mask, int_dtype))
-    scale = tf.stop_gradient(tf.bitcast(bits, x.dtype))
+    scale = tf.minimum(tf.bitcast(bits, x.dtype), 1.0 / tiny)  # |x| / scale below 4
+    scale = tf.stop_gradient(scale)
     low, high = _PLAIN_SCALES
     return _Scaling(scale, power, tf.logical_and(scale >= low, scale <= high))
 
@@ -470,8 +472,10 @@ def contrastive_pairs_kernel(similar, x, margin):
     u = _scaled_down(x, scaling)
     d = _scaled_up(safe_norm(u[:, 0] - u[:, 1], axis=-1), scaling)
     push = tf.nn.relu(margin - d)
-    # TFA's contrastive_loss on the pair distance: y d^2 + (1 - y) max(m - d, 0)^2.
-    return similar * (d * d) + (1.0 - similar) * (push * push)
+    # TFA's contrastive_loss on the pair distance: y d^2 + (1 - y) max(m - d, 0)^2; a
+    # dissimilar pair's d^2 past the range is not used (0 * inf: NaN).
+    pulled = tf.where(tf.equal(similar, 0.0), tf.zeros_like(d), similar * (d * d))
+    return pulled + (1.0 - similar) * (push * push)
 
 
 # ----------------------------------------------------------------------------

@@ -141,9 +141,18 @@ def _overlap_loss(y_true, y_pred, axis, smooth, alpha, beta):
         def grad(upstream):
             # (d penalty - value d denominator) / D, with d penalty - value d denominator
             # written as complement * d penalty - value * (d denominator - d penalty).
-            upstream = tf.reshape(upstream, tf.shape(value)) * slope
+            upstream = tf.reshape(upstream, tf.shape(value))
             if dice:  # d penalty = 1 - 2p (t) or 1 - 2t (p), d denominator = 1
-                return upstream * (complement - 2.0 * p), upstream * (complement - 2.0 * t)
+                # Halved (exact), and scaled as the sums were: 2p overflows from p = max/2,
+                # and scale / D underflowed to 0 under it (NaN; 0 for a gradient of -1).
+                # With scale 1, the same numbers as (c - 2p) scale / D.
+                twice = 2.0 * upstream
+                half = 0.5 * complement * scale
+                return (
+                    twice * ops.safe_divide(half - p * scale, denominator),
+                    twice * ops.safe_divide(half - t * scale, denominator),
+                )
+            upstream = upstream * slope
             # alpha weights the misses t (1 - p), beta the false alarms p (1 - t).
             penalty_t = alpha * (1.0 - p) - beta * p
             penalty_p = beta * (1.0 - t) - alpha * t

@@ -248,7 +248,7 @@ def _log_error(y_true, clamped):
     scale = tf.where(past_range, tf.constant(0.25, low.dtype), tf.constant(1.0, low.dtype))
     scaled_inverse = tf.math.reciprocal((1.0 + low) * scale)
     quotient = tf.abs(clamped - y_true) * scaled_inverse * scale
-    whole = 1.0 + quotient
+    whole = quotient - (-1.0)  # 1 + q; as a sum, a graph's optimizer made log(whole) log1p(q)
     rounded = tf.cast(quotient, wide)
     residual = tf.abs(tf.cast(clamped, wide) - tf.cast(y_true, wide)) - rounded * (
         1.0 + tf.cast(low, wide)
@@ -289,7 +289,8 @@ def _log_error_float64(y_true, clamped):
     remainder = ((difference - product) - product_low) + difference_low
     quotient_low = (remainder - quotient * whole_low_low) / whole_low
     quotient_low = tf.where(quotient < 2.0**900, quotient_low, tf.zeros_like(quotient_low))
-    whole, whole_rounding = two_difference(one, -quotient)  # 1 + q
+    # 1 + q; with a negation (-q), a graph's optimizer made 1 - (-q) a sum, log(whole) log1p(q)
+    whole, whole_rounding = two_difference(one, quotient * -1.0)
     gap = tf.math.log(whole) + (whole_rounding + quotient_low) / whole
     return tf.where(larger, gap, -gap)
 
