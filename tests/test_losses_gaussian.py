@@ -878,3 +878,21 @@ def test_gaussian_kl_just_past_log_max_with_a_prior_is_finite(regime, dtype, log
         lambda m, v: mp_kl(m, v, p=mpmath.mpf(float(prior))), mean[0], s[0]
     )
     R.assert_ulp_within(value, expected, dtype, 4)
+
+
+@pytest.mark.parametrize("mean, prior_log_variance", [(1e20, 100.0), (2e19, 2.0), (3e38, 100.0)])
+def test_gaussian_kl_with_a_number_prior_where_the_squared_error_overflows(
+    regime, mean, prior_log_variance
+):
+    """A number prior is a constant, and XLA folded ``e exp(-s/2) exp(-s/2)`` into ``e e
+    exp(-s)``: ``e**2`` overflowed and ``exp(-100)`` flushed to 0 (NaN for 49.5, ``inf`` for
+    2.7e37), where a tensor prior gave the value. The prior is now opaque to XLA."""
+    means, log_variances = np.float32([[mean]]), np.float32([[0.0]])
+    value = regime.run(
+        lambda m, s: S.gaussian_kl(m, s, prior_log_variance=prior_log_variance),
+        means, log_variances,
+    )
+    expected = R.reference_array(
+        lambda m, s: mp_kl(m, s, p=mpmath.mpf(prior_log_variance)), means[0], log_variances[0]
+    )
+    R.assert_ulp_within(value, expected, "float32", 4)

@@ -426,3 +426,15 @@ def test_categorical_ignore_class_equals_the_loss_without_those_entries(
     expected = getattr(S, name)(reduction=reduction, **kwargs)(targets[kept], logits[kept]).numpy()
     value = regime.run(ignoring, targets, logits)
     assert value == pytest.approx(float(expected), rel=8 * F32_EPS), (name, kwargs, reduction)
+
+
+@pytest.mark.parametrize(
+    "name", ["kl_divergence", "poisson", "hinge", "mean_squared_error", "categorical_hinge"]
+)
+def test_a_loss_of_inputs_of_unknown_rank_says_the_rank_must_be_known(name):
+    # TF said "Cannot take the length of shape with unknown rank" from deep inside the rank
+    # matching (Keras computes some of these losses there).
+    spec = tf.TensorSpec(None, tf.float32)
+    traced = tf.function(getattr(S, name), input_signature=[spec, spec])
+    with pytest.raises(ValueError, match=r"`y_true` has an unknown rank .*\(\[None, 8\]\)"):
+        traced(tf.ones((2, 3)), tf.fill((2, 3), 0.5))

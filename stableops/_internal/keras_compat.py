@@ -28,6 +28,13 @@ def match_rank(y_true, y_pred):
         >>> y_true.shape, y_pred.shape
         (TensorShape([4, 1]), TensorShape([4, 1]))
     """
+    for name, tensor in (("y_true", y_true), ("y_pred", y_pred)):
+        if tensor.shape.rank is None:
+            raise ValueError(
+                f"`{name}` has an unknown rank (a tf.function traced with tf.TensorSpec(None)); "
+                "a loss needs its inputs' rank: give the input signature one, such as "
+                "tf.TensorSpec([None, 8])"
+            )
     true_rank, pred_rank = len(y_true.shape), len(y_pred.shape)
     if true_rank == pred_rank + 1 and y_true.shape[-1] == 1:
         if pred_rank == 1:

@@ -411,9 +411,6 @@ def xla_kernel(
     def backward_from_input(x, upstream, kwargs):
         return gradient_from_input(x, upstream, **kwargs)
 
-    def saturating_times_upstream(upstream, local_gradient, dtype):
-        return _saturating_times_upstream(upstream, local_gradient, dtype)
-
     # Graphs name the compiled calls after the kernel: `__inference__elu_kernel_forward_42`.
     forward.__name__ = forward_with_local_gradient.__name__ = f"{fn.__name__}_forward"
     backward.__name__ = backward_from_output.__name__ = backward_from_input.__name__ = (
@@ -425,7 +422,7 @@ def xla_kernel(
         "forward_with_local_gradient": forward_with_local_gradient,
         "backward_from_output": backward_from_output,
         "backward_from_input": backward_from_input,
-        "saturating_times_upstream": saturating_times_upstream,
+        "saturating_times_upstream": _saturating_times_upstream,
     }
     compiled_functions = {}
 
@@ -533,7 +530,6 @@ def xla_kernel(
 
         if local and single_tape:
             run = compiled_function("forward_with_local_gradient", args, kwargs)
-
             saturate = saturating(**kwargs) if callable(saturating) else saturating
 
             def product(upstream, local_gradient, dtype):

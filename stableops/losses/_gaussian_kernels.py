@@ -316,6 +316,15 @@ def gaussian_kl_kernel(mean, log_variance, prior_mean, prior_log_variance):
     standard_variance = isinstance(prior_log_variance, (int, float)) and prior_log_variance == 0
     prior_mean = tf.broadcast_to(in_dtype(prior_mean, dtype), shape)
     prior_log_variance = tf.broadcast_to(in_dtype(prior_log_variance, dtype), shape)
+    if not standard_variance:
+        # A constant prior made opaque to XLA (a select on the input, NaN for NaN as before).
+        # XLA folds (s - s_p) - K (_half_exp) into s - (s_p + K), a rounding other than the
+        # one lo corrects (31 ULP in float64 at s = 29.52, s_p = -3: corrected twice), and
+        # _scaled_square's e exp(-s/2) exp(-s/2) into e e exp(-s), which overflows (NaN for
+        # e = 1e20 at s = 100, where the term is 49.5).
+        prior_log_variance = tf.where(
+            tf.math.is_nan(log_variance), log_variance, prior_log_variance
+        )
     # 0.5 (exp(d) - 1 - d) + 0.5 (mu - m)^2 exp(-s): both terms >= 0, no cancellation.
     terms = _excess_of_difference(log_variance, prior_log_variance, standard_variance) + (
         _scaled_square(mean - prior_mean, prior_log_variance, 0.5)
@@ -334,10 +343,6 @@ def _excess_of_difference(log_variance, prior_log_variance, prior_is_zero):
     """
     if prior_is_zero:
         return _half_exp_excess(log_variance)
-    # A constant prior made opaque to XLA (a select on the input, NaN for NaN as before):
-    # XLA folds (s - s_p) - K (:func:`_half_exp`) into s - (s_p + K), a rounding other
-    # than the one lo corrects (31 ULP in float64 at s = 29.52, s_p = -3: corrected twice).
-    prior_log_variance = tf.where(tf.math.is_nan(log_variance), log_variance, prior_log_variance)
     d, lo = two_difference(log_variance, prior_log_variance)
     # expm1(d) / 2, finite up to log_max + log 2 as the value is (expm1(d) is inf past log_max).
     past_range = d > dtype_limits(d.dtype).log_max
