@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import threading
 
 import keras
@@ -24,7 +25,10 @@ class SkipNonFinite(keras.optimizers.Optimizer):
     wrong): Keras's train step passes the loss through ``scale_loss`` before
     differentiating it, and the wrapper remembers whether it was finite. (A
     custom loop that calls ``apply`` without ``scale_loss`` gets the gradient
-    check only.) The decision is a ``tf.cond`` on a
+    check only, and so does this wrapper inside the loss scaler that
+    ``compile`` adds under ``mixed_float16``: Keras's scaler does not pass the
+    loss on. For the loss check there, wrap the scaler instead:
+    ``SkipNonFinite(LossScaleOptimizer(...))``.) The decision is a ``tf.cond`` on a
     tensor, so it works in eager mode, in ``tf.function`` and under XLA
     (``jit_compile=True``), and adds one ``all(isfinite)`` reduction per
     gradient per step.
@@ -32,11 +36,12 @@ class SkipNonFinite(keras.optimizers.Optimizer):
     The pattern is the one ``keras.optimizers.LossScaleOptimizer`` uses. Under
     ``mixed_float16`` Keras wraps this optimizer in one, which already skips
     steps with overflowing *scaled* gradients; this wrapper then catches what
-    remains. Wrapped the other way round, ``SkipNonFinite(LossScaleOptimizer(
-    ...))``, the loss scaler gets every step (it must see the overflows to
-    lower its scale) and skips non-finite ones itself; ``skipped_steps``
-    counts them. Under a distribution strategy the step is skipped on every
-    replica when any replica's gradients (or loss) are non-finite; around a loss
+    remains of the gradients (not a non-finite loss, above). Wrapped the other
+    way round, ``SkipNonFinite(LossScaleOptimizer(...))``, the loss scaler gets
+    every step (it must see the overflows to lower its scale) and skips
+    non-finite ones itself; ``skipped_steps`` counts them. Under a distribution
+    strategy the step is skipped on every replica when any replica's gradients
+    (or loss) are non-finite; around a loss
     scaler, every replica's scaler is then given NaN gradients, so that each
     skips the step and lowers its scale (Keras's scaler alone decides from its
     replica's local gradients, and applied a step another replica found NaN).
@@ -82,6 +87,11 @@ class SkipNonFinite(keras.optimizers.Optimizer):
         # around any other optimizer it must not be one (Keras would then add
         # no scaler under mixed_float16). One class cannot be both, and
         # compile decides by isinstance, so the constructor picks the class.
+        # A name or config is resolved first: the config of a loss scaler made a plain
+        # wrapper, and compile added a second scaler (the gradients unscaled twice).
+        # (A copy: deserializing a loss scaler's config pops from it, and __init__ reads it.)
+        if optimizer is not None and not isinstance(optimizer, keras.optimizers.Optimizer):
+            optimizer = keras.optimizers.get(copy.deepcopy(optimizer))
         if cls is SkipNonFinite and isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
             cls = SkipNonFiniteLossScaler
         return super().__new__(cls)

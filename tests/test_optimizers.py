@@ -281,3 +281,15 @@ def test_swap_ema_weights_swaps_the_wrapped_optimizers_averages(policy, mixed_pr
     plain = weights(wrap=False)
     for got, want in zip(weights(wrap=True), plain):
         np.testing.assert_array_equal(got, want)
+
+
+def test_the_config_of_a_loss_scaler_makes_a_loss_scaler():
+    """``SkipNonFinite`` of a serialized ``LossScaleOptimizer`` was a plain wrapper (the class
+    was picked before the config became an optimizer), so ``compile`` under
+    ``mixed_float16`` put a second scaler around it: the loss scaled once, the gradients
+    unscaled twice. It is the same class as from an instance now."""
+    scaler = keras.optimizers.LossScaleOptimizer(keras.optimizers.SGD(0.1), initial_scale=128.0)
+    optimizer = SkipNonFinite(keras.optimizers.serialize(scaler))
+    assert isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
+    assert type(optimizer) is type(SkipNonFinite(scaler))
+    assert isinstance(optimizer.inner_optimizer, keras.optimizers.LossScaleOptimizer)
