@@ -665,6 +665,20 @@ def test_masked_entries_stay_masked_when_the_row_holds_a_nan(regime):
         assert np.isfinite(value[1, [0, 2]]).all()
 
 
+@pytest.mark.parametrize("rows", [1, 2**16], ids=["one_row", "2^18_entries"])
+@pytest.mark.parametrize("op", [ops.softmax, ops.log_softmax])
+def test_masked_entries_have_no_gradient_when_the_row_holds_a_nan(regime, op, rows):
+    """A masked entry's gradient is 0 whatever its row holds. softmax's gradient from its
+    output, ``y (g - <g, y>)``, made it ``0 * NaN`` in a row holding a NaN: NaN in a plain
+    tf.function and eagerly from 2^18 entries, 0 elsewhere (rule 5)."""
+    x = np.tile(np.float32([[NAN, 1.0, 2.0, 0.0]]), (rows, 1))
+    where = np.tile([[True, True, False, True]], (rows, 1))
+    weights = np.arange(1.0, 5.0, dtype=np.float32)  # an upstream other than ones
+    _, (grad,) = regime.value_and_grad(lambda t: op(t, where=where) * weights, x)
+    assert np.all(grad[:, 2] == 0.0), grad[:4]
+    assert np.all(np.isnan(grad[:, [0, 1, 3]])), grad[:4]
+
+
 @pytest.mark.parametrize("op", [ops.logsumexp, ops.softmax, ops.log_softmax])
 def test_a_mask_that_widens_x_is_an_error(op, regime):
     """A ``[2, 2]`` mask of a ``[2]`` row broadcast the value, and eagerly and in a
@@ -1049,3 +1063,36 @@ def test_large_eager_gradient_is_the_graphs(name):
     else:
         expected = g - p * g.sum(-1, keepdims=True)
     np.testing.assert_allclose(eager.numpy(), expected, rtol=1e-4, atol=1e-6)
+
+
+def _second_derivative(fn, *args, wrt=(0, 0)):
+    """``d^2 fn / d args[i] d args[j]`` by nested tapes."""
+    first, second = wrt
+    with tf.GradientTape() as outer:
+        outer.watch(args[second])
+        with tf.GradientTape() as inner:
+            inner.watch(args[first])
+            value = fn(*args)
+        slope = inner.gradient(value, args[first])
+    return outer.gradient(slope, args[second])
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize(
+    "fn, point, wrt, exact",
+    [
+        (ops.softplus, (0.0,), (0, 0), 0.25),  # sigmoid(0) (1 - sigmoid(0))
+        (ops.log_sigmoid, (0.0,), (0, 0), -0.25),
+        (ops.logaddexp, (1.0, 1.0), (0, 0), 0.25),  # sigmoid'(x - y) at a tie
+        (ops.logaddexp, (1.0, 1.0), (0, 1), -0.25),
+    ],
+    ids=["softplus", "log_sigmoid", "logaddexp_xx", "logaddexp_xy"],
+)
+def test_second_derivative_at_zero_and_at_a_tie(regime, dtype, fn, point, wrt, exact):
+    """The slopes came from ``exp(-|x|)`` and, for ``logaddexp``, a tie selected to a
+    constant 0: ``abs`` and the constant have slope 0 at 0, so the second derivative there
+    was 0 (a gradient penalty at a zero logit, a Hessian at ``logaddexp(x, x)``). Exact:
+    ``sigmoid'(0) = 1/4``."""
+    args = [tf.constant(v, dtype) for v in point]
+    got = regime.wrap(lambda *a: _second_derivative(fn, *a, wrt=wrt), *args)(*args)
+    np.testing.assert_allclose(float(got), exact, rtol=4 * np.finfo(dtype).eps)

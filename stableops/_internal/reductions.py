@@ -292,7 +292,12 @@ def softmax_gradient(y, upstream, axis, where):
     """The Jacobian-vector product of softmax from its output ``y``: ``y (g - <g, y>)``."""
     # Masked entries and empty rows have y = 0: no gradient. float64_sum: one
     # loop that forms and sums g y, where a float32 sum wrote it out for YNNPACK.
-    return y * (upstream - float64_sum(upstream * y, axis, keepdims=True))
+    gradient = y * (upstream - float64_sum(upstream * y, axis, keepdims=True))
+    if where is None:
+        return gradient
+    # In a row holding a NaN, <g, y> is NaN and a masked entry's 0 * NaN too: 0 there, as
+    # the kernel's own gradient gives (which this path replaces from 2^18 entries eagerly).
+    return tf.where(where, gradient, tf.zeros_like(gradient))
 
 
 def log_softmax_gradient(y, upstream, axis, where):

@@ -43,8 +43,9 @@ from stableops._internal.where import safe_where
 
 
 def _sigmoid(x):
-    # exp(-|x|) <= 1: neither branch can overflow; accurate in both tails.
-    e = tf.exp(-tf.abs(x))
+    # exp(-|x|) <= 1: neither branch can overflow; accurate in both tails (|x| as a select:
+    # with abs, softplus's second derivative at 0 was 0, for 1/4).
+    e = tf.exp(-_magnitude(x))
     return tf.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
 
 
@@ -134,17 +135,30 @@ def _logaddexp_weights(difference, tail):
     return tf.where(ahead, large, small), tf.where(ahead, small, large)
 
 
+def _tie_safe(same, x, y):
+    """``x`` and ``y`` with equal infinities replaced by 0: their difference is 0, not
+    ``inf - inf = nan``. A finite tie keeps ``x - y`` (0) and its slopes ``1, -1``: a select
+    of a constant 0 there made the second derivatives at ``x == y`` 0 (for ``1/4``)."""
+    infinite_tie = tf.logical_and(same, tf.math.is_inf(x))
+    zero = tf.zeros_like(x)
+    return tf.where(infinite_tie, zero, x), tf.where(infinite_tie, zero, y)
+
+
+def _magnitude(d):
+    """``|d|`` as a select, whose slope at 0 is 1 (``abs``'s is 0: a second derivative
+    through it lost its term at ``d = 0``)."""
+    return tf.where(d >= 0, d, -d)
+
+
 @tf.custom_gradient
 def _logaddexp_core(x, y):
     # float64 inputs; float32 (and half precision) take _logaddexp_float32.
     same = tf.equal(x, y)
-    # x == y (±inf included) gives difference 0: no inf - inf = nan.
-    rounded, rounding = two_difference(x, y)
-    difference = tf.where(same, tf.zeros_like(x), rounded)
+    difference, rounding = two_difference(*_tie_safe(same, x, y))
     # |x - y| = |difference| + sign(difference) rounding exactly (TwoSum), and
     # exp(-|x - y|) = tail + tail_low to about 0.3 ULP (XLA's float64 exp: 1.7),
     # with the first-order term of the rounding: it would cost |x - y| eps/2.
-    tail, exp_low = split_exp_of_negative(tf.abs(difference))
+    tail, exp_low = split_exp_of_negative(_magnitude(difference))
     rounding = tf.sign(difference) * rounding
     tail_low = exp_low - tail * rounding
     # max + log1p(tail + tail_low) rounded once: the maximum and the series' head
@@ -222,9 +236,9 @@ def _logaddexp_float32(x, y):
     wide = tf.float64
     same = tf.equal(x, y)
     x_wide, y_wide = tf.cast(x, wide), tf.cast(y, wide)
-    # x == y (±inf included) gives difference 0: no inf - inf = nan.
-    exact = tf.where(same, tf.zeros_like(x_wide), x_wide - y_wide)
-    distance = tf.abs(exact)
+    tie_safe_x, tie_safe_y = _tie_safe(same, x_wide, y_wide)
+    exact = tie_safe_x - tie_safe_y
+    distance = _magnitude(exact)
     # A select (NaN stays NaN): an infinite distance would make its rounding inf - inf.
     end = tf.constant(_FLOAT32_TAIL_END, wide)
     distance = tf.where(distance > end, end, distance)
