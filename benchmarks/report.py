@@ -326,7 +326,9 @@ WHY: dict[tuple[str, str], str] = {
         "written out beside the value and the gradient (tanh in the gradient only, log1p's "
         "quotient as a reciprocal): one core, alternating, 2.67 -> 0.96 at 2^22, 0.96-1.02 "
         "from 2^14 to 2^24; the misses left are at 2^14 (the two-task split, see the common "
-        "reason) and within the spread"
+        "reason) and within the spread. Since the row mean is a float64 sum (float64_mean, one "
+        "loop, no buffer): one core, alternating with Keras, 2^14 1.04 -> 1.00, 2^20 0.93 -> "
+        "0.74, 2^22 0.92 -> 0.74"
     ),
     ("eager", "elu"): (
         "Keras runs one fused TF kernel (Elu) and one for its gradient (EluGrad), which takes "

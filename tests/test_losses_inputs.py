@@ -180,6 +180,7 @@ def test_ragged_hinges_take_ragged_rows():
         ("mean_absolute_error", 0.0, 2e38, 2e38),
         ("huber", 0.0, 2e38, 2e38 - 0.5),
         ("hinge", -1.0, 2e38, 2e38 + 1.0),
+        ("log_cosh", 0.0, 2e38, 2e38 - math.log(2.0)),
     ],
 )
 def test_ragged_rows_near_the_range_keep_a_finite_mean(fn_name, target, prediction, expected):

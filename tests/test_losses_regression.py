@@ -801,6 +801,7 @@ def test_categorical_hinge_gradient_splits_ties_and_is_nan_on_a_nan_row(regime):
         ("huber", 0.0, 2e38, 2e38 - 0.5),  # the linear branch, delta = 1: |e| - 1/2
         ("hinge", -1.0, 2e38, 2e38 + 1.0),  # max(1 - t p, 0)
         ("squared_hinge", -1.0, 1.5e19, (1.5e19 + 1.0) ** 2),
+        ("log_cosh", 0.0, 2e38, 2e38 - math.log(2.0)),  # log cosh e = |e| - log 2 + 2^-(2|e|)
     ],
 )
 def test_a_mean_is_finite_where_only_its_sum_overflows(regime, name, y_true, y_pred, term):

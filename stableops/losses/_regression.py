@@ -18,15 +18,15 @@ exploding or a zero gradient, these stay finite and accurate:
 * ``log_cosh`` and ``huber`` are accurate for tiny and finite for huge errors.
 
 Per-sample means over the last axis are Keras's (sum, then divide); the
-squared, absolute and Huber errors are summed in float64 (``float64_mean``: one
-XLA loop, no buffer, faster than the float32 sum), so their mean overflows only
-where it or an error itself (formed in the input's precision) exceeds the float32
-max, not where the sum of its terms does
+squared, absolute, Huber and log-cosh errors are summed in float64
+(``float64_mean``: one XLA loop, no buffer, faster than the float32 sum), so their
+mean overflows only where it or an error itself (formed in the input's precision)
+exceeds the float32 max, not where the sum of its terms does
 (Keras: ``inf`` for four errors of 1.5e19 in MSE). The percentage error's
 quotients are summed in float64 too, for accuracy (and faster under XLA), and so
 are MSLE's squared log errors, formed in float64 for its budget with a written-out
-gradient. ``log_cosh`` sums in float32: its terms are transcendental and feed the
-gradient too, which a float64 sum made XLA compute twice.
+gradient. (A float64 sum of transcendental terms that the gradient needs too makes
+XLA compute them twice; log-cosh's gradient is ``tanh`` of the error, not its terms.)
 
 Every function validates its arguments (``losses._inputs.prepare``), then runs
 an XLA-compiled kernel (``losses._inputs.loss_kernel``). All but the percentage
@@ -459,10 +459,13 @@ def log_cosh(y_true, y_pred):
         for huge ones (float16 ``-40000`` gives ``39999.3``; Keras's float16
         function form gives ``inf``). The error ``e`` is carried with its
         rounding error (TwoSum) and corrected to first order, so its rounding
-        is not doubled near 0. Gradient ``tanh(e) / n``. Half precision is
-        computed in float32. Finite while the sum over the last
-        axis (about ``sum |e|``) is below the float32 max. NaN gives NaN.
-        Error budget: 4 ULP of the float32 result (last axis of up to 8).
+        is not doubled near 0. The non-negative terms are summed in float64
+        (``float64_mean``), so the mean is finite while it is below the float32
+        max (two errors of 2e38: 2e38, where a float32 sum gave ``inf``), and
+        rounded once. Gradient ``tanh(e) / n``. Half precision is computed in
+        float32. NaN gives NaN. Error budget: 4 ULP of the float32 result, any
+        row length (each term within 3, the sum and the mean rounded once; 2.6
+        measured on 80000 random rows of 5, where the float32 sum gave 3.4).
 
     {inputs}
 
@@ -471,7 +474,7 @@ def log_cosh(y_true, y_pred):
         array([0.21689, 0.        ], dtype=float32)
     """
     error, error_low = two_difference(y_pred, y_true)
-    return tf.reduce_mean(_log_cosh_of_pair(error, error_low), axis=-1)
+    return float64_mean(_log_cosh_of_pair(error, error_low))
 
 
 @tf.custom_gradient
