@@ -206,3 +206,53 @@ def test_a_float16_predictions_gradient_saturates_after_the_mean(regime, sparse)
             want = -1 / (rows * p16) + (1 / (rows * R.mpf(predictions[0].astype(np.float64).sum()))
                                         if sparse else 0)
             R.assert_ulp_within(first, [want] * rows, "float16", 2)
+
+
+_LABELS = np.int32([0, 0, 1, 1])
+_FAR = np.float32([[6e4, 0.0], [-6e4, 0.0], [0.0, 6e4], [0.0, -6e4]])
+_NEAR_ZERO = np.float32([[1e-4, 0.0], [0.0, 1e-4], [1e-4, 1e-4], [-1e-4, 2e-4]])
+# Each case's exact gradient is beyond float16's largest number, 65504 (printed in the test).
+_BEYOND_HALF = {
+    # (y - mean) / variance = 3e5
+    "GaussianNLL": (stableops.losses.GaussianNLL(), stableops.losses.gaussian_nll,
+                    np.float32([[300.0]]), np.float32([[0.0, 1e-3]])),
+    # expm1(12) / 2 = 81377
+    "GaussianKL": (stableops.losses.GaussianKL(),
+                   lambda _, p: stableops.losses.gaussian_kl(p[:, :1], p[:, 1:]),
+                   np.float32([[0.0]]), np.float32([[0.5, 12.0]])),
+    # exp(12) = 162755
+    "PoissonNLL": (stableops.losses.PoissonNLL(), stableops.losses.poisson_nll,
+                   np.float32([[0.0]]), np.float32([[12.0]])),
+    # squared distances' 2 d / batch for embeddings 1.2e5 apart
+    "TripletLoss": (stableops.losses.TripletLoss(distance="squared"),
+                    lambda t, p: stableops.losses.triplet_loss(t, p, distance="squared"),
+                    _LABELS, _FAR),
+    "ContrastiveLoss": (stableops.losses.ContrastiveLoss(), stableops.losses.contrastive_loss,
+                        np.zeros(4, np.int32), _FAR),
+    # 1 / (t |z|) at t = 0.01 for embeddings of 1e-4
+    "NTXent": (stableops.losses.NTXent(temperature=0.01),
+               lambda t, p: stableops.losses.nt_xent(t, p, temperature=0.01),
+               _LABELS, _NEAR_ZERO),
+}
+
+
+@pytest.mark.parametrize("name", sorted(_BEYOND_HALF))
+def test_a_loss_class_saturates_a_float16_gradient_as_its_function(regime, name):
+    """Under ``mixed_float16`` a loss class gets float16 predictions. Keras's base casts them
+    to float32 with a plain cast, whose gradient overflowed to ``inf`` in float16 where the
+    function form's saturates at 65504 (the Gaussian losses had their own fix; the
+    metric-learning classes did not). The class and the mean of the function form now
+    agree exactly, value and gradient."""
+    loss, function, y_true, y_pred = _BEYOND_HALF[name]
+    _, (exact,) = regime.value_and_grad(lambda t, p: loss(t, p), y_true, y_pred, wrt=(1,))
+    assert np.abs(exact).max() > np.finfo(np.float16).max, np.abs(exact).max()
+    half = y_pred.astype(np.float16)
+    value, (grad,) = regime.value_and_grad(lambda t, p: loss(t, p), y_true, half, wrt=(1,))
+    want_value, (want_grad,) = regime.value_and_grad(
+        lambda t, p: keras.ops.mean(keras.ops.cast(function(t, p), "float32")),
+        y_true, half, wrt=(1,),
+    )
+    assert np.isfinite(grad.astype(np.float32)).all(), grad
+    assert np.abs(grad.astype(np.float32)).max() == np.finfo(np.float16).max
+    np.testing.assert_array_equal(grad, want_grad)
+    np.testing.assert_array_equal(value, want_value)

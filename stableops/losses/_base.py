@@ -5,7 +5,9 @@ same small pattern on the public ``keras.losses.Loss``: a loss class names its
 per-sample function and that function's arguments (:class:`FunctionLoss`),
 and Keras's base keeps reduction, ``sample_weight``, masks and dtype handling
 exactly as in Keras. The cross-entropies compute from the inputs as the caller
-passed them, before Keras's cast to the loss dtype (:class:`RawInputLoss`).
+passed them, before Keras's cast to the loss dtype (:class:`RawInputLoss`); the
+likelihood and metric-learning losses cast half-precision predictions themselves,
+with a saturating gradient (:class:`SaturatingInputLoss`).
 
 A loss class states its per-sample function, its arguments (the constructor,
 with Keras's signature) and its docstring; :func:`loss_class` registers it for
@@ -25,6 +27,7 @@ import keras
 import tensorflow as tf
 
 from stableops._internal.checks import check_real_dtype
+from stableops._internal.dtypes import to_compute_saturating
 from stableops._internal.symbolic import functional_node
 from stableops.losses._inputs import graph_code
 
@@ -204,6 +207,34 @@ class RawInputLoss(FunctionLoss):
             values._keras_mask = mask
         reduction = _Reduction(name=self.name, reduction=self.reduction, dtype=self.dtype)
         return reduction(values, values, sample_weight=sample_weight)
+
+
+class SaturatingInputLoss(FunctionLoss):
+    """A ``FunctionLoss`` whose half-precision predictions keep a finite gradient.
+
+    Keras's ``Loss.__call__`` casts a float16 ``y_pred`` (``mixed_float16``)
+    to the loss dtype with a plain cast, whose gradient overflows to ``inf``
+    in float16 beyond 65504. The cast is made here first, with the gradient
+    saturating at the float16 maximum instead, as the function forms'
+    (``_internal.dtypes.to_compute_saturating``); the Keras mask is kept. The
+    values stay in the loss dtype (a squared distance of embeddings of 40000 is
+    finite there, not in float16). For the losses whose function forms
+    saturate and whose values may exceed float16: Gaussian and Poisson
+    likelihoods, metric learning.
+    """
+
+    def __call__(self, y_true, y_pred, sample_weight=None):
+        if (
+            tf.is_tensor(y_pred)
+            and not isinstance(y_pred, (tf.RaggedTensor, tf.SparseTensor))
+            and y_pred.dtype in (tf.float16, tf.bfloat16)
+            and tf.as_dtype(self.dtype) in (tf.float32, tf.float64)
+        ):
+            mask = getattr(y_pred, "_keras_mask", None)
+            y_pred = to_compute_saturating(tf.convert_to_tensor(y_pred))
+            if mask is not None:
+                y_pred._keras_mask = mask
+        return super().__call__(y_true, y_pred, sample_weight=sample_weight)
 
 
 def plain_loss(fn, default_name, *, base=FunctionLoss):

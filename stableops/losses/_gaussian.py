@@ -35,8 +35,8 @@ import keras
 import tensorflow as tf
 
 from stableops._internal.checks import as_float_tensor, choice, flag, number, real_tensor
-from stableops._internal.dtypes import compute_dtype, to_compute_saturating
-from stableops.losses._base import REDUCTION, FunctionLoss, loss_class, public_function
+from stableops._internal.dtypes import compute_dtype
+from stableops.losses._base import REDUCTION, SaturatingInputLoss, loss_class, public_function
 from stableops.losses._gaussian_kernels import (
     gaussian_kl_kernel,
     gaussian_nll_kernel,
@@ -328,31 +328,8 @@ def poisson_nll(y_true, y_pred, log_input=True, full=False):
 # Loss classes
 # ----------------------------------------------------------------------------
 
-class _LikelihoodLoss(FunctionLoss):
-    """A ``FunctionLoss`` whose half-precision predictions keep a finite gradient.
-
-    Keras's ``Loss.__call__`` casts a float16 ``y_pred`` (``mixed_float16``)
-    to the loss dtype with a plain cast, whose gradient overflows to ``inf``
-    in float16 beyond 65504. The cast is made here first, with the gradient
-    saturating at the float16 maximum instead (as the function forms do); the
-    Keras mask is kept.
-    """
-
-    def __call__(self, y_true, y_pred, sample_weight=None):
-        if (
-            isinstance(y_pred, tf.Tensor)
-            and y_pred.dtype in (tf.float16, tf.bfloat16)
-            and tf.as_dtype(self.dtype) in (tf.float32, tf.float64)
-        ):
-            mask = getattr(y_pred, "_keras_mask", None)
-            y_pred = to_compute_saturating(y_pred)
-            if mask is not None:
-                y_pred._keras_mask = mask
-        return super().__call__(y_true, y_pred, sample_weight=sample_weight)
-
-
 @loss_class
-class GaussianNLL(_LikelihoodLoss):
+class GaussianNLL(SaturatingInputLoss):
     """Gaussian negative log-likelihood (heteroscedastic regression); PyTorch's ``GaussianNLLLoss``.
 
     ``y_pred`` stacks the means and the variances on the last axis: a model
@@ -380,7 +357,7 @@ class GaussianNLL(_LikelihoodLoss):
 
 
 @loss_class
-class GaussianKL(_LikelihoodLoss):
+class GaussianKL(SaturatingInputLoss):
     """KL divergence of the encoder's diagonal Gaussian from a prior: the VAE's KL term.
 
     ``y_pred`` stacks the means and the log-variances on the last axis
@@ -417,7 +394,7 @@ class GaussianKL(_LikelihoodLoss):
 
 
 @loss_class
-class PoissonNLL(_LikelihoodLoss):
+class PoissonNLL(SaturatingInputLoss):
     """Poisson negative log-likelihood; PyTorch's ``PoissonNLLLoss``.
 
     With ``log_input=True`` (default) ``y_pred`` is the log-rate (a linear

@@ -44,7 +44,7 @@ import tensorflow as tf
 
 from stableops._internal.checks import as_float_tensor, choice, number, real_tensor
 from stableops._internal.dtypes import dtype_limits
-from stableops.losses._base import REDUCTION, FunctionLoss, loss_class, public_function
+from stableops.losses._base import REDUCTION, SaturatingInputLoss, loss_class, public_function
 from stableops.losses._inputs import graph_code
 from stableops.losses._metric_kernels import (
     DISTANCES,
@@ -309,7 +309,7 @@ def nt_xent(y_true, y_pred, temperature=0.1):
 
 
 @loss_class
-class TripletLoss(FunctionLoss):
+class TripletLoss(SaturatingInputLoss):
     """Triplet loss, batch-hard or semi-hard; TFA's ``TripletHardLoss``/``TripletSemiHardLoss``.
 
     ``y_true``: integer labels ``[batch]``; ``y_pred``: embeddings
@@ -338,7 +338,7 @@ class TripletLoss(FunctionLoss):
 
 
 @loss_class
-class ContrastiveLoss(FunctionLoss):
+class ContrastiveLoss(SaturatingInputLoss):
     """Contrastive loss over a labelled batch or explicit pairs; TFA's ``ContrastiveLoss``.
 
     See :func:`contrastive_loss` for both input conventions. Gradient 0, not
@@ -354,7 +354,7 @@ class ContrastiveLoss(FunctionLoss):
 
 
 @loss_class
-class NTXent(FunctionLoss):
+class NTXent(SaturatingInputLoss):
     """NT-Xent (InfoNCE, SimCLR) over two views; ``y_true`` is ignored.
 
     See :func:`nt_xent`. Finite in float16 at temperature 0.01.
