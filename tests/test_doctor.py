@@ -363,27 +363,103 @@ def test_log_of_a_negative_prediction_in_a_custom_loss():
     assert "loss.drop_in" not in checks(report)  # not a Keras loss
 
 
-def test_probabilities_at_zero_or_one_fed_to_a_log():
+def _saturated_classifier(after=(), dtype=None):
+    """A sigmoid classifier whose logit is 40 for every sample: sigmoid is exactly 1.0 in
+    float32 and float16, so the samples labelled 0 predict probability 1 for the wrong class."""
     keras.utils.set_random_seed(0)
-    model = keras.Sequential(
+    return keras.Sequential(
         [
             keras.Input((F,)),
             keras.layers.Dense(8, activation="relu"),
-            # logit 40 for every sample: sigmoid is exactly 1.0 in float32
             keras.layers.Dense(
                 1,
                 activation="sigmoid",
                 kernel_initializer="zeros",
                 bias_initializer=keras.initializers.Constant(40.0),
+                dtype=dtype,
             ),
+            *after,
         ]
     )
+
+
+@pytest.mark.parametrize(
+    "where", ["an op after the sigmoid", "a float16 output under a Keras loss"]
+)
+def test_probabilities_at_zero_or_one_fed_to_a_log(where):
+    # The logits are lost on the way to the loss: Keras clips the probability 1.0 to
+    # 1 - 1e-7, a constant loss with gradient 0.
+    if where == "an op after the sigmoid":
+        model = _saturated_classifier(after=[keras.layers.Lambda(lambda p: p * 1.0)])
+    else:
+        model = _saturated_classifier(dtype="mixed_float16")
     model.compile(optimizer="adam", loss=keras.losses.BinaryCrossentropy())
-    finding = only(diagnose(model, X, Y_BIN), "loss.clipped_probabilities")
+    finding = only(diagnose(model, X, Y_BIN, trial_steps=0), "loss.clipped_probabilities")
     # Every sample predicts exactly 1.0; the ones labelled 0 are stuck.
     assert finding.evidence["clipped_predictions"] == N
     assert finding.evidence["stuck_samples"] == int((Y_BIN == 0).sum())
     assert "from_logits=True" in finding.fix
+    assert ("float16" in finding.fix) == ("float16" in where)
+
+
+@pytest.mark.parametrize(
+    "loss", [keras.losses.BinaryCrossentropy(), stableops.losses.BinaryCrossentropy()],
+    ids=["keras", "stableops"],
+)
+def test_a_loss_that_reads_the_logits_behind_a_sigmoid_is_not_stuck(loss):
+    # Keras 3's cross-entropy and stableops's read the logits a sigmoid layer leaves on its
+    # output: a sample at logit 40 labelled 0 has loss 40 and slope 1, not a clipped
+    # constant. The doctor said it was stuck (found on breast cancer's raw features).
+    model = _saturated_classifier()
+    model.compile(optimizer="adam", loss=loss)
+    probabilities = model(X)
+    assert (probabilities.numpy() == 1.0).all()
+    np.testing.assert_allclose(loss(np.zeros((N, 1), np.float32), probabilities), 40.0, rtol=1e-6)
+    assert "loss.clipped_probabilities" not in checks(diagnose(model, X, Y_BIN, trial_steps=0))
+
+
+@pytest.mark.parametrize("sparse", [True, False], ids=["sparse", "categorical"])
+@pytest.mark.parametrize("logits_lost", [True, False], ids=["op after softmax", "softmax"])
+def test_a_softmax_at_one_is_stuck_only_where_the_logits_are_lost(sparse, logits_lost):
+    # Class 0's logit is 200 above the others: softmax is exactly [1, 0, 0] in float32.
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential(
+        [
+            keras.Input((F,)),
+            keras.layers.Dense(3, activation="softmax", kernel_initializer="zeros",
+                               bias_initializer=keras.initializers.Constant([200.0, 0.0, 0.0])),
+            *([keras.layers.Lambda(lambda p: p * 1.0)] if logits_lost else []),
+        ]
+    )
+    classes = (np.arange(N) % 3).astype(np.int32)
+    labels = classes if sparse else np.eye(3, dtype=np.float32)[classes]
+    loss = (keras.losses.SparseCategoricalCrossentropy() if sparse
+            else keras.losses.CategoricalCrossentropy())
+    model.compile(optimizer="adam", loss=loss)
+    report = diagnose(model, X, labels, trial_steps=0)
+    if logits_lost:
+        finding = only(report, "loss.clipped_probabilities")
+        assert finding.evidence["stuck_samples"] == int((classes != 0).sum())
+    else:
+        assert "loss.clipped_probabilities" not in checks(report)
+
+
+def test_only_the_stuck_outputs_count_in_a_multi_label_row():
+    # Three sigmoid outputs; the first is saturated at logit 40 behind an op that loses the
+    # logits, the others are not. Their labels are set to their predictions for the probe,
+    # so the samples' healthy outputs do not hide the stuck one.
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((F,))
+    hidden = keras.layers.Dense(8, activation="relu")(inputs)
+    stuck = keras.layers.Dense(1, activation="sigmoid", kernel_initializer="zeros",
+                               bias_initializer=keras.initializers.Constant(40.0))(hidden)
+    stuck = keras.layers.Lambda(lambda p: p * 1.0)(stuck)
+    healthy = keras.layers.Dense(2, activation="sigmoid")(hidden)
+    model = keras.Model(inputs, keras.layers.Concatenate()([stuck, healthy]))
+    model.compile(optimizer="adam", loss=keras.losses.BinaryCrossentropy())
+    labels = np.concatenate([Y_BIN, 1.0 - Y_BIN, Y_BIN], axis=1)
+    finding = only(diagnose(model, X, labels, trial_steps=0), "loss.clipped_probabilities")
+    assert finding.evidence["stuck_samples"] == int((Y_BIN == 0).sum())
 
 
 def test_keras_loss_with_a_stableops_drop_in():

@@ -310,6 +310,7 @@ def _diagnose(
         error=loss_error,
         op=loss_op,
         prediction_nonfinite_rows=prediction_bad_rows,
+        stuck_samples_learn=_stuck_samples_learn(model, x, y, y_pred, loss_info, training),
     )
 
     learning_rate = _learning_rate(model)
@@ -487,6 +488,61 @@ def _all_finite(grads) -> bool:
         if grad is not None and not bool(tf.reduce_all(tf.math.is_finite(grad))):
             return False
     return True
+
+
+def _stuck_samples_learn(model, x, y, y_pred, loss_info, training):
+    """For ``loss.clipped_probabilities``: whether the loss's gradient from the samples whose
+    probability is clipped at 0 or 1 reaches the weights, in a graph as ``fit`` runs it.
+
+    Keras 3's cross-entropies and stableops's read the logits that a sigmoid or softmax
+    leaves on its output (or, in a graph, its op), so a probability of exactly 1 is no
+    clipped constant for them; a cast (a float16 output under a Keras loss) or an op after
+    the activation loses the logits. The gradient is taken twice, with the stuck entries'
+    labels as given and moved to the side they predict: a stuck entry adds 0 to both, so
+    they are equal (bit for bit: the other entries' terms are the same computation), and
+    an entry that learns adds its slope to one. Up to ``STUCK_SAMPLES_PROBED`` samples.
+    """
+
+    def learn(stuck):
+        rows = np.flatnonzero(stuck.reshape(len(stuck), -1).any(axis=1))
+        rows = rows[: th.STUCK_SAMPLES_PROBED]
+        labels = np.asarray(y)
+        moved = _labels_on_the_predicted_side(labels, np.asarray(y_pred), stuck, loss_info.kind)
+        xb = tf.nest.map_structure(lambda leaf: tf.constant(np.asarray(leaf)[rows]), x)
+
+        @tf.function
+        def gradients(yb):
+            with tf.GradientTape() as tape:
+                total = tf.reduce_sum(loss_info.per_sample(yb, model(xb, training=training)))
+            return [_dense(g) for g in tape.gradient(total, model.trainable_variables)]
+
+        given = gradients(tf.constant(labels[rows]))
+        on_their_side = gradients(tf.constant(moved[rows]))
+        return any(
+            a is not None and bool(tf.reduce_any(tf.not_equal(a, b)))
+            for a, b in zip(given, on_their_side)
+        )
+
+    return learn
+
+
+def _labels_on_the_predicted_side(y, p, stuck, kind):
+    """``y`` with each stuck entry (binary) or row (categorical, sparse) labelled with the
+    class it predicts, in ``y``'s layout."""
+    if kind == "binary":
+        side = np.where(stuck, np.round(p), y.reshape(p.shape))
+    elif kind == "sparse":
+        side = np.where(stuck, np.argmax(p, axis=-1), y.reshape(stuck.shape))
+    else:
+        one_hot = np.eye(p.shape[-1])[np.argmax(p, axis=-1)]
+        side = np.where(stuck[..., None], one_hot, y)
+    return side.reshape(y.shape).astype(y.dtype)
+
+
+def _dense(gradient):
+    if isinstance(gradient, tf.IndexedSlices):
+        return tf.convert_to_tensor(gradient)
+    return gradient
 
 
 def _total_loss(model, loss_info, xb, yb, y_pred):

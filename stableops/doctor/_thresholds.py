@@ -154,6 +154,11 @@ def one_hot_sum_tolerance(num_classes: int, dtype="float32") -> float:
 #: (1.19e-7), the resolution of values just below 1.
 PROBABILITY_CLIP_ZONE = _F32.eps
 
+#: How many samples with a clipped probability the doctor differentiates to see whether
+#: their gradient reaches the weights (one small batch: the answer is the loss's and the
+#: output's, the same for every such sample).
+STUCK_SAMPLES_PROBED = 32
+
 
 # ---------------------------------------------------------------------------
 # Divergence: NaNGuard during training and diagnose's trial run share these.

@@ -27,9 +27,16 @@ _EXPLODING_FIX_SCALED_INPUTS = "lower the learning rate, clip gradients (global_
 
 
 def check_loss(
-    loss, y, y_pred, per_sample, *, error=None, op=None, prediction_nonfinite_rows=()
+    loss, y, y_pred, per_sample, *, error=None, op=None, prediction_nonfinite_rows=(),
+    stuck_samples_learn=None,
 ) -> list:
-    """Non-finite or raising loss, probabilities clipped at 0/1, Keras loss with a drop-in."""
+    """Non-finite or raising loss, probabilities clipped at 0/1, Keras loss with a drop-in.
+
+    ``stuck_samples_learn``: a callable of the clipped-probability mask (entries of
+    ``y_pred`` for a binary loss, rows for the others) that says whether their loss's
+    gradient still reaches the weights; where it does, the loss reads the logits behind
+    the probabilities and nothing is stuck.
+    """
     findings = []
     if loss is None:
         return findings
@@ -54,7 +61,9 @@ def check_loss(
                 )
             )
     if y is not None and not isinstance(y, (dict, list, tuple)) and loss.takes_log_of_probabilities:
-        findings.extend(_clipped_probability_findings(loss, np.asarray(y), y_pred))
+        findings.extend(
+            _clipped_probability_findings(loss, np.asarray(y), y_pred, stuck_samples_learn)
+        )
     if loss.keras_builtin and loss.drop_in:
         findings.append(
             finding(
@@ -105,7 +114,7 @@ def first_line(error) -> str:
     return text[:200]
 
 
-def _clipped_probability_findings(loss, y, y_pred) -> list:
+def _clipped_probability_findings(loss, y, y_pred, stuck_samples_learn=None) -> list:
     if isinstance(y_pred, (dict, list, tuple)):
         return []
     output_dtype = np.asarray(y_pred).dtype.name
@@ -133,7 +142,7 @@ def _clipped_probability_findings(loss, y, y_pred) -> list:
                 return []
             p_true = (y * p).sum(axis=-1)
         clipped = stuck = p_true <= eps
-    if not stuck.any():
+    if not stuck.any() or (stuck_samples_learn is not None and stuck_samples_learn(stuck)):
         return []
     fix = "output logits (no final sigmoid/softmax) with from_logits=True"
     if loss.drop_in:
