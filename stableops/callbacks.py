@@ -8,6 +8,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from stableops._internal.checks import number
 from stableops.ops import dtype_limits
 
 __all__ = ["NaNGuard", "NonFiniteTrainingError", "ScaledSchedule"]
@@ -147,8 +148,7 @@ class NaNGuard(keras.callbacks.Callback):
         super().__init__()
         if action not in _ACTIONS:
             raise ValueError(f"`action` must be one of {_ACTIONS}, got action={action!r}")
-        if not (isinstance(lr_factor, (int, float)) and 0 < lr_factor <= 1):
-            raise ValueError(f"`lr_factor` must be in (0, 1], got lr_factor={lr_factor!r}")
+        lr_factor = number(lr_factor, "lr_factor", 0.0, 1.0, low_open=True)
         bad_count = not isinstance(max_recoveries, int) or max_recoveries < 0
         if max_recoveries is not None and bad_count:
             raise ValueError(

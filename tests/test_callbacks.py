@@ -224,6 +224,8 @@ def test_steps_are_training_steps_with_steps_per_execution():
         ({"action": "explode"}, "action"),
         ({"lr_factor": 0.0}, "lr_factor"),
         ({"lr_factor": 2.0}, "lr_factor"),
+        ({"lr_factor": float("nan")}, "lr_factor"),
+        ({"lr_factor": "0.5"}, "lr_factor"),
         ({"max_recoveries": -1}, "max_recoveries"),
         ({"snapshot_every": 0}, "snapshot_every"),
         ({"max_diagnoses": -1}, "max_diagnoses"),
@@ -232,6 +234,11 @@ def test_steps_are_training_steps_with_steps_per_execution():
 def test_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         NaNGuard(**kwargs)
+
+
+def test_a_numpy_lr_factor_is_a_number():
+    # np.float32(0.1) was refused as "must be in (0, 1]"; NumPy numbers are taken elsewhere.
+    assert NaNGuard(lr_factor=np.float32(0.5)).lr_factor == 0.5
 
 
 # ---------------------------------------------------------------------------

@@ -10,6 +10,7 @@ import matplotlib.image
 import numpy as np
 import pytest
 
+import stableops
 from stableops import cli
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -199,6 +200,10 @@ BAD_INPUTS = [
     (["model.keras", "data.npz", "--loss", "stableops.Nope"], "stableops.losses has no loss class"),
     (["--loss", "mse"], "applies to MODEL DATA"),
     (["--bogus"], "unrecognized arguments: --bogus"),
+    ([".", "data.npz"], "model . is a directory; give the file"),
+    (["model.keras", "."], "data . is a directory; give the file"),
+    (["data.npz", "model.keras"], "in the wrong order: stableops doctor model.keras data.npz"),
+    (["model.keras", "data.npz", "--x", ""], "--x names no array; choose one or more of: "),
 ]
 
 
@@ -222,9 +227,22 @@ def test_bad_input_gives_one_line_and_status_2(saved, capsys, monkeypatch):
     assert not failures, "\n".join(failures)
 
 
-def test_no_command(capsys):
-    assert cli.main([]) == 2
-    assert "stableops doctor" in capsys.readouterr().err
+@pytest.mark.parametrize(
+    "argv, message", [([], "choose a command"), (["bogus"], "invalid choice: 'bogus'")]
+)
+def test_no_command(capsys, argv, message):
+    # Errors of the top-level command are the top-level program's ("stableops doctor: error"
+    # named a command that was never given).
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("stableops: error: ") and message in err, err
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as done:
+        cli.main(["--version"])
+    assert done.value.code == 0
+    assert capsys.readouterr().out.strip() == f"stableops {stableops.__version__}"
 
 
 def test_python_dash_m_in_a_subprocess(saved):

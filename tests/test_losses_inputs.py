@@ -267,6 +267,9 @@ def test_from_logits_is_true_or_false(name, value):
     with pytest.raises(ValueError, match=message):
         fn(labels, np.float32([[0.9, 0.1]]), from_logits=value)
     assert loss_cls(from_logits=np.True_).get_config()["from_logits"] is True
+    # 0 and 1 are unambiguous, and Keras takes them: a drop-in does too.
+    assert loss_cls(from_logits=1).get_config()["from_logits"] is True
+    assert loss_cls(from_logits=np.int64(0)).get_config()["from_logits"] is False
 
 
 def test_the_ops_check_from_logits_too():

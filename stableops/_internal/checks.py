@@ -196,16 +196,19 @@ def activation_scale(value, name: str) -> float:
 
 
 def flag(value, name: str) -> bool:
-    """``value`` as a Python bool: ``True``/``False`` (or NumPy's), nothing else.
+    """``value`` as a Python bool: ``True``/``False`` (or NumPy's), or the integers 0 and 1
+    (which Keras takes too); nothing else.
 
     Raises:
-        ValueError: naming ``name`` and ``value`` otherwise (``1``, ``"yes"``).
+        ValueError: naming ``name`` and ``value`` otherwise (``2``, ``"False"``, ``None``).
 
     Example:
-        >>> flag(np.True_, "full")
-        True
+        >>> flag(np.True_, "full"), flag(0, "full")
+        (True, False)
     """
     if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, (int, np.integer)) and value in (0, 1):
         return bool(value)
     raise ValueError(f"`{name}` must be True or False, got {name}={value!r}")
 

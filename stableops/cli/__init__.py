@@ -42,10 +42,20 @@ class _Parser(argparse.ArgumentParser):
         raise BadInput(message)
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("stableops")
+    except PackageNotFoundError:  # run from a source tree that is not installed
+        return "(not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="stableops", description="stableops: Keras losses and layers that stay finite."
     )
+    parser.add_argument("--version", action="version", version=f"stableops {_version()}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     doctor = commands.add_parser(
         "doctor",
@@ -97,8 +107,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     """Run the command line; return the exit status."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    # An error is the doctor's once the command is named, else the top-level program's.
+    prog = "stableops doctor" if argv[:1] == ["doctor"] else "stableops"
     try:
-        args = build_parser().parse_args(sys.argv[1:] if argv is None else list(argv))
+        args = build_parser().parse_args(argv)
         if args.command != "doctor":
             raise BadInput(
                 "choose a command: stableops doctor [MODEL DATA] (see stableops doctor --help)"
@@ -109,10 +122,10 @@ def main(argv=None) -> int:
             raise BadInput("give both MODEL and DATA, or neither for the demo")
         return run_diagnosis_command(args)
     except BadInput as error:
-        print(f"stableops doctor: error: {error}", file=sys.stderr)
+        print(f"{prog}: error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
-        print("stableops doctor: interrupted", file=sys.stderr)
+        print(f"{prog}: interrupted", file=sys.stderr)
         return 130
 
 
@@ -239,8 +252,7 @@ def load_model(path, loss=None):
 
     import stableops  # noqa: F401 - registers the stableops layers/losses/optimizers
 
-    if not os.path.isfile(path):
-        raise BadInput(f"model file not found: {path}")
+    _check_is_a_file(path, "model")
     if path.endswith(".keras") and not zipfile.is_zipfile(path):
         raise BadInput(
             f"cannot load model {path}: not a .keras archive (a zip file written by model.save)"
@@ -285,8 +297,7 @@ def load_model(path, loss=None):
 def load_data(path, x_key, y_key):
     import numpy as np
 
-    if not os.path.isfile(path):
-        raise BadInput(f"data file not found: {path}")
+    _check_is_a_file(path, "data")
     if not zipfile.is_zipfile(path):
         raise BadInput(
             f"cannot read {path}: not a .npz archive "
@@ -312,6 +323,8 @@ def load_data(path, x_key, y_key):
             raise BadInput(f"no array 'x' in {path}; choose one with --x (arrays: {available})")
     else:
         x_keys = [key.strip() for key in x_key.split(",") if key.strip()]
+        if not x_keys:
+            raise BadInput(f"--x names no array; choose one or more of: {available}")
     y_keys = [key.strip() for key in (y_key or "").split(",") if key.strip()]
     if not y_keys and "y" in arrays and "y" not in x_keys:
         y_keys = ["y"]
@@ -388,14 +401,24 @@ def _dtype_words(dtype) -> str:
     return f"{kinds[dtype.kind]} (dtype {dtype})" if dtype.kind in kinds else f"dtype {dtype}"
 
 
+def _check_is_a_file(path, what):
+    if os.path.isdir(path):
+        raise BadInput(f"{what} {path} is a directory; give the file")
+    if not os.path.isfile(path):
+        raise BadInput(f"{what} file not found: {path}")
+
+
 def run_diagnosis_command(args) -> int:
     if args.out or args.fast:
         raise BadInput("--out and --fast apply to the demo, not to MODEL DATA")
     if args.batch_size < 1:
         raise BadInput(f"--batch-size must be positive, got {args.batch_size}")
     for path, what in ((args.model, "model"), (args.data, "data")):
-        if not os.path.isfile(path):
-            raise BadInput(f"{what} file not found: {path}")
+        _check_is_a_file(path, what)
+    if args.model.endswith(".npz") and args.data.endswith(".keras"):
+        raise BadInput(
+            f"MODEL and DATA are in the wrong order: stableops doctor {args.data} {args.model}"
+        )
     x, y, x_keys, y_keys = load_data(args.data, args.x_key, args.y_key)
     loss = resolve_loss_name(args.loss) if args.loss else None
     model = load_model(args.model, loss)
