@@ -435,10 +435,14 @@ def test_categorical_ignore_class_equals_the_loss_without_those_entries(
 @pytest.mark.parametrize(
     "name", ["kl_divergence", "poisson", "hinge", "mean_squared_error", "categorical_hinge"]
 )
-def test_a_loss_of_inputs_of_unknown_rank_says_the_rank_must_be_known(name):
+@pytest.mark.parametrize("unknown", ["both", "y_pred"])
+def test_a_loss_of_inputs_of_unknown_rank_says_the_rank_must_be_known(name, unknown):
     # TF said "Cannot take the length of shape with unknown rank" from deep inside the rank
-    # matching (Keras computes some of these losses there).
+    # matching (Keras computes some of these losses there). Each input is checked: with
+    # both unknown, y_true's is the one named.
     spec = tf.TensorSpec(None, tf.float32)
-    traced = tf.function(getattr(S, name), input_signature=[spec, spec])
-    with pytest.raises(ValueError, match=r"`y_true` has an unknown rank .*\(\[None, 8\]\)"):
+    first = spec if unknown == "both" else tf.TensorSpec([None, 3], tf.float32)
+    traced = tf.function(getattr(S, name), input_signature=[first, spec])
+    named = "y_true" if unknown == "both" else "y_pred"
+    with pytest.raises(ValueError, match=rf"`{named}` has an unknown rank .*\(\[None, 8\]\)"):
         traced(tf.ones((2, 3)), tf.fill((2, 3), 0.5))

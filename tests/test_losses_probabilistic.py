@@ -1694,13 +1694,30 @@ _FROM_PROBABILITIES = [
 def test_a_sample_weight_times_the_largest_slope_saturates(regime, loss, classes, dtype):
     """A sample weight (an upstream gradient) of 1000 times the slope -1/tiny at a target
     probability of 0 is beyond the range: it saturates at the dtype's largest number in
-    every regime. Outside XLA the weight multiplies the kernel's local gradient outside
-    the kernel, and that product overflowed to -inf (categorical and sparse under XLA
-    too). (The focal slope is -alpha/tiny, alpha = 0.25: 1000 passes the range as well.)"""
-    target, prediction = _one_wrong_row(dtype, classes)
-    _, (grad,) = regime.value_and_grad(loss, target, prediction, wrt=(1,), weights=[1000.0])
+    every regime, and at its negative for a weight of -1000 (both ends of the clip).
+    Outside XLA the weight multiplies the kernel's local gradient outside the kernel, and
+    that product overflowed to -inf (categorical and sparse under XLA too). (The focal
+    slope is -alpha/tiny, alpha = 0.25: 1000 passes the range as well.)"""
+    target, prediction = (np.concatenate([a, a]) for a in _one_wrong_row(dtype, classes))
+    weights = np.array([1000.0, -1000.0])
+    if loss is stableops.ops.binary_crossentropy:  # elementwise: a value per entry
+        weights = weights[:, None]
+    _, (grad,) = regime.value_and_grad(loss, target, prediction, wrt=(1,), weights=weights)
     assert np.all(np.isfinite(grad)), grad
-    assert grad[0, 0] == -np.finfo(dtype).max, grad
+    largest = np.finfo(dtype).max
+    assert grad[0, 0] == -largest and grad[1, 0] == largest, grad
+
+
+def test_an_overflowing_product_from_logits_is_inf_in_every_regime(regime):
+    """From logits the slope is exact (-4 (1 - sigmoid(-100)) = -4 with pos_weight 4), and
+    so is its product with the upstream gradient: 3e38 times it is beyond the range, IEEE
+    overflow, -inf, in every regime (docs/design.md: only the straight-through slope from a
+    probability of 0, a convention, saturates)."""
+    _, (grad,) = regime.value_and_grad(
+        lambda t, x: S.binary_crossentropy(t, x, from_logits=True, pos_weight=4.0),
+        np.float32([[1.0]]), np.float32([[-100.0]]), wrt=(1,), weights=[3e38],
+    )
+    assert grad[0, 0] == -np.inf, grad
 
 
 @pytest.mark.parametrize(

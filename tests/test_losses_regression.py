@@ -447,6 +447,23 @@ def test_tversky_weighted_sums_near_the_smallest_normal_are_kept(regime):
     R.assert_ulp_within(value, reference, "float32", 4)
 
 
+def test_dice_gradient_beside_a_prediction_past_half_the_range(regime):
+    # One prediction of 3e38 among 1023 of 1/2, every target 1: the sums are rescaled (2p
+    # overflows). The other entries' gradient (2I/D - 2t)/D is about -1e-74, 0 in float32;
+    # the rescaled form must not leave the 1/2 of the complement unscaled (1.4e-35 then).
+    # Reference: the closed form of the derivative of 1 - 2I/D in mpmath.
+    n = 1024
+    t = np.ones((1, n), np.float32)
+    p = np.full((1, n), 0.5, np.float32)
+    p[0, 0] = 3e38
+    _, (grad,) = regime.value_and_grad(lambda a, b: S.dice(a, b, axis=1), t, p, wrt=(1,))
+    mp_ = [R.mpf(float(v)) for v in p[0]]
+    overlap, denominator = mpmath.fsum(mp_), n + mpmath.fsum(mp_)
+    want = (2 * overlap / denominator - 2) / denominator
+    assert abs(want) < np.finfo(np.float32).tiny  # flushed to 0 in float32
+    assert np.abs(grad[0, 1:]).max() <= np.finfo(np.float32).tiny, grad[0, 1:4]
+
+
 @pytest.mark.parametrize(
     "hit, elsewhere", [(1e-5, 0.05), (1e-20, 1e-20)], ids=["overlap-4e-7", "overlap-1e-20"]
 )

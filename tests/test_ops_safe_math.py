@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from stableops import ops
+from stableops._internal.clip import clip
 from tests import _reference as ref
 from tests._helpers import as_dtype, is_finite
 from tests._regimes import Regime, edge_dtypes
@@ -349,6 +350,18 @@ def test_clip_preserve_gradient_edges(regime):
         )
         # Straight-through: the gradient is 1 everywhere, clipped or not (NaN included).
         np.testing.assert_array_equal(grad, np.ones_like(grad))
+
+
+def test_the_internal_clip_has_slope_one_at_both_ends(regime):
+    # `_internal.clip.clip` (the NaN-keeping clip every kernel uses) promises the slope of
+    # the select, 1 inside the interval with its ends included, as tf.clip_by_value: the
+    # hinges at their margin take it (a slope of 0 there made categorical_hinge's gradient
+    # at the margin 0 where Keras's is [1, -1]).
+    value, (grad,) = regime.value_and_grad(
+        lambda t: clip(t, 0.0, 2.0), np.float32([-1.0, 0.0, 1.0, 2.0, 3.0, np.nan])
+    )
+    np.testing.assert_array_equal(value, np.float32([0.0, 0.0, 1.0, 2.0, 2.0, np.nan]))
+    np.testing.assert_array_equal(grad, np.float32([0.0, 1.0, 1.0, 1.0, 0.0, 1.0]))
 
 
 def test_xlogy_edges(regime):
