@@ -328,3 +328,14 @@ def test_xla_kernel_eager_gradient_after_a_graph_gradient():
     np.testing.assert_array_equal(graph(tf.ones([3, 4])).numpy(), np.full([3, 4], 0.5))
     np.testing.assert_array_equal(value_and_grad(tf.zeros([3, 4])).numpy(), np.zeros([3, 4]))
     np.testing.assert_array_equal(graph(tf.zeros([2, 4])).numpy(), np.zeros([2, 4]))
+
+
+@pytest.mark.parametrize("name", ["safe_divide", "xlogy", "logaddexp"])
+def test_a_binary_op_names_shapes_that_do_not_broadcast(name):
+    # Contract rule 6: a clear error. TF raised from a graph node ("Dimensions must be
+    # equal ... for '{{node LogicalAnd}}'"); broadcastable shapes still work.
+    op = getattr(O, name)
+    with pytest.raises(ValueError, match=r"`x` and `y` must broadcast together, got shapes "
+                                         r"\(2, 3\) and \(2, 4\)"):
+        op(tf.ones((2, 3)), tf.ones((2, 4)))
+    assert op(tf.ones((2, 3)), tf.ones((1, 3))).shape == (2, 3)

@@ -72,7 +72,25 @@ def as_float_tensor(x, name: str, integer_dtype=None) -> tf.Tensor:
 
 
 def float_pair(x, y, x_name, y_name):
-    """Two floating tensors of one dtype; a Python number takes the other's dtype."""
+    """Two floating tensors of one dtype that broadcast together; a Python number takes the
+    other's dtype.
+
+    Raises:
+        TypeError: naming both for different dtypes.
+        ValueError: naming both shapes where they cannot broadcast (TF named a graph node).
+    """
+    x, y = _same_float_dtype(x, y, x_name, y_name)
+    try:
+        tf.broadcast_static_shape(x.shape, y.shape)
+    except ValueError:
+        raise ValueError(
+            f"`{x_name}` and `{y_name}` must broadcast together, got shapes {x.shape} and "
+            f"{y.shape}"
+        ) from None
+    return x, y
+
+
+def _same_float_dtype(x, y, x_name, y_name):
     x_is_number = isinstance(x, (int, float)) and not isinstance(x, bool)
     y_is_number = isinstance(y, (int, float)) and not isinstance(y, bool)
     if x_is_number and not y_is_number:
