@@ -508,6 +508,12 @@ def test_robust_scaler_errors():
         RobustScaler().adapt(np.zeros((0, 3)))
     with pytest.raises(TypeError, match="numeric"):
         RobustScaler().adapt(np.array([["a", "b"]]))
+    # Features by name are no array (they were called "dtype object").
+    features = {"a": np.ones((4, 3), np.float32)}
+    with pytest.raises(TypeError, match=r"got a dict of \['a'\] \(dataset element 0\)"):
+        RobustScaler().adapt(tf.data.Dataset.from_tensor_slices(features).batch(2))
+    with pytest.raises(TypeError, match=r"got a dict of \['a'\] \(the array\)"):
+        RobustScaler().adapt(features)
     with pytest.raises(ValueError, match="no features"):
         RobustScaler().adapt(np.zeros((5, 0)))
     with pytest.raises(ValueError, match="no features"):

@@ -2,6 +2,7 @@
 
 import math
 
+import keras
 import mpmath
 import numpy as np
 import pytest
@@ -12,6 +13,7 @@ from stableops._internal.dtypes import compute_dtype, to_compute
 from stableops._internal.kernel import xla_kernel
 from stableops.ops import dtype_limits, safe_where
 from tests import _reference as ref
+from tests._public_cases import CASES, inputs
 
 # Exact closed forms: precision p (stored mantissa bits + 1) and largest exponent.
 # eps = 2**(1 - p), tiny = 2**(min_exponent), max = (2 - 2**(1 - p)) * 2**max_exponent.
@@ -339,3 +341,33 @@ def test_a_binary_op_names_shapes_that_do_not_broadcast(name):
                                          r"\(2, 3\) and \(2, 4\)"):
         op(tf.ones((2, 3)), tf.ones((2, 4)))
     assert op(tf.ones((2, 3)), tf.ones((1, 3))).shape == (2, 3)
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_a_keras_variable_argument_in_a_graph(name):
+    """A layer's weight (``keras.Variable``: no ``tf.Variable``) passed to a public function
+    in a plain ``tf.function``, as ``model.fit`` runs a custom layer's ``call`` on a CPU: the
+    same value and gradient as from a tensor. The softmax family, the norms and the binary
+    ops raised "numpy() is only available when eager execution is enabled"."""
+    fn, _, wrt = CASES[name]
+    args = inputs(name, np.float32)
+    variable = keras.Variable(args[wrt])
+
+    @tf.function
+    def through_the_variable():
+        with tf.GradientTape() as tape:
+            value = fn(*args[:wrt], variable, *args[wrt + 1:])
+            total = tf.reduce_sum(tf.cast(value, tf.float32))
+        return value, tape.gradient(total, variable.value)
+
+    def from_a_tensor():
+        x = tf.constant(args[wrt])
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            value = fn(*args[:wrt], x, *args[wrt + 1:])
+            total = tf.reduce_sum(tf.cast(value, tf.float32))
+        return value, tape.gradient(total, x)
+
+    (value, grad), (want_value, want_grad) = through_the_variable(), from_a_tensor()
+    np.testing.assert_allclose(value, want_value, rtol=1e-6)
+    np.testing.assert_allclose(grad, want_grad, rtol=1e-5, atol=1e-7)

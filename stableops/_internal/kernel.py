@@ -113,6 +113,16 @@ _tracing = threading.local()
 _ARRAYS = (list, np.ndarray, tf.Variable)
 
 
+def _is_array(value) -> bool:
+    """A list, NumPy array or variable: TF's, or Keras 3's (``keras.Variable``, a layer's
+    weight), which is no ``tf.Variable`` but converts itself (``__tf_tensor__``). Passed on
+    as it is, a Keras variable reached a ``tf.function`` traced in a graph, which asked it
+    for ``numpy()``."""
+    return isinstance(value, _ARRAYS) or (
+        hasattr(value, "__tf_tensor__") and hasattr(value, "assign")
+    )
+
+
 def _tensor_if_array(value, partnered):
     # Lists and NumPy arrays would otherwise be traced as Python constants
     # (one retrace per distinct value); tensors trace once per dtype and rank.
@@ -126,14 +136,16 @@ def _tensor_if_array(value, partnered):
         if partnered or not isinstance(value, np.floating):
             return value.item()
         return tf.convert_to_tensor(value)
-    if isinstance(value, _ARRAYS):
+    if _is_array(value):
         return tf.convert_to_tensor(value)
     return value
 
 
 def _tensors_if_arrays(args, kwargs):
     """:func:`_tensor_if_array` of every argument."""
-    partnered = any(isinstance(v, (tf.Tensor, *_ARRAYS)) for v in (*args, *kwargs.values()))
+    partnered = any(
+        isinstance(v, tf.Tensor) or _is_array(v) for v in (*args, *kwargs.values())
+    )
     return (
         tuple(_tensor_if_array(a, partnered) for a in args),
         {k: _tensor_if_array(v, partnered) for k, v in kwargs.items()},

@@ -64,7 +64,12 @@ def _first_component(element):
     return element
 
 
-def _as_numpy(value):
+def _as_numpy(value, where):
+    if isinstance(value, dict):  # features by name: not one array
+        raise TypeError(
+            f"RobustScaler.adapt needs arrays, got a dict of {sorted(value)} ({where}); "
+            "adapt it on the one feature it scales (for a dataset: dataset.map(lambda d: d[key]))"
+        )
     if isinstance(value, (tf.Tensor, tf.Variable)):
         return value.numpy()
     return np.asarray(value)
@@ -80,7 +85,7 @@ class _Collector:
         self.blocks = []
 
     def add_batch(self, batch, where):
-        batch = _as_numpy(batch)
+        batch = _as_numpy(batch, where)
         if batch.dtype.kind not in "fiub":  # bfloat16 arrays, object arrays, strings
             try:
                 batch = batch.astype(np.float64)
@@ -123,8 +128,8 @@ class _Collector:
                 raise ValueError(f"`steps` must be a positive integer or None, got steps={steps!r}")
             dataset = dataset.take(steps)
         for index, element in enumerate(dataset):
-            x = _as_numpy(_first_component(element))
             where = f"dataset element {index}"
+            x = _as_numpy(_first_component(element), where)
             if self.rank is not None and x.ndim == self.rank - 1:
                 x = x[None]  # an unbatched sample
             elif self.rank is None and x.ndim == 1:
