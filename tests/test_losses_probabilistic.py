@@ -1777,3 +1777,64 @@ def test_categorical_focal_from_a_zero_probability_of_the_target_learns(regime, 
     limits = np.finfo(dtype)
     want = -limits.max if dtype == "float16" else -0.25 / limits.smallest_normal
     assert grad[0, 0] == want, grad
+
+
+# ----------------------------------------------------------------------------
+# From a mutation review: branches no test reached
+# ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("nan_at", [0, 1], ids=["target", "other"])
+def test_a_nan_probability_gives_a_nan_focal_gradient_everywhere(regime, nan_at):
+    # NaN in, NaN out, in the gradient too: the NaN entry's own gradient was 0 (a select
+    # replaced invalid entries, and its unused branch took their gradient).
+    row = [0.5, 0.5, 0.5]
+    row[nan_at] = np.nan
+    value, (grad,) = regime.value_and_grad(
+        S.categorical_focal_crossentropy, np.float32([[1.0, 0.0, 0.0]]), np.float32([row]),
+        wrt=(1,),
+    )
+    assert np.isnan(value).all() and np.isnan(grad).all(), (value, grad)
+
+
+def test_ignore_class_along_the_first_axis(regime):
+    # Classes along axis 0 (three samples in the columns); column 1's class, 2, is ignored.
+    # Reference: -log softmax of each column at its class, in mpmath.
+    logits = np.float32([[1, 0, 2], [2, 1, 0], [0, 3, 1]])
+    classes = [1, 2, 0]
+    target = np.eye(3, dtype=np.float32)[classes].T
+    value = regime.run(
+        lambda t, x: S.categorical_crossentropy(t, x, from_logits=True, axis=0, ignore_class=2),
+        target, logits,
+    )
+    want = [
+        0 if k == 2 else -(R.mpf(float(logits[k, j])) - mpmath.log(
+            mpmath.fsum(mpmath.exp(R.mpf(float(v))) for v in logits[:, j])))
+        for j, k in enumerate(classes)
+    ]
+    R.assert_ulp_within(value, want, "float32", 4)
+
+
+def test_sparse_label_smoothing_along_the_first_axis(regime):
+    # Three classes along axis 0, five samples: a uniform prediction's loss is log 3 whatever
+    # the smoothing, if the smoothing spreads over the three classes (not over five).
+    value = regime.run(
+        lambda x: S.sparse_categorical_crossentropy(
+            np.int32([0, 1, 2, 0, 1]), x, from_logits=True, axis=0, label_smoothing=0.3
+        ),
+        np.zeros((3, 5), np.float32),
+    )
+    R.assert_ulp_within(value, [mpmath.log(3)] * 5, "float32", 1)
+
+
+def test_focal_loss_of_a_row_of_minus_infinities_is_inf(regime):
+    # Every logit -inf: no class has probability, the loss is +inf as categorical
+    # cross-entropy's (the focal factor (1 - q)^gamma is 1 there, not NaN; gamma = 2 reaches
+    # the empty row's complement, gamma = 0.5 does not).
+    value = regime.run(
+        lambda x: S.categorical_focal_crossentropy(
+            np.float32([[1.0, 0.0, 0.0]]), x, from_logits=True, gamma=2.0
+        ),
+        np.full((1, 3), -np.inf, np.float32),
+    )
+    np.testing.assert_array_equal(value, [np.inf])

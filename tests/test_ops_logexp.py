@@ -1096,3 +1096,13 @@ def test_second_derivative_at_zero_and_at_a_tie(regime, dtype, fn, point, wrt, e
     args = [tf.constant(v, dtype) for v in point]
     got = regime.wrap(lambda *a: _second_derivative(fn, *a, wrt=wrt), *args)(*args)
     np.testing.assert_allclose(float(got), exact, rtol=4 * np.finfo(dtype).eps)
+
+
+@pytest.mark.parametrize("name", ["softmax", "log_softmax", "logsumexp"])
+def test_a_nan_beside_minus_infinities_makes_the_row_nan(regime, name):
+    # A NaN makes its row NaN (documented), also where every other entry is -inf: XLA's
+    # row maximum skips the NaN, so the row looked empty (all -inf) and gave 0 or -inf
+    # beside the NaN unless the empty-row test checks for it.
+    x = np.float32([[np.nan, -np.inf, -np.inf], [-np.inf, np.nan, -np.inf]])
+    value = regime.run(getattr(ops, name), x)
+    assert np.isnan(value).all(), value

@@ -338,10 +338,12 @@ def _normalized_log_and_complement(probabilities, axis):
     invalid input: NaN, as in ``categorical_crossentropy`` (floored, ``-inf``
     was a finite loss).
     """
-    nan = tf.fill(tf.shape(probabilities), tf.constant(math.nan, probabilities.dtype))
-    finite = tf.where(tf.math.is_finite(probabilities), probabilities, nan)
-    below_tiny = finite < dtype_limits(finite.dtype).tiny
-    return _log_and_complement_of_floored(_floored_straight_through(finite), axis, below_tiny)
+    # Added, not selected: a NaN or infinite entry's gradient is NaN too (the select gave
+    # it 0, the other entries NaN). p + 0 is p (but for -0, which becomes +0).
+    zero, nan = tf.constant(0.0, probabilities.dtype), tf.constant(math.nan, probabilities.dtype)
+    checked = probabilities + tf.where(tf.math.is_inf(probabilities), nan, zero)
+    below_tiny = checked < dtype_limits(checked.dtype).tiny
+    return _log_and_complement_of_floored(_floored_straight_through(checked), axis, below_tiny)
 
 
 @tf.custom_gradient
