@@ -33,6 +33,37 @@ settings.register_profile(
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
+def pytest_addoption(parser):
+    parser.addoption(
+        "--file-batch",
+        default=None,
+        metavar="K/N",
+        help="run only the K-th of N batches of the collected files (every N-th file in "
+        "sorted order); `make test` runs each batch in fresh worker processes",
+    )
+
+
+def pytest_collection_modifyitems(config, items):
+    """Keep the ``--file-batch`` K/N share of the files, whole files at a time.
+
+    TensorFlow never frees the XLA executable a test compiles (a few MiB for a stable
+    kernel), so a worker process that runs the whole suite grows to about 12 GiB; two
+    workers filled the 24 GiB of a CI machine. ``make test`` runs the suite in batches,
+    each in new worker processes, so memory is returned between them.
+    """
+    batch = config.getoption("--file-batch")
+    if not batch:
+        return
+    index, count = (int(part) for part in batch.split("/"))
+    if not 1 <= index <= count:
+        raise pytest.UsageError(f"--file-batch must be K/N with 1 <= K <= N, got {batch!r}")
+    files = sorted({item.path for item in items})
+    kept_files = set(files[index - 1 :: count])
+    kept = [item for item in items if item.path in kept_files]
+    config.hook.pytest_deselected(items=[item for item in items if item.path not in kept_files])
+    items[:] = kept
+
+
 @pytest.fixture(params=REGIMES)
 def regime(request) -> Regime:
     """Run a function eagerly, under ``tf.function``, or under XLA (see tests/_regimes.py)."""

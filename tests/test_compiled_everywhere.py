@@ -6,6 +6,8 @@ their dozens of small ops; the export test in test_saving checks SavedModels.
 """
 
 import functools
+import gc
+import weakref
 
 import keras
 import mpmath
@@ -14,6 +16,7 @@ import pytest
 import tensorflow as tf
 
 import stableops
+from stableops._internal import gradients
 from stableops.layers import ELU, LeakyReLU
 from tests._public_cases import CASES, inputs
 
@@ -373,3 +376,38 @@ def test_a_loss_given_to_a_tf_function_aligns_ranks_as_called():
     y_true, y_pred = tf.constant([[1.0], [2.0], [3.0]]), tf.constant([1.5, 2.0, 3.0])
     loss = stableops.losses.mean_squared_error
     np.testing.assert_array_equal(step(loss, y_true, y_pred).numpy(), [0.25, 0.0, 0.0])
+
+
+
+def _trace_every_public_function(regime):
+    """Weak references to the graphs of tf.functions (dropped) that traced each public
+    function with its gradient."""
+    graphs = {}
+    for name in sorted(CASES):
+        fn, _, wrt = CASES[name]
+        args = [tf.constant(a) for a in inputs(name, np.float32)]
+
+        def value_and_gradient(*args, fn=fn, wrt=wrt):
+            with tf.GradientTape() as tape:
+                tape.watch(args[wrt])
+                total = tf.reduce_sum(tf.cast(fn(*args), tf.float32))
+            return total, tape.gradient(total, args[wrt])
+
+        trace = regime.wrap(value_and_gradient).get_concrete_function(*args)
+        graphs[name] = weakref.ref(trace.graph)
+    del trace
+    gc.collect()
+    return graphs
+
+
+def test_a_traced_graph_is_freed_with_its_function(graph_regime):
+    """No graph of a dropped tf.function stays in memory. ``tf.custom_gradient`` registered
+    each graph call's gradient function in TF's global registry, whose closure held the graph,
+    so every trace stayed for the life of the process (each retrace of a training step, each
+    trial of a search). The second round traces no kernel's compiled function anew (cached
+    per signature, as they should be), so TF's registry must not grow in it either."""
+    _trace_every_public_function(graph_regime)
+    entries = len(gradients._REGISTRY)
+    graphs = _trace_every_public_function(graph_regime)
+    assert [name for name, graph in graphs.items() if graph() is not None] == []
+    assert len(gradients._REGISTRY) == entries

@@ -15,6 +15,7 @@ import ml_dtypes
 import tensorflow as tf
 
 from stableops._internal.clip import clip
+from stableops._internal.gradients import custom_gradient
 
 _HALF_DTYPES = (tf.float16, tf.bfloat16)
 
@@ -159,7 +160,7 @@ def to_compute_saturating(x):
         return wide
     largest = dtype_limits(dtype).max
 
-    @tf.custom_gradient
+    @custom_gradient
     def cast(v):
         def grad(upstream):
             return tf.cast(clip(upstream, -largest, largest), dtype)

@@ -20,6 +20,7 @@ import tensorflow as tf
 from stableops._internal.clip import clip
 from stableops._internal.compensated import two_difference, two_product
 from stableops._internal.dtypes import dtype_limits
+from stableops._internal.gradients import custom_gradient
 from stableops._internal.polynomials import chebyshev_coefficients, horner, taylor_sum
 from stableops._internal.where import safe_where
 
@@ -272,7 +273,7 @@ def log1p_in_range(v, elementwise=False):
     Gradient (custom): ``1 / (1 + v)``.
     """
 
-    @tf.custom_gradient
+    @custom_gradient
     def core(v):
         def grad(upstream):
             return upstream / (1.0 + v)
@@ -295,7 +296,7 @@ def accurate_log1p(v):
     compute with rounding noise).
     """
 
-    @tf.custom_gradient
+    @custom_gradient
     def core(v):
         value = safe_where(
             tf.logical_and(v >= -0.5, v <= 1.0),

@@ -72,6 +72,7 @@ from stableops._internal.dtypes import (
     used_wide,
     widened,
 )
+from stableops._internal.gradients import custom_gradient
 from stableops._internal.wrapping import wraps_public
 
 try:  # how tf.function itself tells that it is traced inside an XLA computation
@@ -581,7 +582,7 @@ def xla_kernel(
                 )
                 return outputs
 
-            @tf.custom_gradient
+            @custom_gradient
             def call_row_local(*inputs):
                 outputs, local_gradients = run(*with_inputs(inputs), positions)
                 return outputs, times_upstream(outputs, local_gradients)
@@ -592,7 +593,7 @@ def xla_kernel(
             if eager:
                 return recorded_value_alone("backward_from_output")
 
-            @tf.custom_gradient
+            @custom_gradient
             def call_from_output(x):
                 call_args, call_kwargs = with_inputs((x,))
                 output = compiled_function("forward", args, kwargs)(call_args, call_kwargs)
@@ -605,7 +606,7 @@ def xla_kernel(
 
             return call_from_output(values[0])
 
-        @tf.custom_gradient
+        @custom_gradient
         def call(*inputs):
             # Eagerly (under several tapes) the forward call gets inputs no tape watches:
             # recorded, it would be TF's higher-order gradient of the call all the same,

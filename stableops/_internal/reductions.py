@@ -45,6 +45,7 @@ import math
 import tensorflow as tf
 
 from stableops._internal.compensated import two_difference
+from stableops._internal.gradients import custom_gradient
 
 
 def _summable(x):
@@ -113,7 +114,7 @@ def _folded_sum(x, folds):
     autodiff of the parts' slices padded each part's gradient back to a full-size buffer
     (categorical focal cross-entropy under XLA at 2^20: 5.9 against 3.2 ms)."""
 
-    @tf.custom_gradient
+    @custom_gradient
     def summed(x):
         width = tf.shape(x)[-1]
         part = width // folds
@@ -276,7 +277,7 @@ def with_shift_slope(value, x, m, axis, exponential=False):
     the XLA computation (the same HLO as without it).
     """
 
-    @tf.custom_gradient
+    @custom_gradient
     def shifted(x, m):
         def grad(upstream):
             if exponential:
@@ -348,7 +349,7 @@ def _with_output_slope(x, y, axis, gradient_from_output):
     """``y`` as a function of ``x`` whose derivative is ``gradient_from_output(y, g, axis)``,
     reading ``y`` through this function again (right at every order)."""
 
-    @tf.custom_gradient
+    @custom_gradient
     def of(x):
         def grad(upstream):
             again = _with_output_slope(x, y, axis, gradient_from_output)

@@ -33,6 +33,7 @@ from stableops._internal.checks import axis_argument, flag, number
 from stableops._internal.clip import clip
 from stableops._internal.dtypes import dtype_limits
 from stableops._internal.elementary import atanh_series_tail
+from stableops._internal.gradients import custom_gradient
 from stableops._internal.keras_compat import recover_logits
 from stableops._internal.reductions import float64_sum, sum_over
 from stableops._internal.where import safe_where, weight_times
@@ -167,7 +168,7 @@ def _focal_terms_from_logits(target, logits, gamma, pos_weight):
     narrow = logits.dtype
     tiny = dtype_limits(narrow).tiny
 
-    @tf.custom_gradient
+    @custom_gradient
     def core(t, x):
         positive = x >= 0
         wide_x = tf.cast(x, tf.float64)
@@ -249,7 +250,7 @@ def _focal_terms_from_probabilities(target, probabilities, gamma, pos_weight):
     narrow = probabilities.dtype
     limits = dtype_limits(narrow)
 
-    @tf.custom_gradient
+    @custom_gradient
     def core(t, p):
         wide_p = tf.cast(p, tf.float64)
         narrow_log_p = tf.math.log(clip(p, limits.tiny, 1.0))

@@ -47,6 +47,7 @@ from stableops._internal.compensated import (
 )
 from stableops._internal.dtypes import dtype_limits, to_compute_saturating
 from stableops._internal.elementary import accurate_log1p, split_exp_of_negative
+from stableops._internal.gradients import custom_gradient
 from stableops._internal.keras_compat import recover_logits
 from stableops._internal.reductions import (
     empty_rows,
@@ -242,7 +243,7 @@ def _log_and_complement_from_logits(x, axis):
     :func:`stableops.ops.log_softmax`).
     """
 
-    @tf.custom_gradient
+    @custom_gradient
     def pieces(x):
         m, is_max, z, z_low = max_shift(x, axis)
         ties = float64_sum(tf.cast(is_max, x.dtype), axis, keepdims=True, rounded=False) - 1.0
@@ -285,7 +286,7 @@ def _log_and_complement_from_logits(x, axis):
     return pieces(x)
 
 
-@tf.custom_gradient
+@custom_gradient
 def _focal_product(factor, cross_entropy):
     """``factor * cross_entropy`` (``ce = -t log p``, ``t <= 1``), with the factor's gradient
     left out where it is below the dtype's resolution.
@@ -346,7 +347,7 @@ def _normalized_log_and_complement(probabilities, axis):
     return _log_and_complement_of_floored(_floored_straight_through(checked), axis, below_tiny)
 
 
-@tf.custom_gradient
+@custom_gradient
 def _floored_straight_through(p):
     """``p`` floored at ``tiny``, with slope 1 below it too: a target class at probability 0
     gets the largest gradient its dtype holds, as in ``categorical_crossentropy`` (the floor's
@@ -367,7 +368,7 @@ def _log_and_complement_of_floored(p, axis, below_tiny):
 
     tiny = dtype_limits(p.dtype).tiny
 
-    @tf.custom_gradient
+    @custom_gradient
     def pieces(narrow):
         p, shrink = tf.cast(narrow, tf.float64), 1.0
         if narrow.dtype == tf.float64:

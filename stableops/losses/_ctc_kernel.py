@@ -53,6 +53,7 @@ from __future__ import annotations
 import tensorflow as tf
 
 from stableops._internal.dtypes import compute_dtype, dtype_limits
+from stableops._internal.gradients import custom_gradient
 from stableops._internal.kernel import xla_kernel
 from stableops.losses._categorical import _invalid_labels
 from stableops.ops import log_softmax
@@ -152,7 +153,7 @@ def _alignment_log_likelihood(emissions, skips, finals):
     return log_likelihood, grad
 
 
-_alignment_log_likelihood = tf.custom_gradient(_alignment_log_likelihood)
+_alignment_log_likelihood = custom_gradient(_alignment_log_likelihood)
 
 
 @xla_kernel

@@ -17,6 +17,7 @@ import tensorflow as tf
 from stableops import ops
 from stableops._internal.clip import clip
 from stableops._internal.dtypes import dtype_limits
+from stableops._internal.gradients import custom_gradient
 from stableops._internal.polynomials import chebyshev_coefficients, horner, taylor_sum
 from stableops._internal.reductions import float64_sum, folded_row_sum
 from stableops.losses._base import RawInputLoss, loss_class, plain_loss, public_function
@@ -82,7 +83,7 @@ def _excess_near_one(target, prediction):
     return difference * s * (1.0 + s * (1.0 + s) * tail)
 
 
-@tf.custom_gradient
+@custom_gradient
 def _kl_row_sums(target, prediction):
     """``sum(xlogy(t, t/p), axis=-1)`` for ``t`` in ``[0, 1]``, ``p`` in ``[tiny, 1]``: see
     :func:`kl_divergence`.
@@ -281,7 +282,7 @@ def poisson(y_true, y_pred):
     return _poisson_rows(y_true, y_pred)  # counts and rates, in the computing dtype
 
 
-@tf.custom_gradient
+@custom_gradient
 def _poisson_rows(target, rate):
     """Per row ``mean(rate - xlogy(target, max(rate, tiny)))``; see :func:`poisson`.
 

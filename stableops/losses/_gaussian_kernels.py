@@ -48,6 +48,7 @@ from stableops._internal.dtypes import (
     to_compute_saturating,
 )
 from stableops._internal.elementary import exp_minus_log2s, scaled_exp
+from stableops._internal.gradients import custom_gradient
 from stableops._internal.kernel import xla_kernel
 from stableops._internal.polynomials import chebyshev_coefficients, horner, taylor_sum
 from stableops._internal.reductions import per_sample_sum
@@ -128,7 +129,7 @@ def _scaled_square(e, s, weight):
     and ``s``).
     """
 
-    @tf.custom_gradient
+    @custom_gradient
     def scaled_square(e, s):
         first, second = _exp_half_factors(s)
         r = (e * first) * second  # e exp(-s/2)
@@ -155,7 +156,7 @@ def _nll_variance_terms(error, variance, floor, weight):
     a variance below the floor is pushed up whenever ``e**2 > floor``.
     """
 
-    @tf.custom_gradient
+    @custom_gradient
     def terms(error, variance):
         v = _floored(variance, floor)
         ratio = error / v
@@ -270,7 +271,7 @@ def _half_exp(d):
     return tf.exp(d - shift) * factor
 
 
-@tf.custom_gradient
+@custom_gradient
 def _half_exp_excess(d):
     """``(exp(d) - 1 - d) / 2`` to a few ULP for every ``d``; ``inf`` only where the result is.
 
@@ -366,7 +367,7 @@ def _poisson_log_rate_terms(count, log_rate, weight):
     Gradient (custom): ``weight (-x, exp(x) - y)``, the latter formed the same way.
     """
 
-    @tf.custom_gradient
+    @custom_gradient
     def terms(count, log_rate):
         exp = scaled_exp(log_rate)
         value = exp.weighted(lambda down: exp.factor - (count * down) * exp.x, weight)
@@ -388,7 +389,7 @@ def _poisson_rate_terms(count, rate, floor, weight):
     pushed up.
     """
 
-    @tf.custom_gradient
+    @custom_gradient
     def terms(count, rate):
         v = _floored(rate, floor)
         log_v = tf.math.log(v)

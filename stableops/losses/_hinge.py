@@ -16,6 +16,7 @@ import tensorflow as tf
 
 from stableops._internal.clip import clip
 from stableops._internal.compensated import two_difference
+from stableops._internal.gradients import custom_gradient
 from stableops._internal.reductions import float64_mean, float64_sum
 from stableops.losses._base import loss_class, plain_loss, public_function
 from stableops.losses._inputs import loss_function
@@ -103,7 +104,7 @@ def squared_hinge(y_true, y_pred):
     return mean_of_squares(_margin_violation(y_true, y_pred))
 
 
-@tf.custom_gradient
+@custom_gradient
 def _max_last_axis(x):
     """``reduce_max(x, -1)``; the gradient is split evenly among tied maxima.
 

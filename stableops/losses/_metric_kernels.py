@@ -51,6 +51,7 @@ import tensorflow as tf
 
 from stableops._internal.dtypes import dtype_limits, to_compute_saturating
 from stableops._internal.elementary import accurate_log1p
+from stableops._internal.gradients import custom_gradient
 from stableops._internal.kernel import xla_kernel
 from stableops._internal.reductions import sum_over
 from stableops.ops import l2_normalize, safe_norm
@@ -112,7 +113,7 @@ def _scaled_down(x, scaling):
     reciprocal = 1.0 / scaling.scale
     factor = tf.where(scaling.plain, reciprocal, tf.ones_like(reciprocal))
 
-    @tf.custom_gradient
+    @custom_gradient
     def down(v):
         return v * reciprocal, lambda upstream: upstream * factor
 
@@ -127,7 +128,7 @@ def _scaled_up(value, scaling):
         return value
     last = tf.where(scaling.plain, scale, tf.ones_like(scale))
 
-    @tf.custom_gradient
+    @custom_gradient
     def up(v):
         result = v
         for _ in range(power):
@@ -225,7 +226,7 @@ def _distances(u, squared):
 
         return _by_rows(row, v)
 
-    @tf.custom_gradient
+    @custom_gradient
     def distances(v):
         eye = tf.eye(tf.shape(v)[0], dtype=tf.bool)
         d2, norms = _gram_squared(v)

@@ -14,6 +14,7 @@ import tensorflow as tf
 from stableops import ops
 from stableops._internal.checks import axis_argument, number
 from stableops._internal.dtypes import dtype_limits
+from stableops._internal.gradients import custom_gradient
 from stableops._internal.reductions import float64_sum, trailing_axes
 from stableops.losses._base import REDUCTION, FunctionLoss, loss_class, public_function
 from stableops.losses._inputs import in_compute_dtype, loss_kernel, prepare
@@ -114,7 +115,7 @@ def _overlap_loss(y_true, y_pred, axis, smooth, alpha, beta):
         overlap = summed(t * p, False)
         return tuple(tf.cast(v, t.dtype) for v in (penalty, overlap + penalty, overlap))
 
-    @tf.custom_gradient
+    @custom_gradient
     def loss(t, p):
         penalty, denominator, overlap = sums(t, p, None)
         # The overlap too: 2 t p overflows where t + p does not (p beyond [0, 1]).

@@ -42,6 +42,7 @@ from stableops._internal.checks import number
 from stableops._internal.clip import clip
 from stableops._internal.compensated import two_difference, two_product
 from stableops._internal.dtypes import dtype_limits, in_dtype
+from stableops._internal.gradients import custom_gradient
 from stableops._internal.reductions import float64_mean, float64_sum, sum_over
 from stableops.losses._base import REDUCTION, FunctionLoss, loss_class, plain_loss, public_function
 from stableops.losses._inputs import (
@@ -184,7 +185,7 @@ def mean_absolute_percentage_error(y_true, y_pred):
     return tf.cast(100.0 * ops.safe_divide(total, count), y_true.dtype)
 
 
-@tf.custom_gradient
+@custom_gradient
 def _relative_errors(y_true, y_pred):
     """``|y_true - y_pred| / |y_true|``; 0 with a zero gradient at a zero target (unless NaN).
 
@@ -295,7 +296,7 @@ def _log_error_float64(y_true, clamped):
     return tf.where(larger, gap, -gap)
 
 
-@tf.custom_gradient
+@custom_gradient
 def _squared_log_error_rows(y_true, y_pred):
     """``mean((f(y_pred) - f(y_true))^2, axis=-1)``, ``f`` = log1p extended by its tangent
     below 0, for ``y_true >= 0``.
@@ -477,7 +478,7 @@ def log_cosh(y_true, y_pred):
     return float64_mean(_log_cosh_of_pair(error, error_low))
 
 
-@tf.custom_gradient
+@custom_gradient
 def _log_cosh_of_pair(error, error_low):
     """``log cosh(d + d_low)`` for the TwoSum pair of ``y_pred - y_true``, to first order.
 

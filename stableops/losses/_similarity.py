@@ -12,6 +12,7 @@ import tensorflow as tf
 from stableops import ops
 from stableops._internal.checks import axis_argument
 from stableops._internal.dtypes import dtype_limits
+from stableops._internal.gradients import custom_gradient
 from stableops._internal.reductions import float64_sum, sum_over
 from stableops.losses._base import REDUCTION, FunctionLoss, loss_class, public_function
 from stableops.losses._inputs import in_compute_dtype, loss_kernel, prepare
@@ -94,7 +95,7 @@ def _cosine(a, b, axis):
     call, for the value and the gradient alike.
     """
 
-    @tf.custom_gradient
+    @custom_gradient
     def cosine(a, b):
         sum_a = float64_sum(a * a, axis, keepdims=True)
         sum_b = float64_sum(b * b, axis, keepdims=True)
@@ -175,7 +176,7 @@ def _cosine_of_float32(a, b, axis):
     gradient 0; NaN gives NaN.
     """
 
-    @tf.custom_gradient
+    @custom_gradient
     def cosine(a, b):
         wide_a, wide_b = _widened(a), _widened(b)
         # NaN where either entry is NaN, whatever the clamp made of it: the value and,

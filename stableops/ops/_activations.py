@@ -13,6 +13,7 @@ import tensorflow as tf
 from stableops._internal.checks import activation_scale, as_float_tensor
 from stableops._internal.dtypes import to_compute
 from stableops._internal.elementary import expm1_given_exp
+from stableops._internal.gradients import custom_gradient
 from stableops._internal.kernel import xla_kernel
 
 
@@ -26,7 +27,7 @@ def _elu_slope(x, alpha):
 
 
 def _elu_core(x, alpha):
-    @tf.custom_gradient
+    @custom_gradient
     def core(x):
         # One exponential for value and slope (measured single core at 2^20: 1.28 ->
         # 1.17x Keras's time in a plain tf.function, 0.89 -> 0.82 under XLA, against a

@@ -38,6 +38,7 @@ from stableops._internal.clip import clip
 from stableops._internal.compensated import two_difference
 from stableops._internal.dtypes import compute_dtype, dtype_limits, to_compute
 from stableops._internal.elementary import accurate_log1p, log1p_in_range
+from stableops._internal.gradients import custom_gradient
 from stableops._internal.keras_compat import recover_logits
 from stableops._internal.kernel import xla_kernel
 from stableops._internal.reductions import float64_sum, shrunk_rows, sum_over, top_and_rest
@@ -134,7 +135,7 @@ def _log_probability(p, bounds):
     at its optimum there, and a slope ``1/p`` would push ``p`` further out.
     """
 
-    @tf.custom_gradient
+    @custom_gradient
     def log_fn(q):
         def grad(upstream):
             slope = tf.where(q > 1.0, tf.zeros_like(q), 1.0 / clip(q, bounds.slope_low))
@@ -153,7 +154,7 @@ def _log_complement(p, bounds):
     below 0 the value is ``log(1) = 0`` and the slope 0.
     """
 
-    @tf.custom_gradient
+    @custom_gradient
     def log1m_fn(q):
         def grad(upstream):
             inside = -1.0 / (1.0 - clip(q, 0.0, bounds.slope_high))
@@ -193,7 +194,7 @@ def _sigmoid_cross_entropy(z, x):
     -> 1.00-1.06x Keras's).
     """
 
-    @tf.custom_gradient
+    @custom_gradient
     def core(z, x):
         positive = x >= 0
         x_positive = tf.where(positive, x, tf.zeros_like(x))
@@ -340,7 +341,7 @@ def _weighted_gap_sum(z, x, m, axis):
 
 
 def _categorical_logits_core(z, x, axis):
-    @tf.custom_gradient
+    @custom_gradient
     def core(z, x):
         # -sum_i z_i log_softmax(x)_i = sum(z) log1p(s) - sum_i z_i (x_i - m),
         # with x_i - m exact in float64 in the weighted sum (_weighted_gap_sum) and carried
@@ -416,7 +417,7 @@ def _normalized_crossentropy(z, o, axis, bounds):
     With respect to ``z``: ``-log(clip(o / S))``.
     """
 
-    @tf.custom_gradient
+    @custom_gradient
     def loss_fn(z, o):
         # Rows summing past the float range are shrunk first (the fractions o / S are kept).
         shrunk, shrink, largest = shrunk_rows(o, axis)
@@ -580,7 +581,7 @@ def _flat_examples(labels, output):
 
 
 def _sparse_logits_core(x, indices):
-    @tf.custom_gradient
+    @custom_gradient
     def core(x):
         # -log_softmax(x)[y] = log1p(s) - (x_y - m), with x_y - m carried as
         # z + z_low as in log_softmax, from the label's logit alone: no row of
@@ -628,7 +629,7 @@ def _sparse_normalized_crossentropy(indices, o, bounds):
     The gradient is ``_normalized_crossentropy``'s with ``z = one_hot(y)``.
     """
 
-    @tf.custom_gradient
+    @custom_gradient
     def loss_fn(o):
         # Rows summing past the float range are shrunk first (the fractions o / S are kept).
         shrunk, shrink, _ = shrunk_rows(o, -1)

@@ -37,6 +37,7 @@ from stableops._internal.elementary import (
     minus_log2,
     split_exp_of_negative,
 )
+from stableops._internal.gradients import custom_gradient
 from stableops._internal.kernel import xla_kernel
 from stableops._internal.polynomials import chebyshev_coefficients, horner, taylor_sum
 from stableops._internal.where import safe_where
@@ -49,7 +50,7 @@ def _sigmoid(x):
     return tf.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
 
 
-@tf.custom_gradient
+@custom_gradient
 def _softplus_core(x):
     # max(x, 0) + log1p(exp(-|x|)): exp(-|x|) <= 1 cannot overflow, and for
     # x << 0 the result is log1p(exp(x)) = exp(x) to full relative accuracy.
@@ -150,7 +151,7 @@ def _magnitude(d):
     return tf.where(d >= 0, d, -d)
 
 
-@tf.custom_gradient
+@custom_gradient
 def _logaddexp_core(x, y):
     # float64 inputs; float32 (and half precision) take _logaddexp_float32.
     same = tf.equal(x, y)
@@ -213,7 +214,7 @@ def _log1p_over_x_coefficients() -> tuple:
 _FLOAT32_TAIL_END = 128.0
 
 
-@tf.custom_gradient
+@custom_gradient
 def _logaddexp_float32(x, y):
     """``max + log1p(exp(-|x - y|))`` of float32 inputs, formed in float64, rounded once.
 
@@ -313,7 +314,7 @@ def logaddexp(x, y):
     return tf.cast(core(x_c, y_c), x.dtype)
 
 
-@tf.custom_gradient
+@custom_gradient
 def _log1mexp_core(x):
     a = tf.abs(x)
     # Switch at log 2 (Maechler 2012, as TFP's math/generic.py): below it
@@ -466,7 +467,7 @@ def _softplus_inverse_value(x):
     )
 
 
-@tf.custom_gradient
+@custom_gradient
 def _softplus_inverse_core(x):
     def grad(upstream):
         # d/dx log(expm1(x)) = 1 / (1 - exp(-x)) = 1 / (-expm1(-x)):
@@ -548,7 +549,7 @@ def _log_cosh_series(a):
     return t * horner(t, _log_cosh_polynomial(a.dtype))
 
 
-@tf.custom_gradient
+@custom_gradient
 def _log_cosh_core(x):
     a = tf.abs(x)
     value = safe_where(

@@ -42,6 +42,7 @@ from stableops._internal.dtypes import (
     to_compute,
     to_compute_saturating,
 )
+from stableops._internal.gradients import custom_gradient
 from stableops._internal.kernel import xla_kernel
 from stableops._internal.reductions import float64_sum
 from stableops._internal.where import safe_where
@@ -74,7 +75,7 @@ def _quotient(x, y):
     avoids the square.
     """
 
-    @tf.custom_gradient
+    @custom_gradient
     def quotient_fn(a, b):
         q = a / b
 
@@ -174,7 +175,7 @@ def safe_divide(x, y, fill=0.0):
 def _log_with_finite_slope(x, tiny):
     """``log(x)`` whose derivative is ``1 / max(x, tiny)`` for ``x >= 0``."""
 
-    @tf.custom_gradient
+    @custom_gradient
     def log_fn(v):
         def grad(upstream):
             # 1/x at x = 0 (or a subnormal x) is evaluated at `tiny`, the
@@ -327,7 +328,7 @@ def _unit_rows(u, r):
 
 
 def _norm_with_unit_gradient(x, axis, keepdims):
-    @tf.custom_gradient
+    @custom_gradient
     def norm_fn(v):
         scale, u, r = _scaled_rows(v, axis)
         norm = scale * r  # exact product: scale is a power of two (or inf)
@@ -388,7 +389,7 @@ def safe_norm(x, axis=-1, keepdims=False):
 
 
 def _normalize_with_projected_gradient(x, axis):
-    @tf.custom_gradient
+    @custom_gradient
     def normalize_fn(v):
         scale, u, r = _scaled_rows(v, axis)
         unit = _unit_rows(u, r)
@@ -461,7 +462,7 @@ def l2_normalize(x, axis=-1):
 
 
 def _straight_through_clip(x, lo, hi):
-    @tf.custom_gradient
+    @custom_gradient
     def clip_fn(v):
         def grad(upstream):
             # The identity, summed over the axes a broadcast bound added to `v`'s shape.
@@ -527,7 +528,7 @@ def clip_preserve_gradient(x, lo, hi):
 
 
 def _xlogy_with_finite_slopes(x, y, tiny):
-    @tf.custom_gradient
+    @custom_gradient
     def xlogy_fn(a, b):
         x_is_zero = tf.logical_and(tf.equal(a, 0), tf.logical_not(tf.math.is_nan(b)))
         value = tf.where(x_is_zero, tf.zeros_like(a), a * tf.math.log(b))

@@ -17,6 +17,7 @@ import tensorflow as tf
 from stableops._internal.checks import axis_argument, float_tensor_with_axis
 from stableops._internal.dtypes import to_compute
 from stableops._internal.elementary import accurate_log1p
+from stableops._internal.gradients import custom_gradient
 from stableops._internal.kernel import xla_kernel
 from stableops._internal.reductions import (
     empty_rows,
@@ -227,7 +228,7 @@ def _softmax_value(x, axis):
 
 
 def _logsumexp_core(x, axis, keepdims):
-    @tf.custom_gradient
+    @custom_gradient
     def core(x):
         pieces = _shifted_exponentials(x, axis, read_again=True)
         # m + log1p(s) in float64 (per row), rounded once: in float32 the roundings of s,
@@ -249,7 +250,7 @@ def _logsumexp_core(x, axis, keepdims):
 
 
 def _softmax_core(x, axis):
-    @tf.custom_gradient
+    @custom_gradient
     def core(x):
         # y's slope declared (with_softmax_slope), for the gradient below to read: a
         # second-order gradient is right at tied maxima too; first order runs the same
@@ -266,7 +267,7 @@ def _softmax_core(x, axis):
 
 
 def _log_softmax_core(x, axis):
-    @tf.custom_gradient
+    @custom_gradient
     def core(x):
         pieces = _shifted_exponentials(x, axis)
         # (x - m) - log1p(s): exactly -log1p(s) at the maximum, and elsewhere two
