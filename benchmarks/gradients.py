@@ -447,6 +447,22 @@ class Sample:
     excluded: np.ndarray  # (rows,)
 
 
+# Losses whose probabilities below the smallest normal are floored there with the gradient passed
+# straight through (the loss's convention): the reference's floor is flat below it, so the exact
+# derivative at such an entry is taken as the unfloored formula's at the floor.
+STRAIGHT_THROUGH_FLOORS = {
+    "categorical_focal_crossentropy": lambda t, p: acc.mp_categorical_focal_probabilities(t, p, 0),
+}
+
+
+def _floored_straight_through(f, base_row):
+    """``f`` with each entry of ``base_row`` below the floor moved up to it by a fixed shift: the
+    floored value at the row itself, and ``f``'s slope at the floor along that entry."""
+    low = mpmath.mpf(acc.F32_TINY)
+    shifts = [low - v if v < low else mpmath.mpf(0) for v in base_row]
+    return lambda t, p: f(t, [v + shift for v, shift in zip(p, shifts)])
+
+
 @functools.lru_cache(maxsize=None)
 def sample_of(case: GradCase) -> Sample:
     spec = acc.SPECS[case.name]
@@ -471,9 +487,12 @@ def sample_of(case: GradCase) -> Sample:
             else:
                 t_row = [mpmath.mpf(float(v)) for v in t[r]]
             p_row = [mpmath.mpf(float(v)) for v in p[r]]
-            value_at = _value_at(f, t_row, p_row)
+            f_row = f
+            if case.name in STRAIGHT_THROUGH_FLOORS and not wrt_target:
+                f_row = _floored_straight_through(STRAIGHT_THROUGH_FLOORS[case.name], p_row)
+            value_at = _value_at(f_row, t_row, p_row)
             for i in range(w.shape[1]):
-                d = _derivative(f, t_row, p_row, i, wrt_target, value_at)
+                d = _derivative(f_row, t_row, p_row, i, wrt_target, value_at)
                 if d is not None:
                     lo[r, i], hi[r, i] = float(d[0]), float(d[1])
     with np.errstate(all="ignore"):

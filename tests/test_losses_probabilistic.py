@@ -1779,6 +1779,55 @@ def test_categorical_focal_from_a_zero_probability_of_the_target_learns(regime, 
     assert grad[0, 0] == want, grad
 
 
+@pytest.mark.parametrize("gamma", [0.0, 0.5, 2.0])
+def test_a_zero_probability_of_another_class_has_its_focal_derivative(regime, gamma):
+    """A class at probability 0 that is not the target still moves ``q = p_t / S``: its
+    derivative is ``alpha ((1 - q)^gamma - gamma q (1 - q)^(gamma - 1) log q) / S``, against
+    mpmath's derivative of the formula (the floor at ``tiny`` straight through). It was 0:
+    the row sum's part of a floored entry was dropped, where ``categorical_crossentropy``
+    keeps its ``1 / S``."""
+    y_true = np.float32([[0, 1, 0], [0, 1, 0]])
+    y_pred = np.float32([[0, 0.5, 0.5], [0, 0.875, 0.125]])
+    _, (grad,) = regime.value_and_grad(
+        lambda t, p: S.categorical_focal_crossentropy(t, p, alpha=0.25, gamma=gamma),
+        y_true, y_pred, wrt=(1,),
+    )
+    with mpmath.workdps(40):
+        for row in range(len(y_pred)):
+            def loss(p0, row=row):
+                others = [mpmath.mpf(float(p)) for p in y_pred[row]]
+                q = others[1] / (p0 + mpmath.fsum(others))
+                return -0.25 * (1 - q) ** gamma * mpmath.log(q)
+
+            want = float(mpmath.diff(loss, mpmath.mpf(float(np.finfo(np.float32).tiny))))
+            # The written-out gradient rounds q, the row sum and two products in float32.
+            assert grad[row, 0] == pytest.approx(want, rel=8 * float(np.finfo(np.float32).eps))
+
+
+def test_focal_with_gamma_0_and_alpha_1_has_the_gradient_of_categorical_crossentropy(regime):
+    """``gamma = 0``, ``alpha = 1`` make the focal loss ``categorical_crossentropy``: the same
+    value and gradient, also where a class outside the target (one-hot or soft) is at
+    probability 0; for an all-zero row the same gradient (``-z / tiny``, no row sum's part),
+    where the values differ as documented (the focal loss reads the row as uniform: log 3).
+    A target class at probability 0 differs by definition: ``categorical_crossentropy`` clips
+    ``q`` after normalizing (a constant ``-log(tiny)`` that the row sum does not move), the
+    focal loss floors ``p`` before."""
+    y_true = np.float32([[0, 1, 0], [0.25, 0.75, 0], [1, 0, 0]])
+    y_pred = np.float32([[0, 0.25, 0.75], [0.5, 0.5, 0], [0, 0, 0]])
+    focal, (focal_grad,) = regime.value_and_grad(
+        lambda t, p: S.categorical_focal_crossentropy(t, p, alpha=1.0, gamma=0.0),
+        y_true, y_pred, wrt=(1,),
+    )
+    plain, (plain_grad,) = regime.value_and_grad(
+        S.categorical_crossentropy, y_true, y_pred, wrt=(1,)
+    )
+    # Both round a few operations in float32 (the focal loss sums its terms in float64).
+    rtol = 4 * np.finfo(np.float32).eps
+    np.testing.assert_allclose(focal[:2], plain[:2], rtol=rtol)
+    np.testing.assert_allclose(focal[2], np.log(3.0), rtol=rtol)
+    np.testing.assert_allclose(focal_grad, plain_grad, rtol=rtol)
+
+
 # ----------------------------------------------------------------------------
 # From a mutation review: branches no test reached
 # ----------------------------------------------------------------------------

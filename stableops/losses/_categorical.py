@@ -361,9 +361,13 @@ def _log_and_complement_of_floored(p, axis, below_tiny):
     Gradient: ``g_log / p - sum(g_log) / S + (sum(g_complement q) - g_complement) / S``
     (``log q = log p - log S``, ``1 - q = 1 - p / S``, for the top entry too). Autodiff of
     ``p * (1 / S)`` formed ``1 / S**2``, which overflows for a row summing to 3.7e-25
-    (NaN gradients on ordinary targets). At the entries ``below_tiny`` (floored) only
-    their own log's slope ``g_log / tiny`` is kept, as ``categorical_crossentropy`` keeps
-    it at its clip; the row sum's part is 0 there, as the floor's.
+    (NaN gradients on ordinary targets). The floor passes the gradient straight through,
+    as ``categorical_crossentropy``'s clip does: an entry ``below_tiny`` keeps its log's
+    slope ``g_log / tiny`` and the row sum's part (a class at probability 0 moves every
+    ``q``; dropped there, a zero non-target entry had gradient 0 where its derivative is
+    ``alpha ((1 - q)^gamma - gamma q (1 - q)^(gamma - 1) log q) / S``). A row floored
+    whole (all zero: ``S = n tiny``) has no row sum's part, as ``categorical_crossentropy``'s
+    all-zero row.
     """
 
     tiny = dtype_limits(p.dtype).tiny
@@ -418,7 +422,8 @@ def _log_and_complement_of_floored(p, axis, below_tiny):
             # terms was written out for YNNPACK under XLA).
             row = float64_sum(to_complement * q_narrow - to_log, axis, keepdims=True)
             through_sum = (row - to_complement) * inverse_narrow
-            through_sum = tf.where(below_tiny, tf.zeros_like(through_sum), through_sum)
+            floored_row = tf.reduce_all(below_tiny, axis=axis, keepdims=True)
+            through_sum = tf.where(floored_row, tf.zeros_like(through_sum), through_sum)
             gradient = to_log / narrow + through_sum
             # Saturated: alpha / tiny overflows from alpha = 4 (float32).
             largest = dtype_limits(narrow.dtype).max
@@ -493,7 +498,10 @@ def categorical_focal_crossentropy(
         for the entry above half its row's sum from the others' sum
         (``-log1p(rest / p)``, ``rest / sum``), accurate however close ``q``
         is to 1; a ``q`` below ``tiny`` costs ``-log(tiny)``, as in
-        :func:`categorical_crossentropy`. Where the
+        :func:`categorical_crossentropy`. The floor passes the gradient
+        straight through: a class at probability 0 keeps its derivative
+        (a target's ``-alpha / tiny``; another class's share through the
+        row's sum). Where the
         cross-entropy exceeds ``-log(tiny)`` the focal factor's share of the
         gradient is below the dtype's resolution and is left out
         (``_focal_product``): logits ``[-3e38, 3e38, 0]`` have a finite
