@@ -43,6 +43,15 @@ def pytest_addoption(parser):
     )
 
 
+def files_in_batch(files, batch: str) -> set:
+    """The files of batch ``batch`` (``"K/N"``): every N-th of the sorted ``files`` from the
+    K-th on, so that the N batches partition them."""
+    index, count = (int(part) for part in batch.split("/"))
+    if not 1 <= index <= count:
+        raise pytest.UsageError(f"--file-batch must be K/N with 1 <= K <= N, got {batch!r}")
+    return set(sorted(files)[index - 1 :: count])
+
+
 def pytest_collection_modifyitems(config, items):
     """Keep the ``--file-batch`` K/N share of the files, whole files at a time.
 
@@ -54,11 +63,7 @@ def pytest_collection_modifyitems(config, items):
     batch = config.getoption("--file-batch")
     if not batch:
         return
-    index, count = (int(part) for part in batch.split("/"))
-    if not 1 <= index <= count:
-        raise pytest.UsageError(f"--file-batch must be K/N with 1 <= K <= N, got {batch!r}")
-    files = sorted({item.path for item in items})
-    kept_files = set(files[index - 1 :: count])
+    kept_files = files_in_batch({item.path for item in items}, batch)
     kept = [item for item in items if item.path in kept_files]
     config.hook.pytest_deselected(items=[item for item in items if item.path not in kept_files])
     items[:] = kept
