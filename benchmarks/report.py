@@ -258,10 +258,13 @@ WHY: dict[tuple[str, str], str] = {
         "left is the float64 forward pass: the value alone 4.9 ms against Keras's 2.7"
     ),
     ("compiled", "categorical_crossentropy_logits"): (
-        _CROSS_ENTROPY + ". Since 734d472 the gradient forms the exponentials again "
-        "(`_softmax_formed_again`) and the target-weighted sum is a float64 sum, so nothing "
-        "full-size is written beside the gradient: peak memory at 2^24 134 -> 72 MiB in a plain "
-        "tf.function and 133 -> 68 under XLA, for a second exp per element. One core, "
+        _CROSS_ENTROPY + ". Since 734d472 the target-weighted sum is a float64 sum, so nothing "
+        "full-size but the exponentials is written beside the gradient (peak memory at 2^24 134 "
+        "-> 72 MiB in a plain tf.function and 133 -> 68 under XLA), and since 2026-12-06 "
+        "the gradient reads the row sums' exponentials instead of forming them again "
+        "(XLA writes the gradient into their buffer: the same peak; one core, 2^20, 8 classes "
+        "4.50 -> 2.34 under XLA and 1.56 -> 0.91 in a plain tf.function, 128 classes 1.46 -> "
+        "1.19 and 0.80 -> 0.66). Before, forming them again (734d472), one core, "
         "alternating with Keras: 2^20 under XLA 1.27 -> 1.28-1.34, in a plain tf.function "
         "0.98 -> 1.00; 2^22 1.15 -> 1.08-1.17 and 0.64 -> 0.56-0.59 (eagerly 0.44 -> 0.37: "
         "fewer fresh allocations); two cores at 2^20, one process, 1.12 -> 1.23 and 0.87 -> 0.96. "

@@ -1804,22 +1804,28 @@ def test_a_zero_probability_of_another_class_has_its_focal_derivative(regime, ga
             assert grad[row, 0] == pytest.approx(want, rel=8 * float(np.finfo(np.float32).eps))
 
 
-def test_focal_with_gamma_0_and_alpha_1_has_the_gradient_of_categorical_crossentropy(regime):
+@pytest.mark.parametrize("axis", [-1, 0])
+def test_focal_with_gamma_0_and_alpha_1_has_the_gradient_of_categorical_crossentropy(
+    regime, axis
+):
     """``gamma = 0``, ``alpha = 1`` make the focal loss ``categorical_crossentropy``: the same
     value and gradient, also where a class outside the target (one-hot or soft) is at
     probability 0; for an all-zero row the same gradient (``-z / tiny``, no row sum's part),
     where the values differ as documented (the focal loss reads the row as uniform: log 3).
     A target class at probability 0 differs by definition: ``categorical_crossentropy`` clips
     ``q`` after normalizing (a constant ``-log(tiny)`` that the row sum does not move), the
-    focal loss floors ``p`` before."""
+    focal loss floors ``p`` before. Along axis 0 too (the rows transposed): the test for a
+    row floored whole must reduce along the class axis."""
     y_true = np.float32([[0, 1, 0], [0.25, 0.75, 0], [1, 0, 0]])
     y_pred = np.float32([[0, 0.25, 0.75], [0.5, 0.5, 0], [0, 0, 0]])
+    if axis == 0:
+        y_true, y_pred = y_true.T.copy(), y_pred.T.copy()
     focal, (focal_grad,) = regime.value_and_grad(
-        lambda t, p: S.categorical_focal_crossentropy(t, p, alpha=1.0, gamma=0.0),
+        lambda t, p: S.categorical_focal_crossentropy(t, p, alpha=1.0, gamma=0.0, axis=axis),
         y_true, y_pred, wrt=(1,),
     )
     plain, (plain_grad,) = regime.value_and_grad(
-        S.categorical_crossentropy, y_true, y_pred, wrt=(1,)
+        lambda t, p: S.categorical_crossentropy(t, p, axis=axis), y_true, y_pred, wrt=(1,)
     )
     # Both round a few operations in float32 (the focal loss sums its terms in float64).
     rtol = 4 * np.finfo(np.float32).eps

@@ -324,7 +324,7 @@ def with_softmax_slope(x, y, axis):
     ...]`` (a row ``[0, 0, 0, -80]`` got zeros). A single maximum was right (``m`` then
     moves with it). ``max_shift`` and ``_shifted_exponentials`` give their pieces that
     slope (:func:`with_shift_slope`), but not every softmax is formed from
-    those (``_softmax_formed_again``, the focal loss's ``q``). The derivative declared here
+    those (the focal loss's ``q``). The derivative declared here
     is exact whatever ``y`` was formed from, and takes ``y`` through this function again,
     so every further order is right too.
 

@@ -172,26 +172,6 @@ def _softmax_from_pieces(pieces):
     return with_softmax_slope(pieces.x, pieces.p * _reciprocal_total(pieces), pieces.axis)
 
 
-def _softmax_formed_again(pieces):
-    """The softmax of :func:`_softmax_from_pieces`, its exponentials formed again from ``x``.
-
-    ``x - m`` is written ``-(m - x)``: the same values as the row sums' (IEEE subtraction
-    is exact under negation), in an expression XLA does not merge with theirs, so the
-    caller's loop computes the exponentials and none are written out for both. For a
-    gradient whose loop reads other full-size inputs anyway (categorical cross-entropy
-    from logits: the targets), the second exponential costs little and the buffer it
-    saves was alive beside the gradient (there, at 2^24: peak 134 -> 70 MiB in a plain
-    tf.function, 133 -> 69 under XLA; Keras 65-128 and 129). Where the exponentials are
-    most of the work it costs more than the buffer: sparse cross-entropy from logits
-    under XLA, one core, 2^20, 1.03 -> 1.44x Keras's time; ``logsumexp`` 1.58 -> 1.88x.
-    For a gradient function: its slope is softmax's (see
-    ``_internal.reductions.with_softmax_slope``).
-    """
-    x, m = pieces.x, pieces.m
-    p = tf.exp(tf.where(tf.equal(x, m), tf.zeros_like(x), -(m - x))) * (1.0 + pieces.z_low)
-    return with_softmax_slope(x, p * _reciprocal_total(pieces), pieces.axis)
-
-
 def _softmax_value(x, axis):
     """``p / sum(p)`` with ``p = exp(x - m) = exp(z) (1 + z_low)``.
 
