@@ -105,8 +105,8 @@ def _shifted_exponentials(x, axis, read_again=False):
     and adds ``(number of maxima - 1)``, so ``log1p(s)`` stays accurate when one
     logit dominates (``logsumexp([0, -30]) = 9.4e-14``, not 0).
     NaN anywhere in a row makes ``total`` (and ``s``) NaN for that row.
-    ``read_again``: the caller's gradient reads ``p`` too (``logsumexp``, sparse
-    cross-entropy from logits), so the terms are written once (``written_once``), the
+    ``read_again``: the caller's gradient reads ``p`` too (``logsumexp``, sparse and
+    categorical cross-entropy from logits), so the terms are written once (``written_once``), the
     maxima as -1: the two sums and the gradient read that array alone (``p`` is its
     absolute value), and only it and the maximum read ``x``. Formed again, with their
     TwoSum, in the gradient's loop, and the maxima found again from ``x`` in the count's
