@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.cases import CASES, CASES_BY_NAME
+from benchmarks.cases import CASES, CASES_BY_NAME, SPEED_VARIANTS
 
 TARGET_MIN_SIZE, TARGET_MAX_SIZE = 2**14, 2**24
 EAGER_MIN_SIZE = 2**20
@@ -283,6 +283,29 @@ WHY: dict[tuple[str, str], str] = {
         "afcd45a the terms below the maximum are written once for the sums and the "
         "gradient (`written_once`; see `logsumexp`): one core at 2^20, alternating the code, "
         "0.98-1.03 -> 0.80-0.82"
+    ),
+    ("compiled", "sparse_categorical_crossentropy_logits_10_classes"): (
+        "the kernel of `sparse_categorical_crossentropy_logits` on rows of 10 classes: the "
+        "per-row work (the maximum, two float64 sums, the label's TwoSum and log1p) is a tenth "
+        "of the elements' where at 128 classes it is 1/128, and LLVM vectorizes a loop over "
+        "rows of 10 eight lanes wide, the last two entries one at a time. Since 2026-12-07 no "
+        "loop selects by a row's boolean broadcast along the row (XLA ran such loops one "
+        "element at a time on rows narrower than 32) and the row's log1p series is formed "
+        "once (`tests/test_xla_loops.py`): one core at 2^20, alternating with Keras, 1.78 -> "
+        "1.32 (8 classes 2.46 -> 1.45). On two cores XLA splits each loop between the cores, "
+        "which on these rows costs more than it gains: at 2^20 5.5 ms against 3.3 on one core "
+        "(Keras's XLA program 4.1 against 2.5)"
+    ),
+    ("function", "sparse_categorical_crossentropy_logits_10_classes"): (
+        "Keras runs one fused TF kernel, which two cores speed up (at 2^20 8.0 ms on one "
+        "core, 5.1 on two), while the compiled call's loops, split between the cores, slow "
+        "down (4.1 -> 6.1 ms; see XLA). On one core 0.63 -> 0.51 since 2026-12-07 (see XLA), "
+        "on two 1.31 -> 1.16"
+    ),
+    ("eager", "sparse_categorical_crossentropy_logits_10_classes"): (
+        "as in a plain tf.function: Keras's fused kernel gains from the second core, the "
+        "compiled call's split loops lose (one core at 2^20, alternating, 0.69 -> 0.62 since "
+        "2026-12-07)"
     ),
     ("compiled", "logsumexp"): _ROW_REDUCTIONS,
     ("compiled", "softmax"): (
@@ -623,6 +646,13 @@ WHY: dict[tuple[str, str], str] = {
         "XLA (Keras 129). What is left is the row-local backward pass: the forward call returns "
         "the gradient for a unit upstream, and its product with the upstream gradient is a "
         "buffer of its own"
+    ),
+    ("memory", "sparse_categorical_crossentropy_logits_10_classes"): (
+        "on rows of 10 classes the rows' values are a tenth of the input's elements: XLA's "
+        "temporaries for the two float64 row sums and the float32 per-row values take 53 MiB "
+        "at 2^24 (4 MiB at 128 classes; 66 MiB before 2026-12-07, the log1p series and the "
+        "selects by a row's boolean repeated per element), beside the gradient the forward "
+        "call returns and its product with the upstream gradient"
     ),
     ("memory", "nt_xent"): (
         "at this size (inputs of 257 KiB) the allocator's peak moves in steps of 1 MiB: 2 "
@@ -1221,8 +1251,10 @@ def _not_available(impls: dict) -> str | None:
 
 def _unmeasured(availability, measured_rows, why: str, gaps: dict | None = None) -> list[str]:
     """Every case the run probed that has no row in ``measured_rows`` (or has an entry in
-    ``gaps``: case -> why), as "case (why)": a target must not drop a case silently."""
+    ``gaps``: case -> why), as "case (why)": a target must not drop a case silently. A speed
+    variant (``SPEED_VARIANTS``) is measured by its base case's rows."""
     measured = {r["case"] for r in measured_rows}
+    measured |= {variant for variant, base in SPEED_VARIANTS.items() if base in measured}
     gaps = gaps or {}
     out = []
     for case in CASES:

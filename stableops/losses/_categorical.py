@@ -46,12 +46,13 @@ from stableops._internal.compensated import (
     two_difference,
 )
 from stableops._internal.dtypes import dtype_limits, to_compute_saturating
-from stableops._internal.elementary import accurate_log1p, split_exp_of_negative
+from stableops._internal.elementary import split_exp_of_negative
 from stableops._internal.gradients import custom_gradient
 from stableops._internal.keras_compat import recover_logits
 from stableops._internal.reductions import (
     empty_rows,
     float64_sum,
+    log1p_once,
     max_shift,
     shrunk_rows,
     split_sum_of_fractions,
@@ -260,17 +261,20 @@ def _log_and_complement_from_logits(x, axis):
             s = float64_sum(below, axis, keepdims=True, rounded=False) + ties
         empty = empty_rows(m, s)
         inverse = tf.where(empty, tf.zeros_like(s), 1.0 / (1.0 + s))
-        log_total = accurate_log1p(s)
+        log_total = log1p_once(s)
         if x.dtype == tf.float64:
             log_total = log_total + s_error * inverse  # d log1p(s) = ds / (1 + s)
             top = fraction_of_one_plus(s, s_error)
         else:
             top = s * inverse
+        # Every entry of an empty row is a maximum: its 1 - q is 1. Selected per row: a
+        # row's boolean broadcast along it keeps XLA from vectorizing the loop (see
+        # stableops.ops._crossentropy._upstream_unless).
+        top = tf.where(empty, tf.ones_like(top), top)
         log_total = tf.where(empty, tf.constant(math.inf, tf.float64), log_total)
         q = tf.where(is_max, tf.ones_like(below), below) * inverse
         log_q = tf.where(is_max, 0.0 - log_total, (z + z_low) - log_total)
         complement = tf.where(is_max, top, 1.0 - q)
-        complement = tf.where(empty, tf.ones_like(complement), complement)
 
         def grad(to_log, to_complement):
             to_log = tf.where(tf.equal(log_q, -math.inf), tf.zeros_like(to_log), to_log)
@@ -421,9 +425,10 @@ def _log_and_complement_of_floored(p, axis, below_tiny):
             # float64_sum: formed and summed in one loop (a float32 sum of the computed
             # terms was written out for YNNPACK under XLA).
             row = float64_sum(to_complement * q_narrow - to_log, axis, keepdims=True)
-            through_sum = (row - to_complement) * inverse_narrow
+            # A row floored whole has no row sum's part: its reciprocal taken as 0 (per row).
             floored_row = tf.reduce_all(below_tiny, axis=axis, keepdims=True)
-            through_sum = tf.where(floored_row, tf.zeros_like(through_sum), through_sum)
+            inverse_narrow = tf.where(floored_row, tf.zeros_like(inverse_narrow), inverse_narrow)
+            through_sum = (row - to_complement) * inverse_narrow
             gradient = to_log / narrow + through_sum
             # Saturated: alpha / tiny overflows from alpha = 4 (float32).
             largest = dtype_limits(narrow.dtype).max

@@ -16,12 +16,12 @@ import tensorflow as tf
 
 from stableops._internal.checks import axis_argument, float_tensor_with_axis
 from stableops._internal.dtypes import to_compute
-from stableops._internal.elementary import accurate_log1p
 from stableops._internal.gradients import custom_gradient
 from stableops._internal.kernel import xla_kernel
 from stableops._internal.reductions import (
     empty_rows,
     float64_sum,
+    log1p_once,
     log_softmax_gradient,
     max_shift,
     softmax_gradient,
@@ -214,7 +214,7 @@ def _logsumexp_core(x, axis, keepdims):
         # m + log1p(s) in float64 (per row), rounded once: in float32 the roundings of s,
         # of its log1p and of the sum reached 4.9 ULP of max(|value|, |m|) where m < 0
         # cancels part of the log1p. -inf for empty rows, +inf with a +inf entry.
-        wide = tf.cast(pieces.m, tf.float64) + accurate_log1p(pieces.s_wide)
+        wide = tf.cast(pieces.m, tf.float64) + log1p_once(pieces.s_wide)
         value = tf.cast(wide, x.dtype)
         if not keepdims:
             value = tf.reshape(value, tf.shape(tf.reduce_max(x, axis=axis)))
@@ -259,7 +259,7 @@ def _log_softmax_core(x, axis):
         # was a full-size buffer of its own (one core, 2^20, alternating with
         # Keras under XLA: 1.76 -> 1.37x with the backward sum below in float64).
         # 0 - log_total keeps +0 at the maximum.
-        log_total = accurate_log1p(pieces.s)
+        log_total = log1p_once(pieces.s)
         log_total = tf.where(pieces.empty, tf.constant(math.inf, x.dtype), log_total)
         value = tf.where(tf.equal(x, pieces.m), 0.0 - log_total, (x - pieces.m) - log_total)
         # Its slope declared (with_log_softmax_slope), for the gradient below to read:
