@@ -191,6 +191,37 @@ def test_a_gradient_penalty_in_a_graph_has_the_eager_second_order_gradient(name,
         np.testing.assert_allclose(g, w, rtol=_TOLERANCE, atol=_TOLERANCE * scale)
 
 
+@pytest.mark.parametrize("name", _SECOND_ORDER)
+def test_a_gradient_penalty_around_a_tf_function_has_the_eager_second_order_gradient(name):
+    # Both tapes outside the tf.function: while it is traced no tape watches its inputs, and
+    # the kernels called the compiled forward pass alone, leaving its gradient to TF, whose
+    # second order raised "out of scope" (logsumexp, softmax, the cross-entropies).
+    fn, _, _ = CASES[name]
+    values = _float_inputs(name)
+    want = [g.numpy() for g in _penalty_gradient(fn, values)]
+    total = tf.function(lambda *v: tf.reduce_sum(fn(*v)))
+    got = [g.numpy() for g in _penalty_gradient(total, values)]
+    for g, w in zip(got, want):
+        assert np.all(np.isfinite(g)), (name, g)
+        scale = np.max(np.abs(w))
+        np.testing.assert_allclose(g, w, rtol=_TOLERANCE, atol=_TOLERANCE * scale)
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_a_tape_around_a_tf_function_gets_the_eager_gradient(name):
+    """No tape watches a tf.function's inputs while it is traced, so a kernel cannot tell
+    whether a gradient will be asked for: it takes its compiled backward pass (once TF's
+    gradient of the compiled forward call), for every input, labels included."""
+    fn, _, _ = CASES[name]
+    values = _float_inputs(name)
+    graph = tf.function(lambda *v: fn(*v))
+    got = [g.numpy() for g in _plain(graph, values)]
+    want = [g.numpy() for g in _plain(fn, values)]
+    for g, w in zip(got, want):
+        scale = np.max(np.abs(w))
+        np.testing.assert_allclose(g, w, rtol=_TOLERANCE, atol=_TOLERANCE * scale)
+
+
 @pytest.mark.parametrize("jit_compile", [False, True], ids=["function", "xla"])
 @pytest.mark.parametrize("scale", [1.0, 1e200], ids=["plain", "normalized"])
 def test_float64_cosine_similaritys_gradient_penalty_in_a_graph(scale, jit_compile):

@@ -20,7 +20,11 @@ pass, as one XLA computation instead:
   ``tf.function``, a SavedModel), it calls a compiled *forward* function under
   a ``tf.custom_gradient``; each compiled call is one XLA cluster in the
   caller's graph. Only inputs a gradient tape watches get gradient work, and
-  the backward pass is one of:
+  the backward pass is one of the three below; where no tape in the graph watches
+  any input (a tape around the ``tf.function``, or none: an inference), every
+  floating input gets the *recompute* path, which an inference pays one identity
+  op for (TF's own gradient of the compiled call kept every intermediate alive,
+  and its second order raised "out of scope"):
 
   * *recompute* (the default): a compiled *backward* function runs the
     forward pass again with its vector-Jacobian product, one XLA
@@ -512,7 +516,17 @@ def xla_kernel(
             # logsumexp 1.4 -> 1.3x); TF's gradient of the compiled call otherwise.
             return call_eagerly(compiled_function("forward", args, kwargs), args, kwargs)
         if not positions:
-            return compiled_function("forward", args, kwargs)(args, kwargs)
+            floating = tuple(
+                i for i, v in enumerate(values) if isinstance(v, tf.Tensor) and v.dtype.is_floating
+            )
+            if eager or not floating:
+                return compiled_function("forward", args, kwargs)(args, kwargs)
+            # In a graph no tape watches the inputs while it is traced, but a tape around the
+            # tf.function may still differentiate the call: it gets the compiled backward call
+            # (`call` below), which costs an inference one identity op. TF's own gradient of the
+            # compiled call kept every intermediate of the forward pass alive, and under two
+            # tapes it failed ("out of scope": logsumexp, softmax, the cross-entropies).
+            positions = floating
 
         def with_inputs(inputs):
             flat = list(values)
