@@ -388,6 +388,35 @@ def test_categorical_from_logits_edges(regime):
         )
 
 
+def test_a_dead_rows_logit_gradient_is_zero_and_keeps_a_nan_upstream(regime):
+    """A row whose loss is inf (a target on a -inf logit, or a target mass past the float
+    range) is a constant: its logits get gradient 0, and a NaN upstream stays NaN. The row's
+    upstream is selected per row (``_upstream_unless``), not the gradient along the row."""
+    dense = lambda t, o: ops.categorical_crossentropy(t, o, from_logits=True)  # noqa: E731
+    sparse = lambda t, o: ops.sparse_categorical_crossentropy(t, o, from_logits=True)  # noqa: E731
+    logits = np.float32([[-np.inf, 0.0], [0.0, 1.0]])
+    cases = [
+        (dense, np.float32([[1.0, 0.0], [3e38, 3e38]])),  # 3e38 + 3e38 overflows
+        (sparse, np.int32([0])),  # the label on the -inf logit
+    ]
+    for fn, target in cases:
+        x = logits[: len(target)]
+        for weight, want in ((1.0, 0.0), (math.nan, math.nan)):
+            value, (grad,) = regime.value_and_grad(
+                fn, target, x, wrt=(1,), weights=[weight] * len(target)
+            )
+            assert np.all(value == np.inf), (regime, value)
+            np.testing.assert_array_equal(grad, np.full_like(x, want), err_msg=str(regime))
+
+
+def test_a_row_with_a_negative_entry_has_no_top_entry(regime):
+    # [2, -1] sums to 1: p / S = [2, -1], clipped to [tiny, 1], so the loss of class 0 is
+    # -log(1) = 0. The top entry's form (-log1p(rest / p), rest = -1) would give log 2.
+    target, output = np.float32([[1.0, 0.0]]), np.float32([[2.0, -1.0]])
+    value = regime.run(ops.categorical_crossentropy, target, output)
+    assert value[0] == 0.0
+
+
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_a_top_probability_a_sliver_below_its_row_sum_keeps_its_loss(regime, dtype):
     # The label's probability holds all but a sliver of its row's sum (the loss is 4.8e-8,

@@ -8,6 +8,7 @@ hypothesis draws in float16, bfloat16, float32 (and float64 on the grids).
 """
 
 import itertools
+import math
 
 import ml_dtypes
 import mpmath
@@ -896,3 +897,14 @@ def test_xlogy_second_order_at_a_tiny_y(regime):
         # xlogy(x, x)' = log x + 1 (x above tiny), so d/dx (log x + 1)^2 = 2 (log x + 1) / x.
         expected = ref.reference_array(lambda v: 2 * (mpmath.log(v) + 1) / v, x)
         _assert_grad(grad, expected, dtype, np.ones(x.shape, bool), f"{dtype} {regime}")
+
+
+@pytest.mark.parametrize("fn", [ops.l2_normalize, ops.safe_norm], ids=["l2_normalize", "safe_norm"])
+def test_a_zero_rows_gradient_is_zero_and_keeps_a_nan_upstream(regime, fn):
+    """0 for a finite upstream (the convention at the zero vector), NaN for a NaN one: the
+    zero row is divided by 1 and by an infinite scale, as an infinite row is, not selected."""
+    x = np.zeros((2, 3), np.float32)
+    for weight, want in ((1.0, 0.0), (math.nan, math.nan)):
+        shape = (2, 3) if fn is ops.l2_normalize else (2,)
+        _, (grad,) = regime.value_and_grad(fn, x, weights=np.full(shape, weight, np.float32))
+        np.testing.assert_array_equal(grad, np.full_like(x, want), err_msg=str(regime))
