@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 
 import numpy as np
+import tensorflow as tf
 
 import stableops.losses as S
 import stableops.ops as O
@@ -150,3 +151,16 @@ def value_shape(name) -> tuple:
     """The shape of the case's value on its float32 inputs (computed once per case)."""
     fn, _, _ = CASES[name]
     return tuple(fn(*inputs(name, np.float32)).shape)
+
+
+def value_and_gradient(name):
+    """``fn(*args)``'s float32 sum and its gradient with respect to the case's argument."""
+    fn, _, wrt = CASES[name]
+
+    def value_and_gradient(*args):
+        with tf.GradientTape() as tape:
+            tape.watch(args[wrt])
+            total = tf.reduce_sum(tf.cast(fn(*args), tf.float32))
+        return total, tape.gradient(total, args[wrt])
+
+    return value_and_gradient

@@ -18,7 +18,7 @@ import tensorflow as tf
 import stableops
 from stableops._internal import gradients
 from stableops.layers import ELU, LeakyReLU
-from tests._public_cases import CASES, inputs
+from tests._public_cases import CASES, inputs, value_and_gradient
 
 
 def _model():
@@ -384,16 +384,8 @@ def _trace_every_public_function(regime):
     function with its gradient."""
     graphs = {}
     for name in sorted(CASES):
-        fn, _, wrt = CASES[name]
         args = [tf.constant(a) for a in inputs(name, np.float32)]
-
-        def value_and_gradient(*args, fn=fn, wrt=wrt):
-            with tf.GradientTape() as tape:
-                tape.watch(args[wrt])
-                total = tf.reduce_sum(tf.cast(fn(*args), tf.float32))
-            return total, tape.gradient(total, args[wrt])
-
-        trace = regime.wrap(value_and_gradient).get_concrete_function(*args)
+        trace = regime.wrap(value_and_gradient(name)).get_concrete_function(*args)
         graphs[name] = weakref.ref(trace.graph)
     del trace
     gc.collect()

@@ -20,7 +20,7 @@ import pytest
 import tensorflow as tf
 
 from tests._helpers import measured_xla_only, optimized_hlo
-from tests._public_cases import CASES, inputs
+from tests._public_cases import CASES, inputs, value_and_gradient
 
 # A boolean broadcast along new axes from a non-scalar operand (a scalar's broadcast is a
 # constant, which every loop vectorizes).
@@ -33,22 +33,11 @@ ROW_BOOLEAN = re.compile(
 NOT_ROW_KERNELS = {"losses.ctc"}
 
 
-def _value_and_gradient(fn, wrt):
-    def value_and_gradient(*args):
-        with tf.GradientTape() as tape:
-            tape.watch(args[wrt])
-            total = tf.reduce_sum(tf.cast(fn(*args), tf.float32))
-        return total, tape.gradient(total, args[wrt])
-
-    return value_and_gradient
-
-
 @measured_xla_only
 @pytest.mark.parametrize("name", sorted(set(CASES) - NOT_ROW_KERNELS))
 def test_no_loop_broadcasts_a_row_boolean(name):
-    fn, _, wrt = CASES[name]
     args = [tf.constant(a) for a in inputs(name, np.float32)]
-    program = optimized_hlo(_value_and_gradient(fn, wrt), *args, entry_only=False)
+    program = optimized_hlo(value_and_gradient(name), *args, entry_only=False)
     assert [line.strip()[:120] for line in program.splitlines() if ROW_BOOLEAN.search(line)] == []
 
 
@@ -70,8 +59,7 @@ def test_a_row_log1p_series_is_formed_in_one_loop(name):
     """The series of ``log1p(s)`` per row is all cheap instructions, which XLA repeated in
     every loop that broadcasts the result (two or three loops, per element of each);
     ``log1p_once`` writes it out once."""
-    fn, _, wrt = CASES[name]
     args = [tf.constant(a) for a in inputs(name, np.float32)]
-    program = optimized_hlo(_value_and_gradient(fn, wrt), *args, entry_only=False)
+    program = optimized_hlo(value_and_gradient(name), *args, entry_only=False)
     computations = re.split(r"\n(?=%|ENTRY)", program)
     assert sum(1 for c in computations if LOG1P_SERIES.search(c)) == 1

@@ -183,14 +183,14 @@ def _call_signature(value):
     return (type(value), value)  # 1, 1.0 and True are equal, but not the same argument
 
 
+def _floating_tensor(value) -> bool:
+    return isinstance(value, tf.Tensor) and value.dtype.is_floating
+
+
 def _differentiable(value) -> bool:
     """A floating tensor that a gradient tape watches (labels and inference inputs are not:
     no gradient work is done for them)."""
-    return (
-        isinstance(value, tf.Tensor)
-        and value.dtype.is_floating
-        and _taped([value])
-    )
+    return _floating_tensor(value) and _taped([value])
 
 
 def _floating(outputs):
@@ -516,9 +516,7 @@ def xla_kernel(
             # logsumexp 1.4 -> 1.3x); TF's gradient of the compiled call otherwise.
             return call_eagerly(compiled_function("forward", args, kwargs), args, kwargs)
         if not positions:
-            floating = tuple(
-                i for i, v in enumerate(values) if isinstance(v, tf.Tensor) and v.dtype.is_floating
-            )
+            floating = tuple(i for i, v in enumerate(values) if _floating_tensor(v))
             if eager or not floating:
                 return compiled_function("forward", args, kwargs)(args, kwargs)
             # In a graph no tape watches the inputs while it is traced, but a tape around the
