@@ -141,6 +141,22 @@ def test_xla_kernel_keeps_each_rank_static_across_rank_changes():
     assert rank_of.tracing_count() <= 2 * 4
 
 
+def test_xla_kernel_keeps_the_row_width_static_across_width_changes():
+    """Kernels choose their code by the row's width (``reductions.folded_row_sum``); a trace
+    generalized over it took the unknown width's path for every later call."""
+
+    @xla_kernel
+    def width_of(x):
+        return tf.constant(-1 if x.shape[-1] is None else x.shape[-1])
+
+    # Two batch sizes per width, widths interleaved, eagerly and in a graph.
+    shapes = ([2, 16], [4, 16], [2, 10], [4, 10], [3, 16], [5, 10])
+    graph_width = tf.function(width_of)
+    for shape in shapes:
+        assert int(width_of(tf.ones(shape))) == shape[-1]
+        assert int(graph_width(tf.ones(shape))) == shape[-1]
+
+
 def _function_call_ops(graph):
     return [
         op
