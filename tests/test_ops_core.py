@@ -296,6 +296,65 @@ def test_a_row_local_kernel_with_inputs_broadcast_across_rows(in_function, b_sha
     np.testing.assert_array_equal(grad_b.numpy(), np.reshape([41.0, 52.0, 63.0], b_shape))
 
 
+@pytest.mark.parametrize("in_function", [False, True], ids=["eager", "function"])
+def test_a_row_local_kernel_of_columns(in_function):
+    """Columns (``[rows, 1]``) reach the compiled call as one axis in a graph, where XLA's
+    loop over ``[rows, 1]`` ran one element at a time; the value keeps its shape and the
+    gradients their inputs'."""
+
+    @xla_kernel(row_local=True)
+    def weighted_square(a, b):
+        return tf.reduce_sum(a * a * b, axis=-1)
+
+    a = tf.constant([[1.0], [2.0], [-3.0]])
+    b = tf.constant([[0.5], [-1.0], [2.0]])
+
+    def value_and_gradients():
+        with tf.GradientTape() as tape:
+            tape.watch([a, b])
+            value = weighted_square(a, b)
+            y = tf.reduce_sum(value * tf.constant([1.0, 10.0, 100.0]))
+        return value, tape.gradient(y, [a, b])
+
+    value, (grad_a, grad_b) = (
+        tf.function(value_and_gradients)() if in_function else value_and_gradients()
+    )
+    np.testing.assert_array_equal(value.numpy(), [0.5, -4.0, 18.0])
+    np.testing.assert_array_equal(grad_a.numpy(), [[1.0], [-40.0], [-1200.0]])  # 2 a b w
+    np.testing.assert_array_equal(grad_b.numpy(), [[1.0], [40.0], [900.0]])  # a^2 w
+    if in_function:
+        graph = tf.function(value_and_gradients).get_concrete_function().graph
+        (call,) = _function_call_ops(graph)
+        assert [t.shape.rank for t in call.inputs] == [1, 1]
+
+
+@pytest.mark.parametrize(
+    "loss",
+    ["mean_squared_error", "mean_absolute_error", "binary_crossentropy", "huber", "log_cosh"],
+)
+def test_a_loss_of_columns_in_a_graph_matches_eager(loss):
+    """A regression's or binary classifier's ``[rows, 1]`` targets and predictions: the
+    graph's one-axis compiled call gives the eager value and gradient (both XLA, the same
+    element-by-element arithmetic)."""
+    import stableops.losses as L
+
+    rng = np.random.default_rng(7)
+    y_true = tf.constant(rng.uniform(0.0, 1.0, (6, 1)).astype(np.float32))
+    y_pred = tf.constant(rng.uniform(0.05, 0.95, (6, 1)).astype(np.float32))
+
+    def value_and_gradient(y_true, y_pred):
+        with tf.GradientTape() as tape:
+            tape.watch(y_pred)
+            value = getattr(L, loss)(y_true, y_pred)
+        return value, tape.gradient(value, y_pred)
+
+    eager_value, eager_gradient = value_and_gradient(y_true, y_pred)
+    graph_value, graph_gradient = tf.function(value_and_gradient)(y_true, y_pred)
+    assert graph_value.shape == [6] and graph_gradient.shape == [6, 1]
+    np.testing.assert_array_equal(graph_value.numpy(), eager_value.numpy())
+    np.testing.assert_array_equal(graph_gradient.numpy(), eager_gradient.numpy())
+
+
 def test_xla_kernel_eager_calls_tell_python_arguments_apart():
     """Eager calls reuse one compiled function per argument signature; Python arguments
     that flatten alike (``3`` and ``(3,)``) are still different calls."""

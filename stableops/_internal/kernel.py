@@ -249,6 +249,32 @@ def _rows_align(tensors, axis) -> bool:
     )
 
 
+def _columns(args, kwargs, axis) -> bool:
+    """Whether every tensor argument is a column, ``[rows, 1]``, reduced along its one entry
+    (a regression's or a binary classifier's targets and predictions).
+
+    XLA on CPU (TF 2.21) runs a loop over ``[rows, 1]`` one element at a time (LLVM's
+    ``<1 x float>``) and one over ``[rows]`` eight at a time; the row-local path passes
+    columns as one axis (:func:`_as_one_axis`).
+    """
+    tensors = [v for v in tf.nest.flatten((args, kwargs)) if isinstance(v, tf.Tensor)]
+    return (
+        bool(tensors)
+        and axis in (-1, 1)
+        and all(t.shape.rank == 2 and t.shape[1] == 1 for t in tensors)
+    )
+
+
+def _as_one_axis(value):
+    """A tensor reshaped to one axis (free: no copy); other values as they are."""
+    return tf.reshape(value, [-1]) if isinstance(value, tf.Tensor) else value
+
+
+def _as_column(value):
+    """A tensor reshaped to ``[rows, 1]``; other values as they are."""
+    return tf.reshape(value, [-1, 1]) if isinstance(value, tf.Tensor) else value
+
+
 def _widest_floating(values) -> list:
     """The floating tensor argument with the most rows (a list of it, or empty).
 
@@ -437,6 +463,13 @@ def xla_kernel(
             for g, used in zip(gradients[: len(watched)], widened_used)
         ]
 
+    def forward_with_local_gradient_of_columns(args, kwargs, positions):
+        # forward_with_local_gradient of columns (_columns) passed as one axis, with the
+        # local gradients returned so: XLA's loops then run over one axis.
+        args, kwargs = tf.nest.map_structure(_as_column, (args, kwargs))
+        outputs, gradients = forward_with_local_gradient(args, kwargs, positions)
+        return outputs, [tf.reshape(g, [-1]) for g in gradients]
+
     def backward_from_output(output, upstream, kwargs):
         return gradient_from_output(output, upstream, **kwargs)
 
@@ -445,6 +478,7 @@ def xla_kernel(
 
     # Graphs name the compiled calls after the kernel: `__inference__elu_kernel_forward_42`.
     forward.__name__ = forward_with_local_gradient.__name__ = f"{fn.__name__}_forward"
+    forward_with_local_gradient_of_columns.__name__ = f"{fn.__name__}_forward"
     backward.__name__ = backward_from_output.__name__ = backward_from_input.__name__ = (
         f"{fn.__name__}_backward"
     )
@@ -452,6 +486,7 @@ def xla_kernel(
         "forward": forward,
         "backward": backward,
         "forward_with_local_gradient": forward_with_local_gradient,
+        "forward_with_local_gradient_of_columns": forward_with_local_gradient_of_columns,
         "backward_from_output": backward_from_output,
         "backward_from_input": backward_from_input,
         "saturating_times_upstream": _saturating_times_upstream,
@@ -569,7 +604,27 @@ def xla_kernel(
             return recorded_value_alone("backward_from_input")
 
         if local and single_tape:
-            run = compiled_function("forward_with_local_gradient", args, kwargs)
+            # In a graph: eagerly the two reshapes cost more than they save (as for
+            # elementwise kernels, below).
+            columns = not eager and _columns(args, kwargs, reduced_axis)
+
+            def run(call_args, call_kwargs):
+                """The compiled forward call: outputs and local gradients."""
+                if columns:
+                    call_args, call_kwargs = tf.nest.map_structure(
+                        _as_one_axis, (call_args, call_kwargs)
+                    )
+                role = "forward_with_local_gradient" + ("_of_columns" if columns else "")
+                function = compiled_function(role, call_args, call_kwargs)
+                outputs, gradients = (call_eagerly if eager else lambda f, *a: f(*a))(
+                    function, call_args, call_kwargs, positions
+                )
+                if columns:
+                    gradients = [
+                        tf.reshape(g, tf.shape(values[p])) for g, p in zip(gradients, positions)
+                    ]
+                return outputs, gradients
+
             saturate = saturating(**kwargs) if callable(saturating) else saturating
 
             def product(upstream, local_gradient, dtype):
@@ -600,7 +655,7 @@ def xla_kernel(
                 # identity ops: 600 -> 450 us per forward and backward of a [4, 4] elu.
                 inputs = [values[p] for p in positions]
                 untaped = [tf.stop_gradient(t) for t in inputs]
-                outputs, local_gradients = call_eagerly(run, *with_inputs(untaped), positions)
+                outputs, local_gradients = run(*with_inputs(untaped))
                 _record_operation(
                     fn.__name__,
                     tf.nest.flatten(outputs),
@@ -611,7 +666,7 @@ def xla_kernel(
 
             @custom_gradient
             def call_row_local(*inputs):
-                outputs, local_gradients = run(*with_inputs(inputs), positions)
+                outputs, local_gradients = run(*with_inputs(inputs))
                 return outputs, times_upstream(outputs, local_gradients)
 
             return call_row_local(*[values[p] for p in positions])
