@@ -207,8 +207,8 @@ def _rows(size: int, width: int) -> tuple[int, int]:
     return (max(1, -(-size // width)), width)
 
 
-def _binary_probabilities(size, dtype, rng):
-    shape = _rows(size, ELEMENTWISE_WIDTH)
+def _binary_probabilities(size, dtype, rng, width=ELEMENTWISE_WIDTH):
+    shape = _rows(size, width)
     y_true = (rng.random(shape) < 0.5).astype(dtype)
     y_pred = (1.0 / (1.0 + np.exp(-rng.normal(0.0, 2.0, shape)))).astype(dtype)
     return y_true, y_pred
@@ -220,9 +220,18 @@ def _binary_logits(size, dtype, rng):
     return y_true, rng.normal(0.0, 3.0, shape).astype(dtype)
 
 
-def _regression(size, dtype, rng):
-    shape = _rows(size, ELEMENTWISE_WIDTH)
+def _regression(size, dtype, rng, width=ELEMENTWISE_WIDTH):
+    shape = _rows(size, width)
     return rng.normal(0.0, 1.0, shape).astype(dtype), rng.normal(0.0, 1.5, shape).astype(dtype)
+
+
+# One output per sample: a binary classifier's or a regression's Dense(1).
+def _binary_probabilities_one_output(size, dtype, rng):
+    return _binary_probabilities(size, dtype, rng, 1)
+
+
+def _regression_one_output(size, dtype, rng):
+    return _regression(size, dtype, rng, 1)
 
 
 def _one_hot_logits(size, dtype, rng):
@@ -414,6 +423,15 @@ CASES: tuple[Case, ...] = (
         "clip, two logs, three multiplies and adds, mean: ~10 TF kernels",
     ),
     Case(
+        "binary_crossentropy_one_output",
+        "loss",
+        True,
+        _binary_probabilities_one_output,
+        1,
+        (_stableops_loss("BinaryCrossentropy"), _keras_loss("BinaryCrossentropy")),
+        "the same ~10 TF kernels, on one probability per sample ([rows, 1])",
+    ),
+    Case(
         "binary_crossentropy_logits",
         "loss",
         True,
@@ -474,6 +492,15 @@ CASES: tuple[Case, ...] = (
         1,
         (_stableops_loss("MeanSquaredError"), _keras_loss("MeanSquaredError")),
         "subtract, square, mean: 3 TF kernels",
+    ),
+    Case(
+        "mean_squared_error_one_output",
+        "loss",
+        True,
+        _regression_one_output,
+        1,
+        (_stableops_loss("MeanSquaredError"), _keras_loss("MeanSquaredError")),
+        "the same 3 TF kernels, on one output per sample ([rows, 1])",
     ),
     Case(
         "huber",
@@ -788,6 +815,8 @@ CASES_BY_NAME = {case.name: case for case in CASES}
 # whose grids' rows are a few entries wide whatever the speed run's width.
 SPEED_VARIANTS = {
     "sparse_categorical_crossentropy_logits_10_classes": "sparse_categorical_crossentropy_logits",
+    "binary_crossentropy_one_output": "binary_crossentropy",
+    "mean_squared_error_one_output": "mean_squared_error",
 }
 
 

@@ -284,6 +284,32 @@ WHY: dict[tuple[str, str], str] = {
         "gradient (`written_once`; see `logsumexp`): one core at 2^20, alternating the code, "
         "0.98-1.03 -> 0.80-0.82"
     ),
+    ("compiled", "binary_crossentropy_one_output"): (
+        "the kernel of `binary_crossentropy` (its compensated log(1 - p): see that case) on "
+        "[rows, 1]. Under jit_compile=True both sides are inlined into the caller's "
+        "computation with the caller's [rows, 1] shapes, whose loops XLA on CPU (TF 2.21) runs "
+        "one element at a time (LLVM's <1 x float>), so the stable form's extra arithmetic "
+        "is not hidden behind memory traffic as at width 64. A reshape to one axis inside "
+        "the computation leaves XLA's loops as they are (a cross-entropy at 2^18, one core: "
+        "0.477 against 0.479 ms); the plain tf.function's one-axis call is the kernel's own"
+    ),
+    ("compiled", "mean_squared_error_one_output"): (
+        "both sides inlined into the caller's computation on [rows, 1], which XLA on CPU "
+        "loops over one element at a time (see `binary_crossentropy_one_output`); the "
+        "optimized programs of the kernel's value and gradient hold the same subtract, "
+        "square and doubling as Keras's, so what is left is the two loops' spread"
+    ),
+    ("function", "binary_crossentropy_one_output"): (
+        "Keras runs the same ~10 TF kernels; at 2^14 a step is the compiled call's launch "
+        "(the common reason). Since 2026-12-07 the compiled call takes the columns as one "
+        "axis (`kernel._columns`: XLA ran its loops over [rows, 1] one element at a time)"
+    ),
+    ("function", "mean_squared_error_one_output"): (
+        "Keras runs subtract, square and mean, three TF kernels that stream memory; the "
+        "compiled call's launch at 2^14 (the common reason). Since 2026-12-07 the compiled "
+        "call takes the columns as one axis (`kernel._columns`): one core, alternating with "
+        "Keras, 1.47 -> 1.33 at 2^18, 1.33 -> 1.23 at 2^20; two cores at 2^20 1.02 -> 0.96"
+    ),
     ("compiled", "sparse_categorical_crossentropy_logits_10_classes"): (
         "the kernel of `sparse_categorical_crossentropy_logits` on rows of 10 classes: the "
         "per-row work (the maximum, two float64 sums, the label's TwoSum and log1p) is a tenth "

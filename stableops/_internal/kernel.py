@@ -610,20 +610,22 @@ def xla_kernel(
 
             def run(call_args, call_kwargs):
                 """The compiled forward call: outputs and local gradients."""
-                if columns:
-                    call_args, call_kwargs = tf.nest.map_structure(
-                        _as_one_axis, (call_args, call_kwargs)
+                if not columns:
+                    function = compiled_function(
+                        "forward_with_local_gradient", call_args, call_kwargs
                     )
-                role = "forward_with_local_gradient" + ("_of_columns" if columns else "")
-                function = compiled_function(role, call_args, call_kwargs)
-                outputs, gradients = (call_eagerly if eager else lambda f, *a: f(*a))(
-                    function, call_args, call_kwargs, positions
+                    if eager:
+                        return call_eagerly(function, call_args, call_kwargs, positions)
+                    return function(call_args, call_kwargs, positions)
+                call_args, call_kwargs = tf.nest.map_structure(
+                    _as_one_axis, (call_args, call_kwargs)
                 )
-                if columns:
-                    gradients = [
-                        tf.reshape(g, tf.shape(values[p])) for g, p in zip(gradients, positions)
-                    ]
-                return outputs, gradients
+                function = compiled_function(
+                    "forward_with_local_gradient_of_columns", call_args, call_kwargs
+                )
+                outputs, gradients = function(call_args, call_kwargs, positions)
+                shapes = [tf.shape(values[p]) for p in positions]
+                return outputs, [tf.reshape(g, s) for g, s in zip(gradients, shapes)]
 
             saturate = saturating(**kwargs) if callable(saturating) else saturating
 
