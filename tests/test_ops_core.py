@@ -297,50 +297,71 @@ def test_a_row_local_kernel_with_inputs_broadcast_across_rows(in_function, b_sha
 
 
 @pytest.mark.parametrize("in_function", [False, True], ids=["eager", "function"])
-def test_a_row_local_kernel_of_columns(in_function):
-    """Columns (``[rows, 1]``) reach the compiled call as one axis in a graph, where XLA's
-    loop over ``[rows, 1]`` ran one element at a time; the value keeps its shape and the
-    gradients their inputs'."""
+@pytest.mark.parametrize(
+    "width, terms_per_element, one_axis",
+    [(1, False, True), (10, True, True), (10, False, False), (4, True, False)],
+    ids=["columns", "rows_of_terms", "rows", "rows_vectorized"],
+)
+def test_a_row_local_kernel_takes_its_rows_as_one_axis(in_function, width, terms_per_element,
+                                                       one_axis):
+    """In a graph, columns (``[rows, 1]``), and rows of 9-32 entries of a kernel of
+    per-element terms, reach the compiled call as one axis, where XLA's loops over them ran
+    one element at a time; the value keeps its shape and the gradients their inputs'."""
 
-    @xla_kernel(row_local=True)
-    def weighted_square(a, b):
+    @xla_kernel(row_local=True, terms_per_element=terms_per_element)
+    def weighted_squares(a, b):
         return tf.reduce_sum(a * a * b, axis=-1)
 
-    a = tf.constant([[1.0], [2.0], [-3.0]])
-    b = tf.constant([[0.5], [-1.0], [2.0]])
+    rng = np.random.default_rng(3)
+    a = tf.constant(rng.integers(-4, 5, (3, width)).astype(np.float32))
+    b = tf.constant(rng.integers(-4, 5, (3, width)).astype(np.float32))
+    weights = tf.constant([1.0, 10.0, 100.0])
 
     def value_and_gradients():
         with tf.GradientTape() as tape:
             tape.watch([a, b])
-            value = weighted_square(a, b)
-            y = tf.reduce_sum(value * tf.constant([1.0, 10.0, 100.0]))
+            value = weighted_squares(a, b)
+            y = tf.reduce_sum(value * weights)
         return value, tape.gradient(y, [a, b])
 
     value, (grad_a, grad_b) = (
         tf.function(value_and_gradients)() if in_function else value_and_gradients()
     )
-    np.testing.assert_array_equal(value.numpy(), [0.5, -4.0, 18.0])
-    np.testing.assert_array_equal(grad_a.numpy(), [[1.0], [-40.0], [-1200.0]])  # 2 a b w
-    np.testing.assert_array_equal(grad_b.numpy(), [[1.0], [40.0], [900.0]])  # a^2 w
+    w = weights.numpy()[:, None]
+    # Small integers: every product and sum is exact in float32.
+    np.testing.assert_array_equal(value.numpy(), (a.numpy() ** 2 * b.numpy()).sum(-1))
+    np.testing.assert_array_equal(grad_a.numpy(), 2 * a.numpy() * b.numpy() * w)
+    np.testing.assert_array_equal(grad_b.numpy(), a.numpy() ** 2 * w)
     if in_function:
         graph = tf.function(value_and_gradients).get_concrete_function().graph
         (call,) = _function_call_ops(graph)
-        assert [t.shape.rank for t in call.inputs] == [1, 1]
+        assert [t.shape.rank for t in call.inputs] == [1, 1] if one_axis else [2, 2]
 
 
 @pytest.mark.parametrize(
-    "loss",
-    ["mean_squared_error", "mean_absolute_error", "binary_crossentropy", "huber", "log_cosh"],
+    "loss, shape, one_axis",
+    [
+        ("mean_squared_error", [6, 1], True),
+        ("binary_crossentropy", [6, 1], True),
+        ("mean_absolute_error", [6, 10], True),
+        ("huber", [6, 16], True),
+        ("log_cosh", [6, 32], True),
+        ("squared_hinge", [6, 12], True),
+        ("mean_squared_logarithmic_error", [6, 9], True),
+        ("binary_crossentropy", [6, 10], False),
+        ("categorical_crossentropy", [6, 10], False),
+        ("mean_absolute_error", [6, 64], False),
+    ],
 )
-def test_a_loss_of_columns_in_a_graph_matches_eager(loss):
-    """A regression's or binary classifier's ``[rows, 1]`` targets and predictions: the
-    graph's one-axis compiled call gives the eager value and gradient (both XLA, the same
-    element-by-element arithmetic)."""
+def test_a_loss_in_a_graph_takes_rows_as_one_axis_and_matches_eager(loss, shape, one_axis):
+    """Columns, and rows of 9-32 entries of the losses that average a term per element, go
+    to the compiled call as one axis in a graph; value and gradient are the eager ones
+    (both XLA, the same element-by-element arithmetic)."""
     import stableops.losses as L
 
     rng = np.random.default_rng(7)
-    y_true = tf.constant(rng.uniform(0.0, 1.0, (6, 1)).astype(np.float32))
-    y_pred = tf.constant(rng.uniform(0.05, 0.95, (6, 1)).astype(np.float32))
+    y_true = tf.constant(rng.uniform(0.0, 1.0, shape).astype(np.float32))
+    y_pred = tf.constant(rng.uniform(0.05, 0.95, shape).astype(np.float32))
 
     def value_and_gradient(y_true, y_pred):
         with tf.GradientTape() as tape:
@@ -349,10 +370,17 @@ def test_a_loss_of_columns_in_a_graph_matches_eager(loss):
         return value, tape.gradient(value, y_pred)
 
     eager_value, eager_gradient = value_and_gradient(y_true, y_pred)
-    graph_value, graph_gradient = tf.function(value_and_gradient)(y_true, y_pred)
-    assert graph_value.shape == [6] and graph_gradient.shape == [6, 1]
+    graph_function = tf.function(value_and_gradient)
+    graph_value, graph_gradient = graph_function(y_true, y_pred)
+    assert graph_value.shape == shape[:1] and graph_gradient.shape == shape
     np.testing.assert_array_equal(graph_value.numpy(), eager_value.numpy())
     np.testing.assert_array_equal(graph_gradient.numpy(), eager_gradient.numpy())
+    graph = graph_function.get_concrete_function(y_true, y_pred).graph
+    forward_calls = [
+        op for op in _function_call_ops(graph) if "_forward" in op.node_def.attr["f"].func.name
+    ]
+    ranks = {t.shape.rank for op in forward_calls for t in op.inputs if t.dtype.is_floating}
+    assert ranks == ({1} if one_axis else {2})
 
 
 def test_xla_kernel_eager_calls_tell_python_arguments_apart():

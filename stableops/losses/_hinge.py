@@ -49,7 +49,7 @@ def _margin_violation(y_true, y_pred):
 
 
 @public_function
-@loss_function(ragged=True)
+@loss_function(ragged=True, terms_per_element=True)
 def hinge(y_true, y_pred):
     """Hinge loss over the last axis.
 
@@ -79,7 +79,7 @@ def hinge(y_true, y_pred):
 
 
 @public_function
-@loss_function(ragged=True)
+@loss_function(ragged=True, terms_per_element=True)
 def squared_hinge(y_true, y_pred):
     """Squared hinge loss over the last axis.
 

@@ -37,9 +37,9 @@ RAGGED_LOSSES = (
 graph_code = tf.autograph.experimental.do_not_convert
 
 
-def loss_kernel(fn=None, *, saturating=False):
-    """``xla_kernel(row_local=True, saturating=saturating)``, with AutoGraph off for the
-    traced path as well.
+def loss_kernel(fn=None, *, saturating=False, terms_per_element=False):
+    """``xla_kernel(row_local=True, saturating=..., terms_per_element=...)``, with AutoGraph
+    off for the traced path as well.
 
     The kernels are straight-line TensorFlow (no Python control flow on
     tensors). Called inside a user's ``tf.function`` or ``model.fit`` (where
@@ -52,8 +52,13 @@ def loss_kernel(fn=None, *, saturating=False):
     per-element gradient, and the backward pass is one multiplication.
     """
     if fn is None:
-        return functools.partial(loss_kernel, saturating=saturating)
-    return xla_kernel(graph_code(fn), row_local=True, saturating=saturating)
+        return functools.partial(
+            loss_kernel, saturating=saturating, terms_per_element=terms_per_element
+        )
+    return xla_kernel(
+        graph_code(fn), row_local=True, saturating=saturating,
+        terms_per_element=terms_per_element,
+    )
 
 
 def from_probabilities(from_logits, **_):
@@ -71,7 +76,7 @@ _INPUTS_DOC = """Args:
         for float16/bfloat16/float32, float64 for float64)."""
 
 
-def loss_function(*, ragged=False, saturate=False):
+def loss_function(*, ragged=False, saturate=False, terms_per_element=False):
     """The function form of a loss without arguments, from its formula.
 
     The decorated ``formula(y_true, y_pred)`` receives both inputs in
@@ -80,7 +85,8 @@ def loss_function(*, ragged=False, saturate=False):
     (:func:`loss_kernel`, named ``_<name>_kernel``). The function form
     validates and aligns the inputs first (:func:`prepare`, errors naming the
     loss) and, with ``ragged``, also takes two ``tf.RaggedTensor``
-    (:func:`ragged_rows`). It keeps the formula's name, signature and docstring,
+    (:func:`ragged_rows`); ``terms_per_element`` as :func:`loss_kernel`'s (the formula
+    averages one term per element). It keeps the formula's name, signature and docstring,
     where ``{inputs}`` becomes the ``Args:`` and ``Returns:`` of a loss of
     ``y_true`` and ``y_pred`` of the same shape, reduced over the last axis.
     """
@@ -92,7 +98,7 @@ def loss_function(*, ragged=False, saturate=False):
             return formula(*in_compute_dtype(y_true, y_pred, saturate=saturate))
 
         kernel.__name__ = kernel.__qualname__ = f"_{name}_kernel"
-        kernel = loss_kernel(kernel)
+        kernel = loss_kernel(kernel, terms_per_element=terms_per_element)
 
         @wraps_public(formula)
         def function(y_true, y_pred):

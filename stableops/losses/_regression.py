@@ -76,7 +76,7 @@ __all__ = [
 
 
 @public_function
-@loss_function(ragged=True)
+@loss_function(ragged=True, terms_per_element=True)
 def mean_squared_error(y_true, y_pred):
     """Mean squared error over the last axis.
 
@@ -105,7 +105,7 @@ def mean_squared_error(y_true, y_pred):
 
 
 @public_function
-@loss_function(ragged=True)
+@loss_function(ragged=True, terms_per_element=True)
 def mean_absolute_error(y_true, y_pred):
     """Mean absolute error over the last axis.
 
@@ -325,7 +325,7 @@ def _squared_log_error_rows(y_true, y_pred):
 
 
 @public_function
-@loss_function(ragged=True)
+@loss_function(ragged=True, terms_per_element=True)
 def mean_squared_logarithmic_error(y_true, y_pred):
     """Mean squared logarithmic error over the last axis.
 
@@ -383,7 +383,7 @@ def mean_squared_logarithmic_error(y_true, y_pred):
 # ----------------------------------------------------------------------------
 
 
-@loss_kernel
+@loss_kernel(terms_per_element=True)
 def _huber_kernel(y_true, y_pred, delta):
     y_true, y_pred = in_compute_dtype(y_true, y_pred, saturate=False)
     delta = in_dtype(delta, y_pred.dtype)
@@ -447,7 +447,7 @@ def huber(y_true, y_pred, delta=1.0):
 
 
 @public_function
-@loss_function(ragged=True)
+@loss_function(ragged=True, terms_per_element=True)
 def log_cosh(y_true, y_pred):
     """Mean of the log of the hyperbolic cosine of the error, over the last axis.
 
