@@ -351,12 +351,16 @@ def test_a_row_local_kernel_takes_its_rows_as_one_axis(in_function, width, terms
         ("binary_crossentropy", [6, 10], False),
         ("categorical_crossentropy", [6, 10], False),
         ("mean_absolute_error", [6, 64], False),
+        ("mean_absolute_error", [3, 4, 1], True),
+        ("log_cosh", [3, 2, 10], True),
+        ("categorical_crossentropy", [3, 2, 10], False),
     ],
 )
 def test_a_loss_in_a_graph_takes_rows_as_one_axis_and_matches_eager(loss, shape, one_axis):
     """Columns, and rows of 9-32 entries of the losses that average a term per element, go
-    to the compiled call as one axis in a graph; value and gradient are the eager ones
-    (both XLA, the same element-by-element arithmetic)."""
+    to the compiled call as one axis in a graph, at rank 3 too (a sequence's ``[batch, time,
+    1]``); value and gradient are the eager ones (both XLA, the same element-by-element
+    arithmetic)."""
     import stableops.losses as L
 
     rng = np.random.default_rng(7)
@@ -372,7 +376,7 @@ def test_a_loss_in_a_graph_takes_rows_as_one_axis_and_matches_eager(loss, shape,
     eager_value, eager_gradient = value_and_gradient(y_true, y_pred)
     graph_function = tf.function(value_and_gradient)
     graph_value, graph_gradient = graph_function(y_true, y_pred)
-    assert graph_value.shape == shape[:1] and graph_gradient.shape == shape
+    assert graph_value.shape == shape[:-1] and graph_gradient.shape == shape
     np.testing.assert_array_equal(graph_value.numpy(), eager_value.numpy())
     np.testing.assert_array_equal(graph_gradient.numpy(), eager_gradient.numpy())
     graph = graph_function.get_concrete_function(y_true, y_pred).graph
@@ -380,7 +384,7 @@ def test_a_loss_in_a_graph_takes_rows_as_one_axis_and_matches_eager(loss, shape,
         op for op in _function_call_ops(graph) if "_forward" in op.node_def.attr["f"].func.name
     ]
     ranks = {t.shape.rank for op in forward_calls for t in op.inputs if t.dtype.is_floating}
-    assert ranks == ({1} if one_axis else {2})
+    assert ranks == ({1} if one_axis else {len(shape)})
 
 
 def test_xla_kernel_eager_calls_tell_python_arguments_apart():

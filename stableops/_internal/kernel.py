@@ -260,7 +260,8 @@ def _width_as_one_axis(args, kwargs, axis, terms_per_element):
     """The row width ``w`` when a row-local call's rows go to the compiled call as one axis
     (:func:`_as_one_axis`), else ``None``.
 
-    Every tensor argument must be ``[rows, w]``, reduced along its rows. Columns
+    Every tensor argument must be ``[batch, ..., w]`` with the same static sizes after the
+    batch, reduced along its last axis (rows of ``w``). Columns
     (``w = 1``: a regression's or a binary classifier's targets and predictions) always
     go; rows XLA loops over one element at a time (``SCALAR_LOOP_WIDTHS``) go for a kernel
     of per-element terms, whose local gradient is then one loop over one axis. In a plain
@@ -273,12 +274,13 @@ def _width_as_one_axis(args, kwargs, axis, terms_per_element):
     over rows of 4 0.55 -> 0.59).
     """
     tensors = [v for v in tf.nest.flatten((args, kwargs)) if isinstance(v, tf.Tensor)]
-    if not tensors or axis not in (-1, 1) or any(t.shape.rank != 2 for t in tensors):
+    shapes = {tuple(t.shape[1:]) if t.shape.rank else None for t in tensors}
+    if len(shapes) != 1:
         return None
-    widths = {t.shape[1] for t in tensors}
-    if len(widths) != 1:
+    (shape,) = shapes
+    if not shape or None in shape or axis not in (-1, len(shape)):
         return None
-    (width,) = widths
+    width = shape[-1]
     if width == 1 or (terms_per_element and width in SCALAR_LOOP_WIDTHS):
         return width
     return None
@@ -376,7 +378,7 @@ def xla_kernel(
     their backprop), and the backward pass is one multiplication. Inputs whose
     static shapes differ outside the reduced axis (broadcasting across rows)
     take the recomputing backward pass instead. In a graph, a row-local call on columns
-    (``[rows, 1]``) passes them to its compiled call as one axis, and so do rows of 9-32
+    (``[..., 1]``) passes them to its compiled call as one axis, and so do rows of 9-32
     entries with ``terms_per_element=True``: a row-local kernel whose value sums or
     averages a term per element, each of the inputs' entries at that position alone
     (the regression losses), so its local gradient holds no row's value
@@ -650,6 +652,10 @@ def xla_kernel(
                 )
                 outputs, gradients = function(call_args, call_kwargs, positions, width)
                 shapes = [tf.shape(values[p]) for p in positions]
+                if len(values[positions[0]].shape) > 2:  # one output per row: its rows' shape
+                    outputs = tf.nest.map_structure(
+                        lambda o: tf.reshape(o, shapes[0][:-1]), outputs
+                    )
                 return outputs, [tf.reshape(g, s) for g, s in zip(gradients, shapes)]
 
             saturate = saturating(**kwargs) if callable(saturating) else saturating
