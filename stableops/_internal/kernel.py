@@ -804,7 +804,7 @@ def xla_kernel(
             return inline(*args, **kwargs)
         if elementwise and len(args) == 1:
             (x,) = args
-            return tf.reshape(compiled(_as_one_axis(x), **kwargs), tf.shape(x))
+            return tf.reshape(compiled(tf.reshape(x, [-1]), **kwargs), tf.shape(x))
         return with_static_shapes(compiled(*args, **kwargs), args, kwargs)
 
     def tracing_count():
