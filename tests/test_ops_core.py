@@ -348,7 +348,10 @@ def test_a_row_local_kernel_takes_its_rows_as_one_axis(in_function, width, terms
         ("log_cosh", [6, 32], True),
         ("squared_hinge", [6, 12], True),
         ("mean_squared_logarithmic_error", [6, 9], True),
-        ("binary_crossentropy", [6, 10], False),
+        ("binary_crossentropy", [6, 10], True),
+        ("binary_focal_crossentropy", [6, 16], True),
+        ("kl_divergence", [6, 10], True),
+        (("binary_crossentropy", {"ignore_class": 0.0}), [6, 10], False),
         ("categorical_crossentropy", [6, 10], False),
         ("mean_absolute_error", [6, 64], False),
         ("mean_absolute_error", [3, 4, 1], True),
@@ -360,8 +363,11 @@ def test_a_loss_in_a_graph_takes_rows_as_one_axis_and_matches_eager(loss, shape,
     """Columns, and rows of 9-32 entries of the losses that average a term per element, go
     to the compiled call as one axis in a graph, at rank 3 too (a sequence's ``[batch, time,
     1]``); value and gradient are the eager ones (both XLA, the same element-by-element
-    arithmetic)."""
+    arithmetic). Binary cross-entropy with ``ignore_class`` averages over a row's valid
+    entries (a row's count) and keeps its rows."""
     import stableops.losses as L
+
+    name, options = loss if isinstance(loss, tuple) else (loss, {})
 
     rng = np.random.default_rng(7)
     y_true = tf.constant(rng.uniform(0.0, 1.0, shape).astype(np.float32))
@@ -370,7 +376,7 @@ def test_a_loss_in_a_graph_takes_rows_as_one_axis_and_matches_eager(loss, shape,
     def value_and_gradient(y_true, y_pred):
         with tf.GradientTape() as tape:
             tape.watch(y_pred)
-            value = getattr(L, loss)(y_true, y_pred)
+            value = getattr(L, name)(y_true, y_pred, **options)
         return value, tape.gradient(value, y_pred)
 
     eager_value, eager_gradient = value_and_gradient(y_true, y_pred)

@@ -267,11 +267,12 @@ def _width_as_one_axis(args, kwargs, axis, terms_per_element):
     of per-element terms, whose local gradient is then one loop over one axis. In a plain
     ``tf.function``, one core, 2^20, against Keras: ``mean_squared_error`` over columns
     1.33 -> 1.23 (2^18: 1.47 -> 1.33); ``mean_absolute_error`` over rows of 10 1.02 ->
-    0.81, of 16 1.14 -> 0.88; ``log_cosh`` over rows of 10 1.02 -> 0.90. A kernel whose
-    gradient holds a row's values (the cross-entropies, cosine similarity) loses: a loop
-    over one axis reads them by ``i / w`` (categorical cross-entropy from logits over rows
-    of 32 0.80 -> 1.03); rows of 2-8 and from 33 lose a little (``mean_absolute_error``
-    over rows of 4 0.55 -> 0.59).
+    0.81, of 16 1.14 -> 0.88; ``log_cosh`` over rows of 10 1.02 -> 0.90; binary cross-entropy
+    from logits over rows of 16 0.61 -> 0.55, ``kl_divergence`` over rows of 10 0.55 -> 0.49.
+    A kernel whose gradient holds a row's values (the categorical cross-entropies, cosine
+    similarity) loses: a loop over one axis reads them by ``i / w`` (categorical
+    cross-entropy from logits over rows of 32 0.80 -> 1.03); rows of 2-8 and from 33 lose a
+    little (``mean_absolute_error`` over rows of 4 0.55 -> 0.59).
     """
     tensors = [v for v in tf.nest.flatten((args, kwargs)) if isinstance(v, tf.Tensor)]
     shapes = {tuple(t.shape[1:]) if t.shape.rank else None for t in tensors}
@@ -379,10 +380,11 @@ def xla_kernel(
     static shapes differ outside the reduced axis (broadcasting across rows)
     take the recomputing backward pass instead. In a graph, a row-local call on columns
     (``[..., 1]``) passes them to its compiled call as one axis, and so do rows of 9-32
-    entries with ``terms_per_element=True``: a row-local kernel whose value sums or
-    averages a term per element, each of the inputs' entries at that position alone
-    (the regression losses), so its local gradient holds no row's value
-    (:func:`_width_as_one_axis`).
+    entries with ``terms_per_element=True`` (or a function of a call's keyword arguments
+    that says whether that call's is): a row-local kernel whose value sums or averages a
+    term per element, each of the inputs' entries at that position alone (the regression
+    losses, binary cross-entropy without ``ignore_class``), so its local gradient holds no
+    row's value (:func:`_width_as_one_axis`).
 
     ``elementwise=True`` declares a kernel of one tensor argument computed element by
     element: in a graph its compiled call takes that argument as one axis (reshaped
@@ -631,9 +633,10 @@ def xla_kernel(
         if local and single_tape:
             # In a graph: eagerly the two reshapes cost more than they save (as for
             # elementwise kernels, below).
-            width = None if eager else _width_as_one_axis(
-                args, kwargs, reduced_axis, terms_per_element
+            terms = terms_per_element(**kwargs) if callable(terms_per_element) else (
+                terms_per_element
             )
+            width = None if eager else _width_as_one_axis(args, kwargs, reduced_axis, terms)
 
             def run(call_args, call_kwargs):
                 """The compiled forward call: outputs and local gradients."""

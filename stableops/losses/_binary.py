@@ -325,7 +325,14 @@ def _chain(upstream, crossentropy, floored, gamma, tiny, base_slopes, crossentro
     return tf.cast(to_t, tf.float64), to_y
 
 
-@loss_kernel(saturating=from_probabilities)
+def _terms_per_element(ignore_class, **_):
+    """Whether a call's loss averages one term per element (``xla_kernel``'s
+    ``terms_per_element``): without ``ignore_class``; with it the mean is over a row's
+    valid entries, whose count is a row's value."""
+    return ignore_class is None
+
+
+@loss_kernel(saturating=from_probabilities, terms_per_element=_terms_per_element)
 def _binary_crossentropy_kernel(
     y_true, y_pred, apply_class_balancing, alpha, gamma, from_logits, label_smoothing, axis,
     pos_weight, ignore_class,

@@ -162,7 +162,7 @@ def _kl_row_sums(target, prediction):
 
 
 @public_function
-@loss_function(saturate=True)
+@loss_function(saturate=True, terms_per_element=True)
 def kl_divergence(y_true, y_pred):
     """Kullback-Leibler divergence ``sum(t * log(t / p), axis=-1)``.
 
