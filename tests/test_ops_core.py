@@ -351,6 +351,7 @@ def test_a_row_local_kernel_takes_its_rows_as_one_axis(in_function, width, terms
         ("binary_crossentropy", [6, 10], True),
         ("binary_focal_crossentropy", [6, 16], True),
         ("kl_divergence", [6, 10], True),
+        ("poisson", [6, 12], True),
         (("binary_crossentropy", {"ignore_class": 0.0}), [6, 10], False),
         ("categorical_crossentropy", [6, 10], False),
         ("mean_absolute_error", [6, 64], False),

@@ -245,7 +245,7 @@ def _poisson_scale(target, rate):
 
 
 @public_function
-@loss_function(ragged=True, saturate=True)
+@loss_function(ragged=True, saturate=True, terms_per_element=True)
 def poisson(y_true, y_pred):
     """Poisson loss ``mean(y_pred - y_true * log(y_pred), axis=-1)``.
 
