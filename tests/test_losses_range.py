@@ -289,7 +289,8 @@ def _overlap_term_scale(alpha, beta, smooth):
         missed, false_alarm = (t * (1 - p)).sum(axis=1), (p * (1 - t)).sum(axis=1)
         numerator = alpha * false_alarm + beta * missed
         denominator = np.abs(true_positive + numerator + smooth)
-        size = max(1.0, alpha, beta) * (1 + np.abs(numerator) / denominator) / denominator
+        with np.errstate(divide="ignore", invalid="ignore"):  # a zero denominator: left out
+            size = max(1.0, alpha, beta) * (1 + np.abs(numerator) / denominator) / denominator
         size = size[np.isfinite(size)]
         return size.max() if size.size else 0.0
 
