@@ -359,6 +359,11 @@ def test_a_row_local_kernel_takes_its_rows_as_one_axis(in_function, width, terms
         ("log_cosh", [3, 2, 10], True),
         ("categorical_crossentropy", [3, 2, 10], False),
     ],
+    ids=lambda value: (
+        "x".join(map(str, value)) if isinstance(value, list)
+        else "-".join([value[0], *(f"{k}={v}" for k, v in value[1].items())])
+        if isinstance(value, tuple) else None
+    ),
 )
 def test_a_loss_in_a_graph_takes_rows_as_one_axis_and_matches_eager(loss, shape, one_axis):
     """Columns, and rows of 9-32 entries of the losses that average a term per element, go
