@@ -287,6 +287,12 @@ def _width_as_one_axis(args, kwargs, axis, terms_per_element):
     return None
 
 
+def _for_call(flag, kwargs) -> bool:
+    """A kernel's flag for one call: ``flag``, or ``flag(**kwargs)`` where it is a function of
+    the call's keyword arguments (``xla_kernel``'s ``saturating``, ``terms_per_element``)."""
+    return flag(**kwargs) if callable(flag) else flag
+
+
 def _as_one_axis(value):
     """A tensor reshaped to one axis (free: no copy); other values as they are."""
     return tf.reshape(value, [-1]) if isinstance(value, tf.Tensor) else value
@@ -633,10 +639,9 @@ def xla_kernel(
         if local and single_tape:
             # In a graph: eagerly the two reshapes cost more than they save (as for
             # elementwise kernels, below).
-            terms = terms_per_element(**kwargs) if callable(terms_per_element) else (
-                terms_per_element
+            width = None if eager else _width_as_one_axis(
+                args, kwargs, reduced_axis, _for_call(terms_per_element, kwargs)
             )
-            width = None if eager else _width_as_one_axis(args, kwargs, reduced_axis, terms)
 
             def run(call_args, call_kwargs):
                 """The compiled forward call: outputs and local gradients."""
@@ -661,7 +666,7 @@ def xla_kernel(
                     )
                 return outputs, [tf.reshape(g, s) for g, s in zip(gradients, shapes)]
 
-            saturate = saturating(**kwargs) if callable(saturating) else saturating
+            saturate = _for_call(saturating, kwargs)
 
             def product(upstream, local_gradient, dtype):
                 if not saturate:
