@@ -44,6 +44,23 @@ def as_dtype(values, dtype) -> np.ndarray:
     return np.asarray(values, dtype=np.float64).astype(to_numpy_dtype(dtype))
 
 
+def compiled_calls(graph):
+    """The XLA-compiled function calls in ``graph`` (kernels' forward and backward calls)."""
+    return [
+        op
+        for op in graph.get_operations()
+        if op.type in ("PartitionedCall", "StatefulPartitionedCall")
+        and "_XlaMustCompile" in op.node_def.attr
+        and op.get_attr("_XlaMustCompile")
+    ]
+
+
+def compiled_function_names(graph):
+    """The names of the compiled functions ``graph`` calls, without their trace numbers
+    (``__inference__elu_kernel_forward_691``: ``__inference__elu_kernel_forward``)."""
+    return [op.node_def.attr["f"].func.name.rsplit("_", 1)[0] for op in compiled_calls(graph)]
+
+
 def optimized_hlo(fn, *args, entry_only=True):
     """``fn``'s optimized XLA program for ``args``: its entry computation, or all of it."""
     hlo = tf.function(fn, jit_compile=True).experimental_get_compiler_ir(*args)(

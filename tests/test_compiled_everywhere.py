@@ -18,6 +18,7 @@ import tensorflow as tf
 import stableops
 from stableops._internal import gradients
 from stableops.layers import ELU, LeakyReLU
+from tests._helpers import compiled_calls
 from tests._public_cases import CASES, inputs, value_and_gradient
 
 
@@ -41,20 +42,9 @@ def _data(n=50):
     return x, y
 
 
-def _xla_calls(graph):
-    """The XLA-compiled function calls in ``graph`` (forward and gradient)."""
-    return [
-        op
-        for op in graph.get_operations()
-        if op.type in ("PartitionedCall", "StatefulPartitionedCall")
-        and "_XlaMustCompile" in op.node_def.attr
-        and op.get_attr("_XlaMustCompile")
-    ]
-
-
 def _function_names(graph):
     """The compiled functions ``graph`` calls, e.g. ``__inference__elu_kernel_forward_691``."""
-    return " ".join(op.node_def.attr["f"].func.name for op in _xla_calls(graph))
+    return " ".join(op.node_def.attr["f"].func.name for op in compiled_calls(graph))
 
 
 def test_a_plain_tf_function_step_calls_compiled_kernels_forward_and_backward():
@@ -80,7 +70,7 @@ def test_a_plain_tf_function_step_calls_compiled_kernels_forward_and_backward():
         assert f"{kernel}_forward_" in names and f"{kernel}_backward_" not in names, names
     outputs = {
         op.node_def.attr["f"].func.name.rsplit("_", 1)[0]: len(op.outputs)
-        for op in _xla_calls(graph)
+        for op in compiled_calls(graph)
     }
     assert outputs == {
         "__inference__elu_kernel_forward": 2,
@@ -112,12 +102,12 @@ def test_no_gradient_work_for_inputs_no_tape_watches():
             loss = loss_fn(y, logits)
         return loss, tape.gradient(loss, logits)
 
-    calls = _xla_calls(inference.get_concrete_function(spec, spec).graph)
+    calls = compiled_calls(inference.get_concrete_function(spec, spec).graph)
     assert [len(op.outputs) for op in calls] == [1, 1], _function_names(
         inference.get_concrete_function(spec, spec).graph
     )
     graph = training.get_concrete_function(spec, spec).graph
-    assert [len(op.outputs) for op in _xla_calls(graph)] == [2], _function_names(
+    assert [len(op.outputs) for op in compiled_calls(graph)] == [2], _function_names(
         graph
     )  # loss, d/dlogits
     y = tf.one_hot([0, 2], 3)
@@ -149,7 +139,7 @@ def test_under_jit_compile_kernels_are_inlined_into_the_callers_computation():
     graph = step.get_concrete_function(
         tf.TensorSpec([None, 6]), tf.TensorSpec([None], tf.int32)
     ).graph
-    assert not _xla_calls(graph), _function_names(graph)
+    assert not compiled_calls(graph), _function_names(graph)
     x, y = _data()
     loss, _ = step(x, y)
     assert np.isfinite(float(loss))
@@ -284,7 +274,7 @@ def test_an_elementwise_kernel_in_a_graph_takes_one_axis(kernel):
         return y, tape.gradient(y, x)
 
     graph = tf.function(value_and_gradient).get_concrete_function(x).graph
-    calls = [op for op in _xla_calls(graph) if f"{kernel}_" in op.node_def.attr["f"].func.name]
+    calls = [op for op in compiled_calls(graph) if f"{kernel}_" in op.node_def.attr["f"].func.name]
     assert calls and all(t.shape.as_list() == [288] for op in calls for t in op.inputs)
     assert [t.shape.as_list() for t in graph.outputs] == [[2, 3, 3, 16]] * 2
 
@@ -318,7 +308,7 @@ def test_the_overlap_losses_merge_their_reduced_trailing_axes(loss, axis, merged
     tf.function(lambda a, b: loss(a, b, axis=axis)).get_concrete_function(other, other)
     x = tf.fill([2, 4, 4, 2], 0.5)
     graph = tf.function(lambda a, b: loss(a, b, axis=axis)).get_concrete_function(x, x).graph
-    calls = _xla_calls(graph)
+    calls = compiled_calls(graph)
     assert calls and all(t.shape.as_list() == merged for op in calls for t in op.inputs)
     assert graph.outputs[0].shape.as_list() == value_shape
 

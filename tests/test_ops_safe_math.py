@@ -33,7 +33,7 @@ VALUE_BUDGET = {
     "safe_divide": {"float32": 1, "float64": 1, "half": 1},
     "safe_log": {"float32": 3, "float64": 3, "half": 1},
     "safe_sqrt": {"float32": 1, "float64": 1, "half": 1},
-    "safe_norm": {"float32": 2, "float64": 2, "half": 1},
+    "safe_norm": {"float32": 1, "float64": 2, "half": 1},  # float32: float64 squares
     "l2_normalize": {"float32": 3, "float64": 3, "half": 1},
     "clip_preserve_gradient": {"float32": 0, "float64": 0, "half": 0},
     "xlogy": {"float32": 3, "float64": 3, "half": 1},
@@ -257,6 +257,35 @@ def test_safe_norm_edges(regime):
         )
         _assert_grad(grad, direction, dtype, finite_rows, context)
         assert np.all(grad[0] == 0), context
+
+
+
+def test_safe_norm_of_an_infinite_row_is_inf_with_the_limit_direction(regime):
+    """A row holding +-inf: norm inf, gradient sign(x) / sqrt(k) at its k infinite entries
+    (the direction x / ||x|| tends to), 0 elsewhere; NaN beside inf stays NaN."""
+    for dtype in edge_dtypes(regime):
+        x = as_dtype([[INF, -INF, 1.0, 0.0], [INF, 2.0, -3.0, 0.0], [-INF, -INF, -INF, INF],
+                      [INF, NAN, 1.0, 0.0]], dtype)
+        value, (grad,) = regime.value_and_grad(ops.safe_norm, x)
+        context = f"{dtype} {regime}"
+        assert np.all(np.isposinf(value[:3])) and np.isnan(value[3]), context
+        want = [[2**-0.5, -(2**-0.5), 0, 0], [1, 0, 0, 0], [-0.5, -0.5, -0.5, 0.5]]
+        np.testing.assert_allclose(
+            np.asarray(grad[:3], np.float64), want, rtol=float(np.finfo(np.float16).eps),
+            err_msg=context,
+        )
+
+
+def test_safe_norm_in_float32_is_rounded_once(regime):
+    """float32 squares summed in float64 (exact squares, a sum of relative error
+    64 * 2^-53 over rows of 64): the norm is the exact one rounded once, 0.5 ULP and the
+    sum's 2^-23 ULP. (Squared in float32 after exact scaling: 0.83 ULP on this sample.)"""
+    rng = np.random.default_rng(5)
+    scales = np.exp(rng.uniform(-60.0, 60.0, (400, 1)))  # float32 squares under- or overflow
+    x = (rng.standard_normal((400, 64)) * scales).astype(np.float32)
+    value = regime.run(ops.safe_norm, x)
+    errors = ref.ulp_error(value, _rows_reference(ref.mp_norm, x), tf.float32)
+    assert errors.max() <= 0.5 + 2.0**-23, (errors.max(), regime)
 
 
 # Powers of two of magnitude >= 1: the weighted output divides back to the

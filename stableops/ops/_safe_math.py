@@ -328,12 +328,56 @@ def _unit_rows(u, r):
     return u / tf.where(tf.equal(r, 0), tf.ones_like(r), r)
 
 
+# In _wide_rows' float64 sum of float32 squares (each below 2^256) an infinite entry counts
+# _INFINITE_SQUARE: a row's sum then holds its count of them, exact while the row has fewer
+# than 2^600 entries.
+_INFINITE_SQUARE = 2.0**900
+
+
+def _wide_rows(x, axis):
+    """``(scale, u, r)`` for float32 ``x``, as :func:`_scaled_rows` splits it, from float64
+    squares.
+
+    No scaling: a float32 square is exact in float64, between ``2e-90`` and ``1.2e77``, so
+    their sum neither overflows nor underflows (``r`` is the norm rounded once, where the
+    scaled float32 squares took 2 ULP), and ``u`` is ``x`` itself, in float64 (the
+    gradient's ``u / r`` is then ``x / ||x||`` rounded once). A row holding ``±inf``
+    (``scale = inf``) gets the limit direction of :func:`_scaled_rows`: ``u = sign(x)`` at
+    its ``k`` infinite entries, 0 elsewhere, ``r = sqrt(k)``, with ``k`` counted in the same
+    sum (``_INFINITE_SQUARE``). Two reductions per row fewer than the scaled form (the
+    largest entry, the test for ``±inf``). Forward and backward, one core, against the
+    plain ``sqrt(reduce_sum(x * x))``: ``[16384, 64]`` in a plain ``tf.function`` 3.19 ->
+    1.40x, under XLA 1.27 -> 0.71x, eagerly 1.32 -> 0.94x; batch-hard triplet (two
+    distances from differences) at ``[64, 256]`` against the hand-written loss 1.12-1.14 ->
+    1.05x in a plain ``tf.function``.
+    """
+    wide = tf.cast(x, tf.float64)
+    infinite = tf.math.is_inf(wide)
+    infinite_square = tf.constant(_INFINITE_SQUARE, tf.float64)
+    squares = float64_sum(tf.where(infinite, infinite_square, wide * wide), axis, keepdims=True)
+    infinite_row = squares >= _INFINITE_SQUARE
+    # Double where, as in _scaled_rows: sqrt's slope is infinite at 0.
+    r = safe_where(tf.equal(squares, 0), squares, tf.zeros_like, tf.sqrt, safe_false=1.0)
+    r = tf.where(infinite_row, tf.sqrt(tf.round(squares / _INFINITE_SQUARE)), r)
+    scale = tf.where(infinite_row, tf.constant(float("inf"), tf.float64), 1.0)
+    # An infinite row's finite entries times 1 / inf = 0: a row's number, not its boolean
+    # broadcast along the row (docs/design.md: XLA's loop then runs one entry at a time).
+    u = tf.where(infinite, tf.sign(wide), wide * (1.0 / scale))
+    return scale, u, r
+
+
 def _norm_with_unit_gradient(x, axis, keepdims):
     @custom_gradient
     def norm_fn(v):
-        scale, u, r = _scaled_rows(v, axis)
-        norm = scale * r  # exact product: scale is a power of two (or inf)
-        unit = _unit_rows(u, r)
+        if v.dtype == tf.float32:
+            scale, u, r = _wide_rows(v, axis)
+            # In float64 u times the reciprocal (one division per row, not one per entry)
+            # still rounds to float32 once: batch-hard triplet at [64, 256], 0.302 -> 0.285 ms.
+            unit = tf.cast(u * (1.0 / tf.where(tf.equal(r, 0), tf.ones_like(r), r)), v.dtype)
+        else:
+            scale, u, r = _scaled_rows(v, axis)
+            unit = _unit_rows(u, r)
+        norm = tf.cast(scale * r, v.dtype)  # exact product: scale is a power of two (or inf)
 
         def grad(upstream):
             upstream = tf.reshape(upstream, tf.shape(norm))  # restore the reduced axis
@@ -358,20 +402,24 @@ def safe_norm(x, axis=-1, keepdims=False):
     Formula:
         ``||x|| = s * sqrt(sum((x / s)**2))`` with ``s`` the largest power of
         two not above ``max|x|``; derivative ``x / ||x||`` (0 at ``x = 0``).
+        In float32 (and half precision), ``sqrt(sum(x**2))`` with the squares
+        and their sum in float64.
 
     Numerical stability:
         Dividing by a power of two is exact, and ``x / s`` lies in ``(-2, 2)``,
         so squaring cannot overflow (the naive ``sqrt(sum(x**2))`` is ``inf``
         for float32 entries above 1.8e19) or underflow (it is 0 for entries
-        below 1e-19, with a NaN gradient). The zero vector gives 0 with
+        below 1e-19, with a NaN gradient). A float32 square needs no scaling
+        in float64, where it is exact and between ``2e-90`` and ``1.2e77``.
+        The zero vector gives 0 with
         gradient 0 (``tf.norm`` gives a NaN gradient). The gradient is formed
         as ``(x/s) / sqrt(sum((x/s)**2))``, bounded by 1. A row holding
         ``±inf`` has norm ``inf`` and gradient ``sign(x)/sqrt(k)`` at its ``k``
         infinite entries (0 elsewhere); a NaN anywhere in the row gives NaN.
         Half precision computes in float32.
-        Error budget: 2 ULP in float32/float64 for reductions over up to 64
-        entries (the rounding of a float64 sum grows with its length), 1 ULP in
-        float16/bfloat16.
+        Error budget: 1 ULP in float32 and half precision (rounded once from
+        float64); 2 ULP in float64 for reductions over up to 64 entries (the
+        rounding of the sum grows with its length).
 
     Args:
         x: floating tensor.
