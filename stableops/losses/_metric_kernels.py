@@ -37,7 +37,8 @@ The tricks, each used once:
   used in arithmetic) and read with a gather, so the gradient reaches exactly
   the chosen distance.
 * **NaN in, NaN out.** A row whose distances hold NaN gets a NaN loss
-  explicitly (how ``max``/``min`` kernels pass NaN depends on the CPU).
+  explicitly (how ``max``/``min`` kernels pass NaN depends on the CPU); a NaN
+  embedding, which enters every row's distances, makes the batch's scale NaN.
 * **Masked log-sum-exp.** NT-Xent leaves out each row's self-similarity with
   ``ops.log_softmax(where=...)`` instead of a ``-inf`` fill (NaN when a row is
   fully masked, and ``inf - inf`` in autodiff).
@@ -87,17 +88,25 @@ class _Scaling(typing.NamedTuple):
 _PLAIN_SCALES = (2.0**-20, 2.0**20)
 
 
-def _batch_scaling(x, power):
+def _batch_scaling(x, power, nan_batch=False):
     """``scale``: the largest power of two not above the batch's largest finite ``|x|``
     (``tiny`` at least, ``1/tiny`` at most: from ``2^127`` in float32 its reciprocal flushed
     to 0, and every distance was 0). ``plain`` where ``scale`` is within ``_PLAIN_SCALES``: then
-    :func:`_scaled_down` and :func:`_scaled_up` take their own gradients."""
+    :func:`_scaled_down` and :func:`_scaled_up` take their own gradients. With ``nan_batch``,
+    NaN for a batch holding NaN (every distance, every anchor's loss NaN): NaN counts as
+    ``inf`` in the same maximum, where a reduction of its own was a pass over the batch."""
     tiny = dtype_limits(x.dtype).tiny
-    largest = tf.reduce_max(tf.where(tf.math.is_finite(x), tf.abs(x), tf.zeros_like(x)))
-    largest = tf.maximum(largest, tiny)  # an all-zero batch keeps a positive scale
+    magnitude = tf.where(tf.math.is_finite(x), tf.abs(x), tf.zeros_like(x))
+    if nan_batch:
+        magnitude = tf.where(tf.math.is_nan(x), tf.constant(float("inf"), x.dtype), magnitude)
+    largest = tf.reduce_max(magnitude)
     int_dtype, mask = _EXPONENT_MASK[x.dtype]
-    bits = tf.bitwise.bitwise_and(tf.bitcast(largest, int_dtype), tf.constant(mask, int_dtype))
+    # tiny at least: an all-zero batch keeps a positive scale.
+    bits = tf.bitcast(tf.maximum(largest, tiny), int_dtype)
+    bits = tf.bitwise.bitwise_and(bits, tf.constant(mask, int_dtype))
     scale = tf.minimum(tf.bitcast(bits, x.dtype), 1.0 / tiny)  # |x| / scale below 4
+    if nan_batch:
+        scale = tf.where(tf.math.is_inf(largest), tf.constant(float("nan"), x.dtype), scale)
     scale = tf.stop_gradient(scale)
     low, high = _PLAIN_SCALES
     return _Scaling(scale, power, tf.logical_and(scale >= low, scale <= high))
@@ -163,12 +172,17 @@ _CANCELS = 2.0**-5
 
 
 def _gram_squared(u):
-    """``max(|u_i|^2 + |u_j|^2 - 2 u_i.u_j, 0)`` ``[batch, batch]``: one matmul.
+    """``max(|u_i|^2 + |u_j|^2 - 2 u_i.u_j, 0)`` ``[batch, batch]``: one matmul ``G``, the
+    squared norms its diagonal (``G_ii + G_jj - 2 G_ij``: no row sum of ``u * u`` of their
+    own, a pass over the batch; contrastive at ``[64, 256]``, with the NaN test in the
+    scale's maximum (:func:`_batch_scaling`), one core, a plain ``tf.function``, 1.07 ->
+    1.00x the hand-written loss).
 
     NaN is kept; the diagonal is not forced to 0.
     """
-    norms = sum_over(u * u, axis=1)
-    raw = norms[:, None] + norms[None, :] - 2.0 * tf.matmul(u, u, transpose_b=True)
+    gram = tf.matmul(u, u, transpose_b=True)
+    norms = tf.linalg.diag_part(gram)
+    raw = norms[:, None] + norms[None, :] - 2.0 * gram
     return tf.where(raw < 0, tf.zeros_like(raw), raw), norms
 
 
@@ -335,8 +349,9 @@ def _batch_hard_partners(labels, x, distance):
     (loss = margin).
     """
     x = to_compute_saturating(x)
-    scaling = _batch_scaling(x, 1)
-    d = _selection_distances(x * (1.0 / scaling.scale), distance)  # exact: a power of two
+    # NaN in, NaN out: a NaN embedding enters every anchor's distances, so every loss is NaN.
+    scale = _batch_scaling(x, 1, nan_batch=True).scale
+    d = _selection_distances(x * (1.0 / scale), distance)  # exact: a power of two
     same = tf.equal(labels[:, None], labels[None, :])
     negative = tf.logical_not(same)  # never the diagonal
     hardest_positive = _first_extreme(tf.where(same, d, -1.0), tf.reduce_max)  # d >= 0
@@ -345,9 +360,6 @@ def _batch_hard_partners(labels, x, distance):
         _first_extreme(tf.where(negative, d, float("inf")), tf.reduce_min),
         hardest_positive,
     )
-    # NaN in, NaN out: a NaN embedding enters every anchor's distances, so every loss is NaN.
-    nan = tf.constant(float("nan"), x.dtype)
-    scale = tf.where(tf.reduce_any(tf.math.is_nan(x)), nan, scaling.scale)
     return hardest_positive, nearest_negative, scale
 
 
@@ -487,13 +499,13 @@ def _contrastive_terms(similar, d, margin):
 def contrastive_batch_kernel(labels, x, margin):
     """Per-anchor contrastive loss over all pairs of a labelled batch (mean over the others)."""
     x = to_compute_saturating(x)
-    scaling = _batch_scaling(x, 1)
+    scaling = _batch_scaling(x, 1, nan_batch=True)
     u = _scaled_down(x, scaling)
     batch = tf.shape(u)[0]
     eye = tf.eye(batch, dtype=tf.bool)
     d = _distances(u, squared=False)
     # A NaN embedding puts a NaN in every row of d (its row and column).
-    row_is_nan = tf.broadcast_to(tf.reduce_any(tf.math.is_nan(u)), [batch])
+    row_is_nan = tf.broadcast_to(tf.math.is_nan(scaling.scale), [batch])
     if labels.dtype.is_floating:
         row_is_nan = tf.logical_or(row_is_nan, tf.math.is_nan(labels))
     similar = tf.equal(labels[:, None], labels[None, :])
