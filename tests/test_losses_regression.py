@@ -360,13 +360,13 @@ def test_cosine_similarity_nan_does_not_rest_on_the_clamp(monkeypatch, regime):
     # gradients of its row (the select in the products). The other row stays finite.
     from stableops.losses import _similarity
 
-    widened = _similarity._widened
+    widened = _similarity.float64_with_stand_ins
 
     def widened_with_nan_as_one(x):
         wide = widened(x)
         return tf.where(tf.math.is_nan(x), tf.ones_like(wide), wide)
 
-    monkeypatch.setattr(_similarity, "_widened", widened_with_nan_as_one)
+    monkeypatch.setattr(_similarity, "float64_with_stand_ins", widened_with_nan_as_one)
     t, p = np.float32([[1.0, NAN, 2.0], [1.0, 2.0, 2.0]]), np.float32([[3.0, 1.0, 1.0]] * 2)
     for a, b in ((t, p), (p, t)):
         value, grads = regime.value_and_grad(

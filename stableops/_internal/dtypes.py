@@ -168,3 +168,24 @@ def to_compute_saturating(x):
         return tf.cast(v, compute_dtype(dtype)), grad
 
     return cast(x)
+
+
+# A product of two float32 entries is exact in float64 and lies in [2^-298, 2^256] (or is 0),
+# so float64 sums of them neither overflow nor underflow. An infinite entry's stand-in,
+# 2^300, exceeds every finite float32 by 2^172: finite entries beside it fall out of its
+# row's direction (below 2^-172 of it), and a row of k stand-ins sums to k 2^600, finite
+# for any k below 2^423.
+_INFINITY_STAND_IN = 2.0**300
+
+
+def float64_with_stand_ins(x):
+    """Float32 ``x`` in float64 with ``±inf`` as ``±2^300``: a row's direction is then its
+    limit direction, ``sign(x)/sqrt(k)`` at its ``k`` infinite entries (to float32
+    precision), and its norm rounds to ``inf`` in float32.
+
+    A clamp, which XLA forms again in each loop that reads it (a select was written out as
+    a full-size float64 buffer); a NaN may come out as a bound (see ``_internal.clip``):
+    the caller carries NaN by a select of its own.
+    """
+    bound = tf.constant(_INFINITY_STAND_IN, tf.float64)
+    return tf.clip_by_value(tf.cast(x, tf.float64), -bound, bound)

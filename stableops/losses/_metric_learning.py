@@ -279,7 +279,7 @@ def nt_xent(y_true, y_pred, temperature=0.1):
     Example:
         >>> views = [[1.0, 0.0], [0.0, 1.0], [1.0, 0.1], [0.1, 1.0]]
         >>> nt_xent(None, views, temperature=0.5).numpy()
-        array([0.265028, 0.265028, 0.314728  , 0.314728  ], dtype=float32)
+        array([0.26502794, 0.26502794, 0.31472796, 0.31472796], dtype=float32)
     """
     del y_true
     temperature = _temperature(temperature)

@@ -11,7 +11,7 @@ import tensorflow as tf
 
 from stableops import ops
 from stableops._internal.checks import axis_argument
-from stableops._internal.dtypes import dtype_limits
+from stableops._internal.dtypes import dtype_limits, float64_with_stand_ins
 from stableops._internal.gradients import custom_gradient
 from stableops._internal.reductions import float64_sum, sum_over
 from stableops.losses._base import REDUCTION, FunctionLoss, loss_class, public_function
@@ -146,23 +146,6 @@ def _cosine(a, b, axis):
     return cosine(a, b)
 
 
-# A product of two float32 entries is exact in float64 and lies in [2^-298, 2^256] (or is 0),
-# so float64 sums of them neither overflow nor underflow. An infinite entry's stand-in,
-# 2^300, exceeds every finite float32 by 2^172: finite entries beside it fall out of its
-# row's direction (below 2^-172 of it), and a row of k stand-ins sums to k 2^600, finite
-# for any k below 2^423.
-_INFINITY_STAND_IN = 2.0**300
-
-
-def _widened(x):
-    """``x`` in float64 with ``±inf`` as ``±2^300``: a row's direction is then its limit
-    direction, ``sign(x)/sqrt(k)`` at its ``k`` infinite entries (to float32 precision).
-    A clamp, which XLA forms again in each loop that reads it (a select was written out as
-    a full-size float64 buffer); a NaN may come out as a bound (see ``_internal.clip``)."""
-    bound = tf.constant(_INFINITY_STAND_IN, tf.float64)
-    return tf.clip_by_value(tf.cast(x, tf.float64), -bound, bound)
-
-
 def _cosine_of_float32(a, b, axis):
     """``cos(a, b)`` along ``axis`` for float32 ``a``, ``b``, in float64 arithmetic.
 
@@ -171,14 +154,14 @@ def _cosine_of_float32(a, b, axis):
     (likewise for ``a``) formed elementwise in float64: no float32 row overflows or
     underflows there, so no test of the sums and no scaled second form (a ``tf.cond``
     whose branch XLA allocates even where it is not taken: 102 MiB at 2^24). Infinite
-    entries take ``_widened``'s stand-in, which gives ``ops.l2_normalize``'s limit direction
-    and a gradient below float32's range (0) for that row; a zero vector gives 0 with
-    gradient 0; NaN gives NaN.
+    entries take ``float64_with_stand_ins``'s stand-in, which gives ``ops.l2_normalize``'s
+    limit direction and a gradient below float32's range (0) for that row; a zero vector
+    gives 0 with gradient 0; NaN gives NaN.
     """
 
     @custom_gradient
     def cosine(a, b):
-        wide_a, wide_b = _widened(a), _widened(b)
+        wide_a, wide_b = float64_with_stand_ins(a), float64_with_stand_ins(b)
         # NaN where either entry is NaN, whatever the clamp made of it: the value and,
         # through it, both gradients are NaN in that row. In the sum of a^2 alone: in the
         # sum of a b (or in both sums of squares), XLA split the heavier loop into two

@@ -38,6 +38,7 @@ from stableops._internal.checks import (
 from stableops._internal.clip import clip
 from stableops._internal.dtypes import (
     dtype_limits,
+    float64_with_stand_ins,
     in_dtype,
     to_compute,
     to_compute_saturating,
@@ -328,56 +329,42 @@ def _unit_rows(u, r):
     return u / tf.where(tf.equal(r, 0), tf.ones_like(r), r)
 
 
-# In _wide_rows' float64 sum of float32 squares (each below 2^256) an infinite entry counts
-# _INFINITE_SQUARE: a row's sum then holds its count of them, exact while the row has fewer
-# than 2^600 entries.
-_INFINITE_SQUARE = 2.0**900
-
-
 def _wide_rows(x, axis):
-    """``(scale, u, r)`` for float32 ``x``, as :func:`_scaled_rows` splits it, from float64
-    squares.
+    """``(u, r)`` for float32 ``x``: ``u`` is ``x`` in float64 (``±inf`` as ``±2^300``:
+    ``float64_with_stand_ins``), ``r`` its norm from the float64 sum of its squares.
 
     No scaling: a float32 square is exact in float64, between ``2e-90`` and ``1.2e77``, so
     their sum neither overflows nor underflows (``r`` is the norm rounded once, where the
-    scaled float32 squares took 2 ULP), and ``u`` is ``x`` itself, in float64 (the
-    gradient's ``u / r`` is then ``x / ||x||`` rounded once). A row holding ``±inf``
-    (``scale = inf``) gets the limit direction of :func:`_scaled_rows`: ``u = sign(x)`` at
-    its ``k`` infinite entries, 0 elsewhere, ``r = sqrt(k)``, with ``k`` counted in the same
-    sum (``_INFINITE_SQUARE``). Two reductions per row fewer than the scaled form (the
-    largest entry, the test for ``±inf``). Forward and backward, one core, against the
-    plain ``sqrt(reduce_sum(x * x))``: ``[16384, 64]`` in a plain ``tf.function`` 3.19 ->
+    scaled float32 squares reached 0.83 ULP), and ``u / r`` is ``x / ||x||`` rounded once. A
+    row holding ``±inf`` has ``r >= 2^300`` (``inf`` in float32) and ``u / r`` its limit
+    direction, as :func:`_scaled_rows` gives it. Two reductions per row fewer than the scaled
+    form (the largest entry, the test for ``±inf``). Forward and backward, one core, against
+    the plain ``sqrt(reduce_sum(x * x))``: ``[16384, 64]`` in a plain ``tf.function`` 3.19 ->
     1.40x, under XLA 1.27 -> 0.71x, eagerly 1.32 -> 0.94x; batch-hard triplet (two
     distances from differences) at ``[64, 256]`` against the hand-written loss 1.12-1.14 ->
     1.05x in a plain ``tf.function``.
     """
-    wide = tf.cast(x, tf.float64)
-    infinite = tf.math.is_inf(wide)
-    infinite_square = tf.constant(_INFINITE_SQUARE, tf.float64)
-    squares = float64_sum(tf.where(infinite, infinite_square, wide * wide), axis, keepdims=True)
-    infinite_row = squares >= _INFINITE_SQUARE
+    wide = float64_with_stand_ins(x)
+    # NaN carried by a select: the clamp may return a bound for it.
+    squares = tf.where(tf.math.is_nan(x), tf.constant(float("nan"), tf.float64), wide * wide)
+    total = float64_sum(squares, axis, keepdims=True)
     # Double where, as in _scaled_rows: sqrt's slope is infinite at 0.
-    r = safe_where(tf.equal(squares, 0), squares, tf.zeros_like, tf.sqrt, safe_false=1.0)
-    r = tf.where(infinite_row, tf.sqrt(tf.round(squares / _INFINITE_SQUARE)), r)
-    scale = tf.where(infinite_row, tf.constant(float("inf"), tf.float64), 1.0)
-    # An infinite row's finite entries times 1 / inf = 0: a row's number, not its boolean
-    # broadcast along the row (docs/design.md: XLA's loop then runs one entry at a time).
-    u = tf.where(infinite, tf.sign(wide), wide * (1.0 / scale))
-    return scale, u, r
+    return wide, safe_where(tf.equal(total, 0), total, tf.zeros_like, tf.sqrt, safe_false=1.0)
 
 
 def _norm_with_unit_gradient(x, axis, keepdims):
     @custom_gradient
     def norm_fn(v):
         if v.dtype == tf.float32:
-            scale, u, r = _wide_rows(v, axis)
+            u, r = _wide_rows(v, axis)
+            norm = tf.cast(r, v.dtype)
             # In float64 u times the reciprocal (one division per row, not one per entry)
             # still rounds to float32 once: batch-hard triplet at [64, 256], 0.302 -> 0.285 ms.
             unit = tf.cast(u * (1.0 / tf.where(tf.equal(r, 0), tf.ones_like(r), r)), v.dtype)
         else:
             scale, u, r = _scaled_rows(v, axis)
+            norm = scale * r  # exact product: scale is a power of two (or inf)
             unit = _unit_rows(u, r)
-        norm = tf.cast(scale * r, v.dtype)  # exact product: scale is a power of two (or inf)
 
         def grad(upstream):
             upstream = tf.reshape(upstream, tf.shape(norm))  # restore the reduced axis
@@ -440,24 +427,34 @@ def safe_norm(x, axis=-1, keepdims=False):
 def _normalize_with_projected_gradient(x, axis):
     @custom_gradient
     def normalize_fn(v):
-        scale, u, r = _scaled_rows(v, axis)
-        unit = _unit_rows(u, r)
+        if v.dtype == tf.float32:
+            u, r = _wide_rows(v, axis)
+            # 1/||x|| in float64: 0 for the zero vector (convention), below float32's range
+            # for an infinite row (||x|| >= 2^300), so that both gradients are 0.
+            inverse = tf.where(tf.equal(r, 0), tf.zeros_like(r), 1.0 / r)
+            unit = tf.cast(u * inverse, v.dtype)
+        else:
+            scale, u, r = _scaled_rows(v, axis)
+            unit = _unit_rows(u, r)
 
         def grad(upstream):
             # d(x/||x||)/dx applied to g: (g - y <g, y>) / ||x||, formed as
             # ((g - y <g, y>) / r) / s so no intermediate overflows; 0 for the
             # zero vector (convention) and for infinite rows (||x|| = inf).
             projected = upstream - unit * float64_sum(upstream * unit, axis, keepdims=True)
-            # A zero row is divided by 1 and an infinite scale, as an infinite row is (per
-            # row: see _scaled_rows).
-            zero_row = tf.equal(r, 0)
-            safe_r = tf.where(zero_row, tf.ones_like(r), r)
-            safe_scale = tf.where(zero_row, tf.constant(float("inf"), r.dtype), scale)
-            gradient = projected / safe_r / safe_scale
+            if v.dtype == tf.float32:
+                gradient = tf.cast(projected, tf.float64) * inverse
+            else:
+                # A zero row is divided by 1 and an infinite scale, as an infinite row is
+                # (per row: see _scaled_rows).
+                zero_row = tf.equal(r, 0)
+                safe_r = tf.where(zero_row, tf.ones_like(r), r)
+                safe_scale = tf.where(zero_row, tf.constant(float("inf"), r.dtype), scale)
+                gradient = projected / safe_r / safe_scale
             # Beyond the range (||x|| near the smallest normal under an upstream above 4:
             # NT-Xent's 1/t) the exact gradient saturates at the largest finite value.
-            largest = dtype_limits(gradient.dtype).max
-            return clip(gradient, -largest, largest)  # NaN stays NaN
+            largest = dtype_limits(v.dtype).max
+            return tf.cast(clip(gradient, -largest, largest), v.dtype)  # NaN stays NaN
 
         return unit, grad
 
@@ -475,7 +472,8 @@ def l2_normalize(x, axis=-1):
 
     Formula:
         ``u / sqrt(sum(u**2))`` with ``u = x / s`` and ``s`` the largest power
-        of two not above ``max|x|`` (so ``u`` is exact).
+        of two not above ``max|x|`` (so ``u`` is exact). In float32 (and half
+        precision), ``x * (1 / sqrt(sum(x**2)))`` in float64.
 
     Numerical stability:
         The exact power-of-two scaling keeps ``sum(u**2)`` in ``[1, 4n)``: no
@@ -488,9 +486,10 @@ def l2_normalize(x, axis=-1):
         the smallest normal under an upstream gradient above 4). A row holding
         ``±inf`` gives its limit direction, ``sign(x)/sqrt(k)`` at its ``k``
         infinite entries and 0 elsewhere, with gradient 0; a NaN anywhere in
-        the row gives a NaN row. Half precision computes in float32.
-        Error budget: 3 ULP in float32/float64 for up to 64 entries,
-        1 ULP in float16/bfloat16.
+        the row gives a NaN row. Half precision computes in float32, and
+        float32 in float64, where its squares neither overflow nor underflow.
+        Error budget: 1 ULP in float32 and half precision (rounded once from
+        float64); 3 ULP in float64 for up to 64 entries.
 
     Args:
         x: floating tensor.
