@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 
 import stableops.losses as S
 from tests import _reference as R
+from tests._helpers import nan_through_the_clamp_as_one
 from tests._regimes import Regime
 from tests._strategies import FLOAT_DTYPES, finite_arrays
 
@@ -360,13 +361,7 @@ def test_cosine_similarity_nan_does_not_rest_on_the_clamp(monkeypatch, regime):
     # gradients of its row (the select in the products). The other row stays finite.
     from stableops.losses import _similarity
 
-    widened = _similarity.float64_with_stand_ins
-
-    def widened_with_nan_as_one(x):
-        wide = widened(x)
-        return tf.where(tf.math.is_nan(x), tf.ones_like(wide), wide)
-
-    monkeypatch.setattr(_similarity, "float64_with_stand_ins", widened_with_nan_as_one)
+    nan_through_the_clamp_as_one(monkeypatch, _similarity)
     t, p = np.float32([[1.0, NAN, 2.0], [1.0, 2.0, 2.0]]), np.float32([[3.0, 1.0, 1.0]] * 2)
     for a, b in ((t, p), (p, t)):
         value, grads = regime.value_and_grad(

@@ -22,7 +22,7 @@ from hypothesis.extra import numpy as hnp
 from stableops import ops
 from stableops._internal.clip import clip
 from tests import _reference as ref
-from tests._helpers import as_dtype, is_finite
+from tests._helpers import as_dtype, is_finite, nan_through_the_clamp_as_one
 from tests._regimes import Regime, edge_dtypes
 from tests._strategies import FLOAT_DTYPES, finite_arrays
 
@@ -283,13 +283,7 @@ def test_safe_norm_nan_does_not_rest_on_the_clamp(monkeypatch, regime):
     # gradient (the select in the squares). The other rows stay finite.
     from stableops.ops import _safe_math
 
-    widened = _safe_math.float64_with_stand_ins
-
-    def widened_with_nan_as_one(x):
-        wide = widened(x)
-        return tf.where(tf.math.is_nan(x), tf.ones_like(wide), wide)
-
-    monkeypatch.setattr(_safe_math, "float64_with_stand_ins", widened_with_nan_as_one)
+    nan_through_the_clamp_as_one(monkeypatch, _safe_math)
     x = np.float32([[1.0, NAN, 2.0], [INF, NAN, 0.0], [3.0, 4.0, 0.0]])
     value, (grad,) = regime.value_and_grad(
         lambda v: _safe_math._norm_with_unit_gradient(v, -1, False), x
