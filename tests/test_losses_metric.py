@@ -322,12 +322,23 @@ def test_nt_xent_backward_pass_in_a_plain_tf_function_does_not_run_the_loss_agai
     np.testing.assert_allclose(gradient.numpy(), want_gradient, rtol=1e-5, atol=1e-7)
 
 
-@pytest.mark.parametrize("distance", ["euclidean", "squared"])
-def test_batch_hard_backward_pass_in_a_plain_tf_function_does_not_mine_again(distance):
+@pytest.mark.parametrize(
+    "strategy,distance,partners,loss",
+    [
+        ("hard", "euclidean", "_batch_hard_partners", "_triplet_of_partners"),
+        ("hard", "squared", "_batch_hard_partners", "_triplet_of_partners"),
+        ("semi_hard", "euclidean", "_semi_hard_negatives", "_semi_hard_triplet"),
+        ("semi_hard", "cosine", "_semi_hard_negatives", "_semi_hard_triplet"),
+    ],
+)
+def test_triplet_backward_pass_in_a_plain_tf_function_does_not_mine_again(
+    strategy, distance, partners, loss
+):
     # The partners are chosen in a call of their own, on embeddings no tape watches; the
-    # backward pass forms again only the two chosen distances of each anchor.
+    # backward pass forms the distances again (batch-hard: only the two chosen distances
+    # of each anchor), not the mining (semi-hard's is a pass over [batch, batch, batch]).
     def loss_fn(e, y):
-        return tf.reduce_mean(S.triplet_loss(y, e, strategy="hard", distance=distance))
+        return tf.reduce_mean(S.triplet_loss(y, e, strategy=strategy, distance=distance))
 
     @tf.function
     def value_and_grad(x, labels):
@@ -341,9 +352,9 @@ def test_batch_hard_backward_pass_in_a_plain_tf_function_does_not_mine_again(dis
     ).graph
     calls = sorted(compiled_function_names(graph))
     assert calls == [
-        "__inference__batch_hard_partners_forward",
-        "__inference__triplet_of_partners_backward",
-        "__inference__triplet_of_partners_forward",
+        f"__inference_{partners}_forward",
+        f"__inference_{loss}_backward",
+        f"__inference_{loss}_forward",
     ], calls
     labels, x = _batch(3, n=9)
     labels = labels.astype(np.int32)

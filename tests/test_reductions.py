@@ -405,8 +405,9 @@ def test_overlap_losses_write_no_buffer_for_their_sums(loss):
 
 @measured_xla_only
 def test_l2_normalize_writes_no_buffer_for_its_sums():
-    # Its sums (u * u for the norm, g * y for the gradient's projection) go through
+    # Its sums (x * x for the norm, g * y for the gradient's projection) go through
     # float64_sum; with float32 sums XLA wrote both products out for YNNPACK (seven
-    # full-size arrays). Left: |x| for the scale's maximum, x / scale, the unit rows (the
-    # value) and the gradient. (Five while a zero row's unit was selected by the row.)
-    assert full_size_arrays(_value_and_gradient(ops.l2_normalize), _normal()) == 4
+    # full-size arrays). Left: the unit rows (the value) and the gradient. (Four while
+    # float32 rows were scaled: |x| for the scale's maximum and x / scale; five while a
+    # zero row's unit was selected by the row.)
+    assert full_size_arrays(_value_and_gradient(ops.l2_normalize), _normal()) == 2

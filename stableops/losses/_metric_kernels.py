@@ -429,55 +429,91 @@ def triplet_kernel(labels, x, margin, strategy, distance):
     """
     if strategy == "hard" and distance != "cosine":
         return _triplet_hard(labels, x, margin=margin, distance=distance)
-    return _triplet_of_all_pairs(labels, x, margin=margin, strategy=strategy, distance=distance)
+    if strategy == "hard":
+        return _batch_hard_cosine(labels, x, margin=margin)
+    # The partners in a call of their own (no gradient), as for batch-hard above: the
+    # backward pass forms the distances again, not the mining, a pass over [batch, batch,
+    # batch]. (Batch-hard cosine's mining is two passes over [batch, batch]: one call with
+    # it is faster than two without.)
+    negatives = _semi_hard_negatives(labels, tf.stop_gradient(x), distance=distance)
+    return _semi_hard_triplet(labels, x, negatives, margin=margin, distance=distance)
 
 
-@xla_kernel
-def _triplet_of_all_pairs(labels, x, margin, strategy, distance):
-    """:func:`triplet_kernel` from every pair's distance: semi-hard, and batch-hard cosine."""
-    labels, d, scaling, row_is_nan = _prepared(labels, x, distance)
-    batch = tf.shape(d)[0]
-    eye = tf.eye(batch, dtype=tf.bool)
+def _pair_masks(labels, d):
+    """``(eye, positive, negative)`` ``[batch, batch]`` masks of a labelled batch."""
+    eye = tf.eye(tf.shape(d)[0], dtype=tf.bool)
     same = tf.equal(labels[:, None], labels[None, :])
     positive = tf.logical_and(same, tf.logical_not(eye))
     negative = tf.logical_and(tf.logical_not(same), tf.logical_not(eye))
+    return eye, positive, negative
+
+
+@xla_kernel
+def _batch_hard_cosine(labels, x, margin):
+    """Batch-hard :func:`triplet_kernel` with cosine distances (from one matmul)."""
+    labels, d, scaling, row_is_nan = _prepared(labels, x, "cosine")
+    eye, positive, negative = _pair_masks(labels, d)
     below, above = tf.constant(-1.0, d.dtype), tf.constant(float("inf"), d.dtype)  # d >= 0
-    has_negative = tf.reduce_any(negative, axis=1)
+    # An anchor without positives pairs with itself: argmax over the
+    # masked row then hits the diagonal's 0 only if we put it there.
+    hardest_positive = _first_extreme(
+        tf.where(tf.logical_or(positive, eye), d, below), tf.reduce_max
+    )
+    nearest_negative = tf.where(
+        tf.reduce_any(negative, axis=1),
+        _first_extreme(tf.where(negative, d, above), tf.reduce_min),
+        _first_extreme(d, tf.reduce_max),  # TFA: the row's maximum
+    )
+    gap = _pick(d, hardest_positive) - _pick(d, nearest_negative)
+    loss = tf.nn.relu(_scaled_up(gap, scaling) + margin)
+    return _nan_where(row_is_nan, loss)
+
+
+@xla_kernel
+def _semi_hard_negatives(labels, x, distance):
+    """The negative of each pair ``(a, p)`` of :func:`triplet_kernel`'s semi-hard mining,
+    ``[batch, batch]`` (no gradient: the caller passes ``x`` through ``tf.stop_gradient``).
+
+    The loss's call forms the same distances again, as a separate XLA computation: a
+    negative within a rounding of its positive's distance may count as farther here and
+    not there, where the definition itself jumps (a tie is not semi-hard).
+    """
+    labels, d, _, _ = _prepared(labels, x, distance)
+    batch = tf.shape(d)[0]
+    _, _, negative = _pair_masks(labels, d)
+    below, above = tf.constant(-1.0, d.dtype), tf.constant(float("inf"), d.dtype)  # d >= 0
     # The farthest negative (TFA's fallback "negatives_inside"); the anchor
     # itself (distance 0, TFA's masked maximum of an empty set) if none.
     farthest_negative = tf.where(
-        has_negative, _first_extreme(tf.where(negative, d, below), tf.reduce_max), tf.range(batch)
+        tf.reduce_any(negative, axis=1),
+        _first_extreme(tf.where(negative, d, below), tf.reduce_max),
+        tf.range(batch),
     )
-    if strategy == "hard":
-        # An anchor without positives pairs with itself: argmax over the
-        # masked row then hits the diagonal's 0 only if we put it there.
-        hardest_positive = _first_extreme(
-            tf.where(tf.logical_or(positive, eye), d, below), tf.reduce_max
-        )
-        nearest_negative = tf.where(
-            has_negative,
-            _first_extreme(tf.where(negative, d, above), tf.reduce_min),
-            _first_extreme(d, tf.reduce_max),  # TFA: the row's maximum
-        )
-        gap = _pick(d, hardest_positive) - _pick(d, nearest_negative)
-        loss = tf.nn.relu(_scaled_up(gap, scaling) + margin)
-        return _nan_where(row_is_nan, loss)
-    # Semi-hard: candidates[a, p, n] = n is a negative of a farther than p.
-    # XLA fuses the comparison into the reductions (no [batch]^3 buffer).
-    d_ap = d[:, :, None]
+    # candidates[a, p, n] = n is a negative of a farther than p. XLA fuses the comparison
+    # into the two reductions (no [batch]^3 buffer): the nearest candidate's distance (inf
+    # where there is none: no third reduction for whether there is one), then its first
+    # column.
     d_an = d[:, None, :]
-    candidates = tf.logical_and(negative[:, None, :], d_an > d_ap)
-    has_candidate = tf.reduce_any(candidates, axis=2)
-    semi_hard = _first_extreme(
-        tf.where(candidates, tf.broadcast_to(d_an, tf.shape(candidates)), above), tf.reduce_min
-    )
-    chosen = tf.where(has_candidate, semi_hard, farthest_negative[:, None])
-    gap = d - _pick(d, chosen)
+    candidates = tf.logical_and(negative[:, None, :], d_an > d[:, :, None])
+    distances = tf.where(candidates, tf.broadcast_to(d_an, tf.shape(candidates)), above)
+    nearest = tf.reduce_min(distances, axis=2, keepdims=True)
+    columns = tf.where(tf.equal(distances, nearest), tf.range(batch), batch)
+    semi_hard = tf.minimum(tf.reduce_min(columns, axis=2), batch - 1)
+    return tf.where(nearest[..., 0] < above, semi_hard, farthest_negative[:, None])
+
+
+@xla_kernel
+def _semi_hard_triplet(labels, x, negatives, margin, distance):
+    """Semi-hard :func:`triplet_kernel` from every pair's distance and the negative of each
+    pair that :func:`_semi_hard_negatives` chose."""
+    labels, d, scaling, row_is_nan = _prepared(labels, x, distance)
+    _, positive, _ = _pair_masks(labels, d)
+    gap = d - _pick(d, negatives)
     pair_loss = tf.nn.relu(_scaled_up(gap, scaling) + margin)
     pair_loss = tf.where(positive, pair_loss, tf.zeros_like(pair_loss))
     pairs = sum_over(tf.cast(positive, d.dtype))
     # batch / pairs: the Keras mean over anchors is then the mean over pairs.
-    share = tf.cast(batch, d.dtype) / tf.maximum(pairs, 1.0)
+    share = tf.cast(tf.shape(d)[0], d.dtype) / tf.maximum(pairs, 1.0)
     weight = tf.where(pairs > 0, share, tf.zeros_like(pairs))
     loss = tf.reduce_sum(pair_loss, axis=1) * weight
     return _nan_where(row_is_nan, loss)
