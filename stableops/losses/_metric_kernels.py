@@ -337,30 +337,38 @@ def _first_extreme(values, reduce):
     return tf.minimum(index, batch - 1)
 
 
+def _hardest_partners(labels, d):
+    """Each anchor's hardest positive and nearest negative in ``d`` (``[batch]`` indices,
+    the first column reaching the max/min).
+
+    An anchor without positives pairs with itself (the diagonal's 0, with ``d >= 0``). One
+    without negatives takes, as TFA, the row's maximum: all others are then positives, so
+    that is the hardest positive (loss = margin).
+    """
+    same = tf.equal(labels[:, None], labels[None, :])  # the diagonal included
+    negative = tf.logical_not(same)  # never the diagonal
+    hardest_positive = _first_extreme(tf.where(same, d, tf.constant(-1.0, d.dtype)), tf.reduce_max)
+    nearest_negative = tf.where(
+        tf.reduce_any(negative, axis=1),
+        _first_extreme(tf.where(negative, d, tf.constant(float("inf"), d.dtype)), tf.reduce_min),
+        hardest_positive,
+    )
+    return hardest_positive, nearest_negative
+
+
 @xla_kernel
 def _batch_hard_partners(labels, x, distance):
     """Each anchor's hardest positive and nearest negative (``[batch]`` indices), and the
     batch's scale (:func:`_batch_scaling`; NaN for a batch holding NaN). No gradient: the
     caller passes ``x`` through ``tf.stop_gradient``.
 
-    Chosen with the selection distances (:func:`_selection_distances`). An anchor without
-    positives pairs with itself (the diagonal's 0). One without negatives takes, as TFA,
-    the row's maximum: all others are then positives, so that is the hardest positive
-    (loss = margin).
+    Chosen with the selection distances (:func:`_selection_distances`).
     """
     x = to_compute_saturating(x)
     # NaN in, NaN out: a NaN embedding enters every anchor's distances, so every loss is NaN.
     scale = _batch_scaling(x, 1, nan_batch=True).scale
     d = _selection_distances(x * (1.0 / scale), distance)  # exact: a power of two
-    same = tf.equal(labels[:, None], labels[None, :])
-    negative = tf.logical_not(same)  # never the diagonal
-    hardest_positive = _first_extreme(tf.where(same, d, -1.0), tf.reduce_max)  # d >= 0
-    nearest_negative = tf.where(
-        tf.reduce_any(negative, axis=1),
-        _first_extreme(tf.where(negative, d, float("inf")), tf.reduce_min),
-        hardest_positive,
-    )
-    return hardest_positive, nearest_negative, scale
+    return (*_hardest_partners(labels, d), scale)
 
 
 @xla_kernel
@@ -440,30 +448,18 @@ def triplet_kernel(labels, x, margin, strategy, distance):
 
 
 def _pair_masks(labels, d):
-    """``(eye, positive, negative)`` ``[batch, batch]`` masks of a labelled batch."""
-    eye = tf.eye(tf.shape(d)[0], dtype=tf.bool)
+    """``(positive, negative)`` ``[batch, batch]`` masks of a labelled batch: the other rows
+    of the anchor's class, and those of other classes."""
+    other = tf.logical_not(tf.eye(tf.shape(d)[0], dtype=tf.bool))
     same = tf.equal(labels[:, None], labels[None, :])
-    positive = tf.logical_and(same, tf.logical_not(eye))
-    negative = tf.logical_and(tf.logical_not(same), tf.logical_not(eye))
-    return eye, positive, negative
+    return tf.logical_and(same, other), tf.logical_and(tf.logical_not(same), other)
 
 
 @xla_kernel
 def _batch_hard_cosine(labels, x, margin):
     """Batch-hard :func:`triplet_kernel` with cosine distances (from one matmul)."""
     labels, d, scaling, row_is_nan = _prepared(labels, x, "cosine")
-    eye, positive, negative = _pair_masks(labels, d)
-    below, above = tf.constant(-1.0, d.dtype), tf.constant(float("inf"), d.dtype)  # d >= 0
-    # An anchor without positives pairs with itself: argmax over the
-    # masked row then hits the diagonal's 0 only if we put it there.
-    hardest_positive = _first_extreme(
-        tf.where(tf.logical_or(positive, eye), d, below), tf.reduce_max
-    )
-    nearest_negative = tf.where(
-        tf.reduce_any(negative, axis=1),
-        _first_extreme(tf.where(negative, d, above), tf.reduce_min),
-        _first_extreme(d, tf.reduce_max),  # TFA: the row's maximum
-    )
+    hardest_positive, nearest_negative = _hardest_partners(labels, d)
     gap = _pick(d, hardest_positive) - _pick(d, nearest_negative)
     loss = tf.nn.relu(_scaled_up(gap, scaling) + margin)
     return _nan_where(row_is_nan, loss)
@@ -480,7 +476,7 @@ def _semi_hard_negatives(labels, x, distance):
     """
     labels, d, _, _ = _prepared(labels, x, distance)
     batch = tf.shape(d)[0]
-    _, _, negative = _pair_masks(labels, d)
+    _, negative = _pair_masks(labels, d)
     below, above = tf.constant(-1.0, d.dtype), tf.constant(float("inf"), d.dtype)  # d >= 0
     # The farthest negative (TFA's fallback "negatives_inside"); the anchor
     # itself (distance 0, TFA's masked maximum of an empty set) if none.
@@ -507,7 +503,7 @@ def _semi_hard_triplet(labels, x, negatives, margin, distance):
     """Semi-hard :func:`triplet_kernel` from every pair's distance and the negative of each
     pair that :func:`_semi_hard_negatives` chose."""
     labels, d, scaling, row_is_nan = _prepared(labels, x, distance)
-    _, positive, _ = _pair_masks(labels, d)
+    positive, _ = _pair_masks(labels, d)
     gap = d - _pick(d, negatives)
     pair_loss = tf.nn.relu(_scaled_up(gap, scaling) + margin)
     pair_loss = tf.where(positive, pair_loss, tf.zeros_like(pair_loss))
