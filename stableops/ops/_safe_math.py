@@ -330,8 +330,9 @@ def _unit_rows(u, r):
 
 
 def _wide_rows(x, axis):
-    """``(u, r)`` for float32 ``x``: ``u`` is ``x`` in float64 (``±inf`` as ``±2^300``:
-    ``float64_with_stand_ins``), ``r`` its norm from the float64 sum of its squares.
+    """``(u, r, 1 / r)`` for float32 ``x``: ``u`` is ``x`` in float64 (``±inf`` as ``±2^300``:
+    ``float64_with_stand_ins``), ``r`` its norm from the float64 sum of its squares, ``1 / r``
+    0 for a zero row (where ``u`` is 0 too).
 
     No scaling: a float32 square is exact in float64, between ``2e-90`` and ``1.2e77``, so
     their sum neither overflows nor underflows (``r`` is the norm rounded once, where the
@@ -348,19 +349,21 @@ def _wide_rows(x, axis):
     # NaN carried by a select: the clamp may return a bound for it.
     squares = tf.where(tf.math.is_nan(x), tf.constant(float("nan"), tf.float64), wide * wide)
     total = float64_sum(squares, axis, keepdims=True)
-    # Double where, as in _scaled_rows: sqrt's slope is infinite at 0.
-    return wide, safe_where(tf.equal(total, 0), total, tf.zeros_like, tf.sqrt, safe_false=1.0)
+    # Double wheres, as in _scaled_rows: sqrt's and the reciprocal's slopes are infinite at 0.
+    zero = tf.equal(total, 0)
+    r = safe_where(zero, total, tf.zeros_like, tf.sqrt, safe_false=1.0)
+    # Times the reciprocal in float64 (one division per row, not one per entry), u / r still
+    # rounds to float32 once: batch-hard triplet at [64, 256], 0.302 -> 0.285 ms.
+    return wide, r, safe_where(zero, r, tf.zeros_like, tf.math.reciprocal, safe_false=1.0)
 
 
 def _norm_with_unit_gradient(x, axis, keepdims):
     @custom_gradient
     def norm_fn(v):
         if v.dtype == tf.float32:
-            u, r = _wide_rows(v, axis)
+            u, r, inverse = _wide_rows(v, axis)
             norm = tf.cast(r, v.dtype)
-            # In float64 u times the reciprocal (one division per row, not one per entry)
-            # still rounds to float32 once: batch-hard triplet at [64, 256], 0.302 -> 0.285 ms.
-            unit = tf.cast(u * (1.0 / tf.where(tf.equal(r, 0), tf.ones_like(r), r)), v.dtype)
+            unit = tf.cast(u * inverse, v.dtype)
         else:
             scale, u, r = _scaled_rows(v, axis)
             norm = scale * r  # exact product: scale is a power of two (or inf)
@@ -428,10 +431,9 @@ def _normalize_with_projected_gradient(x, axis):
     @custom_gradient
     def normalize_fn(v):
         if v.dtype == tf.float32:
-            u, r = _wide_rows(v, axis)
             # 1/||x|| in float64: 0 for the zero vector (convention), below float32's range
             # for an infinite row (||x|| >= 2^300), so that both gradients are 0.
-            inverse = tf.where(tf.equal(r, 0), tf.zeros_like(r), 1.0 / r)
+            u, _, inverse = _wide_rows(v, axis)
             unit = tf.cast(u * inverse, v.dtype)
         else:
             scale, u, r = _scaled_rows(v, axis)
