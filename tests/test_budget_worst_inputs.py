@@ -170,6 +170,51 @@ def test_categorical_focal_rows(regime, from_logits, label, row, budget):
     assert errors.max() <= budget, errors
 
 
+def test_categorical_focal_from_probabilities_where_log_q_is_smallest(regime):
+    # The target's q = p / sum(p) from 0.18 to 0.67, most below a half (no top entry): |log q|
+    # is smallest there, so the rounding of q to float32 weighs most. log q is the float32 log
+    # of a float32 number near q, corrected by the rest: without the correction 2.3 ULP, with
+    # it 1.6, against the probabilities' budget of 2 (test_categorical_focal_rows).
+    rng = np.random.default_rng(0)
+    a = rng.uniform(0.25, 0.5, 3000)
+    b = 1.0 - a
+    scale = rng.uniform(0.3, 3.0, (3000, 1))  # unnormalized rows
+    y = np.stack([a, b * rng.uniform(0.5, 1.0, 3000), b * rng.uniform(0.0, 0.5, 3000)], 1)
+    y = (y * scale).astype(np.float32)
+    t = np.zeros_like(y)
+    t[:, 0] = 1.0
+    reference = [
+        R.mp_categorical_focal_logits([R.mpf(float(v)) for v in t_row],
+                                      [mpmath.log(R.mpf(float(v))) for v in y_row], 2.0, 0.25)
+        for t_row, y_row in zip(t, y)
+    ]
+    value = regime.run(lambda a, b: S.categorical_focal_crossentropy(a, b), t, y)
+    errors = R.ulp_error(value, np.array(reference, dtype=object), F32)
+    assert errors.max() <= 2, errors.max()
+
+
+@pytest.mark.parametrize("label", [0, 1, 4])
+def test_categorical_focal_from_probabilities_rows_summing_past_2_to_the_126(regime, label):
+    # float32 entries near the float32 max: the row's sum is above 2^126, where its float32
+    # reciprocal flushes to 0 (the row is scaled first). Label 0 is an ordinary entry (log q
+    # from the float32 quotient), 1 the top entry, 4 one that the scaling flushes, whose q
+    # (2^-207) costs -log(tiny), as every quotient below tiny does. The budget is the
+    # probabilities' 2 ULP (test_categorical_focal_rows).
+    row = np.float32([0.0095309485, 0.9904235, 6.4298716e-15, 1.4790232e-15, 3.8671744e-05,
+                      6.8354275e-06, 6.546959e-08, 3.2958344e-15]) * np.float32(2.0**127)
+    row[4] = np.float32(2.0**-80)
+    t = np.eye(8, dtype=np.float32)[[label]]
+    y = row[None, :]
+    logits = [mpmath.log(R.mpf(float(v))) for v in row]
+    reference = [R.mp_categorical_focal_logits([R.mpf(v) for v in t[0]], logits, 2.0, 0.25)]
+    if label == 4:
+        reference = [-R.mpf(0.25) * mpmath.log(R.mpf(float(np.finfo(np.float32).tiny)))]
+    value = regime.run(lambda a, b: S.categorical_focal_crossentropy(a, b), t, y)
+    errors = R.ulp_error(value, np.array(reference, dtype=object), F32)
+    assert np.isfinite(y).all() and row.astype(np.float64).sum() > 2.0**126
+    assert errors.max() <= 2, errors
+
+
 @pytest.mark.parametrize(
     "from_logits, label, row",
     [

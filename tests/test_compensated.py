@@ -1,9 +1,12 @@
-"""``_internal/compensated``: ``two_difference`` (a difference and its exact rounding error) and
+"""``_internal/compensated``: ``two_difference`` (a difference and its exact rounding error),
+``one_minus`` (``1 - x`` and its exact rounding error, for ``|x| <= 1``) and
 ``float32_split``, a float64 as its float32 rounding plus the rest, and ``fraction_of_one_plus``,
 ``w / (1 + w)`` of a float64 pair.
 
 ``two_difference``'s error term must make the difference exact for finite operands, and be 0
-(never NaN) wherever the difference is not finite or an intermediate overflows.
+(never NaN) wherever the difference is not finite or an intermediate overflows. ``one_minus``'s
+must make ``1 - x`` exact wherever ``|x| <= 1`` (soft labels among them), stay finite for any
+finite ``x``, and carry NaN for a NaN or infinite ``x``.
 
 ``high`` must be a float32 number (its cast to float32 exact), ``high + low`` must be the input
 exactly, and ``low`` at most half an ULP of float32 at ``high``: in every regime, and on XLA
@@ -16,7 +19,12 @@ from __future__ import annotations
 import mpmath
 import numpy as np
 
-from stableops._internal.compensated import float32_split, fraction_of_one_plus, two_difference
+from stableops._internal.compensated import (
+    float32_split,
+    fraction_of_one_plus,
+    one_minus,
+    two_difference,
+)
 
 
 def test_two_difference_is_exact_and_its_error_is_never_nan(regime):
@@ -42,6 +50,25 @@ def test_two_difference_is_exact_and_its_error_is_never_nan(regime):
     # reach every product it corrects, exp(z) (1 + z_low) with exp(-inf) = 0 among them).
     assert np.isnan(d[3000:]).sum() == 4 and np.isinf(d[3000:]).sum() == 5
     np.testing.assert_array_equal(err[3000:], 0.0)
+
+
+def test_one_minus_is_exact_up_to_one_and_finite_beyond(regime):
+    rng = np.random.default_rng(6)
+    # |x| <= 1 over float32's normal range (1 - x inexact below 1/2: the rounding is the
+    # error term), x within [1/2, 2] (Sterbenz: exact, error 0), and |x| > 1 (finite).
+    inside = rng.choice([-1.0, 1.0], 3000) * np.exp2(rng.uniform(-120.0, 0.0, 3000))
+    near_one = rng.uniform(0.5, 2.0, 500)
+    outside = rng.choice([-1.0, 1.0], 500) * np.exp2(rng.uniform(0.0, 127.0, 500))
+    edges = [0.0, 1.0, -1.0, float(np.finfo(np.float32).max), np.inf, -np.inf, np.nan]
+    x = np.concatenate([inside, near_one, outside, edges]).astype(np.float32)
+    d, err = (np.asarray(part, np.float64) for part in regime.run(one_minus, x))
+    for value, high, low in zip(x[:3000], d[:3000], err[:3000]):
+        assert mpmath.mpf(high) + mpmath.mpf(low) == 1 - mpmath.mpf(float(value))
+    assert (err[:3000] != 0.0).any()  # some roundings are caught, not all 1 - x exact
+    np.testing.assert_array_equal(err[3000:3500], 0.0)
+    np.testing.assert_array_equal(d[3000:3500], 1.0 - x[3000:3500].astype(np.float64))
+    assert np.isfinite(d[:-3]).all() and np.isfinite(err[:-3]).all()
+    assert np.isnan(err[-3:]).all() and not np.isfinite(d[-3:]).any()
 
 
 def _inputs():

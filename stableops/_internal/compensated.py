@@ -39,6 +39,19 @@ def two_difference(a, b):
     return d, tf.where(tf.math.is_nan(err), tf.zeros_like(err), err)
 
 
+def one_minus(x):
+    """``(d, err)`` with ``d = fl(1 - x)`` and ``d + err == 1 - x`` exactly for ``|x| <= 1``.
+
+    Dekker's Fast2Sum, ``err = (1 - d) - x``: three operations where ``two_difference`` takes
+    six and a NaN guard (binary cross-entropy from probabilities, one core under XLA at 2^18:
+    1.16 -> 1.12x Keras's time). Beyond ``|x| = 1`` ``err`` is approximate and finite for finite
+    ``x``; a NaN or infinite ``x`` makes both NaN (callers that mask invalid input anyway).
+    """
+    one = tf.ones_like(x)  # a tensor: a constant 1 would let the graph optimizer fold 1 - (1 - x)
+    d = one - x
+    return d, (one - d) - x
+
+
 def _veltkamp_split(x, bits=None):
     """``(hi, lo)`` with ``hi + lo == x`` exactly and ``hi`` within ``bits`` significant bits
     (by default half the significand, so products of two halves are exact).

@@ -41,7 +41,6 @@ from stableops._internal.checks import (
 )
 from stableops._internal.clip import clip
 from stableops._internal.compensated import (
-    float32_split,
     fraction_of_one_plus,
     two_difference,
 )
@@ -359,6 +358,21 @@ def _floored_straight_through(p):
     return floor_at_tiny(p), lambda upstream: upstream
 
 
+def _float32_near_quotient(p, inverse, total, tiny):
+    """``max(p / total, tiny)`` within two float32 roundings (``p`` float32, ``inverse = 1 /
+    total`` in float64), from float32 products: the loop that takes its ``log`` holds no
+    float64 arithmetic (rounding the float64 quotient to float32 there, XLA's loop took 1.8x a
+    plain float32 ``log``'s time: categorical focal cross-entropy under XLA, one core,
+    ``[2048, 128]``, 1.47 -> 1.36x Keras's). Its rest ``q - r`` is then below ``2^-22 r``, so
+    ``log r + (q - r) / r`` is ``log q`` to well under an ULP. A row summing past ``2^100`` is
+    scaled by ``2^-40`` first (exact), so that the reciprocal is a normal float32 (above
+    ``2^126`` it would flush to 0); an entry that the scaling flushes is below ``tiny`` of
+    the row anyway."""
+    scale = tf.where(total > 2.0**100, tf.constant(2.0**-40, tf.float64), tf.ones_like(total))
+    inverse = tf.cast(inverse / scale, p.dtype)  # per row: from 2^-91 to 1 / tiny
+    return clip((p * tf.cast(scale, p.dtype)) * inverse, tiny)
+
+
 def _log_and_complement_of_floored(p, axis, below_tiny):
     """:func:`_normalized_log_and_complement` of ``p >= tiny``, with its gradient written out.
 
@@ -403,14 +417,14 @@ def _log_and_complement_of_floored(p, axis, below_tiny):
         # Per row; a row without a top entry has largest = 0: divide by 1 there.
         largest = tf.where(largest > 0.0, largest, tf.ones_like(largest))
         top_log = -tf.math.log1p(rest / largest)
-        # log q from the input precision's log of q rounded there, plus that rounding
-        # to first order: a float64 log per element took 2.2x Keras's time under XLA.
+        # log q from the input precision's log of a float32 number r near q, plus the rest
+        # q - r to first order: a float64 log per element took 2.2x Keras's time under XLA.
         clipped = clip(q, tiny)
         if narrow.dtype == tf.float64:
             log_q = tf.math.log(clipped)
         else:
-            high, low = float32_split(clipped)
-            rounded = tf.cast(high, narrow.dtype)
+            rounded = _float32_near_quotient(narrow, inverse, total, tiny)
+            low = clipped - tf.cast(rounded, tf.float64)
             log_q = tf.cast(tf.math.log(rounded), tf.float64) + low * tf.cast(
                 tf.math.reciprocal(rounded), tf.float64
             )

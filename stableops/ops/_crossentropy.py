@@ -35,7 +35,7 @@ from stableops._internal.checks import (
     real_tensor,
 )
 from stableops._internal.clip import clip
-from stableops._internal.compensated import two_difference
+from stableops._internal.compensated import one_minus, two_difference
 from stableops._internal.dtypes import compute_dtype, dtype_limits, to_compute
 from stableops._internal.elementary import log1p_in_range
 from stableops._internal.gradients import custom_gradient
@@ -251,9 +251,11 @@ def _binary_from_probabilities(target, probabilities):
     # them finite (see _ClipBounds), so 0 * log(0) never arises.
     # Each log is clipped only on the side where it is infinite: p = 1 with
     # z = 1 costs exactly 0, p = 0 with z = 0 too.
-    # 1 - z is carried with its rounding error (TwoSum): a soft label such as
-    # z = 0.48 would otherwise lose half an ULP of its weight to 1 - z.
-    complement, complement_low = two_difference(tf.ones_like(z), z)
+    # 1 - z is carried with its rounding error (exact for |z| <= 1): a soft label such
+    # as z = 0.48 would otherwise lose half an ULP of its weight to 1 - z (2.1 against
+    # 1.7 ULP of the loss at worst on random soft labels below 1/2). An invalid z
+    # makes the pair NaN, and the loss NaN below.
+    complement, complement_low = one_minus(z)
     log_complement = _log_complement(p, bounds)
     loss = -(z * _log_probability(p, bounds)
              + (complement * log_complement + complement_low * log_complement))
