@@ -209,7 +209,11 @@ WHY: dict[tuple[str, str], str] = {
         "268a566 (the compensated log1p series, a division and a second log before: "
         "one core at 2^20, one process, alternating, 1.69 -> 1.23), with 1 - z carried with "
         "its rounding error and the NaN check for infinite inputs; Keras takes one log per "
-        "side. Two-core runs 1.07-1.30 at 2^20"
+        "side. Two-core runs 1.07-1.30 at 2^20. Since c3f32e0 the 1 - z pair is Fast2Sum's "
+        "(exact for |z| <= 1: three operations where TwoSum took six and a NaN guard): one "
+        "core, alternating with the commit before, 2^18 1.17 -> 1.12, 2^20 1.09 -> 1.05. "
+        "Measured one piece at a time (one core, 2^18-2^20): the NaN check costs about 3%, "
+        "the rounding correction d (2 - w) 5-8%"
     ),
     ("compiled", "binary_crossentropy_logits"): (
         "softplus(x) - x z split at x = 0 into two non-negative terms (double where, and the "
@@ -509,7 +513,14 @@ WHY: dict[tuple[str, str], str] = {
             "against Keras, from probabilities 0.97 -> 1.08 under XLA and 0.42 -> 0.48 in a "
             "plain tf.function. Since 2d8a83f the gradient's row sum is a float64 "
             "sum (one loop; the float32 sum's terms were written out for YNNPACK): one core "
-            "under XLA, 2^14 1.22 -> 1.09"
+            "under XLA, 2^14 1.22 -> 1.09. Since c3f32e0 log q is the float32 log of a float32 "
+            "number near q formed from float32 products (the row's reciprocal rounded to "
+            "float32), where that loop held the float64 quotient and its rounding to float32: "
+            "the log's loop 255 -> 145 us at [2048, 128] (per-thunk profile), one core under "
+            "XLA, alternating with the commit before, 2^18 1.43 -> 1.35, 2^20 1.05 -> 1.00. "
+            "What is left at 2^14-2^18 is the float64 arithmetic of log q and 1 - q, formed "
+            "again in each of three loops: the loss's row sum, the gradient's row sum and the "
+            "gradient"
         )
         for target in ("compiled", "function", "memory")
     },
