@@ -44,7 +44,7 @@ def one_minus(x):
 
     Dekker's Fast2Sum, ``err = (1 - d) - x``: three operations where ``two_difference`` takes
     six and a NaN guard (binary cross-entropy from probabilities, one core under XLA at 2^18:
-    1.16 -> 1.12x Keras's time). Beyond ``|x| = 1`` ``err`` is approximate and finite for finite
+    1.17 -> 1.12x Keras's time). Beyond ``|x| = 1`` ``err`` is approximate and finite for finite
     ``x``; a NaN or infinite ``x`` makes both NaN (callers that mask invalid input anyway).
     """
     one = tf.ones_like(x)  # a tensor: a constant 1 would let the graph optimizer fold 1 - (1 - x)
