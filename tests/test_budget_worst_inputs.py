@@ -9,6 +9,8 @@ regimes. Only the budget is asserted: the errors at these rows depend on how XLA
 AVX-512, 2.5 with ``--xla_cpu_max_isa=SSE4_2``).
 """
 
+import functools
+
 import mpmath
 import numpy as np
 import pytest
@@ -170,11 +172,10 @@ def test_categorical_focal_rows(regime, from_logits, label, row, budget):
     assert errors.max() <= budget, errors
 
 
-def test_categorical_focal_from_probabilities_where_log_q_is_smallest(regime):
-    # The target's q = p / sum(p) from 0.18 to 0.67, most below a half (no top entry): |log q|
-    # is smallest there, so the rounding of q to float32 weighs most. log q is the float32 log
-    # of a float32 number near q, corrected by the rest: without the correction 2.3 ULP, with
-    # it 1.6, against the probabilities' budget of 2 (test_categorical_focal_rows).
+@functools.lru_cache(maxsize=None)
+def _focal_rows_near_a_half():
+    """Targets, unnormalized probability rows and their mpmath losses (computed once, for
+    every regime)."""
     rng = np.random.default_rng(0)
     a = rng.uniform(0.25, 0.5, 3000)
     b = 1.0 - a
@@ -188,8 +189,17 @@ def test_categorical_focal_from_probabilities_where_log_q_is_smallest(regime):
                                       [mpmath.log(R.mpf(float(v))) for v in y_row], 2.0, 0.25)
         for t_row, y_row in zip(t, y)
     ]
+    return t, y, np.array(reference, dtype=object)
+
+
+def test_categorical_focal_from_probabilities_where_log_q_is_smallest(regime):
+    # The target's q = p / sum(p) from 0.18 to 0.67, most below a half (no top entry): |log q|
+    # is smallest there, so the rounding of q to float32 weighs most. log q is the float32 log
+    # of a float32 number near q, corrected by the rest: without the correction 2.3 ULP, with
+    # it 1.6, against the probabilities' budget of 2 (test_categorical_focal_rows).
+    t, y, reference = _focal_rows_near_a_half()
     value = regime.run(lambda a, b: S.categorical_focal_crossentropy(a, b), t, y)
-    errors = R.ulp_error(value, np.array(reference, dtype=object), F32)
+    errors = R.ulp_error(value, reference, F32)
     assert errors.max() <= 2, errors.max()
 
 
