@@ -518,9 +518,14 @@ WHY: dict[tuple[str, str], str] = {
             "float32), where that loop held the float64 quotient and its rounding to float32: "
             "the log's loop 255 -> 145 us at [2048, 128] (per-thunk profile), one core under "
             "XLA, alternating with the commit before, 2^18 1.43 -> 1.35, 2^20 1.05 -> 1.00. "
-            "What is left at 2^14-2^18 is the float64 arithmetic of log q and 1 - q, formed "
-            "again in each of three loops: the loss's row sum, the gradient's row sum and the "
-            "gradient"
+            "Since the gradient's upstream of 1 - q (the focal factor's chain) ends in "
+            "written_once's division, it is formed in one loop, where the gradient's row sum "
+            "and the gradient formed it again (peak memory unchanged): one core under XLA, "
+            "alternating with the commit before, 2^16 1.25-1.28 -> 1.16-1.22, 2^18 1.33-1.36 "
+            "-> 1.23-1.32, 2^20 0.95-1.00 -> 0.88-0.96; on two cores within their spread "
+            "(2^14 1.35-1.45, 2^18 1.21-1.27 in three runs). What is left at 2^14-2^18 is the "
+            "float64 arithmetic of log q and 1 - q, formed in two loops: the loss's row sum "
+            "and that chain's"
         )
         for target in ("compiled", "function", "memory")
     },

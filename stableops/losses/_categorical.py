@@ -57,6 +57,7 @@ from stableops._internal.reductions import (
     split_sum_of_fractions,
     top_and_rest,
     with_softmax_slope,
+    written_once,
 )
 from stableops._internal.where import safe_where
 from stableops.losses._base import REDUCTION, RawInputLoss, loss_class, public_function
@@ -436,6 +437,11 @@ def _log_and_complement_of_floored(p, axis, below_tiny):
             to_log, to_complement, q_narrow, inverse_narrow = (
                 tf.cast(v, narrow.dtype) for v in (to_log, to_complement, q, inverse * shrink)
             )
+            # Written once (an exact division by a per-row 1): the focal factor's chain that
+            # forms it, float64 log q and 1 - q, runs in one loop, where the row sum's and
+            # the gradient's loops each formed it again (one core, [2048, 128], under XLA:
+            # 1.35-1.40 -> 1.24-1.29x Keras's time; peak memory unchanged).
+            to_complement = written_once(to_complement, inverse_narrow)
             # float64_sum: formed and summed in one loop (a float32 sum of the computed
             # terms was written out for YNNPACK under XLA).
             row = float64_sum(to_complement * q_narrow - to_log, axis, keepdims=True)
