@@ -316,7 +316,7 @@ def test_categorical_focal_backward_forms_its_chain_once():
     # 1 - q) ends in written_once's division: XLA forms the chain in one loop, which reads
     # log q's float32 log and reciprocal, and the gradient's row sum and the gradient read
     # its result. Ending in a multiplication, the chain was formed again in both of them
-    # (one core, [2048, 128], against Keras under XLA: 1.35-1.40 -> 1.24-1.29; peak memory
+    # (one core, [2048, 128], against Keras under XLA: 1.33-1.36 -> 1.23-1.32; peak memory
     # at 2^24 unchanged, 320 MiB). The gradient's row sum is a float64 sum (one loop); as a
     # float32 sum XLA wrote its terms out for YNNPACK. Written: the floored input, the log
     # and the reciprocal, the upstream gradient of 1 - q, and the gradient.

@@ -438,9 +438,9 @@ def _log_and_complement_of_floored(p, axis, below_tiny):
                 tf.cast(v, narrow.dtype) for v in (to_log, to_complement, q, inverse * shrink)
             )
             # Written once (an exact division by a per-row 1): the focal factor's chain that
-            # forms it, float64 log q and 1 - q, runs in one loop, where the row sum's and
-            # the gradient's loops each formed it again (one core, [2048, 128], under XLA:
-            # 1.35-1.40 -> 1.24-1.29x Keras's time; peak memory unchanged).
+            # forms it from the float64 log q and 1 - q runs in one loop; ending in a product,
+            # it ran again in the row sum's and the gradient's loops (one core, [2048, 128],
+            # under XLA: 1.33-1.36 -> 1.23-1.32x Keras's time; peak memory unchanged).
             to_complement = written_once(to_complement, inverse_narrow)
             # float64_sum: formed and summed in one loop (a float32 sum of the computed
             # terms was written out for YNNPACK under XLA).
