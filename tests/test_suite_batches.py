@@ -13,7 +13,7 @@ from tests.conftest import files_in_batch, pytest_collection_modifyitems
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.mark.parametrize("count", [1, 2, 3])
+@pytest.mark.parametrize("count", [1, 2, 3, 4])
 def test_the_batches_partition_the_files(count):
     files = [f"tests/test_{name}.py" for name in "gafbecd"]
     batches = [files_in_batch(files, f"{k}/{count}") for k in range(1, count + 1)]
