@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 # docstring examples of the package (doctests), in four batches of files, each in new
 # worker processes: TF keeps every XLA executable and function a test compiles, so one
 # pair of workers for the whole suite grew to the 24 GiB of the CI machine (with four
-# batches the machine peaked at 10.5 GB used, with two at 13.7), and a worker's tests slow
+# batches the machine peaked at 10.2 GiB used, with two at 13.7), and a worker's tests slow
 # down as it ages (tests/conftest.py).
 TEST_BATCHES := 1/4 2/4 3/4 4/4
 define in_batches
