@@ -102,14 +102,16 @@ def _log_add3(a, b, c):
     return tf.where(tf.equal(top, -float("inf")), top, shift + tf.math.log1p(others))
 
 
-def _alignment_log_likelihood(emissions, skips, finals):
+def _alignment_log_likelihood(emissions, skips, finals, real):
     """``log p(label)`` per sample and its gradient with respect to ``emissions``.
 
     ``emissions`` ``[T, batch, S]`` (float64): the log-probability of each
     extended-label state's class at each frame. ``skips`` ``[batch, S]``: state
     ``s`` may be entered from ``s - 2`` (a label unlike the one before it).
     ``finals`` ``[batch, S]``: the states an alignment may end in (the last
-    label and the blank after it).
+    label and the blank after it). ``real`` ``[T]``: the frames that count, the
+    first ones; the others (padding) leave ``alpha`` as it was, and get no
+    gradient.
 
     ``alpha_t(s) = logadd(alpha_{t-1}(s), alpha_{t-1}(s - 1), alpha_{t-1}(s - 2)
     if skips[s]) + emissions_t(s)``, from ``alpha_{-1} = (0, -inf, ...)``;
@@ -122,12 +124,14 @@ def _alignment_log_likelihood(emissions, skips, finals):
     never = tf.fill(tf.shape(skips), tf.constant(-float("inf"), emissions.dtype))
     zero = tf.zeros_like(never)
 
-    def forward_step(previous, emission):
+    def forward_step(previous, frame):
+        emission, counts = frame
         skipped = tf.where(skips, _shifted(previous, 2), never)
-        return _log_add3(previous, _shifted(previous, 1), skipped) + emission
+        following = _log_add3(previous, _shifted(previous, 1), skipped) + emission
+        return tf.where(counts, following, previous)
 
     start = tf.concat([zero[:, :1], never[:, 1:]], axis=1)
-    alpha = tf.scan(forward_step, emissions, initializer=start)
+    alpha = tf.scan(forward_step, (emissions, real), initializer=start)
     last_states = tf.where(finals, alpha[-1], never)
     # The last label's state and the blank after it (none and the first blank for an empty label).
     log_likelihood = _log_add3(tf.reduce_max(last_states[:, 1::2], axis=1),
@@ -135,20 +139,25 @@ def _alignment_log_likelihood(emissions, skips, finals):
 
     def grad(upstream):
         def backward_step(following, frame):
-            emission, is_last = frame
+            emission, is_last, counts = frame
             skipped = tf.where(_shifted(skips, -2, False), _shifted(following, -2), never)
             successors = _log_add3(following, _shifted(following, -1), skipped)
-            return tf.where(is_last, tf.where(finals, zero, never), successors) + emission
+            beta_t = tf.where(is_last, tf.where(finals, zero, never), successors) + emission
+            return tf.where(counts, beta_t, never)
 
-        frames = tf.shape(emissions)[0]
-        is_last = tf.equal(tf.range(frames), frames - 1)
-        beta = tf.scan(backward_step, (emissions, is_last), initializer=never, reverse=True)
+        last = tf.reduce_sum(tf.cast(real, tf.int32)) - 1
+        is_last = tf.equal(tf.range(tf.shape(emissions)[0]), last)
+        beta = tf.scan(
+            backward_step, (emissions, is_last, real), initializer=never, reverse=True
+        )
         # Normalized over the states at each frame, where each sums to p exactly: the same
         # mass, and never above 1 where logits of 1e32 leave alpha + beta - emissions - log p
         # (a cancellation of four such numbers) with rounding errors of 1e16.
         posterior = alpha + beta - emissions
         mass = tf.exp(posterior - tf.reduce_logsumexp(posterior, axis=-1, keepdims=True))
-        return upstream[None, :, None] * mass, None, None
+        # A padding frame's states are all -inf (-inf - -inf: NaN): no mass.
+        mass = tf.where(real[:, None, None], mass, tf.zeros_like(mass))
+        return upstream[None, :, None] * mass, None, None, None
 
     return log_likelihood, grad
 
@@ -157,11 +166,13 @@ _alignment_log_likelihood = custom_gradient(_alignment_log_likelihood)
 
 
 @xla_kernel
-def ctc_kernel(labels, logits, zero_infinity):
+def ctc_kernel(labels, logits, frames, zero_infinity):
     """Per-sample CTC loss of ``logits`` ``[batch, T, classes]``, int32 ``labels`` ``[batch, L]``.
 
     Class 0 is the blank and the padding (Keras's ``mask_index``); every
-    sample uses all ``T`` frames. The log-probabilities and the recursion are
+    sample uses the first ``frames`` frames (an int32 scalar tensor, at most ``T``:
+    the others are padding, which the caller adds so that a few padded lengths share
+    one compiled program). The log-probabilities and the recursion are
     float64's; the result is float32 (float64 for float64). A row holding a label
     outside ``[0, classes)`` gets NaN (the caller's check raises outside XLA); an
     empty ``[batch, 0]`` label tensor is the empty label of every row.
@@ -171,7 +182,6 @@ def ctc_kernel(labels, logits, zero_infinity):
     bad = tf.reduce_any(invalid_labels(labels, tf.shape(logits)[2]), axis=1)
     dtype = logits.dtype
     narrow = compute_dtype(dtype)
-    frames = tf.shape(logits)[1]
     label_length = tf.reduce_sum(tf.cast(tf.not_equal(labels, 0), tf.int32), axis=1)
     feasible = required_frames(labels, label_length) <= frames
     log_probs = log_softmax(tf.cast(logits, tf.float64), axis=-1)
@@ -198,7 +208,8 @@ def ctc_kernel(labels, logits, zero_infinity):
     keep_start = tf.cast(tf.where(tf.equal(state, 0), 0.0, -float("inf")), emissions.dtype)
     keep_start = tf.broadcast_to(keep_start, tf.concat([[1], tf.shape(emissions)[1:]], 0))
     emissions = tf.concat([keep_start, emissions], axis=0)
-    log_likelihood = _alignment_log_likelihood(emissions, skips, finals)
+    real = tf.range(tf.shape(emissions)[0]) <= frames  # the kept start and the frames
+    log_likelihood = _alignment_log_likelihood(emissions, skips, finals, real)
     loss = tf.cast(0.0 - log_likelihood, narrow)  # +0, not -0, for a sure label
     fill = tf.constant(0.0 if zero_infinity else float("inf"), narrow)
     loss = tf.where(feasible, loss, tf.fill(tf.shape(loss), fill))
