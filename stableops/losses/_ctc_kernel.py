@@ -139,17 +139,15 @@ def _alignment_log_likelihood(emissions, skips, finals, real):
 
     def grad(upstream):
         def backward_step(following, frame):
-            emission, is_last, counts = frame
+            emission, is_last = frame
             skipped = tf.where(_shifted(skips, -2, False), _shifted(following, -2), never)
             successors = _log_add3(following, _shifted(following, -1), skipped)
-            beta_t = tf.where(is_last, tf.where(finals, zero, never), successors) + emission
-            return tf.where(counts, beta_t, never)
+            return tf.where(is_last, tf.where(finals, zero, never), successors) + emission
 
+        # The last frame that counts; the padding after it keeps beta at -inf (no successor).
         last = tf.reduce_sum(tf.cast(real, tf.int32)) - 1
         is_last = tf.equal(tf.range(tf.shape(emissions)[0]), last)
-        beta = tf.scan(
-            backward_step, (emissions, is_last, real), initializer=never, reverse=True
-        )
+        beta = tf.scan(backward_step, (emissions, is_last), initializer=never, reverse=True)
         # Normalized over the states at each frame, where each sums to p exactly: the same
         # mass, and never above 1 where logits of 1e32 leave alpha + beta - emissions - log p
         # (a cancellation of four such numbers) with rounding errors of 1e16.
