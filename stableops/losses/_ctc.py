@@ -72,10 +72,10 @@ def ctc(y_true, y_pred, *, zero_infinity=False):
         (value and gradient, a batch of 16 with 20 classes, ``T`` near 40: 1.1-2.6 s
         on 2 CPU cores, where Keras's ``tf.nn.ctc_loss`` compiles nothing; a
         repeated shape then takes 2 ms against Keras's 9), also in a ``tf.function``
-        generalized to unknown lengths. So the kernel gets the frames padded to
-        eight lengths an octave (at most 1/8 more: ``T`` 30-41 compile 5 programs,
-        not 12), which it skips, and the labels to the next power of two (widths
-        4-15: 3), padded with 0; neither changes a value or a gradient.
+        generalized to unknown lengths. So the kernel gets the frames and the
+        labels padded to eight lengths an octave (at most 1/8 more: ``T`` 30-41
+        compile 5 programs, not 12): frames that it skips, labels of class 0 (the
+        padding); neither changes a value or a gradient.
 
     Args:
         y_true: integer labels ``[batch, max_label_length]`` in ``[0, num_classes)``,
@@ -126,24 +126,23 @@ def ctc(y_true, y_pred, *, zero_infinity=False):
         labels, invalid_labels(labels, num_classes), num_classes, loss="ctc"
     )
     frames = tf.shape(y_pred)[1]
-    # Padded to a few lengths, one compiled program serves many: frames that the kernel
-    # skips (at most 1/8 more of them), labels of class 0, the padding (at most twice as
-    # many: a label's states cost less than a frame). The padding's gradient is sliced off.
-    y_pred = tf.pad(y_pred, [[0, 0], [0, padded_length(frames, 8) - frames], [0, 0]])
+    # Padded to a few lengths (at most 1/8 more), one compiled program serves many: frames
+    # that the kernel skips, and labels of class 0, the padding. The padding's gradient is
+    # sliced off.
+    y_pred = tf.pad(y_pred, [[0, 0], [0, padded_length(frames) - frames], [0, 0]])
     width = tf.shape(labels)[1]
-    labels = tf.pad(labels, [[0, 0], [0, padded_length(width, 1) - width]])
+    labels = tf.pad(labels, [[0, 0], [0, padded_length(width) - width]])
     return ctc_kernel(labels, y_pred, frames, zero_infinity=zero_infinity)
 
 
-def padded_length(length, per_octave):
+def padded_length(length):
     """The length (an int32 scalar tensor) that ``length`` is padded to: the next multiple of
-    ``2^k / per_octave``, ``2^k <= length < 2^(k+1)``, so ``per_octave`` lengths an octave
-    and at most ``1 / per_octave`` more (8: 17 -> 18, 33 -> 36, 1000 -> 1024; 1: the next
-    power of two); a length below ``per_octave`` stays."""
+    ``2^k / 8``, ``2^k <= length < 2^(k+1)``, so eight lengths an octave and at most 1/8 more
+    (17 -> 18, 33 -> 36, 1000 -> 1024); a length up to 16 stays."""
     # Any step gives a length >= `length`; a log2 rounded down at a power of two only
     # halves the step.
     octave = tf.math.floor(tf.math.log(tf.cast(tf.maximum(length, 1), tf.float64)) / math.log(2))
-    step = tf.maximum(tf.pow(tf.constant(2.0, tf.float64), octave) / per_octave, 1.0)
+    step = tf.maximum(tf.pow(tf.constant(2.0, tf.float64), octave) / 8.0, 1.0)
     step = tf.cast(step, tf.int32)
     return (length + step - 1) // step * step
 
