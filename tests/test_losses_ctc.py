@@ -462,10 +462,13 @@ def test_the_kernels_padding_frames_get_a_zero_gradient(regime):
 
 
 def test_padded_length_closed_form():
-    """``2^k <= n < 2^(k+1)``: the next multiple of ``max(2^k // 8, 1)``."""
-    got = padded_length(tf.constant(np.arange(5000), tf.int32)).numpy()
+    """``2^k <= n < 2^(k+1)``: the next multiple of ``max(2^k // 8, 1)``, for a length known
+    when traced (a Python int) and one known only when run (a tensor) alike."""
     steps = [max((1 << max(n.bit_length() - 1, 0)) // 8, 1) for n in range(5000)]
-    np.testing.assert_array_equal(got, [-(-n // s) * s for n, s in enumerate(steps)])
+    want = [-(-n // s) * s for n, s in enumerate(steps)]
+    got = padded_length(tf.constant(np.arange(5000), tf.int32)).numpy()
+    np.testing.assert_array_equal(got, want)
+    assert [padded_length(n) for n in range(5000)] == want
 
 
 def test_a_few_padded_lengths_serve_every_length(monkeypatch):
@@ -486,6 +489,31 @@ def test_a_few_padded_lengths_serve_every_length(monkeypatch):
         for t in range(30, 42)
     }
     assert {width for _, _, width in calls} == {20, 22, 24, 26, 28, 30, 32}
+
+
+def test_lengths_known_only_when_run_are_padded_alike():
+    """In a graph traced with unknown frames and label width, the padding is computed when
+    the graph runs (tensor lengths): the same losses and gradients as the static ones."""
+    rng = np.random.default_rng(1)
+    logits = rng.normal(size=(2, 19, 4)).astype(np.float32)
+    labels = np.zeros((2, 17), np.int32)
+    labels[0, :3], labels[1, :2] = [1, 2, 2], [3, 1]
+
+    def value_and_gradient(x, y):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            value = S.ctc(y, x)
+        return value, tape.gradient(value, x)
+
+    unknown = tf.function(value_and_gradient, input_signature=[
+        tf.TensorSpec([None, None, 4]), tf.TensorSpec([None, None], tf.int32)
+    ])
+    got = unknown(tf.constant(logits), tf.constant(labels))
+    want = value_and_gradient(tf.constant(logits), tf.constant(labels))
+    for g, w in zip(got, want):
+        # The same program at the same padded shapes: equal up to XLA's summation order.
+        np.testing.assert_allclose(g.numpy(), w.numpy(), rtol=2 * np.finfo(np.float32).eps,
+                                   atol=2 * np.finfo(np.float32).eps)
 
 
 def test_errors_name_the_shapes_and_arguments():

@@ -125,25 +125,36 @@ def ctc(y_true, y_pred, *, zero_infinity=False):
     labels = raise_on_invalid_labels(
         labels, invalid_labels(labels, num_classes), num_classes, loss="ctc"
     )
-    frames = tf.shape(y_pred)[1]
     # Padded to a few lengths (at most 1/8 more), one compiled program serves many: frames
     # that the kernel skips, and labels of class 0, the padding. The padding's gradient is
     # sliced off.
+    frames, width = _length(y_pred, 1), _length(labels, 1)
     y_pred = tf.pad(y_pred, [[0, 0], [0, padded_length(frames) - frames], [0, 0]])
-    width = tf.shape(labels)[1]
     labels = tf.pad(labels, [[0, 0], [0, padded_length(width) - width]])
-    return ctc_kernel(labels, y_pred, frames, zero_infinity=zero_infinity)
+    return ctc_kernel(labels, y_pred, tf.convert_to_tensor(frames, tf.int32),
+                      zero_infinity=zero_infinity)
+
+
+def _length(tensor, axis):
+    """The static size of ``axis`` (a Python int: no op eagerly), or its size when run."""
+    size = tensor.shape[axis]
+    return tf.shape(tensor)[axis] if size is None else size
 
 
 def padded_length(length):
-    """The length (an int32 scalar tensor) that ``length`` is padded to: the next multiple of
-    ``2^k / 8``, ``2^k <= length < 2^(k+1)``, so eight lengths an octave and at most 1/8 more
-    (17 -> 18, 33 -> 36, 1000 -> 1024); a length up to 16 stays."""
-    # Any step gives a length >= `length`; a log2 rounded down at a power of two only
-    # halves the step.
-    octave = tf.math.floor(tf.math.log(tf.cast(tf.maximum(length, 1), tf.float64)) / math.log(2))
-    step = tf.maximum(tf.pow(tf.constant(2.0, tf.float64), octave) / 8.0, 1.0)
-    step = tf.cast(step, tf.int32)
+    """The length that ``length`` (a Python int or an int32 scalar tensor) is padded to: the
+    next multiple of ``2^k / 8``, ``2^k <= length < 2^(k+1)``, so eight lengths an octave and
+    at most 1/8 more (17 -> 18, 33 -> 36, 1000 -> 1024); a length up to 16 stays."""
+    if isinstance(length, int):
+        step = max((1 << max(length.bit_length() - 1, 0)) // 8, 1)
+    else:
+        # Any step gives a length >= `length`; a log2 rounded down at a power of two only
+        # halves the step.
+        octave = tf.math.floor(
+            tf.math.log(tf.cast(tf.maximum(length, 1), tf.float64)) / math.log(2)
+        )
+        step = tf.maximum(tf.pow(tf.constant(2.0, tf.float64), octave) / 8.0, 1.0)
+        step = tf.cast(step, tf.int32)
     return (length + step - 1) // step * step
 
 
