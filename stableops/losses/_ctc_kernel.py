@@ -163,7 +163,7 @@ def _alignment_log_likelihood(emissions, skips, finals, real):
 _alignment_log_likelihood = custom_gradient(_alignment_log_likelihood)
 
 
-@xla_kernel
+@xla_kernel(any_length=True)
 def ctc_kernel(labels, logits, frames, zero_infinity):
     """Per-sample CTC loss of ``logits`` ``[batch, T, classes]``, int32 ``labels`` ``[batch, L]``.
 
