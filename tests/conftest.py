@@ -63,31 +63,18 @@ def pytest_collection_modifyitems(config, items):
 
     TensorFlow never frees the XLA executable a test compiles (a few MiB for a stable
     kernel), so a worker process that runs the whole suite grows to about 12 GiB; two
-    workers filled the 24 GiB of a CI machine. A worker also slows down as it ages (its heap
-    and TF's registry of traced functions grow): ``tests/test_float64.py`` took 69 s in a
-    new process and 81 s after 690 other tests. ``make test`` runs the suite in batches,
-    each in new worker processes, so memory is returned and the registry starts empty.
+    workers filled the 24 GiB of a CI machine. ``make test`` runs the suite in two batches,
+    each in new worker processes, so memory is returned (about 14.5 GiB at the peak). More
+    batches took longer: a worker reuses the kernels its earlier tests compiled
+    (``tests/test_float64.py`` took 73 s in a new process, 52 s after two other files).
     """
     batch = config.getoption("--file-batch")
-    if batch:
-        kept_files = files_in_batch({item.path for item in items}, batch)
-        kept = [item for item in items if item.path in kept_files]
-        config.hook.pytest_deselected(
-            items=[item for item in items if item.path not in kept_files]
-        )
-        items[:] = kept
-    slow_first(items)
-
-
-def slow_first(items):
-    """The tests marked ``slow`` (10-70 s each) first, in their order, then the others in theirs.
-
-    pytest-xdist hands tests to the workers in this order: a long test that started last
-    kept one worker busy while the other had nothing left (the 45-70 s ones, at the end of a
-    batch of about 4 minutes). A module whose fixture must not be set up twice in a process
-    (``test_distribute``'s strategy) is marked as a whole, so that it stays in one piece.
-    """
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+    if not batch:
+        return
+    kept_files = files_in_batch({item.path for item in items}, batch)
+    kept = [item for item in items if item.path in kept_files]
+    config.hook.pytest_deselected(items=[item for item in items if item.path not in kept_files])
+    items[:] = kept
 
 
 @pytest.fixture(params=REGIMES)

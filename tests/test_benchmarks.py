@@ -48,7 +48,6 @@ def _positive_finite(value) -> bool:
     return isinstance(value, (int, float)) and math.isfinite(value) and value > 0
 
 
-@pytest.mark.slow
 def test_smoke_run(tmp_path):
     """One smoke run (one test: pytest-xdist cannot run it twice), checked section by section."""
     assert (

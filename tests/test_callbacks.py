@@ -511,7 +511,6 @@ def test_after_a_recovery_the_callbacks_after_the_guard_see_the_restored_logs():
         assert seen["accuracy"] == pytest.approx(before["accuracy"], rel=1e-6)
 
 
-@pytest.mark.slow
 def test_the_rollback_goes_back_to_one_of_the_newest_good_snapshots():
     # With a recurring bad sample, the rollback went to the snapshot with the lowest loss
     # after it ever seen, never dropped: comparing batches of different data, it went back

@@ -22,7 +22,6 @@ TITLES = (
 )
 
 
-@pytest.mark.slow
 def test_demo_end_to_end_in_fast_mode(tmp_path, capsys):
     # --out naming a directory: the plot goes inside it, under the default name.
     assert cli.main(["doctor", "--fast", "--out", str(tmp_path)]) == 0

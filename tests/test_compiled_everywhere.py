@@ -382,7 +382,6 @@ def _trace_every_public_function(regime):
     return graphs
 
 
-@pytest.mark.slow
 def test_a_traced_graph_is_freed_with_its_function(graph_regime):
     """No graph of a dropped tf.function stays in memory. ``tf.custom_gradient`` registered
     each graph call's gradient function in TF's global registry, whose closure held the graph,

@@ -41,10 +41,6 @@ from tests._ecosystem import (
     targets_for,
 )
 
-# Slow as a whole (tests/conftest.py's slow_first): its tests run first and in one piece, so
-# that a worker sets up the module's one strategy once.
-pytestmark = pytest.mark.slow
-
 N_REPLICAS = 2
 _CHILD_ENV = "STABLEOPS_DISTRIBUTE_CHILD"
 
@@ -436,6 +432,7 @@ def _free_port():
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 @needs_replicas  # not needed in-process, but the fresh-process fallback runs it then
 def test_multi_worker_mirrored_strategy_on_localhost(tmp_path):
     rng = np.random.default_rng(7)

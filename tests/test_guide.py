@@ -18,8 +18,6 @@ import sys
 
 import pytest
 
-pytestmark = pytest.mark.slow  # the first test runs every example (about 30 s)
-
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 GUIDE = ROOT / "docs" / "guide.md"
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import files_in_batch, pytest_collection_modifyitems, slow_first
+from tests.conftest import files_in_batch, pytest_collection_modifyitems
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -27,14 +27,8 @@ def test_a_batch_does_not_depend_on_the_order_the_files_come_in():
     assert files_in_batch(shuffled, "1/2") == files_in_batch(files, "1/2") == set(files[::2])
 
 
-def _item(path, slow=False):
-    return types.SimpleNamespace(
-        path=path, get_closest_marker=lambda name: name if slow and name == "slow" else None
-    )
-
-
 def test_the_collection_keeps_the_batch_and_reports_the_rest_deselected():
-    items = [_item(f"tests/test_{name}.py") for name in "abab"]
+    items = [types.SimpleNamespace(path=f"tests/test_{name}.py") for name in "abab"]
     deselected = []
     config = types.SimpleNamespace(
         getoption=lambda name: "2/2",
@@ -44,12 +38,6 @@ def test_the_collection_keeps_the_batch_and_reports_the_rest_deselected():
     pytest_collection_modifyitems(config, kept)
     assert [item.path for item in kept] == ["tests/test_b.py"] * 2
     assert [item.path for item in deselected] == ["tests/test_a.py"] * 2
-
-
-def test_slow_tests_come_first_and_the_rest_keep_their_order():
-    items = [_item("a", slow=False), _item("b", slow=True), _item("c"), _item("d", slow=True)]
-    slow_first(items)
-    assert [item.path for item in items] == ["b", "d", "a", "c"]
 
 
 @pytest.mark.parametrize("batch", ["0/2", "3/2"])

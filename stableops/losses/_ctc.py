@@ -76,7 +76,7 @@ def ctc(y_true, y_pred, *, zero_infinity=False):
         labels padded to eight lengths an octave (at most 1/8 more: ``T`` 30-41
         compile 5 programs, not 12): frames that it skips, labels of class 0 (the
         padding); neither changes a value or a gradient. The kernel is traced once for
-        every length: a new one costs XLA's compile alone (0.9-1.2 s, not 1.2-1.7).
+        every length: a new one costs XLA's compile alone (0.9-1.2 s, not 1.1-2.4).
 
     Args:
         y_true: integer labels ``[batch, max_label_length]`` in ``[0, num_classes)``,
